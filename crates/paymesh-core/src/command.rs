@@ -1,0 +1,444 @@
+//! Commands: the only inputs that change a region's state.
+//!
+//! A [`Batch`] is the payload of one Raft log entry: the leader's timestamp and
+//! up to [`BATCH_COMMANDS_MAX`] commands gathered by group commit. Every command
+//! carries a [`CommandId`] (the proposer's session and a sequence number), so a
+//! command proposed twice is applied once and its duplicate returns the original
+//! outcome.
+//!
+//! Every field is a validated type, so a command that deserialises is well
+//! formed; whether it is acceptable given the state is decided by `apply`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::corridor::{CorridorId, CorridorTerms, QuoteAmount};
+use crate::directory::{PayeeRoute, QrPrefix};
+use crate::fx::{FxRate, Rate};
+use crate::id::{IdError, IdempotencyKey, MerchantId, PartnerId, PayerToken, QrPayload, QuoteId, TopUpRef, TransferId};
+use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
+use crate::money::Money;
+use crate::outcome::RejectCode;
+use crate::partner::{PartnerConfig, Status};
+use crate::time::Timestamp;
+
+/// Names a command: the proposer session that created it and its sequence
+/// number in that session. Applying the same id twice is a no-op that returns
+/// the original outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommandId {
+    /// The proposer session (for example a node's incarnation).
+    pub session: u64,
+    /// Position within the session, increasing.
+    pub sequence: u64,
+}
+
+/// A command and its identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Its identity, for dedupe.
+    pub id: CommandId,
+    /// What to do.
+    pub body: CommandBody,
+}
+
+/// Everything that can change a region's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandBody {
+    // --- operators -------------------------------------------------------
+    /// Create or update a partner of this region.
+    UpsertPartner(PartnerConfig),
+    /// Suspend or reactivate a partner.
+    SetPartnerStatus {
+        /// The partner.
+        partner: PartnerId,
+        /// The new status.
+        status: Status,
+    },
+    /// Create or update a corridor whose source is this region.
+    UpsertCorridor {
+        /// The corridor.
+        corridor: CorridorId,
+        /// Its pricing and limits.
+        terms: CorridorTerms,
+    },
+    /// Suspend or reactivate a corridor.
+    SetCorridorStatus {
+        /// The corridor.
+        corridor: CorridorId,
+        /// The new status.
+        status: Status,
+    },
+    /// Add a mid rate for a converting corridor, valid for its window.
+    SetFxRate {
+        /// The corridor.
+        corridor: CorridorId,
+        /// The rate and its validity window.
+        rate: FxRate,
+    },
+    /// Prefund a partner's position (money arrived by bank settlement).
+    TopUp {
+        /// The partner.
+        partner: PartnerId,
+        /// How much, in the partner's currency.
+        amount: Money,
+        /// The operator's reference; repeating it with the same partner and
+        /// amount is a no-op, with anything else a conflict.
+        reference: TopUpRef,
+    },
+    /// Add or replace a payee route.
+    UpsertPayeeRoute(PayeeRoute),
+    /// Remove a payee route.
+    RemovePayeeRoute {
+        /// The route's prefix.
+        prefix: QrPrefix,
+    },
+
+    // --- partners ----------------------------------------------------------
+    /// Price a payment to the payee a QR code names.
+    CreateQuote {
+        /// The paying partner (from its certificate).
+        partner: PartnerId,
+        /// The payee's QR payload.
+        payee: QrPayload,
+        /// The amount fixed by the payer or by the merchant.
+        amount: QuoteAmount,
+    },
+    /// Create a transfer from a quote.
+    CreateTransfer(TransferRequest),
+
+    // --- coordinator side: answers from the payee region --------------------
+    /// The payee region answered a Prepare.
+    PrepareReplied {
+        /// The transfer.
+        transfer: TransferId,
+        /// Its answer.
+        reply: PrepareReply,
+    },
+    /// The payee region acknowledged a decision.
+    DecisionAcked {
+        /// The transfer.
+        transfer: TransferId,
+    },
+
+    // --- participant side: messages from the payer region -------------------
+    /// Prepare the payee's side of a cross-border transfer.
+    Prepare(PrepareMessage),
+    /// Apply the coordinator's decision.
+    Decide {
+        /// The transfer.
+        transfer: TransferId,
+        /// Commit or abort.
+        decision: Decision,
+    },
+
+    // --- the leader's housekeeping -----------------------------------------
+    /// Abort transfers past their deadline and purge expired records, a bounded
+    /// amount of work at a time.
+    Tick,
+}
+
+/// A partner's request to create a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// The paying partner (from its certificate).
+    pub partner: PartnerId,
+    /// The partner's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// The quote to use.
+    pub quote: QuoteId,
+    /// The payee's QR payload; must resolve to the quote's payee.
+    pub payee: QrPayload,
+    /// The payer's personal data, kept only in the payer region.
+    pub payer: PayerDetails,
+}
+
+/// A SHA-256 digest of a request body, compared when an idempotency key is reused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fingerprint([u8; 32]);
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint(")?;
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl TransferRequest {
+    /// The body's fingerprint: everything except the partner and key, which are
+    /// the idempotency record's own key. Fields are length-prefixed so no two
+    /// different bodies encode alike.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(b"paymesh/transfer-request/v1");
+        for field in [
+            self.quote.to_string().as_str(),
+            self.payee.as_str(),
+            self.payer.name.as_str(),
+            self.payer.account.as_str(),
+            self.payer.reference.as_str(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field.as_bytes());
+        }
+        Fingerprint(hasher.finalize().into())
+    }
+}
+
+/// One field of the payer's personal data: 1 to 256 bytes of UTF-8 text with
+/// no control characters. Names may use any script.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PayerField(String);
+
+impl PayerField {
+    /// Validate a field.
+    pub fn new(text: impl Into<String>) -> Result<PayerField, IdError> {
+        let text = text.into();
+        if text.is_empty() {
+            return Err(IdError::Empty { what: "payer field" });
+        }
+        if text.len() > PAYER_FIELD_BYTES_MAX {
+            return Err(IdError::TooLong { what: "payer field", max: PAYER_FIELD_BYTES_MAX });
+        }
+        if let Some((index, character)) = text.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(IdError::InvalidCharacter {
+                what: "payer field",
+                character,
+                index,
+                allowed: "text without control characters",
+            });
+        }
+        Ok(PayerField(text))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Payer data is personal: debug output shows its length, never its content.
+impl fmt::Debug for PayerField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PayerField(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl TryFrom<String> for PayerField {
+    type Error = IdError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        PayerField::new(text)
+    }
+}
+
+impl From<PayerField> for String {
+    fn from(field: PayerField) -> String {
+        field.0
+    }
+}
+
+/// The payer's personal data. It is stored in the payer region and never put in
+/// any message to another region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayerDetails {
+    /// The payer's name.
+    pub name: PayerField,
+    /// The payer's account at the paying partner.
+    pub account: PayerField,
+    /// The partner's own reference for the payment.
+    pub reference: PayerField,
+}
+
+/// The Prepare message a coordinator sends to the payee region. By construction
+/// it has no field for the payer's personal data: only amounts, ids, the payee
+/// and an opaque payer token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareMessage {
+    /// The transfer.
+    pub transfer: TransferId,
+    /// Its corridor.
+    pub corridor: CorridorId,
+    /// What the payer pays, before fees (for agreement checks).
+    pub source: Money,
+    /// What the payee receives.
+    pub destination: Money,
+    /// The customer rate.
+    pub rate: Rate,
+    /// The payee partner.
+    pub payee: PartnerId,
+    /// The merchant.
+    pub merchant: MerchantId,
+    /// Stands for the payer.
+    pub payer_token: PayerToken,
+    /// The coordinator's deadline for preparing.
+    pub deadline: Timestamp,
+}
+
+/// The payee region's answer to a Prepare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrepareReply {
+    /// The payee's credit is reserved; the decision may be commit.
+    Prepared,
+    /// Refused; the coordinator must abort.
+    Rejected(RejectCode),
+}
+
+/// The coordinator's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Post.
+    Commit,
+    /// Void.
+    Abort,
+}
+
+/// A message waiting in the coordinator's outbox for its destination region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxMessage {
+    /// Sent until the payee region answers.
+    Prepare(PrepareMessage),
+    /// Sent until the payee region acknowledges.
+    Decision {
+        /// The transfer.
+        transfer: TransferId,
+        /// Commit or abort.
+        decision: Decision,
+    },
+}
+
+/// What a `Tick` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickReport {
+    /// Transfers aborted at their deadline.
+    pub aborted: u32,
+    /// Expired or retained-too-long records removed.
+    pub purged: u32,
+}
+
+/// Why a batch was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// An empty batch: a log entry must carry at least one command.
+    #[error("a batch must carry at least one command")]
+    Empty,
+    /// More commands than one log entry may carry.
+    #[error("a batch carries at most {max} commands, not {found}")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+        /// The count found.
+        found: usize,
+    },
+}
+
+/// The payload of one Raft log entry: the leader's clock and the commands it
+/// gathered. Every replica applies the commands in order at `now`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BatchRepr", into = "BatchRepr")]
+pub struct Batch {
+    now: Timestamp,
+    commands: Vec<Command>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchRepr {
+    now: Timestamp,
+    commands: Vec<Command>,
+}
+
+impl Batch {
+    /// A batch of 1 to [`BATCH_COMMANDS_MAX`] commands, stamped `now`.
+    pub fn new(now: Timestamp, commands: Vec<Command>) -> Result<Batch, BatchError> {
+        if commands.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        if commands.len() > BATCH_COMMANDS_MAX {
+            return Err(BatchError::TooLarge { max: BATCH_COMMANDS_MAX, found: commands.len() });
+        }
+        Ok(Batch { now, commands })
+    }
+
+    /// The leader's timestamp.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The commands, in order.
+    pub fn commands(&self) -> &[Command] {
+        &self.commands
+    }
+}
+
+impl TryFrom<BatchRepr> for Batch {
+    type Error = BatchError;
+    fn try_from(r: BatchRepr) -> Result<Self, Self::Error> {
+        Batch::new(r.now, r.commands)
+    }
+}
+
+impl From<Batch> for BatchRepr {
+    fn from(b: Batch) -> Self {
+        BatchRepr { now: b.now, commands: b.commands }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str) -> TransferRequest {
+        TransferRequest {
+            partner: PartnerId::new("paypal-us").unwrap(),
+            idempotency_key: IdempotencyKey::new("k1").unwrap(),
+            quote: QuoteId::parse("us-west:q1").unwrap(),
+            payee: QrPayload::new("wxp://f2f0abc").unwrap(),
+            payer: PayerDetails {
+                name: PayerField::new(name).unwrap(),
+                account: PayerField::new("acct-1").unwrap(),
+                reference: PayerField::new("ref-1").unwrap(),
+            },
+        }
+    }
+
+    #[test]
+    fn fingerprints_cover_the_body_but_not_the_key() {
+        let a = request("Alice Example");
+        let mut other_key = a.clone();
+        other_key.idempotency_key = IdempotencyKey::new("k2").unwrap();
+        assert_eq!(a.fingerprint(), other_key.fingerprint());
+        assert_ne!(a.fingerprint(), request("Alice Exampl").fingerprint());
+        // Length prefixes keep field boundaries: moving a byte between fields changes the print.
+        let mut shifted = a.clone();
+        shifted.payer.name = PayerField::new("Alice Exampleacct-").unwrap();
+        shifted.payer.account = PayerField::new("1").unwrap();
+        assert_ne!(a.fingerprint(), shifted.fingerprint());
+    }
+
+    #[test]
+    fn payer_fields_are_validated_and_redacted_in_debug_output() {
+        assert!(PayerField::new("王小明").is_ok());
+        assert!(PayerField::new("").is_err());
+        assert!(PayerField::new("a\nb").is_err());
+        assert!(PayerField::new("x".repeat(257)).is_err());
+        let debug = format!("{:?}", request("Alice Example"));
+        assert!(!debug.contains("Alice"), "{debug}");
+    }
+
+    #[test]
+    fn batches_are_bounded() {
+        let command = Command { id: CommandId { session: 1, sequence: 1 }, body: CommandBody::Tick };
+        assert_eq!(Batch::new(Timestamp::EPOCH, vec![]), Err(BatchError::Empty));
+        let too_many = vec![command.clone(); BATCH_COMMANDS_MAX + 1];
+        assert!(matches!(Batch::new(Timestamp::EPOCH, too_many), Err(BatchError::TooLarge { .. })));
+        let batch = Batch::new(Timestamp::from_unix_ms(5), vec![command]).unwrap();
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), batch);
+        assert!(serde_json::from_str::<Batch>(r#"{"now":5,"commands":[]}"#).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! Every limit of the core in one place.
+//!
+//! A payment switch that accepts input from partners, operators and other regions
+//! must bound everything it stores or loops over. Each limit is a named constant
+//! with its unit last, so a reader can find and reason about all of them together
+//! (TigerBeetle's `constants.zig` is the model).
+
+/// Most integer digits an amount may have: amounts stay below 10^15 major units.
+///
+/// With at most 3 minor-unit digits this keeps every amount below 10^18 minor
+/// units, so it fits an `i64` and products with a rate fit an `i128` exactly.
+pub const AMOUNT_INTEGER_DIGITS_MAX: u32 = 15;
+
+/// Longest decimal string accepted for an amount (sign, 15 digits, point, 3 digits).
+pub const AMOUNT_TEXT_BYTES_MAX: usize = 20;
+
+/// Largest absolute value of any ledger balance, in minor units.
+///
+/// Balances accumulate many amounts, so they get far more room than a single
+/// amount, while still fitting a `rust_decimal::Decimal` (about 7.9 × 10^28) at
+/// any scale up to 3.
+pub const BALANCE_UNITS_MAX: u128 = 10u128.pow(27);
+
+/// Most fractional digits an FX rate may carry.
+pub const RATE_FRACTION_DIGITS_MAX: u32 = 12;
+
+/// Most integer digits an FX rate may carry (rates stay below 10^7, enough for
+/// KWD→IDR at about 52,000).
+pub const RATE_INTEGER_DIGITS_MAX: u32 = 7;
+
+/// Longest decimal string accepted for a rate.
+pub const RATE_TEXT_BYTES_MAX: usize = 24;
+
+/// Longest time an FX rate may be valid, in milliseconds (one day).
+pub const RATE_VALIDITY_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Most FX rates a corridor holds at once (the current one and scheduled ones).
+pub const RATES_PER_CORRIDOR_MAX: usize = 16;
+
+/// Most unexpired quotes a region holds.
+pub const QUOTES_OUTSTANDING_MAX: usize = 1_000_000;
+
+/// Largest spread or fee rate, in basis points (20 %).
+pub const BASIS_POINTS_MAX: u32 = 2_000;
+
+/// How long a quote stays valid after it is created, in milliseconds.
+pub const QUOTE_TTL_MS: u64 = 60 * 1000;
+
+/// How long the participant region has to prepare a cross-border transfer, in
+/// milliseconds from its reservation. A transfer still unprepared at its
+/// deadline is aborted by the coordinator.
+pub const TRANSFER_PREPARE_DEADLINE_MS: u64 = 10 * 1000;
+
+/// How long an idempotency key is remembered, in milliseconds (one day, as
+/// common payment APIs do). A retry after this window is a new request.
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// How long a finished transfer (committed or aborted, on either side) stays in
+/// the hot state for reads and dedupe, in milliseconds. Tombstones are kept this
+/// long too, so a Prepare delayed by less than this is refused.
+pub const FINISHED_TRANSFER_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// How many command outcomes each proposer session keeps for dedupe.
+pub const SESSION_OUTCOMES_MAX: usize = 4_096;
+
+/// How long a proposer session may stay idle before it is forgotten, in milliseconds.
+pub const SESSION_IDLE_EXPIRY_MS: u64 = 60 * 60 * 1000;
+
+/// How many events each partner's event log retains; older events are dropped
+/// and a stream asked to resume before them is told its cursor expired.
+pub const EVENTS_RETAINED_PER_PARTNER: usize = 100_000;
+
+/// Most records one `Tick` expires or purges, so a tick's work is bounded.
+pub const TICK_WORK_MAX: usize = 10_000;
+
+/// Most commands in one batch (one Raft entry).
+pub const BATCH_COMMANDS_MAX: usize = 1_024;
+
+/// Identifier lengths, in bytes.
+pub const REGION_ID_BYTES_MAX: usize = 32;
+/// See [`REGION_ID_BYTES_MAX`].
+pub const PARTNER_ID_BYTES_MAX: usize = 32;
+/// See [`REGION_ID_BYTES_MAX`].
+pub const MERCHANT_ID_BYTES_MAX: usize = 128;
+/// See [`REGION_ID_BYTES_MAX`].
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// See [`REGION_ID_BYTES_MAX`].
+pub const REFERENCE_BYTES_MAX: usize = 128;
+/// See [`REGION_ID_BYTES_MAX`].
+pub const QR_PAYLOAD_BYTES_MAX: usize = 512;
+/// Shortest QR payload prefix a payee route may use, so no route captures everything.
+pub const QR_PREFIX_BYTES_MIN: usize = 4;
+/// Payer personal data fields (name, account, reference), in bytes each.
+pub const PAYER_FIELD_BYTES_MAX: usize = 256;
+/// Most payee routes a region's directory holds.
+pub const PAYEE_ROUTES_MAX: usize = 10_000;

@@ -1,0 +1,210 @@
+//! What applying a command produced.
+//!
+//! Applying a command never fails with an `Err`: every replica must reach the
+//! same result, so a refusal is an ordinary, replicated [`Outcome::Rejected`]
+//! carrying a [`RejectCode`]. Malformed input never gets this far; it is refused
+//! at the edge when the command's typed fields are constructed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{PrepareReply, TickReport};
+use crate::corridor::{CorridorId, Priced};
+use crate::currency::Currency;
+use crate::directory::Payee;
+use crate::id::{IdempotencyKey, PartnerId, PayerToken, QuoteId, TransferId};
+use crate::money::{Money, SignedMoney};
+use crate::time::Timestamp;
+use crate::transfer::CoordinatorState;
+
+/// Why a command was refused: a business outcome returned to the partner,
+/// operator or region that sent it. The order matches `paymesh.common.v1.RejectCode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// No partner with that id in this region.
+    PartnerNotFound,
+    /// The partner is suspended.
+    PartnerSuspended,
+    /// The partner's role does not allow this (a payee-only partner paying).
+    PartnerRoleNotAllowed,
+    /// The partner belongs to another region.
+    PartnerNotInRegion,
+    /// No corridor from the payer's currency and region to the payee's.
+    CorridorNotFound,
+    /// The corridor is suspended.
+    CorridorSuspended,
+    /// The corridor has no rate valid now.
+    RateUnavailable,
+    /// A rate was set on a same-currency corridor, which converts at exactly 1.
+    RateNotApplicable,
+    /// An amount's currency does not match what the partner or corridor uses.
+    CurrencyMismatch,
+    /// The command names a region that is not this one where it must be.
+    RegionMismatch,
+    /// Below the corridor's per-transfer minimum, or converts to nothing.
+    AmountBelowMinimum,
+    /// Above the corridor's per-transfer maximum, or out of range after conversion.
+    AmountAboveMaximum,
+    /// The corridor's daily cap would be exceeded.
+    DailyCapExceeded,
+    /// No such quote for this partner.
+    QuoteNotFound,
+    /// The quote expired.
+    QuoteExpired,
+    /// The quote was already used by a transfer.
+    QuoteAlreadyUsed,
+    /// The QR payload matches no payee route, or the payee is unknown here.
+    PayeeNotFound,
+    /// The transfer's payee differs from the one the quote was made for.
+    PayeeMismatch,
+    /// The idempotency key was used before with a different request body.
+    IdempotencyConflict,
+    /// The payer's position (credits plus net debit cap) does not cover the debit,
+    /// or a new cap is below what the position already uses.
+    InsufficientPosition,
+    /// A balance would leave its bound.
+    BalanceOverflow,
+    /// No such transfer.
+    TransferNotFound,
+    /// The payee region did not prepare before the transfer's deadline.
+    DeadlineExceeded,
+    /// The payee region had already received an abort for this transfer.
+    AbortedBeforePrepare,
+    /// A message contradicts what this region recorded (e.g. commit of a transfer
+    /// that was never prepared here).
+    ProtocolViolation,
+    /// The command's id is older than its session's dedupe window; it was not applied.
+    StaleCommand,
+    /// A bounded table is full (payee routes, quotes).
+    CapacityExceeded,
+}
+
+impl RejectCode {
+    /// Every code, for exhaustive tests and wire mapping.
+    pub const ALL: [RejectCode; 27] = [
+        RejectCode::PartnerNotFound,
+        RejectCode::PartnerSuspended,
+        RejectCode::PartnerRoleNotAllowed,
+        RejectCode::PartnerNotInRegion,
+        RejectCode::CorridorNotFound,
+        RejectCode::CorridorSuspended,
+        RejectCode::RateUnavailable,
+        RejectCode::RateNotApplicable,
+        RejectCode::CurrencyMismatch,
+        RejectCode::RegionMismatch,
+        RejectCode::AmountBelowMinimum,
+        RejectCode::AmountAboveMaximum,
+        RejectCode::DailyCapExceeded,
+        RejectCode::QuoteNotFound,
+        RejectCode::QuoteExpired,
+        RejectCode::QuoteAlreadyUsed,
+        RejectCode::PayeeNotFound,
+        RejectCode::PayeeMismatch,
+        RejectCode::IdempotencyConflict,
+        RejectCode::InsufficientPosition,
+        RejectCode::BalanceOverflow,
+        RejectCode::TransferNotFound,
+        RejectCode::DeadlineExceeded,
+        RejectCode::AbortedBeforePrepare,
+        RejectCode::ProtocolViolation,
+        RejectCode::StaleCommand,
+        RejectCode::CapacityExceeded,
+    ];
+}
+
+/// A quote: a locked rate and both amounts, valid until it expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// Its id.
+    pub id: QuoteId,
+    /// The paying partner it was made for.
+    pub partner: PartnerId,
+    /// The payee it was made for.
+    pub payee: Payee,
+    /// The corridor it prices.
+    pub corridor: CorridorId,
+    /// Rate, amounts and fee.
+    pub priced: Priced,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops being usable (exclusive).
+    pub expires_at: Timestamp,
+}
+
+/// A transfer as its partner sees it. It never contains the payer's personal
+/// data, which stays in the payer region's state only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferView {
+    /// Its id.
+    pub id: TransferId,
+    /// The paying partner.
+    pub partner: PartnerId,
+    /// The paying partner's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// The quote it used.
+    pub quote: QuoteId,
+    /// Its corridor.
+    pub corridor: CorridorId,
+    /// Rate, amounts and fee.
+    pub priced: Priced,
+    /// Who is paid.
+    pub payee: Payee,
+    /// The token standing for the payer outside the payer region.
+    pub payer_token: PayerToken,
+    /// Where it stands.
+    pub state: CoordinatorState,
+    /// Why it aborted, if it did.
+    pub reason: Option<RejectCode>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub updated_at: Timestamp,
+    /// For cross-border transfers, the time by which the payee region must prepare.
+    pub deadline: Option<Timestamp>,
+}
+
+/// A partner's position: its prefunded balance and what is reserved against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The position's currency.
+    pub currency: Currency,
+    /// Posted credits minus posted debits; negative when the partner uses its cap.
+    pub posted: SignedMoney,
+    /// Reserved debits of in-flight transfers.
+    pub pending_debits: SignedMoney,
+    /// Reserved credits of in-flight incoming transfers.
+    pub pending_credits: SignedMoney,
+    /// How far the position may go below zero.
+    pub net_debit_cap: Money,
+    /// What the partner can still spend: posted − pending debits + cap.
+    pub available: SignedMoney,
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// An operator command took effect (or repeated one that had).
+    Done,
+    /// A quote was made.
+    Quote(Quote),
+    /// A transfer was created: reserved, committed (same region) or aborted at
+    /// creation with a reason (for example insufficient position).
+    Transfer(TransferView),
+    /// The payee region's answer to a Prepare.
+    PrepareReply(PrepareReply),
+    /// The payee region applied (or had applied) a decision.
+    Acked,
+    /// Housekeeping ran.
+    Ticked(TickReport),
+    /// The command was refused and changed nothing.
+    Rejected(RejectCode),
+}
+
+impl Outcome {
+    /// The reject code, if the command was refused.
+    pub fn rejection(&self) -> Option<RejectCode> {
+        match self {
+            Outcome::Rejected(code) => Some(*code),
+            _ => None,
+        }
+    }
+}
