@@ -244,20 +244,23 @@ pub struct Corridor {
     pub rates: BTreeMap<Timestamp, FxRate>,
     /// Daily cap usage.
     pub usage: DailyUsage,
+    /// When the terms, status or rates last changed.
+    pub updated_at: Timestamp,
 }
 
 impl Corridor {
-    /// A new, active corridor with no rate yet.
-    pub fn new(id: CorridorId, terms: CorridorTerms) -> Corridor {
+    /// A new, active corridor with no rate yet, created at `now`.
+    pub fn new(id: CorridorId, terms: CorridorTerms, now: Timestamp) -> Corridor {
         let usage = DailyUsage { day: 0, used: Money::zero(id.source_currency) };
-        Corridor { id, terms, status: Status::Active, rates: BTreeMap::new(), usage }
+        Corridor { id, terms, status: Status::Active, rates: BTreeMap::new(), usage, updated_at: now }
     }
 
     /// Add a mid rate (replacing one with the same start), dropping rates that
-    /// expired by `now`. Refused if the pair is not the corridor's or the
-    /// schedule is full.
+    /// expired by `now`. Refused if the corridor does not convert or the window
+    /// has already ended (not applicable), the pair is not the corridor's, or
+    /// the schedule is full.
     pub fn add_rate(&mut self, rate: FxRate, now: Timestamp) -> Result<(), RejectCode> {
-        if !self.id.converts() {
+        if !self.id.converts() || rate.valid_until() <= now {
             return Err(RejectCode::RateNotApplicable);
         }
         if rate.source() != self.id.source_currency || rate.destination() != self.id.destination_currency {
@@ -268,6 +271,7 @@ impl Corridor {
             return Err(RejectCode::CapacityExceeded);
         }
         self.rates.insert(rate.valid_from(), rate);
+        self.updated_at = now;
         Ok(())
     }
 
@@ -370,7 +374,7 @@ mod tests {
         let fees = FeeSchedule::new(usd("0.30"), BasisPoints::new(100).unwrap(), usd("0"), usd("10")).unwrap();
         let terms =
             CorridorTerms::new(BasisPoints::new(50).unwrap(), fees, usd("1"), usd("1000"), usd("1500")).unwrap();
-        let mut corridor = Corridor::new(id, terms);
+        let mut corridor = Corridor::new(id, terms, T0);
         let fx = FxRate::new(USD, CNY, Rate::parse("7.2").unwrap(), T0, T0.plus_ms(60_000)).unwrap();
         corridor.add_rate(fx, T0).unwrap();
         corridor
@@ -442,8 +446,10 @@ mod tests {
         assert_eq!(c.add_rate(rate("7.6", 105_000, 110_000), T0.plus_ms(95_000)), Err(RejectCode::CapacityExceeded));
         // Replacing a scheduled rate with the same start is always allowed.
         c.add_rate(rate("7.6", 100_000, 110_000), T0.plus_ms(95_000)).unwrap();
-        let eur = FxRate::new(Currency::EUR, CNY, Rate::ONE, T0, T0.plus_ms(1)).unwrap();
+        let eur = FxRate::new(Currency::EUR, CNY, Rate::ONE, T0, T0.plus_ms(200_000)).unwrap();
         assert_eq!(c.add_rate(eur, T0), Err(RejectCode::CurrencyMismatch));
+        let ended = rate("7.7", 1_000, 2_000);
+        assert_eq!(c.add_rate(ended, T0.plus_ms(95_000)), Err(RejectCode::RateNotApplicable));
     }
 
     #[test]
@@ -470,7 +476,7 @@ mod tests {
             cny("1000000"),
         )
         .unwrap();
-        let priced = Corridor::new(id, terms).price(QuoteAmount::Destination(cny("88.88")), T0).unwrap();
+        let priced = Corridor::new(id, terms, T0).price(QuoteAmount::Destination(cny("88.88")), T0).unwrap();
         assert_eq!((priced.source, priced.destination, priced.rate), (cny("88.88"), cny("88.88"), Rate::ONE));
     }
 

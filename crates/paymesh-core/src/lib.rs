@@ -36,3 +36,8 @@ pub use money::{AmountError, Money, MoneyError, MoneyParseError, SignedMoney};
 pub use outcome::{Outcome, RejectCode};
 pub use state::State;
 pub use time::Timestamp;
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;

@@ -60,6 +60,11 @@ pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// long too, so a Prepare delayed by less than this is refused.
 pub const FINISHED_TRANSFER_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// How long a top-up reference is remembered, in milliseconds (400 days: longer
+/// than a year of bank statements). Repeating a funding within this window never
+/// credits twice.
+pub const TOP_UP_RETENTION_MS: u64 = 400 * 24 * 60 * 60 * 1000;
+
 /// How many command outcomes each proposer session keeps for dedupe.
 pub const SESSION_OUTCOMES_MAX: usize = 4_096;
 

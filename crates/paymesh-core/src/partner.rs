@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::currency::Currency;
 use crate::id::{PartnerId, RegionId};
 use crate::money::Money;
+use crate::time::Timestamp;
 
 /// What a partner may do in transfers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,4 +61,6 @@ pub struct Partner {
     pub config: PartnerConfig,
     /// Active or suspended.
     pub status: Status,
+    /// When the configuration or status last changed.
+    pub updated_at: Timestamp,
 }

@@ -39,7 +39,7 @@ use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus
 use crate::limits::{
     EVENTS_RETAINED_PER_PARTNER, FINISHED_TRANSFER_RETENTION_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX,
     QUOTES_OUTSTANDING_MAX, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX,
-    TRANSFER_PREPARE_DEADLINE_MS,
+    TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
@@ -129,6 +129,14 @@ struct QuoteRecord {
     used: bool,
 }
 
+/// A top-up already applied, remembered by its reference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TopUpRecord {
+    partner: PartnerId,
+    amount: Money,
+    at: Timestamp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct IdempotencyRecord {
     fingerprint: Fingerprint,
@@ -184,6 +192,10 @@ pub struct State {
     events: BTreeMap<PartnerId, EventLog>,
     #[serde(with = "crate::serde_seq")]
     sessions: BTreeMap<u64, Session>,
+    /// Applied top-ups by reference, for [`TOP_UP_RETENTION_MS`].
+    #[serde(with = "crate::serde_seq")]
+    top_ups: BTreeMap<TopUpRef, TopUpRecord>,
+    top_up_expiry: BTreeSet<(Timestamp, TopUpRef)>,
     ledger: Ledger,
 }
 
@@ -212,6 +224,8 @@ impl State {
             outbox: BTreeMap::new(),
             events: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            top_ups: BTreeMap::new(),
+            top_up_expiry: BTreeSet::new(),
             ledger: Ledger::new(),
         }
     }
@@ -254,16 +268,20 @@ impl State {
 
     fn execute(&mut self, body: &CommandBody, now: Timestamp) -> Outcome {
         let result = match body {
-            CommandBody::UpsertPartner(config) => self.upsert_partner(config).map(|()| Outcome::Done),
+            CommandBody::UpsertPartner(config) => self.upsert_partner(config, now).map(|()| Outcome::Done),
             CommandBody::SetPartnerStatus { partner, status } => {
-                self.set_partner_status(partner, *status).map(|()| Outcome::Done)
+                self.set_partner_status(partner, *status, now).map(|()| Outcome::Done)
             }
             CommandBody::UpsertCorridor { corridor, terms } => {
-                self.upsert_corridor(corridor, terms).map(|()| Outcome::Done)
+                self.upsert_corridor(corridor, terms, now).map(|()| Outcome::Done)
             }
-            CommandBody::SetCorridorStatus { corridor, status } => {
-                self.corridor_mut(corridor).map(|c| c.status = *status).map(|()| Outcome::Done)
-            }
+            CommandBody::SetCorridorStatus { corridor, status } => self
+                .corridor_mut(corridor)
+                .map(|c| {
+                    c.status = *status;
+                    c.updated_at = now;
+                })
+                .map(|()| Outcome::Done),
             CommandBody::SetFxRate { corridor, rate } => self.set_fx_rate(corridor, rate, now).map(|()| Outcome::Done),
             CommandBody::TopUp { partner, amount, reference } => {
                 self.top_up(partner, *amount, reference, now).map(|()| Outcome::Done)
@@ -295,7 +313,7 @@ impl State {
         AccountId::new(AccountOwner::Partner(config.id.clone()), config.currency)
     }
 
-    fn upsert_partner(&mut self, config: &PartnerConfig) -> Applied<()> {
+    fn upsert_partner(&mut self, config: &PartnerConfig, now: Timestamp) -> Applied<()> {
         if config.region != self.region {
             return Err(RejectCode::PartnerNotInRegion);
         }
@@ -311,17 +329,21 @@ impl State {
                 }
                 self.ledger.set_policy(&account, policy).map_err(ledger_code)?;
                 existing.config = config.clone();
+                existing.updated_at = now;
             }
             None => {
                 self.ledger.open_account(account, policy).map_err(ledger_code)?;
-                self.partners.insert(config.id.clone(), Partner { config: config.clone(), status: Status::Active });
+                let partner = Partner { config: config.clone(), status: Status::Active, updated_at: now };
+                self.partners.insert(config.id.clone(), partner);
             }
         }
         Ok(())
     }
 
-    fn set_partner_status(&mut self, partner: &PartnerId, status: Status) -> Applied<()> {
-        self.partners.get_mut(partner).ok_or(RejectCode::PartnerNotFound)?.status = status;
+    fn set_partner_status(&mut self, partner: &PartnerId, status: Status, now: Timestamp) -> Applied<()> {
+        let partner = self.partners.get_mut(partner).ok_or(RejectCode::PartnerNotFound)?;
+        partner.status = status;
+        partner.updated_at = now;
         Ok(())
     }
 
@@ -329,7 +351,7 @@ impl State {
         self.corridors.get_mut(id).ok_or(RejectCode::CorridorNotFound)
     }
 
-    fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms) -> Applied<()> {
+    fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms, now: Timestamp) -> Applied<()> {
         if id.source_region != self.region {
             return Err(RejectCode::RegionMismatch);
         }
@@ -337,9 +359,12 @@ impl State {
             return Err(RejectCode::CurrencyMismatch);
         }
         match self.corridors.get_mut(id) {
-            Some(corridor) => corridor.terms = terms.clone(),
+            Some(corridor) => {
+                corridor.terms = terms.clone();
+                corridor.updated_at = now;
+            }
             None => {
-                self.corridors.insert(id.clone(), Corridor::new(id.clone(), terms.clone()));
+                self.corridors.insert(id.clone(), Corridor::new(id.clone(), terms.clone(), now));
             }
         }
         Ok(())
@@ -357,20 +382,21 @@ impl State {
         if amount.is_zero() {
             return Err(RejectCode::AmountBelowMinimum);
         }
-        let position = Self::position_account(&partner.config);
-        let id = EntryId::TopUp(reference.clone());
-        if let Some(entry) = self.ledger.entry(&id) {
+        if let Some(done) = self.top_ups.get(reference) {
             // The same reference again: a repeat if it is the same top-up.
-            return if entry.credit == position && entry.amount == amount {
+            return if done.partner == *partner_id && done.amount == amount {
                 Ok(())
             } else {
                 Err(RejectCode::IdempotencyConflict)
             };
         }
+        let position = Self::position_account(&partner.config);
         let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
-        self.ledger
-            .apply(&[Op::Post { id, debit: settlement, credit: position, amount }], now)
-            .map_err(|refused| ledger_code(refused.reason))
+        let op = Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position, amount };
+        self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
+        self.top_ups.insert(reference.clone(), TopUpRecord { partner: partner_id.clone(), amount, at: now });
+        self.top_up_expiry.insert((now.plus_ms(TOP_UP_RETENTION_MS), reference.clone()));
+        Ok(())
     }
 
     fn upsert_payee_route(&mut self, route: &PayeeRoute) -> Applied<()> {
@@ -745,6 +771,10 @@ impl State {
             // Delivered again or late: answer from the record, change nothing.
             let step = participant_step(Some(existing.state), ParticipantEvent::Prepare);
             debug_assert_eq!(step, Ok(Step::Unchanged));
+            if existing.prepare.as_ref().is_some_and(|recorded| recorded != message) {
+                // The same transfer id with other content: the coordinator broke the protocol.
+                return PrepareReply::Rejected(RejectCode::ProtocolViolation);
+            }
             return match existing.state {
                 ParticipantState::Prepared | ParticipantState::Committed => PrepareReply::Prepared,
                 ParticipantState::Aborted => {
@@ -771,7 +801,15 @@ impl State {
     }
 
     /// Validate a first Prepare and reserve the payee's credit.
+    ///
+    /// A first Prepare arriving at or after its deadline is refused: the
+    /// coordinator aborts such a transfer anyway, and the rule also refuses a
+    /// duplicate delayed beyond tombstone retention, which would otherwise
+    /// hold a credit pending that no decision will ever resolve.
     fn reserve_payout(&mut self, message: &PrepareMessage, now: Timestamp) -> Applied<()> {
+        if now >= message.deadline {
+            return Err(RejectCode::DeadlineExceeded);
+        }
         let corridor = &message.corridor;
         if corridor.destination_region != self.region
             || corridor.source_region == self.region
@@ -870,6 +908,10 @@ impl State {
         let idempotency = &mut self.idempotency;
         purged += purge_before(&mut self.idempotency_expiry, now, &mut budget, |(_, partner, key)| {
             idempotency.remove(&(partner, key));
+        });
+        let top_ups = &mut self.top_ups;
+        purged += purge_before(&mut self.top_up_expiry, now, &mut budget, |(_, reference)| {
+            top_ups.remove(&reference);
         });
         let cutoff = now.minus_ms(FINISHED_TRANSFER_RETENTION_MS);
         let transfers = &mut self.transfers;
@@ -1079,6 +1121,9 @@ impl State {
         }
         if self.idempotency.len() != self.idempotency_expiry.len() {
             return Err("idempotency expiry index disagrees with records".into());
+        }
+        if self.top_ups.len() != self.top_up_expiry.len() {
+            return Err("top-up expiry index disagrees with records".into());
         }
         for (partner, log) in &self.events {
             let cursors: Vec<u64> = log.events.iter().map(|e| e.cursor).collect();

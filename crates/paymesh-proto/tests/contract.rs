@@ -581,6 +581,7 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_ABORTED_BEFORE_PREPARE",
         "REJECT_CODE_PROTOCOL_VIOLATION",
         "REJECT_CODE_STALE_COMMAND",
+        "REJECT_CODE_CAPACITY_EXCEEDED",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");

@@ -377,18 +377,48 @@ fn a_transfer_not_prepared_by_its_deadline_aborts_and_releases_the_payer() {
 }
 
 #[test]
-fn a_prepare_answered_after_the_deadline_is_aborted_on_both_sides() {
+fn a_prepared_reply_after_the_deadline_is_aborted_on_both_sides() {
     let (mut west, mut east) = mesh();
     let view = transfer_view(&pay(&mut west, "k", usd("100"), T0));
     let deadline = view.deadline.unwrap();
-    // Delivered after the deadline but before any tick: the coordinator decides abort.
-    deliver_all(&mut west, &mut east, deadline);
-    assert_eq!(west.state.transfer(&view.id).unwrap().view.state, CoordinatorState::Aborted);
-    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Prepared);
+    let Some(OutboxMessage::Prepare(prepare)) = west.state.outbox().next().map(|(_, m)| m.clone()) else {
+        panic!("prepare queued")
+    };
+    // Prepared just in time, but the reply reaches the coordinator at the deadline.
+    let reply = east.run(CommandBody::Prepare(prepare), deadline.minus_ms(1));
+    assert_eq!(reply, Outcome::PrepareReply(PrepareReply::Prepared));
+    let late_reply = CommandBody::PrepareReplied { transfer: view.id.clone(), reply: PrepareReply::Prepared };
+    assert_eq!(west.run(late_reply, deadline), Outcome::Done);
+    let transfer = west.state.transfer(&view.id).unwrap();
+    assert_eq!(
+        (transfer.view.state, transfer.view.reason),
+        (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded))
+    );
     deliver_all(&mut west, &mut east, deadline.plus_ms(1));
     assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Aborted);
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+    assert_eq!(east.position("wechat-cn").pending_credits.to_wire(), "0.00");
     assert_eq!(west.position("paypal-us").posted.to_wire(), "10000.00");
+}
+
+#[test]
+fn a_first_prepare_after_its_deadline_is_refused() {
+    let (mut west, mut east) = mesh();
+    let view = transfer_view(&pay(&mut west, "k", usd("100"), T0));
+    let deadline = view.deadline.unwrap();
+    // Delivered at the deadline (or a day later, after any tombstone is gone).
+    deliver_all(&mut west, &mut east, deadline);
+    let participation = east.state.participation(&view.id).unwrap();
+    assert_eq!(
+        (participation.state, participation.reason),
+        (ParticipantState::Aborted, Some(RejectCode::DeadlineExceeded))
+    );
+    let transfer = west.state.transfer(&view.id).unwrap();
+    assert_eq!(
+        (transfer.view.state, transfer.view.reason),
+        (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded))
+    );
+    assert_eq!(east.position("wechat-cn").pending_credits.to_wire(), "0.00");
 }
 
 #[test]
@@ -441,6 +471,13 @@ fn protocol_violations_are_refused_without_effect() {
     assert_eq!(east.run(abort_after_commit, T0), Outcome::Rejected(RejectCode::ProtocolViolation));
     let unknown = CommandBody::PrepareReplied { transfer: ghost, reply: PrepareReply::Prepared };
     assert_eq!(west.run(unknown, T0), Outcome::Rejected(RejectCode::TransferNotFound));
+    // The same transfer id with other content is refused and changes nothing.
+    let mut forged = east.state.participation(&view.id).unwrap().prepare.clone().unwrap();
+    forged.destination = cny("9999");
+    let ledger = east.state.ledger().clone();
+    let reply = east.run(CommandBody::Prepare(forged), T0);
+    assert_eq!(reply, Outcome::PrepareReply(PrepareReply::Rejected(RejectCode::ProtocolViolation)));
+    assert_eq!(east.state.ledger(), &ledger);
 }
 
 #[test]
@@ -635,7 +672,7 @@ fn every_reject_code_is_reachable() {
         payee: pid("wechat-cn"),
         merchant: MerchantId::new("m").unwrap(),
         payer_token: PayerToken::for_transfer(&TransferId::new(region("us-west"), n)),
-        deadline: at,
+        deadline: at.plus_ms(TRANSFER_PREPARE_DEADLINE_MS),
     };
     expect(RejectCode::BalanceOverflow, east.run(CommandBody::Prepare(payout(10_000)), at));
 
@@ -649,7 +686,7 @@ fn every_reject_code_is_reachable() {
         payee: pid("wechat-cn"),
         merchant: MerchantId::new("m").unwrap(),
         payer_token: PayerToken::for_transfer(&TransferId::new(region("ap-southeast"), 1)),
-        deadline: at,
+        deadline: at.plus_ms(TRANSFER_PREPARE_DEADLINE_MS),
     };
     expect(RejectCode::RegionMismatch, east.run(CommandBody::Prepare(misrouted), at));
     let ghost_transfer = TransferId::new(region("us-west"), 424242);

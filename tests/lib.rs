@@ -1,0 +1,1 @@
+//! paymesh-tests holds only integration tests under `tests/tests/`.

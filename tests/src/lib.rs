@@ -1,1 +1,0 @@
-//! Cross-crate tests live under `tests/`; this library is empty on purpose.
