@@ -5,16 +5,10 @@
 use paymesh_core::RejectCode;
 use paymesh_proto::common::v1::RejectCode as WireRejectCode;
 
-/// `PartnerNotFound` → `PARTNER_NOT_FOUND`.
-fn screaming_snake(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+/// A name with case and underscores removed: `REJECT_CODE_PARTNER_NOT_FOUND`
+/// without its prefix and `PartnerNotFound` both become `partnernotfound`.
+fn folded(name: &str) -> String {
+    name.replace('_', "").to_lowercase()
 }
 
 #[test]
@@ -22,14 +16,9 @@ fn every_core_reject_code_has_its_wire_twin_at_the_same_position() {
     for (index, code) in RejectCode::ALL.iter().enumerate() {
         let number = i32::try_from(index + 1).unwrap();
         let wire = WireRejectCode::try_from(number).unwrap_or_else(|_| panic!("no wire code {number} for {code:?}"));
-        assert_eq!(wire.as_str_name(), format!("REJECT_CODE_{}", screaming_snake(&format!("{code:?}"))));
+        let wire_name = wire.as_str_name().strip_prefix("REJECT_CODE_").expect("every value carries the enum's prefix");
+        assert_eq!(folded(wire_name), folded(&format!("{code:?}")), "wire code {number}");
     }
     let past_end = i32::try_from(RejectCode::ALL.len() + 1).unwrap();
     assert!(WireRejectCode::try_from(past_end).is_err(), "the wire has codes the core does not know");
-}
-
-#[test]
-fn name_conversion_is_what_the_comparison_relies_on() {
-    assert_eq!(screaming_snake("PartnerNotFound"), "PARTNER_NOT_FOUND");
-    assert_eq!(screaming_snake("StaleCommand"), "STALE_COMMAND");
 }

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::corridor::{CorridorId, CorridorTerms, QuoteAmount};
 use crate::directory::{PayeeRoute, QrPrefix};
 use crate::fx::{FxRate, Rate};
-use crate::id::{IdError, IdempotencyKey, MerchantId, PartnerId, PayerToken, QrPayload, QuoteId, TopUpRef, TransferId};
+use crate::id::{
+    IdError, IdempotencyKey, MerchantId, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef, TransferId,
+};
 use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
@@ -119,6 +121,10 @@ pub enum CommandBody {
     },
     /// The payee region acknowledged a decision.
     DecisionAcked {
+        /// The region that acknowledged (the decision's destination). Named
+        /// here because the transfer's own record may already be gone: a
+        /// decision can wait longer than finished transfers are retained.
+        region: RegionId,
         /// The transfer.
         transfer: TransferId,
     },

@@ -296,8 +296,8 @@ impl State {
             }
             CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now)),
             CommandBody::PrepareReplied { transfer, reply } => self.prepare_replied(transfer, *reply, now),
-            CommandBody::DecisionAcked { transfer } => {
-                self.decision_acked(transfer);
+            CommandBody::DecisionAcked { region, transfer } => {
+                self.decision_acked(region, transfer);
                 Ok(Outcome::Done)
             }
             CommandBody::Prepare(message) => Ok(Outcome::PrepareReply(self.prepare(message, now))),
@@ -755,9 +755,10 @@ impl State {
         self.finish_coordinator(transfer, now);
     }
 
-    fn decision_acked(&mut self, id: &TransferId) {
-        let Some(transfer) = self.transfers.get(id) else { return };
-        let key = (transfer.view.corridor.destination_region.clone(), id.clone());
+    /// A decision reached its region: stop sending it. Only a decision is
+    /// removed; an ack cannot clear a Prepare still waiting for its answer.
+    fn decision_acked(&mut self, region: &RegionId, id: &TransferId) {
+        let key = (region.clone(), id.clone());
         if matches!(self.outbox.get(&key), Some(OutboxMessage::Decision { .. })) {
             self.outbox.remove(&key);
         }

@@ -197,7 +197,7 @@ fn deliver_all(from: &mut Region, to: &mut Region, now: Timestamp) {
             }
             OutboxMessage::Decision { transfer, decision } => {
                 assert_eq!(to.run(CommandBody::Decide { transfer: transfer.clone(), decision }, now), Outcome::Acked);
-                from.run(CommandBody::DecisionAcked { transfer }, now);
+                from.run(CommandBody::DecisionAcked { region: to.state.region().clone(), transfer }, now);
             }
         }
     }
@@ -499,6 +499,21 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
     // Balances are never purged.
     // 10.00 plus a fee of 0.30 + 1 %.
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9989.60");
+    // A decision outlives its transfer's retention while the payee region is
+    // unreachable; the late ack still clears it from the outbox.
+    let rate = FxRate::new(USD, CNY, Rate::parse("7.2").unwrap(), later, later.plus_ms(DAY_MS)).unwrap();
+    west.ok(CommandBody::SetFxRate { corridor: corridor_id("USD:us-west->CNY:cn-east"), rate }, later);
+    let view = transfer_view(&pay(&mut west, "k-late", usd("10"), later));
+    west.run(CommandBody::Tick, view.deadline.unwrap());
+    assert_eq!(west.state.outbox().count(), 1);
+    let much_later = view.deadline.unwrap().plus_ms(FINISHED_TRANSFER_RETENTION_MS + 1);
+    west.run(CommandBody::Tick, much_later);
+    assert!(west.state.transfer(&view.id).is_none(), "the finished transfer is purged");
+    assert_eq!(west.state.outbox().count(), 1, "its decision still waits");
+    deliver_all(&mut west, &mut east, much_later);
+    assert_eq!(west.state.outbox().count(), 0, "the late ack cleared it");
+    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Tombstone);
+
     // The work of one tick is bounded.
     let mut busy = Region::new("us-west", 77);
     for n in 0..(TICK_WORK_MAX as u64 + 10) {
@@ -944,7 +959,7 @@ impl Sim {
     fn apply_reply(&mut self, reply: Reply) {
         let body = match reply {
             Reply::Prepare(transfer, reply) => CommandBody::PrepareReplied { transfer, reply },
-            Reply::Ack(transfer) => CommandBody::DecisionAcked { transfer },
+            Reply::Ack(transfer) => CommandBody::DecisionAcked { region: region("cn-east"), transfer },
         };
         let outcome = self.west.run(body, self.now);
         assert_ne!(
