@@ -5,7 +5,7 @@
 //! to a payee partner; the rest of the payload names the merchant. The longest
 //! matching prefix wins, so a more specific route can override a general one.
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,7 @@ pub struct Payee {
 /// All payee routes of the mesh.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directory {
-    routes: BTreeMap<QrPrefix, PayeeRoute>,
+    routes: OrdMap<QrPrefix, PayeeRoute>,
 }
 
 impl Directory {

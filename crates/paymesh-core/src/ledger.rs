@@ -17,8 +17,10 @@
 //! chain touched (independently of the code that moved the money), and
 //! [`Ledger::verify`] re-derives it from every account, as loading from disk does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
+
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -329,14 +331,18 @@ impl Totals {
 }
 
 /// A region's ledger: accounts, entries and per-currency totals.
+///
+/// Accounts and entries live in persistent maps (`imbl`), so a clone is
+/// cheap and shares structure: a snapshot can take a consistent copy of a
+/// large ledger while the original keeps changing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Ledger {
     #[serde(with = "crate::serde_seq")]
-    accounts: BTreeMap<AccountId, Account>,
+    accounts: OrdMap<AccountId, Account>,
     #[serde(with = "crate::serde_seq")]
-    entries: BTreeMap<EntryId, Entry>,
+    entries: OrdMap<EntryId, Entry>,
     /// Resolved entries by resolution time, for retention.
-    resolved: BTreeSet<(Timestamp, EntryId)>,
+    resolved: OrdSet<(Timestamp, EntryId)>,
     #[serde(with = "crate::serde_seq")]
     totals: BTreeMap<Currency, Totals>,
 }
@@ -627,11 +633,11 @@ impl Ledger {
     pub fn purge_resolved_before(&mut self, cutoff: Timestamp, max: usize) -> usize {
         let mut purged = 0;
         while purged < max {
-            let Some(first) = self.resolved.first() else { break };
+            let Some(first) = self.resolved.get_min() else { break };
             if first.0 >= cutoff {
                 break;
             }
-            let (_, id) = self.resolved.pop_first().expect("checked non-empty above");
+            let (_, id) = self.resolved.remove_min().expect("checked non-empty above");
             self.entries.remove(&id);
             purged += 1;
         }
@@ -705,10 +711,10 @@ impl<'de> Deserialize<'de> for Ledger {
         #[derive(Deserialize)]
         struct Repr {
             #[serde(with = "crate::serde_seq")]
-            accounts: BTreeMap<AccountId, Account>,
+            accounts: OrdMap<AccountId, Account>,
             #[serde(with = "crate::serde_seq")]
-            entries: BTreeMap<EntryId, Entry>,
-            resolved: BTreeSet<(Timestamp, EntryId)>,
+            entries: OrdMap<EntryId, Entry>,
+            resolved: OrdSet<(Timestamp, EntryId)>,
             #[serde(with = "crate::serde_seq")]
             totals: BTreeMap<Currency, Totals>,
         }

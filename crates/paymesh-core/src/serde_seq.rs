@@ -3,32 +3,55 @@
 //! Many of the state's maps have structured keys (an account id is an owner and
 //! a currency). Formats such as JSON only allow string keys, so these maps are
 //! written as ordered pair lists instead; the order is the map's, so the encoding
-//! is deterministic. Duplicate keys on the way in are refused.
+//! is deterministic. Duplicate keys on the way in are refused. Works for the
+//! standard `BTreeMap` and for `imbl::OrdMap`.
 
 use std::collections::BTreeMap;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// An ordered map that can be rebuilt from pairs and counted.
+pub trait PairMap<K, V>: FromIterator<(K, V)> {
+    /// The number of keys.
+    fn key_count(&self) -> usize;
+}
+
+impl<K: Ord, V> PairMap<K, V> for BTreeMap<K, V> {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> PairMap<K, V> for imbl::OrdMap<K, V> {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Write `map` as a sequence of pairs in key order.
-pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-    map: &BTreeMap<K, V>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(map.iter())
+pub fn serialize<'a, M, K, V, S>(map: &'a M, serializer: S) -> Result<S::Ok, S::Error>
+where
+    &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+    K: Serialize + 'a,
+    V: Serialize + 'a,
+    S: Serializer,
+{
+    serializer.collect_seq(map)
 }
 
 /// Read a sequence of pairs; a repeated key is an error, not a silent overwrite.
-pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+pub fn deserialize<'de, M, K, V, D>(deserializer: D) -> Result<M, D::Error>
 where
-    K: Deserialize<'de> + Ord,
+    M: PairMap<K, V>,
+    K: Deserialize<'de>,
     V: Deserialize<'de>,
     D: Deserializer<'de>,
 {
     let pairs = Vec::<(K, V)>::deserialize(deserializer)?;
     let expected = pairs.len();
-    let map: BTreeMap<K, V> = pairs.into_iter().collect();
-    if map.len() != expected {
+    let map: M = pairs.into_iter().collect();
+    if map.key_count() != expected {
         return Err(D::Error::custom("duplicate key in map"));
     }
     Ok(map)

@@ -22,7 +22,7 @@
 //! Everything retained is bounded by time (retention windows applied by `Tick`,
 //! whose work per call is bounded too) or by count.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +110,7 @@ pub struct Event {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EventLog {
     next_cursor: u64,
-    events: VecDeque<Event>,
+    events: Vector<Event>,
 }
 
 /// A resumed stream asked for events older than the log retains.
@@ -150,12 +150,16 @@ struct Session {
     last_active: Timestamp,
     /// Outcomes by sequence number, the newest [`SESSION_OUTCOMES_MAX`].
     #[serde(with = "crate::serde_seq")]
-    outcomes: BTreeMap<u64, Outcome>,
+    outcomes: OrdMap<u64, Outcome>,
     /// Sequence numbers below this were applied and forgotten.
     forgotten_below: u64,
 }
 
 /// A region's replicated state.
+///
+/// Every table is a persistent map (`imbl`): cloning the state is cheap and
+/// shares structure, so a snapshot takes a consistent copy at one applied
+/// index while apply goes on changing the original.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     region: RegionId,
@@ -165,37 +169,37 @@ pub struct State {
     next_transfer: u64,
     next_quote: u64,
     #[serde(with = "crate::serde_seq")]
-    partners: BTreeMap<PartnerId, Partner>,
+    partners: OrdMap<PartnerId, Partner>,
     #[serde(with = "crate::serde_seq")]
-    corridors: BTreeMap<CorridorId, Corridor>,
+    corridors: OrdMap<CorridorId, Corridor>,
     directory: Directory,
     #[serde(with = "crate::serde_seq")]
-    quotes: BTreeMap<QuoteId, QuoteRecord>,
-    quote_expiry: BTreeSet<(Timestamp, QuoteId)>,
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
     #[serde(with = "crate::serde_seq")]
-    transfers: BTreeMap<TransferId, Transfer>,
+    transfers: OrdMap<TransferId, Transfer>,
     /// Reserved transfers by deadline.
-    deadlines: BTreeSet<(Timestamp, TransferId)>,
+    deadlines: OrdSet<(Timestamp, TransferId)>,
     /// Final coordinator transfers by when they finished, for retention.
-    transfers_finished: BTreeSet<(Timestamp, TransferId)>,
+    transfers_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
-    participations: BTreeMap<TransferId, Participation>,
+    participations: OrdMap<TransferId, Participation>,
     /// Final participations (including tombstones) by when they finished.
-    participations_finished: BTreeSet<(Timestamp, TransferId)>,
+    participations_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
-    idempotency: BTreeMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
-    idempotency_expiry: BTreeSet<(Timestamp, PartnerId, IdempotencyKey)>,
+    idempotency: OrdMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
+    idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
     /// One pending message per transfer, keyed by destination region.
     #[serde(with = "crate::serde_seq")]
-    outbox: BTreeMap<(RegionId, TransferId), OutboxMessage>,
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
     #[serde(with = "crate::serde_seq")]
-    events: BTreeMap<PartnerId, EventLog>,
+    events: OrdMap<PartnerId, EventLog>,
     #[serde(with = "crate::serde_seq")]
-    sessions: BTreeMap<u64, Session>,
+    sessions: OrdMap<u64, Session>,
     /// Applied top-ups by reference, for [`TOP_UP_RETENTION_MS`].
     #[serde(with = "crate::serde_seq")]
-    top_ups: BTreeMap<TopUpRef, TopUpRecord>,
-    top_up_expiry: BTreeSet<(Timestamp, TopUpRef)>,
+    top_ups: OrdMap<TopUpRef, TopUpRecord>,
+    top_up_expiry: OrdSet<(Timestamp, TopUpRef)>,
     ledger: Ledger,
 }
 
@@ -209,23 +213,23 @@ impl State {
             clock: Timestamp::EPOCH,
             next_transfer: 1,
             next_quote: 1,
-            partners: BTreeMap::new(),
-            corridors: BTreeMap::new(),
+            partners: OrdMap::new(),
+            corridors: OrdMap::new(),
             directory: Directory::default(),
-            quotes: BTreeMap::new(),
-            quote_expiry: BTreeSet::new(),
-            transfers: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
-            transfers_finished: BTreeSet::new(),
-            participations: BTreeMap::new(),
-            participations_finished: BTreeSet::new(),
-            idempotency: BTreeMap::new(),
-            idempotency_expiry: BTreeSet::new(),
-            outbox: BTreeMap::new(),
-            events: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            top_ups: BTreeMap::new(),
-            top_up_expiry: BTreeSet::new(),
+            quotes: OrdMap::new(),
+            quote_expiry: OrdSet::new(),
+            transfers: OrdMap::new(),
+            deadlines: OrdSet::new(),
+            transfers_finished: OrdSet::new(),
+            participations: OrdMap::new(),
+            participations_finished: OrdSet::new(),
+            idempotency: OrdMap::new(),
+            idempotency_expiry: OrdSet::new(),
+            outbox: OrdMap::new(),
+            events: OrdMap::new(),
+            sessions: OrdMap::new(),
+            top_ups: OrdMap::new(),
+            top_up_expiry: OrdSet::new(),
             ledger: Ledger::new(),
         }
     }
@@ -261,7 +265,8 @@ impl State {
         session.last_active = now;
         session.outcomes.insert(id.sequence, outcome.clone());
         while session.outcomes.len() > SESSION_OUTCOMES_MAX {
-            let (oldest, _) = session.outcomes.pop_first().expect("more than the maximum, so not empty");
+            let oldest = session.outcomes.get_min().map(|(sequence, _)| *sequence).expect("more than the maximum");
+            session.outcomes.remove(&oldest);
             session.forgotten_below = session.forgotten_below.max(oldest + 1);
         }
     }
@@ -886,7 +891,7 @@ impl State {
 
         // Reserved transfers past their deadline: abort and tell the payee region.
         while budget > 0 {
-            let Some((deadline, id)) = self.deadlines.first().cloned() else { break };
+            let Some((deadline, id)) = self.deadlines.get_min().cloned() else { break };
             if deadline > now {
                 break;
             }
@@ -1063,7 +1068,7 @@ impl State {
     /// stuck); the indexes match what they index; event cursors have no gaps.
     pub fn verify(&self) -> Result<(), String> {
         self.ledger.verify()?;
-        let mut expected_pending = BTreeSet::new();
+        let mut expected_pending = std::collections::BTreeSet::new();
         for (id, transfer) in &self.transfers {
             let view = &transfer.view;
             let in_flight = view.state == CoordinatorState::Reserved;
@@ -1172,19 +1177,19 @@ fn push_event(
 
 /// Remove index entries whose time is at or before `cutoff`, calling `forget`
 /// for each, within the remaining budget.
-fn purge_before<K: Ord + TimeKeyed>(
-    index: &mut BTreeSet<K>,
+fn purge_before<K: Ord + Clone + TimeKeyed>(
+    index: &mut OrdSet<K>,
     cutoff: Timestamp,
     budget: &mut usize,
     mut forget: impl FnMut(K),
 ) -> usize {
     let mut purged = 0;
     while *budget > 0 {
-        let Some(first) = index.first() else { break };
+        let Some(first) = index.get_min() else { break };
         if first.time() > cutoff {
             break;
         }
-        let key = index.pop_first().expect("checked non-empty above");
+        let key = index.remove_min().expect("checked non-empty above");
         forget(key);
         *budget -= 1;
         purged += 1;
