@@ -1,8 +1,26 @@
-//! Durable storage of a paymesh region.
+//! Durable storage of a paymesh region's Raft group.
 //!
 //! * [`segment_log`]: the Raft log as an append-only sequence of CRC-checked
 //!   records in segment files, made durable with `fdatasync`.
+//! * [`log_store`]: openraft's `RaftLogStorage` over it, with a flusher thread
+//!   that acknowledges appends only after `fdatasync`.
+//! * [`state_machine`]: openraft's `RaftStateMachine` over `paymesh_core::State`,
+//!   with snapshots taken from an O(1) copy of the state and kept durably in
+//!   sled ([`checkpoint`]).
+//! * [`raft_types`]: the openraft type configuration.
 
 #![warn(missing_docs)]
+// openraft's storage traits return its `StorageError` (over 200 bytes); our
+// helpers return the same type rather than boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
 
+pub mod checkpoint;
+pub mod log_store;
+pub mod meta_file;
+pub mod raft_types;
 pub mod segment_log;
+pub mod state_machine;
+
+pub use log_store::{LogStats, LogStore};
+pub use raft_types::{NodeAddr, NodeId, TypeConfig};
+pub use state_machine::{state_digest, Applied, StateMachineStore};

@@ -7,25 +7,34 @@
 //! own files and calls `fdatasync` itself (see "Durability" in
 //! docs/ARCHITECTURE.md).
 //!
-//! Layout: a directory of segment files named by the index of their first
+//! Layout: a directory of segment files, each named by the index of its first
 //! record (`00000000000000000001.seg`). A record is
 //!
 //! ```text
 //! | length: u32 LE | crc32: u32 LE | index: u64 LE | payload: length bytes |
 //! ```
 //!
-//! where the CRC covers the index and the payload. Records are contiguous:
-//! each index is the previous plus one. A segment is closed (synced) when it
-//! passes [`SEGMENT_BYTES_MAX`] and a new one starts.
+//! where the CRC covers the index and the payload. Indexes strictly increase
+//! through the log. (Raft appends consecutive indexes; the storage only
+//! insists that they increase, which is what openraft's conformance suite
+//! expects of a log store.) A segment is closed, synced, once it passes its
+//! size limit, and a new one starts.
 //!
-//! On open, every segment is scanned; the first record that is short, fails
-//! its CRC, or breaks contiguity ends the log: the file is cut there and any
-//! later segment is removed. Such a tail can only be a write that was never
-//! acknowledged, because an append is acknowledged only after `fdatasync`.
+//! On open, every segment is scanned. In the last segment, the first record
+//! that is short, fails its CRC, or does not increase the index ends the log:
+//! the file is cut there. Such a tail can only be a write that was never
+//! acknowledged, because an append is acknowledged only after `fdatasync`, and
+//! a segment is synced before the next one starts. Damage anywhere else (a bad
+//! record in an earlier segment, a missing segment) may have destroyed
+//! acknowledged entries, so the log refuses to open and names the damage
+//! instead of cutting it away.
+//!
+//! Records at or below the purge point (`first_index − 1`) are invisible even
+//! while they remain on disk; whole segments below it are deleted.
 //!
 //! Writes happen under `&mut self`; [`SegmentLog::sync`] and
 //! [`SegmentLog::syncer`] make them durable, the latter from another thread so
-//! that many appends share one `fdatasync` (group commit).
+//! that several appends can share one `fdatasync`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -57,13 +66,13 @@ pub enum LogError {
         /// The error.
         source: io::Error,
     },
-    /// An append did not continue the log where it ends.
-    #[error("append of index {index} where the log expects {expected}")]
-    NotContiguous {
+    /// An append whose index does not exceed the last one.
+    #[error("append of index {index} after the last index {last}")]
+    NotIncreasing {
         /// The index offered.
         index: u64,
-        /// The index the log expects next.
-        expected: u64,
+        /// The log's last index.
+        last: u64,
     },
     /// A payload above [`RECORD_PAYLOAD_BYTES_MAX`].
     #[error("record of {bytes} bytes is larger than the limit")]
@@ -79,6 +88,14 @@ pub enum LogError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// Damage a crash cannot explain: the log will not open.
+    #[error("raft log in {dir} is damaged: {reason}; restore this node from its peers (wipe its data directory)")]
+    Damaged {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -90,25 +107,29 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 pub struct Recovery {
     /// Records read.
     pub records: u64,
-    /// Bytes cut from a torn or corrupt tail.
+    /// Bytes cut from a torn tail of the last segment.
     pub truncated_bytes: u64,
-    /// Segment files removed because they followed a torn tail.
-    pub removed_segments: u64,
 }
 
 #[derive(Debug)]
 struct Segment {
-    first_index: u64,
+    /// The index the file is named by: its first record's, or for an empty
+    /// segment the lowest index it may receive.
+    name: u64,
     path: PathBuf,
-    /// Byte offset of each record, by index − `first_index`.
-    offsets: Vec<u64>,
+    /// `(index, byte offset)` of each record, indexes increasing.
+    records: Vec<(u64, u64)>,
     /// Bytes in the file.
     bytes: u64,
 }
 
 impl Segment {
     fn last_index(&self) -> Option<u64> {
-        (!self.offsets.is_empty()).then(|| self.first_index + self.offsets.len() as u64 - 1)
+        self.records.last().map(|(index, _)| *index)
+    }
+
+    fn offset_of(&self, index: u64) -> Option<u64> {
+        self.records.binary_search_by_key(&index, |(i, _)| *i).ok().map(|at| self.records[at].1)
     }
 }
 
@@ -133,6 +154,7 @@ impl Syncer {
 pub struct SegmentLog {
     dir: PathBuf,
     segment_bytes_max: u64,
+    /// Never empty; the last is the active one.
     segments: Vec<Segment>,
     /// Records with an index below this are purged, even if still on disk.
     first_index: u64,
@@ -159,22 +181,29 @@ impl SegmentLog {
             }
         }
         names.sort();
+        let damaged = |reason: String| LogError::Damaged { dir: dir.to_path_buf(), reason };
         let mut recovery = Recovery::default();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut broken = false;
-        for (first, path) in names {
-            let expected = segments.last().and_then(Segment::last_index).map(|last| last + 1);
-            if broken || expected.is_some_and(|e| e != first) || segments.last().is_some_and(|s| s.offsets.is_empty()) {
-                // After a torn tail or a gap nothing can be trusted.
-                fs::remove_file(&path).map_err(io_error(&path))?;
-                recovery.removed_segments += 1;
-                broken = true;
-                continue;
+        let count = names.len();
+        for (position, (name, path)) in names.into_iter().enumerate() {
+            if let Some(previous) = segments.last() {
+                // A segment starts only after the previous one ends, at the
+                // next index, and only once that one holds records.
+                match previous.last_index() {
+                    None => return Err(damaged(format!("empty segment {} is followed by another", previous.name))),
+                    Some(last) if name != last + 1 => {
+                        return Err(damaged(format!("segment {name} does not follow the last index {last}")));
+                    }
+                    Some(_) => {}
+                }
             }
-            let (segment, cut) = scan_segment(first, path)?;
-            recovery.records += segment.offsets.len() as u64;
+            let last_segment = position + 1 == count;
+            let (segment, cut) = scan_segment(name, path, last_segment)?;
+            if cut > 0 && !last_segment {
+                return Err(damaged(format!("segment {name} has {cut} bad bytes and is not the last")));
+            }
+            recovery.records += segment.records.len() as u64;
             recovery.truncated_bytes += cut;
-            broken = cut > 0;
             segments.push(segment);
         }
         if segments.is_empty() {
@@ -191,28 +220,25 @@ impl SegmentLog {
         };
         // Segments below the purge point remain if a purge was cut short.
         log.drop_purged()?;
-        if recovery.truncated_bytes > 0 || recovery.removed_segments > 0 {
+        if recovery.truncated_bytes > 0 {
             log.sync_all()?;
         }
         Ok((log, recovery))
     }
 
-    /// The index of the first record not purged.
+    /// The lowest index that may be present (everything below is purged).
     pub fn first_index(&self) -> u64 {
         self.first_index
     }
 
-    /// The index of the last record, if there is one at or after `first_index`.
+    /// The index of the last record not purged, if any.
     pub fn last_index(&self) -> Option<u64> {
-        self.next_index().checked_sub(1).filter(|last| *last >= self.first_index)
+        self.segments.iter().rev().find_map(Segment::last_index).filter(|last| *last >= self.first_index)
     }
 
-    /// The index the next append must use.
+    /// The lowest index the next append may use.
     pub fn next_index(&self) -> u64 {
-        // Only the active segment may be empty, and it never holds only
-        // purged records (see `drop_purged`).
-        let active = self.active_segment();
-        active.last_index().map_or(active.first_index, |last| last + 1)
+        self.segments.iter().rev().find_map(Segment::last_index).map_or(self.first_index, |last| last + 1)
     }
 
     /// A handle that syncs appends from another thread.
@@ -220,46 +246,39 @@ impl SegmentLog {
         Syncer { active: self.active.clone() }
     }
 
-    /// Append records with consecutive indexes, continuing the log, in one
+    /// Append records with increasing indexes, each above the last, in one
     /// write. Not durable until a sync.
     pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<(), LogError> {
-        let mut buffer = Vec::new();
-        let mut offsets = Vec::new();
-        let start = self.active_segment().bytes;
-        let mut expected = self.next_index();
-        for (index, payload) in records {
-            if index != expected {
-                return Err(LogError::NotContiguous { index, expected });
+        let records: Vec<(u64, &[u8])> = records.into_iter().collect();
+        let Some(&(first, _)) = records.first() else { return Ok(()) };
+        let mut last = self.segments.iter().rev().find_map(Segment::last_index);
+        for (index, payload) in &records {
+            if last.is_some_and(|l| *index <= l) {
+                return Err(LogError::NotIncreasing { index: *index, last: last.unwrap_or_default() });
             }
             if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
                 return Err(LogError::TooLarge { bytes: payload.len() });
             }
-            offsets.push(start + buffer.len() as u64);
-            encode_record(&mut buffer, index, payload);
-            expected += 1;
+            last = Some(*index);
         }
-        if offsets.is_empty() {
-            return Ok(());
+        let active = self.active_segment();
+        if active.records.is_empty() && active.name != first {
+            // An empty segment is renamed after the first record it receives.
+            self.replace_active(first)?;
+        } else if !active.records.is_empty() && active.bytes >= self.segment_bytes_max {
+            self.roll(first)?;
         }
-        if self.next_index() > self.active_segment().first_index
-            && self.active_segment().bytes >= self.segment_bytes_max
-        {
-            self.roll()?;
-            // Offsets were computed for the old segment; recompute for the new one.
-            let delta = start;
-            for offset in &mut offsets {
-                *offset -= delta;
-            }
+        let mut buffer = Vec::new();
+        let start = self.active_segment().bytes;
+        let mut located = Vec::with_capacity(records.len());
+        for (index, payload) in &records {
+            located.push((*index, start + buffer.len() as u64));
+            encode_record(&mut buffer, *index, payload);
         }
         let path = self.active_segment().path.clone();
         (&*self.active_file).write_all(&buffer).map_err(io_error(&path))?;
         let segment = self.active_segment_mut();
-        if segment.offsets.is_empty() {
-            // An empty segment adopts the first index it is given (after a purge
-            // or truncation everything lives in new indexes).
-            debug_assert_eq!(segment.first_index, expected - offsets.len() as u64);
-        }
-        segment.offsets.extend(offsets);
+        segment.records.extend(located);
         segment.bytes += buffer.len() as u64;
         Ok(())
     }
@@ -274,9 +293,10 @@ impl SegmentLog {
         if index < self.first_index {
             return Ok(None);
         }
-        let Some(segment) = self.segments.iter().rev().find(|s| s.first_index <= index) else { return Ok(None) };
-        let Some(&offset) = segment.offsets.get((index - segment.first_index) as usize) else { return Ok(None) };
-        let file = if std::ptr::eq(segment, self.active_segment()) {
+        let Some(position) = self.segments.iter().rposition(|s| s.name <= index) else { return Ok(None) };
+        let segment = &self.segments[position];
+        let Some(offset) = segment.offset_of(index) else { return Ok(None) };
+        let file = if position + 1 == self.segments.len() {
             self.active_file.clone()
         } else {
             Arc::new(File::open(&segment.path).map_err(io_error(&segment.path))?)
@@ -295,13 +315,19 @@ impl SegmentLog {
         Ok(Some(payload))
     }
 
-    /// Read the records with indexes in `start..end` that exist.
+    /// Read the records present with indexes in `start..end`, in order.
     pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        let mut records = Vec::new();
-        for index in start.max(self.first_index)..end {
-            match self.read(index)? {
-                Some(payload) => records.push((index, payload)),
-                None => break,
+        let start = start.max(self.first_index);
+        let indexes: Vec<u64> = self
+            .segments
+            .iter()
+            .flat_map(|s| s.records.iter().map(|(index, _)| *index))
+            .filter(|index| (start..end).contains(index))
+            .collect();
+        let mut records = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            if let Some(payload) = self.read(index)? {
+                records.push((index, payload));
             }
         }
         Ok(records)
@@ -310,37 +336,30 @@ impl SegmentLog {
     /// Remove every record with an index at or above `index` (a conflicting
     /// suffix), durably.
     pub fn truncate_from(&mut self, index: u64) -> Result<(), LogError> {
-        let index = index.max(self.first_index);
-        if index >= self.next_index() {
-            return Ok(());
-        }
-        // Whole segments that start at or after `index` go.
-        while self.segments.last().is_some_and(|s| s.first_index >= index) {
-            let gone = self.segments.pop().expect("checked above");
+        // Whole segments that start at or after `index` go, keeping at least
+        // one (emptied below if need be).
+        while self.segments.len() > 1 && self.active_segment().name >= index {
+            let gone = self.segments.pop().expect("more than one segment");
             fs::remove_file(&gone.path).map_err(io_error(&gone.path))?;
         }
-        match self.segments.last_mut() {
-            None => self.segments.push(create_segment(&self.dir, index)?),
-            Some(segment) => {
-                // Segments are contiguous, so this one holds `index - 1` and
-                // possibly more: cut it at `index`.
-                let keep = (index - segment.first_index) as usize;
-                let cut_at = segment.offsets.get(keep).copied().unwrap_or(segment.bytes);
-                segment.offsets.truncate(keep);
-                segment.bytes = cut_at;
-                let path = segment.path.clone();
-                let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
-                file.set_len(cut_at).map_err(io_error(&path))?;
-            }
+        let segment = self.segments.last_mut().expect("at least one segment");
+        let keep = segment.records.partition_point(|(i, _)| *i < index);
+        if keep < segment.records.len() {
+            let cut_at = segment.records[keep].1;
+            segment.records.truncate(keep);
+            segment.bytes = cut_at;
+            let path = segment.path.clone();
+            let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
+            file.set_len(cut_at).map_err(io_error(&path))?;
         }
         self.reopen_active()?;
         self.sync_all()
     }
 
     /// Forget every record with an index at or below `index`, which may lie
-    /// beyond the log's end (a snapshot installed past it): the next append is
-    /// then `index + 1`. Whole segments are deleted; the caller records the
-    /// purge point durably first, since a purged record may remain on disk.
+    /// beyond the log's end (a snapshot installed past it). Whole segments are
+    /// deleted; the caller records the purge point durably first, since a
+    /// purged record may remain on disk.
     pub fn purge_through(&mut self, index: u64) -> Result<(), LogError> {
         if index < self.first_index {
             return Ok(());
@@ -354,10 +373,9 @@ impl SegmentLog {
     /// start an empty segment at `first_index`.
     fn drop_purged(&mut self) -> Result<(), LogError> {
         let first = self.first_index;
-        let purged = |s: &Segment| s.last_index().map_or(s.first_index < first, |l| l < first);
-        let all_purged = purged(self.active_segment());
-        if all_purged {
-            let fresh = create_segment(&self.dir, self.first_index)?;
+        let purged = |s: &Segment| s.last_index().map_or(s.name < first, |last| last < first);
+        if purged(self.active_segment()) {
+            let fresh = create_segment(&self.dir, first)?;
             self.segments.push(fresh);
             self.reopen_active()?;
         }
@@ -376,11 +394,23 @@ impl SegmentLog {
         self.segments.last_mut().expect("the log always has an active segment")
     }
 
-    /// Close the active segment (synced) and start a new one at the next index.
-    fn roll(&mut self) -> Result<(), LogError> {
+    /// Replace the (empty) active segment by an empty one named `name`.
+    fn replace_active(&mut self, name: u64) -> Result<(), LogError> {
+        let old = self.segments.pop().expect("the active segment");
+        debug_assert!(old.records.is_empty());
+        let fresh = create_segment(&self.dir, name)?;
+        self.segments.push(fresh);
+        self.reopen_active()?;
+        if old.path != self.active_segment().path {
+            fs::remove_file(&old.path).map_err(io_error(&old.path))?;
+        }
+        Ok(())
+    }
+
+    /// Close the active segment (synced) and start a new one at `name`.
+    fn roll(&mut self, name: u64) -> Result<(), LogError> {
         self.sync()?;
-        let next = self.next_index();
-        let segment = create_segment(&self.dir, next)?;
+        let segment = create_segment(&self.dir, name)?;
         self.segments.push(segment);
         self.reopen_active()
     }
@@ -399,15 +429,15 @@ impl SegmentLog {
     }
 }
 
-fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
-    dir.join(format!("{first_index:020}{SEGMENT_SUFFIX}"))
+fn segment_path(dir: &Path, name: u64) -> PathBuf {
+    dir.join(format!("{name:020}{SEGMENT_SUFFIX}"))
 }
 
-fn create_segment(dir: &Path, first_index: u64) -> Result<Segment, LogError> {
-    let path = segment_path(dir, first_index);
+fn create_segment(dir: &Path, name: u64) -> Result<Segment, LogError> {
+    let path = segment_path(dir, name);
     File::create(&path).map_err(io_error(&path))?.sync_all().map_err(io_error(&path))?;
     sync_dir(dir)?;
-    Ok(Segment { first_index, path, offsets: Vec::new(), bytes: 0 })
+    Ok(Segment { name, path, records: Vec::new(), bytes: 0 })
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
@@ -415,7 +445,7 @@ fn open_append(path: &Path) -> Result<File, LogError> {
 }
 
 /// `fsync` a directory, so that files created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
@@ -435,42 +465,46 @@ fn encode_record(buffer: &mut Vec<u8>, index: u64, payload: &[u8]) {
 }
 
 fn decode_header(header: &[u8; HEADER_BYTES]) -> (u32, u32, u64) {
-    let word = |range: std::ops::Range<usize>| -> [u8; 4] { header[range].try_into().expect("4 bytes") };
-    let length = u32::from_le_bytes(word(0..4));
-    let crc = u32::from_le_bytes(word(4..8));
+    let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     (length, crc, index)
 }
 
-/// Read a segment's records; cut it after the last good one. Returns the
-/// segment and the bytes cut.
-fn scan_segment(first_index: u64, path: PathBuf) -> Result<(Segment, u64), LogError> {
+/// Read a segment's records up to the last good one, and cut the file there if
+/// it is the last segment. Returns the segment and the bytes after the last
+/// good record. The first record must carry the segment's name; later ones
+/// must increase.
+fn scan_segment(name: u64, path: PathBuf, cut_tail: bool) -> Result<(Segment, u64), LogError> {
     let mut data = Vec::new();
     File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_error(&path))?;
-    let mut offsets = Vec::new();
+    let mut records: Vec<(u64, u64)> = Vec::new();
     let mut at = 0usize;
     while data.len() - at >= HEADER_BYTES {
         let header: &[u8; HEADER_BYTES] = data[at..at + HEADER_BYTES].try_into().expect("header length");
         let (length, crc, index) = decode_header(header);
         let length = length as usize;
-        let expected = first_index + offsets.len() as u64;
-        if index != expected || length > RECORD_PAYLOAD_BYTES_MAX || data.len() - at - HEADER_BYTES < length {
+        let in_order = match records.last() {
+            None => index == name,
+            Some((last, _)) => index > *last,
+        };
+        if !in_order || length > RECORD_PAYLOAD_BYTES_MAX || data.len() - at - HEADER_BYTES < length {
             break;
         }
         let payload = &data[at + HEADER_BYTES..at + HEADER_BYTES + length];
         if record_crc(index, payload) != crc {
             break;
         }
-        offsets.push(at as u64);
+        records.push((index, at as u64));
         at += HEADER_BYTES + length;
     }
     let cut = (data.len() - at) as u64;
-    if cut > 0 {
+    if cut > 0 && cut_tail {
         let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
         file.set_len(at as u64).map_err(io_error(&path))?;
         file.sync_all().map_err(io_error(&path))?;
     }
-    Ok((Segment { first_index, path, offsets, bytes: at as u64 }, cut))
+    Ok((Segment { name, path, records, bytes: at as u64 }, cut))
 }
 
 #[cfg(test)]

@@ -44,17 +44,40 @@ fn records_survive_a_reopen() {
 }
 
 #[test]
-fn appends_must_continue_the_log() {
+fn appends_must_increase() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open(dir.path(), 5).unwrap();
-    let gap = log.append([(6, b"x".as_slice())]);
-    assert!(matches!(gap, Err(LogError::NotContiguous { index: 6, expected: 5 })));
     log.append([(5, b"a".as_slice()), (6, b"b".as_slice())]).unwrap();
     let repeat = log.append([(6, b"c".as_slice())]);
-    assert!(matches!(repeat, Err(LogError::NotContiguous { index: 6, expected: 7 })));
+    assert!(matches!(repeat, Err(LogError::NotIncreasing { index: 6, last: 6 })));
+    let backwards = log.append([(7, b"c".as_slice()), (7, b"d".as_slice())]);
+    assert!(matches!(backwards, Err(LogError::NotIncreasing { index: 7, last: 7 })));
     let huge = vec![0u8; RECORD_PAYLOAD_BYTES_MAX + 1];
     assert!(matches!(log.append([(7, huge.as_slice())]), Err(LogError::TooLarge { .. })));
-    assert_eq!(log.read(6).unwrap(), Some(b"b".to_vec()));
+    // A refused append writes nothing.
+    assert_eq!((log.last_index(), log.read(7).unwrap()), (Some(6), None));
+    // Gaps are allowed (Raft never makes them, the storage does not insist).
+    log.append([(9, b"i".as_slice())]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = SegmentLog::open(dir.path(), 5).unwrap();
+    assert_eq!(log.read(8).unwrap(), None);
+    assert_eq!(log.read(9).unwrap(), Some(b"i".to_vec()));
+    assert_eq!(log.read_range(0, 100).unwrap().iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5, 6, 9]);
+}
+
+#[test]
+fn an_empty_log_starts_at_its_first_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 0).unwrap();
+    log.append([(3, b"c".as_slice()), (4, b"d".as_slice())]).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.read(2).unwrap(), None);
+    assert_eq!(log.read_range(0, 10).unwrap().len(), 2, "a range reaching below the start reads what exists");
+    drop(log);
+    let (log, _) = SegmentLog::open(dir.path(), 0).unwrap();
+    assert_eq!((log.next_index(), log.read(3).unwrap()), (5, Some(b"c".to_vec())));
+    assert_eq!(segment_files(dir.path()), ["00000000000000000003.seg"]);
 }
 
 #[test]
@@ -88,7 +111,7 @@ fn a_corrupt_record_ends_the_log_there() {
     let (mut log, _) = SegmentLog::open(dir.path(), 0).unwrap();
     append_range(&mut log, 0..10);
     log.sync().unwrap();
-    let offset = log.segments[0].offsets[6];
+    let offset = log.segments[0].records[6].1;
     drop(log);
     // Flip one payload byte of record 6.
     let path = dir.path().join(segment_files(dir.path())[0].clone());
@@ -108,7 +131,7 @@ fn reading_a_record_corrupted_after_opening_is_an_error_not_garbage() {
     let (mut log, _) = SegmentLog::open(dir.path(), 0).unwrap();
     append_range(&mut log, 0..3);
     log.sync().unwrap();
-    let offset = log.segments[0].offsets[1];
+    let offset = log.segments[0].records[1].1;
     let path = log.segments[0].path.clone();
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(b"XX", offset + HEADER_BYTES as u64).unwrap();
@@ -116,7 +139,7 @@ fn reading_a_record_corrupted_after_opening_is_an_error_not_garbage() {
 }
 
 #[test]
-fn segments_roll_and_a_gap_drops_everything_after_it() {
+fn segments_roll_and_damage_before_the_last_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open_with(dir.path(), 0, 1_000).unwrap();
     for start in (0..200).step_by(10) {
@@ -127,12 +150,25 @@ fn segments_roll_and_a_gap_drops_everything_after_it() {
     assert!(files.len() > 5, "{files:?}");
     assert_eq!(log.read_range(0, 200).unwrap().len(), 200);
     drop(log);
-    // Lose a middle segment: everything from it on is untrustworthy.
+    assert_eq!(SegmentLog::open_with(dir.path(), 0, 1_000).unwrap().1.records, 200);
+
+    // A bad byte in a segment that is not the last: acknowledged entries may
+    // be gone, so the log refuses to open rather than cut them away.
+    let damaged_copy = tempfile::tempdir().unwrap();
+    for name in &files {
+        fs::copy(dir.path().join(name), damaged_copy.path().join(name)).unwrap();
+    }
+    let middle = damaged_copy.path().join(&files[2]);
+    let length = fs::metadata(&middle).unwrap().len();
+    OpenOptions::new().write(true).open(&middle).unwrap().write_all_at(b"\xff\xff", length - 2).unwrap();
+    let refused = SegmentLog::open_with(damaged_copy.path(), 0, 1_000).unwrap_err();
+    assert!(matches!(refused, LogError::Damaged { .. }), "{refused}");
+    assert!(refused.to_string().contains("not the last"), "{refused}");
+
+    // A missing segment likewise.
     fs::remove_file(dir.path().join(&files[3])).unwrap();
-    let (log, recovery) = SegmentLog::open_with(dir.path(), 0, 1_000).unwrap();
-    assert_eq!(recovery.removed_segments as usize, files.len() - 4);
-    let first_lost: u64 = files[3].trim_end_matches(SEGMENT_SUFFIX).parse().unwrap();
-    assert_eq!(log.next_index(), first_lost);
+    let refused = SegmentLog::open_with(dir.path(), 0, 1_000).unwrap_err();
+    assert!(refused.to_string().contains("does not follow"), "{refused}");
 }
 
 #[test]

@@ -1,0 +1,287 @@
+//! openraft's log storage over the segment log.
+//!
+//! `append` writes the entries and hands openraft's `LogFlushed` callback to a
+//! flusher thread, which `fdatasync`s the active segment once for every
+//! callback waiting and then reports them durable: an entry is acknowledged
+//! only after it is on disk. (openraft 0.9 waits for each append's callback
+//! before the next, so within one group this is one `fdatasync` per append;
+//! throughput comes from carrying many commands per entry.)
+//!
+//! The vote and the purge point live in a [`MetaFile`] replaced atomically.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::meta_file::{MetaFile, RaftMeta};
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::segment_log::{SegmentLog, Syncer};
+
+/// Format byte in front of every encoded entry.
+const ENTRY_FORMAT: u8 = 1;
+
+/// Counters of the log's I/O, for status and for the durability report.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// `append` calls.
+    pub appends: AtomicU64,
+    /// Entries appended.
+    pub entries: AtomicU64,
+    /// `fdatasync` calls made by the flusher.
+    pub syncs: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: SegmentLog,
+    meta_file: MetaFile,
+    meta: RaftMeta,
+    /// The last log id present, or the last purged one if the log is empty.
+    last_log_id: Option<LogId>,
+}
+
+impl Inner {
+    fn read_entry(&self, index: u64) -> Result<Option<Entry>, StorageError> {
+        match self.log.read(index).map_err(|e| StorageIOError::read_logs(&e))? {
+            Some(bytes) => decode_entry(index, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The id of the last entry present, or else the purge point.
+    fn find_last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.log.last_index() {
+            Some(index) => Ok(self.read_entry(index)?.map(|e| e.log_id)),
+            None => Ok(self.meta.last_purged),
+        }
+    }
+}
+
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = vec![ENTRY_FORMAT];
+    postcard::to_io(entry, &mut bytes).map_err(|e| StorageIOError::write_logs(&e))?;
+    Ok(bytes)
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    let corrupt = |reason: String| StorageIOError::read_logs(&io::Error::new(io::ErrorKind::InvalidData, reason));
+    match bytes.split_first() {
+        Some((&ENTRY_FORMAT, body)) => {
+            let entry: Entry = postcard::from_bytes(body).map_err(|e| corrupt(format!("entry {index}: {e}")))?;
+            if entry.log_id.index != index {
+                return Err(corrupt(format!("entry at {index} claims index {}", entry.log_id.index)).into());
+            }
+            Ok(entry)
+        }
+        _ => Err(corrupt(format!("entry {index}: unknown format")).into()),
+    }
+}
+
+/// Called once an append is durable (or failed to become so).
+pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// The log store handed to openraft.
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+    flush: Sender<FlushDone>,
+    stats: Arc<LogStats>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("inner", &self.inner).field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+/// A reader of the log, used by openraft's replication tasks concurrently
+/// with appends.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock leaves the log in memory as it was
+    // written to disk; the data is still the log's, so keep going.
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LogStore {
+    /// Open the log in `dir` (the segment files and the metadata file).
+    pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageIOError::write_logs(&e))?;
+        let meta_file = MetaFile::new(dir.join("raft-meta"));
+        let meta = meta_file.load().map_err(|e| StorageIOError::read_vote(&e))?;
+        let first_index = meta.last_purged.map_or(0, |purged| purged.index + 1);
+        let (log, recovery) =
+            SegmentLog::open(&dir.join("segments"), first_index).map_err(|e| StorageIOError::read_logs(&e))?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(?recovery, "raft log: cut a torn tail left by a crash (unacknowledged writes)");
+        }
+        let syncer = log.syncer();
+        let mut inner = Inner { log, meta_file, meta, last_log_id: None };
+        inner.last_log_id = inner.find_last_log_id()?;
+        let stats = Arc::new(LogStats::default());
+        let (flush, callbacks) = mpsc::channel();
+        let flusher_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flusher".into())
+            .spawn(move || flusher(syncer, callbacks, flusher_stats))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), flush, stats })
+    }
+
+    /// The log's I/O counters.
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    /// Append entries (readable at once) and call `done` when they are durable.
+    pub fn append_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        done: FlushDone,
+    ) -> Result<(), StorageError> {
+        let mut encoded = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            encoded.push((entry.log_id.index, encode_entry(&entry)?));
+            last = Some(entry.log_id);
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner
+                .log
+                .append(encoded.iter().map(|(index, bytes)| (*index, bytes.as_slice())))
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            if last.is_some() {
+                inner.last_log_id = last;
+            }
+        }
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
+        self.stats.entries.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        if let Err(unsent) = self.flush.send(done) {
+            // The flusher is gone only if its thread died: report the append
+            // as failed, which openraft treats as fatal.
+            (unsent.0)(Err(io::Error::other("raft log flusher stopped")));
+        }
+        Ok(())
+    }
+}
+
+/// Complete waiting appends after one `fdatasync` covering all of them.
+fn flusher(syncer: Syncer, waiting: Receiver<FlushDone>, stats: Arc<LogStats>) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        batch.extend(waiting.try_iter());
+        let result = syncer.sync();
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        for done in batch {
+            done(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), format!("raft log fdatasync failed: {e}"))),
+            });
+        }
+    }
+}
+
+fn range_to_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i + 1,
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_indexes(&range);
+        let inner = lock(&self.inner);
+        let end = end.min(inner.log.next_index());
+        let records = inner.log.read_range(start, end).map_err(|e| StorageIOError::read_logs(&e))?;
+        records.iter().map(|(index, bytes)| decode_entry(*index, bytes)).collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        LogReader { inner: self.inner.clone() }.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = lock(&self.inner);
+        Ok(LogState { last_purged_log_id: inner.meta.last_purged, last_log_id: inner.last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader { inner: self.inner.clone() }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        // A vote must not become durable before entries appended earlier.
+        inner.log.sync().map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut meta = inner.meta.clone();
+        meta.vote = Some(*vote);
+        inner.meta_file.save(&meta).map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.meta = meta;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(lock(&self.inner).meta.vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.append_entries(entries, Box::new(move |result| callback.log_io_completed(result)))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.log.truncate_from(log_id.index).map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.last_log_id = inner.find_last_log_id()?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        // Record the purge point first: a crash before the segments go leaves
+        // extra records on disk, which the recorded point hides.
+        let mut meta = inner.meta.clone();
+        meta.last_purged = Some(log_id);
+        inner.meta_file.save(&meta).map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.meta = meta;
+        inner.log.purge_through(log_id.index).map_err(|e| StorageIOError::write_logs(&e))?;
+        if inner.last_log_id.is_none_or(|last| last.index < log_id.index) {
+            inner.last_log_id = Some(log_id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! The stores keep what they acknowledged across a restart, build snapshots
+//! that reload to the same state, and refuse damaged snapshots.
+
+// Test helpers may unwrap: a panic here is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Cursor, Seek, SeekFrom};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
+use paymesh_core::command::{Batch, Command, CommandBody, CommandId};
+use paymesh_core::id::{PartnerId, RegionId, TopUpRef};
+use paymesh_core::partner::{PartnerConfig, PartnerRole};
+use paymesh_core::{Currency, Money, Outcome, Timestamp};
+use paymesh_store::raft_types::{Entry, LogId};
+use paymesh_store::{state_digest, LogStore, NodeAddr, StateMachineStore};
+
+fn region() -> RegionId {
+    RegionId::new("us-west").unwrap()
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 0), index)
+}
+
+fn command(sequence: u64, body: CommandBody) -> Command {
+    Command { id: CommandId { session: 7, sequence }, body }
+}
+
+/// Entry 1: a membership; entry 2: a partner; entries 3..: one top-up each.
+fn entries(count: u64) -> Vec<Entry> {
+    let nodes: std::collections::BTreeMap<u64, NodeAddr> = [(0u64, NodeAddr::default())].into();
+    let membership = Membership::new(vec![[0u64].into()], nodes);
+    let mut entries = vec![Entry { log_id: log_id(1), payload: EntryPayload::Membership(membership) }];
+    let partner = PartnerConfig {
+        id: PartnerId::new("paypal-us").unwrap(),
+        region: region(),
+        role: PartnerRole::Payer,
+        currency: Currency::USD,
+        net_debit_cap: Money::zero(Currency::USD),
+    };
+    let now = Timestamp::from_unix_ms(1_700_000_000_000);
+    let batch = Batch::new(now, vec![command(1, CommandBody::UpsertPartner(partner))]).unwrap();
+    entries.push(Entry { log_id: log_id(2), payload: EntryPayload::Normal(batch) });
+    for index in 3..count + 3 {
+        let top_up = CommandBody::TopUp {
+            partner: PartnerId::new("paypal-us").unwrap(),
+            amount: Money::from_units(index, Currency::USD).unwrap(),
+            reference: TopUpRef::new(format!("wire-{index}")).unwrap(),
+        };
+        let batch = Batch::new(now, vec![command(index, top_up)]).unwrap();
+        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch) });
+    }
+    entries
+}
+
+fn append_durably(log: &LogStore, entries: Vec<Entry>) {
+    let (done, durable) = mpsc::channel();
+    log.append_entries(entries, Box::new(move |result| done.send(result).unwrap())).unwrap();
+    durable.recv_timeout(Duration::from_secs(10)).expect("the flusher answers").expect("the append is durable");
+}
+
+#[tokio::test]
+async fn acknowledged_entries_and_the_vote_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append_durably(&log, entries(50));
+        log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
+        let stats = log.stats();
+        assert_eq!(stats.appends.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(stats.syncs.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    }
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(52)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(3, 1)));
+    let read = log.try_get_log_entries(1..53).await.unwrap();
+    assert_eq!(read, entries(50));
+}
+
+#[tokio::test]
+async fn a_snapshot_reloads_to_the_same_state_and_the_log_replays_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = entries(100);
+    let digest_at_end;
+    {
+        let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+        let outcomes = sm.apply(all[..60].to_vec()).await.unwrap();
+        assert_eq!(outcomes.len(), 60, "one outcome per entry, membership included");
+        assert_eq!(outcomes[1].outcomes, [Outcome::Done]);
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(60)));
+        sm.apply(all[60..].to_vec()).await.unwrap();
+        digest_at_end = state_digest(&sm.applied().state);
+    }
+    // After a restart the state is the snapshot's; re-applying the rest of the
+    // log gives the same digest as before.
+    let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+    let (last_applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(last_applied, Some(log_id(60)));
+    assert_eq!(membership.log_id(), &Some(log_id(1)));
+    sm.apply(all[60..].to_vec()).await.unwrap();
+    assert_eq!(state_digest(&sm.applied().state), digest_at_end);
+    let position = sm.applied().state.position(&PartnerId::new("paypal-us").unwrap()).unwrap();
+    let expected: u64 = (3..103).sum();
+    assert_eq!(position.posted.units(), i128::from(expected));
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_is_read_from_its_start_and_checked() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let mut source = StateMachineStore::open(source_dir.path(), region()).unwrap();
+    source.apply(entries(20)).await.unwrap();
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let bytes = snapshot.snapshot.into_inner();
+
+    // As after a real transfer, the receiving buffer's position is at its end.
+    let target_dir = tempfile::tempdir().unwrap();
+    let mut target = StateMachineStore::open(target_dir.path(), region()).unwrap();
+    let mut received = Cursor::new(bytes.clone());
+    received.seek(SeekFrom::End(0)).unwrap();
+    target.install_snapshot(&snapshot.meta, Box::new(received)).await.unwrap();
+    assert_eq!(state_digest(&target.applied().state), state_digest(&source.applied().state));
+    let current = target.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+
+    // Damaged bytes, or bytes of another region, are refused and change nothing.
+    let before = state_digest(&target.applied().state);
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 3;
+    damaged[last] ^= 0xff;
+    assert!(target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(damaged))).await.is_err());
+    let mut other_meta = snapshot.meta.clone();
+    other_meta.last_log_id = Some(log_id(999));
+    assert!(target.install_snapshot(&other_meta, Box::new(Cursor::new(bytes.clone()))).await.is_err());
+    let elsewhere_dir = tempfile::tempdir().unwrap();
+    let mut elsewhere = StateMachineStore::open(elsewhere_dir.path(), RegionId::new("cn-east").unwrap()).unwrap();
+    assert!(elsewhere.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes))).await.is_err());
+    assert_eq!(state_digest(&target.applied().state), before);
+}
+
+#[tokio::test]
+async fn replicas_applying_the_same_entries_have_equal_digests() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = StateMachineStore::open(a.path(), region()).unwrap();
+    let mut second = StateMachineStore::open(b.path(), region()).unwrap();
+    first.apply(entries(30)).await.unwrap();
+    for chunk in entries(30).chunks(7) {
+        second.apply(chunk.to_vec()).await.unwrap();
+    }
+    assert_eq!(state_digest(&first.applied().state), state_digest(&second.applied().state));
+    second.apply(entries(31)[32..].to_vec()).await.unwrap();
+    assert_ne!(state_digest(&first.applied().state), state_digest(&second.applied().state));
+}
