@@ -638,7 +638,7 @@ mod descriptor {
 #[test]
 fn file_descriptor_set_describes_every_service() {
     assert!(!FILE_DESCRIPTOR_SET.is_empty());
-    for service in ["PartnerService", "InterRegionService", "RaftService", "AdminService"] {
+    for service in ["PartnerService", "InterRegionService", "RaftService", "AdminService", "ClusterService"] {
         assert!(
             FILE_DESCRIPTOR_SET.windows(service.len()).any(|w| w == service.as_bytes()),
             "{service} not in FILE_DESCRIPTOR_SET"
@@ -652,6 +652,7 @@ fn file_descriptor_set_describes_every_service() {
     let set = descriptor::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("decodes");
     let mut packages: Vec<&str> = set.file.iter().map(|f| f.package.as_str()).collect();
     packages.sort_unstable();
+    packages.dedup();
     assert_eq!(
         packages,
         ["paymesh.admin.v1", "paymesh.common.v1", "paymesh.interregion.v1", "paymesh.partner.v1", "paymesh.raft.v1",]
@@ -698,5 +699,9 @@ fn file_descriptor_set_describes_every_service() {
             "RemovePayeeRoute",
             "ListPayeeRoutes",
         ])
+    );
+    assert_eq!(
+        methods("paymesh.admin.v1", "ClusterService"),
+        unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "Propose", "TriggerSnapshot"])
     );
 }

@@ -1,0 +1,199 @@
+//! The `paymesh` command line: argument parsing and the commands.
+//!
+//! * `paymesh start --config node.toml` runs one node until SIGTERM or SIGINT.
+//! * `paymesh init` bootstraps a region's membership; running it again is
+//!   harmless.
+//! * `paymesh status [--json]` shows every node's role, term, log and applied
+//!   indexes, replication lag, and a digest of its state.
+//! * `paymesh node add` / `paymesh node remove` change the membership.
+//!
+//! Commands that talk to a region take `--config node.toml` (the region's
+//! peers are read from it) or one or more `--node host:port` API addresses.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use paymesh_node::cluster_client::ClusterClient;
+use paymesh_node::{Node, NodeConfig};
+use paymesh_proto::admin::v1 as wire;
+
+mod status;
+
+/// paymesh: a multi-region payment mesh.
+#[derive(Debug, Parser)]
+#[command(name = "paymesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to find a region's nodes.
+#[derive(Clone, Debug, clap::Args)]
+struct Target {
+    /// A node configuration file; the region's peers are read from it.
+    #[arg(long, conflicts_with = "node")]
+    config: Option<PathBuf>,
+    /// A node's API address, host:port (repeat for several).
+    #[arg(long = "node")]
+    node: Vec<String>,
+}
+
+impl Target {
+    /// The API addresses to contact, this node's own first.
+    fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(path) = &self.config {
+            let config = NodeConfig::load(path)?;
+            let mut peers = config.peers.clone();
+            peers.sort_by_key(|p| p.node_id != config.node_id);
+            return Ok(peers.into_iter().map(|p| p.api_addr).collect());
+        }
+        if self.node.is_empty() {
+            bail!("give --config node.toml or at least one --node host:port");
+        }
+        Ok(self.node.clone())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node until SIGTERM or SIGINT.
+    Start {
+        /// The node's configuration file (see deploy/node.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Bootstrap the region's membership from the peers of the contacted
+    /// node's configuration. Harmless if already done.
+    Init {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show every node's role, term, indexes, replication lag and state digest.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the region's membership.
+    Node {
+        #[command(subcommand)]
+        change: NodeChange,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeChange {
+    /// Add a node: as a learner, then, once it has caught up, as a voter.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's Raft address, host:port.
+        #[arg(long)]
+        raft_addr: String,
+        /// The new node's API address, host:port.
+        #[arg(long)]
+        api_addr: String,
+    },
+    /// Remove a node from the membership.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Parse `args` and run the command; errors are printed, and the exit code
+/// is 1 for a failed command and 2 for bad arguments.
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("paymesh: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paymesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Start { config } => start(config).await,
+        Command::Init { target } => {
+            let addresses = target.addresses()?;
+            let client = ClusterClient::new(addresses.clone());
+            let already = client.initialize(&addresses[0]).await?;
+            if already {
+                println!("region already initialised; nothing changed");
+            } else {
+                println!("region initialised through {}", addresses[0]);
+            }
+            Ok(())
+        }
+        Command::Status { target, json } => status::show(&target.addresses()?, json).await,
+        Command::Node { change: NodeChange::Add { target, id, raft_addr, api_addr } } => {
+            let client = ClusterClient::new(target.addresses()?);
+            let node = wire::NodeAddress { node_id: id, raft_addr, api_addr };
+            let index = client.add_node(node).await?;
+            println!("node {id} added as a voter (membership entry {index})");
+            Ok(())
+        }
+        Command::Node { change: NodeChange::Remove { target, id } } => {
+            let client = ClusterClient::new(target.addresses()?);
+            let index = client.remove_node(id).await?;
+            println!("node {id} removed (membership entry {index}); stop its process");
+            Ok(())
+        }
+    }
+}
+
+async fn start(config_path: PathBuf) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let config = NodeConfig::load(&config_path)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let node = Node::open(config).await?;
+    node.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot listen for signals; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+}

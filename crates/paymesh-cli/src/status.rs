@@ -1,0 +1,175 @@
+//! `paymesh status`: ask every node for its own view and print them together.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paymesh_node::cluster_client::ClusterClient;
+use paymesh_proto::admin::v1 as wire;
+use serde::Serialize;
+
+/// One node's status as printed.
+#[derive(Debug, Serialize)]
+struct NodeView {
+    api_addr: String,
+    reachable: bool,
+    error: Option<String>,
+    node_id: Option<u64>,
+    region: Option<String>,
+    role: Option<String>,
+    term: Option<u64>,
+    leader_id: Option<u64>,
+    last_log_index: Option<u64>,
+    applied_index: Option<u64>,
+    snapshot_index: Option<u64>,
+    purged_index: Option<u64>,
+    /// Entries the leader still has to send to this node.
+    replication_lag: Option<u64>,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    state_digest: Option<String>,
+    log_appends: Option<u64>,
+    log_syncs: Option<u64>,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Serialize)]
+struct RegionView {
+    nodes: Vec<NodeView>,
+    /// True when every reachable node has the same applied index and digest.
+    replicas_agree: bool,
+}
+
+fn role_name(role: i32) -> &'static str {
+    match wire::NodeRole::try_from(role).unwrap_or(wire::NodeRole::Unspecified) {
+        wire::NodeRole::Leader => "leader",
+        wire::NodeRole::Follower => "follower",
+        wire::NodeRole::Candidate => "candidate",
+        wire::NodeRole::Learner => "learner",
+        wire::NodeRole::Shutdown => "shutdown",
+        wire::NodeRole::Unspecified => "unknown",
+    }
+}
+
+/// Query `addresses` and every member they report, then print.
+pub async fn show(addresses: &[String], json: bool) -> anyhow::Result<()> {
+    let client = ClusterClient::new(addresses.to_vec());
+    let mut to_ask: BTreeSet<String> = addresses.iter().cloned().collect();
+    let mut answers: BTreeMap<String, Result<wire::GetNodeStatusResponse, tonic::Status>> = BTreeMap::new();
+    // Members discovered from the answers are asked too (bounded: a region has
+    // at most a handful of nodes).
+    for _round in 0..3 {
+        let pending: Vec<String> = to_ask.iter().filter(|a| !answers.contains_key(*a)).cloned().collect();
+        if pending.is_empty() {
+            break;
+        }
+        let results = futures::future::join_all(pending.iter().map(|addr| client.status(addr, true))).await;
+        for (addr, result) in pending.into_iter().zip(results) {
+            if let Ok(status) = &result {
+                to_ask.extend(status.nodes.iter().map(|n| n.api_addr.clone()));
+            }
+            answers.insert(addr, result);
+        }
+    }
+    let lags: BTreeMap<u64, u64> = answers
+        .values()
+        .flatten()
+        .filter(|s| s.role == wire::NodeRole::Leader as i32)
+        .flat_map(|s| s.replication.iter().map(|r| (r.node_id, r.lag)))
+        .collect();
+    let nodes: Vec<NodeView> = answers
+        .into_iter()
+        .map(|(api_addr, result)| match result {
+            Ok(s) => NodeView {
+                api_addr,
+                reachable: true,
+                error: None,
+                node_id: Some(s.node_id),
+                region: Some(s.region),
+                role: Some(role_name(s.role).to_owned()),
+                term: Some(s.current_term),
+                leader_id: s.leader_id,
+                last_log_index: s.last_log_index,
+                applied_index: s.applied_index,
+                snapshot_index: s.snapshot_index,
+                purged_index: s.purged_index,
+                replication_lag: lags.get(&s.node_id).copied(),
+                voters: s.voters,
+                learners: s.learners,
+                state_digest: (!s.state_digest.is_empty()).then(|| hex::encode(&s.state_digest)),
+                log_appends: Some(s.log_appends),
+                log_syncs: Some(s.log_syncs),
+            },
+            Err(e) => NodeView {
+                api_addr,
+                reachable: false,
+                error: Some(format!("{}: {}", e.code(), e.message())),
+                node_id: None,
+                region: None,
+                role: None,
+                term: None,
+                leader_id: None,
+                last_log_index: None,
+                applied_index: None,
+                snapshot_index: None,
+                purged_index: None,
+                replication_lag: None,
+                voters: Vec::new(),
+                learners: Vec::new(),
+                state_digest: None,
+                log_appends: None,
+                log_syncs: None,
+            },
+        })
+        .collect();
+    let reached: Vec<&NodeView> = nodes.iter().filter(|n| n.reachable).collect();
+    let any_reached = !reached.is_empty();
+    let replicas_agree = any_reached
+        && reached
+            .iter()
+            .all(|n| n.applied_index == reached[0].applied_index && n.state_digest == reached[0].state_digest);
+    let view = RegionView { nodes, replicas_agree };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print_table(&view);
+    }
+    if !any_reached {
+        anyhow::bail!("no node answered");
+    }
+    Ok(())
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn print_table(view: &RegionView) {
+    println!(
+        "{:<6} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>6} {:>10}  DIGEST",
+        "NODE", "API", "ROLE", "TERM", "LEADER", "LAST LOG", "APPLIED", "LAG", "SNAPSHOT"
+    );
+    for node in &view.nodes {
+        let digest = match (&node.state_digest, &node.error) {
+            (Some(d), _) => d[..16].to_owned(),
+            (None, Some(e)) => format!("unreachable ({e})"),
+            (None, None) => "-".to_owned(),
+        };
+        println!(
+            "{:<6} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>6} {:>10}  {}",
+            or_dash(node.node_id),
+            node.api_addr,
+            node.role.as_deref().unwrap_or("down"),
+            or_dash(node.term),
+            or_dash(node.leader_id),
+            or_dash(node.last_log_index),
+            or_dash(node.applied_index),
+            or_dash(node.replication_lag),
+            or_dash(node.snapshot_index),
+            digest
+        );
+    }
+    if view.replicas_agree {
+        println!("replicas agree: every reachable node has the same applied index and state digest");
+    } else {
+        println!("replicas differ (still catching up, or diverged): compare APPLIED and DIGEST");
+    }
+}

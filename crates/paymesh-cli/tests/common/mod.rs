@@ -1,0 +1,325 @@
+//! A region of real `paymesh` processes on loopback, for integration tests.
+//!
+//! Every node gets free ports, a configuration file and a data directory under
+//! one temporary directory; its output goes to `node-<id>.log` there, which a
+//! failing test prints. Every wait is bounded. Dropping the region kills its
+//! processes.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paymesh_core::command::{Command as CoreCommand, CommandBody, CommandId};
+use paymesh_core::id::{PartnerId, RegionId, TopUpRef};
+use paymesh_core::partner::{PartnerConfig, PartnerRole};
+use paymesh_core::{Currency, Money, Outcome, RejectCode};
+use paymesh_node::cluster_client::{ClusterClient, RetryPolicy};
+use paymesh_proto::admin::v1 as wire;
+
+/// The region every test uses.
+pub const REGION: &str = "us-west";
+
+/// One node process.
+pub struct NodeProcess {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A region of node processes.
+pub struct Region {
+    /// The region's directory; kept (and its path printed) if a test fails.
+    pub dir: Option<tempfile::TempDir>,
+    pub nodes: BTreeMap<u64, NodeProcess>,
+    raft_settings: String,
+}
+
+fn free_port() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+impl Region {
+    /// Configure `members` nodes (ids 1..=members) with `raft_settings`
+    /// appended under `[raft]`, and start them. Not initialised yet.
+    pub fn start(members: u64, raft_settings: &str) -> Region {
+        let dir = tempfile::tempdir().unwrap();
+        let mut region = Region { dir: Some(dir), nodes: BTreeMap::new(), raft_settings: raft_settings.to_owned() };
+        for id in 1..=members {
+            region.configure(id);
+        }
+        let peers: Vec<u64> = region.nodes.keys().copied().collect();
+        for id in &peers {
+            region.write_config(*id, &peers);
+            region.spawn(*id);
+        }
+        region
+    }
+
+    /// Allocate addresses for node `id` (not yet configured or started).
+    pub fn configure(&mut self, id: u64) {
+        // Hold both listeners until both ports are known, so they differ.
+        let (raft_listener, raft_port) = free_port();
+        let (api_listener, api_port) = free_port();
+        drop((raft_listener, api_listener));
+        let root = self.dir.as_ref().expect("region directory").path();
+        self.nodes.insert(
+            id,
+            NodeProcess {
+                id,
+                raft_addr: format!("127.0.0.1:{raft_port}"),
+                api_addr: format!("127.0.0.1:{api_port}"),
+                config: root.join(format!("node-{id}.toml")),
+                data_dir: root.join(format!("data-{id}")),
+                log: root.join(format!("node-{id}.log")),
+                child: None,
+            },
+        );
+    }
+
+    /// Write node `id`'s configuration listing `peers`.
+    pub fn write_config(&self, id: u64, peers: &[u64]) {
+        let node = &self.nodes[&id];
+        let peer_lines: Vec<String> = peers
+            .iter()
+            .map(|p| {
+                let peer = &self.nodes[p];
+                format!("  {{ node_id = {p}, raft_addr = \"{}\", api_addr = \"{}\" }},", peer.raft_addr, peer.api_addr)
+            })
+            .collect();
+        let text = format!(
+            "node_id = {id}\nregion = \"{REGION}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\ndata_dir = \"{}\"\n\
+             insecure_plaintext = true\npeers = [\n{}\n]\n[raft]\n{}\n",
+            node.raft_addr,
+            node.api_addr,
+            node.data_dir.display(),
+            peer_lines.join("\n"),
+            self.raft_settings
+        );
+        fs::write(&node.config, text).unwrap();
+    }
+
+    /// Start node `id`'s process.
+    pub fn spawn(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_paymesh"))
+            .args(["start", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        node.child = Some(child);
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM node `id` and wait (bounded) for it to exit; returns its status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut child = self.nodes.get_mut(&id).unwrap().child.take().expect("node is running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Delete node `id`'s data directory (the node must be stopped).
+    pub fn wipe(&mut self, id: u64) {
+        let node = &self.nodes[&id];
+        assert!(node.child.is_none(), "stop node {id} before wiping it");
+        fs::remove_dir_all(&node.data_dir).unwrap();
+    }
+
+    /// API addresses of the running nodes.
+    pub fn api_addrs(&self) -> Vec<String> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.api_addr.clone()).collect()
+    }
+
+    /// A client of the running nodes.
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::with_policy(self.api_addrs(), RetryPolicy { attempts: 200, deadline: Duration::from_secs(60) })
+    }
+
+    /// Initialise through node `id` and wait for a leader.
+    pub async fn initialize(&self, id: u64) -> u64 {
+        let client = self.client();
+        client.initialize(&self.nodes[&id].api_addr).await.unwrap();
+        self.wait_leader(Duration::from_secs(20)).await
+    }
+
+    /// Wait until a running node reports itself leader; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let client = self.client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            for addr in self.api_addrs() {
+                if let Ok(status) = client.status(&addr, false).await {
+                    if status.role == wire::NodeRole::Leader as i32 {
+                        return status.node_id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every running node has applied the same index with the same
+    /// state digest; returns the statuses.
+    pub async fn wait_converged(&self, timeout: Duration) -> Vec<wire::GetNodeStatusResponse> {
+        let client = self.client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut statuses = Vec::new();
+            for addr in self.api_addrs() {
+                if let Ok(status) = client.status(&addr, true).await {
+                    statuses.push(status);
+                }
+            }
+            let complete = statuses.len() == self.api_addrs().len();
+            let agree = complete
+                && statuses.iter().all(|s| {
+                    s.applied_index.is_some()
+                        && s.applied_index == statuses[0].applied_index
+                        && s.state_digest == statuses[0].state_digest
+                        && s.last_log_index == statuses[0].last_log_index
+                });
+            if agree {
+                return statuses;
+            }
+            if Instant::now() >= deadline {
+                let summary: Vec<String> = statuses
+                    .iter()
+                    .map(|s| {
+                        format!("node {}: applied {:?} digest {}", s.node_id, s.applied_index, hex(&s.state_digest))
+                    })
+                    .collect();
+                panic!("replicas did not converge within {timeout:?}: {summary:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let text = fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            out.push_str(&format!("--- node {} ({}) ---\n", node.id, node.log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("the failed region's logs and data are kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Commands a test writes: a partner, then top-ups with unique references.
+pub struct Writer {
+    session: u64,
+    sequence: u64,
+}
+
+pub fn partner() -> PartnerId {
+    PartnerId::new("paypal-us").unwrap()
+}
+
+impl Writer {
+    pub fn new(session: u64) -> Writer {
+        Writer { session, sequence: 0 }
+    }
+
+    fn command(&mut self, body: CommandBody) -> CoreCommand {
+        self.sequence += 1;
+        CoreCommand { id: CommandId { session: self.session, sequence: self.sequence }, body }
+    }
+
+    pub fn partner(&mut self) -> CoreCommand {
+        self.command(CommandBody::UpsertPartner(PartnerConfig {
+            id: partner(),
+            region: RegionId::new(REGION).unwrap(),
+            role: PartnerRole::Payer,
+            currency: Currency::USD,
+            net_debit_cap: Money::zero(Currency::USD),
+        }))
+    }
+
+    /// A top-up of `cents` with reference `reference`.
+    pub fn top_up(&mut self, reference: &str, cents: u64) -> CoreCommand {
+        self.command(CommandBody::TopUp {
+            partner: partner(),
+            amount: Money::from_units(cents, Currency::USD).unwrap(),
+            reference: TopUpRef::new(reference).unwrap(),
+        })
+    }
+}
+
+/// Check that every reference in `acknowledged` is applied, by proposing it
+/// again with a different amount: an applied top-up answers with an
+/// idempotency conflict; a lost one would be applied now (and fail the test).
+pub async fn assert_all_present(client: &ClusterClient, acknowledged: &[String]) {
+    let mut probe = Writer::new(0xdead_beef);
+    for chunk in acknowledged.chunks(200) {
+        let commands: Vec<CoreCommand> = chunk.iter().map(|r| probe.top_up(r, 2)).collect();
+        let (_, outcomes) = client.propose(&commands).await.unwrap();
+        for (reference, outcome) in chunk.iter().zip(outcomes) {
+            assert_eq!(
+                outcome,
+                Outcome::Rejected(RejectCode::IdempotencyConflict),
+                "acknowledged top-up {reference} is missing from the region"
+            );
+        }
+    }
+}
+
+/// The data directory's path, for tests that look inside.
+pub fn data_dir(region: &Region, id: u64) -> &Path {
+    &region.nodes[&id].data_dir
+}

@@ -1,0 +1,73 @@
+//! Membership changes while the region keeps serving: a 4th node is added as
+//! a learner and promoted, then an original node is removed; a writer runs
+//! throughout and every one of its proposals is acknowledged.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_all_present, Region, Writer};
+use paymesh_proto::admin::v1 as wire;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_region_serves_while_a_node_is_added_and_another_removed() {
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    region.client().propose(&[Writer::new(3).partner()]).await.unwrap();
+
+    // Node 4 starts with the full peer list but is not initialised: it waits
+    // to be added.
+    region.configure(4);
+    let peers: Vec<u64> = vec![1, 2, 3, 4];
+    region.write_config(4, &peers);
+    region.spawn(4);
+    let node4 = wire::NodeAddress {
+        node_id: 4,
+        raft_addr: region.nodes[&4].raft_addr.clone(),
+        api_addr: region.nodes[&4].api_addr.clone(),
+    };
+
+    // A writer proposes continuously through nodes 2 and 3 (node 1 will go).
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = vec![region.nodes[&2].api_addr.clone(), region.nodes[&3].api_addr.clone()];
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        let client = paymesh_node::cluster_client::ClusterClient::new(addrs);
+        let mut writer = Writer::new(4);
+        let mut acknowledged = Vec::new();
+        let mut slowest = Duration::ZERO;
+        let mut proposal = 0;
+        while !writer_stop.load(Ordering::Relaxed) && proposal < 5_000 {
+            let reference = format!("wire-{proposal}");
+            let started = Instant::now();
+            client.propose(&[writer.top_up(&reference, 1)]).await.expect("every proposal is acknowledged");
+            slowest = slowest.max(started.elapsed());
+            acknowledged.push(reference);
+            proposal += 1;
+        }
+        (acknowledged, slowest)
+    });
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = region.client();
+    client.add_node(node4).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.remove_node(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, slowest) = writer.await.unwrap();
+    region.kill(1);
+
+    let statuses = region.wait_converged(Duration::from_secs(30)).await;
+    for status in &statuses {
+        assert_eq!(status.voters, [2, 3, 4], "node {}: {status:?}", status.node_id);
+    }
+    assert!(acknowledged.len() > 10, "the writer made progress: {}", acknowledged.len());
+    assert_all_present(&region.client(), &acknowledged).await;
+    region.wait_converged(Duration::from_secs(30)).await;
+    println!("{} proposals acknowledged while node 4 joined and node 1 left; slowest {slowest:?}", acknowledged.len());
+}

@@ -1,0 +1,294 @@
+//! `paymesh.admin.v1.ClusterService`: bootstrap, status, membership changes
+//! and proposals of core commands.
+//!
+//! Writes go to the leader. A follower forwards them itself, one hop (the
+//! forwarded request is marked so it is never forwarded again); if no leader
+//! is known, or leadership moved during the hop, the caller gets UNAVAILABLE
+//! with the leader's id and address in the metadata when known.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use paymesh_core::command::{Batch, Command};
+use paymesh_core::limits::BATCH_COMMANDS_MAX;
+use paymesh_core::Timestamp;
+use paymesh_proto::admin::v1 as wire;
+use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
+use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
+use paymesh_store::{state_digest, NodeAddr, NodeId};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+use crate::config::REGION_MEMBERS_MAX;
+use crate::network::REGION_GROUP;
+use crate::node::Node;
+
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long TriggerSnapshot waits for the snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+
+/// Serves cluster operations for one node.
+#[derive(Clone, Debug)]
+pub struct ClusterServer {
+    node: Node,
+}
+
+impl ClusterServer {
+    /// The service of `node`.
+    pub fn new(node: Node) -> ClusterServer {
+        ClusterServer { node }
+    }
+}
+
+/// The leader's clock, stamped into a batch. Followers replay the stamp.
+fn leader_now() -> Timestamp {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// UNAVAILABLE naming the leader, if one is known.
+fn not_leader(forward: &ForwardToLeader<NodeId, NodeAddr>, why: &str) -> Status {
+    let mut status = Status::unavailable(why.to_owned());
+    if let Some(id) = forward.leader_id {
+        status.metadata_mut().insert("paymesh-leader-id", MetadataValue::from(id));
+    }
+    if let Some(addr) = forward.leader_node.as_ref().and_then(|n| MetadataValue::try_from(n.api_addr.as_str()).ok()) {
+        status.metadata_mut().insert("paymesh-leader-addr", addr);
+    }
+    status
+}
+
+fn fatal(error: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("this node's raft group has stopped: {error}"))
+}
+
+/// A client of the leader's ClusterService, or UNAVAILABLE if there is none
+/// to forward to.
+async fn leader_client(
+    forward: &ForwardToLeader<NodeId, NodeAddr>,
+    forwarded: bool,
+) -> Result<ClusterServiceClient<tonic::transport::Channel>, Status> {
+    if forwarded {
+        return Err(not_leader(forward, "forwarded to a node that is no longer the leader; retry"));
+    }
+    let Some(leader) = &forward.leader_node else {
+        return Err(not_leader(forward, "no leader is known; retry shortly"));
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{}", leader.api_addr))
+        .map_err(|e| Status::internal(format!("leader address {}: {e}", leader.api_addr)))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(FORWARD_TIMEOUT);
+    let channel =
+        endpoint.connect().await.map_err(|e| not_leader(forward, &format!("cannot reach the leader: {e}")))?;
+    Ok(ClusterServiceClient::new(channel))
+}
+
+impl ClusterServer {
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.node.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterServer {
+    async fn initialize(
+        &self,
+        request: Request<wire::InitializeRequest>,
+    ) -> Result<Response<wire::InitializeResponse>, Status> {
+        let requested = request.into_inner().members;
+        let members: BTreeMap<NodeId, NodeAddr> = if requested.is_empty() {
+            self.node.config.peers.iter().map(|p| (p.node_id, p.addr())).collect()
+        } else {
+            requested
+                .into_iter()
+                .map(|m| (m.node_id, NodeAddr { raft_addr: m.raft_addr, api_addr: m.api_addr }))
+                .collect()
+        };
+        if members.is_empty() || members.len() > REGION_MEMBERS_MAX || members.contains_key(&0) {
+            return Err(Status::invalid_argument(format!("members: 1 to {REGION_MEMBERS_MAX} positive node ids")));
+        }
+        match self.node.raft.initialize(members).await {
+            Ok(()) => Ok(Response::new(wire::InitializeResponse { already_initialized: false })),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Ok(Response::new(wire::InitializeResponse { already_initialized: true }))
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(Status::invalid_argument(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn get_node_status(
+        &self,
+        request: Request<wire::GetNodeStatusRequest>,
+    ) -> Result<Response<wire::GetNodeStatusResponse>, Status> {
+        let with_digest = request.into_inner().with_digest;
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let role = match metrics.state {
+            ServerState::Leader => wire::NodeRole::Leader,
+            ServerState::Follower => wire::NodeRole::Follower,
+            ServerState::Candidate => wire::NodeRole::Candidate,
+            ServerState::Learner => wire::NodeRole::Learner,
+            ServerState::Shutdown => wire::NodeRole::Shutdown,
+        };
+        let membership = metrics.membership_config.membership();
+        let last_log = metrics.last_log_index;
+        let replication = metrics
+            .replication
+            .iter()
+            .flatten()
+            .map(|(id, matched)| {
+                let matched_index = matched.map(|m| m.index);
+                let lag = last_log.unwrap_or(0).saturating_sub(matched_index.unwrap_or(0));
+                wire::ReplicationProgress { node_id: *id, matched_index, lag }
+            })
+            .collect();
+        let mut applied_index = metrics.last_applied.map(|l| l.index);
+        let mut digest = Vec::new();
+        if with_digest {
+            // The digest and the index it belongs to come from one copy.
+            let applied = self.node.state_machine.applied();
+            applied_index = applied.last_applied.map(|l| l.index);
+            digest = tokio::task::spawn_blocking(move || state_digest(&applied.state).to_vec())
+                .await
+                .map_err(|e| Status::internal(format!("digest: {e}")))?;
+        }
+        let stats = &self.node.log_stats;
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(wire::GetNodeStatusResponse {
+            node_id: self.node.config.node_id,
+            region: self.node.config.region.to_string(),
+            role: role as i32,
+            current_term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: last_log,
+            applied_index,
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            nodes: membership
+                .nodes()
+                .map(|(id, addr)| wire::NodeAddress {
+                    node_id: *id,
+                    raft_addr: addr.raft_addr.clone(),
+                    api_addr: addr.api_addr.clone(),
+                })
+                .collect(),
+            replication,
+            state_digest: digest,
+            log_appends: load(&stats.appends),
+            log_entries: load(&stats.entries),
+            log_syncs: load(&stats.syncs),
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<wire::AddNodeRequest>,
+    ) -> Result<Response<wire::AddNodeResponse>, Status> {
+        let node = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node is required"))?;
+        if node.node_id == 0 {
+            return Err(Status::invalid_argument("node.node_id must be positive"));
+        }
+        if self.voters().contains(&node.node_id) {
+            return Err(Status::already_exists(format!("node {} is already a voter", node.node_id)));
+        }
+        let addr = NodeAddr { raft_addr: node.raft_addr.clone(), api_addr: node.api_addr.clone() };
+        // First a learner, caught up (blocking), then a voter.
+        match self.node.raft.add_learner(node.node_id, addr, true).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let mut leader = leader_client(&forward, false).await?;
+                return leader.add_node(wire::AddNodeRequest { node: Some(node) }).await;
+            }
+            Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(fatal(e)),
+        }
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([node.node_id]));
+        match self.node.raft.change_membership(change, false).await {
+            Ok(written) => Ok(Response::new(wire::AddNodeResponse { log_index: written.log_id.index })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(not_leader(&forward, "leadership moved while adding the node; retry"))
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<wire::RemoveNodeRequest>,
+    ) -> Result<Response<wire::RemoveNodeResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let voters = self.voters();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Status::invalid_argument("cannot remove the last voter"));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match self.node.raft.change_membership(change, false).await {
+            Ok(written) => Ok(Response::new(wire::RemoveNodeResponse { log_index: written.log_id.index })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let mut leader = leader_client(&forward, false).await?;
+                leader.remove_node(wire::RemoveNodeRequest { node_id: id }).await
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn propose(&self, request: Request<wire::ProposeRequest>) -> Result<Response<wire::ProposeResponse>, Status> {
+        let request = request.into_inner();
+        if request.group_id != REGION_GROUP {
+            return Err(Status::not_found(format!("no raft group {} on this node", request.group_id)));
+        }
+        let commands: Vec<Command> =
+            codec::decode(&request.commands).map_err(|e| Status::invalid_argument(format!("commands: {e}")))?;
+        if commands.is_empty() || commands.len() > BATCH_COMMANDS_MAX {
+            return Err(Status::invalid_argument(format!("commands: 1 to {BATCH_COMMANDS_MAX} per proposal")));
+        }
+        let batch = Batch::new(leader_now(), commands).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.node.raft.client_write(batch).await {
+            Ok(written) => Ok(Response::new(wire::ProposeResponse {
+                log_index: written.log_id.index,
+                outcomes: codec::encode(&written.data.outcomes),
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let mut leader = leader_client(&forward, request.forwarded).await?;
+                leader.propose(wire::ProposeRequest { forwarded: true, ..request }).await
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<wire::TriggerSnapshotRequest>,
+    ) -> Result<Response<wire::TriggerSnapshotResponse>, Status> {
+        let applied = self.node.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let Some(applied) = applied else {
+            return Err(Status::failed_precondition("nothing applied yet; no snapshot to build"));
+        };
+        self.node.raft.trigger().snapshot().await.map_err(fatal)?;
+        let metrics = self
+            .node
+            .raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "snapshot built")
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot: {e}")))?;
+        let index = metrics.snapshot.map_or(applied, |s| s.index);
+        self.node.raft.trigger().purge_log(index).await.map_err(fatal)?;
+        Ok(Response::new(wire::TriggerSnapshotResponse { snapshot_index: index }))
+    }
+}

@@ -1,0 +1,240 @@
+//! The Raft transport between the nodes of a region, over tonic
+//! (`paymesh.raft.v1.RaftService`).
+//!
+//! Each request carries the Raft group id and openraft's message encoded by
+//! [`crate::codec`]; each reply carries openraft's result the same way.
+//! Channels to peers are created lazily and cached, because openraft asks for
+//! a client on every vote round and linearizable read. Every call has a
+//! timeout and a message size limit. Snapshots are streamed whole, in chunks
+//! of [`SNAPSHOT_CHUNK_BYTES`], on one `InstallSnapshot` stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use paymesh_proto::raft::v1 as wire;
+use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
+use paymesh_store::raft_types::{Snapshot, Vote};
+use paymesh_store::{NodeAddr, NodeId, TypeConfig};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+
+/// The largest gRPC message between nodes, in bytes.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Bytes of snapshot data per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The group id of a region's single Raft group (shards come later).
+pub const REGION_GROUP: u64 = 0;
+
+/// Creates connections to peers; shares one channel per peer.
+#[derive(Clone, Debug)]
+pub struct Network {
+    group: u64,
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    snapshot_timeout: Duration,
+}
+
+impl Network {
+    /// A network for Raft group `group`.
+    pub fn new(group: u64, snapshot_timeout: Duration) -> Network {
+        Network { group, channels: Arc::default(), snapshot_timeout }
+    }
+
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(&(target, addr.to_owned())) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert((target, addr.to_owned()), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
+        let client = self.channel(target, &node.raft_addr).map(|channel| {
+            RaftServiceClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        });
+        Connection {
+            target,
+            node: node.clone(),
+            group: self.group,
+            client: client.map_err(|e| e.to_string()),
+            snapshot_timeout: self.snapshot_timeout,
+        }
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+pub struct Connection {
+    target: NodeId,
+    node: NodeAddr,
+    group: u64,
+    client: Result<RaftServiceClient<Channel>, String>,
+    snapshot_timeout: Duration,
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, E>;
+
+/// How a transport failure is reported to openraft: a peer that cannot be
+/// reached makes it back off; anything else is retried on the next heartbeat.
+fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RpcError<E> {
+    let error = io::Error::other(format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&error)),
+        _ => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, io::Error> {
+        self.client.clone().map_err(|e| io::Error::other(format!("bad address {}: {e}", self.node.raft_addr)))
+    }
+
+    /// Send one unary Raft call and decode the peer's openraft result.
+    async fn unary<Resp, E, Call, Fut>(
+        &self,
+        option: &RPCOption,
+        call: Call,
+    ) -> Result<Resp, RpcError<RaftError<NodeId, E>>>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+        Call: FnOnce(RaftServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Vec<u8>>, tonic::Status>>,
+    {
+        let client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let reply = tokio::time::timeout(option.hard_ttl(), call(client))
+            .await
+            .map_err(|_| {
+                RPCError::Network(NetworkError::new(&io::Error::new(io::ErrorKind::TimedOut, "raft call timed out")))
+            })?
+            .map_err(|status| transport_error(&status))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.into_inner()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError<RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
+        let payload = codec::encode(&rpc);
+        if payload.len() + 64 > RAFT_MESSAGE_BYTES_MAX {
+            // Ask openraft to retry at once with fewer entries.
+            let fewer = (entries / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
+        }
+        let request = wire::AppendEntriesRequest { group_id: self.group, payload };
+        self.unary(&option, |mut client| async move {
+            client.append_entries(request).await.map(|r| r.map(|reply| reply.payload))
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError<RaftError<NodeId>>> {
+        let request = wire::VoteRequest { group_id: self.group, payload: codec::encode(&rpc) };
+        self.unary(
+            &option,
+            |mut client| async move { client.vote(request).await.map(|r| r.map(|reply| reply.payload)) },
+        )
+        .await
+    }
+
+    /// paymesh sends snapshots whole ([`RaftNetwork::full_snapshot`] below), so
+    /// openraft never calls this per-chunk method; it exists because the trait
+    /// requires it, and answers with an error if it is ever reached.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<RaftError<NodeId, InstallSnapshotError>>> {
+        let error = io::Error::other("paymesh streams whole snapshots; per-chunk install is not used");
+        Err(RPCError::Network(NetworkError::new(&error)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let data = snapshot.snapshot.into_inner();
+        let (group, vote, meta) = (self.group, codec::encode(&vote), codec::encode(&snapshot.meta));
+        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            let first = offset == 0;
+            chunks.push(wire::SnapshotChunk {
+                group_id: if first { group } else { 0 },
+                vote: if first { vote.clone() } else { Vec::new() },
+                meta: if first { meta.clone() } else { Vec::new() },
+                offset: offset as u64,
+                data: data[offset..end].to_vec(),
+                done: end == data.len(),
+            });
+            offset = end;
+            if offset == data.len() {
+                break;
+            }
+        }
+        let send = client.install_snapshot(tokio_stream::iter(chunks));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = tokio::time::timeout(self.snapshot_timeout, send) => reply,
+        };
+        let reply = reply
+            .map_err(|_| {
+                StreamingError::Network(NetworkError::new(&io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "snapshot send timed out",
+                )))
+            })?
+            .map_err(|status| match transport_error::<Fatal<NodeId>>(&status) {
+                RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?;
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            codec::decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        result.map_err(|fatal| {
+            StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), fatal))
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! The server side of the Raft transport: decodes openraft's messages and
+//! hands them to the Raft group the request names.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use futures::StreamExt;
+use paymesh_proto::raft::v1 as wire;
+use paymesh_proto::raft::v1::raft_service_server::RaftService;
+use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+
+/// The largest snapshot a node accepts, in bytes (it is held in memory while
+/// it is installed).
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Serves the Raft transport for the groups this node hosts.
+#[derive(Clone)]
+pub struct RaftServer {
+    groups: BTreeMap<u64, Raft>,
+}
+
+impl std::fmt::Debug for RaftServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftServer").field("groups", &self.groups.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl RaftServer {
+    /// A server for these groups.
+    pub fn new(groups: BTreeMap<u64, Raft>) -> RaftServer {
+        RaftServer { groups }
+    }
+
+    fn group(&self, id: u64) -> Result<&Raft, Status> {
+        self.groups.get(&id).ok_or_else(|| Status::not_found(format!("no raft group {id} on this node")))
+    }
+}
+
+fn undecodable(what: &str, e: codec::CodecError) -> Status {
+    Status::invalid_argument(format!("{what}: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        request: Request<wire::AppendEntriesRequest>,
+    ) -> Result<Response<wire::AppendEntriesReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(request.group_id)?;
+        let rpc = codec::decode(&request.payload).map_err(|e| undecodable("append entries", e))?;
+        let result = raft.append_entries(rpc).await;
+        Ok(Response::new(wire::AppendEntriesReply { payload: codec::encode(&result) }))
+    }
+
+    async fn vote(&self, request: Request<wire::VoteRequest>) -> Result<Response<wire::VoteReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(request.group_id)?;
+        let rpc = codec::decode(&request.payload).map_err(|e| undecodable("vote", e))?;
+        let result = raft.vote(rpc).await;
+        Ok(Response::new(wire::VoteReply { payload: codec::encode(&result) }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<wire::SnapshotChunk>>,
+    ) -> Result<Response<wire::InstallSnapshotReply>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let raft = self.group(first.group_id)?.clone();
+        let vote: Vote = codec::decode(&first.vote).map_err(|e| undecodable("snapshot vote", e))?;
+        let meta: SnapshotMeta = codec::decode(&first.meta).map_err(|e| undecodable("snapshot meta", e))?;
+        let mut data = Vec::new();
+        let mut chunk = first;
+        loop {
+            if chunk.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} where {} was expected",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            if data.len() as u64 + chunk.data.len() as u64 > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted("snapshot larger than this node accepts"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                break;
+            }
+            chunk = stream
+                .next()
+                .await
+                .ok_or_else(|| Status::invalid_argument("snapshot stream ended before its last chunk"))??;
+        }
+        let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+        let result = raft.install_full_snapshot(vote, snapshot).await;
+        Ok(Response::new(wire::InstallSnapshotReply { payload: codec::encode(&result) }))
+    }
+}
