@@ -109,6 +109,7 @@ impl ClusterClient {
                     .map_err(|e| Status::invalid_argument(format!("address {addr}: {e}")))?
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(CALL_TIMEOUT)
+                    .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel

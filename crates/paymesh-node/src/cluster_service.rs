@@ -6,7 +6,8 @@
 //! is known, or leadership moved during the hop, the caller gets UNAVAILABLE
 //! with the leader's id and address in the metadata when known.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
@@ -19,7 +20,7 @@ use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
 use paymesh_store::{state_digest, NodeAddr, NodeId};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
@@ -37,12 +38,45 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug)]
 pub struct ClusterServer {
     node: Node,
+    /// Channels to leaders, reused for forwarding, by API address.
+    leaders: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl ClusterServer {
     /// The service of `node`.
     pub fn new(node: Node) -> ClusterServer {
-        ClusterServer { node }
+        ClusterServer { node, leaders: Arc::default() }
+    }
+
+    /// A client of the leader's ClusterService, or UNAVAILABLE if there is
+    /// none to forward to (no leader known, or this request was forwarded
+    /// already).
+    fn leader_client(
+        &self,
+        forward: &ForwardToLeader<NodeId, NodeAddr>,
+        forwarded: bool,
+    ) -> Result<ClusterServiceClient<Channel>, Status> {
+        if forwarded {
+            return Err(not_leader(forward, "forwarded to a node that is no longer the leader; retry"));
+        }
+        let Some(leader) = &forward.leader_node else {
+            return Err(not_leader(forward, "no leader is known; retry shortly"));
+        };
+        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match leaders.get(&leader.api_addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{}", leader.api_addr))
+                    .map_err(|e| Status::internal(format!("leader address {}: {e}", leader.api_addr)))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(FORWARD_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                leaders.insert(leader.api_addr.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(ClusterServiceClient::new(channel))
     }
 }
 
@@ -66,27 +100,6 @@ fn not_leader(forward: &ForwardToLeader<NodeId, NodeAddr>, why: &str) -> Status 
 
 fn fatal(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("this node's raft group has stopped: {error}"))
-}
-
-/// A client of the leader's ClusterService, or UNAVAILABLE if there is none
-/// to forward to.
-async fn leader_client(
-    forward: &ForwardToLeader<NodeId, NodeAddr>,
-    forwarded: bool,
-) -> Result<ClusterServiceClient<tonic::transport::Channel>, Status> {
-    if forwarded {
-        return Err(not_leader(forward, "forwarded to a node that is no longer the leader; retry"));
-    }
-    let Some(leader) = &forward.leader_node else {
-        return Err(not_leader(forward, "no leader is known; retry shortly"));
-    };
-    let endpoint = Endpoint::from_shared(format!("http://{}", leader.api_addr))
-        .map_err(|e| Status::internal(format!("leader address {}: {e}", leader.api_addr)))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(FORWARD_TIMEOUT);
-    let channel =
-        endpoint.connect().await.map_err(|e| not_leader(forward, &format!("cannot reach the leader: {e}")))?;
-    Ok(ClusterServiceClient::new(channel))
 }
 
 impl ClusterServer {
@@ -204,7 +217,7 @@ impl ClusterService for ClusterServer {
         match self.node.raft.add_learner(node.node_id, addr, true).await {
             Ok(_) => {}
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let mut leader = leader_client(&forward, false).await?;
+                let mut leader = self.leader_client(&forward, false)?;
                 return leader.add_node(wire::AddNodeRequest { node: Some(node) }).await;
             }
             Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),
@@ -238,7 +251,7 @@ impl ClusterService for ClusterServer {
         match self.node.raft.change_membership(change, false).await {
             Ok(written) => Ok(Response::new(wire::RemoveNodeResponse { log_index: written.log_id.index })),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let mut leader = leader_client(&forward, false).await?;
+                let mut leader = self.leader_client(&forward, false)?;
                 leader.remove_node(wire::RemoveNodeRequest { node_id: id }).await
             }
             Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
@@ -263,7 +276,7 @@ impl ClusterService for ClusterServer {
                 outcomes: codec::encode(&written.data.outcomes),
             })),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let mut leader = leader_client(&forward, request.forwarded).await?;
+                let mut leader = self.leader_client(&forward, request.forwarded)?;
                 leader.propose(wire::ProposeRequest { forwarded: true, ..request }).await
             }
             Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),

@@ -23,4 +23,4 @@ pub mod state_machine;
 
 pub use log_store::{LogStats, LogStore};
 pub use raft_types::{NodeAddr, NodeId, TypeConfig};
-pub use state_machine::{state_digest, Applied, StateMachineStore};
+pub use state_machine::{state_digest, Applied, ApplyObserver, StateMachineStore};

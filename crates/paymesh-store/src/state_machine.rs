@@ -76,12 +76,25 @@ impl Write for HashWriter<'_> {
     }
 }
 
-#[derive(Debug)]
+/// Told of every entry as it is applied: its log id and a SHA-256 of its
+/// payload. Used to audit that replicas apply the same entry at each index.
+pub type ApplyObserver = Arc<dyn Fn(LogId, [u8; 32]) + Send + Sync>;
+
 struct Shared {
     region: RegionId,
     applied: RwLock<Applied>,
     checkpoints: Checkpoints,
     snapshots_built: AtomicU64,
+    observer: RwLock<Option<ApplyObserver>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("region", &self.region)
+            .field("checkpoints", &self.checkpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The state machine handed to openraft. Cheap to clone: the node keeps a
@@ -128,13 +141,24 @@ impl StateMachineStore {
             Some((meta, bytes)) => decode_image(&region, &meta, &bytes)?,
             None => Applied { state: State::new(region.clone()), last_applied: None, membership: Default::default() },
         };
-        let shared = Shared { region, applied: RwLock::new(applied), checkpoints, snapshots_built: AtomicU64::new(0) };
+        let shared = Shared {
+            region,
+            applied: RwLock::new(applied),
+            checkpoints,
+            snapshots_built: AtomicU64::new(0),
+            observer: RwLock::new(None),
+        };
         Ok(StateMachineStore { shared: Arc::new(shared) })
     }
 
     /// A copy of the applied state (O(1)).
     pub fn applied(&self) -> Applied {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Report every entry applied from now on to `observer`.
+    pub fn observe_applies(&self, observer: ApplyObserver) {
+        *self.shared.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
     /// How many snapshots this process built.
@@ -198,9 +222,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut applied = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
         let mut outcomes = Vec::new();
         for entry in entries {
+            if let Some(observer) = &observer {
+                let mut hasher = Sha256::new();
+                postcard::to_io(&entry.payload, HashWriter(&mut hasher)).expect("entries encode");
+                observer(entry.log_id, hasher.finalize().into());
+            }
             assert!(
                 applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
                 "entries apply in increasing index order: {:?} after {:?}",

@@ -1,0 +1,241 @@
+//! Measurements of a region of real processes on this machine, reported in
+//! docs/BENCHMARKS.md. They are not checks (nothing here can fail on a slow
+//! machine except a broken region), so they are ignored by default; run them
+//! with
+//!
+//! ```sh
+//! cargo test --release -p paymesh-cli --test measure -- --ignored --nocapture --test-threads 1
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Region, Writer};
+use paymesh_node::cluster_client::ClusterClient;
+use paymesh_proto::admin::v1 as wire;
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// Propose `entries` entries of `commands` top-ups each, `concurrency` at a
+/// time; returns the elapsed time.
+async fn write_entries(region: &Region, session: u64, entries: usize, commands: usize, concurrency: usize) -> Duration {
+    let client = Arc::new(region.client());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..concurrency {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut writer = Writer::new(session * 1_000 + lane as u64);
+            for entry in (lane..entries).step_by(concurrency) {
+                let batch: Vec<_> =
+                    (0..commands).map(|i| writer.top_up(&format!("m{session}-{entry}-{i}"), 1)).collect();
+                client.propose(&batch).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn status(client: &ClusterClient, addr: &str) -> Option<wire::GetNodeStatusResponse> {
+    client.status(addr, false).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
+async fn election_time_after_killing_the_leader() {
+    const TRIALS: usize = 12;
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    region.client().propose(&[Writer::new(9).partner()]).await.unwrap();
+    let mut times = Vec::new();
+    for trial in 0..TRIALS {
+        let leader = region.wait_leader(Duration::from_secs(20)).await;
+        let client = region.client();
+        let term = status(&client, &region.nodes[&leader].api_addr).await.unwrap().current_term;
+        region.kill(leader);
+        let killed = Instant::now();
+        let elected = 'wait: loop {
+            for addr in region.api_addrs() {
+                if let Some(s) = status(&client, &addr).await {
+                    if s.role == wire::NodeRole::Leader as i32 && s.current_term > term {
+                        break 'wait killed.elapsed();
+                    }
+                }
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        println!("trial {trial}: leader {leader} killed; new leader after {elected:?}");
+        times.push(elected);
+        region.spawn(leader);
+        region.wait_converged(Duration::from_secs(30)).await;
+    }
+    let max = *times.iter().max().unwrap();
+    println!("ELECTION after kill -9 of the leader, {TRIALS} trials: median {:?}, max {max:?}", median(&mut times));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
+async fn catch_up_by_log_and_by_snapshot() {
+    const ENTRIES: usize = 3_000;
+    const COMMANDS: usize = 10;
+    let mut region = Region::start(3, "snapshot_after_entries = 100000\nlogs_kept_after_snapshot = 0");
+    region.initialize(1).await;
+    region.client().propose(&[Writer::new(8).partner()]).await.unwrap();
+    let leader = region.wait_leader(Duration::from_secs(20)).await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+
+    // By log: the node is down while entries accumulate, then catches up
+    // from the leader's log.
+    region.terminate(lagging);
+    let wrote = write_entries(&region, 1, ENTRIES, COMMANDS, 16).await;
+    println!(
+        "wrote {ENTRIES} entries of {COMMANDS} commands with 16 concurrent proposers in {wrote:?} ({:.0} entries/s, {:.0} commands/s)",
+        ENTRIES as f64 / wrote.as_secs_f64(),
+        (ENTRIES * COMMANDS) as f64 / wrote.as_secs_f64()
+    );
+    let started = Instant::now();
+    region.spawn(lagging);
+    region.wait_converged(Duration::from_secs(120)).await;
+    let by_log = started.elapsed();
+    println!(
+        "CATCH-UP BY LOG: {ENTRIES} entries in {by_log:?} = {:.0} entries/s (restart included)",
+        ENTRIES as f64 / by_log.as_secs_f64()
+    );
+
+    // By snapshot: every node compacts its log, the node loses its data.
+    let client = region.client();
+    let mut covered = 0;
+    for addr in region.api_addrs() {
+        covered = client.trigger_snapshot(&addr).await.unwrap();
+    }
+    region.terminate(lagging);
+    region.wipe(lagging);
+    let started = Instant::now();
+    region.spawn(lagging);
+    let statuses = region.wait_converged(Duration::from_secs(120)).await;
+    let by_snapshot = started.elapsed();
+    let rejoined = statuses.iter().find(|s| s.node_id == lagging).unwrap();
+    assert!(rejoined.snapshot_index.is_some());
+    println!(
+        "CATCH-UP BY SNAPSHOT: snapshot covering {covered} entries ({} commands) installed and applied in \
+         {by_snapshot:?} = {:.0} entries/s (restart included)",
+        covered as usize * COMMANDS,
+        covered as f64 / by_snapshot.as_secs_f64()
+    );
+}
+
+/// Attach strace to a node and count the sync calls it makes while a known
+/// number of batches are acknowledged.
+fn strace(pid: u32, out: &std::path::Path) -> std::process::Child {
+    Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,sync_file_range", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace is installed (it is on the machine kind this project runs on)")
+}
+
+fn calls(summary: &str, syscall: &str) -> u64 {
+    summary
+        .lines()
+        .find(|line| line.split_whitespace().last() == Some(syscall))
+        .and_then(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // % time, seconds, usecs/call, calls, [errors], syscall
+            fields.get(3).and_then(|calls| calls.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture (needs strace)"]
+async fn fsyncs_per_acknowledged_batch() {
+    const BATCHES: usize = 500;
+    let region = Region::start(3, "snapshot_after_entries = 100000");
+    region.initialize(1).await;
+    region.client().propose(&[Writer::new(7).partner()]).await.unwrap();
+    let leader = region.wait_leader(Duration::from_secs(20)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let dir = region.dir.as_ref().unwrap().path().to_path_buf();
+    let mut tracers = Vec::new();
+    for id in [leader, follower] {
+        let pid = region.nodes[&id].child.as_ref().unwrap().id();
+        tracers.push((id, dir.join(format!("strace-{id}.txt")), strace(pid, &dir.join(format!("strace-{id}.txt")))));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = region.client();
+    let before = status(&client, &region.nodes[&leader].api_addr).await.unwrap();
+    // One batch (one log entry) of 10 commands at a time, each acknowledged
+    // before the next.
+    write_entries(&region, 2, BATCHES, 10, 1).await;
+    let after = status(&client, &region.nodes[&leader].api_addr).await.unwrap();
+    for (id, path, mut tracer) in tracers {
+        Command::new("kill").args(["-INT", &tracer.id().to_string()]).status().unwrap();
+        tracer.wait().unwrap();
+        let summary = std::fs::read_to_string(&path).unwrap();
+        let (fdatasync, fsync, sync_file_range) =
+            (calls(&summary, "fdatasync"), calls(&summary, "fsync"), calls(&summary, "sync_file_range"));
+        let role = if id == leader { "leader" } else { "follower" };
+        println!(
+            "FSYNC on the {role} (node {id}) over {BATCHES} acknowledged batches: fdatasync {fdatasync}, fsync {fsync}, \
+             sync_file_range {sync_file_range} = {:.2} fdatasync per batch\n{summary}",
+            fdatasync as f64 / BATCHES as f64
+        );
+    }
+    println!(
+        "leader log appends {} → {}, log syncs {} → {}",
+        before.log_appends, after.log_appends, before.log_syncs, after.log_syncs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
+async fn proposal_latency_and_throughput() {
+    let mut region = Region::start(3, "snapshot_after_entries = 100000");
+    region.initialize(1).await;
+    region.client().propose(&[Writer::new(6).partner()]).await.unwrap();
+    let leader = region.wait_leader(Duration::from_secs(20)).await;
+    // Sequential, through the leader and through a follower (one forward hop).
+    for (label, id) in [("leader", leader), ("follower", if leader == 1 { 2 } else { 1 })] {
+        let client = ClusterClient::new(vec![region.nodes[&id].api_addr.clone()]);
+        let mut writer = Writer::new(50 + id);
+        let mut latencies = Vec::new();
+        for n in 0..300 {
+            let started = Instant::now();
+            client.propose(&[writer.top_up(&format!("lat-{label}-{n}"), 1)]).await.unwrap();
+            latencies.push(started.elapsed());
+        }
+        let p99 = {
+            latencies.sort();
+            latencies[latencies.len() * 99 / 100]
+        };
+        println!("LATENCY of one proposal sent to the {label}: median {:?}, p99 {p99:?}", median(&mut latencies));
+    }
+    for (concurrency, commands) in [(1, 100), (16, 1), (16, 100)] {
+        let entries = 2_000 / commands.max(10) * 10;
+        let elapsed =
+            write_entries(&region, 3 + concurrency as u64 * 1000 + commands as u64, entries, commands, concurrency)
+                .await;
+        println!(
+            "THROUGHPUT with {concurrency} concurrent proposers of {commands}-command entries: {:.0} entries/s, \
+             {:.0} commands/s",
+            entries as f64 / elapsed.as_secs_f64(),
+            (entries * commands) as f64 / elapsed.as_secs_f64()
+        );
+    }
+    region.kill(leader);
+}
