@@ -102,6 +102,22 @@ fn fatal(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("this node's raft group has stopped: {error}"))
 }
 
+/// A refused Raft write: either it must go to the leader, or it fails with a status.
+enum Refused {
+    /// This node is not the leader.
+    Forward(ForwardToLeader<NodeId, NodeAddr>),
+    /// Any other refusal, as the status to return.
+    Status(Status),
+}
+
+fn refused(error: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Refused {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Refused::Forward(forward),
+        RaftError::APIError(e) => Refused::Status(Status::failed_precondition(e.to_string())),
+        RaftError::Fatal(e) => Refused::Status(fatal(e)),
+    }
+}
+
 impl ClusterServer {
     fn voters(&self) -> BTreeSet<NodeId> {
         self.node.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
@@ -214,23 +230,21 @@ impl ClusterService for ClusterServer {
         }
         let addr = NodeAddr { raft_addr: node.raft_addr.clone(), api_addr: node.api_addr.clone() };
         // First a learner, caught up (blocking), then a voter.
-        match self.node.raft.add_learner(node.node_id, addr, true).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let mut leader = self.leader_client(&forward, false)?;
-                return leader.add_node(wire::AddNodeRequest { node: Some(node) }).await;
-            }
-            Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),
-            Err(RaftError::Fatal(e)) => return Err(fatal(e)),
+        if let Err(error) = self.node.raft.add_learner(node.node_id, addr, true).await {
+            return match refused(error) {
+                Refused::Forward(forward) => {
+                    self.leader_client(&forward, false)?.add_node(wire::AddNodeRequest { node: Some(node) }).await
+                }
+                Refused::Status(status) => Err(status),
+            };
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([node.node_id]));
-        match self.node.raft.change_membership(change, false).await {
+        match self.node.raft.change_membership(change, false).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::AddNodeResponse { log_index: written.log_id.index })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(Refused::Forward(forward)) => {
                 Err(not_leader(&forward, "leadership moved while adding the node; retry"))
             }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(Refused::Status(status)) => Err(status),
         }
     }
 
@@ -248,14 +262,12 @@ impl ClusterService for ClusterServer {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        match self.node.raft.change_membership(change, false).await {
+        match self.node.raft.change_membership(change, false).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::RemoveNodeResponse { log_index: written.log_id.index })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let mut leader = self.leader_client(&forward, false)?;
-                leader.remove_node(wire::RemoveNodeRequest { node_id: id }).await
+            Err(Refused::Forward(forward)) => {
+                self.leader_client(&forward, false)?.remove_node(wire::RemoveNodeRequest { node_id: id }).await
             }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(Refused::Status(status)) => Err(status),
         }
     }
 
@@ -270,17 +282,16 @@ impl ClusterService for ClusterServer {
             return Err(Status::invalid_argument(format!("commands: 1 to {BATCH_COMMANDS_MAX} per proposal")));
         }
         let batch = Batch::new(leader_now(), commands).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.node.raft.client_write(batch).await {
+        match self.node.raft.client_write(batch).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::ProposeResponse {
                 log_index: written.log_id.index,
                 outcomes: codec::encode(&written.data.outcomes),
             })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(Refused::Forward(forward)) => {
                 let mut leader = self.leader_client(&forward, request.forwarded)?;
                 leader.propose(wire::ProposeRequest { forwarded: true, ..request }).await
             }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(Refused::Status(status)) => Err(status),
         }
     }
 

@@ -241,6 +241,38 @@ mod tests {
         assert_eq!(raft.cluster_name, "paymesh-us-west");
     }
 
+    /// The documented example is a valid configuration and names every key,
+    /// so it cannot drift from the code.
+    #[test]
+    fn the_example_configuration_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/node.example.toml");
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.raft, RaftSettings::default(), "the example shows the defaults");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keys = [
+            "node_id",
+            "region",
+            "raft_listen",
+            "api_listen",
+            "data_dir",
+            "insecure_plaintext",
+            "peers",
+            "raft_addr",
+            "api_addr",
+            "[raft]",
+            "heartbeat_interval_ms",
+            "election_timeout_min_ms",
+            "election_timeout_max_ms",
+            "snapshot_after_entries",
+            "logs_kept_after_snapshot",
+            "max_entries_per_append",
+            "snapshot_timeout_ms",
+        ];
+        for key in keys {
+            assert!(text.contains(key), "deploy/node.example.toml does not document {key}");
+        }
+    }
+
     #[test]
     fn bad_configurations_are_refused_with_the_key_named() {
         let cases = [
