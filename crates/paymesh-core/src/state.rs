@@ -75,6 +75,15 @@ pub struct Participation {
     pub updated_at: Timestamp,
 }
 
+/// A transfer as one of this region's partners sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum PartnerTransfer<'a> {
+    /// Coordinated here: the partner pays it, or is the payee of a same-region transfer.
+    Coordinated(&'a Transfer),
+    /// Coordinated elsewhere; this region holds the payee's side.
+    Participated(&'a Participation),
+}
+
 /// What kind of event a partner sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
@@ -184,6 +193,9 @@ pub struct State {
     transfers_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
     participations: OrdMap<TransferId, Participation>,
+    /// Every transfer a partner of this region takes part in (as payer, or as
+    /// payee of a same-region transfer or a participation), for listing.
+    partner_transfers: OrdSet<(PartnerId, TransferId)>,
     /// Final participations (including tombstones) by when they finished.
     participations_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
@@ -222,6 +234,7 @@ impl State {
             deadlines: OrdSet::new(),
             transfers_finished: OrdSet::new(),
             participations: OrdMap::new(),
+            partner_transfers: OrdSet::new(),
             participations_finished: OrdSet::new(),
             idempotency: OrdMap::new(),
             idempotency_expiry: OrdSet::new(),
@@ -585,6 +598,10 @@ impl State {
             }
         }
         let view = transfer.view.clone();
+        self.partner_transfers.insert((view.partner.clone(), id.clone()));
+        if view.corridor.is_same_region() {
+            self.partner_transfers.insert((view.payee.partner.clone(), id.clone()));
+        }
         self.transfers.insert(id, transfer);
         Ok(view)
     }
@@ -798,6 +815,7 @@ impl State {
         if state.is_final() {
             self.participations_finished.insert((now, id.clone()));
         }
+        self.partner_transfers.insert((message.payee.clone(), id.clone()));
         self.participations
             .insert(id.clone(), Participation { state, reason, prepare: Some(message.clone()), updated_at: now });
         match reason {
@@ -920,13 +938,18 @@ impl State {
             top_ups.remove(&reference);
         });
         let cutoff = now.minus_ms(FINISHED_TRANSFER_RETENTION_MS);
-        let transfers = &mut self.transfers;
+        let (transfers, index) = (&mut self.transfers, &mut self.partner_transfers);
         purged += purge_before(&mut self.transfers_finished, cutoff, &mut budget, |(_, id)| {
-            transfers.remove(&id);
+            if let Some(gone) = transfers.remove(&id) {
+                index.remove(&(gone.view.partner, id.clone()));
+                index.remove(&(gone.view.payee.partner, id));
+            }
         });
-        let participations = &mut self.participations;
+        let (participations, index) = (&mut self.participations, &mut self.partner_transfers);
         purged += purge_before(&mut self.participations_finished, cutoff, &mut budget, |(_, id)| {
-            participations.remove(&id);
+            if let Some(prepare) = participations.remove(&id).and_then(|gone| gone.prepare) {
+                index.remove(&(prepare.payee, id));
+            }
         });
         let idle = now.minus_ms(SESSION_IDLE_EXPIRY_MS);
         let stale: Vec<u64> =
@@ -1001,6 +1024,39 @@ impl State {
     /// All transfers this region coordinates, in id order.
     pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
         self.transfers.values()
+    }
+
+    /// The transfers `partner` takes part in, in id order (creation order per
+    /// origin region), starting after `after`.
+    pub fn transfers_of<'a>(
+        &'a self,
+        partner: &'a PartnerId,
+        after: Option<&TransferId>,
+    ) -> impl Iterator<Item = PartnerTransfer<'a>> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded((partner.clone(), id.clone())),
+            None => Bound::Included((partner.clone(), TransferId::new(RegionId::new("a").expect("valid"), 0))),
+        };
+        self.partner_transfers
+            .range((start, Bound::Unbounded))
+            .take_while(move |(owner, _)| owner == partner)
+            .filter_map(move |(_, id)| self.transfer_for(partner, id))
+    }
+
+    /// A transfer as `partner` may see it: one it pays, or one that credits it.
+    /// Another partner's transfer is indistinguishable from a missing one.
+    pub fn transfer_for<'a>(&'a self, partner: &PartnerId, id: &TransferId) -> Option<PartnerTransfer<'a>> {
+        if let Some(transfer) = self.transfers.get(id) {
+            let view = &transfer.view;
+            let payee_here = view.corridor.is_same_region() && &view.payee.partner == partner;
+            if &view.partner == partner || payee_here {
+                return Some(PartnerTransfer::Coordinated(transfer));
+            }
+        }
+        let participation = self.participations.get(id)?;
+        let prepare = participation.prepare.as_ref()?;
+        (&prepare.payee == partner).then_some(PartnerTransfer::Participated(participation))
     }
 
     /// A transfer's record in this region as the payee's side.
@@ -1127,6 +1183,21 @@ impl State {
         }
         if self.idempotency.len() != self.idempotency_expiry.len() {
             return Err("idempotency expiry index disagrees with records".into());
+        }
+        let mut expected = std::collections::BTreeSet::new();
+        for (id, transfer) in self.transfers.iter() {
+            expected.insert((transfer.view.partner.clone(), id.clone()));
+            if transfer.view.corridor.is_same_region() {
+                expected.insert((transfer.view.payee.partner.clone(), id.clone()));
+            }
+        }
+        for (id, participation) in self.participations.iter() {
+            if let Some(prepare) = &participation.prepare {
+                expected.insert((prepare.payee.clone(), id.clone()));
+            }
+        }
+        if !self.partner_transfers.iter().cloned().eq(expected) {
+            return Err("the partner transfer index differs from the transfers".into());
         }
         if self.top_ups.len() != self.top_up_expiry.len() {
             return Err("top-up expiry index disagrees with records".into());

@@ -542,6 +542,38 @@ fn event_logs_resume_from_a_cursor_and_report_expired_cursors() {
 }
 
 #[test]
+fn partners_list_and_see_only_their_own_transfers() {
+    let (mut west, mut east) = mesh();
+    let first = transfer_view(&pay(&mut west, "k1", usd("10"), T0));
+    let second = transfer_view(&pay(&mut west, "k2", usd("20"), T0));
+    deliver_all(&mut west, &mut east, T0);
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Source(cny("5")), T0));
+    let domestic = transfer_view(&east.run(
+        CommandBody::CreateTransfer(request("alipay-cn", "k3", &quote, "wxp://f2f0shop9", "Bo")),
+        T0,
+    ));
+    let ids = |state: &State, partner: &str, after: Option<&TransferId>| -> Vec<String> {
+        let partner = pid(partner);
+        state
+            .transfers_of(&partner, after)
+            .map(|t| match t {
+                PartnerTransfer::Coordinated(t) => t.view.id.to_string(),
+                PartnerTransfer::Participated(p) => p.prepare.as_ref().unwrap().transfer.to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(ids(&west.state, "paypal-us", None), [first.id.to_string(), second.id.to_string()]);
+    assert_eq!(ids(&west.state, "paypal-us", Some(&first.id)), [second.id.to_string()]);
+    // wechat-cn is credited by both cross-border transfers and the domestic one.
+    assert_eq!(ids(&east.state, "wechat-cn", None).len(), 3);
+    assert_eq!(ids(&east.state, "alipay-cn", None), [domestic.id.to_string()]);
+    // Nobody sees another partner's transfer.
+    assert!(west.state.transfer_for(&pid("paypal-us-2"), &first.id).is_none());
+    assert!(east.state.transfer_for(&pid("alipay-cn"), &first.id).is_none());
+    assert!(east.state.transfer_for(&pid("wechat-cn"), &first.id).is_some());
+}
+
+#[test]
 fn a_loaded_state_equals_the_saved_one() {
     let (mut west, mut east) = mesh();
     pay(&mut west, "k1", usd("10"), T0);
