@@ -16,10 +16,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use paymesh_node::cluster_client::ClusterClient;
+use paymesh_client::Credentials;
+use paymesh_node::cluster_client::{ClusterClient, RetryPolicy};
 use paymesh_node::{Node, NodeConfig};
 use paymesh_proto::admin::v1 as wire;
 
+mod bench;
+mod certs;
 mod status;
 
 /// paymesh: a multi-region payment mesh.
@@ -30,18 +33,49 @@ struct Cli {
     command: Command,
 }
 
-/// Where to find a region's nodes.
+/// Where to find a region's nodes, and who is asking.
 #[derive(Clone, Debug, clap::Args)]
 struct Target {
-    /// A node configuration file; the region's peers are read from it.
+    /// A node configuration file; the region's peers are read from it, and
+    /// its [tls] files are used unless --cert is given.
     #[arg(long, conflicts_with = "node")]
     config: Option<PathBuf>,
     /// A node's API address, host:port (repeat for several).
     #[arg(long = "node")]
     node: Vec<String>,
+    /// The region's CA certificate (PEM), with --cert and --key.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// An operator (or node) certificate (PEM).
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
 }
 
 impl Target {
+    /// Who to present: the given certificate, else the node's own from
+    /// --config, else (development, plaintext) an operator identity header.
+    fn credentials(&self) -> anyhow::Result<Credentials> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) {
+            return Ok(Credentials::from_files(ca, cert, key)?);
+        }
+        if let Some(path) = &self.config {
+            if let Some(tls) = NodeConfig::load(path)?.tls {
+                return Ok(Credentials::from_files(&tls.ca_cert, &tls.cert, &tls.key)?);
+            }
+        }
+        Ok(Credentials::Plaintext { identity: "operator:paymesh-cli".into() })
+    }
+
+    /// A cluster client of the target's nodes.
+    fn client(&self) -> anyhow::Result<(ClusterClient, Vec<String>)> {
+        let addresses = self.addresses()?;
+        let client = ClusterClient::with_credentials(addresses.clone(), self.credentials()?, RetryPolicy::default());
+        Ok((client, addresses))
+    }
+
     /// The API addresses to contact, this node's own first.
     fn addresses(&self) -> anyhow::Result<Vec<String>> {
         if let Some(path) = &self.config {
@@ -83,6 +117,18 @@ enum Command {
     Node {
         #[command(subcommand)]
         change: NodeChange,
+    },
+    /// Measure committed transfers per second and their latency percentiles
+    /// (closed or open loop), side by side with the PostgreSQL baseline.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Make a region's development CA (or reuse the one in --out) and issue
+    /// node, partner and operator certificates as PEM files.
+    Certs {
+        #[command(flatten)]
+        args: certs::CertsArgs,
     },
 }
 
@@ -142,8 +188,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Start { config } => start(config).await,
         Command::Init { target } => {
-            let addresses = target.addresses()?;
-            let client = ClusterClient::new(addresses.clone());
+            let (client, addresses) = target.client()?;
             let already = client.initialize(&addresses[0]).await?;
             if already {
                 println!("region already initialised; nothing changed");
@@ -152,20 +197,25 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { target, json } => status::show(&target.addresses()?, json).await,
+        Command::Status { target, json } => {
+            let (client, addresses) = target.client()?;
+            status::show(&client, &addresses, json).await
+        }
         Command::Node { change: NodeChange::Add { target, id, raft_addr, api_addr } } => {
-            let client = ClusterClient::new(target.addresses()?);
+            let (client, _) = target.client()?;
             let node = wire::NodeAddress { node_id: id, raft_addr, api_addr };
             let index = client.add_node(node).await?;
             println!("node {id} added as a voter (membership entry {index})");
             Ok(())
         }
         Command::Node { change: NodeChange::Remove { target, id } } => {
-            let client = ClusterClient::new(target.addresses()?);
+            let (client, _) = target.client()?;
             let index = client.remove_node(id).await?;
             println!("node {id} removed (membership entry {index}); stop its process");
             Ok(())
         }
+        Command::Bench { args } => bench::run(args).await,
+        Command::Certs { args } => certs::run(&args),
     }
 }
 

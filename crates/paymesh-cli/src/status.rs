@@ -50,8 +50,7 @@ fn role_name(role: i32) -> &'static str {
 }
 
 /// Query `addresses` and every member they report, then print.
-pub async fn show(addresses: &[String], json: bool) -> anyhow::Result<()> {
-    let client = ClusterClient::new(addresses.to_vec());
+pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> anyhow::Result<()> {
     let mut to_ask: BTreeSet<String> = addresses.iter().cloned().collect();
     let mut answers: BTreeMap<String, Result<wire::GetNodeStatusResponse, tonic::Status>> = BTreeMap::new();
     // Members discovered from the answers are asked too (bounded: a region has

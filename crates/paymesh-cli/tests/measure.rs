@@ -211,7 +211,9 @@ async fn proposal_latency_and_throughput() {
     let leader = region.wait_leader(Duration::from_secs(20)).await;
     // Sequential, through the leader and through a follower (one forward hop).
     for (label, id) in [("leader", leader), ("follower", if leader == 1 { 2 } else { 1 })] {
-        let client = ClusterClient::new(vec![region.nodes[&id].api_addr.clone()]);
+        let credentials = region.credentials("operator-tests");
+        let addrs = vec![region.nodes[&id].api_addr.clone()];
+        let client = ClusterClient::with_credentials(addrs, credentials, Default::default());
         let mut writer = Writer::new(50 + id);
         let mut latencies = Vec::new();
         for n in 0..300 {

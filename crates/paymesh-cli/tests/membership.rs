@@ -35,8 +35,10 @@ async fn the_region_serves_while_a_node_is_added_and_another_removed() {
     let stop = Arc::new(AtomicBool::new(false));
     let addrs = vec![region.nodes[&2].api_addr.clone(), region.nodes[&3].api_addr.clone()];
     let writer_stop = stop.clone();
+    let credentials = region.credentials("operator-tests");
     let writer = tokio::spawn(async move {
-        let client = paymesh_node::cluster_client::ClusterClient::new(addrs);
+        let policy = paymesh_node::cluster_client::RetryPolicy::default();
+        let client = paymesh_node::cluster_client::ClusterClient::with_credentials(addrs, credentials, policy);
         let mut writer = Writer::new(4);
         let mut acknowledged = Vec::new();
         let mut slowest = Duration::ZERO;

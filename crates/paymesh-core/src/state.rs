@@ -71,6 +71,8 @@ pub struct Participation {
     pub reason: Option<RejectCode>,
     /// The Prepare as received; `None` for a tombstone.
     pub prepare: Option<PrepareMessage>,
+    /// When this region first recorded the transfer.
+    pub created_at: Timestamp,
     /// When its state last changed.
     pub updated_at: Timestamp,
 }
@@ -816,8 +818,10 @@ impl State {
             self.participations_finished.insert((now, id.clone()));
         }
         self.partner_transfers.insert((message.payee.clone(), id.clone()));
-        self.participations
-            .insert(id.clone(), Participation { state, reason, prepare: Some(message.clone()), updated_at: now });
+        self.participations.insert(
+            id.clone(),
+            Participation { state, reason, prepare: Some(message.clone()), created_at: now, updated_at: now },
+        );
         match reason {
             None => PrepareReply::Prepared,
             Some(code) => PrepareReply::Rejected(code),
@@ -871,7 +875,8 @@ impl State {
         };
         match to {
             ParticipantState::Tombstone => {
-                let tombstone = Participation { state: to, reason: None, prepare: None, updated_at: now };
+                let tombstone =
+                    Participation { state: to, reason: None, prepare: None, created_at: now, updated_at: now };
                 self.participations.insert(id.clone(), tombstone);
             }
             ParticipantState::Committed | ParticipantState::Aborted => {
@@ -1024,6 +1029,20 @@ impl State {
     /// All transfers this region coordinates, in id order.
     pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
         self.transfers.values()
+    }
+
+    /// The answer to a transfer request already applied under this
+    /// idempotency key: its original outcome if the body matches, an
+    /// idempotency conflict if not, or `None` for a key not seen (or no longer
+    /// retained). Lets the leader answer a retry without a Raft round trip;
+    /// applying the request again would give the same answer.
+    pub fn replay_transfer_request(&self, request: &TransferRequest) -> Option<Outcome> {
+        let record = self.idempotency.get(&(request.partner.clone(), request.idempotency_key.clone()))?;
+        Some(if record.fingerprint == request.fingerprint() {
+            record.outcome.clone()
+        } else {
+            Outcome::Rejected(RejectCode::IdempotencyConflict)
+        })
     }
 
     /// The transfers `partner` takes part in, in id order (creation order per

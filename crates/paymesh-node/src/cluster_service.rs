@@ -6,12 +6,13 @@
 //! is known, or leadership moved during the hop, the caller gets UNAVAILABLE
 //! with the leader's id and address in the metadata when known.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
+use paymesh_client::{NodeChannel, Region};
 use paymesh_core::command::{Batch, Command};
 use paymesh_core::limits::BATCH_COMMANDS_MAX;
 use paymesh_core::Timestamp;
@@ -20,11 +21,11 @@ use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
 use paymesh_store::{state_digest, NodeAddr, NodeId};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::config::REGION_MEMBERS_MAX;
+use crate::identity::{identity_of, require_node_of, Identity};
 use crate::network::REGION_GROUP;
 use crate::node::Node;
 
@@ -34,18 +35,29 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long TriggerSnapshot waits for the snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
-/// Serves cluster operations for one node.
+/// Serves cluster operations for one node, to operators and to the nodes of
+/// its region (which forward writes).
 #[derive(Clone, Debug)]
 pub struct ClusterServer {
     node: Node,
-    /// Channels to leaders, reused for forwarding, by API address.
-    leaders: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Channels to leaders for forwarding, as this node (a channel factory).
+    leaders: Arc<Region>,
 }
 
 impl ClusterServer {
     /// The service of `node`.
     pub fn new(node: Node) -> ClusterServer {
-        ClusterServer { node, leaders: Arc::default() }
+        let leaders = Region::new(Vec::new(), node.credentials()).with_call_timeout(FORWARD_TIMEOUT);
+        ClusterServer { node, leaders: Arc::new(leaders) }
+    }
+
+    /// Only operators and this region's nodes may operate the cluster.
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match identity_of(request, self.node.config.insecure_plaintext)? {
+            Identity::Operator(_) => Ok(()),
+            node @ Identity::Node { .. } => require_node_of(node, &self.node.config.region).map(|_| ()),
+            other => Err(Status::permission_denied(format!("{other} may not operate the cluster"))),
+        }
     }
 
     /// A client of the leader's ClusterService, or UNAVAILABLE if there is
@@ -55,28 +67,14 @@ impl ClusterServer {
         &self,
         forward: &ForwardToLeader<NodeId, NodeAddr>,
         forwarded: bool,
-    ) -> Result<ClusterServiceClient<Channel>, Status> {
+    ) -> Result<ClusterServiceClient<NodeChannel>, Status> {
         if forwarded {
             return Err(not_leader(forward, "forwarded to a node that is no longer the leader; retry"));
         }
         let Some(leader) = &forward.leader_node else {
             return Err(not_leader(forward, "no leader is known; retry shortly"));
         };
-        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match leaders.get(&leader.api_addr) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(format!("http://{}", leader.api_addr))
-                    .map_err(|e| Status::internal(format!("leader address {}: {e}", leader.api_addr)))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(FORWARD_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                leaders.insert(leader.api_addr.clone(), channel.clone());
-                channel
-            }
-        };
-        Ok(ClusterServiceClient::new(channel))
+        Ok(ClusterServiceClient::new(self.leaders.channel(&leader.api_addr)?))
     }
 }
 
@@ -130,6 +128,7 @@ impl ClusterService for ClusterServer {
         &self,
         request: Request<wire::InitializeRequest>,
     ) -> Result<Response<wire::InitializeResponse>, Status> {
+        self.check_caller(&request)?;
         let requested = request.into_inner().members;
         let members: BTreeMap<NodeId, NodeAddr> = if requested.is_empty() {
             self.node.config.peers.iter().map(|p| (p.node_id, p.addr())).collect()
@@ -156,6 +155,7 @@ impl ClusterService for ClusterServer {
         &self,
         request: Request<wire::GetNodeStatusRequest>,
     ) -> Result<Response<wire::GetNodeStatusResponse>, Status> {
+        self.check_caller(&request)?;
         let with_digest = request.into_inner().with_digest;
         let metrics = self.node.raft.metrics().borrow().clone();
         let role = match metrics.state {
@@ -221,6 +221,7 @@ impl ClusterService for ClusterServer {
         &self,
         request: Request<wire::AddNodeRequest>,
     ) -> Result<Response<wire::AddNodeResponse>, Status> {
+        self.check_caller(&request)?;
         let node = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node is required"))?;
         if node.node_id == 0 {
             return Err(Status::invalid_argument("node.node_id must be positive"));
@@ -252,6 +253,7 @@ impl ClusterService for ClusterServer {
         &self,
         request: Request<wire::RemoveNodeRequest>,
     ) -> Result<Response<wire::RemoveNodeResponse>, Status> {
+        self.check_caller(&request)?;
         let id = request.into_inner().node_id;
         let voters = self.voters();
         let change = if voters.contains(&id) {
@@ -272,6 +274,7 @@ impl ClusterService for ClusterServer {
     }
 
     async fn propose(&self, request: Request<wire::ProposeRequest>) -> Result<Response<wire::ProposeResponse>, Status> {
+        self.check_caller(&request)?;
         let request = request.into_inner();
         if request.group_id != REGION_GROUP {
             return Err(Status::not_found(format!("no raft group {} on this node", request.group_id)));
@@ -297,8 +300,9 @@ impl ClusterService for ClusterServer {
 
     async fn trigger_snapshot(
         &self,
-        _request: Request<wire::TriggerSnapshotRequest>,
+        request: Request<wire::TriggerSnapshotRequest>,
     ) -> Result<Response<wire::TriggerSnapshotResponse>, Status> {
+        self.check_caller(&request)?;
         let applied = self.node.raft.metrics().borrow().last_applied.map(|l| l.index);
         let Some(applied) = applied else {
             return Err(Status::failed_precondition("nothing applied yet; no snapshot to build"));

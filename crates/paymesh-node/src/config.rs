@@ -10,6 +10,8 @@ use paymesh_core::id::RegionId;
 use paymesh_store::NodeAddr;
 use serde::Deserialize;
 
+use crate::tls::TlsFiles;
+
 /// The most voters a region may have.
 pub const REGION_MEMBERS_MAX: usize = 7;
 
@@ -114,9 +116,16 @@ pub struct NodeConfig {
     pub api_listen: SocketAddr,
     /// This node's data: the Raft log and the state machine's checkpoints.
     pub data_dir: PathBuf,
-    /// Allow plaintext gRPC. Required for now: TLS arrives with the partner API.
+    /// Serve and call plaintext gRPC, with callers naming themselves in
+    /// metadata (development and loopback only). Exactly one of this and
+    /// `tls` is set.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// The mutual-TLS files, under `[tls]`: the region's CA, this node's
+    /// certificate and its key. Exactly one of this and `insecure_plaintext`
+    /// is set.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     /// The region's initial members, this node included.
     pub peers: Vec<PeerConfig>,
     /// Raft timing and compaction.
@@ -144,11 +153,29 @@ impl NodeConfig {
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be positive".into()));
         }
-        if !self.insecure_plaintext {
-            return Err(invalid(
-                "insecure_plaintext",
-                "TLS is not available yet; set insecure_plaintext = true (development only)".into(),
-            ));
+        match (&self.tls, self.insecure_plaintext) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "insecure_plaintext",
+                    "a [tls] section and insecure_plaintext = true exclude each other; remove one".into(),
+                ))
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "a [tls] section (ca_cert, cert, key) is required unless insecure_plaintext = true \
+                     (development only)"
+                        .into(),
+                ))
+            }
+            (Some(tls), false) => {
+                for (key, file) in [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                    if file.as_os_str().is_empty() {
+                        return Err(invalid(key, "must name a file".into()));
+                    }
+                }
+            }
+            (None, true) => {}
         }
         if self.peers.is_empty() || self.peers.len() > REGION_MEMBERS_MAX {
             return Err(invalid("peers", format!("list 1 to {REGION_MEMBERS_MAX} members")));
@@ -259,6 +286,10 @@ mod tests {
             "peers",
             "raft_addr",
             "api_addr",
+            "[tls]",
+            "ca_cert",
+            "cert =",
+            "key =",
             "[raft]",
             "heartbeat_interval_ms",
             "election_timeout_min_ms",
@@ -273,12 +304,61 @@ mod tests {
         }
     }
 
+    /// The example's `[tls]` section, commented out because the example runs
+    /// plaintext, is a valid configuration once uncommented in place of
+    /// `insecure_plaintext = true`.
+    #[test]
+    fn the_example_tls_section_is_valid_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/node.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("insecure_plaintext"))
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if ["[tls]", "ca_cert =", "cert =", "key ="].iter().any(|k| rest.starts_with(k)) => rest,
+                _ => line,
+            })
+            .collect();
+        let config = parse(&uncommented.join("\n")).unwrap();
+        assert!(!config.insecure_plaintext);
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.ca_cert, Path::new("/etc/paymesh/tls/ca.pem"));
+        assert_eq!(tls.cert, Path::new("/etc/paymesh/tls/node-us-west-1.pem"));
+        assert_eq!(tls.key, Path::new("/etc/paymesh/tls/node-us-west-1.key"));
+        let config = NodeConfig::load(&path).unwrap();
+        assert!(config.insecure_plaintext && config.tls.is_none(), "the example itself stays plaintext");
+    }
+
+    #[test]
+    fn a_tls_section_replaces_insecure_plaintext() {
+        let text = GOOD.replace("insecure_plaintext = true\n", "")
+            + "[tls]\nca_cert = \"tls/ca.pem\"\ncert = \"tls/node-us-west-1.pem\"\nkey = \"tls/node-us-west-1.key\"\n";
+        let config = parse(&text).unwrap();
+        assert!(!config.insecure_plaintext);
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                ca_cert: "tls/ca.pem".into(),
+                cert: "tls/node-us-west-1.pem".into(),
+                key: "tls/node-us-west-1.key".into(),
+            })
+        );
+        assert!(parse(GOOD).unwrap().tls.is_none());
+    }
+
     #[test]
     fn bad_configurations_are_refused_with_the_key_named() {
+        let tls = "\n[tls]\nca_cert = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n";
+        let tls_only = GOOD.replace("insecure_plaintext = true\n", "");
         let cases = [
             (GOOD.replace("node_id = 1\n", "node_id = 0\n"), "node_id"),
             (GOOD.replace("region = \"us-west\"", "region = \"US West\""), "region id"),
-            (GOOD.replace("insecure_plaintext = true", "insecure_plaintext = false"), "insecure_plaintext"),
+            (GOOD.replace("insecure_plaintext = true", "insecure_plaintext = false"), "tls: a [tls] section"),
+            (GOOD.replace("insecure_plaintext = true\n", ""), "tls: a [tls] section"),
+            (GOOD.to_owned() + tls, "insecure_plaintext: a [tls] section and insecure_plaintext = true exclude"),
+            (tls_only.clone() + &tls.replace("key = ", "private_key = "), "unknown field `private_key`"),
+            (tls_only.clone() + &tls.replace("key = \"node.key\"\n", ""), "missing field `key`"),
+            (tls_only.clone() + &tls.replace("\"node.pem\"", "\"\""), "tls.cert: must name a file"),
             (GOOD.replace("{ node_id = 2,", "{ node_id = 1,"), "unique"),
             (GOOD.replace("127.0.0.1:8002", "localhost"), "host:port"),
             (GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 400"), "three heartbeat"),

@@ -3,15 +3,16 @@
 //!
 //! Each request carries the Raft group id and openraft's message encoded by
 //! [`crate::codec`]; each reply carries openraft's result the same way.
-//! Channels to peers are created lazily and cached, because openraft asks for
-//! a client on every vote round and linearizable read. Every call has a
-//! timeout and a message size limit. Snapshots are streamed whole, in chunks
-//! of [`SNAPSHOT_CHUNK_BYTES`], on one `InstallSnapshot` stream.
+//! Channels to peers are created lazily and cached (by the SDK's
+//! [`paymesh_client::Region`], which also presents this node's certificate or
+//! development identity), because openraft asks for a client on every vote
+//! round and linearizable read. Every call has a timeout and a message size
+//! limit. Snapshots are streamed whole, in chunks of [`SNAPSHOT_CHUNK_BYTES`],
+//! on one `InstallSnapshot` stream.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -23,11 +24,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use paymesh_client::{Credentials, NodeChannel, Region};
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
 use paymesh_store::{NodeAddr, NodeId, TypeConfig};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 
@@ -37,37 +38,25 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of snapshot data per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// How long connecting to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The group id of a region's single Raft group (shards come later).
 pub const REGION_GROUP: u64 = 0;
 
-/// Creates connections to peers; shares one channel per peer.
+/// Creates connections to peers; shares one channel per peer address.
 #[derive(Clone, Debug)]
 pub struct Network {
     group: u64,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// Used only as a channel factory (its retries are openraft's business).
+    peers: Arc<Region>,
     snapshot_timeout: Duration,
 }
 
 impl Network {
-    /// A network for Raft group `group`.
-    pub fn new(group: u64, snapshot_timeout: Duration) -> Network {
-        Network { group, channels: Arc::default(), snapshot_timeout }
-    }
-
-    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(&(target, addr.to_owned())) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert((target, addr.to_owned()), channel.clone());
-        Ok(channel)
+    /// A network for Raft group `group`, dialing as `credentials`.
+    pub fn new(group: u64, credentials: Credentials, snapshot_timeout: Duration) -> Network {
+        // The channel's own limit is the longest call (a snapshot); openraft
+        // bounds the others with its own timeouts.
+        let peers = Region::new(Vec::new(), credentials).with_call_timeout(snapshot_timeout);
+        Network { group, peers: Arc::new(peers), snapshot_timeout }
     }
 }
 
@@ -75,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
-        let client = self.channel(target, &node.raft_addr).map(|channel| {
+        let client = self.peers.channel(&node.raft_addr).map(|channel| {
             RaftServiceClient::new(channel)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -84,7 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             group: self.group,
-            client: client.map_err(|e| e.to_string()),
+            client: client.map_err(|e| e.message().to_owned()),
             snapshot_timeout: self.snapshot_timeout,
         }
     }
@@ -96,7 +85,7 @@ pub struct Connection {
     target: NodeId,
     node: NodeAddr,
     group: u64,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<NodeChannel>, String>,
     snapshot_timeout: Duration,
 }
 
@@ -113,7 +102,7 @@ fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RpcError<E> 
 }
 
 impl Connection {
-    fn client(&self) -> Result<RaftServiceClient<Channel>, io::Error> {
+    fn client(&self) -> Result<RaftServiceClient<NodeChannel>, io::Error> {
         self.client.clone().map_err(|e| io::Error::other(format!("bad address {}: {e}", self.node.raft_addr)))
     }
 
@@ -126,7 +115,7 @@ impl Connection {
     where
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
-        Call: FnOnce(RaftServiceClient<Channel>) -> Fut,
+        Call: FnOnce(RaftServiceClient<NodeChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Vec<u8>>, tonic::Status>>,
     {
         let client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;

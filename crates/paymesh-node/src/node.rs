@@ -6,24 +6,38 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::RaftNetworkFactory;
+use openraft::{RaftNetworkFactory, ServerState};
+use paymesh_proto::admin::v1::admin_service_server::AdminServiceServer;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterServiceServer;
+use paymesh_proto::partner::v1::partner_service_server::PartnerServiceServer;
 use paymesh_proto::raft::v1::raft_service_server::RaftServiceServer;
 use paymesh_store::raft_types::{Raft, StorageError};
 use paymesh_store::{LogStats, LogStore, StateMachineStore, TypeConfig};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::actors::registry::{Applied, Leadership};
+use crate::actors::{self, RegistryAddr};
+use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
+use crate::gateway::Gateway;
+use crate::identity::Identity;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
+use crate::partner_service::PartnerServer;
 use crate::raft_service::RaftServer;
+use crate::tls::TlsMaterial;
+use paymesh_client::Credentials;
 
 /// The most concurrent requests on one API connection.
 const API_CONCURRENCY_PER_CONNECTION: usize = 256;
 
-/// How long an API request may take before the server gives up on it.
+/// How long an API request may take before the server gives up on it
+/// (event streams are not limited by it).
 const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest partner or admin request or response, in bytes.
+pub const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,9 @@ pub enum NodeError {
     /// A gRPC server failed.
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The actor system or a service could not start.
+    #[error("startup: {0}")]
+    Startup(String),
 }
 
 /// A node's Raft group and the stores under it.
@@ -61,6 +78,8 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// The Raft log's I/O counters.
     pub log_stats: Arc<LogStats>,
+    /// This node's TLS material, unless it runs plaintext (development).
+    pub tls: Option<Arc<TlsMaterial>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -73,8 +92,37 @@ impl Node {
     /// Open the stores under `config.data_dir` and start the Raft group,
     /// talking to peers over gRPC.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
-        let network = Network::new(REGION_GROUP, config.snapshot_timeout());
-        Node::open_with_network(config, network).await
+        let tls = Node::load_tls(&config)?;
+        let network =
+            Network::new(REGION_GROUP, Node::credentials_of(&config, tls.as_deref()), config.snapshot_timeout());
+        Node::open_parts(config, network, tls).await
+    }
+
+    /// Load and check this node's certificate: it must name this very node.
+    fn load_tls(config: &NodeConfig) -> Result<Option<Arc<TlsMaterial>>, NodeError> {
+        let Some(files) = &config.tls else { return Ok(None) };
+        let material = TlsMaterial::load(files).map_err(|e| NodeError::Config(e.to_string()))?;
+        let expected = Identity::Node { region: config.region.clone(), node_id: config.node_id };
+        if material.identity() != &expected {
+            return Err(NodeError::Config(format!("tls.cert names {} but this is {expected}", material.identity())));
+        }
+        Ok(Some(Arc::new(material)))
+    }
+
+    /// How this node presents itself when it dials another node: its
+    /// certificate, or in development the identity header.
+    fn credentials_of(config: &NodeConfig, tls: Option<&TlsMaterial>) -> Credentials {
+        match tls {
+            Some(material) => material.credentials(),
+            None => Credentials::Plaintext {
+                identity: Identity::Node { region: config.region.clone(), node_id: config.node_id }.to_string(),
+            },
+        }
+    }
+
+    /// How this node presents itself to other nodes.
+    pub fn credentials(&self) -> Credentials {
+        Node::credentials_of(&self.config, self.tls.as_deref())
     }
 
     /// As [`Node::open`], with another network (in-process tests inject faults).
@@ -82,13 +130,31 @@ impl Node {
         config: NodeConfig,
         network: N,
     ) -> Result<Node, NodeError> {
+        let tls = Node::load_tls(&config)?;
+        Node::open_parts(config, network, tls).await
+    }
+
+    async fn open_parts<N: RaftNetworkFactory<TypeConfig>>(
+        config: NodeConfig,
+        network: N,
+        tls: Option<Arc<TlsMaterial>>,
+    ) -> Result<Node, NodeError> {
         let data: &Path = &config.data_dir;
         let log = LogStore::open(&data.join("raft-log"))?;
         let log_stats = log.stats();
         let state_machine = StateMachineStore::open(&data.join("state"), config.region.clone())?;
         let raft_config = config.openraft_config().validate().map_err(|e| NodeError::Config(e.to_string()))?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, state_machine.clone()).await?;
-        Ok(Node { config: Arc::new(config), raft, state_machine, log_stats })
+        Ok(Node { config: Arc::new(config), raft, state_machine, log_stats, tls })
+    }
+
+    /// A gRPC server builder, with mutual TLS unless this node runs plaintext.
+    fn server_builder(&self) -> Result<tonic::transport::Server, NodeError> {
+        let builder = tonic::transport::Server::builder();
+        match &self.tls {
+            Some(material) => Ok(builder.tls_config(material.server_config())?),
+            None => Ok(builder),
+        }
     }
 
     /// Serve the Raft transport and the API until `shutdown` resolves, then
@@ -109,17 +175,46 @@ impl Node {
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let raft_service = RaftServiceServer::new(RaftServer::new(BTreeMap::from([(REGION_GROUP, self.raft.clone())])))
+        let (registry, actor_thread) = actors::start(self.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
+        let watcher = tokio::spawn(follow_leadership(self.raft.clone(), registry.clone()));
+        let gateway = Gateway { node: self.clone(), registry };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<PartnerServiceServer<PartnerServer>>().await;
+        health.set_serving::<AdminServiceServer<AdminServer>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(paymesh_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Startup(format!("reflection: {e}")))?;
+        let raft_server = RaftServer::new(
+            BTreeMap::from([(REGION_GROUP, self.raft.clone())]),
+            self.config.region.clone(),
+            self.config.insecure_plaintext,
+        );
+        let raft_service = RaftServiceServer::new(raft_server)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let raft_server = tonic::transport::Server::builder()
+        let raft_server = self
+            .server_builder()?
             .tcp_nodelay(true)
             .add_service(raft_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), wait(stopped.clone()));
-        let api_server = tonic::transport::Server::builder()
+        let api_server = self
+            .server_builder()?
             .tcp_nodelay(true)
             .concurrency_limit_per_connection(API_CONCURRENCY_PER_CONNECTION)
             .timeout(API_REQUEST_TIMEOUT)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                PartnerServiceServer::new(PartnerServer::new(gateway.clone()))
+                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminServer::new(gateway))
+                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+            )
             .add_service(ClusterServiceServer::new(ClusterServer::new(self.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), wait(stopped));
         let raft_task = tokio::spawn(raft_server);
@@ -133,10 +228,39 @@ impl Node {
                 Err(join) => tracing::error!(%join, "server task failed"),
             }
         }
+        watcher.abort();
+        drop(actor_thread);
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(%e, "raft shutdown");
         }
         tracing::info!(node = self.config.node_id, "stopped");
         Ok(())
+    }
+}
+
+/// Tell the actors when this node gains or loses leadership, and when new
+/// entries are applied (so event subscribers get them). Runs until the Raft
+/// group stops.
+async fn follow_leadership(raft: Raft, registry: RegistryAddr) {
+    let mut metrics = raft.metrics();
+    let mut leading = None;
+    let mut applied = None;
+    loop {
+        let (now_leading, now_applied) = {
+            let m = metrics.borrow_and_update();
+            ((m.state == ServerState::Leader).then_some(m.current_term), m.last_applied)
+        };
+        if now_leading != leading {
+            leading = now_leading;
+            registry.do_send(Leadership(leading));
+        }
+        if now_applied != applied {
+            applied = now_applied;
+            registry.do_send(Applied);
+        }
+        if metrics.changed().await.is_err() {
+            registry.do_send(Leadership(None));
+            return;
+        }
     }
 }

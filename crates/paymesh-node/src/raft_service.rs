@@ -11,15 +11,20 @@ use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
+use crate::identity::{identity_of, require_node_of};
+use paymesh_core::id::RegionId;
 
 /// The largest snapshot a node accepts, in bytes (it is held in memory while
 /// it is installed).
 pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
-/// Serves the Raft transport for the groups this node hosts.
+/// Serves the Raft transport for the groups this node hosts, to the nodes of
+/// its region only.
 #[derive(Clone)]
 pub struct RaftServer {
     groups: BTreeMap<u64, Raft>,
+    region: RegionId,
+    plaintext: bool,
 }
 
 impl std::fmt::Debug for RaftServer {
@@ -29,9 +34,15 @@ impl std::fmt::Debug for RaftServer {
 }
 
 impl RaftServer {
-    /// A server for these groups.
-    pub fn new(groups: BTreeMap<u64, Raft>) -> RaftServer {
-        RaftServer { groups }
+    /// A server for these groups of `region`; `plaintext` (development)
+    /// takes callers' identities from the identity header.
+    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, plaintext: bool) -> RaftServer {
+        RaftServer { groups, region, plaintext }
+    }
+
+    /// Only this region's nodes may send Raft messages.
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        require_node_of(identity_of(request, self.plaintext)?, &self.region).map(|_| ())
     }
 
     fn group(&self, id: u64) -> Result<&Raft, Status> {
@@ -49,6 +60,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<wire::AppendEntriesRequest>,
     ) -> Result<Response<wire::AppendEntriesReply>, Status> {
+        self.check_caller(&request)?;
         let request = request.into_inner();
         let raft = self.group(request.group_id)?;
         let rpc = codec::decode(&request.payload).map_err(|e| undecodable("append entries", e))?;
@@ -57,6 +69,7 @@ impl RaftService for RaftServer {
     }
 
     async fn vote(&self, request: Request<wire::VoteRequest>) -> Result<Response<wire::VoteReply>, Status> {
+        self.check_caller(&request)?;
         let request = request.into_inner();
         let raft = self.group(request.group_id)?;
         let rpc = codec::decode(&request.payload).map_err(|e| undecodable("vote", e))?;
@@ -68,6 +81,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<tonic::Streaming<wire::SnapshotChunk>>,
     ) -> Result<Response<wire::InstallSnapshotReply>, Status> {
+        self.check_caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let raft = self.group(first.group_id)?.clone();

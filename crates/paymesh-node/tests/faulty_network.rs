@@ -220,6 +220,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         api_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join(format!("node-{id}")),
         insecure_plaintext: true,
+        tls: None,
         peers: NODES
             .iter()
             .map(|p| PeerConfig { node_id: *p, raft_addr: format!("sim:{p}"), api_addr: format!("sim:{p}") })

@@ -698,6 +698,7 @@ fn file_descriptor_set_describes_every_service() {
             "UpsertPayeeRoute",
             "RemovePayeeRoute",
             "ListPayeeRoutes",
+            "GetLedgerSummary",
         ])
     );
     assert_eq!(

@@ -19,10 +19,18 @@ use paymesh_core::id::{PartnerId, RegionId, TopUpRef};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money, Outcome, RejectCode};
 use paymesh_node::cluster_client::{ClusterClient, RetryPolicy};
+use paymesh_node::identity::Identity;
+use paymesh_node::tls::certs::{self, CertSpec};
 use paymesh_proto::admin::v1 as wire;
 
 /// The region every test uses.
 pub const REGION: &str = "us-west";
+
+/// The partners every region's certificates are issued for.
+pub const PARTNERS: [&str; 3] = ["wallet-a", "wallet-b", "merchant-net"];
+
+/// The operator the tests act as.
+const OPERATOR: &str = "tests";
 
 /// One node process.
 pub struct NodeProcess {
@@ -55,6 +63,11 @@ impl Region {
     pub fn start(members: u64, raft_settings: &str) -> Region {
         let dir = tempfile::tempdir().unwrap();
         let mut region = Region { dir: Some(dir), nodes: BTreeMap::new(), raft_settings: raft_settings.to_owned() };
+        // A development CA, the operator and the partners; nodes get theirs
+        // when they are configured.
+        let mut holders = vec![Identity::operator(OPERATOR).unwrap()];
+        holders.extend(PARTNERS.iter().map(|p| Identity::partner(p).unwrap()));
+        region.issue(holders);
         for id in 1..=members {
             region.configure(id);
         }
@@ -66,8 +79,33 @@ impl Region {
         region
     }
 
-    /// Allocate addresses for node `id` (not yet configured or started).
+    fn certs(&self) -> PathBuf {
+        self.dir.as_ref().expect("region directory").path().join("certs")
+    }
+
+    fn issue(&self, holders: Vec<Identity>) {
+        let spec = CertSpec {
+            region: RegionId::new(REGION).unwrap(),
+            holders,
+            node_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+        };
+        certs::generate(&self.certs(), &spec).unwrap();
+    }
+
+    /// TLS credentials of a holder (`operator-tests`, `partner-wallet-a`, …).
+    pub fn credentials(&self, stem: &str) -> Credentials {
+        let certs = self.certs();
+        Credentials::from_files(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{stem}.pem")),
+            &certs.join(format!("{stem}.key")),
+        )
+        .unwrap()
+    }
+
+    /// Allocate addresses and a certificate for node `id` (not yet started).
     pub fn configure(&mut self, id: u64) {
+        self.issue(vec![Identity::Node { region: RegionId::new(REGION).unwrap(), node_id: id }]);
         // Hold both listeners until both ports are known, so they differ.
         let (raft_listener, raft_port) = free_port();
         let (api_listener, api_port) = free_port();
@@ -97,14 +135,18 @@ impl Region {
                 format!("  {{ node_id = {p}, raft_addr = \"{}\", api_addr = \"{}\" }},", peer.raft_addr, peer.api_addr)
             })
             .collect();
+        let certs = self.certs();
         let text = format!(
             "node_id = {id}\nregion = \"{REGION}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\ndata_dir = \"{}\"\n\
-             insecure_plaintext = true\npeers = [\n{}\n]\n[raft]\n{}\n",
+             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             node.raft_addr,
             node.api_addr,
             node.data_dir.display(),
             peer_lines.join("\n"),
-            self.raft_settings
+            self.raft_settings,
+            certs.join("ca.pem").display(),
+            certs.join(format!("node-{REGION}-{id}.pem")).display(),
+            certs.join(format!("node-{REGION}-{id}.key")).display(),
         );
         fs::write(&node.config, text).unwrap();
     }
@@ -160,9 +202,13 @@ impl Region {
         self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.api_addr.clone()).collect()
     }
 
-    /// A client of the running nodes.
+    /// A client of the running nodes, as the operator.
     pub fn client(&self) -> ClusterClient {
-        ClusterClient::with_policy(self.api_addrs(), RetryPolicy { attempts: 200, deadline: Duration::from_secs(60) })
+        ClusterClient::with_credentials(
+            self.api_addrs(),
+            self.credentials(&format!("operator-{OPERATOR}")),
+            RetryPolicy { attempts: 200, deadline: Duration::from_secs(60) },
+        )
     }
 
     /// Initialise through node `id` and wait for a leader.
@@ -322,4 +368,47 @@ pub async fn assert_all_present(client: &ClusterClient, acknowledged: &[String])
 /// The data directory's path, for tests that look inside.
 pub fn data_dir(region: &Region, id: u64) -> &Path {
     &region.nodes[&id].data_dir
+}
+
+// ---- the partner pipeline ----------------------------------------------------
+
+use paymesh_client::{Credentials, PartnerClient, Region as RegionClient, RetryPolicy as SdkRetry};
+
+use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
+use paymesh_proto::common::v1 as common;
+
+/// An amount on the wire.
+pub fn money(amount: &str, currency: &str) -> common::Money {
+    common::Money { amount: amount.into(), currency: currency.into() }
+}
+
+impl Region {
+    fn sdk_region(&self, stem: &str) -> RegionClient {
+        RegionClient::with_policy(
+            self.api_addrs(),
+            self.credentials(stem),
+            SdkRetry { attempts: 200, deadline: Duration::from_secs(60) },
+        )
+    }
+
+    /// A partner's client, presenting the partner's certificate.
+    pub fn partner(&self, id: &str) -> PartnerClient {
+        PartnerClient::new(self.sdk_region(&format!("partner-{id}")))
+    }
+
+    /// Run one admin call through whichever node leads.
+    pub async fn admin<T, F, Fut>(&self, call: F) -> T
+    where
+        F: Fn(AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let region = self.sdk_region(&format!("operator-{OPERATOR}"));
+        region
+            .call(None, |channel| {
+                let fut = call(AdminServiceClient::new(channel));
+                async move { fut.await.map(|r| r.into_inner()) }
+            })
+            .await
+            .unwrap()
+    }
 }

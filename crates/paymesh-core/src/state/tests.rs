@@ -297,6 +297,14 @@ fn idempotency_keys_return_the_original_outcome_or_conflict() {
     assert_eq!(west.state.ledger(), &ledger);
     assert_eq!(west.state.transfers().count(), 1);
     assert_eq!(west.run(body("Mallory"), T0), Outcome::Rejected(RejectCode::IdempotencyConflict));
+    // The read-only replay agrees with applying the request again.
+    let CommandBody::CreateTransfer(original) = body("Alice") else { unreachable!() };
+    assert_eq!(west.state.replay_transfer_request(&original), Some(first.clone()));
+    let CommandBody::CreateTransfer(other) = body("Mallory") else { unreachable!() };
+    assert_eq!(west.state.replay_transfer_request(&other), Some(Outcome::Rejected(RejectCode::IdempotencyConflict)));
+    let mut unseen = original.clone();
+    unseen.idempotency_key = IdempotencyKey::new("never-used").unwrap();
+    assert_eq!(west.state.replay_transfer_request(&unseen), None);
     // Another partner may use the same key string.
     let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop2", QuoteAmount::Source(cny("5")), T0));
     let other = CommandBody::CreateTransfer(request("alipay-cn", "order-7", &quote, "wxp://f2f0shop2", "Bo"));
@@ -548,10 +556,9 @@ fn partners_list_and_see_only_their_own_transfers() {
     let second = transfer_view(&pay(&mut west, "k2", usd("20"), T0));
     deliver_all(&mut west, &mut east, T0);
     let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Source(cny("5")), T0));
-    let domestic = transfer_view(&east.run(
-        CommandBody::CreateTransfer(request("alipay-cn", "k3", &quote, "wxp://f2f0shop9", "Bo")),
-        T0,
-    ));
+    let domestic = transfer_view(
+        &east.run(CommandBody::CreateTransfer(request("alipay-cn", "k3", &quote, "wxp://f2f0shop9", "Bo")), T0),
+    );
     let ids = |state: &State, partner: &str, after: Option<&TransferId>| -> Vec<String> {
         let partner = pid(partner);
         state

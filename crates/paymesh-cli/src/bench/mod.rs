@@ -1,0 +1,207 @@
+//! `paymesh bench`: a load generator that measures committed transfers per
+//! second and their latency percentiles against one or more targets, one after
+//! another, and prints them side by side.
+//!
+//! * [`load`] is the engine: closed or open loop, warm-up, HDR histogram, the
+//!   live progress line. It knows targets only through [`load::Target`].
+//! * [`report`] is what a run produces: JSON and the side-by-side table.
+//! * [`postgres`] is the baseline: the same double-entry transfer on
+//!   PostgreSQL, with an audit of its books after the run.
+//!
+//! Adding a target (paymesh's partner API over gRPC): implement
+//! [`load::Target`] for it, add a variant to [`TargetKind`] and its arm in
+//! [`run_target`] (set up, run, audit), plus whatever arguments it needs in
+//! [`BenchArgs`]. `--target postgres,paymesh` then runs both, sequentially, and
+//! prints the ratio of their throughputs.
+
+pub mod load;
+pub mod postgres;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use load::{Mode, Plan};
+use postgres::{PostgresConfig, PostgresTarget};
+use report::{BenchReport, RunReport};
+
+/// What `scripts/postgres.sh start` prints with its default port.
+pub const POSTGRES_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:55432/paymesh_bench";
+/// Closed-loop workers unless `--workers` says otherwise.
+const WORKERS_DEFAULT: usize = 32;
+/// Open-loop in-flight bound unless `--max-in-flight` says otherwise.
+const IN_FLIGHT_DEFAULT: usize = 256;
+
+/// The systems `paymesh bench` can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    /// The same double-entry transfer on PostgreSQL (see scripts/postgres.sh).
+    Postgres,
+    // `Paymesh`, the partner API of a region over gRPC, goes here.
+}
+
+impl TargetKind {
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// Closed or open loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeKind {
+    /// N workers, each sending its next transfer when the previous one ends.
+    Closed,
+    /// A fixed offered rate, whatever the answers; latency from the intended start.
+    Open,
+}
+
+/// Arguments of `paymesh bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure; several (comma-separated) run one after another and
+    /// are printed side by side.
+    #[arg(long = "target", value_enum, value_delimiter = ',', default_value = "postgres")]
+    pub targets: Vec<TargetKind>,
+    /// Closed loop (fixed concurrency) or open loop (fixed offered rate).
+    #[arg(long, value_enum, default_value_t = ModeKind::Closed)]
+    pub mode: ModeKind,
+    /// Closed loop: concurrent workers [default: 32].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Open loop: transfers offered per second (required with --mode open).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Open loop: most transfers outstanding; beyond it scheduled transfers
+    /// are dropped and counted [default: 256].
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+    /// Seconds of warm-up, excluded from the figures.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// An attempt unanswered after this many milliseconds counts as failed.
+    #[arg(long, default_value_t = 5_000)]
+    pub attempt_timeout_ms: u64,
+    /// Where to write the JSON report [default: target/bench/<targets>.json].
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// PostgreSQL to measure (scripts/postgres.sh start prints it).
+    #[arg(long, default_value = POSTGRES_URL_DEFAULT)]
+    pub postgres_url: String,
+    /// PostgreSQL schema for the baseline's tables; emptied at the start of a run.
+    #[arg(long, default_value = "paymesh_bench")]
+    pub postgres_schema: String,
+    /// Payer accounts (the wallets' customers).
+    #[arg(long, default_value_t = 64)]
+    pub payers: usize,
+    /// Payee accounts (the merchants).
+    #[arg(long, default_value_t = 16)]
+    pub payees: usize,
+    /// Each payer's prefunded position, in minor units (fen); small values
+    /// make transfers decline once it is used up.
+    #[arg(long, default_value_t = postgres::PREFUND_DEFAULT_MINOR)]
+    pub prefund: i64,
+    /// No live progress line (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BenchArgs {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let mode = match self.mode {
+            ModeKind::Closed => {
+                if self.rate.is_some() || self.max_in_flight.is_some() {
+                    bail!("--rate and --max-in-flight apply to --mode open");
+                }
+                Mode::Closed { workers: self.workers.unwrap_or(WORKERS_DEFAULT) }
+            }
+            ModeKind::Open => {
+                if self.workers.is_some() {
+                    bail!("--workers applies to --mode closed; an open loop is bounded by --max-in-flight");
+                }
+                let Some(rate_per_second) = self.rate else { bail!("--mode open needs --rate <transfers per second>") };
+                Mode::Open { rate_per_second, in_flight_max: self.max_in_flight.unwrap_or(IN_FLIGHT_DEFAULT) }
+            }
+        };
+        let seconds = |what: &str, value: f64| {
+            Duration::try_from_secs_f64(value).with_context(|| format!("--{what} must be a number of seconds ≥ 0"))
+        };
+        let plan = Plan {
+            mode,
+            warmup: seconds("warmup", self.warmup)?,
+            duration: seconds("duration", self.duration)?,
+            attempt_timeout: Duration::from_millis(self.attempt_timeout_ms),
+            progress: !self.no_progress,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+}
+
+/// Run `paymesh bench`: every target in turn, then the table, the audits and
+/// the JSON report. Fails if a target's audit does not hold (after writing
+/// the report, so it can be inspected).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    if args.targets.is_empty() {
+        bail!("give at least one --target");
+    }
+    let mut runs = Vec::with_capacity(args.targets.len());
+    for &kind in &args.targets {
+        let report = run_target(kind, &args, &plan).await.with_context(|| format!("benchmarking {}", kind.name()))?;
+        runs.push(report);
+    }
+    let bench = BenchReport::new(runs);
+    print!("{}", bench.table());
+    for run in &bench.runs {
+        let Some(audit) = &run.audit else { continue };
+        println!("audit of {}: {}", run.target, if audit.holds { "holds" } else { "DOES NOT HOLD" });
+        for check in &audit.checks {
+            println!("  {} {} ({})", if check.holds { "ok  " } else { "FAIL" }, check.name, check.detail);
+        }
+    }
+    let path = args.json.clone().unwrap_or_else(|| {
+        let names: Vec<&str> = args.targets.iter().map(|t| t.name()).collect();
+        PathBuf::from("target/bench").join(format!("{}.json", names.join("-")))
+    });
+    bench.write_json(&path)?;
+    println!("report written to {}", path.display());
+    let failed: Vec<&str> =
+        bench.runs.iter().filter(|r| r.audit.as_ref().is_some_and(|a| !a.holds)).map(|r| r.target.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("the audit of {} does not hold", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Set up one target, run the plan against it, audit it, and release it
+/// before the next target runs.
+async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::Result<RunReport> {
+    match kind {
+        TargetKind::Postgres => {
+            let config = PostgresConfig {
+                url: args.postgres_url.clone(),
+                schema: args.postgres_schema.clone(),
+                connections: plan.mode.concurrency().min(postgres::CONNECTIONS_MAX),
+                payers: args.payers,
+                payees: args.payees,
+                prefund_minor: args.prefund,
+            };
+            eprintln!(
+                "postgres: {} payers, {} payees, {} connections, schema {}",
+                config.payers, config.payees, config.connections, config.schema
+            );
+            let target = Arc::new(PostgresTarget::setup(&config).await?);
+            let mut report = load::run(target.clone(), plan).await?;
+            report.audit = Some(target.audit(&report.including_warmup).await?);
+            Ok(report)
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The PostgreSQL baseline: the same double-entry transfer paymesh applies for
+//! a same-region transfer, done the way one would do it on a single durable
+//! SQL database, so `paymesh bench` can put the two side by side.
+//!
+//! One transfer is one transaction (`synchronous_commit = on`, set on every
+//! session, so COMMIT returns after the WAL is flushed):
+//!
+//! 1. insert the transfer row, `ON CONFLICT DO NOTHING` (a conflict means the
+//!    idempotency key was already used: declined as "already done");
+//! 2. debit the payer by amount + fee, only if
+//!    `debits_posted + amount + fee <= credits_posted + net_debit_cap`
+//!    (one conditional `UPDATE … RETURNING`; no row: declined, ROLLBACK);
+//! 3. credit the payee; move the amount through the clearing account; credit
+//!    the fee account;
+//! 4. insert the three ledger entries (payer → clearing: amount, payer → fees:
+//!    fee, clearing → payee: amount);
+//! 5. COMMIT.
+//!
+//! The clearing account's two legs (credited by the payer's principal, debited
+//! for the payee's) are **netted into one UPDATE** that adds the amount to both
+//! its debits and its credits, so a transfer updates four account rows, not
+//! five. Rows are always locked in the same order (payer, payee, clearing,
+//! fees: every transfer takes one row of each class, in class order), so
+//! concurrent transfers cannot deadlock; the conditional payer debit comes
+//! first so that a declined transfer never touches the hot mesh accounts.
+//!
+//! Statements are prepared once per connection and sent in three pipelined
+//! flights (BEGIN + insert + debit; the three credits + the entries; COMMIT),
+//! which is what a careful client of PostgreSQL would do; the COMMIT waits for
+//! the row counts of the second flight so that a missing account can never be
+//! committed.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::load::{Attempt, Target};
+use super::report::{Audit, AuditCheck, Totals};
+
+/// Most connections the target opens (each serves one worker at a time).
+pub const CONNECTIONS_MAX: usize = 64;
+/// Most payer or payee accounts.
+pub const ACCOUNTS_MAX: usize = 100_000;
+/// Each payer's prefunded position by default, in fen: ten billion yuan,
+/// enough that no realistic run declines a transfer.
+pub const PREFUND_DEFAULT_MINOR: i64 = 1_000_000_000_000;
+/// Longest wait for a connection to be set up, in seconds.
+const CONNECT_TIMEOUT_S: u64 = 10;
+/// The currency of every account: a same-region transfer in China.
+const CURRENCY: &str = "CNY";
+/// The mesh's clearing account for the region.
+const CLEARING: &str = "clearing:CN:CNY";
+/// The mesh's fee revenue.
+const FEES: &str = "fees:CNY";
+/// Where the payers' prefunding comes from, so the books balance from the start.
+const SETTLEMENT: &str = "settlement:CNY";
+/// The partner name of the prefunding entries.
+const SETUP_PARTNER: &str = "setup";
+/// Smallest transfer, in fen (10 yuan).
+const AMOUNT_MIN_MINOR: i64 = 1_000;
+/// Transfers are spread over this many fen above the smallest (up to 1,000 yuan).
+const AMOUNT_SPREAD_MINOR: u64 = 99_001;
+/// The merchant discount rate, per mille (0.6 %), rounded down in integers.
+const FEE_PER_MILLE: i64 = 6;
+
+/// Where and how to set up the baseline.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// A `postgres://` URL (see `scripts/postgres.sh url`).
+    pub url: String,
+    /// The schema the tables are (re)created in; it is emptied at setup.
+    pub schema: String,
+    /// Connections to open, at most [`CONNECTIONS_MAX`].
+    pub connections: usize,
+    /// Payer accounts.
+    pub payers: usize,
+    /// Payee (merchant) accounts.
+    pub payees: usize,
+    /// Each payer's prefunded position, in fen.
+    pub prefund_minor: i64,
+}
+
+/// The baseline: one PostgreSQL connection per worker, up to [`CONNECTIONS_MAX`].
+pub struct PostgresTarget {
+    sessions: Vec<Mutex<Session>>,
+    payers: usize,
+    payees: usize,
+    schema: String,
+}
+
+impl fmt::Debug for PostgresTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresTarget")
+            .field("schema", &self.schema)
+            .field("connections", &self.sessions.len())
+            .field("payers", &self.payers)
+            .field("payees", &self.payees)
+            .finish()
+    }
+}
+
+/// One connection and its prepared statements.
+struct Session {
+    client: Client,
+    statements: Statements,
+    /// A transaction may be open: an attempt was abandoned (timed out) or its
+    /// ROLLBACK failed. The next attempt rolls back first.
+    in_transaction: bool,
+}
+
+struct Statements {
+    begin: Statement,
+    insert_transfer: Statement,
+    debit_payer: Statement,
+    credit: Statement,
+    clear: Statement,
+    insert_entries: Statement,
+    commit: Statement,
+    rollback: Statement,
+}
+
+/// What one `(worker, sequence)` transfers, derived deterministically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Transfer {
+    partner: String,
+    key: String,
+    payer: String,
+    payee: String,
+    amount: i64,
+    fee: i64,
+}
+
+fn payer_id(index: usize) -> String {
+    format!("payer:{index:05}")
+}
+
+fn payee_id(index: usize) -> String {
+    format!("payee:{index:05}")
+}
+
+/// A well-mixed 64-bit value from `x` (splitmix64's finaliser).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Transfer {
+    fn new(worker: usize, sequence: u64, payers: usize, payees: usize) -> Transfer {
+        let bits = mix(mix(worker as u64) ^ sequence);
+        let amount = AMOUNT_MIN_MINOR + ((bits >> 32) % AMOUNT_SPREAD_MINOR) as i64;
+        Transfer {
+            partner: format!("wallet-{worker:03}"),
+            key: format!("t-{sequence}"),
+            payer: payer_id((bits % payers as u64) as usize),
+            payee: payee_id(((bits >> 16) % payees as u64) as usize),
+            amount,
+            fee: amount * FEE_PER_MILLE / 1_000,
+        }
+    }
+}
+
+/// A schema name safe to put into SQL unquoted.
+fn checked_schema(schema: &str) -> anyhow::Result<&str> {
+    let mut chars = schema.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || schema.len() > 63 {
+        bail!("the schema name must be a lower-case SQL identifier (a-z, 0-9, _), not {schema:?}");
+    }
+    Ok(schema)
+}
+
+/// Where `url` points, without its password, for messages.
+fn describe(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+            format!(
+                "PostgreSQL at {} port {} database {}",
+                hosts.join(","),
+                if ports.is_empty() { "5432".to_owned() } else { ports.join(",") },
+                config.get_dbname().unwrap_or("(default)")
+            )
+        }
+        Err(_) => "PostgreSQL (unparsable --postgres-url)".to_owned(),
+    }
+}
+
+/// Connect, with a bounded wait; the connection is driven by its own task,
+/// which ends when the client is dropped.
+async fn connect(url: &str) -> anyhow::Result<Client> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(CONNECT_TIMEOUT_S), connecting)
+        .await
+        .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT_S} s"))?
+        .context("connecting")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+impl PostgresTarget {
+    /// Recreate the schema's tables, create and prefund the accounts, and open
+    /// the connections.
+    pub async fn setup(config: &PostgresConfig) -> anyhow::Result<PostgresTarget> {
+        let schema = checked_schema(&config.schema)?;
+        if config.connections == 0 || config.connections > CONNECTIONS_MAX {
+            bail!("connections must be between 1 and {CONNECTIONS_MAX}, not {}", config.connections);
+        }
+        for (what, n) in [("payers", config.payers), ("payees", config.payees)] {
+            if n == 0 || n > ACCOUNTS_MAX {
+                bail!("{what} must be between 1 and {ACCOUNTS_MAX}, not {n}");
+            }
+        }
+        if config.prefund_minor < 0 {
+            bail!("the prefunded position cannot be negative");
+        }
+        let settlement_minor = i64::try_from(config.payers)
+            .ok()
+            .and_then(|payers| payers.checked_mul(config.prefund_minor))
+            .context("payers × prefund does not fit in a bigint")?;
+        let whereto = describe(&config.url);
+        let admin = connect(&config.url)
+            .await
+            .with_context(|| format!("{whereto}: is it running? start it with scripts/postgres.sh start"))?;
+        admin
+            .batch_execute(&format!(
+                "SET client_min_messages = warning;
+                 CREATE SCHEMA IF NOT EXISTS {schema};
+                 SET search_path = {schema};
+                 DROP TABLE IF EXISTS entries, transfers, accounts;
+                 CREATE TABLE accounts (
+                     id text PRIMARY KEY,
+                     currency text NOT NULL,
+                     debits_posted bigint NOT NULL DEFAULT 0,
+                     credits_posted bigint NOT NULL DEFAULT 0,
+                     net_debit_cap bigint -- NULL: no limit (the mesh's own accounts)
+                 );
+                 CREATE TABLE transfers (
+                     partner text,
+                     idempotency_key text,
+                     amount bigint NOT NULL,
+                     fee bigint NOT NULL,
+                     PRIMARY KEY (partner, idempotency_key)
+                 );
+                 CREATE TABLE entries (
+                     id bigserial,
+                     transfer_partner text NOT NULL,
+                     transfer_key text NOT NULL,
+                     debit text NOT NULL,
+                     credit text NOT NULL,
+                     amount bigint NOT NULL
+                 );"
+            ))
+            .await
+            .with_context(|| format!("{whereto}: creating the tables in schema {schema}"))?;
+        let payers = i32::try_from(config.payers).context("payers")?;
+        let payees = i32::try_from(config.payees).context("payees")?;
+        let statements = [
+            (
+                "INSERT INTO accounts (id, currency, credits_posted, net_debit_cap)
+                 SELECT 'payer:' || lpad(i::text, 5, '0'), $1, $2, 0 FROM generate_series(0, $3 - 1) AS i",
+                vec![&CURRENCY as &(dyn ToSql + Sync), &config.prefund_minor, &payers],
+            ),
+            (
+                "INSERT INTO accounts (id, currency, net_debit_cap)
+                 SELECT 'payee:' || lpad(i::text, 5, '0'), $1, 0 FROM generate_series(0, $2 - 1) AS i",
+                vec![&CURRENCY, &payees],
+            ),
+            (
+                "INSERT INTO accounts (id, currency, debits_posted) VALUES ($1, $4, $5), ($2, $4, 0), ($3, $4, 0)",
+                vec![&SETTLEMENT, &CLEARING, &FEES, &CURRENCY, &settlement_minor],
+            ),
+            (
+                "INSERT INTO entries (transfer_partner, transfer_key, debit, credit, amount)
+                 SELECT $1, 'fund-' || id, $2, id, credits_posted FROM accounts WHERE id LIKE 'payer:%' ORDER BY id",
+                vec![&SETUP_PARTNER, &SETTLEMENT],
+            ),
+        ];
+        for (sql, params) in statements {
+            admin.execute(sql, &params).await.with_context(|| format!("{whereto}: creating the accounts"))?;
+        }
+        admin.batch_execute("ANALYZE accounts").await.context("ANALYZE")?;
+
+        let mut sessions = Vec::with_capacity(config.connections);
+        for _ in 0..config.connections {
+            let session = Session::open(&config.url, schema).await.with_context(|| format!("{whereto}: connecting"))?;
+            sessions.push(Mutex::new(session));
+        }
+        Ok(PostgresTarget { sessions, payers: config.payers, payees: config.payees, schema: schema.to_owned() })
+    }
+
+    /// Check in SQL that the books balance and agree with `totals`, what the
+    /// load generator saw over the whole run (warm-up included).
+    pub async fn audit(&self, totals: &Totals) -> anyhow::Result<Audit> {
+        let Some(session) = self.sessions.first() else { bail!("no connection") };
+        let mut session = session.lock().await;
+        session.end_abandoned_transaction().await.context("audit: rolling back")?;
+        let client = &session.client;
+        let mut checks = Vec::new();
+
+        let settings = client
+            .query_one("SELECT current_setting('fsync'), current_setting('synchronous_commit')", &[])
+            .await
+            .context("audit: reading the settings")?;
+        let (fsync, synchronous_commit): (String, String) = (settings.get(0), settings.get(1));
+        checks.push(AuditCheck {
+            name: "commits were durable (fsync on, synchronous_commit on)".to_owned(),
+            holds: fsync == "on" && synchronous_commit == "on",
+            detail: format!("fsync={fsync}, synchronous_commit={synchronous_commit}"),
+        });
+
+        let rows = client
+            .query(
+                "SELECT currency, sum(debits_posted)::text, sum(credits_posted)::text,
+                        sum(debits_posted) = sum(credits_posted)
+                 FROM accounts GROUP BY currency ORDER BY currency",
+                &[],
+            )
+            .await
+            .context("audit: summing positions")?;
+        let balanced = !rows.is_empty() && rows.iter().all(|r| r.get::<_, bool>(3));
+        let detail = rows
+            .iter()
+            .map(|r| {
+                format!("{}: debits {} credits {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        checks.push(AuditCheck { name: "debits equal credits in every currency".to_owned(), holds: balanced, detail });
+
+        let beyond: i64 = client
+            .query_one(
+                "SELECT count(*) FROM accounts
+                 WHERE net_debit_cap IS NOT NULL AND debits_posted > credits_posted + net_debit_cap",
+                &[],
+            )
+            .await
+            .context("audit: checking caps")?
+            .get(0);
+        checks.push(AuditCheck {
+            name: "no account is beyond its net debit cap".to_owned(),
+            holds: beyond == 0,
+            detail: format!("{beyond} accounts beyond their cap"),
+        });
+
+        let transfers: i64 =
+            client.query_one("SELECT count(*) FROM transfers", &[]).await.context("audit: counting transfers")?.get(0);
+        let transfers = u64::try_from(transfers).unwrap_or(0);
+        // A failed attempt (an error or a timeout at COMMIT) may have committed
+        // after all: its outcome is unknown, so it widens the range.
+        let holds = transfers >= totals.committed && transfers <= totals.committed + totals.failed;
+        let detail = if totals.failed == 0 {
+            format!("{transfers} rows, {} committed", totals.committed)
+        } else {
+            format!(
+                "{transfers} rows, {} committed and {} failed with an unknown outcome",
+                totals.committed, totals.failed
+            )
+        };
+        checks.push(AuditCheck { name: "transfer rows equal committed transfers".to_owned(), holds, detail });
+
+        let row = client
+            .query_one(
+                "WITH d AS (SELECT debit AS id, sum(amount) AS s FROM entries GROUP BY debit),
+                      c AS (SELECT credit AS id, sum(amount) AS s FROM entries GROUP BY credit)
+                 SELECT
+                    (SELECT count(*) FROM accounts a LEFT JOIN d ON d.id = a.id LEFT JOIN c ON c.id = a.id
+                     WHERE a.debits_posted <> coalesce(d.s, 0) OR a.credits_posted <> coalesce(c.s, 0)),
+                    (SELECT count(*) FROM entries WHERE transfer_partner <> $1),
+                    (SELECT count(*) FROM transfers)",
+                &[&SETUP_PARTNER],
+            )
+            .await
+            .context("audit: comparing entries with positions")?;
+        let (disagreeing, entries, transfer_rows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        checks.push(AuditCheck {
+            name: "ledger entries agree with account positions".to_owned(),
+            holds: disagreeing == 0 && entries == 3 * transfer_rows,
+            detail: format!(
+                "{disagreeing} accounts disagree with their entries; {entries} entries for {transfer_rows} transfers"
+            ),
+        });
+        Ok(Audit::new(checks))
+    }
+}
+
+impl Session {
+    async fn open(url: &str, schema: &str) -> anyhow::Result<Session> {
+        let client = connect(url).await?;
+        // synchronous_commit = on is PostgreSQL's default; set it anyway so a
+        // server configured otherwise cannot flatter the baseline.
+        client.batch_execute(&format!("SET synchronous_commit = on; SET search_path = {schema};")).await?;
+        let statements = Statements {
+            begin: client.prepare("BEGIN").await?,
+            insert_transfer: client
+                .prepare(
+                    "INSERT INTO transfers (partner, idempotency_key, amount, fee)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+            debit_payer: client
+                .prepare(
+                    "UPDATE accounts SET debits_posted = debits_posted + $2
+                     WHERE id = $1 AND debits_posted + $2 <= credits_posted + net_debit_cap
+                     RETURNING debits_posted",
+                )
+                .await?,
+            credit: client.prepare("UPDATE accounts SET credits_posted = credits_posted + $2 WHERE id = $1").await?,
+            clear: client
+                .prepare(
+                    "UPDATE accounts SET debits_posted = debits_posted + $2, credits_posted = credits_posted + $2
+                     WHERE id = $1",
+                )
+                .await?,
+            insert_entries: client
+                .prepare(
+                    "INSERT INTO entries (transfer_partner, transfer_key, debit, credit, amount) VALUES
+                     ($1::text, $2::text, $3::text, $4::text, $7::bigint),
+                     ($1, $2, $3, $5::text, $8::bigint),
+                     ($1, $2, $4, $6::text, $7)",
+                )
+                .await?,
+            commit: client.prepare("COMMIT").await?,
+            rollback: client.prepare("ROLLBACK").await?,
+        };
+        Ok(Session { client, statements, in_transaction: false })
+    }
+
+    /// Roll back a transaction an abandoned attempt may have left open.
+    async fn end_abandoned_transaction(&mut self) -> Result<(), tokio_postgres::Error> {
+        if self.in_transaction {
+            self.client.execute(&self.statements.rollback, &[]).await?;
+            self.in_transaction = false;
+        }
+        Ok(())
+    }
+
+    async fn transfer(&mut self, transfer: &Transfer) -> Attempt {
+        if let Err(e) = self.end_abandoned_transaction().await {
+            return Attempt::Failed(format!("postgres: rolling back an abandoned transaction: {e}"));
+        }
+        // Set before BEGIN is sent: if this future is dropped at any await
+        // below, the next attempt on this connection rolls back first.
+        self.in_transaction = true;
+        let outcome = self.try_transfer(transfer).await;
+        let ended =
+            matches!(outcome, Attempt::Committed) || self.client.execute(&self.statements.rollback, &[]).await.is_ok();
+        if ended {
+            self.in_transaction = false;
+        }
+        outcome
+    }
+
+    /// The transaction, up to and including COMMIT; anything but `Committed`
+    /// leaves it for the caller to roll back.
+    async fn try_transfer(&self, t: &Transfer) -> Attempt {
+        let (client, st) = (&self.client, &self.statements);
+        let debit = t.amount + t.fee;
+        // Parameters outlive the pipelined futures that borrow them.
+        let insert_params: [&(dyn ToSql + Sync); 4] = [&t.partner, &t.key, &t.amount, &t.fee];
+        let debit_params: [&(dyn ToSql + Sync); 2] = [&t.payer, &debit];
+        let first = futures::try_join!(
+            client.execute(&st.begin, &[]),
+            client.execute(&st.insert_transfer, &insert_params),
+            client.query_opt(&st.debit_payer, &debit_params),
+        );
+        match first {
+            Err(e) => return Attempt::Failed(format!("postgres: {e}")),
+            Ok((_, 0, _)) => return Attempt::Declined("already done".to_owned()),
+            Ok((_, _, None)) => return Attempt::Declined("insufficient position".to_owned()),
+            Ok((_, _, Some(_))) => {}
+        }
+        let payee_params: [&(dyn ToSql + Sync); 2] = [&t.payee, &t.amount];
+        let clearing_params: [&(dyn ToSql + Sync); 2] = [&CLEARING, &t.amount];
+        let fees_params: [&(dyn ToSql + Sync); 2] = [&FEES, &t.fee];
+        let entries_params: [&(dyn ToSql + Sync); 8] =
+            [&t.partner, &t.key, &t.payer, &CLEARING, &FEES, &t.payee, &t.amount, &t.fee];
+        let second = futures::try_join!(
+            client.execute(&st.credit, &payee_params),
+            client.execute(&st.clear, &clearing_params),
+            client.execute(&st.credit, &fees_params),
+            client.execute(&st.insert_entries, &entries_params),
+        );
+        match second {
+            Err(e) => return Attempt::Failed(format!("postgres: {e}")),
+            Ok((1, 1, 1, 3)) => {}
+            Ok(counts) => return Attempt::Failed(format!("postgres: an account is missing (rows updated {counts:?})")),
+        }
+        match client.execute(&st.commit, &[]).await {
+            Ok(_) => Attempt::Committed,
+            Err(e) => Attempt::Failed(format!("postgres: COMMIT: {e}")),
+        }
+    }
+}
+
+impl Target for PostgresTarget {
+    fn name(&self) -> String {
+        "postgres".to_owned()
+    }
+
+    async fn transfer(&self, worker: usize, sequence: u64) -> Attempt {
+        let transfer = Transfer::new(worker, sequence, self.payers, self.payees);
+        let Some(session) = self.sessions.get(worker % self.sessions.len().max(1)) else {
+            return Attempt::Failed("postgres: no connection".to_owned());
+        };
+        session.lock().await.transfer(&transfer).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_are_deterministic_and_within_range() {
+        for worker in 0..8 {
+            for sequence in 0..1_000 {
+                let t = Transfer::new(worker, sequence, 64, 16);
+                assert_eq!(t, Transfer::new(worker, sequence, 64, 16));
+                assert!((AMOUNT_MIN_MINOR..AMOUNT_MIN_MINOR + AMOUNT_SPREAD_MINOR as i64).contains(&t.amount));
+                assert_eq!(t.fee, t.amount * 6 / 1_000);
+                assert!(t.fee > 0);
+                assert!(t.payer.as_str() >= "payer:00000" && t.payer.as_str() <= "payer:00063", "{t:?}");
+                assert!(t.payee.as_str() >= "payee:00000" && t.payee.as_str() <= "payee:00015", "{t:?}");
+            }
+        }
+        // Idempotency keys are unique per (worker, sequence).
+        let a = Transfer::new(1, 2, 64, 16);
+        let b = Transfer::new(2, 1, 64, 16);
+        assert_ne!((a.partner, a.key), (b.partner, b.key));
+    }
+
+    #[test]
+    fn payers_and_payees_are_spread() {
+        let mut payers = std::collections::BTreeSet::new();
+        let mut payees = std::collections::BTreeSet::new();
+        for sequence in 0..2_000 {
+            let t = Transfer::new(3, sequence, 64, 16);
+            payers.insert(t.payer);
+            payees.insert(t.payee);
+        }
+        assert_eq!(payers.len(), 64);
+        assert_eq!(payees.len(), 16);
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert!(checked_schema("paymesh_bench").is_ok());
+        assert!(checked_schema("b2").is_ok());
+        for bad in ["", "2b", "Bench", "a;drop", "a b", "a-b"] {
+            assert!(checked_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_do_not_show_the_password() {
+        let text = describe("postgres://bench:secret@127.0.0.1:55432/paymesh_bench");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("127.0.0.1") && text.contains("55432") && text.contains("paymesh_bench"), "{text}");
+    }
+}

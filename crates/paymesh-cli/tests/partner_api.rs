@@ -1,0 +1,295 @@
+//! The partner API on a 3-node region of real processes: quotes, same-region
+//! transfers, reads, events, identity, validation, and retries across a
+//! leader kill.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{money, Region};
+use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::common::v1 as wire_common;
+use paymesh_proto::partner::v1 as wire;
+
+const QR: &str = "pay://merchant/m-1";
+
+/// Partners wallet-a and wallet-b (payers, USD, prefunded 1,000.00 with a cap
+/// of 100.00), merchant-net (payee), a domestic USD corridor with a fee of
+/// 0.10 + 1 %, and a route for `pay://merchant/`.
+async fn configure(region: &Region) {
+    for (id, role) in [
+        ("wallet-a", admin::PartnerRole::Payer),
+        ("wallet-b", admin::PartnerRole::Payer),
+        ("merchant-net", admin::PartnerRole::Payee),
+    ] {
+        let request = admin::UpsertPartnerRequest {
+            partner_id: id.into(),
+            home_region: common::REGION.into(),
+            role: role as i32,
+            settlement_currency: "USD".into(),
+            net_debit_cap: Some(money("100", "USD")),
+        };
+        let response = region
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.upsert_partner(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{id}");
+    }
+    for id in ["wallet-a", "wallet-b"] {
+        let request = admin::TopUpPositionRequest {
+            partner_id: id.into(),
+            amount: Some(money("1000", "USD")),
+            reference: format!("fund-{id}"),
+        };
+        let response = region
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.top_up_position(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0);
+    }
+    let corridor = wire_common::CorridorId {
+        source_currency: "USD".into(),
+        source_region: common::REGION.into(),
+        destination_currency: "USD".into(),
+        destination_region: common::REGION.into(),
+    };
+    let request = admin::UpsertCorridorRequest {
+        corridor: Some(corridor),
+        spread_bps: 0,
+        fee: Some(admin::FeeSchedule {
+            fixed: Some(money("0.10", "USD")),
+            rate_bps: 100,
+            min: Some(money("0", "USD")),
+            max: Some(money("5", "USD")),
+        }),
+        min_amount: Some(money("0.01", "USD")),
+        max_amount: Some(money("500", "USD")),
+        daily_cap: Some(money("100000", "USD")),
+    };
+    let response = region
+        .admin(|mut c| {
+            let r = request.clone();
+            async move { c.upsert_corridor(r).await }
+        })
+        .await;
+    assert_eq!(response.reject_code, 0);
+    let request = admin::UpsertPayeeRouteRequest {
+        qr_prefix: "pay://merchant/".into(),
+        payee_partner_id: "merchant-net".into(),
+        region: common::REGION.into(),
+        currency: "USD".into(),
+    };
+    let response = region
+        .admin(|mut c| {
+            let r = request.clone();
+            async move { c.upsert_payee_route(r).await }
+        })
+        .await;
+    assert_eq!(response.reject_code, 0);
+}
+
+fn quote_request(amount: &str) -> wire::CreateQuoteRequest {
+    wire::CreateQuoteRequest {
+        qr_payload: QR.into(),
+        amount: Some(wire::create_quote_request::Amount::SourceAmount(money(amount, "USD"))),
+    }
+}
+
+fn transfer_request(key: &str, quote_id: &str) -> wire::CreateTransferRequest {
+    wire::CreateTransferRequest {
+        idempotency_key: key.into(),
+        quote_id: quote_id.into(),
+        qr_payload: QR.into(),
+        payer: Some(wire::PayerDetails {
+            name: "Ada Traveller".into(),
+            account: "acct-77".into(),
+            reference: format!("ref-{key}"),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_region_transfer_commits_and_is_visible_only_to_its_partners() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let a = region.partner("wallet-a");
+    let lookup = a.lookup_payee(wire::LookupPayeeRequest { qr_payload: QR.into() }).await.unwrap();
+    assert_eq!(lookup.payee.unwrap().merchant_id, "m-1");
+    let quote = a.create_quote(quote_request("10")).await.unwrap().quote.unwrap();
+    assert_eq!(quote.fee.as_ref().unwrap().amount, "0.20");
+    assert_eq!(quote.total_debit.as_ref().unwrap().amount, "10.20");
+    let created = a.create_transfer(transfer_request("order-1", &quote.quote_id)).await.unwrap();
+    assert_eq!(created.reject_code, 0);
+    let transfer = created.transfer.unwrap();
+    assert_eq!(transfer.state, wire::TransferState::Committed as i32);
+    let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "989.80");
+
+    // The payee sees the transfer (without the payer's key and fee); another
+    // payer does not, and cannot read it.
+    let merchant = region.partner("merchant-net");
+    let seen =
+        merchant.get_transfer(wire::GetTransferRequest { transfer_id: transfer.transfer_id.clone() }).await.unwrap();
+    let seen = seen.transfer.unwrap();
+    assert!(seen.idempotency_key.is_empty() && seen.fee.is_none());
+    let b = region.partner("wallet-b");
+    let refused =
+        b.get_transfer(wire::GetTransferRequest { transfer_id: transfer.transfer_id.clone() }).await.unwrap_err();
+    assert_eq!(refused.status().unwrap().code(), tonic::Code::NotFound);
+    assert!(b.list_transfers(wire::ListTransfersRequest::default()).await.unwrap().transfers.is_empty());
+    assert_eq!(a.list_transfers(wire::ListTransfersRequest::default()).await.unwrap().transfers.len(), 1);
+
+    // Events: the payer's committed, the payee's credited; b has none.
+    let mut stream = a.stream_events(0).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    let event = event.event.unwrap();
+    assert_eq!((event.cursor, event.kind), (1, wire::EventKind::Committed as i32));
+    let mut stream = merchant.stream_events(0).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.event.unwrap().kind, wire::EventKind::Credited as i32);
+    let mut stream = b.stream_events(0).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(), "b has no events");
+
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}
+
+/// Find the leader's id and kill it.
+async fn kill_leader(region: &mut Region) -> u64 {
+    let leader = region.wait_leader(Duration::from_secs(20)).await;
+    region.kill(leader);
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_transfer_across_a_leader_kill_is_the_same_transfer() {
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let a = region.partner("wallet-a");
+    let quote = a.create_quote(quote_request("25")).await.unwrap().quote.unwrap();
+    let request = transfer_request("order-kill", &quote.quote_id);
+    let first = a.create_transfer(request.clone()).await.unwrap().transfer.unwrap();
+    let killed = kill_leader(&mut region).await;
+
+    // The partner's retry (same key, same body) reaches the new leader.
+    let retry_client = region.partner("wallet-a");
+    let again = retry_client.create_transfer(request.clone()).await.unwrap();
+    assert_eq!(again.transfer.unwrap().transfer_id, first.transfer_id, "the same transfer, not a second one");
+    let position = retry_client.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "974.65", "one debit of 25.35");
+    // The same key with another body is refused.
+    let mut other = request.clone();
+    other.payer.as_mut().unwrap().name = "Someone Else".into();
+    let conflict = retry_client.create_transfer(other).await.unwrap_err();
+    assert_eq!(conflict.status().unwrap().code(), tonic::Code::AlreadyExists);
+
+    region.spawn(killed);
+    region.wait_converged(Duration::from_secs(30)).await;
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_event_stream_has_no_gap_and_no_duplicate_across_a_failover() {
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let a = region.partner("wallet-a");
+    let pay = |n: usize| {
+        let a = &a;
+        async move {
+            let quote = a.create_quote(quote_request("1")).await.unwrap().quote.unwrap();
+            a.create_transfer(transfer_request(&format!("ev-{n}"), &quote.quote_id)).await.unwrap();
+        }
+    };
+    for n in 0..5 {
+        pay(n).await;
+    }
+    let mut seen: Vec<u64> = Vec::new();
+    let mut stream = a.stream_events(0).await.unwrap();
+    while seen.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        seen.push(message.event.unwrap().cursor);
+    }
+    drop(stream);
+    kill_leader(&mut region).await;
+    let a = region.partner("wallet-a");
+    for n in 5..10 {
+        let quote = a.create_quote(quote_request("1")).await.unwrap().quote.unwrap();
+        a.create_transfer(transfer_request(&format!("ev-{n}"), &quote.quote_id)).await.unwrap();
+    }
+    let mut stream = a.stream_events(*seen.last().unwrap()).await.unwrap();
+    while seen.len() < 10 {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        seen.push(message.event.unwrap().cursor);
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>(), "cursors contiguous, no gap, no repeat");
+    // A cursor beyond the newest is refused, not silently empty.
+    let refused = a.stream_events(1_000).await.unwrap_err();
+    assert_eq!(refused.status().unwrap().code(), tonic::Code::OutOfRange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_bank_workload_keeps_the_ledger_balanced_and_within_limits() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let client = region.partner(if worker % 2 == 0 { "wallet-a" } else { "wallet-b" });
+        tasks.push(tokio::spawn(async move {
+            let (mut committed, mut declined) = (0, 0);
+            for n in 0..25 {
+                // Amounts large enough that positions run out: some transfers
+                // are declined for insufficient position.
+                let amount = format!("{}", 10 + (worker * 7 + n * 13) % 60);
+                let quote = client.create_quote(quote_request(&amount)).await.unwrap().quote.unwrap();
+                let created =
+                    client.create_transfer(transfer_request(&format!("w{worker}-{n}"), &quote.quote_id)).await.unwrap();
+                if created.reject_code == 0 {
+                    committed += 1;
+                } else {
+                    assert_eq!(created.reject_code, wire_common::RejectCode::InsufficientPosition as i32);
+                    declined += 1;
+                }
+            }
+            (committed, declined)
+        }));
+    }
+    let (mut committed, mut declined) = (0, 0);
+    for task in tasks {
+        let (c, d) = task.await.unwrap();
+        committed += c;
+        declined += d;
+    }
+    assert!(committed > 0 && declined > 0, "committed {committed}, declined {declined}");
+    for id in ["wallet-a", "wallet-b"] {
+        let request = admin::GetPartnerRequest { partner_id: id.into() };
+        let partner = region
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.get_partner(r).await }
+            })
+            .await;
+        let position = &partner.positions[0];
+        let available: f64 = position.available.as_ref().unwrap().amount.parse().unwrap();
+        assert!(available >= 0.0, "{id} beyond its limit: {position:?}");
+    }
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+    let usd = summary.currencies.iter().find(|c| c.currency == "USD").unwrap();
+    assert_eq!(usd.debits_posted.as_ref().unwrap().amount, usd.credits_posted.as_ref().unwrap().amount);
+    region.wait_converged(Duration::from_secs(30)).await;
+    println!("bank workload: {committed} committed, {declined} declined for insufficient position");
+}

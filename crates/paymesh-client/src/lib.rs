@@ -1,0 +1,25 @@
+//! The paymesh partner SDK.
+//!
+//! A partner talks to the nodes of its home region. [`Region`] holds their
+//! addresses and the partner's identity (a TLS client certificate, or in
+//! development a plaintext identity header), and runs every call with the
+//! retry rules that keep it safe:
+//!
+//! * A node that is not the leader answers UNAVAILABLE with the leader's
+//!   address in `paymesh-leader-addr`; the call is retried there at once.
+//! * UNAVAILABLE without a hint (no leader yet, node down) and
+//!   DEADLINE_EXCEEDED are retried on the next node with capped exponential
+//!   backoff, within a bounded number of attempts and a deadline.
+//! * Anything else is an answer, returned as is.
+//!
+//! Retrying a write is safe because it carries an idempotency key
+//! (`CreateTransfer`) or is harmless to repeat (`CreateQuote` makes another
+//! quote). [`PartnerClient`] wraps the partner API with these rules.
+
+#![warn(missing_docs)]
+
+mod partner;
+mod region;
+
+pub use partner::PartnerClient;
+pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy};

@@ -1,0 +1,88 @@
+//! The partner API with the SDK's retry rules.
+
+use paymesh_proto::partner::v1 as wire;
+use paymesh_proto::partner::v1::partner_service_client::PartnerServiceClient;
+use tonic::Streaming;
+
+use crate::region::{ClientError, Region};
+
+/// The largest message the SDK sends or accepts, in bytes.
+const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// A partner's client of its home region.
+#[derive(Debug)]
+pub struct PartnerClient {
+    region: Region,
+}
+
+macro_rules! unary {
+    ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, request: $request) -> Result<$response, ClientError> {
+            self.region
+                .call(None, |channel| {
+                    let request = request.clone();
+                    async move { Self::client(channel).$name(request).await.map(|r| r.into_inner()) }
+                })
+                .await
+        }
+    };
+}
+
+impl PartnerClient {
+    /// A client of `region`.
+    pub fn new(region: Region) -> PartnerClient {
+        PartnerClient { region }
+    }
+
+    /// The region this client talks to.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn client(channel: crate::region::NodeChannel) -> PartnerServiceClient<crate::region::NodeChannel> {
+        PartnerServiceClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    unary!(
+        /// Resolve a QR payload to its payee.
+        lookup_payee, wire::LookupPayeeRequest, wire::LookupPayeeResponse
+    );
+    unary!(
+        /// Price a payment. A retry may create a second quote; only one is used.
+        create_quote, wire::CreateQuoteRequest, wire::CreateQuoteResponse
+    );
+    unary!(
+        /// Create a transfer. Retried with the same idempotency key, so a
+        /// failover in the middle returns the same transfer, never a second one.
+        create_transfer, wire::CreateTransferRequest, wire::CreateTransferResponse
+    );
+    unary!(
+        /// Read one transfer.
+        get_transfer, wire::GetTransferRequest, wire::GetTransferResponse
+    );
+    unary!(
+        /// List transfers, one page.
+        list_transfers, wire::ListTransfersRequest, wire::ListTransfersResponse
+    );
+    unary!(
+        /// Read the position.
+        get_position, wire::GetPositionRequest, wire::GetPositionResponse
+    );
+
+    /// Open the event stream after `from_cursor` on the leader. When it ends
+    /// (leadership moved), open it again with the last cursor seen: nothing is
+    /// missed and nothing repeats.
+    pub async fn stream_events(&self, from_cursor: u64) -> Result<Streaming<wire::StreamEventsResponse>, ClientError> {
+        self.region
+            .call(None, |channel| async move {
+                Self::client(channel)
+                    .stream_events(wire::StreamEventsRequest { from_cursor })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+    }
+}

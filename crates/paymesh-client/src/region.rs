@@ -1,0 +1,288 @@
+//! A region's nodes and how to call them: connection, identity, retries.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+/// How long one call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first and the largest pause between retries.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A node answered with an error that retrying will not change.
+    #[error("refused: {}: {}", .0.code(), .0.message())]
+    Refused(Status),
+    /// Every attempt failed with a retryable error until the attempts or the
+    /// deadline ran out; the last error is kept.
+    #[error("gave up after {attempts} attempts: {}: {}", .last.code(), .last.message())]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: Status,
+    },
+    /// The credentials could not be read or are not valid PEM.
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+impl ClientError {
+    /// The gRPC status behind the error, if any.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Refused(status) | ClientError::GaveUp { last: status, .. } => Some(status),
+            ClientError::Credentials(_) => None,
+        }
+    }
+}
+
+/// How many times and for how long a call is retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// The most attempts.
+    pub attempts: u32,
+    /// The time after which no new attempt starts.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 40, deadline: Duration::from_secs(30) }
+    }
+}
+
+/// Who the caller is.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// Mutual TLS: the region's CA and the caller's certificate and key (PEM).
+    Tls {
+        /// The CA certificate that signed the nodes' certificates.
+        ca: Vec<u8>,
+        /// The caller's certificate.
+        cert: Vec<u8>,
+        /// The caller's private key.
+        key: Vec<u8>,
+    },
+    /// Development only: plaintext, the identity sent in the
+    /// `x-paymesh-identity` header (`partner:<id>`, `operator:<name>`). Nodes
+    /// honour it only when they run with `insecure_plaintext = true`.
+    Plaintext {
+        /// The identity header's value.
+        identity: String,
+    },
+}
+
+impl Credentials {
+    /// TLS credentials read from PEM files.
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials, ClientError> {
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())));
+        Ok(Credentials::Tls { ca: read(ca)?, cert: read(cert)?, key: read(key)? })
+    }
+}
+
+/// Adds the development identity header, when there is one.
+#[derive(Clone, Debug)]
+pub struct IdentityHeader(Option<AsciiMetadataValue>);
+
+impl IdentityHeader {
+    /// A header carrying `identity` (`partner:<id>`, `operator:<name>`,
+    /// `node:<region>:<id>`), or none for TLS, where the certificate speaks.
+    pub fn new(identity: Option<&str>) -> Result<IdentityHeader, Status> {
+        identity
+            .map(|text| {
+                AsciiMetadataValue::try_from(text).map_err(|_| Status::invalid_argument("the identity must be ASCII"))
+            })
+            .transpose()
+            .map(IdentityHeader)
+    }
+}
+
+impl tonic::service::Interceptor for IdentityHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("x-paymesh-identity", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to one node, with the caller's identity attached.
+pub type NodeChannel = InterceptedService<Channel, IdentityHeader>;
+
+/// The nodes of one region and the caller's credentials.
+#[derive(Debug)]
+pub struct Region {
+    nodes: Vec<String>,
+    credentials: Credentials,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The node to try first: the last one that answered or was named leader.
+    preferred: Mutex<Option<String>>,
+    policy: RetryPolicy,
+    call_timeout: Duration,
+}
+
+/// The host part of `host:port` (an IP literal in brackets loses them).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
+    )
+}
+
+impl Region {
+    /// A region reached at these API addresses (`host:port`).
+    pub fn new(nodes: Vec<String>, credentials: Credentials) -> Region {
+        Region::with_policy(nodes, credentials, RetryPolicy::default())
+    }
+
+    /// A region with a chosen retry policy.
+    pub fn with_policy(nodes: Vec<String>, credentials: Credentials, policy: RetryPolicy) -> Region {
+        Region {
+            nodes,
+            credentials,
+            channels: Mutex::default(),
+            preferred: Mutex::default(),
+            policy,
+            call_timeout: CALL_TIMEOUT,
+        }
+    }
+
+    /// The same region with another limit on one call (default [`CALL_TIMEOUT`]).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Region {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The nodes' API addresses.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// A channel to the node at `addr` (connected lazily, then reused).
+    pub fn channel(&self, addr: &str) -> Result<NodeChannel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let (scheme, tls) = match &self.credentials {
+                    Credentials::Tls { ca, cert, key } => {
+                        let tls = ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(ca))
+                            .identity(Identity::from_pem(cert, key))
+                            .domain_name(host_of(addr));
+                        ("https", Some(tls))
+                    }
+                    Credentials::Plaintext { .. } => ("http", None),
+                };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(|e| Status::invalid_argument(format!("address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(self.call_timeout)
+                    .tcp_nodelay(true);
+                if let Some(tls) = tls {
+                    endpoint = endpoint.tls_config(tls).map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?;
+                }
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        let header = match &self.credentials {
+            Credentials::Plaintext { identity } => IdentityHeader::new(Some(identity))?,
+            Credentials::Tls { .. } => IdentityHeader::new(None)?,
+        };
+        Ok(InterceptedService::new(channel, header))
+    }
+
+    /// Run `call` against a node, retrying retryable failures on the named
+    /// leader or the next node. `only` pins every attempt to one node.
+    pub async fn call<T, F, Fut>(&self, only: Option<&str>, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(NodeChannel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_FIRST;
+        let mut next = 0usize;
+        let mut last = Status::unavailable("no attempt made");
+        for attempt in 1..=self.policy.attempts {
+            let target = match only {
+                Some(addr) => addr.to_owned(),
+                None => {
+                    let preferred = self.preferred.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    preferred.unwrap_or_else(|| {
+                        next += 1;
+                        self.nodes[(next - 1) % self.nodes.len().max(1)].clone()
+                    })
+                }
+            };
+            let result = match self.channel(&target) {
+                Ok(channel) => call(channel).await,
+                Err(status) => Err(status),
+            };
+            match result {
+                Ok(value) => {
+                    *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+                    return Ok(value);
+                }
+                Err(status) if retryable(&status) => {
+                    let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
+                    let follow = hint.filter(|leader| *leader != target).map(str::to_owned);
+                    tracing::debug!(%target, attempt, code = ?status.code(), message = status.message(), "retrying");
+                    last = status;
+                    if let Some(leader) = follow {
+                        // A leader hint is a redirect, not a failure: no pause.
+                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
+                        continue;
+                    }
+                }
+                Err(status) => return Err(ClientError::Refused(status)),
+            }
+            if started.elapsed() + backoff > self.policy.deadline {
+                return Err(ClientError::GaveUp { attempts: attempt, last });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Err(ClientError::GaveUp { attempts: self.policy.attempts, last })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_taken_from_addresses() {
+        assert_eq!(host_of("127.0.0.1:8101"), "127.0.0.1");
+        assert_eq!(host_of("node-1.example:443"), "node-1.example");
+        assert_eq!(host_of("[::1]:8101"), "::1");
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        assert!(retryable(&Status::unavailable("x")));
+        assert!(retryable(&Status::deadline_exceeded("x")));
+        assert!(!retryable(&Status::invalid_argument("x")));
+        assert!(!retryable(&Status::already_exists("x")));
+        assert!(!retryable(&Status::permission_denied("x")));
+    }
+}

@@ -1,0 +1,93 @@
+//! The leader's actors (actix): a registry that follows leadership, the
+//! group-commit [`proposer`], and an actor per [`partner`] and per
+//! [`corridor`].
+//!
+//! They run on one actix `System` on its own thread (actix cannot start
+//! actors on tokio's worker threads) and are reached from the gRPC handlers
+//! through `Addr`s. Actors exist only while this node leads: on gaining
+//! leadership the registry starts a proposer for the new term; on losing it,
+//! it stops every actor, and the waiting requests are told this node is no
+//! longer the leader. Actors rebuild what they need from the state machine,
+//! which stays the source of truth.
+
+// Actors and their messages hold addresses, Raft handles and reply channels;
+// none is ever printed, so they do not implement Debug.
+#![allow(missing_debug_implementations)]
+
+pub mod corridor;
+pub mod partner;
+pub mod proposer;
+pub mod registry;
+
+use std::thread::JoinHandle;
+
+use actix::prelude::*;
+
+use crate::node::Node;
+pub use registry::Registry;
+
+/// Why the actors did not produce an outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// This node is not the leader (or stopped leading meanwhile).
+    NotLeader,
+    /// A bound was hit: the queue, the partner's rate or in-flight limit.
+    Overloaded(&'static str),
+    /// The Raft group could not take the write.
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The gRPC status for this refusal (UNAVAILABLE or RESOURCE_EXHAUSTED).
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            Refusal::NotLeader => tonic::Status::unavailable("this node is not the leader; retry on the leader"),
+            Refusal::Overloaded(why) => tonic::Status::resource_exhausted(*why),
+            Refusal::Unavailable(why) => {
+                tonic::Status::unavailable(format!("the region cannot take writes now: {why}"))
+            }
+        }
+    }
+}
+
+/// A handle on the registry, cheap to clone.
+pub type RegistryAddr = Addr<Registry>;
+
+/// Start the actor system for `node` on its own thread; returns the
+/// registry's address and the thread (joined on shutdown).
+pub fn start(node: Node) -> std::io::Result<(RegistryAddr, ActorThread)> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new().name("paymesh-actors".into()).spawn(move || {
+        let system = System::new();
+        system.block_on(async move {
+            let registry = Registry::new(node).start();
+            let _ = sender.send((registry, System::current()));
+        });
+        if let Err(e) = system.run() {
+            tracing::error!(%e, "actor system stopped with an error");
+        }
+    })?;
+    let (registry, system) = receiver.recv().map_err(|_| std::io::Error::other("the actor system did not start"))?;
+    Ok((registry, ActorThread { system, thread: Some(thread) }))
+}
+
+/// The actor system's thread; stops the system when dropped.
+pub struct ActorThread {
+    system: System,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ActorThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorThread").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ActorThread {
+    fn drop(&mut self) {
+        self.system.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

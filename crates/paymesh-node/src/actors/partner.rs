@@ -1,0 +1,260 @@
+//! A partner's actor on the leader: rate limit, in-flight bound, the
+//! idempotency fast path, and its event stream subscribers.
+//!
+//! It is a cache and a scheduler: every decision about money is made again by
+//! the state machine when the command is applied. The fast path answers a
+//! retried transfer request from the applied state without a Raft round trip,
+//! and joins a retry to an identical request still in flight; both give the
+//! answer applying the request again would give.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::prelude::*;
+use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
+use paymesh_core::id::{IdempotencyKey, PartnerId};
+use paymesh_core::state::{CursorExpired, Event};
+use paymesh_core::Outcome;
+use paymesh_store::StateMachineStore;
+use tokio::sync::{mpsc, oneshot};
+
+use super::corridor::{CorridorActor, Quote};
+use super::proposer::{Propose, Proposer};
+use super::Refusal;
+use paymesh_core::corridor::QuoteAmount;
+use paymesh_core::Timestamp;
+
+/// Requests per second a partner may make to the leader, sustained.
+pub const PARTNER_REQUESTS_PER_SECOND: f64 = 50_000.0;
+
+/// Requests a partner may make in a burst above the sustained rate.
+pub const PARTNER_REQUESTS_BURST: f64 = 20_000.0;
+
+/// A partner's requests waiting for their outcome, at most.
+pub const PARTNER_IN_FLIGHT_MAX: usize = 8_192;
+
+/// Events buffered per subscriber; a subscriber that falls this far behind is
+/// disconnected (it resumes from its cursor).
+pub const SUBSCRIBER_BUFFER_EVENTS: usize = 4_096;
+
+/// Events read from the state per notification, per subscriber.
+const EVENTS_PER_PUSH_MAX: usize = 1_024;
+
+type Answer = oneshot::Sender<Result<Outcome, Refusal>>;
+
+/// Where an admitted command goes.
+pub enum Route {
+    /// Straight to the proposer.
+    Proposer,
+    /// A quote: priced first by its corridor's actor.
+    Corridor {
+        /// The corridor's actor.
+        actor: Addr<CorridorActor>,
+        /// The amount the partner fixed.
+        amount: QuoteAmount,
+        /// The leader's time.
+        now: Timestamp,
+    },
+}
+
+/// Submit a command on the partner's behalf.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    /// The command.
+    pub body: CommandBody,
+    /// Where it goes once admitted.
+    pub route: Route,
+    /// Where the outcome goes.
+    pub reply: Answer,
+}
+
+/// Start streaming the partner's events with a cursor above `after`.
+#[derive(Message)]
+#[rtype(result = "Result<(), CursorExpired>")]
+pub struct Subscribe {
+    /// The last cursor the subscriber has seen (0 = from the oldest retained).
+    pub after: u64,
+    /// Where events go; closed by the actor when the subscriber falls behind
+    /// or leadership is lost.
+    pub events: mpsc::Sender<Event>,
+}
+
+/// New entries were applied: push new events to subscribers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Applied;
+
+struct Subscriber {
+    events: mpsc::Sender<Event>,
+    /// The last cursor sent.
+    sent: u64,
+}
+
+/// One partner's actor.
+pub struct PartnerActor {
+    partner: PartnerId,
+    state: StateMachineStore,
+    proposer: Addr<Proposer>,
+    tokens: f64,
+    refilled: Instant,
+    in_flight: usize,
+    /// Transfer requests in flight by key: their fingerprint and who waits.
+    pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl PartnerActor {
+    /// The actor of `partner`, proposing through `proposer`.
+    pub fn new(partner: PartnerId, state: StateMachineStore, proposer: Addr<Proposer>) -> PartnerActor {
+        PartnerActor {
+            partner,
+            state,
+            proposer,
+            tokens: PARTNER_REQUESTS_BURST,
+            refilled: Instant::now(),
+            in_flight: 0,
+            pending: HashMap::new(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// Take a token from the partner's bucket, if one is left.
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * PARTNER_REQUESTS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(PARTNER_REQUESTS_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn propose(
+        &mut self,
+        body: CommandBody,
+        route: Route,
+        ctx: &mut Context<Self>,
+        done: impl FnOnce(&mut Self, Result<Outcome, Refusal>) + 'static,
+    ) {
+        let (reply, outcome) = oneshot::channel();
+        self.in_flight += 1;
+        match route {
+            Route::Proposer => self.proposer.do_send(Propose { body, reply }),
+            Route::Corridor { actor, amount, now } => actor.do_send(Quote { body, amount, now, reply }),
+        }
+        ctx.spawn(async move { outcome.await.unwrap_or(Err(Refusal::NotLeader)) }.into_actor(self).map(
+            move |result, actor, _| {
+                actor.in_flight -= 1;
+                done(actor, result);
+            },
+        ));
+    }
+
+    fn submit_transfer(&mut self, request: TransferRequest, reply: Answer, ctx: &mut Context<Self>) {
+        // Already applied: answer from the state.
+        if let Some(outcome) = self.state.applied().state.replay_transfer_request(&request) {
+            let _ = reply.send(Ok(outcome));
+            return;
+        }
+        // An identical request in flight: wait for its answer. A different
+        // body under the same key is decided by the state machine.
+        let fingerprint = request.fingerprint();
+        if let Some((pending_print, waiters)) = self.pending.get_mut(&request.idempotency_key) {
+            if *pending_print == fingerprint {
+                waiters.push(reply);
+                return;
+            }
+        } else {
+            self.pending.insert(request.idempotency_key.clone(), (fingerprint, Vec::new()));
+        }
+        let key = request.idempotency_key.clone();
+        self.propose(CommandBody::CreateTransfer(request), Route::Proposer, ctx, move |actor, result| {
+            if let Some((_, waiters)) = actor.pending.remove(&key) {
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+            let _ = reply.send(result);
+        });
+    }
+
+    fn push_events(&mut self) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let state = self.state.applied().state;
+        self.subscribers.retain_mut(|subscriber| {
+            loop {
+                let events = match state.events_after(&self.partner, subscriber.sent, EVENTS_PER_PUSH_MAX) {
+                    Ok(events) => events,
+                    // Retention overtook a slow subscriber: close it; it resumes
+                    // from its cursor and is told the cursor expired.
+                    Err(_) => return false,
+                };
+                if events.is_empty() {
+                    return !subscriber.events.is_closed();
+                }
+                for event in events {
+                    let cursor = event.cursor;
+                    if subscriber.events.try_send(event).is_err() {
+                        // Full (too slow) or closed: disconnect.
+                        return false;
+                    }
+                    subscriber.sent = cursor;
+                }
+            }
+        });
+    }
+}
+
+impl Actor for PartnerActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Submit> for PartnerActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Submit, ctx: &mut Context<Self>) {
+        if !self.admit() {
+            let _ = message.reply.send(Err(Refusal::Overloaded("this partner's request rate is above its limit")));
+            return;
+        }
+        if self.in_flight >= PARTNER_IN_FLIGHT_MAX {
+            let _ = message.reply.send(Err(Refusal::Overloaded("too many of this partner's requests are in flight")));
+            return;
+        }
+        match message.body {
+            CommandBody::CreateTransfer(request) => self.submit_transfer(request, message.reply, ctx),
+            body => {
+                let reply = message.reply;
+                self.propose(body, message.route, ctx, move |_, result| {
+                    let _ = reply.send(result);
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Subscribe> for PartnerActor {
+    type Result = Result<(), CursorExpired>;
+
+    fn handle(&mut self, message: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        // Check the cursor now, so an expired one is an error, not a silent gap.
+        self.state.applied().state.events_after(&self.partner, message.after, 0)?;
+        self.subscribers.push(Subscriber { events: message.events, sent: message.after });
+        self.push_events();
+        Ok(())
+    }
+}
+
+impl Handler<Applied> for PartnerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Applied, _ctx: &mut Context<Self>) {
+        self.push_events();
+    }
+}

@@ -1,0 +1,157 @@
+//! The proposer: group commit of commands into Raft entries.
+//!
+//! Every command the leader accepts goes through here. Commands are gathered
+//! until [`BATCH_COMMANDS_MAX`] are waiting or [`LINGER`] has passed since the
+//! first, then proposed as one entry; several entries may be in flight at
+//! once ([`BATCHES_IN_FLIGHT_MAX`]). The queue is bounded
+//! ([`QUEUE_COMMANDS_MAX`]): when it is full a new command is refused at once
+//! (the caller answers RESOURCE_EXHAUSTED) rather than waiting without limit.
+//!
+//! Each command gets an id from the proposer's session (this node and its
+//! term as leader) and a sequence number, so a proposal repeated by openraft
+//! or by a retry is applied once.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use openraft::error::{ClientWriteError, RaftError};
+use paymesh_core::command::{Batch, Command, CommandBody, CommandId};
+use paymesh_core::limits::BATCH_COMMANDS_MAX;
+use paymesh_core::{Outcome, Timestamp};
+use paymesh_store::raft_types::Raft;
+use tokio::sync::oneshot;
+
+use super::Refusal;
+
+/// How long the first command of a batch waits for company.
+pub const LINGER: Duration = Duration::from_micros(500);
+
+/// Entries proposed and not yet committed, at most.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
+
+/// Commands waiting to be proposed, at most; beyond this new ones are refused.
+pub const QUEUE_COMMANDS_MAX: usize = 32_768;
+
+type Waiter = oneshot::Sender<Result<Outcome, Refusal>>;
+
+/// Propose one command; answered with its outcome once applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Propose {
+    /// What to do.
+    pub body: CommandBody,
+    /// Where the outcome goes.
+    pub reply: Waiter,
+}
+
+/// Stop proposing: leadership was lost. Waiting commands are refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// The group-commit proposer of one leadership term.
+pub struct Proposer {
+    raft: Raft,
+    session: u64,
+    next_sequence: u64,
+    queue: Vec<(Command, Waiter)>,
+    flush_scheduled: bool,
+    in_flight: usize,
+}
+
+impl Proposer {
+    /// A proposer for `raft` whose commands carry `session`.
+    pub fn new(raft: Raft, session: u64) -> Proposer {
+        Proposer { raft, session, next_sequence: 1, queue: Vec::new(), flush_scheduled: false, in_flight: 0 }
+    }
+
+    fn leader_now() -> Timestamp {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// Propose the waiting commands, in entries of at most BATCH_COMMANDS_MAX,
+    /// while the in-flight bound allows.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        while !self.queue.is_empty() && self.in_flight < BATCHES_IN_FLIGHT_MAX {
+            let take = self.queue.len().min(BATCH_COMMANDS_MAX);
+            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = self.queue.drain(..take).unzip();
+            let batch = match Batch::new(Self::leader_now(), commands) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // Cannot happen (1..=BATCH_COMMANDS_MAX commands); refuse rather than panic.
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(Refusal::Unavailable(e.to_string())));
+                    }
+                    continue;
+                }
+            };
+            self.in_flight += 1;
+            let raft = self.raft.clone();
+            let write = async move { raft.client_write(batch).await };
+            ctx.spawn(write.into_actor(self).map(move |result, proposer, ctx| {
+                proposer.in_flight -= 1;
+                match result {
+                    Ok(written) => {
+                        let outcomes = written.data.outcomes;
+                        debug_assert_eq!(outcomes.len(), waiters.len());
+                        for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                            let _ = waiter.send(Ok(outcome));
+                        }
+                    }
+                    Err(error) => {
+                        let refusal = match error {
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Refusal::NotLeader,
+                            other => Refusal::Unavailable(other.to_string()),
+                        };
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(refusal.clone()));
+                        }
+                    }
+                }
+                proposer.flush(ctx);
+            }));
+        }
+    }
+}
+
+impl Actor for Proposer {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for (_, waiter) in self.queue.drain(..) {
+            let _ = waiter.send(Err(Refusal::NotLeader));
+        }
+    }
+}
+
+impl Handler<Propose> for Proposer {
+    type Result = ();
+
+    fn handle(&mut self, message: Propose, ctx: &mut Context<Self>) {
+        if self.queue.len() >= QUEUE_COMMANDS_MAX {
+            let _ = message.reply.send(Err(Refusal::Overloaded("the proposal queue is full; retry with backoff")));
+            return;
+        }
+        let id = CommandId { session: self.session, sequence: self.next_sequence };
+        self.next_sequence += 1;
+        self.queue.push((Command { id, body: message.body }, message.reply));
+        if self.queue.len() >= BATCH_COMMANDS_MAX {
+            self.flush(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(LINGER, |proposer, ctx| {
+                proposer.flush_scheduled = false;
+                proposer.flush(ctx);
+            });
+        }
+    }
+}
+
+impl Handler<Stop> for Proposer {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,316 @@
+//! `paymesh.admin.v1.AdminService`: what operators call, with an operator
+//! certificate. Writes are proposed through the leader; reads come from this
+//! node's applied state.
+
+use paymesh_core::command::CommandBody;
+use paymesh_core::fx::FxRate;
+use paymesh_core::partner::PartnerConfig;
+use paymesh_core::{Outcome, SignedMoney};
+use paymesh_proto::admin::v1 as wire;
+use paymesh_proto::admin::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, invalid};
+use crate::gateway::Gateway;
+
+/// The most records in one List page, and the default.
+const PAGE_SIZE_MAX: u32 = 500;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+
+/// Serves the admin API of one node.
+#[derive(Clone, Debug)]
+pub struct AdminServer {
+    gateway: Gateway,
+}
+
+impl AdminServer {
+    /// The service over `gateway`.
+    pub fn new(gateway: Gateway) -> AdminServer {
+        AdminServer { gateway }
+    }
+
+    /// Propose an operator command; Ok(()) when done, or the reject code (or
+    /// status) otherwise.
+    async fn apply(&self, body: CommandBody) -> Result<i32, Status> {
+        match self.gateway.operate(body).await? {
+            Outcome::Done => Ok(0),
+            Outcome::Rejected(code) => Gateway::rejected(code),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+fn page_size(requested: u32) -> usize {
+    let size = match requested {
+        0 => PAGE_SIZE_DEFAULT,
+        n => n.min(PAGE_SIZE_MAX),
+    };
+    size as usize
+}
+
+/// Page through `items` (sorted by `key`) after `token`; returns the page and
+/// the next token.
+fn page<T, K: ToString>(
+    items: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> K,
+    token: &str,
+    size: usize,
+) -> (Vec<T>, String) {
+    let mut page: Vec<T> =
+        items.skip_while(|item| !token.is_empty() && key(item).to_string().as_str() <= token).take(size + 1).collect();
+    let next = if page.len() > size {
+        page.truncate(size);
+        page.last().map(|item| key(item).to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (page, next)
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn upsert_partner(
+        &self,
+        request: Request<wire::UpsertPartnerRequest>,
+    ) -> Result<Response<wire::UpsertPartnerResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let id = convert::partner_id("partner_id", &r.partner_id)?;
+        let config = PartnerConfig {
+            id: id.clone(),
+            region: convert::region_id("home_region", &r.home_region)?,
+            role: convert::partner_role("role", r.role)?,
+            currency: convert::currency("settlement_currency", &r.settlement_currency)?,
+            net_debit_cap: convert::money("net_debit_cap", r.net_debit_cap.as_ref())?,
+        };
+        let reject_code = self.apply(CommandBody::UpsertPartner(config)).await?;
+        let partner = self.gateway.node.state_machine.applied().state.partner(&id).map(convert::partner_out);
+        Ok(Response::new(wire::UpsertPartnerResponse { partner: partner.filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn set_partner_status(
+        &self,
+        request: Request<wire::SetPartnerStatusRequest>,
+    ) -> Result<Response<wire::SetPartnerStatusResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let status = convert::partner_status("status", r.status)?;
+        let reject_code = self.apply(CommandBody::SetPartnerStatus { partner: partner.clone(), status }).await?;
+        let stored = self.gateway.node.state_machine.applied().state.partner(&partner).map(convert::partner_out);
+        Ok(Response::new(wire::SetPartnerStatusResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn get_partner(
+        &self,
+        request: Request<wire::GetPartnerRequest>,
+    ) -> Result<Response<wire::GetPartnerResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let id = convert::partner_id("partner_id", &request.get_ref().partner_id)?;
+        let applied = self.gateway.node.state_machine.applied();
+        let partner = applied.state.partner(&id).ok_or_else(|| Status::not_found(format!("PartnerNotFound: {id}")))?;
+        Ok(Response::new(wire::GetPartnerResponse {
+            partner: Some(convert::partner_out(partner)),
+            positions: applied.state.position(&id).map(|p| convert::position_out(&p)).into_iter().collect(),
+            reject_code: 0,
+        }))
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<wire::ListPartnersRequest>,
+    ) -> Result<Response<wire::ListPartnersResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let applied = self.gateway.node.state_machine.applied();
+        let (partners, next_page_token) =
+            page(applied.state.partners(), |p| p.config.id.clone(), &r.page_token, page_size(r.page_size));
+        Ok(Response::new(wire::ListPartnersResponse {
+            partners: partners.into_iter().map(convert::partner_out).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn upsert_corridor(
+        &self,
+        request: Request<wire::UpsertCorridorRequest>,
+    ) -> Result<Response<wire::UpsertCorridorResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
+        let terms = convert::corridor_terms(&r)?;
+        let reject_code = self.apply(CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }).await?;
+        let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        Ok(Response::new(wire::UpsertCorridorResponse { corridor: stored.filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn set_corridor_status(
+        &self,
+        request: Request<wire::SetCorridorStatusRequest>,
+    ) -> Result<Response<wire::SetCorridorStatusResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
+        let status = convert::corridor_status("status", r.status)?;
+        let reject_code = self.apply(CommandBody::SetCorridorStatus { corridor: corridor.clone(), status }).await?;
+        let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        Ok(Response::new(wire::SetCorridorStatusResponse {
+            corridor: stored.filter(|_| reject_code == 0),
+            reject_code,
+        }))
+    }
+
+    async fn get_corridor(
+        &self,
+        request: Request<wire::GetCorridorRequest>,
+    ) -> Result<Response<wire::GetCorridorResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let id = convert::corridor_id("corridor", request.get_ref().corridor.as_ref())?;
+        let applied = self.gateway.node.state_machine.applied();
+        let corridor =
+            applied.state.corridor(&id).ok_or_else(|| Status::not_found(format!("CorridorNotFound: {id}")))?;
+        let now = crate::gateway::now();
+        Ok(Response::new(wire::GetCorridorResponse {
+            corridor: Some(convert::corridor_out(corridor)),
+            rates: corridor
+                .rates
+                .values()
+                .filter(|r| r.valid_until() > now)
+                .map(|r| convert::fx_rate_out(&id, r))
+                .collect(),
+            reject_code: 0,
+        }))
+    }
+
+    async fn list_corridors(
+        &self,
+        request: Request<wire::ListCorridorsRequest>,
+    ) -> Result<Response<wire::ListCorridorsResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let applied = self.gateway.node.state_machine.applied();
+        let (corridors, next_page_token) =
+            page(applied.state.corridors(), |c| c.id.clone(), &r.page_token, page_size(r.page_size));
+        Ok(Response::new(wire::ListCorridorsResponse {
+            corridors: corridors.into_iter().map(convert::corridor_out).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_fx_rate(
+        &self,
+        request: Request<wire::SetFxRateRequest>,
+    ) -> Result<Response<wire::SetFxRateResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
+        let mid = convert::rate("mid_rate", &r.mid_rate)?;
+        let from = convert::timestamp("valid_from_unix_ms", r.valid_from_unix_ms)?;
+        let until = convert::timestamp("valid_until_unix_ms", r.valid_until_unix_ms)?;
+        let rate = FxRate::new(corridor.source_currency, corridor.destination_currency, mid, from, until)
+            .map_err(|e| invalid("rate", e))?;
+        let stored = convert::fx_rate_out(&corridor, &rate);
+        let reject_code = self.apply(CommandBody::SetFxRate { corridor, rate }).await?;
+        Ok(Response::new(wire::SetFxRateResponse { rate: Some(stored).filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn top_up_position(
+        &self,
+        request: Request<wire::TopUpPositionRequest>,
+    ) -> Result<Response<wire::TopUpPositionResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let amount = convert::money("amount", r.amount.as_ref())?;
+        let reference = convert::top_up_ref("reference", &r.reference)?;
+        let reject_code = self.apply(CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
+        let position =
+            self.gateway.node.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
+        Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn upsert_payee_route(
+        &self,
+        request: Request<wire::UpsertPayeeRouteRequest>,
+    ) -> Result<Response<wire::UpsertPayeeRouteResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let route = paymesh_core::directory::PayeeRoute {
+            prefix: convert::qr_prefix("qr_prefix", &r.qr_prefix)?,
+            partner: convert::partner_id("payee_partner_id", &r.payee_partner_id)?,
+            region: convert::region_id("region", &r.region)?,
+            currency: convert::currency("currency", &r.currency)?,
+        };
+        let stored = convert::route_out(&route);
+        let reject_code = self.apply(CommandBody::UpsertPayeeRoute(route)).await?;
+        Ok(Response::new(wire::UpsertPayeeRouteResponse {
+            route: Some(stored).filter(|_| reject_code == 0),
+            reject_code,
+        }))
+    }
+
+    async fn remove_payee_route(
+        &self,
+        request: Request<wire::RemovePayeeRouteRequest>,
+    ) -> Result<Response<wire::RemovePayeeRouteResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let prefix = convert::qr_prefix("qr_prefix", &request.get_ref().qr_prefix)?;
+        let existed = self.gateway.node.state_machine.applied().state.directory().contains(&prefix);
+        self.apply(CommandBody::RemovePayeeRoute { prefix }).await?;
+        Ok(Response::new(wire::RemovePayeeRouteResponse { removed: existed }))
+    }
+
+    async fn list_payee_routes(
+        &self,
+        request: Request<wire::ListPayeeRoutesRequest>,
+    ) -> Result<Response<wire::ListPayeeRoutesResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let applied = self.gateway.node.state_machine.applied();
+        let (routes, next_page_token) = page(
+            applied.state.directory().routes(),
+            |route| route.prefix.as_str().to_owned(),
+            &r.page_token,
+            page_size(r.page_size),
+        );
+        Ok(Response::new(wire::ListPayeeRoutesResponse {
+            routes: routes.into_iter().map(convert::route_out).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_ledger_summary(
+        &self,
+        request: Request<wire::GetLedgerSummaryRequest>,
+    ) -> Result<Response<wire::GetLedgerSummaryResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let applied = self.gateway.node.state_machine.applied();
+        let totals = |units: u128, currency| {
+            let units = i128::try_from(units).unwrap_or(i128::MAX);
+            SignedMoney::from_units(units, currency).ok().map(|m| convert::signed_out(&m))
+        };
+        let currencies = applied
+            .state
+            .ledger()
+            .totals()
+            .iter()
+            .map(|(currency, t)| wire::CurrencyTotals {
+                currency: currency.code().to_owned(),
+                debits_posted: totals(t.debits_posted, *currency),
+                credits_posted: totals(t.credits_posted, *currency),
+                debits_pending: totals(t.debits_pending, *currency),
+                credits_pending: totals(t.credits_pending, *currency),
+            })
+            .collect();
+        let state = applied.state;
+        let verified = tokio::task::spawn_blocking(move || state.verify())
+            .await
+            .map_err(|e| Status::internal(format!("verify: {e}")))?;
+        Ok(Response::new(wire::GetLedgerSummaryResponse {
+            currencies,
+            balanced: verified.is_ok(),
+            violation: verified.err().unwrap_or_default(),
+            applied_index: applied.last_applied.map_or(0, |l| l.index),
+        }))
+    }
+}

@@ -1,0 +1,442 @@
+//! Conversions between the wire contract and the core's types.
+//!
+//! Inbound, every field is parsed into its validated core type; a field that
+//! breaks its rule is refused with INVALID_ARGUMENT naming the field and the
+//! rule ("quote_id: quote id "x" is not of the form <region>:q<sequence>"),
+//! before anything is proposed, so bad input changes nothing. Outbound, core
+//! values become wire messages; amounts are always decimal strings at their
+//! currency's scale.
+
+use std::fmt::Display;
+
+use paymesh_core::command::{PayerDetails, PayerField};
+use paymesh_core::corridor::{Corridor, CorridorId, CorridorTerms};
+use paymesh_core::directory::{Payee, PayeeRoute, QrPrefix};
+use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
+use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
+use paymesh_core::outcome::{Position, Quote, TransferView};
+use paymesh_core::partner::{Partner, PartnerRole, Status as PartnerStatus};
+use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
+use paymesh_core::transfer::{CoordinatorState, ParticipantState};
+use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
+use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as partner;
+use tonic::Status;
+
+/// INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &str, error: impl Display) -> Status {
+    Status::invalid_argument(format!("{field}: {error}"))
+}
+
+/// A required message field.
+pub fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
+    value.ok_or_else(|| invalid(field, "is required"))
+}
+
+/// A non-negative amount.
+pub fn money(field: &str, value: Option<&common::Money>) -> Result<Money, Status> {
+    let value = required(field, value)?;
+    Money::from_wire(&value.amount, &value.currency).map_err(|e| invalid(field, e))
+}
+
+/// A currency code.
+pub fn currency(field: &str, code: &str) -> Result<Currency, Status> {
+    Currency::parse(code).map_err(|e| invalid(field, e))
+}
+
+macro_rules! parse_id {
+    ($(#[$doc:meta])* $name:ident, $ty:ty, $parse:path) => {
+        $(#[$doc])*
+        pub fn $name(field: &str, text: &str) -> Result<$ty, Status> {
+            $parse(text).map_err(|e| invalid(field, e))
+        }
+    };
+}
+
+parse_id!(
+    /// A partner id.
+    partner_id, PartnerId, PartnerId::new
+);
+parse_id!(
+    /// A region id.
+    region_id, RegionId, RegionId::new
+);
+parse_id!(
+    /// A QR payload.
+    qr_payload, QrPayload, QrPayload::new
+);
+parse_id!(
+    /// An idempotency key.
+    idempotency_key, IdempotencyKey, IdempotencyKey::new
+);
+parse_id!(
+    /// A quote id.
+    quote_id, QuoteId, QuoteId::parse
+);
+parse_id!(
+    /// A transfer id.
+    transfer_id, TransferId, TransferId::parse
+);
+parse_id!(
+    /// A top-up reference.
+    top_up_ref, TopUpRef, TopUpRef::new
+);
+parse_id!(
+    /// A QR prefix of a payee route.
+    qr_prefix, QrPrefix, QrPrefix::new
+);
+parse_id!(
+    /// An FX rate.
+    rate, Rate, Rate::parse
+);
+
+/// A payer's personal data: all three fields required.
+pub fn payer_details(field: &str, value: Option<&partner::PayerDetails>) -> Result<PayerDetails, Status> {
+    let value = required(field, value)?;
+    let part = |name: &str, text: &str| PayerField::new(text).map_err(|e| invalid(&format!("{field}.{name}"), e));
+    Ok(PayerDetails {
+        name: part("name", &value.name)?,
+        account: part("account", &value.account)?,
+        reference: part("reference", &value.reference)?,
+    })
+}
+
+/// A corridor id message.
+pub fn corridor_id(field: &str, value: Option<&common::CorridorId>) -> Result<CorridorId, Status> {
+    let value = required(field, value)?;
+    Ok(CorridorId {
+        source_currency: currency(&format!("{field}.source_currency"), &value.source_currency)?,
+        source_region: region_id(&format!("{field}.source_region"), &value.source_region)?,
+        destination_currency: currency(&format!("{field}.destination_currency"), &value.destination_currency)?,
+        destination_region: region_id(&format!("{field}.destination_region"), &value.destination_region)?,
+    })
+}
+
+/// Basis points (0 to 2,000).
+pub fn basis_points(field: &str, value: u32) -> Result<BasisPoints, Status> {
+    BasisPoints::new(value).map_err(|e| invalid(field, e))
+}
+
+/// A fee schedule.
+pub fn fee_schedule(field: &str, value: Option<&admin::FeeSchedule>) -> Result<FeeSchedule, Status> {
+    let value = required(field, value)?;
+    FeeSchedule::new(
+        money(&format!("{field}.fixed"), value.fixed.as_ref())?,
+        basis_points(&format!("{field}.rate_bps"), value.rate_bps)?,
+        money(&format!("{field}.min"), value.min.as_ref())?,
+        money(&format!("{field}.max"), value.max.as_ref())?,
+    )
+    .map_err(|e| invalid(field, e))
+}
+
+/// A time in Unix milliseconds; negative is refused.
+pub fn timestamp(field: &str, unix_ms: i64) -> Result<Timestamp, Status> {
+    u64::try_from(unix_ms).map(Timestamp::from_unix_ms).map_err(|_| invalid(field, "must not be negative"))
+}
+
+/// A partner role; UNSPECIFIED is refused.
+pub fn partner_role(field: &str, value: i32) -> Result<PartnerRole, Status> {
+    match admin::PartnerRole::try_from(value) {
+        Ok(admin::PartnerRole::Payer) => Ok(PartnerRole::Payer),
+        Ok(admin::PartnerRole::Payee) => Ok(PartnerRole::Payee),
+        Ok(admin::PartnerRole::Both) => Ok(PartnerRole::Both),
+        _ => Err(invalid(field, "must be PAYER, PAYEE or BOTH")),
+    }
+}
+
+/// A partner status; UNSPECIFIED is refused.
+pub fn partner_status(field: &str, value: i32) -> Result<PartnerStatus, Status> {
+    match admin::PartnerStatus::try_from(value) {
+        Ok(admin::PartnerStatus::Active) => Ok(PartnerStatus::Active),
+        Ok(admin::PartnerStatus::Suspended) => Ok(PartnerStatus::Suspended),
+        _ => Err(invalid(field, "must be ACTIVE or SUSPENDED")),
+    }
+}
+
+/// A corridor status; UNSPECIFIED is refused.
+pub fn corridor_status(field: &str, value: i32) -> Result<PartnerStatus, Status> {
+    match admin::CorridorStatus::try_from(value) {
+        Ok(admin::CorridorStatus::Active) => Ok(PartnerStatus::Active),
+        Ok(admin::CorridorStatus::Suspended) => Ok(PartnerStatus::Suspended),
+        _ => Err(invalid(field, "must be ACTIVE or SUSPENDED")),
+    }
+}
+
+/// Corridor terms from an upsert request.
+pub fn corridor_terms(request: &admin::UpsertCorridorRequest) -> Result<CorridorTerms, Status> {
+    CorridorTerms::new(
+        basis_points("spread_bps", request.spread_bps)?,
+        fee_schedule("fee", request.fee.as_ref())?,
+        money("min_amount", request.min_amount.as_ref())?,
+        money("max_amount", request.max_amount.as_ref())?,
+        money("daily_cap", request.daily_cap.as_ref())?,
+    )
+    .map_err(|e| invalid("corridor terms", e))
+}
+
+// ---- outbound ----------------------------------------------------------------
+
+/// The wire form of an amount.
+pub fn money_out(value: &Money) -> common::Money {
+    common::Money { amount: value.to_wire(), currency: value.currency().code().to_owned() }
+}
+
+/// The wire form of a signed amount.
+pub fn signed_out(value: &SignedMoney) -> common::Money {
+    common::Money { amount: value.to_wire(), currency: value.currency().code().to_owned() }
+}
+
+/// The wire number of a reject code: its position in the core's list plus one
+/// (0 is UNSPECIFIED). `tests/wire_agreement.rs` pins the two lists together.
+pub fn reject_code(code: RejectCode) -> i32 {
+    RejectCode::ALL.iter().position(|c| *c == code).map_or(0, |i| i as i32 + 1)
+}
+
+/// The wire number of an optional reject code (UNSPECIFIED for none).
+pub fn reject_code_opt(code: Option<RejectCode>) -> i32 {
+    code.map_or(0, reject_code)
+}
+
+fn unix_ms(at: Timestamp) -> i64 {
+    i64::try_from(at.unix_ms()).unwrap_or(i64::MAX)
+}
+
+/// The wire form of a corridor id.
+pub fn corridor_id_out(id: &CorridorId) -> common::CorridorId {
+    common::CorridorId {
+        source_currency: id.source_currency.code().to_owned(),
+        source_region: id.source_region.to_string(),
+        destination_currency: id.destination_currency.code().to_owned(),
+        destination_region: id.destination_region.to_string(),
+    }
+}
+
+/// The wire form of a payee.
+pub fn payee_out(payee: &Payee) -> partner::Payee {
+    partner::Payee {
+        partner_id: payee.partner.to_string(),
+        merchant_id: payee.merchant.to_string(),
+        region: payee.region.to_string(),
+        currency: payee.currency.code().to_owned(),
+    }
+}
+
+/// The wire form of a quote.
+pub fn quote_out(quote: &Quote) -> partner::Quote {
+    partner::Quote {
+        quote_id: quote.id.to_string(),
+        corridor: Some(corridor_id_out(&quote.corridor)),
+        payee: Some(payee_out(&quote.payee)),
+        rate: quote.priced.rate.to_string(),
+        source_amount: Some(money_out(&quote.priced.source)),
+        destination_amount: Some(money_out(&quote.priced.destination)),
+        fee: Some(money_out(&quote.priced.fee)),
+        total_debit: Some(money_out(&quote.priced.total_debit)),
+        created_unix_ms: unix_ms(quote.created_at),
+        expires_unix_ms: unix_ms(quote.expires_at),
+    }
+}
+
+fn coordinator_state(state: CoordinatorState) -> partner::TransferState {
+    match state {
+        CoordinatorState::Received => partner::TransferState::Received,
+        CoordinatorState::Reserved => partner::TransferState::Reserved,
+        CoordinatorState::Prepared => partner::TransferState::Prepared,
+        CoordinatorState::Committed => partner::TransferState::Committed,
+        CoordinatorState::Aborted => partner::TransferState::Aborted,
+    }
+}
+
+/// The wire form of a transfer as the payer sees it (or, for a same-region
+/// transfer, as its payee does, without the payer's key, quote and fee).
+pub fn transfer_view_out(view: &TransferView, viewer_is_payer: bool) -> partner::Transfer {
+    partner::Transfer {
+        transfer_id: view.id.to_string(),
+        idempotency_key: if viewer_is_payer { view.idempotency_key.to_string() } else { String::new() },
+        quote_id: if viewer_is_payer { view.quote.to_string() } else { String::new() },
+        corridor: Some(corridor_id_out(&view.corridor)),
+        state: coordinator_state(view.state) as i32,
+        abort_reason: reject_code_opt(view.reason),
+        source_amount: Some(money_out(&view.priced.source)),
+        fee: viewer_is_payer.then(|| money_out(&view.priced.fee)),
+        destination_amount: Some(money_out(&view.priced.destination)),
+        rate: view.priced.rate.to_string(),
+        payee: Some(payee_out(&view.payee)),
+        payer_token: view.payer_token.to_string(),
+        created_unix_ms: unix_ms(view.created_at),
+        updated_unix_ms: unix_ms(view.updated_at),
+        deadline_unix_ms: view.deadline.map_or(0, unix_ms),
+    }
+}
+
+/// The wire form of the payee region's record of a cross-border transfer.
+/// `None` for a tombstone, which names no payee.
+pub fn participation_out(participation: &Participation) -> Option<partner::Transfer> {
+    let prepare = participation.prepare.as_ref()?;
+    let state = match participation.state {
+        ParticipantState::Prepared => partner::TransferState::Prepared,
+        ParticipantState::Committed => partner::TransferState::Committed,
+        ParticipantState::Aborted | ParticipantState::Tombstone => partner::TransferState::Aborted,
+    };
+    Some(partner::Transfer {
+        transfer_id: prepare.transfer.to_string(),
+        idempotency_key: String::new(),
+        quote_id: String::new(),
+        corridor: Some(corridor_id_out(&prepare.corridor)),
+        state: state as i32,
+        abort_reason: reject_code_opt(participation.reason),
+        source_amount: Some(money_out(&prepare.source)),
+        fee: None,
+        destination_amount: Some(money_out(&prepare.destination)),
+        rate: prepare.rate.to_string(),
+        payee: Some(partner::Payee {
+            partner_id: prepare.payee.to_string(),
+            merchant_id: prepare.merchant.to_string(),
+            region: prepare.corridor.destination_region.to_string(),
+            currency: prepare.corridor.destination_currency.code().to_owned(),
+        }),
+        payer_token: prepare.payer_token.to_string(),
+        created_unix_ms: unix_ms(participation.created_at),
+        updated_unix_ms: unix_ms(participation.updated_at),
+        deadline_unix_ms: unix_ms(prepare.deadline),
+    })
+}
+
+/// The wire form of a transfer as `viewer` sees it.
+pub fn transfer_out(transfer: PartnerTransfer<'_>, viewer: &PartnerId) -> Option<partner::Transfer> {
+    match transfer {
+        PartnerTransfer::Coordinated(t) => Some(transfer_view_out(&t.view, &t.view.partner == viewer)),
+        PartnerTransfer::Participated(p) => participation_out(p),
+    }
+}
+
+/// The wire form of a position.
+pub fn position_out(position: &Position) -> common::Position {
+    common::Position {
+        currency: position.currency.code().to_owned(),
+        posted_balance: Some(signed_out(&position.posted)),
+        pending_debits: Some(signed_out(&position.pending_debits)),
+        pending_credits: Some(signed_out(&position.pending_credits)),
+        net_debit_cap: Some(money_out(&position.net_debit_cap)),
+        available: Some(signed_out(&position.available)),
+    }
+}
+
+/// The wire form of an event.
+pub fn event_out(event: &Event) -> partner::Event {
+    let (kind, state) = match event.kind {
+        EventKind::Reserved => (partner::EventKind::Reserved, partner::TransferState::Reserved),
+        EventKind::Committed => (partner::EventKind::Committed, partner::TransferState::Committed),
+        EventKind::Aborted => (partner::EventKind::Aborted, partner::TransferState::Aborted),
+        EventKind::Credited => (partner::EventKind::Credited, partner::TransferState::Committed),
+    };
+    partner::Event {
+        cursor: event.cursor,
+        transfer_id: event.transfer.to_string(),
+        kind: kind as i32,
+        state: state as i32,
+        amount: Some(money_out(&event.amount)),
+        reason: reject_code_opt(event.reason),
+        at_unix_ms: unix_ms(event.at),
+    }
+}
+
+/// The wire form of a partner.
+pub fn partner_out(partner: &Partner) -> admin::Partner {
+    let config = &partner.config;
+    admin::Partner {
+        partner_id: config.id.to_string(),
+        home_region: config.region.to_string(),
+        role: match config.role {
+            PartnerRole::Payer => admin::PartnerRole::Payer,
+            PartnerRole::Payee => admin::PartnerRole::Payee,
+            PartnerRole::Both => admin::PartnerRole::Both,
+        } as i32,
+        settlement_currency: config.currency.code().to_owned(),
+        net_debit_cap: Some(money_out(&config.net_debit_cap)),
+        status: match partner.status {
+            PartnerStatus::Active => admin::PartnerStatus::Active,
+            PartnerStatus::Suspended => admin::PartnerStatus::Suspended,
+        } as i32,
+        updated_unix_ms: unix_ms(partner.updated_at),
+    }
+}
+
+/// The wire form of a corridor.
+pub fn corridor_out(corridor: &Corridor) -> admin::Corridor {
+    let terms = &corridor.terms;
+    admin::Corridor {
+        corridor: Some(corridor_id_out(&corridor.id)),
+        spread_bps: terms.spread().get(),
+        fee: Some(admin::FeeSchedule {
+            fixed: Some(money_out(&terms.fees().fixed())),
+            rate_bps: terms.fees().rate().get(),
+            min: Some(money_out(&terms.fees().min())),
+            max: Some(money_out(&terms.fees().max())),
+        }),
+        min_amount: Some(money_out(&terms.min_amount())),
+        max_amount: Some(money_out(&terms.max_amount())),
+        daily_cap: Some(money_out(&terms.daily_cap())),
+        status: match corridor.status {
+            PartnerStatus::Active => admin::CorridorStatus::Active,
+            PartnerStatus::Suspended => admin::CorridorStatus::Suspended,
+        } as i32,
+        updated_unix_ms: unix_ms(corridor.updated_at),
+    }
+}
+
+/// The wire form of an FX rate of a corridor.
+pub fn fx_rate_out(corridor: &CorridorId, rate: &FxRate) -> admin::FxRate {
+    admin::FxRate {
+        corridor: Some(corridor_id_out(corridor)),
+        mid_rate: rate.mid().to_string(),
+        valid_from_unix_ms: unix_ms(rate.valid_from()),
+        valid_until_unix_ms: unix_ms(rate.valid_until()),
+    }
+}
+
+/// The wire form of a payee route.
+pub fn route_out(route: &PayeeRoute) -> admin::PayeeRoute {
+    admin::PayeeRoute {
+        qr_prefix: route.prefix.as_str().to_owned(),
+        payee_partner_id: route.partner.to_string(),
+        region: route.region.to_string(),
+        currency: route.currency.code().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_money(amount: &str, currency: &str) -> common::Money {
+        common::Money { amount: amount.into(), currency: currency.into() }
+    }
+
+    #[test]
+    fn inbound_fields_are_named_in_errors() {
+        let error = money("source_amount", Some(&wire_money("1.005", "USD"))).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().starts_with("source_amount: USD allows at most 2"), "{}", error.message());
+        assert_eq!(money("fee", None).unwrap_err().message(), "fee: is required");
+        let error = payer_details("payer", Some(&partner::PayerDetails::default())).unwrap_err();
+        assert!(error.message().starts_with("payer.name: payer field is empty"), "{}", error.message());
+        let error = corridor_id("corridor", Some(&common::CorridorId::default())).unwrap_err();
+        assert!(error.message().starts_with("corridor.source_currency:"), "{}", error.message());
+        assert!(quote_id("quote_id", "us-west:7").unwrap_err().message().contains("<region>:q<sequence>"));
+        assert!(partner_role("role", 0).is_err());
+        assert!(timestamp("valid_from_unix_ms", -1).is_err());
+    }
+
+    #[test]
+    fn reject_codes_number_from_one() {
+        assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
+        assert_eq!(reject_code(RejectCode::CapacityExceeded), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code_opt(None), 0);
+        assert_eq!(
+            common::RejectCode::try_from(reject_code(RejectCode::InsufficientPosition)).unwrap(),
+            common::RejectCode::InsufficientPosition
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! What the partner and admin services share: the caller's identity, the
+//! leader hint for a node that cannot serve a request, the route to the
+//! actors, and the mapping of refusals to gRPC statuses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use paymesh_core::command::CommandBody;
+use paymesh_core::id::PartnerId;
+use paymesh_core::{Outcome, RejectCode, Timestamp};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Status};
+
+use crate::actors::registry::{OperatorRequest, PartnerRequest};
+use crate::actors::{Refusal, RegistryAddr};
+use crate::identity::{identity_of, Identity};
+use crate::node::Node;
+
+/// Shared by the partner and admin services of one node.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The node.
+    pub node: Node,
+    /// The leader's actors.
+    pub registry: RegistryAddr,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// The gRPC status for a reject code that the contract reports as a status
+/// rather than in the response: unknown things are NOT_FOUND, suspended ones
+/// FAILED_PRECONDITION, a reused idempotency key ALREADY_EXISTS.
+pub fn reject_status(code: RejectCode) -> Option<Status> {
+    let name = |code: RejectCode| format!("{code:?}");
+    match code {
+        RejectCode::PartnerNotFound
+        | RejectCode::CorridorNotFound
+        | RejectCode::TransferNotFound
+        | RejectCode::QuoteNotFound
+        | RejectCode::PayeeNotFound => Some(Status::not_found(name(code))),
+        RejectCode::PartnerSuspended | RejectCode::CorridorSuspended => Some(Status::failed_precondition(name(code))),
+        RejectCode::IdempotencyConflict => Some(Status::already_exists(
+            "IdempotencyConflict: this idempotency key was used before with a different request body",
+        )),
+        _ => None,
+    }
+}
+
+/// The leader's clock, for quote pricing checks.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+impl Gateway {
+    /// Whether this node serves plaintext (development): identities then come
+    /// from the `x-paymesh-identity` header.
+    fn plaintext(&self) -> bool {
+        self.node.config.insecure_plaintext
+    }
+
+    /// The calling partner, configured in this region; PERMISSION_DENIED for
+    /// another kind of caller, NOT_FOUND for a partner unknown here.
+    pub fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
+        match identity_of(request, self.plaintext())? {
+            Identity::Partner(id) => {
+                if self.node.state_machine.applied().state.partner(&id).is_none() {
+                    return Err(Status::not_found(format!(
+                        "PartnerNotFound: partner {id} is not configured in this region"
+                    )));
+                }
+                Ok(id)
+            }
+            other => Err(Status::permission_denied(format!("{other} may not call the partner API"))),
+        }
+    }
+
+    /// Require an operator caller.
+    pub fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match identity_of(request, self.plaintext())? {
+            Identity::Operator(name) => Ok(name),
+            other => Err(Status::permission_denied(format!("{other} may not call the admin API"))),
+        }
+    }
+
+    /// UNAVAILABLE for a request this node cannot serve, naming the leader's
+    /// API address in `paymesh-leader-addr` when it is known.
+    pub fn not_leader(&self) -> Status {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let mut status = Status::unavailable("this node is not the leader; send the request to the leader");
+        if let Some(leader) = metrics.current_leader {
+            status.metadata_mut().insert("paymesh-leader-id", MetadataValue::from(leader));
+            let node = metrics.membership_config.membership().get_node(&leader).cloned();
+            if let Some(addr) = node.and_then(|n| MetadataValue::try_from(n.api_addr.as_str()).ok()) {
+                status.metadata_mut().insert("paymesh-leader-addr", addr);
+            }
+        }
+        status
+    }
+
+    fn refusal(&self, refusal: Refusal) -> Status {
+        match refusal {
+            Refusal::NotLeader => self.not_leader(),
+            other => other.status(),
+        }
+    }
+
+    /// Ensure reads on this node see every write acknowledged before the
+    /// request (a linearizable read through the leader); UNAVAILABLE with the
+    /// leader hint on a follower.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        self.node.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| self.not_leader())
+    }
+
+    /// Submit a partner's command through its actor; the outcome once applied.
+    pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        let (reply, outcome) = oneshot::channel();
+        let request = PartnerRequest { partner, body, now: now(), reply };
+        self.registry.send(request).await.map_err(|_| Status::unavailable("the actor system has stopped"))?;
+        outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
+    }
+
+    /// Propose an operator's command; the outcome once applied.
+    pub async fn operate(&self, body: CommandBody) -> Result<Outcome, Status> {
+        let (reply, outcome) = oneshot::channel();
+        self.registry
+            .send(OperatorRequest { body, reply })
+            .await
+            .map_err(|_| Status::unavailable("the actor system has stopped"))?;
+        outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
+    }
+
+    /// Map a refused outcome: a status for codes the contract reports as one,
+    /// otherwise the code for the response.
+    pub fn rejected(code: RejectCode) -> Result<i32, Status> {
+        match reject_status(code) {
+            Some(status) => Err(status),
+            None => Ok(crate::convert::reject_code(code)),
+        }
+    }
+}

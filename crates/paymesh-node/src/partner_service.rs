@@ -1,0 +1,269 @@
+//! `paymesh.partner.v1.PartnerService`: what wallet partners call.
+//!
+//! The caller is the partner named by its TLS client certificate. Every field
+//! is validated first (INVALID_ARGUMENT naming it, no effect). Writes go
+//! through the leader's actors; reads that must be current use a linearizable
+//! read. A follower answers UNAVAILABLE with the leader's address in
+//! `paymesh-leader-addr`, which the SDK follows.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use paymesh_core::command::{CommandBody, TransferRequest};
+use paymesh_core::corridor::QuoteAmount;
+use paymesh_core::id::TransferId;
+use paymesh_core::state::PartnerTransfer;
+use paymesh_core::transfer::CoordinatorState;
+use paymesh_core::Outcome;
+use paymesh_proto::partner::v1 as wire;
+use paymesh_proto::partner::v1::partner_service_server::PartnerService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::actors::partner::SUBSCRIBER_BUFFER_EVENTS;
+use crate::actors::registry::SubscribeEvents;
+use crate::convert::{self, invalid};
+use crate::gateway::Gateway;
+
+/// The most transfers in one ListTransfers page, and the default.
+pub const PAGE_SIZE_MAX: u32 = 500;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+
+/// The most transfers one ListTransfers call examines (filters may skip many).
+const LIST_SCAN_MAX: usize = 10_000;
+
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// Serves the partner API of one node.
+#[derive(Clone, Debug)]
+pub struct PartnerServer {
+    gateway: Gateway,
+}
+
+impl PartnerServer {
+    /// The service over `gateway`.
+    pub fn new(gateway: Gateway) -> PartnerServer {
+        PartnerServer { gateway }
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<wire::StreamEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PartnerService for PartnerServer {
+    async fn lookup_payee(
+        &self,
+        request: Request<wire::LookupPayeeRequest>,
+    ) -> Result<Response<wire::LookupPayeeResponse>, Status> {
+        self.gateway.partner(&request)?;
+        let qr = convert::qr_payload("qr_payload", &request.get_ref().qr_payload)?;
+        match self.gateway.node.state_machine.applied().state.lookup_payee(&qr) {
+            Some(payee) => {
+                Ok(Response::new(wire::LookupPayeeResponse { payee: Some(convert::payee_out(&payee)), reject_code: 0 }))
+            }
+            None => Err(Status::not_found("PayeeNotFound: no payee route matches this QR payload")),
+        }
+    }
+
+    async fn create_quote(
+        &self,
+        request: Request<wire::CreateQuoteRequest>,
+    ) -> Result<Response<wire::CreateQuoteResponse>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let request = request.into_inner();
+        let payee = convert::qr_payload("qr_payload", &request.qr_payload)?;
+        let amount = match &request.amount {
+            Some(wire::create_quote_request::Amount::SourceAmount(m)) => {
+                QuoteAmount::Source(convert::money("source_amount", Some(m))?)
+            }
+            Some(wire::create_quote_request::Amount::DestinationAmount(m)) => {
+                QuoteAmount::Destination(convert::money("destination_amount", Some(m))?)
+            }
+            None => return Err(invalid("amount", "set source_amount or destination_amount")),
+        };
+        let body = CommandBody::CreateQuote { partner: partner.clone(), payee, amount };
+        match self.gateway.submit(partner, body).await? {
+            Outcome::Quote(quote) => {
+                Ok(Response::new(wire::CreateQuoteResponse { quote: Some(convert::quote_out(&quote)), reject_code: 0 }))
+            }
+            Outcome::Rejected(code) => {
+                Ok(Response::new(wire::CreateQuoteResponse { quote: None, reject_code: Gateway::rejected(code)? }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn create_transfer(
+        &self,
+        request: Request<wire::CreateTransferRequest>,
+    ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let request = request.into_inner();
+        let transfer = TransferRequest {
+            partner: partner.clone(),
+            idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+            quote: convert::quote_id("quote_id", &request.quote_id)?,
+            payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
+            payer: convert::payer_details("payer", request.payer.as_ref())?,
+        };
+        match self.gateway.submit(partner.clone(), CommandBody::CreateTransfer(transfer)).await? {
+            Outcome::Transfer(view) => {
+                // The transfer as it stands now (a retry may find it committed).
+                let applied = self.gateway.node.state_machine.applied();
+                let current = applied
+                    .state
+                    .transfer_for(&partner, &view.id)
+                    .and_then(|t| convert::transfer_out(t, &partner))
+                    .unwrap_or_else(|| convert::transfer_view_out(&view, true));
+                let reject_code =
+                    if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
+                Ok(Response::new(wire::CreateTransferResponse { transfer: Some(current), reject_code }))
+            }
+            Outcome::Rejected(code) => Ok(Response::new(wire::CreateTransferResponse {
+                transfer: None,
+                reject_code: Gateway::rejected(code)?,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<wire::GetTransferRequest>,
+    ) -> Result<Response<wire::GetTransferResponse>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let id = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
+        self.gateway.linearizable().await?;
+        let applied = self.gateway.node.state_machine.applied();
+        match applied.state.transfer_for(&partner, &id).and_then(|t| convert::transfer_out(t, &partner)) {
+            Some(transfer) => Ok(Response::new(wire::GetTransferResponse { transfer: Some(transfer), reject_code: 0 })),
+            None => Err(Status::not_found(format!("TransferNotFound: no transfer {id} for this partner"))),
+        }
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<wire::ListTransfersRequest>,
+    ) -> Result<Response<wire::ListTransfersResponse>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let request = request.into_inner();
+        let state_filter = match wire::TransferState::try_from(request.state) {
+            Ok(wire::TransferState::Unspecified) => None,
+            Ok(state) => Some(state as i32),
+            Err(_) => return Err(invalid("state", format!("{} is not a transfer state", request.state))),
+        };
+        let from = convert::timestamp("created_from_unix_ms", request.created_from_unix_ms)?;
+        let to = convert::timestamp("created_to_unix_ms", request.created_to_unix_ms)?;
+        if request.created_to_unix_ms != 0 && request.created_from_unix_ms >= request.created_to_unix_ms {
+            return Err(invalid("created_to_unix_ms", "must be after created_from_unix_ms"));
+        }
+        let page_size = match request.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX),
+        };
+        let page_size = page_size as usize;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => {
+                let id = token
+                    .strip_prefix(PAGE_TOKEN_PREFIX)
+                    .and_then(|id| TransferId::parse(id).ok())
+                    .ok_or_else(|| invalid("page_token", "not a token this service issued"))?;
+                Some(id)
+            }
+        };
+        self.gateway.linearizable().await?;
+        let applied = self.gateway.node.state_machine.applied();
+        let mut transfers = Vec::new();
+        let mut last_scanned: Option<TransferId> = None;
+        let mut more = false;
+        for (scanned, transfer) in applied.state.transfers_of(&partner, after.as_ref()).enumerate() {
+            if transfers.len() == page_size || scanned == LIST_SCAN_MAX {
+                more = true;
+                break;
+            }
+            let id = match transfer {
+                PartnerTransfer::Coordinated(t) => t.view.id.clone(),
+                PartnerTransfer::Participated(p) => match &p.prepare {
+                    Some(prepare) => prepare.transfer.clone(),
+                    None => continue,
+                },
+            };
+            last_scanned = Some(id);
+            let Some(wire_transfer) = convert::transfer_out(transfer, &partner) else { continue };
+            let created = wire_transfer.created_unix_ms;
+            let in_range =
+                created >= from.unix_ms() as i64 && (request.created_to_unix_ms == 0 || created < to.unix_ms() as i64);
+            if in_range && state_filter.is_none_or(|s| s == wire_transfer.state) {
+                transfers.push(wire_transfer);
+            }
+        }
+        let next_page_token = match (more, last_scanned) {
+            (true, Some(id)) => format!("{PAGE_TOKEN_PREFIX}{id}"),
+            _ => String::new(),
+        };
+        Ok(Response::new(wire::ListTransfersResponse { transfers, next_page_token, reject_code: 0 }))
+    }
+
+    async fn get_position(
+        &self,
+        request: Request<wire::GetPositionRequest>,
+    ) -> Result<Response<wire::GetPositionResponse>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let wanted = match request.get_ref().currency.as_str() {
+            "" => None,
+            code => Some(convert::currency("currency", code)?),
+        };
+        self.gateway.linearizable().await?;
+        let applied = self.gateway.node.state_machine.applied();
+        let positions = applied
+            .state
+            .position(&partner)
+            .filter(|p| wanted.is_none_or(|c| c == p.currency))
+            .map(|p| convert::position_out(&p))
+            .into_iter()
+            .collect();
+        Ok(Response::new(wire::GetPositionResponse { positions, reject_code: 0 }))
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<wire::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let partner = self.gateway.partner(&request)?;
+        let after = request.get_ref().from_cursor;
+        let newest = self.gateway.node.state_machine.applied().state.last_cursor(&partner);
+        if after > newest {
+            return Err(Status::out_of_range(format!("from_cursor {after} is beyond the newest event {newest}")));
+        }
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER_EVENTS);
+        let subscribe = SubscribeEvents { partner, after, events: sender };
+        match self.gateway.registry.send(subscribe).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(expired))) => {
+                return Err(Status::out_of_range(format!(
+                    "from_cursor {}: events before {} are no longer retained; reconcile with ListTransfers",
+                    expired.requested, expired.oldest
+                )))
+            }
+            Ok(Err(_)) | Err(_) => return Err(self.gateway.not_leader()),
+        }
+        let events = ReceiverStream::new(receiver)
+            .map(|event| Ok(wire::StreamEventsResponse { event: Some(convert::event_out(&event)) }));
+        // The stream ends when leadership moves or the reader falls too far
+        // behind; the partner resumes from the last cursor it saw.
+        let end = futures::stream::once(async {
+            Err(Status::unavailable(
+                "event stream ended (leadership moved or reader too slow); resume from your last cursor",
+            ))
+        });
+        Ok(Response::new(Box::pin(events.chain(end))))
+    }
+}
