@@ -39,6 +39,17 @@ const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest partner or admin request or response, in bytes.
 pub const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
+/// The running partner pipeline of a node (see [`Node::start_pipeline`]).
+#[derive(Debug)]
+pub struct Pipeline {
+    /// What the partner and admin services use.
+    pub gateway: Gateway,
+    /// The actor system's thread; stopped when dropped.
+    pub actors: actors::ActorThread,
+    /// The leadership watcher; abort it when done.
+    pub watcher: tokio::task::JoinHandle<()>,
+}
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -148,6 +159,15 @@ impl Node {
         Ok(Node { config: Arc::new(config), raft, state_machine, log_stats, tls })
     }
 
+    /// Start the partner pipeline: the actor system, and the task that tells it
+    /// when this node leads and when entries are applied. The gateway is what
+    /// the partner and admin services use.
+    pub fn start_pipeline(&self) -> Result<Pipeline, NodeError> {
+        let (registry, actors) = actors::start(self.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
+        let watcher = tokio::spawn(follow_leadership(self.raft.clone(), registry.clone()));
+        Ok(Pipeline { gateway: Gateway { node: self.clone(), registry }, actors, watcher })
+    }
+
     /// A gRPC server builder, with mutual TLS unless this node runs plaintext.
     fn server_builder(&self) -> Result<tonic::transport::Server, NodeError> {
         let builder = tonic::transport::Server::builder();
@@ -175,9 +195,7 @@ impl Node {
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let (registry, actor_thread) = actors::start(self.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
-        let watcher = tokio::spawn(follow_leadership(self.raft.clone(), registry.clone()));
-        let gateway = Gateway { node: self.clone(), registry };
+        let Pipeline { gateway, actors: actor_thread, watcher } = self.start_pipeline()?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PartnerServiceServer<PartnerServer>>().await;
         health.set_serving::<AdminServiceServer<AdminServer>>().await;
