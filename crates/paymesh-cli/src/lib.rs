@@ -6,6 +6,10 @@
 //! * `paymesh status [--json]` shows every node's role, term, log and applied
 //!   indexes, replication lag, and a digest of its state.
 //! * `paymesh node add` / `paymesh node remove` change the membership.
+//! * `paymesh partner|corridor|fx|position|route|ledger` configure a region
+//!   and read its books (the admin API).
+//! * `paymesh certs` issues development certificates; `paymesh bench`
+//!   measures throughput and latency.
 //!
 //! Commands that talk to a region take `--config node.toml` (the region's
 //! peers are read from it) or one or more `--node host:port` API addresses.
@@ -21,6 +25,7 @@ use paymesh_node::cluster_client::{ClusterClient, RetryPolicy};
 use paymesh_node::{Node, NodeConfig};
 use paymesh_proto::admin::v1 as wire;
 
+mod admin;
 mod bench;
 mod certs;
 mod status;
@@ -118,6 +123,36 @@ enum Command {
         #[command(subcommand)]
         change: NodeChange,
     },
+    /// Configure partners: upsert, suspend, activate, show, list.
+    Partner {
+        #[command(subcommand)]
+        command: admin::PartnerCommand,
+    },
+    /// Configure corridors: upsert, suspend, activate, show, list.
+    Corridor {
+        #[command(subcommand)]
+        command: admin::CorridorCommand,
+    },
+    /// Set FX rates with their validity window.
+    Fx {
+        #[command(subcommand)]
+        command: admin::FxCommand,
+    },
+    /// Fund partner positions (prefunding top-ups).
+    Position {
+        #[command(subcommand)]
+        command: admin::PositionCommand,
+    },
+    /// Route QR payload prefixes to payee partners (the payee directory).
+    Route {
+        #[command(subcommand)]
+        command: admin::RouteCommand,
+    },
+    /// Show the region's ledger totals and whether its books balance.
+    Ledger {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Measure committed transfers per second and their latency percentiles
     /// (closed or open loop), side by side with the PostgreSQL baseline.
     Bench {
@@ -214,6 +249,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             println!("node {id} removed (membership entry {index}); stop its process");
             Ok(())
         }
+        Command::Partner { command } => admin::partner(command).await,
+        Command::Corridor { command } => admin::corridor(command).await,
+        Command::Fx { command } => admin::fx(command).await,
+        Command::Position { command } => admin::position(command).await,
+        Command::Route { command } => admin::route(command).await,
+        Command::Ledger { target } => admin::ledger(target).await,
         Command::Bench { args } => bench::run(args).await,
         Command::Certs { args } => certs::run(&args),
     }

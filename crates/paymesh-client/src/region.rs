@@ -22,11 +22,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A node answered with an error that retrying will not change.
-    #[error("refused: {}: {}", .0.code(), .0.message())]
+    #[error("refused: {:?}: {}", .0.code(), .0.message())]
     Refused(Status),
     /// Every attempt failed with a retryable error until the attempts or the
     /// deadline ran out; the last error is kept.
-    #[error("gave up after {attempts} attempts: {}: {}", .last.code(), .last.message())]
+    #[error("gave up after {attempts} attempts: {:?}: {}", .last.code(), .last.message())]
     GaveUp {
         /// Attempts made.
         attempts: u32,

@@ -202,6 +202,38 @@ impl Region {
         self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.api_addr.clone()).collect()
     }
 
+    /// Run the `paymesh` command as `stem` (`operator-tests`,
+    /// `node-us-west-1`, …) with the running nodes as its target, after
+    /// `args` (the subcommand). Returns the exit code, stdout and stderr.
+    /// Killed after 60 s.
+    pub fn cli(&self, stem: &str, args: &[&str]) -> (i32, String, String) {
+        let certs = self.certs();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_paymesh"));
+        command.args(args);
+        for addr in self.api_addrs() {
+            command.args(["--node", &addr]);
+        }
+        command
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join(format!("{stem}.pem")))
+            .arg("--key")
+            .arg(certs.join(format!("{stem}.key")));
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("paymesh {args:?} did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let output = child.wait_with_output().unwrap();
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+    }
+
     /// A client of the running nodes, as the operator.
     pub fn client(&self) -> ClusterClient {
         ClusterClient::with_credentials(

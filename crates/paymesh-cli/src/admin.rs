@@ -1,0 +1,640 @@
+//! The operator's configuration commands: `paymesh partner`, `corridor`,
+//! `fx`, `position`, `route` and `ledger`. Each is one call of
+//! `paymesh.admin.v1` on the region's leader (followers redirect), with the
+//! operator certificate of [`Target`].
+//!
+//! Amounts are decimal strings in the currency the command names (a
+//! corridor's amounts and fees are in its source currency); the node checks
+//! every field and its answer is printed as it is. A refused write exits
+//! with status 1 and names the reason.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use paymesh_client::{NodeChannel, Region};
+use paymesh_proto::admin::v1 as wire;
+use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
+use paymesh_proto::common::v1 as common;
+
+use crate::Target;
+
+/// Longest validity `fx set --valid-for` accepts; the node allows 24 hours.
+const RATE_VALIDITY_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Rows asked for per page by the list commands.
+const LIST_PAGE: u32 = 500;
+/// Pages a list command reads before it stops (500,000 rows).
+const LIST_PAGES_MAX: usize = 1_000;
+
+/// What a partner may do.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Role {
+    /// Sends transfers (a wallet).
+    Payer,
+    /// Receives transfers (a merchant acquirer).
+    Payee,
+    /// Both.
+    Both,
+}
+
+/// A corridor's end: `region:CUR`, for example `us-west:USD`.
+#[derive(Clone, Debug)]
+pub(crate) struct End {
+    region: String,
+    currency: String,
+}
+
+impl std::str::FromStr for End {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<End, String> {
+        let (region, currency) =
+            s.split_once(':').ok_or_else(|| format!("{s:?} is not region:CURRENCY, for example us-west:USD"))?;
+        Ok(End { region: region.to_owned(), currency: currency.to_owned() })
+    }
+}
+
+/// Which corridor: its source and destination ends.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct CorridorArg {
+    /// The source (payer's) region and currency, `region:CUR`.
+    #[arg(long)]
+    from: End,
+    /// The destination (payee's) region and currency, `region:CUR`.
+    #[arg(long)]
+    to: End,
+}
+
+impl CorridorArg {
+    fn wire(&self) -> common::CorridorId {
+        common::CorridorId {
+            source_currency: self.from.currency.clone(),
+            source_region: self.from.region.clone(),
+            destination_currency: self.to.currency.clone(),
+            destination_region: self.to.region.clone(),
+        }
+    }
+}
+
+/// `paymesh partner …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PartnerCommand {
+    /// Create a partner or change its role and net debit cap.
+    Upsert {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id, 1 to 32 characters of `[a-z0-9-]`.
+        #[arg(long)]
+        id: String,
+        /// The partner's home region (where its position lives).
+        #[arg(long)]
+        home_region: String,
+        /// What the partner may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// ISO 4217 code of its settlement currency.
+        #[arg(long)]
+        currency: String,
+        /// How far its posted balance may go below zero, in the settlement
+        /// currency; 0 = prefunded only.
+        #[arg(long, default_value = "0")]
+        net_debit_cap: String,
+    },
+    /// Stop new quotes and transfers for a partner (reads keep working).
+    Suspend {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Let a suspended partner transact again.
+    Activate {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Show one partner and its positions.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        id: String,
+    },
+    /// List the region's partners.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `paymesh corridor …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CorridorCommand {
+    /// Create a corridor or change its pricing and limits. Amounts and fees
+    /// are in the source currency.
+    Upsert {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+        /// Spread taken from the mid rate, in basis points (0 to 2000).
+        #[arg(long, default_value_t = 0)]
+        spread_bps: u32,
+        /// Flat fee per transfer.
+        #[arg(long, default_value = "0")]
+        fee_fixed: String,
+        /// Proportional fee, in basis points of the source amount (0 to 2000).
+        #[arg(long, default_value_t = 0)]
+        fee_bps: u32,
+        /// Smallest fee charged.
+        #[arg(long, default_value = "0")]
+        fee_min: String,
+        /// Largest fee charged.
+        #[arg(long, default_value = "0")]
+        fee_max: String,
+        /// Smallest source amount per transfer.
+        #[arg(long)]
+        min: String,
+        /// Largest source amount per transfer.
+        #[arg(long)]
+        max: String,
+        /// Cap on the corridor's source amounts per UTC day.
+        #[arg(long)]
+        daily_cap: String,
+    },
+    /// Stop new quotes and transfers on a corridor.
+    Suspend {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+    },
+    /// Let a suspended corridor carry transfers again.
+    Activate {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+    },
+    /// Show one corridor and its FX rates that have not expired.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+    },
+    /// List the region's corridors.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `paymesh fx …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum FxCommand {
+    /// Record a corridor's mid rate and the window in which quotes may use it.
+    Set {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+        /// Destination units per source unit, before spread (at most 12
+        /// fractional digits).
+        #[arg(long)]
+        rate: String,
+        /// First instant the rate applies, Unix milliseconds [default: now].
+        #[arg(long)]
+        valid_from_unix_ms: Option<i64>,
+        /// How long the rate applies, in seconds (at most 86400).
+        #[arg(long, default_value_t = 3_600)]
+        valid_for_secs: u64,
+    },
+}
+
+/// `paymesh position …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PositionCommand {
+    /// Credit a partner's posted balance after it funded its account outside
+    /// paymesh. Idempotent by --reference.
+    TopUp {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        partner: String,
+        /// The amount, a positive decimal.
+        #[arg(long)]
+        amount: String,
+        /// ISO 4217 code; the partner's settlement currency.
+        #[arg(long)]
+        currency: String,
+        /// The funding's unique reference (a bank transfer id, say); a repeat
+        /// with the same reference credits nothing more.
+        #[arg(long)]
+        reference: String,
+    },
+}
+
+/// `paymesh route …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RouteCommand {
+    /// Route QR payloads starting with a prefix to a payee partner. Routes
+    /// are mesh-wide: write each route to every region.
+    Upsert {
+        #[command(flatten)]
+        target: Target,
+        /// The QR payload prefix, 4 to 512 printable characters.
+        #[arg(long)]
+        prefix: String,
+        /// The payee partner id.
+        #[arg(long)]
+        payee: String,
+        /// The payee partner's home region.
+        #[arg(long)]
+        region: String,
+        /// ISO 4217 code of the payee's settlement currency.
+        #[arg(long)]
+        currency: String,
+    },
+}
+
+fn money(amount: &str, currency: &str) -> Option<common::Money> {
+    Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
+}
+
+fn show_money(money: Option<&common::Money>) -> String {
+    money.map_or_else(|| "-".to_owned(), |m| format!("{} {}", m.amount, m.currency))
+}
+
+/// Run one admin call on the region's leader.
+async fn call<T, F, Fut>(target: &Target, call: F) -> anyhow::Result<T>
+where
+    F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let region = Region::new(target.addresses()?, target.credentials()?);
+    let answer = region
+        .call(None, |channel| {
+            let fut = call(AdminServiceClient::new(channel));
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    Ok(answer)
+}
+
+/// Fail with the reject code's name unless it is UNSPECIFIED.
+fn accepted(reject_code: i32) -> anyhow::Result<()> {
+    if reject_code == 0 {
+        return Ok(());
+    }
+    let name = common::RejectCode::try_from(reject_code).map_or_else(
+        |_| format!("code {reject_code}"),
+        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_owned(),
+    );
+    bail!("refused: {name}")
+}
+
+fn unix_ms_now() -> i64 {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn partner_line(p: &wire::Partner) -> String {
+    let role = wire::PartnerRole::try_from(p.role).map_or("?", |r| r.as_str_name().trim_start_matches("PARTNER_ROLE_"));
+    let status =
+        wire::PartnerStatus::try_from(p.status).map_or("?", |s| s.as_str_name().trim_start_matches("PARTNER_STATUS_"));
+    format!(
+        "{:<32} {:<12} {:<6} {:<9} {} net debit cap {}",
+        p.partner_id,
+        p.home_region,
+        role.to_lowercase(),
+        status.to_lowercase(),
+        p.settlement_currency,
+        show_money(p.net_debit_cap.as_ref())
+    )
+}
+
+fn corridor_name(c: Option<&common::CorridorId>) -> String {
+    c.map_or_else(
+        || "-".to_owned(),
+        |c| format!("{}:{} -> {}:{}", c.source_region, c.source_currency, c.destination_region, c.destination_currency),
+    )
+}
+
+fn corridor_line(c: &wire::Corridor) -> String {
+    let status = wire::CorridorStatus::try_from(c.status)
+        .map_or("?", |s| s.as_str_name().trim_start_matches("CORRIDOR_STATUS_"));
+    let fee = c.fee.as_ref().map_or_else(
+        || "-".to_owned(),
+        |f| {
+            format!(
+                "{} + {} bp (min {}, max {})",
+                show_money(f.fixed.as_ref()),
+                f.rate_bps,
+                show_money(f.min.as_ref()),
+                show_money(f.max.as_ref())
+            )
+        },
+    );
+    format!(
+        "{}  {}  spread {} bp  fee {}  amounts {} to {}  daily cap {}",
+        corridor_name(c.corridor.as_ref()),
+        status.to_lowercase(),
+        c.spread_bps,
+        fee,
+        show_money(c.min_amount.as_ref()),
+        show_money(c.max_amount.as_ref()),
+        show_money(c.daily_cap.as_ref())
+    )
+}
+
+fn position_line(p: &common::Position) -> String {
+    format!(
+        "  {} posted {}  pending debits {}  pending credits {}  available {}  net debit cap {}",
+        p.currency,
+        show_money(p.posted_balance.as_ref()),
+        show_money(p.pending_debits.as_ref()),
+        show_money(p.pending_credits.as_ref()),
+        show_money(p.available.as_ref()),
+        show_money(p.net_debit_cap.as_ref())
+    )
+}
+
+/// Run `paymesh partner …`.
+pub(crate) async fn partner(command: PartnerCommand) -> anyhow::Result<()> {
+    match command {
+        PartnerCommand::Upsert { target, id, home_region, role, currency, net_debit_cap } => {
+            let role = match role {
+                Role::Payer => wire::PartnerRole::Payer,
+                Role::Payee => wire::PartnerRole::Payee,
+                Role::Both => wire::PartnerRole::Both,
+            };
+            let request = wire::UpsertPartnerRequest {
+                partner_id: id,
+                home_region,
+                role: role as i32,
+                settlement_currency: currency.clone(),
+                net_debit_cap: money(&net_debit_cap, &currency),
+            };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let partner = answer.partner.context("the node stored the partner but did not return it")?;
+            println!("stored  {}", partner_line(&partner));
+        }
+        PartnerCommand::Suspend { target, id } => {
+            set_partner_status(&target, id, wire::PartnerStatus::Suspended).await?
+        }
+        PartnerCommand::Activate { target, id } => set_partner_status(&target, id, wire::PartnerStatus::Active).await?,
+        PartnerCommand::Show { target, id } => {
+            let request = wire::GetPartnerRequest { partner_id: id };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.get_partner(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let partner = answer.partner.context("the node found the partner but did not return it")?;
+            println!("{}", partner_line(&partner));
+            for position in &answer.positions {
+                println!("{}", position_line(position));
+            }
+        }
+        PartnerCommand::List { target } => {
+            let mut token = String::new();
+            for _ in 0..LIST_PAGES_MAX {
+                let request = wire::ListPartnersRequest { page_size: LIST_PAGE, page_token: token.clone() };
+                let page = call(&target, |mut c| {
+                    let request = request.clone();
+                    async move { c.list_partners(request).await }
+                })
+                .await?;
+                for partner in &page.partners {
+                    println!("{}", partner_line(partner));
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = page.next_page_token;
+            }
+            bail!("stopped after {LIST_PAGES_MAX} pages");
+        }
+    }
+    Ok(())
+}
+
+async fn set_partner_status(target: &Target, id: String, status: wire::PartnerStatus) -> anyhow::Result<()> {
+    let request = wire::SetPartnerStatusRequest { partner_id: id, status: status as i32 };
+    let answer = call(target, |mut c| {
+        let request = request.clone();
+        async move { c.set_partner_status(request).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    let partner = answer.partner.context("the node stored the status but did not return the partner")?;
+    println!("stored  {}", partner_line(&partner));
+    Ok(())
+}
+
+/// Run `paymesh corridor …`.
+pub(crate) async fn corridor(command: CorridorCommand) -> anyhow::Result<()> {
+    match command {
+        CorridorCommand::Upsert {
+            target,
+            corridor,
+            spread_bps,
+            fee_fixed,
+            fee_bps,
+            fee_min,
+            fee_max,
+            min,
+            max,
+            daily_cap,
+        } => {
+            let currency = corridor.from.currency.clone();
+            let request = wire::UpsertCorridorRequest {
+                corridor: Some(corridor.wire()),
+                spread_bps,
+                fee: Some(wire::FeeSchedule {
+                    fixed: money(&fee_fixed, &currency),
+                    rate_bps: fee_bps,
+                    min: money(&fee_min, &currency),
+                    max: money(&fee_max, &currency),
+                }),
+                min_amount: money(&min, &currency),
+                max_amount: money(&max, &currency),
+                daily_cap: money(&daily_cap, &currency),
+            };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.upsert_corridor(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let stored = answer.corridor.context("the node stored the corridor but did not return it")?;
+            println!("stored  {}", corridor_line(&stored));
+        }
+        CorridorCommand::Suspend { target, corridor } => {
+            set_corridor_status(&target, &corridor, wire::CorridorStatus::Suspended).await?;
+        }
+        CorridorCommand::Activate { target, corridor } => {
+            set_corridor_status(&target, &corridor, wire::CorridorStatus::Active).await?;
+        }
+        CorridorCommand::Show { target, corridor } => {
+            let request = wire::GetCorridorRequest { corridor: Some(corridor.wire()) };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.get_corridor(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let stored = answer.corridor.context("the node found the corridor but did not return it")?;
+            println!("{}", corridor_line(&stored));
+            for rate in &answer.rates {
+                println!(
+                    "  rate {} valid from {} until {} (Unix ms)",
+                    rate.mid_rate, rate.valid_from_unix_ms, rate.valid_until_unix_ms
+                );
+            }
+        }
+        CorridorCommand::List { target } => {
+            let mut token = String::new();
+            for _ in 0..LIST_PAGES_MAX {
+                let request = wire::ListCorridorsRequest { page_size: LIST_PAGE, page_token: token.clone() };
+                let page = call(&target, |mut c| {
+                    let request = request.clone();
+                    async move { c.list_corridors(request).await }
+                })
+                .await?;
+                for corridor in &page.corridors {
+                    println!("{}", corridor_line(corridor));
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = page.next_page_token;
+            }
+            bail!("stopped after {LIST_PAGES_MAX} pages");
+        }
+    }
+    Ok(())
+}
+
+async fn set_corridor_status(
+    target: &Target,
+    corridor: &CorridorArg,
+    status: wire::CorridorStatus,
+) -> anyhow::Result<()> {
+    let request = wire::SetCorridorStatusRequest { corridor: Some(corridor.wire()), status: status as i32 };
+    let answer = call(target, |mut c| {
+        let request = request.clone();
+        async move { c.set_corridor_status(request).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    let stored = answer.corridor.context("the node stored the status but did not return the corridor")?;
+    println!("stored  {}", corridor_line(&stored));
+    Ok(())
+}
+
+/// Run `paymesh fx …`.
+pub(crate) async fn fx(command: FxCommand) -> anyhow::Result<()> {
+    let FxCommand::Set { target, corridor, rate, valid_from_unix_ms, valid_for_secs } = command;
+    let valid_for = Duration::from_secs(valid_for_secs);
+    if valid_for.is_zero() || valid_for > RATE_VALIDITY_MAX {
+        bail!("--valid-for-secs must be 1 to {}", RATE_VALIDITY_MAX.as_secs());
+    }
+    let from = valid_from_unix_ms.unwrap_or_else(unix_ms_now);
+    let until = from.saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX));
+    let request = wire::SetFxRateRequest {
+        corridor: Some(corridor.wire()),
+        mid_rate: rate,
+        valid_from_unix_ms: from,
+        valid_until_unix_ms: until,
+    };
+    let answer = call(&target, |mut c| {
+        let request = request.clone();
+        async move { c.set_fx_rate(request).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    let stored = answer.rate.context("the node stored the rate but did not return it")?;
+    println!(
+        "stored  {}  rate {} valid from {} until {} (Unix ms)",
+        corridor_name(stored.corridor.as_ref()),
+        stored.mid_rate,
+        stored.valid_from_unix_ms,
+        stored.valid_until_unix_ms
+    );
+    Ok(())
+}
+
+/// Run `paymesh position …`.
+pub(crate) async fn position(command: PositionCommand) -> anyhow::Result<()> {
+    let PositionCommand::TopUp { target, partner, amount, currency, reference } = command;
+    let request =
+        wire::TopUpPositionRequest { partner_id: partner.clone(), amount: money(&amount, &currency), reference };
+    let answer = call(&target, |mut c| {
+        let request = request.clone();
+        async move { c.top_up_position(request).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    let position = answer.position.context("the node credited the position but did not return it")?;
+    println!("credited {partner}");
+    println!("{}", position_line(&position));
+    Ok(())
+}
+
+/// Run `paymesh route …`.
+pub(crate) async fn route(command: RouteCommand) -> anyhow::Result<()> {
+    let RouteCommand::Upsert { target, prefix, payee, region, currency } = command;
+    let request = wire::UpsertPayeeRouteRequest { qr_prefix: prefix, payee_partner_id: payee, region, currency };
+    let answer = call(&target, |mut c| {
+        let request = request.clone();
+        async move { c.upsert_payee_route(request).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    let stored = answer.route.context("the node stored the route but did not return it")?;
+    println!(
+        "stored  {} -> payee {} in {} ({})",
+        stored.qr_prefix, stored.payee_partner_id, stored.region, stored.currency
+    );
+    Ok(())
+}
+
+/// Run `paymesh ledger`: the region's per-currency totals and whether its
+/// books balance. Exits with status 1 if they do not.
+pub(crate) async fn ledger(target: Target) -> anyhow::Result<()> {
+    let answer =
+        call(&target, |mut c| async move { c.get_ledger_summary(wire::GetLedgerSummaryRequest {}).await }).await?;
+    let mut out = String::new();
+    let _ = writeln!(out, "ledger as of applied index {}", answer.applied_index);
+    for c in &answer.currencies {
+        let _ = writeln!(
+            out,
+            "  {}  debits {} / credits {} posted,  debits {} / credits {} pending",
+            c.currency,
+            show_money(c.debits_posted.as_ref()),
+            show_money(c.credits_posted.as_ref()),
+            show_money(c.debits_pending.as_ref()),
+            show_money(c.credits_pending.as_ref())
+        );
+    }
+    print!("{out}");
+    if !answer.balanced {
+        bail!("the ledger does not balance: {}", answer.violation);
+    }
+    println!("balanced: every currency sums to zero and no account is beyond its limit");
+    Ok(())
+}
