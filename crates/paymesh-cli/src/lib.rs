@@ -28,6 +28,7 @@ use paymesh_proto::admin::v1 as wire;
 mod admin;
 mod bench;
 mod certs;
+pub mod local;
 mod status;
 
 /// paymesh: a multi-region payment mesh.

@@ -170,7 +170,7 @@ async fn fsyncs_per_acknowledged_batch() {
     region.client().propose(&[Writer::new(7).partner()]).await.unwrap();
     let leader = region.wait_leader(Duration::from_secs(20)).await;
     let follower = if leader == 1 { 2 } else { 1 };
-    let dir = region.dir.as_ref().unwrap().path().to_path_buf();
+    let dir = region.path().to_path_buf();
     let mut tracers = Vec::new();
     for id in [leader, follower] {
         let pid = region.nodes[&id].child.as_ref().unwrap().id();

@@ -1,0 +1,404 @@
+//! A region of `paymesh start` processes on this machine's loopback, with
+//! its own development CA: what `paymesh bench` measures and what the
+//! integration tests run against.
+//!
+//! Everything lives under one directory: `certs/` (the CA and every holder's
+//! certificate), and per node `node-<id>.toml`, `data-<id>/` and
+//! `node-<id>.log` (its stdout and stderr). Every wait is bounded. Dropping
+//! the region kills its processes; the directory is left for inspection.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use paymesh_client::{Credentials, PartnerClient, Region, RetryPolicy};
+use paymesh_node::cluster_client::{ClusterClient, RetryPolicy as ClusterRetry};
+use paymesh_node::identity::Identity;
+use paymesh_node::tls::certs::{self, CertSpec};
+use paymesh_proto::admin::v1 as wire;
+use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
+
+use paymesh_core::id::RegionId;
+
+/// Longest wait for a stopped node to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Log lines per node that [`LocalRegion::logs`] shows.
+const LOG_TAIL_LINES: usize = 25;
+
+/// One node process.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Its Raft node id.
+    pub id: u64,
+    /// Its Raft listener, `127.0.0.1:<port>`.
+    pub raft_addr: String,
+    /// Its API listener, `127.0.0.1:<port>`.
+    pub api_addr: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its output goes.
+    pub log: PathBuf,
+    /// The process, while it runs.
+    pub child: Option<Child>,
+}
+
+/// A region of node processes on loopback.
+#[derive(Debug)]
+pub struct LocalRegion {
+    dir: PathBuf,
+    region: RegionId,
+    exe: PathBuf,
+    operator: String,
+    raft_settings: String,
+    /// The nodes by id, running or not.
+    pub nodes: BTreeMap<u64, LocalNode>,
+}
+
+/// Two free loopback ports that differ.
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    let b = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+impl LocalRegion {
+    /// Issue certificates for the operator `operator` and `holders` under
+    /// `dir`, configure nodes 1..=`members` (with `raft_settings` as the
+    /// body of their `[raft]` table) and start them with the `paymesh`
+    /// binary `exe`. The region is not initialised yet.
+    pub fn start(
+        dir: &Path,
+        region: &str,
+        exe: &Path,
+        operator: &str,
+        holders: Vec<Identity>,
+        members: u64,
+        raft_settings: &str,
+    ) -> anyhow::Result<LocalRegion> {
+        let region_id = RegionId::new(region).with_context(|| format!("region name {region:?}"))?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut local = LocalRegion {
+            dir: dir.to_owned(),
+            region: region_id,
+            exe: exe.to_owned(),
+            operator: operator.to_owned(),
+            raft_settings: raft_settings.to_owned(),
+            nodes: BTreeMap::new(),
+        };
+        let mut everyone = vec![Identity::operator(operator)?];
+        everyone.extend(holders);
+        local.issue(everyone)?;
+        for id in 1..=members {
+            local.configure(id)?;
+        }
+        let peers: Vec<u64> = local.nodes.keys().copied().collect();
+        for id in &peers {
+            local.write_config(*id, &peers)?;
+            local.spawn(*id)?;
+        }
+        Ok(local)
+    }
+
+    /// The region's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The region's name.
+    pub fn region(&self) -> &RegionId {
+        &self.region
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// Issue certificates for more holders (the CA is reused).
+    pub fn issue(&self, holders: Vec<Identity>) -> anyhow::Result<()> {
+        let spec =
+            CertSpec { region: self.region.clone(), holders, node_hosts: vec!["127.0.0.1".into(), "localhost".into()] };
+        certs::generate(&self.certs(), &spec)?;
+        Ok(())
+    }
+
+    /// The CA, certificate and key files of a holder (`operator-ops`,
+    /// `partner-wallet-a`, `node-us-west-1`, …).
+    pub fn cert_files(&self, stem: &str) -> [PathBuf; 3] {
+        let certs = self.certs();
+        [certs.join("ca.pem"), certs.join(format!("{stem}.pem")), certs.join(format!("{stem}.key"))]
+    }
+
+    /// TLS credentials of a holder.
+    pub fn credentials(&self, stem: &str) -> anyhow::Result<Credentials> {
+        let [ca, cert, key] = self.cert_files(stem);
+        Ok(Credentials::from_files(&ca, &cert, &key)?)
+    }
+
+    /// Allocate addresses and a certificate for node `id` (not started).
+    pub fn configure(&mut self, id: u64) -> anyhow::Result<()> {
+        self.issue(vec![Identity::Node { region: self.region.clone(), node_id: id }])?;
+        let (raft_port, api_port) = free_ports()?;
+        let node = LocalNode {
+            id,
+            raft_addr: format!("127.0.0.1:{raft_port}"),
+            api_addr: format!("127.0.0.1:{api_port}"),
+            config: self.dir.join(format!("node-{id}.toml")),
+            data_dir: self.dir.join(format!("data-{id}")),
+            log: self.dir.join(format!("node-{id}.log")),
+            child: None,
+        };
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&LocalNode> {
+        self.nodes.get(&id).with_context(|| format!("no node {id} in this region"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut LocalNode> {
+        self.nodes.get_mut(&id).with_context(|| format!("no node {id} in this region"))
+    }
+
+    /// Write node `id`'s configuration, listing `peers`.
+    pub fn write_config(&self, id: u64, peers: &[u64]) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        let mut peer_lines = Vec::with_capacity(peers.len());
+        for p in peers {
+            let peer = self.node(*p)?;
+            peer_lines.push(format!(
+                "  {{ node_id = {p}, raft_addr = \"{}\", api_addr = \"{}\" }},",
+                peer.raft_addr, peer.api_addr
+            ));
+        }
+        let [ca, cert, key] = self.cert_files(&Identity::Node { region: self.region.clone(), node_id: id }.file_stem());
+        let text = format!(
+            "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\ndata_dir = \"{}\"\n\
+             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.region,
+            node.raft_addr,
+            node.api_addr,
+            node.data_dir.display(),
+            peer_lines.join("\n"),
+            self.raft_settings,
+            ca.display(),
+            cert.display(),
+            key.display(),
+        );
+        fs::write(&node.config, text).with_context(|| format!("writing {}", node.config.display()))
+    }
+
+    /// Start node `id`'s process; its output is appended to its log.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let node = self.node_mut(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("opening {}", node.log.display()))?;
+        let child = Command::new(&exe)
+            .args(["start", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", std::env::var("PAYMESH_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(mut child) = self.node_mut(id)?.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM node `id` and wait (bounded) for it to exit.
+    pub fn terminate(&mut self, id: u64) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.node_mut(id)?.child.take().with_context(|| format!("node {id} is not running"))?;
+        let pid = child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("node {id} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM every running node, in id order.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let running: Vec<u64> = self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect();
+        for id in running {
+            self.terminate(id)?;
+        }
+        Ok(())
+    }
+
+    /// Delete node `id`'s data directory (the node must be stopped).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("stop node {id} before wiping it");
+        }
+        fs::remove_dir_all(&node.data_dir).with_context(|| format!("removing {}", node.data_dir.display()))
+    }
+
+    /// API addresses of the running nodes.
+    pub fn api_addrs(&self) -> Vec<String> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.api_addr.clone()).collect()
+    }
+
+    /// The operator's holder name, `operator-<name>`.
+    pub fn operator_stem(&self) -> String {
+        format!("operator-{}", self.operator)
+    }
+
+    /// A cluster client of the running nodes, as the operator.
+    pub fn client(&self) -> anyhow::Result<ClusterClient> {
+        Ok(ClusterClient::with_credentials(
+            self.api_addrs(),
+            self.credentials(&self.operator_stem())?,
+            ClusterRetry { attempts: 200, deadline: Duration::from_secs(60) },
+        ))
+    }
+
+    /// An SDK region of the running nodes, presenting `stem`'s certificate.
+    pub fn sdk(&self, stem: &str) -> anyhow::Result<Region> {
+        let policy = RetryPolicy { attempts: 200, deadline: Duration::from_secs(60) };
+        Ok(Region::with_policy(self.api_addrs(), self.credentials(stem)?, policy))
+    }
+
+    /// A partner's client, presenting the partner's certificate.
+    pub fn partner(&self, id: &str) -> anyhow::Result<PartnerClient> {
+        Ok(PartnerClient::new(self.sdk(&format!("partner-{id}"))?))
+    }
+
+    /// Run one admin call, as the operator, on whichever node leads.
+    pub async fn admin<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let region = self.sdk(&self.operator_stem())?;
+        let answer = region
+            .call(None, |channel| {
+                let fut = call(AdminServiceClient::new(channel));
+                async move { fut.await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(answer)
+    }
+
+    /// Initialise the region through node `id` and wait for a leader; the
+    /// leader's id.
+    pub async fn initialize(&self, id: u64, timeout: Duration) -> anyhow::Result<u64> {
+        self.client()?.initialize(&self.node(id)?.api_addr).await?;
+        self.wait_leader(timeout).await
+    }
+
+    /// Wait until a running node reports itself leader; its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let client = self.client()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            for addr in self.api_addrs() {
+                if let Ok(status) = client.status(&addr, false).await {
+                    if status.role == wire::NodeRole::Leader as i32 {
+                        return Ok(status.node_id);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader within {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every running node has applied the same index with the same
+    /// state digest; their statuses.
+    pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<Vec<wire::GetNodeStatusResponse>> {
+        let client = self.client()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut statuses = Vec::new();
+            for addr in self.api_addrs() {
+                if let Ok(status) = client.status(&addr, true).await {
+                    statuses.push(status);
+                }
+            }
+            let complete = statuses.len() == self.api_addrs().len();
+            let agree = complete
+                && statuses.iter().all(|s| {
+                    s.applied_index.is_some()
+                        && s.applied_index == statuses[0].applied_index
+                        && s.state_digest == statuses[0].state_digest
+                        && s.last_log_index == statuses[0].last_log_index
+                });
+            if agree {
+                return Ok(statuses);
+            }
+            if Instant::now() >= deadline {
+                let summary: Vec<String> = statuses
+                    .iter()
+                    .map(|s| {
+                        let digest: String = s.state_digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                        format!("node {}: applied {:?} digest {digest}", s.node_id, s.applied_index)
+                    })
+                    .collect();
+                bail!("replicas did not converge within {timeout:?}: {summary:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of every node's log, for error messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let text = fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(LOG_TAIL_LINES).collect();
+            out.push_str(&format!("--- node {} ({}) ---\n", node.id, node.log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for LocalRegion {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
