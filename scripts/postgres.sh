@@ -64,6 +64,12 @@ as_owner() {
     fi
 }
 
+# One start or stop at a time (tests may call start concurrently).
+lock() {
+    exec 9>>"$pg_dir/.lock"
+    flock -w 120 9 || die "another scripts/postgres.sh has held $pg_dir/.lock for 2 minutes"
+}
+
 running() {
     [[ -f $data/PG_VERSION ]] && as_owner "$bin/pg_ctl" status -D "$data" >/dev/null 2>&1
 }
@@ -111,8 +117,7 @@ start() {
         mkdir -p "$pg_dir"
     fi
 
-    exec 9>>"$pg_dir/.lock"
-    flock 9
+    lock
 
     if [[ ! -f $data/PG_VERSION ]]; then
         say "creating a cluster in $data ($("$bin/postgres" --version))"
@@ -120,11 +125,15 @@ start() {
             || { cat "$pg_dir/initdb.log" >&2; die "initdb failed (output above)"; }
     fi
     if running; then
+        local running_port
+        running_port=$(sed -n 4p "$data/postmaster.pid")
+        [[ $running_port == "$port" ]] || die "already running on port $running_port, not $port: run '$0 stop' first"
         say "already running ($data)"
     else
         write_config
         say "starting on 127.0.0.1:$port (log: $log)"
-        if ! as_owner "$bin/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null; then
+        # 9>&-: the server must not inherit (and hold forever) the lock.
+        if ! as_owner "$bin/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null 9>&-; then
             tail -n 20 "$log" >&2 || true
             die "the server did not start (log above; is port $port taken? set PAYMESH_PG_PORT)"
         fi
@@ -139,6 +148,8 @@ start() {
 
 stop() {
     bin=$(find_bin) || { say "PostgreSQL is not installed; nothing to stop"; return 0; }
+    [[ -d $pg_dir ]] || { say "not running (no $pg_dir)"; return 0; }
+    lock
     if running; then
         as_owner "$bin/pg_ctl" stop -D "$data" -m fast -w -t 60 >/dev/null || die "pg_ctl stop failed (log: $log)"
         say "stopped"

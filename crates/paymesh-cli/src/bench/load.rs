@@ -510,10 +510,10 @@ impl Progress {
                 last = now;
                 let elapsed = now.saturating_duration_since(started);
                 let phase = if elapsed < warmup {
-                    format!("warm-up {:.0}/{:.0} s", elapsed.as_secs_f64(), warmup.as_secs_f64())
+                    format!("warm-up {:.1}/{} s", elapsed.as_secs_f64(), warmup.as_secs_f64())
                 } else {
                     let measured = (elapsed - warmup).min(duration);
-                    format!("measuring {:.0}/{:.0} s", measured.as_secs_f64(), duration.as_secs_f64())
+                    format!("measuring {:.1}/{} s", measured.as_secs_f64(), duration.as_secs_f64())
                 };
                 let p99 = p99.map_or_else(|| "-".to_owned(), |p99| format!("{p99:.2} ms"));
                 ticker_bar.set_position(elapsed.as_millis() as u64);

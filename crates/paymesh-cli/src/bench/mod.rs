@@ -5,18 +5,21 @@
 //! * [`load`] is the engine: closed or open loop, warm-up, HDR histogram, the
 //!   live progress line. It knows targets only through [`load::Target`].
 //! * [`report`] is what a run produces: JSON and the side-by-side table.
+//! * [`workload`] is what every target does: which payer pays which
+//!   merchant how much, derived from `(worker, sequence)`.
+//! * [`paymesh`] starts a fresh region of `paymesh start` processes and pays
+//!   through the partner API over mutual TLS, then audits the region.
 //! * [`postgres`] is the baseline: the same double-entry transfer on
 //!   PostgreSQL, with an audit of its books after the run.
 //!
-//! Adding a target (paymesh's partner API over gRPC): implement
-//! [`load::Target`] for it, add a variant to [`TargetKind`] and its arm in
-//! [`run_target`] (set up, run, audit), plus whatever arguments it needs in
-//! [`BenchArgs`]. `--target postgres,paymesh` then runs both, sequentially, and
-//! prints the ratio of their throughputs.
+//! `--target paymesh,postgres` runs both, one after the other, and prints the
+//! ratio of their throughputs.
 
 pub mod load;
+pub mod paymesh;
 pub mod postgres;
 pub mod report;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use load::{Mode, Plan};
+use paymesh::{PaymeshConfig, PaymeshTarget};
 use postgres::{PostgresConfig, PostgresTarget};
 use report::{BenchReport, RunReport};
 
@@ -38,14 +42,16 @@ const IN_FLIGHT_DEFAULT: usize = 256;
 /// The systems `paymesh bench` can measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetKind {
+    /// A fresh paymesh region on loopback, through the partner API.
+    Paymesh,
     /// The same double-entry transfer on PostgreSQL (see scripts/postgres.sh).
     Postgres,
-    // `Paymesh`, the partner API of a region over gRPC, goes here.
 }
 
 impl TargetKind {
     fn name(self) -> &'static str {
         match self {
+            TargetKind::Paymesh => "paymesh",
             TargetKind::Postgres => "postgres",
         }
     }
@@ -65,7 +71,7 @@ pub enum ModeKind {
 pub struct BenchArgs {
     /// What to measure; several (comma-separated) run one after another and
     /// are printed side by side.
-    #[arg(long = "target", value_enum, value_delimiter = ',', default_value = "postgres")]
+    #[arg(long = "target", value_enum, value_delimiter = ',', default_value = "paymesh,postgres")]
     pub targets: Vec<TargetKind>,
     /// Closed loop (fixed concurrency) or open loop (fixed offered rate).
     #[arg(long, value_enum, default_value_t = ModeKind::Closed)]
@@ -92,6 +98,12 @@ pub struct BenchArgs {
     /// Where to write the JSON report [default: target/bench/<targets>.json].
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where the paymesh target's region lives (emptied first; its logs stay).
+    #[arg(long, default_value = "target/bench/paymesh-region")]
+    pub paymesh_dir: PathBuf,
+    /// Nodes in the paymesh target's region.
+    #[arg(long, default_value_t = 3)]
+    pub paymesh_nodes: u64,
     /// PostgreSQL to measure (scripts/postgres.sh start prints it).
     #[arg(long, default_value = POSTGRES_URL_DEFAULT)]
     pub postgres_url: String,
@@ -185,6 +197,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// before the next target runs.
 async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::Result<RunReport> {
     match kind {
+        TargetKind::Paymesh => {
+            let config = PaymeshConfig {
+                dir: args.paymesh_dir.clone(),
+                nodes: args.paymesh_nodes,
+                payers: args.payers,
+                payees: args.payees,
+                prefund_minor: args.prefund,
+            };
+            eprintln!(
+                "paymesh: a {}-node region in {}, {} payer and {} payee partners",
+                config.nodes,
+                config.dir.display(),
+                config.payers,
+                config.payees
+            );
+            let target = Arc::new(PaymeshTarget::setup(&config).await?);
+            let outcome = async {
+                let mut report = load::run(target.clone(), plan).await?;
+                report.audit = Some(target.audit(&report.including_warmup).await?);
+                anyhow::Ok(report)
+            }
+            .await;
+            target.shutdown()?;
+            outcome
+        }
         TargetKind::Postgres => {
             let config = PostgresConfig {
                 url: args.postgres_url.clone(),

@@ -40,6 +40,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::load::{Attempt, Target};
 use super::report::{Audit, AuditCheck, Totals};
+use super::workload::{Pick, CURRENCY};
 
 /// Most connections the target opens (each serves one worker at a time).
 pub const CONNECTIONS_MAX: usize = 64;
@@ -50,8 +51,6 @@ pub const ACCOUNTS_MAX: usize = 100_000;
 pub const PREFUND_DEFAULT_MINOR: i64 = 1_000_000_000_000;
 /// Longest wait for a connection to be set up, in seconds.
 const CONNECT_TIMEOUT_S: u64 = 10;
-/// The currency of every account: a same-region transfer in China.
-const CURRENCY: &str = "CNY";
 /// The mesh's clearing account for the region.
 const CLEARING: &str = "clearing:CN:CNY";
 /// The mesh's fee revenue.
@@ -60,12 +59,6 @@ const FEES: &str = "fees:CNY";
 const SETTLEMENT: &str = "settlement:CNY";
 /// The partner name of the prefunding entries.
 const SETUP_PARTNER: &str = "setup";
-/// Smallest transfer, in fen (10 yuan).
-const AMOUNT_MIN_MINOR: i64 = 1_000;
-/// Transfers are spread over this many fen above the smallest (up to 1,000 yuan).
-const AMOUNT_SPREAD_MINOR: u64 = 99_001;
-/// The merchant discount rate, per mille (0.6 %), rounded down in integers.
-const FEE_PER_MILLE: i64 = 6;
 
 /// Where and how to set up the baseline.
 #[derive(Clone, Debug)]
@@ -123,7 +116,8 @@ struct Statements {
     rollback: Statement,
 }
 
-/// What one `(worker, sequence)` transfers, derived deterministically.
+/// What one `(worker, sequence)` transfers: the workload's [`Pick`], with
+/// account ids and an idempotency key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Transfer {
     partner: String,
@@ -142,25 +136,16 @@ fn payee_id(index: usize) -> String {
     format!("payee:{index:05}")
 }
 
-/// A well-mixed 64-bit value from `x` (splitmix64's finaliser).
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 impl Transfer {
     fn new(worker: usize, sequence: u64, payers: usize, payees: usize) -> Transfer {
-        let bits = mix(mix(worker as u64) ^ sequence);
-        let amount = AMOUNT_MIN_MINOR + ((bits >> 32) % AMOUNT_SPREAD_MINOR) as i64;
+        let pick = Pick::new(worker, sequence, payers, payees);
         Transfer {
             partner: format!("wallet-{worker:03}"),
             key: format!("t-{sequence}"),
-            payer: payer_id((bits % payers as u64) as usize),
-            payee: payee_id(((bits >> 16) % payees as u64) as usize),
-            amount,
-            fee: amount * FEE_PER_MILLE / 1_000,
+            payer: payer_id(pick.payer),
+            payee: payee_id(pick.payee),
+            amount: pick.amount_minor,
+            fee: pick.fee_minor(),
         }
     }
 }
@@ -529,14 +514,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transfers_are_deterministic_and_within_range() {
+    fn transfers_are_the_workload_s_picks() {
         for worker in 0..8 {
             for sequence in 0..1_000 {
                 let t = Transfer::new(worker, sequence, 64, 16);
-                assert_eq!(t, Transfer::new(worker, sequence, 64, 16));
-                assert!((AMOUNT_MIN_MINOR..AMOUNT_MIN_MINOR + AMOUNT_SPREAD_MINOR as i64).contains(&t.amount));
-                assert_eq!(t.fee, t.amount * 6 / 1_000);
-                assert!(t.fee > 0);
+                let pick = Pick::new(worker, sequence, 64, 16);
+                assert_eq!((t.payer.clone(), t.payee.clone()), (payer_id(pick.payer), payee_id(pick.payee)));
+                assert_eq!((t.amount, t.fee), (pick.amount_minor, pick.fee_minor()));
+                assert!(t.fee > 0, "{t:?}");
                 assert!(t.payer.as_str() >= "payer:00000" && t.payer.as_str() <= "payer:00063", "{t:?}");
                 assert!(t.payee.as_str() >= "payee:00000" && t.payee.as_str() <= "payee:00015", "{t:?}");
             }

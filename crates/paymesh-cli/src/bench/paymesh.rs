@@ -1,0 +1,461 @@
+//! paymesh as a benchmark target: a region of `paymesh start` processes on
+//! loopback (3 nodes by default), started fresh for the run, and driven
+//! through the partner API over mutual TLS exactly as a wallet would.
+//!
+//! One transfer is what a partner does to pay a merchant's QR code:
+//! `CreateQuote` (source amount, CNY) and then `CreateTransfer` with that
+//! quote and a unique idempotency key. Both are Raft commands, so a transfer
+//! is two round trips and two replicated, fsynced commands; it counts as
+//! committed when the answer is a COMMITTED same-region transfer (payer
+//! debited, merchant credited, fee booked, in one Raft entry).
+//!
+//! Every payer is its own partner with its own certificate and connection;
+//! merchants are payee partners reached through one QR route each.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use paymesh_client::{ClientError, NodeChannel, PartnerClient, Region};
+use paymesh_node::identity::Identity;
+use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as wire;
+
+use super::load::{Attempt, Target};
+use super::report::{Audit, AuditCheck, Totals};
+use super::workload::{decimal, Pick, CURRENCY, FEE_BPS};
+use crate::local::LocalRegion;
+
+/// The region the benchmark creates.
+const REGION: &str = "bench";
+/// The operator the benchmark configures the region as.
+const OPERATOR: &str = "bench";
+/// Most payer or payee partners (each payer holds a TLS connection).
+pub const PARTNERS_MAX: usize = 1_000;
+/// Most nodes of the benchmark's region.
+pub const NODES_MAX: u64 = 7;
+/// Admin calls in flight while configuring.
+const SETUP_CONCURRENCY: usize = 32;
+/// Longest wait for the region's first leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the replicas to agree after the run.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Transfers listed per page by the audit.
+const AUDIT_PAGE: u32 = 500;
+/// Pages the audit reads per payer before giving up (5,000,000 transfers).
+const AUDIT_PAGES_MAX: usize = 10_000;
+
+/// How to set up the region.
+#[derive(Clone, Debug)]
+pub struct PaymeshConfig {
+    /// Where the region lives; emptied at setup.
+    pub dir: PathBuf,
+    /// Nodes in the region.
+    pub nodes: u64,
+    /// Payer partners.
+    pub payers: usize,
+    /// Payee (merchant) partners.
+    pub payees: usize,
+    /// Each payer's prefunded position, in fen.
+    pub prefund_minor: i64,
+}
+
+/// The region and one partner client per payer.
+pub struct PaymeshTarget {
+    region: Mutex<Option<LocalRegion>>,
+    payers: Vec<PartnerClient>,
+    payees: usize,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for PaymeshTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymeshTarget")
+            .field("dir", &self.dir)
+            .field("payers", &self.payers.len())
+            .field("payees", &self.payees)
+            .finish()
+    }
+}
+
+fn payer_id(index: usize) -> String {
+    format!("payer-{index:05}")
+}
+
+fn payee_id(index: usize) -> String {
+    format!("merchant-{index:05}")
+}
+
+/// The QR route prefix of payee `index`, and a code on it.
+fn qr_prefix(index: usize) -> String {
+    format!("pay://bench/m{index:05}/")
+}
+
+fn money(minor: i64) -> Option<common::Money> {
+    Some(common::Money { amount: decimal(minor), currency: CURRENCY.to_owned() })
+}
+
+/// A reject code's short name, for the report.
+fn code_name(code: i32) -> String {
+    common::RejectCode::try_from(code).map_or_else(
+        |_| format!("reject code {code}"),
+        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_lowercase(),
+    )
+}
+
+/// A failed call's short reason: the step and the gRPC code (messages
+/// would make every failure a reason of its own).
+fn failure(step: &str, error: &ClientError) -> Attempt {
+    match error.status() {
+        Some(status) => Attempt::Failed(format!("{step}: {:?}", status.code())),
+        None => Attempt::Failed(format!("{step}: {error}")),
+    }
+}
+
+impl PaymeshTarget {
+    /// Start a fresh region in `config.dir`, configure the partners, the
+    /// corridor and the routes, prefund the payers, and connect them.
+    pub async fn setup(config: &PaymeshConfig) -> anyhow::Result<PaymeshTarget> {
+        if config.payers == 0 || config.payers > PARTNERS_MAX || config.payees == 0 || config.payees > PARTNERS_MAX {
+            bail!("--payers and --payees must be 1 to {PARTNERS_MAX} for paymesh");
+        }
+        if config.nodes == 0 || config.nodes > NODES_MAX {
+            bail!("--paymesh-nodes must be 1 to {NODES_MAX}");
+        }
+        if config.dir.exists() {
+            std::fs::remove_dir_all(&config.dir)
+                .with_context(|| format!("emptying the region directory {}", config.dir.display()))?;
+        }
+        let exe = std::env::current_exe().context("finding the paymesh binary")?;
+        let mut holders = Vec::with_capacity(config.payers + config.payees);
+        for index in 0..config.payers {
+            holders.push(Identity::partner(&payer_id(index))?);
+        }
+        for index in 0..config.payees {
+            holders.push(Identity::partner(&payee_id(index))?);
+        }
+        let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, "")?;
+        region.initialize(1, LEADER_TIMEOUT).await?;
+        configure(&region, config).await?;
+        let mut payers = Vec::with_capacity(config.payers);
+        for index in 0..config.payers {
+            payers.push(region.partner(&payer_id(index))?);
+        }
+        Ok(PaymeshTarget { region: Mutex::new(Some(region)), payers, payees: config.payees, dir: config.dir.clone() })
+    }
+
+    /// Check the region's books after the run: the ledger balances, every
+    /// replica holds the same state, every node synced its log, and the
+    /// committed transfers the region lists are those the load generator saw
+    /// committed (`totals`, warm-up included).
+    pub async fn audit(&self, totals: &Totals) -> anyhow::Result<Audit> {
+        let mut checks = Vec::new();
+        let (operator, cluster) = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            (region.sdk(&region.operator_stem())?, region.client()?)
+        };
+        let ledger =
+            admin_call(&operator, |mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await })
+                .await?;
+        let detail = ledger
+            .currencies
+            .iter()
+            .map(|c| {
+                let show = |m: &Option<common::Money>| m.as_ref().map_or("-".to_owned(), |m| m.amount.clone());
+                format!("{}: debits {} credits {}", c.currency, show(&c.debits_posted), show(&c.credits_posted))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        checks.push(AuditCheck {
+            name: "debits equal credits in every currency, no position beyond its cap".to_owned(),
+            holds: ledger.balanced,
+            detail: if ledger.balanced { detail } else { format!("{}; {detail}", ledger.violation) },
+        });
+
+        let mut listed = 0u64;
+        for client in &self.payers {
+            listed += count_committed(client).await?;
+        }
+        let holds = listed >= totals.committed && listed <= totals.committed + totals.failed;
+        checks.push(AuditCheck {
+            name: "committed transfers listed equal committed transfers seen".to_owned(),
+            holds,
+            detail: format!(
+                "{listed} listed, {} seen committed, {} failed with an unknown outcome",
+                totals.committed, totals.failed
+            ),
+        });
+
+        let converged = {
+            let addrs: Vec<String> = {
+                let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+                guard.as_ref().map(LocalRegion::api_addrs).unwrap_or_default()
+            };
+            wait_agreement(&cluster, &addrs).await
+        };
+        match converged {
+            Ok(nodes) => {
+                let syncs: Vec<String> =
+                    nodes.iter().map(|n| format!("node {}: {} fsyncs", n.node_id, n.log_syncs)).collect();
+                checks.push(AuditCheck {
+                    name: "every replica applied the same state".to_owned(),
+                    holds: true,
+                    detail: format!(
+                        "{} nodes at applied index {}",
+                        nodes.len(),
+                        nodes.first().and_then(|n| n.applied_index).unwrap_or(0)
+                    ),
+                });
+                checks.push(AuditCheck {
+                    name: "commits were durable (every node fsynced its log)".to_owned(),
+                    holds: nodes.iter().all(|n| n.log_syncs > 0),
+                    detail: syncs.join(", "),
+                });
+            }
+            Err(e) => checks.push(AuditCheck {
+                name: "every replica applied the same state".to_owned(),
+                holds: false,
+                detail: format!("{e:#}"),
+            }),
+        }
+        Ok(Audit::new(checks))
+    }
+
+    /// Stop the region's processes (SIGTERM, bounded wait).
+    pub fn shutdown(&self) -> anyhow::Result<()> {
+        let region = self.region.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut region) = region {
+            region.stop()?;
+        }
+        Ok(())
+    }
+}
+
+/// Wait (bounded) until the nodes at `addrs` report the same applied index
+/// and state digest.
+async fn wait_agreement(
+    client: &paymesh_node::cluster_client::ClusterClient,
+    addrs: &[String],
+) -> anyhow::Result<Vec<admin::GetNodeStatusResponse>> {
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let mut statuses = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if let Ok(status) = client.status(addr, true).await {
+                statuses.push(status);
+            }
+        }
+        let agree = statuses.len() == addrs.len()
+            && statuses.iter().all(|s| {
+                s.applied_index.is_some()
+                    && s.applied_index == statuses[0].applied_index
+                    && s.state_digest == statuses[0].state_digest
+            });
+        if agree {
+            return Ok(statuses);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let seen: Vec<String> =
+                statuses.iter().map(|s| format!("node {} applied {:?}", s.node_id, s.applied_index)).collect();
+            bail!("the replicas did not agree within {CONVERGE_TIMEOUT:?}: {}", seen.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The payer's committed transfers, counted through ListTransfers.
+async fn count_committed(client: &PartnerClient) -> anyhow::Result<u64> {
+    let mut count = 0u64;
+    let mut token = String::new();
+    for _ in 0..AUDIT_PAGES_MAX {
+        let page = client
+            .list_transfers(wire::ListTransfersRequest {
+                state: wire::TransferState::Committed as i32,
+                page_size: AUDIT_PAGE,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("audit: listing transfers")?;
+        count += page.transfers.len() as u64;
+        if page.next_page_token.is_empty() {
+            return Ok(count);
+        }
+        token = page.next_page_token;
+    }
+    bail!("audit: a payer has more than {} transfers", AUDIT_PAGES_MAX as u64 * u64::from(AUDIT_PAGE))
+}
+
+async fn admin_call<T, F, Fut>(operator: &Region, call: F) -> anyhow::Result<T>
+where
+    F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let answer = operator
+        .call(None, |channel| {
+            let fut = call(AdminServiceClient::new(channel));
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    Ok(answer)
+}
+
+/// Partners, prefunding, the corridor and the routes, `SETUP_CONCURRENCY`
+/// calls at a time; any refusal fails the setup.
+async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Result<()> {
+    let operator = region.sdk(&region.operator_stem())?;
+    let operator = &operator;
+    let mut partners = Vec::with_capacity(config.payers + config.payees);
+    for index in 0..config.payers {
+        partners.push((payer_id(index), admin::PartnerRole::Payer));
+    }
+    for index in 0..config.payees {
+        partners.push((payee_id(index), admin::PartnerRole::Payee));
+    }
+    stream::iter(partners)
+        .map(|(id, role)| async move {
+            let request = admin::UpsertPartnerRequest {
+                partner_id: id.clone(),
+                home_region: REGION.to_owned(),
+                role: role as i32,
+                settlement_currency: CURRENCY.to_owned(),
+                net_debit_cap: money(0),
+            };
+            let answer = admin_call(operator, |mut c| {
+                let request = request.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await?;
+            if answer.reject_code != 0 {
+                bail!("partner {id}: {}", code_name(answer.reject_code));
+            }
+            Ok(())
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    stream::iter(0..config.payers)
+        .map(|index| async move {
+            let request = admin::TopUpPositionRequest {
+                partner_id: payer_id(index),
+                amount: money(config.prefund_minor),
+                reference: format!("prefund-{index}"),
+            };
+            let answer = admin_call(operator, |mut c| {
+                let request = request.clone();
+                async move { c.top_up_position(request).await }
+            })
+            .await?;
+            if answer.reject_code != 0 {
+                bail!("prefunding {}: {}", payer_id(index), code_name(answer.reject_code));
+            }
+            Ok(())
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let corridor = admin::UpsertCorridorRequest {
+        corridor: Some(common::CorridorId {
+            source_currency: CURRENCY.to_owned(),
+            source_region: REGION.to_owned(),
+            destination_currency: CURRENCY.to_owned(),
+            destination_region: REGION.to_owned(),
+        }),
+        spread_bps: 0,
+        fee: Some(admin::FeeSchedule {
+            fixed: money(0),
+            rate_bps: FEE_BPS as u32,
+            min: money(0),
+            // 0.6 % of the largest transfer is 6 yuan.
+            max: money(100_000),
+        }),
+        min_amount: money(1),
+        max_amount: money(10_000_000),
+        // A cap no run reaches: the benchmark measures throughput, not caps.
+        daily_cap: money(100_000_000_000_000),
+    };
+    let answer = admin_call(operator, |mut c| {
+        let request = corridor.clone();
+        async move { c.upsert_corridor(request).await }
+    })
+    .await?;
+    if answer.reject_code != 0 {
+        bail!("the corridor: {}", code_name(answer.reject_code));
+    }
+
+    stream::iter(0..config.payees)
+        .map(|index| async move {
+            let request = admin::UpsertPayeeRouteRequest {
+                qr_prefix: qr_prefix(index),
+                payee_partner_id: payee_id(index),
+                region: REGION.to_owned(),
+                currency: CURRENCY.to_owned(),
+            };
+            let answer = admin_call(operator, |mut c| {
+                let request = request.clone();
+                async move { c.upsert_payee_route(request).await }
+            })
+            .await?;
+            if answer.reject_code != 0 {
+                bail!("route to {}: {}", payee_id(index), code_name(answer.reject_code));
+            }
+            Ok(())
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+impl Target for PaymeshTarget {
+    fn name(&self) -> String {
+        "paymesh".to_owned()
+    }
+
+    async fn transfer(&self, worker: usize, sequence: u64) -> Attempt {
+        let pick = Pick::new(worker, sequence, self.payers.len(), self.payees);
+        let Some(client) = self.payers.get(pick.payer) else {
+            return Attempt::Failed("paymesh: no such payer".to_owned());
+        };
+        let qr = format!("{}till-1", qr_prefix(pick.payee));
+        let quote = wire::CreateQuoteRequest {
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: decimal(pick.amount_minor),
+                currency: CURRENCY.to_owned(),
+            })),
+        };
+        let quote = match client.create_quote(quote).await {
+            Ok(answer) => match answer.quote {
+                Some(quote) => quote,
+                None => return Attempt::Declined(format!("quote: {}", code_name(answer.reject_code))),
+            },
+            Err(e) => return failure("quote", &e),
+        };
+        let request = wire::CreateTransferRequest {
+            idempotency_key: format!("w{worker}-{sequence}"),
+            quote_id: quote.quote_id,
+            qr_payload: qr,
+            payer: Some(wire::PayerDetails {
+                name: "Bench Payer".to_owned(),
+                account: format!("acct-{worker}"),
+                reference: format!("bench {sequence}"),
+            }),
+        };
+        match client.create_transfer(request).await {
+            Ok(answer) if answer.reject_code != 0 => Attempt::Declined(code_name(answer.reject_code)),
+            Ok(answer) => match answer.transfer.map(|t| t.state) {
+                Some(state) if state == wire::TransferState::Committed as i32 => Attempt::Committed,
+                state => Attempt::Failed(format!("transfer: unexpected state {state:?}")),
+            },
+            Err(e) => failure("transfer", &e),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The PostgreSQL baseline end to end: `scripts/postgres.sh start` brings up
+//! a local cluster (installing Debian's postgresql if it is missing: a missing
+//! PostgreSQL is an error here, not a skip), then the `paymesh bench` binary
+//! runs the baseline's double-entry transfers against it, audits the books and
+//! writes its JSON report.
+//!
+//! Nothing here depends on the machine's speed: the runs only need to commit
+//! something, and the audit must hold however many transfers they made.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Start the cluster (idempotent) and return the URL the script prints.
+fn start_postgres() -> String {
+    let output = Command::new("bash").arg(repo_root().join("scripts/postgres.sh")).arg("start").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scripts/postgres.sh start failed:\n{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let url = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    assert!(url.starts_with("postgres://"), "the script printed {stdout:?}, not a URL; stderr:\n{stderr}");
+    url
+}
+
+/// Run `paymesh bench --target postgres` with `args`; returns its first run's
+/// JSON report and what it printed.
+fn bench(url: &str, schema: &str, args: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report/postgres.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_paymesh"))
+        .args(["bench", "--target", "postgres", "--postgres-url", url, "--postgres-schema", schema, "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "paymesh bench failed:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["runs"].as_array().unwrap().len(), 1, "{report}");
+    (report["runs"][0].clone(), stdout)
+}
+
+fn count(run: &Value, field: &str) -> u64 {
+    run[field].as_u64().unwrap_or_else(|| panic!("{field} is not a count in {run}"))
+}
+
+fn assert_audit_holds(run: &Value, stdout: &str) {
+    assert_eq!(run["audit"]["holds"], true, "the audit does not hold: {}", run["audit"]);
+    let checks = run["audit"]["checks"].as_array().unwrap();
+    assert!(checks.len() >= 4, "{checks:?}");
+    assert!(checks.iter().all(|c| c["holds"] == true), "{checks:?}");
+    assert!(stdout.contains("audit of postgres: holds"), "{stdout}");
+}
+
+fn assert_counts_add_up(run: &Value) {
+    assert_eq!(
+        count(run, "attempted"),
+        count(run, "committed") + count(run, "declined") + count(run, "failed"),
+        "{run}"
+    );
+    let all = &run["including_warmup"];
+    assert_eq!(count(all, "attempted"), count(all, "committed") + count(all, "declined") + count(all, "failed"));
+    assert!(count(all, "attempted") >= count(run, "attempted"), "{run}");
+}
+
+#[test]
+fn closed_loop_commits_durably_and_the_books_balance() {
+    let url = start_postgres();
+    let (run, stdout) =
+        bench(&url, "test_baseline_closed", &["--workers", "8", "--warmup", "1", "--duration", "2", "--no-progress"]);
+
+    assert_eq!(run["target"], "postgres");
+    assert_eq!(run["mode"], serde_json::json!({"kind": "closed", "workers": 8}));
+    assert_eq!(run["warmup_s"], 1.0);
+    assert_eq!(run["duration_s"], 2.0);
+    assert!(count(&run, "committed") > 0, "{run}");
+    assert_eq!(count(&run, "dropped"), 0, "a closed loop drops nothing");
+    assert_counts_add_up(&run);
+    let throughput = run["throughput_per_s"].as_f64().unwrap();
+    assert!((throughput - count(&run, "committed") as f64 / 2.0).abs() < 1e-6, "{run}");
+
+    let latency = &run["latency_ms"];
+    let ms = |field: &str| latency[field].as_f64().unwrap_or_else(|| panic!("latency_ms.{field} in {run}"));
+    assert!(ms("p50") > 0.0, "{latency}");
+    assert!(ms("p50") <= ms("p90") && ms("p90") <= ms("p99"), "{latency}");
+    assert!(ms("p99") <= ms("p999") && ms("p999") <= ms("max"), "{latency}");
+    assert!(ms("mean") > 0.0 && ms("mean") <= ms("max"), "{latency}");
+
+    let timeline = run["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 2, "one entry per measured second: {timeline:?}");
+    let per_second: u64 = timeline.iter().map(|s| s["committed"].as_u64().unwrap()).sum();
+    assert_eq!(per_second, count(&run, "committed"));
+
+    assert_audit_holds(&run, &stdout);
+    assert!(stdout.contains("latency p99.9"), "the table is printed:\n{stdout}");
+}
+
+/// Payers funded for at most one transfer each: the conditional debit must
+/// decline the rest, and no payer may end beyond its cap. Also drives the
+/// open loop against a real target.
+#[test]
+fn open_loop_declines_transfers_beyond_the_position_and_the_books_balance() {
+    let url = start_postgres();
+    // The smallest transfer is 10 yuan plus its fee, so 15 yuan buys at most one.
+    let (run, stdout) = bench(
+        &url,
+        "test_baseline_declines",
+        &[
+            "--mode",
+            "open",
+            "--rate",
+            "300",
+            "--max-in-flight",
+            "16",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+            "--payers",
+            "8",
+            "--prefund",
+            "1500",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(run["mode"], serde_json::json!({"kind": "open", "rate_per_second": 300, "in_flight_max": 16}));
+    assert_counts_add_up(&run);
+    let all = &run["including_warmup"];
+    // 600 scheduled; some may be dropped on a slow machine, but far more than
+    // eight are sent, and at most eight can commit.
+    assert_eq!(count(all, "attempted") + count(all, "dropped"), 600, "{run}");
+    assert!(count(all, "committed") <= 8, "a payer paid twice on a one-transfer position: {run}");
+    assert!(count(all, "declined") > 0, "{run}");
+    assert_eq!(count(all, "failed"), 0, "{run}");
+    assert!(run["decline_reasons"]["insufficient position"].as_u64().unwrap_or(0) > 0 || count(&run, "declined") == 0);
+    assert_audit_holds(&run, &stdout);
+}
