@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,16 +107,19 @@ fn validate(text: &str, what: &'static str, max: usize, alphabet: Alphabet) -> R
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, $alphabet:expr) => {
         $(#[$doc])*
+        ///
+        /// Shared, immutable text: a clone (and the state clones ids into
+        /// many indexes) is a reference count, not an allocation.
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validate and wrap an identifier.
             pub fn new(text: impl Into<String>) -> Result<Self, IdError> {
                 let text = text.into();
                 validate(&text, $what, $max, $alphabet)?;
-                Ok($name(text))
+                Ok($name(Arc::from(text)))
             }
 
             /// The identifier as text.
@@ -146,7 +150,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
     };
@@ -267,7 +271,7 @@ sequenced_id!(
 /// personal data; only the payer region can map it back to the payer.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct PayerToken(String);
+pub struct PayerToken(Arc<str>);
 
 impl PayerToken {
     /// The token's prefix.
@@ -284,7 +288,7 @@ impl PayerToken {
         for byte in &digest[..Self::HEX_CHARS / 2] {
             token.push_str(&format!("{byte:02x}"));
         }
-        PayerToken(token)
+        PayerToken(Arc::from(token))
     }
 
     /// Parse a token received from another region.
@@ -294,7 +298,7 @@ impl PayerToken {
             Some(hex)
                 if hex.len() == Self::HEX_CHARS && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
             {
-                Ok(PayerToken(text.to_owned()))
+                Ok(PayerToken(Arc::from(text)))
             }
             _ => Err(IdError::Malformed {
                 what: "payer token",
@@ -325,7 +329,7 @@ impl TryFrom<String> for PayerToken {
 
 impl From<PayerToken> for String {
     fn from(token: PayerToken) -> String {
-        token.0
+        token.0.to_string()
     }
 }
 
