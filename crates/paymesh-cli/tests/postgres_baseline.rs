@@ -1,8 +1,9 @@
-//! The PostgreSQL baseline end to end: `scripts/postgres.sh start` brings up
-//! a local cluster (installing Debian's postgresql if it is missing: a missing
+//! `paymesh bench` end to end: `scripts/postgres.sh start` brings up a local
+//! cluster (installing Debian's postgresql if it is missing: a missing
 //! PostgreSQL is an error here, not a skip), then the `paymesh bench` binary
 //! runs the baseline's double-entry transfers against it, audits the books and
-//! writes its JSON report.
+//! writes its JSON report; and the same workload runs side by side on a fresh
+//! paymesh region and on PostgreSQL.
 //!
 //! Nothing here depends on the machine's speed: the runs only need to commit
 //! something, and the audit must hold however many transfers they made.
@@ -32,11 +33,22 @@ fn start_postgres() -> String {
 /// Run `paymesh bench --target postgres` with `args`; returns its first run's
 /// JSON report and what it printed.
 fn bench(url: &str, schema: &str, args: &[&str]) -> (Value, String) {
+    let (report, stdout) = bench_targets("postgres", url, schema, args);
+    assert_eq!(report["runs"].as_array().unwrap().len(), 1, "{report}");
+    (report["runs"][0].clone(), stdout)
+}
+
+/// Run `paymesh bench --target <targets>` with `args`; returns its JSON
+/// report and what it printed. A paymesh region lives in a temporary
+/// directory.
+fn bench_targets(targets: &str, url: &str, schema: &str, args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report/postgres.json");
+    let json = dir.path().join("report/bench.json");
     let output = Command::new(env!("CARGO_BIN_EXE_paymesh"))
-        .args(["bench", "--target", "postgres", "--postgres-url", url, "--postgres-schema", schema, "--json"])
+        .args(["bench", "--target", targets, "--postgres-url", url, "--postgres-schema", schema, "--json"])
         .arg(&json)
+        .arg("--paymesh-dir")
+        .arg(dir.path().join("region"))
         .args(args)
         .output()
         .unwrap();
@@ -44,8 +56,7 @@ fn bench(url: &str, schema: &str, args: &[&str]) -> (Value, String) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "paymesh bench failed:\n{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(report["runs"].as_array().unwrap().len(), 1, "{report}");
-    (report["runs"][0].clone(), stdout)
+    (report, stdout)
 }
 
 fn count(run: &Value, field: &str) -> u64 {
@@ -142,4 +153,36 @@ fn open_loop_declines_transfers_beyond_the_position_and_the_books_balance() {
     assert_eq!(count(all, "failed"), 0, "{run}");
     assert!(run["decline_reasons"]["insufficient position"].as_u64().unwrap_or(0) > 0 || count(&run, "declined") == 0);
     assert_audit_holds(&run, &stdout);
+}
+
+/// The default comparison: a fresh 3-node paymesh region (partner API over
+/// mutual TLS) and PostgreSQL carry out the same transfers; both audits hold
+/// and the report gives their ratio.
+#[test]
+fn paymesh_and_postgres_side_by_side() {
+    let url = start_postgres();
+    let (report, stdout) = bench_targets(
+        "paymesh,postgres",
+        &url,
+        "test_side_by_side",
+        &["--workers", "16", "--warmup", "0.5", "--duration", "1.5", "--payers", "8", "--payees", "4", "--no-progress"],
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["paymesh", "postgres"], "{report}");
+    for run in runs {
+        assert!(count(run, "committed") > 0, "{run}");
+        assert_eq!(count(run, "failed"), 0, "{run}");
+        assert_counts_add_up(run);
+        assert_eq!(run["audit"]["holds"], true, "{}", run["audit"]);
+    }
+    let checks: Vec<&str> =
+        runs[0]["audit"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(checks.iter().any(|c| c.contains("every replica applied the same state")), "{checks:?}");
+    assert!(checks.iter().any(|c| c.contains("committed transfers listed")), "{checks:?}");
+    let ratio = &report["throughput_ratios"][0];
+    assert_eq!((ratio["numerator"].as_str(), ratio["denominator"].as_str()), (Some("paymesh"), Some("postgres")));
+    assert!(ratio["ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(stdout.contains("paymesh / postgres = "), "{stdout}");
+    assert!(stdout.contains("audit of paymesh: holds"), "{stdout}");
 }
