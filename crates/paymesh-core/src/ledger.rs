@@ -628,6 +628,12 @@ impl Ledger {
         undo.push(Undo::Account(id.clone(), self.accounts.insert(id.clone(), account)));
     }
 
+    /// Whether an entry was resolved before `cutoff` (what
+    /// [`Ledger::purge_resolved_before`] would forget).
+    pub fn has_resolved_before(&self, cutoff: Timestamp) -> bool {
+        self.resolved.get_min().is_some_and(|first| first.0 < cutoff)
+    }
+
     /// Forget at most `max` posted or voided entries resolved before `cutoff`.
     /// Balances are unaffected; only the entries' records go. Returns how many went.
     pub fn purge_resolved_before(&mut self, cutoff: Timestamp, max: usize) -> usize {

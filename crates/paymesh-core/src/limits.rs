@@ -46,6 +46,12 @@ pub const BASIS_POINTS_MAX: u32 = 2_000;
 /// How long a quote stays valid after it is created, in milliseconds.
 pub const QUOTE_TTL_MS: u64 = 60 * 1000;
 
+/// How long an expired quote is remembered, in milliseconds, so that a
+/// transfer arriving just late hears QUOTE_EXPIRED rather than
+/// QUOTE_NOT_FOUND. Short, because remembered quotes count towards
+/// [`QUOTES_OUTSTANDING_MAX`].
+pub const QUOTE_RETENTION_AFTER_EXPIRY_MS: u64 = 10 * 1000;
+
 /// How long the participant region has to prepare a cross-border transfer, in
 /// milliseconds from its reservation. A transfer still unprepared at its
 /// deadline is aborted by the coordinator.

@@ -38,8 +38,8 @@ use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, Regio
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
     EVENTS_RETAINED_PER_PARTNER, FINISHED_TRANSFER_RETENTION_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX,
-    QUOTES_OUTSTANDING_MAX, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX,
-    TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
+    QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS,
+    SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
@@ -931,7 +931,8 @@ impl State {
         }
 
         let mut purged = 0usize;
-        purged += purge_before(&mut self.quote_expiry, now, &mut budget, |(_, id)| {
+        let quotes_cutoff = now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS);
+        purged += purge_before(&mut self.quote_expiry, quotes_cutoff, &mut budget, |(_, id)| {
             self.quotes.remove(&id);
         });
         let idempotency = &mut self.idempotency;
@@ -967,6 +968,22 @@ impl State {
         purged += self.ledger.purge_resolved_before(cutoff, budget);
         report.purged = u32::try_from(purged).unwrap_or(u32::MAX);
         report
+    }
+
+    /// Whether a `Tick` at `now` would find work: a reserved transfer past
+    /// its deadline, or a record past its retention. The leader proposes a
+    /// `Tick` only then, so an idle region writes nothing.
+    pub fn tick_due(&self, now: Timestamp) -> bool {
+        let cutoff = now.minus_ms(FINISHED_TRANSFER_RETENTION_MS);
+        let idle = now.minus_ms(SESSION_IDLE_EXPIRY_MS);
+        due(&self.deadlines, now)
+            || due(&self.quote_expiry, now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS))
+            || due(&self.idempotency_expiry, now)
+            || due(&self.top_up_expiry, now)
+            || due(&self.transfers_finished, cutoff)
+            || due(&self.participations_finished, cutoff)
+            || self.sessions.values().any(|s| s.last_active < idle)
+            || self.ledger.has_resolved_before(cutoff)
     }
 
     fn emit(&mut self, partner: &PartnerId, view: &TransferView, kind: EventKind, amount: Money, now: Timestamp) {
@@ -1285,6 +1302,12 @@ fn purge_before<K: Ord + Clone + TimeKeyed>(
         purged += 1;
     }
     purged
+}
+
+/// Whether `index` holds a key at or before `cutoff` (what [`purge_before`]
+/// would remove).
+fn due<K: Ord + Clone + TimeKeyed>(index: &OrdSet<K>, cutoff: Timestamp) -> bool {
+    index.get_min().is_some_and(|first| first.time() <= cutoff)
 }
 
 /// An index key that starts with a time.

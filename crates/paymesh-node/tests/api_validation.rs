@@ -575,3 +575,41 @@ async fn every_admin_field_is_validated() {
     );
     assert_eq!(f.business(), before, "no bad admin request changed the state");
 }
+
+/// Nobody sends `Tick`: the leader proposes it when the applied state has
+/// housekeeping due. An expired quote is remembered for the grace period and
+/// then forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_ticks_and_expired_quotes_are_forgotten() {
+    use paymesh_core::limits::QUOTE_RETENTION_AFTER_EXPIRY_MS;
+
+    let f = fixture().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let rate = admin::SetFxRateRequest {
+        corridor: corridor("EUR"),
+        mid_rate: "0.9".into(),
+        valid_from_unix_ms: now - 1_000,
+        valid_until_unix_ms: now + 500,
+    };
+    assert_eq!(f.admin.set_fx_rate(operator_request(rate)).await.unwrap().into_inner().reject_code, 0);
+    let euro = wire::CreateQuoteRequest {
+        qr_payload: "pay://euro/shop".into(),
+        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+            amount: "5".into(),
+            currency: "USD".into(),
+        })),
+    };
+    let quote = f.partner.create_quote(partner_request(euro)).await.unwrap().into_inner().quote.unwrap();
+    let id = paymesh_core::id::QuoteId::parse(&quote.quote_id).unwrap();
+    let expires = Duration::from_millis(u64::try_from(quote.expires_unix_ms - now).unwrap());
+    let started = std::time::Instant::now();
+    let forgotten = tokio::time::timeout(Duration::from_secs(30), async {
+        while f.node.state_machine.applied().state.quote(&id).is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(forgotten.is_ok(), "the expired quote was still remembered after 30 s");
+    let grace = Duration::from_millis(QUOTE_RETENTION_AFTER_EXPIRY_MS);
+    assert!(started.elapsed() >= expires + grace - Duration::from_millis(100), "forgotten too early");
+}

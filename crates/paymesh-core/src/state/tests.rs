@@ -496,11 +496,20 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
     deliver_all(&mut west, &mut east, T0);
     deliver_all(&mut west, &mut east, T0);
     assert!(west.state.quote(&quote).is_some());
-    west.run(CommandBody::Tick, T0.plus_ms(QUOTE_TTL_MS));
+    assert!(!west.state.tick_due(T0), "nothing is due yet");
+    let expired = T0.plus_ms(QUOTE_TTL_MS);
+    assert!(!west.state.tick_due(expired), "an expired quote is remembered a while");
+    west.run(CommandBody::Tick, expired);
+    assert!(west.state.quote(&quote).is_some(), "an expired quote is remembered a while");
+    let forgotten = expired.plus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS);
+    assert!(west.state.tick_due(forgotten));
+    west.run(CommandBody::Tick, forgotten);
     assert!(west.state.quote(&quote).is_none(), "expired quotes are purged");
     let later = T0.plus_ms(FINISHED_TRANSFER_RETENTION_MS + IDEMPOTENCY_RETENTION_MS);
+    assert!(west.state.tick_due(later) && east.state.tick_due(later));
     west.run(CommandBody::Tick, later);
     east.run(CommandBody::Tick, later);
+    assert!(!west.state.tick_due(later) && !east.state.tick_due(later), "one tick did all the work");
     assert_eq!(west.state.transfers().count(), 0);
     assert_eq!(east.state.participations().count(), 0);
     assert!(west.state.idempotency.is_empty());
@@ -529,6 +538,9 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
     }
     let Outcome::Ticked(report) = busy.run(CommandBody::Tick, later) else { panic!("tick") };
     assert_eq!(report.purged as usize, TICK_WORK_MAX);
+    assert!(busy.state.tick_due(later), "the rest waits for the next tick");
+    busy.run(CommandBody::Tick, later);
+    assert!(!busy.state.tick_due(later));
 }
 
 #[test]

@@ -10,15 +10,21 @@
 //! Each command gets an id from the proposer's session (this node and its
 //! term as leader) and a sequence number, so a proposal repeated by openraft
 //! or by a retry is applied once.
+//!
+//! The proposer also keeps the region's house: every [`TICK_INTERVAL`] it
+//! proposes a `Tick` (deadlines, retention) if the applied state says one has
+//! work, and proposes the next at once while a tick used its whole budget.
+//! At most one tick is in flight.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use openraft::error::{ClientWriteError, RaftError};
 use paymesh_core::command::{Batch, Command, CommandBody, CommandId};
-use paymesh_core::limits::BATCH_COMMANDS_MAX;
+use paymesh_core::limits::{BATCH_COMMANDS_MAX, TICK_WORK_MAX};
 use paymesh_core::{Outcome, Timestamp};
 use paymesh_store::raft_types::Raft;
+use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 
 use super::Refusal;
@@ -31,6 +37,10 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
 
 /// Commands waiting to be proposed, at most; beyond this new ones are refused.
 pub const QUEUE_COMMANDS_MAX: usize = 32_768;
+
+/// How often the leader looks for housekeeping due: a cross-border transfer
+/// past its deadline is aborted at most this late.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
 type Waiter = oneshot::Sender<Result<Outcome, Refusal>>;
 
@@ -52,6 +62,8 @@ pub struct Stop;
 /// The group-commit proposer of one leadership term.
 pub struct Proposer {
     raft: Raft,
+    state: StateMachineStore,
+    ticking: bool,
     session: u64,
     next_sequence: u64,
     queue: Vec<(Command, Waiter)>,
@@ -60,9 +72,62 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// A proposer for `raft` whose commands carry `session`.
-    pub fn new(raft: Raft, session: u64) -> Proposer {
-        Proposer { raft, session, next_sequence: 1, queue: Vec::new(), flush_scheduled: false, in_flight: 0 }
+    /// A proposer for `raft` (whose applied state is `state`) whose commands
+    /// carry `session`.
+    pub fn new(raft: Raft, state: StateMachineStore, session: u64) -> Proposer {
+        Proposer {
+            raft,
+            state,
+            ticking: false,
+            session,
+            next_sequence: 1,
+            queue: Vec::new(),
+            flush_scheduled: false,
+            in_flight: 0,
+        }
+    }
+
+    /// Queue a command; a full queue refuses it at once.
+    fn enqueue(&mut self, body: CommandBody, reply: Waiter, ctx: &mut Context<Self>) {
+        if self.queue.len() >= QUEUE_COMMANDS_MAX {
+            let _ = reply.send(Err(Refusal::Overloaded("the proposal queue is full; retry with backoff")));
+            return;
+        }
+        let id = CommandId { session: self.session, sequence: self.next_sequence };
+        self.next_sequence += 1;
+        self.queue.push((Command { id, body }, reply));
+        if self.queue.len() >= BATCH_COMMANDS_MAX {
+            self.flush(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(LINGER, |proposer, ctx| {
+                proposer.flush_scheduled = false;
+                proposer.flush(ctx);
+            });
+        }
+    }
+
+    /// Propose a `Tick` if none is in flight and the applied state has work
+    /// for one; when it used its whole budget, look again at once.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.ticking || !self.state.applied().state.tick_due(Self::leader_now()) {
+            return;
+        }
+        self.ticking = true;
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(CommandBody::Tick, reply, ctx);
+        ctx.spawn(answer.into_actor(self).map(|answer, proposer, ctx| {
+            proposer.ticking = false;
+            match answer {
+                Ok(Ok(Outcome::Ticked(report))) => {
+                    tracing::debug!(aborted = report.aborted, purged = report.purged, "tick applied");
+                    if report.aborted as usize + report.purged as usize >= TICK_WORK_MAX {
+                        proposer.tick(ctx);
+                    }
+                }
+                other => tracing::warn!(?other, "tick not applied; retrying at the next interval"),
+            }
+        }));
     }
 
     fn leader_now() -> Timestamp {
@@ -118,6 +183,10 @@ impl Proposer {
 impl Actor for Proposer {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TICK_INTERVAL, |proposer, ctx| proposer.tick(ctx));
+    }
+
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         for (_, waiter) in self.queue.drain(..) {
             let _ = waiter.send(Err(Refusal::NotLeader));
@@ -129,22 +198,7 @@ impl Handler<Propose> for Proposer {
     type Result = ();
 
     fn handle(&mut self, message: Propose, ctx: &mut Context<Self>) {
-        if self.queue.len() >= QUEUE_COMMANDS_MAX {
-            let _ = message.reply.send(Err(Refusal::Overloaded("the proposal queue is full; retry with backoff")));
-            return;
-        }
-        let id = CommandId { session: self.session, sequence: self.next_sequence };
-        self.next_sequence += 1;
-        self.queue.push((Command { id, body: message.body }, message.reply));
-        if self.queue.len() >= BATCH_COMMANDS_MAX {
-            self.flush(ctx);
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.run_later(LINGER, |proposer, ctx| {
-                proposer.flush_scheduled = false;
-                proposer.flush(ctx);
-            });
-        }
+        self.enqueue(message.body, message.reply, ctx);
     }
 }
 

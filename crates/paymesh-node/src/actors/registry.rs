@@ -146,7 +146,7 @@ impl Handler<Leadership> for Registry {
                 // A proposer session per (node, term): command ids never repeat
                 // across leaders or terms.
                 let session = (self.node.config.node_id << 40) ^ term;
-                let proposer = Proposer::new(self.node.raft.clone(), session).start();
+                let proposer = Proposer::new(self.node.raft.clone(), self.node.state_machine.clone(), session).start();
                 tracing::info!(term, session, "leading: proposer started");
                 self.current = Some(Term { term, proposer, partners: HashMap::new(), corridors: HashMap::new() });
             }
