@@ -1072,7 +1072,9 @@ impl State {
         use std::ops::Bound;
         let start = match after {
             Some(id) => Bound::Excluded((partner.clone(), id.clone())),
-            None => Bound::Included((partner.clone(), TransferId::new(RegionId::new("a").expect("valid"), 0))),
+            // "0" is the smallest region id there is (ids are [a-z0-9-] and
+            // cannot start with '-'), so this bound is below every transfer.
+            None => Bound::Included((partner.clone(), TransferId::new(RegionId::new("0").expect("valid"), 0))),
         };
         self.partner_transfers
             .range((start, Bound::Unbounded))

@@ -64,19 +64,25 @@ impl Gateway {
     }
 
     /// The calling partner, configured in this region; PERMISSION_DENIED for
-    /// another kind of caller, NOT_FOUND for a partner unknown here.
-    pub fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
-        match identity_of(request, self.plaintext())? {
-            Identity::Partner(id) => {
-                if self.node.state_machine.applied().state.partner(&id).is_none() {
-                    return Err(Status::not_found(format!(
-                        "PartnerNotFound: partner {id} is not configured in this region"
-                    )));
-                }
-                Ok(id)
-            }
-            other => Err(Status::permission_denied(format!("{other} may not call the partner API"))),
+    /// another kind of caller, NOT_FOUND for a partner unknown here. A
+    /// partner this node does not know yet is looked up again after a
+    /// linearizable read (this node might lag), so NOT_FOUND is only ever the
+    /// leader's up-to-date answer; a follower answers UNAVAILABLE with the
+    /// leader's address instead.
+    pub async fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
+        let id = match identity_of(request, self.plaintext())? {
+            Identity::Partner(id) => id,
+            other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
+        };
+        let known = |gateway: &Gateway| gateway.node.state_machine.applied().state.partner(&id).is_some();
+        if known(self) {
+            return Ok(id);
         }
+        self.linearizable().await?;
+        if known(self) {
+            return Ok(id);
+        }
+        Err(Status::not_found(format!("PartnerNotFound: partner {id} is not configured in this region")))
     }
 
     /// Require an operator caller.

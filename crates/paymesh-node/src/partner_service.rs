@@ -60,7 +60,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::LookupPayeeRequest>,
     ) -> Result<Response<wire::LookupPayeeResponse>, Status> {
-        self.gateway.partner(&request)?;
+        self.gateway.partner(&request).await?;
         let qr = convert::qr_payload("qr_payload", &request.get_ref().qr_payload)?;
         match self.gateway.node.state_machine.applied().state.lookup_payee(&qr) {
             Some(payee) => {
@@ -74,7 +74,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::CreateQuoteRequest>,
     ) -> Result<Response<wire::CreateQuoteResponse>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
         let request = request.into_inner();
         let payee = convert::qr_payload("qr_payload", &request.qr_payload)?;
         let amount = match &request.amount {
@@ -102,7 +102,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::CreateTransferRequest>,
     ) -> Result<Response<wire::CreateTransferResponse>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
         let request = request.into_inner();
         let transfer = TransferRequest {
             partner: partner.clone(),
@@ -136,7 +136,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::GetTransferRequest>,
     ) -> Result<Response<wire::GetTransferResponse>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
         let id = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
         self.gateway.linearizable().await?;
         let applied = self.gateway.node.state_machine.applied();
@@ -150,7 +150,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::ListTransfersRequest>,
     ) -> Result<Response<wire::ListTransfersResponse>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
         let request = request.into_inner();
         let state_filter = match wire::TransferState::try_from(request.state) {
             Ok(wire::TransferState::Unspecified) => None,
@@ -214,7 +214,7 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::GetPositionRequest>,
     ) -> Result<Response<wire::GetPositionResponse>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
         let wanted = match request.get_ref().currency.as_str() {
             "" => None,
             code => Some(convert::currency("currency", code)?),
@@ -237,7 +237,10 @@ impl PartnerService for PartnerServer {
         &self,
         request: Request<wire::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let partner = self.gateway.partner(&request)?;
+        let partner = self.gateway.partner(&request).await?;
+        // Only the leader streams, and only once it has applied everything
+        // committed: a lagging node must not call a valid cursor out of range.
+        self.gateway.linearizable().await?;
         let after = request.get_ref().from_cursor;
         let newest = self.gateway.node.state_machine.applied().state.last_cursor(&partner);
         if after > newest {

@@ -613,3 +613,35 @@ async fn the_leader_ticks_and_expired_quotes_are_forgotten() {
     let grace = Duration::from_millis(QUOTE_RETENTION_AFTER_EXPIRY_MS);
     assert!(started.elapsed() >= expires + grace - Duration::from_millis(100), "forgotten too early");
 }
+
+/// Retries of one request and a different request under the same key, all at
+/// once: the retries all get the one answer the state machine gives their
+/// body, and the other request gets the other answer. Exactly one transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_and_a_conflicting_body_get_consistent_answers() {
+    let f = fixture().await;
+    for round in 0..5 {
+        let quote = f.partner.create_quote(partner_request(quote("1"))).await.unwrap().into_inner().quote.unwrap();
+        let key = format!("race-{round}");
+        let same = transfer(&key, &quote.quote_id);
+        let mut other = same.clone();
+        other.payer.as_mut().unwrap().reference = "another payment".into();
+        let retries = (0..20).map(|_| f.partner.create_transfer(partner_request(same.clone())));
+        let (answers, conflicting) =
+            tokio::join!(futures::future::join_all(retries), f.partner.create_transfer(partner_request(other)));
+        let summary = |answer: &Result<tonic::Response<wire::CreateTransferResponse>, tonic::Status>| match answer {
+            Ok(response) => Ok(response.get_ref().transfer.as_ref().unwrap().transfer_id.clone()),
+            Err(status) => Err(status.code()),
+        };
+        let first = summary(&answers[0]);
+        assert!(
+            answers.iter().all(|a| summary(a) == first),
+            "retries disagree: {:?}",
+            answers.iter().map(summary).collect::<Vec<_>>()
+        );
+        match (first, summary(&conflicting)) {
+            (Ok(_), Err(Code::AlreadyExists)) | (Err(Code::AlreadyExists), Ok(_)) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}

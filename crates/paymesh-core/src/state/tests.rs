@@ -593,6 +593,41 @@ fn partners_list_and_see_only_their_own_transfers() {
 }
 
 #[test]
+fn transfers_of_regions_with_the_smallest_ids_are_listed() {
+    for name in ["0", "1-east", "9"] {
+        let mut region = Region::new(name, 9);
+        region.partner("alipay-cn", PartnerRole::Both, cny("0"));
+        region.partner("wechat-cn", PartnerRole::Payee, cny("0"));
+        region.top_up("alipay-cn", cny("100"), "wire-1");
+        let route = PayeeRoute {
+            prefix: QrPrefix::new("wxp://").unwrap(),
+            partner: pid("wechat-cn"),
+            region: region.state.region().clone(),
+            currency: CNY,
+        };
+        region.ok(CommandBody::UpsertPayeeRoute(route), T0);
+        let terms =
+            CorridorTerms::new(BasisPoints::ZERO, FeeSchedule::free(CNY), cny("0.01"), cny("50"), cny("1000")).unwrap();
+        let corridor = corridor_id(&format!("CNY:{name}->CNY:{name}"));
+        region.ok(CommandBody::UpsertCorridor { corridor, terms }, T0);
+        let quote = quote_id(&region.quote("alipay-cn", "wxp://shop", QuoteAmount::Source(cny("5")), T0));
+        let paid = CommandBody::CreateTransfer(request("alipay-cn", "k", &quote, "wxp://shop", "Bo"));
+        let view = transfer_view(&region.run(paid, T0));
+        for partner in ["alipay-cn", "wechat-cn"] {
+            let listed: Vec<TransferId> = region
+                .state
+                .transfers_of(&pid(partner), None)
+                .map(|t| match t {
+                    PartnerTransfer::Coordinated(t) => t.view.id.clone(),
+                    PartnerTransfer::Participated(p) => p.prepare.as_ref().unwrap().transfer.clone(),
+                })
+                .collect();
+            assert_eq!(listed, [view.id.clone()], "{partner} in region {name}");
+        }
+    }
+}
+
+#[test]
 fn a_loaded_state_equals_the_saved_one() {
     let (mut west, mut east) = mesh();
     pay(&mut west, "k1", usd("10"), T0);

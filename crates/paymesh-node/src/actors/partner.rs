@@ -161,21 +161,28 @@ impl PartnerActor {
             return;
         }
         // An identical request in flight: wait for its answer. A different
-        // body under the same key is decided by the state machine.
+        // body under the same key is proposed on its own and decided by the
+        // state machine; only the request that registered the key hands its
+        // answer to the waiters and unregisters it.
         let fingerprint = request.fingerprint();
-        if let Some((pending_print, waiters)) = self.pending.get_mut(&request.idempotency_key) {
-            if *pending_print == fingerprint {
+        let owner = match self.pending.get_mut(&request.idempotency_key) {
+            Some((pending_print, waiters)) if *pending_print == fingerprint => {
                 waiters.push(reply);
                 return;
             }
-        } else {
-            self.pending.insert(request.idempotency_key.clone(), (fingerprint, Vec::new()));
-        }
+            Some(_) => false,
+            None => {
+                self.pending.insert(request.idempotency_key.clone(), (fingerprint, Vec::new()));
+                true
+            }
+        };
         let key = request.idempotency_key.clone();
         self.propose(CommandBody::CreateTransfer(request), Route::Proposer, ctx, move |actor, result| {
-            if let Some((_, waiters)) = actor.pending.remove(&key) {
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
+            if owner {
+                if let Some((_, waiters)) = actor.pending.remove(&key) {
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
                 }
             }
             let _ = reply.send(result);
