@@ -7,9 +7,10 @@
 //!
 //! * A node that is not the leader answers UNAVAILABLE with the leader's
 //!   address in `paymesh-leader-addr`; the call is retried there at once.
-//! * UNAVAILABLE without a hint (no leader yet, node down) and
-//!   DEADLINE_EXCEEDED are retried on the next node with capped exponential
-//!   backoff, within a bounded number of attempts and a deadline.
+//! * UNAVAILABLE without a hint (no leader yet, node down), DEADLINE_EXCEEDED,
+//!   and the transport's UNKNOWN, CANCELLED and ABORTED are retried on the
+//!   next node with capped exponential backoff, within a bounded number of
+//!   attempts and a deadline.
 //! * Anything else is an answer, returned as is.
 //!
 //! Retrying a write is safe because it carries an idempotency key

@@ -29,10 +29,17 @@ impl AdminServer {
         AdminServer { gateway }
     }
 
-    /// Propose an operator command; Ok(()) when done, or the reject code (or
-    /// status) otherwise.
-    async fn apply(&self, body: CommandBody) -> Result<i32, Status> {
-        match self.gateway.operate(body).await? {
+    /// Propose an operator command; Ok(0) when done, or the reject code (or
+    /// status) otherwise. Every write is logged with the operator who made it
+    /// and its outcome.
+    async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
+        let command = format!("{body:?}");
+        let outcome = self.gateway.operate(body).await;
+        match &outcome {
+            Ok(outcome) => tracing::info!(operator, command, ?outcome, "operator write"),
+            Err(status) => tracing::info!(operator, command, code = ?status.code(), "operator write not applied"),
+        }
+        match outcome? {
             Outcome::Done => Ok(0),
             Outcome::Rejected(code) => Gateway::rejected(code),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -73,7 +80,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::UpsertPartnerRequest>,
     ) -> Result<Response<wire::UpsertPartnerResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let id = convert::partner_id("partner_id", &r.partner_id)?;
         let config = PartnerConfig {
@@ -83,7 +90,7 @@ impl AdminService for AdminServer {
             currency: convert::currency("settlement_currency", &r.settlement_currency)?,
             net_debit_cap: convert::money("net_debit_cap", r.net_debit_cap.as_ref())?,
         };
-        let reject_code = self.apply(CommandBody::UpsertPartner(config)).await?;
+        let reject_code = self.apply(&operator, CommandBody::UpsertPartner(config)).await?;
         let partner = self.gateway.node.state_machine.applied().state.partner(&id).map(convert::partner_out);
         Ok(Response::new(wire::UpsertPartnerResponse { partner: partner.filter(|_| reject_code == 0), reject_code }))
     }
@@ -92,11 +99,12 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::SetPartnerStatusRequest>,
     ) -> Result<Response<wire::SetPartnerStatusResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let partner = convert::partner_id("partner_id", &r.partner_id)?;
         let status = convert::partner_status("status", r.status)?;
-        let reject_code = self.apply(CommandBody::SetPartnerStatus { partner: partner.clone(), status }).await?;
+        let reject_code =
+            self.apply(&operator, CommandBody::SetPartnerStatus { partner: partner.clone(), status }).await?;
         let stored = self.gateway.node.state_machine.applied().state.partner(&partner).map(convert::partner_out);
         Ok(Response::new(wire::SetPartnerStatusResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
     }
@@ -135,11 +143,12 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::UpsertCorridorRequest>,
     ) -> Result<Response<wire::UpsertCorridorResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
         let terms = convert::corridor_terms(&r)?;
-        let reject_code = self.apply(CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }).await?;
+        let reject_code =
+            self.apply(&operator, CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }).await?;
         let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
         Ok(Response::new(wire::UpsertCorridorResponse { corridor: stored.filter(|_| reject_code == 0), reject_code }))
     }
@@ -148,11 +157,12 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::SetCorridorStatusRequest>,
     ) -> Result<Response<wire::SetCorridorStatusResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
         let status = convert::corridor_status("status", r.status)?;
-        let reject_code = self.apply(CommandBody::SetCorridorStatus { corridor: corridor.clone(), status }).await?;
+        let reject_code =
+            self.apply(&operator, CommandBody::SetCorridorStatus { corridor: corridor.clone(), status }).await?;
         let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
         Ok(Response::new(wire::SetCorridorStatusResponse {
             corridor: stored.filter(|_| reject_code == 0),
@@ -201,7 +211,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::SetFxRateRequest>,
     ) -> Result<Response<wire::SetFxRateResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
         let mid = convert::rate("mid_rate", &r.mid_rate)?;
@@ -210,7 +220,7 @@ impl AdminService for AdminServer {
         let rate = FxRate::new(corridor.source_currency, corridor.destination_currency, mid, from, until)
             .map_err(|e| invalid("rate", e))?;
         let stored = convert::fx_rate_out(&corridor, &rate);
-        let reject_code = self.apply(CommandBody::SetFxRate { corridor, rate }).await?;
+        let reject_code = self.apply(&operator, CommandBody::SetFxRate { corridor, rate }).await?;
         Ok(Response::new(wire::SetFxRateResponse { rate: Some(stored).filter(|_| reject_code == 0), reject_code }))
     }
 
@@ -218,12 +228,13 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::TopUpPositionRequest>,
     ) -> Result<Response<wire::TopUpPositionResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let partner = convert::partner_id("partner_id", &r.partner_id)?;
         let amount = convert::money("amount", r.amount.as_ref())?;
         let reference = convert::top_up_ref("reference", &r.reference)?;
-        let reject_code = self.apply(CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
+        let reject_code =
+            self.apply(&operator, CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
         let position =
             self.gateway.node.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
         Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
@@ -233,7 +244,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::UpsertPayeeRouteRequest>,
     ) -> Result<Response<wire::UpsertPayeeRouteResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let route = paymesh_core::directory::PayeeRoute {
             prefix: convert::qr_prefix("qr_prefix", &r.qr_prefix)?,
@@ -242,7 +253,7 @@ impl AdminService for AdminServer {
             currency: convert::currency("currency", &r.currency)?,
         };
         let stored = convert::route_out(&route);
-        let reject_code = self.apply(CommandBody::UpsertPayeeRoute(route)).await?;
+        let reject_code = self.apply(&operator, CommandBody::UpsertPayeeRoute(route)).await?;
         Ok(Response::new(wire::UpsertPayeeRouteResponse {
             route: Some(stored).filter(|_| reject_code == 0),
             reject_code,
@@ -253,10 +264,10 @@ impl AdminService for AdminServer {
         &self,
         request: Request<wire::RemovePayeeRouteRequest>,
     ) -> Result<Response<wire::RemovePayeeRouteResponse>, Status> {
-        self.gateway.operator(&request)?;
+        let operator = self.gateway.operator(&request)?;
         let prefix = convert::qr_prefix("qr_prefix", &request.get_ref().qr_prefix)?;
         let existed = self.gateway.node.state_machine.applied().state.directory().contains(&prefix);
-        self.apply(CommandBody::RemovePayeeRoute { prefix }).await?;
+        self.apply(&operator, CommandBody::RemovePayeeRoute { prefix }).await?;
         Ok(Response::new(wire::RemovePayeeRouteResponse { removed: existed }))
     }
 

@@ -111,8 +111,8 @@ pub struct NodeConfig {
     pub region: RegionId,
     /// Where to listen for Raft messages from peers.
     pub raft_listen: SocketAddr,
-    /// Where to listen for API calls (cluster operations, later partners and
-    /// operators).
+    /// Where to listen for API calls: the partner and admin APIs, cluster
+    /// operations, health and reflection.
     pub api_listen: SocketAddr,
     /// This node's data: the Raft log and the state machine's checkpoints.
     pub data_dir: PathBuf,

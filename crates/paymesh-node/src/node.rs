@@ -53,8 +53,8 @@ pub struct Pipeline {
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The Raft settings are inconsistent.
-    #[error("raft settings: {0}")]
+    /// The configuration is inconsistent (Raft settings, TLS files).
+    #[error("configuration: {0}")]
     Config(String),
     /// The stores could not be opened.
     #[error("storage: {0}")]

@@ -622,7 +622,7 @@ fn transfers_of_regions_with_the_smallest_ids_are_listed() {
                     PartnerTransfer::Participated(p) => p.prepare.as_ref().unwrap().transfer.clone(),
                 })
                 .collect();
-            assert_eq!(listed, [view.id.clone()], "{partner} in region {name}");
+            assert_eq!(listed, std::slice::from_ref(&view.id), "{partner} in region {name}");
         }
     }
 }
