@@ -293,3 +293,77 @@ async fn a_concurrent_bank_workload_keeps_the_ledger_balanced_and_within_limits(
     region.wait_converged(Duration::from_secs(30)).await;
     println!("bank workload: {committed} committed, {declined} declined for insufficient position");
 }
+
+/// The refusals over the wire of a real region (mutual TLS, three nodes): one
+/// of each kind, plus what only the transport enforces (message size, the
+/// follower's redirect). The full table of field checks is
+/// `paymesh-node/tests/api_validation.rs`, on the same handlers in process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_the_wire_are_specific_and_change_nothing() {
+    use paymesh_proto::partner::v1::partner_service_client::PartnerServiceClient;
+    use tonic::Code;
+
+    let region = Region::start(3, "");
+    let leader = region.initialize(1).await;
+    configure(&region).await;
+    let before = region.wait_converged(Duration::from_secs(20)).await;
+    let a = region.partner("wallet-a");
+    let code = |e: paymesh_client::ClientError| (e.status().unwrap().code(), e.status().unwrap().message().to_owned());
+
+    let (c, m) = code(a.create_quote(quote_request("1.005")).await.unwrap_err());
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("source_amount: USD allows at most 2 fractional digits"), "{m}");
+    let (c, m) = code(a.create_transfer(transfer_request("k 1", "us-west:q1")).await.unwrap_err());
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("idempotency_key"), "{m}");
+    let (c, m) =
+        code(a.get_transfer(wire::GetTransferRequest { transfer_id: "us-west:999".into() }).await.unwrap_err());
+    assert_eq!((c, m.starts_with("TransferNotFound")), (Code::NotFound, true), "{m}");
+    let (c, m) = code(a.lookup_payee(wire::LookupPayeeRequest { qr_payload: "upi://x".into() }).await.unwrap_err());
+    assert_eq!((c, m.starts_with("PayeeNotFound")), (Code::NotFound, true), "{m}");
+    let (c, _) = code(a.stream_events(99).await.unwrap_err());
+    assert_eq!(c, Code::OutOfRange);
+    let operator = paymesh_client::PartnerClient::new(region.sdk("operator-tests").unwrap());
+    let (c, _) = code(operator.get_position(wire::GetPositionRequest::default()).await.unwrap_err());
+    assert_eq!(c, Code::PermissionDenied);
+
+    // Beyond the 1 MiB message limit: refused by the server's decoder.
+    let sdk = region.sdk("partner-wallet-a").unwrap();
+    let leader_addr = region.nodes[&leader].api_addr.clone();
+    let mut raw = PartnerServiceClient::new(sdk.channel(&leader_addr).unwrap());
+    let huge = wire::LookupPayeeRequest { qr_payload: "q".repeat(2 * 1024 * 1024) };
+    let status = raw.lookup_payee(huge).await.unwrap_err();
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+
+    // A follower answers a write with UNAVAILABLE and the leader's address.
+    let follower = region.nodes.values().find(|n| n.id != leader).unwrap().api_addr.clone();
+    let mut raw = PartnerServiceClient::new(sdk.channel(&follower).unwrap());
+    let status = raw.create_quote(quote_request("5")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let hint = status.metadata().get("paymesh-leader-addr").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(hint, Some(leader_addr));
+
+    // None of these refusals reached the log.
+    let after = region.wait_converged(Duration::from_secs(20)).await;
+    assert_eq!(after[0].applied_index, before[0].applied_index);
+    assert_eq!(after[0].state_digest, before[0].state_digest);
+
+    // Suspended: FAILED_PRECONDITION for new business, reads still work.
+    let suspend = admin::SetPartnerStatusRequest {
+        partner_id: "wallet-a".into(),
+        status: admin::PartnerStatus::Suspended as i32,
+    };
+    region
+        .admin(|mut c| {
+            let r = suspend.clone();
+            async move { c.set_partner_status(r).await }
+        })
+        .await;
+    let (c, m) = code(a.create_quote(quote_request("5")).await.unwrap_err());
+    assert_eq!((c, m.starts_with("PartnerSuspended")), (Code::FailedPrecondition, true), "{m}");
+    assert!(a.get_position(wire::GetPositionRequest::default()).await.is_ok());
+
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}
