@@ -2,9 +2,10 @@
 //!
 //! A checkpoint is a snapshot's metadata and bytes (the serialised state with
 //! its `last_applied` and membership). The bytes are stored in chunks under a
-//! new generation's keys; then one sled batch points `head` at the new
-//! generation and removes the old one's chunks, so the switch is atomic: after
-//! a crash, `head` names either the old complete checkpoint or the new one.
+//! new generation's keys; then one insert points `head` at the new
+//! generation, and only then are the old one's chunks removed, so the switch
+//! is atomic: after a crash, `head` names either the old complete checkpoint
+//! or the new one (and leftover chunks are removed by the next save).
 //!
 //! sled's `flush` issues `sync_file_range`, which is not durable across power
 //! loss, so after flushing every file under the sled directory is
@@ -111,15 +112,19 @@ impl Checkpoints {
         };
         let mut encoded = vec![HEAD_FORMAT];
         encoded.extend(postcard::to_stdvec(&head).map_err(|e| CheckpointError::Corrupt(e.to_string()))?);
-        let mut switch = sled::Batch::default();
-        switch.insert(HEAD_KEY, encoded);
+        // One key's insert is atomic, and sled recovers a prefix of its writes:
+        // after a crash `head` names the old checkpoint (whose chunks are
+        // removed only after this) or the new one (whose chunks were written
+        // before it). Not a sled batch: `apply_batch` takes sled's
+        // process-wide write lock, which deadlocked against another sled
+        // database's flush in a process hosting several nodes.
+        self.tree.insert(HEAD_KEY, encoded)?;
         for key in self.tree.iter().keys() {
             let key = key?;
             if key.starts_with(b"g") && !key.starts_with(&generation_prefix(generation)) {
-                switch.remove(key);
+                self.tree.remove(key)?;
             }
         }
-        self.tree.apply_batch(switch)?;
         self.db.flush()?;
         sync_tree(&self.dir)
     }
