@@ -28,8 +28,11 @@ use paymesh_proto::admin::v1 as wire;
 mod admin;
 mod bench;
 mod certs;
+pub mod demo;
 pub mod local;
+pub mod mesh;
 mod status;
+pub mod wan;
 
 /// paymesh: a multi-region payment mesh.
 #[derive(Debug, Parser)]
@@ -162,6 +165,12 @@ enum Command {
     },
     /// Make a region's development CA (or reuse the one in --out) and issue
     /// node, partner and operator certificates as PEM files.
+    /// Start 3 regions × 3 nodes on this machine, drive a mixed cross-border
+    /// and domestic workload, print the summary and check the invariants.
+    Demo {
+        #[command(flatten)]
+        args: demo::DemoArgs,
+    },
     Certs {
         #[command(flatten)]
         args: certs::CertsArgs,
@@ -258,6 +267,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Ledger { target } => admin::ledger(target).await,
         Command::Bench { args } => bench::run(args).await,
         Command::Certs { args } => certs::run(&args),
+        Command::Demo { args } => {
+            if demo::run(&args).await? {
+                Ok(())
+            } else {
+                bail!("an invariant was violated (see the summary above)")
+            }
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub struct LocalNode {
     pub raft_addr: String,
     /// Its API listener, `127.0.0.1:<port>`.
     pub api_addr: String,
+    /// Its inter-region listener, `127.0.0.1:<port>`.
+    pub interregion_addr: String,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its data directory.
@@ -56,15 +58,18 @@ pub struct LocalRegion {
     exe: PathBuf,
     operator: String,
     raft_settings: String,
+    /// Configuration appended to every node's file (the `[[remote_regions]]`
+    /// of a mesh).
+    pub remote_regions: String,
     /// The nodes by id, running or not.
     pub nodes: BTreeMap<u64, LocalNode>,
 }
 
-/// Two free loopback ports that differ.
-fn free_ports() -> anyhow::Result<(u16, u16)> {
-    let a = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    let b = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+/// Three free loopback ports that differ.
+fn free_ports() -> anyhow::Result<(u16, u16, u16)> {
+    let bind = || TcpListener::bind("127.0.0.1:0").context("binding a loopback port");
+    let (a, b, c) = (bind()?, bind()?, bind()?);
+    Ok((a.local_addr()?.port(), b.local_addr()?.port(), c.local_addr()?.port()))
 }
 
 impl LocalRegion {
@@ -81,6 +86,23 @@ impl LocalRegion {
         members: u64,
         raft_settings: &str,
     ) -> anyhow::Result<LocalRegion> {
+        let mut local = LocalRegion::plan(dir, region, exe, operator, holders, members, raft_settings)?;
+        local.launch()?;
+        Ok(local)
+    }
+
+    /// As [`LocalRegion::start`], without starting anything: certificates
+    /// issued and addresses allocated, so a mesh can name every region's
+    /// endpoints in every other's configuration before [`LocalRegion::launch`].
+    pub fn plan(
+        dir: &Path,
+        region: &str,
+        exe: &Path,
+        operator: &str,
+        holders: Vec<Identity>,
+        members: u64,
+        raft_settings: &str,
+    ) -> anyhow::Result<LocalRegion> {
         let region_id = RegionId::new(region).with_context(|| format!("region name {region:?}"))?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut local = LocalRegion {
@@ -89,6 +111,7 @@ impl LocalRegion {
             exe: exe.to_owned(),
             operator: operator.to_owned(),
             raft_settings: raft_settings.to_owned(),
+            remote_regions: String::new(),
             nodes: BTreeMap::new(),
         };
         let mut everyone = vec![Identity::operator(operator)?];
@@ -97,12 +120,17 @@ impl LocalRegion {
         for id in 1..=members {
             local.configure(id)?;
         }
-        let peers: Vec<u64> = local.nodes.keys().copied().collect();
-        for id in &peers {
-            local.write_config(*id, &peers)?;
-            local.spawn(*id)?;
-        }
         Ok(local)
+    }
+
+    /// Write every planned node's configuration and start it.
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        let peers: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in &peers {
+            self.write_config(*id, &peers)?;
+            self.spawn(*id)?;
+        }
+        Ok(())
     }
 
     /// The region's directory.
@@ -134,6 +162,11 @@ impl LocalRegion {
         [certs.join("ca.pem"), certs.join(format!("{stem}.pem")), certs.join(format!("{stem}.key"))]
     }
 
+    /// The region's CA certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.certs().join("ca.pem")
+    }
+
     /// TLS credentials of a holder.
     pub fn credentials(&self, stem: &str) -> anyhow::Result<Credentials> {
         let [ca, cert, key] = self.cert_files(stem);
@@ -143,11 +176,12 @@ impl LocalRegion {
     /// Allocate addresses and a certificate for node `id` (not started).
     pub fn configure(&mut self, id: u64) -> anyhow::Result<()> {
         self.issue(vec![Identity::Node { region: self.region.clone(), node_id: id }])?;
-        let (raft_port, api_port) = free_ports()?;
+        let (raft_port, api_port, interregion_port) = free_ports()?;
         let node = LocalNode {
             id,
             raft_addr: format!("127.0.0.1:{raft_port}"),
             api_addr: format!("127.0.0.1:{api_port}"),
+            interregion_addr: format!("127.0.0.1:{interregion_port}"),
             config: self.dir.join(format!("node-{id}.toml")),
             data_dir: self.dir.join(format!("data-{id}")),
             log: self.dir.join(format!("node-{id}.log")),
@@ -178,17 +212,24 @@ impl LocalRegion {
         }
         let [ca, cert, key] = self.cert_files(&Identity::Node { region: self.region.clone(), node_id: id }.file_stem());
         let text = format!(
-            "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\ndata_dir = \"{}\"\n\
-             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\n\
+             {}data_dir = \"{}\"\n\
+             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{}",
             self.region,
             node.raft_addr,
             node.api_addr,
+            if self.remote_regions.is_empty() {
+                String::new()
+            } else {
+                format!("interregion_listen = \"{}\"\n", node.interregion_addr)
+            },
             node.data_dir.display(),
             peer_lines.join("\n"),
             self.raft_settings,
             ca.display(),
             cert.display(),
             key.display(),
+            self.remote_regions,
         );
         fs::write(&node.config, text).with_context(|| format!("writing {}", node.config.display()))
     }

@@ -15,6 +15,14 @@ use crate::tls::TlsFiles;
 /// The most voters a region may have.
 pub const REGION_MEMBERS_MAX: usize = 7;
 
+/// The most remote regions one region may exchange transfers with.
+pub const REMOTE_REGIONS_MAX: usize = 32;
+
+/// Whether `addr` has the form `host:port`.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,6 +71,23 @@ impl PeerConfig {
     pub fn addr(&self) -> NodeAddr {
         NodeAddr { raft_addr: self.raft_addr.clone(), api_addr: self.api_addr.clone() }
     }
+}
+
+/// Another region this node's region exchanges cross-border transfers with,
+/// as listed under `[[remote_regions]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRegionConfig {
+    /// The remote region's id.
+    pub region: RegionId,
+    /// The inter-region addresses (`host:port`) of its nodes; any of them
+    /// accepts and forwards to its leader.
+    pub endpoints: Vec<String>,
+    /// The remote region's CA certificate (PEM): it signed the remote nodes'
+    /// certificates, which this node verifies when it dials them and when they
+    /// call it. Required with `[tls]`.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Raft timing and log-compaction settings, under `[raft]`.
@@ -128,6 +153,13 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// The region's initial members, this node included.
     pub peers: Vec<PeerConfig>,
+    /// Where to listen for the inter-region protocol from other regions'
+    /// nodes. Required when `remote_regions` is not empty.
+    #[serde(default)]
+    pub interregion_listen: Option<SocketAddr>,
+    /// The other regions this region exchanges cross-border transfers with.
+    #[serde(default)]
+    pub remote_regions: Vec<RemoteRegionConfig>,
     /// Raft timing and compaction.
     #[serde(default)]
     pub raft: RaftSettings,
@@ -186,13 +218,12 @@ impl NodeConfig {
         }
         for peer in &self.peers {
             for (key, addr) in [("peers.raft_addr", &peer.raft_addr), ("peers.api_addr", &peer.api_addr)] {
-                let well_formed =
-                    addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !well_formed {
+                if !is_host_port(addr) {
                     return Err(invalid(key, format!("{addr:?} is not host:port")));
                 }
             }
         }
+        self.validate_remote_regions(path)?;
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms {
             return Err(invalid("raft.election_timeout_min_ms", "must be at least three heartbeat intervals".into()));
@@ -204,6 +235,52 @@ impl NodeConfig {
             return Err(invalid("raft", "snapshot_after_entries > 0 and 1 <= max_entries_per_append <= 1024".into()));
         }
         Ok(())
+    }
+
+    fn validate_remote_regions(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        if !self.remote_regions.is_empty() && self.interregion_listen.is_none() {
+            return Err(invalid("interregion_listen", "required when remote_regions are listed".into()));
+        }
+        if self.remote_regions.len() > REMOTE_REGIONS_MAX {
+            return Err(invalid("remote_regions", format!("list at most {REMOTE_REGIONS_MAX} regions")));
+        }
+        let mut seen = BTreeSet::new();
+        for remote in &self.remote_regions {
+            if remote.region == self.region {
+                return Err(invalid("remote_regions.region", format!("{} is this node's own region", remote.region)));
+            }
+            if !seen.insert(&remote.region) {
+                return Err(invalid("remote_regions.region", format!("{} is listed twice", remote.region)));
+            }
+            if remote.endpoints.is_empty() || remote.endpoints.len() > REGION_MEMBERS_MAX {
+                return Err(invalid(
+                    "remote_regions.endpoints",
+                    format!("{}: list 1 to {REGION_MEMBERS_MAX} addresses", remote.region),
+                ));
+            }
+            if let Some(bad) = remote.endpoints.iter().find(|addr| !is_host_port(addr)) {
+                return Err(invalid("remote_regions.endpoints", format!("{bad:?} is not host:port")));
+            }
+            match (&self.tls, &remote.ca_cert) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "remote_regions.ca_cert",
+                        format!("{}: the remote region's CA certificate is required with [tls]", remote.region),
+                    ))
+                }
+                (_, Some(file)) if file.as_os_str().is_empty() => {
+                    return Err(invalid("remote_regions.ca_cert", "must name a file".into()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The remote region `region`, if configured.
+    pub fn remote_region(&self, region: &RegionId) -> Option<&RemoteRegionConfig> {
+        self.remote_regions.iter().find(|r| &r.region == region)
     }
 
     /// This node's own entry in `peers`, if listed.
@@ -298,6 +375,10 @@ mod tests {
             "logs_kept_after_snapshot",
             "max_entries_per_append",
             "snapshot_timeout_ms",
+            "interregion_listen",
+            "[[remote_regions]]",
+            "endpoints",
+            "ca_cert =",
         ];
         for key in keys {
             assert!(text.contains(key), "deploy/node.example.toml does not document {key}");

@@ -193,6 +193,13 @@ pub fn reject_code(code: RejectCode) -> i32 {
     RejectCode::ALL.iter().position(|c| *c == code).map_or(0, |i| i as i32 + 1)
 }
 
+/// The reject code a wire number stands for; `None` for UNSPECIFIED or a
+/// number this version does not know.
+pub fn reject_code_in(number: i32) -> Option<RejectCode> {
+    let index = usize::try_from(number).ok()?.checked_sub(1)?;
+    RejectCode::ALL.get(index).copied()
+}
+
 /// The wire number of an optional reject code (UNSPECIFIED for none).
 pub fn reject_code_opt(code: Option<RejectCode>) -> i32 {
     code.map_or(0, reject_code)

@@ -122,8 +122,28 @@ impl Gateway {
         self.node.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| self.not_leader())
     }
 
+    /// Refuse a new quote or transfer to a region whose link's breaker is
+    /// open (see [`crate::outbox`]). A transfer request the region has seen
+    /// before is let through, so a retry still gets its recorded outcome.
+    fn check_link(&self, body: &CommandBody) -> Result<(), Status> {
+        let applied = self.node.state_machine.applied();
+        let state = &applied.state;
+        let destination = match body {
+            CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
+            CommandBody::CreateTransfer(request) if state.replay_transfer_request(request).is_none() => {
+                state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
+            }
+            _ => None,
+        };
+        match destination {
+            Some(region) if &region != state.region() => self.node.links.check(&region),
+            _ => Ok(()),
+        }
+    }
+
     /// Submit a partner's command through its actor; the outcome once applied.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        self.check_link(&body)?;
         let (reply, outcome) = oneshot::channel();
         let request = PartnerRequest { partner, body, now: now(), reply };
         self.registry.send(request).await.map_err(|_| Status::unavailable("the actor system has stopped"))?;

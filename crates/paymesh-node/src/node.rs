@@ -9,6 +9,7 @@ use std::time::Duration;
 use openraft::{RaftNetworkFactory, ServerState};
 use paymesh_proto::admin::v1::admin_service_server::AdminServiceServer;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterServiceServer;
+use paymesh_proto::interregion::v1::inter_region_service_server::InterRegionServiceServer;
 use paymesh_proto::partner::v1::partner_service_server::PartnerServiceServer;
 use paymesh_proto::raft::v1::raft_service_server::RaftServiceServer;
 use paymesh_store::raft_types::{Raft, StorageError};
@@ -16,14 +17,16 @@ use paymesh_store::{LogStats, LogStore, StateMachineStore, TypeConfig};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::actors;
 use crate::actors::registry::{Applied, Leadership};
-use crate::actors::{self, RegistryAddr};
 use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
 use crate::gateway::Gateway;
 use crate::identity::Identity;
+use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
+use crate::outbox::Links;
 use crate::partner_service::PartnerServer;
 use crate::raft_service::RaftServer;
 use crate::tls::TlsMaterial;
@@ -91,6 +94,8 @@ pub struct Node {
     pub log_stats: Arc<LogStats>,
     /// This node's TLS material, unless it runs plaintext (development).
     pub tls: Option<Arc<TlsMaterial>>,
+    /// The links to the remote regions (the outbox's destinations).
+    pub links: Arc<Links>,
 }
 
 impl std::fmt::Debug for Node {
@@ -155,8 +160,9 @@ impl Node {
         let log_stats = log.stats();
         let state_machine = StateMachineStore::open(&data.join("state"), config.region.clone())?;
         let raft_config = config.openraft_config().validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let links = Links::from_config(&config, tls.as_deref()).map_err(NodeError::Config)?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, state_machine.clone()).await?;
-        Ok(Node { config: Arc::new(config), raft, state_machine, log_stats, tls })
+        Ok(Node { config: Arc::new(config), raft, state_machine, log_stats, tls, links: Arc::new(links) })
     }
 
     /// Start the partner pipeline: the actor system, and the task that tells it
@@ -164,8 +170,9 @@ impl Node {
     /// the partner and admin services use.
     pub fn start_pipeline(&self) -> Result<Pipeline, NodeError> {
         let (registry, actors) = actors::start(self.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
-        let watcher = tokio::spawn(follow_leadership(self.raft.clone(), registry.clone()));
-        Ok(Pipeline { gateway: Gateway { node: self.clone(), registry }, actors, watcher })
+        let gateway = Gateway { node: self.clone(), registry };
+        let watcher = tokio::spawn(follow_leadership(gateway.clone()));
+        Ok(Pipeline { gateway, actors, watcher })
     }
 
     /// A gRPC server builder, with mutual TLS unless this node runs plaintext.
@@ -184,6 +191,16 @@ impl Node {
             |addr| async move { TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, source }) };
         let raft_listener = bind(self.config.raft_listen).await?;
         let api_listener = bind(self.config.api_listen).await?;
+        // Served only when there is a region to hear from: a TLS listener
+        // with no CA to trust could not accept anyone.
+        let interregion_listener = match self.config.interregion_listen {
+            Some(addr) if !self.config.remote_regions.is_empty() => Some(bind(addr).await?),
+            Some(addr) => {
+                tracing::warn!(%addr, "interregion_listen is set but no remote_regions are: not listening");
+                None
+            }
+            None => None,
+        };
         tracing::info!(
             node = self.config.node_id,
             region = %self.config.region,
@@ -196,6 +213,8 @@ impl Node {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let Pipeline { gateway, actors: actor_thread, watcher } = self.start_pipeline()?;
+        let interregion_gateway = gateway.clone();
+        let stopped_interregion = stopped.clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PartnerServiceServer<PartnerServer>>().await;
         health.set_serving::<AdminServiceServer<AdminServer>>().await;
@@ -227,18 +246,28 @@ impl Node {
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
             .add_service(
-                AdminServiceServer::new(AdminServer::new(gateway))
+                AdminServiceServer::new(AdminServer::new(gateway.clone()))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
             .add_service(ClusterServiceServer::new(ClusterServer::new(self.clone())))
+            .add_service(
+                InterRegionServiceServer::new(InterRegionServer::new(gateway.clone(), Door::Forwarded))
+                    .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
+            )
             .serve_with_incoming_shutdown(no_delay(api_listener), wait(stopped));
         let raft_task = tokio::spawn(raft_server);
         let api_task = tokio::spawn(api_server);
+        let mut tasks = vec![raft_task, api_task];
+        if let Some(listener) = interregion_listener {
+            let server = self.interregion_server(interregion_gateway, listener, wait(stopped_interregion))?;
+            tasks.push(tokio::spawn(server));
+        }
         shutdown.await;
         tracing::info!(node = self.config.node_id, "shutting down");
         let _ = stop.send(true);
-        for task in [raft_task, api_task] {
+        for task in tasks {
             match task.await {
                 Ok(result) => result?,
                 Err(join) => tracing::error!(%join, "server task failed"),
@@ -251,6 +280,54 @@ impl Node {
         }
         tracing::info!(node = self.config.node_id, "stopped");
         Ok(())
+    }
+}
+
+impl Node {
+    /// The inter-region listener's server: TLS trusting only the remote
+    /// regions' CAs, the inter-region service, and health (the peers' probe).
+    fn interregion_server(
+        &self,
+        gateway: Gateway,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, NodeError> {
+        let mut cas = BTreeMap::new();
+        let mut bundle = Vec::new();
+        for remote in &self.config.remote_regions {
+            let subject = match &remote.ca_cert {
+                Some(file) => {
+                    let pem = std::fs::read(file)
+                        .map_err(|e| NodeError::Config(format!("remote_regions.ca_cert {}: {e}", file.display())))?;
+                    let subject = crate::interregion::ca_subject(&pem)
+                        .map_err(|e| NodeError::Config(format!("remote_regions.ca_cert {}: {e}", file.display())))?;
+                    bundle.extend_from_slice(&pem);
+                    bundle.push(b'\n');
+                    subject
+                }
+                None => Vec::new(),
+            };
+            cas.insert(remote.region.clone(), subject);
+        }
+        let builder = tonic::transport::Server::builder();
+        let builder = match &self.tls {
+            Some(material) => builder.tls_config(material.server_config_trusting(&bundle))?,
+            None => builder,
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(Arc::new(cas))))
+            .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving the inter-region protocol");
+        let server = builder
+            .timeout(API_REQUEST_TIMEOUT)
+            .add_service(health_service)
+            .add_service(service)
+            .serve_with_incoming_shutdown(no_delay(listener), shutdown);
+        Ok(async move {
+            health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
+            server.await
+        })
     }
 }
 
@@ -270,12 +347,14 @@ fn no_delay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
 }
 
 /// Tell the actors when this node gains or loses leadership, and when new
-/// entries are applied (so event subscribers get them). Runs until the Raft
-/// group stops.
-async fn follow_leadership(raft: Raft, registry: RegistryAddr) {
-    let mut metrics = raft.metrics();
+/// entries are applied (so event subscribers get them); while it leads, ship
+/// the outbox to every remote region. Runs until the Raft group stops.
+async fn follow_leadership(gateway: Gateway) {
+    let registry = gateway.registry.clone();
+    let mut metrics = gateway.node.raft.metrics();
     let mut leading = None;
     let mut applied = None;
+    let mut shippers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
         let (now_leading, now_applied) = {
             let m = metrics.borrow_and_update();
@@ -284,6 +363,14 @@ async fn follow_leadership(raft: Raft, registry: RegistryAddr) {
         if now_leading != leading {
             leading = now_leading;
             registry.do_send(Leadership(leading));
+            for shipper in shippers.drain(..) {
+                shipper.abort();
+            }
+            if leading.is_some() {
+                for link in gateway.node.links.iter() {
+                    shippers.push(tokio::spawn(crate::outbox::ship(gateway.clone(), link.clone())));
+                }
+            }
         }
         if now_applied != applied {
             applied = now_applied;
@@ -291,6 +378,9 @@ async fn follow_leadership(raft: Raft, registry: RegistryAddr) {
         }
         if metrics.changed().await.is_err() {
             registry.do_send(Leadership(None));
+            for shipper in shippers.drain(..) {
+                shipper.abort();
+            }
             return;
         }
     }

@@ -171,6 +171,23 @@ impl TlsMaterial {
         }
     }
 
+    /// Our certificate with another trust root: for dialing a remote region,
+    /// whose nodes' certificates its own CA (`ca_pem`) signed.
+    pub fn credentials_trusting(&self, ca_pem: Vec<u8>) -> paymesh_client::Credentials {
+        paymesh_client::Credentials::Tls { ca: ca_pem, cert: self.cert_pem.clone(), key: self.key_pem.clone() }
+    }
+
+    /// A server configuration presenting our certificate and requiring a
+    /// client certificate signed by one of the CAs in `ca_pem` (the remote
+    /// regions' CAs, on the inter-region listener).
+    pub fn server_config_trusting(&self, ca_pem: &[u8]) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.tls_identity())
+            .client_ca_root(Certificate::from_pem(ca_pem))
+            .client_auth_optional(false)
+            .timeout(TLS_HANDSHAKE_TIMEOUT)
+    }
+
     fn tls_identity(&self) -> tonic::transport::Identity {
         tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
     }

@@ -225,6 +225,8 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
             .iter()
             .map(|p| PeerConfig { node_id: *p, raft_addr: format!("sim:{p}"), api_addr: format!("sim:{p}") })
             .collect(),
+        interregion_listen: None,
+        remote_regions: Vec::new(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

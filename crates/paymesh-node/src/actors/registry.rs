@@ -131,6 +131,18 @@ impl Registry {
     }
 }
 
+/// A fresh proposer session id: the node id in the top 16 bits and 48 random
+/// bits. Not derived from the term alone: a restarted node can lead again in
+/// the very term it led before it crashed (openraft re-establishes a
+/// committed vote of its own), and a session reused with its sequence
+/// numbers restarted would have new commands answered with the old ones'
+/// recorded outcomes, and not applied.
+fn new_session(node_id: u64) -> u64 {
+    use rand::Rng;
+    let random: u64 = rand::rng().random::<u64>() & ((1 << 48) - 1);
+    ((node_id & 0xffff) << 48) | random.max(1)
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 }
@@ -143,9 +155,7 @@ impl Handler<Leadership> for Registry {
             (Some(term), Some(current)) if term == current => {}
             (Some(term), _) => {
                 self.stop_term();
-                // A proposer session per (node, term): command ids never repeat
-                // across leaders or terms.
-                let session = (self.node.config.node_id << 40) ^ term;
+                let session = new_session(self.node.config.node_id);
                 let proposer = Proposer::new(self.node.raft.clone(), self.node.state_machine.clone(), session).start();
                 tracing::info!(term, session, "leading: proposer started");
                 self.current = Some(Term { term, proposer, partners: HashMap::new(), corridors: HashMap::new() });

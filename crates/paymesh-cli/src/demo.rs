@@ -1,0 +1,923 @@
+//! `paymesh demo`: three regions of three nodes on this machine, a tourist's
+//! wallet paying Chinese merchants' QR codes, and the books checked after.
+//!
+//! * `us-west`: `paypal-us`, a USD wallet, and `shop-us`, a US merchant
+//!   network for domestic payments.
+//! * `ap-southeast`: `gcash-ph`, a PHP wallet, and `sari-ph`, a Philippine
+//!   merchant network.
+//! * `cn-east`: `wechat-cn` and `alipay-cn`, CNY merchant networks.
+//!
+//! The regions talk through user-space WAN links (see [`crate::wan`]) with
+//! a 50 ms round trip by default. The workload mixes cross-border payments
+//! (a wallet pays a `wxp://` or `alipay://` code) with domestic ones, and
+//! resubmits some requests with the same idempotency key. When it stops, the
+//! demo waits for every transfer to reach a final state and checks the
+//! invariants: every region's ledger sums to zero per currency and no
+//! position passed its cap; the source region committed a cross-border
+//! transfer exactly when the payee region credited it, with equal amounts;
+//! every retried request got its first answer; every replica holds the same
+//! state; and no byte of a payer's personal data is in the payee region's
+//! data files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use paymesh_client::PartnerClient;
+use paymesh_node::identity::Identity;
+use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as wire;
+use rand::{Rng, SeedableRng};
+
+use crate::local::LocalRegion;
+use crate::mesh::LocalMesh;
+use crate::wan::WanSettings;
+
+/// A marker in every payer's personal data, searched for in the payee
+/// region's files.
+pub const PII_MARKER: &str = "PIIMARK";
+
+/// A payer's name, in the payer's own script: it too must stay home.
+const PAYER_NAME: &str = "Alice Traveller 李爱丽";
+
+/// The wallets: (region, partner, currency, prefunding in minor units).
+pub const WALLETS: [(&str, &str, &str, i64); 2] =
+    [("us-west", "paypal-us", "USD", 10_000_000_000), ("ap-southeast", "gcash-ph", "PHP", 500_000_000_000)];
+
+/// The merchant networks: (region, partner, currency, QR prefix).
+pub const MERCHANTS: [(&str, &str, &str, &str); 4] = [
+    ("cn-east", "wechat-cn", "CNY", "wxp://"),
+    ("cn-east", "alipay-cn", "CNY", "alipay://"),
+    ("us-west", "shop-us", "USD", "usqr://shop/"),
+    ("ap-southeast", "sari-ph", "PHP", "phqr://sari/"),
+];
+
+/// Mid rates, destination units per source unit.
+const RATES: [(&str, &str, &str); 4] =
+    [("USD", "CNY", "7.1000"), ("PHP", "CNY", "0.1250"), ("USD", "USD", "1"), ("PHP", "PHP", "1")];
+
+/// The regions and the partners each certifies.
+pub fn regions() -> Vec<(&'static str, Vec<Identity>)> {
+    let mut by_region: BTreeMap<&str, Vec<Identity>> = BTreeMap::new();
+    for (region, partner, _, _) in WALLETS {
+        by_region.entry(region).or_default().push(Identity::Partner(partner.parse().expect("a valid partner id")));
+    }
+    for (region, partner, _, _) in MERCHANTS {
+        by_region.entry(region).or_default().push(Identity::Partner(partner.parse().expect("a valid partner id")));
+    }
+    by_region.into_iter().collect()
+}
+
+/// The arguments of `paymesh demo`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Run the workload this many seconds, print the summary and exit (0
+    /// only if every invariant holds). Without it the workload runs 30 s and
+    /// the mesh stays up for grpcurl until Ctrl-C.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Where the mesh lives (certificates, configurations, data, logs).
+    /// Default: a new directory under the system's temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The emulated round trip between regions, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    rtt_ms: u64,
+    /// Concurrent payments in the workload (with --rate, the most in flight).
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// What the workload pays: cross-border and domestic payments (7 to 3),
+    /// or cross-border only.
+    #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+    mix: Mix,
+    /// Offer this many payments per second (open loop, at most --workers in
+    /// flight; a payment due with none free is counted as skipped) instead
+    /// of --workers payments back to back.
+    #[arg(long)]
+    rate: Option<u32>,
+}
+
+/// What the workload pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Cross-border and domestic payments, 7 to 3.
+    Mixed,
+    /// Cross-border payments only.
+    CrossBorder,
+}
+
+/// How often the lower-bound probes run.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The latency floor of a cross-border payment, measured while the workload
+/// runs: one round trip between the regions (a gRPC health check through the
+/// WAN link, TLS connection kept) and a local commit (an operator's top-up of
+/// one cent through the admin API). A cross-border payment needs one round
+/// trip and three commits: the payer's reserve, the payee's prepare, and
+/// the payer's decision.
+#[derive(Debug)]
+struct Probes {
+    round_trip: Histogram<u64>,
+    commit: Histogram<u64>,
+}
+
+async fn probe(mesh: &LocalMesh, stop: Arc<AtomicBool>) -> anyhow::Result<Probes> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let us = mesh.region("us-west")?;
+    let [_, cert, key] = us.cert_files("node-us-west-1");
+    let credentials = paymesh_client::Credentials::Tls {
+        ca: std::fs::read(mesh.region("cn-east")?.ca_file())?,
+        cert: std::fs::read(cert)?,
+        key: std::fs::read(key)?,
+    };
+    let remote = paymesh_client::Region::new(mesh.endpoints("us-west", "cn-east")?.to_vec(), credentials);
+    let operator = us.sdk(&us.operator_stem())?;
+    let histogram = || Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds");
+    let mut probes = Probes { round_trip: histogram()?, commit: histogram()? };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let started = Instant::now();
+        let healthy = remote
+            .call(None, |channel| async move {
+                HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map(|_| ())
+            })
+            .await;
+        if healthy.is_ok() {
+            let _ = probes.round_trip.record(micros(started.elapsed()));
+        }
+        let request = admin::TopUpPositionRequest {
+            partner_id: "paypal-us".into(),
+            amount: money("0.01", "USD"),
+            reference: format!("demo-probe-{}-{n}", std::process::id()),
+        };
+        let started = Instant::now();
+        let committed = operator
+            .call(None, |channel| {
+                let request = request.clone();
+                async move {
+                    admin::admin_service_client::AdminServiceClient::new(channel)
+                        .top_up_position(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await;
+        if committed.is_ok_and(|answer| answer.reject_code == 0) {
+            let _ = probes.commit.record(micros(started.elapsed()));
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Ok(probes)
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The workload's seconds when `--duration` is not given.
+const INTERACTIVE_SECONDS: u64 = 30;
+/// Most workers.
+const WORKERS_MAX: usize = 256;
+/// Longest `--duration`.
+const DURATION_MAX_SECONDS: u64 = 24 * 60 * 60;
+/// How long to wait for every transfer to reach a final state after the workload.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// One in this many payments is sent a second time with the same key.
+const RESUBMIT_ONE_IN: u32 = 20;
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn money(amount: &str, currency: &str) -> Option<common::Money> {
+    Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
+}
+
+fn minor(amount: i64) -> String {
+    format!("{}.{:02}", amount / 100, amount % 100)
+}
+
+fn code_name(code: i32) -> String {
+    common::RejectCode::try_from(code)
+        .map_or_else(|_| format!("reject code {code}"), |c| c.as_str_name().trim_start_matches("REJECT_CODE_").into())
+}
+
+fn corridor(source_region: &str, source: &str, destination_region: &str, destination: &str) -> common::CorridorId {
+    common::CorridorId {
+        source_currency: source.to_owned(),
+        source_region: source_region.to_owned(),
+        destination_currency: destination.to_owned(),
+        destination_region: destination_region.to_owned(),
+    }
+}
+
+/// Configure the demo's world on `mesh`: partners, prefunding, corridors,
+/// rates and payee routes. Every refusal is an error.
+pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
+    let wallets = WALLETS.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payer));
+    let merchants = MERCHANTS.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payee));
+    for (region, partner, currency, role) in wallets.chain(merchants) {
+        let request = admin::UpsertPartnerRequest {
+            partner_id: partner.to_owned(),
+            home_region: region.to_owned(),
+            role: role as i32,
+            settlement_currency: currency.to_owned(),
+            net_debit_cap: money("0.00", currency),
+        };
+        let answer = mesh
+            .region(region)?
+            .admin(|mut c| {
+                let request = request.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await?;
+        if answer.reject_code != 0 {
+            bail!("partner {partner}: {}", code_name(answer.reject_code));
+        }
+    }
+    for (region, partner, currency, prefund) in WALLETS {
+        let request = admin::TopUpPositionRequest {
+            partner_id: partner.to_owned(),
+            amount: money(&minor(prefund), currency),
+            reference: format!("demo-prefund-{partner}"),
+        };
+        let answer = mesh
+            .region(region)?
+            .admin(|mut c| {
+                let request = request.clone();
+                async move { c.top_up_position(request).await }
+            })
+            .await?;
+        if answer.reject_code != 0 {
+            bail!("prefunding {partner}: {}", code_name(answer.reject_code));
+        }
+        for (merchant_region, merchant, merchant_currency, prefix) in MERCHANTS {
+            if merchant_region != region && merchant_region != "cn-east" {
+                continue;
+            }
+            let id = corridor(region, currency, merchant_region, merchant_currency);
+            let (_, _, rate) = RATES
+                .iter()
+                .find(|(s, d, _)| *s == currency && *d == merchant_currency)
+                .context("a rate for every corridor")?;
+            let upsert = admin::UpsertCorridorRequest {
+                corridor: Some(id.clone()),
+                spread_bps: if merchant_region == region { 0 } else { 50 },
+                fee: Some(admin::FeeSchedule {
+                    fixed: money("0.00", currency),
+                    rate_bps: 30,
+                    min: money("0.00", currency),
+                    max: money("1000.00", currency),
+                }),
+                min_amount: money("1.00", currency),
+                max_amount: money("100000.00", currency),
+                daily_cap: money("10000000000.00", currency),
+            };
+            let fx = admin::SetFxRateRequest {
+                corridor: Some(id),
+                mid_rate: (*rate).to_owned(),
+                valid_from_unix_ms: unix_ms() - 60_000,
+                valid_until_unix_ms: unix_ms() + 23 * 3_600_000,
+            };
+            let route = admin::UpsertPayeeRouteRequest {
+                qr_prefix: prefix.to_owned(),
+                payee_partner_id: merchant.to_owned(),
+                region: merchant_region.to_owned(),
+                currency: merchant_currency.to_owned(),
+            };
+            let region = mesh.region(region)?;
+            let code = region
+                .admin(|mut c| {
+                    let upsert = upsert.clone();
+                    async move { c.upsert_corridor(upsert).await }
+                })
+                .await?
+                .reject_code;
+            // A corridor within one currency needs no rate.
+            let code = if code == 0 && currency != merchant_currency {
+                region
+                    .admin(|mut c| {
+                        let fx = fx.clone();
+                        async move { c.set_fx_rate(fx).await }
+                    })
+                    .await?
+                    .reject_code
+            } else {
+                code
+            };
+            // Corridors are per wallet currency; the routes are the region's.
+            let code = if code == 0 {
+                region
+                    .admin(|mut c| {
+                        let route = route.clone();
+                        async move { c.upsert_payee_route(route).await }
+                    })
+                    .await?
+                    .reject_code
+            } else {
+                code
+            };
+            if code != 0 {
+                bail!("corridor {currency} to {merchant} in {}: {}", region.region(), code_name(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one payment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A wallet pays a merchant in another region.
+    CrossBorder,
+    /// A wallet pays a merchant in its own region.
+    Domestic,
+}
+
+/// A payment's record in the demo's history.
+#[derive(Clone, Debug)]
+struct Record {
+    kind: Kind,
+    started: Instant,
+    /// When CreateTransfer answered.
+    answered: Instant,
+    /// The state in the CreateTransfer answer.
+    state: i32,
+}
+
+/// The workload's shared history.
+#[derive(Debug, Default)]
+struct History {
+    records: Mutex<HashMap<String, Record>>,
+    /// Final states seen on the wallets' event streams, with when.
+    finals: Mutex<HashMap<String, (i32, Instant)>>,
+    created: AtomicU64,
+    skipped: AtomicU64,
+    declined: AtomicU64,
+    failed: AtomicU64,
+    resubmitted: AtomicU64,
+    resubmit_mismatch: AtomicU64,
+}
+
+fn is_final(state: i32) -> bool {
+    state == wire::TransferState::Committed as i32 || state == wire::TransferState::Aborted as i32
+}
+
+impl History {
+    fn final_state(&self, id: &str, record: &Record) -> Option<(i32, Instant)> {
+        if is_final(record.state) {
+            return Some((record.state, record.answered));
+        }
+        self.finals.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
+    }
+
+    fn in_flight(&self) -> usize {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.iter().filter(|(id, r)| self.final_state(id, r).is_none()).count()
+    }
+}
+
+/// One payment: quote, transfer, sometimes the same transfer again.
+async fn pay(
+    client: &PartnerClient,
+    wallet: &'static str,
+    kind: Kind,
+    sequence: u64,
+    rng: &mut rand::rngs::StdRng,
+    history: &History,
+) {
+    let (_, _, currency, _) = WALLETS.iter().find(|w| w.1 == wallet).copied().unwrap_or(WALLETS[0]);
+    let region = WALLETS.iter().find(|w| w.1 == wallet).map_or("us-west", |w| w.0);
+    let merchant = match kind {
+        Kind::CrossBorder => MERCHANTS[rng.random_range(0..2)],
+        Kind::Domestic => MERCHANTS.iter().copied().find(|m| m.0 == region).unwrap_or(MERCHANTS[2]),
+    };
+    let qr = format!("{}m{:04}", merchant.3, rng.random_range(0..1000));
+    let amount = rng.random_range(500..50_000i64);
+    let quote = wire::CreateQuoteRequest {
+        qr_payload: qr.clone(),
+        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+            amount: minor(amount),
+            currency: currency.to_owned(),
+        })),
+    };
+    let quote = match client.create_quote(quote).await {
+        Ok(answer) => match answer.quote {
+            Some(quote) => quote,
+            None => {
+                history.declined.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        Err(_) => {
+            history.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let request = wire::CreateTransferRequest {
+        idempotency_key: format!("demo-{wallet}-{sequence}"),
+        quote_id: quote.quote_id,
+        qr_payload: qr,
+        payer: Some(wire::PayerDetails {
+            name: PAYER_NAME.to_owned(),
+            account: format!("acct-{PII_MARKER}-{sequence}"),
+            reference: format!("ref-{PII_MARKER}-{sequence}"),
+        }),
+    };
+    let started = Instant::now();
+    let answer = match client.create_transfer(request.clone()).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            history.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Some(transfer) = answer.transfer else {
+        history.declined.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    history.created.fetch_add(1, Ordering::Relaxed);
+    let record = Record { kind, started, answered: Instant::now(), state: transfer.state };
+    history.records.lock().unwrap_or_else(|p| p.into_inner()).insert(transfer.transfer_id.clone(), record);
+    if rng.random_range(0..RESUBMIT_ONE_IN) == 0 {
+        history.resubmitted.fetch_add(1, Ordering::Relaxed);
+        let again = client.create_transfer(request).await;
+        let same = again
+            .as_ref()
+            .ok()
+            .and_then(|a| a.transfer.as_ref())
+            .is_some_and(|t| t.transfer_id == transfer.transfer_id);
+        if !same {
+            history.resubmit_mismatch.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Follow a wallet's events, recording final states, until `stop`.
+async fn follow(client: PartnerClient, history: Arc<History>, stop: Arc<AtomicBool>) {
+    let mut cursor = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = client.stream_events(cursor).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match next {
+                Err(_) => continue,
+                Ok(Some(Ok(message))) => {
+                    let Some(event) = message.event else { continue };
+                    cursor = event.cursor;
+                    if is_final(event.state) {
+                        let mut finals = history.finals.lock().unwrap_or_else(|p| p.into_inner());
+                        finals.entry(event.transfer_id).or_insert((event.state, Instant::now()));
+                    }
+                }
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
+    }
+}
+
+/// One invariant's verdict.
+#[derive(Debug)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// Whether it holds.
+    pub holds: bool,
+    /// The figures behind the verdict.
+    pub detail: String,
+}
+
+/// Every region's ledger balances and no position is past its cap.
+pub async fn check_ledgers(mesh: &LocalMesh) -> anyhow::Result<Check> {
+    let mut details = Vec::new();
+    let mut holds = true;
+    for (name, region) in &mesh.regions {
+        let summary =
+            region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await?;
+        holds &= summary.balanced;
+        details.push(if summary.balanced {
+            format!("{name}: balanced")
+        } else {
+            format!("{name}: {}", summary.violation)
+        });
+    }
+    Ok(Check { name: "every region's ledger sums to zero per currency".into(), holds, detail: details.join("; ") })
+}
+
+/// Every transfer a partner sees, by id.
+pub async fn transfers_of(client: &PartnerClient) -> anyhow::Result<HashMap<String, wire::Transfer>> {
+    let mut seen = HashMap::new();
+    let mut token = String::new();
+    for _ in 0..100_000 {
+        let page = client
+            .list_transfers(wire::ListTransfersRequest {
+                page_size: 500,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("listing transfers")?;
+        for t in page.transfers {
+            seen.insert(t.transfer_id.clone(), t);
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(seen);
+        }
+        token = page.next_page_token;
+    }
+    bail!("too many transfers to list")
+}
+
+/// Source committed ⇔ destination committed, with equal amounts, for every
+/// cross-border transfer the wallets list.
+pub async fn check_agreement(mesh: &LocalMesh) -> anyhow::Result<Check> {
+    let mut payee_side = HashMap::new();
+    for (region, merchant, _, _) in MERCHANTS.iter().filter(|m| m.0 == "cn-east") {
+        payee_side.extend(transfers_of(&mesh.region(region)?.partner(merchant)?).await?);
+    }
+    let (mut committed, mut aborted, mut bad) = (0u64, 0u64, Vec::new());
+    let committed_state = wire::TransferState::Committed as i32;
+    let amount = |t: &wire::Transfer| t.destination_amount.as_ref().map(|m| (m.amount.clone(), m.currency.clone()));
+    for (region, wallet, _, _) in WALLETS {
+        for (id, source) in transfers_of(&mesh.region(region)?.partner(wallet)?).await? {
+            if source.corridor.as_ref().is_none_or(|c| c.destination_region == region) {
+                continue; // domestic
+            }
+            let source_committed = source.state == committed_state;
+            let Some(dest) = payee_side.get(&id) else {
+                if source_committed {
+                    bad.push(format!("{id} committed at the source, unknown at the destination"));
+                } else {
+                    aborted += 1;
+                }
+                continue;
+            };
+            let dest_committed = dest.state == committed_state;
+            if source_committed != dest_committed {
+                bad.push(format!("{id}: source state {}, destination state {}", source.state, dest.state));
+            } else if source_committed && amount(&source) != amount(dest) {
+                bad.push(format!("{id}: source says {:?}, destination credited {:?}", amount(&source), amount(dest)));
+            } else if source_committed {
+                committed += 1;
+            } else {
+                aborted += 1;
+            }
+        }
+    }
+    let detail = if bad.is_empty() {
+        format!("{committed} committed on both sides, {aborted} aborted")
+    } else {
+        format!("{} disagreements, first: {}", bad.len(), bad[0])
+    };
+    Ok(Check {
+        name: "source committed ⇔ destination committed, equal amounts".into(), holds: bad.is_empty(), detail
+    })
+}
+
+/// Every replica of every region holds the same state.
+pub async fn check_replicas(mesh: &LocalMesh) -> anyhow::Result<Check> {
+    let mut details = Vec::new();
+    let mut holds = true;
+    for (name, region) in &mesh.regions {
+        match region.wait_converged(Duration::from_secs(30)).await {
+            Ok(statuses) => details.push(format!(
+                "{name}: {} nodes at index {}",
+                statuses.len(),
+                statuses.first().and_then(|s| s.applied_index).unwrap_or(0)
+            )),
+            Err(e) => {
+                holds = false;
+                details.push(format!("{name}: {}", format!("{e:#}").lines().next().unwrap_or_default()));
+            }
+        }
+    }
+    Ok(Check { name: "every replica of every region holds the same state".into(), holds, detail: details.join("; ") })
+}
+
+/// No byte of the payers' personal data is in `region`'s data files.
+pub fn check_no_pii(region: &LocalRegion) -> anyhow::Result<Check> {
+    let needles: [&[u8]; 2] = [PII_MARKER.as_bytes(), PAYER_NAME.as_bytes()];
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut found = Vec::new();
+    for node in region.nodes.values() {
+        for entry in walk(&node.data_dir)? {
+            let data = std::fs::read(&entry).with_context(|| format!("reading {}", entry.display()))?;
+            files += 1;
+            bytes += data.len() as u64;
+            if needles.iter().any(|n| data.windows(n.len()).any(|w| w == *n)) {
+                found.push(entry.display().to_string());
+            }
+        }
+    }
+    let detail = if found.is_empty() {
+        format!("{files} files, {bytes} bytes scanned in {}", region.region())
+    } else {
+        format!("found in {}", found.join(", "))
+    };
+    Ok(Check {
+        name: "no payer personal data in the payee region's files".into(),
+        holds: found.is_empty() && files > 0,
+        detail,
+    })
+}
+
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn percentile(histogram: &Histogram<u64>, q: f64) -> String {
+    if histogram.is_empty() {
+        return "-".into();
+    }
+    format!("{:.1}", histogram.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// Run the demo.
+pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
+    if args.workers == 0 || args.workers > WORKERS_MAX {
+        bail!("--workers must be 1 to {WORKERS_MAX}");
+    }
+    if args.duration.is_some_and(|d| d == 0 || d > DURATION_MAX_SECONDS) {
+        bail!("--duration must be 1 to {DURATION_MAX_SECONDS} seconds");
+    }
+    if args.rtt_ms > 10_000 {
+        bail!("--rtt-ms must be at most 10000");
+    }
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("paymesh-demo-{}", std::process::id())),
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    let exe = std::env::current_exe().context("finding the paymesh binary")?;
+    println!(
+        "paymesh demo: 3 regions × 3 nodes under {}, {} ms round trip between regions",
+        dir.display(),
+        args.rtt_ms
+    );
+    let wan = WanSettings { delay_ms: args.rtt_ms / 2, ..WanSettings::default() };
+    let raft = "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000";
+    let started = Instant::now();
+    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, raft, wan).await?;
+    configure(&mesh).await?;
+    println!("mesh up and configured in {:.1} s", started.elapsed().as_secs_f64());
+
+    let seconds = args.duration.unwrap_or(INTERACTIVE_SECONDS);
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut followers = Vec::new();
+    let mut clients = BTreeMap::new();
+    for (region, wallet, _, _) in WALLETS {
+        let client = mesh.region(region)?.partner(wallet)?;
+        followers.push(tokio::spawn(follow(mesh.region(region)?.partner(wallet)?, history.clone(), stop.clone())));
+        clients.insert(wallet, Arc::new(client));
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mix = args.mix;
+    let one = move |history: Arc<History>, clients: BTreeMap<&'static str, Arc<PartnerClient>>, sequence: u64| async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(sequence);
+        let wallet = WALLETS[rng.random_range(0..WALLETS.len())].1;
+        let kind =
+            if mix == Mix::CrossBorder || rng.random_range(0..10) < 7 { Kind::CrossBorder } else { Kind::Domestic };
+        if let Some(client) = clients.get(wallet) {
+            pay(client, wallet, kind, sequence, &mut rng, &history).await;
+        }
+    };
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let probes = {
+        let stop = stop_probes.clone();
+        let mesh = &mesh;
+        async move { probe(mesh, stop).await }
+    };
+    let mut workers = Vec::new();
+    match args.rate {
+        None => {
+            for worker in 0..args.workers {
+                let (history, clients) = (history.clone(), clients.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut sequence = (worker as u64) << 32;
+                    while Instant::now() < deadline {
+                        sequence += 1;
+                        one(history.clone(), clients.clone(), sequence).await;
+                    }
+                }));
+            }
+        }
+        Some(rate) => {
+            let (history, clients) = (history.clone(), clients.clone());
+            let slots = Arc::new(tokio::sync::Semaphore::new(args.workers));
+            workers.push(tokio::spawn(async move {
+                let interval = Duration::from_secs(1) / rate.max(1);
+                let mut due = tokio::time::Instant::now();
+                let mut sequence = 0u64;
+                let mut running = tokio::task::JoinSet::new();
+                while Instant::now() < deadline {
+                    tokio::time::sleep_until(due).await;
+                    due += interval;
+                    sequence += 1;
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let task = one(history.clone(), clients.clone(), sequence);
+                            running.spawn(async move {
+                                task.await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            history.skipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    while running.try_join_next().is_some() {}
+                }
+                while running.join_next().await.is_some() {}
+            }));
+        }
+    }
+    let probing = probes;
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let workload_started = Instant::now();
+    let watch = async {
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let created = history.created.load(Ordering::Relaxed);
+            progress.set_message(format!(
+                "{:>5.1} s  {created} transfers ({:.0}/s)  {} in flight  {} declined  {} failed",
+                workload_started.elapsed().as_secs_f64(),
+                created as f64 / workload_started.elapsed().as_secs_f64(),
+                history.in_flight(),
+                history.declined.load(Ordering::Relaxed),
+                history.failed.load(Ordering::Relaxed),
+            ));
+            progress.tick();
+        }
+        for worker in workers {
+            let _ = worker.await;
+        }
+        stop_probes.store(true, Ordering::Relaxed);
+    };
+    let (probes, ()) = tokio::join!(probing, watch);
+    let probes = probes?;
+    let elapsed = workload_started.elapsed();
+    let settle = Instant::now();
+    while history.in_flight() > 0 && settle.elapsed() < SETTLE_TIMEOUT {
+        progress.set_message(format!("settling: {} in flight", history.in_flight()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish_and_clear();
+    stop.store(true, Ordering::Relaxed);
+    for follower in followers {
+        let _ = follower.await;
+    }
+
+    // Counts and latencies.
+    let mut counts: BTreeMap<(Kind, &str), u64> = BTreeMap::new();
+    let mut latency: BTreeMap<Kind, Histogram<u64>> = BTreeMap::new();
+    let mut committed = 0u64;
+    {
+        let records = history.records.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, record) in records.iter() {
+            let state = match history.final_state(id, record) {
+                Some((state, at)) => {
+                    if state == wire::TransferState::Committed as i32 {
+                        committed += 1;
+                        let micros = at.saturating_duration_since(record.started).as_micros().max(1);
+                        let histogram = latency.entry(record.kind).or_insert_with(|| {
+                            Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+                        });
+                        let _ = histogram.record(u64::try_from(micros).unwrap_or(u64::MAX));
+                        "committed"
+                    } else {
+                        "aborted"
+                    }
+                }
+                None => "in flight",
+            };
+            *counts.entry((record.kind, state)).or_default() += 1;
+        }
+    }
+    println!("\nworkload: {:.1} s, {} workers", elapsed.as_secs_f64(), args.workers);
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "kind", "committed", "aborted", "in flight", "p50 ms", "p99 ms", "p999 ms"
+    );
+    for kind in [Kind::CrossBorder, Kind::Domestic] {
+        let get = |state| counts.get(&(kind, state)).copied().unwrap_or(0);
+        let empty = Histogram::new(3).expect("valid histogram");
+        let h = latency.get(&kind).unwrap_or(&empty);
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            match kind {
+                Kind::CrossBorder => "cross-border",
+                Kind::Domestic => "domestic",
+            },
+            get("committed"),
+            get("aborted"),
+            get("in flight"),
+            percentile(h, 0.5),
+            percentile(h, 0.99),
+            percentile(h, 0.999)
+        );
+    }
+    println!(
+        "throughput: {:.0} committed transfers/s; {} declined at quote or transfer, {} calls failed, {} resubmitted, \
+         {} skipped (open loop, no worker free)",
+        committed as f64 / elapsed.as_secs_f64(),
+        history.declined.load(Ordering::Relaxed),
+        history.failed.load(Ordering::Relaxed),
+        history.resubmitted.load(Ordering::Relaxed),
+        history.skipped.load(Ordering::Relaxed),
+    );
+    let (rtt, commit) = (&probes.round_trip, &probes.commit);
+    if !rtt.is_empty() && !commit.is_empty() {
+        let bound = rtt.value_at_quantile(0.5) + 3 * commit.value_at_quantile(0.5);
+        println!(
+            "lower bound of a cross-border payment: {:.1} ms = one round trip ({} ms p50 of {} probes) + 3 local commits \
+             ({} ms p50 of {} probes)",
+            bound as f64 / 1000.0,
+            percentile(rtt, 0.5),
+            rtt.len(),
+            percentile(commit, 0.5),
+            commit.len()
+        );
+    }
+
+    let in_flight = counts.iter().filter(|((_, s), _)| *s == "in flight").map(|(_, n)| n).sum::<u64>();
+    let mut checks = vec![
+        check_ledgers(&mesh).await?,
+        check_agreement(&mesh).await?,
+        Check {
+            name: "every transfer reached a final state".into(),
+            holds: in_flight == 0,
+            detail: format!("{in_flight} still in flight after {SETTLE_TIMEOUT:?}"),
+        },
+        Check {
+            name: "a resubmitted request returns its first transfer".into(),
+            holds: history.resubmit_mismatch.load(Ordering::Relaxed) == 0,
+            detail: format!(
+                "{} resubmitted, {} answered differently",
+                history.resubmitted.load(Ordering::Relaxed),
+                history.resubmit_mismatch.load(Ordering::Relaxed)
+            ),
+        },
+        check_replicas(&mesh).await?,
+    ];
+    checks.push(check_no_pii(mesh.region("cn-east")?)?);
+    println!("\ninvariants:");
+    let mut all = true;
+    for check in &checks {
+        all &= check.holds;
+        println!("  [{}] {} — {}", if check.holds { "ok" } else { "FAILED" }, check.name, check.detail);
+    }
+
+    if args.duration.is_none() {
+        println!("\nthe mesh stays up; try it with grpcurl (partner certificates are under each region's certs/):");
+        for (name, region) in &mesh.regions {
+            println!("  {name}: {}", region.api_addrs().join(", "));
+        }
+        if let Some(addr) = mesh.region("us-west")?.api_addrs().first() {
+            let certs = dir.join("us-west/certs");
+            println!(
+                "  grpcurl -cacert {0}/ca.pem -cert {0}/partner-paypal-us.pem -key {0}/partner-paypal-us.key {addr} \
+                 paymesh.partner.v1.PartnerService/GetPosition",
+                certs.display()
+            );
+        }
+        println!("press Ctrl-C to stop");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    }
+    mesh.stop()?;
+    println!("{}", if all { "all invariants hold" } else { "INVARIANT VIOLATED" });
+    Ok(all)
+}

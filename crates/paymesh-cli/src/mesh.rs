@@ -1,0 +1,125 @@
+//! A mesh of regions on this machine: one [`LocalRegion`] of `paymesh start`
+//! processes per region, each with its own CA, every pair of regions joined
+//! by a [`WanLink`] of user-space proxies. What `paymesh demo` runs and what
+//! the cross-border tests run against.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use paymesh_node::identity::Identity;
+use tokio::task::JoinSet;
+
+use crate::local::LocalRegion;
+use crate::wan::{WanLink, WanSettings};
+
+/// The operator every region of a local mesh is configured by.
+pub const OPERATOR: &str = "ops";
+
+/// Longest wait for a region's first leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Regions of processes on loopback, linked through WAN proxies.
+#[derive(Debug)]
+pub struct LocalMesh {
+    /// The regions by name.
+    pub regions: BTreeMap<String, LocalRegion>,
+    links: BTreeMap<(String, String), WanLink>,
+    /// (from, to) → the proxied inter-region endpoints `from` dials for `to`.
+    endpoints: BTreeMap<(String, String), Vec<String>>,
+    proxies: JoinSet<()>,
+}
+
+impl LocalMesh {
+    /// Start `regions` (a name and the partners to certify) of `members`
+    /// nodes each under `dir`, with `raft_settings` as every node's `[raft]`
+    /// body, every pair linked under `wan`; each region initialised and led.
+    pub async fn start(
+        dir: &Path,
+        exe: &Path,
+        regions: &[(&str, Vec<Identity>)],
+        members: u64,
+        raft_settings: &str,
+        wan: WanSettings,
+    ) -> anyhow::Result<LocalMesh> {
+        let mut mesh = LocalMesh {
+            regions: BTreeMap::new(),
+            links: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            proxies: JoinSet::new(),
+        };
+        for (name, holders) in regions {
+            let region =
+                LocalRegion::plan(&dir.join(name), name, exe, OPERATOR, holders.clone(), members, raft_settings)?;
+            mesh.regions.insert((*name).to_owned(), region);
+        }
+        let names: Vec<String> = mesh.regions.keys().cloned().collect();
+        for a in &names {
+            for b in names.iter().filter(|b| *b != a) {
+                let key = (a.min(b).clone(), a.max(b).clone());
+                let link = mesh.links.entry(key).or_insert_with(|| WanLink::new(wan)).clone();
+                let remote = &mesh.regions[b];
+                let mut endpoints = Vec::new();
+                for node in remote.nodes.values() {
+                    endpoints.push(link.proxy(node.interregion_addr.clone(), &mut mesh.proxies).await?);
+                }
+                let ca = remote.ca_file();
+                let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+                let text = format!(
+                    "\n[[remote_regions]]\nregion = \"{b}\"\nendpoints = [{}]\nca_cert = \"{}\"\n",
+                    quoted.join(", "),
+                    ca.display()
+                );
+                mesh.endpoints.insert((a.clone(), b.clone()), endpoints);
+                mesh.regions.get_mut(a).context("region planned")?.remote_regions.push_str(&text);
+            }
+        }
+        for region in mesh.regions.values_mut() {
+            region.launch()?;
+        }
+        for (name, region) in &mesh.regions {
+            region.initialize(1, LEADER_TIMEOUT).await.with_context(|| format!("initialising {name}"))?;
+        }
+        Ok(mesh)
+    }
+
+    /// The region `name`.
+    pub fn region(&self, name: &str) -> anyhow::Result<&LocalRegion> {
+        self.regions.get(name).with_context(|| format!("no region {name} in this mesh"))
+    }
+
+    /// The region `name`, to stop or start its nodes.
+    pub fn region_mut(&mut self, name: &str) -> anyhow::Result<&mut LocalRegion> {
+        self.regions.get_mut(name).with_context(|| format!("no region {name} in this mesh"))
+    }
+
+    /// The link between regions `a` and `b` (both directions).
+    pub fn link(&self, a: &str, b: &str) -> anyhow::Result<&WanLink> {
+        let key = (a.min(b).to_owned(), a.max(b).to_owned());
+        self.links.get(&key).with_context(|| format!("no link between {a} and {b}"))
+    }
+
+    /// The inter-region endpoints region `from` dials to reach `to`, through
+    /// their link.
+    pub fn endpoints(&self, from: &str, to: &str) -> anyhow::Result<&[String]> {
+        let key = (from.to_owned(), to.to_owned());
+        self.endpoints.get(&key).map(Vec::as_slice).with_context(|| format!("no link from {from} to {to}"))
+    }
+
+    /// Set the conditions on every link.
+    pub fn set_wan(&self, settings: WanSettings) {
+        for link in self.links.values() {
+            link.set(settings);
+        }
+    }
+
+    /// SIGTERM every node of every region.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        for region in self.regions.values_mut() {
+            region.stop()?;
+        }
+        self.proxies.abort_all();
+        Ok(())
+    }
+}

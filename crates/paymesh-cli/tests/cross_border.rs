@@ -1,0 +1,381 @@
+//! Cross-border transfers between real regions of `paymesh start` processes
+//! on loopback (3 regions × 3 nodes, the demo's world), through the
+//! user-space WAN: faults on the link, leaders killed mid-protocol, and
+//! inter-region messages replayed late and twice by the test itself.
+//!
+//! After every scenario: each region's ledger sums to zero per currency,
+//! the source committed a transfer exactly when the payee region credited
+//! it (equal amounts), and no byte of the payer's personal data is in the
+//! payee region's data files.
+//!
+//! The scenarios run one after another in one test: three regions of
+//! processes per scenario on a 2-core machine is already a crowd.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use paymesh_cli::demo::{self, check_agreement, check_ledgers, check_no_pii, PII_MARKER};
+use paymesh_cli::mesh::LocalMesh;
+use paymesh_cli::wan::WanSettings;
+use paymesh_client::{Credentials, PartnerClient, Region};
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::interregion::v1 as inter;
+use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
+use paymesh_proto::partner::v1 as wire;
+
+const RAFT: &str = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
+const COMMITTED: i32 = wire::TransferState::Committed as i32;
+const ABORTED: i32 = wire::TransferState::Aborted as i32;
+const RESERVED: i32 = wire::TransferState::Reserved as i32;
+/// The coordinator's prepare deadline (paymesh_core::limits).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Mesh {
+    mesh: LocalMesh,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("the failed mesh's logs and data are kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+async fn mesh(wan: WanSettings) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
+    let mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, RAFT, wan).await.unwrap();
+    demo::configure(&mesh).await.unwrap();
+    Mesh { mesh, dir: Some(dir) }
+}
+
+fn wallet(mesh: &LocalMesh) -> PartnerClient {
+    mesh.region("us-west").unwrap().partner("paypal-us").unwrap()
+}
+
+/// Quote and create one cross-border payment of `cents` to WeChat; the
+/// transfer as created (RESERVED).
+async fn pay(client: &PartnerClient, key: &str, cents: u64) -> wire::Transfer {
+    let qr = format!("wxp://test/{key}");
+    let quote = client
+        .create_quote(wire::CreateQuoteRequest {
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: format!("{}.{:02}", cents / 100, cents % 100),
+                currency: "USD".into(),
+            })),
+        })
+        .await
+        .unwrap()
+        .quote
+        .expect("a quote");
+    let answer = client
+        .create_transfer(wire::CreateTransferRequest {
+            idempotency_key: key.to_owned(),
+            quote_id: quote.quote_id,
+            qr_payload: qr,
+            payer: Some(wire::PayerDetails {
+                name: "Alice Traveller 李爱丽".into(),
+                account: format!("acct-{PII_MARKER}-{key}"),
+                reference: format!("ref-{PII_MARKER}-{key}"),
+            }),
+        })
+        .await
+        .unwrap();
+    let transfer = answer.transfer.expect("a transfer");
+    assert_eq!(transfer.state, RESERVED, "a cross-border transfer starts reserved");
+    transfer
+}
+
+async fn state_of(client: &PartnerClient, id: &str) -> wire::Transfer {
+    client
+        .get_transfer(wire::GetTransferRequest { transfer_id: id.to_owned() })
+        .await
+        .unwrap()
+        .transfer
+        .expect("the transfer exists")
+}
+
+/// Wait until every transfer in `ids` is final at the source; their states.
+async fn wait_final(client: &PartnerClient, ids: &[String], within: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut states = Vec::new();
+        for id in ids {
+            states.push(state_of(client, id).await.state);
+        }
+        if states.iter().all(|s| *s == COMMITTED || *s == ABORTED) {
+            return states;
+        }
+        assert!(Instant::now() < deadline, "not final within {within:?}: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A partner's positions: (currency, posted, pending debits, pending credits).
+async fn position(client: &PartnerClient) -> Vec<(String, String, String, String)> {
+    let answer = client.get_position(wire::GetPositionRequest::default()).await.unwrap();
+    let show = |m: Option<common::Money>| m.map(|m| m.amount).unwrap_or_default();
+    answer
+        .positions
+        .into_iter()
+        .map(|p| (p.currency, show(p.posted_balance), show(p.pending_debits), show(p.pending_credits)))
+        .collect()
+}
+
+/// The invariants every scenario ends with; also waits for the payee
+/// region to have resolved every participation (decisions delivered).
+async fn check_books(mesh: &LocalMesh) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    loop {
+        let open = demo::transfers_of(&merchant)
+            .await
+            .unwrap()
+            .values()
+            .filter(|t| t.state != COMMITTED && t.state != ABORTED)
+            .count();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} participations still open in cn-east");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for check in [
+        check_ledgers(mesh).await.unwrap(),
+        check_agreement(mesh).await.unwrap(),
+        check_no_pii(mesh.region("cn-east").unwrap()).unwrap(),
+    ] {
+        assert!(check.holds, "{}: {}", check.name, check.detail);
+        println!("ok: {} — {}", check.name, check.detail);
+    }
+}
+
+/// A us-west node's client of cn-east's inter-region service, as the test
+/// hook that replays messages.
+fn replayer(mesh: &LocalMesh) -> Region {
+    let us = mesh.region("us-west").unwrap();
+    let cn = mesh.region("cn-east").unwrap();
+    let [_, cert, key] = us.cert_files("node-us-west-1");
+    let credentials = Credentials::Tls {
+        ca: std::fs::read(cn.ca_file()).unwrap(),
+        cert: std::fs::read(cert).unwrap(),
+        key: std::fs::read(key).unwrap(),
+    };
+    let endpoints: Vec<String> = cn.nodes.values().map(|n| n.interregion_addr.clone()).collect();
+    Region::new(endpoints, credentials)
+}
+
+async fn replay_prepare(region: &Region, item: inter::PrepareItem) -> inter::PrepareReply {
+    let batch = inter::PrepareBatch { from_region: "us-west".into(), items: vec![item.clone(), item] };
+    let answer = region
+        .call(None, |channel| {
+            let batch = batch.clone();
+            async move { InterRegionServiceClient::new(channel).prepare(batch).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.replies.len(), 2);
+    assert_eq!(answer.replies[0], answer.replies[1], "a repeated item gets the same answer");
+    answer.replies[0].clone()
+}
+
+async fn replay_decision(region: &Region, transfer_id: &str, decision: inter::Decision) -> i32 {
+    let item = inter::DecisionItem { transfer_id: transfer_id.to_owned(), decision: decision as i32 };
+    let batch = inter::DecisionBatch { from_region: "us-west".into(), items: vec![item.clone(), item] };
+    let answer = region
+        .call(None, |channel| {
+            let batch = batch.clone();
+            async move { InterRegionServiceClient::new(channel).decide(batch).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.acks[0], answer.acks[1], "a repeated item gets the same answer");
+    answer.acks[0].result
+}
+
+/// The Prepare the coordinator sent for `transfer`, rebuilt from the
+/// payer's view of it.
+fn prepare_item(transfer: &wire::Transfer) -> inter::PrepareItem {
+    inter::PrepareItem {
+        transfer_id: transfer.transfer_id.clone(),
+        corridor: transfer.corridor.clone(),
+        source_region: "us-west".into(),
+        source_amount: transfer.source_amount.clone(),
+        destination_amount: transfer.destination_amount.clone(),
+        rate: transfer.rate.clone(),
+        payee_partner_id: transfer.payee.as_ref().unwrap().partner_id.clone(),
+        merchant_id: transfer.payee.as_ref().unwrap().merchant_id.clone(),
+        payer_token: transfer.payer_token.clone(),
+        deadline_unix_ms: transfer.deadline_unix_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_late_and_duplicated_messages_change_no_outcome() {
+    let fixture = mesh(WanSettings { delay_ms: 5, jitter_ms: 5, ..WanSettings::default() }).await;
+    let mesh = &fixture.mesh;
+    let client = wallet(mesh);
+    let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(pay(&client, &format!("replay-{i}"), 1_000 + i).await.transfer_id);
+    }
+    assert!(wait_final(&client, &ids, Duration::from_secs(30)).await.iter().all(|s| *s == COMMITTED));
+    check_books(mesh).await;
+    let before = position(&merchant).await;
+
+    // Late duplicates of every prepare and every commit, each twice in its batch.
+    let replay = replayer(mesh);
+    for id in &ids {
+        let transfer = state_of(&client, id).await;
+        let reply = replay_prepare(&replay, prepare_item(&transfer)).await;
+        assert_eq!(reply.result, inter::PrepareResult::Prepared as i32, "{id}: {reply:?}");
+        assert_eq!(replay_decision(&replay, id, inter::Decision::Commit).await, inter::AckResult::Acked as i32);
+        // An abort for a committed transfer contradicts the record: refused, no effect.
+        assert_eq!(
+            replay_decision(&replay, id, inter::Decision::Abort).await,
+            inter::AckResult::ProtocolViolation as i32
+        );
+    }
+    assert_eq!(position(&merchant).await, before, "replays moved no money");
+
+    // An abort overtaking its prepare leaves a tombstone; the late prepare is refused.
+    let mut ghost = prepare_item(&state_of(&client, &ids[0]).await);
+    ghost.transfer_id = "us-west:999999".into();
+    ghost.deadline_unix_ms =
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000)
+            .unwrap();
+    assert_eq!(
+        replay_decision(&replay, &ghost.transfer_id, inter::Decision::Abort).await,
+        inter::AckResult::Acked as i32
+    );
+    let reply = replay_prepare(&replay, ghost).await;
+    assert_eq!(reply.result, inter::PrepareResult::Rejected as i32);
+    assert_eq!(reply.reject_code, common::RejectCode::AbortedBeforePrepare as i32);
+    assert_eq!(position(&merchant).await, before, "the tombstone reserved nothing");
+
+    // A region may not speak for another: us-west's certificate, cn-east's from_region... refused.
+    let batch = inter::DecisionBatch {
+        from_region: "ap-southeast".into(),
+        items: vec![inter::DecisionItem { transfer_id: ids[0].clone(), decision: inter::Decision::Abort as i32 }],
+    };
+    let refused = replay
+        .call(None, |channel| {
+            let batch = batch.clone();
+            async move { InterRegionServiceClient::new(channel).decide(batch).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().unwrap().code(), tonic::Code::PermissionDenied, "{refused}");
+    check_books(mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_killed_mid_protocol_and_partitions() {
+    let mut fixture = mesh(WanSettings { delay_ms: 10, ..WanSettings::default() }).await;
+    let mesh = &mut fixture.mesh;
+    let client = wallet(mesh);
+    let link = mesh.link("us-west", "cn-east").unwrap().clone();
+
+    // 1. The coordinator's leader dies between reserve and decision: the link
+    // is cut so transfers wait reserved, the leader is killed, the link heals
+    // within the deadline. Each transfer finishes exactly once.
+    link.update(|s| s.cut = true);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(pay(&client, &format!("kill-coordinator-{i}"), 2_000 + i).await.transfer_id);
+    }
+    let us = mesh.region_mut("us-west").unwrap();
+    let leader = us.wait_leader(Duration::from_secs(10)).await.unwrap();
+    us.kill(leader).unwrap();
+    us.wait_leader(Duration::from_secs(20)).await.unwrap();
+    link.update(|s| s.cut = false);
+    let states = wait_final(&client, &ids, Duration::from_secs(30)).await;
+    println!("coordinator leader killed: {states:?}");
+    mesh.region_mut("us-west").unwrap().spawn(leader).unwrap();
+    check_books(mesh).await;
+
+    // 2. The payee region's leader dies after preparing: replies crawl back
+    // (a slow link), and the payee leader is killed once its participation
+    // is prepared. The decision reaches the new leader.
+    link.set(WanSettings { delay_ms: 400, ..WanSettings::default() });
+    let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    let id = pay(&client, "kill-payee", 3_000).await.transfer_id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = demo::transfers_of(&merchant).await.unwrap();
+        if seen.get(&id).is_some_and(|t| t.state == wire::TransferState::Prepared as i32) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the payee region never prepared {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cn = mesh.region_mut("cn-east").unwrap();
+    let leader = cn.wait_leader(Duration::from_secs(10)).await.unwrap();
+    cn.kill(leader).unwrap();
+    link.set(WanSettings { delay_ms: 10, ..WanSettings::default() });
+    let states = wait_final(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    assert_eq!(states, [COMMITTED], "prepared before the deadline, so committed");
+    mesh.region_mut("cn-east").unwrap().spawn(leader).unwrap();
+    check_books(mesh).await;
+
+    // 3. A partition shorter than the deadline: committed on both sides.
+    link.update(|s| s.cut = true);
+    let short: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(pay(&client, &format!("short-cut-{i}"), 4_000 + i).await.transfer_id);
+        }
+        ids
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    link.update(|s| s.cut = false);
+    assert!(wait_final(&client, &short, Duration::from_secs(30)).await.iter().all(|s| *s == COMMITTED));
+    check_books(mesh).await;
+
+    // 4. A partition longer than the deadline: aborted on both sides, and the
+    // payer's position restored. Meanwhile the breaker opens and new
+    // transfers to cn-east fail fast.
+    let before = position(&client).await;
+    link.update(|s| s.cut = true);
+    let mut long = Vec::new();
+    for i in 0..5 {
+        long.push(pay(&client, &format!("long-cut-{i}"), 5_000 + i).await.transfer_id);
+    }
+    let opened = Instant::now() + DEADLINE + Duration::from_secs(5);
+    let refused = loop {
+        let quote = client
+            .create_quote(wire::CreateQuoteRequest {
+                qr_payload: "wxp://test/breaker".into(),
+                amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                    amount: "10.00".into(),
+                    currency: "USD".into(),
+                })),
+            })
+            .await;
+        if let Err(error) = quote {
+            break error;
+        }
+        assert!(Instant::now() < opened, "the breaker never opened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let status = refused.status().unwrap();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("RegionUnreachable: region cn-east"), "{status:?}");
+    let states = wait_final(&client, &long, DEADLINE + Duration::from_secs(10)).await;
+    assert!(states.iter().all(|s| *s == ABORTED), "{states:?}");
+    assert_eq!(position(&client).await, before, "every reserved amount was released");
+    link.update(|s| s.cut = false);
+    check_books(mesh).await;
+    let cn_merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    let seen = demo::transfers_of(&cn_merchant).await.unwrap();
+    assert!(long.iter().all(|id| seen.get(id).is_none_or(|t| t.state == ABORTED)));
+    mesh.stop().unwrap();
+}

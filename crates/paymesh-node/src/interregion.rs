@@ -1,0 +1,324 @@
+//! `paymesh.interregion.v1.InterRegionService`: the payee region's side of
+//! the two-phase protocol, and the conversions both sides use.
+//!
+//! A batch from another region arrives on the inter-region listener, whose
+//! TLS trusts only the remote regions' CAs. The caller must be a node of a
+//! configured remote region, its certificate issued by that region's own CA
+//! (so one region's CA cannot speak for another), and the batch's
+//! `from_region` must be the caller's region. Each item becomes one command
+//! (`Prepare` or `Decide`) through the leader's group-commit proposer, so a
+//! batch of a thousand items costs a handful of Raft entries; the state
+//! machine makes every item idempotent by (transfer id, phase).
+//!
+//! A follower forwards the batch, once, to its leader's API listener, where
+//! the same service accepts only this region's own nodes (the follower has
+//! authenticated the remote caller already).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use openraft::ServerState;
+use paymesh_client::Region;
+use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply};
+use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
+use paymesh_core::{Outcome, RejectCode};
+use paymesh_proto::interregion::v1 as wire;
+use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
+use paymesh_proto::interregion::v1::inter_region_service_server::InterRegionService;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::gateway::Gateway;
+use crate::identity::{identity_of, Identity};
+
+/// The most items in one batch, either way.
+pub const BATCH_ITEMS_MAX: usize = 1_000;
+
+/// The largest inter-region message, in bytes (a thousand items fit easily).
+pub const INTERREGION_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// How long a forwarded batch may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Metadata marking a batch a follower forwarded to its leader.
+const FORWARDED: &str = "paymesh-forwarded";
+
+/// Which listener a server answers on.
+#[derive(Clone, Debug)]
+pub enum Door {
+    /// The inter-region listener: callers are other regions' nodes, each
+    /// checked against its own region's CA (the subject of the CA certificate
+    /// that must have issued the caller's certificate; empty in plaintext).
+    Remote(Arc<BTreeMap<RegionId, Vec<u8>>>),
+    /// The API listener: callers are this region's followers forwarding.
+    Forwarded,
+}
+
+/// Serves the inter-region protocol for one node.
+#[derive(Clone, Debug)]
+pub struct InterRegionServer {
+    gateway: Gateway,
+    door: Door,
+    leaders: Arc<Region>,
+}
+
+impl InterRegionServer {
+    /// The service of the node behind `gateway`, on `door`.
+    pub fn new(gateway: Gateway, door: Door) -> InterRegionServer {
+        let leaders = Region::new(Vec::new(), gateway.node.credentials()).with_call_timeout(FORWARD_TIMEOUT);
+        InterRegionServer { gateway, door, leaders: Arc::new(leaders) }
+    }
+
+    /// The calling region, checked against the batch's `from_region`.
+    fn caller<T>(&self, request: &Request<T>, from_region: &str) -> Result<RegionId, Status> {
+        let from = convert::region_id("from_region", from_region)?;
+        let plaintext = self.gateway.node.config.insecure_plaintext;
+        match (&self.door, identity_of(request, plaintext)?) {
+            (Door::Remote(cas), Identity::Node { region, .. }) => {
+                let Some(ca_subject) = cas.get(&region) else {
+                    return Err(Status::permission_denied(format!(
+                        "region {region} is not among this region's remote regions"
+                    )));
+                };
+                if !plaintext {
+                    check_issuer(request, ca_subject, &region)?;
+                }
+                if region != from {
+                    return Err(Status::permission_denied(format!(
+                        "from_region {from} does not match the caller's region {region}"
+                    )));
+                }
+                Ok(from)
+            }
+            (Door::Forwarded, Identity::Node { region, .. }) if region == self.gateway.node.config.region => {
+                if request.metadata().get(FORWARDED).is_none() {
+                    return Err(Status::permission_denied("only forwarded batches are accepted here"));
+                }
+                Ok(from)
+            }
+            (_, other) => Err(Status::permission_denied(format!("{other} may not call the inter-region service"))),
+        }
+    }
+
+    fn leading(&self) -> bool {
+        self.gateway.node.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// A client of the leader's API listener, for a follower on the remote
+    /// door; otherwise UNAVAILABLE with the leader hint.
+    fn leader_client(&self) -> Result<InterRegionServiceClient<paymesh_client::NodeChannel>, Status> {
+        if matches!(self.door, Door::Forwarded) {
+            return Err(self.gateway.not_leader());
+        }
+        let metrics = self.gateway.node.raft.metrics().borrow().clone();
+        let leader = metrics
+            .current_leader
+            .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
+            .ok_or_else(|| Status::unavailable("no leader is known in this region; retry shortly"))?;
+        let client = InterRegionServiceClient::new(self.leaders.channel(&leader.api_addr)?)
+            .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
+        Ok(client)
+    }
+
+    async fn propose(&self, body: CommandBody) -> Result<Outcome, Status> {
+        self.gateway.operate(body).await
+    }
+}
+
+/// The caller's certificate must have been issued by its region's CA.
+fn check_issuer<T>(request: &Request<T>, ca_subject: &[u8], region: &RegionId) -> Result<(), Status> {
+    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    if cert.issuer().as_raw() != ca_subject {
+        return Err(Status::permission_denied(format!(
+            "the caller's certificate names region {region} but was not issued by that region's CA"
+        )));
+    }
+    Ok(())
+}
+
+/// The subject of the first certificate in a CA file's PEM, for
+/// [`Door::Remote`].
+pub fn ca_subject(pem: &[u8]) -> Result<Vec<u8>, String> {
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| e.to_string())?;
+        if block.label == "CERTIFICATE" {
+            let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).map_err(|e| e.to_string())?;
+            return Ok(cert.subject().as_raw().to_vec());
+        }
+    }
+    Err("no certificate".into())
+}
+
+fn envelope(items: usize) -> Result<(), Status> {
+    if items == 0 || items > BATCH_ITEMS_MAX {
+        return Err(Status::invalid_argument(format!("items: send 1 to {BATCH_ITEMS_MAX} items, not {items}")));
+    }
+    Ok(())
+}
+
+/// A Prepare item as the core's message; a malformed item is a protocol
+/// violation, and one from a region other than the caller a region mismatch.
+pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMessage, RejectCode> {
+    let violation = |_| RejectCode::ProtocolViolation;
+    let transfer = TransferId::parse(&item.transfer_id).map_err(violation)?;
+    let corridor =
+        convert::corridor_id("corridor", item.corridor.as_ref()).map_err(|_| RejectCode::ProtocolViolation)?;
+    let source_region = RegionId::new(item.source_region.as_str()).map_err(violation)?;
+    if &source_region != from || transfer.origin() != from || corridor.source_region != source_region {
+        return Err(RejectCode::RegionMismatch);
+    }
+    let source =
+        convert::money("source_amount", item.source_amount.as_ref()).map_err(|_| RejectCode::ProtocolViolation)?;
+    let destination = convert::money("destination_amount", item.destination_amount.as_ref())
+        .map_err(|_| RejectCode::ProtocolViolation)?;
+    if source.is_zero() || destination.is_zero() {
+        return Err(RejectCode::ProtocolViolation);
+    }
+    Ok(PrepareMessage {
+        transfer,
+        corridor,
+        source,
+        destination,
+        rate: convert::rate("rate", &item.rate).map_err(|_| RejectCode::ProtocolViolation)?,
+        payee: convert::partner_id("payee_partner_id", &item.payee_partner_id)
+            .map_err(|_| RejectCode::ProtocolViolation)?,
+        merchant: MerchantId::new(item.merchant_id.as_str()).map_err(violation)?,
+        payer_token: PayerToken::parse(&item.payer_token).map_err(violation)?,
+        deadline: convert::timestamp("deadline_unix_ms", item.deadline_unix_ms)
+            .map_err(|_| RejectCode::ProtocolViolation)?,
+    })
+}
+
+/// The wire form of a Prepare, as the coordinator sends it.
+pub fn prepare_out(message: &PrepareMessage) -> wire::PrepareItem {
+    wire::PrepareItem {
+        transfer_id: message.transfer.to_string(),
+        corridor: Some(convert::corridor_id_out(&message.corridor)),
+        source_region: message.corridor.source_region.to_string(),
+        source_amount: Some(convert::money_out(&message.source)),
+        destination_amount: Some(convert::money_out(&message.destination)),
+        rate: message.rate.to_string(),
+        payee_partner_id: message.payee.to_string(),
+        merchant_id: message.merchant.to_string(),
+        payer_token: message.payer_token.to_string(),
+        deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The core's reply from the wire; `None` for a reply that must be retried.
+pub fn reply_in(reply: &wire::PrepareReply) -> Option<PrepareReply> {
+    match wire::PrepareResult::try_from(reply.result).ok()? {
+        wire::PrepareResult::Prepared => Some(PrepareReply::Prepared),
+        wire::PrepareResult::Rejected => Some(PrepareReply::Rejected(
+            convert::reject_code_in(reply.reject_code).unwrap_or(RejectCode::ProtocolViolation),
+        )),
+        wire::PrepareResult::Unspecified => None,
+    }
+}
+
+fn reply_out(transfer_id: &str, reply: PrepareReply) -> wire::PrepareReply {
+    let (result, code) = match reply {
+        PrepareReply::Prepared => (wire::PrepareResult::Prepared, None),
+        PrepareReply::Rejected(code) => (wire::PrepareResult::Rejected, Some(code)),
+    };
+    wire::PrepareReply {
+        transfer_id: transfer_id.to_owned(),
+        result: result as i32,
+        reject_code: convert::reject_code_opt(code),
+    }
+}
+
+/// The wire form of a decision.
+pub fn decision_out(decision: Decision) -> i32 {
+    match decision {
+        Decision::Commit => wire::Decision::Commit as i32,
+        Decision::Abort => wire::Decision::Abort as i32,
+    }
+}
+
+fn decision_in(item: &wire::DecisionItem, from: &RegionId) -> Option<(TransferId, Decision)> {
+    let transfer = TransferId::parse(&item.transfer_id).ok()?;
+    if transfer.origin() != from {
+        // A region decides only the transfers it coordinates.
+        return None;
+    }
+    let decision = match wire::Decision::try_from(item.decision).ok()? {
+        wire::Decision::Commit => Decision::Commit,
+        wire::Decision::Abort => Decision::Abort,
+        wire::Decision::Unspecified => return None,
+    };
+    Some((transfer, decision))
+}
+
+fn ack(transfer_id: &str, result: wire::AckResult) -> wire::Ack {
+    wire::Ack { transfer_id: transfer_id.to_owned(), result: result as i32 }
+}
+
+#[tonic::async_trait]
+impl InterRegionService for InterRegionServer {
+    async fn prepare(&self, request: Request<wire::PrepareBatch>) -> Result<Response<wire::PrepareReplyBatch>, Status> {
+        let from = self.caller(&request, &request.get_ref().from_region)?;
+        envelope(request.get_ref().items.len())?;
+        if !self.leading() {
+            let mut forwarded = Request::new(request.into_inner());
+            forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return self.leader_client()?.prepare(forwarded).await;
+        }
+        let batch = request.into_inner();
+        let replies = join_all(batch.items.iter().map(|item| async {
+            match prepare_in(item, &from) {
+                Err(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
+                Ok(message) => match self.propose(CommandBody::Prepare(message)).await? {
+                    Outcome::PrepareReply(reply) => Ok(reply_out(&item.transfer_id, reply)),
+                    Outcome::Rejected(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
+                    other => Err(Status::internal(format!("unexpected outcome of a prepare: {other:?}"))),
+                },
+            }
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, Status>>()?;
+        let region = self.gateway.node.config.region.to_string();
+        Ok(Response::new(wire::PrepareReplyBatch { from_region: region, replies }))
+    }
+
+    async fn decide(&self, request: Request<wire::DecisionBatch>) -> Result<Response<wire::AckBatch>, Status> {
+        let from = self.caller(&request, &request.get_ref().from_region)?;
+        envelope(request.get_ref().items.len())?;
+        if !self.leading() {
+            let mut forwarded = Request::new(request.into_inner());
+            forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return self.leader_client()?.decide(forwarded).await;
+        }
+        let batch = request.into_inner();
+        let acks = join_all(batch.items.iter().map(|item| async {
+            let Some((transfer, decision)) = decision_in(item, &from) else {
+                return Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation));
+            };
+            match self.propose(CommandBody::Decide { transfer, decision }).await? {
+                Outcome::Acked => Ok(ack(&item.transfer_id, wire::AckResult::Acked)),
+                Outcome::Rejected(code) => {
+                    tracing::error!(
+                        transfer = item.transfer_id,
+                        from = %from,
+                        ?code,
+                        "a decision contradicts this region's records; operators must investigate"
+                    );
+                    Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation))
+                }
+                other => Err(Status::internal(format!("unexpected outcome of a decision: {other:?}"))),
+            }
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, Status>>()?;
+        let region = self.gateway.node.config.region.to_string();
+        Ok(Response::new(wire::AckBatch { from_region: region, acks }))
+    }
+}
