@@ -863,12 +863,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     if !rtt.is_empty() && !commit.is_empty() {
         let bound = rtt.value_at_quantile(0.5) + 3 * commit.value_at_quantile(0.5);
         println!(
-            "lower bound of a cross-border payment: {:.1} ms = one round trip ({} ms p50 of {} probes) + 3 local commits \
-             ({} ms p50 of {} probes)",
+            "lower bound of a cross-border payment: {:.1} ms = one round trip ({} ms p50, {} ms p99 of {} probes) + \
+             3 local commits ({} ms p50, {} ms p99 of {} probes)",
             bound as f64 / 1000.0,
             percentile(rtt, 0.5),
+            percentile(rtt, 0.99),
             rtt.len(),
             percentile(commit, 0.5),
+            percentile(commit, 0.99),
             commit.len()
         );
     }

@@ -65,11 +65,29 @@ pub struct LocalRegion {
     pub nodes: BTreeMap<u64, LocalNode>,
 }
 
-/// Three free loopback ports that differ.
+/// Where node ports are chosen: below Linux's ephemeral range (32768 and
+/// up by default), so a port checked free here is not handed to another
+/// socket's outgoing connection or port-0 bind before the node binds it.
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Three free loopback ports that differ, from [`NODE_PORTS`].
 fn free_ports() -> anyhow::Result<(u16, u16, u16)> {
-    let bind = || TcpListener::bind("127.0.0.1:0").context("binding a loopback port");
-    let (a, b, c) = (bind()?, bind()?, bind()?);
-    Ok((a.local_addr()?.port(), b.local_addr()?.port(), c.local_addr()?.port()))
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut held = Vec::with_capacity(3);
+    for _ in 0..1_000 {
+        if held.len() == 3 {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.random_range(NODE_PORTS))) {
+            held.push(listener);
+        }
+    }
+    let ports: Vec<u16> = held.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect();
+    match ports[..] {
+        [a, b, c] => Ok((a, b, c)),
+        _ => bail!("no three free loopback ports in {NODE_PORTS:?}"),
+    }
 }
 
 impl LocalRegion {

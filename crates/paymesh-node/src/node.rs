@@ -79,6 +79,9 @@ pub enum NodeError {
     /// The actor system or a service could not start.
     #[error("startup: {0}")]
     Startup(String),
+    /// The Raft group stopped by itself, on an error it cannot recover from.
+    #[error("raft stopped: {0}")]
+    RaftStopped(String),
 }
 
 /// A node's Raft group and the stores under it.
@@ -264,8 +267,20 @@ impl Node {
             let server = self.interregion_server(interregion_gateway, listener, wait(stopped_interregion))?;
             tasks.push(tokio::spawn(server));
         }
-        shutdown.await;
-        tracing::info!(node = self.config.node_id, "shutting down");
+        // A Raft group that stopped by itself (a storage error is fatal to
+        // openraft) ends the process too, so a supervisor restarts it rather
+        // than leaving a node that answers but can no longer replicate.
+        let mut metrics = self.raft.metrics();
+        let raft_stopped = async move { while metrics.changed().await.is_ok() {} };
+        let failed = tokio::select! {
+            () = shutdown => false,
+            () = raft_stopped => true,
+        };
+        if failed {
+            tracing::error!(node = self.config.node_id, "the Raft group stopped on an error; shutting down");
+        } else {
+            tracing::info!(node = self.config.node_id, "shutting down");
+        }
         let _ = stop.send(true);
         for task in tasks {
             match task.await {
@@ -279,6 +294,9 @@ impl Node {
             tracing::error!(%e, "raft shutdown");
         }
         tracing::info!(node = self.config.node_id, "stopped");
+        if failed {
+            return Err(NodeError::RaftStopped("a fatal error; see the log above".into()));
+        }
         Ok(())
     }
 }

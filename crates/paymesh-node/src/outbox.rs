@@ -42,7 +42,7 @@ use crate::interregion::{decision_out, prepare_out, reply_in, BATCH_ITEMS_MAX, I
 use crate::tls::TlsMaterial;
 
 /// Batches in flight to one region, at most.
-pub const RPCS_IN_FLIGHT_MAX: usize = 8;
+pub const RPCS_IN_FLIGHT_MAX: usize = 32;
 
 /// How long one inter-region call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
