@@ -9,7 +9,8 @@
 //! * `paymesh partner|corridor|fx|position|route|ledger` configure a region
 //!   and read its books (the admin API).
 //! * `paymesh certs` issues development certificates; `paymesh bench`
-//!   measures throughput and latency.
+//!   measures throughput and latency; `paymesh demo` runs three regions on
+//!   this machine with a mixed workload and checks the invariants.
 //!
 //! Commands that talk to a region take `--config node.toml` (the region's
 //! peers are read from it) or one or more `--node host:port` API addresses.
@@ -31,6 +32,7 @@ mod certs;
 pub mod demo;
 pub mod local;
 pub mod mesh;
+mod otel;
 mod status;
 pub mod wan;
 
@@ -163,14 +165,14 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
-    /// Make a region's development CA (or reuse the one in --out) and issue
-    /// node, partner and operator certificates as PEM files.
     /// Start 3 regions × 3 nodes on this machine, drive a mixed cross-border
     /// and domestic workload, print the summary and check the invariants.
     Demo {
         #[command(flatten)]
         args: demo::DemoArgs,
     },
+    /// Make a region's development CA (or reuse the one in --out) and issue
+    /// node, partner and operator certificates as PEM files.
     Certs {
         #[command(flatten)]
         args: certs::CertsArgs,
@@ -278,17 +280,18 @@ async fn execute(command: Command) -> anyhow::Result<()> {
 }
 
 async fn start(config_path: PathBuf) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
     let config = NodeConfig::load(&config_path)?;
+    let traces = otel::init(config.region.as_str(), config.node_id)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let node = Node::open(config).await?;
-    node.serve(shutdown_signal()).await?;
+    let served = node.serve(shutdown_signal()).await;
+    if let Some(provider) = traces {
+        if let Err(e) = provider.shutdown() {
+            tracing::warn!(%e, "exporting the last spans failed");
+        }
+    }
+    served?;
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub struct LocalRegion {
     /// Configuration appended to every node's file (the `[[remote_regions]]`
     /// of a mesh).
     pub remote_regions: String,
+    /// Environment variables every node process gets (besides this process's).
+    pub env: Vec<(String, String)>,
     /// The nodes by id, running or not.
     pub nodes: BTreeMap<u64, LocalNode>,
 }
@@ -130,6 +132,7 @@ impl LocalRegion {
             operator: operator.to_owned(),
             raft_settings: raft_settings.to_owned(),
             remote_regions: String::new(),
+            env: Vec::new(),
             nodes: BTreeMap::new(),
         };
         let mut everyone = vec![Identity::operator(operator)?];
@@ -255,6 +258,7 @@ impl LocalRegion {
     /// Start node `id`'s process; its output is appended to its log.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = self.exe.clone();
+        let env = self.env.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -268,6 +272,7 @@ impl LocalRegion {
             .args(["start", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", std::env::var("PAYMESH_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -43,6 +43,19 @@ impl LocalMesh {
         raft_settings: &str,
         wan: WanSettings,
     ) -> anyhow::Result<LocalMesh> {
+        LocalMesh::start_with_env(dir, exe, regions, members, raft_settings, wan, &[]).await
+    }
+
+    /// As [`LocalMesh::start`], every node process also getting `env`.
+    pub async fn start_with_env(
+        dir: &Path,
+        exe: &Path,
+        regions: &[(&str, Vec<Identity>)],
+        members: u64,
+        raft_settings: &str,
+        wan: WanSettings,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<LocalMesh> {
         let mut mesh = LocalMesh {
             regions: BTreeMap::new(),
             links: BTreeMap::new(),
@@ -50,8 +63,9 @@ impl LocalMesh {
             proxies: JoinSet::new(),
         };
         for (name, holders) in regions {
-            let region =
+            let mut region =
                 LocalRegion::plan(&dir.join(name), name, exe, OPERATOR, holders.clone(), members, raft_settings)?;
+            region.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
             mesh.regions.insert((*name).to_owned(), region);
         }
         let names: Vec<String> = mesh.regions.keys().cloned().collect();

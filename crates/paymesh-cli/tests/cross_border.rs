@@ -187,7 +187,8 @@ async fn replay_prepare(region: &Region, item: inter::PrepareItem) -> inter::Pre
 }
 
 async fn replay_decision(region: &Region, transfer_id: &str, decision: inter::Decision) -> i32 {
-    let item = inter::DecisionItem { transfer_id: transfer_id.to_owned(), decision: decision as i32 };
+    let item =
+        inter::DecisionItem { transfer_id: transfer_id.to_owned(), decision: decision as i32, ..Default::default() };
     let batch = inter::DecisionBatch { from_region: "us-west".into(), items: vec![item.clone(), item] };
     let answer = region
         .call(None, |channel| {
@@ -214,6 +215,8 @@ fn prepare_item(transfer: &wire::Transfer) -> inter::PrepareItem {
         merchant_id: transfer.payee.as_ref().unwrap().merchant_id.clone(),
         payer_token: transfer.payer_token.clone(),
         deadline_unix_ms: transfer.deadline_unix_ms,
+        // A replay carries no trace context: it is not the transfer's step.
+        traceparent: String::new(),
     }
 }
 
@@ -264,7 +267,11 @@ async fn replayed_late_and_duplicated_messages_change_no_outcome() {
     // A region may not speak for another: us-west's certificate, cn-east's from_region... refused.
     let batch = inter::DecisionBatch {
         from_region: "ap-southeast".into(),
-        items: vec![inter::DecisionItem { transfer_id: ids[0].clone(), decision: inter::Decision::Abort as i32 }],
+        items: vec![inter::DecisionItem {
+            transfer_id: ids[0].clone(),
+            decision: inter::Decision::Abort as i32,
+            ..Default::default()
+        }],
     };
     let refused = replay
         .call(None, |channel| {

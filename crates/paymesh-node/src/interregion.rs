@@ -195,8 +195,9 @@ pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMe
     })
 }
 
-/// The wire form of a Prepare, as the coordinator sends it.
-pub fn prepare_out(message: &PrepareMessage) -> wire::PrepareItem {
+/// The wire form of a Prepare, as the coordinator sends it, carrying the
+/// trace context `traceparent` (or empty).
+pub fn prepare_out(message: &PrepareMessage, traceparent: String) -> wire::PrepareItem {
     wire::PrepareItem {
         transfer_id: message.transfer.to_string(),
         corridor: Some(convert::corridor_id_out(&message.corridor)),
@@ -208,6 +209,7 @@ pub fn prepare_out(message: &PrepareMessage) -> wire::PrepareItem {
         merchant_id: message.merchant.to_string(),
         payer_token: message.payer_token.to_string(),
         deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
+        traceparent,
     }
 }
 
@@ -271,15 +273,10 @@ impl InterRegionService for InterRegionServer {
             return self.leader_client()?.prepare(forwarded).await;
         }
         let batch = request.into_inner();
-        let replies = join_all(batch.items.iter().map(|item| async {
-            match prepare_in(item, &from) {
-                Err(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
-                Ok(message) => match self.propose(CommandBody::Prepare(message)).await? {
-                    Outcome::PrepareReply(reply) => Ok(reply_out(&item.transfer_id, reply)),
-                    Outcome::Rejected(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
-                    other => Err(Status::internal(format!("unexpected outcome of a prepare: {other:?}"))),
-                },
-            }
+        let replies = join_all(batch.items.iter().map(|item| {
+            let span = tracing::info_span!("prepare.apply", transfer = %item.transfer_id, from = %from);
+            crate::telemetry::continue_from(&span, &item.traceparent);
+            tracing::Instrument::instrument(self.prepare_item(item, &from), span)
         }))
         .await
         .into_iter()
@@ -297,28 +294,47 @@ impl InterRegionService for InterRegionServer {
             return self.leader_client()?.decide(forwarded).await;
         }
         let batch = request.into_inner();
-        let acks = join_all(batch.items.iter().map(|item| async {
-            let Some((transfer, decision)) = decision_in(item, &from) else {
-                return Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation));
-            };
-            match self.propose(CommandBody::Decide { transfer, decision }).await? {
-                Outcome::Acked => Ok(ack(&item.transfer_id, wire::AckResult::Acked)),
-                Outcome::Rejected(code) => {
-                    tracing::error!(
-                        transfer = item.transfer_id,
-                        from = %from,
-                        ?code,
-                        "a decision contradicts this region's records; operators must investigate"
-                    );
-                    Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation))
-                }
-                other => Err(Status::internal(format!("unexpected outcome of a decision: {other:?}"))),
-            }
+        let acks = join_all(batch.items.iter().map(|item| {
+            let span = tracing::info_span!("decide.apply", transfer = %item.transfer_id, from = %from);
+            crate::telemetry::continue_from(&span, &item.traceparent);
+            tracing::Instrument::instrument(self.decide_item(item, &from), span)
         }))
         .await
         .into_iter()
         .collect::<Result<Vec<_>, Status>>()?;
         let region = self.gateway.node.config.region.to_string();
         Ok(Response::new(wire::AckBatch { from_region: region, acks }))
+    }
+}
+
+impl InterRegionServer {
+    async fn prepare_item(&self, item: &wire::PrepareItem, from: &RegionId) -> Result<wire::PrepareReply, Status> {
+        match prepare_in(item, from) {
+            Err(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
+            Ok(message) => match self.propose(CommandBody::Prepare(message)).await? {
+                Outcome::PrepareReply(reply) => Ok(reply_out(&item.transfer_id, reply)),
+                Outcome::Rejected(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
+                other => Err(Status::internal(format!("unexpected outcome of a prepare: {other:?}"))),
+            },
+        }
+    }
+
+    async fn decide_item(&self, item: &wire::DecisionItem, from: &RegionId) -> Result<wire::Ack, Status> {
+        let Some((transfer, decision)) = decision_in(item, from) else {
+            return Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation));
+        };
+        match self.propose(CommandBody::Decide { transfer, decision }).await? {
+            Outcome::Acked => Ok(ack(&item.transfer_id, wire::AckResult::Acked)),
+            Outcome::Rejected(code) => {
+                tracing::error!(
+                    transfer = item.transfer_id,
+                    from = %from,
+                    ?code,
+                    "a decision contradicts this region's records; operators must investigate"
+                );
+                Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation))
+            }
+            other => Err(Status::internal(format!("unexpected outcome of a decision: {other:?}"))),
+        }
     }
 }

@@ -33,6 +33,7 @@ pub mod node;
 pub mod outbox;
 pub mod partner_service;
 pub mod raft_service;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::NodeConfig;

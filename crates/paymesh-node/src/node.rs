@@ -99,6 +99,8 @@ pub struct Node {
     pub tls: Option<Arc<TlsMaterial>>,
     /// The links to the remote regions (the outbox's destinations).
     pub links: Arc<Links>,
+    /// The trace contexts of recent transfers (see [`crate::telemetry`]).
+    pub traces: Arc<crate::telemetry::Traces>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,7 +167,15 @@ impl Node {
         let raft_config = config.openraft_config().validate().map_err(|e| NodeError::Config(e.to_string()))?;
         let links = Links::from_config(&config, tls.as_deref()).map_err(NodeError::Config)?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, state_machine.clone()).await?;
-        Ok(Node { config: Arc::new(config), raft, state_machine, log_stats, tls, links: Arc::new(links) })
+        Ok(Node {
+            config: Arc::new(config),
+            raft,
+            state_machine,
+            log_stats,
+            tls,
+            links: Arc::new(links),
+            traces: Arc::default(),
+        })
     }
 
     /// Start the partner pipeline: the actor system, and the task that tells it

@@ -39,7 +39,9 @@ use tonic::Status;
 use crate::config::NodeConfig;
 use crate::gateway::Gateway;
 use crate::interregion::{decision_out, prepare_out, reply_in, BATCH_ITEMS_MAX, INTERREGION_MESSAGE_BYTES_MAX};
+use crate::telemetry;
 use crate::tls::TlsMaterial;
+use tracing::Instrument;
 
 /// Batches in flight to one region, at most.
 pub const RPCS_IN_FLIGHT_MAX: usize = 32;
@@ -267,9 +269,11 @@ async fn send_prepares(
     in_flight: Arc<Mutex<HashSet<Key>>>,
 ) -> Result<(), Status> {
     let keys: Vec<Key> = items.iter().map(|m| (m.transfer.clone(), false)).collect();
+    // A span per item, a child of its transfer's trace, open until the call returns.
+    let spans = step_spans(&gateway, &link, items.iter().map(|m| &m.transfer), "prepare.send");
     let batch = wire::PrepareBatch {
         from_region: gateway.node.config.region.to_string(),
-        items: items.iter().map(prepare_out).collect(),
+        items: items.iter().zip(&spans).map(|(m, span)| prepare_out(m, telemetry::traceparent(span))).collect(),
     };
     let answer = link
         .client
@@ -289,11 +293,15 @@ async fn send_prepares(
             return Err(gave_up(error));
         }
     };
+    drop(spans);
+    let applied = gateway.node.state_machine.applied();
     let proposals = items.iter().zip(&replies).filter_map(|(item, reply)| {
         let answer = reply_in(reply).filter(|_| reply.transfer_id == item.transfer.to_string())?;
-        Some(CommandBody::PrepareReplied { transfer: item.transfer.clone(), reply: answer })
+        let span = tracing::info_span!("prepare.replied", transfer = %item.transfer, reply = ?answer);
+        telemetry::continue_from(&span, &gateway.node.traces.of(&applied.state, &item.transfer));
+        Some((CommandBody::PrepareReplied { transfer: item.transfer.clone(), reply: answer }, span))
     });
-    let outcomes = join_all(proposals.map(|body| gateway.operate(body))).await;
+    let outcomes = join_all(proposals.map(|(body, span)| gateway.operate(body).instrument(span))).await;
     release(&in_flight, keys);
     outcomes.into_iter().find_map(Result::err).map_or(Ok(()), |status| {
         // Recording the answers failed (leadership lost, most likely); the
@@ -310,13 +318,16 @@ async fn send_decisions(
     in_flight: Arc<Mutex<HashSet<Key>>>,
 ) -> Result<(), Status> {
     let keys: Vec<Key> = items.iter().map(|(t, _)| (t.clone(), true)).collect();
+    let spans = step_spans(&gateway, &link, items.iter().map(|(t, _)| t), "decide.send");
     let batch = wire::DecisionBatch {
         from_region: gateway.node.config.region.to_string(),
         items: items
             .iter()
-            .map(|(transfer, decision)| wire::DecisionItem {
+            .zip(&spans)
+            .map(|((transfer, decision), span)| wire::DecisionItem {
                 transfer_id: transfer.to_string(),
                 decision: decision_out(*decision),
+                traceparent: telemetry::traceparent(span),
             })
             .collect(),
     };
@@ -338,6 +349,7 @@ async fn send_decisions(
             return Err(gave_up(error));
         }
     };
+    drop(spans);
     let mut proposals = Vec::new();
     let mut done = Vec::new();
     for ((transfer, decision), ack) in items.iter().zip(&acks) {
@@ -361,6 +373,27 @@ async fn send_decisions(
         tracing::debug!(code = ?status.code(), "recording decision acks failed");
     }
     Ok(())
+}
+
+/// A span per transfer for one protocol step, each continuing its
+/// transfer's trace (when this leader remembers it).
+fn step_spans<'a>(
+    gateway: &Gateway,
+    link: &Link,
+    transfers: impl Iterator<Item = &'a TransferId>,
+    step: &'static str,
+) -> Vec<tracing::Span> {
+    let applied = gateway.node.state_machine.applied();
+    transfers
+        .map(|transfer| {
+            let span = match step {
+                "prepare.send" => tracing::info_span!("prepare.send", transfer = %transfer, to = %link.region),
+                _ => tracing::info_span!("decide.send", transfer = %transfer, to = %link.region),
+            };
+            telemetry::continue_from(&span, &gateway.node.traces.of(&applied.state, transfer));
+            span
+        })
+        .collect()
 }
 
 /// With the breaker open and nothing to send: is the region back?

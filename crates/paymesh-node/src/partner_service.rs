@@ -103,6 +103,10 @@ impl PartnerService for PartnerServer {
         request: Request<wire::CreateTransferRequest>,
     ) -> Result<Response<wire::CreateTransferResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
+        let span = tracing::info_span!("create_transfer", partner = %partner, transfer = tracing::field::Empty);
+        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+            crate::telemetry::continue_from(&span, parent);
+        }
         let request = request.into_inner();
         let transfer = TransferRequest {
             partner: partner.clone(),
@@ -111,8 +115,15 @@ impl PartnerService for PartnerServer {
             payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
-        match self.gateway.submit(partner.clone(), CommandBody::CreateTransfer(transfer)).await? {
+        self.gateway.node.traces.remember(&partner, &transfer.idempotency_key, crate::telemetry::traceparent(&span));
+        let outcome = {
+            use tracing::Instrument;
+            let submitted = self.gateway.submit(partner.clone(), CommandBody::CreateTransfer(transfer));
+            submitted.instrument(span.clone()).await?
+        };
+        match outcome {
             Outcome::Transfer(view) => {
+                span.record("transfer", tracing::field::display(&view.id));
                 // The transfer as it stands now (a retry may find it committed).
                 let applied = self.gateway.node.state_machine.applied();
                 let current = applied

@@ -526,7 +526,11 @@ fn generated_messages_round_trip_through_prost() {
 
     let batch = DecisionBatch {
         from_region: "us-west".into(),
-        items: vec![DecisionItem { transfer_id: "us-west:42".into(), decision: Decision::Abort.into() }],
+        items: vec![DecisionItem {
+            transfer_id: "us-west:42".into(),
+            decision: Decision::Abort.into(),
+            traceparent: String::new(),
+        }],
     };
     let decoded = DecisionBatch::decode(batch.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, batch);

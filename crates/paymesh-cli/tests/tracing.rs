@@ -1,0 +1,148 @@
+//! One cross-border transfer is one trace: the nodes of two regions export
+//! their spans to an OTLP collector (one of our own, in this test), and the
+//! payer region's `create_transfer` and `prepare.replied`, and the payee
+//! region's `prepare.apply` and `decide.apply`, all carry the same trace id.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use paymesh_cli::demo;
+use paymesh_cli::mesh::LocalMesh;
+use paymesh_cli::wan::WanSettings;
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as wire;
+use tonic::{Request, Response, Status};
+
+/// A span as the collector received it.
+#[derive(Clone, Debug)]
+struct Received {
+    region: String,
+    name: String,
+    trace_id: Vec<u8>,
+    transfer: String,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+fn text(attributes: &[KeyValue], key: &str) -> String {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let region =
+                resource_spans.resource.as_ref().map(|r| text(&r.attributes, "paymesh.region")).unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        region: region.clone(),
+                        name: span.name.clone(),
+                        trace_id: span.trace_id.clone(),
+                        transfer: text(&span.attributes, "transfer"),
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_border_transfer_is_one_trace_across_regions() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let _server = tokio::spawn(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let raft = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
+    let wan = WanSettings { delay_ms: 5, ..WanSettings::default() };
+    let mut mesh = LocalMesh::start_with_env(dir.path(), exe, &demo::regions(), 3, raft, wan, &env).await.unwrap();
+    demo::configure(&mesh).await.unwrap();
+
+    let wallet = mesh.region("us-west").unwrap().partner("paypal-us").unwrap();
+    let quote = wallet
+        .create_quote(wire::CreateQuoteRequest {
+            qr_payload: "wxp://trace/1".into(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: "12.34".into(),
+                currency: "USD".into(),
+            })),
+        })
+        .await
+        .unwrap()
+        .quote
+        .unwrap();
+    let transfer = wallet
+        .create_transfer(wire::CreateTransferRequest {
+            idempotency_key: "traced-1".into(),
+            quote_id: quote.quote_id,
+            qr_payload: "wxp://trace/1".into(),
+            payer: Some(wire::PayerDetails { name: "A".into(), account: "B".into(), reference: "C".into() }),
+        })
+        .await
+        .unwrap()
+        .transfer
+        .unwrap();
+    let id = transfer.transfer_id;
+
+    let wanted = [
+        ("us-west", "create_transfer"),
+        ("us-west", "prepare.send"),
+        ("cn-east", "prepare.apply"),
+        ("us-west", "prepare.replied"),
+        ("us-west", "decide.send"),
+        ("cn-east", "decide.apply"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found: BTreeMap<(&str, &str), Vec<u8>> = loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let found: BTreeMap<(&str, &str), Vec<u8>> = wanted
+            .iter()
+            .filter_map(|(region, name)| {
+                let span = spans.iter().find(|s| s.region == *region && s.name == *name && s.transfer == id)?;
+                Some(((*region, *name), span.trace_id.clone()))
+            })
+            .collect();
+        if found.len() == wanted.len() {
+            break found;
+        }
+        let names: Vec<String> = spans.iter().map(|s| format!("{}/{}/{}", s.region, s.name, s.transfer)).collect();
+        assert!(Instant::now() < deadline, "spans of {id} missing; have {found:?}; received {names:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let trace_ids: std::collections::BTreeSet<&Vec<u8>> = found.values().collect();
+    assert_eq!(trace_ids.len(), 1, "one trace for the whole transfer: {found:?}");
+    assert_eq!(trace_ids.first().unwrap().len(), 16);
+    mesh.stop().unwrap();
+}
