@@ -174,41 +174,57 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     let mut backoff = BACKOFF_FIRST;
     let mut not_before = Instant::now();
     tracing::info!(region = %link.region, "shipping the outbox");
+    // Look at the outbox only when it may have changed (an entry applied), a
+    // batch finished, or the rescan timer fired: the leader's metrics also
+    // change on every replication acknowledgement.
+    let mut rescan = true;
+    let mut seen_applied = None;
     loop {
-        if Instant::now() >= not_before {
+        if rescan && Instant::now() >= not_before && tasks.len() < RPCS_IN_FLIGHT_MAX {
+            rescan = false;
             let (prepares, decisions) = collect(&gateway, &link.region, &in_flight);
-            if !prepares.is_empty() && tasks.len() < RPCS_IN_FLIGHT_MAX {
+            if !prepares.is_empty() {
                 tasks.spawn(send_prepares(gateway.clone(), link.clone(), prepares, in_flight.clone()));
-            } else {
-                release(&in_flight, prepares.iter().map(|m| (m.transfer.clone(), false)));
             }
             if !decisions.is_empty() && tasks.len() < RPCS_IN_FLIGHT_MAX {
                 tasks.spawn(send_decisions(gateway.clone(), link.clone(), decisions, in_flight.clone()));
             } else {
                 release(&in_flight, decisions.iter().map(|(t, _)| (t.clone(), true)));
             }
-            if tasks.is_empty() && link.open_for().is_some() {
-                tasks.spawn(probe(link.clone()));
-            }
+        }
+        if tasks.is_empty() && link.open_for().is_some() {
+            tasks.spawn(probe(link.clone()));
         }
         let wake = not_before.max(Instant::now() + RESCAN);
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            Some(joined) = tasks.join_next() => match joined {
-                Ok(Ok(())) => {
-                    backoff = BACKOFF_FIRST;
-                    link.succeeded();
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                Ok(Err(status)) => {
-                    link.failed(&status);
-                    tracing::debug!(region = %link.region, code = ?status.code(), error = status.message(), "batch failed");
-                    let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-                    not_before = Instant::now() + backoff + Duration::from_millis(jitter);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                let applied = metrics.borrow().last_applied;
+                if applied != seen_applied {
+                    seen_applied = applied;
+                    rescan = true;
                 }
-                Err(join) => tracing::error!(%join, "outbox batch task failed"),
-            },
-            () = tokio::time::sleep_until(wake) => {}
+            }
+            Some(joined) = tasks.join_next() => {
+                rescan = true;
+                match joined {
+                    Ok(Ok(())) => {
+                        backoff = BACKOFF_FIRST;
+                        link.succeeded();
+                    }
+                    Ok(Err(status)) => {
+                        link.failed(&status);
+                        tracing::debug!(region = %link.region, code = ?status.code(), error = status.message(), "batch failed");
+                        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                        not_before = Instant::now() + backoff + Duration::from_millis(jitter);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    Err(join) => tracing::error!(%join, "outbox batch task failed"),
+                }
+            }
+            () = tokio::time::sleep_until(wake) => rescan = true,
         }
     }
 }

@@ -187,20 +187,30 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let bytes = StateMachineStore::encode(&self.copy)?;
-        let sequence = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        // Encoding tens of megabytes and syncing them takes hundreds of
+        // milliseconds: off the async workers, which would otherwise stall
+        // every request queued behind them (all of a region's nodes build at
+        // about the same index, so the whole region would pause).
+        let (copy, shared) = (self.copy.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || SnapshotBuilder::build(&copy, &shared))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &io::Error::other(e.to_string())))?
+    }
+}
+
+impl SnapshotBuilder {
+    fn build(copy: &Applied, shared: &Shared) -> Result<Snapshot, StorageError> {
+        let bytes = StateMachineStore::encode(copy)?;
+        let sequence = shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let snapshot_id = match self.copy.last_applied {
+        let snapshot_id = match copy.last_applied {
             Some(id) => format!("{}-{}-{nanos}-{sequence}", id.leader_id, id.index),
             None => format!("empty-{nanos}-{sequence}"),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.copy.last_applied,
-            last_membership: self.copy.membership.clone(),
-            snapshot_id,
-        };
+        let meta =
+            SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.membership.clone(), snapshot_id };
         // Durable before openraft purges the log behind it.
-        self.shared
+        shared
             .checkpoints
             .save(&meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
