@@ -72,16 +72,27 @@ pub struct LocalRegion {
 /// socket's outgoing connection or port-0 bind before the node binds it.
 const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-/// Three free loopback ports that differ, from [`NODE_PORTS`].
+/// Three free loopback ports that differ, from [`NODE_PORTS`], never handed
+/// out before in this process: regions started side by side (tests run in
+/// parallel threads) would otherwise both find a port free that neither of
+/// their nodes has bound yet.
 fn free_ports() -> anyhow::Result<(u16, u16, u16)> {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = rand::rng();
     let mut held = Vec::with_capacity(3);
     for _ in 0..1_000 {
         if held.len() == 3 {
             break;
         }
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.random_range(NODE_PORTS))) {
+        let port = rng.random_range(NODE_PORTS);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
             held.push(listener);
         }
     }
