@@ -278,7 +278,16 @@ where
     F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let region = Region::new(target.addresses()?, target.credentials()?);
+    call_region(&Region::new(target.addresses()?, target.credentials()?), call).await
+}
+
+/// Run one admin call on whichever of `region`'s nodes leads, as the
+/// region's credentials say.
+pub(crate) async fn call_region<T, F, Fut>(region: &Region, call: F) -> anyhow::Result<T>
+where
+    F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let answer = region
         .call(None, |channel| {
             let fut = call(AdminServiceClient::new(channel));
@@ -288,16 +297,21 @@ where
     Ok(answer)
 }
 
+/// A reject code's short name (`INSUFFICIENT_POSITION`), or its number when
+/// this version does not know it.
+pub(crate) fn reject_name(code: i32) -> String {
+    common::RejectCode::try_from(code).map_or_else(
+        |_| format!("reject code {code}"),
+        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_owned(),
+    )
+}
+
 /// Fail with the reject code's name unless it is UNSPECIFIED.
-fn accepted(reject_code: i32) -> anyhow::Result<()> {
+pub(crate) fn accepted(reject_code: i32) -> anyhow::Result<()> {
     if reject_code == 0 {
         return Ok(());
     }
-    let name = common::RejectCode::try_from(reject_code).map_or_else(
-        |_| format!("code {reject_code}"),
-        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_owned(),
-    );
-    bail!("refused: {name}")
+    bail!("refused: {}", reject_name(reject_code))
 }
 
 fn unix_ms_now() -> i64 {

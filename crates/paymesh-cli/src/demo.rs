@@ -35,6 +35,7 @@ use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rand::{Rng, SeedableRng};
 
+use crate::admin::{accepted, call_region};
 use crate::local::LocalRegion;
 use crate::mesh::LocalMesh;
 use crate::wan::WanSettings;
@@ -130,14 +131,11 @@ struct Probes {
 async fn probe(mesh: &LocalMesh, stop: Arc<AtomicBool>) -> anyhow::Result<Probes> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
+    let remote = paymesh_client::Region::new(
+        mesh.endpoints("us-west", "cn-east")?.to_vec(),
+        mesh.node_credentials("us-west", "cn-east")?,
+    );
     let us = mesh.region("us-west")?;
-    let [_, cert, key] = us.cert_files("node-us-west-1");
-    let credentials = paymesh_client::Credentials::Tls {
-        ca: std::fs::read(mesh.region("cn-east")?.ca_file())?,
-        cert: std::fs::read(cert)?,
-        key: std::fs::read(key)?,
-    };
-    let remote = paymesh_client::Region::new(mesh.endpoints("us-west", "cn-east")?.to_vec(), credentials);
     let operator = us.sdk(&us.operator_stem())?;
     let histogram = || Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds");
     let mut probes = Probes { round_trip: histogram()?, commit: histogram()? };
@@ -159,17 +157,11 @@ async fn probe(mesh: &LocalMesh, stop: Arc<AtomicBool>) -> anyhow::Result<Probes
             reference: format!("demo-probe-{}-{n}", std::process::id()),
         };
         let started = Instant::now();
-        let committed = operator
-            .call(None, |channel| {
-                let request = request.clone();
-                async move {
-                    admin::admin_service_client::AdminServiceClient::new(channel)
-                        .top_up_position(request)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await;
+        let committed = call_region(&operator, |mut c| {
+            let request = request.clone();
+            async move { c.top_up_position(request).await }
+        })
+        .await;
         if committed.is_ok_and(|answer| answer.reject_code == 0) {
             let _ = probes.commit.record(micros(started.elapsed()));
         }
@@ -205,11 +197,6 @@ fn minor(amount: i64) -> String {
     format!("{}.{:02}", amount / 100, amount % 100)
 }
 
-fn code_name(code: i32) -> String {
-    common::RejectCode::try_from(code)
-        .map_or_else(|_| format!("reject code {code}"), |c| c.as_str_name().trim_start_matches("REJECT_CODE_").into())
-}
-
 fn corridor(source_region: &str, source: &str, destination_region: &str, destination: &str) -> common::CorridorId {
     common::CorridorId {
         source_currency: source.to_owned(),
@@ -239,9 +226,7 @@ pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
                 async move { c.upsert_partner(request).await }
             })
             .await?;
-        if answer.reject_code != 0 {
-            bail!("partner {partner}: {}", code_name(answer.reject_code));
-        }
+        accepted(answer.reject_code).with_context(|| format!("partner {partner}"))?;
     }
     for (region, partner, currency, prefund) in WALLETS {
         let request = admin::TopUpPositionRequest {
@@ -256,9 +241,7 @@ pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
                 async move { c.top_up_position(request).await }
             })
             .await?;
-        if answer.reject_code != 0 {
-            bail!("prefunding {partner}: {}", code_name(answer.reject_code));
-        }
+        accepted(answer.reject_code).with_context(|| format!("prefunding {partner}"))?;
         for (merchant_region, merchant, merchant_currency, prefix) in MERCHANTS {
             if merchant_region != region && merchant_region != "cn-east" {
                 continue;
@@ -294,40 +277,32 @@ pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
                 currency: merchant_currency.to_owned(),
             };
             let region = mesh.region(region)?;
-            let code = region
+            let context = || format!("corridor {currency} to {merchant} in {}", region.region());
+            let upserted = region
                 .admin(|mut c| {
                     let upsert = upsert.clone();
                     async move { c.upsert_corridor(upsert).await }
                 })
-                .await?
-                .reject_code;
+                .await?;
+            accepted(upserted.reject_code).with_context(context)?;
             // A corridor within one currency needs no rate.
-            let code = if code == 0 && currency != merchant_currency {
-                region
+            if currency != merchant_currency {
+                let rated = region
                     .admin(|mut c| {
                         let fx = fx.clone();
                         async move { c.set_fx_rate(fx).await }
                     })
-                    .await?
-                    .reject_code
-            } else {
-                code
-            };
-            // Corridors are per wallet currency; the routes are the region's.
-            let code = if code == 0 {
-                region
-                    .admin(|mut c| {
-                        let route = route.clone();
-                        async move { c.upsert_payee_route(route).await }
-                    })
-                    .await?
-                    .reject_code
-            } else {
-                code
-            };
-            if code != 0 {
-                bail!("corridor {currency} to {merchant} in {}: {}", region.region(), code_name(code));
+                    .await?;
+                accepted(rated.reject_code).with_context(context)?;
             }
+            // Corridors are per wallet currency; the routes are the region's.
+            let routed = region
+                .admin(|mut c| {
+                    let route = route.clone();
+                    async move { c.upsert_payee_route(route).await }
+                })
+                .await?;
+            accepted(routed.reject_code).with_context(context)?;
         }
     }
     Ok(())
@@ -686,7 +661,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let wan = WanSettings { delay_ms: args.rtt_ms / 2, ..WanSettings::default() };
     let raft = "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000";
     let started = Instant::now();
-    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, raft, wan).await?;
+    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, raft, wan, &[]).await?;
     configure(&mesh).await?;
     println!("mesh up and configured in {:.1} s", started.elapsed().as_secs_f64());
 

@@ -378,14 +378,7 @@ impl LocalRegion {
         F: Fn(AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let region = self.sdk(&self.operator_stem())?;
-        let answer = region
-            .call(None, |channel| {
-                let fut = call(AdminServiceClient::new(channel));
-                async move { fut.await.map(|r| r.into_inner()) }
-            })
-            .await?;
-        Ok(answer)
+        crate::admin::call_region(&self.sdk(&self.operator_stem())?, call).await
     }
 
     /// Initialise the region through node `id` and wait for a leader; the

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use paymesh_client::Credentials;
 use paymesh_node::identity::Identity;
 use tokio::task::JoinSet;
 
@@ -34,20 +35,9 @@ pub struct LocalMesh {
 impl LocalMesh {
     /// Start `regions` (a name and the partners to certify) of `members`
     /// nodes each under `dir`, with `raft_settings` as every node's `[raft]`
-    /// body, every pair linked under `wan`; each region initialised and led.
+    /// body and `env` in every node's environment, every pair of regions
+    /// linked under `wan`; each region initialised and led.
     pub async fn start(
-        dir: &Path,
-        exe: &Path,
-        regions: &[(&str, Vec<Identity>)],
-        members: u64,
-        raft_settings: &str,
-        wan: WanSettings,
-    ) -> anyhow::Result<LocalMesh> {
-        LocalMesh::start_with_env(dir, exe, regions, members, raft_settings, wan, &[]).await
-    }
-
-    /// As [`LocalMesh::start`], every node process also getting `env`.
-    pub async fn start_with_env(
         dir: &Path,
         exe: &Path,
         regions: &[(&str, Vec<Identity>)],
@@ -119,6 +109,16 @@ impl LocalMesh {
     pub fn endpoints(&self, from: &str, to: &str) -> anyhow::Result<&[String]> {
         let key = (from.to_owned(), to.to_owned());
         self.endpoints.get(&key).map(Vec::as_slice).with_context(|| format!("no link from {from} to {to}"))
+    }
+
+    /// How a node of region `from` presents itself to region `to`: node 1's
+    /// certificate, trusting `to`'s CA (for calls to `to`'s inter-region
+    /// listeners, as a probe or a test replaying messages).
+    pub fn node_credentials(&self, from: &str, to: &str) -> anyhow::Result<Credentials> {
+        let [_, cert, key] = self.region(from)?.cert_files(&format!("node-{from}-1"));
+        let ca = self.region(to)?.ca_file();
+        let read = |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        Ok(Credentials::Tls { ca: read(&ca)?, cert: read(&cert)?, key: read(&key)? })
     }
 
     /// Set the conditions on every link.

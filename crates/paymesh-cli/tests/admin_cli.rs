@@ -53,38 +53,22 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
             "USD",
         ],
     );
-    let out = ok(
-        &region,
-        &[
-            "position",
-            "top-up",
-            "--partner",
-            "wallet-a",
-            "--amount",
-            "500",
-            "--currency",
-            "USD",
-            "--reference",
-            "wire-1",
-        ],
-    );
+    let top_up = [
+        "position",
+        "top-up",
+        "--partner",
+        "wallet-a",
+        "--amount",
+        "500",
+        "--currency",
+        "USD",
+        "--reference",
+        "wire-1",
+    ];
+    let out = ok(&region, &top_up);
     assert!(out.contains("posted 500.00 USD"), "{out}");
     // A repeated top-up reference credits nothing more.
-    let out = ok(
-        &region,
-        &[
-            "position",
-            "top-up",
-            "--partner",
-            "wallet-a",
-            "--amount",
-            "500",
-            "--currency",
-            "USD",
-            "--reference",
-            "wire-1",
-        ],
-    );
+    let out = ok(&region, &top_up);
     assert!(out.contains("posted 500.00 USD"), "{out}");
     let corridor = ["--from", "us-west:USD", "--to", "us-west:USD"];
     let mut upsert = vec!["corridor", "upsert"];

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use paymesh_cli::demo::{self, check_agreement, check_ledgers, check_no_pii, PII_MARKER};
 use paymesh_cli::mesh::LocalMesh;
 use paymesh_cli::wan::WanSettings;
-use paymesh_client::{Credentials, PartnerClient, Region};
+use paymesh_client::{PartnerClient, Region};
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::interregion::v1 as inter;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
@@ -50,7 +50,7 @@ impl Drop for Mesh {
 async fn mesh(wan: WanSettings) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
-    let mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, RAFT, wan).await.unwrap();
+    let mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, RAFT, wan, &[]).await.unwrap();
     demo::configure(&mesh).await.unwrap();
     Mesh { mesh, dir: Some(dir) }
 }
@@ -160,16 +160,9 @@ async fn check_books(mesh: &LocalMesh) {
 /// A us-west node's client of cn-east's inter-region service, as the test
 /// hook that replays messages.
 fn replayer(mesh: &LocalMesh) -> Region {
-    let us = mesh.region("us-west").unwrap();
     let cn = mesh.region("cn-east").unwrap();
-    let [_, cert, key] = us.cert_files("node-us-west-1");
-    let credentials = Credentials::Tls {
-        ca: std::fs::read(cn.ca_file()).unwrap(),
-        cert: std::fs::read(cert).unwrap(),
-        key: std::fs::read(key).unwrap(),
-    };
     let endpoints: Vec<String> = cn.nodes.values().map(|n| n.interregion_addr.clone()).collect();
-    Region::new(endpoints, credentials)
+    Region::new(endpoints, mesh.node_credentials("us-west", "cn-east").unwrap())
 }
 
 async fn replay_prepare(region: &Region, item: inter::PrepareItem) -> inter::PrepareReply {

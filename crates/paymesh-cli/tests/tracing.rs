@@ -87,7 +87,7 @@ async fn a_cross_border_transfer_is_one_trace_across_regions() {
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
     let raft = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
     let wan = WanSettings { delay_ms: 5, ..WanSettings::default() };
-    let mut mesh = LocalMesh::start_with_env(dir.path(), exe, &demo::regions(), 3, raft, wan, &env).await.unwrap();
+    let mut mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, raft, wan, &env).await.unwrap();
     demo::configure(&mesh).await.unwrap();
 
     let wallet = mesh.region("us-west").unwrap().partner("paypal-us").unwrap();

@@ -155,6 +155,13 @@ pub fn ca_subject(pem: &[u8]) -> Result<Vec<u8>, String> {
     Err("no certificate".into())
 }
 
+/// `request`'s batch, marked for the leader as forwarded by this node.
+fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let mut forwarded = Request::new(request.into_inner());
+    forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    forwarded
+}
+
 fn envelope(items: usize) -> Result<(), Status> {
     if items == 0 || items > BATCH_ITEMS_MAX {
         return Err(Status::invalid_argument(format!("items: send 1 to {BATCH_ITEMS_MAX} items, not {items}")));
@@ -165,18 +172,17 @@ fn envelope(items: usize) -> Result<(), Status> {
 /// A Prepare item as the core's message; a malformed item is a protocol
 /// violation, and one from a region other than the caller a region mismatch.
 pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMessage, RejectCode> {
-    let violation = |_| RejectCode::ProtocolViolation;
+    fn violation<E>(_: E) -> RejectCode {
+        RejectCode::ProtocolViolation
+    }
     let transfer = TransferId::parse(&item.transfer_id).map_err(violation)?;
-    let corridor =
-        convert::corridor_id("corridor", item.corridor.as_ref()).map_err(|_| RejectCode::ProtocolViolation)?;
+    let corridor = convert::corridor_id("corridor", item.corridor.as_ref()).map_err(violation)?;
     let source_region = RegionId::new(item.source_region.as_str()).map_err(violation)?;
     if &source_region != from || transfer.origin() != from || corridor.source_region != source_region {
         return Err(RejectCode::RegionMismatch);
     }
-    let source =
-        convert::money("source_amount", item.source_amount.as_ref()).map_err(|_| RejectCode::ProtocolViolation)?;
-    let destination = convert::money("destination_amount", item.destination_amount.as_ref())
-        .map_err(|_| RejectCode::ProtocolViolation)?;
+    let source = convert::money("source_amount", item.source_amount.as_ref()).map_err(violation)?;
+    let destination = convert::money("destination_amount", item.destination_amount.as_ref()).map_err(violation)?;
     if source.is_zero() || destination.is_zero() {
         return Err(RejectCode::ProtocolViolation);
     }
@@ -185,13 +191,11 @@ pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMe
         corridor,
         source,
         destination,
-        rate: convert::rate("rate", &item.rate).map_err(|_| RejectCode::ProtocolViolation)?,
-        payee: convert::partner_id("payee_partner_id", &item.payee_partner_id)
-            .map_err(|_| RejectCode::ProtocolViolation)?,
+        rate: convert::rate("rate", &item.rate).map_err(violation)?,
+        payee: convert::partner_id("payee_partner_id", &item.payee_partner_id).map_err(violation)?,
         merchant: MerchantId::new(item.merchant_id.as_str()).map_err(violation)?,
         payer_token: PayerToken::parse(&item.payer_token).map_err(violation)?,
-        deadline: convert::timestamp("deadline_unix_ms", item.deadline_unix_ms)
-            .map_err(|_| RejectCode::ProtocolViolation)?,
+        deadline: convert::timestamp("deadline_unix_ms", item.deadline_unix_ms).map_err(violation)?,
     })
 }
 
@@ -268,9 +272,7 @@ impl InterRegionService for InterRegionServer {
         let from = self.caller(&request, &request.get_ref().from_region)?;
         envelope(request.get_ref().items.len())?;
         if !self.leading() {
-            let mut forwarded = Request::new(request.into_inner());
-            forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            return self.leader_client()?.prepare(forwarded).await;
+            return self.leader_client()?.prepare(forwarded(request)).await;
         }
         let batch = request.into_inner();
         let replies = join_all(batch.items.iter().map(|item| {
@@ -289,9 +291,7 @@ impl InterRegionService for InterRegionServer {
         let from = self.caller(&request, &request.get_ref().from_region)?;
         envelope(request.get_ref().items.len())?;
         if !self.leading() {
-            let mut forwarded = Request::new(request.into_inner());
-            forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            return self.leader_client()?.decide(forwarded).await;
+            return self.leader_client()?.decide(forwarded(request)).await;
         }
         let batch = request.into_inner();
         let acks = join_all(batch.items.iter().map(|item| {

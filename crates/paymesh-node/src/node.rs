@@ -322,20 +322,12 @@ impl Node {
     ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, NodeError> {
         let mut cas = BTreeMap::new();
         let mut bundle = Vec::new();
-        for remote in &self.config.remote_regions {
-            let subject = match &remote.ca_cert {
-                Some(file) => {
-                    let pem = std::fs::read(file)
-                        .map_err(|e| NodeError::Config(format!("remote_regions.ca_cert {}: {e}", file.display())))?;
-                    let subject = crate::interregion::ca_subject(&pem)
-                        .map_err(|e| NodeError::Config(format!("remote_regions.ca_cert {}: {e}", file.display())))?;
-                    bundle.extend_from_slice(&pem);
-                    bundle.push(b'\n');
-                    subject
-                }
-                None => Vec::new(),
-            };
-            cas.insert(remote.region.clone(), subject);
+        for link in self.links.iter() {
+            if let Some(ca) = &link.ca {
+                bundle.extend_from_slice(&ca.pem);
+                bundle.push(b'\n');
+            }
+            cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.subject.clone()).unwrap_or_default());
         }
         let builder = tonic::transport::Server::builder();
         let builder = match &self.tls {

@@ -75,16 +75,28 @@ struct Breaker {
 pub struct Link {
     /// The remote region.
     pub region: RegionId,
+    /// Its CA, when configured (always, with TLS).
+    pub ca: Option<RemoteCa>,
     client: Region,
     breaker: Mutex<Breaker>,
 }
 
+/// A remote region's CA certificate, read once at start-up.
+#[derive(Debug)]
+pub struct RemoteCa {
+    /// The PEM file's contents.
+    pub pem: Vec<u8>,
+    /// The subject of its (first) certificate: the issuer a certificate of a
+    /// node of that region must name.
+    pub subject: Vec<u8>,
+}
+
 impl Link {
-    fn new(region: RegionId, endpoints: Vec<String>, credentials: Credentials) -> Link {
+    fn new(region: RegionId, endpoints: Vec<String>, credentials: Credentials, ca: Option<RemoteCa>) -> Link {
         let attempts = u32::try_from(endpoints.len()).unwrap_or(u32::MAX).saturating_mul(2);
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
         let client = Region::with_policy(endpoints, credentials, policy).with_call_timeout(CALL_TIMEOUT);
-        Link { region, client, breaker: Mutex::default() }
+        Link { region, ca, client, breaker: Mutex::default() }
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -127,15 +139,21 @@ impl Links {
     pub fn from_config(config: &NodeConfig, tls: Option<&TlsMaterial>) -> Result<Links, String> {
         let mut links = BTreeMap::new();
         for remote in &config.remote_regions {
-            let credentials = match (tls, &remote.ca_cert) {
-                (Some(material), Some(ca)) => {
-                    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-                    material.credentials_trusting(pem)
+            let ca = match &remote.ca_cert {
+                Some(file) => {
+                    let failed = |e: String| format!("remote_regions.ca_cert {}: {e}", file.display());
+                    let pem = std::fs::read(file).map_err(|e| failed(e.to_string()))?;
+                    let subject = crate::interregion::ca_subject(&pem).map_err(failed)?;
+                    Some(RemoteCa { pem, subject })
                 }
+                None => None,
+            };
+            let credentials = match (tls, &ca) {
+                (Some(material), Some(ca)) => material.credentials_trusting(ca.pem.clone()),
                 (Some(_), None) => return Err(format!("remote region {}: ca_cert is required", remote.region)),
                 (None, _) => Credentials::Plaintext { identity: format!("node:{}:{}", config.region, config.node_id) },
             };
-            let link = Link::new(remote.region.clone(), remote.endpoints.clone(), credentials);
+            let link = Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, ca);
             links.insert(remote.region.clone(), Arc::new(link));
         }
         Ok(Links { links })
@@ -286,7 +304,11 @@ async fn send_prepares(
 ) -> Result<(), Status> {
     let keys: Vec<Key> = items.iter().map(|m| (m.transfer.clone(), false)).collect();
     // A span per item, a child of its transfer's trace, open until the call returns.
-    let spans = step_spans(&gateway, &link, items.iter().map(|m| &m.transfer), "prepare.send");
+    let spans = step_spans(
+        &gateway,
+        items.iter().map(|m| &m.transfer),
+        |transfer| tracing::info_span!("prepare.send", transfer = %transfer, to = %link.region),
+    );
     let batch = wire::PrepareBatch {
         from_region: gateway.node.config.region.to_string(),
         items: items.iter().zip(&spans).map(|(m, span)| prepare_out(m, telemetry::traceparent(span))).collect(),
@@ -334,7 +356,11 @@ async fn send_decisions(
     in_flight: Arc<Mutex<HashSet<Key>>>,
 ) -> Result<(), Status> {
     let keys: Vec<Key> = items.iter().map(|(t, _)| (t.clone(), true)).collect();
-    let spans = step_spans(&gateway, &link, items.iter().map(|(t, _)| t), "decide.send");
+    let spans = step_spans(
+        &gateway,
+        items.iter().map(|(t, _)| t),
+        |transfer| tracing::info_span!("decide.send", transfer = %transfer, to = %link.region),
+    );
     let batch = wire::DecisionBatch {
         from_region: gateway.node.config.region.to_string(),
         items: items
@@ -395,17 +421,13 @@ async fn send_decisions(
 /// transfer's trace (when this leader remembers it).
 fn step_spans<'a>(
     gateway: &Gateway,
-    link: &Link,
     transfers: impl Iterator<Item = &'a TransferId>,
-    step: &'static str,
+    span_of: impl Fn(&TransferId) -> tracing::Span,
 ) -> Vec<tracing::Span> {
     let applied = gateway.node.state_machine.applied();
     transfers
         .map(|transfer| {
-            let span = match step {
-                "prepare.send" => tracing::info_span!("prepare.send", transfer = %transfer, to = %link.region),
-                _ => tracing::info_span!("decide.send", transfer = %transfer, to = %link.region),
-            };
+            let span = span_of(transfer);
             telemetry::continue_from(&span, &gateway.node.traces.of(&applied.state, transfer));
             span
         })

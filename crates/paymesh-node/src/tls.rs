@@ -143,11 +143,7 @@ impl TlsMaterial {
     /// A server configuration: presents our certificate and **requires** a
     /// client certificate signed by the CA.
     pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.tls_identity())
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
-            .timeout(TLS_HANDSHAKE_TIMEOUT)
+        self.server_config_trusting(&self.ca_pem)
     }
 
     /// A client configuration: presents our certificate, trusts only the CA,
@@ -164,11 +160,7 @@ impl TlsMaterial {
 
     /// The same material as the SDK's credentials, for dialing other nodes.
     pub fn credentials(&self) -> paymesh_client::Credentials {
-        paymesh_client::Credentials::Tls {
-            ca: self.ca_pem.clone(),
-            cert: self.cert_pem.clone(),
-            key: self.key_pem.clone(),
-        }
+        self.credentials_trusting(self.ca_pem.clone())
     }
 
     /// Our certificate with another trust root: for dialing a remote region,

@@ -67,6 +67,28 @@ struct Fixture {
     _pipeline: paymesh_node::node::Pipeline,
 }
 
+/// Set a USD→EUR rate valid from a second ago until `valid_for_ms` from now
+/// (which bounds the life of quotes priced with it); the time it was set and
+/// a quote request on that corridor.
+async fn short_lived_euro_rate(f: &Fixture, valid_for_ms: i64) -> (i64, wire::CreateQuoteRequest) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let rate = admin::SetFxRateRequest {
+        corridor: corridor("EUR"),
+        mid_rate: "0.9".into(),
+        valid_from_unix_ms: now - 1_000,
+        valid_until_unix_ms: now + valid_for_ms,
+    };
+    assert_eq!(f.admin.set_fx_rate(operator_request(rate)).await.unwrap().into_inner().reject_code, 0);
+    let euro = wire::CreateQuoteRequest {
+        qr_payload: "pay://euro/shop".into(),
+        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+            amount: "5".into(),
+            currency: "USD".into(),
+        })),
+    };
+    (now, euro)
+}
+
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
@@ -415,21 +437,7 @@ async fn business_outcomes_are_codes_and_suspension_is_a_failed_precondition() {
     assert_eq!(above.reject_code, common::RejectCode::AmountAboveMaximum as i32);
 
     // An expired quote: a rate valid for one second bounds the quote's life.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let rate = admin::SetFxRateRequest {
-        corridor: corridor("EUR"),
-        mid_rate: "0.9".into(),
-        valid_from_unix_ms: now - 1_000,
-        valid_until_unix_ms: now + 1_000,
-    };
-    assert_eq!(f.admin.set_fx_rate(operator_request(rate)).await.unwrap().into_inner().reject_code, 0);
-    let euro = wire::CreateQuoteRequest {
-        qr_payload: "pay://euro/shop".into(),
-        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-            amount: "5".into(),
-            currency: "USD".into(),
-        })),
-    };
+    let (_, euro) = short_lived_euro_rate(&f, 1_000).await;
     let euro = p.create_quote(partner_request(euro)).await.unwrap().into_inner();
     let q = euro.quote.clone().unwrap_or_else(|| panic!("{euro:?}"));
     tokio::time::sleep(Duration::from_millis(1_300)).await;
@@ -586,21 +594,7 @@ async fn the_leader_ticks_and_expired_quotes_are_forgotten() {
     use paymesh_core::limits::QUOTE_RETENTION_AFTER_EXPIRY_MS;
 
     let f = fixture().await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let rate = admin::SetFxRateRequest {
-        corridor: corridor("EUR"),
-        mid_rate: "0.9".into(),
-        valid_from_unix_ms: now - 1_000,
-        valid_until_unix_ms: now + 500,
-    };
-    assert_eq!(f.admin.set_fx_rate(operator_request(rate)).await.unwrap().into_inner().reject_code, 0);
-    let euro = wire::CreateQuoteRequest {
-        qr_payload: "pay://euro/shop".into(),
-        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-            amount: "5".into(),
-            currency: "USD".into(),
-        })),
-    };
+    let (now, euro) = short_lived_euro_rate(&f, 500).await;
     let quote = f.partner.create_quote(partner_request(euro)).await.unwrap().into_inner().quote.unwrap();
     let id = paymesh_core::id::QuoteId::parse(&quote.quote_id).unwrap();
     let expires = Duration::from_millis(u64::try_from(quote.expires_unix_ms - now).unwrap());

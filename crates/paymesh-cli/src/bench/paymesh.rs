@@ -18,16 +18,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use paymesh_client::{ClientError, NodeChannel, PartnerClient, Region};
+use paymesh_client::{ClientError, PartnerClient};
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
-use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 
 use super::load::{Attempt, Target};
 use super::report::{Audit, AuditCheck, Totals};
 use super::workload::{decimal, Pick, CURRENCY, FEE_BPS};
+use crate::admin::call_region;
 use crate::local::LocalRegion;
 
 /// The region the benchmark creates.
@@ -101,10 +101,7 @@ fn money(minor: i64) -> Option<common::Money> {
 
 /// A reject code's short name, for the report.
 fn code_name(code: i32) -> String {
-    common::RejectCode::try_from(code).map_or_else(
-        |_| format!("reject code {code}"),
-        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_lowercase(),
-    )
+    crate::admin::reject_name(code).to_lowercase()
 }
 
 /// A failed call's short reason: the step and the gRPC code (messages
@@ -160,8 +157,11 @@ impl PaymeshTarget {
             (region.sdk(&region.operator_stem())?, region.client()?)
         };
         let ledger =
-            admin_call(&operator, |mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await })
-                .await?;
+            call_region(
+                &operator,
+                |mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await },
+            )
+            .await?;
         let detail = ledger
             .currencies
             .iter()
@@ -291,20 +291,6 @@ async fn count_committed(client: &PartnerClient) -> anyhow::Result<u64> {
     bail!("audit: a payer has more than {} transfers", AUDIT_PAGES_MAX as u64 * u64::from(AUDIT_PAGE))
 }
 
-async fn admin_call<T, F, Fut>(operator: &Region, call: F) -> anyhow::Result<T>
-where
-    F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let answer = operator
-        .call(None, |channel| {
-            let fut = call(AdminServiceClient::new(channel));
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await?;
-    Ok(answer)
-}
-
 /// Partners, prefunding, the corridor and the routes, `SETUP_CONCURRENCY`
 /// calls at a time; any refusal fails the setup.
 async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Result<()> {
@@ -326,7 +312,7 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
                 settlement_currency: CURRENCY.to_owned(),
                 net_debit_cap: money(0),
             };
-            let answer = admin_call(operator, |mut c| {
+            let answer = call_region(operator, |mut c| {
                 let request = request.clone();
                 async move { c.upsert_partner(request).await }
             })
@@ -347,7 +333,7 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
                 amount: money(config.prefund_minor),
                 reference: format!("prefund-{index}"),
             };
-            let answer = admin_call(operator, |mut c| {
+            let answer = call_region(operator, |mut c| {
                 let request = request.clone();
                 async move { c.top_up_position(request).await }
             })
@@ -381,7 +367,7 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
         // A cap no run reaches: the benchmark measures throughput, not caps.
         daily_cap: money(100_000_000_000_000),
     };
-    let answer = admin_call(operator, |mut c| {
+    let answer = call_region(operator, |mut c| {
         let request = corridor.clone();
         async move { c.upsert_corridor(request).await }
     })
@@ -398,7 +384,7 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
                 region: REGION.to_owned(),
                 currency: CURRENCY.to_owned(),
             };
-            let answer = admin_call(operator, |mut c| {
+            let answer = call_region(operator, |mut c| {
                 let request = request.clone();
                 async move { c.upsert_payee_route(request).await }
             })
