@@ -48,11 +48,11 @@ pub const PII_MARKER: &str = "PIIMARK";
 const PAYER_NAME: &str = "Alice Traveller 李爱丽";
 
 /// The wallets: (region, partner, currency, prefunding in minor units).
-pub const WALLETS: [(&str, &str, &str, i64); 2] =
+pub const WALLETS: [Wallet; 2] =
     [("us-west", "paypal-us", "USD", 10_000_000_000), ("ap-southeast", "gcash-ph", "PHP", 500_000_000_000)];
 
 /// The merchant networks: (region, partner, currency, QR prefix).
-pub const MERCHANTS: [(&str, &str, &str, &str); 4] = [
+pub const MERCHANTS: [Merchant; 4] = [
     ("cn-east", "wechat-cn", "CNY", "wxp://"),
     ("cn-east", "alipay-cn", "CNY", "alipay://"),
     ("us-west", "shop-us", "USD", "usqr://shop/"),
@@ -60,7 +60,7 @@ pub const MERCHANTS: [(&str, &str, &str, &str); 4] = [
 ];
 
 /// Mid rates, destination units per source unit.
-const RATES: [(&str, &str, &str); 4] =
+pub const RATES: [Rate; 4] =
     [("USD", "CNY", "7.1000"), ("PHP", "CNY", "0.1250"), ("USD", "USD", "1"), ("PHP", "PHP", "1")];
 
 /// The regions and the partners each certifies.
@@ -206,12 +206,35 @@ fn corridor(source_region: &str, source: &str, destination_region: &str, destina
     }
 }
 
+/// A wallet: (region, partner, currency, prefunding in minor units).
+pub type Wallet = (&'static str, &'static str, &'static str, i64);
+
+/// A merchant network: (region, partner, currency, QR prefix).
+pub type Merchant = (&'static str, &'static str, &'static str, &'static str);
+
+/// A mid rate: (source currency, destination currency, destination units per
+/// source unit).
+pub type Rate = (&'static str, &'static str, &'static str);
+
 /// Configure the demo's world on `mesh`: partners, prefunding, corridors,
 /// rates and payee routes. Every refusal is an error.
 pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
-    let wallets = WALLETS.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payer));
-    let merchants = MERCHANTS.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payee));
-    for (region, partner, currency, role) in wallets.chain(merchants) {
+    configure_world(mesh, &WALLETS, &MERCHANTS, &RATES).await
+}
+
+/// Configure a world on `mesh`: the wallets (prefunded) and merchants as
+/// partners of their regions, and for each wallet a corridor, with its rate
+/// and the payee route, to every merchant whose currency `rates` prices from
+/// the wallet's. Every refusal is an error.
+pub async fn configure_world(
+    mesh: &LocalMesh,
+    wallets: &[Wallet],
+    merchants: &[Merchant],
+    rates: &[Rate],
+) -> anyhow::Result<()> {
+    let payers = wallets.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payer));
+    let payees = merchants.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payee));
+    for (region, partner, currency, role) in payers.chain(payees) {
         let request = admin::UpsertPartnerRequest {
             partner_id: partner.to_owned(),
             home_region: region.to_owned(),
@@ -228,7 +251,7 @@ pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
             .await?;
         accepted(answer.reject_code).with_context(|| format!("partner {partner}"))?;
     }
-    for (region, partner, currency, prefund) in WALLETS {
+    for &(region, partner, currency, prefund) in wallets {
         let request = admin::TopUpPositionRequest {
             partner_id: partner.to_owned(),
             amount: money(&minor(prefund), currency),
@@ -242,15 +265,11 @@ pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
             })
             .await?;
         accepted(answer.reject_code).with_context(|| format!("prefunding {partner}"))?;
-        for (merchant_region, merchant, merchant_currency, prefix) in MERCHANTS {
-            if merchant_region != region && merchant_region != "cn-east" {
+        for &(merchant_region, merchant, merchant_currency, prefix) in merchants {
+            let Some((_, _, rate)) = rates.iter().find(|(s, d, _)| *s == currency && *d == merchant_currency) else {
                 continue;
-            }
+            };
             let id = corridor(region, currency, merchant_region, merchant_currency);
-            let (_, _, rate) = RATES
-                .iter()
-                .find(|(s, d, _)| *s == currency && *d == merchant_currency)
-                .context("a rate for every corridor")?;
             let upsert = admin::UpsertCorridorRequest {
                 corridor: Some(id.clone()),
                 spread_bps: if merchant_region == region { 0 } else { 50 },

@@ -48,6 +48,8 @@ pub struct LocalNode {
     pub log: PathBuf,
     /// The process, while it runs.
     pub child: Option<Child>,
+    /// Configuration appended to this node's file (its `[raft_dial]`, say).
+    pub extra_config: String,
 }
 
 /// A region of node processes on loopback.
@@ -218,6 +220,7 @@ impl LocalRegion {
             data_dir: self.dir.join(format!("data-{id}")),
             log: self.dir.join(format!("node-{id}.log")),
             child: None,
+            extra_config: String::new(),
         };
         self.nodes.insert(id, node);
         Ok(())
@@ -246,7 +249,7 @@ impl LocalRegion {
         let text = format!(
             "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\n\
              {}data_dir = \"{}\"\n\
-             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{}",
+             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{}\n{}",
             self.region,
             node.raft_addr,
             node.api_addr,
@@ -262,6 +265,7 @@ impl LocalRegion {
             cert.display(),
             key.display(),
             self.remote_regions,
+            node.extra_config,
         );
         fs::write(&node.config, text).with_context(|| format!("writing {}", node.config.display()))
     }

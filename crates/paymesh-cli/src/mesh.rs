@@ -46,6 +46,23 @@ impl LocalMesh {
         wan: WanSettings,
         env: &[(&str, &str)],
     ) -> anyhow::Result<LocalMesh> {
+        let mut mesh = LocalMesh::plan(dir, exe, regions, members, raft_settings, wan, env).await?;
+        mesh.launch().await?;
+        Ok(mesh)
+    }
+
+    /// As [`LocalMesh::start`], without starting any node: certificates
+    /// issued, addresses allocated and links proxied, so a caller can adjust
+    /// the nodes' configuration before [`LocalMesh::launch`].
+    pub async fn plan(
+        dir: &Path,
+        exe: &Path,
+        regions: &[(&str, Vec<Identity>)],
+        members: u64,
+        raft_settings: &str,
+        wan: WanSettings,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<LocalMesh> {
         let mut mesh = LocalMesh {
             regions: BTreeMap::new(),
             links: BTreeMap::new(),
@@ -79,13 +96,19 @@ impl LocalMesh {
                 mesh.regions.get_mut(a).context("region planned")?.remote_regions.push_str(&text);
             }
         }
-        for region in mesh.regions.values_mut() {
+        Ok(mesh)
+    }
+
+    /// Start every planned node and initialise every region; returns once
+    /// each is led.
+    pub async fn launch(&mut self) -> anyhow::Result<()> {
+        for region in self.regions.values_mut() {
             region.launch()?;
         }
-        for (name, region) in &mesh.regions {
+        for (name, region) in &self.regions {
             region.initialize(1, LEADER_TIMEOUT).await.with_context(|| format!("initialising {name}"))?;
         }
-        Ok(mesh)
+        Ok(())
     }
 
     /// The region `name`.

@@ -1,7 +1,7 @@
 //! A node's configuration file (TOML). Every key is documented in
 //! `deploy/node.example.toml`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,6 +163,12 @@ pub struct NodeConfig {
     /// Raft timing and compaction.
     #[serde(default)]
     pub raft: RaftSettings,
+    /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
+    /// another address than the one in the membership (a proxy, a NAT, a
+    /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
+    /// peers are dialled at their membership address.
+    #[serde(default)]
+    pub raft_dial: BTreeMap<String, String>,
 }
 
 impl NodeConfig {
@@ -223,6 +229,14 @@ impl NodeConfig {
                 }
             }
         }
+        for (id, addr) in &self.raft_dial {
+            if id.parse::<u64>().map_or(true, |id| id == 0) {
+                return Err(invalid("raft_dial", format!("{id:?} is not a node id")));
+            }
+            if !is_host_port(addr) {
+                return Err(invalid("raft_dial", format!("{addr:?} is not host:port")));
+            }
+        }
         self.validate_remote_regions(path)?;
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms {
@@ -278,6 +292,11 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Where this node dials each peer listed under `[raft_dial]`.
+    pub fn raft_dial(&self) -> BTreeMap<u64, String> {
+        self.raft_dial.iter().filter_map(|(id, addr)| Some((id.parse().ok()?, addr.clone()))).collect()
+    }
+
     /// The remote region `region`, if configured.
     pub fn remote_region(&self, region: &RegionId) -> Option<&RemoteRegionConfig> {
         self.remote_regions.iter().find(|r| &r.region == region)
@@ -297,13 +316,28 @@ impl NodeConfig {
             election_timeout_min: r.election_timeout_min_ms,
             election_timeout_max: r.election_timeout_max_ms,
             max_payload_entries: r.max_entries_per_append,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold()),
             max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
             install_snapshot_timeout: r.snapshot_timeout_ms,
             // Catch a learner up to within this many entries before promoting it.
             replication_lag_threshold: 1_000,
             ..openraft::Config::default()
         }
+    }
+
+    /// This node's snapshot threshold: `snapshot_after_entries` stretched by
+    /// 0 to 7/16 of itself, by a fraction fixed by the region and node id. All
+    /// nodes see the same log, so with one threshold every node of a region (and
+    /// of regions with similar traffic) would write its snapshot at the same
+    /// moment; on shared disks and cores that stalls commits everywhere at once.
+    pub fn snapshot_threshold(&self) -> u64 {
+        let n = self.raft.snapshot_after_entries;
+        // FNV-1a over the region name and node id: stable across restarts.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.region.as_str().bytes().chain(self.node_id.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        n.saturating_add(n / 16 * (h % 8))
     }
 
     /// The time allowed for sending one snapshot.
@@ -345,6 +379,36 @@ mod tests {
         assert_eq!(raft.cluster_name, "paymesh-us-west");
     }
 
+    #[test]
+    fn raft_dial_overrides_are_parsed_and_checked() {
+        let config = parse(&format!("{GOOD}\n[raft_dial]\n2 = \"127.0.0.1:9002\"\n")).unwrap();
+        assert_eq!(config.raft_dial(), BTreeMap::from([(2, "127.0.0.1:9002".to_owned())]));
+        for bad in ["x = \"127.0.0.1:9002\"", "0 = \"127.0.0.1:9002\"", "2 = \"nowhere\""] {
+            let err = parse(&format!("{GOOD}\n[raft_dial]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("raft_dial"), "{bad}: {err}");
+        }
+    }
+
+    /// Nodes stretch the snapshot threshold differently (so a region's nodes do
+    /// not all write snapshots at once), within 7/16 of the setting, and the
+    /// same node always gets the same threshold.
+    #[test]
+    fn snapshot_thresholds_are_spread_over_nodes_and_stable() {
+        let mut config = parse(GOOD).unwrap();
+        let mut thresholds = BTreeSet::new();
+        for region in ["us-west", "ap-southeast", "cn-east"] {
+            for id in 1..=3 {
+                config.region = region.parse().unwrap();
+                config.node_id = id;
+                let t = config.snapshot_threshold();
+                assert_eq!(t, config.snapshot_threshold());
+                assert!((10_000..=14_375).contains(&t), "{region}/{id}: {t}");
+                thresholds.insert(t);
+            }
+        }
+        assert!(thresholds.len() >= 4, "thresholds barely spread: {thresholds:?}");
+    }
+
     /// The documented example is a valid configuration and names every key,
     /// so it cannot drift from the code.
     #[test]
@@ -379,6 +443,7 @@ mod tests {
             "[[remote_regions]]",
             "endpoints",
             "ca_cert =",
+            "[raft_dial]",
         ];
         for key in keys {
             assert!(text.contains(key), "deploy/node.example.toml does not document {key}");

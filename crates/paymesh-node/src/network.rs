@@ -10,6 +10,7 @@
 //! limit. Snapshots are streamed whole, in chunks of [`SNAPSHOT_CHUNK_BYTES`],
 //! on one `InstallSnapshot` stream.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -47,16 +48,24 @@ pub struct Network {
     group: u64,
     /// Used only as a channel factory (its retries are openraft's business).
     peers: Arc<Region>,
+    /// Peers dialled at another address than their membership one.
+    dial: Arc<BTreeMap<NodeId, String>>,
     snapshot_timeout: Duration,
 }
 
 impl Network {
-    /// A network for Raft group `group`, dialing as `credentials`.
-    pub fn new(group: u64, credentials: Credentials, snapshot_timeout: Duration) -> Network {
+    /// A network for Raft group `group`, dialing as `credentials`, and the
+    /// peers in `dial` at the addresses given there.
+    pub fn new(
+        group: u64,
+        credentials: Credentials,
+        dial: BTreeMap<NodeId, String>,
+        snapshot_timeout: Duration,
+    ) -> Network {
         // The channel's own limit is the longest call (a snapshot); openraft
         // bounds the others with its own timeouts.
         let peers = Region::new(Vec::new(), credentials).with_call_timeout(snapshot_timeout);
-        Network { group, peers: Arc::new(peers), snapshot_timeout }
+        Network { group, peers: Arc::new(peers), dial: Arc::new(dial), snapshot_timeout }
     }
 }
 
@@ -64,7 +73,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
-        let client = self.peers.channel(&node.raft_addr).map(|channel| {
+        let addr = self.dial.get(&target).unwrap_or(&node.raft_addr);
+        let client = self.peers.channel(addr).map(|channel| {
             RaftServiceClient::new(channel)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)

@@ -114,8 +114,12 @@ impl Node {
     /// talking to peers over gRPC.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
         let tls = Node::load_tls(&config)?;
-        let network =
-            Network::new(REGION_GROUP, Node::credentials_of(&config, tls.as_deref()), config.snapshot_timeout());
+        let network = Network::new(
+            REGION_GROUP,
+            Node::credentials_of(&config, tls.as_deref()),
+            config.raft_dial(),
+            config.snapshot_timeout(),
+        );
         Node::open_parts(config, network, tls).await
     }
 

@@ -102,6 +102,7 @@ async fn fixture() -> Fixture {
         peers: vec![PeerConfig { node_id: 1, raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() }],
         interregion_listen: None,
         remote_regions: Vec::new(),
+        raft_dial: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

@@ -1,0 +1,335 @@
+//! What a chaos run records, and what the checkers read: every request the
+//! workload made with its times and outcome, the faults injected, and, after
+//! the faults healed, what every region holds.
+//!
+//! Times are milliseconds since the run started. Amounts are exact decimals
+//! with their currency; money is never a float here either.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// An amount and its currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    /// The exact amount, in major units (`12.34`).
+    pub amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// How a request ended, from the client's side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered: the request took effect (or was a read that returned).
+    Ok,
+    /// Answered with a definite refusal: the request took no effect (a
+    /// business reject code, INVALID_ARGUMENT, FAILED_PRECONDITION, a
+    /// fail-fast UNAVAILABLE from the breaker, RESOURCE_EXHAUSTED).
+    Failed {
+        /// The code or status, for the report.
+        reason: String,
+    },
+    /// No answer (timeout, connection lost, an UNAVAILABLE or INTERNAL the
+    /// client cannot classify): the request may or may not have taken effect.
+    Unknown {
+        /// What the client saw.
+        reason: String,
+    },
+}
+
+/// Final and intermediate transfer states, as the partner API names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Recorded, nothing reserved yet.
+    Received,
+    /// Payer's debit reserved; the payee region has not prepared.
+    Reserved,
+    /// The payee region holds the credit pending; awaiting the decision.
+    Prepared,
+    /// Done on this side: posted.
+    Committed,
+    /// Undone on this side: reservations released.
+    Aborted,
+}
+
+impl TransferState {
+    /// Committed or aborted.
+    pub fn is_final(self) -> bool {
+        matches!(self, TransferState::Committed | TransferState::Aborted)
+    }
+}
+
+/// One request the workload made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// The workload's client (one per concurrent worker) that made it.
+    pub client: u32,
+    /// When it was sent, ms since the run started.
+    pub invoked_ms: u64,
+    /// When its answer (or the client's giving up) came, ms since the run started.
+    pub completed_ms: u64,
+    /// What was asked and, where answered, what came back.
+    pub request: Request,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// What the workload asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// CreateTransfer (after a quote; the quote itself is not recorded).
+    CreateTransfer {
+        /// The region the payer partner called.
+        region: String,
+        /// The payer partner.
+        partner: String,
+        /// The idempotency key; the same key may be sent several times
+        /// (retries after a timeout, deliberate duplicates).
+        idempotency_key: String,
+        /// The payee partner and its region.
+        payee_partner: String,
+        /// The payee's region (equal to `region` for a domestic transfer).
+        payee_region: String,
+        /// Debited from the payer: source amount plus fee, as quoted.
+        debit: Amount,
+        /// Credited to the payee, as quoted.
+        credit: Amount,
+        /// From the answer, when `Ok`: the transfer's id and state.
+        transfer_id: Option<String>,
+        /// From the answer, when `Ok`.
+        state: Option<TransferState>,
+    },
+    /// GetTransfer by id.
+    GetTransfer {
+        /// The region called.
+        region: String,
+        /// The partner calling.
+        partner: String,
+        /// The transfer asked for.
+        transfer_id: String,
+        /// From the answer, when `Ok`.
+        state: Option<TransferState>,
+    },
+    /// GetPosition of the calling partner in one currency.
+    GetPosition {
+        /// The region called.
+        region: String,
+        /// The partner calling.
+        partner: String,
+        /// From the answer, when `Ok`.
+        position: Option<Position>,
+    },
+    /// One connection of StreamEvents, resumed from a cursor; the events it
+    /// delivered before it ended.
+    Events {
+        /// The region called.
+        region: String,
+        /// The partner calling.
+        partner: String,
+        /// The cursor it resumed after (0 = from the start).
+        from_cursor: u64,
+        /// Each event delivered: (cursor, transfer id, state).
+        events: Vec<(u64, String, TransferState)>,
+    },
+}
+
+/// A partner's position in one currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The currency of every amount here.
+    pub currency: String,
+    /// Settled balance: top-ups minus committed debits plus committed credits.
+    pub posted_balance: Decimal,
+    /// Reserved debits of transfers not yet final.
+    pub pending_debits: Decimal,
+    /// Prepared credits of transfers not yet final.
+    pub pending_credits: Decimal,
+    /// How far the posted balance may go below zero.
+    pub net_debit_cap: Decimal,
+}
+
+/// A fault the nemesis injected, from start to heal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Which nemesis (`kill`, `kill-leader`, `pause`, `isolate`,
+    /// `cut-region`, `wan`, `restart-region`).
+    pub nemesis: String,
+    /// What it hit (`us-west/2`, `cn-east`, `us-west<->cn-east`).
+    pub target: String,
+    /// When it started, ms since the run started.
+    pub start_ms: u64,
+    /// When it was healed, ms since the run started.
+    pub end_ms: u64,
+    /// How long after the heal the mesh was live again (every region led
+    /// and answering), ms; `None` if it did not recover within the bound.
+    pub recovered_after_ms: Option<u64>,
+}
+
+/// A transfer as one region holds it after healing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedTransfer {
+    /// The transfer id (the same in both regions of a cross-border transfer).
+    pub transfer_id: String,
+    /// The payer partner's idempotency key (known in the origin region only;
+    /// empty in the payee region).
+    pub idempotency_key: String,
+    /// The payer partner; empty in the payee region of a cross-border
+    /// transfer, which never learns who paid.
+    pub payer_partner: String,
+    /// The payee partner.
+    pub payee_partner: String,
+    /// The origin (payer's) region.
+    pub source_region: String,
+    /// The payee's region.
+    pub destination_region: String,
+    /// The state in this region.
+    pub state: TransferState,
+    /// Source amount plus fee, debited from the payer. The payee region of a
+    /// cross-border transfer does not know the payer's fee: there it is the
+    /// source amount alone.
+    pub debit: Amount,
+    /// Destination amount, credited to the payee.
+    pub credit: Amount,
+}
+
+/// One replica's state after healing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The node id within its region.
+    pub node_id: u64,
+    /// Its last applied log index.
+    pub applied_index: u64,
+    /// The digest of its state machine at that index (hex).
+    pub digest: String,
+}
+
+/// Per-currency totals of a region's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerTotals {
+    /// Posted debits.
+    pub debits_posted: Decimal,
+    /// Posted credits.
+    pub credits_posted: Decimal,
+    /// Pending debits.
+    pub debits_pending: Decimal,
+    /// Pending credits.
+    pub credits_pending: Decimal,
+}
+
+/// What one region holds after healing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionObservation {
+    /// Every transfer this region holds (as origin or as payee).
+    pub transfers: Vec<ObservedTransfer>,
+    /// Ledger totals per currency.
+    pub ledger: BTreeMap<String, LedgerTotals>,
+    /// Every partner's positions, by partner then currency.
+    pub positions: BTreeMap<String, BTreeMap<String, Position>>,
+    /// Top-ups the workload's setup made, by partner then currency (the
+    /// opening posted balance).
+    pub top_ups: BTreeMap<String, BTreeMap<String, Decimal>>,
+    /// Every replica of the region.
+    pub replicas: Vec<Replica>,
+}
+
+/// What the mesh holds once the faults healed and the run waited for
+/// in-flight transfers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// When the last fault healed, ms since the run started.
+    pub healed_ms: u64,
+    /// When every transfer had reached a final state in every region, ms
+    /// since the run started; `None` if some had not by `deadline_ms`.
+    pub resolved_ms: Option<u64>,
+    /// How long after the heal every transfer must be final.
+    pub resolve_bound_ms: u64,
+    /// Each region's holdings, by region.
+    pub regions: BTreeMap<String, RegionObservation>,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The seed the schedule and workload came from.
+    pub seed: u64,
+    /// `docker`, `process` or `sim`.
+    pub backend: String,
+    /// How long the workload ran, ms.
+    pub duration_ms: u64,
+    /// Every request, in completion order.
+    pub ops: Vec<Op>,
+    /// Every fault, in start order.
+    pub faults: Vec<Fault>,
+    /// What the mesh held at the end; `None` if the run could not observe it
+    /// (which the checkers count as a violation).
+    pub observation: Option<Observation>,
+}
+
+impl Outcome {
+    /// Whether the request was answered with success.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+
+    /// Whether the request may have taken effect (answered with success, or
+    /// not answered at all).
+    pub fn may_have_taken_effect(&self) -> bool {
+        !matches!(self, Outcome::Failed { .. })
+    }
+}
+
+impl Request {
+    /// Every kind of request, in the order reports list them.
+    pub const KINDS: [&'static str; 4] = ["create_transfer", "get_transfer", "get_position", "events"];
+
+    /// The request's kind, as it is serialised (`create_transfer`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::CreateTransfer { .. } => Self::KINDS[0],
+            Request::GetTransfer { .. } => Self::KINDS[1],
+            Request::GetPosition { .. } => Self::KINDS[2],
+            Request::Events { .. } => Self::KINDS[3],
+        }
+    }
+
+    /// The region the request was sent to.
+    pub fn region(&self) -> &str {
+        match self {
+            Request::CreateTransfer { region, .. }
+            | Request::GetTransfer { region, .. }
+            | Request::GetPosition { region, .. }
+            | Request::Events { region, .. } => region,
+        }
+    }
+}
+
+impl ObservedTransfer {
+    /// Whether payer and payee are in different regions.
+    pub fn is_cross_border(&self) -> bool {
+        self.source_region != self.destination_region
+    }
+
+    /// Whether this record, held by `region`, is the transfer's origin side
+    /// (the payer's; for a domestic transfer, its only record).
+    pub fn is_origin_side_in(&self, region: &str) -> bool {
+        self.source_region == region
+    }
+
+    /// Whether this record, held by `region`, is the payee side of a
+    /// cross-border transfer.
+    pub fn is_payee_side_in(&self, region: &str) -> bool {
+        self.source_region != region && self.destination_region == region
+    }
+}
+
+impl Observation {
+    /// Every transfer record with the region holding it.
+    pub fn transfers(&self) -> impl Iterator<Item = (&str, &ObservedTransfer)> + '_ {
+        self.regions.iter().flat_map(|(region, held)| held.transfers.iter().map(move |t| (region.as_str(), t)))
+    }
+}

@@ -1,0 +1,19 @@
+//! The chaos suite of paymesh: the proof that no fault loses or duplicates
+//! money.
+//!
+//! * [`history`]: what a run records (every request with its times and
+//!   outcome, the faults, what every region holds after healing).
+//! * [`check`]: one checker per invariant over a history.
+//! * [`report`]: a run's JSON and Markdown report and its picture.
+//! * [`world`], [`workload`], [`nemesis`], [`process`], [`observe`],
+//!   [`run`]: a run against a mesh of local processes.
+
+pub mod check;
+pub mod history;
+pub mod nemesis;
+pub mod observe;
+pub mod process;
+pub mod report;
+pub mod run;
+pub mod workload;
+pub mod world;

@@ -1,0 +1,120 @@
+//! `paymesh-chaos`: the chaos suite's command (see the crate documentation
+//! and `chaos/README.md`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use paymesh_chaos::run::{run, RunConfig};
+use paymesh_chaos::{check, history::History, report};
+
+#[derive(Debug, Parser)]
+#[command(name = "paymesh-chaos", about = "Faults against a 3-region paymesh, and the checks that no money was lost")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bring up a mesh, run the workload under the seed's faults, check the
+    /// history; exit 0 only with no violation.
+    Run {
+        /// The seed of the fault schedule and the workload.
+        #[arg(long)]
+        seed: u64,
+        /// How long the workload runs, in seconds (faults included).
+        #[arg(long, default_value_t = 180)]
+        duration: u64,
+        /// Where the mesh runs: local processes, or containers.
+        #[arg(long, value_enum, default_value_t = Backend::Process)]
+        backend: Backend,
+        /// Where the mesh, the history and the report go.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent payment workers.
+        #[arg(long, default_value_t = 8)]
+        workers: u32,
+        /// The normal round trip between regions, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        rtt_ms: u64,
+        /// The `paymesh` binary (default: next to this one).
+        #[arg(long)]
+        paymesh: Option<PathBuf>,
+    },
+    /// Check a recorded history again and rewrite its report.
+    Check {
+        /// The history.json of a run.
+        history: PathBuf,
+        /// Where the report goes (default: next to the history).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// `paymesh start` processes on loopback.
+    Process,
+    /// Containers of the `paymesh:dev` image (deploy/).
+    Docker,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    match execute(Cli::parse()) {
+        Ok(0) => {
+            println!("violations: 0");
+            ExitCode::SUCCESS
+        }
+        Ok(n) => {
+            println!("violations: {n}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            println!("violations: unknown (the run did not complete)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<usize> {
+    match cli.command {
+        Command::Run { seed, duration, backend, dir, workers, rtt_ms, paymesh } => {
+            if backend == Backend::Docker {
+                bail!("the docker backend is not available yet; use --backend process");
+            }
+            let exe = match paymesh {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("paymesh"),
+            };
+            if !exe.is_file() {
+                bail!("no paymesh binary at {} (build it, or pass --paymesh)", exe.display());
+            }
+            if workers == 0 || workers > 256 || duration == 0 || duration > 24 * 3600 {
+                bail!("--workers must be 1..=256 and --duration 1..=86400 s");
+            }
+            let dir = dir.unwrap_or_else(|| PathBuf::from(format!("target/chaos/seed-{seed}")));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let config = RunConfig { seed, duration: Duration::from_secs(duration), dir, exe, workers, rtt_ms };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let result = runtime.block_on(run(&config))?;
+            eprintln!("chaos: report in {}", result.report.markdown.display());
+            Ok(result.violations)
+        }
+        Command::Check { history, out } => {
+            let text = std::fs::read(&history).with_context(|| format!("reading {}", history.display()))?;
+            let parsed: History = serde_json::from_slice(&text).context("parsing the history")?;
+            let verdict = check::check_all(&parsed);
+            let out = out.unwrap_or_else(|| history.with_file_name("report"));
+            let paths = report::write(&out, &parsed, &verdict)?;
+            eprintln!("chaos: report in {}", paths.markdown.display());
+            Ok(verdict.violations())
+        }
+    }
+}

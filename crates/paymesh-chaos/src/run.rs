@@ -1,0 +1,262 @@
+//! One chaos run: bring the mesh up, configure the world, drive the
+//! workload while the nemeses work through the seed's schedule, heal, wait
+//! for every transfer to settle, observe, check, report.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use paymesh_cli::demo::configure_world;
+use paymesh_cli::wan::WanSettings;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::history::{self, History, Observation};
+use crate::nemesis::{Fault, Schedule};
+use crate::process::ProcessMesh;
+use crate::workload::{self, Recorder};
+use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
+use crate::{check, observe, report};
+
+/// How long the mesh may take to be live again after a heal.
+const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+
+/// How long after the last heal every transfer must be final: the 10 s
+/// cross-border deadline, the shipper's retries and a leader election.
+pub const RESOLVE_BOUND: Duration = Duration::from_secs(60);
+
+/// Quiet time before the first fault.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// What a run needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The seed of the schedule and the workload.
+    pub seed: u64,
+    /// How long the workload runs (faults included).
+    pub duration: Duration,
+    /// Where the mesh and the report go.
+    pub dir: PathBuf,
+    /// The `paymesh` binary.
+    pub exe: PathBuf,
+    /// Concurrent payment workers.
+    pub workers: u32,
+    /// The normal round trip between regions.
+    pub rtt_ms: u64,
+}
+
+/// A run's verdict: the violations counted and where the report is.
+#[derive(Debug)]
+pub struct RunResult {
+    /// Violations of all checkers.
+    pub violations: usize,
+    /// The report's directory.
+    pub report: report::ReportPaths,
+}
+
+/// Run the chaos suite once on local processes.
+pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
+    std::fs::create_dir_all(&config.dir).with_context(|| format!("creating {}", config.dir.display()))?;
+    let base = WanSettings { delay_ms: config.rtt_ms / 2, jitter_ms: 2, ..WanSettings::default() };
+    eprintln!("chaos: seed {}, starting 3 regions × 3 nodes in {}", config.seed, config.dir.display());
+    let mut mesh = ProcessMesh::start(&config.dir.join("mesh"), &config.exe, base).await?;
+    configure_world(&mesh.mesh, &WALLETS, &MERCHANTS, &RATES).await.context("configuring the world")?;
+
+    let recorder = Arc::new(Recorder::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    let mut clients = Vec::new();
+    for wallet in &WALLETS {
+        clients.push((*wallet, workload::client(mesh.region(wallet.0)?, wallet.1)?));
+    }
+    let clients = Arc::new(clients);
+    for id in 0..config.workers {
+        tasks.spawn(workload::worker(id, config.seed, clients.clone(), recorder.clone(), stop.clone()));
+    }
+    let followed = WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1)));
+    for (n, (region, partner)) in followed.enumerate() {
+        let client = workload::client(mesh.region(region)?, partner)?;
+        let id = 1_000 + u32::try_from(n).unwrap_or(0);
+        tasks.spawn(workload::follow(id, region.into(), partner.into(), client, recorder.clone(), stop.clone()));
+    }
+
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let mut schedule = Schedule::new(config.seed, base);
+    let mut faults = Vec::new();
+    tokio::time::sleep(WARM_UP.min(config.duration)).await;
+    loop {
+        let step = schedule.next_step();
+        if Instant::now() + step.hold + step.rest > deadline {
+            break;
+        }
+        let start_ms = recorder.now_ms();
+        let (sent, ok) = recorder.counts();
+        eprintln!(
+            "chaos: {:>4} s  {} {} for {} ms  ({sent} transfer requests, {ok} acknowledged)",
+            started.elapsed().as_secs(),
+            step.fault.nemesis(),
+            step.fault.target(),
+            step.hold.as_millis()
+        );
+        let injected = inject(&mut mesh, &step.fault, base).await?;
+        tokio::time::sleep(step.hold).await;
+        heal(&mut mesh, &step.fault, &injected, base)?;
+        let end_ms = recorder.now_ms();
+        let recovered = wait_live(&mesh, RECOVERY_BOUND).await;
+        if recovered.is_none() {
+            eprintln!("chaos: the mesh was not live {} s after the heal", RECOVERY_BOUND.as_secs());
+        }
+        faults.push(history::Fault {
+            nemesis: step.fault.nemesis().to_owned(),
+            target: match injected {
+                Some(node) => format!("{}/{node}", step.fault.target()),
+                None => step.fault.target(),
+            },
+            start_ms,
+            end_ms,
+            recovered_after_ms: recovered.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        });
+        tokio::time::sleep(step.rest.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    tokio::time::sleep_until(deadline).await;
+    stop.store(true, Ordering::Relaxed);
+    let drained =
+        tokio::time::timeout(Duration::from_secs(30), async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+    let duration_ms = recorder.now_ms();
+    let healed_ms = faults.last().map_or(0, |f| f.end_ms);
+
+    eprintln!("chaos: workload stopped; waiting for every transfer to settle");
+    let observation = settle(&mesh, &recorder).await;
+    if let Err(e) = &observation {
+        eprintln!("chaos: could not observe the mesh: {e:#}");
+    }
+    let history = History {
+        seed: config.seed,
+        backend: "process".into(),
+        duration_ms,
+        ops: recorder.take(),
+        faults,
+        observation: observation.ok().map(|mut o| {
+            o.healed_ms = healed_ms;
+            o
+        }),
+    };
+    mesh.stop()?;
+    let history_file = config.dir.join("history.json");
+    std::fs::write(&history_file, serde_json::to_vec(&history)?)
+        .with_context(|| format!("writing {}", history_file.display()))?;
+    let verdict = check::check_all(&history);
+    let report = report::write(&config.dir.join("report"), &history, &verdict)?;
+    Ok(RunResult { violations: verdict.violations(), report })
+}
+
+/// Inject `fault`; for a killed leader, which node it was.
+async fn inject(mesh: &mut ProcessMesh, fault: &Fault, base: WanSettings) -> anyhow::Result<Option<u64>> {
+    let _ = base;
+    match fault {
+        Fault::Kill { region, node } => mesh.kill(region, *node).map(|()| None),
+        Fault::KillLeader { region } => match mesh.leader(region, Duration::from_secs(10)).await {
+            Some(leader) => mesh.kill(region, leader).map(|()| Some(leader)),
+            None => Ok(None),
+        },
+        Fault::Pause { region, node } => mesh.pause(region, *node, true).map(|()| None),
+        Fault::Isolate { region, node } => mesh.isolate(region, *node, true).map(|()| None),
+        Fault::CutRegion { region } => mesh.cut_region(region, true).map(|()| None),
+        Fault::Wan { a, b, settings } => mesh.set_wan(a, b, *settings).map(|()| None),
+        Fault::RestartRegion { region } => {
+            for node in mesh.running(region)? {
+                mesh.kill(region, node)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Undo `fault`.
+fn heal(mesh: &mut ProcessMesh, fault: &Fault, injected: &Option<u64>, base: WanSettings) -> anyhow::Result<()> {
+    match fault {
+        Fault::Kill { region, node } => mesh.restart(region, *node),
+        Fault::KillLeader { region } => match injected {
+            Some(node) => mesh.restart(region, *node),
+            None => Ok(()),
+        },
+        Fault::Pause { region, node } => mesh.pause(region, *node, false),
+        Fault::Isolate { region, node } => mesh.isolate(region, *node, false),
+        Fault::CutRegion { region } => mesh.cut_region(region, false),
+        Fault::Wan { a, b, .. } => mesh.set_wan(a, b, base),
+        Fault::RestartRegion { region } => {
+            for node in 1..=crate::process::MEMBERS {
+                mesh.restart(region, node)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Wait until every region has a leader and every node answers; how long
+/// that took, or `None` past `bound`.
+async fn wait_live(mesh: &ProcessMesh, bound: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        let mut live = true;
+        for region in REGIONS {
+            let Ok(local) = mesh.region(region) else { return None };
+            let Ok(client) = local.client() else { return None };
+            let mut leaders = 0;
+            for node in local.nodes.values() {
+                let status = tokio::time::timeout(Duration::from_secs(1), client.status(&node.api_addr, false)).await;
+                match status {
+                    Ok(Ok(status)) => {
+                        leaders += usize::from(status.role == paymesh_proto::admin::v1::NodeRole::Leader as i32);
+                    }
+                    _ => live = false,
+                }
+            }
+            live &= leaders == 1;
+        }
+        if live {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Observe the mesh until every transfer is final in every region, or
+/// [`RESOLVE_BOUND`] passes; the last observation.
+async fn settle(mesh: &ProcessMesh, recorder: &Recorder) -> anyhow::Result<Observation> {
+    let started = Instant::now();
+    loop {
+        let mut observation =
+            Observation { resolve_bound_ms: u64::try_from(RESOLVE_BOUND.as_millis())?, ..Observation::default() };
+        let mut all_final = true;
+        let mut failure = None;
+        for region in REGIONS {
+            match observe::region(region, mesh.region(region)?).await {
+                Ok(o) => {
+                    all_final &= o.transfers.iter().all(|t| t.state.is_final());
+                    all_final &= o.replicas.windows(2).all(|w| w[0].digest == w[1].digest);
+                    observation.regions.insert(region.to_owned(), o);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_none() && all_final {
+            observation.resolved_ms = Some(recorder.now_ms());
+            return Ok(observation);
+        }
+        if started.elapsed() > RESOLVE_BOUND {
+            return match failure {
+                Some(e) => Err(e),
+                None => Ok(observation),
+            };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

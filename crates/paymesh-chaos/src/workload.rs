@@ -1,0 +1,317 @@
+//! The bank workload: wallets paying merchants at home and abroad with
+//! idempotency keys, retrying with the same key after a timeout, sometimes
+//! submitting a request twice on purpose, reading transfers and positions,
+//! and following their events from cursors; every request recorded with its
+//! times and outcome.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use paymesh_cli::local::LocalRegion;
+use paymesh_client::{ClientError, PartnerClient, Region, RetryPolicy};
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as wire;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::history::{Amount, Op, Outcome, Position, Request, TransferState};
+use crate::world;
+use paymesh_cli::demo::Wallet;
+
+/// A marker in every payer's personal data (searched for in the payee
+/// regions' files).
+pub const PII_MARKER: &str = "CHAOSPII";
+
+/// Attempts of one CreateTransfer with one key while its outcome is unknown.
+const ATTEMPTS: u32 = 4;
+
+/// One call's time limit; the SDK's own retries stop within [`SDK_DEADLINE`].
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the SDK retries one call across the region's nodes.
+const SDK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Events recorded per stream connection before the follower reconnects
+/// from its cursor (so resumption happens in quiet runs too).
+const EVENTS_PER_CONNECTION: usize = 500;
+
+/// Where the workload's requests go, and what it has recorded.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Recorder {
+        Recorder { started: Instant::now(), ops: Mutex::new(Vec::new()) }
+    }
+
+    /// Milliseconds since the run started.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&self, client: u32, invoked_ms: u64, request: Request, outcome: Outcome) {
+        let op = Op { client, invoked_ms, completed_ms: self.now_ms(), request, outcome };
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+    }
+
+    /// CreateTransfers answered so far (for the progress line).
+    pub fn counts(&self) -> (usize, usize) {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let transfers = ops.iter().filter(|o| matches!(o.request, Request::CreateTransfer { .. }));
+        let (mut all, mut ok) = (0, 0);
+        for op in transfers {
+            all += 1;
+            ok += usize::from(op.outcome == Outcome::Ok);
+        }
+        (all, ok)
+    }
+
+    /// Everything recorded, in completion order.
+    pub fn take(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.ops.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+/// A partner's client of a region, retrying briefly (the workload does its
+/// own retries, and records each).
+pub fn client(region: &LocalRegion, partner: &str) -> anyhow::Result<PartnerClient> {
+    let addrs: Vec<String> = region.nodes.values().map(|n| n.api_addr.clone()).collect();
+    let credentials = region.credentials(&format!("partner-{partner}"))?;
+    let policy = RetryPolicy { attempts: 3, deadline: SDK_DEADLINE };
+    Ok(PartnerClient::new(Region::with_policy(addrs, credentials, policy).with_call_timeout(CALL_TIMEOUT)))
+}
+
+/// How a failed call ended: a definite refusal, or unknown.
+pub fn classify(error: &ClientError) -> Outcome {
+    match error {
+        ClientError::Refused(status) => match status.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted => Outcome::Unknown { reason: format!("{:?}: {}", status.code(), status.message()) },
+            code => Outcome::Failed { reason: format!("{code:?}") },
+        },
+        ClientError::GaveUp { last, .. } => {
+            Outcome::Unknown { reason: format!("{:?}: {}", last.code(), last.message()) }
+        }
+        ClientError::Credentials(e) => Outcome::Failed { reason: format!("credentials: {e}") },
+    }
+}
+
+/// The history's state of a wire state.
+pub fn state_of(state: i32) -> Option<TransferState> {
+    match wire::TransferState::try_from(state).ok()? {
+        wire::TransferState::Received => Some(TransferState::Received),
+        wire::TransferState::Reserved => Some(TransferState::Reserved),
+        wire::TransferState::Prepared => Some(TransferState::Prepared),
+        wire::TransferState::Committed => Some(TransferState::Committed),
+        wire::TransferState::Aborted => Some(TransferState::Aborted),
+        wire::TransferState::Unspecified => None,
+    }
+}
+
+/// An amount of the wire.
+pub fn amount_of(money: Option<&common::Money>) -> Option<Amount> {
+    let money = money?;
+    Some(Amount { amount: Decimal::from_str(&money.amount).ok()?, currency: money.currency.clone() })
+}
+
+fn minor(amount: i64) -> String {
+    format!("{}.{:02}", amount / 100, amount % 100)
+}
+
+/// One worker: payments until `stop`, each recorded.
+pub async fn worker(
+    id: u32,
+    seed: u64,
+    clients: Arc<Vec<(Wallet, PartnerClient)>>,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 32));
+    let mut acknowledged: Vec<(usize, String)> = Vec::new();
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let w = rng.random_range(0..clients.len());
+        let (wallet, client) = &clients[w];
+        let payees = world::payees_of(wallet);
+        let abroad: Vec<_> = payees.iter().filter(|m| m.0 != wallet.0).collect();
+        let home: Vec<_> = payees.iter().filter(|m| m.0 == wallet.0).collect();
+        let merchant = if rng.random_range(0..10) < 7 || home.is_empty() {
+            abroad[rng.random_range(0..abroad.len())]
+        } else {
+            home[rng.random_range(0..home.len())]
+        };
+        let qr = format!("{}m{:04}", merchant.3, rng.random_range(0..1000));
+        // 5.00 to 500.00 in the wallet's currency (more for the weak ones).
+        let scale = if wallet.2 == "USD" { 1 } else { 10 };
+        let amount = rng.random_range(500..50_000i64) * scale;
+        let quote = wire::CreateQuoteRequest {
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: minor(amount),
+                currency: wallet.2.to_owned(),
+            })),
+        };
+        let Ok(Some(quote)) = client.create_quote(quote).await.map(|a| a.quote) else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (Some(debit), Some(credit)) =
+            (amount_of(quote.total_debit.as_ref()), amount_of(quote.destination_amount.as_ref()))
+        else {
+            continue;
+        };
+        let key = format!("chaos-{seed}-{id}-{sequence}");
+        let request = wire::CreateTransferRequest {
+            idempotency_key: key.clone(),
+            quote_id: quote.quote_id,
+            qr_payload: qr,
+            payer: Some(wire::PayerDetails {
+                name: format!("Tourist {PII_MARKER} 旅客"),
+                account: format!("acct-{PII_MARKER}-{id}-{sequence}"),
+                reference: format!("ref-{PII_MARKER}-{id}-{sequence}"),
+            }),
+        };
+        let record = |transfer: Option<&wire::Transfer>| Request::CreateTransfer {
+            region: wallet.0.to_owned(),
+            partner: wallet.1.to_owned(),
+            idempotency_key: key.clone(),
+            payee_partner: merchant.1.to_owned(),
+            payee_region: merchant.0.to_owned(),
+            debit: debit.clone(),
+            credit: credit.clone(),
+            transfer_id: transfer.map(|t| t.transfer_id.clone()),
+            state: transfer.and_then(|t| state_of(t.state)),
+        };
+        // Send; while the outcome is unknown, send again with the same key;
+        // sometimes send an answered request again on purpose.
+        let duplicate = rng.random_range(0..10) == 0;
+        let mut sends = 0;
+        let mut attempts = 0;
+        while attempts < ATTEMPTS && !(stop.load(Ordering::Relaxed) && attempts > 0) {
+            attempts += 1;
+            let invoked = recorder.now_ms();
+            let (outcome, transfer) = match client.create_transfer(request.clone()).await {
+                Ok(answer) => match answer.transfer {
+                    Some(t) => (Outcome::Ok, Some(t)),
+                    None => (Outcome::Failed { reason: format!("reject {}", answer.reject_code) }, None),
+                },
+                Err(e) => (classify(&e), None),
+            };
+            let unknown = matches!(outcome, Outcome::Unknown { .. });
+            if let Some(t) = &transfer {
+                acknowledged.push((w, t.transfer_id.clone()));
+            }
+            recorder.record(id, invoked, record(transfer.as_ref()), outcome);
+            sends += 1;
+            if unknown {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempts))).await;
+                continue;
+            }
+            if duplicate && sends == 1 {
+                continue;
+            }
+            break;
+        }
+        if rng.random_range(0..4) == 0 && !acknowledged.is_empty() {
+            let (w, transfer_id) = acknowledged[rng.random_range(0..acknowledged.len())].clone();
+            let (wallet, client) = &clients[w];
+            let invoked = recorder.now_ms();
+            let result = client.get_transfer(wire::GetTransferRequest { transfer_id: transfer_id.clone() }).await;
+            let (state, outcome) = match result {
+                Ok(answer) => (answer.transfer.and_then(|t| state_of(t.state)), Outcome::Ok),
+                Err(e) => (None, classify(&e)),
+            };
+            let request =
+                Request::GetTransfer { region: wallet.0.to_owned(), partner: wallet.1.to_owned(), transfer_id, state };
+            recorder.record(id, invoked, request, outcome);
+        }
+        if rng.random_range(0..8) == 0 {
+            let invoked = recorder.now_ms();
+            let result = client.get_position(wire::GetPositionRequest { currency: wallet.2.to_owned() }).await;
+            let (position, outcome) = match result {
+                Ok(answer) => (answer.positions.first().and_then(position_of), Outcome::Ok),
+                Err(e) => (None, classify(&e)),
+            };
+            let request = Request::GetPosition { region: wallet.0.to_owned(), partner: wallet.1.to_owned(), position };
+            recorder.record(id, invoked, request, outcome);
+        }
+    }
+}
+
+/// A position of the wire.
+pub fn position_of(p: &common::Position) -> Option<Position> {
+    let value = |m: Option<&common::Money>| amount_of(m).map(|a| a.amount);
+    Some(Position {
+        currency: p.currency.clone(),
+        posted_balance: value(p.posted_balance.as_ref())?,
+        pending_debits: value(p.pending_debits.as_ref())?,
+        pending_credits: value(p.pending_credits.as_ref())?,
+        net_debit_cap: value(p.net_debit_cap.as_ref())?,
+    })
+}
+
+/// Follow `partner`'s events from cursor 0 until `stop`, reconnecting from
+/// the last cursor after every error and every `EVENTS_PER_CONNECTION`
+/// events; each connection recorded as one `Events` request.
+pub async fn follow(
+    id: u32,
+    region: String,
+    partner: String,
+    client: PartnerClient,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut cursor = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let invoked = recorder.now_ms();
+        let from_cursor = cursor;
+        let mut events = Vec::new();
+        let outcome = match client.stream_events(cursor).await {
+            Err(e) => classify(&e),
+            Ok(mut stream) => loop {
+                if stop.load(Ordering::Relaxed) || events.len() >= EVENTS_PER_CONNECTION {
+                    break Outcome::Ok;
+                }
+                match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                    Err(_) => continue,
+                    Ok(Some(Ok(message))) => {
+                        let Some(event) = message.event else { continue };
+                        cursor = event.cursor;
+                        if let Some(state) = state_of(event.state) {
+                            events.push((event.cursor, event.transfer_id, state));
+                        }
+                    }
+                    Ok(Some(Err(status))) => break Outcome::Unknown { reason: format!("{:?}", status.code()) },
+                    Ok(None) => break Outcome::Unknown { reason: "stream ended".into() },
+                }
+            },
+        };
+        let failed = !matches!(outcome, Outcome::Ok);
+        let request = Request::Events { region: region.clone(), partner: partner.clone(), from_cursor, events };
+        recorder.record(id, invoked, request, outcome);
+        if failed {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
