@@ -58,19 +58,40 @@ pub async fn region(name: &str, region: &LocalRegion) -> anyhow::Result<RegionOb
             },
         );
     }
-    let client = region.client()?;
-    for node in region.nodes.values() {
-        let status = tokio::time::timeout(Duration::from_secs(5), client.status(&node.api_addr, true))
-            .await
-            .with_context(|| format!("node {} did not answer its status", node.id))?
-            .with_context(|| format!("node {}'s status", node.id))?;
-        out.replicas.push(Replica {
-            node_id: node.id,
-            applied_index: status.applied_index.unwrap_or(0),
-            digest: status.state_digest.iter().map(|b| format!("{b:02x}")).collect(),
-        });
-    }
+    out.replicas = replicas(region).await?;
     Ok(out)
+}
+
+/// Samples of every replica's applied index and digest, asked of all nodes
+/// at once, until one sample finds them at the same index (a region is never
+/// quite idle: the leader's tick purges expired records); the last sample if
+/// none did.
+async fn replicas(region: &LocalRegion) -> anyhow::Result<Vec<Replica>> {
+    const SAMPLES: usize = 40;
+    let client = region.client()?;
+    let mut sample = Vec::new();
+    for _ in 0..SAMPLES {
+        let asked = region.nodes.values().map(|node| {
+            let client = &client;
+            async move {
+                let status = tokio::time::timeout(Duration::from_secs(5), client.status(&node.api_addr, true))
+                    .await
+                    .with_context(|| format!("node {} did not answer its status", node.id))?
+                    .with_context(|| format!("node {}'s status", node.id))?;
+                anyhow::Ok(Replica {
+                    node_id: node.id,
+                    applied_index: status.applied_index.unwrap_or(0),
+                    digest: status.state_digest.iter().map(|b| format!("{b:02x}")).collect(),
+                })
+            }
+        });
+        sample = futures::future::try_join_all(asked).await?;
+        if sample.windows(2).all(|w| w[0].applied_index == w[1].applied_index) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(sample)
 }
 
 /// A listed transfer as the history records it (payer unknown yet).

@@ -39,6 +39,9 @@ const API_CONCURRENCY_PER_CONNECTION: usize = 256;
 /// (event streams are not limited by it).
 const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a stopping node waits for its open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The largest partner or admin request or response, in bytes.
 pub const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -296,11 +299,21 @@ impl Node {
             tracing::info!(node = self.config.node_id, "shutting down");
         }
         let _ = stop.send(true);
-        for task in tasks {
-            match task.await {
-                Ok(result) => result?,
-                Err(join) => tracing::error!(%join, "server task failed"),
+        // Graceful shutdown waits for open connections to close; one whose
+        // peer vanished from the network never does, so the wait is bounded.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for task in tasks {
+                match task.await {
+                    Ok(result) => result?,
+                    Err(join) => tracing::error!(%join, "server task failed"),
+                }
             }
+            Ok::<(), NodeError>(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing"),
         }
         watcher.abort();
         drop(actor_thread);
