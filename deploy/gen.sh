@@ -39,7 +39,7 @@ issue_certs() {
       # Every name the node is dialled by: its region-network address (peers,
       # forwarding), its WAN address (other regions), loopback (the published
       # port from the host) and its container name.
-      hosts="$(region_ip "$region" "$n"),$(wan_ip "$region" "$n"),127.0.0.1,localhost,$(container_name "$region" "$n")"
+      hosts="$(region_ip "$region" "$n"),$(wan_ip "$region" "$n"),127.0.0.1,localhost,$(container_name "$region" "$n")${WAN_VIA:+,$WAN_VIA}"
       log "certs: node $region/$n for $hosts"
       "$PM_BIN" certs --out "$dir" --region "$region" --nodes "$n" --hosts "$hosts" >/dev/null
     fi
@@ -77,7 +77,10 @@ write_node() {
     [[ "$other" == "$region" ]] && continue
     install -m 0644 "$(certs_dir "$other")/ca.pem" "$tls/ca-$other.pem"
     local eps=() e
-    for m in "${NODES[@]}"; do eps+=("\"$(wan_ip "$other" "$m"):$INTERREGION_PORT\""); done
+    for m in "${NODES[@]}"; do
+      if [[ -n "$WAN_VIA" ]]; then eps+=("\"$WAN_VIA:$(wan_via_port "$region" "$other" "$m")\"")
+      else eps+=("\"$(wan_ip "$other" "$m"):$INTERREGION_PORT\""); fi
+    done
     remotes+=$'\n'"[[remote_regions]]"$'\n'"region = \"$other\""$'\n'"endpoints = [$(IFS=,; e="${eps[*]}"; echo "${e//,/, }")]"$'\n'"ca_cert = \"/etc/paymesh/tls/ca-$other.pem\""$'\n'
   done
   cat >"$node_dir/node.toml" <<EOF

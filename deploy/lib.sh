@@ -61,6 +61,15 @@ wan_ip() { echo "$NET_PREFIX.0.$(region_index "$1")$2"; }       # WAN
 host_api_port() { echo "71$(region_index "$1")$2"; }            # on 127.0.0.1
 container_name() { echo "paymesh-$1-$2"; }
 
+# PAYMESH_WAN_VIA (the chaos suite's container backend sets it): a host
+# address, such as the WAN network's gateway 10.77.0.1, through which every
+# node reaches the other regions: region f's nodes dial node n of region t
+# at PAYMESH_WAN_VIA:19ftn, where a user-space WAN link of the pair (delay,
+# jitter, loss, cut) forwards to its WAN address. Unset: nodes dial each
+# other directly.
+WAN_VIA="${PAYMESH_WAN_VIA:-}"
+wan_via_port() { echo "19$(region_index "$1")$(region_index "$2")$3"; }   # from, to, node
+
 # "--node 127.0.0.1:71r1 --node … " for a region's published API ports.
 node_flags() {
   local n out=()

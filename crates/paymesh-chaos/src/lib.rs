@@ -5,10 +5,13 @@
 //!   outcome, the faults, what every region holds after healing).
 //! * [`check`]: one checker per invariant over a history.
 //! * [`report`]: a run's JSON and Markdown report and its picture.
-//! * [`world`], [`workload`], [`nemesis`], [`process`], [`observe`],
-//!   [`run`]: a run against a mesh of local processes.
+//! * [`world`], [`workload`], [`nemesis`], [`observe`], [`run`]: a run;
+//!   [`backend`]: its mesh, as local processes ([`process`]) or containers
+//!   ([`docker`]).
 
+pub mod backend;
 pub mod check;
+pub mod docker;
 pub mod history;
 pub mod nemesis;
 pub mod observe;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use paymesh_chaos::backend::Backend;
 use paymesh_chaos::run::{run, RunConfig};
 use paymesh_chaos::{check, history::History, report};
 
@@ -28,9 +29,10 @@ enum Command {
         /// How long the workload runs, in seconds (faults included).
         #[arg(long, default_value_t = 180)]
         duration: u64,
-        /// Where the mesh runs: local processes, or containers.
-        #[arg(long, value_enum, default_value_t = Backend::Process)]
-        backend: Backend,
+        /// Where the mesh runs: containers of deploy/ (the default when a
+        /// Docker engine answers), or local processes.
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
         /// Where the mesh, the history and the report go.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -52,10 +54,40 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The in-process simulation: many seeds (`--seeds N [--first S]`),
+    /// each failing one printed with the command that replays it; or one
+    /// seed replayed (`--seed S`), its history and report written.
+    Sim {
+        /// How many seeds to run, from --first.
+        #[arg(long, conflicts_with = "seed")]
+        seeds: Option<u64>,
+        /// The first seed of --seeds.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// Replay this seed; history and report go to --dir.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Simulated workload time per seed, in milliseconds.
+        #[arg(long, default_value_t = paymesh_chaos::sim::SimConfig::default().duration_ms)]
+        duration_ms: u64,
+        /// Payment workers.
+        #[arg(long, default_value_t = paymesh_chaos::sim::SimConfig::default().workers)]
+        workers: u32,
+        /// No injected faults (the network's everyday loss and jitter remain).
+        #[arg(long)]
+        no_faults: bool,
+        /// Seeds run at once (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where a replayed seed's history and report go (default
+        /// target/chaos/sim-<seed>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
+enum BackendArg {
     /// `paymesh start` processes on loopback.
     Process,
     /// Containers of the `paymesh:dev` image (deploy/).
@@ -84,9 +116,18 @@ fn main() -> ExitCode {
 fn execute(cli: Cli) -> anyhow::Result<usize> {
     match cli.command {
         Command::Run { seed, duration, backend, dir, workers, rtt_ms, paymesh } => {
-            if backend == Backend::Docker {
-                bail!("the docker backend is not available yet; use --backend process");
-            }
+            let docker_answers = || {
+                std::process::Command::new("docker")
+                    .args(["version", "--format", "{{.Server.Version}}"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            let backend = match backend {
+                Some(BackendArg::Process) => Backend::Process,
+                Some(BackendArg::Docker) => Backend::Docker(deploy_dir()?),
+                None if docker_answers() => Backend::Docker(deploy_dir()?),
+                None => Backend::Process,
+            };
             let exe = match paymesh {
                 Some(path) => path,
                 None => std::env::current_exe()?.with_file_name("paymesh"),
@@ -101,7 +142,8 @@ fn execute(cli: Cli) -> anyhow::Result<usize> {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
             }
-            let config = RunConfig { seed, duration: Duration::from_secs(duration), dir, exe, workers, rtt_ms };
+            let config =
+                RunConfig { seed, duration: Duration::from_secs(duration), backend, dir, exe, workers, rtt_ms };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let result = runtime.block_on(run(&config))?;
             eprintln!("chaos: report in {}", result.report.markdown.display());
@@ -116,5 +158,27 @@ fn execute(cli: Cli) -> anyhow::Result<usize> {
             eprintln!("chaos: report in {}", paths.markdown.display());
             Ok(verdict.violations())
         }
+        Command::Sim { seeds, first, seed, duration_ms, workers, no_faults, threads, dir } => {
+            use paymesh_chaos::sim;
+            let config = sim::SimConfig { duration_ms, workers, faults: !no_faults, ..sim::SimConfig::default() };
+            match (seed, seeds) {
+                (Some(seed), _) => {
+                    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("target/chaos/sim-{seed}")));
+                    sim::replay(seed, &config, &dir)
+                }
+                (None, Some(count)) => sim::sweep(first, count, &config, threads.unwrap_or_else(sim::default_threads)),
+                (None, None) => bail!("give --seeds N (and --first S) to run many seeds, or --seed S to replay one"),
+            }
+        }
     }
+}
+
+/// The repository's deploy/ directory (the working directory's, as
+/// chaos/run runs from the repository's root).
+fn deploy_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_dir()?.join("deploy");
+    if !dir.join("up.sh").is_file() {
+        bail!("no deploy/up.sh under {}: run from the repository's root", dir.display());
+    }
+    Ok(dir)
 }

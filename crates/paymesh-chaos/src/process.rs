@@ -9,10 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
-use paymesh_cli::local::LocalRegion;
 use paymesh_cli::mesh::LocalMesh;
 use paymesh_cli::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
@@ -60,11 +58,6 @@ impl ProcessMesh {
         }
         mesh.launch().await?;
         Ok(ProcessMesh { mesh, raft_links, _proxies: proxies })
-    }
-
-    /// The region `name`.
-    pub fn region(&self, name: &str) -> anyhow::Result<&LocalRegion> {
-        self.mesh.region(name)
     }
 
     /// SIGKILL node `id` of `region`.
@@ -125,11 +118,6 @@ impl ProcessMesh {
     /// The node ids of `region` whose processes run.
     pub fn running(&self, region: &str) -> anyhow::Result<Vec<u64>> {
         Ok(self.mesh.region(region)?.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect())
-    }
-
-    /// The leader of `region`, if one is found within `timeout`.
-    pub async fn leader(&self, region: &str, timeout: Duration) -> Option<u64> {
-        self.mesh.region(region).ok()?.wait_leader(timeout).await.ok()
     }
 
     /// SIGTERM everything.

@@ -13,9 +13,9 @@ use paymesh_cli::wan::WanSettings;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::backend::{Backend, Mesh};
 use crate::history::{self, History, Observation};
 use crate::nemesis::{Fault, Schedule};
-use crate::process::ProcessMesh;
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
 use crate::{check, observe, report};
@@ -37,7 +37,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// How long the workload runs (faults included).
     pub duration: Duration,
-    /// Where the mesh and the report go.
+    /// Where the mesh runs.
+    pub backend: Backend,
+    /// Where the mesh (process backend), the history and the report go.
     pub dir: PathBuf,
     /// The `paymesh` binary.
     pub exe: PathBuf,
@@ -56,13 +58,18 @@ pub struct RunResult {
     pub report: report::ReportPaths,
 }
 
-/// Run the chaos suite once on local processes.
+/// Run the chaos suite once.
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     std::fs::create_dir_all(&config.dir).with_context(|| format!("creating {}", config.dir.display()))?;
     let base = WanSettings { delay_ms: config.rtt_ms / 2, jitter_ms: 2, ..WanSettings::default() };
-    eprintln!("chaos: seed {}, starting 3 regions × 3 nodes in {}", config.seed, config.dir.display());
-    let mut mesh = ProcessMesh::start(&config.dir.join("mesh"), &config.exe, base).await?;
-    configure_world(&mesh.mesh, &WALLETS, &MERCHANTS, &RATES).await.context("configuring the world")?;
+    eprintln!(
+        "chaos: seed {}, starting 3 regions × 3 nodes ({} backend); results in {}",
+        config.seed,
+        config.backend.name(),
+        config.dir.display()
+    );
+    let mut mesh = Mesh::start(&config.backend, &config.dir.join("mesh"), &config.exe, base).await?;
+    configure_world(mesh.regions(), &WALLETS, &MERCHANTS, &RATES).await.context("configuring the world")?;
 
     let recorder = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -138,7 +145,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     }
     let history = History {
         seed: config.seed,
-        backend: "process".into(),
+        backend: config.backend.name().into(),
         duration_ms,
         ops: recorder.take(),
         faults,
@@ -157,7 +164,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
 }
 
 /// Inject `fault`; for a killed leader, which node it was.
-async fn inject(mesh: &mut ProcessMesh, fault: &Fault, base: WanSettings) -> anyhow::Result<Option<u64>> {
+async fn inject(mesh: &mut Mesh, fault: &Fault, base: WanSettings) -> anyhow::Result<Option<u64>> {
     let _ = base;
     match fault {
         Fault::Kill { region, node } => mesh.kill(region, *node).map(|()| None),
@@ -179,7 +186,7 @@ async fn inject(mesh: &mut ProcessMesh, fault: &Fault, base: WanSettings) -> any
 }
 
 /// Undo `fault`.
-fn heal(mesh: &mut ProcessMesh, fault: &Fault, injected: &Option<u64>, base: WanSettings) -> anyhow::Result<()> {
+fn heal(mesh: &mut Mesh, fault: &Fault, injected: &Option<u64>, base: WanSettings) -> anyhow::Result<()> {
     match fault {
         Fault::Kill { region, node } => mesh.restart(region, *node),
         Fault::KillLeader { region } => match injected {
@@ -201,7 +208,7 @@ fn heal(mesh: &mut ProcessMesh, fault: &Fault, injected: &Option<u64>, base: Wan
 
 /// Wait until every region has a leader and every node answers; how long
 /// that took, or `None` past `bound`.
-async fn wait_live(mesh: &ProcessMesh, bound: Duration) -> Option<Duration> {
+async fn wait_live(mesh: &Mesh, bound: Duration) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < bound {
         let mut live = true;
@@ -230,7 +237,7 @@ async fn wait_live(mesh: &ProcessMesh, bound: Duration) -> Option<Duration> {
 
 /// Observe the mesh until every transfer is final in every region, or
 /// [`RESOLVE_BOUND`] passes; the last observation.
-async fn settle(mesh: &ProcessMesh, recorder: &Recorder) -> anyhow::Result<Observation> {
+async fn settle(mesh: &Mesh, recorder: &Recorder) -> anyhow::Result<Observation> {
     let started = Instant::now();
     loop {
         let mut observation =

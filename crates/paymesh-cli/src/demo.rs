@@ -219,19 +219,20 @@ pub type Rate = (&'static str, &'static str, &'static str);
 /// Configure the demo's world on `mesh`: partners, prefunding, corridors,
 /// rates and payee routes. Every refusal is an error.
 pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
-    configure_world(mesh, &WALLETS, &MERCHANTS, &RATES).await
+    configure_world(&mesh.regions, &WALLETS, &MERCHANTS, &RATES).await
 }
 
-/// Configure a world on `mesh`: the wallets (prefunded) and merchants as
+/// Configure a world on `regions` (by name): the wallets (prefunded) and merchants as
 /// partners of their regions, and for each wallet a corridor, with its rate
 /// and the payee route, to every merchant whose currency `rates` prices from
 /// the wallet's. Every refusal is an error.
 pub async fn configure_world(
-    mesh: &LocalMesh,
+    regions: &BTreeMap<String, LocalRegion>,
     wallets: &[Wallet],
     merchants: &[Merchant],
     rates: &[Rate],
 ) -> anyhow::Result<()> {
+    let region_of = |name: &str| regions.get(name).with_context(|| format!("no region {name}"));
     let payers = wallets.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payer));
     let payees = merchants.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payee));
     for (region, partner, currency, role) in payers.chain(payees) {
@@ -242,8 +243,7 @@ pub async fn configure_world(
             settlement_currency: currency.to_owned(),
             net_debit_cap: money("0.00", currency),
         };
-        let answer = mesh
-            .region(region)?
+        let answer = region_of(region)?
             .admin(|mut c| {
                 let request = request.clone();
                 async move { c.upsert_partner(request).await }
@@ -257,8 +257,7 @@ pub async fn configure_world(
             amount: money(&minor(prefund), currency),
             reference: format!("demo-prefund-{partner}"),
         };
-        let answer = mesh
-            .region(region)?
+        let answer = region_of(region)?
             .admin(|mut c| {
                 let request = request.clone();
                 async move { c.top_up_position(request).await }
@@ -295,7 +294,7 @@ pub async fn configure_world(
                 region: merchant_region.to_owned(),
                 currency: merchant_currency.to_owned(),
             };
-            let region = mesh.region(region)?;
+            let region = region_of(region)?;
             let context = || format!("corridor {currency} to {merchant} in {}", region.region());
             let upserted = region
                 .admin(|mut c| {

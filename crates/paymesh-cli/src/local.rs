@@ -67,6 +67,11 @@ pub struct LocalRegion {
     pub env: Vec<(String, String)>,
     /// The nodes by id, running or not.
     pub nodes: BTreeMap<u64, LocalNode>,
+    /// The region's CA and every holder's certificate and key.
+    certs: PathBuf,
+    /// Nodes run by someone else (containers, say): this value only talks
+    /// to them, at every node's address, and starts or stops nothing.
+    attached: bool,
 }
 
 /// Where node ports are chosen: below Linux's ephemeral range (32768 and
@@ -147,6 +152,8 @@ impl LocalRegion {
             remote_regions: String::new(),
             env: Vec::new(),
             nodes: BTreeMap::new(),
+            certs: dir.join("certs"),
+            attached: false,
         };
         let mut everyone = vec![Identity::operator(operator)?];
         everyone.extend(holders);
@@ -155,6 +162,48 @@ impl LocalRegion {
             local.configure(id)?;
         }
         Ok(local)
+    }
+
+    /// A region whose nodes someone else runs (containers, say), reached at
+    /// `api_addrs` (node id → `host:port`), its certificates (`ca.pem`,
+    /// `<holder>.pem`, `<holder>.key`) in `certs`, operated by `operator`.
+    /// Its `spawn`, `kill` and `stop` have nothing to act on.
+    pub fn attach(
+        certs: &Path,
+        region: &str,
+        operator: &str,
+        api_addrs: BTreeMap<u64, String>,
+    ) -> anyhow::Result<LocalRegion> {
+        let region_id = RegionId::new(region).with_context(|| format!("region name {region:?}"))?;
+        let nodes = api_addrs
+            .into_iter()
+            .map(|(id, api_addr)| {
+                let node = LocalNode {
+                    id,
+                    raft_addr: String::new(),
+                    api_addr,
+                    interregion_addr: String::new(),
+                    config: PathBuf::new(),
+                    data_dir: PathBuf::new(),
+                    log: PathBuf::new(),
+                    child: None,
+                    extra_config: String::new(),
+                };
+                (id, node)
+            })
+            .collect();
+        Ok(LocalRegion {
+            dir: certs.to_owned(),
+            region: region_id,
+            exe: PathBuf::new(),
+            operator: operator.to_owned(),
+            raft_settings: String::new(),
+            remote_regions: String::new(),
+            env: Vec::new(),
+            nodes,
+            certs: certs.to_owned(),
+            attached: true,
+        })
     }
 
     /// Write every planned node's configuration and start it.
@@ -178,7 +227,7 @@ impl LocalRegion {
     }
 
     fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
+        self.certs.clone()
     }
 
     /// Issue certificates for more holders (the CA is reused).
@@ -346,9 +395,9 @@ impl LocalRegion {
         fs::remove_dir_all(&node.data_dir).with_context(|| format!("removing {}", node.data_dir.display()))
     }
 
-    /// API addresses of the running nodes.
+    /// API addresses of the running nodes (of every node, if attached).
     pub fn api_addrs(&self) -> Vec<String> {
-        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.api_addr.clone()).collect()
+        self.nodes.values().filter(|n| self.attached || n.child.is_some()).map(|n| n.api_addr.clone()).collect()
     }
 
     /// The operator's holder name, `operator-<name>`.

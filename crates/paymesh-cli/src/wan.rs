@@ -77,7 +77,12 @@ impl WanLink {
     /// Proxy a new loopback port to `upstream` under this link's conditions;
     /// the port's address. The proxy runs until `tasks` is dropped.
     pub async fn proxy(&self, upstream: String, tasks: &mut JoinSet<()>) -> std::io::Result<String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        self.proxy_at("127.0.0.1:0", upstream, tasks).await
+    }
+
+    /// As [`WanLink::proxy`], listening at `listen` (`host:port`).
+    pub async fn proxy_at(&self, listen: &str, upstream: String, tasks: &mut JoinSet<()>) -> std::io::Result<String> {
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?.to_string();
         let settings = self.settings.subscribe();
         tasks.spawn(accept(listener, upstream, settings));
