@@ -18,5 +18,6 @@ pub mod observe;
 pub mod process;
 pub mod report;
 pub mod run;
+pub mod sim;
 pub mod workload;
 pub mod world;

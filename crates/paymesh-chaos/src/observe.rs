@@ -95,7 +95,7 @@ async fn replicas(region: &LocalRegion) -> anyhow::Result<Vec<Replica>> {
 }
 
 /// A listed transfer as the history records it (payer unknown yet).
-fn observed(t: &wire::Transfer) -> anyhow::Result<ObservedTransfer> {
+pub fn observed(t: &wire::Transfer) -> anyhow::Result<ObservedTransfer> {
     let corridor = t.corridor.as_ref().context("no corridor")?;
     let source = amount_of(t.source_amount.as_ref()).context("no source amount")?;
     // The payee region does not know the payer's fee: there the debit is

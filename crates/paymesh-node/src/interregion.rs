@@ -228,7 +228,8 @@ pub fn reply_in(reply: &wire::PrepareReply) -> Option<PrepareReply> {
     }
 }
 
-fn reply_out(transfer_id: &str, reply: PrepareReply) -> wire::PrepareReply {
+/// The wire form of a participant's answer to one prepare.
+pub fn reply_out(transfer_id: &str, reply: PrepareReply) -> wire::PrepareReply {
     let (result, code) = match reply {
         PrepareReply::Prepared => (wire::PrepareResult::Prepared, None),
         PrepareReply::Rejected(code) => (wire::PrepareResult::Rejected, Some(code)),
@@ -248,7 +249,8 @@ pub fn decision_out(decision: Decision) -> i32 {
     }
 }
 
-fn decision_in(item: &wire::DecisionItem, from: &RegionId) -> Option<(TransferId, Decision)> {
+/// A received decision, if well formed and sent by the transfer's origin.
+pub fn decision_in(item: &wire::DecisionItem, from: &RegionId) -> Option<(TransferId, Decision)> {
     let transfer = TransferId::parse(&item.transfer_id).ok()?;
     if transfer.origin() != from {
         // A region decides only the transfers it coordinates.
@@ -262,7 +264,8 @@ fn decision_in(item: &wire::DecisionItem, from: &RegionId) -> Option<(TransferId
     Some((transfer, decision))
 }
 
-fn ack(transfer_id: &str, result: wire::AckResult) -> wire::Ack {
+/// The wire form of one decision's acknowledgement.
+pub fn ack(transfer_id: &str, result: wire::AckResult) -> wire::Ack {
     wire::Ack { transfer_id: transfer_id.to_owned(), result: result as i32 }
 }
 

@@ -1,0 +1,83 @@
+//! What the simulated mesh holds once it settled, in the form
+//! `crate::observe` reads it from a real mesh: every transfer as the
+//! region's partners list it (through the node's own wire conversions, so a
+//! payee-side record has no payer, no key and no fee), ledger totals per
+//! currency, every partner's positions, the wallets' prefunding as opening
+//! balances, and every replica's applied index and state digest
+//! (`paymesh_store::state_digest`, the digest `paymesh status` reports).
+
+use std::collections::BTreeMap;
+
+use paymesh_core::id::PartnerId;
+use paymesh_core::{SignedMoney, State};
+use paymesh_node::convert;
+use rust_decimal::Decimal;
+
+use super::region::Region;
+use super::workload::wire_amount;
+use crate::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
+use crate::observe::observed;
+use crate::workload::position_of;
+use crate::world::{MERCHANTS, WALLETS};
+
+/// `region` (named `name`) as the real runner observes one.
+pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
+    let state = region.freshest();
+    let mut out = RegionObservation::default();
+    let wallets = WALLETS.iter().filter(|w| w.0 == name).map(|w| (w.1, true));
+    let merchants = MERCHANTS.iter().filter(|m| m.0 == name).map(|m| (m.1, false));
+    let mut transfers: BTreeMap<String, ObservedTransfer> = BTreeMap::new();
+    for (partner, is_wallet) in wallets.chain(merchants) {
+        let Ok(id) = PartnerId::new(partner) else { continue };
+        for listed in state.transfers_of(&id, None) {
+            let Some(t) = convert::transfer_out(listed, &id) else { continue };
+            let Ok(observed) = observed(&t) else { continue };
+            let entry = transfers.entry(t.transfer_id.clone()).or_insert(observed);
+            if is_wallet && entry.payee_partner != partner {
+                entry.payer_partner = partner.to_owned();
+            }
+        }
+        if let Some(position) = state.position(&id).and_then(|p| position_of(&convert::position_out(&p))) {
+            out.positions.entry(partner.to_owned()).or_default().insert(position.currency.clone(), position);
+        }
+    }
+    out.transfers = transfers.into_values().collect();
+    for (_, partner, currency, prefund) in WALLETS.iter().filter(|w| w.0 == name) {
+        out.top_ups.entry((*partner).to_owned()).or_default().insert((*currency).to_owned(), Decimal::new(*prefund, 2));
+    }
+    out.ledger = ledger(state);
+    for (index, node) in region.nodes.iter().enumerate() {
+        // A replica whose state equals an earlier one's has its digest (the
+        // encoding is canonical); only a different state is encoded again.
+        // Comparing is much cheaper than encoding and hashing.
+        let earlier = region.nodes[..index].iter().zip(&out.replicas).find(|(other, _)| other.state == node.state);
+        let digest = match earlier {
+            Some((_, replica)) => replica.digest.clone(),
+            None => paymesh_store::state_digest(&node.state).iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        out.replicas.push(Replica { node_id: index as u64 + 1, applied_index: node.applied as u64, digest });
+    }
+    out
+}
+
+/// Ledger totals per currency, as `GetLedgerSummary` reports them.
+fn ledger(state: &State) -> BTreeMap<String, LedgerTotals> {
+    let mut out = BTreeMap::new();
+    for (currency, totals) in state.ledger().totals() {
+        let value = |units: u128| {
+            let units = i128::try_from(units).unwrap_or(i128::MAX);
+            let money = SignedMoney::from_units(units, *currency).ok().map(|m| convert::signed_out(&m));
+            wire_amount(money.as_ref()).map_or(Decimal::ZERO, |a| a.amount)
+        };
+        out.insert(
+            currency.code().to_owned(),
+            LedgerTotals {
+                debits_posted: value(totals.debits_posted),
+                credits_posted: value(totals.credits_posted),
+                debits_pending: value(totals.debits_pending),
+                credits_pending: value(totals.credits_pending),
+            },
+        );
+    }
+    out
+}

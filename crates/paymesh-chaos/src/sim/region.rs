@@ -1,0 +1,303 @@
+//! One region as the simulation models its Raft group: three replicas of
+//! the core's `State` applying one committed log, and the volatile memory of
+//! whichever replica leads (its proposer queue, its outbox shippers, the
+//! inter-region batches it is answering).
+//!
+//! Raft itself is abstract: a command is committed when the leader flushes
+//! its queue while a majority of replicas serve, and every serving replica
+//! then applies it (a lagging one later). What matters to the payment
+//! protocol is kept: only committed commands change state, every replica
+//! applies the same commands in the same order, a leader's memory dies with
+//! its leadership, and a restarted replica loads its last checkpoint and
+//! applies the log after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paymesh_core::command::Decision;
+use paymesh_core::id::{RegionId, TransferId};
+use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
+use paymesh_proto::interregion::v1 as wire;
+
+use super::Ms;
+
+/// A replica takes a checkpoint every this many applied entries.
+const CHECKPOINT_EVERY: usize = 50;
+
+/// One replica.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    /// Its state machine.
+    pub(crate) state: State,
+    /// Log entries applied.
+    pub(crate) applied: usize,
+    /// Its last checkpoint and the entries applied to it.
+    checkpoint: (State, usize),
+    /// Kills in force (down while above 0).
+    pub(crate) down: u32,
+    /// Isolations from the rest of the region in force.
+    pub(crate) isolated: u32,
+    /// Pauses (SIGSTOP) in force: the process answers nothing.
+    pub(crate) paused: u32,
+    /// Lag faults in force: the replica stays in the quorum but applies nothing.
+    pub(crate) lagging: u32,
+    /// Its clock's offset from simulated time, ms.
+    pub(crate) skew_ms: i64,
+}
+
+impl Node {
+    /// A replica of `region`'s empty state.
+    pub(crate) fn new(region: RegionId, skew_ms: i64) -> Node {
+        let state = State::new(region);
+        Node { checkpoint: (state.clone(), 0), state, applied: 0, down: 0, isolated: 0, paused: 0, lagging: 0, skew_ms }
+    }
+
+    /// Up and in touch with its region: it votes, and it receives entries.
+    pub(crate) fn serving(&self) -> bool {
+        self.down == 0 && self.isolated == 0 && self.paused == 0
+    }
+
+    /// Apply one entry; its outcomes.
+    pub(crate) fn apply(&mut self, batch: &Batch) -> Vec<Outcome> {
+        let outcomes = self.state.apply_batch(batch);
+        self.applied += 1;
+        if self.applied % CHECKPOINT_EVERY == 0 {
+            // O(1): the state's maps are persistent.
+            self.checkpoint = (self.state.clone(), self.applied);
+        }
+        outcomes
+    }
+
+    /// Apply every entry of `log` not applied yet.
+    pub(crate) fn catch_up(&mut self, log: &[Batch]) {
+        for batch in log.iter().skip(self.applied) {
+            self.apply(batch);
+        }
+    }
+
+    /// Restart after a crash: load the last checkpoint (entries after it are
+    /// applied again from the log by [`Node::catch_up`]).
+    pub(crate) fn restart(&mut self) {
+        self.state = self.checkpoint.0.clone();
+        self.applied = self.checkpoint.1;
+    }
+}
+
+/// Who waits for a command's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    /// Attempt `attempt` of a partner's call `call`.
+    Client {
+        /// The call.
+        call: u64,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The shipper recording an answer of call `call` to region `dest`.
+    Shipper {
+        /// The remote region.
+        dest: usize,
+        /// The call.
+        call: u64,
+    },
+    /// The receiver answering item `item` of inter-region batch `batch`.
+    Inbound {
+        /// The batch.
+        batch: u64,
+        /// The item.
+        item: usize,
+    },
+    /// The leader's housekeeping.
+    Tick,
+    /// Nobody.
+    Nobody,
+}
+
+/// A message the shipper took from the outbox: its transfer, and whether
+/// it is the decision (not the prepare), as `paymesh_node::outbox` keys them.
+pub(crate) type Key = (TransferId, bool);
+
+/// One inter-region call of the shipper.
+#[derive(Clone, Debug)]
+pub(crate) struct ShipCall {
+    /// The messages it carries.
+    pub(crate) keys: Vec<Key>,
+    /// The decisions it carries (empty for prepares).
+    pub(crate) decisions: Vec<(TransferId, Decision)>,
+    /// Whether its answer came.
+    pub(crate) answered: bool,
+    /// Answers proposed and not applied yet.
+    pub(crate) pending: usize,
+    /// The messages to release once they are.
+    pub(crate) release: Vec<Key>,
+}
+
+/// The leader's shipper to one remote region, and that link's breaker
+/// (`paymesh_node::outbox::ship` and `Link`).
+#[derive(Clone, Debug)]
+pub(crate) struct Shipper {
+    /// Messages sent and not answered yet.
+    pub(crate) in_flight: BTreeSet<Key>,
+    /// Calls not finished, by id.
+    pub(crate) calls: BTreeMap<u64, ShipCall>,
+    /// The next backoff after a failure.
+    pub(crate) backoff_ms: u64,
+    /// No call before this.
+    pub(crate) not_before: Ms,
+    /// Failed calls in a row.
+    pub(crate) failures: u32,
+    /// When the breaker opened, if it is open.
+    pub(crate) open_since: Option<Ms>,
+    /// When the next health probe runs, if one is due.
+    pub(crate) probe_at: Option<Ms>,
+}
+
+impl Shipper {
+    /// A shipper with an empty memory.
+    pub(crate) fn new(backoff_ms: u64) -> Shipper {
+        Shipper {
+            in_flight: BTreeSet::new(),
+            calls: BTreeMap::new(),
+            backoff_ms,
+            not_before: 0,
+            failures: 0,
+            open_since: None,
+            probe_at: None,
+        }
+    }
+}
+
+/// What an inter-region batch being answered is.
+#[derive(Clone, Debug)]
+pub(crate) enum InboundKind {
+    /// Prepares; one reply per item, `None` until known.
+    Prepares(Vec<(String, Option<wire::PrepareReply>)>),
+    /// Decisions; one ack per item.
+    Decisions(Vec<(String, Option<wire::Ack>)>),
+}
+
+/// An inter-region batch the leader is answering.
+#[derive(Clone, Debug)]
+pub(crate) struct Inbound {
+    /// The calling region.
+    pub(crate) from: usize,
+    /// The caller's call id.
+    pub(crate) call: u64,
+    /// The items and their answers.
+    pub(crate) kind: InboundKind,
+    /// Items not answered yet.
+    pub(crate) pending: usize,
+}
+
+/// What only the leader holds, lost with its leadership.
+#[derive(Clone, Debug)]
+pub(crate) struct Leadership {
+    /// The leading replica.
+    pub(crate) node: usize,
+    /// Its term.
+    pub(crate) term: u64,
+    /// The proposer session (the node and 48 random bits).
+    pub(crate) session: u64,
+    /// The last sequence number used.
+    pub(crate) sequence: u64,
+    /// Commands proposed and not flushed yet.
+    pub(crate) queue: Vec<(Command, Waiter)>,
+    /// When the queue is flushed next, if it is scheduled.
+    pub(crate) flush_at: Option<Ms>,
+    /// One shipper per region (none to itself).
+    pub(crate) shippers: Vec<Shipper>,
+    /// Inter-region batches being answered, by id.
+    pub(crate) inbound: BTreeMap<u64, Inbound>,
+    /// Whether a `Tick` is proposed and not applied yet.
+    pub(crate) tick_pending: bool,
+}
+
+/// A region: its replicas, its committed log and its leader.
+#[derive(Clone, Debug)]
+pub(crate) struct Region {
+    /// Its id.
+    pub(crate) id: RegionId,
+    /// The replicas; node `i` is node id `i + 1`.
+    pub(crate) nodes: Vec<Node>,
+    /// Every committed entry.
+    pub(crate) log: Vec<Batch>,
+    /// The leader, if there is one.
+    pub(crate) leader: Option<Leadership>,
+    /// A leader cut off or paused that does not know yet that it was
+    /// deposed: what it queues never commits, until it learns and steps
+    /// down (when it is back).
+    pub(crate) deposed: Option<Leadership>,
+    /// The latest term.
+    pub(crate) term: u64,
+    /// When the next election is, if one is scheduled.
+    pub(crate) election_at: Option<Ms>,
+    /// When the shipper looks at the outbox next, if scheduled.
+    pub(crate) scan_at: Option<Ms>,
+    /// Faults of the partners' links to the region in force, by fault,
+    /// with the share of requests and answers each loses, per thousand.
+    pub(crate) partners_loss: Vec<(usize, u32)>,
+}
+
+impl Region {
+    /// Whether a majority of the replicas serve, so entries can commit.
+    pub(crate) fn quorum(&self) -> bool {
+        self.nodes.iter().filter(|n| n.serving()).count() * 2 > self.nodes.len()
+    }
+
+    /// The leader's state, if there is a leader.
+    pub(crate) fn leader_state(&self) -> Option<&State> {
+        self.leader.as_ref().map(|l| &self.nodes[l.node].state)
+    }
+
+    /// The leader's term, if there is a leader.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        self.leader.as_ref().map(|l| l.term)
+    }
+
+    /// The state of the replica that has applied the most.
+    pub(crate) fn freshest(&self) -> &State {
+        let best = self.nodes.iter().max_by_key(|n| n.applied).map(|n| &n.state);
+        best.unwrap_or(&self.nodes[0].state)
+    }
+
+    /// The time `node`'s clock shows at simulated `now`, from `start`.
+    pub(crate) fn clock(&self, node: usize, start: Timestamp, now: Ms) -> Timestamp {
+        let skewed = i128::from(now) + i128::from(self.nodes[node].skew_ms);
+        start.plus_ms(u64::try_from(skewed.max(0)).unwrap_or(0))
+    }
+
+    /// Append `batch` to the log and apply it on the leader (whose outcomes
+    /// are returned; none without a leader) and on every serving replica not
+    /// lagging.
+    pub(crate) fn commit(&mut self, batch: Batch) -> Vec<Outcome> {
+        let leader = self.leader.as_ref().map(|l| l.node);
+        let earlier = self.log.len();
+        self.log.push(batch);
+        let mut outcomes = Vec::new();
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if Some(index) == leader {
+                node.catch_up(&self.log[..earlier]);
+                outcomes = node.apply(&self.log[earlier]);
+            } else if node.serving() && node.lagging == 0 {
+                node.catch_up(&self.log);
+            }
+        }
+        outcomes
+    }
+
+    /// Bring every serving replica that is not lagging up to the log's end.
+    pub(crate) fn replicate(&mut self) {
+        for node in self.nodes.iter_mut().filter(|n| n.serving() && n.lagging == 0) {
+            node.catch_up(&self.log);
+        }
+    }
+
+    /// The share of partners' requests and answers lost now, per thousand.
+    pub(crate) fn partners_loss_permille(&self) -> u32 {
+        self.partners_loss.iter().map(|(_, permille)| *permille).max().unwrap_or(0)
+    }
+
+    /// Whether every replica is up and has applied the whole log.
+    pub(crate) fn converged(&self) -> bool {
+        self.nodes.iter().all(|n| n.down == 0 && n.applied == self.log.len())
+    }
+}
