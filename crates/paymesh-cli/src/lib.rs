@@ -222,14 +222,23 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    let code = match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("paymesh: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks still running (a snapshot being built, say) are dropped here; one
+    // may hold the last handle of a sled database, whose drop flushes and has
+    // been seen to wait forever. Everything acknowledged is already synced to
+    // disk by then, so the wait is bounded rather than trusted.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    code
 }
+
+/// How long the process waits, on its way out, for tasks still running.
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {

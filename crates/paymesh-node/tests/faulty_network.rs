@@ -427,11 +427,19 @@ fn seeds() -> Vec<u64> {
     (1..=count).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn safety_under_faults_then_liveness_after_healing() {
-    for seed in seeds() {
-        run_seed(seed).await;
-    }
+#[test]
+fn safety_under_faults_then_liveness_after_healing() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        for seed in seeds() {
+            run_seed(seed).await;
+        }
+    });
+    // A snapshot still being built when the nodes stop holds the last handle
+    // of a sled database; dropping it flushes, and sled 0.34 has been seen to
+    // wait forever there with several databases in one process. The checks
+    // are done by now: do not let that wait hang the test.
+    runtime.shutdown_timeout(Duration::from_secs(10));
 }
 
 /// The safety checker can fail: two nodes with different entries at one index
