@@ -108,7 +108,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             step.fault.target(),
             step.hold.as_millis()
         );
-        let injected = inject(&mut mesh, &step.fault, base).await?;
+        let injected = inject(&mut mesh, &step.fault).await?;
         tokio::time::sleep(step.hold).await;
         heal(&mut mesh, &step.fault, &injected, base)?;
         let end_ms = recorder.now_ms();
@@ -164,8 +164,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
 }
 
 /// Inject `fault`; for a killed leader, which node it was.
-async fn inject(mesh: &mut Mesh, fault: &Fault, base: WanSettings) -> anyhow::Result<Option<u64>> {
-    let _ = base;
+async fn inject(mesh: &mut Mesh, fault: &Fault) -> anyhow::Result<Option<u64>> {
     match fault {
         Fault::Kill { region, node } => mesh.kill(region, *node).map(|()| None),
         Fault::KillLeader { region } => match mesh.leader(region, Duration::from_secs(10)).await {

@@ -22,7 +22,7 @@ use tonic::Code;
 
 use crate::history::{Amount, Op, Outcome, Position, Request, TransferState};
 use crate::world;
-use paymesh_cli::demo::Wallet;
+use paymesh_cli::demo::{minor, Wallet};
 
 /// A marker in every payer's personal data (searched for in the payee
 /// regions' files).
@@ -132,10 +132,6 @@ pub fn state_of(state: i32) -> Option<TransferState> {
 pub fn amount_of(money: Option<&common::Money>) -> Option<Amount> {
     let money = money?;
     Some(Amount { amount: Decimal::from_str(&money.amount).ok()?, currency: money.currency.clone() })
-}
-
-fn minor(amount: i64) -> String {
-    format!("{}.{:02}", amount / 100, amount % 100)
 }
 
 /// One worker: payments until `stop`, each recorded.

@@ -264,7 +264,8 @@ pub(crate) enum RouteCommand {
     },
 }
 
-fn money(amount: &str, currency: &str) -> Option<common::Money> {
+/// A wire amount.
+pub(crate) fn money(amount: &str, currency: &str) -> Option<common::Money> {
     Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
 }
 
@@ -314,7 +315,8 @@ pub(crate) fn accepted(reject_code: i32) -> anyhow::Result<()> {
     bail!("refused: {}", reject_name(reject_code))
 }
 
-fn unix_ms_now() -> i64 {
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms_now() -> i64 {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     i64::try_from(ms).unwrap_or(i64::MAX)
 }

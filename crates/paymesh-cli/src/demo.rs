@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -35,7 +35,7 @@ use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rand::{Rng, SeedableRng};
 
-use crate::admin::{accepted, call_region};
+use crate::admin::{accepted, call_region, money, unix_ms_now};
 use crate::local::LocalRegion;
 use crate::mesh::LocalMesh;
 use crate::wan::WanSettings;
@@ -185,15 +185,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One in this many payments is sent a second time with the same key.
 const RESUBMIT_ONE_IN: u32 = 20;
 
-fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn money(amount: &str, currency: &str) -> Option<common::Money> {
-    Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
-}
-
-fn minor(amount: i64) -> String {
+/// `amount` minor units (cents) as a two-decimal wire amount.
+pub fn minor(amount: i64) -> String {
     format!("{}.{:02}", amount / 100, amount % 100)
 }
 
@@ -215,6 +208,26 @@ pub type Merchant = (&'static str, &'static str, &'static str, &'static str);
 /// A mid rate: (source currency, destination currency, destination units per
 /// source unit).
 pub type Rate = (&'static str, &'static str, &'static str);
+
+/// The terms of every corridor of a demo world: no spread at home and 50 bp
+/// abroad, a 0.30 % fee capped at 1,000, amounts from 1 to 100,000.
+pub fn corridor_request(id: common::CorridorId) -> admin::UpsertCorridorRequest {
+    let currency = id.source_currency.clone();
+    let currency = currency.as_str();
+    admin::UpsertCorridorRequest {
+        spread_bps: if id.source_region == id.destination_region { 0 } else { 50 },
+        corridor: Some(id),
+        fee: Some(admin::FeeSchedule {
+            fixed: money("0.00", currency),
+            rate_bps: 30,
+            min: money("0.00", currency),
+            max: money("1000.00", currency),
+        }),
+        min_amount: money("1.00", currency),
+        max_amount: money("100000.00", currency),
+        daily_cap: money("10000000000.00", currency),
+    }
+}
 
 /// Configure the demo's world on `mesh`: partners, prefunding, corridors,
 /// rates and payee routes. Every refusal is an error.
@@ -269,24 +282,12 @@ pub async fn configure_world(
                 continue;
             };
             let id = corridor(region, currency, merchant_region, merchant_currency);
-            let upsert = admin::UpsertCorridorRequest {
-                corridor: Some(id.clone()),
-                spread_bps: if merchant_region == region { 0 } else { 50 },
-                fee: Some(admin::FeeSchedule {
-                    fixed: money("0.00", currency),
-                    rate_bps: 30,
-                    min: money("0.00", currency),
-                    max: money("1000.00", currency),
-                }),
-                min_amount: money("1.00", currency),
-                max_amount: money("100000.00", currency),
-                daily_cap: money("10000000000.00", currency),
-            };
+            let upsert = corridor_request(id.clone());
             let fx = admin::SetFxRateRequest {
                 corridor: Some(id),
                 mid_rate: (*rate).to_owned(),
-                valid_from_unix_ms: unix_ms() - 60_000,
-                valid_until_unix_ms: unix_ms() + 23 * 3_600_000,
+                valid_from_unix_ms: unix_ms_now() - 60_000,
+                valid_until_unix_ms: unix_ms_now() + 23 * 3_600_000,
             };
             let route = admin::UpsertPayeeRouteRequest {
                 qr_prefix: prefix.to_owned(),

@@ -14,10 +14,9 @@ use paymesh_node::convert;
 use rust_decimal::Decimal;
 
 use super::region::Region;
-use super::workload::wire_amount;
 use crate::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
 use crate::observe::observed;
-use crate::workload::position_of;
+use crate::workload::{amount_of, position_of};
 use crate::world::{MERCHANTS, WALLETS};
 
 /// `region` (named `name`) as the real runner observes one.
@@ -67,7 +66,7 @@ fn ledger(state: &State) -> BTreeMap<String, LedgerTotals> {
         let value = |units: u128| {
             let units = i128::try_from(units).unwrap_or(i128::MAX);
             let money = SignedMoney::from_units(units, *currency).ok().map(|m| convert::signed_out(&m));
-            wire_amount(money.as_ref()).map_or(Decimal::ZERO, |a| a.amount)
+            amount_of(money.as_ref()).map_or(Decimal::ZERO, |a| a.amount)
         };
         out.insert(
             currency.code().to_owned(),

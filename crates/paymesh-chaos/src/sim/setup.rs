@@ -6,7 +6,7 @@
 //! to a node.
 
 use anyhow::Context as _;
-use paymesh_cli::demo::{Merchant, Wallet};
+use paymesh_cli::demo::{corridor_request, Merchant, Wallet};
 use paymesh_core::command::CommandBody;
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::directory::PayeeRoute;
@@ -15,7 +15,6 @@ use paymesh_core::id::{PartnerId, QrPayload, RegionId, TopUpRef};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money, Timestamp};
 use paymesh_node::convert;
-use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
 
 use crate::world::{MERCHANTS, RATES, WALLETS};
@@ -24,10 +23,6 @@ use crate::world::{MERCHANTS, RATES, WALLETS};
 const RATE_VALID_BEFORE_MS: u64 = 60_000;
 /// How long after the run's start they stay valid.
 const RATE_VALID_AFTER_MS: u64 = 23 * 3_600_000;
-
-fn money(amount: &str, currency: &str) -> Option<common::Money> {
-    Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
-}
 
 /// The admin commands that configure `region` (one of `world::REGIONS`) at
 /// `start`, in the order `configure_world` sends them.
@@ -84,19 +79,7 @@ fn corridor_commands(
         destination_currency: merchant_currency.to_owned(),
         destination_region: merchant_region.to_owned(),
     };
-    let upsert = admin::UpsertCorridorRequest {
-        corridor: Some(id.clone()),
-        spread_bps: if merchant_region == region.as_str() { 0 } else { 50 },
-        fee: Some(admin::FeeSchedule {
-            fixed: money("0.00", currency),
-            rate_bps: 30,
-            min: money("0.00", currency),
-            max: money("1000.00", currency),
-        }),
-        min_amount: money("1.00", currency),
-        max_amount: money("100000.00", currency),
-        daily_cap: money("10000000000.00", currency),
-    };
+    let upsert = corridor_request(id.clone());
     let corridor: CorridorId = convert::corridor_id("corridor", Some(&id))?;
     let terms = convert::corridor_terms(&upsert)?;
     let mut out = vec![CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }];

@@ -33,7 +33,7 @@ use super::region::Waiter;
 use super::rng::Rng;
 use super::{Ms, Sim};
 use crate::history::{Amount, Op, Outcome as Ended, Position, Request, TransferState};
-use crate::workload::{amount_of, position_of, state_of, PII_MARKER};
+use crate::workload::{position_of, state_of, PII_MARKER};
 use crate::world::{self, MERCHANTS, REGIONS, WALLETS};
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
@@ -742,9 +742,4 @@ impl Sim<'_> {
         }
         self.at(self.now + FOLLOW_POLL_MS, Event::FollowerPoll { follower: index });
     }
-}
-
-/// The history's amount of a wire amount (for the observation).
-pub(crate) fn wire_amount(money: Option<&paymesh_proto::common::v1::Money>) -> Option<Amount> {
-    amount_of(money)
 }
