@@ -38,6 +38,7 @@ use rand::{Rng, SeedableRng};
 use crate::admin::{accepted, call_region, money, unix_ms_now};
 use crate::local::LocalRegion;
 use crate::mesh::LocalMesh;
+use crate::steps;
 use crate::wan::WanSettings;
 
 /// A marker in every payer's personal data, searched for in the payee
@@ -102,6 +103,11 @@ pub struct DemoArgs {
     /// of --workers payments back to back.
     #[arg(long)]
     rate: Option<u32>,
+    /// Also show where the time of committed cross-border payments goes,
+    /// step by step, from the nodes' spans (exported to a collector in the
+    /// demo; costs the nodes some CPU).
+    #[arg(long)]
+    steps: bool,
 }
 
 /// What the workload pays.
@@ -680,7 +686,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let wan = WanSettings { delay_ms: args.rtt_ms / 2, ..WanSettings::default() };
     let raft = "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000";
     let started = Instant::now();
-    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, raft, wan, &[]).await?;
+    let (collector, node_env) = if args.steps {
+        let (collector, endpoint) = steps::Collector::start().await?;
+        (Some(collector), steps::Collector::node_env(&endpoint))
+    } else {
+        (None, Vec::new())
+    };
+    let node_env: Vec<(&str, &str)> = node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, raft, wan, &node_env).await?;
     configure(&mesh).await?;
     println!("mesh up and configured in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -762,6 +775,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let workload_started = Instant::now();
+    let clock = steps::Clock::now();
     let watch = async {
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -799,6 +813,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let mut counts: BTreeMap<(Kind, &str), u64> = BTreeMap::new();
     let mut latency: BTreeMap<Kind, Histogram<u64>> = BTreeMap::new();
     let mut committed = 0u64;
+    let mut traced = Vec::new();
     {
         let records = history.records.lock().unwrap_or_else(|p| p.into_inner());
         for (id, record) in records.iter() {
@@ -811,6 +826,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
                             Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
                         });
                         let _ = histogram.record(u64::try_from(micros).unwrap_or(u64::MAX));
+                        if record.kind == Kind::CrossBorder && collector.is_some() {
+                            traced.push(steps::Payment {
+                                transfer: id.clone(),
+                                started: record.started,
+                                committed: at,
+                            });
+                        }
                         "committed"
                     } else {
                         "aborted"
@@ -867,6 +889,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             percentile(commit, 0.99),
             commit.len()
         );
+    }
+    if let Some(collector) = &collector {
+        collector.settle().await;
+        println!("\n{}", steps::Breakdown::of(collector, &traced, clock)?);
     }
 
     let in_flight = counts.iter().filter(|((_, s), _)| *s == "in flight").map(|(_, n)| n).sum::<u64>();

@@ -287,8 +287,11 @@ impl Node {
         // A Raft group that stopped by itself (a storage error is fatal to
         // openraft) ends the process too, so a supervisor restarts it rather
         // than leaving a node that answers but can no longer replicate.
-        let mut metrics = self.raft.metrics();
-        let raft_stopped = async move { while metrics.changed().await.is_ok() {} };
+        // The server metrics change only with the role, the leader or the
+        // membership (the full metrics are sent on every turn of openraft's
+        // loop); their channel closes when the Raft group stops.
+        let mut server_metrics = self.raft.server_metrics();
+        let raft_stopped = async move { while server_metrics.changed().await.is_ok() {} };
         let failed = tokio::select! {
             () = shutdown => false,
             () = raft_stopped => true,
@@ -383,19 +386,20 @@ fn no_delay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
-/// Tell the actors when this node gains or loses leadership, and when new
-/// entries are applied (so event subscribers get them); while it leads, ship
-/// the outbox to every remote region. Runs until the Raft group stops.
+/// Tell the actors when this node gains or loses leadership, and, while it
+/// leads, when new entries are applied (so event subscribers get them); while
+/// it leads, ship the outbox to every remote region. Runs until the Raft
+/// group stops.
 async fn follow_leadership(gateway: Gateway) {
     let registry = gateway.registry.clone();
-    let mut metrics = gateway.node.raft.metrics();
+    let mut server = gateway.node.raft.server_metrics();
+    let mut applied = gateway.node.state_machine.watch_applied();
     let mut leading = None;
-    let mut applied = None;
     let mut shippers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
-        let (now_leading, now_applied) = {
-            let m = metrics.borrow_and_update();
-            ((m.state == ServerState::Leader).then_some(m.current_term), m.last_applied)
+        let now_leading = {
+            let m = server.borrow_and_update();
+            (m.state == ServerState::Leader).then(|| m.vote.leader_id().get_term())
         };
         if now_leading != leading {
             leading = now_leading;
@@ -409,11 +413,22 @@ async fn follow_leadership(gateway: Gateway) {
                 }
             }
         }
-        if now_applied != applied {
-            applied = now_applied;
-            registry.do_send(Applied);
-        }
-        if metrics.changed().await.is_err() {
+        // A follower has nobody to tell about applied entries: it waits for
+        // the role alone.
+        let stopped = if leading.is_some() {
+            tokio::select! {
+                changed = server.changed() => changed.is_err(),
+                changed = applied.changed() => {
+                    if changed.is_ok() {
+                        registry.do_send(Applied);
+                    }
+                    false
+                }
+            }
+        } else {
+            server.changed().await.is_err()
+        };
+        if stopped {
             registry.do_send(Leadership(None));
             for shipper in shippers.drain(..) {
                 shipper.abort();

@@ -188,18 +188,14 @@ impl Links {
 pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     let in_flight: Arc<Mutex<HashSet<Key>>> = Arc::default();
     let mut tasks: JoinSet<Result<(), Status>> = JoinSet::new();
-    let mut metrics = gateway.node.raft.metrics();
+    let mut applied = gateway.node.state_machine.watch_applied();
     let mut backoff = BACKOFF_FIRST;
     let mut not_before = Instant::now();
     tracing::info!(region = %link.region, "shipping the outbox");
-    // Look at the outbox only when it may have changed (an entry applied), a
-    // batch finished, or the rescan timer fired: the leader's metrics also
-    // change on every replication acknowledgement.
-    let mut rescan = true;
-    let mut seen_applied = None;
+    // The loop wakes when the outbox may have changed (entries applied), a
+    // batch finished, or the rescan timer fired; each time it looks again.
     loop {
-        if rescan && Instant::now() >= not_before && tasks.len() < RPCS_IN_FLIGHT_MAX {
-            rescan = false;
+        if Instant::now() >= not_before && tasks.len() < RPCS_IN_FLIGHT_MAX {
             let (prepares, decisions) = collect(&gateway, &link.region, &in_flight);
             if !prepares.is_empty() {
                 tasks.spawn(send_prepares(gateway.clone(), link.clone(), prepares, in_flight.clone()));
@@ -215,18 +211,12 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
         }
         let wake = not_before.max(Instant::now() + RESCAN);
         tokio::select! {
-            changed = metrics.changed() => {
+            changed = applied.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let applied = metrics.borrow().last_applied;
-                if applied != seen_applied {
-                    seen_applied = applied;
-                    rescan = true;
-                }
             }
             Some(joined) = tasks.join_next() => {
-                rescan = true;
                 match joined {
                     Ok(Ok(())) => {
                         backoff = BACKOFF_FIRST;
@@ -242,7 +232,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
                     Err(join) => tracing::error!(%join, "outbox batch task failed"),
                 }
             }
-            () = tokio::time::sleep_until(wake) => rescan = true,
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
 }

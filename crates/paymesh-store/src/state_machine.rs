@@ -86,6 +86,10 @@ struct Shared {
     checkpoints: Checkpoints,
     snapshots_built: AtomicU64,
     observer: RwLock<Option<ApplyObserver>>,
+    /// The index of the last applied entry (0 before any), for the tasks
+    /// that act on new entries: openraft's own metrics are sent on every
+    /// turn of its loop, changed or not, and would wake them far more often.
+    applied_index: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -141,8 +145,10 @@ impl StateMachineStore {
             Some((meta, bytes)) => decode_image(&region, &meta, &bytes)?,
             None => Applied { state: State::new(region.clone()), last_applied: None, membership: Default::default() },
         };
+        let applied_index = tokio::sync::watch::Sender::new(applied.last_applied.map_or(0, |l| l.index));
         let shared = Shared {
             region,
+            applied_index,
             applied: RwLock::new(applied),
             checkpoints,
             snapshots_built: AtomicU64::new(0),
@@ -154,6 +160,13 @@ impl StateMachineStore {
     /// A copy of the applied state (O(1)).
     pub fn applied(&self) -> Applied {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The index of the last applied entry, changing as entries are applied
+    /// (once per `apply` call, which may apply several) or a snapshot is
+    /// installed.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied_index.subscribe()
     }
 
     /// Report every entry applied from now on to `observer`.
@@ -257,6 +270,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             });
         }
+        let last = applied.last_applied.map_or(0, |l| l.index);
+        drop(applied);
+        self.shared.applied_index.send_if_modified(|index| std::mem::replace(index, last) != last);
         Ok(outcomes)
     }
 
@@ -280,7 +296,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .checkpoints
             .save(meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let index = installed.last_applied.map_or(0, |l| l.index);
         *self.shared.applied.write().unwrap_or_else(|p| p.into_inner()) = installed;
+        self.shared.applied_index.send_replace(index);
         tracing::info!(last_applied = ?meta.last_log_id, bytes = bytes.len(), "snapshot installed");
         Ok(())
     }

@@ -2,8 +2,15 @@
 //!
 //! Every command the leader accepts goes through here. Commands are gathered
 //! until [`BATCH_COMMANDS_MAX`] are waiting or [`LINGER`] has passed since the
-//! first, then proposed as one entry; several entries may be in flight at
-//! once ([`BATCHES_IN_FLIGHT_MAX`]). The queue is bounded
+//! first, then proposed as one entry; one entry is in flight at a time
+//! ([`BATCHES_IN_FLIGHT_MAX`]), and the commands that arrive meanwhile go
+//! into the next. openraft 0.9 writes each proposal to the log as its own
+//! entry with its own `fdatasync`, one after another, its core waiting on
+//! each: entries proposed while one is in flight would mostly queue there,
+//! each costing a sync, a replication message and an apply on every node.
+//! Gathered here instead, they share one, so the batches grow with the load
+//! by themselves (measured in docs/BENCHMARKS.md: at half of peak, 16 entries
+//! in flight gave a p99 of 144-151 ms, one gave 104-107 ms). The queue is bounded
 //! ([`QUEUE_COMMANDS_MAX`]): when it is full a new command is refused at once
 //! (the caller answers RESOURCE_EXHAUSTED) rather than waiting without limit.
 //!
@@ -32,8 +39,8 @@ use super::Refusal;
 /// How long the first command of a batch waits for company.
 pub const LINGER: Duration = Duration::from_micros(500);
 
-/// Entries proposed and not yet committed, at most.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Entries proposed and not yet applied, at most (see the module's notes).
+pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 
 /// Commands waiting to be proposed, at most; beyond this new ones are refused.
 pub const QUEUE_COMMANDS_MAX: usize = 32_768;
