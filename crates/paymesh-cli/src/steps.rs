@@ -342,7 +342,7 @@ mod tests {
         assert!(close(row("request reaches the payer region's leader")[0], 1000.0));
         assert!(close(row("reply crosses back")[0], 25_000.0));
         assert!(row("reply crosses back")[3] > 90_000.0, "the slow payments are the slowest 1 %");
-        assert_eq!(row("prepare committed in the payee region")[3], 10_000.0, "no tail in the payee's commit");
+        assert!(close(row("prepare committed in the payee region")[3], 10_000.0), "no tail in the payee's commit");
         assert!(close(row("total")[0], 83_000.0), "1 + 10 + 25 + 10 + 25 + 10 + 2 ms");
         assert!(breakdown.to_string().contains("199 traced"));
     }
