@@ -19,7 +19,7 @@
 //! state; and no byte of a payer's personal data is in the payee region's
 //! data files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -353,12 +353,31 @@ struct Record {
     state: i32,
 }
 
+/// What the workload knows of each transfer.
+#[derive(Debug, Default)]
+struct Book {
+    records: HashMap<String, Record>,
+    /// Final states seen on the wallets' event streams, with when.
+    finals: HashMap<String, (i32, Instant)>,
+    /// Transfers recorded and not final yet, so that the progress line
+    /// counts them without scanning every record under the lock (which
+    /// stalled the load generator and the WAN proxies sharing its runtime).
+    pending: HashSet<String>,
+}
+
+impl Book {
+    fn final_state(&self, id: &str, record: &Record) -> Option<(i32, Instant)> {
+        if is_final(record.state) {
+            return Some((record.state, record.answered));
+        }
+        self.finals.get(id).copied()
+    }
+}
+
 /// The workload's shared history.
 #[derive(Debug, Default)]
 struct History {
-    records: Mutex<HashMap<String, Record>>,
-    /// Final states seen on the wallets' event streams, with when.
-    finals: Mutex<HashMap<String, (i32, Instant)>>,
+    book: Mutex<Book>,
     created: AtomicU64,
     skipped: AtomicU64,
     declined: AtomicU64,
@@ -372,16 +391,28 @@ fn is_final(state: i32) -> bool {
 }
 
 impl History {
-    fn final_state(&self, id: &str, record: &Record) -> Option<(i32, Instant)> {
-        if is_final(record.state) {
-            return Some((record.state, record.answered));
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A transfer as CreateTransfer answered it.
+    fn record(&self, id: String, record: Record) {
+        let mut book = self.book();
+        if !is_final(record.state) && !book.finals.contains_key(&id) {
+            book.pending.insert(id.clone());
         }
-        self.finals.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
+        book.records.insert(id, record);
+    }
+
+    /// A final state seen on an event stream (the first one counts).
+    fn finished(&self, id: String, state: i32) {
+        let mut book = self.book();
+        book.pending.remove(&id);
+        book.finals.entry(id).or_insert((state, Instant::now()));
     }
 
     fn in_flight(&self) -> usize {
-        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        records.iter().filter(|(id, r)| self.final_state(id, r).is_none()).count()
+        self.book().pending.len()
     }
 }
 
@@ -446,7 +477,7 @@ async fn pay(
     };
     history.created.fetch_add(1, Ordering::Relaxed);
     let record = Record { kind, started, answered: Instant::now(), state: transfer.state };
-    history.records.lock().unwrap_or_else(|p| p.into_inner()).insert(transfer.transfer_id.clone(), record);
+    history.record(transfer.transfer_id.clone(), record);
     if rng.random_range(0..RESUBMIT_ONE_IN) == 0 {
         history.resubmitted.fetch_add(1, Ordering::Relaxed);
         let again = client.create_transfer(request).await;
@@ -480,8 +511,7 @@ async fn follow(client: PartnerClient, history: Arc<History>, stop: Arc<AtomicBo
                     let Some(event) = message.event else { continue };
                     cursor = event.cursor;
                     if is_final(event.state) {
-                        let mut finals = history.finals.lock().unwrap_or_else(|p| p.into_inner());
-                        finals.entry(event.transfer_id).or_insert((event.state, Instant::now()));
+                        history.finished(event.transfer_id, event.state);
                     }
                 }
                 Ok(Some(Err(_)) | None) => break,
@@ -815,9 +845,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let mut committed = 0u64;
     let mut traced = Vec::new();
     {
-        let records = history.records.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, record) in records.iter() {
-            let state = match history.final_state(id, record) {
+        let book = history.book();
+        for (id, record) in &book.records {
+            let state = match book.final_state(id, record) {
                 Some((state, at)) => {
                     if state == wire::TransferState::Committed as i32 {
                         committed += 1;

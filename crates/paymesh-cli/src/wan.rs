@@ -14,6 +14,11 @@
 //!
 //! Settings are per link (a pair of regions, both directions) and take
 //! effect at once, also on open connections.
+//!
+//! The proxies run on a thread of their own (one for all links, started on
+//! first use), not on the caller's runtime: a benchmark's load generator
+//! shares that runtime, and a link's delay must not stretch while its
+//! tasks wait for the generator's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,11 +87,39 @@ impl WanLink {
 
     /// As [`WanLink::proxy`], listening at `listen` (`host:port`).
     pub async fn proxy_at(&self, listen: &str, upstream: String, tasks: &mut JoinSet<()>) -> std::io::Result<String> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?.to_string();
         let settings = self.settings.subscribe();
-        tasks.spawn(accept(listener, upstream, settings));
+        // Registered with the proxies' runtime, inside it.
+        tasks.spawn_on(
+            async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept(listener, upstream, settings).await,
+                    Err(e) => eprintln!("WAN proxy for {upstream}: {e}"),
+                }
+            },
+            proxy_runtime()?,
+        );
         Ok(addr)
+    }
+}
+
+/// The runtime every proxy runs on: one thread, started on first use, for
+/// the life of the process.
+fn proxy_runtime() -> std::io::Result<&'static tokio::runtime::Handle> {
+    static HANDLE: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> = std::sync::OnceLock::new();
+    let start = || -> std::io::Result<tokio::runtime::Handle> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("wan-proxies".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        Ok(handle)
+    };
+    match HANDLE.get_or_init(|| start().map_err(|e| e.to_string())) {
+        Ok(handle) => Ok(handle),
+        Err(e) => Err(std::io::Error::other(format!("starting the WAN proxies' thread: {e}"))),
     }
 }
 
