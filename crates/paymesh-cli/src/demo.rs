@@ -682,6 +682,42 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`
+/// (Linux; `None` elsewhere): busy ticks (iowait counted as idle) and all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CpuTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<CpuTicks> {
+        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<CpuTicks> {
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let total: u64 = (0..8).map(field).sum();
+        let idle = field(3) + field(4);
+        Some(CpuTicks { busy: total - idle, total })
+    }
+
+    /// The busy share of the CPU time between `start` and this reading.
+    fn busy_since(&self, start: &CpuTicks) -> Option<f64> {
+        let total = self.total.checked_sub(start.total).filter(|t| *t > 0)?;
+        let busy = self.busy.checked_sub(start.busy)?;
+        Some(busy as f64 / total as f64)
+    }
+}
+
 fn percentile(histogram: &Histogram<u64>, q: f64) -> String {
     if histogram.is_empty() {
         return "-".into();
@@ -805,6 +841,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let workload_started = Instant::now();
+    let cpu_at_start = CpuTicks::read();
     let clock = steps::Clock::now();
     let watch = async {
         while Instant::now() < deadline {
@@ -828,6 +865,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let (probes, ()) = tokio::join!(probing, watch);
     let probes = probes?;
     let elapsed = workload_started.elapsed();
+    let cpu_busy = cpu_at_start.zip(CpuTicks::read()).and_then(|(start, end)| end.busy_since(&start));
     let settle = Instant::now();
     while history.in_flight() > 0 && settle.elapsed() < SETTLE_TIMEOUT {
         progress.set_message(format!("settling: {} in flight", history.in_flight()));
@@ -874,6 +912,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         }
     }
     println!("\nworkload: {:.1} s, {} workers", elapsed.as_secs_f64(), args.workers);
+    if let Some(busy) = cpu_busy {
+        // Every node, proxy and the load generator share this machine: a
+        // tail measured on a saturated one is the machine's as much as the mesh's.
+        println!("this machine's CPUs were {:.0} % busy during the workload", busy * 100.0);
+    }
     println!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "kind", "committed", "aborted", "in flight", "p50 ms", "p99 ms", "p999 ms"
@@ -972,4 +1015,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     mesh.stop()?;
     println!("{}", if all { "all invariants hold" } else { "INVARIANT VIOLATED" });
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_busy_share_comes_from_the_first_line_of_proc_stat_with_iowait_as_idle() {
+        let start = CpuTicks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n").unwrap();
+        assert_eq!(start, CpuTicks { busy: 150, total: 1000 });
+        let end = CpuTicks::parse("cpu  400 0 120 1350 100 0 30 0 0 0\n").unwrap();
+        // 1,000 more ticks, of which 300 + 70 + 30 busy.
+        let share = end.busy_since(&start).unwrap();
+        assert!((share - 0.4).abs() < 1e-9, "{share}");
+        assert_eq!(end.busy_since(&end), None, "no time passed, no share");
+        assert_eq!(CpuTicks::parse("intr 1 2 3\n"), None);
+        assert_eq!(CpuTicks::parse("cpu  1 x 3\n"), None);
+    }
 }
