@@ -349,7 +349,13 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     for i in 0..5 {
         long.push(pay(&client, &format!("long-cut-{i}"), 5_000 + i).await.transfer_id);
     }
-    let opened = Instant::now() + DEADLINE + Duration::from_secs(5);
+    // The breaker opens after BREAKER_FAILURES failed calls in a row. A
+    // leader elected during the cut (a loaded machine, 300-600 ms election
+    // timeouts) starts its own count, and its first batch carries every
+    // waiting prepare, so its third failure can come three call timeouts
+    // (plus backoffs) after its election.
+    use paymesh_node::outbox::{BACKOFF_MAX, BREAKER_FAILURES, CALL_TIMEOUT};
+    let opened = Instant::now() + DEADLINE + BREAKER_FAILURES * (CALL_TIMEOUT + BACKOFF_MAX) + Duration::from_secs(5);
     let refused = loop {
         let quote = client
             .create_quote(wire::CreateQuoteRequest {
