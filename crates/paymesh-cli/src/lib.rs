@@ -34,7 +34,7 @@ pub mod local;
 pub mod mesh;
 mod otel;
 mod status;
-mod steps;
+pub mod steps;
 pub mod wan;
 
 /// paymesh: a multi-region payment mesh.

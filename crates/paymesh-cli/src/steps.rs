@@ -67,7 +67,8 @@ pub struct Collector {
     received: Arc<Mutex<Received>>,
 }
 
-fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+/// The string value of the OTLP attribute `key`, if there is one.
+pub fn attribute_text(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| match &v.value {
         Some(Value::StringValue(s)) => Some(s.clone()),
         _ => None,
@@ -84,7 +85,7 @@ impl TraceService for Collector {
         let spans = request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
         for span in spans {
             received.spans += 1;
-            let Some(transfer) = text(&span.attributes, "transfer") else { continue };
+            let Some(transfer) = attribute_text(&span.attributes, "transfer") else { continue };
             let interval = (span.start_time_unix_nano, span.end_time_unix_nano);
             if received.transfers.len() >= TRANSFERS_MAX && !received.transfers.contains_key(&transfer) {
                 received.dropped += 1;

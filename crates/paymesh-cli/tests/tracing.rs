@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use paymesh_cli::demo;
 use paymesh_cli::mesh::LocalMesh;
+use paymesh_cli::steps::attribute_text;
 use paymesh_cli::wan::WanSettings;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
@@ -35,18 +34,6 @@ struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
 }
 
-fn text(attributes: &[KeyValue], key: &str) -> String {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl TraceService for Collector {
     async fn export(
@@ -55,15 +42,18 @@ impl TraceService for Collector {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().unwrap();
         for resource_spans in request.into_inner().resource_spans {
-            let region =
-                resource_spans.resource.as_ref().map(|r| text(&r.attributes, "paymesh.region")).unwrap_or_default();
+            let region = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| attribute_text(&r.attributes, "paymesh.region"))
+                .unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     spans.push(Received {
                         region: region.clone(),
                         name: span.name.clone(),
                         trace_id: span.trace_id.clone(),
-                        transfer: text(&span.attributes, "transfer"),
+                        transfer: attribute_text(&span.attributes, "transfer").unwrap_or_default(),
                     });
                 }
             }

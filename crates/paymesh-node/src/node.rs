@@ -386,10 +386,10 @@ fn no_delay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
-/// Tell the actors when this node gains or loses leadership, and, while it
-/// leads, when new entries are applied (so event subscribers get them); while
-/// it leads, ship the outbox to every remote region. Runs until the Raft
-/// group stops.
+/// Tell the actors when this node gains or loses leadership; while it leads,
+/// tell them when new entries are applied (so event subscribers get them)
+/// and ship the outbox to every remote region. Runs until the Raft group
+/// stops.
 async fn follow_leadership(gateway: Gateway) {
     let registry = gateway.registry.clone();
     let mut server = gateway.node.raft.server_metrics();
