@@ -7,8 +7,10 @@
 //! [`paymesh_client::Region`], which also presents this node's certificate or
 //! development identity), because openraft asks for a client on every vote
 //! round and linearizable read. Every call has a timeout and a message size
-//! limit. Snapshots are streamed whole, in chunks of [`SNAPSHOT_CHUNK_BYTES`],
-//! on one `InstallSnapshot` stream.
+//! limit. A leader's `AppendEntries` to one follower travel on one long-lived
+//! stream, request after reply (see [`AppendStream`]); votes are unary calls.
+//! Snapshots are streamed whole, in chunks of [`SNAPSHOT_CHUNK_BYTES`], on one
+//! `InstallSnapshot` stream.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,6 +32,8 @@ use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
 use paymesh_store::{NodeAddr, NodeId, TypeConfig};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec;
 
@@ -85,6 +89,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             group: self.group,
             client: client.map_err(|e| e.message().to_owned()),
             snapshot_timeout: self.snapshot_timeout,
+            append: None,
         }
     }
 }
@@ -97,6 +102,19 @@ pub struct Connection {
     group: u64,
     client: Result<RaftServiceClient<NodeChannel>, String>,
     snapshot_timeout: Duration,
+    /// The open `AppendEntries` stream, if any: opened by the first append,
+    /// dropped (and opened again by the next) when a call on it fails or
+    /// times out, so that a late reply can never answer a later request.
+    append: Option<AppendStream>,
+}
+
+/// A leader's `AppendEntries` stream to one follower. openraft sends one
+/// request at a time on a connection and waits for its reply, so replies are
+/// matched to requests by order.
+#[derive(Debug)]
+struct AppendStream {
+    requests: mpsc::Sender<wire::AppendEntriesRequest>,
+    replies: tonic::Streaming<wire::AppendEntriesReply>,
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, E>;
@@ -131,14 +149,49 @@ impl Connection {
         let client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let reply = tokio::time::timeout(option.hard_ttl(), call(client))
             .await
-            .map_err(|_| {
-                RPCError::Network(NetworkError::new(&io::Error::new(io::ErrorKind::TimedOut, "raft call timed out")))
-            })?
+            .map_err(|_| timed_out())?
             .map_err(|status| transport_error(&status))?;
+        self.decode_reply(&reply.into_inner())
+    }
+
+    /// The peer's openraft result from a reply's bytes.
+    fn decode_reply<Resp, E>(&self, payload: &[u8]) -> Result<Resp, RpcError<RaftError<NodeId, E>>>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&reply.into_inner()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
+
+    /// Send one request on the `AppendEntries` stream, opening the stream
+    /// first if none is open, and wait for its reply's bytes.
+    async fn append_call(&mut self, request: wire::AppendEntriesRequest) -> Result<Vec<u8>, tonic::Status> {
+        let request = match &self.append {
+            Some(open) => open.requests.send(request).await.err().map(|unsent| unsent.0),
+            None => Some(request),
+        };
+        if let Some(request) = request {
+            // No stream, or one whose sending side has ended: open a new one
+            // with this request as its first.
+            self.append = None;
+            let mut client = self.client().map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let (requests, outgoing) = mpsc::channel(1);
+            requests.send(request).await.map_err(|_| tonic::Status::internal("append stream's channel closed"))?;
+            let replies = client.append_entries(ReceiverStream::new(outgoing)).await?.into_inner();
+            self.append = Some(AppendStream { requests, replies });
+        }
+        let open = self.append.as_mut().ok_or_else(|| tonic::Status::internal("append stream missing"))?;
+        match open.replies.message().await? {
+            Some(reply) => Ok(reply.payload),
+            None => Err(tonic::Status::unavailable("the follower ended the append stream")),
+        }
+    }
+}
+
+fn timed_out<E: std::error::Error>() -> RpcError<E> {
+    RPCError::Network(NetworkError::new(&io::Error::new(io::ErrorKind::TimedOut, "raft call timed out")))
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -155,10 +208,18 @@ impl RaftNetwork<TypeConfig> for Connection {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
         }
         let request = wire::AppendEntriesRequest { group_id: self.group, payload };
-        self.unary(&option, |mut client| async move {
-            client.append_entries(request).await.map(|r| r.map(|reply| reply.payload))
-        })
-        .await
+        let reply = match tokio::time::timeout(option.hard_ttl(), self.append_call(request)).await {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(status)) => {
+                self.append = None;
+                return Err(transport_error(&status));
+            }
+            Err(_) => {
+                self.append = None;
+                return Err(timed_out());
+            }
+        };
+        self.decode_reply(&reply)
     }
 
     async fn vote(

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::Arc;
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_server::RaftService;
@@ -56,16 +58,37 @@ fn undecodable(what: &str, e: codec::CodecError) -> Status {
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
+    type AppendEntriesStream = BoxStream<'static, Result<wire::AppendEntriesReply, Status>>;
+
+    /// One stream per leader and follower: each request is answered, in
+    /// order, once this node's Raft has handled it. The caller is checked
+    /// once, when the stream opens. The first request that fails ends the
+    /// stream with its status.
     async fn append_entries(
         &self,
-        request: Request<wire::AppendEntriesRequest>,
-    ) -> Result<Response<wire::AppendEntriesReply>, Status> {
+        request: Request<tonic::Streaming<wire::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendEntriesStream>, Status> {
         self.check_caller(&request)?;
-        let request = request.into_inner();
-        let raft = self.group(request.group_id)?;
-        let rpc = codec::decode(&request.payload).map_err(|e| undecodable("append entries", e))?;
-        let result = raft.append_entries(rpc).await;
-        Ok(Response::new(wire::AppendEntriesReply { payload: codec::encode(&result) }))
+        let server = Arc::new(self.clone());
+        let replies = request.into_inner().then(move |request| {
+            let server = Arc::clone(&server);
+            async move {
+                let request = request?;
+                let raft = server.group(request.group_id)?;
+                let rpc = codec::decode(&request.payload).map_err(|e| undecodable("append entries", e))?;
+                let result = raft.append_entries(rpc).await;
+                Ok(wire::AppendEntriesReply { payload: codec::encode(&result) })
+            }
+        });
+        // `scan` ends the stream after its first error, which is sent.
+        let replies = replies.scan(false, |failed, reply: Result<_, Status>| {
+            let item = (!*failed).then(|| {
+                *failed = reply.is_err();
+                reply
+            });
+            futures::future::ready(item)
+        });
+        Ok(Response::new(replies.boxed()))
     }
 
     async fn vote(&self, request: Request<wire::VoteRequest>) -> Result<Response<wire::VoteReply>, Status> {

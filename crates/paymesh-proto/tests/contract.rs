@@ -682,7 +682,8 @@ fn file_descriptor_set_describes_every_service() {
 
     assert_eq!(methods("paymesh.interregion.v1", "InterRegionService"), unary(&["Prepare", "Decide"]));
 
-    let mut raft = unary(&["AppendEntries", "Vote"]);
+    let mut raft = vec![("AppendEntries".into(), true, true)];
+    raft.extend(unary(&["Vote"]));
     raft.push(("InstallSnapshot".into(), true, false));
     assert_eq!(methods("paymesh.raft.v1", "RaftService"), raft);
 
