@@ -111,10 +111,19 @@ pub struct Connection {
 /// A leader's `AppendEntries` stream to one follower. openraft sends one
 /// request at a time on a connection and waits for its reply, so replies are
 /// matched to requests by order.
+///
+/// openraft also times the call out itself and then drops its future, so a
+/// request can be left unanswered without any error reaching this code:
+/// `awaiting_reply` is set from a request's send until its reply is read,
+/// and a stream still awaiting a reply when the next call starts is dropped,
+/// never read, so no reply can answer a later request (a stale `Success`
+/// would tell the leader that entries are stored which the follower has not
+/// yet written).
 #[derive(Debug)]
 struct AppendStream {
     requests: mpsc::Sender<wire::AppendEntriesRequest>,
     replies: tonic::Streaming<wire::AppendEntriesReply>,
+    awaiting_reply: bool,
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, E>;
@@ -168,8 +177,14 @@ impl Connection {
     /// Send one request on the `AppendEntries` stream, opening the stream
     /// first if none is open, and wait for its reply's bytes.
     async fn append_call(&mut self, request: wire::AppendEntriesRequest) -> Result<Vec<u8>, tonic::Status> {
-        let request = match &self.append {
-            Some(open) => open.requests.send(request).await.err().map(|unsent| unsent.0),
+        if self.append.as_ref().is_some_and(|open| open.awaiting_reply) {
+            self.append = None;
+        }
+        let request = match &mut self.append {
+            Some(open) => {
+                open.awaiting_reply = true;
+                open.requests.send(request).await.err().map(|unsent| unsent.0)
+            }
             None => Some(request),
         };
         if let Some(request) = request {
@@ -180,13 +195,14 @@ impl Connection {
             let (requests, outgoing) = mpsc::channel(1);
             requests.send(request).await.map_err(|_| tonic::Status::internal("append stream's channel closed"))?;
             let replies = client.append_entries(ReceiverStream::new(outgoing)).await?.into_inner();
-            self.append = Some(AppendStream { requests, replies });
+            self.append = Some(AppendStream { requests, replies, awaiting_reply: true });
         }
         let open = self.append.as_mut().ok_or_else(|| tonic::Status::internal("append stream missing"))?;
-        match open.replies.message().await? {
-            Some(reply) => Ok(reply.payload),
-            None => Err(tonic::Status::unavailable("the follower ended the append stream")),
-        }
+        let reply = open.replies.message().await?;
+        open.awaiting_reply = false;
+        reply
+            .map(|reply| reply.payload)
+            .ok_or_else(|| tonic::Status::unavailable("the follower ended the append stream"))
     }
 }
 
@@ -296,5 +312,103 @@ impl RaftNetwork<TypeConfig> for Connection {
         result.map_err(|fatal| {
             StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), fatal))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream::BoxStream;
+    use futures::StreamExt;
+    use openraft::{CommittedLeaderId, LogId};
+    use paymesh_proto::raft::v1::raft_service_server::{RaftService, RaftServiceServer};
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A follower stand-in that answers every AppendEntries with
+    /// `PartialSuccess(prev_log_id)`, echoing the request, and answers the
+    /// first request of each stream only after `FIRST_REPLY_DELAY`.
+    struct SlowFirstReply {
+        streams: Arc<AtomicUsize>,
+    }
+
+    const FIRST_REPLY_DELAY: Duration = Duration::from_millis(300);
+
+    #[tonic::async_trait]
+    impl RaftService for SlowFirstReply {
+        type AppendEntriesStream = BoxStream<'static, Result<wire::AppendEntriesReply, Status>>;
+
+        async fn append_entries(
+            &self,
+            request: Request<tonic::Streaming<wire::AppendEntriesRequest>>,
+        ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            let replies = request.into_inner().enumerate().then(|(n, request)| async move {
+                let rpc: AppendEntriesRequest<TypeConfig> =
+                    codec::decode(&request?.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if n == 0 {
+                    tokio::time::sleep(FIRST_REPLY_DELAY).await;
+                }
+                let result: Result<_, RaftError<NodeId>> = Ok(AppendEntriesResponse::PartialSuccess(rpc.prev_log_id));
+                Ok(wire::AppendEntriesReply { payload: codec::encode(&result) })
+            });
+            Ok(Response::new(replies.boxed()))
+        }
+
+        async fn vote(&self, _: Request<wire::VoteRequest>) -> Result<Response<wire::VoteReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<tonic::Streaming<wire::SnapshotChunk>>,
+        ) -> Result<Response<wire::InstallSnapshotReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn request(prev_index: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), prev_index)),
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_before_its_reply_never_answers_the_next_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let streams = Arc::new(AtomicUsize::new(0));
+        let service = RaftServiceServer::new(SlowFirstReply { streams: streams.clone() });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let mut network = Network::new(REGION_GROUP, credentials, BTreeMap::new(), Duration::from_secs(5));
+        let node = NodeAddr { raft_addr: addr.clone(), api_addr: addr };
+        let mut connection = network.new_client(2, &node).await;
+        let option = RPCOption::new(Duration::from_secs(5));
+
+        // The caller gives up on the first request as openraft does: by
+        // dropping the call's future, with no error for the network to see.
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(50), connection.append_entries(request(1), option.clone()));
+        assert!(abandoned.await.is_err(), "the first reply is held back by the stand-in");
+
+        // The next call must get its own reply, not the late one to index 1.
+        let reply = connection.append_entries(request(2), option.clone()).await.unwrap();
+        assert_eq!(reply, AppendEntriesResponse::PartialSuccess(request(2).prev_log_id));
+        assert_eq!(streams.load(Ordering::SeqCst), 2, "the abandoned stream was replaced");
+
+        // A stream whose calls complete is kept.
+        let reply = connection.append_entries(request(3), option).await.unwrap();
+        assert_eq!(reply, AppendEntriesResponse::PartialSuccess(request(3).prev_log_id));
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
     }
 }
