@@ -1,11 +1,13 @@
 //! openraft's log storage over the segment log.
 //!
-//! `append` writes the entries and hands openraft's `LogFlushed` callback to a
-//! flusher thread, which `fdatasync`s the active segment once for every
-//! callback waiting and then reports them durable: an entry is acknowledged
-//! only after it is on disk. (openraft 0.9 waits for each append's callback
-//! before the next, so within one group this is one `fdatasync` per append;
-//! throughput comes from carrying many commands per entry.)
+//! `append` writes the entries, `fdatasync`s the active segment and only then
+//! reports them durable through openraft's `LogFlushed` callback: an entry is
+//! acknowledged only after it is on disk. The sync runs on the caller's task,
+//! outside the log's lock, so replication keeps reading meanwhile. (It ran on
+//! a flusher thread of its own until the profile showed what that bought:
+//! openraft 0.9's core awaits each append's callback before it does anything
+//! else, so the thread only added two thread switches to every append on every
+//! node; see "Durability" in docs/ARCHITECTURE.md.)
 //!
 //! The vote and the purge point live in a [`MetaFile`] replaced atomically.
 
@@ -14,7 +16,6 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -34,7 +35,7 @@ pub struct LogStats {
     pub appends: AtomicU64,
     /// Entries appended.
     pub entries: AtomicU64,
-    /// `fdatasync` calls made by the flusher.
+    /// `fdatasync` calls made for appends.
     pub syncs: AtomicU64,
 }
 
@@ -90,7 +91,7 @@ pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 /// The log store handed to openraft.
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
-    flush: Sender<FlushDone>,
+    syncer: Syncer,
     stats: Arc<LogStats>,
 }
 
@@ -129,13 +130,7 @@ impl LogStore {
         let mut inner = Inner { log, meta_file, meta, last_log_id: None };
         inner.last_log_id = inner.find_last_log_id()?;
         let stats = Arc::new(LogStats::default());
-        let (flush, callbacks) = mpsc::channel();
-        let flusher_stats = stats.clone();
-        std::thread::Builder::new()
-            .name("raft-log-flusher".into())
-            .spawn(move || flusher(syncer, callbacks, flusher_stats))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), flush, stats })
+        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), syncer, stats })
     }
 
     /// The log's I/O counters.
@@ -143,7 +138,8 @@ impl LogStore {
         self.stats.clone()
     }
 
-    /// Append entries (readable at once) and call `done` when they are durable.
+    /// Append entries (readable at once), make them durable, then call `done`
+    /// with the outcome of the sync.
     pub fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry>,
@@ -167,28 +163,10 @@ impl LogStore {
         }
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries.fetch_add(encoded.len() as u64, Ordering::Relaxed);
-        if let Err(unsent) = self.flush.send(done) {
-            // The flusher is gone only if its thread died: report the append
-            // as failed, which openraft treats as fatal.
-            (unsent.0)(Err(io::Error::other("raft log flusher stopped")));
-        }
+        let synced = self.syncer.sync();
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        done(synced.map_err(|e| io::Error::new(e.kind(), format!("raft log fdatasync failed: {e}"))));
         Ok(())
-    }
-}
-
-/// Complete waiting appends after one `fdatasync` covering all of them.
-fn flusher(syncer: Syncer, waiting: Receiver<FlushDone>, stats: Arc<LogStats>) {
-    while let Ok(first) = waiting.recv() {
-        let mut batch = vec![first];
-        batch.extend(waiting.try_iter());
-        let result = syncer.sync();
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
-        for done in batch {
-            done(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), format!("raft log fdatasync failed: {e}"))),
-            });
-        }
     }
 }
 
