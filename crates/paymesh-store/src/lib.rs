@@ -2,8 +2,8 @@
 //!
 //! * [`segment_log`]: the Raft log as an append-only sequence of CRC-checked
 //!   records in segment files, made durable with `fdatasync`.
-//! * [`log_store`]: openraft's `RaftLogStorage` over it, with a flusher thread
-//!   that acknowledges appends only after `fdatasync`.
+//! * [`log_store`]: openraft's `RaftLogStorage` over it, acknowledging each
+//!   append only after its `fdatasync`.
 //! * [`state_machine`]: openraft's `RaftStateMachine` over `paymesh_core::State`,
 //!   with snapshots taken from an O(1) copy of the state and kept durably in
 //!   sled ([`checkpoint`]).

@@ -59,7 +59,7 @@ fn entries(count: u64) -> Vec<Entry> {
 fn append_durably(log: &LogStore, entries: Vec<Entry>) {
     let (done, durable) = mpsc::channel();
     log.append_entries(entries, Box::new(move |result| done.send(result).unwrap())).unwrap();
-    durable.recv_timeout(Duration::from_secs(10)).expect("the flusher answers").expect("the append is durable");
+    durable.recv_timeout(Duration::from_secs(10)).expect("the append is acknowledged").expect("the append is durable");
 }
 
 #[tokio::test]
