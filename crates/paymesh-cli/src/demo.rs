@@ -618,6 +618,32 @@ pub async fn check_agreement(mesh: &LocalMesh) -> anyhow::Result<Check> {
     })
 }
 
+/// The Raft log syncs of every node of the mesh since it started.
+#[derive(Debug, Default)]
+struct LogSyncs {
+    all: u64,
+    slow: u64,
+    max_micros: u64,
+}
+
+/// Sum the nodes' log sync counters; `None` if no node answered.
+async fn log_syncs(mesh: &LocalMesh) -> Option<LogSyncs> {
+    let mut syncs = LogSyncs::default();
+    let mut answered = false;
+    for region in mesh.regions.values() {
+        let Ok(client) = region.client() else { continue };
+        for addr in region.api_addrs() {
+            if let Ok(status) = client.status(&addr, false).await {
+                answered = true;
+                syncs.all += status.log_syncs;
+                syncs.slow += status.log_slow_syncs;
+                syncs.max_micros = syncs.max_micros.max(status.log_sync_max_micros);
+            }
+        }
+    }
+    answered.then_some(syncs)
+}
+
 /// Every replica of every region holds the same state.
 pub async fn check_replicas(mesh: &LocalMesh) -> anyhow::Result<Check> {
     let mut details = Vec::new();
@@ -866,6 +892,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let probes = probes?;
     let elapsed = workload_started.elapsed();
     let cpu_busy = cpu_at_start.zip(CpuTicks::read()).and_then(|(start, end)| end.busy_since(&start));
+    let log_syncs = log_syncs(&mesh).await;
     let settle = Instant::now();
     while history.in_flight() > 0 && settle.elapsed() < SETTLE_TIMEOUT {
         progress.set_message(format!("settling: {} in flight", history.in_flight()));
@@ -916,6 +943,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         // Every node, proxy and the load generator share this machine: a
         // tail measured on a saturated one is the machine's as much as the mesh's.
         println!("this machine's CPUs were {:.0} % busy during the workload", busy * 100.0);
+    }
+    if let Some(syncs) = log_syncs {
+        // All nine nodes share this machine's disk: when it stalls, every
+        // region's commits wait at once.
+        println!(
+            "the nodes' Raft log fdatasyncs: {} of {} took over {} ms (the disk stalled), the longest {:.1} ms",
+            syncs.slow,
+            syncs.all,
+            paymesh_store::log_store::SLOW_SYNC.as_millis(),
+            syncs.max_micros as f64 / 1000.0
+        );
     }
     println!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",

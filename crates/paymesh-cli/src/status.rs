@@ -28,6 +28,10 @@ struct NodeView {
     state_digest: Option<String>,
     log_appends: Option<u64>,
     log_syncs: Option<u64>,
+    /// Log syncs that took over 50 ms (the disk stalled).
+    log_slow_syncs: Option<u64>,
+    /// The longest log sync, in microseconds.
+    log_sync_max_micros: Option<u64>,
 }
 
 /// What `status --json` prints.
@@ -96,6 +100,8 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 state_digest: (!s.state_digest.is_empty()).then(|| hex::encode(&s.state_digest)),
                 log_appends: Some(s.log_appends),
                 log_syncs: Some(s.log_syncs),
+                log_slow_syncs: Some(s.log_slow_syncs),
+                log_sync_max_micros: Some(s.log_sync_max_micros),
             },
             Err(e) => NodeView {
                 api_addr,
@@ -116,6 +122,8 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 state_digest: None,
                 log_appends: None,
                 log_syncs: None,
+                log_slow_syncs: None,
+                log_sync_max_micros: None,
             },
         })
         .collect();

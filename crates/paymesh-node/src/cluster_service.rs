@@ -214,6 +214,8 @@ impl ClusterService for ClusterServer {
             log_appends: load(&stats.appends),
             log_entries: load(&stats.entries),
             log_syncs: load(&stats.syncs),
+            log_slow_syncs: load(&stats.slow_syncs),
+            log_sync_max_micros: load(&stats.sync_max_micros),
         }))
     }
 

@@ -17,6 +17,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -37,7 +38,18 @@ pub struct LogStats {
     pub entries: AtomicU64,
     /// `fdatasync` calls made for appends.
     pub syncs: AtomicU64,
+    /// Of those, the ones that took longer than [`SLOW_SYNC`].
+    pub slow_syncs: AtomicU64,
+    /// The longest of those calls, in microseconds.
+    pub sync_max_micros: AtomicU64,
 }
+
+/// An append's `fdatasync` slower than this is counted and logged: the disk
+/// stalled, and every commit that needs this node waited for it.
+pub const SLOW_SYNC: Duration = Duration::from_millis(50);
+
+/// At most one warning about slow syncs per this interval.
+const SLOW_SYNC_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Inner {
@@ -93,6 +105,8 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     syncer: Syncer,
     stats: Arc<LogStats>,
+    /// When slow syncs were last logged, and the slow syncs since.
+    slow_warning: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Debug for LogStore {
@@ -130,7 +144,7 @@ impl LogStore {
         let mut inner = Inner { log, meta_file, meta, last_log_id: None };
         inner.last_log_id = inner.find_last_log_id()?;
         let stats = Arc::new(LogStats::default());
-        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), syncer, stats })
+        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), syncer, stats, slow_warning: Mutex::new((None, 0)) })
     }
 
     /// The log's I/O counters.
@@ -163,10 +177,36 @@ impl LogStore {
         }
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
         let synced = self.syncer.sync();
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.record_sync(started.elapsed());
         done(synced.map_err(|e| io::Error::new(e.kind(), format!("raft log fdatasync failed: {e}"))));
         Ok(())
+    }
+}
+
+impl LogStore {
+    /// Count a sync that took `took`; log slow ones, at most once per
+    /// [`SLOW_SYNC_WARNING_INTERVAL`].
+    fn record_sync(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.sync_max_micros.fetch_max(micros, Ordering::Relaxed);
+        if took <= SLOW_SYNC {
+            return;
+        }
+        self.stats.slow_syncs.fetch_add(1, Ordering::Relaxed);
+        let mut warning = self.slow_warning.lock().unwrap_or_else(|p| p.into_inner());
+        warning.1 += 1;
+        if warning.0.is_none_or(|at| at.elapsed() >= SLOW_SYNC_WARNING_INTERVAL) {
+            tracing::warn!(
+                ms = took.as_millis(),
+                slow_syncs = warning.1,
+                "raft log fdatasync over 50 ms: the disk stalled, and commits waited for it \
+                 (slow_syncs: how many since the last such warning)"
+            );
+            *warning = (Some(Instant::now()), 0);
+        }
     }
 }
 
@@ -261,5 +301,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.last_log_id = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_syncs_are_counted_and_the_longest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(dir.path()).unwrap();
+        log.record_sync(Duration::from_millis(3));
+        log.record_sync(SLOW_SYNC + Duration::from_millis(10));
+        log.record_sync(SLOW_SYNC);
+        let stats = log.stats();
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.slow_syncs.load(Ordering::Relaxed), 1, "only a sync over the limit is slow");
+        let longest = u64::try_from((SLOW_SYNC + Duration::from_millis(10)).as_micros()).unwrap();
+        assert_eq!(stats.sync_max_micros.load(Ordering::Relaxed), longest);
     }
 }
