@@ -33,8 +33,9 @@
 //! while they remain on disk; whole segments below it are deleted.
 //!
 //! Writes happen under `&mut self`; [`SegmentLog::sync`] and
-//! [`SegmentLog::syncer`] make them durable, the latter from another thread so
-//! that several appends can share one `fdatasync`.
+//! [`SegmentLog::syncer`] make them durable, the latter without the log
+//! itself, so that the log store can sync outside its lock while readers go
+//! on.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -133,8 +134,9 @@ impl Segment {
     }
 }
 
-/// Makes appends durable from another thread: `fdatasync` of the active
-/// segment. Earlier segments were synced when they were closed.
+/// Makes appends durable without holding the log (from any thread):
+/// `fdatasync` of the active segment. Earlier segments were synced when they
+/// were closed.
 #[derive(Clone, Debug)]
 pub struct Syncer {
     active: Arc<Mutex<Arc<File>>>,
