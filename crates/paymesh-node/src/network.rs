@@ -103,8 +103,8 @@ pub struct Connection {
     client: Result<RaftServiceClient<NodeChannel>, String>,
     snapshot_timeout: Duration,
     /// The open `AppendEntries` stream, if any: opened by the first append,
-    /// dropped (and opened again by the next) when a call on it fails or
-    /// times out, so that a late reply can never answer a later request.
+    /// replaced by the next call after one on it failed or timed out, so that
+    /// a late reply can never answer a later request.
     append: Option<AppendStream>,
 }
 
@@ -114,11 +114,12 @@ pub struct Connection {
 ///
 /// openraft also times the call out itself and then drops its future, so a
 /// request can be left unanswered without any error reaching this code:
-/// `awaiting_reply` is set from a request's send until its reply is read,
+/// `awaiting_reply` is set from a request's send until its reply is read (so
+/// it stays set when the call fails, times out or finds the stream ended),
 /// and a stream still awaiting a reply when the next call starts is dropped,
 /// never read, so no reply can answer a later request (a stale `Success`
 /// would tell the leader that entries are stored which the follower has not
-/// yet written).
+/// yet written). This is the one way a broken stream is replaced.
 #[derive(Debug)]
 struct AppendStream {
     requests: mpsc::Sender<wire::AppendEntriesRequest>,
@@ -198,11 +199,12 @@ impl Connection {
             self.append = Some(AppendStream { requests, replies, awaiting_reply: true });
         }
         let open = self.append.as_mut().ok_or_else(|| tonic::Status::internal("append stream missing"))?;
+        // Cleared only once a reply is read: a stream that failed or ended
+        // stays marked, and the next call replaces it.
         let reply = open.replies.message().await?;
+        let reply = reply.ok_or_else(|| tonic::Status::unavailable("the follower ended the append stream"))?;
         open.awaiting_reply = false;
-        reply
-            .map(|reply| reply.payload)
-            .ok_or_else(|| tonic::Status::unavailable("the follower ended the append stream"))
+        Ok(reply.payload)
     }
 }
 
@@ -224,17 +226,12 @@ impl RaftNetwork<TypeConfig> for Connection {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
         }
         let request = wire::AppendEntriesRequest { group_id: self.group, payload };
-        let reply = match tokio::time::timeout(option.hard_ttl(), self.append_call(request)).await {
-            Ok(Ok(payload)) => payload,
-            Ok(Err(status)) => {
-                self.append = None;
-                return Err(transport_error(&status));
-            }
-            Err(_) => {
-                self.append = None;
-                return Err(timed_out());
-            }
-        };
+        // A call that fails or times out leaves its stream awaiting a reply,
+        // so the next call replaces it (see `AppendStream`).
+        let reply = tokio::time::timeout(option.hard_ttl(), self.append_call(request))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|status| transport_error(&status))?;
         self.decode_reply(&reply)
     }
 
