@@ -156,7 +156,13 @@ impl Handler<Leadership> for Registry {
             (Some(term), _) => {
                 self.stop_term();
                 let session = new_session(self.node.config.node_id);
-                let proposer = Proposer::new(self.node.raft.clone(), self.node.state_machine.clone(), session).start();
+                let proposer = Proposer::new(
+                    self.node.raft.clone(),
+                    self.node.state_machine.clone(),
+                    session,
+                    self.node.config.group_commit_interval(),
+                )
+                .start();
                 tracing::info!(term, session, "leading: proposer started");
                 self.current = Some(Term { term, proposer, partners: HashMap::new(), corridors: HashMap::new() });
             }
