@@ -234,8 +234,18 @@ impl Region {
                     })
                 }
             };
+            // The channel's own timeout starts only once the request reaches
+            // a connection; a request queued behind a connection that never
+            // becomes ready (a link that went silent) would wait forever.
+            // This limit covers the whole attempt.
             let result = match self.channel(&target) {
-                Ok(channel) => call(channel).await,
+                Ok(channel) => match tokio::time::timeout(self.call_timeout, call(channel)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "no answer from {target} within {:?}",
+                        self.call_timeout
+                    ))),
+                },
                 Err(status) => Err(status),
             };
             match result {
@@ -275,6 +285,25 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:8101"), "127.0.0.1");
         assert_eq!(host_of("node-1.example:443"), "node-1.example");
         assert_eq!(host_of("[::1]:8101"), "::1");
+    }
+
+    /// An attempt that never answers (a request stuck behind a silent
+    /// connection) ends at the call timeout, and the call gives up.
+    #[tokio::test]
+    async fn an_attempt_that_never_answers_ends_at_the_call_timeout() {
+        let credentials = Credentials::Plaintext { identity: "operator:test".into() };
+        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
+        let region = Region::with_policy(vec!["127.0.0.1:9".into()], credentials, policy)
+            .with_call_timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let result: Result<(), ClientError> = region.call(None, |_channel| std::future::pending()).await;
+        match result {
+            Err(ClientError::GaveUp { attempts: 2, last }) => {
+                assert_eq!(last.code(), Code::DeadlineExceeded, "{last:?}")
+            }
+            other => panic!("expected to give up after two timed-out attempts, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     }
 
     #[test]
