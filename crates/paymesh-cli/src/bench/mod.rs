@@ -29,6 +29,7 @@ use anyhow::{bail, Context};
 
 use load::{Mode, Plan};
 use paymesh::{PaymeshConfig, PaymeshTarget};
+use paymesh_node::config::GROUP_COMMIT_INTERVAL_MS_MAX;
 use postgres::{PostgresConfig, PostgresTarget};
 use report::{BenchReport, RunReport};
 
@@ -104,6 +105,10 @@ pub struct BenchArgs {
     /// Nodes in the paymesh target's region.
     #[arg(long, default_value_t = 3)]
     pub paymesh_nodes: u64,
+    /// The paymesh target's `raft.group_commit_interval_ms` (0, the default:
+    /// off; see docs/ARCHITECTURE.md, "Group commit under load").
+    #[arg(long, default_value_t = 0)]
+    pub group_commit_ms: u64,
     /// PostgreSQL to measure (scripts/postgres.sh start prints it).
     #[arg(long, default_value = POSTGRES_URL_DEFAULT)]
     pub postgres_url: String,
@@ -165,6 +170,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.targets.is_empty() {
         bail!("give at least one --target");
     }
+    if args.group_commit_ms > GROUP_COMMIT_INTERVAL_MS_MAX {
+        bail!("--group-commit-ms must be at most {GROUP_COMMIT_INTERVAL_MS_MAX}");
+    }
     let mut runs = Vec::with_capacity(args.targets.len());
     for &kind in &args.targets {
         let report = run_target(kind, &args, &plan).await.with_context(|| format!("benchmarking {}", kind.name()))?;
@@ -201,6 +209,7 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
             let config = PaymeshConfig {
                 dir: args.paymesh_dir.clone(),
                 nodes: args.paymesh_nodes,
+                group_commit_ms: args.group_commit_ms,
                 payers: args.payers,
                 payees: args.payees,
                 prefund_minor: args.prefund,

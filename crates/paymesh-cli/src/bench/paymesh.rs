@@ -56,6 +56,8 @@ pub struct PaymeshConfig {
     pub dir: PathBuf,
     /// Nodes in the region.
     pub nodes: u64,
+    /// The nodes' `raft.group_commit_interval_ms`.
+    pub group_commit_ms: u64,
     /// Payer partners.
     pub payers: usize,
     /// Payee (merchant) partners.
@@ -135,7 +137,8 @@ impl PaymeshTarget {
         for index in 0..config.payees {
             holders.push(Identity::partner(&payee_id(index))?);
         }
-        let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, "")?;
+        let raft = format!("group_commit_interval_ms = {}", config.group_commit_ms);
+        let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
         region.initialize(1, LEADER_TIMEOUT).await?;
         configure(&region, config).await?;
         let mut payers = Vec::with_capacity(config.payers);
