@@ -647,13 +647,11 @@ async fn log_syncs(mesh: &LocalMesh) -> Option<LogSyncs> {
     let mut answered = false;
     for region in mesh.regions.values() {
         let Ok(client) = region.client() else { continue };
-        for addr in region.api_addrs() {
-            if let Ok(status) = client.status(&addr, false).await {
-                answered = true;
-                syncs.all += status.log_syncs;
-                syncs.slow += status.log_slow_syncs;
-                syncs.max_micros = syncs.max_micros.max(status.log_sync_max_micros);
-            }
+        for status in region.statuses(&client, false).await {
+            answered = true;
+            syncs.all += status.log_syncs;
+            syncs.slow += status.log_slow_syncs;
+            syncs.max_micros = syncs.max_micros.max(status.log_sync_max_micros);
         }
     }
     answered.then_some(syncs)

@@ -460,18 +460,25 @@ impl LocalRegion {
         }
     }
 
+    /// The status of every running node that answers `client` (`digest`:
+    /// with the state digest, which costs each node a hash of its state).
+    pub async fn statuses(&self, client: &ClusterClient, digest: bool) -> Vec<wire::GetNodeStatusResponse> {
+        let mut statuses = Vec::new();
+        for addr in self.api_addrs() {
+            if let Ok(status) = client.status(&addr, digest).await {
+                statuses.push(status);
+            }
+        }
+        statuses
+    }
+
     /// Wait until every running node has applied the same index with the same
     /// state digest; their statuses.
     pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<Vec<wire::GetNodeStatusResponse>> {
         let client = self.client()?;
         let deadline = Instant::now() + timeout;
         loop {
-            let mut statuses = Vec::new();
-            for addr in self.api_addrs() {
-                if let Ok(status) = client.status(&addr, true).await {
-                    statuses.push(status);
-                }
-            }
+            let statuses = self.statuses(&client, true).await;
             let complete = statuses.len() == self.api_addrs().len();
             let agree = complete
                 && statuses.iter().all(|s| {

@@ -183,9 +183,7 @@ impl LogStore {
         done(synced.map_err(|e| io::Error::new(e.kind(), format!("raft log fdatasync failed: {e}"))));
         Ok(())
     }
-}
 
-impl LogStore {
     /// Count a sync that took `took`; log slow ones, at most once per
     /// [`SLOW_SYNC_WARNING_INTERVAL`].
     fn record_sync(&self, took: Duration) {

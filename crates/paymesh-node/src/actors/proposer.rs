@@ -93,12 +93,12 @@ pub struct Proposer {
     session: u64,
     next_sequence: u64,
     queue: Vec<(Command, Waiter)>,
+    /// A timer (the linger's or group commit's) will call `flush`.
     flush_scheduled: bool,
     in_flight: usize,
     group_commit_interval: Duration,
     /// When the last entry was proposed, and how many commands it carried.
     last_entry: Option<(Instant, usize)>,
-    hold_scheduled: bool,
 }
 
 /// How much longer the waiting commands are held back for company, if at
@@ -130,7 +130,6 @@ impl Proposer {
             in_flight: 0,
             group_commit_interval,
             last_entry: None,
-            hold_scheduled: false,
         }
     }
 
@@ -187,10 +186,12 @@ impl Proposer {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         while !self.queue.is_empty() && self.in_flight < BATCHES_IN_FLIGHT_MAX {
             if let Some(wait) = hold(self.group_commit_interval, self.last_entry, self.queue.len(), Instant::now()) {
-                if !self.hold_scheduled {
-                    self.hold_scheduled = true;
+                // A pending timer flushes sooner (the linger) or at this
+                // time; a linger that finds the hold still on sets this one.
+                if !self.flush_scheduled {
+                    self.flush_scheduled = true;
                     ctx.run_later(wait, |proposer, ctx| {
-                        proposer.hold_scheduled = false;
+                        proposer.flush_scheduled = false;
                         proposer.flush(ctx);
                     });
                 }
