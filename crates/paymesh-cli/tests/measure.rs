@@ -24,27 +24,39 @@ fn median(values: &mut [Duration]) -> Duration {
     values[values.len() / 2]
 }
 
-/// Propose `entries` entries of `commands` top-ups each, `concurrency` at a
-/// time; returns the elapsed time.
-async fn write_entries(region: &Region, session: u64, entries: usize, commands: usize, concurrency: usize) -> Duration {
-    let client = Arc::new(region.client());
+/// What a run of top-ups took.
+struct Wrote {
+    elapsed: Duration,
+    /// Log entries the leader appended meanwhile (its proposer groups the
+    /// top-ups in flight into entries).
+    entries: u64,
+}
+
+/// Send `total` top-ups through the admin API, `lanes` at a time (each lane
+/// waits for its answer before the next), labelled `label`.
+async fn write_top_ups(region: &Region, label: &str, total: usize, lanes: usize) -> Wrote {
+    let leader = region.wait_leader(Duration::from_secs(20)).await;
+    let client = region.client();
+    let addr = region.nodes[&leader].api_addr.clone();
+    let before = status(&client, &addr).await.and_then(|s| s.last_log_index).unwrap_or(0);
+    let writer = Arc::new(Writer::new(region));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for lane in 0..concurrency {
-        let client = client.clone();
+    for lane in 0..lanes {
+        let writer = writer.clone();
+        let label = label.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut writer = Writer::new(session * 1_000 + lane as u64);
-            for entry in (lane..entries).step_by(concurrency) {
-                let batch: Vec<_> =
-                    (0..commands).map(|i| writer.top_up(&format!("m{session}-{entry}-{i}"), 1)).collect();
-                client.propose(&batch).await.unwrap();
+            for n in (lane..total).step_by(lanes) {
+                writer.top_up(&format!("m{label}-{n}"), 1).await.unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    started.elapsed()
+    let elapsed = started.elapsed();
+    let after = status(&client, &addr).await.and_then(|s| s.last_log_index).unwrap_or(0);
+    Wrote { elapsed, entries: after.saturating_sub(before) }
 }
 
 async fn status(client: &ClusterClient, addr: &str) -> Option<wire::GetNodeStatusResponse> {
@@ -57,7 +69,7 @@ async fn election_time_after_killing_the_leader() {
     const TRIALS: usize = 12;
     let mut region = Region::start(3, "");
     region.initialize(1).await;
-    region.client().propose(&[Writer::new(9).partner()]).await.unwrap();
+    Writer::new(&region).partner().await;
     let mut times = Vec::new();
     for trial in 0..TRIALS {
         let leader = region.wait_leader(Duration::from_secs(20)).await;
@@ -88,30 +100,31 @@ async fn election_time_after_killing_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
 async fn catch_up_by_log_and_by_snapshot() {
-    const ENTRIES: usize = 3_000;
-    const COMMANDS: usize = 10;
+    const TOP_UPS: usize = 30_000;
     let mut region = Region::start(3, "snapshot_after_entries = 100000\nlogs_kept_after_snapshot = 0");
     region.initialize(1).await;
-    region.client().propose(&[Writer::new(8).partner()]).await.unwrap();
+    Writer::new(&region).partner().await;
     let leader = region.wait_leader(Duration::from_secs(20)).await;
     let lagging = if leader == 3 { 2 } else { 3 };
 
     // By log: the node is down while entries accumulate, then catches up
     // from the leader's log.
     region.terminate(lagging);
-    let wrote = write_entries(&region, 1, ENTRIES, COMMANDS, 16).await;
+    let wrote = write_top_ups(&region, "catch-up", TOP_UPS, 64).await;
+    let entries = wrote.entries;
     println!(
-        "wrote {ENTRIES} entries of {COMMANDS} commands with 16 concurrent proposers in {wrote:?} ({:.0} entries/s, {:.0} commands/s)",
-        ENTRIES as f64 / wrote.as_secs_f64(),
-        (ENTRIES * COMMANDS) as f64 / wrote.as_secs_f64()
+        "wrote {TOP_UPS} top-ups from 64 lanes in {:?} ({entries} log entries; {:.0} entries/s, {:.0} top-ups/s)",
+        wrote.elapsed,
+        entries as f64 / wrote.elapsed.as_secs_f64(),
+        TOP_UPS as f64 / wrote.elapsed.as_secs_f64()
     );
     let started = Instant::now();
     region.spawn(lagging);
     region.wait_converged(Duration::from_secs(120)).await;
     let by_log = started.elapsed();
     println!(
-        "CATCH-UP BY LOG: {ENTRIES} entries in {by_log:?} = {:.0} entries/s (restart included)",
-        ENTRIES as f64 / by_log.as_secs_f64()
+        "CATCH-UP BY LOG: {entries} entries in {by_log:?} = {:.0} entries/s (restart included)",
+        entries as f64 / by_log.as_secs_f64()
     );
 
     // By snapshot: every node compacts its log, the node loses its data.
@@ -129,9 +142,8 @@ async fn catch_up_by_log_and_by_snapshot() {
     let rejoined = statuses.iter().find(|s| s.node_id == lagging).unwrap();
     assert!(rejoined.snapshot_index.is_some());
     println!(
-        "CATCH-UP BY SNAPSHOT: snapshot covering {covered} entries ({} commands) installed and applied in \
+        "CATCH-UP BY SNAPSHOT: snapshot covering {covered} entries ({TOP_UPS} top-ups) installed and applied in \
          {by_snapshot:?} = {:.0} entries/s (restart included)",
-        covered as usize * COMMANDS,
         covered as f64 / by_snapshot.as_secs_f64()
     );
 }
@@ -167,7 +179,7 @@ async fn fsyncs_per_acknowledged_batch() {
     const BATCHES: usize = 500;
     let region = Region::start(3, "snapshot_after_entries = 100000");
     region.initialize(1).await;
-    region.client().propose(&[Writer::new(7).partner()]).await.unwrap();
+    Writer::new(&region).partner().await;
     let leader = region.wait_leader(Duration::from_secs(20)).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let dir = region.path().to_path_buf();
@@ -179,9 +191,9 @@ async fn fsyncs_per_acknowledged_batch() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = region.client();
     let before = status(&client, &region.nodes[&leader].api_addr).await.unwrap();
-    // One batch (one log entry) of 10 commands at a time, each acknowledged
-    // before the next.
-    write_entries(&region, 2, BATCHES, 10, 1).await;
+    // One top-up (one log entry) at a time, each acknowledged before the
+    // next.
+    write_top_ups(&region, "fsync", BATCHES, 1).await;
     let after = status(&client, &region.nodes[&leader].api_addr).await.unwrap();
     for (id, path, mut tracer) in tracers {
         Command::new("kill").args(["-INT", &tracer.id().to_string()]).status().unwrap();
@@ -204,39 +216,35 @@ async fn fsyncs_per_acknowledged_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
-async fn proposal_latency_and_throughput() {
+async fn write_latency_and_throughput() {
     let mut region = Region::start(3, "snapshot_after_entries = 100000");
     region.initialize(1).await;
-    region.client().propose(&[Writer::new(6).partner()]).await.unwrap();
+    Writer::new(&region).partner().await;
     let leader = region.wait_leader(Duration::from_secs(20)).await;
-    // Sequential, through the leader and through a follower (one forward hop).
+    // Sequential, to the leader and to a follower (which names the leader;
+    // the client follows).
     for (label, id) in [("leader", leader), ("follower", if leader == 1 { 2 } else { 1 })] {
-        let credentials = region.credentials("operator-tests");
-        let addrs = vec![region.nodes[&id].api_addr.clone()];
-        let client = ClusterClient::with_credentials(addrs, credentials, Default::default());
-        let mut writer = Writer::new(50 + id);
+        let writer = Writer::through(&region, &[id]);
         let mut latencies = Vec::new();
         for n in 0..300 {
             let started = Instant::now();
-            client.propose(&[writer.top_up(&format!("lat-{label}-{n}"), 1)]).await.unwrap();
+            writer.top_up(&format!("lat-{label}-{n}"), 1).await.unwrap();
             latencies.push(started.elapsed());
         }
         let p99 = {
             latencies.sort();
             latencies[latencies.len() * 99 / 100]
         };
-        println!("LATENCY of one proposal sent to the {label}: median {:?}, p99 {p99:?}", median(&mut latencies));
+        println!("LATENCY of one top-up sent to the {label}: median {:?}, p99 {p99:?}", median(&mut latencies));
     }
-    for (concurrency, commands) in [(1, 100), (16, 1), (16, 100)] {
-        let entries = 2_000 / commands.max(10) * 10;
-        let elapsed =
-            write_entries(&region, 3 + concurrency as u64 * 1000 + commands as u64, entries, commands, concurrency)
-                .await;
+    for lanes in [1, 16, 256] {
+        let total = 2_000 * lanes.min(16);
+        let wrote = write_top_ups(&region, &format!("throughput-{lanes}"), total, lanes).await;
         println!(
-            "THROUGHPUT with {concurrency} concurrent proposers of {commands}-command entries: {:.0} entries/s, \
-             {:.0} commands/s",
-            entries as f64 / elapsed.as_secs_f64(),
-            (entries * commands) as f64 / elapsed.as_secs_f64()
+            "THROUGHPUT with {lanes} concurrent top-ups: {:.0} top-ups/s in {:.0} entries/s ({:.1} per entry)",
+            total as f64 / wrote.elapsed.as_secs_f64(),
+            wrote.entries as f64 / wrote.elapsed.as_secs_f64(),
+            total as f64 / wrote.entries.max(1) as f64
         );
     }
     region.kill(leader);

@@ -1,6 +1,6 @@
 //! Membership changes while the region keeps serving: a 4th node is added as
 //! a learner and promoted, then an original node is removed; a writer runs
-//! throughout and every one of its proposals is acknowledged.
+//! throughout and every one of its top-ups is acknowledged.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +17,7 @@ use paymesh_proto::admin::v1 as wire;
 async fn the_region_serves_while_a_node_is_added_and_another_removed() {
     let mut region = Region::start(3, "");
     region.initialize(1).await;
-    region.client().propose(&[Writer::new(3).partner()]).await.unwrap();
+    Writer::new(&region).partner().await;
 
     // Node 4 starts with the full peer list but is not initialised: it waits
     // to be added.
@@ -31,25 +31,21 @@ async fn the_region_serves_while_a_node_is_added_and_another_removed() {
         api_addr: region.nodes[&4].api_addr.clone(),
     };
 
-    // A writer proposes continuously through nodes 2 and 3 (node 1 will go).
+    // A writer tops up continuously through nodes 2 and 3 (node 1 will go).
     let stop = Arc::new(AtomicBool::new(false));
-    let addrs = vec![region.nodes[&2].api_addr.clone(), region.nodes[&3].api_addr.clone()];
     let writer_stop = stop.clone();
-    let credentials = region.credentials("operator-tests");
+    let through = Writer::through(&region, &[2, 3]);
     let writer = tokio::spawn(async move {
-        let policy = paymesh_node::cluster_client::RetryPolicy::default();
-        let client = paymesh_node::cluster_client::ClusterClient::with_credentials(addrs, credentials, policy);
-        let mut writer = Writer::new(4);
         let mut acknowledged = Vec::new();
         let mut slowest = Duration::ZERO;
-        let mut proposal = 0;
-        while !writer_stop.load(Ordering::Relaxed) && proposal < 5_000 {
-            let reference = format!("wire-{proposal}");
+        let mut sent = 0;
+        while !writer_stop.load(Ordering::Relaxed) && sent < 5_000 {
+            let reference = format!("wire-{sent}");
             let started = Instant::now();
-            client.propose(&[writer.top_up(&reference, 1)]).await.expect("every proposal is acknowledged");
+            through.top_up(&reference, 1).await.expect("every top-up is acknowledged");
             slowest = slowest.max(started.elapsed());
             acknowledged.push(reference);
-            proposal += 1;
+            sent += 1;
         }
         (acknowledged, slowest)
     });
@@ -69,7 +65,7 @@ async fn the_region_serves_while_a_node_is_added_and_another_removed() {
         assert_eq!(status.voters, [2, 3, 4], "node {}: {status:?}", status.node_id);
     }
     assert!(acknowledged.len() > 10, "the writer made progress: {}", acknowledged.len());
-    assert_all_present(&region.client(), &acknowledged).await;
+    assert_all_present(&Writer::new(&region), &acknowledged).await;
     region.wait_converged(Duration::from_secs(30)).await;
-    println!("{} proposals acknowledged while node 4 joined and node 1 left; slowest {slowest:?}", acknowledged.len());
+    println!("{} top-ups acknowledged while node 4 joined and node 1 left; slowest {slowest:?}", acknowledged.len());
 }

@@ -15,14 +15,15 @@ use common::{assert_all_present, Region, Writer};
 async fn a_wiped_node_catches_up_by_snapshot() {
     let mut region = Region::start(3, "logs_kept_after_snapshot = 0");
     region.initialize(1).await;
-    let mut writer = Writer::new(2);
+    let writer = Writer::new(&region);
     let client = region.client();
-    client.propose(&[writer.partner()]).await.unwrap();
+    writer.partner().await;
     let mut acknowledged = Vec::new();
-    for proposal in 0..150 {
-        let references: Vec<String> = (0..20).map(|i| format!("wire-{proposal}-{i}")).collect();
-        let commands: Vec<_> = references.iter().map(|r| writer.top_up(r, 1)).collect();
-        client.propose(&commands).await.unwrap();
+    for round in 0..150 {
+        let references: Vec<String> = (0..20).map(|i| format!("wire-{round}-{i}")).collect();
+        for answer in writer.top_ups(&references).await {
+            answer.unwrap();
+        }
         acknowledged.extend(references);
     }
     region.wait_converged(Duration::from_secs(30)).await;
@@ -37,10 +38,12 @@ async fn a_wiped_node_catches_up_by_snapshot() {
     assert!(status.success(), "SIGTERM must stop a node cleanly, got {status}");
     region.wipe(3);
     // More writes while it is gone, so it needs the snapshot and the log after it.
-    for proposal in 150..200 {
-        let references: Vec<String> = (0..20).map(|i| format!("wire-{proposal}-{i}")).collect();
-        let commands: Vec<_> = references.iter().map(|r| writer.top_up(r, 1)).collect();
-        region.client().propose(&commands).await.unwrap();
+    let writer = Writer::new(&region);
+    for round in 150..200 {
+        let references: Vec<String> = (0..20).map(|i| format!("wire-{round}-{i}")).collect();
+        for answer in writer.top_ups(&references).await {
+            answer.unwrap();
+        }
         acknowledged.extend(references);
     }
     let started = Instant::now();
@@ -53,10 +56,10 @@ async fn a_wiped_node_catches_up_by_snapshot() {
         "node 3 must have installed the snapshot at {snapshot_index}: {rejoined:?}"
     );
     println!(
-        "wiped node 3 caught up to applied index {:?} in {caught_up:?} (snapshot at {snapshot_index}, {} commands)",
+        "wiped node 3 caught up to applied index {:?} in {caught_up:?} (snapshot at {snapshot_index}, {} top-ups)",
         rejoined.applied_index,
         acknowledged.len()
     );
-    assert_all_present(&region.client(), &acknowledged).await;
+    assert_all_present(&Writer::new(&region), &acknowledged).await;
     region.wait_converged(Duration::from_secs(30)).await;
 }

@@ -4,30 +4,19 @@
 //! Writes may be sent to any node: followers forward them to the leader. The
 //! retry rules are the SDK's ([`paymesh_client::Region`]): follow a leader
 //! hint at once, otherwise retry the next node with capped backoff within
-//! bounds. Retrying a proposal is safe because every command carries its own
-//! id: a command the region already applied is answered with its original
-//! outcome.
+//! bounds. Payment commands are not written here: they go through the typed
+//! partner and admin APIs.
 
 pub use paymesh_client::{ClientError, RetryPolicy};
 use paymesh_client::{Credentials, Region};
-use paymesh_core::command::Command;
-use paymesh_core::Outcome;
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use tonic::Status;
-
-use crate::codec;
-use crate::network::REGION_GROUP;
 
 /// A client of one region's nodes.
 #[derive(Debug)]
 pub struct ClusterClient {
     region: Region,
-}
-
-/// An answer this build cannot decode.
-fn undecodable(e: codec::CodecError) -> ClientError {
-    ClientError::Refused(Status::internal(format!("undecodable answer: {e}")))
 }
 
 impl ClusterClient {
@@ -58,21 +47,6 @@ impl ClusterClient {
             })
             .await
             .map(|response| response.already_initialized)
-    }
-
-    /// Propose commands as one log entry; returns the entry's index and one
-    /// outcome per command.
-    pub async fn propose(&self, commands: &[Command]) -> Result<(u64, Vec<Outcome>), ClientError> {
-        let payload = codec::encode(commands);
-        let response = self
-            .region
-            .call(None, |channel| {
-                let request =
-                    wire::ProposeRequest { group_id: REGION_GROUP, commands: payload.clone(), forwarded: false };
-                async move { ClusterServiceClient::new(channel).propose(request).await.map(|r| r.into_inner()) }
-            })
-            .await?;
-        Ok((response.log_index, codec::decode(&response.outcomes).map_err(undecodable)?))
     }
 
     /// Add a node (learner, caught up, then voter).

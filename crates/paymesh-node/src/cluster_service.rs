@@ -1,21 +1,23 @@
 //! `paymesh.admin.v1.ClusterService`: bootstrap, status, membership changes
-//! and proposals of core commands.
+//! and log compaction.
 //!
-//! Writes go to the leader. A follower forwards them itself, one hop (the
-//! forwarded request is marked so it is never forwarded again); if no leader
-//! is known, or leadership moved during the hop, the caller gets UNAVAILABLE
-//! with the leader's id and address in the metadata when known.
+//! It writes no payment commands. Only the region's own write path (the
+//! partner, admin and inter-region services, through the leader's proposer)
+//! builds commands and assigns their ids; an earlier raw proposal RPC let any
+//! operator or node certificate append commands of its choosing, under ids of
+//! its choosing, and is gone from the contract.
+//!
+//! Membership writes go to the leader. A follower forwards them itself, one
+//! hop; if no leader is known the caller gets UNAVAILABLE with the leader's id
+//! and address in the metadata when known.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use paymesh_client::{NodeChannel, Region};
-use paymesh_core::command::{Batch, Command};
-use paymesh_core::limits::BATCH_COMMANDS_MAX;
-use paymesh_core::Timestamp;
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
@@ -23,10 +25,8 @@ use paymesh_store::{state_digest, NodeAddr, NodeId};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::codec;
 use crate::config::REGION_MEMBERS_MAX;
 use crate::identity::{identity_of, require_node_of, Identity};
-use crate::network::REGION_GROUP;
 use crate::node::Node;
 
 /// How long a forwarded request may take.
@@ -61,27 +61,16 @@ impl ClusterServer {
     }
 
     /// A client of the leader's ClusterService, or UNAVAILABLE if there is
-    /// none to forward to (no leader known, or this request was forwarded
-    /// already).
+    /// none to forward to (no leader known).
     fn leader_client(
         &self,
         forward: &ForwardToLeader<NodeId, NodeAddr>,
-        forwarded: bool,
     ) -> Result<ClusterServiceClient<NodeChannel>, Status> {
-        if forwarded {
-            return Err(not_leader(forward, "forwarded to a node that is no longer the leader; retry"));
-        }
         let Some(leader) = &forward.leader_node else {
             return Err(not_leader(forward, "no leader is known; retry shortly"));
         };
         Ok(ClusterServiceClient::new(self.leaders.channel(&leader.api_addr)?))
     }
-}
-
-/// The leader's clock, stamped into a batch. Followers replay the stamp.
-fn leader_now() -> Timestamp {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 /// UNAVAILABLE naming the leader, if one is known.
@@ -236,7 +225,7 @@ impl ClusterService for ClusterServer {
         if let Err(error) = self.node.raft.add_learner(node.node_id, addr, true).await {
             return match refused(error) {
                 Refused::Forward(forward) => {
-                    self.leader_client(&forward, false)?.add_node(wire::AddNodeRequest { node: Some(node) }).await
+                    self.leader_client(&forward)?.add_node(wire::AddNodeRequest { node: Some(node) }).await
                 }
                 Refused::Status(status) => Err(status),
             };
@@ -269,32 +258,7 @@ impl ClusterService for ClusterServer {
         match self.node.raft.change_membership(change, false).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::RemoveNodeResponse { log_index: written.log_id.index })),
             Err(Refused::Forward(forward)) => {
-                self.leader_client(&forward, false)?.remove_node(wire::RemoveNodeRequest { node_id: id }).await
-            }
-            Err(Refused::Status(status)) => Err(status),
-        }
-    }
-
-    async fn propose(&self, request: Request<wire::ProposeRequest>) -> Result<Response<wire::ProposeResponse>, Status> {
-        self.check_caller(&request)?;
-        let request = request.into_inner();
-        if request.group_id != REGION_GROUP {
-            return Err(Status::not_found(format!("no raft group {} on this node", request.group_id)));
-        }
-        let commands: Vec<Command> =
-            codec::decode(&request.commands).map_err(|e| Status::invalid_argument(format!("commands: {e}")))?;
-        if commands.is_empty() || commands.len() > BATCH_COMMANDS_MAX {
-            return Err(Status::invalid_argument(format!("commands: 1 to {BATCH_COMMANDS_MAX} per proposal")));
-        }
-        let batch = Batch::new(leader_now(), commands).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.node.raft.client_write(batch).await.map_err(refused) {
-            Ok(written) => Ok(Response::new(wire::ProposeResponse {
-                log_index: written.log_id.index,
-                outcomes: codec::encode(&written.data.outcomes),
-            })),
-            Err(Refused::Forward(forward)) => {
-                let mut leader = self.leader_client(&forward, request.forwarded)?;
-                leader.propose(wire::ProposeRequest { forwarded: true, ..request }).await
+                self.leader_client(&forward)?.remove_node(wire::RemoveNodeRequest { node_id: id }).await
             }
             Err(Refused::Status(status)) => Err(status),
         }

@@ -708,6 +708,6 @@ fn file_descriptor_set_describes_every_service() {
     );
     assert_eq!(
         methods("paymesh.admin.v1", "ClusterService"),
-        unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "Propose", "TriggerSnapshot"])
+        unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "TriggerSnapshot"])
     );
 }

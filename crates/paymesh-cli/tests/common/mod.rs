@@ -10,11 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use paymesh_cli::local::LocalRegion;
-use paymesh_client::{Credentials, PartnerClient};
-use paymesh_core::command::{Command as CoreCommand, CommandBody, CommandId};
-use paymesh_core::id::{PartnerId, RegionId, TopUpRef};
-use paymesh_core::partner::{PartnerConfig, PartnerRole};
-use paymesh_core::{Currency, Money, Outcome, RejectCode};
+use paymesh_client::{ClientError, Credentials, PartnerClient};
 use paymesh_node::cluster_client::ClusterClient;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as wire;
@@ -181,60 +177,100 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Commands a test writes: a partner, then top-ups with unique references.
-pub struct Writer {
-    session: u64,
-    sequence: u64,
-}
+/// The partner the writing tests credit.
+pub const WRITER_PARTNER: &str = "paypal-us";
 
-pub fn partner() -> PartnerId {
-    PartnerId::new("paypal-us").unwrap()
+/// Writes a test makes through the region's admin API, as the operator: the
+/// partner, then top-ups with unique references. Each write is built into a
+/// command by the region's own write path; a retried top-up is safe because
+/// its reference makes it idempotent.
+pub struct Writer {
+    sdk: paymesh_client::Region,
 }
 
 impl Writer {
-    pub fn new(session: u64) -> Writer {
-        Writer { session, sequence: 0 }
+    /// A writer that may use every running node of `region`.
+    pub fn new(region: &Region) -> Writer {
+        Writer { sdk: region.sdk(&region.operator_stem()).unwrap() }
     }
 
-    fn command(&mut self, body: CommandBody) -> CoreCommand {
-        self.sequence += 1;
-        CoreCommand { id: CommandId { session: self.session, sequence: self.sequence }, body }
+    /// A writer that uses only the nodes `ids`.
+    pub fn through(region: &Region, ids: &[u64]) -> Writer {
+        let addrs = ids.iter().map(|id| region.nodes[id].api_addr.clone()).collect();
+        let policy = paymesh_client::RetryPolicy { attempts: 200, deadline: Duration::from_secs(60) };
+        Writer { sdk: paymesh_client::Region::with_policy(addrs, region.credentials(&region.operator_stem()), policy) }
     }
 
-    pub fn partner(&mut self) -> CoreCommand {
-        self.command(CommandBody::UpsertPartner(PartnerConfig {
-            id: partner(),
-            region: RegionId::new(REGION).unwrap(),
-            role: PartnerRole::Payer,
-            currency: Currency::USD,
-            net_debit_cap: Money::zero(Currency::USD),
-        }))
+    /// Run one admin call on whichever node leads.
+    async fn admin<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.sdk
+            .call(None, |channel| {
+                let fut = call(AdminServiceClient::new(channel));
+                async move { fut.await.map(|r| r.into_inner()) }
+            })
+            .await
     }
 
-    /// A top-up of `cents` with reference `reference`.
-    pub fn top_up(&mut self, reference: &str, cents: u64) -> CoreCommand {
-        self.command(CommandBody::TopUp {
-            partner: partner(),
-            amount: Money::from_units(cents, Currency::USD).unwrap(),
-            reference: TopUpRef::new(reference).unwrap(),
-        })
+    /// Configure the payer partner the top-ups credit.
+    pub async fn partner(&self) {
+        let request = wire::UpsertPartnerRequest {
+            partner_id: WRITER_PARTNER.into(),
+            home_region: REGION.into(),
+            role: wire::PartnerRole::Payer as i32,
+            settlement_currency: "USD".into(),
+            net_debit_cap: Some(money("0", "USD")),
+        };
+        let response = self
+            .admin(|mut c| {
+                let request = request.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.reject_code, 0, "{response:?}");
+    }
+
+    /// A top-up of `cents` with reference `reference`, acknowledged once the
+    /// region applied it.
+    pub async fn top_up(&self, reference: &str, cents: u64) -> Result<(), ClientError> {
+        let request = wire::TopUpPositionRequest {
+            partner_id: WRITER_PARTNER.into(),
+            amount: Some(money(&format!("{}.{:02}", cents / 100, cents % 100), "USD")),
+            reference: reference.into(),
+        };
+        let response = self
+            .admin(|mut c| {
+                let request = request.clone();
+                async move { c.top_up_position(request).await }
+            })
+            .await?;
+        assert_eq!(response.reject_code, 0, "top-up {reference}: {response:?}");
+        Ok(())
+    }
+
+    /// Top-ups of one cent with each of `references`, all at once (the
+    /// leader's proposer groups them into entries); each one's answer.
+    pub async fn top_ups(&self, references: &[String]) -> Vec<Result<(), ClientError>> {
+        futures::future::join_all(references.iter().map(|r| self.top_up(r, 1))).await
     }
 }
 
-/// Check that every reference in `acknowledged` is applied, by proposing it
-/// again with a different amount: an applied top-up answers with an
-/// idempotency conflict; a lost one would be applied now (and fail the test).
-pub async fn assert_all_present(client: &ClusterClient, acknowledged: &[String]) {
-    let mut probe = Writer::new(0xdead_beef);
+/// Check that every reference in `acknowledged` is applied, by sending its
+/// top-up again with a different amount: an applied top-up answers with an
+/// idempotency conflict (ALREADY_EXISTS); a lost one would be credited now
+/// (and fail the test).
+pub async fn assert_all_present(writer: &Writer, acknowledged: &[String]) {
     for chunk in acknowledged.chunks(200) {
-        let commands: Vec<CoreCommand> = chunk.iter().map(|r| probe.top_up(r, 2)).collect();
-        let (_, outcomes) = client.propose(&commands).await.unwrap();
-        for (reference, outcome) in chunk.iter().zip(outcomes) {
-            assert_eq!(
-                outcome,
-                Outcome::Rejected(RejectCode::IdempotencyConflict),
-                "acknowledged top-up {reference} is missing from the region"
-            );
+        let probes = chunk.iter().map(|reference| async move { (reference, writer.top_up(reference, 2).await) });
+        for (reference, answer) in futures::future::join_all(probes).await {
+            match answer {
+                Err(ClientError::Refused(status)) if status.code() == tonic::Code::AlreadyExists => {}
+                other => panic!("acknowledged top-up {reference} is missing from the region: {other:?}"),
+            }
         }
     }
 }

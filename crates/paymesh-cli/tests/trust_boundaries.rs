@@ -1,0 +1,115 @@
+//! Trust boundaries of a region of real processes over mutual TLS: who may
+//! write what. Each test makes the call an attacker holding one of the
+//! region's certificates would make and checks both the refusal and that
+//! the replicated state did not move (every replica's digest and applied
+//! index are what they were before the call).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Region;
+use paymesh_core::command::{Command, CommandBody, CommandId, Decision};
+use paymesh_core::id::{PartnerId, RegionId, TopUpRef, TransferId};
+use paymesh_core::partner::{PartnerConfig, PartnerRole};
+use paymesh_core::{Currency, Money};
+use paymesh_node::identity::Identity;
+use tonic::codegen::http::uri::PathAndQuery;
+
+/// The request of the raw proposal RPC that earlier builds served, spelled
+/// out here so the test keeps sending it after the RPC left the contract.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawProposeRequest {
+    #[prost(uint64, tag = "1")]
+    group_id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    commands: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    forwarded: bool,
+}
+
+/// Its response (only decoded if a node wrongly accepts the call).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawProposeResponse {
+    #[prost(uint64, tag = "1")]
+    log_index: u64,
+}
+
+const RAW_PROPOSE: &str = "/paymesh.admin.v1.ClusterService/Propose";
+
+/// Commands no caller outside the region's own write path may write: a new
+/// partner, a top-up with no audit line, a decision and an acknowledgement
+/// for a transfer that never existed, all under ids the caller picked (the
+/// session 1 and low sequences any proposer session might be using).
+fn forged_commands() -> Vec<Command> {
+    let region = RegionId::new(common::REGION).unwrap();
+    let partner = PartnerId::new("forged-wallet").unwrap();
+    let transfer = TransferId::new(region.clone(), 7);
+    let bodies = vec![
+        CommandBody::UpsertPartner(PartnerConfig {
+            id: partner.clone(),
+            region: region.clone(),
+            role: PartnerRole::Payer,
+            currency: Currency::USD,
+            net_debit_cap: Money::from_units(1_000_000, Currency::USD).unwrap(),
+        }),
+        CommandBody::TopUp {
+            partner,
+            amount: Money::from_units(500_000, Currency::USD).unwrap(),
+            reference: TopUpRef::new("forged-wire").unwrap(),
+        },
+        CommandBody::Decide { transfer: transfer.clone(), decision: Decision::Commit },
+        CommandBody::DecisionAcked { region, transfer },
+    ];
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(n, body)| Command { id: CommandId { session: 1, sequence: n as u64 + 1 }, body })
+        .collect()
+}
+
+/// Send the raw proposal to the node at `addr` as `stem`; the status if it
+/// was refused, or the log index it was written at.
+async fn raw_propose(region: &Region, stem: &str, addr: &str) -> Result<u64, tonic::Status> {
+    let sdk = region.sdk(stem).unwrap();
+    let mut grpc = tonic::client::Grpc::new(sdk.channel(addr)?);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let request =
+        RawProposeRequest { group_id: 0, commands: paymesh_node::codec::encode(&forged_commands()), forwarded: false };
+    let codec: tonic_prost::ProstCodec<RawProposeRequest, RawProposeResponse> = tonic_prost::ProstCodec::default();
+    let response = grpc.unary(tonic::Request::new(request), PathAndQuery::from_static(RAW_PROPOSE), codec).await?;
+    Ok(response.into_inner().log_index)
+}
+
+/// Every replica's (node, applied index, digest), once they agree.
+async fn books(region: &Region) -> Vec<(u64, Option<u64>, Vec<u8>)> {
+    let statuses = region.wait_converged(Duration::from_secs(30)).await;
+    statuses.into_iter().map(|s| (s.node_id, s.applied_index, s.state_digest)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_can_write_raw_commands_into_the_log() {
+    let region = Region::start(3, "");
+    let leader = region.initialize(1).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let before = books(&region).await;
+
+    let node_stem = Identity::Node { region: RegionId::new(common::REGION).unwrap(), node_id: follower }.file_stem();
+    let callers = [("the operator", region.operator_stem()), ("a node of the region", node_stem)];
+    for (who, stem) in &callers {
+        for target in [leader, follower] {
+            let addr = region.nodes[&target].api_addr.clone();
+            match raw_propose(&region, stem, &addr).await {
+                Ok(index) => panic!("{who} wrote forged commands at log index {index} through node {target}"),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unimplemented, "{who} through node {target}: {status:?}")
+                }
+            }
+        }
+    }
+    // Nothing moved: the same applied index and digest on every replica.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(books(&region).await, before, "a refused raw proposal changed the replicated state");
+}
