@@ -348,7 +348,7 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
     assert_eq!(after[0].applied_index, before[0].applied_index);
     assert_eq!(after[0].state_digest, before[0].state_digest);
 
-    // Suspended: FAILED_PRECONDITION for new business, reads still work.
+    // Suspended: FAILED_PRECONDITION for new business and for reads.
     let suspend = admin::SetPartnerStatusRequest {
         partner_id: "wallet-a".into(),
         status: admin::PartnerStatus::Suspended as i32,
@@ -361,7 +361,8 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
         .await;
     let (c, m) = code(a.create_quote(quote_request("5")).await.unwrap_err());
     assert_eq!((c, m.starts_with("PartnerSuspended")), (Code::FailedPrecondition, true), "{m}");
-    assert!(a.get_position(wire::GetPositionRequest::default()).await.is_ok());
+    let (c, m) = code(a.get_position(wire::GetPositionRequest::default()).await.unwrap_err());
+    assert_eq!((c, m.starts_with("PartnerSuspended")), (Code::FailedPrecondition, true), "{m}");
 
     let summary =
         region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;

@@ -11,11 +11,14 @@ mod common;
 use std::time::Duration;
 
 use common::Region;
+use paymesh_client::ClientError;
 use paymesh_core::command::{Command, CommandBody, CommandId, Decision};
 use paymesh_core::id::{PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money};
 use paymesh_node::identity::Identity;
+use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::partner::v1 as partner_api;
 use tonic::codegen::http::uri::PathAndQuery;
 
 /// The request of the raw proposal RPC that earlier builds served, spelled
@@ -112,4 +115,76 @@ async fn no_certificate_can_write_raw_commands_into_the_log() {
     // Nothing moved: the same applied index and digest on every replica.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(books(&region).await, before, "a refused raw proposal changed the replicated state");
+}
+
+/// Set a partner's status through the admin API.
+async fn set_status(region: &Region, partner: &str, status: admin::PartnerStatus) {
+    let request = admin::SetPartnerStatusRequest { partner_id: partner.into(), status: status as i32 };
+    let response = region
+        .admin(|mut c| {
+            let request = request.clone();
+            async move { c.set_partner_status(request).await }
+        })
+        .await;
+    assert_eq!(response.reject_code, 0, "{response:?}");
+}
+
+/// The status a partner call was refused with; panics if it was answered.
+fn refusal<T: std::fmt::Debug>(what: &str, answer: Result<T, ClientError>) -> tonic::Status {
+    match answer {
+        Err(ClientError::Refused(status)) => status,
+        other => panic!("{what} of a suspended partner was not refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_partner_is_refused_on_every_call_reads_and_streams_included() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    let partner = "wallet-a";
+    let upsert = admin::UpsertPartnerRequest {
+        partner_id: partner.into(),
+        home_region: common::REGION.into(),
+        role: admin::PartnerRole::Payer as i32,
+        settlement_currency: "USD".into(),
+        net_debit_cap: Some(common::money("0", "USD")),
+    };
+    region
+        .admin(|mut c| {
+            let request = upsert.clone();
+            async move { c.upsert_partner(request).await }
+        })
+        .await;
+    let client = region.partner(partner);
+    client.get_position(partner_api::GetPositionRequest::default()).await.expect("an active partner reads");
+    let mut open = client.stream_events(0).await.expect("an active partner streams");
+
+    set_status(&region, partner, admin::PartnerStatus::Suspended).await;
+    let transfer = partner_api::GetTransferRequest { transfer_id: "us-west:1".into() };
+    let refusals = [
+        ("GetTransfer", refusal("GetTransfer", client.get_transfer(transfer).await)),
+        ("ListTransfers", refusal("ListTransfers", client.list_transfers(Default::default()).await)),
+        ("GetPosition", refusal("GetPosition", client.get_position(Default::default()).await)),
+        ("StreamEvents", refusal("StreamEvents", client.stream_events(0).await.map(|_| ()))),
+    ];
+    for (call, status) in refusals {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{call}: {status:?}");
+        assert!(status.message().starts_with("PartnerSuspended"), "{call}: {status:?}");
+    }
+    // The stream opened before the suspension ends too.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match open.message().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the open stream of a suspended partner ends");
+    assert!(ended.is_err() || ended.as_ref().is_ok_and(Option::is_none), "{ended:?}");
+
+    // Reactivated, it is served again.
+    set_status(&region, partner, admin::PartnerStatus::Active).await;
+    client.get_position(Default::default()).await.expect("a reactivated partner reads again");
 }

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use paymesh_core::command::CommandBody;
 use paymesh_core::id::PartnerId;
+use paymesh_core::partner::Status as PartnerStatus;
 use paymesh_core::{Outcome, RejectCode, Timestamp};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
@@ -63,8 +64,10 @@ impl Gateway {
         self.node.config.insecure_plaintext
     }
 
-    /// The calling partner, configured in this region; PERMISSION_DENIED for
-    /// another kind of caller, NOT_FOUND for a partner unknown here. A
+    /// The calling partner, configured in this region and active;
+    /// PERMISSION_DENIED for another kind of caller, NOT_FOUND for a partner
+    /// unknown here, FAILED_PRECONDITION (`PartnerSuspended`) for a suspended
+    /// one, on every call, reads and streams included. A
     /// partner this node does not know yet is looked up again after a
     /// linearizable read (this node might lag), so NOT_FOUND is only ever the
     /// leader's up-to-date answer; a follower answers UNAVAILABLE with the
@@ -74,15 +77,23 @@ impl Gateway {
             Identity::Partner(id) => id,
             other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
         };
-        let known = |gateway: &Gateway| gateway.node.state_machine.applied().state.partner(&id).is_some();
-        if known(self) {
-            return Ok(id);
+        let status = |gateway: &Gateway| gateway.node.state_machine.applied().state.partner(&id).map(|p| p.status);
+        let status = match status(self) {
+            Some(status) => status,
+            None => {
+                self.linearizable().await?;
+                status(self).ok_or_else(|| {
+                    Status::not_found(format!("PartnerNotFound: partner {id} is not configured in this region"))
+                })?
+            }
+        };
+        match status {
+            PartnerStatus::Active => Ok(id),
+            PartnerStatus::Suspended => Err(Status::failed_precondition(format!(
+                "PartnerSuspended: partner {id} is suspended in this region; every call is refused until an \
+                 operator reactivates it"
+            ))),
         }
-        self.linearizable().await?;
-        if known(self) {
-            return Ok(id);
-        }
-        Err(Status::not_found(format!("PartnerNotFound: partner {id} is not configured in this region")))
     }
 
     /// Require an operator caller.

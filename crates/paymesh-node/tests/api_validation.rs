@@ -448,15 +448,18 @@ async fn business_outcomes_are_codes_and_suspension_is_a_failed_precondition() {
     assert_eq!(expired.reject_code, common::RejectCode::QuoteExpired as i32);
     assert!(expired.transfer.is_none());
 
-    // Suspension: FAILED_PRECONDITION for new business.
+    // Suspension: FAILED_PRECONDITION for new business and for reads.
     let suspend = admin::SetPartnerStatusRequest {
         partner_id: "wallet-a".into(),
         status: admin::PartnerStatus::Suspended as i32,
     };
     f.admin.set_partner_status(operator_request(suspend)).await.unwrap();
     refused(p.create_quote(partner_request(quote("5"))).await, Code::FailedPrecondition, "PartnerSuspended");
-    // Reads keep working.
-    assert!(p.get_position(partner_request(wire::GetPositionRequest::default())).await.is_ok());
+    refused(
+        p.get_position(partner_request(wire::GetPositionRequest::default())).await,
+        Code::FailedPrecondition,
+        "PartnerSuspended",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
 use paymesh_core::id::{IdempotencyKey, PartnerId};
+use paymesh_core::partner::Status as PartnerStatus;
 use paymesh_core::state::{CursorExpired, Event};
 use paymesh_core::Outcome;
 use paymesh_store::StateMachineStore;
@@ -194,6 +195,12 @@ impl PartnerActor {
             return;
         }
         let state = self.state.applied().state;
+        if state.partner(&self.partner).is_none_or(|p| p.status == PartnerStatus::Suspended) {
+            // A suspended partner's streams end; reopening one is refused
+            // until it is reactivated.
+            self.subscribers.clear();
+            return;
+        }
         self.subscribers.retain_mut(|subscriber| {
             loop {
                 let events = match state.events_after(&self.partner, subscriber.sent, EVENTS_PER_PUSH_MAX) {
