@@ -133,7 +133,7 @@ async fn set_status(region: &Region, partner: &str, status: admin::PartnerStatus
 fn refusal<T: std::fmt::Debug>(what: &str, answer: Result<T, ClientError>) -> tonic::Status {
     match answer {
         Err(ClientError::Refused(status)) => status,
-        other => panic!("{what} of a suspended partner was not refused: {other:?}"),
+        other => panic!("{what} was not refused: {other:?}"),
     }
 }
 
@@ -162,10 +162,13 @@ async fn a_suspended_partner_is_refused_on_every_call_reads_and_streams_included
     set_status(&region, partner, admin::PartnerStatus::Suspended).await;
     let transfer = partner_api::GetTransferRequest { transfer_id: "us-west:1".into() };
     let refusals = [
-        ("GetTransfer", refusal("GetTransfer", client.get_transfer(transfer).await)),
-        ("ListTransfers", refusal("ListTransfers", client.list_transfers(Default::default()).await)),
-        ("GetPosition", refusal("GetPosition", client.get_position(Default::default()).await)),
-        ("StreamEvents", refusal("StreamEvents", client.stream_events(0).await.map(|_| ()))),
+        ("GetTransfer", refusal("a suspended partner's GetTransfer", client.get_transfer(transfer).await)),
+        (
+            "ListTransfers",
+            refusal("a suspended partner's ListTransfers", client.list_transfers(Default::default()).await),
+        ),
+        ("GetPosition", refusal("a suspended partner's GetPosition", client.get_position(Default::default()).await)),
+        ("StreamEvents", refusal("a suspended partner's StreamEvents", client.stream_events(0).await.map(|_| ()))),
     ];
     for (call, status) in refusals {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{call}: {status:?}");
@@ -187,4 +190,55 @@ async fn a_suspended_partner_is_refused_on_every_call_reads_and_streams_included
     // Reactivated, it is served again.
     set_status(&region, partner, admin::PartnerStatus::Active).await;
     client.get_position(Default::default()).await.expect("a reactivated partner reads again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_holds_a_bounded_number_of_event_streams() {
+    let limit = paymesh_node::config::LimitSettings::default().event_streams_per_partner_max;
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    let partner = "wallet-a";
+    let upsert = admin::UpsertPartnerRequest {
+        partner_id: partner.into(),
+        home_region: common::REGION.into(),
+        role: admin::PartnerRole::Payer as i32,
+        settlement_currency: "USD".into(),
+        net_debit_cap: Some(common::money("0", "USD")),
+    };
+    region
+        .admin(|mut c| {
+            let request = upsert.clone();
+            async move { c.upsert_partner(request).await }
+        })
+        .await;
+    let client = region.partner(partner);
+    let mut open = Vec::new();
+    for n in 0..limit {
+        open.push(client.stream_events(0).await.unwrap_or_else(|e| panic!("stream {n} of {limit}: {e}")));
+    }
+    let status = refusal("the stream beyond the limit", client.stream_events(0).await.map(|_| ()));
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("event streams"), "{status:?}");
+    // Another partner is not charged for this one's streams.
+    let other = region.partner("wallet-b");
+    let upsert_b = admin::UpsertPartnerRequest { partner_id: "wallet-b".into(), ..upsert.clone() };
+    region
+        .admin(|mut c| {
+            let request = upsert_b.clone();
+            async move { c.upsert_partner(request).await }
+        })
+        .await;
+    other.stream_events(0).await.expect("another partner streams");
+    // A closed stream frees its place.
+    drop(open.pop());
+    let reopened = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.stream_events(0).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "a closed stream's place was not freed");
 }

@@ -137,6 +137,24 @@ impl Default for RaftSettings {
     }
 }
 
+/// Limits an operator sizes to the region, under `[limits]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Connections the API listener holds open at once; a connection beyond
+    /// them is closed as soon as it is accepted. 1 to 65,536.
+    pub api_connections_max: usize,
+    /// Event streams (`StreamEvents`) one partner may hold open on the
+    /// leader at once; the next is RESOURCE_EXHAUSTED. 1 to 1,024.
+    pub event_streams_per_partner_max: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings { api_connections_max: 4_096, event_streams_per_partner_max: 16 }
+    }
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +192,9 @@ pub struct NodeConfig {
     /// Raft timing and compaction.
     #[serde(default)]
     pub raft: RaftSettings,
+    /// Connection and stream limits.
+    #[serde(default)]
+    pub limits: LimitSettings,
     /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
     /// another address than the one in the membership (a proxy, a NAT, a
     /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
@@ -264,6 +285,13 @@ impl NodeConfig {
                 "raft.group_commit_interval_ms",
                 format!("at most {GROUP_COMMIT_INTERVAL_MS_MAX} (it delays every commit under load)"),
             ));
+        }
+        let l = &self.limits;
+        if !(1..=65_536).contains(&l.api_connections_max) {
+            return Err(invalid("limits.api_connections_max", "1 to 65536".into()));
+        }
+        if !(1..=1_024).contains(&l.event_streams_per_partner_max) {
+            return Err(invalid("limits.event_streams_per_partner_max", "1 to 1024".into()));
         }
         Ok(())
     }
@@ -534,6 +562,11 @@ mod tests {
             (GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 400"), "three heartbeat"),
             (GOOD.replace("[raft]", "[raft]\nelection_timeout_max_ms = 100"), "election_timeout_max_ms"),
             (GOOD.replace("[raft]", "[raft]\ngroup_commit_interval_ms = 101"), "group_commit_interval_ms: at most 100"),
+            (format!("{GOOD}\n[limits]\napi_connections_max = 0\n"), "limits.api_connections_max: 1 to 65536"),
+            (
+                format!("{GOOD}\n[limits]\nevent_streams_per_partner_max = 1025\n"),
+                "limits.event_streams_per_partner_max: 1 to 1024",
+            ),
             (GOOD.replace("data_dir", "data_directory"), "unknown field"),
             (GOOD.replace("raft_listen = \"127.0.0.1:7001\"", "raft_listen = \"nowhere\""), "raft_listen"),
         ];

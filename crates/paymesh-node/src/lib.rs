@@ -28,6 +28,7 @@ pub mod convert;
 pub mod gateway;
 pub mod identity;
 pub mod interregion;
+pub mod listener;
 pub mod network;
 pub mod node;
 pub mod outbox;

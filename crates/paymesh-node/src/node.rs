@@ -15,7 +15,6 @@ use paymesh_proto::raft::v1::raft_service_server::RaftServiceServer;
 use paymesh_store::raft_types::{Raft, StorageError};
 use paymesh_store::{LogStats, LogStore, StateMachineStore, TypeConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors;
 use crate::actors::registry::{Applied, Leadership};
@@ -25,6 +24,7 @@ use crate::config::NodeConfig;
 use crate::gateway::Gateway;
 use crate::identity::Identity;
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
+use crate::listener;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
 use crate::outbox::Links;
 use crate::partner_service::PartnerServer;
@@ -195,9 +195,9 @@ impl Node {
         Ok(Pipeline { gateway, actors, watcher })
     }
 
-    /// A gRPC server builder, with mutual TLS unless this node runs plaintext.
-    fn server_builder(&self) -> Result<tonic::transport::Server, NodeError> {
-        let builder = tonic::transport::Server::builder();
+    /// `builder` (one of [`listener`]'s), with mutual TLS unless this node
+    /// runs plaintext.
+    fn server_builder(&self, builder: tonic::transport::Server) -> Result<tonic::transport::Server, NodeError> {
         match &self.tls {
             Some(material) => Ok(builder.tls_config(material.server_config())?),
             None => Ok(builder),
@@ -250,12 +250,13 @@ impl Node {
         let raft_service = RaftServiceServer::new(raft_server)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let raft_server = self
-            .server_builder()?
-            .add_service(raft_service)
-            .serve_with_incoming_shutdown(no_delay(raft_listener), wait(stopped.clone()));
+        let raft_server =
+            self.server_builder(listener::server())?.add_service(raft_service).serve_with_incoming_shutdown(
+                listener::accepted(raft_listener, listener::RAFT_CONNECTIONS_MAX, "raft"),
+                wait(stopped.clone()),
+            );
         let api_server = self
-            .server_builder()?
+            .server_builder(listener::aging_server())?
             .concurrency_limit_per_connection(API_CONCURRENCY_PER_CONNECTION)
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
@@ -276,7 +277,10 @@ impl Node {
                     .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
             )
-            .serve_with_incoming_shutdown(no_delay(api_listener), wait(stopped));
+            .serve_with_incoming_shutdown(
+                listener::accepted(api_listener, self.config.limits.api_connections_max, "api"),
+                wait(stopped),
+            );
         let raft_task = tokio::spawn(raft_server);
         let api_task = tokio::spawn(api_server);
         let mut tasks = vec![raft_task, api_task];
@@ -337,7 +341,7 @@ impl Node {
     fn interregion_server(
         &self,
         gateway: Gateway,
-        listener: TcpListener,
+        incoming: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, NodeError> {
         let mut cas = BTreeMap::new();
@@ -349,7 +353,7 @@ impl Node {
             }
             cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.subject.clone()).unwrap_or_default());
         }
-        let builder = tonic::transport::Server::builder();
+        let builder = listener::aging_server();
         let builder = match &self.tls {
             Some(material) => builder.tls_config(material.server_config_trusting(&bundle))?,
             None => builder,
@@ -358,32 +362,20 @@ impl Node {
         let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(Arc::new(cas))))
             .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving the inter-region protocol");
+        tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
         let server = builder
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(service)
-            .serve_with_incoming_shutdown(no_delay(listener), shutdown);
+            .serve_with_incoming_shutdown(
+                listener::accepted(incoming, listener::INTERREGION_CONNECTIONS_MAX, "interregion"),
+                shutdown,
+            );
         Ok(async move {
             health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
             server.await
         })
     }
-}
-
-/// The connections `listener` accepts, with Nagle's algorithm off. tonic's
-/// own `tcp_nodelay` applies only to listeners it binds itself, and a reply
-/// held back by Nagle waits for the peer's delayed ACK: about 40 ms added to
-/// one call in ten under light load.
-fn no_delay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::warn!(%e, "cannot turn off Nagle's algorithm on an accepted connection");
-        }
-        Ok(stream)
-    })
 }
 
 /// Tell the actors when this node gains or loses leadership; while it leads,

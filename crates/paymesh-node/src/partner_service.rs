@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::actors::partner::SUBSCRIBER_BUFFER_EVENTS;
 use crate::actors::registry::SubscribeEvents;
+use crate::actors::Refusal;
 use crate::convert::{self, invalid};
 use crate::gateway::Gateway;
 
@@ -267,6 +268,7 @@ impl PartnerService for PartnerServer {
                     expired.requested, expired.oldest
                 )))
             }
+            Ok(Err(Refusal::Overloaded(why))) => return Err(Status::resource_exhausted(why)),
             Ok(Err(_)) | Err(_) => return Err(self.gateway.not_leader()),
         }
         let events = ReceiverStream::new(receiver)

@@ -103,6 +103,7 @@ async fn fixture() -> Fixture {
         interregion_listen: None,
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
+        limits: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

@@ -228,6 +228,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         interregion_listen: None,
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
+        limits: Default::default(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

@@ -71,8 +71,10 @@ pub struct Submit {
 }
 
 /// Start streaming the partner's events with a cursor above `after`.
+/// Refused (`Overloaded`) when the partner holds its most streams already, or
+/// is out of request tokens: a subscription is charged like a request.
 #[derive(Message)]
-#[rtype(result = "Result<(), CursorExpired>")]
+#[rtype(result = "Result<Result<(), CursorExpired>, Refusal>")]
 pub struct Subscribe {
     /// The last cursor the subscriber has seen (0 = from the oldest retained).
     pub after: u64,
@@ -103,15 +105,24 @@ pub struct PartnerActor {
     /// Transfer requests in flight by key: their fingerprint and who waits.
     pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
     subscribers: Vec<Subscriber>,
+    /// The most subscribers at once.
+    subscribers_max: usize,
 }
 
 impl PartnerActor {
-    /// The actor of `partner`, proposing through `proposer`.
-    pub fn new(partner: PartnerId, state: StateMachineStore, proposer: Addr<Proposer>) -> PartnerActor {
+    /// The actor of `partner`, proposing through `proposer`, holding at most
+    /// `subscribers_max` event streams.
+    pub fn new(
+        partner: PartnerId,
+        state: StateMachineStore,
+        proposer: Addr<Proposer>,
+        subscribers_max: usize,
+    ) -> PartnerActor {
         PartnerActor {
             partner,
             state,
             proposer,
+            subscribers_max,
             tokens: PARTNER_REQUESTS_BURST,
             refilled: Instant::now(),
             in_flight: 0,
@@ -254,14 +265,27 @@ impl Handler<Submit> for PartnerActor {
 }
 
 impl Handler<Subscribe> for PartnerActor {
-    type Result = Result<(), CursorExpired>;
+    type Result = Result<Result<(), CursorExpired>, Refusal>;
 
     fn handle(&mut self, message: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        // Streams whose reader went away free their places first.
+        self.subscribers.retain(|subscriber| !subscriber.events.is_closed());
+        if self.subscribers.len() >= self.subscribers_max {
+            return Err(Refusal::Overloaded(
+                "this partner holds its most event streams on this node (limits.event_streams_per_partner_max); \
+                 close one, or resume on one already open",
+            ));
+        }
+        if !self.admit() {
+            return Err(Refusal::Overloaded("this partner's request rate is above its limit"));
+        }
         // Check the cursor now, so an expired one is an error, not a silent gap.
-        self.state.applied().state.events_after(&self.partner, message.after, 0)?;
+        if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0) {
+            return Ok(Err(expired));
+        }
         self.subscribers.push(Subscriber { events: message.events, sent: message.after });
         self.push_events();
-        Ok(())
+        Ok(Ok(()))
     }
 }
 

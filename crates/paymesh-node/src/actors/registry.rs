@@ -86,10 +86,11 @@ impl Registry {
     fn partner(&mut self, id: &PartnerId) -> Result<Addr<PartnerActor>, Refusal> {
         let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
         let (state, proposer) = (self.node.state_machine.clone(), term.proposer.clone());
+        let streams_max = self.node.config.limits.event_streams_per_partner_max;
         Ok(term
             .partners
             .entry(id.clone())
-            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer).start())
+            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max).start())
             .clone())
     }
 
@@ -223,7 +224,7 @@ impl Handler<SubscribeEvents> for Registry {
             actor
                 .send(partner::Subscribe { after: message.after, events: message.events })
                 .await
-                .map_err(|_| Refusal::NotLeader)
+                .unwrap_or(Err(Refusal::NotLeader))
         })
     }
 }

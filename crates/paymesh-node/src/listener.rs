@@ -1,0 +1,225 @@
+//! What every listener of a node does with the connections it accepts, and
+//! the HTTP/2 limits of its servers.
+//!
+//! tonic applies its own `tcp_nodelay` and `tcp_keepalive` only to listeners
+//! it binds itself, and has no connection cap, so the node binds its
+//! listeners and sets both here, and holds a permit of the listener's
+//! connection budget for as long as each connection lives. A connection
+//! beyond the budget is closed at once (its client sees the connection reset
+//! and retries elsewhere or later) rather than left waiting in the kernel's
+//! backlog, and the refusal is logged at most once per
+//! [`REFUSAL_LOG_INTERVAL`].
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::Server;
+
+/// Idle time before the kernel probes a silent peer's TCP connection.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// How often an HTTP/2 PING checks that a connection's peer still answers.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long a PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Concurrent HTTP/2 streams (calls, open event streams) on one connection
+/// (tonic's default leaves it unbounded).
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+
+/// Connections a node's Raft listener accepts at once: its region's peers
+/// need one or two each.
+pub const RAFT_CONNECTIONS_MAX: usize = 64;
+
+/// Connections a node's inter-region listener accepts at once.
+pub const INTERREGION_CONNECTIONS_MAX: usize = 1_024;
+
+/// An API or inter-region connection is asked to close (GOAWAY) after this
+/// long, so clients spread over the nodes again and no connection holds its
+/// resources forever; event streams on it end and resume from their cursor.
+pub const CONNECTION_AGE_MAX: Duration = Duration::from_secs(3_600);
+
+/// Calls still running on a connection past its age get this long to finish.
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
+/// At most one log line per this interval about refused connections.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A server builder with the keepalives and the per-connection stream limit
+/// every listener of a node uses.
+pub fn server() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+}
+
+/// A server builder for listeners whose connections also age out: the API
+/// and the inter-region listener.
+pub fn aging_server() -> Server {
+    server().max_connection_age(CONNECTION_AGE_MAX).max_connection_age_grace(CONNECTION_AGE_GRACE)
+}
+
+/// An accepted connection holding its place in the listener's budget.
+#[derive(Debug)]
+pub struct Accepted {
+    stream: TcpStream,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Counts refusals and logs them at most once per interval.
+#[derive(Debug)]
+struct Refusals {
+    name: &'static str,
+    limit: usize,
+    started: Instant,
+    /// Refusals since the last log line.
+    count: AtomicU64,
+    /// When the last line was logged, in milliseconds since `started`
+    /// (`u64::MAX`: never).
+    logged_ms: AtomicU64,
+}
+
+impl Refusals {
+    fn record(&self) {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= REFUSAL_LOG_INTERVAL.as_millis() as u64;
+        if due && self.logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.count.fetch_sub(count, Ordering::Relaxed);
+            tracing::warn!(
+                listener = self.name,
+                limit = self.limit,
+                refused = count,
+                "connections refused: the listener holds its most connections"
+            );
+        }
+    }
+}
+
+/// The connections `listener` accepts, at most `limit` open at once, with
+/// Nagle's algorithm off (a reply held back by Nagle waits for the peer's
+/// delayed ACK: about 40 ms added to one call in ten under light load) and
+/// TCP keepalive on. `name` names the listener in log lines.
+pub fn accepted(listener: TcpListener, limit: usize, name: &'static str) -> impl Stream<Item = io::Result<Accepted>> {
+    let places = Arc::new(Semaphore::new(limit));
+    let refusals = Refusals {
+        name,
+        limit,
+        started: Instant::now(),
+        count: AtomicU64::new(0),
+        logged_ms: AtomicU64::new(u64::MAX),
+    };
+    TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => return Some(Err(e)),
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            refusals.record();
+            return None;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(%e, "cannot turn off Nagle's algorithm on an accepted connection");
+        }
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::warn!(%e, "cannot turn on TCP keepalive on an accepted connection");
+        }
+        Some(Ok(Accepted { stream, _place: place }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The next connection the server side was handed, if one comes soon.
+    async fn next(served: &mut tokio::sync::mpsc::UnboundedReceiver<Accepted>) -> Option<Accepted> {
+        tokio::time::timeout(Duration::from_secs(5), served.recv()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_is_closed_and_its_place_returns_when_one_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The server's side: drive the listener, hand over what it yields.
+        let (sender, mut served) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut accepted = Box::pin(accepted(listener, 2, "test"));
+            while let Some(connection) = accepted.next().await {
+                let _ = sender.send(connection.unwrap());
+            }
+        });
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let a = next(&mut served).await.expect("the first connection is served");
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let _b = next(&mut served).await.expect("the second connection is served");
+        // The third is refused: closed by the listener, never handed over.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut third, &mut byte))
+            .await
+            .expect("the refused connection is closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(served.try_recv().is_err(), "a connection beyond the limit was served");
+        // Closing a served one frees a place for the next.
+        drop(a);
+        let _fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(next(&mut served).await.is_some(), "the freed place was not given to the next connection");
+    }
+}
