@@ -18,7 +18,10 @@ use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money};
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::partner::v1 as partner_api;
+use paymesh_proto::raft::v1 as raft_wire;
+use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use tonic::codegen::http::uri::PathAndQuery;
 
 /// The request of the raw proposal RPC that earlier builds served, spelled
@@ -241,4 +244,39 @@ async fn a_partner_holds_a_bounded_number_of_event_streams() {
     })
     .await;
     assert!(reopened.is_ok(), "a closed stream's place was not freed");
+}
+
+/// Ask node `to` for its vote as node `from`, presenting `from`'s
+/// certificate; the status if the call was refused. The request is for term
+/// 0, which no node grants, so it cannot disturb the region either way.
+async fn ask_vote(region: &Region, from: u64, to: u64) -> Result<(), tonic::Status> {
+    let stem = Identity::Node { region: RegionId::new(common::REGION).unwrap(), node_id: from }.file_stem();
+    let sdk = region.sdk(&stem).unwrap();
+    let mut raft = RaftServiceClient::new(sdk.channel(&region.nodes[&to].raft_addr)?);
+    let vote = openraft::raft::VoteRequest::<u64> { vote: openraft::Vote::new(0, from), last_log_id: None };
+    let request = raft_wire::VoteRequest { group_id: 0, payload: paymesh_node::codec::encode(&vote) };
+    raft.vote(request).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_certificate_no_longer_speaks_for_the_region() {
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    ask_vote(&region, 3, 1).await.expect("a member's Raft call is served");
+    region.client().remove_node(3).await.unwrap();
+    // The process goes; its certificate, still valid, stays in a thief's hands.
+    region.kill(3);
+    region.wait_converged(Duration::from_secs(30)).await;
+    for to in [1, 2] {
+        let status = ask_vote(&region, 3, to).await.expect_err("a removed node's Vote must be refused");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "to node {to}: {status:?}");
+        assert!(status.message().contains("removed"), "{status:?}");
+        ask_vote(&region, if to == 1 { 2 } else { 1 }, to).await.expect("a member is still served");
+    }
+    // Its cluster calls are refused too.
+    let stem = Identity::Node { region: RegionId::new(common::REGION).unwrap(), node_id: 3 }.file_stem();
+    let sdk = region.sdk(&stem).unwrap();
+    let mut cluster = ClusterServiceClient::new(sdk.channel(&region.nodes[&1].api_addr).unwrap());
+    let status = cluster.get_node_status(admin::GetNodeStatusRequest { with_digest: false }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }

@@ -51,11 +51,12 @@ impl ClusterServer {
         ClusterServer { node, leaders: Arc::new(leaders) }
     }
 
-    /// Only operators and this region's nodes may operate the cluster.
+    /// Only operators and this region's nodes (none it removed) may operate
+    /// the cluster.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
         match identity_of(request, self.node.config.insecure_plaintext)? {
             Identity::Operator(_) => Ok(()),
-            node @ Identity::Node { .. } => require_node_of(node, &self.node.config.region).map(|_| ()),
+            node @ Identity::Node { .. } => self.node.members().admit(require_node_of(node, &self.node.config.region)?),
             other => Err(Status::permission_denied(format!("{other} may not operate the cluster"))),
         }
     }

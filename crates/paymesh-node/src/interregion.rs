@@ -92,10 +92,11 @@ impl InterRegionServer {
                 }
                 Ok(from)
             }
-            (Door::Forwarded, Identity::Node { region, .. }) if region == self.gateway.node.config.region => {
+            (Door::Forwarded, Identity::Node { region, node_id }) if region == self.gateway.node.config.region => {
                 if request.metadata().get(FORWARDED).is_none() {
                     return Err(Status::permission_denied("only forwarded batches are accepted here"));
                 }
+                self.gateway.node.members().admit(node_id)?;
                 Ok(from)
             }
             (_, other) => Err(Status::permission_denied(format!("{other} may not call the inter-region service"))),

@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod identity;
 pub mod interregion;
 pub mod listener;
+pub mod members;
 pub mod network;
 pub mod node;
 pub mod outbox;

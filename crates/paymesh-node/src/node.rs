@@ -25,6 +25,7 @@ use crate::gateway::Gateway;
 use crate::identity::Identity;
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::listener;
+use crate::members::Members;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
 use crate::outbox::Links;
 use crate::partner_service::PartnerServer;
@@ -185,6 +186,11 @@ impl Node {
         })
     }
 
+    /// The admission check for calls from the region's nodes.
+    pub fn members(&self) -> Members {
+        Members::new(self.raft.clone(), self.state_machine.clone())
+    }
+
     /// Start the partner pipeline: the actor system, and the task that tells it
     /// when this node leads and when entries are applied. The gateway is what
     /// the partner and admin services use.
@@ -246,6 +252,7 @@ impl Node {
             BTreeMap::from([(REGION_GROUP, self.raft.clone())]),
             self.config.region.clone(),
             self.config.insecure_plaintext,
+            self.members(),
         );
         let raft_service = RaftServiceServer::new(raft_server)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::identity::{identity_of, require_node_of};
+use crate::members::Members;
 use paymesh_core::id::RegionId;
 
 /// The largest snapshot a node accepts, in bytes (it is held in memory while
@@ -27,6 +28,7 @@ pub struct RaftServer {
     groups: BTreeMap<u64, Raft>,
     region: RegionId,
     plaintext: bool,
+    members: Members,
 }
 
 impl std::fmt::Debug for RaftServer {
@@ -36,15 +38,19 @@ impl std::fmt::Debug for RaftServer {
 }
 
 impl RaftServer {
-    /// A server for these groups of `region`; `plaintext` (development)
-    /// takes callers' identities from the identity header.
-    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, plaintext: bool) -> RaftServer {
-        RaftServer { groups, region, plaintext }
+    /// A server for these groups of `region`, admitting the nodes `members`
+    /// admits; `plaintext` (development) takes callers' identities from the
+    /// identity header.
+    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, plaintext: bool, members: Members) -> RaftServer {
+        RaftServer { groups, region, plaintext, members }
     }
 
-    /// Only this region's nodes may send Raft messages.
-    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        require_node_of(identity_of(request, self.plaintext)?, &self.region).map(|_| ())
+    /// Only this region's nodes, and none it removed, may send Raft
+    /// messages; the caller's node id.
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<u64, Status> {
+        let id = require_node_of(identity_of(request, self.plaintext)?, &self.region)?;
+        self.members.admit(id)?;
+        Ok(id)
     }
 
     fn group(&self, id: u64) -> Result<&Raft, Status> {
@@ -62,18 +68,20 @@ impl RaftService for RaftServer {
 
     /// One stream per leader and follower: each request is answered, in
     /// order, once this node's Raft has handled it. The caller is checked
-    /// once, when the stream opens. The first request that fails ends the
-    /// stream with its status.
+    /// when the stream opens and again before each request (it may have been
+    /// removed from the region since). The first request that fails ends
+    /// the stream with its status.
     async fn append_entries(
         &self,
         request: Request<tonic::Streaming<wire::AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendEntriesStream>, Status> {
-        self.check_caller(&request)?;
+        let caller = self.check_caller(&request)?;
         let server = Arc::new(self.clone());
         let replies = request.into_inner().then(move |request| {
             let server = Arc::clone(&server);
             async move {
                 let request = request?;
+                server.members.admit(caller)?;
                 let raft = server.group(request.group_id)?;
                 let rpc = codec::decode(&request.payload).map_err(|e| undecodable("append entries", e))?;
                 let result = raft.append_entries(rpc).await;

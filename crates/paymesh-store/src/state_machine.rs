@@ -13,6 +13,7 @@
 //! O(1) copy at the current applied index and the builder serialises it on
 //! openraft's snapshot task while apply continues on the original.
 
+use std::collections::BTreeSet;
 use std::io::{self, Cursor, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +29,15 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::Checkpoints;
 use crate::raft_types::{
-    Entry, EntryOutcome, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, EntryOutcome, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-/// Format byte in front of a snapshot image.
-const IMAGE_FORMAT: u8 = 1;
+/// Format byte in front of a snapshot image: 2 adds the retired nodes.
+const IMAGE_FORMAT: u8 = 2;
+
+/// The format before the retired nodes were kept; still read (as none
+/// retired).
+const IMAGE_FORMAT_V1: u8 = 1;
 
 /// The applied state: the core state and the Raft position it corresponds to.
 /// Cloning is O(1) (persistent maps), so readers take copies.
@@ -44,11 +49,36 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     /// The last membership applied.
     pub membership: StoredMembership,
+    /// Nodes that were members of the region and were removed (and not
+    /// added back since): their certificates, though still valid, no longer
+    /// speak for the region. Derived from the membership entries in log order,
+    /// so every replica holds the same set at the same index.
+    pub retired: BTreeSet<NodeId>,
+}
+
+impl Applied {
+    /// Apply a new membership: every node of the old one that the new one
+    /// lacks is retired; a node the new one names is not (it may come back).
+    fn change_membership(&mut self, membership: StoredMembership) {
+        let new: BTreeSet<NodeId> = membership.membership().nodes().map(|(id, _)| *id).collect();
+        self.retired.extend(self.membership.membership().nodes().map(|(id, _)| *id));
+        self.retired.retain(|id| !new.contains(id));
+        self.membership = membership;
+    }
 }
 
 /// What a snapshot's bytes hold.
 #[derive(Serialize, Deserialize)]
 struct Image {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+}
+
+/// A snapshot image of format 1.
+#[derive(Deserialize)]
+struct ImageV1 {
     state: State,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -119,13 +149,22 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
             &io::Error::new(io::ErrorKind::InvalidData, reason),
         ))
     };
-    let body = match bytes.split_first() {
-        Some((&IMAGE_FORMAT, body)) => body,
-        _ => return Err(invalid("unknown snapshot format".into())),
-    };
+    let decode_error = |e: postcard::Error| invalid(format!("cannot decode: {e}"));
     // Deserialising the ledger re-verifies conservation; verify the rest too:
     // a snapshot is data from disk or the network and is not trusted.
-    let image: Image = postcard::from_bytes(body).map_err(|e| invalid(format!("cannot decode: {e}")))?;
+    let image: Image = match bytes.split_first() {
+        Some((&IMAGE_FORMAT, body)) => postcard::from_bytes(body).map_err(decode_error)?,
+        Some((&IMAGE_FORMAT_V1, body)) => {
+            let v1: ImageV1 = postcard::from_bytes(body).map_err(decode_error)?;
+            Image {
+                state: v1.state,
+                last_applied: v1.last_applied,
+                membership: v1.membership,
+                retired: BTreeSet::new(),
+            }
+        }
+        _ => return Err(invalid("unknown snapshot format".into())),
+    };
     image.state.verify().map_err(|broken| invalid(format!("state invariants broken: {broken}")))?;
     if image.state.region() != region {
         return Err(invalid(format!("snapshot of region {} offered to region {region}", image.state.region())));
@@ -133,7 +172,15 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     if image.last_applied != meta.last_log_id || image.membership != meta.last_membership {
         return Err(invalid("snapshot bytes do not match their metadata".into()));
     }
-    Ok(Applied { state: image.state, last_applied: image.last_applied, membership: image.membership })
+    if image.retired.iter().any(|id| image.membership.membership().get_node(id).is_some()) {
+        return Err(invalid("a retired node is also a member".into()));
+    }
+    Ok(Applied {
+        state: image.state,
+        last_applied: image.last_applied,
+        membership: image.membership,
+        retired: image.retired,
+    })
 }
 
 impl StateMachineStore {
@@ -143,7 +190,12 @@ impl StateMachineStore {
         let checkpoints = Checkpoints::open(dir).map_err(|e| sm_error(&e))?;
         let applied = match checkpoints.load().map_err(|e| sm_error(&e))? {
             Some((meta, bytes)) => decode_image(&region, &meta, &bytes)?,
-            None => Applied { state: State::new(region.clone()), last_applied: None, membership: Default::default() },
+            None => Applied {
+                state: State::new(region.clone()),
+                last_applied: None,
+                membership: Default::default(),
+                retired: BTreeSet::new(),
+            },
         };
         let applied_index = tokio::sync::watch::Sender::new(applied.last_applied.map_or(0, |l| l.index));
         let shared = Shared {
@@ -160,6 +212,12 @@ impl StateMachineStore {
     /// A copy of the applied state (O(1)).
     pub fn applied(&self) -> Applied {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether node `id` was removed from the region (and not added back) as
+    /// of the applied index; cheaper than [`Self::applied`].
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).retired.contains(&id)
     }
 
     /// The index of the last applied entry, changing as entries are applied
@@ -184,6 +242,7 @@ impl StateMachineStore {
             state: applied.state.clone(),
             last_applied: applied.last_applied,
             membership: applied.membership.clone(),
+            retired: applied.retired.clone(),
         };
         let mut bytes = vec![IMAGE_FORMAT];
         postcard::to_io(&image, &mut bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -265,7 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => EntryOutcome::default(),
                 EntryPayload::Normal(batch) => EntryOutcome { outcomes: applied.state.apply_batch(&batch) },
                 EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    applied.change_membership(StoredMembership::new(Some(entry.log_id), membership));
                     EntryOutcome::default()
                 }
             });

@@ -155,3 +155,37 @@ async fn replicas_applying_the_same_entries_have_equal_digests() {
     second.apply(entries(31)[32..].to_vec()).await.unwrap();
     assert_ne!(state_digest(&first.applied().state), state_digest(&second.applied().state));
 }
+
+/// A membership entry at `index` of the nodes `ids`, all voters.
+fn membership_entry(index: u64, ids: &[u64]) -> Entry {
+    let nodes: std::collections::BTreeMap<u64, NodeAddr> = ids.iter().map(|id| (*id, NodeAddr::default())).collect();
+    let voters: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    Entry { log_id: log_id(index), payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)) }
+}
+
+#[tokio::test]
+async fn removed_nodes_are_retired_until_added_back_and_the_set_survives_snapshots_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let retired = |sm: &StateMachineStore| sm.applied().retired.into_iter().collect::<Vec<u64>>();
+    {
+        let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+        sm.apply(vec![membership_entry(1, &[1, 2, 3])]).await.unwrap();
+        assert_eq!(retired(&sm), [] as [u64; 0]);
+        sm.apply(vec![membership_entry(2, &[1, 2])]).await.unwrap();
+        assert_eq!(retired(&sm), [3], "a removed node is retired");
+        sm.apply(vec![membership_entry(3, &[1, 2, 4])]).await.unwrap();
+        assert_eq!(retired(&sm), [3], "adding another node retires no one");
+        sm.apply(vec![membership_entry(4, &[2, 3, 4])]).await.unwrap();
+        assert_eq!(retired(&sm), [1], "a node added back is no longer retired");
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    // The checkpoint carries the set across a restart, and a snapshot to
+    // another node.
+    let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+    assert_eq!(retired(&sm), [1]);
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let target_dir = tempfile::tempdir().unwrap();
+    let mut target = StateMachineStore::open(target_dir.path(), region()).unwrap();
+    target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(snapshot.snapshot.into_inner()))).await.unwrap();
+    assert_eq!(retired(&target), [1]);
+}
