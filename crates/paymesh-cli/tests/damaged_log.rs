@@ -162,7 +162,7 @@ async fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt() {
         assert!(log.contains(&expected), "the node's output lacks {expected:?}:\n{log}");
     }
     assert_eq!(std::fs::read(&segment).unwrap(), bytes_before, "the refusal changes nothing");
-    println!("{}", log.lines().filter(|l| l.contains("raft log damaged")).last().unwrap());
+    println!("{}", log.lines().rfind(|l| l.contains("raft log damaged")).unwrap());
     // The offline check says the same.
     let check = Command::new(env!("CARGO_BIN_EXE_paymesh"))
         .args(["log", "check", "--data-dir"])
