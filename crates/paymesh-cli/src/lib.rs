@@ -5,7 +5,9 @@
 //!   harmless.
 //! * `paymesh status [--json]` shows every node's role, term, log and applied
 //!   indexes, replication lag, and a digest of its state.
-//! * `paymesh node add` / `paymesh node remove` change the membership.
+//! * `paymesh node add` / `paymesh node remove` change the membership;
+//!   `paymesh node rebuild` brings back a node whose Raft log is damaged, and
+//!   `paymesh log check` diagnoses a data directory offline.
 //! * `paymesh partner|corridor|fx|position|route|ledger` configure a region
 //!   and read its books (the admin API).
 //! * `paymesh certs` issues development certificates; `paymesh bench`
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod local;
 pub mod mesh;
 mod otel;
+pub mod rebuild;
 mod status;
 pub mod steps;
 pub mod wan;
@@ -130,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         change: NodeChange,
     },
+    /// Inspect a node's Raft log offline.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Configure partners: upsert, suspend, activate, show, list.
     Partner {
         #[command(subcommand)]
@@ -204,6 +212,28 @@ enum NodeChange {
         #[arg(long)]
         id: u64,
     },
+    /// Bring back a node whose Raft log is damaged (it refuses to start):
+    /// remove it from the membership, move its data directory aside keeping
+    /// only its vote, wait for it to be started empty, and add it back as a
+    /// learner, then a voter. Run on the node's machine with its --config
+    /// (and an operator's --ca/--cert/--key); safe to run again.
+    Rebuild {
+        #[command(flatten)]
+        target: Target,
+        /// How long to wait for the node to be started again, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Check a node's Raft log without changing it; exits 1 if it is damaged.
+    Check {
+        /// The node's data directory (data_dir in its configuration).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 /// Parse `args` and run the command; errors are printed, and the exit code
@@ -271,6 +301,10 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             println!("node {id} removed (membership entry {index}); stop its process");
             Ok(())
         }
+        Command::Node { change: NodeChange::Rebuild { target, wait_secs } } => {
+            rebuild::rebuild(&target, std::time::Duration::from_secs(wait_secs)).await
+        }
+        Command::Log { command: LogCommand::Check { data_dir } } => rebuild::log_check(&data_dir),
         Command::Partner { command } => admin::partner(command).await,
         Command::Corridor { command } => admin::corridor(command).await,
         Command::Fx { command } => admin::fx(command).await,
@@ -294,7 +328,13 @@ async fn start(config_path: PathBuf) -> anyhow::Result<()> {
     let traces = otel::init(config.region.as_str(), config.node_id)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let node = Node::open(config).await?;
+    let node = match Node::open(config).await {
+        Ok(node) => node,
+        // Once, not once per error in the chain: a damaged log's message is
+        // what the operator acts on (README.md, "A damaged Raft log").
+        Err(paymesh_node::NodeError::Storage(e)) => bail!("storage: {e}"),
+        Err(e) => return Err(e.into()),
+    };
     let served = node.serve(shutdown_signal()).await;
     if let Some(provider) = traces {
         if let Err(e) = provider.shutdown() {

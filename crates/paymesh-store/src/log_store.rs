@@ -24,7 +24,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::meta_file::{MetaFile, RaftMeta};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::segment_log::{SegmentLog, Syncer};
+use crate::segment_log::{LogError, SegmentLog, Syncer};
 
 /// Format byte in front of every encoded entry.
 const ENTRY_FORMAT: u8 = 1;
@@ -135,8 +135,12 @@ impl LogStore {
         let meta_file = MetaFile::new(dir.join("raft-meta"));
         let meta = meta_file.load().map_err(|e| StorageIOError::read_vote(&e))?;
         let first_index = meta.last_purged.map_or(0, |purged| purged.index + 1);
-        let (log, recovery) =
-            SegmentLog::open(&dir.join("segments"), first_index).map_err(|e| StorageIOError::read_logs(&e))?;
+        let (log, recovery) = SegmentLog::open(&dir.join("segments"), first_index).map_err(|e| {
+            if matches!(e, LogError::Damage { .. } | LogError::Damaged { .. }) {
+                tracing::error!("{e}");
+            }
+            StorageIOError::read_logs(&e)
+        })?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(?recovery, "raft log: cut a torn tail left by a crash (unacknowledged writes)");
         }

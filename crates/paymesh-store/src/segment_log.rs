@@ -8,26 +8,43 @@
 //! docs/ARCHITECTURE.md).
 //!
 //! Layout: a directory of segment files, each named by the index of its first
-//! record (`00000000000000000001.seg`). A record is
+//! record (`00000000000000000001.seg`). A segment starts with the 8 bytes
+//! [`SEGMENT_MAGIC`] (the format's name and version: a file of another format
+//! is refused, not misread), followed by records:
 //!
 //! ```text
-//! | length: u32 LE | crc32: u32 LE | index: u64 LE | payload: length bytes |
+//! | length: u32 | index: u64 | batch: u64 | payload crc32: u32 | header crc32: u32 | payload |
 //! ```
 //!
-//! where the CRC covers the index and the payload. Indexes strictly increase
-//! through the log. (Raft appends consecutive indexes; the storage only
-//! insists that they increase, which is what openraft's conformance suite
-//! expects of a log store.) A segment is closed, synced, once it passes its
-//! size limit, and a new one starts.
+//! all little-endian. `batch` is the index of the first record of the append
+//! (one `write`, then one `fdatasync`) the record belongs to. The header CRC
+//! covers the 24 bytes before it, so a damaged length, index or batch is
+//! detected before it is used; the payload CRC covers the payload. Indexes
+//! strictly increase through the log. (Raft appends consecutive indexes; the
+//! storage only insists that they increase, which is what openraft's
+//! conformance suite expects of a log store.) A segment is closed, synced,
+//! once it passes its size limit, and a new one starts.
 //!
-//! On open, every segment is scanned. In the last segment, the first record
-//! that is short, fails its CRC, or does not increase the index ends the log:
-//! the file is cut there. Such a tail can only be a write that was never
-//! acknowledged, because an append is acknowledged only after `fdatasync`, and
-//! a segment is synced before the next one starts. Damage anywhere else (a bad
-//! record in an earlier segment, a missing segment) may have destroyed
-//! acknowledged entries, so the log refuses to open and names the damage
-//! instead of cutting it away.
+//! On open, every segment is scanned, then `fdatasync`ed, and the directory
+//! `fsync`ed: what a restarted node reads is on disk, not only in the page
+//! cache of a process that died before its sync. The first record that is
+//! short, fails a checksum or does not increase the index is either
+//!
+//! * a **torn tail**: it lies in the last segment, and no record of a *later*
+//!   append follows it (the records after it, if any, all belong to its own
+//!   batch). A later append is made only after the earlier one was synced and
+//!   acknowledged (openraft awaits each append's callback before the next),
+//!   whereas the pages of one unsynced `write` may reach the disk in any order.
+//!   So the batch was never acknowledged, and the file is cut at the bad record.
+//! * **damage**: anything else (a bad record followed by a record of a later
+//!   append, a bad record in an earlier segment, a missing segment). It may
+//!   have destroyed entries this node acknowledged as part of a majority, and
+//!   Raft's safety rests on those: the log refuses to open, naming the file,
+//!   the byte offset and the indexes at stake, and changes nothing on disk.
+//!
+//! To find the records after a bad one, the scan searches forward, byte by
+//! byte, for the next header whose CRC holds (a damaged length cannot be
+//! trusted to say where the next record starts).
 //!
 //! Records at or below the purge point (`first_index − 1`) are invisible even
 //! while they remain on disk; whole segments below it are deleted.
@@ -43,8 +60,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Bytes in a record header: length, CRC and index.
-const HEADER_BYTES: usize = 16;
+/// Bytes in a record header: length, index, batch, payload CRC, header CRC.
+const HEADER_BYTES: usize = 28;
+
+/// The first bytes of every segment file: the format's name and version (2).
+/// Version 1 had no file header and no header CRC.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"pmlog\0\0\x02";
+
+const MAGIC_BYTES: u64 = SEGMENT_MAGIC.len() as u64;
 
 /// A segment is closed and a new one started once it is this large.
 pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -89,11 +112,36 @@ pub enum LogError {
         /// What was wrong.
         reason: &'static str,
     },
-    /// Damage a crash cannot explain: the log will not open.
-    #[error("raft log in {dir} is damaged: {reason}; restore this node from its peers (wipe its data directory)")]
+    /// Records a crash cannot explain, which may have been acknowledged: the
+    /// log will not open.
+    #[error(
+        "raft log damaged: segment {} at byte {offset}: records from index {first} fail their checksum ({reason}); \
+         indexes {first}..={last} may have been acknowledged; this node refuses to start; \
+         see README.md, 'A damaged Raft log' (paymesh node rebuild)",
+        path.display()
+    )]
+    Damage {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the first bad record starts.
+        offset: u64,
+        /// The index of the first record that fails (or the lowest it may have).
+        first: u64,
+        /// The highest index that may have been lost.
+        last: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// Damage to the log's structure (a missing segment, a file of another
+    /// format): the log will not open.
+    #[error(
+        "raft log damaged: {}: {reason}; this node refuses to start; \
+         see README.md, 'A damaged Raft log' (paymesh node rebuild)",
+        path.display()
+    )]
     Damaged {
-        /// The log's directory.
-        dir: PathBuf,
+        /// The log's directory or the file concerned.
+        path: PathBuf,
         /// What is wrong.
         reason: String,
     },
@@ -108,8 +156,13 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 pub struct Recovery {
     /// Records read.
     pub records: u64,
-    /// Bytes cut from a torn tail of the last segment.
+    /// Bytes cut from a torn tail of the last segment (by [`SegmentLog::check`]:
+    /// the bytes opening would cut).
     pub truncated_bytes: u64,
+    /// Segment files `fdatasync`ed on open (all of them).
+    pub synced_segments: u64,
+    /// Whether the directory was `fsync`ed on open.
+    pub synced_dir: bool,
 }
 
 #[derive(Debug)]
@@ -174,40 +227,25 @@ impl SegmentLog {
     /// [`SegmentLog::open`] with a chosen segment size (tests use small ones).
     pub fn open_with(dir: &Path, first_index: u64, segment_bytes_max: u64) -> Result<(SegmentLog, Recovery), LogError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-            let path = entry.map_err(io_error(dir))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            if let Some(number) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
-                names.push((number, path));
-            }
+        let (mut segments, tail) = scan_dir(dir)?;
+        let mut recovery = Recovery {
+            records: segments.iter().map(|s| s.records.len() as u64).sum(),
+            truncated_bytes: tail.as_ref().map_or(0, |t| t.bytes),
+            ..Recovery::default()
+        };
+        if let (Some(tail), Some(last)) = (&tail, segments.last()) {
+            cut_torn_tail(&last.path, tail)?;
         }
-        names.sort();
-        let damaged = |reason: String| LogError::Damaged { dir: dir.to_path_buf(), reason };
-        let mut recovery = Recovery::default();
-        let mut segments: Vec<Segment> = Vec::new();
-        let count = names.len();
-        for (position, (name, path)) in names.into_iter().enumerate() {
-            if let Some(previous) = segments.last() {
-                // A segment starts only after the previous one ends, at the
-                // next index, and only once that one holds records.
-                match previous.last_index() {
-                    None => return Err(damaged(format!("empty segment {} is followed by another", previous.name))),
-                    Some(last) if name != last + 1 => {
-                        return Err(damaged(format!("segment {name} does not follow the last index {last}")));
-                    }
-                    Some(_) => {}
-                }
-            }
-            let last_segment = position + 1 == count;
-            let (segment, cut) = scan_segment(name, path, last_segment)?;
-            if cut > 0 && !last_segment {
-                return Err(damaged(format!("segment {name} has {cut} bad bytes and is not the last")));
-            }
-            recovery.records += segment.records.len() as u64;
-            recovery.truncated_bytes += cut;
-            segments.push(segment);
+        // Everything read is made durable before anything is built on it: a
+        // record written by a process that died before its sync is still in
+        // the page cache, readable but not on disk.
+        for segment in &segments {
+            let file = OpenOptions::new().write(true).open(&segment.path).map_err(io_error(&segment.path))?;
+            file.sync_data().map_err(io_error(&segment.path))?;
+            recovery.synced_segments += 1;
         }
+        sync_dir(dir)?;
+        recovery.synced_dir = true;
         if segments.is_empty() {
             segments.push(create_segment(dir, first_index)?);
         }
@@ -222,10 +260,22 @@ impl SegmentLog {
         };
         // Segments below the purge point remain if a purge was cut short.
         log.drop_purged()?;
-        if recovery.truncated_bytes > 0 {
-            log.sync_all()?;
-        }
         Ok((log, recovery))
+    }
+
+    /// Check the log in `dir` without changing anything (for an operator,
+    /// offline): the damage [`SegmentLog::open`] would refuse, or what it
+    /// would find, with `truncated_bytes` the torn tail it would cut.
+    pub fn check(dir: &Path) -> Result<Recovery, LogError> {
+        if !dir.exists() {
+            return Ok(Recovery::default());
+        }
+        let (segments, tail) = scan_dir(dir)?;
+        Ok(Recovery {
+            records: segments.iter().map(|s| s.records.len() as u64).sum(),
+            truncated_bytes: tail.map_or(0, |t| t.bytes),
+            ..Recovery::default()
+        })
     }
 
     /// The lowest index that may be present (everything below is purged).
@@ -275,7 +325,7 @@ impl SegmentLog {
         let mut located = Vec::with_capacity(records.len());
         for (index, payload) in &records {
             located.push((*index, start + buffer.len() as u64));
-            encode_record(&mut buffer, *index, payload);
+            encode_record(&mut buffer, *index, first, payload);
         }
         let path = self.active_segment().path.clone();
         (&*self.active_file).write_all(&buffer).map_err(io_error(&path))?;
@@ -305,13 +355,21 @@ impl SegmentLog {
         };
         let mut header = [0u8; HEADER_BYTES];
         file.read_exact_at(&mut header, offset).map_err(io_error(&segment.path))?;
-        let (length, crc, stored_index) = decode_header(&header);
-        if stored_index != index {
+        let Some(header) = Header::decode(&header) else {
+            return Err(LogError::Corrupt { index, reason: "header checksum mismatch" });
+        };
+        if header.index != index {
             return Err(LogError::Corrupt { index, reason: "index differs from its position" });
         }
-        let mut payload = vec![0u8; length as usize];
+        // The header's CRC held, but a length is checked against the limit
+        // and the file before anything is allocated for it.
+        let end = offset + HEADER_BYTES as u64 + u64::from(header.length);
+        if header.length as usize > RECORD_PAYLOAD_BYTES_MAX || end > segment.bytes {
+            return Err(LogError::Corrupt { index, reason: "length beyond the segment" });
+        }
+        let mut payload = vec![0u8; header.length as usize];
         file.read_exact_at(&mut payload, offset + HEADER_BYTES as u64).map_err(io_error(&segment.path))?;
-        if record_crc(index, &payload) != crc {
+        if crc32fast::hash(&payload) != header.payload_crc {
             return Err(LogError::Corrupt { index, reason: "checksum mismatch" });
         }
         Ok(Some(payload))
@@ -437,9 +495,10 @@ fn segment_path(dir: &Path, name: u64) -> PathBuf {
 
 fn create_segment(dir: &Path, name: u64) -> Result<Segment, LogError> {
     let path = segment_path(dir, name);
-    File::create(&path).map_err(io_error(&path))?.sync_all().map_err(io_error(&path))?;
+    let mut file = File::create(&path).map_err(io_error(&path))?;
+    file.write_all(&SEGMENT_MAGIC).and_then(|()| file.sync_all()).map_err(io_error(&path))?;
     sync_dir(dir)?;
-    Ok(Segment { name, path, records: Vec::new(), bytes: 0 })
+    Ok(Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES })
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
@@ -451,62 +510,202 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
-fn record_crc(index: u64, payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&index.to_le_bytes());
-    hasher.update(payload);
-    hasher.finalize()
+/// A record header whose CRC holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    length: u32,
+    index: u64,
+    /// The first index of the append the record was written by.
+    batch: u64,
+    payload_crc: u32,
 }
 
-fn encode_record(buffer: &mut Vec<u8>, index: u64, payload: &[u8]) {
+impl Header {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut bytes = [0u8; HEADER_BYTES];
+        bytes[0..4].copy_from_slice(&self.length.to_le_bytes());
+        bytes[4..12].copy_from_slice(&self.index.to_le_bytes());
+        bytes[12..20].copy_from_slice(&self.batch.to_le_bytes());
+        bytes[20..24].copy_from_slice(&self.payload_crc.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[0..24]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// The header in `bytes`, if its CRC holds.
+    fn decode(bytes: &[u8; HEADER_BYTES]) -> Option<Header> {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        if crc32fast::hash(&bytes[0..24]) != u32_at(24) {
+            return None;
+        }
+        Some(Header { length: u32_at(0), index: u64_at(4), batch: u64_at(12), payload_crc: u32_at(20) })
+    }
+
+    /// The header at byte `at` of `data`, if there is room for one and its CRC holds.
+    fn at(data: &[u8], at: usize) -> Option<Header> {
+        let bytes: &[u8; HEADER_BYTES] = data.get(at..at.checked_add(HEADER_BYTES)?)?.try_into().ok()?;
+        Header::decode(bytes)
+    }
+}
+
+fn encode_record(buffer: &mut Vec<u8>, index: u64, batch: u64, payload: &[u8]) {
     // The caller checked the payload against RECORD_PAYLOAD_BYTES_MAX < 2^32.
-    buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buffer.extend_from_slice(&record_crc(index, payload).to_le_bytes());
-    buffer.extend_from_slice(&index.to_le_bytes());
+    let header = Header { length: payload.len() as u32, index, batch, payload_crc: crc32fast::hash(payload) };
+    buffer.extend_from_slice(&header.encode());
     buffer.extend_from_slice(payload);
 }
 
-fn decode_header(header: &[u8; HEADER_BYTES]) -> (u32, u32, u64) {
-    let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    (length, crc, index)
+/// A torn tail found in the last segment: where to cut, and how many bytes go.
+#[derive(Clone, Copy, Debug)]
+struct Torn {
+    at: u64,
+    bytes: u64,
 }
 
-/// Read a segment's records up to the last good one, and cut the file there if
-/// it is the last segment. Returns the segment and the bytes after the last
-/// good record. The first record must carry the segment's name; later ones
-/// must increase.
-fn scan_segment(name: u64, path: PathBuf, cut_tail: bool) -> Result<(Segment, u64), LogError> {
+/// Scan every segment in `dir`: the segments (records up to any torn tail)
+/// and the last segment's torn tail, or the damage that keeps the log from
+/// opening. Changes nothing.
+fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Option<Torn>), LogError> {
+    let mut names: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if let Some(number) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
+            names.push((number, path));
+        }
+    }
+    names.sort();
+    let damaged = |reason: String| LogError::Damaged { path: dir.to_path_buf(), reason };
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut torn = None;
+    for position in 0..names.len() {
+        let (name, path) = names[position].clone();
+        if let Some(previous) = segments.last() {
+            // A segment starts only after the previous one ends, at the
+            // next index, and only once that one holds records.
+            match previous.last_index() {
+                None => return Err(damaged(format!("empty segment {} is followed by another", previous.name))),
+                Some(last) if name != last + 1 => {
+                    return Err(damaged(format!("segment {name} does not follow the last index {last}")));
+                }
+                Some(_) => {}
+            }
+        }
+        let next = names.get(position + 1).map(|(next, _)| *next);
+        let (segment, tail) = scan_segment(name, path, next)?;
+        torn = tail;
+        segments.push(segment);
+    }
+    Ok((segments, torn))
+}
+
+/// Cut the last segment's torn tail, durably.
+fn cut_torn_tail(path: &Path, torn: &Torn) -> Result<(), LogError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    if torn.at < MAGIC_BYTES {
+        // The file was created, but its header never reached the disk.
+        file.set_len(0).map_err(io_error(path))?;
+        file.write_all_at(&SEGMENT_MAGIC, 0).map_err(io_error(path))?;
+    } else {
+        file.set_len(torn.at).map_err(io_error(path))?;
+    }
+    file.sync_all().map_err(io_error(path))
+}
+
+/// Read a segment's records up to the first bad one, if any, and judge it:
+/// a torn tail (returned, to be cut) or damage (an error). `next` is the next
+/// segment's name; `None` for the last segment. The first record must carry
+/// the segment's name; later ones must increase.
+fn scan_segment(name: u64, path: PathBuf, next: Option<u64>) -> Result<(Segment, Option<Torn>), LogError> {
     let mut data = Vec::new();
     File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_error(&path))?;
+    let last_segment = next.is_none();
+    if data.len() < SEGMENT_MAGIC.len() {
+        // A segment whose header never reached the disk: it was just created,
+        // and only the last one can be.
+        if last_segment && SEGMENT_MAGIC.starts_with(&data) {
+            let torn = Torn { at: 0, bytes: data.len() as u64 };
+            return Ok((Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES }, Some(torn)));
+        }
+    }
+    if !data.starts_with(&SEGMENT_MAGIC) {
+        return Err(LogError::Damaged {
+            path,
+            reason: "the file does not start with the segment header of this format (version 2); \
+                     it was written by an older paymesh or is not a segment"
+                .into(),
+        });
+    }
     let mut records: Vec<(u64, u64)> = Vec::new();
-    let mut at = 0usize;
-    while data.len() - at >= HEADER_BYTES {
-        let header: &[u8; HEADER_BYTES] = data[at..at + HEADER_BYTES].try_into().expect("header length");
-        let (length, crc, index) = decode_header(header);
-        let length = length as usize;
+    // The last good record's batch.
+    let mut last_batch = None;
+    let mut at = SEGMENT_MAGIC.len();
+    let bad = loop {
+        if at == data.len() {
+            break None;
+        }
+        let Some(header) = Header::at(&data, at) else { break Some(None) };
         let in_order = match records.last() {
-            None => index == name,
-            Some((last, _)) => index > *last,
+            None => header.index == name,
+            Some((last, _)) => header.index > *last,
         };
-        if !in_order || length > RECORD_PAYLOAD_BYTES_MAX || data.len() - at - HEADER_BYTES < length {
-            break;
+        let length = header.length as usize;
+        let fits = length <= RECORD_PAYLOAD_BYTES_MAX && data.len() - at - HEADER_BYTES >= length;
+        if !in_order
+            || !fits
+            || crc32fast::hash(&data[at + HEADER_BYTES..at + HEADER_BYTES + length]) != header.payload_crc
+        {
+            break Some(Some(header));
         }
-        let payload = &data[at + HEADER_BYTES..at + HEADER_BYTES + length];
-        if record_crc(index, payload) != crc {
-            break;
-        }
-        records.push((index, at as u64));
+        records.push((header.index, at as u64));
+        last_batch = Some(header.batch);
         at += HEADER_BYTES + length;
+    };
+    let segment = Segment { name, path, records, bytes: at as u64 };
+    let Some(bad) = bad else { return Ok((segment, None)) };
+    // The record at `at` is bad. Which records follow it, by their headers?
+    let mut later: Vec<Header> = Vec::new();
+    let mut search = match bad {
+        Some(header) => (at + HEADER_BYTES).saturating_add(header.length as usize).min(data.len()).max(at + 1),
+        None => at + 1,
+    };
+    while search + HEADER_BYTES <= data.len() {
+        match Header::at(&data, search) {
+            Some(header) => {
+                later.push(header);
+                search += HEADER_BYTES + (header.length as usize).min(data.len() - search - HEADER_BYTES);
+            }
+            None => search += 1,
+        }
     }
-    let cut = (data.len() - at) as u64;
-    if cut > 0 && cut_tail {
-        let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
-        file.set_len(at as u64).map_err(io_error(&path))?;
-        file.sync_all().map_err(io_error(&path))?;
-    }
-    Ok((Segment { name, path, records, bytes: at as u64 }, cut))
+    let last_good = segment.last_index();
+    // The lowest index the bad record may carry.
+    let first = bad.map_or_else(|| last_good.map_or(name, |last| last + 1), |header| header.index);
+    // A later record belongs to the bad record's own batch if it names that
+    // batch; with the bad header unreadable, if it names the batch of the
+    // last good record (a batch is contiguous) or starts right after it (so
+    // its first record is the bad one).
+    let same_batch = |header: &Header| match bad {
+        Some(bad) => header.batch == bad.batch,
+        None => Some(header.batch) == last_batch || header.batch == first,
+    };
+    let reason = match (bad, later.iter().find(|h| !same_batch(h))) {
+        (_, Some(later)) => format!("record {} of a later append follows it", later.index),
+        (_, None) if !last_segment => "it is not in the last segment".to_owned(),
+        (_, None) => return Ok(tail(segment, data.len())),
+    };
+    let last = match next {
+        Some(next) => next.saturating_sub(1),
+        None => later.iter().map(|h| h.index).max().unwrap_or(first),
+    };
+    Err(LogError::Damage { path: segment.path, offset: at as u64, first, last: last.max(first), reason })
+}
+
+/// A segment whose records end before `length`, the file's size: a torn tail.
+fn tail(segment: Segment, length: usize) -> (Segment, Option<Torn>) {
+    let torn = Torn { at: segment.bytes, bytes: length as u64 - segment.bytes };
+    (segment, Some(torn))
 }
 
 #[cfg(test)]

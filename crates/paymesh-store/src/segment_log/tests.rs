@@ -28,7 +28,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
 fn records_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, recovery) = SegmentLog::open(dir.path(), 0).unwrap();
-    assert_eq!(recovery, Recovery::default());
+    assert_eq!((recovery.records, recovery.truncated_bytes, recovery.synced_segments), (0, 0, 0));
     assert_eq!((log.next_index(), log.last_index()), (0, None));
     append_range(&mut log, 0..100);
     log.sync().unwrap();
@@ -90,7 +90,7 @@ fn a_torn_tail_is_cut_and_the_log_continues() {
     // A crash in the middle of the next write leaves half a record.
     let path = dir.path().join(segment_files(dir.path())[0].clone());
     let mut partial = Vec::new();
-    encode_record(&mut partial, 11, &payload(11));
+    encode_record(&mut partial, 11, 11, &payload(11));
     partial.truncate(partial.len() / 2);
     OpenOptions::new().append(true).open(&path).unwrap().write_all(&partial).unwrap();
     let (mut log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
@@ -105,24 +105,201 @@ fn a_torn_tail_is_cut_and_the_log_continues() {
     assert_eq!(log.read(12).unwrap(), Some(payload(12)));
 }
 
-#[test]
-fn a_corrupt_record_ends_the_log_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = SegmentLog::open(dir.path(), 0).unwrap();
-    append_range(&mut log, 0..10);
-    log.sync().unwrap();
-    let offset = log.segments[0].records[6].1;
-    drop(log);
-    // Flip one payload byte of record 6.
-    let path = dir.path().join(segment_files(dir.path())[0].clone());
-    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+/// A log of records `1..=n` in one segment, each its own append and sync (as
+/// openraft appends one acknowledged batch at a time). Returns the segment's
+/// path and each record's byte offset.
+fn synced_one_by_one(dir: &Path, n: u64) -> (PathBuf, Vec<u64>) {
+    let (mut log, _) = SegmentLog::open(dir, 1).unwrap();
+    for i in 1..=n {
+        append_range(&mut log, i..i + 1);
+        log.sync().unwrap();
+    }
+    let offsets = log.segments[0].records.iter().map(|(_, offset)| *offset).collect();
+    (log.segments[0].path.clone(), offsets)
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, offset + HEADER_BYTES as u64 + 2).unwrap();
-    file.write_all_at(&[byte[0] ^ 0xff], offset + HEADER_BYTES as u64 + 2).unwrap();
-    let (log, recovery) = SegmentLog::open(dir.path(), 0).unwrap();
-    assert_eq!(recovery.records, 6);
-    assert!(recovery.truncated_bytes > 0);
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_an_acknowledged_record_refuses_to_open_and_cuts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offsets) = synced_one_by_one(dir.path(), 10);
+    // Flip one payload byte of record 6 of 10: records 7 to 10 were appended
+    // (and acknowledged) after it was synced.
+    flip_byte(&path, offsets[5] + HEADER_BYTES as u64 + 2);
+    let before = fs::read(&path).unwrap();
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err();
+    let message = refused.to_string();
+    assert!(message.contains(&path.display().to_string()), "names the file: {message}");
+    assert!(message.contains(&format!("at byte {}", offsets[5])), "names the offset: {message}");
+    assert!(message.contains("6..=10"), "names the indexes at stake: {message}");
+    assert!(message.contains("refuses to start"), "{message}");
+    assert_eq!(fs::read(&path).unwrap(), before, "nothing is cut");
+    // And it goes on refusing: nothing was repaired behind the operator's back.
+    assert!(SegmentLog::open(dir.path(), 1).is_err());
+}
+
+#[test]
+fn a_flipped_length_byte_is_damage_not_a_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offsets) = synced_one_by_one(dir.path(), 10);
+    // The low byte of record 4's length: read as is, the scan would land in
+    // the middle of a record or skip records.
+    flip_byte(&path, offsets[3]);
+    let before = fs::read(&path).unwrap();
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains(&format!("at byte {}", offsets[3])) && refused.contains("4..=10"), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_flipped_length_byte_of_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offsets) = synced_one_by_one(dir.path(), 10);
+    flip_byte(&path, offsets[9] + 1);
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, log.last_index()), (9, Some(9)));
+    assert_eq!(fs::metadata(&path).unwrap().len(), offsets[9]);
+}
+
+#[test]
+fn garbage_after_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 5);
+    let length = fs::metadata(&path).unwrap().len();
+    let garbage: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(&garbage).unwrap();
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, recovery.truncated_bytes), (5, 300));
+    assert_eq!((log.last_index(), fs::metadata(&path).unwrap().len()), (Some(5), length));
+    // Zeros (a file extended but never written) likewise.
+    drop(log);
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(&[0u8; 4096]).unwrap();
+    let (_, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, recovery.truncated_bytes), (5, 4096));
+}
+
+#[test]
+fn a_bad_record_inside_the_final_unsynced_batch_is_torn() {
+    // Records 1..=5 one by one, then 6..=10 in one write that a crash caught
+    // half way: its pages may reach the disk in any order, so record 8 is bad
+    // while 9 and 10 look fine. Nothing of a later append follows, so the
+    // batch was never acknowledged: cut at record 8.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 5);
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    append_range(&mut log, 6..11);
+    log.sync().unwrap();
+    let eighth = log.segments[0].offset_of(8).unwrap();
+    drop(log);
+    flip_byte(&path, eighth + HEADER_BYTES as u64 + 1);
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, log.last_index()), (7, Some(7)));
+    assert_eq!(fs::metadata(&path).unwrap().len(), eighth);
+    // Its header damaged instead of its payload: the same.
+    drop(log);
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 5);
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    append_range(&mut log, 6..11);
+    log.sync().unwrap();
+    let sixth = log.segments[0].offset_of(6).unwrap();
+    drop(log);
+    flip_byte(&path, sixth + 9);
+    let (log, _) = SegmentLog::open(dir.path(), 1).unwrap();
     assert_eq!(log.last_index(), Some(5));
+}
+
+#[test]
+fn a_bad_record_followed_by_a_later_batch_is_damage() {
+    // The same bad record 8, but another append (11..=12) followed the
+    // batch: that append was made only after 6..=10 were synced and
+    // acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 5);
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    append_range(&mut log, 6..11);
+    log.sync().unwrap();
+    append_range(&mut log, 11..13);
+    log.sync().unwrap();
+    let eighth = log.segments[0].offset_of(8).unwrap();
+    drop(log);
+    flip_byte(&path, eighth + HEADER_BYTES as u64 + 1);
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains(&format!("at byte {eighth}")) && refused.contains("8..=12"), "{refused}");
+}
+
+#[test]
+fn opening_syncs_every_segment_and_the_directory() {
+    // Records written by a process that died before its sync are readable
+    // from the page cache: opening makes them durable before they are used.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open_with(dir.path(), 0, 300).unwrap();
+    for start in (0..60).step_by(3) {
+        append_range(&mut log, start..start + 3);
+    }
+    drop(log);
+    let segments = segment_files(dir.path()).len() as u64;
+    assert!(segments > 3);
+    let (_, recovery) = SegmentLog::open_with(dir.path(), 0, 300).unwrap();
+    assert_eq!((recovery.synced_segments, recovery.synced_dir), (segments, true));
+    assert_eq!(recovery.truncated_bytes, 0);
+}
+
+#[test]
+fn a_segment_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A version 1 segment: records with no file header.
+    let mut old = Vec::new();
+    old.extend_from_slice(&3u32.to_le_bytes());
+    old.extend_from_slice(&crc32fast::hash(b"abc").to_le_bytes());
+    old.extend_from_slice(&1u64.to_le_bytes());
+    old.extend_from_slice(b"abc");
+    let path = dir.path().join("00000000000000000001.seg");
+    fs::write(&path, &old).unwrap();
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains("older paymesh") && refused.contains(&path.display().to_string()), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), old);
+    // A last segment whose header never reached the disk (created just
+    // before a crash) is started again.
+    fs::write(&path, &SEGMENT_MAGIC[..3]).unwrap();
+    let (mut log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!(recovery.truncated_bytes, 3);
+    append_range(&mut log, 1..3);
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(SegmentLog::open(dir.path(), 1).unwrap().0.last_index(), Some(2));
+}
+
+#[test]
+fn check_reports_damage_and_torn_tails_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offsets) = synced_one_by_one(dir.path(), 10);
+    assert_eq!(SegmentLog::check(dir.path()).unwrap().records, 10);
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(b"torn").unwrap();
+    let found = SegmentLog::check(dir.path()).unwrap();
+    assert_eq!((found.records, found.truncated_bytes), (10, 4));
+    flip_byte(&path, offsets[2] + HEADER_BYTES as u64);
+    let before = fs::read(&path).unwrap();
+    assert!(matches!(SegmentLog::check(dir.path()), Err(LogError::Damage { first: 3, last: 10, .. })));
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_length_read_from_disk_is_checked_before_anything_is_allocated() {
+    // A header written with a valid CRC but a huge length (a bug, or a
+    // forged file) is neither allocated for nor read past the file.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 3);
+    let header = Header { length: u32::MAX, index: 4, batch: 4, payload_crc: 0 };
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(&header.encode()).unwrap();
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, recovery.truncated_bytes, log.last_index()), (3, HEADER_BYTES as u64, Some(3)));
 }
 
 #[test]
@@ -162,8 +339,12 @@ fn segments_roll_and_damage_before_the_last_refuses_to_open() {
     let length = fs::metadata(&middle).unwrap().len();
     OpenOptions::new().write(true).open(&middle).unwrap().write_all_at(b"\xff\xff", length - 2).unwrap();
     let refused = SegmentLog::open_with(damaged_copy.path(), 0, 1_000).unwrap_err();
-    assert!(matches!(refused, LogError::Damaged { .. }), "{refused}");
-    assert!(refused.to_string().contains("not the last"), "{refused}");
+    assert!(matches!(refused, LogError::Damage { .. }), "{refused}");
+    assert!(refused.to_string().contains("not in the last segment"), "{refused}");
+    let middle_name: u64 = files[2].trim_end_matches(SEGMENT_SUFFIX).parse().unwrap();
+    let next_name: u64 = files[3].trim_end_matches(SEGMENT_SUFFIX).parse().unwrap();
+    assert!(refused.to_string().contains(&format!("..={}", next_name - 1)), "{refused}");
+    assert!(middle_name < next_name);
 
     // A missing segment likewise.
     fs::remove_file(dir.path().join(&files[3])).unwrap();
