@@ -261,8 +261,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         }
     };
     // Tasks still running (a snapshot being built, say) are dropped here; one
-    // may hold the last handle of a sled database, whose drop flushes and has
-    // been seen to wait forever. Everything acknowledged is already synced to
+    // may be stuck in a disk write (and a sled database's drop, used for
+    // checkpoints before, was seen to wait forever). Everything acknowledged is already synced to
     // disk by then, so the wait is bounded rather than trusted.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     code

@@ -5,8 +5,8 @@
 //! * [`log_store`]: openraft's `RaftLogStorage` over it, acknowledging each
 //!   append only after its `fdatasync`.
 //! * [`state_machine`]: openraft's `RaftStateMachine` over `paymesh_core::State`,
-//!   with snapshots taken from an O(1) copy of the state and kept durably in
-//!   sled ([`checkpoint`]).
+//!   with snapshots taken from an O(1) copy of the state and kept durably as
+//!   checkpoint files, two generations deep ([`checkpoint`]).
 //! * [`raft_types`]: the openraft type configuration.
 
 #![warn(missing_docs)]

@@ -2,9 +2,10 @@
 //!
 //! The state lives in memory and changes only through `State::apply_batch`,
 //! entry by entry, in log order. Its durable image is the latest snapshot,
-//! kept in sled as a [`Checkpoints`] record that holds the state together with
-//! the `last_applied` log id and the membership it produced, written in one
-//! atomic switch. On restart the node loads that checkpoint and openraft
+//! kept as a [`Checkpoints`] generation file that holds the state together
+//! with the `last_applied` log id and the membership it produced, written,
+//! synced and verified before it replaces anything (the previous generation
+//! stays as a fallback). On restart the node loads that checkpoint and openraft
 //! re-applies the (durable) log entries after it, which reproduces the state
 //! exactly because application is deterministic.
 //!

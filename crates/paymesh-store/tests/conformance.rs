@@ -1,5 +1,5 @@
 //! openraft's own storage conformance suite, run against paymesh's log store
-//! (segment files) and state machine (core state with sled checkpoints).
+//! (segment files) and state machine (core state with checkpoint files).
 
 // Test helpers may unwrap: a panic here is a failed test.
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
