@@ -67,21 +67,36 @@ struct Target {
     /// The certificate's private key (PEM).
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// Call a development region that runs `insecure_plaintext`, without
+    /// certificates, as the operator `paymesh-cli`. Never implied.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    plaintext: bool,
 }
 
 impl Target {
     /// Who to present: the given certificate, else the node's own from
-    /// --config, else (development, plaintext) an operator identity header.
+    /// --config; plaintext (an operator identity header) only when asked
+    /// for, by --plaintext or by a --config whose node runs
+    /// `insecure_plaintext`. Nothing falls back to plaintext silently.
     fn credentials(&self) -> anyhow::Result<Credentials> {
+        let plaintext = || Ok(Credentials::Plaintext { identity: "operator:paymesh-cli".into() });
         if let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) {
             return Ok(Credentials::from_files(ca, cert, key)?);
         }
         if let Some(path) = &self.config {
-            if let Some(tls) = NodeConfig::load(path)?.tls {
-                return Ok(Credentials::from_files(&tls.ca_cert, &tls.cert, &tls.key)?);
-            }
+            let config = NodeConfig::load(path)?;
+            return match config.tls {
+                Some(tls) => Ok(Credentials::from_files(&tls.ca_cert, &tls.cert, &tls.key)?),
+                None => plaintext(),
+            };
         }
-        Ok(Credentials::Plaintext { identity: "operator:paymesh-cli".into() })
+        if self.plaintext {
+            return plaintext();
+        }
+        bail!(
+            "no credentials: give --ca, --cert and --key (an operator certificate), or --config of a node whose \
+             [tls] files to use; --plaintext only for a development region running insecure_plaintext"
+        )
     }
 
     /// A cluster client of the target's nodes.
@@ -356,5 +371,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM"),
         _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_never_falls_back_to_plaintext_by_itself() {
+        let target = |args: &[&str]| {
+            let mut argv = vec!["paymesh", "status"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Status { target, .. }) => target,
+                other => panic!("{other:?}"),
+            }
+        };
+        let error = target(&["--node", "127.0.0.1:8001"]).credentials().err().map(|e| e.to_string());
+        assert!(error.as_deref().is_some_and(|e| e.contains("no credentials")), "{error:?}");
+        let asked = target(&["--node", "127.0.0.1:8001", "--plaintext"]).credentials();
+        assert!(matches!(asked, Ok(Credentials::Plaintext { .. })), "{asked:?}");
+        assert!(Cli::try_parse_from(["paymesh", "status", "--plaintext", "--ca", "a", "--cert", "b", "--key", "c"])
+            .is_err());
     }
 }

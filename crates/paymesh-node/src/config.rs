@@ -175,6 +175,12 @@ pub struct NodeConfig {
     /// `tls` is set.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// With `insecure_plaintext`, also listen on addresses other than
+    /// loopback. Without it a plaintext node refuses to start on any other
+    /// address: over plaintext anyone who reaches a port can name itself any
+    /// partner, operator or node.
+    #[serde(default)]
+    pub insecure_plaintext_beyond_loopback: bool,
     /// The mutual-TLS files, under `[tls]`: the region's CA, this node's
     /// certificate and its key. Exactly one of this and `insecure_plaintext`
     /// is set.
@@ -245,7 +251,32 @@ impl NodeConfig {
                     }
                 }
             }
-            (None, true) => {}
+            (None, true) => {
+                let listeners = [("raft_listen", Some(self.raft_listen)), ("api_listen", Some(self.api_listen))]
+                    .into_iter()
+                    .chain([("interregion_listen", self.interregion_listen)]);
+                for (key, addr) in listeners {
+                    match addr {
+                        Some(addr) if !addr.ip().is_loopback() && !self.insecure_plaintext_beyond_loopback => {
+                            return Err(invalid(
+                                key,
+                                format!(
+                                    "{addr} is not a loopback address, and insecure_plaintext serves only \
+                                     loopback; use a [tls] section (or, for a development network only, set \
+                                     insecure_plaintext_beyond_loopback = true)"
+                                ),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if self.insecure_plaintext_beyond_loopback && !self.insecure_plaintext {
+            return Err(invalid(
+                "insecure_plaintext_beyond_loopback",
+                "only means something with insecure_plaintext = true; remove it".into(),
+            ));
         }
         if self.peers.is_empty() || self.peers.len() > REGION_MEMBERS_MAX {
             return Err(invalid("peers", format!("list 1 to {REGION_MEMBERS_MAX} members")));
@@ -545,6 +576,17 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_beyond_loopback_needs_its_own_explicit_setting() {
+        let everywhere = GOOD.replace("api_listen = \"127.0.0.1:8001\"", "api_listen = \"0.0.0.0:8001\"");
+        assert!(parse(&everywhere).is_err());
+        let allowed = everywhere.replace(
+            "insecure_plaintext = true\n",
+            "insecure_plaintext = true\ninsecure_plaintext_beyond_loopback = true\n",
+        );
+        assert!(parse(&allowed).unwrap().insecure_plaintext_beyond_loopback);
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_the_key_named() {
         let tls = "\n[tls]\nca_cert = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n";
         let tls_only = GOOD.replace("insecure_plaintext = true\n", "");
@@ -566,6 +608,14 @@ mod tests {
             (
                 format!("{GOOD}\n[limits]\nevent_streams_per_partner_max = 1025\n"),
                 "limits.event_streams_per_partner_max: 1 to 1024",
+            ),
+            (
+                GOOD.replace("api_listen = \"127.0.0.1:8001\"", "api_listen = \"0.0.0.0:8001\""),
+                "api_listen: 0.0.0.0:8001 is not a loopback address",
+            ),
+            (
+                GOOD.replace("insecure_plaintext = true\n", "insecure_plaintext_beyond_loopback = true\n") + tls,
+                "insecure_plaintext_beyond_loopback: only means something with insecure_plaintext",
             ),
             (GOOD.replace("data_dir", "data_directory"), "unknown field"),
             (GOOD.replace("raft_listen = \"127.0.0.1:7001\"", "raft_listen = \"nowhere\""), "raft_listen"),

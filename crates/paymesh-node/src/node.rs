@@ -227,6 +227,14 @@ impl Node {
             }
             None => None,
         };
+        if self.config.insecure_plaintext {
+            tracing::warn!(
+                beyond_loopback = self.config.insecure_plaintext_beyond_loopback,
+                "INSECURE: insecure_plaintext is set. Every listener serves plaintext gRPC and callers name \
+                 themselves in metadata: anyone who reaches a port can act as any partner, operator or node. \
+                 For development only; use a [tls] section anywhere else."
+            );
+        }
         tracing::info!(
             node = self.config.node_id,
             region = %self.config.region,

@@ -98,6 +98,7 @@ async fn fixture() -> Fixture {
         api_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("node"),
         insecure_plaintext: true,
+        insecure_plaintext_beyond_loopback: false,
         tls: None,
         peers: vec![PeerConfig { node_id: 1, raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() }],
         interregion_listen: None,

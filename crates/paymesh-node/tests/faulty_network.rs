@@ -220,6 +220,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         api_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join(format!("node-{id}")),
         insecure_plaintext: true,
+        insecure_plaintext_beyond_loopback: false,
         tls: None,
         peers: NODES
             .iter()
