@@ -280,3 +280,43 @@ async fn a_removed_node_certificate_no_longer_speaks_for_the_region() {
     let status = cluster.get_node_status(admin::GetNodeStatusRequest { with_digest: false }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_describes_only_what_partners_may_call() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let region = Region::start(1, "");
+    region.initialize(1).await;
+    let sdk = region.sdk("partner-wallet-a").unwrap();
+    let mut reflection = ServerReflectionClient::new(sdk.channel(&region.nodes[&1].api_addr).unwrap());
+    let ask = |request: MessageRequest| {
+        futures::stream::iter([ServerReflectionRequest { host: String::new(), message_request: Some(request) }])
+    };
+    let mut answers =
+        reflection.server_reflection_info(ask(MessageRequest::ListServices(String::new()))).await.unwrap().into_inner();
+    let services = match answers.message().await.unwrap().and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(services, ["paymesh.partner.v1.PartnerService"]);
+    // The operator's and the nodes' services are not described either.
+    for symbol in ["paymesh.admin.v1.AdminService", "paymesh.admin.v1.ClusterService", "paymesh.raft.v1.RaftService"] {
+        let mut answers = reflection
+            .server_reflection_info(ask(MessageRequest::FileContainingSymbol(symbol.into())))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.message().await {
+            Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{symbol}: {status:?}"),
+            Ok(answer) => {
+                let answer = answer.and_then(|r| r.message_response);
+                assert!(matches!(answer, Some(MessageResponse::ErrorResponse(_))), "{symbol}: {answer:?}");
+            }
+        }
+    }
+}

@@ -253,7 +253,8 @@ impl Node {
         health.set_serving::<PartnerServiceServer<PartnerServer>>().await;
         health.set_serving::<AdminServiceServer<AdminServer>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(paymesh_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(partner_descriptors()?)
+            .with_service_name(PARTNER_SERVICE)
             .build_v1()
             .map_err(|e| NodeError::Startup(format!("reflection: {e}")))?;
         let raft_server = RaftServer::new(
@@ -391,6 +392,25 @@ impl Node {
             server.await
         })
     }
+}
+
+/// The one service server reflection advertises.
+const PARTNER_SERVICE: &str = "paymesh.partner.v1.PartnerService";
+
+/// The proto packages reflection describes: the partner API and the types it
+/// uses. The API listener also serves operators and the region's nodes, but
+/// reflection describes only what partners may call, so a partner (or anyone
+/// with a certificate of the region) learns nothing of the operator and node
+/// services from it.
+const REFLECTED_PACKAGES: [&str; 2] = ["paymesh.partner.v1", "paymesh.common.v1"];
+
+/// The descriptors of [`REFLECTED_PACKAGES`] out of the whole contract.
+fn partner_descriptors() -> Result<prost_types::FileDescriptorSet, NodeError> {
+    use prost::Message;
+    let all = prost_types::FileDescriptorSet::decode(paymesh_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| NodeError::Startup(format!("reflection: the contract's descriptors do not decode: {e}")))?;
+    let file = all.file.into_iter().filter(|f| REFLECTED_PACKAGES.contains(&f.package())).collect();
+    Ok(prost_types::FileDescriptorSet { file })
 }
 
 /// Tell the actors when this node gains or loses leadership; while it leads,
