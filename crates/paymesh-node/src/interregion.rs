@@ -28,6 +28,7 @@ use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
 use paymesh_proto::interregion::v1::inter_region_service_server::InterRegionService;
 use tonic::{Request, Response, Status};
+use x509_parser::prelude::FromDer;
 
 use crate::convert;
 use crate::gateway::Gateway;
@@ -49,9 +50,10 @@ const FORWARDED: &str = "paymesh-forwarded";
 #[derive(Clone, Debug)]
 pub enum Door {
     /// The inter-region listener: callers are other regions' nodes, each
-    /// checked against its own region's CA (the subject of the CA certificate
-    /// that must have issued the caller's certificate; empty in plaintext).
-    Remote(Arc<BTreeMap<RegionId, Vec<u8>>>),
+    /// checked against its own region's CA keys (the public keys of the CA
+    /// certificates in that region's `ca_cert` file, one of which must have
+    /// signed the caller's certificate; none in plaintext).
+    Remote(Arc<BTreeMap<RegionId, Vec<CaKey>>>),
     /// The API listener: callers are this region's followers forwarding.
     Forwarded,
 }
@@ -77,13 +79,13 @@ impl InterRegionServer {
         let plaintext = self.gateway.node.config.insecure_plaintext;
         match (&self.door, identity_of(request, plaintext)?) {
             (Door::Remote(cas), Identity::Node { region, .. }) => {
-                let Some(ca_subject) = cas.get(&region) else {
+                let Some(ca_keys) = cas.get(&region) else {
                     return Err(Status::permission_denied(format!(
                         "region {region} is not among this region's remote regions"
                     )));
                 };
                 if !plaintext {
-                    check_issuer(request, ca_subject, &region)?;
+                    check_issuer(request, ca_keys, &region)?;
                 }
                 if region != from {
                     return Err(Status::permission_denied(format!(
@@ -129,31 +131,50 @@ impl InterRegionServer {
     }
 }
 
-/// The caller's certificate must have been issued by its region's CA.
-fn check_issuer<T>(request: &Request<T>, ca_subject: &[u8], region: &RegionId) -> Result<(), Status> {
+/// The public key of a CA certificate: its DER SubjectPublicKeyInfo.
+pub type CaKey = Vec<u8>;
+
+/// The caller's certificate must have been signed by one of its region's CA
+/// keys. The issuer's name proves nothing: another region's CA may carry the
+/// same subject, and the TLS handshake on this listener accepts every remote
+/// region's CA, so a region is pinned by its CAs' keys.
+fn check_issuer<T>(request: &Request<T>, ca_keys: &[CaKey], region: &RegionId) -> Result<(), Status> {
     let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
-    if cert.issuer().as_raw() != ca_subject {
-        return Err(Status::permission_denied(format!(
-            "the caller's certificate names region {region} but was not issued by that region's CA"
-        )));
+    match signed_by_one_of(leaf, ca_keys) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Status::permission_denied(format!(
+            "the caller's certificate names region {region} but no key of that region's CA signed it"
+        ))),
+        Err(e) => Err(Status::unauthenticated(format!("client certificate: {e}"))),
     }
-    Ok(())
 }
 
-/// The subject of the first certificate in a CA file's PEM, for
-/// [`Door::Remote`].
-pub fn ca_subject(pem: &[u8]) -> Result<Vec<u8>, String> {
+/// Whether one of `ca_keys` signed the certificate `leaf_der`.
+pub fn signed_by_one_of(leaf_der: &[u8], ca_keys: &[CaKey]) -> Result<bool, String> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der).map_err(|e| e.to_string())?;
+    Ok(ca_keys.iter().any(|key| {
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(key)
+            .is_ok_and(|(_, spki)| leaf.verify_signature(Some(&spki)).is_ok())
+    }))
+}
+
+/// The public keys of every CA certificate in a CA file's PEM, for
+/// [`Door::Remote`]: several during a CA rollover, when the file holds the
+/// old and the new CA.
+pub fn ca_keys(pem: &[u8]) -> Result<Vec<CaKey>, String> {
+    let mut keys = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
         let block = block.map_err(|e| e.to_string())?;
         if block.label == "CERTIFICATE" {
             let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).map_err(|e| e.to_string())?;
-            return Ok(cert.subject().as_raw().to_vec());
+            keys.push(cert.public_key().raw.to_vec());
         }
     }
-    Err("no certificate".into())
+    if keys.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(keys)
 }
 
 /// `request`'s batch, marked for the leader as forwarded by this node.
@@ -340,5 +361,60 @@ impl InterRegionServer {
             }
             other => Err(Status::internal(format!("unexpected outcome of a decision: {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    use super::*;
+    use crate::tls::certs::{generate, CertSpec};
+
+    /// A fresh CA for `region` in `dir`, with node 1's certificate.
+    fn issue(dir: &Path, region: &str) {
+        let spec = CertSpec {
+            region: RegionId::new(region).unwrap(),
+            holders: vec![Identity::parse(&format!("node:{region}:1")).unwrap()],
+            node_hosts: vec!["localhost".into()],
+        };
+        generate(dir, &spec).unwrap();
+    }
+
+    fn first_der(path: &Path) -> Vec<u8> {
+        let pem = std::fs::read(path).unwrap();
+        x509_parser::pem::Pem::iter_from_buffer(&pem).next().unwrap().unwrap().contents
+    }
+
+    fn subject(der: &[u8]) -> Vec<u8> {
+        x509_parser::parse_x509_certificate(der).unwrap().1.subject().as_raw().to_vec()
+    }
+
+    #[test]
+    fn a_region_is_pinned_by_its_ca_keys_not_by_the_ca_name() {
+        // Two CAs with the same subject: the real cn-east CA and one another
+        // trusted region (or anyone the listener trusts) made with that name.
+        let (real, impostor) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        issue(real.path(), "cn-east");
+        issue(impostor.path(), "cn-east");
+        let real_ca = first_der(&real.path().join("ca.pem"));
+        let impostor_ca = first_der(&impostor.path().join("ca.pem"));
+        assert_eq!(subject(&real_ca), subject(&impostor_ca), "a check by name cannot tell these apart");
+
+        let pinned = ca_keys(&std::fs::read(real.path().join("ca.pem")).unwrap()).unwrap();
+        let real_node = first_der(&real.path().join("node-cn-east-1.pem"));
+        let forged_node = first_der(&impostor.path().join("node-cn-east-1.pem"));
+        assert!(signed_by_one_of(&real_node, &pinned).unwrap());
+        assert!(!signed_by_one_of(&forged_node, &pinned).unwrap(), "a certificate of the other CA speaks for cn-east");
+
+        // A rollover: the file holds the old CA and the new one; both sign.
+        let mut both = std::fs::read(real.path().join("ca.pem")).unwrap();
+        both.extend_from_slice(&std::fs::read(impostor.path().join("ca.pem")).unwrap());
+        let rollover = ca_keys(&both).unwrap();
+        assert_eq!(rollover.len(), 2);
+        assert!(signed_by_one_of(&real_node, &rollover).unwrap());
+        assert!(signed_by_one_of(&forged_node, &rollover).unwrap());
     }
 }

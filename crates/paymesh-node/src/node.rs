@@ -367,7 +367,7 @@ impl Node {
                 bundle.extend_from_slice(&ca.pem);
                 bundle.push(b'\n');
             }
-            cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.subject.clone()).unwrap_or_default());
+            cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.keys.clone()).unwrap_or_default());
         }
         let builder = listener::aging_server();
         let builder = match &self.tls {

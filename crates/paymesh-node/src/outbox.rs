@@ -86,9 +86,9 @@ pub struct Link {
 pub struct RemoteCa {
     /// The PEM file's contents.
     pub pem: Vec<u8>,
-    /// The subject of its (first) certificate: the issuer a certificate of a
-    /// node of that region must name.
-    pub subject: Vec<u8>,
+    /// The public keys of its CA certificates (several during a rollover):
+    /// one of them must have signed a certificate of a node of that region.
+    pub keys: Vec<crate::interregion::CaKey>,
 }
 
 impl Link {
@@ -143,8 +143,8 @@ impl Links {
                 Some(file) => {
                     let failed = |e: String| format!("remote_regions.ca_cert {}: {e}", file.display());
                     let pem = std::fs::read(file).map_err(|e| failed(e.to_string()))?;
-                    let subject = crate::interregion::ca_subject(&pem).map_err(failed)?;
-                    Some(RemoteCa { pem, subject })
+                    let keys = crate::interregion::ca_keys(&pem).map_err(failed)?;
+                    Some(RemoteCa { pem, keys })
                 }
                 None => None,
             };
