@@ -201,6 +201,14 @@ enum Command {
         #[command(flatten)]
         args: certs::CertsArgs,
     },
+    /// Print the SHA-256 fingerprint of each certificate file's (first)
+    /// certificate: the line to add to the region's revocation list
+    /// (`[tls] revoked`) to revoke it. Nodes read the list again on SIGHUP.
+    Fingerprint {
+        /// Certificate files (PEM).
+        #[arg(required = true)]
+        certs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +336,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Ledger { target } => admin::ledger(target).await,
         Command::Bench { args } => bench::run(args).await,
         Command::Certs { args } => certs::run(&args),
+        Command::Fingerprint { certs } => {
+            for path in certs {
+                let print = paymesh_node::identity::fingerprint_file(&path).map_err(anyhow::Error::msg)?;
+                println!("{print}  # {}", path.display());
+            }
+            Ok(())
+        }
         Command::Demo { args } => {
             if demo::run(&args).await? {
                 Ok(())

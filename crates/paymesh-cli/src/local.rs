@@ -295,10 +295,16 @@ impl LocalRegion {
             ));
         }
         let [ca, cert, key] = self.cert_files(&Identity::Node { region: self.region.clone(), node_id: id }.file_stem());
+        let revoked = self.revoked_file();
+        if !revoked.exists() {
+            fs::write(&revoked, "# SHA-256 fingerprints of revoked certificates, one per line\n")
+                .with_context(|| format!("writing {}", revoked.display()))?;
+        }
         let text = format!(
             "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\n\
              {}data_dir = \"{}\"\n\
-             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{}\n{}",
+             peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             revoked = \"{}\"\n{}\n{}",
             self.region,
             node.raft_addr,
             node.api_addr,
@@ -313,10 +319,37 @@ impl LocalRegion {
             ca.display(),
             cert.display(),
             key.display(),
+            revoked.display(),
             self.remote_regions,
             node.extra_config,
         );
         fs::write(&node.config, text).with_context(|| format!("writing {}", node.config.display()))
+    }
+
+    /// The region's revocation list, named in every node's `[tls]`.
+    pub fn revoked_file(&self) -> PathBuf {
+        self.ca_file().with_file_name("revoked.txt")
+    }
+
+    /// Revoke `stem`'s certificate: add its fingerprint to the region's
+    /// revocation list. Nodes read the list again on SIGHUP ([`Self::hangup`]).
+    pub fn revoke(&self, stem: &str) -> anyhow::Result<()> {
+        let [_, cert, _] = self.cert_files(stem);
+        let line =
+            format!("{}  # {stem}\n", paymesh_node::identity::fingerprint_file(&cert).map_err(anyhow::Error::msg)?);
+        let mut file = fs::OpenOptions::new().append(true).open(self.revoked_file())?;
+        std::io::Write::write_all(&mut file, line.as_bytes())?;
+        Ok(())
+    }
+
+    /// Send node `id` SIGHUP (it reloads its revocation list).
+    pub fn hangup(&self, id: u64) -> anyhow::Result<()> {
+        let pid = self.node(id)?.child.as_ref().with_context(|| format!("node {id} is not running"))?.id();
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -HUP {pid}: {status}");
+        }
+        Ok(())
     }
 
     /// Start node `id`'s process; its output is appended to its log.

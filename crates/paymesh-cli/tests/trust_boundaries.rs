@@ -320,3 +320,51 @@ async fn reflection_describes_only_what_partners_may_call() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_after_a_reload_without_a_restart() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    for partner in ["wallet-a", "wallet-b"] {
+        let upsert = admin::UpsertPartnerRequest {
+            partner_id: partner.into(),
+            home_region: common::REGION.into(),
+            role: admin::PartnerRole::Payer as i32,
+            settlement_currency: "USD".into(),
+            net_debit_cap: Some(common::money("0", "USD")),
+        };
+        region
+            .admin(|mut c| {
+                let request = upsert.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await;
+    }
+    let (a, b) = (region.partner("wallet-a"), region.partner("wallet-b"));
+    a.get_position(Default::default()).await.expect("wallet-a reads before the revocation");
+    let pids: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
+
+    region.revoke("partner-wallet-a").unwrap();
+    for id in 1..=3 {
+        region.hangup(id).unwrap();
+    }
+    // The same connection (opened before the revocation) and new ones alike.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match a.get_position(Default::default()).await {
+                Err(ClientError::Refused(status)) => break status,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the revoked certificate is refused within 10 s of the reload");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    let fresh = region.partner("wallet-a");
+    let status = refusal("a revoked certificate's call", fresh.get_position(Default::default()).await);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    b.get_position(Default::default()).await.expect("another partner is unaffected");
+    let after: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
+    assert_eq!(pids, after, "no node restarted");
+}

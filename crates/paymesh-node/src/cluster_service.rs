@@ -26,7 +26,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::config::REGION_MEMBERS_MAX;
-use crate::identity::{identity_of, require_node_of, Identity};
+use crate::identity::{require_node_of, Identity};
 use crate::node::Node;
 
 /// How long a forwarded request may take.
@@ -54,7 +54,7 @@ impl ClusterServer {
     /// Only operators and this region's nodes (none it removed) may operate
     /// the cluster.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match identity_of(request, self.node.config.insecure_plaintext)? {
+        match self.node.auth.identify(request)? {
             Identity::Operator(_) => Ok(()),
             node @ Identity::Node { .. } => self.node.members().admit(require_node_of(node, &self.node.config.region)?),
             other => Err(Status::permission_denied(format!("{other} may not operate the cluster"))),

@@ -570,6 +570,7 @@ mod tests {
                 ca_cert: "tls/ca.pem".into(),
                 cert: "tls/node-us-west-1.pem".into(),
                 key: "tls/node-us-west-1.key".into(),
+                revoked: None,
             })
         );
         assert!(parse(GOOD).unwrap().tls.is_none());

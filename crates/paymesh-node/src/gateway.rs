@@ -14,7 +14,7 @@ use tonic::{Request, Status};
 
 use crate::actors::registry::{OperatorRequest, PartnerRequest};
 use crate::actors::{Refusal, RegistryAddr};
-use crate::identity::{identity_of, Identity};
+use crate::identity::Identity;
 use crate::node::Node;
 
 /// Shared by the partner and admin services of one node.
@@ -58,12 +58,6 @@ pub fn now() -> Timestamp {
 }
 
 impl Gateway {
-    /// Whether this node serves plaintext (development): identities then come
-    /// from the `x-paymesh-identity` header.
-    fn plaintext(&self) -> bool {
-        self.node.config.insecure_plaintext
-    }
-
     /// The calling partner, configured in this region and active;
     /// PERMISSION_DENIED for another kind of caller, NOT_FOUND for a partner
     /// unknown here, FAILED_PRECONDITION (`PartnerSuspended`) for a suspended
@@ -73,7 +67,7 @@ impl Gateway {
     /// leader's up-to-date answer; a follower answers UNAVAILABLE with the
     /// leader's address instead.
     pub async fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
-        let id = match identity_of(request, self.plaintext())? {
+        let id = match self.node.auth.identify(request)? {
             Identity::Partner(id) => id,
             other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
         };
@@ -98,7 +92,7 @@ impl Gateway {
 
     /// Require an operator caller.
     pub fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match identity_of(request, self.plaintext())? {
+        match self.node.auth.identify(request)? {
             Identity::Operator(name) => Ok(name),
             other => Err(Status::permission_denied(format!("{other} may not call the admin API"))),
         }

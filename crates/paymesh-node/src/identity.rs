@@ -18,9 +18,10 @@
 //! already checked its chain to the region's CA and its validity period
 //! before a request reaches a handler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use paymesh_core::id::{PartnerId, RegionId};
 use tonic::{Request, Status};
@@ -246,6 +247,113 @@ pub fn identity_of<T>(request: &Request<T>, plaintext: bool) -> Result<Identity,
         .ok_or_else(|| Status::unauthenticated("no client certificate: connect with TLS and a paymesh certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("the client presented no certificate"))?;
     identity_of_verified(leaf).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+/// The largest revocation list read, in bytes.
+const REVOKED_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The SHA-256 of a certificate's DER encoding: how a revocation list names
+/// a certificate (`openssl x509 -noout -fingerprint -sha256` prints the
+/// same, with colons; so does `paymesh fingerprint`).
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert_der).into()
+}
+
+/// The fingerprint of the first certificate in a PEM file, as the hex line a
+/// revocation list takes.
+pub fn fingerprint_file(path: &std::path::Path) -> Result<String, String> {
+    let failed = |e: String| format!("{}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+        let block = block.map_err(|e| failed(e.to_string()))?;
+        if block.label == "CERTIFICATE" {
+            return Ok(hex::encode(fingerprint(&block.contents)));
+        }
+    }
+    Err(failed("no certificate".into()))
+}
+
+/// Parse a revocation list: one SHA-256 certificate fingerprint per line, in
+/// hex with or without colons, optionally after `SHA256 Fingerprint=` (as
+/// openssl prints it); `#` starts a comment, and blank lines are ignored.
+pub fn parse_revoked(text: &str) -> Result<HashSet<[u8; 32]>, String> {
+    let mut revoked = HashSet::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let hex_text: String = line.rsplit('=').next().unwrap_or(line).chars().filter(|c| *c != ':').collect();
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&hex_text, &mut bytes).map_err(|_| {
+            format!("line {}: not a SHA-256 fingerprint (64 hex digits): {}", number + 1, shorten(line))
+        })?;
+        revoked.insert(bytes);
+    }
+    Ok(revoked)
+}
+
+/// Who is calling, and whether its certificate was revoked: the one way a
+/// node's services learn their caller ([`identity_of`] plus the region's
+/// revocation list). The list is a file named in the `[tls]` section
+/// (`revoked`), read at start and again by [`Authenticator::reload`] (on
+/// SIGHUP), without a restart: a revoked certificate is refused on its next
+/// call, on connections opened before the reload too.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    plaintext: bool,
+    revoked_file: Option<PathBuf>,
+    revoked: Arc<RwLock<Arc<HashSet<[u8; 32]>>>>,
+}
+
+impl Authenticator {
+    /// Callers over plaintext (development) name themselves; with TLS their
+    /// certificate does, unless `revoked_file` lists it.
+    pub fn new(plaintext: bool, revoked_file: Option<PathBuf>) -> Result<Authenticator, String> {
+        let authenticator = Authenticator { plaintext, revoked_file, revoked: Arc::default() };
+        authenticator.reload()?;
+        Ok(authenticator)
+    }
+
+    /// Whether callers name themselves (plaintext, development only).
+    pub fn plaintext(&self) -> bool {
+        self.plaintext
+    }
+
+    /// Read the revocation list again; the number of certificates it lists.
+    /// On an error the list in force stays as it was.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.revoked_file else { return Ok(0) };
+        let failed = |e: String| format!("tls.revoked {}: {e}", path.display());
+        let size = std::fs::metadata(path).map_err(|e| failed(e.to_string()))?.len();
+        if size > REVOKED_FILE_BYTES_MAX {
+            return Err(failed(format!("{size} bytes; at most {REVOKED_FILE_BYTES_MAX}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let revoked = parse_revoked(&text).map_err(failed)?;
+        let count = revoked.len();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(revoked);
+        Ok(count)
+    }
+
+    /// The caller of `request`: see [`identity_of`]; a revoked certificate
+    /// is UNAUTHENTICATED.
+    pub fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let identity = identity_of(request, self.plaintext)?;
+        if !self.plaintext {
+            let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if !revoked.is_empty() {
+                let leaf = request.peer_certs().and_then(|certs| certs.first().map(|c| fingerprint(c)));
+                if leaf.is_some_and(|print| revoked.contains(&print)) {
+                    return Err(Status::unauthenticated(format!(
+                        "the certificate of {identity} is revoked in this region"
+                    )));
+                }
+            }
+        }
+        Ok(identity)
+    }
 }
 
 /// Certificates whose identities are remembered, at most; the memory is
@@ -483,5 +591,17 @@ mod tests {
         ] {
             assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
         }
+    }
+
+    #[test]
+    fn a_revocation_list_takes_hex_with_or_without_colons_and_comments() {
+        let print = fingerprint(b"a certificate");
+        let plain = hex::encode(print);
+        let colons =
+            plain.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap().to_uppercase()).collect::<Vec<_>>();
+        let text = format!("# revoked\n\n{plain}  # wallet-a\nSHA256 Fingerprint={}\n", colons.join(":"));
+        assert_eq!(parse_revoked(&text).unwrap(), HashSet::from([print]));
+        let bad = parse_revoked("not-a-fingerprint\n").unwrap_err();
+        assert!(bad.contains("line 1"), "{bad}");
     }
 }

@@ -32,7 +32,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::convert;
 use crate::gateway::Gateway;
-use crate::identity::{identity_of, Identity};
+use crate::identity::Identity;
 
 /// The most items in one batch, either way.
 pub const BATCH_ITEMS_MAX: usize = 1_000;
@@ -77,7 +77,7 @@ impl InterRegionServer {
     fn caller<T>(&self, request: &Request<T>, from_region: &str) -> Result<RegionId, Status> {
         let from = convert::region_id("from_region", from_region)?;
         let plaintext = self.gateway.node.config.insecure_plaintext;
-        match (&self.door, identity_of(request, plaintext)?) {
+        match (&self.door, self.gateway.node.auth.identify(request)?) {
             (Door::Remote(cas), Identity::Node { region, .. }) => {
                 let Some(ca_keys) = cas.get(&region) else {
                     return Err(Status::permission_denied(format!(

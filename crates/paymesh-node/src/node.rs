@@ -22,7 +22,7 @@ use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
 use crate::gateway::Gateway;
-use crate::identity::Identity;
+use crate::identity::{Authenticator, Identity};
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::listener;
 use crate::members::Members;
@@ -105,6 +105,8 @@ pub struct Node {
     pub links: Arc<Links>,
     /// The trace contexts of recent transfers (see [`crate::telemetry`]).
     pub traces: Arc<crate::telemetry::Traces>,
+    /// Who is calling, and whether its certificate is revoked.
+    pub auth: Authenticator,
 }
 
 impl std::fmt::Debug for Node {
@@ -174,6 +176,8 @@ impl Node {
         let state_machine = StateMachineStore::open(&data.join("state"), config.region.clone())?;
         let raft_config = config.openraft_config().validate().map_err(|e| NodeError::Config(e.to_string()))?;
         let links = Links::from_config(&config, tls.as_deref()).map_err(NodeError::Config)?;
+        let revoked = config.tls.as_ref().and_then(|files| files.revoked.clone());
+        let auth = Authenticator::new(config.insecure_plaintext, revoked).map_err(NodeError::Config)?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, state_machine.clone()).await?;
         Ok(Node {
             config: Arc::new(config),
@@ -183,6 +187,7 @@ impl Node {
             tls,
             links: Arc::new(links),
             traces: Arc::default(),
+            auth,
         })
     }
 
@@ -242,6 +247,7 @@ impl Node {
             api = %self.config.api_listen,
             "node serving"
         );
+        let reloader = tokio::spawn(reload_on_hangup(self.auth.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -260,7 +266,7 @@ impl Node {
         let raft_server = RaftServer::new(
             BTreeMap::from([(REGION_GROUP, self.raft.clone())]),
             self.config.region.clone(),
-            self.config.insecure_plaintext,
+            self.auth.clone(),
             self.members(),
         );
         let raft_service = RaftServiceServer::new(raft_server)
@@ -339,6 +345,7 @@ impl Node {
             Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing"),
         }
         watcher.abort();
+        reloader.abort();
         drop(actor_thread);
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(%e, "raft shutdown");
@@ -391,6 +398,21 @@ impl Node {
             health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
             server.await
         })
+    }
+}
+
+/// Read the revocation list again on every SIGHUP, without a restart; a
+/// list that does not read leaves the one in force (and says why).
+async fn reload_on_hangup(auth: Authenticator) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the revocation list is read only at start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match auth.reload() {
+            Ok(revoked) => tracing::info!(revoked, "SIGHUP: revocation list reloaded"),
+            Err(e) => tracing::error!(%e, "SIGHUP: revocation list not reloaded; the previous one stays in force"),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
-use crate::identity::{identity_of, require_node_of};
+use crate::identity::{require_node_of, Authenticator};
 use crate::members::Members;
 use paymesh_core::id::RegionId;
 
@@ -27,7 +27,7 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 pub struct RaftServer {
     groups: BTreeMap<u64, Raft>,
     region: RegionId,
-    plaintext: bool,
+    auth: Authenticator,
     members: Members,
 }
 
@@ -38,17 +38,16 @@ impl std::fmt::Debug for RaftServer {
 }
 
 impl RaftServer {
-    /// A server for these groups of `region`, admitting the nodes `members`
-    /// admits; `plaintext` (development) takes callers' identities from the
-    /// identity header.
-    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, plaintext: bool, members: Members) -> RaftServer {
-        RaftServer { groups, region, plaintext, members }
+    /// A server for these groups of `region`, learning callers through
+    /// `auth` and admitting the nodes `members` admits.
+    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, auth: Authenticator, members: Members) -> RaftServer {
+        RaftServer { groups, region, auth, members }
     }
 
     /// Only this region's nodes, and none it removed, may send Raft
     /// messages; the caller's node id.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<u64, Status> {
-        let id = require_node_of(identity_of(request, self.plaintext)?, &self.region)?;
+        let id = require_node_of(self.auth.identify(request)?, &self.region)?;
         self.members.admit(id)?;
         Ok(id)
     }

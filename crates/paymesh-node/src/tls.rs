@@ -44,6 +44,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The private key of `cert` (PEM).
     pub key: PathBuf,
+    /// The region's revocation list: SHA-256 fingerprints of certificates
+    /// the CA signed that may no longer call (one per line). Read at start
+    /// and again on SIGHUP.
+    #[serde(default)]
+    pub revoked: Option<PathBuf>,
 }
 
 /// Why TLS could not be configured.
@@ -291,6 +296,7 @@ mod tests {
             ca_cert: dir.path().join("ca.pem"),
             cert: dir.path().join("node-us-west-1.pem"),
             key: dir.path().join("node-us-west-1.key"),
+            revoked: None,
         };
         (dir, files)
     }

@@ -47,6 +47,7 @@ fn files(dir: &Path, stem: &str) -> TlsFiles {
         ca_cert: dir.join("ca.pem"),
         cert: dir.join(format!("{stem}.pem")),
         key: dir.join(format!("{stem}.key")),
+        revoked: None,
     }
 }
 
