@@ -107,7 +107,12 @@ pub struct RaftSettings {
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_entries: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower can
-    /// catch up from the log rather than by snapshot.
+    /// catch up from the log rather than by snapshot, and so a node whose
+    /// newest checkpoint is damaged can fall back to the previous one and
+    /// replay the log after it. The default (15,000) covers the longest
+    /// stretched snapshot interval of the default `snapshot_after_entries`
+    /// (23/16 of 10,000); below [`NodeConfig::snapshot_threshold`] the
+    /// fallback cannot replay and the node is rebuilt from its peers instead.
     pub logs_kept_after_snapshot: u64,
     /// The most entries in one AppendEntries message.
     pub max_entries_per_append: u64,
@@ -129,7 +134,7 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1_000,
             snapshot_after_entries: 10_000,
-            logs_kept_after_snapshot: 1_000,
+            logs_kept_after_snapshot: 15_000,
             max_entries_per_append: 64,
             snapshot_timeout_ms: 60_000,
             group_commit_interval_ms: 0,
@@ -416,6 +421,13 @@ impl NodeConfig {
         n.saturating_add(n / 16 * (h % 8))
     }
 
+    /// Whether the log kept behind a snapshot reaches back to the previous
+    /// one, so a damaged newest checkpoint can fall back to the previous
+    /// generation and replay the log after it.
+    pub fn keeps_log_for_fallback(&self) -> bool {
+        self.raft.logs_kept_after_snapshot >= self.snapshot_threshold()
+    }
+
     /// How long the leader waits between entries under load (see
     /// [`RaftSettings::group_commit_interval_ms`]).
     pub fn group_commit_interval(&self) -> Duration {
@@ -474,6 +486,24 @@ mod tests {
     /// Nodes stretch the snapshot threshold differently (so a region's nodes do
     /// not all write snapshots at once), within 7/16 of the setting, and the
     /// same node always gets the same threshold.
+    /// With the defaults every node keeps enough log behind its newest
+    /// snapshot to replay it from the previous checkpoint: the fallback to the
+    /// previous checkpoint generation restarts a node by itself.
+    #[test]
+    fn by_default_the_log_behind_a_snapshot_reaches_back_to_the_previous_checkpoint() {
+        let mut config = parse(GOOD).unwrap();
+        config.raft = RaftSettings::default();
+        for region in ["us-west", "ap-southeast", "cn-east", "eu-central"] {
+            for id in 1..=7 {
+                config.region = region.parse().unwrap();
+                config.node_id = id;
+                assert!(config.keeps_log_for_fallback(), "{region}/{id}: threshold {}", config.snapshot_threshold());
+            }
+        }
+        config.raft.logs_kept_after_snapshot = 1_000;
+        assert!(!config.keeps_log_for_fallback());
+    }
+
     #[test]
     fn snapshot_thresholds_are_spread_over_nodes_and_stable() {
         let mut config = parse(GOOD).unwrap();

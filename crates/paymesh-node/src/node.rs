@@ -170,6 +170,14 @@ impl Node {
         network: N,
         tls: Option<Arc<TlsMaterial>>,
     ) -> Result<Node, NodeError> {
+        if !config.keeps_log_for_fallback() {
+            tracing::warn!(
+                logs_kept_after_snapshot = config.raft.logs_kept_after_snapshot,
+                snapshot_threshold = config.snapshot_threshold(),
+                "raft.logs_kept_after_snapshot is below this node's snapshot interval: if its newest checkpoint is \
+                 damaged, the previous one cannot be replayed from the log and the node must be rebuilt from its peers"
+            );
+        }
         let data: &Path = &config.data_dir;
         let log = LogStore::open(&data.join("raft-log"))?;
         let log_stats = log.stats();
