@@ -368,3 +368,129 @@ async fn a_revoked_certificate_is_refused_after_a_reload_without_a_restart() {
     let after: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
     assert_eq!(pids, after, "no node restarted");
 }
+
+/// The certificate node `id` presents to a new connection now: a TLS
+/// handshake as `partner-wallet-a`, trusting the CAs in `ca_file`.
+async fn served_certificate(region: &Region, id: u64, ca_file: &std::path::Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pem_blocks = |path: &std::path::Path| {
+        let pem = std::fs::read(path).unwrap();
+        x509_parser::pem::Pem::iter_from_buffer(&pem).map(|b| b.unwrap()).collect::<Vec<_>>()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for block in pem_blocks(ca_file) {
+        roots.add(CertificateDer::from(block.contents)).unwrap();
+    }
+    let [_, cert, key] = region.cert_files("partner-wallet-a");
+    let chain = pem_blocks(&cert).into_iter().map(|b| CertificateDer::from(b.contents)).collect();
+    let key = PrivateKeyDer::Pkcs8(pem_blocks(&key).remove(0).contents.into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&region.nodes[&id].api_addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let served = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+    served.ok_or_else(|| "no certificate".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_and_a_new_ca_take_effect_on_sighup_without_a_restart() {
+    use paymesh_node::tls::certs::{generate, CertSpec};
+
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    for partner in ["wallet-a", "wallet-b"] {
+        let upsert = admin::UpsertPartnerRequest {
+            partner_id: partner.into(),
+            home_region: common::REGION.into(),
+            role: admin::PartnerRole::Payer as i32,
+            settlement_currency: "USD".into(),
+            net_debit_cap: Some(common::money("0", "USD")),
+        };
+        region
+            .admin(|mut c| {
+                let request = upsert.clone();
+                async move { c.upsert_partner(request).await }
+            })
+            .await;
+    }
+    let certs = region.ca_file().parent().unwrap().to_path_buf();
+    let first_der = |path: &std::path::Path| {
+        let pem = std::fs::read(path).unwrap();
+        x509_parser::pem::Pem::iter_from_buffer(&pem).next().unwrap().unwrap().contents
+    };
+    let pids: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
+    let before = served_certificate(&region, 1, &region.ca_file()).await.unwrap();
+    assert_eq!(before, first_der(&certs.join("node-us-west-1.pem")));
+
+    // A new certificate for node 1 from the same CA, and a new CA (the
+    // rollover's) with a partner certificate of its own.
+    let renewed = tempfile::tempdir().unwrap();
+    for file in ["ca.pem", "ca.key"] {
+        std::fs::copy(certs.join(file), renewed.path().join(file)).unwrap();
+    }
+    let us_west = RegionId::new(common::REGION).unwrap();
+    let node_1 = Identity::Node { region: us_west.clone(), node_id: 1 };
+    let hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    generate(renewed.path(), &CertSpec { region: us_west.clone(), holders: vec![node_1], node_hosts: hosts.clone() })
+        .unwrap();
+    let new_ca = tempfile::tempdir().unwrap();
+    let wallet = Identity::partner("wallet-a").unwrap();
+    generate(new_ca.path(), &CertSpec { region: us_west, holders: vec![wallet], node_hosts: hosts }).unwrap();
+    let new_partner = |trust: &std::path::Path| {
+        paymesh_client::Credentials::from_files(
+            trust,
+            &new_ca.path().join("partner-wallet-a.pem"),
+            &new_ca.path().join("partner-wallet-a.key"),
+        )
+        .unwrap()
+    };
+    let policy = paymesh_client::RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
+    let node_1_only = vec![region.nodes[&1].api_addr.clone()];
+    let client = paymesh_client::PartnerClient::new(paymesh_client::Region::with_policy(
+        node_1_only.clone(),
+        new_partner(&region.ca_file()),
+        policy.clone(),
+    ));
+    let status = match client.get_position(Default::default()).await {
+        Err(e) => e.to_string(),
+        Ok(answer) => panic!("a certificate of a CA the region does not trust yet was served: {answer:?}"),
+    };
+
+    // The rollover: both CAs in the CA file; node 1's new certificate; SIGHUP.
+    let mut both = std::fs::read(region.ca_file()).unwrap();
+    both.extend_from_slice(&std::fs::read(new_ca.path().join("ca.pem")).unwrap());
+    std::fs::write(region.ca_file(), &both).unwrap();
+    for file in ["node-us-west-1.pem", "node-us-west-1.key"] {
+        std::fs::copy(renewed.path().join(file), certs.join(file)).unwrap();
+    }
+    region.hangup(1).unwrap();
+    let rotated = first_der(&certs.join("node-us-west-1.pem"));
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match served_certificate(&region, 1, &region.ca_file()).await {
+                Ok(served) if served == rotated => break served,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "node 1 still presents its old certificate after SIGHUP (before: {status})");
+    // The new CA's partner is served now (node 1 reloaded); so is the old
+    // CA's.
+    let client = paymesh_client::PartnerClient::new(paymesh_client::Region::with_policy(
+        node_1_only,
+        new_partner(&region.ca_file()),
+        policy,
+    ));
+    client.get_position(Default::default()).await.expect("the new CA's partner certificate is served after SIGHUP");
+    region.partner("wallet-b").get_position(Default::default()).await.expect("the old CA's certificate still works");
+    let after: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
+    assert_eq!(pids, after, "no node restarted");
+}

@@ -182,6 +182,60 @@ pub fn accepted(listener: TcpListener, limit: usize, name: &'static str) -> impl
     })
 }
 
+/// Handshakes under way at once per listener, beyond which new connections
+/// wait (each already holds a place in the connection budget).
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+
+/// The connections [`accepted`] yields, after a TLS handshake with the
+/// configuration `tls` holds when each arrives (so a reload on SIGHUP takes
+/// effect for the next connection, without a restart). Handshakes run
+/// concurrently, each bounded by [`crate::tls::TLS_HANDSHAKE_TIMEOUT`]; one
+/// that fails or times out closes its connection and is logged at debug
+/// level (a scanner's probe is no news).
+pub fn accepted_tls(
+    listener: TcpListener,
+    limit: usize,
+    name: &'static str,
+    tls: crate::tls::LiveServerTls,
+) -> impl Stream<Item = io::Result<tokio_rustls::server::TlsStream<Accepted>>> {
+    let (ready, incoming) = tokio::sync::mpsc::channel(HANDSHAKES_IN_FLIGHT_MAX);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+    tokio::spawn(async move {
+        let mut connections = Box::pin(accepted(listener, limit, name));
+        loop {
+            // The server stopped (it dropped the stream): stop accepting and
+            // free the port.
+            let connection = tokio::select! {
+                () = ready.closed() => return,
+                connection = connections.next() => match connection {
+                    Some(connection) => connection,
+                    None => return,
+                },
+            };
+            let connection = match connection {
+                Ok(connection) => connection,
+                Err(e) => {
+                    tracing::debug!(listener = name, %e, "accept failed");
+                    continue;
+                }
+            };
+            let Ok(turn) = handshakes.clone().acquire_owned().await else { return };
+            let (acceptor, ready) = (tls.acceptor(), ready.clone());
+            tokio::spawn(async move {
+                let _turn = turn;
+                match tokio::time::timeout(crate::tls::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(listener = name, %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(listener = name, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

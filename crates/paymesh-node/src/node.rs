@@ -30,7 +30,7 @@ use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
 use crate::outbox::Links;
 use crate::partner_service::PartnerServer;
 use crate::raft_service::RaftServer;
-use crate::tls::TlsMaterial;
+use crate::tls::{LiveServerTls, TlsError, TlsMaterial};
 use paymesh_client::Credentials;
 
 /// The most concurrent requests on one API connection.
@@ -214,13 +214,29 @@ impl Node {
         Ok(Pipeline { gateway, actors, watcher })
     }
 
-    /// `builder` (one of [`listener`]'s), with mutual TLS unless this node
-    /// runs plaintext.
-    fn server_builder(&self, builder: tonic::transport::Server) -> Result<tonic::transport::Server, NodeError> {
-        match &self.tls {
-            Some(material) => Ok(builder.tls_config(material.server_config())?),
-            None => Ok(builder),
+    /// The servers' live TLS configurations, unless this node runs
+    /// plaintext: the region's listeners trust the region's CA, the
+    /// inter-region listener the remote regions' CAs.
+    fn server_tls(&self, material: &TlsMaterial) -> Result<ServerTls, NodeError> {
+        let failed = |e: TlsError| NodeError::Config(format!("tls: {e}"));
+        let region = LiveServerTls::new(material.rustls_server_config(material.ca_pem()).map_err(failed)?);
+        let bundle = self.remote_ca_bundle();
+        let interregion = if bundle.is_empty() {
+            None
+        } else {
+            Some(LiveServerTls::new(material.rustls_server_config(&bundle).map_err(failed)?))
+        };
+        Ok(ServerTls { region, interregion, bundle })
+    }
+
+    /// The remote regions' CA certificates, one PEM bundle.
+    fn remote_ca_bundle(&self) -> Vec<u8> {
+        let mut bundle = Vec::new();
+        for ca in self.links.iter().filter_map(|link| link.ca.as_ref()) {
+            bundle.extend_from_slice(&ca.pem);
+            bundle.push(b'\n');
         }
+        bundle
     }
 
     /// Serve the Raft transport and the API until `shutdown` resolves, then
@@ -255,7 +271,8 @@ impl Node {
             api = %self.config.api_listen,
             "node serving"
         );
-        let reloader = tokio::spawn(reload_on_hangup(self.auth.clone()));
+        let tls = self.tls.as_deref().map(|material| self.server_tls(material)).transpose()?;
+        let reloader = tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -280,13 +297,16 @@ impl Node {
         let raft_service = RaftServiceServer::new(raft_server)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let raft_server =
-            self.server_builder(listener::server())?.add_service(raft_service).serve_with_incoming_shutdown(
-                listener::accepted(raft_listener, listener::RAFT_CONNECTIONS_MAX, "raft"),
-                wait(stopped.clone()),
-            );
-        let api_server = self
-            .server_builder(listener::aging_server())?
+        let region_tls = tls.as_ref().map(|tls| &tls.region);
+        let raft_router = listener::server().add_service(raft_service);
+        let raft_task = spawn_server(
+            raft_router,
+            raft_listener,
+            (listener::RAFT_CONNECTIONS_MAX, "raft"),
+            region_tls,
+            wait(stopped.clone()),
+        );
+        let api_router = listener::aging_server()
             .concurrency_limit_per_connection(API_CONCURRENCY_PER_CONNECTION)
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
@@ -306,17 +326,21 @@ impl Node {
                 InterRegionServiceServer::new(InterRegionServer::new(gateway.clone(), Door::Forwarded))
                     .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
-            )
-            .serve_with_incoming_shutdown(
-                listener::accepted(api_listener, self.config.limits.api_connections_max, "api"),
-                wait(stopped),
             );
-        let raft_task = tokio::spawn(raft_server);
-        let api_task = tokio::spawn(api_server);
+        let api_task = spawn_server(
+            api_router,
+            api_listener,
+            (self.config.limits.api_connections_max, "api"),
+            region_tls,
+            wait(stopped),
+        );
         let mut tasks = vec![raft_task, api_task];
         if let Some(listener) = interregion_listener {
-            let server = self.interregion_server(interregion_gateway, listener, wait(stopped_interregion))?;
-            tasks.push(tokio::spawn(server));
+            let interregion_tls = tls.as_ref().and_then(|tls| tls.interregion.as_ref());
+            let task = self
+                .interregion_server(interregion_gateway, listener, interregion_tls, wait(stopped_interregion))
+                .await;
+            tasks.push(task);
         }
         // A Raft group that stopped by itself (a storage error is fatal to
         // openraft) ends the process too, so a supervisor restarts it rather
@@ -369,57 +393,108 @@ impl Node {
 impl Node {
     /// The inter-region listener's server: TLS trusting only the remote
     /// regions' CAs, the inter-region service, and health (the peers' probe).
-    fn interregion_server(
+    async fn interregion_server(
         &self,
         gateway: Gateway,
         incoming: TcpListener,
+        tls: Option<&LiveServerTls>,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, NodeError> {
+    ) -> ServerTask {
         let mut cas = BTreeMap::new();
-        let mut bundle = Vec::new();
         for link in self.links.iter() {
-            if let Some(ca) = &link.ca {
-                bundle.extend_from_slice(&ca.pem);
-                bundle.push(b'\n');
-            }
             cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.keys.clone()).unwrap_or_default());
         }
-        let builder = listener::aging_server();
-        let builder = match &self.tls {
-            Some(material) => builder.tls_config(material.server_config_trusting(&bundle))?,
-            None => builder,
-        };
         let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
         let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(Arc::new(cas))))
             .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
-        let server = builder
-            .timeout(API_REQUEST_TIMEOUT)
-            .add_service(health_service)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                listener::accepted(incoming, listener::INTERREGION_CONNECTIONS_MAX, "interregion"),
-                shutdown,
-            );
-        Ok(async move {
-            health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
-            server.await
-        })
+        let router =
+            listener::aging_server().timeout(API_REQUEST_TIMEOUT).add_service(health_service).add_service(service);
+        spawn_server(router, incoming, (listener::INTERREGION_CONNECTIONS_MAX, "interregion"), tls, shutdown)
     }
 }
 
-/// Read the revocation list again on every SIGHUP, without a restart; a
-/// list that does not read leaves the one in force (and says why).
-async fn reload_on_hangup(auth: Authenticator) {
+/// A server's task.
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serve `router` on `incoming` (at most `limit.0` connections; `limit.1`
+/// names the listener) until `shutdown`: over TLS with the configuration
+/// `tls` holds at each connection, or plaintext without one.
+fn spawn_server(
+    router: tonic::transport::server::Router,
+    incoming: TcpListener,
+    limit: (usize, &'static str),
+    tls: Option<&LiveServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ServerTask {
+    let (connections, name) = limit;
+    match tls {
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                listener::accepted_tls(incoming, connections, name, tls.clone()),
+                shutdown,
+            ))
+        }
+        None => {
+            tokio::spawn(router.serve_with_incoming_shutdown(listener::accepted(incoming, connections, name), shutdown))
+        }
+    }
+}
+
+/// The live TLS configurations of a node's servers.
+#[derive(Clone, Debug)]
+struct ServerTls {
+    /// The Raft and API listeners': the region's CA.
+    region: LiveServerTls,
+    /// The inter-region listener's: the remote regions' CAs (`bundle`).
+    interregion: Option<LiveServerTls>,
+    bundle: Vec<u8>,
+}
+
+impl ServerTls {
+    /// Read this node's `[tls]` files again and use them for the next
+    /// handshakes: a rotated certificate and key, a CA file with another CA
+    /// added (a rollover).
+    fn reload(&self, config: &NodeConfig) -> Result<(), String> {
+        let files = config.tls.as_ref().ok_or("no [tls] section")?;
+        let material = TlsMaterial::load(files).map_err(|e| e.to_string())?;
+        let expected = Identity::Node { region: config.region.clone(), node_id: config.node_id };
+        if material.identity() != &expected {
+            return Err(format!("tls.cert names {} but this is {expected}", material.identity()));
+        }
+        let region = material.rustls_server_config(material.ca_pem()).map_err(|e| e.to_string())?;
+        let interregion = match &self.interregion {
+            Some(_) => Some(material.rustls_server_config(&self.bundle).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        self.region.replace(region);
+        if let (Some(live), Some(config)) = (&self.interregion, interregion) {
+            live.replace(config);
+        }
+        Ok(())
+    }
+}
+
+/// On every SIGHUP, without a restart: read the revocation list again, and
+/// this node's certificate, key and CA file for the servers' next
+/// handshakes. What does not read leaves what is in force (and says why).
+async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Option<ServerTls>) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: the revocation list is read only at start");
+        tracing::warn!("cannot listen for SIGHUP: certificates and the revocation list are read only at start");
         return;
     };
     while hangups.recv().await.is_some() {
         match auth.reload() {
             Ok(revoked) => tracing::info!(revoked, "SIGHUP: revocation list reloaded"),
             Err(e) => tracing::error!(%e, "SIGHUP: revocation list not reloaded; the previous one stays in force"),
+        }
+        if let Some(tls) = &tls {
+            match tls.reload(&config) {
+                Ok(()) => tracing::info!("SIGHUP: certificate, key and CA file reloaded for new connections"),
+                Err(e) => tracing::error!(%e, "SIGHUP: certificates not reloaded; the previous ones stay in force"),
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -185,8 +186,84 @@ impl TlsMaterial {
             .timeout(TLS_HANDSHAKE_TIMEOUT)
     }
 
+    /// A rustls server configuration like [`Self::server_config_trusting`]
+    /// (our certificate, a client certificate signed by one of the CAs in
+    /// `ca_pem` required, HTTP/2), for [`LiveServerTls`].
+    pub fn rustls_server_config(&self, ca_pem: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+        let invalid =
+            |what: &str, e: &dyn fmt::Display| TlsError::Parse { path: PathBuf::from(what), reason: e.to_string() };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in der_blocks(ca_pem, |label| label == "CERTIFICATE") {
+            roots.add(rustls::pki_types::CertificateDer::from(der)).map_err(|e| invalid("the CA file", &e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| invalid("the CA file", &e))?;
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            der_blocks(&self.cert_pem, |label| label == "CERTIFICATE").into_iter().map(Into::into).collect();
+        let key = Pem::iter_from_buffer(&self.key_pem)
+            .filter_map(Result::ok)
+            .find_map(|block| match block.label.as_str() {
+                "PRIVATE KEY" => Some(rustls::pki_types::PrivateKeyDer::Pkcs8(block.contents.into())),
+                "EC PRIVATE KEY" => Some(rustls::pki_types::PrivateKeyDer::Sec1(block.contents.into())),
+                "RSA PRIVATE KEY" => Some(rustls::pki_types::PrivateKeyDer::Pkcs1(block.contents.into())),
+                _ => None,
+            })
+            .ok_or_else(|| invalid("the key file", &"no private key"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("the certificate and key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// The CA file's contents.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
     fn tls_identity(&self) -> tonic::transport::Identity {
         tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The DER contents of the PEM blocks of `pem` whose label `wanted` accepts.
+fn der_blocks(pem: &[u8], wanted: impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
+    Pem::iter_from_buffer(pem).filter_map(Result::ok).filter(|b| wanted(&b.label)).map(|b| b.contents).collect()
+}
+
+/// A server TLS configuration that can be replaced while the node runs (on
+/// SIGHUP): every new connection's handshake uses the configuration in force
+/// when it arrives; connections already open keep theirs.
+#[derive(Clone)]
+pub struct LiveServerTls {
+    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+impl fmt::Debug for LiveServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveServerTls").finish_non_exhaustive()
+    }
+}
+
+impl LiveServerTls {
+    /// Starting with `config`.
+    pub fn new(config: rustls::ServerConfig) -> LiveServerTls {
+        LiveServerTls { current: Arc::new(RwLock::new(Arc::new(config))) }
+    }
+
+    /// Use `config` for the next handshakes.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// An acceptor with the configuration in force.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
