@@ -456,7 +456,7 @@ async fn a_node_certificate_and_a_new_ca_take_effect_on_sighup_without_a_restart
     let client = paymesh_client::PartnerClient::new(paymesh_client::Region::with_policy(
         node_1_only.clone(),
         new_partner(&region.ca_file()),
-        policy.clone(),
+        policy,
     ));
     let status = match client.get_position(Default::default()).await {
         Err(e) => e.to_string(),
