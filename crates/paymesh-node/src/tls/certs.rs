@@ -442,6 +442,37 @@ mod tests {
         assert_eq!(uris, 1, "a partner certificate names no hosts");
     }
 
+    /// Every value holding a private key that `paymesh certs` wrote prints
+    /// without it: neither the PEM's base64 body nor its bytes.
+    #[test]
+    fn loaded_keys_never_reach_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &spec("us-west", &["node:us-west:1"])).unwrap();
+        let files = super::super::TlsFiles {
+            ca_cert: dir.path().join("ca.pem"),
+            cert: dir.path().join("node-us-west-1.pem"),
+            key: dir.path().join("node-us-west-1.key"),
+        };
+        let pem = fs::read_to_string(&files.key).unwrap();
+        let body: Vec<&str> = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+        let bytes = format!("{:?}", pem.as_bytes());
+        let mut traces: Vec<String> = body.iter().map(|line| line.to_string()).collect();
+        traces.extend([body.concat(), bytes[1..bytes.len() - 1].to_owned()]);
+        let material = super::super::TlsMaterial::load(&files).unwrap();
+        let key_pair = KeyPair::from_pem(&pem).unwrap();
+        let printed = [
+            format!("{material:?}"),
+            format!("{:?}", material.credentials()),
+            format!("{:#?}", material.credentials_trusting(b"ca".to_vec())),
+            format!("{key_pair:?}"),
+        ];
+        for printed in printed {
+            for trace in &traces {
+                assert!(!printed.contains(trace.as_str()), "the key appears in {printed}");
+            }
+        }
+    }
+
     #[test]
     fn a_second_run_reuses_the_ca() {
         let dir = tempfile::tempdir().unwrap();
