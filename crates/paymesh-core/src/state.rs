@@ -38,8 +38,8 @@ use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, Regio
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
     EVENTS_RETAINED_PER_PARTNER, FINISHED_TRANSFER_RETENTION_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX,
-    QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS,
-    SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
+    PREPARE_DEADLINE_AHEAD_MAX_MS, QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS,
+    SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
@@ -833,10 +833,16 @@ impl State {
     /// A first Prepare arriving at or after its deadline is refused: the
     /// coordinator aborts such a transfer anyway, and the rule also refuses a
     /// duplicate delayed beyond tombstone retention, which would otherwise
-    /// hold a credit pending that no decision will ever resolve.
+    /// hold a credit pending that no decision will ever resolve. A deadline
+    /// more than [`PREPARE_DEADLINE_AHEAD_MAX_MS`] ahead is a protocol
+    /// violation: no coordinator sets one, and honouring it would let another
+    /// region keep this one's credit pending for as long as it liked.
     fn reserve_payout(&mut self, message: &PrepareMessage, now: Timestamp) -> Applied<()> {
         if now >= message.deadline {
             return Err(RejectCode::DeadlineExceeded);
+        }
+        if message.deadline > now.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS) {
+            return Err(RejectCode::ProtocolViolation);
         }
         let corridor = &message.corridor;
         if corridor.destination_region != self.region
