@@ -311,8 +311,11 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
         let pem = key.serialize_pem();
-        let credentials =
-            Credentials::Tls { ca: cert.pem().into_bytes(), cert: cert.pem().into_bytes(), key: pem.clone().into_bytes() };
+        let credentials = Credentials::Tls {
+            ca: cert.pem().into_bytes(),
+            cert: cert.pem().into_bytes(),
+            key: pem.clone().into_bytes(),
+        };
         let region = Region::new(vec!["127.0.0.1:9".into()], credentials.clone());
         for printed in [format!("{credentials:?}"), format!("{credentials:#?}"), format!("{region:?}")] {
             for trace in key_traces(&pem) {
