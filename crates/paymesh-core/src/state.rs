@@ -121,6 +121,7 @@ pub struct Event {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EventLog {
     next_cursor: u64,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     events: Vector<Event>,
 }
 
@@ -186,22 +187,28 @@ pub struct State {
     directory: Directory,
     #[serde(with = "crate::serde_seq")]
     quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     quote_expiry: OrdSet<(Timestamp, QuoteId)>,
     #[serde(with = "crate::serde_seq")]
     transfers: OrdMap<TransferId, Transfer>,
     /// Reserved transfers by deadline.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     deadlines: OrdSet<(Timestamp, TransferId)>,
     /// Final coordinator transfers by when they finished, for retention.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     transfers_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
     participations: OrdMap<TransferId, Participation>,
     /// Every transfer a partner of this region takes part in (as payer, or as
     /// payee of a same-region transfer or a participation), for listing.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     partner_transfers: OrdSet<(PartnerId, TransferId)>,
     /// Final participations (including tombstones) by when they finished.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     participations_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
     idempotency: OrdMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
     /// One pending message per transfer, keyed by destination region.
     #[serde(with = "crate::serde_seq")]
@@ -213,6 +220,7 @@ pub struct State {
     /// Applied top-ups by reference, for [`TOP_UP_RETENTION_MS`].
     #[serde(with = "crate::serde_seq")]
     top_ups: OrdMap<TopUpRef, TopUpRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     top_up_expiry: OrdSet<(Timestamp, TopUpRef)>,
     ledger: Ledger,
 }

@@ -1294,23 +1294,3 @@ fn a_prepare_whose_deadline_is_too_far_ahead_is_refused_and_holds_nothing() {
     let (_, mut fresh) = mesh();
     assert_eq!(fresh.run(CommandBody::Prepare(at_bound), T0), Outcome::PrepareReply(PrepareReply::Prepared));
 }
-
-/// Writes the seed corpus of the `apply_batches` fuzz target (fuzz/): the
-/// coordinator's commands of one cross-border transfer, postcard-encoded
-/// batches of one command each, as the target reads them.
-#[test]
-#[ignore = "writes fuzz/corpus/apply_batches; run by hand with --ignored"]
-fn write_fuzz_seeds() {
-    let (mut west, mut east) = mesh();
-    pay(&mut west, "k", usd("100"), T0);
-    deliver_all(&mut west, &mut east, T0);
-    deliver_all(&mut west, &mut east, T0);
-    west.run(CommandBody::Tick, T0.plus_ms(DAY_MS));
-    let mut bytes = Vec::new();
-    for (command, now) in &west.log {
-        bytes.extend(postcard::to_stdvec(&Batch::new(*now, vec![command.clone()]).unwrap()).unwrap());
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/apply_batches");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cross-border-transfer"), bytes).unwrap();
-}
