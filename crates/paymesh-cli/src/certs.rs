@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use paymesh_node::identity::Identity;
-use paymesh_node::tls::certs::{self, CertSpec, CA_CERT_FILE, DEFAULT_NODE_HOSTS};
+use paymesh_node::tls::certs::{self, CertSpec, Existing, CA_CERT_FILE, DEFAULT_NODE_HOSTS};
 
 /// The arguments of `paymesh certs`.
 #[derive(Clone, Debug, clap::Args)]
@@ -30,6 +30,11 @@ pub(crate) struct CertsArgs {
     /// Operator names to issue client certificates for (admin calls).
     #[arg(long, value_delimiter = ',')]
     operators: Vec<String>,
+    /// Replace a holder's existing certificate and key (reissue). Without
+    /// it, an existing file (or a symbolic link) stops the run before
+    /// anything is written.
+    #[arg(long)]
+    replace: bool,
 }
 
 impl CertsArgs {
@@ -58,8 +63,9 @@ impl CertsArgs {
 /// Issue the certificates and print the files written.
 pub(crate) fn run(args: &CertsArgs) -> anyhow::Result<()> {
     let spec = args.spec()?;
-    let written =
-        certs::generate(&args.out, &spec).with_context(|| format!("writing certificates to {}", args.out.display()))?;
+    let existing = if args.replace { Existing::Replace } else { Existing::Refuse };
+    let written = certs::generate_with(&args.out, &spec, existing)
+        .with_context(|| format!("writing certificates to {}", args.out.display()))?;
     if !written.iter().any(|path| path.ends_with(CA_CERT_FILE)) {
         println!("reusing the CA in {}", args.out.display());
     }
@@ -107,6 +113,11 @@ mod tests {
             ]
         );
         run(&args).unwrap();
+        let again = format!("{:#}", run(&args).unwrap_err());
+        assert!(again.contains("node-us-west-1.pem exists"), "{again}");
+        let mut replacing = args.clone();
+        replacing.replace = true;
+        run(&replacing).unwrap();
         for stem in ["ca", "node-us-west-3", "partner-gcash-ph", "operator-ops"] {
             assert!(dir.path().join(format!("{stem}.pem")).exists(), "{stem}.pem");
             assert!(dir.path().join(format!("{stem}.key")).exists(), "{stem}.key");

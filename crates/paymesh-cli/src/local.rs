@@ -230,11 +230,12 @@ impl LocalRegion {
         self.certs.clone()
     }
 
-    /// Issue certificates for more holders (the CA is reused).
+    /// Issue certificates for more holders (the CA is reused; a holder's
+    /// files from an earlier run in this directory are replaced).
     pub fn issue(&self, holders: Vec<Identity>) -> anyhow::Result<()> {
         let spec =
             CertSpec { region: self.region.clone(), holders, node_hosts: vec!["127.0.0.1".into(), "localhost".into()] };
-        certs::generate(&self.certs(), &spec)?;
+        certs::generate_with(&self.certs(), &spec, certs::Existing::Replace)?;
         Ok(())
     }
 

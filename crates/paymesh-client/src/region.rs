@@ -63,8 +63,9 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Who the caller is.
-#[derive(Clone, Debug)]
+/// Who the caller is. Its Debug form never shows the private key (nor the
+/// certificates, which are long and say nothing a log needs).
+#[derive(Clone)]
 pub enum Credentials {
     /// Mutual TLS: the region's CA and the caller's certificate and key (PEM).
     Tls {
@@ -82,6 +83,20 @@ pub enum Credentials {
         /// The identity header's value.
         identity: String,
     },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Tls { ca, cert, key } => f
+                .debug_struct("Tls")
+                .field("ca", &format_args!("<{} bytes>", ca.len()))
+                .field("cert", &format_args!("<{} bytes>", cert.len()))
+                .field("key", &format_args!("<redacted, {} bytes>", key.len()))
+                .finish(),
+            Credentials::Plaintext { identity } => f.debug_struct("Plaintext").field("identity", identity).finish(),
+        }
+    }
 }
 
 impl Credentials {
@@ -279,6 +294,36 @@ impl Region {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The base64 body of a PEM block (the lines between the armour), and
+    /// the bytes as `Vec<u8>`'s Debug would print them.
+    pub(crate) fn key_traces(pem: &str) -> Vec<String> {
+        let body: Vec<&str> = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+        let mut traces: Vec<String> = body.iter().map(|line| line.to_string()).collect();
+        traces.push(body.concat());
+        let bytes = format!("{:?}", pem.as_bytes());
+        traces.push(bytes[1..bytes.len() - 1].to_owned());
+        traces
+    }
+
+    #[test]
+    fn credentials_never_print_the_private_key() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let pem = key.serialize_pem();
+        let credentials = Credentials::Tls {
+            ca: cert.pem().into_bytes(),
+            cert: cert.pem().into_bytes(),
+            key: pem.clone().into_bytes(),
+        };
+        let region = Region::new(vec!["127.0.0.1:9".into()], credentials.clone());
+        for printed in [format!("{credentials:?}"), format!("{credentials:#?}"), format!("{region:?}")] {
+            for trace in key_traces(&pem) {
+                assert!(!printed.contains(&trace), "the key appears in {printed}");
+            }
+            assert!(printed.contains("redacted"), "{printed}");
+        }
+    }
 
     #[test]
     fn hosts_are_taken_from_addresses() {

@@ -83,6 +83,7 @@ pub struct Payee {
 /// All payee routes of the mesh.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directory {
+    #[serde(deserialize_with = "crate::serde_seq::collect_map")]
     routes: OrdMap<QrPrefix, PayeeRoute>,
 }
 

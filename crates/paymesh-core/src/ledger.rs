@@ -720,6 +720,7 @@ impl<'de> Deserialize<'de> for Ledger {
             accounts: OrdMap<AccountId, Account>,
             #[serde(with = "crate::serde_seq")]
             entries: OrdMap<EntryId, Entry>,
+            #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
             resolved: OrdSet<(Timestamp, EntryId)>,
             #[serde(with = "crate::serde_seq")]
             totals: BTreeMap<Currency, Totals>,

@@ -57,6 +57,13 @@ pub const QUOTE_RETENTION_AFTER_EXPIRY_MS: u64 = 10 * 1000;
 /// deadline is aborted by the coordinator.
 pub const TRANSFER_PREPARE_DEADLINE_MS: u64 = 10 * 1000;
 
+/// How far ahead of the participant's clock a Prepare's deadline may be, in
+/// milliseconds: six times [`TRANSFER_PREPARE_DEADLINE_MS`], which leaves
+/// the regions' clocks 50 s to disagree. A Prepare beyond it is refused
+/// (PROTOCOL_VIOLATION) and reserves nothing, so another region cannot make
+/// this one hold a pending credit for longer than that.
+pub const PREPARE_DEADLINE_AHEAD_MAX_MS: u64 = 6 * TRANSFER_PREPARE_DEADLINE_MS;
+
 /// How long an idempotency key is remembered, in milliseconds (one day, as
 /// common payment APIs do). A retry after this window is a new request.
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;

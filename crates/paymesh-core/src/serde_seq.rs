@@ -57,6 +57,54 @@ where
     Ok(map)
 }
 
+/// Read a sequence into any collection (an `imbl` set or vector) through a
+/// `Vec`, whose first allocation serde caps at 1 MiB whatever length the
+/// input claims. `imbl`'s own `Deserialize` allocates the claimed length up
+/// front, so a few bytes of a snapshot claiming 2^60 elements aborted the
+/// process (found by the `decode_image` fuzz target). The encoding is
+/// unchanged.
+pub fn collect_seq<'de, C, T, D>(deserializer: D) -> Result<C, D::Error>
+where
+    C: FromIterator<T>,
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Ok(Vec::<T>::deserialize(deserializer)?.into_iter().collect())
+}
+
+/// Read a map (as `imbl` writes one) into any collection of pairs, growing
+/// as entries arrive rather than allocating the claimed length (see
+/// [`collect_seq`]). A repeated key is an error.
+pub fn collect_map<'de, M, K, V, D>(deserializer: D) -> Result<M, D::Error>
+where
+    M: PairMap<K, V>,
+    K: Deserialize<'de>,
+    V: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    struct Pairs<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Pairs<K, V> {
+        type Value = Vec<(K, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(pair) = access.next_entry()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    let pairs = deserializer.deserialize_map(Pairs(std::marker::PhantomData))?;
+    let expected = pairs.len();
+    let map: M = pairs.into_iter().collect();
+    if map.key_count() != expected {
+        return Err(D::Error::custom("duplicate key in map"));
+    }
+    Ok(map)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

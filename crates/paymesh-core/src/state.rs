@@ -38,8 +38,8 @@ use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, Regio
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
     EVENTS_RETAINED_PER_PARTNER, FINISHED_TRANSFER_RETENTION_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX,
-    QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS,
-    SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
+    PREPARE_DEADLINE_AHEAD_MAX_MS, QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS,
+    SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
@@ -121,6 +121,7 @@ pub struct Event {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct EventLog {
     next_cursor: u64,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     events: Vector<Event>,
 }
 
@@ -186,22 +187,28 @@ pub struct State {
     directory: Directory,
     #[serde(with = "crate::serde_seq")]
     quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     quote_expiry: OrdSet<(Timestamp, QuoteId)>,
     #[serde(with = "crate::serde_seq")]
     transfers: OrdMap<TransferId, Transfer>,
     /// Reserved transfers by deadline.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     deadlines: OrdSet<(Timestamp, TransferId)>,
     /// Final coordinator transfers by when they finished, for retention.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     transfers_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
     participations: OrdMap<TransferId, Participation>,
     /// Every transfer a partner of this region takes part in (as payer, or as
     /// payee of a same-region transfer or a participation), for listing.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     partner_transfers: OrdSet<(PartnerId, TransferId)>,
     /// Final participations (including tombstones) by when they finished.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     participations_finished: OrdSet<(Timestamp, TransferId)>,
     #[serde(with = "crate::serde_seq")]
     idempotency: OrdMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
     /// One pending message per transfer, keyed by destination region.
     #[serde(with = "crate::serde_seq")]
@@ -213,6 +220,7 @@ pub struct State {
     /// Applied top-ups by reference, for [`TOP_UP_RETENTION_MS`].
     #[serde(with = "crate::serde_seq")]
     top_ups: OrdMap<TopUpRef, TopUpRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     top_up_expiry: OrdSet<(Timestamp, TopUpRef)>,
     ledger: Ledger,
 }
@@ -833,10 +841,16 @@ impl State {
     /// A first Prepare arriving at or after its deadline is refused: the
     /// coordinator aborts such a transfer anyway, and the rule also refuses a
     /// duplicate delayed beyond tombstone retention, which would otherwise
-    /// hold a credit pending that no decision will ever resolve.
+    /// hold a credit pending that no decision will ever resolve. A deadline
+    /// more than [`PREPARE_DEADLINE_AHEAD_MAX_MS`] ahead is a protocol
+    /// violation: no coordinator sets one, and honouring it would let another
+    /// region keep this one's credit pending for as long as it liked.
     fn reserve_payout(&mut self, message: &PrepareMessage, now: Timestamp) -> Applied<()> {
         if now >= message.deadline {
             return Err(RejectCode::DeadlineExceeded);
+        }
+        if message.deadline > now.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS) {
+            return Err(RejectCode::ProtocolViolation);
         }
         let corridor = &message.corridor;
         if corridor.destination_region != self.region

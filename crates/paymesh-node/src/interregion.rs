@@ -33,6 +33,7 @@ use x509_parser::prelude::FromDer;
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::identity::Identity;
+use crate::telemetry::wire_transfer;
 
 /// The most items in one batch, either way.
 pub const BATCH_ITEMS_MAX: usize = 1_000;
@@ -291,6 +292,22 @@ pub fn ack(transfer_id: &str, result: wire::AckResult) -> wire::Ack {
     wire::Ack { transfer_id: transfer_id.to_owned(), result: result as i32 }
 }
 
+/// The span of one received Prepare, a child of the sender's trace. The
+/// transfer id is the wire's, not yet checked: it is recorded parsed, or
+/// bounded and escaped ([`wire_transfer`]).
+fn prepare_span(item: &wire::PrepareItem, from: &RegionId) -> tracing::Span {
+    let span = tracing::info_span!("prepare.apply", transfer = %wire_transfer(&item.transfer_id), from = %from);
+    crate::telemetry::continue_from(&span, &item.traceparent);
+    span
+}
+
+/// The span of one received decision, a child of the sender's trace.
+fn decide_span(item: &wire::DecisionItem, from: &RegionId) -> tracing::Span {
+    let span = tracing::info_span!("decide.apply", transfer = %wire_transfer(&item.transfer_id), from = %from);
+    crate::telemetry::continue_from(&span, &item.traceparent);
+    span
+}
+
 #[tonic::async_trait]
 impl InterRegionService for InterRegionServer {
     async fn prepare(&self, request: Request<wire::PrepareBatch>) -> Result<Response<wire::PrepareReplyBatch>, Status> {
@@ -300,14 +317,13 @@ impl InterRegionService for InterRegionServer {
             return self.leader_client()?.prepare(forwarded(request)).await;
         }
         let batch = request.into_inner();
-        let replies = join_all(batch.items.iter().map(|item| {
-            let span = tracing::info_span!("prepare.apply", transfer = %item.transfer_id, from = %from);
-            crate::telemetry::continue_from(&span, &item.traceparent);
-            tracing::Instrument::instrument(self.prepare_item(item, &from), span)
-        }))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, Status>>()?;
+        let replies =
+            join_all(batch.items.iter().map(|item| {
+                tracing::Instrument::instrument(self.prepare_item(item, &from), prepare_span(item, &from))
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, Status>>()?;
         let region = self.gateway.node.config.region.to_string();
         Ok(Response::new(wire::PrepareReplyBatch { from_region: region, replies }))
     }
@@ -319,11 +335,12 @@ impl InterRegionService for InterRegionServer {
             return self.leader_client()?.decide(forwarded(request)).await;
         }
         let batch = request.into_inner();
-        let acks = join_all(batch.items.iter().map(|item| {
-            let span = tracing::info_span!("decide.apply", transfer = %item.transfer_id, from = %from);
-            crate::telemetry::continue_from(&span, &item.traceparent);
-            tracing::Instrument::instrument(self.decide_item(item, &from), span)
-        }))
+        let acks = join_all(
+            batch
+                .items
+                .iter()
+                .map(|item| tracing::Instrument::instrument(self.decide_item(item, &from), decide_span(item, &from))),
+        )
         .await
         .into_iter()
         .collect::<Result<Vec<_>, Status>>()?;
@@ -348,11 +365,11 @@ impl InterRegionServer {
         let Some((transfer, decision)) = decision_in(item, from) else {
             return Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation));
         };
-        match self.propose(CommandBody::Decide { transfer, decision }).await? {
+        match self.propose(CommandBody::Decide { transfer: transfer.clone(), decision }).await? {
             Outcome::Acked => Ok(ack(&item.transfer_id, wire::AckResult::Acked)),
             Outcome::Rejected(code) => {
                 tracing::error!(
-                    transfer = item.transfer_id,
+                    %transfer,
                     from = %from,
                     ?code,
                     "a decision contradicts this region's records; operators must investigate"
@@ -369,9 +386,71 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
 
     use super::*;
     use crate::tls::certs::{generate, CertSpec};
+
+    /// Keeps the fields of every span created.
+    #[derive(Clone, Default)]
+    struct Fields(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            // Display fields (`%value`) are recorded through Debug of a wrapper
+            // that prints them with Display.
+            self.0.lock().unwrap().push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    impl Subscriber for Fields {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            span.record(&mut self.clone());
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, values: &Record<'_>) {
+            values.record(&mut self.clone());
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// The transfer field of the spans `make` creates.
+    fn transfer_fields(make: impl FnOnce()) -> Vec<String> {
+        let fields = Fields::default();
+        tracing::subscriber::with_default(fields.clone(), make);
+        let recorded = fields.0.lock().unwrap();
+        recorded.iter().filter(|(name, _)| name == "transfer").map(|(_, value)| value.clone()).collect()
+    }
+
+    #[test]
+    fn wire_values_reach_span_fields_bounded_and_escaped() {
+        let from = RegionId::new("us-west").unwrap();
+        let hostile = format!("us-west:1\n\u{1b}[31mFAKE LOG LINE\r{}", "x".repeat(100_000));
+        let prepare = wire::PrepareItem { transfer_id: hostile.clone(), ..Default::default() };
+        let decision = wire::DecisionItem { transfer_id: hostile, ..Default::default() };
+        let fields = transfer_fields(|| {
+            drop(prepare_span(&prepare, &from));
+            drop(decide_span(&decision, &from));
+        });
+        assert_eq!(fields.len(), 2);
+        for field in fields {
+            assert!(field.len() <= 200, "{} bytes recorded", field.len());
+            assert!(!field.chars().any(char::is_control), "control characters recorded: {field:?}");
+        }
+        // A well-formed id is recorded as it is.
+        let good = wire::PrepareItem { transfer_id: "us-west:17".into(), ..Default::default() };
+        assert_eq!(transfer_fields(|| drop(prepare_span(&good, &from))), ["us-west:17"]);
+    }
 
     /// A fresh CA for `region` in `dir`, with node 1's certificate.
     fn issue(dir: &Path, region: &str) {

@@ -25,6 +25,8 @@ pub mod cluster_service;
 pub mod codec;
 pub mod config;
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod interregion;

@@ -43,6 +43,9 @@ const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping node waits for its open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often a serving node checks that its actor system still runs.
+const ACTORS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The largest partner or admin request or response, in bytes.
 pub const API_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -86,6 +89,10 @@ pub enum NodeError {
     /// The Raft group stopped by itself, on an error it cannot recover from.
     #[error("raft stopped: {0}")]
     RaftStopped(String),
+    /// The actor system (the leader's proposer and partner actors) stopped:
+    /// the node could no longer take a write.
+    #[error("the actor system stopped; see the log above")]
+    ActorsStopped,
 }
 
 /// A node's Raft group and the stores under it.
@@ -242,6 +249,17 @@ impl Node {
     /// Serve the Raft transport and the API until `shutdown` resolves, then
     /// stop the servers and the Raft group.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+        self.serve_with(shutdown, |_| {}).await
+    }
+
+    /// As [`Node::serve`], handing the started pipeline to `started` first
+    /// (tests use it to break the pipeline under a serving node).
+    #[doc(hidden)]
+    pub async fn serve_with(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        started: impl FnOnce(&Pipeline),
+    ) -> Result<(), NodeError> {
         let bind =
             |addr| async move { TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, source }) };
         let raft_listener = bind(self.config.raft_listen).await?;
@@ -277,7 +295,9 @@ impl Node {
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let Pipeline { gateway, actors: actor_thread, watcher } = self.start_pipeline()?;
+        let pipeline = self.start_pipeline()?;
+        started(&pipeline);
+        let Pipeline { gateway, actors: actor_thread, watcher } = pipeline;
         let interregion_gateway = gateway.clone();
         let stopped_interregion = stopped.clone();
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -350,14 +370,28 @@ impl Node {
         // loop); their channel closes when the Raft group stops.
         let mut server_metrics = self.raft.server_metrics();
         let raft_stopped = async move { while server_metrics.changed().await.is_ok() {} };
-        let failed = tokio::select! {
-            () = shutdown => false,
-            () = raft_stopped => true,
+        // So does the actor system ending (a panic on its thread, or a stop):
+        // a leader without its proposer would refuse every write while still
+        // holding leadership. Its registry lives as long as the system, so
+        // the registry's mailbox closing is the signal.
+        let registry = gateway.registry.clone();
+        let actors_stopped = async move {
+            let mut check = tokio::time::interval(ACTORS_CHECK_INTERVAL);
+            while registry.connected() {
+                check.tick().await;
+            }
         };
-        if failed {
-            tracing::error!(node = self.config.node_id, "the Raft group stopped on an error; shutting down");
-        } else {
-            tracing::info!(node = self.config.node_id, "shutting down");
+        let failed = tokio::select! {
+            () = shutdown => None,
+            () = raft_stopped => Some(NodeError::RaftStopped("a fatal error; see the log above".into())),
+            () = actors_stopped => Some(NodeError::ActorsStopped),
+        };
+        match &failed {
+            Some(NodeError::ActorsStopped) => {
+                tracing::error!(node = self.config.node_id, "the actor system stopped; shutting down")
+            }
+            Some(_) => tracing::error!(node = self.config.node_id, "the Raft group stopped on an error; shutting down"),
+            None => tracing::info!(node = self.config.node_id, "shutting down"),
         }
         let _ = stop.send(true);
         // Graceful shutdown waits for open connections to close; one whose
@@ -383,10 +417,7 @@ impl Node {
             tracing::error!(%e, "raft shutdown");
         }
         tracing::info!(node = self.config.node_id, "stopped");
-        if failed {
-            return Err(NodeError::RaftStopped("a fatal error; see the log above".into()));
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -566,6 +597,57 @@ async fn follow_leadership(gateway: Gateway) {
                 shipper.abort();
             }
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PeerConfig, RaftSettings};
+
+    /// The actor system ending under a serving node (a panic on its thread,
+    /// or a stop) ends `serve` with an error, so the process exits non-zero
+    /// and its supervisor restarts it, instead of a leader refusing every
+    /// write.
+    fn config(dir: &Path) -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            region: paymesh_core::id::RegionId::new("us-west").unwrap(),
+            raft_listen: "127.0.0.1:0".parse().unwrap(),
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.join("node-1"),
+            insecure_plaintext: true,
+            insecure_plaintext_beyond_loopback: false,
+            tls: None,
+            peers: vec![PeerConfig { node_id: 1, raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:1".into() }],
+            interregion_listen: None,
+            remote_regions: Vec::new(),
+            raft_dial: Default::default(),
+            limits: Default::default(),
+            raft: RaftSettings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_ends_with_an_error_when_the_actors_stop() {
+        // With its actors running, a node serves until told to stop.
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(config(dir.path())).await.unwrap();
+        let stop = tokio::time::sleep(Duration::from_millis(1_500));
+        let served = tokio::time::timeout(Duration::from_secs(10), node.serve_with(stop, |_| {})).await;
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(config(dir.path())).await.unwrap();
+        let served = tokio::time::timeout(
+            Duration::from_secs(10),
+            node.serve_with(std::future::pending(), |pipeline| pipeline.actors.system().stop()),
+        )
+        .await;
+        match served {
+            Ok(Err(NodeError::ActorsStopped)) => {}
+            other => panic!("expected serve to end with ActorsStopped, got {other:?}"),
         }
     }
 }

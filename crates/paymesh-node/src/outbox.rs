@@ -113,7 +113,7 @@ impl Link {
         breaker.failures = breaker.failures.saturating_add(1);
         if breaker.failures >= BREAKER_FAILURES && breaker.open_since.is_none() {
             breaker.open_since = Some(std::time::Instant::now());
-            tracing::warn!(region = %self.region, code = ?status.code(), error = status.message(),
+            tracing::warn!(region = %self.region, code = ?status.code(), error = %telemetry::bounded_text(status.message(), 512),
                 "region unreachable: circuit open, new transfers to it are refused");
         }
     }
@@ -224,7 +224,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
                     }
                     Ok(Err(status)) => {
                         link.failed(&status);
-                        tracing::debug!(region = %link.region, code = ?status.code(), error = status.message(), "batch failed");
+                        tracing::debug!(region = %link.region, code = ?status.code(), error = %telemetry::bounded_text(status.message(), 512), "batch failed");
                         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
                         not_before = Instant::now() + backoff + Duration::from_millis(jitter);
                         backoff = (backoff * 2).min(BACKOFF_MAX);

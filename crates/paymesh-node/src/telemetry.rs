@@ -48,6 +48,38 @@ pub fn continue_from(span: &Span, traceparent: &str) {
     let _ = span.set_parent(context);
 }
 
+/// The most characters of a wire string [`wire_text`] keeps.
+pub const WIRE_TEXT_CHARS_MAX: usize = 64;
+
+/// A string received from the wire, fit for a span or log field: at most
+/// [`WIRE_TEXT_CHARS_MAX`] characters, escaped (control characters and
+/// quotes as Rust escapes, so no log line can be forged), followed by the
+/// length dropped, if any. Record parsed values where there are some; this is
+/// for text that did not parse.
+pub fn wire_text(text: &str) -> String {
+    bounded_text(text, WIRE_TEXT_CHARS_MAX)
+}
+
+/// As [`wire_text`], keeping at most `chars_max` characters (for longer
+/// text, such as the message of a remote region's error).
+pub fn bounded_text(text: &str, chars_max: usize) -> String {
+    let mut kept: String = text.chars().take(chars_max).flat_map(char::escape_debug).collect();
+    let dropped = text.chars().skip(chars_max).map(char::len_utf8).sum::<usize>();
+    if dropped > 0 {
+        kept.push_str(&format!("…(+{dropped} bytes)"));
+    }
+    kept
+}
+
+/// A transfer id received from the wire, for a span or log field: the id
+/// itself when it parses, otherwise [`wire_text`] of it, marked invalid.
+pub fn wire_transfer(text: &str) -> String {
+    match TransferId::parse(text) {
+        Ok(id) => id.to_string(),
+        Err(_) => format!("invalid:\"{}\"", wire_text(text)),
+    }
+}
+
 type RequestKey = (PartnerId, IdempotencyKey);
 
 /// The trace contexts of recent transfer requests, oldest forgotten first.
@@ -89,6 +121,17 @@ impl Traces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_text_is_bounded_and_escaped() {
+        assert_eq!(wire_text("us-west"), "us-west");
+        assert_eq!(wire_text("a\nb\u{1b}[0m\"c"), "a\\nb\\u{1b}[0m\\\"c");
+        let long = wire_text(&"é".repeat(10_000));
+        assert!(long.ends_with(&format!("…(+{} bytes)", (10_000 - WIRE_TEXT_CHARS_MAX) * 2)), "{long}");
+        assert!(long.chars().count() < WIRE_TEXT_CHARS_MAX + 20);
+        assert_eq!(wire_transfer("us-west:7"), "us-west:7");
+        assert_eq!(wire_transfer("us-west:x\n"), "invalid:\"us-west:x\\n\"");
+    }
 
     #[test]
     fn untraced_spans_carry_nothing_and_the_memory_is_bounded() {

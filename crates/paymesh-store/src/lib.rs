@@ -15,6 +15,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod checkpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log_store;
 pub mod meta_file;
 pub mod raft_types;

@@ -143,6 +143,13 @@ fn sm_error(e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageIOError::read_state_machine(e).into()
 }
 
+/// A snapshot image decoded and verified against its metadata (for the fuzz
+/// targets; the store calls it on every snapshot it reads or installs).
+#[doc(hidden)]
+pub fn decode_image_bytes(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Applied, StorageError> {
+    decode_image(region, meta, bytes)
+}
+
 fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Applied, StorageError> {
     let invalid = |reason: String| {
         StorageError::from(StorageIOError::read_snapshot(

@@ -1266,3 +1266,31 @@ fn the_simulation_reaches_every_protocol_path() {
         assert!(paths.get(path).copied().unwrap_or(0) > 0, "never reached: {path}; reached: {paths:?}");
     }
 }
+
+#[test]
+fn a_prepare_whose_deadline_is_too_far_ahead_is_refused_and_holds_nothing() {
+    use crate::limits::PREPARE_DEADLINE_AHEAD_MAX_MS;
+    let (mut west, mut east) = mesh();
+    pay(&mut west, "k", usd("100"), T0);
+    let Some(OutboxMessage::Prepare(prepare)) = west.state.outbox().next().map(|(_, m)| m.clone()) else {
+        panic!("a prepare is queued")
+    };
+    // A remote region asking this one to hold the credit for years.
+    let mut forged = prepare.clone();
+    forged.deadline = T0.plus_ms(3 * 365 * 24 * 60 * 60 * 1000);
+    let reply = east.run(CommandBody::Prepare(forged), T0);
+    assert_eq!(reply, Outcome::PrepareReply(PrepareReply::Rejected(RejectCode::ProtocolViolation)));
+    assert_eq!(east.position("wechat-cn").pending_credits.to_wire(), "0.00", "no credit is held");
+    // Just beyond the bound is refused too; at the bound it is accepted.
+    let mut beyond = prepare.clone();
+    beyond.deadline = T0.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS + 1);
+    let (_, mut fresh) = mesh();
+    assert_eq!(
+        fresh.run(CommandBody::Prepare(beyond), T0),
+        Outcome::PrepareReply(PrepareReply::Rejected(RejectCode::ProtocolViolation))
+    );
+    let mut at_bound = prepare;
+    at_bound.deadline = T0.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS);
+    let (_, mut fresh) = mesh();
+    assert_eq!(fresh.run(CommandBody::Prepare(at_bound), T0), Outcome::PrepareReply(PrepareReply::Prepared));
+}

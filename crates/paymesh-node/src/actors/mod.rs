@@ -83,6 +83,14 @@ impl std::fmt::Debug for ActorThread {
     }
 }
 
+impl ActorThread {
+    /// The actor system, for tests that stop it under a serving node.
+    #[doc(hidden)]
+    pub fn system(&self) -> &System {
+        &self.system
+    }
+}
+
 impl Drop for ActorThread {
     fn drop(&mut self) {
         self.system.stop();

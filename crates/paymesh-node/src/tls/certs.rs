@@ -14,10 +14,10 @@
 //! This is for development and tests: a production region's keys come from
 //! its operators' PKI, and the node only reads files ([`super::TlsFiles`]).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write as _};
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,6 +71,16 @@ pub struct CertSpec {
     pub node_hosts: Vec<String>,
 }
 
+/// What to do when a holder's certificate or key file exists already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse, writing nothing (the default: `paymesh certs` without
+    /// `--replace`).
+    Refuse,
+    /// Replace the files (reissuing a certificate).
+    Replace,
+}
+
 /// Why certificates could not be generated.
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -85,6 +95,9 @@ pub enum CertsError {
         /// The file missing.
         missing: PathBuf,
     },
+    /// A holder's file exists and [`Existing::Refuse`] was asked for.
+    #[error("{0} exists; remove it or ask to replace existing files")]
+    Exists(PathBuf),
     /// The existing CA cannot be used.
     #[error("existing CA {path}: {reason}")]
     Ca {
@@ -120,24 +133,44 @@ pub fn ca_common_name(region: &RegionId) -> String {
 /// Issue a certificate for each of `spec.holders` into `out_dir` (created if
 /// missing), under the CA found there or a new one. Returns the files
 /// written, in order: the CA's two files if it was made now, then each
-/// holder's certificate and key. A holder's existing files are replaced.
+/// holder's certificate and key. If a holder's file exists already, nothing
+/// is written ([`generate_with`] can replace them).
 pub fn generate(out_dir: &Path, spec: &CertSpec) -> Result<Vec<PathBuf>, CertsError> {
+    generate_with(out_dir, spec, Existing::Refuse)
+}
+
+/// As [`generate`], with a choice about the holders' existing files. Every
+/// file is written to a randomly named temporary file in `out_dir` first and
+/// moved into place without following symbolic links.
+pub fn generate_with(out_dir: &Path, spec: &CertSpec, existing: Existing) -> Result<Vec<PathBuf>, CertsError> {
     check_spec(spec)?;
     fs::create_dir_all(out_dir).map_err(|source| CertsError::Io { path: out_dir.to_owned(), source })?;
+    if existing == Existing::Refuse {
+        for holder in &spec.holders {
+            let stem = holder.file_stem();
+            for path in [out_dir.join(format!("{stem}.pem")), out_dir.join(format!("{stem}.key"))] {
+                if path.symlink_metadata().is_ok() {
+                    return Err(CertsError::Exists(path));
+                }
+            }
+        }
+    }
     let now = ASN1Time::now();
     let not_before = ASN1Time::new(now.to_datetime() - CLOCK_SKEW_ALLOWED);
     let a_year_from_now = ASN1Time::new(now.to_datetime() + CERT_VALIDITY);
     let mut written = Vec::new();
 
     let (ca_cert_path, ca_key_path) = (out_dir.join(CA_CERT_FILE), out_dir.join(CA_KEY_FILE));
-    let (issuer, ca_not_after) = match (ca_cert_path.exists(), ca_key_path.exists()) {
+    // A symbolic link counts as present (dangling or not): it is never followed.
+    let present = |path: &Path| path.symlink_metadata().is_ok();
+    let (issuer, ca_not_after) = match (present(&ca_cert_path), present(&ca_key_path)) {
         (true, true) => load_ca(&ca_cert_path, &ca_key_path, &spec.region, now)?,
         (false, false) => {
             let params = ca_params(&spec.region, not_before, a_year_from_now);
             let key = new_key("the CA key")?;
             let cert = params.self_signed(&key).map_err(rcgen_error("the CA certificate"))?;
-            write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
-            write_file(&ca_cert_path, cert.pem().as_bytes(), 0o644)?;
+            write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600, Existing::Refuse)?;
+            write_file(&ca_cert_path, cert.pem().as_bytes(), 0o644, Existing::Refuse)?;
             written.extend([ca_cert_path, ca_key_path]);
             (Issuer::new(params, key), a_year_from_now)
         }
@@ -152,8 +185,8 @@ pub fn generate(out_dir: &Path, spec: &CertSpec) -> Result<Vec<PathBuf>, CertsEr
         let cert = params.signed_by(&key, &issuer).map_err(rcgen_error(&format!("the certificate of {holder}")))?;
         let stem = holder.file_stem();
         let (cert_path, key_path) = (out_dir.join(format!("{stem}.pem")), out_dir.join(format!("{stem}.key")));
-        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600, existing)?;
+        write_file(&cert_path, cert.pem().as_bytes(), 0o644, existing)?;
         written.extend([cert_path, key_path]);
     }
     Ok(written)
@@ -325,24 +358,30 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CertsError + '_ {
     move |source| CertsError::Io { path: path.to_owned(), source }
 }
 
-/// Write `contents` to `path` atomically (a temporary file renamed over it),
-/// with permission bits `mode`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .map_err(io_error(&temporary))?;
-    // `mode` applies only when the file is created; a stale temporary file
-    // keeps its old bits unless they are set again.
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error(&temporary))?;
-    file.write_all(contents).and_then(|()| file.sync_all()).map_err(io_error(&temporary))?;
-    fs::rename(&temporary, path).map_err(io_error(path))
+/// Write `contents` to `path` with permission bits `mode`: into a new file
+/// with a random name in the same directory (created exclusively, so no file
+/// or symbolic link planted there is opened), then moved to `path`. With
+/// [`Existing::Refuse`] the move fails if anything is at `path`, a symbolic
+/// link included (a hard link, never following one); with
+/// [`Existing::Replace`] it is a rename, which replaces a link itself rather
+/// than writing where it points. The temporary file is removed on failure.
+fn write_file(path: &Path, contents: &[u8], mode: u32, existing: Existing) -> Result<(), CertsError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io_error(dir))?;
+    // The umask may have cleared bits of `mode`; set them exactly.
+    file.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error(file.path()))?;
+    file.write_all(contents).and_then(|()| file.as_file().sync_all()).map_err(io_error(file.path()))?;
+    let persisted = match existing {
+        Existing::Refuse => file.persist_noclobber(path),
+        Existing::Replace => file.persist(path),
+    };
+    persisted.map(drop).map_err(|e| CertsError::Io { path: path.to_owned(), source: e.error })
 }
 
 #[cfg(test)]
@@ -442,12 +481,48 @@ mod tests {
         assert_eq!(uris, 1, "a partner certificate names no hosts");
     }
 
+    /// Every value holding a private key that `paymesh certs` wrote prints
+    /// without it: neither the PEM's base64 body nor its bytes.
+    #[test]
+    fn loaded_keys_never_reach_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &spec("us-west", &["node:us-west:1"])).unwrap();
+        let files = super::super::TlsFiles {
+            ca_cert: dir.path().join("ca.pem"),
+            cert: dir.path().join("node-us-west-1.pem"),
+            key: dir.path().join("node-us-west-1.key"),
+            revoked: None,
+        };
+        let pem = fs::read_to_string(&files.key).unwrap();
+        let body: Vec<&str> = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+        let bytes = format!("{:?}", pem.as_bytes());
+        let mut traces: Vec<String> = body.iter().map(|line| line.to_string()).collect();
+        traces.extend([body.concat(), bytes[1..bytes.len() - 1].to_owned()]);
+        let material = super::super::TlsMaterial::load(&files).unwrap();
+        let key_pair = KeyPair::from_pem(&pem).unwrap();
+        let printed = [
+            format!("{material:?}"),
+            format!("{:?}", material.credentials()),
+            format!("{:#?}", material.credentials_trusting(b"ca".to_vec())),
+            format!("{key_pair:?}"),
+        ];
+        for printed in printed {
+            for trace in &traces {
+                assert!(!printed.contains(trace.as_str()), "the key appears in {printed}");
+            }
+        }
+    }
+
     #[test]
     fn a_second_run_reuses_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), &spec("us-west", &["partner:paypal-us"])).unwrap();
         let ca_before = fs::read(dir.path().join("ca.pem")).unwrap();
-        let written = generate(dir.path(), &spec("us-west", &["partner:gcash-ph", "partner:paypal-us"])).unwrap();
+        let both = spec("us-west", &["partner:gcash-ph", "partner:paypal-us"]);
+        let error = generate(dir.path(), &both).unwrap_err();
+        assert!(error.to_string().contains("partner-paypal-us.pem exists"), "{error}");
+        assert!(!dir.path().join("partner-gcash-ph.pem").exists(), "nothing is written");
+        let written = generate_with(dir.path(), &both, Existing::Replace).unwrap();
         assert_eq!(
             names(&written),
             ["partner-gcash-ph.pem", "partner-gcash-ph.key", "partner-paypal-us.pem", "partner-paypal-us.key"]
@@ -514,5 +589,52 @@ mod tests {
             assert!(error.to_string().contains(expected), "expected {expected:?} in {error}");
         }
         assert!(!out.exists());
+    }
+
+    /// Symbolic links planted where the files or their temporary files go
+    /// are never followed: the files they point to stay as they were.
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        fs::create_dir(&out).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        // The temporary names a predictable writer would use.
+        for name in ["ca.key.tmp", "ca.pem.tmp", "partner-paypal-us.key.tmp", "partner-paypal-us.pem.tmp"] {
+            std::os::unix::fs::symlink(&victim, out.join(name)).unwrap();
+        }
+        generate(&out, &spec("us-west", &["partner:paypal-us"])).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        let key = out.join("partner-paypal-us.key");
+        assert!(key.symlink_metadata().unwrap().file_type().is_file());
+        assert_eq!(mode(&key), 0o600);
+    }
+
+    /// A symbolic link at a holder's own file: refused by default, replaced
+    /// (the link itself, not its target) when replacing is asked for.
+    #[test]
+    fn a_symlink_at_the_target_is_refused_or_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let out = dir.path().join("certs");
+        generate(&out, &spec("us-west", &[])).unwrap();
+        let key = out.join("partner-paypal-us.key");
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        let error = generate(&out, &spec("us-west", &["partner:paypal-us"])).unwrap_err();
+        assert!(matches!(&error, CertsError::Exists(path) if path == &key), "{error:?}");
+        assert!(!out.join("partner-paypal-us.pem").exists(), "nothing is written");
+
+        generate_with(&out, &spec("us-west", &["partner:paypal-us"]), Existing::Replace).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(key.symlink_metadata().unwrap().file_type().is_file(), "the link itself was replaced");
+        assert_eq!(mode(&key), 0o600);
+        let leftovers: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

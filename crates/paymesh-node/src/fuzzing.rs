@@ -1,0 +1,84 @@
+//! Entry points for the fuzz targets in `fuzz/` (see docs/ARCHITECTURE.md,
+//! "Fuzzing"), and the stable tests that replay their seed corpora and every
+//! crash they found. Each takes arbitrary bytes and must never panic.
+
+use paymesh_core::id::RegionId;
+use paymesh_proto::interregion::v1 as wire;
+use paymesh_store::raft_types::{SnapshotMeta, TypeConfig};
+use paymesh_store::NodeId;
+use prost::Message as _;
+
+use crate::codec::decode;
+
+/// `data` as each Raft payload a node decodes from a peer.
+pub fn raft_codec(data: &[u8]) {
+    let _ = decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(data);
+    let _ = decode::<openraft::raft::VoteRequest<NodeId>>(data);
+    let _ = decode::<openraft::Vote<NodeId>>(data);
+    let _ = decode::<SnapshotMeta>(data);
+    let _ = decode::<paymesh_core::command::Batch>(data);
+}
+
+/// `data` as an inter-region Prepare item and as a decision item (protobuf),
+/// parsed as the payee region does.
+pub fn interregion_items(data: &[u8]) {
+    let from = RegionId::new("us-west").expect("a valid region id");
+    if let Ok(item) = wire::PrepareItem::decode(data) {
+        let _ = crate::interregion::prepare_in(&item, &from);
+    }
+    if let Ok(item) = wire::DecisionItem::decode(data) {
+        let _ = crate::interregion::decision_in(&item, &from);
+    }
+}
+
+/// `data` as a peer's certificate (DER) and as an identity's text.
+pub fn identity(data: &[u8]) {
+    let _ = crate::identity::identity_from_der(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::identity::Identity::parse(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let mut found = Vec::new();
+        for kind in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) else { continue };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                found.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        found
+    }
+
+    fn replay(target: &str, run: fn(&[u8])) {
+        let inputs = inputs(target);
+        assert!(!inputs.is_empty(), "no seeds for {target}");
+        for (path, data) in inputs {
+            let result = std::panic::catch_unwind(|| run(&data));
+            assert!(result.is_ok(), "{} panics", path.display());
+        }
+    }
+
+    #[test]
+    fn fuzz_inputs_raft_codec() {
+        replay("raft_codec", raft_codec);
+    }
+
+    #[test]
+    fn fuzz_inputs_interregion_items() {
+        replay("interregion_items", interregion_items);
+    }
+
+    #[test]
+    fn fuzz_inputs_identity() {
+        replay("identity", identity);
+    }
+}
