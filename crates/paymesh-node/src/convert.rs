@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::CapacityExceeded), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::PartnerTransfersExhausted), RejectCode::ALL.len() as i32);
         assert_eq!(reject_code_opt(None), 0);
         assert_eq!(
             common::RejectCode::try_from(reject_code(RejectCode::InsufficientPosition)).unwrap(),
