@@ -44,6 +44,14 @@ pub fn reject_status(code: RejectCode) -> Option<Status> {
         | RejectCode::QuoteNotFound
         | RejectCode::PayeeNotFound => Some(Status::not_found(name(code))),
         RejectCode::PartnerSuspended | RejectCode::CorridorSuspended => Some(Status::failed_precondition(name(code))),
+        RejectCode::PartnerQuotesExhausted => Some(Status::resource_exhausted(
+            "PartnerQuotesExhausted: this partner holds as many unused quotes as its limits allow \
+             (quotes_outstanding_max); use or let some expire first",
+        )),
+        RejectCode::PartnerTransfersExhausted => Some(Status::resource_exhausted(
+            "PartnerTransfersExhausted: this partner has as many transfers not yet final as its limits allow \
+             (transfers_in_flight_max); the idempotency key was not recorded, retry it later",
+        )),
         RejectCode::IdempotencyConflict => Some(Status::already_exists(
             "IdempotencyConflict: this idempotency key was used before with a different request body",
         )),

@@ -12,6 +12,7 @@ use paymesh_core::{Outcome, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::CorridorActor;
+use super::fair::Lane;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
 use super::Refusal;
@@ -206,7 +207,11 @@ impl Handler<OperatorRequest> for Registry {
 
     fn handle(&mut self, message: OperatorRequest, _ctx: &mut Context<Self>) {
         match &self.current {
-            Some(term) => term.proposer.do_send(proposer::Propose { body: message.body, reply: message.reply }),
+            Some(term) => term.proposer.do_send(proposer::Propose {
+                lane: Lane::Region,
+                body: message.body,
+                reply: message.reply,
+            }),
             None => {
                 let _ = message.reply.send(Err(Refusal::NotLeader));
             }
