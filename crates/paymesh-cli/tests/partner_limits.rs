@@ -190,7 +190,8 @@ async fn a_partners_caps_and_rate_are_resource_exhausted_and_leave_other_partner
     assert!(out.contains("limits: 4000 requests/s, burst 8000; unused quotes 0 of 10000"), "{out}");
 
     // Unused quotes: at most 2, set with the CLI.
-    let (code, out, err) = region.cli(&operator, &["partner", "limits", "--id", "wallet-a", "--quotes-outstanding-max", "2"]);
+    let (code, out, err) =
+        region.cli(&operator, &["partner", "limits", "--id", "wallet-a", "--quotes-outstanding-max", "2"]);
     assert_eq!(code, 0, "{out}{err}");
     let first = a.create_quote(quote_request()).await.unwrap().quote.unwrap();
     a.create_quote(quote_request()).await.unwrap().quote.unwrap();

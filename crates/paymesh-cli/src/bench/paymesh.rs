@@ -64,12 +64,16 @@ pub struct PaymeshConfig {
     pub payees: usize,
     /// Each payer's prefunded position, in fen.
     pub prefund_minor: i64,
+    /// Also configure the flooding partner ([`super::flood::FLOODER`]).
+    pub flooder: bool,
 }
 
 /// The region and one partner client per payer.
 pub struct PaymeshTarget {
     region: Mutex<Option<LocalRegion>>,
     payers: Vec<PartnerClient>,
+    /// The flooding partner's client, when configured.
+    pub flooder: Option<std::sync::Arc<PartnerClient>>,
     payees: usize,
     dir: PathBuf,
 }
@@ -90,6 +94,11 @@ fn payer_id(index: usize) -> String {
 
 fn payee_id(index: usize) -> String {
     format!("merchant-{index:05}")
+}
+
+/// A QR code of payee `index`.
+pub fn payee_qr(index: usize) -> String {
+    format!("{}shop", qr_prefix(index))
 }
 
 /// The QR route prefix of payee `index`, and a code on it.
@@ -137,6 +146,9 @@ impl PaymeshTarget {
         for index in 0..config.payees {
             holders.push(Identity::partner(&payee_id(index))?);
         }
+        if config.flooder {
+            holders.push(Identity::partner(super::flood::FLOODER)?);
+        }
         let raft = format!("group_commit_interval_ms = {}", config.group_commit_ms);
         let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
         region.initialize(1, LEADER_TIMEOUT).await?;
@@ -145,7 +157,15 @@ impl PaymeshTarget {
         for index in 0..config.payers {
             payers.push(region.partner(&payer_id(index))?);
         }
-        Ok(PaymeshTarget { region: Mutex::new(Some(region)), payers, payees: config.payees, dir: config.dir.clone() })
+        let flooder =
+            if config.flooder { Some(std::sync::Arc::new(region.partner(super::flood::FLOODER)?)) } else { None };
+        Ok(PaymeshTarget {
+            region: Mutex::new(Some(region)),
+            payers,
+            flooder,
+            payees: config.payees,
+            dir: config.dir.clone(),
+        })
     }
 
     /// Check the region's books after the run: the ledger balances, every
@@ -229,6 +249,24 @@ impl PaymeshTarget {
         Ok(Audit::new(checks))
     }
 
+    /// Each running node's id and resident memory (VmRSS, KiB), from
+    /// `/proc/<pid>/status`.
+    pub fn resident_kib(&self) -> Vec<(u64, u64)> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(region) = guard.as_ref() else { return Vec::new() };
+        region
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let pid = node.child.as_ref()?.id();
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some((node.id, kib))
+            })
+            .collect()
+    }
+
     /// Stop the region's processes (SIGTERM, bounded wait).
     pub fn shutdown(&self) -> anyhow::Result<()> {
         let region = self.region.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -305,6 +343,9 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
     }
     for index in 0..config.payees {
         partners.push((payee_id(index), admin::PartnerRole::Payee));
+    }
+    if config.flooder {
+        partners.push((super::flood::FLOODER.to_owned(), admin::PartnerRole::Payer));
     }
     stream::iter(partners)
         .map(|(id, role)| async move {
