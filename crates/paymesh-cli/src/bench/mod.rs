@@ -284,6 +284,7 @@ async fn flooded(target: &Arc<PaymeshTarget>, plan: &Plan) -> anyhow::Result<Vec
     quiet.target = "paymesh (no flood)".to_owned();
     let during_quiet = target.resident_kib();
     eprintln!("paymesh: the workload while {} floods the region", flood::FLOODER);
+    target.run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let flood = flood::Flood::start(flooder, paymesh::payee_qr(0));
     // Let the flood reach its caps before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;

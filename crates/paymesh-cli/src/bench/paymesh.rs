@@ -74,6 +74,9 @@ pub struct PaymeshTarget {
     payers: Vec<PartnerClient>,
     /// The flooding partner's client, when configured.
     pub flooder: Option<std::sync::Arc<PartnerClient>>,
+    /// Which run on this region this is: part of every idempotency key, so a
+    /// second run's keys are new.
+    pub run: std::sync::atomic::AtomicU64,
     payees: usize,
     dir: PathBuf,
 }
@@ -163,6 +166,7 @@ impl PaymeshTarget {
             region: Mutex::new(Some(region)),
             payers,
             flooder,
+            run: std::sync::atomic::AtomicU64::new(0),
             payees: config.payees,
             dir: config.dir.clone(),
         })
@@ -470,7 +474,7 @@ impl Target for PaymeshTarget {
             Err(e) => return failure("quote", &e),
         };
         let request = wire::CreateTransferRequest {
-            idempotency_key: format!("w{worker}-{sequence}"),
+            idempotency_key: format!("r{}-w{worker}-{sequence}", self.run.load(std::sync::atomic::Ordering::Relaxed)),
             quote_id: quote.quote_id,
             qr_payload: qr,
             payer: Some(wire::PayerDetails {
