@@ -162,6 +162,10 @@ impl Gateway {
 
     /// Submit a partner's command through its actor; the outcome once applied.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        let limits = self.node.state_machine.applied().state.partner_limits(&partner);
+        if !self.node.rates.admit(&partner, limits) {
+            return Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL));
+        }
         self.check_link(&body)?;
         let (reply, outcome) = oneshot::channel();
         let request = PartnerRequest { partner, body, now: now(), reply };

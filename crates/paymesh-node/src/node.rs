@@ -105,6 +105,8 @@ pub struct Node {
     pub links: Arc<Links>,
     /// The trace contexts of recent transfers (see [`crate::telemetry`]).
     pub traces: Arc<crate::telemetry::Traces>,
+    /// Partners' request rates (see [`crate::rate`]).
+    pub rates: Arc<crate::rate::Rates>,
 }
 
 impl std::fmt::Debug for Node {
@@ -183,6 +185,7 @@ impl Node {
             tls,
             links: Arc::new(links),
             traces: Arc::default(),
+            rates: Arc::default(),
         })
     }
 

@@ -138,6 +138,10 @@ pub struct BenchArgs {
     /// quotes up to its cap, event streams beyond its cap), side by side.
     #[arg(long)]
     pub flood: bool,
+    /// With --flood: the flooder's request rate and burst, set by the
+    /// operator before the flood [default: the region's default limits].
+    #[arg(long)]
+    pub flood_rate: Option<u32>,
 }
 
 impl BenchArgs {
@@ -238,6 +242,9 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
             let target = Arc::new(PaymeshTarget::setup(&config).await?);
             let outcome = async {
                 if args.flood {
+                    if let Some(rate) = args.flood_rate {
+                        target.limit_flooder(rate).await?;
+                    }
                     return flooded(&target, plan).await;
                 }
                 let mut report = load::run(target.clone(), plan).await?;

@@ -253,6 +253,33 @@ impl PaymeshTarget {
         Ok(Audit::new(checks))
     }
 
+    /// Set the flooder's request rate (and burst) to `rate`, as an operator.
+    pub async fn limit_flooder(&self, rate: u32) -> anyhow::Result<()> {
+        let operator = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            region.sdk(&region.operator_stem())?
+        };
+        let request = admin::SetPartnerLimitsRequest {
+            partner_id: super::flood::FLOODER.to_owned(),
+            limits: Some(admin::PartnerLimits {
+                requests_per_second: rate,
+                requests_burst: rate,
+                quotes_outstanding_max: paymesh_core::limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
+                transfers_in_flight_max: paymesh_core::limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
+            }),
+        };
+        let answer = call_region(&operator, |mut c| {
+            let request = request.clone();
+            async move { c.set_partner_limits(request).await }
+        })
+        .await?;
+        if answer.reject_code != 0 {
+            bail!("the flooder's limits: {}", code_name(answer.reject_code));
+        }
+        Ok(())
+    }
+
     /// Each running node's id and resident memory (VmRSS, KiB), from
     /// `/proc/<pid>/status`.
     pub fn resident_kib(&self) -> Vec<(u64, u64)> {

@@ -1,4 +1,4 @@
-//! A partner's actor on the leader: rate limit, in-flight bound, the
+//! A partner's actor on the leader: in-flight bound, the
 //! idempotency fast path, refusals answered from the applied state, and its
 //! event stream subscribers.
 //!
@@ -23,10 +23,11 @@
 //! The request rate is the partner's replicated limit
 //! (`PartnerLimits::requests_per_second` and `requests_burst`, set by an
 //! operator), read from the applied state on every request, so a change
-//! applies at once on the leader.
+//! applies at once on the leader. Requests are charged by the gateway before
+//! they reach this actor (see [`crate::rate`]); subscriptions here.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
@@ -41,12 +42,9 @@ use super::corridor::{CorridorActor, Quote};
 use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
+use crate::rate::{Rates, RATE_REFUSAL};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
-
-/// Why a request above the partner's rate is refused.
-const RATE_REFUSAL: &str =
-    "this partner's request rate is above its limit (requests_per_second, requests_burst); retry with backoff";
 
 /// A partner's requests waiting for their outcome, at most.
 pub const PARTNER_IN_FLIGHT_MAX: usize = 8_192;
@@ -116,8 +114,7 @@ pub struct PartnerActor {
     partner: PartnerId,
     state: StateMachineStore,
     proposer: Addr<Proposer>,
-    tokens: f64,
-    refilled: Instant,
+    rates: Arc<Rates>,
     in_flight: usize,
     /// Transfer requests in flight by key: their fingerprint and who waits.
     pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
@@ -128,41 +125,31 @@ pub struct PartnerActor {
 
 impl PartnerActor {
     /// The actor of `partner`, proposing through `proposer`, holding at most
-    /// `subscribers_max` event streams.
+    /// `subscribers_max` event streams, charging subscriptions to `rates`.
     pub fn new(
         partner: PartnerId,
         state: StateMachineStore,
         proposer: Addr<Proposer>,
         subscribers_max: usize,
+        rates: Arc<Rates>,
     ) -> PartnerActor {
         PartnerActor {
             partner,
             state,
             proposer,
             subscribers_max,
-            tokens: f64::INFINITY,
-            refilled: Instant::now(),
+            rates,
             in_flight: 0,
             pending: HashMap::new(),
             subscribers: Vec::new(),
         }
     }
 
-    /// Take a token from the partner's bucket, if one is left. The bucket
-    /// holds at most the partner's burst and refills at its rate, both read
-    /// from the applied state (a new actor starts with a full bucket).
+    /// Take a token from the partner's bucket (see [`crate::rate`]), if one
+    /// is left.
     fn admit(&mut self) -> bool {
         let limits = self.state.applied().state.partner_limits(&self.partner);
-        let now = Instant::now();
-        let refill = now.duration_since(self.refilled).as_secs_f64() * f64::from(limits.requests_per_second);
-        self.tokens = (self.tokens + refill).min(f64::from(limits.requests_burst));
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.rates.admit(&self.partner, limits)
     }
 
     fn propose(
@@ -278,10 +265,7 @@ impl Handler<Submit> for PartnerActor {
     type Result = ();
 
     fn handle(&mut self, message: Submit, ctx: &mut Context<Self>) {
-        if !self.admit() {
-            let _ = message.reply.send(Err(Refusal::Overloaded(RATE_REFUSAL)));
-            return;
-        }
+        // The gateway charged the request to the partner's rate already.
         if self.in_flight >= PARTNER_IN_FLIGHT_MAX {
             let _ = message.reply.send(Err(Refusal::Overloaded("too many of this partner's requests are in flight")));
             return;
