@@ -694,6 +694,7 @@ fn file_descriptor_set_describes_every_service() {
         unary(&[
             "UpsertPartner",
             "SetPartnerStatus",
+            "SetPartnerLimits",
             "GetPartner",
             "ListPartners",
             "UpsertCorridor",
