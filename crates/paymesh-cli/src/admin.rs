@@ -117,7 +117,28 @@ pub(crate) enum PartnerCommand {
         #[arg(long)]
         id: String,
     },
-    /// Show one partner and its positions.
+    /// Set a partner's request rate and caps; a flag left out keeps its
+    /// current value. Replicated: the leader applies a new rate at once.
+    Limits {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        id: String,
+        /// Requests per second it may make to the leader, sustained (1 to 50,000).
+        #[arg(long)]
+        requests_per_second: Option<u32>,
+        /// Requests it may make in a burst above that rate (1 to 100,000).
+        #[arg(long)]
+        requests_burst: Option<u32>,
+        /// Quotes it may hold unused at once (1 to 100,000).
+        #[arg(long)]
+        quotes_outstanding_max: Option<u32>,
+        /// Its transfers not yet final at once (1 to 100,000).
+        #[arg(long)]
+        transfers_in_flight_max: Option<u32>,
+    },
+    /// Show one partner, its limits and usage, and its positions.
     Show {
         #[command(flatten)]
         target: Target,
@@ -336,6 +357,20 @@ fn partner_line(p: &wire::Partner) -> String {
     )
 }
 
+fn limits_line(limits: Option<&wire::PartnerLimits>, usage: Option<&wire::PartnerUsage>) -> String {
+    let Some(l) = limits else { return "limits: (not reported)".into() };
+    let used = |n: Option<u32>| n.map_or_else(String::new, |n| format!("{n} of "));
+    format!(
+        "limits: {} requests/s, burst {}; unused quotes {}{}; transfers in flight {}{}",
+        l.requests_per_second,
+        l.requests_burst,
+        used(usage.map(|u| u.quotes_outstanding)),
+        l.quotes_outstanding_max,
+        used(usage.map(|u| u.transfers_in_flight)),
+        l.transfers_in_flight_max,
+    )
+}
+
 fn corridor_name(c: Option<&common::CorridorId>) -> String {
     c.map_or_else(
         || "-".to_owned(),
@@ -411,6 +446,42 @@ pub(crate) async fn partner(command: PartnerCommand) -> anyhow::Result<()> {
             set_partner_status(&target, id, wire::PartnerStatus::Suspended).await?
         }
         PartnerCommand::Activate { target, id } => set_partner_status(&target, id, wire::PartnerStatus::Active).await?,
+        PartnerCommand::Limits {
+            target,
+            id,
+            requests_per_second,
+            requests_burst,
+            quotes_outstanding_max,
+            transfers_in_flight_max,
+        } => {
+            let request = wire::GetPartnerRequest { partner_id: id.clone() };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.get_partner(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let current = answer
+                .partner
+                .and_then(|p| p.limits)
+                .context("the node did not report the partner's current limits")?;
+            let limits = wire::PartnerLimits {
+                requests_per_second: requests_per_second.unwrap_or(current.requests_per_second),
+                requests_burst: requests_burst.unwrap_or(current.requests_burst),
+                quotes_outstanding_max: quotes_outstanding_max.unwrap_or(current.quotes_outstanding_max),
+                transfers_in_flight_max: transfers_in_flight_max.unwrap_or(current.transfers_in_flight_max),
+            };
+            let request = wire::SetPartnerLimitsRequest { partner_id: id, limits: Some(limits) };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.set_partner_limits(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            let partner = answer.partner.context("the node stored the limits but did not return the partner")?;
+            println!("stored  {}", partner_line(&partner));
+            println!("{}", limits_line(partner.limits.as_ref(), None));
+        }
         PartnerCommand::Show { target, id } => {
             let request = wire::GetPartnerRequest { partner_id: id };
             let answer = call(&target, |mut c| {
@@ -421,6 +492,7 @@ pub(crate) async fn partner(command: PartnerCommand) -> anyhow::Result<()> {
             accepted(answer.reject_code)?;
             let partner = answer.partner.context("the node found the partner but did not return it")?;
             println!("{}", partner_line(&partner));
+            println!("{}", limits_line(partner.limits.as_ref(), answer.usage.as_ref()));
             for position in &answer.positions {
                 println!("{}", position_line(position));
             }

@@ -23,7 +23,7 @@ use crate::id::{
 use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
-use crate::partner::{PartnerConfig, Status};
+use crate::partner::{PartnerConfig, PartnerLimits, Status};
 use crate::time::Timestamp;
 
 /// Names a command: the proposer session that created it and its sequence
@@ -144,6 +144,15 @@ pub enum CommandBody {
     /// Abort transfers past their deadline and purge expired records, a bounded
     /// amount of work at a time.
     Tick,
+
+    // --- operators (added later; variants are appended to keep the log's encoding) --
+    /// Set a partner's request rate and caps (see [`PartnerLimits`]).
+    SetPartnerLimits {
+        /// The partner.
+        partner: PartnerId,
+        /// Its new limits.
+        limits: PartnerLimits,
+    },
 }
 
 /// A partner's request to create a transfer.

@@ -40,6 +40,39 @@ pub const RATES_PER_CORRIDOR_MAX: usize = 16;
 /// Most unexpired quotes a region holds.
 pub const QUOTES_OUTSTANDING_MAX: usize = 1_000_000;
 
+/// A partner's sustained request rate unless an operator sets another, per
+/// second. A 3-node region on the benchmark machine commits about 6,000 to
+/// 7,500 transfers/s (two requests each: a quote and a transfer), so one
+/// partner at this rate can use about a quarter of it and no single partner
+/// can take the whole region (docs/BENCHMARKS.md, "Fairness").
+pub const PARTNER_REQUESTS_PER_SECOND_DEFAULT: u32 = 4_000;
+
+/// A partner's burst above its sustained rate unless an operator sets
+/// another, in requests.
+pub const PARTNER_REQUESTS_BURST_DEFAULT: u32 = 8_000;
+
+/// Highest sustained request rate an operator may give a partner, per second.
+pub const PARTNER_REQUESTS_PER_SECOND_MAX: u32 = 50_000;
+
+/// Highest burst an operator may give a partner, in requests.
+pub const PARTNER_REQUESTS_BURST_MAX: u32 = 100_000;
+
+/// Unused quotes a partner may hold unless an operator sets another number.
+/// A partner that quotes and then pays at 2,000/s holds a few hundred; one
+/// that quotes and never pays reaches this in seconds and is refused.
+pub const PARTNER_QUOTES_OUTSTANDING_DEFAULT: u32 = 10_000;
+
+/// Most unused quotes an operator may let a partner hold (a tenth of
+/// [`QUOTES_OUTSTANDING_MAX`], so ten partners at their cap cannot fill it).
+pub const PARTNER_QUOTES_OUTSTANDING_MAX: u32 = 100_000;
+
+/// Transfers of one partner not yet final (reserved, waiting for the payee
+/// region) unless an operator sets another number.
+pub const PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT: u32 = 10_000;
+
+/// Most transfers not yet final an operator may let one partner hold.
+pub const PARTNER_TRANSFERS_IN_FLIGHT_MAX: u32 = 100_000;
+
 /// Largest spread or fee rate, in basis points (20 %).
 pub const BASIS_POINTS_MAX: u32 = 2_000;
 

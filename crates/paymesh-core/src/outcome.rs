@@ -76,11 +76,17 @@ pub enum RejectCode {
     StaleCommand,
     /// A bounded table is full (payee routes, quotes).
     CapacityExceeded,
+    /// The partner holds as many unused quotes as its limits allow
+    /// (`PartnerLimits::quotes_outstanding_max`).
+    PartnerQuotesExhausted,
+    /// The partner has as many transfers not yet final as its limits allow
+    /// (`PartnerLimits::transfers_in_flight_max`).
+    PartnerTransfersExhausted,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 27] = [
+    pub const ALL: [RejectCode; 29] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -108,6 +114,8 @@ impl RejectCode {
         RejectCode::ProtocolViolation,
         RejectCode::StaleCommand,
         RejectCode::CapacityExceeded,
+        RejectCode::PartnerQuotesExhausted,
+        RejectCode::PartnerTransfersExhausted,
     ];
 }
 

@@ -43,7 +43,7 @@ use crate::limits::{
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
-use crate::partner::{Partner, PartnerConfig, Status};
+use crate::partner::{Partner, PartnerConfig, PartnerLimits, Status};
 use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
@@ -156,6 +156,18 @@ struct IdempotencyRecord {
     at: Timestamp,
 }
 
+/// What a partner holds of the region's bounded resources, counted against
+/// its [`PartnerLimits`]. Kept in the replicated state (and derivable from
+/// it: [`State::verify`] recounts), so every replica and every new leader
+/// enforces the same caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerUsage {
+    /// Its quotes not used by a transfer and not yet purged.
+    pub quotes_outstanding: u32,
+    /// Its transfers not yet final (reserved, waiting for the payee region).
+    pub transfers_in_flight: u32,
+}
+
 /// A proposer session's remembered outcomes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
@@ -223,6 +235,93 @@ pub struct State {
     #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     top_up_expiry: OrdSet<(Timestamp, TopUpRef)>,
     ledger: Ledger,
+    /// Limits an operator set; a partner not here has [`PartnerLimits::DEFAULT`].
+    #[serde(with = "crate::serde_seq")]
+    partner_limits: OrdMap<PartnerId, PartnerLimits>,
+    /// Each partner's use of the capped resources; a partner using none is
+    /// not here.
+    #[serde(with = "crate::serde_seq")]
+    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+}
+
+/// A state as snapshot images of formats 1 and 2 hold it, before the
+/// partners' limits and usage: read, and converted with the usage counted
+/// from the quotes and transfers and every partner at its default limits.
+#[derive(Debug, Deserialize)]
+pub struct StateV2 {
+    region: RegionId,
+    clock: Timestamp,
+    next_transfer: u64,
+    next_quote: u64,
+    #[serde(with = "crate::serde_seq")]
+    partners: OrdMap<PartnerId, Partner>,
+    #[serde(with = "crate::serde_seq")]
+    corridors: OrdMap<CorridorId, Corridor>,
+    directory: Directory,
+    #[serde(with = "crate::serde_seq")]
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
+    #[serde(with = "crate::serde_seq")]
+    transfers: OrdMap<TransferId, Transfer>,
+    deadlines: OrdSet<(Timestamp, TransferId)>,
+    transfers_finished: OrdSet<(Timestamp, TransferId)>,
+    #[serde(with = "crate::serde_seq")]
+    participations: OrdMap<TransferId, Participation>,
+    partner_transfers: OrdSet<(PartnerId, TransferId)>,
+    participations_finished: OrdSet<(Timestamp, TransferId)>,
+    #[serde(with = "crate::serde_seq")]
+    idempotency: OrdMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
+    idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
+    #[serde(with = "crate::serde_seq")]
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    #[serde(with = "crate::serde_seq")]
+    events: OrdMap<PartnerId, EventLog>,
+    #[serde(with = "crate::serde_seq")]
+    sessions: OrdMap<u64, Session>,
+    #[serde(with = "crate::serde_seq")]
+    top_ups: OrdMap<TopUpRef, TopUpRecord>,
+    top_up_expiry: OrdSet<(Timestamp, TopUpRef)>,
+    ledger: Ledger,
+}
+
+impl From<StateV2> for State {
+    fn from(old: StateV2) -> State {
+        let mut state = State {
+            region: old.region,
+            clock: old.clock,
+            next_transfer: old.next_transfer,
+            next_quote: old.next_quote,
+            partners: old.partners,
+            corridors: old.corridors,
+            directory: old.directory,
+            quotes: old.quotes,
+            quote_expiry: old.quote_expiry,
+            transfers: old.transfers,
+            deadlines: old.deadlines,
+            transfers_finished: old.transfers_finished,
+            participations: old.participations,
+            partner_transfers: old.partner_transfers,
+            participations_finished: old.participations_finished,
+            idempotency: old.idempotency,
+            idempotency_expiry: old.idempotency_expiry,
+            outbox: old.outbox,
+            events: old.events,
+            sessions: old.sessions,
+            top_ups: old.top_ups,
+            top_up_expiry: old.top_up_expiry,
+            ledger: old.ledger,
+            partner_limits: OrdMap::new(),
+            partner_usage: OrdMap::new(),
+        };
+        state.partner_usage = state.count_usage();
+        state
+    }
+}
+
+/// What checking a transfer request against the state found: the quote it
+/// uses, when it may go ahead.
+struct Admissible {
+    quote: Quote,
 }
 
 type Applied<T> = Result<T, RejectCode>;
@@ -254,6 +353,8 @@ impl State {
             top_ups: OrdMap::new(),
             top_up_expiry: OrdSet::new(),
             ledger: Ledger::new(),
+            partner_limits: OrdMap::new(),
+            partner_usage: OrdMap::new(),
         }
     }
 
@@ -331,6 +432,9 @@ impl State {
             CommandBody::Prepare(message) => Ok(Outcome::PrepareReply(self.prepare(message, now))),
             CommandBody::Decide { transfer, decision } => self.decide(transfer, *decision, now),
             CommandBody::Tick => Ok(Outcome::Ticked(self.tick(now))),
+            CommandBody::SetPartnerLimits { partner, limits } => {
+                self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
+            }
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -373,6 +477,48 @@ impl State {
         partner.status = status;
         partner.updated_at = now;
         Ok(())
+    }
+
+    fn set_partner_limits(&mut self, partner: &PartnerId, limits: PartnerLimits) -> Applied<()> {
+        if !self.partners.contains_key(partner) {
+            return Err(RejectCode::PartnerNotFound);
+        }
+        if limits.validate().is_err() {
+            // The admin API validates first; a command carrying invalid limits
+            // did not come from it.
+            return Err(RejectCode::ProtocolViolation);
+        }
+        if limits == PartnerLimits::DEFAULT {
+            self.partner_limits.remove(partner);
+        } else {
+            self.partner_limits.insert(partner.clone(), limits);
+        }
+        Ok(())
+    }
+
+    /// Change a partner's usage by `change`; an entry at zero is removed, so
+    /// the table holds only partners using something (and recounting it from
+    /// scratch gives the same table).
+    fn use_partner(&mut self, partner: &PartnerId, change: impl FnOnce(&mut PartnerUsage)) {
+        let mut usage = self.partner_usage.get(partner).copied().unwrap_or_default();
+        change(&mut usage);
+        if usage == PartnerUsage::default() {
+            self.partner_usage.remove(partner);
+        } else {
+            self.partner_usage.insert(partner.clone(), usage);
+        }
+    }
+
+    /// Every partner's usage counted from the quotes and transfers.
+    fn count_usage(&self) -> OrdMap<PartnerId, PartnerUsage> {
+        let mut usage: OrdMap<PartnerId, PartnerUsage> = OrdMap::new();
+        for record in self.quotes.values().filter(|r| !r.used) {
+            usage.entry(record.quote.partner.clone()).or_default().quotes_outstanding += 1;
+        }
+        for transfer in self.transfers.values().filter(|t| !t.view.state.is_final()) {
+            usage.entry(transfer.view.partner.clone()).or_default().transfers_in_flight += 1;
+        }
+        usage
     }
 
     fn corridor_mut(&mut self, id: &CorridorId) -> Applied<&mut Corridor> {
@@ -473,8 +619,12 @@ impl State {
         Ok(Self::position_account(&partner.config))
     }
 
-    fn create_quote(
-        &mut self,
+    /// The quote `partner_id` would get for `amount` to the payee `qr`
+    /// names at `now`, or why it would be refused, without changing anything.
+    /// [`State::apply`] creates quotes through it, and the leader calls it
+    /// before proposing, so a refused quote costs no log entry.
+    pub fn check_quote(
+        &self,
         partner_id: &PartnerId,
         qr: &QrPayload,
         amount: QuoteAmount,
@@ -496,23 +646,37 @@ impl State {
         if self.quotes.len() >= QUOTES_OUTSTANDING_MAX {
             return Err(RejectCode::CapacityExceeded);
         }
+        let held = self.partner_usage(partner_id).quotes_outstanding;
+        if held >= self.partner_limits(partner_id).quotes_outstanding_max {
+            return Err(RejectCode::PartnerQuotesExhausted);
+        }
         let mut expires_at = now.plus_ms(QUOTE_TTL_MS);
         if let Some(fx) = corridor.mid_rate(now) {
             expires_at = expires_at.min(fx.valid_until());
         }
-        let id = QuoteId::new(self.region.clone(), self.next_quote);
-        self.next_quote += 1;
-        let quote = Quote {
-            id: id.clone(),
+        Ok(Quote {
+            id: QuoteId::new(self.region.clone(), self.next_quote),
             partner: partner_id.clone(),
             payee,
             corridor: corridor_id,
             priced,
             created_at: now,
             expires_at,
-        };
-        self.quote_expiry.insert((expires_at, id.clone()));
-        self.quotes.insert(id, QuoteRecord { quote: quote.clone(), used: false });
+        })
+    }
+
+    fn create_quote(
+        &mut self,
+        partner_id: &PartnerId,
+        qr: &QrPayload,
+        amount: QuoteAmount,
+        now: Timestamp,
+    ) -> Applied<Quote> {
+        let quote = self.check_quote(partner_id, qr, amount, now)?;
+        self.next_quote += 1;
+        self.quote_expiry.insert((quote.expires_at, quote.id.clone()));
+        self.quotes.insert(quote.id.clone(), QuoteRecord { quote: quote.clone(), used: false });
+        self.use_partner(partner_id, |u| u.quotes_outstanding += 1);
         Ok(quote)
     }
 
@@ -526,20 +690,33 @@ impl State {
                 Outcome::Rejected(RejectCode::IdempotencyConflict)
             };
         }
-        let outcome = match self.start_transfer(request, now) {
-            Ok(view) => Outcome::Transfer(view),
-            Err(code) => Outcome::Rejected(code),
+        // A request refused before its transfer would exist changes nothing
+        // and leaves no idempotency record: the leader answers these without
+        // proposing them, and the state machine gives the same answer.
+        let admissible = match self.check_transfer(request, now) {
+            Ok(admissible) => admissible,
+            Err(code) => return Outcome::Rejected(code),
         };
+        let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
         self.idempotency_expiry.insert((now.plus_ms(IDEMPOTENCY_RETENTION_MS), key.0.clone(), key.1.clone()));
         self.idempotency.insert(key, IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now });
         outcome
     }
 
-    /// Validate a transfer request, then create the transfer. Refusals before
-    /// the transfer exists (unknown quote, payee mismatch, …) are rejections with
-    /// no record; a transfer whose money cannot move (insufficient position,
-    /// daily cap) is recorded as aborted with its reason.
-    fn start_transfer(&mut self, request: &TransferRequest, now: Timestamp) -> Applied<TransferView> {
+    /// How a transfer request not seen before would be answered without
+    /// changing anything: its refusal, if it is refused before its transfer
+    /// would exist (suspended partner, unknown, another partner's, expired or
+    /// used quote, payee mismatch, suspended corridor, the partner at its cap
+    /// of transfers in flight). An idempotency key already recorded is not
+    /// looked at here: its record answers ([`State::replay_transfer_request`]).
+    ///
+    /// The leader calls it before proposing, so a request that would be
+    /// refused costs no log entry; [`State::apply`] calls it again.
+    pub fn check_transfer_request(&self, request: &TransferRequest, now: Timestamp) -> Result<(), RejectCode> {
+        self.check_transfer(request, now).map(|_| ())
+    }
+
+    fn check_transfer(&self, request: &TransferRequest, now: Timestamp) -> Applied<Admissible> {
         self.active_payer(&request.partner)?;
         let record = self
             .quotes
@@ -561,11 +738,23 @@ impl State {
         if corridor.status == Status::Suspended {
             return Err(RejectCode::CorridorSuspended);
         }
+        let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
+        if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
+            return Err(RejectCode::PartnerTransfersExhausted);
+        }
+        Ok(Admissible { quote })
+    }
 
+    /// Create the transfer of a request [`State::check_transfer`] admitted.
+    /// A transfer whose money cannot move (insufficient position, daily cap)
+    /// is recorded as aborted with its reason.
+    fn start_transfer(&mut self, request: &TransferRequest, admissible: Admissible, now: Timestamp) -> TransferView {
+        let Admissible { quote } = admissible;
         // From here on the transfer exists, whatever happens to its money.
         if let Some(r) = self.quotes.get_mut(&request.quote) {
             r.used = true;
         }
+        self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
         let id = TransferId::new(self.region.clone(), self.next_transfer);
         self.next_transfer += 1;
         let mut transfer = Transfer {
@@ -613,7 +802,7 @@ impl State {
             self.partner_transfers.insert((view.payee.partner.clone(), id.clone()));
         }
         self.transfers.insert(id, transfer);
-        Ok(view)
+        view
     }
 
     /// Post every leg of a same-region transfer in one ledger chain.
@@ -692,6 +881,7 @@ impl State {
     }
 
     fn start_prepare(&mut self, transfer: &mut Transfer, now: Timestamp) {
+        self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight += 1);
         let deadline = now.plus_ms(TRANSFER_PREPARE_DEADLINE_MS);
         transfer.view.deadline = Some(deadline);
         self.deadlines.insert((deadline, transfer.view.id.clone()));
@@ -742,6 +932,7 @@ impl State {
             Ok(Step::Move(_)) => {}
         }
         step_coordinator(&mut transfer, event, now);
+        self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight -= 1);
         let deadline = transfer.view.deadline.expect("a reserved transfer has a deadline");
         self.deadlines.remove(&(deadline, id.clone()));
         let key = (transfer.view.corridor.destination_region.clone(), id.clone());
@@ -937,6 +1128,7 @@ impl State {
             let mut transfer = self.transfers[&id].clone();
             transfer.view.reason = Some(RejectCode::DeadlineExceeded);
             step_coordinator(&mut transfer, CoordinatorEvent::DeadlineExpired, now);
+            self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight -= 1);
             self.void_payer(&mut transfer, now);
             let key = (transfer.view.corridor.destination_region.clone(), id.clone());
             self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
@@ -946,8 +1138,19 @@ impl State {
 
         let mut purged = 0usize;
         let quotes_cutoff = now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS);
+        let (quotes, usage) = (&mut self.quotes, &mut self.partner_usage);
         purged += purge_before(&mut self.quote_expiry, quotes_cutoff, &mut budget, |(_, id)| {
-            self.quotes.remove(&id);
+            if let Some(gone) = quotes.remove(&id).filter(|r| !r.used) {
+                let partner = gone.quote.partner;
+                if let Some(mut held) = usage.get(&partner).copied() {
+                    held.quotes_outstanding -= 1;
+                    if held == PartnerUsage::default() {
+                        usage.remove(&partner);
+                    } else {
+                        usage.insert(partner, held);
+                    }
+                }
+            }
         });
         let idempotency = &mut self.idempotency;
         purged += purge_before(&mut self.idempotency_expiry, now, &mut budget, |(_, partner, key)| {
@@ -1020,6 +1223,16 @@ impl State {
     /// A partner of this region.
     pub fn partner(&self, id: &PartnerId) -> Option<&Partner> {
         self.partners.get(id)
+    }
+
+    /// A partner's limits: the operator's, or [`PartnerLimits::DEFAULT`].
+    pub fn partner_limits(&self, id: &PartnerId) -> PartnerLimits {
+        self.partner_limits.get(id).copied().unwrap_or_default()
+    }
+
+    /// What a partner holds of the capped resources.
+    pub fn partner_usage(&self, id: &PartnerId) -> PartnerUsage {
+        self.partner_usage.get(id).copied().unwrap_or_default()
     }
 
     /// All partners of this region.
@@ -1254,6 +1467,9 @@ impl State {
         }
         if self.top_ups.len() != self.top_up_expiry.len() {
             return Err("top-up expiry index disagrees with records".into());
+        }
+        if self.partner_usage != self.count_usage() {
+            return Err("partners' usage disagrees with their quotes and transfers".into());
         }
         for (partner, log) in &self.events {
             let cursors: Vec<u64> = log.events.iter().map(|e| e.cursor).collect();

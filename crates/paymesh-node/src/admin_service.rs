@@ -91,7 +91,8 @@ impl AdminService for AdminServer {
             net_debit_cap: convert::money("net_debit_cap", r.net_debit_cap.as_ref())?,
         };
         let reject_code = self.apply(&operator, CommandBody::UpsertPartner(config)).await?;
-        let partner = self.gateway.node.state_machine.applied().state.partner(&id).map(convert::partner_out);
+        let applied = self.gateway.node.state_machine.applied();
+        let partner = applied.state.partner(&id).map(|p| convert::partner_out(&applied.state, p));
         Ok(Response::new(wire::UpsertPartnerResponse { partner: partner.filter(|_| reject_code == 0), reject_code }))
     }
 
@@ -105,8 +106,24 @@ impl AdminService for AdminServer {
         let status = convert::partner_status("status", r.status)?;
         let reject_code =
             self.apply(&operator, CommandBody::SetPartnerStatus { partner: partner.clone(), status }).await?;
-        let stored = self.gateway.node.state_machine.applied().state.partner(&partner).map(convert::partner_out);
+        let applied = self.gateway.node.state_machine.applied();
+        let stored = applied.state.partner(&partner).map(|p| convert::partner_out(&applied.state, p));
         Ok(Response::new(wire::SetPartnerStatusResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
+    }
+
+    async fn set_partner_limits(
+        &self,
+        request: Request<wire::SetPartnerLimitsRequest>,
+    ) -> Result<Response<wire::SetPartnerLimitsResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let limits = convert::partner_limits("limits", r.limits.as_ref())?;
+        let reject_code =
+            self.apply(&operator, CommandBody::SetPartnerLimits { partner: partner.clone(), limits }).await?;
+        let applied = self.gateway.node.state_machine.applied();
+        let stored = applied.state.partner(&partner).map(|p| convert::partner_out(&applied.state, p));
+        Ok(Response::new(wire::SetPartnerLimitsResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
     }
 
     async fn get_partner(
@@ -118,9 +135,16 @@ impl AdminService for AdminServer {
         let applied = self.gateway.node.state_machine.applied();
         let partner = applied.state.partner(&id).ok_or_else(|| Status::not_found(format!("PartnerNotFound: {id}")))?;
         Ok(Response::new(wire::GetPartnerResponse {
-            partner: Some(convert::partner_out(partner)),
+            partner: Some(convert::partner_out(&applied.state, partner)),
             positions: applied.state.position(&id).map(|p| convert::position_out(&p)).into_iter().collect(),
             reject_code: 0,
+            usage: Some({
+                let usage = applied.state.partner_usage(&id);
+                wire::PartnerUsage {
+                    quotes_outstanding: usage.quotes_outstanding,
+                    transfers_in_flight: usage.transfers_in_flight,
+                }
+            }),
         }))
     }
 
@@ -134,7 +158,7 @@ impl AdminService for AdminServer {
         let (partners, next_page_token) =
             page(applied.state.partners(), |p| p.config.id.clone(), &r.page_token, page_size(r.page_size));
         Ok(Response::new(wire::ListPartnersResponse {
-            partners: partners.into_iter().map(convert::partner_out).collect(),
+            partners: partners.into_iter().map(|p| convert::partner_out(&applied.state, p)).collect(),
             next_page_token,
         }))
     }

@@ -15,7 +15,7 @@ use paymesh_core::directory::{Payee, PayeeRoute, QrPrefix};
 use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use paymesh_core::outcome::{Position, Quote, TransferView};
-use paymesh_core::partner::{Partner, PartnerRole, Status as PartnerStatus};
+use paymesh_core::partner::{Partner, PartnerLimits, PartnerRole, Status as PartnerStatus};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
@@ -350,8 +350,9 @@ pub fn event_out(event: &Event) -> partner::Event {
 }
 
 /// The wire form of a partner.
-pub fn partner_out(partner: &Partner) -> admin::Partner {
+pub fn partner_out(state: &paymesh_core::State, partner: &Partner) -> admin::Partner {
     let config = &partner.config;
+    let limits = state.partner_limits(&config.id);
     admin::Partner {
         partner_id: config.id.to_string(),
         home_region: config.region.to_string(),
@@ -367,7 +368,27 @@ pub fn partner_out(partner: &Partner) -> admin::Partner {
             PartnerStatus::Suspended => admin::PartnerStatus::Suspended,
         } as i32,
         updated_unix_ms: unix_ms(partner.updated_at),
+        limits: Some(admin::PartnerLimits {
+            requests_per_second: limits.requests_per_second,
+            requests_burst: limits.requests_burst,
+            quotes_outstanding_max: limits.quotes_outstanding_max,
+            transfers_in_flight_max: limits.transfers_in_flight_max,
+        }),
     }
+}
+
+/// Partner limits from the wire, validated: INVALID_ARGUMENT naming the
+/// field out of bounds.
+pub fn partner_limits(field: &str, limits: Option<&admin::PartnerLimits>) -> Result<PartnerLimits, Status> {
+    let limits = required(field, limits)?;
+    let limits = PartnerLimits {
+        requests_per_second: limits.requests_per_second,
+        requests_burst: limits.requests_burst,
+        quotes_outstanding_max: limits.quotes_outstanding_max,
+        transfers_in_flight_max: limits.transfers_in_flight_max,
+    };
+    limits.validate().map_err(|why| invalid(field, why))?;
+    Ok(limits)
 }
 
 /// The wire form of a corridor.
@@ -439,7 +460,7 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::CapacityExceeded), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::PartnerTransfersExhausted), RejectCode::ALL.len() as i32);
         assert_eq!(reject_code_opt(None), 0);
         assert_eq!(
             common::RejectCode::try_from(reject_code(RejectCode::InsufficientPosition)).unwrap(),

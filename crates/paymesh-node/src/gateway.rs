@@ -44,6 +44,14 @@ pub fn reject_status(code: RejectCode) -> Option<Status> {
         | RejectCode::QuoteNotFound
         | RejectCode::PayeeNotFound => Some(Status::not_found(name(code))),
         RejectCode::PartnerSuspended | RejectCode::CorridorSuspended => Some(Status::failed_precondition(name(code))),
+        RejectCode::PartnerQuotesExhausted => Some(Status::resource_exhausted(
+            "PartnerQuotesExhausted: this partner holds as many unused quotes as its limits allow \
+             (quotes_outstanding_max); use or let some expire first",
+        )),
+        RejectCode::PartnerTransfersExhausted => Some(Status::resource_exhausted(
+            "PartnerTransfersExhausted: this partner has as many transfers not yet final as its limits allow \
+             (transfers_in_flight_max); the idempotency key was not recorded, retry it later",
+        )),
         RejectCode::IdempotencyConflict => Some(Status::already_exists(
             "IdempotencyConflict: this idempotency key was used before with a different request body",
         )),
@@ -148,6 +156,10 @@ impl Gateway {
 
     /// Submit a partner's command through its actor; the outcome once applied.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        let limits = self.node.state_machine.applied().state.partner_limits(&partner);
+        if !self.node.rates.admit(&partner, limits) {
+            return Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL));
+        }
         self.check_link(&body)?;
         let (reply, outcome) = oneshot::channel();
         let request = PartnerRequest { partner, body, now: now(), reply };

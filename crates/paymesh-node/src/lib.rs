@@ -37,6 +37,7 @@ pub mod node;
 pub mod outbox;
 pub mod partner_service;
 pub mod raft_service;
+pub mod rate;
 pub mod telemetry;
 pub mod tls;
 

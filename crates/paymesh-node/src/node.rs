@@ -114,6 +114,8 @@ pub struct Node {
     pub traces: Arc<crate::telemetry::Traces>,
     /// Who is calling, and whether its certificate is revoked.
     pub auth: Authenticator,
+    /// Partners' request rates (see [`crate::rate`]).
+    pub rates: Arc<crate::rate::Rates>,
 }
 
 impl std::fmt::Debug for Node {
@@ -203,6 +205,7 @@ impl Node {
             links: Arc::new(links),
             traces: Arc::default(),
             auth,
+            rates: Arc::default(),
         })
     }
 

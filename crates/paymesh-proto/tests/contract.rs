@@ -586,6 +586,8 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_PROTOCOL_VIOLATION",
         "REJECT_CODE_STALE_COMMAND",
         "REJECT_CODE_CAPACITY_EXCEEDED",
+        "REJECT_CODE_PARTNER_QUOTES_EXHAUSTED",
+        "REJECT_CODE_PARTNER_TRANSFERS_EXHAUSTED",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -692,6 +694,7 @@ fn file_descriptor_set_describes_every_service() {
         unary(&[
             "UpsertPartner",
             "SetPartnerStatus",
+            "SetPartnerLimits",
             "GetPartner",
             "ListPartners",
             "UpsertCorridor",

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::id::RegionId;
+use paymesh_core::state::StateV2;
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,8 +34,13 @@ use crate::raft_types::{
     Entry, EntryOutcome, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-/// Format byte in front of a snapshot image: 2 adds the retired nodes.
-const IMAGE_FORMAT: u8 = 2;
+/// Format byte in front of a snapshot image: 2 adds the retired nodes, 3
+/// the partners' limits and usage to the state.
+const IMAGE_FORMAT: u8 = 3;
+
+/// The format before the partners' limits and usage; still read (with
+/// default limits, and the usage counted from the quotes and transfers).
+const IMAGE_FORMAT_V2: u8 = 2;
 
 /// The format before the retired nodes were kept; still read (as none
 /// retired).
@@ -77,10 +83,19 @@ struct Image {
     retired: BTreeSet<NodeId>,
 }
 
+/// A snapshot image of format 2.
+#[derive(Deserialize)]
+struct ImageV2 {
+    state: StateV2,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+}
+
 /// A snapshot image of format 1.
 #[derive(Deserialize)]
 struct ImageV1 {
-    state: State,
+    state: StateV2,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -162,10 +177,19 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     // a snapshot is data from disk or the network and is not trusted.
     let image: Image = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => postcard::from_bytes(body).map_err(decode_error)?,
+        Some((&IMAGE_FORMAT_V2, body)) => {
+            let v2: ImageV2 = postcard::from_bytes(body).map_err(decode_error)?;
+            Image {
+                state: v2.state.into(),
+                last_applied: v2.last_applied,
+                membership: v2.membership,
+                retired: v2.retired,
+            }
+        }
         Some((&IMAGE_FORMAT_V1, body)) => {
             let v1: ImageV1 = postcard::from_bytes(body).map_err(decode_error)?;
             Image {
-                state: v1.state,
+                state: v1.state.into(),
                 last_applied: v1.last_applied,
                 membership: v1.membership,
                 retired: BTreeSet::new(),

@@ -14,7 +14,12 @@
 //!
 //! `--target paymesh,postgres` runs both, one after the other, and prints the
 //! ratio of their throughputs.
+//!
+//! `--flood` (paymesh only) measures the workload twice on the same region,
+//! without and then with one extra partner flooding it (see [`flood`]), and
+//! prints both side by side with the nodes' resident memory before and after.
 
+pub mod flood;
 pub mod load;
 pub mod paymesh;
 pub mod postgres;
@@ -128,6 +133,15 @@ pub struct BenchArgs {
     /// No live progress line (it is drawn only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// paymesh only: measure the workload without and then with one more
+    /// partner flooding the region (bogus transfers with fresh keys, unused
+    /// quotes up to its cap, event streams beyond its cap), side by side.
+    #[arg(long)]
+    pub flood: bool,
+    /// With --flood: the flooder's request rate and burst, set by the
+    /// operator before the flood [default: the region's default limits].
+    #[arg(long)]
+    pub flood_rate: Option<u32>,
 }
 
 impl BenchArgs {
@@ -173,10 +187,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.group_commit_ms > GROUP_COMMIT_INTERVAL_MS_MAX {
         bail!("--group-commit-ms must be at most {GROUP_COMMIT_INTERVAL_MS_MAX}");
     }
+    if args.flood && args.targets != [TargetKind::Paymesh] {
+        bail!("--flood applies to --target paymesh alone");
+    }
     let mut runs = Vec::with_capacity(args.targets.len());
     for &kind in &args.targets {
-        let report = run_target(kind, &args, &plan).await.with_context(|| format!("benchmarking {}", kind.name()))?;
-        runs.push(report);
+        let reports = run_target(kind, &args, &plan).await.with_context(|| format!("benchmarking {}", kind.name()))?;
+        runs.extend(reports);
     }
     let bench = BenchReport::new(runs);
     print!("{}", bench.table());
@@ -201,9 +218,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Set up one target, run the plan against it, audit it, and release it
-/// before the next target runs.
-async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::Result<RunReport> {
+/// Set up one target, run the plan against it (twice with `--flood`), audit
+/// it, and release it before the next target runs.
+async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
     match kind {
         TargetKind::Paymesh => {
             let config = PaymeshConfig {
@@ -213,6 +230,7 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 payers: args.payers,
                 payees: args.payees,
                 prefund_minor: args.prefund,
+                flooder: args.flood,
             };
             eprintln!(
                 "paymesh: a {}-node region in {}, {} payer and {} payee partners",
@@ -223,9 +241,15 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
             );
             let target = Arc::new(PaymeshTarget::setup(&config).await?);
             let outcome = async {
+                if args.flood {
+                    if let Some(rate) = args.flood_rate {
+                        target.limit_flooder(rate).await?;
+                    }
+                    return flooded(&target, plan).await;
+                }
                 let mut report = load::run(target.clone(), plan).await?;
                 report.audit = Some(target.audit(&report.including_warmup).await?);
-                anyhow::Ok(report)
+                anyhow::Ok(vec![report])
             }
             .await;
             target.shutdown()?;
@@ -247,7 +271,64 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
             let target = Arc::new(PostgresTarget::setup(&config).await?);
             let mut report = load::run(target.clone(), plan).await?;
             report.audit = Some(target.audit(&report.including_warmup).await?);
-            Ok(report)
+            Ok(vec![report])
         }
     }
+}
+
+fn show_resident(when: &str, nodes: &[(u64, u64)]) {
+    let each: Vec<String> =
+        nodes.iter().map(|(id, kib)| format!("node {id} {:.1} MiB", *kib as f64 / 1024.0)).collect();
+    println!("resident memory {when}: {}", each.join(", "));
+}
+
+/// The workload without, then with, the flood; the audit covers both.
+async fn flooded(target: &Arc<PaymeshTarget>, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
+    let flooder = target.flooder.clone().context("the flooder was not configured")?;
+    let before = target.resident_kib();
+    eprintln!("paymesh: the workload without the flood");
+    let mut quiet = load::run(target.clone(), plan).await?;
+    quiet.target = "paymesh (no flood)".to_owned();
+    let during_quiet = target.resident_kib();
+    eprintln!("paymesh: the workload while {} floods the region", flood::FLOODER);
+    target.run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let flood = flood::Flood::start(flooder, paymesh::payee_qr(0));
+    // Let the flood reach its caps before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut loud = load::run(target.clone(), plan).await?;
+    loud.target = "paymesh (flood)".to_owned();
+    let during_flood = target.resident_kib();
+    let report = flood.stop().await;
+    let mut totals = quiet.including_warmup.clone();
+    totals.attempted += loud.including_warmup.attempted;
+    totals.committed += loud.including_warmup.committed;
+    totals.declined += loud.including_warmup.declined;
+    totals.failed += loud.including_warmup.failed;
+    totals.dropped += loud.including_warmup.dropped;
+    loud.audit = Some(target.audit(&totals).await?);
+    let after = target.resident_kib();
+    println!(
+        "flood by {}: {} requests in {:.1} s ({:.0}/s); event streams held {}, refused {}",
+        flood::FLOODER,
+        report.requests,
+        report.seconds,
+        report.requests as f64 / report.seconds.max(1e-9),
+        report.streams_open,
+        report.streams_refused
+    );
+    for (kind, n) in &report.answers {
+        println!("  {kind}: {n}");
+    }
+    show_resident("before the runs", &before);
+    show_resident("after the run without the flood", &during_quiet);
+    show_resident("at the end of the run with the flood", &during_flood);
+    show_resident("after the flood stopped", &after);
+    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:+.1} %", (a / b - 1.0) * 100.0) } else { "-".into() };
+    let p99 = |r: &RunReport| r.latency_ms.as_ref().map_or(0.0, |l| l.p99);
+    println!(
+        "normal workload under the flood: throughput {} , p99 {}",
+        ratio(loud.throughput_per_s, quiet.throughput_per_s),
+        ratio(p99(&loud), p99(&quiet))
+    );
+    Ok(vec![quiet, loud])
 }

@@ -64,12 +64,19 @@ pub struct PaymeshConfig {
     pub payees: usize,
     /// Each payer's prefunded position, in fen.
     pub prefund_minor: i64,
+    /// Also configure the flooding partner ([`super::flood::FLOODER`]).
+    pub flooder: bool,
 }
 
 /// The region and one partner client per payer.
 pub struct PaymeshTarget {
     region: Mutex<Option<LocalRegion>>,
     payers: Vec<PartnerClient>,
+    /// The flooding partner's client, when configured.
+    pub flooder: Option<std::sync::Arc<PartnerClient>>,
+    /// Which run on this region this is: part of every idempotency key, so a
+    /// second run's keys are new.
+    pub run: std::sync::atomic::AtomicU64,
     payees: usize,
     dir: PathBuf,
 }
@@ -90,6 +97,11 @@ fn payer_id(index: usize) -> String {
 
 fn payee_id(index: usize) -> String {
     format!("merchant-{index:05}")
+}
+
+/// A QR code of payee `index`.
+pub fn payee_qr(index: usize) -> String {
+    format!("{}shop", qr_prefix(index))
 }
 
 /// The QR route prefix of payee `index`, and a code on it.
@@ -137,6 +149,9 @@ impl PaymeshTarget {
         for index in 0..config.payees {
             holders.push(Identity::partner(&payee_id(index))?);
         }
+        if config.flooder {
+            holders.push(Identity::partner(super::flood::FLOODER)?);
+        }
         let raft = format!("group_commit_interval_ms = {}", config.group_commit_ms);
         let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
         region.initialize(1, LEADER_TIMEOUT).await?;
@@ -145,7 +160,16 @@ impl PaymeshTarget {
         for index in 0..config.payers {
             payers.push(region.partner(&payer_id(index))?);
         }
-        Ok(PaymeshTarget { region: Mutex::new(Some(region)), payers, payees: config.payees, dir: config.dir.clone() })
+        let flooder =
+            if config.flooder { Some(std::sync::Arc::new(region.partner(super::flood::FLOODER)?)) } else { None };
+        Ok(PaymeshTarget {
+            region: Mutex::new(Some(region)),
+            payers,
+            flooder,
+            run: std::sync::atomic::AtomicU64::new(0),
+            payees: config.payees,
+            dir: config.dir.clone(),
+        })
     }
 
     /// Check the region's books after the run: the ledger balances, every
@@ -229,6 +253,51 @@ impl PaymeshTarget {
         Ok(Audit::new(checks))
     }
 
+    /// Set the flooder's request rate (and burst) to `rate`, as an operator.
+    pub async fn limit_flooder(&self, rate: u32) -> anyhow::Result<()> {
+        let operator = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            region.sdk(&region.operator_stem())?
+        };
+        let request = admin::SetPartnerLimitsRequest {
+            partner_id: super::flood::FLOODER.to_owned(),
+            limits: Some(admin::PartnerLimits {
+                requests_per_second: rate,
+                requests_burst: rate,
+                quotes_outstanding_max: paymesh_core::limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
+                transfers_in_flight_max: paymesh_core::limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
+            }),
+        };
+        let answer = call_region(&operator, |mut c| {
+            let request = request.clone();
+            async move { c.set_partner_limits(request).await }
+        })
+        .await?;
+        if answer.reject_code != 0 {
+            bail!("the flooder's limits: {}", code_name(answer.reject_code));
+        }
+        Ok(())
+    }
+
+    /// Each running node's id and resident memory (VmRSS, KiB), from
+    /// `/proc/<pid>/status`.
+    pub fn resident_kib(&self) -> Vec<(u64, u64)> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(region) = guard.as_ref() else { return Vec::new() };
+        region
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let pid = node.child.as_ref()?.id();
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some((node.id, kib))
+            })
+            .collect()
+    }
+
     /// Stop the region's processes (SIGTERM, bounded wait).
     pub fn shutdown(&self) -> anyhow::Result<()> {
         let region = self.region.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -305,6 +374,9 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
     }
     for index in 0..config.payees {
         partners.push((payee_id(index), admin::PartnerRole::Payee));
+    }
+    if config.flooder {
+        partners.push((super::flood::FLOODER.to_owned(), admin::PartnerRole::Payer));
     }
     stream::iter(partners)
         .map(|(id, role)| async move {
@@ -429,7 +501,7 @@ impl Target for PaymeshTarget {
             Err(e) => return failure("quote", &e),
         };
         let request = wire::CreateTransferRequest {
-            idempotency_key: format!("w{worker}-{sequence}"),
+            idempotency_key: format!("r{}-w{worker}-{sequence}", self.run.load(std::sync::atomic::Ordering::Relaxed)),
             quote_id: quote.quote_id,
             qr_payload: qr,
             payer: Some(wire::PayerDetails {

@@ -753,6 +753,36 @@ fn every_reject_code_is_reachable() {
     west.ok(CommandBody::UpsertCorridor { corridor: usd_cny, terms: usd_cny_terms() }, at);
     transfer_view(&pay(&mut west, "h", usd("5000"), at));
     expect(RejectCode::InsufficientPosition, pay(&mut west, "i", usd("5000"), at));
+
+    // The partner's caps: "d" and "h" are reserved (cn-east never answers
+    // here), "g" and "i" aborted; no quote is left unused.
+    let paypal = pid("paypal-us");
+    let usage = west.state.partner_usage(&paypal);
+    assert_eq!(usage, PartnerUsage { quotes_outstanding: 0, transfers_in_flight: 2 });
+    let capped = |quotes, transfers| CommandBody::SetPartnerLimits {
+        partner: pid("paypal-us"),
+        limits: PartnerLimits {
+            quotes_outstanding_max: quotes,
+            transfers_in_flight_max: transfers,
+            ..PartnerLimits::DEFAULT
+        },
+    };
+    west.ok(capped(1, 2), at);
+    let unused = quote_id(&west.quote("paypal-us", wxp, src("10"), at));
+    expect(RejectCode::PartnerQuotesExhausted, west.quote("paypal-us", wxp, src("10"), at));
+    let blocked = request("paypal-us", "j", &unused, wxp, "A");
+    assert_eq!(west.state.check_transfer_request(&blocked, at), Err(RejectCode::PartnerTransfersExhausted));
+    expect(RejectCode::PartnerTransfersExhausted, west.run(CommandBody::CreateTransfer(blocked.clone()), at));
+    assert_eq!(west.state.replay_transfer_request(&blocked), None, "a refusal records no idempotency key");
+    // With room again, the same key and body go through: nothing was remembered.
+    west.ok(capped(1, 3), at);
+    transfer_view(&west.run(CommandBody::CreateTransfer(blocked), at));
+    assert_eq!(west.state.partner_usage(&paypal), PartnerUsage { quotes_outstanding: 0, transfers_in_flight: 3 });
+    let nobody = CommandBody::SetPartnerLimits { partner: pid("nobody"), limits: PartnerLimits::DEFAULT };
+    expect(RejectCode::PartnerNotFound, west.run(nobody, at));
+    west.ok(CommandBody::SetPartnerLimits { partner: paypal.clone(), limits: PartnerLimits::DEFAULT }, at);
+    assert_eq!(west.state.partner_limits(&paypal), PartnerLimits::DEFAULT);
+
     west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Suspended }, at);
     expect(RejectCode::PartnerSuspended, west.quote("paypal-us", wxp, src("10"), at));
 
@@ -851,6 +881,89 @@ fn every_reject_code_is_reachable() {
 
     let all: BTreeSet<RejectCode> = RejectCode::ALL.into_iter().collect();
     assert_eq!(seen, all, "not reached: {:?}", all.difference(&seen).collect::<Vec<_>>());
+}
+
+/// A transfer request refused before its transfer would exist changes
+/// nothing, not even the idempotency table, and the leader's check gives the
+/// answer applying it gives: a later retry under the same key with a valid
+/// quote is a new request.
+#[test]
+fn refusals_before_a_transfer_exists_change_nothing_and_the_check_agrees() {
+    let (mut west, _) = mesh();
+    let wxp = "wxp://f2f0shop1";
+    let src = |units| QuoteAmount::Source(usd(units));
+    let at = T0;
+    let quote = quote_id(&west.quote("paypal-us", wxp, src("10"), at));
+    let ghost = QuoteId::new(region("us-west"), 999);
+    let refused = [
+        request("paypal-us", "k", &ghost, wxp, "A"),
+        request("paypal-us", "k", &quote, "https://qr.alipay.com/fkx1", "A"),
+        request("nobody", "k", &quote, wxp, "A"),
+    ];
+    for request in &refused {
+        let before = west.state.clone();
+        let checked = west.state.check_transfer_request(request, at).expect_err("refused");
+        let applied = west.run(CommandBody::CreateTransfer(request.clone()), at);
+        assert_eq!(applied, Outcome::Rejected(checked), "{request:?}");
+        // Only the clock and the proposer session's dedupe record moved.
+        let mut unchanged = west.state.clone();
+        unchanged.sessions = before.sessions.clone();
+        assert_eq!(unchanged, before, "{request:?} changed the state");
+        assert_eq!(west.state.replay_transfer_request(request), None);
+    }
+    // Another partner's quote is not found either.
+    west.partner("other-us", PartnerRole::Payer, usd("0"));
+    let theirs = request("other-us", "k", &quote, wxp, "A");
+    assert_eq!(west.state.check_transfer_request(&theirs, at), Err(RejectCode::QuoteNotFound));
+    // An expired quote.
+    let late = at.plus_ms(QUOTE_TTL_MS);
+    let stale = request("paypal-us", "k", &quote, wxp, "A");
+    assert_eq!(west.state.check_transfer_request(&stale, late), Err(RejectCode::QuoteExpired));
+
+    // The same key, now with a valid request: a transfer.
+    let valid = request("paypal-us", "k", &quote, wxp, "A");
+    assert_eq!(west.state.check_transfer_request(&valid, at), Ok(()));
+    let view = transfer_view(&west.run(CommandBody::CreateTransfer(valid.clone()), at));
+    // Retried: its record answers, whatever the check would say now (the
+    // quote is used).
+    assert_eq!(west.state.replay_transfer_request(&valid), Some(Outcome::Transfer(view)));
+    assert_eq!(west.state.check_transfer_request(&valid, at), Err(RejectCode::QuoteAlreadyUsed));
+
+    // Quotes: the check names the refusal and changes nothing; a passing
+    // check is the quote applying gives.
+    let checked = west.state.check_quote(&pid("paypal-us"), &qr("upi://nothing"), src("10"), at);
+    assert_eq!(checked, Err(RejectCode::PayeeNotFound));
+    let checked = west.state.check_quote(&pid("paypal-us"), &qr(wxp), src("10"), at).unwrap();
+    assert_eq!(west.quote("paypal-us", wxp, src("10"), at), Outcome::Quote(checked));
+}
+
+#[test]
+fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted() {
+    assert_eq!(PartnerLimits::DEFAULT.validate(), Ok(()));
+    let zero = PartnerLimits { requests_per_second: 0, ..PartnerLimits::DEFAULT };
+    assert!(zero.validate().unwrap_err().contains("requests_per_second"));
+    let huge = PartnerLimits { quotes_outstanding_max: u32::MAX, ..PartnerLimits::DEFAULT };
+    assert!(huge.validate().unwrap_err().contains("quotes_outstanding_max"));
+    let (mut west, _) = mesh();
+    let body = CommandBody::SetPartnerLimits { partner: pid("paypal-us"), limits: zero };
+    assert_eq!(west.run(body, T0), Outcome::Rejected(RejectCode::ProtocolViolation));
+
+    // A state encoded before limits and usage existed decodes with its usage
+    // counted: encode today's minus the two new tables, as format 2 did.
+    let wxp = "wxp://f2f0shop1";
+    quote_id(&west.quote("paypal-us", wxp, QuoteAmount::Source(usd("10")), T0));
+    pay(&mut west, "x", usd("10"), T0);
+    let mut bytes = postcard::to_stdvec(&west.state).unwrap();
+    let usage = postcard::to_stdvec(&west.state.partner_usage).unwrap();
+    let limits = postcard::to_stdvec(&west.state.partner_limits).unwrap();
+    bytes.truncate(bytes.len() - usage.len() - limits.len());
+    let old: StateV2 = postcard::from_bytes(&bytes).unwrap();
+    let converted = State::from(old);
+    assert_eq!(converted, west.state);
+    assert_eq!(
+        converted.partner_usage(&pid("paypal-us")),
+        PartnerUsage { quotes_outstanding: 1, transfers_in_flight: 1 }
+    );
 }
 
 // ---- property tests ---------------------------------------------------------------------------

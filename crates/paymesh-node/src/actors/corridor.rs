@@ -14,6 +14,7 @@ use paymesh_core::{Outcome, Timestamp};
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 
+use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
 
@@ -61,6 +62,10 @@ impl Handler<Quote> for CorridorActor {
             }
         }
         // Unknown here (just created, or gone): the state machine decides.
-        self.proposer.do_send(Propose { body: message.body, reply: message.reply });
+        let lane = match &message.body {
+            CommandBody::CreateQuote { partner, .. } => Lane::Partner(partner.clone()),
+            _ => Lane::Region,
+        };
+        self.proposer.do_send(Propose { lane, body: message.body, reply: message.reply });
     }
 }

@@ -15,6 +15,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod corridor;
+pub mod fair;
 pub mod partner;
 pub mod proposer;
 pub mod registry;

@@ -1,14 +1,33 @@
-//! A partner's actor on the leader: rate limit, in-flight bound, the
-//! idempotency fast path, and its event stream subscribers.
+//! A partner's actor on the leader: in-flight bound, the
+//! idempotency fast path, refusals answered from the applied state, and its
+//! event stream subscribers.
 //!
 //! It is a cache and a scheduler: every decision about money is made again by
 //! the state machine when the command is applied. The fast path answers a
 //! retried transfer request from the applied state without a Raft round trip,
 //! and joins a retry to an identical request still in flight; both give the
 //! answer applying the request again would give.
+//!
+//! A quote or transfer request that the state machine would refuse without
+//! changing anything (an unknown, foreign, expired or used quote, a payee
+//! mismatch, a suspended partner or corridor, the partner at one of its caps)
+//! is refused here, from the applied state, through the very checks `apply`
+//! makes (`State::check_quote`, `State::check_transfer_request`): it is
+//! neither proposed nor logged nor remembered, and no idempotency record is
+//! made, so a retry under the same key with a valid quote is a new request.
+//! A key with a record is answered by the record, and a key with another
+//! request in flight is left to the state machine. If the applied state
+//! changes between this check and the apply (a quote used, a limit raised),
+//! the state machine's answer is the one that counts.
+//!
+//! The request rate is the partner's replicated limit
+//! (`PartnerLimits::requests_per_second` and `requests_burst`, set by an
+//! operator), read from the applied state on every request, so a change
+//! applies at once on the leader. Requests are charged by the gateway before
+//! they reach this actor (see [`crate::rate`]); subscriptions here.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
@@ -20,16 +39,12 @@ use paymesh_store::StateMachineStore;
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::{CorridorActor, Quote};
+use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
+use crate::rate::{Rates, RATE_REFUSAL};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
-
-/// Requests per second a partner may make to the leader, sustained.
-pub const PARTNER_REQUESTS_PER_SECOND: f64 = 50_000.0;
-
-/// Requests a partner may make in a burst above the sustained rate.
-pub const PARTNER_REQUESTS_BURST: f64 = 20_000.0;
 
 /// A partner's requests waiting for their outcome, at most.
 pub const PARTNER_IN_FLIGHT_MAX: usize = 8_192;
@@ -99,8 +114,7 @@ pub struct PartnerActor {
     partner: PartnerId,
     state: StateMachineStore,
     proposer: Addr<Proposer>,
-    tokens: f64,
-    refilled: Instant,
+    rates: Arc<Rates>,
     in_flight: usize,
     /// Transfer requests in flight by key: their fingerprint and who waits.
     pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
@@ -111,38 +125,31 @@ pub struct PartnerActor {
 
 impl PartnerActor {
     /// The actor of `partner`, proposing through `proposer`, holding at most
-    /// `subscribers_max` event streams.
+    /// `subscribers_max` event streams, charging subscriptions to `rates`.
     pub fn new(
         partner: PartnerId,
         state: StateMachineStore,
         proposer: Addr<Proposer>,
         subscribers_max: usize,
+        rates: Arc<Rates>,
     ) -> PartnerActor {
         PartnerActor {
             partner,
             state,
             proposer,
             subscribers_max,
-            tokens: PARTNER_REQUESTS_BURST,
-            refilled: Instant::now(),
+            rates,
             in_flight: 0,
             pending: HashMap::new(),
             subscribers: Vec::new(),
         }
     }
 
-    /// Take a token from the partner's bucket, if one is left.
+    /// Take a token from the partner's bucket (see [`crate::rate`]), if one
+    /// is left.
     fn admit(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.refilled).as_secs_f64() * PARTNER_REQUESTS_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(PARTNER_REQUESTS_BURST);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let limits = self.state.applied().state.partner_limits(&self.partner);
+        self.rates.admit(&self.partner, limits)
     }
 
     fn propose(
@@ -155,7 +162,9 @@ impl PartnerActor {
         let (reply, outcome) = oneshot::channel();
         self.in_flight += 1;
         match route {
-            Route::Proposer => self.proposer.do_send(Propose { body, reply }),
+            Route::Proposer => {
+                self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), body, reply })
+            }
             Route::Corridor { actor, amount, now } => actor.do_send(Quote { body, amount, now, reply }),
         }
         ctx.spawn(async move { outcome.await.unwrap_or(Err(Refusal::NotLeader)) }.into_actor(self).map(
@@ -188,6 +197,18 @@ impl PartnerActor {
                 true
             }
         };
+        if owner {
+            // No record and nothing else in flight under this key: a request
+            // the state machine would refuse without changing anything is
+            // refused here, and leaves nothing behind.
+            let applied = self.state.applied();
+            let now = crate::gateway::now().max(applied.state.clock());
+            if let Err(code) = applied.state.check_transfer_request(&request, now) {
+                self.pending.remove(&request.idempotency_key);
+                let _ = reply.send(Ok(Outcome::Rejected(code)));
+                return;
+            }
+        }
         let key = request.idempotency_key.clone();
         self.propose(CommandBody::CreateTransfer(request), Route::Proposer, ctx, move |actor, result| {
             if owner {
@@ -244,16 +265,26 @@ impl Handler<Submit> for PartnerActor {
     type Result = ();
 
     fn handle(&mut self, message: Submit, ctx: &mut Context<Self>) {
-        if !self.admit() {
-            let _ = message.reply.send(Err(Refusal::Overloaded("this partner's request rate is above its limit")));
-            return;
-        }
+        // The gateway charged the request to the partner's rate already.
         if self.in_flight >= PARTNER_IN_FLIGHT_MAX {
             let _ = message.reply.send(Err(Refusal::Overloaded("too many of this partner's requests are in flight")));
             return;
         }
         match message.body {
             CommandBody::CreateTransfer(request) => self.submit_transfer(request, message.reply, ctx),
+            CommandBody::CreateQuote { partner, payee, amount } => {
+                let applied = self.state.applied();
+                let now = crate::gateway::now().max(applied.state.clock());
+                if let Err(code) = applied.state.check_quote(&partner, &payee, amount, now) {
+                    let _ = message.reply.send(Ok(Outcome::Rejected(code)));
+                    return;
+                }
+                let reply = message.reply;
+                let body = CommandBody::CreateQuote { partner, payee, amount };
+                self.propose(body, message.route, ctx, move |_, result| {
+                    let _ = reply.send(result);
+                });
+            }
             body => {
                 let reply = message.reply;
                 self.propose(body, message.route, ctx, move |_, result| {
@@ -277,7 +308,7 @@ impl Handler<Subscribe> for PartnerActor {
             ));
         }
         if !self.admit() {
-            return Err(Refusal::Overloaded("this partner's request rate is above its limit"));
+            return Err(Refusal::Overloaded(RATE_REFUSAL));
         }
         // Check the cursor now, so an expired one is an error, not a silent gap.
         if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0) {

@@ -10,13 +10,24 @@
 //! each costing a sync, a replication message and an apply on every node.
 //! Gathered here instead, they share one, so the batches grow with the load
 //! by themselves (measured in docs/BENCHMARKS.md: at half of peak, 16 entries
-//! in flight gave a p99 of 144-151 ms, one gave 104-107 ms). The queue is bounded
-//! ([`QUEUE_COMMANDS_MAX`]): when it is full a new command is refused at once
-//! (the caller answers RESOURCE_EXHAUSTED) rather than waiting without limit.
+//! in flight gave a p99 of 144-151 ms, one gave 104-107 ms).
+//!
+//! The waiting commands are not one FIFO but a [`FairQueue`]: a lane per
+//! partner and one for the region's own commands (operators, ticks,
+//! inter-region messages), and each entry takes one command from each
+//! waiting lane in turn. A partner's backlog delays another lane's command
+//! by one round at most. The queue is bounded as a whole
+//! ([`QUEUE_COMMANDS_MAX`]) and per partner ([`QUEUE_COMMANDS_PER_PARTNER_MAX`]):
+//! beyond either a new command is refused at once (the caller answers
+//! RESOURCE_EXHAUSTED) rather than waiting without limit.
 //!
 //! Each command gets an id from the proposer's session (this node and its
 //! term as leader) and a sequence number, so a proposal repeated by openraft
-//! or by a retry is applied once.
+//! or by a retry is applied once. The number is given when the command is
+//! put into an entry, not when it is queued: lanes are served out of arrival
+//! order, and a session forgets outcomes below its newest
+//! `SESSION_OUTCOMES_MAX`, so a command numbered on arrival could be applied
+//! after thousands of higher numbers and be refused as stale.
 //!
 //! Under load the proposer can also hold the next entry back
 //! (`raft.group_commit_interval_ms`, [`GROUP_COMMIT_SIBLINGS`]): once an
@@ -49,6 +60,7 @@ use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 
+use super::fair::{FairQueue, Full, Lane};
 use super::Refusal;
 
 /// How long the first command of a batch waits for company.
@@ -64,6 +76,11 @@ pub const GROUP_COMMIT_SIBLINGS: usize = 8;
 /// Commands waiting to be proposed, at most; beyond this new ones are refused.
 pub const QUEUE_COMMANDS_MAX: usize = 32_768;
 
+/// One partner's commands waiting to be proposed, at most (four full
+/// entries); beyond this its new ones are refused. The region's own lane is
+/// bounded by [`QUEUE_COMMANDS_MAX`] only.
+pub const QUEUE_COMMANDS_PER_PARTNER_MAX: usize = 4 * BATCH_COMMANDS_MAX;
+
 /// How often the leader looks for housekeeping due: a cross-border transfer
 /// past its deadline is aborted at most this late.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
@@ -74,6 +91,8 @@ type Waiter = oneshot::Sender<Result<Outcome, Refusal>>;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Propose {
+    /// Whose it is: the lane it waits in.
+    pub lane: Lane,
     /// What to do.
     pub body: CommandBody,
     /// Where the outcome goes.
@@ -92,7 +111,7 @@ pub struct Proposer {
     ticking: bool,
     session: u64,
     next_sequence: u64,
-    queue: Vec<(Command, Waiter)>,
+    queue: FairQueue<(CommandBody, Waiter)>,
     /// A timer (the linger's or group commit's) will call `flush`.
     flush_scheduled: bool,
     in_flight: usize,
@@ -125,7 +144,7 @@ impl Proposer {
             ticking: false,
             session,
             next_sequence: 1,
-            queue: Vec::new(),
+            queue: FairQueue::new(QUEUE_COMMANDS_PER_PARTNER_MAX, QUEUE_COMMANDS_MAX),
             flush_scheduled: false,
             in_flight: 0,
             group_commit_interval,
@@ -133,15 +152,19 @@ impl Proposer {
         }
     }
 
-    /// Queue a command; a full queue refuses it at once.
-    fn enqueue(&mut self, body: CommandBody, reply: Waiter, ctx: &mut Context<Self>) {
-        if self.queue.len() >= QUEUE_COMMANDS_MAX {
-            let _ = reply.send(Err(Refusal::Overloaded("the proposal queue is full; retry with backoff")));
+    /// Queue a command in its lane; a full lane or queue refuses it at once.
+    fn enqueue(&mut self, lane: Lane, body: CommandBody, reply: Waiter, ctx: &mut Context<Self>) {
+        if let Err((full, (_, reply))) = self.queue.push(lane, (body, reply)) {
+            let why = match full {
+                Full::Lane => {
+                    "this partner has its most commands waiting to be proposed \
+                     (QUEUE_COMMANDS_PER_PARTNER_MAX); retry with backoff"
+                }
+                Full::Queue => "the proposal queue is full; retry with backoff",
+            };
+            let _ = reply.send(Err(Refusal::Overloaded(why)));
             return;
         }
-        let id = CommandId { session: self.session, sequence: self.next_sequence };
-        self.next_sequence += 1;
-        self.queue.push((Command { id, body }, reply));
         if self.queue.len() >= BATCH_COMMANDS_MAX {
             self.flush(ctx);
         } else if !self.flush_scheduled {
@@ -161,7 +184,7 @@ impl Proposer {
         }
         self.ticking = true;
         let (reply, answer) = oneshot::channel();
-        self.enqueue(CommandBody::Tick, reply, ctx);
+        self.enqueue(Lane::Region, CommandBody::Tick, reply, ctx);
         ctx.spawn(answer.into_actor(self).map(|answer, proposer, ctx| {
             proposer.ticking = false;
             match answer {
@@ -197,9 +220,16 @@ impl Proposer {
                 }
                 return;
             }
-            let take = self.queue.len().min(BATCH_COMMANDS_MAX);
-            self.last_entry = Some((Instant::now(), take));
-            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = self.queue.drain(..take).unzip();
+            let taken = self.queue.take(BATCH_COMMANDS_MAX);
+            self.last_entry = Some((Instant::now(), taken.len()));
+            let (commands, waiters): (Vec<Command>, Vec<Waiter>) = taken
+                .into_iter()
+                .map(|(body, waiter)| {
+                    let id = CommandId { session: self.session, sequence: self.next_sequence };
+                    self.next_sequence += 1;
+                    (Command { id, body }, waiter)
+                })
+                .unzip();
             let batch = match Batch::new(Self::leader_now(), commands) {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -247,7 +277,7 @@ impl Actor for Proposer {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for (_, waiter) in self.queue.drain(..) {
+        for (_, waiter) in self.queue.drain() {
             let _ = waiter.send(Err(Refusal::NotLeader));
         }
     }
@@ -257,7 +287,7 @@ impl Handler<Propose> for Proposer {
     type Result = ();
 
     fn handle(&mut self, message: Propose, ctx: &mut Context<Self>) {
-        self.enqueue(message.body, message.reply, ctx);
+        self.enqueue(message.lane, message.body, message.reply, ctx);
     }
 }
 

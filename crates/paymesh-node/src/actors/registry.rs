@@ -12,6 +12,7 @@ use paymesh_core::{Outcome, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::CorridorActor;
+use super::fair::Lane;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
 use super::Refusal;
@@ -87,10 +88,11 @@ impl Registry {
         let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
         let (state, proposer) = (self.node.state_machine.clone(), term.proposer.clone());
         let streams_max = self.node.config.limits.event_streams_per_partner_max;
+        let rates = self.node.rates.clone();
         Ok(term
             .partners
             .entry(id.clone())
-            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max).start())
+            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max, rates).start())
             .clone())
     }
 
@@ -206,7 +208,11 @@ impl Handler<OperatorRequest> for Registry {
 
     fn handle(&mut self, message: OperatorRequest, _ctx: &mut Context<Self>) {
         match &self.current {
-            Some(term) => term.proposer.do_send(proposer::Propose { body: message.body, reply: message.reply }),
+            Some(term) => term.proposer.do_send(proposer::Propose {
+                lane: Lane::Region,
+                body: message.body,
+                reply: message.reply,
+            }),
             None => {
                 let _ = message.reply.send(Err(Refusal::NotLeader));
             }
