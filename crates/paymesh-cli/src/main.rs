@@ -4,7 +4,7 @@
 /// mimalloc instead of the system allocator: the node allocates many small,
 /// short-lived buffers per request (HTTP/2 frames, protobuf messages, map
 /// nodes), where glibc's malloc showed up as a sixth of the leader's CPU time
-/// (see docs/BENCHMARKS.md, issue 4).
+/// (see docs/BENCHMARKS.md, "Transfers through the partner API").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -81,20 +81,7 @@ fn last_segment(data_dir: &Path) -> PathBuf {
 async fn a_follower_with_a_damaged_log_refuses_to_start_and_is_rebuilt() {
     let mut region = Region::start(3, "");
     let leader = region.initialize(1).await;
-    let request = admin::UpsertPartnerRequest {
-        partner_id: PARTNER.into(),
-        home_region: common::REGION.into(),
-        role: admin::PartnerRole::Payer as i32,
-        settlement_currency: "USD".into(),
-        net_debit_cap: Some(money("0", "USD")),
-    };
-    let answer = region
-        .admin(|mut c| {
-            let r = request.clone();
-            async move { c.upsert_partner(r).await }
-        })
-        .await;
-    assert_eq!(answer.reject_code, 0);
+    region.upsert_partner(PARTNER, admin::PartnerRole::Payer, "0").await;
 
     // A workload of top-ups with unique references runs throughout.
     let acknowledged = Arc::new(AtomicU64::new(0));

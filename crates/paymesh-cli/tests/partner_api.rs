@@ -24,74 +24,19 @@ async fn configure(region: &Region) {
         ("wallet-b", admin::PartnerRole::Payer),
         ("merchant-net", admin::PartnerRole::Payee),
     ] {
-        let request = admin::UpsertPartnerRequest {
-            partner_id: id.into(),
-            home_region: common::REGION.into(),
-            role: role as i32,
-            settlement_currency: "USD".into(),
-            net_debit_cap: Some(money("100", "USD")),
-        };
-        let response = region
-            .admin(|mut c| {
-                let r = request.clone();
-                async move { c.upsert_partner(r).await }
-            })
-            .await;
-        assert_eq!(response.reject_code, 0, "{id}");
+        region.upsert_partner(id, role, "100").await;
     }
     for id in ["wallet-a", "wallet-b"] {
-        let request = admin::TopUpPositionRequest {
-            partner_id: id.into(),
-            amount: Some(money("1000", "USD")),
-            reference: format!("fund-{id}"),
-        };
-        let response = region
-            .admin(|mut c| {
-                let r = request.clone();
-                async move { c.top_up_position(r).await }
-            })
-            .await;
-        assert_eq!(response.reject_code, 0);
+        region.fund(id, "1000", &format!("fund-{id}")).await;
     }
-    let corridor = wire_common::CorridorId {
-        source_currency: "USD".into(),
-        source_region: common::REGION.into(),
-        destination_currency: "USD".into(),
-        destination_region: common::REGION.into(),
-    };
-    let request = admin::UpsertCorridorRequest {
-        corridor: Some(corridor),
-        spread_bps: 0,
-        fee: Some(admin::FeeSchedule {
+    region
+        .domestic_usd(admin::FeeSchedule {
             fixed: Some(money("0.10", "USD")),
             rate_bps: 100,
             min: Some(money("0", "USD")),
             max: Some(money("5", "USD")),
-        }),
-        min_amount: Some(money("0.01", "USD")),
-        max_amount: Some(money("500", "USD")),
-        daily_cap: Some(money("100000", "USD")),
-    };
-    let response = region
-        .admin(|mut c| {
-            let r = request.clone();
-            async move { c.upsert_corridor(r).await }
         })
         .await;
-    assert_eq!(response.reject_code, 0);
-    let request = admin::UpsertPayeeRouteRequest {
-        qr_prefix: "pay://merchant/".into(),
-        payee_partner_id: "merchant-net".into(),
-        region: common::REGION.into(),
-        currency: "USD".into(),
-    };
-    let response = region
-        .admin(|mut c| {
-            let r = request.clone();
-            async move { c.upsert_payee_route(r).await }
-        })
-        .await;
-    assert_eq!(response.reject_code, 0);
 }
 
 fn quote_request(amount: &str) -> wire::CreateQuoteRequest {

@@ -145,19 +145,7 @@ async fn a_suspended_partner_is_refused_on_every_call_reads_and_streams_included
     let region = Region::start(3, "");
     region.initialize(1).await;
     let partner = "wallet-a";
-    let upsert = admin::UpsertPartnerRequest {
-        partner_id: partner.into(),
-        home_region: common::REGION.into(),
-        role: admin::PartnerRole::Payer as i32,
-        settlement_currency: "USD".into(),
-        net_debit_cap: Some(common::money("0", "USD")),
-    };
-    region
-        .admin(|mut c| {
-            let request = upsert.clone();
-            async move { c.upsert_partner(request).await }
-        })
-        .await;
+    region.upsert_partner(partner, admin::PartnerRole::Payer, "0").await;
     let client = region.partner(partner);
     client.get_position(partner_api::GetPositionRequest::default()).await.expect("an active partner reads");
     let mut open = client.stream_events(0).await.expect("an active partner streams");
@@ -201,19 +189,7 @@ async fn a_partner_holds_a_bounded_number_of_event_streams() {
     let region = Region::start(3, "");
     region.initialize(1).await;
     let partner = "wallet-a";
-    let upsert = admin::UpsertPartnerRequest {
-        partner_id: partner.into(),
-        home_region: common::REGION.into(),
-        role: admin::PartnerRole::Payer as i32,
-        settlement_currency: "USD".into(),
-        net_debit_cap: Some(common::money("0", "USD")),
-    };
-    region
-        .admin(|mut c| {
-            let request = upsert.clone();
-            async move { c.upsert_partner(request).await }
-        })
-        .await;
+    region.upsert_partner(partner, admin::PartnerRole::Payer, "0").await;
     let client = region.partner(partner);
     let mut open = Vec::new();
     for n in 0..limit {
@@ -224,13 +200,7 @@ async fn a_partner_holds_a_bounded_number_of_event_streams() {
     assert!(status.message().contains("event streams"), "{status:?}");
     // Another partner is not charged for this one's streams.
     let other = region.partner("wallet-b");
-    let upsert_b = admin::UpsertPartnerRequest { partner_id: "wallet-b".into(), ..upsert.clone() };
-    region
-        .admin(|mut c| {
-            let request = upsert_b.clone();
-            async move { c.upsert_partner(request).await }
-        })
-        .await;
+    region.upsert_partner("wallet-b", admin::PartnerRole::Payer, "0").await;
     other.stream_events(0).await.expect("another partner streams");
     // A closed stream frees its place.
     drop(open.pop());
@@ -326,19 +296,7 @@ async fn a_revoked_certificate_is_refused_after_a_reload_without_a_restart() {
     let region = Region::start(3, "");
     region.initialize(1).await;
     for partner in ["wallet-a", "wallet-b"] {
-        let upsert = admin::UpsertPartnerRequest {
-            partner_id: partner.into(),
-            home_region: common::REGION.into(),
-            role: admin::PartnerRole::Payer as i32,
-            settlement_currency: "USD".into(),
-            net_debit_cap: Some(common::money("0", "USD")),
-        };
-        region
-            .admin(|mut c| {
-                let request = upsert.clone();
-                async move { c.upsert_partner(request).await }
-            })
-            .await;
+        region.upsert_partner(partner, admin::PartnerRole::Payer, "0").await;
     }
     let (a, b) = (region.partner("wallet-a"), region.partner("wallet-b"));
     a.get_position(Default::default()).await.expect("wallet-a reads before the revocation");
@@ -406,19 +364,7 @@ async fn a_node_certificate_and_a_new_ca_take_effect_on_sighup_without_a_restart
     let region = Region::start(3, "");
     region.initialize(1).await;
     for partner in ["wallet-a", "wallet-b"] {
-        let upsert = admin::UpsertPartnerRequest {
-            partner_id: partner.into(),
-            home_region: common::REGION.into(),
-            role: admin::PartnerRole::Payer as i32,
-            settlement_currency: "USD".into(),
-            net_debit_cap: Some(common::money("0", "USD")),
-        };
-        region
-            .admin(|mut c| {
-                let request = upsert.clone();
-                async move { c.upsert_partner(request).await }
-            })
-            .await;
+        region.upsert_partner(partner, admin::PartnerRole::Payer, "0").await;
     }
     let certs = region.ca_file().parent().unwrap().to_path_buf();
     let first_der = |path: &std::path::Path| {

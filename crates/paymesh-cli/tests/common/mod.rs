@@ -134,6 +134,81 @@ impl Region {
         LocalRegion::admin(self, call).await.unwrap()
     }
 
+    /// Configure partner `id` of this region, settling in USD, with `role`
+    /// and a net debit cap of `cap` dollars; panics unless it is stored.
+    pub async fn upsert_partner(&self, id: &str, role: wire::PartnerRole, cap: &str) {
+        let request = wire::UpsertPartnerRequest {
+            partner_id: id.into(),
+            home_region: REGION.into(),
+            role: role as i32,
+            settlement_currency: "USD".into(),
+            net_debit_cap: Some(money(cap, "USD")),
+        };
+        let response = self
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.upsert_partner(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{id}: {response:?}");
+    }
+
+    /// Credit partner `id` with `amount` dollars under `reference`.
+    pub async fn fund(&self, id: &str, amount: &str, reference: &str) {
+        let request = wire::TopUpPositionRequest {
+            partner_id: id.into(),
+            amount: Some(money(amount, "USD")),
+            reference: reference.into(),
+        };
+        let response = self
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.top_up_position(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{id}: {response:?}");
+    }
+
+    /// The domestic USD corridor of the region (0.01 to 500.00 a transfer,
+    /// 100,000.00 a day) with `fee`, and the route of `pay://merchant/` codes
+    /// to the payee `merchant-net`.
+    pub async fn domestic_usd(&self, fee: wire::FeeSchedule) {
+        let corridor = common::CorridorId {
+            source_currency: "USD".into(),
+            source_region: REGION.into(),
+            destination_currency: "USD".into(),
+            destination_region: REGION.into(),
+        };
+        let request = wire::UpsertCorridorRequest {
+            corridor: Some(corridor),
+            spread_bps: 0,
+            fee: Some(fee),
+            min_amount: Some(money("0.01", "USD")),
+            max_amount: Some(money("500", "USD")),
+            daily_cap: Some(money("100000", "USD")),
+        };
+        let response = self
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.upsert_corridor(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{response:?}");
+        let request = wire::UpsertPayeeRouteRequest {
+            qr_prefix: "pay://merchant/".into(),
+            payee_partner_id: "merchant-net".into(),
+            region: REGION.into(),
+            currency: "USD".into(),
+        };
+        let response = self
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.upsert_payee_route(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{response:?}");
+    }
+
     /// Run the `paymesh` command as `stem` (`operator-tests`,
     /// `node-us-west-1`, …) with the running nodes as its target, after
     /// `args` (the subcommand). Returns the exit code, stdout and stderr.
