@@ -19,24 +19,13 @@ const QR: &str = "pay://merchant/m-1";
 /// of 100.00), merchant-net (payee), a domestic USD corridor with a fee of
 /// 0.10 + 1 %, and a route for `pay://merchant/`.
 async fn configure(region: &Region) {
-    for (id, role) in [
-        ("wallet-a", admin::PartnerRole::Payer),
-        ("wallet-b", admin::PartnerRole::Payer),
-        ("merchant-net", admin::PartnerRole::Payee),
-    ] {
-        region.upsert_partner(id, role, "100").await;
-    }
-    for id in ["wallet-a", "wallet-b"] {
-        region.fund(id, "1000", &format!("fund-{id}")).await;
-    }
-    region
-        .domestic_usd(admin::FeeSchedule {
-            fixed: Some(money("0.10", "USD")),
-            rate_bps: 100,
-            min: Some(money("0", "USD")),
-            max: Some(money("5", "USD")),
-        })
-        .await;
+    let fee = admin::FeeSchedule {
+        fixed: Some(money("0.10", "USD")),
+        rate_bps: 100,
+        min: Some(money("0", "USD")),
+        max: Some(money("5", "USD")),
+    };
+    region.two_payers_and_a_merchant("100", fee).await;
 }
 
 fn quote_request(amount: &str) -> wire::CreateQuoteRequest {

@@ -21,24 +21,13 @@ const QR: &str = "pay://merchant/m-1";
 /// Payers wallet-a and wallet-b (USD, prefunded 1,000.00), payee
 /// merchant-net, a domestic USD corridor, a route for `pay://merchant/`.
 async fn configure(region: &Region) {
-    for (id, role) in [
-        ("wallet-a", admin::PartnerRole::Payer),
-        ("wallet-b", admin::PartnerRole::Payer),
-        ("merchant-net", admin::PartnerRole::Payee),
-    ] {
-        region.upsert_partner(id, role, "0").await;
-    }
-    for id in ["wallet-a", "wallet-b"] {
-        region.fund(id, "1000", &format!("fund-{id}")).await;
-    }
-    region
-        .domestic_usd(admin::FeeSchedule {
-            fixed: Some(money("0", "USD")),
-            rate_bps: 0,
-            min: Some(money("0", "USD")),
-            max: Some(money("0", "USD")),
-        })
-        .await;
+    let fee = admin::FeeSchedule {
+        fixed: Some(money("0", "USD")),
+        rate_bps: 0,
+        min: Some(money("0", "USD")),
+        max: Some(money("0", "USD")),
+    };
+    region.two_payers_and_a_merchant("0", fee).await;
 }
 
 fn quote_request() -> wire::CreateQuoteRequest {

@@ -260,6 +260,7 @@ pub struct StateV2 {
     directory: Directory,
     #[serde(with = "crate::serde_seq")]
     quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     quote_expiry: OrdSet<(Timestamp, QuoteId)>,
     #[serde(with = "crate::serde_seq")]
     transfers: OrdMap<TransferId, Transfer>,

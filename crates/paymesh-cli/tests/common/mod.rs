@@ -169,6 +169,23 @@ impl Region {
         assert_eq!(response.reject_code, 0, "{id}: {response:?}");
     }
 
+    /// The partner API tests' world: payers `wallet-a` and `wallet-b` (USD,
+    /// net debit cap `cap`, funded with 1,000.00 each), the payee
+    /// `merchant-net`, and [`Self::domestic_usd`] with `fee`.
+    pub async fn two_payers_and_a_merchant(&self, cap: &str, fee: wire::FeeSchedule) {
+        for (id, role) in [
+            ("wallet-a", wire::PartnerRole::Payer),
+            ("wallet-b", wire::PartnerRole::Payer),
+            ("merchant-net", wire::PartnerRole::Payee),
+        ] {
+            self.upsert_partner(id, role, cap).await;
+        }
+        for id in ["wallet-a", "wallet-b"] {
+            self.fund(id, "1000", &format!("fund-{id}")).await;
+        }
+        self.domestic_usd(fee).await;
+    }
+
     /// The domestic USD corridor of the region (0.01 to 500.00 a transfer,
     /// 100,000.00 a day) with `fee`, and the route of `pay://merchant/` codes
     /// to the payee `merchant-net`.
