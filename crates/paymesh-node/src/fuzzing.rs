@@ -41,31 +41,9 @@ pub fn identity(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use paymesh_store::fuzzing::replay;
 
     use super::*;
-
-    fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let mut found = Vec::new();
-        for kind in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) else { continue };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                found.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-        found
-    }
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let inputs = inputs(target);
-        assert!(!inputs.is_empty(), "no seeds for {target}");
-        for (path, data) in inputs {
-            let result = std::panic::catch_unwind(|| run(&data));
-            assert!(result.is_ok(), "{} panics", path.display());
-        }
-    }
 
     #[test]
     fn fuzz_inputs_raft_codec() {

@@ -95,32 +95,37 @@ pub fn checkpoints_load(data: &[u8]) {
     let _ = checkpoints.load();
 }
 
+/// Every seed and every crash input of the fuzz target `target` kept under
+/// `fuzz/` (`corpus/<target>` and `regressions/<target>`), for the stable
+/// tests that replay them.
+pub fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut found = Vec::new();
+    for kind in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) else { continue };
+        for entry in entries {
+            let path = entry.expect("a fuzz input's directory entry").path();
+            let data = std::fs::read(&path).expect("a fuzz input reads");
+            found.push((path, data));
+        }
+    }
+    found
+}
+
+/// Run `run` on every input of `target` ([`inputs`]); panics, naming the
+/// input, if there is none or if one panics.
+pub fn replay(target: &str, run: fn(&[u8])) {
+    let inputs = inputs(target);
+    assert!(!inputs.is_empty(), "no seeds for {target}");
+    for (path, data) in inputs {
+        let result = std::panic::catch_unwind(|| run(&data));
+        assert!(result.is_ok(), "{} panics", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every seed and every crash input of `target` kept under `fuzz/`.
-    fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let mut found = Vec::new();
-        for kind in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) else { continue };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                found.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-        found
-    }
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let inputs = inputs(target);
-        assert!(!inputs.is_empty(), "no seeds for {target}");
-        for (path, data) in inputs {
-            let result = std::panic::catch_unwind(|| run(&data));
-            assert!(result.is_ok(), "{} panics", path.display());
-        }
-    }
 
     #[test]
     fn fuzz_inputs_apply_batches() {
