@@ -492,12 +492,8 @@ impl ServerTls {
     /// handshakes: a rotated certificate and key, a CA file with another CA
     /// added (a rollover).
     fn reload(&self, config: &NodeConfig) -> Result<(), String> {
-        let files = config.tls.as_ref().ok_or("no [tls] section")?;
-        let material = TlsMaterial::load(files).map_err(|e| e.to_string())?;
-        let expected = Identity::Node { region: config.region.clone(), node_id: config.node_id };
-        if material.identity() != &expected {
-            return Err(format!("tls.cert names {} but this is {expected}", material.identity()));
-        }
+        // The same loading and identity check as at start.
+        let material = Node::load_tls(config).map_err(|e| e.to_string())?.ok_or("no [tls] section")?;
         let region = material.rustls_server_config(material.ca_pem()).map_err(|e| e.to_string())?;
         let interregion = match &self.interregion {
             Some(_) => Some(material.rustls_server_config(&self.bundle).map_err(|e| e.to_string())?),
