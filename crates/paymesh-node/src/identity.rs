@@ -316,11 +316,6 @@ impl Authenticator {
         Ok(authenticator)
     }
 
-    /// Whether callers name themselves (plaintext, development only).
-    pub fn plaintext(&self) -> bool {
-        self.plaintext
-    }
-
     /// Read the revocation list again; the number of certificates it lists.
     /// On an error the list in force stays as it was.
     pub fn reload(&self) -> Result<usize, String> {
