@@ -16,6 +16,7 @@ use crate::actors::registry::{OperatorRequest, PartnerRequest};
 use crate::actors::{Refusal, RegistryAddr};
 use crate::identity::Identity;
 use crate::node::Node;
+use crate::rate::Admission;
 
 /// Shared by the partner and admin services of one node.
 #[derive(Clone)]
@@ -73,7 +74,9 @@ impl Gateway {
     /// partner this node does not know yet is looked up again after a
     /// linearizable read (this node might lag), so NOT_FOUND is only ever the
     /// leader's up-to-date answer; a follower answers UNAVAILABLE with the
-    /// leader's address instead.
+    /// leader's address instead. The call is charged to the partner's rate
+    /// here, once, whatever it is: an active partner over its rate waits for
+    /// its turn (see [`crate::rate`]).
     pub async fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
         let id = match self.node.auth.identify(request)? {
             Identity::Partner(id) => id,
@@ -90,11 +93,28 @@ impl Gateway {
             }
         };
         match status {
-            PartnerStatus::Active => Ok(id),
+            PartnerStatus::Active => {
+                self.pace(&id).await?;
+                Ok(id)
+            }
             PartnerStatus::Suspended => Err(Status::failed_precondition(format!(
                 "PartnerSuspended: partner {id} is suspended in this region; every call is refused until an \
                  operator reactivates it"
             ))),
+        }
+    }
+
+    /// Charge a call to the partner's rate: wait for its token, or
+    /// RESOURCE_EXHAUSTED if that would take too long (see [`crate::rate`]).
+    async fn pace(&self, partner: &PartnerId) -> Result<(), Status> {
+        let limits = self.node.state_machine.applied().state.partner_limits(partner);
+        match self.node.rates.admit(partner, limits) {
+            Admission::Now => Ok(()),
+            Admission::After(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Admission::Refused => Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL)),
         }
     }
 
@@ -156,10 +176,6 @@ impl Gateway {
 
     /// Submit a partner's command through its actor; the outcome once applied.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
-        let limits = self.node.state_machine.applied().state.partner_limits(&partner);
-        if !self.node.rates.admit(&partner, limits) {
-            return Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL));
-        }
         self.check_link(&body)?;
         let (reply, outcome) = oneshot::channel();
         let request = PartnerRequest { partner, body, now: now(), reply };

@@ -23,11 +23,10 @@
 //! The request rate is the partner's replicated limit
 //! (`PartnerLimits::requests_per_second` and `requests_burst`, set by an
 //! operator), read from the applied state on every request, so a change
-//! applies at once on the leader. Requests are charged by the gateway before
-//! they reach this actor (see [`crate::rate`]); subscriptions here.
+//! applies at once on the leader. Every call, subscriptions included, is
+//! charged by the gateway before it reaches this actor (see [`crate::rate`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use actix::prelude::*;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
@@ -42,7 +41,6 @@ use super::corridor::{CorridorActor, Quote};
 use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
-use crate::rate::{Rates, RATE_REFUSAL};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
 
@@ -114,7 +112,6 @@ pub struct PartnerActor {
     partner: PartnerId,
     state: StateMachineStore,
     proposer: Addr<Proposer>,
-    rates: Arc<Rates>,
     in_flight: usize,
     /// Transfer requests in flight by key: their fingerprint and who waits.
     pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
@@ -125,31 +122,22 @@ pub struct PartnerActor {
 
 impl PartnerActor {
     /// The actor of `partner`, proposing through `proposer`, holding at most
-    /// `subscribers_max` event streams, charging subscriptions to `rates`.
+    /// `subscribers_max` event streams.
     pub fn new(
         partner: PartnerId,
         state: StateMachineStore,
         proposer: Addr<Proposer>,
         subscribers_max: usize,
-        rates: Arc<Rates>,
     ) -> PartnerActor {
         PartnerActor {
             partner,
             state,
             proposer,
             subscribers_max,
-            rates,
             in_flight: 0,
             pending: HashMap::new(),
             subscribers: Vec::new(),
         }
-    }
-
-    /// Take a token from the partner's bucket (see [`crate::rate`]), if one
-    /// is left.
-    fn admit(&mut self) -> bool {
-        let limits = self.state.applied().state.partner_limits(&self.partner);
-        self.rates.admit(&self.partner, limits)
     }
 
     fn propose(
@@ -306,9 +294,6 @@ impl Handler<Subscribe> for PartnerActor {
                 "this partner holds its most event streams on this node (limits.event_streams_per_partner_max); \
                  close one, or resume on one already open",
             ));
-        }
-        if !self.admit() {
-            return Err(Refusal::Overloaded(RATE_REFUSAL));
         }
         // Check the cursor now, so an expired one is an error, not a silent gap.
         if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0) {

@@ -88,11 +88,10 @@ impl Registry {
         let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
         let (state, proposer) = (self.node.state_machine.clone(), term.proposer.clone());
         let streams_max = self.node.config.limits.event_streams_per_partner_max;
-        let rates = self.node.rates.clone();
         Ok(term
             .partners
             .entry(id.clone())
-            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max, rates).start())
+            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max).start())
             .clone())
     }
 
