@@ -277,7 +277,7 @@ pub fn checkpoints_damage(data: &[u8]) {
                 contents[at] ^= value | 1;
             }
             1 => contents.truncate(usize::from(at) % contents.len().max(1)),
-            2 => contents.extend(std::iter::repeat(value).take(1 + usize::from(at % 16))),
+            2 => contents.extend(std::iter::repeat_n(value, 1 + usize::from(at % 16))),
             _ => continue,
         }
         damaged[which] = true;
