@@ -53,16 +53,17 @@ async fn top_up(sdk: &paymesh_client::Region, reference: &str) -> String {
     }
 }
 
-/// Byte offsets of the records of a segment file (version 2 format: an
+/// Byte offsets of the records of a segment file (version 3 format: an
 /// 8-byte file header, then records with a 28-byte header whose first 4
-/// bytes are the payload's length).
+/// bytes hold the payload's length in their low 26 bits).
 fn record_offsets(segment: &Path) -> Vec<u64> {
     let data = std::fs::read(segment).unwrap();
+    assert!(data.starts_with(b"pmlog\0\0\x03"), "a version 3 segment");
     let mut offsets = Vec::new();
     let mut at = 8;
     while at + 28 <= data.len() {
         offsets.push(at as u64);
-        at += 28 + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        at += 28 + (u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) & ((1 << 26) - 1)) as usize;
     }
     offsets
 }

@@ -285,7 +285,7 @@ pub fn checkpoints_damage(data: &[u8]) {
                 contents[at] ^= value | 1;
             }
             1 => contents.truncate(usize::from(at) % contents.len().max(1)),
-            2 => contents.extend(std::iter::repeat(value).take(1 + usize::from(at % 16))),
+            2 => contents.extend(std::iter::repeat_n(value, 1 + usize::from(at % 16))),
             _ => continue,
         }
         std::fs::write(path, &contents).expect("a checkpoint writes");

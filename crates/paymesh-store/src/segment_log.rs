@@ -9,38 +9,86 @@
 //!
 //! Layout: a directory of segment files, each named by the index of its first
 //! record (`00000000000000000001.seg`). A segment starts with the 8 bytes
-//! [`SEGMENT_MAGIC`] (the format's name and version: a file of another format
-//! is refused, not misread), followed by records:
+//! [`SEGMENT_MAGIC`] (the format's name and version, 3: a file of another
+//! format is refused, not misread), followed by records:
 //!
 //! ```text
 //! | length: u32 | index: u64 | batch: u64 | payload crc32: u32 | header crc32: u32 | payload |
 //! ```
 //!
-//! all little-endian. `batch` is the index of the first record of the append
-//! (one `write`, then one `fdatasync`) the record belongs to. The header CRC
+//! all little-endian. `batch` is the index of the *last* record of the append
+//! (one `write`, then one `fdatasync`) the record belongs to, so the records
+//! of one append share it and each tells where its append ends. The low 26
+//! bits of `length` are the payload's length (at most
+//! [`RECORD_PAYLOAD_BYTES_MAX`] = 2^25); its top 6 bits are the record's
+//! index minus its append's first index, capped at 63 (meaning "63 or
+//! more"), so a record also tells where its append began. The header CRC
 //! covers the 24 bytes before it, so a damaged length, index or batch is
 //! detected before it is used; the payload CRC covers the payload. Indexes
 //! strictly increase through the log. (Raft appends consecutive indexes; the
 //! storage only insists that they increase, which is what openraft's
-//! conformance suite expects of a log store.) A segment is closed, synced,
-//! once it passes its size limit, and a new one starts.
+//! conformance suite expects of a log store.) An append never spans two
+//! segments. A segment is closed, synced, once it passes its size limit, and
+//! a new one starts.
+//!
+//! Version 2 (magic `pmlog\0\0\x02`) had the same layout with `batch` the
+//! append's *first* index and `length` only the payload's length. Its files
+//! are still read and judged by its own rule (below). A log may hold version
+//! 2 segments followed by version 3 ones: on open, an active segment of
+//! version 2 is closed if it holds records (or started again in version 3
+//! if empty), so new appends go to a version 3 segment; and should a
+//! truncation make a version 2 segment active again, appends to it are
+//! written in version 2. Version 1 had no file header and is refused.
 //!
 //! On open, every segment is scanned, then `fdatasync`ed, and the directory
 //! `fsync`ed: what a restarted node reads is on disk, not only in the page
 //! cache of a process that died before its sync. The first record that is
-//! short, fails a checksum or does not increase the index is either
+//! short, fails a checksum or does not increase the index is either a
+//! **torn tail**, cut, or **damage**, on which the log refuses to open. Two
+//! facts decide:
 //!
-//! * a **torn tail**: it lies in the last segment, and no record of a *later*
-//!   append follows it (the records after it, if any, all belong to its own
-//!   batch). A later append is made only after the earlier one was synced and
+//! * A later append is made only after the earlier one was synced and
 //!   acknowledged (openraft awaits each append's callback before the next),
-//!   whereas the pages of one unsynced `write` may reach the disk in any order.
-//!   So the batch was never acknowledged, and the file is cut at the bad record.
-//! * **damage**: anything else (a bad record followed by a record of a later
-//!   append, a bad record in an earlier segment, a missing segment). It may
-//!   have destroyed entries this node acknowledged as part of a majority, and
-//!   Raft's safety rests on those: the log refuses to open, naming the file,
-//!   the byte offset and the indexes at stake, and changes nothing on disk.
+//!   whereas the pages of one unsynced `write` may reach the disk in any
+//!   order. So anything on disk written by a *later* append proves that the
+//!   bad record's append was synced, and may have been acknowledged.
+//! * A `write` torn by a crash leaves the file at most as long as that
+//!   write's own end, never longer. So bytes beyond the end of the bad
+//!   record's append, even too few to read as a record, were written by a
+//!   later append.
+//!
+//! In version 3, the bad record R is a **torn tail** only if it lies in the
+//! last segment, every readable record after it belongs to R's append (bears
+//! the same `batch`), and, where the end of R's append is known, no byte of
+//! the file lies beyond it. R's append's last index is known from R's header
+//! if its CRC holds; or from the good record before R if that one is not the
+//! last of its append (its index is below its `batch`: R continues it); or,
+//! with R's header unreadable and R the first record of its append, from the
+//! first readable record after R if its header says its append began at the
+//! lowest index R may carry (otherwise that record starts a later append:
+//! damage). The append's end is known if the record with that last index is
+//! found readable (R itself, whose length is trustworthy when its header CRC
+//! holds, or a record after it): it ends with that record. A torn tail was
+//! never acknowledged, and the file is cut at R. Everything else is
+//! **damage**: a bad record followed by a record of a later append or by
+//! bytes past its append's end, a bad record in an earlier segment, a
+//! missing segment, a file of another format. It may have destroyed entries
+//! this node acknowledged as part of a majority, and Raft's safety rests on
+//! those: the log refuses to open, naming the file, the byte offset and the
+//! indexes at stake, and changes nothing on disk.
+//!
+//! (Version 2 knew only each append's first index: a bad record followed by
+//! readable records of its own append and then by a later write too short to
+//! read was taken for a torn tail, which could cut an acknowledged append.
+//! Its rule, kept for its files: a torn tail if in the last segment and no
+//! readable record after it names another batch; with the bad header
+//! unreadable, a record is of its batch if it names the last good record's
+//! batch or the very next index.)
+//!
+//! One case no record format tells apart: an acknowledged append that is
+//! damaged, in a log whose next write a crash lost whole (the file ends
+//! exactly where the damaged append ends), looks like that append torn, and
+//! is cut.
 //!
 //! To find the records after a bad one, the scan searches forward, byte by
 //! byte, for the next header whose CRC holds (a damaged length cannot be
@@ -63,11 +111,33 @@ use std::sync::{Arc, Mutex};
 /// Bytes in a record header: length, index, batch, payload CRC, header CRC.
 const HEADER_BYTES: usize = 28;
 
-/// The first bytes of every segment file: the format's name and version (2).
-/// Version 1 had no file header and no header CRC.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"pmlog\0\0\x02";
+/// The first bytes of every segment file this code writes: the format's
+/// name and version (3). Version 2 (`b"pmlog\0\0\x02"`) is still read;
+/// version 1 had no file header and no header CRC, and is refused.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"pmlog\0\0\x03";
+
+/// The file header of version 2, whose `batch` was the append's first index.
+const SEGMENT_MAGIC_V2: [u8; 8] = *b"pmlog\0\0\x02";
 
 const MAGIC_BYTES: u64 = SEGMENT_MAGIC.len() as u64;
+
+/// Bits of a version 3 length field that hold the payload's length; the bits
+/// above hold the record's distance from its append's first index.
+const LENGTH_BITS: u32 = 26;
+
+/// The largest distance from the append's first index a version 3 header
+/// records; a record further in says this much ("at least").
+const FROM_FIRST_MAX: u64 = (1 << (32 - LENGTH_BITS)) - 1;
+
+/// A segment file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// `batch` is the append's first index.
+    V2,
+    /// `batch` is the append's last index; the length field's top bits hold
+    /// the distance from the first.
+    V3,
+}
 
 /// A segment is closed and a new one started once it is this large.
 pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -75,6 +145,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// The largest payload a record may carry (a Raft entry of up to
 /// `BATCH_COMMANDS_MAX` commands is far smaller).
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX < 1 << LENGTH_BITS, "a payload's length fits its bits");
 
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -175,6 +247,8 @@ struct Segment {
     records: Vec<(u64, u64)>,
     /// Bytes in the file.
     bytes: u64,
+    /// The file's format: appends to a version 2 file are written in it.
+    version: Version,
 }
 
 impl Segment {
@@ -260,6 +334,16 @@ impl SegmentLog {
         };
         // Segments below the purge point remain if a purge was cut short.
         log.drop_purged()?;
+        // A log written by an older paymesh goes on in a segment of this
+        // format: an empty version 2 segment is started again, a non-empty
+        // one closed. (Were it appended to, its records would stay version 2.)
+        if log.active_segment().version == Version::V2 {
+            if log.active_segment().records.is_empty() {
+                log.replace_active(log.active_segment().name)?;
+            } else {
+                log.roll(log.next_index())?;
+            }
+        }
         Ok((log, recovery))
     }
 
@@ -302,7 +386,7 @@ impl SegmentLog {
     /// write. Not durable until a sync.
     pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<(), LogError> {
         let records: Vec<(u64, &[u8])> = records.into_iter().collect();
-        let Some(&(first, _)) = records.first() else { return Ok(()) };
+        let (Some(&(first, _)), Some(&(last_index, _))) = (records.first(), records.last()) else { return Ok(()) };
         let mut last = self.segments.iter().rev().find_map(Segment::last_index);
         for (index, payload) in &records {
             if last.is_some_and(|l| *index <= l) {
@@ -321,11 +405,11 @@ impl SegmentLog {
             self.roll(first)?;
         }
         let mut buffer = Vec::new();
-        let start = self.active_segment().bytes;
+        let (start, version) = (self.active_segment().bytes, self.active_segment().version);
         let mut located = Vec::with_capacity(records.len());
         for (index, payload) in &records {
             located.push((*index, start + buffer.len() as u64));
-            encode_record(&mut buffer, *index, first, payload);
+            encode_record(&mut buffer, version, Append { first, last: last_index }, *index, payload);
         }
         let path = self.active_segment().path.clone();
         (&*self.active_file).write_all(&buffer).map_err(io_error(&path))?;
@@ -355,7 +439,7 @@ impl SegmentLog {
         };
         let mut header = [0u8; HEADER_BYTES];
         file.read_exact_at(&mut header, offset).map_err(io_error(&segment.path))?;
-        let Some(header) = Header::decode(&header) else {
+        let Some(header) = Header::decode(&header, segment.version) else {
             return Err(LogError::Corrupt { index, reason: "header checksum mismatch" });
         };
         if header.index != index {
@@ -498,7 +582,7 @@ fn create_segment(dir: &Path, name: u64) -> Result<Segment, LogError> {
     let mut file = File::create(&path).map_err(io_error(&path))?;
     file.write_all(&SEGMENT_MAGIC).and_then(|()| file.sync_all()).map_err(io_error(&path))?;
     sync_dir(dir)?;
-    Ok(Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES })
+    Ok(Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES, version: Version::V3 })
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
@@ -513,17 +597,29 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 /// A record header whose CRC holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
+    /// The payload's length.
     length: u32,
     index: u64,
-    /// The first index of the append the record was written by.
+    /// The first (version 2) or last (version 3) index of the append the
+    /// record was written by.
     batch: u64,
+    /// Version 3: `index` minus the append's first index, at most
+    /// [`FROM_FIRST_MAX`], which means "at least that". 0 in version 2.
+    from_first: u64,
     payload_crc: u32,
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_BYTES] {
+    fn encode(&self, version: Version) -> [u8; HEADER_BYTES] {
+        let length = match version {
+            Version::V2 => self.length,
+            Version::V3 => {
+                debug_assert!(self.length < 1 << LENGTH_BITS);
+                self.length | ((self.from_first.min(FROM_FIRST_MAX) as u32) << LENGTH_BITS)
+            }
+        };
         let mut bytes = [0u8; HEADER_BYTES];
-        bytes[0..4].copy_from_slice(&self.length.to_le_bytes());
+        bytes[0..4].copy_from_slice(&length.to_le_bytes());
         bytes[4..12].copy_from_slice(&self.index.to_le_bytes());
         bytes[12..20].copy_from_slice(&self.batch.to_le_bytes());
         bytes[20..24].copy_from_slice(&self.payload_crc.to_le_bytes());
@@ -532,27 +628,58 @@ impl Header {
         bytes
     }
 
-    /// The header in `bytes`, if its CRC holds.
-    fn decode(bytes: &[u8; HEADER_BYTES]) -> Option<Header> {
+    /// The header in `bytes`, read as `version`, if its CRC holds.
+    fn decode(bytes: &[u8; HEADER_BYTES], version: Version) -> Option<Header> {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         if crc32fast::hash(&bytes[0..24]) != u32_at(24) {
             return None;
         }
-        Some(Header { length: u32_at(0), index: u64_at(4), batch: u64_at(12), payload_crc: u32_at(20) })
+        let (length, from_first) = match version {
+            Version::V2 => (u32_at(0), 0),
+            Version::V3 => (u32_at(0) & ((1 << LENGTH_BITS) - 1), u64::from(u32_at(0) >> LENGTH_BITS)),
+        };
+        Some(Header { length, index: u64_at(4), batch: u64_at(12), from_first, payload_crc: u32_at(20) })
     }
 
     /// The header at byte `at` of `data`, if there is room for one and its CRC holds.
-    fn at(data: &[u8], at: usize) -> Option<Header> {
+    fn at(data: &[u8], at: usize, version: Version) -> Option<Header> {
         let bytes: &[u8; HEADER_BYTES] = data.get(at..at.checked_add(HEADER_BYTES)?)?.try_into().ok()?;
-        Header::decode(bytes)
+        Header::decode(bytes, version)
+    }
+
+    /// Version 3: the first index of the record's append, if the header says
+    /// it exactly.
+    fn append_first(&self) -> Option<u64> {
+        if self.from_first < FROM_FIRST_MAX {
+            self.index.checked_sub(self.from_first)
+        } else {
+            None
+        }
     }
 }
 
-fn encode_record(buffer: &mut Vec<u8>, index: u64, batch: u64, payload: &[u8]) {
-    // The caller checked the payload against RECORD_PAYLOAD_BYTES_MAX < 2^32.
-    let header = Header { length: payload.len() as u32, index, batch, payload_crc: crc32fast::hash(payload) };
-    buffer.extend_from_slice(&header.encode());
+/// The first and last index of one append.
+#[derive(Clone, Copy, Debug)]
+struct Append {
+    first: u64,
+    last: u64,
+}
+
+fn encode_record(buffer: &mut Vec<u8>, version: Version, append: Append, index: u64, payload: &[u8]) {
+    let batch = match version {
+        Version::V2 => append.first,
+        Version::V3 => append.last,
+    };
+    // The caller checked the payload against RECORD_PAYLOAD_BYTES_MAX < 2^26.
+    let header = Header {
+        length: payload.len() as u32,
+        index,
+        batch,
+        from_first: index - append.first,
+        payload_crc: crc32fast::hash(payload),
+    };
+    buffer.extend_from_slice(&header.encode(version));
     buffer.extend_from_slice(payload);
 }
 
@@ -623,29 +750,34 @@ fn scan_segment(name: u64, path: PathBuf, next: Option<u64>) -> Result<(Segment,
     let last_segment = next.is_none();
     if data.len() < SEGMENT_MAGIC.len() {
         // A segment whose header never reached the disk: it was just created,
-        // and only the last one can be.
+        // and only the last one can be. It is started again in this format.
         if last_segment && SEGMENT_MAGIC.starts_with(&data) {
             let torn = Torn { at: 0, bytes: data.len() as u64 };
-            return Ok((Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES }, Some(torn)));
+            let segment = Segment { name, path, records: Vec::new(), bytes: MAGIC_BYTES, version: Version::V3 };
+            return Ok((segment, Some(torn)));
         }
     }
-    if !data.starts_with(&SEGMENT_MAGIC) {
+    let version = if data.starts_with(&SEGMENT_MAGIC) {
+        Version::V3
+    } else if data.starts_with(&SEGMENT_MAGIC_V2) {
+        Version::V2
+    } else {
         return Err(LogError::Damaged {
             path,
-            reason: "the file does not start with the segment header of this format (version 2); \
-                     it was written by an older paymesh or is not a segment"
+            reason: "the file does not start with the segment header of a format this paymesh reads \
+                     (version 2 or 3); it was written by an older paymesh or is not a segment"
                 .into(),
         });
-    }
+    };
     let mut records: Vec<(u64, u64)> = Vec::new();
-    // The last good record's batch.
-    let mut last_batch = None;
+    // The last good record's header.
+    let mut last_good: Option<Header> = None;
     let mut at = SEGMENT_MAGIC.len();
     let bad = loop {
         if at == data.len() {
             break None;
         }
-        let Some(header) = Header::at(&data, at) else { break Some(None) };
+        let Some(header) = Header::at(&data, at, version) else { break Some(None) };
         let in_order = match records.last() {
             None => header.index == name,
             Some((last, _)) => header.index > *last,
@@ -659,47 +791,125 @@ fn scan_segment(name: u64, path: PathBuf, next: Option<u64>) -> Result<(Segment,
             break Some(Some(header));
         }
         records.push((header.index, at as u64));
-        last_batch = Some(header.batch);
+        last_good = Some(header);
         at += HEADER_BYTES + length;
     };
-    let segment = Segment { name, path, records, bytes: at as u64 };
+    let segment = Segment { name, path, records, bytes: at as u64, version };
     let Some(bad) = bad else { return Ok((segment, None)) };
-    // The record at `at` is bad. Which records follow it, by their headers?
-    let mut later: Vec<Header> = Vec::new();
+    // The record at `at` is bad. Which records follow it, by their headers
+    // (with their offsets)?
+    let mut later: Vec<(usize, Header)> = Vec::new();
     let mut search = match bad {
         Some(header) => (at + HEADER_BYTES).saturating_add(header.length as usize).min(data.len()).max(at + 1),
         None => at + 1,
     };
     while search + HEADER_BYTES <= data.len() {
-        match Header::at(&data, search) {
+        match Header::at(&data, search, version) {
             Some(header) => {
-                later.push(header);
+                later.push((search, header));
                 search += HEADER_BYTES + (header.length as usize).min(data.len() - search - HEADER_BYTES);
             }
             None => search += 1,
         }
     }
-    let last_good = segment.last_index();
     // The lowest index the bad record may carry.
-    let first = bad.map_or_else(|| last_good.map_or(name, |last| last + 1), |header| header.index);
+    let first = bad.map_or_else(|| segment.last_index().map_or(name, |last| last + 1), |header| header.index);
+    let judged = match version {
+        Version::V2 => judge_v2(bad, first, last_good, &later),
+        Version::V3 => judge_v3(Bad { at, header: bad, first }, last_good, &later, data.len()),
+    };
+    let reason = match judged {
+        Err(reason) => reason,
+        Ok(()) if !last_segment => "it is not in the last segment".to_owned(),
+        Ok(()) => return Ok(tail(segment, data.len())),
+    };
+    let last = match next {
+        Some(next) => next.saturating_sub(1),
+        None => later.iter().map(|(_, h)| h.index).max().unwrap_or(first),
+    };
+    Err(LogError::Damage { path: segment.path, offset: at as u64, first, last: last.max(first), reason })
+}
+
+/// The version 2 judgement of the bad record (`bad`: its header, if
+/// readable; `first`: the lowest index it may carry), given the last good
+/// record before it in the segment and the records found after it: `Err`,
+/// with the reason, if a record of a later append follows it.
+fn judge_v2(
+    bad: Option<Header>,
+    first: u64,
+    last_good: Option<Header>,
+    later: &[(usize, Header)],
+) -> Result<(), String> {
     // A later record belongs to the bad record's own batch if it names that
     // batch; with the bad header unreadable, if it names the batch of the
     // last good record (a batch is contiguous) or starts right after it (so
     // its first record is the bad one).
     let same_batch = |header: &Header| match bad {
         Some(bad) => header.batch == bad.batch,
-        None => Some(header.batch) == last_batch || header.batch == first,
+        None => Some(header.batch) == last_good.map(|g| g.batch) || header.batch == first,
     };
-    let reason = match (bad, later.iter().find(|h| !same_batch(h))) {
-        (_, Some(later)) => format!("record {} of a later append follows it", later.index),
-        (_, None) if !last_segment => "it is not in the last segment".to_owned(),
-        (_, None) => return Ok(tail(segment, data.len())),
+    match later.iter().find(|(_, h)| !same_batch(h)) {
+        Some((_, later)) => Err(format!("record {} of a later append follows it", later.index)),
+        None => Ok(()),
+    }
+}
+
+/// The first bad record of a segment.
+#[derive(Clone, Copy, Debug)]
+struct Bad {
+    /// Its byte offset.
+    at: usize,
+    /// Its header, if readable.
+    header: Option<Header>,
+    /// The lowest index it may carry.
+    first: u64,
+}
+
+/// The version 3 judgement of the bad record, given the last good record
+/// before it in the segment, the records found after it and the file's size
+/// (see the module documentation): `Err`, with the reason, if a record of a
+/// later append or bytes of a later write follow it.
+fn judge_v3(bad: Bad, last_good: Option<Header>, later: &[(usize, Header)], file_bytes: usize) -> Result<(), String> {
+    // The last index of the bad record's append, where known: from its own
+    // header, or from the good record before it if that one's append goes on.
+    let continued = last_good.filter(|good| good.index < good.batch);
+    let own = match (bad.header, continued) {
+        (Some(header), Some(good)) if header.batch != good.batch => {
+            return Err(format!(
+                "its header names an append ending at index {}, but record {} before it belongs to one \
+                 ending at {}",
+                header.batch, good.index, good.batch
+            ));
+        }
+        (Some(header), _) => Some(header.batch),
+        (None, Some(good)) => Some(good.batch),
+        // The bad record starts an append and its header is unreadable: the
+        // next readable record belongs to that append if it says its append
+        // starts at the lowest index the bad record may carry.
+        (None, None) => later.first().filter(|(_, h)| h.append_first() == Some(bad.first)).map(|(_, h)| h.batch),
     };
-    let last = match next {
-        Some(next) => next.saturating_sub(1),
-        None => later.iter().map(|h| h.index).max().unwrap_or(first),
-    };
-    Err(LogError::Damage { path: segment.path, offset: at as u64, first, last: last.max(first), reason })
+    if let Some((_, later)) = later.iter().find(|(_, h)| Some(h.batch) != own) {
+        return Err(format!("record {} of a later append follows it", later.index));
+    }
+    let Some(own) = own else { return Ok(()) };
+    // Where the append ends, if its last record's header is readable (its
+    // length is then trustworthy). A write leaves the file at most as long
+    // as its own end: bytes beyond it were written by a later append, made
+    // only once this one was synced.
+    let end = bad
+        .header
+        .map(|header| (bad.at, header))
+        .iter()
+        .chain(later)
+        .find(|(_, h)| h.index == own)
+        .map(|(offset, h)| *offset as u64 + HEADER_BYTES as u64 + u64::from(h.length));
+    match end {
+        Some(end) if end < file_bytes as u64 => Err(format!(
+            "{} bytes follow the end of its append (record {own}), written by a later append",
+            file_bytes as u64 - end
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A segment whose records end before `length`, the file's size: a torn tail.

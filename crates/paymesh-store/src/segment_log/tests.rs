@@ -90,7 +90,7 @@ fn a_torn_tail_is_cut_and_the_log_continues() {
     // A crash in the middle of the next write leaves half a record.
     let path = dir.path().join(segment_files(dir.path())[0].clone());
     let mut partial = Vec::new();
-    encode_record(&mut partial, 11, 11, &payload(11));
+    encode_record(&mut partial, Version::V3, Append { first: 11, last: 11 }, 11, &payload(11));
     partial.truncate(partial.len() / 2);
     OpenOptions::new().append(true).open(&path).unwrap().write_all(&partial).unwrap();
     let (mut log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
@@ -235,6 +235,159 @@ fn a_bad_record_followed_by_a_later_batch_is_damage() {
 }
 
 #[test]
+fn a_bad_record_in_an_acknowledged_append_followed_by_a_torn_later_write_is_damage() {
+    // Records 1..=3 in one append, synced (and so possibly acknowledged);
+    // then 4..=5 in a second append that a crash tore after 9 bytes of
+    // record 4's header; then a flipped byte in record 2's payload. Only
+    // record 3, of record 2's own append, follows it readably, but the 9
+    // bytes after record 3, the end of that append, were written by a later
+    // write: record 2's append had been synced.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    append_range(&mut log, 1..4);
+    log.sync().unwrap();
+    append_range(&mut log, 4..6);
+    log.sync().unwrap();
+    let (path, second, fourth) =
+        (log.segments[0].path.clone(), log.segments[0].offset_of(2).unwrap(), log.segments[0].offset_of(4).unwrap());
+    drop(log);
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(fourth + 9).unwrap();
+    flip_byte(&path, second + HEADER_BYTES as u64 + 3);
+    let before = fs::read(&path).unwrap();
+    let checked = SegmentLog::check(dir.path());
+    assert!(matches!(checked, Err(LogError::Damage { first: 2, .. })), "{checked:?}");
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains(&format!("at byte {second}")) && refused.contains("2..=3"), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), before, "nothing is cut");
+}
+
+#[test]
+fn a_torn_final_append_whose_middle_record_is_bad_is_cut() {
+    // Records 1..=5 one by one, then 6..=10 in one write that a crash cut
+    // short inside record 10, with record 8 bad as well: the append's end
+    // never reached the file, nothing follows it, so it is cut at record 8.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = synced_one_by_one(dir.path(), 5);
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    append_range(&mut log, 6..11);
+    log.sync().unwrap();
+    let (eighth, tenth) = (log.segments[0].offset_of(8).unwrap(), log.segments[0].offset_of(10).unwrap());
+    drop(log);
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(tenth + HEADER_BYTES as u64 + 2).unwrap();
+    flip_byte(&path, eighth + HEADER_BYTES as u64 + 1);
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, log.last_index()), (7, Some(7)));
+    assert_eq!(fs::metadata(&path).unwrap().len(), eighth);
+}
+
+#[test]
+fn an_unreadable_header_of_a_one_record_append_before_the_last_append_is_damage() {
+    // Records 1..=10 one by one (a leader's appends): record 9's length is
+    // flipped, so its header and the end of its append are unknown. Record
+    // 10 follows, and its header says its append started at 10, not at 9:
+    // it is a later append, so record 9 was synced and may be acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, offsets) = synced_one_by_one(dir.path(), 10);
+    flip_byte(&path, offsets[8]);
+    let before = fs::read(&path).unwrap();
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains(&format!("at byte {}", offsets[8])) && refused.contains("9..=10"), "{refused}");
+    assert!(refused.contains("record 10 of a later append"), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+/// A version 2 segment file, by hand: its file header, then each append's
+/// records with `batch` the append's first index.
+fn version_2_segment(appends: &[std::ops::Range<u64>]) -> (Vec<u8>, Vec<u64>) {
+    let mut file = b"pmlog\0\0\x02".to_vec();
+    let mut offsets = Vec::new();
+    for append in appends {
+        for index in append.clone() {
+            offsets.push(file.len() as u64);
+            let payload = payload(index);
+            let mut header = Vec::new();
+            header.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            header.extend_from_slice(&index.to_le_bytes());
+            header.extend_from_slice(&append.start.to_le_bytes());
+            header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            let crc = crc32fast::hash(&header);
+            file.extend_from_slice(&header);
+            file.extend_from_slice(&crc.to_le_bytes());
+            file.extend_from_slice(&payload);
+        }
+    }
+    (file, offsets)
+}
+
+#[test]
+fn a_version_2_log_opens_and_goes_on_in_version_3_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, _) = version_2_segment(&[1..4, 4..6]);
+    let old_path = dir.path().join("00000000000000000001.seg");
+    fs::write(&old_path, &old).unwrap();
+    assert_eq!(SegmentLog::check(dir.path()).unwrap().records, 5);
+    let (mut log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, recovery.truncated_bytes, log.last_index()), (5, 0, Some(5)));
+    assert_eq!(log.read_range(1, 6).unwrap(), (1..6).map(|i| (i, payload(i))).collect::<Vec<_>>());
+    // Appends go to a new segment of this format; the old file is untouched.
+    append_range(&mut log, 6..9);
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(fs::read(&old_path).unwrap(), old);
+    assert_eq!(segment_files(dir.path()), ["00000000000000000001.seg", "00000000000000000006.seg"]);
+    let new = fs::read(dir.path().join("00000000000000000006.seg")).unwrap();
+    assert!(new.starts_with(&SEGMENT_MAGIC));
+    let (mut log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, log.last_index()), (8, Some(8)));
+    assert_eq!(log.read_range(1, 9).unwrap(), (1..9).map(|i| (i, payload(i))).collect::<Vec<_>>());
+    // A conflicting suffix reaching back into the old file: the appends
+    // that follow it there are written in its format, and read back.
+    log.truncate_from(5).unwrap();
+    append_range(&mut log, 5..7);
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(segment_files(dir.path()), ["00000000000000000001.seg"]);
+    let (expected, _) = version_2_segment(&[1..4, 4..5, 5..7]);
+    assert_eq!(fs::read(&old_path).unwrap(), expected);
+    let (log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!(log.read_range(1, 9).unwrap(), (1..7).map(|i| (i, payload(i))).collect::<Vec<_>>());
+    assert_eq!(segment_files(dir.path()), ["00000000000000000001.seg", "00000000000000000007.seg"]);
+
+    // An empty version 2 segment is started again in this format.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000001.seg");
+    fs::write(&path, b"pmlog\0\0\x02").unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), SEGMENT_MAGIC);
+    append_range(&mut log, 1..3);
+    log.sync().unwrap();
+    drop(log);
+    assert_eq!(SegmentLog::open(dir.path(), 1).unwrap().0.last_index(), Some(2));
+}
+
+#[test]
+fn a_version_2_segment_is_judged_by_the_version_2_rule() {
+    // The final append 6..=10 of a version 2 file with record 8 bad: torn.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut file, offsets) = version_2_segment(&[1..2, 2..3, 3..4, 4..5, 5..6, 6..11]);
+    file[offsets[7] as usize + HEADER_BYTES + 1] ^= 0x10;
+    let path = dir.path().join("00000000000000000001.seg");
+    fs::write(&path, &file).unwrap();
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!((recovery.records, log.last_index()), (7, Some(7)));
+    assert_eq!(fs::metadata(&path).unwrap().len(), offsets[7]);
+    // Record 8 bad and a later append 11..=12 after it: damage.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut file, offsets) = version_2_segment(&[1..6, 6..11, 11..13]);
+    file[offsets[7] as usize + HEADER_BYTES + 1] ^= 0x10;
+    let path = dir.path().join("00000000000000000001.seg");
+    fs::write(&path, &file).unwrap();
+    let refused = SegmentLog::open(dir.path(), 1).unwrap_err().to_string();
+    assert!(refused.contains("record 11 of a later append") && refused.contains("8..=12"), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), file);
+}
+
+#[test]
 fn opening_syncs_every_segment_and_the_directory() {
     // Records written by a process that died before its sync are readable
     // from the page cache: opening makes them durable before they are used.
@@ -296,8 +449,8 @@ fn a_length_read_from_disk_is_checked_before_anything_is_allocated() {
     // forged file) is neither allocated for nor read past the file.
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = synced_one_by_one(dir.path(), 3);
-    let header = Header { length: u32::MAX, index: 4, batch: 4, payload_crc: 0 };
-    OpenOptions::new().append(true).open(&path).unwrap().write_all(&header.encode()).unwrap();
+    let header = Header { length: (1 << LENGTH_BITS) - 1, index: 4, batch: 4, from_first: 0, payload_crc: 0 };
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(&header.encode(Version::V3)).unwrap();
     let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
     assert_eq!((recovery.records, recovery.truncated_bytes, log.last_index()), (3, HEADER_BYTES as u64, Some(3)));
 }
