@@ -240,13 +240,9 @@ pub fn segment_log_damage(data: &[u8]) {
                 }
             }
             let held = found.iter().take_while(|(index, _)| *index as usize <= written.len()).count();
-            eprintln!("DBG held {held} ack {acknowledged} written {}", written.len());
             assert!(held >= acknowledged, "{held} records held, {acknowledged} written before the final append");
         }
-        Err(e) => {
-            eprintln!("DBG refused {e}");
-            assert!(damaged_before_final || garbage, "a torn final append alone refused: {e}")
-        }
+        Err(e) => assert!(damaged_before_final || garbage, "a torn final append alone refused: {e}"),
     }
 }
 
