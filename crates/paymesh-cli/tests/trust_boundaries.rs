@@ -251,6 +251,58 @@ async fn a_removed_node_certificate_no_longer_speaks_for_the_region() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
+/// Open a snapshot stream to node `to` as node `from` and send its first
+/// chunk (term 0: no node installs it); the stream stays open until the
+/// returned sender is dropped, and the handle answers once it ends.
+fn send_snapshot(
+    region: &Region,
+    from: u64,
+    to: u64,
+) -> (tokio::sync::mpsc::Sender<raft_wire::SnapshotChunk>, tokio::task::JoinHandle<tonic::Status>) {
+    let stem = Identity::Node { region: RegionId::new(common::REGION).unwrap(), node_id: from }.file_stem();
+    let sdk = region.sdk(&stem).unwrap();
+    let mut raft = RaftServiceClient::new(sdk.channel(&region.nodes[&to].raft_addr).unwrap());
+    let (chunks, stream) = tokio::sync::mpsc::channel(4);
+    let first = raft_wire::SnapshotChunk {
+        group_id: 0,
+        vote: paymesh_node::codec::encode(&openraft::Vote::<u64>::new(0, from)),
+        meta: paymesh_node::codec::encode(&paymesh_store::raft_types::SnapshotMeta::default()),
+        offset: 0,
+        data: vec![7; 1024],
+        done: false,
+    };
+    chunks.try_send(first).unwrap();
+    let answer = tokio::spawn(async move {
+        raft.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .expect_err("an unfinished snapshot is refused")
+    });
+    (chunks, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_one_received_snapshot_at_a_time() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    // A stream that stays open holds the node's one place.
+    let (open, first) = send_snapshot(&region, 2, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (second_chunks, second) = send_snapshot(&region, 3, 1);
+    drop(second_chunks);
+    let status = second.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("being received"), "{status:?}");
+    // Once the first ends (incomplete, so discarded), the place is free.
+    drop(open);
+    let status = first.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let (third_chunks, third) = send_snapshot(&region, 3, 1);
+    drop(third_chunks);
+    let status = third.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ended before its last chunk"), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_describes_only_what_partners_may_call() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;

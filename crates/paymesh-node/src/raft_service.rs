@@ -21,6 +21,11 @@ use paymesh_core::id::RegionId;
 /// it is installed).
 pub const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
+/// Why a second snapshot stream is refused while one is being received: a
+/// node holds at most one received snapshot in memory at a time (one leader
+/// sends one at a time; a second stream is a stale leader's or a fault's).
+pub const SNAPSHOT_BUSY: &str = "a snapshot is being received already; send again once it is installed";
+
 /// Serves the Raft transport for the groups this node hosts, to the nodes of
 /// its region only.
 #[derive(Clone)]
@@ -29,6 +34,8 @@ pub struct RaftServer {
     region: RegionId,
     auth: Authenticator,
     members: Members,
+    /// One permit: the snapshot stream being received.
+    receiving: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for RaftServer {
@@ -41,7 +48,7 @@ impl RaftServer {
     /// A server for these groups of `region`, learning callers through
     /// `auth` and admitting the nodes `members` admits.
     pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, auth: Authenticator, members: Members) -> RaftServer {
-        RaftServer { groups, region, auth, members }
+        RaftServer { groups, region, auth, members, receiving: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     /// Only this region's nodes, and none it removed, may send Raft
@@ -112,6 +119,7 @@ impl RaftService for RaftServer {
         request: Request<tonic::Streaming<wire::SnapshotChunk>>,
     ) -> Result<Response<wire::InstallSnapshotReply>, Status> {
         self.check_caller(&request)?;
+        let _receiving = self.receiving.try_acquire().map_err(|_| Status::resource_exhausted(SNAPSHOT_BUSY))?;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let raft = self.group(first.group_id)?.clone();
