@@ -49,6 +49,10 @@ pub const PII_MARKER: &str = "PIIMARK";
 /// A payer's name, in the payer's own script: it too must stay home.
 const PAYER_NAME: &str = "Alice Traveller 李爱丽";
 
+/// The request rate an operator gives each wallet of the demo's world (two
+/// wallets carry the whole mesh's load, more than a partner's default).
+pub const WALLET_REQUESTS_PER_SECOND: u32 = 20_000;
+
 /// The wallets: (region, partner, currency, prefunding in minor units).
 pub const WALLETS: [Wallet; 2] =
     [("us-west", "paypal-us", "USD", 10_000_000_000), ("ap-southeast", "gcash-ph", "PHP", 500_000_000_000)];
@@ -286,6 +290,24 @@ pub async fn configure_world(
         accepted(answer.reject_code).with_context(|| format!("partner {partner}"))?;
     }
     for &(region, partner, currency, prefund) in wallets {
+        // The wallets carry the whole workload, so the operator gives them
+        // more than a partner's default rate.
+        let limits = admin::SetPartnerLimitsRequest {
+            partner_id: partner.to_owned(),
+            limits: Some(admin::PartnerLimits {
+                requests_per_second: WALLET_REQUESTS_PER_SECOND,
+                requests_burst: 2 * WALLET_REQUESTS_PER_SECOND,
+                quotes_outstanding_max: paymesh_core::limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
+                transfers_in_flight_max: paymesh_core::limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
+            }),
+        };
+        let answer = region_of(region)?
+            .admin(|mut c| {
+                let limits = limits.clone();
+                async move { c.set_partner_limits(limits).await }
+            })
+            .await?;
+        accepted(answer.reject_code).with_context(|| format!("limits of {partner}"))?;
         let request = admin::TopUpPositionRequest {
             partner_id: partner.to_owned(),
             amount: money(&minor(prefund), currency),

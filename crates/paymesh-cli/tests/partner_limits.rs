@@ -121,7 +121,7 @@ async fn a_partners_caps_and_rate_are_resource_exhausted_and_leave_other_partner
     // The defaults, shown by `paymesh partner show`.
     let (code, out, err) = region.cli(&operator, &["partner", "show", "--id", "wallet-a"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("limits: 4000 requests/s, burst 8000; unused quotes 0 of 10000"), "{out}");
+    assert!(out.contains("limits: 1000 requests/s, burst 2000; unused quotes 0 of 10000"), "{out}");
 
     // Unused quotes: at most 2, set with the CLI.
     let (code, out, err) =

@@ -41,15 +41,19 @@ pub const RATES_PER_CORRIDOR_MAX: usize = 16;
 pub const QUOTES_OUTSTANDING_MAX: usize = 1_000_000;
 
 /// A partner's sustained request rate unless an operator sets another, per
-/// second. A 3-node region on the benchmark machine commits about 6,000 to
-/// 7,500 transfers/s (two requests each: a quote and a transfer), so one
-/// partner at this rate can use about a quarter of it and no single partner
-/// can take the whole region (docs/BENCHMARKS.md, "Fairness").
-pub const PARTNER_REQUESTS_PER_SECOND_DEFAULT: u32 = 4_000;
+/// second: 500 payments/s (a quote and a transfer each). A 3-node region on
+/// the benchmark machine serves about 12,000 to 15,000 requests/s at its
+/// peak, so one partner at this rate uses at most about a fifteenth of it:
+/// measured with `paymesh bench --flood`, a partner flooding at this rate
+/// costs the others about a fifth of a saturated region's throughput, and
+/// one flooding at 4,000/s (the earlier default) a third to a half
+/// (docs/BENCHMARKS.md, "Fairness"). A partner that needs more is given it
+/// by an operator (`paymesh partner limits`).
+pub const PARTNER_REQUESTS_PER_SECOND_DEFAULT: u32 = 1_000;
 
 /// A partner's burst above its sustained rate unless an operator sets
 /// another, in requests.
-pub const PARTNER_REQUESTS_BURST_DEFAULT: u32 = 8_000;
+pub const PARTNER_REQUESTS_BURST_DEFAULT: u32 = 2_000;
 
 /// Highest sustained request rate an operator may give a partner, per second.
 pub const PARTNER_REQUESTS_PER_SECOND_MAX: u32 = 50_000;

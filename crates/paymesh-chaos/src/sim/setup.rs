@@ -1,6 +1,7 @@
 //! The chaos world (`crate::world`) as the admin commands that configure
 //! it: the same partners, prefunding, corridors, rates and payee routes that
-//! `paymesh_cli::demo::configure_world` sets through the admin API, built
+//! `paymesh_cli::demo::configure_world` sets through the admin API (not the
+//! wallets' request rates, which only a node's gateway enforces), built
 //! from the same admin API requests and parsed by the node's own
 //! conversions (`paymesh_node::convert`), so a term means here what it means
 //! to a node.

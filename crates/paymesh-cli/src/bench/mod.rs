@@ -282,22 +282,32 @@ fn show_resident(when: &str, nodes: &[(u64, u64)]) {
     println!("resident memory {when}: {}", each.join(", "));
 }
 
+/// CPU time this process has used, in seconds.
+fn own_cpu_seconds() -> f64 {
+    paymesh::process_cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 /// The workload without, then with, the flood; the audit covers both.
 async fn flooded(target: &Arc<PaymeshTarget>, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
     let flooder = target.flooder.clone().context("the flooder was not configured")?;
     let before = target.resident_kib();
+    let cpu = || (target.cpu_seconds().iter().map(|(_, s)| s).sum::<f64>(), own_cpu_seconds());
+    let cpu_at_start = cpu();
     eprintln!("paymesh: the workload without the flood");
     let mut quiet = load::run(target.clone(), plan).await?;
     quiet.target = "paymesh (no flood)".to_owned();
     let during_quiet = target.resident_kib();
+    let cpu_quiet = cpu();
     eprintln!("paymesh: the workload while {} floods the region", flood::FLOODER);
     target.run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let flood = flood::Flood::start(flooder, paymesh::payee_qr(0));
     // Let the flood reach its caps before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_flood_start = cpu();
     let mut loud = load::run(target.clone(), plan).await?;
     loud.target = "paymesh (flood)".to_owned();
     let during_flood = target.resident_kib();
+    let cpu_flood = cpu();
     let report = flood.stop().await;
     let mut totals = quiet.including_warmup.clone();
     totals.attempted += loud.including_warmup.attempted;
@@ -323,6 +333,21 @@ async fn flooded(target: &Arc<PaymeshTarget>, plan: &Plan) -> anyhow::Result<Vec
     show_resident("after the run without the flood", &during_quiet);
     show_resident("at the end of the run with the flood", &during_flood);
     show_resident("after the flood stopped", &after);
+    // Where the machine's CPU went in each run (warm-up included): the three
+    // nodes, and this process (the normal workload's clients, and the
+    // flooder's in the second run), per normal transfer committed.
+    let show_cpu = |when: &str, (nodes_0, own_0): (f64, f64), (nodes_1, own_1): (f64, f64), r: &RunReport| {
+        let transfers = r.including_warmup.committed.max(1) as f64;
+        println!(
+            "CPU {when}: nodes {:.1} s, clients {:.1} s; per normal transfer: nodes {:.0} µs, clients {:.0} µs",
+            nodes_1 - nodes_0,
+            own_1 - own_0,
+            (nodes_1 - nodes_0) / transfers * 1e6,
+            (own_1 - own_0) / transfers * 1e6
+        );
+    };
+    show_cpu("in the run without the flood", cpu_at_start, cpu_quiet, &quiet);
+    show_cpu("in the run with the flood", cpu_flood_start, cpu_flood, &loud);
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:+.1} %", (a / b - 1.0) * 100.0) } else { "-".into() };
     let p99 = |r: &RunReport| r.latency_ms.as_ref().map_or(0.0, |l| l.p99);
     println!(

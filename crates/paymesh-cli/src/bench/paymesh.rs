@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use paymesh_client::{ClientError, PartnerClient};
+use paymesh_core::limits;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
@@ -260,24 +261,7 @@ impl PaymeshTarget {
             let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
             region.sdk(&region.operator_stem())?
         };
-        let request = admin::SetPartnerLimitsRequest {
-            partner_id: super::flood::FLOODER.to_owned(),
-            limits: Some(admin::PartnerLimits {
-                requests_per_second: rate,
-                requests_burst: rate,
-                quotes_outstanding_max: paymesh_core::limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
-                transfers_in_flight_max: paymesh_core::limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
-            }),
-        };
-        let answer = call_region(&operator, |mut c| {
-            let request = request.clone();
-            async move { c.set_partner_limits(request).await }
-        })
-        .await?;
-        if answer.reject_code != 0 {
-            bail!("the flooder's limits: {}", code_name(answer.reject_code));
-        }
-        Ok(())
+        set_request_rate(&operator, super::flood::FLOODER, rate, rate).await
     }
 
     /// Each running node's id and resident memory (VmRSS, KiB), from
@@ -295,6 +279,18 @@ impl PaymeshTarget {
                 let kib = line.split_whitespace().nth(1)?.parse().ok()?;
                 Some((node.id, kib))
             })
+            .collect()
+    }
+
+    /// CPU time (user and system, in seconds) each node's process has used so
+    /// far, by node id, from `/proc/<pid>/stat`.
+    pub fn cpu_seconds(&self) -> Vec<(u64, f64)> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(region) = guard.as_ref() else { return Vec::new() };
+        region
+            .nodes
+            .values()
+            .filter_map(|node| Some((node.id, process_cpu_seconds(node.child.as_ref()?.id())?)))
             .collect()
     }
 
@@ -363,8 +359,38 @@ async fn count_committed(client: &PartnerClient) -> anyhow::Result<u64> {
     bail!("audit: a payer has more than {} transfers", AUDIT_PAGES_MAX as u64 * u64::from(AUDIT_PAGE))
 }
 
+/// Set `partner`'s request rate and burst, as an operator; the other limits
+/// stay at their defaults.
+async fn set_request_rate(
+    operator: &paymesh_client::Region,
+    partner: &str,
+    rate: u32,
+    burst: u32,
+) -> anyhow::Result<()> {
+    let request = admin::SetPartnerLimitsRequest {
+        partner_id: partner.to_owned(),
+        limits: Some(admin::PartnerLimits {
+            requests_per_second: rate,
+            requests_burst: burst,
+            quotes_outstanding_max: limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
+            transfers_in_flight_max: limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
+        }),
+    };
+    let answer = call_region(operator, |mut c| {
+        let request = request.clone();
+        async move { c.set_partner_limits(request).await }
+    })
+    .await?;
+    if answer.reject_code != 0 {
+        bail!("{partner}'s limits: {}", code_name(answer.reject_code));
+    }
+    Ok(())
+}
+
 /// Partners, prefunding, the corridor and the routes, `SETUP_CONCURRENCY`
-/// calls at a time; any refusal fails the setup.
+/// calls at a time; any refusal fails the setup. The payers get the highest
+/// request rate an operator may give: the benchmark measures the region's
+/// capacity, not a partner's allowance (the flooder keeps the default).
 async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Result<()> {
     let operator = region.sdk(&region.operator_stem())?;
     let operator = &operator;
@@ -396,6 +422,15 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
                 bail!("partner {id}: {}", code_name(answer.reject_code));
             }
             Ok(())
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    stream::iter(0..config.payers)
+        .map(|index| async move {
+            let (rate, burst) = (limits::PARTNER_REQUESTS_PER_SECOND_MAX, limits::PARTNER_REQUESTS_BURST_MAX);
+            set_request_rate(operator, &payer_id(index), rate, burst).await
         })
         .buffer_unordered(SETUP_CONCURRENCY)
         .try_collect::<Vec<()>>()
@@ -519,4 +554,16 @@ impl Target for PaymeshTarget {
             Err(e) => failure("transfer", &e),
         }
     }
+}
+
+/// CPU time (user and system, in seconds) process `pid` has used, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
+/// value Linux reports to user space on every platform paymesh builds for).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
 }
