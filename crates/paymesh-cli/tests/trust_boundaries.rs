@@ -492,3 +492,143 @@ async fn a_node_certificate_and_a_new_ca_take_effect_on_sighup_without_a_restart
     let after: Vec<u32> = region.nodes.values().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect();
     assert_eq!(pids, after, "no node restarted");
 }
+
+/// Whether node `id` accepts a new connection from `credentials` (a status
+/// call on a fresh channel, not retried).
+async fn accepts(region: &Region, id: u64, credentials: paymesh_client::Credentials) -> bool {
+    let addr = region.nodes[&id].api_addr.clone();
+    let policy = paymesh_client::RetryPolicy { attempts: 1, deadline: Duration::from_secs(5) };
+    let client = paymesh_node::cluster_client::ClusterClient::with_credentials(vec![addr.clone()], credentials, policy);
+    client.status(&addr, false).await.is_ok()
+}
+
+/// Wait up to 10 s for `check` to hold; panics with `what` otherwise.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A whole CA rollover with SIGHUPs alone: every node's certificate reissued
+/// by a new CA, trusted next to the old one for a while, then alone. The
+/// connections a node dials afterwards (Raft to a restarted peer) present its
+/// new certificate and trust the new CA: the leader still replicates to
+/// peers that, restarted, know nothing of the old CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dials_with_its_reloaded_certificate_and_ca_after_a_ca_rollover() {
+    use paymesh_node::tls::certs::{generate, CertSpec};
+
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    // Node 1 is to lead, so that it is the one dialing its restarted peers.
+    for _ in 0..10 {
+        let leader = region.wait_leader(Duration::from_secs(20)).await;
+        if leader == 1 {
+            break;
+        }
+        region.terminate(leader);
+        region.wait_leader(Duration::from_secs(20)).await;
+        region.spawn(leader);
+        region.wait_converged(Duration::from_secs(20)).await;
+    }
+    assert_eq!(region.wait_leader(Duration::from_secs(20)).await, 1, "node 1 never led");
+    let writer = common::Writer::through(&region, &[1]);
+    writer.partner().await;
+    writer.top_up("before-rollover", 1).await.unwrap();
+    region.wait_converged(Duration::from_secs(20)).await;
+
+    let certs = region.ca_file().parent().unwrap().to_path_buf();
+    let first_der = |path: &std::path::Path| {
+        let pem = std::fs::read(path).unwrap();
+        x509_parser::pem::Pem::iter_from_buffer(&pem).next().unwrap().unwrap().contents
+    };
+    let old_ca = std::fs::read(region.ca_file()).unwrap();
+    let old_operator = region.credentials(&region.operator_stem());
+    // The new CA, with a certificate for every node and the operator.
+    let new = tempfile::tempdir().unwrap();
+    let us_west = RegionId::new(common::REGION).unwrap();
+    let mut holders: Vec<Identity> =
+        (1..=3).map(|node_id| Identity::Node { region: us_west.clone(), node_id }).collect();
+    holders.push(Identity::operator("tests").unwrap());
+    let hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    generate(new.path(), &CertSpec { region: us_west, holders, node_hosts: hosts }).unwrap();
+    let new_ca = std::fs::read(new.path().join("ca.pem")).unwrap();
+    let both = [old_ca.clone(), new_ca.clone()].concat();
+    let new_operator = |trust: &[u8]| {
+        let read = |file: &str| std::fs::read(new.path().join(file)).unwrap();
+        paymesh_client::Credentials::Tls {
+            ca: trust.to_vec(),
+            cert: read("operator-tests.pem"),
+            key: read("operator-tests.key"),
+        }
+    };
+
+    // 1. Both CAs trusted.
+    std::fs::write(region.ca_file(), &both).unwrap();
+    for id in 1..=3 {
+        region.hangup(id).unwrap();
+    }
+    for id in 1..=3 {
+        eventually(&format!("node {id} trusts the new CA"), || accepts(&region, id, new_operator(&old_ca))).await;
+    }
+    // 2. Every node's new certificate.
+    for id in 1..=3 {
+        for ext in ["pem", "key"] {
+            let file = format!("node-us-west-{id}.{ext}");
+            std::fs::copy(new.path().join(&file), certs.join(&file)).unwrap();
+        }
+        region.hangup(id).unwrap();
+    }
+    for id in 1..=3 {
+        let renewed = first_der(&new.path().join(format!("node-us-west-{id}.pem")));
+        eventually(&format!("node {id} presents its new certificate"), || async {
+            served_certificate(&region, id, &region.ca_file()).await.is_ok_and(|served| served == renewed)
+        })
+        .await;
+    }
+    // 3. The old CA no longer trusted; the operator's certificate is the new
+    // CA's from here on.
+    std::fs::write(region.ca_file(), &new_ca).unwrap();
+    for ext in ["pem", "key"] {
+        let file = format!("operator-tests.{ext}");
+        std::fs::copy(new.path().join(&file), certs.join(&file)).unwrap();
+    }
+    for id in 1..=3 {
+        region.hangup(id).unwrap();
+    }
+    for id in 1..=3 {
+        let old = || {
+            let mut old = old_operator.clone();
+            if let paymesh_client::Credentials::Tls { ca, .. } = &mut old {
+                *ca = both.clone();
+            }
+            old
+        };
+        eventually(&format!("node {id} refuses the old CA"), || async { !accepts(&region, id, old()).await }).await;
+        assert!(accepts(&region, id, new_operator(&new_ca)).await, "node {id} refuses the new CA's operator");
+    }
+    let writer = common::Writer::through(&region, &[1]);
+    writer.top_up("after-rollover", 1).await.unwrap();
+    region.wait_converged(Duration::from_secs(20)).await;
+
+    // 4. Restarted, nodes 2 and 3 read only the new files; node 1, which
+    // was never restarted, must dial them anew.
+    for peer in [2, 3] {
+        region.terminate(peer);
+        region.spawn(peer);
+        writer.top_up(&format!("after-restart-of-{peer}"), 1).await.unwrap();
+        let converged = paymesh_cli::local::LocalRegion::wait_converged(&region, Duration::from_secs(20)).await;
+        if let Err(e) = converged {
+            panic!("node {peer}, restarted, does not catch up from node 1: {e}");
+        }
+        assert_eq!(region.wait_leader(Duration::from_secs(5)).await, 1, "node 1 still leads");
+    }
+    let references = ["before-rollover", "after-rollover", "after-restart-of-2", "after-restart-of-3"];
+    common::assert_all_present(&writer, &references.map(String::from)).await;
+}

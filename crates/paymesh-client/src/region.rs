@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -141,8 +142,7 @@ pub type NodeChannel = InterceptedService<Channel, IdentityHeader>;
 #[derive(Debug)]
 pub struct Region {
     nodes: Vec<String>,
-    credentials: Credentials,
-    channels: Mutex<HashMap<String, Channel>>,
+    dial: Mutex<Dial>,
     /// The node to try first: the last one that answered or was named leader.
     preferred: Mutex<Option<String>>,
     policy: RetryPolicy,
@@ -153,6 +153,41 @@ pub struct Region {
 fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The credentials channels are made with, where changes to them come from
+/// (for [`Region::live`]), and the channels made with them.
+struct Dial {
+    credentials: Credentials,
+    updates: Option<watch::Receiver<Credentials>>,
+    channels: HashMap<String, Channel>,
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dial")
+            .field("credentials", &self.credentials)
+            .field("live", &self.updates.is_some())
+            .field("channels", &self.channels.len())
+            .finish()
+    }
+}
+
+impl Dial {
+    fn new(credentials: Credentials, updates: Option<watch::Receiver<Credentials>>) -> Dial {
+        Dial { credentials, updates, channels: HashMap::new() }
+    }
+
+    /// Take the newest credentials, if they changed since the channels were
+    /// made: the channels made with the previous ones are dropped.
+    fn refresh(&mut self) {
+        let Some(updates) = &mut self.updates else { return };
+        // An error means the sender is gone: the credentials stay as they are.
+        if updates.has_changed().unwrap_or(false) {
+            self.credentials = updates.borrow_and_update().clone();
+            self.channels.clear();
+        }
+    }
 }
 
 fn retryable(status: &Status) -> bool {
@@ -170,14 +205,22 @@ impl Region {
 
     /// A region with a chosen retry policy.
     pub fn with_policy(nodes: Vec<String>, credentials: Credentials, policy: RetryPolicy) -> Region {
-        Region {
-            nodes,
-            credentials,
-            channels: Mutex::default(),
-            preferred: Mutex::default(),
-            policy,
-            call_timeout: CALL_TIMEOUT,
-        }
+        Region::with_dial(nodes, Dial::new(credentials, None), policy)
+    }
+
+    /// A region whose caller's credentials may change while it is in use (a
+    /// node's certificate, key or CA file reloaded): each change is taken at
+    /// the next [`Region::channel`], where the channels made with the
+    /// previous credentials are dropped, so every connection made from then
+    /// on presents the new certificate and trusts the new CA. Calls and
+    /// streams already on a connection keep it until they end.
+    pub fn live(nodes: Vec<String>, mut credentials: watch::Receiver<Credentials>, policy: RetryPolicy) -> Region {
+        let current = credentials.borrow_and_update().clone();
+        Region::with_dial(nodes, Dial::new(current, Some(credentials)), policy)
+    }
+
+    fn with_dial(nodes: Vec<String>, dial: Dial, policy: RetryPolicy) -> Region {
+        Region { nodes, dial: Mutex::new(dial), preferred: Mutex::default(), policy, call_timeout: CALL_TIMEOUT }
     }
 
     /// The same region with another limit on one call (default [`CALL_TIMEOUT`]).
@@ -193,11 +236,12 @@ impl Region {
 
     /// A channel to the node at `addr` (connected lazily, then reused).
     pub fn channel(&self, addr: &str) -> Result<NodeChannel, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match channels.get(addr) {
+        let mut dial = self.dial.lock().unwrap_or_else(|p| p.into_inner());
+        dial.refresh();
+        let channel = match dial.channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let (scheme, tls) = match &self.credentials {
+                let (scheme, tls) = match &dial.credentials {
                     Credentials::Tls { ca, cert, key } => {
                         let tls = ClientTlsConfig::new()
                             .ca_certificate(Certificate::from_pem(ca))
@@ -216,11 +260,11 @@ impl Region {
                     endpoint = endpoint.tls_config(tls).map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?;
                 }
                 let channel = endpoint.connect_lazy();
-                channels.insert(addr.to_owned(), channel.clone());
+                dial.channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
         };
-        let header = match &self.credentials {
+        let header = match &dial.credentials {
             Credentials::Plaintext { identity } => IdentityHeader::new(Some(identity))?,
             Credentials::Tls { .. } => IdentityHeader::new(None)?,
         };
@@ -349,6 +393,36 @@ mod tests {
             other => panic!("expected to give up after two timed-out attempts, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    }
+
+    /// A live region takes new credentials at its next channel and drops the
+    /// channels made with the old ones; a fixed region never changes.
+    #[tokio::test]
+    async fn a_live_region_dials_anew_with_changed_credentials() {
+        let identity = |name: &str| Credentials::Plaintext { identity: name.into() };
+        let named = |region: &Region| match &region.dial.lock().unwrap().credentials {
+            Credentials::Plaintext { identity } => identity.clone(),
+            Credentials::Tls { .. } => unreachable!(),
+        };
+        let (updates, credentials) = watch::channel(identity("node:us-west:1"));
+        let region = Region::live(Vec::new(), credentials, RetryPolicy::default());
+        region.channel("127.0.0.1:9").unwrap();
+        region.channel("127.0.0.1:10").unwrap();
+        assert_eq!(region.dial.lock().unwrap().channels.len(), 2);
+        assert_eq!(named(&region), "node:us-west:1");
+
+        updates.send_replace(identity("node:us-west:2"));
+        region.channel("127.0.0.1:9").unwrap();
+        assert_eq!(named(&region), "node:us-west:2");
+        assert_eq!(region.dial.lock().unwrap().channels.len(), 1, "the old credentials' channels were dropped");
+        region.channel("127.0.0.1:10").unwrap();
+        assert_eq!(region.dial.lock().unwrap().channels.len(), 2);
+
+        // With the sender gone, the last credentials stay.
+        drop(updates);
+        region.channel("127.0.0.1:9").unwrap();
+        assert_eq!(named(&region), "node:us-west:2");
+        assert_eq!(region.dial.lock().unwrap().channels.len(), 2);
     }
 
     #[test]

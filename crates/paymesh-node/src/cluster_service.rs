@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use paymesh_client::{NodeChannel, Region};
+use paymesh_client::{NodeChannel, Region, RetryPolicy};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
@@ -47,7 +47,8 @@ pub struct ClusterServer {
 impl ClusterServer {
     /// The service of `node`.
     pub fn new(node: Node) -> ClusterServer {
-        let leaders = Region::new(Vec::new(), node.credentials()).with_call_timeout(FORWARD_TIMEOUT);
+        let leaders =
+            Region::live(Vec::new(), node.dialing(), RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
         ClusterServer { node, leaders: Arc::new(leaders) }
     }
 

@@ -230,6 +230,18 @@ pub fn identity_from_der(cert_der: &[u8]) -> Result<Identity, IdentityError> {
 /// UNAUTHENTICATED. Over plaintext (development only) the caller is whoever
 /// [`IDENTITY_METADATA`] names; missing or malformed, UNAUTHENTICATED.
 pub fn identity_of<T>(request: &Request<T>, plaintext: bool) -> Result<Identity, Status> {
+    caller_of(request, plaintext).map(|caller| caller.identity)
+}
+
+/// A caller: who it is and, over TLS, its certificate's [`fingerprint`].
+#[derive(Clone, Debug)]
+struct Caller {
+    identity: Identity,
+    fingerprint: Option<[u8; 32]>,
+}
+
+/// As [`identity_of`], with the certificate's fingerprint.
+fn caller_of<T>(request: &Request<T>, plaintext: bool) -> Result<Caller, Status> {
     if plaintext {
         let value = request.metadata().get(IDENTITY_METADATA).ok_or_else(|| {
             Status::unauthenticated(format!(
@@ -240,13 +252,15 @@ pub fn identity_of<T>(request: &Request<T>, plaintext: bool) -> Result<Identity,
         let text = value
             .to_str()
             .map_err(|_| Status::unauthenticated(format!("{IDENTITY_METADATA} metadata is not ASCII text")))?;
-        return Identity::parse(text).map_err(|e| Status::unauthenticated(format!("{IDENTITY_METADATA}: {e}")));
+        let identity =
+            Identity::parse(text).map_err(|e| Status::unauthenticated(format!("{IDENTITY_METADATA}: {e}")))?;
+        return Ok(Caller { identity, fingerprint: None });
     }
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("no client certificate: connect with TLS and a paymesh certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("the client presented no certificate"))?;
-    identity_of_verified(leaf).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+    caller_of_verified(leaf).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
 }
 
 /// The largest revocation list read, in bytes.
@@ -335,16 +349,12 @@ impl Authenticator {
     /// The caller of `request`: see [`identity_of`]; a revoked certificate
     /// is UNAUTHENTICATED.
     pub fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        let identity = identity_of(request, self.plaintext)?;
-        if !self.plaintext {
-            let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner()).clone();
-            if !revoked.is_empty() {
-                let leaf = request.peer_certs().and_then(|certs| certs.first().map(|c| fingerprint(c)));
-                if leaf.is_some_and(|print| revoked.contains(&print)) {
-                    return Err(Status::unauthenticated(format!(
-                        "the certificate of {identity} is revoked in this region"
-                    )));
-                }
+        let Caller { identity, fingerprint } = caller_of(request, self.plaintext)?;
+        if let Some(print) = fingerprint {
+            if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&print) {
+                return Err(Status::unauthenticated(format!(
+                    "the certificate of {identity} is revoked in this region"
+                )));
             }
         }
         Ok(identity)
@@ -355,23 +365,24 @@ impl Authenticator {
 /// emptied when it is full.
 const KNOWN_CERTIFICATES_MAX: usize = 4_096;
 
-/// [`identity_from_der`] for a certificate the TLS handshake verified,
-/// remembered by its exact bytes: parsing X.509 on every request cost the
-/// leader a twentieth of its CPU, while a connection presents the same
+/// [`identity_from_der`] and the [`fingerprint`] for a certificate the TLS
+/// handshake verified, remembered by its exact bytes: parsing X.509 (and
+/// hashing it, while the revocation list is not empty) on every request cost
+/// the leader a twentieth of its CPU, while a connection presents the same
 /// certificate on every request. Only successful parses are remembered.
-fn identity_of_verified(cert_der: &[u8]) -> Result<Identity, IdentityError> {
-    static KNOWN: OnceLock<Mutex<HashMap<Vec<u8>, Identity>>> = OnceLock::new();
+fn caller_of_verified(cert_der: &[u8]) -> Result<Caller, IdentityError> {
+    static KNOWN: OnceLock<Mutex<HashMap<Vec<u8>, Caller>>> = OnceLock::new();
     let known = KNOWN.get_or_init(Mutex::default);
-    if let Some(identity) = known.lock().unwrap_or_else(|p| p.into_inner()).get(cert_der) {
-        return Ok(identity.clone());
+    if let Some(caller) = known.lock().unwrap_or_else(|p| p.into_inner()).get(cert_der) {
+        return Ok(caller.clone());
     }
-    let identity = identity_from_der(cert_der)?;
+    let caller = Caller { identity: identity_from_der(cert_der)?, fingerprint: Some(fingerprint(cert_der)) };
     let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
     if known.len() >= KNOWN_CERTIFICATES_MAX {
         known.clear();
     }
-    known.insert(cert_der.to_vec(), identity.clone());
-    Ok(identity)
+    known.insert(cert_der.to_vec(), caller.clone());
+    Ok(caller)
 }
 
 fn wrong_kind(identity: &Identity, wanted: &str) -> Status {
@@ -461,6 +472,21 @@ mod tests {
         let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let ca = Pem::iter_from_buffer(&ca).next().unwrap().unwrap().contents;
         assert_eq!(identity_from_der(&ca), Err(IdentityError::NoIdentity), "the CA is nobody");
+    }
+
+    /// The remembered caller of a certificate carries its fingerprint, the
+    /// one the revocation list names, the first time and every time after.
+    #[test]
+    fn a_remembered_certificate_keeps_its_identity_and_fingerprint() {
+        let der = certificate_with_uris(&["urn:paymesh:partner:paypal-us"]);
+        for _ in 0..2 {
+            let caller = caller_of_verified(&der).unwrap();
+            assert_eq!(caller.identity, partner("paypal-us"));
+            assert_eq!(caller.fingerprint, Some(fingerprint(&der)));
+        }
+        let other = certificate_with_uris(&["urn:paymesh:partner:paypal-us"]);
+        assert_eq!(caller_of_verified(&other).unwrap().fingerprint, Some(fingerprint(&other)));
+        assert_ne!(fingerprint(&der), fingerprint(&other), "two certificates of one holder are told apart");
     }
 
     #[test]

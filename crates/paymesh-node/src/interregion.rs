@@ -14,13 +14,12 @@
 //! the same service accepts only this region's own nodes (the follower has
 //! authenticated the remote caller already).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use openraft::ServerState;
-use paymesh_client::Region;
+use paymesh_client::{Region, RetryPolicy};
 use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply};
 use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
 use paymesh_core::{Outcome, RejectCode};
@@ -33,6 +32,7 @@ use x509_parser::prelude::FromDer;
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::identity::Identity;
+use crate::outbox::Links;
 use crate::telemetry::wire_transfer;
 
 /// The most items in one batch, either way.
@@ -52,9 +52,9 @@ const FORWARDED: &str = "paymesh-forwarded";
 pub enum Door {
     /// The inter-region listener: callers are other regions' nodes, each
     /// checked against its own region's CA keys (the public keys of the CA
-    /// certificates in that region's `ca_cert` file, one of which must have
-    /// signed the caller's certificate; none in plaintext).
-    Remote(Arc<BTreeMap<RegionId, Vec<CaKey>>>),
+    /// certificates in that region's `ca_cert` file as last read, one of
+    /// which must have signed the caller's certificate; none in plaintext).
+    Remote(Arc<Links>),
     /// The API listener: callers are this region's followers forwarding.
     Forwarded,
 }
@@ -70,7 +70,8 @@ pub struct InterRegionServer {
 impl InterRegionServer {
     /// The service of the node behind `gateway`, on `door`.
     pub fn new(gateway: Gateway, door: Door) -> InterRegionServer {
-        let leaders = Region::new(Vec::new(), gateway.node.credentials()).with_call_timeout(FORWARD_TIMEOUT);
+        let leaders =
+            Region::live(Vec::new(), gateway.node.dialing(), RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
         InterRegionServer { gateway, door, leaders: Arc::new(leaders) }
     }
 
@@ -79,14 +80,15 @@ impl InterRegionServer {
         let from = convert::region_id("from_region", from_region)?;
         let plaintext = self.gateway.node.config.insecure_plaintext;
         match (&self.door, self.gateway.node.auth.identify(request)?) {
-            (Door::Remote(cas), Identity::Node { region, .. }) => {
-                let Some(ca_keys) = cas.get(&region) else {
+            (Door::Remote(links), Identity::Node { region, .. }) => {
+                let Some(link) = links.get(&region) else {
                     return Err(Status::permission_denied(format!(
                         "region {region} is not among this region's remote regions"
                     )));
                 };
                 if !plaintext {
-                    check_issuer(request, ca_keys, &region)?;
+                    let ca = link.ca();
+                    check_issuer(request, ca.as_ref().map_or(&[][..], |ca| &ca.keys), &region)?;
                 }
                 if region != from {
                     return Err(Status::permission_denied(format!(

@@ -6,7 +6,11 @@
 //! Channels to peers are created lazily and cached (by the SDK's
 //! [`paymesh_client::Region`], which also presents this node's certificate or
 //! development identity), because openraft asks for a client on every vote
-//! round and linearizable read. Every call has a timeout and a message size
+//! round and linearizable read. A connection takes its channel from that
+//! cache at every call rather than keeping one: when the node reloads its
+//! certificate, key or CA file (SIGHUP), the cache is emptied and the next
+//! call dials anew with the new material, while a stream already open stays
+//! on its connection until it ends. Every call has a timeout and a message size
 //! limit. A leader's `AppendEntries` to one follower travel on one long-lived
 //! stream, request after reply (see [`AppendStream`]); votes are unary calls.
 //! Snapshots are streamed whole, in chunks of [`SNAPSHOT_CHUNK_BYTES`], on one
@@ -27,7 +31,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use paymesh_client::{Credentials, NodeChannel, Region};
+use paymesh_client::{Credentials, NodeChannel, Region, RetryPolicy};
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
@@ -58,17 +62,18 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network for Raft group `group`, dialing as `credentials`, and the
-    /// peers in `dial` at the addresses given there.
+    /// A network for Raft group `group`, dialing as `credentials` (the
+    /// newest value at each new connection), and the peers in `dial` at the
+    /// addresses given there.
     pub fn new(
         group: u64,
-        credentials: Credentials,
+        credentials: tokio::sync::watch::Receiver<Credentials>,
         dial: BTreeMap<NodeId, String>,
         snapshot_timeout: Duration,
     ) -> Network {
         // The channel's own limit is the longest call (a snapshot); openraft
         // bounds the others with its own timeouts.
-        let peers = Region::new(Vec::new(), credentials).with_call_timeout(snapshot_timeout);
+        let peers = Region::live(Vec::new(), credentials, RetryPolicy::default()).with_call_timeout(snapshot_timeout);
         Network { group, peers: Arc::new(peers), dial: Arc::new(dial), snapshot_timeout }
     }
 }
@@ -77,17 +82,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
-        let addr = self.dial.get(&target).unwrap_or(&node.raft_addr);
-        let client = self.peers.channel(addr).map(|channel| {
-            RaftServiceClient::new(channel)
-                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        });
+        let addr = self.dial.get(&target).unwrap_or(&node.raft_addr).clone();
         Connection {
             target,
             node: node.clone(),
             group: self.group,
-            client: client.map_err(|e| e.message().to_owned()),
+            peers: self.peers.clone(),
+            addr,
             snapshot_timeout: self.snapshot_timeout,
             append: None,
         }
@@ -100,7 +101,10 @@ pub struct Connection {
     target: NodeId,
     node: NodeAddr,
     group: u64,
-    client: Result<RaftServiceClient<NodeChannel>, String>,
+    /// Where the channel to the peer comes from, at every call.
+    peers: Arc<Region>,
+    /// The address the peer is dialled at.
+    addr: String,
     snapshot_timeout: Duration,
     /// The open `AppendEntries` stream, if any: opened by the first append,
     /// replaced by the next call after one on it failed or timed out, so that
@@ -140,8 +144,16 @@ fn transport_error<E: std::error::Error>(status: &tonic::Status) -> RpcError<E> 
 }
 
 impl Connection {
+    /// A client on the cached channel to the peer: the one made with the
+    /// node's current credentials.
     fn client(&self) -> Result<RaftServiceClient<NodeChannel>, io::Error> {
-        self.client.clone().map_err(|e| io::Error::other(format!("bad address {}: {e}", self.node.raft_addr)))
+        let channel = self
+            .peers
+            .channel(&self.addr)
+            .map_err(|e| io::Error::other(format!("bad address {}: {}", self.addr, e.message())))?;
+        Ok(RaftServiceClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
     }
 
     /// Send one unary Raft call and decode the peer's openraft result.
@@ -387,6 +399,7 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let (_updates, credentials) = tokio::sync::watch::channel(credentials);
         let mut network = Network::new(REGION_GROUP, credentials, BTreeMap::new(), Duration::from_secs(5));
         let node = NodeAddr { raft_addr: addr.clone(), api_addr: addr };
         let mut connection = network.new_client(2, &node).await;

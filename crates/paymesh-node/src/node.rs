@@ -15,6 +15,7 @@ use paymesh_proto::raft::v1::raft_service_server::RaftServiceServer;
 use paymesh_store::raft_types::{Raft, StorageError};
 use paymesh_store::{LogStats, LogStore, StateMachineStore, TypeConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::actors;
 use crate::actors::registry::{Applied, Leadership};
@@ -27,7 +28,7 @@ use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX}
 use crate::listener;
 use crate::members::Members;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
-use crate::outbox::Links;
+use crate::outbox::{ca_bundle, Links};
 use crate::partner_service::PartnerServer;
 use crate::raft_service::RaftServer;
 use crate::tls::{LiveServerTls, TlsError, TlsMaterial};
@@ -106,8 +107,15 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// The Raft log's I/O counters.
     pub log_stats: Arc<LogStats>,
-    /// This node's TLS material, unless it runs plaintext (development).
+    /// This node's TLS material as read at start, unless it runs plaintext
+    /// (development). A SIGHUP replaces what the servers and the clients use
+    /// (see `LiveTls`), not this.
     pub tls: Option<Arc<TlsMaterial>>,
+    /// How this node presents itself when it dials the region's nodes, and
+    /// whom it trusts: its certificate and the region's CA file, replaced
+    /// when a SIGHUP reloads them (clients follow it with
+    /// [`paymesh_client::Region::live`]).
+    pub dialing: Arc<watch::Sender<Credentials>>,
     /// The links to the remote regions (the outbox's destinations).
     pub links: Arc<Links>,
     /// The trace contexts of recent transfers (see [`crate::telemetry`]).
@@ -129,13 +137,9 @@ impl Node {
     /// talking to peers over gRPC.
     pub async fn open(config: NodeConfig) -> Result<Node, NodeError> {
         let tls = Node::load_tls(&config)?;
-        let network = Network::new(
-            REGION_GROUP,
-            Node::credentials_of(&config, tls.as_deref()),
-            config.raft_dial(),
-            config.snapshot_timeout(),
-        );
-        Node::open_parts(config, network, tls).await
+        let dialing = Arc::new(watch::Sender::new(Node::credentials_of(&config, tls.as_deref())));
+        let network = Network::new(REGION_GROUP, dialing.subscribe(), config.raft_dial(), config.snapshot_timeout());
+        Node::open_parts(config, network, tls, dialing).await
     }
 
     /// Load and check this node's certificate: it must name this very node.
@@ -160,9 +164,10 @@ impl Node {
         }
     }
 
-    /// How this node presents itself to other nodes.
-    pub fn credentials(&self) -> Credentials {
-        Node::credentials_of(&self.config, self.tls.as_deref())
+    /// How this node presents itself to other nodes, and any change to it
+    /// (for [`paymesh_client::Region::live`]).
+    pub fn dialing(&self) -> watch::Receiver<Credentials> {
+        self.dialing.subscribe()
     }
 
     /// As [`Node::open`], with another network (in-process tests inject faults).
@@ -171,13 +176,15 @@ impl Node {
         network: N,
     ) -> Result<Node, NodeError> {
         let tls = Node::load_tls(&config)?;
-        Node::open_parts(config, network, tls).await
+        let dialing = Arc::new(watch::Sender::new(Node::credentials_of(&config, tls.as_deref())));
+        Node::open_parts(config, network, tls, dialing).await
     }
 
     async fn open_parts<N: RaftNetworkFactory<TypeConfig>>(
         config: NodeConfig,
         network: N,
         tls: Option<Arc<TlsMaterial>>,
+        dialing: Arc<watch::Sender<Credentials>>,
     ) -> Result<Node, NodeError> {
         if !config.keeps_log_for_fallback() {
             tracing::warn!(
@@ -202,6 +209,7 @@ impl Node {
             state_machine,
             log_stats,
             tls,
+            dialing,
             links: Arc::new(links),
             traces: Arc::default(),
             auth,
@@ -224,29 +232,19 @@ impl Node {
         Ok(Pipeline { gateway, actors, watcher })
     }
 
-    /// The servers' live TLS configurations, unless this node runs
-    /// plaintext: the region's listeners trust the region's CA, the
-    /// inter-region listener the remote regions' CAs.
-    fn server_tls(&self, material: &TlsMaterial) -> Result<ServerTls, NodeError> {
+    /// The node's live TLS material (see [`LiveTls`]), from `material`: the
+    /// region's listeners trust the region's CA, the inter-region listener
+    /// the remote regions' CAs.
+    fn live_tls(&self, material: &TlsMaterial) -> Result<LiveTls, NodeError> {
         let failed = |e: TlsError| NodeError::Config(format!("tls: {e}"));
         let region = LiveServerTls::new(material.rustls_server_config(material.ca_pem()).map_err(failed)?);
-        let bundle = self.remote_ca_bundle();
+        let bundle = self.links.ca_bundle();
         let interregion = if bundle.is_empty() {
             None
         } else {
             Some(LiveServerTls::new(material.rustls_server_config(&bundle).map_err(failed)?))
         };
-        Ok(ServerTls { region, interregion, bundle })
-    }
-
-    /// The remote regions' CA certificates, one PEM bundle.
-    fn remote_ca_bundle(&self) -> Vec<u8> {
-        let mut bundle = Vec::new();
-        for ca in self.links.iter().filter_map(|link| link.ca.as_ref()) {
-            bundle.extend_from_slice(&ca.pem);
-            bundle.push(b'\n');
-        }
-        bundle
+        Ok(LiveTls { region, interregion, dialing: self.dialing.clone(), links: self.links.clone() })
     }
 
     /// Serve the Raft transport and the API until `shutdown` resolves, then
@@ -292,10 +290,10 @@ impl Node {
             api = %self.config.api_listen,
             "node serving"
         );
-        let tls = self.tls.as_deref().map(|material| self.server_tls(material)).transpose()?;
+        let tls = self.tls.as_deref().map(|material| self.live_tls(material)).transpose()?;
         let reloader = tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone()));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let pipeline = self.start_pipeline()?;
@@ -434,13 +432,9 @@ impl Node {
         tls: Option<&LiveServerTls>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> ServerTask {
-        let mut cas = BTreeMap::new();
-        for link in self.links.iter() {
-            cas.insert(link.region.clone(), link.ca.as_ref().map(|ca| ca.keys.clone()).unwrap_or_default());
-        }
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
-        let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(Arc::new(cas))))
+        let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(self.links.clone())))
             .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
@@ -477,28 +471,46 @@ fn spawn_server(
     }
 }
 
-/// The live TLS configurations of a node's servers.
+/// A node's live TLS material: what its servers present and trust, and what
+/// it presents and trusts when it dials (the region's nodes, and each remote
+/// region). A SIGHUP replaces all of it at once ([`LiveTls::reload`]); every
+/// connection made from then on, either way, uses the new material, and
+/// connections already open keep theirs until they close.
 #[derive(Clone, Debug)]
-struct ServerTls {
+struct LiveTls {
     /// The Raft and API listeners': the region's CA.
     region: LiveServerTls,
-    /// The inter-region listener's: the remote regions' CAs (`bundle`).
+    /// The inter-region listener's: the remote regions' CAs.
     interregion: Option<LiveServerTls>,
-    bundle: Vec<u8>,
+    /// Dialing the region's nodes (Raft, forwarding to the leader).
+    dialing: Arc<watch::Sender<Credentials>>,
+    /// Dialing each remote region, and the CA keys its callers are checked
+    /// against.
+    links: Arc<Links>,
 }
 
-impl ServerTls {
-    /// Read this node's `[tls]` files again and use them for the next
-    /// handshakes: a rotated certificate and key, a CA file with another CA
-    /// added (a rollover).
+impl LiveTls {
+    /// Read this node's `[tls]` files and the remote regions' CA files again
+    /// and use them for the next connections, accepted and dialed: a rotated
+    /// certificate and key, a CA file with another CA added or an old one
+    /// removed (a rollover), a remote region's new CA. Every file is read
+    /// and checked before anything is replaced: on an error nothing is.
     fn reload(&self, config: &NodeConfig) -> Result<(), String> {
         // The same loading and identity check as at start.
         let material = Node::load_tls(config).map_err(|e| e.to_string())?.ok_or("no [tls] section")?;
+        let remote_cas = self.links.read_cas()?;
         let region = material.rustls_server_config(material.ca_pem()).map_err(|e| e.to_string())?;
         let interregion = match &self.interregion {
-            Some(_) => Some(material.rustls_server_config(&self.bundle).map_err(|e| e.to_string())?),
+            Some(_) => {
+                let bundle = ca_bundle(remote_cas.iter().flatten());
+                Some(material.rustls_server_config(&bundle).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
+        // Clients first: once a server presents the new certificate, the
+        // node also dials with it.
+        self.dialing.send_replace(material.credentials());
+        self.links.install(&material, remote_cas);
         self.region.replace(region);
         if let (Some(live), Some(config)) = (&self.interregion, interregion) {
             live.replace(config);
@@ -508,9 +520,10 @@ impl ServerTls {
 }
 
 /// On every SIGHUP, without a restart: read the revocation list again, and
-/// this node's certificate, key and CA file for the servers' next
-/// handshakes. What does not read leaves what is in force (and says why).
-async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Option<ServerTls>) {
+/// this node's certificate, key and CA file and the remote regions' CA files
+/// for the next connections, accepted and dialed. What does not read leaves
+/// what is in force (and says why).
+async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Option<LiveTls>) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: certificates and the revocation list are read only at start");
         return;
@@ -522,7 +535,10 @@ async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Opt
         }
         if let Some(tls) = &tls {
             match tls.reload(&config) {
-                Ok(()) => tracing::info!("SIGHUP: certificate, key and CA file reloaded for new connections"),
+                Ok(()) => tracing::info!(
+                    "SIGHUP: certificate, key, CA file and remote regions' CA files reloaded for new connections, \
+                     accepted and dialed"
+                ),
                 Err(e) => tracing::error!(%e, "SIGHUP: certificates not reloaded; the previous ones stay in force"),
             }
         }
@@ -625,6 +641,121 @@ mod tests {
             raft_dial: Default::default(),
             limits: Default::default(),
             raft: RaftSettings::default(),
+        }
+    }
+
+    /// Whether the inter-region listener's TLS in force accepts a client
+    /// presenting `holder`'s certificate from `dir` and trusting `trust`.
+    async fn handshake(live: &LiveTls, trust: &Path, dir: &Path, holder: &str) -> bool {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let blocks = |path: &Path| {
+            let pem = std::fs::read(path).unwrap();
+            x509_parser::pem::Pem::iter_from_buffer(&pem).map(|b| b.unwrap().contents).collect::<Vec<_>>()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for der in blocks(trust) {
+            roots.add(CertificateDer::from(der)).unwrap();
+        }
+        let chain = blocks(&dir.join(format!("{holder}.pem"))).into_iter().map(CertificateDer::from).collect();
+        let key = PrivateKeyDer::Pkcs8(blocks(&dir.join(format!("{holder}.key"))).remove(0).into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = live.interregion.as_ref().expect("an inter-region listener").acceptor();
+        let name = ServerName::try_from("localhost").unwrap();
+        let (accepted, _) = tokio::join!(acceptor.accept(server_io), connector.connect(name, client_io));
+        accepted.is_ok()
+    }
+
+    /// A SIGHUP re-reads a remote region's CA file for both directions: the
+    /// inter-region listener's trust and the CA keys its callers are pinned
+    /// by, and the trust root this node dials the region with; its own files
+    /// too. A reload with a file that does not read changes nothing.
+    #[tokio::test]
+    async fn a_reload_rereads_the_remote_regions_ca_files_for_calls_either_way() {
+        use crate::config::RemoteRegionConfig;
+        use crate::tls::certs::{generate, CertSpec};
+        use crate::tls::TlsFiles;
+        let dir = tempfile::tempdir().unwrap();
+        let issue = |sub: &str, holder: &str| {
+            let out = dir.path().join(sub);
+            let identity = Identity::parse(holder).unwrap();
+            let region = match &identity {
+                Identity::Node { region, .. } => region.clone(),
+                _ => unreachable!(),
+            };
+            let hosts = vec!["localhost".to_owned()];
+            generate(&out, &CertSpec { region, holders: vec![identity], node_hosts: hosts }).unwrap();
+            out
+        };
+        let (us, old_east, new_east) =
+            (issue("us", "node:us-west:1"), issue("old-east", "node:cn-east:1"), issue("new-east", "node:cn-east:1"));
+        let remote_ca = dir.path().join("cn-east-ca.pem");
+        std::fs::copy(old_east.join("ca.pem"), &remote_ca).unwrap();
+        let east = paymesh_core::id::RegionId::new("cn-east").unwrap();
+        let config = NodeConfig {
+            insecure_plaintext: false,
+            tls: Some(TlsFiles {
+                ca_cert: us.join("ca.pem"),
+                cert: us.join("node-us-west-1.pem"),
+                key: us.join("node-us-west-1.key"),
+                revoked: None,
+            }),
+            remote_regions: vec![RemoteRegionConfig {
+                region: east.clone(),
+                endpoints: vec!["127.0.0.1:1".into()],
+                ca_cert: Some(remote_ca.clone()),
+            }],
+            ..config(dir.path())
+        };
+        let node = Node::open(config.clone()).await.unwrap();
+        let live = node.live_tls(node.tls.as_deref().unwrap()).unwrap();
+        let link = node.links.get(&east).unwrap().clone();
+        let trusted = |link: &crate::outbox::Link| match link.credentials() {
+            Credentials::Tls { ca, .. } => ca,
+            Credentials::Plaintext { .. } => unreachable!(),
+        };
+        let pem = |path: &Path| std::fs::read(path).unwrap();
+        let keys = |path: &Path| crate::interregion::ca_keys(&pem(path)).unwrap();
+        let (trust, holder) = (us.join("ca.pem"), "node-cn-east-1");
+        assert!(handshake(&live, &trust, &old_east, holder).await);
+        assert!(!handshake(&live, &trust, &new_east, holder).await);
+        assert_eq!(link.ca().unwrap().keys, keys(&old_east.join("ca.pem")));
+        assert_eq!(trusted(&link), pem(&old_east.join("ca.pem")));
+
+        // A remote CA file that does not read: the reload fails, and every
+        // part stays as it was.
+        std::fs::write(&remote_ca, "not a certificate").unwrap();
+        let mut dialing = node.dialing();
+        let error = live.reload(&config).unwrap_err();
+        assert!(error.contains("cn-east-ca.pem"), "{error}");
+        assert!(handshake(&live, &trust, &old_east, holder).await);
+        assert_eq!(link.ca().unwrap().keys, keys(&old_east.join("ca.pem")));
+        assert_eq!(trusted(&link), pem(&old_east.join("ca.pem")));
+        assert!(!dialing.has_changed().unwrap(), "the region's dialing credentials were replaced");
+
+        // The region's new CA: trusted and pinned on the listener, and the
+        // root this node dials the region with, all at once.
+        std::fs::copy(new_east.join("ca.pem"), &remote_ca).unwrap();
+        live.reload(&config).unwrap();
+        assert!(handshake(&live, &trust, &new_east, holder).await);
+        assert!(!handshake(&live, &trust, &old_east, holder).await);
+        assert_eq!(link.ca().unwrap().keys, keys(&new_east.join("ca.pem")));
+        assert_eq!(trusted(&link), pem(&new_east.join("ca.pem")));
+        assert!(dialing.has_changed().unwrap(), "the region's dialing credentials were not replaced");
+        let dialed = dialing.borrow_and_update().clone();
+        match dialed {
+            Credentials::Tls { ca, cert, .. } => {
+                assert_eq!(ca, pem(&us.join("ca.pem")));
+                assert_eq!(cert, pem(&us.join("node-us-west-1.pem")));
+            }
+            Credentials::Plaintext { .. } => panic!("plaintext credentials with TLS"),
         }
     }
 

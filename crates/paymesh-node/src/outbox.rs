@@ -22,7 +22,8 @@
 //! with nothing to send, a health probe) closes the breaker.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -75,13 +76,19 @@ struct Breaker {
 pub struct Link {
     /// The remote region.
     pub region: RegionId,
-    /// Its CA, when configured (always, with TLS).
-    pub ca: Option<RemoteCa>,
+    /// Its CA file (`remote_regions.ca_cert`), when configured (always, with
+    /// TLS).
+    ca_file: Option<PathBuf>,
+    /// Its CA, read from `ca_file` at start and again on SIGHUP.
+    ca: RwLock<Option<Arc<RemoteCa>>>,
+    /// What this node presents and trusts when it dials the region: its own
+    /// certificate and the region's CA (the client follows it).
+    credentials: tokio::sync::watch::Sender<Credentials>,
     client: Region,
     breaker: Mutex<Breaker>,
 }
 
-/// A remote region's CA certificate, read once at start-up.
+/// A remote region's CA certificate, as its file was last read.
 #[derive(Debug)]
 pub struct RemoteCa {
     /// The PEM file's contents.
@@ -91,12 +98,54 @@ pub struct RemoteCa {
     pub keys: Vec<crate::interregion::CaKey>,
 }
 
+impl RemoteCa {
+    /// Read and check a remote region's CA file: it must hold certificates.
+    pub fn load(file: &std::path::Path) -> Result<RemoteCa, String> {
+        let failed = |e: String| format!("remote_regions.ca_cert {}: {e}", file.display());
+        let pem = std::fs::read(file).map_err(|e| failed(e.to_string()))?;
+        let keys = crate::interregion::ca_keys(&pem).map_err(failed)?;
+        Ok(RemoteCa { pem, keys })
+    }
+}
+
 impl Link {
-    fn new(region: RegionId, endpoints: Vec<String>, credentials: Credentials, ca: Option<RemoteCa>) -> Link {
+    fn new(
+        region: RegionId,
+        endpoints: Vec<String>,
+        credentials: Credentials,
+        ca_file: Option<PathBuf>,
+        ca: Option<RemoteCa>,
+    ) -> Link {
         let attempts = u32::try_from(endpoints.len()).unwrap_or(u32::MAX).saturating_mul(2);
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
-        let client = Region::with_policy(endpoints, credentials, policy).with_call_timeout(CALL_TIMEOUT);
-        Link { region, ca, client, breaker: Mutex::default() }
+        let (credentials, following) = tokio::sync::watch::channel(credentials);
+        let client = Region::live(endpoints, following, policy).with_call_timeout(CALL_TIMEOUT);
+        Link { region, ca_file, ca: RwLock::new(ca.map(Arc::new)), credentials, client, breaker: Mutex::default() }
+    }
+
+    /// The region's CA in force.
+    pub fn ca(&self) -> Option<Arc<RemoteCa>> {
+        self.ca.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What this node presents and trusts when it next dials the region.
+    pub fn credentials(&self) -> Credentials {
+        self.credentials.borrow().clone()
+    }
+
+    /// The region's CA file read again, if it has one.
+    pub fn read_ca(&self) -> Result<Option<RemoteCa>, String> {
+        self.ca_file.as_deref().map(RemoteCa::load).transpose()
+    }
+
+    /// Use `ca` (read by [`Link::read_ca`]) to check the region's callers, and
+    /// `tls` with it to dial the region: new connections present `tls`'s
+    /// certificate and trust `ca`.
+    pub fn install(&self, tls: &TlsMaterial, ca: Option<RemoteCa>) {
+        if let Some(ca) = &ca {
+            self.credentials.send_replace(tls.credentials_trusting(ca.pem.clone()));
+        }
+        *self.ca.write().unwrap_or_else(|p| p.into_inner()) = ca.map(Arc::new);
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -139,21 +188,14 @@ impl Links {
     pub fn from_config(config: &NodeConfig, tls: Option<&TlsMaterial>) -> Result<Links, String> {
         let mut links = BTreeMap::new();
         for remote in &config.remote_regions {
-            let ca = match &remote.ca_cert {
-                Some(file) => {
-                    let failed = |e: String| format!("remote_regions.ca_cert {}: {e}", file.display());
-                    let pem = std::fs::read(file).map_err(|e| failed(e.to_string()))?;
-                    let keys = crate::interregion::ca_keys(&pem).map_err(failed)?;
-                    Some(RemoteCa { pem, keys })
-                }
-                None => None,
-            };
+            let ca = remote.ca_cert.as_deref().map(RemoteCa::load).transpose()?;
             let credentials = match (tls, &ca) {
                 (Some(material), Some(ca)) => material.credentials_trusting(ca.pem.clone()),
                 (Some(_), None) => return Err(format!("remote region {}: ca_cert is required", remote.region)),
                 (None, _) => Credentials::Plaintext { identity: format!("node:{}:{}", config.region, config.node_id) },
             };
-            let link = Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, ca);
+            let link =
+                Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, remote.ca_cert.clone(), ca);
             links.insert(remote.region.clone(), Arc::new(link));
         }
         Ok(Links { links })
@@ -162,6 +204,32 @@ impl Links {
     /// Every link.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
         self.links.values()
+    }
+
+    /// The link to `region`, if it is a configured remote region.
+    pub fn get(&self, region: &RegionId) -> Option<&Arc<Link>> {
+        self.links.get(region)
+    }
+
+    /// Every link's CA file read again (a link without one reads as `None`):
+    /// all of them, or the first error.
+    pub fn read_cas(&self) -> Result<Vec<Option<RemoteCa>>, String> {
+        self.iter().map(|link| link.read_ca()).collect()
+    }
+
+    /// The remote regions' CA certificates in force, one PEM bundle: the
+    /// inter-region listener trusts it.
+    pub fn ca_bundle(&self) -> Vec<u8> {
+        let cas: Vec<Arc<RemoteCa>> = self.iter().filter_map(|link| link.ca()).collect();
+        ca_bundle(cas.iter().map(|ca| &**ca))
+    }
+
+    /// Install CAs read by [`Links::read_cas`] (in the same order), with
+    /// `tls` to dial: see [`Link::install`].
+    pub fn install(&self, tls: &TlsMaterial, cas: Vec<Option<RemoteCa>>) {
+        for (link, ca) in self.iter().zip(cas) {
+            link.install(tls, ca);
+        }
     }
 
     /// Refuse new work for `region` while its breaker is open, or when it is
@@ -181,6 +249,16 @@ impl Links {
             ))),
         }
     }
+}
+
+/// One PEM bundle of `cas`' certificates.
+pub fn ca_bundle<'a>(cas: impl IntoIterator<Item = &'a RemoteCa>) -> Vec<u8> {
+    let mut bundle = Vec::new();
+    for ca in cas {
+        bundle.extend_from_slice(&ca.pem);
+        bundle.push(b'\n');
+    }
+    bundle
 }
 
 /// Ship the outbox to `link`'s region while this node leads; the task is

@@ -274,7 +274,7 @@ pub fn checkpoints_damage(data: &[u8]) {
         let which = usize::from(kind >> 7);
         let (at, value) = (bytes.u16(), bytes.next());
         let path = &paths[which];
-        let mut contents = std::fs::read(&path).expect("a checkpoint reads");
+        let mut contents = std::fs::read(path).expect("a checkpoint reads");
         match kind % 3 {
             0 if !contents.is_empty() => {
                 let at = usize::from(at) % contents.len();
