@@ -104,8 +104,9 @@ impl Gateway {
         }
     }
 
-    /// Charge a call to the partner's rate: wait for its token, or
-    /// RESOURCE_EXHAUSTED if that would take too long (see [`crate::rate`]).
+    /// Charge a call to the partner's rate: wait for its token, or, if that
+    /// would take too long, RESOURCE_EXHAUSTED after the longest wait (see
+    /// [`crate::rate`]).
     async fn pace(&self, partner: &PartnerId) -> Result<(), Status> {
         let limits = self.node.state_machine.applied().state.partner_limits(partner);
         match self.node.rates.admit(partner, limits) {
@@ -114,7 +115,12 @@ impl Gateway {
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
-            Admission::Refused => Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL)),
+            Admission::Refused => {
+                // Refused late, not at once: an immediate refusal invites a
+                // looping client's next request at once (see crate::rate).
+                tokio::time::sleep(crate::rate::PACE_WAIT_MAX).await;
+                Err(Status::resource_exhausted(crate::rate::RATE_REFUSAL))
+            }
         }
     }
 

@@ -9,16 +9,19 @@
 //!
 //! A partner over its rate is **paced, not refused at once**: its request
 //! takes a token that has not been refilled yet and waits until it would
-//! have been, up to [`PACE_WAIT_MAX`]; only a request that would wait
-//! longer is refused (RESOURCE_EXHAUSTED). A refusal answered at once
-//! invites the caller's next request at once, so a client looping as fast as
-//! answers come (a retry loop gone wrong, or a flood) would make the node
-//! spend its CPU receiving and refusing far more than the partner's rate:
-//! measured with `paymesh bench --flood`, a flooder limited to 1,000/s sent
-//! 12,000 requests/s that way. Paced, a closed loop runs at the partner's
-//! rate however many loops it has, and a waiting request costs a timer, not
-//! CPU. How many requests can wait is bounded too: `rate × PACE_WAIT_MAX`
-//! per partner (HTTP/2's streams per connection bound the rest).
+//! have been, up to [`PACE_WAIT_MAX`]; a request that would wait longer is
+//! refused (RESOURCE_EXHAUSTED), and that answer too is given only after
+//! [`PACE_WAIT_MAX`]. A refusal answered at once invites the caller's next
+//! request at once, so a client looping as fast as answers come (a retry
+//! loop gone wrong, or a flood) would make the node spend its CPU receiving
+//! and refusing far more than the partner's rate: measured with `paymesh
+//! bench --flood`, a flooder limited to 1,000/s sent 20,000 requests/s that
+//! way, and one limited to 1/s (whose 64 loops could not all wait) 25,000/s.
+//! Paced, a closed loop runs at the partner's rate, plus one refusal per
+//! loop and second beyond what may wait, and a waiting request costs a
+//! timer, not CPU. How many requests hold a token while they wait is
+//! bounded by `rate × PACE_WAIT_MAX` per partner; how many wait to be
+//! refused, by the HTTP/2 streams of the partner's connections.
 //!
 //! Only configured partners reach it, so it holds one small entry per
 //! partner at most.

@@ -239,14 +239,11 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 config.payers,
                 config.payees
             );
+            if args.flood {
+                return flooded(&config, args.flood_rate, plan).await;
+            }
             let target = Arc::new(PaymeshTarget::setup(&config).await?);
             let outcome = async {
-                if args.flood {
-                    if let Some(rate) = args.flood_rate {
-                        target.limit_flooder(rate).await?;
-                    }
-                    return flooded(&target, plan).await;
-                }
                 let mut report = load::run(target.clone(), plan).await?;
                 report.audit = Some(target.audit(&report.including_warmup).await?);
                 anyhow::Ok(vec![report])
@@ -287,73 +284,93 @@ fn own_cpu_seconds() -> f64 {
     paymesh::process_cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
-/// The workload without, then with, the flood; the audit covers both.
-async fn flooded(target: &Arc<PaymeshTarget>, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
-    let flooder = target.flooder.clone().context("the flooder was not configured")?;
-    let before = target.resident_kib();
-    let cpu = || (target.cpu_seconds().iter().map(|(_, s)| s).sum::<f64>(), own_cpu_seconds());
-    let cpu_at_start = cpu();
-    eprintln!("paymesh: the workload without the flood");
-    let mut quiet = load::run(target.clone(), plan).await?;
-    quiet.target = "paymesh (no flood)".to_owned();
-    let during_quiet = target.resident_kib();
-    let cpu_quiet = cpu();
-    eprintln!("paymesh: the workload while {} floods the region", flood::FLOODER);
-    target.run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let flood = flood::Flood::start(flooder, paymesh::payee_qr(0));
-    // Let the flood reach its caps before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu_flood_start = cpu();
-    let mut loud = load::run(target.clone(), plan).await?;
-    loud.target = "paymesh (flood)".to_owned();
-    let during_flood = target.resident_kib();
-    let cpu_flood = cpu();
-    let report = flood.stop().await;
-    let mut totals = quiet.including_warmup.clone();
-    totals.attempted += loud.including_warmup.attempted;
-    totals.committed += loud.including_warmup.committed;
-    totals.declined += loud.including_warmup.declined;
-    totals.failed += loud.including_warmup.failed;
-    totals.dropped += loud.including_warmup.dropped;
-    loud.audit = Some(target.audit(&totals).await?);
-    let after = target.resident_kib();
-    println!(
-        "flood by {}: {} requests in {:.1} s ({:.0}/s); event streams held {}, refused {}",
-        flood::FLOODER,
-        report.requests,
-        report.seconds,
-        report.requests as f64 / report.seconds.max(1e-9),
-        report.streams_open,
-        report.streams_refused
-    );
-    for (kind, n) in &report.answers {
-        println!("  {kind}: {n}");
+/// The workload without the flood and with it, each on a region of its own
+/// set up afresh (the flooder configured in both, idle in the first), each
+/// audited.
+///
+/// Each run has a new region because a region does not stay the same from
+/// one run to the next: its state keeps every transfer of the earlier runs
+/// (for a day), so each run's snapshots and applies cost more than the last
+/// one's. Measured on one region with a flooder limited to 1 request/s (no
+/// flood at all), a second run was a quarter to a third slower than the
+/// first, which a comparison of two runs on one region would have blamed on
+/// the flood.
+async fn flooded(config: &PaymeshConfig, flood_rate: Option<u32>, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
+    let mut reports = Vec::with_capacity(2);
+    for flooding in [false, true] {
+        let target = Arc::new(PaymeshTarget::setup(config).await?);
+        let outcome = flood_run(&target, flooding, flood_rate, plan).await;
+        target.shutdown()?;
+        reports.push(outcome?);
     }
-    show_resident("before the runs", &before);
-    show_resident("after the run without the flood", &during_quiet);
-    show_resident("at the end of the run with the flood", &during_flood);
-    show_resident("after the flood stopped", &after);
-    // Where the machine's CPU went in each run (warm-up included): the three
-    // nodes, and this process (the normal workload's clients, and the
-    // flooder's in the second run), per normal transfer committed.
-    let show_cpu = |when: &str, (nodes_0, own_0): (f64, f64), (nodes_1, own_1): (f64, f64), r: &RunReport| {
-        let transfers = r.including_warmup.committed.max(1) as f64;
-        println!(
-            "CPU {when}: nodes {:.1} s, clients {:.1} s; per normal transfer: nodes {:.0} µs, clients {:.0} µs",
-            nodes_1 - nodes_0,
-            own_1 - own_0,
-            (nodes_1 - nodes_0) / transfers * 1e6,
-            (own_1 - own_0) / transfers * 1e6
-        );
-    };
-    show_cpu("in the run without the flood", cpu_at_start, cpu_quiet, &quiet);
-    show_cpu("in the run with the flood", cpu_flood_start, cpu_flood, &loud);
-    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:+.1} %", (a / b - 1.0) * 100.0) } else { "-".into() };
+    let change = |a: f64, b: f64| if b > 0.0 { format!("{:+.1} %", (a / b - 1.0) * 100.0) } else { "-".into() };
     let p99 = |r: &RunReport| r.latency_ms.as_ref().map_or(0.0, |l| l.p99);
     println!(
-        "normal workload under the flood: throughput {} , p99 {}",
-        ratio(loud.throughput_per_s, quiet.throughput_per_s),
-        ratio(p99(&loud), p99(&quiet))
+        "normal workload under the flood: throughput {}, p99 {}",
+        change(reports[1].throughput_per_s, reports[0].throughput_per_s),
+        change(p99(&reports[1]), p99(&reports[0]))
     );
-    Ok(vec![quiet, loud])
+    Ok(reports)
+}
+
+/// One run of [`flooded`] on a new region: the workload, with the flood if
+/// `flooding`; what the nodes' memory and the CPU did.
+async fn flood_run(
+    target: &Arc<PaymeshTarget>,
+    flooding: bool,
+    flood_rate: Option<u32>,
+    plan: &Plan,
+) -> anyhow::Result<RunReport> {
+    let flooder = target.flooder.clone().context("the flooder was not configured")?;
+    if let Some(rate) = flood_rate {
+        target.limit_flooder(rate).await?;
+    }
+    let cpu = || (target.cpu_seconds().iter().map(|(_, s)| s).sum::<f64>(), own_cpu_seconds());
+    let before = target.resident_kib();
+    let flood = if flooding {
+        eprintln!("paymesh: the workload while {} floods a new region", flood::FLOODER);
+        let flood = flood::Flood::start(flooder, paymesh::payee_qr(0));
+        // Let the flood reach its caps before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Some(flood)
+    } else {
+        eprintln!("paymesh: the workload without the flood, on a new region");
+        None
+    };
+    let (nodes_0, own_0) = cpu();
+    let mut report = load::run(target.clone(), plan).await?;
+    let (nodes_1, own_1) = cpu();
+    let during = target.resident_kib();
+    report.target = if flooding { "paymesh (flood)" } else { "paymesh (no flood)" }.to_owned();
+    if let Some(flood) = flood {
+        let flood = flood.stop().await;
+        println!(
+            "flood by {}: {} requests in {:.1} s ({:.0}/s); event streams held {}, refused {}",
+            flood::FLOODER,
+            flood.requests,
+            flood.seconds,
+            flood.requests as f64 / flood.seconds.max(1e-9),
+            flood.streams_open,
+            flood.streams_refused
+        );
+        for (kind, n) in &flood.answers {
+            println!("  {kind}: {n}");
+        }
+    }
+    report.audit = Some(target.audit(&report.including_warmup).await?);
+    let when = if flooding { "with the flood" } else { "without the flood" };
+    show_resident(&format!("before the run {when}"), &before);
+    show_resident(&format!("at the end of the run {when}"), &during);
+    // Where the machine's CPU went (warm-up included): the three nodes, and
+    // this process (the normal workload's clients, and the flooder's), per
+    // normal transfer committed.
+    let transfers = report.including_warmup.committed.max(1) as f64;
+    println!(
+        "CPU in the run {when}: nodes {:.1} s, clients {:.1} s; per normal transfer: nodes {:.0} µs, clients {:.0} µs",
+        nodes_1 - nodes_0,
+        own_1 - own_0,
+        (nodes_1 - nodes_0) / transfers * 1e6,
+        (own_1 - own_0) / transfers * 1e6
+    );
+    Ok(report)
 }
