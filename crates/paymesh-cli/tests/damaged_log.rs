@@ -58,7 +58,7 @@ async fn top_up(sdk: &paymesh_client::Region, reference: &str) -> String {
 /// bytes hold the payload's length in their low 26 bits).
 fn record_offsets(segment: &Path) -> Vec<u64> {
     let data = std::fs::read(segment).unwrap();
-    assert!(data.starts_with(b"pmlog\0\0\x03"), "a version 3 segment");
+    assert!(data.starts_with(b"pmlogv3\n"), "a version 3 segment");
     let mut offsets = Vec::new();
     let mut at = 8;
     while at + 28 <= data.len() {

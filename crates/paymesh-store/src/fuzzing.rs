@@ -151,8 +151,10 @@ fn segment_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 ///   append, or garbage was added (which can forge a record of a later
 ///   append); a torn or zeroed final append alone is cut, not refused.
 ///
-/// This reaches the recovery code past the checksums, which mutated raw
-/// segment files ([`segment_log_open`]) rarely do.
+/// These hold when at most one byte before the final append was changed;
+/// with more, the fuzzer can forge a checksum, and only the absence of a
+/// panic is checked. This reaches the recovery code past the checksums,
+/// which mutated raw segment files ([`segment_log_open`]) rarely do.
 pub fn segment_log_damage(data: &[u8]) {
     let mut bytes = Bytes(data);
     let scratch = Scratch::new("damage");
@@ -225,18 +227,33 @@ pub fn segment_log_damage(data: &[u8]) {
     }
     // Whether a fault changed a byte written before the final append (two
     // flips of one byte undo each other).
-    let damaged_before_final = files.iter().zip(&saved).enumerate().any(|(n, ((path, _), before))| {
-        let now = std::fs::read(path).expect("a segment reads");
-        if n == last {
-            now.get(..final_start as usize) != before.get(..final_start as usize)
-        } else {
-            now != *before
-        }
-    });
+    // How many bytes written before the final append a fault changed (two
+    // flips of one byte undo each other). Flips only change bytes: the
+    // files before the last, and the last up to the final append, keep their
+    // lengths.
+    let changed_before_final: usize = files
+        .iter()
+        .zip(&saved)
+        .enumerate()
+        .map(|(n, ((path, _), before))| {
+            let now = std::fs::read(path).expect("a segment reads");
+            let end = if n == last { final_start as usize } else { before.len() };
+            now[..end].iter().zip(&before[..end]).filter(|(a, b)| a != b).count()
+        })
+        .sum();
+    let damaged_before_final = changed_before_final > 0;
     // Whether a fault changed the final append or what follows it.
     let final_touched = std::fs::read(&files[last].0).expect("a segment reads").get(final_start as usize..)
         != saved[last].get(final_start as usize..);
-    match SegmentLog::open_with(dir, 1, 160) {
+    let opened = SegmentLog::open_with(dir, 1, 160);
+    if changed_before_final > 1 {
+        // Several bytes changed may forge a checksum (CRC-32 catches every
+        // error within 32 bits, and others all but once in 2^32; the fuzzer
+        // searches for that one): what the log returns is then not checked,
+        // only that nothing panics. Bit rot does not forge checksums.
+        return;
+    }
+    match opened {
         Ok((log, _)) => {
             let end = log.last_index().map_or(1, |last| last + 1);
             let found = log.read_range(1, end).expect("an opened log reads");

@@ -9,8 +9,8 @@
 //!
 //! Layout: a directory of segment files, each named by the index of its first
 //! record (`00000000000000000001.seg`). A segment starts with the 8 bytes
-//! [`SEGMENT_MAGIC`] (the format's name and version, 3: a file of another
-//! format is refused, not misread), followed by records:
+//! [`SEGMENT_MAGIC`] (`pmlogv3\n`: the format's name and version, 3; a
+//! file of another format is refused, not misread), followed by records:
 //!
 //! ```text
 //! | length: u32 | index: u64 | batch: u64 | payload crc32: u32 | header crc32: u32 | payload |
@@ -113,8 +113,12 @@ const HEADER_BYTES: usize = 28;
 
 /// The first bytes of every segment file this code writes: the format's
 /// name and version (3). Version 2 (`b"pmlog\0\0\x02"`) is still read;
-/// version 1 had no file header and no header CRC, and is refused.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"pmlog\0\0\x03";
+/// version 1 had no file header and no header CRC, and is refused. The two
+/// differ in three bytes, so that no damaged byte turns one into the other
+/// (a first choice, `pmlog\0\0\x03`, was one bit from version 2: the
+/// `segment_log_damage` fuzz target flipped it, and the version 3 records,
+/// read by the version 2 rule, were cut).
+pub const SEGMENT_MAGIC: [u8; 8] = *b"pmlogv3\n";
 
 /// The file header of version 2, whose `batch` was the append's first index.
 const SEGMENT_MAGIC_V2: [u8; 8] = *b"pmlog\0\0\x02";

@@ -656,3 +656,19 @@ proptest! {
         }
     }
 }
+
+/// No single damaged byte turns a segment header of one known version into
+/// another's: a flipped version byte must be refused, not misread.
+#[test]
+fn no_damaged_byte_turns_one_segment_version_into_another() {
+    let known = [SEGMENT_MAGIC, *b"pmlog\0\0\x02"];
+    for magic in known {
+        for at in 0..magic.len() {
+            for xor in 1..=255u8 {
+                let mut damaged = magic;
+                damaged[at] ^= xor;
+                assert!(!known.contains(&damaged), "{magic:?} with byte {at} ^ {xor:#x} reads as {damaged:?}");
+            }
+        }
+    }
+}
