@@ -264,34 +264,28 @@ impl PaymeshTarget {
         set_request_rate(&operator, super::flood::FLOODER, rate, rate).await
     }
 
+    /// Each running node's id and what `read` finds for its process id (a
+    /// node whose process is gone, or whose value cannot be read, is left out).
+    fn per_node<T>(&self, read: impl Fn(u32) -> Option<T>) -> Vec<(u64, T)> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(region) = guard.as_ref() else { return Vec::new() };
+        region.nodes.values().filter_map(|node| Some((node.id, read(node.child.as_ref()?.id())?))).collect()
+    }
+
     /// Each running node's id and resident memory (VmRSS, KiB), from
     /// `/proc/<pid>/status`.
     pub fn resident_kib(&self) -> Vec<(u64, u64)> {
-        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(region) = guard.as_ref() else { return Vec::new() };
-        region
-            .nodes
-            .values()
-            .filter_map(|node| {
-                let pid = node.child.as_ref()?.id();
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-                let kib = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some((node.id, kib))
-            })
-            .collect()
+        self.per_node(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
     }
 
     /// CPU time (user and system, in seconds) each node's process has used so
     /// far, by node id, from `/proc/<pid>/stat`.
     pub fn cpu_seconds(&self) -> Vec<(u64, f64)> {
-        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(region) = guard.as_ref() else { return Vec::new() };
-        region
-            .nodes
-            .values()
-            .filter_map(|node| Some((node.id, process_cpu_seconds(node.child.as_ref()?.id())?)))
-            .collect()
+        self.per_node(process_cpu_seconds)
     }
 
     /// Stop the region's processes (SIGTERM, bounded wait).
