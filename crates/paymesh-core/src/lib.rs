@@ -19,6 +19,7 @@ pub mod corridor;
 pub mod currency;
 pub mod directory;
 pub mod fx;
+pub mod history;
 pub mod id;
 pub mod ledger;
 pub mod limits;
