@@ -367,6 +367,31 @@ struct BatchRepr {
     commands: Vec<Command>,
 }
 
+impl CommandBody {
+    /// Whether an operator issues this command (it joins the audit trail):
+    /// changes to partners, corridors, rates, routes, limits, and top-ups.
+    pub fn is_operator(&self) -> bool {
+        match self {
+            CommandBody::UpsertPartner(_)
+            | CommandBody::SetPartnerStatus { .. }
+            | CommandBody::UpsertCorridor { .. }
+            | CommandBody::SetCorridorStatus { .. }
+            | CommandBody::SetFxRate { .. }
+            | CommandBody::TopUp { .. }
+            | CommandBody::UpsertPayeeRoute(_)
+            | CommandBody::RemovePayeeRoute { .. }
+            | CommandBody::SetPartnerLimits { .. } => true,
+            CommandBody::CreateQuote { .. }
+            | CommandBody::CreateTransfer(_)
+            | CommandBody::PrepareReplied { .. }
+            | CommandBody::DecisionAcked { .. }
+            | CommandBody::Prepare(_)
+            | CommandBody::Decide { .. }
+            | CommandBody::Tick => false,
+        }
+    }
+}
+
 impl Batch {
     /// A batch of 1 to [`BATCH_COMMANDS_MAX`] commands, stamped `now`.
     pub fn new(now: Timestamp, commands: Vec<Command>) -> Result<Batch, BatchError> {

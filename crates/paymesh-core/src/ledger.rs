@@ -25,6 +25,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::currency::Currency;
+use crate::history::{Balances, Movement, MovementKind};
 use crate::id::{PartnerId, RegionId, TopUpRef, TransferId};
 use crate::money::{Money, MoneyError, SignedMoney};
 use crate::time::Timestamp;
@@ -130,6 +131,16 @@ impl Account {
     /// Sum of posted credits, in minor units.
     pub fn credits_posted(&self) -> u128 {
         self.credits_posted
+    }
+
+    /// The four running sums.
+    pub fn balances(&self) -> Balances {
+        Balances {
+            debits_pending: self.debits_pending,
+            debits_posted: self.debits_posted,
+            credits_pending: self.credits_pending,
+            credits_posted: self.credits_posted,
+        }
     }
 
     /// Posted credits minus posted debits, in minor units.
@@ -335,7 +346,7 @@ impl Totals {
 /// Accounts and entries live in persistent maps (`imbl`), so a clone is
 /// cheap and shares structure: a snapshot can take a consistent copy of a
 /// large ledger while the original keeps changing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Ledger {
     #[serde(with = "crate::serde_seq")]
     accounts: OrdMap<AccountId, Account>,
@@ -345,7 +356,24 @@ pub struct Ledger {
     resolved: OrdSet<(Timestamp, EntryId)>,
     #[serde(with = "crate::serde_seq")]
     totals: BTreeMap<Currency, Totals>,
+    /// Movements applied since [`Ledger::take_movements`] last took them:
+    /// the history of the ledger on its way out of memory.
+    #[serde(skip)]
+    moves: Vec<Movement>,
 }
+
+/// Ledgers are equal when their accounts, entries and totals are: the
+/// movements not yet taken are on their way to history.
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Ledger) -> bool {
+        self.accounts == other.accounts
+            && self.entries == other.entries
+            && self.resolved == other.resolved
+            && self.totals == other.totals
+    }
+}
+
+impl Eq for Ledger {}
 
 /// What a chain changed, so it can be undone if a later operation is refused.
 enum Undo {
@@ -419,6 +447,11 @@ impl Ledger {
         self.entries.get(id)
     }
 
+    /// Every entry held, in id order.
+    pub fn entries(&self) -> impl Iterator<Item = (&EntryId, &Entry)> {
+        self.entries.iter()
+    }
+
     /// The per-currency totals.
     pub fn totals(&self) -> &BTreeMap<Currency, Totals> {
         &self.totals
@@ -435,9 +468,11 @@ impl Ledger {
     /// applied, or none is and the first refusal is returned.
     pub fn apply(&mut self, ops: &[Op], now: Timestamp) -> Result<(), ChainReject> {
         let mut undo = Vec::with_capacity(ops.len() * 3);
+        let moves_before = self.moves.len();
         for (index, op) in ops.iter().enumerate() {
             if let Err(reason) = self.apply_one(op, now, &mut undo) {
                 self.rollback(undo);
+                self.moves.truncate(moves_before);
                 return Err(ChainReject { index, reason });
             }
         }
@@ -572,6 +607,8 @@ impl Ledger {
             created_at: now,
             resolved_at: if pending { None } else { Some(now) },
         };
+        let kind = if pending { MovementKind::Reserve } else { MovementKind::Post };
+        self.record_move(id, &entry, kind, now, &debit_after, &credit_after);
         self.replace_account(debit_id, debit_after, undo);
         self.replace_account(credit_id, credit_after, undo);
         if !pending {
@@ -611,11 +648,51 @@ impl Ledger {
         resolved.status = outcome;
         resolved.resolved_at = Some(now);
         let (debit_id, credit_id) = (entry.debit.clone(), entry.credit.clone());
+        let kind = if outcome == EntryStatus::Posted { MovementKind::PostPending } else { MovementKind::VoidPending };
+        self.record_move(id, &resolved, kind, now, &debit, &credit);
         self.replace_account(&debit_id, debit, undo);
         self.replace_account(&credit_id, credit, undo);
         self.mark_resolved(id, now, undo);
         undo.push(Undo::Entry(id.clone(), self.entries.insert(id.clone(), resolved)));
         Ok(())
+    }
+
+    fn record_move(
+        &mut self,
+        id: &EntryId,
+        entry: &Entry,
+        kind: MovementKind,
+        now: Timestamp,
+        debit: &Account,
+        credit: &Account,
+    ) {
+        self.moves.push(Movement {
+            entry: id.clone(),
+            kind,
+            debit: entry.debit.clone(),
+            credit: entry.credit.clone(),
+            amount: entry.amount,
+            at: now,
+            debit_after: debit.balances(),
+            credit_after: credit.balances(),
+        });
+    }
+
+    /// Take the movements applied since the last call, in order.
+    pub fn take_movements(&mut self) -> Vec<Movement> {
+        std::mem::take(&mut self.moves)
+    }
+
+    /// Forget every posted or voided entry: their movements are history
+    /// now, and only pending entries are consulted again (to be resolved).
+    /// Balances are unaffected. Returns how many went.
+    pub fn forget_resolved(&mut self) -> usize {
+        let mut forgotten = 0;
+        while let Some((_, id)) = self.resolved.remove_min() {
+            self.entries.remove(&id);
+            forgotten += 1;
+        }
+        forgotten
     }
 
     fn mark_resolved(&mut self, id: &EntryId, now: Timestamp, undo: &mut Vec<Undo>) {
@@ -726,8 +803,13 @@ impl<'de> Deserialize<'de> for Ledger {
             totals: BTreeMap<Currency, Totals>,
         }
         let repr = Repr::deserialize(deserializer)?;
-        let ledger =
-            Ledger { accounts: repr.accounts, entries: repr.entries, resolved: repr.resolved, totals: repr.totals };
+        let ledger = Ledger {
+            accounts: repr.accounts,
+            entries: repr.entries,
+            resolved: repr.resolved,
+            totals: repr.totals,
+            moves: Vec::new(),
+        };
         ledger.verify().map_err(serde::de::Error::custom)?;
         Ok(ledger)
     }

@@ -101,29 +101,37 @@ pub const TRANSFER_PREPARE_DEADLINE_MS: u64 = 10 * 1000;
 /// this one hold a pending credit for longer than that.
 pub const PREPARE_DEADLINE_AHEAD_MAX_MS: u64 = 6 * TRANSFER_PREPARE_DEADLINE_MS;
 
-/// How long an idempotency key is remembered, in milliseconds (one day, as
-/// common payment APIs do). A retry after this window is a new request.
-pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// How long an idempotency key is remembered, in milliseconds (30 days). A
+/// retry after this window is a new request. Keys live in history, not in
+/// memory, so the window costs disk, not memory.
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 30 * DAY_MS;
 
-/// How long a finished transfer (committed or aborted, on either side) stays in
-/// the hot state for reads and dedupe, in milliseconds. Tombstones are kept this
-/// long too, so a Prepare delayed by less than this is refused.
-pub const FINISHED_TRANSFER_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// How long a finished transfer (committed or aborted, on either side) still
+/// answers late inter-region messages about it, in milliseconds (a day,
+/// thousands of times the prepare deadline). It is read from history; a
+/// message later than this is judged as one about an unknown transfer (a
+/// Prepare that late is refused by its deadline anyway).
+pub const FINISHED_TRANSFER_RECALL_MS: u64 = DAY_MS;
 
 /// How long a top-up reference is remembered, in milliseconds (400 days: longer
 /// than a year of bank statements). Repeating a funding within this window never
 /// credits twice.
-pub const TOP_UP_RETENTION_MS: u64 = 400 * 24 * 60 * 60 * 1000;
+pub const TOP_UP_RETENTION_MS: u64 = 400 * DAY_MS;
+
+/// The shortest history retention a node accepts, in milliseconds: the
+/// longest window in which applying a command consults history
+/// ([`TOP_UP_RETENTION_MS`]). Every replica must still hold what any of them
+/// may consult, or they would decide differently.
+pub const HISTORY_RETENTION_MIN_MS: u64 = TOP_UP_RETENTION_MS;
+
+/// A day, in milliseconds.
+pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// How many command outcomes each proposer session keeps for dedupe.
 pub const SESSION_OUTCOMES_MAX: usize = 4_096;
 
 /// How long a proposer session may stay idle before it is forgotten, in milliseconds.
 pub const SESSION_IDLE_EXPIRY_MS: u64 = 60 * 60 * 1000;
-
-/// How many events each partner's event log retains; older events are dropped
-/// and a stream asked to resume before them is told its cursor expired.
-pub const EVENTS_RETAINED_PER_PARTNER: usize = 100_000;
 
 /// Most records one `Tick` expires or purges, so a tick's work is bounded.
 pub const TICK_WORK_MAX: usize = 10_000;

@@ -22,24 +22,27 @@
 //! Everything retained is bounded by time (retention windows applied by `Tick`,
 //! whose work per call is bounded too) or by count.
 
+use std::collections::BTreeMap;
+
 use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Batch, Command, CommandBody, CommandId, Decision, Fingerprint, OutboxMessage, PayerDetails, PrepareMessage,
-    PrepareReply, TickReport, TransferRequest,
+    Batch, Command, CommandBody, CommandId, Decision, OutboxMessage, PayerDetails, PrepareMessage, PrepareReply,
+    TickReport, TransferRequest,
 };
 use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount};
 use crate::currency::Currency;
 use crate::directory::{Directory, Payee, PayeeRoute};
 use crate::fx::FxRate;
+use crate::history::{HistoryRead, IdempotencyRecord, ListToken, Recall, Record, TopUpRecord};
 use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
-    EVENTS_RETAINED_PER_PARTNER, FINISHED_TRANSFER_RETENTION_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX,
-    PREPARE_DEADLINE_AHEAD_MAX_MS, QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS,
-    SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
+    FINISHED_TRANSFER_RECALL_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX, PREPARE_DEADLINE_AHEAD_MAX_MS,
+    QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS,
+    SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
@@ -78,12 +81,12 @@ pub struct Participation {
 }
 
 /// A transfer as one of this region's partners sees it.
-#[derive(Clone, Copy, Debug)]
-pub enum PartnerTransfer<'a> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartnerTransfer {
     /// Coordinated here: the partner pays it, or is the payee of a same-region transfer.
-    Coordinated(&'a Transfer),
+    Coordinated(Transfer),
     /// Coordinated elsewhere; this region holds the payee's side.
-    Participated(&'a Participation),
+    Participated(Participation),
 }
 
 /// What kind of event a partner sees.
@@ -117,15 +120,16 @@ pub struct Event {
     pub reason: Option<RejectCode>,
 }
 
-/// A partner's event log: the newest [`EVENTS_RETAINED_PER_PARTNER`] events.
+/// A partner's event log as states before the history tier kept it: the
+/// newest events in memory. Read from old snapshot images only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct EventLog {
+pub struct EventLog {
     next_cursor: u64,
     #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
     events: Vector<Event>,
 }
 
-/// A resumed stream asked for events older than the log retains.
+/// A resumed stream asked for events older than history retains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("cursor {requested} is before the oldest retained event {oldest}")]
 pub struct CursorExpired {
@@ -139,21 +143,6 @@ pub struct CursorExpired {
 struct QuoteRecord {
     quote: Quote,
     used: bool,
-}
-
-/// A top-up already applied, remembered by its reference.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct TopUpRecord {
-    partner: PartnerId,
-    amount: Money,
-    at: Timestamp,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct IdempotencyRecord {
-    fingerprint: Fingerprint,
-    outcome: Outcome,
-    at: Timestamp,
 }
 
 /// What a partner holds of the region's bounded resources, counted against
@@ -179,13 +168,75 @@ struct Session {
     forgotten_below: u64,
 }
 
-/// A region's replicated state.
+/// A region's replicated state: the hot tier, bounded by the work in flight
+/// (see [`crate::history`] for the other).
 ///
 /// Every table is a persistent map (`imbl`): cloning the state is cheap and
 /// shares structure, so a snapshot takes a consistent copy at one applied
 /// index while apply goes on changing the original.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    region: RegionId,
+    /// The latest time applied; time never goes backwards here even if leaders'
+    /// clocks do.
+    clock: Timestamp,
+    next_transfer: u64,
+    next_quote: u64,
+    #[serde(with = "crate::serde_seq")]
+    partners: OrdMap<PartnerId, Partner>,
+    #[serde(with = "crate::serde_seq")]
+    corridors: OrdMap<CorridorId, Corridor>,
+    directory: Directory,
+    #[serde(with = "crate::serde_seq")]
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
+    /// Transfers this region coordinates that are not final yet.
+    #[serde(with = "crate::serde_seq")]
+    transfers: OrdMap<TransferId, Transfer>,
+    /// Reserved transfers by deadline.
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    deadlines: OrdSet<(Timestamp, TransferId)>,
+    /// Participations that are prepared and wait for their decision.
+    #[serde(with = "crate::serde_seq")]
+    participations: OrdMap<TransferId, Participation>,
+    /// One pending message per transfer, keyed by destination region.
+    #[serde(with = "crate::serde_seq")]
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    /// Each partner's next event cursor; the events are history.
+    #[serde(with = "crate::serde_seq")]
+    event_cursors: OrdMap<PartnerId, u64>,
+    #[serde(with = "crate::serde_seq")]
+    sessions: OrdMap<u64, Session>,
+    ledger: Ledger,
+    /// Limits an operator set; a partner not here has [`PartnerLimits::DEFAULT`].
+    #[serde(with = "crate::serde_seq")]
+    partner_limits: OrdMap<PartnerId, PartnerLimits>,
+    /// Each partner's use of the capped resources; a partner using none is
+    /// not here.
+    #[serde(with = "crate::serde_seq")]
+    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    /// Idempotency keys first answered in the batch being applied (history
+    /// answers for earlier ones). Empty between batches.
+    #[serde(skip)]
+    idempotency: BTreeMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
+    /// Top-ups applied in the batch being applied. Empty between batches.
+    #[serde(skip)]
+    top_ups: BTreeMap<TopUpRef, TopUpRecord>,
+    /// The history records of the batch being applied. Empty between batches.
+    #[serde(skip)]
+    journal: Vec<Record>,
+}
+
+/// A state as snapshot images of format 3 hold it, before the history tier:
+/// finished transfers, participations, idempotency keys, top-ups, events and
+/// resolved ledger entries kept in memory for a retention window. Read, and
+/// split into a [`State`] and the history records of what it retained
+/// ([`State::from_v3`]).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+#[allow(dead_code, reason = "the retention indexes are read to decode the format; history replaces them")]
+pub struct StateV3 {
     region: RegionId,
     /// The latest time applied; time never goes backwards here even if leaders'
     /// clocks do.
@@ -285,9 +336,9 @@ pub struct StateV2 {
     ledger: Ledger,
 }
 
-impl From<StateV2> for State {
-    fn from(old: StateV2) -> State {
-        let mut state = State {
+impl From<StateV2> for StateV3 {
+    fn from(old: StateV2) -> StateV3 {
+        StateV3 {
             region: old.region,
             clock: old.clock,
             next_transfer: old.next_transfer,
@@ -311,12 +362,99 @@ impl From<StateV2> for State {
             top_ups: old.top_ups,
             top_up_expiry: old.top_up_expiry,
             ledger: old.ledger,
+            // Every partner at its default limits; the usage is counted
+            // when the state is split (`State::from_v3`).
             partner_limits: OrdMap::new(),
             partner_usage: OrdMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Split a state of format 3 (or older, converted) into the hot state and
+    /// the history records of what it retained in memory: each listing,
+    /// finished transfer and participation, idempotency key, top-up and
+    /// event. Resolved ledger entries are dropped from memory without a
+    /// movement: format 3 did not keep the balances after them, and their
+    /// effect is in the balances already. The usage of the capped resources
+    /// is counted again from the quotes and transfers (format 2 had none).
+    pub fn from_v3(old: StateV3) -> (State, Vec<Record>) {
+        let mut records = Vec::new();
+        for (partner, id) in &old.partner_transfers {
+            let at = match (old.transfers.get(id), old.participations.get(id)) {
+                (Some(t), _) => t.view.created_at,
+                (None, Some(p)) => p.created_at,
+                (None, None) => continue,
+            };
+            records.push(Record::Listed { partner: partner.clone(), transfer: id.clone(), at });
+        }
+        let mut transfers = OrdMap::new();
+        for (id, transfer) in old.transfers {
+            if transfer.view.state.is_final() {
+                records.push(Record::Transfer(transfer));
+            } else {
+                transfers.insert(id, transfer);
+            }
+        }
+        let mut participations = OrdMap::new();
+        for (id, participation) in old.participations {
+            if participation.state.is_final() {
+                records.push(Record::Participation { transfer: id, participation });
+            } else {
+                participations.insert(id, participation);
+            }
+        }
+        for ((partner, key), record) in old.idempotency {
+            records.push(Record::Idempotency { partner, key, record });
+        }
+        for (reference, record) in old.top_ups {
+            records.push(Record::TopUp { reference, record });
+        }
+        let mut event_cursors = OrdMap::new();
+        for (partner, log) in old.events {
+            event_cursors.insert(partner.clone(), log.next_cursor);
+            for event in log.events {
+                records.push(Record::Event { partner: partner.clone(), event });
+            }
+        }
+        let mut ledger = old.ledger;
+        ledger.forget_resolved();
+        let mut state = State {
+            region: old.region,
+            clock: old.clock,
+            next_transfer: old.next_transfer,
+            next_quote: old.next_quote,
+            partners: old.partners,
+            corridors: old.corridors,
+            directory: old.directory,
+            quotes: old.quotes,
+            quote_expiry: old.quote_expiry,
+            transfers,
+            deadlines: old.deadlines,
+            participations,
+            outbox: old.outbox,
+            event_cursors,
+            sessions: old.sessions,
+            ledger,
+            partner_limits: old.partner_limits,
+            partner_usage: OrdMap::new(),
+            idempotency: BTreeMap::new(),
+            top_ups: BTreeMap::new(),
+            journal: Vec::new(),
         };
         state.partner_usage = state.count_usage();
-        state
+        (state, records)
     }
+}
+
+/// What applying a batch gave: one outcome per command, and the history
+/// records to write at the batch's log index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchApplied {
+    /// The outcomes, in command order.
+    pub outcomes: Vec<Outcome>,
+    /// The history records, in the order they happened.
+    pub history: Vec<Record>,
 }
 
 /// What checking a transfer request against the state found: the quote it
@@ -342,39 +480,67 @@ impl State {
             quote_expiry: OrdSet::new(),
             transfers: OrdMap::new(),
             deadlines: OrdSet::new(),
-            transfers_finished: OrdSet::new(),
             participations: OrdMap::new(),
-            partner_transfers: OrdSet::new(),
-            participations_finished: OrdSet::new(),
-            idempotency: OrdMap::new(),
-            idempotency_expiry: OrdSet::new(),
             outbox: OrdMap::new(),
-            events: OrdMap::new(),
+            event_cursors: OrdMap::new(),
             sessions: OrdMap::new(),
-            top_ups: OrdMap::new(),
-            top_up_expiry: OrdSet::new(),
             ledger: Ledger::new(),
             partner_limits: OrdMap::new(),
             partner_usage: OrdMap::new(),
+            idempotency: BTreeMap::new(),
+            top_ups: BTreeMap::new(),
+            journal: Vec::new(),
         }
     }
 
-    /// Apply a batch: each command in order at the batch's time, one outcome each.
-    pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
-        batch.commands().iter().map(|command| self.apply(command, batch.now())).collect()
+    /// Apply a batch: each command in order at the batch's time, one
+    /// outcome each, with `recall` answering for finished work as of the
+    /// start of the batch. Returns the outcomes and the batch's history
+    /// records; what finished in the batch leaves the hot state.
+    pub fn apply_batch(&mut self, batch: &Batch, recall: &dyn Recall) -> BatchApplied {
+        let outcomes = batch.commands().iter().map(|command| self.apply(command, batch.now(), recall)).collect();
+        BatchApplied { outcomes, history: self.settle() }
     }
 
-    /// Apply one command at `now`. The only way the state changes.
-    pub fn apply(&mut self, command: &Command, now: Timestamp) -> Outcome {
+    /// Apply one command at `now`. The only way the state changes. Leaves
+    /// its records in the batch's journal for [`State::settle`].
+    fn apply(&mut self, command: &Command, now: Timestamp, recall: &dyn Recall) -> Outcome {
         // Leaders' clocks may disagree; the state's clock only moves forward.
         let now = now.max(self.clock);
         self.clock = now;
         if let Some(replayed) = self.replay(command.id) {
             return replayed;
         }
-        let outcome = self.execute(&command.body, now);
+        let outcome = self.execute(&command.body, now, recall);
+        let moved = self.ledger.take_movements();
+        self.journal.extend(moved.into_iter().map(Record::Movement));
+        if command.body.is_operator() {
+            self.journal.push(Record::Operator { at: now, command: command.body.clone(), outcome: outcome.clone() });
+        }
         self.remember(command.id, &outcome, now);
         outcome
+    }
+
+    /// End a batch: the ledger's movements join the journal, what finished
+    /// leaves the hot state (history holds it now), and the journal is taken.
+    fn settle(&mut self) -> Vec<Record> {
+        let mut journal = std::mem::take(&mut self.journal);
+        journal.extend(self.ledger.take_movements().into_iter().map(Record::Movement));
+        for record in &journal {
+            match record {
+                Record::Transfer(transfer) => {
+                    self.transfers.remove(&transfer.view.id);
+                }
+                Record::Participation { transfer, .. } => {
+                    self.participations.remove(transfer);
+                }
+                _ => {}
+            }
+        }
+        self.ledger.forget_resolved();
+        self.idempotency.clear();
+        self.top_ups.clear();
+        journal
     }
 
     fn replay(&self, id: CommandId) -> Option<Outcome> {
@@ -396,7 +562,7 @@ impl State {
         }
     }
 
-    fn execute(&mut self, body: &CommandBody, now: Timestamp) -> Outcome {
+    fn execute(&mut self, body: &CommandBody, now: Timestamp, recall: &dyn Recall) -> Outcome {
         let result = match body {
             CommandBody::UpsertPartner(config) => self.upsert_partner(config, now).map(|()| Outcome::Done),
             CommandBody::SetPartnerStatus { partner, status } => {
@@ -414,7 +580,7 @@ impl State {
                 .map(|()| Outcome::Done),
             CommandBody::SetFxRate { corridor, rate } => self.set_fx_rate(corridor, rate, now).map(|()| Outcome::Done),
             CommandBody::TopUp { partner, amount, reference } => {
-                self.top_up(partner, *amount, reference, now).map(|()| Outcome::Done)
+                self.top_up(partner, *amount, reference, now, recall).map(|()| Outcome::Done)
             }
             CommandBody::UpsertPayeeRoute(route) => self.upsert_payee_route(route).map(|()| Outcome::Done),
             CommandBody::RemovePayeeRoute { prefix } => {
@@ -424,14 +590,14 @@ impl State {
             CommandBody::CreateQuote { partner, payee, amount } => {
                 self.create_quote(partner, payee, *amount, now).map(Outcome::Quote)
             }
-            CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now)),
-            CommandBody::PrepareReplied { transfer, reply } => self.prepare_replied(transfer, *reply, now),
+            CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now, recall)),
+            CommandBody::PrepareReplied { transfer, reply } => self.prepare_replied(transfer, *reply, now, recall),
             CommandBody::DecisionAcked { region, transfer } => {
                 self.decision_acked(region, transfer);
                 Ok(Outcome::Done)
             }
-            CommandBody::Prepare(message) => Ok(Outcome::PrepareReply(self.prepare(message, now))),
-            CommandBody::Decide { transfer, decision } => self.decide(transfer, *decision, now),
+            CommandBody::Prepare(message) => Ok(Outcome::PrepareReply(self.prepare(message, now, recall))),
+            CommandBody::Decide { transfer, decision } => self.decide(transfer, *decision, now, recall),
             CommandBody::Tick => Ok(Outcome::Ticked(self.tick(now))),
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
@@ -549,7 +715,14 @@ impl State {
         self.corridor_mut(id)?.add_rate(rate.clone(), now)
     }
 
-    fn top_up(&mut self, partner_id: &PartnerId, amount: Money, reference: &TopUpRef, now: Timestamp) -> Applied<()> {
+    fn top_up(
+        &mut self,
+        partner_id: &PartnerId,
+        amount: Money,
+        reference: &TopUpRef,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Applied<()> {
         let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
         if amount.currency() != partner.config.currency {
             return Err(RejectCode::CurrencyMismatch);
@@ -557,7 +730,9 @@ impl State {
         if amount.is_zero() {
             return Err(RejectCode::AmountBelowMinimum);
         }
-        if let Some(done) = self.top_ups.get(reference) {
+        // A reference is remembered for as long as history is kept.
+        let recalled = || recall.top_up(reference).filter(|r| r.at.plus_ms(TOP_UP_RETENTION_MS) > now);
+        if let Some(done) = self.top_ups.get(reference).cloned().or_else(recalled) {
             // The same reference again: a repeat if it is the same top-up.
             return if done.partner == *partner_id && done.amount == amount {
                 Ok(())
@@ -569,8 +744,9 @@ impl State {
         let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
         let op = Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position, amount };
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
-        self.top_ups.insert(reference.clone(), TopUpRecord { partner: partner_id.clone(), amount, at: now });
-        self.top_up_expiry.insert((now.plus_ms(TOP_UP_RETENTION_MS), reference.clone()));
+        let record = TopUpRecord { partner: partner_id.clone(), amount, at: now };
+        self.top_ups.insert(reference.clone(), record.clone());
+        self.journal.push(Record::TopUp { reference: reference.clone(), record });
         Ok(())
     }
 
@@ -681,16 +857,12 @@ impl State {
         Ok(quote)
     }
 
-    fn create_transfer(&mut self, request: &TransferRequest, now: Timestamp) -> Outcome {
+    fn create_transfer(&mut self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> Outcome {
+        if let Some(answer) = self.replay_request(request, now, recall) {
+            return answer;
+        }
         let key = (request.partner.clone(), request.idempotency_key.clone());
         let fingerprint = request.fingerprint();
-        if let Some(record) = self.idempotency.get(&key) {
-            return if record.fingerprint == fingerprint {
-                record.outcome.clone()
-            } else {
-                Outcome::Rejected(RejectCode::IdempotencyConflict)
-            };
-        }
         // A request refused before its transfer would exist changes nothing
         // and leaves no idempotency record: the leader answers these without
         // proposing them, and the state machine gives the same answer.
@@ -699,9 +871,29 @@ impl State {
             Err(code) => return Outcome::Rejected(code),
         };
         let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
-        self.idempotency_expiry.insert((now.plus_ms(IDEMPOTENCY_RETENTION_MS), key.0.clone(), key.1.clone()));
-        self.idempotency.insert(key, IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now });
+        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
+        self.journal.push(Record::Idempotency { partner: key.0.clone(), key: key.1.clone(), record: record.clone() });
+        self.idempotency.insert(key, record);
         outcome
+    }
+
+    /// The answer recorded under a request's idempotency key, in this batch
+    /// or in history, if it is still within [`IDEMPOTENCY_RETENTION_MS`] at
+    /// `now`: the original outcome for the same body, a conflict for another.
+    fn replay_request(&self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> Option<Outcome> {
+        let key = (request.partner.clone(), request.idempotency_key.clone());
+        let record = match self.idempotency.get(&key) {
+            Some(record) => record.clone(),
+            None => recall.idempotency(&key.0, &key.1)?,
+        };
+        if record.at.plus_ms(IDEMPOTENCY_RETENTION_MS) <= now {
+            return None;
+        }
+        Some(if record.fingerprint == request.fingerprint() {
+            record.outcome
+        } else {
+            Outcome::Rejected(RejectCode::IdempotencyConflict)
+        })
     }
 
     /// How a transfer request not seen before would be answered without
@@ -758,6 +950,10 @@ impl State {
         self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
         let id = TransferId::new(self.region.clone(), self.next_transfer);
         self.next_transfer += 1;
+        self.journal.push(Record::Listed { partner: request.partner.clone(), transfer: id.clone(), at: now });
+        if quote.corridor.is_same_region() {
+            self.journal.push(Record::Listed { partner: quote.payee.partner.clone(), transfer: id.clone(), at: now });
+        }
         let mut transfer = Transfer {
             view: TransferView {
                 id: id.clone(),
@@ -798,10 +994,6 @@ impl State {
             }
         }
         let view = transfer.view.clone();
-        self.partner_transfers.insert((view.partner.clone(), id.clone()));
-        if view.corridor.is_same_region() {
-            self.partner_transfers.insert((view.payee.partner.clone(), id.clone()));
-        }
         self.transfers.insert(id, transfer);
         view
     }
@@ -907,7 +1099,7 @@ impl State {
     fn finish_coordinator(&mut self, transfer: &Transfer, now: Timestamp) {
         let view = &transfer.view;
         debug_assert!(view.state.is_final());
-        self.transfers_finished.insert((now, view.id.clone()));
+        self.journal.push(Record::Transfer(transfer.clone()));
         match view.state {
             CoordinatorState::Committed => {
                 self.emit(&view.partner, view, EventKind::Committed, view.priced.total_debit, now);
@@ -921,8 +1113,22 @@ impl State {
 
     // ---- coordinator: answers from the payee region ------------------------------
 
-    fn prepare_replied(&mut self, id: &TransferId, reply: PrepareReply, now: Timestamp) -> Applied<Outcome> {
-        let mut transfer = self.transfers.get(id).cloned().ok_or(RejectCode::TransferNotFound)?;
+    fn prepare_replied(
+        &mut self,
+        id: &TransferId,
+        reply: PrepareReply,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Applied<Outcome> {
+        // A transfer no longer in the hot state finished: history has it,
+        // and the answer is judged against its final state.
+        let mut transfer = match self.transfers.get(id) {
+            Some(transfer) => transfer.clone(),
+            None => recall
+                .transfer(id)
+                .filter(|t| t.view.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
+                .ok_or(RejectCode::TransferNotFound)?,
+        };
         let event = match reply {
             PrepareReply::Prepared => CoordinatorEvent::Prepared,
             PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
@@ -990,9 +1196,9 @@ impl State {
 
     // ---- participant: messages from the payer region ------------------------------
 
-    fn prepare(&mut self, message: &PrepareMessage, now: Timestamp) -> PrepareReply {
+    fn prepare(&mut self, message: &PrepareMessage, now: Timestamp, recall: &dyn Recall) -> PrepareReply {
         let id = &message.transfer;
-        if let Some(existing) = self.participations.get(id) {
+        if let Some(existing) = self.participations.get(id).cloned().or_else(|| recall_participation(recall, id, now)) {
             // Delivered again or late: answer from the record, change nothing.
             let step = participant_step(Some(existing.state), ParticipantEvent::Prepare);
             debug_assert_eq!(step, Ok(Step::Unchanged));
@@ -1014,14 +1220,13 @@ impl State {
         };
         let event = if reason.is_none() { ParticipantEvent::Prepare } else { ParticipantEvent::PrepareRefused };
         debug_assert_eq!(participant_step(None, event), Ok(Step::Move(state)));
+        self.journal.push(Record::Listed { partner: message.payee.clone(), transfer: id.clone(), at: now });
+        let participation =
+            Participation { state, reason, prepare: Some(message.clone()), created_at: now, updated_at: now };
         if state.is_final() {
-            self.participations_finished.insert((now, id.clone()));
+            self.journal.push(Record::Participation { transfer: id.clone(), participation: participation.clone() });
         }
-        self.partner_transfers.insert((message.payee.clone(), id.clone()));
-        self.participations.insert(
-            id.clone(),
-            Participation { state, reason, prepare: Some(message.clone()), created_at: now, updated_at: now },
-        );
+        self.participations.insert(id.clone(), participation);
         match reason {
             None => PrepareReply::Prepared,
             Some(code) => PrepareReply::Rejected(code),
@@ -1068,8 +1273,11 @@ impl State {
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))
     }
 
-    fn decide(&mut self, id: &TransferId, decision: Decision, now: Timestamp) -> Applied<Outcome> {
-        let current = self.participations.get(id).map(|p| p.state);
+    fn decide(&mut self, id: &TransferId, decision: Decision, now: Timestamp, recall: &dyn Recall) -> Applied<Outcome> {
+        let current = match self.participations.get(id) {
+            Some(participation) => Some(participation.state),
+            None => recall_participation(recall, id, now).map(|p| p.state),
+        };
         let event = match decision {
             Decision::Commit => ParticipantEvent::Commit,
             Decision::Abort => ParticipantEvent::Abort,
@@ -1083,6 +1291,7 @@ impl State {
             ParticipantState::Tombstone => {
                 let tombstone =
                     Participation { state: to, reason: None, prepare: None, created_at: now, updated_at: now };
+                self.journal.push(Record::Participation { transfer: id.clone(), participation: tombstone.clone() });
                 self.participations.insert(id.clone(), tombstone);
             }
             ParticipantState::Committed | ParticipantState::Aborted => {
@@ -1096,20 +1305,20 @@ impl State {
                 let participation = self.participations.get_mut(id).expect("moved from prepared, so present");
                 participation.state = to;
                 participation.updated_at = now;
+                let finished = participation.clone();
+                self.journal.push(Record::Participation { transfer: id.clone(), participation: finished.clone() });
                 if post {
-                    let prepare = participation.prepare.clone().expect("a prepared participation has its prepare");
+                    let prepare = finished.prepare.expect("a prepared participation has its prepare");
                     self.emit_credit(&prepare, now);
                 }
             }
             ParticipantState::Prepared => unreachable!("no decision moves a transfer to prepared"),
         }
-        self.participations_finished.insert((now, id.clone()));
         Ok(Outcome::Acked)
     }
 
     fn emit_credit(&mut self, prepare: &PrepareMessage, now: Timestamp) {
-        let log = self.events.entry(prepare.payee.clone()).or_default();
-        push_event(log, now, &prepare.transfer, EventKind::Credited, prepare.destination, None);
+        self.push_event(&prepare.payee, now, &prepare.transfer, EventKind::Credited, prepare.destination, None);
     }
 
     // ---- housekeeping -----------------------------------------------------------------
@@ -1153,37 +1362,13 @@ impl State {
                 }
             }
         });
-        let idempotency = &mut self.idempotency;
-        purged += purge_before(&mut self.idempotency_expiry, now, &mut budget, |(_, partner, key)| {
-            idempotency.remove(&(partner, key));
-        });
-        let top_ups = &mut self.top_ups;
-        purged += purge_before(&mut self.top_up_expiry, now, &mut budget, |(_, reference)| {
-            top_ups.remove(&reference);
-        });
-        let cutoff = now.minus_ms(FINISHED_TRANSFER_RETENTION_MS);
-        let (transfers, index) = (&mut self.transfers, &mut self.partner_transfers);
-        purged += purge_before(&mut self.transfers_finished, cutoff, &mut budget, |(_, id)| {
-            if let Some(gone) = transfers.remove(&id) {
-                index.remove(&(gone.view.partner, id.clone()));
-                index.remove(&(gone.view.payee.partner, id));
-            }
-        });
-        let (participations, index) = (&mut self.participations, &mut self.partner_transfers);
-        purged += purge_before(&mut self.participations_finished, cutoff, &mut budget, |(_, id)| {
-            if let Some(prepare) = participations.remove(&id).and_then(|gone| gone.prepare) {
-                index.remove(&(prepare.payee, id));
-            }
-        });
         let idle = now.minus_ms(SESSION_IDLE_EXPIRY_MS);
         let stale: Vec<u64> =
             self.sessions.iter().filter(|(_, s)| s.last_active < idle).map(|(id, _)| *id).take(budget).collect();
-        budget -= stale.len();
         purged += stale.len();
         for id in stale {
             self.sessions.remove(&id);
         }
-        purged += self.ledger.purge_resolved_before(cutoff, budget);
         report.purged = u32::try_from(purged).unwrap_or(u32::MAX);
         report
     }
@@ -1192,21 +1377,32 @@ impl State {
     /// its deadline, or a record past its retention. The leader proposes a
     /// `Tick` only then, so an idle region writes nothing.
     pub fn tick_due(&self, now: Timestamp) -> bool {
-        let cutoff = now.minus_ms(FINISHED_TRANSFER_RETENTION_MS);
         let idle = now.minus_ms(SESSION_IDLE_EXPIRY_MS);
         due(&self.deadlines, now)
             || due(&self.quote_expiry, now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS))
-            || due(&self.idempotency_expiry, now)
-            || due(&self.top_up_expiry, now)
-            || due(&self.transfers_finished, cutoff)
-            || due(&self.participations_finished, cutoff)
             || self.sessions.values().any(|s| s.last_active < idle)
-            || self.ledger.has_resolved_before(cutoff)
     }
 
     fn emit(&mut self, partner: &PartnerId, view: &TransferView, kind: EventKind, amount: Money, now: Timestamp) {
-        let log = self.events.entry(partner.clone()).or_default();
-        push_event(log, now, &view.id, kind, amount, view.reason);
+        self.push_event(partner, now, &view.id, kind, amount, view.reason);
+    }
+
+    /// Append an event to a partner's stream: its cursor is the partner's
+    /// next, 1, 2, 3, … with no gaps; the event itself is history.
+    fn push_event(
+        &mut self,
+        partner: &PartnerId,
+        now: Timestamp,
+        transfer: &TransferId,
+        kind: EventKind,
+        amount: Money,
+        reason: Option<RejectCode>,
+    ) {
+        let next = self.event_cursors.entry(partner.clone()).or_insert(1);
+        let cursor = *next;
+        *next += 1;
+        let event = Event { cursor, at: now, transfer: transfer.clone(), kind, amount, reason };
+        self.journal.push(Record::Event { partner: partner.clone(), event });
     }
 
     // ---- reads ---------------------------------------------------------------------------
@@ -1266,12 +1462,13 @@ impl State {
         self.quotes.get(id).map(|r| &r.quote)
     }
 
-    /// A transfer this region coordinates, with the payer's personal data.
+    /// A transfer this region coordinates that is not final yet, with the
+    /// payer's personal data (finished ones are history).
     pub fn transfer(&self, id: &TransferId) -> Option<&Transfer> {
         self.transfers.get(id)
     }
 
-    /// All transfers this region coordinates, in id order.
+    /// The transfers this region coordinates that are not final yet, in id order.
     pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
         self.transfers.values()
     }
@@ -1281,56 +1478,54 @@ impl State {
     /// idempotency conflict if not, or `None` for a key not seen (or no longer
     /// retained). Lets the leader answer a retry without a Raft round trip;
     /// applying the request again would give the same answer.
-    pub fn replay_transfer_request(&self, request: &TransferRequest) -> Option<Outcome> {
-        let record = self.idempotency.get(&(request.partner.clone(), request.idempotency_key.clone()))?;
-        Some(if record.fingerprint == request.fingerprint() {
-            record.outcome.clone()
-        } else {
-            Outcome::Rejected(RejectCode::IdempotencyConflict)
-        })
+    pub fn replay_transfer_request(&self, request: &TransferRequest, recall: &dyn Recall) -> Option<Outcome> {
+        self.replay_request(request, self.clock, recall)
     }
 
-    /// The transfers `partner` takes part in, in id order (creation order per
-    /// origin region), starting after `after`.
-    pub fn transfers_of<'a>(
-        &'a self,
-        partner: &'a PartnerId,
-        after: Option<&TransferId>,
-    ) -> impl Iterator<Item = PartnerTransfer<'a>> + 'a {
-        use std::ops::Bound;
-        let start = match after {
-            Some(id) => Bound::Excluded((partner.clone(), id.clone())),
-            // "0" is the smallest region id there is (ids are [a-z0-9-] and
-            // cannot start with '-'), so this bound is below every transfer.
-            None => Bound::Included((partner.clone(), TransferId::new(RegionId::new("0").expect("valid"), 0))),
-        };
-        self.partner_transfers
-            .range((start, Bound::Unbounded))
-            .take_while(move |(owner, _)| owner == partner)
-            .filter_map(move |(_, id)| self.transfer_for(partner, id))
-    }
-
-    /// A transfer as `partner` may see it: one it pays, or one that credits it.
-    /// Another partner's transfer is indistinguishable from a missing one.
-    pub fn transfer_for<'a>(&'a self, partner: &PartnerId, id: &TransferId) -> Option<PartnerTransfer<'a>> {
-        if let Some(transfer) = self.transfers.get(id) {
+    /// A transfer as `partner` may see it, in flight or finished: one it
+    /// pays, or one that credits it. Another partner's transfer is
+    /// indistinguishable from a missing one.
+    pub fn transfer_for(&self, partner: &PartnerId, id: &TransferId, recall: &dyn Recall) -> Option<PartnerTransfer> {
+        let coordinated = self.transfers.get(id).cloned().or_else(|| {
+            // Only this region's own transfers are coordinated here.
+            (id.origin() == &self.region).then(|| recall.transfer(id)).flatten()
+        });
+        if let Some(transfer) = coordinated {
             let view = &transfer.view;
             let payee_here = view.corridor.is_same_region() && &view.payee.partner == partner;
             if &view.partner == partner || payee_here {
                 return Some(PartnerTransfer::Coordinated(transfer));
             }
+            return None;
         }
-        let participation = self.participations.get(id)?;
-        let prepare = participation.prepare.as_ref()?;
-        (&prepare.payee == partner).then_some(PartnerTransfer::Participated(participation))
+        let participation = self.participations.get(id).cloned().or_else(|| recall.participation(id))?;
+        let payee = &participation.prepare.as_ref()?.payee;
+        (payee == partner).then_some(PartnerTransfer::Participated(participation))
     }
 
-    /// A transfer's record in this region as the payee's side.
+    /// The transfers `partner` takes part in, in the order they were
+    /// recorded here, after the page token `after`, at most `max`, each with
+    /// its page token.
+    pub fn transfers_of<H: HistoryRead>(
+        &self,
+        partner: &PartnerId,
+        after: Option<&ListToken>,
+        max: usize,
+        history: &H,
+    ) -> Vec<(ListToken, PartnerTransfer)> {
+        history
+            .listed(partner, after, max)
+            .into_iter()
+            .filter_map(|(token, id)| Some((token, self.transfer_for(partner, &id, history)?)))
+            .collect()
+    }
+
+    /// A prepared participation waiting for its decision (finished ones are history).
     pub fn participation(&self, id: &TransferId) -> Option<&Participation> {
         self.participations.get(id)
     }
 
-    /// All participations, in transfer id order.
+    /// The prepared participations, in transfer id order.
     pub fn participations(&self) -> impl Iterator<Item = (&TransferId, &Participation)> {
         self.participations.iter()
     }
@@ -1367,68 +1562,82 @@ impl State {
         })
     }
 
-    /// Up to `max` of a partner's events with a cursor above `after`. An error if
-    /// events after `after` were already dropped by retention.
-    pub fn events_after(&self, partner: &PartnerId, after: u64, max: usize) -> Result<Vec<Event>, CursorExpired> {
-        let Some(log) = self.events.get(partner) else { return Ok(Vec::new()) };
-        let oldest = log.events.front().map_or(log.next_cursor, |e| e.cursor);
-        if after + 1 < oldest {
-            return Err(CursorExpired { requested: after, oldest });
+    /// Up to `max` of a partner's events with a cursor above `after`, from
+    /// history. An error if events after `after` were deleted by retention.
+    pub fn events_after(
+        &self,
+        partner: &PartnerId,
+        after: u64,
+        max: usize,
+        history: &dyn HistoryRead,
+    ) -> Result<Vec<Event>, CursorExpired> {
+        let last = self.last_cursor(partner);
+        if after >= last {
+            return Ok(Vec::new());
         }
-        let skip = (after + 1).saturating_sub(oldest) as usize;
-        // `Vector::skip` is O(log n); `iter().skip` would walk every retained event.
-        Ok(log.events.skip(skip).iter().take(max).cloned().collect())
+        // At least one, to tell a deleted range from a live one.
+        let mut events = history.events(partner, after, max.max(1));
+        match events.first() {
+            Some(first) if first.cursor == after + 1 => {
+                events.truncate(max);
+                Ok(events)
+            }
+            Some(first) => Err(CursorExpired { requested: after, oldest: first.cursor }),
+            None => Err(CursorExpired { requested: after, oldest: last + 1 }),
+        }
     }
 
     /// The cursor of a partner's newest event (0 if none).
     pub fn last_cursor(&self, partner: &PartnerId) -> u64 {
-        self.events.get(partner).map_or(0, |log| log.next_cursor.saturating_sub(1))
+        self.event_cursors.get(partner).map_or(0, |next| next.saturating_sub(1))
     }
 
-    /// Check every cross-structure invariant from scratch: the ledger's own; each
-    /// in-flight transfer holds exactly its pending legs and each final one none;
-    /// every pending ledger entry belongs to an in-flight transfer (no money is
-    /// stuck); the indexes match what they index; event cursors have no gaps.
+    /// Check every cross-structure invariant from scratch: the ledger's own;
+    /// the hot state holds only work in flight (reserved transfers, prepared
+    /// participations, pending ledger entries) and nothing of a batch; each
+    /// in-flight transfer holds exactly its pending legs; every pending
+    /// ledger entry belongs to an in-flight transfer (no money is stuck); the
+    /// indexes match what they index.
     pub fn verify(&self) -> Result<(), String> {
         self.ledger.verify()?;
+        if !self.journal.is_empty() || !self.idempotency.is_empty() || !self.top_ups.is_empty() {
+            return Err("a batch's records were left in the state".into());
+        }
         let mut expected_pending = std::collections::BTreeSet::new();
         for (id, transfer) in &self.transfers {
             let view = &transfer.view;
-            let in_flight = view.state == CoordinatorState::Reserved;
-            if in_flight != view.deadline.is_some_and(|d| self.deadlines.contains(&(d, id.clone()))) {
+            if view.state != CoordinatorState::Reserved {
+                return Err(format!("transfer {id}: state {:?} is not in flight but held in memory", view.state));
+            }
+            if !view.deadline.is_some_and(|d| self.deadlines.contains(&(d, id.clone()))) {
                 return Err(format!("transfer {id}: deadline index disagrees with state {:?}", view.state));
             }
-            if !matches!(
-                view.state,
-                CoordinatorState::Reserved | CoordinatorState::Committed | CoordinatorState::Aborted
-            ) {
-                return Err(format!("transfer {id}: transient state {:?} was stored", view.state));
-            }
             let key = (view.corridor.destination_region.clone(), id.clone());
-            let prepare_queued = matches!(self.outbox.get(&key), Some(OutboxMessage::Prepare(_)));
-            if in_flight != prepare_queued {
-                return Err(format!("transfer {id}: outbox prepare {prepare_queued} but state {:?}", view.state));
+            if !matches!(self.outbox.get(&key), Some(OutboxMessage::Prepare(_))) {
+                return Err(format!("transfer {id}: reserved without its prepare in the outbox"));
             }
-            if in_flight {
-                for op in Self::resolve_payer_legs(view, false) {
-                    if let Op::VoidPending { id: entry } = op {
-                        expected_pending.insert(entry);
-                    }
+            for op in Self::resolve_payer_legs(view, false) {
+                if let Op::VoidPending { id: entry } = op {
+                    expected_pending.insert(entry);
                 }
             }
         }
         for (id, participation) in &self.participations {
-            if participation.state == ParticipantState::Prepared {
-                expected_pending.insert(leg(id, Leg::Payout));
+            if participation.state != ParticipantState::Prepared {
+                return Err(format!("participation {id}: state {:?} held in memory", participation.state));
             }
-            if participation.state != ParticipantState::Tombstone && participation.prepare.is_none() {
+            if participation.prepare.is_none() {
                 return Err(format!("participation {id}: no prepare recorded"));
             }
+            expected_pending.insert(leg(id, Leg::Payout));
         }
         for entry in &expected_pending {
             if self.ledger.entry(entry).map(|e| e.status) != Some(EntryStatus::Pending) {
                 return Err(format!("in-flight entry {entry:?} is not pending in the ledger"));
             }
+        }
+        if self.ledger.entries().any(|(_, e)| e.status != EntryStatus::Pending) {
+            return Err("a resolved ledger entry is held in memory".into());
         }
         let pending_in_ledger = self.ledger.accounts().map(|(_, a)| a.debits_pending()).sum::<u128>();
         let expected_units: u128 =
@@ -1438,9 +1647,7 @@ impl State {
                 "pending debits {pending_in_ledger} differ from in-flight transfers' {expected_units}: money is stuck"
             ));
         }
-        if self.deadlines.len()
-            != self.transfers.values().filter(|t| t.view.state == CoordinatorState::Reserved).count()
-        {
+        if self.deadlines.len() != self.transfers.len() {
             return Err("deadline index holds transfers that are not reserved".into());
         }
         if self.quotes.len() != self.quote_expiry.len()
@@ -1448,39 +1655,19 @@ impl State {
         {
             return Err("quote expiry index disagrees with quotes".into());
         }
-        if self.idempotency.len() != self.idempotency_expiry.len() {
-            return Err("idempotency expiry index disagrees with records".into());
-        }
-        let mut expected = std::collections::BTreeSet::new();
-        for (id, transfer) in self.transfers.iter() {
-            expected.insert((transfer.view.partner.clone(), id.clone()));
-            if transfer.view.corridor.is_same_region() {
-                expected.insert((transfer.view.payee.partner.clone(), id.clone()));
-            }
-        }
-        for (id, participation) in self.participations.iter() {
-            if let Some(prepare) = &participation.prepare {
-                expected.insert((prepare.payee.clone(), id.clone()));
-            }
-        }
-        if !self.partner_transfers.iter().cloned().eq(expected) {
-            return Err("the partner transfer index differs from the transfers".into());
-        }
-        if self.top_ups.len() != self.top_up_expiry.len() {
-            return Err("top-up expiry index disagrees with records".into());
-        }
         if self.partner_usage != self.count_usage() {
             return Err("partners' usage disagrees with their quotes and transfers".into());
         }
-        for (partner, log) in &self.events {
-            let cursors: Vec<u64> = log.events.iter().map(|e| e.cursor).collect();
-            if cursors.windows(2).any(|w| w[1] != w[0] + 1) || cursors.last().is_some_and(|c| c + 1 != log.next_cursor)
-            {
-                return Err(format!("partner {partner}: event cursors have a gap"));
-            }
+        if self.event_cursors.values().any(|next| *next == 0) {
+            return Err("an event cursor is zero".into());
         }
         Ok(())
     }
+}
+
+/// A finished participation history still answers for at `now`.
+fn recall_participation(recall: &dyn Recall, id: &TransferId, now: Timestamp) -> Option<Participation> {
+    recall.participation(id).filter(|p| p.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
 }
 
 fn leg(transfer: &TransferId, leg: Leg) -> EntryId {
@@ -1495,24 +1682,6 @@ fn step_coordinator(transfer: &mut Transfer, event: CoordinatorEvent, now: Times
             transfer.view.updated_at = now;
         }
         other => panic!("transfer {}: local event {event:?} gave {other:?}", transfer.view.id),
-    }
-}
-
-fn push_event(
-    log: &mut EventLog,
-    now: Timestamp,
-    transfer: &TransferId,
-    kind: EventKind,
-    amount: Money,
-    reason: Option<RejectCode>,
-) {
-    if log.next_cursor == 0 {
-        log.next_cursor = 1;
-    }
-    log.events.push_back(Event { cursor: log.next_cursor, at: now, transfer: transfer.clone(), kind, amount, reason });
-    log.next_cursor += 1;
-    while log.events.len() > EVENTS_RETAINED_PER_PARTNER {
-        log.events.pop_front();
     }
 }
 

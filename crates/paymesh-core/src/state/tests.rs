@@ -12,6 +12,7 @@ use crate::corridor::CorridorTerms;
 use crate::currency::Currency::{CNY, EUR, PHP, USD};
 use crate::directory::QrPrefix;
 use crate::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
+use crate::history::MemoryHistory;
 use crate::id::MerchantId;
 use crate::partner::PartnerRole;
 use crate::time::DAY_MS;
@@ -43,6 +44,10 @@ fn qr(text: &str) -> QrPayload {
 #[derive(Clone)]
 struct Region {
     state: State,
+    /// The region's history, written batch by batch as a replica does.
+    history: MemoryHistory,
+    /// The log index of the last batch applied.
+    index: u64,
     session: u64,
     sequence: u64,
     /// Every command `run` applied, with its time, for replay tests.
@@ -51,7 +56,27 @@ struct Region {
 
 impl Region {
     fn new(name: &str, session: u64) -> Region {
-        Region { state: State::new(region(name)), session, sequence: 0, log: Vec::new() }
+        Region {
+            state: State::new(region(name)),
+            history: MemoryHistory::new(),
+            index: 0,
+            session,
+            sequence: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// Apply `command` as a batch of its own at the next log index.
+    fn apply(&mut self, command: &Command, now: Timestamp) -> Outcome {
+        self.apply_batch(&Batch::new(now, vec![command.clone()]).unwrap()).pop().unwrap()
+    }
+
+    /// Apply a batch at the next log index and write its history.
+    fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
+        self.index += 1;
+        let applied = self.state.apply_batch(batch, &self.history.at(self.index));
+        self.history.write(self.index, applied.history);
+        applied.outcomes
     }
 
     fn next_id(&mut self) -> CommandId {
@@ -61,7 +86,7 @@ impl Region {
 
     fn run(&mut self, body: CommandBody, now: Timestamp) -> Outcome {
         let command = Command { id: self.next_id(), body };
-        let outcome = self.state.apply(&command, now);
+        let outcome = self.apply(&command, now);
         if let Err(broken) = self.state.verify() {
             panic!("invariant broken after {command:?}: {broken}");
         }
@@ -104,6 +129,16 @@ impl Region {
 
     fn quote(&mut self, partner: &str, payee: &str, amount: QuoteAmount, now: Timestamp) -> Outcome {
         self.run(CommandBody::CreateQuote { partner: pid(partner), payee: qr(payee), amount }, now)
+    }
+
+    /// A transfer coordinated here, in flight or finished.
+    fn transfer(&self, id: &TransferId) -> Option<Transfer> {
+        self.state.transfer(id).cloned().or_else(|| self.history.transfer(id))
+    }
+
+    /// This region's side of a transfer, in flight or finished.
+    fn participation(&self, id: &TransferId) -> Option<Participation> {
+        self.state.participation(id).cloned().or_else(|| self.history.participation(id))
     }
 
     fn position(&self, partner: &str) -> Position {
@@ -222,7 +257,7 @@ fn a_cross_border_transfer_commits_on_both_sides_exactly_once() {
     else {
         panic!("a commit decision must be queued")
     };
-    let prepare = east.state.participation(&created.id).unwrap().prepare.clone().unwrap();
+    let prepare = east.participation(&created.id).unwrap().prepare.clone().unwrap();
     assert_eq!(
         east.run(CommandBody::Prepare(prepare.clone()), T0.plus_ms(60)),
         Outcome::PrepareReply(PrepareReply::Prepared)
@@ -234,9 +269,9 @@ fn a_cross_border_transfer_commits_on_both_sides_exactly_once() {
     assert_eq!(east.run(decide, T0.plus_ms(110)), Outcome::Acked);
     assert_eq!(east.run(CommandBody::Prepare(prepare), T0.plus_ms(120)), Outcome::PrepareReply(PrepareReply::Prepared));
 
-    let transfer = west.state.transfer(&created.id).unwrap();
+    let transfer = west.transfer(&created.id).unwrap();
     assert_eq!(transfer.view.state, CoordinatorState::Committed);
-    assert_eq!(east.state.participation(&created.id).unwrap().state, ParticipantState::Committed);
+    assert_eq!(east.participation(&created.id).unwrap().state, ParticipantState::Committed);
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9898.70");
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "716.40");
     // Both regions' clearing accounts mirror each other.
@@ -247,7 +282,7 @@ fn a_cross_border_transfer_commits_on_both_sides_exactly_once() {
 
     // Events: the payer saw reserved then committed; the payee was credited once.
     let kinds = |r: &Region, p: &str| -> Vec<EventKind> {
-        r.state.events_after(&pid(p), 0, 100).unwrap().into_iter().map(|e| e.kind).collect()
+        r.state.events_after(&pid(p), 0, 100, &r.history).unwrap().into_iter().map(|e| e.kind).collect()
     };
     assert_eq!(kinds(&west, "paypal-us"), [EventKind::Reserved, EventKind::Committed]);
     assert_eq!(kinds(&east, "wechat-cn"), [EventKind::Credited]);
@@ -259,8 +294,11 @@ fn the_payee_region_never_stores_payer_personal_data() {
     pay(&mut west, "order-1", usd("25"), T0);
     deliver_all(&mut west, &mut east, T0);
     deliver_all(&mut west, &mut east, T0);
-    let west_bytes = serde_json::to_string(&west.state).unwrap();
-    let east_bytes = serde_json::to_string(&east.state).unwrap();
+    let both_tiers = |r: &Region| {
+        let history: Vec<_> = r.history.records().map(|(_, record)| record).collect();
+        format!("{}\n{}", serde_json::to_string(&r.state).unwrap(), serde_json::to_string(&history).unwrap())
+    };
+    let (west_bytes, east_bytes) = (both_tiers(&west), both_tiers(&east));
     for pii in ["Alice Example", "Alice Example-account-0042", "Alice Example-invoice-7"] {
         assert!(west_bytes.contains(pii), "the payer region keeps {pii:?}");
         assert!(!east_bytes.contains(pii), "the payee region must not hold {pii:?}");
@@ -278,7 +316,7 @@ fn a_same_region_transfer_completes_in_one_command() {
     assert_eq!(east.position("alipay-cn").posted.to_wire(), "49911.12");
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "88.88");
     assert_eq!(east.state.outbox().count(), 0);
-    let credited = east.state.events_after(&pid("wechat-cn"), 0, 10).unwrap();
+    let credited = east.state.events_after(&pid("wechat-cn"), 0, 10, &east.history).unwrap();
     assert_eq!(credited.len(), 1);
     assert_eq!(credited[0].amount, cny("88.88"));
 }
@@ -295,16 +333,19 @@ fn idempotency_keys_return_the_original_outcome_or_conflict() {
     let ledger = west.state.ledger().clone();
     assert_eq!(west.run(body("Alice"), T0.plus_ms(1_000)), first);
     assert_eq!(west.state.ledger(), &ledger);
-    assert_eq!(west.state.transfers().count(), 1);
+    assert_eq!(west.state.transfers().count() + west.history.transfers().count(), 1);
     assert_eq!(west.run(body("Mallory"), T0), Outcome::Rejected(RejectCode::IdempotencyConflict));
     // The read-only replay agrees with applying the request again.
     let CommandBody::CreateTransfer(original) = body("Alice") else { unreachable!() };
-    assert_eq!(west.state.replay_transfer_request(&original), Some(first.clone()));
+    assert_eq!(west.state.replay_transfer_request(&original, &west.history), Some(first.clone()));
     let CommandBody::CreateTransfer(other) = body("Mallory") else { unreachable!() };
-    assert_eq!(west.state.replay_transfer_request(&other), Some(Outcome::Rejected(RejectCode::IdempotencyConflict)));
+    assert_eq!(
+        west.state.replay_transfer_request(&other, &west.history),
+        Some(Outcome::Rejected(RejectCode::IdempotencyConflict))
+    );
     let mut unseen = original.clone();
     unseen.idempotency_key = IdempotencyKey::new("never-used").unwrap();
-    assert_eq!(west.state.replay_transfer_request(&unseen), None);
+    assert_eq!(west.state.replay_transfer_request(&unseen, &west.history), None);
     // Another partner may use the same key string.
     let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop2", QuoteAmount::Source(cny("5")), T0));
     let other = CommandBody::CreateTransfer(request("alipay-cn", "order-7", &quote, "wxp://f2f0shop2", "Bo"));
@@ -319,9 +360,9 @@ fn a_repeated_command_id_is_applied_once() {
         id: west.next_id(),
         body: CommandBody::CreateTransfer(request("paypal-us", "k", &quote, "wxp://f2f0shop1", "A")),
     };
-    let first = west.state.apply(&command, T0);
+    let first = west.apply(&command, T0);
     let after = west.state.clone();
-    assert_eq!(west.state.apply(&command, T0), first);
+    assert_eq!(west.apply(&command, T0), first);
     assert_eq!(west.state, after, "a duplicate command must change nothing");
     // A quote command repeated does not make a second quote.
     let quote_command = Command {
@@ -332,8 +373,8 @@ fn a_repeated_command_id_is_applied_once() {
             amount: QuoteAmount::Source(usd("3")),
         },
     };
-    let quoted = west.state.apply(&quote_command, T0);
-    assert_eq!(west.state.apply(&quote_command, T0), quoted);
+    let quoted = west.apply(&quote_command, T0);
+    assert_eq!(west.apply(&quote_command, T0), quoted);
     assert_eq!(west.state.next_quote, 3);
 }
 
@@ -341,14 +382,14 @@ fn a_repeated_command_id_is_applied_once() {
 fn a_session_forgets_old_outcomes_and_refuses_their_ids() {
     let mut region = Region::new("us-west", 9);
     let first = Command { id: region.next_id(), body: CommandBody::Tick };
-    region.state.apply(&first, T0);
+    region.apply(&first, T0);
     for _ in 0..SESSION_OUTCOMES_MAX {
         region.run(CommandBody::Tick, T0);
     }
-    assert_eq!(region.state.apply(&first, T0), Outcome::Rejected(RejectCode::StaleCommand));
+    assert_eq!(region.apply(&first, T0), Outcome::Rejected(RejectCode::StaleCommand));
     // Another session is unaffected.
     let other = Command { id: CommandId { session: 10, sequence: 1 }, body: CommandBody::Tick };
-    assert!(matches!(region.state.apply(&other, T0), Outcome::Ticked(_)));
+    assert!(matches!(region.apply(&other, T0), Outcome::Ticked(_)));
 }
 
 #[test]
@@ -364,13 +405,13 @@ fn a_transfer_not_prepared_by_its_deadline_aborts_and_releases_the_payer() {
     // A tick before the deadline does nothing; at the deadline it aborts.
     assert_eq!(west.run(CommandBody::Tick, deadline.minus_ms(1)), Outcome::Ticked(TickReport::default()));
     assert!(matches!(west.run(CommandBody::Tick, deadline), Outcome::Ticked(TickReport { aborted: 1, .. })));
-    let transfer = west.state.transfer(&view.id).unwrap();
+    let transfer = west.transfer(&view.id).unwrap();
     assert_eq!(transfer.view.state, CoordinatorState::Aborted);
     assert_eq!(transfer.view.reason, Some(RejectCode::DeadlineExceeded));
     assert_eq!(west.position("paypal-us").available.to_wire(), "10000.00");
     // The abort overtakes the prepare: a tombstone refuses the late prepare.
     deliver_all(&mut west, &mut east, deadline);
-    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Tombstone);
+    assert_eq!(east.participation(&view.id).unwrap().state, ParticipantState::Tombstone);
     let reply = east.run(CommandBody::Prepare(late_prepare), deadline.plus_ms(5));
     assert_eq!(reply, Outcome::PrepareReply(PrepareReply::Rejected(RejectCode::AbortedBeforePrepare)));
     let late = CommandBody::PrepareReplied {
@@ -380,7 +421,7 @@ fn a_transfer_not_prepared_by_its_deadline_aborts_and_releases_the_payer() {
     assert_eq!(west.run(late, deadline.plus_ms(6)), Outcome::Done);
     assert_eq!(east.position("wechat-cn").pending_credits.to_wire(), "0.00");
     let kinds: Vec<EventKind> =
-        west.state.events_after(&pid("paypal-us"), 0, 10).unwrap().into_iter().map(|e| e.kind).collect();
+        west.state.events_after(&pid("paypal-us"), 0, 10, &west.history).unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Reserved, EventKind::Aborted]);
 }
 
@@ -397,13 +438,13 @@ fn a_prepared_reply_after_the_deadline_is_aborted_on_both_sides() {
     assert_eq!(reply, Outcome::PrepareReply(PrepareReply::Prepared));
     let late_reply = CommandBody::PrepareReplied { transfer: view.id.clone(), reply: PrepareReply::Prepared };
     assert_eq!(west.run(late_reply, deadline), Outcome::Done);
-    let transfer = west.state.transfer(&view.id).unwrap();
+    let transfer = west.transfer(&view.id).unwrap();
     assert_eq!(
         (transfer.view.state, transfer.view.reason),
         (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded))
     );
     deliver_all(&mut west, &mut east, deadline.plus_ms(1));
-    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Aborted);
+    assert_eq!(east.participation(&view.id).unwrap().state, ParticipantState::Aborted);
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
     assert_eq!(east.position("wechat-cn").pending_credits.to_wire(), "0.00");
     assert_eq!(west.position("paypal-us").posted.to_wire(), "10000.00");
@@ -416,12 +457,12 @@ fn a_first_prepare_after_its_deadline_is_refused() {
     let deadline = view.deadline.unwrap();
     // Delivered at the deadline (or a day later, after any tombstone is gone).
     deliver_all(&mut west, &mut east, deadline);
-    let participation = east.state.participation(&view.id).unwrap();
+    let participation = east.participation(&view.id).unwrap();
     assert_eq!(
         (participation.state, participation.reason),
         (ParticipantState::Aborted, Some(RejectCode::DeadlineExceeded))
     );
-    let transfer = west.state.transfer(&view.id).unwrap();
+    let transfer = west.transfer(&view.id).unwrap();
     assert_eq!(
         (transfer.view.state, transfer.view.reason),
         (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded))
@@ -435,14 +476,14 @@ fn a_refused_prepare_aborts_the_transfer_with_the_payee_regions_reason() {
     east.ok(CommandBody::SetPartnerStatus { partner: pid("wechat-cn"), status: Status::Suspended }, T0);
     let view = transfer_view(&pay(&mut west, "k", usd("100"), T0));
     deliver_all(&mut west, &mut east, T0);
-    let transfer = west.state.transfer(&view.id).unwrap();
+    let transfer = west.transfer(&view.id).unwrap();
     assert_eq!(
         (transfer.view.state, transfer.view.reason),
         (CoordinatorState::Aborted, Some(RejectCode::PartnerSuspended))
     );
     assert_eq!(west.state.outbox().count(), 0, "a refused prepare needs no decision message");
     assert_eq!(west.position("paypal-us").available.to_wire(), "10000.00");
-    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Aborted);
+    assert_eq!(east.participation(&view.id).unwrap().state, ParticipantState::Aborted);
 }
 
 #[test]
@@ -480,7 +521,7 @@ fn protocol_violations_are_refused_without_effect() {
     let unknown = CommandBody::PrepareReplied { transfer: ghost, reply: PrepareReply::Prepared };
     assert_eq!(west.run(unknown, T0), Outcome::Rejected(RejectCode::TransferNotFound));
     // The same transfer id with other content is refused and changes nothing.
-    let mut forged = east.state.participation(&view.id).unwrap().prepare.clone().unwrap();
+    let mut forged = east.participation(&view.id).unwrap().prepare.clone().unwrap();
     forged.destination = cny("9999");
     let ledger = east.state.ledger().clone();
     let reply = east.run(CommandBody::Prepare(forged), T0);
@@ -505,31 +546,30 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
     assert!(west.state.tick_due(forgotten));
     west.run(CommandBody::Tick, forgotten);
     assert!(west.state.quote(&quote).is_none(), "expired quotes are purged");
-    let later = T0.plus_ms(FINISHED_TRANSFER_RETENTION_MS + IDEMPOTENCY_RETENTION_MS);
-    assert!(west.state.tick_due(later) && east.state.tick_due(later));
-    west.run(CommandBody::Tick, later);
-    east.run(CommandBody::Tick, later);
-    assert!(!west.state.tick_due(later) && !east.state.tick_due(later), "one tick did all the work");
+    // Finished work left memory when it finished; history holds it.
     assert_eq!(west.state.transfers().count(), 0);
     assert_eq!(east.state.participations().count(), 0);
-    assert!(west.state.idempotency.is_empty());
-    // Balances are never purged.
+    assert_eq!((west.history.transfers().count(), east.history.participations().count()), (1, 1));
+    assert!(west.state.ledger().entries().next().is_none(), "no resolved entry is held");
+    // Balances stay.
     // 10.00 plus a fee of 0.30 + 1 %.
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9989.60");
-    // A decision outlives its transfer's retention while the payee region is
-    // unreachable; the late ack still clears it from the outbox.
+    // A decision outlives the window in which history answers for its
+    // transfer while the payee region is unreachable; the late ack still
+    // clears it from the outbox.
+    let later = T0.plus_ms(2 * DAY_MS);
     let rate = FxRate::new(USD, CNY, Rate::parse("7.2").unwrap(), later, later.plus_ms(DAY_MS)).unwrap();
     west.ok(CommandBody::SetFxRate { corridor: corridor_id("USD:us-west->CNY:cn-east"), rate }, later);
     let view = transfer_view(&pay(&mut west, "k-late", usd("10"), later));
     west.run(CommandBody::Tick, view.deadline.unwrap());
     assert_eq!(west.state.outbox().count(), 1);
-    let much_later = view.deadline.unwrap().plus_ms(FINISHED_TRANSFER_RETENTION_MS + 1);
-    west.run(CommandBody::Tick, much_later);
-    assert!(west.state.transfer(&view.id).is_none(), "the finished transfer is purged");
+    assert!(west.state.transfer(&view.id).is_none(), "the aborted transfer left memory");
+    let much_later = view.deadline.unwrap().plus_ms(FINISHED_TRANSFER_RECALL_MS + 1);
     assert_eq!(west.state.outbox().count(), 1, "its decision still waits");
     deliver_all(&mut west, &mut east, much_later);
     assert_eq!(west.state.outbox().count(), 0, "the late ack cleared it");
-    assert_eq!(east.state.participation(&view.id).unwrap().state, ParticipantState::Tombstone);
+    assert_eq!(east.history.participation(&view.id).unwrap().state, ParticipantState::Tombstone);
+    east.state.verify().unwrap();
 
     // The work of one tick is bounded.
     let mut busy = Region::new("us-west", 77);
@@ -544,21 +584,35 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
 }
 
 #[test]
-fn event_logs_resume_from_a_cursor_and_report_expired_cursors() {
-    let mut log = EventLog::default();
-    let transfer = TransferId::new(region("us-west"), 1);
-    for _ in 0..EVENTS_RETAINED_PER_PARTNER + 5 {
-        push_event(&mut log, T0, &transfer, EventKind::Committed, usd("1"), None);
-    }
+fn event_streams_resume_from_any_cursor_history_holds_and_report_deleted_ones() {
+    // A partner with 1,005 events whose first five were deleted by retention.
     let mut state = State::new(region("us-west"));
-    state.events.insert(pid("p"), log);
+    let mut history = MemoryHistory::new();
+    let transfer = TransferId::new(region("us-west"), 1);
+    let events: Vec<Record> = (6..=1_005)
+        .map(|cursor| Record::Event {
+            partner: pid("p"),
+            event: Event {
+                cursor,
+                at: T0,
+                transfer: transfer.clone(),
+                kind: EventKind::Committed,
+                amount: usd("1"),
+                reason: None,
+            },
+        })
+        .collect();
+    history.write(1, events);
+    state.event_cursors.insert(pid("p"), 1_006);
     state.verify().unwrap();
-    assert_eq!(state.last_cursor(&pid("p")), EVENTS_RETAINED_PER_PARTNER as u64 + 5);
-    assert_eq!(state.events_after(&pid("p"), 3, 10), Err(CursorExpired { requested: 3, oldest: 6 }));
-    let resumed = state.events_after(&pid("p"), 5, 3).unwrap();
+    assert_eq!(state.last_cursor(&pid("p")), 1_005);
+    assert_eq!(state.events_after(&pid("p"), 3, 10, &history), Err(CursorExpired { requested: 3, oldest: 6 }));
+    assert_eq!(state.events_after(&pid("p"), 3, 0, &history), Err(CursorExpired { requested: 3, oldest: 6 }));
+    let resumed = state.events_after(&pid("p"), 5, 3, &history).unwrap();
     assert_eq!(resumed.iter().map(|e| e.cursor).collect::<Vec<_>>(), [6, 7, 8]);
-    assert!(state.events_after(&pid("p"), u64::MAX - 1, 3).unwrap().is_empty());
-    assert!(state.events_after(&pid("nobody"), 0, 3).unwrap().is_empty());
+    assert_eq!(state.events_after(&pid("p"), 999, 100, &history).unwrap().len(), 6);
+    assert!(state.events_after(&pid("p"), u64::MAX - 1, 3, &history).unwrap().is_empty());
+    assert!(state.events_after(&pid("nobody"), 0, 3, &history).unwrap().is_empty());
 }
 
 #[test]
@@ -571,25 +625,28 @@ fn partners_list_and_see_only_their_own_transfers() {
     let domestic = transfer_view(
         &east.run(CommandBody::CreateTransfer(request("alipay-cn", "k3", &quote, "wxp://f2f0shop9", "Bo")), T0),
     );
-    let ids = |state: &State, partner: &str, after: Option<&TransferId>| -> Vec<String> {
-        let partner = pid(partner);
-        state
-            .transfers_of(&partner, after)
-            .map(|t| match t {
-                PartnerTransfer::Coordinated(t) => t.view.id.to_string(),
-                PartnerTransfer::Participated(p) => p.prepare.as_ref().unwrap().transfer.to_string(),
+    let listed = |r: &Region, partner: &str, after: Option<&ListToken>, max: usize| -> Vec<(ListToken, String)> {
+        r.state
+            .transfers_of(&pid(partner), after, max, &r.history)
+            .into_iter()
+            .map(|(token, t)| match t {
+                PartnerTransfer::Coordinated(t) => (token, t.view.id.to_string()),
+                PartnerTransfer::Participated(p) => (token, p.prepare.as_ref().unwrap().transfer.to_string()),
             })
             .collect()
     };
-    assert_eq!(ids(&west.state, "paypal-us", None), [first.id.to_string(), second.id.to_string()]);
-    assert_eq!(ids(&west.state, "paypal-us", Some(&first.id)), [second.id.to_string()]);
+    let ids = |page: Vec<(ListToken, String)>| page.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
+    assert_eq!(ids(listed(&west, "paypal-us", None, 10)), [first.id.to_string(), second.id.to_string()]);
+    let page = listed(&west, "paypal-us", None, 1);
+    assert_eq!(ids(page.clone()), [first.id.to_string()]);
+    assert_eq!(ids(listed(&west, "paypal-us", Some(&page[0].0), 10)), [second.id.to_string()]);
     // wechat-cn is credited by both cross-border transfers and the domestic one.
-    assert_eq!(ids(&east.state, "wechat-cn", None).len(), 3);
-    assert_eq!(ids(&east.state, "alipay-cn", None), [domestic.id.to_string()]);
+    assert_eq!(listed(&east, "wechat-cn", None, 10).len(), 3);
+    assert_eq!(ids(listed(&east, "alipay-cn", None, 10)), [domestic.id.to_string()]);
     // Nobody sees another partner's transfer.
-    assert!(west.state.transfer_for(&pid("paypal-us-2"), &first.id).is_none());
-    assert!(east.state.transfer_for(&pid("alipay-cn"), &first.id).is_none());
-    assert!(east.state.transfer_for(&pid("wechat-cn"), &first.id).is_some());
+    assert!(west.state.transfer_for(&pid("paypal-us-2"), &first.id, &west.history).is_none());
+    assert!(east.state.transfer_for(&pid("alipay-cn"), &first.id, &east.history).is_none());
+    assert!(east.state.transfer_for(&pid("wechat-cn"), &first.id, &east.history).is_some());
 }
 
 #[test]
@@ -616,8 +673,9 @@ fn transfers_of_regions_with_the_smallest_ids_are_listed() {
         for partner in ["alipay-cn", "wechat-cn"] {
             let listed: Vec<TransferId> = region
                 .state
-                .transfers_of(&pid(partner), None)
-                .map(|t| match t {
+                .transfers_of(&pid(partner), None, 10, &region.history)
+                .into_iter()
+                .map(|(_, t)| match t {
                     PartnerTransfer::Coordinated(t) => t.view.id.clone(),
                     PartnerTransfer::Participated(p) => p.prepare.as_ref().unwrap().transfer.clone(),
                 })
@@ -773,7 +831,11 @@ fn every_reject_code_is_reachable() {
     let blocked = request("paypal-us", "j", &unused, wxp, "A");
     assert_eq!(west.state.check_transfer_request(&blocked, at), Err(RejectCode::PartnerTransfersExhausted));
     expect(RejectCode::PartnerTransfersExhausted, west.run(CommandBody::CreateTransfer(blocked.clone()), at));
-    assert_eq!(west.state.replay_transfer_request(&blocked), None, "a refusal records no idempotency key");
+    assert_eq!(
+        west.state.replay_transfer_request(&blocked, &west.history),
+        None,
+        "a refusal records no idempotency key"
+    );
     // With room again, the same key and body go through: nothing was remembered.
     west.ok(capped(1, 3), at);
     transfer_view(&west.run(CommandBody::CreateTransfer(blocked), at));
@@ -845,16 +907,16 @@ fn every_reject_code_is_reachable() {
     west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Active }, at);
     let view = transfer_view(&pay(&mut west, "deadline", usd("10"), at));
     west.run(CommandBody::Tick, view.deadline.unwrap());
-    let reason = west.state.transfer(&view.id).unwrap().view.reason;
+    let reason = west.transfer(&view.id).unwrap().view.reason;
     expect(RejectCode::DeadlineExceeded, Outcome::Rejected(reason.expect("aborted with a reason")));
 
     let mut busy = Region::new("us-west", 5);
     let stale = Command { id: busy.next_id(), body: CommandBody::Tick };
-    busy.state.apply(&stale, at);
+    busy.apply(&stale, at);
     for _ in 0..SESSION_OUTCOMES_MAX {
         busy.run(CommandBody::Tick, at);
     }
-    expect(RejectCode::StaleCommand, busy.state.apply(&stale, at));
+    expect(RejectCode::StaleCommand, busy.apply(&stale, at));
     for n in 0..PAYEE_ROUTES_MAX {
         let route = PayeeRoute {
             prefix: QrPrefix::new(format!("test://{n}/")).unwrap(),
@@ -909,7 +971,7 @@ fn refusals_before_a_transfer_exists_change_nothing_and_the_check_agrees() {
         let mut unchanged = west.state.clone();
         unchanged.sessions = before.sessions.clone();
         assert_eq!(unchanged, before, "{request:?} changed the state");
-        assert_eq!(west.state.replay_transfer_request(request), None);
+        assert_eq!(west.state.replay_transfer_request(request, &west.history), None);
     }
     // Another partner's quote is not found either.
     west.partner("other-us", PartnerRole::Payer, usd("0"));
@@ -926,7 +988,7 @@ fn refusals_before_a_transfer_exists_change_nothing_and_the_check_agrees() {
     let view = transfer_view(&west.run(CommandBody::CreateTransfer(valid.clone()), at));
     // Retried: its record answers, whatever the check would say now (the
     // quote is used).
-    assert_eq!(west.state.replay_transfer_request(&valid), Some(Outcome::Transfer(view)));
+    assert_eq!(west.state.replay_transfer_request(&valid, &west.history), Some(Outcome::Transfer(view)));
     assert_eq!(west.state.check_transfer_request(&valid, at), Err(RejectCode::QuoteAlreadyUsed));
 
     // Quotes: the check names the refusal and changes nothing; a passing
@@ -948,21 +1010,64 @@ fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted(
     let body = CommandBody::SetPartnerLimits { partner: pid("paypal-us"), limits: zero };
     assert_eq!(west.run(body, T0), Outcome::Rejected(RejectCode::ProtocolViolation));
 
-    // A state encoded before limits and usage existed decodes with its usage
-    // counted: encode today's minus the two new tables, as format 2 did.
+    // A state of format 3 (finished work in memory) splits into today's
+    // hot state and the records of what it retained; one of format 2
+    // (before limits and usage) also has its usage counted.
     let wxp = "wxp://f2f0shop1";
     quote_id(&west.quote("paypal-us", wxp, QuoteAmount::Source(usd("10")), T0));
-    pay(&mut west, "x", usd("10"), T0);
-    let mut bytes = postcard::to_stdvec(&west.state).unwrap();
-    let usage = postcard::to_stdvec(&west.state.partner_usage).unwrap();
-    let limits = postcard::to_stdvec(&west.state.partner_limits).unwrap();
+    let in_flight = transfer_view(&pay(&mut west, "x", usd("10"), T0));
+    let large = transfer_view(&pay(&mut west, "large", usd("5000"), T0));
+    let quote = quote_id(&west.quote("paypal-us", wxp, QuoteAmount::Source(usd("5000")), T0));
+    let refused = west.run(CommandBody::CreateTransfer(request("paypal-us", "poor", &quote, wxp, "Al")), T0);
+    let refused = transfer_view(&refused);
+    let finished = west.history.transfer(&refused.id).expect("an aborted transfer is history");
+    let old = StateV3 {
+        region: west.state.region.clone(),
+        clock: west.state.clock,
+        next_transfer: west.state.next_transfer,
+        next_quote: west.state.next_quote,
+        partners: west.state.partners.clone(),
+        corridors: west.state.corridors.clone(),
+        directory: west.state.directory.clone(),
+        quotes: west.state.quotes.clone(),
+        quote_expiry: west.state.quote_expiry.clone(),
+        transfers: west.state.transfers.update(finished.view.id.clone(), finished.clone()),
+        deadlines: west.state.deadlines.clone(),
+        transfers_finished: OrdSet::unit((T0, finished.view.id.clone())),
+        participations: OrdMap::new(),
+        partner_transfers: [in_flight.id.clone(), large.id.clone(), refused.id.clone()]
+            .into_iter()
+            .map(|id| (pid("paypal-us"), id))
+            .collect(),
+        participations_finished: OrdSet::new(),
+        idempotency: OrdMap::new(),
+        idempotency_expiry: OrdSet::new(),
+        outbox: west.state.outbox.clone(),
+        events: OrdMap::unit(pid("paypal-us"), EventLog { next_cursor: 4, events: Vector::new() }),
+        sessions: west.state.sessions.clone(),
+        top_ups: OrdMap::new(),
+        top_up_expiry: OrdSet::new(),
+        ledger: west.state.ledger.clone(),
+        partner_limits: OrdMap::new(),
+        partner_usage: west.state.partner_usage.clone(),
+    };
+    let mut bytes = postcard::to_stdvec(&old).unwrap();
+    let (converted, records) = State::from_v3(postcard::from_bytes(&bytes).unwrap());
+    assert_eq!(converted.event_cursors, OrdMap::unit(pid("paypal-us"), 4));
+    let mut expected = west.state.clone();
+    expected.event_cursors = converted.event_cursors.clone();
+    assert_eq!(converted, expected);
+    assert!(records.contains(&Record::Transfer(finished)));
+    assert!(records.iter().any(|r| matches!(r, Record::Listed { transfer, .. } if transfer == &in_flight.id)));
+    let usage = postcard::to_stdvec(&old.partner_usage).unwrap();
+    let limits = postcard::to_stdvec(&old.partner_limits).unwrap();
     bytes.truncate(bytes.len() - usage.len() - limits.len());
-    let old: StateV2 = postcard::from_bytes(&bytes).unwrap();
-    let converted = State::from(old);
-    assert_eq!(converted, west.state);
+    let v2: StateV2 = postcard::from_bytes(&bytes).unwrap();
+    let (converted, _) = State::from_v3(v2.into());
+    assert_eq!(converted, expected);
     assert_eq!(
         converted.partner_usage(&pid("paypal-us")),
-        PartnerUsage { quotes_outstanding: 1, transfers_in_flight: 1 }
+        PartnerUsage { quotes_outstanding: 1, transfers_in_flight: 2 }
     );
 }
 
@@ -1133,8 +1238,8 @@ impl Sim {
     /// The payee region applies a message and answers.
     fn deliver(&mut self, body: CommandBody) -> Reply {
         let known = match &body {
-            CommandBody::Prepare(p) => self.east.state.participation(&p.transfer).map(|p| p.state),
-            CommandBody::Decide { transfer, .. } => self.east.state.participation(transfer).map(|p| p.state),
+            CommandBody::Prepare(p) => self.east.participation(&p.transfer).map(|p| p.state),
+            CommandBody::Decide { transfer, .. } => self.east.participation(transfer).map(|p| p.state),
             _ => None,
         };
         match (&body, known) {
@@ -1174,6 +1279,7 @@ impl Sim {
             .west
             .state
             .transfers()
+            .chain(self.west.history.transfers())
             .map(|t| match (t.view.state, t.view.reason) {
                 (CoordinatorState::Committed, _) => "committed on both sides",
                 (_, Some(RejectCode::DeadlineExceeded)) => "aborted at the deadline",
@@ -1212,11 +1318,11 @@ impl Sim {
 
     /// The mesh-wide invariants after healing.
     fn check_settled(&self) {
-        let (west, east) = (&self.west.state, &self.east.state);
-        west.verify().unwrap();
-        east.verify().unwrap();
+        let (west, east) = (&self.west, &self.east);
+        west.state.verify().unwrap();
+        east.state.verify().unwrap();
         let mut committed_total: BTreeMap<PartnerId, u64> = BTreeMap::new();
-        for transfer in west.transfers() {
+        for transfer in west.state.transfers().chain(west.history.transfers()) {
             let view = &transfer.view;
             assert!(view.state.is_final(), "{} unresolved after healing", view.id);
             if view.state == CoordinatorState::Committed {
@@ -1241,7 +1347,7 @@ impl Sim {
                 ),
             }
         }
-        for (id, participation) in east.participations() {
+        for (id, participation) in east.state.participations().chain(east.history.participations()) {
             assert!(participation.state.is_final(), "participation {id} unresolved after healing");
             if participation.state == ParticipantState::Committed {
                 let source = west.transfer(id).expect("the coordinator knows every transfer");
@@ -1251,13 +1357,13 @@ impl Sim {
         // Each payer's position equals its top-ups minus what it committed.
         for (partner, funded) in [("paypal-us", 1_000_000u64), ("paypal-us-2", 30_000)] {
             let spent = committed_total.get(&pid(partner)).copied().unwrap_or(0);
-            let position = west.position(&pid(partner)).unwrap();
+            let position = west.state.position(&pid(partner)).unwrap();
             assert_eq!(position.posted.units(), i128::from(funded) - i128::from(spent), "{partner}");
             assert_eq!(position.pending_debits.units(), 0);
         }
         // Every acknowledged transfer is still there: one per distinct idempotency key outcome.
         for (region, state) in [("us-west", west), ("cn-east", east)] {
-            for totals in state.ledger().totals().values() {
+            for totals in state.state.ledger().totals().values() {
                 assert!(totals.balanced(), "{region} does not sum to zero");
                 assert_eq!(totals.debits_pending, 0, "{region} has money stuck in pending");
             }
@@ -1299,11 +1405,11 @@ proptest! {
         let mut replayed = clean.clone();
         let history = sim.west.log.clone();
         for (i, (command, now)) in history.iter().enumerate() {
-            let first = clean.state.apply(command, *now);
-            let again = replayed.state.apply(command, *now);
+            let first = clean.apply(command, *now);
+            let again = replayed.apply(command, *now);
             prop_assert_eq!(&first, &again);
             if dupes[i % dupes.len()] {
-                prop_assert_eq!(replayed.state.apply(command, *now), first);
+                prop_assert_eq!(replayed.apply(command, *now), first);
             }
         }
         prop_assert_eq!(&clean.state, &replayed.state);
@@ -1322,7 +1428,7 @@ proptest! {
         let mut batched = one_by_one.clone();
         let mut outcomes = Vec::new();
         for (command, now) in &history {
-            outcomes.push(one_by_one.state.apply(command, *now));
+            outcomes.push(one_by_one.apply(command, *now));
         }
         // Group consecutive commands with the same time into batches.
         let mut batch_outcomes = Vec::new();
@@ -1332,7 +1438,7 @@ proptest! {
             let end = (start..history.len()).find(|&i| history[i].1 != now).unwrap_or(history.len());
             for chunk in history[start..end].chunks(crate::limits::BATCH_COMMANDS_MAX) {
                 let batch = Batch::new(now, chunk.iter().map(|(c, _)| c.clone()).collect()).unwrap();
-                batch_outcomes.extend(batched.state.apply_batch(&batch));
+                batch_outcomes.extend(batched.apply_batch(&batch));
             }
             start = end;
         }
