@@ -210,14 +210,14 @@ pub(crate) fn simulate(seed: u64, config: &SimConfig) -> Simulation {
 fn endings(sim: &Sim<'_>) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
     for region in &sim.regions {
-        let state = region.freshest();
-        for transfer in state.transfers() {
+        let node = region.freshest();
+        for transfer in node.state.transfers().chain(node.history.transfers()) {
             let view = &transfer.view;
             let kind = if view.corridor.is_same_region() { "domestic" } else { "cross-border" };
             let reason = view.reason.map(|r| format!(" {r:?}")).unwrap_or_default();
             *out.entry(format!("origin {kind} {:?}{reason}", view.state)).or_default() += 1;
         }
-        for (_, participation) in state.participations() {
+        for (_, participation) in node.state.participations().chain(node.history.participations()) {
             let reason = participation.reason.map(|r| format!(" {r:?}")).unwrap_or_default();
             *out.entry(format!("payee {:?}{reason}", participation.state)).or_default() += 1;
         }

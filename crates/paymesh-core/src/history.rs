@@ -261,8 +261,19 @@ impl MemoryHistory {
     /// Write the records of the batch at `index`. A batch at or below the
     /// last index written is already here (re-applied after a restart) and
     /// is skipped.
+    ///
+    /// # Panics
+    ///
+    /// If a batch written again brings other records than the first time:
+    /// applying is deterministic, so that is a bug this catches.
     pub fn write(&mut self, index: u64, records: Vec<Record>) {
         if index <= self.last_index {
+            let held: Vec<&Record> = self.records.range((index, 0)..=(index, u32::MAX)).map(|(_, r)| r).collect();
+            let deleted = held.is_empty() && self.records.keys().next().is_some_and(|(first, _)| *first > index);
+            assert!(
+                deleted || held.iter().copied().eq(records.iter()),
+                "the batch at {index} was applied again with other history"
+            );
             return;
         }
         self.last_index = index;

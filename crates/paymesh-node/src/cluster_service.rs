@@ -21,7 +21,7 @@ use paymesh_client::{NodeChannel, Region, RetryPolicy};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
-use paymesh_store::{state_digest, NodeAddr, NodeId};
+use paymesh_store::{NodeAddr, NodeId};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -174,7 +174,7 @@ impl ClusterService for ClusterServer {
             // The digest and the index it belongs to come from one copy.
             let applied = self.node.state_machine.applied();
             applied_index = applied.last_applied.map(|l| l.index);
-            digest = tokio::task::spawn_blocking(move || state_digest(&applied.state).to_vec())
+            digest = tokio::task::spawn_blocking(move || applied.digest().to_vec())
                 .await
                 .map_err(|e| Status::internal(format!("digest: {e}")))?;
         }

@@ -311,7 +311,7 @@ pub fn participation_out(participation: &Participation) -> Option<partner::Trans
 }
 
 /// The wire form of a transfer as `viewer` sees it.
-pub fn transfer_out(transfer: PartnerTransfer<'_>, viewer: &PartnerId) -> Option<partner::Transfer> {
+pub fn transfer_out(transfer: &PartnerTransfer, viewer: &PartnerId) -> Option<partner::Transfer> {
     match transfer {
         PartnerTransfer::Coordinated(t) => Some(transfer_view_out(&t.view, &t.view.partner == viewer)),
         PartnerTransfer::Participated(p) => participation_out(p),

@@ -169,7 +169,9 @@ impl Gateway {
         let state = &applied.state;
         let destination = match body {
             CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
-            CommandBody::CreateTransfer(request) if state.replay_transfer_request(request).is_none() => {
+            CommandBody::CreateTransfer(request)
+                if state.replay_transfer_request(request, self.node.state_machine.history()).is_none() =>
+            {
                 state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
             }
             _ => None,

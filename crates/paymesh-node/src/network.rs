@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -35,7 +35,8 @@ use paymesh_client::{Credentials, NodeChannel, Region, RetryPolicy};
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
-use paymesh_store::{NodeAddr, NodeId, TypeConfig};
+use paymesh_core::history::Record;
+use paymesh_store::{NodeAddr, NodeId, StateMachineStore, TypeConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -59,9 +60,18 @@ pub struct Network {
     /// Peers dialled at another address than their membership one.
     dial: Arc<BTreeMap<NodeId, String>>,
     snapshot_timeout: Duration,
+    /// This node's state machine, whose history a snapshot's receiver is
+    /// sent first; set once the node has opened it.
+    store: Arc<OnceLock<StateMachineStore>>,
 }
 
 impl Network {
+    /// The handle through which the node gives this network its state
+    /// machine once it has opened it.
+    pub fn store_handle(&self) -> Arc<OnceLock<StateMachineStore>> {
+        self.store.clone()
+    }
+
     /// A network for Raft group `group`, dialing as `credentials` (the
     /// newest value at each new connection), and the peers in `dial` at the
     /// addresses given there.
@@ -74,7 +84,7 @@ impl Network {
         // The channel's own limit is the longest call (a snapshot); openraft
         // bounds the others with its own timeouts.
         let peers = Region::live(Vec::new(), credentials, RetryPolicy::default()).with_call_timeout(snapshot_timeout);
-        Network { group, peers: Arc::new(peers), dial: Arc::new(dial), snapshot_timeout }
+        Network { group, peers: Arc::new(peers), dial: Arc::new(dial), snapshot_timeout, store: Arc::default() }
     }
 }
 
@@ -90,6 +100,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peers: self.peers.clone(),
             addr,
             snapshot_timeout: self.snapshot_timeout,
+            store: self.store.clone(),
             append: None,
         }
     }
@@ -106,6 +117,7 @@ pub struct Connection {
     /// The address the peer is dialled at.
     addr: String,
     snapshot_timeout: Duration,
+    store: Arc<OnceLock<StateMachineStore>>,
     /// The open `AppendEntries` stream, if any: opened by the first append,
     /// replaced by the next call after one on it failed or timed out, so that
     /// a late reply can never answer a later request.
@@ -280,6 +292,20 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let store = self.store.get().cloned().ok_or_else(|| {
+            StreamingError::Unreachable(Unreachable::new(&io::Error::other("this node's state machine is not open yet")))
+        })?;
+        let through = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        tokio::pin!(cancel);
+        tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            sent = send_history(&mut client, self.group, &store, through) => sent.map_err(|status| {
+                match transport_error::<Fatal<NodeId>>(&status) {
+                    RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+                    other => StreamingError::Network(NetworkError::new(&other)),
+                }
+            })?,
+        }
         let data = snapshot.snapshot.into_inner();
         let (group, vote, meta) = (self.group, codec::encode(&vote), codec::encode(&snapshot.meta));
         let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
@@ -322,6 +348,53 @@ impl RaftNetwork<TypeConfig> for Connection {
             StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), fatal))
         })
     }
+}
+
+/// Bytes of history records per `AppendHistory` call, about: a call holds
+/// whole batches, so one may be larger (a batch is at most one log entry's
+/// records, far below the 4 MiB message limit).
+pub const HISTORY_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Bring a snapshot's receiver's history through `through`: ask where it
+/// ends, then send what it lacks, a chunk per call, until it is complete.
+/// Each call is answered once written, so a transfer cut off resumes from
+/// the receiver's last index on the next attempt.
+async fn send_history(
+    client: &mut RaftServiceClient<NodeChannel>,
+    group: u64,
+    store: &StateMachineStore,
+    through: u64,
+) -> Result<(), tonic::Status> {
+    let call = |batches: &[(u64, Vec<Record>)], through: u64| wire::AppendHistoryRequest {
+        group_id: group,
+        batches: postcard::to_stdvec(batches).expect("history records encode"),
+        through,
+    };
+    let mut last = client.append_history(call(&[], 0)).await?.into_inner().last_index;
+    let mut sent = 0usize;
+    while last < through {
+        let (store, after) = (store.clone(), last);
+        let batches = tokio::task::spawn_blocking(move || store.history().journal_after(after, HISTORY_CHUNK_BYTES))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?
+            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?;
+        let batches: Vec<_> = batches.into_iter().take_while(|(index, _)| *index <= through).collect();
+        let complete = batches.is_empty();
+        let reached = client.append_history(call(&batches, if complete { through } else { 0 })).await?;
+        let reached = reached.into_inner().last_index;
+        if reached <= last && !complete {
+            return Err(tonic::Status::internal(format!("history stopped at {reached} while sent past {last}")));
+        }
+        sent += batches.len();
+        last = reached;
+        if complete {
+            break;
+        }
+    }
+    if sent > 0 {
+        tracing::info!(through, batches = sent, "history sent ahead of a snapshot");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -139,7 +139,10 @@ impl Node {
         let tls = Node::load_tls(&config)?;
         let dialing = Arc::new(watch::Sender::new(Node::credentials_of(&config, tls.as_deref())));
         let network = Network::new(REGION_GROUP, dialing.subscribe(), config.raft_dial(), config.snapshot_timeout());
-        Node::open_parts(config, network, tls, dialing).await
+        let store = network.store_handle();
+        let node = Node::open_parts(config, network, tls, dialing).await?;
+        let _ = store.set(node.state_machine.clone());
+        Ok(node)
     }
 
     /// Load and check this node's certificate: it must name this very node.
@@ -310,7 +313,7 @@ impl Node {
             .build_v1()
             .map_err(|e| NodeError::Startup(format!("reflection: {e}")))?;
         let raft_server = RaftServer::new(
-            BTreeMap::from([(REGION_GROUP, self.raft.clone())]),
+            BTreeMap::from([(REGION_GROUP, (self.raft.clone(), self.state_machine.clone()))]),
             self.config.region.clone(),
             self.auth.clone(),
             self.members(),

@@ -11,10 +11,10 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use paymesh_core::command::{CommandBody, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
+use paymesh_core::history::ListToken;
 use paymesh_core::id::TransferId;
-use paymesh_core::state::PartnerTransfer;
 use paymesh_core::transfer::CoordinatorState;
-use paymesh_core::Outcome;
+use paymesh_core::{Outcome, Timestamp};
 use paymesh_proto::partner::v1 as wire;
 use paymesh_proto::partner::v1::partner_service_server::PartnerService;
 use tokio::sync::mpsc;
@@ -34,7 +34,19 @@ const PAGE_SIZE_DEFAULT: u32 = 100;
 /// The most transfers one ListTransfers call examines (filters may skip many).
 const LIST_SCAN_MAX: usize = 10_000;
 
-const PAGE_TOKEN_PREFIX: &str = "after:";
+const PAGE_TOKEN_PREFIX: &str = "at:";
+
+/// Entries of a partner's list read from history at a time.
+const LIST_READ_PAGE: usize = 256;
+
+/// The position a page token this service issued names.
+fn page_token(token: &str) -> Option<ListToken> {
+    let mut parts = token.strip_prefix(PAGE_TOKEN_PREFIX)?.split('.');
+    let at = Timestamp::from_unix_ms(parts.next()?.parse().ok()?);
+    let index = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(ListToken { at, index, seq })
+}
 
 /// Serves the partner API of one node.
 #[derive(Clone, Debug)]
@@ -126,11 +138,12 @@ impl PartnerService for PartnerServer {
             Outcome::Transfer(view) => {
                 span.record("transfer", tracing::field::display(&view.id));
                 // The transfer as it stands now (a retry may find it committed).
-                let applied = self.gateway.node.state_machine.applied();
-                let current = applied
+                let sm = &self.gateway.node.state_machine;
+                let current = sm
+                    .applied()
                     .state
-                    .transfer_for(&partner, &view.id)
-                    .and_then(|t| convert::transfer_out(t, &partner))
+                    .transfer_for(&partner, &view.id, sm.history())
+                    .and_then(|t| convert::transfer_out(&t, &partner))
                     .unwrap_or_else(|| convert::transfer_view_out(&view, true));
                 let reject_code =
                     if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
@@ -151,8 +164,8 @@ impl PartnerService for PartnerServer {
         let partner = self.gateway.partner(&request).await?;
         let id = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
         self.gateway.linearizable().await?;
-        let applied = self.gateway.node.state_machine.applied();
-        match applied.state.transfer_for(&partner, &id).and_then(|t| convert::transfer_out(t, &partner)) {
+        let sm = &self.gateway.node.state_machine;
+        match sm.applied().state.transfer_for(&partner, &id, sm.history()).and_then(|t| convert::transfer_out(&t, &partner)) {
             Some(transfer) => Ok(Response::new(wire::GetTransferResponse { transfer: Some(transfer), reject_code: 0 })),
             None => Err(Status::not_found(format!("TransferNotFound: no transfer {id} for this partner"))),
         }
@@ -180,45 +193,46 @@ impl PartnerService for PartnerServer {
         };
         let page_size = page_size as usize;
         let after = match request.page_token.as_str() {
-            "" => None,
-            token => {
-                let id = token
-                    .strip_prefix(PAGE_TOKEN_PREFIX)
-                    .and_then(|id| TransferId::parse(id).ok())
-                    .ok_or_else(|| invalid("page_token", "not a token this service issued"))?;
-                Some(id)
-            }
+            // The partner's list is ordered by when each transfer was
+            // recorded here: the range's start is a position in it.
+            "" => ListToken { at: from, index: 0, seq: 0 },
+            token => page_token(token).ok_or_else(|| invalid("page_token", "not a token this service issued"))?,
         };
+        let before = (request.created_to_unix_ms != 0).then_some(to);
         self.gateway.linearizable().await?;
-        let applied = self.gateway.node.state_machine.applied();
+        let sm = &self.gateway.node.state_machine;
+        let applied = sm.applied();
         let mut transfers = Vec::new();
-        let mut last_scanned: Option<TransferId> = None;
-        let mut more = false;
-        for (scanned, transfer) in applied.state.transfers_of(&partner, after.as_ref()).enumerate() {
-            if transfers.len() == page_size || scanned == LIST_SCAN_MAX {
-                more = true;
+        let mut last_scanned = after;
+        let mut more = true;
+        // Read the list in pages of the index until the page is full, the
+        // range ends, or LIST_SCAN_MAX entries were scanned (a filter that
+        // matches little still answers promptly, with a token to go on).
+        let mut scanned = 0;
+        'pages: while transfers.len() < page_size && scanned < LIST_SCAN_MAX {
+            let listed = applied.state.transfers_of(&partner, Some(&last_scanned), LIST_READ_PAGE, sm.history());
+            let exhausted = listed.len() < LIST_READ_PAGE;
+            for (token, transfer) in listed {
+                if before.is_some_and(|end| token.at >= end) {
+                    more = false;
+                    break 'pages;
+                }
+                if transfers.len() == page_size || scanned == LIST_SCAN_MAX {
+                    break 'pages;
+                }
+                scanned += 1;
+                last_scanned = token;
+                let Some(wire_transfer) = convert::transfer_out(&transfer, &partner) else { continue };
+                if state_filter.is_none_or(|s| s == wire_transfer.state) {
+                    transfers.push(wire_transfer);
+                }
+            }
+            if exhausted {
+                more = false;
                 break;
             }
-            let id = match transfer {
-                PartnerTransfer::Coordinated(t) => t.view.id.clone(),
-                PartnerTransfer::Participated(p) => match &p.prepare {
-                    Some(prepare) => prepare.transfer.clone(),
-                    None => continue,
-                },
-            };
-            last_scanned = Some(id);
-            let Some(wire_transfer) = convert::transfer_out(transfer, &partner) else { continue };
-            let created = wire_transfer.created_unix_ms;
-            let in_range =
-                created >= from.unix_ms() as i64 && (request.created_to_unix_ms == 0 || created < to.unix_ms() as i64);
-            if in_range && state_filter.is_none_or(|s| s == wire_transfer.state) {
-                transfers.push(wire_transfer);
-            }
         }
-        let next_page_token = match (more, last_scanned) {
-            (true, Some(id)) => format!("{PAGE_TOKEN_PREFIX}{id}"),
-            _ => String::new(),
-        };
+        let next_page_token = if more { format!("{PAGE_TOKEN_PREFIX}{}.{}.{}", last_scanned.at.unix_ms(), last_scanned.index, last_scanned.seq) } else { String::new() };
         Ok(Response::new(wire::ListTransfersResponse { transfers, next_page_token, reject_code: 0 }))
     }
 

@@ -9,7 +9,9 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_server::RaftService;
+use paymesh_core::history::Record;
 use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
+use paymesh_store::StateMachineStore;
 use tonic::{Request, Response, Status};
 
 use crate::codec;
@@ -31,6 +33,8 @@ pub const SNAPSHOT_BUSY: &str = "a snapshot is being received already; send agai
 #[derive(Clone)]
 pub struct RaftServer {
     groups: BTreeMap<u64, Raft>,
+    /// Each group's state machine, whose history a leader appends to.
+    stores: BTreeMap<u64, StateMachineStore>,
     region: RegionId,
     auth: Authenticator,
     members: Members,
@@ -47,8 +51,15 @@ impl std::fmt::Debug for RaftServer {
 impl RaftServer {
     /// A server for these groups of `region`, learning callers through
     /// `auth` and admitting the nodes `members` admits.
-    pub fn new(groups: BTreeMap<u64, Raft>, region: RegionId, auth: Authenticator, members: Members) -> RaftServer {
-        RaftServer { groups, region, auth, members, receiving: Arc::new(tokio::sync::Semaphore::new(1)) }
+    pub fn new(
+        groups: BTreeMap<u64, (Raft, StateMachineStore)>,
+        region: RegionId,
+        auth: Authenticator,
+        members: Members,
+    ) -> RaftServer {
+        let stores = groups.iter().map(|(id, (_, store))| (*id, store.clone())).collect();
+        let groups = groups.into_iter().map(|(id, (raft, _))| (id, raft)).collect();
+        RaftServer { groups, stores, region, auth, members, receiving: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     /// Only this region's nodes, and none it removed, may send Raft
@@ -150,5 +161,41 @@ impl RaftService for RaftServer {
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
         let result = raft.install_full_snapshot(vote, snapshot).await;
         Ok(Response::new(wire::InstallSnapshotReply { payload: codec::encode(&result) }))
+    }
+
+    /// Write the batches a leader sends, in order, skipping those history
+    /// holds already; then, if the leader says its history holds nothing
+    /// more through `through`, history is complete through it.
+    async fn append_history(
+        &self,
+        request: Request<wire::AppendHistoryRequest>,
+    ) -> Result<Response<wire::AppendHistoryReply>, Status> {
+        self.check_caller(&request)?;
+        let request = request.into_inner();
+        let store = self
+            .stores
+            .get(&request.group_id)
+            .ok_or_else(|| Status::not_found(format!("no raft group {} on this node", request.group_id)))?
+            .clone();
+        let batches: Vec<(u64, Vec<Record>)> =
+            postcard::from_bytes(&request.batches).map_err(|e| Status::invalid_argument(format!("history batches: {e}")))?;
+        if batches.windows(2).any(|w| w[0].0 >= w[1].0) || batches.last().is_some_and(|(i, _)| request.through != 0 && *i > request.through) {
+            return Err(Status::invalid_argument("history batches out of order"));
+        }
+        let through = request.through;
+        let last_index = tokio::task::spawn_blocking(move || {
+            let history = store.history();
+            for (index, records) in &batches {
+                history.write(*index, records)?;
+            }
+            if through > history.last_index() {
+                history.write(through, &[])?;
+            }
+            Ok::<u64, paymesh_store::HistoryError>(history.last_index())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("writing history: {e}")))?
+        .map_err(|e| Status::internal(format!("writing history: {e}")))?;
+        Ok(Response::new(wire::AppendHistoryReply { last_index }))
     }
 }

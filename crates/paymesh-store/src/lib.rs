@@ -24,5 +24,39 @@ pub mod segment_log;
 pub mod state_machine;
 
 pub use log_store::{LogStats, LogStore};
+
+use paymesh_core::history::Record;
+use sha2::{Digest, Sha256};
+
+/// A replica's digest over both tiers: SHA-256 of its hot state's digest
+/// and its history's running digest. Replicas at the same applied index
+/// agree on it; `paymesh status` compares it.
+pub fn region_digest(state: &[u8; 32], history: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(state);
+    hasher.update(history);
+    hasher.finalize().into()
+}
+
+/// One step of history's running digest: SHA-256 of the previous digest,
+/// the batch's log index (u64, big-endian), and each record as its
+/// postcard encoding's length (u32, big-endian) and bytes; a batch without
+/// records leaves it as it was. Replicas that
+/// wrote the same records at the same indexes hold the same digest.
+pub fn chain_digest(previous: &[u8; 32], index: u64, records: &[Record]) -> [u8; 32] {
+    if records.is_empty() {
+        return *previous;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(index.to_be_bytes());
+    for record in records {
+        let bytes = postcard::to_stdvec(record).expect("a history record encodes");
+        let len = u32::try_from(bytes.len()).expect("a record is far below 4 GiB");
+        hasher.update(len.to_be_bytes());
+        hasher.update(&bytes);
+    }
+    hasher.finalize().into()
+}
 pub use raft_types::{NodeAddr, NodeId, TypeConfig};
 pub use state_machine::{state_digest, Applied, ApplyObserver, StateMachineStore};

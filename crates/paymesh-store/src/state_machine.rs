@@ -1,13 +1,26 @@
-//! openraft's state machine over `paymesh_core::State`.
+//! openraft's state machine over `paymesh_core::State` and its history.
 //!
-//! The state lives in memory and changes only through `State::apply_batch`,
-//! entry by entry, in log order. Its durable image is the latest snapshot,
+//! The hot state lives in memory and changes only through
+//! `State::apply_batch`, entry by entry, in log order; each entry's history
+//! records are written to the region's [`History`] (in `history/` under the
+//! state machine's directory) at the entry's index before the state that
+//! follows it becomes visible to readers, so a reader who misses a finished
+//! transfer in the hot state finds it in history. Every entry writes a batch,
+//! empty for blank and membership entries, so history's last index is the
+//! applied index. The hot state's durable image is the latest snapshot,
 //! kept as a [`Checkpoints`] generation file that holds the state together
 //! with the `last_applied` log id and the membership it produced, written,
 //! synced and verified before it replaces anything (the previous generation
 //! stays as a fallback). On restart the node loads that checkpoint and openraft
 //! re-applies the (durable) log entries after it, which reproduces the state
-//! exactly because application is deterministic.
+//! exactly because application is deterministic. History is made durable
+//! ([`History::durable`]) before each checkpoint is saved, so on restart it
+//! reaches at least the checkpoint's index; entries it already holds are
+//! applied again against history as of each entry (`History::at`) and their
+//! records, the same again, are not rewritten. A snapshot carries history's
+//! digest at its index, not history itself: a node installing one must hold
+//! history through that index with that digest (the node fetches what it
+//! lacks from its peers first, in bounded chunks).
 //!
 //! Snapshots are built from a consistent view without stopping apply: the
 //! core's state is made of persistent maps, so `get_snapshot_builder` takes an
@@ -24,19 +37,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::id::RegionId;
-use paymesh_core::state::StateV2;
+use paymesh_core::history::Record;
+use paymesh_core::state::{StateV2, StateV3};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::Checkpoints;
+use crate::history::{History, HistoryError};
 use crate::raft_types::{
     Entry, EntryOutcome, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// Format byte in front of a snapshot image: 2 adds the retired nodes, 3
-/// the partners' limits and usage to the state.
-const IMAGE_FORMAT: u8 = 3;
+/// the partners' limits and usage to the state, 4 splits the state in two
+/// tiers (finished work is history) and adds history's digest.
+const IMAGE_FORMAT: u8 = 4;
+
+/// The format before the history tier: the state held finished work for a
+/// retention window. Still read: split into the hot state and history
+/// records written at the image's index (`State::from_v3`).
+const IMAGE_FORMAT_V3: u8 = 3;
 
 /// The format before the partners' limits and usage; still read (with
 /// default limits, and the usage counted from the quotes and transfers).
@@ -61,6 +82,16 @@ pub struct Applied {
     /// speak for the region. Derived from the membership entries in log order,
     /// so every replica holds the same set at the same index.
     pub retired: BTreeSet<NodeId>,
+    /// History's running digest after the batch at `last_applied`.
+    pub history_digest: [u8; 32],
+}
+
+impl Applied {
+    /// The digest over both tiers that replicas at the same applied index
+    /// share ([`crate::region_digest`]).
+    pub fn digest(&self) -> [u8; 32] {
+        crate::region_digest(&state_digest(&self.state), &self.history_digest)
+    }
 }
 
 impl Applied {
@@ -78,6 +109,16 @@ impl Applied {
 #[derive(Serialize, Deserialize)]
 struct Image {
     state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+    history_digest: [u8; 32],
+}
+
+/// A snapshot image of format 3.
+#[derive(Deserialize)]
+struct ImageV3 {
+    state: StateV3,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retired: BTreeSet<NodeId>,
@@ -130,6 +171,7 @@ struct Shared {
     region: RegionId,
     applied: RwLock<Applied>,
     checkpoints: Checkpoints,
+    history: History,
     snapshots_built: AtomicU64,
     observer: RwLock<Option<ApplyObserver>>,
     /// The index of the last applied entry (0 before any), for the tasks
@@ -162,38 +204,38 @@ fn sm_error(e: &(impl std::error::Error + 'static)) -> StorageError {
 /// targets; the store calls it on every snapshot it reads or installs).
 #[doc(hidden)]
 pub fn decode_image_bytes(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Applied, StorageError> {
-    decode_image(region, meta, bytes)
+    decode_image(region, meta, bytes).map(|decoded| decoded.applied)
 }
 
-fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Applied, StorageError> {
-    let invalid = |reason: String| {
-        StorageError::from(StorageIOError::read_snapshot(
-            Some(meta.signature()),
-            &io::Error::new(io::ErrorKind::InvalidData, reason),
-        ))
-    };
+/// A decoded image: what it applies, and for an image from before the
+/// history tier, the history records of the finished work its state held.
+struct Decoded {
+    applied: Applied,
+    migrated: Option<Vec<Record>>,
+}
+
+fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Decoded, StorageError> {
+    let invalid = |reason: String| invalid_snapshot(meta, reason);
     let decode_error = |e: postcard::Error| invalid(format!("cannot decode: {e}"));
     // Deserialising the ledger re-verifies conservation; verify the rest too:
     // a snapshot is data from disk or the network and is not trusted.
-    let image: Image = match bytes.split_first() {
-        Some((&IMAGE_FORMAT, body)) => postcard::from_bytes(body).map_err(decode_error)?,
+    let old = |state: StateV3, last_applied, membership, retired| {
+        let (state, records) = State::from_v3(state);
+        (Image { state, last_applied, membership, retired, history_digest: [0; 32] }, Some(records))
+    };
+    let (image, migrated) = match bytes.split_first() {
+        Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V3, body)) => {
+            let v3: ImageV3 = postcard::from_bytes(body).map_err(decode_error)?;
+            old(v3.state, v3.last_applied, v3.membership, v3.retired)
+        }
         Some((&IMAGE_FORMAT_V2, body)) => {
             let v2: ImageV2 = postcard::from_bytes(body).map_err(decode_error)?;
-            Image {
-                state: v2.state.into(),
-                last_applied: v2.last_applied,
-                membership: v2.membership,
-                retired: v2.retired,
-            }
+            old(v2.state.into(), v2.last_applied, v2.membership, v2.retired)
         }
         Some((&IMAGE_FORMAT_V1, body)) => {
             let v1: ImageV1 = postcard::from_bytes(body).map_err(decode_error)?;
-            Image {
-                state: v1.state.into(),
-                last_applied: v1.last_applied,
-                membership: v1.membership,
-                retired: BTreeSet::new(),
-            }
+            old(v1.state.into(), v1.last_applied, v1.membership, BTreeSet::new())
         }
         _ => return Err(invalid("unknown snapshot format".into())),
     };
@@ -207,12 +249,65 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     if image.retired.iter().any(|id| image.membership.membership().get_node(id).is_some()) {
         return Err(invalid("a retired node is also a member".into()));
     }
-    Ok(Applied {
+    let applied = Applied {
         state: image.state,
         last_applied: image.last_applied,
         membership: image.membership,
         retired: image.retired,
-    })
+        history_digest: image.history_digest,
+    };
+    Ok(Decoded { applied, migrated })
+}
+
+fn invalid_snapshot(meta: &SnapshotMeta, reason: String) -> StorageError {
+    StorageError::from(StorageIOError::read_snapshot(
+        Some(meta.signature()),
+        &io::Error::new(io::ErrorKind::InvalidData, reason),
+    ))
+}
+
+/// The subdirectory of the state machine's directory that holds history.
+pub const HISTORY_DIR: &str = "history";
+
+/// The cache history keeps in memory, in bytes.
+pub const HISTORY_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+fn history_error(e: &HistoryError) -> StorageError {
+    StorageIOError::read_state_machine(e).into()
+}
+
+/// Make `decoded` the applied state over `history`: an image from before
+/// the history tier has its records written at its index (unless history
+/// already reaches it: written before a crash); a current image must find
+/// history at its index with its digest.
+fn adopt(history: &History, meta: &SnapshotMeta, decoded: Decoded) -> Result<Applied, StorageError> {
+    let Decoded { mut applied, migrated } = decoded;
+    let index = applied.last_applied.map_or(0, |l| l.index);
+    if let Some(records) = migrated {
+        if history.last_index() < index {
+            history.write(index, &records).map_err(|e| history_error(&e))?;
+        }
+        applied.history_digest = history.digest_at(index).map_err(|e| history_error(&e))?.unwrap_or_default();
+        return Ok(applied);
+    }
+    if history.last_index() < index {
+        return Err(invalid_snapshot(
+            meta,
+            format!(
+                "history reaches index {} only, short of the snapshot's {index}: the node must fetch history \
+                 through {index} from its peers first",
+                history.last_index()
+            ),
+        ));
+    }
+    let held = history.digest_at(index).map_err(|e| history_error(&e))?.unwrap_or_default();
+    if held != applied.history_digest {
+        return Err(invalid_snapshot(
+            meta,
+            format!("history's digest at index {index} differs from the snapshot's: this node's history is not the region's"),
+        ));
+    }
+    Ok(applied)
 }
 
 impl StateMachineStore {
@@ -220,13 +315,15 @@ impl StateMachineStore {
     /// starting from the latest checkpoint if there is one.
     pub fn open(dir: &Path, region: RegionId) -> Result<StateMachineStore, StorageError> {
         let checkpoints = Checkpoints::open(dir).map_err(|e| sm_error(&e))?;
+        let history = History::open(&dir.join(HISTORY_DIR), HISTORY_CACHE_BYTES).map_err(|e| history_error(&e))?;
         let applied = match checkpoints.load().map_err(|e| sm_error(&e))? {
-            Some((meta, bytes)) => decode_image(&region, &meta, &bytes)?,
+            Some((meta, bytes)) => adopt(&history, &meta, decode_image(&region, &meta, &bytes)?)?,
             None => Applied {
                 state: State::new(region.clone()),
                 last_applied: None,
                 membership: Default::default(),
                 retired: BTreeSet::new(),
+                history_digest: [0; 32],
             },
         };
         let applied_index = tokio::sync::watch::Sender::new(applied.last_applied.map_or(0, |l| l.index));
@@ -235,10 +332,16 @@ impl StateMachineStore {
             applied_index,
             applied: RwLock::new(applied),
             checkpoints,
+            history,
             snapshots_built: AtomicU64::new(0),
             observer: RwLock::new(None),
         };
         Ok(StateMachineStore { shared: Arc::new(shared) })
+    }
+
+    /// The region's history on this node.
+    pub fn history(&self) -> &History {
+        &self.shared.history
     }
 
     /// A copy of the applied state (O(1)).
@@ -275,10 +378,35 @@ impl StateMachineStore {
             last_applied: applied.last_applied,
             membership: applied.membership.clone(),
             retired: applied.retired.clone(),
+            history_digest: applied.history_digest,
         };
         let mut bytes = vec![IMAGE_FORMAT];
         postcard::to_io(&image, &mut bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(bytes)
+    }
+}
+
+/// Write the history of the entry at `index` and return history's digest
+/// after it. An entry history already holds (applied again after a restart)
+/// is not rewritten; its records must chain to the digest history recorded
+/// at that index, or applying was not deterministic and the node stops.
+fn record_history(
+    history: &History,
+    index: u64,
+    records: &[Record],
+    previous: &[u8; 32],
+) -> Result<[u8; 32], StorageError> {
+    if index > history.last_index() {
+        history.write(index, records).map_err(|e| StorageError::from(StorageIOError::write_state_machine(&e)))?;
+        return Ok(history.digest());
+    }
+    let held = history.digest_at(index).map_err(|e| history_error(&e))?;
+    let again = crate::chain_digest(previous, index, records);
+    match held {
+        Some(held) if held == again => Ok(held),
+        // Deleted by retention: nothing to compare with.
+        None if index <= history.deleted_through() => Ok(again),
+        _ => panic!("the entry at index {index} applied again gives other history than it gave the first time"),
     }
 }
 
@@ -313,7 +441,10 @@ impl SnapshotBuilder {
         };
         let meta =
             SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.membership.clone(), snapshot_id };
-        // Durable before openraft purges the log behind it.
+        // History through the snapshot's index is durable before the
+        // checkpoint is (a restart from the checkpoint must find it), and
+        // the checkpoint before openraft purges the log behind it.
+        shared.history.durable().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         shared
             .checkpoints
             .save(&meta, &bytes)
@@ -352,14 +483,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied
             );
             applied.last_applied = Some(entry.log_id);
-            outcomes.push(match entry.payload {
-                EntryPayload::Blank => EntryOutcome::default(),
-                EntryPayload::Normal(batch) => EntryOutcome { outcomes: applied.state.apply_batch(&batch) },
+            let index = entry.log_id.index;
+            let history = &self.shared.history;
+            let (outcome, records) = match entry.payload {
+                EntryPayload::Blank => (EntryOutcome::default(), Vec::new()),
+                EntryPayload::Normal(batch) => {
+                    let done = applied.state.apply_batch(&batch, &history.at(index));
+                    (EntryOutcome { outcomes: done.outcomes }, done.history)
+                }
                 EntryPayload::Membership(membership) => {
                     applied.change_membership(StoredMembership::new(Some(entry.log_id), membership));
-                    EntryOutcome::default()
+                    (EntryOutcome::default(), Vec::new())
                 }
-            });
+            };
+            applied.history_digest = record_history(history, index, &records, &applied.history_digest)?;
+            outcomes.push(outcome);
         }
         let last = applied.last_applied.map_or(0, |l| l.index);
         drop(applied);
@@ -382,7 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         // The received buffer's position is at its end: take the whole buffer.
         let bytes = snapshot.into_inner();
-        let installed = decode_image(&self.shared.region, meta, &bytes)?;
+        let installed = adopt(&self.shared.history, meta, decode_image(&self.shared.region, meta, &bytes)?)?;
         self.shared
             .checkpoints
             .save(meta, &bytes)

@@ -633,7 +633,7 @@ impl<'c> Sim<'c> {
     /// caught up.
     fn settled(&self) -> bool {
         self.regions.iter().all(|region| {
-            let state = region.freshest();
+            let state = &region.freshest().state;
             region.converged()
                 && state.transfers().all(|t| t.view.state.is_final())
                 && state.participations().all(|(_, p)| p.state.is_final())

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use paymesh_core::history::Record;
 use paymesh_core::id::PartnerId;
 use paymesh_core::{SignedMoney, State};
 use paymesh_node::convert;
 use rust_decimal::Decimal;
 
-use super::region::Region;
+use super::region::{Node, Region};
 use crate::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
 use crate::observe::observed;
 use crate::workload::{amount_of, position_of};
@@ -21,15 +22,26 @@ use crate::world::{MERCHANTS, WALLETS};
 
 /// `region` (named `name`) as the real runner observes one.
 pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
-    let state = region.freshest();
+    let node = region.freshest();
+    let state = &node.state;
     let mut out = RegionObservation::default();
     let wallets = WALLETS.iter().filter(|w| w.0 == name).map(|w| (w.1, true));
     let merchants = MERCHANTS.iter().filter(|m| m.0 == name).map(|m| (m.1, false));
     let mut transfers: BTreeMap<String, ObservedTransfer> = BTreeMap::new();
+    let mut listed_transfers = Vec::new();
     for (partner, is_wallet) in wallets.chain(merchants) {
         let Ok(id) = PartnerId::new(partner) else { continue };
-        for listed in state.transfers_of(&id, None) {
-            let Some(t) = convert::transfer_out(listed, &id) else { continue };
+        let mut after = None;
+        loop {
+            let page = state.transfers_of(&id, after.as_ref(), LIST_PAGE, &node.history);
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (_, listed) in &page {
+                listed_transfers.push(listed.clone());
+            }
+        }
+        for listed in std::mem::take(&mut listed_transfers) {
+            let Some(t) = convert::transfer_out(&listed, &id) else { continue };
             let Ok(observed) = observed(&t) else { continue };
             let entry = transfers.entry(t.transfer_id.clone()).or_insert(observed);
             if is_wallet && entry.payee_partner != partner {
@@ -51,12 +63,29 @@ pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
         // Comparing is much cheaper than encoding and hashing.
         let earlier = region.nodes[..index].iter().zip(&out.replicas).find(|(other, _)| other.state == node.state);
         let digest = match earlier {
-            Some((_, replica)) => replica.digest.clone(),
-            None => paymesh_store::state_digest(&node.state).iter().map(|b| format!("{b:02x}")).collect(),
+            Some((other, replica)) if other.history.last_index() == node.history.last_index() => replica.digest.clone(),
+            _ => both_tiers_digest(node),
         };
         out.replicas.push(Replica { node_id: index as u64 + 1, applied_index: node.applied as u64, digest });
     }
     out
+}
+
+/// Transfers listed per page.
+const LIST_PAGE: usize = 1_000;
+
+/// A digest of a replica's hot state and its history: the state's digest
+/// (`paymesh_store::state_digest`) chained with every history record.
+fn both_tiers_digest(node: &Node) -> String {
+    let mut batches: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
+    for (index, record) in node.history.records() {
+        batches.entry(index).or_default().push(record.clone());
+    }
+    let mut digest = [0; 32];
+    for (index, records) in &batches {
+        digest = paymesh_store::chain_digest(&digest, *index, records);
+    }
+    paymesh_store::region_digest(&paymesh_store::state_digest(&node.state), &digest).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Ledger totals per currency, as `GetLedgerSummary` reports them.

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use paymesh_core::command::Decision;
 use paymesh_core::id::{RegionId, TransferId};
+use paymesh_core::history::MemoryHistory;
 use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
 use paymesh_proto::interregion::v1 as wire;
 
@@ -28,6 +29,11 @@ const CHECKPOINT_EVERY: usize = 50;
 pub(crate) struct Node {
     /// Its state machine.
     pub(crate) state: State,
+    /// Its history, written as entries apply. It survives a restart whole
+    /// (as the store's does once durable), so a restarted replica re-applies
+    /// entries whose history it already holds: the case where history must
+    /// answer as of each entry, not as of now.
+    pub(crate) history: MemoryHistory,
     /// Log entries applied.
     pub(crate) applied: usize,
     /// Its last checkpoint and the entries applied to it.
@@ -48,7 +54,17 @@ impl Node {
     /// A replica of `region`'s empty state.
     pub(crate) fn new(region: RegionId, skew_ms: i64) -> Node {
         let state = State::new(region);
-        Node { checkpoint: (state.clone(), 0), state, applied: 0, down: 0, isolated: 0, paused: 0, lagging: 0, skew_ms }
+        Node {
+            checkpoint: (state.clone(), 0),
+            state,
+            history: MemoryHistory::new(),
+            applied: 0,
+            down: 0,
+            isolated: 0,
+            paused: 0,
+            lagging: 0,
+            skew_ms,
+        }
     }
 
     /// Up and in touch with its region: it votes, and it receives entries.
@@ -58,7 +74,10 @@ impl Node {
 
     /// Apply one entry; its outcomes.
     pub(crate) fn apply(&mut self, batch: &Batch) -> Vec<Outcome> {
-        let outcomes = self.state.apply_batch(batch);
+        let index = self.applied as u64 + 1;
+        let applied = self.state.apply_batch(batch, &self.history.at(index));
+        self.history.write(index, applied.history);
+        let outcomes = applied.outcomes;
         self.applied += 1;
         if self.applied % CHECKPOINT_EVERY == 0 {
             // O(1): the state's maps are persistent.
@@ -254,9 +273,8 @@ impl Region {
     }
 
     /// The state of the replica that has applied the most.
-    pub(crate) fn freshest(&self) -> &State {
-        let best = self.nodes.iter().max_by_key(|n| n.applied).map(|n| &n.state);
-        best.unwrap_or(&self.nodes[0].state)
+    pub(crate) fn freshest(&self) -> &Node {
+        self.nodes.iter().max_by_key(|n| n.applied).unwrap_or(&self.nodes[0])
     }
 
     /// The time `node`'s clock shows at simulated `now`, from `start`.

@@ -22,6 +22,7 @@
 use paymesh_cli::demo::Merchant;
 use paymesh_core::command::{PayerDetails, PayerField, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
+use paymesh_core::history::Recall;
 use paymesh_core::id::{IdempotencyKey, PartnerId, TransferId};
 use paymesh_core::outcome::Quote;
 use paymesh_core::transfer::CoordinatorState;
@@ -253,10 +254,10 @@ fn history_state(state: CoordinatorState) -> TransferState {
 
 /// Whether a new quote or transfer of `body` must be refused because the
 /// breaker of its destination region is open (`Gateway::check_link`).
-fn breaker_refuses(state: &State, body: &CommandBody, open: impl Fn(&str) -> bool) -> bool {
+fn breaker_refuses(state: &State, history: &dyn Recall, body: &CommandBody, open: impl Fn(&str) -> bool) -> bool {
     let destination = match body {
         CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
-        CommandBody::CreateTransfer(request) if state.replay_transfer_request(request).is_none() => {
+        CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, history).is_none() => {
             state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
         }
         _ => None,
@@ -325,18 +326,18 @@ impl Sim<'_> {
         let answer = match &ask {
             Ask::Propose(body) => {
                 let open = |name: &str| leader.shippers[region_index(name)].open_since.is_some();
-                if breaker_refuses(state, body, open) {
+                if breaker_refuses(state, &node.history, body, open) {
                     self.stats.breaker_refusals += 1;
                     Some(Answer::Refused("UNAVAILABLE: RegionUnreachable (breaker open)".to_owned()))
                 } else if let CommandBody::CreateTransfer(request) = body {
                     // Already applied: answered from the state.
-                    state.replay_transfer_request(request).map(Answer::Outcome)
+                    state.replay_transfer_request(request, &node.history).map(Answer::Outcome)
                 } else {
                     None
                 }
             }
-            Ask::GetTransfer { partner, transfer } => Some(match state.transfer_for(partner, transfer) {
-                Some(found) => Answer::Transfer(convert::transfer_out(found, partner).and_then(|t| state_of(t.state))),
+            Ask::GetTransfer { partner, transfer } => Some(match state.transfer_for(partner, transfer, &node.history) {
+                Some(found) => Answer::Transfer(convert::transfer_out(&found, partner).and_then(|t| state_of(t.state))),
                 None => Answer::Refused("NOT_FOUND: TransferNotFound".to_owned()),
             }),
             Ask::GetPosition { partner } => {
@@ -378,9 +379,9 @@ impl Sim<'_> {
         let paused = r.nodes[target].paused > 0;
         if let (Some(leader), false) = (r.deposed.as_mut(), paused) {
             if let Ask::Propose(body) = ask {
-                let state = &r.nodes[target].state;
+                let node = &r.nodes[target];
                 let replayed = match &body {
-                    CommandBody::CreateTransfer(request) => state.replay_transfer_request(request),
+                    CommandBody::CreateTransfer(request) => node.state.replay_transfer_request(request, &node.history),
                     _ => None,
                 };
                 if let Some(outcome) = replayed {
@@ -710,9 +711,9 @@ impl Sim<'_> {
         };
         let ended = match leader {
             Some((term, node)) if term == connection.term => {
-                let state = &self.regions[region].nodes[node].state;
+                let node = &self.regions[region].nodes[node];
                 let room = EVENTS_PER_CONNECTION.saturating_sub(connection.events.len());
-                if let Ok(events) = state.events_after(&follower.partner, follower.cursor, room) {
+                if let Ok(events) = node.state.events_after(&follower.partner, follower.cursor, room, &node.history) {
                     for event in events {
                         let wire = convert::event_out(&event);
                         follower.cursor = event.cursor;

@@ -165,7 +165,7 @@ impl PartnerActor {
 
     fn submit_transfer(&mut self, request: TransferRequest, reply: Answer, ctx: &mut Context<Self>) {
         // Already applied: answer from the state.
-        if let Some(outcome) = self.state.applied().state.replay_transfer_request(&request) {
+        if let Some(outcome) = self.state.applied().state.replay_transfer_request(&request, self.state.history()) {
             let _ = reply.send(Ok(outcome));
             return;
         }
@@ -215,6 +215,7 @@ impl PartnerActor {
             return;
         }
         let state = self.state.applied().state;
+        let history = self.state.history();
         if state.partner(&self.partner).is_none_or(|p| p.status == PartnerStatus::Suspended) {
             // A suspended partner's streams end; reopening one is refused
             // until it is reactivated.
@@ -223,7 +224,7 @@ impl PartnerActor {
         }
         self.subscribers.retain_mut(|subscriber| {
             loop {
-                let events = match state.events_after(&self.partner, subscriber.sent, EVENTS_PER_PUSH_MAX) {
+                let events = match state.events_after(&self.partner, subscriber.sent, EVENTS_PER_PUSH_MAX, history) {
                     Ok(events) => events,
                     // Retention overtook a slow subscriber: close it; it resumes
                     // from its cursor and is told the cursor expired.
@@ -296,7 +297,8 @@ impl Handler<Subscribe> for PartnerActor {
             ));
         }
         // Check the cursor now, so an expired one is an error, not a silent gap.
-        if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0) {
+        if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0, self.state.history())
+        {
             return Ok(Err(expired));
         }
         self.subscribers.push(Subscriber { events: message.events, sent: message.after });
