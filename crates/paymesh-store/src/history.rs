@@ -376,6 +376,22 @@ fn derived(record: &Record, index: u64, seq: u32) -> Vec<Derived> {
     }
 }
 
+/// A key derived from one record that leads to another: named by kind
+/// only, as records hold personal data.
+fn mismatch(key: &[u8], found: &Record) -> HistoryError {
+    let kind = match found {
+        Record::Listed { .. } => "a listing",
+        Record::Transfer(_) => "a transfer",
+        Record::Participation { .. } => "a participation",
+        Record::Idempotency { .. } => "an idempotency record",
+        Record::TopUp { .. } => "a top-up",
+        Record::Movement(_) => "a movement",
+        Record::Event { .. } => "an event",
+        Record::Operator { .. } => "an operator command",
+    };
+    corrupt(key, format!("leads to {kind} that does not derive it"))
+}
+
 fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record> {
     if bytes.len() > RECORD_BYTES_MAX {
         return Err(corrupt(key, format!("a record of {} bytes, over {RECORD_BYTES_MAX}", bytes.len())));
@@ -638,7 +654,7 @@ impl History {
                 {
                     events.push(event)
                 }
-                Some(other) => return Err(corrupt(&key, format!("points to another record: {other:?}"))),
+                Some(other) => return Err(mismatch(&key, &other)),
                 None => return Ok((events, true)),
             }
         }
@@ -714,7 +730,7 @@ impl History {
                 {
                     movements.push((token, movement))
                 }
-                Some(other) => return Err(corrupt(&key, format!("points to another record: {other:?}"))),
+                Some(other) => return Err(mismatch(&key, &other)),
                 // Deleted by retention while this ran: not part of history any more.
                 None => {}
             }
@@ -885,44 +901,45 @@ pub struct HistoryAt<'a> {
 }
 
 impl HistoryAt<'_> {
+    /// The record `key` points to, if written before this recall's batch,
+    /// and if `pick` takes it; damage if `pick` gives it back.
+    fn find<T>(&self, key: &[u8], pick: impl FnOnce(Record) -> Result<T, Record>) -> Result<Option<T>> {
+        match self.history.pointed(key, self.before)? {
+            None => Ok(None),
+            Some(record) => pick(record).map(Some).map_err(|other| mismatch(key, &other)),
+        }
+    }
+
     /// The first answer under a partner's idempotency key.
     pub fn get_idempotency(&self, partner: &PartnerId, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>> {
-        let at = idempotency_key(partner, key);
-        match self.history.pointed(&at, self.before)? {
-            None => Ok(None),
-            Some(Record::Idempotency { partner: p, key: k, record }) if p == *partner && k == *key => Ok(Some(record)),
-            Some(other) => Err(corrupt(&at, format!("points to another record: {other:?}"))),
-        }
+        self.find(&idempotency_key(partner, key), |found| match found {
+            Record::Idempotency { partner: p, key: k, record } if p == *partner && k == *key => Ok(record),
+            other => Err(other),
+        })
     }
 
     /// A finished transfer this region coordinated.
     pub fn get_transfer(&self, id: &TransferId) -> Result<Option<Transfer>> {
-        let at = named(space::TRANSFER, &id.to_string());
-        match self.history.pointed(&at, self.before)? {
-            None => Ok(None),
-            Some(Record::Transfer(transfer)) if transfer.view.id == *id => Ok(Some(transfer)),
-            Some(other) => Err(corrupt(&at, format!("points to another record: {other:?}"))),
-        }
+        self.find(&named(space::TRANSFER, &id.to_string()), |found| match found {
+            Record::Transfer(transfer) if transfer.view.id == *id => Ok(transfer),
+            other => Err(other),
+        })
     }
 
     /// A finished participation.
     pub fn get_participation(&self, id: &TransferId) -> Result<Option<Participation>> {
-        let at = named(space::PARTICIPATION, &id.to_string());
-        match self.history.pointed(&at, self.before)? {
-            None => Ok(None),
-            Some(Record::Participation { transfer, participation }) if transfer == *id => Ok(Some(participation)),
-            Some(other) => Err(corrupt(&at, format!("points to another record: {other:?}"))),
-        }
+        self.find(&named(space::PARTICIPATION, &id.to_string()), |found| match found {
+            Record::Participation { transfer, participation } if transfer == *id => Ok(participation),
+            other => Err(other),
+        })
     }
 
     /// A top-up by its reference.
     pub fn get_top_up(&self, reference: &TopUpRef) -> Result<Option<TopUpRecord>> {
-        let at = named(space::TOP_UP, reference.as_str());
-        match self.history.pointed(&at, self.before)? {
-            None => Ok(None),
-            Some(Record::TopUp { reference: r, record }) if r == *reference => Ok(Some(record)),
-            Some(other) => Err(corrupt(&at, format!("points to another record: {other:?}"))),
-        }
+        self.find(&named(space::TOP_UP, reference.as_str()), |found| match found {
+            Record::TopUp { reference: r, record } if r == *reference => Ok(record),
+            other => Err(other),
+        })
     }
 }
 

@@ -573,7 +573,7 @@ fn a_statement_pages_through_the_movements_within_its_time_bounds() {
     let past = ListToken { at: ms(20), index: 0, seq: 0 };
     assert!(store.statement(&a, ms(10), ms(20), Some(past), usize::MAX).unwrap().is_empty());
     assert!(store.statement(&a, ms(10), ms(20), None, 0).unwrap().is_empty());
-    assert!(store.statement(&account(4), ms(0), ms(1_000), None, 5).unwrap().len() == 5);
+    assert_eq!(store.statement(&account(4), ms(0), ms(1_000), None, 5).unwrap().len(), 5);
 }
 
 #[test]
