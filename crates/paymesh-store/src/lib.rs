@@ -7,6 +7,8 @@
 //! * [`state_machine`]: openraft's `RaftStateMachine` over `paymesh_core::State`,
 //!   with snapshots taken from an O(1) copy of the state and kept durably as
 //!   checkpoint files, two generations deep ([`checkpoint`]).
+//! * [`history`]: the region's history tier on disk (sled): every record
+//!   applied, the write path's recall and the readers' listings.
 //! * [`raft_types`]: the openraft type configuration.
 
 #![warn(missing_docs)]
@@ -17,12 +19,14 @@
 pub mod checkpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod log_store;
 pub mod meta_file;
 pub mod raft_types;
 pub mod segment_log;
 pub mod state_machine;
 
+pub use history::{History, HistoryAt, HistoryError};
 pub use log_store::{LogStats, LogStore};
 
 use paymesh_core::history::Record;

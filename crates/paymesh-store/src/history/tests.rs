@@ -1,0 +1,897 @@
+//! The store against `MemoryHistory`, its oracle, and against its own
+//! promises: the recall as of an index, skipped re-writes, the digest,
+//! reopening, paging, retention and the journal for catch-up.
+
+use std::time::{Duration, Instant};
+
+use paymesh_core::command::{CommandBody, PayerDetails, PayerField, TransferRequest};
+use paymesh_core::corridor::{CorridorId, Priced};
+use paymesh_core::directory::Payee;
+use paymesh_core::fx::Rate;
+use paymesh_core::history::{Balances, MemoryHistory, MovementKind};
+use paymesh_core::id::{MerchantId, PayerToken, QrPayload, QuoteId, RegionId};
+use paymesh_core::ledger::{AccountOwner, EntryId, Leg};
+use paymesh_core::outcome::{Outcome, RejectCode, TransferView};
+use paymesh_core::partner::Status;
+use paymesh_core::state::EventKind;
+use paymesh_core::transfer::{CoordinatorState, ParticipantState};
+use paymesh_core::{Currency, Money};
+use proptest::prelude::*;
+
+use super::*;
+
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+// --- fixtures ---------------------------------------------------------------
+
+fn region() -> RegionId {
+    RegionId::new("us-west").unwrap()
+}
+
+fn pid(n: u64) -> PartnerId {
+    PartnerId::new(format!("partner-{n}")).unwrap()
+}
+
+fn tid(n: u64) -> TransferId {
+    TransferId::new(region(), n)
+}
+
+fn key(n: u64) -> IdempotencyKey {
+    IdempotencyKey::new(format!("key-{n}")).unwrap()
+}
+
+fn reference(n: u64) -> TopUpRef {
+    TopUpRef::new(format!("wire-{n}")).unwrap()
+}
+
+fn ms(at: u64) -> Timestamp {
+    Timestamp::from_unix_ms(at)
+}
+
+fn usd(units: u64) -> Money {
+    Money::from_units(units, Currency::USD).unwrap()
+}
+
+fn account(n: u64) -> AccountId {
+    match n {
+        0..=2 => AccountId::new(AccountOwner::Partner(pid(n)), Currency::USD),
+        3 => AccountId::new(AccountOwner::Settlement, Currency::USD),
+        _ => AccountId::new(AccountOwner::Clearing(RegionId::new("cn-east").unwrap()), Currency::USD),
+    }
+}
+
+fn payer(n: u64) -> PayerDetails {
+    PayerDetails {
+        name: PayerField::new(format!("Payer {n}")).unwrap(),
+        account: PayerField::new(format!("account-{n:04}")).unwrap(),
+        reference: PayerField::new(format!("invoice-{n}")).unwrap(),
+    }
+}
+
+/// A finished transfer; `at` tells versions of one id apart.
+fn transfer(n: u64, at: u64) -> Transfer {
+    let id = tid(n);
+    let corridor = CorridorId::parse("USD:us-west->USD:us-west").unwrap();
+    Transfer {
+        view: TransferView {
+            id: id.clone(),
+            partner: pid(n % 3),
+            idempotency_key: key(n),
+            quote: QuoteId::new(region(), n),
+            corridor,
+            priced: Priced {
+                rate: Rate::ONE,
+                source: usd(1_000 + n),
+                destination: usd(1_000 + n),
+                fee: usd(10),
+                total_debit: usd(1_010 + n),
+            },
+            payee: Payee {
+                partner: pid((n + 1) % 3),
+                merchant: MerchantId::new(format!("merchant-{n}")).unwrap(),
+                region: region(),
+                currency: Currency::USD,
+            },
+            payer_token: PayerToken::for_transfer(&id),
+            state: CoordinatorState::Committed,
+            reason: None,
+            created_at: ms(at),
+            updated_at: ms(at + 1),
+            deadline: None,
+        },
+        payer: payer(n),
+        cap_day: at / 86_400_000,
+    }
+}
+
+fn participation(at: u64) -> Participation {
+    Participation {
+        state: ParticipantState::Tombstone,
+        reason: Some(RejectCode::PartnerNotFound),
+        prepare: None,
+        created_at: ms(at),
+        updated_at: ms(at),
+    }
+}
+
+fn idempotency(partner: u64, n: u64, at: u64) -> Record {
+    let request = TransferRequest {
+        partner: pid(partner),
+        idempotency_key: key(n),
+        quote: QuoteId::new(region(), n),
+        payee: QrPayload::new(format!("wxp://merchant-{n}")).unwrap(),
+        payer: payer(n),
+    };
+    Record::Idempotency {
+        partner: pid(partner),
+        key: key(n),
+        record: IdempotencyRecord {
+            fingerprint: request.fingerprint(),
+            outcome: Outcome::Rejected(RejectCode::PartnerNotFound),
+            at: ms(at),
+        },
+    }
+}
+
+fn top_up(n: u64, at: u64) -> Record {
+    Record::TopUp {
+        reference: reference(n),
+        record: TopUpRecord { partner: pid(n % 3), amount: usd(at + 1), at: ms(at) },
+    }
+}
+
+fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record {
+    let sums = Balances { debits_posted: u128::from(amount), credits_posted: 7, ..Balances::default() };
+    Record::Movement(Movement {
+        entry: EntryId::Transfer { transfer: tid(amount), leg: Leg::Principal },
+        kind: MovementKind::Post,
+        debit: account(debit),
+        credit: account(credit),
+        amount: usd(amount),
+        at: ms(at),
+        debit_after: sums,
+        credit_after: sums,
+    })
+}
+
+fn event(partner: u64, cursor: u64, at: u64) -> Record {
+    Record::Event {
+        partner: pid(partner),
+        event: Event {
+            cursor,
+            at: ms(at),
+            transfer: tid(cursor),
+            kind: EventKind::Committed,
+            amount: usd(cursor),
+            reason: None,
+        },
+    }
+}
+
+fn listed(partner: u64, transfer: u64, at: u64) -> Record {
+    Record::Listed { partner: pid(partner), transfer: tid(transfer), at: ms(at) }
+}
+
+fn operator(at: u64) -> Record {
+    Record::Operator {
+        at: ms(at),
+        command: CommandBody::SetPartnerStatus { partner: pid(0), status: Status::Suspended },
+        outcome: Outcome::Done,
+    }
+}
+
+/// Records of every kind, as one finished same-region transfer writes them.
+fn finished(n: u64, at: u64) -> Vec<Record> {
+    vec![
+        listed(n % 3, n, at),
+        Record::Transfer(transfer(n, at)),
+        idempotency(n % 3, n, at),
+        movement(n % 3, 4, n, at),
+        movement(4, (n + 1) % 3, n, at),
+        event(n % 3, n, at),
+        Record::Participation { transfer: tid(n), participation: participation(at) },
+        top_up(n, at),
+        operator(at),
+    ]
+}
+
+fn open(dir: &Path) -> History {
+    History::open(dir, CACHE_BYTES).unwrap()
+}
+
+/// Open again after a drop: sled lets go of its file lock from a thread of
+/// its own a moment after the database is dropped, so a sled error is
+/// retried for a bounded while.
+fn reopen(dir: &Path) -> Result<History> {
+    let mut result = History::open(dir, CACHE_BYTES);
+    for _ in 0..100 {
+        if !matches!(result, Err(HistoryError::Sled(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        result = History::open(dir, CACHE_BYTES);
+    }
+    result
+}
+
+fn journal(store: &History) -> Vec<(u64, Record)> {
+    let batches = store.journal_after(0, usize::MAX).unwrap();
+    batches.into_iter().flat_map(|(index, records)| records.into_iter().map(move |r| (index, r))).collect()
+}
+
+/// Every record of the memory history with its list token, for movements.
+fn memory_statement(memory: &MemoryHistory, account: &AccountId, from: u64, to: u64) -> Vec<(ListToken, Movement)> {
+    let mut statement = Vec::new();
+    let mut position = (0, 0);
+    for (index, record) in memory.records() {
+        position = if position.0 == index { (index, position.1 + 1) } else { (index, 0) };
+        if let Record::Movement(m) = record {
+            if (m.debit == *account || m.credit == *account) && ms(from) <= m.at && m.at < ms(to) {
+                statement.push((ListToken { at: m.at, index, seq: position.1 }, m.clone()));
+            }
+        }
+    }
+    statement.sort_by_key(|(token, _)| *token);
+    statement
+}
+
+/// Page through a statement `page` movements at a time.
+fn paged_statement(
+    store: &History,
+    account: &AccountId,
+    from: u64,
+    to: u64,
+    page: usize,
+) -> Vec<(ListToken, Movement)> {
+    let mut all: Vec<(ListToken, Movement)> = Vec::new();
+    loop {
+        let after = all.last().map(|(token, _)| *token);
+        let next = store.statement(account, ms(from), ms(to), after, page).unwrap();
+        assert!(next.len() <= page);
+        if next.is_empty() {
+            return all;
+        }
+        all.extend(next);
+    }
+}
+
+// --- the oracle -------------------------------------------------------------
+
+const PARTNERS: u64 = 3;
+const IDS: u64 = 4;
+const TIMES: u64 = 6;
+const CURSORS: u64 = 5;
+
+/// A record drawn from small pools, so that ids repeat (first wins, last
+/// wins) and times collide (tokens order by position).
+#[derive(Clone, Debug)]
+enum Spec {
+    Listed(u64, u64, u64),
+    Transfer(u64, u64),
+    Participation(u64, u64),
+    Idempotency(u64, u64, u64),
+    TopUp(u64, u64),
+    Movement(u64, u64, u64),
+    Event(u64, u64, u64),
+    Operator(u64),
+}
+
+impl Spec {
+    fn record(&self) -> Record {
+        match *self {
+            Spec::Listed(partner, transfer, at) => listed(partner, transfer, at),
+            Spec::Transfer(id, at) => Record::Transfer(transfer(id, at)),
+            Spec::Participation(id, at) => {
+                Record::Participation { transfer: tid(id), participation: participation(at) }
+            }
+            Spec::Idempotency(partner, n, at) => idempotency(partner, n, at),
+            Spec::TopUp(n, at) => top_up(n, at),
+            Spec::Movement(debit, credit, at) => movement(debit, credit, at + 1, at),
+            Spec::Event(partner, cursor, at) => event(partner, cursor, at),
+            Spec::Operator(at) => operator(at),
+        }
+    }
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    prop_oneof![
+        (0..PARTNERS, 0..IDS, 0..TIMES).prop_map(|(p, t, at)| Spec::Listed(p, t, at)),
+        (0..IDS, 0..TIMES).prop_map(|(t, at)| Spec::Transfer(t, at)),
+        (0..IDS, 0..TIMES).prop_map(|(t, at)| Spec::Participation(t, at)),
+        (0..PARTNERS, 0..IDS, 0..TIMES).prop_map(|(p, k, at)| Spec::Idempotency(p, k, at)),
+        (0..IDS, 0..TIMES).prop_map(|(r, at)| Spec::TopUp(r, at)),
+        (0..5u64, 0..5u64, 0..TIMES).prop_map(|(d, c, at)| Spec::Movement(d, c, at)),
+        (0..PARTNERS, 1..=CURSORS, 0..TIMES).prop_map(|(p, c, at)| Spec::Event(p, c, at)),
+        (0..TIMES).prop_map(Spec::Operator),
+    ]
+}
+
+/// Every question both histories answer, compared.
+fn assert_same(store: &History, memory: &MemoryHistory) {
+    assert_eq!(store.last_index(), memory.last_index());
+    assert_eq!(store.records(), memory.records().count() as u64);
+    let expected: Vec<(u64, Record)> = memory.records().map(|(i, r)| (i, r.clone())).collect();
+    assert_eq!(journal(store), expected);
+
+    let befores = (0..=memory.last_index() + 1).chain([u64::MAX]);
+    for before in befores {
+        let (s, m) = (store.at(before), memory.at(before));
+        for n in 0..IDS {
+            assert_eq!(s.transfer(&tid(n)), m.transfer(&tid(n)), "transfer {n} before {before}");
+            assert_eq!(s.participation(&tid(n)), m.participation(&tid(n)), "participation {n} before {before}");
+            assert_eq!(s.top_up(&reference(n)), m.top_up(&reference(n)), "top-up {n} before {before}");
+            for p in 0..PARTNERS {
+                assert_eq!(s.idempotency(&pid(p), &key(n)), m.idempotency(&pid(p), &key(n)));
+            }
+        }
+    }
+    for n in 0..IDS {
+        assert_eq!(Recall::transfer(store, &tid(n)), Recall::transfer(memory, &tid(n)));
+        assert_eq!(store.get_participation(&tid(n)).unwrap(), memory.participation(&tid(n)));
+    }
+
+    for p in (0..PARTNERS).map(pid) {
+        for page in [1, 2, 3, usize::MAX] {
+            let mut token = None;
+            loop {
+                let got = store.listed(&p, token.as_ref(), page);
+                assert_eq!(got, memory.listed(&p, token.as_ref(), page), "{p} after {token:?}");
+                let Some((last, _)) = got.last() else { break };
+                token = Some(*last);
+            }
+        }
+        for after in 0..=CURSORS + 1 {
+            for max in [0, 1, 2, usize::MAX] {
+                let events = store.events_after(&p, after, max).unwrap();
+                assert_eq!(events, memory.events(&p, after, max), "{p} after {after}, {max}");
+                assert_eq!(HistoryRead::events(store, &p, after, max), events);
+            }
+        }
+    }
+
+    for a in (0..5).map(account) {
+        for (from, to) in [(0, TIMES), (1, 3), (2, 3), (3, 3), (4, 1)] {
+            let expected = memory_statement(memory, &a, from, to);
+            assert_eq!(store.statement(&a, ms(from), ms(to), None, usize::MAX).unwrap(), expected);
+            assert_eq!(paged_statement(store, &a, from, to, 2), expected);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random batches, with repeated ids and indexes written again, give
+    /// the store and `MemoryHistory` the same answers; a store fed the
+    /// journal (catch-up) reaches the same digest.
+    #[test]
+    fn the_store_answers_as_memory_history_does(
+        batches in prop::collection::vec((0u64..3, prop::collection::vec(spec(), 0..7)), 1..14)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut memory = MemoryHistory::new();
+        let mut index = 0;
+        for (gap, specs) in &batches {
+            index += gap;
+            let records: Vec<Record> = specs.iter().map(Spec::record).collect();
+            store.write(index, &records).unwrap();
+            memory.write(index, records);
+        }
+        assert_same(&store, &memory);
+
+        let copy_dir = tempfile::tempdir().unwrap();
+        let copy = open(copy_dir.path());
+        for (index, records) in store.journal_after(0, 64).unwrap() {
+            copy.write(index, &records).unwrap();
+        }
+        let mut after = copy.last_index();
+        loop {
+            let batches = store.journal_after(after, 64).unwrap();
+            let Some(&(last, _)) = batches.last() else { break };
+            for (index, records) in batches {
+                copy.write(index, &records).unwrap();
+            }
+            after = last;
+        }
+        prop_assert_eq!(copy.digest(), store.digest());
+        prop_assert_eq!(journal(&copy), journal(&store));
+    }
+}
+
+// --- the recall as of an index ----------------------------------------------
+
+#[test]
+fn a_recall_at_an_index_hides_what_that_batch_and_later_ones_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    let first = vec![
+        Record::Transfer(transfer(1, 100)),
+        idempotency(0, 1, 100),
+        top_up(1, 100),
+        Record::Participation { transfer: tid(2), participation: participation(100) },
+    ];
+    // A second version of transfer 1 (first wins, across batches and within
+    // one), and transfer 3.
+    let second = vec![
+        Record::Transfer(transfer(1, 200)),
+        Record::Transfer(transfer(3, 200)),
+        Record::Transfer(transfer(3, 300)),
+    ];
+    for (index, records) in [(5, first), (9, second)] {
+        store.write(index, &records).unwrap();
+        memory.write(index, records);
+    }
+    for before in [0, 5] {
+        let at = store.at(before);
+        assert_eq!(at.transfer(&tid(1)), None);
+        assert_eq!(at.idempotency(&pid(0), &key(1)), None);
+        assert_eq!(at.top_up(&reference(1)), None);
+        assert_eq!(at.participation(&tid(2)), None);
+    }
+    for before in [6, 9] {
+        let at = store.at(before);
+        assert_eq!(at.transfer(&tid(1)), Some(transfer(1, 100)));
+        assert!(at.idempotency(&pid(0), &key(1)).is_some());
+        assert!(at.top_up(&reference(1)).is_some());
+        assert_eq!(at.participation(&tid(2)), Some(participation(100)));
+        assert_eq!(at.transfer(&tid(3)), None);
+    }
+    assert_eq!(store.at(10).transfer(&tid(1)), Some(transfer(1, 100)));
+    assert_eq!(store.at(10).transfer(&tid(3)), Some(transfer(3, 200)));
+    assert_eq!(store.get_transfer(&tid(3)).unwrap(), Some(transfer(3, 200)));
+    assert_eq!(store.at(10).idempotency(&pid(1), &key(1)), None, "another partner's key");
+    assert_same(&store, &memory);
+}
+
+#[test]
+fn a_batch_at_or_below_the_last_index_is_skipped_and_the_digest_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!((store.last_index(), store.digest(), store.records()), (0, [0; 32], 0));
+    store.write(0, &finished(9, 9)).unwrap();
+    assert_eq!((store.last_index(), store.records()), (0, 0), "index 0 is at the last index");
+
+    store.write(3, &finished(1, 10)).unwrap();
+    let digest = store.digest();
+    assert_ne!(digest, [0; 32]);
+    let held = journal(&store);
+    for index in [3, 2, 1] {
+        store.write(index, &finished(2, 20)).unwrap();
+        assert_eq!((store.last_index(), store.digest()), (3, digest));
+        assert_eq!(journal(&store), held);
+        assert_eq!(store.get_transfer(&tid(2)).unwrap(), None);
+    }
+    // A batch without records moves the last index, not the digest.
+    store.write(4, &[]).unwrap();
+    assert_eq!((store.last_index(), store.digest(), store.records()), (4, digest, held.len() as u64));
+    store.write(4, &finished(2, 20)).unwrap();
+    assert_eq!(store.get_transfer(&tid(2)).unwrap(), None);
+    store.write(5, &finished(2, 20)).unwrap();
+    assert_ne!(store.digest(), digest);
+    assert_eq!(store.get_transfer(&tid(2)).unwrap(), Some(transfer(2, 20)));
+}
+
+#[test]
+fn reopening_keeps_the_last_index_the_digest_and_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = open(twin_dir.path());
+    let store = open(dir.path());
+    for n in 1..=20 {
+        store.write(n, &finished(n, n * 10)).unwrap();
+        twin.write(n, &finished(n, n * 10)).unwrap();
+    }
+    store.write(21, &[]).unwrap();
+    twin.write(21, &[]).unwrap();
+    let (last, digest, records, held) = (store.last_index(), store.digest(), store.records(), journal(&store));
+    store.durable().unwrap();
+    drop(store);
+
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!((store.last_index(), store.digest(), store.records()), (last, digest, records));
+    assert_eq!(journal(&store), held);
+    assert_eq!(store.first_index().unwrap(), 1);
+    assert_eq!(store.get_transfer(&tid(7)).unwrap(), Some(transfer(7, 70)));
+    assert_eq!(store.events_after(&pid(1), 0, 3).unwrap().len(), 3);
+    // Re-applied entries are skipped, new ones go on the same chain.
+    store.write(20, &finished(99, 0)).unwrap();
+    store.write(22, &finished(22, 220)).unwrap();
+    twin.write(22, &finished(22, 220)).unwrap();
+    assert_eq!(store.digest(), twin.digest());
+    assert_eq!(store.records(), twin.records());
+}
+
+// --- the digest -------------------------------------------------------------
+
+#[test]
+fn equal_batches_give_equal_digests_and_any_other_record_or_index_another() {
+    let stores: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [a, b, other_record, other_index] = [0, 1, 2, 3].map(|i| open(stores[i].path()));
+    for n in 1..=10 {
+        a.write(n, &finished(n, n)).unwrap();
+        b.write(n, &finished(n, n)).unwrap();
+        let mut records = finished(n, n);
+        if n == 6 {
+            records[3] = movement(0, 4, 6, 7);
+        }
+        other_record.write(n, &records).unwrap();
+        other_index.write(if n >= 6 { n + 1 } else { n }, &finished(n, n)).unwrap();
+    }
+    assert_eq!(a.digest(), b.digest());
+    assert_ne!(a.digest(), other_record.digest());
+    assert_ne!(a.digest(), other_index.digest());
+
+    // The documented formula, for one batch.
+    let dir = tempfile::tempdir().unwrap();
+    let one = open(dir.path());
+    let records = finished(1, 1);
+    one.write(42, &records).unwrap();
+    let mut hasher = Sha256::new();
+    hasher.update([0u8; 32]);
+    hasher.update(42u64.to_be_bytes());
+    for record in &records {
+        let bytes = postcard::to_stdvec(record).unwrap();
+        hasher.update((bytes.len() as u32).to_be_bytes());
+        hasher.update(&bytes);
+    }
+    assert_eq!(one.digest(), <[u8; 32]>::from(hasher.finalize()));
+}
+
+// --- paging -----------------------------------------------------------------
+
+#[test]
+fn a_statement_pages_through_the_movements_within_its_time_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    // Times go back and forth across batches: a statement is in time order.
+    for n in 1..=40u64 {
+        let at = (n * 37) % 50;
+        let records =
+            vec![movement(0, 4, n, at), movement(1, 0, n, at), movement(2, 3, n, at + 1), movement(0, 0, n, at)];
+        store.write(n, &records).unwrap();
+        memory.write(n, records);
+    }
+    let a = account(0);
+    let all = store.statement(&a, ms(0), ms(1_000), None, usize::MAX).unwrap();
+    assert_eq!(all.len(), 120, "three movements a batch touch the account, one of them twice");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(all, memory_statement(&memory, &a, 0, 1_000));
+    for (from, to) in [(10, 20), (0, 1), (49, 50), (12, 13), (20, 10), (5, 5)] {
+        let expected = memory_statement(&memory, &a, from, to);
+        assert!(expected.iter().all(|(t, _)| ms(from) <= t.at && t.at < ms(to)));
+        assert_eq!(store.statement(&a, ms(from), ms(to), None, usize::MAX).unwrap(), expected);
+        for page in [1, 4, 7] {
+            assert_eq!(paged_statement(&store, &a, from, to, page), expected);
+        }
+    }
+    // A token below `from` starts at `from`; one at or past `to` ends it.
+    let from_ten = store.statement(&a, ms(10), ms(20), None, usize::MAX).unwrap();
+    assert_eq!(store.statement(&a, ms(10), ms(20), Some(all[0].0), usize::MAX).unwrap(), from_ten);
+    let past = ListToken { at: ms(20), index: 0, seq: 0 };
+    assert!(store.statement(&a, ms(10), ms(20), Some(past), usize::MAX).unwrap().is_empty());
+    assert!(store.statement(&a, ms(10), ms(20), None, 0).unwrap().is_empty());
+    assert_eq!(store.statement(&account(4), ms(0), ms(1_000), None, 5).unwrap().len(), 5);
+}
+
+#[test]
+fn listed_transfers_page_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    for n in 1..=30u64 {
+        let records = vec![listed(0, n, 1_000 - n * 10), listed(1, n, 5), listed(0, n + 100, 1_000 - n * 10)];
+        store.write(n, &records).unwrap();
+        memory.write(n, records);
+    }
+    let everything = store.listed_after(&pid(0), None, usize::MAX).unwrap();
+    assert_eq!(everything.len(), 60);
+    assert_eq!(everything[0].1, tid(30), "the earliest recorded time first");
+    assert_eq!(everything[1].1, tid(130), "then by log position");
+    assert!(everything.windows(2).all(|w| w[0].0 < w[1].0));
+    for page in [1, 7, 60, 100] {
+        let mut token: Option<ListToken> = None;
+        let mut pages = Vec::new();
+        loop {
+            let got = store.listed_after(&pid(0), token.as_ref(), page).unwrap();
+            assert_eq!(got, memory.listed(&pid(0), token.as_ref(), page));
+            let Some((last, _)) = got.last() else { break };
+            token = Some(*last);
+            pages.extend(got);
+        }
+        assert_eq!(pages, everything);
+    }
+    assert_eq!(store.listed_after(&pid(1), None, usize::MAX).unwrap().len(), 30);
+    assert!(store.listed_after(&pid(2), None, usize::MAX).unwrap().is_empty());
+    // A partner whose id extends another's sees only its own.
+    let longer = PartnerId::new("partner-0-x").unwrap();
+    store.write(31, &[Record::Listed { partner: longer.clone(), transfer: tid(1), at: ms(0) }]).unwrap();
+    assert_eq!(store.listed_after(&longer, None, 10).unwrap().len(), 1);
+    assert_eq!(store.listed_after(&pid(0), None, usize::MAX).unwrap(), everything);
+}
+
+#[test]
+fn events_page_from_a_cursor_through_many_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    for batch in 0..150u64 {
+        let mut records: Vec<Record> = (1..=10).map(|i| event(0, batch * 10 + i, batch)).collect();
+        records.push(event(1, batch + 1, batch));
+        store.write(batch + 1, &records).unwrap();
+        memory.write(batch + 1, records);
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.events_after(&pid(0), after, 100).unwrap();
+        assert_eq!(page, memory.events(&pid(0), after, 100));
+        let Some(last) = page.last() else { break };
+        after = last.cursor;
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 1_500);
+    assert!(seen.iter().zip(1..).all(|(e, cursor)| e.cursor == cursor));
+    assert_eq!(store.events_after(&pid(0), 0, usize::MAX).unwrap(), seen);
+    assert_eq!(store.events_after(&pid(0), 1_499, 10).unwrap(), seen[1_499..]);
+    assert!(store.events_after(&pid(0), 1_500, 10).unwrap().is_empty());
+    assert!(store.events_after(&pid(0), u64::MAX, 10).unwrap().is_empty());
+    assert_eq!(store.events_after(&pid(1), 140, usize::MAX).unwrap().len(), 10);
+    assert!(store.events_after(&pid(2), 0, 10).unwrap().is_empty());
+    assert_eq!(store.oldest_event_cursor(&pid(0)).unwrap(), None, "nothing deleted");
+}
+
+// --- retention --------------------------------------------------------------
+
+/// Every key held, with the log index each one names (its own, or the one
+/// its pointer points to).
+fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
+    let mut named = Vec::new();
+    for item in store.db.iter() {
+        let (key, value) = item.unwrap();
+        let index = match key[0] {
+            space::JOURNAL => parse_journal_key(&key).unwrap().0,
+            space::TRANSFER | space::PARTICIPATION | space::TOP_UP | space::IDEMPOTENCY | space::EVENT => {
+                parse_position(&key, &value).unwrap().0
+            }
+            space::LISTED | space::ACCOUNT => {
+                u64::from_be_bytes(key[key.len() - POSITION_BYTES..key.len() - 4].try_into().unwrap())
+            }
+            _ => continue,
+        };
+        named.push((key.to_vec(), index));
+    }
+    named
+}
+
+#[test]
+fn deleting_through_an_index_removes_its_records_and_their_keys_and_keeps_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 1..=20 {
+        let mut records = finished(n, n * 10);
+        if n == 15 {
+            // A later duplicate of transfer 3 and an event under a cursor
+            // already written: the first keeps its pointer, the second takes it.
+            records.push(Record::Transfer(transfer(3, 999)));
+            records.push(event(2, 5, 999));
+        }
+        store.write(n, &records).unwrap();
+    }
+    let (digest, records) = (store.digest(), store.records());
+    let kept_before = journal(&store).into_iter().filter(|(i, _)| *i > 10).count();
+
+    let deleted = store.delete_through(10).unwrap();
+    assert_eq!(deleted, 10 * finished(0, 0).len());
+    assert_eq!(store.records(), records - deleted as u64);
+    assert_eq!(store.records() as usize, kept_before);
+    assert_eq!((store.digest(), store.last_index(), store.deleted_through()), (digest, 20, 10));
+    assert_eq!(store.first_index().unwrap(), 11);
+    let leftovers: Vec<_> = indexes_named(&store).into_iter().filter(|(_, i)| *i <= 10).collect();
+    assert!(leftovers.is_empty(), "keys naming deleted batches: {leftovers:?}");
+
+    assert_eq!(store.get_transfer(&tid(4)).unwrap(), None);
+    assert_eq!(store.get_transfer(&tid(3)).unwrap(), None, "the later duplicate never was the answer");
+    assert_eq!(store.get_transfer(&tid(12)).unwrap(), Some(transfer(12, 120)));
+    assert_eq!(store.get_idempotency(&pid(1), &key(4)).unwrap(), None);
+    assert_eq!(store.get_top_up(&reference(4)).unwrap(), None);
+    assert_eq!(store.get_participation(&tid(4)).unwrap(), None);
+    assert!(store.get_top_up(&reference(11)).unwrap().is_some());
+    assert!(store.listed_after(&pid(1), None, usize::MAX).unwrap().iter().all(|(t, _)| t.index > 10));
+    let statement = store.statement(&account(4), ms(0), ms(10_000), None, usize::MAX).unwrap();
+    assert_eq!(statement.len(), 20, "two movements of each batch kept");
+
+    // Partner 1's events 1, 4, 7, 10 went; 13, 16, 19 stay.
+    let expired = store.events_after(&pid(1), 0, 10).unwrap_err();
+    assert!(matches!(expired, HistoryError::CursorExpired(CursorExpired { requested: 0, oldest: 11 })), "{expired}");
+    assert!(matches!(store.events_after(&pid(1), 9, 10), Err(HistoryError::CursorExpired(_))));
+    let cursors: Vec<u64> = store.events_after(&pid(1), 10, 10).unwrap().iter().map(|e| e.cursor).collect();
+    assert_eq!(cursors, [13, 16, 19]);
+    assert_eq!(HistoryRead::events(&store, &pid(1), 0, 10).len(), 3, "the trait answers with what is held");
+    assert_eq!(store.oldest_event_cursor(&pid(1)).unwrap(), Some(11));
+    // Partner 2's cursor 5, written again at 15, is held under its new record.
+    assert_eq!(store.oldest_event_cursor(&pid(2)).unwrap(), Some(9));
+    assert_eq!(HistoryRead::events(&store, &pid(2), 4, 1)[0].at, ms(999));
+
+    assert!(matches!(
+        store.journal_after(0, usize::MAX),
+        Err(HistoryError::Deleted { requested: 0, deleted_through: 10 })
+    ));
+    assert_eq!(store.journal_after(10, 0).unwrap()[0].0, 11);
+
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!((store.digest(), store.deleted_through(), store.records() as usize), (digest, 10, kept_before));
+    assert_eq!(store.delete_through(10).unwrap(), 0);
+    // Through more than was written: everything, and no further.
+    assert_eq!(store.delete_through(1_000).unwrap(), kept_before);
+    assert_eq!((store.records(), store.first_index().unwrap(), store.deleted_through()), (0, 0, 20));
+    assert!(indexes_named(&store).is_empty());
+    store.write(21, &finished(21, 210)).unwrap();
+    assert_eq!(store.journal_after(20, 0).unwrap().len(), 1);
+    assert_eq!(store.get_transfer(&tid(21)).unwrap(), Some(transfer(21, 210)));
+}
+
+#[test]
+fn deletion_goes_in_bounded_steps_that_never_split_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 1..=300 {
+        let records: Vec<Record> = (0..7).map(|i| event(0, n * 7 + i, n)).collect();
+        store.write(n, &records).unwrap();
+    }
+    let big: Vec<Record> = (0..1_500).map(|i| movement(0, 3, i + 1, 5)).collect();
+    store.write(301, &big).unwrap();
+
+    let (deleted, done) = store.delete_step(301).unwrap();
+    assert_eq!((deleted, done), (1_001, false), "143 whole batches of 7");
+    assert_eq!((store.first_index().unwrap(), store.deleted_through()), (144, 143));
+    assert_eq!(store.delete_through(300).unwrap(), 157 * 7);
+    assert_eq!(store.first_index().unwrap(), 301);
+    let (deleted, done) = store.delete_step(301).unwrap();
+    assert_eq!((deleted, done), (1_500, true), "one batch goes whole, whatever its size");
+    assert_eq!(store.records(), 0);
+}
+
+// --- the journal ------------------------------------------------------------
+
+#[test]
+fn the_journal_comes_in_whole_batches_within_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut written = Vec::new();
+    for n in 1..=40u64 {
+        let records: Vec<Record> = finished(n, n).into_iter().take((n % 9) as usize).collect();
+        store.write(n * 2, &records).unwrap();
+        if !records.is_empty() {
+            written.push((n * 2, records));
+        }
+    }
+    let size = |records: &[Record]| records.iter().map(|r| postcard::to_stdvec(r).unwrap().len()).sum::<usize>();
+    for max_bytes in [0, 1, 200, 1_000, 5_000, usize::MAX] {
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let batches = store.journal_after(after, max_bytes).unwrap();
+            let Some(&(last, _)) = batches.last() else { break };
+            let bytes: usize = batches.iter().map(|(_, records)| size(records)).sum();
+            assert!(batches.len() == 1 || bytes <= max_bytes, "{bytes} bytes over {max_bytes}");
+            // Nothing that fit was left out.
+            let next = written.iter().find(|(index, _)| *index > last);
+            if let Some((_, records)) = next {
+                assert!(bytes + size(records) > max_bytes || bytes >= max_bytes);
+            }
+            all.extend(batches);
+            after = last;
+        }
+        assert_eq!(all, written, "max {max_bytes}");
+    }
+    assert_eq!(store.journal_after(0, 0).unwrap().len(), 1);
+    assert!(store.journal_after(80, usize::MAX).unwrap().is_empty());
+    assert!(store.journal_after(u64::MAX, usize::MAX).unwrap().is_empty());
+    assert_eq!(store.first_index().unwrap(), 2);
+}
+
+// --- damage -----------------------------------------------------------------
+
+#[test]
+#[should_panic(expected = "history store unreadable")]
+fn a_pointer_to_a_record_the_journal_lacks_stops_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.write(10, &finished(1, 1)).unwrap();
+    let pointer = named(space::TRANSFER, &tid(2).to_string());
+    store.db.insert(&pointer, &position(7, 0)).unwrap();
+    assert!(matches!(store.get_transfer(&tid(2)), Err(HistoryError::Corrupt { .. })));
+    // A pointer to a record of another kind is damage too.
+    store.db.insert(&pointer, &position(10, 0)).unwrap();
+    assert!(matches!(store.get_transfer(&tid(2)), Err(HistoryError::Corrupt { .. })));
+    store.db.insert(journal_key(10, 1), &b"\xff\xff\xff"[..]).unwrap();
+    assert!(matches!(store.get_transfer(&tid(1)), Err(HistoryError::Corrupt { .. })));
+    let _ = Recall::transfer(&store, &tid(1));
+}
+
+#[test]
+fn damaged_counters_are_refused_at_open() {
+    for (key, value) in [(META_DIGEST, &[1u8; 5][..]), (META_APPLIED, &[0u8; 8][..]), (META_RECORDS, &[0u8; 3][..])] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.write(3, &finished(1, 1)).unwrap();
+        store.db.insert(key, value).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let refused = reopen(dir.path()).unwrap_err();
+        assert!(matches!(refused, HistoryError::Corrupt { .. }), "{refused}");
+    }
+}
+
+#[test]
+fn durable_syncs_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history");
+    let store = open(&path);
+    for n in 1..=50 {
+        store.write(n, &finished(n, n)).unwrap();
+    }
+    store.durable().unwrap();
+    assert!(store.size_on_disk().unwrap() > 0);
+    assert_eq!(store.dir(), path);
+}
+
+// --- measurement ------------------------------------------------------------
+
+/// Write cost and bytes on disk for 100,000 records in batches of ten.
+/// Run by hand: `cargo test --release -p paymesh-store --lib
+/// history::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_write_cost_and_bytes_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = History::open(dir.path(), 64 * 1024 * 1024).unwrap();
+    let batches = 10_000u64;
+    let mut encoded = 0;
+    let started = Instant::now();
+    for n in 1..=batches {
+        let mut records = finished(n, 1_700_000_000_000 + n * 100);
+        records.push(event((n + 1) % 3, n, n));
+        encoded += records.iter().map(|r| postcard::to_stdvec(r).unwrap().len()).sum::<usize>();
+        store.write(n, &records).unwrap();
+    }
+    let written = started.elapsed();
+    let started = Instant::now();
+    store.durable().unwrap();
+    let synced = started.elapsed();
+    let records = store.records();
+    let on_disk = store.size_on_disk().unwrap();
+    let files: u64 = walk(dir.path());
+    println!(
+        "{records} records in {batches} batches: {:.1} µs a batch, durable() {:.1} ms; \
+         postcard {:.0} B/record; sled size_on_disk {} B ({:.0} B/record), files {} B ({:.0} B/record)",
+        written.as_secs_f64() * 1e6 / batches as f64,
+        synced.as_secs_f64() * 1e3,
+        encoded as f64 / records as f64,
+        on_disk,
+        on_disk as f64 / records as f64,
+        files,
+        files as f64 / records as f64,
+    );
+    let started = Instant::now();
+    let deleted = store.delete_through(batches / 2).unwrap();
+    println!("delete_through half: {deleted} records in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+
+    fn walk(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    e.metadata().unwrap().len()
+                }
+            })
+            .sum()
+    }
+}
