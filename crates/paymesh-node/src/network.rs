@@ -449,6 +449,13 @@ mod tests {
         ) -> Result<Response<wire::InstallSnapshotReply>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn append_history(
+            &self,
+            _: Request<wire::AppendHistoryRequest>,
+        ) -> Result<Response<wire::AppendHistoryReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     fn request(prev_index: u64) -> AppendEntriesRequest<TypeConfig> {

@@ -12,7 +12,6 @@ use futures::{Stream, StreamExt};
 use paymesh_core::command::{CommandBody, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
-use paymesh_core::id::TransferId;
 use paymesh_core::transfer::CoordinatorState;
 use paymesh_core::{Outcome, Timestamp};
 use paymesh_proto::partner::v1 as wire;

@@ -28,7 +28,7 @@ pub fn apply_batches(data: &[u8]) {
     while !rest.is_empty() {
         rest = match postcard::take_from_bytes::<Batch>(rest) {
             Ok((batch, after)) => {
-                state.apply_batch(&batch);
+                state.apply_batch(&batch, &paymesh_core::history::NoHistory);
                 after
             }
             Err(_) => &rest[1..],

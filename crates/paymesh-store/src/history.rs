@@ -105,7 +105,6 @@ use paymesh_core::id::{IdempotencyKey, PartnerId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
 use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
 use paymesh_core::Timestamp;
-use sha2::{Digest, Sha256};
 
 #[cfg(test)]
 mod tests;
@@ -136,6 +135,14 @@ mod space {
     pub(super) const LISTED: u8 = b'L';
     pub(super) const ACCOUNT: u8 = b'A';
     pub(super) const EVENTS_DELETED: u8 = b'D';
+    pub(super) const DIGEST: u8 = b'G';
+}
+
+/// The key of the digest after the batch at `index`.
+fn digest_key(index: u64) -> [u8; 9] {
+    let mut key = [space::DIGEST; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
 }
 
 const META_APPLIED: &[u8] = b"Mapplied";
@@ -526,9 +533,7 @@ impl History {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        let mut hasher = Sha256::new();
-        hasher.update(meta.digest);
-        hasher.update(index.to_be_bytes());
+        let mut encoded = Vec::with_capacity(records.len());
         // First-wins keys taken earlier in this batch: sled does not see the
         // batch's own writes before it is applied.
         let mut claimed = HashSet::new();
@@ -538,8 +543,6 @@ impl History {
             if bytes.len() > RECORD_BYTES_MAX {
                 return Err(HistoryError::TooLarge { index, seq: n, bytes: bytes.len() });
             }
-            hasher.update((bytes.len() as u32).to_be_bytes());
-            hasher.update(&bytes);
             for Derived { key, value, claim } in derived(record, index, seq) {
                 if claim == Claim::First {
                     if claimed.contains(&key) || self.db.contains_key(&key)? {
@@ -549,9 +552,16 @@ impl History {
                 }
                 batch.insert(key, value);
             }
-            batch.insert(&journal_key(index, seq), bytes);
+            batch.insert(&journal_key(index, seq), bytes.as_slice());
+            encoded.push(bytes);
         }
-        let digest = if records.is_empty() { meta.digest } else { hasher.finalize().into() };
+        let digest = crate::chain_encoded(&meta.digest, index, encoded.iter().map(Vec::as_slice));
+        if !records.is_empty() {
+            // The digest after each batch with records, kept (retention
+            // leaves them), so a snapshot's digest at its index can be
+            // checked against this history's.
+            batch.insert(digest_key(index).as_slice(), &digest);
+        }
         let held = meta.records + records.len() as u64;
         batch.insert(META_APPLIED, &index.to_be_bytes());
         batch.insert(META_DIGEST, &digest);
@@ -559,6 +569,22 @@ impl History {
         self.db.apply_batch(batch)?;
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
         Ok(())
+    }
+
+    /// The running digest after the batch at `index`: that of the last batch
+    /// with records at or below it (32 zero bytes before any); `None` if
+    /// history has not reached `index`.
+    pub fn digest_at(&self, index: u64) -> Result<Option<[u8; 32]>> {
+        if index > self.last_index() {
+            return Ok(None);
+        }
+        let found = self.db.range(digest_key(0)..=digest_key(index)).next_back().transpose()?;
+        match found {
+            None => Ok(Some([0; 32])),
+            Some((key, value)) => {
+                value.as_ref().try_into().map(Some).map_err(|_| corrupt(&key, "a digest of other than 32 bytes"))
+            }
+        }
     }
 
     /// History as of the start of the batch at `index`: what a batch

@@ -48,17 +48,28 @@ pub fn region_digest(state: &[u8; 32], history: &[u8; 32]) -> [u8; 32] {
 /// records leaves it as it was. Replicas that
 /// wrote the same records at the same indexes hold the same digest.
 pub fn chain_digest(previous: &[u8; 32], index: u64, records: &[Record]) -> [u8; 32] {
-    if records.is_empty() {
+    let encoded: Vec<Vec<u8>> =
+        records.iter().map(|r| postcard::to_stdvec(r).expect("a history record encodes")).collect();
+    chain_encoded(previous, index, encoded.iter().map(Vec::as_slice))
+}
+
+/// [`chain_digest`] over records already encoded.
+pub(crate) fn chain_encoded<'a>(
+    previous: &[u8; 32],
+    index: u64,
+    encoded: impl IntoIterator<Item = &'a [u8]>,
+) -> [u8; 32] {
+    let mut encoded = encoded.into_iter().peekable();
+    if encoded.peek().is_none() {
         return *previous;
     }
     let mut hasher = Sha256::new();
     hasher.update(previous);
     hasher.update(index.to_be_bytes());
-    for record in records {
-        let bytes = postcard::to_stdvec(record).expect("a history record encodes");
+    for bytes in encoded {
         let len = u32::try_from(bytes.len()).expect("a record is far below 4 GiB");
         hasher.update(len.to_be_bytes());
-        hasher.update(&bytes);
+        hasher.update(bytes);
     }
     hasher.finalize().into()
 }

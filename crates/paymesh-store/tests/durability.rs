@@ -94,7 +94,7 @@ async fn a_snapshot_reloads_to_the_same_state_and_the_log_replays_the_rest() {
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(snapshot.meta.last_log_id, Some(log_id(60)));
         sm.apply(all[60..].to_vec()).await.unwrap();
-        digest_at_end = state_digest(&sm.applied().state);
+        digest_at_end = sm.applied().digest();
     }
     // After a restart the state is the snapshot's; re-applying the rest of the
     // log gives the same digest as before.
@@ -102,8 +102,13 @@ async fn a_snapshot_reloads_to_the_same_state_and_the_log_replays_the_rest() {
     let (last_applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(last_applied, Some(log_id(60)));
     assert_eq!(membership.log_id(), &Some(log_id(1)));
+    // History already holds entries 61 to 100: they are applied again
+    // against history as of each entry, and their records, the same, are
+    // not written twice.
+    let records = sm.history().records();
     sm.apply(all[60..].to_vec()).await.unwrap();
-    assert_eq!(state_digest(&sm.applied().state), digest_at_end);
+    assert_eq!(sm.history().records(), records);
+    assert_eq!(sm.applied().digest(), digest_at_end);
     let position = sm.applied().state.position(&PartnerId::new("paypal-us").unwrap()).unwrap();
     let expected: u64 = (3..103).sum();
     assert_eq!(position.posted.units(), i128::from(expected));
@@ -120,10 +125,29 @@ async fn an_installed_snapshot_is_read_from_its_start_and_checked() {
     // As after a real transfer, the receiving buffer's position is at its end.
     let target_dir = tempfile::tempdir().unwrap();
     let mut target = StateMachineStore::open(target_dir.path(), region()).unwrap();
+    // A snapshot carries history's digest, not history: refused until the
+    // node holds history through the snapshot's index.
+    let refused = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes.clone()))).await;
+    assert!(refused.unwrap_err().to_string().contains("history reaches index 0 only"));
+    let at = snapshot.meta.last_log_id.unwrap().index;
+    // History with another record at the same indexes is not the region's.
+    let forged_dir = tempfile::tempdir().unwrap();
+    let mut forged = StateMachineStore::open(forged_dir.path(), region()).unwrap();
+    for (index, mut records) in source.history().journal_after(0, usize::MAX).unwrap() {
+        records.pop();
+        forged.history().write(index, &records).unwrap();
+    }
+    forged.history().write(at, &[]).unwrap();
+    let refused = forged.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes.clone()))).await;
+    assert!(refused.unwrap_err().to_string().contains(&format!("digest at index {at} differs")));
+    for (index, records) in source.history().journal_after(0, usize::MAX).unwrap() {
+        target.history().write(index, &records).unwrap();
+    }
+    target.history().write(at, &[]).unwrap();
     let mut received = Cursor::new(bytes.clone());
     received.seek(SeekFrom::End(0)).unwrap();
     target.install_snapshot(&snapshot.meta, Box::new(received)).await.unwrap();
-    assert_eq!(state_digest(&target.applied().state), state_digest(&source.applied().state));
+    assert_eq!(target.applied().digest(), source.applied().digest());
     let current = target.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
 

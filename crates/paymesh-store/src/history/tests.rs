@@ -17,6 +17,7 @@ use paymesh_core::state::EventKind;
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money};
 use proptest::prelude::*;
+use sha2::{Digest, Sha256};
 
 use super::*;
 
@@ -376,7 +377,11 @@ proptest! {
             index += gap;
             let records: Vec<Record> = specs.iter().map(Spec::record).collect();
             store.write(index, &records).unwrap();
-            memory.write(index, records);
+            // The store skips a batch at or below its last index; memory
+            // insists it brings the same records (as re-applying does).
+            if index > memory.last_index() {
+                memory.write(index, records);
+            }
         }
         assert_same(&store, &memory);
 
