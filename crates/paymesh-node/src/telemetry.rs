@@ -22,6 +22,7 @@ use std::sync::Mutex;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use paymesh_core::history::Recall;
 use paymesh_core::id::{IdempotencyKey, PartnerId, TransferId};
 use paymesh_core::state::State;
 use tracing::Span;
@@ -109,9 +110,10 @@ impl Traces {
     }
 
     /// The context of the request that created `transfer` (found in
-    /// `state`), or empty.
-    pub fn of(&self, state: &State, transfer: &TransferId) -> String {
-        let Some(transfer) = state.transfer(transfer) else { return String::new() };
+    /// `state`, or in `history` once finished), or empty.
+    pub fn of(&self, state: &State, history: &dyn Recall, transfer: &TransferId) -> String {
+        let found = state.transfer(transfer).cloned().or_else(|| history.transfer(transfer));
+        let Some(transfer) = found else { return String::new() };
         let key = (transfer.view.partner.clone(), transfer.view.idempotency_key.clone());
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.0.get(&key).cloned().unwrap_or_default()

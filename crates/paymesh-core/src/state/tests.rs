@@ -12,7 +12,7 @@ use crate::corridor::CorridorTerms;
 use crate::currency::Currency::{CNY, EUR, PHP, USD};
 use crate::directory::QrPrefix;
 use crate::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
-use crate::history::MemoryHistory;
+use crate::history::{MemoryHistory, Movement, MovementKind};
 use crate::id::MerchantId;
 use crate::partner::PartnerRole;
 use crate::time::DAY_MS;
@@ -581,6 +581,161 @@ fn tick_purges_expired_and_retained_records_within_its_budget() {
     assert!(busy.state.tick_due(later), "the rest waits for the next tick");
     busy.run(CommandBody::Tick, later);
     assert!(!busy.state.tick_due(later));
+}
+
+/// `count` same-region payments of 1.00 CNY from alipay-cn to wechat-cn in
+/// east at `now`, quoted and paid in batches of up to 500 commands.
+fn pay_domestic(east: &mut Region, count: usize, now: Timestamp, key_prefix: &str) {
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(500);
+        let quotes: Vec<Command> = (0..n)
+            .map(|_| {
+                let body = CommandBody::CreateQuote {
+                    partner: pid("alipay-cn"),
+                    payee: qr("wxp://f2f0shop9"),
+                    amount: QuoteAmount::Source(cny("1")),
+                };
+                Command { id: east.next_id(), body }
+            })
+            .collect();
+        let quoted = east.apply_batch(&Batch::new(now, quotes).unwrap());
+        let payments: Vec<Command> = quoted
+            .iter()
+            .enumerate()
+            .map(|(i, quote)| {
+                let key = format!("{key_prefix}-{}", done + i);
+                let body = CommandBody::CreateTransfer(request("alipay-cn", &key, &quote_id(quote), "wxp://f2f0shop9", "Bo"));
+                Command { id: east.next_id(), body }
+            })
+            .collect();
+        for outcome in east.apply_batch(&Batch::new(now, payments).unwrap()) {
+            assert_eq!(transfer_view(&outcome).state, CoordinatorState::Committed);
+        }
+        done += n;
+    }
+    east.state.verify().unwrap();
+}
+
+#[test]
+fn a_transfer_stays_readable_and_its_key_answered_long_after_memory_let_it_go() {
+    let (mut west, mut east) = mesh();
+    let old = pay(&mut west, "old-order", usd("10"), T0);
+    let old_view = transfer_view(&old);
+    deliver_all(&mut west, &mut east, T0);
+    deliver_all(&mut west, &mut east, T0);
+    let hot_after_one = postcard::to_stdvec(&west.state).unwrap().len();
+    // Two days and 600 transfers later (a day's retention in memory would
+    // have forgotten it), with housekeeping run on the way.
+    for day in 1..=2u64 {
+        let now = T0.plus_ms(day * DAY_MS);
+        let rate = FxRate::new(USD, CNY, Rate::parse("7.2").unwrap(), now, now.plus_ms(DAY_MS)).unwrap();
+        west.ok(CommandBody::SetFxRate { corridor: corridor_id("USD:us-west->CNY:cn-east"), rate }, now);
+        for n in 0..300 {
+            pay(&mut west, &format!("day-{day}-{n}"), usd("1"), now);
+        }
+        deliver_all(&mut west, &mut east, now);
+        deliver_all(&mut west, &mut east, now);
+        west.run(CommandBody::Tick, now.plus_ms(QUOTE_TTL_MS + QUOTE_RETENTION_AFTER_EXPIRY_MS));
+    }
+    // Memory holds no finished work: the hot state is no larger than after
+    // one transfer (its sessions' remembered outcomes aside).
+    assert_eq!(west.state.transfers().count(), 0);
+    let mut hot = west.state.clone();
+    hot.sessions = west.state.sessions.clone().into_iter().map(|(id, _)| (id, Session::default())).collect();
+    assert!(postcard::to_stdvec(&hot).unwrap().len() <= hot_after_one + 64, "the hot state grew with finished work");
+    // The old transfer is read, listed first, and its key still answers.
+    let found = west.state.transfer_for(&pid("paypal-us"), &old_view.id, &west.history).expect("still readable");
+    let PartnerTransfer::Coordinated(found) = found else { panic!("coordinated here") };
+    assert_eq!(found.view.state, CoordinatorState::Committed);
+    let first = west.state.transfers_of(&pid("paypal-us"), None, 1, &west.history);
+    assert!(matches!(&first[0].1, PartnerTransfer::Coordinated(t) if t.view.id == old_view.id));
+    let listed = west.state.transfers_of(&pid("paypal-us"), None, 1_000, &west.history);
+    assert_eq!(listed.len(), 601);
+    let retry = request("paypal-us", "old-order", &old_view.quote, "wxp://f2f0shop1", "Alice Example");
+    let later = T0.plus_ms(2 * DAY_MS + 1_000);
+    assert_eq!(west.run(CommandBody::CreateTransfer(retry.clone()), later), old);
+    assert_eq!(west.state.replay_transfer_request(&retry, &west.history), Some(old.clone()));
+    // Past the idempotency window the key is a new request (here refused:
+    // its quote is long gone).
+    let past = T0.plus_ms(IDEMPOTENCY_RETENTION_MS + 1);
+    assert_eq!(
+        west.run(CommandBody::CreateTransfer(retry), past),
+        Outcome::Rejected(RejectCode::QuoteNotFound)
+    );
+}
+
+#[test]
+fn an_event_stream_resumes_gap_free_from_a_cursor_older_than_100_000_events() {
+    let (_, mut east) = mesh();
+    pay_domestic(&mut east, 100_050, T0, "k");
+    assert_eq!(east.state.last_cursor(&pid("wechat-cn")), 100_050);
+    let mut cursor = 0;
+    let mut read = 0;
+    loop {
+        let events = east.state.events_after(&pid("wechat-cn"), cursor, 7_000, &east.history).unwrap();
+        let Some(last) = events.last() else { break };
+        for event in &events {
+            assert_eq!(event.cursor, cursor + 1, "no gap");
+            cursor = event.cursor;
+        }
+        read += events.len();
+        assert_eq!(cursor, last.cursor);
+    }
+    assert_eq!(read, 100_050);
+}
+
+#[test]
+fn an_account_statement_sums_to_the_balance_change_with_running_balances() {
+    let (mut west, mut east) = mesh();
+    let account = AccountId::new(AccountOwner::Partner(pid("paypal-us")), USD);
+    let before = west.state.ledger().account(&account).unwrap().balances();
+    let from_index = west.index;
+    for n in 0..5 {
+        pay(&mut west, &format!("s-{n}"), usd("10"), T0);
+    }
+    deliver_all(&mut west, &mut east, T0);
+    deliver_all(&mut west, &mut east, T0);
+    west.top_up("paypal-us", usd("50"), "wire-2");
+    // One transfer aborted at creation moves nothing.
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0));
+    let poor = request("paypal-us", "s-big", &quote, "wxp://f2f0shop1", "Al");
+    let poor_2 = request("paypal-us", "s-big-2", &quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0)), "wxp://f2f0shop1", "Al");
+    west.run(CommandBody::CreateTransfer(poor), T0);
+    west.run(CommandBody::CreateTransfer(poor_2), T0);
+    let after = west.state.ledger().account(&account).unwrap().balances();
+    let statement: Vec<Movement> = west
+        .history
+        .records()
+        .filter(|(index, _)| *index > from_index)
+        .filter_map(|(_, record)| match record {
+            Record::Movement(m) if m.debit == account || m.credit == account => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(statement.len() >= 5 * 4 + 1, "reserve and post of principal and fee, and the top-up");
+    let mut running = before;
+    for movement in &statement {
+        let units = u128::from(movement.amount.units());
+        let debit = movement.debit == account;
+        let (pending, posted) = if debit {
+            (&mut running.debits_pending, &mut running.debits_posted)
+        } else {
+            (&mut running.credits_pending, &mut running.credits_posted)
+        };
+        match movement.kind {
+            MovementKind::Post => *posted += units,
+            MovementKind::Reserve => *pending += units,
+            MovementKind::PostPending => {
+                *pending -= units;
+                *posted += units;
+            }
+            MovementKind::VoidPending => *pending -= units,
+        }
+        let shown = if debit { movement.debit_after } else { movement.credit_after };
+        assert_eq!(shown, running, "the balances after {:?}", movement.entry);
+    }
+    assert_eq!(running, after, "the statement's movements sum to the balance change");
 }
 
 #[test]
