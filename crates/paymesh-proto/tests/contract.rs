@@ -687,6 +687,7 @@ fn file_descriptor_set_describes_every_service() {
     let mut raft = vec![("AppendEntries".into(), true, true)];
     raft.extend(unary(&["Vote"]));
     raft.push(("InstallSnapshot".into(), true, false));
+    raft.extend(unary(&["AppendHistory"]));
     assert_eq!(methods("paymesh.raft.v1", "RaftService"), raft);
 
     assert_eq!(

@@ -85,7 +85,10 @@ fn both_tiers_digest(node: &Node) -> String {
     for (index, records) in &batches {
         digest = paymesh_store::chain_digest(&digest, *index, records);
     }
-    paymesh_store::region_digest(&paymesh_store::state_digest(&node.state), &digest).iter().map(|b| format!("{b:02x}")).collect()
+    paymesh_store::region_digest(&paymesh_store::state_digest(&node.state), &digest)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Ledger totals per currency, as `GetLedgerSummary` reports them.

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use paymesh_core::command::Decision;
-use paymesh_core::id::{RegionId, TransferId};
 use paymesh_core::history::MemoryHistory;
+use paymesh_core::id::{RegionId, TransferId};
 use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
 use paymesh_proto::interregion::v1 as wire;
 

@@ -336,10 +336,14 @@ impl Sim<'_> {
                     None
                 }
             }
-            Ask::GetTransfer { partner, transfer } => Some(match state.transfer_for(partner, transfer, &node.history) {
-                Some(found) => Answer::Transfer(convert::transfer_out(&found, partner).and_then(|t| state_of(t.state))),
-                None => Answer::Refused("NOT_FOUND: TransferNotFound".to_owned()),
-            }),
+            Ask::GetTransfer { partner, transfer } => {
+                Some(match state.transfer_for(partner, transfer, &node.history) {
+                    Some(found) => {
+                        Answer::Transfer(convert::transfer_out(&found, partner).and_then(|t| state_of(t.state)))
+                    }
+                    None => Answer::Refused("NOT_FOUND: TransferNotFound".to_owned()),
+                })
+            }
             Ask::GetPosition { partner } => {
                 Some(Answer::Position(state.position(partner).and_then(|p| position_of(&convert::position_out(&p)))))
             }

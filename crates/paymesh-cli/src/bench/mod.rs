@@ -24,6 +24,7 @@ pub mod load;
 pub mod paymesh;
 pub mod postgres;
 pub mod report;
+pub mod soak;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -142,6 +143,12 @@ pub struct BenchArgs {
     /// operator before the flood [default: the region's default limits].
     #[arg(long)]
     pub flood_rate: Option<u32>,
+    /// paymesh only: every this many seconds, record each node's resident
+    /// memory and history bytes on disk, written beside the report as
+    /// `<report>.memory.csv` and a plot, `<report>.memory.svg` (for soak
+    /// runs: `--mode open --rate <half the peak> --duration 1800`).
+    #[arg(long)]
+    pub sample_every: Option<f64>,
 }
 
 impl BenchArgs {
@@ -204,10 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("  {} {} ({})", if check.holds { "ok  " } else { "FAIL" }, check.name, check.detail);
         }
     }
-    let path = args.json.clone().unwrap_or_else(|| {
-        let names: Vec<&str> = args.targets.iter().map(|t| t.name()).collect();
-        PathBuf::from("target/bench").join(format!("{}.json", names.join("-")))
-    });
+    let path = report_path(&args);
     bench.write_json(&path)?;
     println!("report written to {}", path.display());
     let failed: Vec<&str> =
@@ -216,6 +220,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("the audit of {} does not hold", failed.join(", "));
     }
     Ok(())
+}
+
+/// Where the JSON report goes.
+fn report_path(args: &BenchArgs) -> PathBuf {
+    args.json.clone().unwrap_or_else(|| {
+        let names: Vec<&str> = args.targets.iter().map(|t| t.name()).collect();
+        PathBuf::from("target/bench").join(format!("{}.json", names.join("-")))
+    })
 }
 
 /// Set up one target, run the plan against it (twice with `--flood`), audit
@@ -243,8 +255,27 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 return flooded(&config, args.flood_rate, plan).await;
             }
             let target = Arc::new(PaymeshTarget::setup(&config).await?);
+            let every = args
+                .sample_every
+                .map(|s| Duration::try_from_secs_f64(s).context("--sample-every must be a number of seconds > 0"))
+                .transpose()?;
+            let sampler = every.map(|every| soak::Sampler::start(target.clone(), every));
             let outcome = async {
                 let mut report = load::run(target.clone(), plan).await?;
+                if let Some(sampler) = sampler {
+                    let samples = sampler.finish().await;
+                    let (csv, svg) = soak::write(&report_path(args), &samples)?;
+                    println!("memory over time written to {} and {}", csv.display(), svg.display());
+                    let last: Vec<String> = samples
+                        .iter()
+                        .rev()
+                        .take(config.nodes as usize)
+                        .map(|s| {
+                            format!("node {} {:.0} MiB resident, {:.0} MiB history", s.node, s.rss_mib, s.history_mib)
+                        })
+                        .collect();
+                    println!("at the end: {}", last.join("; "));
+                }
                 report.audit = Some(target.audit(&report.including_warmup).await?);
                 anyhow::Ok(vec![report])
             }

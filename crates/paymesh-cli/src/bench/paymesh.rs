@@ -282,6 +282,20 @@ impl PaymeshTarget {
         })
     }
 
+    /// The bytes each node's history holds on disk, by node id.
+    pub fn history_bytes(&self) -> Vec<(u64, u64)> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(region) = guard.as_ref() else { return Vec::new() };
+        region
+            .nodes
+            .values()
+            .map(|node| {
+                let dir = node.data_dir.join("state").join(paymesh_store::state_machine::HISTORY_DIR);
+                (node.id, super::soak::dir_bytes(&dir))
+            })
+            .collect()
+    }
+
     /// CPU time (user and system, in seconds) each node's process has used so
     /// far, by node id, from `/proc/<pid>/stat`.
     pub fn cpu_seconds(&self) -> Vec<(u64, f64)> {

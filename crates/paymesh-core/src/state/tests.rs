@@ -605,7 +605,8 @@ fn pay_domestic(east: &mut Region, count: usize, now: Timestamp, key_prefix: &st
             .enumerate()
             .map(|(i, quote)| {
                 let key = format!("{key_prefix}-{}", done + i);
-                let body = CommandBody::CreateTransfer(request("alipay-cn", &key, &quote_id(quote), "wxp://f2f0shop9", "Bo"));
+                let body =
+                    CommandBody::CreateTransfer(request("alipay-cn", &key, &quote_id(quote), "wxp://f2f0shop9", "Bo"));
                 Command { id: east.next_id(), body }
             })
             .collect();
@@ -659,15 +660,13 @@ fn a_transfer_stays_readable_and_its_key_answered_long_after_memory_let_it_go() 
     // Past the idempotency window the key is a new request (here refused:
     // its quote is long gone).
     let past = T0.plus_ms(IDEMPOTENCY_RETENTION_MS + 1);
-    assert_eq!(
-        west.run(CommandBody::CreateTransfer(retry), past),
-        Outcome::Rejected(RejectCode::QuoteNotFound)
-    );
+    assert_eq!(west.run(CommandBody::CreateTransfer(retry), past), Outcome::Rejected(RejectCode::QuoteNotFound));
 }
 
 #[test]
 fn an_event_stream_resumes_gap_free_from_a_cursor_older_than_100_000_events() {
     let (_, mut east) = mesh();
+    east.top_up("alipay-cn", cny("150000"), "wire-2");
     pay_domestic(&mut east, 100_050, T0, "k");
     assert_eq!(east.state.last_cursor(&pid("wechat-cn")), 100_050);
     let mut cursor = 0;
@@ -700,7 +699,13 @@ fn an_account_statement_sums_to_the_balance_change_with_running_balances() {
     // One transfer aborted at creation moves nothing.
     let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0));
     let poor = request("paypal-us", "s-big", &quote, "wxp://f2f0shop1", "Al");
-    let poor_2 = request("paypal-us", "s-big-2", &quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0)), "wxp://f2f0shop1", "Al");
+    let poor_2 = request(
+        "paypal-us",
+        "s-big-2",
+        &quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0)),
+        "wxp://f2f0shop1",
+        "Al",
+    );
     west.run(CommandBody::CreateTransfer(poor), T0);
     west.run(CommandBody::CreateTransfer(poor_2), T0);
     let after = west.state.ledger().account(&account).unwrap().balances();
