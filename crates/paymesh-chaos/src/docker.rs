@@ -83,14 +83,17 @@ impl DockerMesh {
         let env = [("PAYMESH_WAN_VIA", WAN_GATEWAY), ("PAYMESH_BIN", exe_text)];
         script(deploy, "down.sh", &["--all"], &env)?;
         script(deploy, "gen.sh", &[], &env)?;
-        // The chaos world's partners, under each region's CA.
+        // The chaos world's partners, under each region's CA. deploy/gen.sh
+        // has issued the demo's partners already, some of them the chaos
+        // world's too (`sari-ph`, `shop-us`, …): those are issued again
+        // (`paymesh certs` refuses an existing holder's files otherwise).
         for (region, holders) in world::regions()? {
             let partners: Vec<String> = holders.iter().map(|h| h.file_stem().replacen("partner-", "", 1)).collect();
             let certs = deploy.join("run/certs").join(region);
             let status = Command::new(exe)
                 .args(["certs", "--out"])
                 .arg(&certs)
-                .args(["--region", region, "--partners", &partners.join(",")])
+                .args(["--region", region, "--partners", &partners.join(","), "--replace"])
                 .stdout(std::process::Stdio::null())
                 .status()
                 .context("issuing the partners' certificates")?;
