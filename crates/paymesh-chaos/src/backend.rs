@@ -9,6 +9,7 @@ use paymesh_cli::local::LocalRegion;
 use paymesh_cli::wan::WanSettings;
 
 use crate::docker::DockerMesh;
+use crate::locality::ScanRoot;
 use crate::process::ProcessMesh;
 
 /// Which backend, and what it needs.
@@ -40,12 +41,13 @@ pub enum Mesh {
 }
 
 impl Mesh {
-    /// Start the mesh of `backend` (process data under `dir`) with the
-    /// `paymesh` binary `exe`, inter-region links under `wan`.
+    /// Start the mesh of `backend` (process data, or the containers' saved
+    /// output, under `dir`) with the `paymesh` binary `exe`, inter-region
+    /// links under `wan`.
     pub async fn start(backend: &Backend, dir: &Path, exe: &Path, wan: WanSettings) -> anyhow::Result<Mesh> {
         Ok(match backend {
             Backend::Process => Mesh::Process(ProcessMesh::start(dir, exe, wan).await?),
-            Backend::Docker(deploy) => Mesh::Docker(DockerMesh::start(deploy, exe, wan).await?),
+            Backend::Docker(deploy) => Mesh::Docker(DockerMesh::start(deploy, dir, exe, wan).await?),
         })
     }
 
@@ -129,6 +131,16 @@ impl Mesh {
         match self {
             Mesh::Process(m) => m.stop(),
             Mesh::Docker(m) => m.stop(),
+        }
+    }
+
+    /// Once stopped: every file and directory the nodes of every region
+    /// wrote, with its region and node, for the data-locality scan; and
+    /// what the nodes may have written that cannot be reached.
+    pub fn scan_roots(&self) -> anyhow::Result<(Vec<ScanRoot>, Vec<String>)> {
+        match self {
+            Mesh::Process(m) => Ok((m.scan_roots()?, Vec::new())),
+            Mesh::Docker(m) => Ok(m.scan_roots()),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! and reads the history only, so a failure names exactly one broken rule.
 //!
 //! A history without an observation is one violation, of [`Observed`]; the
-//! other checkers find nothing to check in it and report nothing.
+//! other checkers of the observation find nothing to check in it and report
+//! nothing. [`DataLocality`] reads the scan of the nodes' files instead.
 //!
 //! The checkers index what they need in hash maps once, so a history of a
 //! million requests is checked in seconds.
@@ -26,6 +27,7 @@ use crate::history::{History, Observation, ObservedTransfer};
 
 mod atomicity;
 mod conservation;
+mod data_locality;
 mod idempotency;
 mod lost;
 mod observed;
@@ -40,6 +42,7 @@ pub(crate) mod fixtures;
 
 pub use atomicity::Atomicity;
 pub use conservation::Conservation;
+pub use data_locality::DataLocality;
 pub use idempotency::Idempotency;
 pub use lost::Lost;
 pub use observed::Observed;
@@ -92,6 +95,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(Replicas),
         Box::new(Resolution),
         Box::new(Reads),
+        Box::new(DataLocality),
     ]
 }
 

@@ -19,6 +19,8 @@ use paymesh_cli::mesh::OPERATOR;
 use paymesh_cli::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
+use crate::history::REGION_FILES;
+use crate::locality::ScanRoot;
 use crate::world::{self, REGIONS};
 
 /// The WAN network's gateway: the host's address on it.
@@ -65,6 +67,14 @@ fn script(deploy: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> any
 #[derive(Debug)]
 pub struct DockerMesh {
     deploy: PathBuf,
+    /// Where the containers' output is saved when they stop
+    /// (`<region>/node-<n>.log`).
+    capture: PathBuf,
+    /// What the stopped containers wrote, for the data-locality scan.
+    scan_roots: Vec<ScanRoot>,
+    /// What the containers may have written that [`DockerMesh::stop`]
+    /// could not reach.
+    unreachable: Vec<String>,
     /// The regions, reached at their published API ports.
     pub regions: BTreeMap<String, LocalRegion>,
     /// Region pair (in name order) → its WAN link, whose proxies listen on
@@ -76,21 +86,25 @@ pub struct DockerMesh {
 impl DockerMesh {
     /// Start the mesh afresh from `deploy` (its previous run removed) with
     /// the `paymesh` binary `exe` on the host, inter-region links under
-    /// `wan`, every region initialised and led.
-    pub async fn start(deploy: &Path, exe: &Path, wan: WanSettings) -> anyhow::Result<DockerMesh> {
+    /// `wan`, every region initialised and led; the containers' output is
+    /// saved under `capture` when they stop.
+    pub async fn start(deploy: &Path, capture: &Path, exe: &Path, wan: WanSettings) -> anyhow::Result<DockerMesh> {
         docker(&["version", "--format", "{{.Server.Version}}"]).context("the Docker engine does not answer")?;
         let exe_text = exe.to_str().context("a UTF-8 path to paymesh")?;
         let env = [("PAYMESH_WAN_VIA", WAN_GATEWAY), ("PAYMESH_BIN", exe_text)];
         script(deploy, "down.sh", &["--all"], &env)?;
         script(deploy, "gen.sh", &[], &env)?;
-        // The chaos world's partners, under each region's CA.
+        // The chaos world's partners, under each region's CA. deploy/gen.sh
+        // has issued the demo's partners already, some of them the chaos
+        // world's too (`sari-ph`, `shop-us`, …): those are issued again
+        // (`paymesh certs` refuses an existing holder's files otherwise).
         for (region, holders) in world::regions()? {
             let partners: Vec<String> = holders.iter().map(|h| h.file_stem().replacen("partner-", "", 1)).collect();
             let certs = deploy.join("run/certs").join(region);
             let status = Command::new(exe)
                 .args(["certs", "--out"])
                 .arg(&certs)
-                .args(["--region", region, "--partners", &partners.join(",")])
+                .args(["--region", region, "--partners", &partners.join(","), "--replace"])
                 .stdout(std::process::Stdio::null())
                 .status()
                 .context("issuing the partners' certificates")?;
@@ -128,7 +142,15 @@ impl DockerMesh {
             let dir = deploy.join("run/certs").join(region);
             regions.insert(region.to_owned(), LocalRegion::attach(&dir, region, OPERATOR, addrs)?);
         }
-        Ok(DockerMesh { deploy: deploy.to_owned(), regions, links, _proxies: proxies })
+        Ok(DockerMesh {
+            deploy: deploy.to_owned(),
+            capture: capture.to_owned(),
+            scan_roots: Vec::new(),
+            unreachable: Vec::new(),
+            regions,
+            links,
+            _proxies: proxies,
+        })
     }
 
     /// SIGKILL a node's container.
@@ -191,8 +213,82 @@ impl DockerMesh {
         Ok(up)
     }
 
-    /// Stop the containers (their data kept for inspection).
+    /// Stop the containers (their data kept for inspection), first saving
+    /// what the data-locality scan reads: each container is stopped (SIGTERM,
+    /// so its output is complete), its output saved from `docker logs`, and
+    /// its mounts and whether its root file system is read-only taken from
+    /// `docker inspect`, before deploy/down.sh removes the containers.
     pub fn stop(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = REGIONS.iter().flat_map(|r| (1..=MEMBERS).map(move |n| container(r, n))).collect();
+        for name in &names {
+            // A paused container cannot be stopped; a running one is left as is.
+            let _ = docker(&["unpause", name]);
+        }
+        let mut args = vec!["stop", "--time", "20"];
+        args.extend(names.iter().map(String::as_str));
+        if let Err(e) = docker(&args) {
+            self.unreachable.push(format!("stopping the containers before the scan: {e:#}"));
+        }
+        for region in REGIONS {
+            for n in 1..=MEMBERS {
+                if let Err(e) = self.save_for_scan(region, n) {
+                    self.unreachable.push(format!("{}: {e:#}", container(region, n)));
+                }
+            }
+            // The region's certificates and keys on the host, which the
+            // chaos world's partners were issued into.
+            let certs = self.deploy.join("run/certs").join(region);
+            self.scan_roots.push(ScanRoot::new(region, REGION_FILES, certs));
+        }
         script(&self.deploy, "down.sh", &[], &[])
+    }
+
+    /// Save node `n` of `region`'s output under the capture directory, and
+    /// note its mounts' host directories as scan roots.
+    fn save_for_scan(&mut self, region: &str, n: u64) -> anyhow::Result<()> {
+        let name = container(region, n);
+        let owner = n.to_string();
+        let log = self.capture.join(region).join(format!("node-{n}.log"));
+        std::fs::create_dir_all(self.capture.join(region))?;
+        // Stream `docker logs` (the container's stdout and stderr) into the
+        // file: the output of a long run need not fit in memory.
+        self.scan_roots.push(ScanRoot::new(region, &owner, &log));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let status = Command::new("docker")
+            .args(["logs", &name])
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()
+            .context("running docker logs")?;
+        if !status.success() {
+            bail!("docker logs {name} failed: {status}");
+        }
+        let inspected: serde_json::Value = serde_json::from_str(&docker(&["inspect", &name])?)
+            .with_context(|| format!("parsing docker inspect {name}"))?;
+        let container = inspected.get(0).with_context(|| format!("docker inspect {name}: no container"))?;
+        if container.pointer("/HostConfig/ReadonlyRootfs").and_then(serde_json::Value::as_bool) != Some(true) {
+            self.unreachable
+                .push(format!("{name}: its root file system is writable, and only its mounts and output are scanned"));
+        }
+        let mounts = container.get("Mounts").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+        if mounts.is_empty() {
+            bail!("docker inspect {name}: no mounts, so no data directory to scan");
+        }
+        for mount in mounts {
+            let source = mount.get("Source").and_then(serde_json::Value::as_str).unwrap_or_default();
+            if source.is_empty() {
+                bail!("docker inspect {name}: a mount without a source on the host: {mount}");
+            }
+            self.scan_roots.push(ScanRoot::new(region, &owner, source));
+        }
+        Ok(())
+    }
+
+    /// What the stopped containers wrote, and what [`DockerMesh::stop`]
+    /// could not reach: a node's mounts (its data directory, its
+    /// configuration and certificates) as seen on the host, its output as
+    /// `docker logs` gave it, and the region's certificates on the host.
+    pub fn scan_roots(&self) -> (Vec<ScanRoot>, Vec<String>) {
+        (self.scan_roots.clone(), self.unreachable.clone())
     }
 }

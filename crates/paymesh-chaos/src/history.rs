@@ -268,6 +268,101 @@ pub struct History {
     /// What the mesh held at the end; `None` if the run could not observe it
     /// (which the checkers count as a violation).
     pub observation: Option<Observation>,
+    /// The scan of every node's files for other regions' payer data, made
+    /// once the mesh stopped; `None` in the simulation, which has no files
+    /// (for a run of the process or container backend, its absence is a
+    /// violation of the `data_locality` checker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityScan>,
+}
+
+/// The scan of a run's files for payer personal data out of its region:
+/// every file of every node of every region, read as raw bytes and searched
+/// for every region's payer marker (`workload::pii_marker`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalityScan {
+    /// The markers searched for, by the region whose payers carry them.
+    pub markers: BTreeMap<String, String>,
+    /// What was read, by region.
+    pub regions: BTreeMap<String, RegionScan>,
+    /// Every file holding another region's marker, with that region.
+    pub found: Vec<MarkerFound>,
+    /// What could not be read or reached, and why: each a file or a place
+    /// a node may have written to that was not scanned.
+    pub not_scanned: Vec<String>,
+    /// How long the scan took, ms.
+    pub elapsed_ms: u64,
+}
+
+/// What the scan read of one region's files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionScan {
+    /// Files and bytes read, by node id (`1`, `2`, `3`), and under
+    /// [`REGION_FILES`] those of the region that belong to no one node
+    /// (its certificates, say).
+    pub nodes: BTreeMap<String, FilesRead>,
+    /// Occurrences of the region's own marker in its files: evidence that
+    /// the scan sees payer data where it belongs.
+    pub own_markers: u64,
+}
+
+/// The owner of a region's files that belong to no one node.
+pub const REGION_FILES: &str = "region";
+
+/// Files and bytes read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesRead {
+    /// Files read to their end.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+impl RegionScan {
+    /// Files read in all.
+    pub fn files(&self) -> u64 {
+        self.nodes.values().map(|n| n.files).sum()
+    }
+
+    /// Bytes read in all.
+    pub fn bytes(&self) -> u64 {
+        self.nodes.values().map(|n| n.bytes).sum()
+    }
+}
+
+/// Another region's marker in a file of a region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerFound {
+    /// The region holding the file.
+    pub region: String,
+    /// The node it belongs to, or [`REGION_FILES`].
+    pub node: String,
+    /// The file.
+    pub path: String,
+    /// The region whose payers' marker it holds.
+    pub marker_region: String,
+    /// Occurrences of the marker in the file.
+    pub count: u64,
+    /// Byte offsets of the first occurrences (at most
+    /// `locality::OFFSETS_KEPT`).
+    pub offsets: Vec<u64>,
+}
+
+impl LocalityScan {
+    /// Files read in all.
+    pub fn files(&self) -> u64 {
+        self.regions.values().map(RegionScan::files).sum()
+    }
+
+    /// Bytes read in all.
+    pub fn bytes(&self) -> u64 {
+        self.regions.values().map(RegionScan::bytes).sum()
+    }
+
+    /// Occurrences of other regions' markers in all.
+    pub fn hits(&self) -> u64 {
+        self.found.iter().map(|f| f.count).sum()
+    }
 }
 
 impl Outcome {

@@ -15,6 +15,8 @@ use paymesh_cli::mesh::LocalMesh;
 use paymesh_cli::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
+use crate::history::REGION_FILES;
+use crate::locality::ScanRoot;
 use crate::world;
 
 /// Nodes per region.
@@ -123,5 +125,39 @@ impl ProcessMesh {
     /// SIGTERM everything.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         self.mesh.stop()
+    }
+
+    /// Everything each region's processes wrote, for the data-locality
+    /// scan: every entry of the region's directory, owned by the node whose
+    /// data directory, output (`node-<id>.log`, its stdout and stderr) or
+    /// configuration it is, else by the region (its certificates, its
+    /// revocation list).
+    pub fn scan_roots(&self) -> anyhow::Result<Vec<ScanRoot>> {
+        let mut roots = Vec::new();
+        for (name, region) in &self.mesh.regions {
+            let dir = region.dir();
+            let mut entries = std::fs::read_dir(dir)
+                .with_context(|| format!("listing {}", dir.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<Vec<_>>>()
+                .with_context(|| format!("listing {}", dir.display()))?;
+            entries.sort();
+            for path in entries {
+                let owner = region
+                    .nodes
+                    .values()
+                    .find(|n| path == n.data_dir || path == n.log || path == n.config)
+                    .map_or_else(|| REGION_FILES.to_owned(), |n| n.id.to_string());
+                roots.push(ScanRoot::new(name, owner, path));
+            }
+            for node in region.nodes.values() {
+                for path in [&node.data_dir, &node.log] {
+                    if !roots.iter().any(|r| r.path == *path) {
+                        roots.push(ScanRoot::new(name, node.id.to_string(), path));
+                    }
+                }
+            }
+        }
+        Ok(roots)
     }
 }

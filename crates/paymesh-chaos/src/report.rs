@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::check::{CheckerVerdict, Verdict};
-use crate::history::{History, Op, Outcome, Request, TransferState};
+use crate::history::{FilesRead, History, LocalityScan, Op, Outcome, Request, TransferState};
 
 /// The report's machine-readable file.
 pub const JSON_FILE: &str = "report.json";
@@ -78,12 +78,82 @@ pub struct Summary {
     /// How long after the last heal every transfer was final, ms; `None` if
     /// not observed or never.
     pub resolved_after_heal_ms: Option<u64>,
+    /// What the scan of the nodes' files for other regions' payer data read
+    /// and found; `None` if the run made none (the simulation has no files).
+    pub data_locality: Option<LocalitySummary>,
     /// What each checker found.
     pub checkers: Vec<CheckerVerdict>,
     /// Violations of all checkers together.
     pub violations: usize,
     /// Whether every invariant held.
     pub passed: bool,
+}
+
+/// The scan of every node's files for other regions' payer markers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalitySummary {
+    /// Files read, in all regions.
+    pub files: u64,
+    /// Bytes read, in all regions.
+    pub bytes: u64,
+    /// Occurrences of another region's marker in a region's files (each a
+    /// violation of `data_locality`, counted by file there).
+    pub hits: u64,
+    /// Files holding another region's marker.
+    pub files_with_hits: usize,
+    /// Files or places that could not be read or reached.
+    pub not_scanned: usize,
+    /// How long the scan took, ms.
+    pub elapsed_ms: u64,
+    /// By region.
+    pub regions: BTreeMap<String, RegionLocality>,
+}
+
+/// The scan of one region's files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RegionLocality {
+    /// The marker its payers carry.
+    pub marker: String,
+    /// Files read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Files and bytes read by node (and of the region's own files).
+    pub nodes: BTreeMap<String, FilesRead>,
+    /// Occurrences of its own marker in its files.
+    pub own_markers: u64,
+    /// Occurrences of other regions' markers in its files.
+    pub other_markers: u64,
+}
+
+fn locality_summary(scan: &LocalityScan) -> LocalitySummary {
+    let mut regions: BTreeMap<String, RegionLocality> = scan
+        .regions
+        .iter()
+        .map(|(region, read)| {
+            let summary = RegionLocality {
+                marker: scan.markers.get(region).cloned().unwrap_or_default(),
+                files: read.files(),
+                bytes: read.bytes(),
+                nodes: read.nodes.clone(),
+                own_markers: read.own_markers,
+                other_markers: 0,
+            };
+            (region.clone(), summary)
+        })
+        .collect();
+    for found in &scan.found {
+        regions.entry(found.region.clone()).or_default().other_markers += found.count;
+    }
+    LocalitySummary {
+        files: scan.files(),
+        bytes: scan.bytes(),
+        hits: scan.hits(),
+        files_with_hits: scan.found.iter().map(|f| &f.path).collect::<BTreeSet<_>>().len(),
+        not_scanned: scan.not_scanned.len(),
+        elapsed_ms: scan.elapsed_ms,
+        regions,
+    }
 }
 
 /// What became of the CreateTransfer requests.
@@ -233,6 +303,7 @@ pub fn summarize(history: &History, verdict: &Verdict) -> Summary {
         transfers,
         faults,
         resolved_after_heal_ms,
+        data_locality: history.locality.as_ref().map(locality_summary),
         checkers: verdict.checkers.clone(),
         violations: verdict.violations(),
         passed: verdict.passed(),
@@ -257,9 +328,12 @@ impl Summary {
                 .collect();
             format!("{} violations ({})", self.violations, broken.join(", "))
         };
+        let scanned = self.data_locality.as_ref().map_or_else(String::new, |l| {
+            format!(", {} files ({} bytes) scanned for other regions' payer data", l.files, l.bytes)
+        });
         format!(
             "seed {} ({}, {} ms): {} CreateTransfer ({} acknowledged, {} failed, {} unknown), {} records committed and \
-             {} aborted, {} faults; {}",
+             {} aborted, {} faults{}; {}",
             self.seed,
             self.backend,
             self.duration_ms,
@@ -270,6 +344,7 @@ impl Summary {
             committed,
             aborted,
             faults,
+            scanned,
             verdict
         )
     }
@@ -346,6 +421,36 @@ fn markdown(summary: &Summary) -> Result<String, std::fmt::Error> {
             or_dash(spread.map(|s| s.median)),
             or_dash(spread.map(|s| s.max))
         )?;
+    }
+
+    match &summary.data_locality {
+        Some(l) => {
+            writeln!(
+                out,
+                "\n## Data locality\n\nEvery file of every node of every region, read once the mesh had stopped and \
+                 searched for each region's payer marker: {} files, {} bytes in {} ms; {} occurrences of another \
+                 region's marker in {} files; {} not scanned.\n",
+                l.files, l.bytes, l.elapsed_ms, l.hits, l.files_with_hits, l.not_scanned
+            )?;
+            writeln!(
+                out,
+                "| Region | Marker | Files | Bytes | Own marker seen | Other regions' markers |\n\
+                 | --- | --- | ---: | ---: | ---: | ---: |"
+            )?;
+            for (region, r) in &l.regions {
+                writeln!(
+                    out,
+                    "| {} | `{}` | {} | {} | {} | {} |",
+                    cell(region),
+                    cell(&r.marker),
+                    r.files,
+                    r.bytes,
+                    r.own_markers,
+                    r.other_markers
+                )?;
+            }
+        }
+        None => writeln!(out, "\n## Data locality\n\nNo scan of the nodes' files was recorded.")?,
     }
 
     writeln!(out, "\n## Checkers\n\n| Checker | Invariant | Violations |\n| --- | --- | ---: |")?;
@@ -790,6 +895,51 @@ mod tests {
         assert_eq!(seconds[2], Second { acknowledged: 100, p50_ms: Some(50), p99_ms: Some(99) });
         assert_eq!(seconds[3], Second::default());
         assert_eq!(seconds.iter().map(|s| s.acknowledged).sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn the_data_locality_scan_is_reported_with_its_figures() {
+        use crate::history::{LocalityScan, MarkerFound, RegionScan};
+        let mut history = fixtures::good_history();
+        history.backend = "process".to_owned();
+        let mut scan = LocalityScan {
+            markers: crate::locality::markers(&[fixtures::US, fixtures::CN]),
+            elapsed_ms: 12,
+            ..LocalityScan::default()
+        };
+        for (region, own) in [(fixtures::US, 40), (fixtures::CN, 7)] {
+            let mut read = RegionScan { own_markers: own, ..RegionScan::default() };
+            for node in 1..=3u64 {
+                read.nodes.insert(node.to_string(), FilesRead { files: 5, bytes: 1000 * node });
+            }
+            scan.regions.insert(region.to_owned(), read);
+        }
+        scan.found.push(MarkerFound {
+            region: fixtures::CN.to_owned(),
+            node: "3".to_owned(),
+            path: "/m/cn-east/node-3.log".to_owned(),
+            marker_region: fixtures::US.to_owned(),
+            count: 2,
+            offsets: vec![10, 99],
+        });
+        history.locality = Some(scan);
+        let verdict = check::check_all(&history);
+        assert_eq!(verdict.checker("data_locality").map(|c| c.violations), Some(1));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let paths = write(dir.path(), &history, &verdict).expect("the report is written");
+
+        let json = json_of(&paths);
+        let locality = &json["data_locality"];
+        assert_eq!([&locality["files"], &locality["bytes"], &locality["hits"]], [30, 12_000, 2]);
+        assert_eq!(locality["regions"]["cn-east"]["other_markers"], 2);
+        assert_eq!(locality["regions"]["us-west"]["own_markers"], 40);
+        assert_eq!(locality["regions"]["us-west"]["marker"], "PIIMARK-us-west-");
+        let markdown = std::fs::read_to_string(&paths.markdown).expect("report.md written");
+        assert!(markdown.contains("30 files, 12000 bytes in 12 ms; 2 occurrences"), "{markdown}");
+        assert!(markdown.contains("| cn-east | `PIIMARK-cn-east-` | 15 | 6000 | 7 | 2 |"), "{markdown}");
+        assert!(markdown.contains("/m/cn-east/node-3.log holds us-west's payer marker"), "{markdown}");
+        let line = summary_line(&history, &verdict);
+        assert!(line.contains("30 files (12000 bytes) scanned"), "{line}");
     }
 
     #[test]

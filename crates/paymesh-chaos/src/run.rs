@@ -1,6 +1,7 @@
 //! One chaos run: bring the mesh up, configure the world, drive the
 //! workload while the nemeses work through the seed's schedule, heal, wait
-//! for every transfer to settle, observe, check, report.
+//! for every transfer to settle, observe, stop the mesh, scan its files,
+//! check, report.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +15,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Mesh};
-use crate::history::{self, History, Observation};
+use crate::history::{self, History, LocalityScan, Observation};
 use crate::nemesis::{Fault, Schedule};
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
-use crate::{check, observe, report};
+use crate::{check, locality, observe, report};
 
 /// How long the mesh may take to be live again after a heal.
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);
@@ -143,6 +144,8 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     if let Err(e) = &observation {
         eprintln!("chaos: could not observe the mesh: {e:#}");
     }
+    mesh.stop()?;
+    let locality = scan_files(&mesh).await?;
     let history = History {
         seed: config.seed,
         backend: config.backend.name().into(),
@@ -153,14 +156,33 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             o.healed_ms = healed_ms;
             o
         }),
+        locality: Some(locality),
     };
-    mesh.stop()?;
     let history_file = config.dir.join("history.json");
     std::fs::write(&history_file, serde_json::to_vec(&history)?)
         .with_context(|| format!("writing {}", history_file.display()))?;
     let verdict = check::check_all(&history);
     let report = report::write(&config.dir.join("report"), &history, &verdict)?;
     Ok(RunResult { violations: verdict.violations(), report })
+}
+
+/// Scan every file the stopped mesh's nodes wrote for other regions' payer
+/// markers (`crate::locality`).
+async fn scan_files(mesh: &Mesh) -> anyhow::Result<LocalityScan> {
+    let (roots, unreachable) = mesh.scan_roots().context("listing the nodes' files")?;
+    let markers = locality::markers(&REGIONS);
+    let mut scan = tokio::task::spawn_blocking(move || locality::scan(&roots, &markers))
+        .await
+        .context("scanning the nodes' files")?;
+    scan.not_scanned.extend(unreachable);
+    eprintln!(
+        "chaos: data locality: {} files, {} bytes scanned in {} ms; {} other regions' payer markers found",
+        scan.files(),
+        scan.bytes(),
+        scan.elapsed_ms,
+        scan.hits()
+    );
+    Ok(scan)
 }
 
 /// Inject `fault`; for a killed leader, which node it was.

@@ -202,6 +202,7 @@ pub(crate) fn simulate(seed: u64, config: &SimConfig) -> Simulation {
         ops: std::mem::take(&mut sim.ops),
         faults: std::mem::take(&mut sim.faults),
         observation: Some(observation),
+        locality: None,
     };
     Simulation { history, stats: sim.stats }
 }

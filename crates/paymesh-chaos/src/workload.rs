@@ -24,9 +24,29 @@ use crate::history::{Amount, Op, Outcome, Position, Request, TransferState};
 use crate::world;
 use paymesh_cli::demo::{minor, Wallet};
 
-/// A marker in every payer's personal data (searched for in the payee
-/// regions' files).
-pub const PII_MARKER: &str = "CHAOSPII";
+/// The start of every payer's marker: a payer of region `r` carries
+/// [`pii_marker`]`(r)`, `PIIMARK-<r>-`, in its name, account and reference,
+/// so a marker found in a file names the region whose payer's data it is
+/// (the `data_locality` checker searches every node's files for the other
+/// regions' markers).
+pub const PII_MARKER_PREFIX: &str = "PIIMARK-";
+
+/// The marker in the personal data of region `region`'s payers.
+pub fn pii_marker(region: &str) -> String {
+    format!("{PII_MARKER_PREFIX}{region}-")
+}
+
+/// The personal data (name, account, reference) of the payer of worker
+/// `client`'s payment `sequence` from a wallet of `region`: each field holds
+/// the region's [`pii_marker`]. The simulation's payers carry the same.
+pub fn payer_fields(region: &str, client: u32, sequence: u64) -> [String; 3] {
+    let marker = pii_marker(region);
+    [
+        format!("Tourist {marker}{client}-{sequence} 旅客"),
+        format!("acct-{marker}{client}-{sequence}"),
+        format!("ref-{marker}{client}-{sequence}"),
+    ]
+}
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
 const ATTEMPTS: u32 = 4;
@@ -178,15 +198,12 @@ pub async fn worker(
             continue;
         };
         let key = format!("chaos-{seed}-{id}-{sequence}");
+        let [name, account, reference] = payer_fields(wallet.0, id, sequence);
         let request = wire::CreateTransferRequest {
             idempotency_key: key.clone(),
             quote_id: quote.quote_id,
             qr_payload: qr,
-            payer: Some(wire::PayerDetails {
-                name: format!("Tourist {PII_MARKER} 旅客"),
-                account: format!("acct-{PII_MARKER}-{id}-{sequence}"),
-                reference: format!("ref-{PII_MARKER}-{id}-{sequence}"),
-            }),
+            payer: Some(wire::PayerDetails { name, account, reference }),
         };
         let record = |transfer: Option<&wire::Transfer>| Request::CreateTransfer {
             region: wallet.0.to_owned(),

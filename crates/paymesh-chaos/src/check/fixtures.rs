@@ -275,6 +275,7 @@ pub(crate) fn good_history() -> History {
             resolve_bound_ms: 10_000,
             regions: BTreeMap::from([(US.to_owned(), us), (CN.to_owned(), cn)]),
         }),
+        locality: None,
     }
 }
 

@@ -34,7 +34,7 @@ use super::region::Waiter;
 use super::rng::Rng;
 use super::{Ms, Sim};
 use crate::history::{Amount, Op, Outcome as Ended, Position, Request, TransferState};
-use crate::workload::{position_of, state_of, PII_MARKER};
+use crate::workload::{payer_fields, position_of, state_of};
 use crate::world::{self, MERCHANTS, REGIONS, WALLETS};
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
@@ -579,6 +579,7 @@ impl Sim<'_> {
         let worker = &mut self.workers[index];
         let (id, sequence) = (worker.id, worker.sequence);
         let duplicate = worker.rng.below(10) == 0;
+        let [name, account, reference] = payer_fields(WALLETS[wallet].0, id, sequence);
         let request = (|| -> anyhow::Result<TransferRequest> {
             Ok(TransferRequest {
                 partner: PartnerId::new(WALLETS[wallet].1)?,
@@ -586,9 +587,9 @@ impl Sim<'_> {
                 quote: quote.id.clone(),
                 payee: qr,
                 payer: PayerDetails {
-                    name: PayerField::new(format!("Tourist {PII_MARKER} 旅客"))?,
-                    account: PayerField::new(format!("acct-{PII_MARKER}-{id}-{sequence}"))?,
-                    reference: PayerField::new(format!("ref-{PII_MARKER}-{id}-{sequence}"))?,
+                    name: PayerField::new(name)?,
+                    account: PayerField::new(account)?,
+                    reference: PayerField::new(reference)?,
                 },
             })
         })();
