@@ -117,7 +117,7 @@ fn plot(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     nodes.sort_unstable();
     nodes.dedup();
     for (n, node) in nodes.iter().enumerate() {
-        let colour = Palette99::pick(n);
+        let colour = Palette99::pick(n).to_rgba();
         let of = |f: fn(&Sample) -> f64| samples.iter().filter(|s| s.node == *node).map(move |s| (s.t_s, f(s)));
         chart
             .draw_series(LineSeries::new(of(|s| s.rss_mib), colour.stroke_width(2)))
@@ -150,9 +150,9 @@ mod tests {
         let report = dir.path().join("soak.json");
         let samples: Vec<Sample> = (0..10)
             .flat_map(|t| {
-                (1..=3).map(move |node| Sample {
+                (1..=3u32).map(move |node| Sample {
                     t_s: f64::from(t) * 5.0,
-                    node,
+                    node: u64::from(node),
                     rss_mib: 300.0 + f64::from(node),
                     history_mib: f64::from(t) * 10.0,
                 })
