@@ -701,6 +701,62 @@ pub(crate) async fn route(command: RouteCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run `paymesh statement`: an account's movements between two instants,
+/// page after page, with the balances after each.
+pub(crate) async fn statement(
+    target: Target,
+    account: &str,
+    from_ms: i64,
+    to_ms: i64,
+    limit: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "{:<25} {:<19} {:<6} {:>18} {:<28} {:>18} {:>16} {:>16}",
+        "at (unix ms)", "kind", "side", "amount", "entry", "posted after", "pending debits", "pending credits"
+    );
+    let mut token = String::new();
+    let mut printed = 0;
+    loop {
+        let request = wire::GetAccountStatementRequest {
+            account: account.to_owned(),
+            from_unix_ms: from_ms,
+            to_unix_ms: to_ms,
+            page_size: 500,
+            page_token: token.clone(),
+        };
+        let answer = call(&target, |mut c| {
+            let request = request.clone();
+            async move { c.get_account_statement(request).await }
+        })
+        .await?;
+        for line in &answer.lines {
+            if printed == limit {
+                println!("(stopped after {limit} lines; raise --limit or narrow --from-ms/--to-ms)");
+                return Ok(());
+            }
+            let kind = common::MovementKind::try_from(line.kind).map_or("?", |k| k.as_str_name());
+            println!(
+                "{:<25} {:<19} {:<6} {:>18} {:<28} {:>18} {:>16} {:>16}",
+                line.at_unix_ms,
+                kind.trim_start_matches("MOVEMENT_KIND_"),
+                if line.debit { "debit" } else { "credit" },
+                show_money(line.amount.as_ref()),
+                line.entry_id,
+                show_money(line.posted_balance.as_ref()),
+                show_money(line.pending_debits.as_ref()),
+                show_money(line.pending_credits.as_ref()),
+            );
+            printed += 1;
+        }
+        if answer.next_page_token.is_empty() {
+            break;
+        }
+        token = answer.next_page_token;
+    }
+    println!("{printed} movements");
+    Ok(())
+}
+
 /// Run `paymesh ledger`: the region's per-currency totals and whether its
 /// books balance. Exits with status 1 if they do not.
 pub(crate) async fn ledger(target: Target) -> anyhow::Result<()> {

@@ -183,6 +183,26 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print an account's statement from the region's history: every
+    /// movement between two instants, oldest first, with the balances after
+    /// each (all pages).
+    Statement {
+        /// The account: partner:<id>:<currency>, clearing:<region>:<currency>,
+        /// fees:<currency> or settlement:<currency>.
+        #[arg(long)]
+        account: String,
+        /// Movements at or after this instant, Unix milliseconds.
+        #[arg(long, default_value_t = 0)]
+        from_ms: i64,
+        /// Movements before this instant, Unix milliseconds (0: no end).
+        #[arg(long, default_value_t = 0)]
+        to_ms: i64,
+        /// At most this many lines (the newest pages are not read).
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Measure committed transfers per second and their latency percentiles
     /// (closed or open loop), side by side with the PostgreSQL baseline.
     Bench {
@@ -334,6 +354,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Position { command } => admin::position(command).await,
         Command::Route { command } => admin::route(command).await,
         Command::Ledger { target } => admin::ledger(target).await,
+        Command::Statement { account, from_ms, to_ms, limit, target } => {
+            admin::statement(target, &account, from_ms, to_ms, limit).await
+        }
         Command::Bench { args } => bench::run(args).await,
         Command::Certs { args } => certs::run(&args),
         Command::Fingerprint { certs } => {

@@ -71,6 +71,11 @@ impl PartnerClient {
         /// Read the position.
         get_position, wire::GetPositionRequest, wire::GetPositionResponse
     );
+    unary!(
+        /// Read the position's statement, one page: its movements between two
+        /// instants with the balances after each.
+        get_statement, wire::GetStatementRequest, wire::GetStatementResponse
+    );
 
     /// Open the event stream after `from_cursor` on the leader. When it ends
     /// (leadership moved), open it again with the last cursor seen: nothing is

@@ -314,6 +314,24 @@ impl AdminService for AdminServer {
         }))
     }
 
+    async fn get_account_statement(
+        &self,
+        request: Request<wire::GetAccountStatementRequest>,
+    ) -> Result<Response<wire::GetAccountStatementResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let request = request.into_inner();
+        let account = convert::account_id("account", &request.account)?;
+        let (lines, next_page_token) = convert::statement_page(
+            self.gateway.node.state_machine.history(),
+            &account,
+            request.from_unix_ms,
+            request.to_unix_ms,
+            request.page_size,
+            &request.page_token,
+        )?;
+        Ok(Response::new(wire::GetAccountStatementResponse { lines, next_page_token }))
+    }
+
     async fn get_ledger_summary(
         &self,
         request: Request<wire::GetLedgerSummaryRequest>,

@@ -13,7 +13,9 @@ use paymesh_core::command::{PayerDetails, PayerField};
 use paymesh_core::corridor::{Corridor, CorridorId, CorridorTerms};
 use paymesh_core::directory::{Payee, PayeeRoute, QrPrefix};
 use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
+use paymesh_core::history::{ListToken, Movement, MovementKind};
 use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
+use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Position, Quote, TransferView};
 use paymesh_core::partner::{Partner, PartnerLimits, PartnerRole, Status as PartnerStatus};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
@@ -22,6 +24,7 @@ use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as partner;
+use paymesh_store::History;
 use tonic::Status;
 
 /// INVALID_ARGUMENT naming `field`.
@@ -432,6 +435,134 @@ pub fn route_out(route: &PayeeRoute) -> admin::PayeeRoute {
         region: route.region.to_string(),
         currency: route.currency.code().to_owned(),
     }
+}
+
+/// The prefix of the page tokens of lists read from history.
+const PAGE_TOKEN_PREFIX: &str = "at:";
+
+/// A page token naming a position in a list read from history.
+pub fn list_token_out(token: &ListToken) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{}.{}.{}", token.at.unix_ms(), token.index, token.seq)
+}
+
+/// The position a page token this service issued names.
+pub fn list_token(field: &str, token: &str) -> Result<ListToken, Status> {
+    let parse = || {
+        let mut parts = token.strip_prefix(PAGE_TOKEN_PREFIX)?.split('.');
+        let at = Timestamp::from_unix_ms(parts.next()?.parse().ok()?);
+        let index = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(ListToken { at, index, seq })
+    };
+    parse().ok_or_else(|| invalid(field, "not a token this service issued"))
+}
+
+/// An account named as `partner:<id>:<currency>`, `clearing:<region>:<currency>`,
+/// `fees:<currency>` or `settlement:<currency>` (as ledger accounts print).
+pub fn account_id(field: &str, text: &str) -> Result<AccountId, Status> {
+    let bad = |why: String| invalid(field, format!("{text:?}: {why}"));
+    let mut parts = text.split(':');
+    let kind = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    let code = |c: &str| Currency::parse(c).map_err(|e| bad(e.to_string()));
+    let owner_and_currency = match (kind, rest.as_slice()) {
+        ("partner", [id, c]) => (AccountOwner::Partner(PartnerId::new(*id).map_err(|e| bad(e.to_string()))?), code(c)?),
+        ("clearing", [region, c]) => {
+            (AccountOwner::Clearing(RegionId::new(*region).map_err(|e| bad(e.to_string()))?), code(c)?)
+        }
+        ("fees", [c]) => (AccountOwner::Fees, code(c)?),
+        ("settlement", [c]) => (AccountOwner::Settlement, code(c)?),
+        _ => {
+            return Err(bad(
+                "not partner:<id>:<currency>, clearing:<region>:<currency>, fees:<currency> or settlement:<currency>"
+                    .into(),
+            ))
+        }
+    };
+    Ok(AccountId::new(owner_and_currency.0, owner_and_currency.1))
+}
+
+/// An entry's id as statements print it.
+pub fn entry_id_out(id: &EntryId) -> String {
+    match id {
+        EntryId::Transfer { transfer, leg } => {
+            let leg = match leg {
+                Leg::Principal => "principal",
+                Leg::Fee => "fee",
+                Leg::Payout => "payout",
+            };
+            format!("{transfer}/{leg}")
+        }
+        EntryId::TopUp(reference) => format!("top-up/{reference}"),
+    }
+}
+
+/// A movement as a line of `account`'s statement.
+pub fn statement_line_out(account: &AccountId, movement: &Movement) -> common::StatementLine {
+    let debit = &movement.debit == account;
+    let (after, counterparty) =
+        if debit { (movement.debit_after, &movement.credit) } else { (movement.credit_after, &movement.debit) };
+    let currency = account.currency;
+    let signed = |units: i128| SignedMoney::from_units(units, currency).ok().map(|m| signed_out(&m));
+    let kind = match movement.kind {
+        MovementKind::Post => common::MovementKind::Posted,
+        MovementKind::Reserve => common::MovementKind::Reserved,
+        MovementKind::PostPending => common::MovementKind::ReservationPosted,
+        MovementKind::VoidPending => common::MovementKind::ReservationVoided,
+    };
+    common::StatementLine {
+        entry_id: entry_id_out(&movement.entry),
+        kind: kind as i32,
+        debit,
+        amount: Some(money_out(&movement.amount)),
+        counterparty: counterparty.to_string(),
+        at_unix_ms: movement.at.unix_ms() as i64,
+        posted_balance: signed(after.net_posted()),
+        pending_debits: signed(after.debits_pending as i128),
+        pending_credits: signed(after.credits_pending as i128),
+    }
+}
+
+/// The largest statement page.
+pub const STATEMENT_PAGE_MAX: u32 = 500;
+/// A statement page unless the caller asks for another size.
+const STATEMENT_PAGE_DEFAULT: u32 = 100;
+
+/// One page of `account`'s statement from `history`: movements with
+/// `from <= at < to` (`to_unix_ms` 0: no end), after the page token, and the
+/// token of the next page (empty at the end).
+pub fn statement_page(
+    history: &History,
+    account: &AccountId,
+    from_unix_ms: i64,
+    to_unix_ms: i64,
+    page_size: u32,
+    page_token: &str,
+) -> Result<(Vec<common::StatementLine>, String), Status> {
+    let from = timestamp("from_unix_ms", from_unix_ms)?;
+    let to = if to_unix_ms == 0 { Timestamp::from_unix_ms(u64::MAX) } else { timestamp("to_unix_ms", to_unix_ms)? };
+    if to_unix_ms != 0 && from_unix_ms >= to_unix_ms {
+        return Err(invalid("to_unix_ms", "must be after from_unix_ms"));
+    }
+    let size = match page_size {
+        0 => STATEMENT_PAGE_DEFAULT,
+        n => n.min(STATEMENT_PAGE_MAX),
+    } as usize;
+    let after = match page_token {
+        "" => None,
+        token => Some(list_token("page_token", token)?),
+    };
+    // One more than the page, to know whether another follows.
+    let mut found = history
+        .statement(account, from, to, after, size + 1)
+        .map_err(|e| Status::internal(format!("reading history: {e}")))?;
+    let more = found.len() > size;
+    found.truncate(size);
+    let next = match found.last() {
+        Some((token, _)) if more => list_token_out(token),
+        _ => String::new(),
+    };
+    Ok((found.iter().map(|(_, m)| statement_line_out(account, m)).collect(), next))
 }
 
 #[cfg(test)]

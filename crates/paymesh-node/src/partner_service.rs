@@ -12,8 +12,9 @@ use futures::{Stream, StreamExt};
 use paymesh_core::command::{CommandBody, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
+use paymesh_core::ledger::{AccountId, AccountOwner};
 use paymesh_core::transfer::CoordinatorState;
-use paymesh_core::{Outcome, Timestamp};
+use paymesh_core::Outcome;
 use paymesh_proto::partner::v1 as wire;
 use paymesh_proto::partner::v1::partner_service_server::PartnerService;
 use tokio::sync::mpsc;
@@ -33,19 +34,8 @@ const PAGE_SIZE_DEFAULT: u32 = 100;
 /// The most transfers one ListTransfers call examines (filters may skip many).
 const LIST_SCAN_MAX: usize = 10_000;
 
-const PAGE_TOKEN_PREFIX: &str = "at:";
-
 /// Entries of a partner's list read from history at a time.
 const LIST_READ_PAGE: usize = 256;
-
-/// The position a page token this service issued names.
-fn page_token(token: &str) -> Option<ListToken> {
-    let mut parts = token.strip_prefix(PAGE_TOKEN_PREFIX)?.split('.');
-    let at = Timestamp::from_unix_ms(parts.next()?.parse().ok()?);
-    let index = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some(ListToken { at, index, seq })
-}
 
 /// Serves the partner API of one node.
 #[derive(Clone, Debug)]
@@ -200,7 +190,7 @@ impl PartnerService for PartnerServer {
             // The partner's list is ordered by when each transfer was
             // recorded here: the range's start is a position in it.
             "" => ListToken { at: from, index: 0, seq: 0 },
-            token => page_token(token).ok_or_else(|| invalid("page_token", "not a token this service issued"))?,
+            token => convert::list_token("page_token", token)?,
         };
         let before = (request.created_to_unix_ms != 0).then_some(to);
         self.gateway.linearizable().await?;
@@ -236,11 +226,7 @@ impl PartnerService for PartnerServer {
                 break;
             }
         }
-        let next_page_token = if more {
-            format!("{PAGE_TOKEN_PREFIX}{}.{}.{}", last_scanned.at.unix_ms(), last_scanned.index, last_scanned.seq)
-        } else {
-            String::new()
-        };
+        let next_page_token = if more { convert::list_token_out(&last_scanned) } else { String::new() };
         Ok(Response::new(wire::ListTransfersResponse { transfers, next_page_token, reject_code: 0 }))
     }
 
@@ -263,6 +249,26 @@ impl PartnerService for PartnerServer {
             .into_iter()
             .collect();
         Ok(Response::new(wire::GetPositionResponse { positions, reject_code: 0 }))
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<wire::GetStatementRequest>,
+    ) -> Result<Response<wire::GetStatementResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let request = request.into_inner();
+        let currency = convert::currency("currency", &request.currency)?;
+        self.gateway.linearizable().await?;
+        let account = AccountId::new(AccountOwner::Partner(partner), currency);
+        let (lines, next_page_token) = convert::statement_page(
+            self.gateway.node.state_machine.history(),
+            &account,
+            request.from_unix_ms,
+            request.to_unix_ms,
+            request.page_size,
+            &request.page_token,
+        )?;
+        Ok(Response::new(wire::GetStatementResponse { lines, next_page_token, reject_code: 0 }))
     }
 
     type StreamEventsStream = EventStream;

@@ -526,6 +526,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The received buffer's position is at its end: take the whole buffer.
         let bytes = snapshot.into_inner();
         let installed = adopt(&self.shared.history, meta, decode_image(&self.shared.region, meta, &bytes)?)?;
+        // History through the snapshot's index (sent ahead of it) is durable
+        // before the checkpoint that relies on it.
+        self.shared.history.durable().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.shared
             .checkpoints
             .save(meta, &bytes)

@@ -696,7 +696,7 @@ fn an_account_statement_sums_to_the_balance_change_with_running_balances() {
     deliver_all(&mut west, &mut east, T0);
     deliver_all(&mut west, &mut east, T0);
     west.top_up("paypal-us", usd("50"), "wire-2");
-    // One transfer aborted at creation moves nothing.
+    // A payment refused at creation moves nothing.
     let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("5000")), T0));
     let poor = request("paypal-us", "s-big", &quote, "wxp://f2f0shop1", "Al");
     let poor_2 = request(
@@ -718,7 +718,10 @@ fn an_account_statement_sums_to_the_balance_change_with_running_balances() {
             _ => None,
         })
         .collect();
-    assert!(statement.len() >= 5 * 4 + 1, "reserve and post of principal and fee, and the top-up");
+    // Five payments reserved and posted (principal and fee), the top-up,
+    // and the first large payment's two reservations; the second large one
+    // was refused and moved nothing.
+    assert_eq!(statement.len(), 5 * 4 + 1 + 2);
     let mut running = before;
     for movement in &statement {
         let units = u128::from(movement.amount.units());
