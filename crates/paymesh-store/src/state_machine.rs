@@ -36,8 +36,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use paymesh_core::id::RegionId;
 use paymesh_core::history::Record;
+use paymesh_core::id::RegionId;
 use paymesh_core::state::{StateV2, StateV3};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
@@ -556,8 +556,13 @@ mod tests {
         let state = State::new(RegionId::new("us-west").expect("a region id"));
         let (last_applied, membership, retired) =
             (None::<LogId>, StoredMembership::default(), BTreeSet::<NodeId>::new());
-        let image =
-            Image { state: state.clone(), last_applied, membership: membership.clone(), retired, history_digest: [0; 32] };
+        let image = Image {
+            state: state.clone(),
+            last_applied,
+            membership: membership.clone(),
+            retired,
+            history_digest: [0; 32],
+        };
         let mut current = vec![IMAGE_FORMAT];
         current.extend(postcard::to_stdvec(&image).expect("an image encodes"));
         let encode = |value: &dyn erased::Encode| value.encode();
