@@ -32,10 +32,10 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use paymesh_client::{Credentials, NodeChannel, Region, RetryPolicy};
+use paymesh_core::history::Record;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
-use paymesh_core::history::Record;
 use paymesh_store::{NodeAddr, NodeId, StateMachineStore, TypeConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -293,7 +293,9 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let store = self.store.get().cloned().ok_or_else(|| {
-            StreamingError::Unreachable(Unreachable::new(&io::Error::other("this node's state machine is not open yet")))
+            StreamingError::Unreachable(Unreachable::new(&io::Error::other(
+                "this node's state machine is not open yet",
+            )))
         })?;
         let through = snapshot.meta.last_log_id.map_or(0, |l| l.index);
         tokio::pin!(cancel);

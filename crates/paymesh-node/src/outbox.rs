@@ -404,7 +404,10 @@ async fn send_prepares(
     let proposals = items.iter().zip(&replies).filter_map(|(item, reply)| {
         let answer = reply_in(reply).filter(|_| reply.transfer_id == item.transfer.to_string())?;
         let span = tracing::info_span!("prepare.replied", transfer = %item.transfer, reply = ?answer);
-        telemetry::continue_from(&span, &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), &item.transfer));
+        telemetry::continue_from(
+            &span,
+            &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), &item.transfer),
+        );
         Some((CommandBody::PrepareReplied { transfer: item.transfer.clone(), reply: answer }, span))
     });
     let outcomes = join_all(proposals.map(|(body, span)| gateway.operate(body).instrument(span))).await;
@@ -496,7 +499,10 @@ fn step_spans<'a>(
     transfers
         .map(|transfer| {
             let span = span_of(transfer);
-            telemetry::continue_from(&span, &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer));
+            telemetry::continue_from(
+                &span,
+                &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer),
+            );
             span
         })
         .collect()

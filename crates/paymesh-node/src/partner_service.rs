@@ -164,7 +164,12 @@ impl PartnerService for PartnerServer {
         let id = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
         self.gateway.linearizable().await?;
         let sm = &self.gateway.node.state_machine;
-        match sm.applied().state.transfer_for(&partner, &id, sm.history()).and_then(|t| convert::transfer_out(&t, &partner)) {
+        match sm
+            .applied()
+            .state
+            .transfer_for(&partner, &id, sm.history())
+            .and_then(|t| convert::transfer_out(&t, &partner))
+        {
             Some(transfer) => Ok(Response::new(wire::GetTransferResponse { transfer: Some(transfer), reject_code: 0 })),
             None => Err(Status::not_found(format!("TransferNotFound: no transfer {id} for this partner"))),
         }
@@ -231,7 +236,11 @@ impl PartnerService for PartnerServer {
                 break;
             }
         }
-        let next_page_token = if more { format!("{PAGE_TOKEN_PREFIX}{}.{}.{}", last_scanned.at.unix_ms(), last_scanned.index, last_scanned.seq) } else { String::new() };
+        let next_page_token = if more {
+            format!("{PAGE_TOKEN_PREFIX}{}.{}.{}", last_scanned.at.unix_ms(), last_scanned.index, last_scanned.seq)
+        } else {
+            String::new()
+        };
         Ok(Response::new(wire::ListTransfersResponse { transfers, next_page_token, reject_code: 0 }))
     }
 

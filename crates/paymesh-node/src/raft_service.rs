@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use paymesh_core::history::Record;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_server::RaftService;
-use paymesh_core::history::Record;
 use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
 use paymesh_store::StateMachineStore;
 use tonic::{Request, Response, Status};
@@ -177,9 +177,11 @@ impl RaftService for RaftServer {
             .get(&request.group_id)
             .ok_or_else(|| Status::not_found(format!("no raft group {} on this node", request.group_id)))?
             .clone();
-        let batches: Vec<(u64, Vec<Record>)> =
-            postcard::from_bytes(&request.batches).map_err(|e| Status::invalid_argument(format!("history batches: {e}")))?;
-        if batches.windows(2).any(|w| w[0].0 >= w[1].0) || batches.last().is_some_and(|(i, _)| request.through != 0 && *i > request.through) {
+        let batches: Vec<(u64, Vec<Record>)> = postcard::from_bytes(&request.batches)
+            .map_err(|e| Status::invalid_argument(format!("history batches: {e}")))?;
+        if batches.windows(2).any(|w| w[0].0 >= w[1].0)
+            || batches.last().is_some_and(|(i, _)| request.through != 0 && *i > request.through)
+        {
             return Err(Status::invalid_argument("history batches out of order"));
         }
         let through = request.through;

@@ -297,7 +297,8 @@ impl Handler<Subscribe> for PartnerActor {
             ));
         }
         // Check the cursor now, so an expired one is an error, not a silent gap.
-        if let Err(expired) = self.state.applied().state.events_after(&self.partner, message.after, 0, self.state.history())
+        if let Err(expired) =
+            self.state.applied().state.events_after(&self.partner, message.after, 0, self.state.history())
         {
             return Ok(Err(expired));
         }
