@@ -166,3 +166,74 @@ async fn an_operator_archives_old_history_reads_it_back_and_deletes_it_from_the_
     let (_, err) = failed(offline(&["history", "get", path(&damaged), "--transfer", "us-west:2"]));
     assert!(err.contains("truncated"), "{err}");
 }
+
+/// `/usr/bin/time -v` around `paymesh` with `args`: exit code, stdout,
+/// elapsed seconds and peak resident memory in KiB.
+fn timed(args: &[String]) -> (i32, String, f64, u64) {
+    let output =
+        Command::new("/usr/bin/time").arg("-v").arg(env!("CARGO_BIN_EXE_paymesh")).args(args).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let field = |name: &str| stderr.lines().find_map(|l| l.trim().strip_prefix(name)).unwrap_or("0").trim().to_owned();
+    let elapsed = field("Elapsed (wall clock) time (h:mm:ss or m:ss):");
+    let seconds = elapsed.rsplit(':').next().unwrap().parse::<f64>().unwrap()
+        + elapsed.rsplit(':').nth(1).unwrap_or("0").parse::<f64>().unwrap() * 60.0;
+    let rss = field("Maximum resident set size (kbytes):").parse().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    (output.status.code().unwrap_or(-1), String::from_utf8(output.stdout).unwrap(), seconds, rss)
+}
+
+/// Export and verify throughput for docs/BENCHMARKS.md. Run with
+/// `cargo test --release -p paymesh-cli --test history_cli -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly with --ignored --nocapture"]
+async fn measure_export_and_verify_of_over_100_000_records() {
+    const TRANSFERS: u64 = 13_000;
+    let mut region = Region::plan(1, "");
+    let now = paymesh_node::gateway::now();
+    let (raft_addr, api_addr) = (region.nodes[&1].raft_addr.clone(), region.nodes[&1].api_addr.clone());
+    let region_id = region.region().clone();
+    let member = (1, NodeAddr { raft_addr, api_addr: api_addr.clone() });
+    let seeded = seed_old_log(&region.nodes[&1].data_dir, &region_id, &[member], now.minus_ms(730 * DAY_MS), TRANSFERS)
+        .await
+        .unwrap();
+    region.launch();
+    region.wait_leader(Duration::from_secs(60)).await;
+    let client = region.client();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while client.status(&api_addr, false).await.ok().and_then(|s| s.applied_index) < Some(seeded.last_index) {
+        assert!(Instant::now() < deadline, "the seeded log is not applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let archive = region.path().join("big.pmarchive");
+    let [ca, cert, key] = region.cert_files(OPERATOR);
+    let before = now.minus_ms(365 * DAY_MS).unix_ms().to_string();
+    let args: Vec<String> = ["history", "export", "--before", &before, "--out", path(&archive), "--node", &api_addr]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["--ca", path(&ca), "--cert", path(&cert), "--key", path(&key)].iter().map(|s| (*s).to_owned()))
+        .collect();
+    let (_, out, export_seconds, export_rss) = timed(&args);
+    let summary = verify_file(&archive).unwrap();
+    assert!(summary.records >= 100_000, "{summary:?}");
+    let (_, _, verify_seconds, verify_rss) = timed(&["history".into(), "verify".into(), path(&archive).into()]);
+    let mb = summary.file_bytes as f64 / 1e6;
+    println!("{out}");
+    println!(
+        "EXPORT {} records, {:.1} MB: {:.2} s wall for export + verify + confirm ({:.0} records/s, {:.1} MB/s), CLI peak RSS {} KiB",
+        summary.records,
+        mb,
+        export_seconds,
+        summary.records as f64 / export_seconds,
+        mb / export_seconds,
+        export_rss
+    );
+    println!(
+        "VERIFY {} records, {:.1} MB: {:.2} s ({:.0} records/s, {:.1} MB/s), peak RSS {} KiB",
+        summary.records,
+        mb,
+        verify_seconds,
+        summary.records as f64 / verify_seconds,
+        mb / verify_seconds,
+        verify_rss
+    );
+}
