@@ -10,6 +10,9 @@
 //!   `paymesh log check` diagnoses a data directory offline.
 //! * `paymesh partner|corridor|fx|position|route|ledger` configure a region
 //!   and read its books (the admin API).
+//! * `paymesh history export|confirm|verify|get|delete` archive a node's
+//!   history of finished work to a file, check and read an archive offline,
+//!   and delete what was archived once past the 400-day window.
 //! * `paymesh certs` issues development certificates; `paymesh bench`
 //!   measures throughput and latency; `paymesh demo` runs three regions on
 //!   this machine with a mixed workload and checks the invariants.
@@ -32,6 +35,7 @@ mod admin;
 mod bench;
 mod certs;
 pub mod demo;
+mod history;
 pub mod local;
 pub mod mesh;
 mod otel;
@@ -177,6 +181,12 @@ enum Command {
     Route {
         #[command(subcommand)]
         command: admin::RouteCommand,
+    },
+    /// Archive history to a file, verify an archive and read it back, and
+    /// delete what was archived (export, confirm, verify, get, delete).
+    History {
+        #[command(subcommand)]
+        command: history::HistoryCommand,
     },
     /// Show the region's ledger totals and whether its books balance.
     Ledger {
@@ -357,6 +367,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Statement { account, from_ms, to_ms, limit, target } => {
             admin::statement(target, &account, from_ms, to_ms, limit).await
         }
+        Command::History { command } => history::run(command).await,
         Command::Bench { args } => bench::run(args).await,
         Command::Certs { args } => certs::run(&args),
         Command::Fingerprint { certs } => {

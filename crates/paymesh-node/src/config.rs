@@ -160,6 +160,41 @@ impl Default for LimitSettings {
     }
 }
 
+/// The shortest `history.retention_days` accepted: the longest window in
+/// which applying a command consults history
+/// ([`paymesh_core::limits::HISTORY_RETENTION_MIN_MS`], 400 days). Every
+/// replica must hold what any of them may consult.
+pub const HISTORY_RETENTION_DAYS_MIN: u32 =
+    (paymesh_core::limits::HISTORY_RETENTION_MIN_MS / paymesh_core::limits::DAY_MS) as u32;
+
+/// The longest `history.retention_days` accepted (100 years).
+pub const HISTORY_RETENTION_DAYS_MAX: u32 = 36_525;
+
+/// How long history is kept, under `[history]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Days a record of finished work is kept, by its own time against the
+    /// applied state's clock: once older, and archived
+    /// (`paymesh history export`), this node deletes it (checked at most
+    /// once an hour). Never deleted unarchived. At least 400
+    /// ([`HISTORY_RETENTION_DAYS_MIN`]); 2557 (seven years) by default.
+    pub retention_days: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings { retention_days: 2_557 }
+    }
+}
+
+impl HistorySettings {
+    /// The retention, in milliseconds.
+    pub fn retention_ms(&self) -> u64 {
+        u64::from(self.retention_days) * paymesh_core::limits::DAY_MS
+    }
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +241,9 @@ pub struct NodeConfig {
     /// Connection and stream limits.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// History retention.
+    #[serde(default)]
+    pub history: HistorySettings,
     /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
     /// another address than the one in the membership (a proxy, a NAT, a
     /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
@@ -328,6 +366,20 @@ impl NodeConfig {
         }
         if !(1..=1_024).contains(&l.event_streams_per_partner_max) {
             return Err(invalid("limits.event_streams_per_partner_max", "1 to 1024".into()));
+        }
+        let days = self.history.retention_days;
+        if days < HISTORY_RETENTION_DAYS_MIN {
+            return Err(invalid(
+                "history.retention_days",
+                format!(
+                    "{days} is below the minimum of {HISTORY_RETENTION_DAYS_MIN}: applying a command consults \
+                     history up to {HISTORY_RETENTION_DAYS_MIN} days back (a repeated top-up reference), and every \
+                     replica must still hold what any of them may consult"
+                ),
+            ));
+        }
+        if days > HISTORY_RETENTION_DAYS_MAX {
+            return Err(invalid("history.retention_days", format!("{days} is above {HISTORY_RETENTION_DAYS_MAX}")));
         }
         Ok(())
     }
@@ -474,6 +526,14 @@ mod tests {
     }
 
     #[test]
+    fn history_retention_defaults_to_seven_years_and_takes_400_days_or_more() {
+        assert_eq!(parse(GOOD).unwrap().history.retention_days, 2_557);
+        let config = parse(&format!("{GOOD}\n[history]\nretention_days = 400\n")).unwrap();
+        assert_eq!(config.history.retention_ms(), 400 * 24 * 3600 * 1000);
+        assert_eq!(HISTORY_RETENTION_DAYS_MIN, 400);
+    }
+
+    #[test]
     fn raft_dial_overrides_are_parsed_and_checked() {
         let config = parse(&format!("{GOOD}\n[raft_dial]\n2 = \"127.0.0.1:9002\"\n")).unwrap();
         assert_eq!(config.raft_dial(), BTreeMap::from([(2, "127.0.0.1:9002".to_owned())]));
@@ -528,6 +588,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/node.example.toml");
         let config = NodeConfig::load(&path).unwrap();
         assert_eq!(config.raft, RaftSettings::default(), "the example shows the defaults");
+        assert_eq!(config.history, HistorySettings::default(), "the example shows the defaults");
         let text = std::fs::read_to_string(&path).unwrap();
         let keys = [
             "node_id",
@@ -557,6 +618,8 @@ mod tests {
             "endpoints",
             "ca_cert =",
             "[raft_dial]",
+            "[history]",
+            "retention_days",
         ];
         for key in keys {
             assert!(text.contains(key), "deploy/node.example.toml does not document {key}");
@@ -649,6 +712,12 @@ mod tests {
                 "insecure_plaintext_beyond_loopback: only means something with insecure_plaintext",
             ),
             (GOOD.replace("data_dir", "data_directory"), "unknown field"),
+            (
+                format!("{GOOD}\n[history]\nretention_days = 399\n"),
+                "history.retention_days: 399 is below the minimum of 400",
+            ),
+            (format!("{GOOD}\n[history]\nretention_days = 36526\n"), "history.retention_days: 36526 is above"),
+            (format!("{GOOD}\n[history]\nretention = 500\n"), "unknown field `retention`"),
             (GOOD.replace("raft_listen = \"127.0.0.1:7001\"", "raft_listen = \"nowhere\""), "raft_listen"),
         ];
         for (text, expected) in cases {

@@ -28,6 +28,7 @@ pub mod convert;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod history_service;
 pub mod identity;
 pub mod interregion;
 pub mod listener;
@@ -38,7 +39,10 @@ pub mod outbox;
 pub mod partner_service;
 pub mod raft_service;
 pub mod rate;
+pub mod retention;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 
 pub use config::NodeConfig;

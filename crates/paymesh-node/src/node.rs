@@ -9,6 +9,7 @@ use std::time::Duration;
 use openraft::{RaftNetworkFactory, ServerState};
 use paymesh_proto::admin::v1::admin_service_server::AdminServiceServer;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterServiceServer;
+use paymesh_proto::admin::v1::history_service_server::HistoryServiceServer;
 use paymesh_proto::interregion::v1::inter_region_service_server::InterRegionServiceServer;
 use paymesh_proto::partner::v1::partner_service_server::PartnerServiceServer;
 use paymesh_proto::raft::v1::raft_service_server::RaftServiceServer;
@@ -23,6 +24,7 @@ use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
 use crate::gateway::Gateway;
+use crate::history_service::{HistoryServer, HISTORY_MESSAGE_BYTES_MAX};
 use crate::identity::{Authenticator, Identity};
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::listener;
@@ -295,6 +297,7 @@ impl Node {
         );
         let tls = self.tls.as_deref().map(|material| self.live_tls(material)).transpose()?;
         let reloader = tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone()));
+        let retention = tokio::spawn(crate::retention::run(self.clone()));
         let (stop, stopped) = watch::channel(false);
         let wait = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -346,6 +349,11 @@ impl Node {
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
             .add_service(ClusterServiceServer::new(ClusterServer::new(self.clone())))
+            .add_service(
+                HistoryServiceServer::new(HistoryServer::new(self.clone()))
+                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
+            )
             .add_service(
                 InterRegionServiceServer::new(InterRegionServer::new(gateway.clone(), Door::Forwarded))
                     .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
@@ -416,6 +424,7 @@ impl Node {
         }
         watcher.abort();
         reloader.abort();
+        retention.abort();
         drop(actor_thread);
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(%e, "raft shutdown");
@@ -643,6 +652,7 @@ mod tests {
             remote_regions: Vec::new(),
             raft_dial: Default::default(),
             limits: Default::default(),
+            history: Default::default(),
             raft: RaftSettings::default(),
         }
     }

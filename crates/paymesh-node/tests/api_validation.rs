@@ -105,6 +105,7 @@ async fn fixture() -> Fixture {
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
         limits: Default::default(),
+        history: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

@@ -230,6 +230,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
         limits: Default::default(),
+        history: Default::default(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

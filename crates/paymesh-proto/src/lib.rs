@@ -14,7 +14,9 @@
 //!   prepare/decide protocol between regions.
 //! * [`raft::v1`]: `RaftService`, the openraft transport between the nodes of
 //!   a region, multiplexing several Raft groups.
-//! * [`admin::v1`]: `AdminService`, operator configuration of a region.
+//! * [`admin::v1`]: `AdminService`, operator configuration of a region;
+//!   `ClusterService`, its Raft group; `HistoryService`, a node's history
+//!   archives and retention.
 //!
 //! Each package module contains the messages, a `*_client` module with the
 //! tonic client and a `*_server` module with the service trait and tonic

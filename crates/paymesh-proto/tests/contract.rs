@@ -332,6 +332,7 @@ fn every_proto_file_follows_the_house_rules() {
         .collect();
     for expected in [
         "paymesh/admin/v1/admin.proto",
+        "paymesh/admin/v1/history.proto",
         "paymesh/common/v1/common.proto",
         "paymesh/interregion/v1/interregion.proto",
         "paymesh/partner/v1/partner.proto",
@@ -714,4 +715,7 @@ fn file_descriptor_set_describes_every_service() {
         methods("paymesh.admin.v1", "ClusterService"),
         unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "TriggerSnapshot"])
     );
+    let mut history = vec![("ExportHistory".into(), false, true)];
+    history.extend(unary(&["ConfirmArchive", "DeleteHistory", "GetHistoryStatus"]));
+    assert_eq!(methods("paymesh.admin.v1", "HistoryService"), history);
 }

@@ -30,6 +30,7 @@
 //! A | account | 0 | at u64 | index u64 | seq u32 -> (empty)          a movement, under each of its accounts
 //! D | partner                                  -> cursor u64         the partner's newest event deleted
 //! M applied | M digest | M records | M deleted -> u64 | 32 bytes | u64 | u64
+//! M archived                                   -> u64                an archive was confirmed through it
 //! ```
 //!
 //! A position is `index u64 | seq u32` (12 bytes): the journal key of the
@@ -91,6 +92,14 @@
 //! say where retention stopped. A first-wins key whose owner was deleted
 //! answers "none" even if a later duplicate record is kept: the later
 //! record never was the answer.
+//!
+//! Nothing is deleted that was not archived first: [`History::archived_through`]
+//! (the `M archived` key) is the highest index an archive of this node's
+//! journal was confirmed for (`crate::archive`), and
+//! [`History::deletable_through`] never reaches past it, nor past the last
+//! batch whose records are all older than a cutoff (by each record's own
+//! time, [`record_time`]) that the caller takes from the applied state's
+//! clock.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -107,7 +116,7 @@ use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
 use paymesh_core::Timestamp;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// The largest record written or read: a record comes from one log entry,
 /// whose payload is at most
@@ -149,6 +158,7 @@ const META_APPLIED: &[u8] = b"Mapplied";
 const META_DIGEST: &[u8] = b"Mdigest";
 const META_RECORDS: &[u8] = b"Mrecords";
 const META_DELETED: &[u8] = b"Mdeleted";
+const META_ARCHIVED: &[u8] = b"Marchived";
 
 /// Bytes of a position (`index u64 | seq u32`).
 const POSITION_BYTES: usize = 12;
@@ -249,7 +259,7 @@ fn parse_position(key: &[u8], bytes: &[u8]) -> Result<(u64, u32)> {
     Ok((u64::from_be_bytes(index.try_into().expect("8 bytes")), u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
 }
 
-fn journal_key(index: u64, seq: u32) -> [u8; JOURNAL_KEY_BYTES] {
+pub(crate) fn journal_key(index: u64, seq: u32) -> [u8; JOURNAL_KEY_BYTES] {
     let mut key = [space::JOURNAL; JOURNAL_KEY_BYTES];
     key[1..].copy_from_slice(&position(index, seq));
     key
@@ -399,11 +409,55 @@ fn mismatch(key: &[u8], found: &Record) -> HistoryError {
     corrupt(key, format!("leads to {kind} that does not derive it"))
 }
 
-fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record> {
+pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record> {
     if bytes.len() > RECORD_BYTES_MAX {
         return Err(corrupt(key, format!("a record of {} bytes, over {RECORD_BYTES_MAX}", bytes.len())));
     }
     postcard::from_bytes(bytes).map_err(|e| corrupt(key, format!("the record does not decode: {e}")))
+}
+
+/// A record's own time: when what it records happened (for a finished
+/// transfer or participation, when it last changed). Retention compares it
+/// with a cutoff taken from the applied state's clock.
+pub fn record_time(record: &Record) -> Timestamp {
+    match record {
+        Record::Listed { at, .. } | Record::Operator { at, .. } => *at,
+        Record::Transfer(transfer) => transfer.view.updated_at.max(transfer.view.created_at),
+        Record::Participation { participation, .. } => participation.updated_at.max(participation.created_at),
+        Record::Idempotency { record, .. } => record.at,
+        Record::TopUp { record, .. } => record.at,
+        Record::Movement(movement) => movement.at,
+        Record::Event { event, .. } => event.at,
+    }
+}
+
+/// Where [`History::deletable_through`] stopped, and why there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeletionStop {
+    /// At the index asked for.
+    Requested,
+    /// At [`History::archived_through`]: what follows was not archived.
+    Archive,
+    /// Before the batch at `index`, which holds a record of time `at`, not
+    /// older than the cutoff.
+    Retention {
+        /// The first batch kept for its age.
+        index: u64,
+        /// Its youngest record's time.
+        at: Timestamp,
+    },
+    /// At the last index written: there is nothing after it.
+    End,
+}
+
+/// How far retention may delete: through `through`, stopped by `stop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deletable {
+    /// The journal may be deleted through this index (at most what is
+    /// deleted already means nothing more may be).
+    pub through: u64,
+    /// Why not further.
+    pub stop: DeletionStop,
 }
 
 /// What the meta keys hold, cached.
@@ -427,6 +481,8 @@ pub struct History {
     /// each deletion batch is applied, so that a reader who finds a pointer
     /// and then not its record can tell retention racing it from damage.
     deleted_through: AtomicU64,
+    /// An archive of the journal was confirmed through this index.
+    archived_through: AtomicU64,
     /// Serialises writers.
     writer: Mutex<()>,
 }
@@ -446,6 +502,7 @@ impl History {
         let last_index = read_u64(META_APPLIED)?;
         let records = read_u64(META_RECORDS)?;
         let deleted_through = read_u64(META_DELETED)?;
+        let archived_through = read_u64(META_ARCHIVED)?;
         let digest = match db.get(META_DIGEST)? {
             None => [0; 32],
             Some(bytes) => bytes.as_ref().try_into().map_err(|_| corrupt(META_DIGEST, "not 32 bytes"))?,
@@ -470,11 +527,18 @@ impl History {
         if deleted_through > last_index {
             return Err(corrupt(META_DELETED, format!("deleted through {deleted_through}, last index {last_index}")));
         }
+        if archived_through > last_index {
+            return Err(corrupt(
+                META_ARCHIVED,
+                format!("archived through {archived_through}, last index {last_index}"),
+            ));
+        }
         Ok(History {
             db,
             dir: dir.to_path_buf(),
             meta: Mutex::new(Meta { last_index, digest, records }),
             deleted_through: AtomicU64::new(deleted_through),
+            archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
         })
     }
@@ -508,6 +572,100 @@ impl History {
     /// The journal is deleted through this index by retention (0 if never).
     pub fn deleted_through(&self) -> u64 {
         self.deleted_through.load(Ordering::SeqCst)
+    }
+
+    /// The highest index an archive of this journal was confirmed for (0 if
+    /// none): retention deletes nothing after it.
+    pub fn archived_through(&self) -> u64 {
+        self.archived_through.load(Ordering::SeqCst)
+    }
+
+    /// Remember that an archive of the journal through `index` was
+    /// confirmed (the caller compared the archive's digest with this
+    /// journal's): [`History::archived_through`] becomes `index` if that is
+    /// higher, durably (with [`History::durable`]) before this returns.
+    /// Refused beyond [`History::last_index`].
+    pub fn confirm_archived(&self, index: u64) -> Result<u64> {
+        {
+            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let last_index = self.meta().last_index;
+            if index > last_index {
+                return Err(corrupt(
+                    META_ARCHIVED,
+                    format!("an archive through {index} confirmed, but history reaches {last_index} only"),
+                ));
+            }
+            let through = self.archived_through().max(index);
+            self.db.insert(META_ARCHIVED, &through.to_be_bytes())?;
+            self.archived_through.store(through, Ordering::SeqCst);
+        }
+        self.durable()?;
+        Ok(self.archived_through())
+    }
+
+    /// The journal's records with an index in `first..=last`, as stored
+    /// (`index`, `seq`, postcard bytes), in order, read lazily: for
+    /// archiving, which frames them without decoding twice.
+    pub(crate) fn journal_raw(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> impl Iterator<Item = Result<(u64, u32, sled::IVec)>> + use<> {
+        let range = (first <= last).then(|| self.db.range(journal_key(first, 0)..=journal_key(last, u32::MAX)));
+        range.into_iter().flatten().map(|item| {
+            let (key, value) = item?;
+            let (index, seq) = parse_journal_key(&key)?;
+            if value.len() > RECORD_BYTES_MAX {
+                return Err(corrupt(&key, format!("a record of {} bytes, over {RECORD_BYTES_MAX}", value.len())));
+            }
+            Ok((index, seq, value))
+        })
+    }
+
+    /// How far the journal may be deleted: through the highest index at
+    /// most `requested`, [`History::archived_through`] and
+    /// [`History::last_index`], such that every record held at or below it
+    /// is older than `before` (by [`record_time`]); and what stopped it
+    /// there. Reads the journal from its first retained batch up to that
+    /// bound, no further.
+    pub fn deletable_through(&self, requested: u64, before: Timestamp) -> Result<Deletable> {
+        let archived = self.archived_through();
+        let last = self.last_index();
+        let (limit, stop) = if requested <= archived && requested <= last {
+            (requested, DeletionStop::Requested)
+        } else if archived <= last {
+            (archived, DeletionStop::Archive)
+        } else {
+            (last, DeletionStop::End)
+        };
+        let first = self.deleted_through().saturating_add(1);
+        for item in self.journal_raw(first, limit) {
+            let (index, seq, bytes) = item?;
+            let record = decode_record(&journal_key(index, seq), &bytes)?;
+            let at = record_time(&record);
+            if at >= before {
+                return Ok(Deletable { through: index - 1, stop: DeletionStop::Retention { index, at } });
+            }
+        }
+        Ok(Deletable { through: limit, stop })
+    }
+
+    /// Whether the first batch with records after `after` holds only records
+    /// older than `before`: its index if so (retention's backlog check: such
+    /// a batch waits only for an archive).
+    pub fn first_batch_older_than(&self, after: u64, before: Timestamp) -> Result<Option<u64>> {
+        let mut batch = None;
+        for item in self.journal_raw(after.saturating_add(1), self.last_index()) {
+            let (index, seq, bytes) = item?;
+            if batch.is_some_and(|first| first != index) {
+                break;
+            }
+            batch = Some(index);
+            if record_time(&decode_record(&journal_key(index, seq), &bytes)?) >= before {
+                return Ok(None);
+            }
+        }
+        Ok(batch)
     }
 
     /// The index of the first batch in the journal (0 if it is empty).

@@ -9,6 +9,8 @@
 //!   checkpoint files, two generations deep ([`checkpoint`]).
 //! * [`history`]: the region's history tier on disk (sled): every record
 //!   applied, the write path's recall and the readers' listings.
+//! * [`archive`]: history exported to a versioned, checksummed file before
+//!   retention deletes it, and read back and verified offline.
 //! * [`raft_types`]: the openraft type configuration.
 
 #![warn(missing_docs)]
@@ -16,6 +18,7 @@
 // helpers return the same type rather than boxing and unboxing at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod archive;
 pub mod checkpoint;
 #[doc(hidden)]
 pub mod fuzzing;

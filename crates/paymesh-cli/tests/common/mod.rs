@@ -59,6 +59,22 @@ impl Region {
         Region { local: Some(local), dir: Some(dir) }
     }
 
+    /// As [`Region::start`], without starting anything: certificates issued
+    /// and addresses allocated, so a test can prepare the nodes' data
+    /// directories before [`Region::launch`].
+    pub fn plan(members: u64, raft_settings: &str) -> Region {
+        let dir = tempfile::tempdir().unwrap();
+        let partners = PARTNERS.iter().map(|p| Identity::partner(p).unwrap()).collect();
+        let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
+        let local = LocalRegion::plan(dir.path(), REGION, exe, OPERATOR, partners, members, raft_settings).unwrap();
+        Region { local: Some(local), dir: Some(dir) }
+    }
+
+    /// Write every planned node's configuration and start it.
+    pub fn launch(&mut self) {
+        LocalRegion::launch(self).unwrap();
+    }
+
     /// The region's directory.
     pub fn path(&self) -> &Path {
         self.dir()

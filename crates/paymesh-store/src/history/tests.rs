@@ -29,11 +29,11 @@ fn region() -> RegionId {
     RegionId::new("us-west").unwrap()
 }
 
-fn pid(n: u64) -> PartnerId {
+pub(crate) fn pid(n: u64) -> PartnerId {
     PartnerId::new(format!("partner-{n}")).unwrap()
 }
 
-fn tid(n: u64) -> TransferId {
+pub(crate) fn tid(n: u64) -> TransferId {
     TransferId::new(region(), n)
 }
 
@@ -45,7 +45,7 @@ fn reference(n: u64) -> TopUpRef {
     TopUpRef::new(format!("wire-{n}")).unwrap()
 }
 
-fn ms(at: u64) -> Timestamp {
+pub(crate) fn ms(at: u64) -> Timestamp {
     Timestamp::from_unix_ms(at)
 }
 
@@ -70,7 +70,7 @@ fn payer(n: u64) -> PayerDetails {
 }
 
 /// A finished transfer; `at` tells versions of one id apart.
-fn transfer(n: u64, at: u64) -> Transfer {
+pub(crate) fn transfer(n: u64, at: u64) -> Transfer {
     let id = tid(n);
     let corridor = CorridorId::parse("USD:us-west->USD:us-west").unwrap();
     Transfer {
@@ -141,7 +141,7 @@ fn top_up(n: u64, at: u64) -> Record {
     }
 }
 
-fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record {
+pub(crate) fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record {
     let sums = Balances { debits_posted: u128::from(amount), credits_posted: 7, ..Balances::default() };
     Record::Movement(Movement {
         entry: EntryId::Transfer { transfer: tid(amount), leg: Leg::Principal },
@@ -155,7 +155,7 @@ fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record {
     })
 }
 
-fn event(partner: u64, cursor: u64, at: u64) -> Record {
+pub(crate) fn event(partner: u64, cursor: u64, at: u64) -> Record {
     Record::Event {
         partner: pid(partner),
         event: Event {
@@ -169,7 +169,7 @@ fn event(partner: u64, cursor: u64, at: u64) -> Record {
     }
 }
 
-fn listed(partner: u64, transfer: u64, at: u64) -> Record {
+pub(crate) fn listed(partner: u64, transfer: u64, at: u64) -> Record {
     Record::Listed { partner: pid(partner), transfer: tid(transfer), at: ms(at) }
 }
 
@@ -182,7 +182,7 @@ fn operator(at: u64) -> Record {
 }
 
 /// Records of every kind, as one finished same-region transfer writes them.
-fn finished(n: u64, at: u64) -> Vec<Record> {
+pub(crate) fn finished(n: u64, at: u64) -> Vec<Record> {
     vec![
         listed(n % 3, n, at),
         Record::Transfer(transfer(n, at)),
@@ -196,14 +196,14 @@ fn finished(n: u64, at: u64) -> Vec<Record> {
     ]
 }
 
-fn open(dir: &Path) -> History {
+pub(crate) fn open(dir: &Path) -> History {
     History::open(dir, CACHE_BYTES).unwrap()
 }
 
 /// Open again after a drop: sled lets go of its file lock from a thread of
 /// its own a moment after the database is dropped, so a sled error is
 /// retried for a bounded while.
-fn reopen(dir: &Path) -> Result<History> {
+pub(crate) fn reopen(dir: &Path) -> Result<History> {
     let mut result = History::open(dir, CACHE_BYTES);
     for _ in 0..100 {
         if !matches!(result, Err(HistoryError::Sled(_))) {
@@ -215,7 +215,7 @@ fn reopen(dir: &Path) -> Result<History> {
     result
 }
 
-fn journal(store: &History) -> Vec<(u64, Record)> {
+pub(crate) fn journal(store: &History) -> Vec<(u64, Record)> {
     let batches = store.journal_after(0, usize::MAX).unwrap();
     batches.into_iter().flat_map(|(index, records)| records.into_iter().map(move |r| (index, r))).collect()
 }
