@@ -900,3 +900,180 @@ fn measure_write_cost_and_bytes_per_record() {
             .sum()
     }
 }
+
+/// The records one finished same-region transfer writes, in the order the
+/// state machine writes them: the payer's and the payee's listings, the
+/// idempotency key's answer, the three movements (principal into clearing,
+/// fee, payout out of clearing), both partners' events and the transfer.
+fn same_region_transfer(n: u64, payer_partner: u64, payee_partner: u64, cursors: [u64; 2], at: u64) -> Vec<Record> {
+    let id = tid(n);
+    let mut finished = transfer(n, at);
+    finished.view.partner = pid(payer_partner);
+    finished.view.payee.partner = pid(payee_partner);
+    let partner_account = |p: u64| AccountId::new(AccountOwner::Partner(pid(p)), Currency::USD);
+    let clearing = AccountId::new(AccountOwner::Clearing(region()), Currency::USD);
+    let fees = AccountId::new(AccountOwner::Fees, Currency::USD);
+    let sums = Balances { debits_posted: u128::from(n) * 1_010, credits_posted: 1_000_000_000, ..Balances::default() };
+    let moved = |leg, debit: &AccountId, credit: &AccountId, amount| {
+        Record::Movement(Movement {
+            entry: EntryId::Transfer { transfer: id.clone(), leg },
+            kind: MovementKind::Post,
+            debit: debit.clone(),
+            credit: credit.clone(),
+            amount: usd(amount),
+            at: ms(at),
+            debit_after: sums,
+            credit_after: sums,
+        })
+    };
+    let payer_account = partner_account(payer_partner);
+    let payee_account = partner_account(payee_partner);
+    let event = |partner: u64, cursor: u64, kind, amount| Record::Event {
+        partner: pid(partner),
+        event: Event { cursor, at: ms(at), transfer: id.clone(), kind, amount: usd(amount), reason: None },
+    };
+    let mut records = vec![
+        Record::Listed { partner: pid(payer_partner), transfer: id.clone(), at: ms(at) },
+        Record::Listed { partner: pid(payee_partner), transfer: id.clone(), at: ms(at) },
+        idempotency(payer_partner, n, at),
+        moved(Leg::Principal, &payer_account, &clearing, 1_000 + n),
+        moved(Leg::Fee, &payer_account, &fees, 10),
+        moved(Leg::Payout, &clearing, &payee_account, 1_000 + n),
+        event(payer_partner, cursors[0], EventKind::Committed, 1_010 + n),
+        event(payee_partner, cursors[1], EventKind::Credited, 1_000 + n),
+    ];
+    records.push(Record::Transfer(finished));
+    records
+}
+
+/// CPU time from /proc (Linux): user and system ticks (USER_HZ, 100 on
+/// Linux) in `/proc/<which>/stat`, whose 14th and 15th fields they are.
+fn cpu_ticks(which: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{which}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The calling thread's CPU time in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> u64 {
+    let schedstat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    schedstat.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// This process's peak resident memory (VmHWM), in bytes.
+fn peak_resident_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                entry.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+/// The write cost of a realistic mix: 200,192 finished same-region
+/// transfers (nine records each) in 782 batches of 256, paid by 64 partners
+/// to 16, every record of a batch at its time, event cursors as each
+/// partner's stream gives them. Each batch is built just before it is
+/// written; CPU is the writing thread's inside `write` (to the nanosecond)
+/// plus every other thread's over the run (sled's flusher; to the 10 ms
+/// tick). Reports sled keys, bytes on disk and the process's peak resident
+/// memory too, then times a few reads and retention of half of it. Run by
+/// hand, alone in its process (the peak is the process's):
+/// `cargo test --release -p paymesh-store --lib
+/// history::tests::measure_a_realistic_transfer_mix -- --ignored --nocapture --exact`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_a_realistic_transfer_mix() {
+    const BATCHES: u64 = 782;
+    const PER_BATCH: u64 = 256;
+    const PAYERS: u64 = 64;
+    const PAYEES: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    // The node's own cache size.
+    let store = History::open(dir.path(), crate::state_machine::HISTORY_CACHE_BYTES).unwrap();
+    let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
+    let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
+    let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
+    let started = Instant::now();
+    for batch in 0..BATCHES {
+        let at = 1_700_000_000_000 + batch * 10;
+        let mut records = Vec::new();
+        for n in batch * PER_BATCH + 1..=(batch + 1) * PER_BATCH {
+            // A fixed scramble, so that a batch's transfers do not take the
+            // partners in turn.
+            let mixed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+            let (payer, payee) = (mixed % PAYERS, PAYERS + (mixed / PAYERS) % PAYEES);
+            let mut next = |partner: u64| {
+                cursors[partner as usize] += 1;
+                cursors[partner as usize]
+            };
+            let cursors = [next(payer), next(payee)];
+            records.extend(same_region_transfer(n, payer, payee, cursors, at));
+        }
+        records_written += records.len();
+        encoded += records.iter().map(|r| postcard::to_stdvec(r).unwrap().len()).sum::<usize>();
+        let before = thread_cpu_ns();
+        store.write(batch + 1, &records).unwrap();
+        writing_ns += thread_cpu_ns() - before;
+    }
+    let wall = started.elapsed();
+    let other_ticks = (cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before);
+    store.durable().unwrap();
+    let transfers = (BATCHES * PER_BATCH) as f64;
+    let keys = store.db.len();
+    let (on_disk, files) = (store.size_on_disk().unwrap(), bytes_under(dir.path()));
+    let per_transfer_us = |ns: u64| ns as f64 / 1e3 / transfers;
+    println!(
+        "{transfers} transfers ({records_written} records, postcard {:.0} B/transfer) in batches of {PER_BATCH}: \
+         CPU {:.1} µs/transfer ({:.1} writing, {:.1} other threads), wall {:.1} µs/transfer with building; \
+         {:.2} sled keys/transfer; size_on_disk {:.0} B/transfer, files {:.0} B/transfer; VmHWM {:.1} MiB",
+        encoded as f64 / transfers,
+        per_transfer_us(writing_ns + other_ticks * 10_000_000),
+        per_transfer_us(writing_ns),
+        per_transfer_us(other_ticks * 10_000_000),
+        wall.as_secs_f64() * 1e6 / transfers,
+        keys as f64 / transfers,
+        on_disk as f64 / transfers,
+        files as f64 / transfers,
+        peak_resident_bytes() as f64 / (1024.0 * 1024.0),
+    );
+    // Readers at the end of a long history: a partner's last page of
+    // events, a payee's first listings, an account statement's first page,
+    // transfers and idempotency keys by id.
+    let started = Instant::now();
+    let events = store.events_after(&pid(0), cursors[0].saturating_sub(100), 100).unwrap();
+    let listed = store.listed_after(&pid(PAYERS), None, 1_000).unwrap();
+    let fees = AccountId::new(AccountOwner::Fees, Currency::USD);
+    let statement = store.statement(&fees, ms(0), ms(u64::MAX), None, 1_000).unwrap();
+    let found = (1..=1_000u64).filter(|n| store.get_transfer(&tid(n * 199)).unwrap().is_some()).count();
+    println!(
+        "reads: {} events, {} listings, {} movements, {found} transfers by id in {:.1} ms",
+        events.len(),
+        listed.len(),
+        statement.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let (process_before, started) = (cpu_ticks("self"), Instant::now());
+    let deleted = store.delete_through(BATCHES / 2).unwrap();
+    println!(
+        "delete_through half: {deleted} records in {:.0} ms wall, {} ms CPU",
+        started.elapsed().as_secs_f64() * 1e3,
+        (cpu_ticks("self") - process_before) * 10
+    );
+}
