@@ -12,33 +12,68 @@
 //! # Layout
 //!
 //! One sled tree (the default one), its key spaces told apart by a first
-//! byte, so that everything one batch writes (its journal records, the
-//! pointers derived from them and the meta counters) goes in a single
-//! `sled::Batch`: after a crash either all of it is there or none is.
-//! Integers are big-endian, so byte order is numeric order; identifiers
-//! (slugs and printable ASCII, never a 0 byte) are ended by a 0 byte where
-//! something follows them.
+//! byte, so that everything one batch writes (its journal, the keys derived
+//! from its records and the meta counters) goes in a single `sled::Batch`:
+//! after a crash either all of it is there or none is. Integers are
+//! big-endian, so byte order is numeric order; identifiers (slugs and
+//! printable ASCII, never a 0 byte) are ended by a 0 byte where something
+//! follows them.
 //!
 //! ```text
-//! J | index u64 | seq u32                      -> postcard(record)   the journal
-//! I | partner | 0 | idempotency key            -> position           first wins
-//! T | transfer id                              -> position           first wins
-//! P | transfer id                              -> position           first wins
-//! U | top-up reference                         -> position           first wins
-//! E | partner | 0 | cursor u64                 -> position           last wins
-//! L | partner | 0 | at u64 | index u64 | seq u32 -> transfer id
-//! A | account | 0 | at u64 | index u64 | seq u32 -> (empty)          a movement, under each of its accounts
-//! D | partner                                  -> cursor u64         the partner's newest event deleted
-//! M applied | M digest | M records | M deleted -> u64 | 32 bytes | u64 | u64
-//! M archived                                   -> u64                an archive was confirmed through it
+//! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  the journal
+//! I | partner | 0 | idempotency key                    -> position                first wins
+//! T | transfer id                                      -> position                first wins
+//! P | transfer id                                      -> position                first wins
+//! U | top-up reference                                 -> position                first wins
+//! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
+//! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
+//! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
+//! D | partner                                          -> cursor u64              the partner's newest event deleted
+//! G | index u64                                        -> 32 bytes                the digest after the batch
+//! M applied | M digest | M records | M deleted         -> u64 | 32 bytes | u64 | u64
+//! M layout                                             -> u64                     2: this layout
+//! M archived                                           -> u64                     an archive was confirmed through it
 //! ```
 //!
-//! A position is `index u64 | seq u32` (12 bytes): the journal key of the
-//! record without its space byte. The journal is the source of truth;
-//! every other key is derived from a record and can be recomputed from it,
-//! which is how retention finds what to delete. An account is keyed by its
-//! display form (`partner:p:USD`, `fees:USD`, ...), unique because no
-//! identifier in it holds a `:`.
+//! A sled key costs far more to write than its bytes do (10 to 25 µs of
+//! CPU each, measured), so keys are not one per record: a finished
+//! transfer's nine records take about three (its `T` and `I` pointers and
+//! its shares of a journal chunk and of its partners' and accounts' group
+//! keys), where one key per record and per pointer took 21.
+//!
+//! The journal holds a batch's records in chunks of at most 64 consecutive
+//! records, a record that would take a chunk over 32 KiB starting the next
+//! one (a larger record goes alone), so that a chunk stays far below
+//! sled's blob threshold (about 128 KiB), over which a value is a file of
+//! its own. A chunk is each record's postcard length and
+//! bytes, one after the other (the very bytes the digest hashes), so each
+//! record's size is checked before it is decoded. It is keyed by its
+//! batch's index and the seq of its first record: the record at
+//! (`index`, `seq`) is in the last chunk with a key at or below
+//! `J | index | seq`. A position is `index u64 | seq u32` (12 bytes).
+//!
+//! The records of a batch that readers want in runs are grouped, one key
+//! for each group: a partner's listings at one time and an account's
+//! movements at one time (every record of a batch usually has the batch's
+//! time), each keyed by the list token of its first record (so tokens
+//! order keys as they order records), and a partner's events with
+//! consecutive cursors, keyed by the first cursor, its value the batch's
+//! index then each event's seq. A group's value is at most 32 KiB; a
+//! larger group continues under another key. A
+//! movement with the same account on both sides is listed once under it.
+//! Events are last wins per cursor, as in `MemoryHistory`: a batch that
+//! writes a cursor held already (never in operation, where a partner's
+//! cursors only grow) takes it from the run that held it, which is cut
+//! around it; runs never overlap. The records whose lookups are by a unique
+//! id (`T`, `P`, `I`, `U`) keep one pointer each.
+//!
+//! The journal is the source of truth; every other key is derived from the
+//! records of one batch and can be recomputed from them, which is how
+//! retention finds what to delete (a batch's event runs it looks for
+//! among the cursors of its events, keeping the runs of later batches that
+//! took some of them). An account is keyed by its display form
+//! (`partner:p:USD`, `fees:USD`, ...), unique because no identifier in it
+//! holds a `:`.
 //!
 //! The digest is SHA-256 chained over the batches that hold records:
 //! `SHA-256(previous || index u64 BE || for each record: length u32 BE ||
@@ -83,9 +118,9 @@
 //! # Retention
 //!
 //! [`History::delete_through`] deletes whole batches from the front of the
-//! journal with every pointer derived from them (a pointer another record
-//! owns, a later event under the same cursor, say, stays), in bounded sled
-//! batches that never split a log batch. The digest and the last index are
+//! journal with every key derived from them, a batch's chunks and groups
+//! whole (a pointer another record owns, or an event cursor a later batch
+//! took, stays), in bounded sled batches that never split a log batch. The digest and the last index are
 //! unaffected. Afterwards a deleted record is simply not found; for events,
 //! where "deleted" and "not yet written" must be told apart,
 //! [`History::oldest_event_cursor`] and [`HistoryError::CursorExpired`]
@@ -101,10 +136,9 @@
 //! time, [`record_time`]) that the caller takes from the applied state's
 //! clock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -129,7 +163,20 @@ pub const RECORD_BYTES_MAX: usize = crate::segment_log::RECORD_PAYLOAD_BYTES_MAX
 /// deletion step and how long it holds up writes.
 pub const DELETE_RECORDS_PER_BATCH_MAX: usize = 1_000;
 
-/// The longest transfer id read back from a listing key: a region id (at
+/// The most records in one journal chunk.
+const JOURNAL_CHUNK_RECORDS_MAX: usize = 64;
+
+/// A journal chunk takes no record that would take it over this many
+/// bytes (a larger record goes alone in its chunk), and a group key's value
+/// is never longer: far below sled's blob threshold (about 128 KiB), over
+/// which each value is a file of its own.
+const CHUNK_BYTES_MAX: usize = 32 * 1024;
+
+/// The most events in one run (`E` key): as many seqs as fit
+/// [`CHUNK_BYTES_MAX`] after the index.
+const EVENTS_PER_RUN_MAX: usize = (CHUNK_BYTES_MAX - 8) / 4;
+
+/// The longest transfer id read back from a listing group: a region id (at
 /// most a few dozen bytes), a colon and a u64.
 const TRANSFER_ID_BYTES_MAX: usize = 256;
 
@@ -159,10 +206,17 @@ const META_DIGEST: &[u8] = b"Mdigest";
 const META_RECORDS: &[u8] = b"Mrecords";
 const META_DELETED: &[u8] = b"Mdeleted";
 const META_ARCHIVED: &[u8] = b"Marchived";
+const META_LAYOUT: &[u8] = b"Mlayout";
+
+/// The key layout this module writes and reads, kept under `M layout`: 2,
+/// journal chunks and groups (see the module documentation). A store
+/// without the key and not empty was written with one key per record (the
+/// layout before), which this module does not read.
+const LAYOUT: u64 = 2;
 
 /// Bytes of a position (`index u64 | seq u32`).
 const POSITION_BYTES: usize = 12;
-/// Bytes of a journal key.
+/// Bytes of a journal key (`J | index u64 | first seq u32`).
 const JOURNAL_KEY_BYTES: usize = 1 + POSITION_BYTES;
 /// Bytes of a list token in a key (`at u64 | index u64 | seq u32`).
 const TOKEN_BYTES: usize = 8 + POSITION_BYTES;
@@ -259,12 +313,15 @@ fn parse_position(key: &[u8], bytes: &[u8]) -> Result<(u64, u32)> {
     Ok((u64::from_be_bytes(index.try_into().expect("8 bytes")), u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
 }
 
-pub(crate) fn journal_key(index: u64, seq: u32) -> [u8; JOURNAL_KEY_BYTES] {
+/// The key of the journal chunk of the batch at `index` whose first record
+/// is at `first`.
+pub(crate) fn journal_key(index: u64, first: u32) -> [u8; JOURNAL_KEY_BYTES] {
     let mut key = [space::JOURNAL; JOURNAL_KEY_BYTES];
-    key[1..].copy_from_slice(&position(index, seq));
+    key[1..].copy_from_slice(&position(index, first));
     key
 }
 
+/// A journal key's index and first seq.
 fn parse_journal_key(key: &[u8]) -> Result<(u64, u32)> {
     match key.split_first() {
         Some((&space::JOURNAL, rest)) if key.len() == JOURNAL_KEY_BYTES => parse_position(key, rest),
@@ -303,12 +360,13 @@ fn with_token(prefix: &[u8], token: &ListToken) -> Vec<u8> {
     key
 }
 
-/// The list token at the end of a listing or statement key.
+/// The list token at the end of a listing or statement key: its group's
+/// first.
 fn parse_token(key: &[u8], prefix_len: usize) -> Result<ListToken> {
     let tail = key
         .get(prefix_len..)
         .filter(|tail| tail.len() == TOKEN_BYTES)
-        .ok_or_else(|| corrupt(key, "a listing key without its 20-byte position"))?;
+        .ok_or_else(|| corrupt(key, "a group key without its 20-byte token"))?;
     let (at, rest) = tail.split_at(8);
     let (index, seq) = parse_position(key, rest)?;
     Ok(ListToken { at: Timestamp::from_unix_ms(u64::from_be_bytes(at.try_into().expect("8 bytes"))), index, seq })
@@ -335,61 +393,316 @@ fn account_scope(account: &AccountId) -> Vec<u8> {
     scope(space::ACCOUNT, &account.to_string())
 }
 
-/// Who a derived key belongs to when two records derive the same one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Claim {
-    /// The first record keeps it (`MemoryHistory`'s `or_insert`).
-    First,
-    /// The last record takes it (`MemoryHistory`'s `insert`).
-    Last,
-    /// The key holds the record's own position: no other record derives it.
-    Own,
+// --- the journal's chunks ---------------------------------------------------
+
+/// A batch's encoded records as journal chunks: each chunk's first seq and
+/// value (see the module documentation).
+fn journal_chunks(encoded: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
+    let mut chunks: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut in_last = 0;
+    for (seq, bytes) in encoded.iter().enumerate() {
+        let frame = 4 + bytes.len();
+        let full = chunks
+            .last()
+            .is_none_or(|(_, value)| in_last == JOURNAL_CHUNK_RECORDS_MAX || value.len() + frame > CHUNK_BYTES_MAX);
+        if full {
+            let first = u32::try_from(seq).expect("fewer than 2^32 records per batch");
+            chunks.push((first, Vec::with_capacity(frame.min(CHUNK_BYTES_MAX))));
+            in_last = 0;
+        }
+        let (_, value) = chunks.last_mut().expect("a chunk");
+        let length = u32::try_from(bytes.len()).expect("a record is at most RECORD_BYTES_MAX");
+        value.extend_from_slice(&length.to_be_bytes());
+        value.extend_from_slice(bytes);
+        in_last += 1;
+    }
+    chunks
 }
 
-/// A key derived from a record, and its value.
+/// The records of a journal chunk as their postcard bytes, each length
+/// checked against what is left and [`RECORD_BYTES_MAX`] before it is
+/// taken; damage (a chunk cut short, empty, or of more than
+/// [`JOURNAL_CHUNK_RECORDS_MAX`] records) is an error, after which the
+/// iteration ends.
+struct Frames<'a> {
+    key: &'a [u8],
+    rest: &'a [u8],
+    taken: usize,
+}
+
+impl<'a> Frames<'a> {
+    fn new(key: &'a [u8], chunk: &'a [u8]) -> Result<Frames<'a>> {
+        if chunk.is_empty() {
+            return Err(corrupt(key, "an empty journal chunk"));
+        }
+        Ok(Frames { key, rest: chunk, taken: 0 })
+    }
+
+    fn take(&mut self) -> Result<&'a [u8]> {
+        if self.taken == JOURNAL_CHUNK_RECORDS_MAX {
+            return Err(corrupt(self.key, format!("a journal chunk of more than {JOURNAL_CHUNK_RECORDS_MAX} records")));
+        }
+        let (length, rest) =
+            self.rest.split_first_chunk::<4>().ok_or_else(|| corrupt(self.key, "a record's length cut short"))?;
+        let length = u32::from_be_bytes(*length) as usize;
+        if length > RECORD_BYTES_MAX {
+            return Err(corrupt(self.key, format!("a record of {length} bytes, over {RECORD_BYTES_MAX}")));
+        }
+        if length > rest.len() {
+            return Err(corrupt(self.key, format!("a record of {length} bytes, {} left in its chunk", rest.len())));
+        }
+        let (bytes, rest) = rest.split_at(length);
+        self.rest = rest;
+        self.taken += 1;
+        Ok(bytes)
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let frame = self.take();
+        if frame.is_err() {
+            self.rest = &[];
+        }
+        Some(frame)
+    }
+}
+
+/// The seq of the `n`th record of a chunk that starts at `first`.
+fn nth_seq(key: &[u8], first: u32, n: usize) -> Result<u32> {
+    u32::try_from(n).ok().and_then(|n| first.checked_add(n)).ok_or_else(|| corrupt(key, "seqs past 2^32"))
+}
+
+// --- keys derived from a batch ----------------------------------------------
+
+/// A group key's value being built: its first record's seq and its bytes.
 #[derive(Debug)]
-struct Derived {
-    key: Vec<u8>,
+struct Group {
+    first: u32,
     value: Vec<u8>,
-    claim: Claim,
 }
 
-/// Every key the record at (`index`, `seq`) derives, besides its journal key.
-fn derived(record: &Record, index: u64, seq: u32) -> Vec<Derived> {
-    let pointer = |key: Vec<u8>, claim| Derived { key, value: position(index, seq).to_vec(), claim };
-    match record {
-        Record::Listed { partner, transfer, at } => {
-            let key = with_token(&scope(space::LISTED, partner.as_str()), &ListToken { at: *at, index, seq });
-            vec![Derived { key, value: transfer.to_string().into_bytes(), claim: Claim::Own }]
-        }
-        Record::Transfer(transfer) => {
-            vec![pointer(named(space::TRANSFER, &transfer.view.id.to_string()), Claim::First)]
-        }
-        Record::Participation { transfer, .. } => {
-            vec![pointer(named(space::PARTICIPATION, &transfer.to_string()), Claim::First)]
-        }
-        Record::Idempotency { partner, key, .. } => vec![pointer(idempotency_key(partner, key), Claim::First)],
-        Record::TopUp { reference, .. } => vec![pointer(named(space::TOP_UP, reference.as_str()), Claim::First)],
-        Record::Event { partner, event } => {
-            vec![pointer(with_u64(&scope(space::EVENT, partner.as_str()), event.cursor), Claim::Last)]
-        }
-        Record::Movement(movement) => {
-            let token = ListToken { at: movement.at, index, seq };
-            let mut keys = vec![Derived {
-                key: with_token(&account_scope(&movement.debit), &token),
-                value: Vec::new(),
-                claim: Claim::Own,
-            }];
-            if movement.credit != movement.debit {
-                keys.push(Derived {
-                    key: with_token(&account_scope(&movement.credit), &token),
-                    value: Vec::new(),
-                    claim: Claim::Own,
-                });
+/// Every key the records of the batch at `index` derive, besides the
+/// journal's, built record by record: to write the batch, and again from
+/// its journal to delete it.
+#[derive(Debug)]
+struct Derivation {
+    index: u64,
+    /// First-wins pointers (`T`, `P`, `I`, `U`), each with the seq of the
+    /// record that derives it, in order.
+    pointers: Vec<(Vec<u8>, u32)>,
+    /// `L` and `A` groups still taking entries, by the prefix of their key
+    /// (`space | scope | 0 | at`).
+    open: HashMap<Vec<u8>, Group>,
+    /// Groups complete: key and value.
+    groups: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Each partner's events: cursor to seq, a later record taking a
+    /// cursor from an earlier one.
+    events: BTreeMap<PartnerId, BTreeMap<u64, u32>>,
+}
+
+impl Derivation {
+    fn new(index: u64) -> Derivation {
+        Derivation { index, pointers: Vec::new(), open: HashMap::new(), groups: Vec::new(), events: BTreeMap::new() }
+    }
+
+    /// The record at `seq` (records are added in seq order).
+    fn add(&mut self, seq: u32, record: &Record) {
+        match record {
+            Record::Listed { partner, transfer, at } => {
+                let id = transfer.to_string();
+                let length = u16::try_from(id.len()).expect("a transfer id is short");
+                let mut entry = Vec::with_capacity(6 + id.len());
+                entry.extend_from_slice(&seq.to_be_bytes());
+                entry.extend_from_slice(&length.to_be_bytes());
+                entry.extend_from_slice(id.as_bytes());
+                self.group(with_u64(&scope(space::LISTED, partner.as_str()), at.unix_ms()), seq, &entry);
             }
-            keys
+            Record::Transfer(transfer) => {
+                self.pointers.push((named(space::TRANSFER, &transfer.view.id.to_string()), seq));
+            }
+            Record::Participation { transfer, .. } => {
+                self.pointers.push((named(space::PARTICIPATION, &transfer.to_string()), seq));
+            }
+            Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
+            Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
+            Record::Event { partner, event } => {
+                self.events.entry(partner.clone()).or_default().insert(event.cursor, seq);
+            }
+            Record::Movement(movement) => {
+                let at = movement.at.unix_ms();
+                self.group(with_u64(&account_scope(&movement.debit), at), seq, &seq.to_be_bytes());
+                if movement.credit != movement.debit {
+                    self.group(with_u64(&account_scope(&movement.credit), at), seq, &seq.to_be_bytes());
+                }
+            }
+            Record::Operator { .. } => {}
         }
-        Record::Operator { .. } => Vec::new(),
+    }
+
+    /// Add `entry` to the group under `prefix`, which continues under a
+    /// new key if it would grow past [`CHUNK_BYTES_MAX`].
+    fn group(&mut self, prefix: Vec<u8>, seq: u32, entry: &[u8]) {
+        match self.open.entry(prefix) {
+            hash_map::Entry::Occupied(mut open) => {
+                if open.get().value.len() + entry.len() > CHUNK_BYTES_MAX {
+                    let full = std::mem::replace(open.get_mut(), Group { first: seq, value: Vec::new() });
+                    self.groups.push((group_key(open.key(), self.index, full.first), full.value));
+                }
+                open.get_mut().value.extend_from_slice(entry);
+            }
+            hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Group { first: seq, value: entry.to_vec() });
+            }
+        }
+    }
+
+    /// Close the open groups: every group key and value.
+    fn take_groups(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut groups = std::mem::take(&mut self.groups);
+        for (prefix, group) in self.open.drain() {
+            groups.push((group_key(&prefix, self.index, group.first), group.value));
+        }
+        groups
+    }
+}
+
+/// The key of a listing or statement group: its prefix (`space | scope | 0
+/// | at`) and the position of its first record, so the list token of its
+/// first record.
+fn group_key(prefix: &[u8], index: u64, first: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + POSITION_BYTES);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&position(index, first));
+    key
+}
+
+/// Consecutive cursors, in runs of at most [`EVENTS_PER_RUN_MAX`]: each
+/// run's first cursor and the seq of each of its events.
+fn runs(events: impl IntoIterator<Item = (u64, u32)>) -> Vec<(u64, Vec<u32>)> {
+    let mut runs: Vec<(u64, Vec<u32>)> = Vec::new();
+    for (cursor, seq) in events {
+        match runs.last_mut() {
+            Some((first, seqs))
+                if seqs.len() < EVENTS_PER_RUN_MAX && first.checked_add(seqs.len() as u64) == Some(cursor) =>
+            {
+                seqs.push(seq)
+            }
+            _ => runs.push((cursor, vec![seq])),
+        }
+    }
+    runs
+}
+
+/// The value of an event run: the batch's index, then each event's seq.
+fn run_value(index: u64, seqs: &[u32]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + 4 * seqs.len());
+    value.extend_from_slice(&index.to_be_bytes());
+    for seq in seqs {
+        value.extend_from_slice(&seq.to_be_bytes());
+    }
+    value
+}
+
+/// An event run read back: events with cursors `first`, `first + 1`, ...,
+/// the records at (`index`, each seq).
+#[derive(Debug)]
+struct Run<'a> {
+    first: u64,
+    index: u64,
+    seqs: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    /// The run under `key` (of a partner's prefix `prefix_len` bytes long).
+    fn parse(key: &[u8], prefix_len: usize, value: &'a [u8]) -> Result<Run<'a>> {
+        let first = parse_u64(key, key.get(prefix_len..).unwrap_or_default())?;
+        if value.len() > CHUNK_BYTES_MAX || value.len() < 12 || value.len() % 4 != 0 {
+            return Err(corrupt(key, format!("an event run of {} bytes", value.len())));
+        }
+        let (index, seqs) = value.split_at(8);
+        let run = Run { first, index: parse_u64(key, index)?, seqs };
+        if first.checked_add(run.len() - 1).is_none() {
+            return Err(corrupt(key, "cursors past 2^64"));
+        }
+        Ok(run)
+    }
+
+    fn len(&self) -> u64 {
+        (self.seqs.len() / 4) as u64
+    }
+
+    /// The cursor of its last event.
+    fn last(&self) -> u64 {
+        self.first + (self.len() - 1)
+    }
+
+    /// Each event's cursor and seq.
+    fn events(&self) -> impl Iterator<Item = (u64, u32)> + 'a {
+        let first = self.first;
+        self.seqs
+            .chunks_exact(4)
+            .enumerate()
+            .map(move |(n, seq)| (first + n as u64, u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
+    }
+}
+
+/// The entries of a listing group: each one's seq and transfer id, each
+/// length checked before it is taken.
+fn listings<'a>(key: &'a [u8], value: &'a [u8]) -> impl Iterator<Item = Result<(u32, TransferId)>> + 'a {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let entry = next_listing(key, &mut rest);
+        if entry.is_err() {
+            rest = &[];
+        }
+        Some(entry)
+    })
+}
+
+fn next_listing(key: &[u8], rest: &mut &[u8]) -> Result<(u32, TransferId)> {
+    let cut_short = || corrupt(key, "a listing cut short");
+    let (seq, tail) = rest.split_first_chunk::<4>().ok_or_else(cut_short)?;
+    let (length, tail) = tail.split_first_chunk::<2>().ok_or_else(cut_short)?;
+    let length = usize::from(u16::from_be_bytes(*length));
+    if length > TRANSFER_ID_BYTES_MAX || length > tail.len() {
+        return Err(corrupt(key, format!("a transfer id of {length} bytes")));
+    }
+    let (id, tail) = tail.split_at(length);
+    *rest = tail;
+    let id = std::str::from_utf8(id)
+        .ok()
+        .and_then(|text| TransferId::parse(text).ok())
+        .ok_or_else(|| corrupt(key, "a listing that is not a transfer id"))?;
+    Ok((u32::from_be_bytes(*seq), id))
+}
+
+/// The seqs of a statement group.
+fn statement_seqs<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u32> + 'a> {
+    if value.is_empty() || value.len() > CHUNK_BYTES_MAX || value.len() % 4 != 0 {
+        return Err(corrupt(key, format!("a statement group of {} bytes", value.len())));
+    }
+    Ok(value.chunks_exact(4).map(|seq| u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
+}
+
+/// Seqs of one group must rise from its first: the order of its tokens.
+fn check_seq(key: &[u8], previous: Option<u32>, first: u32, seq: u32) -> Result<()> {
+    let in_order = match previous {
+        None => seq == first,
+        Some(previous) => seq > previous,
+    };
+    if in_order {
+        Ok(())
+    } else {
+        Err(corrupt(key, format!("seq {seq} out of order in its group (first {first}, after {previous:?})")))
     }
 }
 
@@ -498,6 +811,22 @@ impl History {
             }
         }
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        match db.get(META_LAYOUT)? {
+            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => {}
+            Some(bytes) => {
+                let layout = parse_u64(META_LAYOUT, &bytes)?;
+                return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
+            }
+            None if db.is_empty() => {
+                db.insert(META_LAYOUT, &LAYOUT.to_be_bytes())?;
+            }
+            None => {
+                return Err(corrupt(
+                    META_LAYOUT,
+                    format!("no key layout: written with one key per record, where this build reads layout {LAYOUT}"),
+                ))
+            }
+        }
         let read_u64 = |key: &[u8]| -> Result<u64> { db.get(key)?.map_or(Ok(0), |v| parse_u64(key, &v)) };
         let last_index = read_u64(META_APPLIED)?;
         let records = read_u64(META_RECORDS)?;
@@ -610,15 +939,24 @@ impl History {
         &self,
         first: u64,
         last: u64,
-    ) -> impl Iterator<Item = Result<(u64, u32, sled::IVec)>> + use<> {
+    ) -> impl Iterator<Item = Result<(u64, u32, Vec<u8>)>> + use<> {
         let range = (first <= last).then(|| self.db.range(journal_key(first, 0)..=journal_key(last, u32::MAX)));
-        range.into_iter().flatten().map(|item| {
-            let (key, value) = item?;
-            let (index, seq) = parse_journal_key(&key)?;
-            if value.len() > RECORD_BYTES_MAX {
-                return Err(corrupt(&key, format!("a record of {} bytes, over {RECORD_BYTES_MAX}", value.len())));
+        range.into_iter().flatten().flat_map(|item| {
+            // A chunk's records, in order; a damaged chunk yields its error
+            // and nothing after it.
+            let records = || -> Result<Vec<(u64, u32, Vec<u8>)>> {
+                let (key, value) = item?;
+                let (index, first_seq) = parse_journal_key(&key)?;
+                let mut out = Vec::new();
+                for (n, frame) in Frames::new(&key, &value)?.enumerate() {
+                    out.push((index, nth_seq(&key, first_seq, n)?, frame?.to_vec()));
+                }
+                Ok(out)
+            };
+            match records() {
+                Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
             }
-            Ok((index, seq, value))
         })
     }
 
@@ -692,26 +1030,34 @@ impl History {
         }
         let mut batch = sled::Batch::default();
         let mut encoded = Vec::with_capacity(records.len());
-        // First-wins keys taken earlier in this batch: sled does not see the
-        // batch's own writes before it is applied.
-        let mut claimed = HashSet::new();
+        let mut derivation = Derivation::new(index);
         for (n, record) in records.iter().enumerate() {
             let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
             let bytes = postcard::to_stdvec(record).map_err(|source| HistoryError::Encode { index, seq: n, source })?;
             if bytes.len() > RECORD_BYTES_MAX {
                 return Err(HistoryError::TooLarge { index, seq: n, bytes: bytes.len() });
             }
-            for Derived { key, value, claim } in derived(record, index, seq) {
-                if claim == Claim::First {
-                    if claimed.contains(&key) || self.db.contains_key(&key)? {
-                        continue;
-                    }
-                    claimed.insert(key.clone());
-                }
-                batch.insert(key, value);
-            }
-            batch.insert(&journal_key(index, seq), bytes.as_slice());
+            derivation.add(seq, record);
             encoded.push(bytes);
+        }
+        for (first, chunk) in journal_chunks(&encoded) {
+            batch.insert(&journal_key(index, first), chunk);
+        }
+        // First-wins keys taken earlier in this batch: sled does not see the
+        // batch's own writes before it is applied.
+        let mut claimed = HashSet::new();
+        for (key, seq) in std::mem::take(&mut derivation.pointers) {
+            if claimed.contains(&key) || self.db.contains_key(&key)? {
+                continue;
+            }
+            batch.insert(key.as_slice(), &position(index, seq));
+            claimed.insert(key);
+        }
+        for (key, value) in derivation.take_groups() {
+            batch.insert(key, value);
+        }
+        for (partner, cursors) in &derivation.events {
+            self.write_events(&mut batch, index, partner, cursors)?;
         }
         let digest = crate::chain_encoded(&meta.digest, index, encoded.iter().map(Vec::as_slice));
         if !records.is_empty() {
@@ -726,6 +1072,44 @@ impl History {
         batch.insert(META_RECORDS, &held.to_be_bytes());
         self.db.apply_batch(batch)?;
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
+        Ok(())
+    }
+
+    /// Write a partner's events of the batch at `index` (`cursors`: cursor
+    /// to seq) as runs. A run already held loses any of these cursors (last
+    /// wins) and is cut around them; in operation a partner's cursors only
+    /// grow, so the one run looked at is the one before, ending below.
+    fn write_events(
+        &self,
+        batch: &mut sled::Batch,
+        index: u64,
+        partner: &PartnerId,
+        cursors: &BTreeMap<u64, u32>,
+    ) -> Result<()> {
+        let (Some((&lowest, _)), Some((&highest, _))) = (cursors.first_key_value(), cursors.last_key_value()) else {
+            return Ok(());
+        };
+        let prefix = scope(space::EVENT, partner.as_str());
+        // Runs never overlap, so going back from the highest cursor, the
+        // first run that ends below the lowest is the end of the search.
+        for item in self.db.range(prefix.clone()..=with_u64(&prefix, highest)).rev() {
+            let (key, value) = item?;
+            let run = Run::parse(&key, prefix.len(), &value)?;
+            if run.last() < lowest {
+                break;
+            }
+            if run.events().any(|(cursor, _)| cursors.contains_key(&cursor)) {
+                // Removed first: a piece that keeps its first cursor is
+                // inserted again under the same key.
+                batch.remove(&*key);
+                for (first, seqs) in runs(run.events().filter(|(cursor, _)| !cursors.contains_key(cursor))) {
+                    batch.insert(with_u64(&prefix, first), run_value(run.index, &seqs));
+                }
+            }
+        }
+        for (first, seqs) in runs(cursors.iter().map(|(&cursor, &seq)| (cursor, seq))) {
+            batch.insert(with_u64(&prefix, first), run_value(index, &seqs));
+        }
         Ok(())
     }
 
@@ -771,17 +1155,6 @@ impl History {
         self.at(u64::MAX).get_top_up(reference)
     }
 
-    /// The journal record at (`index`, `seq`); `None` if retention deleted
-    /// it (or is deleting it).
-    fn pointed_record(&self, pointer_key: &[u8], index: u64, seq: u32) -> Result<Option<Record>> {
-        let key = journal_key(index, seq);
-        match self.db.get(key)? {
-            Some(bytes) => decode_record(&key, &bytes).map(Some),
-            None if index <= self.deleted_through() => Ok(None),
-            None => Err(corrupt(pointer_key, format!("points to ({index}, {seq}), which the journal does not hold"))),
-        }
-    }
-
     /// The record a pointer key points to, if the pointer exists and was
     /// written before `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
@@ -790,7 +1163,7 @@ impl History {
         if index >= before {
             return Ok(None);
         }
-        self.pointed_record(key, index, seq)
+        JournalReader::new(self).record(key, index, seq)
     }
 
     /// The transfers `partner` takes part in, after the page token `after`
@@ -803,22 +1176,39 @@ impl History {
         max: usize,
     ) -> Result<Vec<(ListToken, TransferId)>> {
         let prefix = scope(space::LISTED, partner.as_str());
+        // The group that holds the token, or the first.
         let start = match after {
-            Some(token) => Bound::Excluded(with_token(&prefix, token)),
-            None => Bound::Included(prefix.clone()),
+            Some(token) => self.db.range(prefix.clone()..=with_token(&prefix, token)).next_back().transpose()?,
+            None => None,
         };
+        let start = start.map_or_else(|| prefix.clone(), |(key, _)| key.to_vec());
         let mut listed = Vec::new();
-        for item in self.db.range((start, Bound::Excluded(scope_end(&prefix)))).take(max) {
-            let (key, value) = item?;
-            let token = parse_token(&key, prefix.len())?;
-            if value.len() > TRANSFER_ID_BYTES_MAX {
-                return Err(corrupt(&key, format!("a transfer id of {} bytes", value.len())));
+        'groups: for item in self.db.range(start..scope_end(&prefix)) {
+            if listed.len() >= max {
+                break;
             }
-            let id = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|text| TransferId::parse(text).ok())
-                .ok_or_else(|| corrupt(&key, "the value is not a transfer id"))?;
-            listed.push((token, id));
+            let (key, value) = item?;
+            let first = parse_token(&key, prefix.len())?;
+            if value.len() > CHUNK_BYTES_MAX {
+                return Err(corrupt(&key, format!("a listing group of {} bytes", value.len())));
+            }
+            let mut previous = None;
+            for entry in listings(&key, &value) {
+                let (seq, id) = entry?;
+                check_seq(&key, previous, first.seq, seq)?;
+                previous = Some(seq);
+                let token = ListToken { seq, ..first };
+                if after.is_some_and(|after| token <= *after) {
+                    continue;
+                }
+                if listed.len() >= max {
+                    break 'groups;
+                }
+                listed.push((token, id));
+            }
+            if previous.is_none() {
+                return Err(corrupt(&key, "an empty listing group"));
+            }
         }
         Ok(listed)
     }
@@ -827,19 +1217,29 @@ impl History {
     /// (and saying so) at one that retention deleted while this ran.
     fn events_held(&self, partner: &PartnerId, after: u64, max: usize) -> Result<(Vec<Event>, bool)> {
         let prefix = scope(space::EVENT, partner.as_str());
-        let start = with_u64(&prefix, after.saturating_add(1));
+        let from = after.saturating_add(1);
+        // The run that holds `from`, or the first after it.
+        let start = self.db.range(prefix.clone()..=with_u64(&prefix, from)).next_back().transpose()?;
+        let start = start.map_or_else(|| with_u64(&prefix, from), |(key, _)| key.to_vec());
+        let mut journal = JournalReader::new(self);
         let mut events = Vec::new();
-        for item in self.db.range(start..scope_end(&prefix)).take(max) {
+        for item in self.db.range(start..scope_end(&prefix)) {
+            if events.len() >= max {
+                break;
+            }
             let (key, value) = item?;
-            let (index, seq) = parse_position(&key, &value)?;
-            match self.pointed_record(&key, index, seq)? {
-                Some(Record::Event { partner: owner, event })
-                    if owner == *partner && key.ends_with(&event.cursor.to_be_bytes()) =>
-                {
-                    events.push(event)
+            let run = Run::parse(&key, prefix.len(), &value)?;
+            for (cursor, seq) in run.events().filter(|(cursor, _)| *cursor >= from) {
+                if events.len() >= max {
+                    break;
                 }
-                Some(other) => return Err(mismatch(&key, &other)),
-                None => return Ok((events, true)),
+                match journal.record(&key, run.index, seq)? {
+                    Some(Record::Event { partner: owner, event }) if owner == *partner && event.cursor == cursor => {
+                        events.push(event)
+                    }
+                    Some(other) => return Err(mismatch(&key, &other)),
+                    None => return Ok((events, true)),
+                }
             }
         }
         Ok((events, false))
@@ -894,29 +1294,44 @@ impl History {
             return Ok(Vec::new());
         }
         let prefix = account_scope(account);
-        let first = ListToken { at: from, index: 0, seq: 0 };
+        let first = with_token(&prefix, &ListToken { at: from, index: 0, seq: 0 });
+        // The group that holds the token, or the first at `from`.
         let start = match after {
-            Some(token) if token >= first => Bound::Excluded(with_token(&prefix, &token)),
-            _ => Bound::Included(with_token(&prefix, &first)),
+            Some(token) => self.db.range(first.clone()..=with_token(&prefix, &token)).next_back().transpose()?,
+            None => None,
         };
+        let start = start.map_or(first, |(key, _)| key.to_vec());
         // Every key of a movement at `to` is longer than this bound, so above it.
-        let end = Bound::Excluded(with_u64(&prefix, to.unix_ms()));
+        let end = with_u64(&prefix, to.unix_ms());
+        let mut journal = JournalReader::new(self);
         let mut movements = Vec::new();
-        for item in self.db.range((start, end)) {
+        'groups: for item in self.db.range(start..end) {
             if movements.len() >= max {
                 break;
             }
-            let (key, _) = item?;
-            let token = parse_token(&key, prefix.len())?;
-            match self.pointed_record(&key, token.index, token.seq)? {
-                Some(Record::Movement(movement))
-                    if movement.at == token.at && (movement.debit == *account || movement.credit == *account) =>
-                {
-                    movements.push((token, movement))
+            let (key, value) = item?;
+            let first = parse_token(&key, prefix.len())?;
+            let mut previous = None;
+            for seq in statement_seqs(&key, &value)? {
+                check_seq(&key, previous, first.seq, seq)?;
+                previous = Some(seq);
+                let token = ListToken { seq, ..first };
+                if after.is_some_and(|after| token <= after) {
+                    continue;
                 }
-                Some(other) => return Err(mismatch(&key, &other)),
-                // Deleted by retention while this ran: not part of history any more.
-                None => {}
+                if movements.len() >= max {
+                    break 'groups;
+                }
+                match journal.record(&key, token.index, seq)? {
+                    Some(Record::Movement(movement))
+                        if movement.at == token.at && (movement.debit == *account || movement.credit == *account) =>
+                    {
+                        movements.push((token, movement))
+                    }
+                    Some(other) => return Err(mismatch(&key, &other)),
+                    // Deleted by retention while this ran: not part of history any more.
+                    None => {}
+                }
             }
         }
         Ok(movements)
@@ -934,7 +1349,7 @@ impl History {
             let mut current: Option<(u64, Vec<Record>, usize)> = None;
             for item in self.db.range(journal_key(first, 0)..=journal_key(u64::MAX, u32::MAX)) {
                 let (key, value) = item?;
-                let (index, seq) = parse_journal_key(&key)?;
+                let (index, first_seq) = parse_journal_key(&key)?;
                 if current.as_ref().is_some_and(|(at, _, _)| *at != index) {
                     let (at, records, bytes) = current.take().expect("a batch");
                     total += bytes;
@@ -944,16 +1359,20 @@ impl History {
                     }
                 }
                 let (_, records, bytes) = current.get_or_insert_with(|| (index, Vec::new(), 0));
-                if seq as usize != records.len() {
-                    return Err(corrupt(&key, format!("record {seq} follows {} of its batch", records.len())));
+                if first_seq as usize != records.len() {
+                    return Err(corrupt(&key, format!("a chunk from record {first_seq} follows {}", records.len())));
                 }
-                if !batches.is_empty() && total + *bytes + value.len() > max_bytes {
+                let frames = Frames::new(&key, &value)?.collect::<Result<Vec<&[u8]>>>()?;
+                let chunk_bytes: usize = frames.iter().map(|frame| frame.len()).sum();
+                if !batches.is_empty() && total + *bytes + chunk_bytes > max_bytes {
                     // This batch would overflow: it starts the next call.
                     current = None;
                     break;
                 }
-                records.push(decode_record(&key, &value)?);
-                *bytes += value.len();
+                for frame in frames {
+                    records.push(decode_record(&key, frame)?);
+                }
+                *bytes += chunk_bytes;
             }
             if let Some((at, records, _)) = current {
                 batches.push((at, records));
@@ -999,40 +1418,42 @@ impl History {
         let through = index.min(meta.last_index);
         let mut batch = sled::Batch::default();
         let mut records = 0usize;
-        let mut last_batch = None;
+        let mut current: Option<Derivation> = None;
         let mut complete = true;
         let mut events_deleted: BTreeMap<PartnerId, u64> = BTreeMap::new();
         for item in self.db.range(journal_key(0, 0)..=journal_key(through, u32::MAX)) {
             let (key, value) = item?;
-            let (at, seq) = parse_journal_key(&key)?;
-            if records >= DELETE_RECORDS_PER_BATCH_MAX && last_batch != Some(at) {
-                complete = false;
-                break;
-            }
-            let record = decode_record(&key, &value)?;
-            for Derived { key: derived_key, value: derived_value, claim } in derived(&record, at, seq) {
-                // A pointer another record owns stays.
-                if claim != Claim::Own && self.db.get(&derived_key)?.is_none_or(|held| held != derived_value) {
-                    continue;
+            let (at, first) = parse_journal_key(&key)?;
+            if current.as_ref().is_none_or(|batch| batch.index != at) {
+                if records >= DELETE_RECORDS_PER_BATCH_MAX {
+                    complete = false;
+                    break;
                 }
-                if let Record::Event { partner, event } = &record {
-                    let newest = events_deleted.entry(partner.clone()).or_default();
-                    *newest = (*newest).max(event.cursor);
+                if let Some(done) = current.take() {
+                    self.delete_derived(done, &mut batch, &mut events_deleted)?;
                 }
-                batch.remove(derived_key);
+                current = Some(Derivation::new(at));
             }
-            batch.remove(&key[..]);
-            records += 1;
-            last_batch = Some(at);
+            let derivation = current.as_mut().expect("a batch");
+            for (n, frame) in Frames::new(&key, &value)?.enumerate() {
+                let record = decode_record(&key, frame?)?;
+                derivation.add(nth_seq(&key, first, n)?, &record);
+                records += 1;
+            }
+            batch.remove(key);
+        }
+        // Only whole log batches were taken, so the last one taken is gone
+        // entirely; when the scan reached the end, everything through
+        // `through` is.
+        let last_batch = current.as_ref().map(|batch| batch.index);
+        if let Some(done) = current.take() {
+            self.delete_derived(done, &mut batch, &mut events_deleted)?;
         }
         for (partner, cursor) in events_deleted {
             let key = named(space::EVENTS_DELETED, partner.as_str());
             let before = self.db.get(&key)?.map_or(Ok(0), |bytes| parse_u64(&key, &bytes))?;
             batch.insert(key, &before.max(cursor).to_be_bytes());
         }
-        // Only whole log batches were taken, so the last one taken is gone
-        // entirely; when the scan reached the end, everything through
-        // `through` is.
         let before = self.deleted_through();
         let reached = if complete { through } else { last_batch.unwrap_or(0) };
         let deleted_through = before.max(reached);
@@ -1053,6 +1474,98 @@ impl History {
         }
         self.meta.lock().unwrap_or_else(|p| p.into_inner()).records = held;
         Ok((records, complete))
+    }
+
+    /// Delete the keys derived from one batch's records: its first-wins
+    /// pointers that are still its own, its groups, and its event runs (or
+    /// what is left of them), noting each partner's newest event deleted.
+    fn delete_derived(
+        &self,
+        mut derivation: Derivation,
+        batch: &mut sled::Batch,
+        events_deleted: &mut BTreeMap<PartnerId, u64>,
+    ) -> Result<()> {
+        let index = derivation.index;
+        for (key, seq) in std::mem::take(&mut derivation.pointers) {
+            // A pointer another record owns stays.
+            if self.db.get(&key)?.is_some_and(|held| held == position(index, seq)) {
+                batch.remove(key);
+            }
+        }
+        for (key, _) in derivation.take_groups() {
+            batch.remove(key);
+        }
+        for (partner, cursors) in derivation.events {
+            let (Some((&lowest, _)), Some((&highest, _))) = (cursors.first_key_value(), cursors.last_key_value())
+            else {
+                continue;
+            };
+            // What is left of this batch's runs starts at one of its
+            // cursors; a run there of a later batch (which took cursors
+            // from it) stays.
+            let prefix = scope(space::EVENT, partner.as_str());
+            for item in self.db.range(with_u64(&prefix, lowest)..=with_u64(&prefix, highest)) {
+                let (key, value) = item?;
+                let run = Run::parse(&key, prefix.len(), &value)?;
+                if run.index == index {
+                    let newest = events_deleted.entry(partner.clone()).or_default();
+                    *newest = (*newest).max(run.last());
+                    batch.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads journal records by position, keeping the chunk read last: a
+/// reader that follows many pointers into one batch reads each chunk once.
+struct JournalReader<'a> {
+    history: &'a History,
+    /// The chunk read last: its index, first seq, key and value.
+    chunk: Option<(u64, u32, sled::IVec, sled::IVec)>,
+}
+
+impl<'a> JournalReader<'a> {
+    fn new(history: &'a History) -> JournalReader<'a> {
+        JournalReader { history, chunk: None }
+    }
+
+    /// The record at (`index`, `seq`), which `pointer_key` points to;
+    /// `None` if retention deleted it (or is deleting it).
+    fn record(&mut self, pointer_key: &[u8], index: u64, seq: u32) -> Result<Option<Record>> {
+        if let Some(record) = self.cached(index, seq)? {
+            return Ok(Some(record));
+        }
+        let db = &self.history.db;
+        if let Some((key, value)) = db.range(journal_key(index, 0)..=journal_key(index, seq)).next_back().transpose()? {
+            let (_, first) = parse_journal_key(&key)?;
+            self.chunk = Some((index, first, key, value));
+            if let Some(record) = self.cached(index, seq)? {
+                return Ok(Some(record));
+            }
+        }
+        if index <= self.history.deleted_through() {
+            Ok(None)
+        } else {
+            Err(corrupt(pointer_key, format!("points to ({index}, {seq}), which the journal does not hold")))
+        }
+    }
+
+    /// The record at (`index`, `seq`) if the chunk read last holds it.
+    fn cached(&self, index: u64, seq: u32) -> Result<Option<Record>> {
+        let Some((at, first, key, value)) = &self.chunk else { return Ok(None) };
+        if *at != index || seq < *first {
+            return Ok(None);
+        }
+        let wanted = (seq - first) as usize;
+        for (n, frame) in Frames::new(key, value)?.enumerate() {
+            let frame = frame?;
+            if n == wanted {
+                return decode_record(key, frame).map(Some);
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -651,16 +651,17 @@ fn events_page_from_a_cursor_through_many_events() {
 // --- retention --------------------------------------------------------------
 
 /// Every key held, with the log index each one names (its own, or the one
-/// its pointer points to).
+/// its pointer or event run points to).
 fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
     let mut named = Vec::new();
     for item in store.db.iter() {
         let (key, value) = item.unwrap();
         let index = match key[0] {
             space::JOURNAL => parse_journal_key(&key).unwrap().0,
-            space::TRANSFER | space::PARTICIPATION | space::TOP_UP | space::IDEMPOTENCY | space::EVENT => {
+            space::TRANSFER | space::PARTICIPATION | space::TOP_UP | space::IDEMPOTENCY => {
                 parse_position(&key, &value).unwrap().0
             }
+            space::EVENT => parse_u64(&key, &value[..8]).unwrap(),
             space::LISTED | space::ACCOUNT => {
                 u64::from_be_bytes(key[key.len() - POSITION_BYTES..key.len() - 4].try_into().unwrap())
             }
@@ -799,6 +800,205 @@ fn the_journal_comes_in_whole_batches_within_max_bytes() {
     assert_eq!(store.first_index().unwrap(), 2);
 }
 
+// --- keys per batch ---------------------------------------------------------
+
+/// How many keys of each space the store holds.
+fn keys_by_space(store: &History) -> BTreeMap<char, usize> {
+    let mut counts = BTreeMap::new();
+    for item in store.db.iter() {
+        let (key, _) = item.unwrap();
+        *counts.entry(key[0] as char).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    let (payers, payees) = (8u64, 4u64);
+    let mut cursors = [0u64; 12];
+    for batch in 0..3u64 {
+        let mut records = Vec::new();
+        for n in batch * 256 + 1..=(batch + 1) * 256 {
+            let (payer, payee) = (n * 7 % payers, payers + n * 5 % payees);
+            cursors[payer as usize] += 1;
+            cursors[payee as usize] += 1;
+            let events = [cursors[payer as usize], cursors[payee as usize]];
+            records.extend(same_region_transfer(n, payer, payee, events, 1_000 + batch));
+        }
+        store.write(batch + 1, &records).unwrap();
+        memory.write(batch + 1, records);
+    }
+    // Per batch: 2,304 records in 36 journal chunks of 64; a pointer for
+    // each transfer and each idempotency key; one listing group and one
+    // event run for each of the 12 partners; a statement group for each
+    // of the 14 accounts (12 partners', clearing, fees); the digest. And
+    // the three counters and the layout.
+    let counts = keys_by_space(&store);
+    let expected =
+        [('A', 14 * 3), ('E', 12 * 3), ('G', 3), ('I', 768), ('J', 36 * 3), ('L', 12 * 3), ('M', 4), ('T', 768)];
+    assert_eq!(counts, BTreeMap::from(expected));
+    let keys: usize = counts.values().sum();
+    assert!(keys as f64 / 768.0 < 2.4, "{keys} keys for 768 transfers");
+
+    for p in (0..payers + payees).map(pid) {
+        for page in [1, 5, 100, usize::MAX] {
+            let mut token = None;
+            loop {
+                let got = store.listed_after(&p, token.as_ref(), page).unwrap();
+                assert_eq!(got, memory.listed(&p, token.as_ref(), page));
+                let Some((last, _)) = got.last() else { break };
+                token = Some(*last);
+            }
+        }
+        for after in [0, 1, 63, 64, 65, 150, 1_000] {
+            assert_eq!(store.events_after(&p, after, 70).unwrap(), memory.events(&p, after, 70));
+        }
+    }
+    let accounts = [AccountOwner::Partner(pid(3)), AccountOwner::Clearing(region()), AccountOwner::Fees];
+    for account in accounts.map(|owner| AccountId::new(owner, Currency::USD)) {
+        let expected = memory_statement(&memory, &account, 1_000, 1_003);
+        assert_eq!(paged_statement(&store, &account, 1_000, 1_003, 100), expected);
+        assert_eq!(
+            paged_statement(&store, &account, 1_001, 1_002, 7),
+            memory_statement(&memory, &account, 1_001, 1_002)
+        );
+    }
+    for n in [1, 64, 65, 256, 257, 700, 768] {
+        assert_eq!(store.get_transfer(&tid(n)).unwrap(), Recall::transfer(&memory, &tid(n)));
+        assert!(store.get_transfer(&tid(n)).unwrap().is_some());
+    }
+}
+
+#[test]
+fn journal_chunks_take_64_records_or_32_kib_and_a_larger_record_alone() {
+    let sizes = |records: &[usize]| {
+        let encoded: Vec<Vec<u8>> = records.iter().map(|&n| vec![7u8; n]).collect();
+        journal_chunks(&encoded).into_iter().map(|(first, value)| (first, value.len())).collect::<Vec<_>>()
+    };
+    assert_eq!(sizes(&[]), []);
+    assert_eq!(sizes(&[10; 64]), [(0, 64 * 14)]);
+    assert_eq!(sizes(&[10; 65]), [(0, 64 * 14), (64, 14)]);
+    let half = CHUNK_BYTES_MAX / 2 - 4;
+    assert_eq!(sizes(&[half, half, 1]), [(0, CHUNK_BYTES_MAX), (2, 5)]);
+    assert_eq!(sizes(&[1, 40_000, 1]), [(0, 5), (1, 40_004), (2, 5)]);
+    let encoded: Vec<Vec<u8>> = (0..100u8).map(|n| vec![n; usize::from(n)]).collect();
+    let mut frames = Vec::new();
+    for (first, value) in journal_chunks(&encoded) {
+        assert_eq!(first as usize, frames.len());
+        frames.extend(Frames::new(b"J", &value).unwrap().map(|frame| frame.unwrap().to_vec()));
+    }
+    assert_eq!(frames, encoded);
+    assert!(Frames::new(b"J", &[]).is_err());
+    assert!(Frames::new(b"J", &[0, 0, 0, 9, 1]).unwrap().next().unwrap().is_err(), "a record cut short");
+    assert!(Frames::new(b"J", &[0, 0]).unwrap().next().unwrap().is_err(), "a length cut short");
+    assert!(Frames::new(b"J", &[0, 0, 0, 0].repeat(65)).unwrap().any(|frame| frame.is_err()), "65 records");
+}
+
+#[test]
+fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    let mut records = Vec::new();
+    for n in 0..10_000u64 {
+        records.push(event(0, n + 1, 5));
+        records.push(movement(0, 3, n + 1, 5));
+        if n % 3 == 0 {
+            records.push(listed(0, n, 5));
+        }
+    }
+    store.write(1, &records).unwrap();
+    memory.write(1, records);
+    store.write(2, &finished(1, 6)).unwrap();
+    memory.write(2, finished(1, 6));
+    let counts = keys_by_space(&store);
+    // 8,190 events to a run, 8,192 seqs (32 KiB) to a statement group and
+    // under 2,000 listings (18 bytes each) to a listing group; the second
+    // batch has one event, three accounts and one listing.
+    assert_eq!(counts[&'E'], 2 + 1);
+    assert_eq!(counts[&'A'], 2 * 2 + 3);
+    assert_eq!(counts[&'L'], 2 + 1);
+    assert_eq!(counts[&'J'], 23_334usize.div_ceil(64) + 1);
+    for page in [1, 1_000, 1_900, 3_000, usize::MAX] {
+        let mut token = None;
+        let mut all = 0;
+        loop {
+            let got = store.listed_after(&pid(0), token.as_ref(), page).unwrap();
+            assert_eq!(got, memory.listed(&pid(0), token.as_ref(), page));
+            let Some((last, _)) = got.last() else { break };
+            token = Some(*last);
+            all += got.len();
+        }
+        assert_eq!(all, 3_334);
+    }
+    for after in [0, 1, 8_189, 8_190, 8_191, 9_999, 10_000] {
+        assert_eq!(store.events_after(&pid(0), after, 3_000).unwrap(), memory.events(&pid(0), after, 3_000));
+    }
+    for a in [account(0), account(3)] {
+        let expected = memory_statement(&memory, &a, 0, 10);
+        assert_eq!(expected.len(), 10_000);
+        assert_eq!(store.statement(&a, ms(0), ms(10), None, usize::MAX).unwrap(), expected);
+        assert_eq!(paged_statement(&store, &a, 0, 10, 2_999), expected);
+    }
+    assert_eq!(journal(&store), memory.records().map(|(i, r)| (i, r.clone())).collect::<Vec<_>>());
+    assert_eq!(store.delete_through(1).unwrap(), 23_334);
+    let leftovers: Vec<_> = indexes_named(&store).into_iter().filter(|(_, i)| *i <= 1).collect();
+    assert!(leftovers.is_empty(), "keys naming the deleted batch: {leftovers:?}");
+    assert_eq!(store.oldest_event_cursor(&pid(0)).unwrap(), Some(10_001));
+    assert!(store.statement(&account(3), ms(0), ms(10), None, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn an_event_written_again_cuts_the_run_that_held_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut memory = MemoryHistory::new();
+    let batches = [
+        (1, (1..=10).map(|cursor| event(0, cursor, 1)).collect::<Vec<_>>()),
+        (2, vec![event(0, 12, 2), event(0, 5, 2), event(1, 1, 2), event(0, 4, 2)]),
+        (3, vec![event(0, 10, 3), operator(3), event(0, 1, 3), event(0, 1, 4)]),
+    ];
+    let runs = |store: &History| -> Vec<(u64, u64, u64)> {
+        let prefix = scope(space::EVENT, pid(0).as_str());
+        let scanned = store.db.scan_prefix(&prefix).map(|item| {
+            let (key, value) = item.unwrap();
+            let run = Run::parse(&key, prefix.len(), &value).unwrap();
+            (run.first, run.last(), run.index)
+        });
+        scanned.collect()
+    };
+    let expected_runs = [
+        vec![(1, 10, 1)],
+        vec![(1, 3, 1), (4, 5, 2), (6, 10, 1), (12, 12, 2)],
+        vec![(1, 1, 3), (2, 3, 1), (4, 5, 2), (6, 9, 1), (10, 10, 3), (12, 12, 2)],
+    ];
+    for ((index, records), expected) in batches.into_iter().zip(expected_runs) {
+        store.write(index, &records).unwrap();
+        memory.write(index, records);
+        assert_eq!(runs(&store), expected);
+        for after in 0..=12 {
+            assert_eq!(store.events_after(&pid(0), after, 4).unwrap(), memory.events(&pid(0), after, 4));
+        }
+    }
+    assert_eq!(store.events_after(&pid(0), 0, 1).unwrap()[0].at, ms(4), "the last of a batch's two wins");
+
+    // What the first batch still held goes; its newest was 9.
+    store.delete_through(1).unwrap();
+    assert_eq!(runs(&store), [(1, 1, 3), (4, 5, 2), (10, 10, 3), (12, 12, 2)]);
+    assert_eq!(store.oldest_event_cursor(&pid(0)).unwrap(), Some(10));
+    assert!(matches!(store.events_after(&pid(0), 8, 10), Err(HistoryError::CursorExpired(_))));
+    let held: Vec<u64> = HistoryRead::events(&store, &pid(0), 0, 10).iter().map(|e| e.cursor).collect();
+    assert_eq!(held, [1, 4, 5, 10, 12]);
+    store.delete_through(2).unwrap();
+    assert_eq!(runs(&store), [(1, 1, 3), (10, 10, 3)]);
+    assert_eq!(store.oldest_event_cursor(&pid(0)).unwrap(), Some(13));
+    assert_eq!(store.oldest_event_cursor(&pid(1)).unwrap(), Some(2));
+    assert!(store.events_after(&pid(0), 12, 10).unwrap().is_empty());
+}
+
 // --- damage -----------------------------------------------------------------
 
 #[test]
@@ -830,6 +1030,36 @@ fn damaged_counters_are_refused_at_open() {
         let refused = reopen(dir.path()).unwrap_err();
         assert!(matches!(refused, HistoryError::Corrupt { .. }), "{refused}");
     }
+}
+
+#[test]
+fn a_store_of_another_key_layout_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes());
+    store.write(3, &finished(1, 1)).unwrap();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.get_transfer(&tid(1)).unwrap(), Some(transfer(1, 1)));
+    // One key per record, as before layout 2, had no layout key.
+    store.db.remove(META_LAYOUT).unwrap();
+    store.db.insert(journal_key(3, 0), postcard::to_stdvec(&listed(1, 1, 1)).unwrap()).unwrap();
+    store.db.flush().unwrap();
+    drop(store);
+    let refused = reopen(dir.path()).unwrap_err();
+    assert!(
+        matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("one key per record")),
+        "{refused}"
+    );
+    // sled lets go of its lock a moment after a drop (see `reopen`).
+    let store = (0..100)
+        .find_map(|_| sled::open(dir.path()).map_err(|_| std::thread::sleep(Duration::from_millis(50))).ok())
+        .unwrap();
+    store.insert(META_LAYOUT, &3u64.to_be_bytes()).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let refused = reopen(dir.path()).unwrap_err();
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 3")), "{refused}");
 }
 
 #[test]
@@ -899,4 +1129,181 @@ fn measure_write_cost_and_bytes_per_record() {
             })
             .sum()
     }
+}
+
+/// The records one finished same-region transfer writes, in the order the
+/// state machine writes them: the payer's and the payee's listings, the
+/// idempotency key's answer, the three movements (principal into clearing,
+/// fee, payout out of clearing), both partners' events and the transfer.
+fn same_region_transfer(n: u64, payer_partner: u64, payee_partner: u64, cursors: [u64; 2], at: u64) -> Vec<Record> {
+    let id = tid(n);
+    let mut finished = transfer(n, at);
+    finished.view.partner = pid(payer_partner);
+    finished.view.payee.partner = pid(payee_partner);
+    let partner_account = |p: u64| AccountId::new(AccountOwner::Partner(pid(p)), Currency::USD);
+    let clearing = AccountId::new(AccountOwner::Clearing(region()), Currency::USD);
+    let fees = AccountId::new(AccountOwner::Fees, Currency::USD);
+    let sums = Balances { debits_posted: u128::from(n) * 1_010, credits_posted: 1_000_000_000, ..Balances::default() };
+    let moved = |leg, debit: &AccountId, credit: &AccountId, amount| {
+        Record::Movement(Movement {
+            entry: EntryId::Transfer { transfer: id.clone(), leg },
+            kind: MovementKind::Post,
+            debit: debit.clone(),
+            credit: credit.clone(),
+            amount: usd(amount),
+            at: ms(at),
+            debit_after: sums,
+            credit_after: sums,
+        })
+    };
+    let payer_account = partner_account(payer_partner);
+    let payee_account = partner_account(payee_partner);
+    let event = |partner: u64, cursor: u64, kind, amount| Record::Event {
+        partner: pid(partner),
+        event: Event { cursor, at: ms(at), transfer: id.clone(), kind, amount: usd(amount), reason: None },
+    };
+    let mut records = vec![
+        Record::Listed { partner: pid(payer_partner), transfer: id.clone(), at: ms(at) },
+        Record::Listed { partner: pid(payee_partner), transfer: id.clone(), at: ms(at) },
+        idempotency(payer_partner, n, at),
+        moved(Leg::Principal, &payer_account, &clearing, 1_000 + n),
+        moved(Leg::Fee, &payer_account, &fees, 10),
+        moved(Leg::Payout, &clearing, &payee_account, 1_000 + n),
+        event(payer_partner, cursors[0], EventKind::Committed, 1_010 + n),
+        event(payee_partner, cursors[1], EventKind::Credited, 1_000 + n),
+    ];
+    records.push(Record::Transfer(finished));
+    records
+}
+
+/// CPU time from /proc (Linux): user and system ticks (USER_HZ, 100 on
+/// Linux) in `/proc/<which>/stat`, whose 14th and 15th fields they are.
+fn cpu_ticks(which: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{which}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The calling thread's CPU time in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> u64 {
+    let schedstat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    schedstat.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// This process's peak resident memory (VmHWM), in bytes.
+fn peak_resident_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                entry.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+/// The write cost of a realistic mix: 200,192 finished same-region
+/// transfers (nine records each) in 782 batches of 256, paid by 64 partners
+/// to 16, every record of a batch at its time, event cursors as each
+/// partner's stream gives them. Each batch is built just before it is
+/// written; CPU is the writing thread's inside `write` (to the nanosecond)
+/// plus every other thread's over the run (sled's flusher; to the 10 ms
+/// tick). Reports sled keys, bytes on disk and the process's peak resident
+/// memory too, then times a few reads and retention of half of it. Run by
+/// hand, alone in its process (the peak is the process's):
+/// `cargo test --release -p paymesh-store --lib
+/// history::tests::measure_a_realistic_transfer_mix -- --ignored --nocapture --exact`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_a_realistic_transfer_mix() {
+    const BATCHES: u64 = 782;
+    const PER_BATCH: u64 = 256;
+    const PAYERS: u64 = 64;
+    const PAYEES: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    // The node's own cache size.
+    let store = History::open(dir.path(), crate::state_machine::HISTORY_CACHE_BYTES).unwrap();
+    let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
+    let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
+    let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
+    let started = Instant::now();
+    for batch in 0..BATCHES {
+        let at = 1_700_000_000_000 + batch * 10;
+        let mut records = Vec::new();
+        for n in batch * PER_BATCH + 1..=(batch + 1) * PER_BATCH {
+            // A fixed scramble, so that a batch's transfers do not take the
+            // partners in turn.
+            let mixed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+            let (payer, payee) = (mixed % PAYERS, PAYERS + (mixed / PAYERS) % PAYEES);
+            let mut next = |partner: u64| {
+                cursors[partner as usize] += 1;
+                cursors[partner as usize]
+            };
+            let cursors = [next(payer), next(payee)];
+            records.extend(same_region_transfer(n, payer, payee, cursors, at));
+        }
+        records_written += records.len();
+        encoded += records.iter().map(|r| postcard::to_stdvec(r).unwrap().len()).sum::<usize>();
+        let before = thread_cpu_ns();
+        store.write(batch + 1, &records).unwrap();
+        writing_ns += thread_cpu_ns() - before;
+    }
+    let wall = started.elapsed();
+    let other_ticks = (cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before);
+    store.durable().unwrap();
+    let transfers = (BATCHES * PER_BATCH) as f64;
+    let keys = store.db.len();
+    let (on_disk, files) = (store.size_on_disk().unwrap(), bytes_under(dir.path()));
+    let per_transfer_us = |ns: u64| ns as f64 / 1e3 / transfers;
+    println!(
+        "{transfers} transfers ({records_written} records, postcard {:.0} B/transfer) in batches of {PER_BATCH}: \
+         CPU {:.1} µs/transfer ({:.1} writing, {:.1} other threads), wall {:.1} µs/transfer with building; \
+         {:.2} sled keys/transfer; size_on_disk {:.0} B/transfer, files {:.0} B/transfer; VmHWM {:.1} MiB",
+        encoded as f64 / transfers,
+        per_transfer_us(writing_ns + other_ticks * 10_000_000),
+        per_transfer_us(writing_ns),
+        per_transfer_us(other_ticks * 10_000_000),
+        wall.as_secs_f64() * 1e6 / transfers,
+        keys as f64 / transfers,
+        on_disk as f64 / transfers,
+        files as f64 / transfers,
+        peak_resident_bytes() as f64 / (1024.0 * 1024.0),
+    );
+    // Readers at the end of a long history: a partner's last page of
+    // events, a payee's first listings, an account statement's first page,
+    // transfers and idempotency keys by id.
+    let started = Instant::now();
+    let events = store.events_after(&pid(0), cursors[0].saturating_sub(100), 100).unwrap();
+    let listed = store.listed_after(&pid(PAYERS), None, 1_000).unwrap();
+    let fees = AccountId::new(AccountOwner::Fees, Currency::USD);
+    let statement = store.statement(&fees, ms(0), ms(u64::MAX), None, 1_000).unwrap();
+    let found = (1..=1_000u64).filter(|n| store.get_transfer(&tid(n * 199)).unwrap().is_some()).count();
+    println!(
+        "reads: {} events, {} listings, {} movements, {found} transfers by id in {:.1} ms",
+        events.len(),
+        listed.len(),
+        statement.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let (process_before, started) = (cpu_ticks("self"), Instant::now());
+    let deleted = store.delete_through(BATCHES / 2).unwrap();
+    println!(
+        "delete_through half: {deleted} records in {:.0} ms wall, {} ms CPU",
+        started.elapsed().as_secs_f64() * 1e3,
+        (cpu_ticks("self") - process_before) * 10
+    );
 }
