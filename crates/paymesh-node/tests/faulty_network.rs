@@ -34,7 +34,7 @@ use paymesh_core::{Currency, Money, Outcome, RejectCode, Timestamp};
 use paymesh_node::config::{NodeConfig, PeerConfig, RaftSettings};
 use paymesh_node::Node;
 use paymesh_store::raft_types::{LogId, Raft};
-use paymesh_store::{state_digest, NodeAddr, NodeId, TypeConfig};
+use paymesh_store::{NodeAddr, NodeId, StateMachineStore, TypeConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, timeout, Instant};
@@ -63,6 +63,9 @@ struct Faults {
 /// Routes calls between in-process nodes through the faults.
 struct Router {
     rafts: Mutex<BTreeMap<NodeId, Raft>>,
+    /// Each node's state machine, whose history a snapshot's sender copies
+    /// to its receiver first, as a node's `AppendHistory` does.
+    stores: Mutex<BTreeMap<NodeId, StateMachineStore>>,
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
 }
@@ -180,6 +183,26 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>>
     {
+        if rpc.offset == 0 {
+            // A snapshot carries history's digest, not history: the sender
+            // first brings the receiver's history through the snapshot's
+            // index, as a real node does with `AppendHistory`.
+            let through = rpc.meta.last_log_id.map_or(0, |l| l.index);
+            let stores = self.router.stores.lock().unwrap().clone();
+            if let (Some(from), Some(to)) = (stores.get(&self.from), stores.get(&self.to)) {
+                let (from, to) = (from.history(), to.history());
+                while to.last_index() < through {
+                    let batches = from.journal_after(to.last_index(), 1 << 20).unwrap();
+                    let batches: Vec<_> = batches.into_iter().take_while(|(index, _)| *index <= through).collect();
+                    if batches.is_empty() {
+                        to.write(through, &[]).unwrap();
+                    }
+                    for (index, records) in &batches {
+                        to.write(*index, records).unwrap();
+                    }
+                }
+            }
+        }
         self.router
             .deliver(self.from, self.to, move |raft| {
                 let rpc = rpc.clone();
@@ -274,6 +297,7 @@ async fn run_seed(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let router = Arc::new(Router {
         rafts: Mutex::default(),
+        stores: Mutex::default(),
         faults: Mutex::default(),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
     });
@@ -287,6 +311,7 @@ async fn run_seed(seed: u64) {
             record.lock().unwrap().entry(id).or_default().insert(log_id.index, hash);
         }));
         router.rafts.lock().unwrap().insert(id, node.raft.clone());
+        router.stores.lock().unwrap().insert(id, node.state_machine.clone());
         nodes.insert(id, node);
     }
     let members: BTreeMap<NodeId, NodeAddr> = NODES.iter().map(|id| (*id, NodeAddr::default())).collect();
@@ -375,7 +400,7 @@ async fn run_seed(seed: u64) {
         let views: Vec<_> = nodes.values().map(|n| n.state_machine.applied()).collect();
         let indexes: BTreeSet<_> = views.iter().map(|v| v.last_applied).collect();
         if indexes.len() == 1 {
-            let digests: BTreeSet<_> = views.iter().map(|v| state_digest(&v.state)).collect();
+            let digests: BTreeSet<_> = views.iter().map(|v| v.digest()).collect();
             assert_eq!(digests.len(), 1, "seed {seed}: equal applied index {indexes:?} but different digests");
             break;
         }
