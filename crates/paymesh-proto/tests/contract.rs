@@ -678,8 +678,15 @@ fn file_descriptor_set_describes_every_service() {
         names.iter().map(|n| ((*n).to_owned(), false, false)).collect()
     };
 
-    let mut partner =
-        unary(&["LookupPayee", "CreateQuote", "CreateTransfer", "GetTransfer", "ListTransfers", "GetPosition"]);
+    let mut partner = unary(&[
+        "LookupPayee",
+        "CreateQuote",
+        "CreateTransfer",
+        "GetTransfer",
+        "ListTransfers",
+        "GetPosition",
+        "GetStatement",
+    ]);
     partner.push(("StreamEvents".into(), false, true));
     assert_eq!(methods("paymesh.partner.v1", "PartnerService"), partner);
 
@@ -709,6 +716,7 @@ fn file_descriptor_set_describes_every_service() {
             "RemovePayeeRoute",
             "ListPayeeRoutes",
             "GetLedgerSummary",
+            "GetAccountStatement",
         ])
     );
     assert_eq!(
