@@ -185,19 +185,10 @@ impl RaftService for RaftServer {
             return Err(Status::invalid_argument("history batches out of order"));
         }
         let through = request.through;
-        let last_index = tokio::task::spawn_blocking(move || {
-            let history = store.history();
-            for (index, records) in &batches {
-                history.write(*index, records)?;
-            }
-            if through > history.last_index() {
-                history.write(through, &[])?;
-            }
-            Ok::<u64, paymesh_store::HistoryError>(history.last_index())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("writing history: {e}")))?
-        .map_err(|e| Status::internal(format!("writing history: {e}")))?;
+        let last_index = tokio::task::spawn_blocking(move || store.history().append(&batches, through))
+            .await
+            .map_err(|e| Status::internal(format!("writing history: {e}")))?
+            .map_err(|e| Status::internal(format!("writing history: {e}")))?;
         Ok(Response::new(wire::AppendHistoryReply { last_index }))
     }
 }

@@ -194,12 +194,7 @@ impl RaftNetwork<TypeConfig> for SimConnection {
                 while to.last_index() < through {
                     let batches = from.journal_after(to.last_index(), 1 << 20).unwrap();
                     let batches: Vec<_> = batches.into_iter().take_while(|(index, _)| *index <= through).collect();
-                    if batches.is_empty() {
-                        to.write(through, &[]).unwrap();
-                    }
-                    for (index, records) in &batches {
-                        to.write(*index, records).unwrap();
-                    }
+                    to.append(&batches, if batches.is_empty() { through } else { 0 }).unwrap();
                 }
             }
         }

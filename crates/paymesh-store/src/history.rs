@@ -1113,6 +1113,21 @@ impl History {
         Ok(())
     }
 
+    /// Append batches another replica's history holds (in index order, as
+    /// [`History::journal_after`] gives them), skipping those held already;
+    /// then, if the sender's history has no records after them through
+    /// `through` (not 0), this history is complete through it. Returns the
+    /// index history reaches.
+    pub fn append(&self, batches: &[(u64, Vec<Record>)], through: u64) -> Result<u64> {
+        for (index, records) in batches {
+            self.write(*index, records)?;
+        }
+        if through > self.last_index() {
+            self.write(through, &[])?;
+        }
+        Ok(self.last_index())
+    }
+
     /// The running digest after the batch at `index`: that of the last batch
     /// with records at or below it (32 zero bytes before any); `None` if
     /// history has not reached `index`.

@@ -140,10 +140,7 @@ async fn an_installed_snapshot_is_read_from_its_start_and_checked() {
     forged.history().write(at, &[]).unwrap();
     let refused = forged.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes.clone()))).await;
     assert!(refused.unwrap_err().to_string().contains(&format!("digest at index {at} differs")));
-    for (index, records) in source.history().journal_after(0, usize::MAX).unwrap() {
-        target.history().write(index, &records).unwrap();
-    }
-    target.history().write(at, &[]).unwrap();
+    target.history().append(&source.history().journal_after(0, usize::MAX).unwrap(), at).unwrap();
     let mut received = Cursor::new(bytes.clone());
     received.seek(SeekFrom::End(0)).unwrap();
     target.install_snapshot(&snapshot.meta, Box::new(received)).await.unwrap();
