@@ -51,6 +51,32 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A transfer of the seeded payer made now, with `key`: its id.
+async fn pay_now(region: &Region, key: &str) -> String {
+    let wallet = region.partner("wallet-a");
+    let quote = wallet
+        .create_quote(wire::CreateQuoteRequest {
+            qr_payload: "pay://merchant/now".into(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::money("7", "USD"))),
+        })
+        .await
+        .unwrap()
+        .quote
+        .unwrap();
+    wallet
+        .create_transfer(wire::CreateTransferRequest {
+            idempotency_key: key.into(),
+            quote_id: quote.quote_id,
+            qr_payload: "pay://merchant/now".into(),
+            payer: Some(wire::PayerDetails { name: "Ada".into(), account: "a-1".into(), reference: "r".into() }),
+        })
+        .await
+        .unwrap()
+        .transfer
+        .unwrap()
+        .transfer_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_archives_old_history_reads_it_back_and_deletes_it_from_the_node() {
     let mut region = Region::plan(1, "");
@@ -71,27 +97,7 @@ async fn an_operator_archives_old_history_reads_it_back_and_deletes_it_from_the_
 
     // A transfer now.
     let wallet = region.partner("wallet-a");
-    let quote = wallet
-        .create_quote(wire::CreateQuoteRequest {
-            qr_payload: "pay://merchant/now".into(),
-            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::money("7", "USD"))),
-        })
-        .await
-        .unwrap()
-        .quote
-        .unwrap();
-    let fresh = wallet
-        .create_transfer(wire::CreateTransferRequest {
-            idempotency_key: "now-1".into(),
-            quote_id: quote.quote_id,
-            qr_payload: "pay://merchant/now".into(),
-            payer: Some(wire::PayerDetails { name: "Ada".into(), account: "a-1".into(), reference: "r".into() }),
-        })
-        .await
-        .unwrap()
-        .transfer
-        .unwrap()
-        .transfer_id;
+    let fresh = pay_now(&region, "now-1").await;
 
     // Export what is older than a year: the seeded entries.
     let archive = region.path().join("old.pmarchive");
@@ -165,6 +171,65 @@ async fn an_operator_archives_old_history_reads_it_back_and_deletes_it_from_the_
     assert!(err.contains("truncated: the file ends inside the trailer"), "{err}");
     let (_, err) = failed(offline(&["history", "get", path(&damaged), "--transfer", "us-west:2"]));
     assert!(err.contains("truncated"), "{err}");
+}
+
+/// A node wiped after its region archived and deleted its old history
+/// rejoins: the leader can no longer send the deleted batches, so the node
+/// begins its history where the leader's now begins (deleted through the
+/// same index, with the digest there) and takes the rest; then every
+/// replica's digest is equal, and the node applies what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_wiped_after_retention_rejoins_where_the_regions_history_now_begins() {
+    let mut region = Region::plan(3, "logs_kept_after_snapshot = 0");
+    let now = paymesh_node::gateway::now();
+    let members: Vec<(u64, NodeAddr)> = (1..=3)
+        .map(|id| {
+            let node = &region.nodes[&id];
+            (id, NodeAddr { raft_addr: node.raft_addr.clone(), api_addr: node.api_addr.clone() })
+        })
+        .collect();
+    let region_id = region.region().clone();
+    let old = now.minus_ms(730 * DAY_MS);
+    for id in 1..=3 {
+        seed_old_log(&region.nodes[&id].data_dir, &region_id, &members, old, 3).await.unwrap();
+    }
+    region.launch();
+    region.wait_leader(Duration::from_secs(20)).await;
+    region.wait_converged(Duration::from_secs(30)).await;
+    let fresh = pay_now(&region, "now-1").await;
+
+    // Archive and delete what is older than a year, on every node.
+    let archive = region.path().join("old.pmarchive");
+    let before = now.minus_ms(365 * DAY_MS).unix_ms().to_string();
+    ok(online(&region, &["history", "export", "--before", &before, "--out", path(&archive)]));
+    let deleted = verify_file(&archive).unwrap().header.last_index;
+    let through = deleted.to_string();
+    ok(online(&region, &["history", "delete", "--through", &through]));
+    let client = region.client();
+    for addr in region.api_addrs() {
+        client.trigger_snapshot(&addr).await.unwrap();
+    }
+
+    // Node 3 loses everything; the leader's log starts after its snapshot.
+    region.kill(3);
+    region.wipe(3);
+    region.spawn(3);
+    region.wait_converged(Duration::from_secs(60)).await;
+    let out = ok(online(&region, &["history", "delete", "--through", &through]));
+    let node3 = &region.nodes[&3].api_addr;
+    assert!(
+        out.contains(&format!("{node3}: deleted 0 records; history deleted through {deleted} (was {deleted})")),
+        "{out}"
+    );
+
+    // It goes on: a transfer after, the same digests, both transfers read.
+    let later = pay_now(&region, "now-2").await;
+    region.wait_converged(Duration::from_secs(30)).await;
+    let wallet = region.partner("wallet-a");
+    for id in [&fresh, &later] {
+        let got = wallet.get_transfer(wire::GetTransferRequest { transfer_id: id.clone() }).await.unwrap();
+        assert_eq!(&got.transfer.unwrap().transfer_id, id);
+    }
 }
 
 /// `/usr/bin/time -v` around `paymesh` with `args`: exit code, stdout,

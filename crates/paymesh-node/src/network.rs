@@ -371,8 +371,24 @@ async fn send_history(
         group_id: group,
         batches: postcard::to_stdvec(batches).expect("history records encode"),
         through,
+        start: Vec::new(),
     };
     let mut last = client.append_history(call(&[], 0)).await?.into_inner().last_index;
+    if last < store.history().deleted_through() {
+        // What the receiver lacks was deleted here: it begins where this
+        // history now does.
+        let history = store.clone();
+        let start = tokio::task::spawn_blocking(move || history.history().start())
+            .await
+            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?
+            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?;
+        let request = wire::AppendHistoryRequest {
+            start: postcard::to_stdvec(&start).expect("a history start encodes"),
+            ..call(&[], 0)
+        };
+        last = client.append_history(request).await?.into_inner().last_index;
+        tracing::info!(deleted_through = start.deleted_through, "history start sent ahead of a snapshot");
+    }
     let mut sent = 0usize;
     while last < through {
         let (store, after) = (store.clone(), last);

@@ -11,7 +11,7 @@ use paymesh_core::history::Record;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_server::RaftService;
 use paymesh_store::raft_types::{Raft, Snapshot, SnapshotMeta, Vote};
-use paymesh_store::StateMachineStore;
+use paymesh_store::{HistoryStart, StateMachineStore};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
@@ -165,7 +165,8 @@ impl RaftService for RaftServer {
 
     /// Write the batches a leader sends, in order, skipping those history
     /// holds already; then, if the leader says its history holds nothing
-    /// more through `through`, history is complete through it.
+    /// more through `through`, history is complete through it. Or, given
+    /// where the leader's history begins after retention, begin there.
     async fn append_history(
         &self,
         request: Request<wire::AppendHistoryRequest>,
@@ -184,11 +185,21 @@ impl RaftService for RaftServer {
         {
             return Err(Status::invalid_argument("history batches out of order"));
         }
+        let start: Option<HistoryStart> = (!request.start.is_empty())
+            .then(|| postcard::from_bytes(&request.start))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("history start: {e}")))?;
+        if start.is_some() && !batches.is_empty() {
+            return Err(Status::invalid_argument("a history start comes alone, without batches"));
+        }
         let through = request.through;
-        let last_index = tokio::task::spawn_blocking(move || store.history().append(&batches, through))
-            .await
-            .map_err(|e| Status::internal(format!("writing history: {e}")))?
-            .map_err(|e| Status::internal(format!("writing history: {e}")))?;
+        let last_index = tokio::task::spawn_blocking(move || match start {
+            Some(start) => store.history().adopt(&start),
+            None => store.history().append(&batches, through),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("writing history: {e}")))?
+        .map_err(|e| Status::internal(format!("writing history: {e}")))?;
         Ok(Response::new(wire::AppendHistoryReply { last_index }))
     }
 }

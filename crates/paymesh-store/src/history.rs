@@ -781,6 +781,23 @@ struct Meta {
     records: u64,
 }
 
+/// Where a history begins once retention deleted its front: what a
+/// replica whose history was deleted through an index sends one that
+/// lacks those batches (a node wiped, or new), which it cannot send
+/// anymore. The receiver adopts it ([`History::adopt`]) and takes the
+/// journal after it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryStart {
+    /// The journal is deleted through this index (0: nothing deleted).
+    pub deleted_through: u64,
+    /// The running digest after the batch at `deleted_through`.
+    pub digest: [u8; 32],
+    /// Each partner's newest event deleted (the `D` keys), so that a
+    /// stream resumed before it is refused as expired, not answered with
+    /// a gap.
+    pub events_deleted: BTreeMap<PartnerId, u64>,
+}
+
 /// A region's history on disk. See the module documentation.
 ///
 /// Writes ([`History::write`], [`History::delete_through`]) are serialised
@@ -1126,6 +1143,79 @@ impl History {
             self.write(through, &[])?;
         }
         Ok(self.last_index())
+    }
+
+    /// Where this history begins (see [`HistoryStart`]). Read again if a
+    /// deletion moved the start meanwhile, so the parts agree.
+    pub fn start(&self) -> Result<HistoryStart> {
+        loop {
+            let deleted_through = self.deleted_through();
+            let digest = self.digest_at(deleted_through)?.ok_or_else(|| {
+                corrupt(META_DELETED, format!("deleted through {deleted_through}, beyond the last index"))
+            })?;
+            let mut events_deleted = BTreeMap::new();
+            for item in self.db.scan_prefix([space::EVENTS_DELETED]) {
+                let (key, value) = item?;
+                let partner = std::str::from_utf8(&key[1..])
+                    .ok()
+                    .and_then(|name| PartnerId::new(name).ok())
+                    .ok_or_else(|| corrupt(&key, "not a partner's id"))?;
+                events_deleted.insert(partner, parse_u64(&key, &value)?);
+            }
+            if self.deleted_through() == deleted_through {
+                return Ok(HistoryStart { deleted_through, digest, events_deleted });
+            }
+        }
+    }
+
+    /// Begin this history at another replica's `start`, when this one ends
+    /// before it: whatever this history holds goes (those batches were
+    /// deleted in the region, and the region's digest through the start
+    /// replaces its own), and it is then deleted and archived through the
+    /// start's index, with that digest there and the start's event marks,
+    /// so that the journal after it can be appended
+    /// ([`History::append`]). Durable before it returns. A history that
+    /// reaches the start already is left alone. Returns the index history
+    /// reaches.
+    pub fn adopt(&self, start: &HistoryStart) -> Result<u64> {
+        let through = start.deleted_through;
+        if self.last_index() >= through {
+            return Ok(self.last_index());
+        }
+        self.delete_through(u64::MAX)?;
+        {
+            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let meta = self.meta();
+            if meta.last_index >= through {
+                return Ok(meta.last_index);
+            }
+            if meta.records != 0 {
+                return Err(corrupt(META_RECORDS, format!("{} records held after deleting them all", meta.records)));
+            }
+            let mut batch = sled::Batch::default();
+            for item in self.db.scan_prefix([space::EVENTS_DELETED]) {
+                batch.remove(item?.0);
+            }
+            for item in self.db.scan_prefix([space::DIGEST]) {
+                batch.remove(item?.0);
+            }
+            for (partner, cursor) in &start.events_deleted {
+                batch.insert(named(space::EVENTS_DELETED, partner.as_str()), &cursor.to_be_bytes());
+            }
+            batch.insert(digest_key(through).as_slice(), &start.digest);
+            batch.insert(META_APPLIED, &through.to_be_bytes());
+            batch.insert(META_DIGEST, &start.digest);
+            batch.insert(META_DELETED, &through.to_be_bytes());
+            let archived = self.archived_through().max(through);
+            batch.insert(META_ARCHIVED, &archived.to_be_bytes());
+            self.deleted_through.store(through, Ordering::SeqCst);
+            self.db.apply_batch(batch)?;
+            self.archived_through.store(archived, Ordering::SeqCst);
+            *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
+                Meta { last_index: through, digest: start.digest, records: 0 };
+        }
+        self.durable()?;
+        Ok(through)
     }
 
     /// The running digest after the batch at `index`: that of the last batch

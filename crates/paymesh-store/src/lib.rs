@@ -29,7 +29,7 @@ pub mod raft_types;
 pub mod segment_log;
 pub mod state_machine;
 
-pub use history::{History, HistoryAt, HistoryError};
+pub use history::{History, HistoryAt, HistoryError, HistoryStart};
 pub use log_store::{LogStats, LogStore};
 
 use paymesh_core::history::Record;

@@ -1307,3 +1307,65 @@ fn measure_a_realistic_transfer_mix() {
         (cpu_ticks("self") - process_before) * 10
     );
 }
+
+/// A node wiped after its region deleted history through D cannot be sent
+/// the deleted batches: it adopts the sender's start (deleted through D,
+/// the digest there, where each partner's events were cut) and takes the
+/// journal after D, ending with the sender's digest and answers.
+#[test]
+fn a_history_adopts_a_replicas_deleted_start_and_continues_from_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source"));
+    for n in 1..=20 {
+        source.write(n, &finished(n, n * 10)).unwrap();
+    }
+    source.delete_through(10).unwrap();
+    let start = source.start().unwrap();
+    assert_eq!(start.deleted_through, 10);
+    assert_eq!(Some(start.digest), source.digest_at(10).unwrap());
+    assert_eq!(start.events_deleted, [(pid(1), 10), (pid(2), 8), (pid(0), 9)].into_iter().collect());
+
+    // A replica with a stale beginning (batches 1 to 3) cannot take the
+    // journal after them: it is gone.
+    let target = open(&dir.path().join("target"));
+    for n in 1..=3 {
+        target.write(n, &finished(n, n * 10)).unwrap();
+    }
+    assert!(matches!(source.journal_after(target.last_index(), usize::MAX), Err(HistoryError::Deleted { .. })));
+
+    assert_eq!(target.adopt(&start).unwrap(), 10);
+    assert_eq!((target.last_index(), target.deleted_through(), target.archived_through()), (10, 10, 10));
+    assert_eq!((target.digest(), target.records(), target.first_index().unwrap()), (start.digest, 0, 0));
+    assert_eq!(target.get_transfer(&tid(2)).unwrap(), None, "its stale batches went");
+    assert!(indexes_named(&target).is_empty());
+    let through = source.last_index();
+    target.append(&source.journal_after(target.last_index(), usize::MAX).unwrap(), through).unwrap();
+
+    assert_eq!((target.digest(), target.records(), target.last_index()), (source.digest(), source.records(), 20));
+    assert_eq!(target.journal_after(10, usize::MAX).unwrap(), source.journal_after(10, usize::MAX).unwrap());
+    assert_eq!(target.get_transfer(&tid(12)).unwrap(), Some(transfer(12, 120)));
+    for partner in 0..3 {
+        assert_eq!(
+            target.oldest_event_cursor(&pid(partner)).unwrap(),
+            source.oldest_event_cursor(&pid(partner)).unwrap()
+        );
+    }
+    assert!(matches!(target.events_after(&pid(1), 0, 10), Err(HistoryError::CursorExpired(_))));
+    assert_eq!(target.events_after(&pid(1), 10, 10).unwrap(), source.events_after(&pid(1), 10, 10).unwrap());
+    assert_eq!(target.digest_at(15).unwrap(), source.digest_at(15).unwrap());
+    assert_eq!(target.start().unwrap(), start, "it can start another replica in turn");
+
+    // Adopting a start it is past already changes nothing.
+    assert_eq!(target.adopt(&start).unwrap(), 20);
+    assert_eq!(target.digest(), source.digest());
+    drop(target);
+    let target = reopen(&dir.path().join("target")).unwrap();
+    assert_eq!((target.last_index(), target.deleted_through(), target.digest()), (20, 10, source.digest()));
+
+    // The start of a history nothing was deleted from.
+    let empty = open(&dir.path().join("empty"));
+    assert_eq!(
+        empty.start().unwrap(),
+        HistoryStart { deleted_through: 0, digest: [0; 32], events_deleted: BTreeMap::new() }
+    );
+}
