@@ -18,7 +18,8 @@ use crate::corridor::{CorridorId, CorridorTerms, QuoteAmount};
 use crate::directory::{PayeeRoute, QrPrefix};
 use crate::fx::{FxRate, Rate};
 use crate::id::{
-    IdError, IdempotencyKey, MerchantId, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef, TransferId,
+    IdError, IdempotencyKey, MerchantId, OperatorId, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef,
+    TransferId,
 };
 use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
@@ -152,6 +153,18 @@ pub enum CommandBody {
         partner: PartnerId,
         /// Its new limits.
         limits: PartnerLimits,
+    },
+    /// An operator command with who issued it: applied as `command` and
+    /// audited with the operator's name ([`Record::Audited`]). Only an
+    /// operator command may be wrapped, once; anything else is refused as
+    /// a protocol violation.
+    ///
+    /// [`Record::Audited`]: crate::history::Record::Audited
+    ByOperator {
+        /// Who.
+        operator: OperatorId,
+        /// What.
+        command: Box<CommandBody>,
     },
 }
 
@@ -380,7 +393,8 @@ impl CommandBody {
             | CommandBody::TopUp { .. }
             | CommandBody::UpsertPayeeRoute(_)
             | CommandBody::RemovePayeeRoute { .. }
-            | CommandBody::SetPartnerLimits { .. } => true,
+            | CommandBody::SetPartnerLimits { .. }
+            | CommandBody::ByOperator { .. } => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::PrepareReplied { .. }

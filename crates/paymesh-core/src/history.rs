@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{CommandBody, Fingerprint};
-use crate::id::{IdempotencyKey, PartnerId, TopUpRef, TransferId};
+use crate::id::{IdempotencyKey, OperatorId, PartnerId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, EntryId};
 use crate::money::Money;
 use crate::outcome::Outcome;
@@ -171,6 +171,19 @@ pub enum Record {
         /// What it did.
         outcome: Outcome,
     },
+    /// An operator command with who issued it (the audit trail: who, when,
+    /// what, and what it did). [`Record::Operator`] is the form of commands
+    /// applied before operators were named.
+    Audited {
+        /// When.
+        at: Timestamp,
+        /// Who: the operator's name from its certificate.
+        operator: OperatorId,
+        /// The command.
+        command: CommandBody,
+        /// What it did.
+        outcome: Outcome,
+    },
 }
 
 /// What the write path asks history: finished work, as of the start of the
@@ -298,7 +311,7 @@ impl MemoryHistory {
                 Record::Event { partner, event } => {
                     self.events.insert((partner.clone(), event.cursor), event.clone());
                 }
-                Record::Movement(_) | Record::Operator { .. } => {}
+                Record::Movement(_) | Record::Operator { .. } | Record::Audited { .. } => {}
             }
             self.records.insert((index, seq), record);
         }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::currency::truncate_for_error;
 use crate::limits::{
-    IDEMPOTENCY_KEY_BYTES_MAX, MERCHANT_ID_BYTES_MAX, PARTNER_ID_BYTES_MAX, QR_PAYLOAD_BYTES_MAX, REFERENCE_BYTES_MAX,
-    REGION_ID_BYTES_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, MERCHANT_ID_BYTES_MAX, OPERATOR_NAME_BYTES_MAX, PARTNER_ID_BYTES_MAX,
+    QR_PAYLOAD_BYTES_MAX, REFERENCE_BYTES_MAX, REGION_ID_BYTES_MAX,
 };
 
 /// Why an identifier was refused.
@@ -163,6 +163,11 @@ string_id!(
 string_id!(
     /// A partner (wallet, acquirer or domestic network), e.g. `paypal-us`.
     PartnerId, "partner id", PARTNER_ID_BYTES_MAX, Alphabet::Slug
+);
+string_id!(
+    /// An operator of a region, by the name in its certificate
+    /// (`operator-<name>`), e.g. `ops-alice`: who issued an operator command.
+    OperatorId, "operator name", OPERATOR_NAME_BYTES_MAX, Alphabet::Slug
 );
 string_id!(
     /// A merchant as known to its payee partner; taken from the QR payload.

@@ -143,6 +143,8 @@ pub const BATCH_COMMANDS_MAX: usize = 1_024;
 pub const REGION_ID_BYTES_MAX: usize = 32;
 /// See [`REGION_ID_BYTES_MAX`].
 pub const PARTNER_ID_BYTES_MAX: usize = 32;
+/// See [`REGION_ID_BYTES_MAX`]; an operator's name (from its certificate).
+pub const OPERATOR_NAME_BYTES_MAX: usize = 32;
 /// See [`REGION_ID_BYTES_MAX`].
 pub const MERCHANT_ID_BYTES_MAX: usize = 128;
 /// See [`REGION_ID_BYTES_MAX`].

@@ -514,8 +514,18 @@ impl State {
         let outcome = self.execute(&command.body, now, recall);
         let moved = self.ledger.take_movements();
         self.journal.extend(moved.into_iter().map(Record::Movement));
-        if command.body.is_operator() {
-            self.journal.push(Record::Operator { at: now, command: command.body.clone(), outcome: outcome.clone() });
+        match &command.body {
+            CommandBody::ByOperator { operator, command } => self.journal.push(Record::Audited {
+                at: now,
+                operator: operator.clone(),
+                command: (**command).clone(),
+                outcome: outcome.clone(),
+            }),
+            // Written before operators were named.
+            body if body.is_operator() => {
+                self.journal.push(Record::Operator { at: now, command: body.clone(), outcome: outcome.clone() })
+            }
+            _ => {}
         }
         self.remember(command.id, &outcome, now);
         outcome
@@ -602,6 +612,11 @@ impl State {
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
             }
+            CommandBody::ByOperator { command, .. } => match **command {
+                CommandBody::ByOperator { .. } => Err(RejectCode::ProtocolViolation),
+                ref command if command.is_operator() => return self.execute(command, now, recall),
+                _ => Err(RejectCode::ProtocolViolation),
+            },
         };
         result.unwrap_or_else(Outcome::Rejected)
     }

@@ -4,6 +4,7 @@
 
 use paymesh_core::command::CommandBody;
 use paymesh_core::fx::FxRate;
+use paymesh_core::id::OperatorId;
 use paymesh_core::partner::PartnerConfig;
 use paymesh_core::{Outcome, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
@@ -34,7 +35,10 @@ impl AdminServer {
     /// and its outcome.
     async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
         let command = format!("{body:?}");
-        let outcome = self.gateway.operate(body).await;
+        // The name was checked when the caller was identified; applied and
+        // audited with it.
+        let by = OperatorId::new(operator).map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
+        let outcome = self.gateway.operate(CommandBody::ByOperator { operator: by, command: Box::new(body) }).await;
         match &outcome {
             Ok(outcome) => tracing::info!(operator, command, ?outcome, "operator write"),
             Err(status) => tracing::info!(operator, command, code = ?status.code(), "operator write not applied"),

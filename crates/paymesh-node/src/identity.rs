@@ -35,8 +35,7 @@ pub const IDENTITY_URI_PREFIX: &str = "urn:paymesh:";
 /// `node:<region>:<id>`.
 pub const IDENTITY_METADATA: &str = "x-paymesh-identity";
 
-/// The longest operator name, in bytes (the same bound as a partner id).
-pub const OPERATOR_NAME_BYTES_MAX: usize = 32;
+pub use paymesh_core::limits::OPERATOR_NAME_BYTES_MAX;
 
 /// How much of an offending text an error message repeats, in characters.
 const ERROR_TEXT_CHARS_MAX: usize = 80;

@@ -12,7 +12,11 @@
 
 use std::time::Duration;
 
+use paymesh_core::command::CommandBody;
+use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
+use paymesh_core::partner::Status;
+use paymesh_core::Outcome;
 use paymesh_node::admin_service::AdminServer;
 use paymesh_node::config::{NodeConfig, PeerConfig, RaftSettings};
 use paymesh_node::partner_service::PartnerServer;
@@ -457,6 +461,27 @@ async fn business_outcomes_are_codes_and_suspension_is_a_failed_precondition() {
         status: admin::PartnerStatus::Suspended as i32,
     };
     f.admin.set_partner_status(operator_request(suspend)).await.unwrap();
+    // The audit trail in history: who (the operator's certificate name),
+    // when, what, and what it did.
+    let history = f.node.state_machine.history();
+    let audited: Vec<_> = history
+        .journal_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, records)| records)
+        .filter_map(|record| match record {
+            Record::Audited { operator, command, outcome, .. } => Some((operator.to_string(), command, outcome)),
+            _ => None,
+        })
+        .collect();
+    assert!(audited.iter().all(|(who, _, _)| who == "ops"), "{audited:?}");
+    let suspended = audited.last().unwrap();
+    assert!(
+        matches!(&suspended.1, CommandBody::SetPartnerStatus { partner, status: Status::Suspended } if partner.as_str() == "wallet-a"),
+        "{suspended:?}"
+    );
+    assert_eq!(suspended.2, Outcome::Done);
+    assert!(audited.len() >= 8, "the fixture's partners, corridors and routes too: {audited:?}");
     refused(p.create_quote(partner_request(quote("5"))).await, Code::FailedPrecondition, "PartnerSuspended");
     refused(
         p.get_position(partner_request(wire::GetPositionRequest::default())).await,

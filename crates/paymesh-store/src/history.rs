@@ -541,7 +541,7 @@ impl Derivation {
                     self.group(with_u64(&account_scope(&movement.credit), at), seq, &seq.to_be_bytes());
                 }
             }
-            Record::Operator { .. } => {}
+            Record::Operator { .. } | Record::Audited { .. } => {}
         }
     }
 
@@ -717,7 +717,7 @@ fn mismatch(key: &[u8], found: &Record) -> HistoryError {
         Record::TopUp { .. } => "a top-up",
         Record::Movement(_) => "a movement",
         Record::Event { .. } => "an event",
-        Record::Operator { .. } => "an operator command",
+        Record::Operator { .. } | Record::Audited { .. } => "an operator command",
     };
     corrupt(key, format!("leads to {kind} that does not derive it"))
 }
@@ -734,7 +734,7 @@ pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record> {
 /// with a cutoff taken from the applied state's clock.
 pub fn record_time(record: &Record) -> Timestamp {
     match record {
-        Record::Listed { at, .. } | Record::Operator { at, .. } => *at,
+        Record::Listed { at, .. } | Record::Operator { at, .. } | Record::Audited { at, .. } => *at,
         Record::Transfer(transfer) => transfer.view.updated_at.max(transfer.view.created_at),
         Record::Participation { participation, .. } => participation.updated_at.max(participation.created_at),
         Record::Idempotency { record, .. } => record.at,

@@ -45,6 +45,8 @@ pub const POSTGRES_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:55432/paym
 const WORKERS_DEFAULT: usize = 32;
 /// Open-loop in-flight bound unless `--max-in-flight` says otherwise.
 const IN_FLIGHT_DEFAULT: usize = 256;
+/// Longest wait for a wiped node to catch up (`--rejoin-at`).
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 /// The systems `paymesh bench` can measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -149,6 +151,13 @@ pub struct BenchArgs {
     /// runs: `--mode open --rate <half the peak> --duration 1800`).
     #[arg(long)]
     pub sample_every: Option<f64>,
+    /// paymesh only: this many seconds into the run (warm-up included),
+    /// kill a follower, wipe its data directory and start it again, and
+    /// report how long it took to catch up under the load and the peak
+    /// resident memory of it and of the leader meanwhile (also written
+    /// beside the report as `<report>.rejoin.json`).
+    #[arg(long)]
+    pub rejoin_at: Option<f64>,
 }
 
 impl BenchArgs {
@@ -194,8 +203,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.group_commit_ms > GROUP_COMMIT_INTERVAL_MS_MAX {
         bail!("--group-commit-ms must be at most {GROUP_COMMIT_INTERVAL_MS_MAX}");
     }
-    if args.flood && args.targets != [TargetKind::Paymesh] {
-        bail!("--flood applies to --target paymesh alone");
+    if (args.flood || args.rejoin_at.is_some()) && args.targets != [TargetKind::Paymesh] {
+        bail!("--flood and --rejoin-at apply to --target paymesh alone");
+    }
+    if args.rejoin_at.is_some() && (args.flood || args.paymesh_nodes < 3) {
+        bail!("--rejoin-at needs a region of at least 3 nodes and no --flood");
     }
     let mut runs = Vec::with_capacity(args.targets.len());
     for &kind in &args.targets {
@@ -260,8 +272,37 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 .map(|s| Duration::try_from_secs_f64(s).context("--sample-every must be a number of seconds > 0"))
                 .transpose()?;
             let sampler = every.map(|every| soak::Sampler::start(target.clone(), every));
+            let rejoin = args
+                .rejoin_at
+                .map(|s| Duration::try_from_secs_f64(s).context("--rejoin-at must be a number of seconds ≥ 0"))
+                .transpose()?
+                .map(|at| {
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(at).await;
+                        target.rejoin(REJOIN_TIMEOUT).await
+                    })
+                });
             let outcome = async {
                 let mut report = load::run(target.clone(), plan).await?;
+                if let Some(rejoin) = rejoin {
+                    let rejoin = rejoin.await.context("the rejoin task")??;
+                    println!(
+                        "rejoin: node {} wiped at leader index {}, caught up with node {} in {:.1} s; its history \
+                         {} records, {:.0} MiB; peak resident memory {:.0} MiB (rejoined), {:.0} MiB (leader)",
+                        rejoin.node,
+                        rejoin.leader_applied,
+                        rejoin.leader,
+                        rejoin.seconds,
+                        rejoin.history_records,
+                        rejoin.history_mib,
+                        rejoin.peak_rss_mib_rejoined,
+                        rejoin.peak_rss_mib_leader
+                    );
+                    let path = report_path(args).with_extension("rejoin.json");
+                    std::fs::write(&path, serde_json::to_vec_pretty(&rejoin)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
                 if let Some(sampler) = sampler {
                     let samples = sampler.finish().await;
                     let (csv, svg) = soak::write(&report_path(args), &samples)?;

@@ -12,6 +12,7 @@
 //! Every payer is its own partner with its own certificate and connection;
 //! merchants are payee partners reached through one QR route each.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use paymesh_client::{ClientError, PartnerClient};
 use paymesh_core::limits;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::admin::v1::history_service_client::HistoryServiceClient;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 
@@ -309,6 +311,99 @@ impl PaymeshTarget {
             region.stop()?;
         }
         Ok(())
+    }
+}
+
+/// What wiping a follower under load and letting it rejoin took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rejoin {
+    /// The node wiped.
+    pub node: u64,
+    /// The leader it caught up from.
+    pub leader: u64,
+    /// The leader's applied index when the node was wiped.
+    pub leader_applied: u64,
+    /// Seconds from the wipe until the node's applied index reached the
+    /// leader's (read just before it).
+    pub seconds: f64,
+    /// The records the node's history held then, and their bytes on disk.
+    pub history_records: u64,
+    /// MiB of the node's history directory then.
+    pub history_mib: f64,
+    /// The highest resident memory seen (sampled each 250 ms) meanwhile, MiB.
+    pub peak_rss_mib_rejoined: f64,
+    /// Likewise for the leader.
+    pub peak_rss_mib_leader: f64,
+}
+
+impl PaymeshTarget {
+    /// Kill a follower, wipe its data directory and start it again while
+    /// the load runs; wait (at most `timeout`) until it has caught up, and
+    /// say how long that took and what memory both sides used.
+    pub async fn rejoin(&self, timeout: Duration) -> anyhow::Result<Rejoin> {
+        let (client, operator, addrs) = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            let addrs: BTreeMap<u64, String> = region.nodes.iter().map(|(id, n)| (*id, n.api_addr.clone())).collect();
+            (region.client()?, region.sdk(&region.operator_stem())?, addrs)
+        };
+        let mut leader = None;
+        for addr in addrs.values() {
+            leader = leader.or(client.status(addr, false).await.ok().and_then(|s| s.leader_id));
+        }
+        let leader = leader.context("the region has no leader")?;
+        let leader_addr = addrs.get(&leader).context("the leader is not one of the region's nodes")?.clone();
+        let node = *addrs.keys().rev().find(|id| **id != leader).context("no follower to wipe")?;
+        let leader_applied = client.status(&leader_addr, false).await?.applied_index.unwrap_or(0);
+        {
+            let mut guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_mut() else { bail!("the region was already stopped") };
+            region.kill(node)?;
+            region.wipe(node)?;
+            region.spawn(node)?;
+        }
+        eprintln!("rejoin: node {node} wiped at leader index {leader_applied}; catching up from node {leader}");
+        let started = tokio::time::Instant::now();
+        let (mut peak_node, mut peak_leader) = (0u64, 0u64);
+        loop {
+            for (id, kib) in self.resident_kib() {
+                if id == node {
+                    peak_node = peak_node.max(kib);
+                } else if id == leader {
+                    peak_leader = peak_leader.max(kib);
+                }
+            }
+            let ahead = client.status(&leader_addr, false).await.ok().and_then(|s| s.applied_index);
+            let reached = client.status(&addrs[&node], false).await.ok().and_then(|s| s.applied_index);
+            if let (Some(ahead), Some(reached)) = (ahead, reached) {
+                if reached >= ahead {
+                    break;
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("node {node} did not catch up within {timeout:?} (applied {reached:?}, leader {ahead:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let channel = operator.channel(&addrs[&node])?;
+        let status = HistoryServiceClient::new(channel)
+            .get_history_status(admin::GetHistoryStatusRequest {})
+            .await
+            .context("the rejoined node's history status")?
+            .into_inner();
+        let history = self.history_bytes().into_iter().find(|(id, _)| *id == node).map_or(0, |(_, b)| b);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        Ok(Rejoin {
+            node,
+            leader,
+            leader_applied,
+            seconds,
+            history_records: status.records,
+            history_mib: history as f64 / (1024.0 * 1024.0),
+            peak_rss_mib_rejoined: mib(peak_node),
+            peak_rss_mib_leader: mib(peak_leader),
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use crate::currency::Currency::{CNY, EUR, PHP, USD};
 use crate::directory::QrPrefix;
 use crate::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use crate::history::{MemoryHistory, Movement, MovementKind};
-use crate::id::MerchantId;
+use crate::id::{MerchantId, OperatorId};
 use crate::partner::PartnerRole;
 use crate::time::DAY_MS;
 
@@ -1675,4 +1675,54 @@ fn a_prepare_whose_deadline_is_too_far_ahead_is_refused_and_holds_nothing() {
     at_bound.deadline = T0.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS);
     let (_, mut fresh) = mesh();
     assert_eq!(fresh.run(CommandBody::Prepare(at_bound), T0), Outcome::PrepareReply(PrepareReply::Prepared));
+}
+
+/// An operator command carries who issued it into the audit trail; only an
+/// operator command may be wrapped, once; a command of before operators
+/// were named is still applied and audited without a name.
+#[test]
+fn operator_commands_are_audited_with_who_issued_them() {
+    let mut west = Region::new("us-west", 1);
+    let alice = OperatorId::new("ops-alice").unwrap();
+    let by = |command: CommandBody| CommandBody::ByOperator { operator: alice.clone(), command: Box::new(command) };
+    let config = PartnerConfig {
+        id: pid("paypal-us"),
+        region: region("us-west"),
+        role: PartnerRole::Payer,
+        currency: USD,
+        net_debit_cap: usd("0"),
+    };
+    west.ok(by(CommandBody::UpsertPartner(config)), T0);
+    let top_up =
+        CommandBody::TopUp { partner: pid("paypal-us"), amount: usd("10"), reference: TopUpRef::new("w-1").unwrap() };
+    west.ok(by(top_up.clone()), T0.plus_ms(5));
+    assert_eq!(west.state.position(&pid("paypal-us")).unwrap().available, SignedMoney::parse("10", USD).unwrap());
+    // Not an operator's command, or wrapped twice: refused.
+    let quote = CommandBody::CreateQuote {
+        partner: pid("paypal-us"),
+        payee: qr("wxp://x"),
+        amount: QuoteAmount::Source(usd("1")),
+    };
+    assert_eq!(west.run(by(quote), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
+    assert_eq!(west.run(by(by(top_up.clone())), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
+    // The form of before.
+    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Active }, T0.plus_ms(9));
+
+    let audit: Vec<(Option<&str>, Timestamp, &CommandBody, &Outcome)> = west
+        .history
+        .records()
+        .filter_map(|(_, record)| match record {
+            Record::Audited { at, operator, command, outcome } => {
+                Some((Some(operator.as_str()), *at, command, outcome))
+            }
+            Record::Operator { at, command, outcome } => Some((None, *at, command, outcome)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(audit.len(), 5, "{audit:?}");
+    assert!(matches!(audit[0], (Some("ops-alice"), T0, CommandBody::UpsertPartner(_), Outcome::Done)));
+    assert_eq!(audit[1], (Some("ops-alice"), T0.plus_ms(5), &top_up, &Outcome::Done));
+    assert!(matches!(audit[2], (Some("ops-alice"), _, CommandBody::CreateQuote { .. }, Outcome::Rejected(_))));
+    assert!(matches!(audit[3], (Some("ops-alice"), _, CommandBody::ByOperator { .. }, Outcome::Rejected(_))));
+    assert!(matches!(audit[4], (None, _, CommandBody::SetPartnerStatus { .. }, Outcome::Done)));
 }
