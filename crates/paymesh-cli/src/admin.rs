@@ -238,6 +238,27 @@ pub(crate) enum FxCommand {
     },
 }
 
+/// `paymesh settings …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SettingsCommand {
+    /// Show the region's settings.
+    Show {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change the region's settings (one replicated command; every node
+    /// uses the new values from the same log index on).
+    Set {
+        #[command(flatten)]
+        target: Target,
+        /// How long partners' idempotency keys are remembered, in days (1 to
+        /// 400; 30 by default). Lengthening brings back keys still in
+        /// history; shortening forgets older keys at once.
+        #[arg(long)]
+        idempotency_retention_days: Option<u32>,
+    },
+}
+
 /// `paymesh position …`
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PositionCommand {
@@ -530,6 +551,27 @@ async fn set_partner_status(target: &Target, id: String, status: wire::PartnerSt
     accepted(answer.reject_code)?;
     let partner = answer.partner.context("the node stored the status but did not return the partner")?;
     println!("stored  {}", partner_line(&partner));
+    Ok(())
+}
+
+/// Run `paymesh settings …`.
+pub(crate) async fn settings(command: SettingsCommand) -> anyhow::Result<()> {
+    let settings = match command {
+        SettingsCommand::Show { target } => {
+            call(&target, |mut c| async move { c.get_region_settings(wire::GetRegionSettingsRequest {}).await })
+                .await?
+                .settings
+        }
+        SettingsCommand::Set { target, idempotency_retention_days } => {
+            if idempotency_retention_days.is_none() {
+                bail!("nothing to set: give --idempotency-retention-days");
+            }
+            let request = wire::SetRegionSettingsRequest { idempotency_retention_days };
+            call(&target, |mut c| async move { c.set_region_settings(request).await }).await?.settings
+        }
+    };
+    let settings = settings.context("the node did not return the settings")?;
+    println!("idempotency retention  {} days", settings.idempotency_retention_days);
     Ok(())
 }
 

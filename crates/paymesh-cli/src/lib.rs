@@ -172,6 +172,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::FxCommand,
     },
+    /// The region's settings (replicated): show, set.
+    Settings {
+        #[command(subcommand)]
+        command: admin::SettingsCommand,
+    },
     /// Fund partner positions (prefunding top-ups).
     Position {
         #[command(subcommand)]
@@ -361,6 +366,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Partner { command } => admin::partner(command).await,
         Command::Corridor { command } => admin::corridor(command).await,
         Command::Fx { command } => admin::fx(command).await,
+        Command::Settings { command } => admin::settings(command).await,
         Command::Position { command } => admin::position(command).await,
         Command::Route { command } => admin::route(command).await,
         Command::Ledger { target } => admin::ledger(target).await,

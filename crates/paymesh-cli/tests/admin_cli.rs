@@ -180,6 +180,20 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     let err = refused(&region, "partner-wallet-a", &["partner", "list"]);
     assert!(err.contains("PermissionDenied"), "{err}");
 
+    // The region's idempotency window: 30 days until an operator changes it.
+    let out = ok(&region, &["settings", "show"]);
+    assert!(out.contains("idempotency retention  30 days"), "{out}");
+    let out = ok(&region, &["settings", "set", "--idempotency-retention-days", "90"]);
+    assert!(out.contains("idempotency retention  90 days"), "{out}");
+    let err = refused(&region, OPERATOR, &["settings", "set", "--idempotency-retention-days", "401"]);
+    assert!(err.contains("InvalidArgument") && err.contains("401 is outside 1 to 400"), "{err}");
+    let err = refused(&region, OPERATOR, &["settings", "set"]);
+    assert!(err.contains("nothing to set"), "{err}");
+    let err = refused(&region, "partner-wallet-a", &["settings", "show"]);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let out = ok(&region, &["settings", "show"]);
+    assert!(out.contains("idempotency retention  90 days"), "{out}");
+
     // Every replica applied the same configuration.
     region.wait_converged(Duration::from_secs(20)).await;
 }

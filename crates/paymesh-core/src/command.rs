@@ -25,6 +25,7 @@ use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
 use crate::partner::{PartnerConfig, PartnerLimits, Status};
+use crate::settings::RegionSetting;
 use crate::time::Timestamp;
 
 /// Names a command: the proposer session that created it and its sequence
@@ -166,6 +167,10 @@ pub enum CommandBody {
         /// What.
         command: Box<CommandBody>,
     },
+    /// Change a region-wide setting ([`crate::settings`]); a value out of
+    /// its bounds is refused as a protocol violation (the admin API checks
+    /// it first).
+    SetRegionSetting(RegionSetting),
 }
 
 /// A partner's request to create a transfer.
@@ -394,7 +399,8 @@ impl CommandBody {
             | CommandBody::UpsertPayeeRoute(_)
             | CommandBody::RemovePayeeRoute { .. }
             | CommandBody::SetPartnerLimits { .. }
-            | CommandBody::ByOperator { .. } => true,
+            | CommandBody::ByOperator { .. }
+            | CommandBody::SetRegionSetting(_) => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::PrepareReplied { .. }

@@ -27,6 +27,7 @@ pub mod money;
 pub mod outcome;
 pub mod partner;
 mod serde_seq;
+pub mod settings;
 pub mod state;
 pub mod time;
 pub mod transfer;

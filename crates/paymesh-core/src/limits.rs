@@ -101,9 +101,10 @@ pub const TRANSFER_PREPARE_DEADLINE_MS: u64 = 10 * 1000;
 /// this one hold a pending credit for longer than that.
 pub const PREPARE_DEADLINE_AHEAD_MAX_MS: u64 = 6 * TRANSFER_PREPARE_DEADLINE_MS;
 
-/// How long an idempotency key is remembered, in milliseconds (30 days). A
-/// retry after this window is a new request. Keys live in history, not in
-/// memory, so the window costs disk, not memory.
+/// How long an idempotency key is remembered by default, in milliseconds
+/// (30 days; an operator changes it for the region, see
+/// [`crate::settings`]). A retry after this window is a new request. Keys
+/// live in history, not in memory, so the window costs disk, not memory.
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 30 * DAY_MS;
 
 /// How long a finished transfer (committed or aborted, on either side) still

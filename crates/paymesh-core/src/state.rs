@@ -40,13 +40,14 @@ use crate::history::{HistoryRead, IdempotencyRecord, ListToken, Recall, Record, 
 use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
-    FINISHED_TRANSFER_RECALL_MS, IDEMPOTENCY_RETENTION_MS, PAYEE_ROUTES_MAX, PREPARE_DEADLINE_AHEAD_MAX_MS,
-    QUOTES_OUTSTANDING_MAX, QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS,
-    SESSION_OUTCOMES_MAX, TICK_WORK_MAX, TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
+    FINISHED_TRANSFER_RECALL_MS, PAYEE_ROUTES_MAX, PREPARE_DEADLINE_AHEAD_MAX_MS, QUOTES_OUTSTANDING_MAX,
+    QUOTE_RETENTION_AFTER_EXPIRY_MS, QUOTE_TTL_MS, SESSION_IDLE_EXPIRY_MS, SESSION_OUTCOMES_MAX, TICK_WORK_MAX,
+    TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
 use crate::partner::{Partner, PartnerConfig, PartnerLimits, Status};
+use crate::settings::RegionSettings;
 use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
@@ -216,6 +217,8 @@ pub struct State {
     /// not here.
     #[serde(with = "crate::serde_seq")]
     partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    /// What operators set for the whole region.
+    settings: RegionSettings,
     /// Idempotency keys first answered in the batch being applied (history
     /// answers for earlier ones). Empty between batches.
     #[serde(skip)]
@@ -226,6 +229,72 @@ pub struct State {
     /// The history records of the batch being applied. Empty between batches.
     #[serde(skip)]
     journal: Vec<Record>,
+}
+
+/// A state as snapshot images of format 4 hold it, before the region's
+/// settings: read, and converted with the default settings.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV4 {
+    region: RegionId,
+    clock: Timestamp,
+    next_transfer: u64,
+    next_quote: u64,
+    #[serde(with = "crate::serde_seq")]
+    partners: OrdMap<PartnerId, Partner>,
+    #[serde(with = "crate::serde_seq")]
+    corridors: OrdMap<CorridorId, Corridor>,
+    directory: Directory,
+    #[serde(with = "crate::serde_seq")]
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
+    #[serde(with = "crate::serde_seq")]
+    transfers: OrdMap<TransferId, Transfer>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    deadlines: OrdSet<(Timestamp, TransferId)>,
+    #[serde(with = "crate::serde_seq")]
+    participations: OrdMap<TransferId, Participation>,
+    #[serde(with = "crate::serde_seq")]
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    #[serde(with = "crate::serde_seq")]
+    event_cursors: OrdMap<PartnerId, u64>,
+    #[serde(with = "crate::serde_seq")]
+    sessions: OrdMap<u64, Session>,
+    ledger: Ledger,
+    #[serde(with = "crate::serde_seq")]
+    partner_limits: OrdMap<PartnerId, PartnerLimits>,
+    #[serde(with = "crate::serde_seq")]
+    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+}
+
+impl From<StateV4> for State {
+    fn from(old: StateV4) -> State {
+        State {
+            region: old.region,
+            clock: old.clock,
+            next_transfer: old.next_transfer,
+            next_quote: old.next_quote,
+            partners: old.partners,
+            corridors: old.corridors,
+            directory: old.directory,
+            quotes: old.quotes,
+            quote_expiry: old.quote_expiry,
+            transfers: old.transfers,
+            deadlines: old.deadlines,
+            participations: old.participations,
+            outbox: old.outbox,
+            event_cursors: old.event_cursors,
+            sessions: old.sessions,
+            ledger: old.ledger,
+            partner_limits: old.partner_limits,
+            partner_usage: old.partner_usage,
+            settings: RegionSettings::default(),
+            idempotency: BTreeMap::new(),
+            top_ups: BTreeMap::new(),
+            journal: Vec::new(),
+        }
+    }
 }
 
 /// A state as snapshot images of format 3 hold it, before the history tier:
@@ -438,6 +507,7 @@ impl State {
             ledger,
             partner_limits: old.partner_limits,
             partner_usage: OrdMap::new(),
+            settings: RegionSettings::default(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             journal: Vec::new(),
@@ -487,10 +557,16 @@ impl State {
             ledger: Ledger::new(),
             partner_limits: OrdMap::new(),
             partner_usage: OrdMap::new(),
+            settings: RegionSettings::default(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             journal: Vec::new(),
         }
+    }
+
+    /// What operators set for the whole region.
+    pub fn settings(&self) -> &RegionSettings {
+        &self.settings
     }
 
     /// Apply a batch: each command in order at the batch's time, one
@@ -611,6 +687,13 @@ impl State {
             CommandBody::Tick => Ok(Outcome::Ticked(self.tick(now))),
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
+            }
+            CommandBody::SetRegionSetting(setting) => {
+                if self.settings.set(*setting) {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(RejectCode::ProtocolViolation)
+                }
             }
             CommandBody::ByOperator { command, .. } => match **command {
                 CommandBody::ByOperator { .. } => Err(RejectCode::ProtocolViolation),
@@ -893,7 +976,8 @@ impl State {
     }
 
     /// The answer recorded under a request's idempotency key, in this batch
-    /// or in history, if it is still within [`IDEMPOTENCY_RETENTION_MS`] at
+    /// or in history, if it is still within the region's idempotency window
+    /// ([`RegionSettings::idempotency_retention_ms`]) at
     /// `now`: the original outcome for the same body, a conflict for another.
     fn replay_request(&self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> Option<Outcome> {
         let key = (request.partner.clone(), request.idempotency_key.clone());
@@ -901,7 +985,7 @@ impl State {
             Some(record) => record.clone(),
             None => recall.idempotency(&key.0, &key.1)?,
         };
-        if record.at.plus_ms(IDEMPOTENCY_RETENTION_MS) <= now {
+        if record.at.plus_ms(self.settings.idempotency_retention_ms()) <= now {
             return None;
         }
         Some(if record.fingerprint == request.fingerprint() {

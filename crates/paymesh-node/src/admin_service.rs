@@ -6,6 +6,7 @@ use paymesh_core::command::CommandBody;
 use paymesh_core::fx::FxRate;
 use paymesh_core::id::OperatorId;
 use paymesh_core::partner::PartnerConfig;
+use paymesh_core::settings::{RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN};
 use paymesh_core::{Outcome, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
@@ -80,6 +81,39 @@ fn page<T, K: ToString>(
 
 #[tonic::async_trait]
 impl AdminService for AdminServer {
+    async fn set_region_settings(
+        &self,
+        request: Request<wire::SetRegionSettingsRequest>,
+    ) -> Result<Response<wire::SetRegionSettingsResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        if let Some(days) = r.idempotency_retention_days {
+            let bounds = IDEMPOTENCY_RETENTION_DAYS_MIN..=IDEMPOTENCY_RETENTION_DAYS_MAX;
+            if !bounds.contains(&days) {
+                return Err(Status::invalid_argument(format!(
+                    "idempotency_retention_days: {days} is outside {IDEMPOTENCY_RETENTION_DAYS_MIN} to \
+                     {IDEMPOTENCY_RETENTION_DAYS_MAX} (history keeps at least {IDEMPOTENCY_RETENTION_DAYS_MAX} days)"
+                )));
+            }
+            let setting = RegionSetting::IdempotencyRetentionDays(days);
+            let reject_code = self.apply(&operator, CommandBody::SetRegionSetting(setting)).await?;
+            if reject_code != 0 {
+                return Err(Status::internal(format!("the setting was refused with code {reject_code}")));
+            }
+        }
+        let settings = Some(convert::region_settings(self.gateway.node.state_machine.applied().state.settings()));
+        Ok(Response::new(wire::SetRegionSettingsResponse { settings }))
+    }
+
+    async fn get_region_settings(
+        &self,
+        request: Request<wire::GetRegionSettingsRequest>,
+    ) -> Result<Response<wire::GetRegionSettingsResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let settings = Some(convert::region_settings(self.gateway.node.state_machine.applied().state.settings()));
+        Ok(Response::new(wire::GetRegionSettingsResponse { settings }))
+    }
+
     async fn upsert_partner(
         &self,
         request: Request<wire::UpsertPartnerRequest>,

@@ -352,6 +352,11 @@ pub fn event_out(event: &Event) -> partner::Event {
     }
 }
 
+/// The wire form of the region's settings.
+pub fn region_settings(settings: &paymesh_core::settings::RegionSettings) -> admin::RegionSettings {
+    admin::RegionSettings { idempotency_retention_days: settings.idempotency_retention_days() }
+}
+
 /// The wire form of a partner.
 pub fn partner_out(state: &paymesh_core::State, partner: &Partner) -> admin::Partner {
     let config = &partner.config;

@@ -717,6 +717,8 @@ fn file_descriptor_set_describes_every_service() {
             "ListPayeeRoutes",
             "GetLedgerSummary",
             "GetAccountStatement",
+            "SetRegionSettings",
+            "GetRegionSettings",
         ])
     );
     assert_eq!(

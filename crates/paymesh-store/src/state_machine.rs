@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3};
+use paymesh_core::state::{StateV2, StateV3, StateV4};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,7 +52,11 @@ use crate::raft_types::{
 /// Format byte in front of a snapshot image: 2 adds the retired nodes, 3
 /// the partners' limits and usage to the state, 4 splits the state in two
 /// tiers (finished work is history) and adds history's digest.
-const IMAGE_FORMAT: u8 = 4;
+const IMAGE_FORMAT: u8 = 5;
+
+/// The format before the region's settings; still read (with the default
+/// settings).
+const IMAGE_FORMAT_V4: u8 = 4;
 
 /// The format before the history tier: the state held finished work for a
 /// retention window. Still read: split into the hot state and history
@@ -109,6 +113,16 @@ impl Applied {
 #[derive(Serialize, Deserialize)]
 struct Image {
     state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+    history_digest: [u8; 32],
+}
+
+/// A snapshot image of format 4.
+#[derive(Deserialize)]
+struct ImageV4 {
+    state: StateV4,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retired: BTreeSet<NodeId>,
@@ -225,6 +239,17 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V4, body)) => {
+            let v4: ImageV4 = postcard::from_bytes(body).map_err(decode_error)?;
+            let image = Image {
+                state: v4.state.into(),
+                last_applied: v4.last_applied,
+                membership: v4.membership,
+                retired: v4.retired,
+                history_digest: v4.history_digest,
+            };
+            (image, None)
+        }
         Some((&IMAGE_FORMAT_V3, body)) => {
             let v3: ImageV3 = postcard::from_bytes(body).map_err(decode_error)?;
             old(v3.state, v3.last_applied, v3.membership, v3.retired)
@@ -548,10 +573,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use paymesh_core::command::{Batch, Command, CommandBody};
+    use paymesh_core::settings::{RegionSetting, RegionSettings};
+    use paymesh_core::Timestamp;
+
     use super::*;
 
     /// An empty region's snapshot image in every format this code reads: the
-    /// current one as written; format 3 with the state's fields of then (an
+    /// current one as written; format 4 without the region's settings (the
+    /// state's last field); format 3 with the state's fields of then (an
     /// empty collection is one zero byte); format 2 without the partners'
     /// limits and usage (the state's last two fields); format 1 without the
     /// retired set either.
@@ -580,6 +610,13 @@ mod tests {
         state_v2.extend(encode(state.directory()));
         state_v2.extend([0; 15]);
         state_v2.extend(encode(state.ledger()));
+        // Format 4: the same without the settings, the state's last field
+        // (the default window, 30 days, is one byte).
+        let state_bytes = postcard::to_stdvec(&state).expect("a state encodes");
+        assert_eq!(postcard::to_stdvec(state.settings()).unwrap(), [30]);
+        let mut v4 = vec![IMAGE_FORMAT_V4];
+        v4.extend(&state_bytes[..state_bytes.len() - 1]);
+        v4.extend(&current[1 + state_bytes.len()..]);
         let mut v3 = vec![IMAGE_FORMAT_V3];
         v3.extend(&state_v2);
         v3.extend([0, 0]);
@@ -590,7 +627,7 @@ mod tests {
         let mut v1 = vec![IMAGE_FORMAT_V1];
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
-        vec![("format 4", current), ("format 3", v3), ("format 2", v2), ("format 1", v1)]
+        vec![("format 5", current), ("format 4", v4), ("format 3", v3), ("format 2", v2), ("format 1", v1)]
     }
 
     /// postcard's encoding of values of different types through one closure.
@@ -604,6 +641,38 @@ mod tests {
                 postcard::to_stdvec(self).expect("encodes")
             }
         }
+    }
+
+    /// An image of format 4 (before the region's settings) reads as the
+    /// same state with the default settings; settings set survive format 5.
+    #[test]
+    fn a_format_4_image_reads_with_the_default_settings_and_format_5_keeps_them() {
+        let meta = SnapshotMeta::default();
+        let region = RegionId::new("us-west").unwrap();
+        let images = empty_images();
+        let decoded = |bytes: &[u8]| decode_image(&region, &meta, bytes).unwrap().applied.state;
+        let (current, v4) = (decoded(&images[0].1), decoded(&images[1].1));
+        assert_eq!(current, v4);
+        assert_eq!(v4.settings(), &RegionSettings::default());
+
+        let mut state = State::new(region.clone());
+        let command = Command {
+            id: paymesh_core::command::CommandId { session: 1, sequence: 1 },
+            body: CommandBody::SetRegionSetting(RegionSetting::IdempotencyRetentionDays(90)),
+        };
+        let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command]).unwrap();
+        state.apply_batch(&batch, &paymesh_core::history::MemoryHistory::new().at(1));
+        assert_eq!(state.settings().idempotency_retention_days(), 90);
+        let image = Image {
+            state,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            retired: BTreeSet::new(),
+            history_digest: [0; 32],
+        };
+        let mut bytes = vec![IMAGE_FORMAT];
+        bytes.extend(postcard::to_stdvec(&image).unwrap());
+        assert_eq!(decoded(&bytes).settings().idempotency_retention_days(), 90);
     }
 
     /// Every length in an image read from disk or a peer is untrusted: each

@@ -14,7 +14,9 @@ use crate::directory::QrPrefix;
 use crate::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use crate::history::{MemoryHistory, Movement, MovementKind};
 use crate::id::{MerchantId, OperatorId};
+use crate::limits::IDEMPOTENCY_RETENTION_MS;
 use crate::partner::PartnerRole;
+use crate::settings::{RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX};
 use crate::time::DAY_MS;
 
 const T0: Timestamp = Timestamp::from_unix_ms(1_000 * DAY_MS);
@@ -660,7 +662,30 @@ fn a_transfer_stays_readable_and_its_key_answered_long_after_memory_let_it_go() 
     // Past the idempotency window the key is a new request (here refused:
     // its quote is long gone).
     let past = T0.plus_ms(IDEMPOTENCY_RETENTION_MS + 1);
-    assert_eq!(west.run(CommandBody::CreateTransfer(retry), past), Outcome::Rejected(RejectCode::QuoteNotFound));
+    assert_eq!(
+        west.run(CommandBody::CreateTransfer(retry.clone()), past),
+        Outcome::Rejected(RejectCode::QuoteNotFound)
+    );
+    // An operator lengthens the region's window to 90 days: the key, still
+    // in history, answers again with the first outcome; at 91 days it is new.
+    let set = |days| CommandBody::SetRegionSetting(RegionSetting::IdempotencyRetentionDays(days));
+    for refused in [0, IDEMPOTENCY_RETENTION_DAYS_MAX + 1] {
+        assert_eq!(west.run(set(refused), past), Outcome::Rejected(RejectCode::ProtocolViolation));
+    }
+    assert_eq!(west.state.settings().idempotency_retention_days(), 30);
+    west.ok(set(90), past);
+    assert_eq!(west.state.settings().idempotency_retention_ms(), 90 * DAY_MS);
+    assert_eq!(west.run(CommandBody::CreateTransfer(retry.clone()), past), old);
+    // Shortened to one day, the 30-day-old key is forgotten at once.
+    let mut short = west.clone();
+    short.ok(set(1), past);
+    assert_eq!(short.state.settings().idempotency_retention_days(), 1);
+    assert_eq!(
+        short.run(CommandBody::CreateTransfer(retry.clone()), past),
+        Outcome::Rejected(RejectCode::QuoteNotFound)
+    );
+    let after = T0.plus_ms(91 * DAY_MS);
+    assert_eq!(west.run(CommandBody::CreateTransfer(retry), after), Outcome::Rejected(RejectCode::QuoteNotFound));
 }
 
 #[test]

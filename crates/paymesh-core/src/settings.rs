@@ -1,0 +1,69 @@
+//! Region-wide settings an operator changes with a replicated command
+//! ([`CommandBody::SetRegionSetting`](crate::command::CommandBody::SetRegionSetting)),
+//! so that every replica decides with the same value from the same log
+//! index on. A setting that only one node's configuration file held would
+//! let replicas decide differently.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{DAY_MS, HISTORY_RETENTION_MIN_MS, IDEMPOTENCY_RETENTION_MS};
+
+/// The longest idempotency window an operator may set, in days: history
+/// keeps at least [`HISTORY_RETENTION_MIN_MS`], so every key inside the
+/// window is still there to be consulted.
+pub const IDEMPOTENCY_RETENTION_DAYS_MAX: u32 = (HISTORY_RETENTION_MIN_MS / DAY_MS) as u32;
+
+/// The shortest idempotency window an operator may set, in days.
+pub const IDEMPOTENCY_RETENTION_DAYS_MIN: u32 = 1;
+
+/// The region's settings. New ones are appended (the state's encoding
+/// changes with them: a new snapshot image format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSettings {
+    /// How long a partner's idempotency key is remembered, in days: a
+    /// retry within it gets the first answer; after it, the key is new.
+    idempotency_retention_days: u32,
+}
+
+impl Default for RegionSettings {
+    fn default() -> RegionSettings {
+        RegionSettings { idempotency_retention_days: (IDEMPOTENCY_RETENTION_MS / DAY_MS) as u32 }
+    }
+}
+
+impl RegionSettings {
+    /// The idempotency window, in days.
+    pub fn idempotency_retention_days(&self) -> u32 {
+        self.idempotency_retention_days
+    }
+
+    /// The idempotency window, in milliseconds.
+    pub fn idempotency_retention_ms(&self) -> u64 {
+        u64::from(self.idempotency_retention_days) * DAY_MS
+    }
+
+    /// Change one setting, if its value is within bounds; `false` (and no
+    /// change) otherwise.
+    pub fn set(&mut self, setting: RegionSetting) -> bool {
+        match setting {
+            RegionSetting::IdempotencyRetentionDays(days) => {
+                if !(IDEMPOTENCY_RETENTION_DAYS_MIN..=IDEMPOTENCY_RETENTION_DAYS_MAX).contains(&days) {
+                    return false;
+                }
+                self.idempotency_retention_days = days;
+            }
+        }
+        true
+    }
+}
+
+/// One setting and its new value. Variants are appended, never reordered
+/// (the log's encoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionSetting {
+    /// [`RegionSettings::idempotency_retention_days`]: from
+    /// [`IDEMPOTENCY_RETENTION_DAYS_MIN`] to [`IDEMPOTENCY_RETENTION_DAYS_MAX`].
+    /// Lengthening it brings back keys still in history; shortening it
+    /// forgets keys at once.
+    IdempotencyRetentionDays(u32),
+}
