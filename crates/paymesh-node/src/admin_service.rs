@@ -34,6 +34,11 @@ impl AdminServer {
     /// Propose an operator command; Ok(0) when done, or the reject code (or
     /// status) otherwise. Every write is logged with the operator who made it
     /// and its outcome.
+    /// The region's settings as of this node's applied index.
+    fn region_settings(&self) -> wire::RegionSettings {
+        convert::region_settings(self.gateway.node.state_machine.applied().state.settings())
+    }
+
     async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
         let command = format!("{body:?}");
         // The name was checked when the caller was identified; applied and
@@ -101,8 +106,7 @@ impl AdminService for AdminServer {
                 return Err(Status::internal(format!("the setting was refused with code {reject_code}")));
             }
         }
-        let settings = Some(convert::region_settings(self.gateway.node.state_machine.applied().state.settings()));
-        Ok(Response::new(wire::SetRegionSettingsResponse { settings }))
+        Ok(Response::new(wire::SetRegionSettingsResponse { settings: Some(self.region_settings()) }))
     }
 
     async fn get_region_settings(
@@ -110,8 +114,7 @@ impl AdminService for AdminServer {
         request: Request<wire::GetRegionSettingsRequest>,
     ) -> Result<Response<wire::GetRegionSettingsResponse>, Status> {
         self.gateway.operator(&request)?;
-        let settings = Some(convert::region_settings(self.gateway.node.state_machine.applied().state.settings()));
-        Ok(Response::new(wire::GetRegionSettingsResponse { settings }))
+        Ok(Response::new(wire::GetRegionSettingsResponse { settings: Some(self.region_settings()) }))
     }
 
     async fn upsert_partner(

@@ -36,7 +36,7 @@ use paymesh_core::history::Record;
 use paymesh_proto::raft::v1 as wire;
 use paymesh_proto::raft::v1::raft_service_client::RaftServiceClient;
 use paymesh_store::raft_types::{Snapshot, Vote};
-use paymesh_store::{NodeAddr, NodeId, StateMachineStore, TypeConfig};
+use paymesh_store::{History, HistoryError, NodeAddr, NodeId, StateMachineStore, TypeConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -357,6 +357,18 @@ impl RaftNetwork<TypeConfig> for Connection {
 /// records, far below the 4 MiB message limit).
 pub const HISTORY_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Read the store's history on a blocking thread; a failure is INTERNAL.
+async fn read_history<T: Send + 'static>(
+    store: &StateMachineStore,
+    read: impl FnOnce(&History) -> Result<T, HistoryError> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(store.history()))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?
+        .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))
+}
+
 /// Bring a snapshot's receiver's history through `through`: ask where it
 /// ends, then send what it lacks, a chunk per call, until it is complete.
 /// Each call is answered once written, so a transfer cut off resumes from
@@ -377,11 +389,7 @@ async fn send_history(
     if last < store.history().deleted_through() {
         // What the receiver lacks was deleted here: it begins where this
         // history now does.
-        let history = store.clone();
-        let start = tokio::task::spawn_blocking(move || history.history().start())
-            .await
-            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?
-            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?;
+        let start = read_history(store, History::start).await?;
         let request = wire::AppendHistoryRequest {
             start: postcard::to_stdvec(&start).expect("a history start encodes"),
             ..call(&[], 0)
@@ -391,11 +399,8 @@ async fn send_history(
     }
     let mut sent = 0usize;
     while last < through {
-        let (store, after) = (store.clone(), last);
-        let batches = tokio::task::spawn_blocking(move || store.history().journal_after(after, HISTORY_CHUNK_BYTES))
-            .await
-            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?
-            .map_err(|e| tonic::Status::internal(format!("reading history: {e}")))?;
+        let after = last;
+        let batches = read_history(store, move |history| history.journal_after(after, HISTORY_CHUNK_BYTES)).await?;
         let batches: Vec<_> = batches.into_iter().take_while(|(index, _)| *index <= through).collect();
         let complete = batches.is_empty();
         let reached = client.append_history(call(&batches, if complete { through } else { 0 })).await?;
