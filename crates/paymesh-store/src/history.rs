@@ -1,9 +1,10 @@
-//! The history tier of a region on disk: every [`Record`] applied, in sled.
+//! The history tier of a region on disk: every [`Record`] applied, in fjall.
 //!
 //! `paymesh_core::history` explains the two tiers: the hot state decides,
 //! and everything finished goes to history as records, written by every
 //! replica in log order, tagged with the log index of the batch that made
-//! them. This module keeps them in one sled database and answers exactly as
+//! them. This module keeps them in one fjall database (module `kv`, which
+//! says why fjall) and answers exactly as
 //! [`MemoryHistory`](paymesh_core::history::MemoryHistory) does: the write
 //! path's [`Recall`] (as of the start of a batch), the readers'
 //! [`HistoryRead`], account statements, and the journal that catch-up and
@@ -11,10 +12,10 @@
 //!
 //! # Layout
 //!
-//! One sled tree (the default one), its key spaces told apart by a first
-//! byte, so that everything one batch writes (its journal, the keys derived
-//! from its records and the meta counters) goes in a single `sled::Batch`:
-//! after a crash either all of it is there or none is. Integers are
+//! Key spaces told apart by a first byte (`kv` keeps them in four trees by
+//! that byte), everything one batch writes (its journal, the keys derived
+//! from its records and the meta counters) in a single atomic batch: after
+//! a crash either all of it is there or none is. Integers are
 //! big-endian, so byte order is numeric order; identifiers (slugs and
 //! printable ASCII, never a 0 byte) are ended by a 0 byte where something
 //! follows them.
@@ -35,17 +36,17 @@
 //! M archived                                           -> u64                     an archive was confirmed through it
 //! ```
 //!
-//! A sled key costs far more to write than its bytes do (10 to 25 µs of
-//! CPU each, measured), so keys are not one per record: a finished
+//! A key costs more to write than its bytes do (10 to 25 µs of CPU each in
+//! sled, which held history first; a few in fjall), so keys are not one per
+//! record: a finished
 //! transfer's nine records take about three (its `T` and `I` pointers and
 //! its shares of a journal chunk and of its partners' and accounts' group
 //! keys), where one key per record and per pointer took 21.
 //!
 //! The journal holds a batch's records in chunks of at most 64 consecutive
 //! records, a record that would take a chunk over 32 KiB starting the next
-//! one (a larger record goes alone), so that a chunk stays far below
-//! sled's blob threshold (about 128 KiB), over which a value is a file of
-//! its own. A chunk is each record's postcard length and
+//! one (a larger record goes alone), so that reading one record by its
+//! position reads at most 32 KiB of a larger batch. A chunk is each record's postcard length and
 //! bytes, one after the other (the very bytes the digest hashes), so each
 //! record's size is checked before it is decoded. It is keyed by its
 //! batch's index and the seq of its first record: the record at
@@ -88,7 +89,7 @@
 //! [`Recall`] returns `Option`s: the write path cannot handle a failure
 //! there, and must not take one for "no such record", which would decide
 //! differently from the other replicas (accept a retried idempotency key a
-//! second time, for one). So a sled error or a record that does not decode
+//! second time, for one). So an engine's error or a record that does not decode
 //! while answering [`Recall`] or [`HistoryRead`] **panics**, naming the
 //! failure: the replica cannot decide deterministically without its
 //! history, the process exits and its supervisor restarts it, and the node
@@ -98,16 +99,15 @@
 //!
 //! # Durability
 //!
-//! sled's `flush` is not trusted (see ARCHITECTURE.md, "Durability"): it
-//! issues `sync_file_range`, which persists neither file metadata nor the
-//! drive's write cache. [`History::durable`] therefore flushes, then opens
-//! and `fsync`s every file under the directory (`blobs/` included) and the
-//! directories themselves. This is weaker than the Raft log's own files,
-//! which are synced through the descriptor that wrote them: a writeback
-//! error reported only to sled's descriptors (and consumed by its periodic
-//! sync, which merely logs it) is not seen by a descriptor opened later, so
-//! a page lost that way could go unnoticed. It is enough because history at
-//! any index can be rebuilt: the records of a batch are a pure function of
+//! A batch is applied to fjall's journal and memory, not synced: replicas
+//! write history on every applied entry, and a sync each time would double
+//! the region's `fsync`s. [`History::durable`] syncs fjall's journal
+//! (`fsync`, through the descriptor that wrote it; fjall syncs its sorted
+//! tables as it writes them), so everything applied before it survives
+//! power loss. A crash before it loses at most the tail since the last
+//! sync, never part of a batch, and never silently: history's last index
+//! is read back at open. That is enough because history at any index can
+//! be rebuilt: the records of a batch are a pure function of
 //! the state and the log entry, so they can be re-derived from the Raft log
 //! or copied from a peer's journal ([`History::journal_after`]), provided
 //! the state machine purges the Raft log only behind history made durable
@@ -120,7 +120,7 @@
 //! [`History::delete_through`] deletes whole batches from the front of the
 //! journal with every key derived from them, a batch's chunks and groups
 //! whole (a pointer another record owns, or an event cursor a later batch
-//! took, stays), in bounded sled batches that never split a log batch. The digest and the last index are
+//! took, stays), in bounded batches that never split a log batch. The digest and the last index are
 //! unaffected. Afterwards a deleted record is simply not found; for events,
 //! where "deleted" and "not yet written" must be told apart,
 //! [`History::oldest_event_cursor`] and [`HistoryError::CursorExpired`]
@@ -149,6 +149,7 @@ use paymesh_core::ledger::AccountId;
 use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
 use paymesh_core::Timestamp;
 
+mod kv;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -158,7 +159,7 @@ pub(crate) mod tests;
 /// A longer value read from disk is damage, refused before it is decoded.
 pub const RECORD_BYTES_MAX: usize = crate::segment_log::RECORD_PAYLOAD_BYTES_MAX;
 
-/// How many records retention deletes in one sled batch (more when one log
+/// How many records retention deletes in one engine batch (more when one log
 /// batch holds more: a log batch is never split). Bounds the memory of one
 /// deletion step and how long it holds up writes.
 pub const DELETE_RECORDS_PER_BATCH_MAX: usize = 1_000;
@@ -168,8 +169,7 @@ const JOURNAL_CHUNK_RECORDS_MAX: usize = 64;
 
 /// A journal chunk takes no record that would take it over this many
 /// bytes (a larger record goes alone in its chunk), and a group key's value
-/// is never longer: far below sled's blob threshold (about 128 KiB), over
-/// which each value is a file of its own.
+/// is never longer: a read by position decodes at most this much.
 const CHUNK_BYTES_MAX: usize = 32 * 1024;
 
 /// The most events in one run (`E` key): as many seqs as fit
@@ -224,9 +224,20 @@ const TOKEN_BYTES: usize = 8 + POSITION_BYTES;
 /// Why history could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    /// sled failed.
-    #[error("history store (sled): {0}")]
-    Sled(#[from] sled::Error),
+    /// The storage engine failed.
+    #[error("history store (fjall): {0}")]
+    Store(#[from] fjall::Error),
+    /// The directory holds history in sled's files, as builds before the
+    /// fjall engine wrote it, which this build does not read.
+    #[error(
+        "history {path} was written by an earlier build of paymesh (sled's files), which this build does not \
+         read: export it with that build (`paymesh history export`), then start this node from an empty data \
+         directory so that it takes the region's history from its peers"
+    )]
+    OldEngine {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The file system failed (creating the directory, or syncing).
     #[error("history {path}: {source}")]
     Io {
@@ -622,7 +633,7 @@ impl<'a> Run<'a> {
     /// The run under `key` (of a partner's prefix `prefix_len` bytes long).
     fn parse(key: &[u8], prefix_len: usize, value: &'a [u8]) -> Result<Run<'a>> {
         let first = parse_u64(key, key.get(prefix_len..).unwrap_or_default())?;
-        if value.len() > CHUNK_BYTES_MAX || value.len() < 12 || value.len() % 4 != 0 {
+        if value.len() > CHUNK_BYTES_MAX || value.len() < 12 || !value.len().is_multiple_of(4) {
             return Err(corrupt(key, format!("an event run of {} bytes", value.len())));
         }
         let (index, seqs) = value.split_at(8);
@@ -687,7 +698,7 @@ fn next_listing(key: &[u8], rest: &mut &[u8]) -> Result<(u32, TransferId)> {
 
 /// The seqs of a statement group.
 fn statement_seqs<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u32> + 'a> {
-    if value.is_empty() || value.len() > CHUNK_BYTES_MAX || value.len() % 4 != 0 {
+    if value.is_empty() || value.len() > CHUNK_BYTES_MAX || !value.len().is_multiple_of(4) {
         return Err(corrupt(key, format!("a statement group of {} bytes", value.len())));
     }
     Ok(value.chunks_exact(4).map(|seq| u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
@@ -801,10 +812,10 @@ pub struct HistoryStart {
 /// A region's history on disk. See the module documentation.
 ///
 /// Writes ([`History::write`], [`History::delete_through`]) are serialised
-/// among themselves; reads run alongside them and see each sled batch whole.
+/// among themselves; reads run alongside them and see each batch whole.
 #[derive(Debug)]
 pub struct History {
-    db: sled::Db,
+    db: kv::Kv,
     dir: PathBuf,
     meta: Mutex<Meta>,
     /// The journal is deleted through this index, or is being: raised before
@@ -815,34 +826,38 @@ pub struct History {
     archived_through: AtomicU64,
     /// Serialises writers.
     writer: Mutex<()>,
+    /// Each partner's highest event cursor ever written here (at least: it
+    /// may have been deleted since), learnt from the store the first time
+    /// a partner's events are written after opening. A batch whose events
+    /// all lie above it cannot overlap a run held, so it is written without
+    /// looking for one. One entry per partner, as bounded as partners are.
+    events_highest: Mutex<HashMap<PartnerId, u64>>,
 }
 
 impl History {
-    /// Open (or create) the history in `dir`, with sled's page cache at
-    /// `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<History> {
+    /// Open (or create) the history in `dir`, its engine's memory (block
+    /// cache and write buffers) about `memory_bytes`.
+    pub fn open(dir: &Path, memory_bytes: u64) -> Result<History> {
         if !dir.exists() {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 File::open(parent).and_then(|handle| handle.sync_all()).map_err(io_error(parent))?;
             }
         }
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        if dir.join("conf").is_file() && dir.join("db").is_file() {
+            return Err(HistoryError::OldEngine { path: dir.to_path_buf() });
+        }
+        let db = kv::Kv::open(dir, memory_bytes)?;
         match db.get(META_LAYOUT)? {
             Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => {}
             Some(bytes) => {
                 let layout = parse_u64(META_LAYOUT, &bytes)?;
                 return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
             }
-            None if db.is_empty() => {
-                db.insert(META_LAYOUT, &LAYOUT.to_be_bytes())?;
+            None if db.is_empty()? => {
+                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
             }
-            None => {
-                return Err(corrupt(
-                    META_LAYOUT,
-                    format!("no key layout: written with one key per record, where this build reads layout {LAYOUT}"),
-                ))
-            }
+            None => return Err(corrupt(META_LAYOUT, "no key layout in a store that is not empty")),
         }
         let read_u64 = |key: &[u8]| -> Result<u64> { db.get(key)?.map_or(Ok(0), |v| parse_u64(key, &v)) };
         let last_index = read_u64(META_APPLIED)?;
@@ -886,6 +901,7 @@ impl History {
             deleted_through: AtomicU64::new(deleted_through),
             archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
+            events_highest: Mutex::new(HashMap::new()),
         })
     }
 
@@ -942,7 +958,7 @@ impl History {
                 ));
             }
             let through = self.archived_through().max(index);
-            self.db.insert(META_ARCHIVED, &through.to_be_bytes())?;
+            self.db.insert(META_ARCHIVED, through.to_be_bytes())?;
             self.archived_through.store(through, Ordering::SeqCst);
         }
         self.durable()?;
@@ -1031,12 +1047,12 @@ impl History {
         }
     }
 
-    /// The bytes of sled's files.
+    /// The bytes of the engine's files.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.disk_space()?)
     }
 
-    /// Write the records of the log entry at `index`, all in one sled batch.
+    /// Write the records of the log entry at `index`, all in one atomic batch.
     /// A batch at or below [`History::last_index`] is already here (the
     /// entry is re-applied after a restart) and is skipped.
     pub fn write(&self, index: u64, records: &[Record]) -> Result<()> {
@@ -1045,7 +1061,7 @@ impl History {
         if index <= meta.last_index {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
         let mut encoded = Vec::with_capacity(records.len());
         let mut derivation = Derivation::new(index);
         for (n, record) in records.iter().enumerate() {
@@ -1058,16 +1074,16 @@ impl History {
             encoded.push(bytes);
         }
         for (first, chunk) in journal_chunks(&encoded) {
-            batch.insert(&journal_key(index, first), chunk);
+            batch.insert(journal_key(index, first), chunk);
         }
-        // First-wins keys taken earlier in this batch: sled does not see the
+        // First-wins keys taken earlier in this batch: the engine does not see the
         // batch's own writes before it is applied.
         let mut claimed = HashSet::new();
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
             if claimed.contains(&key) || self.db.contains_key(&key)? {
                 continue;
             }
-            batch.insert(key.as_slice(), &position(index, seq));
+            batch.insert(key.as_slice(), position(index, seq));
             claimed.insert(key);
         }
         for (key, value) in derivation.take_groups() {
@@ -1081,13 +1097,13 @@ impl History {
             // The digest after each batch with records, kept (retention
             // leaves them), so a snapshot's digest at its index can be
             // checked against this history's.
-            batch.insert(digest_key(index).as_slice(), &digest);
+            batch.insert(digest_key(index).as_slice(), digest);
         }
         let held = meta.records + records.len() as u64;
-        batch.insert(META_APPLIED, &index.to_be_bytes());
-        batch.insert(META_DIGEST, &digest);
-        batch.insert(META_RECORDS, &held.to_be_bytes());
-        self.db.apply_batch(batch)?;
+        batch.insert(META_APPLIED, index.to_be_bytes());
+        batch.insert(META_DIGEST, digest);
+        batch.insert(META_RECORDS, held.to_be_bytes());
+        self.db.apply(batch)?;
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
         Ok(())
     }
@@ -1095,10 +1111,10 @@ impl History {
     /// Write a partner's events of the batch at `index` (`cursors`: cursor
     /// to seq) as runs. A run already held loses any of these cursors (last
     /// wins) and is cut around them; in operation a partner's cursors only
-    /// grow, so the one run looked at is the one before, ending below.
+    /// grow, so no run is looked at (see `events_highest`).
     fn write_events(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut kv::Batch,
         index: u64,
         partner: &PartnerId,
         cursors: &BTreeMap<u64, u32>,
@@ -1107,9 +1123,21 @@ impl History {
             return Ok(());
         };
         let prefix = scope(space::EVENT, partner.as_str());
+        let mut highest_held = self.events_highest.lock().unwrap_or_else(|p| p.into_inner());
+        let held = match highest_held.get(partner) {
+            Some(&held) => held,
+            None => match self.db.scan_prefix(&prefix).next_back().transpose()? {
+                Some((key, value)) => Run::parse(&key, prefix.len(), &value)?.last(),
+                None => 0,
+            },
+        };
+        highest_held.insert(partner.clone(), held.max(highest));
+        drop(highest_held);
         // Runs never overlap, so going back from the highest cursor, the
-        // first run that ends below the lowest is the end of the search.
-        for item in self.db.range(prefix.clone()..=with_u64(&prefix, highest)).rev() {
+        // first run that ends below the lowest is the end of the search
+        // (none to look at when every cursor is above those held).
+        let overlapping = (lowest <= held).then(|| self.db.range(prefix.clone()..=with_u64(&prefix, highest)));
+        for item in overlapping.into_iter().flat_map(Iterator::rev) {
             let (key, value) = item?;
             let run = Run::parse(&key, prefix.len(), &value)?;
             if run.last() < lowest {
@@ -1192,7 +1220,7 @@ impl History {
             if meta.records != 0 {
                 return Err(corrupt(META_RECORDS, format!("{} records held after deleting them all", meta.records)));
             }
-            let mut batch = sled::Batch::default();
+            let mut batch = self.db.batch();
             for item in self.db.scan_prefix([space::EVENTS_DELETED]) {
                 batch.remove(item?.0);
             }
@@ -1200,16 +1228,16 @@ impl History {
                 batch.remove(item?.0);
             }
             for (partner, cursor) in &start.events_deleted {
-                batch.insert(named(space::EVENTS_DELETED, partner.as_str()), &cursor.to_be_bytes());
+                batch.insert(named(space::EVENTS_DELETED, partner.as_str()), cursor.to_be_bytes());
             }
-            batch.insert(digest_key(through).as_slice(), &start.digest);
-            batch.insert(META_APPLIED, &through.to_be_bytes());
-            batch.insert(META_DIGEST, &start.digest);
-            batch.insert(META_DELETED, &through.to_be_bytes());
+            batch.insert(digest_key(through).as_slice(), start.digest);
+            batch.insert(META_APPLIED, through.to_be_bytes());
+            batch.insert(META_DIGEST, start.digest);
+            batch.insert(META_DELETED, through.to_be_bytes());
             let archived = self.archived_through().max(through);
-            batch.insert(META_ARCHIVED, &archived.to_be_bytes());
+            batch.insert(META_ARCHIVED, archived.to_be_bytes());
             self.deleted_through.store(through, Ordering::SeqCst);
-            self.db.apply_batch(batch)?;
+            self.db.apply(batch)?;
             self.archived_through.store(archived, Ordering::SeqCst);
             *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
                 Meta { last_index: through, digest: start.digest, records: 0 };
@@ -1491,18 +1519,15 @@ impl History {
         Ok(batches)
     }
 
-    /// Make everything written so far survive power loss: sled's flush, then
-    /// `fsync` of every file and directory under [`History::dir`]. See the
-    /// module documentation for why this is weaker than the log's own
-    /// files, and why it is enough.
+    /// Make everything written so far survive power loss: the engine's
+    /// journal synced. See the module documentation, "Durability".
     pub fn durable(&self) -> Result<()> {
-        self.db.flush()?;
-        sync_tree(&self.dir)
+        Ok(self.db.persist()?)
     }
 
     /// Delete the journal batches with an index at or below `index` (at
     /// most [`History::last_index`]) and every key derived from their
-    /// records, in sled batches of about [`DELETE_RECORDS_PER_BATCH_MAX`]
+    /// records, in engine batches of about [`DELETE_RECORDS_PER_BATCH_MAX`]
     /// records that never split a log batch, each atomic with the counters.
     /// Returns how many records went. The digest and the last index stay.
     pub fn delete_through(&self, index: u64) -> Result<usize> {
@@ -1521,7 +1546,7 @@ impl History {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let meta = self.meta();
         let through = index.min(meta.last_index);
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
         let mut records = 0usize;
         let mut current: Option<Derivation> = None;
         let mut complete = true;
@@ -1557,7 +1582,7 @@ impl History {
         for (partner, cursor) in events_deleted {
             let key = named(space::EVENTS_DELETED, partner.as_str());
             let before = self.db.get(&key)?.map_or(Ok(0), |bytes| parse_u64(&key, &bytes))?;
-            batch.insert(key, &before.max(cursor).to_be_bytes());
+            batch.insert(key, before.max(cursor).to_be_bytes());
         }
         let before = self.deleted_through();
         let reached = if complete { through } else { last_batch.unwrap_or(0) };
@@ -1568,12 +1593,12 @@ impl History {
         let held = meta.records.checked_sub(records as u64).ok_or_else(|| {
             corrupt(META_RECORDS, format!("{} records counted, {records} more deleted", meta.records))
         })?;
-        batch.insert(META_RECORDS, &held.to_be_bytes());
-        batch.insert(META_DELETED, &deleted_through.to_be_bytes());
+        batch.insert(META_RECORDS, held.to_be_bytes());
+        batch.insert(META_DELETED, deleted_through.to_be_bytes());
         // Announced before the records go (see the field's documentation),
         // and withdrawn if they do not.
         self.deleted_through.store(deleted_through, Ordering::SeqCst);
-        if let Err(e) = self.db.apply_batch(batch) {
+        if let Err(e) = self.db.apply(batch) {
             self.deleted_through.store(before, Ordering::SeqCst);
             return Err(e.into());
         }
@@ -1587,7 +1612,7 @@ impl History {
     fn delete_derived(
         &self,
         mut derivation: Derivation,
-        batch: &mut sled::Batch,
+        batch: &mut kv::Batch,
         events_deleted: &mut BTreeMap<PartnerId, u64>,
     ) -> Result<()> {
         let index = derivation.index;
@@ -1628,7 +1653,7 @@ impl History {
 struct JournalReader<'a> {
     history: &'a History,
     /// The chunk read last: its index, first seq, key and value.
-    chunk: Option<(u64, u32, sled::IVec, sled::IVec)>,
+    chunk: Option<(u64, u32, kv::Bytes, kv::Bytes)>,
 }
 
 impl<'a> JournalReader<'a> {
@@ -1672,27 +1697,6 @@ impl<'a> JournalReader<'a> {
         }
         Ok(None)
     }
-}
-
-/// `fsync` every regular file under `dir` and every directory, `dir` last.
-fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io_error(&path))?;
-        if kind.is_dir() {
-            sync_tree(&path)?;
-        } else if kind.is_file() {
-            match File::open(&path) {
-                Ok(file) => file.sync_all().map_err(io_error(&path))?,
-                // sled removed it (a blob replaced, a segment file gone)
-                // since the directory was read: nothing to make durable.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&path)(e)),
-            }
-        }
-    }
-    File::open(dir).and_then(|handle| handle.sync_all()).map_err(io_error(dir))
 }
 
 /// [`History`] as of the start of one batch: [`History::at`].

@@ -7,7 +7,7 @@
 //! * [`state_machine`]: openraft's `RaftStateMachine` over `paymesh_core::State`,
 //!   with snapshots taken from an O(1) copy of the state and kept durably as
 //!   checkpoint files, two generations deep ([`checkpoint`]).
-//! * [`history`]: the region's history tier on disk (sled): every record
+//! * [`history`]: the region's history tier on disk (fjall): every record
 //!   applied, the write path's recall and the readers' listings.
 //! * [`archive`]: history exported to a versioned, checksummed file before
 //!   retention deletes it, and read back and verified offline.

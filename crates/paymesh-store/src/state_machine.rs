@@ -294,8 +294,8 @@ fn invalid_snapshot(meta: &SnapshotMeta, reason: String) -> StorageError {
 /// The subdirectory of the state machine's directory that holds history.
 pub const HISTORY_DIR: &str = "history";
 
-/// The cache history keeps in memory, in bytes.
-pub const HISTORY_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// The memory history's engine keeps (block cache and write buffers), in bytes.
+pub const HISTORY_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
 
 fn history_error(e: &HistoryError) -> StorageError {
     StorageIOError::read_state_machine(e).into()
@@ -345,7 +345,7 @@ impl StateMachineStore {
     /// starting from the latest checkpoint if there is one.
     pub fn open(dir: &Path, region: RegionId) -> Result<StateMachineStore, StorageError> {
         let checkpoints = Checkpoints::open(dir).map_err(|e| sm_error(&e))?;
-        let history = History::open(&dir.join(HISTORY_DIR), HISTORY_CACHE_BYTES).map_err(|e| history_error(&e))?;
+        let history = History::open(&dir.join(HISTORY_DIR), HISTORY_MEMORY_BYTES).map_err(|e| history_error(&e))?;
         let applied = match checkpoints.load().map_err(|e| sm_error(&e))? {
             Some((meta, bytes)) => adopt(&history, &meta, decode_image(&region, &meta, &bytes)?)?,
             None => Applied {

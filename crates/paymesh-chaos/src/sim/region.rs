@@ -79,7 +79,7 @@ impl Node {
         self.history.write(index, applied.history);
         let outcomes = applied.outcomes;
         self.applied += 1;
-        if self.applied % CHECKPOINT_EVERY == 0 {
+        if self.applied.is_multiple_of(CHECKPOINT_EVERY) {
             // O(1): the state's maps are persistent.
             self.checkpoint = (self.state.clone(), self.applied);
         }

@@ -103,7 +103,7 @@ impl Flood {
                 while !stop.load(Ordering::Relaxed) {
                     sequence += 1;
                     requests.fetch_add(1, Ordering::Relaxed);
-                    let kind = if sequence % 2 == 0 {
+                    let kind = if sequence.is_multiple_of(2) {
                         let request = wire::CreateTransferRequest {
                             idempotency_key: format!("flood-{worker}-{sequence}"),
                             quote_id: "bench:q999999999".to_owned(),

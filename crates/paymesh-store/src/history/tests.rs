@@ -200,19 +200,26 @@ pub(crate) fn open(dir: &Path) -> History {
     History::open(dir, CACHE_BYTES).unwrap()
 }
 
-/// Open again after a drop: sled lets go of its file lock from a thread of
-/// its own a moment after the database is dropped, so a sled error is
-/// retried for a bounded while.
+/// Open again after a drop: the engine lets go of its directory's lock
+/// from a thread of its own a moment after the database is dropped, so an
+/// engine's error is retried for a bounded while.
 pub(crate) fn reopen(dir: &Path) -> Result<History> {
     let mut result = History::open(dir, CACHE_BYTES);
     for _ in 0..100 {
-        if !matches!(result, Err(HistoryError::Sled(_))) {
+        if !matches!(result, Err(HistoryError::Store(_))) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
         result = History::open(dir, CACHE_BYTES);
     }
     result
+}
+
+/// The engine alone, opened again as [`reopen`] does, to damage a store.
+fn reopen_engine(dir: &Path) -> kv::Kv {
+    (0..100)
+        .find_map(|_| kv::Kv::open(dir, CACHE_BYTES).map_err(|_| std::thread::sleep(Duration::from_millis(50))).ok())
+        .expect("the engine's lock is released within 5 s")
 }
 
 pub(crate) fn journal(store: &History) -> Vec<(u64, Record)> {
@@ -999,6 +1006,26 @@ fn an_event_written_again_cuts_the_run_that_held_it() {
     assert!(store.events_after(&pid(0), 12, 10).unwrap().is_empty());
 }
 
+/// The highest cursor held is learnt from the store after a reopen, so an
+/// event written again then still cuts the run that held it.
+#[test]
+fn an_event_written_again_after_a_reopen_cuts_the_run_that_held_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.write(1, &(1..=10).map(|cursor| event(0, cursor, 1)).collect::<Vec<_>>()).unwrap();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    store.write(2, &[event(0, 5, 2), event(0, 11, 2)]).unwrap();
+    let events = store.events_after(&pid(0), 0, usize::MAX).unwrap();
+    let cursors: Vec<u64> = events.iter().map(|e| e.cursor).collect();
+    assert_eq!(cursors, (1..=11).collect::<Vec<_>>(), "one event per cursor, none twice");
+    assert_eq!(events[4].at, ms(2), "the cursor written again is the later batch's");
+    // And the runs of the first batch were cut around it, not overlapped.
+    store.delete_through(1).unwrap();
+    let held: Vec<u64> = HistoryRead::events(&store, &pid(0), 0, 20).iter().map(|e| e.cursor).collect();
+    assert_eq!(held, [5, 11]);
+}
+
 // --- damage -----------------------------------------------------------------
 
 #[test]
@@ -1008,10 +1035,10 @@ fn a_pointer_to_a_record_the_journal_lacks_stops_the_replica() {
     let store = open(dir.path());
     store.write(10, &finished(1, 1)).unwrap();
     let pointer = named(space::TRANSFER, &tid(2).to_string());
-    store.db.insert(&pointer, &position(7, 0)).unwrap();
+    store.db.insert(&pointer, position(7, 0)).unwrap();
     assert!(matches!(store.get_transfer(&tid(2)), Err(HistoryError::Corrupt { .. })));
     // A pointer to a record of another kind is damage too.
-    store.db.insert(&pointer, &position(10, 0)).unwrap();
+    store.db.insert(&pointer, position(10, 0)).unwrap();
     assert!(matches!(store.get_transfer(&tid(2)), Err(HistoryError::Corrupt { .. })));
     store.db.insert(journal_key(10, 1), &b"\xff\xff\xff"[..]).unwrap();
     assert!(matches!(store.get_transfer(&tid(1)), Err(HistoryError::Corrupt { .. })));
@@ -1025,7 +1052,7 @@ fn damaged_counters_are_refused_at_open() {
         let store = open(dir.path());
         store.write(3, &finished(1, 1)).unwrap();
         store.db.insert(key, value).unwrap();
-        store.db.flush().unwrap();
+        store.db.persist().unwrap();
         drop(store);
         let refused = reopen(dir.path()).unwrap_err();
         assert!(matches!(refused, HistoryError::Corrupt { .. }), "{refused}");
@@ -1041,25 +1068,31 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
     drop(store);
     let store = reopen(dir.path()).unwrap();
     assert_eq!(store.get_transfer(&tid(1)).unwrap(), Some(transfer(1, 1)));
-    // One key per record, as before layout 2, had no layout key.
+    // A store without the key is refused (every store this module wrote
+    // has it), and so is a layout this build does not read.
     store.db.remove(META_LAYOUT).unwrap();
-    store.db.insert(journal_key(3, 0), postcard::to_stdvec(&listed(1, 1, 1)).unwrap()).unwrap();
-    store.db.flush().unwrap();
+    store.db.persist().unwrap();
     drop(store);
     let refused = reopen(dir.path()).unwrap_err();
-    assert!(
-        matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("one key per record")),
-        "{refused}"
-    );
-    // sled lets go of its lock a moment after a drop (see `reopen`).
-    let store = (0..100)
-        .find_map(|_| sled::open(dir.path()).map_err(|_| std::thread::sleep(Duration::from_millis(50))).ok())
-        .unwrap();
-    store.insert(META_LAYOUT, &3u64.to_be_bytes()).unwrap();
-    store.flush().unwrap();
-    drop(store);
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("no key layout")), "{refused}");
+    let engine = reopen_engine(dir.path());
+    engine.insert(META_LAYOUT, 3u64.to_be_bytes()).unwrap();
+    engine.persist().unwrap();
+    drop(engine);
     let refused = reopen(dir.path()).unwrap_err();
     assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 3")), "{refused}");
+}
+
+#[test]
+fn history_in_sleds_files_is_refused_at_open_not_read_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = sled::open(dir.path()).unwrap();
+    sled.insert(META_LAYOUT, &LAYOUT.to_be_bytes()).unwrap();
+    sled.flush().unwrap();
+    drop(sled);
+    let refused = History::open(dir.path(), CACHE_BYTES).unwrap_err();
+    assert!(matches!(&refused, HistoryError::OldEngine { .. }), "{refused}");
+    assert!(refused.to_string().contains("paymesh history export"), "{refused}");
 }
 
 #[test]
@@ -1103,7 +1136,7 @@ fn measure_write_cost_and_bytes_per_record() {
     let files: u64 = walk(dir.path());
     println!(
         "{records} records in {batches} batches: {:.1} µs a batch, durable() {:.1} ms; \
-         postcard {:.0} B/record; sled size_on_disk {} B ({:.0} B/record), files {} B ({:.0} B/record)",
+         postcard {:.0} B/record; size_on_disk {} B ({:.0} B/record), files {} B ({:.0} B/record)",
         written.as_secs_f64() * 1e6 / batches as f64,
         synced.as_secs_f64() * 1e3,
         encoded as f64 / records as f64,
@@ -1221,8 +1254,8 @@ fn bytes_under(dir: &Path) -> u64 {
 /// to 16, every record of a batch at its time, event cursors as each
 /// partner's stream gives them. Each batch is built just before it is
 /// written; CPU is the writing thread's inside `write` (to the nanosecond)
-/// plus every other thread's over the run (sled's flusher; to the 10 ms
-/// tick). Reports sled keys, bytes on disk and the process's peak resident
+/// plus every other thread's over the run (the engine's flush and compaction; to the 10 ms
+/// tick). Reports keys, bytes on disk and the process's peak resident
 /// memory too, then times a few reads and retention of half of it. Run by
 /// hand, alone in its process (the peak is the process's):
 /// `cargo test --release -p paymesh-store --lib
@@ -1236,7 +1269,7 @@ fn measure_a_realistic_transfer_mix() {
     const PAYEES: u64 = 16;
     let dir = tempfile::tempdir().unwrap();
     // The node's own cache size.
-    let store = History::open(dir.path(), crate::state_machine::HISTORY_CACHE_BYTES).unwrap();
+    let store = History::open(dir.path(), crate::state_machine::HISTORY_MEMORY_BYTES).unwrap();
     let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
     let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
     let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
@@ -1266,13 +1299,13 @@ fn measure_a_realistic_transfer_mix() {
     let other_ticks = (cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before);
     store.durable().unwrap();
     let transfers = (BATCHES * PER_BATCH) as f64;
-    let keys = store.db.len();
+    let keys = store.db.len().unwrap();
     let (on_disk, files) = (store.size_on_disk().unwrap(), bytes_under(dir.path()));
     let per_transfer_us = |ns: u64| ns as f64 / 1e3 / transfers;
     println!(
         "{transfers} transfers ({records_written} records, postcard {:.0} B/transfer) in batches of {PER_BATCH}: \
          CPU {:.1} µs/transfer ({:.1} writing, {:.1} other threads), wall {:.1} µs/transfer with building; \
-         {:.2} sled keys/transfer; size_on_disk {:.0} B/transfer, files {:.0} B/transfer; VmHWM {:.1} MiB",
+         {:.2} keys/transfer; size_on_disk {:.0} B/transfer, files {:.0} B/transfer; VmHWM {:.1} MiB",
         encoded as f64 / transfers,
         per_transfer_us(writing_ns + other_ticks * 10_000_000),
         per_transfer_us(writing_ns),

@@ -1,0 +1,182 @@
+//! The key-value engine under history: fjall, a log-structured merge tree.
+//!
+//! History writes far more than it reads, its keys mostly in order (the
+//! journal by log index, transfer ids by sequence), and it grows without
+//! end; a log-structured tree takes each batch as one append to its
+//! journal and a sorted run in memory, and keeps in memory only its write
+//! buffers, its block cache and a few bytes of filter per key. sled, which
+//! held history before, cost three to four times the CPU per transfer and
+//! kept a growing share of its page table in memory (docs/BENCHMARKS.md,
+//! "History").
+//!
+//! The module's keys are told apart by their first byte (see the parent
+//! module); here they are kept in four trees (fjall's keyspaces), chosen by
+//! that byte, so that each tree's keys arrive in an order of their own and
+//! a compaction of one never rewrites the others: the journal (appended in
+//! index order), the first-wins pointers (transfer ids in sequence,
+//! idempotency keys in any order), the groups (a partner's or an account's
+//! runs, by time) and the small bookkeeping keys. A batch spans the four
+//! atomically. Every range and prefix read stays within one key space,
+//! hence within one tree.
+
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+
+use fjall::config::CompressionPolicy;
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+/// A key or value as the engine hands it back.
+pub(crate) type Bytes = fjall::Slice;
+
+/// A key and its value, or the engine's failure.
+pub(crate) type Item = fjall::Result<(Bytes, Bytes)>;
+
+/// The trees, by name, and the first key bytes each holds.
+const TREES: [(&str, &[u8]); 4] = [("journal", b"J"), ("pointers", b"ITPU"), ("groups", b"ELA"), ("meta", b"DGM")];
+
+/// The tree of a key: by its first byte (an empty key or an unknown first
+/// byte goes with the bookkeeping keys).
+fn tree_of(key: &[u8]) -> usize {
+    key.first().and_then(|first| TREES.iter().position(|(_, firsts)| firsts.contains(first))).unwrap_or(TREES.len() - 1)
+}
+
+/// History's engine: one fjall database, its four trees.
+pub(crate) struct Kv {
+    db: Database,
+    trees: [Keyspace; 4],
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").finish_non_exhaustive()
+    }
+}
+
+impl Kv {
+    /// Open (or create) the engine in `dir`, its memory bounded by about
+    /// `memory_bytes`: half for the block cache, half for the trees' write
+    /// buffers (the journal's tree takes half of those, each other tree a
+    /// sixth).
+    pub(crate) fn open(dir: &Path, memory_bytes: u64) -> fjall::Result<Kv> {
+        let half = (memory_bytes / 2).max(1024 * 1024);
+        // Nothing is compressed: the data-locality audit reads a node's files
+        // as bytes, and a payer's data compressed into a block could hide
+        // from it.
+        let db = Database::builder(dir).cache_size(half).journal_compression(CompressionType::None).open()?;
+        let open = |n: usize| {
+            let memtable = if n == 0 { half / 2 } else { half / 6 };
+            db.keyspace(TREES[n].0, || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .data_block_compression_policy(CompressionPolicy::disabled())
+                    .index_block_compression_policy(CompressionPolicy::disabled())
+            })
+        };
+        let trees = [open(0)?, open(1)?, open(2)?, open(3)?];
+        Ok(Kv { db, trees })
+    }
+
+    fn tree(&self, key: &[u8]) -> &Keyspace {
+        &self.trees[tree_of(key)]
+    }
+
+    pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> fjall::Result<Option<Bytes>> {
+        self.tree(key.as_ref()).get(key)
+    }
+
+    pub(crate) fn contains_key(&self, key: impl AsRef<[u8]>) -> fjall::Result<bool> {
+        self.tree(key.as_ref()).contains_key(key)
+    }
+
+    /// One key written alone (bookkeeping outside a batch).
+    pub(crate) fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> fjall::Result<()> {
+        self.tree(key.as_ref()).insert(key.as_ref(), value.as_ref())
+    }
+
+    /// One key removed alone (tests damage a store with it).
+    #[cfg(test)]
+    pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> fjall::Result<()> {
+        self.tree(key.as_ref()).remove(key.as_ref())
+    }
+
+    /// The keys in `range`, in order (or backwards), read from a snapshot
+    /// taken now. Both ends must lie in one key space.
+    pub(crate) fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> impl DoubleEndedIterator<Item = Item> + use<K, R> {
+        let end = |bound: Bound<&K>| match bound {
+            Bound::Included(key) | Bound::Excluded(key) => Some(tree_of(key.as_ref())),
+            Bound::Unbounded => None,
+        };
+        let (start, stop) = (end(range.start_bound()), end(range.end_bound()));
+        debug_assert!(start.is_none() || stop.is_none() || start == stop, "a range within one key space");
+        let tree = start.or(stop).unwrap_or(TREES.len() - 1);
+        self.trees[tree].range(range).map(fjall::Guard::into_inner)
+    }
+
+    /// The keys that begin with `prefix` (not empty), in order.
+    pub(crate) fn scan_prefix<K: AsRef<[u8]>>(&self, prefix: K) -> impl DoubleEndedIterator<Item = Item> + use<K> {
+        self.tree(prefix.as_ref()).prefix(prefix).map(fjall::Guard::into_inner)
+    }
+
+    /// Every key of every tree (tests and measurements).
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Item> + '_ {
+        self.trees.iter().flat_map(|tree| tree.iter().map(fjall::Guard::into_inner))
+    }
+
+    /// How many keys the trees hold, counted by reading them all.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> fjall::Result<usize> {
+        self.trees.iter().map(Keyspace::len).sum()
+    }
+
+    pub(crate) fn is_empty(&self) -> fjall::Result<bool> {
+        for tree in &self.trees {
+            if !tree.is_empty()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn batch(&self) -> Batch {
+        Batch { inner: self.db.batch(), trees: self.trees.clone() }
+    }
+
+    /// Apply `batch` atomically: readers see all of it or none.
+    pub(crate) fn apply(&self, batch: Batch) -> fjall::Result<()> {
+        batch.inner.commit()
+    }
+
+    /// The bytes of the engine's files.
+    pub(crate) fn disk_space(&self) -> fjall::Result<u64> {
+        self.db.disk_space()
+    }
+
+    /// Make every batch applied so far survive power loss: the engine's
+    /// journal synced (`fsync`) through the descriptor that wrote it. Its
+    /// sorted tables are synced as they are written.
+    pub(crate) fn persist(&self) -> fjall::Result<()> {
+        self.db.persist(PersistMode::SyncAll)
+    }
+}
+
+/// Writes applied together by [`Kv::apply`].
+pub(crate) struct Batch {
+    inner: fjall::OwnedWriteBatch,
+    trees: [Keyspace; 4],
+}
+
+impl Batch {
+    pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.inner.insert(&self.trees[tree_of(key)], key, value.as_ref());
+    }
+
+    pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.inner.remove(&self.trees[tree_of(key)], key);
+    }
+}
