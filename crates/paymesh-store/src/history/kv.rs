@@ -5,9 +5,9 @@
 //! end; a log-structured tree takes each batch as one append to its
 //! journal and a sorted run in memory, and keeps in memory only its write
 //! buffers, its block cache and a few bytes of filter per key. sled, which
-//! held history before, cost three to four times the CPU per transfer and
-//! kept a growing share of its page table in memory (docs/BENCHMARKS.md,
-//! "History").
+//! held history before, cost two to four times the CPU per transfer (more
+//! as the store grew) and its memory grew with the history held
+//! (docs/BENCHMARKS.md, "History in fjall").
 //!
 //! The module's keys are told apart by their first byte (see the parent
 //! module); here they are kept in four trees (fjall's keyspaces), chosen by
