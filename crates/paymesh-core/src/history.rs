@@ -137,7 +137,8 @@ pub enum Record {
         /// Its final record here.
         participation: Participation,
     },
-    /// An idempotency key's first answer.
+    /// An idempotency key's first answer (in its latest use, if it was
+    /// used again after the region's window).
     Idempotency {
         /// The partner.
         partner: PartnerId,
@@ -188,14 +189,22 @@ pub enum Record {
 
 /// What the write path asks history: finished work, as of the start of the
 /// batch being applied (see the module documentation).
+///
+/// Each question is by a unique key, and its answer is the **newest** record
+/// written under that key before the batch. A transfer id is never reused,
+/// but an idempotency key may be used again once the region's window has
+/// passed, and a top-up reference once its window has (the core decides
+/// that): the key's new answer must then be what a retry finds, not the
+/// expired first one, or each retry would be taken as new again.
 pub trait Recall {
-    /// The first answer under a partner's idempotency key.
+    /// The newest answer under a partner's idempotency key: the first
+    /// answer of its latest use.
     fn idempotency(&self, partner: &PartnerId, key: &IdempotencyKey) -> Option<IdempotencyRecord>;
     /// A finished transfer this region coordinated.
     fn transfer(&self, id: &TransferId) -> Option<Transfer>;
     /// A finished participation.
     fn participation(&self, id: &TransferId) -> Option<Participation>;
-    /// A top-up by its reference.
+    /// The newest top-up under its reference.
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
 }
 
@@ -252,10 +261,12 @@ pub struct MemoryHistory {
     records: BTreeMap<(u64, u32), Record>,
     /// The index of the last batch written.
     last_index: u64,
-    idempotency: BTreeMap<(PartnerId, IdempotencyKey), (u64, IdempotencyRecord)>,
-    transfers: BTreeMap<TransferId, (u64, Transfer)>,
-    participations: BTreeMap<TransferId, (u64, Participation)>,
-    top_ups: BTreeMap<TopUpRef, (u64, TopUpRecord)>,
+    // Every record under each unique key, oldest first, with its batch's
+    // index: the newest written before a batch answers it.
+    idempotency: BTreeMap<(PartnerId, IdempotencyKey), Vec<(u64, IdempotencyRecord)>>,
+    transfers: BTreeMap<TransferId, Vec<(u64, Transfer)>>,
+    participations: BTreeMap<TransferId, Vec<(u64, Participation)>>,
+    top_ups: BTreeMap<TopUpRef, Vec<(u64, TopUpRecord)>>,
     listed: BTreeMap<(PartnerId, ListToken), TransferId>,
     events: BTreeMap<(PartnerId, u64), Event>,
 }
@@ -297,16 +308,16 @@ impl MemoryHistory {
                     self.listed.insert((partner.clone(), ListToken { at: *at, index, seq }), transfer.clone());
                 }
                 Record::Transfer(transfer) => {
-                    self.transfers.entry(transfer.view.id.clone()).or_insert((index, transfer.clone()));
+                    self.transfers.entry(transfer.view.id.clone()).or_default().push((index, transfer.clone()));
                 }
                 Record::Participation { transfer, participation } => {
-                    self.participations.entry(transfer.clone()).or_insert((index, participation.clone()));
+                    self.participations.entry(transfer.clone()).or_default().push((index, participation.clone()));
                 }
                 Record::Idempotency { partner, key, record } => {
-                    self.idempotency.entry((partner.clone(), key.clone())).or_insert((index, record.clone()));
+                    self.idempotency.entry((partner.clone(), key.clone())).or_default().push((index, record.clone()));
                 }
                 Record::TopUp { reference, record } => {
-                    self.top_ups.entry(reference.clone()).or_insert((index, record.clone()));
+                    self.top_ups.entry(reference.clone()).or_default().push((index, record.clone()));
                 }
                 Record::Event { partner, event } => {
                     self.events.insert((partner.clone(), event.cursor), event.clone());
@@ -347,12 +358,12 @@ impl MemoryHistory {
 
     /// Every finished transfer this region coordinated, in id order.
     pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
-        self.transfers.values().map(|(_, t)| t)
+        self.transfers.values().filter_map(|held| held.last()).map(|(_, t)| t)
     }
 
     /// Every finished participation, in transfer id order.
     pub fn participations(&self) -> impl Iterator<Item = (&TransferId, &Participation)> {
-        self.participations.iter().map(|(id, (_, p))| (id, p))
+        self.participations.iter().filter_map(|(id, held)| held.last().map(|(_, p)| (id, p)))
     }
 
     /// The [`Recall`] of this history as of the start of the batch at `index`.
@@ -368,8 +379,9 @@ pub struct MemoryRecall<'a> {
     before: u64,
 }
 
-fn seen<T: Clone>(found: Option<&(u64, T)>, before: u64) -> Option<T> {
-    found.filter(|(index, _)| *index < before).map(|(_, value)| value.clone())
+/// The newest of a key's records written before the batch at `before`.
+fn seen<T: Clone>(found: Option<&Vec<(u64, T)>>, before: u64) -> Option<T> {
+    found?.iter().rev().find(|(index, _)| *index < before).map(|(_, value)| value.clone())
 }
 
 impl Recall for MemoryRecall<'_> {

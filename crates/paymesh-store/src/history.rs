@@ -22,10 +22,10 @@
 //!
 //! ```text
 //! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  the journal
-//! I | partner | 0 | idempotency key                    -> position                first wins
-//! T | transfer id                                      -> position                first wins
-//! P | transfer id                                      -> position                first wins
-//! U | top-up reference                                 -> position                first wins
+//! I | partner | 0 | idempotency key                    -> (position)...           newest visible wins
+//! T | transfer id                                      -> (position)...           newest visible wins
+//! P | transfer id                                      -> (position)...           newest visible wins
+//! U | top-up reference                                 -> (position)...           newest visible wins
 //! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
 //! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
 //! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
@@ -66,7 +66,12 @@
 //! writes a cursor held already (never in operation, where a partner's
 //! cursors only grow) takes it from the run that held it, which is cut
 //! around it; runs never overlap. The records whose lookups are by a unique
-//! id (`T`, `P`, `I`, `U`) keep one pointer each.
+//! id (`T`, `P`, `I`, `U`) are found through one pointer key per id whose
+//! value is the position of every record under that id, oldest first
+//! (almost always one: an idempotency key or a top-up reference is used
+//! again only after its window has passed, a transfer id never); a lookup
+//! as of a batch answers with the newest written before it, as `Recall`
+//! asks.
 //!
 //! The journal is the source of truth; every other key is derived from the
 //! records of one batch and can be recomputed from them, which is how
@@ -119,14 +124,13 @@
 //!
 //! [`History::delete_through`] deletes whole batches from the front of the
 //! journal with every key derived from them, a batch's chunks and groups
-//! whole (a pointer another record owns, or an event cursor a later batch
-//! took, stays), in bounded batches that never split a log batch. The digest and the last index are
+//! whole (a pointer keeps the positions of later batches, and an event
+//! cursor a later batch took stays), in bounded batches that never split a
+//! log batch. The digest and the last index are
 //! unaffected. Afterwards a deleted record is simply not found; for events,
 //! where "deleted" and "not yet written" must be told apart,
 //! [`History::oldest_event_cursor`] and [`HistoryError::CursorExpired`]
-//! say where retention stopped. A first-wins key whose owner was deleted
-//! answers "none" even if a later duplicate record is kept: the later
-//! record never was the answer.
+//! say where retention stopped.
 //!
 //! Nothing is deleted that was not archived first: [`History::archived_through`]
 //! (the `M archived` key) is the highest index an archive of this node's
@@ -136,7 +140,7 @@
 //! time, [`record_time`]) that the caller takes from the applied state's
 //! clock.
 
-use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
+use std::collections::{hash_map, BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -315,6 +319,15 @@ fn position(index: u64, seq: u32) -> [u8; POSITION_BYTES] {
     bytes[..8].copy_from_slice(&index.to_be_bytes());
     bytes[8..].copy_from_slice(&seq.to_be_bytes());
     bytes
+}
+
+/// The positions a pointer's value holds, oldest first; a value that is
+/// empty or not a whole number of positions is damage.
+fn positions<'a>(key: &'a [u8], value: &'a [u8]) -> Result<impl Iterator<Item = Result<(u64, u32)>> + 'a> {
+    if value.is_empty() || !value.len().is_multiple_of(POSITION_BYTES) {
+        return Err(corrupt(key, format!("a pointer of {} bytes, not a multiple of {POSITION_BYTES}", value.len())));
+    }
+    Ok(value.chunks_exact(POSITION_BYTES).map(move |at| parse_position(key, at)))
 }
 
 fn parse_position(key: &[u8], bytes: &[u8]) -> Result<(u64, u32)> {
@@ -504,7 +517,7 @@ struct Group {
 #[derive(Debug)]
 struct Derivation {
     index: u64,
-    /// First-wins pointers (`T`, `P`, `I`, `U`), each with the seq of the
+    /// Pointers (`T`, `P`, `I`, `U`), each with the seq of the
     /// record that derives it, in order.
     pointers: Vec<(Vec<u8>, u32)>,
     /// `L` and `A` groups still taking entries, by the prefix of their key
@@ -1076,15 +1089,22 @@ impl History {
         for (first, chunk) in journal_chunks(&encoded) {
             batch.insert(journal_key(index, first), chunk);
         }
-        // First-wins keys taken earlier in this batch: the engine does not see the
-        // batch's own writes before it is applied.
-        let mut claimed = HashSet::new();
+        // Each pointer gains this batch's positions after those it holds; one
+        // taken twice in this batch builds on its own new value (the engine
+        // does not see the batch's writes before it is applied).
+        let mut pointers: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
-            if claimed.contains(&key) || self.db.contains_key(&key)? {
-                continue;
-            }
-            batch.insert(key.as_slice(), position(index, seq));
-            claimed.insert(key);
+            let value = match pointers.entry(key) {
+                hash_map::Entry::Occupied(held) => held.into_mut(),
+                hash_map::Entry::Vacant(new) => {
+                    let held = self.pointer_held(new.key())?;
+                    new.insert(held)
+                }
+            };
+            value.extend_from_slice(&position(index, seq));
+        }
+        for (key, value) in pointers {
+            batch.insert(key, value);
         }
         for (key, value) in derivation.take_groups() {
             batch.insert(key, value);
@@ -1288,15 +1308,27 @@ impl History {
         self.at(u64::MAX).get_top_up(reference)
     }
 
-    /// The record a pointer key points to, if the pointer exists and was
-    /// written before `before`.
+    /// The newest record a pointer key points to that was written before
+    /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
         let Some(value) = self.db.get(key)? else { return Ok(None) };
-        let (index, seq) = parse_position(key, &value)?;
-        if index >= before {
-            return Ok(None);
+        let mut newest = None;
+        for at in positions(key, &value)? {
+            let (index, seq) = at?;
+            if index < before {
+                newest = Some((index, seq));
+            }
         }
+        let Some((index, seq)) = newest else { return Ok(None) };
         JournalReader::new(self).record(key, index, seq)
+    }
+
+    /// The positions a pointer key holds, as its value's bytes (empty if
+    /// it holds none), checked.
+    fn pointer_held(&self, key: &[u8]) -> Result<Vec<u8>> {
+        let Some(value) = self.db.get(key)? else { return Ok(Vec::new()) };
+        positions(key, &value)?.try_for_each(|at| at.map(drop))?;
+        Ok(value.to_vec())
     }
 
     /// The transfers `partner` takes part in, after the page token `after`
@@ -1551,6 +1583,7 @@ impl History {
         let mut current: Option<Derivation> = None;
         let mut complete = true;
         let mut events_deleted: BTreeMap<PartnerId, u64> = BTreeMap::new();
+        let mut pointers: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for item in self.db.range(journal_key(0, 0)..=journal_key(through, u32::MAX)) {
             let (key, value) = item?;
             let (at, first) = parse_journal_key(&key)?;
@@ -1560,7 +1593,7 @@ impl History {
                     break;
                 }
                 if let Some(done) = current.take() {
-                    self.delete_derived(done, &mut batch, &mut events_deleted)?;
+                    self.delete_derived(done, &mut batch, &mut pointers, &mut events_deleted)?;
                 }
                 current = Some(Derivation::new(at));
             }
@@ -1577,7 +1610,14 @@ impl History {
         // `through` is.
         let last_batch = current.as_ref().map(|batch| batch.index);
         if let Some(done) = current.take() {
-            self.delete_derived(done, &mut batch, &mut events_deleted)?;
+            self.delete_derived(done, &mut batch, &mut pointers, &mut events_deleted)?;
+        }
+        for (key, value) in pointers {
+            if value.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, value);
+            }
         }
         for (partner, cursor) in events_deleted {
             let key = named(space::EVENTS_DELETED, partner.as_str());
@@ -1606,21 +1646,28 @@ impl History {
         Ok((records, complete))
     }
 
-    /// Delete the keys derived from one batch's records: its first-wins
-    /// pointers that are still its own, its groups, and its event runs (or
-    /// what is left of them), noting each partner's newest event deleted.
+    /// Delete the keys derived from one batch's records: its positions in
+    /// pointers (into `pointers`, each pointer's value as this deletion
+    /// leaves it), its groups, and its event runs (or what is left of
+    /// them), noting each partner's newest event deleted.
     fn delete_derived(
         &self,
         mut derivation: Derivation,
         batch: &mut kv::Batch,
+        pointers: &mut HashMap<Vec<u8>, Vec<u8>>,
         events_deleted: &mut BTreeMap<PartnerId, u64>,
     ) -> Result<()> {
         let index = derivation.index;
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
-            // A pointer another record owns stays.
-            if self.db.get(&key)?.is_some_and(|held| held == position(index, seq)) {
-                batch.remove(key);
-            }
+            let value = match pointers.entry(key) {
+                hash_map::Entry::Occupied(held) => held.into_mut(),
+                hash_map::Entry::Vacant(new) => {
+                    let held = self.pointer_held(new.key())?;
+                    new.insert(held)
+                }
+            };
+            let gone = position(index, seq);
+            *value = value.chunks_exact(POSITION_BYTES).filter(|at| *at != gone).flatten().copied().collect();
         }
         for (key, _) in derivation.take_groups() {
             batch.remove(key);

@@ -14,7 +14,7 @@ use crate::directory::QrPrefix;
 use crate::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use crate::history::{MemoryHistory, Movement, MovementKind};
 use crate::id::{MerchantId, OperatorId};
-use crate::limits::IDEMPOTENCY_RETENTION_MS;
+use crate::limits::{IDEMPOTENCY_RETENTION_MS, TOP_UP_RETENTION_MS};
 use crate::partner::PartnerRole;
 use crate::settings::{RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX};
 use crate::time::DAY_MS;
@@ -352,6 +352,46 @@ fn idempotency_keys_return_the_original_outcome_or_conflict() {
     let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop2", QuoteAmount::Source(cny("5")), T0));
     let other = CommandBody::CreateTransfer(request("alipay-cn", "order-7", &quote, "wxp://f2f0shop2", "Bo"));
     transfer_view(&east.run(other, T0));
+}
+
+#[test]
+fn a_key_used_again_after_its_window_answers_its_new_payment_when_retried() {
+    let (_, mut east) = mesh();
+    let pay = |east: &mut Region, now: Timestamp| {
+        let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Source(cny("1")), now));
+        let body = request("alipay-cn", "order-1", &quote, "wxp://f2f0shop9", "Bo");
+        (east.run(CommandBody::CreateTransfer(body.clone()), now), body)
+    };
+    let (first, _) = pay(&mut east, T0);
+    // A month and a day later, outside the window, the partner uses the key
+    // for a new payment: a new transfer.
+    let later = T0.plus_ms(IDEMPOTENCY_RETENTION_MS + DAY_MS);
+    let (second, body) = pay(&mut east, later);
+    assert_eq!(transfer_view(&second).state, CoordinatorState::Committed);
+    assert_ne!(transfer_view(&second).id, transfer_view(&first).id);
+    // Its retry is answered with that payment, not refused and not paid again.
+    let ledger = east.state.ledger().clone();
+    assert_eq!(east.state.replay_transfer_request(&body, &east.history), Some(second.clone()));
+    assert_eq!(east.run(CommandBody::CreateTransfer(body), later.plus_ms(1_000)), second);
+    assert_eq!(east.state.ledger(), &ledger);
+}
+
+#[test]
+fn a_top_up_reference_used_again_after_its_window_is_credited_once_however_often_retried() {
+    let (_, mut east) = mesh();
+    let top_up = |amount: &str| CommandBody::TopUp {
+        partner: pid("alipay-cn"),
+        amount: cny(amount),
+        reference: TopUpRef::new("wire-9").unwrap(),
+    };
+    east.ok(top_up("100"), T0);
+    // Past the window a reference names a new top-up; its retries repeat it.
+    let later = T0.plus_ms(TOP_UP_RETENTION_MS + DAY_MS);
+    east.ok(top_up("200"), later);
+    let ledger = east.state.ledger().clone();
+    east.ok(top_up("200"), later.plus_ms(1_000));
+    assert_eq!(east.state.ledger(), &ledger, "the retry credited the partner again");
+    assert_eq!(east.run(top_up("300"), later.plus_ms(2_000)), Outcome::Rejected(RejectCode::IdempotencyConflict));
 }
 
 #[test]

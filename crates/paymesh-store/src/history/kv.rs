@@ -13,7 +13,7 @@
 //! module); here they are kept in four trees (fjall's keyspaces), chosen by
 //! that byte, so that each tree's keys arrive in an order of their own and
 //! a compaction of one never rewrites the others: the journal (appended in
-//! index order), the first-wins pointers (transfer ids in sequence,
+//! index order), the pointers (transfer ids in sequence,
 //! idempotency keys in any order), the groups (a partner's or an account's
 //! runs, by time) and the small bookkeeping keys. A batch spans the four
 //! atomically. Every range and prefix read stays within one key space,
@@ -82,10 +82,6 @@ impl Kv {
 
     pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> fjall::Result<Option<Bytes>> {
         self.tree(key.as_ref()).get(key)
-    }
-
-    pub(crate) fn contains_key(&self, key: impl AsRef<[u8]>) -> fjall::Result<bool> {
-        self.tree(key.as_ref()).contains_key(key)
     }
 
     /// One key written alone (bookkeeping outside a batch).

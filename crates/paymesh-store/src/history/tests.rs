@@ -270,8 +270,8 @@ const IDS: u64 = 4;
 const TIMES: u64 = 6;
 const CURSORS: u64 = 5;
 
-/// A record drawn from small pools, so that ids repeat (first wins, last
-/// wins) and times collide (tokens order by position).
+/// A record drawn from small pools, so that ids repeat (the newest visible
+/// wins, events last wins) and times collide (tokens order by position).
 #[derive(Clone, Debug)]
 enum Spec {
     Listed(u64, u64, u64),
@@ -424,8 +424,8 @@ fn a_recall_at_an_index_hides_what_that_batch_and_later_ones_wrote() {
         top_up(1, 100),
         Record::Participation { transfer: tid(2), participation: participation(100) },
     ];
-    // A second version of transfer 1 (first wins, across batches and within
-    // one), and transfer 3.
+    // A second version of transfer 1 and two of transfer 3 (the newest
+    // written before a batch answers it, across batches and within one).
     let second = vec![
         Record::Transfer(transfer(1, 200)),
         Record::Transfer(transfer(3, 200)),
@@ -450,9 +450,10 @@ fn a_recall_at_an_index_hides_what_that_batch_and_later_ones_wrote() {
         assert_eq!(at.participation(&tid(2)), Some(participation(100)));
         assert_eq!(at.transfer(&tid(3)), None);
     }
-    assert_eq!(store.at(10).transfer(&tid(1)), Some(transfer(1, 100)));
-    assert_eq!(store.at(10).transfer(&tid(3)), Some(transfer(3, 200)));
-    assert_eq!(store.get_transfer(&tid(3)).unwrap(), Some(transfer(3, 200)));
+    assert_eq!(store.at(9).transfer(&tid(1)), Some(transfer(1, 100)));
+    assert_eq!(store.at(10).transfer(&tid(1)), Some(transfer(1, 200)));
+    assert_eq!(store.at(10).transfer(&tid(3)), Some(transfer(3, 300)));
+    assert_eq!(store.get_transfer(&tid(3)).unwrap(), Some(transfer(3, 300)));
     assert_eq!(store.at(10).idempotency(&pid(1), &key(1)), None, "another partner's key");
     assert_same(&store, &memory);
 }
@@ -686,8 +687,8 @@ fn deleting_through_an_index_removes_its_records_and_their_keys_and_keeps_the_di
     for n in 1..=20 {
         let mut records = finished(n, n * 10);
         if n == 15 {
-            // A later duplicate of transfer 3 and an event under a cursor
-            // already written: the first keeps its pointer, the second takes it.
+            // A later record of transfer 3 and an event under a cursor
+            // already written: each outlives the deletion of the first.
             records.push(Record::Transfer(transfer(3, 999)));
             records.push(event(2, 5, 999));
         }
@@ -706,7 +707,7 @@ fn deleting_through_an_index_removes_its_records_and_their_keys_and_keeps_the_di
     assert!(leftovers.is_empty(), "keys naming deleted batches: {leftovers:?}");
 
     assert_eq!(store.get_transfer(&tid(4)).unwrap(), None);
-    assert_eq!(store.get_transfer(&tid(3)).unwrap(), None, "the later duplicate never was the answer");
+    assert_eq!(store.get_transfer(&tid(3)).unwrap(), Some(transfer(3, 999)), "the later record stays");
     assert_eq!(store.get_transfer(&tid(12)).unwrap(), Some(transfer(12, 120)));
     assert_eq!(store.get_idempotency(&pid(1), &key(4)).unwrap(), None);
     assert_eq!(store.get_top_up(&reference(4)).unwrap(), None);
