@@ -25,6 +25,7 @@ use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
 use crate::partner::{PartnerConfig, PartnerLimits, Status};
+use crate::serde_text::serialize_as_text;
 use crate::settings::RegionSetting;
 use crate::time::Timestamp;
 
@@ -225,9 +226,11 @@ impl TransferRequest {
 
 /// One field of the payer's personal data: 1 to 256 bytes of UTF-8 text with
 /// no control characters. Names may use any script.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PayerField(String);
+
+serialize_as_text!(PayerField, as_str);
 
 impl PayerField {
     /// Validate a field.

@@ -18,11 +18,12 @@ use crate::limits::RATES_PER_CORRIDOR_MAX;
 use crate::money::Money;
 use crate::outcome::RejectCode;
 use crate::partner::Status;
+use crate::serde_text::serialize_as_text;
 use crate::time::Timestamp;
 
 /// Names a corridor: `USD:us-west->CNY:cn-east`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct CorridorId {
     /// The payer's region (the coordinator).
     pub source_region: RegionId,
@@ -63,6 +64,8 @@ impl CorridorId {
         Ok(CorridorId { source_region, source_currency, destination_region, destination_currency })
     }
 }
+
+serialize_as_text!(CorridorId, display);
 
 impl fmt::Display for CorridorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,12 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::currency::Currency;
 use crate::id::{IdError, MerchantId, PartnerId, QrPayload, RegionId};
 use crate::limits::QR_PREFIX_BYTES_MIN;
+use crate::serde_text::serialize_as_text;
 
 /// A QR payload prefix that a route matches: printable ASCII, at least
 /// [`QR_PREFIX_BYTES_MIN`] bytes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct QrPrefix(String);
+
+serialize_as_text!(QrPrefix, as_str);
 
 impl QrPrefix {
     /// Validate a prefix.

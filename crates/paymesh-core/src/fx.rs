@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::currency::Currency;
 use crate::limits::{BASIS_POINTS_MAX, RATE_FRACTION_DIGITS_MAX, RATE_INTEGER_DIGITS_MAX, RATE_VALIDITY_MAX_MS};
 use crate::money::{parse_plain_decimal, AmountError, Money, MoneyError, Sign};
+use crate::serde_text::serialize_as_text;
 use crate::time::Timestamp;
 
 /// A rounding rule, always named where it is used.
@@ -107,9 +108,11 @@ pub enum FxError {
 
 /// An exchange rate: destination units per one source unit. Strictly positive,
 /// below 10^7, with at most 12 fractional digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Rate(Decimal);
+
+serialize_as_text!(Rate, display);
 
 impl Rate {
     /// Exactly one: the rate of every same-currency corridor.

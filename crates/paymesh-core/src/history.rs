@@ -114,8 +114,10 @@ pub struct Movement {
 }
 
 /// One immutable fact of a region's history.
+///
+/// The large payloads are boxed (a box encodes as what it holds), so a
+/// record is small to move: a busy batch makes thousands of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// A partner takes part in a transfer (as payer, or as payee): written
     /// when the transfer or participation is first recorded, for listing.
@@ -128,14 +130,14 @@ pub enum Record {
         at: Timestamp,
     },
     /// A transfer this region coordinates reached its final state.
-    Transfer(Transfer),
+    Transfer(Box<Transfer>),
     /// This region's side of another region's transfer reached a final state
     /// (tombstones included).
     Participation {
         /// The transfer.
         transfer: TransferId,
         /// Its final record here.
-        participation: Participation,
+        participation: Box<Participation>,
     },
     /// An idempotency key's first answer (in its latest use, if it was
     /// used again after the region's window).
@@ -145,7 +147,7 @@ pub enum Record {
         /// The key.
         key: IdempotencyKey,
         /// The answer.
-        record: IdempotencyRecord,
+        record: Box<IdempotencyRecord>,
     },
     /// A top-up applied.
     TopUp {
@@ -155,7 +157,7 @@ pub enum Record {
         record: TopUpRecord,
     },
     /// A ledger movement.
-    Movement(Movement),
+    Movement(Box<Movement>),
     /// An event on a partner's stream.
     Event {
         /// The partner.
@@ -168,9 +170,9 @@ pub enum Record {
         /// When.
         at: Timestamp,
         /// The command.
-        command: CommandBody,
+        command: Box<CommandBody>,
         /// What it did.
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
     /// An operator command with who issued it (the audit trail: who, when,
     /// what, and what it did). [`Record::Operator`] is the form of commands
@@ -181,9 +183,9 @@ pub enum Record {
         /// Who: the operator's name from its certificate.
         operator: OperatorId,
         /// The command.
-        command: CommandBody,
+        command: Box<CommandBody>,
         /// What it did.
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
 }
 
@@ -308,13 +310,16 @@ impl MemoryHistory {
                     self.listed.insert((partner.clone(), ListToken { at: *at, index, seq }), transfer.clone());
                 }
                 Record::Transfer(transfer) => {
-                    self.transfers.entry(transfer.view.id.clone()).or_default().push((index, transfer.clone()));
+                    self.transfers.entry(transfer.view.id.clone()).or_default().push((index, (**transfer).clone()));
                 }
                 Record::Participation { transfer, participation } => {
-                    self.participations.entry(transfer.clone()).or_default().push((index, participation.clone()));
+                    self.participations.entry(transfer.clone()).or_default().push((index, (**participation).clone()));
                 }
                 Record::Idempotency { partner, key, record } => {
-                    self.idempotency.entry((partner.clone(), key.clone())).or_default().push((index, record.clone()));
+                    self.idempotency
+                        .entry((partner.clone(), key.clone()))
+                        .or_default()
+                        .push((index, (**record).clone()));
                 }
                 Record::TopUp { reference, record } => {
                     self.top_ups.entry(reference.clone()).or_default().push((index, record.clone()));

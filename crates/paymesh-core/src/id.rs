@@ -8,13 +8,14 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::currency::truncate_for_error;
 use crate::limits::{
     IDEMPOTENCY_KEY_BYTES_MAX, MERCHANT_ID_BYTES_MAX, OPERATOR_NAME_BYTES_MAX, PARTNER_ID_BYTES_MAX,
     QR_PAYLOAD_BYTES_MAX, REFERENCE_BYTES_MAX, REGION_ID_BYTES_MAX,
 };
+use crate::serde_text::{deserialize_from_text, serialize_as_text};
 
 /// Why an identifier was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -110,15 +111,17 @@ macro_rules! string_id {
         ///
         /// Shared, immutable text: a clone (and the state clones ids into
         /// many indexes) is a reference count, not an allocation.
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(Arc<str>);
+
+        serialize_as_text!($name, as_str);
+        deserialize_from_text!($name, $name::new, concat!("a ", $what));
 
         impl $name {
             /// Validate and wrap an identifier.
-            pub fn new(text: impl Into<String>) -> Result<Self, IdError> {
-                let text = text.into();
-                validate(&text, $what, $max, $alphabet)?;
+            pub fn new(text: impl AsRef<str>) -> Result<Self, IdError> {
+                let text = text.as_ref();
+                validate(text, $what, $max, $alphabet)?;
                 Ok($name(Arc::from(text)))
             }
 
@@ -192,12 +195,14 @@ string_id!(
 macro_rules! sequenced_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $marker:literal, $form:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name {
             origin: RegionId,
             sequence: u64,
         }
+
+        serialize_as_text!($name, display);
+        deserialize_from_text!($name, $name::parse, concat!("a ", $what));
 
         impl $name {
             /// The identifier of the `sequence`-th one created in region `origin`.
@@ -274,9 +279,11 @@ sequenced_id!(
 /// The payee region receives this token, never the payer's name, account or
 /// reference. It is derived from the transfer id alone, so it carries no
 /// personal data; only the payer region can map it back to the payer.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PayerToken(Arc<str>);
+
+serialize_as_text!(PayerToken, as_str);
 
 impl PayerToken {
     /// The token's prefix.

@@ -27,6 +27,7 @@ pub mod money;
 pub mod outcome;
 pub mod partner;
 mod serde_seq;
+mod serde_text;
 pub mod settings;
 pub mod state;
 pub mod time;

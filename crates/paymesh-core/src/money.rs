@@ -20,7 +20,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::currency::{Currency, CurrencyError};
 use crate::limits::AMOUNT_INTEGER_DIGITS_MAX;
@@ -257,23 +257,24 @@ pub(crate) fn parse_plain_decimal(
 /// A non-negative amount of one currency, below 10^15 major units.
 ///
 /// The scale of the amount always equals the currency's minor units.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "MoneyRepr", into = "MoneyRepr")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "MoneyRepr")]
 pub struct Money {
     amount: Decimal,
     currency: Currency,
 }
 
 /// A possibly negative amount of one currency: a balance or a net position.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "MoneyRepr", into = "MoneyRepr")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "MoneyRepr")]
 pub struct SignedMoney {
     amount: Decimal,
     currency: Currency,
 }
 
-/// The serialised form of both money types: the wire's decimal string and code.
-#[derive(Serialize, Deserialize)]
+/// The serialised form of both money types: the wire's decimal string and
+/// code (written without building one: `serde_text::serialize_amount`).
+#[derive(Deserialize)]
 struct MoneyRepr {
     amount: String,
     currency: String,
@@ -477,9 +478,9 @@ impl TryFrom<MoneyRepr> for Money {
     }
 }
 
-impl From<Money> for MoneyRepr {
-    fn from(money: Money) -> Self {
-        MoneyRepr { amount: money.to_wire(), currency: money.currency.code().to_owned() }
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serde_text::serialize_amount(&self.amount, self.currency.code(), serializer)
     }
 }
 
@@ -491,9 +492,9 @@ impl TryFrom<MoneyRepr> for SignedMoney {
     }
 }
 
-impl From<SignedMoney> for MoneyRepr {
-    fn from(money: SignedMoney) -> Self {
-        MoneyRepr { amount: money.to_wire(), currency: money.currency.code().to_owned() }
+impl Serialize for SignedMoney {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serde_text::serialize_amount(&self.amount, self.currency.code(), serializer)
     }
 }
 

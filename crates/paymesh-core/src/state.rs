@@ -460,7 +460,7 @@ impl State {
         let mut transfers = OrdMap::new();
         for (id, transfer) in old.transfers {
             if transfer.view.state.is_final() {
-                records.push(Record::Transfer(transfer));
+                records.push(Record::Transfer(Box::new(transfer)));
             } else {
                 transfers.insert(id, transfer);
             }
@@ -468,13 +468,13 @@ impl State {
         let mut participations = OrdMap::new();
         for (id, participation) in old.participations {
             if participation.state.is_final() {
-                records.push(Record::Participation { transfer: id, participation });
+                records.push(Record::Participation { transfer: id, participation: Box::new(participation) });
             } else {
                 participations.insert(id, participation);
             }
         }
         for ((partner, key), record) in old.idempotency {
-            records.push(Record::Idempotency { partner, key, record });
+            records.push(Record::Idempotency { partner, key, record: Box::new(record) });
         }
         for (reference, record) in old.top_ups {
             records.push(Record::TopUp { reference, record });
@@ -589,18 +589,20 @@ impl State {
         }
         let outcome = self.execute(&command.body, now, recall);
         let moved = self.ledger.take_movements();
-        self.journal.extend(moved.into_iter().map(Record::Movement));
+        self.journal.extend(moved.into_iter().map(|movement| Record::Movement(Box::new(movement))));
         match &command.body {
             CommandBody::ByOperator { operator, command } => self.journal.push(Record::Audited {
                 at: now,
                 operator: operator.clone(),
-                command: (**command).clone(),
-                outcome: outcome.clone(),
+                command: command.clone(),
+                outcome: Box::new(outcome.clone()),
             }),
             // Written before operators were named.
-            body if body.is_operator() => {
-                self.journal.push(Record::Operator { at: now, command: body.clone(), outcome: outcome.clone() })
-            }
+            body if body.is_operator() => self.journal.push(Record::Operator {
+                at: now,
+                command: Box::new(body.clone()),
+                outcome: Box::new(outcome.clone()),
+            }),
             _ => {}
         }
         self.remember(command.id, &outcome, now);
@@ -611,7 +613,7 @@ impl State {
     /// leaves the hot state (history holds it now), and the journal is taken.
     fn settle(&mut self) -> Vec<Record> {
         let mut journal = std::mem::take(&mut self.journal);
-        journal.extend(self.ledger.take_movements().into_iter().map(Record::Movement));
+        journal.extend(self.ledger.take_movements().into_iter().map(|movement| Record::Movement(Box::new(movement))));
         for record in &journal {
             match record {
                 Record::Transfer(transfer) => {
@@ -970,7 +972,11 @@ impl State {
         };
         let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
         let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
-        self.journal.push(Record::Idempotency { partner: key.0.clone(), key: key.1.clone(), record: record.clone() });
+        self.journal.push(Record::Idempotency {
+            partner: key.0.clone(),
+            key: key.1.clone(),
+            record: Box::new(record.clone()),
+        });
         self.idempotency.insert(key, record);
         outcome
     }
@@ -1198,7 +1204,7 @@ impl State {
     fn finish_coordinator(&mut self, transfer: &Transfer, now: Timestamp) {
         let view = &transfer.view;
         debug_assert!(view.state.is_final());
-        self.journal.push(Record::Transfer(transfer.clone()));
+        self.journal.push(Record::Transfer(Box::new(transfer.clone())));
         match view.state {
             CoordinatorState::Committed => {
                 self.emit(&view.partner, view, EventKind::Committed, view.priced.total_debit, now);
@@ -1323,7 +1329,8 @@ impl State {
         let participation =
             Participation { state, reason, prepare: Some(message.clone()), created_at: now, updated_at: now };
         if state.is_final() {
-            self.journal.push(Record::Participation { transfer: id.clone(), participation: participation.clone() });
+            self.journal
+                .push(Record::Participation { transfer: id.clone(), participation: Box::new(participation.clone()) });
         }
         self.participations.insert(id.clone(), participation);
         match reason {
@@ -1390,7 +1397,8 @@ impl State {
             ParticipantState::Tombstone => {
                 let tombstone =
                     Participation { state: to, reason: None, prepare: None, created_at: now, updated_at: now };
-                self.journal.push(Record::Participation { transfer: id.clone(), participation: tombstone.clone() });
+                self.journal
+                    .push(Record::Participation { transfer: id.clone(), participation: Box::new(tombstone.clone()) });
                 self.participations.insert(id.clone(), tombstone);
             }
             ParticipantState::Committed | ParticipantState::Aborted => {
@@ -1405,7 +1413,8 @@ impl State {
                 participation.state = to;
                 participation.updated_at = now;
                 let finished = participation.clone();
-                self.journal.push(Record::Participation { transfer: id.clone(), participation: finished.clone() });
+                self.journal
+                    .push(Record::Participation { transfer: id.clone(), participation: Box::new(finished.clone()) });
                 if post {
                     let prepare = finished.prepare.expect("a prepared participation has its prepare");
                     self.emit_credit(&prepare, now);

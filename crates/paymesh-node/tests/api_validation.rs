@@ -470,7 +470,7 @@ async fn business_outcomes_are_codes_and_suspension_is_a_failed_precondition() {
         .into_iter()
         .flat_map(|(_, records)| records)
         .filter_map(|record| match record {
-            Record::Audited { operator, command, outcome, .. } => Some((operator.to_string(), command, outcome)),
+            Record::Audited { operator, command, outcome, .. } => Some((operator.to_string(), *command, *outcome)),
             _ => None,
         })
         .collect();

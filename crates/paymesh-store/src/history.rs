@@ -1491,7 +1491,7 @@ impl History {
                     Some(Record::Movement(movement))
                         if movement.at == token.at && (movement.debit == *account || movement.credit == *account) =>
                     {
-                        movements.push((token, movement))
+                        movements.push((token, *movement))
                     }
                     Some(other) => return Err(mismatch(&key, &other)),
                     // Deleted by retention while this ran: not part of history any more.
@@ -1763,10 +1763,10 @@ impl HistoryAt<'_> {
         }
     }
 
-    /// The first answer under a partner's idempotency key.
+    /// The newest answer under a partner's idempotency key.
     pub fn get_idempotency(&self, partner: &PartnerId, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>> {
         self.find(&idempotency_key(partner, key), |found| match found {
-            Record::Idempotency { partner: p, key: k, record } if p == *partner && k == *key => Ok(record),
+            Record::Idempotency { partner: p, key: k, record } if p == *partner && k == *key => Ok(*record),
             other => Err(other),
         })
     }
@@ -1774,7 +1774,7 @@ impl HistoryAt<'_> {
     /// A finished transfer this region coordinated.
     pub fn get_transfer(&self, id: &TransferId) -> Result<Option<Transfer>> {
         self.find(&named(space::TRANSFER, &id.to_string()), |found| match found {
-            Record::Transfer(transfer) if transfer.view.id == *id => Ok(transfer),
+            Record::Transfer(transfer) if transfer.view.id == *id => Ok(*transfer),
             other => Err(other),
         })
     }
@@ -1782,7 +1782,7 @@ impl HistoryAt<'_> {
     /// A finished participation.
     pub fn get_participation(&self, id: &TransferId) -> Result<Option<Participation>> {
         self.find(&named(space::PARTICIPATION, &id.to_string()), |found| match found {
-            Record::Participation { transfer, participation } if transfer == *id => Ok(participation),
+            Record::Participation { transfer, participation } if transfer == *id => Ok(*participation),
             other => Err(other),
         })
     }

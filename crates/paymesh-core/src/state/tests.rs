@@ -779,7 +779,7 @@ fn an_account_statement_sums_to_the_balance_change_with_running_balances() {
         .records()
         .filter(|(index, _)| *index > from_index)
         .filter_map(|(_, record)| match record {
-            Record::Movement(m) if m.debit == account || m.credit == account => Some(m.clone()),
+            Record::Movement(m) if m.debit == account || m.credit == account => Some((**m).clone()),
             _ => None,
         })
         .collect();
@@ -1285,7 +1285,7 @@ fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted(
     let mut expected = west.state.clone();
     expected.event_cursors = converted.event_cursors.clone();
     assert_eq!(converted, expected);
-    assert!(records.contains(&Record::Transfer(finished)));
+    assert!(records.contains(&Record::Transfer(Box::new(finished))));
     assert!(records.iter().any(|r| matches!(r, Record::Listed { transfer, .. } if transfer == &in_flight.id)));
     let usage = postcard::to_stdvec(&old.partner_usage).unwrap();
     let limits = postcard::to_stdvec(&old.partner_limits).unwrap();
@@ -1778,9 +1778,9 @@ fn operator_commands_are_audited_with_who_issued_them() {
         .records()
         .filter_map(|(_, record)| match record {
             Record::Audited { at, operator, command, outcome } => {
-                Some((Some(operator.as_str()), *at, command, outcome))
+                Some((Some(operator.as_str()), *at, &**command, &**outcome))
             }
-            Record::Operator { at, command, outcome } => Some((None, *at, command, outcome)),
+            Record::Operator { at, command, outcome } => Some((None, *at, &**command, &**outcome)),
             _ => None,
         })
         .collect();

@@ -126,11 +126,11 @@ fn idempotency(partner: u64, n: u64, at: u64) -> Record {
     Record::Idempotency {
         partner: pid(partner),
         key: key(n),
-        record: IdempotencyRecord {
+        record: Box::new(IdempotencyRecord {
             fingerprint: request.fingerprint(),
             outcome: Outcome::Rejected(RejectCode::PartnerNotFound),
             at: ms(at),
-        },
+        }),
     }
 }
 
@@ -143,7 +143,7 @@ fn top_up(n: u64, at: u64) -> Record {
 
 pub(crate) fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record {
     let sums = Balances { debits_posted: u128::from(amount), credits_posted: 7, ..Balances::default() };
-    Record::Movement(Movement {
+    Record::Movement(Box::new(Movement {
         entry: EntryId::Transfer { transfer: tid(amount), leg: Leg::Principal },
         kind: MovementKind::Post,
         debit: account(debit),
@@ -152,7 +152,7 @@ pub(crate) fn movement(debit: u64, credit: u64, amount: u64, at: u64) -> Record 
         at: ms(at),
         debit_after: sums,
         credit_after: sums,
-    })
+    }))
 }
 
 pub(crate) fn event(partner: u64, cursor: u64, at: u64) -> Record {
@@ -176,8 +176,8 @@ pub(crate) fn listed(partner: u64, transfer: u64, at: u64) -> Record {
 fn operator(at: u64) -> Record {
     Record::Operator {
         at: ms(at),
-        command: CommandBody::SetPartnerStatus { partner: pid(0), status: Status::Suspended },
-        outcome: Outcome::Done,
+        command: Box::new(CommandBody::SetPartnerStatus { partner: pid(0), status: Status::Suspended }),
+        outcome: Box::new(Outcome::Done),
     }
 }
 
@@ -185,12 +185,12 @@ fn operator(at: u64) -> Record {
 pub(crate) fn finished(n: u64, at: u64) -> Vec<Record> {
     vec![
         listed(n % 3, n, at),
-        Record::Transfer(transfer(n, at)),
+        Record::Transfer(Box::new(transfer(n, at))),
         idempotency(n % 3, n, at),
         movement(n % 3, 4, n, at),
         movement(4, (n + 1) % 3, n, at),
         event(n % 3, n, at),
-        Record::Participation { transfer: tid(n), participation: participation(at) },
+        Record::Participation { transfer: tid(n), participation: Box::new(participation(at)) },
         top_up(n, at),
         operator(at),
     ]
@@ -235,7 +235,7 @@ fn memory_statement(memory: &MemoryHistory, account: &AccountId, from: u64, to: 
         position = if position.0 == index { (index, position.1 + 1) } else { (index, 0) };
         if let Record::Movement(m) = record {
             if (m.debit == *account || m.credit == *account) && ms(from) <= m.at && m.at < ms(to) {
-                statement.push((ListToken { at: m.at, index, seq: position.1 }, m.clone()));
+                statement.push((ListToken { at: m.at, index, seq: position.1 }, (**m).clone()));
             }
         }
     }
@@ -288,9 +288,9 @@ impl Spec {
     fn record(&self) -> Record {
         match *self {
             Spec::Listed(partner, transfer, at) => listed(partner, transfer, at),
-            Spec::Transfer(id, at) => Record::Transfer(transfer(id, at)),
+            Spec::Transfer(id, at) => Record::Transfer(Box::new(transfer(id, at))),
             Spec::Participation(id, at) => {
-                Record::Participation { transfer: tid(id), participation: participation(at) }
+                Record::Participation { transfer: tid(id), participation: Box::new(participation(at)) }
             }
             Spec::Idempotency(partner, n, at) => idempotency(partner, n, at),
             Spec::TopUp(n, at) => top_up(n, at),
@@ -419,17 +419,17 @@ fn a_recall_at_an_index_hides_what_that_batch_and_later_ones_wrote() {
     let store = open(dir.path());
     let mut memory = MemoryHistory::new();
     let first = vec![
-        Record::Transfer(transfer(1, 100)),
+        Record::Transfer(Box::new(transfer(1, 100))),
         idempotency(0, 1, 100),
         top_up(1, 100),
-        Record::Participation { transfer: tid(2), participation: participation(100) },
+        Record::Participation { transfer: tid(2), participation: Box::new(participation(100)) },
     ];
     // A second version of transfer 1 and two of transfer 3 (the newest
     // written before a batch answers it, across batches and within one).
     let second = vec![
-        Record::Transfer(transfer(1, 200)),
-        Record::Transfer(transfer(3, 200)),
-        Record::Transfer(transfer(3, 300)),
+        Record::Transfer(Box::new(transfer(1, 200))),
+        Record::Transfer(Box::new(transfer(3, 200))),
+        Record::Transfer(Box::new(transfer(3, 300))),
     ];
     for (index, records) in [(5, first), (9, second)] {
         store.write(index, &records).unwrap();
@@ -689,7 +689,7 @@ fn deleting_through_an_index_removes_its_records_and_their_keys_and_keeps_the_di
         if n == 15 {
             // A later record of transfer 3 and an event under a cursor
             // already written: each outlives the deletion of the first.
-            records.push(Record::Transfer(transfer(3, 999)));
+            records.push(Record::Transfer(Box::new(transfer(3, 999))));
             records.push(event(2, 5, 999));
         }
         store.write(n, &records).unwrap();
@@ -1179,7 +1179,7 @@ fn same_region_transfer(n: u64, payer_partner: u64, payee_partner: u64, cursors:
     let fees = AccountId::new(AccountOwner::Fees, Currency::USD);
     let sums = Balances { debits_posted: u128::from(n) * 1_010, credits_posted: 1_000_000_000, ..Balances::default() };
     let moved = |leg, debit: &AccountId, credit: &AccountId, amount| {
-        Record::Movement(Movement {
+        Record::Movement(Box::new(Movement {
             entry: EntryId::Transfer { transfer: id.clone(), leg },
             kind: MovementKind::Post,
             debit: debit.clone(),
@@ -1188,7 +1188,7 @@ fn same_region_transfer(n: u64, payer_partner: u64, payee_partner: u64, cursors:
             at: ms(at),
             debit_after: sums,
             credit_after: sums,
-        })
+        }))
     };
     let payer_account = partner_account(payer_partner);
     let payee_account = partner_account(payee_partner);
@@ -1206,7 +1206,7 @@ fn same_region_transfer(n: u64, payer_partner: u64, payee_partner: u64, cursors:
         event(payer_partner, cursors[0], EventKind::Committed, 1_010 + n),
         event(payee_partner, cursors[1], EventKind::Credited, 1_000 + n),
     ];
-    records.push(Record::Transfer(finished));
+    records.push(Record::Transfer(Box::new(finished)));
     records
 }
 
@@ -1339,6 +1339,156 @@ fn measure_a_realistic_transfer_mix() {
         "delete_through half: {deleted} records in {:.0} ms wall, {} ms CPU",
         started.elapsed().as_secs_f64() * 1e3,
         (cpu_ticks("self") - process_before) * 10
+    );
+}
+
+/// What one replica spends applying a busy region's log, the way the state
+/// machine does: each entry applied to the hot state against history as of
+/// its index, then its records written. 64 payer and 16 payee partners of
+/// one region; each entry carries 128 quotes and the 128 transfers of the
+/// previous entry's quotes (the mix the leader proposes under a closed-loop
+/// load); a tick every 64 entries. Reports CPU per transfer of applying and
+/// of writing history. A measurement, not a test; run by hand, alone:
+/// `cargo test --release -p paymesh-store --lib
+/// history::tests::measure_a_replicas_apply_path -- --ignored --nocapture --exact`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_a_replicas_apply_path() {
+    use paymesh_core::command::{Batch, Command, CommandId};
+    use paymesh_core::corridor::{CorridorTerms, QuoteAmount};
+    use paymesh_core::directory::{PayeeRoute, QrPrefix};
+    use paymesh_core::fx::{BasisPoints, FeeSchedule};
+    use paymesh_core::partner::{PartnerConfig, PartnerRole};
+    use paymesh_core::State;
+
+    const ENTRIES: u64 = 1_600;
+    const PER_ENTRY: u64 = 128;
+    const PAYERS: u64 = 64;
+    const PAYEES: u64 = 16;
+    struct Replica {
+        state: State,
+        history: History,
+        index: u64,
+        sequence: u64,
+        applying_ns: u64,
+        writing_ns: u64,
+    }
+    impl Replica {
+        fn apply(&mut self, bodies: Vec<CommandBody>, now: Timestamp) -> Vec<Outcome> {
+            self.index += 1;
+            let commands = bodies
+                .into_iter()
+                .map(|body| {
+                    self.sequence += 1;
+                    Command { id: CommandId { session: 1, sequence: self.sequence }, body }
+                })
+                .collect();
+            let batch = Batch::new(now, commands).unwrap();
+            let started = thread_cpu_ns();
+            let applied = self.state.apply_batch(&batch, &self.history.at(self.index));
+            let written = thread_cpu_ns();
+            self.history.write(self.index, &applied.history).unwrap();
+            self.applying_ns += written - started;
+            self.writing_ns += thread_cpu_ns() - written;
+            applied.outcomes
+        }
+    }
+    let cny = |units: u64| Money::from_units(units, Currency::CNY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = RegionId::new("bench-region").unwrap();
+    let mut replica = Replica {
+        state: State::new(home.clone()),
+        history: History::open(dir.path(), crate::state_machine::HISTORY_MEMORY_BYTES).unwrap(),
+        index: 0,
+        sequence: 0,
+        applying_ns: 0,
+        writing_ns: 0,
+    };
+    let start = 1_700_000_000_000;
+    let partner =
+        |n: u64| PartnerId::new(if n < PAYERS { format!("payer-{n}") } else { format!("payee-{n}") }).unwrap();
+    let mut setup = Vec::new();
+    for n in 0..PAYERS + PAYEES {
+        let role = if n < PAYERS { PartnerRole::Payer } else { PartnerRole::Payee };
+        let config = PartnerConfig {
+            id: partner(n),
+            region: home.clone(),
+            role,
+            currency: Currency::CNY,
+            net_debit_cap: cny(0),
+        };
+        setup.push(CommandBody::UpsertPartner(config));
+        if n < PAYERS {
+            let reference = TopUpRef::new(format!("prefund-{n}")).unwrap();
+            setup.push(CommandBody::TopUp { partner: partner(n), amount: cny(1_000_000_000), reference });
+        } else {
+            let prefix = QrPrefix::new(format!("wxp://payee{n}/")).unwrap();
+            let route = PayeeRoute { prefix, partner: partner(n), region: home.clone(), currency: Currency::CNY };
+            setup.push(CommandBody::UpsertPayeeRoute(route));
+        }
+    }
+    let fees = FeeSchedule::new(cny(0), BasisPoints::new(30).unwrap(), cny(0), cny(100)).unwrap();
+    let terms = CorridorTerms::new(BasisPoints::ZERO, fees, cny(1), cny(50_000), cny(1_000_000_000)).unwrap();
+    let corridor = CorridorId::parse("CNY:bench-region->CNY:bench-region").unwrap();
+    setup.push(CommandBody::UpsertCorridor { corridor, terms });
+    for outcome in replica.apply(setup, ms(start)) {
+        assert_eq!(outcome, Outcome::Done);
+    }
+    replica.applying_ns = 0;
+    replica.writing_ns = 0;
+    let payee_of = |n: u64| PAYERS + (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % PAYEES;
+    let mut quoted: Vec<(u64, QuoteId)> = Vec::new();
+    let mut committed = 0u64;
+    let started = Instant::now();
+    for entry in 0..ENTRIES {
+        let now = ms(start + 1_000 + entry * 10);
+        let mut bodies = Vec::new();
+        for (n, quote) in quoted.drain(..) {
+            let request = TransferRequest {
+                partner: partner(n % PAYERS),
+                idempotency_key: IdempotencyKey::new(format!("order-{n:012}")).unwrap(),
+                quote,
+                payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
+                payer: payer(n),
+            };
+            bodies.push(CommandBody::CreateTransfer(request));
+        }
+        let transfers = bodies.len();
+        let first = entry * PER_ENTRY;
+        for n in first..first + PER_ENTRY {
+            bodies.push(CommandBody::CreateQuote {
+                partner: partner(n % PAYERS),
+                payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
+                amount: QuoteAmount::Source(cny(10 + n % 500)),
+            });
+        }
+        if entry % 64 == 63 {
+            bodies.push(CommandBody::Tick);
+        }
+        let outcomes = replica.apply(bodies, now);
+        for outcome in &outcomes[..transfers] {
+            match outcome {
+                Outcome::Transfer(view) if view.state == CoordinatorState::Committed => committed += 1,
+                other => panic!("a transfer not committed: {other:?}"),
+            }
+        }
+        for (n, outcome) in (first..).zip(&outcomes[transfers..transfers + PER_ENTRY as usize]) {
+            match outcome {
+                Outcome::Quote(quote) => quoted.push((n, quote.id.clone())),
+                other => panic!("a quote refused: {other:?}"),
+            }
+        }
+    }
+    let per_transfer_us = |ns: u64| ns as f64 / 1e3 / committed as f64;
+    println!(
+        "{committed} transfers in {ENTRIES} entries: CPU {:.1} µs/transfer applying (hot state, with recall), \
+         {:.1} µs/transfer writing history, {:.1} in all; wall {:.1} s; history {} records, VmHWM {:.1} MiB",
+        per_transfer_us(replica.applying_ns),
+        per_transfer_us(replica.writing_ns),
+        per_transfer_us(replica.applying_ns + replica.writing_ns),
+        started.elapsed().as_secs_f64(),
+        replica.history.records(),
+        peak_resident_bytes() as f64 / (1024.0 * 1024.0),
     );
 }
 
