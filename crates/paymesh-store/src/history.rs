@@ -362,6 +362,14 @@ fn named(space: u8, name: &str) -> Vec<u8> {
     key
 }
 
+/// `space | name`, the name written by its `Display`.
+fn named_display(space: u8, name: &dyn std::fmt::Display) -> Vec<u8> {
+    let mut key = vec![space];
+    io::Write::write_fmt(&mut key, format_args!("{name}")).expect("writing to memory");
+    debug_assert!(!key[1..].contains(&0), "identifiers hold no 0 byte");
+    key
+}
+
 /// `space | scope | 0`: the prefix of everything under `scope`.
 fn scope(space: u8, scope: &str) -> Vec<u8> {
     let mut key = named(space, scope);
@@ -419,28 +427,64 @@ fn account_scope(account: &AccountId) -> Vec<u8> {
 
 // --- the journal's chunks ---------------------------------------------------
 
-/// A batch's encoded records as journal chunks: each chunk's first seq and
-/// value (see the module documentation).
-fn journal_chunks(encoded: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
-    let mut chunks: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut in_last = 0;
-    for (seq, bytes) in encoded.iter().enumerate() {
-        let frame = 4 + bytes.len();
-        let full = chunks
-            .last()
-            .is_none_or(|(_, value)| in_last == JOURNAL_CHUNK_RECORDS_MAX || value.len() + frame > CHUNK_BYTES_MAX);
-        if full {
-            let first = u32::try_from(seq).expect("fewer than 2^32 records per batch");
-            chunks.push((first, Vec::with_capacity(frame.min(CHUNK_BYTES_MAX))));
-            in_last = 0;
+/// A batch's journal chunks being built (see the module documentation):
+/// each record's frame (its length, then its bytes) is encoded straight
+/// into the last chunk, and moves to a chunk of its own if it took that one
+/// past [`CHUNK_BYTES_MAX`] (or the last chunk is full).
+#[derive(Debug, Default)]
+struct JournalChunks {
+    /// Each chunk's first seq and value.
+    chunks: Vec<(u32, Vec<u8>)>,
+    /// Records in the last chunk.
+    in_last: usize,
+    /// Records taken.
+    records: usize,
+}
+
+impl JournalChunks {
+    /// Take the next record, written by `encode` at the end of the buffer
+    /// it is given; returns its length.
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<usize> {
+        let seq = u32::try_from(self.records).expect("fewer than 2^32 records per batch");
+        if self.chunks.is_empty() || self.in_last == JOURNAL_CHUNK_RECORDS_MAX {
+            self.chunks.push((seq, Vec::with_capacity(CHUNK_BYTES_MAX)));
+            self.in_last = 0;
         }
-        let (_, value) = chunks.last_mut().expect("a chunk");
-        let length = u32::try_from(bytes.len()).expect("a record is at most RECORD_BYTES_MAX");
-        value.extend_from_slice(&length.to_be_bytes());
-        value.extend_from_slice(bytes);
-        in_last += 1;
+        let (_, value) = self.chunks.last_mut().expect("a chunk");
+        let start = value.len();
+        value.extend_from_slice(&[0; 4]);
+        encode(value)?;
+        let length = value.len() - start - 4;
+        let frame = u32::try_from(length).unwrap_or(u32::MAX);
+        value[start..start + 4].copy_from_slice(&frame.to_be_bytes());
+        if value.len() > CHUNK_BYTES_MAX && start > 0 {
+            let alone = value.split_off(start);
+            self.chunks.push((seq, alone));
+            self.in_last = 0;
+        }
+        self.in_last += 1;
+        self.records += 1;
+        Ok(length)
     }
-    chunks
+
+    fn finish(self) -> Vec<(u32, Vec<u8>)> {
+        self.chunks
+    }
+}
+
+/// Records already encoded, as journal chunks.
+#[cfg(test)]
+fn journal_chunks(encoded: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
+    let mut chunks = JournalChunks::default();
+    for bytes in encoded {
+        chunks
+            .push(|buffer| {
+                buffer.extend_from_slice(bytes);
+                Ok(())
+            })
+            .expect("copying bytes cannot fail");
+    }
+    chunks.finish()
 }
 
 /// The records of a journal chunk as their postcard bytes, each length
@@ -511,6 +555,25 @@ struct Group {
     value: Vec<u8>,
 }
 
+/// Whose a listing or statement group is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum GroupOf {
+    /// A partner's listings (`L`).
+    Listed(PartnerId),
+    /// An account's movements (`A`).
+    Account(AccountId),
+}
+
+impl GroupOf {
+    /// The prefix of its group keys at `at`: `space | scope | 0 | at`.
+    fn prefix(&self, at: u64) -> Vec<u8> {
+        match self {
+            GroupOf::Listed(partner) => with_u64(&scope(space::LISTED, partner.as_str()), at),
+            GroupOf::Account(account) => with_u64(&account_scope(account), at),
+        }
+    }
+}
+
 /// Every key the records of the batch at `index` derive, besides the
 /// journal's, built record by record: to write the batch, and again from
 /// its journal to delete it.
@@ -520,9 +583,10 @@ struct Derivation {
     /// Pointers (`T`, `P`, `I`, `U`), each with the seq of the
     /// record that derives it, in order.
     pointers: Vec<(Vec<u8>, u32)>,
-    /// `L` and `A` groups still taking entries, by the prefix of their key
-    /// (`space | scope | 0 | at`).
-    open: HashMap<Vec<u8>, Group>,
+    /// `L` and `A` groups still taking entries, by whose they are and their
+    /// time (their key's prefix, `space | scope | 0 | at`, is made when
+    /// they close).
+    open: HashMap<(GroupOf, u64), Group>,
     /// Groups complete: key and value.
     groups: Vec<(Vec<u8>, Vec<u8>)>,
     /// Each partner's events: cursor to seq, a later record taking a
@@ -539,19 +603,20 @@ impl Derivation {
     fn add(&mut self, seq: u32, record: &Record) {
         match record {
             Record::Listed { partner, transfer, at } => {
-                let id = transfer.to_string();
-                let length = u16::try_from(id.len()).expect("a transfer id is short");
-                let mut entry = Vec::with_capacity(6 + id.len());
-                entry.extend_from_slice(&seq.to_be_bytes());
-                entry.extend_from_slice(&length.to_be_bytes());
-                entry.extend_from_slice(id.as_bytes());
-                self.group(with_u64(&scope(space::LISTED, partner.as_str()), at.unix_ms()), seq, &entry);
+                self.group(GroupOf::Listed(partner.clone()), at.unix_ms(), seq, |value| {
+                    value.extend_from_slice(&seq.to_be_bytes());
+                    let length_at = value.len();
+                    value.extend_from_slice(&[0, 0]);
+                    io::Write::write_fmt(value, format_args!("{transfer}")).expect("writing to memory");
+                    let length = u16::try_from(value.len() - length_at - 2).expect("a transfer id is short");
+                    value[length_at..length_at + 2].copy_from_slice(&length.to_be_bytes());
+                });
             }
             Record::Transfer(transfer) => {
-                self.pointers.push((named(space::TRANSFER, &transfer.view.id.to_string()), seq));
+                self.pointers.push((named_display(space::TRANSFER, &transfer.view.id), seq));
             }
             Record::Participation { transfer, .. } => {
-                self.pointers.push((named(space::PARTICIPATION, &transfer.to_string()), seq));
+                self.pointers.push((named_display(space::PARTICIPATION, transfer), seq));
             }
             Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
             Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
@@ -560,28 +625,35 @@ impl Derivation {
             }
             Record::Movement(movement) => {
                 let at = movement.at.unix_ms();
-                self.group(with_u64(&account_scope(&movement.debit), at), seq, &seq.to_be_bytes());
+                let entry = |value: &mut Vec<u8>| value.extend_from_slice(&seq.to_be_bytes());
+                self.group(GroupOf::Account(movement.debit.clone()), at, seq, entry);
                 if movement.credit != movement.debit {
-                    self.group(with_u64(&account_scope(&movement.credit), at), seq, &seq.to_be_bytes());
+                    self.group(GroupOf::Account(movement.credit.clone()), at, seq, entry);
                 }
             }
             Record::Operator { .. } | Record::Audited { .. } => {}
         }
     }
 
-    /// Add `entry` to the group under `prefix`, which continues under a
-    /// new key if it would grow past [`CHUNK_BYTES_MAX`].
-    fn group(&mut self, prefix: Vec<u8>, seq: u32, entry: &[u8]) {
-        match self.open.entry(prefix) {
+    /// Add the entry `write` appends to the group of `of` at `at`, which
+    /// continues under a new key if the entry took it past
+    /// [`CHUNK_BYTES_MAX`].
+    fn group(&mut self, of: GroupOf, at: u64, seq: u32, write: impl FnOnce(&mut Vec<u8>)) {
+        match self.open.entry((of, at)) {
             hash_map::Entry::Occupied(mut open) => {
-                if open.get().value.len() + entry.len() > CHUNK_BYTES_MAX {
-                    let full = std::mem::replace(open.get_mut(), Group { first: seq, value: Vec::new() });
-                    self.groups.push((group_key(open.key(), self.index, full.first), full.value));
+                let start = open.get().value.len();
+                write(&mut open.get_mut().value);
+                if open.get().value.len() > CHUNK_BYTES_MAX {
+                    let entry = open.get_mut().value.split_off(start);
+                    let full = std::mem::replace(open.get_mut(), Group { first: seq, value: entry });
+                    let (of, at) = open.key();
+                    self.groups.push((group_key(&of.prefix(*at), self.index, full.first), full.value));
                 }
-                open.get_mut().value.extend_from_slice(entry);
             }
             hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(Group { first: seq, value: entry.to_vec() });
+                let mut value = Vec::new();
+                write(&mut value);
+                vacant.insert(Group { first: seq, value });
             }
         }
     }
@@ -589,8 +661,8 @@ impl Derivation {
     /// Close the open groups: every group key and value.
     fn take_groups(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut groups = std::mem::take(&mut self.groups);
-        for (prefix, group) in self.open.drain() {
-            groups.push((group_key(&prefix, self.index, group.first), group.value));
+        for ((of, at), group) in self.open.drain() {
+            groups.push((group_key(&of.prefix(at), self.index, group.first), group.value));
         }
         groups
     }
@@ -1075,18 +1147,24 @@ impl History {
             return Ok(());
         }
         let mut batch = self.db.batch();
-        let mut encoded = Vec::with_capacity(records.len());
+        let mut journal = JournalChunks::default();
         let mut derivation = Derivation::new(index);
         for (n, record) in records.iter().enumerate() {
             let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
-            let bytes = postcard::to_stdvec(record).map_err(|source| HistoryError::Encode { index, seq: n, source })?;
-            if bytes.len() > RECORD_BYTES_MAX {
-                return Err(HistoryError::TooLarge { index, seq: n, bytes: bytes.len() });
+            let bytes = journal.push(|buffer| {
+                *buffer = postcard::to_extend(record, std::mem::take(buffer))
+                    .map_err(|source| HistoryError::Encode { index, seq: n, source })?;
+                Ok(())
+            })?;
+            if bytes > RECORD_BYTES_MAX {
+                return Err(HistoryError::TooLarge { index, seq: n, bytes });
             }
             derivation.add(seq, record);
-            encoded.push(bytes);
         }
-        for (first, chunk) in journal_chunks(&encoded) {
+        let chunks = journal.finish();
+        // The chunks are the frames the digest hashes, in order.
+        let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
+        for (first, chunk) in chunks {
             batch.insert(journal_key(index, first), chunk);
         }
         // Each pointer gains this batch's positions after those it holds; one
@@ -1112,7 +1190,6 @@ impl History {
         for (partner, cursors) in &derivation.events {
             self.write_events(&mut batch, index, partner, cursors)?;
         }
-        let digest = crate::chain_encoded(&meta.digest, index, encoded.iter().map(Vec::as_slice));
         if !records.is_empty() {
             // The digest after each batch with records, kept (retention
             // leaves them), so a snapshot's digest at its index can be

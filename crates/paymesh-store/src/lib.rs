@@ -76,5 +76,26 @@ pub(crate) fn chain_encoded<'a>(
     }
     hasher.finalize().into()
 }
+/// [`chain_digest`] over records already framed (each one's length, u32
+/// big-endian, then its bytes), in pieces that split no frame: the journal's
+/// chunks of a batch, in order.
+pub(crate) fn chain_framed<'a>(
+    previous: &[u8; 32],
+    index: u64,
+    framed: impl IntoIterator<Item = &'a [u8]>,
+) -> [u8; 32] {
+    let mut framed = framed.into_iter().filter(|piece| !piece.is_empty()).peekable();
+    if framed.peek().is_none() {
+        return *previous;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(index.to_be_bytes());
+    for piece in framed {
+        hasher.update(piece);
+    }
+    hasher.finalize().into()
+}
+
 pub use raft_types::{NodeAddr, NodeId, TypeConfig};
 pub use state_machine::{state_digest, Applied, ApplyObserver, StateMachineStore};
