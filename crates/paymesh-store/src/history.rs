@@ -917,7 +917,28 @@ pub struct History {
     /// all lie above it cannot overlap a run held, so it is written without
     /// looking for one. One entry per partner, as bounded as partners are.
     events_highest: Mutex<HashMap<PartnerId, u64>>,
+    /// Pointer values read by the recall of the batch to be written next
+    /// (a [`HistoryAt`] as of `last_index + 1`: the write path's
+    /// idempotency lookups), so that writing the batch adds to them without
+    /// reading them again. See [`Recalled`].
+    recalled: Mutex<Recalled>,
 }
+
+/// Pointer values a recall read, for the write of its batch: valid while
+/// nothing but that write changes pointers. Every write empties it, and
+/// retention's deletions and [`History::adopt`] also move `generation` on, so
+/// that a value read before one of them and kept after it is never used.
+#[derive(Debug, Default)]
+struct Recalled {
+    /// The batch whose recall read them.
+    before: u64,
+    generation: u64,
+    values: HashMap<Vec<u8>, Option<kv::Bytes>>,
+}
+
+/// The most pointer values kept for one batch's write (its commands' lookups;
+/// beyond it the write reads them again).
+const RECALLED_MAX: usize = 4 * paymesh_core::limits::BATCH_COMMANDS_MAX;
 
 impl History {
     /// Open (or create) the history in `dir`, its engine's memory (block
@@ -987,7 +1008,20 @@ impl History {
             archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
             events_highest: Mutex::new(HashMap::new()),
+            recalled: Mutex::new(Recalled::default()),
         })
+    }
+
+    fn recalled_lock(&self) -> std::sync::MutexGuard<'_, Recalled> {
+        self.recalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop the pointer values recalls read: pointers changed other than by
+    /// the write they were read for.
+    fn forget_recalled(&self) {
+        let mut recalled = self.recalled_lock();
+        recalled.generation += 1;
+        recalled.values.clear();
     }
 
     /// The directory.
@@ -1175,7 +1209,7 @@ impl History {
             let value = match pointers.entry(key) {
                 hash_map::Entry::Occupied(held) => held.into_mut(),
                 hash_map::Entry::Vacant(new) => {
-                    let held = self.pointer_held(new.key())?;
+                    let held = self.pointer_held_at(new.key(), index)?;
                     new.insert(held)
                 }
             };
@@ -1200,7 +1234,9 @@ impl History {
         batch.insert(META_APPLIED, index.to_be_bytes());
         batch.insert(META_DIGEST, digest);
         batch.insert(META_RECORDS, held.to_be_bytes());
-        self.db.apply(batch)?;
+        let applied = self.db.apply(batch);
+        self.recalled_lock().values.clear();
+        applied?;
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
         Ok(())
     }
@@ -1334,7 +1370,9 @@ impl History {
             let archived = self.archived_through().max(through);
             batch.insert(META_ARCHIVED, archived.to_be_bytes());
             self.deleted_through.store(through, Ordering::SeqCst);
-            self.db.apply(batch)?;
+            let applied = self.db.apply(batch);
+            self.forget_recalled();
+            applied?;
             self.archived_through.store(archived, Ordering::SeqCst);
             *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
                 Meta { last_index: through, digest: start.digest, records: 0 };
@@ -1388,7 +1426,25 @@ impl History {
     /// The newest record a pointer key points to that was written before
     /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
-        let Some(value) = self.db.get(key)? else { return Ok(None) };
+        let value = if before == self.last_index() + 1 {
+            // The recall of the batch to be written next: keep what it read.
+            let generation = self.recalled_lock().generation;
+            let value = self.db.get(key)?;
+            let mut recalled = self.recalled_lock();
+            if recalled.generation == generation {
+                if recalled.before != before {
+                    recalled.values.clear();
+                    recalled.before = before;
+                }
+                if recalled.values.len() < RECALLED_MAX {
+                    recalled.values.insert(key.to_vec(), value.clone());
+                }
+            }
+            value
+        } else {
+            self.db.get(key)?
+        };
+        let Some(value) = value else { return Ok(None) };
         let mut newest = None;
         for at in positions(key, &value)? {
             let (index, seq) = at?;
@@ -1404,6 +1460,24 @@ impl History {
     /// it holds none), checked.
     fn pointer_held(&self, key: &[u8]) -> Result<Vec<u8>> {
         let Some(value) = self.db.get(key)? else { return Ok(Vec::new()) };
+        Self::checked_pointer(key, value)
+    }
+
+    /// [`History::pointer_held`] for the write of the batch at `index`:
+    /// a value its recall read is taken from [`Recalled`], not read again.
+    fn pointer_held_at(&self, key: &[u8], index: u64) -> Result<Vec<u8>> {
+        let mut recalled = self.recalled_lock();
+        match (recalled.before == index).then(|| recalled.values.remove(key)).flatten() {
+            Some(None) => Ok(Vec::new()),
+            Some(Some(value)) => Self::checked_pointer(key, value),
+            None => {
+                drop(recalled);
+                self.pointer_held(key)
+            }
+        }
+    }
+
+    fn checked_pointer(key: &[u8], value: kv::Bytes) -> Result<Vec<u8>> {
         positions(key, &value)?.try_for_each(|at| at.map(drop))?;
         Ok(value.to_vec())
     }
@@ -1715,7 +1789,9 @@ impl History {
         // Announced before the records go (see the field's documentation),
         // and withdrawn if they do not.
         self.deleted_through.store(deleted_through, Ordering::SeqCst);
-        if let Err(e) = self.db.apply(batch) {
+        let applied = self.db.apply(batch);
+        self.forget_recalled();
+        if let Err(e) = applied {
             self.deleted_through.store(before, Ordering::SeqCst);
             return Err(e.into());
         }

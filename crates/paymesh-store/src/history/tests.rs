@@ -667,7 +667,10 @@ fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
         let index = match key[0] {
             space::JOURNAL => parse_journal_key(&key).unwrap().0,
             space::TRANSFER | space::PARTICIPATION | space::TOP_UP | space::IDEMPOTENCY => {
-                parse_position(&key, &value).unwrap().0
+                for at in positions(&key, &value).unwrap() {
+                    named.push((key.to_vec(), at.unwrap().0));
+                }
+                continue;
             }
             space::EVENT => parse_u64(&key, &value[..8]).unwrap(),
             space::LISTED | space::ACCOUNT => {
@@ -678,6 +681,33 @@ fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
         named.push((key.to_vec(), index));
     }
     named
+}
+
+#[test]
+fn a_key_recalled_then_written_again_keeps_both_positions_unless_retention_took_the_first_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Batch 1 answers key 1; batch 2's recall finds it (as the write path
+    // does before the batch reuses it) and batch 2 records a new answer.
+    store.write(1, &[idempotency(0, 1, 100)]).unwrap();
+    assert!(store.at(2).idempotency(&pid(0), &key(1)).is_some());
+    store.write(2, &[idempotency(0, 1, 200)]).unwrap();
+    let positions_of = |store: &History| -> Vec<u64> {
+        let key = idempotency_key(&pid(0), &key(1));
+        indexes_named(store).into_iter().filter(|(k, _)| *k == key).map(|(_, index)| index).collect()
+    };
+    assert_eq!(positions_of(&store), [1, 2]);
+    assert_eq!(store.at(3).idempotency(&pid(0), &key(1)).unwrap().at, ms(200));
+    assert_eq!(store.at(2).idempotency(&pid(0), &key(1)).unwrap().at, ms(100));
+    // Batch 4's recall reads the key; retention deletes batches 1 and 2
+    // before batch 4 is written: what the recall read is not written back.
+    store.write(3, &[top_up(1, 300)]).unwrap();
+    assert!(store.at(4).idempotency(&pid(0), &key(1)).is_some());
+    store.confirm_archived(3).unwrap();
+    assert_eq!(store.delete_through(2).unwrap(), 2);
+    store.write(4, &[idempotency(0, 1, 400)]).unwrap();
+    assert_eq!(positions_of(&store), [4], "positions of deleted batches came back");
+    assert_eq!(store.get_idempotency(&pid(0), &key(1)).unwrap().unwrap().at, ms(400));
 }
 
 #[test]
