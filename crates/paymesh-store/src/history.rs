@@ -23,8 +23,8 @@
 //! ```text
 //! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  the journal
 //! I | partner | 0 | idempotency key                    -> (position)...           newest visible wins
-//! T | transfer id                                      -> (position)...           newest visible wins
-//! P | transfer id                                      -> (position)...           newest visible wins
+//! T | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished transfers
+//! P | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished participations
 //! U | top-up reference                                 -> (position)...           newest visible wins
 //! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
 //! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
@@ -65,13 +65,20 @@
 //! Events are last wins per cursor, as in `MemoryHistory`: a batch that
 //! writes a cursor held already (never in operation, where a partner's
 //! cursors only grow) takes it from the run that held it, which is cut
-//! around it; runs never overlap. The records whose lookups are by a unique
-//! id (`T`, `P`, `I`, `U`) are found through one pointer key per id whose
-//! value is the position of every record under that id, oldest first
-//! (almost always one: an idempotency key or a top-up reference is used
-//! again only after its window has passed, a transfer id never); a lookup
-//! as of a batch answers with the newest written before it, as `Recall`
-//! asks.
+//! around it; runs never overlap. Idempotency keys and top-up references
+//! (`I`, `U`) are found through one pointer key each whose value is the
+//! position of every record under it, oldest first (almost always one: a
+//! key or a reference is used again only after its window has passed). A
+//! transfer id is its origin region and a sequence number, so finished
+//! transfers and participations are grouped instead (`T`, `P`): one key
+//! per batch for each block of 64 sequence numbers of one origin, each
+//! entry the sequence number's offset in its block and the record's seq;
+//! a batch finishes mostly consecutive transfers, so this takes a key per
+//! batch and block where a pointer took one per transfer, and is never
+//! read back to be written. A lookup reads the block's few keys. Either way
+//! a lookup as of a batch answers with the newest record written before
+//! it, as `Recall` asks. (Layout 2 kept a `T`/`P` pointer per id,
+//! `T | transfer id -> (position)...`; they are still read.)
 //!
 //! The journal is the source of truth; every other key is derived from the
 //! records of one batch and can be recomputed from them, which is how
@@ -148,7 +155,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use paymesh_core::history::{HistoryRead, IdempotencyRecord, ListToken, Movement, Recall, Record, TopUpRecord};
-use paymesh_core::id::{IdempotencyKey, PartnerId, TopUpRef, TransferId};
+use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
 use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
 use paymesh_core::Timestamp;
@@ -212,11 +219,23 @@ const META_DELETED: &[u8] = b"Mdeleted";
 const META_ARCHIVED: &[u8] = b"Marchived";
 const META_LAYOUT: &[u8] = b"Mlayout";
 
-/// The key layout this module writes and reads, kept under `M layout`: 2,
-/// journal chunks and groups (see the module documentation). A store
-/// without the key and not empty was written with one key per record (the
-/// layout before), which this module does not read.
-const LAYOUT: u64 = 2;
+/// The key layout this module writes, kept under `M layout`: 3, transfers
+/// and participations grouped by block (see the module documentation). A
+/// store of layout 2 (a pointer per transfer and participation) is read
+/// too, and marked 3 once this module writes to it (a build that reads only
+/// layout 2 then refuses it). A store without the key and not empty was
+/// written with one key per record (the layout before), which this module
+/// does not read.
+const LAYOUT: u64 = 3;
+
+/// The layout before [`LAYOUT`] that this module still reads.
+const LAYOUT_GROUPED_POINTERS: u64 = 2;
+
+/// Transfer sequence numbers per `T` and `P` group key.
+const TRANSFERS_PER_BLOCK: u64 = 64;
+
+/// Bytes of a `T` or `P` group entry (`offset u8 | seq u32`).
+const BLOCK_ENTRY_BYTES: usize = 5;
 
 /// Bytes of a position (`index u64 | seq u32`).
 const POSITION_BYTES: usize = 12;
@@ -558,10 +577,14 @@ struct Group {
 /// Whose a listing or statement group is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum GroupOf {
-    /// A partner's listings (`L`).
+    /// A partner's listings (`L`), by time.
     Listed(PartnerId),
-    /// An account's movements (`A`).
+    /// An account's movements (`A`), by time.
     Account(AccountId),
+    /// Finished transfers of one origin (`T`), by block.
+    Transfers(RegionId),
+    /// Finished participations in transfers of one origin (`P`), by block.
+    Participations(RegionId),
 }
 
 impl GroupOf {
@@ -570,6 +593,8 @@ impl GroupOf {
         match self {
             GroupOf::Listed(partner) => with_u64(&scope(space::LISTED, partner.as_str()), at),
             GroupOf::Account(account) => with_u64(&account_scope(account), at),
+            GroupOf::Transfers(origin) => with_u64(&scope(space::TRANSFER, origin.as_str()), at),
+            GroupOf::Participations(origin) => with_u64(&scope(space::PARTICIPATION, origin.as_str()), at),
         }
     }
 }
@@ -613,10 +638,11 @@ impl Derivation {
                 });
             }
             Record::Transfer(transfer) => {
-                self.pointers.push((named_display(space::TRANSFER, &transfer.view.id), seq));
+                let id = &transfer.view.id;
+                self.block_entry(GroupOf::Transfers(id.origin().clone()), id.sequence(), seq);
             }
             Record::Participation { transfer, .. } => {
-                self.pointers.push((named_display(space::PARTICIPATION, transfer), seq));
+                self.block_entry(GroupOf::Participations(transfer.origin().clone()), transfer.sequence(), seq);
             }
             Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
             Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
@@ -633,6 +659,15 @@ impl Derivation {
             }
             Record::Operator { .. } | Record::Audited { .. } => {}
         }
+    }
+
+    /// The entry of a transfer or participation with this sequence number.
+    fn block_entry(&mut self, of: GroupOf, sequence: u64, seq: u32) {
+        let offset = u8::try_from(sequence % TRANSFERS_PER_BLOCK).expect("an offset below 64");
+        self.group(of, sequence / TRANSFERS_PER_BLOCK, seq, |value| {
+            value.push(offset);
+            value.extend_from_slice(&seq.to_be_bytes());
+        });
     }
 
     /// Add the entry `write` appends to the group of `of` at `at`, which
@@ -956,6 +991,9 @@ impl History {
         let db = kv::Kv::open(dir, memory_bytes)?;
         match db.get(META_LAYOUT)? {
             Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => {}
+            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT_GROUPED_POINTERS => {
+                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
+            }
             Some(bytes) => {
                 let layout = parse_u64(META_LAYOUT, &bytes)?;
                 return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
@@ -1456,6 +1494,34 @@ impl History {
         JournalReader::new(self).record(key, index, seq)
     }
 
+    /// The newest record of transfer or participation `id` (`space` `T` or
+    /// `P`) written before `before`: from its block's groups, or (written
+    /// in layout 2) its pointer.
+    fn grouped(&self, space: u8, id: &TransferId, before: u64) -> Result<Option<Record>> {
+        let prefix = with_u64(&scope(space, id.origin().as_str()), id.sequence() / TRANSFERS_PER_BLOCK);
+        let offset = (id.sequence() % TRANSFERS_PER_BLOCK) as u8;
+        let mut newest = None;
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let (index, _) = parse_position(&key, &key[prefix.len()..])?;
+            if index >= before {
+                break;
+            }
+            if value.is_empty() || !value.len().is_multiple_of(BLOCK_ENTRY_BYTES) {
+                return Err(corrupt(&key, format!("a block group of {} bytes", value.len())));
+            }
+            for entry in value.chunks_exact(BLOCK_ENTRY_BYTES) {
+                if entry[0] == offset {
+                    newest = Some((index, u32::from_be_bytes(entry[1..].try_into().expect("4 bytes"))));
+                }
+            }
+        }
+        match newest {
+            Some((index, seq)) => JournalReader::new(self).record(&prefix, index, seq),
+            None => self.pointed(&named_display(space, id), before),
+        }
+    }
+
     /// The positions a pointer key holds, as its value's bytes (empty if
     /// it holds none), checked.
     fn pointer_held(&self, key: &[u8]) -> Result<Vec<u8>> {
@@ -1734,7 +1800,7 @@ impl History {
         let mut current: Option<Derivation> = None;
         let mut complete = true;
         let mut events_deleted: BTreeMap<PartnerId, u64> = BTreeMap::new();
-        let mut pointers: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut pointers: HashMap<Vec<u8>, (bool, Vec<u8>)> = HashMap::new();
         for item in self.db.range(journal_key(0, 0)..=journal_key(through, u32::MAX)) {
             let (key, value) = item?;
             let (at, first) = parse_journal_key(&key)?;
@@ -1751,7 +1817,19 @@ impl History {
             let derivation = current.as_mut().expect("a batch");
             for (n, frame) in Frames::new(&key, &value)?.enumerate() {
                 let record = decode_record(&key, frame?)?;
-                derivation.add(nth_seq(&key, first, n)?, &record);
+                let seq = nth_seq(&key, first, n)?;
+                derivation.add(seq, &record);
+                // Written in layout 2, a transfer or participation may have
+                // a pointer of its own.
+                match &record {
+                    Record::Transfer(transfer) => {
+                        derivation.pointers.push((named_display(space::TRANSFER, &transfer.view.id), seq));
+                    }
+                    Record::Participation { transfer, .. } => {
+                        derivation.pointers.push((named_display(space::PARTICIPATION, transfer), seq));
+                    }
+                    _ => {}
+                }
                 records += 1;
             }
             batch.remove(key);
@@ -1763,9 +1841,11 @@ impl History {
         if let Some(done) = current.take() {
             self.delete_derived(done, &mut batch, &mut pointers, &mut events_deleted)?;
         }
-        for (key, value) in pointers {
+        for (key, (held, value)) in pointers {
             if value.is_empty() {
-                batch.remove(key);
+                if held {
+                    batch.remove(key);
+                }
             } else {
                 batch.insert(key, value);
             }
@@ -1801,22 +1881,22 @@ impl History {
 
     /// Delete the keys derived from one batch's records: its positions in
     /// pointers (into `pointers`, each pointer's value as this deletion
-    /// leaves it), its groups, and its event runs (or what is left of
+    /// leaves it, and whether it was held), its groups, and its event runs (or what is left of
     /// them), noting each partner's newest event deleted.
     fn delete_derived(
         &self,
         mut derivation: Derivation,
         batch: &mut kv::Batch,
-        pointers: &mut HashMap<Vec<u8>, Vec<u8>>,
+        pointers: &mut HashMap<Vec<u8>, (bool, Vec<u8>)>,
         events_deleted: &mut BTreeMap<PartnerId, u64>,
     ) -> Result<()> {
         let index = derivation.index;
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
-            let value = match pointers.entry(key) {
+            let (_, value) = match pointers.entry(key) {
                 hash_map::Entry::Occupied(held) => held.into_mut(),
                 hash_map::Entry::Vacant(new) => {
                     let held = self.pointer_held(new.key())?;
-                    new.insert(held)
+                    new.insert((!held.is_empty(), held))
                 }
             };
             let gone = position(index, seq);
@@ -1926,18 +2006,22 @@ impl HistoryAt<'_> {
 
     /// A finished transfer this region coordinated.
     pub fn get_transfer(&self, id: &TransferId) -> Result<Option<Transfer>> {
-        self.find(&named(space::TRANSFER, &id.to_string()), |found| match found {
-            Record::Transfer(transfer) if transfer.view.id == *id => Ok(*transfer),
-            other => Err(other),
-        })
+        let found = self.history.grouped(space::TRANSFER, id, self.before)?;
+        match found {
+            None => Ok(None),
+            Some(Record::Transfer(transfer)) if transfer.view.id == *id => Ok(Some(*transfer)),
+            Some(other) => Err(mismatch(&named_display(space::TRANSFER, id), &other)),
+        }
     }
 
     /// A finished participation.
     pub fn get_participation(&self, id: &TransferId) -> Result<Option<Participation>> {
-        self.find(&named(space::PARTICIPATION, &id.to_string()), |found| match found {
-            Record::Participation { transfer, participation } if transfer == *id => Ok(*participation),
-            other => Err(other),
-        })
+        let found = self.history.grouped(space::PARTICIPATION, id, self.before)?;
+        match found {
+            None => Ok(None),
+            Some(Record::Participation { transfer, participation }) if transfer == *id => Ok(Some(*participation)),
+            Some(other) => Err(mismatch(&named_display(space::PARTICIPATION, id), &other)),
+        }
     }
 
     /// A top-up by its reference.
