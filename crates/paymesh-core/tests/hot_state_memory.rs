@@ -4,6 +4,8 @@
 //! memory while transfers are added and none finishes, divided by them (the
 //! allocator's own slack included, as a node's would be).
 
+#![allow(clippy::unwrap_used)]
+
 use paymesh_core::command::{Batch, Command, CommandBody, CommandId, PayerDetails, PayerField, TransferRequest};
 use paymesh_core::corridor::{CorridorId, CorridorTerms, QuoteAmount};
 use paymesh_core::directory::{PayeeRoute, QrPrefix};
