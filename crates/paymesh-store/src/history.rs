@@ -39,9 +39,9 @@
 //! A key costs more to write than its bytes do (10 to 25 µs of CPU each in
 //! sled, which held history first; a few in fjall), so keys are not one per
 //! record: a finished
-//! transfer's nine records take about three (its `T` and `I` pointers and
-//! its shares of a journal chunk and of its partners' and accounts' group
-//! keys), where one key per record and per pointer took 21.
+//! transfer's nine records take about 1.2 (its `I` pointer and its shares
+//! of a journal chunk and of its partners', accounts' and transfer block's
+//! group keys), where one key per record and per pointer took 21.
 //!
 //! The journal holds a batch's records in chunks of at most 64 consecutive
 //! records, a record that would take a chunk over 32 KiB starting the next
