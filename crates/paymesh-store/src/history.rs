@@ -461,9 +461,9 @@ struct JournalChunks {
 }
 
 impl JournalChunks {
-    /// Take the next record, written by `encode` at the end of the buffer
-    /// it is given; returns its length.
-    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<usize> {
+    /// Take the next record, whose frame `frame` appends to the buffer it
+    /// is given (returning the record's length); returns that length.
+    fn push(&mut self, frame: impl FnOnce(&mut Vec<u8>) -> Result<usize>) -> Result<usize> {
         let seq = u32::try_from(self.records).expect("fewer than 2^32 records per batch");
         if self.chunks.is_empty() || self.in_last == JOURNAL_CHUNK_RECORDS_MAX {
             self.chunks.push((seq, Vec::with_capacity(CHUNK_BYTES_MAX)));
@@ -471,11 +471,7 @@ impl JournalChunks {
         }
         let (_, value) = self.chunks.last_mut().expect("a chunk");
         let start = value.len();
-        value.extend_from_slice(&[0; 4]);
-        encode(value)?;
-        let length = value.len() - start - 4;
-        let frame = u32::try_from(length).unwrap_or(u32::MAX);
-        value[start..start + 4].copy_from_slice(&frame.to_be_bytes());
+        let length = frame(value)?;
         if value.len() > CHUNK_BYTES_MAX && start > 0 {
             let alone = value.split_off(start);
             self.chunks.push((seq, alone));
@@ -498,8 +494,9 @@ fn journal_chunks(encoded: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
     for bytes in encoded {
         chunks
             .push(|buffer| {
+                buffer.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 buffer.extend_from_slice(bytes);
-                Ok(())
+                Ok(bytes.len())
             })
             .expect("copying bytes cannot fail");
     }
@@ -1224,9 +1221,7 @@ impl History {
         for (n, record) in records.iter().enumerate() {
             let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
             let bytes = journal.push(|buffer| {
-                *buffer = postcard::to_extend(record, std::mem::take(buffer))
-                    .map_err(|source| HistoryError::Encode { index, seq: n, source })?;
-                Ok(())
+                crate::push_frame(buffer, record).map_err(|source| HistoryError::Encode { index, seq: n, source })
             })?;
             if bytes > RECORD_BYTES_MAX {
                 return Err(HistoryError::TooLarge { index, seq: n, bytes });

@@ -51,31 +51,26 @@ pub fn region_digest(state: &[u8; 32], history: &[u8; 32]) -> [u8; 32] {
 /// records leaves it as it was. Replicas that
 /// wrote the same records at the same indexes hold the same digest.
 pub fn chain_digest(previous: &[u8; 32], index: u64, records: &[Record]) -> [u8; 32] {
-    let encoded: Vec<Vec<u8>> =
-        records.iter().map(|r| postcard::to_stdvec(r).expect("a history record encodes")).collect();
-    chain_encoded(previous, index, encoded.iter().map(Vec::as_slice))
+    let mut framed = Vec::new();
+    for record in records {
+        push_frame(&mut framed, record).expect("a history record encodes");
+    }
+    chain_framed(previous, index, [framed.as_slice()])
 }
 
-/// [`chain_digest`] over records already encoded.
-pub(crate) fn chain_encoded<'a>(
-    previous: &[u8; 32],
-    index: u64,
-    encoded: impl IntoIterator<Item = &'a [u8]>,
-) -> [u8; 32] {
-    let mut encoded = encoded.into_iter().peekable();
-    if encoded.peek().is_none() {
-        return *previous;
-    }
-    let mut hasher = Sha256::new();
-    hasher.update(previous);
-    hasher.update(index.to_be_bytes());
-    for bytes in encoded {
-        let len = u32::try_from(bytes.len()).expect("a record is far below 4 GiB");
-        hasher.update(len.to_be_bytes());
-        hasher.update(bytes);
-    }
-    hasher.finalize().into()
+/// Append `record`'s frame to `buffer`, as the digest hashes it and the
+/// journal keeps it: its postcard encoding's length (u32, big-endian), then
+/// the encoding. Returns the encoding's length.
+pub(crate) fn push_frame(buffer: &mut Vec<u8>, record: &Record) -> Result<usize, postcard::Error> {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; 4]);
+    *buffer = postcard::to_extend(record, std::mem::take(buffer))?;
+    let length = buffer.len() - start - 4;
+    let prefix = u32::try_from(length).unwrap_or(u32::MAX);
+    buffer[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
+    Ok(length)
 }
+
 /// [`chain_digest`] over records already framed (each one's length, u32
 /// big-endian, then its bytes), in pieces that split no frame: the journal's
 /// chunks of a batch, in order.
