@@ -39,7 +39,7 @@
 //! A key costs more to write than its bytes do (10 to 25 µs of CPU each in
 //! sled, which held history first; a few in fjall), so keys are not one per
 //! record: a finished
-//! transfer's nine records take about 1.2 (its `I` pointer and its shares
+//! transfer's nine records take about two (its `I` pointer and its shares
 //! of a journal chunk and of its partners', accounts' and transfer block's
 //! group keys), where one key per record and per pointer took 21.
 //!
