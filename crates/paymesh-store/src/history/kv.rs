@@ -54,9 +54,17 @@ impl std::fmt::Debug for Kv {
 
 impl Kv {
     /// Open (or create) the engine in `dir`, its memory bounded by about
-    /// `memory_bytes`: half for the block cache, half for the trees' write
-    /// buffers (the journal's tree takes half of those, each other tree a
-    /// sixth).
+    /// `memory_bytes`: half for the block cache, at most half for the
+    /// trees' write buffers (each tree but the journal's a sixth of that
+    /// half, the journal's an eighth of it).
+    ///
+    /// The journal's buffer is the one that fills (every record goes
+    /// there), and every replica fills it with the same bytes at the same
+    /// moment: each buffer flushed is a burst of writes on every node at
+    /// once, beside the Raft log's syncs. With a quarter of that half
+    /// (32 MiB) the region stalled for about a second every 8 s at its peak
+    /// (per-second p99 200 to 270 ms); an eighth spreads the same writes
+    /// into smaller bursts (docs/BENCHMARKS.md, "History's cost cut").
     pub(crate) fn open(dir: &Path, memory_bytes: u64) -> fjall::Result<Kv> {
         let half = (memory_bytes / 2).max(1024 * 1024);
         // Nothing is compressed: the data-locality audit reads a node's files
@@ -64,7 +72,7 @@ impl Kv {
         // from it.
         let db = Database::builder(dir).cache_size(half).journal_compression(CompressionType::None).open()?;
         let open = |n: usize| {
-            let memtable = if n == 0 { half / 2 } else { half / 6 };
+            let memtable = if n == 0 { half / 8 } else { half / 6 };
             db.keyspace(TREES[n].0, || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable)
