@@ -571,7 +571,9 @@ struct Group {
     value: Vec<u8>,
 }
 
-/// Whose a listing or statement group is.
+/// What a group key gathers: a partner's listings or an account's
+/// movements at one time, or finished transfers or participations of one
+/// origin in one block of sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum GroupOf {
     /// A partner's listings (`L`), by time.
@@ -602,12 +604,13 @@ impl GroupOf {
 #[derive(Debug)]
 struct Derivation {
     index: u64,
-    /// Pointers (`T`, `P`, `I`, `U`), each with the seq of the
+    /// Pointers (`I`, `U`; and, when a layout-2 batch is deleted, its `T`
+    /// and `P` pointers), each with the seq of the
     /// record that derives it, in order.
     pointers: Vec<(Vec<u8>, u32)>,
-    /// `L` and `A` groups still taking entries, by whose they are and their
-    /// time (their key's prefix, `space | scope | 0 | at`, is made when
-    /// they close).
+    /// `L`, `A`, `T` and `P` groups still taking entries, by what they
+    /// gather and their time or block (their key's prefix,
+    /// `space | scope | 0 | u64`, is made when they close).
     open: HashMap<(GroupOf, u64), Group>,
     /// Groups complete: key and value.
     groups: Vec<(Vec<u8>, Vec<u8>)>,
