@@ -143,6 +143,25 @@ impl Verdict {
     pub fn checker(&self, name: &str) -> Option<&CheckerVerdict> {
         self.checkers.iter().find(|c| c.name == name)
     }
+
+    /// The broken invariants in a few lines for a terminal or a CI log
+    /// (which keeps no report files): each failing checker with its count
+    /// and its first `details_each` violations. Empty when every invariant
+    /// held.
+    pub fn failures(&self, details_each: usize) -> String {
+        let mut out = String::new();
+        for failed in self.checkers.iter().filter(|c| c.violations > 0) {
+            out.push_str(&format!("{}: {} violation(s) of: {}\n", failed.name, failed.violations, failed.description));
+            for violation in failed.details.iter().take(details_each) {
+                out.push_str(&format!("  - {}\n", violation.detail));
+            }
+            let shown = failed.details.len().min(details_each);
+            if failed.violations > shown {
+                out.push_str(&format!("  … and {} more in the report\n", failed.violations - shown));
+            }
+        }
+        out
+    }
 }
 
 /// Runs every checker of [`all`] over `history`, as many at a time as the
@@ -242,6 +261,26 @@ mod tests {
         let verdict = check_all(&history);
         assert_eq!(verdict.violations(), 1, "{verdict:#?}");
         assert_eq!(verdict.checker("observed").map(|c| c.violations), Some(1));
+    }
+
+    #[test]
+    fn failures_name_each_broken_invariant_and_its_first_violations() {
+        assert_eq!(check_all(&fixtures::good_history()).failures(5), "");
+        let mut history = fixtures::good_history();
+        history.observation = None;
+        let text = check_all(&history).failures(5);
+        assert!(text.starts_with("observed: 1 violation(s) of: "), "{text}");
+        assert_eq!(text.lines().count(), 2, "the checker and its one violation: {text}");
+        let many = Verdict {
+            checkers: vec![CheckerVerdict {
+                name: "lost",
+                description: "d",
+                violations: 9,
+                details: (0..9).map(|i| Violation::new("lost", format!("v{i}"))).collect(),
+            }],
+        };
+        let text = many.failures(2);
+        assert_eq!(text, "lost: 9 violation(s) of: d\n  - v0\n  - v1\n  … and 7 more in the report\n");
     }
 
     #[test]

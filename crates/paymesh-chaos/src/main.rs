@@ -155,6 +155,7 @@ fn execute(cli: Cli) -> anyhow::Result<usize> {
             let verdict = check::check_all(&parsed);
             let out = out.unwrap_or_else(|| history.with_file_name("report"));
             let paths = report::write(&out, &parsed, &verdict)?;
+            eprint!("{}", verdict.failures(paymesh_chaos::run::FAILURES_SHOWN));
             eprintln!("chaos: report in {}", paths.markdown.display());
             Ok(verdict.violations())
         }

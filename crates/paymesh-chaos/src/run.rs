@@ -50,6 +50,10 @@ pub struct RunConfig {
     pub rtt_ms: u64,
 }
 
+/// How many violations of each failing checker a run prints when it ends
+/// (the report keeps up to [`check::DETAILS_PER_CHECKER_MAX`]).
+pub const FAILURES_SHOWN: usize = 5;
+
 /// A run's verdict: the violations counted and where the report is.
 #[derive(Debug)]
 pub struct RunResult {
@@ -163,6 +167,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         .with_context(|| format!("writing {}", history_file.display()))?;
     let verdict = check::check_all(&history);
     let report = report::write(&config.dir.join("report"), &history, &verdict)?;
+    eprint!("{}", verdict.failures(FAILURES_SHOWN));
     Ok(RunResult { violations: verdict.violations(), report })
 }
 

@@ -40,6 +40,21 @@ fn tree_of(key: &[u8]) -> usize {
     key.first().and_then(|first| TREES.iter().position(|(_, firsts)| firsts.contains(first))).unwrap_or(TREES.len() - 1)
 }
 
+/// The journal tree's write buffer: `base` scaled by a factor between 7/8
+/// and 9/8 chosen by `draw`.
+fn journal_buffer(base: u64, draw: u64) -> u64 {
+    let sixteenths = 14 + draw % 5; // 14..=18 sixteenths
+    base / 16 * sixteenths
+}
+
+/// A number that differs from one opening to the next (std's hasher keys
+/// are drawn from the system's randomness), for what must not be in step
+/// across replicas.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
 /// History's engine: one fjall database, its four trees.
 pub(crate) struct Kv {
     db: Database,
@@ -65,6 +80,10 @@ impl Kv {
     /// (32 MiB) the region stalled for about a second every 8 s at its peak
     /// (per-second p99 200 to 270 ms); an eighth spreads the same writes
     /// into smaller bursts (docs/BENCHMARKS.md, "History's cost cut").
+    /// Each opening also takes the journal's buffer between 7/8 and 9/8 of
+    /// that at random ([`journal_buffer`]), so that the replicas' flushes
+    /// drift apart instead of falling on the same moment: what is flushed
+    /// when changes no byte of what is kept.
     pub(crate) fn open(dir: &Path, memory_bytes: u64) -> fjall::Result<Kv> {
         let half = (memory_bytes / 2).max(1024 * 1024);
         // Nothing is compressed: the data-locality audit reads a node's files
@@ -72,7 +91,7 @@ impl Kv {
         // from it.
         let db = Database::builder(dir).cache_size(half).journal_compression(CompressionType::None).open()?;
         let open = |n: usize| {
-            let memtable = if n == 0 { half / 8 } else { half / 6 };
+            let memtable = if n == 0 { journal_buffer(half / 8, random_u64()) } else { half / 6 };
             db.keyspace(TREES[n].0, || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable)
@@ -182,5 +201,21 @@ impl Batch {
     pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.inner.remove(&self.trees[tree_of(key)], key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_buffer_lies_within_an_eighth_of_its_base_and_takes_each_step() {
+        let base = 8 * 1024 * 1024;
+        let sizes: std::collections::BTreeSet<u64> = (0..5).map(|draw| journal_buffer(base, draw)).collect();
+        assert_eq!(sizes.len(), 5, "five sizes: {sizes:?}");
+        assert_eq!(sizes.first(), Some(&(base / 8 * 7)));
+        assert_eq!(sizes.last(), Some(&(base / 8 * 9)));
+        let drawn: std::collections::BTreeSet<u64> = (0..64).map(|_| random_u64() % 5).collect();
+        assert!(drawn.len() > 1, "openings draw different sizes: {drawn:?}");
     }
 }
