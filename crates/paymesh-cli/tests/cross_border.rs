@@ -62,6 +62,11 @@ fn wallet(mesh: &LocalMesh) -> PartnerClient {
 /// Quote and create one cross-border payment of `cents` to WeChat; the
 /// transfer as created (RESERVED).
 async fn pay(client: &PartnerClient, key: &str, cents: u64) -> wire::Transfer {
+    pay_asking(client, key, cents).await.0
+}
+
+/// [`pay`], and the request that created the transfer (to send again).
+async fn pay_asking(client: &PartnerClient, key: &str, cents: u64) -> (wire::Transfer, wire::CreateTransferRequest) {
     let qr = format!("wxp://test/{key}");
     let quote = client
         .create_quote(wire::CreateQuoteRequest {
@@ -75,22 +80,20 @@ async fn pay(client: &PartnerClient, key: &str, cents: u64) -> wire::Transfer {
         .unwrap()
         .quote
         .expect("a quote");
-    let answer = client
-        .create_transfer(wire::CreateTransferRequest {
-            idempotency_key: key.to_owned(),
-            quote_id: quote.quote_id,
-            qr_payload: qr,
-            payer: Some(wire::PayerDetails {
-                name: "Alice Traveller 李爱丽".into(),
-                account: format!("acct-{PII_MARKER}-{key}"),
-                reference: format!("ref-{PII_MARKER}-{key}"),
-            }),
-        })
-        .await
-        .unwrap();
+    let request = wire::CreateTransferRequest {
+        idempotency_key: key.to_owned(),
+        quote_id: quote.quote_id,
+        qr_payload: qr,
+        payer: Some(wire::PayerDetails {
+            name: "Alice Traveller 李爱丽".into(),
+            account: format!("acct-{PII_MARKER}-{key}"),
+            reference: format!("ref-{PII_MARKER}-{key}"),
+        }),
+    };
+    let answer = client.create_transfer(request.clone()).await.unwrap();
     let transfer = answer.transfer.expect("a transfer");
     assert_eq!(transfer.state, RESERVED, "a cross-border transfer starts reserved");
-    transfer
+    (transfer, request)
 }
 
 async fn state_of(client: &PartnerClient, id: &str) -> wire::Transfer {
@@ -346,8 +349,11 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     let before = position(&client).await;
     link.update(|s| s.cut = true);
     let mut long = Vec::new();
+    let mut first_request = None;
     for i in 0..5 {
-        long.push(pay(&client, &format!("long-cut-{i}"), 5_000 + i).await.transfer_id);
+        let (transfer, request) = pay_asking(&client, &format!("long-cut-{i}"), 5_000 + i).await;
+        long.push(transfer.transfer_id);
+        first_request.get_or_insert(request);
     }
     // The breaker opens after BREAKER_FAILURES failed calls in a row. A
     // leader elected during the cut (a loaded machine, 300-600 ms election
@@ -375,6 +381,11 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     let status = refused.status().unwrap();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("RegionUnreachable: region cn-east"), "{status:?}");
+    // A request the region has seen before still gets its recorded answer
+    // through the open breaker.
+    let retried = client.create_transfer(first_request.expect("five requests")).await;
+    let retried = retried.expect("a retry passes the open breaker").transfer.expect("a transfer");
+    assert_eq!(retried.transfer_id, long[0], "the retry names its first transfer");
     let states = wait_final(&client, &long, DEADLINE + Duration::from_secs(10)).await;
     assert!(states.iter().all(|s| *s == ABORTED), "{states:?}");
     assert_eq!(position(&client).await, before, "every reserved amount was released");

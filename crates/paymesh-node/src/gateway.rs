@@ -169,16 +169,22 @@ impl Gateway {
         let state = &applied.state;
         let destination = match body {
             CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
-            CommandBody::CreateTransfer(request)
-                if state.replay_transfer_request(request, self.node.state_machine.history()).is_none() =>
-            {
+            CommandBody::CreateTransfer(request) => {
                 state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
             }
             _ => None,
         };
-        match destination {
-            Some(region) if &region != state.region() => self.node.links.check(&region),
-            _ => Ok(()),
+        let Some(region) = destination.filter(|region| region != state.region()) else { return Ok(()) };
+        let refused = self.node.links.check(&region);
+        // Only when the link refuses is the key looked up (in history, for
+        // most keys): a request seen before goes on to its recorded answer.
+        match (&refused, body) {
+            (Err(_), CommandBody::CreateTransfer(request))
+                if state.replay_transfer_request(request, self.node.state_machine.history()).is_some() =>
+            {
+                Ok(())
+            }
+            _ => refused,
         }
     }
 
