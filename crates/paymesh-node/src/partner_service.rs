@@ -130,16 +130,12 @@ impl PartnerService for PartnerServer {
                 // may be older than its transfer's state. A final answer is
                 // its state for good (and reading a finished transfer back
                 // from history would cost every domestic payment a read).
-                let current = if view.state.is_final() {
-                    convert::transfer_view_out(&view, true)
-                } else {
-                    let sm = &self.gateway.node.state_machine;
-                    sm.applied()
-                        .state
-                        .transfer_for(&partner, &view.id, sm.history())
-                        .and_then(|t| convert::transfer_out(&t, &partner))
-                        .unwrap_or_else(|| convert::transfer_view_out(&view, true))
-                };
+                let sm = &self.gateway.node.state_machine;
+                let current = (!view.state.is_final())
+                    .then(|| sm.applied().state.transfer_for(&partner, &view.id, sm.history()))
+                    .flatten()
+                    .and_then(|t| convert::transfer_out(&t, &partner))
+                    .unwrap_or_else(|| convert::transfer_view_out(&view, true));
                 let reject_code =
                     if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
                 Ok(Response::new(wire::CreateTransferResponse { transfer: Some(current), reject_code }))
