@@ -161,6 +161,8 @@ use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
 use paymesh_core::Timestamp;
 
 mod kv;
+
+pub use kv::EngineMemory;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -1207,6 +1209,12 @@ impl History {
     /// The bytes of the engine's files.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.disk_space()?)
+    }
+
+    /// The memory the engine holds now: its block cache and its write
+    /// buffers, in bytes.
+    pub fn engine_memory(&self) -> EngineMemory {
+        self.db.memory()
     }
 
     /// Write the records of the log entry at `index`, all in one atomic batch.

@@ -55,6 +55,15 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// The memory history's engine holds, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Blocks read from its files, kept for the next read.
+    pub cache: u64,
+    /// Writes not yet flushed to its files.
+    pub write_buffers: u64,
+}
+
 /// History's engine: one fjall database, its four trees.
 pub(crate) struct Kv {
     db: Database,
@@ -171,6 +180,11 @@ impl Kv {
     /// Apply `batch` atomically: readers see all of it or none.
     pub(crate) fn apply(&self, batch: Batch) -> fjall::Result<()> {
         batch.inner.commit()
+    }
+
+    /// The memory the engine holds now.
+    pub(crate) fn memory(&self) -> EngineMemory {
+        EngineMemory { cache: self.db.cache_size(), write_buffers: self.db.write_buffer_size() }
     }
 
     /// The bytes of the engine's files.

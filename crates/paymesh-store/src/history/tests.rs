@@ -1297,13 +1297,22 @@ fn thread_cpu_ns() -> u64 {
 
 /// This process's peak resident memory (VmHWM), in bytes.
 fn peak_resident_bytes() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+/// This process's resident memory now (VmRSS), in bytes.
+fn resident_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+/// A `kB` figure of `/proc/self/status`, by its label.
+fn status_kib(label: &str) -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
+    status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(label))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
+        .unwrap()
 }
 
 /// The bytes of every file under `dir`.
@@ -1332,21 +1341,38 @@ fn bytes_under(dir: &Path) -> u64 {
 /// hand, alone in its process (the peak is the process's):
 /// `cargo test --release -p paymesh-store --lib
 /// history::tests::measure_a_realistic_transfer_mix -- --ignored --nocapture --exact`.
+/// Set by the environment: `PAYMESH_MEASURE_BATCHES` (default 782),
+/// `PAYMESH_MEASURE_MEMORY_MIB` (the engine's memory; default the node's),
+/// and `PAYMESH_MEASURE_KEEP` (any value): stop after writing and leave the
+/// store allocated at exit, so that a heap profiler's "leaked" figure
+/// (`heaptrack`) is what the store holds at the end.
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_a_realistic_transfer_mix() {
-    const BATCHES: u64 = 782;
+    let batches: u64 = std::env::var("PAYMESH_MEASURE_BATCHES").map_or(782, |v| v.parse().unwrap());
     const PER_BATCH: u64 = 256;
     const PAYERS: u64 = 64;
     const PAYEES: u64 = 16;
     let dir = tempfile::tempdir().unwrap();
     // The node's own cache size.
-    let store = History::open(dir.path(), crate::state_machine::HISTORY_MEMORY_BYTES).unwrap();
+    let memory = std::env::var("PAYMESH_MEASURE_MEMORY_MIB")
+        .map_or(crate::state_machine::HISTORY_MEMORY_BYTES, |v| v.parse::<u64>().unwrap() * 1024 * 1024);
+    let store = History::open(dir.path(), memory).unwrap();
     let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
     let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
     let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
     let started = Instant::now();
-    for batch in 0..BATCHES {
+    for batch in 0..batches {
+        if batch % (batches / 10).max(1) == 0 {
+            println!(
+                "batch {batch}: resident {:.1} MiB (cache {:.1}, write buffers {:.1}), history {:.0} MiB on disk, {:.1} s",
+                resident_bytes() as f64 / (1024.0 * 1024.0),
+                store.engine_memory().cache as f64 / (1024.0 * 1024.0),
+                store.engine_memory().write_buffers as f64 / (1024.0 * 1024.0),
+                store.size_on_disk().unwrap() as f64 / (1024.0 * 1024.0),
+                started.elapsed().as_secs_f64()
+            );
+        }
         let at = 1_700_000_000_000 + batch * 10;
         let mut records = Vec::new();
         for n in batch * PER_BATCH + 1..=(batch + 1) * PER_BATCH {
@@ -1367,10 +1393,15 @@ fn measure_a_realistic_transfer_mix() {
         store.write(batch + 1, &records).unwrap();
         writing_ns += thread_cpu_ns() - before;
     }
+    if std::env::var("PAYMESH_MEASURE_KEEP").is_ok() {
+        println!("resident {:.1} MiB at the end", resident_bytes() as f64 / (1024.0 * 1024.0));
+        std::mem::forget(store);
+        return;
+    }
     let wall = started.elapsed();
     let other_ticks = (cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before);
     store.durable().unwrap();
-    let transfers = (BATCHES * PER_BATCH) as f64;
+    let transfers = (batches * PER_BATCH) as f64;
     let keys = store.db.len().unwrap();
     let (on_disk, files) = (store.size_on_disk().unwrap(), bytes_under(dir.path()));
     let per_transfer_us = |ns: u64| ns as f64 / 1e3 / transfers;
@@ -1405,7 +1436,7 @@ fn measure_a_realistic_transfer_mix() {
         started.elapsed().as_secs_f64() * 1e3
     );
     let (process_before, started) = (cpu_ticks("self"), Instant::now());
-    let deleted = store.delete_through(BATCHES / 2).unwrap();
+    let deleted = store.delete_through(batches / 2).unwrap();
     println!(
         "delete_through half: {deleted} records in {:.0} ms wall, {} ms CPU",
         started.elapsed().as_secs_f64() * 1e3,
@@ -1419,9 +1450,19 @@ fn measure_a_realistic_transfer_mix() {
 /// one region; each entry carries 128 quotes and the 128 transfers of the
 /// previous entry's quotes (the mix the leader proposes under a closed-loop
 /// load); a tick every 64 entries. Reports CPU per transfer of applying and
-/// of writing history. A measurement, not a test; run by hand, alone:
+/// of writing history, and the resident memory at each tenth of the run.
+/// A measurement, not a test; run by hand, alone:
 /// `cargo test --release -p paymesh-store --lib
 /// history::tests::measure_a_replicas_apply_path -- --ignored --nocapture --exact`.
+/// Set by the environment: `PAYMESH_MEASURE_ENTRIES`, the entries applied
+/// (default 1,600, about 200,000 transfers); `PAYMESH_MEASURE_PER_ENTRY`,
+/// transfers per entry (default 128; a region at its peak proposes
+/// entries of a few dozen); `PAYMESH_MEASURE_STEP_MS`, the clock's step
+/// per entry (default 10 ms: 12,800 transfers a second, which fills the
+/// hot state's time windows; 128 gives 1,000 a second); `PAYMESH_MEASURE_KEYS`
+/// (any value), count history's keys by space at the end; `PAYMESH_MEASURE_KEEP`
+/// (any value), leave the state and history allocated at exit, so that a
+/// heap profiler's "leaked" figure is what they hold at the end.
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_a_replicas_apply_path() {
@@ -1432,8 +1473,9 @@ fn measure_a_replicas_apply_path() {
     use paymesh_core::partner::{PartnerConfig, PartnerRole};
     use paymesh_core::State;
 
-    const ENTRIES: u64 = 1_600;
-    const PER_ENTRY: u64 = 128;
+    let entries: u64 = std::env::var("PAYMESH_MEASURE_ENTRIES").map_or(1_600, |v| v.parse().unwrap());
+    let per_entry: u64 = std::env::var("PAYMESH_MEASURE_PER_ENTRY").map_or(128, |v| v.parse().unwrap());
+    let step_ms: u64 = std::env::var("PAYMESH_MEASURE_STEP_MS").map_or(10, |v| v.parse().unwrap());
     const PAYERS: u64 = 64;
     const PAYEES: u64 = 16;
     struct Replica {
@@ -1511,8 +1553,19 @@ fn measure_a_replicas_apply_path() {
     let mut quoted: Vec<(u64, QuoteId)> = Vec::new();
     let mut committed = 0u64;
     let started = Instant::now();
-    for entry in 0..ENTRIES {
-        let now = ms(start + 1_000 + entry * 10);
+    for entry in 0..entries {
+        if entry % (entries / 10).max(1) == 0 {
+            println!(
+                "entry {entry}: {committed} transfers, resident {:.1} MiB (cache {:.1}, write buffers {:.1}), \
+                 history {:.0} MiB on disk, {:.1} s",
+                resident_bytes() as f64 / (1024.0 * 1024.0),
+                replica.history.engine_memory().cache as f64 / (1024.0 * 1024.0),
+                replica.history.engine_memory().write_buffers as f64 / (1024.0 * 1024.0),
+                replica.history.size_on_disk().unwrap() as f64 / (1024.0 * 1024.0),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let now = ms(start + 1_000 + entry * step_ms);
         let mut bodies = Vec::new();
         for (n, quote) in quoted.drain(..) {
             let request = TransferRequest {
@@ -1525,8 +1578,8 @@ fn measure_a_replicas_apply_path() {
             bodies.push(CommandBody::CreateTransfer(request));
         }
         let transfers = bodies.len();
-        let first = entry * PER_ENTRY;
-        for n in first..first + PER_ENTRY {
+        let first = entry * per_entry;
+        for n in first..first + per_entry {
             bodies.push(CommandBody::CreateQuote {
                 partner: partner(n % PAYERS),
                 payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
@@ -1543,7 +1596,7 @@ fn measure_a_replicas_apply_path() {
                 other => panic!("a transfer not committed: {other:?}"),
             }
         }
-        for (n, outcome) in (first..).zip(&outcomes[transfers..transfers + PER_ENTRY as usize]) {
+        for (n, outcome) in (first..).zip(&outcomes[transfers..transfers + per_entry as usize]) {
             match outcome {
                 Outcome::Quote(quote) => quoted.push((n, quote.id.clone())),
                 other => panic!("a quote refused: {other:?}"),
@@ -1552,7 +1605,7 @@ fn measure_a_replicas_apply_path() {
     }
     let per_transfer_us = |ns: u64| ns as f64 / 1e3 / committed as f64;
     println!(
-        "{committed} transfers in {ENTRIES} entries: CPU {:.1} µs/transfer applying (hot state, with recall), \
+        "{committed} transfers in {entries} entries: CPU {:.1} µs/transfer applying (hot state, with recall), \
          {:.1} µs/transfer writing history, {:.1} in all; wall {:.1} s; history {} records, VmHWM {:.1} MiB",
         per_transfer_us(replica.applying_ns),
         per_transfer_us(replica.writing_ns),
@@ -1561,6 +1614,13 @@ fn measure_a_replicas_apply_path() {
         replica.history.records(),
         peak_resident_bytes() as f64 / (1024.0 * 1024.0),
     );
+    if std::env::var("PAYMESH_MEASURE_KEYS").is_ok() {
+        println!("keys by space: {:?}", keys_by_space(&replica.history));
+    }
+    if std::env::var("PAYMESH_MEASURE_KEEP").is_ok() {
+        println!("resident {:.1} MiB at the end", resident_bytes() as f64 / (1024.0 * 1024.0));
+        std::mem::forget(replica);
+    }
 }
 
 /// A node wiped after its region deleted history through D cannot be sent
