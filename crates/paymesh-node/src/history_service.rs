@@ -300,6 +300,8 @@ impl HistoryService for HistoryServer {
         self.operator(&request)?;
         let clock = self.node.state_machine.applied().state.clock();
         let history = self.node.state_machine.history();
+        let bytes_on_disk = history.size_on_disk().map_err(history_status)?;
+        let engine = history.engine_memory();
         Ok(Response::new(wire::GetHistoryStatusResponse {
             last_index: history.last_index(),
             deleted_through: history.deleted_through(),
@@ -307,6 +309,9 @@ impl HistoryService for HistoryServer {
             records: history.records(),
             retention_days: self.node.config.history.retention_days,
             clock_unix_ms: unix_ms(clock),
+            bytes_on_disk,
+            engine_cache_bytes: engine.cache,
+            engine_write_buffer_bytes: engine.write_buffers,
         }))
     }
 }

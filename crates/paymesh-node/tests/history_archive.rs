@@ -357,4 +357,11 @@ async fn old_history_is_archived_confirmed_and_deleted_and_the_node_serves_the_r
     let status = status.into_inner();
     assert_eq!((status.deleted_through, status.archived_through), (closing.last_index, rest.header.last_index));
     assert_eq!(status.retention_days, 2_557);
+    assert_eq!(status.bytes_on_disk, history.size_on_disk().unwrap());
+    let engine = history.engine_memory();
+    // What the engine holds moves with its flushes; it holds something
+    // once history was written and read, and never more than its budget.
+    let held = status.engine_cache_bytes + status.engine_write_buffer_bytes;
+    assert!(held > 0 && held <= paymesh_store::state_machine::HISTORY_MEMORY_BYTES, "{status:?}");
+    assert!(engine.cache + engine.write_buffers <= paymesh_store::state_machine::HISTORY_MEMORY_BYTES);
 }

@@ -146,7 +146,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub flood_rate: Option<u32>,
     /// paymesh only: every this many seconds, record each node's resident
-    /// memory and history bytes on disk, written beside the report as
+    /// memory, the memory its history engine holds (block cache and write
+    /// buffers) and its history bytes on disk, written beside the report as
     /// `<report>.memory.csv` and a plot, `<report>.memory.svg` (for soak
     /// runs: `--mode open --rate <half the peak> --duration 1800`).
     #[arg(long)]

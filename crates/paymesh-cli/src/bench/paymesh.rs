@@ -274,6 +274,30 @@ impl PaymeshTarget {
         region.nodes.values().filter_map(|node| Some((node.id, read(node.child.as_ref()?.id())?))).collect()
     }
 
+    /// Each node's id and the memory its history engine holds (block cache
+    /// plus write buffers, bytes), as its `GetHistoryStatus` says; a node
+    /// that does not answer within a second is left out.
+    pub async fn engine_bytes(&self) -> Vec<(u64, u64)> {
+        let (operator, addrs) = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { return Vec::new() };
+            let Ok(operator) = region.sdk(&region.operator_stem()) else { return Vec::new() };
+            let addrs: Vec<(u64, String)> = region.nodes.iter().map(|(id, n)| (*id, n.api_addr.clone())).collect();
+            (operator, addrs)
+        };
+        let mut held = Vec::new();
+        for (node, addr) in addrs {
+            let Ok(channel) = operator.channel(&addr) else { continue };
+            let mut history = HistoryServiceClient::new(channel);
+            let ask = history.get_history_status(admin::GetHistoryStatusRequest {});
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                let status = status.into_inner();
+                held.push((node, status.engine_cache_bytes + status.engine_write_buffer_bytes));
+            }
+        }
+        held
+    }
+
     /// Each running node's id and resident memory (VmRSS, KiB), from
     /// `/proc/<pid>/status`.
     pub fn resident_kib(&self) -> Vec<(u64, u64)> {

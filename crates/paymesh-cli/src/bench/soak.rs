@@ -1,6 +1,7 @@
 //! Memory over time, for soak runs: every few seconds each node's resident
-//! memory and the bytes of its history on disk, written beside the report as
-//! CSV and as an SVG plot.
+//! memory, the part of it history's engine holds (its block cache and write
+//! buffers, both bounded) and the bytes of its history on disk, written
+//! beside the report as CSV and as an SVG plot.
 //!
 //! A region's hot state is bounded by the work in flight and finished work
 //! goes to history on disk, so under a steady load a node's resident memory
@@ -28,6 +29,9 @@ pub struct Sample {
     pub rss_mib: f64,
     /// The bytes of its history directory, MiB.
     pub history_mib: f64,
+    /// The memory its history engine holds, MiB (`None`: the node did not
+    /// say in time).
+    pub engine_mib: Option<f64>,
 }
 
 /// Samples the target's nodes every `every` until stopped.
@@ -46,13 +50,16 @@ impl Sampler {
             loop {
                 let t_s = started.elapsed().as_secs_f64();
                 let history = target.history_bytes();
+                let engine = target.engine_bytes().await;
+                let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
                 for (node, kib) in target.resident_kib() {
                     let bytes = history.iter().find(|(id, _)| *id == node).map_or(0, |(_, b)| *b);
                     samples.push(Sample {
                         t_s,
                         node,
                         rss_mib: kib as f64 / 1024.0,
-                        history_mib: bytes as f64 / (1024.0 * 1024.0),
+                        history_mib: mib(bytes),
+                        engine_mib: engine.iter().find(|(id, _)| *id == node).map(|(_, b)| mib(*b)),
                     });
                 }
                 tokio::select! {
@@ -91,9 +98,10 @@ pub fn write(report: &Path, samples: &[Sample]) -> anyhow::Result<(PathBuf, Path
     let stem = report.with_extension("");
     let csv = stem.with_extension("memory.csv");
     let svg = stem.with_extension("memory.svg");
-    let mut text = String::from("t_s,node,rss_mib,history_mib\n");
+    let mut text = String::from("t_s,node,rss_mib,history_mib,engine_mib\n");
     for s in samples {
-        text.push_str(&format!("{:.1},{},{:.1},{:.1}\n", s.t_s, s.node, s.rss_mib, s.history_mib));
+        let engine = s.engine_mib.map_or_else(String::new, |mib| format!("{mib:.1}"));
+        text.push_str(&format!("{:.1},{},{:.1},{:.1},{engine}\n", s.t_s, s.node, s.rss_mib, s.history_mib));
     }
     std::fs::write(&csv, text).with_context(|| format!("writing {}", csv.display()))?;
     plot(&svg, samples).with_context(|| format!("drawing {}", svg.display()))?;
@@ -106,7 +114,7 @@ fn plot(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("paymesh soak: resident memory and history on disk per node", ("sans-serif", 18))
+        .caption("paymesh soak: resident memory, history's engine and history on disk per node", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -129,6 +137,12 @@ fn plot(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(format!("node {node} history on disk"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1)));
+        let engine = samples.iter().filter(|s| s.node == *node).filter_map(|s| Some((s.t_s, s.engine_mib?)));
+        chart
+            .draw_series(engine.map(|point| Circle::new(point, 2, colour.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(format!("node {node} history engine (cache, write buffers)"))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 2, colour.filled()));
     }
     chart
         .configure_series_labels()
@@ -155,15 +169,19 @@ mod tests {
                     node: u64::from(node),
                     rss_mib: 300.0 + f64::from(node),
                     history_mib: f64::from(t) * 10.0,
+                    engine_mib: (t != 4).then_some(40.0 + f64::from(node)),
                 })
             })
             .collect();
         let (csv, svg) = write(&report, &samples).unwrap();
         let csv = std::fs::read_to_string(csv).unwrap();
         assert_eq!(csv.lines().count(), 31);
-        assert!(csv.contains("45.0,3,303.0,90.0"));
+        assert!(csv.starts_with("t_s,node,rss_mib,history_mib,engine_mib\n"));
+        assert!(csv.contains("\n45.0,3,303.0,90.0,43.0\n"));
+        assert!(csv.contains("\n20.0,1,301.0,40.0,\n"), "a node that did not say leaves the column empty");
         let svg = std::fs::read_to_string(svg).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("node 2 history on disk"));
+        assert!(svg.contains("node 3 history engine"));
         assert_eq!(
             dir_bytes(dir.path()),
             std::fs::metadata(dir.path().join("soak.memory.csv")).unwrap().len()
