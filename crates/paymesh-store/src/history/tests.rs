@@ -1541,7 +1541,8 @@ fn measure_a_replicas_apply_path() {
         }
     }
     let fees = FeeSchedule::new(cny(0), BasisPoints::new(30).unwrap(), cny(0), cny(100)).unwrap();
-    let terms = CorridorTerms::new(BasisPoints::ZERO, fees, cny(1), cny(50_000), cny(1_000_000_000)).unwrap();
+    // A daily cap no run reaches (a long run pays billions within its day).
+    let terms = CorridorTerms::new(BasisPoints::ZERO, fees, cny(1), cny(50_000), cny(1_000_000_000_000)).unwrap();
     let corridor = CorridorId::parse("CNY:bench-region->CNY:bench-region").unwrap();
     setup.push(CommandBody::UpsertCorridor { corridor, terms });
     for outcome in replica.apply(setup, ms(start)) {
