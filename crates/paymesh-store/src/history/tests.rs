@@ -1305,6 +1305,26 @@ fn resident_bytes() -> u64 {
     status_kib("VmRSS:") * 1024
 }
 
+/// A measurement's setting from the environment variable `name`, or
+/// `default` when it is not set.
+fn measure_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// A measurement's progress: the process's resident memory, what
+/// `history`'s engine holds of it and history's bytes on disk.
+fn memory_line(history: &History) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let engine = history.engine_memory();
+    format!(
+        "resident {:.1} MiB (cache {:.1}, write buffers {:.1}), history {:.0} MiB on disk",
+        mib(resident_bytes()),
+        mib(engine.cache),
+        mib(engine.write_buffers),
+        mib(history.size_on_disk().unwrap())
+    )
+}
+
 /// A `kB` figure of `/proc/self/status`, by its label.
 fn status_kib(label: &str) -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -1349,14 +1369,13 @@ fn bytes_under(dir: &Path) -> u64 {
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_a_realistic_transfer_mix() {
-    let batches: u64 = std::env::var("PAYMESH_MEASURE_BATCHES").map_or(782, |v| v.parse().unwrap());
+    let batches: u64 = measure_setting("PAYMESH_MEASURE_BATCHES", 782);
     const PER_BATCH: u64 = 256;
     const PAYERS: u64 = 64;
     const PAYEES: u64 = 16;
     let dir = tempfile::tempdir().unwrap();
     // The node's own cache size.
-    let memory = std::env::var("PAYMESH_MEASURE_MEMORY_MIB")
-        .map_or(crate::state_machine::HISTORY_MEMORY_BYTES, |v| v.parse::<u64>().unwrap() * 1024 * 1024);
+    let memory = measure_setting("PAYMESH_MEASURE_MEMORY_MIB", crate::state_machine::HISTORY_MEMORY_BYTES >> 20) << 20;
     let store = History::open(dir.path(), memory).unwrap();
     let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
     let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
@@ -1364,14 +1383,7 @@ fn measure_a_realistic_transfer_mix() {
     let started = Instant::now();
     for batch in 0..batches {
         if batch % (batches / 10).max(1) == 0 {
-            println!(
-                "batch {batch}: resident {:.1} MiB (cache {:.1}, write buffers {:.1}), history {:.0} MiB on disk, {:.1} s",
-                resident_bytes() as f64 / (1024.0 * 1024.0),
-                store.engine_memory().cache as f64 / (1024.0 * 1024.0),
-                store.engine_memory().write_buffers as f64 / (1024.0 * 1024.0),
-                store.size_on_disk().unwrap() as f64 / (1024.0 * 1024.0),
-                started.elapsed().as_secs_f64()
-            );
+            println!("batch {batch}: {}, {:.1} s", memory_line(&store), started.elapsed().as_secs_f64());
         }
         let at = 1_700_000_000_000 + batch * 10;
         let mut records = Vec::new();
@@ -1394,7 +1406,7 @@ fn measure_a_realistic_transfer_mix() {
         writing_ns += thread_cpu_ns() - before;
     }
     if std::env::var("PAYMESH_MEASURE_KEEP").is_ok() {
-        println!("resident {:.1} MiB at the end", resident_bytes() as f64 / (1024.0 * 1024.0));
+        println!("at the end: {}", memory_line(&store));
         std::mem::forget(store);
         return;
     }
@@ -1473,9 +1485,9 @@ fn measure_a_replicas_apply_path() {
     use paymesh_core::partner::{PartnerConfig, PartnerRole};
     use paymesh_core::State;
 
-    let entries: u64 = std::env::var("PAYMESH_MEASURE_ENTRIES").map_or(1_600, |v| v.parse().unwrap());
-    let per_entry: u64 = std::env::var("PAYMESH_MEASURE_PER_ENTRY").map_or(128, |v| v.parse().unwrap());
-    let step_ms: u64 = std::env::var("PAYMESH_MEASURE_STEP_MS").map_or(10, |v| v.parse().unwrap());
+    let entries: u64 = measure_setting("PAYMESH_MEASURE_ENTRIES", 1_600);
+    let per_entry: u64 = measure_setting("PAYMESH_MEASURE_PER_ENTRY", 128);
+    let step_ms: u64 = measure_setting("PAYMESH_MEASURE_STEP_MS", 10);
     const PAYERS: u64 = 64;
     const PAYEES: u64 = 16;
     struct Replica {
@@ -1556,15 +1568,8 @@ fn measure_a_replicas_apply_path() {
     let started = Instant::now();
     for entry in 0..entries {
         if entry % (entries / 10).max(1) == 0 {
-            println!(
-                "entry {entry}: {committed} transfers, resident {:.1} MiB (cache {:.1}, write buffers {:.1}), \
-                 history {:.0} MiB on disk, {:.1} s",
-                resident_bytes() as f64 / (1024.0 * 1024.0),
-                replica.history.engine_memory().cache as f64 / (1024.0 * 1024.0),
-                replica.history.engine_memory().write_buffers as f64 / (1024.0 * 1024.0),
-                replica.history.size_on_disk().unwrap() as f64 / (1024.0 * 1024.0),
-                started.elapsed().as_secs_f64()
-            );
+            let (line, seconds) = (memory_line(&replica.history), started.elapsed().as_secs_f64());
+            println!("entry {entry}: {committed} transfers, {line}, {seconds:.1} s");
         }
         let now = ms(start + 1_000 + entry * step_ms);
         let mut bodies = Vec::new();
@@ -1619,7 +1624,7 @@ fn measure_a_replicas_apply_path() {
         println!("keys by space: {:?}", keys_by_space(&replica.history));
     }
     if std::env::var("PAYMESH_MEASURE_KEEP").is_ok() {
-        println!("resident {:.1} MiB at the end", resident_bytes() as f64 / (1024.0 * 1024.0));
+        println!("at the end: {}", memory_line(&replica.history));
         std::mem::forget(replica);
     }
 }
