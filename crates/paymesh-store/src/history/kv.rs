@@ -40,6 +40,22 @@ fn tree_of(key: &[u8]) -> usize {
     key.first().and_then(|first| TREES.iter().position(|(_, firsts)| firsts.contains(first))).unwrap_or(TREES.len() - 1)
 }
 
+/// The engine's background threads (flushes and compactions): one.
+///
+/// With more than one, fjall keeps its first worker for flushes: a
+/// compaction request that reaches it goes back to the shared queue at
+/// once, and while every other worker is busy compacting, the first takes
+/// the same request back again and again, a core spinning for as long as
+/// the compaction lasts. In a follower at 2,500 transfers/s (two workers,
+/// fjall's default on two cores) that loop took 42 % of the two threads'
+/// time, each at 22 % of a core beside 64 % for the rest of the node. One
+/// worker flushes and compacts in turn, a flush's writes meanwhile held in
+/// the write buffers the engine bounds (writes pause at four sealed
+/// buffers in one tree); at 2,000 transfers/s it took 26 µs per transfer
+/// off the region's CPU and halved its p99 (docs/BENCHMARKS.md, "The
+/// engine's spinning worker").
+const WORKER_THREADS: usize = 1;
+
 /// The journal tree's write buffer: `base` scaled by a factor between 7/8
 /// and 9/8 chosen by `draw`.
 fn journal_buffer(base: u64, draw: u64) -> u64 {
@@ -98,7 +114,11 @@ impl Kv {
         // Nothing is compressed: the data-locality audit reads a node's files
         // as bytes, and a payer's data compressed into a block could hide
         // from it.
-        let db = Database::builder(dir).cache_size(half).journal_compression(CompressionType::None).open()?;
+        let db = Database::builder(dir)
+            .cache_size(half)
+            .journal_compression(CompressionType::None)
+            .worker_threads(WORKER_THREADS)
+            .open()?;
         let open = |n: usize| {
             let memtable = if n == 0 { journal_buffer(half / 8, random_u64()) } else { half / 6 };
             db.keyspace(TREES[n].0, || {
