@@ -1295,6 +1295,26 @@ fn thread_cpu_ns() -> u64 {
     schedstat.split(' ').next().unwrap().parse().unwrap()
 }
 
+/// The CPU of this process's other threads (the engine's flushes and
+/// compactions, for a measurement that writes from one thread), counted
+/// from when it is started.
+struct OtherThreadsCpu {
+    process: u64,
+    thread: u64,
+}
+
+impl OtherThreadsCpu {
+    fn start() -> OtherThreadsCpu {
+        OtherThreadsCpu { process: cpu_ticks("self"), thread: cpu_ticks("thread-self") }
+    }
+
+    /// Their CPU since [`OtherThreadsCpu::start`], in nanoseconds (whole
+    /// ticks of 10 ms).
+    fn ns(&self) -> u64 {
+        ((cpu_ticks("self") - self.process) - (cpu_ticks("thread-self") - self.thread)) * 10_000_000
+    }
+}
+
 /// This process's peak resident memory (VmHWM), in bytes.
 fn peak_resident_bytes() -> u64 {
     status_kib("VmHWM:") * 1024
@@ -1379,7 +1399,7 @@ fn measure_a_realistic_transfer_mix() {
     let store = History::open(dir.path(), memory).unwrap();
     let mut cursors = vec![0u64; (PAYERS + PAYEES) as usize];
     let (mut records_written, mut encoded, mut writing_ns) = (0, 0, 0);
-    let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
+    let others = OtherThreadsCpu::start();
     let started = Instant::now();
     for batch in 0..batches {
         if batch % (batches / 10).max(1) == 0 {
@@ -1411,7 +1431,7 @@ fn measure_a_realistic_transfer_mix() {
         return;
     }
     let wall = started.elapsed();
-    let other_ticks = (cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before);
+    let others_ns = others.ns();
     store.durable().unwrap();
     let transfers = (batches * PER_BATCH) as f64;
     let keys = store.db.len().unwrap();
@@ -1422,9 +1442,9 @@ fn measure_a_realistic_transfer_mix() {
          CPU {:.1} µs/transfer ({:.1} writing, {:.1} other threads), wall {:.1} µs/transfer with building; \
          {:.2} keys/transfer; size_on_disk {:.0} B/transfer, files {:.0} B/transfer; VmHWM {:.1} MiB",
         encoded as f64 / transfers,
-        per_transfer_us(writing_ns + other_ticks * 10_000_000),
+        per_transfer_us(writing_ns + others_ns),
         per_transfer_us(writing_ns),
-        per_transfer_us(other_ticks * 10_000_000),
+        per_transfer_us(others_ns),
         wall.as_secs_f64() * 1e6 / transfers,
         keys as f64 / transfers,
         on_disk as f64 / transfers,
@@ -1566,7 +1586,7 @@ fn measure_a_replicas_apply_path() {
     let mut quoted: Vec<(u64, QuoteId)> = Vec::new();
     let mut committed = 0u64;
     let started = Instant::now();
-    let (process_before, thread_before) = (cpu_ticks("self"), cpu_ticks("thread-self"));
+    let engine_threads = OtherThreadsCpu::start();
     for entry in 0..entries {
         if entry % (entries / 10).max(1) == 0 {
             let (line, seconds) = (memory_line(&replica.history), started.elapsed().as_secs_f64());
@@ -1610,10 +1630,7 @@ fn measure_a_replicas_apply_path() {
             }
         }
     }
-    // The engine's own threads (flushes, compactions): the process's CPU
-    // less this thread's, in ticks of 10 ms.
-    let background_ns =
-        ((cpu_ticks("self") - process_before) - (cpu_ticks("thread-self") - thread_before)) * 10_000_000;
+    let background_ns = engine_threads.ns();
     let per_transfer_us = |ns: u64| ns as f64 / 1e3 / committed as f64;
     println!(
         "{committed} transfers in {entries} entries: CPU {:.1} µs/transfer applying (hot state, with recall), \
