@@ -10,14 +10,16 @@
 //! regions travel in their wire form, built and parsed by the node's
 //! `interregion` conversions; observations go through the node's `convert`
 //! as the partner and admin APIs would, and replica digests are
-//! `paymesh_store::state_digest`. The history is checked by the very
-//! checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
+//! `paymesh_store::state_digest`; the outbox shipper and its breaker are
+//! the node's own engine (`paymesh_node::engine::shipper::Shipper`), driven
+//! here as the node's `outbox::ship` drives it. The history is checked by
+//! the very checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
 //!
 //! What is modelled: Raft, abstractly (a majority commits; a leader's
 //! memory dies with it; a leader cut off or paused goes on believing it
 //! leads until it is back; a restarted replica loads its checkpoint and
 //! replays the log; a replica may lag), the leader's group-commit proposer,
-//! the outbox shipper and its breaker, the inter-region receiver, the
+//! the inter-region receiver, the
 //! partner SDK's retry rules, the partner pipeline's two shortcuts, the
 //! network between regions and the partners' links (see the submodules).
 //! Everything happens at simulated times on one thread, from one seeded
@@ -30,7 +32,7 @@
 //! deposed leader's shipper (it stops shipping when deposed) and tracing.
 //!
 //! ```text
-//! paymesh-chaos sim --seeds 200 [--first 1]     # many seeds; failing ones printed
+//! paymesh-chaos sim --seeds 500 [--first 1]     # many seeds; failing ones printed
 //! paymesh-chaos sim --seed 17                   # replay one, history and report written
 //! ```
 
@@ -103,8 +105,10 @@ impl Default for SimConfig {
     }
 }
 
-/// Deliberate bugs of the node's glue (the shipper, the proposer), switched
-/// on only by tests (`SimConfig::bug`), to prove the simulation can fail.
+/// Deliberate bugs, switched on only by tests (`SimConfig::bug`), to prove
+/// the simulation can fail: the shipper's are the engine's own test-only
+/// switches (`paymesh_node::engine::shipper::ShipperBug`), the proposer's
+/// the simulation's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Bug {
     /// The shipper takes a Decide call that failed (lost, timed out,
@@ -146,6 +150,9 @@ pub(crate) struct Stats {
     pub(crate) failed_calls: u64,
     /// Times a breaker opened.
     pub(crate) breaker_opened: u64,
+    /// Health probes a shipper made with its breaker open, and those that
+    /// found the region back (closing the breaker).
+    pub(crate) probes: (u64, u64),
     /// Quotes and transfers refused because their region's breaker was open.
     pub(crate) breaker_refusals: u64,
     /// Messages put on the network.

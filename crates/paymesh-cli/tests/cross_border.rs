@@ -360,7 +360,7 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     // timeouts) starts its own count, and its first batch carries every
     // waiting prepare, so its third failure can come three call timeouts
     // (plus backoffs) after its election.
-    use paymesh_node::outbox::{BACKOFF_MAX, BREAKER_FAILURES, CALL_TIMEOUT};
+    use paymesh_node::engine::shipper::{BACKOFF_MAX, BREAKER_FAILURES, CALL_TIMEOUT};
     let opened = Instant::now() + DEADLINE + BREAKER_FAILURES * (CALL_TIMEOUT + BACKOFF_MAX) + Duration::from_secs(5);
     let refused = loop {
         let quote = client

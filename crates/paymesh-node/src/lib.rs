@@ -25,6 +25,7 @@ pub mod cluster_service;
 pub mod codec;
 pub mod config;
 pub mod convert;
+pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

@@ -1,75 +1,39 @@
-//! The coordinator's side of the two-phase protocol: the links to the other
-//! regions, their circuit breakers, and the shipper that empties the
-//! replicated outbox.
+//! The coordinator's side of the two-phase protocol as the node runs it:
+//! the links to the other regions, and the driver of each region's
+//! shipper.
 //!
-//! The outbox lives in the replicated state: the entry that reserves a
-//! payer's funds also holds the Prepare to send, and the entry that records
-//! the payee region's answer also holds the decision. Only the leader ships.
-//! For each remote region it sends the outbox's messages in batches of up to
-//! [`BATCH_ITEMS_MAX`] items, at most [`RPCS_IN_FLIGHT_MAX`] batches at a
-//! time, and proposes each answer (`PrepareReplied`, `DecisionAcked`), which
-//! removes or replaces the message. A message stays "in flight" in the
-//! shipper's memory from its send until its answer is applied, so it is not
-//! sent twice meanwhile; a failed call releases its messages and the next
-//! send waits a capped exponential backoff with jitter. A new leader starts
-//! with an empty memory and sends whatever the outbox holds: duplicates are
-//! harmless, as the receiver is idempotent by (transfer id, phase).
-//!
-//! The breaker: after [`BREAKER_FAILURES`] calls in a row to a region fail,
-//! new quotes and transfers to it are refused at once (UNAVAILABLE) rather
-//! than reserving funds that would only wait for their deadline. Transfers
-//! already in flight keep being retried; the first call that succeeds (or,
-//! with nothing to send, a health probe) closes the breaker.
-
-use std::collections::{BTreeMap, HashSet};
+//! What to send, when, and what the answers and failures mean is the
+//! shipper engine's (`crate::engine::shipper`, which the simulation runs
+//! too). [`ship`] drives it while this node leads: it polls the engine when
+//! entries are applied, a call finishes, or the engine's wake time comes;
+//! makes the calls it returns over the region's gRPC client (a span per
+//! item, continuing its transfer's trace); proposes the commands its
+//! answers bring; and mirrors its breaker into the [`Link`], where the
+//! gateway reads it to refuse new quotes and transfers to a region that
+//! does not answer.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::join_all;
 use paymesh_client::{Credentials, Region, RetryPolicy};
-use paymesh_core::command::{CommandBody, OutboxMessage, PrepareMessage};
+use paymesh_core::command::{CommandBody, Decision, PrepareMessage};
 use paymesh_core::id::{RegionId, TransferId};
 use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
-use rand::Rng;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::config::NodeConfig;
+use crate::engine;
+use crate::engine::shipper::{Answer, Call, CallId, Outgoing, Shipper, CALL_TIMEOUT, PROBE_DELAY};
 use crate::gateway::Gateway;
-use crate::interregion::{decision_out, prepare_out, reply_in, BATCH_ITEMS_MAX, INTERREGION_MESSAGE_BYTES_MAX};
+use crate::interregion::{decision_out, prepare_out, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::telemetry;
 use crate::tls::TlsMaterial;
 use tracing::Instrument;
-
-/// Batches in flight to one region, at most.
-pub const RPCS_IN_FLIGHT_MAX: usize = 32;
-
-/// How long one inter-region call may take.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The first pause after a failed call, and the largest.
-pub const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-/// See [`BACKOFF_FIRST`].
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// Failed calls in a row that open a region's breaker.
-pub const BREAKER_FAILURES: u32 = 3;
-
-/// How often the shipper looks at the outbox when nothing wakes it.
-const RESCAN: Duration = Duration::from_millis(100);
-
-/// A message's place in the shipper's memory: its transfer and whether it is
-/// the decision (rather than the prepare).
-type Key = (TransferId, bool);
-
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_since: Option<std::time::Instant>,
-}
 
 /// The link to one remote region: its client and its breaker.
 #[derive(Debug)]
@@ -85,7 +49,9 @@ pub struct Link {
     /// certificate and the region's CA (the client follows it).
     credentials: tokio::sync::watch::Sender<Credentials>,
     client: Region,
-    breaker: Mutex<Breaker>,
+    /// Since when the region's breaker is open, if it is: the shipper's,
+    /// mirrored by its driver (closed while this node does not lead).
+    open_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// A remote region's CA certificate, as its file was last read.
@@ -120,7 +86,7 @@ impl Link {
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
         let (credentials, following) = tokio::sync::watch::channel(credentials);
         let client = Region::live(endpoints, following, policy).with_call_timeout(CALL_TIMEOUT);
-        Link { region, ca_file, ca: RwLock::new(ca.map(Arc::new)), credentials, client, breaker: Mutex::default() }
+        Link { region, ca_file, ca: RwLock::new(ca.map(Arc::new)), credentials, client, open_since: Mutex::default() }
     }
 
     /// The region's CA in force.
@@ -148,31 +114,40 @@ impl Link {
         *self.ca.write().unwrap_or_else(|p| p.into_inner()) = ca.map(Arc::new);
     }
 
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    fn open_since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.open_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How long the breaker has been open, if it is.
     pub fn open_for(&self) -> Option<Duration> {
-        self.breaker().open_since.map(|since| since.elapsed())
+        self.open_since().map(|since| since.elapsed())
     }
 
-    fn failed(&self, status: &Status) {
-        let mut breaker = self.breaker();
-        breaker.failures = breaker.failures.saturating_add(1);
-        if breaker.failures >= BREAKER_FAILURES && breaker.open_since.is_none() {
-            breaker.open_since = Some(std::time::Instant::now());
-            tracing::warn!(region = %self.region, code = ?status.code(), error = %telemetry::bounded_text(status.message(), 512),
-                "region unreachable: circuit open, new transfers to it are refused");
+    /// A new shipper starts (this node leads now) with its breaker closed;
+    /// one left open by an earlier leadership of this node is forgotten.
+    fn reset_breaker(&self) {
+        if self.open_since().take().is_some() {
+            tracing::info!(region = %self.region, "a new leadership ships with the circuit closed until calls fail again");
         }
     }
 
-    fn succeeded(&self) {
-        let mut breaker = self.breaker();
-        if let Some(since) = breaker.open_since.take() {
-            tracing::info!(region = %self.region, open_for = ?since.elapsed(), "region reachable again: circuit closed");
+    /// Take the shipper's breaker (`open_since`), and say so when it opens
+    /// (`cause`: the failure that opened it) or closes.
+    fn mirror(&self, open_since: Option<std::time::Instant>, cause: Option<&Status>) {
+        let mut held = self.open_since();
+        match (*held, open_since) {
+            (None, Some(_)) => {
+                let code = cause.map(Status::code);
+                let error = cause.map(|status| telemetry::bounded_text(status.message(), 512));
+                tracing::warn!(region = %self.region, ?code, error = ?error,
+                    "region unreachable: circuit open, new transfers to it are refused");
+            }
+            (Some(since), None) => {
+                tracing::info!(region = %self.region, open_for = ?since.elapsed(), "region reachable again: circuit closed");
+            }
+            _ => {}
         }
-        breaker.failures = 0;
+        *held = open_since;
     }
 }
 
@@ -261,97 +236,154 @@ pub fn ca_bundle<'a>(cas: impl IntoIterator<Item = &'a RemoteCa>) -> Vec<u8> {
     bundle
 }
 
-/// Ship the outbox to `link`'s region while this node leads; the task is
-/// aborted when leadership is lost.
+/// How a call's task ended, for the driver's loop to tell the shipper.
+enum Done {
+    /// Prepare call `id` was answered, or failed.
+    Prepares { id: CallId, answer: Result<Vec<wire::PrepareReply>, Status> },
+    /// Decision call `id` was answered, or failed.
+    Decisions { id: CallId, answer: Result<Vec<wire::Ack>, Status> },
+    /// Probe `id` found the region answering, or not.
+    Probe { id: CallId, answer: Result<(), Status> },
+    /// `commands` proposed for call `id` were applied or refused.
+    Recorded { id: CallId, commands: usize },
+}
+
+/// Ship the outbox to `link`'s region while this node leads, driving a
+/// shipper engine (see the module documentation); the task is aborted when
+/// leadership is lost.
 pub async fn ship(gateway: Gateway, link: Arc<Link>) {
-    let in_flight: Arc<Mutex<HashSet<Key>>> = Arc::default();
-    let mut tasks: JoinSet<Result<(), Status>> = JoinSet::new();
+    let epoch = Instant::now();
+    let clock = move || engine::ms(epoch.elapsed());
+    let mut shipper = Shipper::new(link.region.clone(), rand::random());
+    let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut applied = gateway.node.state_machine.watch_applied();
-    let mut backoff = BACKOFF_FIRST;
-    let mut not_before = Instant::now();
+    let mut last_id: CallId = 0;
+    link.reset_breaker();
     tracing::info!(region = %link.region, "shipping the outbox");
     // The loop wakes when the outbox may have changed (entries applied), a
-    // batch finished, or the rescan timer fired; each time it looks again.
+    // call's task finished, or the shipper's wake time came; each time it
+    // polls the shipper again.
     loop {
-        if Instant::now() >= not_before && tasks.len() < RPCS_IN_FLIGHT_MAX {
-            let (prepares, decisions) = collect(&gateway, &link.region, &in_flight);
-            if !prepares.is_empty() {
-                tasks.spawn(send_prepares(gateway.clone(), link.clone(), prepares, in_flight.clone()));
-            }
-            if !decisions.is_empty() && tasks.len() < RPCS_IN_FLIGHT_MAX {
-                tasks.spawn(send_decisions(gateway.clone(), link.clone(), decisions, in_flight.clone()));
-            } else {
-                release(&in_flight, decisions.iter().map(|(t, _)| (t.clone(), true)));
-            }
+        let now = clock();
+        let calls = {
+            let applied = gateway.node.state_machine.applied();
+            shipper.poll(now, applied.state.outbox_for(&link.region), || {
+                last_id += 1;
+                last_id
+            })
+        };
+        for Outgoing { id, call } in calls {
+            match call {
+                Call::Prepares(items) => tasks.spawn(send_prepares(gateway.clone(), link.clone(), id, items)),
+                Call::Decisions(items) => tasks.spawn(send_decisions(gateway.clone(), link.clone(), id, items)),
+                Call::Probe => tasks.spawn(probe(link.clone(), id)),
+            };
         }
-        if tasks.is_empty() && link.open_for().is_some() {
-            tasks.spawn(probe(link.clone()));
-        }
-        let wake = not_before.max(Instant::now() + RESCAN);
+        let wake = epoch + Duration::from_millis(shipper.next_wake(now));
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
-            Some(joined) = tasks.join_next() => {
-                match joined {
-                    Ok(Ok(())) => {
-                        backoff = BACKOFF_FIRST;
-                        link.succeeded();
-                    }
-                    Ok(Err(status)) => {
-                        link.failed(&status);
-                        tracing::debug!(region = %link.region, code = ?status.code(), error = %telemetry::bounded_text(status.message(), 512), "batch failed");
-                        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-                        not_before = Instant::now() + backoff + Duration::from_millis(jitter);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                    Err(join) => tracing::error!(%join, "outbox batch task failed"),
+            Some(joined) = tasks.join_next() => match joined {
+                Ok(done) => {
+                    let cause = take(&gateway, &link, &mut shipper, &mut tasks, clock(), done);
+                    let open_since = shipper.open_since().map(|at| (epoch + Duration::from_millis(at)).into_std());
+                    link.mirror(open_since, cause.as_ref());
                 }
-            }
+                Err(join) => tracing::error!(%join, "outbox call task failed"),
+            },
             () = tokio::time::sleep_until(wake) => {}
         }
     }
 }
 
-/// The outbox messages for `region` not in flight, up to a batch of each
-/// kind; they are marked in flight.
-fn collect(
+/// Tell `shipper` how a call ended and carry out what it answers: the
+/// commands to propose (recorded by a task of their own). Returns the
+/// call's failure, if it failed.
+fn take(
     gateway: &Gateway,
-    region: &RegionId,
-    in_flight: &Mutex<HashSet<Key>>,
-) -> (Vec<PrepareMessage>, Vec<(TransferId, paymesh_core::command::Decision)>) {
-    let applied = gateway.node.state_machine.applied();
-    let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    let (mut prepares, mut decisions) = (Vec::new(), Vec::new());
-    for message in applied.state.outbox_for(region) {
-        // Marking a message in flight is part of taking it.
-        match message {
-            OutboxMessage::Prepare(prepare)
-                if prepares.len() < BATCH_ITEMS_MAX && in_flight.insert((prepare.transfer.clone(), false)) =>
-            {
-                prepares.push(prepare.clone());
+    link: &Link,
+    shipper: &mut Shipper,
+    tasks: &mut JoinSet<Done>,
+    now: engine::Ms,
+    done: Done,
+) -> Option<Status> {
+    let (id, answer) = match done {
+        Done::Recorded { id, commands } => {
+            for _ in 0..commands {
+                shipper.recorded(id);
             }
-            OutboxMessage::Decision { transfer, decision }
-                if decisions.len() < BATCH_ITEMS_MAX && in_flight.insert((transfer.clone(), true)) =>
-            {
-                decisions.push((transfer.clone(), *decision));
-            }
-            _ => {}
+            return None;
         }
-        if prepares.len() >= BATCH_ITEMS_MAX && decisions.len() >= BATCH_ITEMS_MAX {
-            break;
+        Done::Probe { id, answer } => {
+            shipper.probed(id, now, answer.is_ok());
+            return answer.err();
+        }
+        Done::Prepares { id, answer: Ok(replies) } => (id, shipper.prepares_answered(id, now, &replies)),
+        Done::Decisions { id, answer: Ok(acks) } => (id, shipper.decisions_answered(id, now, &acks)),
+        Done::Prepares { id, answer: Err(status) } | Done::Decisions { id, answer: Err(status) } => {
+            tracing::debug!(region = %link.region, code = ?status.code(), error = %telemetry::bounded_text(status.message(), 512), "call failed");
+            if let Some(failed) = shipper.failed(id, now) {
+                record(gateway, tasks, id, failed.proposals);
+            }
+            return Some(status);
+        }
+    };
+    match answer {
+        Answer::Stale => None,
+        Answer::Malformed { sent, got } => {
+            let status = Status::internal(format!("{got} answers to a call of {sent} items"));
+            tracing::debug!(region = %link.region, error = %status.message(), "call failed");
+            Some(status)
+        }
+        Answer::Taken { proposals, violations } => {
+            for (transfer, decision) in violations {
+                tracing::error!(region = %link.region, %transfer, ?decision,
+                    "the remote region calls this decision a protocol violation; operators must investigate");
+            }
+            record(gateway, tasks, id, proposals);
+            None
         }
     }
-    (prepares, decisions)
 }
 
-fn release(in_flight: &Mutex<HashSet<Key>>, keys: impl IntoIterator<Item = Key>) {
-    let mut in_flight = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    for key in keys {
-        in_flight.remove(&key);
+/// Propose `proposals` for call `id`, in a task that reports when they are
+/// applied or refused.
+fn record(gateway: &Gateway, tasks: &mut JoinSet<Done>, id: CallId, proposals: Vec<CommandBody>) {
+    if proposals.is_empty() {
+        return;
     }
+    let applied = gateway.node.state_machine.applied();
+    let spanned: Vec<(CommandBody, tracing::Span)> = proposals
+        .into_iter()
+        .map(|body| {
+            let span = match &body {
+                CommandBody::PrepareReplied { transfer, reply } => {
+                    let span = tracing::info_span!("prepare.replied", transfer = %transfer, reply = ?reply);
+                    telemetry::continue_from(
+                        &span,
+                        &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer),
+                    );
+                    span
+                }
+                _ => tracing::Span::none(),
+            };
+            (body, span)
+        })
+        .collect();
+    let gateway = gateway.clone();
+    tasks.spawn(async move {
+        let commands = spanned.len();
+        let outcomes = join_all(spanned.into_iter().map(|(body, span)| gateway.operate(body).instrument(span))).await;
+        if let Some(status) = outcomes.into_iter().find_map(Result::err) {
+            // Recording the answers failed (leadership lost, most likely);
+            // the call itself succeeded, so the link is fine.
+            tracing::debug!(code = ?status.code(), "recording answers failed");
+        }
+        Done::Recorded { id, commands }
+    });
 }
 
 fn client(channel: paymesh_client::NodeChannel) -> InterRegionServiceClient<paymesh_client::NodeChannel> {
@@ -364,13 +396,7 @@ fn gave_up(error: paymesh_client::ClientError) -> Status {
     error.status().cloned().unwrap_or_else(|| Status::unavailable(error.to_string()))
 }
 
-async fn send_prepares(
-    gateway: Gateway,
-    link: Arc<Link>,
-    items: Vec<PrepareMessage>,
-    in_flight: Arc<Mutex<HashSet<Key>>>,
-) -> Result<(), Status> {
-    let keys: Vec<Key> = items.iter().map(|m| (m.transfer.clone(), false)).collect();
+async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec<PrepareMessage>) -> Done {
     // A span per item, a child of its transfer's trace, open until the call returns.
     let spans = step_spans(
         &gateway,
@@ -388,45 +414,10 @@ async fn send_prepares(
             async move { client(channel).prepare(batch).await.map(|r| r.into_inner()) }
         })
         .await;
-    let replies = match answer {
-        Ok(replies) if replies.replies.len() == items.len() => replies.replies,
-        Ok(replies) => {
-            release(&in_flight, keys);
-            return Err(Status::internal(format!("{} replies to {} prepares", replies.replies.len(), items.len())));
-        }
-        Err(error) => {
-            release(&in_flight, keys);
-            return Err(gave_up(error));
-        }
-    };
-    drop(spans);
-    let applied = gateway.node.state_machine.applied();
-    let proposals = items.iter().zip(&replies).filter_map(|(item, reply)| {
-        let answer = reply_in(reply).filter(|_| reply.transfer_id == item.transfer.to_string())?;
-        let span = tracing::info_span!("prepare.replied", transfer = %item.transfer, reply = ?answer);
-        telemetry::continue_from(
-            &span,
-            &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), &item.transfer),
-        );
-        Some((CommandBody::PrepareReplied { transfer: item.transfer.clone(), reply: answer }, span))
-    });
-    let outcomes = join_all(proposals.map(|(body, span)| gateway.operate(body).instrument(span))).await;
-    release(&in_flight, keys);
-    outcomes.into_iter().find_map(Result::err).map_or(Ok(()), |status| {
-        // Recording the answers failed (leadership lost, most likely); the
-        // call itself succeeded, so the link is fine.
-        tracing::debug!(code = ?status.code(), "recording prepare replies failed");
-        Ok(())
-    })
+    Done::Prepares { id, answer: answer.map(|replies| replies.replies).map_err(gave_up) }
 }
 
-async fn send_decisions(
-    gateway: Gateway,
-    link: Arc<Link>,
-    items: Vec<(TransferId, paymesh_core::command::Decision)>,
-    in_flight: Arc<Mutex<HashSet<Key>>>,
-) -> Result<(), Status> {
-    let keys: Vec<Key> = items.iter().map(|(t, _)| (t.clone(), true)).collect();
+async fn send_decisions(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec<(TransferId, Decision)>) -> Done {
     let spans = step_spans(
         &gateway,
         items.iter().map(|(t, _)| t),
@@ -451,41 +442,7 @@ async fn send_decisions(
             async move { client(channel).decide(batch).await.map(|r| r.into_inner()) }
         })
         .await;
-    let acks = match answer {
-        Ok(acks) if acks.acks.len() == items.len() => acks.acks,
-        Ok(acks) => {
-            release(&in_flight, keys);
-            return Err(Status::internal(format!("{} acks to {} decisions", acks.acks.len(), items.len())));
-        }
-        Err(error) => {
-            release(&in_flight, keys);
-            return Err(gave_up(error));
-        }
-    };
-    drop(spans);
-    let mut proposals = Vec::new();
-    let mut done = Vec::new();
-    for ((transfer, decision), ack) in items.iter().zip(&acks) {
-        match wire::AckResult::try_from(ack.result) {
-            Ok(wire::AckResult::Acked) if ack.transfer_id == transfer.to_string() => {
-                proposals.push(CommandBody::DecisionAcked { region: link.region.clone(), transfer: transfer.clone() });
-                done.push((transfer.clone(), true));
-            }
-            Ok(wire::AckResult::ProtocolViolation) => {
-                // Resending will not help: kept in flight (not resent) for
-                // this leadership term, and reported.
-                tracing::error!(region = %link.region, %transfer, ?decision,
-                    "the remote region calls this decision a protocol violation; operators must investigate");
-            }
-            _ => done.push((transfer.clone(), true)),
-        }
-    }
-    let outcomes = join_all(proposals.into_iter().map(|body| gateway.operate(body))).await;
-    release(&in_flight, done);
-    if let Some(status) = outcomes.into_iter().find_map(Result::err) {
-        tracing::debug!(code = ?status.code(), "recording decision acks failed");
-    }
-    Ok(())
+    Done::Decisions { id, answer: answer.map(|acks| acks.acks).map_err(gave_up) }
 }
 
 /// A span per transfer for one protocol step, each continuing its
@@ -509,14 +466,16 @@ fn step_spans<'a>(
 }
 
 /// With the breaker open and nothing to send: is the region back?
-async fn probe(link: Arc<Link>) -> Result<(), Status> {
+async fn probe(link: Arc<Link>, id: CallId) -> Done {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    tokio::time::sleep(BACKOFF_MAX).await;
-    link.client
+    tokio::time::sleep(PROBE_DELAY).await;
+    let answer = link
+        .client
         .call(None, |channel| async move {
             HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map(|_| ())
         })
         .await
-        .map_err(gave_up)
+        .map_err(gave_up);
+    Done::Probe { id, answer }
 }

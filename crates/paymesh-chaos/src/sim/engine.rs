@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use paymesh_core::limits::BATCH_COMMANDS_MAX;
 use paymesh_core::{Batch, Command, CommandBody, CommandId, Outcome, Timestamp};
+use paymesh_node::engine::shipper::{Shipper, ShipperBug};
 
 use super::nemesis::{FaultKind, PlannedFault};
 use super::net::Network;
-use super::region::{Leadership, Node, Region, Shipper, Waiter};
+use super::region::{Leadership, Node, Region, Waiter};
 use super::rng::Rng;
 use super::ship::Message;
 use super::workload::{Follower, Worker};
@@ -53,8 +54,8 @@ pub(crate) enum Event {
     Deliver { from: usize, to: usize, message: Message },
     /// A shipper's call gives up.
     CallTimeout { region: usize, term: u64, dest: usize, call: u64 },
-    /// A shipper probes a region whose breaker is open.
-    Probe { region: usize, term: u64, dest: usize },
+    /// A shipper's probe asks a region whose breaker is open for its health.
+    Probe { region: usize, term: u64, dest: usize, call: u64 },
     /// A partner's call makes its next attempt.
     ClientRetry { call: u64 },
     /// An attempt of a partner's call gives up.
@@ -250,7 +251,7 @@ impl<'c> Sim<'c> {
             }
             Event::Deliver { from, to, message } => self.deliver(from, to, message),
             Event::CallTimeout { region, term, dest, call } => self.call_timed_out(region, term, dest, call),
-            Event::Probe { region, term, dest } => self.probe(region, term, dest),
+            Event::Probe { region, term, dest, call } => self.probe(region, term, dest, call),
             Event::ClientRetry { call } => self.client_send(call),
             Event::ClientAttemptTimeout { call, attempt } => self.client_attempt_timeout(call, attempt),
             Event::WorkerWake { worker } => self.worker_wake(worker),
@@ -376,16 +377,17 @@ impl<'c> Sim<'c> {
         let log = &region.log;
         region.nodes[node].catch_up(log);
         region.term += 1;
-        let backoff = super::ship::BACKOFF_FIRST_MS;
-        let mut shippers: Vec<Shipper> = (0..REGIONS.len()).map(|_| Shipper::new(backoff)).collect();
-        if self.bug(Bug::NewLeaderTrustsMemory) {
-            // The bug: the new leader takes everything the outbox holds for
-            // already in flight, as if its predecessor's memory were its own.
-            let region = &self.regions[index];
-            for (dest, message) in region.nodes[node].state.outbox() {
-                if let Some(d) = self.regions.iter().position(|r| &r.id == dest) {
-                    shippers[d].in_flight.insert(super::ship::key_of(message));
-                }
+        // One shipper per region (the one to itself never polled), each
+        // with an empty memory and its own jitter.
+        let ids: Vec<_> = self.regions.iter().map(|r| r.id.clone()).collect();
+        let mut shippers: Vec<Shipper> = ids.into_iter().map(|id| Shipper::new(id, self.rng.next_u64())).collect();
+        let bugs = [
+            (Bug::AckFailedDecisions, ShipperBug::AckFailedDecisions),
+            (Bug::NewLeaderTrustsMemory, ShipperBug::NewLeaderTrustsMemory),
+        ];
+        for (bug, injected) in bugs {
+            if self.bug(bug) {
+                shippers.iter_mut().for_each(|shipper| shipper.inject(injected));
             }
         }
         let region = &mut self.regions[index];

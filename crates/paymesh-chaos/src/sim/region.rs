@@ -11,12 +11,12 @@
 //! its leadership, and a restarted replica loads its last checkpoint and
 //! applies the log after it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use paymesh_core::command::Decision;
 use paymesh_core::history::MemoryHistory;
-use paymesh_core::id::{RegionId, TransferId};
+use paymesh_core::id::RegionId;
 use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
+use paymesh_node::engine::shipper::Shipper;
 use paymesh_proto::interregion::v1 as wire;
 
 use super::Ms;
@@ -131,60 +131,6 @@ pub(crate) enum Waiter {
     Nobody,
 }
 
-/// A message the shipper took from the outbox: its transfer, and whether
-/// it is the decision (not the prepare), as `paymesh_node::outbox` keys them.
-pub(crate) type Key = (TransferId, bool);
-
-/// One inter-region call of the shipper.
-#[derive(Clone, Debug)]
-pub(crate) struct ShipCall {
-    /// The messages it carries.
-    pub(crate) keys: Vec<Key>,
-    /// The decisions it carries (empty for prepares).
-    pub(crate) decisions: Vec<(TransferId, Decision)>,
-    /// Whether its answer came.
-    pub(crate) answered: bool,
-    /// Answers proposed and not applied yet.
-    pub(crate) pending: usize,
-    /// The messages to release once they are.
-    pub(crate) release: Vec<Key>,
-}
-
-/// The leader's shipper to one remote region, and that link's breaker
-/// (`paymesh_node::outbox::ship` and `Link`).
-#[derive(Clone, Debug)]
-pub(crate) struct Shipper {
-    /// Messages sent and not answered yet.
-    pub(crate) in_flight: BTreeSet<Key>,
-    /// Calls not finished, by id.
-    pub(crate) calls: BTreeMap<u64, ShipCall>,
-    /// The next backoff after a failure.
-    pub(crate) backoff_ms: u64,
-    /// No call before this.
-    pub(crate) not_before: Ms,
-    /// Failed calls in a row.
-    pub(crate) failures: u32,
-    /// When the breaker opened, if it is open.
-    pub(crate) open_since: Option<Ms>,
-    /// When the next health probe runs, if one is due.
-    pub(crate) probe_at: Option<Ms>,
-}
-
-impl Shipper {
-    /// A shipper with an empty memory.
-    pub(crate) fn new(backoff_ms: u64) -> Shipper {
-        Shipper {
-            in_flight: BTreeSet::new(),
-            calls: BTreeMap::new(),
-            backoff_ms,
-            not_before: 0,
-            failures: 0,
-            open_since: None,
-            probe_at: None,
-        }
-    }
-}
-
 /// What an inter-region batch being answered is.
 #[derive(Clone, Debug)]
 pub(crate) enum InboundKind {
@@ -222,7 +168,7 @@ pub(crate) struct Leadership {
     pub(crate) queue: Vec<(Command, Waiter)>,
     /// When the queue is flushed next, if it is scheduled.
     pub(crate) flush_at: Option<Ms>,
-    /// One shipper per region (none to itself).
+    /// One shipper per region (the node's engine; the one to itself unused).
     pub(crate) shippers: Vec<Shipper>,
     /// Inter-region batches being answered, by id.
     pub(crate) inbound: BTreeMap<u64, Inbound>,

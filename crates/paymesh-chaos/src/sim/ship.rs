@@ -1,45 +1,35 @@
-//! Between regions: the coordinator's shipper (`paymesh_node::outbox`) and
-//! the payee region's receiver (`paymesh_node::interregion`), over the
-//! simulated network.
+//! Between regions: the coordinator's shipper and the payee region's
+//! receiver (`paymesh_node::interregion`), over the simulated network.
+//!
+//! The shipper is the node's own engine,
+//! [`paymesh_node::engine::shipper::Shipper`], one per leadership and remote
+//! region, driven here as `paymesh_node::outbox::ship` drives it: polled
+//! when the outbox may have changed, a call finished, or its wake time came;
+//! each call it returns sent over the simulated network (or, for a probe,
+//! the region's health looked at after the probe's delay); each answer,
+//! failure and recorded command reported back to it.
 //!
 //! Messages cross the network in their wire form. The node's own public
 //! conversions are used wherever they are library code: `prepare_out` and
 //! `decision_out` to build a batch, `prepare_in` and `decision_in` to parse
-//! received items, `reply_out` and `ack` to answer them, `reply_in` to read
-//! an answer, the batch limits and the shipper's constants. The service's handler
-//! and the shipper's task are async code bound to a node (its gateway,
-//! proposer and gRPC client), so their logic is written again here, step
+//! received items, `reply_out` and `ack` to answer them, and the batch
+//! limits. The receiver's service handler is async code bound to a node
+//! (its gateway and proposer), so its logic is written again here, step
 //! for step: each received item becomes one core command (`Prepare`,
-//! `Decide`) proposed to the leader, each answer one `PrepareReplied` or
-//! `DecisionAcked`, a message stays in flight from its send until its
-//! answer is applied, a failed call releases its messages and backs off,
-//! and three failures in a row open the breaker.
+//! `Decide`) proposed to the leader, and the batch is answered once every
+//! item's outcome is known.
 
-use paymesh_core::command::{OutboxMessage, PrepareReply};
+use paymesh_core::command::PrepareReply;
 use paymesh_core::{CommandBody, Outcome};
-use paymesh_node::interregion::{
-    ack, decision_in, decision_out, prepare_in, prepare_out, reply_in, reply_out, BATCH_ITEMS_MAX,
-};
-use paymesh_node::outbox::{BACKOFF_FIRST, BACKOFF_MAX, BREAKER_FAILURES, CALL_TIMEOUT, RPCS_IN_FLIGHT_MAX};
+use paymesh_node::engine::ms;
+use paymesh_node::engine::shipper::{Answer, Call, CallId, Shipper, CALL_TIMEOUT, PROBE_DELAY, RESCAN};
+use paymesh_node::interregion::{ack, decision_in, decision_out, prepare_in, prepare_out, reply_out, BATCH_ITEMS_MAX};
 use paymesh_proto::interregion::v1 as wire;
 
 use super::engine::Event;
-use super::region::{Inbound, InboundKind, Key, Region, ShipCall, Waiter};
-use super::{Bug, Ms, Sim};
+use super::region::{Inbound, InboundKind, Region, Waiter};
+use super::{Ms, Sim};
 use crate::world::REGIONS;
-
-/// A duration of the node's constants in simulated milliseconds (all of
-/// them far below `u64::MAX` ms).
-const fn ms(duration: std::time::Duration) -> Ms {
-    duration.as_millis() as Ms
-}
-
-/// The shipper's first backoff after a failed call, ms.
-pub(crate) const BACKOFF_FIRST_MS: Ms = ms(BACKOFF_FIRST);
-
-/// How often the shipper looks at the outbox when nothing wakes it
-/// (`RESCAN` in `outbox.rs`).
-const RESCAN_MS: Ms = 100;
 
 /// A message between two regions.
 #[derive(Clone, Debug)]
@@ -79,14 +69,6 @@ pub(crate) enum Message {
     },
 }
 
-/// The shipper's key of an outbox message.
-pub(crate) fn key_of(message: &OutboxMessage) -> Key {
-    match message {
-        OutboxMessage::Prepare(prepare) => (prepare.transfer.clone(), false),
-        OutboxMessage::Decision { transfer, .. } => (transfer.clone(), true),
-    }
-}
-
 impl Sim<'_> {
     /// Have `region`'s shipper look at the outbox at `at` (or earlier, if
     /// it is due earlier anyway).
@@ -111,90 +93,53 @@ impl Sim<'_> {
         for dest in (0..REGIONS.len()).filter(|d| *d != index) {
             self.ship(index, dest);
         }
-        self.request_scan(index, self.now + RESCAN_MS);
+        self.request_scan(index, self.now + ms(RESCAN));
     }
 
-    /// `outbox::collect` and the sends of `outbox::ship` for one region.
+    /// Poll the leader's shipper to `dest` and make the calls it returns.
     fn ship(&mut self, index: usize, dest: usize) {
         let now = self.now;
-        let dest_id = self.regions[dest].id.clone();
+        let mut next_id = self.next_id;
         let Region { id, nodes, leader, .. } = &mut self.regions[index];
         let from_region = id.to_string();
         let Some(leader) = leader.as_mut() else { return };
         let term = leader.term;
         let state = &nodes[leader.node].state;
         let shipper = &mut leader.shippers[dest];
-        let (mut prepares, mut decisions) = (Vec::new(), Vec::new());
-        if now >= shipper.not_before && shipper.calls.len() < RPCS_IN_FLIGHT_MAX {
-            for message in state.outbox_for(&dest_id) {
-                // Marking a message in flight is part of taking it.
-                match message {
-                    OutboxMessage::Prepare(prepare)
-                        if prepares.len() < BATCH_ITEMS_MAX
-                            && shipper.in_flight.insert((prepare.transfer.clone(), false)) =>
-                    {
-                        prepares.push(prepare.clone());
-                    }
-                    OutboxMessage::Decision { transfer, decision }
-                        if decisions.len() < BATCH_ITEMS_MAX && shipper.in_flight.insert((transfer.clone(), true)) =>
-                    {
-                        decisions.push((transfer.clone(), *decision));
-                    }
-                    _ => {}
+        let dest_id = shipper.region().clone();
+        let calls = shipper.poll(now, state.outbox_for(&dest_id), || {
+            next_id += 1;
+            next_id
+        });
+        self.next_id = next_id;
+        for outgoing in calls {
+            let call = outgoing.id;
+            let message = match outgoing.call {
+                Call::Prepares(prepares) => Message::Prepares {
+                    call,
+                    batch: wire::PrepareBatch {
+                        from_region: from_region.clone(),
+                        items: prepares.iter().map(|p| prepare_out(p, String::new())).collect(),
+                    },
+                },
+                Call::Decisions(decisions) => Message::Decisions {
+                    call,
+                    batch: wire::DecisionBatch {
+                        from_region: from_region.clone(),
+                        items: decisions
+                            .iter()
+                            .map(|(transfer, decision)| wire::DecisionItem {
+                                transfer_id: transfer.to_string(),
+                                decision: decision_out(*decision),
+                                traceparent: String::new(),
+                            })
+                            .collect(),
+                    },
+                },
+                Call::Probe => {
+                    self.at(now + ms(PROBE_DELAY), Event::Probe { region: index, term, dest, call });
+                    continue;
                 }
-                if prepares.len() >= BATCH_ITEMS_MAX && decisions.len() >= BATCH_ITEMS_MAX {
-                    break;
-                }
-            }
-        }
-        let send_decisions =
-            !decisions.is_empty() && shipper.calls.len() + usize::from(!prepares.is_empty()) < RPCS_IN_FLIGHT_MAX;
-        if !send_decisions {
-            for (transfer, _) in &decisions {
-                shipper.in_flight.remove(&(transfer.clone(), true));
-            }
-            decisions.clear();
-        }
-        let mut sends = Vec::new();
-        if !prepares.is_empty() {
-            let keys = prepares.iter().map(|p| (p.transfer.clone(), false)).collect();
-            let batch = wire::PrepareBatch {
-                from_region: from_region.clone(),
-                items: prepares.iter().map(|p| prepare_out(p, String::new())).collect(),
-            };
-            sends.push((keys, Vec::new(), Some(batch), None));
-        }
-        if !decisions.is_empty() {
-            let keys = decisions.iter().map(|(t, _)| (t.clone(), true)).collect();
-            let batch = wire::DecisionBatch {
-                from_region,
-                items: decisions
-                    .iter()
-                    .map(|(transfer, decision)| wire::DecisionItem {
-                        transfer_id: transfer.to_string(),
-                        decision: decision_out(*decision),
-                        traceparent: String::new(),
-                    })
-                    .collect(),
-            };
-            sends.push((keys, decisions, None, Some(batch)));
-        }
-        let probe = sends.is_empty() && shipper.calls.is_empty() && shipper.open_since.is_some();
-        if probe && shipper.probe_at.is_none() {
-            let at = now + ms(BACKOFF_MAX);
-            shipper.probe_at = Some(at);
-            self.at(at, Event::Probe { region: index, term, dest });
-        }
-        for (keys, decisions, prepare_batch, decision_batch) in sends {
-            let call = self.fresh_id();
-            let entry = ShipCall { keys, decisions, answered: false, pending: 0, release: Vec::new() };
-            if let Some(leader) = self.regions[index].leader.as_mut() {
-                leader.shippers[dest].calls.insert(call, entry);
-            }
-            let message = match (prepare_batch, decision_batch) {
-                (Some(batch), _) => Message::Prepares { call, batch },
-                (None, Some(batch)) => Message::Decisions { call, batch },
-                (None, None) => continue,
             };
             self.stats.calls += 1;
             self.send(index, dest, message);
@@ -237,11 +182,7 @@ impl Sim<'_> {
             Message::Decisions { call, batch } => self.receive_decisions(to, from, call, &batch),
             Message::PrepareReplies { call, batch } => self.replies_arrived(to, from, call, &batch),
             Message::Acks { call, batch } => self.acks_arrived(to, from, call, &batch),
-            Message::Refused { call } => {
-                if self.live_call(to, from, call) {
-                    self.fail_call(to, from, call);
-                }
-            }
+            Message::Refused { call } => self.fail_call(to, from, call),
         }
     }
 
@@ -378,169 +319,97 @@ impl Sim<'_> {
 
     // ---- the coordinator's shipper: answers -----------------------------------------
 
-    /// Whether `call` of `origin`'s current leader to `dest` waits for its answer.
-    fn live_call(&self, origin: usize, dest: usize, call: u64) -> bool {
-        let leader = self.regions[origin].leader.as_ref();
-        leader.and_then(|l| l.shippers[dest].calls.get(&call)).is_some_and(|c| !c.answered)
+    /// The leader's shipper of `origin` to `dest`, if `origin` has a leader.
+    fn shipper(&mut self, origin: usize, dest: usize) -> Option<&mut Shipper> {
+        self.regions[origin].leader.as_mut().map(|leader| &mut leader.shippers[dest])
     }
 
-    /// The call succeeded: the link works.
-    fn link_succeeded(&mut self, origin: usize, dest: usize) {
-        if let Some(leader) = self.regions[origin].leader.as_mut() {
-            let shipper = &mut leader.shippers[dest];
-            shipper.failures = 0;
-            shipper.open_since = None;
-            shipper.backoff_ms = BACKOFF_FIRST_MS;
-        }
+    fn replies_arrived(&mut self, origin: usize, dest: usize, call: CallId, batch: &wire::PrepareReplyBatch) {
+        let now = self.now;
+        let Some(shipper) = self.shipper(origin, dest) else { return };
+        let answer = shipper.prepares_answered(call, now, &batch.replies);
+        self.answer_taken(origin, dest, call, answer);
     }
 
-    fn replies_arrived(&mut self, origin: usize, dest: usize, call: u64, batch: &wire::PrepareReplyBatch) {
-        if !self.live_call(origin, dest, call) {
-            return; // late, duplicated, or for an earlier leader: discarded
-        }
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let Some(entry) = leader.shippers[dest].calls.get_mut(&call) else { return };
-        entry.answered = true;
-        if batch.replies.len() != entry.keys.len() {
-            self.fail_call(origin, dest, call);
-            return;
-        }
-        let proposals: Vec<CommandBody> = entry
-            .keys
-            .iter()
-            .zip(&batch.replies)
-            .filter_map(|((transfer, _), reply)| {
-                let answer = reply_in(reply).filter(|_| reply.transfer_id == transfer.to_string())?;
-                Some(CommandBody::PrepareReplied { transfer: transfer.clone(), reply: answer })
-            })
-            .collect();
-        entry.pending = proposals.len();
-        entry.release = entry.keys.clone();
-        self.link_succeeded(origin, dest);
-        self.record_answers(origin, dest, call, proposals);
+    fn acks_arrived(&mut self, origin: usize, dest: usize, call: CallId, batch: &wire::AckBatch) {
+        let now = self.now;
+        let Some(shipper) = self.shipper(origin, dest) else { return };
+        let answer = shipper.decisions_answered(call, now, &batch.acks);
+        self.answer_taken(origin, dest, call, answer);
     }
 
-    fn acks_arrived(&mut self, origin: usize, dest: usize, call: u64, batch: &wire::AckBatch) {
-        if !self.live_call(origin, dest, call) {
-            return;
-        }
-        let dest_id = self.regions[dest].id.clone();
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let Some(entry) = leader.shippers[dest].calls.get_mut(&call) else { return };
-        entry.answered = true;
-        if batch.acks.len() != entry.decisions.len() {
-            self.fail_call(origin, dest, call);
-            return;
-        }
-        let mut proposals = Vec::new();
-        let mut done = Vec::new();
-        let mut violations = 0;
-        for ((transfer, _), ack) in entry.decisions.iter().zip(&batch.acks) {
-            match wire::AckResult::try_from(ack.result) {
-                Ok(wire::AckResult::Acked) if ack.transfer_id == transfer.to_string() => {
-                    proposals.push(CommandBody::DecisionAcked { region: dest_id.clone(), transfer: transfer.clone() });
-                    done.push((transfer.clone(), true));
-                }
-                // Resending will not help: kept in flight for this term.
-                Ok(wire::AckResult::ProtocolViolation) => violations += 1,
-                _ => done.push((transfer.clone(), true)),
+    /// Carry out what the shipper made of an answer: propose its commands.
+    fn answer_taken(&mut self, origin: usize, dest: usize, call: CallId, answer: Answer) {
+        match answer {
+            Answer::Stale => {}
+            Answer::Malformed { .. } => {
+                self.stats.failed_calls += 1;
+                self.rescan_after_failure(origin, dest);
             }
-        }
-        entry.pending = proposals.len();
-        entry.release = done;
-        self.stats.protocol_violations += violations;
-        self.link_succeeded(origin, dest);
-        self.record_answers(origin, dest, call, proposals);
-    }
-
-    fn record_answers(&mut self, origin: usize, dest: usize, call: u64, proposals: Vec<CommandBody>) {
-        if proposals.is_empty() {
-            self.finish_call(origin, dest, call);
-            return;
-        }
-        for body in proposals {
-            self.propose(origin, body, Waiter::Shipper { dest, call });
+            Answer::Taken { proposals, violations } => {
+                self.stats.protocol_violations += violations.len() as u64;
+                let finished = proposals.is_empty();
+                for body in proposals {
+                    self.propose(origin, body, Waiter::Shipper { dest, call });
+                }
+                if finished {
+                    self.request_scan(origin, self.now);
+                }
+            }
         }
     }
 
     /// One of a call's answers was applied.
-    pub(crate) fn shipper_recorded(&mut self, origin: usize, dest: usize, call: u64) {
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let Some(entry) = leader.shippers[dest].calls.get_mut(&call) else { return };
-        entry.pending = entry.pending.saturating_sub(1);
-        if entry.pending == 0 {
-            self.finish_call(origin, dest, call);
-        }
-    }
-
-    /// Every answer of the call is applied: release its messages.
-    fn finish_call(&mut self, origin: usize, dest: usize, call: u64) {
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let shipper = &mut leader.shippers[dest];
-        if let Some(entry) = shipper.calls.remove(&call) {
-            for key in &entry.release {
-                shipper.in_flight.remove(key);
-            }
-        }
+    pub(crate) fn shipper_recorded(&mut self, origin: usize, dest: usize, call: CallId) {
+        let Some(shipper) = self.shipper(origin, dest) else { return };
+        shipper.recorded(call);
         self.request_scan(origin, self.now);
     }
 
     /// A call's time ran out without an answer.
-    pub(crate) fn call_timed_out(&mut self, origin: usize, term: u64, dest: usize, call: u64) {
-        if self.regions[origin].leader_term() == Some(term) && self.live_call(origin, dest, call) {
+    pub(crate) fn call_timed_out(&mut self, origin: usize, term: u64, dest: usize, call: CallId) {
+        if self.regions[origin].leader_term() == Some(term) {
             self.fail_call(origin, dest, call);
         }
     }
 
-    /// A call failed: release its messages, count the failure (three in a
-    /// row open the breaker) and back off.
-    fn fail_call(&mut self, origin: usize, dest: usize, call: u64) {
+    /// A call failed (timed out, or refused).
+    fn fail_call(&mut self, origin: usize, dest: usize, call: CallId) {
         let now = self.now;
-        let backoff = self.regions[origin].leader.as_ref().map_or(BACKOFF_FIRST_MS, |l| l.shippers[dest].backoff_ms);
-        let jitter = self.rng.range(0, backoff / 2);
-        let dest_id = self.regions[dest].id.clone();
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let shipper = &mut leader.shippers[dest];
-        let Some(entry) = shipper.calls.remove(&call) else { return };
-        for key in &entry.keys {
-            shipper.in_flight.remove(key);
-        }
-        shipper.failures = shipper.failures.saturating_add(1);
-        if shipper.failures >= BREAKER_FAILURES && shipper.open_since.is_none() {
-            shipper.open_since = Some(now);
-            self.stats.breaker_opened += 1;
-        }
-        shipper.not_before = now + backoff + jitter;
-        shipper.backoff_ms = (backoff * 2).min(ms(BACKOFF_MAX));
-        let retry_at = shipper.not_before;
+        let Some(shipper) = self.shipper(origin, dest) else { return };
+        let was_open = shipper.open_since().is_some();
+        let Some(failed) = shipper.failed(call, now) else { return };
+        let opened = !was_open && shipper.open_since().is_some();
         self.stats.failed_calls += 1;
-        if self.bug(Bug::AckFailedDecisions) {
-            // The bug: a decision whose call failed is taken for delivered.
-            for (transfer, _) in entry.decisions {
-                let body = CommandBody::DecisionAcked { region: dest_id.clone(), transfer };
-                self.propose(origin, body, Waiter::Nobody);
-            }
+        self.stats.breaker_opened += u64::from(opened);
+        for body in failed.proposals {
+            // Only with a deliberate bug switched on.
+            self.propose(origin, body, Waiter::Nobody);
         }
-        self.request_scan(origin, retry_at);
+        self.rescan_after_failure(origin, dest);
     }
 
-    /// With the breaker open and nothing to send: is the region back? (A
-    /// health call: it answers if the link is up and one of its nodes is.)
-    pub(crate) fn probe(&mut self, origin: usize, term: u64, dest: usize) {
+    /// After a failure: poll again when the shipper's backoff allows.
+    fn rescan_after_failure(&mut self, origin: usize, dest: usize) {
+        let now = self.now;
+        if let Some(wake) = self.shipper(origin, dest).map(|shipper| shipper.next_wake(now)) {
+            self.request_scan(origin, wake);
+        }
+    }
+
+    /// A probe's delay passed: a health call, which answers if the link is
+    /// up and one of the region's nodes is.
+    pub(crate) fn probe(&mut self, origin: usize, term: u64, dest: usize, call: CallId) {
         if self.regions[origin].leader_term() != Some(term) {
             return;
         }
+        let now = self.now;
         let healthy = !self.net.is_cut(origin, dest) && self.regions[dest].nodes.iter().any(|n| n.down == 0);
-        let Some(leader) = self.regions[origin].leader.as_mut() else { return };
-        let shipper = &mut leader.shippers[dest];
-        shipper.probe_at = None;
-        if healthy {
-            shipper.failures = 0;
-            shipper.open_since = None;
-            shipper.backoff_ms = BACKOFF_FIRST_MS;
-        } else {
-            shipper.failures = shipper.failures.saturating_add(1);
-        }
-        self.request_scan(origin, self.now);
+        let Some(shipper) = self.shipper(origin, dest) else { return };
+        shipper.probed(call, now, healthy);
+        let wake = shipper.next_wake(now);
+        self.stats.probes.0 += 1;
+        self.stats.probes.1 += u64::from(healthy);
+        self.request_scan(origin, if healthy { now } else { wake });
     }
 }

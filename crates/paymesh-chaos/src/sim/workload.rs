@@ -325,7 +325,7 @@ impl Sim<'_> {
         let state = &node.state;
         let answer = match &ask {
             Ask::Propose(body) => {
-                let open = |name: &str| leader.shippers[region_index(name)].open_since.is_some();
+                let open = |name: &str| leader.shippers[region_index(name)].open_since().is_some();
                 if breaker_refuses(state, &node.history, body, open) {
                     self.stats.breaker_refusals += 1;
                     Some(Answer::Refused("UNAVAILABLE: RegionUnreachable (breaker open)".to_owned()))
