@@ -11,10 +11,13 @@
 //! milliseconds on the driver's clock ([`Ms`]): the node counts from the
 //! moment its driver started, the simulation uses its simulated time.
 //!
-//! Today's engine is the coordinator's [`shipper`]: the outbox's in-flight
-//! set, the calls to a remote region, their backoff and the region's
-//! circuit breaker. Its driver is `crate::outbox::ship`.
+//! The engines: the coordinator's [`shipper`] (the outbox's in-flight set,
+//! the calls to a remote region, their backoff and the region's circuit
+//! breaker; driven by `crate::outbox::ship`) and the payee region's
+//! [`receiver`] (one inter-region batch from its items to its answer;
+//! driven by the inter-region service in `crate::interregion`).
 
+pub mod receiver;
 pub mod shipper;
 
 /// Milliseconds on the driver's clock.

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use x509_parser::prelude::FromDer;
 
 use crate::convert;
+use crate::engine::receiver::{self, Contradiction, Inbound, Reply};
 use crate::gateway::Gateway;
 use crate::identity::Identity;
 use crate::outbox::Links;
@@ -187,13 +188,6 @@ fn forwarded<T>(request: Request<T>) -> Request<T> {
     forwarded
 }
 
-fn envelope(items: usize) -> Result<(), Status> {
-    if items == 0 || items > BATCH_ITEMS_MAX {
-        return Err(Status::invalid_argument(format!("items: send 1 to {BATCH_ITEMS_MAX} items, not {items}")));
-    }
-    Ok(())
-}
-
 /// A Prepare item as the core's message; a malformed item is a protocol
 /// violation, and one from a region other than the caller a region mismatch.
 pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMessage, RejectCode> {
@@ -314,72 +308,60 @@ fn decide_span(item: &wire::DecisionItem, from: &RegionId) -> tracing::Span {
 impl InterRegionService for InterRegionServer {
     async fn prepare(&self, request: Request<wire::PrepareBatch>) -> Result<Response<wire::PrepareReplyBatch>, Status> {
         let from = self.caller(&request, &request.get_ref().from_region)?;
-        envelope(request.get_ref().items.len())?;
+        receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
             return self.leader_client()?.prepare(forwarded(request)).await;
         }
         let batch = request.into_inner();
-        let replies =
-            join_all(batch.items.iter().map(|item| {
-                tracing::Instrument::instrument(self.prepare_item(item, &from), prepare_span(item, &from))
-            }))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, Status>>()?;
-        let region = self.gateway.node.config.region.to_string();
-        Ok(Response::new(wire::PrepareReplyBatch { from_region: region, replies }))
+        let (inbound, proposals) = Inbound::prepares(&batch, &from);
+        let span = |item: usize| prepare_span(&batch.items[item], &from);
+        match self.answer(inbound, proposals, span, &from).await? {
+            Reply::Prepares(replies) => Ok(Response::new(replies)),
+            Reply::Acks(_) => Err(Status::internal("acks answering prepares")),
+        }
     }
 
     async fn decide(&self, request: Request<wire::DecisionBatch>) -> Result<Response<wire::AckBatch>, Status> {
         let from = self.caller(&request, &request.get_ref().from_region)?;
-        envelope(request.get_ref().items.len())?;
+        receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
             return self.leader_client()?.decide(forwarded(request)).await;
         }
         let batch = request.into_inner();
-        let acks = join_all(
-            batch
-                .items
-                .iter()
-                .map(|item| tracing::Instrument::instrument(self.decide_item(item, &from), decide_span(item, &from))),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, Status>>()?;
-        let region = self.gateway.node.config.region.to_string();
-        Ok(Response::new(wire::AckBatch { from_region: region, acks }))
+        let (inbound, proposals) = Inbound::decisions(&batch, &from);
+        let span = |item: usize| decide_span(&batch.items[item], &from);
+        match self.answer(inbound, proposals, span, &from).await? {
+            Reply::Acks(acks) => Ok(Response::new(acks)),
+            Reply::Prepares(_) => Err(Status::internal("prepare replies answering decisions")),
+        }
     }
 }
 
 impl InterRegionServer {
-    async fn prepare_item(&self, item: &wire::PrepareItem, from: &RegionId) -> Result<wire::PrepareReply, Status> {
-        match prepare_in(item, from) {
-            Err(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
-            Ok(message) => match self.propose(CommandBody::Prepare(message)).await? {
-                Outcome::PrepareReply(reply) => Ok(reply_out(&item.transfer_id, reply)),
-                Outcome::Rejected(code) => Ok(reply_out(&item.transfer_id, PrepareReply::Rejected(code))),
-                other => Err(Status::internal(format!("unexpected outcome of a prepare: {other:?}"))),
-            },
-        }
-    }
-
-    async fn decide_item(&self, item: &wire::DecisionItem, from: &RegionId) -> Result<wire::Ack, Status> {
-        let Some((transfer, decision)) = decision_in(item, from) else {
-            return Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation));
-        };
-        match self.propose(CommandBody::Decide { transfer: transfer.clone(), decision }).await? {
-            Outcome::Acked => Ok(ack(&item.transfer_id, wire::AckResult::Acked)),
-            Outcome::Rejected(code) => {
-                tracing::error!(
-                    %transfer,
-                    from = %from,
-                    ?code,
-                    "a decision contradicts this region's records; operators must investigate"
-                );
-                Ok(ack(&item.transfer_id, wire::AckResult::ProtocolViolation))
+    /// Propose a batch's commands (each in its item's span), give the
+    /// receiver each outcome, and return its answer. A proposal that fails
+    /// (leadership lost) fails the batch, and so does an outcome the
+    /// protocol does not produce.
+    async fn answer(
+        &self,
+        mut inbound: Inbound,
+        proposals: Vec<receiver::Proposal>,
+        span: impl Fn(usize) -> tracing::Span,
+        from: &RegionId,
+    ) -> Result<Reply, Status> {
+        let outcomes = join_all(proposals.into_iter().map(|proposal| {
+            let item = proposal.item;
+            tracing::Instrument::instrument(async move { (item, self.propose(proposal.body).await) }, span(item))
+        }))
+        .await;
+        for (item, outcome) in outcomes {
+            let contradiction = inbound.answered(item, outcome?).map_err(|e| Status::internal(e.to_string()))?;
+            if let Some(Contradiction { transfer, decision, code }) = contradiction {
+                tracing::error!(%transfer, from = %from, ?decision, ?code,
+                    "a decision contradicts this region's records; operators must investigate");
             }
-            other => Err(Status::internal(format!("unexpected outcome of a decision: {other:?}"))),
         }
+        Ok(inbound.reply(&self.gateway.node.config.region))
     }
 }
 

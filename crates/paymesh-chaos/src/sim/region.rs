@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use paymesh_core::history::MemoryHistory;
 use paymesh_core::id::RegionId;
 use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
+use paymesh_node::engine::receiver::Inbound;
 use paymesh_node::engine::shipper::Shipper;
-use paymesh_proto::interregion::v1 as wire;
 
 use super::Ms;
 
@@ -131,26 +131,15 @@ pub(crate) enum Waiter {
     Nobody,
 }
 
-/// What an inter-region batch being answered is.
-#[derive(Clone, Debug)]
-pub(crate) enum InboundKind {
-    /// Prepares; one reply per item, `None` until known.
-    Prepares(Vec<(String, Option<wire::PrepareReply>)>),
-    /// Decisions; one ack per item.
-    Decisions(Vec<(String, Option<wire::Ack>)>),
-}
-
 /// An inter-region batch the leader is answering.
 #[derive(Clone, Debug)]
-pub(crate) struct Inbound {
+pub(crate) struct Answering {
     /// The calling region.
     pub(crate) from: usize,
     /// The caller's call id.
     pub(crate) call: u64,
-    /// The items and their answers.
-    pub(crate) kind: InboundKind,
-    /// Items not answered yet.
-    pub(crate) pending: usize,
+    /// The batch, in the node's receiver engine.
+    pub(crate) inbound: Inbound,
 }
 
 /// What only the leader holds, lost with its leadership.
@@ -171,7 +160,7 @@ pub(crate) struct Leadership {
     /// One shipper per region (the node's engine; the one to itself unused).
     pub(crate) shippers: Vec<Shipper>,
     /// Inter-region batches being answered, by id.
-    pub(crate) inbound: BTreeMap<u64, Inbound>,
+    pub(crate) inbound: BTreeMap<u64, Answering>,
     /// Whether a `Tick` is proposed and not applied yet.
     pub(crate) tick_pending: bool,
 }

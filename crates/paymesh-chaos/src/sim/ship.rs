@@ -1,5 +1,5 @@
 //! Between regions: the coordinator's shipper and the payee region's
-//! receiver (`paymesh_node::interregion`), over the simulated network.
+//! receiver, over the simulated network.
 //!
 //! The shipper is the node's own engine,
 //! [`paymesh_node::engine::shipper::Shipper`], one per leadership and remote
@@ -9,25 +9,24 @@
 //! the region's health looked at after the probe's delay); each answer,
 //! failure and recorded command reported back to it.
 //!
-//! Messages cross the network in their wire form. The node's own public
-//! conversions are used wherever they are library code: `prepare_out` and
-//! `decision_out` to build a batch, `prepare_in` and `decision_in` to parse
-//! received items, `reply_out` and `ack` to answer them, and the batch
-//! limits. The receiver's service handler is async code bound to a node
-//! (its gateway and proposer), so its logic is written again here, step
-//! for step: each received item becomes one core command (`Prepare`,
-//! `Decide`) proposed to the leader, and the batch is answered once every
-//! item's outcome is known.
+//! The receiver is the node's engine too,
+//! [`paymesh_node::engine::receiver::Inbound`], one per batch being
+//! answered, as the node's inter-region service drives it: each item's
+//! command proposed to the leader, each outcome given to it, the batch
+//! answered once complete.
+//!
+//! Messages cross the network in their wire form, built by the node's own
+//! conversions (`prepare_out`, `decision_out`) and parsed by the engines.
 
-use paymesh_core::command::PrepareReply;
-use paymesh_core::{CommandBody, Outcome};
+use paymesh_core::Outcome;
 use paymesh_node::engine::ms;
+use paymesh_node::engine::receiver::{self, Inbound, Reply};
 use paymesh_node::engine::shipper::{Answer, Call, CallId, Shipper, CALL_TIMEOUT, PROBE_DELAY, RESCAN};
-use paymesh_node::interregion::{ack, decision_in, decision_out, prepare_in, prepare_out, reply_out, BATCH_ITEMS_MAX};
+use paymesh_node::interregion::{decision_out, prepare_out};
 use paymesh_proto::interregion::v1 as wire;
 
 use super::engine::Event;
-use super::region::{Inbound, InboundKind, Region, Waiter};
+use super::region::{Answering, Region, Waiter};
 use super::{Ms, Sim};
 use crate::world::REGIONS;
 
@@ -188,10 +187,11 @@ impl Sim<'_> {
 
     // ---- the payee region's receiver ------------------------------------------------
 
-    /// Whether `batch` may be served by `at` now: 1 to 1,000 items, from the
-    /// calling region, and a leader to propose to. Refuses it otherwise.
+    /// Whether `batch` may be served by `at` now: as many items as the
+    /// receiver admits, from the calling region, and a leader to propose
+    /// to. Refuses it otherwise.
     fn admit(&mut self, at: usize, from: usize, call: u64, items: usize, from_region: &str) -> bool {
-        let ok = (1..=BATCH_ITEMS_MAX).contains(&items)
+        let ok = receiver::admit(items).is_ok()
             && from_region == self.regions[from].id.as_str()
             && self.regions[at].leader.is_some();
         if !ok {
@@ -201,120 +201,57 @@ impl Sim<'_> {
     }
 
     fn receive_prepares(&mut self, at: usize, from: usize, call: u64, batch: &wire::PrepareBatch) {
-        if !self.admit(at, from, call, batch.items.len(), &batch.from_region) {
-            return;
+        if self.admit(at, from, call, batch.items.len(), &batch.from_region) {
+            let (inbound, proposals) = Inbound::prepares(batch, &self.regions[from].id);
+            self.start_inbound(at, Answering { from, call, inbound }, proposals);
         }
-        let from_id = self.regions[from].id.clone();
-        let mut replies = Vec::new();
-        let mut proposals = Vec::new();
-        for (index, item) in batch.items.iter().enumerate() {
-            match prepare_in(item, &from_id) {
-                Err(code) => {
-                    let reply = reply_out(&item.transfer_id, PrepareReply::Rejected(code));
-                    replies.push((item.transfer_id.clone(), Some(reply)));
-                }
-                Ok(message) => {
-                    replies.push((item.transfer_id.clone(), None));
-                    proposals.push((index, CommandBody::Prepare(message)));
-                }
-            }
-        }
-        self.start_inbound(
-            at,
-            Inbound { from, call, kind: InboundKind::Prepares(replies), pending: proposals.len() },
-            proposals,
-        );
     }
 
     fn receive_decisions(&mut self, at: usize, from: usize, call: u64, batch: &wire::DecisionBatch) {
-        if !self.admit(at, from, call, batch.items.len(), &batch.from_region) {
-            return;
+        if self.admit(at, from, call, batch.items.len(), &batch.from_region) {
+            let (inbound, proposals) = Inbound::decisions(batch, &self.regions[from].id);
+            self.start_inbound(at, Answering { from, call, inbound }, proposals);
         }
-        let from_id = self.regions[from].id.clone();
-        let mut acks = Vec::new();
-        let mut proposals = Vec::new();
-        for (index, item) in batch.items.iter().enumerate() {
-            match decision_in(item, &from_id) {
-                None => acks
-                    .push((item.transfer_id.clone(), Some(ack(&item.transfer_id, wire::AckResult::ProtocolViolation)))),
-                Some((transfer, decision)) => {
-                    acks.push((item.transfer_id.clone(), None));
-                    proposals.push((index, CommandBody::Decide { transfer, decision }));
-                }
-            }
-        }
-        self.start_inbound(
-            at,
-            Inbound { from, call, kind: InboundKind::Decisions(acks), pending: proposals.len() },
-            proposals,
-        );
     }
 
-    fn start_inbound(&mut self, at: usize, inbound: Inbound, proposals: Vec<(usize, CommandBody)>) {
+    fn start_inbound(&mut self, at: usize, answering: Answering, proposals: Vec<receiver::Proposal>) {
         let batch = self.fresh_id();
         let Some(leader) = self.regions[at].leader.as_mut() else { return };
-        leader.inbound.insert(batch, inbound);
+        leader.inbound.insert(batch, answering);
         if proposals.is_empty() {
             self.finish_inbound(at, batch);
             return;
         }
-        for (item, body) in proposals {
-            self.propose(at, body, Waiter::Inbound { batch, item });
+        for proposal in proposals {
+            self.propose(at, proposal.body, Waiter::Inbound { batch, item: proposal.item });
         }
     }
 
     /// An item's command was applied: its answer is known.
     pub(crate) fn inbound_answered(&mut self, at: usize, batch: u64, item: usize, outcome: Outcome) {
         let Some(leader) = self.regions[at].leader.as_mut() else { return };
-        let Some(inbound) = leader.inbound.get_mut(&batch) else { return };
-        let answered = match &mut inbound.kind {
-            InboundKind::Prepares(replies) => {
-                let reply = match outcome {
-                    Outcome::PrepareReply(reply) => Some(reply),
-                    Outcome::Rejected(code) => Some(PrepareReply::Rejected(code)),
-                    _ => None,
-                };
-                reply.map(|reply| replies[item].1 = Some(reply_out(&replies[item].0, reply))).is_some()
+        let Some(answering) = leader.inbound.get_mut(&batch) else { return };
+        match answering.inbound.answered(item, outcome) {
+            Err(_) => {
+                // An unexpected outcome fails the whole batch (Status::internal).
+                let (from, call) = (answering.from, answering.call);
+                leader.inbound.remove(&batch);
+                self.send(at, from, Message::Refused { call });
             }
-            InboundKind::Decisions(acks) => {
-                let result = match outcome {
-                    Outcome::Acked => Some(wire::AckResult::Acked),
-                    // A decision contradicting this region's records.
-                    Outcome::Rejected(_) => Some(wire::AckResult::ProtocolViolation),
-                    _ => None,
-                };
-                result.map(|result| acks[item].1 = Some(ack(&acks[item].0, result))).is_some()
-            }
-        };
-        inbound.pending = inbound.pending.saturating_sub(1);
-        let (done, from, call) = (inbound.pending == 0, inbound.from, inbound.call);
-        if !answered {
-            // An unexpected outcome fails the whole batch (Status::internal).
-            leader.inbound.remove(&batch);
-            self.send(at, from, Message::Refused { call });
-        } else if done {
-            self.finish_inbound(at, batch);
+            Ok(_) if answering.inbound.complete() => self.finish_inbound(at, batch),
+            Ok(_) => {}
         }
     }
 
     fn finish_inbound(&mut self, at: usize, batch: u64) {
-        let region = self.regions[at].id.to_string();
+        let region = self.regions[at].id.clone();
         let Some(leader) = self.regions[at].leader.as_mut() else { return };
-        let Some(inbound) = leader.inbound.remove(&batch) else { return };
-        let message = match inbound.kind {
-            InboundKind::Prepares(replies) => Message::PrepareReplies {
-                call: inbound.call,
-                batch: wire::PrepareReplyBatch {
-                    from_region: region,
-                    replies: replies.into_iter().filter_map(|(_, r)| r).collect(),
-                },
-            },
-            InboundKind::Decisions(acks) => Message::Acks {
-                call: inbound.call,
-                batch: wire::AckBatch { from_region: region, acks: acks.into_iter().filter_map(|(_, a)| a).collect() },
-            },
+        let Some(Answering { from, call, inbound }) = leader.inbound.remove(&batch) else { return };
+        let message = match inbound.reply(&region) {
+            Reply::Prepares(batch) => Message::PrepareReplies { call, batch },
+            Reply::Acks(batch) => Message::Acks { call, batch },
         };
-        self.send(at, inbound.from, message);
+        self.send(at, from, message);
     }
 
     // ---- the coordinator's shipper: answers -----------------------------------------
