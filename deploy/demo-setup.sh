@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Configure the demo's world on the running mesh with paymesh admin commands
-# from the host (what `paymesh demo` does in crates/paymesh-cli/src/demo.rs,
-# `configure`):
+# from the host (what `paymesh demo` does with
+# crates/paymesh-harness/src/world.rs, `configure`):
 #   partners   us-west: paypal-us (USD wallet), shop-us (USD merchants)
 #              ap-southeast: gcash-ph (PHP wallet), sari-ph (PHP merchants)
 #              cn-east: wechat-cn, alipay-cn (CNY merchant networks)

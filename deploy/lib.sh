@@ -30,7 +30,7 @@ RAFT_PORT=7000
 API_PORT=8000
 INTERREGION_PORT=9000
 
-# The demo's partners per region (as in crates/paymesh-cli/src/demo.rs).
+# The demo's partners per region (as in crates/paymesh-harness/src/world.rs).
 declare -A PARTNERS=(
   [us-west]="paypal-us,shop-us"
   [ap-southeast]="gcash-ph,sari-ph"

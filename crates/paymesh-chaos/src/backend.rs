@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use paymesh_cli::local::LocalRegion;
-use paymesh_cli::wan::WanSettings;
+use paymesh_harness::local::LocalRegion;
+use paymesh_harness::wan::WanSettings;
 
 use crate::docker::DockerMesh;
 use crate::locality::ScanRoot;

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use paymesh_cli::local::LocalRegion;
-use paymesh_cli::mesh::OPERATOR;
-use paymesh_cli::wan::{WanLink, WanSettings};
+use paymesh_harness::local::LocalRegion;
+use paymesh_harness::mesh::OPERATOR;
+use paymesh_harness::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
 use crate::history::REGION_FILES;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use paymesh_cli::wan::WanSettings;
+use paymesh_harness::wan::WanSettings;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;

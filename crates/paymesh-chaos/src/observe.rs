@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use paymesh_cli::demo::transfers_of;
-use paymesh_cli::local::LocalRegion;
+use paymesh_harness::local::LocalRegion;
+use paymesh_harness::world::transfers_of;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::partner::v1 as wire;
 use rust_decimal::Decimal;

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use paymesh_cli::mesh::LocalMesh;
-use paymesh_cli::wan::{WanLink, WanSettings};
+use paymesh_harness::mesh::LocalMesh;
+use paymesh_harness::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
 use crate::history::REGION_FILES;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use paymesh_cli::demo::configure_world;
-use paymesh_cli::wan::WanSettings;
+use paymesh_harness::wan::WanSettings;
+use paymesh_harness::world::configure_world;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

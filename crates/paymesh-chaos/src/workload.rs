@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use paymesh_cli::local::LocalRegion;
 use paymesh_client::{ClientError, PartnerClient, Region, RetryPolicy};
+use paymesh_harness::local::LocalRegion;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rand::rngs::StdRng;
@@ -22,7 +22,7 @@ use tonic::Code;
 
 use crate::history::{Amount, Op, Outcome, Position, Request, TransferState};
 use crate::world;
-use paymesh_cli::demo::{minor, Wallet};
+use paymesh_harness::world::{minor, Wallet};
 
 /// The start of every payer's marker: a payer of region `r` carries
 /// [`pii_marker`]`(r)`, `PIIMARK-<r>-`, in its name, account and reference,

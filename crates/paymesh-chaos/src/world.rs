@@ -2,7 +2,7 @@
 //! payee region, several wallets (one of them funded thinly, so refusals for
 //! an insufficient position happen too) and merchant networks.
 
-use paymesh_cli::demo::{Merchant, Rate, Wallet};
+use paymesh_harness::world::{Merchant, Rate, Wallet};
 use paymesh_node::identity::Identity;
 
 /// The regions, in the order the nemeses name them.

@@ -10,10 +10,11 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use paymesh_client::{NodeChannel, Region};
+use paymesh_harness::admin_calls::{accepted, call_region, money, unix_ms_now};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_client::AdminServiceClient;
 use paymesh_proto::common::v1 as common;
@@ -306,11 +307,6 @@ pub(crate) enum RouteCommand {
     },
 }
 
-/// A wire amount.
-pub(crate) fn money(amount: &str, currency: &str) -> Option<common::Money> {
-    Some(common::Money { amount: amount.to_owned(), currency: currency.to_owned() })
-}
-
 fn show_money(money: Option<&common::Money>) -> String {
     money.map_or_else(|| "-".to_owned(), |m| format!("{} {}", m.amount, m.currency))
 }
@@ -322,45 +318,6 @@ where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     call_region(&Region::new(target.addresses()?, target.credentials()?), call).await
-}
-
-/// Run one admin call on whichever of `region`'s nodes leads, as the
-/// region's credentials say.
-pub(crate) async fn call_region<T, F, Fut>(region: &Region, call: F) -> anyhow::Result<T>
-where
-    F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let answer = region
-        .call(None, |channel| {
-            let fut = call(AdminServiceClient::new(channel));
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await?;
-    Ok(answer)
-}
-
-/// A reject code's short name (`INSUFFICIENT_POSITION`), or its number when
-/// this version does not know it.
-pub(crate) fn reject_name(code: i32) -> String {
-    common::RejectCode::try_from(code).map_or_else(
-        |_| format!("reject code {code}"),
-        |c| c.as_str_name().trim_start_matches("REJECT_CODE_").to_owned(),
-    )
-}
-
-/// Fail with the reject code's name unless it is UNSPECIFIED.
-pub(crate) fn accepted(reject_code: i32) -> anyhow::Result<()> {
-    if reject_code == 0 {
-        return Ok(());
-    }
-    bail!("refused: {}", reject_name(reject_code))
-}
-
-/// Now, in Unix milliseconds.
-pub(crate) fn unix_ms_now() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 fn partner_line(p: &wire::Partner) -> String {

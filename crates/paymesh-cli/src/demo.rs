@@ -7,20 +7,25 @@
 //!   merchant network.
 //! * `cn-east`: `wechat-cn` and `alipay-cn`, CNY merchant networks.
 //!
-//! The regions talk through user-space WAN links (see [`crate::wan`]) with
-//! a 50 ms round trip by default. The workload mixes cross-border payments
-//! (a wallet pays a `wxp://` or `alipay://` code) with domestic ones, and
-//! resubmits some requests with the same idempotency key. When it stops, the
-//! demo waits for every transfer to reach a final state and checks the
-//! invariants: every region's ledger sums to zero per currency and no
-//! position passed its cap; the source region committed a cross-border
-//! transfer exactly when the payee region credited it, with equal amounts;
-//! every retried request got its first answer; every replica holds the same
-//! state; and no byte of a payer's personal data is in the payee region's
-//! data files.
+//! The regions talk through user-space WAN links (see
+//! [`paymesh_harness::wan`]) with a 50 ms round trip by default. The
+//! workload mixes cross-border payments (a wallet pays a `wxp://` or
+//! `alipay://` code) with domestic ones, and resubmits some requests with the
+//! same idempotency key. When it stops, the demo waits for every transfer to
+//! reach a final state and checks the invariants: every region's ledger sums
+//! to zero per currency and no position passed its cap; the source region
+//! committed a cross-border transfer exactly when the payee region credited
+//! it, with equal amounts; every retried request got its first answer; every
+//! replica holds the same state; and no byte of a payer's personal data is in
+//! the payee region's data files.
+//!
+//! The world (partners, prefunding, corridors, rates, routes) is
+//! [`paymesh_harness::world`] and the live checks are
+//! [`paymesh_harness::check`], which the tests and the chaos suite share;
+//! this module is the workload, its probes and its report.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,57 +34,18 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use paymesh_client::PartnerClient;
+use paymesh_harness::admin_calls::{call_region, money};
+use paymesh_harness::check::{check_agreement, check_ledgers, check_no_pii, check_replicas, Check};
+use paymesh_harness::mesh::LocalMesh;
+use paymesh_harness::wan::WanSettings;
+use paymesh_harness::world::{configure, minor, regions, MERCHANTS, PAYER_NAME, PII_MARKER, WALLETS};
 use paymesh_node::config::GROUP_COMMIT_INTERVAL_MS_MAX;
-use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rand::{Rng, SeedableRng};
 
-use crate::admin::{accepted, call_region, money, unix_ms_now};
-use crate::local::LocalRegion;
-use crate::mesh::LocalMesh;
 use crate::steps;
-use crate::wan::WanSettings;
-
-/// A marker in every payer's personal data, searched for in the payee
-/// region's files.
-pub const PII_MARKER: &str = "PIIMARK";
-
-/// A payer's name, in the payer's own script: it too must stay home.
-const PAYER_NAME: &str = "Alice Traveller 李爱丽";
-
-/// The request rate an operator gives each wallet of the demo's world (two
-/// wallets carry the whole mesh's load, more than a partner's default).
-pub const WALLET_REQUESTS_PER_SECOND: u32 = 20_000;
-
-/// The wallets: (region, partner, currency, prefunding in minor units).
-pub const WALLETS: [Wallet; 2] =
-    [("us-west", "paypal-us", "USD", 10_000_000_000), ("ap-southeast", "gcash-ph", "PHP", 500_000_000_000)];
-
-/// The merchant networks: (region, partner, currency, QR prefix).
-pub const MERCHANTS: [Merchant; 4] = [
-    ("cn-east", "wechat-cn", "CNY", "wxp://"),
-    ("cn-east", "alipay-cn", "CNY", "alipay://"),
-    ("us-west", "shop-us", "USD", "usqr://shop/"),
-    ("ap-southeast", "sari-ph", "PHP", "phqr://sari/"),
-];
-
-/// Mid rates, destination units per source unit.
-pub const RATES: [Rate; 4] =
-    [("USD", "CNY", "7.1000"), ("PHP", "CNY", "0.1250"), ("USD", "USD", "1"), ("PHP", "PHP", "1")];
-
-/// The regions and the partners each certifies.
-pub fn regions() -> Vec<(&'static str, Vec<Identity>)> {
-    let mut by_region: BTreeMap<&str, Vec<Identity>> = BTreeMap::new();
-    for (region, partner, _, _) in WALLETS {
-        by_region.entry(region).or_default().push(Identity::Partner(partner.parse().expect("a valid partner id")));
-    }
-    for (region, partner, _, _) in MERCHANTS {
-        by_region.entry(region).or_default().push(Identity::Partner(partner.parse().expect("a valid partner id")));
-    }
-    by_region.into_iter().collect()
-}
 
 /// The arguments of `paymesh demo`.
 #[derive(Clone, Debug, clap::Args)]
@@ -209,166 +175,6 @@ const DURATION_MAX_SECONDS: u64 = 24 * 60 * 60;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One in this many payments is sent a second time with the same key.
 const RESUBMIT_ONE_IN: u32 = 20;
-
-/// `amount` minor units (cents) as a two-decimal wire amount.
-pub fn minor(amount: i64) -> String {
-    format!("{}.{:02}", amount / 100, amount % 100)
-}
-
-fn corridor(source_region: &str, source: &str, destination_region: &str, destination: &str) -> common::CorridorId {
-    common::CorridorId {
-        source_currency: source.to_owned(),
-        source_region: source_region.to_owned(),
-        destination_currency: destination.to_owned(),
-        destination_region: destination_region.to_owned(),
-    }
-}
-
-/// A wallet: (region, partner, currency, prefunding in minor units).
-pub type Wallet = (&'static str, &'static str, &'static str, i64);
-
-/// A merchant network: (region, partner, currency, QR prefix).
-pub type Merchant = (&'static str, &'static str, &'static str, &'static str);
-
-/// A mid rate: (source currency, destination currency, destination units per
-/// source unit).
-pub type Rate = (&'static str, &'static str, &'static str);
-
-/// The terms of every corridor of a demo world: no spread at home and 50 bp
-/// abroad, a 0.30 % fee capped at 1,000, amounts from 1 to 100,000.
-pub fn corridor_request(id: common::CorridorId) -> admin::UpsertCorridorRequest {
-    let currency = id.source_currency.clone();
-    let currency = currency.as_str();
-    admin::UpsertCorridorRequest {
-        spread_bps: if id.source_region == id.destination_region { 0 } else { 50 },
-        corridor: Some(id),
-        fee: Some(admin::FeeSchedule {
-            fixed: money("0.00", currency),
-            rate_bps: 30,
-            min: money("0.00", currency),
-            max: money("1000.00", currency),
-        }),
-        min_amount: money("1.00", currency),
-        max_amount: money("100000.00", currency),
-        daily_cap: money("10000000000.00", currency),
-    }
-}
-
-/// Configure the demo's world on `mesh`: partners, prefunding, corridors,
-/// rates and payee routes. Every refusal is an error.
-pub async fn configure(mesh: &LocalMesh) -> anyhow::Result<()> {
-    configure_world(&mesh.regions, &WALLETS, &MERCHANTS, &RATES).await
-}
-
-/// Configure a world on `regions` (by name): the wallets (prefunded) and merchants as
-/// partners of their regions, and for each wallet a corridor, with its rate
-/// and the payee route, to every merchant whose currency `rates` prices from
-/// the wallet's. Every refusal is an error.
-pub async fn configure_world(
-    regions: &BTreeMap<String, LocalRegion>,
-    wallets: &[Wallet],
-    merchants: &[Merchant],
-    rates: &[Rate],
-) -> anyhow::Result<()> {
-    let region_of = |name: &str| regions.get(name).with_context(|| format!("no region {name}"));
-    let payers = wallets.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payer));
-    let payees = merchants.iter().map(|(r, p, c, _)| (*r, *p, *c, admin::PartnerRole::Payee));
-    for (region, partner, currency, role) in payers.chain(payees) {
-        let request = admin::UpsertPartnerRequest {
-            partner_id: partner.to_owned(),
-            home_region: region.to_owned(),
-            role: role as i32,
-            settlement_currency: currency.to_owned(),
-            net_debit_cap: money("0.00", currency),
-        };
-        let answer = region_of(region)?
-            .admin(|mut c| {
-                let request = request.clone();
-                async move { c.upsert_partner(request).await }
-            })
-            .await?;
-        accepted(answer.reject_code).with_context(|| format!("partner {partner}"))?;
-    }
-    for &(region, partner, currency, prefund) in wallets {
-        // The wallets carry the whole workload, so the operator gives them
-        // more than a partner's default rate.
-        let limits = admin::SetPartnerLimitsRequest {
-            partner_id: partner.to_owned(),
-            limits: Some(admin::PartnerLimits {
-                requests_per_second: WALLET_REQUESTS_PER_SECOND,
-                requests_burst: 2 * WALLET_REQUESTS_PER_SECOND,
-                quotes_outstanding_max: paymesh_core::limits::PARTNER_QUOTES_OUTSTANDING_DEFAULT,
-                transfers_in_flight_max: paymesh_core::limits::PARTNER_TRANSFERS_IN_FLIGHT_DEFAULT,
-            }),
-        };
-        let answer = region_of(region)?
-            .admin(|mut c| {
-                let limits = limits.clone();
-                async move { c.set_partner_limits(limits).await }
-            })
-            .await?;
-        accepted(answer.reject_code).with_context(|| format!("limits of {partner}"))?;
-        let request = admin::TopUpPositionRequest {
-            partner_id: partner.to_owned(),
-            amount: money(&minor(prefund), currency),
-            reference: format!("demo-prefund-{partner}"),
-        };
-        let answer = region_of(region)?
-            .admin(|mut c| {
-                let request = request.clone();
-                async move { c.top_up_position(request).await }
-            })
-            .await?;
-        accepted(answer.reject_code).with_context(|| format!("prefunding {partner}"))?;
-        for &(merchant_region, merchant, merchant_currency, prefix) in merchants {
-            let Some((_, _, rate)) = rates.iter().find(|(s, d, _)| *s == currency && *d == merchant_currency) else {
-                continue;
-            };
-            let id = corridor(region, currency, merchant_region, merchant_currency);
-            let upsert = corridor_request(id.clone());
-            let fx = admin::SetFxRateRequest {
-                corridor: Some(id),
-                mid_rate: (*rate).to_owned(),
-                valid_from_unix_ms: unix_ms_now() - 60_000,
-                valid_until_unix_ms: unix_ms_now() + 23 * 3_600_000,
-            };
-            let route = admin::UpsertPayeeRouteRequest {
-                qr_prefix: prefix.to_owned(),
-                payee_partner_id: merchant.to_owned(),
-                region: merchant_region.to_owned(),
-                currency: merchant_currency.to_owned(),
-            };
-            let region = region_of(region)?;
-            let context = || format!("corridor {currency} to {merchant} in {}", region.region());
-            let upserted = region
-                .admin(|mut c| {
-                    let upsert = upsert.clone();
-                    async move { c.upsert_corridor(upsert).await }
-                })
-                .await?;
-            accepted(upserted.reject_code).with_context(context)?;
-            // A corridor within one currency needs no rate.
-            if currency != merchant_currency {
-                let rated = region
-                    .admin(|mut c| {
-                        let fx = fx.clone();
-                        async move { c.set_fx_rate(fx).await }
-                    })
-                    .await?;
-                accepted(rated.reject_code).with_context(context)?;
-            }
-            // Corridors are per wallet currency; the routes are the region's.
-            let routed = region
-                .admin(|mut c| {
-                    let route = route.clone();
-                    async move { c.upsert_payee_route(route).await }
-                })
-                .await?;
-            accepted(routed.reject_code).with_context(context)?;
-        }
-    }
-    Ok(())
-}
 
 /// What one payment is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -557,104 +363,6 @@ async fn follow(client: PartnerClient, history: Arc<History>, stop: Arc<AtomicBo
     }
 }
 
-/// One invariant's verdict.
-#[derive(Debug)]
-pub struct Check {
-    /// What is checked.
-    pub name: String,
-    /// Whether it holds.
-    pub holds: bool,
-    /// The figures behind the verdict.
-    pub detail: String,
-}
-
-/// Every region's ledger balances and no position is past its cap.
-pub async fn check_ledgers(mesh: &LocalMesh) -> anyhow::Result<Check> {
-    let mut details = Vec::new();
-    let mut holds = true;
-    for (name, region) in &mesh.regions {
-        let summary =
-            region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await?;
-        holds &= summary.balanced;
-        details.push(if summary.balanced {
-            format!("{name}: balanced")
-        } else {
-            format!("{name}: {}", summary.violation)
-        });
-    }
-    Ok(Check { name: "every region's ledger sums to zero per currency".into(), holds, detail: details.join("; ") })
-}
-
-/// Every transfer a partner sees, by id.
-pub async fn transfers_of(client: &PartnerClient) -> anyhow::Result<HashMap<String, wire::Transfer>> {
-    let mut seen = HashMap::new();
-    let mut token = String::new();
-    for _ in 0..100_000 {
-        let page = client
-            .list_transfers(wire::ListTransfersRequest {
-                page_size: 500,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .context("listing transfers")?;
-        for t in page.transfers {
-            seen.insert(t.transfer_id.clone(), t);
-        }
-        if page.next_page_token.is_empty() {
-            return Ok(seen);
-        }
-        token = page.next_page_token;
-    }
-    bail!("too many transfers to list")
-}
-
-/// Source committed ⇔ destination committed, with equal amounts, for every
-/// cross-border transfer the wallets list.
-pub async fn check_agreement(mesh: &LocalMesh) -> anyhow::Result<Check> {
-    let mut payee_side = HashMap::new();
-    for (region, merchant, _, _) in MERCHANTS.iter().filter(|m| m.0 == "cn-east") {
-        payee_side.extend(transfers_of(&mesh.region(region)?.partner(merchant)?).await?);
-    }
-    let (mut committed, mut aborted, mut bad) = (0u64, 0u64, Vec::new());
-    let committed_state = wire::TransferState::Committed as i32;
-    let amount = |t: &wire::Transfer| t.destination_amount.as_ref().map(|m| (m.amount.clone(), m.currency.clone()));
-    for (region, wallet, _, _) in WALLETS {
-        for (id, source) in transfers_of(&mesh.region(region)?.partner(wallet)?).await? {
-            if source.corridor.as_ref().is_none_or(|c| c.destination_region == region) {
-                continue; // domestic
-            }
-            let source_committed = source.state == committed_state;
-            let Some(dest) = payee_side.get(&id) else {
-                if source_committed {
-                    bad.push(format!("{id} committed at the source, unknown at the destination"));
-                } else {
-                    aborted += 1;
-                }
-                continue;
-            };
-            let dest_committed = dest.state == committed_state;
-            if source_committed != dest_committed {
-                bad.push(format!("{id}: source state {}, destination state {}", source.state, dest.state));
-            } else if source_committed && amount(&source) != amount(dest) {
-                bad.push(format!("{id}: source says {:?}, destination credited {:?}", amount(&source), amount(dest)));
-            } else if source_committed {
-                committed += 1;
-            } else {
-                aborted += 1;
-            }
-        }
-    }
-    let detail = if bad.is_empty() {
-        format!("{committed} committed on both sides, {aborted} aborted")
-    } else {
-        format!("{} disagreements, first: {}", bad.len(), bad[0])
-    };
-    Ok(Check {
-        name: "source committed ⇔ destination committed, equal amounts".into(), holds: bad.is_empty(), detail
-    })
-}
-
 /// The Raft log syncs of every node of the mesh since it started.
 #[derive(Debug, Default)]
 struct LogSyncs {
@@ -677,70 +385,6 @@ async fn log_syncs(mesh: &LocalMesh) -> Option<LogSyncs> {
         }
     }
     answered.then_some(syncs)
-}
-
-/// Every replica of every region holds the same state.
-pub async fn check_replicas(mesh: &LocalMesh) -> anyhow::Result<Check> {
-    let mut details = Vec::new();
-    let mut holds = true;
-    for (name, region) in &mesh.regions {
-        match region.wait_converged(Duration::from_secs(30)).await {
-            Ok(statuses) => details.push(format!(
-                "{name}: {} nodes at index {}",
-                statuses.len(),
-                statuses.first().and_then(|s| s.applied_index).unwrap_or(0)
-            )),
-            Err(e) => {
-                holds = false;
-                details.push(format!("{name}: {}", format!("{e:#}").lines().next().unwrap_or_default()));
-            }
-        }
-    }
-    Ok(Check { name: "every replica of every region holds the same state".into(), holds, detail: details.join("; ") })
-}
-
-/// No byte of the payers' personal data is in `region`'s data files.
-pub fn check_no_pii(region: &LocalRegion) -> anyhow::Result<Check> {
-    let needles: [&[u8]; 2] = [PII_MARKER.as_bytes(), PAYER_NAME.as_bytes()];
-    let mut files = 0u64;
-    let mut bytes = 0u64;
-    let mut found = Vec::new();
-    for node in region.nodes.values() {
-        for entry in walk(&node.data_dir)? {
-            let data = std::fs::read(&entry).with_context(|| format!("reading {}", entry.display()))?;
-            files += 1;
-            bytes += data.len() as u64;
-            if needles.iter().any(|n| data.windows(n.len()).any(|w| w == *n)) {
-                found.push(entry.display().to_string());
-            }
-        }
-    }
-    let detail = if found.is_empty() {
-        format!("{files} files, {bytes} bytes scanned in {}", region.region())
-    } else {
-        format!("found in {}", found.join(", "))
-    };
-    Ok(Check {
-        name: "no payer personal data in the payee region's files".into(),
-        holds: found.is_empty() && files > 0,
-        detail,
-    })
-}
-
-fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                pending.push(entry.path());
-            } else {
-                files.push(entry.path());
-            }
-        }
-    }
-    Ok(files)
 }
 
 /// The machine's CPU time so far, from the first line of `/proc/stat`

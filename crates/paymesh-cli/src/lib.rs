@@ -36,13 +36,10 @@ mod bench;
 mod certs;
 pub mod demo;
 mod history;
-pub mod local;
-pub mod mesh;
 mod otel;
 pub mod rebuild;
 mod status;
 pub mod steps;
-pub mod wan;
 
 /// paymesh: a multi-region payment mesh.
 #[derive(Debug, Parser)]

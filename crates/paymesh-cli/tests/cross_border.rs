@@ -16,10 +16,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use paymesh_cli::demo::{self, check_agreement, check_ledgers, check_no_pii, PII_MARKER};
-use paymesh_cli::mesh::LocalMesh;
-use paymesh_cli::wan::WanSettings;
 use paymesh_client::{PartnerClient, Region};
+use paymesh_harness::check::{check_agreement, check_ledgers, check_no_pii};
+use paymesh_harness::mesh::LocalMesh;
+use paymesh_harness::wan::WanSettings;
+use paymesh_harness::world::{self, PII_MARKER};
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::interregion::v1 as inter;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
@@ -50,8 +51,8 @@ impl Drop for Mesh {
 async fn mesh(wan: WanSettings) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
-    let mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, RAFT, wan, &[]).await.unwrap();
-    demo::configure(&mesh).await.unwrap();
+    let mesh = LocalMesh::start(dir.path(), exe, &world::regions(), 3, RAFT, wan, &[]).await.unwrap();
+    world::configure(&mesh).await.unwrap();
     Mesh { mesh, dir: Some(dir) }
 }
 
@@ -138,7 +139,7 @@ async fn check_books(mesh: &LocalMesh) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
     loop {
-        let open = demo::transfers_of(&merchant)
+        let open = world::transfers_of(&merchant)
             .await
             .unwrap()
             .values()
@@ -313,7 +314,7 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     let id = pay(&client, "kill-payee", 3_000).await.transfer_id;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen = demo::transfers_of(&merchant).await.unwrap();
+        let seen = world::transfers_of(&merchant).await.unwrap();
         if seen.get(&id).is_some_and(|t| t.state == wire::TransferState::Prepared as i32) {
             break;
         }
@@ -392,7 +393,7 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     link.update(|s| s.cut = false);
     check_books(mesh).await;
     let cn_merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
-    let seen = demo::transfers_of(&cn_merchant).await.unwrap();
+    let seen = world::transfers_of(&cn_merchant).await.unwrap();
     assert!(long.iter().all(|id| seen.get(id).is_none_or(|t| t.state == ABORTED)));
     mesh.stop().unwrap();
 }

@@ -154,7 +154,7 @@ async fn a_partners_caps_and_rate_are_resource_exhausted_and_leave_other_partner
             transfers_in_flight_max: 1,
         }),
     };
-    let refused = paymesh_cli::local::LocalRegion::admin(&region, |mut c| {
+    let refused = paymesh_harness::local::LocalRegion::admin(&region, |mut c| {
         let r = zero.clone();
         async move { c.set_partner_limits(r).await }
     })

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use paymesh_cli::demo;
-use paymesh_cli::mesh::LocalMesh;
 use paymesh_cli::steps::attribute_text;
-use paymesh_cli::wan::WanSettings;
+use paymesh_harness::mesh::LocalMesh;
+use paymesh_harness::wan::WanSettings;
+use paymesh_harness::world;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use tonic::{Request, Response, Status};
@@ -77,8 +77,8 @@ async fn a_cross_border_transfer_is_one_trace_across_regions() {
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
     let raft = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
     let wan = WanSettings { delay_ms: 5, ..WanSettings::default() };
-    let mut mesh = LocalMesh::start(dir.path(), exe, &demo::regions(), 3, raft, wan, &env).await.unwrap();
-    demo::configure(&mesh).await.unwrap();
+    let mut mesh = LocalMesh::start(dir.path(), exe, &world::regions(), 3, raft, wan, &env).await.unwrap();
+    world::configure(&mesh).await.unwrap();
 
     let wallet = mesh.region("us-west").unwrap().partner("paypal-us").unwrap();
     let quote = wallet

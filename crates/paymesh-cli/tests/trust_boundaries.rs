@@ -623,7 +623,7 @@ async fn a_node_dials_with_its_reloaded_certificate_and_ca_after_a_ca_rollover()
         region.terminate(peer);
         region.spawn(peer);
         writer.top_up(&format!("after-restart-of-{peer}"), 1).await.unwrap();
-        let converged = paymesh_cli::local::LocalRegion::wait_converged(&region, Duration::from_secs(20)).await;
+        let converged = paymesh_harness::local::LocalRegion::wait_converged(&region, Duration::from_secs(20)).await;
         if let Err(e) = converged {
             panic!("node {peer}, restarted, does not catch up from node 1: {e}");
         }

@@ -1,13 +1,12 @@
 //! The chaos world (`crate::world`) as the admin commands that configure
 //! it: the same partners, prefunding, corridors, rates and payee routes that
-//! `paymesh_cli::demo::configure_world` sets through the admin API (not the
+//! `paymesh_harness::world::configure_world` sets through the admin API (not the
 //! wallets' request rates, which only a node's gateway enforces), built
 //! from the same admin API requests and parsed by the node's own
 //! conversions (`paymesh_node::convert`), so a term means here what it means
 //! to a node.
 
 use anyhow::Context as _;
-use paymesh_cli::demo::{corridor_request, Merchant, Wallet};
 use paymesh_core::command::CommandBody;
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::directory::PayeeRoute;
@@ -15,6 +14,7 @@ use paymesh_core::fx::FxRate;
 use paymesh_core::id::{PartnerId, QrPayload, RegionId, TopUpRef};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money, Timestamp};
+use paymesh_harness::world::{corridor_request, Merchant, Wallet};
 use paymesh_node::convert;
 use paymesh_proto::common::v1 as common;
 

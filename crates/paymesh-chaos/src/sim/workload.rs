@@ -19,7 +19,6 @@
 //! the state, and new quotes and transfers to a region whose breaker is
 //! open are refused.
 
-use paymesh_cli::demo::Merchant;
 use paymesh_core::command::{PayerDetails, PayerField, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::Recall;
@@ -27,6 +26,7 @@ use paymesh_core::id::{IdempotencyKey, PartnerId, TransferId};
 use paymesh_core::outcome::Quote;
 use paymesh_core::transfer::CoordinatorState;
 use paymesh_core::{CommandBody, Currency, Money, Outcome, State};
+use paymesh_harness::world::Merchant;
 use paymesh_node::convert;
 
 use super::engine::Event;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use paymesh_client::PartnerClient;
+use paymesh_harness::admin_calls::reject_name;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use tokio::task::JoinHandle;
@@ -116,7 +117,7 @@ impl Flood {
                         };
                         match client.create_transfer(request).await {
                             Ok(answer) if answer.reject_code == 0 => "transfer: ok".to_owned(),
-                            Ok(answer) => format!("transfer: {}", crate::admin::reject_name(answer.reject_code)),
+                            Ok(answer) => format!("transfer: {}", reject_name(answer.reject_code)),
                             Err(e) => format!("transfer: {:?}", e.status().map(|s| s.code())),
                         }
                     } else {
@@ -129,7 +130,7 @@ impl Flood {
                         };
                         match client.create_quote(request).await {
                             Ok(answer) if answer.reject_code == 0 => "quote: ok".to_owned(),
-                            Ok(answer) => format!("quote: {}", crate::admin::reject_name(answer.reject_code)),
+                            Ok(answer) => format!("quote: {}", reject_name(answer.reject_code)),
                             Err(e) => format!("quote: {:?}", e.status().map(|s| s.code())),
                         }
                     };

@@ -21,6 +21,8 @@ use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use paymesh_client::{ClientError, PartnerClient};
 use paymesh_core::limits;
+use paymesh_harness::admin_calls::{call_region, reject_name};
+use paymesh_harness::local::LocalRegion;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::admin::v1::history_service_client::HistoryServiceClient;
@@ -30,8 +32,6 @@ use paymesh_proto::partner::v1 as wire;
 use super::load::{Attempt, Target};
 use super::report::{Audit, AuditCheck, Totals};
 use super::workload::{decimal, Pick, CURRENCY, FEE_BPS};
-use crate::admin::call_region;
-use crate::local::LocalRegion;
 
 /// The region the benchmark creates.
 const REGION: &str = "bench";
@@ -118,7 +118,7 @@ fn money(minor: i64) -> Option<common::Money> {
 
 /// A reject code's short name, for the report.
 fn code_name(code: i32) -> String {
-    crate::admin::reject_name(code).to_lowercase()
+    reject_name(code).to_lowercase()
 }
 
 /// A failed call's short reason: the step and the gRPC code (messages

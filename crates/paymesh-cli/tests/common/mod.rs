@@ -1,5 +1,5 @@
 //! A region of real `paymesh` processes on loopback, for integration tests:
-//! [`paymesh_cli::local::LocalRegion`] in a temporary directory, plus the
+//! [`paymesh_harness::local::LocalRegion`] in a temporary directory, plus the
 //! commands and helpers the tests share.
 
 #![allow(dead_code, clippy::unwrap_used)]
@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use paymesh_cli::local::LocalRegion;
 use paymesh_client::{ClientError, Credentials, PartnerClient};
+use paymesh_harness::local::LocalRegion;
 use paymesh_node::cluster_client::ClusterClient;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as wire;

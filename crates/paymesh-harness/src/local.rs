@@ -465,7 +465,7 @@ impl LocalRegion {
         F: Fn(AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        crate::admin::call_region(&self.sdk(&self.operator_stem())?, call).await
+        crate::admin_calls::call_region(&self.sdk(&self.operator_stem())?, call).await
     }
 
     /// Initialise the region through node `id` and wait for a leader; the
