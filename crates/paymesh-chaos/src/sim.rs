@@ -68,6 +68,18 @@ use engine::Sim;
 /// Simulated milliseconds.
 type Ms = u64;
 
+/// A simulated moment as the node's engines take time: the time since the
+/// run started.
+fn engine_time(ms: Ms) -> paymesh_node::engine::Time {
+    std::time::Duration::from_millis(ms)
+}
+
+/// An engine's moment or duration in simulated milliseconds, rounded up
+/// (an engine's wake time is never brought forward).
+fn sim_ms(time: paymesh_node::engine::Time) -> Ms {
+    u64::try_from(time.as_micros().div_ceil(1_000)).unwrap_or(Ms::MAX)
+}
+
 /// What a simulated run does; the seed decides the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimConfig {

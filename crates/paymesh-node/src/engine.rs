@@ -7,9 +7,9 @@
 //! answer that arrived, a call that failed, the time as an argument) and
 //! returns its outputs as values (calls to make, commands to propose, when
 //! to look again). It holds no clock, no socket, no task and no lock: the
-//! driver owns those and carries the outputs out. Time is a count of
-//! milliseconds on the driver's clock ([`Ms`]): the node counts from the
-//! moment its driver started, the simulation uses its simulated time.
+//! driver owns those and carries the outputs out. Time is the time since
+//! the driver's own start ([`Time`]): the node reads it from a monotonic
+//! clock, the simulation from its simulated one.
 //!
 //! The engines: the coordinator's [`shipper`] (the outbox's in-flight set,
 //! the calls to a remote region, their backoff and the region's circuit
@@ -20,11 +20,5 @@
 pub mod receiver;
 pub mod shipper;
 
-/// Milliseconds on the driver's clock.
-pub type Ms = u64;
-
-/// A duration in [`Ms`] (the engine's durations are all far below
-/// `u64::MAX` ms).
-pub const fn ms(duration: std::time::Duration) -> Ms {
-    duration.as_millis() as Ms
-}
+/// A moment on the driver's clock: the time since the driver started.
+pub type Time = std::time::Duration;

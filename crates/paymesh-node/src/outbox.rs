@@ -253,7 +253,7 @@ enum Done {
 /// leadership is lost.
 pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     let epoch = Instant::now();
-    let clock = move || engine::ms(epoch.elapsed());
+    let clock = move || epoch.elapsed();
     let mut shipper = Shipper::new(link.region.clone(), rand::random());
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut applied = gateway.node.state_machine.watch_applied();
@@ -279,7 +279,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
                 Call::Probe => tasks.spawn(probe(link.clone(), id)),
             };
         }
-        let wake = epoch + Duration::from_millis(shipper.next_wake(now));
+        let wake = epoch + shipper.next_wake(now);
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
@@ -289,7 +289,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
             Some(joined) = tasks.join_next() => match joined {
                 Ok(done) => {
                     let cause = take(&gateway, &link, &mut shipper, &mut tasks, clock(), done);
-                    let open_since = shipper.open_since().map(|at| (epoch + Duration::from_millis(at)).into_std());
+                    let open_since = shipper.open_since().map(|at| (epoch + at).into_std());
                     link.mirror(open_since, cause.as_ref());
                 }
                 Err(join) => tracing::error!(%join, "outbox call task failed"),
@@ -307,7 +307,7 @@ fn take(
     link: &Link,
     shipper: &mut Shipper,
     tasks: &mut JoinSet<Done>,
-    now: engine::Ms,
+    now: engine::Time,
     done: Done,
 ) -> Option<Status> {
     let (id, answer) = match done {

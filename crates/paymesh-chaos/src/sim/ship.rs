@@ -19,7 +19,6 @@
 //! conversions (`prepare_out`, `decision_out`) and parsed by the engines.
 
 use paymesh_core::Outcome;
-use paymesh_node::engine::ms;
 use paymesh_node::engine::receiver::{self, Inbound, Reply};
 use paymesh_node::engine::shipper::{Answer, Call, CallId, Shipper, CALL_TIMEOUT, PROBE_DELAY, RESCAN};
 use paymesh_node::interregion::{decision_out, prepare_out};
@@ -27,7 +26,7 @@ use paymesh_proto::interregion::v1 as wire;
 
 use super::engine::Event;
 use super::region::{Answering, Region, Waiter};
-use super::{Ms, Sim};
+use super::{engine_time, sim_ms, Ms, Sim};
 use crate::world::REGIONS;
 
 /// A message between two regions.
@@ -92,7 +91,7 @@ impl Sim<'_> {
         for dest in (0..REGIONS.len()).filter(|d| *d != index) {
             self.ship(index, dest);
         }
-        self.request_scan(index, self.now + ms(RESCAN));
+        self.request_scan(index, self.now + sim_ms(RESCAN));
     }
 
     /// Poll the leader's shipper to `dest` and make the calls it returns.
@@ -106,7 +105,7 @@ impl Sim<'_> {
         let state = &nodes[leader.node].state;
         let shipper = &mut leader.shippers[dest];
         let dest_id = shipper.region().clone();
-        let calls = shipper.poll(now, state.outbox_for(&dest_id), || {
+        let calls = shipper.poll(engine_time(now), state.outbox_for(&dest_id), || {
             next_id += 1;
             next_id
         });
@@ -136,13 +135,13 @@ impl Sim<'_> {
                     },
                 },
                 Call::Probe => {
-                    self.at(now + ms(PROBE_DELAY), Event::Probe { region: index, term, dest, call });
+                    self.at(now + sim_ms(PROBE_DELAY), Event::Probe { region: index, term, dest, call });
                     continue;
                 }
             };
             self.stats.calls += 1;
             self.send(index, dest, message);
-            self.at(now + ms(CALL_TIMEOUT), Event::CallTimeout { region: index, term, dest, call });
+            self.at(now + sim_ms(CALL_TIMEOUT), Event::CallTimeout { region: index, term, dest, call });
         }
     }
 
@@ -264,14 +263,14 @@ impl Sim<'_> {
     fn replies_arrived(&mut self, origin: usize, dest: usize, call: CallId, batch: &wire::PrepareReplyBatch) {
         let now = self.now;
         let Some(shipper) = self.shipper(origin, dest) else { return };
-        let answer = shipper.prepares_answered(call, now, &batch.replies);
+        let answer = shipper.prepares_answered(call, engine_time(now), &batch.replies);
         self.answer_taken(origin, dest, call, answer);
     }
 
     fn acks_arrived(&mut self, origin: usize, dest: usize, call: CallId, batch: &wire::AckBatch) {
         let now = self.now;
         let Some(shipper) = self.shipper(origin, dest) else { return };
-        let answer = shipper.decisions_answered(call, now, &batch.acks);
+        let answer = shipper.decisions_answered(call, engine_time(now), &batch.acks);
         self.answer_taken(origin, dest, call, answer);
     }
 
@@ -315,7 +314,7 @@ impl Sim<'_> {
         let now = self.now;
         let Some(shipper) = self.shipper(origin, dest) else { return };
         let was_open = shipper.open_since().is_some();
-        let Some(failed) = shipper.failed(call, now) else { return };
+        let Some(failed) = shipper.failed(call, engine_time(now)) else { return };
         let opened = !was_open && shipper.open_since().is_some();
         self.stats.failed_calls += 1;
         self.stats.breaker_opened += u64::from(opened);
@@ -329,7 +328,7 @@ impl Sim<'_> {
     /// After a failure: poll again when the shipper's backoff allows.
     fn rescan_after_failure(&mut self, origin: usize, dest: usize) {
         let now = self.now;
-        if let Some(wake) = self.shipper(origin, dest).map(|shipper| shipper.next_wake(now)) {
+        if let Some(wake) = self.shipper(origin, dest).map(|shipper| sim_ms(shipper.next_wake(engine_time(now)))) {
             self.request_scan(origin, wake);
         }
     }
@@ -343,8 +342,8 @@ impl Sim<'_> {
         let now = self.now;
         let healthy = !self.net.is_cut(origin, dest) && self.regions[dest].nodes.iter().any(|n| n.down == 0);
         let Some(shipper) = self.shipper(origin, dest) else { return };
-        shipper.probed(call, now, healthy);
-        let wake = shipper.next_wake(now);
+        shipper.probed(call, engine_time(now), healthy);
+        let wake = sim_ms(shipper.next_wake(engine_time(now)));
         self.stats.probes.0 += 1;
         self.stats.probes.1 += u64::from(healthy);
         self.request_scan(origin, if healthy { now } else { wake });

@@ -41,7 +41,7 @@ use paymesh_proto::interregion::v1 as wire;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{ms, Ms};
+use super::Time;
 use crate::interregion::{reply_in, BATCH_ITEMS_MAX};
 
 /// Calls to one region unfinished at once, at most.
@@ -128,7 +128,7 @@ pub enum Answer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failed {
     /// No call before this.
-    pub retry_at: Ms,
+    pub retry_at: Time,
     /// Commands to propose (none, unless a deliberate bug is switched on).
     pub proposals: Vec<CommandBody>,
 }
@@ -170,10 +170,10 @@ pub struct Shipper {
     region: RegionId,
     in_flight: BTreeSet<Key>,
     calls: BTreeMap<CallId, Unfinished>,
-    backoff: Ms,
-    not_before: Ms,
+    backoff: Time,
+    not_before: Time,
     failures: u32,
-    open_since: Option<Ms>,
+    open_since: Option<Time>,
     jitter: SmallRng,
     bug: Option<ShipperBug>,
     polled: bool,
@@ -187,8 +187,8 @@ impl Shipper {
             region,
             in_flight: BTreeSet::new(),
             calls: BTreeMap::new(),
-            backoff: ms(BACKOFF_FIRST),
-            not_before: 0,
+            backoff: BACKOFF_FIRST,
+            not_before: Time::ZERO,
             failures: 0,
             open_since: None,
             jitter: SmallRng::seed_from_u64(jitter_seed),
@@ -209,7 +209,7 @@ impl Shipper {
     }
 
     /// Since when the region's breaker is open, if it is.
-    pub fn open_since(&self) -> Option<Ms> {
+    pub fn open_since(&self) -> Option<Time> {
         self.open_since
     }
 
@@ -229,8 +229,8 @@ impl Shipper {
     }
 
     /// When to poll again at the latest, if nothing else wakes the driver.
-    pub fn next_wake(&self, now: Ms) -> Ms {
-        self.not_before.max(now + ms(RESCAN))
+    pub fn next_wake(&self, now: Time) -> Time {
+        self.not_before.max(now + RESCAN)
     }
 
     /// The calls to make now: the messages of `outbox` (the region's, in
@@ -239,7 +239,7 @@ impl Shipper {
     /// unfinished, a probe. `fresh_id` names each call.
     pub fn poll<'a>(
         &mut self,
-        now: Ms,
+        now: Time,
         outbox: impl IntoIterator<Item = &'a OutboxMessage>,
         mut fresh_id: impl FnMut() -> CallId,
     ) -> Vec<Outgoing> {
@@ -301,7 +301,7 @@ impl Shipper {
     }
 
     /// The replies to Prepare call `id` arrived.
-    pub fn prepares_answered(&mut self, id: CallId, now: Ms, replies: &[wire::PrepareReply]) -> Answer {
+    pub fn prepares_answered(&mut self, id: CallId, now: Time, replies: &[wire::PrepareReply]) -> Answer {
         let Some(call) = self.waiting(id) else { return Answer::Stale };
         if replies.len() != call.keys.len() || call.keys.is_empty() || !call.decisions.is_empty() {
             return self.malformed(id, now, replies.len());
@@ -320,7 +320,7 @@ impl Shipper {
     }
 
     /// The acknowledgements of decision call `id` arrived.
-    pub fn decisions_answered(&mut self, id: CallId, now: Ms, acks: &[wire::Ack]) -> Answer {
+    pub fn decisions_answered(&mut self, id: CallId, now: Time, acks: &[wire::Ack]) -> Answer {
         let region = self.region.clone();
         let Some(call) = self.waiting(id) else { return Answer::Stale };
         if acks.len() != call.decisions.len() || call.decisions.is_empty() {
@@ -342,7 +342,7 @@ impl Shipper {
 
     /// The probe `id` asked the region's health: it answered (`healthy`) or
     /// not.
-    pub fn probed(&mut self, id: CallId, now: Ms, healthy: bool) {
+    pub fn probed(&mut self, id: CallId, now: Time, healthy: bool) {
         if !self.waiting(id).is_some_and(|call| call.keys.is_empty()) {
             return;
         }
@@ -354,7 +354,7 @@ impl Shipper {
         }
     }
 
-    fn malformed(&mut self, id: CallId, now: Ms, got: usize) -> Answer {
+    fn malformed(&mut self, id: CallId, now: Time, got: usize) -> Answer {
         let sent = self.calls.get(&id).map_or(0, |call| call.keys.len());
         self.failed(id, now);
         Answer::Malformed { sent, got }
@@ -376,7 +376,7 @@ impl Shipper {
     fn succeeded(&mut self) {
         self.failures = 0;
         self.open_since = None;
-        self.backoff = ms(BACKOFF_FIRST);
+        self.backoff = BACKOFF_FIRST;
     }
 
     /// One command proposed for call `id`'s answers was applied (or
@@ -402,7 +402,7 @@ impl Shipper {
     /// connection lost): its messages are released, the failure counts
     /// toward the breaker, and no call is made before a backoff. `None` if
     /// the shipper was not waiting for it.
-    pub fn failed(&mut self, id: CallId, now: Ms) -> Option<Failed> {
+    pub fn failed(&mut self, id: CallId, now: Time) -> Option<Failed> {
         self.waiting(id)?;
         let call = self.calls.remove(&id)?;
         for key in &call.keys {
@@ -412,9 +412,9 @@ impl Shipper {
         if self.failures >= BREAKER_FAILURES && self.open_since.is_none() {
             self.open_since = Some(now);
         }
-        let jitter = self.jitter.random_range(0..=self.backoff / 2);
+        let jitter = Duration::from_micros(self.jitter.random_range(0..=self.backoff.as_micros() as u64 / 2));
         self.not_before = now + self.backoff + jitter;
-        self.backoff = (self.backoff * 2).min(ms(BACKOFF_MAX));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let mut proposals = Vec::new();
         if self.bug == Some(ShipperBug::AckFailedDecisions) {
             for (transfer, _) in call.decisions {

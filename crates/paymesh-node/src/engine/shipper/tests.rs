@@ -8,8 +8,15 @@ use paymesh_core::id::{MerchantId, PartnerId, PayerToken, RegionId, TransferId};
 use paymesh_core::{CommandBody, Money, Timestamp};
 use paymesh_proto::interregion::v1 as wire;
 
+use std::time::Duration;
+
 use super::*;
 use crate::interregion::{ack, reply_out};
+
+/// A moment `ms` milliseconds after the driver started.
+fn at(ms: u64) -> Time {
+    Duration::from_millis(ms)
+}
 
 fn region(name: &str) -> RegionId {
     RegionId::new(name).unwrap()
@@ -55,12 +62,12 @@ fn prepared(call: &Outgoing) -> Vec<wire::PrepareReply> {
 fn a_message_is_sent_once_until_its_answer_is_recorded() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![prepare(1), prepare(2)];
-    let calls = shipper.poll(0, &outbox, &mut ids);
+    let calls = shipper.poll(at(0), &outbox, &mut ids);
     assert_eq!(calls.len(), 1);
     assert!(matches!(&calls[0].call, Call::Prepares(items) if items.len() == 2));
-    assert!(shipper.poll(10, &outbox, &mut ids).is_empty(), "in flight: not sent again");
+    assert!(shipper.poll(at(10), &outbox, &mut ids).is_empty(), "in flight: not sent again");
 
-    let Answer::Taken { proposals, violations } = shipper.prepares_answered(calls[0].id, 20, &prepared(&calls[0]))
+    let Answer::Taken { proposals, violations } = shipper.prepares_answered(calls[0].id, at(20), &prepared(&calls[0]))
     else {
         panic!("the answer is taken")
     };
@@ -72,42 +79,42 @@ fn a_message_is_sent_once_until_its_answer_is_recorded() {
             CommandBody::PrepareReplied { transfer: transfer(2), reply: PrepareReply::Prepared },
         ]
     );
-    assert!(shipper.poll(30, &outbox, &mut ids).is_empty(), "still in flight until both answers are recorded");
+    assert!(shipper.poll(at(30), &outbox, &mut ids).is_empty(), "still in flight until both answers are recorded");
     shipper.recorded(calls[0].id);
-    assert!(shipper.poll(40, &outbox, &mut ids).is_empty());
+    assert!(shipper.poll(at(40), &outbox, &mut ids).is_empty());
     shipper.recorded(calls[0].id);
     assert_eq!((shipper.unfinished(), shipper.in_flight()), (0, 0));
     // Were the answers not applied (leadership lost, say), the outbox
     // still holds the prepares and they go again.
-    assert_eq!(shipper.poll(50, &outbox, &mut ids).len(), 1);
+    assert_eq!(shipper.poll(at(50), &outbox, &mut ids).len(), 1);
 }
 
 #[test]
 fn answers_that_are_late_duplicated_or_for_no_call_are_ignored() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![prepare(1)];
-    let call = shipper.poll(0, &outbox, &mut ids).remove(0);
+    let call = shipper.poll(at(0), &outbox, &mut ids).remove(0);
     let replies = prepared(&call);
-    assert_eq!(shipper.prepares_answered(999, 1, &replies), Answer::Stale);
-    assert!(matches!(shipper.prepares_answered(call.id, 1, &replies), Answer::Taken { .. }));
-    assert_eq!(shipper.prepares_answered(call.id, 2, &replies), Answer::Stale, "a duplicate");
-    assert_eq!(shipper.failed(call.id, 3), None, "answered: a timeout after it is not a failure");
+    assert_eq!(shipper.prepares_answered(999, at(1), &replies), Answer::Stale);
+    assert!(matches!(shipper.prepares_answered(call.id, at(1), &replies), Answer::Taken { .. }));
+    assert_eq!(shipper.prepares_answered(call.id, at(2), &replies), Answer::Stale, "a duplicate");
+    assert_eq!(shipper.failed(call.id, at(3)), None, "answered: a timeout after it is not a failure");
     assert_eq!(shipper.failures(), 0);
 
     let (mut shipper, mut ids) = self::shipper();
-    let call = shipper.poll(0, &outbox, &mut ids).remove(0);
-    assert!(shipper.failed(call.id, 3_000).is_some());
-    assert_eq!(shipper.prepares_answered(call.id, 3_001, &replies), Answer::Stale, "after its timeout");
+    let call = shipper.poll(at(0), &outbox, &mut ids).remove(0);
+    assert!(shipper.failed(call.id, at(3_000)).is_some());
+    assert_eq!(shipper.prepares_answered(call.id, at(3_001), &replies), Answer::Stale, "after its timeout");
 }
 
 #[test]
 fn an_answer_with_the_wrong_number_of_items_fails_the_call() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![prepare(1), prepare(2)];
-    let call = shipper.poll(0, &outbox, &mut ids).remove(0);
+    let call = shipper.poll(at(0), &outbox, &mut ids).remove(0);
     let mut replies = prepared(&call);
     replies.pop();
-    assert_eq!(shipper.prepares_answered(call.id, 5, &replies), Answer::Malformed { sent: 2, got: 1 });
+    assert_eq!(shipper.prepares_answered(call.id, at(5), &replies), Answer::Malformed { sent: 2, got: 1 });
     assert_eq!((shipper.failures(), shipper.in_flight(), shipper.unfinished()), (1, 0, 0));
 }
 
@@ -115,19 +122,19 @@ fn an_answer_with_the_wrong_number_of_items_fails_the_call() {
 fn failures_back_off_with_capped_doubling_and_open_the_breaker_at_the_third() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![prepare(1)];
-    let first = ms(BACKOFF_FIRST);
-    let mut now = 0;
+    let first = BACKOFF_FIRST;
+    let mut now = Time::ZERO;
     let mut pauses = Vec::new();
     for failure in 1..=8u32 {
         let call = shipper.poll(now, &outbox, &mut ids).remove(0);
         assert!(matches!(call.call, Call::Prepares(_)));
-        now += 5;
+        now += at(5);
         let failed = shipper.failed(call.id, now).unwrap();
         assert!(failed.proposals.is_empty());
         assert_eq!(shipper.in_flight(), 0, "released");
         // Backing off: nothing sent before the pause ends (but, once the
         // breaker is open and nothing is unfinished, one probe).
-        let early = shipper.poll(failed.retry_at - 1, &outbox, &mut ids);
+        let early = shipper.poll(failed.retry_at - at(1), &outbox, &mut ids);
         let probes = usize::from(failure == BREAKER_FAILURES);
         assert_eq!(early.iter().map(|c| &c.call).collect::<Vec<_>>(), vec![&Call::Probe; probes], "backing off");
         pauses.push(failed.retry_at - now);
@@ -138,24 +145,24 @@ fn failures_back_off_with_capped_doubling_and_open_the_breaker_at_the_third() {
         now = failed.retry_at;
     }
     for (n, pause) in pauses.iter().enumerate() {
-        let base = (first << n).min(ms(BACKOFF_MAX));
-        assert!((base..=base + base / 2).contains(pause), "pause {n}: {pause} ms, base {base}");
+        let base = (first * (1 << n)).min(BACKOFF_MAX);
+        assert!((base..=base + base / 2).contains(pause), "pause {n}: {pause:?}, base {base:?}");
     }
     // One answer closes the breaker and starts the backoff over.
     let call = shipper.poll(now, &outbox, &mut ids).remove(0);
-    assert!(matches!(shipper.prepares_answered(call.id, now + 1, &prepared(&call)), Answer::Taken { .. }));
+    assert!(matches!(shipper.prepares_answered(call.id, now + at(1), &prepared(&call)), Answer::Taken { .. }));
     assert_eq!((shipper.open_since(), shipper.failures()), (None, 0));
     shipper.recorded(call.id);
-    let call = shipper.poll(now + 2, &outbox, &mut ids).remove(0);
-    let failed = shipper.failed(call.id, now + 3).unwrap();
-    assert!(failed.retry_at - (now + 3) <= first + first / 2);
+    let call = shipper.poll(now + at(2), &outbox, &mut ids).remove(0);
+    let failed = shipper.failed(call.id, now + at(3)).unwrap();
+    assert!(failed.retry_at - (now + at(3)) <= first + first / 2);
 }
 
 #[test]
 fn with_the_breaker_open_and_nothing_to_send_one_probe_runs_and_its_answer_decides() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![prepare(1)];
-    let mut now = 0;
+    let mut now = Time::ZERO;
     for _ in 0..BREAKER_FAILURES {
         let call = shipper.poll(now, &outbox, &mut ids).remove(0);
         now = shipper.failed(call.id, now).unwrap().retry_at;
@@ -169,28 +176,28 @@ fn with_the_breaker_open_and_nothing_to_send_one_probe_runs_and_its_answer_decid
     let probe = shipper.poll(now, &[], &mut ids);
     assert_eq!(probe.len(), 1);
     assert_eq!(probe[0].call, Call::Probe);
-    assert!(shipper.poll(now + 1, &[], &mut ids).is_empty(), "one probe at a time");
-    shipper.probed(probe[0].id, now + ms(PROBE_DELAY), false);
+    assert!(shipper.poll(now + at(1), &[], &mut ids).is_empty(), "one probe at a time");
+    shipper.probed(probe[0].id, now + PROBE_DELAY, false);
     assert!(shipper.open_since().is_some());
-    let retry = shipper.next_wake(now + ms(PROBE_DELAY));
+    let retry = shipper.next_wake(now + PROBE_DELAY);
     let probe = shipper.poll(retry, &[], &mut ids).remove(0);
-    shipper.probed(probe.id, retry + ms(PROBE_DELAY), true);
+    shipper.probed(probe.id, retry + PROBE_DELAY, true);
     assert_eq!((shipper.open_since(), shipper.failures(), shipper.unfinished()), (None, 0, 0));
-    assert!(shipper.poll(retry + ms(PROBE_DELAY), &[], &mut ids).is_empty(), "closed: no probe");
+    assert!(shipper.poll(retry + PROBE_DELAY, &[], &mut ids).is_empty(), "closed: no probe");
 }
 
 #[test]
 fn acknowledged_decisions_are_recorded_and_violations_stay_in_flight() {
     let (mut shipper, mut ids) = shipper();
     let outbox = vec![decision(1), decision(2), decision(3)];
-    let call = shipper.poll(0, &outbox, &mut ids).remove(0);
+    let call = shipper.poll(at(0), &outbox, &mut ids).remove(0);
     assert!(matches!(&call.call, Call::Decisions(items) if items.len() == 3));
     let acks = vec![
         ack(&transfer(1).to_string(), wire::AckResult::Acked),
         ack(&transfer(2).to_string(), wire::AckResult::ProtocolViolation),
         ack(&transfer(9).to_string(), wire::AckResult::Acked),
     ];
-    let Answer::Taken { proposals, violations } = shipper.decisions_answered(call.id, 5, &acks) else {
+    let Answer::Taken { proposals, violations } = shipper.decisions_answered(call.id, at(5), &acks) else {
         panic!("taken")
     };
     assert_eq!(proposals, vec![CommandBody::DecisionAcked { region: region("cn-east"), transfer: transfer(1) }]);
@@ -198,7 +205,7 @@ fn acknowledged_decisions_are_recorded_and_violations_stay_in_flight() {
     shipper.recorded(call.id);
     // Decision 3's ack named another transfer: released and sent again;
     // decision 2 is not sent again by this shipper.
-    let again = shipper.poll(10, &outbox, &mut ids);
+    let again = shipper.poll(at(10), &outbox, &mut ids);
     let sent: Vec<&Call> = again.iter().map(|c| &c.call).collect();
     assert_eq!(sent, vec![&Call::Decisions(vec![(transfer(1), Decision::Commit), (transfer(3), Decision::Commit)])]);
 }
@@ -211,7 +218,7 @@ fn calls_are_bounded_and_batches_hold_at_most_their_limit() {
         .collect();
     let mut calls = Vec::new();
     for tick in 0..RPCS_IN_FLIGHT_MAX as u64 {
-        calls.extend(shipper.poll(tick, &outbox, &mut ids));
+        calls.extend(shipper.poll(at(tick), &outbox, &mut ids));
     }
     assert_eq!(calls.len(), RPCS_IN_FLIGHT_MAX);
     assert_eq!(shipper.unfinished(), RPCS_IN_FLIGHT_MAX);
@@ -223,19 +230,19 @@ fn calls_are_bounded_and_batches_hold_at_most_their_limit() {
         }
     }
     assert_eq!(shipper.in_flight(), RPCS_IN_FLIGHT_MAX * BATCH_ITEMS_MAX, "decisions not sent are not kept");
-    assert!(shipper.poll(100, &outbox, &mut ids).is_empty(), "at the limit");
+    assert!(shipper.poll(at(100), &outbox, &mut ids).is_empty(), "at the limit");
 }
 
 #[test]
 fn the_injected_bugs_do_what_they_say() {
     let (mut shipper, mut ids) = shipper();
     shipper.inject(ShipperBug::AckFailedDecisions);
-    let call = shipper.poll(0, &[decision(1)], &mut ids).remove(0);
-    let failed = shipper.failed(call.id, 1).unwrap();
+    let call = shipper.poll(at(0), &[decision(1)], &mut ids).remove(0);
+    let failed = shipper.failed(call.id, at(1)).unwrap();
     assert_eq!(failed.proposals, vec![CommandBody::DecisionAcked { region: region("cn-east"), transfer: transfer(1) }]);
 
     let (mut shipper, mut ids) = self::shipper();
     shipper.inject(ShipperBug::NewLeaderTrustsMemory);
-    assert!(shipper.poll(0, &[decision(1), prepare(2)], &mut ids).is_empty());
-    assert_eq!(shipper.poll(1, &[decision(1), prepare(2), prepare(3)], &mut ids).len(), 1, "only what came later");
+    assert!(shipper.poll(at(0), &[decision(1), prepare(2)], &mut ids).is_empty());
+    assert_eq!(shipper.poll(at(1), &[decision(1), prepare(2), prepare(3)], &mut ids).len(), 1, "only what came later");
 }
