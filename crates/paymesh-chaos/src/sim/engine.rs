@@ -6,8 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use paymesh_core::limits::BATCH_COMMANDS_MAX;
+use paymesh_core::limits::TICK_WORK_MAX;
+use std::time::Duration;
+
 use paymesh_core::{Batch, Command, CommandBody, CommandId, Outcome, Timestamp};
+use paymesh_node::engine::fair::Lane;
+use paymesh_node::engine::proposer::{Entry, Proposer, ProposerBug, Refused};
 use paymesh_node::engine::shipper::{Shipper, ShipperBug};
 
 use super::nemesis::{FaultKind, PlannedFault};
@@ -16,7 +20,7 @@ use super::region::{Leadership, Node, Region, Waiter};
 use super::rng::Rng;
 use super::ship::Message;
 use super::workload::{Follower, Worker};
-use super::{Bug, Ms, SimConfig, Stats};
+use super::{engine_time, sim_ms, Bug, Ms, SimConfig, Stats};
 use crate::history::{self, Op};
 use crate::world::REGIONS;
 
@@ -24,9 +28,10 @@ use crate::world::REGIONS;
 /// edge, where daily caps reset).
 pub(crate) const START: Timestamp = Timestamp::from_unix_ms(1_767_226_200_000);
 
-/// From a command's proposal to its commit: the proposer's linger, the
-/// append, replication to a majority and their fsyncs.
-const FLUSH_MS: Ms = 2;
+/// From an entry's proposal to its commit: the append, replication to a
+/// majority and their fsyncs (the proposer's linger comes before, the
+/// engine's own).
+const COMMIT_MS: Ms = 2;
 /// Without a majority, the leader tries to commit again this often.
 const NO_QUORUM_RETRY_MS: Ms = 50;
 /// An election takes this long after a leader is lost (election timeout
@@ -42,8 +47,10 @@ const SKEW_MAX_MS: u64 = 200;
 /// Something that happens at a simulated time.
 #[derive(Clone, Debug)]
 pub(crate) enum Event {
-    /// The leader of `region` in `term` commits its queue.
-    Flush { region: usize, term: u64 },
+    /// The leader of `region` in `term` polls its proposer for an entry.
+    Poll { region: usize, term: u64 },
+    /// The leader of `region` in `term` commits the entry it appended.
+    Commit { region: usize, term: u64 },
     /// The leader of `region` ships its outbox.
     Scan { region: usize },
     /// The leader of `region` proposes a `Tick` if one is due.
@@ -72,6 +79,16 @@ pub(crate) enum Event {
     StopWorkload,
     /// Has everything settled?
     SettleCheck,
+}
+
+/// The proposer lane of a command: its partner's for a partner's quote or
+/// transfer, the region's for everything else (as the node's actors choose).
+fn lane_of(body: &CommandBody) -> Lane {
+    match body {
+        CommandBody::CreateQuote { partner, .. } => Lane::Partner(partner.clone()),
+        CommandBody::CreateTransfer(request) => Lane::Partner(request.partner.clone()),
+        _ => Lane::Region,
+    }
 }
 
 /// One seed's simulation.
@@ -242,7 +259,8 @@ impl<'c> Sim<'c> {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Flush { region, term } => self.flush(region, term),
+            Event::Poll { region, term } => self.poll(region, term),
+            Event::Commit { region, term } => self.commit(region, term),
             Event::Scan { region } => self.scan(region),
             Event::TickCheck { region } => self.tick_check(region),
             Event::Election { region } => {
@@ -268,57 +286,82 @@ impl<'c> Sim<'c> {
 
     // ---- the proposal pipeline --------------------------------------------------
 
-    /// Propose `body` to `region`'s leader; `false` if there is none.
+    /// Propose `body` to `region`'s leader, in its partner's lane or the
+    /// region's; `false` if there is no leader, or its proposer refused the
+    /// command (a partner's call is then failed, RESOURCE_EXHAUSTED).
     pub(crate) fn propose(&mut self, region: usize, body: CommandBody, waiter: Waiter) -> bool {
-        let now = self.now;
+        let now = engine_time(self.now);
         let Some(leader) = self.regions[region].leader.as_mut() else { return false };
-        leader.sequence += 1;
-        let id = CommandId { session: leader.session, sequence: leader.sequence };
-        leader.queue.push((Command { id, body }, waiter));
-        if leader.flush_at.is_none() {
-            leader.flush_at = Some(now + FLUSH_MS);
-            let term = leader.term;
-            self.at(now + FLUSH_MS, Event::Flush { region, term });
+        match leader.proposer.submit(now, lane_of(&body), body, waiter) {
+            Ok(()) => {
+                self.schedule_poll(region);
+                true
+            }
+            Err(Refused { waiter, .. }) => {
+                if let Waiter::Client { call, .. } = waiter {
+                    self.attempt_refused(call);
+                }
+                false
+            }
         }
-        true
     }
 
-    fn flush(&mut self, index: usize, term: u64) {
+    /// Poll the leader's proposer when it says (unless a poll is due sooner).
+    fn schedule_poll(&mut self, region: usize) {
+        let Some(leader) = self.regions[region].leader.as_mut() else { return };
+        let Some(wake) = leader.proposer.next_wake().map(sim_ms) else { return };
+        if leader.poll_at.is_none_or(|at| wake < at) {
+            leader.poll_at = Some(wake);
+            let term = leader.term;
+            self.at(wake, Event::Poll { region, term });
+        }
+    }
+
+    /// The leader's proposer gives the entry due, if any: appended, and
+    /// committed `COMMIT_MS` later if a majority serves then.
+    fn poll(&mut self, index: usize, term: u64) {
+        let now = self.now;
+        let Some(leader) = self.regions[index].leader.as_mut().filter(|l| l.term == term) else { return };
+        if leader.poll_at.is_some_and(|at| at <= now) {
+            leader.poll_at = None;
+        }
+        if leader.entry.is_none() {
+            if let Some(entry) = leader.proposer.poll(engine_time(now)) {
+                leader.entry = Some(entry);
+                self.at(now + COMMIT_MS, Event::Commit { region: index, term });
+            }
+        }
+        self.schedule_poll(index);
+    }
+
+    fn commit(&mut self, index: usize, term: u64) {
         let now = self.now;
         let region = &mut self.regions[index];
         let quorum = region.quorum();
         let Some(leader) = region.leader.as_mut().filter(|l| l.term == term) else { return };
-        leader.flush_at = None;
-        if leader.queue.is_empty() {
+        if leader.entry.is_none() {
             return;
         }
         if !quorum {
             // Appended, not committed: wait for a majority (or the end of this leadership).
-            leader.flush_at = Some(now + NO_QUORUM_RETRY_MS);
-            self.at(now + NO_QUORUM_RETRY_MS, Event::Flush { region: index, term });
+            self.at(now + NO_QUORUM_RETRY_MS, Event::Commit { region: index, term });
             return;
         }
-        let take = leader.queue.len().min(BATCH_COMMANDS_MAX);
-        let (commands, waiters): (Vec<Command>, Vec<Waiter>) = leader.queue.drain(..take).unzip();
-        let more = !leader.queue.is_empty();
-        if more {
-            leader.flush_at = Some(now + FLUSH_MS);
-        }
+        let Some(Entry { commands, waiters }) = leader.entry.take() else { return };
+        leader.proposer.settled(engine_time(now));
         let node = leader.node;
         let stamp = region.clock(node, START, now);
         let Ok(batch) = Batch::new(stamp, commands) else { return };
         let outcomes = region.commit(batch);
         let outbox_waiting = region.leader_state().is_some_and(|s| s.outbox().next().is_some());
         self.stats.commands += waiters.len() as u64;
-        if more {
-            self.at(now + FLUSH_MS, Event::Flush { region: index, term });
-        }
         for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
             self.answered(index, waiter, outcome);
         }
         if outbox_waiting {
             self.request_scan(index, now);
         }
+        self.schedule_poll(index);
     }
 
     /// A command's outcome reached whoever waits for it.
@@ -330,8 +373,11 @@ impl<'c> Sim<'c> {
             Waiter::Shipper { dest, call } => self.shipper_recorded(region, dest, call),
             Waiter::Inbound { batch, item } => self.inbound_answered(region, batch, item, outcome),
             Waiter::Tick => {
-                if let Some(leader) = self.regions[region].leader.as_mut() {
-                    leader.tick_pending = false;
+                let full = matches!(&outcome, Outcome::Ticked(report)
+                    if report.aborted as usize + report.purged as usize >= TICK_WORK_MAX);
+                let again = self.regions[region].leader.as_mut().is_some_and(|leader| leader.proposer.ticked(full));
+                if again {
+                    self.try_tick(region);
                 }
             }
             Waiter::Nobody => {}
@@ -339,17 +385,21 @@ impl<'c> Sim<'c> {
     }
 
     fn tick_check(&mut self, index: usize) {
-        let region = &self.regions[index];
-        if let Some(leader) = region.leader.as_ref().filter(|l| !l.tick_pending) {
-            let now = region.clock(leader.node, START, self.now);
-            if region.nodes[leader.node].state.tick_due(now) && self.propose(index, CommandBody::Tick, Waiter::Tick) {
-                if let Some(leader) = self.regions[index].leader.as_mut() {
-                    leader.tick_pending = true;
-                }
-            }
-        }
+        self.try_tick(index);
         if !self.finished {
             self.at(self.now + TICK_INTERVAL_MS, Event::TickCheck { region: index });
+        }
+    }
+
+    /// Propose a `Tick` if the leader's proposer says so: housekeeping due
+    /// by the leader's clock, and none in flight.
+    fn try_tick(&mut self, index: usize) {
+        let region = &mut self.regions[index];
+        let Some(leader) = region.leader.as_ref() else { return };
+        let now = region.clock(leader.node, START, self.now);
+        let due = region.nodes[leader.node].state.tick_due(now);
+        if region.leader.as_mut().is_some_and(|leader| leader.proposer.tick(due)) {
+            self.propose(index, CommandBody::Tick, Waiter::Tick);
         }
     }
 
@@ -368,9 +418,9 @@ impl<'c> Sim<'c> {
             return;
         }
         let node = candidates[self.rng.index(candidates.len())];
-        let mut session = ((node as u64 + 1) << 48) | (self.rng.next_u64() & 0xFFFF_FFFF_FFFF);
+        let mut proposer = Proposer::new(node as u64 + 1, self.rng.next_u64(), Duration::ZERO);
         if self.bug(Bug::SessionPerNode) {
-            session = node as u64 + 1;
+            proposer.inject(ProposerBug::SessionPerNode);
         }
         let region = &mut self.regions[index];
         // A new leader applies every committed entry before it serves.
@@ -394,13 +444,11 @@ impl<'c> Sim<'c> {
         region.leader = Some(Leadership {
             node,
             term: region.term,
-            session,
-            sequence: 0,
-            queue: Vec::new(),
-            flush_at: None,
+            proposer,
+            entry: None,
+            poll_at: None,
             shippers,
             inbound: BTreeMap::new(),
-            tick_pending: false,
         });
         self.stats.elections += 1;
         self.request_scan(index, self.now);
@@ -418,16 +466,15 @@ impl<'c> Sim<'c> {
     }
 
     /// The leader of `index` dies (killed, its region restarted): its memory
-    /// is lost, and the connections to it break. Commands it had queued may
-    /// still have reached a majority and commit under the next leader, or
-    /// may be lost; nobody is told either way.
+    /// is lost, and the connections to it break. The entry it had appended
+    /// may still have reached a majority and commit under the next leader,
+    /// or may be lost; nobody is told either way. Commands still waiting in
+    /// its proposer are lost.
     fn lose_leadership(&mut self, index: usize) {
         let now = self.now;
-        let Some(mut leader) = self.regions[index].leader.take() else { return };
+        let Some(leader) = self.regions[index].leader.take() else { return };
         let replicated = self.regions[index].nodes.iter().enumerate().any(|(i, n)| i != leader.node && n.serving());
-        if !leader.queue.is_empty() && replicated && self.rng.chance(500) {
-            let take = leader.queue.len().min(BATCH_COMMANDS_MAX);
-            let commands: Vec<Command> = leader.queue.drain(..take).map(|(c, _)| c).collect();
+        if let Some(Entry { commands, .. }) = leader.entry.filter(|_| replicated && self.rng.chance(500)) {
             let region = &mut self.regions[index];
             let stamp = region.clock(leader.node, START, now);
             if let Ok(batch) = Batch::new(stamp, commands) {

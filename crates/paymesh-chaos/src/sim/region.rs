@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use paymesh_core::history::MemoryHistory;
 use paymesh_core::id::RegionId;
-use paymesh_core::{Batch, Command, Outcome, State, Timestamp};
+use paymesh_core::{Batch, Outcome, State, Timestamp};
+use paymesh_node::engine::proposer::{Entry, Proposer};
 use paymesh_node::engine::receiver::Inbound;
 use paymesh_node::engine::shipper::Shipper;
 
@@ -149,20 +150,16 @@ pub(crate) struct Leadership {
     pub(crate) node: usize,
     /// Its term.
     pub(crate) term: u64,
-    /// The proposer session (the node and 48 random bits).
-    pub(crate) session: u64,
-    /// The last sequence number used.
-    pub(crate) sequence: u64,
-    /// Commands proposed and not flushed yet.
-    pub(crate) queue: Vec<(Command, Waiter)>,
-    /// When the queue is flushed next, if it is scheduled.
-    pub(crate) flush_at: Option<Ms>,
+    /// Its proposer (the node's engine): commands waiting for an entry.
+    pub(crate) proposer: Proposer<Waiter>,
+    /// The entry appended and not committed yet, if one is.
+    pub(crate) entry: Option<Entry<Waiter>>,
+    /// When its proposer is polled next, if scheduled.
+    pub(crate) poll_at: Option<Ms>,
     /// One shipper per region (the node's engine; the one to itself unused).
     pub(crate) shippers: Vec<Shipper>,
     /// Inter-region batches being answered, by id.
     pub(crate) inbound: BTreeMap<u64, Answering>,
-    /// Whether a `Tick` is proposed and not applied yet.
-    pub(crate) tick_pending: bool,
 }
 
 /// A region: its replicas, its committed log and its leader.

@@ -70,6 +70,7 @@ fn the_runs_reach_every_protocol_path() {
         }
         stats.leader_losses += sim.stats.leader_losses;
         stats.restarts += sim.stats.restarts;
+        stats.posthumous_commits += sim.stats.posthumous_commits;
         stats.dropped += sim.stats.dropped;
         stats.duplicated += sim.stats.duplicated;
         stats.late += sim.stats.late;

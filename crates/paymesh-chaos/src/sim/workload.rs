@@ -392,15 +392,19 @@ impl Sim<'_> {
                     self.client_reply(id, attempt, Answer::Outcome(outcome));
                     return;
                 }
-                leader.sequence += 1;
-                let command = paymesh_core::Command {
-                    id: paymesh_core::CommandId { session: leader.session, sequence: leader.sequence },
-                    body,
-                };
-                leader.queue.push((command, Waiter::Client { call: id, attempt }));
+                // Queued in its proposer, which is never polled again.
+                let lane = paymesh_node::engine::fair::Lane::Region;
+                let at = super::engine_time(now);
+                let _ = leader.proposer.submit(at, lane, body, Waiter::Client { call: id, attempt });
             }
         }
         self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt });
+    }
+
+    /// An attempt was refused at once by the leader's proposer (its queue
+    /// full): RESOURCE_EXHAUSTED, retried as the SDK retries.
+    pub(crate) fn attempt_refused(&mut self, id: u64) {
+        self.attempt_failed(id, Failed::Retry("RESOURCE_EXHAUSTED: the proposal queue is full"));
     }
 
     /// An attempt failed: follow a leader hint at once, or pause and try

@@ -14,9 +14,9 @@ use paymesh_core::{Outcome, Timestamp};
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 
-use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
+use crate::engine::fair::Lane;
 
 /// Quote a payment along this corridor.
 #[derive(Message)]

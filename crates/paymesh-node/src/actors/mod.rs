@@ -15,7 +15,6 @@
 #![allow(missing_debug_implementations)]
 
 pub mod corridor;
-pub mod fair;
 pub mod partner;
 pub mod proposer;
 pub mod registry;

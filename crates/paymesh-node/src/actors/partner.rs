@@ -38,9 +38,9 @@ use paymesh_store::StateMachineStore;
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::{CorridorActor, Quote};
-use super::fair::Lane;
 use super::proposer::{Propose, Proposer};
 use super::Refusal;
+use crate::engine::fair::Lane;
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
 

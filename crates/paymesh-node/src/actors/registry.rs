@@ -12,10 +12,10 @@ use paymesh_core::{Outcome, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::CorridorActor;
-use super::fair::Lane;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
 use super::Refusal;
+use crate::engine::fair::Lane;
 use crate::node::Node;
 
 /// This node's leadership changed: `Some(term)` when it leads in `term`.
@@ -133,18 +133,6 @@ impl Registry {
     }
 }
 
-/// A fresh proposer session id: the node id in the top 16 bits and 48 random
-/// bits. Not derived from the term alone: a restarted node can lead again in
-/// the very term it led before it crashed (openraft re-establishes a
-/// committed vote of its own), and a session reused with its sequence
-/// numbers restarted would have new commands answered with the old ones'
-/// recorded outcomes, and not applied.
-fn new_session(node_id: u64) -> u64 {
-    use rand::Rng;
-    let random: u64 = rand::rng().random::<u64>() & ((1 << 48) - 1);
-    ((node_id & 0xffff) << 48) | random.max(1)
-}
-
 impl Actor for Registry {
     type Context = Context<Self>;
 }
@@ -157,14 +145,14 @@ impl Handler<Leadership> for Registry {
             (Some(term), Some(current)) if term == current => {}
             (Some(term), _) => {
                 self.stop_term();
-                let session = new_session(self.node.config.node_id);
                 let proposer = Proposer::new(
                     self.node.raft.clone(),
                     self.node.state_machine.clone(),
-                    session,
+                    self.node.config.node_id,
                     self.node.config.group_commit_interval(),
-                )
-                .start();
+                );
+                let session = proposer.session();
+                let proposer = proposer.start();
                 tracing::info!(term, session, "leading: proposer started");
                 self.current = Some(Term { term, proposer, partners: HashMap::new(), corridors: HashMap::new() });
             }

@@ -33,7 +33,7 @@ pub enum Full {
 }
 
 /// Per-lane FIFOs served round-robin.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct FairQueue<T> {
     lanes: HashMap<Lane, VecDeque<T>>,
     /// Lanes with a command waiting, in serving order; each appears once.
