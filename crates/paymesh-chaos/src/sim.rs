@@ -10,16 +10,17 @@
 //! regions travel in their wire form, built and parsed by the node's
 //! `interregion` conversions; observations go through the node's `convert`
 //! as the partner and admin APIs would, and replica digests are
-//! `paymesh_store::state_digest`; the outbox shipper with its breaker and
-//! the inter-region receiver are the node's own engines
-//! (`paymesh_node::engine`), driven here as the node's drivers drive them. The history is checked by
+//! `paymesh_store::state_digest`; the leader's group-commit proposer, the
+//! outbox shipper with its breaker and the inter-region receiver are the
+//! node's own engines (`paymesh_node::engine`), driven here as the node's
+//! drivers drive them. The history is checked by
 //! the very checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
 //!
 //! What is modelled: Raft, abstractly (a majority commits; a leader's
 //! memory dies with it; a leader cut off or paused goes on believing it
 //! leads until it is back; a restarted replica loads its checkpoint and
-//! replays the log; a replica may lag), the leader's group-commit proposer,
-//! the partner SDK's retry rules, the partner pipeline's two shortcuts, the
+//! replays the log; a replica may lag; an entry appended commits 2 ms
+//! later), the partner SDK's retry rules, the partner pipeline's two shortcuts, the
 //! network between regions and the partners' links (see the submodules).
 //! Everything happens at simulated times on one thread, from one seeded
 //! generator; nothing sleeps.
@@ -117,9 +118,9 @@ impl Default for SimConfig {
 }
 
 /// Deliberate bugs, switched on only by tests (`SimConfig::bug`), to prove
-/// the simulation can fail: the shipper's are the engine's own test-only
-/// switches (`paymesh_node::engine::shipper::ShipperBug`), the proposer's
-/// the simulation's.
+/// the simulation can fail: each is an engine's own test-only switch
+/// (`paymesh_node::engine::shipper::ShipperBug`,
+/// `paymesh_node::engine::proposer::ProposerBug`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Bug {
     /// The shipper takes a Decide call that failed (lost, timed out,

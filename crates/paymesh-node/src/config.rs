@@ -123,7 +123,7 @@ pub struct RaftSettings {
     /// no sooner than this long after it, so that the commands arriving
     /// meanwhile share one entry (one `fdatasync` and one replication round
     /// on every node). 0 proposes as soon as the previous entry is applied.
-    /// See the proposer (`actors/proposer.rs`).
+    /// See the proposer (`engine/proposer.rs`).
     pub group_commit_interval_ms: u64,
 }
 
