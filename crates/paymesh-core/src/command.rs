@@ -24,7 +24,7 @@ use crate::id::{
 use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
-use crate::partner::{PartnerConfig, PartnerLimits, Status};
+use crate::partner::{BusinessStatus, PartnerConfig, PartnerLimits};
 use crate::serde_text::serialize_as_text;
 use crate::settings::RegionSetting;
 use crate::time::Timestamp;
@@ -60,7 +60,7 @@ pub enum CommandBody {
         /// The partner.
         partner: PartnerId,
         /// The new status.
-        status: Status,
+        status: BusinessStatus,
     },
     /// Create or update a corridor whose source is this region.
     UpsertCorridor {
@@ -74,7 +74,7 @@ pub enum CommandBody {
         /// The corridor.
         corridor: CorridorId,
         /// The new status.
-        status: Status,
+        status: BusinessStatus,
     },
     /// Add a mid rate for a converting corridor, valid for its window.
     SetFxRate {

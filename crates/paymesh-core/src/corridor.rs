@@ -17,7 +17,7 @@ use crate::id::{IdError, RegionId};
 use crate::limits::RATES_PER_CORRIDOR_MAX;
 use crate::money::Money;
 use crate::outcome::RejectCode;
-use crate::partner::Status;
+use crate::partner::BusinessStatus;
 use crate::serde_text::serialize_as_text;
 use crate::time::Timestamp;
 
@@ -241,7 +241,7 @@ pub struct Corridor {
     /// Pricing and limits.
     pub terms: CorridorTerms,
     /// Active or suspended.
-    pub status: Status,
+    pub status: BusinessStatus,
     /// Mid rates by start of validity: the current one and any scheduled ones.
     #[serde(with = "crate::serde_seq")]
     pub rates: BTreeMap<Timestamp, FxRate>,
@@ -255,7 +255,7 @@ impl Corridor {
     /// A new, active corridor with no rate yet, created at `now`.
     pub fn new(id: CorridorId, terms: CorridorTerms, now: Timestamp) -> Corridor {
         let usage = DailyUsage { day: 0, used: Money::zero(id.source_currency) };
-        Corridor { id, terms, status: Status::Active, rates: BTreeMap::new(), usage, updated_at: now }
+        Corridor { id, terms, status: BusinessStatus::Active, rates: BTreeMap::new(), usage, updated_at: now }
     }
 
     /// Add a mid rate (replacing one with the same start), dropping rates that
@@ -298,7 +298,7 @@ impl Corridor {
     /// [`crate::fx`]: by source, the destination is rounded down; by
     /// destination, the source is rounded up.
     pub fn price(&self, amount: QuoteAmount, now: Timestamp) -> Result<Priced, RejectCode> {
-        if self.status == Status::Suspended {
+        if self.status == BusinessStatus::Suspended {
             return Err(RejectCode::CorridorSuspended);
         }
         let rate = self.customer_rate(now)?;
@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(c.price(QuoteAmount::Destination(usd("10")), T0), Err(RejectCode::CurrencyMismatch));
         assert_eq!(c.price(QuoteAmount::Source(usd("10")), T0.plus_ms(60_000)), Err(RejectCode::RateUnavailable));
         let mut suspended = c.clone();
-        suspended.status = Status::Suspended;
+        suspended.status = BusinessStatus::Suspended;
         assert_eq!(suspended.price(QuoteAmount::Source(usd("10")), T0), Err(RejectCode::CorridorSuspended));
         let mut no_rate = c;
         no_rate.rates.clear();

@@ -32,7 +32,7 @@ impl PartnerRole {
 
 /// Whether a partner or corridor takes new business.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Status {
+pub enum BusinessStatus {
     /// Open for new quotes and transfers.
     Active,
     /// New quotes and transfers are refused; in-flight transfers still finish.
@@ -60,7 +60,7 @@ pub struct Partner {
     /// The operator's definition.
     pub config: PartnerConfig,
     /// Active or suspended.
-    pub status: Status,
+    pub status: BusinessStatus,
     /// When the configuration or status last changed.
     pub updated_at: Timestamp,
 }

@@ -46,7 +46,7 @@ use crate::limits::{
 };
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
-use crate::partner::{Partner, PartnerConfig, PartnerLimits, Status};
+use crate::partner::{BusinessStatus, Partner, PartnerConfig, PartnerLimits};
 use crate::settings::RegionSettings;
 use crate::time::Timestamp;
 use crate::transfer::{
@@ -533,7 +533,9 @@ struct Admissible {
     quote: Quote,
 }
 
-type Applied<T> = Result<T, RejectCode>;
+/// What a step of a command came to: its value, or the reject code that
+/// refuses the command.
+type OrReject<T> = Result<T, RejectCode>;
 
 impl State {
     /// The empty state of `region`.
@@ -712,7 +714,7 @@ impl State {
         AccountId::new(AccountOwner::Partner(config.id.clone()), config.currency)
     }
 
-    fn upsert_partner(&mut self, config: &PartnerConfig, now: Timestamp) -> Applied<()> {
+    fn upsert_partner(&mut self, config: &PartnerConfig, now: Timestamp) -> OrReject<()> {
         if config.region != self.region {
             return Err(RejectCode::PartnerNotInRegion);
         }
@@ -732,21 +734,21 @@ impl State {
             }
             None => {
                 self.ledger.open_account(account, policy).map_err(ledger_code)?;
-                let partner = Partner { config: config.clone(), status: Status::Active, updated_at: now };
+                let partner = Partner { config: config.clone(), status: BusinessStatus::Active, updated_at: now };
                 self.partners.insert(config.id.clone(), partner);
             }
         }
         Ok(())
     }
 
-    fn set_partner_status(&mut self, partner: &PartnerId, status: Status, now: Timestamp) -> Applied<()> {
+    fn set_partner_status(&mut self, partner: &PartnerId, status: BusinessStatus, now: Timestamp) -> OrReject<()> {
         let partner = self.partners.get_mut(partner).ok_or(RejectCode::PartnerNotFound)?;
         partner.status = status;
         partner.updated_at = now;
         Ok(())
     }
 
-    fn set_partner_limits(&mut self, partner: &PartnerId, limits: PartnerLimits) -> Applied<()> {
+    fn set_partner_limits(&mut self, partner: &PartnerId, limits: PartnerLimits) -> OrReject<()> {
         if !self.partners.contains_key(partner) {
             return Err(RejectCode::PartnerNotFound);
         }
@@ -788,11 +790,11 @@ impl State {
         usage
     }
 
-    fn corridor_mut(&mut self, id: &CorridorId) -> Applied<&mut Corridor> {
+    fn corridor_mut(&mut self, id: &CorridorId) -> OrReject<&mut Corridor> {
         self.corridors.get_mut(id).ok_or(RejectCode::CorridorNotFound)
     }
 
-    fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms, now: Timestamp) -> Applied<()> {
+    fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms, now: Timestamp) -> OrReject<()> {
         if id.source_region != self.region {
             return Err(RejectCode::RegionMismatch);
         }
@@ -811,7 +813,7 @@ impl State {
         Ok(())
     }
 
-    fn set_fx_rate(&mut self, id: &CorridorId, rate: &FxRate, now: Timestamp) -> Applied<()> {
+    fn set_fx_rate(&mut self, id: &CorridorId, rate: &FxRate, now: Timestamp) -> OrReject<()> {
         self.corridor_mut(id)?.add_rate(rate.clone(), now)
     }
 
@@ -822,7 +824,7 @@ impl State {
         reference: &TopUpRef,
         now: Timestamp,
         recall: &dyn Recall,
-    ) -> Applied<()> {
+    ) -> OrReject<()> {
         let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
         if amount.currency() != partner.config.currency {
             return Err(RejectCode::CurrencyMismatch);
@@ -850,7 +852,7 @@ impl State {
         Ok(())
     }
 
-    fn upsert_payee_route(&mut self, route: &PayeeRoute) -> Applied<()> {
+    fn upsert_payee_route(&mut self, route: &PayeeRoute) -> OrReject<()> {
         if !self.directory.contains(&route.prefix) && self.directory.len() >= PAYEE_ROUTES_MAX {
             return Err(RejectCode::CapacityExceeded);
         }
@@ -868,9 +870,9 @@ impl State {
     // ---- partners: quotes and transfers ----------------------------------------
 
     /// The partner, if it exists here, is active, and may pay.
-    fn active_payer(&self, id: &PartnerId) -> Applied<&Partner> {
+    fn active_payer(&self, id: &PartnerId) -> OrReject<&Partner> {
         let partner = self.partners.get(id).ok_or(RejectCode::PartnerNotFound)?;
-        if partner.status == Status::Suspended {
+        if partner.status == BusinessStatus::Suspended {
             return Err(RejectCode::PartnerSuspended);
         }
         if !partner.config.role.can_pay() {
@@ -882,9 +884,9 @@ impl State {
     /// Whether this region can credit `payee`: the partner is here, active, may
     /// receive, and keeps its position in the payee's currency. Used for the
     /// payee side of both same-region transfers and cross-border prepares.
-    fn check_payee(&self, payee: &PartnerId, currency: Currency) -> Applied<AccountId> {
+    fn check_payee(&self, payee: &PartnerId, currency: Currency) -> OrReject<AccountId> {
         let partner = self.partners.get(payee).ok_or(RejectCode::PayeeNotFound)?;
-        if partner.status == Status::Suspended {
+        if partner.status == BusinessStatus::Suspended {
             return Err(RejectCode::PartnerSuspended);
         }
         if !partner.config.role.can_receive() {
@@ -906,7 +908,7 @@ impl State {
         qr: &QrPayload,
         amount: QuoteAmount,
         now: Timestamp,
-    ) -> Applied<Quote> {
+    ) -> OrReject<Quote> {
         let partner = self.active_payer(partner_id)?;
         let payee = self.directory.resolve(qr).ok_or(RejectCode::PayeeNotFound)?;
         let corridor_id = CorridorId {
@@ -948,7 +950,7 @@ impl State {
         qr: &QrPayload,
         amount: QuoteAmount,
         now: Timestamp,
-    ) -> Applied<Quote> {
+    ) -> OrReject<Quote> {
         let quote = self.check_quote(partner_id, qr, amount, now)?;
         self.next_quote += 1;
         self.quote_expiry.insert((quote.expires_at, quote.id.clone()));
@@ -1014,7 +1016,7 @@ impl State {
         self.check_transfer(request, now).map(|_| ())
     }
 
-    fn check_transfer(&self, request: &TransferRequest, now: Timestamp) -> Applied<Admissible> {
+    fn check_transfer(&self, request: &TransferRequest, now: Timestamp) -> OrReject<Admissible> {
         self.active_payer(&request.partner)?;
         let record = self
             .quotes
@@ -1033,7 +1035,7 @@ impl State {
         }
         let quote = record.quote.clone();
         let corridor = self.corridors.get(&quote.corridor).ok_or(RejectCode::CorridorNotFound)?;
-        if corridor.status == Status::Suspended {
+        if corridor.status == BusinessStatus::Suspended {
             return Err(RejectCode::CorridorSuspended);
         }
         let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
@@ -1104,7 +1106,7 @@ impl State {
     }
 
     /// Post every leg of a same-region transfer in one ledger chain.
-    fn post_local(&mut self, transfer: &Transfer, now: Timestamp) -> Applied<CoordinatorEvent> {
+    fn post_local(&mut self, transfer: &Transfer, now: Timestamp) -> OrReject<CoordinatorEvent> {
         let view = &transfer.view;
         let payee_account = self.check_payee(&view.payee.partner, view.payee.currency)?;
         self.corridor_mut(&view.corridor)?.use_daily(view.priced.source, now)?;
@@ -1124,7 +1126,7 @@ impl State {
     }
 
     /// Reserve the payer's principal and fee for a cross-border transfer.
-    fn reserve(&mut self, transfer: &Transfer, now: Timestamp) -> Applied<CoordinatorEvent> {
+    fn reserve(&mut self, transfer: &Transfer, now: Timestamp) -> OrReject<CoordinatorEvent> {
         self.corridor_mut(&transfer.view.corridor)?.use_daily(transfer.view.priced.source, now)?;
         let ops = self.payer_legs(transfer, |id, debit, credit, amount| Op::Reserve { id, debit, credit, amount });
         if let Err(refused) = self.ledger.apply(&ops, now) {
@@ -1224,7 +1226,7 @@ impl State {
         reply: PrepareReply,
         now: Timestamp,
         recall: &dyn Recall,
-    ) -> Applied<Outcome> {
+    ) -> OrReject<Outcome> {
         // A transfer no longer in the hot state finished: history has it,
         // and the answer is judged against its final state.
         let mut transfer = match self.transfers.get(id) {
@@ -1348,7 +1350,7 @@ impl State {
     /// more than [`PREPARE_DEADLINE_AHEAD_MAX_MS`] ahead is a protocol
     /// violation: no coordinator sets one, and honouring it would let another
     /// region keep this one's credit pending for as long as it liked.
-    fn reserve_payout(&mut self, message: &PrepareMessage, now: Timestamp) -> Applied<()> {
+    fn reserve_payout(&mut self, message: &PrepareMessage, now: Timestamp) -> OrReject<()> {
         if now >= message.deadline {
             return Err(RejectCode::DeadlineExceeded);
         }
@@ -1379,7 +1381,13 @@ impl State {
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))
     }
 
-    fn decide(&mut self, id: &TransferId, decision: Decision, now: Timestamp, recall: &dyn Recall) -> Applied<Outcome> {
+    fn decide(
+        &mut self,
+        id: &TransferId,
+        decision: Decision,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<Outcome> {
         let current = match self.participations.get(id) {
             Some(participation) => Some(participation.state),
             None => recall_participation(recall, id, now).map(|p| p.state),

@@ -17,7 +17,7 @@ use paymesh_core::history::{ListToken, Movement, MovementKind};
 use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Position, Quote, TransferView};
-use paymesh_core::partner::{Partner, PartnerLimits, PartnerRole, Status as PartnerStatus};
+use paymesh_core::partner::{BusinessStatus, Partner, PartnerLimits, PartnerRole};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
@@ -149,19 +149,19 @@ pub fn partner_role(field: &str, value: i32) -> Result<PartnerRole, Status> {
 }
 
 /// A partner status; UNSPECIFIED is refused.
-pub fn partner_status(field: &str, value: i32) -> Result<PartnerStatus, Status> {
+pub fn partner_status(field: &str, value: i32) -> Result<BusinessStatus, Status> {
     match admin::PartnerStatus::try_from(value) {
-        Ok(admin::PartnerStatus::Active) => Ok(PartnerStatus::Active),
-        Ok(admin::PartnerStatus::Suspended) => Ok(PartnerStatus::Suspended),
+        Ok(admin::PartnerStatus::Active) => Ok(BusinessStatus::Active),
+        Ok(admin::PartnerStatus::Suspended) => Ok(BusinessStatus::Suspended),
         _ => Err(invalid(field, "must be ACTIVE or SUSPENDED")),
     }
 }
 
 /// A corridor status; UNSPECIFIED is refused.
-pub fn corridor_status(field: &str, value: i32) -> Result<PartnerStatus, Status> {
+pub fn corridor_status(field: &str, value: i32) -> Result<BusinessStatus, Status> {
     match admin::CorridorStatus::try_from(value) {
-        Ok(admin::CorridorStatus::Active) => Ok(PartnerStatus::Active),
-        Ok(admin::CorridorStatus::Suspended) => Ok(PartnerStatus::Suspended),
+        Ok(admin::CorridorStatus::Active) => Ok(BusinessStatus::Active),
+        Ok(admin::CorridorStatus::Suspended) => Ok(BusinessStatus::Suspended),
         _ => Err(invalid(field, "must be ACTIVE or SUSPENDED")),
     }
 }
@@ -372,8 +372,8 @@ pub fn partner_out(state: &paymesh_core::State, partner: &Partner) -> admin::Par
         settlement_currency: config.currency.code().to_owned(),
         net_debit_cap: Some(money_out(&config.net_debit_cap)),
         status: match partner.status {
-            PartnerStatus::Active => admin::PartnerStatus::Active,
-            PartnerStatus::Suspended => admin::PartnerStatus::Suspended,
+            BusinessStatus::Active => admin::PartnerStatus::Active,
+            BusinessStatus::Suspended => admin::PartnerStatus::Suspended,
         } as i32,
         updated_unix_ms: unix_ms(partner.updated_at),
         limits: Some(admin::PartnerLimits {
@@ -415,8 +415,8 @@ pub fn corridor_out(corridor: &Corridor) -> admin::Corridor {
         max_amount: Some(money_out(&terms.max_amount())),
         daily_cap: Some(money_out(&terms.daily_cap())),
         status: match corridor.status {
-            PartnerStatus::Active => admin::CorridorStatus::Active,
-            PartnerStatus::Suspended => admin::CorridorStatus::Suspended,
+            BusinessStatus::Active => admin::CorridorStatus::Active,
+            BusinessStatus::Suspended => admin::CorridorStatus::Suspended,
         } as i32,
         updated_unix_ms: unix_ms(corridor.updated_at),
     }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use paymesh_core::command::CommandBody;
 use paymesh_core::id::PartnerId;
-use paymesh_core::partner::Status as PartnerStatus;
+use paymesh_core::partner::BusinessStatus;
 use paymesh_core::{Outcome, RejectCode, Timestamp};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
@@ -93,11 +93,11 @@ impl Gateway {
             }
         };
         match status {
-            PartnerStatus::Active => {
+            BusinessStatus::Active => {
                 self.pace(&id).await?;
                 Ok(id)
             }
-            PartnerStatus::Suspended => Err(Status::failed_precondition(format!(
+            BusinessStatus::Suspended => Err(Status::failed_precondition(format!(
                 "PartnerSuspended: partner {id} is suspended in this region; every call is refused until an \
                  operator reactivates it"
             ))),

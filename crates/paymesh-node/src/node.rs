@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::actors;
-use crate::actors::registry::{Applied, Leadership};
+use crate::actors::registry::Leadership;
+use crate::actors::EntriesApplied;
 use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
@@ -610,7 +611,7 @@ async fn follow_leadership(gateway: Gateway) {
                 changed = server.changed() => changed.is_err(),
                 changed = applied.changed() => {
                     if changed.is_ok() {
-                        registry.do_send(Applied);
+                        registry.do_send(EntriesApplied);
                     }
                     false
                 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use paymesh_core::command::CommandBody;
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::partner::Status;
+use paymesh_core::partner::BusinessStatus;
 use paymesh_core::Outcome;
 use paymesh_node::admin_service::AdminServer;
 use paymesh_node::config::{NodeConfig, PeerConfig, RaftSettings};
@@ -477,7 +477,7 @@ async fn business_outcomes_are_codes_and_suspension_is_a_failed_precondition() {
     assert!(audited.iter().all(|(who, _, _)| who == "ops"), "{audited:?}");
     let suspended = audited.last().unwrap();
     assert!(
-        matches!(&suspended.1, CommandBody::SetPartnerStatus { partner, status: Status::Suspended } if partner.as_str() == "wallet-a"),
+        matches!(&suspended.1, CommandBody::SetPartnerStatus { partner, status: BusinessStatus::Suspended } if partner.as_str() == "wallet-a"),
         "{suspended:?}"
     );
     assert_eq!(suspended.2, Outcome::Done);

@@ -208,10 +208,10 @@ impl RaftNetwork<TypeConfig> for SimConnection {
 }
 
 /// What every node applied at each index (a hash of the entry).
-type Applied = Arc<Mutex<BTreeMap<NodeId, BTreeMap<u64, [u8; 32]>>>>;
+type AppliedDigests = Arc<Mutex<BTreeMap<NodeId, BTreeMap<u64, [u8; 32]>>>>;
 
 /// The first index at which two nodes applied different entries.
-fn divergence(applied: &Applied) -> Option<String> {
+fn divergence(applied: &AppliedDigests) -> Option<String> {
     let applied = applied.lock().unwrap();
     let mut seen: BTreeMap<u64, (NodeId, [u8; 32])> = BTreeMap::new();
     for (node, entries) in applied.iter() {
@@ -296,7 +296,7 @@ async fn run_seed(seed: u64) {
         faults: Mutex::default(),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
     });
-    let applied: Applied = Arc::default();
+    let applied: AppliedDigests = Arc::default();
     let mut nodes = BTreeMap::new();
     for id in NODES {
         let network = SimNetwork { from: id, router: router.clone() };
@@ -469,7 +469,7 @@ fn safety_under_faults_then_liveness_after_healing() {
 /// are reported, and identical histories (with gaps from snapshots) are not.
 #[test]
 fn the_safety_checker_reports_divergence() {
-    let applied: Applied = Arc::default();
+    let applied: AppliedDigests = Arc::default();
     {
         let mut map = applied.lock().unwrap();
         map.insert(1, BTreeMap::from([(1, [1; 32]), (2, [2; 32]), (3, [3; 32])]));

@@ -93,4 +93,4 @@ pub(crate) fn chain_framed<'a>(
 }
 
 pub use raft_types::{NodeAddr, NodeId, TypeConfig};
-pub use state_machine::{state_digest, Applied, ApplyObserver, StateMachineStore};
+pub use state_machine::{state_digest, AppliedState, ApplyObserver, StateMachineStore};

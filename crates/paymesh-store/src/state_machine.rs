@@ -74,7 +74,7 @@ const IMAGE_FORMAT_V1: u8 = 1;
 /// The applied state: the core state and the Raft position it corresponds to.
 /// Cloning is O(1) (persistent maps), so readers take copies.
 #[derive(Clone, Debug)]
-pub struct Applied {
+pub struct AppliedState {
     /// The region's state.
     pub state: State,
     /// The last log entry applied to it.
@@ -90,7 +90,7 @@ pub struct Applied {
     pub history_digest: [u8; 32],
 }
 
-impl Applied {
+impl AppliedState {
     /// The digest over both tiers that replicas at the same applied index
     /// share ([`crate::region_digest`]).
     pub fn digest(&self) -> [u8; 32] {
@@ -98,7 +98,7 @@ impl Applied {
     }
 }
 
-impl Applied {
+impl AppliedState {
     /// Apply a new membership: every node of the old one that the new one
     /// lacks is retired; a node the new one names is not (it may come back).
     fn change_membership(&mut self, membership: StoredMembership) {
@@ -183,7 +183,7 @@ pub type ApplyObserver = Arc<dyn Fn(LogId, [u8; 32]) + Send + Sync>;
 
 struct Shared {
     region: RegionId,
-    applied: RwLock<Applied>,
+    applied: RwLock<AppliedState>,
     checkpoints: Checkpoints,
     history: History,
     snapshots_built: AtomicU64,
@@ -217,14 +217,14 @@ fn sm_error(e: &(impl std::error::Error + 'static)) -> StorageError {
 /// A snapshot image decoded and verified against its metadata (for the fuzz
 /// targets; the store calls it on every snapshot it reads or installs).
 #[doc(hidden)]
-pub fn decode_image_bytes(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<Applied, StorageError> {
+pub fn decode_image_bytes(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<AppliedState, StorageError> {
     decode_image(region, meta, bytes).map(|decoded| decoded.applied)
 }
 
 /// A decoded image: what it applies, and for an image from before the
 /// history tier, the history records of the finished work its state held.
 struct Decoded {
-    applied: Applied,
+    applied: AppliedState,
     migrated: Option<Vec<Record>>,
 }
 
@@ -274,7 +274,7 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     if image.retired.iter().any(|id| image.membership.membership().get_node(id).is_some()) {
         return Err(invalid("a retired node is also a member".into()));
     }
-    let applied = Applied {
+    let applied = AppliedState {
         state: image.state,
         last_applied: image.last_applied,
         membership: image.membership,
@@ -305,7 +305,7 @@ fn history_error(e: &HistoryError) -> StorageError {
 /// the history tier has its records written at its index (unless history
 /// already reaches it: written before a crash); a current image must find
 /// history at its index with its digest.
-fn adopt(history: &History, meta: &SnapshotMeta, decoded: Decoded) -> Result<Applied, StorageError> {
+fn adopt(history: &History, meta: &SnapshotMeta, decoded: Decoded) -> Result<AppliedState, StorageError> {
     let Decoded { mut applied, migrated } = decoded;
     let index = applied.last_applied.map_or(0, |l| l.index);
     if let Some(records) = migrated {
@@ -348,7 +348,7 @@ impl StateMachineStore {
         let history = History::open(&dir.join(HISTORY_DIR), HISTORY_MEMORY_BYTES).map_err(|e| history_error(&e))?;
         let applied = match checkpoints.load().map_err(|e| sm_error(&e))? {
             Some((meta, bytes)) => adopt(&history, &meta, decode_image(&region, &meta, &bytes)?)?,
-            None => Applied {
+            None => AppliedState {
                 state: State::new(region.clone()),
                 last_applied: None,
                 membership: Default::default(),
@@ -375,7 +375,7 @@ impl StateMachineStore {
     }
 
     /// A copy of the applied state (O(1)).
-    pub fn applied(&self) -> Applied {
+    pub fn applied(&self) -> AppliedState {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -402,7 +402,7 @@ impl StateMachineStore {
         self.shared.snapshots_built.load(Ordering::Relaxed)
     }
 
-    fn encode(applied: &Applied) -> Result<Vec<u8>, StorageError> {
+    fn encode(applied: &AppliedState) -> Result<Vec<u8>, StorageError> {
         let image = Image {
             state: applied.state.clone(),
             last_applied: applied.last_applied,
@@ -443,7 +443,7 @@ fn record_history(
 /// Builds a snapshot from a copy of the state taken at one applied index.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    copy: Applied,
+    copy: AppliedState,
     shared: Arc<Shared>,
 }
 
@@ -461,7 +461,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    fn build(copy: &Applied, shared: &Shared) -> Result<Snapshot, StorageError> {
+    fn build(copy: &AppliedState, shared: &Shared) -> Result<Snapshot, StorageError> {
         let bytes = StateMachineStore::encode(copy)?;
         let sequence = shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());

@@ -515,7 +515,7 @@ fn a_first_prepare_after_its_deadline_is_refused() {
 #[test]
 fn a_refused_prepare_aborts_the_transfer_with_the_payee_regions_reason() {
     let (mut west, mut east) = mesh();
-    east.ok(CommandBody::SetPartnerStatus { partner: pid("wechat-cn"), status: Status::Suspended }, T0);
+    east.ok(CommandBody::SetPartnerStatus { partner: pid("wechat-cn"), status: BusinessStatus::Suspended }, T0);
     let view = transfer_view(&pay(&mut west, "k", usd("100"), T0));
     deliver_all(&mut west, &mut east, T0);
     let transfer = west.transfer(&view.id).unwrap();
@@ -1022,9 +1022,9 @@ fn every_reject_code_is_reachable() {
     expect(RejectCode::QuoteAlreadyUsed, west.run(create("e", &quote, wxp), at));
     expect(RejectCode::IdempotencyConflict, west.run(create("d", &ghost, wxp), at));
     let quote = quote_id(&west.quote("paypal-us", wxp, src("10"), at));
-    west.ok(CommandBody::SetCorridorStatus { corridor: usd_cny.clone(), status: Status::Suspended }, at);
+    west.ok(CommandBody::SetCorridorStatus { corridor: usd_cny.clone(), status: BusinessStatus::Suspended }, at);
     expect(RejectCode::CorridorSuspended, west.run(create("f", &quote, wxp), at));
-    west.ok(CommandBody::SetCorridorStatus { corridor: usd_cny.clone(), status: Status::Active }, at);
+    west.ok(CommandBody::SetCorridorStatus { corridor: usd_cny.clone(), status: BusinessStatus::Active }, at);
     let mut terms_small_cap = usd_cny_terms();
     terms_small_cap = CorridorTerms::new(
         terms_small_cap.spread(),
@@ -1073,7 +1073,7 @@ fn every_reject_code_is_reachable() {
     west.ok(CommandBody::SetPartnerLimits { partner: paypal.clone(), limits: PartnerLimits::DEFAULT }, at);
     assert_eq!(west.state.partner_limits(&paypal), PartnerLimits::DEFAULT);
 
-    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Suspended }, at);
+    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: BusinessStatus::Suspended }, at);
     expect(RejectCode::PartnerSuspended, west.quote("paypal-us", wxp, src("10"), at));
 
     // Balance overflow: reaching a balance's bound through transfers would take
@@ -1132,7 +1132,7 @@ fn every_reject_code_is_reachable() {
         deadline: at,
     };
     expect(RejectCode::AbortedBeforePrepare, east.run(CommandBody::Prepare(late), at));
-    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Active }, at);
+    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: BusinessStatus::Active }, at);
     let view = transfer_view(&pay(&mut west, "deadline", usd("10"), at));
     west.run(CommandBody::Tick, view.deadline.unwrap());
     let reason = west.transfer(&view.id).unwrap().view.reason;
@@ -1771,7 +1771,7 @@ fn operator_commands_are_audited_with_who_issued_them() {
     assert_eq!(west.run(by(quote), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
     assert_eq!(west.run(by(by(top_up.clone())), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
     // The form of before.
-    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: Status::Active }, T0.plus_ms(9));
+    west.ok(CommandBody::SetPartnerStatus { partner: pid("paypal-us"), status: BusinessStatus::Active }, T0.plus_ms(9));
 
     let audit: Vec<(Option<&str>, Timestamp, &CommandBody, &Outcome)> = west
         .history

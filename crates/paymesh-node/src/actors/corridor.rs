@@ -21,7 +21,7 @@ use crate::engine::fair::Lane;
 /// Quote a payment along this corridor.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Quote {
+pub struct PriceQuote {
     /// The CreateQuote command.
     pub body: CommandBody,
     /// The amount the partner fixed (checked here before proposing).
@@ -50,10 +50,10 @@ impl Actor for CorridorActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Quote> for CorridorActor {
+impl Handler<PriceQuote> for CorridorActor {
     type Result = ();
 
-    fn handle(&mut self, message: Quote, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, message: PriceQuote, _ctx: &mut Context<Self>) {
         let applied = self.state.applied();
         if let Some(corridor) = applied.state.corridor(&self.corridor) {
             if let Err(code) = corridor.price(message.amount, message.now) {

@@ -26,6 +26,12 @@ use actix::prelude::*;
 use crate::node::Node;
 pub use registry::Registry;
 
+/// New entries were applied on this node: the registry passes it on to
+/// every partner actor, which pushes new events to its subscribers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EntriesApplied;
+
 /// Why the actors did not produce an outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -31,15 +31,15 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
 use paymesh_core::id::{IdempotencyKey, PartnerId};
-use paymesh_core::partner::Status as PartnerStatus;
+use paymesh_core::partner::BusinessStatus;
 use paymesh_core::state::{CursorExpired, Event};
 use paymesh_core::Outcome;
 use paymesh_store::StateMachineStore;
 use tokio::sync::{mpsc, oneshot};
 
-use super::corridor::{CorridorActor, Quote};
+use super::corridor::{CorridorActor, PriceQuote};
 use super::proposer::{Propose, Proposer};
-use super::Refusal;
+use super::{EntriesApplied, Refusal};
 use crate::engine::fair::Lane;
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
@@ -96,11 +96,6 @@ pub struct Subscribe {
     pub events: mpsc::Sender<Event>,
 }
 
-/// New entries were applied: push new events to subscribers.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Applied;
-
 struct Subscriber {
     events: mpsc::Sender<Event>,
     /// The last cursor sent.
@@ -153,7 +148,7 @@ impl PartnerActor {
             Route::Proposer => {
                 self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), body, reply })
             }
-            Route::Corridor { actor, amount, now } => actor.do_send(Quote { body, amount, now, reply }),
+            Route::Corridor { actor, amount, now } => actor.do_send(PriceQuote { body, amount, now, reply }),
         }
         ctx.spawn(async move { outcome.await.unwrap_or(Err(Refusal::NotLeader)) }.into_actor(self).map(
             move |result, actor, _| {
@@ -216,7 +211,7 @@ impl PartnerActor {
         }
         let state = self.state.applied().state;
         let history = self.state.history();
-        if state.partner(&self.partner).is_none_or(|p| p.status == PartnerStatus::Suspended) {
+        if state.partner(&self.partner).is_none_or(|p| p.status == BusinessStatus::Suspended) {
             // A suspended partner's streams end; reopening one is refused
             // until it is reactivated.
             self.subscribers.clear();
@@ -308,10 +303,10 @@ impl Handler<Subscribe> for PartnerActor {
     }
 }
 
-impl Handler<Applied> for PartnerActor {
+impl Handler<EntriesApplied> for PartnerActor {
     type Result = ();
 
-    fn handle(&mut self, _: Applied, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: EntriesApplied, _ctx: &mut Context<Self>) {
         self.push_events();
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::corridor::CorridorActor;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
-use super::Refusal;
+use super::{EntriesApplied, Refusal};
 use crate::engine::fair::Lane;
 use crate::node::Node;
 
@@ -22,11 +22,6 @@ use crate::node::Node;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leadership(pub Option<u64>);
-
-/// New entries were applied on this node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Applied;
 
 /// A partner's command (a quote or a transfer).
 #[derive(Message)]
@@ -161,13 +156,13 @@ impl Handler<Leadership> for Registry {
     }
 }
 
-impl Handler<Applied> for Registry {
+impl Handler<EntriesApplied> for Registry {
     type Result = ();
 
-    fn handle(&mut self, _: Applied, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: EntriesApplied, _ctx: &mut Context<Self>) {
         if let Some(term) = &self.current {
             for partner in term.partners.values() {
-                partner.do_send(partner::Applied);
+                partner.do_send(EntriesApplied);
             }
         }
     }

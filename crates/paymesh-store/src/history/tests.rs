@@ -12,7 +12,7 @@ use paymesh_core::history::{Balances, MemoryHistory, MovementKind};
 use paymesh_core::id::{MerchantId, PayerToken, QrPayload, QuoteId, RegionId};
 use paymesh_core::ledger::{AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Outcome, RejectCode, TransferView};
-use paymesh_core::partner::Status;
+use paymesh_core::partner::BusinessStatus;
 use paymesh_core::state::EventKind;
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money};
@@ -176,7 +176,7 @@ pub(crate) fn listed(partner: u64, transfer: u64, at: u64) -> Record {
 fn operator(at: u64) -> Record {
     Record::Operator {
         at: ms(at),
-        command: Box::new(CommandBody::SetPartnerStatus { partner: pid(0), status: Status::Suspended }),
+        command: Box::new(CommandBody::SetPartnerStatus { partner: pid(0), status: BusinessStatus::Suspended }),
         outcome: Box::new(Outcome::Done),
     }
 }
