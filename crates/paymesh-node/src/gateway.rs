@@ -60,7 +60,9 @@ pub fn reject_status(code: RejectCode) -> Option<Status> {
     }
 }
 
-/// The leader's clock, for quote pricing checks.
+/// The node's wall clock, the one place it is read: it stamps each entry
+/// the leader proposes, and the leader's checks of quotes and transfers
+/// (and the operator's calls that need the date) read it.
 pub fn now() -> Timestamp {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))

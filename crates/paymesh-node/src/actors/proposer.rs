@@ -11,13 +11,13 @@
 //! engine's wake time (the linger's end, or a group-commit hold's). Every
 //! [`TICK_INTERVAL`] the engine is asked whether to propose a `Tick`.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use actix::prelude::*;
 use openraft::error::{ClientWriteError, RaftError};
 use paymesh_core::command::{Batch, CommandBody};
 use paymesh_core::limits::TICK_WORK_MAX;
-use paymesh_core::{Outcome, Timestamp};
+use paymesh_core::Outcome;
 use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
@@ -110,7 +110,7 @@ impl Proposer {
     }
 
     fn write(&mut self, Entry { commands, waiters }: Entry<Waiter>, ctx: &mut Context<Self>) {
-        let batch = match Batch::new(leader_now(), commands) {
+        let batch = match Batch::new(crate::gateway::now(), commands) {
             Ok(batch) => batch,
             Err(e) => {
                 // Cannot happen (1..=BATCH_COMMANDS_MAX commands); refuse rather than panic.
@@ -151,7 +151,7 @@ impl Proposer {
     /// applied state has work for one); when it used its whole budget, look
     /// again at once.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if !self.engine.tick(self.state.applied().state.tick_due(leader_now())) {
+        if !self.engine.tick(self.state.applied().state.tick_due(crate::gateway::now())) {
             return;
         }
         let (reply, answer) = oneshot::channel();
@@ -172,12 +172,6 @@ impl Proposer {
             }
         }));
     }
-}
-
-/// The leader's wall clock, which stamps each entry.
-fn leader_now() -> Timestamp {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 impl Actor for Proposer {
