@@ -10,17 +10,17 @@
 //! regions travel in their wire form, built and parsed by the node's
 //! `interregion` conversions; observations go through the node's `convert`
 //! as the partner and admin APIs would, and replica digests are
-//! `paymesh_store::state_digest`; the leader's group-commit proposer, the
-//! outbox shipper with its breaker and the inter-region receiver are the
-//! node's own engines (`paymesh_node::engine`), driven here as the node's
-//! drivers drive them. The history is checked by
+//! `paymesh_store::state_digest`; each partner's admission on the leader,
+//! the leader's group-commit proposer, the outbox shipper with its breaker
+//! and the inter-region receiver are the node's own engines
+//! (`paymesh_node::engine`), driven here as the node's drivers drive them. The history is checked by
 //! the very checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
 //!
 //! What is modelled: Raft, abstractly (a majority commits; a leader's
 //! memory dies with it; a leader cut off or paused goes on believing it
 //! leads until it is back; a restarted replica loads its checkpoint and
 //! replays the log; a replica may lag; an entry appended commits 2 ms
-//! later), the partner SDK's retry rules, the partner pipeline's two shortcuts, the
+//! later), the partner SDK's retry rules, the gateway's breaker refusal, the
 //! network between regions and the partners' links (see the submodules).
 //! Everything happens at simulated times on one thread, from one seeded
 //! generator; nothing sleeps.
@@ -162,6 +162,10 @@ pub(crate) struct Stats {
     pub(crate) failed_calls: u64,
     /// Times a breaker opened.
     pub(crate) breaker_opened: u64,
+    /// Partners' requests the leader's admission answered at once (from a
+    /// record, or refused from the applied state), and those it joined to
+    /// an identical request in flight.
+    pub(crate) admission: (u64, u64),
     /// Health probes a shipper made with its breaker open, and those that
     /// found the region back (closing the breaker).
     pub(crate) probes: (u64, u64),

@@ -17,6 +17,7 @@
 //! [`receiver`] (one inter-region batch from its items to its answer;
 //! driven by the inter-region service in `crate::interregion`).
 
+pub mod admission;
 pub mod fair;
 pub mod proposer;
 pub mod receiver;

@@ -368,6 +368,11 @@ impl<'c> Sim<'c> {
     fn answered(&mut self, region: usize, waiter: Waiter, outcome: Outcome) {
         match waiter {
             Waiter::Client { call, attempt } => {
+                for joined in self.admitted_outcome(region, call, attempt) {
+                    if let Waiter::Client { call, attempt } = joined {
+                        self.client_reply(call, attempt, super::workload::Answer::Outcome(outcome.clone()));
+                    }
+                }
                 self.client_reply(call, attempt, super::workload::Answer::Outcome(outcome));
             }
             Waiter::Shipper { dest, call } => self.shipper_recorded(region, dest, call),
@@ -447,6 +452,8 @@ impl<'c> Sim<'c> {
             proposer,
             entry: None,
             poll_at: None,
+            admissions: BTreeMap::new(),
+            tickets: BTreeMap::new(),
             shippers,
             inbound: BTreeMap::new(),
         });

@@ -14,8 +14,9 @@
 use std::collections::BTreeMap;
 
 use paymesh_core::history::MemoryHistory;
-use paymesh_core::id::RegionId;
+use paymesh_core::id::{PartnerId, RegionId};
 use paymesh_core::{Batch, Outcome, State, Timestamp};
+use paymesh_node::engine::admission::{Admission, Ticket};
 use paymesh_node::engine::proposer::{Entry, Proposer};
 use paymesh_node::engine::receiver::Inbound;
 use paymesh_node::engine::shipper::Shipper;
@@ -156,6 +157,10 @@ pub(crate) struct Leadership {
     pub(crate) entry: Option<Entry<Waiter>>,
     /// When its proposer is polled next, if scheduled.
     pub(crate) poll_at: Option<Ms>,
+    /// Each partner's admission (the node's engine).
+    pub(crate) admissions: BTreeMap<PartnerId, Admission<Waiter>>,
+    /// The admission ticket of each partner's call attempt proposed.
+    pub(crate) tickets: BTreeMap<(u64, u32), (PartnerId, Ticket)>,
     /// One shipper per region (the node's engine; the one to itself unused).
     pub(crate) shippers: Vec<Shipper>,
     /// Inter-region batches being answered, by id.

@@ -77,6 +77,8 @@ fn the_runs_reach_every_protocol_path() {
         stats.failed_calls += sim.stats.failed_calls;
         stats.breaker_opened += sim.stats.breaker_opened;
         stats.breaker_refusals += sim.stats.breaker_refusals;
+        stats.admission.0 += sim.stats.admission.0;
+        stats.admission.1 += sim.stats.admission.1;
         stats.probes.0 += sim.stats.probes.0;
         stats.probes.1 += sim.stats.probes.1;
         let mut sends: BTreeMap<&str, u32> = BTreeMap::new();
@@ -103,6 +105,8 @@ fn the_runs_reach_every_protocol_path() {
     assert!(stats.leader_losses > 0 && stats.restarts > 0, "{stats:?}");
     assert!(stats.dropped > 0 && stats.duplicated > 0 && stats.late > 0, "{stats:?}");
     assert!(stats.failed_calls > 0 && stats.breaker_opened > 0 && stats.breaker_refusals > 0, "{stats:?}");
+    // Retries answered by the leader's admission from the applied state.
+    assert!(stats.admission.0 > 0, "{stats:?}");
     // Probes, and some that closed a breaker.
     assert!(stats.probes.0 > stats.probes.1 && stats.probes.1 > 0, "{stats:?}");
     assert!(resent_keys > 0, "no key was sent twice (retries, deliberate duplicates)");

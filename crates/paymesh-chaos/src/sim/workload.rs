@@ -14,10 +14,12 @@
 //! paused one answers nothing, a deposed leader queues what never commits;
 //! past its attempts the call's outcome is unknown, although the command
 //! may have been, or may still be, applied. The partners' links may lose
-//! requests and answers. On the leader, the partner pipeline's two
-//! shortcuts are kept: a transfer request already applied is answered from
-//! the state, and new quotes and transfers to a region whose breaker is
-//! open are refused.
+//! requests and answers. On the leader, new quotes and transfers to a region
+//! whose breaker is open are refused (the gateway's check), and every other
+//! partner command goes through the node's own admission engine
+//! (`paymesh_node::engine::admission`), one per partner: a request already
+//! applied is answered from the state, one the state would refuse is
+//! refused, an identical one in flight is joined, the rest proposed.
 
 use paymesh_core::command::{PayerDetails, PayerField, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
@@ -28,6 +30,7 @@ use paymesh_core::transfer::CoordinatorState;
 use paymesh_core::{CommandBody, Currency, Money, Outcome, State};
 use paymesh_harness::world::Merchant;
 use paymesh_node::convert;
+use paymesh_node::engine::admission::Step as Admitted;
 
 use super::engine::Event;
 use super::region::Waiter;
@@ -329,9 +332,6 @@ impl Sim<'_> {
                 if breaker_refuses(state, &node.history, body, open) {
                     self.stats.breaker_refusals += 1;
                     Some(Answer::Refused("UNAVAILABLE: RegionUnreachable (breaker open)".to_owned()))
-                } else if let CommandBody::CreateTransfer(request) = body {
-                    // Already applied: answered from the state.
-                    state.replay_transfer_request(request, &node.history).map(Answer::Outcome)
                 } else {
                     None
                 }
@@ -356,16 +356,70 @@ impl Sim<'_> {
                 }
                 self.client_reply(id, attempt, answer);
             }
-            (None, Ask::Propose(body)) => {
-                if self.propose(region, body, Waiter::Client { call: id, attempt }) {
-                    if let Some(call) = self.calls.get_mut(&id) {
-                        call.waiting = Some((attempt, Some(term)));
-                    }
-                    self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt });
-                }
-            }
+            (None, Ask::Propose(body)) => self.admit_call(region, id, attempt, term, body),
             (None, _) => {}
         }
+    }
+
+    /// A partner's command reaches the leader: the node's admission engine
+    /// (one per partner) answers it from the applied state, joins it to an
+    /// identical request in flight, or has it proposed; a proposal's outcome
+    /// answers the requests joined to it too ([`Sim::admitted_outcome`]).
+    fn admit_call(&mut self, region: usize, id: u64, attempt: u32, term: u64, body: CommandBody) {
+        let now = self.now;
+        let clock = match self.regions[region].leader.as_ref() {
+            Some(leader) => self.regions[region].clock(leader.node, super::engine::START, now),
+            None => return,
+        };
+        let super::region::Region { leader, nodes, .. } = &mut self.regions[region];
+        let Some(leader) = leader.as_mut() else { return };
+        let node = &nodes[leader.node];
+        let partner = match &body {
+            CommandBody::CreateQuote { partner, .. } => partner.clone(),
+            CommandBody::CreateTransfer(request) => request.partner.clone(),
+            _ => return,
+        };
+        let admission = leader.admissions.entry(partner.clone()).or_default();
+        if let Err(why) = admission.admit() {
+            self.attempt_failed(id, Failed::Retry(why));
+            return;
+        }
+        let waiter = Waiter::Client { call: id, attempt };
+        let step = match body {
+            CommandBody::CreateTransfer(request) => {
+                admission.transfer(request, waiter, &node.state, &node.history, clock)
+            }
+            quote => admission.quote(quote, waiter, &node.state, clock),
+        };
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.waiting = Some((attempt, Some(term)));
+        }
+        match step {
+            Admitted::Answer(_, outcome) => {
+                self.stats.admission.0 += 1;
+                self.client_reply(id, attempt, Answer::Outcome(outcome));
+            }
+            Admitted::Joined => {
+                self.stats.admission.1 += 1;
+                self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt });
+            }
+            Admitted::Propose { body, waiter, ticket } => {
+                leader.tickets.insert((id, attempt), (partner, ticket));
+                if self.propose(region, body, waiter) {
+                    self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt });
+                } else {
+                    self.admitted_outcome(region, id, attempt);
+                }
+            }
+        }
+    }
+
+    /// A partner's admitted command completed: the requests joined to it,
+    /// to answer with its outcome too.
+    pub(crate) fn admitted_outcome(&mut self, region: usize, id: u64, attempt: u32) -> Vec<Waiter> {
+        let Some(leader) = self.regions[region].leader.as_mut() else { return Vec::new() };
+        let Some((partner, ticket)) = leader.tickets.remove(&(id, attempt)) else { return Vec::new() };
+        leader.admissions.get_mut(&partner).map(|admission| admission.completed(ticket)).unwrap_or_default()
     }
 
     /// An attempt reached a paused node (which answers nothing) or a leader

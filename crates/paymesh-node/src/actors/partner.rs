@@ -1,24 +1,7 @@
-//! A partner's actor on the leader: in-flight bound, the
-//! idempotency fast path, refusals answered from the applied state, and its
-//! event stream subscribers.
-//!
-//! It is a cache and a scheduler: every decision about money is made again by
-//! the state machine when the command is applied. The fast path answers a
-//! retried transfer request from the applied state without a Raft round trip,
-//! and joins a retry to an identical request still in flight; both give the
-//! answer applying the request again would give.
-//!
-//! A quote or transfer request that the state machine would refuse without
-//! changing anything (an unknown, foreign, expired or used quote, a payee
-//! mismatch, a suspended partner or corridor, the partner at one of its caps)
-//! is refused here, from the applied state, through the very checks `apply`
-//! makes (`State::check_quote`, `State::check_transfer_request`): it is
-//! neither proposed nor logged nor remembered, and no idempotency record is
-//! made, so a retry under the same key with a valid quote is a new request.
-//! A key with a record is answered by the record, and a key with another
-//! request in flight is left to the state machine. If the applied state
-//! changes between this check and the apply (a quote used, a limit raised),
-//! the state machine's answer is the one that counts.
+//! A partner's actor on the leader: the driver of its admission engine
+//! (`crate::engine::admission`: the bound on requests in flight, the
+//! idempotency fast path, refusals answered from the applied state), and
+//! its event stream subscribers.
 //!
 //! The request rate is the partner's replicated limit
 //! (`PartnerLimits::requests_per_second` and `requests_burst`, set by an
@@ -26,11 +9,9 @@
 //! applies at once on the leader. Every call, subscriptions included, is
 //! charged by the gateway before it reaches this actor (see [`crate::rate`]).
 
-use std::collections::HashMap;
-
 use actix::prelude::*;
-use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
-use paymesh_core::id::{IdempotencyKey, PartnerId};
+use paymesh_core::command::CommandBody;
+use paymesh_core::id::PartnerId;
 use paymesh_core::partner::BusinessStatus;
 use paymesh_core::state::{CursorExpired, Event};
 use paymesh_core::Outcome;
@@ -40,12 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::corridor::{CorridorActor, PriceQuote};
 use super::proposer::{Propose, Proposer};
 use super::{EntriesApplied, Refusal};
+use crate::engine::admission::{Admission, Step};
 use crate::engine::fair::Lane;
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
-
-/// A partner's requests waiting for their outcome, at most.
-pub const PARTNER_IN_FLIGHT_MAX: usize = 8_192;
 
 /// Events buffered per subscriber; a subscriber that falls this far behind is
 /// disconnected (it resumes from its cursor).
@@ -107,9 +86,7 @@ pub struct PartnerActor {
     partner: PartnerId,
     state: StateMachineStore,
     proposer: Addr<Proposer>,
-    in_flight: usize,
-    /// Transfer requests in flight by key: their fingerprint and who waits.
-    pending: HashMap<IdempotencyKey, (Fingerprint, Vec<Answer>)>,
+    admission: Admission<Answer>,
     subscribers: Vec<Subscriber>,
     /// The most subscribers at once.
     subscribers_max: usize,
@@ -129,21 +106,22 @@ impl PartnerActor {
             state,
             proposer,
             subscribers_max,
-            in_flight: 0,
-            pending: HashMap::new(),
+            admission: Admission::default(),
             subscribers: Vec::new(),
         }
     }
 
-    fn propose(
-        &mut self,
-        body: CommandBody,
-        route: Route,
-        ctx: &mut Context<Self>,
-        done: impl FnOnce(&mut Self, Result<Outcome, Refusal>) + 'static,
-    ) {
+    /// Carry out what admission decided: answer now, wait for the request
+    /// joined, or propose (through `route`) and answer the request and every
+    /// request joined to it with the outcome.
+    fn carry(&mut self, step: Step<Answer>, route: Route, ctx: &mut Context<Self>) {
+        let Step::Propose { body, waiter, ticket } = step else {
+            if let Step::Answer(waiter, outcome) = step {
+                let _ = waiter.send(Ok(outcome));
+            }
+            return;
+        };
         let (reply, outcome) = oneshot::channel();
-        self.in_flight += 1;
         match route {
             Route::Proposer => {
                 self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), body, reply })
@@ -152,57 +130,12 @@ impl PartnerActor {
         }
         ctx.spawn(async move { outcome.await.unwrap_or(Err(Refusal::NotLeader)) }.into_actor(self).map(
             move |result, actor, _| {
-                actor.in_flight -= 1;
-                done(actor, result);
+                for joined in actor.admission.completed(ticket) {
+                    let _ = joined.send(result.clone());
+                }
+                let _ = waiter.send(result);
             },
         ));
-    }
-
-    fn submit_transfer(&mut self, request: TransferRequest, reply: Answer, ctx: &mut Context<Self>) {
-        // Already applied: answer from the state.
-        if let Some(outcome) = self.state.applied().state.replay_transfer_request(&request, self.state.history()) {
-            let _ = reply.send(Ok(outcome));
-            return;
-        }
-        // An identical request in flight: wait for its answer. A different
-        // body under the same key is proposed on its own and decided by the
-        // state machine; only the request that registered the key hands its
-        // answer to the waiters and unregisters it.
-        let fingerprint = request.fingerprint();
-        let owner = match self.pending.get_mut(&request.idempotency_key) {
-            Some((pending_print, waiters)) if *pending_print == fingerprint => {
-                waiters.push(reply);
-                return;
-            }
-            Some(_) => false,
-            None => {
-                self.pending.insert(request.idempotency_key.clone(), (fingerprint, Vec::new()));
-                true
-            }
-        };
-        if owner {
-            // No record and nothing else in flight under this key: a request
-            // the state machine would refuse without changing anything is
-            // refused here, and leaves nothing behind.
-            let applied = self.state.applied();
-            let now = crate::gateway::now().max(applied.state.clock());
-            if let Err(code) = applied.state.check_transfer_request(&request, now) {
-                self.pending.remove(&request.idempotency_key);
-                let _ = reply.send(Ok(Outcome::Rejected(code)));
-                return;
-            }
-        }
-        let key = request.idempotency_key.clone();
-        self.propose(CommandBody::CreateTransfer(request), Route::Proposer, ctx, move |actor, result| {
-            if owner {
-                if let Some((_, waiters)) = actor.pending.remove(&key) {
-                    for waiter in waiters {
-                        let _ = waiter.send(result.clone());
-                    }
-                }
-            }
-            let _ = reply.send(result);
-        });
     }
 
     fn push_events(&mut self) {
@@ -250,32 +183,20 @@ impl Handler<Submit> for PartnerActor {
 
     fn handle(&mut self, message: Submit, ctx: &mut Context<Self>) {
         // The gateway charged the request to the partner's rate already.
-        if self.in_flight >= PARTNER_IN_FLIGHT_MAX {
-            let _ = message.reply.send(Err(Refusal::Overloaded("too many of this partner's requests are in flight")));
+        if let Err(why) = self.admission.admit() {
+            let _ = message.reply.send(Err(Refusal::Overloaded(why)));
             return;
         }
-        match message.body {
-            CommandBody::CreateTransfer(request) => self.submit_transfer(request, message.reply, ctx),
-            CommandBody::CreateQuote { partner, payee, amount } => {
-                let applied = self.state.applied();
-                let now = crate::gateway::now().max(applied.state.clock());
-                if let Err(code) = applied.state.check_quote(&partner, &payee, amount, now) {
-                    let _ = message.reply.send(Ok(Outcome::Rejected(code)));
-                    return;
-                }
-                let reply = message.reply;
-                let body = CommandBody::CreateQuote { partner, payee, amount };
-                self.propose(body, message.route, ctx, move |_, result| {
-                    let _ = reply.send(result);
-                });
+        let applied = self.state.applied();
+        let now = crate::gateway::now();
+        let step = match message.body {
+            CommandBody::CreateTransfer(request) => {
+                self.admission.transfer(request, message.reply, &applied.state, self.state.history(), now)
             }
-            body => {
-                let reply = message.reply;
-                self.propose(body, message.route, ctx, move |_, result| {
-                    let _ = reply.send(result);
-                });
-            }
-        }
+            body @ CommandBody::CreateQuote { .. } => self.admission.quote(body, message.reply, &applied.state, now),
+            body => self.admission.other(body, message.reply),
+        };
+        self.carry(step, message.route, ctx);
     }
 }
 
