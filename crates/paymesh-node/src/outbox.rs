@@ -22,6 +22,7 @@ use paymesh_core::command::{CommandBody, Decision, PrepareMessage};
 use paymesh_core::id::{RegionId, TransferId};
 use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
+use paymesh_store::AppliedState;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Status;
@@ -362,10 +363,7 @@ fn record(gateway: &Gateway, tasks: &mut JoinSet<Done>, id: CallId, proposals: V
             let span = match &body {
                 CommandBody::PrepareReplied { transfer, reply } => {
                     let span = tracing::info_span!("prepare.replied", transfer = %transfer, reply = ?reply);
-                    telemetry::continue_from(
-                        &span,
-                        &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer),
-                    );
+                    continue_trace(gateway, &applied, &span, transfer);
                     span
                 }
                 _ => tracing::Span::none(),
@@ -456,13 +454,16 @@ fn step_spans<'a>(
     transfers
         .map(|transfer| {
             let span = span_of(transfer);
-            telemetry::continue_from(
-                &span,
-                &gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer),
-            );
+            continue_trace(gateway, &applied, &span, transfer);
             span
         })
         .collect()
+}
+
+/// Make `span` a child of `transfer`'s trace, when this leader remembers it.
+fn continue_trace(gateway: &Gateway, applied: &AppliedState, span: &tracing::Span, transfer: &TransferId) {
+    let parent = gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer);
+    telemetry::continue_from(span, &parent);
 }
 
 /// With the breaker open and nothing to send: is the region back?

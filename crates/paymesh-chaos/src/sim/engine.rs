@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use paymesh_core::limits::TICK_WORK_MAX;
 use std::time::Duration;
 
+use paymesh_core::id::PartnerId;
 use paymesh_core::{Batch, Command, CommandBody, CommandId, Outcome, Timestamp};
 use paymesh_node::engine::fair::Lane;
 use paymesh_node::engine::proposer::{Entry, Proposer, ProposerBug, Refused};
@@ -81,14 +82,19 @@ pub(crate) enum Event {
     SettleCheck,
 }
 
+/// The partner whose quote or transfer `body` is, if it is one.
+pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
+    match body {
+        CommandBody::CreateQuote { partner, .. } => Some(partner.clone()),
+        CommandBody::CreateTransfer(request) => Some(request.partner.clone()),
+        _ => None,
+    }
+}
+
 /// The proposer lane of a command: its partner's for a partner's quote or
 /// transfer, the region's for everything else (as the node's actors choose).
 fn lane_of(body: &CommandBody) -> Lane {
-    match body {
-        CommandBody::CreateQuote { partner, .. } => Lane::Partner(partner.clone()),
-        CommandBody::CreateTransfer(request) => Lane::Partner(request.partner.clone()),
-        _ => Lane::Region,
-    }
+    partner_of(body).map_or(Lane::Region, Lane::Partner)
 }
 
 /// One seed's simulation.

@@ -374,11 +374,7 @@ impl Sim<'_> {
         let super::region::Region { leader, nodes, .. } = &mut self.regions[region];
         let Some(leader) = leader.as_mut() else { return };
         let node = &nodes[leader.node];
-        let partner = match &body {
-            CommandBody::CreateQuote { partner, .. } => partner.clone(),
-            CommandBody::CreateTransfer(request) => request.partner.clone(),
-            _ => return,
-        };
+        let Some(partner) = super::engine::partner_of(&body) else { return };
         let admission = leader.admissions.entry(partner.clone()).or_default();
         if let Err(why) = admission.admit() {
             self.attempt_failed(id, Failed::Retry(why));
