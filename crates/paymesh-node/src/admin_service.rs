@@ -36,7 +36,7 @@ impl AdminServer {
     /// and its outcome.
     /// The region's settings as of this node's applied index.
     fn region_settings(&self) -> wire::RegionSettings {
-        convert::region_settings(self.gateway.node.state_machine.applied().state.settings())
+        convert::region_settings(self.gateway.state_machine.applied().state.settings())
     }
 
     async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
@@ -132,7 +132,7 @@ impl AdminService for AdminServer {
             net_debit_cap: convert::money("net_debit_cap", r.net_debit_cap.as_ref())?,
         };
         let reject_code = self.apply(&operator, CommandBody::UpsertPartner(config)).await?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let partner = applied.state.partner(&id).map(|p| convert::partner_out(&applied.state, p));
         Ok(Response::new(wire::UpsertPartnerResponse { partner: partner.filter(|_| reject_code == 0), reject_code }))
     }
@@ -147,7 +147,7 @@ impl AdminService for AdminServer {
         let status = convert::partner_status("status", r.status)?;
         let reject_code =
             self.apply(&operator, CommandBody::SetPartnerStatus { partner: partner.clone(), status }).await?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let stored = applied.state.partner(&partner).map(|p| convert::partner_out(&applied.state, p));
         Ok(Response::new(wire::SetPartnerStatusResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
     }
@@ -162,7 +162,7 @@ impl AdminService for AdminServer {
         let limits = convert::partner_limits("limits", r.limits.as_ref())?;
         let reject_code =
             self.apply(&operator, CommandBody::SetPartnerLimits { partner: partner.clone(), limits }).await?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let stored = applied.state.partner(&partner).map(|p| convert::partner_out(&applied.state, p));
         Ok(Response::new(wire::SetPartnerLimitsResponse { partner: stored.filter(|_| reject_code == 0), reject_code }))
     }
@@ -173,7 +173,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::GetPartnerResponse>, Status> {
         self.gateway.operator(&request)?;
         let id = convert::partner_id("partner_id", &request.get_ref().partner_id)?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let partner = applied.state.partner(&id).ok_or_else(|| Status::not_found(format!("PartnerNotFound: {id}")))?;
         Ok(Response::new(wire::GetPartnerResponse {
             partner: Some(convert::partner_out(&applied.state, partner)),
@@ -195,7 +195,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::ListPartnersResponse>, Status> {
         self.gateway.operator(&request)?;
         let r = request.into_inner();
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let (partners, next_page_token) =
             page(applied.state.partners(), |p| p.config.id.clone(), &r.page_token, page_size(r.page_size));
         Ok(Response::new(wire::ListPartnersResponse {
@@ -214,7 +214,7 @@ impl AdminService for AdminServer {
         let terms = convert::corridor_terms(&r)?;
         let reject_code =
             self.apply(&operator, CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }).await?;
-        let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        let stored = self.gateway.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
         Ok(Response::new(wire::UpsertCorridorResponse { corridor: stored.filter(|_| reject_code == 0), reject_code }))
     }
 
@@ -228,7 +228,7 @@ impl AdminService for AdminServer {
         let status = convert::corridor_status("status", r.status)?;
         let reject_code =
             self.apply(&operator, CommandBody::SetCorridorStatus { corridor: corridor.clone(), status }).await?;
-        let stored = self.gateway.node.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        let stored = self.gateway.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
         Ok(Response::new(wire::SetCorridorStatusResponse {
             corridor: stored.filter(|_| reject_code == 0),
             reject_code,
@@ -241,7 +241,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::GetCorridorResponse>, Status> {
         self.gateway.operator(&request)?;
         let id = convert::corridor_id("corridor", request.get_ref().corridor.as_ref())?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let corridor =
             applied.state.corridor(&id).ok_or_else(|| Status::not_found(format!("CorridorNotFound: {id}")))?;
         let now = crate::gateway::now();
@@ -263,7 +263,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::ListCorridorsResponse>, Status> {
         self.gateway.operator(&request)?;
         let r = request.into_inner();
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let (corridors, next_page_token) =
             page(applied.state.corridors(), |c| c.id.clone(), &r.page_token, page_size(r.page_size));
         Ok(Response::new(wire::ListCorridorsResponse {
@@ -301,7 +301,7 @@ impl AdminService for AdminServer {
         let reject_code =
             self.apply(&operator, CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
         let position =
-            self.gateway.node.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
+            self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
         Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
     }
 
@@ -331,7 +331,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::RemovePayeeRouteResponse>, Status> {
         let operator = self.gateway.operator(&request)?;
         let prefix = convert::qr_prefix("qr_prefix", &request.get_ref().qr_prefix)?;
-        let existed = self.gateway.node.state_machine.applied().state.directory().contains(&prefix);
+        let existed = self.gateway.state_machine.applied().state.directory().contains(&prefix);
         self.apply(&operator, CommandBody::RemovePayeeRoute { prefix }).await?;
         Ok(Response::new(wire::RemovePayeeRouteResponse { removed: existed }))
     }
@@ -342,7 +342,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::ListPayeeRoutesResponse>, Status> {
         self.gateway.operator(&request)?;
         let r = request.into_inner();
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let (routes, next_page_token) = page(
             applied.state.directory().routes(),
             |route| route.prefix.as_str().to_owned(),
@@ -363,7 +363,7 @@ impl AdminService for AdminServer {
         let request = request.into_inner();
         let account = convert::account_id("account", &request.account)?;
         let (lines, next_page_token) = convert::statement_page(
-            self.gateway.node.state_machine.history(),
+            self.gateway.state_machine.history(),
             &account,
             request.from_unix_ms,
             request.to_unix_ms,
@@ -378,7 +378,7 @@ impl AdminService for AdminServer {
         request: Request<wire::GetLedgerSummaryRequest>,
     ) -> Result<Response<wire::GetLedgerSummaryResponse>, Status> {
         self.gateway.operator(&request)?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let totals = |units: u128, currency| {
             let units = i128::try_from(units).unwrap_or(i128::MAX);
             SignedMoney::from_units(units, currency).ok().map(|m| convert::signed_out(&m))

@@ -17,17 +17,20 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use paymesh_client::{NodeChannel, Region, RetryPolicy};
+use paymesh_client::{Credentials, NodeChannel, Region, RetryPolicy};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use paymesh_proto::admin::v1::cluster_service_server::ClusterService;
-use paymesh_store::{NodeAddr, NodeId};
+use paymesh_store::log_store::LogStats;
+use paymesh_store::raft_types::Raft;
+use paymesh_store::{NodeAddr, NodeId, StateMachineStore};
+use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::config::REGION_MEMBERS_MAX;
-use crate::identity::{require_node_of, Identity};
-use crate::node::Node;
+use crate::config::{NodeConfig, REGION_MEMBERS_MAX};
+use crate::identity::{require_node_of, Authenticator, Identity};
+use crate::members::Members;
 
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,27 +40,48 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
 /// Serves cluster operations for one node, to operators and to the nodes of
 /// its region (which forward writes).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterServer {
-    node: Node,
+    config: Arc<NodeConfig>,
+    raft: Raft,
+    state_machine: StateMachineStore,
+    log_stats: Arc<LogStats>,
+    auth: Authenticator,
+    members: Members,
     /// Channels to leaders for forwarding, as this node (a channel factory).
     leaders: Arc<Region>,
 }
 
+impl std::fmt::Debug for ClusterServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterServer").field("node_id", &self.config.node_id).finish_non_exhaustive()
+    }
+}
+
 impl ClusterServer {
-    /// The service of `node`.
-    pub fn new(node: Node) -> ClusterServer {
-        let leaders =
-            Region::live(Vec::new(), node.dialing(), RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
-        ClusterServer { node, leaders: Arc::new(leaders) }
+    /// The service of the node configured by `config`, whose Raft group is
+    /// `raft` over `state_machine` (its log's counters in `log_stats`),
+    /// telling callers apart with `auth`, and dialing the leader as
+    /// `dialing` says.
+    pub fn new(
+        config: Arc<NodeConfig>,
+        raft: Raft,
+        state_machine: StateMachineStore,
+        log_stats: Arc<LogStats>,
+        auth: Authenticator,
+        dialing: watch::Receiver<Credentials>,
+    ) -> ClusterServer {
+        let leaders = Region::live(Vec::new(), dialing, RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
+        let members = Members::new(raft.clone(), state_machine.clone());
+        ClusterServer { config, raft, state_machine, log_stats, auth, members, leaders: Arc::new(leaders) }
     }
 
     /// Only operators and this region's nodes (none it removed) may operate
     /// the cluster.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match self.node.auth.identify(request)? {
+        match self.auth.identify(request)? {
             Identity::Operator(_) => Ok(()),
-            node @ Identity::Node { .. } => self.node.members().admit(require_node_of(node, &self.node.config.region)?),
+            node @ Identity::Node { .. } => self.members.admit(require_node_of(node, &self.config.region)?),
             other => Err(Status::permission_denied(format!("{other} may not operate the cluster"))),
         }
     }
@@ -109,7 +133,7 @@ fn refused(error: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Refu
 
 impl ClusterServer {
     fn voters(&self) -> BTreeSet<NodeId> {
-        self.node.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
     }
 }
 
@@ -122,7 +146,7 @@ impl ClusterService for ClusterServer {
         self.check_caller(&request)?;
         let requested = request.into_inner().members;
         let members: BTreeMap<NodeId, NodeAddr> = if requested.is_empty() {
-            self.node.config.peers.iter().map(|p| (p.node_id, p.addr())).collect()
+            self.config.peers.iter().map(|p| (p.node_id, p.addr())).collect()
         } else {
             requested
                 .into_iter()
@@ -132,7 +156,7 @@ impl ClusterService for ClusterServer {
         if members.is_empty() || members.len() > REGION_MEMBERS_MAX || members.contains_key(&0) {
             return Err(Status::invalid_argument(format!("members: 1 to {REGION_MEMBERS_MAX} positive node ids")));
         }
-        match self.node.raft.initialize(members).await {
+        match self.raft.initialize(members).await {
             Ok(()) => Ok(Response::new(wire::InitializeResponse { already_initialized: false })),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 Ok(Response::new(wire::InitializeResponse { already_initialized: true }))
@@ -148,7 +172,7 @@ impl ClusterService for ClusterServer {
     ) -> Result<Response<wire::GetNodeStatusResponse>, Status> {
         self.check_caller(&request)?;
         let with_digest = request.into_inner().with_digest;
-        let metrics = self.node.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow().clone();
         let role = match metrics.state {
             ServerState::Leader => wire::NodeRole::Leader,
             ServerState::Follower => wire::NodeRole::Follower,
@@ -172,17 +196,17 @@ impl ClusterService for ClusterServer {
         let mut digest = Vec::new();
         if with_digest {
             // The digest and the index it belongs to come from one copy.
-            let applied = self.node.state_machine.applied();
+            let applied = self.state_machine.applied();
             applied_index = applied.last_applied.map(|l| l.index);
             digest = tokio::task::spawn_blocking(move || applied.digest().to_vec())
                 .await
                 .map_err(|e| Status::internal(format!("digest: {e}")))?;
         }
-        let stats = &self.node.log_stats;
+        let stats = &self.log_stats;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(wire::GetNodeStatusResponse {
-            node_id: self.node.config.node_id,
-            region: self.node.config.region.to_string(),
+            node_id: self.config.node_id,
+            region: self.config.region.to_string(),
             role: role as i32,
             current_term: metrics.current_term,
             leader_id: metrics.current_leader,
@@ -224,7 +248,7 @@ impl ClusterService for ClusterServer {
         }
         let addr = NodeAddr { raft_addr: node.raft_addr.clone(), api_addr: node.api_addr.clone() };
         // First a learner, caught up (blocking), then a voter.
-        if let Err(error) = self.node.raft.add_learner(node.node_id, addr, true).await {
+        if let Err(error) = self.raft.add_learner(node.node_id, addr, true).await {
             return match refused(error) {
                 Refused::Forward(forward) => {
                     self.leader_client(&forward)?.add_node(wire::AddNodeRequest { node: Some(node) }).await
@@ -233,7 +257,7 @@ impl ClusterService for ClusterServer {
             };
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([node.node_id]));
-        match self.node.raft.change_membership(change, false).await.map_err(refused) {
+        match self.raft.change_membership(change, false).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::AddNodeResponse { log_index: written.log_id.index })),
             Err(Refused::Forward(forward)) => {
                 Err(not_leader(&forward, "leadership moved while adding the node; retry"))
@@ -257,7 +281,7 @@ impl ClusterService for ClusterServer {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        match self.node.raft.change_membership(change, false).await.map_err(refused) {
+        match self.raft.change_membership(change, false).await.map_err(refused) {
             Ok(written) => Ok(Response::new(wire::RemoveNodeResponse { log_index: written.log_id.index })),
             Err(Refused::Forward(forward)) => {
                 self.leader_client(&forward)?.remove_node(wire::RemoveNodeRequest { node_id: id }).await
@@ -271,20 +295,19 @@ impl ClusterService for ClusterServer {
         request: Request<wire::TriggerSnapshotRequest>,
     ) -> Result<Response<wire::TriggerSnapshotResponse>, Status> {
         self.check_caller(&request)?;
-        let applied = self.node.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
         let Some(applied) = applied else {
             return Err(Status::failed_precondition("nothing applied yet; no snapshot to build"));
         };
-        self.node.raft.trigger().snapshot().await.map_err(fatal)?;
+        self.raft.trigger().snapshot().await.map_err(fatal)?;
         let metrics = self
-            .node
             .raft
             .wait(Some(SNAPSHOT_WAIT))
             .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "snapshot built")
             .await
             .map_err(|e| Status::deadline_exceeded(format!("snapshot: {e}")))?;
         let index = metrics.snapshot.map_or(applied, |s| s.index);
-        self.node.raft.trigger().purge_log(index).await.map_err(fatal)?;
+        self.raft.trigger().purge_log(index).await.map_err(fatal)?;
         Ok(Response::new(wire::TriggerSnapshotResponse { snapshot_index: index }))
     }
 }

@@ -2,34 +2,52 @@
 //! leader hint for a node that cannot serve a request, the route to the
 //! actors, and the mapping of refusals to gRPC statuses.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use paymesh_core::command::CommandBody;
-use paymesh_core::id::PartnerId;
+use paymesh_core::id::{PartnerId, RegionId};
 use paymesh_core::partner::BusinessStatus;
 use paymesh_core::{Outcome, RejectCode, Timestamp};
+use paymesh_store::raft_types::Raft;
+use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
 use crate::actors::registry::{OperatorRequest, PartnerRequest};
 use crate::actors::{Refusal, RegistryAddr};
-use crate::identity::Identity;
-use crate::node::Node;
-use crate::rate::Admission;
+use crate::identity::{Authenticator, Identity};
+use crate::members::Members;
+use crate::outbox::Links;
+use crate::rate::{Admission, Rates};
+use crate::telemetry::Traces;
 
-/// Shared by the partner and admin services of one node.
+/// What the partner, admin and inter-region services of one node share: the
+/// handles they use, each cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    /// The node.
-    pub node: Node,
+    /// The region this node serves.
+    pub region: RegionId,
+    /// The region's Raft group on this node.
+    pub raft: Raft,
+    /// The applied state and history, for reads.
+    pub state_machine: StateMachineStore,
+    /// Who is calling, and whether its certificate is revoked.
+    pub auth: Authenticator,
+    /// Partners' request rates (see [`crate::rate`]).
+    pub rates: Arc<Rates>,
+    /// The links to the remote regions (the outbox's destinations).
+    pub links: Arc<Links>,
+    /// The trace contexts of recent transfers (see [`crate::telemetry`]).
+    pub traces: Arc<Traces>,
     /// The leader's actors.
     pub registry: RegistryAddr,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Gateway").field("region", &self.region).finish_non_exhaustive()
     }
 }
 
@@ -80,11 +98,11 @@ impl Gateway {
     /// here, once, whatever it is: an active partner over its rate waits for
     /// its turn (see [`crate::rate`]).
     pub async fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
-        let id = match self.node.auth.identify(request)? {
+        let id = match self.auth.identify(request)? {
             Identity::Partner(id) => id,
             other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
         };
-        let status = |gateway: &Gateway| gateway.node.state_machine.applied().state.partner(&id).map(|p| p.status);
+        let status = |gateway: &Gateway| gateway.state_machine.applied().state.partner(&id).map(|p| p.status);
         let status = match status(self) {
             Some(status) => status,
             None => {
@@ -110,8 +128,8 @@ impl Gateway {
     /// would take too long, RESOURCE_EXHAUSTED after the longest wait (see
     /// [`crate::rate`]).
     async fn pace(&self, partner: &PartnerId) -> Result<(), Status> {
-        let limits = self.node.state_machine.applied().state.partner_limits(partner);
-        match self.node.rates.admit(partner, limits) {
+        let limits = self.state_machine.applied().state.partner_limits(partner);
+        match self.rates.admit(partner, limits) {
             Admission::Now => Ok(()),
             Admission::After(wait) => {
                 tokio::time::sleep(wait).await;
@@ -126,9 +144,14 @@ impl Gateway {
         }
     }
 
+    /// The admission check for calls from the region's nodes.
+    pub fn members(&self) -> Members {
+        Members::new(self.raft.clone(), self.state_machine.clone())
+    }
+
     /// Require an operator caller.
     pub fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match self.node.auth.identify(request)? {
+        match self.auth.identify(request)? {
             Identity::Operator(name) => Ok(name),
             other => Err(Status::permission_denied(format!("{other} may not call the admin API"))),
         }
@@ -137,7 +160,7 @@ impl Gateway {
     /// UNAVAILABLE for a request this node cannot serve, naming the leader's
     /// API address in `paymesh-leader-addr` when it is known.
     pub fn not_leader(&self) -> Status {
-        let metrics = self.node.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow().clone();
         let mut status = Status::unavailable("this node is not the leader; send the request to the leader");
         if let Some(leader) = metrics.current_leader {
             status.metadata_mut().insert("paymesh-leader-id", MetadataValue::from(leader));
@@ -160,14 +183,14 @@ impl Gateway {
     /// request (a linearizable read through the leader); UNAVAILABLE with the
     /// leader hint on a follower.
     pub async fn linearizable(&self) -> Result<(), Status> {
-        self.node.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| self.not_leader())
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| self.not_leader())
     }
 
     /// Refuse a new quote or transfer to a region whose link's breaker is
     /// open (see [`crate::outbox`]). A transfer request the region has seen
     /// before is let through, so a retry still gets its recorded outcome.
     fn check_link(&self, body: &CommandBody) -> Result<(), Status> {
-        let applied = self.node.state_machine.applied();
+        let applied = self.state_machine.applied();
         let state = &applied.state;
         let destination = match body {
             CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
@@ -177,12 +200,12 @@ impl Gateway {
             _ => None,
         };
         let Some(region) = destination.filter(|region| region != state.region()) else { return Ok(()) };
-        let refused = self.node.links.check(&region);
+        let refused = self.links.check(&region);
         // Only when the link refuses is the key looked up (in history, for
         // most keys): a request seen before goes on to its recorded answer.
         match (&refused, body) {
             (Err(_), CommandBody::CreateTransfer(request))
-                if state.replay_transfer_request(request, self.node.state_machine.history()).is_some() =>
+                if state.replay_transfer_request(request, self.state_machine.history()).is_some() =>
             {
                 Ok(())
             }

@@ -11,6 +11,7 @@
 //! history, and stops when the caller goes away.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use paymesh_core::limits::HISTORY_RETENTION_MIN_MS;
@@ -19,13 +20,13 @@ use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::history_service_server::HistoryService;
 use paymesh_store::archive::{range_digest, Export, ExportChunk, ExportError};
 use paymesh_store::history::{Deletable, DeletionStop};
-use paymesh_store::{History, HistoryError};
+use paymesh_store::{History, HistoryError, StateMachineStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::identity::Identity;
-use crate::node::Node;
+use crate::config::NodeConfig;
+use crate::identity::{Authenticator, Identity};
 
 /// Bytes of frames per export message, about (whole batches: one batch
 /// alone may be larger).
@@ -41,18 +42,21 @@ pub const EXPORT_CHUNKS_BUFFERED: usize = 2;
 /// Serves one node's history archiving and retention, to operators.
 #[derive(Clone, Debug)]
 pub struct HistoryServer {
-    node: Node,
+    config: Arc<NodeConfig>,
+    state_machine: StateMachineStore,
+    auth: Authenticator,
 }
 
 impl HistoryServer {
-    /// The service of `node`.
-    pub fn new(node: Node) -> HistoryServer {
-        HistoryServer { node }
+    /// The service of the node configured by `config`, over its
+    /// `state_machine`, telling callers apart with `auth`.
+    pub fn new(config: Arc<NodeConfig>, state_machine: StateMachineStore, auth: Authenticator) -> HistoryServer {
+        HistoryServer { config, state_machine, auth }
     }
 
     /// The calling operator; PERMISSION_DENIED for anyone else.
     fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match self.node.auth.identify(request)? {
+        match self.auth.identify(request)? {
             Identity::Operator(name) => Ok(name),
             other => Err(Status::permission_denied(format!("{other} may not call the history API"))),
         }
@@ -63,7 +67,7 @@ impl HistoryServer {
         &self,
         work: impl FnOnce(&History) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let store = self.node.state_machine.clone();
+        let store = self.state_machine.clone();
         tokio::task::spawn_blocking(move || work(store.history()))
             .await
             .map_err(|e| Status::internal(format!("history task: {e}")))?
@@ -178,12 +182,12 @@ impl HistoryService for HistoryServer {
             .map(Timestamp::from_unix_ms)
             .ok_or_else(|| Status::invalid_argument("through_unix_ms: must be positive (Unix milliseconds)"))?;
         let (sender, receiver) = mpsc::channel(EXPORT_CHUNKS_BUFFERED);
-        let store = self.node.state_machine.clone();
+        let store = self.state_machine.clone();
         let header = wire::ArchiveHeader {
-            region: self.node.config.region.to_string(),
+            region: self.config.region.to_string(),
             first_index: 0,
             created_at_unix_ms: unix_ms(crate::gateway::now()),
-            node_id: self.node.config.node_id,
+            node_id: self.config.node_id,
         };
         tracing::info!(operator, through_unix_ms = through, "history export started");
         tokio::task::spawn_blocking(move || {
@@ -279,7 +283,7 @@ impl HistoryService for HistoryServer {
         if through == 0 {
             return Err(Status::invalid_argument("through_index: must be positive"));
         }
-        let cutoff = window_cutoff(self.node.state_machine.applied().state.clock());
+        let cutoff = window_cutoff(self.state_machine.applied().state.clock());
         let response =
             self.blocking(move |history| delete_within(history, through, cutoff).map_err(history_status)).await?;
         tracing::info!(
@@ -298,8 +302,8 @@ impl HistoryService for HistoryServer {
         request: Request<wire::GetHistoryStatusRequest>,
     ) -> Result<Response<wire::GetHistoryStatusResponse>, Status> {
         self.operator(&request)?;
-        let clock = self.node.state_machine.applied().state.clock();
-        let history = self.node.state_machine.history();
+        let clock = self.state_machine.applied().state.clock();
+        let history = self.state_machine.history();
         let bytes_on_disk = history.size_on_disk().map_err(history_status)?;
         let engine = history.engine_memory();
         Ok(Response::new(wire::GetHistoryStatusResponse {
@@ -307,7 +311,7 @@ impl HistoryService for HistoryServer {
             deleted_through: history.deleted_through(),
             archived_through: history.archived_through(),
             records: history.records(),
-            retention_days: self.node.config.history.retention_days,
+            retention_days: self.config.history.retention_days,
             clock_unix_ms: unix_ms(clock),
             bytes_on_disk,
             engine_cache_bytes: engine.cache,

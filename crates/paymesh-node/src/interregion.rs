@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use openraft::ServerState;
-use paymesh_client::{Region, RetryPolicy};
+use paymesh_client::{Credentials, Region, RetryPolicy};
 use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply};
 use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
 use paymesh_core::{Outcome, RejectCode};
 use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
 use paymesh_proto::interregion::v1::inter_region_service_server::InterRegionService;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use x509_parser::prelude::FromDer;
 
@@ -66,21 +67,24 @@ pub struct InterRegionServer {
     gateway: Gateway,
     door: Door,
     leaders: Arc<Region>,
+    /// Callers name themselves in metadata (development only).
+    plaintext: bool,
 }
 
 impl InterRegionServer {
-    /// The service of the node behind `gateway`, on `door`.
-    pub fn new(gateway: Gateway, door: Door) -> InterRegionServer {
-        let leaders =
-            Region::live(Vec::new(), gateway.node.dialing(), RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
-        InterRegionServer { gateway, door, leaders: Arc::new(leaders) }
+    /// The service of the node behind `gateway`, on `door`, dialing its
+    /// leader as `dialing` says; `plaintext` when the node runs without TLS
+    /// (development).
+    pub fn new(gateway: Gateway, door: Door, dialing: watch::Receiver<Credentials>, plaintext: bool) -> InterRegionServer {
+        let leaders = Region::live(Vec::new(), dialing, RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
+        InterRegionServer { gateway, door, leaders: Arc::new(leaders), plaintext }
     }
 
     /// The calling region, checked against the batch's `from_region`.
     fn caller<T>(&self, request: &Request<T>, from_region: &str) -> Result<RegionId, Status> {
         let from = convert::region_id("from_region", from_region)?;
-        let plaintext = self.gateway.node.config.insecure_plaintext;
-        match (&self.door, self.gateway.node.auth.identify(request)?) {
+        let plaintext = self.plaintext;
+        match (&self.door, self.gateway.auth.identify(request)?) {
             (Door::Remote(links), Identity::Node { region, .. }) => {
                 let Some(link) = links.get(&region) else {
                     return Err(Status::permission_denied(format!(
@@ -98,11 +102,11 @@ impl InterRegionServer {
                 }
                 Ok(from)
             }
-            (Door::Forwarded, Identity::Node { region, node_id }) if region == self.gateway.node.config.region => {
+            (Door::Forwarded, Identity::Node { region, node_id }) if region == self.gateway.region => {
                 if request.metadata().get(FORWARDED).is_none() {
                     return Err(Status::permission_denied("only forwarded batches are accepted here"));
                 }
-                self.gateway.node.members().admit(node_id)?;
+                self.gateway.members().admit(node_id)?;
                 Ok(from)
             }
             (_, other) => Err(Status::permission_denied(format!("{other} may not call the inter-region service"))),
@@ -110,7 +114,7 @@ impl InterRegionServer {
     }
 
     fn leading(&self) -> bool {
-        self.gateway.node.raft.metrics().borrow().state == ServerState::Leader
+        self.gateway.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// A client of the leader's API listener, for a follower on the remote
@@ -119,7 +123,7 @@ impl InterRegionServer {
         if matches!(self.door, Door::Forwarded) {
             return Err(self.gateway.not_leader());
         }
-        let metrics = self.gateway.node.raft.metrics().borrow().clone();
+        let metrics = self.gateway.raft.metrics().borrow().clone();
         let leader = metrics
             .current_leader
             .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
@@ -361,7 +365,7 @@ impl InterRegionServer {
                     "a decision contradicts this region's records; operators must investigate");
             }
         }
-        Ok(inbound.reply(&self.gateway.node.config.region))
+        Ok(inbound.reply(&self.gateway.region))
     }
 }
 

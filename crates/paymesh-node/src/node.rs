@@ -232,8 +232,24 @@ impl Node {
     /// when this node leads and when entries are applied. The gateway is what
     /// the partner and admin services use.
     pub fn start_pipeline(&self) -> Result<Pipeline, NodeError> {
-        let (registry, actors) = actors::start(self.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
-        let gateway = Gateway { node: self.clone(), registry };
+        let setting = actors::Setting {
+            raft: self.raft.clone(),
+            state_machine: self.state_machine.clone(),
+            node_id: self.config.node_id,
+            group_commit_interval: self.config.group_commit_interval(),
+            event_streams_per_partner_max: self.config.limits.event_streams_per_partner_max,
+        };
+        let (registry, actors) = actors::start(setting).map_err(|e| NodeError::Startup(e.to_string()))?;
+        let gateway = Gateway {
+            region: self.config.region.clone(),
+            raft: self.raft.clone(),
+            state_machine: self.state_machine.clone(),
+            auth: self.auth.clone(),
+            rates: self.rates.clone(),
+            links: self.links.clone(),
+            traces: self.traces.clone(),
+            registry,
+        };
         let watcher = tokio::spawn(follow_leadership(gateway.clone()));
         Ok(Pipeline { gateway, actors, watcher })
     }
@@ -298,7 +314,8 @@ impl Node {
         );
         let tls = self.tls.as_deref().map(|material| self.live_tls(material)).transpose()?;
         let reloader = tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone()));
-        let retention = tokio::spawn(crate::retention::run(self.clone()));
+        let retention =
+            tokio::spawn(crate::retention::run(self.state_machine.clone(), self.config.history.retention_ms()));
         let (stop, stopped) = watch::channel(false);
         let wait = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -349,14 +366,30 @@ impl Node {
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
-            .add_service(ClusterServiceServer::new(ClusterServer::new(self.clone())))
+            .add_service(ClusterServiceServer::new(ClusterServer::new(
+                self.config.clone(),
+                self.raft.clone(),
+                self.state_machine.clone(),
+                self.log_stats.clone(),
+                self.auth.clone(),
+                self.dialing(),
+            )))
             .add_service(
-                HistoryServiceServer::new(HistoryServer::new(self.clone()))
+                HistoryServiceServer::new(HistoryServer::new(
+                    self.config.clone(),
+                    self.state_machine.clone(),
+                    self.auth.clone(),
+                ))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
             )
             .add_service(
-                InterRegionServiceServer::new(InterRegionServer::new(gateway.clone(), Door::Forwarded))
+                InterRegionServiceServer::new(InterRegionServer::new(
+                    gateway.clone(),
+                    Door::Forwarded,
+                    self.dialing(),
+                    self.config.insecure_plaintext,
+                ))
                     .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
             );
@@ -447,7 +480,12 @@ impl Node {
     ) -> ServerTask {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<InterRegionServiceServer<InterRegionServer>>().await;
-        let service = InterRegionServiceServer::new(InterRegionServer::new(gateway, Door::Remote(self.links.clone())))
+        let service = InterRegionServiceServer::new(InterRegionServer::new(
+            gateway,
+            Door::Remote(self.links.clone()),
+            self.dialing(),
+            self.config.insecure_plaintext,
+        ))
             .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
@@ -583,8 +621,8 @@ fn partner_descriptors() -> Result<prost_types::FileDescriptorSet, NodeError> {
 /// stops.
 async fn follow_leadership(gateway: Gateway) {
     let registry = gateway.registry.clone();
-    let mut server = gateway.node.raft.server_metrics();
-    let mut applied = gateway.node.state_machine.watch_applied();
+    let mut server = gateway.raft.server_metrics();
+    let mut applied = gateway.state_machine.watch_applied();
     let mut leading = None;
     let mut shippers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
@@ -599,7 +637,7 @@ async fn follow_leadership(gateway: Gateway) {
                 shipper.abort();
             }
             if leading.is_some() {
-                for link in gateway.node.links.iter() {
+                for link in gateway.links.iter() {
                     shippers.push(tokio::spawn(crate::outbox::ship(gateway.clone(), link.clone())));
                 }
             }

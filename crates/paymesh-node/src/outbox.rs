@@ -257,7 +257,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     let clock = move || epoch.elapsed();
     let mut shipper = Shipper::new(link.region.clone(), rand::random());
     let mut tasks: JoinSet<Done> = JoinSet::new();
-    let mut applied = gateway.node.state_machine.watch_applied();
+    let mut applied = gateway.state_machine.watch_applied();
     let mut last_id: CallId = 0;
     link.reset_breaker();
     tracing::info!(region = %link.region, "shipping the outbox");
@@ -267,7 +267,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     loop {
         let now = clock();
         let calls = {
-            let applied = gateway.node.state_machine.applied();
+            let applied = gateway.state_machine.applied();
             shipper.poll(now, applied.state.outbox_for(&link.region), || {
                 last_id += 1;
                 last_id
@@ -356,7 +356,7 @@ fn record(gateway: &Gateway, tasks: &mut JoinSet<Done>, id: CallId, proposals: V
     if proposals.is_empty() {
         return;
     }
-    let applied = gateway.node.state_machine.applied();
+    let applied = gateway.state_machine.applied();
     let spanned: Vec<(CommandBody, tracing::Span)> = proposals
         .into_iter()
         .map(|body| {
@@ -402,7 +402,7 @@ async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec
         |transfer| tracing::info_span!("prepare.send", transfer = %transfer, to = %link.region),
     );
     let batch = wire::PrepareBatch {
-        from_region: gateway.node.config.region.to_string(),
+        from_region: gateway.region.to_string(),
         items: items.iter().zip(&spans).map(|(m, span)| prepare_out(m, telemetry::traceparent(span))).collect(),
     };
     let answer = link
@@ -422,7 +422,7 @@ async fn send_decisions(gateway: Gateway, link: Arc<Link>, id: CallId, items: Ve
         |transfer| tracing::info_span!("decide.send", transfer = %transfer, to = %link.region),
     );
     let batch = wire::DecisionBatch {
-        from_region: gateway.node.config.region.to_string(),
+        from_region: gateway.region.to_string(),
         items: items
             .iter()
             .zip(&spans)
@@ -450,7 +450,7 @@ fn step_spans<'a>(
     transfers: impl Iterator<Item = &'a TransferId>,
     span_of: impl Fn(&TransferId) -> tracing::Span,
 ) -> Vec<tracing::Span> {
-    let applied = gateway.node.state_machine.applied();
+    let applied = gateway.state_machine.applied();
     transfers
         .map(|transfer| {
             let span = span_of(transfer);
@@ -462,7 +462,7 @@ fn step_spans<'a>(
 
 /// Make `span` a child of `transfer`'s trace, when this leader remembers it.
 fn continue_trace(gateway: &Gateway, applied: &AppliedState, span: &tracing::Span, transfer: &TransferId) {
-    let parent = gateway.node.traces.of(&applied.state, gateway.node.state_machine.history(), transfer);
+    let parent = gateway.traces.of(&applied.state, gateway.state_machine.history(), transfer);
     telemetry::continue_from(span, &parent);
 }
 

@@ -64,7 +64,7 @@ impl PartnerService for PartnerServer {
     ) -> Result<Response<wire::LookupPayeeResponse>, Status> {
         self.gateway.partner(&request).await?;
         let qr = convert::qr_payload("qr_payload", &request.get_ref().qr_payload)?;
-        match self.gateway.node.state_machine.applied().state.lookup_payee(&qr) {
+        match self.gateway.state_machine.applied().state.lookup_payee(&qr) {
             Some(payee) => {
                 Ok(Response::new(wire::LookupPayeeResponse { payee: Some(convert::payee_out(&payee)), reject_code: 0 }))
             }
@@ -117,7 +117,7 @@ impl PartnerService for PartnerServer {
             payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
-        self.gateway.node.traces.remember(&partner, &transfer.idempotency_key, crate::telemetry::traceparent(&span));
+        self.gateway.traces.remember(&partner, &transfer.idempotency_key, crate::telemetry::traceparent(&span));
         let outcome = {
             use tracing::Instrument;
             let submitted = self.gateway.submit(partner.clone(), CommandBody::CreateTransfer(transfer));
@@ -130,7 +130,7 @@ impl PartnerService for PartnerServer {
                 // may be older than its transfer's state. A final answer is
                 // its state for good (and reading a finished transfer back
                 // from history would cost every domestic payment a read).
-                let sm = &self.gateway.node.state_machine;
+                let sm = &self.gateway.state_machine;
                 let current = (!view.state.is_final())
                     .then(|| sm.applied().state.transfer_for(&partner, &view.id, sm.history()))
                     .flatten()
@@ -155,7 +155,7 @@ impl PartnerService for PartnerServer {
         let partner = self.gateway.partner(&request).await?;
         let id = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
         self.gateway.linearizable().await?;
-        let sm = &self.gateway.node.state_machine;
+        let sm = &self.gateway.state_machine;
         match sm
             .applied()
             .state
@@ -196,7 +196,7 @@ impl PartnerService for PartnerServer {
         };
         let before = (request.created_to_unix_ms != 0).then_some(to);
         self.gateway.linearizable().await?;
-        let sm = &self.gateway.node.state_machine;
+        let sm = &self.gateway.state_machine;
         let applied = sm.applied();
         let mut transfers = Vec::new();
         let mut last_scanned = after;
@@ -242,7 +242,7 @@ impl PartnerService for PartnerServer {
             code => Some(convert::currency("currency", code)?),
         };
         self.gateway.linearizable().await?;
-        let applied = self.gateway.node.state_machine.applied();
+        let applied = self.gateway.state_machine.applied();
         let positions = applied
             .state
             .position(&partner)
@@ -263,7 +263,7 @@ impl PartnerService for PartnerServer {
         self.gateway.linearizable().await?;
         let account = AccountId::new(AccountOwner::Partner(partner), currency);
         let (lines, next_page_token) = convert::statement_page(
-            self.gateway.node.state_machine.history(),
+            self.gateway.state_machine.history(),
             &account,
             request.from_unix_ms,
             request.to_unix_ms,
@@ -284,7 +284,7 @@ impl PartnerService for PartnerServer {
         // committed: a lagging node must not call a valid cursor out of range.
         self.gateway.linearizable().await?;
         let after = request.get_ref().from_cursor;
-        let newest = self.gateway.node.state_machine.applied().state.last_cursor(&partner);
+        let newest = self.gateway.state_machine.applied().state.last_cursor(&partner);
         if after > newest {
             return Err(Status::out_of_range(format!("from_cursor {after} is beyond the newest event {newest}")));
         }

@@ -14,10 +14,9 @@
 use std::time::{Duration, Instant};
 
 use paymesh_core::Timestamp;
-use paymesh_store::{History, HistoryError};
+use paymesh_store::{History, HistoryError, StateMachineStore};
 
 use crate::history_service::delete_within;
-use crate::node::Node;
 
 /// How often a node looks for history to delete.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3_600);
@@ -61,17 +60,17 @@ pub fn pass(history: &History, clock: Timestamp, retention_ms: u64) -> Result<Pa
     })
 }
 
-/// Run retention on `node` until the process ends: a pass at start, then
-/// one every [`RETENTION_INTERVAL`].
-pub async fn run(node: Node) {
-    let retention_ms = node.config.history.retention_ms();
+/// Run retention over the history of `state_machine`, keeping
+/// `retention_ms`, until the process ends: a pass at start, then one every
+/// [`RETENTION_INTERVAL`].
+pub async fn run(state_machine: StateMachineStore, retention_ms: u64) {
     let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned: Option<Instant> = None;
     loop {
         ticks.tick().await;
-        let clock = node.state_machine.applied().state.clock();
-        let store = node.state_machine.clone();
+        let clock = state_machine.applied().state.clock();
+        let store = state_machine.clone();
         let done = tokio::task::spawn_blocking(move || pass(store.history(), clock, retention_ms)).await;
         match done {
             Ok(Ok(pass)) => {
@@ -91,7 +90,7 @@ pub async fn run(node: Node) {
                         tracing::warn!(
                             first_index = index,
                             cutoff_unix_ms = pass.cutoff.unix_ms(),
-                            archived_through = node.state_machine.history().archived_through(),
+                            archived_through = state_machine.history().archived_through(),
                             "history past retention is kept because no archive covers it: run `paymesh history \
                              export` (it confirms the archive with the nodes) so that it can be deleted"
                         );

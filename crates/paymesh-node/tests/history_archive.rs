@@ -101,7 +101,7 @@ async fn fixture() -> Fixture {
         .unwrap();
     let pipeline = node.start_pipeline().unwrap();
     let fixture = Fixture {
-        history: HistoryServer::new(node.clone()),
+        history: HistoryServer::new(node.config.clone(), node.state_machine.clone(), node.auth.clone()),
         partner: PartnerServer::new(pipeline.gateway.clone()),
         node,
         seeded,

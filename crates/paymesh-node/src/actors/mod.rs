@@ -23,8 +23,7 @@ use std::thread::JoinHandle;
 
 use actix::prelude::*;
 
-use crate::node::Node;
-pub use registry::Registry;
+pub use registry::{Registry, Setting};
 
 /// New entries were applied on this node: the registry passes it on to
 /// every partner actor, which pushes new events to its subscribers.
@@ -59,14 +58,15 @@ impl Refusal {
 /// A handle on the registry, cheap to clone.
 pub type RegistryAddr = Addr<Registry>;
 
-/// Start the actor system for `node` on its own thread; returns the
-/// registry's address and the thread (joined on shutdown).
-pub fn start(node: Node) -> std::io::Result<(RegistryAddr, ActorThread)> {
+/// Start the actor system on its own thread, its actors made with
+/// `setting`; returns the registry's address and the thread (joined on
+/// shutdown).
+pub fn start(setting: Setting) -> std::io::Result<(RegistryAddr, ActorThread)> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("paymesh-actors".into()).spawn(move || {
         let system = System::new();
         system.block_on(async move {
-            let registry = Registry::new(node).start();
+            let registry = Registry::new(setting).start();
             let _ = sender.send((registry, System::current()));
         });
         if let Err(e) = system.run() {

@@ -9,6 +9,8 @@ use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::PartnerId;
 use paymesh_core::state::{CursorExpired, Event};
 use paymesh_core::{Outcome, Timestamp};
+use paymesh_store::raft_types::Raft;
+use paymesh_store::StateMachineStore;
 use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::CorridorActor;
@@ -16,7 +18,6 @@ use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
 use super::{EntriesApplied, Refusal};
 use crate::engine::fair::Lane;
-use crate::node::Node;
 
 /// This node's leadership changed: `Some(term)` when it leads in `term`.
 #[derive(Message)]
@@ -67,22 +68,37 @@ struct Term {
     corridors: HashMap<CorridorId, Addr<CorridorActor>>,
 }
 
+/// What the leader's actors are made with.
+pub struct Setting {
+    /// The region's Raft group on this node.
+    pub raft: Raft,
+    /// Its applied state and history.
+    pub state_machine: StateMachineStore,
+    /// This node.
+    pub node_id: u64,
+    /// How long the proposer holds an entry back under load (zero: never).
+    pub group_commit_interval: std::time::Duration,
+    /// The most event streams a partner may hold on this node.
+    pub event_streams_per_partner_max: usize,
+}
+
 /// Routes requests to the actors of the current term.
 pub struct Registry {
-    node: Node,
+    setting: Setting,
     current: Option<Term>,
 }
 
 impl Registry {
-    /// The registry of `node`; it starts as a follower.
-    pub fn new(node: Node) -> Registry {
-        Registry { node, current: None }
+    /// A registry whose actors are made with `setting`; it starts as a
+    /// follower.
+    pub fn new(setting: Setting) -> Registry {
+        Registry { setting, current: None }
     }
 
     fn partner(&mut self, id: &PartnerId) -> Result<Addr<PartnerActor>, Refusal> {
         let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
-        let (state, proposer) = (self.node.state_machine.clone(), term.proposer.clone());
-        let streams_max = self.node.config.limits.event_streams_per_partner_max;
+        let (state, proposer) = (self.setting.state_machine.clone(), term.proposer.clone());
+        let streams_max = self.setting.event_streams_per_partner_max;
         Ok(term
             .partners
             .entry(id.clone())
@@ -92,7 +108,7 @@ impl Registry {
 
     fn corridor(&mut self, id: &CorridorId) -> Result<Addr<CorridorActor>, Refusal> {
         let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
-        let (state, proposer) = (self.node.state_machine.clone(), term.proposer.clone());
+        let (state, proposer) = (self.setting.state_machine.clone(), term.proposer.clone());
         Ok(term
             .corridors
             .entry(id.clone())
@@ -104,7 +120,7 @@ impl Registry {
     /// corridor's actor when the corridor can be named, the rest to the proposer.
     fn route(&mut self, partner: &PartnerId, body: &CommandBody, now: Timestamp) -> Result<Route, Refusal> {
         let CommandBody::CreateQuote { payee, amount, .. } = body else { return Ok(Route::Proposer) };
-        let applied = self.node.state_machine.applied();
+        let applied = self.setting.state_machine.applied();
         let (Some(partner), Some(payee)) = (applied.state.partner(partner), applied.state.lookup_payee(payee)) else {
             // The state machine gives the precise refusal.
             return Ok(Route::Proposer);
@@ -141,10 +157,10 @@ impl Handler<Leadership> for Registry {
             (Some(term), _) => {
                 self.stop_term();
                 let proposer = Proposer::new(
-                    self.node.raft.clone(),
-                    self.node.state_machine.clone(),
-                    self.node.config.node_id,
-                    self.node.config.group_commit_interval(),
+                    self.setting.raft.clone(),
+                    self.setting.state_machine.clone(),
+                    self.setting.node_id,
+                    self.setting.group_commit_interval,
                 );
                 let session = proposer.session();
                 let proposer = proposer.start();
