@@ -172,6 +172,20 @@ pub enum CommandBody {
     /// its bounds is refused as a protocol violation (the admin API checks
     /// it first).
     SetRegionSetting(RegionSetting),
+
+    // --- partners (added later) ---------------------------------------------
+    /// Create a transfer from a quote, as [`CommandBody::CreateTransfer`],
+    /// with the leader's word that the request's idempotency key had no
+    /// record in this region through log index `fresh_through` (its applied
+    /// index when it looked): a replica applying it looks for the key only
+    /// among the keys recorded since, which it keeps in memory while they
+    /// are recent, instead of in history (`crate::state`'s `recent` module).
+    CreateFreshTransfer {
+        /// The request.
+        request: TransferRequest,
+        /// The last index through which the key had no record.
+        fresh_through: u64,
+    },
 }
 
 /// A partner's request to create a transfer.
@@ -406,6 +420,7 @@ impl CommandBody {
             | CommandBody::SetRegionSetting(_) => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
+            | CommandBody::CreateFreshTransfer { .. }
             | CommandBody::PrepareReplied { .. }
             | CommandBody::DecisionAcked { .. }
             | CommandBody::Prepare(_)

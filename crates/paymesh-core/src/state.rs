@@ -26,6 +26,9 @@ use std::collections::BTreeMap;
 
 use imbl::{OrdMap, OrdSet, Vector};
 
+use self::recent::RecentKeys;
+pub use self::recent::RECENT_KEYS_MAX;
+
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
@@ -36,7 +39,7 @@ use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount};
 use crate::currency::Currency;
 use crate::directory::{Directory, Payee, PayeeRoute};
 use crate::fx::FxRate;
-use crate::history::{HistoryRead, IdempotencyRecord, ListToken, Recall, Record, TopUpRecord};
+use crate::history::{HistoryRead, IdempotencyRecord, ListToken, NoHistory, Recall, Record, TopUpRecord};
 use crate::id::{IdempotencyKey, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, AccountOwner, AccountPolicy, EntryId, EntryStatus, Ledger, LedgerReject, Leg, Op};
 use crate::limits::{
@@ -229,6 +232,10 @@ pub struct State {
     /// The history records of the batch being applied. Empty between batches.
     #[serde(skip)]
     journal: Vec<Record>,
+    /// The idempotency keys recorded by the latest batches (see
+    /// [`recent`]); a cache of history, in no image and no comparison.
+    #[serde(skip)]
+    recent: RecentKeys,
 }
 
 /// A state as snapshot images of format 4 hold it, before the region's
@@ -293,6 +300,7 @@ impl From<StateV4> for State {
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             journal: Vec::new(),
+            recent: RecentKeys::default(),
         }
     }
 }
@@ -511,6 +519,7 @@ impl State {
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             journal: Vec::new(),
+            recent: RecentKeys::default(),
         };
         state.partner_usage = state.count_usage();
         (state, records)
@@ -563,6 +572,7 @@ impl State {
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             journal: Vec::new(),
+            recent: RecentKeys::default(),
         }
     }
 
@@ -575,7 +585,8 @@ impl State {
     /// outcome each, with `recall` answering for finished work as of the
     /// start of the batch. Returns the outcomes and the batch's history
     /// records; what finished in the batch leaves the hot state.
-    pub fn apply_batch(&mut self, batch: &Batch, recall: &dyn Recall) -> BatchApplied {
+    pub fn apply_batch(&mut self, index: u64, batch: &Batch, recall: &dyn Recall) -> BatchApplied {
+        self.recent.begin(index);
         let outcomes = batch.commands().iter().map(|command| self.apply(command, batch.now(), recall)).collect();
         BatchApplied { outcomes, history: self.settle() }
     }
@@ -616,11 +627,13 @@ impl State {
     fn settle(&mut self) -> Vec<Record> {
         let mut journal = std::mem::take(&mut self.journal);
         journal.extend(self.ledger.take_movements().into_iter().map(|movement| Record::Movement(Box::new(movement))));
+        let mut keys = Vec::new();
         for record in &journal {
             match record {
                 Record::Transfer(transfer) => {
                     self.transfers.remove(&transfer.view.id);
                 }
+                Record::Idempotency { partner, key, .. } => keys.push((partner.clone(), key.clone())),
                 Record::Participation { transfer, .. } => {
                     self.participations.remove(transfer);
                 }
@@ -628,6 +641,7 @@ impl State {
             }
         }
         self.ledger.forget_resolved();
+        self.recent.finish(keys);
         self.idempotency.clear();
         self.top_ups.clear();
         journal
@@ -680,7 +694,11 @@ impl State {
             CommandBody::CreateQuote { partner, payee, amount } => {
                 self.create_quote(partner, payee, *amount, now).map(Outcome::Quote)
             }
-            CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now, recall)),
+            CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now, recall, false)),
+            CommandBody::CreateFreshTransfer { request, fresh_through } => {
+                let vouched = self.recent.vouches(*fresh_through);
+                Ok(self.create_transfer(request, now, recall, vouched))
+            }
             CommandBody::PrepareReplied { transfer, reply } => self.prepare_replied(transfer, *reply, now, recall),
             CommandBody::DecisionAcked { region, transfer } => {
                 self.decision_acked(region, transfer);
@@ -959,11 +977,23 @@ impl State {
         Ok(quote)
     }
 
-    fn create_transfer(&mut self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> Outcome {
+    /// Create a transfer for `request`, unless its key's record answers it;
+    /// `fresh` when the key is known to have no record in history before
+    /// the batches [`RecentKeys`] holds (the leader's word, vouched for).
+    fn create_transfer(
+        &mut self,
+        request: &TransferRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+        fresh: bool,
+    ) -> Outcome {
+        let key = (request.partner.clone(), request.idempotency_key.clone());
+        // A fresh key recorded by none of the recent batches has no record
+        // in history: only this batch's own records can answer it.
+        let recall: &dyn Recall = if fresh && !self.recent.holds(&key) { &NoHistory } else { recall };
         if let Some(answer) = self.replay_request(request, now, recall) {
             return answer;
         }
-        let key = (request.partner.clone(), request.idempotency_key.clone());
         let fingerprint = request.fingerprint();
         // A request refused before its transfer would exist changes nothing
         // and leaves no idempotency record: the leader answers these without
@@ -1860,5 +1890,6 @@ fn ledger_code(reason: LedgerReject) -> RejectCode {
     }
 }
 
+mod recent;
 #[cfg(test)]
 mod tests;

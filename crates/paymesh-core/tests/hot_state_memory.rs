@@ -37,7 +37,7 @@ impl Region {
                 Command { id: CommandId { session: 1, sequence: self.sequence }, body }
             })
             .collect();
-        self.state.apply_batch(&Batch::new(now, commands).unwrap(), &NoHistory).outcomes
+        self.state.apply_batch(self.sequence, &Batch::new(now, commands).unwrap(), &NoHistory).outcomes
     }
 
     /// `count` cross-border payments from `payers` partners, each left in

@@ -300,8 +300,7 @@ impl AdminService for AdminServer {
         let reference = convert::top_up_ref("reference", &r.reference)?;
         let reject_code =
             self.apply(&operator, CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
-        let position =
-            self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
+        let position = self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
         Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
     }
 

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use paymesh_core::command::CommandBody;
 use paymesh_core::id::{PartnerId, RegionId};
-use paymesh_core::partner::BusinessStatus;
+use paymesh_core::partner::{BusinessStatus, PartnerLimits};
 use paymesh_core::{Outcome, RejectCode, Timestamp};
 use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
@@ -102,9 +102,13 @@ impl Gateway {
             Identity::Partner(id) => id,
             other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
         };
-        let status = |gateway: &Gateway| gateway.state_machine.applied().state.partner(&id).map(|p| p.status);
-        let status = match status(self) {
-            Some(status) => status,
+        // The partner's status and its limits, from one copy of the state.
+        let status = |gateway: &Gateway| {
+            let applied = gateway.state_machine.applied();
+            applied.state.partner(&id).map(|p| (p.status, applied.state.partner_limits(&id)))
+        };
+        let (status, limits) = match status(self) {
+            Some(found) => found,
             None => {
                 self.linearizable().await?;
                 status(self).ok_or_else(|| {
@@ -114,7 +118,7 @@ impl Gateway {
         };
         match status {
             BusinessStatus::Active => {
-                self.pace(&id).await?;
+                self.pace(&id, limits).await?;
                 Ok(id)
             }
             BusinessStatus::Suspended => Err(Status::failed_precondition(format!(
@@ -127,8 +131,7 @@ impl Gateway {
     /// Charge a call to the partner's rate: wait for its token, or, if that
     /// would take too long, RESOURCE_EXHAUSTED after the longest wait (see
     /// [`crate::rate`]).
-    async fn pace(&self, partner: &PartnerId) -> Result<(), Status> {
-        let limits = self.state_machine.applied().state.partner_limits(partner);
+    async fn pace(&self, partner: &PartnerId, limits: PartnerLimits) -> Result<(), Status> {
         match self.rates.admit(partner, limits) {
             Admission::Now => Ok(()),
             Admission::After(wait) => {

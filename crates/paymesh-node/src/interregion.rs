@@ -75,7 +75,12 @@ impl InterRegionServer {
     /// The service of the node behind `gateway`, on `door`, dialing its
     /// leader as `dialing` says; `plaintext` when the node runs without TLS
     /// (development).
-    pub fn new(gateway: Gateway, door: Door, dialing: watch::Receiver<Credentials>, plaintext: bool) -> InterRegionServer {
+    pub fn new(
+        gateway: Gateway,
+        door: Door,
+        dialing: watch::Receiver<Credentials>,
+        plaintext: bool,
+    ) -> InterRegionServer {
         let leaders = Region::live(Vec::new(), dialing, RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
         InterRegionServer { gateway, door, leaders: Arc::new(leaders), plaintext }
     }

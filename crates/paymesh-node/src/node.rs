@@ -380,8 +380,8 @@ impl Node {
                     self.state_machine.clone(),
                     self.auth.clone(),
                 ))
-                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
             )
             .add_service(
                 InterRegionServiceServer::new(InterRegionServer::new(
@@ -390,8 +390,8 @@ impl Node {
                     self.dialing(),
                     self.config.insecure_plaintext,
                 ))
-                    .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
             );
         let api_task = spawn_server(
             api_router,
@@ -486,8 +486,8 @@ impl Node {
             self.dialing(),
             self.config.insecure_plaintext,
         ))
-            .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
+        .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
         let router =
             listener::aging_server().timeout(API_REQUEST_TIMEOUT).add_service(health_service).add_service(service);

@@ -25,10 +25,12 @@ fn region() -> RegionId {
 pub fn apply_batches(data: &[u8]) {
     let mut state = State::new(region());
     let mut rest = data;
+    let mut index = 0;
     while !rest.is_empty() {
         rest = match postcard::take_from_bytes::<Batch>(rest) {
             Ok((batch, after)) => {
-                state.apply_batch(&batch, &paymesh_core::history::NoHistory);
+                index += 1;
+                state.apply_batch(index, &batch, &paymesh_core::history::NoHistory);
                 after
             }
             Err(_) => &rest[1..],

@@ -518,7 +518,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let (outcome, records) = match entry.payload {
                 EntryPayload::Blank => (EntryOutcome::default(), Vec::new()),
                 EntryPayload::Normal(batch) => {
-                    let done = applied.state.apply_batch(&batch, &history.at(index));
+                    let done = applied.state.apply_batch(index, &batch, &history.at(index));
                     (EntryOutcome { outcomes: done.outcomes }, done.history)
                 }
                 EntryPayload::Membership(membership) => {
@@ -661,7 +661,7 @@ mod tests {
             body: CommandBody::SetRegionSetting(RegionSetting::IdempotencyRetentionDays(90)),
         };
         let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command]).unwrap();
-        state.apply_batch(&batch, &paymesh_core::history::MemoryHistory::new().at(1));
+        state.apply_batch(1, &batch, &paymesh_core::history::MemoryHistory::new().at(1));
         assert_eq!(state.settings().idempotency_retention_days(), 90);
         let image = Image {
             state,

@@ -86,7 +86,9 @@ pub(crate) enum Event {
 pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
     match body {
         CommandBody::CreateQuote { partner, .. } => Some(partner.clone()),
-        CommandBody::CreateTransfer(request) => Some(request.partner.clone()),
+        CommandBody::CreateTransfer(request) | CommandBody::CreateFreshTransfer { request, .. } => {
+            Some(request.partner.clone())
+        }
         _ => None,
     }
 }

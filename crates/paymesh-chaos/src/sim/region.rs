@@ -77,7 +77,7 @@ impl Node {
     /// Apply one entry; its outcomes.
     pub(crate) fn apply(&mut self, batch: &Batch) -> Vec<Outcome> {
         let index = self.applied as u64 + 1;
-        let applied = self.state.apply_batch(batch, &self.history.at(index));
+        let applied = self.state.apply_batch(index, batch, &self.history.at(index));
         self.history.write(index, applied.history);
         let outcomes = applied.outcomes;
         self.applied += 1;
@@ -97,8 +97,13 @@ impl Node {
 
     /// Restart after a crash: load the last checkpoint (entries after it are
     /// applied again from the log by [`Node::catch_up`]).
+    ///
+    /// The checkpoint goes through its encoding, as a node's image does, so
+    /// that what a state keeps only in memory (the recent idempotency keys)
+    /// is lost as a restarted node loses it.
     pub(crate) fn restart(&mut self) {
-        self.state = self.checkpoint.0.clone();
+        let image = serde_json::to_vec(&self.checkpoint.0).expect("a state encodes");
+        self.state = serde_json::from_slice(&image).expect("a state decodes");
         self.applied = self.checkpoint.1;
     }
 }

@@ -383,7 +383,7 @@ impl Sim<'_> {
         let waiter = Waiter::Client { call: id, attempt };
         let step = match body {
             CommandBody::CreateTransfer(request) => {
-                admission.transfer(request, waiter, &node.state, &node.history, clock)
+                admission.transfer(request, waiter, (&node.state, node.applied as u64), &node.history, clock)
             }
             quote => admission.quote(quote, waiter, &node.state, clock),
         };

@@ -76,7 +76,7 @@ impl Region {
     /// Apply a batch at the next log index and write its history.
     fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
         self.index += 1;
-        let applied = self.state.apply_batch(batch, &self.history.at(self.index));
+        let applied = self.state.apply_batch(self.index, batch, &self.history.at(self.index));
         self.history.write(self.index, applied.history);
         applied.outcomes
     }
@@ -321,6 +321,102 @@ fn a_same_region_transfer_completes_in_one_command() {
     let credited = east.state.events_after(&pid("wechat-cn"), 0, 10, &east.history).unwrap();
     assert_eq!(credited.len(), 1);
     assert_eq!(credited[0].amount, cny("88.88"));
+}
+
+/// History as of a batch, counting the idempotency lookups it answers.
+struct Counted<'a> {
+    inner: &'a dyn Recall,
+    lookups: std::cell::Cell<usize>,
+}
+
+impl Recall for Counted<'_> {
+    fn idempotency(&self, partner: &PartnerId, key: &IdempotencyKey) -> Option<IdempotencyRecord> {
+        self.lookups.set(self.lookups.get() + 1);
+        self.inner.idempotency(partner, key)
+    }
+    fn transfer(&self, id: &TransferId) -> Option<Transfer> {
+        self.inner.transfer(id)
+    }
+    fn participation(&self, id: &TransferId) -> Option<Participation> {
+        self.inner.participation(id)
+    }
+    fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        self.inner.top_up(reference)
+    }
+}
+
+impl Region {
+    /// Apply `bodies` as one batch at the next log index; their outcomes
+    /// and how many idempotency keys were looked up in history.
+    fn run_counted(&mut self, bodies: Vec<CommandBody>, now: Timestamp) -> (Vec<Outcome>, usize) {
+        let commands: Vec<Command> = bodies.into_iter().map(|body| Command { id: self.next_id(), body }).collect();
+        let batch = Batch::new(now, commands).unwrap();
+        self.index += 1;
+        let (applied, lookups) = {
+            let at = self.history.at(self.index);
+            let counted = Counted { inner: &at, lookups: std::cell::Cell::new(0) };
+            let applied = self.state.apply_batch(self.index, &batch, &counted);
+            (applied, counted.lookups.get())
+        };
+        self.history.write(self.index, applied.history);
+        if let Err(broken) = self.state.verify() {
+            panic!("invariant broken after {batch:?}: {broken}");
+        }
+        (applied.outcomes, lookups)
+    }
+}
+
+fn fresh(request: TransferRequest, fresh_through: u64) -> CommandBody {
+    CommandBody::CreateFreshTransfer { request, fresh_through }
+}
+
+#[test]
+fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
+    let (mut west, _) = mesh();
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    let first = request("paypal-us", "fresh-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    // The leader looked the key up as of the last batch applied: no record.
+    let looked = west.index;
+
+    let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), looked)], T0);
+    let created = transfer_view(&outcomes[0]);
+    assert_eq!(lookups, 0, "a vouched fresh key needs no lookup in history");
+
+    // The same claim again (the leader looked before the first was
+    // applied): the key is among the recent ones, so history answers.
+    let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), looked)], T0);
+    assert_eq!(transfer_view(&outcomes[0]).id, created.id, "replayed, not a second transfer");
+    assert_eq!(lookups, 1);
+
+    // A replica that restarted since holds none of the recent batches: it
+    // cannot vouch for the claim and looks in history, with the same answer.
+    let mut restarted = west.clone();
+    restarted.state.recent = RecentKeys::default();
+    let (outcomes, lookups) = restarted.run_counted(vec![fresh(first.clone(), looked)], T0);
+    assert_eq!(transfer_view(&outcomes[0]).id, created.id);
+    assert_eq!(lookups, 1);
+    // ... and so does one given a claim about a batch not applied before it.
+    let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), west.index + 1)], T0);
+    assert_eq!(transfer_view(&outcomes[0]).id, created.id);
+    assert_eq!(lookups, 1);
+
+    // Two fresh requests under one key in one batch: the second is the
+    // first's retry, answered from the batch's own record.
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    let second = request("paypal-us", "fresh-2", &quote, "wxp://f2f0shop1", "Alice Example");
+    let other = request("paypal-us", "fresh-2", &quote, "wxp://f2f0shop1", "Bob Example");
+    let batch = vec![fresh(second.clone(), west.index), fresh(second, west.index), fresh(other, west.index)];
+    let (outcomes, lookups) = west.run_counted(batch, T0);
+    assert_eq!(lookups, 0);
+    assert_eq!(transfer_view(&outcomes[0]).id, transfer_view(&outcomes[1]).id);
+    assert_eq!(outcomes[2], Outcome::Rejected(RejectCode::IdempotencyConflict));
+    assert_eq!(west.state.partner_usage(&pid("paypal-us")).transfers_in_flight, 2, "two transfers, not four");
+
+    // A plain request is looked up, as before.
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    let plain = request("paypal-us", "plain-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    let (_, lookups) = west.run_counted(vec![CommandBody::CreateTransfer(plain)], T0);
+    assert_eq!(lookups, 1);
 }
 
 #[test]

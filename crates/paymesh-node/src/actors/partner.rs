@@ -191,7 +191,8 @@ impl Handler<Submit> for PartnerActor {
         let now = crate::gateway::now();
         let step = match message.body {
             CommandBody::CreateTransfer(request) => {
-                self.admission.transfer(request, message.reply, &applied.state, self.state.history(), now)
+                let through = applied.last_applied.map_or(0, |l| l.index);
+                self.admission.transfer(request, message.reply, (&applied.state, through), self.state.history(), now)
             }
             body @ CommandBody::CreateQuote { .. } => self.admission.quote(body, message.reply, &applied.state, now),
             body => self.admission.other(body, message.reply),

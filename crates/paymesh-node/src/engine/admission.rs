@@ -113,21 +113,28 @@ impl<W> Admission<W> {
         self.propose(body, waiter, None)
     }
 
-    /// A transfer request: answered from its record if `state` (with
-    /// `recall`, history as of now) holds one; joined to an identical
-    /// request in flight; refused now if `state` refuses it at `now` and
-    /// nothing else is in flight under its key; otherwise proposed.
+    /// A transfer request: answered from its record if `state` (applied
+    /// through log index `applied`; with `recall`, history as of now) holds
+    /// one; joined to an identical request in flight; refused now if
+    /// `state` refuses it at `now` and nothing else is in flight under its
+    /// key; otherwise proposed, as a
+    /// [`CommandBody::CreateFreshTransfer`] that says its key had no
+    /// record through `applied` (so the replicas need not look for one in
+    /// history).
     pub fn transfer(
         &mut self,
         request: TransferRequest,
         waiter: W,
-        state: &State,
+        (state, applied): (&State, u64),
         recall: &dyn Recall,
         now: Timestamp,
     ) -> Step<W> {
         if let Some(outcome) = state.replay_transfer_request(&request, recall) {
             return Step::Answer(waiter, outcome);
         }
+        // History is written before the state that follows it is published:
+        // `recall` holds at least every batch through `applied`.
+        let fresh = |request| CommandBody::CreateFreshTransfer { request, fresh_through: applied };
         // A different body under the same key is proposed on its own and
         // decided by the state machine; only the request that registered the
         // key hands its answer to the waiters and unregisters it.
@@ -137,14 +144,14 @@ impl<W> Admission<W> {
                 waiters.push(waiter);
                 Step::Joined
             }
-            Some(_) => self.propose(CommandBody::CreateTransfer(request), waiter, None),
+            Some(_) => self.propose(fresh(request), waiter, None),
             None => {
                 if let Err(code) = state.check_transfer_request(&request, now.max(state.clock())) {
                     return Step::Answer(waiter, Outcome::Rejected(code));
                 }
                 let key = request.idempotency_key.clone();
                 self.pending.insert(key.clone(), (fingerprint, Vec::new()));
-                self.propose(CommandBody::CreateTransfer(request), waiter, Some(key))
+                self.propose(fresh(request), waiter, Some(key))
             }
         }
     }

@@ -1530,7 +1530,7 @@ fn measure_a_replicas_apply_path() {
                 .collect();
             let batch = Batch::new(now, commands).unwrap();
             let started = thread_cpu_ns();
-            let applied = self.state.apply_batch(&batch, &self.history.at(self.index));
+            let applied = self.state.apply_batch(self.index, &batch, &self.history.at(self.index));
             let written = thread_cpu_ns();
             self.history.write(self.index, &applied.history).unwrap();
             self.applying_ns += written - started;

@@ -77,7 +77,7 @@ impl World {
             .map(|(n, body)| Command { id: CommandId { session: 1, sequence: self.index * 1_000 + n as u64 }, body })
             .collect();
         let batch = Batch::new(self.now(), commands).unwrap();
-        let applied = self.state.apply_batch(&batch, &self.history.at(self.index));
+        let applied = self.state.apply_batch(self.index, &batch, &self.history.at(self.index));
         self.history.write(self.index, applied.history);
         applied.outcomes
     }
@@ -114,7 +114,7 @@ fn a_retry_joins_the_request_in_flight_and_is_answered_with_it() {
     let mut world = World::new();
     let quote = world.quote();
     let mut admission: Admission<u32> = Admission::default();
-    let (state, recall, now) = (&world.state.clone(), &world.history.at(world.index + 1), world.now());
+    let (state, recall, now) = ((&world.state.clone(), world.index), &world.history.at(world.index + 1), world.now());
 
     let Step::Propose { body, waiter: 1, ticket } =
         admission.transfer(request("k1", quote.clone(), "r"), 1, state, recall, now)
@@ -137,7 +137,7 @@ fn a_retry_joins_the_request_in_flight_and_is_answered_with_it() {
     let outcome = world.apply(vec![body]).remove(0);
     assert!(matches!(outcome, Outcome::Transfer(_)), "{outcome:?}");
     let recall = world.history.at(world.index + 1);
-    match admission.transfer(request("k1", quote, "r"), 4, &world.state, &recall, world.now()) {
+    match admission.transfer(request("k1", quote, "r"), 4, (&world.state, world.index), &recall, world.now()) {
         Step::Answer(4, answered) => assert_eq!(answered, outcome),
         other => panic!("not answered from the record: {other:?}"),
     }
@@ -150,13 +150,14 @@ fn what_the_state_would_refuse_is_answered_at_once_and_leaves_nothing_behind() {
     let mut admission: Admission<u32> = Admission::default();
     let recall = world.history.at(world.index + 1);
     let unknown = QuoteId::new(RegionId::new("home").unwrap(), 999);
-    match admission.transfer(request("k2", unknown.clone(), "r"), 1, &world.state, &recall, world.now()) {
+    match admission.transfer(request("k2", unknown.clone(), "r"), 1, (&world.state, world.index), &recall, world.now())
+    {
         Step::Answer(1, Outcome::Rejected(code)) => assert_eq!(code, RejectCode::QuoteNotFound),
         other => panic!("not refused: {other:?}"),
     }
     // Nothing is pending under the key: the same request is checked again.
     assert!(matches!(
-        admission.transfer(request("k2", unknown, "r"), 2, &world.state, &recall, world.now()),
+        admission.transfer(request("k2", unknown, "r"), 2, (&world.state, world.index), &recall, world.now()),
         Step::Answer(2, Outcome::Rejected(_))
     ));
     let foreign = CommandBody::CreateQuote {

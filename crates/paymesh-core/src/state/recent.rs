@@ -1,0 +1,172 @@
+//! The idempotency keys recorded by the batches applied lately: what lets a
+//! replica take the leader's word that a transfer request's key is new.
+//!
+//! A transfer request is looked up under its idempotency key twice: by the
+//! leader before it proposes (a retry is answered from its record), and by
+//! every replica as it applies the request (to decide). The second lookup
+//! is a read of history on every replica for every transfer, and nearly
+//! always for a key never seen. So when the leader's lookup, as of its
+//! applied index `A`, found no record, the command says so
+//! ([`CommandBody::CreateFreshTransfer`](crate::command::CommandBody::CreateFreshTransfer)),
+//! and a replica applying it in the batch at index `B` needs only the keys
+//! recorded by the batches `A + 1 .. B` (and by the commands before it in
+//! its own batch): those this module keeps, in memory, for the most recent
+//! batches. When what is kept does not reach back to `A + 1` (after a
+//! restart, or for a command that waited long), the replica looks in
+//! history as before. Either way its answer is the one a lookup in history
+//! would give, so replicas that took different ways still decide alike.
+//!
+//! The claim is the leader's, as the whole entry is: a replica trusts the
+//! leader of its term to order and stamp the commands, and now also to
+//! have looked the key up. A claim about a batch not yet applied (`A` at or
+//! after `B`) is not taken.
+//!
+//! Bounded by [`RECENT_KEYS_MAX`], whole batches dropped oldest first. It
+//! is not part of the state's image, its digest or its equality: it is a
+//! cache of history, rebuilt by applying.
+
+use imbl::OrdMap;
+
+use crate::id::{IdempotencyKey, PartnerId};
+
+/// The most idempotency keys kept: about 2 to 3 s of a region's peak, some
+/// 100 bytes each. A command that waited longer between the leader's lookup
+/// and its apply is looked up in history.
+pub const RECENT_KEYS_MAX: usize = 16_384;
+
+type Key = (PartnerId, IdempotencyKey);
+
+/// The idempotency keys recorded by the most recent batches. See the module
+/// documentation.
+#[derive(Clone, Default)]
+pub(super) struct RecentKeys {
+    /// The first batch index whose keys are all here; `None` before the
+    /// first batch this copy applied.
+    from: Option<u64>,
+    /// The index of the batch being applied (or last applied).
+    applying: u64,
+    /// Each key and the newest batch that recorded it.
+    keys: OrdMap<Key, u64>,
+    /// The keys each batch recorded, by its index.
+    batches: OrdMap<u64, Vec<Key>>,
+}
+
+/// A cache of history: two states that decide alike are equal whatever
+/// each of them caches.
+impl PartialEq for RecentKeys {
+    fn eq(&self, _other: &RecentKeys) -> bool {
+        true
+    }
+}
+
+impl Eq for RecentKeys {}
+
+impl std::fmt::Debug for RecentKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentKeys").field("from", &self.from).field("keys", &self.keys.len()).finish()
+    }
+}
+
+impl RecentKeys {
+    /// The batch at `index` starts.
+    pub(super) fn begin(&mut self, index: u64) {
+        self.from.get_or_insert(index);
+        self.applying = index;
+    }
+
+    /// The batch being applied recorded `keys`; the oldest batches are
+    /// dropped while more than [`RECENT_KEYS_MAX`] keys are kept.
+    pub(super) fn finish(&mut self, keys: Vec<Key>) {
+        if keys.is_empty() {
+            return;
+        }
+        for key in &keys {
+            self.keys.insert(key.clone(), self.applying);
+        }
+        self.batches.insert(self.applying, keys);
+        while self.keys.len() > RECENT_KEYS_MAX {
+            let Some(index) = self.batches.get_min().map(|(index, _)| *index) else { break };
+            let dropped = self.batches.remove(&index).unwrap_or_default();
+            for key in dropped {
+                if self.keys.get(&key) == Some(&index) {
+                    self.keys.remove(&key);
+                }
+            }
+            self.from = Some(index + 1);
+        }
+    }
+
+    /// Whether the batch being applied may take the leader's word that a
+    /// key had no record through index `fresh_through`, and look only here
+    /// for records since: the claim is about an index before this batch,
+    /// and every batch after it is here.
+    pub(super) fn vouches(&self, fresh_through: u64) -> bool {
+        fresh_through < self.applying && self.from.is_some_and(|from| from <= fresh_through.saturating_add(1))
+    }
+
+    /// Whether a batch kept here recorded `key`.
+    pub(super) fn holds(&self, key: &Key) -> bool {
+        self.keys.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: usize) -> Key {
+        (PartnerId::new("wallet").unwrap(), IdempotencyKey::new(format!("key-{n}")).unwrap())
+    }
+
+    #[test]
+    fn vouches_only_for_claims_about_earlier_batches_it_holds_all_of() {
+        let mut recent = RecentKeys::default();
+        assert!(!recent.vouches(0), "nothing applied yet");
+        recent.begin(10);
+        recent.finish(vec![key(1)]);
+        recent.begin(11);
+        // Everything from 10 on is here: a claim through 9 or 10 is enough.
+        assert!(recent.vouches(9));
+        assert!(recent.vouches(10));
+        // Through 8 would need batch 9, which this copy never saw.
+        assert!(!recent.vouches(8));
+        // A claim about this batch or a later one is not taken.
+        assert!(!recent.vouches(11));
+        assert!(!recent.vouches(u64::MAX));
+        assert!(recent.holds(&key(1)));
+        assert!(!recent.holds(&key(2)));
+    }
+
+    #[test]
+    fn drops_whole_batches_oldest_first_and_stops_vouching_for_them() {
+        let mut recent = RecentKeys::default();
+        let per_batch = RECENT_KEYS_MAX / 4;
+        for batch in 0..5u64 {
+            recent.begin(100 + batch);
+            let first = batch as usize * per_batch;
+            recent.finish((first..first + per_batch).map(key).collect());
+        }
+        assert!(recent.keys.len() <= RECENT_KEYS_MAX);
+        // Batch 100 went: its keys are gone and so is the claim it covered.
+        assert!(!recent.holds(&key(0)));
+        assert!(recent.holds(&key(per_batch)));
+        recent.begin(105);
+        assert!(!recent.vouches(99));
+        assert!(recent.vouches(100));
+    }
+
+    #[test]
+    fn a_key_recorded_again_stays_until_its_newest_batch_goes() {
+        let mut recent = RecentKeys::default();
+        recent.begin(1);
+        recent.finish(vec![key(0), key(RECENT_KEYS_MAX)]);
+        recent.begin(2);
+        recent.finish((0..RECENT_KEYS_MAX).map(key).collect());
+        // Batch 1 was dropped, but key 0 was recorded again by batch 2.
+        assert!(!recent.holds(&key(RECENT_KEYS_MAX)));
+        assert!(recent.holds(&key(0)));
+        recent.begin(3);
+        assert!(!recent.vouches(0));
+        assert!(recent.vouches(1));
+    }
+}
