@@ -633,7 +633,7 @@ impl State {
                 Record::Transfer(transfer) => {
                     self.transfers.remove(&transfer.view.id);
                 }
-                Record::Idempotency { partner, key, .. } => keys.push((partner.clone(), key.clone())),
+                Record::Idempotency { partner, key, .. } => keys.push(recent::short(partner, key)),
                 Record::Participation { transfer, .. } => {
                     self.participations.remove(transfer);
                 }
@@ -990,7 +990,7 @@ impl State {
         let key = (request.partner.clone(), request.idempotency_key.clone());
         // A fresh key recorded by none of the recent batches has no record
         // in history: only this batch's own records can answer it.
-        let recall: &dyn Recall = if fresh && !self.recent.holds(&key) { &NoHistory } else { recall };
+        let recall: &dyn Recall = if fresh && !self.recent.holds(&key.0, &key.1) { &NoHistory } else { recall };
         if let Some(answer) = self.replay_request(request, now, recall) {
             return answer;
         }

@@ -26,6 +26,7 @@
 //! cache of history, rebuilt by applying.
 
 use imbl::OrdMap;
+use sha2::{Digest, Sha256};
 
 use crate::id::{IdempotencyKey, PartnerId};
 
@@ -34,7 +35,20 @@ use crate::id::{IdempotencyKey, PartnerId};
 /// and its apply is looked up in history.
 pub const RECENT_KEYS_MAX: usize = 16_384;
 
-type Key = (PartnerId, IdempotencyKey);
+/// A key as it is kept: the first 8 bytes of a SHA-256 of the partner and
+/// the key. Two keys that share it only make a replica read history for
+/// one of them when it need not: the same answer, more slowly. Kept as a
+/// number, the table's nodes copy without allocating when the state is
+/// shared with readers (with the keys' strings in it, keeping the table
+/// cost as much as the reads of history it saves).
+pub(super) fn short(partner: &PartnerId, key: &IdempotencyKey) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(partner.as_str().as_bytes());
+    hash.update([0]);
+    hash.update(key.as_str().as_bytes());
+    let digest = hash.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
 
 /// The idempotency keys recorded by the most recent batches. See the module
 /// documentation.
@@ -45,10 +59,10 @@ pub(super) struct RecentKeys {
     from: Option<u64>,
     /// The index of the batch being applied (or last applied).
     applying: u64,
-    /// Each key and the newest batch that recorded it.
-    keys: OrdMap<Key, u64>,
+    /// Each key (its [`short`] form) and the newest batch that recorded it.
+    keys: OrdMap<u64, u64>,
     /// The keys each batch recorded, by its index.
-    batches: OrdMap<u64, Vec<Key>>,
+    batches: OrdMap<u64, Vec<u64>>,
 }
 
 /// A cache of history: two states that decide alike are equal whatever
@@ -76,12 +90,13 @@ impl RecentKeys {
 
     /// The batch being applied recorded `keys`; the oldest batches are
     /// dropped while more than [`RECENT_KEYS_MAX`] keys are kept.
-    pub(super) fn finish(&mut self, keys: Vec<Key>) {
+    /// `keys` are [`short`] forms.
+    pub(super) fn finish(&mut self, keys: Vec<u64>) {
         if keys.is_empty() {
             return;
         }
         for key in &keys {
-            self.keys.insert(key.clone(), self.applying);
+            self.keys.insert(*key, self.applying);
         }
         self.batches.insert(self.applying, keys);
         while self.keys.len() > RECENT_KEYS_MAX {
@@ -104,9 +119,9 @@ impl RecentKeys {
         fresh_through < self.applying && self.from.is_some_and(|from| from <= fresh_through.saturating_add(1))
     }
 
-    /// Whether a batch kept here recorded `key`.
-    pub(super) fn holds(&self, key: &Key) -> bool {
-        self.keys.contains_key(key)
+    /// Whether a batch kept here recorded `key`, or a key that looks like it.
+    pub(super) fn holds(&self, partner: &PartnerId, key: &IdempotencyKey) -> bool {
+        self.keys.contains_key(&short(partner, key))
     }
 }
 
@@ -114,8 +129,20 @@ impl RecentKeys {
 mod tests {
     use super::*;
 
-    fn key(n: usize) -> Key {
-        (PartnerId::new("wallet").unwrap(), IdempotencyKey::new(format!("key-{n}")).unwrap())
+    fn idempotency_key(n: usize) -> IdempotencyKey {
+        IdempotencyKey::new(format!("key-{n}")).unwrap()
+    }
+
+    fn key(n: usize) -> u64 {
+        short(&wallet(), &idempotency_key(n))
+    }
+
+    fn wallet() -> PartnerId {
+        PartnerId::new("wallet").unwrap()
+    }
+
+    fn held(recent: &RecentKeys, n: usize) -> bool {
+        recent.holds(&wallet(), &idempotency_key(n))
     }
 
     #[test]
@@ -133,8 +160,8 @@ mod tests {
         // A claim about this batch or a later one is not taken.
         assert!(!recent.vouches(11));
         assert!(!recent.vouches(u64::MAX));
-        assert!(recent.holds(&key(1)));
-        assert!(!recent.holds(&key(2)));
+        assert!(held(&recent, 1));
+        assert!(!held(&recent, 2));
     }
 
     #[test]
@@ -148,8 +175,8 @@ mod tests {
         }
         assert!(recent.keys.len() <= RECENT_KEYS_MAX);
         // Batch 100 went: its keys are gone and so is the claim it covered.
-        assert!(!recent.holds(&key(0)));
-        assert!(recent.holds(&key(per_batch)));
+        assert!(!held(&recent, 0));
+        assert!(held(&recent, per_batch));
         recent.begin(105);
         assert!(!recent.vouches(99));
         assert!(recent.vouches(100));
@@ -163,8 +190,8 @@ mod tests {
         recent.begin(2);
         recent.finish((0..RECENT_KEYS_MAX).map(key).collect());
         // Batch 1 was dropped, but key 0 was recorded again by batch 2.
-        assert!(!recent.holds(&key(RECENT_KEYS_MAX)));
-        assert!(recent.holds(&key(0)));
+        assert!(!held(&recent, RECENT_KEYS_MAX));
+        assert!(held(&recent, 0));
         recent.begin(3);
         assert!(!recent.vouches(0));
         assert!(recent.vouches(1));
