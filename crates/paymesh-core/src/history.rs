@@ -208,6 +208,12 @@ pub trait Recall {
     fn participation(&self, id: &TransferId) -> Option<Participation>;
     /// The newest top-up under its reference.
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
+    /// The state knows, without asking, that no record was ever written
+    /// under a partner's idempotency key before the batch (the leader looked
+    /// and the batches since recorded none): a history that keeps what a
+    /// batch's recall read, for the batch's write, may keep this as read,
+    /// and empty.
+    fn unrecorded(&self, _partner: &PartnerId, _key: &IdempotencyKey) {}
 }
 
 /// History that holds nothing: for a state that has never finished any work,

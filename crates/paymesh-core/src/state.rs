@@ -133,6 +133,20 @@ pub struct EventLog {
     events: Vector<Event>,
 }
 
+/// What a transfer request's idempotency key holds
+/// ([`State::look_up_transfer_request`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// No record was ever written under it (or retention deleted every one).
+    Unrecorded,
+    /// Its newest record is past the region's idempotency window: the key
+    /// may be used again.
+    Expired,
+    /// Its record's answer: the original outcome for the same body, a
+    /// conflict for another.
+    Answered(Outcome),
+}
+
 /// A resumed stream asked for events older than history retains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("cursor {requested} is before the oldest retained event {oldest}")]
@@ -989,8 +1003,16 @@ impl State {
     ) -> Outcome {
         let key = (request.partner.clone(), request.idempotency_key.clone());
         // A fresh key recorded by none of the recent batches has no record
-        // in history: only this batch's own records can answer it.
-        let recall: &dyn Recall = if fresh && !self.recent.holds(&key.0, &key.1) { &NoHistory } else { recall };
+        // in history: only this batch's own records can answer it, and when
+        // they hold none either, history is told it has none to read.
+        let recall: &dyn Recall = if fresh && !self.recent.holds(&key.0, &key.1) {
+            if !self.idempotency.contains_key(&key) {
+                recall.unrecorded(&key.0, &key.1);
+            }
+            &NoHistory
+        } else {
+            recall
+        };
         if let Some(answer) = self.replay_request(request, now, recall) {
             return answer;
         }
@@ -1018,15 +1040,25 @@ impl State {
     /// ([`RegionSettings::idempotency_retention_ms`]) at
     /// `now`: the original outcome for the same body, a conflict for another.
     fn replay_request(&self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> Option<Outcome> {
+        match self.look_up_request(request, now, recall) {
+            KeyLookup::Answered(outcome) => Some(outcome),
+            KeyLookup::Unrecorded | KeyLookup::Expired => None,
+        }
+    }
+
+    fn look_up_request(&self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> KeyLookup {
         let key = (request.partner.clone(), request.idempotency_key.clone());
         let record = match self.idempotency.get(&key) {
             Some(record) => record.clone(),
-            None => recall.idempotency(&key.0, &key.1)?,
+            None => match recall.idempotency(&key.0, &key.1) {
+                Some(record) => record,
+                None => return KeyLookup::Unrecorded,
+            },
         };
         if record.at.plus_ms(self.settings.idempotency_retention_ms()) <= now {
-            return None;
+            return KeyLookup::Expired;
         }
-        Some(if record.fingerprint == request.fingerprint() {
+        KeyLookup::Answered(if record.fingerprint == request.fingerprint() {
             record.outcome
         } else {
             Outcome::Rejected(RejectCode::IdempotencyConflict)
@@ -1626,6 +1658,15 @@ impl State {
     /// applying the request again would give the same answer.
     pub fn replay_transfer_request(&self, request: &TransferRequest, recall: &dyn Recall) -> Option<Outcome> {
         self.replay_request(request, self.clock, recall)
+    }
+
+    /// What `request`'s idempotency key holds now (with `recall`, history
+    /// as of now): the answer [`State::replay_transfer_request`] gives, or
+    /// whether the key has no record at all or only one past the window.
+    /// The leader proposes a key with no record at all as fresh
+    /// ([`CommandBody::CreateFreshTransfer`]).
+    pub fn look_up_transfer_request(&self, request: &TransferRequest, recall: &dyn Recall) -> KeyLookup {
+        self.look_up_request(request, self.clock, recall)
     }
 
     /// A transfer as `partner` may see it, in flight or finished: one it

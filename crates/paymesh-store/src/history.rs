@@ -1474,16 +1474,7 @@ impl History {
             // The recall of the batch to be written next: keep what it read.
             let generation = self.recalled_lock().generation;
             let value = self.db.get(key)?;
-            let mut recalled = self.recalled_lock();
-            if recalled.generation == generation {
-                if recalled.before != before {
-                    recalled.values.clear();
-                    recalled.before = before;
-                }
-                if recalled.values.len() < RECALLED_MAX {
-                    recalled.values.insert(key.to_vec(), value.clone());
-                }
-            }
+            self.keep_recalled(generation, before, key, value.clone());
             value
         } else {
             self.db.get(key)?
@@ -1498,6 +1489,22 @@ impl History {
         }
         let Some((index, seq)) = newest else { return Ok(None) };
         JournalReader::new(self).record(key, index, seq)
+    }
+
+    /// Keep the pointer `value` the recall of the batch at `before` read
+    /// under `key`, for that batch's write, unless a write came between
+    /// (the `generation` the read began in has passed).
+    fn keep_recalled(&self, generation: u64, before: u64, key: &[u8], value: Option<kv::Bytes>) {
+        let mut recalled = self.recalled_lock();
+        if recalled.generation == generation {
+            if recalled.before != before {
+                recalled.values.clear();
+                recalled.before = before;
+            }
+            if recalled.values.len() < RECALLED_MAX {
+                recalled.values.insert(key.to_vec(), value);
+            }
+        }
     }
 
     /// The newest record of transfer or participation `id` (`space` `T` or
@@ -2052,6 +2059,15 @@ impl Recall for HistoryAt<'_> {
     }
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         or_stop(self.get_top_up(reference))
+    }
+    /// Kept for the batch's write as an empty pointer: the write then adds
+    /// the key's first position without reading the engine.
+    fn unrecorded(&self, partner: &PartnerId, key: &IdempotencyKey) {
+        let history = self.history;
+        if self.before == history.last_index() + 1 {
+            let generation = history.recalled_lock().generation;
+            history.keep_recalled(generation, self.before, &idempotency_key(partner, key), None);
+        }
     }
 }
 

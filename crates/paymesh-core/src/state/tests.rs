@@ -327,6 +327,7 @@ fn a_same_region_transfer_completes_in_one_command() {
 struct Counted<'a> {
     inner: &'a dyn Recall,
     lookups: std::cell::Cell<usize>,
+    told: std::cell::Cell<usize>,
 }
 
 impl Recall for Counted<'_> {
@@ -343,20 +344,25 @@ impl Recall for Counted<'_> {
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.inner.top_up(reference)
     }
+    fn unrecorded(&self, _partner: &PartnerId, _key: &IdempotencyKey) {
+        // Told instead of asked: counted apart, as a negative lookup.
+        self.told.set(self.told.get() + 1);
+    }
 }
 
 impl Region {
-    /// Apply `bodies` as one batch at the next log index; their outcomes
-    /// and how many idempotency keys were looked up in history.
-    fn run_counted(&mut self, bodies: Vec<CommandBody>, now: Timestamp) -> (Vec<Outcome>, usize) {
+    /// Apply `bodies` as one batch at the next log index; their outcomes,
+    /// how many idempotency keys were looked up in history, and of how
+    /// many history was told that they have no record.
+    fn run_counted(&mut self, bodies: Vec<CommandBody>, now: Timestamp) -> (Vec<Outcome>, (usize, usize)) {
         let commands: Vec<Command> = bodies.into_iter().map(|body| Command { id: self.next_id(), body }).collect();
         let batch = Batch::new(now, commands).unwrap();
         self.index += 1;
         let (applied, lookups) = {
             let at = self.history.at(self.index);
-            let counted = Counted { inner: &at, lookups: std::cell::Cell::new(0) };
+            let counted = Counted { inner: &at, lookups: Default::default(), told: Default::default() };
             let applied = self.state.apply_batch(self.index, &batch, &counted);
-            (applied, counted.lookups.get())
+            (applied, (counted.lookups.get(), counted.told.get()))
         };
         self.history.write(self.index, applied.history);
         if let Err(broken) = self.state.verify() {
@@ -380,13 +386,13 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
 
     let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), looked)], T0);
     let created = transfer_view(&outcomes[0]);
-    assert_eq!(lookups, 0, "a vouched fresh key needs no lookup in history");
+    assert_eq!(lookups, (0, 1), "a vouched fresh key needs no lookup in history, which is told so");
 
     // The same claim again (the leader looked before the first was
     // applied): the key is among the recent ones, so history answers.
     let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), looked)], T0);
     assert_eq!(transfer_view(&outcomes[0]).id, created.id, "replayed, not a second transfer");
-    assert_eq!(lookups, 1);
+    assert_eq!(lookups, (1, 0));
 
     // A replica that restarted since holds none of the recent batches: it
     // cannot vouch for the claim and looks in history, with the same answer.
@@ -394,11 +400,11 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     restarted.state.recent = RecentKeys::default();
     let (outcomes, lookups) = restarted.run_counted(vec![fresh(first.clone(), looked)], T0);
     assert_eq!(transfer_view(&outcomes[0]).id, created.id);
-    assert_eq!(lookups, 1);
+    assert_eq!(lookups, (1, 0));
     // ... and so does one given a claim about a batch not applied before it.
     let (outcomes, lookups) = west.run_counted(vec![fresh(first.clone(), west.index + 1)], T0);
     assert_eq!(transfer_view(&outcomes[0]).id, created.id);
-    assert_eq!(lookups, 1);
+    assert_eq!(lookups, (1, 0));
 
     // Two fresh requests under one key in one batch: the second is the
     // first's retry, answered from the batch's own record.
@@ -407,7 +413,7 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     let other = request("paypal-us", "fresh-2", &quote, "wxp://f2f0shop1", "Bob Example");
     let batch = vec![fresh(second.clone(), west.index), fresh(second, west.index), fresh(other, west.index)];
     let (outcomes, lookups) = west.run_counted(batch, T0);
-    assert_eq!(lookups, 0);
+    assert_eq!(lookups, (0, 1), "the first is told, the others answered by the batch's own record");
     assert_eq!(transfer_view(&outcomes[0]).id, transfer_view(&outcomes[1]).id);
     assert_eq!(outcomes[2], Outcome::Rejected(RejectCode::IdempotencyConflict));
     assert_eq!(west.state.partner_usage(&pid("paypal-us")).transfers_in_flight, 2, "two transfers, not four");
@@ -416,7 +422,7 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
     let plain = request("paypal-us", "plain-1", &quote, "wxp://f2f0shop1", "Alice Example");
     let (_, lookups) = west.run_counted(vec![CommandBody::CreateTransfer(plain)], T0);
-    assert_eq!(lookups, 1);
+    assert_eq!(lookups, (1, 0));
 }
 
 #[test]
@@ -462,6 +468,15 @@ fn a_key_used_again_after_its_window_answers_its_new_payment_when_retried() {
     // A month and a day later, outside the window, the partner uses the key
     // for a new payment: a new transfer.
     let later = T0.plus_ms(IDEMPOTENCY_RETENTION_MS + DAY_MS);
+    // As the leader looks then: a record past the window, so the key is not
+    // proposed as never recorded (its record stays in history).
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Source(cny("1")), later));
+    let look = |key: &str| {
+        let probe = request("alipay-cn", key, &quote, "wxp://f2f0shop9", "Bo");
+        east.state.look_up_transfer_request(&probe, &east.history)
+    };
+    assert_eq!(look("order-1"), KeyLookup::Expired);
+    assert_eq!(look("order-2"), KeyLookup::Unrecorded);
     let (second, body) = pay(&mut east, later);
     assert_eq!(transfer_view(&second).state, CoordinatorState::Committed);
     assert_ne!(transfer_view(&second).id, transfer_view(&first).id);

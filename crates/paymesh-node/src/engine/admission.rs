@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
 use paymesh_core::history::Recall;
 use paymesh_core::id::IdempotencyKey;
+use paymesh_core::state::KeyLookup;
 use paymesh_core::{Outcome, State, Timestamp};
 
 /// A partner's requests waiting for their outcome, at most.
@@ -129,12 +130,22 @@ impl<W> Admission<W> {
         recall: &dyn Recall,
         now: Timestamp,
     ) -> Step<W> {
-        if let Some(outcome) = state.replay_transfer_request(&request, recall) {
-            return Step::Answer(waiter, outcome);
-        }
         // History is written before the state that follows it is published:
-        // `recall` holds at least every batch through `applied`.
-        let fresh = |request| CommandBody::CreateFreshTransfer { request, fresh_through: applied };
+        // `recall` holds at least every batch through `applied`. Only a key
+        // never recorded is fresh; one whose record is past the window is
+        // left to the replicas' own lookup (its record stays in history).
+        let unrecorded = match state.look_up_transfer_request(&request, recall) {
+            KeyLookup::Answered(outcome) => return Step::Answer(waiter, outcome),
+            KeyLookup::Unrecorded => true,
+            KeyLookup::Expired => false,
+        };
+        let fresh = |request| {
+            if unrecorded {
+                CommandBody::CreateFreshTransfer { request, fresh_through: applied }
+            } else {
+                CommandBody::CreateTransfer(request)
+            }
+        };
         // A different body under the same key is proposed on its own and
         // decided by the state machine; only the request that registered the
         // key hands its answer to the waiters and unregisters it.

@@ -714,6 +714,28 @@ fn a_key_recalled_then_written_again_keeps_both_positions_unless_retention_took_
 }
 
 #[test]
+fn a_key_the_state_knows_unrecorded_gets_its_first_position_and_a_claim_for_another_batch_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let positions_of = |store: &History, n: u64| -> Vec<u64> {
+        let key = idempotency_key(&pid(0), &key(n));
+        indexes_named(store).into_iter().filter(|(k, _)| *k == key).map(|(_, index)| index).collect()
+    };
+    store.write(1, &[idempotency(0, 1, 100)]).unwrap();
+    // The batch at 2 knows key 2 is new: its write adds the first position.
+    store.at(2).unrecorded(&pid(0), &key(2));
+    store.write(2, &[idempotency(0, 2, 200)]).unwrap();
+    assert_eq!(positions_of(&store, 2), [2]);
+    assert_eq!(store.get_idempotency(&pid(0), &key(2)).unwrap().unwrap().at, ms(200));
+    // Said by a recall of a batch other than the next one, it is not kept:
+    // key 1's first position stays when batch 3 uses it again.
+    store.at(7).unrecorded(&pid(0), &key(1));
+    store.write(3, &[idempotency(0, 1, 300)]).unwrap();
+    assert_eq!(positions_of(&store, 1), [1, 3]);
+    assert_eq!(store.at(3).idempotency(&pid(0), &key(1)).unwrap().at, ms(100));
+}
+
+#[test]
 fn deleting_through_an_index_removes_its_records_and_their_keys_and_keeps_the_digest() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -1494,7 +1516,11 @@ fn measure_a_realistic_transfer_mix() {
 /// hot state's time windows; 128 gives 1,000 a second); `PAYMESH_MEASURE_KEYS`
 /// (any value), count history's keys by space at the end; `PAYMESH_MEASURE_KEEP`
 /// (any value), leave the state and history allocated at exit, so that a
-/// heap profiler's "leaked" figure is what they hold at the end.
+/// heap profiler's "leaked" figure is what they hold at the end;
+/// `PAYMESH_MEASURE_PLAIN` (any value), propose each transfer as a plain
+/// `CreateTransfer`, whose key every replica looks up in history, rather
+/// than as the leader does, a `CreateFreshTransfer` vouched for by the
+/// applied index before its entry.
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_a_replicas_apply_path() {
@@ -1506,6 +1532,7 @@ fn measure_a_replicas_apply_path() {
     use paymesh_core::State;
 
     let entries: u64 = measure_setting("PAYMESH_MEASURE_ENTRIES", 1_600);
+    let plain = std::env::var_os("PAYMESH_MEASURE_PLAIN").is_some();
     let per_entry: u64 = measure_setting("PAYMESH_MEASURE_PER_ENTRY", 128);
     let step_ms: u64 = measure_setting("PAYMESH_MEASURE_STEP_MS", 10);
     const PAYERS: u64 = 64;
@@ -1602,7 +1629,11 @@ fn measure_a_replicas_apply_path() {
                 payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
                 payer: payer(n),
             };
-            bodies.push(CommandBody::CreateTransfer(request));
+            bodies.push(if plain {
+                CommandBody::CreateTransfer(request)
+            } else {
+                CommandBody::CreateFreshTransfer { request, fresh_through: replica.index }
+            });
         }
         let transfers = bodies.len();
         let first = entry * per_entry;
