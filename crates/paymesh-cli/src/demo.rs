@@ -21,8 +21,10 @@
 //!
 //! The world (partners, prefunding, corridors, rates, routes) is
 //! [`paymesh_harness::world`] and the live checks are
-//! [`paymesh_harness::check`], which the tests and the chaos suite share;
-//! this module is the workload, its probes and its report.
+//! [`paymesh_harness::check`], which the cross-border tests use too (the
+//! chaos suite checks the same invariants over its recorded history, with
+//! its own checkers); this module is the workload, its probes and its
+//! report.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

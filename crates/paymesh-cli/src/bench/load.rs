@@ -113,6 +113,8 @@ pub enum Mode {
 impl Mode {
     /// Most transfers outstanding at once, which is also the number of
     /// distinct `worker` values a target sees.
+    // The PostgreSQL baseline sizes its connection pool by it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn concurrency(&self) -> usize {
         match *self {
             Mode::Closed { workers } => workers,

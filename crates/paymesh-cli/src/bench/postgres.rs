@@ -46,9 +46,6 @@ use super::workload::{Pick, CURRENCY};
 pub const CONNECTIONS_MAX: usize = 64;
 /// Most payer or payee accounts.
 pub const ACCOUNTS_MAX: usize = 100_000;
-/// Each payer's prefunded position by default, in fen: ten billion yuan,
-/// enough that no realistic run declines a transfer.
-pub const PREFUND_DEFAULT_MINOR: i64 = 1_000_000_000_000;
 /// Longest wait for a connection to be set up, in seconds.
 const CONNECT_TIMEOUT_S: u64 = 10;
 /// The mesh's clearing account for the region.

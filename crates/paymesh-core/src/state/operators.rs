@@ -1,0 +1,171 @@
+//! Operators' commands: partners, their status and limits, corridors,
+//! rates, top-ups and the payee directory, and the ledger accounts they
+//! open.
+
+use super::*;
+
+impl State {
+    pub(super) fn position_account(config: &PartnerConfig) -> AccountId {
+        AccountId::new(AccountOwner::Partner(config.id.clone()), config.currency)
+    }
+
+    pub(super) fn upsert_partner(&mut self, config: &PartnerConfig, now: Timestamp) -> OrReject<()> {
+        if config.region != self.region {
+            return Err(RejectCode::PartnerNotInRegion);
+        }
+        if config.net_debit_cap.currency() != config.currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        let account = Self::position_account(config);
+        let policy = AccountPolicy::DebitsMustNotExceedCredits { net_debit_cap: config.net_debit_cap };
+        match self.partners.get_mut(&config.id) {
+            Some(existing) => {
+                if existing.config.currency != config.currency {
+                    return Err(RejectCode::CurrencyMismatch);
+                }
+                self.ledger.set_policy(&account, policy).map_err(ledger_code)?;
+                existing.config = config.clone();
+                existing.updated_at = now;
+            }
+            None => {
+                self.ledger.open_account(account, policy).map_err(ledger_code)?;
+                let partner = Partner { config: config.clone(), status: BusinessStatus::Active, updated_at: now };
+                self.partners.insert(config.id.clone(), partner);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_partner_status(
+        &mut self,
+        partner: &PartnerId,
+        status: BusinessStatus,
+        now: Timestamp,
+    ) -> OrReject<()> {
+        let partner = self.partners.get_mut(partner).ok_or(RejectCode::PartnerNotFound)?;
+        partner.status = status;
+        partner.updated_at = now;
+        Ok(())
+    }
+
+    pub(super) fn set_partner_limits(&mut self, partner: &PartnerId, limits: PartnerLimits) -> OrReject<()> {
+        if !self.partners.contains_key(partner) {
+            return Err(RejectCode::PartnerNotFound);
+        }
+        if limits.validate().is_err() {
+            // The admin API validates first; a command carrying invalid limits
+            // did not come from it.
+            return Err(RejectCode::ProtocolViolation);
+        }
+        if limits == PartnerLimits::DEFAULT {
+            self.partner_limits.remove(partner);
+        } else {
+            self.partner_limits.insert(partner.clone(), limits);
+        }
+        Ok(())
+    }
+
+    /// Change a partner's usage by `change`; an entry at zero is removed, so
+    /// the table holds only partners using something (and recounting it from
+    /// scratch gives the same table).
+    pub(super) fn use_partner(&mut self, partner: &PartnerId, change: impl FnOnce(&mut PartnerUsage)) {
+        let mut usage = self.partner_usage.get(partner).copied().unwrap_or_default();
+        change(&mut usage);
+        if usage == PartnerUsage::default() {
+            self.partner_usage.remove(partner);
+        } else {
+            self.partner_usage.insert(partner.clone(), usage);
+        }
+    }
+
+    /// Every partner's usage counted from the quotes and transfers.
+    pub(super) fn count_usage(&self) -> OrdMap<PartnerId, PartnerUsage> {
+        let mut usage: OrdMap<PartnerId, PartnerUsage> = OrdMap::new();
+        for record in self.quotes.values().filter(|r| !r.used) {
+            usage.entry(record.quote.partner.clone()).or_default().quotes_outstanding += 1;
+        }
+        for transfer in self.transfers.values().filter(|t| !t.view.state.is_final()) {
+            usage.entry(transfer.view.partner.clone()).or_default().transfers_in_flight += 1;
+        }
+        usage
+    }
+
+    pub(super) fn corridor_mut(&mut self, id: &CorridorId) -> OrReject<&mut Corridor> {
+        self.corridors.get_mut(id).ok_or(RejectCode::CorridorNotFound)
+    }
+
+    pub(super) fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms, now: Timestamp) -> OrReject<()> {
+        if id.source_region != self.region {
+            return Err(RejectCode::RegionMismatch);
+        }
+        if terms.currency() != id.source_currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        match self.corridors.get_mut(id) {
+            Some(corridor) => {
+                corridor.terms = terms.clone();
+                corridor.updated_at = now;
+            }
+            None => {
+                self.corridors.insert(id.clone(), Corridor::new(id.clone(), terms.clone(), now));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_fx_rate(&mut self, id: &CorridorId, rate: &FxRate, now: Timestamp) -> OrReject<()> {
+        self.corridor_mut(id)?.add_rate(rate.clone(), now)
+    }
+
+    pub(super) fn top_up(
+        &mut self,
+        partner_id: &PartnerId,
+        amount: Money,
+        reference: &TopUpRef,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<()> {
+        let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
+        if amount.currency() != partner.config.currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        if amount.is_zero() {
+            return Err(RejectCode::AmountBelowMinimum);
+        }
+        // A reference is remembered for as long as history is kept.
+        let recalled = || recall.top_up(reference).filter(|r| r.at.plus_ms(TOP_UP_RETENTION_MS) > now);
+        if let Some(done) = self.top_ups.get(reference).cloned().or_else(recalled) {
+            // The same reference again: a repeat if it is the same top-up.
+            return if done.partner == *partner_id && done.amount == amount {
+                Ok(())
+            } else {
+                Err(RejectCode::IdempotencyConflict)
+            };
+        }
+        let position = Self::position_account(&partner.config);
+        let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
+        let op = Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position, amount };
+        self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
+        let record = TopUpRecord { partner: partner_id.clone(), amount, at: now };
+        self.top_ups.insert(reference.clone(), record.clone());
+        self.journal.push(Record::TopUp { reference: reference.clone(), record });
+        Ok(())
+    }
+
+    pub(super) fn upsert_payee_route(&mut self, route: &PayeeRoute) -> OrReject<()> {
+        if !self.directory.contains(&route.prefix) && self.directory.len() >= PAYEE_ROUTES_MAX {
+            return Err(RejectCode::CapacityExceeded);
+        }
+        self.directory.upsert(route.clone());
+        Ok(())
+    }
+
+    /// Open one of the mesh's own accounts (clearing, fees, settlement) if needed.
+    pub(super) fn open_mesh_account(&mut self, owner: AccountOwner, currency: Currency) -> AccountId {
+        let id = AccountId::new(owner, currency);
+        self.ledger.ensure_account(&id, AccountPolicy::Unrestricted);
+        id
+    }
+
+    // ---- partners: quotes and transfers ----------------------------------------
+}
