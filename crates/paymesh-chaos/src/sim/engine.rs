@@ -95,7 +95,7 @@ pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
 
 /// The proposer lane of a command: its partner's for a partner's quote or
 /// transfer, the region's for everything else (as the node's actors choose).
-fn lane_of(body: &CommandBody) -> Lane {
+pub(crate) fn lane_of(body: &CommandBody) -> Lane {
     partner_of(body).map_or(Lane::Region, Lane::Partner)
 }
 

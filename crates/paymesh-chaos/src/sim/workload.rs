@@ -419,9 +419,11 @@ impl Sim<'_> {
     }
 
     /// An attempt reached a paused node (which answers nothing) or a leader
-    /// deposed without knowing it: that one answers a retried transfer from
-    /// its (stale) state as any leader does, but what it proposes never
-    /// commits and its reads cannot be confirmed, so the attempt waits until
+    /// deposed without knowing it: that one runs its partners' admission
+    /// engines on its (stale) state as any leader does, answering a retried
+    /// transfer from its record or refusing what its state refuses, but what
+    /// it proposes never commits (its proposer is never polled again) and
+    /// its reads cannot be confirmed, so the attempt otherwise waits until
     /// it times out or the node steps down.
     fn deposed_attempt(&mut self, id: u64, attempt: u32, target: usize, term: Option<u64>) {
         let now = self.now;
@@ -429,26 +431,36 @@ impl Sim<'_> {
         let region = call.region;
         call.waiting = Some((attempt, term));
         let ask = call.ask.clone();
+        let clock = self.regions[region].clock(target, super::engine::START, now);
         let r = &mut self.regions[region];
         let paused = r.nodes[target].paused > 0;
-        if let (Some(leader), false) = (r.deposed.as_mut(), paused) {
-            if let Ask::Propose(body) = ask {
-                let node = &r.nodes[target];
-                let replayed = match &body {
-                    CommandBody::CreateTransfer(request) => node.state.replay_transfer_request(request, &node.history),
-                    _ => None,
+        let mut answered = None;
+        if let (Some(leader), false, Ask::Propose(body)) = (r.deposed.as_mut(), paused, ask) {
+            let node = &r.nodes[target];
+            let admission = super::engine::partner_of(&body).map(|p| leader.admissions.entry(p).or_default());
+            if let Some(admission) = admission.filter(|a| a.admit().is_ok()) {
+                let waiter = Waiter::Client { call: id, attempt };
+                let applied = (&node.state, node.applied as u64);
+                let step = match body {
+                    CommandBody::CreateTransfer(request) => {
+                        admission.transfer(request, waiter, applied, &node.history, clock)
+                    }
+                    quote => admission.quote(quote, waiter, &node.state, clock),
                 };
-                if let Some(outcome) = replayed {
-                    self.client_reply(id, attempt, Answer::Outcome(outcome));
-                    return;
+                match step {
+                    Admitted::Answer(_, outcome) => answered = Some(outcome),
+                    Admitted::Joined => {}
+                    Admitted::Propose { body, waiter, .. } => {
+                        let lane = super::engine::lane_of(&body);
+                        let _ = leader.proposer.submit(super::engine_time(now), lane, body, waiter);
+                    }
                 }
-                // Queued in its proposer, which is never polled again.
-                let lane = paymesh_node::engine::fair::Lane::Region;
-                let at = super::engine_time(now);
-                let _ = leader.proposer.submit(at, lane, body, Waiter::Client { call: id, attempt });
             }
         }
-        self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt });
+        match answered {
+            Some(outcome) => self.client_reply(id, attempt, Answer::Outcome(outcome)),
+            None => self.at(now + ATTEMPT_TIMEOUT_MS, Event::ClientAttemptTimeout { call: id, attempt }),
+        }
     }
 
     /// An attempt was refused at once by the leader's proposer (its queue
