@@ -108,9 +108,22 @@ async fn fixture() -> Fixture {
         dir,
         _pipeline: pipeline,
     };
+    // The pipeline leads once a request reaches a partner's actor, which a
+    // read does not: a transfer under a quote that does not exist is
+    // refused there (NOT_FOUND), leaving nothing behind. Before the actors
+    // learn that the node leads it is UNAVAILABLE.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while fixture.partner.get_position(payer(wire::GetPositionRequest { currency: String::new() })).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let probe = payer(wire::CreateTransferRequest {
+                idempotency_key: "probe".into(),
+                quote_id: "us-west:q999999".into(),
+                qr_payload: "pay://merchant/new".into(),
+                payer: Some(wire::PayerDetails { name: "Ada".into(), account: "a-1".into(), reference: "r".into() }),
+            });
+            match fixture.partner.create_transfer(probe).await {
+                Err(status) if status.code() == Code::NotFound => break,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     })
     .await

@@ -12,10 +12,9 @@ use paymesh_core::command::CommandBody;
 use paymesh_core::corridor::{CorridorId, QuoteAmount};
 use paymesh_core::{Outcome, Timestamp};
 use paymesh_store::StateMachineStore;
-use tokio::sync::oneshot;
 
 use super::proposer::{Propose, Proposer};
-use super::Refusal;
+use super::Reply;
 use crate::engine::fair::Lane;
 
 /// Quote a payment along this corridor.
@@ -29,7 +28,7 @@ pub struct PriceQuote {
     /// The leader's time, for the rate's validity.
     pub now: Timestamp,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Outcome, Refusal>>,
+    pub reply: Reply,
 }
 
 /// One corridor's actor.
@@ -57,7 +56,7 @@ impl Handler<PriceQuote> for CorridorActor {
         let applied = self.state.applied();
         if let Some(corridor) = applied.state.corridor(&self.corridor) {
             if let Err(code) = corridor.price(message.amount, message.now) {
-                let _ = message.reply.send(Ok(Outcome::Rejected(code)));
+                message.reply.send(Ok(Outcome::Rejected(code)));
                 return;
             }
         }

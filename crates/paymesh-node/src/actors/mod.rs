@@ -55,6 +55,55 @@ impl Refusal {
     }
 }
 
+/// Where a command's outcome goes, one channel whoever settles it (the
+/// proposer with the outcome or a refusal, a corridor's actor with a
+/// refusal): the caller waiting for it, and for a partner's admitted
+/// request also its actor, which answers the requests joined to it and
+/// counts it out of those in flight ([`partner::Completed`]). Dropped
+/// unanswered (its actor stopped), it answers that this node no longer
+/// leads.
+pub struct Reply {
+    answer: Option<tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>>,
+    admitted: Option<(Addr<partner::PartnerActor>, crate::engine::admission::Ticket)>,
+}
+
+impl Reply {
+    /// A reply to `answer` alone.
+    pub fn new(answer: tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>) -> Reply {
+        Reply { answer: Some(answer), admitted: None }
+    }
+
+    /// A reply to `answer` and to the partner's `actor`, which admitted the
+    /// request under `ticket`.
+    pub fn admitted(
+        answer: tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>,
+        actor: Addr<partner::PartnerActor>,
+        ticket: crate::engine::admission::Ticket,
+    ) -> Reply {
+        Reply { answer: Some(answer), admitted: Some((actor, ticket)) }
+    }
+
+    /// Give the command's `result`.
+    pub fn send(mut self, result: Result<paymesh_core::Outcome, Refusal>) {
+        self.settle(result);
+    }
+
+    fn settle(&mut self, result: Result<paymesh_core::Outcome, Refusal>) {
+        if let Some((actor, ticket)) = self.admitted.take() {
+            actor.do_send(partner::Completed { ticket, result: result.clone() });
+        }
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(result);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.settle(Err(Refusal::NotLeader));
+    }
+}
+
 /// A handle on the registry, cheap to clone.
 pub type RegistryAddr = Addr<Registry>;
 

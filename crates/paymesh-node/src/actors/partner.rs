@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::corridor::{CorridorActor, PriceQuote};
 use super::proposer::{Propose, Proposer};
-use super::{EntriesApplied, Refusal};
-use crate::engine::admission::{Admission, Step};
+use super::{EntriesApplied, Refusal, Reply};
+use crate::engine::admission::{Admission, Step, Ticket};
 use crate::engine::fair::Lane;
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::Timestamp;
@@ -121,21 +121,14 @@ impl PartnerActor {
             }
             return;
         };
-        let (reply, outcome) = oneshot::channel();
+        // The caller's own channel, which also tells this actor (Completed).
+        let reply = Reply::admitted(waiter, ctx.address(), ticket);
         match route {
             Route::Proposer => {
                 self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), body, reply })
             }
             Route::Corridor { actor, amount, now } => actor.do_send(PriceQuote { body, amount, now, reply }),
         }
-        ctx.spawn(async move { outcome.await.unwrap_or(Err(Refusal::NotLeader)) }.into_actor(self).map(
-            move |result, actor, _| {
-                for joined in actor.admission.completed(ticket) {
-                    let _ = joined.send(result.clone());
-                }
-                let _ = waiter.send(result);
-            },
-        ));
     }
 
     fn push_events(&mut self) {
@@ -198,6 +191,27 @@ impl Handler<Submit> for PartnerActor {
             body => self.admission.other(body, message.reply),
         };
         self.carry(step, message.route, ctx);
+    }
+}
+
+/// A request this actor admitted was settled (see [`Reply`]): the requests
+/// joined to it get the same result, and it is no longer in flight.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Completed {
+    /// What admission gave the request.
+    pub ticket: Ticket,
+    /// Its outcome, or why there is none.
+    pub result: Result<Outcome, Refusal>,
+}
+
+impl Handler<Completed> for PartnerActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Completed, _ctx: &mut Context<Self>) {
+        for joined in self.admission.completed(message.ticket) {
+            let _ = joined.send(message.result.clone());
+        }
     }
 }
 

@@ -22,12 +22,12 @@ use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 
-use super::Refusal;
+use super::{Refusal, Reply};
 use crate::engine::fair::Lane;
 use crate::engine::proposer::{self as engine, Entry, Refused, TICK_INTERVAL};
 use crate::engine::Time;
 
-type Waiter = oneshot::Sender<Result<Outcome, Refusal>>;
+type Waiter = Reply;
 
 /// Propose one command; answered with its outcome once applied.
 #[derive(Message)]
@@ -83,7 +83,7 @@ impl Proposer {
     /// Queue a command; a full lane or queue refuses it at once.
     fn submit(&mut self, lane: Lane, body: CommandBody, reply: Waiter, ctx: &mut Context<Self>) {
         if let Err(Refused { why, waiter }) = self.engine.submit(self.now(), lane, body, reply) {
-            let _ = waiter.send(Err(Refusal::Overloaded(why)));
+            waiter.send(Err(Refusal::Overloaded(why)));
             return;
         }
         self.pump(ctx);
@@ -115,7 +115,7 @@ impl Proposer {
             Err(e) => {
                 // Cannot happen (1..=BATCH_COMMANDS_MAX commands); refuse rather than panic.
                 for waiter in waiters {
-                    let _ = waiter.send(Err(Refusal::Unavailable(e.to_string())));
+                    waiter.send(Err(Refusal::Unavailable(e.to_string())));
                 }
                 self.engine.settled(self.now());
                 return;
@@ -129,7 +129,7 @@ impl Proposer {
                     let outcomes = written.data.outcomes;
                     debug_assert_eq!(outcomes.len(), waiters.len());
                     for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                        let _ = waiter.send(Ok(outcome));
+                        waiter.send(Ok(outcome));
                     }
                 }
                 Err(error) => {
@@ -138,7 +138,7 @@ impl Proposer {
                         other => Refusal::Unavailable(other.to_string()),
                     };
                     for waiter in waiters {
-                        let _ = waiter.send(Err(refusal.clone()));
+                        waiter.send(Err(refusal.clone()));
                     }
                 }
             }
@@ -155,7 +155,7 @@ impl Proposer {
             return;
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Lane::Region, CommandBody::Tick, reply, ctx);
+        self.submit(Lane::Region, CommandBody::Tick, Reply::new(reply), ctx);
         ctx.spawn(answer.into_actor(self).map(|answer, proposer, ctx| {
             let again = match answer {
                 Ok(Ok(Outcome::Ticked(report))) => {
@@ -183,7 +183,7 @@ impl Actor for Proposer {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         for waiter in self.engine.drain() {
-            let _ = waiter.send(Err(Refusal::NotLeader));
+            waiter.send(Err(Refusal::NotLeader));
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::corridor::CorridorActor;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
-use super::{EntriesApplied, Refusal};
+use super::{EntriesApplied, Refusal, Reply};
 use crate::engine::fair::Lane;
 
 /// This node's leadership changed: `Some(term)` when it leads in `term`.
@@ -209,7 +209,7 @@ impl Handler<OperatorRequest> for Registry {
             Some(term) => term.proposer.do_send(proposer::Propose {
                 lane: Lane::Region,
                 body: message.body,
-                reply: message.reply,
+                reply: Reply::new(message.reply),
             }),
             None => {
                 let _ = message.reply.send(Err(Refusal::NotLeader));
