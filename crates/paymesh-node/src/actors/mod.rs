@@ -22,7 +22,10 @@ pub mod registry;
 use std::thread::JoinHandle;
 
 use actix::prelude::*;
+use paymesh_core::Outcome;
+use tokio::sync::oneshot;
 
+use crate::engine::admission::Ticket;
 pub use registry::{Registry, Setting};
 
 /// New entries were applied on this node: the registry passes it on to
@@ -63,32 +66,31 @@ impl Refusal {
 /// unanswered (its actor stopped), it answers that this node no longer
 /// leads.
 pub struct Reply {
-    answer: Option<tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>>,
-    admitted: Option<(Addr<partner::PartnerActor>, crate::engine::admission::Ticket)>,
+    answer: Option<Answer>,
+    admitted: Option<(Addr<partner::PartnerActor>, Ticket)>,
 }
+
+/// Where a caller waits for a command's outcome.
+pub type Answer = oneshot::Sender<Result<Outcome, Refusal>>;
 
 impl Reply {
     /// A reply to `answer` alone.
-    pub fn new(answer: tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>) -> Reply {
+    pub fn new(answer: Answer) -> Reply {
         Reply { answer: Some(answer), admitted: None }
     }
 
     /// A reply to `answer` and to the partner's `actor`, which admitted the
     /// request under `ticket`.
-    pub fn admitted(
-        answer: tokio::sync::oneshot::Sender<Result<paymesh_core::Outcome, Refusal>>,
-        actor: Addr<partner::PartnerActor>,
-        ticket: crate::engine::admission::Ticket,
-    ) -> Reply {
+    pub fn admitted(answer: Answer, actor: Addr<partner::PartnerActor>, ticket: Ticket) -> Reply {
         Reply { answer: Some(answer), admitted: Some((actor, ticket)) }
     }
 
     /// Give the command's `result`.
-    pub fn send(mut self, result: Result<paymesh_core::Outcome, Refusal>) {
+    pub fn send(mut self, result: Result<Outcome, Refusal>) {
         self.settle(result);
     }
 
-    fn settle(&mut self, result: Result<paymesh_core::Outcome, Refusal>) {
+    fn settle(&mut self, result: Result<Outcome, Refusal>) {
         if let Some((actor, ticket)) = self.admitted.take() {
             actor.do_send(partner::Completed { ticket, result: result.clone() });
         }

@@ -16,11 +16,11 @@ use paymesh_core::partner::BusinessStatus;
 use paymesh_core::state::{CursorExpired, Event};
 use paymesh_core::Outcome;
 use paymesh_store::StateMachineStore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::corridor::{CorridorActor, PriceQuote};
 use super::proposer::{Propose, Proposer};
-use super::{EntriesApplied, Refusal, Reply};
+use super::{Answer, EntriesApplied, Refusal, Reply};
 use crate::engine::admission::{Admission, Step, Ticket};
 use crate::engine::fair::Lane;
 use paymesh_core::corridor::QuoteAmount;
@@ -32,8 +32,6 @@ pub const SUBSCRIBER_BUFFER_EVENTS: usize = 4_096;
 
 /// Events read from the state per notification, per subscriber.
 const EVENTS_PER_PUSH_MAX: usize = 1_024;
-
-type Answer = oneshot::Sender<Result<Outcome, Refusal>>;
 
 /// Where an admitted command goes.
 pub enum Route {

@@ -8,15 +8,15 @@ use paymesh_core::command::CommandBody;
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::PartnerId;
 use paymesh_core::state::{CursorExpired, Event};
-use paymesh_core::{Outcome, Timestamp};
+use paymesh_core::Timestamp;
 use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::corridor::CorridorActor;
 use super::partner::{self, PartnerActor, Route, Submit};
 use super::proposer::{self, Proposer};
-use super::{EntriesApplied, Refusal, Reply};
+use super::{Answer, EntriesApplied, Refusal, Reply};
 use crate::engine::fair::Lane;
 
 /// This node's leadership changed: `Some(term)` when it leads in `term`.
@@ -35,7 +35,7 @@ pub struct PartnerRequest {
     /// The leader's time, for quote pricing.
     pub now: Timestamp,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Outcome, Refusal>>,
+    pub reply: Answer,
 }
 
 /// An operator's command, proposed directly.
@@ -45,7 +45,7 @@ pub struct OperatorRequest {
     /// The command.
     pub body: CommandBody,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<Outcome, Refusal>>,
+    pub reply: Answer,
 }
 
 /// Stream a partner's events after a cursor.
