@@ -17,6 +17,7 @@ use tonic::{Request, Status};
 
 use crate::actors::registry::{OperatorRequest, PartnerRequest};
 use crate::actors::{Refusal, RegistryAddr};
+use crate::engine::admission;
 use crate::identity::{Authenticator, Identity};
 use crate::members::Members;
 use crate::outbox::Links;
@@ -190,29 +191,16 @@ impl Gateway {
     }
 
     /// Refuse a new quote or transfer to a region whose link's breaker is
-    /// open (see [`crate::outbox`]). A transfer request the region has seen
-    /// before is let through, so a retry still gets its recorded outcome.
+    /// open (see [`crate::outbox`]) or that is not linked
+    /// ([`admission::link_refuses`]). A transfer request the region has
+    /// seen before is let through, so a retry still gets its recorded
+    /// outcome.
     fn check_link(&self, body: &CommandBody) -> Result<(), Status> {
         let applied = self.state_machine.applied();
-        let state = &applied.state;
-        let destination = match body {
-            CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
-            CommandBody::CreateTransfer(request) => {
-                state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
-            }
-            _ => None,
-        };
-        let Some(region) = destination.filter(|region| region != state.region()) else { return Ok(()) };
-        let refused = self.links.check(&region);
-        // Only when the link refuses is the key looked up (in history, for
-        // most keys): a request seen before goes on to its recorded answer.
-        match (&refused, body) {
-            (Err(_), CommandBody::CreateTransfer(request))
-                if state.replay_transfer_request(request, self.state_machine.history()).is_some() =>
-            {
-                Ok(())
-            }
-            _ => refused,
+        let refuses = |region: &RegionId| self.links.check(region).is_err();
+        match admission::link_refuses(body, &applied.state, self.state_machine.history(), refuses) {
+            Some(region) => self.links.check(&region),
+            None => Ok(()),
         }
     }
 

@@ -23,14 +23,13 @@
 
 use paymesh_core::command::{PayerDetails, PayerField, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
-use paymesh_core::history::Recall;
-use paymesh_core::id::{IdempotencyKey, PartnerId, TransferId};
+use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TransferId};
 use paymesh_core::outcome::Quote;
 use paymesh_core::transfer::CoordinatorState;
-use paymesh_core::{CommandBody, Currency, Money, Outcome, State};
+use paymesh_core::{CommandBody, Currency, Money, Outcome};
 use paymesh_harness::world::Merchant;
 use paymesh_node::convert;
-use paymesh_node::engine::admission::Step as Admitted;
+use paymesh_node::engine::admission::{link_refuses, Step as Admitted};
 
 use super::engine::Event;
 use super::region::Waiter;
@@ -255,19 +254,6 @@ fn history_state(state: CoordinatorState) -> TransferState {
     }
 }
 
-/// Whether a new quote or transfer of `body` must be refused because the
-/// breaker of its destination region is open (`Gateway::check_link`).
-fn breaker_refuses(state: &State, history: &dyn Recall, body: &CommandBody, open: impl Fn(&str) -> bool) -> bool {
-    let destination = match body {
-        CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
-        CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, history).is_none() => {
-            state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
-        }
-        _ => None,
-    };
-    destination.is_some_and(|region| &region != state.region() && open(region.as_str()))
-}
-
 impl Sim<'_> {
     // ---- calls ------------------------------------------------------------------------
 
@@ -328,8 +314,8 @@ impl Sim<'_> {
         let state = &node.state;
         let answer = match &ask {
             Ask::Propose(body) => {
-                let open = |name: &str| leader.shippers[region_index(name)].open_since().is_some();
-                if breaker_refuses(state, &node.history, body, open) {
+                let open = |region: &RegionId| leader.shippers[region_index(region.as_str())].open_since().is_some();
+                if link_refuses(body, state, &node.history, open).is_some() {
                     self.stats.breaker_refusals += 1;
                     Some(Answer::Refused("UNAVAILABLE: RegionUnreachable (breaker open)".to_owned()))
                 } else {

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 
 use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
 use paymesh_core::history::Recall;
-use paymesh_core::id::IdempotencyKey;
+use paymesh_core::id::{IdempotencyKey, RegionId};
 use paymesh_core::state::KeyLookup;
 use paymesh_core::{Outcome, State, Timestamp};
 
@@ -177,6 +177,34 @@ impl<W> Admission<W> {
     pub fn completed(&mut self, ticket: Ticket) -> Vec<W> {
         self.in_flight = self.in_flight.saturating_sub(1);
         ticket.owns.and_then(|key| self.pending.remove(&key)).map(|(_, waiters)| waiters).unwrap_or_default()
+    }
+}
+
+/// The region a new quote or transfer request (`body`) is headed to, if it
+/// is another region and `refuses` refuses it (its link's breaker open, or
+/// no link at all): a quote for a payee there, or a transfer request under
+/// a quote for one. A transfer request made before is not new and is let
+/// through, so that a retry still gets its recorded answer; its key is
+/// looked up (in history, for most keys) only when the region is refused.
+/// The gateway asks it before a request reaches the partner's actor, and
+/// the simulation does the same.
+pub fn link_refuses(
+    body: &CommandBody,
+    state: &State,
+    recall: &dyn Recall,
+    refuses: impl Fn(&RegionId) -> bool,
+) -> Option<RegionId> {
+    let destination = match body {
+        CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
+        CommandBody::CreateTransfer(request) => {
+            state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
+        }
+        _ => None,
+    };
+    let region = destination.filter(|region| region != state.region() && refuses(region))?;
+    match body {
+        CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, recall).is_some() => None,
+        _ => Some(region),
     }
 }
 

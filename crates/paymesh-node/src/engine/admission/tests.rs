@@ -182,3 +182,46 @@ fn requests_in_flight_are_bounded() {
     admission.completed(ticket);
     assert!(admission.admit().is_ok());
 }
+
+#[test]
+fn a_new_request_to_a_refused_region_is_refused_and_a_request_made_before_is_let_through() {
+    let mut world = World::new();
+    let away = RegionId::new("away").unwrap();
+    let fees = FeeSchedule::new(cny(0), BasisPoints::new(30).unwrap(), cny(0), cny(100)).unwrap();
+    let terms = CorridorTerms::new(BasisPoints::ZERO, fees, cny(1), cny(50_000), cny(1_000_000)).unwrap();
+    let route = PayeeRoute {
+        prefix: QrPrefix::new("wxp://far/").unwrap(),
+        partner: PartnerId::new("far-shop").unwrap(),
+        region: away.clone(),
+        currency: Currency::CNY,
+    };
+    let corridor = CorridorId::parse("CNY:home->CNY:away").unwrap();
+    for outcome in
+        world.apply(vec![CommandBody::UpsertPayeeRoute(route), CommandBody::UpsertCorridor { corridor, terms }])
+    {
+        assert_eq!(outcome, Outcome::Done);
+    }
+    let quote_to = |payee: &str| CommandBody::CreateQuote {
+        partner: wallet(),
+        payee: QrPayload::new(payee).unwrap(),
+        amount: QuoteAmount::Source(cny(10)),
+    };
+    let (all, none) = (|_: &RegionId| true, |_: &RegionId| false);
+    let recall = world.history.at(world.index + 1);
+    assert_eq!(link_refuses(&quote_to("wxp://far/till"), &world.state, &recall, all), Some(away.clone()));
+    assert_eq!(link_refuses(&quote_to("wxp://far/till"), &world.state, &recall, none), None);
+    assert_eq!(link_refuses(&quote_to("wxp://shop/till-1"), &world.state, &recall, all), None, "this region");
+
+    let quote = match world.apply(vec![quote_to("wxp://far/till")]).remove(0) {
+        Outcome::Quote(quote) => quote.id,
+        other => panic!("no quote: {other:?}"),
+    };
+    let mut far = request("k-far", quote, "r");
+    far.payee = QrPayload::new("wxp://far/till").unwrap();
+    let transfer = CommandBody::CreateTransfer(far);
+    let recall = world.history.at(world.index + 1);
+    assert_eq!(link_refuses(&transfer, &world.state, &recall, all), Some(away.clone()), "a new request");
+    assert!(matches!(world.apply(vec![transfer.clone()]).remove(0), Outcome::Transfer(_)));
+    let recall = world.history.at(world.index + 1);
+    assert_eq!(link_refuses(&transfer, &world.state, &recall, all), None, "made before: its answer is given");
+}
