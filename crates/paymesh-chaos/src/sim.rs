@@ -13,7 +13,9 @@
 //! `paymesh_store::state_digest`; each partner's admission on the leader,
 //! the leader's group-commit proposer, the outbox shipper with its breaker
 //! and the inter-region receiver are the node's own engines
-//! (`paymesh_node::engine`), driven here as the node's drivers drive them. The history is checked by
+//! (`paymesh_node::engine`), driven here as the node's drivers drive them,
+//! and a new request to a region whose breaker is open is refused by the
+//! gateway's own rule (`engine::admission::link_refuses`). The history is checked by
 //! the very checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
 //!
 //! What is modelled: Raft, abstractly (a majority commits; a leader's
