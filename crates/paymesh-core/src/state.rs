@@ -650,13 +650,11 @@ impl State {
     fn settle(&mut self) -> Vec<Record> {
         let mut journal = std::mem::take(&mut self.journal);
         journal.extend(self.ledger.take_movements().into_iter().map(|movement| Record::Movement(Box::new(movement))));
-        let mut keys = Vec::new();
         for record in &journal {
             match record {
                 Record::Transfer(transfer) => {
                     self.transfers.remove(&transfer.view.id);
                 }
-                Record::Idempotency { partner, key, .. } => keys.push(recent::short(partner, key)),
                 Record::Participation { transfer, .. } => {
                     self.participations.remove(transfer);
                 }
@@ -664,7 +662,7 @@ impl State {
             }
         }
         self.ledger.forget_resolved();
-        self.recent.finish(keys);
+        self.recent.finish();
         self.idempotency.clear();
         self.top_ups.clear();
         journal

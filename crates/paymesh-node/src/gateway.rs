@@ -197,9 +197,9 @@ impl Gateway {
     /// outcome.
     fn check_link(&self, body: &CommandBody) -> Result<(), Status> {
         let applied = self.state_machine.applied();
-        let refuses = |region: &RegionId| self.links.check(region).is_err();
+        let refuses = |region: &RegionId| self.links.check(region).err();
         match admission::link_refuses(body, &applied.state, self.state_machine.history(), refuses) {
-            Some(region) => self.links.check(&region),
+            Some(status) => Err(status),
             None => Ok(()),
         }
     }

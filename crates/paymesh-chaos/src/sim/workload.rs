@@ -314,7 +314,7 @@ impl Sim<'_> {
         let state = &node.state;
         let answer = match &ask {
             Ask::Propose(body) => {
-                let open = |region: &RegionId| leader.shippers[region_index(region.as_str())].open_since().is_some();
+                let open = |region: &RegionId| leader.shippers[region_index(region.as_str())].open_since();
                 if link_refuses(body, state, &node.history, open).is_some() {
                     self.stats.breaker_refusals += 1;
                     Some(Answer::Refused("UNAVAILABLE: RegionUnreachable (breaker open)".to_owned()))

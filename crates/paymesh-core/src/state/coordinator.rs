@@ -107,10 +107,11 @@ impl State {
         fresh: bool,
     ) -> Outcome {
         let key = (request.partner.clone(), request.idempotency_key.clone());
+        let short = recent::short(&key.0, &key.1);
         // A fresh key recorded by none of the recent batches has no record
         // in history: only this batch's own records can answer it, and when
         // they hold none either, history is told it has none to read.
-        let recall: &dyn Recall = if fresh && !self.recent.holds(&key.0, &key.1) {
+        let recall: &dyn Recall = if fresh && !self.recent.holds(short) {
             if !self.idempotency.contains_key(&key) {
                 recall.unrecorded(&key.0, &key.1);
             }
@@ -137,6 +138,7 @@ impl State {
             record: Box::new(record.clone()),
         });
         self.idempotency.insert(key, record);
+        self.recent.record(short);
         outcome
     }
 

@@ -63,6 +63,9 @@ pub(super) struct RecentKeys {
     keys: OrdMap<u64, u64>,
     /// The keys each batch recorded, by its index.
     batches: OrdMap<u64, Vec<u64>>,
+    /// The keys the batch being applied recorded so far; empty between
+    /// batches.
+    recording: Vec<u64>,
 }
 
 /// A cache of history: two states that decide alike are equal whatever
@@ -88,10 +91,16 @@ impl RecentKeys {
         self.applying = index;
     }
 
-    /// The batch being applied recorded `keys`; the oldest batches are
-    /// dropped while more than [`RECENT_KEYS_MAX`] keys are kept.
-    /// `keys` are [`short`] forms.
-    pub(super) fn finish(&mut self, keys: Vec<u64>) {
+    /// The batch being applied recorded `key` (its [`short`] form).
+    pub(super) fn record(&mut self, key: u64) {
+        self.recording.push(key);
+    }
+
+    /// The batch being applied ends: the keys it recorded are kept, and the
+    /// oldest batches are dropped while more than [`RECENT_KEYS_MAX`] keys
+    /// are.
+    pub(super) fn finish(&mut self) {
+        let keys = std::mem::take(&mut self.recording);
         if keys.is_empty() {
             return;
         }
@@ -119,9 +128,10 @@ impl RecentKeys {
         fresh_through < self.applying && self.from.is_some_and(|from| from <= fresh_through.saturating_add(1))
     }
 
-    /// Whether a batch kept here recorded `key`, or a key that looks like it.
-    pub(super) fn holds(&self, partner: &PartnerId, key: &IdempotencyKey) -> bool {
-        self.keys.contains_key(&short(partner, key))
+    /// Whether a batch kept here recorded `key` (a [`short`] form), or a
+    /// key that looks like it.
+    pub(super) fn holds(&self, key: u64) -> bool {
+        self.keys.contains_key(&key)
     }
 }
 
@@ -142,7 +152,15 @@ mod tests {
     }
 
     fn held(recent: &RecentKeys, n: usize) -> bool {
-        recent.holds(&wallet(), &idempotency_key(n))
+        recent.holds(short(&wallet(), &idempotency_key(n)))
+    }
+
+    /// The batch being applied records `keys`, then ends.
+    fn finish_with(recent: &mut RecentKeys, keys: Vec<u64>) {
+        for key in keys {
+            recent.record(key);
+        }
+        recent.finish();
     }
 
     #[test]
@@ -150,7 +168,7 @@ mod tests {
         let mut recent = RecentKeys::default();
         assert!(!recent.vouches(0), "nothing applied yet");
         recent.begin(10);
-        recent.finish(vec![key(1)]);
+        finish_with(&mut recent, vec![key(1)]);
         recent.begin(11);
         // Everything from 10 on is here: a claim through 9 or 10 is enough.
         assert!(recent.vouches(9));
@@ -171,7 +189,7 @@ mod tests {
         for batch in 0..5u64 {
             recent.begin(100 + batch);
             let first = batch as usize * per_batch;
-            recent.finish((first..first + per_batch).map(key).collect());
+            finish_with(&mut recent, (first..first + per_batch).map(key).collect());
         }
         assert!(recent.keys.len() <= RECENT_KEYS_MAX);
         // Batch 100 went: its keys are gone and so is the claim it covered.
@@ -186,9 +204,9 @@ mod tests {
     fn a_key_recorded_again_stays_until_its_newest_batch_goes() {
         let mut recent = RecentKeys::default();
         recent.begin(1);
-        recent.finish(vec![key(0), key(RECENT_KEYS_MAX)]);
+        finish_with(&mut recent, vec![key(0), key(RECENT_KEYS_MAX)]);
         recent.begin(2);
-        recent.finish((0..RECENT_KEYS_MAX).map(key).collect());
+        finish_with(&mut recent, (0..RECENT_KEYS_MAX).map(key).collect());
         // Batch 1 was dropped, but key 0 was recorded again by batch 2.
         assert!(!held(&recent, RECENT_KEYS_MAX));
         assert!(held(&recent, 0));

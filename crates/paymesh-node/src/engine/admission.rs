@@ -180,20 +180,20 @@ impl<W> Admission<W> {
     }
 }
 
-/// The region a new quote or transfer request (`body`) is headed to, if it
-/// is another region and `refuses` refuses it (its link's breaker open, or
-/// no link at all): a quote for a payee there, or a transfer request under
-/// a quote for one. A transfer request made before is not new and is let
-/// through, so that a retry still gets its recorded answer; its key is
-/// looked up (in history, for most keys) only when the region is refused.
-/// The gateway asks it before a request reaches the partner's actor, and
-/// the simulation does the same.
-pub fn link_refuses(
+/// Why a new quote or transfer request (`body`) is refused because of the
+/// region it is headed to, if it is another region and `refuses` gives a
+/// reason for it (its link's breaker open, or no link at all): a quote for
+/// a payee there, or a transfer request under a quote for one. A transfer
+/// request made before is not new and is let through, so that a retry
+/// still gets its recorded answer; its key is looked up (in history, for
+/// most keys) only when the region is refused. The gateway asks it before
+/// a request reaches the partner's actor, and the simulation does the same.
+pub fn link_refuses<R>(
     body: &CommandBody,
     state: &State,
     recall: &dyn Recall,
-    refuses: impl Fn(&RegionId) -> bool,
-) -> Option<RegionId> {
+    refuses: impl Fn(&RegionId) -> Option<R>,
+) -> Option<R> {
     let destination = match body {
         CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
         CommandBody::CreateTransfer(request) => {
@@ -201,10 +201,10 @@ pub fn link_refuses(
         }
         _ => None,
     };
-    let region = destination.filter(|region| region != state.region() && refuses(region))?;
+    let refused = destination.filter(|region| region != state.region()).and_then(|region| refuses(&region))?;
     match body {
         CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, recall).is_some() => None,
-        _ => Some(region),
+        _ => Some(refused),
     }
 }
 

@@ -206,7 +206,7 @@ fn a_new_request_to_a_refused_region_is_refused_and_a_request_made_before_is_let
         payee: QrPayload::new(payee).unwrap(),
         amount: QuoteAmount::Source(cny(10)),
     };
-    let (all, none) = (|_: &RegionId| true, |_: &RegionId| false);
+    let (all, none) = (|region: &RegionId| Some(region.clone()), |_: &RegionId| None::<RegionId>);
     let recall = world.history.at(world.index + 1);
     assert_eq!(link_refuses(&quote_to("wxp://far/till"), &world.state, &recall, all), Some(away.clone()));
     assert_eq!(link_refuses(&quote_to("wxp://far/till"), &world.state, &recall, none), None);
