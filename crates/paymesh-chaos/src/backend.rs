@@ -9,8 +9,8 @@ use paymesh_harness::local::LocalRegion;
 use paymesh_harness::wan::WanSettings;
 
 use crate::docker::DockerMesh;
-use crate::locality::ScanRoot;
 use crate::process::ProcessMesh;
+use paymesh_harness::locality::ScanRoot;
 
 /// Which backend, and what it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use paymesh_harness::mesh::OPERATOR;
 use paymesh_harness::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
-use crate::history::REGION_FILES;
-use crate::locality::ScanRoot;
 use crate::world::{self, REGIONS};
+use paymesh_harness::history::REGION_FILES;
+use paymesh_harness::locality::ScanRoot;
 
 /// The WAN network's gateway: the host's address on it.
 const WAN_GATEWAY: &str = "10.77.0.1";

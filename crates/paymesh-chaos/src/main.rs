@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use paymesh_chaos::backend::Backend;
+use paymesh_chaos::report;
 use paymesh_chaos::run::{run, RunConfig};
-use paymesh_chaos::{check, history::History, report};
+use paymesh_harness::{check, history::History};
 
 #[derive(Debug, Parser)]
 #[command(name = "paymesh-chaos", about = "Faults against a 3-region paymesh, and the checks that no money was lost")]

@@ -15,9 +15,9 @@ use paymesh_harness::mesh::LocalMesh;
 use paymesh_harness::wan::{WanLink, WanSettings};
 use tokio::task::JoinSet;
 
-use crate::history::REGION_FILES;
-use crate::locality::ScanRoot;
 use crate::world;
+use paymesh_harness::history::REGION_FILES;
+use paymesh_harness::locality::ScanRoot;
 
 /// Nodes per region.
 pub const MEMBERS: u64 = 3;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::check::{CheckerVerdict, Verdict};
-use crate::history::{FilesRead, History, LocalityScan, Op, Outcome, Request, TransferState};
+use paymesh_harness::check::{CheckerVerdict, Verdict};
+use paymesh_harness::history::{FilesRead, History, LocalityScan, Op, Outcome, Request, TransferState};
 
 /// The report's machine-readable file.
 pub const JSON_FILE: &str = "report.json";
@@ -744,7 +744,7 @@ fn path(out: &mut String, points: &[Option<(f64, f64)>], colour: &str, class: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{self, fixtures};
+    use paymesh_harness::check::{self, fixtures};
 
     fn json_of(paths: &ReportPaths) -> serde_json::Value {
         let text = std::fs::read_to_string(&paths.json).expect("report.json written");
@@ -899,11 +899,11 @@ mod tests {
 
     #[test]
     fn the_data_locality_scan_is_reported_with_its_figures() {
-        use crate::history::{LocalityScan, MarkerFound, RegionScan};
+        use paymesh_harness::history::{LocalityScan, MarkerFound, RegionScan};
         let mut history = fixtures::good_history();
         history.backend = "process".to_owned();
         let mut scan = LocalityScan {
-            markers: crate::locality::markers(&[fixtures::US, fixtures::CN]),
+            markers: paymesh_harness::locality::markers(&[fixtures::US, fixtures::CN]),
             elapsed_ms: 12,
             ..LocalityScan::default()
         };

@@ -15,11 +15,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Mesh};
-use crate::history::{self, History, LocalityScan, Observation};
 use crate::nemesis::{Fault, Schedule};
+use crate::report;
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
-use crate::{check, locality, observe, report};
+use paymesh_harness::history::{self, History, LocalityScan, Observation};
+use paymesh_harness::{check, locality, observe};
 
 /// How long the mesh may take to be live again after a heal.
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);
@@ -172,7 +173,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
 }
 
 /// Scan every file the stopped mesh's nodes wrote for other regions' payer
-/// markers (`crate::locality`).
+/// markers (`paymesh_harness::locality`).
 async fn scan_files(mesh: &Mesh) -> anyhow::Result<LocalityScan> {
     let (roots, unreachable) = mesh.scan_roots().context("listing the nodes' files")?;
     let markers = locality::markers(&REGIONS);
@@ -264,32 +265,7 @@ async fn wait_live(mesh: &Mesh, bound: Duration) -> Option<Duration> {
 /// Observe the mesh until every transfer is final in every region, or
 /// [`RESOLVE_BOUND`] passes; the last observation.
 async fn settle(mesh: &Mesh, recorder: &Recorder) -> anyhow::Result<Observation> {
-    let started = Instant::now();
-    loop {
-        let mut observation =
-            Observation { resolve_bound_ms: u64::try_from(RESOLVE_BOUND.as_millis())?, ..Observation::default() };
-        let mut all_final = true;
-        let mut failure = None;
-        for region in REGIONS {
-            match observe::region(region, mesh.region(region)?).await {
-                Ok(o) => {
-                    all_final &= o.transfers.iter().all(|t| t.state.is_final());
-                    all_final &= o.replicas.windows(2).all(|w| w[0].digest == w[1].digest);
-                    observation.regions.insert(region.to_owned(), o);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if failure.is_none() && all_final {
-            observation.resolved_ms = Some(recorder.now_ms());
-            return Ok(observation);
-        }
-        if started.elapsed() > RESOLVE_BOUND {
-            return match failure {
-                Some(e) => Err(e),
-                None => Ok(observation),
-            };
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let regions = REGIONS.iter().map(|r| Ok((*r, mesh.region(r)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let partners = observe::Partners { wallets: &WALLETS, merchants: &MERCHANTS };
+    observe::settle(&regions, partners, RESOLVE_BOUND, || recorder.now_ms()).await
 }

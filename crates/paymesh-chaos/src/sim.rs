@@ -16,7 +16,7 @@
 //! (`paymesh_node::engine`), driven here as the node's drivers drive them,
 //! and a new request to a region whose breaker is open is refused by the
 //! gateway's own rule (`engine::admission::link_refuses`). The history is checked by
-//! the very checkers of `paymesh-chaos run` ([`crate::check::check_all`]).
+//! the very checkers of `paymesh-chaos run` ([`paymesh_harness::check::check_all`]).
 //!
 //! What is modelled: Raft, abstractly (a majority commits; a leader's
 //! memory dies with it; a leader cut off or paused goes on believing it
@@ -49,9 +49,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
-use crate::check::{self, Verdict};
-use crate::history::{History, Observation};
 use crate::report;
+use paymesh_harness::check::{self, Verdict};
+use paymesh_harness::history::{History, Observation};
 
 mod engine;
 mod nemesis;

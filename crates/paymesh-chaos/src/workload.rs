@@ -4,7 +4,6 @@
 //! and following their events from cursors; every request recorded with its
 //! times and outcome.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,37 +15,14 @@ use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::history::{Amount, Op, Outcome, Position, Request, TransferState};
 use crate::world;
+use paymesh_harness::history::{Op, Outcome, Request};
+use paymesh_harness::locality::payer_fields;
+use paymesh_harness::observe::{amount_of, position_of, state_of};
 use paymesh_harness::world::{minor, Wallet};
-
-/// The start of every payer's marker: a payer of region `r` carries
-/// [`pii_marker`]`(r)`, `PIIMARK-<r>-`, in its name, account and reference,
-/// so a marker found in a file names the region whose payer's data it is
-/// (the `data_locality` checker searches every node's files for the other
-/// regions' markers).
-pub const PII_MARKER_PREFIX: &str = "PIIMARK-";
-
-/// The marker in the personal data of region `region`'s payers.
-pub fn pii_marker(region: &str) -> String {
-    format!("{PII_MARKER_PREFIX}{region}-")
-}
-
-/// The personal data (name, account, reference) of the payer of worker
-/// `client`'s payment `sequence` from a wallet of `region`: each field holds
-/// the region's [`pii_marker`]. The simulation's payers carry the same.
-pub fn payer_fields(region: &str, client: u32, sequence: u64) -> [String; 3] {
-    let marker = pii_marker(region);
-    [
-        format!("Tourist {marker}{client}-{sequence} 旅客"),
-        format!("acct-{marker}{client}-{sequence}"),
-        format!("ref-{marker}{client}-{sequence}"),
-    ]
-}
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
 const ATTEMPTS: u32 = 4;
@@ -134,24 +110,6 @@ pub fn classify(error: &ClientError) -> Outcome {
         }
         ClientError::Credentials(e) => Outcome::Failed { reason: format!("credentials: {e}") },
     }
-}
-
-/// The history's state of a wire state.
-pub fn state_of(state: i32) -> Option<TransferState> {
-    match wire::TransferState::try_from(state).ok()? {
-        wire::TransferState::Received => Some(TransferState::Received),
-        wire::TransferState::Reserved => Some(TransferState::Reserved),
-        wire::TransferState::Prepared => Some(TransferState::Prepared),
-        wire::TransferState::Committed => Some(TransferState::Committed),
-        wire::TransferState::Aborted => Some(TransferState::Aborted),
-        wire::TransferState::Unspecified => None,
-    }
-}
-
-/// An amount of the wire.
-pub fn amount_of(money: Option<&common::Money>) -> Option<Amount> {
-    let money = money?;
-    Some(Amount { amount: Decimal::from_str(&money.amount).ok()?, currency: money.currency.clone() })
 }
 
 /// One worker: payments until `stop`, each recorded.
@@ -270,18 +228,6 @@ pub async fn worker(
             recorder.record(id, invoked, request, outcome);
         }
     }
-}
-
-/// A position of the wire.
-pub fn position_of(p: &common::Position) -> Option<Position> {
-    let value = |m: Option<&common::Money>| amount_of(m).map(|a| a.amount);
-    Some(Position {
-        currency: p.currency.clone(),
-        posted_balance: value(p.posted_balance.as_ref())?,
-        pending_debits: value(p.pending_debits.as_ref())?,
-        pending_credits: value(p.pending_credits.as_ref())?,
-        net_debit_cap: value(p.net_debit_cap.as_ref())?,
-    })
 }
 
 /// Follow `partner`'s events from cursor 0 until `stop`, reconnecting from

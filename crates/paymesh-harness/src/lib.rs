@@ -9,7 +9,13 @@
 //! * [`mesh`] — `LocalMesh`, regions of `LocalRegion`s joined by WAN links.
 //! * [`world`] — the demo's world (regions, wallets, merchant networks,
 //!   rates) and how an operator configures a world through the admin API.
-//! * [`check`] — the live invariant checks of a mesh after a workload.
+//! * [`history`] — what a run records: its requests and their outcomes,
+//!   the faults injected, what every region held at the end.
+//! * [`observe`] — reading what every region holds through its APIs.
+//! * [`locality`] — the scan of every node's files for payer data out of
+//!   its region.
+//! * [`check`] — one checker per invariant over a history: the chaos suite
+//!   runs all of them, `paymesh demo` those that read the observation.
 //! * [`admin_calls`] — the admin API calls these and the `paymesh` command
 //!   share.
 //!
@@ -19,7 +25,10 @@
 
 pub mod admin_calls;
 pub mod check;
+pub mod history;
 pub mod local;
+pub mod locality;
 pub mod mesh;
+pub mod observe;
 pub mod wan;
 pub mod world;

@@ -26,13 +26,6 @@ use crate::admin_calls::{accepted, money, unix_ms_now};
 use crate::local::LocalRegion;
 use crate::mesh::LocalMesh;
 
-/// A marker in every payer's personal data, searched for in the payee
-/// region's files.
-pub const PII_MARKER: &str = "PIIMARK";
-
-/// A payer's name, in the payer's own script: it too must stay home.
-pub const PAYER_NAME: &str = "Alice Traveller 李爱丽";
-
 /// The request rate an operator gives each wallet of the demo's world (two
 /// wallets carry the whole mesh's load, more than a partner's default).
 pub const WALLET_REQUESTS_PER_SECOND: u32 = 20_000;

@@ -22,8 +22,8 @@ use super::rng::Rng;
 use super::ship::Message;
 use super::workload::{Follower, Worker};
 use super::{engine_time, sim_ms, Bug, Ms, SimConfig, Stats};
-use crate::history::{self, Op};
 use crate::world::REGIONS;
+use paymesh_harness::history::{self, Op};
 
 /// The simulated run starts at 2026-01-01T00:10:00Z (away from a UTC day's
 /// edge, where daily caps reset).

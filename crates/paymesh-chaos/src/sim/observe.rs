@@ -1,5 +1,5 @@
 //! What the simulated mesh holds once it settled, in the form
-//! `crate::observe` reads it from a real mesh: every transfer as the
+//! `paymesh_harness::observe` reads it from a real mesh: every transfer as the
 //! region's partners list it (through the node's own wire conversions, so a
 //! payee-side record has no payer, no key and no fee), ledger totals per
 //! currency, every partner's positions, the wallets' prefunding as opening
@@ -15,10 +15,9 @@ use paymesh_node::convert;
 use rust_decimal::Decimal;
 
 use super::region::{Node, Region};
-use crate::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
-use crate::observe::observed;
-use crate::workload::{amount_of, position_of};
 use crate::world::{MERCHANTS, WALLETS};
+use paymesh_harness::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
+use paymesh_harness::observe::{amount_of, observed, position_of};
 
 /// `region` (named `name`) as the real runner observes one.
 pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use super::*;
-use crate::history::{Outcome, Request};
+use paymesh_harness::history::{Outcome, Request};
 
 /// The seeds the tests of correct runs share.
 const BASELINE_SEEDS: std::ops::RangeInclusive<u64> = 1..=6;

@@ -35,9 +35,10 @@ use super::engine::Event;
 use super::region::Waiter;
 use super::rng::Rng;
 use super::{Ms, Sim};
-use crate::history::{Amount, Op, Outcome as Ended, Position, Request, TransferState};
-use crate::workload::{payer_fields, position_of, state_of};
 use crate::world::{self, MERCHANTS, REGIONS, WALLETS};
+use paymesh_harness::history::{Amount, Op, Outcome as Ended, Position, Request, TransferState};
+use paymesh_harness::locality::payer_fields;
+use paymesh_harness::observe::{position_of, state_of};
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
 const ATTEMPTS: u32 = 4;

@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 
 use super::{Checker, Violation};
-use crate::history::{History, Outcome, Request};
+use crate::history::{History, Outcome, Request, TransferState};
 
 /// No region's files hold another region's payer data.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,7 +63,9 @@ impl Checker for DataLocality {
                 }
             }
         }
-        let paying: BTreeSet<&str> = history
+        // Regions whose payers' data certainly is in their files: those where
+        // a transfer was acknowledged, or was observed committed at its origin.
+        let mut paying: BTreeSet<&str> = history
             .ops
             .iter()
             .filter(|op| op.outcome == Outcome::Ok)
@@ -72,6 +74,14 @@ impl Checker for DataLocality {
                 _ => None,
             })
             .collect();
+        if let Some(observation) = &history.observation {
+            paying.extend(
+                observation
+                    .transfers()
+                    .filter(|(region, t)| t.state == TransferState::Committed && t.is_origin_side_in(region))
+                    .map(|(region, _)| region),
+            );
+        }
         for region in paying {
             let seen = scan.regions.get(region).map_or(0, |r| r.own_markers);
             if seen == 0 && scan.markers.contains_key(region) {
@@ -215,12 +225,25 @@ mod tests {
     }
 
     #[test]
+    fn a_region_observed_paying_without_its_own_marker_means_the_scan_is_blind_with_no_requests_recorded() {
+        // `paymesh demo` records no requests: its committed transfers say
+        // which regions' files must hold their own payers' markers.
+        let mut history = scanned();
+        history.ops.clear();
+        assert_eq!(DataLocality.check(&history), Vec::new());
+        scan_mut(&mut history).regions.get_mut(fixtures::US).expect("region").own_markers = 0;
+        let found = DataLocality.check(&history);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].detail.contains("us-west's payers"), "{found:?}");
+    }
+
+    #[test]
     fn a_real_scan_of_a_leak_fails_the_checker() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut history = scanned();
         let data = dir.path().join(fixtures::CN).join("data-1");
         std::fs::create_dir_all(&data).expect("mkdir");
-        let [name, ..] = crate::workload::payer_fields(fixtures::US, 0, 1);
+        let [name, ..] = locality::payer_fields(fixtures::US, 0, 1);
         std::fs::write(data.join("checkpoint-5"), format!("state {name} end")).expect("write");
         let markers = scan_mut(&mut history).markers.clone();
         let real = locality::scan(&[locality::ScanRoot::new(fixtures::CN, "1", &data)], &markers);

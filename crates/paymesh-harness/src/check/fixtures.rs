@@ -18,53 +18,53 @@ use crate::history::{
 };
 
 /// The payer's region.
-pub(crate) const US: &str = "us-west";
+pub const US: &str = "us-west";
 /// The cross-border payee's region.
-pub(crate) const CN: &str = "cn-east";
+pub const CN: &str = "cn-east";
 /// The wallet paying.
-pub(crate) const PAYER: &str = "paypal-us";
+pub const PAYER: &str = "paypal-us";
 /// The domestic merchant.
-pub(crate) const SHOP: &str = "shop-us";
+pub const SHOP: &str = "shop-us";
 /// The cross-border merchant.
-pub(crate) const MERCHANT: &str = "wechat-cn";
+pub const MERCHANT: &str = "wechat-cn";
 
 /// The domestic transfer, committed.
-pub(crate) const T_DOMESTIC: &str = "t-dom";
+pub const T_DOMESTIC: &str = "t-dom";
 /// The cross-border transfer committed on both sides.
-pub(crate) const T_COMMITTED: &str = "t-x1";
+pub const T_COMMITTED: &str = "t-x1";
 /// The cross-border transfer aborted on both sides.
-pub(crate) const T_ABORTED: &str = "t-x2";
+pub const T_ABORTED: &str = "t-x2";
 /// The cross-border transfer aborted at the origin only.
-pub(crate) const T_ABORTED_EARLY: &str = "t-x3";
+pub const T_ABORTED_EARLY: &str = "t-x3";
 
 /// An exact decimal from its text.
-pub(crate) fn dec(text: &str) -> Decimal {
+pub fn dec(text: &str) -> Decimal {
     text.parse().expect("a decimal literal")
 }
 
 /// An amount in `currency`.
-pub(crate) fn amount(text: &str, currency: &str) -> Amount {
+pub fn amount(text: &str, currency: &str) -> Amount {
     Amount { amount: dec(text), currency: currency.to_owned() }
 }
 
 /// An amount in USD.
-pub(crate) fn usd(text: &str) -> Amount {
+pub fn usd(text: &str) -> Amount {
     amount(text, "USD")
 }
 
 /// An amount in CNY.
-pub(crate) fn cny(text: &str) -> Amount {
+pub fn cny(text: &str) -> Amount {
     amount(text, "CNY")
 }
 
 /// A request made by `client` between `invoked_ms` and `completed_ms`.
-pub(crate) fn op(client: u32, invoked_ms: u64, completed_ms: u64, request: Request, outcome: Outcome) -> Op {
+pub fn op(client: u32, invoked_ms: u64, completed_ms: u64, request: Request, outcome: Outcome) -> Op {
     Op { client, invoked_ms, completed_ms, request, outcome }
 }
 
 /// A CreateTransfer of `PAYER` in `US`; `answer` is the id and state
 /// answered, if any.
-pub(crate) fn create(
+pub fn create(
     key: &str,
     payee: (&str, &str),
     debit: Amount,
@@ -86,7 +86,7 @@ pub(crate) fn create(
 
 /// A record of a transfer of `PAYER` from `US`, with the key it has at the
 /// origin (pass `""` for a payee side, which knows neither key nor payer).
-pub(crate) fn transfer(
+pub fn transfer(
     id: &str,
     key: &str,
     payee: (&str, &str),
@@ -108,7 +108,7 @@ pub(crate) fn transfer(
 }
 
 /// A position with no pending amounts.
-pub(crate) fn position(currency: &str, posted: &str, cap: &str) -> Position {
+pub fn position(currency: &str, posted: &str, cap: &str) -> Position {
     Position {
         currency: currency.to_owned(),
         posted_balance: dec(posted),
@@ -119,7 +119,7 @@ pub(crate) fn position(currency: &str, posted: &str, cap: &str) -> Position {
 }
 
 /// Balanced ledger totals with `posted` on each side and nothing pending.
-pub(crate) fn balanced(posted: &str) -> LedgerTotals {
+pub fn balanced(posted: &str) -> LedgerTotals {
     LedgerTotals {
         debits_posted: dec(posted),
         credits_posted: dec(posted),
@@ -143,7 +143,7 @@ const DOMESTIC: (&str, &str) = (SHOP, US);
 const CROSS: (&str, &str) = (MERCHANT, CN);
 
 /// The good history (see the module's documentation).
-pub(crate) fn good_history() -> History {
+pub fn good_history() -> History {
     use TransferState::{Aborted, Committed, Prepared, Reserved};
     let unknown = || Outcome::Unknown { reason: "deadline exceeded".to_owned() };
     let ops = vec![
@@ -280,32 +280,27 @@ pub(crate) fn good_history() -> History {
 }
 
 /// A fault of `nemesis` on `target`.
-pub(crate) fn fault(nemesis: &str, target: &str, start_ms: u64, end_ms: u64, recovered_after_ms: Option<u64>) -> Fault {
+pub fn fault(nemesis: &str, target: &str, start_ms: u64, end_ms: u64, recovered_after_ms: Option<u64>) -> Fault {
     Fault { nemesis: nemesis.to_owned(), target: target.to_owned(), start_ms, end_ms, recovered_after_ms }
 }
 
 /// The history's observation, to change.
-pub(crate) fn observation_mut(history: &mut History) -> &mut Observation {
+pub fn observation_mut(history: &mut History) -> &mut Observation {
     history.observation.as_mut().expect("the fixture is observed")
 }
 
 /// What `region` holds, to change.
-pub(crate) fn region_mut<'h>(history: &'h mut History, region: &str) -> &'h mut RegionObservation {
+pub fn region_mut<'h>(history: &'h mut History, region: &str) -> &'h mut RegionObservation {
     observation_mut(history).regions.get_mut(region).expect("a region of the fixture")
 }
 
 /// The record of transfer `id` in `region`, to change.
-pub(crate) fn transfer_mut<'h>(history: &'h mut History, region: &str, id: &str) -> &'h mut ObservedTransfer {
+pub fn transfer_mut<'h>(history: &'h mut History, region: &str, id: &str) -> &'h mut ObservedTransfer {
     region_mut(history, region).transfers.iter_mut().find(|t| t.transfer_id == id).expect("a transfer of the fixture")
 }
 
 /// The position of `partner` in `currency` held by `region`, to change.
-pub(crate) fn position_mut<'h>(
-    history: &'h mut History,
-    region: &str,
-    partner: &str,
-    currency: &str,
-) -> &'h mut Position {
+pub fn position_mut<'h>(history: &'h mut History, region: &str, partner: &str, currency: &str) -> &'h mut Position {
     region_mut(history, region)
         .positions
         .get_mut(partner)
@@ -314,6 +309,6 @@ pub(crate) fn position_mut<'h>(
 }
 
 /// The details of `violations`, for assertion messages.
-pub(crate) fn details(violations: &[crate::check::Violation]) -> Vec<&str> {
+pub fn details(violations: &[crate::check::Violation]) -> Vec<&str> {
     violations.iter().map(|v| v.detail.as_str()).collect()
 }

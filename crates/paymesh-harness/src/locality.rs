@@ -3,11 +3,11 @@
 //! payer's region only; the payee region gets an opaque payer token.
 //!
 //! The workload's payers of region `r` carry `r`'s marker
-//! ([`workload::pii_marker`], `PIIMARK-<r>-`) in all three fields. Once the
-//! mesh has stopped, [`scan`] reads every file of every node of every region
-//! (data directories with their log segments and checkpoints, configuration,
-//! the node's captured output) as raw bytes and counts every region's
-//! marker in it. Another region's marker in a region's file is a violation
+//! ([`pii_marker`], `PIIMARK-<r>-`) in all three fields. [`scan`] reads
+//! every file of every node of every region (data directories with their
+//! log segments and checkpoints, configuration, the node's captured output)
+//! as raw bytes, once the mesh has stopped (the chaos run) or while it runs
+//! (`paymesh demo`), and counts every region's marker in it. Another region's marker in a region's file is a violation
 //! of the `data_locality` checker; the region's own marker is evidence that
 //! the scan sees payer data where it belongs.
 //!
@@ -23,7 +23,30 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::history::{LocalityScan, MarkerFound, RegionScan};
-use crate::workload;
+
+/// The start of every payer's marker: a payer of region `r` carries
+/// [`pii_marker`]`(r)`, `PIIMARK-<r>-`, in its name, account and reference,
+/// so a marker found in a file names the region whose payer's data it is
+/// (the `data_locality` checker searches every node's files for the other
+/// regions' markers).
+pub const PII_MARKER_PREFIX: &str = "PIIMARK-";
+
+/// The marker in the personal data of region `region`'s payers.
+pub fn pii_marker(region: &str) -> String {
+    format!("{PII_MARKER_PREFIX}{region}-")
+}
+
+/// The personal data (name, account, reference) of the payer of worker
+/// `client`'s payment `sequence` from a wallet of `region`: each field holds
+/// the region's [`pii_marker`]. The simulation's payers carry the same.
+pub fn payer_fields(region: &str, client: u32, sequence: u64) -> [String; 3] {
+    let marker = pii_marker(region);
+    [
+        format!("Tourist {marker}{client}-{sequence} 旅客"),
+        format!("acct-{marker}{client}-{sequence}"),
+        format!("ref-{marker}{client}-{sequence}"),
+    ]
+}
 
 /// How much of a file is read at a time.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -52,7 +75,7 @@ impl ScanRoot {
 
 /// Every region's marker, by region.
 pub fn markers(regions: &[&str]) -> BTreeMap<String, String> {
-    regions.iter().map(|r| ((*r).to_owned(), workload::pii_marker(r))).collect()
+    regions.iter().map(|r| ((*r).to_owned(), pii_marker(r))).collect()
 }
 
 /// Scans every file under `roots` for every marker of `markers` (region →
@@ -79,6 +102,8 @@ pub fn scan_in_chunks(roots: &[ScanRoot], markers: &BTreeMap<String, String>, ch
         for path in files {
             let found = match searcher.file(&path) {
                 Ok(found) => found,
+                // Listed, then removed (a running node compacts): it holds nothing now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     out.not_scanned.push(format!("{}: {e}", path.display()));
                     continue;
@@ -113,7 +138,10 @@ pub fn scan_in_chunks(roots: &[ScanRoot], markers: &BTreeMap<String, String>, ch
 
 /// Every regular file under `path` (itself, if it is one), in name order;
 /// symbolic links and special files are skipped. A directory that cannot be
-/// listed is an error (the files listed so far are kept).
+/// listed is an error (the files listed so far are kept); an entry removed
+/// after its directory was listed is skipped, as is a file removed after it
+/// was listed (a running node's compaction removes files; a stopped mesh's
+/// files stay put).
 fn walk(path: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     let kind = std::fs::symlink_metadata(path)?.file_type();
     if kind.is_file() {
@@ -126,7 +154,11 @@ fn walk(path: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     let mut entries = std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?;
     entries.sort();
     for entry in entries {
-        walk(&entry, files)?;
+        match walk(&entry, files) {
+            // Listed, then removed by a running node: nothing to read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            walked => walked?,
+        }
     }
     Ok(())
 }
@@ -249,7 +281,7 @@ mod tests {
         let data = node_dir(dir.path());
         let mut text = b"segment header ".to_vec();
         let offset = text.len() as u64;
-        text.extend_from_slice(workload::payer_fields(A, 3, 17)[1].replace("acct-", "").as_bytes());
+        text.extend_from_slice(payer_fields(A, 3, 17)[1].replace("acct-", "").as_bytes());
         text.extend_from_slice(b" more bytes");
         std::fs::write(data.join("raft/segment-000001"), &text).expect("write");
         let scan = scan(&[ScanRoot::new(B, "1", &data)], &world());
@@ -268,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_marker_across_a_chunk_edge_is_found_once() {
-        let marker = workload::pii_marker(A);
+        let marker = pii_marker(A);
         // With 1 MiB chunks, and with tiny ones where every marker crosses
         // several edges and several lie in one chunk's carried bytes.
         for (chunk, starts) in [(CHUNK_BYTES, vec![CHUNK_BYTES - 5, 2 * CHUNK_BYTES - 1]), (7, vec![0, 30, 52, 74])] {
@@ -291,7 +323,7 @@ mod tests {
     fn a_regions_own_marker_in_its_own_files_is_no_violation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = node_dir(dir.path());
-        let [name, account, reference] = workload::payer_fields(B, 1, 2);
+        let [name, account, reference] = payer_fields(B, 1, 2);
         std::fs::write(data.join("raft/segment-000001"), format!("{name}\n{account}\n{reference}")).expect("write");
         let log = dir.path().join(B).join("node-1.log");
         std::fs::write(&log, format!("a line about {account}")).expect("write");
@@ -329,7 +361,7 @@ mod tests {
             for (other, theirs) in &all {
                 assert!(other == region || !marker.contains(theirs.as_str()), "{marker} holds {theirs}");
             }
-            let fields = workload::payer_fields(region, 1, 1);
+            let fields = payer_fields(region, 1, 1);
             assert!(fields.iter().all(|f| f.contains(marker.as_str())), "{fields:?}");
         }
     }
