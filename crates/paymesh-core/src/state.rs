@@ -839,18 +839,32 @@ impl<A, B> TimeKeyed for (Timestamp, A, B) {
     }
 }
 
-/// The business code for a ledger refusal. Only some can arise from valid
-/// commands; the rest would be bugs and are caught by debug assertions.
+/// The business code for a ledger refusal a valid command can meet: a payer
+/// short of its position and cap (`ExceedsCredits`), a cap lowered below
+/// what the position already uses (`PolicyViolatedByBalances`), a balance at
+/// its bound (`BalanceOverflow`). Every other refusal is one the state
+/// machine checked for before asking the ledger (currencies, amounts,
+/// accounts, entry ids, pending legs): meeting one is a bug in this code,
+/// the same on every replica, and applying on would leave the books other
+/// than the checks said. It panics, in release builds too, so the region
+/// stops applying rather than answer with a made-up refusal.
+#[track_caller]
 fn ledger_code(reason: LedgerReject) -> RejectCode {
     match reason {
         LedgerReject::ExceedsCredits | LedgerReject::PolicyViolatedByBalances => RejectCode::InsufficientPosition,
         LedgerReject::BalanceOverflow => RejectCode::BalanceOverflow,
-        LedgerReject::CurrencyMismatch => RejectCode::CurrencyMismatch,
-        other => {
-            debug_assert!(false, "unexpected ledger refusal {other:?}");
-            RejectCode::ProtocolViolation
-        }
+        impossible => panic!("the ledger refused what the state machine had checked: {impossible:?}"),
     }
+}
+
+/// Move a participation by the participant's table for an event of this
+/// region's own making, which the table must allow (a bug otherwise).
+fn step_participant(
+    id: &TransferId,
+    from: Option<ParticipantState>,
+    event: ParticipantEvent,
+) -> Step<ParticipantState> {
+    participant_step(from, event).unwrap_or_else(|illegal| panic!("transfer {id}: {illegal}"))
 }
 
 mod coordinator;

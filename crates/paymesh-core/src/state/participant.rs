@@ -8,8 +8,8 @@ impl State {
         let id = &message.transfer;
         if let Some(existing) = self.participations.get(id).cloned().or_else(|| recall_participation(recall, id, now)) {
             // Delivered again or late: answer from the record, change nothing.
-            let step = participant_step(Some(existing.state), ParticipantEvent::Prepare);
-            debug_assert_eq!(step, Ok(Step::Unchanged));
+            let step = step_participant(id, Some(existing.state), ParticipantEvent::Prepare);
+            assert_eq!(step, Step::Unchanged, "transfer {id}: a Prepare again moves nothing");
             if existing.prepare.as_ref().is_some_and(|recorded| recorded != message) {
                 // The same transfer id with other content: the coordinator broke the protocol.
                 return PrepareReply::Rejected(RejectCode::ProtocolViolation);
@@ -22,12 +22,13 @@ impl State {
                 ParticipantState::Tombstone => PrepareReply::Rejected(RejectCode::AbortedBeforePrepare),
             };
         }
-        let (state, reason) = match self.reserve_payout(message, now) {
-            Ok(()) => (ParticipantState::Prepared, None),
-            Err(code) => (ParticipantState::Aborted, Some(code)),
+        let (event, reason) = match self.reserve_payout(message, now) {
+            Ok(()) => (ParticipantEvent::Prepare, None),
+            Err(code) => (ParticipantEvent::PrepareRefused, Some(code)),
         };
-        let event = if reason.is_none() { ParticipantEvent::Prepare } else { ParticipantEvent::PrepareRefused };
-        debug_assert_eq!(participant_step(None, event), Ok(Step::Move(state)));
+        let Step::Move(state) = step_participant(id, None, event) else {
+            panic!("transfer {id}: a first Prepare records a participation");
+        };
         self.journal.push(Record::Listed { partner: message.payee.clone(), transfer: id.clone(), at: now });
         let participation =
             Participation { state, reason, prepare: Some(message.clone()), created_at: now, updated_at: now };

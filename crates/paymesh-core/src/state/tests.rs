@@ -1906,3 +1906,39 @@ fn operator_commands_are_audited_with_who_issued_them() {
     assert!(matches!(audit[3], (Some("ops-alice"), _, CommandBody::ByOperator { .. }, Outcome::Rejected(_))));
     assert!(matches!(audit[4], (None, _, CommandBody::SetPartnerStatus { .. }, Outcome::Done)));
 }
+
+/// The ledger refusals a valid command can meet have business codes (each
+/// is met by a command in `operator_commands_validate_against_the_state` and
+/// `every_business_reject_code_is_reachable`); every other one panics, in
+/// release builds too, rather than be answered as if it were the caller's
+/// fault. The fuzzing target `apply_batches` and the simulation apply
+/// arbitrary and adversarial commands with this rule in force.
+#[test]
+fn a_ledger_refusal_the_state_checked_for_stops_the_replica() {
+    let reachable = [
+        (LedgerReject::ExceedsCredits, RejectCode::InsufficientPosition),
+        (LedgerReject::PolicyViolatedByBalances, RejectCode::InsufficientPosition),
+        (LedgerReject::BalanceOverflow, RejectCode::BalanceOverflow),
+    ];
+    for &reason in LedgerReject::ALL {
+        let answered = std::panic::catch_unwind(|| ledger_code(reason));
+        match reachable.iter().find(|(r, _)| *r == reason) {
+            Some((_, code)) => assert_eq!(answered.ok(), Some(*code), "{reason:?}"),
+            None => assert!(answered.is_err(), "{reason:?} is answered as {answered:?}, not a stop"),
+        }
+    }
+}
+
+/// The participant's table decides a first Prepare's state, and a Prepare
+/// again leaves the recorded state as it is.
+#[test]
+fn the_participants_table_drives_its_prepare() {
+    let id = TransferId::new(region("us-west"), 1);
+    assert_eq!(step_participant(&id, None, ParticipantEvent::Prepare), Step::Move(ParticipantState::Prepared));
+    assert_eq!(step_participant(&id, None, ParticipantEvent::PrepareRefused), Step::Move(ParticipantState::Aborted));
+    for state in ParticipantState::ALL {
+        assert_eq!(step_participant(&id, Some(state), ParticipantEvent::Prepare), Step::Unchanged);
+    }
+    let illegal = std::panic::catch_unwind(|| step_participant(&id, None, ParticipantEvent::Commit));
+    assert!(illegal.is_err(), "a local event the table forbids is a bug, not an answer");
+}
