@@ -8,15 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use paymesh_core::command::CommandBody;
 use paymesh_core::id::{PartnerId, RegionId};
 use paymesh_core::partner::{BusinessStatus, PartnerLimits};
-use paymesh_core::{Outcome, RejectCode, Timestamp};
+use paymesh_core::{Outcome, RejectCode, State, Timestamp};
 use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
-use crate::actors::registry::{OperatorRequest, PartnerRequest};
-use crate::actors::{Refusal, RegistryAddr};
+use crate::actors::{Refusal, Registry};
 use crate::engine::admission;
 use crate::identity::{Authenticator, Identity};
 use crate::members::Members;
@@ -43,7 +42,7 @@ pub struct Gateway {
     /// The trace contexts of recent transfers (see [`crate::telemetry`]).
     pub traces: Arc<Traces>,
     /// The leader's actors.
-    pub registry: RegistryAddr,
+    pub registry: Registry,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -195,31 +194,31 @@ impl Gateway {
     /// ([`admission::link_refuses`]). A transfer request the region has
     /// seen before is let through, so a retry still gets its recorded
     /// outcome.
-    fn check_link(&self, body: &CommandBody) -> Result<(), Status> {
-        let applied = self.state_machine.applied();
+    fn check_link(&self, body: &CommandBody, state: &State) -> Result<(), Status> {
         let refuses = |region: &RegionId| self.links.check(region).err();
-        match admission::link_refuses(body, &applied.state, self.state_machine.history(), refuses) {
+        match admission::link_refuses(body, state, self.state_machine.history(), refuses) {
             Some(status) => Err(status),
             None => Ok(()),
         }
     }
 
-    /// Submit a partner's command through its actor; the outcome once applied.
+    /// Submit a partner's command to its actor; the outcome once applied.
+    /// One copy of the applied state decides whether the destination's link
+    /// refuses it and which actor prices a quote.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
-        self.check_link(&body)?;
         let (reply, outcome) = oneshot::channel();
-        let request = PartnerRequest { partner, body, now: now(), reply };
-        self.registry.send(request).await.map_err(|_| Status::unavailable("the actor system has stopped"))?;
+        {
+            let applied = self.state_machine.applied();
+            self.check_link(&body, &applied.state)?;
+            self.registry.submit(&partner, body, &applied.state, now(), reply);
+        }
         outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
     }
 
     /// Propose an operator's command; the outcome once applied.
     pub async fn operate(&self, body: CommandBody) -> Result<Outcome, Status> {
         let (reply, outcome) = oneshot::channel();
-        self.registry
-            .send(OperatorRequest { body, reply })
-            .await
-            .map_err(|_| Status::unavailable("the actor system has stopped"))?;
+        self.registry.operate(body, reply);
         outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
     }
 

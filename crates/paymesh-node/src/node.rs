@@ -19,8 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::actors;
-use crate::actors::registry::Leadership;
-use crate::actors::EntriesApplied;
 use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
 use crate::config::NodeConfig;
@@ -418,12 +416,11 @@ impl Node {
         let raft_stopped = async move { while server_metrics.changed().await.is_ok() {} };
         // So does the actor system ending (a panic on its thread, or a stop):
         // a leader without its proposer would refuse every write while still
-        // holding leadership. Its registry lives as long as the system, so
-        // the registry's mailbox closing is the signal.
+        // holding leadership. Its arbiter refusing work is the signal.
         let registry = gateway.registry.clone();
         let actors_stopped = async move {
             let mut check = tokio::time::interval(ACTORS_CHECK_INTERVAL);
-            while registry.connected() {
+            while registry.running() {
                 check.tick().await;
             }
         };
@@ -632,7 +629,7 @@ async fn follow_leadership(gateway: Gateway) {
         };
         if now_leading != leading {
             leading = now_leading;
-            registry.do_send(Leadership(leading));
+            registry.lead(leading);
             for shipper in shippers.drain(..) {
                 shipper.abort();
             }
@@ -649,7 +646,7 @@ async fn follow_leadership(gateway: Gateway) {
                 changed = server.changed() => changed.is_err(),
                 changed = applied.changed() => {
                     if changed.is_ok() {
-                        registry.do_send(EntriesApplied);
+                        registry.entries_applied();
                     }
                     false
                 }
@@ -658,7 +655,7 @@ async fn follow_leadership(gateway: Gateway) {
             server.changed().await.is_err()
         };
         if stopped {
-            registry.do_send(Leadership(None));
+            registry.lead(None);
             for shipper in shippers.drain(..) {
                 shipper.abort();
             }

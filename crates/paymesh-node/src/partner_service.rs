@@ -22,7 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::actors::partner::SUBSCRIBER_BUFFER_EVENTS;
-use crate::actors::registry::SubscribeEvents;
 use crate::actors::Refusal;
 use crate::convert::{self, invalid};
 use crate::gateway::Gateway;
@@ -289,17 +288,16 @@ impl PartnerService for PartnerServer {
             return Err(Status::out_of_range(format!("from_cursor {after} is beyond the newest event {newest}")));
         }
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER_EVENTS);
-        let subscribe = SubscribeEvents { partner, after, events: sender };
-        match self.gateway.registry.send(subscribe).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(expired))) => {
+        match self.gateway.registry.subscribe(&partner, after, sender).await {
+            Ok(Ok(())) => {}
+            Ok(Err(expired)) => {
                 return Err(Status::out_of_range(format!(
                     "from_cursor {}: events before {} are no longer retained; reconcile with ListTransfers",
                     expired.requested, expired.oldest
                 )))
             }
-            Ok(Err(Refusal::Overloaded(why))) => return Err(Status::resource_exhausted(why)),
-            Ok(Err(_)) | Err(_) => return Err(self.gateway.not_leader()),
+            Err(Refusal::Overloaded(why)) => return Err(Status::resource_exhausted(why)),
+            Err(_) => return Err(self.gateway.not_leader()),
         }
         let events = ReceiverStream::new(receiver)
             .map(|event| Ok(wire::StreamEventsResponse { event: Some(convert::event_out(&event)) }));

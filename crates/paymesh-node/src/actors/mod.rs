@@ -1,14 +1,14 @@
-//! The leader's actors (actix): a registry that follows leadership, the
-//! group-commit [`proposer`], and an actor per [`partner`] and per
-//! [`corridor`].
+//! The leader's actors (actix): the group-commit [`proposer`], and an actor
+//! per [`partner`] and per [`corridor`], held by the [`registry`] of the
+//! current leadership term.
 //!
 //! They run on one actix `System` on its own thread (actix cannot start
 //! actors on tokio's worker threads) and are reached from the gRPC handlers
-//! through `Addr`s. Actors exist only while this node leads: on gaining
-//! leadership the registry starts a proposer for the new term; on losing it,
-//! it stops every actor, and the waiting requests are told this node is no
-//! longer the leader. Actors rebuild what they need from the state machine,
-//! which stays the source of truth.
+//! through `Addr`s the registry hands out. Actors exist only while this node
+//! leads: on gaining leadership the registry starts a proposer for the new
+//! term; on losing it, it stops every actor, and the waiting requests are
+//! told this node is no longer the leader. Actors rebuild what they need
+//! from the state machine, which stays the source of truth.
 
 // Actors and their messages hold addresses, Raft handles and reply channels;
 // none is ever printed, so they do not implement Debug.
@@ -106,26 +106,21 @@ impl Drop for Reply {
     }
 }
 
-/// A handle on the registry, cheap to clone.
-pub type RegistryAddr = Addr<Registry>;
-
 /// Start the actor system on its own thread, its actors made with
-/// `setting`; returns the registry's address and the thread (joined on
-/// shutdown).
-pub fn start(setting: Setting) -> std::io::Result<(RegistryAddr, ActorThread)> {
+/// `setting`; returns the registry and the thread (joined on shutdown).
+pub fn start(setting: Setting) -> std::io::Result<(Registry, ActorThread)> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("paymesh-actors".into()).spawn(move || {
         let system = System::new();
         system.block_on(async move {
-            let registry = Registry::new(setting).start();
-            let _ = sender.send((registry, System::current()));
+            let _ = sender.send((Arbiter::current(), System::current()));
         });
         if let Err(e) = system.run() {
             tracing::error!(%e, "actor system stopped with an error");
         }
     })?;
-    let (registry, system) = receiver.recv().map_err(|_| std::io::Error::other("the actor system did not start"))?;
-    Ok((registry, ActorThread { system, thread: Some(thread) }))
+    let (arbiter, system) = receiver.recv().map_err(|_| std::io::Error::other("the actor system did not start"))?;
+    Ok((Registry::new(setting, arbiter), ActorThread { system, thread: Some(thread) }))
 }
 
 /// The actor system's thread; stops the system when dropped.

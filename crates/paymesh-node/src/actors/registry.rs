@@ -1,14 +1,24 @@
-//! The registry: follows this node's leadership and routes requests to the
-//! right actor, creating partner and corridor actors on first use.
+//! The registry: the actors of this node's current leadership term, reached
+//! directly by whoever has a request for them.
+//!
+//! It is a handle, not an actor: the gateway sends a partner's request
+//! straight to the partner's actor (made on first use, on the actor
+//! system's thread) and an operator's command straight to the proposer, so
+//! a request crosses one mailbox before the proposer's, not two. The
+//! leadership follower ([`Registry::lead`]) replaces the term's actors when
+//! this node gains leadership and drops them when it loses it: the proposer
+//! refuses what it holds, and partner and corridor actors stop once the
+//! last address is dropped (their subscribers' channels close).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use actix::prelude::*;
 use paymesh_core::command::CommandBody;
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::PartnerId;
 use paymesh_core::state::{CursorExpired, Event};
-use paymesh_core::Timestamp;
+use paymesh_core::{State, Timestamp};
 use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::sync::mpsc;
@@ -19,53 +29,12 @@ use super::proposer::{self, Proposer};
 use super::{Answer, EntriesApplied, Refusal, Reply};
 use crate::engine::fair::Lane;
 
-/// This node's leadership changed: `Some(term)` when it leads in `term`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leadership(pub Option<u64>);
-
-/// A partner's command (a quote or a transfer).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PartnerRequest {
-    /// The partner, from its certificate.
-    pub partner: PartnerId,
-    /// The command.
-    pub body: CommandBody,
-    /// The leader's time, for quote pricing.
-    pub now: Timestamp,
-    /// Where the outcome goes.
-    pub reply: Answer,
-}
-
-/// An operator's command, proposed directly.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct OperatorRequest {
-    /// The command.
-    pub body: CommandBody,
-    /// Where the outcome goes.
-    pub reply: Answer,
-}
-
-/// Stream a partner's events after a cursor.
-#[derive(Message)]
-#[rtype(result = "Result<Result<(), CursorExpired>, Refusal>")]
-pub struct SubscribeEvents {
-    /// The partner, from its certificate.
-    pub partner: PartnerId,
-    /// The last cursor seen.
-    pub after: u64,
-    /// Where events go.
-    pub events: mpsc::Sender<Event>,
-}
-
 /// The actors of one leadership term.
 struct Term {
     term: u64,
     proposer: Addr<Proposer>,
-    partners: HashMap<PartnerId, Addr<PartnerActor>>,
-    corridors: HashMap<CorridorId, Addr<CorridorActor>>,
+    partners: Mutex<HashMap<PartnerId, Addr<PartnerActor>>>,
+    corridors: Mutex<HashMap<CorridorId, Addr<CorridorActor>>>,
 }
 
 /// What the leader's actors are made with.
@@ -82,153 +51,153 @@ pub struct Setting {
     pub event_streams_per_partner_max: usize,
 }
 
-/// Routes requests to the actors of the current term.
-pub struct Registry {
+struct Shared {
     setting: Setting,
-    current: Option<Term>,
+    /// The actor system's arbiter, where the term's actors run.
+    arbiter: ArbiterHandle,
+    current: RwLock<Option<Arc<Term>>>,
+}
+
+/// The actors of the current term; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
 }
 
 impl Registry {
-    /// A registry whose actors are made with `setting`; it starts as a
-    /// follower.
-    pub fn new(setting: Setting) -> Registry {
-        Registry { setting, current: None }
+    /// A registry whose actors are made with `setting` and run on
+    /// `arbiter`; it starts as a follower's, with none.
+    pub fn new(setting: Setting, arbiter: ArbiterHandle) -> Registry {
+        Registry { shared: Arc::new(Shared { setting, arbiter, current: RwLock::new(None) }) }
     }
 
-    fn partner(&mut self, id: &PartnerId) -> Result<Addr<PartnerActor>, Refusal> {
-        let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
-        let (state, proposer) = (self.setting.state_machine.clone(), term.proposer.clone());
-        let streams_max = self.setting.event_streams_per_partner_max;
-        Ok(term
-            .partners
-            .entry(id.clone())
-            .or_insert_with(|| PartnerActor::new(id.clone(), state, proposer, streams_max).start())
-            .clone())
+    fn term(&self) -> Result<Arc<Term>, Refusal> {
+        self.shared.current.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or(Refusal::NotLeader)
     }
 
-    fn corridor(&mut self, id: &CorridorId) -> Result<Addr<CorridorActor>, Refusal> {
-        let term = self.current.as_mut().ok_or(Refusal::NotLeader)?;
-        let (state, proposer) = (self.setting.state_machine.clone(), term.proposer.clone());
-        Ok(term
-            .corridors
+    /// This node's leadership changed: `Some(term)` when it leads in `term`.
+    pub fn lead(&self, leading: Option<u64>) {
+        let mut current = self.shared.current.write().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(term), Some(held)) = (leading, current.as_ref()) {
+            if held.term == term {
+                return;
+            }
+        }
+        if let Some(ended) = current.take() {
+            tracing::info!(term = ended.term, "leadership lost: stopping the leader's actors");
+            ended.proposer.do_send(proposer::Stop);
+        }
+        if let Some(term) = leading {
+            let setting = &self.shared.setting;
+            let proposer = Proposer::new(
+                setting.raft.clone(),
+                setting.state_machine.clone(),
+                setting.node_id,
+                setting.group_commit_interval,
+            );
+            let session = proposer.session();
+            let proposer = Proposer::start_in_arbiter(&self.shared.arbiter, move |_| proposer);
+            tracing::info!(term, session, "leading: proposer started");
+            let partners = Mutex::new(HashMap::new());
+            *current = Some(Arc::new(Term { term, proposer, partners, corridors: Mutex::new(HashMap::new()) }));
+        }
+    }
+
+    /// Whether the actor system still runs (it ends on a panic on its
+    /// thread, or a stop).
+    pub fn running(&self) -> bool {
+        self.shared.arbiter.spawn(async {})
+    }
+
+    /// New entries were applied on this node: every partner actor pushes
+    /// new events to its subscribers.
+    pub fn entries_applied(&self) {
+        let Ok(term) = self.term() else { return };
+        for partner in term.partners.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            partner.do_send(EntriesApplied);
+        }
+    }
+
+    fn partner(&self, term: &Term, id: &PartnerId) -> Addr<PartnerActor> {
+        let mut partners = term.partners.lock().unwrap_or_else(PoisonError::into_inner);
+        partners
             .entry(id.clone())
-            .or_insert_with(|| CorridorActor::new(id.clone(), state, proposer).start())
-            .clone())
+            .or_insert_with(|| {
+                let setting = &self.shared.setting;
+                let actor = PartnerActor::new(
+                    id.clone(),
+                    setting.state_machine.clone(),
+                    term.proposer.clone(),
+                    setting.event_streams_per_partner_max,
+                );
+                PartnerActor::start_in_arbiter(&self.shared.arbiter, move |_| actor)
+            })
+            .clone()
+    }
+
+    fn corridor(&self, term: &Term, id: &CorridorId) -> Addr<CorridorActor> {
+        let mut corridors = term.corridors.lock().unwrap_or_else(PoisonError::into_inner);
+        corridors
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let actor =
+                    CorridorActor::new(id.clone(), self.shared.setting.state_machine.clone(), term.proposer.clone());
+                CorridorActor::start_in_arbiter(&self.shared.arbiter, move |_| actor)
+            })
+            .clone()
     }
 
     /// Where a partner's command goes once admitted: quotes to their
-    /// corridor's actor when the corridor can be named, the rest to the proposer.
-    fn route(&mut self, partner: &PartnerId, body: &CommandBody, now: Timestamp) -> Result<Route, Refusal> {
-        let CommandBody::CreateQuote { payee, amount, .. } = body else { return Ok(Route::Proposer) };
-        let applied = self.setting.state_machine.applied();
-        let (Some(partner), Some(payee)) = (applied.state.partner(partner), applied.state.lookup_payee(payee)) else {
+    /// corridor's actor when `state` names the corridor, the rest to the
+    /// proposer.
+    fn route(&self, term: &Term, state: &State, partner: &PartnerId, body: &CommandBody, now: Timestamp) -> Route {
+        let CommandBody::CreateQuote { payee, amount, .. } = body else { return Route::Proposer };
+        let (Some(partner), Some(payee)) = (state.partner(partner), state.lookup_payee(payee)) else {
             // The state machine gives the precise refusal.
-            return Ok(Route::Proposer);
+            return Route::Proposer;
         };
         let corridor = CorridorId {
-            source_region: applied.state.region().clone(),
+            source_region: state.region().clone(),
             source_currency: partner.config.currency,
             destination_region: payee.region,
             destination_currency: payee.currency,
         };
-        Ok(Route::Corridor { actor: self.corridor(&corridor)?, amount: *amount, now })
+        Route::Corridor { actor: self.corridor(term, &corridor), amount: *amount, now }
     }
 
-    fn stop_term(&mut self) {
-        if let Some(term) = self.current.take() {
-            tracing::info!(term = term.term, "leadership lost: stopping the leader's actors");
-            term.proposer.do_send(proposer::Stop);
-            // Partner and corridor actors stop when their addresses are dropped;
-            // their subscribers' channels close, and streams end with UNAVAILABLE.
-        }
-    }
-}
-
-impl Actor for Registry {
-    type Context = Context<Self>;
-}
-
-impl Handler<Leadership> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, message: Leadership, _ctx: &mut Context<Self>) {
-        match (message.0, self.current.as_ref().map(|t| t.term)) {
-            (Some(term), Some(current)) if term == current => {}
-            (Some(term), _) => {
-                self.stop_term();
-                let proposer = Proposer::new(
-                    self.setting.raft.clone(),
-                    self.setting.state_machine.clone(),
-                    self.setting.node_id,
-                    self.setting.group_commit_interval,
-                );
-                let session = proposer.session();
-                let proposer = proposer.start();
-                tracing::info!(term, session, "leading: proposer started");
-                self.current = Some(Term { term, proposer, partners: HashMap::new(), corridors: HashMap::new() });
-            }
-            (None, _) => self.stop_term(),
-        }
-    }
-}
-
-impl Handler<EntriesApplied> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, _: EntriesApplied, _ctx: &mut Context<Self>) {
-        if let Some(term) = &self.current {
-            for partner in term.partners.values() {
-                partner.do_send(EntriesApplied);
-            }
-        }
-    }
-}
-
-impl Handler<PartnerRequest> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, message: PartnerRequest, _ctx: &mut Context<Self>) {
-        let routed = self.route(&message.partner, &message.body, message.now).and_then(|route| {
-            let actor = self.partner(&message.partner)?;
-            Ok((route, actor))
-        });
-        match routed {
-            Ok((route, actor)) => actor.do_send(Submit { body: message.body, route, reply: message.reply }),
+    /// Send a partner's command (a quote or a transfer) to its actor, routed
+    /// by `state` (the applied state the caller checked it against); its
+    /// outcome goes to `reply`.
+    pub fn submit(&self, partner: &PartnerId, body: CommandBody, state: &State, now: Timestamp, reply: Answer) {
+        let term = match self.term() {
+            Ok(term) => term,
             Err(refusal) => {
-                let _ = message.reply.send(Err(refusal));
+                let _ = reply.send(Err(refusal));
+                return;
+            }
+        };
+        let route = self.route(&term, state, partner, &body, now);
+        self.partner(&term, partner).do_send(Submit { body, route, reply });
+    }
+
+    /// Propose an operator's command; its outcome goes to `reply`.
+    pub fn operate(&self, body: CommandBody, reply: Answer) {
+        match self.term() {
+            Ok(term) => term.proposer.do_send(proposer::Propose { lane: Lane::Region, body, reply: Reply::new(reply) }),
+            Err(refusal) => {
+                let _ = reply.send(Err(refusal));
             }
         }
     }
-}
 
-impl Handler<OperatorRequest> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, message: OperatorRequest, _ctx: &mut Context<Self>) {
-        match &self.current {
-            Some(term) => term.proposer.do_send(proposer::Propose {
-                lane: Lane::Region,
-                body: message.body,
-                reply: Reply::new(message.reply),
-            }),
-            None => {
-                let _ = message.reply.send(Err(Refusal::NotLeader));
-            }
-        }
-    }
-}
-
-impl Handler<SubscribeEvents> for Registry {
-    type Result = ResponseFuture<Result<Result<(), CursorExpired>, Refusal>>;
-
-    fn handle(&mut self, message: SubscribeEvents, _ctx: &mut Context<Self>) -> Self::Result {
-        let actor = self.partner(&message.partner);
-        Box::pin(async move {
-            let actor = actor?;
-            actor
-                .send(partner::Subscribe { after: message.after, events: message.events })
-                .await
-                .unwrap_or(Err(Refusal::NotLeader))
-        })
+    /// Stream `partner`'s events with a cursor above `after` to `events`.
+    pub async fn subscribe(
+        &self,
+        partner: &PartnerId,
+        after: u64,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Result<(), CursorExpired>, Refusal> {
+        let actor = self.partner(&*self.term()?, partner);
+        actor.send(partner::Subscribe { after, events }).await.unwrap_or(Err(Refusal::NotLeader))
     }
 }
