@@ -3,8 +3,8 @@
 //!
 //! It is a handle, not an actor: the gateway sends a partner's request
 //! straight to the partner's actor (made on first use, on the actor
-//! system's thread) and an operator's command straight to the proposer, so
-//! a request crosses one mailbox before the proposer's, not two. The
+//! system's thread), so a request crosses one mailbox before the
+//! proposer's, not two, and waits for nobody's acknowledgement. The
 //! leadership follower ([`Registry::lead`]) replaces the term's actors when
 //! this node gains leadership and drops them when it loses it: the proposer
 //! refuses what it holds, and partner and corridor actors stop once the
@@ -110,12 +110,16 @@ impl Registry {
     }
 
     /// New entries were applied on this node: every partner actor pushes
-    /// new events to its subscribers.
+    /// new events to its subscribers. The notices are sent from the actor
+    /// system's thread, in one task.
     pub fn entries_applied(&self) {
         let Ok(term) = self.term() else { return };
-        for partner in term.partners.lock().unwrap_or_else(PoisonError::into_inner).values() {
-            partner.do_send(EntriesApplied);
-        }
+        let partners: Vec<_> = term.partners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        self.shared.arbiter.spawn(async move {
+            for partner in partners {
+                partner.do_send(EntriesApplied);
+            }
+        });
     }
 
     fn partner(&self, term: &Term, id: &PartnerId) -> Addr<PartnerActor> {
@@ -180,10 +184,20 @@ impl Registry {
         self.partner(&term, partner).do_send(Submit { body, route, reply });
     }
 
-    /// Propose an operator's command; its outcome goes to `reply`.
+    /// Propose an operator's command (an operator's, or the shipper's and
+    /// the receiver's); its outcome goes to `reply`. It is handed to the
+    /// actor system's thread in a task that sends it on to the proposer
+    /// there: sent from tokio's threads straight into the proposer's
+    /// mailbox, the cross-border benchmark committed 5 % less in each of
+    /// six rounds (docs/BENCHMARKS.md, "The registry's hop").
     pub fn operate(&self, body: CommandBody, reply: Answer) {
         match self.term() {
-            Ok(term) => term.proposer.do_send(proposer::Propose { lane: Lane::Region, body, reply: Reply::new(reply) }),
+            Ok(term) => {
+                let proposer = term.proposer.clone();
+                self.shared.arbiter.spawn(async move {
+                    proposer.do_send(proposer::Propose { lane: Lane::Region, body, reply: Reply::new(reply) })
+                });
+            }
             Err(refusal) => {
                 let _ = reply.send(Err(refusal));
             }
