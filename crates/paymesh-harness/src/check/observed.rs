@@ -17,7 +17,7 @@ impl Checker for Observed {
     }
 
     fn describe(&self) -> &'static str {
-        "the run observed what every region holds after the faults healed"
+        "the run observed what every region holds once its work stopped and any faults healed"
     }
 
     fn check(&self, history: &History) -> Vec<Violation> {

@@ -16,7 +16,7 @@ impl Checker for Resolution {
     }
 
     fn describe(&self) -> &'static str {
-        "every transfer is final within the bound after the faults healed"
+        "every transfer is final within the bound once the work stopped and any faults healed"
     }
 
     fn check(&self, history: &History) -> Vec<Violation> {
