@@ -135,8 +135,19 @@ pub async fn region_now(name: &str, region: &LocalRegion, partners: Partners<'_>
     for (_, partner, currency, prefund) in partners.wallets.iter().filter(|w| w.0 == name) {
         out.top_ups.entry((*partner).to_owned()).or_default().insert((*currency).to_owned(), Decimal::new(*prefund, 2));
     }
+    // Any node answers the summary from its own applied state, which may lag
+    // (a node just restarted replays its log): it counts only if taken at or
+    // after the index every replica had reached, and so after every write
+    // the transfers and positions read above reflect.
+    out.replicas = replicas(region).await?;
+    let reached = out.replicas.iter().map(|r| r.applied_index).max().unwrap_or(0);
     let summary =
         region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await?;
+    anyhow::ensure!(
+        summary.applied_index >= reached,
+        "{name}'s ledger summary came from a node at index {}, behind the replicas' {reached}",
+        summary.applied_index
+    );
     for totals in &summary.currencies {
         let value = |m| amount_of(m).map(|a| a.amount).context("ledger totals with every amount");
         out.ledger.insert(
@@ -149,7 +160,6 @@ pub async fn region_now(name: &str, region: &LocalRegion, partners: Partners<'_>
             },
         );
     }
-    out.replicas = replicas(region).await?;
     Ok(out)
 }
 
