@@ -282,6 +282,26 @@ pub(crate) enum PositionCommand {
         #[arg(long)]
         reference: String,
     },
+    /// Debit a partner's posted balance for prefunding paid back to it
+    /// outside paymesh: at most what the position holds beyond the debits
+    /// reserved for transfers in flight. Idempotent by --reference.
+    FundOut {
+        #[command(flatten)]
+        target: Target,
+        /// The partner id.
+        #[arg(long)]
+        partner: String,
+        /// The amount, a positive decimal.
+        #[arg(long)]
+        amount: String,
+        /// ISO 4217 code; the partner's settlement currency.
+        #[arg(long)]
+        currency: String,
+        /// The withdrawal's unique reference (the outgoing bank transfer's
+        /// id, say); a repeat with the same reference debits nothing more.
+        #[arg(long)]
+        reference: String,
+    },
 }
 
 /// `paymesh route …`
@@ -667,17 +687,38 @@ pub(crate) async fn fx(command: FxCommand) -> anyhow::Result<()> {
 
 /// Run `paymesh position …`.
 pub(crate) async fn position(command: PositionCommand) -> anyhow::Result<()> {
-    let PositionCommand::TopUp { target, partner, amount, currency, reference } = command;
-    let request =
-        wire::TopUpPositionRequest { partner_id: partner.clone(), amount: money(&amount, &currency), reference };
-    let answer = call(&target, |mut c| {
-        let request = request.clone();
-        async move { c.top_up_position(request).await }
-    })
-    .await?;
-    accepted(answer.reject_code)?;
-    let position = answer.position.context("the node credited the position but did not return it")?;
-    println!("credited {partner}");
+    let (position, done, partner) = match command {
+        PositionCommand::TopUp { target, partner, amount, currency, reference } => {
+            let request = wire::TopUpPositionRequest {
+                partner_id: partner.clone(),
+                amount: money(&amount, &currency),
+                reference,
+            };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.top_up_position(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            (answer.position, "credited", partner)
+        }
+        PositionCommand::FundOut { target, partner, amount, currency, reference } => {
+            let request = wire::FundOutPositionRequest {
+                partner_id: partner.clone(),
+                amount: money(&amount, &currency),
+                reference,
+            };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.fund_out_position(request).await }
+            })
+            .await?;
+            accepted(answer.reject_code)?;
+            (answer.position, "debited", partner)
+        }
+    };
+    let position = position.with_context(|| format!("the node {done} the position but did not return it"))?;
+    println!("{done} {partner}");
     println!("{}", position_line(&position));
     Ok(())
 }

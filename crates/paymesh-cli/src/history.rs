@@ -418,7 +418,7 @@ fn naming(record: &Record, transfer: &TransferId) -> Option<&'static str> {
         Record::Idempotency { record, .. } => {
             matches!(&record.outcome, Outcome::Transfer(view) if &view.id == transfer).then_some("idempotency")
         }
-        Record::TopUp { .. } | Record::Operator { .. } | Record::Audited { .. } => None,
+        Record::TopUp { .. } | Record::FundOut { .. } | Record::Operator { .. } | Record::Audited { .. } => None,
     }
 }
 

@@ -70,6 +70,43 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     // A repeated top-up reference credits nothing more.
     let out = ok(&region, &top_up);
     assert!(out.contains("posted 500.00 USD"), "{out}");
+    // A fund-out pays some back; repeated, it debits nothing more (the
+    // repeat is a later entry, answered from the node's history).
+    let fund_out = [
+        "position",
+        "fund-out",
+        "--partner",
+        "wallet-a",
+        "--amount",
+        "120.50",
+        "--currency",
+        "USD",
+        "--reference",
+        "wire-out-1",
+    ];
+    let out = ok(&region, &fund_out);
+    assert!(out.contains("debited wallet-a") && out.contains("posted 379.50 USD"), "{out}");
+    let out = ok(&region, &fund_out);
+    assert!(out.contains("posted 379.50 USD"), "{out}");
+    let mut too_much = fund_out;
+    too_much[5] = "379.51";
+    too_much[9] = "wire-out-2";
+    let err = refused(&region, OPERATOR, &too_much);
+    assert!(err.contains("refused: ") && err.contains("INSUFFICIENT_POSITION"), "{err}");
+    let top_up = [
+        "position",
+        "top-up",
+        "--partner",
+        "wallet-a",
+        "--amount",
+        "120.50",
+        "--currency",
+        "USD",
+        "--reference",
+        "wire-2",
+    ];
+    let out = ok(&region, &top_up);
+    assert!(out.contains("posted 500.00 USD"), "{out}");
     let corridor = ["--from", "us-west:USD", "--to", "us-west:USD"];
     let mut upsert = vec!["corridor", "upsert"];
     upsert.extend(corridor);

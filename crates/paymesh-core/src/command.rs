@@ -186,6 +186,20 @@ pub enum CommandBody {
         /// The last index through which the key had no record.
         fresh_through: u64,
     },
+    /// Withdraw prefunding from a partner's position (money leaving by bank
+    /// settlement): the counterpart of [`CommandBody::TopUp`]. Never more
+    /// than the position holds beyond its reserved debits: the net debit
+    /// cap is credit for payments, not money to withdraw.
+    FundOut {
+        /// The partner.
+        partner: PartnerId,
+        /// How much, in the partner's currency.
+        amount: Money,
+        /// The operator's reference (its own space, apart from top-ups');
+        /// repeating it with the same partner and amount is a no-op, with
+        /// anything else a conflict.
+        reference: TopUpRef,
+    },
 }
 
 /// A partner's request to create a transfer.
@@ -413,6 +427,7 @@ impl CommandBody {
             | CommandBody::SetCorridorStatus { .. }
             | CommandBody::SetFxRate { .. }
             | CommandBody::TopUp { .. }
+            | CommandBody::FundOut { .. }
             | CommandBody::UpsertPayeeRoute(_)
             | CommandBody::RemovePayeeRoute { .. }
             | CommandBody::SetPartnerLimits { .. }

@@ -187,6 +187,13 @@ pub enum Record {
         /// What it did.
         outcome: Box<Outcome>,
     },
+    /// A fund-out applied: prefunding withdrawn from a partner's position.
+    FundOut {
+        /// Its reference.
+        reference: TopUpRef,
+        /// What it did (the partner debited, the amount, when).
+        record: TopUpRecord,
+    },
 }
 
 /// What the write path asks history: finished work, as of the start of the
@@ -208,6 +215,8 @@ pub trait Recall {
     fn participation(&self, id: &TransferId) -> Option<Participation>;
     /// The newest top-up under its reference.
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
+    /// The newest fund-out under its reference.
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
     /// The state knows, without asking, that no record was ever written
     /// under a partner's idempotency key before the batch (the leader looked
     /// and the batches since recorded none): a history that keeps what a
@@ -232,6 +241,9 @@ impl Recall for NoHistory {
         None
     }
     fn top_up(&self, _: &TopUpRef) -> Option<TopUpRecord> {
+        None
+    }
+    fn fund_out(&self, _: &TopUpRef) -> Option<TopUpRecord> {
         None
     }
 }
@@ -275,6 +287,7 @@ pub struct MemoryHistory {
     transfers: BTreeMap<TransferId, Vec<(u64, Transfer)>>,
     participations: BTreeMap<TransferId, Vec<(u64, Participation)>>,
     top_ups: BTreeMap<TopUpRef, Vec<(u64, TopUpRecord)>>,
+    fund_outs: BTreeMap<TopUpRef, Vec<(u64, TopUpRecord)>>,
     listed: BTreeMap<(PartnerId, ListToken), TransferId>,
     events: BTreeMap<(PartnerId, u64), Event>,
 }
@@ -326,6 +339,9 @@ impl MemoryHistory {
                         .entry((partner.clone(), key.clone()))
                         .or_default()
                         .push((index, (**record).clone()));
+                }
+                Record::FundOut { reference, record } => {
+                    self.fund_outs.entry(reference.clone()).or_default().push((index, record.clone()));
                 }
                 Record::TopUp { reference, record } => {
                     self.top_ups.entry(reference.clone()).or_default().push((index, record.clone()));
@@ -408,6 +424,9 @@ impl Recall for MemoryRecall<'_> {
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         seen(self.history.top_ups.get(reference), self.before)
     }
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        seen(self.history.fund_outs.get(reference), self.before)
+    }
 }
 
 impl Recall for MemoryHistory {
@@ -422,6 +441,9 @@ impl Recall for MemoryHistory {
     }
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.at(u64::MAX).top_up(reference)
+    }
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        self.at(u64::MAX).fund_out(reference)
     }
 }
 

@@ -186,6 +186,8 @@ pub enum EntryId {
     },
     /// A prefunding top-up, named by the operator's reference.
     TopUp(TopUpRef),
+    /// A fund-out, by its reference.
+    FundOut(TopUpRef),
 }
 
 /// Where an entry stands.

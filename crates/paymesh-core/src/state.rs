@@ -252,6 +252,9 @@ pub struct State {
     /// Top-ups applied in the batch being applied. Empty between batches.
     #[serde(skip)]
     top_ups: BTreeMap<TopUpRef, TopUpRecord>,
+    /// Fund-outs applied in the batch being applied. Empty between batches.
+    #[serde(skip)]
+    fund_outs: BTreeMap<TopUpRef, TopUpRecord>,
     /// The history records of the batch being applied. Empty between batches.
     #[serde(skip)]
     journal: Vec<Record>,
@@ -322,6 +325,7 @@ impl From<StateV4> for State {
             settings: RegionSettings::default(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
+            fund_outs: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         }
@@ -541,6 +545,7 @@ impl State {
             settings: RegionSettings::default(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
+            fund_outs: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         };
@@ -594,6 +599,7 @@ impl State {
             settings: RegionSettings::default(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
+            fund_outs: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         }
@@ -665,6 +671,7 @@ impl State {
         self.recent.finish();
         self.idempotency.clear();
         self.top_ups.clear();
+        self.fund_outs.clear();
         journal
     }
 
@@ -706,6 +713,9 @@ impl State {
             CommandBody::SetFxRate { corridor, rate } => self.set_fx_rate(corridor, rate, now).map(|()| Outcome::Done),
             CommandBody::TopUp { partner, amount, reference } => {
                 self.top_up(partner, *amount, reference, now, recall).map(|()| Outcome::Done)
+            }
+            CommandBody::FundOut { partner, amount, reference } => {
+                self.fund_out(partner, *amount, reference, now, recall).map(|()| Outcome::Done)
             }
             CommandBody::UpsertPayeeRoute(route) => self.upsert_payee_route(route).map(|()| Outcome::Done),
             CommandBody::RemovePayeeRoute { prefix } => {

@@ -304,6 +304,24 @@ impl AdminService for AdminServer {
         Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
     }
 
+    async fn fund_out_position(
+        &self,
+        request: Request<wire::FundOutPositionRequest>,
+    ) -> Result<Response<wire::FundOutPositionResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let amount = convert::money("amount", r.amount.as_ref())?;
+        let reference = convert::top_up_ref("reference", &r.reference)?;
+        let reject_code =
+            self.apply(&operator, CommandBody::FundOut { partner: partner.clone(), amount, reference }).await?;
+        let position = self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
+        Ok(Response::new(wire::FundOutPositionResponse {
+            position: position.filter(|_| reject_code == 0),
+            reject_code,
+        }))
+    }
+
     async fn upsert_payee_route(
         &self,
         request: Request<wire::UpsertPayeeRouteRequest>,

@@ -499,6 +499,7 @@ pub fn entry_id_out(id: &EntryId) -> String {
             format!("{transfer}/{leg}")
         }
         EntryId::TopUp(reference) => format!("top-up/{reference}"),
+        EntryId::FundOut(reference) => format!("fund-out/{reference}"),
     }
 }
 

@@ -26,6 +26,7 @@
 //! T | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished transfers
 //! P | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished participations
 //! U | top-up reference                                 -> (position)...           newest visible wins
+//! W | fund-out reference                                -> (position)...           newest visible wins
 //! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
 //! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
 //! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
@@ -65,8 +66,8 @@
 //! Events are last wins per cursor, as in `MemoryHistory`: a batch that
 //! writes a cursor held already (never in operation, where a partner's
 //! cursors only grow) takes it from the run that held it, which is cut
-//! around it; runs never overlap. Idempotency keys and top-up references
-//! (`I`, `U`) are found through one pointer key each whose value is the
+//! around it; runs never overlap. Idempotency keys, top-up and fund-out
+//! references (`I`, `U`, `W`) are found through one pointer key each whose value is the
 //! position of every record under it, oldest first (almost always one: a
 //! key or a reference is used again only after its window has passed). A
 //! transfer id is its origin region and a sequence number, so finished
@@ -200,6 +201,7 @@ mod space {
     pub(super) const TRANSFER: u8 = b'T';
     pub(super) const PARTICIPATION: u8 = b'P';
     pub(super) const TOP_UP: u8 = b'U';
+    pub(super) const FUND_OUT: u8 = b'W';
     pub(super) const EVENT: u8 = b'E';
     pub(super) const LISTED: u8 = b'L';
     pub(super) const ACCOUNT: u8 = b'A';
@@ -606,7 +608,7 @@ impl GroupOf {
 #[derive(Debug)]
 struct Derivation {
     index: u64,
-    /// Pointers (`I`, `U`; and, when a layout-2 batch is deleted, its `T`
+    /// Pointers (`I`, `U`, `W`; and, when a layout-2 batch is deleted, its `T`
     /// and `P` pointers), each with the seq of the
     /// record that derives it, in order.
     pointers: Vec<(Vec<u8>, u32)>,
@@ -648,6 +650,7 @@ impl Derivation {
             }
             Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
             Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
+            Record::FundOut { reference, .. } => self.pointers.push((named(space::FUND_OUT, reference.as_str()), seq)),
             Record::Event { partner, event } => {
                 self.events.entry(partner.clone()).or_default().insert(event.cursor, seq);
             }
@@ -848,6 +851,7 @@ fn mismatch(key: &[u8], found: &Record) -> HistoryError {
         Record::Participation { .. } => "a participation",
         Record::Idempotency { .. } => "an idempotency record",
         Record::TopUp { .. } => "a top-up",
+        Record::FundOut { .. } => "a fund-out",
         Record::Movement(_) => "a movement",
         Record::Event { .. } => "an event",
         Record::Operator { .. } | Record::Audited { .. } => "an operator command",
@@ -871,7 +875,7 @@ pub fn record_time(record: &Record) -> Timestamp {
         Record::Transfer(transfer) => transfer.view.updated_at.max(transfer.view.created_at),
         Record::Participation { participation, .. } => participation.updated_at.max(participation.created_at),
         Record::Idempotency { record, .. } => record.at,
-        Record::TopUp { record, .. } => record.at,
+        Record::TopUp { record, .. } | Record::FundOut { record, .. } => record.at,
         Record::Movement(movement) => movement.at,
         Record::Event { event, .. } => event.at,
     }
@@ -1467,6 +1471,11 @@ impl History {
         self.at(u64::MAX).get_top_up(reference)
     }
 
+    /// A fund-out by its reference.
+    pub fn get_fund_out(&self, reference: &TopUpRef) -> Result<Option<TopUpRecord>> {
+        self.at(u64::MAX).get_fund_out(reference)
+    }
+
     /// The newest record a pointer key points to that was written before
     /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
@@ -2044,6 +2053,14 @@ impl HistoryAt<'_> {
             other => Err(other),
         })
     }
+
+    /// A fund-out by its reference.
+    pub fn get_fund_out(&self, reference: &TopUpRef) -> Result<Option<TopUpRecord>> {
+        self.find(&named(space::FUND_OUT, reference.as_str()), |found| match found {
+            Record::FundOut { reference: r, record } if r == *reference => Ok(record),
+            other => Err(other),
+        })
+    }
 }
 
 /// Panics on a storage failure: see the module documentation.
@@ -2059,6 +2076,9 @@ impl Recall for HistoryAt<'_> {
     }
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         or_stop(self.get_top_up(reference))
+    }
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        or_stop(self.get_fund_out(reference))
     }
     /// Kept for the batch's write as an empty pointer: the write then adds
     /// the key's first position without reading the engine.
@@ -2085,6 +2105,9 @@ impl Recall for History {
     }
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.at(u64::MAX).top_up(reference)
+    }
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        self.at(u64::MAX).fund_out(reference)
     }
 }
 

@@ -152,6 +152,48 @@ impl State {
         Ok(())
     }
 
+    /// Withdraw `amount` of prefunding from a partner's position: at most
+    /// what it holds beyond the debits reserved for transfers in flight
+    /// (the net debit cap lends to payments; it is not money to take out).
+    pub(super) fn fund_out(
+        &mut self,
+        partner_id: &PartnerId,
+        amount: Money,
+        reference: &TopUpRef,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<()> {
+        let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
+        if amount.currency() != partner.config.currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        if amount.is_zero() {
+            return Err(RejectCode::AmountBelowMinimum);
+        }
+        let recalled = || recall.fund_out(reference).filter(|r| r.at.plus_ms(TOP_UP_RETENTION_MS) > now);
+        if let Some(done) = self.fund_outs.get(reference).cloned().or_else(recalled) {
+            // The same reference again: a repeat if it is the same fund-out.
+            return if done.partner == *partner_id && done.amount == amount {
+                Ok(())
+            } else {
+                Err(RejectCode::IdempotencyConflict)
+            };
+        }
+        let position = Self::position_account(&partner.config);
+        let account = self.ledger.account(&position).ok_or(RejectCode::PartnerNotFound)?;
+        let withdrawable = account.net_posted() - account.debits_pending() as i128;
+        if i128::from(amount.units()) > withdrawable {
+            return Err(RejectCode::InsufficientPosition);
+        }
+        let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
+        let op = Op::Post { id: EntryId::FundOut(reference.clone()), debit: position, credit: settlement, amount };
+        self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
+        let record = TopUpRecord { partner: partner_id.clone(), amount, at: now };
+        self.fund_outs.insert(reference.clone(), record.clone());
+        self.journal.push(Record::FundOut { reference: reference.clone(), record });
+        Ok(())
+    }
+
     pub(super) fn upsert_payee_route(&mut self, route: &PayeeRoute) -> OrReject<()> {
         if !self.directory.contains(&route.prefix) && self.directory.len() >= PAYEE_ROUTES_MAX {
             return Err(RejectCode::CapacityExceeded);

@@ -344,6 +344,9 @@ impl Recall for Counted<'_> {
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.inner.top_up(reference)
     }
+    fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
+        self.inner.fund_out(reference)
+    }
     fn unrecorded(&self, _partner: &PartnerId, _key: &IdempotencyKey) {
         // Told instead of asked: counted apart, as a negative lookup.
         self.told.set(self.told.get() + 1);
@@ -1941,4 +1944,53 @@ fn the_participants_table_drives_its_prepare() {
     }
     let illegal = std::panic::catch_unwind(|| step_participant(&id, None, ParticipantEvent::Commit));
     assert!(illegal.is_err(), "a local event the table forbids is a bug, not an answer");
+}
+
+/// A fund-out withdraws prefunding: never the cap's credit, never what is
+/// reserved for transfers in flight; idempotent by its reference (its own
+/// space, apart from top-ups'), across batches through history too.
+#[test]
+fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
+    let (mut west, _east) = mesh();
+    let refused = |code: RejectCode, outcome: Outcome| assert_eq!(outcome, Outcome::Rejected(code));
+    let fund_out = |reference: &str, amount: Money| CommandBody::FundOut {
+        partner: pid("paypal-us"),
+        amount,
+        reference: TopUpRef::new(reference).unwrap(),
+    };
+    // A cap of 500: credit for payments, not money to withdraw.
+    let mut config = west.state.partner(&pid("paypal-us")).unwrap().config.clone();
+    config.net_debit_cap = usd("500");
+    west.ok(CommandBody::UpsertPartner(config), T0);
+    // 4,000.00 (and its fee) reserved for a transfer cn-east has not answered.
+    transfer_view(&pay(&mut west, "k", usd("4000"), T0));
+    let before = west.position("paypal-us");
+    let withdrawable = before.posted.units() - before.pending_debits.units();
+    assert!(withdrawable > 0 && withdrawable < 600_000, "less than 6,000.00 USD: {before:?}");
+    let all = Money::from_units(u64::try_from(withdrawable).unwrap(), USD).unwrap();
+    let one_cent_more = Money::from_units(u64::try_from(withdrawable + 1).unwrap(), USD).unwrap();
+
+    refused(RejectCode::InsufficientPosition, west.run(fund_out("out-1", one_cent_more), T0));
+    assert_eq!(west.position("paypal-us"), before, "a refused fund-out moves nothing");
+    west.ok(fund_out("out-1", all), T0);
+    let after = west.position("paypal-us");
+    assert_eq!(after.posted.units(), before.posted.units() - withdrawable);
+    assert_eq!(after.pending_debits, before.pending_debits, "the reservation stands");
+    // A repeat, in a later batch (answered from history), debits nothing more;
+    // the same reference for anything else is a conflict.
+    west.ok(fund_out("out-1", all), T0.plus_ms(1));
+    assert_eq!(west.position("paypal-us"), after);
+    refused(RejectCode::IdempotencyConflict, west.run(fund_out("out-1", usd("1")), T0.plus_ms(2)));
+    // Nothing is left to withdraw; top-ups keep their own references.
+    refused(RejectCode::InsufficientPosition, west.run(fund_out("out-2", usd("0.01")), T0));
+    west.top_up("paypal-us", usd("10"), "out-2");
+    west.ok(fund_out("out-2", usd("10")), T0);
+    // Malformed for this partner, or no partner at all.
+    refused(RejectCode::CurrencyMismatch, west.run(fund_out("out-3", cny("1")), T0));
+    refused(RejectCode::AmountBelowMinimum, west.run(fund_out("out-3", usd("0")), T0));
+    let nobody =
+        CommandBody::FundOut { partner: pid("nobody"), amount: usd("1"), reference: TopUpRef::new("out-3").unwrap() };
+    refused(RejectCode::PartnerNotFound, west.run(nobody, T0));
+    // The money went to the settlement account: the books still balance.
+    west.state.verify().unwrap();
 }

@@ -11,7 +11,11 @@ impl State {
     /// indexes match what they index.
     pub fn verify(&self) -> Result<(), String> {
         self.ledger.verify()?;
-        if !self.journal.is_empty() || !self.idempotency.is_empty() || !self.top_ups.is_empty() {
+        if !self.journal.is_empty()
+            || !self.idempotency.is_empty()
+            || !self.top_ups.is_empty()
+            || !self.fund_outs.is_empty()
+        {
             return Err("a batch's records were left in the state".into());
         }
         let mut expected_pending = std::collections::BTreeSet::new();
