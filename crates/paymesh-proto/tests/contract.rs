@@ -712,6 +712,7 @@ fn file_descriptor_set_describes_every_service() {
             "ListCorridors",
             "SetFxRate",
             "TopUpPosition",
+            "FundOutPosition",
             "UpsertPayeeRoute",
             "RemovePayeeRoute",
             "ListPayeeRoutes",
