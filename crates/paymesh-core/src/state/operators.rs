@@ -117,14 +117,19 @@ impl State {
         self.corridor_mut(id)?.add_rate(rate.clone(), now)
     }
 
-    pub(super) fn top_up(
-        &mut self,
+    /// What a top-up and a fund-out check first, in this order: the partner,
+    /// the amount's currency and that it is not zero, and an earlier use of
+    /// the reference (`earlier`: this batch's, else history's within
+    /// [`TOP_UP_RETENTION_MS`]), which makes the command a repeat (done,
+    /// nothing moves) or a conflict. The partner's position account when
+    /// the command is new.
+    fn funding(
+        &self,
         partner_id: &PartnerId,
         amount: Money,
-        reference: &TopUpRef,
+        earlier: Option<TopUpRecord>,
         now: Timestamp,
-        recall: &dyn Recall,
-    ) -> OrReject<()> {
+    ) -> OrReject<Option<AccountId>> {
         let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
         if amount.currency() != partner.config.currency {
             return Err(RejectCode::CurrencyMismatch);
@@ -133,16 +138,23 @@ impl State {
             return Err(RejectCode::AmountBelowMinimum);
         }
         // A reference is remembered for as long as history is kept.
-        let recalled = || recall.top_up(reference).filter(|r| r.at.plus_ms(TOP_UP_RETENTION_MS) > now);
-        if let Some(done) = self.top_ups.get(reference).cloned().or_else(recalled) {
-            // The same reference again: a repeat if it is the same top-up.
-            return if done.partner == *partner_id && done.amount == amount {
-                Ok(())
-            } else {
-                Err(RejectCode::IdempotencyConflict)
-            };
+        match earlier.filter(|done| done.at.plus_ms(TOP_UP_RETENTION_MS) > now) {
+            Some(done) if done.partner == *partner_id && done.amount == amount => Ok(None),
+            Some(_) => Err(RejectCode::IdempotencyConflict),
+            None => Ok(Some(Self::position_account(&partner.config))),
         }
-        let position = Self::position_account(&partner.config);
+    }
+
+    pub(super) fn top_up(
+        &mut self,
+        partner_id: &PartnerId,
+        amount: Money,
+        reference: &TopUpRef,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<()> {
+        let earlier = self.top_ups.get(reference).cloned().or_else(|| recall.top_up(reference));
+        let Some(position) = self.funding(partner_id, amount, earlier, now)? else { return Ok(()) };
         let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
         let op = Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position, amount };
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
@@ -163,23 +175,8 @@ impl State {
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<()> {
-        let partner = self.partners.get(partner_id).ok_or(RejectCode::PartnerNotFound)?;
-        if amount.currency() != partner.config.currency {
-            return Err(RejectCode::CurrencyMismatch);
-        }
-        if amount.is_zero() {
-            return Err(RejectCode::AmountBelowMinimum);
-        }
-        let recalled = || recall.fund_out(reference).filter(|r| r.at.plus_ms(TOP_UP_RETENTION_MS) > now);
-        if let Some(done) = self.fund_outs.get(reference).cloned().or_else(recalled) {
-            // The same reference again: a repeat if it is the same fund-out.
-            return if done.partner == *partner_id && done.amount == amount {
-                Ok(())
-            } else {
-                Err(RejectCode::IdempotencyConflict)
-            };
-        }
-        let position = Self::position_account(&partner.config);
+        let earlier = self.fund_outs.get(reference).cloned().or_else(|| recall.fund_out(reference));
+        let Some(position) = self.funding(partner_id, amount, earlier, now)? else { return Ok(()) };
         let account = self.ledger.account(&position).ok_or(RejectCode::PartnerNotFound)?;
         let withdrawable = account.net_posted() - account.debits_pending() as i128;
         if i128::from(amount.units()) > withdrawable {
