@@ -265,43 +265,32 @@ pub(crate) enum SettingsCommand {
 pub(crate) enum PositionCommand {
     /// Credit a partner's posted balance after it funded its account outside
     /// paymesh. Idempotent by --reference.
-    TopUp {
-        #[command(flatten)]
-        target: Target,
-        /// The partner id.
-        #[arg(long)]
-        partner: String,
-        /// The amount, a positive decimal.
-        #[arg(long)]
-        amount: String,
-        /// ISO 4217 code; the partner's settlement currency.
-        #[arg(long)]
-        currency: String,
-        /// The funding's unique reference (a bank transfer id, say); a repeat
-        /// with the same reference credits nothing more.
-        #[arg(long)]
-        reference: String,
-    },
+    TopUp(Funding),
     /// Debit a partner's posted balance for prefunding paid back to it
     /// outside paymesh: at most what the position holds beyond the debits
     /// reserved for transfers in flight. Idempotent by --reference.
-    FundOut {
-        #[command(flatten)]
-        target: Target,
-        /// The partner id.
-        #[arg(long)]
-        partner: String,
-        /// The amount, a positive decimal.
-        #[arg(long)]
-        amount: String,
-        /// ISO 4217 code; the partner's settlement currency.
-        #[arg(long)]
-        currency: String,
-        /// The withdrawal's unique reference (the outgoing bank transfer's
-        /// id, say); a repeat with the same reference debits nothing more.
-        #[arg(long)]
-        reference: String,
-    },
+    FundOut(Funding),
+}
+
+/// Money moved into or out of a partner's position by the operator.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Funding {
+    #[command(flatten)]
+    target: Target,
+    /// The partner id.
+    #[arg(long)]
+    partner: String,
+    /// The amount, a positive decimal.
+    #[arg(long)]
+    amount: String,
+    /// ISO 4217 code; the partner's settlement currency.
+    #[arg(long)]
+    currency: String,
+    /// The movement's unique reference (the bank transfer's id, say); a
+    /// repeat with the same reference moves nothing more. Top-ups and
+    /// fund-outs have references of their own.
+    #[arg(long)]
+    reference: String,
 }
 
 /// `paymesh route …`
@@ -688,7 +677,7 @@ pub(crate) async fn fx(command: FxCommand) -> anyhow::Result<()> {
 /// Run `paymesh position …`.
 pub(crate) async fn position(command: PositionCommand) -> anyhow::Result<()> {
     let (position, done, partner) = match command {
-        PositionCommand::TopUp { target, partner, amount, currency, reference } => {
+        PositionCommand::TopUp(Funding { target, partner, amount, currency, reference }) => {
             let request = wire::TopUpPositionRequest {
                 partner_id: partner.clone(),
                 amount: money(&amount, &currency),
@@ -702,7 +691,7 @@ pub(crate) async fn position(command: PositionCommand) -> anyhow::Result<()> {
             accepted(answer.reject_code)?;
             (answer.position, "credited", partner)
         }
-        PositionCommand::FundOut { target, partner, amount, currency, reference } => {
+        PositionCommand::FundOut(Funding { target, partner, amount, currency, reference }) => {
             let request = wire::FundOutPositionRequest {
                 partner_id: partner.clone(),
                 amount: money(&amount, &currency),

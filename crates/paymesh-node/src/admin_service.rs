@@ -4,12 +4,13 @@
 
 use paymesh_core::command::CommandBody;
 use paymesh_core::fx::FxRate;
-use paymesh_core::id::OperatorId;
+use paymesh_core::id::{OperatorId, PartnerId, TopUpRef};
 use paymesh_core::partner::PartnerConfig;
 use paymesh_core::settings::{RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN};
-use paymesh_core::{Outcome, SignedMoney};
+use paymesh_core::{Money, Outcome, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
+use paymesh_proto::common::v1 as common;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, invalid};
@@ -39,6 +40,13 @@ impl AdminServer {
         convert::region_settings(self.gateway.state_machine.applied().state.settings())
     }
 
+    /// A partner's position as this node applied it, after a top-up or a
+    /// fund-out that was not refused.
+    fn position_after(&self, partner: &PartnerId, reject_code: i32) -> Option<common::Position> {
+        let applied = self.gateway.state_machine.applied();
+        applied.state.position(partner).map(|p| convert::position_out(&p)).filter(|_| reject_code == 0)
+    }
+
     async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
         let command = format!("{body:?}");
         // The name was checked when the caller was identified; applied and
@@ -55,6 +63,19 @@ impl AdminServer {
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
+}
+
+/// The fields of a top-up or a fund-out, parsed.
+fn funding(
+    partner_id: &str,
+    amount: Option<&common::Money>,
+    reference: &str,
+) -> Result<(PartnerId, Money, TopUpRef), Status> {
+    Ok((
+        convert::partner_id("partner_id", partner_id)?,
+        convert::money("amount", amount)?,
+        convert::top_up_ref("reference", reference)?,
+    ))
 }
 
 fn page_size(requested: u32) -> usize {
@@ -295,13 +316,13 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::TopUpPositionResponse>, Status> {
         let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
-        let partner = convert::partner_id("partner_id", &r.partner_id)?;
-        let amount = convert::money("amount", r.amount.as_ref())?;
-        let reference = convert::top_up_ref("reference", &r.reference)?;
+        let (partner, amount, reference) = funding(&r.partner_id, r.amount.as_ref(), &r.reference)?;
         let reject_code =
             self.apply(&operator, CommandBody::TopUp { partner: partner.clone(), amount, reference }).await?;
-        let position = self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
-        Ok(Response::new(wire::TopUpPositionResponse { position: position.filter(|_| reject_code == 0), reject_code }))
+        Ok(Response::new(wire::TopUpPositionResponse {
+            position: self.position_after(&partner, reject_code),
+            reject_code,
+        }))
     }
 
     async fn fund_out_position(
@@ -310,14 +331,11 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::FundOutPositionResponse>, Status> {
         let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
-        let partner = convert::partner_id("partner_id", &r.partner_id)?;
-        let amount = convert::money("amount", r.amount.as_ref())?;
-        let reference = convert::top_up_ref("reference", &r.reference)?;
+        let (partner, amount, reference) = funding(&r.partner_id, r.amount.as_ref(), &r.reference)?;
         let reject_code =
             self.apply(&operator, CommandBody::FundOut { partner: partner.clone(), amount, reference }).await?;
-        let position = self.gateway.state_machine.applied().state.position(&partner).map(|p| convert::position_out(&p));
         Ok(Response::new(wire::FundOutPositionResponse {
-            position: position.filter(|_| reject_code == 0),
+            position: self.position_after(&partner, reject_code),
             reject_code,
         }))
     }
