@@ -11,8 +11,9 @@
 //! [`paymesh_harness::wan`]) with a 50 ms round trip by default. The
 //! workload mixes cross-border payments (a wallet pays a `wxp://` or
 //! `alipay://` code) with domestic ones, and resubmits some requests with the
-//! same idempotency key. When it stops, the demo waits for every transfer to
-//! reach a final state, observes what every region holds, scans every
+//! same idempotency key. When it stops, the operator pays 100.00 USD of
+//! `paypal-us`'s prefunding back (a fund-out), and the demo waits for every
+//! transfer to reach a final state, observes what every region holds, scans every
 //! node's files, and runs the chaos suite's checkers that read an
 //! observation ([`paymesh_harness::check::of_observation`]): every region's
 //! ledger sums to zero per currency; both regions of a cross-border transfer
@@ -101,6 +102,10 @@ pub enum Mix {
 /// The demo's `raft.group_commit_interval_ms` (see docs/BENCHMARKS.md for
 /// the runs with and without it).
 const DEMO_GROUP_COMMIT_MS: u64 = 5;
+
+/// What the operator pays back to `paypal-us` once the workload stopped,
+/// in cents: a fund-out, which the books checked after must show.
+const FUND_OUT_CENTS: i64 = 10_000;
 
 /// How often the lower-bound probes run.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -741,11 +746,27 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     }
 
     let in_flight = counts.iter().filter(|((_, s), _)| *s == "in flight").map(|(_, n)| n).sum::<u64>();
+    // The operator pays some prefunding back; the books must show it.
+    let paid_back_cents = FUND_OUT_CENTS;
+    let fund_out = admin::FundOutPositionRequest {
+        partner_id: "paypal-us".into(),
+        amount: money(&minor(paid_back_cents), "USD"),
+        reference: format!("demo-fund-out-{}", std::process::id()),
+    };
+    let operator = mesh.region("us-west")?.sdk(&mesh.region("us-west")?.operator_stem())?;
+    let answer = call_region(&operator, |mut c| {
+        let request = fund_out.clone();
+        async move { c.fund_out_position(request).await }
+    })
+    .await
+    .context("paying prefunding back to paypal-us")?;
+    paymesh_harness::admin_calls::accepted(answer.reject_code).context("paying prefunding back to paypal-us")?;
+    println!("fund-out: {} USD paid back to paypal-us", minor(paid_back_cents));
     let partners = observe::Partners { wallets: &WALLETS, merchants: &MERCHANTS };
     let mut observed = observe::live_mesh(&mesh, partners, SETTLE_TIMEOUT, "demo").await?;
     if let Some(us) = observed.observation.as_mut().and_then(|o| o.regions.get_mut("us-west")) {
         let usd = us.top_ups.entry("paypal-us".into()).or_default().entry("USD".into()).or_default();
-        *usd += rust_decimal::Decimal::new(probes.topped_up_cents, 2);
+        *usd += rust_decimal::Decimal::new(probes.topped_up_cents - paid_back_cents, 2);
     }
     let verdict = check::check_with(&check::of_observation(), &observed);
     let mut checks: Vec<Check> = verdict
