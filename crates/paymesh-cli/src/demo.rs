@@ -753,7 +753,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         amount: money(&minor(paid_back_cents), "USD"),
         reference: format!("demo-fund-out-{}", std::process::id()),
     };
-    let operator = mesh.region("us-west")?.sdk(&mesh.region("us-west")?.operator_stem())?;
+    let us = mesh.region("us-west")?;
+    let operator = us.sdk(&us.operator_stem())?;
     let answer = call_region(&operator, |mut c| {
         let request = fund_out.clone();
         async move { c.fund_out_position(request).await }

@@ -114,9 +114,8 @@ impl Registry {
     /// system's thread, in one task.
     pub fn entries_applied(&self) {
         let Ok(term) = self.term() else { return };
-        let partners: Vec<_> = term.partners.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         self.shared.arbiter.spawn(async move {
-            for partner in partners {
+            for partner in term.partners.lock().unwrap_or_else(PoisonError::into_inner).values() {
                 partner.do_send(EntriesApplied);
             }
         });
