@@ -415,9 +415,18 @@ fn naming(record: &Record, transfer: &TransferId) -> Option<&'static str> {
         Record::Movement(m) => {
             matches!(&m.entry, EntryId::Transfer { transfer: t, .. } if t == transfer).then_some("movement")
         }
-        Record::Idempotency { record, .. } => {
-            matches!(&record.outcome, Outcome::Transfer(view) if &view.id == transfer).then_some("idempotency")
+        Record::Idempotency { record, .. } => match &record.outcome {
+            Outcome::Transfer(view) => (&view.id == transfer).then_some("idempotency"),
+            Outcome::Refund(view) => (&view.id == transfer || &view.original == transfer).then_some("idempotency"),
+            _ => None,
+        },
+        Record::Refund(refund) => {
+            (&refund.view.id == transfer || &refund.view.original == transfer).then_some("refund")
         }
+        Record::RefundParticipation { refund, participation } => {
+            (refund == transfer || &participation.prepare.original == transfer).then_some("refund participation")
+        }
+        Record::Refunded { transfer: t, .. } => (t == transfer).then_some("refunded"),
         Record::TopUp { .. } | Record::FundOut { .. } | Record::Operator { .. } | Record::Audited { .. } => None,
     }
 }

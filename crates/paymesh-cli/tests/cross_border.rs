@@ -203,6 +203,7 @@ fn prepare_item(transfer: &wire::Transfer) -> inter::PrepareItem {
         deadline_unix_ms: transfer.deadline_unix_ms,
         // A replay carries no trace context: it is not the transfer's step.
         traceparent: String::new(),
+        refund_of: String::new(),
     }
 }
 

@@ -200,6 +200,68 @@ pub enum CommandBody {
         /// anything else a conflict.
         reference: TopUpRef,
     },
+
+    // --- refunds (added later) ----------------------------------------------
+    /// A payee partner gives back some or all of a committed payment it
+    /// received ([`RefundRequest`]).
+    CreateRefund(RefundRequest),
+    /// Prepare the paying side's half of a refund that another region
+    /// coordinates: credit the original payer back ([`RefundPrepare`]).
+    PrepareRefund(RefundPrepare),
+}
+
+/// A payee partner's request to refund a payment it received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    /// The payee partner asking (from its certificate).
+    pub partner: PartnerId,
+    /// The partner's idempotency key (the same space as its transfers').
+    pub idempotency_key: IdempotencyKey,
+    /// The payment to refund.
+    pub transfer: TransferId,
+    /// How much to give back, in the payment's destination currency: at
+    /// most what was received less what earlier refunds gave back.
+    pub amount: Money,
+}
+
+impl RefundRequest {
+    /// The body's fingerprint, as [`TransferRequest::fingerprint`]; its own
+    /// domain, so a refund and a transfer never share one.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(b"paymesh/refund-request/v1");
+        let fields = [self.transfer.to_string(), self.amount.to_wire(), self.amount.currency().to_string()];
+        for field in &fields {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field.as_bytes());
+        }
+        Fingerprint(hasher.finalize().into())
+    }
+}
+
+/// The message a refund's coordinator (the region of the payee partner who
+/// asked for it) sends the region that coordinated the original payment:
+/// prepare to credit the original payer. Like [`PrepareMessage`] it has no
+/// field for the payer's personal data; the payer region finds the payer
+/// from its own record of the original.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPrepare {
+    /// The refund: an id of the coordinating region.
+    pub refund: TransferId,
+    /// The original payment, coordinated by the receiving region.
+    pub original: TransferId,
+    /// What the coordinator debits its payee partner, in the original's
+    /// destination currency.
+    pub debited: Money,
+    /// What the payer is credited back, in the original's source currency.
+    pub credited: Money,
+    /// The payee partner that asked.
+    pub requested_by: PartnerId,
+    /// The original's payer token, as the coordinator recorded it: checked
+    /// against the receiving region's record of the original.
+    pub payer_token: PayerToken,
+    /// The coordinator's deadline for preparing.
+    pub deadline: Timestamp,
 }
 
 /// A partner's request to create a transfer.
@@ -344,6 +406,34 @@ pub struct PrepareMessage {
     pub deadline: Timestamp,
 }
 
+/// A Prepare of either kind, as it travels between regions: a payment's
+/// (to the payee's region) or a refund's (to the payer's region).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Preparing {
+    /// A payment's.
+    Transfer(PrepareMessage),
+    /// A refund's.
+    Refund(RefundPrepare),
+}
+
+impl Preparing {
+    /// The transfer or refund it prepares.
+    pub fn id(&self) -> &TransferId {
+        match self {
+            Preparing::Transfer(message) => &message.transfer,
+            Preparing::Refund(message) => &message.refund,
+        }
+    }
+
+    /// The command the receiving region applies for it.
+    pub fn into_command(self) -> CommandBody {
+        match self {
+            Preparing::Transfer(message) => CommandBody::Prepare(message),
+            Preparing::Refund(message) => CommandBody::PrepareRefund(message),
+        }
+    }
+}
+
 /// The payee region's answer to a Prepare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrepareReply {
@@ -367,13 +457,28 @@ pub enum Decision {
 pub enum OutboxMessage {
     /// Sent until the payee region answers.
     Prepare(PrepareMessage),
-    /// Sent until the payee region acknowledges.
+    /// Sent until the payee region acknowledges. For a refund, the region
+    /// of the original payment's payer is the one that acknowledges.
     Decision {
         /// The transfer.
         transfer: TransferId,
         /// Commit or abort.
         decision: Decision,
     },
+    /// A refund's Prepare; sent to the original payment's region until it
+    /// answers.
+    PrepareRefund(RefundPrepare),
+}
+
+impl OutboxMessage {
+    /// The message's Prepare, if it is one.
+    pub fn preparing(&self) -> Option<Preparing> {
+        match self {
+            OutboxMessage::Prepare(message) => Some(Preparing::Transfer(message.clone())),
+            OutboxMessage::PrepareRefund(message) => Some(Preparing::Refund(message.clone())),
+            OutboxMessage::Decision { .. } => None,
+        }
+    }
 }
 
 /// What a `Tick` did.
@@ -440,6 +545,8 @@ impl CommandBody {
             | CommandBody::DecisionAcked { .. }
             | CommandBody::Prepare(_)
             | CommandBody::Decide { .. }
+            | CommandBody::CreateRefund(_)
+            | CommandBody::PrepareRefund(_)
             | CommandBody::Tick => false,
         }
     }

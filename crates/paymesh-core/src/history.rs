@@ -32,7 +32,7 @@ use crate::id::{IdempotencyKey, OperatorId, PartnerId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, EntryId};
 use crate::money::Money;
 use crate::outcome::Outcome;
-use crate::state::{Event, Participation, Transfer};
+use crate::state::{Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use crate::time::Timestamp;
 
 /// An idempotency key's first answer.
@@ -194,6 +194,25 @@ pub enum Record {
         /// What it did (the partner debited, the amount, when).
         record: TopUpRecord,
     },
+    /// A refund this region coordinated reached its final state.
+    Refund(Box<Refund>),
+    /// This region's side of a refund another region coordinated (the
+    /// payer credited back) reached its final state.
+    RefundParticipation {
+        /// The refund.
+        refund: TransferId,
+        /// Its final record here.
+        participation: Box<RefundParticipation>,
+    },
+    /// A payment's refunds so far, after one more committed: this region's
+    /// running totals for it, the newest of which the next refund is
+    /// checked against.
+    Refunded {
+        /// The payment.
+        transfer: TransferId,
+        /// Everything given back so far.
+        totals: RefundTotals,
+    },
 }
 
 /// What the write path asks history: finished work, as of the start of the
@@ -217,6 +236,12 @@ pub trait Recall {
     fn top_up(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
     /// The newest fund-out under its reference.
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord>;
+    /// A finished refund this region coordinated.
+    fn refund(&self, id: &TransferId) -> Option<Refund>;
+    /// This region's finished side of a refund another region coordinated.
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation>;
+    /// What the committed refunds of a payment gave back so far.
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals>;
     /// The state knows, without asking, that no record was ever written
     /// under a partner's idempotency key before the batch (the leader looked
     /// and the batches since recorded none): a history that keeps what a
@@ -244,6 +269,15 @@ impl Recall for NoHistory {
         None
     }
     fn fund_out(&self, _: &TopUpRef) -> Option<TopUpRecord> {
+        None
+    }
+    fn refund(&self, _: &TransferId) -> Option<Refund> {
+        None
+    }
+    fn refund_participation(&self, _: &TransferId) -> Option<RefundParticipation> {
+        None
+    }
+    fn refunded(&self, _: &TransferId) -> Option<RefundTotals> {
         None
     }
 }
@@ -288,6 +322,9 @@ pub struct MemoryHistory {
     participations: BTreeMap<TransferId, Vec<(u64, Participation)>>,
     top_ups: BTreeMap<TopUpRef, Vec<(u64, TopUpRecord)>>,
     fund_outs: BTreeMap<TopUpRef, Vec<(u64, TopUpRecord)>>,
+    refunds: BTreeMap<TransferId, Vec<(u64, Refund)>>,
+    refund_participations: BTreeMap<TransferId, Vec<(u64, RefundParticipation)>>,
+    refunded: BTreeMap<TransferId, Vec<(u64, RefundTotals)>>,
     listed: BTreeMap<(PartnerId, ListToken), TransferId>,
     events: BTreeMap<(PartnerId, u64), Event>,
 }
@@ -348,6 +385,18 @@ impl MemoryHistory {
                 }
                 Record::Event { partner, event } => {
                     self.events.insert((partner.clone(), event.cursor), event.clone());
+                }
+                Record::Refund(refund) => {
+                    self.refunds.entry(refund.view.id.clone()).or_default().push((index, (**refund).clone()));
+                }
+                Record::RefundParticipation { refund, participation } => {
+                    self.refund_participations
+                        .entry(refund.clone())
+                        .or_default()
+                        .push((index, (**participation).clone()));
+                }
+                Record::Refunded { transfer, totals } => {
+                    self.refunded.entry(transfer.clone()).or_default().push((index, *totals));
                 }
                 Record::Movement(_) | Record::Operator { .. } | Record::Audited { .. } => {}
             }
@@ -427,6 +476,15 @@ impl Recall for MemoryRecall<'_> {
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         seen(self.history.fund_outs.get(reference), self.before)
     }
+    fn refund(&self, id: &TransferId) -> Option<Refund> {
+        seen(self.history.refunds.get(id), self.before)
+    }
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
+        seen(self.history.refund_participations.get(id), self.before)
+    }
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
+        seen(self.history.refunded.get(transfer), self.before)
+    }
 }
 
 impl Recall for MemoryHistory {
@@ -444,6 +502,15 @@ impl Recall for MemoryHistory {
     }
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.at(u64::MAX).fund_out(reference)
+    }
+    fn refund(&self, id: &TransferId) -> Option<Refund> {
+        self.at(u64::MAX).refund(id)
+    }
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
+        self.at(u64::MAX).refund_participation(id)
+    }
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
+        self.at(u64::MAX).refunded(transfer)
     }
 }
 

@@ -172,6 +172,11 @@ pub enum Leg {
     Fee,
     /// From clearing to the payee (payee region, or the same region).
     Payout,
+    /// A refund: from the payee back into clearing (where the refund is
+    /// coordinated: the payee's region).
+    Refund,
+    /// A refund: from clearing back to the payer (the payer's region).
+    RefundPayout,
 }
 
 /// Names a ledger entry, so an operation can be refused when repeated.

@@ -125,6 +125,10 @@ pub const TOP_UP_RETENTION_MS: u64 = 400 * DAY_MS;
 /// may consult, or they would decide differently.
 pub const HISTORY_RETENTION_MIN_MS: u64 = TOP_UP_RETENTION_MS;
 
+/// How long after a payment committed its payee may refund it, by
+/// default (the region's setting changes it): 365 days.
+pub const REFUND_WINDOW_MS: u64 = 365 * DAY_MS;
+
 /// A day, in milliseconds.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 

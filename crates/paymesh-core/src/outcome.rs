@@ -82,11 +82,18 @@ pub enum RejectCode {
     /// The partner has as many transfers not yet final as its limits allow
     /// (`PartnerLimits::transfers_in_flight_max`).
     PartnerTransfersExhausted,
+    /// A refund would take what was given back past what the payment moved.
+    RefundExceedsOriginal,
+    /// The payment is older than the region's refund window.
+    RefundWindowClosed,
+    /// The payment is not committed (aborted, or still in flight), so there
+    /// is nothing to give back.
+    TransferNotCommitted,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 29] = [
+    pub const ALL: [RejectCode; 32] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -116,6 +123,9 @@ impl RejectCode {
         RejectCode::CapacityExceeded,
         RejectCode::PartnerQuotesExhausted,
         RejectCode::PartnerTransfersExhausted,
+        RejectCode::RefundExceedsOriginal,
+        RejectCode::RefundWindowClosed,
+        RejectCode::TransferNotCommitted,
     ];
 }
 
@@ -170,6 +180,38 @@ pub struct TransferView {
     pub deadline: Option<Timestamp>,
 }
 
+/// A refund as the payee partner who asked for it sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundView {
+    /// Its id (this region's, in the sequence of its transfers).
+    pub id: TransferId,
+    /// The payee partner that asked.
+    pub partner: PartnerId,
+    /// Its idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// The payment refunded.
+    pub original: TransferId,
+    /// What the partner gives back, in the payment's destination currency.
+    pub debited: Money,
+    /// What the payer is credited, in the payment's source currency: the
+    /// debited share of the payment's principal, rounded down; the last
+    /// refund of a payment gives back the rest of it exactly.
+    pub credited: Money,
+    /// Where it stands (the coordinator's states: a same-region refund
+    /// commits at once, another is reserved until the payer's region
+    /// answers).
+    pub state: CoordinatorState,
+    /// Why it aborted, if it did.
+    pub reason: Option<RejectCode>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub updated_at: Timestamp,
+    /// For a refund crossing regions, the time by which the payer's region
+    /// must prepare.
+    pub deadline: Option<Timestamp>,
+}
+
 /// A partner's position: its prefunded balance and what is reserved against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -205,6 +247,9 @@ pub enum Outcome {
     Ticked(TickReport),
     /// The command was refused and changed nothing.
     Rejected(RejectCode),
+    /// A refund was created: committed (same region), reserved, or aborted
+    /// at creation with a reason (for example the payee's position).
+    Refund(RefundView),
 }
 
 impl Outcome {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{DAY_MS, HISTORY_RETENTION_MIN_MS, IDEMPOTENCY_RETENTION_MS};
+use crate::limits::{DAY_MS, HISTORY_RETENTION_MIN_MS, IDEMPOTENCY_RETENTION_MS, REFUND_WINDOW_MS};
 
 /// The longest idempotency window an operator may set, in days: history
 /// keeps at least [`HISTORY_RETENTION_MIN_MS`], so every key inside the
@@ -16,6 +16,11 @@ pub const IDEMPOTENCY_RETENTION_DAYS_MAX: u32 = (HISTORY_RETENTION_MIN_MS / DAY_
 /// The shortest idempotency window an operator may set, in days.
 pub const IDEMPOTENCY_RETENTION_DAYS_MIN: u32 = 1;
 
+/// The longest refund window an operator may set, in days: history keeps
+/// every payment at least [`HISTORY_RETENTION_MIN_MS`], so a payment inside
+/// the window is still there to be refunded.
+pub const REFUND_WINDOW_DAYS_MAX: u32 = (HISTORY_RETENTION_MIN_MS / DAY_MS) as u32;
+
 /// The region's settings. New ones are appended (the state's encoding
 /// changes with them: a new snapshot image format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,11 +28,30 @@ pub struct RegionSettings {
     /// How long a partner's idempotency key is remembered, in days: a
     /// retry within it gets the first answer; after it, the key is new.
     idempotency_retention_days: u32,
+    /// How long after a payment committed its payee may refund it, in
+    /// days (0: refunds are refused).
+    refund_window_days: u32,
+}
+
+/// The settings as snapshot images of format 5 and older hold them, before
+/// the refund window: read with the default window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSettingsV1 {
+    idempotency_retention_days: u32,
+}
+
+impl From<RegionSettingsV1> for RegionSettings {
+    fn from(old: RegionSettingsV1) -> RegionSettings {
+        RegionSettings { idempotency_retention_days: old.idempotency_retention_days, ..RegionSettings::default() }
+    }
 }
 
 impl Default for RegionSettings {
     fn default() -> RegionSettings {
-        RegionSettings { idempotency_retention_days: (IDEMPOTENCY_RETENTION_MS / DAY_MS) as u32 }
+        RegionSettings {
+            idempotency_retention_days: (IDEMPOTENCY_RETENTION_MS / DAY_MS) as u32,
+            refund_window_days: (REFUND_WINDOW_MS / DAY_MS) as u32,
+        }
     }
 }
 
@@ -42,6 +66,16 @@ impl RegionSettings {
         u64::from(self.idempotency_retention_days) * DAY_MS
     }
 
+    /// The refund window, in days.
+    pub fn refund_window_days(&self) -> u32 {
+        self.refund_window_days
+    }
+
+    /// The refund window, in milliseconds.
+    pub fn refund_window_ms(&self) -> u64 {
+        u64::from(self.refund_window_days) * DAY_MS
+    }
+
     /// Change one setting, if its value is within bounds; `false` (and no
     /// change) otherwise.
     pub fn set(&mut self, setting: RegionSetting) -> bool {
@@ -51,6 +85,12 @@ impl RegionSettings {
                     return false;
                 }
                 self.idempotency_retention_days = days;
+            }
+            RegionSetting::RefundWindowDays(days) => {
+                if days > REFUND_WINDOW_DAYS_MAX {
+                    return false;
+                }
+                self.refund_window_days = days;
             }
         }
         true
@@ -66,4 +106,8 @@ pub enum RegionSetting {
     /// Lengthening it brings back keys still in history; shortening it
     /// forgets keys at once.
     IdempotencyRetentionDays(u32),
+    /// [`RegionSettings::refund_window_days`]: from 0 (no refunds) to
+    /// [`REFUND_WINDOW_DAYS_MAX`]. Applies to every refund asked for after
+    /// the change, whenever its payment was made.
+    RefundWindowDays(u32),
 }

@@ -41,8 +41,8 @@ pub use self::recent::RECENT_KEYS_MAX;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Batch, Command, CommandBody, CommandId, Decision, OutboxMessage, PayerDetails, PrepareMessage, PrepareReply,
-    TickReport, TransferRequest,
+    Batch, Command, CommandBody, CommandId, Decision, Fingerprint, OutboxMessage, PayerDetails, PrepareMessage,
+    PrepareReply, RefundPrepare, RefundRequest, TickReport, TransferRequest,
 };
 use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount};
 use crate::currency::Currency;
@@ -57,9 +57,9 @@ use crate::limits::{
     TOP_UP_RETENTION_MS, TRANSFER_PREPARE_DEADLINE_MS,
 };
 use crate::money::{Money, SignedMoney};
-use crate::outcome::{Outcome, Position, Quote, RejectCode, TransferView};
+use crate::outcome::{Outcome, Position, Quote, RefundView, RejectCode, TransferView};
 use crate::partner::{BusinessStatus, Partner, PartnerConfig, PartnerLimits};
-use crate::settings::RegionSettings;
+use crate::settings::{RegionSettings, RegionSettingsV1};
 use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
@@ -93,6 +93,50 @@ pub struct Participation {
     pub updated_at: Timestamp,
 }
 
+/// A refund this region coordinates: the payee partner who asked is here.
+/// For a payment made in this region, it commits at once; for one paid
+/// from another region, it is reserved here and that region (the payer's)
+/// is asked to credit the payer back, through the same two phases as a
+/// payment with the roles swapped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    /// Everything the partner may see.
+    pub view: RefundView,
+    /// The region of the payment's payer (this one for a same-region
+    /// payment).
+    pub payer_region: RegionId,
+}
+
+/// The payer region's side of a refund another region coordinates: the
+/// payer's credit, pending until the decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundParticipation {
+    /// Where it stands.
+    pub state: ParticipantState,
+    /// Why it was refused or aborted, if it was.
+    pub reason: Option<RejectCode>,
+    /// The Prepare as received.
+    pub prepare: RefundPrepare,
+    /// The payment's payer partner, credited back (none when the payment
+    /// was not found and the Prepare was refused).
+    pub payer: Option<PartnerId>,
+    /// When this region first recorded it.
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub updated_at: Timestamp,
+}
+
+/// What a payment's committed refunds gave back so far: in its destination
+/// currency (what its payee gave) and its source currency (what its payer
+/// got). Never more than the payment's destination amount and principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundTotals {
+    /// Taken from the payee, in the destination currency.
+    pub debited: Money,
+    /// Given to the payer, in the source currency.
+    pub credited: Money,
+}
+
 /// A transfer as one of this region's partners sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartnerTransfer {
@@ -113,6 +157,15 @@ pub enum EventKind {
     Aborted,
     /// The payee was credited.
     Credited,
+    /// The payer was credited back by a refund of its payment (the event's
+    /// transfer is the payment; its amount is what came back).
+    Refunded,
+    /// A refund the partner asked for committed: its position was debited
+    /// (the event's transfer is the refund).
+    RefundDebited,
+    /// A refund the partner asked for aborted (the event's transfer is the
+    /// refund; its reason says why).
+    RefundAborted,
 }
 
 /// One entry of a partner's event log.
@@ -245,6 +298,13 @@ pub struct State {
     partner_usage: OrdMap<PartnerId, PartnerUsage>,
     /// What operators set for the whole region.
     settings: RegionSettings,
+    /// Refunds this region coordinates that are not final yet.
+    #[serde(with = "crate::serde_seq")]
+    refunds: OrdMap<TransferId, Refund>,
+    /// This region's sides of other regions' refunds, prepared and waiting
+    /// for their decision.
+    #[serde(with = "crate::serde_seq")]
+    refund_participations: OrdMap<TransferId, RefundParticipation>,
     /// Idempotency keys first answered in the batch being applied (history
     /// answers for earlier ones). Empty between batches.
     #[serde(skip)]
@@ -255,6 +315,10 @@ pub struct State {
     /// Fund-outs applied in the batch being applied. Empty between batches.
     #[serde(skip)]
     fund_outs: BTreeMap<TopUpRef, TopUpRecord>,
+    /// Payments' refund totals changed in the batch being applied. Empty
+    /// between batches.
+    #[serde(skip)]
+    refunded: BTreeMap<TransferId, RefundTotals>,
     /// The history records of the batch being applied. Empty between batches.
     #[serde(skip)]
     journal: Vec<Record>,
@@ -262,6 +326,70 @@ pub struct State {
     /// [`recent`]); a cache of history, in no image and no comparison.
     #[serde(skip)]
     recent: RecentKeys,
+}
+
+/// A state as snapshot images of format 5 hold it, before refunds: read,
+/// and converted with none in flight and the default refund window.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV5 {
+    region: RegionId,
+    clock: Timestamp,
+    next_transfer: u64,
+    next_quote: u64,
+    #[serde(with = "crate::serde_seq")]
+    partners: OrdMap<PartnerId, Partner>,
+    #[serde(with = "crate::serde_seq")]
+    corridors: OrdMap<CorridorId, Corridor>,
+    directory: Directory,
+    #[serde(with = "crate::serde_seq")]
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
+    #[serde(with = "crate::serde_seq")]
+    transfers: OrdMap<TransferId, Transfer>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    deadlines: OrdSet<(Timestamp, TransferId)>,
+    #[serde(with = "crate::serde_seq")]
+    participations: OrdMap<TransferId, Participation>,
+    #[serde(with = "crate::serde_seq")]
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    #[serde(with = "crate::serde_seq")]
+    event_cursors: OrdMap<PartnerId, u64>,
+    #[serde(with = "crate::serde_seq")]
+    sessions: OrdMap<u64, Session>,
+    ledger: Ledger,
+    #[serde(with = "crate::serde_seq")]
+    partner_limits: OrdMap<PartnerId, PartnerLimits>,
+    #[serde(with = "crate::serde_seq")]
+    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    settings: RegionSettingsV1,
+}
+
+impl From<StateV5> for State {
+    fn from(old: StateV5) -> State {
+        let v4 = StateV4 {
+            region: old.region,
+            clock: old.clock,
+            next_transfer: old.next_transfer,
+            next_quote: old.next_quote,
+            partners: old.partners,
+            corridors: old.corridors,
+            directory: old.directory,
+            quotes: old.quotes,
+            quote_expiry: old.quote_expiry,
+            transfers: old.transfers,
+            deadlines: old.deadlines,
+            participations: old.participations,
+            outbox: old.outbox,
+            event_cursors: old.event_cursors,
+            sessions: old.sessions,
+            ledger: old.ledger,
+            partner_limits: old.partner_limits,
+            partner_usage: old.partner_usage,
+        };
+        State { settings: old.settings.into(), ..State::from(v4) }
+    }
 }
 
 /// A state as snapshot images of format 4 hold it, before the region's
@@ -323,9 +451,12 @@ impl From<StateV4> for State {
             partner_limits: old.partner_limits,
             partner_usage: old.partner_usage,
             settings: RegionSettings::default(),
+            refunds: OrdMap::new(),
+            refund_participations: OrdMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
+            refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         }
@@ -543,9 +674,12 @@ impl State {
             partner_limits: old.partner_limits,
             partner_usage: OrdMap::new(),
             settings: RegionSettings::default(),
+            refunds: OrdMap::new(),
+            refund_participations: OrdMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
+            refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         };
@@ -597,9 +731,12 @@ impl State {
             partner_limits: OrdMap::new(),
             partner_usage: OrdMap::new(),
             settings: RegionSettings::default(),
+            refunds: OrdMap::new(),
+            refund_participations: OrdMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
+            refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
         }
@@ -664,6 +801,12 @@ impl State {
                 Record::Participation { transfer, .. } => {
                     self.participations.remove(transfer);
                 }
+                Record::Refund(refund) => {
+                    self.refunds.remove(&refund.view.id);
+                }
+                Record::RefundParticipation { refund, .. } => {
+                    self.refund_participations.remove(refund);
+                }
                 _ => {}
             }
         }
@@ -672,6 +815,7 @@ impl State {
         self.idempotency.clear();
         self.top_ups.clear();
         self.fund_outs.clear();
+        self.refunded.clear();
         journal
     }
 
@@ -741,6 +885,8 @@ impl State {
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
             }
+            CommandBody::CreateRefund(request) => Ok(self.create_refund(request, now, recall)),
+            CommandBody::PrepareRefund(message) => Ok(Outcome::PrepareReply(self.prepare_refund(message, now, recall))),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)
@@ -882,6 +1028,7 @@ mod operators;
 mod participant;
 mod reads;
 mod recent;
+mod refund;
 #[cfg(test)]
 mod tests;
 mod tick;

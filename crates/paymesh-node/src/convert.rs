@@ -340,6 +340,9 @@ pub fn event_out(event: &Event) -> partner::Event {
         EventKind::Committed => (partner::EventKind::Committed, partner::TransferState::Committed),
         EventKind::Aborted => (partner::EventKind::Aborted, partner::TransferState::Aborted),
         EventKind::Credited => (partner::EventKind::Credited, partner::TransferState::Committed),
+        EventKind::Refunded => (partner::EventKind::Refunded, partner::TransferState::Committed),
+        EventKind::RefundDebited => (partner::EventKind::RefundDebited, partner::TransferState::Committed),
+        EventKind::RefundAborted => (partner::EventKind::RefundAborted, partner::TransferState::Aborted),
     };
     partner::Event {
         cursor: event.cursor,
@@ -495,6 +498,8 @@ pub fn entry_id_out(id: &EntryId) -> String {
                 Leg::Principal => "principal",
                 Leg::Fee => "fee",
                 Leg::Payout => "payout",
+                Leg::Refund => "refund",
+                Leg::RefundPayout => "refund-payout",
             };
             format!("{transfer}/{leg}")
         }
@@ -597,7 +602,15 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::PartnerTransfersExhausted), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::TransferNotCommitted), RejectCode::ALL.len() as i32);
+        assert_eq!(
+            common::RejectCode::try_from(reject_code(RejectCode::TransferNotCommitted)).unwrap(),
+            common::RejectCode::TransferNotCommitted
+        );
+        for code in RejectCode::ALL {
+            assert_eq!(reject_code_in(reject_code(code)), Some(code));
+            assert!(common::RejectCode::try_from(reject_code(code)).is_ok(), "{code:?} has no wire value");
+        }
         assert_eq!(reject_code_opt(None), 0);
         assert_eq!(
             common::RejectCode::try_from(reject_code(RejectCode::InsufficientPosition)).unwrap(),

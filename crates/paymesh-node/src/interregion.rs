@@ -20,7 +20,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use openraft::ServerState;
 use paymesh_client::{Credentials, Region, RetryPolicy};
-use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply};
+use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply, Preparing, RefundPrepare};
+use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
 use paymesh_core::{Outcome, RejectCode};
 use paymesh_proto::interregion::v1 as wire;
@@ -197,9 +198,10 @@ fn forwarded<T>(request: Request<T>) -> Request<T> {
     forwarded
 }
 
-/// A Prepare item as the core's message; a malformed item is a protocol
-/// violation, and one from a region other than the caller a region mismatch.
-pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMessage, RejectCode> {
+/// A Prepare item as the core's message (a payment's, or a refund's when
+/// `refund_of` is set); a malformed item is a protocol violation, and one
+/// from a region other than the caller a region mismatch.
+pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<Preparing, RejectCode> {
     fn violation<E>(_: E) -> RejectCode {
         RejectCode::ProtocolViolation
     }
@@ -214,7 +216,23 @@ pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMe
     if source.is_zero() || destination.is_zero() {
         return Err(RejectCode::ProtocolViolation);
     }
-    Ok(PrepareMessage {
+    let payer_token = PayerToken::parse(&item.payer_token).map_err(violation)?;
+    let deadline = convert::timestamp("deadline_unix_ms", item.deadline_unix_ms).map_err(violation)?;
+    if !item.refund_of.is_empty() {
+        if source.currency() != corridor.source_currency || destination.currency() != corridor.destination_currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        return Ok(Preparing::Refund(RefundPrepare {
+            refund: transfer,
+            original: TransferId::parse(&item.refund_of).map_err(violation)?,
+            debited: source,
+            credited: destination,
+            requested_by: convert::partner_id("payee_partner_id", &item.payee_partner_id).map_err(violation)?,
+            payer_token,
+            deadline,
+        }));
+    }
+    Ok(Preparing::Transfer(PrepareMessage {
         transfer,
         corridor,
         source,
@@ -222,26 +240,51 @@ pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<PrepareMe
         rate: convert::rate("rate", &item.rate).map_err(violation)?,
         payee: convert::partner_id("payee_partner_id", &item.payee_partner_id).map_err(violation)?,
         merchant: MerchantId::new(item.merchant_id.as_str()).map_err(violation)?,
-        payer_token: PayerToken::parse(&item.payer_token).map_err(violation)?,
-        deadline: convert::timestamp("deadline_unix_ms", item.deadline_unix_ms).map_err(violation)?,
-    })
+        payer_token,
+        deadline,
+    }))
 }
 
-/// The wire form of a Prepare, as the coordinator sends it, carrying the
-/// trace context `traceparent` (or empty).
-pub fn prepare_out(message: &PrepareMessage, traceparent: String) -> wire::PrepareItem {
-    wire::PrepareItem {
-        transfer_id: message.transfer.to_string(),
-        corridor: Some(convert::corridor_id_out(&message.corridor)),
-        source_region: message.corridor.source_region.to_string(),
-        source_amount: Some(convert::money_out(&message.source)),
-        destination_amount: Some(convert::money_out(&message.destination)),
-        rate: message.rate.to_string(),
-        payee_partner_id: message.payee.to_string(),
-        merchant_id: message.merchant.to_string(),
-        payer_token: message.payer_token.to_string(),
-        deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
-        traceparent,
+/// The wire form of a Prepare, as the coordinator sends it to `to`,
+/// carrying the trace context `traceparent` (or empty).
+pub fn prepare_out(preparing: &Preparing, to: &RegionId, traceparent: String) -> wire::PrepareItem {
+    match preparing {
+        Preparing::Transfer(message) => wire::PrepareItem {
+            transfer_id: message.transfer.to_string(),
+            corridor: Some(convert::corridor_id_out(&message.corridor)),
+            source_region: message.corridor.source_region.to_string(),
+            source_amount: Some(convert::money_out(&message.source)),
+            destination_amount: Some(convert::money_out(&message.destination)),
+            rate: message.rate.to_string(),
+            payee_partner_id: message.payee.to_string(),
+            merchant_id: message.merchant.to_string(),
+            payer_token: message.payer_token.to_string(),
+            deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
+            traceparent,
+            refund_of: String::new(),
+        },
+        Preparing::Refund(message) => {
+            let corridor = CorridorId {
+                source_region: message.refund.origin().clone(),
+                source_currency: message.debited.currency(),
+                destination_region: to.clone(),
+                destination_currency: message.credited.currency(),
+            };
+            wire::PrepareItem {
+                transfer_id: message.refund.to_string(),
+                corridor: Some(convert::corridor_id_out(&corridor)),
+                source_region: corridor.source_region.to_string(),
+                source_amount: Some(convert::money_out(&message.debited)),
+                destination_amount: Some(convert::money_out(&message.credited)),
+                rate: String::new(),
+                payee_partner_id: message.requested_by.to_string(),
+                merchant_id: String::new(),
+                payer_token: message.payer_token.to_string(),
+                deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
+                traceparent,
+                refund_of: message.original.to_string(),
+            }
+        }
     }
 }
 

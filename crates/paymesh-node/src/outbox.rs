@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use paymesh_client::{Credentials, Region, RetryPolicy};
-use paymesh_core::command::{CommandBody, Decision, PrepareMessage};
+use paymesh_core::command::{CommandBody, Decision, Preparing};
 use paymesh_core::id::{RegionId, TransferId};
 use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
@@ -394,16 +394,20 @@ fn gave_up(error: paymesh_client::ClientError) -> Status {
     error.status().cloned().unwrap_or_else(|| Status::unavailable(error.to_string()))
 }
 
-async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec<PrepareMessage>) -> Done {
+async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec<Preparing>) -> Done {
     // A span per item, a child of its transfer's trace, open until the call returns.
     let spans = step_spans(
         &gateway,
-        items.iter().map(|m| &m.transfer),
+        items.iter().map(|m| m.id()),
         |transfer| tracing::info_span!("prepare.send", transfer = %transfer, to = %link.region),
     );
     let batch = wire::PrepareBatch {
         from_region: gateway.region.to_string(),
-        items: items.iter().zip(&spans).map(|(m, span)| prepare_out(m, telemetry::traceparent(span))).collect(),
+        items: items
+            .iter()
+            .zip(&spans)
+            .map(|(m, span)| prepare_out(m, &link.region, telemetry::traceparent(span)))
+            .collect(),
     };
     let answer = link
         .client

@@ -27,6 +27,9 @@
 //! P | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished participations
 //! U | top-up reference                                 -> (position)...           newest visible wins
 //! W | fund-out reference                                -> (position)...           newest visible wins
+//! F | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refunds coordinated here
+//! Q | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refund participations
+//! R | transfer id                                      -> (position)...           a payment's refund totals, newest visible wins
 //! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
 //! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
 //! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
@@ -158,7 +161,7 @@ use std::sync::Mutex;
 use paymesh_core::history::{HistoryRead, IdempotencyRecord, ListToken, Movement, Recall, Record, TopUpRecord};
 use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
-use paymesh_core::state::{CursorExpired, Event, Participation, Transfer};
+use paymesh_core::state::{CursorExpired, Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use paymesh_core::Timestamp;
 
 mod kv;
@@ -207,6 +210,9 @@ mod space {
     pub(super) const ACCOUNT: u8 = b'A';
     pub(super) const EVENTS_DELETED: u8 = b'D';
     pub(super) const DIGEST: u8 = b'G';
+    pub(super) const REFUND: u8 = b'F';
+    pub(super) const REFUND_PARTICIPATION: u8 = b'Q';
+    pub(super) const REFUNDED: u8 = b'R';
 }
 
 /// The key of the digest after the batch at `index`.
@@ -588,6 +594,10 @@ enum GroupOf {
     Transfers(RegionId),
     /// Finished participations in transfers of one origin (`P`), by block.
     Participations(RegionId),
+    /// Finished refunds coordinated here (`F`), by block.
+    Refunds(RegionId),
+    /// Finished participations in refunds of one origin (`Q`), by block.
+    RefundParticipations(RegionId),
 }
 
 impl GroupOf {
@@ -598,6 +608,8 @@ impl GroupOf {
             GroupOf::Account(account) => with_u64(&account_scope(account), at),
             GroupOf::Transfers(origin) => with_u64(&scope(space::TRANSFER, origin.as_str()), at),
             GroupOf::Participations(origin) => with_u64(&scope(space::PARTICIPATION, origin.as_str()), at),
+            GroupOf::Refunds(origin) => with_u64(&scope(space::REFUND, origin.as_str()), at),
+            GroupOf::RefundParticipations(origin) => with_u64(&scope(space::REFUND_PARTICIPATION, origin.as_str()), at),
         }
     }
 }
@@ -662,6 +674,14 @@ impl Derivation {
                     self.group(GroupOf::Account(movement.credit.clone()), at, seq, entry);
                 }
             }
+            Record::Refund(refund) => {
+                let id = &refund.view.id;
+                self.block_entry(GroupOf::Refunds(id.origin().clone()), id.sequence(), seq);
+            }
+            Record::RefundParticipation { refund, .. } => {
+                self.block_entry(GroupOf::RefundParticipations(refund.origin().clone()), refund.sequence(), seq);
+            }
+            Record::Refunded { transfer, .. } => self.pointers.push((named_display(space::REFUNDED, transfer), seq)),
             Record::Operator { .. } | Record::Audited { .. } => {}
         }
     }
@@ -855,6 +875,9 @@ fn mismatch(key: &[u8], found: &Record) -> HistoryError {
         Record::Movement(_) => "a movement",
         Record::Event { .. } => "an event",
         Record::Operator { .. } | Record::Audited { .. } => "an operator command",
+        Record::Refund(_) => "a refund",
+        Record::RefundParticipation { .. } => "a refund participation",
+        Record::Refunded { .. } => "a payment's refund totals",
     };
     corrupt(key, format!("leads to {kind} that does not derive it"))
 }
@@ -878,6 +901,11 @@ pub fn record_time(record: &Record) -> Timestamp {
         Record::TopUp { record, .. } | Record::FundOut { record, .. } => record.at,
         Record::Movement(movement) => movement.at,
         Record::Event { event, .. } => event.at,
+        Record::Refund(refund) => refund.view.updated_at.max(refund.view.created_at),
+        Record::RefundParticipation { participation, .. } => participation.updated_at.max(participation.created_at),
+        // A running total is as old as the payment's newest refund, which
+        // is recorded beside it.
+        Record::Refunded { .. } => Timestamp::EPOCH,
     }
 }
 
@@ -1476,6 +1504,11 @@ impl History {
         self.at(u64::MAX).get_fund_out(reference)
     }
 
+    /// A finished refund this region coordinated.
+    pub fn get_refund(&self, id: &TransferId) -> Result<Option<Refund>> {
+        self.at(u64::MAX).get_refund(id)
+    }
+
     /// The newest record a pointer key points to that was written before
     /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
@@ -2061,6 +2094,32 @@ impl HistoryAt<'_> {
             other => Err(other),
         })
     }
+
+    /// A finished refund this region coordinated.
+    pub fn get_refund(&self, id: &TransferId) -> Result<Option<Refund>> {
+        match self.history.grouped(space::REFUND, id, self.before)? {
+            None => Ok(None),
+            Some(Record::Refund(refund)) if refund.view.id == *id => Ok(Some(*refund)),
+            Some(other) => Err(mismatch(&named_display(space::REFUND, id), &other)),
+        }
+    }
+
+    /// This region's finished side of another region's refund.
+    pub fn get_refund_participation(&self, id: &TransferId) -> Result<Option<RefundParticipation>> {
+        match self.history.grouped(space::REFUND_PARTICIPATION, id, self.before)? {
+            None => Ok(None),
+            Some(Record::RefundParticipation { refund, participation }) if refund == *id => Ok(Some(*participation)),
+            Some(other) => Err(mismatch(&named_display(space::REFUND_PARTICIPATION, id), &other)),
+        }
+    }
+
+    /// What a payment's committed refunds gave back so far.
+    pub fn get_refunded(&self, transfer: &TransferId) -> Result<Option<RefundTotals>> {
+        self.find(&named_display(space::REFUNDED, transfer), |found| match found {
+            Record::Refunded { transfer: t, totals } if t == *transfer => Ok(totals),
+            other => Err(other),
+        })
+    }
 }
 
 /// Panics on a storage failure: see the module documentation.
@@ -2079,6 +2138,15 @@ impl Recall for HistoryAt<'_> {
     }
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         or_stop(self.get_fund_out(reference))
+    }
+    fn refund(&self, id: &TransferId) -> Option<Refund> {
+        or_stop(self.get_refund(id))
+    }
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
+        or_stop(self.get_refund_participation(id))
+    }
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
+        or_stop(self.get_refunded(transfer))
     }
     /// Kept for the batch's write as an empty pointer: the write then adds
     /// the key's first position without reading the engine.
@@ -2108,6 +2176,15 @@ impl Recall for History {
     }
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.at(u64::MAX).fund_out(reference)
+    }
+    fn refund(&self, id: &TransferId) -> Option<Refund> {
+        self.at(u64::MAX).refund(id)
+    }
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
+        self.at(u64::MAX).refund_participation(id)
+    }
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
+        self.at(u64::MAX).refunded(transfer)
     }
 }
 

@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3, StateV4};
+use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,8 +51,14 @@ use crate::raft_types::{
 
 /// Format byte in front of a snapshot image: 2 adds the retired nodes, 3
 /// the partners' limits and usage to the state, 4 splits the state in two
-/// tiers (finished work is history) and adds history's digest.
-const IMAGE_FORMAT: u8 = 5;
+/// tiers (finished work is history) and adds history's digest, 5 the
+/// region's settings, 6 refunds (the refund window, refunds in flight on
+/// either side).
+const IMAGE_FORMAT: u8 = 6;
+
+/// The format before refunds; still read (none in flight, the default
+/// refund window).
+const IMAGE_FORMAT_V5: u8 = 5;
 
 /// The format before the region's settings; still read (with the default
 /// settings).
@@ -113,6 +119,16 @@ impl AppliedState {
 #[derive(Serialize, Deserialize)]
 struct Image {
     state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+    history_digest: [u8; 32],
+}
+
+/// A snapshot image of format 5.
+#[derive(Deserialize)]
+struct ImageV5 {
+    state: StateV5,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retired: BTreeSet<NodeId>,
@@ -239,6 +255,17 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V5, body)) => {
+            let v5: ImageV5 = postcard::from_bytes(body).map_err(decode_error)?;
+            let image = Image {
+                state: v5.state.into(),
+                last_applied: v5.last_applied,
+                membership: v5.membership,
+                retired: v5.retired,
+                history_digest: v5.history_digest,
+            };
+            (image, None)
+        }
         Some((&IMAGE_FORMAT_V4, body)) => {
             let v4: ImageV4 = postcard::from_bytes(body).map_err(decode_error)?;
             let image = Image {
@@ -580,8 +607,9 @@ mod tests {
     use super::*;
 
     /// An empty region's snapshot image in every format this code reads: the
-    /// current one as written; format 4 without the region's settings (the
-    /// state's last field); format 3 with the state's fields of then (an
+    /// current one as written; format 5 without refunds (the settings' refund
+    /// window and the two tables after the settings); format 4 without the
+    /// region's settings either; format 3 with the state's fields of then (an
     /// empty collection is one zero byte); format 2 without the partners'
     /// limits and usage (the state's last two fields); format 1 without the
     /// retired set either.
@@ -610,12 +638,19 @@ mod tests {
         state_v2.extend(encode(state.directory()));
         state_v2.extend([0; 15]);
         state_v2.extend(encode(state.ledger()));
-        // Format 4: the same without the settings, the state's last field
-        // (the default window, 30 days, is one byte).
+        // Format 5: the same without the refund window (the settings' last
+        // field: 365 days, two bytes) and the two tables of refunds in
+        // flight (one byte each), the state's last four bytes. Format 4:
+        // without the settings either (the default idempotency window, 30
+        // days, is one byte).
         let state_bytes = postcard::to_stdvec(&state).expect("a state encodes");
-        assert_eq!(postcard::to_stdvec(state.settings()).unwrap(), [30]);
+        assert_eq!(postcard::to_stdvec(state.settings()).unwrap(), [30, 0xed, 0x02]);
+        assert_eq!(state_bytes[state_bytes.len() - 5..], [30, 0xed, 0x02, 0, 0]);
+        let mut v5 = vec![IMAGE_FORMAT_V5];
+        v5.extend(&state_bytes[..state_bytes.len() - 4]);
+        v5.extend(&current[1 + state_bytes.len()..]);
         let mut v4 = vec![IMAGE_FORMAT_V4];
-        v4.extend(&state_bytes[..state_bytes.len() - 1]);
+        v4.extend(&state_bytes[..state_bytes.len() - 5]);
         v4.extend(&current[1 + state_bytes.len()..]);
         let mut v3 = vec![IMAGE_FORMAT_V3];
         v3.extend(&state_v2);
@@ -627,7 +662,14 @@ mod tests {
         let mut v1 = vec![IMAGE_FORMAT_V1];
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
-        vec![("format 5", current), ("format 4", v4), ("format 3", v3), ("format 2", v2), ("format 1", v1)]
+        vec![
+            ("format 6", current),
+            ("format 5", v5),
+            ("format 4", v4),
+            ("format 3", v3),
+            ("format 2", v2),
+            ("format 1", v1),
+        ]
     }
 
     /// postcard's encoding of values of different types through one closure.
@@ -643,15 +685,17 @@ mod tests {
         }
     }
 
-    /// An image of format 4 (before the region's settings) reads as the
-    /// same state with the default settings; settings set survive format 5.
+    /// Images of formats 4 (before the region's settings) and 5 (before
+    /// refunds) read as the same state with the default settings; settings
+    /// set survive the current format.
     #[test]
-    fn a_format_4_image_reads_with_the_default_settings_and_format_5_keeps_them() {
+    fn a_format_4_or_5_image_reads_with_the_default_settings_and_the_current_one_keeps_them() {
         let meta = SnapshotMeta::default();
         let region = RegionId::new("us-west").unwrap();
         let images = empty_images();
         let decoded = |bytes: &[u8]| decode_image(&region, &meta, bytes).unwrap().applied.state;
-        let (current, v4) = (decoded(&images[0].1), decoded(&images[1].1));
+        let (current, v5, v4) = (decoded(&images[0].1), decoded(&images[1].1), decoded(&images[2].1));
+        assert_eq!(current, v5);
         assert_eq!(current, v4);
         assert_eq!(v4.settings(), &RegionSettings::default());
 
@@ -660,7 +704,11 @@ mod tests {
             id: paymesh_core::command::CommandId { session: 1, sequence: 1 },
             body: CommandBody::SetRegionSetting(RegionSetting::IdempotencyRetentionDays(90)),
         };
-        let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command]).unwrap();
+        let window = Command {
+            id: paymesh_core::command::CommandId { session: 1, sequence: 2 },
+            body: CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(7)),
+        };
+        let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command, window]).unwrap();
         state.apply_batch(1, &batch, &paymesh_core::history::MemoryHistory::new().at(1));
         assert_eq!(state.settings().idempotency_retention_days(), 90);
         let image = Image {
@@ -673,6 +721,7 @@ mod tests {
         let mut bytes = vec![IMAGE_FORMAT];
         bytes.extend(postcard::to_stdvec(&image).unwrap());
         assert_eq!(decoded(&bytes).settings().idempotency_retention_days(), 90);
+        assert_eq!(decoded(&bytes).settings().refund_window_days(), 7);
     }
 
     /// Every length in an image read from disk or a peer is untrusted: each

@@ -117,7 +117,7 @@ impl Sim<'_> {
                     call,
                     batch: wire::PrepareBatch {
                         from_region: from_region.clone(),
-                        items: prepares.iter().map(|p| prepare_out(p, String::new())).collect(),
+                        items: prepares.iter().map(|p| prepare_out(p, &dest_id, String::new())).collect(),
                     },
                 },
                 Call::Decisions(decisions) => Message::Decisions {

@@ -159,10 +159,22 @@ impl State {
     }
 
     pub(super) fn look_up_request(&self, request: &TransferRequest, now: Timestamp, recall: &dyn Recall) -> KeyLookup {
-        let key = (request.partner.clone(), request.idempotency_key.clone());
-        let record = match self.idempotency.get(&key) {
+        self.look_up_key(&request.partner, &request.idempotency_key, request.fingerprint(), now, recall)
+    }
+
+    /// What a partner's idempotency key holds for a request body with
+    /// `fingerprint` (a transfer's or a refund's: one key space).
+    pub(super) fn look_up_key(
+        &self,
+        partner: &PartnerId,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> KeyLookup {
+        let record = match self.idempotency.get(&(partner.clone(), key.clone())) {
             Some(record) => record.clone(),
-            None => match recall.idempotency(&key.0, &key.1) {
+            None => match recall.idempotency(partner, key) {
                 Some(record) => record,
                 None => return KeyLookup::Unrecorded,
             },
@@ -170,7 +182,7 @@ impl State {
         if record.at.plus_ms(self.settings.idempotency_retention_ms()) <= now {
             return KeyLookup::Expired;
         }
-        KeyLookup::Answered(if record.fingerprint == request.fingerprint() {
+        KeyLookup::Answered(if record.fingerprint == fingerprint {
             record.outcome
         } else {
             Outcome::Rejected(RejectCode::IdempotencyConflict)
@@ -406,6 +418,9 @@ impl State {
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<Outcome> {
+        if self.coordinates_refund(id, recall) {
+            return self.refund_prepare_replied(id, reply, now, recall);
+        }
         // A transfer no longer in the hot state finished: history has it,
         // and the answer is judged against its final state.
         let mut transfer = match self.transfers.get(id) {

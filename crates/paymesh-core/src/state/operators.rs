@@ -87,6 +87,9 @@ impl State {
         for transfer in self.transfers.values().filter(|t| !t.view.state.is_final()) {
             usage.entry(transfer.view.partner.clone()).or_default().transfers_in_flight += 1;
         }
+        for refund in self.refunds.values().filter(|r| !r.view.state.is_final()) {
+            usage.entry(refund.view.partner.clone()).or_default().transfers_in_flight += 1;
+        }
         usage
     }
 

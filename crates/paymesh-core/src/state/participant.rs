@@ -90,6 +90,9 @@ impl State {
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<Outcome> {
+        if let Some(refund) = self.refund_participation_of(id, now, recall) {
+            return self.decide_refund(id, refund, decision, now, recall);
+        }
         let current = match self.participations.get(id) {
             Some(participation) => Some(participation.state),
             None => recall_participation(recall, id, now).map(|p| p.state),

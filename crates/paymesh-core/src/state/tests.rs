@@ -236,6 +236,13 @@ fn deliver_all(from: &mut Region, to: &mut Region, now: Timestamp) {
                 assert_eq!(to.run(CommandBody::Decide { transfer: transfer.clone(), decision }, now), Outcome::Acked);
                 from.run(CommandBody::DecisionAcked { region: to.state.region().clone(), transfer }, now);
             }
+            OutboxMessage::PrepareRefund(prepare) => {
+                let transfer = prepare.refund.clone();
+                let Outcome::PrepareReply(reply) = to.run(CommandBody::PrepareRefund(prepare), now) else {
+                    panic!("a refund's prepare must be answered")
+                };
+                from.run(CommandBody::PrepareReplied { transfer, reply }, now);
+            }
         }
     }
 }
@@ -346,6 +353,15 @@ impl Recall for Counted<'_> {
     }
     fn fund_out(&self, reference: &TopUpRef) -> Option<TopUpRecord> {
         self.inner.fund_out(reference)
+    }
+    fn refund(&self, id: &TransferId) -> Option<Refund> {
+        self.inner.refund(id)
+    }
+    fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
+        self.inner.refund_participation(id)
+    }
+    fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
+        self.inner.refunded(transfer)
     }
     fn unrecorded(&self, _partner: &PartnerId, _key: &IdempotencyKey) {
         // Told instead of asked: counted apart, as a negative lookup.
@@ -1088,6 +1104,7 @@ fn every_reject_code_is_reachable() {
         let actual = match &outcome {
             Outcome::Rejected(code) => Some(*code),
             Outcome::Transfer(view) => view.reason,
+            Outcome::Refund(view) => view.reason,
             Outcome::PrepareReply(PrepareReply::Rejected(code)) => Some(*code),
             _ => None,
         };
@@ -1279,6 +1296,30 @@ fn every_reject_code_is_reachable() {
         currency: CNY,
     };
     expect(RejectCode::CapacityExceeded, busy.run(CommandBody::UpsertPayeeRoute(one_more), at));
+
+    // Refunds, in a mesh of their own: more than was paid, a payment that
+    // aborted, a payment older than the window.
+    let (mut w, mut e) = mesh();
+    let payment = transfer_view(&pay(&mut w, "to-refund", usd("10"), T0));
+    deliver_all(&mut w, &mut e, T0);
+    deliver_all(&mut w, &mut e, T0);
+    let refund = |key: &str, transfer: &TransferId, amount: Money| {
+        CommandBody::CreateRefund(RefundRequest {
+            partner: pid("wechat-cn"),
+            idempotency_key: IdempotencyKey::new(key).unwrap(),
+            transfer: transfer.clone(),
+            amount,
+        })
+    };
+    expect(RejectCode::RefundExceedsOriginal, e.run(refund("r1", &payment.id, cny("71.65")), T0));
+    // Prepared in the payee's region, not yet decided.
+    let pending = transfer_view(&pay(&mut w, "in-flight", usd("10"), T0));
+    let Some((_, OutboxMessage::Prepare(prepare))) = w.state.outbox().next() else { panic!("no prepare") };
+    let prepare = prepare.clone();
+    e.run(CommandBody::Prepare(prepare), T0);
+    expect(RejectCode::TransferNotCommitted, e.run(refund("r2", &pending.id, cny("1")), T0));
+    e.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(0)), T0);
+    expect(RejectCode::RefundWindowClosed, e.run(refund("r3", &payment.id, cny("1")), T0));
 
     // Last, because the state's clock never goes back: a minute later the quote
     // has expired, a day later the rate.
@@ -1553,6 +1594,7 @@ impl Sim {
                 if let Some(i) = pick(&messages, *index) {
                     self.in_flight.push(match &messages[i] {
                         OutboxMessage::Prepare(p) => CommandBody::Prepare(p.clone()),
+                        OutboxMessage::PrepareRefund(p) => CommandBody::PrepareRefund(p.clone()),
                         OutboxMessage::Decision { transfer, decision } => {
                             CommandBody::Decide { transfer: transfer.clone(), decision: *decision }
                         }
@@ -1994,3 +2036,5 @@ fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
     // The money went to the settlement account: the books still balance.
     west.state.verify().unwrap();
 }
+
+mod refunds;

@@ -1,5 +1,5 @@
-//! The deadline tick: what the passing of time decides (transfers past
-//! their deadline aborted, expired quotes and idle sessions purged), in
+//! The deadline tick: what the passing of time decides (transfers and
+//! refunds past their deadline aborted, expired quotes and idle sessions purged), in
 //! bounded steps.
 
 use super::*;
@@ -17,6 +17,11 @@ impl State {
             }
             budget -= 1;
             self.deadlines.remove(&(deadline, id.clone()));
+            report.aborted += 1;
+            if !self.transfers.contains_key(&id) {
+                self.expire_refund(&id, now);
+                continue;
+            }
             let mut transfer = self.transfers[&id].clone();
             transfer.view.reason = Some(RejectCode::DeadlineExceeded);
             step_coordinator(&mut transfer, CoordinatorEvent::DeadlineExpired, now);
@@ -25,7 +30,6 @@ impl State {
             let key = (transfer.view.corridor.destination_region.clone(), id.clone());
             self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
             self.transfers.insert(id, transfer);
-            report.aborted += 1;
         }
 
         let mut purged = 0usize;

@@ -15,6 +15,7 @@ impl State {
             || !self.idempotency.is_empty()
             || !self.top_ups.is_empty()
             || !self.fund_outs.is_empty()
+            || !self.refunded.is_empty()
         {
             return Err("a batch's records were left in the state".into());
         }
@@ -46,6 +47,26 @@ impl State {
             }
             expected_pending.insert(leg(id, Leg::Payout));
         }
+        for (id, refund) in &self.refunds {
+            let view = &refund.view;
+            if view.state != CoordinatorState::Reserved {
+                return Err(format!("refund {id}: state {:?} is not in flight but held in memory", view.state));
+            }
+            if !view.deadline.is_some_and(|d| self.deadlines.contains(&(d, id.clone()))) {
+                return Err(format!("refund {id}: deadline index disagrees with state {:?}", view.state));
+            }
+            let key = (refund.payer_region.clone(), id.clone());
+            if !matches!(self.outbox.get(&key), Some(OutboxMessage::PrepareRefund(_))) {
+                return Err(format!("refund {id}: reserved without its prepare in the outbox"));
+            }
+            expected_pending.insert(leg(id, Leg::Refund));
+        }
+        for (id, participation) in &self.refund_participations {
+            if participation.state != ParticipantState::Prepared {
+                return Err(format!("refund participation {id}: state {:?} held in memory", participation.state));
+            }
+            expected_pending.insert(leg(id, Leg::RefundPayout));
+        }
         for entry in &expected_pending {
             if self.ledger.entry(entry).map(|e| e.status) != Some(EntryStatus::Pending) {
                 return Err(format!("in-flight entry {entry:?} is not pending in the ledger"));
@@ -62,8 +83,8 @@ impl State {
                 "pending debits {pending_in_ledger} differ from in-flight transfers' {expected_units}: money is stuck"
             ));
         }
-        if self.deadlines.len() != self.transfers.len() {
-            return Err("deadline index holds transfers that are not reserved".into());
+        if self.deadlines.len() != self.transfers.len() + self.refunds.len() {
+            return Err("deadline index holds transfers or refunds that are not reserved".into());
         }
         if self.quotes.len() != self.quote_expiry.len()
             || self.quote_expiry.iter().any(|(at, id)| self.quotes.get(id).map(|q| q.quote.expires_at) != Some(*at))

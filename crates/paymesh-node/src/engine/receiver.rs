@@ -99,9 +99,9 @@ impl Inbound {
                     let reply = reply_out(&wire_item.transfer_id, PrepareReply::Rejected(code));
                     replies.push((wire_item.transfer_id.clone(), Some(reply)));
                 }
-                Ok(message) => {
+                Ok(preparing) => {
                     replies.push((wire_item.transfer_id.clone(), None));
-                    proposals.push(Proposal { item, body: CommandBody::Prepare(message) });
+                    proposals.push(Proposal { item, body: preparing.into_command() });
                 }
             }
         }

@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use paymesh_core::command::{CommandBody, Decision, OutboxMessage, PrepareMessage};
+use paymesh_core::command::{CommandBody, Decision, OutboxMessage, Preparing};
 use paymesh_core::id::{RegionId, TransferId};
 use paymesh_proto::interregion::v1 as wire;
 use rand::rngs::SmallRng;
@@ -75,6 +75,7 @@ pub type Key = (TransferId, bool);
 pub fn key_of(message: &OutboxMessage) -> Key {
     match message {
         OutboxMessage::Prepare(prepare) => (prepare.transfer.clone(), false),
+        OutboxMessage::PrepareRefund(prepare) => (prepare.refund.clone(), false),
         OutboxMessage::Decision { transfer, .. } => (transfer.clone(), true),
     }
 }
@@ -83,7 +84,7 @@ pub fn key_of(message: &OutboxMessage) -> Key {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// Send these Prepares, one batch.
-    Prepares(Vec<PrepareMessage>),
+    Prepares(Vec<Preparing>),
     /// Send these decisions, one batch.
     Decisions(Vec<(TransferId, Decision)>),
     /// Wait [`PROBE_DELAY`], then ask whether the region answers at all.
@@ -253,11 +254,10 @@ impl Shipper {
             for message in outbox {
                 // Marking a message in flight is part of taking it.
                 match message {
-                    OutboxMessage::Prepare(prepare)
-                        if prepares.len() < BATCH_ITEMS_MAX
-                            && self.in_flight.insert((prepare.transfer.clone(), false)) =>
+                    OutboxMessage::Prepare(_) | OutboxMessage::PrepareRefund(_)
+                        if prepares.len() < BATCH_ITEMS_MAX && self.in_flight.insert(key_of(message)) =>
                     {
-                        prepares.push(prepare.clone());
+                        prepares.extend(message.preparing());
                     }
                     OutboxMessage::Decision { transfer, decision }
                         if decisions.len() < BATCH_ITEMS_MAX && self.in_flight.insert((transfer.clone(), true)) =>
@@ -271,7 +271,7 @@ impl Shipper {
                 }
             }
             if !prepares.is_empty() {
-                let keys = prepares.iter().map(|p| (p.transfer.clone(), false)).collect();
+                let keys = prepares.iter().map(|p| (p.id().clone(), false)).collect();
                 calls.push(self.start(fresh_id(), keys, Vec::new(), Call::Prepares(prepares)));
             }
             if !decisions.is_empty() && self.calls.len() < RPCS_IN_FLIGHT_MAX {

@@ -32,7 +32,7 @@ pub(crate) type Bytes = fjall::Slice;
 pub(crate) type Item = fjall::Result<(Bytes, Bytes)>;
 
 /// The trees, by name, and the first key bytes each holds.
-const TREES: [(&str, &[u8]); 4] = [("journal", b"J"), ("pointers", b"ITPU"), ("groups", b"ELA"), ("meta", b"DGM")];
+const TREES: [(&str, &[u8]); 4] = [("journal", b"J"), ("pointers", b"ITPUFQR"), ("groups", b"ELA"), ("meta", b"DGM")];
 
 /// The tree of a key: by its first byte (an empty key or an unknown first
 /// byte goes with the bookkeeping keys).

@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use paymesh_core::command::{CommandBody, PayerDetails, PayerField, TransferRequest};
+use paymesh_core::command::{CommandBody, PayerDetails, PayerField, RefundPrepare, TransferRequest};
 use paymesh_core::corridor::{CorridorId, Priced};
 use paymesh_core::directory::Payee;
 use paymesh_core::fx::Rate;
 use paymesh_core::history::{Balances, MemoryHistory, MovementKind};
 use paymesh_core::id::{MerchantId, PayerToken, QrPayload, QuoteId, RegionId};
 use paymesh_core::ledger::{AccountOwner, EntryId, Leg};
-use paymesh_core::outcome::{Outcome, RejectCode, TransferView};
+use paymesh_core::outcome::{Outcome, RefundView, RejectCode, TransferView};
 use paymesh_core::partner::BusinessStatus;
 use paymesh_core::state::EventKind;
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
@@ -113,6 +113,55 @@ fn participation(at: u64) -> Participation {
         created_at: ms(at),
         updated_at: ms(at),
     }
+}
+
+/// A finished refund coordinated here, of transfer `n`; `at` tells
+/// versions of one id apart.
+fn refund(n: u64, at: u64) -> Record {
+    Record::Refund(Box::new(Refund {
+        view: RefundView {
+            id: tid(100 + n),
+            partner: pid((n + 1) % 3),
+            idempotency_key: key(100 + n),
+            original: tid(n),
+            debited: usd(500 + n),
+            credited: usd(500 + n),
+            state: CoordinatorState::Committed,
+            reason: None,
+            created_at: ms(at),
+            updated_at: ms(at + 1),
+            deadline: None,
+        },
+        payer_region: region(),
+    }))
+}
+
+/// This region's finished side of another region's refund `n`.
+fn refund_participation(n: u64, at: u64) -> Record {
+    let refund = TransferId::new(RegionId::new("cn-east").unwrap(), n);
+    let prepare = RefundPrepare {
+        refund: refund.clone(),
+        original: tid(n),
+        debited: usd(700 + n),
+        credited: usd(100 + n),
+        requested_by: pid(1),
+        payer_token: PayerToken::for_transfer(&tid(n)),
+        deadline: ms(at + 5),
+    };
+    let participation = RefundParticipation {
+        state: ParticipantState::Committed,
+        reason: None,
+        prepare,
+        payer: Some(pid(n % 3)),
+        created_at: ms(at),
+        updated_at: ms(at + 1),
+    };
+    Record::RefundParticipation { refund, participation: Box::new(participation) }
+}
+
+/// Transfer `n`'s refund totals, `parts` cents of them.
+fn refunded(n: u64, parts: u64) -> Record {
+    Record::Refunded { transfer: tid(n), totals: RefundTotals { debited: usd(parts), credited: usd(parts) } }
 }
 
 fn idempotency(partner: u64, n: u64, at: u64) -> Record {
@@ -282,6 +331,9 @@ enum Spec {
     Movement(u64, u64, u64),
     Event(u64, u64, u64),
     Operator(u64),
+    Refund(u64, u64),
+    RefundParticipation(u64, u64),
+    Refunded(u64, u64),
 }
 
 impl Spec {
@@ -297,6 +349,9 @@ impl Spec {
             Spec::Movement(debit, credit, at) => movement(debit, credit, at + 1, at),
             Spec::Event(partner, cursor, at) => event(partner, cursor, at),
             Spec::Operator(at) => operator(at),
+            Spec::Refund(n, at) => refund(n, at),
+            Spec::RefundParticipation(n, at) => refund_participation(n, at),
+            Spec::Refunded(n, parts) => refunded(n, parts),
         }
     }
 }
@@ -311,6 +366,9 @@ fn spec() -> impl Strategy<Value = Spec> {
         (0..5u64, 0..5u64, 0..TIMES).prop_map(|(d, c, at)| Spec::Movement(d, c, at)),
         (0..PARTNERS, 1..=CURSORS, 0..TIMES).prop_map(|(p, c, at)| Spec::Event(p, c, at)),
         (0..TIMES).prop_map(Spec::Operator),
+        (0..IDS, 0..TIMES).prop_map(|(n, at)| Spec::Refund(n, at)),
+        (0..IDS, 0..TIMES).prop_map(|(n, at)| Spec::RefundParticipation(n, at)),
+        (0..IDS, 1..TIMES).prop_map(|(n, parts)| Spec::Refunded(n, parts)),
     ]
 }
 
@@ -328,6 +386,10 @@ fn assert_same(store: &History, memory: &MemoryHistory) {
             assert_eq!(s.transfer(&tid(n)), m.transfer(&tid(n)), "transfer {n} before {before}");
             assert_eq!(s.participation(&tid(n)), m.participation(&tid(n)), "participation {n} before {before}");
             assert_eq!(s.top_up(&reference(n)), m.top_up(&reference(n)), "top-up {n} before {before}");
+            assert_eq!(s.refund(&tid(100 + n)), m.refund(&tid(100 + n)), "refund {n} before {before}");
+            let theirs = TransferId::new(RegionId::new("cn-east").unwrap(), n);
+            assert_eq!(s.refund_participation(&theirs), m.refund_participation(&theirs), "refund part {n}");
+            assert_eq!(s.refunded(&tid(n)), m.refunded(&tid(n)), "refunded {n} before {before}");
             for p in 0..PARTNERS {
                 assert_eq!(s.idempotency(&pid(p), &key(n)), m.idempotency(&pid(p), &key(n)));
             }

@@ -1,7 +1,7 @@
 //! The receiver's rules: malformed items answered at once, one command per
 //! other item, answers in the items' order, unexpected outcomes refused.
 
-use paymesh_core::command::{Decision, PrepareMessage, PrepareReply};
+use paymesh_core::command::{Decision, PrepareMessage, PrepareReply, Preparing};
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::currency::Currency::{CNY, USD};
 use paymesh_core::fx::Rate;
@@ -29,7 +29,7 @@ fn prepare(origin: &str, n: u64) -> wire::PrepareItem {
         payer_token: PayerToken::for_transfer(&transfer),
         deadline: Timestamp::from_unix_ms(1_000_000),
     };
-    prepare_out(&message, String::new())
+    prepare_out(&Preparing::Transfer(message), &RegionId::new("cn-east").unwrap(), String::new())
 }
 
 fn results(reply: Reply) -> Vec<(String, i32, i32)> {

@@ -55,7 +55,7 @@ fn shipper() -> (Shipper, impl FnMut() -> CallId) {
 
 fn prepared(call: &Outgoing) -> Vec<wire::PrepareReply> {
     let Call::Prepares(items) = &call.call else { panic!("not prepares: {call:?}") };
-    items.iter().map(|item| reply_out(&item.transfer.to_string(), PrepareReply::Prepared)).collect()
+    items.iter().map(|item| reply_out(&item.id().to_string(), PrepareReply::Prepared)).collect()
 }
 
 #[test]

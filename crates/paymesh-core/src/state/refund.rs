@@ -1,0 +1,593 @@
+//! Refunds: a payee partner gives back some or all of a committed payment
+//! it received, along the payment's own path.
+//!
+//! The refund is coordinated by the region of the payee partner who asks
+//! (this one). For a payment made within this region it posts at once: the
+//! payee's position back into clearing, and from clearing to the payer.
+//! For a payment paid from another region, the roles of the payment's two
+//! phases swap: this region reserves the payee's debit and sends a
+//! [`RefundPrepare`] to the payer's region, which reserves the payer's
+//! credit and answers; this region decides, and the decision travels as
+//! every decision does. The messages carry no personal data: the payer's
+//! region finds the payer in its own record of the payment.
+//!
+//! What is given back is checked on both sides against what the payment
+//! moved: the payee's region never takes back more than the payment's
+//! destination amount, the payer's region never credits more than its
+//! principal (the fee is not refunded), counting the refunds committed
+//! (history's [`RefundTotals`], newest first) and those in flight. A
+//! partial refund credits the payer its share of the principal at the
+//! payment's own rate (the debited share of the destination amount, rounded
+//! down to the source currency's minor unit); the refund that completes the
+//! payment credits the rest exactly, so a payment refunded in full gives
+//! the payer back its principal to the unit.
+
+use super::*;
+
+/// A payment this region can refund: what the refund is checked against.
+struct Paid {
+    /// The payee partner it credited.
+    payee: PartnerId,
+    /// Whether it committed.
+    committed: bool,
+    /// When it reached its final state.
+    finished_at: Timestamp,
+    /// What the payee received.
+    destination: Money,
+    /// What the payer paid, before the fee.
+    source: Money,
+    /// The payer's region.
+    payer_region: RegionId,
+    /// The payer partner, when the payment was made in this region.
+    payer: Option<PartnerId>,
+    /// The payment's payer token.
+    payer_token: PayerToken,
+}
+
+/// A refund request that may go ahead: the payment and the two amounts.
+struct RefundAdmissible {
+    paid: Paid,
+    credited: Money,
+}
+
+/// A finished refund participation history still answers for at `now`.
+fn recall_refund_participation(recall: &dyn Recall, id: &TransferId, now: Timestamp) -> Option<RefundParticipation> {
+    recall.refund_participation(id).filter(|p| p.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
+}
+
+/// The totals after one more refund.
+fn add_totals(done: Option<RefundTotals>, debited: Money, credited: Money) -> RefundTotals {
+    let total = |held: Option<Money>, more: Money| {
+        held.map_or(Ok(more), |held| held.checked_add(&more)).expect("checked against the payment's amounts")
+    };
+    RefundTotals {
+        debited: total(done.map(|d| d.debited), debited),
+        credited: total(done.map(|d| d.credited), credited),
+    }
+}
+
+/// The sum of `amounts`, in `currency`, or `None` past the currency's bound.
+fn sum(currency: Currency, amounts: impl IntoIterator<Item = Money>) -> Option<Money> {
+    amounts.into_iter().try_fold(Money::zero(currency), |sum, amount| sum.checked_add(&amount).ok())
+}
+
+impl State {
+    /// Create a refund for `request`, unless its idempotency key answers it.
+    pub(super) fn create_refund(&mut self, request: &RefundRequest, now: Timestamp, recall: &dyn Recall) -> Outcome {
+        let fingerprint = request.fingerprint();
+        if let KeyLookup::Answered(outcome) =
+            self.look_up_key(&request.partner, &request.idempotency_key, fingerprint, now, recall)
+        {
+            return outcome;
+        }
+        // As for transfers, a refusal before the refund exists changes
+        // nothing and leaves no record under the key.
+        let admissible = match self.check_refund(request, now, recall) {
+            Ok(admissible) => admissible,
+            Err(code) => return Outcome::Rejected(code),
+        };
+        let outcome = Outcome::Refund(self.start_refund(request, admissible, now));
+        let key = (request.partner.clone(), request.idempotency_key.clone());
+        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
+        self.journal.push(Record::Idempotency {
+            partner: key.0.clone(),
+            key: key.1.clone(),
+            record: Box::new(record.clone()),
+        });
+        self.recent.record(recent::short(&key.0, &key.1));
+        self.idempotency.insert(key, record);
+        outcome
+    }
+
+    /// How a refund request not seen before would be answered without
+    /// changing anything: its refusal, if it is refused before the refund
+    /// would exist. The leader calls it before proposing.
+    pub fn check_refund_request(
+        &self,
+        request: &RefundRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Result<(), RejectCode> {
+        self.check_refund(request, now, recall).map(|_| ())
+    }
+
+    fn check_refund(&self, request: &RefundRequest, now: Timestamp, recall: &dyn Recall) -> OrReject<RefundAdmissible> {
+        let partner = self.partners.get(&request.partner).ok_or(RejectCode::PartnerNotFound)?;
+        if partner.status == BusinessStatus::Suspended {
+            return Err(RejectCode::PartnerSuspended);
+        }
+        if !partner.config.role.can_receive() {
+            return Err(RejectCode::PartnerRoleNotAllowed);
+        }
+        // Another partner's payment is not found, as an unknown one is.
+        let paid = self.paid(&request.transfer, recall).filter(|p| p.payee == request.partner);
+        let paid = paid.ok_or(RejectCode::TransferNotFound)?;
+        if !paid.committed {
+            return Err(RejectCode::TransferNotCommitted);
+        }
+        if now >= paid.finished_at.plus_ms(self.settings.refund_window_ms()) {
+            return Err(RejectCode::RefundWindowClosed);
+        }
+        if request.amount.currency() != paid.destination.currency()
+            || request.amount.currency() != partner.config.currency
+        {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        if request.amount.is_zero() {
+            return Err(RejectCode::AmountBelowMinimum);
+        }
+        let done = self.refunded_so_far(&request.transfer, recall);
+        let in_flight = self.refunds.values().filter(|r| r.view.original == request.transfer);
+        let in_flight: Vec<&Refund> = in_flight.filter(|r| !r.view.state.is_final()).collect();
+        let debited = sum(
+            paid.destination.currency(),
+            done.map(|d| d.debited).into_iter().chain(in_flight.iter().map(|r| r.view.debited)).chain([request.amount]),
+        )
+        .ok_or(RejectCode::RefundExceedsOriginal)?;
+        if debited.units() > paid.destination.units() {
+            return Err(RejectCode::RefundExceedsOriginal);
+        }
+        let credited_before = sum(
+            paid.source.currency(),
+            done.map(|d| d.credited).into_iter().chain(in_flight.iter().map(|r| r.view.credited)),
+        )
+        .expect("refunds credited never exceed the principal");
+        let credited = if debited == paid.destination {
+            // The last refund of the payment gives back the rest exactly.
+            paid.source.checked_sub(&credited_before).expect("refunds credited never exceed the principal")
+        } else {
+            let share = u128::from(request.amount.units()) * u128::from(paid.source.units())
+                / u128::from(paid.destination.units());
+            let units = u64::try_from(share).expect("a share of the principal is below it");
+            Money::from_units(units, paid.source.currency()).expect("a share of the principal is below it")
+        };
+        if credited.is_zero() {
+            return Err(RejectCode::AmountBelowMinimum);
+        }
+        if paid.payer_region != self.region {
+            let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
+            if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
+                return Err(RejectCode::PartnerTransfersExhausted);
+            }
+        }
+        Ok(RefundAdmissible { paid, credited })
+    }
+
+    /// What this region knows of a payment its partner was paid: a
+    /// same-region transfer it coordinated, or its side of another
+    /// region's transfer.
+    fn paid(&self, id: &TransferId, recall: &dyn Recall) -> Option<Paid> {
+        let transfer = self.transfers.get(id).cloned().or_else(|| recall.transfer(id));
+        if let Some(transfer) = transfer {
+            let view = transfer.view;
+            if !view.corridor.is_same_region() {
+                // Paid from here to another region: its payee is not here.
+                return None;
+            }
+            return Some(Paid {
+                payee: view.payee.partner,
+                committed: view.state == CoordinatorState::Committed,
+                finished_at: view.updated_at,
+                destination: view.priced.destination,
+                source: view.priced.source,
+                payer_region: self.region.clone(),
+                payer: Some(view.partner),
+                payer_token: view.payer_token,
+            });
+        }
+        let participation = self.participations.get(id).cloned().or_else(|| recall.participation(id))?;
+        let prepare = participation.prepare?;
+        Some(Paid {
+            payee: prepare.payee,
+            committed: participation.state == ParticipantState::Committed,
+            finished_at: participation.updated_at,
+            destination: prepare.destination,
+            source: prepare.source,
+            payer_region: prepare.corridor.source_region,
+            payer: None,
+            payer_token: prepare.payer_token,
+        })
+    }
+
+    /// What the committed refunds of a payment gave back, as of now in
+    /// this batch.
+    fn refunded_so_far(&self, transfer: &TransferId, recall: &dyn Recall) -> Option<RefundTotals> {
+        self.refunded.get(transfer).copied().or_else(|| recall.refunded(transfer))
+    }
+
+    /// Record one more committed refund of `transfer`.
+    fn count_refunded(&mut self, transfer: &TransferId, debited: Money, credited: Money, recall: &dyn Recall) {
+        let totals = add_totals(self.refunded_so_far(transfer, recall), debited, credited);
+        self.refunded.insert(transfer.clone(), totals);
+        self.journal.push(Record::Refunded { transfer: transfer.clone(), totals });
+    }
+
+    fn start_refund(&mut self, request: &RefundRequest, admissible: RefundAdmissible, now: Timestamp) -> RefundView {
+        let RefundAdmissible { paid, credited } = admissible;
+        let id = TransferId::new(self.region.clone(), self.next_transfer);
+        self.next_transfer += 1;
+        let mut refund = Refund {
+            view: RefundView {
+                id: id.clone(),
+                partner: request.partner.clone(),
+                idempotency_key: request.idempotency_key.clone(),
+                original: request.transfer.clone(),
+                debited: request.amount,
+                credited,
+                state: CoordinatorState::Received,
+                reason: None,
+                created_at: now,
+                updated_at: now,
+                deadline: None,
+            },
+            payer_region: paid.payer_region.clone(),
+        };
+        let payee_account = AccountId::new(AccountOwner::Partner(request.partner.clone()), request.amount.currency());
+        let clearing =
+            self.open_mesh_account(AccountOwner::Clearing(paid.payer_region.clone()), request.amount.currency());
+        let payee_leg = |post: bool| {
+            let id = leg(&id, Leg::Refund);
+            let (debit, credit, amount) = (payee_account.clone(), clearing.clone(), request.amount);
+            if post {
+                Op::Post { id, debit, credit, amount }
+            } else {
+                Op::Reserve { id, debit, credit, amount }
+            }
+        };
+        match paid.payer {
+            Some(payer) => {
+                let back = self.open_mesh_account(AccountOwner::Clearing(self.region.clone()), credited.currency());
+                let payer_account = AccountId::new(AccountOwner::Partner(payer.clone()), credited.currency());
+                let ops = [
+                    payee_leg(true),
+                    Op::Post { id: leg(&id, Leg::RefundPayout), debit: back, credit: payer_account, amount: credited },
+                ];
+                match self.ledger.apply(&ops, now) {
+                    Ok(()) => {
+                        step_refund(&mut refund, CoordinatorEvent::PostLocal, now);
+                        self.push_event(&payer, now, &request.transfer, EventKind::Refunded, credited, None);
+                    }
+                    Err(refused) => {
+                        refund.view.reason = Some(ledger_code(refused.reason));
+                        step_refund(&mut refund, CoordinatorEvent::ReserveRejected, now);
+                    }
+                }
+            }
+            None => match self.ledger.apply(&[payee_leg(false)], now) {
+                Ok(()) => {
+                    step_refund(&mut refund, CoordinatorEvent::Reserve, now);
+                    self.use_partner(&request.partner, |u| u.transfers_in_flight += 1);
+                    let deadline = now.plus_ms(TRANSFER_PREPARE_DEADLINE_MS);
+                    refund.view.deadline = Some(deadline);
+                    self.deadlines.insert((deadline, id.clone()));
+                    let message = RefundPrepare {
+                        refund: id.clone(),
+                        original: request.transfer.clone(),
+                        debited: request.amount,
+                        credited,
+                        requested_by: request.partner.clone(),
+                        payer_token: paid.payer_token,
+                        deadline,
+                    };
+                    self.outbox.insert((paid.payer_region, id.clone()), OutboxMessage::PrepareRefund(message));
+                }
+                Err(refused) => {
+                    refund.view.reason = Some(ledger_code(refused.reason));
+                    step_refund(&mut refund, CoordinatorEvent::ReserveRejected, now);
+                }
+            },
+        }
+        if refund.view.state.is_final() {
+            self.finish_refund(&refund, now);
+        }
+        let view = refund.view.clone();
+        self.refunds.insert(id, refund);
+        view
+    }
+
+    /// Record a refund that reached its final state: its totals (when it
+    /// committed), its record and the requester's event.
+    fn finish_refund(&mut self, refund: &Refund, now: Timestamp) {
+        let view = &refund.view;
+        debug_assert!(view.state.is_final());
+        self.journal.push(Record::Refund(Box::new(refund.clone())));
+        if view.state == CoordinatorState::Committed {
+            self.push_event(&view.partner, now, &view.id, EventKind::RefundDebited, view.debited, None);
+        } else {
+            self.push_event(&view.partner, now, &view.id, EventKind::RefundAborted, view.debited, view.reason);
+        }
+    }
+
+    /// Whether `id` names a refund this region coordinates (in flight, or
+    /// finished and still recalled): a reply about it is the refund's.
+    pub(super) fn coordinates_refund(&self, id: &TransferId, recall: &dyn Recall) -> bool {
+        !self.transfers.contains_key(id) && (self.refunds.contains_key(id) || recall.refund(id).is_some())
+    }
+
+    /// The payer region's answer to a refund's Prepare.
+    pub(super) fn refund_prepare_replied(
+        &mut self,
+        id: &TransferId,
+        reply: PrepareReply,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<Outcome> {
+        let mut refund = match self.refunds.get(id) {
+            Some(refund) => refund.clone(),
+            None => recall
+                .refund(id)
+                .filter(|r| r.view.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
+                .ok_or(RejectCode::TransferNotFound)?,
+        };
+        let event = match reply {
+            PrepareReply::Prepared => CoordinatorEvent::Prepared,
+            PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
+        };
+        match coordinator_step(refund.view.state, event) {
+            Err(_) => return Err(RejectCode::ProtocolViolation),
+            Ok(Step::Unchanged) => return Ok(Outcome::Done),
+            Ok(Step::Move(_)) => {}
+        }
+        step_refund(&mut refund, event, now);
+        self.use_partner(&refund.view.partner, |u| u.transfers_in_flight -= 1);
+        let deadline = refund.view.deadline.expect("a reserved refund has a deadline");
+        self.deadlines.remove(&(deadline, id.clone()));
+        let key = (refund.payer_region.clone(), id.clone());
+        match reply {
+            PrepareReply::Prepared if now < deadline => {
+                step_refund(&mut refund, CoordinatorEvent::DecideCommit, now);
+                self.ledger.apply(&[Op::PostPending { id: leg(id, Leg::Refund) }], now).expect("a reserved leg posts");
+                let view = &refund.view;
+                self.count_refunded(&view.original.clone(), view.debited, view.credited, recall);
+                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit });
+            }
+            PrepareReply::Prepared => {
+                refund.view.reason = Some(RejectCode::DeadlineExceeded);
+                step_refund(&mut refund, CoordinatorEvent::DecideAbort, now);
+                self.void_refund(&refund, now);
+                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+            }
+            PrepareReply::Rejected(code) => {
+                refund.view.reason = Some(code);
+                self.void_refund(&refund, now);
+                self.outbox.remove(&key);
+            }
+        }
+        self.finish_refund(&refund, now);
+        self.refunds.insert(id.clone(), refund);
+        Ok(Outcome::Done)
+    }
+
+    fn void_refund(&mut self, refund: &Refund, now: Timestamp) {
+        let op = Op::VoidPending { id: leg(&refund.view.id, Leg::Refund) };
+        self.ledger.apply(&[op], now).expect("a reserved refund's leg voids");
+    }
+
+    /// A reserved refund past its deadline: abort it and tell the payer's
+    /// region (which may have prepared meanwhile).
+    pub(super) fn expire_refund(&mut self, id: &TransferId, now: Timestamp) {
+        let mut refund = self.refunds[id].clone();
+        refund.view.reason = Some(RejectCode::DeadlineExceeded);
+        step_refund(&mut refund, CoordinatorEvent::DeadlineExpired, now);
+        self.use_partner(&refund.view.partner, |u| u.transfers_in_flight -= 1);
+        self.void_refund(&refund, now);
+        let key = (refund.payer_region.clone(), id.clone());
+        self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+        self.finish_refund(&refund, now);
+        self.refunds.insert(id.clone(), refund);
+    }
+
+    // ---- the payer's region: another region's refund of a payment made here ----
+
+    /// Prepare the payer's credit of a refund another region coordinates.
+    pub(super) fn prepare_refund(
+        &mut self,
+        message: &RefundPrepare,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> PrepareReply {
+        let id = &message.refund;
+        let existing =
+            self.refund_participations.get(id).cloned().or_else(|| recall_refund_participation(recall, id, now));
+        if let Some(existing) = existing {
+            // Delivered again or late: answer from the record.
+            if existing.prepare != *message {
+                return PrepareReply::Rejected(RejectCode::ProtocolViolation);
+            }
+            return match existing.state {
+                ParticipantState::Prepared | ParticipantState::Committed => PrepareReply::Prepared,
+                ParticipantState::Aborted | ParticipantState::Tombstone => {
+                    PrepareReply::Rejected(existing.reason.unwrap_or(RejectCode::ProtocolViolation))
+                }
+            };
+        }
+        // An abort that overtook this Prepare left a tombstone among the
+        // payments' participations (it could not tell a refund's id).
+        if let Some(other) = self.participations.get(id).cloned().or_else(|| recall_participation(recall, id, now)) {
+            return PrepareReply::Rejected(match other.state {
+                ParticipantState::Tombstone => RejectCode::AbortedBeforePrepare,
+                _ => RejectCode::ProtocolViolation,
+            });
+        }
+        let (payer, reserved) = match self.reserve_refund_credit(message, now, recall) {
+            Ok(payer) => (payer, Ok(())),
+            Err((payer, code)) => (payer, Err(code)),
+        };
+        let (event, reason) = match reserved {
+            Ok(()) => (ParticipantEvent::Prepare, None),
+            Err(code) => (ParticipantEvent::PrepareRefused, Some(code)),
+        };
+        let Step::Move(state) = step_participant(id, None, event) else {
+            panic!("refund {id}: a first Prepare records a participation");
+        };
+        let participation =
+            RefundParticipation { state, reason, prepare: message.clone(), payer, created_at: now, updated_at: now };
+        if state.is_final() {
+            self.journal.push(Record::RefundParticipation {
+                refund: id.clone(),
+                participation: Box::new(participation.clone()),
+            });
+        }
+        self.refund_participations.insert(id.clone(), participation);
+        match reason {
+            None => PrepareReply::Prepared,
+            Some(code) => PrepareReply::Rejected(code),
+        }
+    }
+
+    /// Check a refund's first Prepare against this region's record of the
+    /// payment and reserve the payer's credit: the payer, or (with the
+    /// payer, when the payment was found) why not.
+    fn reserve_refund_credit(
+        &mut self,
+        message: &RefundPrepare,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Result<Option<PartnerId>, (Option<PartnerId>, RejectCode)> {
+        if now >= message.deadline {
+            return Err((None, RejectCode::DeadlineExceeded));
+        }
+        if message.deadline > now.plus_ms(PREPARE_DEADLINE_AHEAD_MAX_MS) {
+            return Err((None, RejectCode::ProtocolViolation));
+        }
+        let coordinator = message.refund.origin();
+        if coordinator == &self.region || message.original.origin() != &self.region {
+            return Err((None, RejectCode::RegionMismatch));
+        }
+        let original = self.transfers.get(&message.original).cloned().or_else(|| recall.transfer(&message.original));
+        let view = original.ok_or((None, RejectCode::TransferNotFound))?.view;
+        let payer = Some(view.partner.clone());
+        let refuse = |code| Err((payer.clone(), code));
+        if &view.corridor.destination_region != coordinator {
+            return refuse(RejectCode::RegionMismatch);
+        }
+        if view.payer_token != message.payer_token {
+            return refuse(RejectCode::ProtocolViolation);
+        }
+        if view.state != CoordinatorState::Committed {
+            return refuse(RejectCode::TransferNotCommitted);
+        }
+        let (source, destination) = (view.priced.source, view.priced.destination);
+        if message.credited.currency() != source.currency() || message.debited.currency() != destination.currency() {
+            return refuse(RejectCode::CurrencyMismatch);
+        }
+        if message.credited.is_zero() || message.debited.is_zero() {
+            return refuse(RejectCode::ProtocolViolation);
+        }
+        let done = self.refunded_so_far(&message.original, recall);
+        let pending: Vec<&RefundPrepare> = self
+            .refund_participations
+            .values()
+            .filter(|p| p.state == ParticipantState::Prepared && p.prepare.original == message.original)
+            .map(|p| &p.prepare)
+            .collect();
+        let credited = sum(
+            source.currency(),
+            done.map(|d| d.credited).into_iter().chain(pending.iter().map(|p| p.credited)).chain([message.credited]),
+        );
+        let debited = sum(
+            destination.currency(),
+            done.map(|d| d.debited).into_iter().chain(pending.iter().map(|p| p.debited)).chain([message.debited]),
+        );
+        if credited.is_none_or(|c| c.units() > source.units())
+            || debited.is_none_or(|d| d.units() > destination.units())
+        {
+            return refuse(RejectCode::RefundExceedsOriginal);
+        }
+        let clearing = self.open_mesh_account(AccountOwner::Clearing(coordinator.clone()), source.currency());
+        let op = Op::Reserve {
+            id: leg(&message.refund, Leg::RefundPayout),
+            debit: clearing,
+            credit: AccountId::new(AccountOwner::Partner(view.partner), source.currency()),
+            amount: message.credited,
+        };
+        match self.ledger.apply(&[op], now) {
+            Ok(()) => Ok(payer),
+            Err(refused) => refuse(ledger_code(refused.reason)),
+        }
+    }
+
+    /// The refund participation `id` names, if it is one (in flight, or
+    /// finished and still recalled): a decision about it is the refund's.
+    pub(super) fn refund_participation_of(
+        &self,
+        id: &TransferId,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Option<RefundParticipation> {
+        if self.participations.contains_key(id) {
+            return None;
+        }
+        self.refund_participations.get(id).cloned().or_else(|| recall_refund_participation(recall, id, now))
+    }
+
+    /// The coordinator's decision on a refund this region prepared.
+    pub(super) fn decide_refund(
+        &mut self,
+        id: &TransferId,
+        existing: RefundParticipation,
+        decision: Decision,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<Outcome> {
+        let event = match decision {
+            Decision::Commit => ParticipantEvent::Commit,
+            Decision::Abort => ParticipantEvent::Abort,
+        };
+        let to = match participant_step(Some(existing.state), event) {
+            Err(_) => return Err(RejectCode::ProtocolViolation),
+            Ok(Step::Unchanged) => return Ok(Outcome::Acked),
+            Ok(Step::Move(to)) => to,
+        };
+        let post = to == ParticipantState::Committed;
+        let entry = leg(id, Leg::RefundPayout);
+        let op = if post { Op::PostPending { id: entry } } else { Op::VoidPending { id: entry } };
+        self.ledger.apply(&[op], now).expect("a prepared refund's credit resolves");
+        let mut finished = existing;
+        finished.state = to;
+        finished.updated_at = now;
+        if post {
+            let prepare = &finished.prepare;
+            self.count_refunded(&prepare.original, prepare.debited, prepare.credited, recall);
+            let (original, credited) = (prepare.original.clone(), prepare.credited);
+            let payer = finished.payer.clone().expect("a prepared refund found its payer");
+            self.push_event(&payer, now, &original, EventKind::Refunded, credited, None);
+        }
+        self.journal
+            .push(Record::RefundParticipation { refund: id.clone(), participation: Box::new(finished.clone()) });
+        self.refund_participations.insert(id.clone(), finished);
+        Ok(Outcome::Acked)
+    }
+}
+
+/// Move a refund by an event of this region's own making, which the
+/// coordinator's table must allow (a bug otherwise).
+fn step_refund(refund: &mut Refund, event: CoordinatorEvent, now: Timestamp) {
+    match coordinator_step(refund.view.state, event) {
+        Ok(Step::Move(to)) => {
+            refund.view.state = to;
+            refund.view.updated_at = now;
+        }
+        other => panic!("refund {}: local event {event:?} gave {other:?}", refund.view.id),
+    }
+}

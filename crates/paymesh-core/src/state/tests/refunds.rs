@@ -1,0 +1,311 @@
+//! Refunds: same-region and across borders, whole and in parts, refused
+//! where they must be, exactly once under repeated and reordered messages.
+
+use super::*;
+use crate::settings::REFUND_WINDOW_DAYS_MAX;
+
+fn refund(partner: &str, key: &str, transfer: &TransferId, amount: Money) -> CommandBody {
+    CommandBody::CreateRefund(RefundRequest {
+        partner: pid(partner),
+        idempotency_key: IdempotencyKey::new(key).unwrap(),
+        transfer: transfer.clone(),
+        amount,
+    })
+}
+
+fn refund_view(outcome: &Outcome) -> RefundView {
+    match outcome {
+        Outcome::Refund(view) => view.clone(),
+        other => panic!("expected a refund, got {other:?}"),
+    }
+}
+
+/// A cross-border payment of 100.00 USD from paypal-us (716.40 CNY to
+/// wechat-cn, 1.30 USD fee), committed on both sides.
+fn paid(west: &mut Region, east: &mut Region, key: &str, now: Timestamp) -> TransferView {
+    let view = transfer_view(&pay(west, key, usd("100"), now));
+    deliver_all(west, east, now);
+    deliver_all(west, east, now);
+    assert_eq!(west.transfer(&view.id).unwrap().view.state, CoordinatorState::Committed);
+    view
+}
+
+fn kinds(region: &Region, partner: &str) -> Vec<(EventKind, String)> {
+    let events = region.state.events_after(&pid(partner), 0, 100, &region.history).unwrap();
+    events.into_iter().map(|e| (e.kind, e.amount.to_wire())).collect()
+}
+
+fn clearing(region: &Region, of: &str, currency: Currency) -> String {
+    let account = AccountId::new(AccountOwner::Clearing(super::region(of)), currency);
+    region.state.ledger().net_posted(&account).unwrap().to_wire()
+}
+
+#[test]
+fn a_cross_border_refund_gives_the_principal_back_through_both_phases_exactly_once() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+
+    let created = refund_view(&east.run(refund("wechat-cn", "refund-1", &payment.id, cny("716.40")), at));
+    assert_eq!(created.state, CoordinatorState::Reserved);
+    assert_eq!(created.credited, usd("100.00"), "the whole principal, not the fee");
+    assert_eq!(created.original, payment.id);
+    assert_eq!(east.position("wechat-cn").pending_debits.to_wire(), "716.40");
+
+    // The payer's region prepares the credit; a repeated Prepare changes nothing.
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else {
+        panic!("the refund's prepare must be queued")
+    };
+    let prepare = prepare.clone();
+    assert_eq!(prepare.payer_token, payment.payer_token);
+    deliver_all(&mut east, &mut west, at);
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "100.00");
+    let prepared = west.state.clone();
+    let again = west.run(CommandBody::PrepareRefund(prepare.clone()), at);
+    assert_eq!(again, Outcome::PrepareReply(PrepareReply::Prepared));
+    assert_eq!(west.state.ledger(), prepared.ledger());
+
+    // The decision, delivered twice.
+    deliver_all(&mut east, &mut west, at.plus_ms(10));
+    let decide = CommandBody::Decide { transfer: created.id.clone(), decision: Decision::Commit };
+    assert_eq!(west.run(decide, at.plus_ms(20)), Outcome::Acked);
+    assert_eq!(east.state.outbox().count(), 0);
+    let late = west.run(CommandBody::PrepareRefund(prepare), at.plus_ms(30));
+    assert_eq!(late, Outcome::PrepareReply(PrepareReply::Prepared));
+
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "9998.70");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+    assert_eq!(clearing(&west, "cn-east", USD), "0.00");
+    assert_eq!(clearing(&east, "us-west", CNY), "0.00");
+    assert_eq!(
+        kinds(&west, "paypal-us"),
+        [
+            (EventKind::Reserved, "101.30".into()),
+            (EventKind::Committed, "101.30".into()),
+            (EventKind::Refunded, "100.00".into())
+        ]
+    );
+    assert_eq!(
+        kinds(&east, "wechat-cn"),
+        [(EventKind::Credited, "716.40".into()), (EventKind::RefundDebited, "716.40".into())]
+    );
+    let totals = RefundTotals { debited: cny("716.40"), credited: usd("100.00") };
+    assert_eq!(west.history.refunded(&payment.id), Some(totals));
+    assert_eq!(east.history.refunded(&payment.id), Some(totals));
+    assert_eq!(east.history.refund(&created.id).unwrap().view.state, CoordinatorState::Committed);
+
+    // Nothing is left to give back.
+    let more = east.run(refund("wechat-cn", "refund-2", &payment.id, cny("0.01")), at.plus_ms(40));
+    assert_eq!(more, Outcome::Rejected(RejectCode::RefundExceedsOriginal));
+}
+
+#[test]
+fn partial_refunds_share_the_principal_and_never_sum_past_it() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    // Two in flight at once: the second counts the first.
+    let first = refund_view(&east.run(refund("wechat-cn", "r1", &payment.id, cny("300")), at));
+    let second = refund_view(&east.run(refund("wechat-cn", "r2", &payment.id, cny("300")), at));
+    // 300.00 / 716.40 of 100.00 USD, rounded down.
+    assert_eq!((first.credited, second.credited), (usd("41.87"), usd("41.87")));
+    let too_much = east.run(refund("wechat-cn", "r3", &payment.id, cny("116.41")), at);
+    assert_eq!(too_much, Outcome::Rejected(RejectCode::RefundExceedsOriginal));
+    // The last part gives back the rest of the principal exactly.
+    let last = refund_view(&east.run(refund("wechat-cn", "r3", &payment.id, cny("116.40")), at));
+    assert_eq!(last.credited, usd("16.26"));
+    deliver_all(&mut east, &mut west, at);
+    deliver_all(&mut east, &mut west, at);
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "9998.70");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+    let totals = RefundTotals { debited: cny("716.40"), credited: usd("100.00") };
+    assert_eq!(west.history.refunded(&payment.id), Some(totals));
+    assert_eq!(east.history.refunded(&payment.id), Some(totals));
+    let refunded: Vec<_> = kinds(&west, "paypal-us").into_iter().filter(|(k, _)| *k == EventKind::Refunded).collect();
+    assert_eq!(refunded.len(), 3);
+}
+
+#[test]
+fn the_payer_region_refuses_a_refund_its_own_record_does_not_allow() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    let message = |refund: u64, credited: Money, token: PayerToken| RefundPrepare {
+        refund: TransferId::new(region("cn-east"), refund),
+        original: payment.id.clone(),
+        debited: cny("716.40"),
+        credited,
+        requested_by: pid("wechat-cn"),
+        payer_token: token,
+        deadline: at.plus_ms(1_000),
+    };
+    let rejected = |code| Outcome::PrepareReply(PrepareReply::Rejected(code));
+    let token = payment.payer_token.clone();
+    let over = west.run(CommandBody::PrepareRefund(message(900, usd("100.01"), token.clone())), at);
+    assert_eq!(over, rejected(RejectCode::RefundExceedsOriginal));
+    let forged = PayerToken::for_transfer(&TransferId::new(region("us-west"), 999));
+    let wrong = west.run(CommandBody::PrepareRefund(message(901, usd("1"), forged)), at);
+    assert_eq!(wrong, rejected(RejectCode::ProtocolViolation));
+    let mut unknown = message(902, usd("1"), token.clone());
+    unknown.original = TransferId::new(region("us-west"), 999);
+    assert_eq!(west.run(CommandBody::PrepareRefund(unknown), at), rejected(RejectCode::TransferNotFound));
+    let mut dollars = message(903, usd("1"), token);
+    dollars.debited = usd("1");
+    assert_eq!(west.run(CommandBody::PrepareRefund(dollars), at), rejected(RejectCode::CurrencyMismatch));
+    // None of them reserved anything, and a refused one answers the same again.
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "0.00");
+    let again = west.run(CommandBody::PrepareRefund(message(900, usd("100.01"), payment.payer_token.clone())), at);
+    assert_eq!(again, rejected(RejectCode::RefundExceedsOriginal));
+}
+
+#[test]
+fn a_refund_is_refused_for_an_unknown_foreign_or_aborted_payment_and_after_its_window() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    let refused = |code| Outcome::Rejected(code);
+    let unknown = TransferId::new(region("us-west"), 999);
+    assert_eq!(east.run(refund("wechat-cn", "a", &unknown, cny("1")), at), refused(RejectCode::TransferNotFound));
+    // Another partner's payment is not found either; nor is it the payer's to refund.
+    assert_eq!(east.run(refund("alipay-cn", "b", &payment.id, cny("1")), at), refused(RejectCode::TransferNotFound));
+    assert_eq!(
+        west.run(refund("paypal-us", "c", &payment.id, usd("1")), at),
+        refused(RejectCode::PartnerRoleNotAllowed)
+    );
+    assert_eq!(east.run(refund("wechat-cn", "d", &payment.id, usd("1")), at), refused(RejectCode::CurrencyMismatch));
+    assert_eq!(east.run(refund("wechat-cn", "e", &payment.id, cny("0")), at), refused(RejectCode::AmountBelowMinimum));
+    // 0.01 CNY is less than a cent of the principal.
+    assert_eq!(
+        east.run(refund("wechat-cn", "f", &payment.id, cny("0.01")), at),
+        refused(RejectCode::AmountBelowMinimum)
+    );
+
+    // A same-region payment that aborted (alipay-cn short of its position).
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Destination(cny("49000")), at));
+    let body = CommandBody::CreateTransfer(request("alipay-cn", "big", &quote, "wxp://f2f0shop9", "Bo"));
+    let ok = transfer_view(&east.run(body, at));
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Destination(cny("2000")), at));
+    let body = CommandBody::CreateTransfer(request("alipay-cn", "short", &quote, "wxp://f2f0shop9", "Bo"));
+    let aborted = transfer_view(&east.run(body, at));
+    assert_eq!(aborted.state, CoordinatorState::Aborted);
+    assert_eq!(
+        east.run(refund("wechat-cn", "g", &aborted.id, cny("1")), at),
+        refused(RejectCode::TransferNotCommitted)
+    );
+
+    // The window: none at all, then a day, passed.
+    east.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(0)), at);
+    assert_eq!(east.run(refund("wechat-cn", "h", &ok.id, cny("1")), at), refused(RejectCode::RefundWindowClosed));
+    east.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(1)), at);
+    refund_view(&east.run(refund("wechat-cn", "i", &ok.id, cny("1")), at));
+    let later = at.plus_ms(DAY_MS);
+    assert_eq!(east.run(refund("wechat-cn", "j", &ok.id, cny("1")), later), refused(RejectCode::RefundWindowClosed));
+    assert!(!east.state.settings.set(RegionSetting::RefundWindowDays(REFUND_WINDOW_DAYS_MAX + 1)));
+    // Refusals before a refund exists leave no record under their keys.
+    assert!(east.history.idempotency(&pid("wechat-cn"), &IdempotencyKey::new("h").unwrap()).is_none());
+}
+
+#[test]
+fn a_same_region_refund_posts_at_once_and_its_key_answers_a_retry() {
+    let (_, mut east) = mesh();
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Destination(cny("88.88")), T0));
+    let body = CommandBody::CreateTransfer(request("alipay-cn", "k1", &quote, "wxp://f2f0shop9", "Bo"));
+    let payment = transfer_view(&east.run(body, T0));
+    let at = T0.plus_ms(1_000);
+    let body = refund("wechat-cn", "back", &payment.id, cny("88.88"));
+    let view = refund_view(&east.run(body.clone(), at));
+    assert_eq!(view.state, CoordinatorState::Committed);
+    assert_eq!((view.debited, view.credited), (cny("88.88"), cny("88.88")));
+    assert_eq!(east.position("alipay-cn").posted.to_wire(), "50000.00");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+    assert_eq!(east.state.outbox().count(), 0);
+    assert_eq!(clearing(&east, "cn-east", CNY), "0.00");
+    assert_eq!(kinds(&east, "alipay-cn").last(), Some(&(EventKind::Refunded, "88.88".into())));
+    assert_eq!(kinds(&east, "wechat-cn").last(), Some(&(EventKind::RefundDebited, "88.88".into())));
+
+    // The same key and body: the first answer; another body: a conflict;
+    // the key is the partner's one space, shared with its transfers.
+    assert_eq!(east.run(body, at.plus_ms(5)), Outcome::Refund(view));
+    let other = refund("wechat-cn", "back", &payment.id, cny("1"));
+    assert_eq!(east.run(other, at.plus_ms(6)), Outcome::Rejected(RejectCode::IdempotencyConflict));
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+}
+
+#[test]
+fn a_refund_the_payee_cannot_cover_aborts_with_its_reason() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    // wechat-cn paid its merchant out: a fund-out leaves it nothing.
+    let out = CommandBody::FundOut {
+        partner: pid("wechat-cn"),
+        amount: cny("716.40"),
+        reference: TopUpRef::new("out").unwrap(),
+    };
+    east.ok(out, T0);
+    let view = refund_view(&east.run(refund("wechat-cn", "r", &payment.id, cny("10")), T0.plus_ms(5)));
+    assert_eq!((view.state, view.reason), (CoordinatorState::Aborted, Some(RejectCode::InsufficientPosition)));
+    assert_eq!(east.state.outbox().count(), 0);
+    assert_eq!(kinds(&east, "wechat-cn").last(), Some(&(EventKind::RefundAborted, "10.00".into())));
+}
+
+#[test]
+fn a_refund_past_its_deadline_aborts_and_the_payer_region_releases_its_credit() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    let view = refund_view(&east.run(refund("wechat-cn", "r", &payment.id, cny("716.40")), at));
+    // The payer's region prepares; its answer is lost.
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else { panic!("no prepare") };
+    let prepared = west.run(CommandBody::PrepareRefund(prepare.clone()), at);
+    assert_eq!(prepared, Outcome::PrepareReply(PrepareReply::Prepared));
+    let deadline = view.deadline.unwrap();
+    east.run(CommandBody::Tick, deadline);
+    let aborted = east.history.refund(&view.id).unwrap();
+    assert_eq!(
+        (aborted.view.state, aborted.view.reason),
+        (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded))
+    );
+    // The late answer changes nothing; the abort reaches the payer's region.
+    let late = CommandBody::PrepareReplied { transfer: view.id.clone(), reply: PrepareReply::Prepared };
+    assert_eq!(east.run(late, deadline.plus_ms(1)), Outcome::Done);
+    deliver_all(&mut east, &mut west, deadline.plus_ms(2));
+    assert_eq!(east.state.outbox().count(), 0);
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "0.00");
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "9898.70");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "716.40");
+    assert_eq!(west.history.refunded(&payment.id), None);
+    // Nothing was given back, so the whole payment may still be refunded.
+    let again = refund_view(&east.run(refund("wechat-cn", "r2", &payment.id, cny("716.40")), deadline.plus_ms(3)));
+    assert_eq!(again.state, CoordinatorState::Reserved);
+}
+
+#[test]
+fn an_abort_that_overtakes_a_refunds_prepare_leaves_a_tombstone_that_refuses_it() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    let view = refund_view(&east.run(refund("wechat-cn", "r", &payment.id, cny("100")), at));
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else { panic!("no prepare") };
+    let prepare = prepare.clone();
+    east.run(CommandBody::Tick, view.deadline.unwrap());
+    deliver_all(&mut east, &mut west, view.deadline.unwrap());
+    let late = west.run(CommandBody::PrepareRefund(prepare), view.deadline.unwrap().minus_ms(1));
+    assert_eq!(late, Outcome::PrepareReply(PrepareReply::Rejected(RejectCode::AbortedBeforePrepare)));
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "0.00");
+}
+
+#[test]
+fn a_commit_for_a_refund_never_prepared_is_a_protocol_violation() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    let view = refund_view(&east.run(refund("wechat-cn", "r", &payment.id, cny("100")), at));
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else { panic!("no prepare") };
+    let prepare = prepare.clone();
+    west.run(CommandBody::PrepareRefund(prepare), at);
+    let abort = CommandBody::Decide { transfer: view.id.clone(), decision: Decision::Abort };
+    assert_eq!(west.run(abort, at), Outcome::Acked);
+    let commit = CommandBody::Decide { transfer: view.id.clone(), decision: Decision::Commit };
+    assert_eq!(west.run(commit, at), Outcome::Rejected(RejectCode::ProtocolViolation));
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "9898.70");
+}
