@@ -257,6 +257,10 @@ pub(crate) enum SettingsCommand {
         /// history; shortening forgets older keys at once.
         #[arg(long)]
         idempotency_retention_days: Option<u32>,
+        /// How long after a transfer committed its payee may refund it, in
+        /// days (0 to 400; 365 by default; 0 refuses every refund).
+        #[arg(long)]
+        refund_window_days: Option<u32>,
     },
 }
 
@@ -528,16 +532,17 @@ pub(crate) async fn settings(command: SettingsCommand) -> anyhow::Result<()> {
                 .await?
                 .settings
         }
-        SettingsCommand::Set { target, idempotency_retention_days } => {
-            if idempotency_retention_days.is_none() {
-                bail!("nothing to set: give --idempotency-retention-days");
+        SettingsCommand::Set { target, idempotency_retention_days, refund_window_days } => {
+            if idempotency_retention_days.is_none() && refund_window_days.is_none() {
+                bail!("nothing to set: give --idempotency-retention-days or --refund-window-days");
             }
-            let request = wire::SetRegionSettingsRequest { idempotency_retention_days };
+            let request = wire::SetRegionSettingsRequest { idempotency_retention_days, refund_window_days };
             call(&target, |mut c| async move { c.set_region_settings(request).await }).await?.settings
         }
     };
     let settings = settings.context("the node did not return the settings")?;
     println!("idempotency retention  {} days", settings.idempotency_retention_days);
+    println!("refund window          {} days", settings.refund_window_days);
     Ok(())
 }
 

@@ -387,3 +387,169 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     assert!(long.iter().all(|id| seen.get(id).is_none_or(|t| t.state == ABORTED)));
     mesh.stop().unwrap();
 }
+
+/// Ask `merchant` to refund `amount` of `transfer` under `key`: the answer.
+async fn refund(
+    merchant: &PartnerClient,
+    key: &str,
+    transfer: &wire::Transfer,
+    amount: &str,
+) -> wire::CreateRefundResponse {
+    let currency = transfer.destination_amount.as_ref().unwrap().currency.clone();
+    let request = wire::CreateRefundRequest {
+        idempotency_key: key.to_owned(),
+        transfer_id: transfer.transfer_id.clone(),
+        amount: Some(common::Money { amount: amount.to_owned(), currency }),
+    };
+    merchant.create_refund(request).await.unwrap()
+}
+
+/// Wait until refund `id` is final; the refund.
+async fn refund_final(merchant: &PartnerClient, id: &str, within: Duration) -> wire::Refund {
+    let deadline = Instant::now() + within;
+    loop {
+        let refund = merchant.get_refund(wire::GetRefundRequest { refund_id: id.to_owned() }).await.unwrap();
+        let refund = refund.refund.expect("the refund exists");
+        if refund.state == COMMITTED || refund.state == ABORTED {
+            return refund;
+        }
+        assert!(Instant::now() < deadline, "refund {id} not final within {within:?}: {refund:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event of `client`'s stream, read until none comes for a second.
+async fn all_events(client: &PartnerClient) -> Vec<wire::Event> {
+    let mut stream = client.stream_events(0).await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(1), stream.message()).await.map(|m| m.transpose())
+    {
+        events.extend(message.event);
+        assert!(events.len() < 10_000, "a bounded stream");
+    }
+    events
+}
+
+fn decimal(money: Option<&common::Money>) -> rust_decimal::Decimal {
+    money.unwrap().amount.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() {
+    let mut fixture = mesh(WanSettings { delay_ms: 10, ..WanSettings::default() }).await;
+    let mesh = &mut fixture.mesh;
+    let client = wallet(mesh);
+    let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    // The refund's way: cn-east coordinates, us-west prepares the credit.
+    let link = mesh.link("cn-east", "us-west").unwrap().clone();
+    let mut payments = Vec::new();
+    for i in 0..5 {
+        payments.push(pay(&client, &format!("to-refund-{i}"), 10_000 + i).await);
+    }
+    let ids: Vec<String> = payments.iter().map(|t| t.transfer_id.clone()).collect();
+    assert!(wait_final(&client, &ids, Duration::from_secs(30)).await.iter().all(|s| *s == COMMITTED));
+    let wallet_before = position(&client).await;
+    let merchant_before = position(&merchant).await;
+    let full = |t: &wire::Transfer| t.destination_amount.as_ref().unwrap().amount.clone();
+    let mut committed = Vec::new();
+
+    // 1. A whole refund: the payer gets its principal back, not the fee.
+    let created = refund(&merchant, "refund-0", &payments[0], &full(&payments[0])).await;
+    let first = created.refund.expect("a refund");
+    assert_eq!((first.state, created.reject_code), (RESERVED, 0));
+    let done = refund_final(&merchant, &first.refund_id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, COMMITTED, "{done:?}");
+    assert_eq!(done.credited_amount, payments[0].source_amount);
+    committed.push(done);
+
+    // 2. Parts past the original are refused; a retry is the same refund.
+    let part = (decimal(payments[1].destination_amount.as_ref()) * rust_decimal::Decimal::new(6, 1)).round_dp(2);
+    let first_part = refund(&merchant, "refund-1a", &payments[1], &part.to_string()).await.refund.unwrap();
+    let again = refund(&merchant, "refund-1a", &payments[1], &part.to_string()).await.refund.unwrap();
+    assert_eq!(again.refund_id, first_part.refund_id);
+    let too_much = refund(&merchant, "refund-1b", &payments[1], &part.to_string()).await;
+    assert!(too_much.refund.is_none());
+    assert_eq!(too_much.reject_code, common::RejectCode::RefundExceedsOriginal as i32);
+    committed.push(refund_final(&merchant, &first_part.refund_id, Duration::from_secs(30)).await);
+
+    // 3. The coordinator's leader dies with the refund reserved (the link
+    // cut), and the link heals within the deadline: committed once.
+    link.update(|s| s.cut = true);
+    let third = refund(&merchant, "refund-2", &payments[2], &full(&payments[2])).await.refund.unwrap();
+    let cn = mesh.region_mut("cn-east").unwrap();
+    let leader = cn.wait_leader(Duration::from_secs(10)).await.unwrap();
+    cn.kill(leader).unwrap();
+    cn.wait_leader(Duration::from_secs(20)).await.unwrap();
+    link.update(|s| s.cut = false);
+    committed.push(refund_final(&merchant, &third.refund_id, Duration::from_secs(30)).await);
+    mesh.region_mut("cn-east").unwrap().spawn(leader).unwrap();
+
+    // 4. The payer region's leader dies once it has prepared the credit
+    // (answers crawl back on a slow link); the decision reaches the next.
+    link.set(WanSettings { delay_ms: 400, ..WanSettings::default() });
+    let fourth = refund(&merchant, "refund-3", &payments[3], &full(&payments[3])).await.refund.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while position(&client).await[0].3 == "0.00" {
+        assert!(Instant::now() < deadline, "the payer region never prepared the refund's credit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let us = mesh.region_mut("us-west").unwrap();
+    let leader = us.wait_leader(Duration::from_secs(10)).await.unwrap();
+    us.kill(leader).unwrap();
+    link.set(WanSettings { delay_ms: 10, ..WanSettings::default() });
+    committed.push(refund_final(&merchant, &fourth.refund_id, Duration::from_secs(30)).await);
+    mesh.region_mut("us-west").unwrap().spawn(leader).unwrap();
+    for refund in &committed {
+        assert_eq!(refund.state, COMMITTED, "{refund:?}");
+    }
+
+    // 5. A partition longer than the deadline: aborted on both sides, the
+    // merchant's reservation released.
+    link.update(|s| s.cut = true);
+    let fifth = refund(&merchant, "refund-4", &payments[4], &full(&payments[4])).await.refund.unwrap();
+    let aborted = refund_final(&merchant, &fifth.refund_id, DEADLINE + Duration::from_secs(15)).await;
+    assert_eq!(aborted.state, ABORTED);
+    assert_eq!(aborted.abort_reason, common::RejectCode::DeadlineExceeded as i32);
+    link.update(|s| s.cut = false);
+
+    // Each side's position moved by exactly the committed refunds, once.
+    let credited: rust_decimal::Decimal = committed.iter().map(|r| decimal(r.credited_amount.as_ref())).sum();
+    let debited: rust_decimal::Decimal = committed.iter().map(|r| decimal(r.debited_amount.as_ref())).sum();
+    let settled = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (wallet, merchant_now) = (position(&client).await, position(&merchant).await);
+        let moved = |after: &[(String, String, String, String)], before: &[(String, String, String, String)]| {
+            after[0].1.parse::<rust_decimal::Decimal>().unwrap() - before[0].1.parse::<rust_decimal::Decimal>().unwrap()
+        };
+        let pending_gone = [&wallet, &merchant_now].iter().all(|p| p[0].2 == "0.00" && p[0].3 == "0.00");
+        if pending_gone
+            && moved(&wallet, &wallet_before) == credited
+            && moved(&merchant_now, &merchant_before) == -debited
+        {
+            break;
+        }
+        assert!(Instant::now() < settled, "positions {wallet:?} {merchant_now:?}; refunds {credited} / {debited}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One event per refund on each side: the payer's per committed refund,
+    // the merchant's per refund, final.
+    let refunded: Vec<_> =
+        all_events(&client).await.into_iter().filter(|e| e.kind == wire::EventKind::Refunded as i32).collect();
+    assert_eq!(refunded.len(), committed.len(), "{refunded:?}");
+    let merchant_events = all_events(&merchant).await;
+    let count = |kind: wire::EventKind| merchant_events.iter().filter(|e| e.kind == kind as i32).count();
+    assert_eq!((count(wire::EventKind::RefundDebited), count(wire::EventKind::RefundAborted)), (committed.len(), 1));
+
+    // The invariants that hold of refunds already: books balanced in every
+    // region, replicas equal, every transfer final and atomic, no payer data
+    // abroad. (Positions from transfers alone no longer add up: refunds move
+    // them.)
+    let partners = observe::Partners { wallets: &world::WALLETS, merchants: &world::MERCHANTS };
+    let observed = observe::live_mesh(mesh, partners, Duration::from_secs(30), "process").await.unwrap();
+    let checkers: Vec<Box<dyn check::Checker>> =
+        check::of_observation().into_iter().filter(|c| c.name() != "positions").collect();
+    let verdict = check::check_with(&checkers, &observed);
+    assert!(verdict.passed(), "{}", verdict.failures(5));
+    mesh.stop().unwrap();
+}

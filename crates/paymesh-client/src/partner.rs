@@ -68,6 +68,16 @@ impl PartnerClient {
         list_transfers, wire::ListTransfersRequest, wire::ListTransfersResponse
     );
     unary!(
+        /// Refund a transfer received, in whole or in part. Retried with the
+        /// same idempotency key, so a failover in the middle returns the same
+        /// refund, never a second one.
+        create_refund, wire::CreateRefundRequest, wire::CreateRefundResponse
+    );
+    unary!(
+        /// Read one refund.
+        get_refund, wire::GetRefundRequest, wire::GetRefundResponse
+    );
+    unary!(
         /// Read the position.
         get_position, wire::GetPositionRequest, wire::GetPositionResponse
     );

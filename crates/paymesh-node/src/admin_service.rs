@@ -6,7 +6,9 @@ use paymesh_core::command::CommandBody;
 use paymesh_core::fx::FxRate;
 use paymesh_core::id::{OperatorId, PartnerId, TopUpRef};
 use paymesh_core::partner::PartnerConfig;
-use paymesh_core::settings::{RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN};
+use paymesh_core::settings::{
+    RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN, REFUND_WINDOW_DAYS_MAX,
+};
 use paymesh_core::{Money, Outcome, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
@@ -122,6 +124,19 @@ impl AdminService for AdminServer {
                 )));
             }
             let setting = RegionSetting::IdempotencyRetentionDays(days);
+            let reject_code = self.apply(&operator, CommandBody::SetRegionSetting(setting)).await?;
+            if reject_code != 0 {
+                return Err(Status::internal(format!("the setting was refused with code {reject_code}")));
+            }
+        }
+        if let Some(days) = r.refund_window_days {
+            if days > REFUND_WINDOW_DAYS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "refund_window_days: {days} is above {REFUND_WINDOW_DAYS_MAX} (history keeps every transfer at \
+                     least {REFUND_WINDOW_DAYS_MAX} days)"
+                )));
+            }
+            let setting = RegionSetting::RefundWindowDays(days);
             let reject_code = self.apply(&operator, CommandBody::SetRegionSetting(setting)).await?;
             if reject_code != 0 {
                 return Err(Status::internal(format!("the setting was refused with code {reject_code}")));

@@ -16,7 +16,7 @@ use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use paymesh_core::history::{ListToken, Movement, MovementKind};
 use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
-use paymesh_core::outcome::{Position, Quote, TransferView};
+use paymesh_core::outcome::{Position, Quote, RefundView, TransferView};
 use paymesh_core::partner::{BusinessStatus, Partner, PartnerLimits, PartnerRole};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
@@ -280,6 +280,22 @@ pub fn transfer_view_out(view: &TransferView, viewer_is_payer: bool) -> partner:
     }
 }
 
+/// The wire form of a refund, for the partner that asked for it.
+pub fn refund_out(view: &RefundView) -> partner::Refund {
+    partner::Refund {
+        refund_id: view.id.to_string(),
+        idempotency_key: view.idempotency_key.to_string(),
+        transfer_id: view.original.to_string(),
+        state: coordinator_state(view.state) as i32,
+        abort_reason: reject_code_opt(view.reason),
+        debited_amount: Some(money_out(&view.debited)),
+        credited_amount: Some(money_out(&view.credited)),
+        created_unix_ms: unix_ms(view.created_at),
+        updated_unix_ms: unix_ms(view.updated_at),
+        deadline_unix_ms: view.deadline.map_or(0, unix_ms),
+    }
+}
+
 /// The wire form of the payee region's record of a cross-border transfer.
 /// `None` for a tombstone, which names no payee.
 pub fn participation_out(participation: &Participation) -> Option<partner::Transfer> {
@@ -357,7 +373,10 @@ pub fn event_out(event: &Event) -> partner::Event {
 
 /// The wire form of the region's settings.
 pub fn region_settings(settings: &paymesh_core::settings::RegionSettings) -> admin::RegionSettings {
-    admin::RegionSettings { idempotency_retention_days: settings.idempotency_retention_days() }
+    admin::RegionSettings {
+        idempotency_retention_days: settings.idempotency_retention_days(),
+        refund_window_days: settings.refund_window_days(),
+    }
 }
 
 /// The wire form of a partner.

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use paymesh_core::command::{CommandBody, TransferRequest};
+use paymesh_core::command::{CommandBody, RefundRequest, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
 use paymesh_core::ledger::{AccountId, AccountOwner};
@@ -144,6 +144,59 @@ impl PartnerService for PartnerServer {
                 reject_code: Gateway::rejected(code)?,
             })),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn create_refund(
+        &self,
+        request: Request<wire::CreateRefundRequest>,
+    ) -> Result<Response<wire::CreateRefundResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let request = request.into_inner();
+        let refund = RefundRequest {
+            partner: partner.clone(),
+            idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+            transfer: convert::transfer_id("transfer_id", &request.transfer_id)?,
+            amount: convert::money("amount", request.amount.as_ref())?,
+        };
+        match self.gateway.submit(partner.clone(), CommandBody::CreateRefund(refund)).await? {
+            Outcome::Refund(view) => {
+                // As it stands now: a retry's recorded answer may be older.
+                let sm = &self.gateway.state_machine;
+                let current = (!view.state.is_final())
+                    .then(|| sm.applied().state.refund_for(&partner, &view.id, sm.history()))
+                    .flatten()
+                    .map_or(view, |refund| refund.view);
+                let reject_code = if current.state == CoordinatorState::Aborted {
+                    convert::reject_code_opt(current.reason)
+                } else {
+                    0
+                };
+                Ok(Response::new(wire::CreateRefundResponse {
+                    refund: Some(convert::refund_out(&current)),
+                    reject_code,
+                }))
+            }
+            Outcome::Rejected(code) => {
+                Ok(Response::new(wire::CreateRefundResponse { refund: None, reject_code: Gateway::rejected(code)? }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get_refund(
+        &self,
+        request: Request<wire::GetRefundRequest>,
+    ) -> Result<Response<wire::GetRefundResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let id = convert::transfer_id("refund_id", &request.get_ref().refund_id)?;
+        self.gateway.linearizable().await?;
+        let sm = &self.gateway.state_machine;
+        match sm.applied().state.refund_for(&partner, &id, sm.history()) {
+            Some(refund) => {
+                Ok(Response::new(wire::GetRefundResponse { refund: Some(convert::refund_out(&refund.view)) }))
+            }
+            None => Err(Status::not_found(format!("RefundNotFound: no refund {id} asked for by this partner"))),
         }
     }
 

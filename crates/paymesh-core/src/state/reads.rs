@@ -88,6 +88,34 @@ impl State {
         self.look_up_request(request, self.clock, recall)
     }
 
+    /// What a refund request's idempotency key holds now, as
+    /// [`State::look_up_transfer_request`] for a transfer request (the two
+    /// share the partner's key space).
+    pub fn look_up_refund_request(&self, request: &RefundRequest, recall: &dyn Recall) -> KeyLookup {
+        self.look_up_key(&request.partner, &request.idempotency_key, request.fingerprint(), self.clock, recall)
+    }
+
+    /// A refund `partner` asked for, in flight or finished; another
+    /// partner's is indistinguishable from a missing one.
+    pub fn refund_for(&self, partner: &PartnerId, id: &TransferId, recall: &dyn Recall) -> Option<Refund> {
+        let refund = self.refunds.get(id).cloned().or_else(|| {
+            // Only this region's own refunds are coordinated here.
+            (id.origin() == &self.region).then(|| recall.refund(id)).flatten()
+        })?;
+        (&refund.view.partner == partner).then_some(refund)
+    }
+
+    /// Refunds this region coordinates that are not final yet.
+    pub fn refunds(&self) -> impl Iterator<Item = &Refund> {
+        self.refunds.values()
+    }
+
+    /// This region's sides of other regions' refunds, waiting for their
+    /// decision.
+    pub fn refund_participations(&self) -> impl Iterator<Item = (&TransferId, &RefundParticipation)> {
+        self.refund_participations.iter()
+    }
+
     /// A transfer as `partner` may see it, in flight or finished: one it
     /// pays, or one that credits it. Another partner's transfer is
     /// indistinguishable from a missing one.

@@ -186,6 +186,9 @@ impl Handler<Submit> for PartnerActor {
                 self.admission.transfer(request, message.reply, (&applied.state, through), self.state.history(), now)
             }
             body @ CommandBody::CreateQuote { .. } => self.admission.quote(body, message.reply, &applied.state, now),
+            CommandBody::CreateRefund(request) => {
+                self.admission.refund(request, message.reply, &applied.state, self.state.history(), now)
+            }
             body => self.admission.other(body, message.reply),
         };
         self.carry(step, message.route, ctx);

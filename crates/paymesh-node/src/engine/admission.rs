@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use paymesh_core::command::{CommandBody, Fingerprint, TransferRequest};
+use paymesh_core::command::{CommandBody, Fingerprint, RefundRequest, TransferRequest};
 use paymesh_core::history::Recall;
 use paymesh_core::id::{IdempotencyKey, RegionId};
 use paymesh_core::state::KeyLookup;
@@ -165,6 +165,30 @@ impl<W> Admission<W> {
                 self.propose(fresh(request), waiter, Some(key))
             }
         }
+    }
+
+    /// A refund request: answered from its key's record if `state` (with
+    /// `recall`, history as of now) holds one; refused now if `state`
+    /// refuses it at `now`; otherwise proposed. A retry while the first is
+    /// in flight is proposed too, and answered by the record the first
+    /// leaves (refunds are rare; no joining).
+    pub fn refund(
+        &mut self,
+        request: RefundRequest,
+        waiter: W,
+        state: &State,
+        recall: &dyn Recall,
+        now: Timestamp,
+    ) -> Step<W> {
+        if let KeyLookup::Answered(outcome) = state.look_up_refund_request(&request, recall) {
+            return Step::Answer(waiter, outcome);
+        }
+        if !self.pending.contains_key(&request.idempotency_key) {
+            if let Err(code) = state.check_refund_request(&request, now.max(state.clock()), recall) {
+                return Step::Answer(waiter, Outcome::Rejected(code));
+            }
+        }
+        self.propose(CommandBody::CreateRefund(request), waiter, None)
     }
 
     fn propose(&mut self, body: CommandBody, waiter: W, owns: Option<IdempotencyKey>) -> Step<W> {
