@@ -541,14 +541,17 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     let count = |kind: wire::EventKind| merchant_events.iter().filter(|e| e.kind == kind as i32).count();
     assert_eq!((count(wire::EventKind::RefundDebited), count(wire::EventKind::RefundAborted)), (committed.len(), 1));
 
-    // The invariants that hold of refunds already: books balanced in every
-    // region, replicas equal, every transfer final and atomic, no payer data
-    // abroad. (Positions from transfers alone no longer add up: refunds move
-    // them.)
+    // Every invariant of the mesh, refunds counted: books balanced,
+    // positions adding up to transfers and refunds, refunds within their
+    // transfers and atomic, replicas equal, no payer data abroad.
     let partners = observe::Partners { wallets: &world::WALLETS, merchants: &world::MERCHANTS };
     let observed = observe::live_mesh(mesh, partners, Duration::from_secs(30), "process").await.unwrap();
-    let checkers: Vec<Box<dyn check::Checker>> =
-        check::of_observation().into_iter().filter(|c| c.name() != "positions").collect();
+    let refunds = &observed.observation.as_ref().unwrap().regions;
+    let views: usize = refunds.values().map(|r| r.refunds.len()).sum();
+    // Each refund seen by its payee, each committed one by its payer too
+    // (the one cut off never reached the payer's region).
+    assert_eq!(views, 2 * committed.len() + 1);
+    let checkers = check::of_observation();
     let verdict = check::check_with(&checkers, &observed);
     assert!(verdict.passed(), "{}", verdict.failures(5));
     mesh.stop().unwrap();

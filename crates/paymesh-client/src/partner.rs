@@ -78,6 +78,10 @@ impl PartnerClient {
         get_refund, wire::GetRefundRequest, wire::GetRefundResponse
     );
     unary!(
+        /// List refunds, one page.
+        list_refunds, wire::ListRefundsRequest, wire::ListRefundsResponse
+    );
+    unary!(
         /// Read the position.
         get_position, wire::GetPositionRequest, wire::GetPositionResponse
     );

@@ -137,6 +137,25 @@ pub struct RefundTotals {
     pub credited: Money,
 }
 
+/// A refund as one of this region's partners sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartnerRefund {
+    /// Coordinated here: the partner, a payment's payee, asked for it.
+    Asked(Refund),
+    /// Coordinated by the payee's region; this one credits the partner,
+    /// the payment's payer.
+    Credited(RefundParticipation),
+}
+
+/// An entry of a partner's list ([`State::listed_of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// A transfer it pays or is paid by.
+    Transfer(PartnerTransfer),
+    /// A refund it asked for or is credited by.
+    Refund(PartnerRefund),
+}
+
 /// A transfer as one of this region's partners sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartnerTransfer {

@@ -34,6 +34,7 @@ mod observed;
 mod phantom;
 mod positions;
 mod reads;
+mod refunds;
 mod replicas;
 mod resolution;
 
@@ -49,6 +50,7 @@ pub use observed::Observed;
 pub use phantom::Phantom;
 pub use positions::Positions;
 pub use reads::Reads;
+pub use refunds::Refunds;
 pub use replicas::Replicas;
 pub use resolution::Resolution;
 
@@ -92,6 +94,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(Idempotency),
         Box::new(Atomicity),
         Box::new(Positions),
+        Box::new(Refunds),
         Box::new(Replicas),
         Box::new(Resolution),
         Box::new(Reads),
@@ -182,6 +185,7 @@ pub fn of_observation() -> Vec<Box<dyn Checker>> {
         Box::new(Conservation),
         Box::new(Atomicity),
         Box::new(Positions),
+        Box::new(Refunds),
         Box::new(Replicas),
         Box::new(Resolution),
         Box::new(DataLocality),

@@ -197,6 +197,26 @@ pub struct ObservedTransfer {
     pub credit: Amount,
 }
 
+/// A refund as one partner of one region sees it after healing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedRefund {
+    /// The refund's id (the same in both regions of a cross-border refund).
+    pub refund_id: String,
+    /// The transfer it refunds.
+    pub transfer_id: String,
+    /// The partner whose view this is.
+    pub partner: String,
+    /// Whether that partner is the transfer's payer, credited back (else the
+    /// payee that asked for the refund and is debited).
+    pub payer_view: bool,
+    /// The state on this side.
+    pub state: TransferState,
+    /// What the payee gives back, in the transfer's destination currency.
+    pub debited: Amount,
+    /// What the payer is credited, in the transfer's source currency.
+    pub credited: Amount,
+}
+
 /// One replica's state after healing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
@@ -235,6 +255,10 @@ pub struct RegionObservation {
     pub top_ups: BTreeMap<String, BTreeMap<String, Decimal>>,
     /// Every replica of the region.
     pub replicas: Vec<Replica>,
+    /// Every refund the region's partners take part in, once per partner
+    /// view (a same-region refund is seen by its payee and its payer).
+    #[serde(default)]
+    pub refunds: Vec<ObservedRefund>,
 }
 
 /// What the mesh holds once the faults healed and the run waited for

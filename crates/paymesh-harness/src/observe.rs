@@ -10,13 +10,15 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use paymesh_client::PartnerClient;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
 use rust_decimal::Decimal;
 
 use crate::history::{
-    Amount, History, LedgerTotals, Observation, ObservedTransfer, Position, RegionObservation, Replica, TransferState,
+    Amount, History, LedgerTotals, Observation, ObservedRefund, ObservedTransfer, Position, RegionObservation, Replica,
+    TransferState,
 };
 use crate::local::LocalRegion;
 use crate::locality::{self, ScanRoot};
@@ -87,6 +89,7 @@ pub async fn settle(
             match region_now(name, region, partners).await {
                 Ok(o) => {
                     all_final &= o.transfers.iter().all(|t| t.state.is_final());
+                    all_final &= o.refunds.iter().all(|r| r.state.is_final());
                     all_final &= o.replicas.windows(2).all(|w| w[0].digest == w[1].digest);
                     observation.regions.insert((*name).to_owned(), o);
                 }
@@ -121,6 +124,9 @@ pub async fn region_now(name: &str, region: &LocalRegion, partners: Partners<'_>
             if is_wallet && entry.payee_partner != partner {
                 entry.payer_partner = partner.to_owned();
             }
+        }
+        for refund in refunds_of(&client).await.with_context(|| format!("{partner}'s refunds"))? {
+            out.refunds.push(observed_refund(&refund, partner).with_context(|| format!("a refund {partner} lists"))?);
         }
         let positions = client
             .get_position(wire::GetPositionRequest { currency: String::new() })
@@ -216,6 +222,35 @@ pub fn observed(t: &wire::Transfer) -> anyhow::Result<ObservedTransfer> {
         debit,
         credit: amount_of(t.destination_amount.as_ref()).context("no destination amount")?,
     })
+}
+
+/// A listed refund as the history records it, in `partner`'s view.
+pub fn observed_refund(r: &wire::Refund, partner: &str) -> anyhow::Result<ObservedRefund> {
+    Ok(ObservedRefund {
+        refund_id: r.refund_id.clone(),
+        transfer_id: r.transfer_id.clone(),
+        partner: partner.to_owned(),
+        payer_view: r.payer_view,
+        state: state_of(r.state).context("no state")?,
+        debited: amount_of(r.debited_amount.as_ref()).context("no debited amount")?,
+        credited: amount_of(r.credited_amount.as_ref()).context("no credited amount")?,
+    })
+}
+
+/// Every refund `client`'s partner takes part in, page by page.
+pub async fn refunds_of(client: &PartnerClient) -> anyhow::Result<Vec<wire::Refund>> {
+    let mut refunds = Vec::new();
+    let mut page_token = String::new();
+    // A bound on the pages read: a list that never ends is a failure.
+    for _ in 0..10_000 {
+        let page = client.list_refunds(wire::ListRefundsRequest { page_size: 500, page_token }).await?;
+        refunds.extend(page.refunds);
+        if page.next_page_token.is_empty() {
+            return Ok(refunds);
+        }
+        page_token = page.next_page_token;
+    }
+    anyhow::bail!("more than 10,000 pages of refunds")
 }
 
 /// The history's state of a wire state.

@@ -18,7 +18,7 @@ use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, 
 use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Position, Quote, RefundView, TransferView};
 use paymesh_core::partner::{BusinessStatus, Partner, PartnerLimits, PartnerRole};
-use paymesh_core::state::{Event, EventKind, Participation, PartnerTransfer};
+use paymesh_core::state::{Event, EventKind, Participation, PartnerRefund, PartnerTransfer};
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
 use paymesh_proto::admin::v1 as admin;
@@ -280,6 +280,35 @@ pub fn transfer_view_out(view: &TransferView, viewer_is_payer: bool) -> partner:
     }
 }
 
+/// The wire form of a refund as a partner sees it: the one that asked, or
+/// the payer credited back.
+pub fn partner_refund_out(refund: &PartnerRefund) -> partner::Refund {
+    match refund {
+        PartnerRefund::Asked(refund) => refund_out(&refund.view),
+        PartnerRefund::Credited(credited) => {
+            let prepare = &credited.prepare;
+            let state = match credited.state {
+                ParticipantState::Prepared => partner::TransferState::Prepared,
+                ParticipantState::Committed => partner::TransferState::Committed,
+                ParticipantState::Aborted | ParticipantState::Tombstone => partner::TransferState::Aborted,
+            };
+            partner::Refund {
+                refund_id: prepare.refund.to_string(),
+                idempotency_key: String::new(),
+                transfer_id: prepare.original.to_string(),
+                state: state as i32,
+                abort_reason: reject_code_opt(credited.reason),
+                debited_amount: Some(money_out(&prepare.debited)),
+                credited_amount: Some(money_out(&prepare.credited)),
+                created_unix_ms: unix_ms(credited.created_at),
+                updated_unix_ms: unix_ms(credited.updated_at),
+                deadline_unix_ms: unix_ms(prepare.deadline),
+                payer_view: true,
+            }
+        }
+    }
+}
+
 /// The wire form of a refund, for the partner that asked for it.
 pub fn refund_out(view: &RefundView) -> partner::Refund {
     partner::Refund {
@@ -293,6 +322,7 @@ pub fn refund_out(view: &RefundView) -> partner::Refund {
         created_unix_ms: unix_ms(view.created_at),
         updated_unix_ms: unix_ms(view.updated_at),
         deadline_unix_ms: view.deadline.map_or(0, unix_ms),
+        payer_view: false,
     }
 }
 

@@ -13,8 +13,9 @@ use paymesh_core::command::{CommandBody, RefundRequest, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
 use paymesh_core::ledger::{AccountId, AccountOwner};
+use paymesh_core::state::{Listing, PartnerRefund};
 use paymesh_core::transfer::CoordinatorState;
-use paymesh_core::Outcome;
+use paymesh_core::{Outcome, Timestamp};
 use paymesh_proto::partner::v1 as wire;
 use paymesh_proto::partner::v1::partner_service_server::PartnerService;
 use tokio::sync::mpsc;
@@ -166,7 +167,11 @@ impl PartnerService for PartnerServer {
                 let current = (!view.state.is_final())
                     .then(|| sm.applied().state.refund_for(&partner, &view.id, sm.history()))
                     .flatten()
-                    .map_or(view, |refund| refund.view);
+                    .and_then(|refund| match refund {
+                        PartnerRefund::Asked(refund) => Some(refund.view),
+                        PartnerRefund::Credited(_) => None,
+                    })
+                    .unwrap_or(view);
                 let reject_code = if current.state == CoordinatorState::Aborted {
                     convert::reject_code_opt(current.reason)
                 } else {
@@ -194,10 +199,50 @@ impl PartnerService for PartnerServer {
         let sm = &self.gateway.state_machine;
         match sm.applied().state.refund_for(&partner, &id, sm.history()) {
             Some(refund) => {
-                Ok(Response::new(wire::GetRefundResponse { refund: Some(convert::refund_out(&refund.view)) }))
+                Ok(Response::new(wire::GetRefundResponse { refund: Some(convert::partner_refund_out(&refund)) }))
             }
-            None => Err(Status::not_found(format!("RefundNotFound: no refund {id} asked for by this partner"))),
+            None => Err(Status::not_found(format!("RefundNotFound: no refund {id} for this partner"))),
         }
+    }
+
+    async fn list_refunds(
+        &self,
+        request: Request<wire::ListRefundsRequest>,
+    ) -> Result<Response<wire::ListRefundsResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX),
+        } as usize;
+        let mut last_scanned = match request.page_token.as_str() {
+            "" => ListToken { at: Timestamp::EPOCH, index: 0, seq: 0 },
+            token => convert::list_token("page_token", token)?,
+        };
+        self.gateway.linearizable().await?;
+        let sm = &self.gateway.state_machine;
+        let applied = sm.applied();
+        let (mut refunds, mut scanned, mut more) = (Vec::new(), 0, true);
+        'pages: while refunds.len() < page_size && scanned < LIST_SCAN_MAX {
+            let listed = applied.state.listed_of(&partner, Some(&last_scanned), LIST_READ_PAGE, sm.history());
+            let exhausted = listed.len() < LIST_READ_PAGE;
+            for (token, entry) in listed {
+                if refunds.len() == page_size || scanned == LIST_SCAN_MAX {
+                    break 'pages;
+                }
+                scanned += 1;
+                last_scanned = token;
+                if let Some(Listing::Refund(refund)) = entry {
+                    refunds.push(convert::partner_refund_out(&refund));
+                }
+            }
+            if exhausted {
+                more = false;
+                break;
+            }
+        }
+        let next_page_token = if more { convert::list_token_out(&last_scanned) } else { String::new() };
+        Ok(Response::new(wire::ListRefundsResponse { refunds, next_page_token }))
     }
 
     async fn get_transfer(
@@ -258,9 +303,9 @@ impl PartnerService for PartnerServer {
         // matches little still answers promptly, with a token to go on).
         let mut scanned = 0;
         'pages: while transfers.len() < page_size && scanned < LIST_SCAN_MAX {
-            let listed = applied.state.transfers_of(&partner, Some(&last_scanned), LIST_READ_PAGE, sm.history());
+            let listed = applied.state.listed_of(&partner, Some(&last_scanned), LIST_READ_PAGE, sm.history());
             let exhausted = listed.len() < LIST_READ_PAGE;
-            for (token, transfer) in listed {
+            for (token, entry) in listed {
                 if before.is_some_and(|end| token.at >= end) {
                     more = false;
                     break 'pages;
@@ -270,6 +315,8 @@ impl PartnerService for PartnerServer {
                 }
                 scanned += 1;
                 last_scanned = token;
+                // Refunds share the list; ListRefunds shows them.
+                let Some(Listing::Transfer(transfer)) = entry else { continue };
                 let Some(wire_transfer) = convert::transfer_out(&transfer, &partner) else { continue };
                 if state_filter.is_none_or(|s| s == wire_transfer.state) {
                     transfers.push(wire_transfer);

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use paymesh_core::history::Record;
 use paymesh_core::id::PartnerId;
+use paymesh_core::state::Listing;
 use paymesh_core::{SignedMoney, State};
 use paymesh_node::convert;
 use rust_decimal::Decimal;
@@ -17,7 +18,7 @@ use rust_decimal::Decimal;
 use super::region::{Node, Region};
 use crate::world::{MERCHANTS, WALLETS};
 use paymesh_harness::history::{LedgerTotals, ObservedTransfer, RegionObservation, Replica};
-use paymesh_harness::observe::{amount_of, observed, position_of};
+use paymesh_harness::observe::{amount_of, observed, observed_refund, position_of};
 
 /// `region` (named `name`) as the real runner observes one.
 pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
@@ -32,11 +33,20 @@ pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
         let Ok(id) = PartnerId::new(partner) else { continue };
         let mut after = None;
         loop {
-            let page = state.transfers_of(&id, after.as_ref(), LIST_PAGE, &node.history);
+            let page = state.listed_of(&id, after.as_ref(), LIST_PAGE, &node.history);
             let Some((last, _)) = page.last() else { break };
             after = Some(*last);
-            for (_, listed) in &page {
-                listed_transfers.push(listed.clone());
+            for (_, listed) in page {
+                match listed {
+                    Some(Listing::Transfer(transfer)) => listed_transfers.push(transfer),
+                    Some(Listing::Refund(refund)) => {
+                        let Ok(observed) = observed_refund(&convert::partner_refund_out(&refund), partner) else {
+                            continue;
+                        };
+                        out.refunds.push(observed);
+                    }
+                    None => {}
+                }
             }
         }
         for listed in std::mem::take(&mut listed_transfers) {

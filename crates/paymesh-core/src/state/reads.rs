@@ -95,14 +95,54 @@ impl State {
         self.look_up_key(&request.partner, &request.idempotency_key, request.fingerprint(), self.clock, recall)
     }
 
-    /// A refund `partner` asked for, in flight or finished; another
-    /// partner's is indistinguishable from a missing one.
-    pub fn refund_for(&self, partner: &PartnerId, id: &TransferId, recall: &dyn Recall) -> Option<Refund> {
-        let refund = self.refunds.get(id).cloned().or_else(|| {
+    /// A refund as `partner` may see it, in flight or finished: one it
+    /// asked for (as a payment's payee), or one that credits it back (as
+    /// the payer). Another partner's is indistinguishable from a missing one.
+    pub fn refund_for(&self, partner: &PartnerId, id: &TransferId, recall: &dyn Recall) -> Option<PartnerRefund> {
+        if id.origin() == &self.region {
             // Only this region's own refunds are coordinated here.
-            (id.origin() == &self.region).then(|| recall.refund(id)).flatten()
-        })?;
-        (&refund.view.partner == partner).then_some(refund)
+            let refund = self.refunds.get(id).cloned().or_else(|| recall.refund(id))?;
+            return (&refund.view.partner == partner).then_some(PartnerRefund::Asked(refund));
+        }
+        let credited = self.refund_participations.get(id).cloned().or_else(|| recall.refund_participation(id))?;
+        (credited.payer.as_ref() == Some(partner)).then_some(PartnerRefund::Credited(credited))
+    }
+
+    /// The entries of `partner`'s list, in the order they were recorded
+    /// here, after the page token `after`, at most `max`, each with its page
+    /// token: its transfers and its refunds (`None` for an entry it may no
+    /// longer see). A reader paging through the list goes on from the last
+    /// token, whatever the entries were.
+    pub fn listed_of<H: HistoryRead>(
+        &self,
+        partner: &PartnerId,
+        after: Option<&ListToken>,
+        max: usize,
+        history: &H,
+    ) -> Vec<(ListToken, Option<Listing>)> {
+        let seen = |id: &TransferId| {
+            let transfer = self.transfer_for(partner, id, history).map(Listing::Transfer);
+            transfer.or_else(|| self.refund_for(partner, id, history).map(Listing::Refund))
+        };
+        history.listed(partner, after, max).into_iter().map(|(token, id)| (token, seen(&id))).collect()
+    }
+
+    /// The refunds among the first `max` entries of `partner`'s list after
+    /// `after` ([`State::listed_of`]).
+    pub fn refunds_of<H: HistoryRead>(
+        &self,
+        partner: &PartnerId,
+        after: Option<&ListToken>,
+        max: usize,
+        history: &H,
+    ) -> Vec<(ListToken, PartnerRefund)> {
+        let listed = self.listed_of(partner, after, max, history).into_iter();
+        listed
+            .filter_map(|(token, entry)| match entry? {
+                Listing::Refund(refund) => Some((token, refund)),
+                Listing::Transfer(_) => None,
+            })
+            .collect()
     }
 
     /// Refunds this region coordinates that are not final yet.
@@ -137,9 +177,8 @@ impl State {
         (payee == partner).then_some(PartnerTransfer::Participated(participation))
     }
 
-    /// The transfers `partner` takes part in, in the order they were
-    /// recorded here, after the page token `after`, at most `max`, each with
-    /// its page token.
+    /// The transfers among the first `max` entries of `partner`'s list
+    /// after `after` ([`State::listed_of`]), each with its page token.
     pub fn transfers_of<H: HistoryRead>(
         &self,
         partner: &PartnerId,
@@ -147,10 +186,12 @@ impl State {
         max: usize,
         history: &H,
     ) -> Vec<(ListToken, PartnerTransfer)> {
-        history
-            .listed(partner, after, max)
-            .into_iter()
-            .filter_map(|(token, id)| Some((token, self.transfer_for(partner, &id, history)?)))
+        let listed = self.listed_of(partner, after, max, history).into_iter();
+        listed
+            .filter_map(|(token, entry)| match entry? {
+                Listing::Transfer(transfer) => Some((token, transfer)),
+                Listing::Refund(_) => None,
+            })
             .collect()
     }
 

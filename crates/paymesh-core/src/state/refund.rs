@@ -226,6 +226,7 @@ impl State {
         let RefundAdmissible { paid, credited } = admissible;
         let id = TransferId::new(self.region.clone(), self.next_transfer);
         self.next_transfer += 1;
+        self.journal.push(Record::Listed { partner: request.partner.clone(), transfer: id.clone(), at: now });
         let mut refund = Refund {
             view: RefundView {
                 id: id.clone(),
@@ -440,6 +441,9 @@ impl State {
         let Step::Move(state) = step_participant(id, None, event) else {
             panic!("refund {id}: a first Prepare records a participation");
         };
+        if let Some(payer) = &payer {
+            self.journal.push(Record::Listed { partner: payer.clone(), transfer: id.clone(), at: now });
+        }
         let participation =
             RefundParticipation { state, reason, prepare: message.clone(), payer, created_at: now, updated_at: now };
         if state.is_final() {

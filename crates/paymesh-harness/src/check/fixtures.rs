@@ -247,6 +247,7 @@ pub fn good_history() -> History {
         positions: positions(&[(PAYER, position("USD", "969.20", "100")), (SHOP, position("USD", "10.00", "0"))]),
         top_ups: BTreeMap::from([(PAYER.to_owned(), BTreeMap::from([("USD".to_owned(), dec("1000"))]))]),
         replicas: replicas(120, "aa01"),
+        refunds: Vec::new(),
     };
     let cn = RegionObservation {
         transfers: vec![
@@ -257,6 +258,7 @@ pub fn good_history() -> History {
         positions: positions(&[(MERCHANT, position("CNY", "140.00", "0"))]),
         top_ups: BTreeMap::new(),
         replicas: replicas(80, "bb02"),
+        refunds: Vec::new(),
     };
 
     History {

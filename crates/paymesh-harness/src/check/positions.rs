@@ -10,7 +10,8 @@ use crate::history::{History, Position, TransferState};
 
 /// For each region, partner and currency: the posted balance is the top-ups
 /// minus the debits of committed transfers paid plus the credits of committed
-/// transfers received; the pending debits and credits are those of the
+/// transfers received, plus what committed refunds credited back to it as a
+/// payer, minus what they debited from it as a payee; the pending debits and credits are those of the
 /// transfers not final (debits reserved at the origin in `Reserved` or
 /// `Prepared`, credits held by a payee side in `Prepared`); and the posted
 /// balance is not below minus the net debit cap.
@@ -63,6 +64,28 @@ impl Checker for Positions {
                     match transfer.state {
                         Committed => payee.posted_balance += credit.amount,
                         Prepared => payee.pending_credits += credit.amount,
+                        _ => {}
+                    }
+                }
+            }
+            // Refunds move money back: the payee that asked gives back what
+            // it is debited (reserved until its refund is final), the payer
+            // is credited (held pending while its side is prepared).
+            for refund in &held.refunds {
+                if refund.payer_view {
+                    let credited = &refund.credited;
+                    let payer = expected.entry((refund.partner.as_str(), credited.currency.as_str())).or_default();
+                    match refund.state {
+                        Committed => payer.posted_balance += credited.amount,
+                        Prepared => payer.pending_credits += credited.amount,
+                        _ => {}
+                    }
+                } else {
+                    let debited = &refund.debited;
+                    let payee = expected.entry((refund.partner.as_str(), debited.currency.as_str())).or_default();
+                    match refund.state {
+                        Committed => payee.posted_balance -= debited.amount,
+                        Reserved | Prepared => payee.pending_debits += debited.amount,
                         _ => {}
                     }
                 }
