@@ -173,6 +173,9 @@ pub(crate) struct Stats {
     pub(crate) probes: (u64, u64),
     /// Quotes and transfers refused because their region's breaker was open.
     pub(crate) breaker_refusals: u64,
+    /// Refunds the merchants asked for, and those refused before they
+    /// existed (past the transfer, not committed yet, ...).
+    pub(crate) refunds: (u64, u64),
     /// Messages put on the network.
     pub(crate) messages: u64,
     /// Messages lost (dropped, or into a cut link).
@@ -246,6 +249,16 @@ fn endings(sim: &Sim<'_>) -> std::collections::BTreeMap<String, u64> {
         for (_, participation) in node.state.participations().chain(node.history.participations()) {
             let reason = participation.reason.map(|r| format!(" {r:?}")).unwrap_or_default();
             *out.entry(format!("payee {:?}{reason}", participation.state)).or_default() += 1;
+        }
+        for refund in node.state.refunds().chain(node.history.refunds()) {
+            let view = &refund.view;
+            let kind = if &refund.payer_region == node.state.region() { "domestic" } else { "cross-border" };
+            let reason = view.reason.map(|r| format!(" {r:?}")).unwrap_or_default();
+            *out.entry(format!("refund {kind} {:?}{reason}", view.state)).or_default() += 1;
+        }
+        for (_, credited) in node.state.refund_participations().chain(node.history.refund_participations()) {
+            let reason = credited.reason.map(|r| format!(" {r:?}")).unwrap_or_default();
+            *out.entry(format!("refund payer {:?}{reason}", credited.state)).or_default() += 1;
         }
     }
     out

@@ -442,6 +442,16 @@ impl MemoryHistory {
         self.participations.iter().filter_map(|(id, held)| held.last().map(|(_, p)| (id, p)))
     }
 
+    /// Every finished refund this region coordinated, in id order.
+    pub fn refunds(&self) -> impl Iterator<Item = &Refund> {
+        self.refunds.values().filter_map(|held| held.last()).map(|(_, r)| r)
+    }
+
+    /// Every finished refund participation, in refund id order.
+    pub fn refund_participations(&self) -> impl Iterator<Item = (&TransferId, &RefundParticipation)> {
+        self.refund_participations.iter().filter_map(|(id, held)| held.last().map(|(_, p)| (id, p)))
+    }
+
     /// The [`Recall`] of this history as of the start of the batch at `index`.
     pub fn at(&self, index: u64) -> MemoryRecall<'_> {
         MemoryRecall { history: self, before: index }

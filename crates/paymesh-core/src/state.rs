@@ -105,6 +105,10 @@ pub struct Refund {
     /// The region of the payment's payer (this one for a same-region
     /// payment).
     pub payer_region: RegionId,
+    /// The payment's payer partner, when it is in this region (a
+    /// same-region payment); another region's payer is that region's to
+    /// know.
+    pub payer: Option<PartnerId>,
 }
 
 /// The payer region's side of a refund another region coordinates: the
@@ -145,6 +149,9 @@ pub enum PartnerRefund {
     /// Coordinated by the payee's region; this one credits the partner,
     /// the payment's payer.
     Credited(RefundParticipation),
+    /// Coordinated here, of a payment made here: it credited the partner,
+    /// the payment's payer.
+    CreditedHere(Refund),
 }
 
 /// An entry of a partner's list ([`State::listed_of`]).

@@ -23,7 +23,7 @@ use std::thread;
 
 use serde::Serialize;
 
-use crate::history::{History, Observation, ObservedTransfer};
+use crate::history::{History, Observation, ObservedRefund, ObservedTransfer};
 
 mod atomicity;
 mod conservation;
@@ -228,6 +228,8 @@ pub fn check_with(checkers: &[Box<dyn Checker>], history: &History) -> Verdict {
 #[derive(Debug, Default)]
 pub(crate) struct Holdings<'a> {
     by_region: HashMap<&'a str, HashMap<&'a str, &'a ObservedTransfer>>,
+    /// Each region's refunds by (refund id, partner viewing).
+    refunds: HashMap<(&'a str, &'a str, &'a str), &'a ObservedRefund>,
     /// Records whose id its region already held, with that region.
     pub(crate) duplicates: Vec<(&'a str, &'a ObservedTransfer)>,
 }
@@ -247,8 +249,17 @@ impl<'a> Holdings<'a> {
                     Entry::Occupied(_) => holdings.duplicates.push((region.as_str(), transfer)),
                 }
             }
+            for refund in &held.refunds {
+                let key = (region.as_str(), refund.refund_id.as_str(), refund.partner.as_str());
+                holdings.refunds.insert(key, refund);
+            }
         }
         holdings
+    }
+
+    /// Refund `id` as `region` holds it in `partner`'s view.
+    pub(crate) fn refund(&self, region: &str, id: &str, partner: &str) -> Option<&'a ObservedRefund> {
+        self.refunds.get(&(region, id, partner)).copied()
     }
 
     /// The record of transfer `id` held by `region`.

@@ -285,6 +285,9 @@ pub fn transfer_view_out(view: &TransferView, viewer_is_payer: bool) -> partner:
 pub fn partner_refund_out(refund: &PartnerRefund) -> partner::Refund {
     match refund {
         PartnerRefund::Asked(refund) => refund_out(&refund.view),
+        PartnerRefund::CreditedHere(refund) => {
+            partner::Refund { idempotency_key: String::new(), payer_view: true, ..refund_out(&refund.view) }
+        }
         PartnerRefund::Credited(credited) => {
             let prepare = &credited.prepare;
             let state = match credited.state {

@@ -169,7 +169,7 @@ impl PartnerService for PartnerServer {
                     .flatten()
                     .and_then(|refund| match refund {
                         PartnerRefund::Asked(refund) => Some(refund.view),
-                        PartnerRefund::Credited(_) => None,
+                        PartnerRefund::Credited(_) | PartnerRefund::CreditedHere(_) => None,
                     })
                     .unwrap_or(view);
                 let reject_code = if current.state == CoordinatorState::Aborted {

@@ -89,6 +89,7 @@ pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
         CommandBody::CreateTransfer(request) | CommandBody::CreateFreshTransfer { request, .. } => {
             Some(request.partner.clone())
         }
+        CommandBody::CreateRefund(request) => Some(request.partner.clone()),
         _ => None,
     }
 }
@@ -701,6 +702,8 @@ impl<'c> Sim<'c> {
             region.converged()
                 && state.transfers().all(|t| t.view.state.is_final())
                 && state.participations().all(|(_, p)| p.state.is_final())
+                && state.refunds().all(|r| r.view.state.is_final())
+                && state.refund_participations().all(|(_, p)| p.state.is_final())
         })
     }
 }

@@ -81,6 +81,8 @@ fn the_runs_reach_every_protocol_path() {
         stats.admission.1 += sim.stats.admission.1;
         stats.probes.0 += sim.stats.probes.0;
         stats.probes.1 += sim.stats.probes.1;
+        stats.refunds.0 += sim.stats.refunds.0;
+        stats.refunds.1 += sim.stats.refunds.1;
         let mut sends: BTreeMap<&str, u32> = BTreeMap::new();
         for op in &sim.history.ops {
             if let Request::CreateTransfer { idempotency_key, .. } = &op.request {
@@ -99,6 +101,9 @@ fn the_runs_reach_every_protocol_path() {
         "origin cross-border Aborted DeadlineExceeded",
         "payee Committed",
         "payee Tombstone",
+        "refund cross-border Committed",
+        "refund domestic Committed",
+        "refund payer Committed",
     ] {
         assert!(endings.get(ending).is_some_and(|n| *n > 0), "no {ending:?} in {endings:#?}");
     }
@@ -109,6 +114,9 @@ fn the_runs_reach_every_protocol_path() {
     assert!(stats.admission.0 > 0, "{stats:?}");
     // Probes, and some that closed a breaker.
     assert!(stats.probes.0 > stats.probes.1 && stats.probes.1 > 0, "{stats:?}");
+    // Refunds asked for, and some refused (more than was left, or a
+    // transfer not committed yet).
+    assert!(stats.refunds.0 > stats.refunds.1 && stats.refunds.1 > 0, "{stats:?}");
     assert!(resent_keys > 0, "no key was sent twice (retries, deliberate duplicates)");
     assert!(unknown > 0, "no CreateTransfer ended unknown");
     for nemesis in ["kill-leader", "isolate", "partition", "cut-region", "wan", "partner-link", "restart-region"] {

@@ -20,8 +20,14 @@
 //! (`paymesh_node::engine::admission`), one per partner: a request already
 //! applied is answered from the state, one the state would refuse is
 //! refused, an identical one in flight is joined, the rest proposed.
+//!
+//! Merchants refund: after one in six payments, the worker has the payee of
+//! a payment it saw accepted give back all or half of it (through the
+//! merchant's own SDK client, with its own idempotency key, sent again
+//! while its outcome is unknown), so refunds cross the same faults as
+//! payments, and some ask for more than is left and are refused.
 
-use paymesh_core::command::{PayerDetails, PayerField, TransferRequest};
+use paymesh_core::command::{PayerDetails, PayerField, RefundRequest, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TransferId};
 use paymesh_core::outcome::Quote;
@@ -39,6 +45,9 @@ use crate::world::{self, MERCHANTS, REGIONS, WALLETS};
 use paymesh_harness::history::{Amount, Op, Outcome as Ended, Position, Request, TransferState};
 use paymesh_harness::locality::payer_fields;
 use paymesh_harness::observe::{position_of, state_of};
+
+/// The payments a worker keeps for its merchants to refund, the newest.
+const REFUNDABLE_KEPT: usize = 16;
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
 const ATTEMPTS: u32 = 4;
@@ -151,6 +160,27 @@ enum Step {
     Reading { wallet: usize, transfer: TransferId, invoked: Ms },
     /// Waiting for a GetPosition.
     Positioning { wallet: usize, invoked: Ms },
+    /// Waiting for a CreateRefund attempt by a merchant.
+    Refunding(RefundAsk),
+    /// Pausing before the refund's next attempt.
+    PausingRefund(RefundAsk),
+}
+
+/// A refund a worker has a merchant ask for.
+#[derive(Clone, Debug)]
+struct RefundAsk {
+    /// The merchant's SDK client.
+    client: usize,
+    request: RefundRequest,
+    attempts: u32,
+}
+
+/// A payment a worker saw accepted, which its merchant may refund.
+#[derive(Clone, Debug)]
+struct Refundable {
+    merchant: &'static Merchant,
+    transfer: TransferId,
+    destination: Money,
 }
 
 /// One payment worker (`crate::workload::worker`).
@@ -162,6 +192,10 @@ pub(crate) struct Worker {
     /// The wallet of its current (or last) payment.
     wallet: usize,
     acknowledged: Vec<(usize, TransferId)>,
+    /// Payments it saw accepted, the newest few, for refunds.
+    refundable: Vec<Refundable>,
+    /// Refunds it asked for.
+    refunds: u64,
     step: Step,
     /// Whether it stopped for good.
     pub(crate) done: bool,
@@ -176,6 +210,8 @@ impl Worker {
             sequence: 0,
             wallet: 0,
             acknowledged: Vec::new(),
+            refundable: Vec::new(),
+            refunds: 0,
             step: Step::Idle,
             done: false,
         }
@@ -192,9 +228,11 @@ pub(crate) struct SdkClient {
 }
 
 impl SdkClient {
-    /// One client per wallet, in `WALLETS` order.
+    /// One client per wallet, in `WALLETS` order, then one per merchant,
+    /// in `MERCHANTS` order (for refunds).
     pub(crate) fn all() -> Vec<SdkClient> {
-        WALLETS.iter().map(|w| SdkClient { region: region_index(w.0), preferred: None }).collect()
+        let regions = WALLETS.iter().map(|w| w.0).chain(MERCHANTS.iter().map(|m| m.0));
+        regions.map(|region| SdkClient { region: region_index(region), preferred: None }).collect()
     }
 }
 
@@ -372,6 +410,7 @@ impl Sim<'_> {
             CommandBody::CreateTransfer(request) => {
                 admission.transfer(request, waiter, (&node.state, node.applied as u64), &node.history, clock)
             }
+            CommandBody::CreateRefund(request) => admission.refund(request, waiter, &node.state, &node.history, clock),
             quote => admission.quote(quote, waiter, &node.state, clock),
         };
         if let Some(call) = self.calls.get_mut(&id) {
@@ -431,6 +470,9 @@ impl Sim<'_> {
                 let step = match body {
                     CommandBody::CreateTransfer(request) => {
                         admission.transfer(request, waiter, applied, &node.history, clock)
+                    }
+                    CommandBody::CreateRefund(request) => {
+                        admission.refund(request, waiter, &node.state, &node.history, clock)
                     }
                     quote => admission.quote(quote, waiter, &node.state, clock),
                 };
@@ -540,6 +582,7 @@ impl Sim<'_> {
         let step = std::mem::replace(&mut self.workers[index].step, Step::Idle);
         match step {
             Step::Pausing(payment) => self.attempt(index, payment),
+            Step::PausingRefund(ask) => self.ask_refund(index, ask),
             Step::Idle if self.stopping => self.workers[index].done = true,
             Step::Idle => self.start_payment(index),
             other => self.workers[index].step = other,
@@ -594,6 +637,7 @@ impl Sim<'_> {
                 _ => self.pause(index, Step::Idle, 50),
             },
             Step::Sending(payment) => self.sent(index, payment, answer),
+            Step::Refunding(ask) => self.refund_answered(index, ask, answer),
             Step::Reading { wallet, transfer, invoked } => {
                 let (state, outcome) = match answer {
                     Answer::Transfer(state) => (state, Ended::Ok),
@@ -701,7 +745,19 @@ impl Sim<'_> {
             state: view.as_ref().map(|v| history_state(v.state)),
         };
         if let Some(view) = &view {
-            self.workers[index].acknowledged.push((payment.wallet, view.id.clone()));
+            let worker = &mut self.workers[index];
+            worker.acknowledged.push((payment.wallet, view.id.clone()));
+            if view.state != CoordinatorState::Aborted {
+                if worker.refundable.len() >= REFUNDABLE_KEPT {
+                    worker.refundable.remove(0);
+                }
+                let destination = view.priced.destination;
+                worker.refundable.push(Refundable {
+                    merchant: payment.merchant,
+                    transfer: view.id.clone(),
+                    destination,
+                });
+            }
         }
         let client = self.workers[index].id;
         self.record(client, payment.invoked, request, outcome);
@@ -718,6 +774,30 @@ impl Sim<'_> {
 
     fn payment_over(&mut self, index: usize) {
         let worker = &mut self.workers[index];
+        if !self.stopping && worker.rng.below(6) == 0 && !worker.refundable.is_empty() {
+            let refundable = worker.refundable[worker.rng.index(worker.refundable.len())].clone();
+            let Some(client) = MERCHANTS.iter().position(|m| std::ptr::eq(m, refundable.merchant)) else { return };
+            worker.refunds += 1;
+            let half = refundable.destination.units() / 2;
+            let units = if worker.rng.below(2) == 0 || half == 0 { refundable.destination.units() } else { half };
+            let request = (|| -> anyhow::Result<RefundRequest> {
+                Ok(RefundRequest {
+                    partner: PartnerId::new(refundable.merchant.1)?,
+                    idempotency_key: IdempotencyKey::new(format!(
+                        "sim-refund-{}-{}-{}",
+                        self.seed, worker.id, worker.refunds
+                    ))?,
+                    transfer: refundable.transfer.clone(),
+                    amount: Money::from_units(units, refundable.destination.currency())?,
+                })
+            })();
+            if let Ok(request) = request {
+                self.stats.refunds.0 += 1;
+                self.ask_refund(index, RefundAsk { client: WALLETS.len() + client, request, attempts: 0 });
+                return;
+            }
+        }
+        let worker = &mut self.workers[index];
         if worker.rng.below(4) == 0 && !worker.acknowledged.is_empty() {
             let (wallet, transfer) = worker.acknowledged[worker.rng.index(worker.acknowledged.len())].clone();
             let Ok(partner) = PartnerId::new(WALLETS[wallet].1) else { return };
@@ -726,6 +806,33 @@ impl Sim<'_> {
             return;
         }
         self.after_reads(index, true);
+    }
+
+    /// The next attempt of a refund, while its outcome is unknown; then the
+    /// worker goes on to its reads.
+    fn ask_refund(&mut self, index: usize, mut ask: RefundAsk) {
+        if ask.attempts >= ATTEMPTS || (self.stopping && ask.attempts > 0) {
+            self.after_reads(index, true);
+            return;
+        }
+        ask.attempts += 1;
+        let (client, body) = (ask.client, CommandBody::CreateRefund(ask.request.clone()));
+        self.workers[index].step = Step::Refunding(ask);
+        self.call(Owner::Worker(index), client, Ask::Propose(body));
+    }
+
+    fn refund_answered(&mut self, index: usize, ask: RefundAsk, answer: Answer) {
+        match answer {
+            Answer::Unknown(_) => {
+                let pause = 200 * u64::from(ask.attempts);
+                self.pause(index, Step::PausingRefund(ask), pause);
+            }
+            Answer::Outcome(Outcome::Rejected(_)) | Answer::Refused(_) => {
+                self.stats.refunds.1 += 1;
+                self.after_reads(index, true);
+            }
+            _ => self.after_reads(index, true),
+        }
     }
 
     /// After the optional GetTransfer (`transfer_read_done`), the optional

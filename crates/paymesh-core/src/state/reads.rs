@@ -102,7 +102,10 @@ impl State {
         if id.origin() == &self.region {
             // Only this region's own refunds are coordinated here.
             let refund = self.refunds.get(id).cloned().or_else(|| recall.refund(id))?;
-            return (&refund.view.partner == partner).then_some(PartnerRefund::Asked(refund));
+            if &refund.view.partner == partner {
+                return Some(PartnerRefund::Asked(refund));
+            }
+            return (refund.payer.as_ref() == Some(partner)).then_some(PartnerRefund::CreditedHere(refund));
         }
         let credited = self.refund_participations.get(id).cloned().or_else(|| recall.refund_participation(id))?;
         (credited.payer.as_ref() == Some(partner)).then_some(PartnerRefund::Credited(credited))

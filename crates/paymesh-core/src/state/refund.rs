@@ -86,7 +86,7 @@ impl State {
             Ok(admissible) => admissible,
             Err(code) => return Outcome::Rejected(code),
         };
-        let outcome = Outcome::Refund(self.start_refund(request, admissible, now));
+        let outcome = Outcome::Refund(self.start_refund(request, admissible, now, recall));
         let key = (request.partner.clone(), request.idempotency_key.clone());
         let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
         self.journal.push(Record::Idempotency {
@@ -222,7 +222,13 @@ impl State {
         self.journal.push(Record::Refunded { transfer: transfer.clone(), totals });
     }
 
-    fn start_refund(&mut self, request: &RefundRequest, admissible: RefundAdmissible, now: Timestamp) -> RefundView {
+    fn start_refund(
+        &mut self,
+        request: &RefundRequest,
+        admissible: RefundAdmissible,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> RefundView {
         let RefundAdmissible { paid, credited } = admissible;
         let id = TransferId::new(self.region.clone(), self.next_transfer);
         self.next_transfer += 1;
@@ -242,6 +248,7 @@ impl State {
                 deadline: None,
             },
             payer_region: paid.payer_region.clone(),
+            payer: paid.payer.clone(),
         };
         let payee_account = AccountId::new(AccountOwner::Partner(request.partner.clone()), request.amount.currency());
         let clearing =
@@ -257,6 +264,7 @@ impl State {
         };
         match paid.payer {
             Some(payer) => {
+                self.journal.push(Record::Listed { partner: payer.clone(), transfer: id.clone(), at: now });
                 let back = self.open_mesh_account(AccountOwner::Clearing(self.region.clone()), credited.currency());
                 let payer_account = AccountId::new(AccountOwner::Partner(payer.clone()), credited.currency());
                 let ops = [
@@ -266,6 +274,7 @@ impl State {
                 match self.ledger.apply(&ops, now) {
                     Ok(()) => {
                         step_refund(&mut refund, CoordinatorEvent::PostLocal, now);
+                        self.count_refunded(&request.transfer, request.amount, credited, recall);
                         self.push_event(&payer, now, &request.transfer, EventKind::Refunded, credited, None);
                     }
                     Err(refused) => {

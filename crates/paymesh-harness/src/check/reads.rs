@@ -11,7 +11,7 @@ use crate::history::{History, Outcome, Request, TransferState};
 
 /// A transfer read (by GetTransfer answered `Ok`, or as an event) is held by
 /// the region read, concerns the partner reading, and if it was read final it
-/// is held in that state; an event stream's cursors rise strictly from the
+/// is held in that state (a refund's event, likewise its refund); an event stream's cursors rise strictly from the
 /// cursor it resumed after; a position read is within its net debit cap.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reads;
@@ -108,6 +108,16 @@ impl Read<'_> {
     fn check(&self, holdings: &Holdings<'_>, id: &str, state: TransferState, found: &mut Vec<String>) {
         let region = self.region;
         let Some(held) = holdings.get(region, id) else {
+            // A refund's own events name the refund.
+            if let Some(refund) = holdings.refund(region, id, self.partner) {
+                if state.is_final() && refund.state != state {
+                    found.push(format!(
+                        "{self} read refund {id} {state:?} from {region}, which holds it {:?}",
+                        refund.state
+                    ));
+                }
+                return;
+            }
             found.push(format!("{self} read transfer {id} {state:?} from {region}, which holds no such transfer"));
             return;
         };

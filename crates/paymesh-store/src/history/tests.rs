@@ -133,6 +133,7 @@ fn refund(n: u64, at: u64) -> Record {
             deadline: None,
         },
         payer_region: region(),
+        payer: Some(pid(n % 3)),
     }))
 }
 

@@ -223,6 +223,13 @@ fn a_same_region_refund_posts_at_once_and_its_key_answers_a_retry() {
     assert_eq!(kinds(&east, "alipay-cn").last(), Some(&(EventKind::Refunded, "88.88".into())));
     assert_eq!(kinds(&east, "wechat-cn").last(), Some(&(EventKind::RefundDebited, "88.88".into())));
 
+    // Nothing is left to give back (the simulation found a same-region
+    // refund that did not count, and a second one that took back more).
+    let totals = RefundTotals { debited: cny("88.88"), credited: cny("88.88") };
+    assert_eq!(east.history.refunded(&payment.id), Some(totals));
+    let more = east.run(refund("wechat-cn", "more", &payment.id, cny("0.01")), at.plus_ms(1));
+    assert_eq!(more, Outcome::Rejected(RejectCode::RefundExceedsOriginal));
+
     // The same key and body: the first answer; another body: a conflict;
     // the key is the partner's one space, shared with its transfers.
     assert_eq!(east.run(body, at.plus_ms(5)), Outcome::Refund(view));
