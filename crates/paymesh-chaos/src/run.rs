@@ -80,9 +80,12 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let recorder = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
-    let mut clients = Vec::new();
+    let mut clients = workload::Clients { wallets: Vec::new(), merchants: Vec::new() };
     for wallet in &WALLETS {
-        clients.push((*wallet, workload::client(mesh.region(wallet.0)?, wallet.1)?));
+        clients.wallets.push((*wallet, workload::client(mesh.region(wallet.0)?, wallet.1)?));
+    }
+    for merchant in &MERCHANTS {
+        clients.merchants.push((*merchant, workload::client(mesh.region(merchant.0)?, merchant.1)?));
     }
     let clients = Arc::new(clients);
     for id in 0..config.workers {

@@ -2,7 +2,10 @@
 //! idempotency keys, retrying with the same key after a timeout, sometimes
 //! submitting a request twice on purpose, reading transfers and positions,
 //! and following their events from cursors; every request recorded with its
-//! times and outcome.
+//! times and outcome. Merchants refund: after one payment in six, the payee
+//! of a payment a worker saw accepted gives back all or half of it (sent
+//! again with its key while the outcome is unknown); the refunds are judged
+//! from what the regions hold after the run, not recorded as requests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +25,7 @@ use crate::world;
 use paymesh_harness::history::{Op, Outcome, Request};
 use paymesh_harness::locality::payer_fields;
 use paymesh_harness::observe::{amount_of, position_of, state_of};
-use paymesh_harness::world::{minor, Wallet};
+use paymesh_harness::world::{minor, Merchant, Wallet};
 
 /// Attempts of one CreateTransfer with one key while its outcome is unknown.
 const ATTEMPTS: u32 = 4;
@@ -112,16 +115,26 @@ pub fn classify(error: &ClientError) -> Outcome {
     }
 }
 
+/// The payments a worker keeps for its merchants to refund, the newest.
+const REFUNDABLE_KEPT: usize = 16;
+
+/// The partners' clients the workers share: the wallets', and the
+/// merchants' (for refunds).
+#[derive(Debug)]
+pub struct Clients {
+    /// Each wallet and its client.
+    pub wallets: Vec<(Wallet, PartnerClient)>,
+    /// Each merchant and its client.
+    pub merchants: Vec<(Merchant, PartnerClient)>,
+}
+
 /// One worker: payments until `stop`, each recorded.
-pub async fn worker(
-    id: u32,
-    seed: u64,
-    clients: Arc<Vec<(Wallet, PartnerClient)>>,
-    recorder: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
-) {
+pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
+    let clients = &all.wallets;
     let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 32));
     let mut acknowledged: Vec<(usize, String)> = Vec::new();
+    let mut refundable: Vec<(&'static str, wire::Transfer)> = Vec::new();
+    let mut refunds = 0u64;
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
@@ -192,6 +205,13 @@ pub async fn worker(
             let unknown = matches!(outcome, Outcome::Unknown { .. });
             if let Some(t) = &transfer {
                 acknowledged.push((w, t.transfer_id.clone()));
+                let known = refundable.iter().any(|(_, r)| r.transfer_id == t.transfer_id);
+                if t.state != wire::TransferState::Aborted as i32 && !known {
+                    if refundable.len() >= REFUNDABLE_KEPT {
+                        refundable.remove(0);
+                    }
+                    refundable.push((merchant.1, t.clone()));
+                }
             }
             recorder.record(id, invoked, record(transfer.as_ref()), outcome);
             sends += 1;
@@ -203,6 +223,15 @@ pub async fn worker(
                 continue;
             }
             break;
+        }
+        if rng.random_range(0..6) == 0 && !refundable.is_empty() && !stop.load(Ordering::Relaxed) {
+            let (merchant, transfer) = refundable[rng.random_range(0..refundable.len())].clone();
+            refunds += 1;
+            let whole = rng.random_range(0..2) == 0;
+            let key = format!("chaos-refund-{seed}-{id}-{refunds}");
+            if let Some((_, client)) = all.merchants.iter().find(|(m, _)| m.1 == merchant) {
+                refund(client, &transfer, &key, whole, &stop).await;
+            }
         }
         if rng.random_range(0..4) == 0 && !acknowledged.is_empty() {
             let (w, transfer_id) = acknowledged[rng.random_range(0..acknowledged.len())].clone();
@@ -226,6 +255,37 @@ pub async fn worker(
             };
             let request = Request::GetPosition { region: wallet.0.to_owned(), partner: wallet.1.to_owned(), position };
             recorder.record(id, invoked, request, outcome);
+        }
+    }
+}
+
+/// Have a merchant refund `transfer`, whole or half of it (rounded down to
+/// the currency's minor unit), under `key`: sent again while its outcome is
+/// unknown, up to [`ATTEMPTS`] times.
+async fn refund(client: &PartnerClient, transfer: &wire::Transfer, key: &str, whole: bool, stop: &AtomicBool) {
+    let Some(destination) = transfer.destination_amount.clone() else { return };
+    let mut amount = destination.amount.clone();
+    if !whole {
+        let digits = amount.split_once('.').map_or(0, |(_, fraction)| fraction.len());
+        if let Ok(full) = amount.parse::<rust_decimal::Decimal>() {
+            let half = (full / rust_decimal::Decimal::TWO)
+                .round_dp_with_strategy(u32::try_from(digits).unwrap_or(0), rust_decimal::RoundingStrategy::ToZero);
+            if !half.is_zero() {
+                amount = half.to_string();
+            }
+        }
+    }
+    let request = wire::CreateRefundRequest {
+        idempotency_key: key.to_owned(),
+        transfer_id: transfer.transfer_id.clone(),
+        amount: Some(common::Money { amount, currency: destination.currency }),
+    };
+    for attempt in 1..=ATTEMPTS {
+        match client.create_refund(request.clone()).await {
+            Err(e) if matches!(classify(&e), Outcome::Unknown { .. }) && !stop.load(Ordering::Relaxed) => {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            _ => return,
         }
     }
 }

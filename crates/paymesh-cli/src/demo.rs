@@ -11,14 +11,17 @@
 //! [`paymesh_harness::wan`]) with a 50 ms round trip by default. The
 //! workload mixes cross-border payments (a wallet pays a `wxp://` or
 //! `alipay://` code) with domestic ones, and resubmits some requests with the
-//! same idempotency key. When it stops, the operator pays 100.00 USD of
-//! `paypal-us`'s prefunding back (a fund-out), and the demo waits for every
+//! same idempotency key. When it stops, each merchant network refunds some
+//! of the payments it received (whole or half, at home and across borders,
+//! and once more than is left, which must be refused), the operator pays
+//! 100.00 USD of `paypal-us`'s prefunding back (a fund-out), and the demo waits for every
 //! transfer to reach a final state, observes what every region holds, scans every
 //! node's files, and runs the chaos suite's checkers that read an
 //! observation ([`paymesh_harness::check::of_observation`]): every region's
 //! ledger sums to zero per currency; both regions of a cross-border transfer
 //! reached the same decision on the same amounts; every position is the sum
-//! of its entries and within its cap; every replica holds the same state;
+//! of its entries (refunds counted) and within its cap; refunds stay within
+//! their transfers and commit on both sides or neither; every replica holds the same state;
 //! every transfer is final; no file of a region holds another region's payer
 //! data. Its own checks add that every retried request got its first answer.
 //!
@@ -299,6 +302,75 @@ struct Check {
     holds: bool,
     /// The figures behind the verdict.
     detail: String,
+}
+
+/// Payments each merchant network refunds when the workload stops.
+const REFUNDS_PER_MERCHANT: usize = 6;
+
+/// What the demo's refunds came to.
+#[derive(Debug, Default)]
+struct Refunds {
+    /// Refunds asked for, and those accepted (committed, or reserved while
+    /// the payer's region is asked).
+    asked: usize,
+    accepted: usize,
+    /// Of the accepted, those of a payment made in another region.
+    cross_border: usize,
+    /// Whether a refund past what its payment moved was refused.
+    past_refused: Option<bool>,
+}
+
+/// Each merchant network refunds up to [`REFUNDS_PER_MERCHANT`] committed
+/// payments it received, alternately whole and half; then it asks once
+/// more for a cent of a payment refunded whole, which must be refused.
+async fn refund_some(mesh: &LocalMesh) -> anyhow::Result<Refunds> {
+    let mut out = Refunds::default();
+    for (region, partner, _, _) in MERCHANTS {
+        let merchant = mesh.region(region)?.partner(partner)?;
+        let received = paymesh_harness::world::transfers_of(&merchant).await?;
+        let mut committed: Vec<&wire::Transfer> =
+            received.values().filter(|t| t.state == wire::TransferState::Committed as i32).collect();
+        committed.sort_by(|a, b| a.transfer_id.cmp(&b.transfer_id));
+        let mut whole = None;
+        for (n, transfer) in committed.into_iter().take(REFUNDS_PER_MERCHANT).enumerate() {
+            let Some(destination) = transfer.destination_amount.clone() else { continue };
+            let amount = if n % 2 == 0 {
+                destination.amount.clone()
+            } else {
+                let full: rust_decimal::Decimal = destination.amount.parse()?;
+                (full / rust_decimal::Decimal::TWO)
+                    .round_dp_with_strategy(full.scale(), rust_decimal::RoundingStrategy::ToZero)
+                    .to_string()
+            };
+            let request = wire::CreateRefundRequest {
+                idempotency_key: format!("demo-refund-{}-{}", std::process::id(), transfer.transfer_id),
+                transfer_id: transfer.transfer_id.clone(),
+                amount: Some(common::Money { amount, currency: destination.currency.clone() }),
+            };
+            out.asked += 1;
+            let answer = merchant.create_refund(request).await?;
+            if answer.refund.as_ref().is_some_and(|r| r.state != wire::TransferState::Aborted as i32) {
+                out.accepted += 1;
+                let abroad = transfer.corridor.as_ref().is_some_and(|c| c.source_region != c.destination_region);
+                out.cross_border += usize::from(abroad);
+                if n % 2 == 0 {
+                    whole.get_or_insert((transfer.transfer_id.clone(), destination.currency));
+                }
+            }
+        }
+        if let (Some((transfer_id, currency)), None) = (whole, out.past_refused) {
+            let request = wire::CreateRefundRequest {
+                idempotency_key: format!("demo-refund-{}-{transfer_id}-more", std::process::id()),
+                transfer_id,
+                amount: Some(common::Money { amount: "0.01".into(), currency }),
+            };
+            let answer = merchant.create_refund(request).await?;
+            let refused =
+                answer.refund.is_none() && answer.reject_code == common::RejectCode::RefundExceedsOriginal as i32;
+            out.past_refused = Some(refused);
+        }
+    }
+    Ok(out)
 }
 
 /// One payment: quote, transfer, sometimes the same transfer again.
@@ -746,6 +818,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     }
 
     let in_flight = counts.iter().filter(|((_, s), _)| *s == "in flight").map(|(_, n)| n).sum::<u64>();
+    let refunds = refund_some(&mesh).await.context("refunding payments")?;
+    println!(
+        "refunds: {} asked by the merchant networks (whole and half), {} accepted ({} of payments from another \
+         region)",
+        refunds.asked, refunds.accepted, refunds.cross_border
+    );
     // The operator pays some prefunding back; the books must show it.
     let paid_back_cents = FUND_OUT_CENTS;
     let fund_out = admin::FundOutPositionRequest {
@@ -786,6 +864,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         name: "every transfer the workload made was seen final on its wallet's event stream".into(),
         holds: in_flight == 0,
         detail: format!("{in_flight} still in flight after {SETTLE_TIMEOUT:?}"),
+    });
+    checks.push(Check {
+        name: "a refund past what its payment moved is refused".into(),
+        holds: refunds.past_refused == Some(true),
+        detail: match refunds.past_refused {
+            Some(true) => "a cent more of a payment refunded whole: REFUND_EXCEEDS_ORIGINAL".to_owned(),
+            Some(false) => "a cent more of a payment refunded whole was not refused".to_owned(),
+            None => "no payment was refunded whole to try it on".to_owned(),
+        },
     });
     checks.push(Check {
         name: "every probe's top-up was answered, so the books are known to the cent".into(),

@@ -32,8 +32,9 @@ impl Checker for Positions {
     }
 
     fn describe(&self) -> &'static str {
-        "positions equal the sum of posted entries (top-ups, committed debits and credits), pending amounts those of \
-         transfers not final, and no posted balance is below minus its net debit cap"
+        "positions equal the sum of posted entries (top-ups, committed debits and credits, committed refunds), \
+         pending amounts those of transfers and refunds not final, and no posted balance is below minus its net debit \
+         cap"
     }
 
     fn check(&self, history: &History) -> Vec<Violation> {
