@@ -589,6 +589,9 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_CAPACITY_EXCEEDED",
         "REJECT_CODE_PARTNER_QUOTES_EXHAUSTED",
         "REJECT_CODE_PARTNER_TRANSFERS_EXHAUSTED",
+        "REJECT_CODE_REFUND_EXCEEDS_ORIGINAL",
+        "REJECT_CODE_REFUND_WINDOW_CLOSED",
+        "REJECT_CODE_TRANSFER_NOT_COMMITTED",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -688,6 +691,7 @@ fn file_descriptor_set_describes_every_service() {
         "GetStatement",
     ]);
     partner.push(("StreamEvents".into(), false, true));
+    partner.extend(unary(&["CreateRefund", "GetRefund", "ListRefunds"]));
     assert_eq!(methods("paymesh.partner.v1", "PartnerService"), partner);
 
     assert_eq!(methods("paymesh.interregion.v1", "InterRegionService"), unary(&["Prepare", "Decide"]));
