@@ -189,11 +189,11 @@ impl Gateway {
         self.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| self.not_leader())
     }
 
-    /// Refuse a new quote or transfer to a region whose link's breaker is
-    /// open (see [`crate::outbox`]) or that is not linked
-    /// ([`admission::link_refuses`]). A transfer request the region has
-    /// seen before is let through, so a retry still gets its recorded
-    /// outcome.
+    /// Refuse a new quote, transfer or refund to a region whose link's
+    /// breaker is open (see [`crate::outbox`]) or that is not linked
+    /// ([`admission::link_refuses`]). A transfer or refund request the
+    /// region has seen before is let through, so a retry still gets its
+    /// recorded outcome.
     fn check_link(&self, body: &CommandBody, state: &State) -> Result<(), Status> {
         let refuses = |region: &RegionId| self.links.check(region).err();
         match admission::link_refuses(body, state, self.state_machine.history(), refuses) {

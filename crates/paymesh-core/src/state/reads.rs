@@ -148,6 +148,13 @@ impl State {
             .collect()
     }
 
+    /// The region of the payer of a payment received here from another
+    /// region (where a refund of it goes), if this region holds its side.
+    pub fn payer_region_of(&self, transfer: &TransferId, recall: &dyn Recall) -> Option<RegionId> {
+        let participation = self.participations.get(transfer).cloned().or_else(|| recall.participation(transfer))?;
+        participation.prepare.map(|prepare| prepare.corridor.source_region)
+    }
+
     /// Refunds this region coordinates that are not final yet.
     pub fn refunds(&self) -> impl Iterator<Item = &Refund> {
         self.refunds.values()

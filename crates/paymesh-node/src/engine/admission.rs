@@ -204,10 +204,11 @@ impl<W> Admission<W> {
     }
 }
 
-/// Why a new quote or transfer request (`body`) is refused because of the
-/// region it is headed to, if it is another region and `refuses` gives a
-/// reason for it (its link's breaker open, or no link at all): a quote for
-/// a payee there, or a transfer request under a quote for one. A transfer
+/// Why a new quote, transfer or refund request (`body`) is refused because
+/// of the region it is headed to, if it is another region and `refuses`
+/// gives a reason for it (its link's breaker open, or no link at all): a
+/// quote for a payee there, a transfer request under a quote for one, or a
+/// refund of a payment whose payer is there. A transfer
 /// request made before is not new and is let through, so that a retry
 /// still gets its recorded answer; its key is looked up (in history, for
 /// most keys) only when the region is refused. The gateway asks it before
@@ -223,11 +224,17 @@ pub fn link_refuses<R>(
         CommandBody::CreateTransfer(request) => {
             state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
         }
+        CommandBody::CreateRefund(request) => state.payer_region_of(&request.transfer, recall),
         _ => None,
     };
     let refused = destination.filter(|region| region != state.region()).and_then(|region| refuses(&region))?;
     match body {
         CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, recall).is_some() => None,
+        CommandBody::CreateRefund(request)
+            if matches!(state.look_up_refund_request(request, recall), KeyLookup::Answered(_)) =>
+        {
+            None
+        }
         _ => Some(refused),
     }
 }

@@ -1,12 +1,14 @@
 //! Admission's rules against a small world applied to a real `State`: the
 //! bound, the record's answer, the join, refusals from the applied state.
 
-use paymesh_core::command::{Batch, Command, CommandId, PayerDetails, PayerField};
+use paymesh_core::command::{
+    Batch, Command, CommandId, Decision, PayerDetails, PayerField, PrepareMessage, RefundRequest,
+};
 use paymesh_core::corridor::{CorridorId, CorridorTerms, QuoteAmount};
 use paymesh_core::directory::{PayeeRoute, QrPrefix};
 use paymesh_core::fx::{BasisPoints, FeeSchedule};
 use paymesh_core::history::MemoryHistory;
-use paymesh_core::id::{PartnerId, QrPayload, QuoteId, RegionId, TopUpRef};
+use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money, RejectCode};
 
@@ -224,4 +226,33 @@ fn a_new_request_to_a_refused_region_is_refused_and_a_request_made_before_is_let
     assert!(matches!(world.apply(vec![transfer.clone()]).remove(0), Outcome::Transfer(_)));
     let recall = world.history.at(world.index + 1);
     assert_eq!(link_refuses(&transfer, &world.state, &recall, all), None, "made before: its answer is given");
+
+    // A refund of a payment from the refused region goes back there: a new
+    // one is refused, one asked for before gets its answer.
+    let paid = TransferId::new(away.clone(), 7);
+    let prepare = PrepareMessage {
+        transfer: paid.clone(),
+        corridor: CorridorId::parse("CNY:away->CNY:home").unwrap(),
+        source: cny(1_000),
+        destination: cny(1_000),
+        rate: paymesh_core::fx::Rate::ONE,
+        payee: PartnerId::new("shop").unwrap(),
+        merchant: paymesh_core::id::MerchantId::new("till").unwrap(),
+        payer_token: paymesh_core::id::PayerToken::for_transfer(&paid),
+        deadline: Timestamp::from_unix_ms(T0 + 5_000),
+    };
+    let decide = CommandBody::Decide { transfer: paid.clone(), decision: Decision::Commit };
+    world.apply(vec![CommandBody::Prepare(prepare), decide]);
+    let refund = CommandBody::CreateRefund(RefundRequest {
+        partner: PartnerId::new("shop").unwrap(),
+        idempotency_key: IdempotencyKey::new("refund-1").unwrap(),
+        transfer: paid,
+        amount: cny(500),
+    });
+    let recall = world.history.at(world.index + 1);
+    assert_eq!(link_refuses(&refund, &world.state, &recall, all), Some(away.clone()), "a new refund");
+    assert_eq!(link_refuses(&refund, &world.state, &recall, none), None);
+    assert!(matches!(world.apply(vec![refund.clone()]).remove(0), Outcome::Refund(_)));
+    let recall = world.history.at(world.index + 1);
+    assert_eq!(link_refuses(&refund, &world.state, &recall, all), None, "asked for before: its answer is given");
 }
