@@ -276,6 +276,51 @@ pub(crate) enum PositionCommand {
     FundOut(Funding),
 }
 
+/// `paymesh transfer …`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TransferCommand {
+    /// Reverse a transfer whose payee is homed in this region (a dispute's
+    /// outcome): refund, on the payee's behalf, everything earlier refunds
+    /// left, whatever the refund window and the payee's status. A transfer
+    /// is reversed once: asked again, the first reversal answers. Audited
+    /// with the operator and --reason.
+    Reverse {
+        #[command(flatten)]
+        target: Target,
+        /// The transfer, `<origin-region>:<sequence>`.
+        #[arg(long)]
+        transfer: String,
+        /// Why (the dispute's reference, say): kept in the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Run `paymesh transfer …`.
+pub(crate) async fn transfer(command: TransferCommand) -> anyhow::Result<()> {
+    let TransferCommand::Reverse { target, transfer, reason } = command;
+    let request = wire::ReverseTransferRequest { transfer_id: transfer.clone(), reason };
+    let answer = call(&target, |mut c| {
+        let request = request.clone();
+        async move { c.reverse_transfer(request).await }
+    })
+    .await?;
+    if answer.refund.is_none() {
+        accepted(answer.reject_code)?;
+    }
+    let refund = answer.refund.context("the node recorded the reversal but did not return its refund")?;
+    let state = paymesh_proto::partner::v1::TransferState::try_from(refund.state)
+        .map_or("unknown", |s| s.as_str_name().trim_start_matches("TRANSFER_STATE_"));
+    let show = |m: Option<&common::Money>| m.map_or_else(String::new, |m| format!("{} {}", m.amount, m.currency));
+    println!(
+        "reversed {transfer}: refund {} {state}, {} from the payee, {} to the payer",
+        refund.refund_id,
+        show(refund.debited_amount.as_ref()),
+        show(refund.credited_amount.as_ref())
+    );
+    accepted(answer.reject_code)
+}
+
 /// Money moved into or out of a partner's position by the operator.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Funding {

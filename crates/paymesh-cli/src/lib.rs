@@ -179,6 +179,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::PositionCommand,
     },
+    /// Act on a transfer as an operator: reverse it (a dispute's outcome).
+    Transfer {
+        #[command(subcommand)]
+        command: admin::TransferCommand,
+    },
     /// Route QR payload prefixes to payee partners (the payee directory).
     Route {
         #[command(subcommand)]
@@ -366,6 +371,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Settings { command } => admin::settings(command).await,
         Command::Position { command } => admin::position(command).await,
         Command::Route { command } => admin::route(command).await,
+        Command::Transfer { command } => admin::transfer(command).await,
         Command::Ledger { target } => admin::ledger(target).await,
         Command::Statement { account, from_ms, to_ms, limit, target } => {
             admin::statement(target, &account, from_ms, to_ms, limit).await

@@ -152,7 +152,8 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
         .await
         .unwrap();
     assert_eq!(created.reject_code, wire_common::RejectCode::Unspecified as i32);
-    assert_eq!(created.transfer.unwrap().state, wire::TransferState::Committed as i32);
+    let paid = created.transfer.unwrap();
+    assert_eq!(paid.state, wire::TransferState::Committed as i32);
 
     // Reads: the partner's position, the lists and the books.
     let out = ok(&region, &["partner", "show", "--id", "wallet-a"]);
@@ -161,6 +162,23 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     assert_eq!(out.lines().count(), 2, "{out}");
     let out = ok(&region, &["corridor", "list"]);
     assert_eq!(out.lines().count(), 1, "{out}");
+    let out = ok(&region, &["ledger"]);
+    assert!(out.contains("balanced"), "{out}");
+
+    // A dispute's outcome: the operator reverses the payment, once; the
+    // payer gets its principal back (not the fee), the merchant gives it.
+    let reverse = ["transfer", "reverse", "--transfer", paid.transfer_id.as_str(), "--reason", "dispute D-1"];
+    let out = ok(&region, &reverse);
+    let expected = format!("reversed {}: refund ", paid.transfer_id);
+    assert!(out.contains(&expected) && out.contains("COMMITTED, 20.00 USD from the payee, 20.00 USD to"), "{out}");
+    let again = ok(&region, &reverse);
+    assert_eq!(again, out, "a transfer is reversed once");
+    let out = ok(&region, &["partner", "show", "--id", "wallet-a"]);
+    assert!(out.contains("USD posted 499.70 USD"), "{out}");
+    let out = ok(&region, &["partner", "show", "--id", "merchant-net"]);
+    assert!(out.contains("USD posted 0.00 USD"), "{out}");
+    let err = refused(&region, OPERATOR, &["transfer", "reverse", "--transfer", "us-west:999", "--reason", "x"]);
+    assert!(err.contains("NotFound") && err.contains("TransferNotFound"), "{err}");
     let out = ok(&region, &["ledger"]);
     assert!(out.contains("balanced"), "{out}");
 
@@ -222,6 +240,11 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     assert!(out.contains("idempotency retention  30 days"), "{out}");
     let out = ok(&region, &["settings", "set", "--idempotency-retention-days", "90"]);
     assert!(out.contains("idempotency retention  90 days"), "{out}");
+    assert!(out.contains("refund window          365 days"), "{out}");
+    let out = ok(&region, &["settings", "set", "--refund-window-days", "30"]);
+    assert!(out.contains("refund window          30 days"), "{out}");
+    let err = refused(&region, OPERATOR, &["settings", "set", "--refund-window-days", "401"]);
+    assert!(err.contains("InvalidArgument") && err.contains("401 is above 400"), "{err}");
     let err = refused(&region, OPERATOR, &["settings", "set", "--idempotency-retention-days", "401"]);
     assert!(err.contains("InvalidArgument") && err.contains("401 is outside 1 to 400"), "{err}");
     let err = refused(&region, OPERATOR, &["settings", "set"]);

@@ -208,6 +208,45 @@ pub enum CommandBody {
     /// Prepare the paying side's half of a refund that another region
     /// coordinates: credit the original payer back ([`RefundPrepare`]).
     PrepareRefund(RefundPrepare),
+    /// An operator reverses a payment its payee received here (a dispute's
+    /// outcome): a refund, on the payee's behalf, of all that earlier
+    /// refunds left, whatever the refund window and the payee's status.
+    /// Its refund's idempotency key is the payment's (`reversal/<id>`), so
+    /// a payment is reversed once: a reversal asked again answers with the
+    /// first. Audited, as every operator command, with who and `reason`.
+    ReverseTransfer {
+        /// The payment.
+        transfer: TransferId,
+        /// Why (the dispute's reference, say).
+        reason: Reason,
+    },
+}
+
+/// Why an operator did something: 1 to 256 bytes of UTF-8 text with no
+/// control characters, kept in the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Reason(String);
+
+serialize_as_text!(Reason, as_str);
+
+impl Reason {
+    /// Validate a reason.
+    pub fn new(text: impl Into<String>) -> Result<Reason, IdError> {
+        free_text(text.into(), "reason").map(Reason)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Reason {
+    type Error = IdError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Reason::new(text)
+    }
 }
 
 /// A payee partner's request to refund a payment it received.
@@ -314,6 +353,21 @@ impl TransferRequest {
     }
 }
 
+/// `text` if it is 1 to [`PAYER_FIELD_BYTES_MAX`] bytes with no control
+/// characters (any script), else why not, naming it `what`.
+fn free_text(text: String, what: &'static str) -> Result<String, IdError> {
+    if text.is_empty() {
+        return Err(IdError::Empty { what });
+    }
+    if text.len() > PAYER_FIELD_BYTES_MAX {
+        return Err(IdError::TooLong { what, max: PAYER_FIELD_BYTES_MAX });
+    }
+    if let Some((index, character)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(IdError::InvalidCharacter { what, character, index, allowed: "text without control characters" });
+    }
+    Ok(text)
+}
+
 /// One field of the payer's personal data: 1 to 256 bytes of UTF-8 text with
 /// no control characters. Names may use any script.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -325,22 +379,7 @@ serialize_as_text!(PayerField, as_str);
 impl PayerField {
     /// Validate a field.
     pub fn new(text: impl Into<String>) -> Result<PayerField, IdError> {
-        let text = text.into();
-        if text.is_empty() {
-            return Err(IdError::Empty { what: "payer field" });
-        }
-        if text.len() > PAYER_FIELD_BYTES_MAX {
-            return Err(IdError::TooLong { what: "payer field", max: PAYER_FIELD_BYTES_MAX });
-        }
-        if let Some((index, character)) = text.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(IdError::InvalidCharacter {
-                what: "payer field",
-                character,
-                index,
-                allowed: "text without control characters",
-            });
-        }
-        Ok(PayerField(text))
+        free_text(text.into(), "payer field").map(PayerField)
     }
 
     /// The text.
@@ -537,6 +576,7 @@ impl CommandBody {
             | CommandBody::RemovePayeeRoute { .. }
             | CommandBody::SetPartnerLimits { .. }
             | CommandBody::ByOperator { .. }
+            | CommandBody::ReverseTransfer { .. }
             | CommandBody::SetRegionSetting(_) => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)

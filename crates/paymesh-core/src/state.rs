@@ -913,6 +913,7 @@ impl State {
             }
             CommandBody::CreateRefund(request) => Ok(self.create_refund(request, now, recall)),
             CommandBody::PrepareRefund(message) => Ok(Outcome::PrepareReply(self.prepare_refund(message, now, recall))),
+            CommandBody::ReverseTransfer { transfer, .. } => self.reverse_transfer(transfer, now, recall),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)

@@ -2,7 +2,7 @@
 //! certificate. Writes are proposed through the leader; reads come from this
 //! node's applied state.
 
-use paymesh_core::command::CommandBody;
+use paymesh_core::command::{CommandBody, Reason};
 use paymesh_core::fx::FxRate;
 use paymesh_core::id::{OperatorId, PartnerId, TopUpRef};
 use paymesh_core::partner::PartnerConfig;
@@ -143,6 +143,30 @@ impl AdminService for AdminServer {
             }
         }
         Ok(Response::new(wire::SetRegionSettingsResponse { settings: Some(self.region_settings()) }))
+    }
+
+    async fn reverse_transfer(
+        &self,
+        request: Request<wire::ReverseTransferRequest>,
+    ) -> Result<Response<wire::ReverseTransferResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let transfer = convert::transfer_id("transfer_id", &r.transfer_id)?;
+        let reason = Reason::new(r.reason).map_err(|e| invalid("reason", e))?;
+        let by = OperatorId::new(&operator).map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
+        let body = CommandBody::ReverseTransfer { transfer, reason };
+        tracing::info!(operator, command = ?body, "operator write");
+        match self.gateway.operate(CommandBody::ByOperator { operator: by, command: Box::new(body) }).await? {
+            Outcome::Refund(view) => {
+                let reject_code = convert::reject_code_opt(view.reason.filter(|_| view.state.is_final()));
+                let refund = Some(convert::refund_out(&view));
+                Ok(Response::new(wire::ReverseTransferResponse { refund, reject_code }))
+            }
+            Outcome::Rejected(code) => {
+                Ok(Response::new(wire::ReverseTransferResponse { refund: None, reject_code: Gateway::rejected(code)? }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn get_region_settings(

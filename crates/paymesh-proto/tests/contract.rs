@@ -724,6 +724,7 @@ fn file_descriptor_set_describes_every_service() {
             "GetAccountStatement",
             "SetRegionSettings",
             "GetRegionSettings",
+            "ReverseTransfer",
         ])
     );
     assert_eq!(

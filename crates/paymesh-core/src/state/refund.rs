@@ -44,6 +44,15 @@ struct Paid {
     payer_token: PayerToken,
 }
 
+/// Who asks for a refund: the payment's payee, within the refund window,
+/// active and under its cap of transfers in flight; or an operator
+/// reversing the payment, whenever history still holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asker {
+    Payee,
+    Operator,
+}
+
 /// A refund request that may go ahead: the payment and the two amounts.
 struct RefundAdmissible {
     paid: Paid,
@@ -82,10 +91,52 @@ impl State {
         }
         // As for transfers, a refusal before the refund exists changes
         // nothing and leaves no record under the key.
-        let admissible = match self.check_refund(request, now, recall) {
-            Ok(admissible) => admissible,
-            Err(code) => return Outcome::Rejected(code),
-        };
+        match self.check_refund(request, now, recall, Asker::Payee) {
+            Ok(admissible) => self.record_refund(request, admissible, now, recall),
+            Err(code) => Outcome::Rejected(code),
+        }
+    }
+
+    /// An operator's reversal of payment `transfer` (see
+    /// [`CommandBody::ReverseTransfer`]): a refund of what is left of it,
+    /// on its payee's behalf, under the payment's reversal key.
+    pub(super) fn reverse_transfer(
+        &mut self,
+        transfer: &TransferId,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<Outcome> {
+        let paid = self.paid(transfer, recall).ok_or(RejectCode::TransferNotFound)?;
+        let key = IdempotencyKey::new(format!("reversal/{transfer}")).map_err(|_| RejectCode::TransferNotFound)?;
+        // Reversed before: the first reversal's answer, whatever is left now.
+        let recorded = self.idempotency.get(&(paid.payee.clone(), key.clone())).cloned();
+        if let Some(record) = recorded.or_else(|| recall.idempotency(&paid.payee, &key)) {
+            return Ok(record.outcome);
+        }
+        let done = self.refunded_so_far(transfer, recall).map(|d| d.debited);
+        let in_flight = self.refunds.values().filter(|r| &r.view.original == transfer && !r.view.state.is_final());
+        let taken = sum(paid.destination.currency(), done.into_iter().chain(in_flight.map(|r| r.view.debited)))
+            .ok_or(RejectCode::RefundExceedsOriginal)?;
+        let left = paid.destination.checked_sub(&taken).map_err(|_| RejectCode::RefundExceedsOriginal)?;
+        if left.is_zero() {
+            return Err(RejectCode::RefundExceedsOriginal);
+        }
+        let request =
+            RefundRequest { partner: paid.payee, idempotency_key: key, transfer: transfer.clone(), amount: left };
+        let admissible = self.check_refund(&request, now, recall, Asker::Operator)?;
+        Ok(self.record_refund(&request, admissible, now, recall))
+    }
+
+    /// Start the refund of `request` that [`State::check_refund`] admitted,
+    /// and record its answer under the request's key.
+    fn record_refund(
+        &mut self,
+        request: &RefundRequest,
+        admissible: RefundAdmissible,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Outcome {
+        let fingerprint = request.fingerprint();
         let outcome = Outcome::Refund(self.start_refund(request, admissible, now, recall));
         let key = (request.partner.clone(), request.idempotency_key.clone());
         let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
@@ -108,15 +159,21 @@ impl State {
         now: Timestamp,
         recall: &dyn Recall,
     ) -> Result<(), RejectCode> {
-        self.check_refund(request, now, recall).map(|_| ())
+        self.check_refund(request, now, recall, Asker::Payee).map(|_| ())
     }
 
-    fn check_refund(&self, request: &RefundRequest, now: Timestamp, recall: &dyn Recall) -> OrReject<RefundAdmissible> {
+    fn check_refund(
+        &self,
+        request: &RefundRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+        asker: Asker,
+    ) -> OrReject<RefundAdmissible> {
         let partner = self.partners.get(&request.partner).ok_or(RejectCode::PartnerNotFound)?;
-        if partner.status == BusinessStatus::Suspended {
+        if asker == Asker::Payee && partner.status == BusinessStatus::Suspended {
             return Err(RejectCode::PartnerSuspended);
         }
-        if !partner.config.role.can_receive() {
+        if asker == Asker::Payee && !partner.config.role.can_receive() {
             return Err(RejectCode::PartnerRoleNotAllowed);
         }
         // Another partner's payment is not found, as an unknown one is.
@@ -125,7 +182,7 @@ impl State {
         if !paid.committed {
             return Err(RejectCode::TransferNotCommitted);
         }
-        if now >= paid.finished_at.plus_ms(self.settings.refund_window_ms()) {
+        if asker == Asker::Payee && now >= paid.finished_at.plus_ms(self.settings.refund_window_ms()) {
             return Err(RejectCode::RefundWindowClosed);
         }
         if request.amount.currency() != paid.destination.currency()
@@ -164,7 +221,7 @@ impl State {
         if credited.is_zero() {
             return Err(RejectCode::AmountBelowMinimum);
         }
-        if paid.payer_region != self.region {
+        if paid.payer_region != self.region && asker == Asker::Payee {
             let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
             if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
                 return Err(RejectCode::PartnerTransfersExhausted);

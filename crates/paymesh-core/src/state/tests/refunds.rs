@@ -2,6 +2,8 @@
 //! where they must be, exactly once under repeated and reordered messages.
 
 use super::*;
+use crate::command::Reason;
+use crate::id::OperatorId;
 use crate::settings::REFUND_WINDOW_DAYS_MAX;
 
 fn refund(partner: &str, key: &str, transfer: &TransferId, amount: Money) -> CommandBody {
@@ -315,4 +317,46 @@ fn a_commit_for_a_refund_never_prepared_is_a_protocol_violation() {
     let commit = CommandBody::Decide { transfer: view.id.clone(), decision: Decision::Commit };
     assert_eq!(west.run(commit, at), Outcome::Rejected(RejectCode::ProtocolViolation));
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9898.70");
+}
+
+#[test]
+fn an_operator_reverses_what_refunds_left_once_whatever_the_window_and_the_payees_status() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let at = T0.plus_ms(1_000);
+    refund_view(&east.run(refund("wechat-cn", "part", &payment.id, cny("300")), at));
+    // No refunds allowed any more, and the payee suspended: a dispute's
+    // outcome reverses the payment anyway.
+    east.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(0)), at);
+    east.ok(CommandBody::SetPartnerStatus { partner: pid("wechat-cn"), status: BusinessStatus::Suspended }, at);
+    let reverse = |transfer: &TransferId| CommandBody::ByOperator {
+        operator: OperatorId::new("ops-alice").unwrap(),
+        command: Box::new(CommandBody::ReverseTransfer {
+            transfer: transfer.clone(),
+            reason: Reason::new("dispute D-77: goods not delivered").unwrap(),
+        }),
+    };
+    let reversal = refund_view(&east.run(reverse(&payment.id), at));
+    assert_eq!((reversal.debited, reversal.state), (cny("416.40"), CoordinatorState::Reserved));
+    assert_eq!(reversal.idempotency_key.as_str(), format!("reversal/{}", payment.id));
+    // Asked again, before or after it finished: the first reversal.
+    assert_eq!(east.run(reverse(&payment.id), at), Outcome::Refund(reversal.clone()));
+    deliver_all(&mut east, &mut west, at);
+    deliver_all(&mut east, &mut west, at);
+    assert_eq!(east.run(reverse(&payment.id), at.plus_ms(5)), Outcome::Refund(reversal.clone()));
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "9998.70", "the whole principal back");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
+    // Audited with who and why.
+    let audited = east.history.records().any(|(_, record)| {
+        matches!(record, Record::Audited { operator, command, .. }
+            if operator.as_str() == "ops-alice"
+                && matches!(&**command, CommandBody::ReverseTransfer { reason, .. } if reason.as_str().contains("D-77")))
+    });
+    assert!(audited, "the reversal is in the audit trail");
+    // Only the payee's region holds what a reversal needs.
+    let elsewhere = west.run(reverse(&payment.id), at);
+    assert_eq!(elsewhere, Outcome::Rejected(RejectCode::TransferNotFound));
+    let unknown = TransferId::new(region("us-west"), 999);
+    assert_eq!(east.run(reverse(&unknown), at), Outcome::Rejected(RejectCode::TransferNotFound));
+    assert!(Reason::new("").is_err() && Reason::new("a\u{7}b").is_err());
 }
