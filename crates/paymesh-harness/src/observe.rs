@@ -69,10 +69,18 @@ pub async fn live_mesh(
     })
 }
 
-/// Observe every region of `regions` until every transfer is final in every
-/// region and every region's replicas agree, or `bound` passes; the last
-/// observation, its `resolved_ms` set (by `now_ms`) if it settled. An
-/// observation that could not be made by the bound is an error.
+/// Observe every region of `regions` until every transfer and refund is
+/// final in every region, every region's replicas agree, and a second
+/// observation in a row holds the same transfers, refunds and books, or
+/// `bound` passes; the last observation, its `resolved_ms` set (by
+/// `now_ms`) if it settled. An observation that could not be made by the
+/// bound is an error.
+///
+/// The regions are observed one after another, so one observed early can
+/// miss work another region had in flight and finished before it was
+/// observed itself (a refund's payer region, say, asked to prepare just
+/// after it was read): every region final is not enough, the next
+/// observation must find nothing new.
 pub async fn settle(
     regions: &[(&str, &LocalRegion)],
     partners: Partners<'_>,
@@ -80,6 +88,7 @@ pub async fn settle(
     now_ms: impl Fn() -> u64,
 ) -> anyhow::Result<Observation> {
     let started = Instant::now();
+    let mut previous: Option<Observation> = None;
     loop {
         let mut observation =
             Observation { resolve_bound_ms: u64::try_from(bound.as_millis())?, ..Observation::default() };
@@ -96,10 +105,26 @@ pub async fn settle(
                 Err(e) => failure = Some(e),
             }
         }
+        let same = |a: &RegionObservation, b: &RegionObservation| {
+            a.transfers == b.transfers && a.refunds == b.refunds && a.ledger == b.ledger
+        };
+        let stable = previous.as_ref().is_some_and(|p: &Observation| {
+            p.regions.len() == observation.regions.len()
+                && p.regions.iter().all(|(name, was)| observation.regions.get(name).is_some_and(|now| same(was, now)))
+        });
         if failure.is_none() && all_final {
-            observation.resolved_ms = Some(now_ms());
-            return Ok(observation);
+            if stable {
+                observation.resolved_ms = Some(now_ms());
+                return Ok(observation);
+            }
+            if started.elapsed() > bound {
+                return Ok(observation);
+            }
+            // Final everywhere: look once more, at once, for anything new.
+            previous = Some(observation);
+            continue;
         }
+        previous = None;
         if started.elapsed() > bound {
             return match failure {
                 Some(e) => Err(e),
