@@ -449,6 +449,14 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     }
     let ids: Vec<String> = payments.iter().map(|t| t.transfer_id.clone()).collect();
     assert!(wait_final(&client, &ids, Duration::from_secs(30)).await.iter().all(|s| *s == COMMITTED));
+    // Committed at the source is not yet posted at the payee: wait until
+    // the merchant holds no credit pending (every decision applied there)
+    // before taking the positions the refunds will move.
+    let posted = Instant::now() + Duration::from_secs(30);
+    while position(&merchant).await[0].3 != "0.00" {
+        assert!(Instant::now() < posted, "the payee region never posted the payments");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let wallet_before = position(&client).await;
     let merchant_before = position(&merchant).await;
     let full = |t: &wire::Transfer| t.destination_amount.as_ref().unwrap().amount.clone();
