@@ -968,12 +968,42 @@ fn leg(transfer: &TransferId, leg: Leg) -> EntryId {
 
 /// Move a coordinator transfer by a locally generated event, which must be legal.
 fn step_coordinator(transfer: &mut Transfer, event: CoordinatorEvent, now: Timestamp) {
-    match coordinator_step(transfer.view.state, event) {
+    let view = &mut transfer.view;
+    step_coordinated(&view.id, &mut view.state, &mut view.updated_at, event, now);
+}
+
+/// Move what this region coordinates (a transfer `id`, or a refund) by an
+/// event of its own making, which the coordinator's table must allow (a
+/// bug otherwise).
+fn step_coordinated(
+    id: &TransferId,
+    state: &mut CoordinatorState,
+    updated_at: &mut Timestamp,
+    event: CoordinatorEvent,
+    now: Timestamp,
+) {
+    match coordinator_step(*state, event) {
         Ok(Step::Move(to)) => {
-            transfer.view.state = to;
-            transfer.view.updated_at = now;
+            *state = to;
+            *updated_at = now;
         }
-        other => panic!("transfer {}: local event {event:?} gave {other:?}", transfer.view.id),
+        other => panic!("{id}: local event {event:?} gave {other:?}"),
+    }
+}
+
+/// The event a payee region's answer is for what this region coordinates
+/// in `state` (a transfer or a refund): `None` for an answer delivered
+/// again or late, which moves nothing; a protocol violation for one that
+/// contradicts the record.
+fn answer_event(state: CoordinatorState, reply: PrepareReply) -> OrReject<Option<CoordinatorEvent>> {
+    let event = match reply {
+        PrepareReply::Prepared => CoordinatorEvent::Prepared,
+        PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
+    };
+    match coordinator_step(state, event) {
+        Err(_) => Err(RejectCode::ProtocolViolation),
+        Ok(Step::Unchanged) => Ok(None),
+        Ok(Step::Move(_)) => Ok(Some(event)),
     }
 }
 

@@ -430,15 +430,7 @@ impl State {
                 .filter(|t| t.view.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
                 .ok_or(RejectCode::TransferNotFound)?,
         };
-        let event = match reply {
-            PrepareReply::Prepared => CoordinatorEvent::Prepared,
-            PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
-        };
-        match coordinator_step(transfer.view.state, event) {
-            Err(_) => return Err(RejectCode::ProtocolViolation),
-            Ok(Step::Unchanged) => return Ok(Outcome::Done),
-            Ok(Step::Move(_)) => {}
-        }
+        let Some(event) = answer_event(transfer.view.state, reply)? else { return Ok(Outcome::Done) };
         step_coordinator(&mut transfer, event, now);
         self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight -= 1);
         let deadline = transfer.view.deadline.expect("a reserved transfer has a deadline");

@@ -406,15 +406,7 @@ impl State {
                 .filter(|r| r.view.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
                 .ok_or(RejectCode::TransferNotFound)?,
         };
-        let event = match reply {
-            PrepareReply::Prepared => CoordinatorEvent::Prepared,
-            PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
-        };
-        match coordinator_step(refund.view.state, event) {
-            Err(_) => return Err(RejectCode::ProtocolViolation),
-            Ok(Step::Unchanged) => return Ok(Outcome::Done),
-            Ok(Step::Move(_)) => {}
-        }
+        let Some(event) = answer_event(refund.view.state, reply)? else { return Ok(Outcome::Done) };
         step_refund(&mut refund, event, now);
         self.use_partner(&refund.view.partner, |u| u.transfers_in_flight -= 1);
         let deadline = refund.view.deadline.expect("a reserved refund has a deadline");
@@ -653,11 +645,6 @@ impl State {
 /// Move a refund by an event of this region's own making, which the
 /// coordinator's table must allow (a bug otherwise).
 fn step_refund(refund: &mut Refund, event: CoordinatorEvent, now: Timestamp) {
-    match coordinator_step(refund.view.state, event) {
-        Ok(Step::Move(to)) => {
-            refund.view.state = to;
-            refund.view.updated_at = now;
-        }
-        other => panic!("refund {}: local event {event:?} gave {other:?}", refund.view.id),
-    }
+    let view = &mut refund.view;
+    step_coordinated(&view.id, &mut view.state, &mut view.updated_at, event, now);
 }
