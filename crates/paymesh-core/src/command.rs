@@ -21,6 +21,7 @@ use crate::id::{
     IdError, IdempotencyKey, MerchantId, OperatorId, PartnerId, PayerToken, QrPayload, QuoteId, RegionId, TopUpRef,
     TransferId,
 };
+use crate::ledger::AccountId;
 use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
@@ -219,6 +220,32 @@ pub enum CommandBody {
         transfer: TransferId,
         /// Why (the dispute's reference, say).
         reason: Reason,
+    },
+
+    // --- settlement (added later) -------------------------------------------
+    /// Close the open settlement window and open the next
+    /// ([`crate::settlement`]).
+    CloseSettlementWindow,
+    /// Record an account's net of a closed window as settled by a bank
+    /// transfer: a partner's position or the clearing account against
+    /// another region.
+    RecordSettlement {
+        /// The closed window.
+        window: u64,
+        /// The account settled.
+        account: AccountId,
+        /// The bank's reference.
+        reference: TopUpRef,
+    },
+    /// Apply the coordinator's decision, as [`CommandBody::Decide`], with
+    /// the coordinator's settlement window it was made in.
+    DecideInWindow {
+        /// The transfer.
+        transfer: TransferId,
+        /// Commit or abort.
+        decision: Decision,
+        /// The coordinator's window.
+        window: u64,
     },
 }
 
@@ -503,10 +530,43 @@ pub enum OutboxMessage {
         transfer: TransferId,
         /// Commit or abort.
         decision: Decision,
+        /// The coordinator's settlement window the decision was made in
+        /// (0: before windows), which the receiving region counts a
+        /// commit under for the pair's cross-check.
+        window: u64,
     },
     /// A refund's Prepare; sent to the original payment's region until it
     /// answers.
     PrepareRefund(RefundPrepare),
+}
+
+/// An outbox message as snapshot images before settlement windows hold it:
+/// read, and converted with decisions naming window 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxMessageV1 {
+    /// A payment's Prepare.
+    Prepare(PrepareMessage),
+    /// A decision.
+    Decision {
+        /// The transfer.
+        transfer: TransferId,
+        /// Commit or abort.
+        decision: Decision,
+    },
+    /// A refund's Prepare.
+    PrepareRefund(RefundPrepare),
+}
+
+impl From<OutboxMessageV1> for OutboxMessage {
+    fn from(old: OutboxMessageV1) -> OutboxMessage {
+        match old {
+            OutboxMessageV1::Prepare(message) => OutboxMessage::Prepare(message),
+            OutboxMessageV1::Decision { transfer, decision } => {
+                OutboxMessage::Decision { transfer, decision, window: 0 }
+            }
+            OutboxMessageV1::PrepareRefund(message) => OutboxMessage::PrepareRefund(message),
+        }
+    }
 }
 
 impl OutboxMessage {
@@ -577,6 +637,8 @@ impl CommandBody {
             | CommandBody::SetPartnerLimits { .. }
             | CommandBody::ByOperator { .. }
             | CommandBody::ReverseTransfer { .. }
+            | CommandBody::CloseSettlementWindow
+            | CommandBody::RecordSettlement { .. }
             | CommandBody::SetRegionSetting(_) => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
@@ -585,6 +647,7 @@ impl CommandBody {
             | CommandBody::DecisionAcked { .. }
             | CommandBody::Prepare(_)
             | CommandBody::Decide { .. }
+            | CommandBody::DecideInWindow { .. }
             | CommandBody::CreateRefund(_)
             | CommandBody::PrepareRefund(_)
             | CommandBody::Tick => false,

@@ -32,6 +32,7 @@ use crate::id::{IdempotencyKey, OperatorId, PartnerId, TopUpRef, TransferId};
 use crate::ledger::{AccountId, EntryId};
 use crate::money::Money;
 use crate::outcome::Outcome;
+use crate::settlement::SettlementWindow;
 use crate::state::{Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use crate::time::Timestamp;
 
@@ -213,6 +214,10 @@ pub enum Record {
         /// Everything given back so far.
         totals: RefundTotals,
     },
+    /// A settlement window as it stands: written when it closes and again
+    /// each time one of its positions is recorded settled (the newest is
+    /// the window).
+    Window(Box<SettlementWindow>),
 }
 
 /// What the write path asks history: finished work, as of the start of the
@@ -242,6 +247,8 @@ pub trait Recall {
     fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation>;
     /// What the committed refunds of a payment gave back so far.
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals>;
+    /// A closed settlement window, as it stands.
+    fn window(&self, number: u64) -> Option<SettlementWindow>;
     /// The state knows, without asking, that no record was ever written
     /// under a partner's idempotency key before the batch (the leader looked
     /// and the batches since recorded none): a history that keeps what a
@@ -278,6 +285,9 @@ impl Recall for NoHistory {
         None
     }
     fn refunded(&self, _: &TransferId) -> Option<RefundTotals> {
+        None
+    }
+    fn window(&self, _: u64) -> Option<SettlementWindow> {
         None
     }
 }
@@ -325,6 +335,7 @@ pub struct MemoryHistory {
     refunds: BTreeMap<TransferId, Vec<(u64, Refund)>>,
     refund_participations: BTreeMap<TransferId, Vec<(u64, RefundParticipation)>>,
     refunded: BTreeMap<TransferId, Vec<(u64, RefundTotals)>>,
+    windows: BTreeMap<u64, Vec<(u64, SettlementWindow)>>,
     listed: BTreeMap<(PartnerId, ListToken), TransferId>,
     events: BTreeMap<(PartnerId, u64), Event>,
 }
@@ -397,6 +408,9 @@ impl MemoryHistory {
                 }
                 Record::Refunded { transfer, totals } => {
                     self.refunded.entry(transfer.clone()).or_default().push((index, *totals));
+                }
+                Record::Window(window) => {
+                    self.windows.entry(window.number).or_default().push((index, (**window).clone()));
                 }
                 Record::Movement(_) | Record::Operator { .. } | Record::Audited { .. } => {}
             }
@@ -495,6 +509,9 @@ impl Recall for MemoryRecall<'_> {
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
         seen(self.history.refunded.get(transfer), self.before)
     }
+    fn window(&self, number: u64) -> Option<SettlementWindow> {
+        seen(self.history.windows.get(&number), self.before)
+    }
 }
 
 impl Recall for MemoryHistory {
@@ -521,6 +538,9 @@ impl Recall for MemoryHistory {
     }
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
         self.at(u64::MAX).refunded(transfer)
+    }
+    fn window(&self, number: u64) -> Option<SettlementWindow> {
+        self.at(u64::MAX).window(number)
     }
 }
 

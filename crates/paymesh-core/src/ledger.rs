@@ -193,6 +193,13 @@ pub enum EntryId {
     TopUp(TopUpRef),
     /// A fund-out, by its reference.
     FundOut(TopUpRef),
+    /// A closed settlement window's net of one account, recorded settled.
+    Settled {
+        /// The window.
+        window: u64,
+        /// The account.
+        account: AccountId,
+    },
 }
 
 /// Where an entry stands.

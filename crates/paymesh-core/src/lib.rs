@@ -29,6 +29,7 @@ pub mod partner;
 mod serde_seq;
 mod serde_text;
 pub mod settings;
+pub mod settlement;
 pub mod state;
 pub mod time;
 pub mod transfer;

@@ -89,11 +89,23 @@ pub enum RejectCode {
     /// The payment is not committed (aborted, or still in flight), so there
     /// is nothing to give back.
     TransferNotCommitted,
+    /// No settlement window with that number in this region.
+    WindowNotFound,
+    /// The settlement window is still open: close it first.
+    WindowNotClosed,
+    /// The account did not move in the window: there is nothing to settle.
+    NothingToSettle,
+    /// The account's net of the window was recorded settled already, with
+    /// another reference.
+    AlreadySettled,
+    /// Only a partner's position or the clearing account against another
+    /// region is settled.
+    NotSettleable,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 32] = [
+    pub const ALL: [RejectCode; 37] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -126,6 +138,11 @@ impl RejectCode {
         RejectCode::RefundExceedsOriginal,
         RejectCode::RefundWindowClosed,
         RejectCode::TransferNotCommitted,
+        RejectCode::WindowNotFound,
+        RejectCode::WindowNotClosed,
+        RejectCode::NothingToSettle,
+        RejectCode::AlreadySettled,
+        RejectCode::NotSettleable,
     ];
 }
 
@@ -250,6 +267,11 @@ pub enum Outcome {
     /// A refund was created: committed (same region), reserved, or aborted
     /// at creation with a reason (for example the payee's position).
     Refund(RefundView),
+    /// A settlement window closed; the next one is open.
+    WindowClosed {
+        /// The closed window's number.
+        number: u64,
+    },
 }
 
 impl Outcome {

@@ -37,12 +37,13 @@ use imbl::{OrdMap, OrdSet, Vector};
 
 use self::recent::RecentKeys;
 pub use self::recent::RECENT_KEYS_MAX;
+pub use self::settlement::SettlementBook;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Batch, Command, CommandBody, CommandId, Decision, Fingerprint, OutboxMessage, PayerDetails, PrepareMessage,
-    PrepareReply, RefundPrepare, RefundRequest, TickReport, TransferRequest,
+    Batch, Command, CommandBody, CommandId, Decision, Fingerprint, OutboxMessage, OutboxMessageV1, PayerDetails,
+    PrepareMessage, PrepareReply, RefundPrepare, RefundRequest, TickReport, TransferRequest,
 };
 use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount};
 use crate::currency::Currency;
@@ -60,6 +61,7 @@ use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RefundView, RejectCode, TransferView};
 use crate::partner::{BusinessStatus, Partner, PartnerConfig, PartnerLimits};
 use crate::settings::{RegionSettings, RegionSettingsV1};
+use crate::settlement::SettlementWindow;
 use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
@@ -331,6 +333,12 @@ pub struct State {
     /// for their decision.
     #[serde(with = "crate::serde_seq")]
     refund_participations: OrdMap<TransferId, RefundParticipation>,
+    /// The open settlement window's figures so far.
+    settlement: SettlementBook,
+    /// Settlement windows closed or settled in the batch being applied.
+    /// Empty between batches.
+    #[serde(skip)]
+    windows: BTreeMap<u64, SettlementWindow>,
     /// Idempotency keys first answered in the batch being applied (history
     /// answers for earlier ones). Empty between batches.
     #[serde(skip)]
@@ -352,6 +360,81 @@ pub struct State {
     /// [`recent`]); a cache of history, in no image and no comparison.
     #[serde(skip)]
     recent: RecentKeys,
+}
+
+/// A state as snapshot images of format 6 hold it, before settlement
+/// windows: read, and converted with window 1 open since the region began
+/// (its figures measured from zero) and decisions in flight naming window
+/// 0, before windows.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV6 {
+    region: RegionId,
+    clock: Timestamp,
+    next_transfer: u64,
+    next_quote: u64,
+    #[serde(with = "crate::serde_seq")]
+    partners: OrdMap<PartnerId, Partner>,
+    #[serde(with = "crate::serde_seq")]
+    corridors: OrdMap<CorridorId, Corridor>,
+    directory: Directory,
+    #[serde(with = "crate::serde_seq")]
+    quotes: OrdMap<QuoteId, QuoteRecord>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
+    #[serde(with = "crate::serde_seq")]
+    transfers: OrdMap<TransferId, Transfer>,
+    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
+    deadlines: OrdSet<(Timestamp, TransferId)>,
+    #[serde(with = "crate::serde_seq")]
+    participations: OrdMap<TransferId, Participation>,
+    #[serde(with = "crate::serde_seq")]
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
+    #[serde(with = "crate::serde_seq")]
+    event_cursors: OrdMap<PartnerId, u64>,
+    #[serde(with = "crate::serde_seq")]
+    sessions: OrdMap<u64, Session>,
+    ledger: Ledger,
+    #[serde(with = "crate::serde_seq")]
+    partner_limits: OrdMap<PartnerId, PartnerLimits>,
+    #[serde(with = "crate::serde_seq")]
+    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    settings: RegionSettings,
+    #[serde(with = "crate::serde_seq")]
+    refunds: OrdMap<TransferId, Refund>,
+    #[serde(with = "crate::serde_seq")]
+    refund_participations: OrdMap<TransferId, RefundParticipation>,
+}
+
+impl From<StateV6> for State {
+    fn from(old: StateV6) -> State {
+        let v4 = StateV4 {
+            region: old.region,
+            clock: old.clock,
+            next_transfer: old.next_transfer,
+            next_quote: old.next_quote,
+            partners: old.partners,
+            corridors: old.corridors,
+            directory: old.directory,
+            quotes: old.quotes,
+            quote_expiry: old.quote_expiry,
+            transfers: old.transfers,
+            deadlines: old.deadlines,
+            participations: old.participations,
+            outbox: old.outbox,
+            event_cursors: old.event_cursors,
+            sessions: old.sessions,
+            ledger: old.ledger,
+            partner_limits: old.partner_limits,
+            partner_usage: old.partner_usage,
+        };
+        State {
+            settings: old.settings,
+            refunds: old.refunds,
+            refund_participations: old.refund_participations,
+            ..State::from(v4)
+        }
+    }
 }
 
 /// A state as snapshot images of format 5 hold it, before refunds: read,
@@ -379,7 +462,7 @@ pub struct StateV5 {
     #[serde(with = "crate::serde_seq")]
     participations: OrdMap<TransferId, Participation>,
     #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
     #[serde(with = "crate::serde_seq")]
     event_cursors: OrdMap<PartnerId, u64>,
     #[serde(with = "crate::serde_seq")]
@@ -443,7 +526,7 @@ pub struct StateV4 {
     #[serde(with = "crate::serde_seq")]
     participations: OrdMap<TransferId, Participation>,
     #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
     #[serde(with = "crate::serde_seq")]
     event_cursors: OrdMap<PartnerId, u64>,
     #[serde(with = "crate::serde_seq")]
@@ -457,6 +540,7 @@ pub struct StateV4 {
 
 impl From<StateV4> for State {
     fn from(old: StateV4) -> State {
+        let settlement = SettlementBook::since(&old.ledger, old.clock);
         State {
             region: old.region,
             clock: old.clock,
@@ -470,7 +554,7 @@ impl From<StateV4> for State {
             transfers: old.transfers,
             deadlines: old.deadlines,
             participations: old.participations,
-            outbox: old.outbox,
+            outbox: old.outbox.into_iter().map(|(key, message)| (key, OutboxMessage::from(message))).collect(),
             event_cursors: old.event_cursors,
             sessions: old.sessions,
             ledger: old.ledger,
@@ -479,6 +563,8 @@ impl From<StateV4> for State {
             settings: RegionSettings::default(),
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
+            settlement,
+            windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
@@ -536,7 +622,7 @@ pub struct StateV3 {
     idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
     /// One pending message per transfer, keyed by destination region.
     #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
     #[serde(with = "crate::serde_seq")]
     events: OrdMap<PartnerId, EventLog>,
     #[serde(with = "crate::serde_seq")]
@@ -586,7 +672,7 @@ pub struct StateV2 {
     idempotency: OrdMap<(PartnerId, IdempotencyKey), IdempotencyRecord>,
     idempotency_expiry: OrdSet<(Timestamp, PartnerId, IdempotencyKey)>,
     #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessage>,
+    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
     #[serde(with = "crate::serde_seq")]
     events: OrdMap<PartnerId, EventLog>,
     #[serde(with = "crate::serde_seq")]
@@ -680,6 +766,7 @@ impl State {
         }
         let mut ledger = old.ledger;
         ledger.forget_resolved();
+        let settlement = SettlementBook::since(&ledger, old.clock);
         let mut state = State {
             region: old.region,
             clock: old.clock,
@@ -693,7 +780,7 @@ impl State {
             transfers,
             deadlines: old.deadlines,
             participations,
-            outbox: old.outbox,
+            outbox: old.outbox.into_iter().map(|(key, message)| (key, OutboxMessage::from(message))).collect(),
             event_cursors,
             sessions: old.sessions,
             ledger,
@@ -702,6 +789,8 @@ impl State {
             settings: RegionSettings::default(),
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
+            settlement,
+            windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
@@ -759,6 +848,8 @@ impl State {
             settings: RegionSettings::default(),
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
+            settlement: SettlementBook::default(),
+            windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
             fund_outs: BTreeMap::new(),
@@ -842,6 +933,7 @@ impl State {
         self.top_ups.clear();
         self.fund_outs.clear();
         self.refunded.clear();
+        self.windows.clear();
         journal
     }
 
@@ -906,7 +998,14 @@ impl State {
                 Ok(Outcome::Done)
             }
             CommandBody::Prepare(message) => Ok(Outcome::PrepareReply(self.prepare(message, now, recall))),
-            CommandBody::Decide { transfer, decision } => self.decide(transfer, *decision, now, recall),
+            CommandBody::Decide { transfer, decision } => self.decide(transfer, *decision, 0, now, recall),
+            CommandBody::DecideInWindow { transfer, decision, window } => {
+                self.decide(transfer, *decision, *window, now, recall)
+            }
+            CommandBody::CloseSettlementWindow => Ok(self.close_window(now)),
+            CommandBody::RecordSettlement { window, account, reference } => {
+                self.record_settlement(*window, account, reference, now, recall)
+            }
             CommandBody::Tick => Ok(Outcome::Ticked(self.tick(now))),
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
@@ -1086,6 +1185,7 @@ mod participant;
 mod reads;
 mod recent;
 mod refund;
+mod settlement;
 #[cfg(test)]
 mod tests;
 mod tick;

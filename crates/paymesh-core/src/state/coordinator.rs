@@ -439,13 +439,17 @@ impl State {
         match reply {
             PrepareReply::Prepared if now < deadline => {
                 self.decide_coordinator(&mut transfer, CoordinatorEvent::DecideCommit, now);
-                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit });
+                let priced = &transfer.view.priced;
+                let tally = settlement::payment_key(priced.source, priced.destination);
+                let window = self.tally_sent(&key.0, tally, priced.source, priced.destination);
+                self.outbox
+                    .insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit, window });
             }
             PrepareReply::Prepared => {
                 // Prepared, but after the deadline: the coordinator aborts.
                 transfer.view.reason = Some(RejectCode::DeadlineExceeded);
                 self.decide_coordinator(&mut transfer, CoordinatorEvent::DecideAbort, now);
-                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+                self.outbox.insert(key, self.decision(id, Decision::Abort));
             }
             PrepareReply::Rejected(code) => {
                 // The payee region recorded its refusal; no decision needs sending.

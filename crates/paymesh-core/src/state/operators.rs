@@ -159,8 +159,10 @@ impl State {
         let earlier = self.top_ups.get(reference).cloned().or_else(|| recall.top_up(reference));
         let Some(position) = self.funding(partner_id, amount, earlier, now)? else { return Ok(()) };
         let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
-        let op = Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position, amount };
+        let op =
+            Op::Post { id: EntryId::TopUp(reference.clone()), debit: settlement, credit: position.clone(), amount };
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
+        self.count_external(&position, i128::from(amount.units()));
         let record = TopUpRecord { partner: partner_id.clone(), amount, at: now };
         self.top_ups.insert(reference.clone(), record.clone());
         self.journal.push(Record::TopUp { reference: reference.clone(), record });
@@ -186,8 +188,10 @@ impl State {
             return Err(RejectCode::InsufficientPosition);
         }
         let settlement = self.open_mesh_account(AccountOwner::Settlement, amount.currency());
-        let op = Op::Post { id: EntryId::FundOut(reference.clone()), debit: position, credit: settlement, amount };
+        let op =
+            Op::Post { id: EntryId::FundOut(reference.clone()), debit: position.clone(), credit: settlement, amount };
         self.ledger.apply(&[op], now).map_err(|refused| ledger_code(refused.reason))?;
+        self.count_external(&position, -i128::from(amount.units()));
         let record = TopUpRecord { partner: partner_id.clone(), amount, at: now };
         self.fund_outs.insert(reference.clone(), record.clone());
         self.journal.push(Record::FundOut { reference: reference.clone(), record });

@@ -87,11 +87,12 @@ impl State {
         &mut self,
         id: &TransferId,
         decision: Decision,
+        window: u64,
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<Outcome> {
         if let Some(refund) = self.refund_participation_of(id, now, recall) {
-            return self.decide_refund(id, refund, decision, now, recall);
+            return self.decide_refund(id, refund, decision, window, now, recall);
         }
         let current = match self.participations.get(id) {
             Some(participation) => Some(participation.state),
@@ -130,12 +131,19 @@ impl State {
                     .push(Record::Participation { transfer: id.clone(), participation: Box::new(finished.clone()) });
                 if post {
                     let prepare = finished.prepare.expect("a prepared participation has its prepare");
+                    let key = settlement::payment_key(prepare.source, prepare.destination);
+                    self.tally_received(id.origin(), window, key, prepare.source, prepare.destination);
                     self.emit_credit(&prepare, now);
                 }
             }
             ParticipantState::Prepared => unreachable!("no decision moves a transfer to prepared"),
         }
         Ok(Outcome::Acked)
+    }
+
+    /// A decision to send, made in the open settlement window.
+    pub(super) fn decision(&self, id: &TransferId, decision: Decision) -> OutboxMessage {
+        OutboxMessage::Decision { transfer: id.clone(), decision, window: self.settlement_window() }
     }
 
     pub(super) fn emit_credit(&mut self, prepare: &PrepareMessage, now: Timestamp) {

@@ -417,14 +417,17 @@ impl State {
                 step_refund(&mut refund, CoordinatorEvent::DecideCommit, now);
                 self.ledger.apply(&[Op::PostPending { id: leg(id, Leg::Refund) }], now).expect("a reserved leg posts");
                 let view = &refund.view;
-                self.count_refunded(&view.original.clone(), view.debited, view.credited, recall);
-                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit });
+                let (debited, credited) = (view.debited, view.credited);
+                self.count_refunded(&view.original.clone(), debited, credited, recall);
+                let window = self.tally_sent(&key.0, settlement::refund_key(credited, debited), credited, debited);
+                self.outbox
+                    .insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit, window });
             }
             PrepareReply::Prepared => {
                 refund.view.reason = Some(RejectCode::DeadlineExceeded);
                 step_refund(&mut refund, CoordinatorEvent::DecideAbort, now);
                 self.void_refund(&refund, now);
-                self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+                self.outbox.insert(key, self.decision(id, Decision::Abort));
             }
             PrepareReply::Rejected(code) => {
                 refund.view.reason = Some(code);
@@ -451,7 +454,7 @@ impl State {
         self.use_partner(&refund.view.partner, |u| u.transfers_in_flight -= 1);
         self.void_refund(&refund, now);
         let key = (refund.payer_region.clone(), id.clone());
-        self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+        self.outbox.insert(key, self.decision(id, Decision::Abort));
         self.finish_refund(&refund, now);
         self.refunds.insert(id.clone(), refund);
     }
@@ -609,6 +612,7 @@ impl State {
         id: &TransferId,
         existing: RefundParticipation,
         decision: Decision,
+        window: u64,
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<Outcome> {
@@ -622,6 +626,11 @@ impl State {
             Ok(Step::Move(to)) => to,
         };
         let post = to == ParticipantState::Committed;
+        if post {
+            let prepare = &existing.prepare;
+            let key = settlement::refund_key(prepare.credited, prepare.debited);
+            self.tally_received(id.origin(), window, key, prepare.credited, prepare.debited);
+        }
         let entry = leg(id, Leg::RefundPayout);
         let op = if post { Op::PostPending { id: entry } } else { Op::VoidPending { id: entry } };
         self.ledger.apply(&[op], now).expect("a prepared refund's credit resolves");

@@ -232,8 +232,9 @@ fn deliver_all(from: &mut Region, to: &mut Region, now: Timestamp) {
                 };
                 from.run(CommandBody::PrepareReplied { transfer, reply }, now);
             }
-            OutboxMessage::Decision { transfer, decision } => {
-                assert_eq!(to.run(CommandBody::Decide { transfer: transfer.clone(), decision }, now), Outcome::Acked);
+            OutboxMessage::Decision { transfer, decision, window } => {
+                let decide = CommandBody::DecideInWindow { transfer: transfer.clone(), decision, window };
+                assert_eq!(to.run(decide, now), Outcome::Acked);
                 from.run(CommandBody::DecisionAcked { region: to.state.region().clone(), transfer }, now);
             }
             OutboxMessage::PrepareRefund(prepare) => {
@@ -359,6 +360,9 @@ impl Recall for Counted<'_> {
     }
     fn refund_participation(&self, id: &TransferId) -> Option<RefundParticipation> {
         self.inner.refund_participation(id)
+    }
+    fn window(&self, number: u64) -> Option<SettlementWindow> {
+        self.inner.window(number)
     }
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
         self.inner.refunded(transfer)
@@ -1328,6 +1332,22 @@ fn every_reject_code_is_reachable() {
     expect(RejectCode::QuoteExpired, west.run(create("b", &quote, wxp), now.plus_ms(QUOTE_TTL_MS)));
     expect(RejectCode::RateUnavailable, west.quote("paypal-us", wxp, src("10"), T0.plus_ms(DAY_MS)));
 
+    // Settlement: a window still open, one that does not exist, an account
+    // that did not move, one that is not settled, one settled already.
+    let settle = |window: u64, owner: AccountOwner, reference: &str| CommandBody::RecordSettlement {
+        window,
+        account: AccountId::new(owner, CNY),
+        reference: TopUpRef::new(reference).unwrap(),
+    };
+    let wechat = || AccountOwner::Partner(pid("wechat-cn"));
+    expect(RejectCode::WindowNotClosed, e.run(settle(1, wechat(), "b1"), T0));
+    expect(RejectCode::WindowNotFound, e.run(settle(2, wechat(), "b1"), T0));
+    e.run(CommandBody::CloseSettlementWindow, T0);
+    expect(RejectCode::NothingToSettle, e.run(settle(1, AccountOwner::Partner(pid("alipay-cn")), "b1"), T0));
+    expect(RejectCode::NotSettleable, e.run(settle(1, AccountOwner::Fees, "b1"), T0));
+    e.ok(settle(1, wechat(), "b1"), T0);
+    expect(RejectCode::AlreadySettled, e.run(settle(1, wechat(), "b2"), T0));
+
     let all: BTreeSet<RejectCode> = RejectCode::ALL.into_iter().collect();
     assert_eq!(seen, all, "not reached: {:?}", all.difference(&seen).collect::<Vec<_>>());
 }
@@ -1429,7 +1449,21 @@ fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted(
         participations_finished: OrdSet::new(),
         idempotency: OrdMap::new(),
         idempotency_expiry: OrdSet::new(),
-        outbox: west.state.outbox.clone(),
+        outbox: west
+            .state
+            .outbox
+            .iter()
+            .map(|(key, message)| {
+                let old = match message.clone() {
+                    OutboxMessage::Prepare(p) => OutboxMessageV1::Prepare(p),
+                    OutboxMessage::PrepareRefund(p) => OutboxMessageV1::PrepareRefund(p),
+                    OutboxMessage::Decision { transfer, decision, .. } => {
+                        OutboxMessageV1::Decision { transfer, decision }
+                    }
+                };
+                (key.clone(), old)
+            })
+            .collect(),
         events: OrdMap::unit(pid("paypal-us"), EventLog { next_cursor: 4, events: Vector::new() }),
         sessions: west.state.sessions.clone(),
         top_ups: OrdMap::new(),
@@ -1443,6 +1477,11 @@ fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted(
     assert_eq!(converted.event_cursors, OrdMap::unit(pid("paypal-us"), 4));
     let mut expected = west.state.clone();
     expected.event_cursors = converted.event_cursors.clone();
+    // Settlement windows measure from the conversion: what came before is
+    // no window's.
+    assert!(converted.open_window().positions.is_empty());
+    assert_eq!(converted.open_window().opened_at, converted.clock);
+    expected.settlement = converted.settlement.clone();
     assert_eq!(converted, expected);
     assert!(records.contains(&Record::Transfer(Box::new(finished))));
     assert!(records.iter().any(|r| matches!(r, Record::Listed { transfer, .. } if transfer == &in_flight.id)));
@@ -1595,9 +1634,11 @@ impl Sim {
                     self.in_flight.push(match &messages[i] {
                         OutboxMessage::Prepare(p) => CommandBody::Prepare(p.clone()),
                         OutboxMessage::PrepareRefund(p) => CommandBody::PrepareRefund(p.clone()),
-                        OutboxMessage::Decision { transfer, decision } => {
-                            CommandBody::Decide { transfer: transfer.clone(), decision: *decision }
-                        }
+                        OutboxMessage::Decision { transfer, decision, window } => CommandBody::DecideInWindow {
+                            transfer: transfer.clone(),
+                            decision: *decision,
+                            window: *window,
+                        },
                     });
                 }
             }
@@ -1627,23 +1668,31 @@ impl Sim {
     fn deliver(&mut self, body: CommandBody) -> Reply {
         let known = match &body {
             CommandBody::Prepare(p) => self.east.participation(&p.transfer).map(|p| p.state),
-            CommandBody::Decide { transfer, .. } => self.east.participation(transfer).map(|p| p.state),
+            CommandBody::Decide { transfer, .. } | CommandBody::DecideInWindow { transfer, .. } => {
+                self.east.participation(transfer).map(|p| p.state)
+            }
             _ => None,
         };
         match (&body, known) {
-            (CommandBody::Decide { decision: Decision::Abort, .. }, None) => {
-                self.took("abort before prepare: tombstone")
-            }
+            (
+                CommandBody::Decide { decision: Decision::Abort, .. }
+                | CommandBody::DecideInWindow { decision: Decision::Abort, .. },
+                None,
+            ) => self.took("abort before prepare: tombstone"),
             (CommandBody::Prepare(_), Some(ParticipantState::Tombstone)) => {
                 self.took("late prepare refused by tombstone")
             }
             (CommandBody::Prepare(_), Some(_)) => self.took("prepare delivered again"),
-            (CommandBody::Decide { .. }, Some(state)) if state.is_final() => self.took("decision delivered again"),
+            (CommandBody::Decide { .. } | CommandBody::DecideInWindow { .. }, Some(state)) if state.is_final() => {
+                self.took("decision delivered again")
+            }
             _ => {}
         }
         match (&body, self.east.run(body.clone(), self.now)) {
             (CommandBody::Prepare(p), Outcome::PrepareReply(reply)) => Reply::Prepare(p.transfer.clone(), reply),
-            (CommandBody::Decide { transfer, .. }, Outcome::Acked) => Reply::Ack(transfer.clone()),
+            (CommandBody::Decide { transfer, .. } | CommandBody::DecideInWindow { transfer, .. }, Outcome::Acked) => {
+                Reply::Ack(transfer.clone())
+            }
             (body, outcome) => panic!("{body:?} gave {outcome:?}"),
         }
     }
@@ -2038,3 +2087,4 @@ fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
 }
 
 mod refunds;
+mod settlement;

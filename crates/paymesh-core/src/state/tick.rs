@@ -28,7 +28,7 @@ impl State {
             self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight -= 1);
             self.void_payer(&mut transfer, now);
             let key = (transfer.view.corridor.destination_region.clone(), id.clone());
-            self.outbox.insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Abort });
+            self.outbox.insert(key, self.decision(&id, Decision::Abort));
             self.transfers.insert(id, transfer);
         }
 

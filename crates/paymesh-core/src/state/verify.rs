@@ -8,7 +8,8 @@ impl State {
     /// participations, pending ledger entries) and nothing of a batch; each
     /// in-flight transfer holds exactly its pending legs; every pending
     /// ledger entry belongs to an in-flight transfer (no money is stuck); the
-    /// indexes match what they index.
+    /// indexes match what they index; the open settlement window's
+    /// positions sum to zero per currency.
     pub fn verify(&self) -> Result<(), String> {
         self.ledger.verify()?;
         if !self.journal.is_empty()
@@ -16,8 +17,18 @@ impl State {
             || !self.top_ups.is_empty()
             || !self.fund_outs.is_empty()
             || !self.refunded.is_empty()
+            || !self.windows.is_empty()
         {
             return Err("a batch's records were left in the state".into());
+        }
+        // The open settlement window balances: what one account received,
+        // others gave.
+        let mut window_sums: BTreeMap<Currency, i128> = BTreeMap::new();
+        for position in self.open_window().positions {
+            *window_sums.entry(position.account.currency).or_default() += position.net;
+        }
+        if let Some((currency, sum)) = window_sums.into_iter().find(|(_, sum)| *sum != 0) {
+            return Err(format!("the open settlement window's {currency} positions sum to {sum}, not zero"));
         }
         let mut expected_pending = std::collections::BTreeSet::new();
         for (id, transfer) in &self.transfers {
