@@ -30,6 +30,7 @@ use paymesh_core::id::TransferId;
 use paymesh_core::ledger::EntryId;
 use paymesh_core::outcome::Outcome;
 use paymesh_core::Timestamp;
+pub(crate) use paymesh_harness::admin_calls::rfc3339;
 use paymesh_node::history_service::HISTORY_MESSAGE_BYTES_MAX;
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::history_service_client::HistoryServiceClient;
@@ -185,28 +186,6 @@ fn rfc3339_ms(text: &str) -> Option<u64> {
     let days = era * 146_097 + doe - 719_468;
     let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
     u64::try_from(seconds * 1_000 + millis).ok()
-}
-
-/// `ms` as RFC 3339 in UTC, to the millisecond.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    let seconds = (ms / 1_000) as i64;
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60,
-        ms % 1_000
-    )
 }
 
 // --- export and confirm -------------------------------------------------------
@@ -427,7 +406,11 @@ fn naming(record: &Record, transfer: &TransferId) -> Option<&'static str> {
             (refund == transfer || &participation.prepare.original == transfer).then_some("refund participation")
         }
         Record::Refunded { transfer: t, .. } => (t == transfer).then_some("refunded"),
-        Record::TopUp { .. } | Record::FundOut { .. } | Record::Operator { .. } | Record::Audited { .. } => None,
+        Record::TopUp { .. }
+        | Record::FundOut { .. }
+        | Record::Operator { .. }
+        | Record::Audited { .. }
+        | Record::Window(_) => None,
     }
 }
 

@@ -38,6 +38,7 @@ pub mod demo;
 mod history;
 mod otel;
 pub mod rebuild;
+mod settlement;
 mod status;
 pub mod steps;
 
@@ -178,6 +179,12 @@ enum Command {
     Position {
         #[command(subcommand)]
         command: admin::PositionCommand,
+    },
+    /// Settlement windows: close, show, record a settlement, cross-check
+    /// with another region.
+    Settlement {
+        #[command(subcommand)]
+        command: settlement::SettlementCommand,
     },
     /// Act on a transfer as an operator: reverse it (a dispute's outcome).
     Transfer {
@@ -372,6 +379,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Position { command } => admin::position(command).await,
         Command::Route { command } => admin::route(command).await,
         Command::Transfer { command } => admin::transfer(command).await,
+        Command::Settlement { command } => settlement::run(command).await,
         Command::Ledger { target } => admin::ledger(target).await,
         Command::Statement { account, from_ms, to_ms, limit, target } => {
             admin::statement(target, &account, from_ms, to_ms, limit).await

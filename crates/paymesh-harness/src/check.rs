@@ -48,7 +48,7 @@ pub use idempotency::Idempotency;
 pub use lost::Lost;
 pub use observed::Observed;
 pub use phantom::Phantom;
-pub use positions::Positions;
+pub use positions::{posted_by_transfers, Positions};
 pub use reads::Reads;
 pub use refunds::Refunds;
 pub use replicas::Replicas;

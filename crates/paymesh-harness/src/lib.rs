@@ -30,5 +30,6 @@ pub mod local;
 pub mod locality;
 pub mod mesh;
 pub mod observe;
+pub mod settlement;
 pub mod wan;
 pub mod world;

@@ -4,7 +4,8 @@
 
 use paymesh_core::command::{CommandBody, Reason};
 use paymesh_core::fx::FxRate;
-use paymesh_core::id::{OperatorId, PartnerId, TopUpRef};
+use paymesh_core::history::Recall;
+use paymesh_core::id::{OperatorId, PartnerId, RegionId, TopUpRef};
 use paymesh_core::partner::PartnerConfig;
 use paymesh_core::settings::{
     RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN, REFUND_WINDOW_DAYS_MAX,
@@ -17,6 +18,9 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{self, invalid};
 use crate::gateway::Gateway;
+
+/// The most of its windows a region reads for another region's window.
+const RECEIVED_WINDOWS_READ_MAX: usize = 10_000;
 
 /// The most records in one List page, and the default.
 const PAGE_SIZE_MAX: u32 = 500;
@@ -34,9 +38,6 @@ impl AdminServer {
         AdminServer { gateway }
     }
 
-    /// Propose an operator command; Ok(0) when done, or the reject code (or
-    /// status) otherwise. Every write is logged with the operator who made it
-    /// and its outcome.
     /// The region's settings as of this node's applied index.
     fn region_settings(&self) -> wire::RegionSettings {
         convert::region_settings(self.gateway.state_machine.applied().state.settings())
@@ -49,7 +50,15 @@ impl AdminServer {
         applied.state.position(partner).map(|p| convert::position_out(&p)).filter(|_| reject_code == 0)
     }
 
+    /// Propose an operator command; Ok(0) when done, or the reject code (or
+    /// status) otherwise. Every write is logged with the operator who made it
+    /// and its outcome.
     async fn apply(&self, operator: &str, body: CommandBody) -> Result<i32, Status> {
+        self.apply_for(operator, body).await.map(|(code, _)| code)
+    }
+
+    /// [`AdminServer::apply`], with the outcome of a command done.
+    async fn apply_for(&self, operator: &str, body: CommandBody) -> Result<(i32, Outcome), Status> {
         let command = format!("{body:?}");
         // The name was checked when the caller was identified; applied and
         // audited with it.
@@ -59,11 +68,30 @@ impl AdminServer {
             Ok(outcome) => tracing::info!(operator, command, ?outcome, "operator write"),
             Err(status) => tracing::info!(operator, command, code = ?status.code(), "operator write not applied"),
         }
-        match outcome? {
-            Outcome::Done => Ok(0),
-            Outcome::Rejected(code) => Gateway::rejected(code),
+        let outcome = outcome?;
+        match outcome {
+            Outcome::Rejected(code) => Ok((Gateway::rejected(code)?, outcome)),
+            Outcome::Done | Outcome::WindowClosed { .. } => Ok((0, outcome)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// A settlement window as this node holds it: the open one (0), or a
+    /// closed one from history.
+    fn settlement_window(&self, number: u64) -> Result<wire::SettlementWindow, Status> {
+        let applied = self.gateway.state_machine.applied();
+        let state = &applied.state;
+        let window = if number == 0 || number == state.settlement_window() {
+            state.open_window()
+        } else if number > state.settlement_window() {
+            return Err(Status::not_found(format!("WindowNotFound: the open window is {}", state.settlement_window())));
+        } else {
+            Recall::window(self.gateway.state_machine.history(), number)
+                .ok_or_else(|| Status::not_found(format!("WindowNotFound: window {number} is not in history")))?
+        };
+        let in_flight =
+            |region: &RegionId| if window.is_closed() { state.decisions_in_flight(region, number) } else { 0 };
+        Ok(convert::settlement_window_out(&window, in_flight))
     }
 }
 
@@ -167,6 +195,73 @@ impl AdminService for AdminServer {
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    async fn close_settlement_window(
+        &self,
+        request: Request<wire::CloseSettlementWindowRequest>,
+    ) -> Result<Response<wire::CloseSettlementWindowResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let (_, outcome) = self.apply_for(&operator, CommandBody::CloseSettlementWindow).await?;
+        let Outcome::WindowClosed { number } = outcome else {
+            return Err(Status::internal(format!("unexpected outcome {outcome:?}")));
+        };
+        Ok(Response::new(wire::CloseSettlementWindowResponse { window: Some(self.settlement_window(number)?) }))
+    }
+
+    async fn get_settlement_window(
+        &self,
+        request: Request<wire::GetSettlementWindowRequest>,
+    ) -> Result<Response<wire::GetSettlementWindowResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let window = self.settlement_window(request.get_ref().number)?;
+        let open_number = self.gateway.state_machine.applied().state.settlement_window();
+        Ok(Response::new(wire::GetSettlementWindowResponse { window: Some(window), open_number }))
+    }
+
+    async fn record_settlement(
+        &self,
+        request: Request<wire::RecordSettlementRequest>,
+    ) -> Result<Response<wire::RecordSettlementResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        if r.window == 0 {
+            return Err(invalid("window", "a closed window's number, 1 or more"));
+        }
+        let account = convert::account_id("account", &r.account)?;
+        let reference = TopUpRef::new(r.reference).map_err(|e| invalid("reference", e))?;
+        let body = CommandBody::RecordSettlement { window: r.window, account, reference };
+        let reject_code = self.apply(&operator, body).await?;
+        let window = self.settlement_window(r.window).ok();
+        Ok(Response::new(wire::RecordSettlementResponse { window, reject_code }))
+    }
+
+    async fn get_received_tallies(
+        &self,
+        request: Request<wire::GetReceivedTalliesRequest>,
+    ) -> Result<Response<wire::GetReceivedTalliesResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let from = convert::region_id("from_region", &r.from_region)?;
+        let not_before = convert::timestamp("not_before_unix_ms", r.not_before_unix_ms)?;
+        let applied = self.gateway.state_machine.applied();
+        let history = self.gateway.state_machine.history();
+        let key = (from, r.window);
+        let mut sum = applied.state.open_window().received.remove(&key).unwrap_or_default();
+        let mut windows_read = 1;
+        for number in (1..applied.state.settlement_window()).rev().take(RECEIVED_WINDOWS_READ_MAX) {
+            let Some(window) = Recall::window(history, number) else { break };
+            windows_read += 1;
+            if let Some(tallies) = window.received.get(&key) {
+                for (tally_key, tally) in tallies.iter() {
+                    sum.entry(*tally_key).or_default().merge(tally);
+                }
+            }
+            if window.opened_at < not_before {
+                break;
+            }
+        }
+        Ok(Response::new(wire::GetReceivedTalliesResponse { tallies: convert::tallies_out(&sum), windows_read }))
     }
 
     async fn get_region_settings(

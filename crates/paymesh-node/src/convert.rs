@@ -18,6 +18,7 @@ use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, 
 use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Position, Quote, RefundView, TransferView};
 use paymesh_core::partner::{BusinessStatus, Partner, PartnerLimits, PartnerRole};
+use paymesh_core::settlement::{self, SettlementWindow, Tallies};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerRefund, PartnerTransfer};
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money, RejectCode, SignedMoney, Timestamp};
@@ -188,6 +189,75 @@ pub fn money_out(value: &Money) -> common::Money {
 /// The wire form of a signed amount.
 pub fn signed_out(value: &SignedMoney) -> common::Money {
     common::Money { amount: value.to_wire(), currency: value.currency().code().to_owned() }
+}
+
+/// Minor units of `currency` on the wire, for sums that may pass what
+/// [`SignedMoney`] holds.
+fn units_out(units: i128, currency: Currency) -> common::Money {
+    common::Money { amount: settlement::units_to_wire(units, currency), currency: currency.code().to_owned() }
+}
+
+/// The wire form of cross-border tallies.
+pub fn tallies_out(tallies: &Tallies) -> Vec<admin::Tally> {
+    let total = |units: u128, currency| units_out(i128::try_from(units).unwrap_or(i128::MAX), currency);
+    tallies
+        .iter()
+        .map(|(key, tally)| admin::Tally {
+            flow: key.flow.as_str().to_owned(),
+            source_currency: key.source.code().to_owned(),
+            destination_currency: key.destination.code().to_owned(),
+            count: tally.count,
+            source_amount: Some(total(tally.source, key.source)),
+            destination_amount: Some(total(tally.destination, key.destination)),
+        })
+        .collect()
+}
+
+/// The wire form of a settlement window, with the commit decisions of each
+/// remote region still on their way.
+pub fn settlement_window_out(
+    window: &SettlementWindow,
+    decisions_in_flight: impl Fn(&RegionId) -> u64,
+) -> admin::SettlementWindow {
+    let positions = window
+        .positions
+        .iter()
+        .map(|position| admin::WindowPosition {
+            account: position.account.to_string(),
+            net: Some(units_out(position.net, position.account.currency)),
+            settled: position.settled.is_some(),
+            settlement_reference: position.settled.as_ref().map(|s| s.reference.to_string()).unwrap_or_default(),
+            settled_unix_ms: position.settled.as_ref().map_or(0, |s| unix_ms(s.at)),
+        })
+        .collect();
+    let sent = window
+        .sent
+        .iter()
+        .map(|(region, tallies)| admin::RegionTallies {
+            region: region.to_string(),
+            window: window.number,
+            tallies: tallies_out(tallies),
+            decisions_in_flight: decisions_in_flight(region),
+        })
+        .collect();
+    let received = window
+        .received
+        .iter()
+        .map(|((region, number), tallies)| admin::RegionTallies {
+            region: region.to_string(),
+            window: *number,
+            tallies: tallies_out(tallies),
+            decisions_in_flight: 0,
+        })
+        .collect();
+    admin::SettlementWindow {
+        number: window.number,
+        opened_unix_ms: unix_ms(window.opened_at),
+        closed_unix_ms: window.closed_at.map_or(0, unix_ms),
+        positions,
+        sent,
+        received,
+    }
 }
 
 /// The wire number of a reject code: its position in the core's list plus one
@@ -557,6 +627,7 @@ pub fn entry_id_out(id: &EntryId) -> String {
         }
         EntryId::TopUp(reference) => format!("top-up/{reference}"),
         EntryId::FundOut(reference) => format!("fund-out/{reference}"),
+        EntryId::Settled { window, account } => format!("settlement/{window}/{account}"),
     }
 }
 
@@ -654,10 +725,10 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::TransferNotCommitted), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::NotSettleable), RejectCode::ALL.len() as i32);
         assert_eq!(
-            common::RejectCode::try_from(reject_code(RejectCode::TransferNotCommitted)).unwrap(),
-            common::RejectCode::TransferNotCommitted
+            common::RejectCode::try_from(reject_code(RejectCode::NotSettleable)).unwrap(),
+            common::RejectCode::NotSettleable
         );
         for code in RejectCode::ALL {
             assert_eq!(reject_code_in(reject_code(code)), Some(code));

@@ -61,7 +61,11 @@ pub fn reject_status(code: RejectCode) -> Option<Status> {
         | RejectCode::CorridorNotFound
         | RejectCode::TransferNotFound
         | RejectCode::QuoteNotFound
-        | RejectCode::PayeeNotFound => Some(Status::not_found(name(code))),
+        | RejectCode::PayeeNotFound
+        | RejectCode::WindowNotFound => Some(Status::not_found(name(code))),
+        RejectCode::AlreadySettled => Some(Status::already_exists(
+            "AlreadySettled: this account's net of the window was recorded settled with another reference",
+        )),
         RejectCode::PartnerSuspended | RejectCode::CorridorSuspended => Some(Status::failed_precondition(name(code))),
         RejectCode::PartnerQuotesExhausted => Some(Status::resource_exhausted(
             "PartnerQuotesExhausted: this partner holds as many unused quotes as its limits allow \

@@ -340,7 +340,7 @@ fn take(
             Some(status)
         }
         Answer::Taken { proposals, violations } => {
-            for (transfer, decision) in violations {
+            for (transfer, decision, _) in violations {
                 tracing::error!(region = %link.region, %transfer, ?decision,
                     "the remote region calls this decision a protocol violation; operators must investigate");
             }
@@ -419,10 +419,15 @@ async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec
     Done::Prepares { id, answer: answer.map(|replies| replies.replies).map_err(gave_up) }
 }
 
-async fn send_decisions(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec<(TransferId, Decision)>) -> Done {
+async fn send_decisions(
+    gateway: Gateway,
+    link: Arc<Link>,
+    id: CallId,
+    items: Vec<(TransferId, Decision, u64)>,
+) -> Done {
     let spans = step_spans(
         &gateway,
-        items.iter().map(|(t, _)| t),
+        items.iter().map(|(t, _, _)| t),
         |transfer| tracing::info_span!("decide.send", transfer = %transfer, to = %link.region),
     );
     let batch = wire::DecisionBatch {
@@ -430,10 +435,11 @@ async fn send_decisions(gateway: Gateway, link: Arc<Link>, id: CallId, items: Ve
         items: items
             .iter()
             .zip(&spans)
-            .map(|((transfer, decision), span)| wire::DecisionItem {
+            .map(|((transfer, decision, window), span)| wire::DecisionItem {
                 transfer_id: transfer.to_string(),
                 decision: decision_out(*decision),
                 traceparent: telemetry::traceparent(span),
+                window: *window,
             })
             .collect(),
     };

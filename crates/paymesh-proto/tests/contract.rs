@@ -531,6 +531,7 @@ fn generated_messages_round_trip_through_prost() {
             transfer_id: "us-west:42".into(),
             decision: Decision::Abort.into(),
             traceparent: String::new(),
+            window: 12,
         }],
     };
     let decoded = DecisionBatch::decode(batch.encode_to_vec().as_slice()).expect("decodes");

@@ -30,6 +30,7 @@
 //! F | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refunds coordinated here
 //! Q | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refund participations
 //! R | transfer id                                      -> (position)...           a payment's refund totals, newest visible wins
+//! S | window number u64                                -> (position)...           a settlement window, newest visible wins
 //! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
 //! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
 //! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
@@ -161,6 +162,7 @@ use std::sync::Mutex;
 use paymesh_core::history::{HistoryRead, IdempotencyRecord, ListToken, Movement, Recall, Record, TopUpRecord};
 use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
+use paymesh_core::settlement::SettlementWindow;
 use paymesh_core::state::{CursorExpired, Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use paymesh_core::Timestamp;
 
@@ -213,6 +215,15 @@ mod space {
     pub(super) const REFUND: u8 = b'F';
     pub(super) const REFUND_PARTICIPATION: u8 = b'Q';
     pub(super) const REFUNDED: u8 = b'R';
+    pub(super) const WINDOW: u8 = b'S';
+}
+
+/// `S | number u64`: a settlement window's key.
+fn window_key(number: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(space::WINDOW);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
 }
 
 /// The key of the digest after the batch at `index`.
@@ -682,6 +693,7 @@ impl Derivation {
                 self.block_entry(GroupOf::RefundParticipations(refund.origin().clone()), refund.sequence(), seq);
             }
             Record::Refunded { transfer, .. } => self.pointers.push((named_display(space::REFUNDED, transfer), seq)),
+            Record::Window(window) => self.pointers.push((window_key(window.number), seq)),
             Record::Operator { .. } | Record::Audited { .. } => {}
         }
     }
@@ -878,6 +890,7 @@ fn mismatch(key: &[u8], found: &Record) -> HistoryError {
         Record::Refund(_) => "a refund",
         Record::RefundParticipation { .. } => "a refund participation",
         Record::Refunded { .. } => "a payment's refund totals",
+        Record::Window(_) => "a settlement window",
     };
     corrupt(key, format!("leads to {kind} that does not derive it"))
 }
@@ -906,6 +919,9 @@ pub fn record_time(record: &Record) -> Timestamp {
         // A running total is as old as the payment's newest refund, which
         // is recorded beside it.
         Record::Refunded { .. } => Timestamp::EPOCH,
+        // Written when it closes, and again with each settlement recorded
+        // (beside the settlement's own movement).
+        Record::Window(window) => window.closed_at.unwrap_or(Timestamp::EPOCH),
     }
 }
 
@@ -2113,6 +2129,14 @@ impl HistoryAt<'_> {
         }
     }
 
+    /// A closed settlement window, as it stands.
+    pub fn get_window(&self, number: u64) -> Result<Option<SettlementWindow>> {
+        self.find(&window_key(number), |found| match found {
+            Record::Window(window) if window.number == number => Ok(*window),
+            other => Err(other),
+        })
+    }
+
     /// What a payment's committed refunds gave back so far.
     pub fn get_refunded(&self, transfer: &TransferId) -> Result<Option<RefundTotals>> {
         self.find(&named_display(space::REFUNDED, transfer), |found| match found {
@@ -2147,6 +2171,9 @@ impl Recall for HistoryAt<'_> {
     }
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
         or_stop(self.get_refunded(transfer))
+    }
+    fn window(&self, number: u64) -> Option<SettlementWindow> {
+        or_stop(self.get_window(number))
     }
     /// Kept for the batch's write as an empty pointer: the write then adds
     /// the key's first position without reading the engine.
@@ -2185,6 +2212,9 @@ impl Recall for History {
     }
     fn refunded(&self, transfer: &TransferId) -> Option<RefundTotals> {
         self.at(u64::MAX).refunded(transfer)
+    }
+    fn window(&self, number: u64) -> Option<SettlementWindow> {
+        self.at(u64::MAX).window(number)
     }
 }
 

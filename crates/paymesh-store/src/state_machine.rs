@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5};
+use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -53,8 +53,13 @@ use crate::raft_types::{
 /// the partners' limits and usage to the state, 4 splits the state in two
 /// tiers (finished work is history) and adds history's digest, 5 the
 /// region's settings, 6 refunds (the refund window, refunds in flight on
-/// either side).
-const IMAGE_FORMAT: u8 = 6;
+/// either side), 7 settlement windows (the open window's book, decisions
+/// naming their window).
+const IMAGE_FORMAT: u8 = 7;
+
+/// The format before settlement windows; still read (window 1 opens at
+/// the conversion, decisions in flight name window 0).
+const IMAGE_FORMAT_V6: u8 = 6;
 
 /// The format before refunds; still read (none in flight, the default
 /// refund window).
@@ -119,6 +124,16 @@ impl AppliedState {
 #[derive(Serialize, Deserialize)]
 struct Image {
     state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retired: BTreeSet<NodeId>,
+    history_digest: [u8; 32],
+}
+
+/// A snapshot image of format 6.
+#[derive(Deserialize)]
+struct ImageV6 {
+    state: StateV6,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retired: BTreeSet<NodeId>,
@@ -255,6 +270,17 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V6, body)) => {
+            let v6: ImageV6 = postcard::from_bytes(body).map_err(decode_error)?;
+            let image = Image {
+                state: v6.state.into(),
+                last_applied: v6.last_applied,
+                membership: v6.membership,
+                retired: v6.retired,
+                history_digest: v6.history_digest,
+            };
+            (image, None)
+        }
         Some((&IMAGE_FORMAT_V5, body)) => {
             let v5: ImageV5 = postcard::from_bytes(body).map_err(decode_error)?;
             let image = Image {
@@ -607,7 +633,8 @@ mod tests {
     use super::*;
 
     /// An empty region's snapshot image in every format this code reads: the
-    /// current one as written; format 5 without refunds (the settings' refund
+    /// current one as written; format 6 without settlement windows; format
+    /// 5 without refunds (the settings' refund
     /// window and the two tables after the settings); format 4 without the
     /// region's settings either; format 3 with the state's fields of then (an
     /// empty collection is one zero byte); format 2 without the partners'
@@ -638,20 +665,27 @@ mod tests {
         state_v2.extend(encode(state.directory()));
         state_v2.extend([0; 15]);
         state_v2.extend(encode(state.ledger()));
-        // Format 5: the same without the refund window (the settings' last
-        // field: 365 days, two bytes) and the two tables of refunds in
-        // flight (one byte each), the state's last four bytes. Format 4:
-        // without the settings either (the default idempotency window, 30
-        // days, is one byte).
-        let state_bytes = postcard::to_stdvec(&state).expect("a state encodes");
+        // Format 6: the same without the settlement book (the state's last
+        // field). Format 5: without the refund window either (the settings'
+        // last field: 365 days, two bytes) and the two tables of refunds in
+        // flight (one byte each). Format 4: without the settings either (the
+        // default idempotency window, 30 days, is one byte).
+        let with_book = postcard::to_stdvec(&state).expect("a state encodes");
+        let book = postcard::to_stdvec(&paymesh_core::state::SettlementBook::default()).unwrap();
+        assert!(with_book.ends_with(&book));
+        let state_bytes = &with_book[..with_book.len() - book.len()];
         assert_eq!(postcard::to_stdvec(state.settings()).unwrap(), [30, 0xed, 0x02]);
         assert_eq!(state_bytes[state_bytes.len() - 5..], [30, 0xed, 0x02, 0, 0]);
+        let rest = &current[1 + with_book.len()..];
+        let mut v6 = vec![IMAGE_FORMAT_V6];
+        v6.extend(state_bytes);
+        v6.extend(rest);
         let mut v5 = vec![IMAGE_FORMAT_V5];
         v5.extend(&state_bytes[..state_bytes.len() - 4]);
-        v5.extend(&current[1 + state_bytes.len()..]);
+        v5.extend(rest);
         let mut v4 = vec![IMAGE_FORMAT_V4];
         v4.extend(&state_bytes[..state_bytes.len() - 5]);
-        v4.extend(&current[1 + state_bytes.len()..]);
+        v4.extend(rest);
         let mut v3 = vec![IMAGE_FORMAT_V3];
         v3.extend(&state_v2);
         v3.extend([0, 0]);
@@ -663,7 +697,8 @@ mod tests {
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
         vec![
-            ("format 6", current),
+            ("format 7", current),
+            ("format 6", v6),
             ("format 5", v5),
             ("format 4", v4),
             ("format 3", v3),
@@ -694,7 +729,9 @@ mod tests {
         let region = RegionId::new("us-west").unwrap();
         let images = empty_images();
         let decoded = |bytes: &[u8]| decode_image(&region, &meta, bytes).unwrap().applied.state;
-        let (current, v5, v4) = (decoded(&images[0].1), decoded(&images[1].1), decoded(&images[2].1));
+        let (current, v6) = (decoded(&images[0].1), decoded(&images[1].1));
+        let (v5, v4) = (decoded(&images[2].1), decoded(&images[3].1));
+        assert_eq!(current, v6);
         assert_eq!(current, v5);
         assert_eq!(current, v4);
         assert_eq!(v4.settings(), &RegionSettings::default());

@@ -126,10 +126,11 @@ impl Sim<'_> {
                         from_region: from_region.clone(),
                         items: decisions
                             .iter()
-                            .map(|(transfer, decision)| wire::DecisionItem {
+                            .map(|(transfer, decision, window)| wire::DecisionItem {
                                 transfer_id: transfer.to_string(),
                                 decision: decision_out(*decision),
                                 traceparent: String::new(),
+                                window: *window,
                             })
                             .collect(),
                     },

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rust_decimal::Decimal;
 
 use super::{Checker, Violation};
-use crate::history::{History, Position, TransferState};
+use crate::history::{History, Position, RegionObservation, TransferState};
 
 /// For each region, partner and currency: the posted balance is the top-ups
 /// minus the debits of committed transfers paid plus the credits of committed
@@ -38,57 +38,13 @@ impl Checker for Positions {
     }
 
     fn check(&self, history: &History) -> Vec<Violation> {
-        use TransferState::{Committed, Prepared, Reserved};
         let Some(observation) = &history.observation else { return Vec::new() };
         let mut found = Vec::new();
         for (region, held) in &observation.regions {
-            let mut expected: BTreeMap<(&str, &str), Expected> = BTreeMap::new();
+            let mut expected = expected_positions(region, held);
             for (partner, by_currency) in &held.top_ups {
                 for (currency, amount) in by_currency {
                     expected.entry((partner.as_str(), currency.as_str())).or_default().posted_balance += *amount;
-                }
-            }
-            for transfer in &held.transfers {
-                if transfer.is_origin_side_in(region) {
-                    let debit = &transfer.debit;
-                    let payer = expected.entry((transfer.payer_partner.as_str(), debit.currency.as_str())).or_default();
-                    match transfer.state {
-                        Committed => payer.posted_balance -= debit.amount,
-                        Reserved | Prepared => payer.pending_debits += debit.amount,
-                        _ => {}
-                    }
-                }
-                if transfer.destination_region == *region {
-                    let credit = &transfer.credit;
-                    let payee =
-                        expected.entry((transfer.payee_partner.as_str(), credit.currency.as_str())).or_default();
-                    match transfer.state {
-                        Committed => payee.posted_balance += credit.amount,
-                        Prepared => payee.pending_credits += credit.amount,
-                        _ => {}
-                    }
-                }
-            }
-            // Refunds move money back: the payee that asked gives back what
-            // it is debited (reserved until its refund is final), the payer
-            // is credited (held pending while its side is prepared).
-            for refund in &held.refunds {
-                if refund.payer_view {
-                    let credited = &refund.credited;
-                    let payer = expected.entry((refund.partner.as_str(), credited.currency.as_str())).or_default();
-                    match refund.state {
-                        Committed => payer.posted_balance += credited.amount,
-                        Prepared => payer.pending_credits += credited.amount,
-                        _ => {}
-                    }
-                } else {
-                    let debited = &refund.debited;
-                    let payee = expected.entry((refund.partner.as_str(), debited.currency.as_str())).or_default();
-                    match refund.state {
-                        Committed => payee.posted_balance -= debited.amount,
-                        Reserved | Prepared => payee.pending_debits += debited.amount,
-                        _ => {}
-                    }
                 }
             }
 
@@ -145,6 +101,67 @@ impl Checker for Positions {
         }
         found
     }
+}
+
+/// Each partner's position in `region` as the transfers and refunds the
+/// region holds add it up, top-ups aside.
+fn expected_positions<'a>(region: &str, held: &'a RegionObservation) -> BTreeMap<(&'a str, &'a str), Expected> {
+    use TransferState::{Committed, Prepared, Reserved};
+    let mut expected: BTreeMap<(&str, &str), Expected> = BTreeMap::new();
+    for transfer in &held.transfers {
+        if transfer.is_origin_side_in(region) {
+            let debit = &transfer.debit;
+            let payer = expected.entry((transfer.payer_partner.as_str(), debit.currency.as_str())).or_default();
+            match transfer.state {
+                Committed => payer.posted_balance -= debit.amount,
+                Reserved | Prepared => payer.pending_debits += debit.amount,
+                _ => {}
+            }
+        }
+        if transfer.destination_region == *region {
+            let credit = &transfer.credit;
+            let payee = expected.entry((transfer.payee_partner.as_str(), credit.currency.as_str())).or_default();
+            match transfer.state {
+                Committed => payee.posted_balance += credit.amount,
+                Prepared => payee.pending_credits += credit.amount,
+                _ => {}
+            }
+        }
+    }
+    // Refunds move money back: the payee that asked gives back what
+    // it is debited (reserved until its refund is final), the payer
+    // is credited (held pending while its side is prepared).
+    for refund in &held.refunds {
+        if refund.payer_view {
+            let credited = &refund.credited;
+            let payer = expected.entry((refund.partner.as_str(), credited.currency.as_str())).or_default();
+            match refund.state {
+                Committed => payer.posted_balance += credited.amount,
+                Prepared => payer.pending_credits += credited.amount,
+                _ => {}
+            }
+        } else {
+            let debited = &refund.debited;
+            let payee = expected.entry((refund.partner.as_str(), debited.currency.as_str())).or_default();
+            match refund.state {
+                Committed => payee.posted_balance -= debited.amount,
+                Reserved | Prepared => payee.pending_debits += debited.amount,
+                _ => {}
+            }
+        }
+    }
+    expected
+}
+
+/// What committed transfers and refunds moved each partner's posted
+/// balance in `region` by (top-ups aside), by partner and currency: what
+/// the region's settlement windows since it began must add up to.
+pub fn posted_by_transfers(region: &str, held: &RegionObservation) -> BTreeMap<(String, String), Decimal> {
+    expected_positions(region, held)
+        .into_iter()
+        .filter(|(_, e)| !e.posted_balance.is_zero())
+        .map(|((partner, currency), e)| ((partner.to_owned(), currency.to_owned()), e.posted_balance))
+        .collect()
 }
 
 #[cfg(test)]

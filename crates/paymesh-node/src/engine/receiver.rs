@@ -127,7 +127,8 @@ impl Inbound {
                 Some((transfer, decision)) => {
                     acks.push((wire_item.transfer_id.clone(), None));
                     decisions.push(Some((transfer.clone(), decision)));
-                    proposals.push(Proposal { item, body: CommandBody::Decide { transfer, decision } });
+                    let body = CommandBody::DecideInWindow { transfer, decision, window: wire_item.window };
+                    proposals.push(Proposal { item, body });
                 }
             }
         }

@@ -86,7 +86,7 @@ pub enum Call {
     /// Send these Prepares, one batch.
     Prepares(Vec<Preparing>),
     /// Send these decisions, one batch.
-    Decisions(Vec<(TransferId, Decision)>),
+    Decisions(Vec<(TransferId, Decision, u64)>),
     /// Wait [`PROBE_DELAY`], then ask whether the region answers at all.
     Probe,
 }
@@ -121,7 +121,7 @@ pub enum Answer {
         /// Decisions the region calls a protocol violation: resending will
         /// not help, so they stay in flight (not sent again) for this
         /// shipper's life, for operators to look at.
-        violations: Vec<(TransferId, Decision)>,
+        violations: Vec<(TransferId, Decision, u64)>,
     },
 }
 
@@ -155,7 +155,7 @@ struct Unfinished {
     /// The messages it carries.
     keys: Vec<Key>,
     /// The decisions it carries, in order (empty for prepares and probes).
-    decisions: Vec<(TransferId, Decision)>,
+    decisions: Vec<(TransferId, Decision, u64)>,
     /// Whether its answer came.
     answered: bool,
     /// Answers proposed and not recorded yet.
@@ -259,10 +259,10 @@ impl Shipper {
                     {
                         prepares.extend(message.preparing());
                     }
-                    OutboxMessage::Decision { transfer, decision }
+                    OutboxMessage::Decision { transfer, decision, window }
                         if decisions.len() < BATCH_ITEMS_MAX && self.in_flight.insert((transfer.clone(), true)) =>
                     {
-                        decisions.push((transfer.clone(), *decision));
+                        decisions.push((transfer.clone(), *decision, *window));
                     }
                     _ => {}
                 }
@@ -275,10 +275,10 @@ impl Shipper {
                 calls.push(self.start(fresh_id(), keys, Vec::new(), Call::Prepares(prepares)));
             }
             if !decisions.is_empty() && self.calls.len() < RPCS_IN_FLIGHT_MAX {
-                let keys = decisions.iter().map(|(t, _)| (t.clone(), true)).collect();
+                let keys = decisions.iter().map(|(t, _, _)| (t.clone(), true)).collect();
                 calls.push(self.start(fresh_id(), keys, decisions.clone(), Call::Decisions(decisions)));
             } else {
-                for (transfer, _) in decisions {
+                for (transfer, _, _) in decisions {
                     self.in_flight.remove(&(transfer, true));
                 }
             }
@@ -289,7 +289,13 @@ impl Shipper {
         calls
     }
 
-    fn start(&mut self, id: CallId, keys: Vec<Key>, decisions: Vec<(TransferId, Decision)>, call: Call) -> Outgoing {
+    fn start(
+        &mut self,
+        id: CallId,
+        keys: Vec<Key>,
+        decisions: Vec<(TransferId, Decision, u64)>,
+        call: Call,
+    ) -> Outgoing {
         let unfinished = Unfinished { keys, decisions, answered: false, pending: 0, release: Vec::new() };
         self.calls.insert(id, unfinished);
         Outgoing { id, call }
@@ -327,13 +333,13 @@ impl Shipper {
             return self.malformed(id, now, acks.len());
         }
         let (mut proposals, mut violations) = (Vec::new(), Vec::new());
-        for ((transfer, decision), ack) in call.decisions.iter().zip(acks) {
+        for ((transfer, decision, window), ack) in call.decisions.iter().zip(acks) {
             match wire::AckResult::try_from(ack.result) {
                 Ok(wire::AckResult::Acked) if ack.transfer_id == transfer.to_string() => {
                     proposals.push(CommandBody::DecisionAcked { region: region.clone(), transfer: transfer.clone() });
                     call.release.push((transfer.clone(), true));
                 }
-                Ok(wire::AckResult::ProtocolViolation) => violations.push((transfer.clone(), *decision)),
+                Ok(wire::AckResult::ProtocolViolation) => violations.push((transfer.clone(), *decision, *window)),
                 _ => call.release.push((transfer.clone(), true)),
             }
         }
@@ -360,7 +366,12 @@ impl Shipper {
         Answer::Malformed { sent, got }
     }
 
-    fn taken(&mut self, id: CallId, proposals: Vec<CommandBody>, violations: Vec<(TransferId, Decision)>) -> Answer {
+    fn taken(
+        &mut self,
+        id: CallId,
+        proposals: Vec<CommandBody>,
+        violations: Vec<(TransferId, Decision, u64)>,
+    ) -> Answer {
         if let Some(call) = self.calls.get_mut(&id) {
             call.answered = true;
             call.pending = proposals.len();
@@ -417,7 +428,7 @@ impl Shipper {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let mut proposals = Vec::new();
         if self.bug == Some(ShipperBug::AckFailedDecisions) {
-            for (transfer, _) in call.decisions {
+            for (transfer, _, _) in call.decisions {
                 proposals.push(CommandBody::DecisionAcked { region: self.region.clone(), transfer });
             }
         }

@@ -13,6 +13,7 @@ use paymesh_core::id::{MerchantId, PayerToken, QrPayload, QuoteId, RegionId};
 use paymesh_core::ledger::{AccountOwner, EntryId, Leg};
 use paymesh_core::outcome::{Outcome, RefundView, RejectCode, TransferView};
 use paymesh_core::partner::BusinessStatus;
+use paymesh_core::settlement::WindowPosition;
 use paymesh_core::state::EventKind;
 use paymesh_core::transfer::{CoordinatorState, ParticipantState};
 use paymesh_core::{Currency, Money};
@@ -163,6 +164,21 @@ fn refund_participation(n: u64, at: u64) -> Record {
 /// Transfer `n`'s refund totals, `parts` cents of them.
 fn refunded(n: u64, parts: u64) -> Record {
     Record::Refunded { transfer: tid(n), totals: RefundTotals { debited: usd(parts), credited: usd(parts) } }
+}
+
+/// Settlement window `n`, closed at `at`, with one position: a version
+/// of it, the newest of which answers.
+fn window(n: u64, at: u64) -> Record {
+    let account = AccountId::new(AccountOwner::Partner(pid(n % 3)), Currency::USD);
+    let position = WindowPosition { account, net: i128::from(at) - 3, settled: None };
+    Record::Window(Box::new(SettlementWindow {
+        number: n,
+        opened_at: ms(0),
+        closed_at: Some(ms(at)),
+        positions: vec![position],
+        sent: Default::default(),
+        received: Default::default(),
+    }))
 }
 
 fn idempotency(partner: u64, n: u64, at: u64) -> Record {
@@ -335,6 +351,7 @@ enum Spec {
     Refund(u64, u64),
     RefundParticipation(u64, u64),
     Refunded(u64, u64),
+    Window(u64, u64),
 }
 
 impl Spec {
@@ -353,6 +370,7 @@ impl Spec {
             Spec::Refund(n, at) => refund(n, at),
             Spec::RefundParticipation(n, at) => refund_participation(n, at),
             Spec::Refunded(n, parts) => refunded(n, parts),
+            Spec::Window(n, at) => window(n, at),
         }
     }
 }
@@ -370,6 +388,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         (0..IDS, 0..TIMES).prop_map(|(n, at)| Spec::Refund(n, at)),
         (0..IDS, 0..TIMES).prop_map(|(n, at)| Spec::RefundParticipation(n, at)),
         (0..IDS, 1..TIMES).prop_map(|(n, parts)| Spec::Refunded(n, parts)),
+        (1..IDS, 1..TIMES).prop_map(|(n, at)| Spec::Window(n, at)),
     ]
 }
 
@@ -391,6 +410,7 @@ fn assert_same(store: &History, memory: &MemoryHistory) {
             let theirs = TransferId::new(RegionId::new("cn-east").unwrap(), n);
             assert_eq!(s.refund_participation(&theirs), m.refund_participation(&theirs), "refund part {n}");
             assert_eq!(s.refunded(&tid(n)), m.refunded(&tid(n)), "refunded {n} before {before}");
+            assert_eq!(s.window(n), m.window(n), "window {n} before {before}");
             for p in 0..PARTNERS {
                 assert_eq!(s.idempotency(&pid(p), &key(n)), m.idempotency(&pid(p), &key(n)));
             }

@@ -91,6 +91,7 @@ fn decisions_are_acked_and_contradicted_ones_answered_as_violations() {
         transfer_id: id.into(),
         decision: decision_out(decision),
         traceparent: String::new(),
+        window: 4,
     };
     let batch = wire::DecisionBatch {
         from_region: "us-west".into(),
@@ -102,6 +103,8 @@ fn decisions_are_acked_and_contradicted_ones_answered_as_violations() {
     };
     let (mut inbound, proposals) = Inbound::decisions(&batch, &region("us-west"));
     assert_eq!(proposals.iter().map(|p| p.item).collect::<Vec<_>>(), vec![0, 2]);
+    // Each decision is applied with the window its coordinator made it in.
+    assert!(matches!(proposals[0].body, CommandBody::DecideInWindow { window: 4, decision: Decision::Commit, .. }));
     assert_eq!(inbound.answered(0, Outcome::Acked), Ok(None));
     let contradiction = inbound.answered(2, Outcome::Rejected(RejectCode::ProtocolViolation)).unwrap();
     assert_eq!(

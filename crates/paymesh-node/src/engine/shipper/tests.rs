@@ -41,7 +41,7 @@ fn prepare(n: u64) -> OutboxMessage {
 }
 
 fn decision(n: u64) -> OutboxMessage {
-    OutboxMessage::Decision { transfer: transfer(n), decision: Decision::Commit }
+    OutboxMessage::Decision { transfer: transfer(n), decision: Decision::Commit, window: 7 }
 }
 
 /// A shipper to cn-east and a counter naming its calls.
@@ -201,13 +201,16 @@ fn acknowledged_decisions_are_recorded_and_violations_stay_in_flight() {
         panic!("taken")
     };
     assert_eq!(proposals, vec![CommandBody::DecisionAcked { region: region("cn-east"), transfer: transfer(1) }]);
-    assert_eq!(violations, vec![(transfer(2), Decision::Commit)]);
+    assert_eq!(violations, vec![(transfer(2), Decision::Commit, 7)]);
     shipper.recorded(call.id);
     // Decision 3's ack named another transfer: released and sent again;
     // decision 2 is not sent again by this shipper.
     let again = shipper.poll(at(10), &outbox, &mut ids);
     let sent: Vec<&Call> = again.iter().map(|c| &c.call).collect();
-    assert_eq!(sent, vec![&Call::Decisions(vec![(transfer(1), Decision::Commit), (transfer(3), Decision::Commit)])]);
+    assert_eq!(
+        sent,
+        vec![&Call::Decisions(vec![(transfer(1), Decision::Commit, 7), (transfer(3), Decision::Commit, 7)])]
+    );
 }
 
 #[test]
