@@ -172,6 +172,14 @@ pub struct BenchArgs {
     /// beside the report as `<report>.rejoin.json`).
     #[arg(long)]
     pub rejoin_at: Option<f64>,
+    /// paymesh only: this many seconds into the run (warm-up included),
+    /// close the region's settlement window, and report how long the close
+    /// took, what the window held, and the p99 of the payments that started
+    /// while it closed beside the other seconds' (also written beside the
+    /// report as `<report>.close.json`). For the window-close benchmark:
+    /// `--workers 256 --duration 240 --close-window-at 220`.
+    #[arg(long)]
+    pub close_window_at: Option<f64>,
 }
 
 impl BenchArgs {
@@ -217,8 +225,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.group_commit_ms > GROUP_COMMIT_INTERVAL_MS_MAX {
         bail!("--group-commit-ms must be at most {GROUP_COMMIT_INTERVAL_MS_MAX}");
     }
-    if (args.flood || args.rejoin_at.is_some()) && args.targets != [TargetKind::Paymesh] {
-        bail!("--flood and --rejoin-at apply to --target paymesh alone");
+    if (args.flood || args.rejoin_at.is_some() || args.close_window_at.is_some())
+        && args.targets != [TargetKind::Paymesh]
+    {
+        bail!("--flood, --rejoin-at and --close-window-at apply to --target paymesh alone");
+    }
+    if args.close_window_at.is_some() && args.flood {
+        bail!("--close-window-at runs without --flood");
     }
     if args.rejoin_at.is_some() && (args.flood || args.paymesh_nodes < 3) {
         bail!("--rejoin-at needs a region of at least 3 nodes and no --flood");
@@ -246,6 +259,48 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("the audit of {} does not hold", failed.join(", "));
     }
     Ok(())
+}
+
+fn show_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}"))
+}
+
+/// The figures of a window closed `at` seconds into `report`'s run.
+fn window_close(
+    report: &RunReport,
+    plan: &Plan,
+    at: f64,
+    took: Duration,
+    window: &paymesh_proto::admin::v1::SettlementWindow,
+) -> paymesh::WindowClose {
+    let into_measured = at - plan.warmup.as_secs_f64();
+    let first = into_measured.floor().max(0.0) as u64;
+    let last = (into_measured + took.as_secs_f64()).floor().max(0.0) as u64 + 1;
+    let during: Vec<f64> =
+        report.timeline.iter().filter(|s| (first..=last).contains(&s.second)).filter_map(|s| s.p99_ms).collect();
+    let mut others: Vec<f64> =
+        report.timeline.iter().filter(|s| !(first..=last).contains(&s.second)).filter_map(|s| s.p99_ms).collect();
+    others.sort_by(f64::total_cmp);
+    let warmup_committed = report.including_warmup.committed.saturating_sub(report.committed);
+    let measured_before: u64 = report.timeline.iter().filter(|s| s.second < first).map(|s| s.committed).sum();
+    let volume: rust_decimal::Decimal = window
+        .positions
+        .iter()
+        .filter(|p| p.account.starts_with("partner:"))
+        .filter_map(|p| p.net.as_ref()?.amount.parse::<rust_decimal::Decimal>().ok())
+        .filter(|net| net.is_sign_positive())
+        .sum();
+    paymesh::WindowClose {
+        sent_at_s: at,
+        close_ms: took.as_secs_f64() * 1000.0,
+        window: window.number,
+        positions: window.positions.len(),
+        volume: volume.to_string(),
+        committed_before: if into_measured >= 0.0 { warmup_committed + measured_before } else { 0 },
+        p99_ms_while_closing: during.into_iter().reduce(f64::max),
+        p99_ms_median_second: others.get(others.len() / 2).copied(),
+        p99_ms_run: report.latency_ms.as_ref().map(|l| l.p99),
+    }
 }
 
 /// Where the JSON report goes.
@@ -297,8 +352,40 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                         target.rejoin(REJOIN_TIMEOUT).await
                     })
                 });
+            let close = args
+                .close_window_at
+                .map(|s| Duration::try_from_secs_f64(s).context("--close-window-at must be a number of seconds ≥ 0"))
+                .transpose()?
+                .map(|at| {
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(at).await;
+                        target.close_window().await
+                    })
+                });
             let outcome = async {
                 let mut report = load::run(target.clone(), plan).await?;
+                if let (Some(close), Some(at)) = (close, args.close_window_at) {
+                    let (took, window) = close.await.context("the window-close task")??;
+                    let figures = window_close(&report, plan, at, took, &window);
+                    println!(
+                        "settlement window {} closed {:.0} s into the run in {:.1} ms over about {} committed \
+                         transfers ({} CNY, {} accounts); p99 of payments started while it closed {} ms, median \
+                         p99 of the other seconds {} ms, the run's p99 {} ms",
+                        figures.window,
+                        figures.sent_at_s,
+                        figures.close_ms,
+                        figures.committed_before,
+                        figures.volume,
+                        figures.positions,
+                        show_ms(figures.p99_ms_while_closing),
+                        show_ms(figures.p99_ms_median_second),
+                        show_ms(figures.p99_ms_run)
+                    );
+                    let path = report_path(args).with_extension("close.json");
+                    std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
                 if let Some(rejoin) = rejoin {
                     let rejoin = rejoin.await.context("the rejoin task")??;
                     println!(

@@ -338,6 +338,33 @@ impl PaymeshTarget {
     }
 }
 
+/// What closing the region's settlement window in the middle of a run
+/// took and held (`--close-window-at`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WindowClose {
+    /// Seconds into the run (warm-up included) the close was sent.
+    pub sent_at_s: f64,
+    /// How long the close call took, in milliseconds: proposed, replicated,
+    /// applied, and the window read back.
+    pub close_ms: f64,
+    /// The window closed.
+    pub window: u64,
+    /// Accounts that moved in it.
+    pub positions: usize,
+    /// What the payees received over it (the payments' volume), in CNY.
+    pub volume: String,
+    /// Transfers committed before the close, counted from the run's
+    /// per-second figures (to the second).
+    pub committed_before: u64,
+    /// The highest per-second p99 of the payments that started while the
+    /// close ran (the second it was sent and the next).
+    pub p99_ms_while_closing: Option<f64>,
+    /// The median per-second p99 of the other seconds.
+    pub p99_ms_median_second: Option<f64>,
+    /// The run's p99.
+    pub p99_ms_run: Option<f64>,
+}
+
 /// What wiping a follower under load and letting it rejoin took.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Rejoin {
@@ -364,6 +391,23 @@ impl PaymeshTarget {
     /// Kill a follower, wipe its data directory and start it again while
     /// the load runs; wait (at most `timeout`) until it has caught up, and
     /// say how long that took and what memory both sides used.
+    /// Close the region's settlement window: how long the call took, and
+    /// the window.
+    pub async fn close_window(&self) -> anyhow::Result<(Duration, admin::SettlementWindow)> {
+        let operator = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            region.sdk(&region.operator_stem())?
+        };
+        let started = std::time::Instant::now();
+        let answer = call_region(&operator, |mut c| async move {
+            c.close_settlement_window(admin::CloseSettlementWindowRequest {}).await
+        })
+        .await?;
+        let took = started.elapsed();
+        Ok((took, answer.window.context("the node closed the window but did not return it")?))
+    }
+
     pub async fn rejoin(&self, timeout: Duration) -> anyhow::Result<Rejoin> {
         let (client, operator, addrs) = {
             let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
