@@ -20,7 +20,7 @@ use crate::report;
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
 use paymesh_harness::history::{self, History, LocalityScan, Observation};
-use paymesh_harness::{check, locality, observe};
+use paymesh_harness::{check, locality, observe, settlement};
 
 /// How long the mesh may take to be live again after a heal.
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);
@@ -31,6 +31,12 @@ pub const RESOLVE_BOUND: Duration = Duration::from_secs(60);
 
 /// Quiet time before the first fault.
 const WARM_UP: Duration = Duration::from_secs(3);
+/// How often the operator closes every region's settlement window while
+/// the workload and the faults run.
+const CLOSE_EVERY: Duration = Duration::from_secs(20);
+/// Longest an operator's close may take before it is given up (a region
+/// without a leader).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a run needs.
 #[derive(Clone, Debug)]
@@ -91,6 +97,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     for id in 0..config.workers {
         tasks.spawn(workload::worker(id, config.seed, clients.clone(), recorder.clone(), stop.clone()));
     }
+    let operators = {
+        let regions = REGIONS.iter().map(|r| Ok((*r, mesh.region(r)?))).collect::<anyhow::Result<Vec<_>>>()?;
+        Arc::new(settlement::operators(&regions)?)
+    };
+    tasks.spawn(close_windows(operators.clone(), stop.clone()));
     let followed = WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1)));
     for (n, (region, partner)) in followed.enumerate() {
         let client = workload::client(mesh.region(region)?, partner)?;
@@ -148,9 +159,19 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let healed_ms = faults.last().map_or(0, |f| f.end_ms);
 
     eprintln!("chaos: workload stopped; waiting for every transfer to settle");
-    let observation = settle(&mesh, &recorder).await;
-    if let Err(e) = &observation {
-        eprintln!("chaos: could not observe the mesh: {e:#}");
+    let mut observation = settle(&mesh, &recorder).await;
+    match &mut observation {
+        Err(e) => eprintln!("chaos: could not observe the mesh: {e:#}"),
+        // Every payment in a closed window, and each region pair's
+        // figures cross-checked for every window.
+        Ok(observed) => match settlement::gather(&operators).await {
+            Ok(gathered) => {
+                let windows: usize = gathered.windows.values().map(Vec::len).sum();
+                eprintln!("chaos: {windows} settlement windows gathered, {} pair cross-checks", gathered.pairs.len());
+                observed.settlement = Some(gathered);
+            }
+            Err(e) => eprintln!("chaos: could not gather the settlement windows: {e:#}"),
+        },
     }
     mesh.stop()?;
     let locality = scan_files(&mesh).await?;
@@ -173,6 +194,32 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let report = report::write(&config.dir.join("report"), &history, &verdict)?;
     eprint!("{}", verdict.failures(FAILURES_SHOWN));
     Ok(RunResult { violations: verdict.violations(), report })
+}
+
+/// The operator: every [`CLOSE_EVERY`], close every region's settlement
+/// window, whatever the faults; a close that fails (no leader) is tried
+/// again at the next turn.
+async fn close_windows(operators: Arc<Vec<(String, paymesh_client::Region)>>, stop: Arc<AtomicBool>) {
+    loop {
+        let turn = Instant::now() + CLOSE_EVERY;
+        while Instant::now() < turn {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match tokio::time::timeout(CLOSE_TIMEOUT * 3, settlement::close_all(&operators)).await {
+            Ok(closed) => {
+                for (region, result) in closed {
+                    match result {
+                        Ok(number) => eprintln!("chaos: {region}'s settlement window {number} closed"),
+                        Err(e) => eprintln!("chaos: {region}'s settlement window not closed: {e:#}"),
+                    }
+                }
+            }
+            Err(_) => eprintln!("chaos: closing the settlement windows took over {:?}", CLOSE_TIMEOUT * 3),
+        }
+    }
 }
 
 /// Scan every file the stopped mesh's nodes wrote for other regions' payer

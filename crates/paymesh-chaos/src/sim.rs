@@ -222,7 +222,8 @@ pub(crate) fn simulate(seed: u64, config: &SimConfig) -> Simulation {
         .zip(crate::world::REGIONS)
         .map(|(region, name)| (name.to_owned(), observe::region(name, region)))
         .collect();
-    let observation = Observation { healed_ms, resolved_ms: sim.resolved_ms, resolve_bound_ms: bound, regions };
+    let observation =
+        Observation { healed_ms, resolved_ms: sim.resolved_ms, resolve_bound_ms: bound, regions, settlement: None };
     let history = History {
         seed,
         backend: "sim".to_owned(),

@@ -375,65 +375,26 @@ async fn refund_some(mesh: &LocalMesh) -> anyhow::Result<Refunds> {
 
 /// One payment: quote, transfer, sometimes the same transfer again.
 /// The operator closes each region's settlement window (the first, since
-/// the region began): the demo prints each window's nets per account and
-/// the cross-border figures, cross-checks every region pair, and checks
-/// each window against the transfers and refunds the partners list.
-async fn close_windows(mesh: &LocalMesh, observed: &paymesh_harness::history::History) -> anyhow::Result<Vec<Check>> {
-    let mut closed = BTreeMap::new();
-    println!(
-        "
-settlement:"
-    );
-    for (name, region) in &mesh.regions {
-        let operator = region.sdk(&region.operator_stem())?;
-        let answer = call_region(&operator, |mut c| async move {
-            c.close_settlement_window(admin::CloseSettlementWindowRequest {}).await
-        })
-        .await?;
-        let window = answer.window.context("the node closed the window but did not return it")?;
+/// the region began), and the demo prints each window's nets per account
+/// and cross-border figures and every region pair's cross-check; the
+/// windows join the observation for the settlement checker.
+async fn close_windows(mesh: &LocalMesh) -> anyhow::Result<paymesh_harness::history::SettlementObservation> {
+    let regions: Vec<(&str, &paymesh_harness::local::LocalRegion)> =
+        mesh.regions.iter().map(|(name, region)| (name.as_str(), region)).collect();
+    let operators = settlement::operators(&regions)?;
+    let gathered = settlement::gather(&operators).await?;
+    println!("\nsettlement:");
+    for (name, operator) in &operators {
+        let last = gathered.windows.get(name).and_then(|w| w.last()).map_or(0, |w| w.number);
+        let window = settlement::window(operator, last).await?;
         for line in settlement::render(name, &window).lines() {
             println!("  {line}");
         }
-        closed.insert(name.clone(), (operator, window));
     }
-    let mut pairs = Vec::new();
-    for (a, (from, window)) in &closed {
-        for (b, (to, _)) in closed.iter().filter(|(b, _)| *b != a) {
-            pairs.push(settlement::cross_check((from, a), (to, b), window.number).await?);
-        }
+    for pair in &gathered.pairs {
+        println!("  cross-check {}", pair.line);
     }
-    for pair in &pairs {
-        println!("  cross-check {}", pair.line());
-    }
-    let (mut unbalanced, mut off) = (Vec::new(), Vec::new());
-    for (name, (_, window)) in &closed {
-        unbalanced.extend(settlement::unbalanced(name, window));
-        let held = observed.observation.as_ref().and_then(|o| o.regions.get(name));
-        match held {
-            Some(held) => off.extend(settlement::nets_against_transfers(name, held, std::slice::from_ref(window))),
-            None => off.push(format!("{name} was not observed")),
-        }
-    }
-    let disagreeing: Vec<&settlement::PairCheck> =
-        pairs.iter().filter(|p| p.verdict != settlement::Verdict::Agree).collect();
-    let first = |lines: &[String], none: &str| lines.first().map_or_else(|| none.to_owned(), Clone::clone);
-    Ok(vec![
-        Check {
-            name: "each region's closed settlement window sums to zero per currency".into(),
-            holds: unbalanced.is_empty(),
-            detail: first(&unbalanced, "every currency nets to zero"),
-        },
-        Check {
-            name: "each window's partner nets equal what their listed transfers and refunds moved".into(),
-            holds: off.is_empty(),
-            detail: first(&off, "every partner, to the cent"),
-        },
-        Check {
-            name: "both regions of every pair count the same cross-border figures for the window".into(),
-            holds: disagreeing.is_empty(),
-            detail: disagreeing.first().map_or_else(|| format!("{} directions agree", pairs.len()), |p| p.line()),
-        },
-    ])
+    Ok(gathered)
 }
 
 async fn pay(
@@ -909,7 +870,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         let usd = us.top_ups.entry("paypal-us".into()).or_default().entry("USD".into()).or_default();
         *usd += rust_decimal::Decimal::new(probes.topped_up_cents - paid_back_cents, 2);
     }
-    let verdict = check::check_with(&check::of_observation(), &observed);
+    let gathered = close_windows(&mesh).await.context("closing the settlement windows")?;
+    if let Some(observation) = observed.observation.as_mut() {
+        observation.settlement = Some(gathered);
+    }
+    let mut checkers = check::of_observation();
+    checkers.push(Box::new(check::Settlement));
+    let verdict = check::check_with(&checkers, &observed);
     let mut checks: Vec<Check> = verdict
         .checkers
         .iter()
@@ -950,7 +917,6 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             history.resubmit_mismatch.load(Ordering::Relaxed)
         ),
     });
-    checks.extend(close_windows(&mesh, &observed).await.context("closing the settlement windows")?);
     if let Some(observation) = &observed.observation {
         for (name, held) in &observation.regions {
             println!(

@@ -149,12 +149,13 @@ async fn windows_closed_under_load_lose_nothing_and_regions_agree_on_their_figur
     for ((name, operator), (_, first)) in operators.iter().zip(&firsts) {
         let second = close(operator).await;
         assert_eq!(second.number, 2);
-        for window in [first, &second] {
+        let both = [settlement::observed_window(first), settlement::observed_window(&second)];
+        for window in &both {
             let lines = settlement::unbalanced(name, window);
             assert!(lines.is_empty(), "{lines:?}");
         }
         let held = &observed.observation.as_ref().unwrap().regions[name];
-        let off = settlement::nets_against_transfers(name, held, &[first.clone(), second.clone()]);
+        let off = settlement::nets_against_transfers(name, held, &both);
         assert!(off.is_empty(), "{off:?}");
         windows.push((name.clone(), operator, [first.clone(), second]));
     }

@@ -37,6 +37,7 @@ mod reads;
 mod refunds;
 mod replicas;
 mod resolution;
+mod settlement;
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
@@ -53,6 +54,7 @@ pub use reads::Reads;
 pub use refunds::Refunds;
 pub use replicas::Replicas;
 pub use resolution::Resolution;
+pub use settlement::Settlement;
 
 /// How many violations a [`Verdict`] keeps in full per checker; it counts
 /// them all.
@@ -171,7 +173,20 @@ impl Verdict {
 /// machine has cores (each builds its own indexes: running them all at once
 /// would hold all those indexes in memory together).
 pub fn check_all(history: &History) -> Verdict {
-    check_with(&all(), history)
+    check_with(&for_history(history), history)
+}
+
+/// The checkers for `history`: [`all`], and [`Settlement`] for a run of
+/// real regions (processes or containers), which closes every region's
+/// settlement windows as an operator does and gathers them. The
+/// simulation drives the regions' engines without an operator; the core's
+/// property tests cover its windows.
+pub fn for_history(history: &History) -> Vec<Box<dyn Checker>> {
+    let mut checkers = all();
+    if history.backend != "sim" {
+        checkers.push(Box::new(Settlement));
+    }
+    checkers
 }
 
 /// The checkers that read what the regions hold and the scan of their

@@ -274,6 +274,58 @@ pub struct Observation {
     pub resolve_bound_ms: u64,
     /// Each region's holdings, by region.
     pub regions: BTreeMap<String, RegionObservation>,
+    /// Every region's settlement windows, read after the observation and
+    /// a last close; `None` when they were not gathered.
+    #[serde(default)]
+    pub settlement: Option<SettlementObservation>,
+}
+
+/// The settlement windows of a mesh, every one since each region began,
+/// and the cross-checks of every region pair.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementObservation {
+    /// Each region's windows, in number order.
+    pub windows: BTreeMap<String, Vec<ObservedWindow>>,
+    /// The cross-check of each window of each coordinator region with each
+    /// other region.
+    pub pairs: Vec<ObservedPair>,
+}
+
+/// One settlement window as its region reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedWindow {
+    /// Its number.
+    pub number: u64,
+    /// Whether it was closed.
+    pub closed: bool,
+    /// Each account's net over it.
+    pub positions: Vec<ObservedNet>,
+}
+
+/// One account's net over a window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNet {
+    /// `partner:<id>:<CUR>`, `clearing:<region>:<CUR>` or `fees:<CUR>`.
+    pub account: String,
+    /// The net.
+    pub net: Amount,
+}
+
+/// One direction of a region pair's cross-check of a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedPair {
+    /// The coordinating region.
+    pub from: String,
+    /// The other region.
+    pub to: String,
+    /// `from`'s window.
+    pub window: u64,
+    /// Whether both sides count the same figures.
+    pub agree: bool,
+    /// Commit decisions of the window still on their way.
+    pub in_flight: u64,
+    /// The cross-check as a line for people.
+    pub line: String,
 }
 
 /// A whole run.

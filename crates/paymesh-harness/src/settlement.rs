@@ -11,7 +11,8 @@ use paymesh_proto::admin::v1 as wire;
 use rust_decimal::Decimal;
 
 use crate::admin_calls::{call_region, rfc3339};
-use crate::history::RegionObservation;
+use crate::history::{Amount, ObservedNet, ObservedPair, ObservedWindow, RegionObservation, SettlementObservation};
+use crate::local::LocalRegion;
 
 /// How far before a window opened the other region's windows are read for
 /// it: decisions cannot arrive before their window opened, but the two
@@ -181,32 +182,39 @@ pub fn render(region: &str, window: &wire::SettlementWindow) -> String {
     out
 }
 
+/// A window as the observation keeps it.
+pub fn observed_window(window: &wire::SettlementWindow) -> ObservedWindow {
+    let positions = window
+        .positions
+        .iter()
+        .filter_map(|p| {
+            let net = p.net.as_ref()?;
+            let amount = Amount { amount: net.amount.parse().ok()?, currency: net.currency.clone() };
+            Some(ObservedNet { account: p.account.clone(), net: amount })
+        })
+        .collect();
+    ObservedWindow { number: window.number, closed: window.closed_unix_ms != 0, positions }
+}
+
 /// Where the partners' nets of a region's windows, summed, differ from
 /// what its committed transfers and refunds moved (read through the
 /// partner API, [`crate::check::posted_by_transfers`]): one line each. The
 /// windows must be every window since the region began, so that together
 /// they cover all its payments.
-pub fn nets_against_transfers(
-    region: &str,
-    held: &RegionObservation,
-    windows: &[wire::SettlementWindow],
-) -> Vec<String> {
+pub fn nets_against_transfers(region: &str, held: &RegionObservation, windows: &[ObservedWindow]) -> Vec<String> {
     let mut nets: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for window in windows {
-        for position in &window.positions {
-            let Some(("partner", rest)) = position.account.split_once(':') else { continue };
-            let Some((partner, _)) = rest.rsplit_once(':') else { continue };
-            let Some(net) = &position.net else { continue };
-            let amount = net.amount.parse::<Decimal>().unwrap_or_default();
-            *nets.entry((partner.to_owned(), net.currency.clone())).or_default() += amount;
-        }
+    for position in windows.iter().flat_map(|w| &w.positions) {
+        let Some(("partner", rest)) = position.account.split_once(':') else { continue };
+        let Some((partner, _)) = rest.rsplit_once(':') else { continue };
+        *nets.entry((partner.to_owned(), position.net.currency.clone())).or_default() += position.net.amount;
     }
     nets.retain(|_, amount| !amount.is_zero());
     let moved = crate::check::posted_by_transfers(region, held);
     let keys: BTreeSet<&(String, String)> = nets.keys().chain(moved.keys()).collect();
     keys.into_iter()
         .filter_map(|key @ (partner, currency)| {
-            let (window, transfers) = (nets.get(key).copied().unwrap_or_default(), moved.get(key).copied().unwrap_or_default());
+            let window = nets.get(key).copied().unwrap_or_default();
+            let transfers = moved.get(key).copied().unwrap_or_default();
             (window != transfers).then(|| {
                 format!("{region}: {partner}'s windows add up to {window} {currency}, its transfers and refunds to {transfers}")
             })
@@ -215,15 +223,72 @@ pub fn nets_against_transfers(
 }
 
 /// Where a window's nets do not sum to zero per currency: one line each.
-pub fn unbalanced(region: &str, window: &wire::SettlementWindow) -> Vec<String> {
+pub fn unbalanced(region: &str, window: &ObservedWindow) -> Vec<String> {
     let mut sums: BTreeMap<&str, Decimal> = BTreeMap::new();
     for position in &window.positions {
-        if let Some(net) = &position.net {
-            *sums.entry(net.currency.as_str()).or_default() += net.amount.parse::<Decimal>().unwrap_or_default();
-        }
+        *sums.entry(position.net.currency.as_str()).or_default() += position.net.amount;
     }
     sums.into_iter()
         .filter(|(_, sum)| !sum.is_zero())
         .map(|(currency, sum)| format!("{region}'s window {}: {currency} nets sum to {sum}", window.number))
         .collect()
+}
+
+/// Each region's operator client, by name.
+pub fn operators(regions: &[(&str, &LocalRegion)]) -> anyhow::Result<Vec<(String, Region)>> {
+    regions.iter().map(|(name, region)| Ok(((*name).to_owned(), region.sdk(&region.operator_stem())?))).collect()
+}
+
+/// Close the open settlement window of each region: the number closed, or
+/// why not, per region.
+pub async fn close_all(operators: &[(String, Region)]) -> Vec<(String, anyhow::Result<u64>)> {
+    let mut closed = Vec::new();
+    for (name, operator) in operators {
+        let result = async {
+            let answer = call_region(operator, |mut c| async move {
+                c.close_settlement_window(wire::CloseSettlementWindowRequest {}).await
+            })
+            .await?;
+            Ok(answer.window.context("the node closed the window but did not return it")?.number)
+        }
+        .await;
+        closed.push((name.clone(), result));
+    }
+    closed
+}
+
+/// Close every region's window once more (so that every payment is in a
+/// closed window), read each region's windows since it began, and
+/// cross-check every window of every region with every other region.
+pub async fn gather(operators: &[(String, Region)]) -> anyhow::Result<SettlementObservation> {
+    let mut observation = SettlementObservation::default();
+    let mut read = Vec::new();
+    for ((name, closed), (_, operator)) in close_all(operators).await.into_iter().zip(operators) {
+        let last = closed.with_context(|| format!("closing {name}'s settlement window"))?;
+        let mut windows = Vec::new();
+        for number in 1..=last {
+            windows.push(window(operator, number).await?);
+        }
+        read.push((name, operator, windows));
+    }
+    for (from, from_region, windows) in &read {
+        for (to, to_region, _) in read.iter().filter(|(to, _, _)| to != from) {
+            for w in windows {
+                let pair = cross_check((from_region, from), (to_region, to), w.number).await?;
+                observation.pairs.push(ObservedPair {
+                    from: from.clone(),
+                    to: to.clone(),
+                    window: w.number,
+                    agree: pair.verdict == Verdict::Agree,
+                    in_flight: match pair.verdict {
+                        Verdict::InFlight(n) => n,
+                        _ => 0,
+                    },
+                    line: pair.line(),
+                });
+            }
+        }
+        observation.windows.insert(from.clone(), windows.iter().map(observed_window).collect());
+    }
+    Ok(observation)
 }

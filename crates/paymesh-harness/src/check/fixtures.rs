@@ -276,6 +276,7 @@ pub fn good_history() -> History {
             resolved_ms: Some(7500),
             resolve_bound_ms: 10_000,
             regions: BTreeMap::from([(US.to_owned(), us), (CN.to_owned(), cn)]),
+            settlement: None,
         }),
         locality: None,
     }
