@@ -593,6 +593,11 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_REFUND_EXCEEDS_ORIGINAL",
         "REJECT_CODE_REFUND_WINDOW_CLOSED",
         "REJECT_CODE_TRANSFER_NOT_COMMITTED",
+        "REJECT_CODE_WINDOW_NOT_FOUND",
+        "REJECT_CODE_WINDOW_NOT_CLOSED",
+        "REJECT_CODE_NOTHING_TO_SETTLE",
+        "REJECT_CODE_ALREADY_SETTLED",
+        "REJECT_CODE_NOT_SETTLEABLE",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -726,6 +731,10 @@ fn file_descriptor_set_describes_every_service() {
             "SetRegionSettings",
             "GetRegionSettings",
             "ReverseTransfer",
+            "CloseSettlementWindow",
+            "GetSettlementWindow",
+            "RecordSettlement",
+            "GetReceivedTallies",
         ])
     );
     assert_eq!(
