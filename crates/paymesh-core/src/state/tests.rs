@@ -1515,6 +1515,9 @@ enum Action {
     DeliverReply { index: usize, duplicate: bool },
     /// Time passes and the coordinator ticks.
     Tick { ms: u64 },
+    /// An operator closes a region's settlement window (the payee's, or the
+    /// payer's), whatever is in flight.
+    CloseWindow { payee_region: bool },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -1527,6 +1530,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(index, duplicate, lose_reply)| Action::Deliver { index, duplicate, lose_reply }),
         3 => (0usize..64, any::<bool>()).prop_map(|(index, duplicate)| Action::DeliverReply { index, duplicate }),
         1 => (0u64..6_000).prop_map(|ms| Action::Tick { ms }),
+        1 => any::<bool>().prop_map(|payee_region| Action::CloseWindow { payee_region }),
     ]
 }
 
@@ -1661,6 +1665,66 @@ impl Sim {
                 self.now = self.now.plus_ms(*ms);
                 self.west.run(CommandBody::Tick, self.now);
             }
+            Action::CloseWindow { payee_region } => {
+                let region = if *payee_region { &mut self.east } else { &mut self.west };
+                assert!(matches!(
+                    region.run(CommandBody::CloseSettlementWindow, self.now),
+                    Outcome::WindowClosed { .. }
+                ));
+            }
+        }
+    }
+
+    /// Once healed: close both regions' windows a last time, then every
+    /// window balances, the payers' nets over all of the payer region's
+    /// windows are what they committed, and for every window of the payer
+    /// region, what it sent equals what the payee region received for it,
+    /// over all of its windows, however the messages were lost, doubled,
+    /// reordered, and whenever the windows closed.
+    fn check_windows(&mut self) {
+        let mut all = Vec::new();
+        for region in [&mut self.west, &mut self.east] {
+            region.run(CommandBody::CloseSettlementWindow, self.now);
+            let last = region.state.settlement_window() - 1;
+            let windows: Vec<SettlementWindow> = (1..=last).map(|n| region.history.window(n).unwrap()).collect();
+            for window in &windows {
+                let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+                for position in &window.positions {
+                    *sums.entry(position.account.currency).or_default() += position.net;
+                }
+                assert!(sums.values().all(|sum| *sum == 0), "window {} does not balance: {sums:?}", window.number);
+            }
+            all.push(windows);
+        }
+        let (west, east) = (&all[0], &all[1]);
+        let mut paid: BTreeMap<PartnerId, i128> = BTreeMap::new();
+        for transfer in self.west.state.transfers().chain(self.west.history.transfers()) {
+            if transfer.view.state == CoordinatorState::Committed {
+                *paid.entry(transfer.view.partner.clone()).or_default() -=
+                    i128::from(transfer.view.priced.total_debit.units());
+            }
+        }
+        for (partner, total) in &paid {
+            let account = AccountId::new(AccountOwner::Partner(partner.clone()), USD);
+            let nets: i128 = west.iter().filter_map(|w| w.position(&account)).map(|p| p.net).sum();
+            assert_eq!(nets, *total, "{partner}'s windows against its committed payments");
+        }
+        for window in west {
+            let sent = window.sent.get(&region("cn-east")).cloned().unwrap_or_default();
+            let mut received = crate::settlement::Tallies::default();
+            for theirs in east {
+                for (key, tally) in
+                    theirs.received.get(&(region("us-west"), window.number)).map(|t| t.iter()).into_iter().flatten()
+                {
+                    received.entry(*key).or_default().merge(tally);
+                }
+            }
+            assert_eq!(
+                crate::settlement::cross_check(&sent, &received, 0),
+                crate::settlement::CrossCheck::Agree,
+                "us-west's window {}",
+                window.number
+            );
         }
     }
 
@@ -1825,6 +1889,7 @@ proptest! {
         }
         sim.heal();
         sim.check_settled();
+        sim.check_windows();
     }
 
     /// Applying any command sequence with arbitrary duplicates of command ids
