@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use paymesh_client::Region;
 use paymesh_harness::admin_calls::{accepted, call_region};
 use paymesh_harness::settlement::{self, Verdict};
@@ -51,6 +51,27 @@ pub(crate) enum SettlementCommand {
         #[arg(long)]
         reference: String,
     },
+    /// Download a reconciliation file of a partner homed in this region for
+    /// a closed window: its movements (CSV), their summary (CSV), a
+    /// camt.053.001.08 statement, or its cross-border payments as
+    /// pacs.008.001.08.
+    File {
+        #[command(flatten)]
+        target: Target,
+        /// The closed window.
+        #[arg(long)]
+        window: u64,
+        /// The partner.
+        #[arg(long)]
+        partner: String,
+        /// Which file.
+        #[arg(long, value_enum)]
+        kind: FileKind,
+        /// Where to write it: a path, or `-` for standard output [default:
+        /// the file's own name, in the current directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Compare what this region committed towards another region in one of
     /// its closed windows (payments and refunds it coordinated) with what
     /// the other region posted for that window, over all of its own
@@ -69,6 +90,19 @@ pub(crate) enum SettlementCommand {
         #[command(flatten)]
         other: OtherRegion,
     },
+}
+
+/// Which reconciliation file.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum FileKind {
+    /// The partner's movements, CSV.
+    Transactions,
+    /// Their counts and totals, CSV.
+    Summary,
+    /// ISO 20022 camt.053.001.08.
+    Camt053,
+    /// ISO 20022 pacs.008.001.08.
+    Pacs008,
 }
 
 /// The other region of a cross-check: its name and how to reach it.
@@ -180,6 +214,28 @@ fn window_json(w: &wire::SettlementWindow) -> serde_json::Value {
     })
 }
 
+/// The file's name and bytes, from its chunks.
+async fn download(region: &Region, request: &wire::GetSettlementFileRequest) -> anyhow::Result<(String, Vec<u8>)> {
+    use futures::StreamExt as _;
+    let mut stream = call_region(region, |mut c| {
+        let request = request.clone();
+        async move { c.get_settlement_file(request).await }
+    })
+    .await?;
+    let (mut name, mut bytes) = (String::new(), Vec::new());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("reading the file's chunks")?;
+        if name.is_empty() {
+            name = chunk.file_name;
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if name.is_empty() || name.contains(['/', '\\']) {
+        bail!("the node sent a file without a plain name ({name:?})");
+    }
+    Ok((name, bytes))
+}
+
 /// Run `paymesh settlement …`.
 pub(crate) async fn run(command: SettlementCommand) -> anyhow::Result<()> {
     match command {
@@ -211,6 +267,28 @@ pub(crate) async fn run(command: SettlementCommand) -> anyhow::Result<()> {
                     p.net.as_ref().map_or_else(String::new, |m| format!("{} {}", m.amount, m.currency))
                 ),
                 None => println!("window {window}: {account} settled"),
+            }
+            Ok(())
+        }
+        SettlementCommand::File { target, window, partner, kind, out } => {
+            let kind = match kind {
+                FileKind::Transactions => wire::SettlementFileKind::Transactions,
+                FileKind::Summary => wire::SettlementFileKind::Summary,
+                FileKind::Camt053 => wire::SettlementFileKind::Camt053,
+                FileKind::Pacs008 => wire::SettlementFileKind::Pacs008,
+            };
+            let request = wire::GetSettlementFileRequest { window, partner_id: partner, kind: kind as i32 };
+            let (name, bytes) = download(&region(&target)?, &request).await?;
+            match out {
+                Some(path) if path.as_os_str() == "-" => {
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&bytes).context("writing the file to standard output")?;
+                }
+                out => {
+                    let path = out.unwrap_or_else(|| PathBuf::from(&name));
+                    std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                    println!("{} ({} bytes)", path.display(), bytes.len());
+                }
             }
             Ok(())
         }

@@ -220,6 +220,57 @@ async fn windows_closed_under_load_lose_nothing_and_regions_agree_on_their_figur
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("WINDOW_NOT_CLOSED"), "{out}");
 
+    // The reconciliation files of window 1: the summary ties to the
+    // window's net, the CSV rows add up to it, the ISO 20022 documents are
+    // valid against the published schemas, and a payee region's pacs.008
+    // holds no personal data of another region's payers.
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let file = |region: &str, partner: &str, kind: &str| -> String {
+        let path = files.join(format!("{region}-{partner}-{kind}"));
+        let args = ["file", "--window", "1", "--partner", partner, "--kind", kind, "--out", path.to_str().unwrap()];
+        let (code, out) = cli(&mesh, region, &args, &[]);
+        assert_eq!(code, 0, "{out}");
+        path.display().to_string()
+    };
+    let summary = std::fs::read_to_string(file("us-west", "paypal-us", "summary")).unwrap();
+    let row: Vec<&str> = summary.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(row[8], row[10], "payments_net equals window_net: {summary}");
+    assert_eq!(row[8].parse::<rust_decimal::Decimal>().unwrap(), net, "{summary}");
+    let transactions = std::fs::read_to_string(file("us-west", "paypal-us", "transactions")).unwrap();
+    let mut sum = rust_decimal::Decimal::ZERO;
+    for line in transactions.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let amount: rust_decimal::Decimal = fields[7].parse().unwrap();
+        if matches!(fields[5], "payment" | "refund") {
+            sum += if fields[6] == "credit" { amount } else { -amount };
+        }
+    }
+    assert_eq!(sum, net, "the transactions add up to the window's net");
+    let mut documents = Vec::new();
+    for (region, partner) in [("us-west", "paypal-us"), ("cn-east", "wechat-cn")] {
+        documents.push(file(region, partner, "camt053"));
+        documents.push(file(region, partner, "pacs008"));
+    }
+    let ours = std::fs::read_to_string(&documents[1]).unwrap();
+    assert!(ours.contains(&locality::pii_marker("us-west")), "the payer's region names its payers");
+    let theirs = std::fs::read_to_string(&documents[3]).unwrap();
+    assert!(theirs.contains("<CdtTrfTxInf>"), "cn-east's file lists the payments it received");
+    assert!(!theirs.contains(&locality::pii_marker("us-west")), "cn-east's pacs.008 names no us-west payer");
+    let validate = |files: &[String]| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/iso20022.sh");
+        let output = Command::new(script).arg("validate").args(files).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (code, out) = validate(&documents);
+    assert_eq!(code, Some(0), "{out}");
+    // A broken document is refused: the validation can fail.
+    let broken = files.join("broken.xml");
+    std::fs::write(&broken, std::fs::read_to_string(&documents[0]).unwrap().replace("<CdtDbtInd>", "<CdtDbtInd>X"))
+        .unwrap();
+    let (code, out) = validate(&[broken.display().to_string()]);
+    assert_eq!(code, Some(1), "{out}");
+
     // The settlement is not a payment: the open window did not move, and
     // the books still balance.
     let us_operator = &operators.iter().find(|(n, _)| n == "us-west").unwrap().1;

@@ -30,6 +30,31 @@ impl Timestamp {
         self.0
     }
 
+    /// The time as RFC 3339 in UTC, to the millisecond
+    /// (`2024-01-01T00:00:00.250Z`): what files and operators read.
+    pub fn to_rfc3339(self) -> String {
+        let ms = self.0;
+        let seconds = i64::try_from(ms / 1_000).unwrap_or(i64::MAX);
+        let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        // Days since 1970-01-01 to a proleptic Gregorian date.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rest / 3_600,
+            rest % 3_600 / 60,
+            rest % 60,
+            ms % 1_000
+        )
+    }
+
     /// This time plus `ms` milliseconds, saturating at the end of representable time.
     #[must_use]
     pub const fn plus_ms(self, ms: u64) -> Self {
@@ -63,6 +88,9 @@ mod tests {
     fn arithmetic_saturates_instead_of_wrapping() {
         assert_eq!(Timestamp::from_unix_ms(u64::MAX - 1).plus_ms(10).unix_ms(), u64::MAX);
         assert_eq!(Timestamp::from_unix_ms(5).minus_ms(10), Timestamp::EPOCH);
+        assert_eq!(Timestamp::from_unix_ms(1_704_067_200_250).to_rfc3339(), "2024-01-01T00:00:00.250Z");
+        assert_eq!(Timestamp::EPOCH.to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::from_unix_ms(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00.000Z");
         assert_eq!(Timestamp::from_unix_ms(5).plus_ms(10).unix_ms(), 15);
     }
 

@@ -14,6 +14,9 @@ use paymesh_core::{Money, Outcome, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
 use paymesh_proto::common::v1 as common;
+use std::pin::Pin;
+
+use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, invalid};
@@ -135,8 +138,106 @@ fn page<T, K: ToString>(
     (page, next)
 }
 
+/// A reconciliation file's chunks.
+type FileStream = Pin<Box<dyn Stream<Item = Result<wire::SettlementFileChunk, Status>> + Send>>;
+
+/// The largest chunk of a reconciliation file (well under the 1 MiB a
+/// client of the SDK accepts per message).
+const FILE_CHUNK_BYTES: usize = 512 * 1024;
+
+impl AdminServer {
+    /// Build a reconciliation file (blocking: it reads history).
+    fn settlement_file(&self, r: &wire::GetSettlementFileRequest) -> Result<(String, &'static str, String), Status> {
+        use crate::settlement_files::{self as files, FileError, FileKind};
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let kind = match wire::SettlementFileKind::try_from(r.kind) {
+            Ok(wire::SettlementFileKind::Transactions) => FileKind::Transactions,
+            Ok(wire::SettlementFileKind::Summary) => FileKind::Summary,
+            Ok(wire::SettlementFileKind::Camt053) => FileKind::Camt053,
+            Ok(wire::SettlementFileKind::Pacs008) => FileKind::Pacs008,
+            _ => return Err(invalid("kind", "TRANSACTIONS, SUMMARY, CAMT053 or PACS008")),
+        };
+        let applied = self.gateway.state_machine.applied();
+        let state = &applied.state;
+        let Some(found) = state.partner(&partner) else {
+            return Err(Status::not_found(format!("PartnerNotFound: {partner} is not a partner of this region")));
+        };
+        if found.config.region != *state.region() {
+            return Err(Status::failed_precondition(format!(
+                "PartnerNotInRegion: {partner} is homed in {}, which writes its files",
+                found.config.region
+            )));
+        }
+        if r.window == 0 || r.window >= state.settlement_window() {
+            return Err(Status::failed_precondition(format!(
+                "WindowNotClosed: window {} is not a closed window (the open one is {})",
+                r.window,
+                state.settlement_window()
+            )));
+        }
+        let history = self.gateway.state_machine.history();
+        let window = Recall::window(history, r.window)
+            .ok_or_else(|| Status::not_found(format!("WindowNotFound: window {} is not in history", r.window)))?;
+        let account = files::position_account(&partner, found.config.currency);
+        let lines = files::lines(history, &window, &account).map_err(|e| match e {
+            FileError::NotFound(m) => Status::not_found(m),
+            FileError::TooLarge(m) => Status::resource_exhausted(m),
+            FileError::History(m) => Status::internal(m),
+        })?;
+        let region = state.region().to_string();
+        let now = crate::gateway::now();
+        let content = match kind {
+            FileKind::Transactions => files::transactions(r.window, &partner, &lines),
+            FileKind::Summary => files::summary(&window, &partner, &account, &lines),
+            FileKind::Camt053 => files::camt053(&region, &window, &partner, &account, &lines, now),
+            FileKind::Pacs008 => {
+                let crossings = files::crossings(&lines, history);
+                files::pacs008(&region, &window, &partner, &crossings, now)
+            }
+        };
+        let (name, media_type) = kind.name(&region, r.window, &partner);
+        Ok((name, media_type, content))
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminServer {
+    type GetSettlementFileStream = FileStream;
+
+    async fn get_settlement_file(
+        &self,
+        request: Request<wire::GetSettlementFileRequest>,
+    ) -> Result<Response<Self::GetSettlementFileStream>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let server = self.clone();
+        let (name, media_type, content) = tokio::task::spawn_blocking(move || server.settlement_file(&r))
+            .await
+            .map_err(|e| Status::internal(format!("building the file: {e}")))??;
+        tracing::info!(operator, file = name, bytes = content.len(), "settlement file read");
+        let bytes = content.into_bytes();
+        let mut chunks: Vec<wire::SettlementFileChunk> = bytes
+            .chunks(FILE_CHUNK_BYTES)
+            .map(|data| wire::SettlementFileChunk {
+                file_name: String::new(),
+                media_type: String::new(),
+                data: data.to_vec(),
+            })
+            .collect();
+        match chunks.first_mut() {
+            Some(first) => {
+                first.file_name = name;
+                first.media_type = media_type.to_owned();
+            }
+            None => chunks.push(wire::SettlementFileChunk {
+                file_name: name,
+                media_type: media_type.to_owned(),
+                data: Vec::new(),
+            }),
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
     async fn set_region_settings(
         &self,
         request: Request<wire::SetRegionSettingsRequest>,

@@ -41,6 +41,7 @@ pub mod partner_service;
 pub mod raft_service;
 pub mod rate;
 pub mod retention;
+pub mod settlement_files;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;

@@ -1732,6 +1732,18 @@ impl History {
         }
     }
 
+    /// Where settlement window `number` closed: the log position of its
+    /// first record, which the close wrote (later ones record settlements).
+    /// Every movement of the window comes before it in the log, every one
+    /// of the next window after it. `None` if it never closed, or retention
+    /// deleted its close.
+    pub fn window_closed_at(&self, number: u64) -> Result<Option<(u64, u32)>> {
+        let key = window_key(number);
+        let Some(value) = self.db.get(&key)? else { return Ok(None) };
+        let first = positions(&key, &value)?.next().transpose();
+        first
+    }
+
     /// Every movement touching `account` with `from <= at < to`, in order
     /// of (time, log position), after the page token `after`, at most
     /// `max`, each with its token.

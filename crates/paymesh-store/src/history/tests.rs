@@ -411,6 +411,11 @@ fn assert_same(store: &History, memory: &MemoryHistory) {
             assert_eq!(s.refund_participation(&theirs), m.refund_participation(&theirs), "refund part {n}");
             assert_eq!(s.refunded(&tid(n)), m.refunded(&tid(n)), "refunded {n} before {before}");
             assert_eq!(s.window(n), m.window(n), "window {n} before {before}");
+            if before == u64::MAX {
+                let first = memory.records().find(|(_, r)| matches!(r, Record::Window(w) if w.number == n));
+                let at = store.window_closed_at(n).unwrap();
+                assert_eq!(at.map(|(index, _)| index), first.map(|(index, _)| index), "window {n} closed at");
+            }
             for p in 0..PARTNERS {
                 assert_eq!(s.idempotency(&pid(p), &key(n)), m.idempotency(&pid(p), &key(n)));
             }
