@@ -3,6 +3,7 @@
 //! for every transfer to settle, observe, stop the mesh, scan its files,
 //! check, report.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -168,6 +169,18 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             Ok(gathered) => {
                 let windows: usize = gathered.windows.values().map(Vec::len).sum();
                 eprintln!("chaos: {windows} settlement windows gathered, {} pair cross-checks", gathered.pairs.len());
+                // The first and the last window's reconciliation files of
+                // every partner, beside its region's files for the
+                // data-locality scan.
+                let ends: BTreeMap<String, Vec<u64>> = gathered
+                    .windows
+                    .iter()
+                    .map(|(region, w)| (region.clone(), [1, w.len() as u64].into_iter().filter(|n| *n >= 1).collect()))
+                    .collect();
+                match download_files(&mesh, &ends).await {
+                    Ok(files) => eprintln!("chaos: {files} reconciliation files written for the data-locality scan"),
+                    Err(e) => eprintln!("chaos: could not download the reconciliation files: {e:#}"),
+                }
                 observed.settlement = Some(gathered);
             }
             Err(e) => eprintln!("chaos: could not gather the settlement windows: {e:#}"),
@@ -220,6 +233,19 @@ async fn close_windows(operators: Arc<Vec<(String, paymesh_client::Region)>>, st
             Err(_) => eprintln!("chaos: closing the settlement windows took over {:?}", CLOSE_TIMEOUT * 3),
         }
     }
+}
+
+/// Every partner's reconciliation files of `windows`, under its region's
+/// directory.
+async fn download_files(mesh: &Mesh, windows: &BTreeMap<String, Vec<u64>>) -> anyhow::Result<usize> {
+    let regions = REGIONS.iter().map(|r| Ok((*r, mesh.region(r)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let partners: Vec<(&str, &str)> =
+        WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1))).collect();
+    let mut ends = windows.clone();
+    for numbers in ends.values_mut() {
+        numbers.dedup();
+    }
+    settlement::download_files(&regions, &partners, &ends).await
 }
 
 /// Scan every file the stopped mesh's nodes wrote for other regions' payer

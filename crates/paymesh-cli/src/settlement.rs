@@ -214,28 +214,6 @@ fn window_json(w: &wire::SettlementWindow) -> serde_json::Value {
     })
 }
 
-/// The file's name and bytes, from its chunks.
-async fn download(region: &Region, request: &wire::GetSettlementFileRequest) -> anyhow::Result<(String, Vec<u8>)> {
-    use futures::StreamExt as _;
-    let mut stream = call_region(region, |mut c| {
-        let request = request.clone();
-        async move { c.get_settlement_file(request).await }
-    })
-    .await?;
-    let (mut name, mut bytes) = (String::new(), Vec::new());
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("reading the file's chunks")?;
-        if name.is_empty() {
-            name = chunk.file_name;
-        }
-        bytes.extend_from_slice(&chunk.data);
-    }
-    if name.is_empty() || name.contains(['/', '\\']) {
-        bail!("the node sent a file without a plain name ({name:?})");
-    }
-    Ok((name, bytes))
-}
-
 /// Run `paymesh settlement …`.
 pub(crate) async fn run(command: SettlementCommand) -> anyhow::Result<()> {
     match command {
@@ -277,8 +255,7 @@ pub(crate) async fn run(command: SettlementCommand) -> anyhow::Result<()> {
                 FileKind::Camt053 => wire::SettlementFileKind::Camt053,
                 FileKind::Pacs008 => wire::SettlementFileKind::Pacs008,
             };
-            let request = wire::GetSettlementFileRequest { window, partner_id: partner, kind: kind as i32 };
-            let (name, bytes) = download(&region(&target)?, &request).await?;
+            let (name, bytes) = settlement::file(&region(&target)?, window, &partner, kind).await?;
             match out {
                 Some(path) if path.as_os_str() == "-" => {
                     use std::io::Write as _;

@@ -292,3 +292,67 @@ pub async fn gather(operators: &[(String, Region)]) -> anyhow::Result<Settlement
     }
     Ok(observation)
 }
+
+/// A reconciliation file of `partner` for closed window `window`, from its
+/// home region: the file's name and bytes.
+pub async fn file(
+    region: &Region,
+    window: u64,
+    partner: &str,
+    kind: wire::SettlementFileKind,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    use futures::StreamExt as _;
+    let request = wire::GetSettlementFileRequest { window, partner_id: partner.to_owned(), kind: kind as i32 };
+    let mut stream = call_region(region, |mut c| {
+        let request = request.clone();
+        async move { c.get_settlement_file(request).await }
+    })
+    .await?;
+    let (mut name, mut bytes) = (String::new(), Vec::new());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("reading the file's chunks")?;
+        if name.is_empty() {
+            name = chunk.file_name;
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("the node sent a file without a plain name ({name:?})");
+    }
+    Ok((name, bytes))
+}
+
+/// Every kind of reconciliation file.
+pub const FILE_KINDS: [wire::SettlementFileKind; 4] = [
+    wire::SettlementFileKind::Transactions,
+    wire::SettlementFileKind::Summary,
+    wire::SettlementFileKind::Camt053,
+    wire::SettlementFileKind::Pacs008,
+];
+
+/// Download every kind of file of each partner (`(region, partner)`) for
+/// each of `windows` into `<the region's directory>/settlement-files/`,
+/// where the data-locality scan of the region's files reads them; how many
+/// files were written.
+pub async fn download_files(
+    regions: &[(&str, &LocalRegion)],
+    partners: &[(&str, &str)],
+    windows: &BTreeMap<String, Vec<u64>>,
+) -> anyhow::Result<usize> {
+    let mut written = 0;
+    for (name, region) in regions {
+        let operator = region.sdk(&region.operator_stem())?;
+        let dir = region.dir().join("settlement-files");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (_, partner) in partners.iter().filter(|(home, _)| home == name) {
+            for number in windows.get(*name).into_iter().flatten() {
+                for kind in FILE_KINDS {
+                    let (file_name, bytes) = file(&operator, *number, partner, kind).await?;
+                    std::fs::write(dir.join(&file_name), bytes).with_context(|| format!("writing {file_name}"))?;
+                    written += 1;
+                }
+            }
+        }
+    }
+    Ok(written)
+}

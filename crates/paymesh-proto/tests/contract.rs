@@ -736,6 +736,9 @@ fn file_descriptor_set_describes_every_service() {
             "RecordSettlement",
             "GetReceivedTallies",
         ])
+        .into_iter()
+        .chain([("GetSettlementFile".to_owned(), false, true)])
+        .collect::<Vec<_>>()
     );
     assert_eq!(
         methods("paymesh.admin.v1", "ClusterService"),
