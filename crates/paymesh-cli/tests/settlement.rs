@@ -237,6 +237,8 @@ async fn windows_closed_under_load_lose_nothing_and_regions_agree_on_their_figur
     let row: Vec<&str> = summary.lines().nth(1).unwrap().split(',').collect();
     assert_eq!(row[8], row[10], "payments_net equals window_net: {summary}");
     assert_eq!(row[8].parse::<rust_decimal::Decimal>().unwrap(), net, "{summary}");
+    let figure = |i: usize| row[i].parse::<rust_decimal::Decimal>().unwrap();
+    assert_eq!(figure(11) + figure(8) + figure(9), figure(12), "opening + payments + other = closing: {summary}");
     let transactions = std::fs::read_to_string(file("us-west", "paypal-us", "transactions")).unwrap();
     let mut sum = rust_decimal::Decimal::ZERO;
     for line in transactions.lines().skip(1) {

@@ -153,6 +153,14 @@ pub struct SettlementWindow {
     /// Each account's net, in account order; accounts that did not move
     /// are left out.
     pub positions: Vec<WindowPosition>,
+    /// Each account's posted balance (credits minus debits, every movement
+    /// counted) when the window opened, in minor units; an account not here
+    /// had none.
+    #[serde(with = "crate::serde_seq")]
+    pub opening: BTreeMap<AccountId, i128>,
+    /// The same when it closed (for the open window: now).
+    #[serde(with = "crate::serde_seq")]
+    pub closing: BTreeMap<AccountId, i128>,
     /// Per remote region, what this region committed as coordinator.
     #[serde(with = "crate::serde_seq")]
     pub sent: BTreeMap<RegionId, Tallies>,

@@ -322,6 +322,14 @@ pub async fn file(
     Ok((name, bytes))
 }
 
+/// Whether `error` is a node's NOT_FOUND.
+fn not_found(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<paymesh_client::ClientError>()
+        .and_then(paymesh_client::ClientError::status)
+        .is_some_and(|s| s.code() == tonic::Code::NotFound)
+}
+
 /// Every kind of reconciliation file.
 pub const FILE_KINDS: [wire::SettlementFileKind; 4] = [
     wire::SettlementFileKind::Transactions,
@@ -347,7 +355,13 @@ pub async fn download_files(
         for (_, partner) in partners.iter().filter(|(home, _)| home == name) {
             for number in windows.get(*name).into_iter().flatten() {
                 for kind in FILE_KINDS {
-                    let (file_name, bytes) = file(&operator, *number, partner, kind).await?;
+                    let (file_name, bytes) = match file(&operator, *number, partner, kind).await {
+                        Ok(file) => file,
+                        // A partner with no cross-border payment in the
+                        // window has no pacs.008 (it needs one at least).
+                        Err(e) if kind == wire::SettlementFileKind::Pacs008 && not_found(&e) => continue,
+                        Err(e) => return Err(e),
+                    };
                     std::fs::write(dir.join(&file_name), bytes).with_context(|| format!("writing {file_name}"))?;
                     written += 1;
                 }

@@ -192,6 +192,13 @@ impl AdminServer {
             FileKind::Camt053 => files::camt053(&region, &window, &partner, &account, &lines, now),
             FileKind::Pacs008 => {
                 let crossings = files::crossings(&lines, history);
+                if crossings.is_empty() {
+                    // pacs.008 holds one transaction at least.
+                    return Err(Status::not_found(format!(
+                        "no cross-border payment of {partner} was posted in window {} here",
+                        r.window
+                    )));
+                }
                 files::pacs008(&region, &window, &partner, &crossings, now)
             }
         };

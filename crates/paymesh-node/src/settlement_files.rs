@@ -234,23 +234,12 @@ struct Totals {
     debited: i128,
     credited: i128,
     other: i128,
-    opening: Option<i128>,
-    closing: Option<i128>,
     debits: (usize, i128),
     credits: (usize, i128),
 }
 
 fn totals(lines: &[Line]) -> Totals {
-    let mut t = Totals {
-        entries: lines.len(),
-        debited: 0,
-        credited: 0,
-        other: 0,
-        opening: lines.first().map(|l| l.balance_after - l.signed()),
-        closing: lines.last().map(|l| l.balance_after),
-        debits: (0, 0),
-        credits: (0, 0),
-    };
+    let mut t = Totals { entries: lines.len(), debited: 0, credited: 0, other: 0, debits: (0, 0), credits: (0, 0) };
     for line in lines {
         let units = i128::from(line.movement.amount.units());
         if line.credit {
@@ -267,9 +256,17 @@ fn totals(lines: &[Line]) -> Totals {
     t
 }
 
+/// The account's posted balances when the window opened and closed, from
+/// its record.
+fn balances(window: &SettlementWindow, account: &AccountId) -> (i128, i128) {
+    let at = |balances: &std::collections::BTreeMap<AccountId, i128>| balances.get(account).copied().unwrap_or(0);
+    (at(&window.opening), at(&window.closing))
+}
+
 /// The summary CSV: its `payments_net` is the window's net of the
 /// partner, which it also states (`window_net`), so a reader checks one
-/// against the other.
+/// against the other; and the opening balance plus both nets is the
+/// closing balance (both from the window's record, not from the lines).
 pub fn summary(window: &SettlementWindow, partner: &PartnerId, account: &AccountId, lines: &[Line]) -> String {
     let t = totals(lines);
     let currency = account.currency;
@@ -277,7 +274,7 @@ pub fn summary(window: &SettlementWindow, partner: &PartnerId, account: &Account
     let position = window.position(account);
     let window_net = position.map_or(0, |p| p.net);
     let settled = position.and_then(|p| p.settled.as_ref());
-    let balance = |units: Option<i128>| units.map(money).unwrap_or_default();
+    let (opening, closing) = balances(window, account);
     format!(
         "{SUMMARY_HEADER}\n{},{partner},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         window.number,
@@ -290,8 +287,8 @@ pub fn summary(window: &SettlementWindow, partner: &PartnerId, account: &Account
         money(t.credited - t.debited),
         money(t.other),
         money(window_net),
-        balance(t.opening),
-        balance(t.closing),
+        money(opening),
+        money(closing),
         settled.is_some(),
         csv(&settled.map(|s| s.reference.to_string()).unwrap_or_default()),
     )
@@ -353,10 +350,8 @@ pub fn camt053(
         xml(partner.as_str()),
         xml(&account.to_string()),
     );
-    for (code, units, at) in [("OPBD", t.opening, window.opened_at), ("CLBD", t.closing, closed_at)]
-        .into_iter()
-        .filter_map(|(c, u, a)| Some((c, u?, a)))
-    {
+    let (opening, closing) = balances(window, account);
+    for (code, units, at) in [("OPBD", opening, window.opened_at), ("CLBD", closing, closed_at)] {
         let _ = write!(
             out,
             "<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp><Amt Ccy=\"{ccy}\">{}</Amt><CdtDbtInd>{}</CdtDbtInd>\

@@ -18,6 +18,9 @@ pub struct SettlementBook {
     /// the window opened; an account not here had none.
     #[serde(with = "crate::serde_seq")]
     base: BTreeMap<AccountId, i128>,
+    /// Each account's posted balance when the window opened.
+    #[serde(with = "crate::serde_seq")]
+    opening: BTreeMap<AccountId, i128>,
     /// Each account's running sum (credits minus debits) of posted
     /// movements that are not payments: top-ups, fund-outs and recorded
     /// settlements.
@@ -39,6 +42,7 @@ impl Default for SettlementBook {
             window: 1,
             opened_at: Timestamp::EPOCH,
             base: BTreeMap::new(),
+            opening: BTreeMap::new(),
             external: BTreeMap::new(),
             sent: BTreeMap::new(),
             received: BTreeMap::new(),
@@ -52,12 +56,8 @@ impl SettlementBook {
     /// the balances as they are, since what of them was prefunding and what
     /// payments cannot be told apart any more.
     pub(super) fn since(ledger: &Ledger, now: Timestamp) -> SettlementBook {
-        let base = ledger
-            .accounts()
-            .filter(|(id, account)| id.owner != AccountOwner::Settlement && account.net_posted() != 0)
-            .map(|(id, account)| (id.clone(), account.net_posted()))
-            .collect();
-        SettlementBook { opened_at: now, base, ..SettlementBook::default() }
+        let base = balances(ledger);
+        SettlementBook { opened_at: now, opening: base.clone(), base, ..SettlementBook::default() }
     }
 }
 
@@ -84,6 +84,8 @@ impl State {
             opened_at: book.opened_at,
             closed_at: None,
             positions,
+            opening: book.opening.clone(),
+            closing: balances(&self.ledger),
             sent: book.sent.clone(),
             received: book.received.clone(),
         }
@@ -148,6 +150,7 @@ impl State {
             .collect();
         let book = &mut self.settlement;
         book.base = base;
+        book.opening = closed.closing.clone();
         book.sent.clear();
         book.received.clear();
         book.window = number + 1;
@@ -210,6 +213,16 @@ impl State {
         self.journal.push(Record::Window(Box::new(window)));
         Ok(Outcome::Done)
     }
+}
+
+/// Every account's posted balance but the settlement account's (the
+/// outside world), leaving out those at zero.
+fn balances(ledger: &Ledger) -> BTreeMap<AccountId, i128> {
+    ledger
+        .accounts()
+        .filter(|(id, account)| id.owner != AccountOwner::Settlement && account.net_posted() != 0)
+        .map(|(id, account)| (id.clone(), account.net_posted()))
+        .collect()
 }
 
 /// The key a payment's tally is counted under.

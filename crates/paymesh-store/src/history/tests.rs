@@ -176,6 +176,8 @@ fn window(n: u64, at: u64) -> Record {
         opened_at: ms(0),
         closed_at: Some(ms(at)),
         positions: vec![position],
+        opening: Default::default(),
+        closing: Default::default(),
         sent: Default::default(),
         received: Default::default(),
     }))

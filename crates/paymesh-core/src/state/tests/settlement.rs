@@ -92,6 +92,12 @@ fn a_window_holds_what_its_accounts_moved_and_the_next_starts_from_zero() {
     let received = &e1.received[&(region("us-west"), 1)];
     assert_eq!(cross_check(sent, received, west.state.decisions_in_flight(&region("cn-east"), 1)), CrossCheck::Agree);
 
+    // Balances at the two ends: the payer's top-ups and payment, and the
+    // next window opens where this one closed.
+    assert_eq!(w1.opening.get(&partner_account("paypal-us", USD)), None, "window 1 opens with the region");
+    assert_eq!(w1.closing[&partner_account("paypal-us", USD)], 1_000_000 + 50_000 - 10_130);
+    assert_eq!(west.state.open_window().opening, w1.closing);
+
     // Window 2 starts from zero and counts only what follows the close.
     assert!(west.state.open_window().positions.is_empty());
     let closed_at = west.index;
