@@ -365,40 +365,12 @@ pub struct State {
 /// A state as snapshot images of format 6 hold it, before settlement
 /// windows: read, and converted with window 1 open since the region began
 /// (its figures measured from zero) and decisions in flight naming window
-/// 0, before windows.
+/// 0, before windows. The fields of format 4, then the settings and the
+/// refunds in flight (a nested struct encodes as its fields in order).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct StateV6 {
-    region: RegionId,
-    clock: Timestamp,
-    next_transfer: u64,
-    next_quote: u64,
-    #[serde(with = "crate::serde_seq")]
-    partners: OrdMap<PartnerId, Partner>,
-    #[serde(with = "crate::serde_seq")]
-    corridors: OrdMap<CorridorId, Corridor>,
-    directory: Directory,
-    #[serde(with = "crate::serde_seq")]
-    quotes: OrdMap<QuoteId, QuoteRecord>,
-    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
-    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
-    #[serde(with = "crate::serde_seq")]
-    transfers: OrdMap<TransferId, Transfer>,
-    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
-    deadlines: OrdSet<(Timestamp, TransferId)>,
-    #[serde(with = "crate::serde_seq")]
-    participations: OrdMap<TransferId, Participation>,
-    #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
-    #[serde(with = "crate::serde_seq")]
-    event_cursors: OrdMap<PartnerId, u64>,
-    #[serde(with = "crate::serde_seq")]
-    sessions: OrdMap<u64, Session>,
-    ledger: Ledger,
-    #[serde(with = "crate::serde_seq")]
-    partner_limits: OrdMap<PartnerId, PartnerLimits>,
-    #[serde(with = "crate::serde_seq")]
-    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    v4: StateV4,
     settings: RegionSettings,
     #[serde(with = "crate::serde_seq")]
     refunds: OrdMap<TransferId, Refund>,
@@ -408,96 +380,28 @@ pub struct StateV6 {
 
 impl From<StateV6> for State {
     fn from(old: StateV6) -> State {
-        let v4 = StateV4 {
-            region: old.region,
-            clock: old.clock,
-            next_transfer: old.next_transfer,
-            next_quote: old.next_quote,
-            partners: old.partners,
-            corridors: old.corridors,
-            directory: old.directory,
-            quotes: old.quotes,
-            quote_expiry: old.quote_expiry,
-            transfers: old.transfers,
-            deadlines: old.deadlines,
-            participations: old.participations,
-            outbox: old.outbox,
-            event_cursors: old.event_cursors,
-            sessions: old.sessions,
-            ledger: old.ledger,
-            partner_limits: old.partner_limits,
-            partner_usage: old.partner_usage,
-        };
         State {
             settings: old.settings,
             refunds: old.refunds,
             refund_participations: old.refund_participations,
-            ..State::from(v4)
+            ..State::from(old.v4)
         }
     }
 }
 
-/// A state as snapshot images of format 5 hold it, before refunds: read,
-/// and converted with none in flight and the default refund window.
+/// A state as snapshot images of format 5 hold it, before refunds: the
+/// fields of format 4, then the settings of then. Read, and converted with
+/// none in flight and the default refund window.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct StateV5 {
-    region: RegionId,
-    clock: Timestamp,
-    next_transfer: u64,
-    next_quote: u64,
-    #[serde(with = "crate::serde_seq")]
-    partners: OrdMap<PartnerId, Partner>,
-    #[serde(with = "crate::serde_seq")]
-    corridors: OrdMap<CorridorId, Corridor>,
-    directory: Directory,
-    #[serde(with = "crate::serde_seq")]
-    quotes: OrdMap<QuoteId, QuoteRecord>,
-    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
-    quote_expiry: OrdSet<(Timestamp, QuoteId)>,
-    #[serde(with = "crate::serde_seq")]
-    transfers: OrdMap<TransferId, Transfer>,
-    #[serde(deserialize_with = "crate::serde_seq::collect_seq")]
-    deadlines: OrdSet<(Timestamp, TransferId)>,
-    #[serde(with = "crate::serde_seq")]
-    participations: OrdMap<TransferId, Participation>,
-    #[serde(with = "crate::serde_seq")]
-    outbox: OrdMap<(RegionId, TransferId), OutboxMessageV1>,
-    #[serde(with = "crate::serde_seq")]
-    event_cursors: OrdMap<PartnerId, u64>,
-    #[serde(with = "crate::serde_seq")]
-    sessions: OrdMap<u64, Session>,
-    ledger: Ledger,
-    #[serde(with = "crate::serde_seq")]
-    partner_limits: OrdMap<PartnerId, PartnerLimits>,
-    #[serde(with = "crate::serde_seq")]
-    partner_usage: OrdMap<PartnerId, PartnerUsage>,
+    v4: StateV4,
     settings: RegionSettingsV1,
 }
 
 impl From<StateV5> for State {
     fn from(old: StateV5) -> State {
-        let v4 = StateV4 {
-            region: old.region,
-            clock: old.clock,
-            next_transfer: old.next_transfer,
-            next_quote: old.next_quote,
-            partners: old.partners,
-            corridors: old.corridors,
-            directory: old.directory,
-            quotes: old.quotes,
-            quote_expiry: old.quote_expiry,
-            transfers: old.transfers,
-            deadlines: old.deadlines,
-            participations: old.participations,
-            outbox: old.outbox,
-            event_cursors: old.event_cursors,
-            sessions: old.sessions,
-            ledger: old.ledger,
-            partner_limits: old.partner_limits,
-            partner_usage: old.partner_usage,
-        };
-        State { settings: old.settings.into(), ..State::from(v4) }
+        State { settings: old.settings.into(), ..State::from(old.v4) }
     }
 }
 

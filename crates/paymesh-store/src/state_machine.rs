@@ -130,34 +130,28 @@ struct Image {
     history_digest: [u8; 32],
 }
 
-/// A snapshot image of format 6.
+/// A snapshot image of formats 4 to 6: the layout of [`Image`] around the
+/// state of its format.
 #[derive(Deserialize)]
-struct ImageV6 {
-    state: StateV6,
+struct ImageOf<S> {
+    state: S,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retired: BTreeSet<NodeId>,
     history_digest: [u8; 32],
 }
 
-/// A snapshot image of format 5.
-#[derive(Deserialize)]
-struct ImageV5 {
-    state: StateV5,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    retired: BTreeSet<NodeId>,
-    history_digest: [u8; 32],
-}
-
-/// A snapshot image of format 4.
-#[derive(Deserialize)]
-struct ImageV4 {
-    state: StateV4,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    retired: BTreeSet<NodeId>,
-    history_digest: [u8; 32],
+impl<S: Into<State>> ImageOf<S> {
+    /// The image with its state converted to the current one.
+    fn current(self) -> Image {
+        Image {
+            state: self.state.into(),
+            last_applied: self.last_applied,
+            membership: self.membership,
+            retired: self.retired,
+            history_digest: self.history_digest,
+        }
+    }
 }
 
 /// A snapshot image of format 3.
@@ -271,37 +265,13 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
         Some((&IMAGE_FORMAT_V6, body)) => {
-            let v6: ImageV6 = postcard::from_bytes(body).map_err(decode_error)?;
-            let image = Image {
-                state: v6.state.into(),
-                last_applied: v6.last_applied,
-                membership: v6.membership,
-                retired: v6.retired,
-                history_digest: v6.history_digest,
-            };
-            (image, None)
+            (postcard::from_bytes::<ImageOf<StateV6>>(body).map_err(decode_error)?.current(), None)
         }
         Some((&IMAGE_FORMAT_V5, body)) => {
-            let v5: ImageV5 = postcard::from_bytes(body).map_err(decode_error)?;
-            let image = Image {
-                state: v5.state.into(),
-                last_applied: v5.last_applied,
-                membership: v5.membership,
-                retired: v5.retired,
-                history_digest: v5.history_digest,
-            };
-            (image, None)
+            (postcard::from_bytes::<ImageOf<StateV5>>(body).map_err(decode_error)?.current(), None)
         }
         Some((&IMAGE_FORMAT_V4, body)) => {
-            let v4: ImageV4 = postcard::from_bytes(body).map_err(decode_error)?;
-            let image = Image {
-                state: v4.state.into(),
-                last_applied: v4.last_applied,
-                membership: v4.membership,
-                retired: v4.retired,
-                history_digest: v4.history_digest,
-            };
-            (image, None)
+            (postcard::from_bytes::<ImageOf<StateV4>>(body).map_err(decode_error)?.current(), None)
         }
         Some((&IMAGE_FORMAT_V3, body)) => {
             let v3: ImageV3 = postcard::from_bytes(body).map_err(decode_error)?;
