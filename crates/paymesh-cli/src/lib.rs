@@ -313,6 +313,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    if !cli.command.runs_on() {
+        quiet_on_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -333,6 +336,25 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     // disk by then, so the wait is bounded rather than trusted.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     code
+}
+
+impl Command {
+    /// Whether the command keeps running, with processes of its own to
+    /// stop on the way out (a node, the demo's mesh, a benchmark's region),
+    /// rather than printing an answer and exiting.
+    fn runs_on(&self) -> bool {
+        matches!(self, Command::Start { .. } | Command::Demo { .. } | Command::Bench { .. })
+    }
+}
+
+/// A command whose reader has gone (`paymesh status --json | head`) ends
+/// at its next write, quietly, as other Unix tools do: SIGPIPE back to its
+/// default action. Rust ignores SIGPIPE, so a write to a closed pipe would
+/// otherwise be an error, and `println!` panics on it. Not for the commands
+/// that run on ([`Command::runs_on`]), which must stop what they started.
+fn quiet_on_closed_pipe() {
+    // Before any thread of ours starts.
+    sigpipe::reset();
 }
 
 /// How long the process waits, on its way out, for tasks still running.

@@ -174,7 +174,10 @@ fn print_table(view: &RegionView) {
             digest
         );
     }
-    if view.replicas_agree {
+    if !view.nodes.iter().any(|n| n.reachable) {
+        // Nothing is known of the replicas: say only that no node answered
+        // (the caller's error).
+    } else if view.replicas_agree {
         println!("replicas agree: every reachable node has the same applied index and state digest");
     } else {
         println!("replicas differ (still catching up, or diverged): compare APPLIED and DIGEST");
