@@ -222,6 +222,13 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     assert!(out.contains("us-west:USD -> cn-east:CNY  rate 7.1 valid from"), "{out}");
     let err = refused(&region, OPERATOR, &fx(&["--rate", "7.1", "--valid-from-unix-ms", "1000"]));
     assert!(err.contains("refused: RATE_NOT_APPLICABLE"), "{err}");
+    // A same-currency corridor takes no rate: the reject code the contract
+    // promises, not a malformed request.
+    let mut same = vec!["fx", "set"];
+    same.extend(corridor);
+    same.extend(["--rate", "1"]);
+    let err = refused(&region, OPERATOR, &same);
+    assert!(err.contains("refused: RATE_NOT_APPLICABLE"), "{err}");
     let err = refused(&region, OPERATOR, &fx(&["--rate", "7.1", "--valid-for-secs", "90000"]));
     assert!(err.contains("--valid-for-secs must be 1 to 86400"), "{err}");
     let mut show = vec!["corridor", "show"];

@@ -253,6 +253,10 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
     let (c, m) =
         code(a.get_transfer(wire::GetTransferRequest { transfer_id: "us-west:999".into() }).await.unwrap_err());
     assert_eq!((c, m.starts_with("TransferNotFound")), (Code::NotFound, true), "{m}");
+    // Sequences start at 1: an id with sequence 0 is malformed, not unknown.
+    let (c, m) = code(a.get_transfer(wire::GetTransferRequest { transfer_id: "us-west:0".into() }).await.unwrap_err());
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("sequences start at 1"), "{m}");
     let (c, m) = code(a.lookup_payee(wire::LookupPayeeRequest { qr_payload: "upi://x".into() }).await.unwrap_err());
     assert_eq!((c, m.starts_with("PayeeNotFound")), (Code::NotFound, true), "{m}");
     let (c, _) = code(a.stream_events(99).await.unwrap_err());

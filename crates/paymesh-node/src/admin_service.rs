@@ -10,7 +10,7 @@ use paymesh_core::partner::PartnerConfig;
 use paymesh_core::settings::{
     RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN, REFUND_WINDOW_DAYS_MAX,
 };
-use paymesh_core::{Money, Outcome, SignedMoney};
+use paymesh_core::{Money, Outcome, RejectCode, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
 use paymesh_proto::common::v1 as common;
@@ -542,6 +542,12 @@ impl AdminService for AdminServer {
         let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
         let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
+        if corridor.source_currency == corridor.destination_currency {
+            // A well-formed request the corridor does not allow: the reject
+            // code the contract promises, not a malformed request.
+            let reject_code = Gateway::rejected(RejectCode::RateNotApplicable)?;
+            return Ok(Response::new(wire::SetFxRateResponse { rate: None, reject_code }));
+        }
         let mid = convert::rate("mid_rate", &r.mid_rate)?;
         let from = convert::timestamp("valid_from_unix_ms", r.valid_from_unix_ms)?;
         let until = convert::timestamp("valid_until_unix_ms", r.valid_until_unix_ms)?;

@@ -75,13 +75,38 @@ parse_id!(
     idempotency_key, IdempotencyKey, IdempotencyKey::new
 );
 parse_id!(
-    /// A quote id.
-    quote_id, QuoteId, QuoteId::parse
+    /// A quote id; sequences start at 1.
+    quote_id, QuoteId, first_sequence_quote
 );
 parse_id!(
-    /// A transfer id.
-    transfer_id, TransferId, TransferId::parse
+    /// A transfer id; sequences start at 1.
+    transfer_id, TransferId, first_sequence_transfer
 );
+
+/// Why a sequenced id from outside is malformed.
+#[derive(Debug, thiserror::Error)]
+enum SequencedIdError {
+    #[error(transparent)]
+    Id(#[from] paymesh_core::id::IdError),
+    #[error("{0:?}: sequences start at 1")]
+    Zero(String),
+}
+
+fn first_sequence_quote(text: &str) -> Result<QuoteId, SequencedIdError> {
+    let id = QuoteId::parse(text)?;
+    if id.sequence() == 0 {
+        return Err(SequencedIdError::Zero(text.to_owned()));
+    }
+    Ok(id)
+}
+
+fn first_sequence_transfer(text: &str) -> Result<TransferId, SequencedIdError> {
+    let id = TransferId::parse(text)?;
+    if id.sequence() == 0 {
+        return Err(SequencedIdError::Zero(text.to_owned()));
+    }
+    Ok(id)
+}
 parse_id!(
     /// A top-up reference.
     top_up_ref, TopUpRef, TopUpRef::new
