@@ -247,6 +247,12 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
     let (c, m) = code(a.create_quote(quote_request("1.005")).await.unwrap_err());
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("source_amount: USD allows at most 2 fractional digits"), "{m}");
+    // Amounts are positive: zero is malformed, not below a corridor's minimum.
+    for zero in ["0", "0.00"] {
+        let (c, m) = code(a.create_quote(quote_request(zero)).await.unwrap_err());
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        assert!(m.contains("source_amount: must be positive"), "{m}");
+    }
     let (c, m) = code(a.create_transfer(transfer_request("k 1", "us-west:q1")).await.unwrap_err());
     assert_eq!(c, Code::InvalidArgument);
     assert!(m.contains("idempotency_key"), "{m}");

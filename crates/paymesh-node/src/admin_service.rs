@@ -106,7 +106,7 @@ fn funding(
 ) -> Result<(PartnerId, Money, TopUpRef), Status> {
     Ok((
         convert::partner_id("partner_id", partner_id)?,
-        convert::money("amount", amount)?,
+        convert::positive_money("amount", amount)?,
         convert::top_up_ref("reference", reference)?,
     ))
 }

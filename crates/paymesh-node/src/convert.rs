@@ -44,6 +44,16 @@ pub fn money(field: &str, value: Option<&common::Money>) -> Result<Money, Status
     Money::from_wire(&value.amount, &value.currency).map_err(|e| invalid(field, e))
 }
 
+/// An amount the contract says is positive: zero is malformed
+/// (INVALID_ARGUMENT), not a business refusal.
+pub fn positive_money(field: &str, value: Option<&common::Money>) -> Result<Money, Status> {
+    let amount = money(field, value)?;
+    if amount.is_zero() {
+        return Err(invalid(field, "must be positive"));
+    }
+    Ok(amount)
+}
+
 /// A currency code.
 pub fn currency(field: &str, code: &str) -> Result<Currency, Status> {
     Currency::parse(code).map_err(|e| invalid(field, e))

@@ -81,10 +81,10 @@ impl PartnerService for PartnerServer {
         let payee = convert::qr_payload("qr_payload", &request.qr_payload)?;
         let amount = match &request.amount {
             Some(wire::create_quote_request::Amount::SourceAmount(m)) => {
-                QuoteAmount::Source(convert::money("source_amount", Some(m))?)
+                QuoteAmount::Source(convert::positive_money("source_amount", Some(m))?)
             }
             Some(wire::create_quote_request::Amount::DestinationAmount(m)) => {
-                QuoteAmount::Destination(convert::money("destination_amount", Some(m))?)
+                QuoteAmount::Destination(convert::positive_money("destination_amount", Some(m))?)
             }
             None => return Err(invalid("amount", "set source_amount or destination_amount")),
         };
@@ -158,7 +158,7 @@ impl PartnerService for PartnerServer {
             partner: partner.clone(),
             idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
             transfer: convert::transfer_id("transfer_id", &request.transfer_id)?,
-            amount: convert::money("amount", request.amount.as_ref())?,
+            amount: convert::positive_money("amount", request.amount.as_ref())?,
         };
         match self.gateway.submit(partner.clone(), CommandBody::CreateRefund(refund)).await? {
             Outcome::Refund(view) => {
