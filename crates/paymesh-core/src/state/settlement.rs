@@ -141,15 +141,13 @@ impl State {
         let mut closed = self.open_window();
         closed.closed_at = Some(now);
         let number = closed.number;
-        let base: BTreeMap<AccountId, i128> = self
-            .ledger
-            .accounts()
-            .filter(|(id, _)| id.owner != AccountOwner::Settlement)
-            .map(|(id, account)| (id.clone(), self.payment_balance(id, account.net_posted())))
-            .filter(|(_, balance)| *balance != 0)
-            .collect();
         let book = &mut self.settlement;
-        book.base = base;
+        // The next window measures from each account's payment balance now:
+        // this window's base moved by its net.
+        for position in &closed.positions {
+            *book.base.entry(position.account.clone()).or_default() += position.net;
+        }
+        book.base.retain(|_, balance| *balance != 0);
         book.opening = closed.closing.clone();
         book.sent.clear();
         book.received.clear();
