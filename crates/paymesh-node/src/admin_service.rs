@@ -2,6 +2,9 @@
 //! certificate. Writes are proposed through the leader; reads come from this
 //! node's applied state.
 
+use std::pin::Pin;
+
+use futures::Stream;
 use paymesh_core::command::{CommandBody, Reason};
 use paymesh_core::fx::FxRate;
 use paymesh_core::history::Recall;
@@ -14,9 +17,6 @@ use paymesh_core::{Money, Outcome, RejectCode, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
 use paymesh_proto::common::v1 as common;
-use std::pin::Pin;
-
-use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, invalid};
