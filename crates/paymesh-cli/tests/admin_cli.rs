@@ -32,6 +32,14 @@ fn refused(region: &Region, stem: &str, args: &[&str]) -> String {
 async fn an_operator_configures_a_region_with_the_paymesh_command() {
     let region = Region::start(3, "");
     region.initialize(1).await;
+    // `paymesh init` again: harmless, and nothing for an operator reading
+    // the logs to take for a failure.
+    let out = ok(&region, &["init"]);
+    assert!(out.contains("already initialised"), "{out}");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(region.path().join(format!("node-{id}.log"))).unwrap();
+        assert!(!log.contains("ERROR"), "node {id} logged an error:\n{log}");
+    }
 
     let out = ok(
         &region,

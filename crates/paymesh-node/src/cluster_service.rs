@@ -156,6 +156,13 @@ impl ClusterService for ClusterServer {
         if members.is_empty() || members.len() > REGION_MEMBERS_MAX || members.contains_key(&0) {
             return Err(Status::invalid_argument(format!("members: 1 to {REGION_MEMBERS_MAX} positive node ids")));
         }
+        // A node with a log or a vote is initialised already: say so
+        // without asking openraft, which logs an ERROR for it. (A race with
+        // an initialisation under way still ends in NotAllowed below.)
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.last_log_index.is_some() || metrics.current_term > 0 {
+            return Ok(Response::new(wire::InitializeResponse { already_initialized: true }));
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(Response::new(wire::InitializeResponse { already_initialized: false })),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
