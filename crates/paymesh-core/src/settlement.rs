@@ -176,6 +176,17 @@ impl SettlementWindow {
         self.closed_at.is_some()
     }
 
+    /// The first currency whose nets do not sum to zero, with their sum;
+    /// `None` when the window balances (what one account received, others
+    /// gave), as every window must.
+    pub fn imbalance(&self) -> Option<(Currency, i128)> {
+        let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+        for position in &self.positions {
+            *sums.entry(position.account.currency).or_default() += position.net;
+        }
+        sums.into_iter().find(|(_, sum)| *sum != 0)
+    }
+
     /// The position of `account`, if it moved in the window.
     pub fn position(&self, account: &AccountId) -> Option<&WindowPosition> {
         self.positions.iter().find(|position| position.account == *account)

@@ -178,7 +178,7 @@ impl AdminServer {
         let history = self.gateway.state_machine.history();
         let window = Recall::window(history, r.window)
             .ok_or_else(|| Status::not_found(format!("WindowNotFound: window {} is not in history", r.window)))?;
-        let account = files::position_account(&partner, found.config.currency);
+        let account = paymesh_core::State::position_account(&found.config);
         let lines = files::lines(history, &window, &account).map_err(|e| match e {
             FileError::NotFound(m) => Status::not_found(m),
             FileError::TooLarge(m) => Status::resource_exhausted(m),

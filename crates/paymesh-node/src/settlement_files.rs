@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use paymesh_core::history::{Movement, MovementKind, Recall};
 use paymesh_core::id::{PartnerId, TransferId};
-use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
+use paymesh_core::ledger::{AccountId, EntryId, Leg};
 use paymesh_core::settlement::{units_to_wire, SettlementWindow};
 use paymesh_core::state::{Participation, Transfer};
 use paymesh_core::{Currency, Timestamp};
@@ -530,11 +530,6 @@ enum Debtor {
     Named(String, String),
     /// The payer's token: everywhere else.
     Token(String),
-}
-
-/// The partner's position account in its settlement currency.
-pub fn position_account(partner: &PartnerId, currency: Currency) -> AccountId {
-    AccountId::new(AccountOwner::Partner(partner.clone()), currency)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 use super::*;
 
 impl State {
-    pub(super) fn position_account(config: &PartnerConfig) -> AccountId {
+    /// The account of a partner's position: its settlement currency's.
+    pub fn position_account(config: &PartnerConfig) -> AccountId {
         AccountId::new(AccountOwner::Partner(config.id.clone()), config.currency)
     }
 

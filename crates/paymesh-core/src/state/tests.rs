@@ -1688,11 +1688,7 @@ impl Sim {
             let last = region.state.settlement_window() - 1;
             let windows: Vec<SettlementWindow> = (1..=last).map(|n| region.history.window(n).unwrap()).collect();
             for window in &windows {
-                let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
-                for position in &window.positions {
-                    *sums.entry(position.account.currency).or_default() += position.net;
-                }
-                assert!(sums.values().all(|sum| *sum == 0), "window {} does not balance: {sums:?}", window.number);
+                assert_eq!(window.imbalance(), None, "window {} does not balance", window.number);
             }
             all.push(windows);
         }

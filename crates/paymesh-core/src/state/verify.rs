@@ -23,11 +23,7 @@ impl State {
         }
         // The open settlement window balances: what one account received,
         // others gave.
-        let mut window_sums: BTreeMap<Currency, i128> = BTreeMap::new();
-        for position in self.open_window().positions {
-            *window_sums.entry(position.account.currency).or_default() += position.net;
-        }
-        if let Some((currency, sum)) = window_sums.into_iter().find(|(_, sum)| *sum != 0) {
+        if let Some((currency, sum)) = self.open_window().imbalance() {
             return Err(format!("the open settlement window's {currency} positions sum to {sum}, not zero"));
         }
         let mut expected_pending = std::collections::BTreeSet::new();
