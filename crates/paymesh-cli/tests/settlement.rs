@@ -262,7 +262,8 @@ async fn windows_closed_under_load_lose_nothing_and_regions_agree_on_their_figur
     let validate = |files: &[String]| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/iso20022.sh");
         let output = Command::new(script).arg("validate").args(files).output().unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), said)
     };
     let (code, out) = validate(&documents);
     assert_eq!(code, Some(0), "{out}");
