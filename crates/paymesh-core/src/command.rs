@@ -247,6 +247,22 @@ pub enum CommandBody {
         /// The coordinator's window.
         window: u64,
     },
+
+    // --- cancels (added later) ----------------------------------------------
+    /// A payer partner cancels a committed payment it made, within the
+    /// region's cancel window: the whole payment comes back as a refund
+    /// under the key `cancel/<payment>` of the payee partner. Within the
+    /// region it posts at once; to another region it asks the payee's
+    /// region ([`CancelRequest`]), which starts the refund or refuses.
+    CancelTransfer {
+        /// The payer partner asking (from its certificate).
+        partner: PartnerId,
+        /// The payment.
+        transfer: TransferId,
+    },
+    /// Another region's payer asks to cancel a payment paid to a payee of
+    /// this region ([`CancelRequest`]): answered like a Prepare.
+    RequestCancel(CancelRequest),
 }
 
 /// Why an operator did something: 1 to 256 bytes of UTF-8 text with no
@@ -328,6 +344,40 @@ pub struct RefundPrepare {
     pub payer_token: PayerToken,
     /// The coordinator's deadline for preparing.
     pub deadline: Timestamp,
+}
+
+/// The payer's region asks the payee's region to cancel a committed
+/// payment: to refund it whole, on the payee partner's behalf, under the key
+/// `cancel/<original>`. Answered like a Prepare: PREPARED when the refund was
+/// started (it then runs as any refund, the payee's region coordinating),
+/// REJECTED with why not. Like every message between regions it carries no
+/// personal data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The request's id: an id of the payer's region.
+    pub cancel: TransferId,
+    /// The payment, coordinated by the payer's region.
+    pub original: TransferId,
+    /// The payment's payer token, checked against the payee region's
+    /// record of the payment.
+    pub payer_token: PayerToken,
+    /// When the payer asked, by the payer region's clock: the cancel window
+    /// is judged at this instant, so a request delivered late is not
+    /// refused for the delay.
+    pub requested_at: Timestamp,
+}
+
+impl CancelRequest {
+    /// The fingerprint a payer's cancel of `transfer` is recorded with, as
+    /// [`TransferRequest::fingerprint`]; its own domain.
+    pub fn fingerprint_of(transfer: &TransferId) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(b"paymesh/cancel/v1");
+        let field = transfer.to_string();
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+        Fingerprint(hasher.finalize().into())
+    }
 }
 
 /// A partner's request to create a transfer.
@@ -480,6 +530,8 @@ pub enum Preparing {
     Transfer(PrepareMessage),
     /// A refund's.
     Refund(RefundPrepare),
+    /// A payer's cancel (to the payee's region).
+    Cancel(CancelRequest),
 }
 
 impl Preparing {
@@ -488,6 +540,7 @@ impl Preparing {
         match self {
             Preparing::Transfer(message) => &message.transfer,
             Preparing::Refund(message) => &message.refund,
+            Preparing::Cancel(message) => &message.cancel,
         }
     }
 
@@ -496,6 +549,7 @@ impl Preparing {
         match self {
             Preparing::Transfer(message) => CommandBody::Prepare(message),
             Preparing::Refund(message) => CommandBody::PrepareRefund(message),
+            Preparing::Cancel(message) => CommandBody::RequestCancel(message),
         }
     }
 }
@@ -538,6 +592,9 @@ pub enum OutboxMessage {
     /// A refund's Prepare; sent to the original payment's region until it
     /// answers.
     PrepareRefund(RefundPrepare),
+    /// A payer's cancel; sent to the payment's payee region until it
+    /// answers.
+    RequestCancel(CancelRequest),
 }
 
 /// An outbox message as snapshot images before settlement windows hold it:
@@ -575,6 +632,7 @@ impl OutboxMessage {
         match self {
             OutboxMessage::Prepare(message) => Some(Preparing::Transfer(message.clone())),
             OutboxMessage::PrepareRefund(message) => Some(Preparing::Refund(message.clone())),
+            OutboxMessage::RequestCancel(message) => Some(Preparing::Cancel(message.clone())),
             OutboxMessage::Decision { .. } => None,
         }
     }
@@ -650,6 +708,8 @@ impl CommandBody {
             | CommandBody::DecideInWindow { .. }
             | CommandBody::CreateRefund(_)
             | CommandBody::PrepareRefund(_)
+            | CommandBody::CancelTransfer { .. }
+            | CommandBody::RequestCancel(_)
             | CommandBody::Tick => false,
         }
     }

@@ -132,6 +132,14 @@ pub const REFUND_WINDOW_MS: u64 = 365 * DAY_MS;
 /// A day, in milliseconds.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// One minute in milliseconds.
+pub const MINUTE_MS: u64 = 60 * 1000;
+
+/// How long after a payment committed its payer may cancel it, by
+/// default: a day (schemes allow until shortly after midnight of the next
+/// day; a day is that, with no calendar in the core).
+pub const CANCEL_WINDOW_MS: u64 = DAY_MS;
+
 /// How many command outcomes each proposer session keeps for dedupe.
 pub const SESSION_OUTCOMES_MAX: usize = 4_096;
 

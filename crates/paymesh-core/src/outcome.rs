@@ -101,11 +101,16 @@ pub enum RejectCode {
     /// Only a partner's position or the clearing account against another
     /// region is settled.
     NotSettleable,
+    /// The payment committed longer ago than the region's cancel window.
+    CancelWindowClosed,
+    /// The payment was refunded (in part or whole), or a refund of it is in
+    /// flight: a cancel gives back a whole payment, so it is refused.
+    AlreadyRefunded,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 37] = [
+    pub const ALL: [RejectCode; 39] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -143,6 +148,8 @@ impl RejectCode {
         RejectCode::NothingToSettle,
         RejectCode::AlreadySettled,
         RejectCode::NotSettleable,
+        RejectCode::CancelWindowClosed,
+        RejectCode::AlreadyRefunded,
     ];
 }
 
@@ -229,6 +236,40 @@ pub struct RefundView {
     pub deadline: Option<Timestamp>,
 }
 
+/// Where a payer's cancel stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelState {
+    /// Sent to the payee's region, which has not answered yet (or has
+    /// started the refund, which has not reached the payer yet): the
+    /// outcome comes as a `Refunded` or a `CancelRefused` event.
+    Requested,
+    /// The payment was refunded whole (a payment within the region).
+    Refunded,
+    /// The payee's side could not give the payment back (a payment within
+    /// the region; the reason says why).
+    Refused,
+}
+
+/// A payer's cancel of a payment, as the payer partner sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelView {
+    /// Its id: the refund's within the region, the request's across
+    /// regions (an id of the payer's region either way).
+    pub id: TransferId,
+    /// The payer partner that asked.
+    pub partner: PartnerId,
+    /// The payment cancelled.
+    pub original: TransferId,
+    /// Where it stands.
+    pub state: CancelState,
+    /// What came back to the payer (the payment's principal), once it did.
+    pub credited: Option<Money>,
+    /// Why it was refused, if it was.
+    pub reason: Option<RejectCode>,
+    /// When the payer asked.
+    pub requested_at: Timestamp,
+}
+
 /// A partner's position: its prefunded balance and what is reserved against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -272,6 +313,8 @@ pub enum Outcome {
         /// The closed window's number.
         number: u64,
     },
+    /// A payer's cancel was recorded (see [`CancelView::state`]).
+    Cancel(CancelView),
 }
 
 impl Outcome {

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{DAY_MS, HISTORY_RETENTION_MIN_MS, IDEMPOTENCY_RETENTION_MS, REFUND_WINDOW_MS};
+use crate::limits::{
+    CANCEL_WINDOW_MS, DAY_MS, HISTORY_RETENTION_MIN_MS, IDEMPOTENCY_RETENTION_MS, MINUTE_MS, REFUND_WINDOW_MS,
+};
 
 /// The longest idempotency window an operator may set, in days: history
 /// keeps at least [`HISTORY_RETENTION_MIN_MS`], so every key inside the
@@ -21,6 +23,10 @@ pub const IDEMPOTENCY_RETENTION_DAYS_MIN: u32 = 1;
 /// the window is still there to be refunded.
 pub const REFUND_WINDOW_DAYS_MAX: u32 = (HISTORY_RETENTION_MIN_MS / DAY_MS) as u32;
 
+/// The longest cancel window an operator may set, in minutes: a week. A
+/// cancel is the payer's quick way back; later, the payee refunds.
+pub const CANCEL_WINDOW_MINUTES_MAX: u32 = 7 * 24 * 60;
+
 /// The region's settings. New ones are appended (the state's encoding
 /// changes with them: a new snapshot image format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +37,37 @@ pub struct RegionSettings {
     /// How long after a payment committed its payee may refund it, in
     /// days (0: refunds are refused).
     refund_window_days: u32,
+    /// How long after a payment committed its payer may cancel it, in
+    /// minutes (0: cancels are refused).
+    cancel_window_minutes: u32,
+}
+
+/// The settings as snapshot images of formats 6 and 7 hold them, before
+/// the cancel window: read with the default window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSettingsV2 {
+    idempotency_retention_days: u32,
+    refund_window_days: u32,
+}
+
+impl From<RegionSettingsV2> for RegionSettings {
+    fn from(old: RegionSettingsV2) -> RegionSettings {
+        RegionSettings {
+            idempotency_retention_days: old.idempotency_retention_days,
+            refund_window_days: old.refund_window_days,
+            ..RegionSettings::default()
+        }
+    }
+}
+
+impl From<RegionSettings> for RegionSettingsV2 {
+    /// The settings as an older image holds them (for tests that write one).
+    fn from(new: RegionSettings) -> RegionSettingsV2 {
+        RegionSettingsV2 {
+            idempotency_retention_days: new.idempotency_retention_days,
+            refund_window_days: new.refund_window_days,
+        }
+    }
 }
 
 /// The settings as snapshot images of format 5 and older hold them, before
@@ -51,6 +88,7 @@ impl Default for RegionSettings {
         RegionSettings {
             idempotency_retention_days: (IDEMPOTENCY_RETENTION_MS / DAY_MS) as u32,
             refund_window_days: (REFUND_WINDOW_MS / DAY_MS) as u32,
+            cancel_window_minutes: (CANCEL_WINDOW_MS / MINUTE_MS) as u32,
         }
     }
 }
@@ -76,6 +114,16 @@ impl RegionSettings {
         u64::from(self.refund_window_days) * DAY_MS
     }
 
+    /// The cancel window, in minutes.
+    pub fn cancel_window_minutes(&self) -> u32 {
+        self.cancel_window_minutes
+    }
+
+    /// The cancel window, in milliseconds.
+    pub fn cancel_window_ms(&self) -> u64 {
+        u64::from(self.cancel_window_minutes) * MINUTE_MS
+    }
+
     /// Change one setting, if its value is within bounds; `false` (and no
     /// change) otherwise.
     pub fn set(&mut self, setting: RegionSetting) -> bool {
@@ -91,6 +139,12 @@ impl RegionSettings {
                     return false;
                 }
                 self.refund_window_days = days;
+            }
+            RegionSetting::CancelWindowMinutes(minutes) => {
+                if minutes > CANCEL_WINDOW_MINUTES_MAX {
+                    return false;
+                }
+                self.cancel_window_minutes = minutes;
             }
         }
         true
@@ -110,4 +164,8 @@ pub enum RegionSetting {
     /// [`REFUND_WINDOW_DAYS_MAX`]. Applies to every refund asked for after
     /// the change, whenever its payment was made.
     RefundWindowDays(u32),
+    /// [`RegionSettings::cancel_window_minutes`]: from 0 (no cancels) to
+    /// [`CANCEL_WINDOW_MINUTES_MAX`]. Applies to every cancel asked for
+    /// after the change.
+    CancelWindowMinutes(u32),
 }

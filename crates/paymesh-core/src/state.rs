@@ -60,7 +60,7 @@ use crate::limits::{
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RefundView, RejectCode, TransferView};
 use crate::partner::{BusinessStatus, Partner, PartnerConfig, PartnerLimits};
-use crate::settings::{RegionSettings, RegionSettingsV1};
+use crate::settings::{RegionSettings, RegionSettingsV1, RegionSettingsV2};
 use crate::settlement::SettlementWindow;
 use crate::time::Timestamp;
 use crate::transfer::{
@@ -194,6 +194,11 @@ pub enum EventKind {
     /// A refund the partner asked for aborted (the event's transfer is the
     /// refund; its reason says why).
     RefundAborted,
+    /// The payer's cancel of its payment did not give the payment back
+    /// (the event's transfer is the payment; its reason says why, its
+    /// amount is the payment's principal). A cancel that succeeds comes as
+    /// `Refunded`.
+    CancelRefused,
 }
 
 /// One entry of a partner's event log.
@@ -324,8 +329,6 @@ pub struct State {
     /// not here.
     #[serde(with = "crate::serde_seq")]
     partner_usage: OrdMap<PartnerId, PartnerUsage>,
-    /// What operators set for the whole region.
-    settings: RegionSettings,
     /// Refunds this region coordinates that are not final yet.
     #[serde(with = "crate::serde_seq")]
     refunds: OrdMap<TransferId, Refund>,
@@ -335,6 +338,12 @@ pub struct State {
     refund_participations: OrdMap<TransferId, RefundParticipation>,
     /// The open settlement window's figures so far.
     settlement: SettlementBook,
+    /// What operators set for the whole region.
+    settings: RegionSettings,
+    /// Payers' cancels of payments paid to other regions whose outcome is
+    /// not known yet, by the cancel's id.
+    #[serde(with = "crate::serde_seq")]
+    cancels: OrdMap<TransferId, PendingCancel>,
     /// Settlement windows closed or settled in the batch being applied.
     /// Empty between batches.
     #[serde(skip)]
@@ -362,6 +371,54 @@ pub struct State {
     recent: RecentKeys,
 }
 
+/// A payer's cancel of a payment paid to another region, until its outcome
+/// is known: the payee's region refused it, or the refund it started
+/// credited the payer back or aborted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCancel {
+    /// The payer partner that asked.
+    pub partner: PartnerId,
+    /// The payment.
+    pub original: TransferId,
+    /// The payee's region, asked.
+    pub region: RegionId,
+    /// What the payment's principal was: what a successful cancel gives
+    /// back.
+    pub principal: Money,
+    /// When the payer asked.
+    pub requested_at: Timestamp,
+    /// When the payee's region answered that it started the refund.
+    pub accepted_at: Option<Timestamp>,
+}
+
+/// A state as snapshot images of format 7 hold it, before cancels: the
+/// fields of format 4, the settings of then, the refunds in flight and the
+/// open settlement window. Read, and converted with no cancel pending and
+/// the default cancel window.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV7 {
+    v4: StateV4,
+    settings: RegionSettingsV2,
+    #[serde(with = "crate::serde_seq")]
+    refunds: OrdMap<TransferId, Refund>,
+    #[serde(with = "crate::serde_seq")]
+    refund_participations: OrdMap<TransferId, RefundParticipation>,
+    settlement: SettlementBook,
+}
+
+impl From<StateV7> for State {
+    fn from(old: StateV7) -> State {
+        State {
+            settings: old.settings.into(),
+            refunds: old.refunds,
+            refund_participations: old.refund_participations,
+            settlement: old.settlement,
+            ..State::from(old.v4)
+        }
+    }
+}
+
 /// A state as snapshot images of format 6 hold it, before settlement
 /// windows: read, and converted with window 1 open since the region began
 /// (its figures measured from zero) and decisions in flight naming window
@@ -371,7 +428,7 @@ pub struct State {
 #[cfg_attr(test, derive(Serialize))]
 pub struct StateV6 {
     v4: StateV4,
-    settings: RegionSettings,
+    settings: RegionSettingsV2,
     #[serde(with = "crate::serde_seq")]
     refunds: OrdMap<TransferId, Refund>,
     #[serde(with = "crate::serde_seq")]
@@ -381,7 +438,7 @@ pub struct StateV6 {
 impl From<StateV6> for State {
     fn from(old: StateV6) -> State {
         State {
-            settings: old.settings,
+            settings: old.settings.into(),
             refunds: old.refunds,
             refund_participations: old.refund_participations,
             ..State::from(old.v4)
@@ -468,6 +525,7 @@ impl From<StateV4> for State {
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
             settlement,
+            cancels: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -694,6 +752,7 @@ impl State {
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
             settlement,
+            cancels: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -753,6 +812,7 @@ impl State {
             refunds: OrdMap::new(),
             refund_participations: OrdMap::new(),
             settlement: SettlementBook::default(),
+            cancels: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -917,6 +977,8 @@ impl State {
             CommandBody::CreateRefund(request) => Ok(self.create_refund(request, now, recall)),
             CommandBody::PrepareRefund(message) => Ok(Outcome::PrepareReply(self.prepare_refund(message, now, recall))),
             CommandBody::ReverseTransfer { transfer, .. } => self.reverse_transfer(transfer, now, recall),
+            CommandBody::CancelTransfer { partner, transfer } => self.cancel_transfer(partner, transfer, now, recall),
+            CommandBody::RequestCancel(message) => Ok(Outcome::PrepareReply(self.request_cancel(message, now, recall))),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)
@@ -1083,6 +1145,7 @@ fn step_participant(
     participant_step(from, event).unwrap_or_else(|illegal| panic!("transfer {id}: {illegal}"))
 }
 
+mod cancel;
 mod coordinator;
 mod operators;
 mod participant;

@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6};
+use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6, StateV7};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,8 +54,13 @@ use crate::raft_types::{
 /// tiers (finished work is history) and adds history's digest, 5 the
 /// region's settings, 6 refunds (the refund window, refunds in flight on
 /// either side), 7 settlement windows (the open window's book, decisions
-/// naming their window).
-const IMAGE_FORMAT: u8 = 7;
+/// naming their window), 8 cancels (the cancel window among the settings,
+/// which move after the settlement book, and the cancels pending).
+const IMAGE_FORMAT: u8 = 8;
+
+/// The format before cancels; still read (none pending, the default cancel
+/// window).
+const IMAGE_FORMAT_V7: u8 = 7;
 
 /// The format before settlement windows; still read (window 1 opens at
 /// the conversion, decisions in flight name window 0).
@@ -264,6 +269,9 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V7, body)) => {
+            (postcard::from_bytes::<ImageOf<StateV7>>(body).map_err(decode_error)?.current(), None)
+        }
         Some((&IMAGE_FORMAT_V6, body)) => {
             (postcard::from_bytes::<ImageOf<StateV6>>(body).map_err(decode_error)?.current(), None)
         }
@@ -635,27 +643,35 @@ mod tests {
         state_v2.extend(encode(state.directory()));
         state_v2.extend([0; 15]);
         state_v2.extend(encode(state.ledger()));
-        // Format 6: the same without the settlement book (the state's last
-        // field). Format 5: without the refund window either (the settings'
-        // last field: 365 days, two bytes) and the two tables of refunds in
-        // flight (one byte each). Format 4: without the settings either (the
-        // default idempotency window, 30 days, is one byte).
-        let with_book = postcard::to_stdvec(&state).expect("a state encodes");
+        // The current state ends with the refunds in flight (two empty
+        // tables), the settlement book, the settings and the cancels
+        // pending (an empty table). Format 7 has the settings before the
+        // refunds, without the cancel window (its last field: 1,440
+        // minutes, two bytes), and no cancels; format 6 the same without
+        // the book; format 5 without the refund window either (365 days,
+        // two bytes) and the refunds' tables; format 4 without the settings
+        // either (the default idempotency window, 30 days, is one byte).
+        let encoded = postcard::to_stdvec(&state).expect("a state encodes");
         let book = postcard::to_stdvec(&paymesh_core::state::SettlementBook::default()).unwrap();
-        assert!(with_book.ends_with(&book));
-        let state_bytes = &with_book[..with_book.len() - book.len()];
-        assert_eq!(postcard::to_stdvec(state.settings()).unwrap(), [30, 0xed, 0x02]);
-        assert_eq!(state_bytes[state_bytes.len() - 5..], [30, 0xed, 0x02, 0, 0]);
-        let rest = &current[1 + with_book.len()..];
-        let mut v6 = vec![IMAGE_FORMAT_V6];
-        v6.extend(state_bytes);
-        v6.extend(rest);
-        let mut v5 = vec![IMAGE_FORMAT_V5];
-        v5.extend(&state_bytes[..state_bytes.len() - 4]);
-        v5.extend(rest);
-        let mut v4 = vec![IMAGE_FORMAT_V4];
-        v4.extend(&state_bytes[..state_bytes.len() - 5]);
-        v4.extend(rest);
+        let settings = postcard::to_stdvec(state.settings()).unwrap();
+        assert_eq!(settings, [30, 0xed, 0x02, 0xa0, 0x0b]);
+        let tail: Vec<u8> = [&[0u8, 0][..], &book, &settings, &[0]].concat();
+        assert!(encoded.ends_with(&tail));
+        let v4_bytes = &encoded[..encoded.len() - tail.len()];
+        let rest = &current[1 + encoded.len()..];
+        let image_of = |format: u8, parts: &[&[u8]]| -> Vec<u8> {
+            let mut image = vec![format];
+            image.extend(v4_bytes);
+            for part in parts {
+                image.extend(*part);
+            }
+            image.extend(rest);
+            image
+        };
+        let v7 = image_of(IMAGE_FORMAT_V7, &[&settings[..3], &[0, 0], &book]);
+        let v6 = image_of(IMAGE_FORMAT_V6, &[&settings[..3], &[0, 0]]);
+        let v5 = image_of(IMAGE_FORMAT_V5, &[&settings[..1]]);
+        let v4 = image_of(IMAGE_FORMAT_V4, &[]);
         let mut v3 = vec![IMAGE_FORMAT_V3];
         v3.extend(&state_v2);
         v3.extend([0, 0]);
@@ -667,7 +683,8 @@ mod tests {
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
         vec![
-            ("format 7", current),
+            ("format 8", current),
+            ("format 7", v7),
             ("format 6", v6),
             ("format 5", v5),
             ("format 4", v4),
@@ -699,8 +716,9 @@ mod tests {
         let region = RegionId::new("us-west").unwrap();
         let images = empty_images();
         let decoded = |bytes: &[u8]| decode_image(&region, &meta, bytes).unwrap().applied.state;
-        let (current, v6) = (decoded(&images[0].1), decoded(&images[1].1));
-        let (v5, v4) = (decoded(&images[2].1), decoded(&images[3].1));
+        let (current, v7, v6) = (decoded(&images[0].1), decoded(&images[1].1), decoded(&images[2].1));
+        let (v5, v4) = (decoded(&images[3].1), decoded(&images[4].1));
+        assert_eq!(current, v7);
         assert_eq!(current, v6);
         assert_eq!(current, v5);
         assert_eq!(current, v4);
@@ -715,7 +733,11 @@ mod tests {
             id: paymesh_core::command::CommandId { session: 1, sequence: 2 },
             body: CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(7)),
         };
-        let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command, window]).unwrap();
+        let cancel = Command {
+            id: paymesh_core::command::CommandId { session: 1, sequence: 3 },
+            body: CommandBody::SetRegionSetting(RegionSetting::CancelWindowMinutes(15)),
+        };
+        let batch = Batch::new(Timestamp::from_unix_ms(1), vec![command, window, cancel]).unwrap();
         state.apply_batch(1, &batch, &paymesh_core::history::MemoryHistory::new().at(1));
         assert_eq!(state.settings().idempotency_retention_days(), 90);
         let image = Image {
@@ -729,6 +751,7 @@ mod tests {
         bytes.extend(postcard::to_stdvec(&image).unwrap());
         assert_eq!(decoded(&bytes).settings().idempotency_retention_days(), 90);
         assert_eq!(decoded(&bytes).settings().refund_window_days(), 7);
+        assert_eq!(decoded(&bytes).settings().cancel_window_minutes(), 15);
     }
 
     /// Every length in an image read from disk or a peer is untrusted: each

@@ -418,6 +418,9 @@ impl State {
         now: Timestamp,
         recall: &dyn Recall,
     ) -> OrReject<Outcome> {
+        if self.awaits_cancel(id) {
+            return Ok(self.cancel_replied(id, reply, now));
+        }
         if self.coordinates_refund(id, recall) {
             return self.refund_prepare_replied(id, reply, now, recall);
         }

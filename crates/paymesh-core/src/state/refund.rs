@@ -25,23 +25,23 @@
 use super::*;
 
 /// A payment this region can refund: what the refund is checked against.
-struct Paid {
+pub(super) struct Paid {
     /// The payee partner it credited.
-    payee: PartnerId,
+    pub(super) payee: PartnerId,
     /// Whether it committed.
-    committed: bool,
+    pub(super) committed: bool,
     /// When it reached its final state.
-    finished_at: Timestamp,
+    pub(super) finished_at: Timestamp,
     /// What the payee received.
-    destination: Money,
+    pub(super) destination: Money,
     /// What the payer paid, before the fee.
-    source: Money,
+    pub(super) source: Money,
     /// The payer's region.
-    payer_region: RegionId,
+    pub(super) payer_region: RegionId,
     /// The payer partner, when the payment was made in this region.
-    payer: Option<PartnerId>,
+    pub(super) payer: Option<PartnerId>,
     /// The payment's payer token.
-    payer_token: PayerToken,
+    pub(super) payer_token: PayerToken,
 }
 
 /// Who asks for a refund: the payment's payee, within the refund window,
@@ -51,10 +51,13 @@ struct Paid {
 enum Asker {
     Payee,
     Operator,
+    /// The payment's payer, cancelling it (the cancel's own checks came
+    /// first).
+    Payer,
 }
 
 /// A refund request that may go ahead: the payment and the two amounts.
-struct RefundAdmissible {
+pub(super) struct RefundAdmissible {
     paid: Paid,
     credited: Money,
 }
@@ -129,7 +132,7 @@ impl State {
 
     /// Start the refund of `request` that [`State::check_refund`] admitted,
     /// and record its answer under the request's key.
-    fn record_refund(
+    pub(super) fn record_refund(
         &mut self,
         request: &RefundRequest,
         admissible: RefundAdmissible,
@@ -160,6 +163,17 @@ impl State {
         recall: &dyn Recall,
     ) -> Result<(), RejectCode> {
         self.check_refund(request, now, recall, Asker::Payee).map(|_| ())
+    }
+
+    /// Check a cancel's refund: the payee's status, role, refund window
+    /// and cap are not the payer's to meet.
+    pub(super) fn check_refund_as_payer(
+        &self,
+        request: &RefundRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> OrReject<RefundAdmissible> {
+        self.check_refund(request, now, recall, Asker::Payer)
     }
 
     fn check_refund(
@@ -233,7 +247,7 @@ impl State {
     /// What this region knows of a payment its partner was paid: a
     /// same-region transfer it coordinated, or its side of another
     /// region's transfer.
-    fn paid(&self, id: &TransferId, recall: &dyn Recall) -> Option<Paid> {
+    pub(super) fn paid(&self, id: &TransferId, recall: &dyn Recall) -> Option<Paid> {
         let transfer = self.transfers.get(id).cloned().or_else(|| recall.transfer(id));
         if let Some(transfer) = transfer {
             let view = transfer.view;
@@ -268,7 +282,7 @@ impl State {
 
     /// What the committed refunds of a payment gave back, as of now in
     /// this batch.
-    fn refunded_so_far(&self, transfer: &TransferId, recall: &dyn Recall) -> Option<RefundTotals> {
+    pub(super) fn refunded_so_far(&self, transfer: &TransferId, recall: &dyn Recall) -> Option<RefundTotals> {
         self.refunded.get(transfer).copied().or_else(|| recall.refunded(transfer))
     }
 
@@ -514,6 +528,9 @@ impl State {
             });
         }
         self.refund_participations.insert(id.clone(), participation);
+        if let Some(code) = reason {
+            self.cancel_refund_finished(&message.original, Some(code), now);
+        }
         match reason {
             None => PrepareReply::Prepared,
             Some(code) => PrepareReply::Rejected(code),
@@ -643,6 +660,9 @@ impl State {
             let (original, credited) = (prepare.original.clone(), prepare.credited);
             let payer = finished.payer.clone().expect("a prepared refund found its payer");
             self.push_event(&payer, now, &original, EventKind::Refunded, credited, None);
+            self.cancel_refund_finished(&original, None, now);
+        } else {
+            self.cancel_refund_finished(&finished.prepare.original.clone(), Some(RejectCode::DeadlineExceeded), now);
         }
         self.journal
             .push(Record::RefundParticipation { refund: id.clone(), participation: Box::new(finished.clone()) });

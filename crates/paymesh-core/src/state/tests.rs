@@ -244,6 +244,13 @@ fn deliver_all(from: &mut Region, to: &mut Region, now: Timestamp) {
                 };
                 from.run(CommandBody::PrepareReplied { transfer, reply }, now);
             }
+            OutboxMessage::RequestCancel(request) => {
+                let transfer = request.cancel.clone();
+                let Outcome::PrepareReply(reply) = to.run(CommandBody::RequestCancel(request), now) else {
+                    panic!("a cancel must be answered")
+                };
+                from.run(CommandBody::PrepareReplied { transfer, reply }, now);
+            }
         }
     }
 }
@@ -1324,6 +1331,16 @@ fn every_reject_code_is_reachable() {
     expect(RejectCode::TransferNotCommitted, e.run(refund("r2", &pending.id, cny("1")), T0));
     e.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(0)), T0);
     expect(RejectCode::RefundWindowClosed, e.run(refund("r3", &payment.id, cny("1")), T0));
+    // Cancels: one the window no longer allows, one of a payment refunded.
+    let cancel = |transfer: &TransferId| CommandBody::CancelTransfer { partner: pid("paypal-us"), transfer: transfer.clone() };
+    w.ok(CommandBody::SetRegionSetting(RegionSetting::CancelWindowMinutes(0)), T0);
+    expect(RejectCode::CancelWindowClosed, w.run(cancel(&payment.id), T0));
+    w.ok(CommandBody::SetRegionSetting(RegionSetting::CancelWindowMinutes(60)), T0);
+    e.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(1)), T0);
+    e.run(refund("r4", &payment.id, cny("1")), T0);
+    deliver_all(&mut e, &mut w, T0);
+    deliver_all(&mut e, &mut w, T0);
+    expect(RejectCode::AlreadyRefunded, w.run(cancel(&payment.id), T0));
 
     // Last, because the state's clock never goes back: a minute later the quote
     // has expired, a day later the rate.
@@ -1460,6 +1477,7 @@ fn partner_limits_are_validated_and_old_states_convert_with_their_usage_counted(
                     OutboxMessage::Decision { transfer, decision, .. } => {
                         OutboxMessageV1::Decision { transfer, decision }
                     }
+                    OutboxMessage::RequestCancel(_) => unreachable!("no cancel in this state"),
                 };
                 (key.clone(), old)
             })
@@ -1638,6 +1656,7 @@ impl Sim {
                     self.in_flight.push(match &messages[i] {
                         OutboxMessage::Prepare(p) => CommandBody::Prepare(p.clone()),
                         OutboxMessage::PrepareRefund(p) => CommandBody::PrepareRefund(p.clone()),
+                        OutboxMessage::RequestCancel(r) => CommandBody::RequestCancel(r.clone()),
                         OutboxMessage::Decision { transfer, decision, window } => CommandBody::DecideInWindow {
                             transfer: transfer.clone(),
                             decision: *decision,
@@ -2147,5 +2166,6 @@ fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
     west.state.verify().unwrap();
 }
 
+mod cancels;
 mod refunds;
 mod settlement;

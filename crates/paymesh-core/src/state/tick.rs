@@ -32,7 +32,7 @@ impl State {
             self.transfers.insert(id, transfer);
         }
 
-        let mut purged = 0usize;
+        let mut purged = self.expire_cancels(now, &mut budget);
         let quotes_cutoff = now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS);
         let (quotes, usage) = (&mut self.quotes, &mut self.partner_usage);
         purged += purge_before(&mut self.quote_expiry, quotes_cutoff, &mut budget, |(_, id)| {
@@ -67,5 +67,6 @@ impl State {
         due(&self.deadlines, now)
             || due(&self.quote_expiry, now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS))
             || self.sessions.values().any(|s| s.last_active < idle)
+            || self.cancels_due(now)
     }
 }

@@ -68,6 +68,17 @@ impl State {
             }
             expected_pending.insert(leg(id, Leg::Refund));
         }
+        for (id, cancel) in &self.cancels {
+            let request = self.outbox.get(&(cancel.region.clone(), id.clone()));
+            if cancel.accepted_at.is_none() != matches!(request, Some(OutboxMessage::RequestCancel(_))) {
+                return Err(format!("cancel {id}: its request is in the outbox exactly until the answer"));
+            }
+        }
+        for ((_, id), message) in &self.outbox {
+            if matches!(message, OutboxMessage::RequestCancel(_)) && !self.cancels.contains_key(id) {
+                return Err(format!("cancel {id}: a request in the outbox for no pending cancel"));
+            }
+        }
         for (id, participation) in &self.refund_participations {
             if participation.state != ParticipantState::Prepared {
                 return Err(format!("refund participation {id}: state {:?} held in memory", participation.state));
