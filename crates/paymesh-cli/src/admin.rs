@@ -261,6 +261,11 @@ pub(crate) enum SettingsCommand {
         /// days (0 to 400; 365 by default; 0 refuses every refund).
         #[arg(long)]
         refund_window_days: Option<u32>,
+        /// How long after a transfer committed its payer may cancel it, in
+        /// minutes (0 to 10080; 1440, a day, by default; 0 refuses every
+        /// cancel).
+        #[arg(long)]
+        cancel_window_minutes: Option<u32>,
     },
 }
 
@@ -577,17 +582,25 @@ pub(crate) async fn settings(command: SettingsCommand) -> anyhow::Result<()> {
                 .await?
                 .settings
         }
-        SettingsCommand::Set { target, idempotency_retention_days, refund_window_days } => {
-            if idempotency_retention_days.is_none() && refund_window_days.is_none() {
-                bail!("nothing to set: give --idempotency-retention-days or --refund-window-days");
+        SettingsCommand::Set { target, idempotency_retention_days, refund_window_days, cancel_window_minutes } => {
+            if idempotency_retention_days.is_none() && refund_window_days.is_none() && cancel_window_minutes.is_none() {
+                bail!(
+                    "nothing to set: give --idempotency-retention-days, --refund-window-days or \
+                     --cancel-window-minutes"
+                );
             }
-            let request = wire::SetRegionSettingsRequest { idempotency_retention_days, refund_window_days };
+            let request = wire::SetRegionSettingsRequest {
+                idempotency_retention_days,
+                refund_window_days,
+                cancel_window_minutes,
+            };
             call(&target, |mut c| async move { c.set_region_settings(request).await }).await?.settings
         }
     };
     let settings = settings.context("the node did not return the settings")?;
     println!("idempotency retention  {} days", settings.idempotency_retention_days);
     println!("refund window          {} days", settings.refund_window_days);
+    println!("cancel window          {} minutes", settings.cancel_window_minutes);
     Ok(())
 }
 

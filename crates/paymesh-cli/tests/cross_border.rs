@@ -204,6 +204,7 @@ fn prepare_item(transfer: &wire::Transfer) -> inter::PrepareItem {
         // A replay carries no trace context: it is not the transfer's step.
         traceparent: String::new(),
         refund_of: String::new(),
+        cancel_of: String::new(),
     }
 }
 
@@ -562,5 +563,152 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     let checkers = check::of_observation();
     let verdict = check::check_with(&checkers, &observed);
     assert!(verdict.passed(), "{}", verdict.failures(5));
+    mesh.stop().unwrap();
+}
+
+/// Ask to cancel `transfer` until its commit has reached the payee's
+/// region (TRANSFER_NOT_COMMITTED until then); the answer.
+async fn cancel(client: &PartnerClient, transfer: &str) -> wire::CancelTransferResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = wire::CancelTransferRequest { transfer_id: transfer.to_owned() };
+        let answer = client.cancel_transfer(request).await.unwrap();
+        if answer.reject_code != common::RejectCode::TransferNotCommitted as i32 {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "{transfer}'s commit never reached the payee's region");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until `client`'s stream holds an event of `kind` about `transfer`;
+/// that event.
+async fn event_about(client: &PartnerClient, transfer: &str, kind: wire::EventKind, within: Duration) -> wire::Event {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = all_events(client).await.into_iter().find(|e| e.transfer_id == transfer && e.kind == kind as i32);
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} event about {transfer} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn set_cancel_window(mesh: &LocalMesh, region: &str, minutes: u32) {
+    let request = paymesh_proto::admin::v1::SetRegionSettingsRequest {
+        cancel_window_minutes: Some(minutes),
+        ..Default::default()
+    };
+    let region = mesh.region(region).unwrap();
+    let set = region
+        .admin(|mut c| {
+            let request = request.clone();
+            async move { c.set_region_settings(request).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(set.settings.unwrap().cancel_window_minutes, minutes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payers_cancel_within_their_window_exactly_once_across_a_killed_leader_and_never_after_it() {
+    let mut fixture = mesh(WanSettings { delay_ms: 10, ..WanSettings::default() }).await;
+    let mesh = &mut fixture.mesh;
+    let client = wallet(mesh);
+    let merchant = mesh.region("cn-east").unwrap().partner("wechat-cn").unwrap();
+    let mut payments = Vec::new();
+    for i in 0..3 {
+        payments.push(pay(&client, &format!("to-cancel-{i}"), 5_000 + i).await);
+    }
+    let ids: Vec<String> = payments.iter().map(|t| t.transfer_id.clone()).collect();
+    assert!(wait_final(&client, &ids, Duration::from_secs(30)).await.iter().all(|s| *s == COMMITTED));
+    let before = decimal(Some(&common::Money { amount: position(&client).await[0].1.clone(), currency: "USD".into() }));
+
+    // 1. Across the border: asked, then given back whole through cn-east.
+    let asked = cancel(&client, &ids[0]).await;
+    let first = asked.cancel.expect("a cancel");
+    assert_eq!((first.state, asked.reject_code), (wire::CancelState::Requested as i32, 0));
+    let refunded = event_about(&client, &ids[0], wire::EventKind::Refunded, Duration::from_secs(30)).await;
+    assert_eq!(refunded.amount, payments[0].source_amount, "the principal comes back, not the fee");
+    let again = cancel(&client, &ids[0]).await.cancel.expect("the first cancel");
+    assert_eq!(again.cancel_id, first.cancel_id, "a transfer is cancelled once");
+    let full = payments[0].destination_amount.as_ref().unwrap().amount.clone();
+    let more = refund(&merchant, "after-cancel", &payments[0], &full).await;
+    assert_eq!(more.reject_code, common::RejectCode::RefundExceedsOriginal as i32);
+
+    // 2. The request is held back while cn-east's leader dies: the refund
+    // happens once, through the next leader.
+    let link = mesh.link("us-west", "cn-east").unwrap().clone();
+    link.update(|s| s.cut = true);
+    let second = cancel(&client, &ids[1]).await.cancel.expect("a cancel");
+    assert_eq!(second.state, wire::CancelState::Requested as i32);
+    let cn = mesh.region_mut("cn-east").unwrap();
+    let leader = cn.wait_leader(Duration::from_secs(10)).await.unwrap();
+    cn.kill(leader).unwrap();
+    cn.wait_leader(Duration::from_secs(20)).await.unwrap();
+    link.update(|s| s.cut = false);
+    event_about(&client, &ids[1], wire::EventKind::Refunded, Duration::from_secs(30)).await;
+    mesh.region_mut("cn-east").unwrap().spawn(leader).unwrap();
+
+    // 3. After the window: refused, nothing recorded. The region's window
+    // set to 0 stands for a payment older than it.
+    set_cancel_window(mesh, "us-west", 0).await;
+    let late = cancel(&client, &ids[2]).await;
+    assert!(late.cancel.is_none(), "{late:?}");
+    assert_eq!(late.reject_code, common::RejectCode::CancelWindowClosed as i32);
+    set_cancel_window(mesh, "us-west", 24 * 60).await;
+
+    // 4. Within the region: given back in the one call.
+    let qr = "usqr://shop/till-1".to_owned();
+    let quote = client
+        .create_quote(wire::CreateQuoteRequest {
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: "12.34".into(),
+                currency: "USD".into(),
+            })),
+        })
+        .await
+        .unwrap()
+        .quote
+        .unwrap();
+    let home = client
+        .create_transfer(wire::CreateTransferRequest {
+            idempotency_key: "home-to-cancel".into(),
+            quote_id: quote.quote_id,
+            qr_payload: qr,
+            payer: Some(wire::PayerDetails {
+                name: "Bo".into(),
+                account: "acct-bo".into(),
+                reference: "ref-bo".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .transfer
+        .unwrap();
+    assert_eq!(home.state, COMMITTED);
+    let done = cancel(&client, &home.transfer_id).await.cancel.expect("a cancel");
+    assert_eq!(done.state, wire::CancelState::Refunded as i32);
+    assert_eq!(done.credited_amount, home.source_amount);
+
+    // The payer got back the principals of the three cancelled payments,
+    // once each, and kept paying the fees; every invariant holds.
+    let principals: rust_decimal::Decimal =
+        [&payments[0], &payments[1]].iter().map(|t| decimal(t.source_amount.as_ref())).sum();
+    let fee = decimal(home.fee.as_ref());
+    let settled = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: rust_decimal::Decimal = position(&client).await[0].1.parse().unwrap();
+        if now - before == principals - fee {
+            break;
+        }
+        assert!(Instant::now() < settled, "the wallet moved by {}, not {}", now - before, principals - fee);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refunded = all_events(&client).await.into_iter().filter(|e| e.kind == wire::EventKind::Refunded as i32);
+    assert_eq!(refunded.count(), 3, "one REFUNDED event per cancel");
+    check_books(mesh).await;
     mesh.stop().unwrap();
 }

@@ -74,6 +74,12 @@ impl PartnerClient {
         create_refund, wire::CreateRefundRequest, wire::CreateRefundResponse
     );
     unary!(
+        /// Cancel a transfer paid, whole, within the region's cancel window.
+        /// Retried safely: a transfer is cancelled once, and asked again
+        /// answers with the first cancel.
+        cancel_transfer, wire::CancelTransferRequest, wire::CancelTransferResponse
+    );
+    unary!(
         /// Read one refund.
         get_refund, wire::GetRefundRequest, wire::GetRefundResponse
     );

@@ -358,6 +358,13 @@ pub struct CancelRequest {
     pub cancel: TransferId,
     /// The payment, coordinated by the payer's region.
     pub original: TransferId,
+    /// The payment's corridor.
+    pub corridor: CorridorId,
+    /// The payment's principal, in its source currency.
+    pub source: Money,
+    /// What the payment credited the payee, checked against the payee
+    /// region's record of the payment.
+    pub destination: Money,
     /// The payment's payer token, checked against the payee region's
     /// record of the payment.
     pub payer_token: PayerToken,

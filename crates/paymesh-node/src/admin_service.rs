@@ -11,7 +11,8 @@ use paymesh_core::history::Recall;
 use paymesh_core::id::{OperatorId, PartnerId, RegionId, TopUpRef};
 use paymesh_core::partner::PartnerConfig;
 use paymesh_core::settings::{
-    RegionSetting, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN, REFUND_WINDOW_DAYS_MAX,
+    RegionSetting, CANCEL_WINDOW_MINUTES_MAX, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN,
+    REFUND_WINDOW_DAYS_MAX,
 };
 use paymesh_core::{Money, Outcome, RejectCode, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
@@ -251,6 +252,9 @@ impl AdminService for AdminServer {
     ) -> Result<Response<wire::SetRegionSettingsResponse>, Status> {
         let operator = self.gateway.operator(&request)?;
         let r = request.into_inner();
+        // Each value is checked here, so the operator reads why; the core
+        // checks again.
+        let mut settings = Vec::new();
         if let Some(days) = r.idempotency_retention_days {
             let bounds = IDEMPOTENCY_RETENTION_DAYS_MIN..=IDEMPOTENCY_RETENTION_DAYS_MAX;
             if !bounds.contains(&days) {
@@ -259,11 +263,7 @@ impl AdminService for AdminServer {
                      {IDEMPOTENCY_RETENTION_DAYS_MAX} (history keeps at least {IDEMPOTENCY_RETENTION_DAYS_MAX} days)"
                 )));
             }
-            let setting = RegionSetting::IdempotencyRetentionDays(days);
-            let reject_code = self.apply(&operator, CommandBody::SetRegionSetting(setting)).await?;
-            if reject_code != 0 {
-                return Err(Status::internal(format!("the setting was refused with code {reject_code}")));
-            }
+            settings.push(RegionSetting::IdempotencyRetentionDays(days));
         }
         if let Some(days) = r.refund_window_days {
             if days > REFUND_WINDOW_DAYS_MAX {
@@ -272,7 +272,17 @@ impl AdminService for AdminServer {
                      least {REFUND_WINDOW_DAYS_MAX} days)"
                 )));
             }
-            let setting = RegionSetting::RefundWindowDays(days);
+            settings.push(RegionSetting::RefundWindowDays(days));
+        }
+        if let Some(minutes) = r.cancel_window_minutes {
+            if minutes > CANCEL_WINDOW_MINUTES_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "cancel_window_minutes: {minutes} is above {CANCEL_WINDOW_MINUTES_MAX} (a week)"
+                )));
+            }
+            settings.push(RegionSetting::CancelWindowMinutes(minutes));
+        }
+        for setting in settings {
             let reject_code = self.apply(&operator, CommandBody::SetRegionSetting(setting)).await?;
             if reject_code != 0 {
                 return Err(Status::internal(format!("the setting was refused with code {reject_code}")));

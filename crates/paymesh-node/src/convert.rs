@@ -16,7 +16,7 @@ use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use paymesh_core::history::{ListToken, Movement, MovementKind};
 use paymesh_core::id::{IdempotencyKey, PartnerId, QrPayload, QuoteId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::{AccountId, AccountOwner, EntryId, Leg};
-use paymesh_core::outcome::{Position, Quote, RefundView, TransferView};
+use paymesh_core::outcome::{CancelState, CancelView, Position, Quote, RefundView, TransferView};
 use paymesh_core::partner::{BusinessStatus, Partner, PartnerLimits, PartnerRole};
 use paymesh_core::settlement::{self, SettlementWindow, Tallies};
 use paymesh_core::state::{Event, EventKind, Participation, PartnerRefund, PartnerTransfer};
@@ -434,6 +434,22 @@ pub fn refund_out(view: &RefundView) -> partner::Refund {
     }
 }
 
+/// The wire form of a cancel, for the payer that asked for it.
+pub fn cancel_out(view: &CancelView) -> partner::Cancel {
+    partner::Cancel {
+        cancel_id: view.id.to_string(),
+        transfer_id: view.original.to_string(),
+        state: match view.state {
+            CancelState::Requested => partner::CancelState::Requested,
+            CancelState::Refunded => partner::CancelState::Refunded,
+            CancelState::Refused => partner::CancelState::Refused,
+        } as i32,
+        credited_amount: view.credited.as_ref().map(money_out),
+        reason: reject_code_opt(view.reason),
+        requested_unix_ms: unix_ms(view.requested_at),
+    }
+}
+
 /// The wire form of the payee region's record of a cross-border transfer.
 /// `None` for a tombstone, which names no payee.
 pub fn participation_out(participation: &Participation) -> Option<partner::Transfer> {
@@ -497,6 +513,7 @@ pub fn event_out(event: &Event) -> partner::Event {
         EventKind::Refunded => (partner::EventKind::Refunded, partner::TransferState::Committed),
         EventKind::RefundDebited => (partner::EventKind::RefundDebited, partner::TransferState::Committed),
         EventKind::RefundAborted => (partner::EventKind::RefundAborted, partner::TransferState::Aborted),
+        EventKind::CancelRefused => (partner::EventKind::CancelRefused, partner::TransferState::Committed),
     };
     partner::Event {
         cursor: event.cursor,
@@ -514,6 +531,7 @@ pub fn region_settings(settings: &paymesh_core::settings::RegionSettings) -> adm
     admin::RegionSettings {
         idempotency_retention_days: settings.idempotency_retention_days(),
         refund_window_days: settings.refund_window_days(),
+        cancel_window_minutes: settings.cancel_window_minutes(),
     }
 }
 
@@ -760,10 +778,10 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::NotSettleable), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::AlreadyRefunded), RejectCode::ALL.len() as i32);
         assert_eq!(
-            common::RejectCode::try_from(reject_code(RejectCode::NotSettleable)).unwrap(),
-            common::RejectCode::NotSettleable
+            common::RejectCode::try_from(reject_code(RejectCode::AlreadyRefunded)).unwrap(),
+            common::RejectCode::AlreadyRefunded
         );
         for code in RejectCode::ALL {
             assert_eq!(reject_code_in(reject_code(code)), Some(code));

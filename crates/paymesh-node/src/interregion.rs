@@ -20,7 +20,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use openraft::ServerState;
 use paymesh_client::{Credentials, Region, RetryPolicy};
-use paymesh_core::command::{CommandBody, Decision, PrepareMessage, PrepareReply, Preparing, RefundPrepare};
+use paymesh_core::command::{
+    CancelRequest, CommandBody, Decision, PrepareMessage, PrepareReply, Preparing, RefundPrepare,
+};
 use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
 use paymesh_core::{Outcome, RejectCode};
@@ -218,6 +220,17 @@ pub fn prepare_in(item: &wire::PrepareItem, from: &RegionId) -> Result<Preparing
     }
     let payer_token = PayerToken::parse(&item.payer_token).map_err(violation)?;
     let deadline = convert::timestamp("deadline_unix_ms", item.deadline_unix_ms).map_err(violation)?;
+    if !item.cancel_of.is_empty() {
+        return Ok(Preparing::Cancel(CancelRequest {
+            cancel: transfer,
+            original: TransferId::parse(&item.cancel_of).map_err(violation)?,
+            corridor,
+            source,
+            destination,
+            payer_token,
+            requested_at: deadline,
+        }));
+    }
     if !item.refund_of.is_empty() {
         if source.currency() != corridor.source_currency || destination.currency() != corridor.destination_currency {
             return Err(RejectCode::CurrencyMismatch);
@@ -262,6 +275,7 @@ pub fn prepare_out(preparing: &Preparing, to: &RegionId, traceparent: String) ->
             deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
             traceparent,
             refund_of: String::new(),
+            cancel_of: String::new(),
         },
         Preparing::Refund(message) => {
             let corridor = CorridorId {
@@ -283,8 +297,24 @@ pub fn prepare_out(preparing: &Preparing, to: &RegionId, traceparent: String) ->
                 deadline_unix_ms: i64::try_from(message.deadline.unix_ms()).unwrap_or(i64::MAX),
                 traceparent,
                 refund_of: message.original.to_string(),
+                cancel_of: String::new(),
             }
         }
+        Preparing::Cancel(message) => wire::PrepareItem {
+            transfer_id: message.cancel.to_string(),
+            corridor: Some(convert::corridor_id_out(&message.corridor)),
+            source_region: message.corridor.source_region.to_string(),
+            source_amount: Some(convert::money_out(&message.source)),
+            destination_amount: Some(convert::money_out(&message.destination)),
+            rate: String::new(),
+            payee_partner_id: String::new(),
+            merchant_id: String::new(),
+            payer_token: message.payer_token.to_string(),
+            deadline_unix_ms: i64::try_from(message.requested_at.unix_ms()).unwrap_or(i64::MAX),
+            traceparent,
+            refund_of: String::new(),
+            cancel_of: message.original.to_string(),
+        },
     }
 }
 

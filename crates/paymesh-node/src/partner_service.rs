@@ -189,6 +189,27 @@ impl PartnerService for PartnerServer {
         }
     }
 
+    async fn cancel_transfer(
+        &self,
+        request: Request<wire::CancelTransferRequest>,
+    ) -> Result<Response<wire::CancelTransferResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let transfer = convert::transfer_id("transfer_id", &request.get_ref().transfer_id)?;
+        match self.gateway.submit(partner.clone(), CommandBody::CancelTransfer { partner, transfer }).await? {
+            Outcome::Cancel(view) => {
+                let reject_code = convert::reject_code_opt(view.reason);
+                Ok(Response::new(wire::CancelTransferResponse {
+                    cancel: Some(convert::cancel_out(&view)),
+                    reject_code,
+                }))
+            }
+            Outcome::Rejected(code) => {
+                Ok(Response::new(wire::CancelTransferResponse { cancel: None, reject_code: Gateway::rejected(code)? }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn get_refund(
         &self,
         request: Request<wire::GetRefundRequest>,

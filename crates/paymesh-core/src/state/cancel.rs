@@ -106,6 +106,9 @@ impl State {
             let request = CancelRequest {
                 cancel: id.clone(),
                 original: transfer.clone(),
+                corridor: view.corridor.clone(),
+                source: view.priced.source,
+                destination: view.priced.destination,
                 payer_token: view.payer_token,
                 requested_at: now,
             };
@@ -187,7 +190,11 @@ impl State {
         if &paid.payer_region != origin {
             return PrepareReply::Rejected(RejectCode::RegionMismatch);
         }
-        if paid.payer_token != message.payer_token {
+        if paid.payer_token != message.payer_token
+            || paid.destination != message.destination
+            || paid.source != message.source
+            || message.corridor.destination_region != self.region
+        {
             return PrepareReply::Rejected(RejectCode::ProtocolViolation);
         }
         let Ok(key) = cancel_key(&message.original) else {
@@ -249,7 +256,12 @@ impl State {
     /// The refund of payment `original` reached the payer's region in its
     /// final state here (`refused`: why it did not credit the payer): the
     /// outcome of a cancel waiting on it.
-    pub(super) fn cancel_refund_finished(&mut self, original: &TransferId, refused: Option<RejectCode>, now: Timestamp) {
+    pub(super) fn cancel_refund_finished(
+        &mut self,
+        original: &TransferId,
+        refused: Option<RejectCode>,
+        now: Timestamp,
+    ) {
         if self.cancels.is_empty() {
             return;
         }

@@ -1332,7 +1332,8 @@ fn every_reject_code_is_reachable() {
     e.ok(CommandBody::SetRegionSetting(RegionSetting::RefundWindowDays(0)), T0);
     expect(RejectCode::RefundWindowClosed, e.run(refund("r3", &payment.id, cny("1")), T0));
     // Cancels: one the window no longer allows, one of a payment refunded.
-    let cancel = |transfer: &TransferId| CommandBody::CancelTransfer { partner: pid("paypal-us"), transfer: transfer.clone() };
+    let cancel =
+        |transfer: &TransferId| CommandBody::CancelTransfer { partner: pid("paypal-us"), transfer: transfer.clone() };
     w.ok(CommandBody::SetRegionSetting(RegionSetting::CancelWindowMinutes(0)), T0);
     expect(RejectCode::CancelWindowClosed, w.run(cancel(&payment.id), T0));
     w.ok(CommandBody::SetRegionSetting(RegionSetting::CancelWindowMinutes(60)), T0);

@@ -76,6 +76,7 @@ pub fn key_of(message: &OutboxMessage) -> Key {
     match message {
         OutboxMessage::Prepare(prepare) => (prepare.transfer.clone(), false),
         OutboxMessage::PrepareRefund(prepare) => (prepare.refund.clone(), false),
+        OutboxMessage::RequestCancel(request) => (request.cancel.clone(), false),
         OutboxMessage::Decision { transfer, .. } => (transfer.clone(), true),
     }
 }
@@ -254,7 +255,7 @@ impl Shipper {
             for message in outbox {
                 // Marking a message in flight is part of taking it.
                 match message {
-                    OutboxMessage::Prepare(_) | OutboxMessage::PrepareRefund(_)
+                    OutboxMessage::Prepare(_) | OutboxMessage::PrepareRefund(_) | OutboxMessage::RequestCancel(_)
                         if prepares.len() < BATCH_ITEMS_MAX && self.in_flight.insert(key_of(message)) =>
                     {
                         prepares.extend(message.preparing());
