@@ -13,7 +13,8 @@
 //! `alipay://` code) with domestic ones, and resubmits some requests with the
 //! same idempotency key. When it stops, each merchant network refunds some
 //! of the payments it received (whole or half, at home and across borders,
-//! and once more than is left, which must be refused), the operator pays
+//! and once more than is left, which must be refused), each wallet cancels
+//! its newest payments (given back whole, or refused), the operator pays
 //! 100.00 USD of `paypal-us`'s prefunding back (a fund-out), and the demo waits for every
 //! transfer to reach a final state, observes what every region holds, scans every
 //! node's files, and runs the chaos suite's checkers that read an
@@ -371,6 +372,102 @@ async fn refund_some(mesh: &LocalMesh) -> anyhow::Result<Refunds> {
         }
     }
     Ok(out)
+}
+
+/// Payments each wallet cancels when the workload stops.
+const CANCELS_PER_WALLET: usize = 4;
+
+/// How long the demo waits for the outcome of the wallets' cancels.
+const CANCEL_OUTCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the demo's cancels came to.
+#[derive(Debug, Default)]
+struct Cancels {
+    /// Cancels asked for.
+    asked: usize,
+    /// Payments given back whole.
+    refunded: usize,
+    /// Cancels refused, by reason (a payment its merchant refunded first
+    /// is ALREADY_REFUNDED).
+    refused: BTreeMap<String, usize>,
+    /// Cancels whose outcome did not come within [`CANCEL_OUTCOME_TIMEOUT`].
+    unresolved: usize,
+}
+
+/// The name of a reject code on the wire.
+fn reject_name(code: i32) -> String {
+    common::RejectCode::try_from(code).map_or_else(|_| format!("code {code}"), |c| c.as_str_name().to_owned())
+}
+
+/// Each wallet cancels its [`CANCELS_PER_WALLET`] newest committed
+/// payments (the merchants refunded their oldest), and the demo follows
+/// the wallet's event stream until each cancel's outcome comes: REFUNDED
+/// (the payment given back whole) or CANCEL_REFUSED.
+async fn cancel_some(mesh: &LocalMesh) -> anyhow::Result<Cancels> {
+    let mut out = Cancels::default();
+    for (region, partner, _, _) in WALLETS {
+        let wallet = mesh.region(region)?.partner(partner)?;
+        let paid = paymesh_harness::world::transfers_of(&wallet).await?;
+        let mut committed: Vec<&wire::Transfer> =
+            paid.values().filter(|t| t.state == wire::TransferState::Committed as i32).collect();
+        committed.sort_by_key(|t| std::cmp::Reverse((t.transfer_id.len(), t.transfer_id.clone())));
+        let mut waiting = HashSet::new();
+        for transfer in committed.into_iter().take(CANCELS_PER_WALLET) {
+            out.asked += 1;
+            let answer = cancel_once_committed(&wallet, &transfer.transfer_id).await?;
+            match answer.cancel {
+                Some(cancel) if cancel.state == wire::CancelState::Requested as i32 => {
+                    waiting.insert(transfer.transfer_id.clone());
+                }
+                Some(cancel) if cancel.state == wire::CancelState::Refunded as i32 => out.refunded += 1,
+                _ => *out.refused.entry(reject_name(answer.reject_code)).or_default() += 1,
+            }
+        }
+        let deadline = Instant::now() + CANCEL_OUTCOME_TIMEOUT;
+        let mut cursor = 0;
+        while !waiting.is_empty() && Instant::now() < deadline {
+            let Ok(mut stream) = wallet.stream_events(cursor).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            while let Ok(Some(Ok(message))) =
+                tokio::time::timeout(Duration::from_secs(1), stream.message()).await.map(|m| m.transpose())
+            {
+                let Some(event) = message.event else { continue };
+                cursor = event.cursor;
+                if !waiting.contains(&event.transfer_id) {
+                    continue;
+                }
+                if event.kind == wire::EventKind::Refunded as i32 {
+                    out.refunded += 1;
+                } else if event.kind == wire::EventKind::CancelRefused as i32 {
+                    *out.refused.entry(reject_name(event.reason)).or_default() += 1;
+                } else {
+                    continue;
+                }
+                waiting.remove(&event.transfer_id);
+                if waiting.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        out.unresolved += waiting.len();
+    }
+    Ok(out)
+}
+
+/// Ask to cancel `transfer`, again while its commit has not reached the
+/// payee's region (TRANSFER_NOT_COMMITTED), for at most ten seconds.
+async fn cancel_once_committed(wallet: &PartnerClient, transfer: &str) -> anyhow::Result<wire::CancelTransferResponse> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = wire::CancelTransferRequest { transfer_id: transfer.to_owned() };
+        let answer = wallet.cancel_transfer(request).await.with_context(|| format!("cancelling {transfer}"))?;
+        if answer.reject_code != common::RejectCode::TransferNotCommitted as i32 || Instant::now() >= deadline {
+            return Ok(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One payment: quote, transfer, sometimes the same transfer again.
@@ -847,6 +944,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
          region)",
         refunds.asked, refunds.accepted, refunds.cross_border
     );
+    let cancels = cancel_some(&mesh).await.context("cancelling payments")?;
+    let refused: Vec<String> = cancels.refused.iter().map(|(why, n)| format!("{n} {why}")).collect();
+    println!(
+        "cancels: {} asked by the wallets, {} given back whole, refused: {}",
+        cancels.asked,
+        cancels.refunded,
+        if refused.is_empty() { "none".to_owned() } else { refused.join(", ") }
+    );
     // The operator pays some prefunding back; the books must show it.
     let paid_back_cents = FUND_OUT_CENTS;
     let fund_out = admin::FundOutPositionRequest {
@@ -902,6 +1007,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             Some(false) => "a cent more of a payment refunded whole was not refused".to_owned(),
             None => "no payment was refunded whole to try it on".to_owned(),
         },
+    });
+    checks.push(Check {
+        name: "every cancel the wallets asked for reached its outcome".into(),
+        holds: cancels.asked > 0 && cancels.unresolved == 0,
+        detail: format!(
+            "{} asked, {} given back whole, {} refused, {} without an outcome after {CANCEL_OUTCOME_TIMEOUT:?}",
+            cancels.asked,
+            cancels.refunded,
+            cancels.refused.values().sum::<usize>(),
+            cancels.unresolved
+        ),
     });
     checks.push(Check {
         name: "every probe's top-up was answered, so the books are known to the cent".into(),
