@@ -601,13 +601,7 @@ async fn set_cancel_window(mesh: &LocalMesh, region: &str, minutes: u32) {
         ..Default::default()
     };
     let region = mesh.region(region).unwrap();
-    let set = region
-        .admin(|mut c| {
-            let request = request.clone();
-            async move { c.set_region_settings(request).await }
-        })
-        .await
-        .unwrap();
+    let set = region.admin(|mut c| async move { c.set_region_settings(request).await }).await.unwrap();
     assert_eq!(set.settings.unwrap().cancel_window_minutes, minutes);
 }
 
