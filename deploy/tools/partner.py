@@ -4,8 +4,16 @@ hand: calls paymesh.partner.v1.PartnerService over mutual TLS with a
 partner's development certificate, through a region's published API ports.
 
     partner.py pay      --region us-west --partner paypal-us --qr wxp://m0001 \
-                        --amount 12.34 --currency USD [--key KEY] [--timeout 60]
+                        --amount 12.34 --currency USD [--idempotency-key KEY] [--timeout 60]
     partner.py position --region cn-east --partner wechat-cn --currency CNY
+
+For a region of your own (README.md, "A region on your machine"), name its
+nodes' API addresses and the partner's files instead of a container region:
+
+    partner.py pay --node 127.0.0.1:8101 --node 127.0.0.1:8102 \
+                   --ca tls/ca.pem --cert tls/partner-paypal-us.pem \
+                   --key tls/partner-paypal-us.key --qr pay://merchant/till-1 \
+                   --amount 25.00 --currency USD
 
 `pay` is one cross-border (or domestic) payment, end to end: LookupPayee,
 CreateQuote, CreateTransfer, then GetTransfer until the transfer is final
@@ -18,7 +26,7 @@ containers' networks, so it is not followed), within the timeout.
 
 Needs grpcio and grpcio-tools (deploy/smoke.sh installs them in a virtual
 environment under deploy/run/venv); the Python modules are generated from
-the repository's proto/ into deploy/run/pyproto on first use.
+the repository's proto/ into that environment on first use.
 """
 
 import argparse
@@ -37,12 +45,15 @@ PROTOS = ["paymesh/common/v1/common.proto", "paymesh/partner/v1/partner.proto"]
 
 
 def generated_modules():
-    """Generate (once) and import the partner API's Python modules."""
-    out = os.path.join(RUN, "pyproto")
+    """Generate and import the partner API's Python modules: generated into
+    the Python environment running this (whose grpcio-tools and protobuf
+    agree), once, and again whenever a .proto file is newer."""
+    out = os.path.join(sys.prefix, "paymesh-pyproto")
     marker = os.path.join(out, "paymesh", "partner", "v1", "partner_pb2_grpc.py")
-    if not os.path.exists(marker):
+    proto_dir = os.path.join(REPO, "proto")
+    newest = max(os.path.getmtime(os.path.join(proto_dir, p)) for p in PROTOS)
+    if not os.path.exists(marker) or os.path.getmtime(marker) < newest:
         os.makedirs(out, exist_ok=True)
-        proto_dir = os.path.join(REPO, "proto")
         command = [sys.executable, "-m", "grpc_tools.protoc", "-I", proto_dir,
                    f"--python_out={out}", f"--grpc_python_out={out}"]
         command += [os.path.join(proto_dir, p) for p in PROTOS]
@@ -59,22 +70,27 @@ def addresses(region):
 
 
 class Partner:
-    """A partner's connections to one region's nodes."""
+    """A partner's connections to one region's nodes: the containers' region
+    `args.region` with its generated certificates, or the nodes `args.node`
+    with the files `args.ca`, `args.cert` and `args.key`."""
 
-    def __init__(self, region, partner):
+    def __init__(self, args):
         import grpc
         self.grpc = grpc
         _, self.pb, self.pb_grpc = generated_modules()
-        certs = os.path.join(RUN, "certs", region)
-        read = lambda name: open(os.path.join(certs, name), "rb").read()  # noqa: E731
+        read = lambda path: open(path, "rb").read()  # noqa: E731
+        if args.node:
+            self.addresses = args.node
+            ca, cert, key = args.ca, args.cert, args.key
+        else:
+            certs = os.path.join(RUN, "certs", args.region)
+            self.addresses = addresses(args.region)
+            ca = os.path.join(certs, "ca.pem")
+            cert = os.path.join(certs, f"partner-{args.partner}.pem")
+            key = os.path.join(certs, f"partner-{args.partner}.key")
         creds = grpc.ssl_channel_credentials(
-            root_certificates=read("ca.pem"),
-            private_key=read(f"partner-{partner}.key"),
-            certificate_chain=read(f"partner-{partner}.pem"),
-        )
-        self.stubs = [self.pb_grpc.PartnerServiceStub(grpc.secure_channel(a, creds))
-                      for a in addresses(region)]
-        self.addresses = addresses(region)
+            root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+        self.stubs = [self.pb_grpc.PartnerServiceStub(grpc.secure_channel(a, creds)) for a in self.addresses]
         self.next = 0
 
     def call(self, method, request, deadline):
@@ -101,11 +117,11 @@ def money_dict(m):
 
 def pay(args):
     common, pb, _ = generated_modules()
-    client = Partner(args.region, args.partner)
+    client = Partner(args)
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
     reject = lambda code: common.RejectCode.Name(code)  # noqa: E731
-    result = {"region": args.region, "payer": args.partner, "qr": args.qr}
+    result = {"region": args.region or ",".join(args.node), "payer": args.partner or args.cert, "qr": args.qr}
 
     looked = client.call("LookupPayee", pb.LookupPayeeRequest(qr_payload=args.qr), deadline)
     if looked.reject_code:
@@ -124,7 +140,7 @@ def pay(args):
                        "destination": money_dict(q.destination_amount), "fee": money_dict(q.fee),
                        "total_debit": money_dict(q.total_debit)}
 
-    key = args.key or f"smoke-{uuid.uuid4().hex[:16]}"
+    key = args.idempotency_key or f"smoke-{uuid.uuid4().hex[:16]}"
     request = pb.CreateTransferRequest(
         idempotency_key=key, quote_id=q.quote_id, qr_payload=args.qr,
         payer=pb.PayerDetails(name="Smoke Tester", account="acct-smoke", reference=f"ref-{key}"))
@@ -156,34 +172,50 @@ def pay(args):
 
 def position(args):
     _, pb, _ = generated_modules()
-    client = Partner(args.region, args.partner)
+    client = Partner(args)
     got = client.call("GetPosition", pb.GetPositionRequest(currency=args.currency),
                       time.monotonic() + args.timeout)
     rows = [{"currency": p.currency, "posted": p.posted_balance.amount,
              "pending_debits": p.pending_debits.amount, "pending_credits": p.pending_credits.amount,
              "available": p.available.amount} for p in got.positions]
-    return {"region": args.region, "partner": args.partner, "positions": rows}, True
+    return {"region": args.region or ",".join(args.node), "partner": args.partner or args.cert,
+            "positions": rows}, True
+
+
+def where(parser):
+    """The options that say which region and partner: a containers' region
+    by name, or nodes and certificate files of your own."""
+    parser.add_argument("--region", choices=REGIONS, help="a region of deploy/ (its generated certificates)")
+    parser.add_argument("--partner", help="the partner, with --region")
+    parser.add_argument("--node", action="append", default=[], help="a node's API address (repeatable)")
+    parser.add_argument("--ca", help="the region's CA certificate, with --node")
+    parser.add_argument("--cert", help="the partner's certificate, with --node")
+    parser.add_argument("--key", help="the partner's private key, with --node")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pay", help="one payment, end to end")
-    p.add_argument("--region", choices=REGIONS, required=True)
-    p.add_argument("--partner", required=True)
+    where(p)
     p.add_argument("--qr", required=True)
     p.add_argument("--amount", required=True)
     p.add_argument("--currency", required=True)
-    p.add_argument("--key", help="idempotency key (default: a new one)")
+    p.add_argument("--idempotency-key", help="the transfer's idempotency key (default: a new one)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(run=pay)
     q = sub.add_parser("position", help="a partner's position")
-    q.add_argument("--region", choices=REGIONS, required=True)
-    q.add_argument("--partner", required=True)
+    where(q)
     q.add_argument("--currency", default="")
     q.add_argument("--timeout", type=float, default=30.0)
     q.set_defaults(run=position)
     args = parser.parse_args()
+    if args.node:
+        missing = [f"--{name}" for name in ("ca", "cert", "key") if not getattr(args, name)]
+        if missing:
+            parser.error(f"--node needs {', '.join(missing)} too")
+    elif not (args.region and args.partner):
+        parser.error("give --region and --partner (the containers' regions), or --node with --ca, --cert, --key")
     try:
         result, ok = args.run(args)
     except Exception as e:  # a refusal or a timeout: say which, as JSON

@@ -598,6 +598,8 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_NOTHING_TO_SETTLE",
         "REJECT_CODE_ALREADY_SETTLED",
         "REJECT_CODE_NOT_SETTLEABLE",
+        "REJECT_CODE_CANCEL_WINDOW_CLOSED",
+        "REJECT_CODE_ALREADY_REFUNDED",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -697,7 +699,7 @@ fn file_descriptor_set_describes_every_service() {
         "GetStatement",
     ]);
     partner.push(("StreamEvents".into(), false, true));
-    partner.extend(unary(&["CreateRefund", "GetRefund", "ListRefunds"]));
+    partner.extend(unary(&["CreateRefund", "GetRefund", "ListRefunds", "CancelTransfer"]));
     assert_eq!(methods("paymesh.partner.v1", "PartnerService"), partner);
 
     assert_eq!(methods("paymesh.interregion.v1", "InterRegionService"), unary(&["Prepare", "Decide"]));
