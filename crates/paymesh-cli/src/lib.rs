@@ -357,6 +357,46 @@ fn quiet_on_closed_pipe() {
     sigpipe::reset();
 }
 
+/// How long `paymesh init` waits for the region's members to be in step.
+const INIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait, at most `within`, until every node at `addresses` answers as the
+/// leader or a follower of one leader, at one applied index: the leader
+/// and the number of voters then.
+async fn in_step(
+    client: &paymesh_node::cluster_client::ClusterClient,
+    addresses: &[String],
+    within: std::time::Duration,
+) -> Option<(u64, usize)> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let mut answers = Vec::new();
+        for addr in addresses {
+            answers.push(client.status(addr, false).await.ok());
+        }
+        let answers: Option<Vec<_>> = answers.into_iter().collect();
+        if let Some(answers) = answers {
+            let leader = answers.iter().find(|a| a.role == wire::NodeRole::Leader as i32);
+            let steady = |a: &&wire::GetNodeStatusResponse| {
+                [wire::NodeRole::Leader as i32, wire::NodeRole::Follower as i32].contains(&a.role)
+            };
+            if let Some(leader) = leader {
+                let applied = leader.applied_index;
+                if answers
+                    .iter()
+                    .all(|a| steady(&a) && a.applied_index == applied && a.leader_id == Some(leader.node_id))
+                {
+                    return Some((leader.node_id, leader.voters.len()));
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// How long the process waits, on its way out, for tasks still running.
 const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -370,6 +410,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 println!("region already initialised; nothing changed");
             } else {
                 println!("region initialised through {}", addresses[0]);
+            }
+            match in_step(&client, &addresses, INIT_SETTLE).await {
+                Some((leader, voters)) => println!("leader: node {leader}; {voters} voters in step"),
+                None => println!(
+                    "not every node answered in step within {INIT_SETTLE:?}: see paymesh status (a node still \
+                     starting joins when it is up)"
+                ),
             }
             Ok(())
         }
