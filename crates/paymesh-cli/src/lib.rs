@@ -363,11 +363,7 @@ const INIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Wait, at most `within`, until every node at `addresses` answers as the
 /// leader or a follower of one leader, at one applied index: the leader
 /// and the number of voters then.
-async fn in_step(
-    client: &paymesh_node::cluster_client::ClusterClient,
-    addresses: &[String],
-    within: std::time::Duration,
-) -> Option<(u64, usize)> {
+async fn in_step(client: &ClusterClient, addresses: &[String], within: std::time::Duration) -> Option<(u64, usize)> {
     let deadline = std::time::Instant::now() + within;
     loop {
         let mut answers = Vec::new();
