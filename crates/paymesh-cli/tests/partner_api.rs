@@ -275,9 +275,28 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
     let sdk = region.sdk("partner-wallet-a").unwrap();
     let leader_addr = region.nodes[&leader].api_addr.clone();
     let mut raw = PartnerServiceClient::new(sdk.channel(&leader_addr).unwrap());
-    let huge = wire::LookupPayeeRequest { qr_payload: "q".repeat(2 * 1024 * 1024) };
+    // RESOURCE_EXHAUSTED, as gRPC's conventions have it, on every service
+    // of the API listener (the decoder's own OUT_OF_RANGE is the code the
+    // contract keeps for StreamEvents' cursors).
+    let huge = wire::LookupPayeeRequest { qr_payload: "q".repeat(5 * 1024 * 1024) };
     let status = raw.lookup_payee(huge).await.unwrap_err();
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("the limit is"), "{status:?}");
+    let operator_sdk = region.sdk("operator-tests").unwrap();
+    let mut raw_admin =
+        admin::admin_service_client::AdminServiceClient::new(operator_sdk.channel(&leader_addr).unwrap());
+    let huge = admin::GetPartnerRequest { partner_id: "p".repeat(2 * 1024 * 1024) };
+    let status = raw_admin.get_partner(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Quotes the region refuses are answered without proposing anything: a
+    // payee-only caller, a QR code no route matches.
+    let merchant = region.partner("merchant-net");
+    let refused = merchant.create_quote(quote_request("5")).await.unwrap();
+    assert_eq!(refused.reject_code, wire_common::RejectCode::PartnerRoleNotAllowed as i32, "{refused:?}");
+    let unrouted = wire::CreateQuoteRequest { qr_payload: "upi://nobody".into(), ..quote_request("5") };
+    let (c, m) = code(a.create_quote(unrouted).await.unwrap_err());
+    assert_eq!((c, m.starts_with("PayeeNotFound")), (Code::NotFound, true), "{m}");
 
     // A follower answers a write with UNAVAILABLE and the leader's address.
     let follower = region.nodes.values().find(|n| n.id != leader).unwrap().api_addr.clone();
@@ -303,10 +322,13 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
             async move { c.set_partner_status(r).await }
         })
         .await;
+    let suspended = region.wait_converged(Duration::from_secs(20)).await;
     let (c, m) = code(a.create_quote(quote_request("5")).await.unwrap_err());
     assert_eq!((c, m.starts_with("PartnerSuspended")), (Code::FailedPrecondition, true), "{m}");
     let (c, m) = code(a.get_position(wire::GetPositionRequest::default()).await.unwrap_err());
     assert_eq!((c, m.starts_with("PartnerSuspended")), (Code::FailedPrecondition, true), "{m}");
+    let after = region.wait_converged(Duration::from_secs(20)).await;
+    assert_eq!(after[0].applied_index, suspended[0].applied_index, "a suspended caller's quote proposed nothing");
 
     let summary =
         region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;

@@ -277,3 +277,53 @@ mod tests {
         assert!(next(&mut served).await.is_some(), "the freed place was not given to the next connection");
     }
 }
+
+/// The start of the message tonic's decoder gives a request over its
+/// service's size limit, as it travels in `grpc-message` (percent-encoded).
+const OVER_LIMIT_MESSAGE: &str = "Error,%20decoded%20message%20length%20too%20large";
+
+/// A service whose answer to a request over its size limit is
+/// RESOURCE_EXHAUSTED, as gRPC's conventions have it (the reference
+/// implementations answer so), rather than the OUT_OF_RANGE tonic's decoder
+/// gives: the API's contract keeps OUT_OF_RANGE for a cursor past what
+/// history holds. Only that answer changes; everything else passes through.
+#[derive(Clone, Debug)]
+pub struct SizeLimited<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for SizeLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Response = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for SizeLimited<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures::future::MapOk<S::Future, fn(Response) -> Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        use futures::TryFutureExt as _;
+        self.0.call(request).map_ok(over_limit_exhausted as fn(Response) -> Response)
+    }
+}
+
+/// `response`, with RESOURCE_EXHAUSTED for the decoder's OUT_OF_RANGE of a
+/// request over the size limit.
+fn over_limit_exhausted(mut response: Response) -> Response {
+    let headers = response.headers();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let over_limit =
+        headers.get("grpc-message").is_some_and(|v| v.as_bytes().starts_with(OVER_LIMIT_MESSAGE.as_bytes()));
+    if out_of_range && over_limit {
+        let exhausted = tonic::codegen::http::HeaderValue::from_static("8");
+        response.headers_mut().insert("grpc-status", exhausted);
+    }
+    response
+}

@@ -26,7 +26,7 @@ use crate::gateway::Gateway;
 use crate::history_service::{HistoryServer, HISTORY_MESSAGE_BYTES_MAX};
 use crate::identity::{Authenticator, Identity};
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
-use crate::listener;
+use crate::listener::{self, SizeLimited};
 use crate::members::Members;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
 use crate::outbox::{ca_bundle, Links};
@@ -354,16 +354,16 @@ impl Node {
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(
+            .add_service(SizeLimited(
                 PartnerServiceServer::new(PartnerServer::new(gateway.clone()))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            )
-            .add_service(
+            ))
+            .add_service(SizeLimited(
                 AdminServiceServer::new(AdminServer::new(gateway.clone()))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            )
+            ))
             .add_service(ClusterServiceServer::new(ClusterServer::new(
                 self.config.clone(),
                 self.raft.clone(),
@@ -372,7 +372,7 @@ impl Node {
                 self.auth.clone(),
                 self.dialing(),
             )))
-            .add_service(
+            .add_service(SizeLimited(
                 HistoryServiceServer::new(HistoryServer::new(
                     self.config.clone(),
                     self.state_machine.clone(),
@@ -380,7 +380,7 @@ impl Node {
                 ))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
-            )
+            ))
             .add_service(
                 InterRegionServiceServer::new(InterRegionServer::new(
                     gateway.clone(),
