@@ -112,6 +112,7 @@ pub fn classify(error: &ClientError) -> Outcome {
             Outcome::Unknown { reason: format!("{:?}: {}", last.code(), last.message()) }
         }
         ClientError::Credentials(e) => Outcome::Failed { reason: format!("credentials: {e}") },
+        ClientError::Handshake(refused, _) => Outcome::Failed { reason: format!("TLS handshake: {refused}") },
     }
 }
 

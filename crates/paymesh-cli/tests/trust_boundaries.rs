@@ -632,3 +632,59 @@ async fn a_node_dials_with_its_reloaded_certificate_and_ca_after_a_ca_rollover()
     let references = ["before-rollover", "after-rollover", "after-restart-of-2", "after-restart-of-3"];
     common::assert_all_present(&writer, &references.map(String::from)).await;
 }
+
+/// A refused TLS handshake looks like a node that is down to a gRPC client
+/// (UNAVAILABLE or UNKNOWN, "transport error"); the SDK tells it apart by
+/// what TLS refused and reports it at once, without retrying: retrying
+/// with the same certificate cannot help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tls_handshake_is_reported_as_such_and_not_retried() {
+    use paymesh_node::tls::certs::{generate, CertSpec};
+
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    region.upsert_partner("wallet-a", admin::PartnerRole::Payer, "0").await;
+    let other = tempfile::tempdir().unwrap();
+    let us_west = RegionId::new(common::REGION).unwrap();
+    let wallet = Identity::partner("wallet-a").unwrap();
+    let hosts = vec!["127.0.0.1".to_owned()];
+    generate(other.path(), &CertSpec { region: us_west, holders: vec![wallet], node_hosts: hosts }).unwrap();
+    let [ca, cert, key] = region.cert_files("partner-wallet-a");
+    let foreign = (other.path().join("partner-wallet-a.pem"), other.path().join("partner-wallet-a.key"));
+    // Many attempts allowed: a retried handshake would end as GaveUp.
+    let policy = paymesh_client::RetryPolicy { attempts: 40, deadline: Duration::from_secs(30) };
+    let nodes: Vec<String> = region.nodes.values().map(|n| n.api_addr.clone()).collect();
+    let client = |credentials| {
+        paymesh_client::PartnerClient::new(paymesh_client::Region::with_policy(nodes.clone(), credentials, policy))
+    };
+    let cases = [
+        ("a certificate of another CA", paymesh_client::Credentials::from_files(&ca, &foreign.0, &foreign.1)),
+        ("trusting another CA", paymesh_client::Credentials::from_files(&other.path().join("ca.pem"), &cert, &key)),
+    ];
+    for (case, credentials) in cases {
+        match client(credentials.unwrap()).get_position(Default::default()).await {
+            Err(ClientError::Handshake(refused, status)) => {
+                println!("{case}: {refused} ({:?}: {})", status.code(), status.message());
+                assert!(matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown), "{status:?}");
+            }
+            other => panic!("{case}: expected a refused handshake, got {other:?}"),
+        }
+    }
+    // The operator's command says so too, at once.
+    let operator = region.cert_files("operator-tests");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paymesh"))
+        .args(["partner", "list", "--node", &nodes[0], "--ca"])
+        .arg(other.path().join("ca.pem"))
+        .arg("--cert")
+        .arg(&operator[1])
+        .arg("--key")
+        .arg(&operator[2])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("TLS handshake refused"), "{said}");
+    // The right certificate is served.
+    let good = paymesh_client::Credentials::from_files(&ca, &cert, &key).unwrap();
+    client(good).get_position(Default::default()).await.expect("the region's own certificate is served");
+}

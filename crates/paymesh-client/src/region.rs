@@ -37,13 +37,25 @@ pub enum ClientError {
     /// The credentials could not be read or are not valid PEM.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The TLS handshake with a node was refused, one way or the other: the
+    /// node does not accept this caller's certificate (none, another CA's,
+    /// expired), or this caller does not trust the node's (the CA file names
+    /// another CA). A gRPC client sees it as UNAVAILABLE or UNKNOWN, like a
+    /// node that is down, but retrying with the same credentials cannot
+    /// help, so it is not retried (except by a region whose credentials are
+    /// reloaded while it runs, [`Region::live`]). `.0` is the status, whose
+    /// message and source name what TLS refused.
+    #[error("TLS handshake refused ({0}): the node does not accept this certificate, or this caller does not trust the node's CA; check the certificate, its key and the CA file, retrying will not help")]
+    Handshake(String, Status),
 }
 
 impl ClientError {
     /// The gRPC status behind the error, if any.
     pub fn status(&self) -> Option<&Status> {
         match self {
-            ClientError::Refused(status) | ClientError::GaveUp { last: status, .. } => Some(status),
+            ClientError::Refused(status)
+            | ClientError::GaveUp { last: status, .. }
+            | ClientError::Handshake(_, status) => Some(status),
             ClientError::Credentials(_) => None,
         }
     }
@@ -190,6 +202,31 @@ impl Dial {
     }
 }
 
+/// What TLS refused, when `status` is a failed TLS handshake, found in its
+/// chain of sources (the transport error, hyper's, the I/O error that
+/// carries TLS's): a rustls error (this side refused the node's
+/// certificate), or the fatal alert the node sent (it refused this side's),
+/// which reaches here as the I/O error's text, in rustls' words.
+fn refused_handshake(status: &Status) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                return Some(tls.to_string());
+            }
+            let text = io.to_string();
+            if io.kind() == std::io::ErrorKind::InvalidData && text.starts_with("received fatal alert: ") {
+                return Some(text);
+            }
+        }
+        source = error.source();
+    }
+    None
+}
+
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -227,6 +264,11 @@ impl Region {
     pub fn with_call_timeout(mut self, timeout: Duration) -> Region {
         self.call_timeout = timeout;
         self
+    }
+
+    /// Whether the credentials may be reloaded while the region is in use.
+    fn reloads_credentials(&self) -> bool {
+        self.dial.lock().unwrap_or_else(|p| p.into_inner()).updates.is_some()
     }
 
     /// The nodes' API addresses.
@@ -311,6 +353,10 @@ impl Region {
                 Ok(value) => {
                     *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
                     return Ok(value);
+                }
+                Err(status) if !self.reloads_credentials() && refused_handshake(&status).is_some() => {
+                    let refused = refused_handshake(&status).unwrap_or_default();
+                    return Err(ClientError::Handshake(format!("{target}: {refused}"), status));
                 }
                 Err(status) if retryable(&status) => {
                     let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
