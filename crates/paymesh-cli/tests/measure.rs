@@ -249,3 +249,116 @@ async fn write_latency_and_throughput() {
     }
     region.kill(leader);
 }
+
+/// One worker of [`failover_under_load`]: quote and pay a cent, again and
+/// again, until `stop`; each acknowledged transfer's instant goes to `acks`.
+async fn pay_cents(
+    client: paymesh_client::PartnerClient,
+    worker: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acks: Arc<std::sync::Mutex<Vec<Instant>>>,
+) {
+    use paymesh_proto::partner::v1 as partner;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let quote = partner::CreateQuoteRequest {
+            qr_payload: "pay://merchant/m-1".into(),
+            amount: Some(partner::create_quote_request::Amount::SourceAmount(common::money("0.01", "USD"))),
+        };
+        let Ok(quote) = client.create_quote(quote).await else { continue };
+        let Some(quote) = quote.quote else { continue };
+        let transfer = partner::CreateTransferRequest {
+            idempotency_key: format!("w{worker}-{n}"),
+            quote_id: quote.quote_id,
+            qr_payload: "pay://merchant/m-1".into(),
+            payer: Some(partner::PayerDetails { name: "Ada".into(), account: "a-1".into(), reference: "r".into() }),
+        };
+        if let Ok(answer) = client.create_transfer(transfer).await {
+            if answer.transfer.is_some_and(|t| t.state == partner::TransferState::Committed as i32) {
+                acks.lock().unwrap().push(Instant::now());
+            }
+        }
+    }
+}
+
+/// The leader killed while 16 clients pay: how long until a new leader, and
+/// how long no payment was acknowledged (from the last acknowledgement
+/// before the kill to the first after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
+async fn failover_under_load() {
+    const TRIALS: usize = 8;
+    const CLIENTS: usize = 16;
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    let free = wire::FeeSchedule {
+        fixed: Some(common::money("0", "USD")),
+        rate_bps: 0,
+        min: Some(common::money("0", "USD")),
+        max: Some(common::money("0", "USD")),
+    };
+    region.two_payers_and_a_merchant("0", free).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let client = region.partner(if w % 2 == 0 { "wallet-a" } else { "wallet-b" });
+            tokio::spawn(pay_cents(client, w, stop.clone(), acks.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut elections, mut gaps) = (Vec::new(), Vec::new());
+    for trial in 0..TRIALS {
+        let leader = region.wait_leader(Duration::from_secs(20)).await;
+        let client = region.client();
+        let term = status(&client, &region.nodes[&leader].api_addr).await.unwrap().current_term;
+        let before = acks.lock().unwrap().len();
+        region.kill(leader);
+        let killed = Instant::now();
+        let elected = 'wait: loop {
+            for addr in region.api_addrs() {
+                if let Some(s) = status(&client, &addr).await {
+                    if s.role == wire::NodeRole::Leader as i32 && s.current_term > term {
+                        break 'wait killed.elapsed();
+                    }
+                }
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let resumed = loop {
+            let after = acks.lock().unwrap().iter().copied().find(|at| *at > killed);
+            if let Some(at) = after {
+                break at;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(60), "no payment acknowledged after the kill");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let last_before = acks.lock().unwrap()[..before].iter().copied().filter(|at| *at <= killed).max().unwrap();
+        let gap = resumed - last_before;
+        println!("trial {trial}: leader {leader} killed; new leader after {elected:?}; no acknowledgement for {gap:?}");
+        elections.push(elected);
+        gaps.push(gap);
+        region.spawn(leader);
+        region.wait_converged(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let total = acks.lock().unwrap().len();
+    let range = |v: &[Duration]| (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+    let (e, g) = (range(&elections), range(&gaps));
+    println!(
+        "FAILOVER under {CLIENTS} clients, {TRIALS} kills ({total} payments): new leader median {:?} (range {:?} to \
+         {:?}); no acknowledgement median {:?} (range {:?} to {:?})",
+        median(&mut elections),
+        e.0,
+        e.1,
+        median(&mut gaps),
+        g.0,
+        g.1
+    );
+}
