@@ -58,7 +58,7 @@ const SDK_DEADLINE_MS: Ms = 5_000;
 /// The SDK's pause after a failed attempt, doubling up to [`SDK_BACKOFF_MAX_MS`].
 const SDK_BACKOFF_FIRST_MS: Ms = 50;
 /// See [`SDK_BACKOFF_FIRST_MS`].
-const SDK_BACKOFF_MAX_MS: Ms = 1_000;
+const SDK_BACKOFF_MAX_MS: Ms = 250;
 /// One attempt's time limit (the workload's `CALL_TIMEOUT`).
 const ATTEMPT_TIMEOUT_MS: Ms = 3_000;
 /// A follower's stream connection ends after this many events.
