@@ -465,3 +465,53 @@ async fn history_serves_statements_lists_and_reads_across_snapshots_and_kills() 
         .unwrap_err();
     assert_eq!(bad.status().unwrap().code(), tonic::Code::InvalidArgument);
 }
+
+fn payment_request(key: &str, amount: &str, bound: Option<&str>) -> wire::CreatePaymentRequest {
+    wire::CreatePaymentRequest {
+        idempotency_key: key.into(),
+        qr_payload: QR.into(),
+        amount: Some(wire::create_payment_request::Amount::SourceAmount(money(amount, "USD"))),
+        max_total_debit: bound.map(|b| money(b, "USD")),
+        payer: Some(wire::PayerDetails {
+            name: "Ada Traveller".into(),
+            account: "acct-77".into(),
+            reference: format!("ref-{key}"),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_call_payment_is_one_log_entry_within_its_bound_and_exactly_once() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let a = region.partner("wallet-a");
+    let index = |statuses: Vec<paymesh_proto::admin::v1::GetNodeStatusResponse>| statuses[0].applied_index.unwrap();
+
+    // A quote then a transfer: two entries. One call: one.
+    let before = index(region.wait_converged(Duration::from_secs(20)).await);
+    let quote = a.create_quote(quote_request("10")).await.unwrap().quote.unwrap();
+    a.create_transfer(transfer_request("two-calls", &quote.quote_id)).await.unwrap().transfer.unwrap();
+    let between = index(region.wait_converged(Duration::from_secs(20)).await);
+    let paid = a.create_payment(payment_request("one-call", "10", Some("10.20"))).await.unwrap();
+    let after = index(region.wait_converged(Duration::from_secs(20)).await);
+    assert_eq!((between - before, after - between), (2, 1), "entries for two calls, then for one");
+    let transfer = paid.transfer.expect("a transfer");
+    assert_eq!((transfer.state, paid.reject_code), (wire::TransferState::Committed as i32, 0));
+    assert_eq!(transfer.fee.unwrap().amount, "0.20", "priced as its quote would have been");
+
+    // Retried: the same transfer, nothing new in the log.
+    let again = a.create_payment(payment_request("one-call", "10", Some("10.20"))).await.unwrap();
+    assert_eq!(again.transfer.unwrap().transfer_id, transfer.transfer_id);
+    // Above its bound: refused, nothing recorded; the key is still free.
+    let refused = a.create_payment(payment_request("bounded", "10", Some("10.19"))).await.unwrap();
+    assert!(refused.transfer.is_none(), "{refused:?}");
+    assert_eq!(refused.reject_code, wire_common::RejectCode::PriceAboveLimit as i32);
+    let within = a.create_payment(payment_request("bounded", "10", None)).await.unwrap();
+    assert_eq!(within.transfer.unwrap().state, wire::TransferState::Committed as i32);
+    let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "969.40", "three payments of 10.20, once each");
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}

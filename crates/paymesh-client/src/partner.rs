@@ -60,6 +60,11 @@ impl PartnerClient {
         create_transfer, wire::CreateTransferRequest, wire::CreateTransferResponse
     );
     unary!(
+        /// Price and pay in one call, within the bound the request states.
+        /// Retried with the same idempotency key, as `create_transfer`.
+        create_payment, wire::CreatePaymentRequest, wire::CreateTransferResponse
+    );
+    unary!(
         /// Read one transfer.
         get_transfer, wire::GetTransferRequest, wire::GetTransferResponse
     );

@@ -263,6 +263,10 @@ pub enum CommandBody {
     /// Another region's payer asks to cancel a payment paid to a payee of
     /// this region ([`CancelRequest`]): answered like a Prepare.
     RequestCancel(CancelRequest),
+
+    // --- one-call payments (added later) ------------------------------------
+    /// Price and pay in one command ([`PaymentRequest`]).
+    CreatePayment(PaymentRequest),
 }
 
 /// Why an operator did something: 1 to 256 bytes of UTF-8 text with no
@@ -400,6 +404,55 @@ pub struct TransferRequest {
     pub payee: QrPayload,
     /// The payer's personal data, kept only in the payer region.
     pub payer: PayerDetails,
+}
+
+/// A partner's one-call payment: the region prices it and creates its
+/// transfer in one command, as a quote and a transfer would, honouring the
+/// bound the partner states on what it pays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRequest {
+    /// The paying partner (from its certificate).
+    pub partner: PartnerId,
+    /// The partner's idempotency key (the same key space as its transfers).
+    pub idempotency_key: IdempotencyKey,
+    /// The payee's QR payload.
+    pub payee: QrPayload,
+    /// What to pay: the source amount, or the merchant's price.
+    pub amount: QuoteAmount,
+    /// The most the payer's position may be debited in all (principal and
+    /// fee), in its currency; none for no bound. Priced above it, the
+    /// payment is refused (`PRICE_ABOVE_LIMIT`) and nothing is recorded.
+    pub max_total_debit: Option<Money>,
+    /// The payer's personal data, kept only in the payer region.
+    pub payer: PayerDetails,
+}
+
+impl PaymentRequest {
+    /// The body's fingerprint, as [`TransferRequest::fingerprint`]; its own
+    /// domain, so a payment and a transfer never share one.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(b"paymesh/payment-request/v1");
+        let (side, amount) = match self.amount {
+            QuoteAmount::Source(money) => ("source", money),
+            QuoteAmount::Destination(money) => ("destination", money),
+        };
+        let bound = self.max_total_debit.map(|m| format!("{} {}", m.to_wire(), m.currency())).unwrap_or_default();
+        for field in [
+            self.payee.as_str(),
+            side,
+            amount.to_wire().as_str(),
+            amount.currency().code(),
+            bound.as_str(),
+            self.payer.name.as_str(),
+            self.payer.account.as_str(),
+            self.payer.reference.as_str(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field.as_bytes());
+        }
+        Fingerprint(hasher.finalize().into())
+    }
 }
 
 /// A SHA-256 digest of a request body, compared when an idempotency key is reused.
@@ -717,6 +770,7 @@ impl CommandBody {
             | CommandBody::PrepareRefund(_)
             | CommandBody::CancelTransfer { .. }
             | CommandBody::RequestCancel(_)
+            | CommandBody::CreatePayment(_)
             | CommandBody::Tick => false,
         }
     }

@@ -106,11 +106,13 @@ pub enum RejectCode {
     /// The payment was refunded (in part or whole), or a refund of it is in
     /// flight: a cancel gives back a whole payment, so it is refused.
     AlreadyRefunded,
+    /// A one-call payment priced above the bound its payer stated.
+    PriceAboveLimit,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 39] = [
+    pub const ALL: [RejectCode; 40] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -150,6 +152,7 @@ impl RejectCode {
         RejectCode::NotSettleable,
         RejectCode::CancelWindowClosed,
         RejectCode::AlreadyRefunded,
+        RejectCode::PriceAboveLimit,
     ];
 }
 

@@ -979,6 +979,7 @@ impl State {
             CommandBody::ReverseTransfer { transfer, .. } => self.reverse_transfer(transfer, now, recall),
             CommandBody::CancelTransfer { partner, transfer } => self.cancel_transfer(partner, transfer, now, recall),
             CommandBody::RequestCancel(message) => Ok(Outcome::PrepareReply(self.request_cancel(message, now, recall))),
+            CommandBody::CreatePayment(request) => Ok(self.create_payment(request, now, recall)),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use paymesh_core::command::{CommandBody, RefundRequest, TransferRequest};
+use paymesh_core::command::{CommandBody, PaymentRequest, RefundRequest, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
 use paymesh_core::ledger::{AccountId, AccountOwner};
@@ -48,10 +48,61 @@ impl PartnerServer {
     pub fn new(gateway: Gateway) -> PartnerServer {
         PartnerServer { gateway }
     }
+
+    /// Submit a command that creates a transfer (a `CreateTransfer` or a
+    /// `CreatePayment`) under `span`, and answer with the transfer as it
+    /// stands or the refusal.
+    async fn transfer_answer(
+        &self,
+        partner: &paymesh_core::id::PartnerId,
+        body: CommandBody,
+        span: &tracing::Span,
+    ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+        let outcome = {
+            use tracing::Instrument;
+            self.gateway.submit(partner.clone(), body).instrument(span.clone()).await?
+        };
+        match outcome {
+            Outcome::Transfer(view) => {
+                span.record("transfer", tracing::field::display(&view.id));
+                // The transfer as it stands now: a retry's recorded answer
+                // may be older than its transfer's state. A final answer is
+                // its state for good (and reading a finished transfer back
+                // from history would cost every domestic payment a read).
+                let sm = &self.gateway.state_machine;
+                let current = (!view.state.is_final())
+                    .then(|| sm.applied().state.transfer_for(partner, &view.id, sm.history()))
+                    .flatten()
+                    .and_then(|t| convert::transfer_out(&t, partner))
+                    .unwrap_or_else(|| convert::transfer_view_out(&view, true));
+                let reject_code =
+                    if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
+                Ok(Response::new(wire::CreateTransferResponse { transfer: Some(current), reject_code }))
+            }
+            Outcome::Rejected(code) => Ok(Response::new(wire::CreateTransferResponse {
+                transfer: None,
+                reject_code: Gateway::rejected(code)?,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+/// The side of a payment the caller fixes, from the request's `amount`
+/// (at most one of the two set): INVALID_ARGUMENT for neither.
+fn quote_amount(
+    source: Option<&paymesh_proto::common::v1::Money>,
+    destination: Option<&paymesh_proto::common::v1::Money>,
+) -> Result<QuoteAmount, Status> {
+    match (source, destination) {
+        (Some(m), _) => Ok(QuoteAmount::Source(convert::positive_money("source_amount", Some(m))?)),
+        (None, Some(m)) => Ok(QuoteAmount::Destination(convert::positive_money("destination_amount", Some(m))?)),
+        (None, None) => Err(invalid("amount", "set source_amount or destination_amount")),
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<wire::StreamEventsResponse, Status>> + Send>>;
@@ -80,14 +131,10 @@ impl PartnerService for PartnerServer {
         let request = request.into_inner();
         let payee = convert::qr_payload("qr_payload", &request.qr_payload)?;
         let amount = match &request.amount {
-            Some(wire::create_quote_request::Amount::SourceAmount(m)) => {
-                QuoteAmount::Source(convert::positive_money("source_amount", Some(m))?)
-            }
-            Some(wire::create_quote_request::Amount::DestinationAmount(m)) => {
-                QuoteAmount::Destination(convert::positive_money("destination_amount", Some(m))?)
-            }
-            None => return Err(invalid("amount", "set source_amount or destination_amount")),
-        };
+            Some(wire::create_quote_request::Amount::SourceAmount(m)) => quote_amount(Some(m), None),
+            Some(wire::create_quote_request::Amount::DestinationAmount(m)) => quote_amount(None, Some(m)),
+            None => quote_amount(None, None),
+        }?;
         let body = CommandBody::CreateQuote { partner: partner.clone(), payee, amount };
         match self.gateway.submit(partner, body).await? {
             Outcome::Quote(quote) => {
@@ -118,36 +165,38 @@ impl PartnerService for PartnerServer {
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
         self.gateway.traces.remember(&partner, &transfer.idempotency_key, crate::telemetry::traceparent(&span));
-        let outcome = {
-            use tracing::Instrument;
-            let submitted = self.gateway.submit(partner.clone(), CommandBody::CreateTransfer(transfer));
-            submitted.instrument(span.clone()).await?
-        };
-        match outcome {
-            Outcome::Transfer(view) => {
-                span.record("transfer", tracing::field::display(&view.id));
-                // The transfer as it stands now: a retry's recorded answer
-                // may be older than its transfer's state. A final answer is
-                // its state for good (and reading a finished transfer back
-                // from history would cost every domestic payment a read).
-                let sm = &self.gateway.state_machine;
-                let current = (!view.state.is_final())
-                    .then(|| sm.applied().state.transfer_for(&partner, &view.id, sm.history()))
-                    .flatten()
-                    .and_then(|t| convert::transfer_out(&t, &partner))
-                    .unwrap_or_else(|| convert::transfer_view_out(&view, true));
-                let reject_code =
-                    if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
-                Ok(Response::new(wire::CreateTransferResponse { transfer: Some(current), reject_code }))
-            }
-            Outcome::Rejected(code) => Ok(Response::new(wire::CreateTransferResponse {
-                transfer: None,
-                reject_code: Gateway::rejected(code)?,
-            })),
-            other => Err(unexpected(&other)),
-        }
+        self.transfer_answer(&partner, CommandBody::CreateTransfer(transfer), &span).await
     }
 
+    async fn create_payment(
+        &self,
+        request: Request<wire::CreatePaymentRequest>,
+    ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+        let partner = self.gateway.partner(&request).await?;
+        let span = tracing::info_span!("create_payment", partner = %partner, transfer = tracing::field::Empty);
+        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+            crate::telemetry::continue_from(&span, parent);
+        }
+        let request = request.into_inner();
+        let amount = match &request.amount {
+            Some(wire::create_payment_request::Amount::SourceAmount(m)) => quote_amount(Some(m), None),
+            Some(wire::create_payment_request::Amount::DestinationAmount(m)) => quote_amount(None, Some(m)),
+            None => quote_amount(None, None),
+        }?;
+        let payment = PaymentRequest {
+            partner: partner.clone(),
+            idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+            payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
+            amount,
+            max_total_debit: match &request.max_total_debit {
+                Some(bound) => Some(convert::positive_money("max_total_debit", Some(bound))?),
+                None => None,
+            },
+            payer: convert::payer_details("payer", request.payer.as_ref())?,
+        };
+        self.gateway.traces.remember(&partner, &payment.idempotency_key, crate::telemetry::traceparent(&span));
+        self.transfer_answer(&partner, CommandBody::CreatePayment(payment), &span).await
+    }
     async fn create_refund(
         &self,
         request: Request<wire::CreateRefundRequest>,

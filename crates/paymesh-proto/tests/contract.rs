@@ -600,6 +600,7 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_NOT_SETTLEABLE",
         "REJECT_CODE_CANCEL_WINDOW_CLOSED",
         "REJECT_CODE_ALREADY_REFUNDED",
+        "REJECT_CODE_PRICE_ABOVE_LIMIT",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -693,6 +694,7 @@ fn file_descriptor_set_describes_every_service() {
         "LookupPayee",
         "CreateQuote",
         "CreateTransfer",
+        "CreatePayment",
         "GetTransfer",
         "ListTransfers",
         "GetPosition",

@@ -4,6 +4,7 @@
 //! reservation to the payee region's answer and the decision.
 
 use super::*;
+use crate::command::PaymentRequest;
 
 impl State {
     /// The partner, if it exists here, is active, and may pay.
@@ -130,6 +131,11 @@ impl State {
             Ok(admissible) => admissible,
             Err(code) => return Outcome::Rejected(code),
         };
+        // The quote is used: from here on the transfer exists.
+        if let Some(r) = self.quotes.get_mut(&request.quote) {
+            r.used = true;
+        }
+        self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
         let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
         let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
         self.journal.push(Record::Idempotency {
@@ -140,6 +146,69 @@ impl State {
         self.idempotency.insert(key, record);
         self.recent.record(short);
         outcome
+    }
+
+    /// A one-call payment: priced as [`State::check_quote`] prices, checked
+    /// against the payer's bound and as [`State::check_transfer`] checks,
+    /// and created as a transfer from that price, in one command; its
+    /// idempotency key answers a retry with the first outcome. A refusal
+    /// before the transfer would exist records nothing.
+    pub(super) fn create_payment(&mut self, request: &PaymentRequest, now: Timestamp, recall: &dyn Recall) -> Outcome {
+        let fingerprint = request.fingerprint();
+        if let KeyLookup::Answered(outcome) =
+            self.look_up_key(&request.partner, &request.idempotency_key, fingerprint, now, recall)
+        {
+            return outcome;
+        }
+        let quote = match self.check_payment(request, now) {
+            Ok(quote) => quote,
+            Err(code) => return Outcome::Rejected(code),
+        };
+        // The price's quote id is spent, though no quote is kept: a
+        // transfer names the price it was made at.
+        self.next_quote += 1;
+        let transfer = TransferRequest {
+            partner: request.partner.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            quote: quote.id.clone(),
+            payee: request.payee.clone(),
+            payer: request.payer.clone(),
+        };
+        let outcome = Outcome::Transfer(self.start_transfer(&transfer, Admissible { quote }, now));
+        let key = (request.partner.clone(), request.idempotency_key.clone());
+        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
+        self.journal.push(Record::Idempotency {
+            partner: key.0.clone(),
+            key: key.1.clone(),
+            record: Box::new(record.clone()),
+        });
+        self.recent.record(recent::short(&key.0, &key.1));
+        self.idempotency.insert(key, record);
+        outcome
+    }
+
+    /// How a one-call payment not seen before would be answered, without
+    /// changing anything: its price, or its refusal. The leader calls it
+    /// before proposing.
+    pub fn check_payment(&self, request: &PaymentRequest, now: Timestamp) -> OrReject<Quote> {
+        let quote = self.check_quote(&request.partner, &request.payee, request.amount, now)?;
+        if let Some(bound) = request.max_total_debit {
+            if bound.currency() != quote.priced.total_debit.currency() {
+                return Err(RejectCode::CurrencyMismatch);
+            }
+            if quote.priced.total_debit.units() > bound.units() {
+                return Err(RejectCode::PriceAboveLimit);
+            }
+        }
+        let corridor = self.corridors.get(&quote.corridor).ok_or(RejectCode::CorridorNotFound)?;
+        if corridor.status == BusinessStatus::Suspended {
+            return Err(RejectCode::CorridorSuspended);
+        }
+        let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
+        if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
+            return Err(RejectCode::PartnerTransfersExhausted);
+        }
+        Ok(quote)
     }
 
     /// The answer recorded under a request's idempotency key, in this batch
@@ -242,10 +311,6 @@ impl State {
     ) -> TransferView {
         let Admissible { quote } = admissible;
         // From here on the transfer exists, whatever happens to its money.
-        if let Some(r) = self.quotes.get_mut(&request.quote) {
-            r.used = true;
-        }
-        self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
         let id = TransferId::new(self.region.clone(), self.next_transfer);
         self.next_transfer += 1;
         self.journal.push(Record::Listed { partner: request.partner.clone(), transfer: id.clone(), at: now });

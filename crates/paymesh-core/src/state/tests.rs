@@ -1342,6 +1342,15 @@ fn every_reject_code_is_reachable() {
     deliver_all(&mut e, &mut w, T0);
     deliver_all(&mut e, &mut w, T0);
     expect(RejectCode::AlreadyRefunded, w.run(cancel(&payment.id), T0));
+    let bounded = CommandBody::CreatePayment(crate::command::PaymentRequest {
+        partner: pid("paypal-us"),
+        idempotency_key: IdempotencyKey::new("bounded").unwrap(),
+        payee: qr("wxp://f2f0shop1"),
+        amount: QuoteAmount::Source(usd("10")),
+        max_total_debit: Some(usd("10")),
+        payer: payer("Bo"),
+    });
+    expect(RejectCode::PriceAboveLimit, w.run(bounded, T0));
 
     // Last, because the state's clock never goes back: a minute later the quote
     // has expired, a day later the rate.
@@ -2168,5 +2177,6 @@ fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
 }
 
 mod cancels;
+mod payments;
 mod refunds;
 mod settlement;

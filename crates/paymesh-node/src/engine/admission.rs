@@ -225,6 +225,7 @@ pub fn link_refuses<R>(
             state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
         }
         CommandBody::CreateRefund(request) => state.payer_region_of(&request.transfer, recall),
+        CommandBody::CreatePayment(request) => state.lookup_payee(&request.payee).map(|p| p.region),
         _ => None,
     };
     let refused = destination.filter(|region| region != state.region()).and_then(|region| refuses(&region))?;
@@ -232,6 +233,11 @@ pub fn link_refuses<R>(
         CommandBody::CreateTransfer(request) if state.replay_transfer_request(request, recall).is_some() => None,
         CommandBody::CreateRefund(request)
             if matches!(state.look_up_refund_request(request, recall), KeyLookup::Answered(_)) =>
+        {
+            None
+        }
+        CommandBody::CreatePayment(request)
+            if matches!(state.look_up_payment_request(request, recall), KeyLookup::Answered(_)) =>
         {
             None
         }
