@@ -180,6 +180,11 @@ pub struct BenchArgs {
     /// `--workers 256 --duration 240 --close-window-at 220`.
     #[arg(long)]
     pub close_window_at: Option<f64>,
+    /// paymesh only: pay with one `CreatePayment` call per transfer (priced
+    /// and started in one replicated command) rather than `CreateQuote`
+    /// then `CreateTransfer`.
+    #[arg(long)]
+    pub one_call: bool,
 }
 
 impl BenchArgs {
@@ -324,6 +329,7 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 payees: args.payees,
                 prefund_minor: args.prefund,
                 flooder: args.flood,
+                one_call: args.one_call,
             };
             eprintln!(
                 "paymesh: a {}-node region in {}, {} payer and {} payee partners",

@@ -69,6 +69,8 @@ pub struct PaymeshConfig {
     pub prefund_minor: i64,
     /// Also configure the flooding partner ([`super::flood::FLOODER`]).
     pub flooder: bool,
+    /// Pay with one `CreatePayment` call rather than a quote and a transfer.
+    pub one_call: bool,
 }
 
 /// The region and one partner client per payer.
@@ -82,6 +84,7 @@ pub struct PaymeshTarget {
     pub run: std::sync::atomic::AtomicU64,
     payees: usize,
     dir: PathBuf,
+    one_call: bool,
 }
 
 impl std::fmt::Debug for PaymeshTarget {
@@ -172,6 +175,7 @@ impl PaymeshTarget {
             run: std::sync::atomic::AtomicU64::new(0),
             payees: config.payees,
             dir: config.dir.clone(),
+            one_call: config.one_call,
         })
     }
 
@@ -692,12 +696,26 @@ impl Target for PaymeshTarget {
             return Attempt::Failed("paymesh: no such payer".to_owned());
         };
         let qr = format!("{}till-1", qr_prefix(pick.payee));
+        let key = format!("r{}-w{worker}-{sequence}", self.run.load(std::sync::atomic::Ordering::Relaxed));
+        let payer = wire::PayerDetails {
+            name: "Bench Payer".to_owned(),
+            account: format!("acct-{worker}"),
+            reference: format!("bench {sequence}"),
+        };
+        let amount = common::Money { amount: decimal(pick.amount_minor), currency: CURRENCY.to_owned() };
+        if self.one_call {
+            let request = wire::CreatePaymentRequest {
+                idempotency_key: key,
+                qr_payload: qr,
+                amount: Some(wire::create_payment_request::Amount::SourceAmount(amount)),
+                max_total_debit: None,
+                payer: Some(payer),
+            };
+            return transfer_attempt(client.create_payment(request).await);
+        }
         let quote = wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
-            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-                amount: decimal(pick.amount_minor),
-                currency: CURRENCY.to_owned(),
-            })),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(amount)),
         };
         let quote = match client.create_quote(quote).await {
             Ok(answer) => match answer.quote {
@@ -707,23 +725,24 @@ impl Target for PaymeshTarget {
             Err(e) => return failure("quote", &e),
         };
         let request = wire::CreateTransferRequest {
-            idempotency_key: format!("r{}-w{worker}-{sequence}", self.run.load(std::sync::atomic::Ordering::Relaxed)),
+            idempotency_key: key,
             quote_id: quote.quote_id,
             qr_payload: qr,
-            payer: Some(wire::PayerDetails {
-                name: "Bench Payer".to_owned(),
-                account: format!("acct-{worker}"),
-                reference: format!("bench {sequence}"),
-            }),
+            payer: Some(payer),
         };
-        match client.create_transfer(request).await {
-            Ok(answer) if answer.reject_code != 0 => Attempt::Declined(code_name(answer.reject_code)),
-            Ok(answer) => match answer.transfer.map(|t| t.state) {
-                Some(state) if state == wire::TransferState::Committed as i32 => Attempt::Committed,
-                state => Attempt::Failed(format!("transfer: unexpected state {state:?}")),
-            },
-            Err(e) => failure("transfer", &e),
-        }
+        transfer_attempt(client.create_transfer(request).await)
+    }
+}
+
+/// What a transfer's creation (or a one-call payment's) came to.
+fn transfer_attempt(answer: Result<wire::CreateTransferResponse, ClientError>) -> Attempt {
+    match answer {
+        Ok(answer) if answer.reject_code != 0 => Attempt::Declined(code_name(answer.reject_code)),
+        Ok(answer) => match answer.transfer.map(|t| t.state) {
+            Some(state) if state == wire::TransferState::Committed as i32 => Attempt::Committed,
+            state => Attempt::Failed(format!("transfer: unexpected state {state:?}")),
+        },
+        Err(e) => failure("transfer", &e),
     }
 }
 
