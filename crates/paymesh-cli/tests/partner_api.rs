@@ -503,10 +503,12 @@ async fn a_one_call_payment_is_one_log_entry_within_its_bound_and_exactly_once()
     // Retried: the same transfer, nothing new in the log.
     let again = a.create_payment(payment_request("one-call", "10", Some("10.20"))).await.unwrap();
     assert_eq!(again.transfer.unwrap().transfer_id, transfer.transfer_id);
-    // Above its bound: refused, nothing recorded; the key is still free.
+    // Above its bound: refused by the leader without proposing anything,
+    // nothing recorded; the key is still free.
     let refused = a.create_payment(payment_request("bounded", "10", Some("10.19"))).await.unwrap();
     assert!(refused.transfer.is_none(), "{refused:?}");
     assert_eq!(refused.reject_code, wire_common::RejectCode::PriceAboveLimit as i32);
+    assert_eq!(index(region.wait_converged(Duration::from_secs(20)).await), after, "the refusal proposed nothing");
     let within = a.create_payment(payment_request("bounded", "10", None)).await.unwrap();
     assert_eq!(within.transfer.unwrap().state, wire::TransferState::Committed as i32);
     let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);

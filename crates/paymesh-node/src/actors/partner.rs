@@ -189,6 +189,9 @@ impl Handler<Submit> for PartnerActor {
             CommandBody::CreateRefund(request) => {
                 self.admission.refund(request, message.reply, &applied.state, self.state.history(), now)
             }
+            CommandBody::CreatePayment(request) => {
+                self.admission.payment(request, message.reply, &applied.state, self.state.history(), now)
+            }
             body => self.admission.other(body, message.reply),
         };
         self.carry(step, message.route, ctx);

@@ -8,8 +8,8 @@
 //! trip, and joins a retry to an identical request still in flight; both
 //! give the answer applying the request again would give.
 //!
-//! A quote or transfer request that the state machine would refuse without
-//! changing anything (an unknown, foreign, expired or used quote, a payee
+//! A quote, transfer, refund or one-call payment request that the state
+//! machine would refuse without changing anything (an unknown, foreign, expired or used quote, a payee
 //! mismatch, a suspended partner or corridor, the partner at one of its
 //! caps) is refused here, from the applied state, through the very checks
 //! `apply` makes (`State::check_quote`, `State::check_transfer_request`): it
@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use paymesh_core::command::{CommandBody, Fingerprint, RefundRequest, TransferRequest};
+use paymesh_core::command::{CommandBody, Fingerprint, PaymentRequest, RefundRequest, TransferRequest};
 use paymesh_core::history::Recall;
 use paymesh_core::id::{IdempotencyKey, RegionId};
 use paymesh_core::state::KeyLookup;
@@ -189,6 +189,29 @@ impl<W> Admission<W> {
             }
         }
         self.propose(CommandBody::CreateRefund(request), waiter, None)
+    }
+
+    /// A one-call payment, as [`Admission::refund`]: answered from its
+    /// key's record if it has one; refused now if `state` refuses it at
+    /// `now` (its price, or its bound) and no transfer request is in flight
+    /// under its key; otherwise proposed.
+    pub fn payment(
+        &mut self,
+        request: PaymentRequest,
+        waiter: W,
+        state: &State,
+        recall: &dyn Recall,
+        now: Timestamp,
+    ) -> Step<W> {
+        if let KeyLookup::Answered(outcome) = state.look_up_payment_request(&request, recall) {
+            return Step::Answer(waiter, outcome);
+        }
+        if !self.pending.contains_key(&request.idempotency_key) {
+            if let Err(code) = state.check_payment(&request, now.max(state.clock())) {
+                return Step::Answer(waiter, Outcome::Rejected(code));
+            }
+        }
+        self.propose(CommandBody::CreatePayment(request), waiter, None)
     }
 
     fn propose(&mut self, body: CommandBody, waiter: W, owns: Option<IdempotencyKey>) -> Step<W> {
