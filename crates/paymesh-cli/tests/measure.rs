@@ -63,6 +63,22 @@ async fn status(client: &ClusterClient, addr: &str) -> Option<wire::GetNodeStatu
     client.status(addr, false).await.ok()
 }
 
+/// How long after `killed` a node reported itself leader in a term above
+/// `term` (polled every 5 ms, for at most 30 s).
+async fn new_leader_after(region: &Region, client: &ClusterClient, term: u64, killed: Instant) -> Duration {
+    loop {
+        for addr in region.api_addrs() {
+            if let Some(s) = status(client, &addr).await {
+                if s.role == wire::NodeRole::Leader as i32 && s.current_term > term {
+                    return killed.elapsed();
+                }
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement for docs/BENCHMARKS.md; run explicitly with --ignored --nocapture"]
 async fn election_time_after_killing_the_leader() {
@@ -77,17 +93,7 @@ async fn election_time_after_killing_the_leader() {
         let term = status(&client, &region.nodes[&leader].api_addr).await.unwrap().current_term;
         region.kill(leader);
         let killed = Instant::now();
-        let elected = 'wait: loop {
-            for addr in region.api_addrs() {
-                if let Some(s) = status(&client, &addr).await {
-                    if s.role == wire::NodeRole::Leader as i32 && s.current_term > term {
-                        break 'wait killed.elapsed();
-                    }
-                }
-            }
-            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let elected = new_leader_after(&region, &client, term, killed).await;
         println!("trial {trial}: leader {leader} killed; new leader after {elected:?}");
         times.push(elected);
         region.spawn(leader);
@@ -338,17 +344,7 @@ async fn failover_under_load() {
         let before = acks.lock().unwrap().len();
         region.kill(leader);
         let killed = Instant::now();
-        let elected = 'wait: loop {
-            for addr in region.api_addrs() {
-                if let Some(s) = status(&client, &addr).await {
-                    if s.role == wire::NodeRole::Leader as i32 && s.current_term > term {
-                        break 'wait killed.elapsed();
-                    }
-                }
-            }
-            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let elected = new_leader_after(&region, &client, term, killed).await;
         let resumed = loop {
             let after = acks.lock().unwrap().iter().copied().find(|at| *at > killed);
             if let Some(at) = after {

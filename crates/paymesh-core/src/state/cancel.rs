@@ -142,25 +142,6 @@ impl State {
         self.idempotency.get(&(partner.clone(), key.clone())).cloned().or_else(|| recall.idempotency(partner, key))
     }
 
-    /// Record `outcome` under `key`.
-    fn record_key(
-        &mut self,
-        partner: &PartnerId,
-        key: IdempotencyKey,
-        fingerprint: Fingerprint,
-        outcome: Outcome,
-        now: Timestamp,
-    ) {
-        let record = IdempotencyRecord { fingerprint, outcome, at: now };
-        self.journal.push(Record::Idempotency {
-            partner: partner.clone(),
-            key: key.clone(),
-            record: Box::new(record.clone()),
-        });
-        self.recent.record(recent::short(partner, &key));
-        self.idempotency.insert((partner.clone(), key), record);
-    }
-
     /// Whether any refund of `transfer` committed, or one is in flight on
     /// either side.
     fn refund_seen(&self, transfer: &TransferId, recall: &dyn Recall) -> bool {

@@ -137,14 +137,7 @@ impl State {
         }
         self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
         let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
-        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
-        self.journal.push(Record::Idempotency {
-            partner: key.0.clone(),
-            key: key.1.clone(),
-            record: Box::new(record.clone()),
-        });
-        self.idempotency.insert(key, record);
-        self.recent.record(short);
+        self.record_key(&key.0, key.1, fingerprint, outcome.clone(), now);
         outcome
     }
 
@@ -175,16 +168,28 @@ impl State {
             payer: request.payer.clone(),
         };
         let outcome = Outcome::Transfer(self.start_transfer(&transfer, Admissible { quote }, now));
-        let key = (request.partner.clone(), request.idempotency_key.clone());
-        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
+        self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
+        outcome
+    }
+
+    /// Record `outcome` under `partner`'s `key`: in this batch's table,
+    /// history's journal and the recent keys.
+    pub(super) fn record_key(
+        &mut self,
+        partner: &PartnerId,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        outcome: Outcome,
+        now: Timestamp,
+    ) {
+        let record = IdempotencyRecord { fingerprint, outcome, at: now };
         self.journal.push(Record::Idempotency {
-            partner: key.0.clone(),
-            key: key.1.clone(),
+            partner: partner.clone(),
+            key: key.clone(),
             record: Box::new(record.clone()),
         });
-        self.recent.record(recent::short(&key.0, &key.1));
-        self.idempotency.insert(key, record);
-        outcome
+        self.recent.record(recent::short(partner, &key));
+        self.idempotency.insert((partner.clone(), key), record);
     }
 
     /// How a one-call payment not seen before would be answered, without

@@ -141,15 +141,7 @@ impl State {
     ) -> Outcome {
         let fingerprint = request.fingerprint();
         let outcome = Outcome::Refund(self.start_refund(request, admissible, now, recall));
-        let key = (request.partner.clone(), request.idempotency_key.clone());
-        let record = IdempotencyRecord { fingerprint, outcome: outcome.clone(), at: now };
-        self.journal.push(Record::Idempotency {
-            partner: key.0.clone(),
-            key: key.1.clone(),
-            record: Box::new(record.clone()),
-        });
-        self.recent.record(recent::short(&key.0, &key.1));
-        self.idempotency.insert(key, record);
+        self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
         outcome
     }
 

@@ -220,6 +220,16 @@ fn pay(west: &mut Region, key: &str, amount: Money, now: Timestamp) -> Outcome {
     west.run(CommandBody::CreateTransfer(request("paypal-us", key, &quote, "wxp://f2f0shop1", "Alice Example")), now)
 }
 
+/// A cross-border payment of 100.00 USD from paypal-us (716.40 CNY to
+/// wechat-cn, 1.30 USD fee), committed on both sides.
+fn paid(west: &mut Region, east: &mut Region, key: &str, now: Timestamp) -> TransferView {
+    let view = transfer_view(&pay(west, key, usd("100"), now));
+    deliver_all(west, east, now);
+    deliver_all(west, east, now);
+    assert_eq!(west.transfer(&view.id).unwrap().view.state, CoordinatorState::Committed);
+    view
+}
+
 /// Ship every outbox message of `from` to `to` and bring the answers back.
 fn deliver_all(from: &mut Region, to: &mut Region, now: Timestamp) {
     let messages: Vec<OutboxMessage> = from.state.outbox_for(to.state.region()).cloned().collect();

@@ -17,16 +17,6 @@ fn cancel_view(outcome: &Outcome) -> CancelView {
     }
 }
 
-/// A cross-border payment of 100.00 USD (716.40 CNY to wechat-cn),
-/// committed on both sides.
-fn paid(west: &mut Region, east: &mut Region, key: &str, now: Timestamp) -> TransferView {
-    let view = transfer_view(&pay(west, key, usd("100"), now));
-    deliver_all(west, east, now);
-    deliver_all(west, east, now);
-    assert_eq!(west.transfer(&view.id).unwrap().view.state, CoordinatorState::Committed);
-    view
-}
-
 fn events(region: &Region, partner: &str) -> Vec<(EventKind, String, Option<RejectCode>)> {
     let events = region.state.events_after(&pid(partner), 0, 100, &region.history).unwrap();
     events.into_iter().map(|e| (e.kind, e.amount.to_wire(), e.reason)).collect()

@@ -22,16 +22,6 @@ fn refund_view(outcome: &Outcome) -> RefundView {
     }
 }
 
-/// A cross-border payment of 100.00 USD from paypal-us (716.40 CNY to
-/// wechat-cn, 1.30 USD fee), committed on both sides.
-fn paid(west: &mut Region, east: &mut Region, key: &str, now: Timestamp) -> TransferView {
-    let view = transfer_view(&pay(west, key, usd("100"), now));
-    deliver_all(west, east, now);
-    deliver_all(west, east, now);
-    assert_eq!(west.transfer(&view.id).unwrap().view.state, CoordinatorState::Committed);
-    view
-}
-
 fn kinds(region: &Region, partner: &str) -> Vec<(EventKind, String)> {
     let events = region.state.events_after(&pid(partner), 0, 100, &region.history).unwrap();
     events.into_iter().map(|e| (e.kind, e.amount.to_wire())).collect()
