@@ -314,14 +314,8 @@ impl RefundRequest {
     /// The body's fingerprint, as [`TransferRequest::fingerprint`]; its own
     /// domain, so a refund and a transfer never share one.
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut hasher = Sha256::new();
-        hasher.update(b"paymesh/refund-request/v1");
         let fields = [self.transfer.to_string(), self.amount.to_wire(), self.amount.currency().to_string()];
-        for field in &fields {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        Fingerprint(hasher.finalize().into())
+        fingerprint(b"paymesh/refund-request/v1", &fields.each_ref().map(String::as_str))
     }
 }
 
@@ -382,12 +376,7 @@ impl CancelRequest {
     /// The fingerprint a payer's cancel of `transfer` is recorded with, as
     /// [`TransferRequest::fingerprint`]; its own domain.
     pub fn fingerprint_of(transfer: &TransferId) -> Fingerprint {
-        let mut hasher = Sha256::new();
-        hasher.update(b"paymesh/cancel/v1");
-        let field = transfer.to_string();
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field.as_bytes());
-        Fingerprint(hasher.finalize().into())
+        fingerprint(b"paymesh/cancel/v1", &[transfer.to_string().as_str()])
     }
 }
 
@@ -431,28 +420,36 @@ impl PaymentRequest {
     /// The body's fingerprint, as [`TransferRequest::fingerprint`]; its own
     /// domain, so a payment and a transfer never share one.
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut hasher = Sha256::new();
-        hasher.update(b"paymesh/payment-request/v1");
         let (side, amount) = match self.amount {
             QuoteAmount::Source(money) => ("source", money),
             QuoteAmount::Destination(money) => ("destination", money),
         };
         let bound = self.max_total_debit.map(|m| format!("{} {}", m.to_wire(), m.currency())).unwrap_or_default();
-        for field in [
+        let units = amount.to_wire();
+        let fields = [
             self.payee.as_str(),
             side,
-            amount.to_wire().as_str(),
+            units.as_str(),
             amount.currency().code(),
             bound.as_str(),
             self.payer.name.as_str(),
             self.payer.account.as_str(),
             self.payer.reference.as_str(),
-        ] {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        Fingerprint(hasher.finalize().into())
+        ];
+        fingerprint(b"paymesh/payment-request/v1", &fields)
     }
+}
+
+/// The fingerprint of a body in `domain` made of `fields`, each
+/// length-prefixed so no two different bodies encode alike.
+fn fingerprint(domain: &[u8], fields: &[&str]) -> Fingerprint {
+    let mut hasher = Sha256::new();
+    hasher.update(domain);
+    for field in fields {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    Fingerprint(hasher.finalize().into())
 }
 
 /// A SHA-256 digest of a request body, compared when an idempotency key is reused.
@@ -474,19 +471,15 @@ impl TransferRequest {
     /// the idempotency record's own key. Fields are length-prefixed so no two
     /// different bodies encode alike.
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut hasher = Sha256::new();
-        hasher.update(b"paymesh/transfer-request/v1");
-        for field in [
-            self.quote.to_string().as_str(),
+        let quote = self.quote.to_string();
+        let fields = [
+            quote.as_str(),
             self.payee.as_str(),
             self.payer.name.as_str(),
             self.payer.account.as_str(),
             self.payer.reference.as_str(),
-        ] {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        Fingerprint(hasher.finalize().into())
+        ];
+        fingerprint(b"paymesh/transfer-request/v1", &fields)
     }
 }
 

@@ -392,30 +392,19 @@ pub struct PendingCancel {
 }
 
 /// A state as snapshot images of format 7 hold it, before cancels: the
-/// fields of format 4, the settings of then, the refunds in flight and the
-/// open settlement window. Read, and converted with no cancel pending and
+/// fields of format 6 (the settings of then among them), then the open
+/// settlement window's book. Read, and converted with no cancel pending and
 /// the default cancel window.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct StateV7 {
-    v4: StateV4,
-    settings: RegionSettingsV2,
-    #[serde(with = "crate::serde_seq")]
-    refunds: OrdMap<TransferId, Refund>,
-    #[serde(with = "crate::serde_seq")]
-    refund_participations: OrdMap<TransferId, RefundParticipation>,
+    v6: StateV6,
     settlement: SettlementBook,
 }
 
 impl From<StateV7> for State {
     fn from(old: StateV7) -> State {
-        State {
-            settings: old.settings.into(),
-            refunds: old.refunds,
-            refund_participations: old.refund_participations,
-            settlement: old.settlement,
-            ..State::from(old.v4)
-        }
+        State { settlement: old.settlement, ..State::from(old.v6) }
     }
 }
 

@@ -205,15 +205,22 @@ impl State {
                 return Err(RejectCode::PriceAboveLimit);
             }
         }
-        let corridor = self.corridors.get(&quote.corridor).ok_or(RejectCode::CorridorNotFound)?;
+        self.check_corridor_and_cap(&request.partner, &quote.corridor)?;
+        Ok(quote)
+    }
+
+    /// A transfer's corridor is active and its payer under its cap of
+    /// transfers in flight.
+    fn check_corridor_and_cap(&self, partner: &PartnerId, corridor: &CorridorId) -> OrReject<()> {
+        let corridor = self.corridors.get(corridor).ok_or(RejectCode::CorridorNotFound)?;
         if corridor.status == BusinessStatus::Suspended {
             return Err(RejectCode::CorridorSuspended);
         }
-        let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
-        if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
+        let in_flight = self.partner_usage(partner).transfers_in_flight;
+        if in_flight >= self.partner_limits(partner).transfers_in_flight_max {
             return Err(RejectCode::PartnerTransfersExhausted);
         }
-        Ok(quote)
+        Ok(())
     }
 
     /// The answer recorded under a request's idempotency key, in this batch
@@ -294,14 +301,7 @@ impl State {
             return Err(RejectCode::PayeeMismatch);
         }
         let quote = record.quote.clone();
-        let corridor = self.corridors.get(&quote.corridor).ok_or(RejectCode::CorridorNotFound)?;
-        if corridor.status == BusinessStatus::Suspended {
-            return Err(RejectCode::CorridorSuspended);
-        }
-        let in_flight = self.partner_usage(&request.partner).transfers_in_flight;
-        if in_flight >= self.partner_limits(&request.partner).transfers_in_flight_max {
-            return Err(RejectCode::PartnerTransfersExhausted);
-        }
+        self.check_corridor_and_cap(&request.partner, &quote.corridor)?;
         Ok(Admissible { quote })
     }
 
