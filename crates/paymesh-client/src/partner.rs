@@ -62,7 +62,7 @@ impl PartnerClient {
     unary!(
         /// Price and pay in one call, within the bound the request states.
         /// Retried with the same idempotency key, as `create_transfer`.
-        create_payment, wire::CreatePaymentRequest, wire::CreateTransferResponse
+        create_payment, wire::CreatePaymentRequest, wire::CreatePaymentResponse
     );
     unary!(
         /// Read one transfer.

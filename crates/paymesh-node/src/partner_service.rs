@@ -171,7 +171,7 @@ impl PartnerService for PartnerServer {
     async fn create_payment(
         &self,
         request: Request<wire::CreatePaymentRequest>,
-    ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+    ) -> Result<Response<wire::CreatePaymentResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
         let span = tracing::info_span!("create_payment", partner = %partner, transfer = tracing::field::Empty);
         if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
@@ -195,7 +195,8 @@ impl PartnerService for PartnerServer {
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
         self.gateway.traces.remember(&partner, &payment.idempotency_key, crate::telemetry::traceparent(&span));
-        self.transfer_answer(&partner, CommandBody::CreatePayment(payment), &span).await
+        let answer = self.transfer_answer(&partner, CommandBody::CreatePayment(payment), &span).await?.into_inner();
+        Ok(Response::new(wire::CreatePaymentResponse { transfer: answer.transfer, reject_code: answer.reject_code }))
     }
     async fn create_refund(
         &self,

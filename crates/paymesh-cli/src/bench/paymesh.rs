@@ -711,7 +711,10 @@ impl Target for PaymeshTarget {
                 max_total_debit: None,
                 payer: Some(payer),
             };
-            return transfer_attempt(client.create_payment(request).await);
+            let answer = client.create_payment(request).await;
+            let answer =
+                answer.map(|a| wire::CreateTransferResponse { transfer: a.transfer, reject_code: a.reject_code });
+            return transfer_attempt(answer);
         }
         let quote = wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
