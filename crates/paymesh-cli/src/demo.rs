@@ -10,8 +10,9 @@
 //! The regions talk through user-space WAN links (see
 //! [`paymesh_harness::wan`]) with a 50 ms round trip by default. The
 //! workload mixes cross-border payments (a wallet pays a `wxp://` or
-//! `alipay://` code) with domestic ones, and resubmits some requests with the
-//! same idempotency key. When it stops, each merchant network refunds some
+//! `alipay://` code) with domestic ones, a third of them in one call
+//! (`CreatePayment`) and the rest as a quote then a transfer, and resubmits
+//! some requests with the same idempotency key. When it stops, each merchant network refunds some
 //! of the payments it received (whole or half, at home and across borders,
 //! and once more than is left, which must be refused), each wallet cancels
 //! its newest payments (given back whole, or refused), the operator pays
@@ -510,60 +511,88 @@ async fn pay(
     };
     let qr = format!("{}m{:04}", merchant.3, rng.random_range(0..1000));
     let amount = rng.random_range(500..50_000i64);
-    let quote = wire::CreateQuoteRequest {
-        qr_payload: qr.clone(),
-        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-            amount: minor(amount),
-            currency: currency.to_owned(),
-        })),
+    let source = common::Money { amount: minor(amount), currency: currency.to_owned() };
+    let payer = {
+        let [name, account, reference] = locality::payer_fields(region, 0, sequence);
+        wire::PayerDetails { name, account, reference }
     };
-    let quote = match client.create_quote(quote).await {
-        Ok(answer) => match answer.quote {
-            Some(quote) => quote,
-            None => {
-                history.declined.fetch_add(1, Ordering::Relaxed);
+    let idempotency_key = format!("demo-{wallet}-{sequence}");
+    // One payment in ONE_CALL_ONE_IN is one call, within a bound of a
+    // tenth over its amount; the others a quote, then a transfer.
+    let submission = if sequence.is_multiple_of(ONE_CALL_ONE_IN) {
+        Submission::Payment(wire::CreatePaymentRequest {
+            idempotency_key,
+            qr_payload: qr,
+            amount: Some(wire::create_payment_request::Amount::SourceAmount(source)),
+            max_total_debit: Some(common::Money { amount: minor(amount + amount / 10), currency: currency.to_owned() }),
+            payer: Some(payer),
+        })
+    } else {
+        let quote = wire::CreateQuoteRequest {
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(source)),
+        };
+        let quote = match client.create_quote(quote).await {
+            Ok(answer) => match answer.quote {
+                Some(quote) => quote,
+                None => {
+                    history.declined.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Err(_) => {
+                history.failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-        },
-        Err(_) => {
-            history.failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let request = wire::CreateTransferRequest {
-        idempotency_key: format!("demo-{wallet}-{sequence}"),
-        quote_id: quote.quote_id,
-        qr_payload: qr,
-        payer: Some({
-            let [name, account, reference] = locality::payer_fields(region, 0, sequence);
-            wire::PayerDetails { name, account, reference }
-        }),
+        };
+        Submission::Transfer(wire::CreateTransferRequest {
+            idempotency_key,
+            quote_id: quote.quote_id,
+            qr_payload: qr,
+            payer: Some(payer),
+        })
     };
     let started = Instant::now();
-    let answer = match client.create_transfer(request.clone()).await {
-        Ok(answer) => answer,
+    let transfer = match submission.send(client).await {
+        Ok(Some(transfer)) => transfer,
+        Ok(None) => {
+            history.declined.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         Err(_) => {
             history.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-    };
-    let Some(transfer) = answer.transfer else {
-        history.declined.fetch_add(1, Ordering::Relaxed);
-        return;
     };
     history.created.fetch_add(1, Ordering::Relaxed);
     let record = Record { kind, started, answered: Instant::now(), state: transfer.state };
     history.record(transfer.transfer_id.clone(), record);
     if rng.random_range(0..RESUBMIT_ONE_IN) == 0 {
         history.resubmitted.fetch_add(1, Ordering::Relaxed);
-        let again = client.create_transfer(request).await;
-        let same = again
-            .as_ref()
-            .ok()
-            .and_then(|a| a.transfer.as_ref())
-            .is_some_and(|t| t.transfer_id == transfer.transfer_id);
+        let again = submission.send(client).await;
+        let same = again.ok().flatten().is_some_and(|t| t.transfer_id == transfer.transfer_id);
         if !same {
             history.resubmit_mismatch.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One payment in this many is made in one call (`CreatePayment`).
+const ONE_CALL_ONE_IN: u64 = 3;
+
+/// A payment's request that creates its transfer: after a quote, or in one
+/// call.
+enum Submission {
+    Transfer(wire::CreateTransferRequest),
+    Payment(wire::CreatePaymentRequest),
+}
+
+impl Submission {
+    /// Send it (again): the transfer, or none when it was refused.
+    async fn send(&self, client: &PartnerClient) -> Result<Option<wire::Transfer>, paymesh_client::ClientError> {
+        match self {
+            Submission::Transfer(request) => client.create_transfer(request.clone()).await.map(|a| a.transfer),
+            Submission::Payment(request) => client.create_payment(request.clone()).await.map(|a| a.transfer),
         }
     }
 }
