@@ -138,7 +138,12 @@ impl State {
     }
 
     /// The idempotency record under `key`, of this batch or history.
-    fn recorded(&self, partner: &PartnerId, key: &IdempotencyKey, recall: &dyn Recall) -> Option<IdempotencyRecord> {
+    pub(super) fn recorded(
+        &self,
+        partner: &PartnerId,
+        key: &IdempotencyKey,
+        recall: &dyn Recall,
+    ) -> Option<IdempotencyRecord> {
         self.idempotency.get(&(partner.clone(), key.clone())).cloned().or_else(|| recall.idempotency(partner, key))
     }
 

@@ -112,8 +112,7 @@ impl State {
         let paid = self.paid(transfer, recall).ok_or(RejectCode::TransferNotFound)?;
         let key = IdempotencyKey::new(format!("reversal/{transfer}")).map_err(|_| RejectCode::TransferNotFound)?;
         // Reversed before: the first reversal's answer, whatever is left now.
-        let recorded = self.idempotency.get(&(paid.payee.clone(), key.clone())).cloned();
-        if let Some(record) = recorded.or_else(|| recall.idempotency(&paid.payee, &key)) {
+        if let Some(record) = self.recorded(&paid.payee, &key, recall) {
             return Ok(record.outcome);
         }
         let done = self.refunded_so_far(transfer, recall).map(|d| d.debited);
