@@ -68,7 +68,20 @@ async fn pay(client: &PartnerClient, key: &str, cents: u64) -> wire::Transfer {
 
 /// [`pay`], and the request that created the transfer (to send again).
 async fn pay_asking(client: &PartnerClient, key: &str, cents: u64) -> (wire::Transfer, wire::CreateTransferRequest) {
-    let qr = format!("wxp://test/{key}");
+    let (transfer, request) = pay_to(client, &format!("wxp://test/{key}"), key, cents).await;
+    assert_eq!(transfer.state, RESERVED, "a cross-border transfer starts reserved");
+    (transfer, request)
+}
+
+/// Quote and create one payment of `cents` to the QR code `qr`; the
+/// transfer as created, and its request.
+async fn pay_to(
+    client: &PartnerClient,
+    qr: &str,
+    key: &str,
+    cents: u64,
+) -> (wire::Transfer, wire::CreateTransferRequest) {
+    let qr = qr.to_owned();
     let quote = client
         .create_quote(wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
@@ -97,9 +110,7 @@ async fn pay_asking(client: &PartnerClient, key: &str, cents: u64) -> (wire::Tra
         }),
     };
     let answer = client.create_transfer(request.clone()).await.unwrap();
-    let transfer = answer.transfer.expect("a transfer");
-    assert_eq!(transfer.state, RESERVED, "a cross-border transfer starts reserved");
-    (transfer, request)
+    (answer.transfer.expect("a transfer"), request)
 }
 
 async fn state_of(client: &PartnerClient, id: &str) -> wire::Transfer {
@@ -657,34 +668,7 @@ async fn payers_cancel_within_their_window_exactly_once_across_a_killed_leader_a
     set_cancel_window(mesh, "us-west", 24 * 60).await;
 
     // 4. Within the region: given back in the one call.
-    let qr = "usqr://shop/till-1".to_owned();
-    let quote = client
-        .create_quote(wire::CreateQuoteRequest {
-            qr_payload: qr.clone(),
-            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-                amount: "12.34".into(),
-                currency: "USD".into(),
-            })),
-        })
-        .await
-        .unwrap()
-        .quote
-        .unwrap();
-    let home = client
-        .create_transfer(wire::CreateTransferRequest {
-            idempotency_key: "home-to-cancel".into(),
-            quote_id: quote.quote_id,
-            qr_payload: qr,
-            payer: Some(wire::PayerDetails {
-                name: "Bo".into(),
-                account: "acct-bo".into(),
-                reference: "ref-bo".into(),
-            }),
-        })
-        .await
-        .unwrap()
-        .transfer
-        .unwrap();
+    let (home, _) = pay_to(&client, "usqr://shop/till-1", "home-to-cancel", 1_234).await;
     assert_eq!(home.state, COMMITTED);
     let done = cancel(&client, &home.transfer_id).await.cancel.expect("a cancel");
     assert_eq!(done.state, wire::CancelState::Refunded as i32);

@@ -385,8 +385,6 @@ pub struct PendingCancel {
     /// What the payment's principal was: what a successful cancel gives
     /// back.
     pub principal: Money,
-    /// When the payer asked.
-    pub requested_at: Timestamp,
     /// When the payee's region answered that it started the refund.
     pub accepted_at: Option<Timestamp>,
 }

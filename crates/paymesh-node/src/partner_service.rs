@@ -50,14 +50,17 @@ impl PartnerServer {
     }
 
     /// Submit a command that creates a transfer (a `CreateTransfer` or a
-    /// `CreatePayment`) under `span`, and answer with the transfer as it
-    /// stands or the refusal.
+    /// `CreatePayment`, under `partner`'s `key`) in `span`, whose trace
+    /// context the transfer's later steps continue, and answer with the
+    /// transfer as it stands or the refusal.
     async fn transfer_answer(
         &self,
         partner: &paymesh_core::id::PartnerId,
+        key: &paymesh_core::id::IdempotencyKey,
         body: CommandBody,
         span: &tracing::Span,
     ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+        self.gateway.traces.remember(partner, key, crate::telemetry::traceparent(span));
         let outcome = {
             use tracing::Instrument;
             self.gateway.submit(partner.clone(), body).instrument(span.clone()).await?
@@ -85,6 +88,14 @@ impl PartnerServer {
             })),
             other => Err(unexpected(&other)),
         }
+    }
+}
+
+/// Make `span` continue the caller's trace, when the request carries a
+/// `traceparent`.
+fn follow_caller<T>(span: &tracing::Span, request: &Request<T>) {
+    if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::telemetry::continue_from(span, parent);
     }
 }
 
@@ -153,9 +164,7 @@ impl PartnerService for PartnerServer {
     ) -> Result<Response<wire::CreateTransferResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
         let span = tracing::info_span!("create_transfer", partner = %partner, transfer = tracing::field::Empty);
-        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
-            crate::telemetry::continue_from(&span, parent);
-        }
+        follow_caller(&span, &request);
         let request = request.into_inner();
         let transfer = TransferRequest {
             partner: partner.clone(),
@@ -164,8 +173,8 @@ impl PartnerService for PartnerServer {
             payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
-        self.gateway.traces.remember(&partner, &transfer.idempotency_key, crate::telemetry::traceparent(&span));
-        self.transfer_answer(&partner, CommandBody::CreateTransfer(transfer), &span).await
+        let key = transfer.idempotency_key.clone();
+        self.transfer_answer(&partner, &key, CommandBody::CreateTransfer(transfer), &span).await
     }
 
     async fn create_payment(
@@ -174,9 +183,7 @@ impl PartnerService for PartnerServer {
     ) -> Result<Response<wire::CreatePaymentResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
         let span = tracing::info_span!("create_payment", partner = %partner, transfer = tracing::field::Empty);
-        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
-            crate::telemetry::continue_from(&span, parent);
-        }
+        follow_caller(&span, &request);
         let request = request.into_inner();
         let amount = match &request.amount {
             Some(wire::create_payment_request::Amount::SourceAmount(m)) => quote_amount(Some(m), None),
@@ -194,8 +201,9 @@ impl PartnerService for PartnerServer {
             },
             payer: convert::payer_details("payer", request.payer.as_ref())?,
         };
-        self.gateway.traces.remember(&partner, &payment.idempotency_key, crate::telemetry::traceparent(&span));
-        let answer = self.transfer_answer(&partner, CommandBody::CreatePayment(payment), &span).await?.into_inner();
+        let key = payment.idempotency_key.clone();
+        let answer =
+            self.transfer_answer(&partner, &key, CommandBody::CreatePayment(payment), &span).await?.into_inner();
         Ok(Response::new(wire::CreatePaymentResponse { transfer: answer.transfer, reject_code: answer.reject_code }))
     }
     async fn create_refund(

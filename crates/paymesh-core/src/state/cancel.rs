@@ -118,7 +118,6 @@ impl State {
                 original: transfer.clone(),
                 region,
                 principal: view.priced.source,
-                requested_at: now,
                 accepted_at: None,
             };
             self.cancels.insert(id.clone(), pending);
