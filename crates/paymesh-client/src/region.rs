@@ -332,6 +332,8 @@ impl Region {
         let mut backoff = BACKOFF_FIRST;
         let mut next = 0usize;
         let mut last = Status::unavailable("no attempt made");
+        // Whether `last` is a failure rather than a redirect.
+        let mut failed = false;
         for attempt in 1..=self.policy.attempts {
             let target = match only {
                 Some(addr) => addr.to_owned(),
@@ -370,12 +372,19 @@ impl Region {
                     let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
                     let follow = hint.filter(|leader| *leader != target).map(str::to_owned);
                     tracing::debug!(%target, attempt, code = ?status.code(), message = status.message(), "retrying");
-                    last = status;
                     if let Some(leader) = follow {
-                        // A leader hint is a redirect, not a failure: no pause.
+                        // A leader hint is a redirect, not a failure: no
+                        // pause, and the error given up with stays the last
+                        // failure (a follower's redirect says nothing of why
+                        // the leader refused).
+                        if !failed {
+                            last = status;
+                        }
                         *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
                         continue;
                     }
+                    failed = true;
+                    last = status;
                 }
                 Err(status) => return Err(ClientError::Refused(status)),
             }
@@ -447,6 +456,37 @@ mod tests {
             other => panic!("expected to give up after two timed-out attempts, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    }
+
+    /// A call that gives up names the last failure, not a follower's
+    /// redirect to the leader that came after it: the leader's refusal
+    /// says why, "not the leader" does not.
+    #[tokio::test]
+    async fn giving_up_names_the_last_failure_not_a_redirect() {
+        let credentials = Credentials::Plaintext { identity: "operator:test".into() };
+        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
+        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
+        let region = Region::with_policy(nodes, credentials, policy);
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), ClientError> = region
+            .call(None, |_channel| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        return Err(Status::unavailable("RegionUnreachable: region cn-east has not answered"));
+                    }
+                    let mut redirect = Status::unavailable("this node is not the leader");
+                    redirect.metadata_mut().insert("paymesh-leader-addr", "127.0.0.1:9".parse().unwrap());
+                    Err(redirect)
+                }
+            })
+            .await;
+        match result {
+            Err(ClientError::GaveUp { attempts: 2, last }) => {
+                assert!(last.message().starts_with("RegionUnreachable"), "{last:?}")
+            }
+            other => panic!("expected to give up after two attempts, got {other:?}"),
+        }
     }
 
     /// A live region takes new credentials at its next channel and drops the
