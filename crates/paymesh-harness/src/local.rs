@@ -471,7 +471,20 @@ impl LocalRegion {
     /// Initialise the region through node `id` and wait for a leader; the
     /// leader's id.
     pub async fn initialize(&self, id: u64, timeout: Duration) -> anyhow::Result<u64> {
-        self.client()?.initialize(&self.node(id)?.api_addr).await?;
+        // Every running node serving first: the first election then reaches
+        // them all, rather than logging the ones still starting as
+        // unreachable peers (openraft's ERROR, which tests read as a fault).
+        let client = self.client()?;
+        let deadline = Instant::now() + timeout;
+        for addr in self.api_addrs() {
+            while client.status(&addr, false).await.is_err() {
+                if Instant::now() >= deadline {
+                    bail!("node at {addr} not serving within {timeout:?}\n{}", self.logs());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        client.initialize(&self.node(id)?.api_addr).await?;
         self.wait_leader(timeout).await
     }
 
