@@ -159,6 +159,7 @@ pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorde
                 amount: minor(amount),
                 currency: wallet.2.to_owned(),
             })),
+            idempotency_key: String::new(),
         };
         let Ok(Some(quote)) = client.create_quote(quote).await.map(|a| a.quote) else {
             tokio::time::sleep(Duration::from_millis(50)).await;

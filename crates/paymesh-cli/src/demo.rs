@@ -528,9 +528,12 @@ async fn pay(
             payer: Some(payer),
         })
     } else {
+        // Quotes are asked for under a key of their own: a retry of the
+        // call gets the same quote.
         let quote = wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
             amount: Some(wire::create_quote_request::Amount::SourceAmount(source)),
+            idempotency_key: format!("{idempotency_key}-quote"),
         };
         let quote = match client.create_quote(quote).await {
             Ok(answer) => match answer.quote {

@@ -145,6 +145,7 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
         .create_quote(wire::CreateQuoteRequest {
             qr_payload: "pay://merchant/m-1".into(),
             amount: Some(wire::create_quote_request::Amount::SourceAmount(common::money("20", "USD"))),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
@@ -200,6 +201,7 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
         .create_quote(wire::CreateQuoteRequest {
             qr_payload: "pay://merchant/m-1".into(),
             amount: Some(wire::create_quote_request::Amount::SourceAmount(common::money("20", "USD"))),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap_err();

@@ -89,6 +89,7 @@ async fn pay_to(
                 amount: format!("{}.{:02}", cents / 100, cents % 100),
                 currency: "USD".into(),
             })),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -376,6 +377,7 @@ async fn leaders_killed_mid_protocol_and_partitions() {
                     amount: "10.00".into(),
                     currency: "USD".into(),
                 })),
+                idempotency_key: String::new(),
             })
             .await;
         if let Err(error) = quote {

@@ -58,6 +58,7 @@ async fn pay_now(region: &Region, key: &str) -> String {
         .create_quote(wire::CreateQuoteRequest {
             qr_payload: "pay://merchant/now".into(),
             amount: Some(wire::create_quote_request::Amount::SourceAmount(common::money("7", "USD"))),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()

@@ -271,6 +271,7 @@ async fn pay_cents(
         let quote = partner::CreateQuoteRequest {
             qr_payload: "pay://merchant/m-1".into(),
             amount: Some(partner::create_quote_request::Amount::SourceAmount(common::money("0.01", "USD"))),
+            idempotency_key: String::new(),
         };
         let Ok(quote) = client.create_quote(quote).await else { continue };
         let Some(quote) = quote.quote else { continue };

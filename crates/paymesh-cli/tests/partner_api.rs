@@ -32,6 +32,7 @@ fn quote_request(amount: &str) -> wire::CreateQuoteRequest {
     wire::CreateQuoteRequest {
         qr_payload: QR.into(),
         amount: Some(wire::create_quote_request::Amount::SourceAmount(money(amount, "USD"))),
+        idempotency_key: String::new(),
     }
 }
 
@@ -513,6 +514,128 @@ async fn a_one_call_payment_is_one_log_entry_within_its_bound_and_exactly_once()
     assert_eq!(within.transfer.unwrap().state, wire::TransferState::Committed as i32);
     let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
     assert_eq!(position.posted_balance.unwrap().amount, "969.40", "three payments of 10.20, once each");
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}
+
+fn payment_item(key: &str, amount: &str, bound: Option<&str>) -> wire::TransferItem {
+    wire::TransferItem { kind: Some(wire::transfer_item::Kind::Payment(payment_request(key, amount, bound))) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_item_as_its_single_call_would() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    let a = region.partner("wallet-a");
+    // A quote under a key: asked again, the same quote.
+    let keyed = wire::CreateQuoteRequest { idempotency_key: "b-quote".into(), ..quote_request("10") };
+    let quote = a.create_quote(keyed.clone()).await.unwrap().quote.unwrap();
+    assert_eq!(a.create_quote(keyed).await.unwrap().quote.unwrap().quote_id, quote.quote_id);
+    let transfer_item = |key: &str, quote_id: &str| wire::TransferItem {
+        kind: Some(wire::transfer_item::Kind::Transfer(transfer_request(key, quote_id))),
+    };
+    let items = vec![
+        payment_item("b-1", "10", None),
+        // The same key and body: the same payment, answered twice.
+        payment_item("b-1", "10", None),
+        // The same key with another body: refused as its single call is.
+        payment_item("b-1", "11", None),
+        transfer_item("b-2", &quote.quote_id),
+        transfer_item("b-3", "us-west:q999999"),
+        payment_item("", "10", None),
+        wire::TransferItem { kind: None },
+        payment_item("b-4", "10", Some("10.19")),
+        payment_item("b-5", "5", None),
+    ];
+    let results = a.create_transfers(wire::CreateTransfersRequest { items }).await.unwrap().results;
+    assert_eq!(results.len(), 9);
+    let code = |i: usize| tonic::Code::from_i32(results[i].status_code);
+    let id = |i: usize| results[i].transfer.as_ref().map(|t| t.transfer_id.clone());
+    assert_eq!((code(0), results[0].reject_code), (tonic::Code::Ok, 0), "{:?}", results[0]);
+    assert_eq!(results[0].transfer.as_ref().unwrap().state, wire::TransferState::Committed as i32);
+    assert_eq!(id(1), id(0), "one key, one payment");
+    assert_eq!(code(2), tonic::Code::AlreadyExists, "{:?}", results[2]);
+    assert!(results[2].status_message.contains("IdempotencyConflict"), "{:?}", results[2]);
+    assert_eq!((code(3), results[3].transfer.as_ref().unwrap().quote_id.as_str()), (tonic::Code::Ok, &*quote.quote_id));
+    assert_eq!(code(4), tonic::Code::NotFound, "{:?}", results[4]);
+    assert!(results[4].status_message.starts_with("QuoteNotFound"), "{:?}", results[4]);
+    assert_eq!(code(5), tonic::Code::InvalidArgument, "{:?}", results[5]);
+    assert!(results[5].status_message.contains("idempotency_key"), "{:?}", results[5]);
+    assert_eq!(code(6), tonic::Code::InvalidArgument, "{:?}", results[6]);
+    assert!(results[6].status_message.contains("kind"), "{:?}", results[6]);
+    assert_eq!((code(7), results[7].reject_code), (tonic::Code::Ok, wire_common::RejectCode::PriceAboveLimit as i32));
+    assert!(results[7].transfer.is_none());
+    assert_eq!(code(8), tonic::Code::Ok, "{:?}", results[8]);
+    assert!(id(8).is_some() && id(8) != id(0) && id(8) != id(3));
+
+    // Exactly three payments moved money: 10.20 + 10.20 + 5.15.
+    let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "974.45");
+    // The request's size is bounded: none, or more than the limit, is refused whole.
+    for n in [0, paymesh_client::ITEMS_PER_REQUEST_MAX + 1] {
+        let items = (0..n).map(|i| payment_item(&format!("many-{i}"), "1", None)).collect();
+        let refused = a.create_transfers(wire::CreateTransfersRequest { items }).await.unwrap_err();
+        let status = refused.status().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{n} items: {status:?}");
+        assert!(status.message().contains("items"), "{status:?}");
+    }
+    let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "974.45", "the refused requests changed nothing");
+    let summary =
+        region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
+    assert!(summary.balanced, "{}", summary.violation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_payments_across_a_leader_kill_are_each_made_once() {
+    let mut region = Region::start(3, "");
+    region.initialize(1).await;
+    configure(&region).await;
+    // The SDK batches these concurrent calls by itself; they are spread
+    // over about two seconds, and the leader is killed a third of the way in.
+    let a = std::sync::Arc::new(region.partner("wallet-a"));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    const PAYMENTS: u64 = 60;
+    let calls: Vec<_> = (0..PAYMENTS)
+        .map(|k| {
+            let (a, answered) = (a.clone(), answered.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30 * k)).await;
+                let paid = a.create_payment(payment_request(&format!("kill-{k}"), "1", None)).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                paid
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let killed = kill_leader(&mut region).await;
+    let before_kill = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..PAYMENTS).contains(&before_kill), "the kill came mid-way: {before_kill} answered before it");
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        let paid = call.await.unwrap().unwrap();
+        let transfer = paid.transfer.unwrap();
+        assert_eq!((transfer.state, paid.reject_code), (wire::TransferState::Committed as i32, 0));
+        ids.insert(transfer.transfer_id);
+    }
+    assert_eq!(ids.len() as u64, PAYMENTS, "one transfer per key");
+
+    // Asked again, in one request of a fresh client: the same transfers.
+    let again = region.partner("wallet-a");
+    let items = (0..PAYMENTS).map(|k| payment_item(&format!("kill-{k}"), "1", None)).collect();
+    let results = again.create_transfers(wire::CreateTransfersRequest { items }).await.unwrap().results;
+    let same: std::collections::BTreeSet<String> = results
+        .into_iter()
+        .map(|r| r.transfer.clone().unwrap_or_else(|| panic!("not recorded: {r:?}")).transfer_id)
+        .collect();
+    assert_eq!(same, ids);
+    let position = again.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);
+    assert_eq!(position.posted_balance.unwrap().amount, "933.40", "60 debits of 1.11, once each");
+
+    region.spawn(killed);
+    region.wait_converged(Duration::from_secs(30)).await;
     let summary =
         region.admin(|mut c| async move { c.get_ledger_summary(admin::GetLedgerSummaryRequest {}).await }).await;
     assert!(summary.balanced, "{}", summary.violation);

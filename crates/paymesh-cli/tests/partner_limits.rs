@@ -34,6 +34,7 @@ fn quote_request() -> wire::CreateQuoteRequest {
     wire::CreateQuoteRequest {
         qr_payload: QR.into(),
         amount: Some(wire::create_quote_request::Amount::SourceAmount(money("1", "USD"))),
+        idempotency_key: String::new(),
     }
 }
 

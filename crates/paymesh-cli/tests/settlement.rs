@@ -46,8 +46,13 @@ async fn pay_until(
             amount: format!("{}.{:02}", 1 + n % 7, n % 100),
             currency: "USD".into(),
         });
-        let Ok(answer) =
-            client.create_quote(wire::CreateQuoteRequest { qr_payload: qr.clone(), amount: Some(amount) }).await
+        let Ok(answer) = client
+            .create_quote(wire::CreateQuoteRequest {
+                qr_payload: qr.clone(),
+                amount: Some(amount),
+                idempotency_key: String::new(),
+            })
+            .await
         else {
             continue;
         };

@@ -88,6 +88,7 @@ async fn a_cross_border_transfer_is_one_trace_across_regions() {
                 amount: "12.34".into(),
                 currency: "USD".into(),
             })),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()

@@ -14,13 +14,17 @@
 //! * Anything else is an answer, returned as is.
 //!
 //! Retrying a write is safe because it carries an idempotency key
-//! (`CreateTransfer`) or is harmless to repeat (`CreateQuote` makes another
-//! quote). [`PartnerClient`] wraps the partner API with these rules.
+//! (`CreateTransfer`, `CreatePayment`, a keyed `CreateQuote`) or is harmless
+//! to repeat (an unkeyed `CreateQuote` makes another quote). [`PartnerClient`] wraps the partner API with these rules, and
+//! batches the transfers and payments a process has in flight at once into
+//! `CreateTransfers` requests by itself ([`Batching`]).
 
 #![warn(missing_docs)]
 
+mod batch;
 mod partner;
 mod region;
 
+pub use batch::{Batching, ITEMS_PER_REQUEST_MAX};
 pub use partner::PartnerClient;
 pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy};

@@ -1,28 +1,47 @@
 //! The partner API with the SDK's retry rules.
 
+use std::sync::Arc;
+
 use paymesh_proto::partner::v1 as wire;
 use paymesh_proto::partner::v1::partner_service_client::PartnerServiceClient;
 use tonic::Streaming;
 
-use crate::region::{ClientError, Region};
+use crate::batch::{Batcher, Batching, Sent};
+use crate::region::{ClientError, NodeChannel, Region};
 
 /// The largest message the SDK sends or accepts, in bytes.
 const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
 /// A partner's client of its home region.
+///
+/// Its `create_transfer` and `create_payment` calls are batched: those in
+/// flight at once travel together as the items of `CreateTransfers`
+/// requests, each with its own key and its own answer (see [`Batching`]),
+/// unless the client is made [`PartnerClient::unbatched`].
 #[derive(Debug)]
 pub struct PartnerClient {
-    region: Region,
+    region: Arc<Region>,
+    batcher: Option<Batcher>,
+}
+
+/// The partner API's gRPC client over `channel`, with the SDK's message limits.
+pub(crate) fn service(channel: NodeChannel) -> PartnerServiceClient<NodeChannel> {
+    PartnerServiceClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
 macro_rules! unary {
     ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty) => {
+        unary!($(#[$doc])* $name => $name, $request, $response);
+    };
+    ($(#[$doc:meta])* $name:ident => $rpc:ident, $request:ty, $response:ty) => {
         $(#[$doc])*
         pub async fn $name(&self, request: $request) -> Result<$response, ClientError> {
             self.region
                 .call(None, |channel| {
                     let request = request.clone();
-                    async move { Self::client(channel).$name(request).await.map(|r| r.into_inner()) }
+                    async move { service(channel).$rpc(request).await.map(|r| r.into_inner()) }
                 })
                 .await
         }
@@ -30,9 +49,20 @@ macro_rules! unary {
 }
 
 impl PartnerClient {
-    /// A client of `region`.
+    /// A client of `region`, batching its transfers as [`Batching::default`].
     pub fn new(region: Region) -> PartnerClient {
-        PartnerClient { region }
+        PartnerClient::batched(region, Batching::default())
+    }
+
+    /// A client of `region`, batching its transfers as `batching` says.
+    pub fn batched(region: Region, batching: Batching) -> PartnerClient {
+        let region = Arc::new(region);
+        PartnerClient { batcher: Some(Batcher::new(region.clone(), batching)), region }
+    }
+
+    /// A client of `region` that sends each call as its own request.
+    pub fn unbatched(region: Region) -> PartnerClient {
+        PartnerClient { region: Arc::new(region), batcher: None }
     }
 
     /// The region this client talks to.
@@ -40,10 +70,41 @@ impl PartnerClient {
         &self.region
     }
 
-    fn client(channel: crate::region::NodeChannel) -> PartnerServiceClient<crate::region::NodeChannel> {
-        PartnerServiceClient::new(channel)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    /// Send `item` in a batch, when this client batches: `None` when it is
+    /// to go as a single call.
+    async fn batch(&self, item: wire::transfer_item::Kind) -> Option<Result<wire::TransferItemResult, ClientError>> {
+        match self.batcher.as_ref()?.send(wire::TransferItem { kind: Some(item) }).await {
+            Sent::Answered(result) => Some(result),
+            Sent::Again => None,
+        }
+    }
+
+    /// Create a transfer. Retried with the same idempotency key, so a
+    /// failover in the middle returns the same transfer, never a second one.
+    pub async fn create_transfer(
+        &self,
+        request: wire::CreateTransferRequest,
+    ) -> Result<wire::CreateTransferResponse, ClientError> {
+        match self.batch(wire::transfer_item::Kind::Transfer(request.clone())).await {
+            Some(result) => {
+                result.map(|r| wire::CreateTransferResponse { transfer: r.transfer, reject_code: r.reject_code })
+            }
+            None => self.create_transfer_alone(request).await,
+        }
+    }
+
+    /// Price and pay in one call, within the bound the request states.
+    /// Retried with the same idempotency key, as `create_transfer`.
+    pub async fn create_payment(
+        &self,
+        request: wire::CreatePaymentRequest,
+    ) -> Result<wire::CreatePaymentResponse, ClientError> {
+        match self.batch(wire::transfer_item::Kind::Payment(request.clone())).await {
+            Some(result) => {
+                result.map(|r| wire::CreatePaymentResponse { transfer: r.transfer, reject_code: r.reject_code })
+            }
+            None => self.create_payment_alone(request).await,
+        }
     }
 
     unary!(
@@ -51,18 +112,23 @@ impl PartnerClient {
         lookup_payee, wire::LookupPayeeRequest, wire::LookupPayeeResponse
     );
     unary!(
-        /// Price a payment. A retry may create a second quote; only one is used.
+        /// Price a payment. With an idempotency key, a retry returns the same
+        /// quote; without one, a retry may create a second (only one is used).
         create_quote, wire::CreateQuoteRequest, wire::CreateQuoteResponse
     );
     unary!(
-        /// Create a transfer. Retried with the same idempotency key, so a
-        /// failover in the middle returns the same transfer, never a second one.
-        create_transfer, wire::CreateTransferRequest, wire::CreateTransferResponse
+        /// `create_transfer` as its own request.
+        create_transfer_alone => create_transfer, wire::CreateTransferRequest, wire::CreateTransferResponse
     );
     unary!(
-        /// Price and pay in one call, within the bound the request states.
-        /// Retried with the same idempotency key, as `create_transfer`.
-        create_payment, wire::CreatePaymentRequest, wire::CreatePaymentResponse
+        /// `create_payment` as its own request.
+        create_payment_alone => create_payment, wire::CreatePaymentRequest, wire::CreatePaymentResponse
+    );
+    unary!(
+        /// Create several transfers in one request, each item answered on
+        /// its own (see the API's `CreateTransfers`). Retried as a whole with
+        /// the items' keys.
+        create_transfers, wire::CreateTransfersRequest, wire::CreateTransfersResponse
     );
     unary!(
         /// Read one transfer.
@@ -108,10 +174,7 @@ impl PartnerClient {
     pub async fn stream_events(&self, from_cursor: u64) -> Result<Streaming<wire::StreamEventsResponse>, ClientError> {
         self.region
             .call(None, |channel| async move {
-                Self::client(channel)
-                    .stream_events(wire::StreamEventsRequest { from_cursor })
-                    .await
-                    .map(|r| r.into_inner())
+                service(channel).stream_events(wire::StreamEventsRequest { from_cursor }).await.map(|r| r.into_inner())
             })
             .await
     }

@@ -26,7 +26,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     /// A node answered with an error that retrying will not change.
     #[error("refused: {:?}: {}", .0.code(), .0.message())]
@@ -235,7 +235,7 @@ fn refused_handshake(status: &Status) -> Option<String> {
     None
 }
 
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted

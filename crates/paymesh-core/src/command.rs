@@ -267,6 +267,12 @@ pub enum CommandBody {
     // --- one-call payments (added later) ------------------------------------
     /// Price and pay in one command ([`PaymentRequest`]).
     CreatePayment(PaymentRequest),
+
+    // --- quotes under an idempotency key (added later) ----------------------
+    /// Price a payment as [`CommandBody::CreateQuote`] does, under the
+    /// partner's idempotency key ([`QuoteRequest`]): a retry gets the same
+    /// quote.
+    CreateKeyedQuote(QuoteRequest),
 }
 
 /// Why an operator did something: 1 to 256 bytes of UTF-8 text with no
@@ -437,6 +443,33 @@ impl PaymentRequest {
             self.payer.reference.as_str(),
         ];
         fingerprint(b"paymesh/payment-request/v1", &fields)
+    }
+}
+
+/// A partner's quote request under its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteRequest {
+    /// The paying partner (from its certificate).
+    pub partner: PartnerId,
+    /// The partner's idempotency key (the same key space as its transfers).
+    pub idempotency_key: IdempotencyKey,
+    /// The payee's QR payload.
+    pub payee: QrPayload,
+    /// The amount fixed by the payer or by the merchant.
+    pub amount: QuoteAmount,
+}
+
+impl QuoteRequest {
+    /// The body's fingerprint, as [`TransferRequest::fingerprint`]; its own
+    /// domain, so a quote and a transfer never share one.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let (side, amount) = match self.amount {
+            QuoteAmount::Source(money) => ("source", money),
+            QuoteAmount::Destination(money) => ("destination", money),
+        };
+        let units = amount.to_wire();
+        let fields = [self.payee.as_str(), side, units.as_str(), amount.currency().code()];
+        fingerprint(b"paymesh/quote-request/v1", &fields)
     }
 }
 
@@ -764,6 +797,7 @@ impl CommandBody {
             | CommandBody::CancelTransfer { .. }
             | CommandBody::RequestCancel(_)
             | CommandBody::CreatePayment(_)
+            | CommandBody::CreateKeyedQuote(_)
             | CommandBody::Tick => false,
         }
     }

@@ -152,6 +152,10 @@ pub const TICK_WORK_MAX: usize = 10_000;
 /// Most commands in one batch (one Raft entry).
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
 
+/// Most items in one `CreateTransfers` request (well within one Raft entry
+/// and a partner's default burst of requests).
+pub const TRANSFERS_PER_REQUEST_MAX: usize = 500;
+
 /// Identifier lengths, in bytes.
 pub const REGION_ID_BYTES_MAX: usize = 32;
 /// See [`REGION_ID_BYTES_MAX`].

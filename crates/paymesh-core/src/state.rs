@@ -967,6 +967,7 @@ impl State {
             CommandBody::CancelTransfer { partner, transfer } => self.cancel_transfer(partner, transfer, now, recall),
             CommandBody::RequestCancel(message) => Ok(Outcome::PrepareReply(self.request_cancel(message, now, recall))),
             CommandBody::CreatePayment(request) => Ok(self.create_payment(request, now, recall)),
+            CommandBody::CreateKeyedQuote(request) => Ok(self.create_keyed_quote(request, now, recall)),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)

@@ -459,6 +459,12 @@ impl LocalRegion {
         Ok(PartnerClient::new(self.sdk(&format!("partner-{id}"))?))
     }
 
+    /// A client for partner `id` that sends each call as its own request
+    /// (no batching).
+    pub fn partner_unbatched(&self, id: &str) -> anyhow::Result<PartnerClient> {
+        Ok(PartnerClient::unbatched(self.sdk(&format!("partner-{id}"))?))
+    }
+
     /// Run one admin call, as the operator, on whichever node leads.
     pub async fn admin<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
     where

@@ -102,6 +102,12 @@ impl Gateway {
     /// here, once, whatever it is: an active partner over its rate waits for
     /// its turn (see [`crate::rate`]).
     pub async fn partner<T>(&self, request: &Request<T>) -> Result<PartnerId, Status> {
+        self.partner_charged(request, 1).await
+    }
+
+    /// As [`Gateway::partner`], for a request charged as `calls` calls (a
+    /// batch of that many items).
+    pub async fn partner_charged<T>(&self, request: &Request<T>, calls: usize) -> Result<PartnerId, Status> {
         let id = match self.auth.identify(request)? {
             Identity::Partner(id) => id,
             other => return Err(Status::permission_denied(format!("{other} may not call the partner API"))),
@@ -122,7 +128,7 @@ impl Gateway {
         };
         match status {
             BusinessStatus::Active => {
-                self.pace(&id, limits).await?;
+                self.pace(&id, limits, calls).await?;
                 Ok(id)
             }
             BusinessStatus::Suspended => Err(Status::failed_precondition(format!(
@@ -135,8 +141,8 @@ impl Gateway {
     /// Charge a call to the partner's rate: wait for its token, or, if that
     /// would take too long, RESOURCE_EXHAUSTED after the longest wait (see
     /// [`crate::rate`]).
-    async fn pace(&self, partner: &PartnerId, limits: PartnerLimits) -> Result<(), Status> {
-        match self.rates.admit(partner, limits) {
+    async fn pace(&self, partner: &PartnerId, limits: PartnerLimits, calls: usize) -> Result<(), Status> {
+        match self.rates.admit(partner, limits, calls) {
             Admission::Now => Ok(()),
             Admission::After(wait) => {
                 tokio::time::sleep(wait).await;

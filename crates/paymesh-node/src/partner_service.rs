@@ -9,10 +9,11 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use paymesh_core::command::{CommandBody, PaymentRequest, RefundRequest, TransferRequest};
+use paymesh_core::command::{CommandBody, PaymentRequest, QuoteRequest, RefundRequest, TransferRequest};
 use paymesh_core::corridor::QuoteAmount;
 use paymesh_core::history::ListToken;
 use paymesh_core::ledger::{AccountId, AccountOwner};
+use paymesh_core::limits::TRANSFERS_PER_REQUEST_MAX;
 use paymesh_core::state::{Listing, PartnerRefund};
 use paymesh_core::transfer::CoordinatorState;
 use paymesh_core::{Outcome, Timestamp};
@@ -59,7 +60,7 @@ impl PartnerServer {
         key: &paymesh_core::id::IdempotencyKey,
         body: CommandBody,
         span: &tracing::Span,
-    ) -> Result<Response<wire::CreateTransferResponse>, Status> {
+    ) -> Result<wire::CreateTransferResponse, Status> {
         self.gateway.traces.remember(partner, key, crate::telemetry::traceparent(span));
         let outcome = {
             use tracing::Instrument;
@@ -80,15 +81,92 @@ impl PartnerServer {
                     .unwrap_or_else(|| convert::transfer_view_out(&view, true));
                 let reject_code =
                     if view.state == CoordinatorState::Aborted { convert::reject_code_opt(view.reason) } else { 0 };
-                Ok(Response::new(wire::CreateTransferResponse { transfer: Some(current), reject_code }))
+                Ok(wire::CreateTransferResponse { transfer: Some(current), reject_code })
             }
-            Outcome::Rejected(code) => Ok(Response::new(wire::CreateTransferResponse {
-                transfer: None,
-                reject_code: Gateway::rejected(code)?,
-            })),
+            Outcome::Rejected(code) => {
+                Ok(wire::CreateTransferResponse { transfer: None, reject_code: Gateway::rejected(code)? })
+            }
             other => Err(unexpected(&other)),
         }
     }
+
+    /// One item of a `CreateTransfers` request, checked and submitted; its
+    /// answer, or the status the single call would have returned.
+    async fn transfer_item(
+        &self,
+        partner: &paymesh_core::id::PartnerId,
+        item: wire::TransferItem,
+        span: &tracing::Span,
+    ) -> wire::TransferItemResult {
+        let answer = match item.kind {
+            Some(wire::transfer_item::Kind::Transfer(request)) => match transfer_request(partner, request) {
+                Ok(transfer) => {
+                    let key = transfer.idempotency_key.clone();
+                    self.transfer_answer(partner, &key, CommandBody::CreateTransfer(transfer), span).await
+                }
+                Err(status) => Err(status),
+            },
+            Some(wire::transfer_item::Kind::Payment(request)) => match payment_request(partner, request) {
+                Ok(payment) => {
+                    let key = payment.idempotency_key.clone();
+                    self.transfer_answer(partner, &key, CommandBody::CreatePayment(payment), span).await
+                }
+                Err(status) => Err(status),
+            },
+            None => Err(invalid("kind", "set transfer or payment")),
+        };
+        match answer {
+            Ok(answer) => wire::TransferItemResult {
+                transfer: answer.transfer,
+                reject_code: answer.reject_code,
+                status_code: 0,
+                status_message: String::new(),
+            },
+            Err(status) => wire::TransferItemResult {
+                transfer: None,
+                reject_code: 0,
+                status_code: status.code() as i32,
+                status_message: status.message().to_owned(),
+            },
+        }
+    }
+}
+
+/// A `CreateTransfer` request of `partner`'s, checked.
+fn transfer_request(
+    partner: &paymesh_core::id::PartnerId,
+    request: wire::CreateTransferRequest,
+) -> Result<TransferRequest, Status> {
+    Ok(TransferRequest {
+        partner: partner.clone(),
+        idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+        quote: convert::quote_id("quote_id", &request.quote_id)?,
+        payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
+        payer: convert::payer_details("payer", request.payer.as_ref())?,
+    })
+}
+
+/// A `CreatePayment` request of `partner`'s, checked.
+fn payment_request(
+    partner: &paymesh_core::id::PartnerId,
+    request: wire::CreatePaymentRequest,
+) -> Result<PaymentRequest, Status> {
+    let amount = match &request.amount {
+        Some(wire::create_payment_request::Amount::SourceAmount(m)) => quote_amount(Some(m), None),
+        Some(wire::create_payment_request::Amount::DestinationAmount(m)) => quote_amount(None, Some(m)),
+        None => quote_amount(None, None),
+    }?;
+    Ok(PaymentRequest {
+        partner: partner.clone(),
+        idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+        payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
+        amount,
+        max_total_debit: match &request.max_total_debit {
+            Some(bound) => Some(convert::positive_money("max_total_debit", Some(bound))?),
+            None => None,
+        },
+        payer: convert::payer_details("payer", request.payer.as_ref())?,
+    })
 }
 
 /// Make `span` continue the caller's trace, when the request carries a
@@ -146,7 +224,16 @@ impl PartnerService for PartnerServer {
             Some(wire::create_quote_request::Amount::DestinationAmount(m)) => quote_amount(None, Some(m)),
             None => quote_amount(None, None),
         }?;
-        let body = CommandBody::CreateQuote { partner: partner.clone(), payee, amount };
+        let body = if request.idempotency_key.is_empty() {
+            CommandBody::CreateQuote { partner: partner.clone(), payee, amount }
+        } else {
+            CommandBody::CreateKeyedQuote(QuoteRequest {
+                partner: partner.clone(),
+                idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
+                payee,
+                amount,
+            })
+        };
         match self.gateway.submit(partner, body).await? {
             Outcome::Quote(quote) => {
                 Ok(Response::new(wire::CreateQuoteResponse { quote: Some(convert::quote_out(&quote)), reject_code: 0 }))
@@ -165,16 +252,9 @@ impl PartnerService for PartnerServer {
         let partner = self.gateway.partner(&request).await?;
         let span = tracing::info_span!("create_transfer", partner = %partner, transfer = tracing::field::Empty);
         follow_caller(&span, &request);
-        let request = request.into_inner();
-        let transfer = TransferRequest {
-            partner: partner.clone(),
-            idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
-            quote: convert::quote_id("quote_id", &request.quote_id)?,
-            payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
-            payer: convert::payer_details("payer", request.payer.as_ref())?,
-        };
+        let transfer = transfer_request(&partner, request.into_inner())?;
         let key = transfer.idempotency_key.clone();
-        self.transfer_answer(&partner, &key, CommandBody::CreateTransfer(transfer), &span).await
+        Ok(Response::new(self.transfer_answer(&partner, &key, CommandBody::CreateTransfer(transfer), &span).await?))
     }
 
     async fn create_payment(
@@ -184,28 +264,36 @@ impl PartnerService for PartnerServer {
         let partner = self.gateway.partner(&request).await?;
         let span = tracing::info_span!("create_payment", partner = %partner, transfer = tracing::field::Empty);
         follow_caller(&span, &request);
-        let request = request.into_inner();
-        let amount = match &request.amount {
-            Some(wire::create_payment_request::Amount::SourceAmount(m)) => quote_amount(Some(m), None),
-            Some(wire::create_payment_request::Amount::DestinationAmount(m)) => quote_amount(None, Some(m)),
-            None => quote_amount(None, None),
-        }?;
-        let payment = PaymentRequest {
-            partner: partner.clone(),
-            idempotency_key: convert::idempotency_key("idempotency_key", &request.idempotency_key)?,
-            payee: convert::qr_payload("qr_payload", &request.qr_payload)?,
-            amount,
-            max_total_debit: match &request.max_total_debit {
-                Some(bound) => Some(convert::positive_money("max_total_debit", Some(bound))?),
-                None => None,
-            },
-            payer: convert::payer_details("payer", request.payer.as_ref())?,
-        };
+        let payment = payment_request(&partner, request.into_inner())?;
         let key = payment.idempotency_key.clone();
-        let answer =
-            self.transfer_answer(&partner, &key, CommandBody::CreatePayment(payment), &span).await?.into_inner();
+        let answer = self.transfer_answer(&partner, &key, CommandBody::CreatePayment(payment), &span).await?;
         Ok(Response::new(wire::CreatePaymentResponse { transfer: answer.transfer, reject_code: answer.reject_code }))
     }
+
+    async fn create_transfers(
+        &self,
+        request: Request<wire::CreateTransfersRequest>,
+    ) -> Result<Response<wire::CreateTransfersResponse>, Status> {
+        let items = request.get_ref().items.len();
+        if !(1..=TRANSFERS_PER_REQUEST_MAX).contains(&items) {
+            return Err(invalid("items", format!("1 to {TRANSFERS_PER_REQUEST_MAX} items, not {items}")));
+        }
+        let partner = self.gateway.partner_charged(&request, items).await?;
+        // A follower refuses the request whole, naming the leader, rather
+        // than each item (an item is UNAVAILABLE only when this node stops
+        // leading while it serves the request).
+        if !self.gateway.registry.leads() {
+            return Err(self.gateway.not_leader());
+        }
+        // One span for the request (its items' transfers are not named in
+        // it); each transfer's later steps continue its trace.
+        let span = tracing::info_span!("create_transfers", partner = %partner, items);
+        follow_caller(&span, &request);
+        let answers = request.into_inner().items.into_iter().map(|item| self.transfer_item(&partner, item, &span));
+        let results = futures::future::join_all(answers).await;
+        Ok(Response::new(wire::CreateTransfersResponse { results }))
+    }
+
     async fn create_refund(
         &self,
         request: Request<wire::CreateRefundRequest>,

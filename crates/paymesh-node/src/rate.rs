@@ -69,16 +69,18 @@ impl std::fmt::Debug for Rates {
 }
 
 impl Rates {
-    /// Charge a request to `partner`'s bucket, which holds at most
+    /// Charge a request that counts as `calls` calls (one, or a batch's
+    /// items) to `partner`'s bucket, which holds at most
     /// `limits.requests_burst` tokens and refills at
-    /// `limits.requests_per_second` (a new bucket starts full). With no
-    /// token left, the request takes one that is still to come, to wait for
-    /// it, unless that is more than [`PACE_WAIT_MAX`] away.
-    pub fn admit(&self, partner: &PartnerId, limits: PartnerLimits) -> Admission {
-        self.admit_at(partner, limits, Instant::now())
+    /// `limits.requests_per_second` (a new bucket starts full). Short of
+    /// tokens, the request takes those still to come, to wait for them,
+    /// unless that is more than [`PACE_WAIT_MAX`] away.
+    pub fn admit(&self, partner: &PartnerId, limits: PartnerLimits, calls: usize) -> Admission {
+        self.admit_at(partner, limits, calls, Instant::now())
     }
 
-    fn admit_at(&self, partner: &PartnerId, limits: PartnerLimits, now: Instant) -> Admission {
+    fn admit_at(&self, partner: &PartnerId, limits: PartnerLimits, calls: usize, now: Instant) -> Admission {
+        let cost = calls as f64;
         let burst = f64::from(limits.requests_burst);
         let rate = f64::from(limits.requests_per_second);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,14 +88,14 @@ impl Rates {
         let refill = now.saturating_duration_since(bucket.refilled).as_secs_f64() * rate;
         bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.refilled = now.max(bucket.refilled);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             return Admission::Now;
         }
         // Tokens below zero are promised to requests already waiting.
-        let wait = (1.0 - bucket.tokens) / rate;
+        let wait = (cost - bucket.tokens) / rate;
         if rate > 0.0 && wait <= PACE_WAIT_MAX.as_secs_f64() {
-            bucket.tokens -= 1.0;
+            bucket.tokens -= cost;
             Admission::After(Duration::from_secs_f64(wait))
         } else {
             Admission::Refused
@@ -115,13 +117,13 @@ mod tests {
         let limits = PartnerLimits { requests_per_second: 10, requests_burst: 3, ..PartnerLimits::DEFAULT };
         let (a, b) = (id("a"), id("b"));
         let start = Instant::now();
-        let answers: Vec<Admission> = (0..5).map(|_| rates.admit_at(&a, limits, start)).collect();
+        let answers: Vec<Admission> = (0..5).map(|_| rates.admit_at(&a, limits, 1, start)).collect();
         let ms = |ms| Admission::After(Duration::from_millis(ms));
         assert_eq!(answers, [Admission::Now, Admission::Now, Admission::Now, ms(100), ms(200)]);
-        assert_eq!(rates.admit_at(&b, limits, start), Admission::Now, "b has a bucket of its own");
+        assert_eq!(rates.admit_at(&b, limits, 1, start), Admission::Now, "b has a bucket of its own");
         // Time refills what the waiting requests were promised first.
         let later = start + Duration::from_millis(250);
-        assert_eq!(rates.admit_at(&a, limits, later), ms(50));
+        assert_eq!(rates.admit_at(&a, limits, 1, later), ms(50));
     }
 
     #[test]
@@ -130,18 +132,32 @@ mod tests {
         let limits = PartnerLimits { requests_per_second: 4, requests_burst: 1, ..PartnerLimits::DEFAULT };
         let a = id("a");
         let start = Instant::now();
-        let answers: Vec<Admission> = (0..7).map(|_| rates.admit_at(&a, limits, start)).collect();
+        let answers: Vec<Admission> = (0..7).map(|_| rates.admit_at(&a, limits, 1, start)).collect();
         // 1 now, then 0.25 s, 0.5 s, 0.75 s, 1 s; beyond the second, refused.
         assert_eq!(answers.iter().filter(|a| matches!(a, Admission::After(_))).count(), 4);
         assert_eq!(&answers[5..], [Admission::Refused, Admission::Refused]);
         // The refusals took no token: a quarter second later one more waits 1 s.
         let later = start + Duration::from_millis(250);
-        assert_eq!(rates.admit_at(&a, limits, later), Admission::After(Duration::from_secs(1)));
+        assert_eq!(rates.admit_at(&a, limits, 1, later), Admission::After(Duration::from_secs(1)));
         // A rate of zero serves the burst and refuses the rest; a smaller
         // limit takes effect at once.
         let none = PartnerLimits { requests_per_second: 0, requests_burst: 1, ..limits };
         let b = id("b");
-        assert_eq!(rates.admit_at(&b, none, start), Admission::Now);
-        assert_eq!(rates.admit_at(&b, none, start), Admission::Refused);
+        assert_eq!(rates.admit_at(&b, none, 1, start), Admission::Now);
+        assert_eq!(rates.admit_at(&b, none, 1, start), Admission::Refused);
+    }
+
+    #[test]
+    fn a_batch_costs_one_token_per_item() {
+        let rates = Rates::default();
+        let limits = PartnerLimits { requests_per_second: 100, requests_burst: 10, ..PartnerLimits::DEFAULT };
+        let a = id("a");
+        let start = Instant::now();
+        assert_eq!(rates.admit_at(&a, limits, 8, start), Admission::Now);
+        // 2 tokens left: 5 more wait for 3 to come, 30 ms.
+        assert_eq!(rates.admit_at(&a, limits, 5, start), Admission::After(Duration::from_millis(30)));
+        // 101 would wait past the bound: refused, taking nothing.
+        assert_eq!(rates.admit_at(&a, limits, 101, start), Admission::Refused);
+        assert_eq!(rates.admit_at(&a, limits, 1, start), Admission::After(Duration::from_millis(40)));
     }
 }

@@ -89,6 +89,7 @@ async fn short_lived_euro_rate(f: &Fixture, valid_for_ms: i64) -> (i64, wire::Cr
             amount: "5".into(),
             currency: "USD".into(),
         })),
+        idempotency_key: String::new(),
     };
     (now, euro)
 }
@@ -225,6 +226,7 @@ fn quote(amount: &str) -> wire::CreateQuoteRequest {
             amount: amount.into(),
             currency: "USD".into(),
         })),
+        idempotency_key: String::new(),
     }
 }
 
@@ -256,6 +258,7 @@ async fn every_partner_field_is_validated_and_bad_input_changes_nothing() {
             amount: amount.into(),
             currency: currency.into(),
         })),
+        idempotency_key: String::new(),
     };
     let invalid = Code::InvalidArgument;
 
@@ -276,7 +279,12 @@ async fn every_partner_field_is_validated_and_bad_input_changes_nothing() {
         "qr_payload: QR payload contains ' '",
     );
     refused(
-        p.create_quote(partner_request(wire::CreateQuoteRequest { qr_payload: QR.into(), amount: None })).await,
+        p.create_quote(partner_request(wire::CreateQuoteRequest {
+            qr_payload: QR.into(),
+            amount: None,
+            idempotency_key: String::new(),
+        }))
+        .await,
         invalid,
         "amount: set source_amount or destination_amount",
     );

@@ -142,6 +142,7 @@ impl Fixture {
                     amount: "5".into(),
                     currency: "USD".into(),
                 })),
+                idempotency_key: String::new(),
             }))
             .await
             .unwrap()

@@ -489,6 +489,7 @@ fn generated_messages_round_trip_through_prost() {
             amount: "88.00".into(),
             currency: "CNY".into(),
         })),
+        idempotency_key: String::new(),
     };
     let decoded = CreateQuoteRequest::decode(quote.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, quote);

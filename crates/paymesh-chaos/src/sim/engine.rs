@@ -86,6 +86,7 @@ pub(crate) enum Event {
 pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
     match body {
         CommandBody::CreateQuote { partner, .. } => Some(partner.clone()),
+        CommandBody::CreateKeyedQuote(request) => Some(request.partner.clone()),
         CommandBody::CreateTransfer(request) | CommandBody::CreateFreshTransfer { request, .. } => {
             Some(request.partner.clone())
         }

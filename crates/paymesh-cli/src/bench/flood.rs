@@ -127,6 +127,7 @@ impl Flood {
                                 amount: decimal(1_000),
                                 currency: CURRENCY.to_owned(),
                             })),
+                            idempotency_key: String::new(),
                         };
                         match client.create_quote(request).await {
                             Ok(answer) if answer.reject_code == 0 => "quote: ok".to_owned(),

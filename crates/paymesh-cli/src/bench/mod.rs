@@ -185,6 +185,11 @@ pub struct BenchArgs {
     /// then `CreateTransfer`.
     #[arg(long)]
     pub one_call: bool,
+    /// paymesh only: pay with one `CreatePayment` call per transfer, as
+    /// `--one-call`, through the SDK's batching: each payer's calls in
+    /// flight at once travel together as `CreateTransfers` requests.
+    #[arg(long, conflicts_with = "one_call")]
+    pub batched: bool,
 }
 
 impl BenchArgs {
@@ -329,7 +334,13 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 payees: args.payees,
                 prefund_minor: args.prefund,
                 flooder: args.flood,
-                one_call: args.one_call,
+                calls: if args.batched {
+                    paymesh::Calls::Batched
+                } else if args.one_call {
+                    paymesh::Calls::OneCall
+                } else {
+                    paymesh::Calls::QuoteThenTransfer
+                },
             };
             eprintln!(
                 "paymesh: a {}-node region in {}, {} payer and {} payee partners",

@@ -69,8 +69,20 @@ pub struct PaymeshConfig {
     pub prefund_minor: i64,
     /// Also configure the flooding partner ([`super::flood::FLOODER`]).
     pub flooder: bool,
-    /// Pay with one `CreatePayment` call rather than a quote and a transfer.
-    pub one_call: bool,
+    /// How each transfer is asked for.
+    pub calls: Calls,
+}
+
+/// How the benchmark's workers ask for each transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calls {
+    /// `CreateQuote` then `CreateTransfer`, each its own request.
+    QuoteThenTransfer,
+    /// One `CreatePayment` request per transfer.
+    OneCall,
+    /// One `CreatePayment` call per transfer, which the SDK gathers with the
+    /// payer's other calls in flight into `CreateTransfers` requests.
+    Batched,
 }
 
 /// The region and one partner client per payer.
@@ -84,7 +96,7 @@ pub struct PaymeshTarget {
     pub run: std::sync::atomic::AtomicU64,
     payees: usize,
     dir: PathBuf,
-    one_call: bool,
+    calls: Calls,
 }
 
 impl std::fmt::Debug for PaymeshTarget {
@@ -164,10 +176,16 @@ impl PaymeshTarget {
         configure(&region, config).await?;
         let mut payers = Vec::with_capacity(config.payers);
         for index in 0..config.payers {
-            payers.push(region.partner(&payer_id(index))?);
+            payers.push(match config.calls {
+                Calls::Batched => region.partner(&payer_id(index))?,
+                Calls::QuoteThenTransfer | Calls::OneCall => region.partner_unbatched(&payer_id(index))?,
+            });
         }
-        let flooder =
-            if config.flooder { Some(std::sync::Arc::new(region.partner(super::flood::FLOODER)?)) } else { None };
+        let flooder = if config.flooder {
+            Some(std::sync::Arc::new(region.partner_unbatched(super::flood::FLOODER)?))
+        } else {
+            None
+        };
         Ok(PaymeshTarget {
             region: Mutex::new(Some(region)),
             payers,
@@ -175,7 +193,7 @@ impl PaymeshTarget {
             run: std::sync::atomic::AtomicU64::new(0),
             payees: config.payees,
             dir: config.dir.clone(),
-            one_call: config.one_call,
+            calls: config.calls,
         })
     }
 
@@ -703,7 +721,7 @@ impl Target for PaymeshTarget {
             reference: format!("bench {sequence}"),
         };
         let amount = common::Money { amount: decimal(pick.amount_minor), currency: CURRENCY.to_owned() };
-        if self.one_call {
+        if self.calls != Calls::QuoteThenTransfer {
             let request = wire::CreatePaymentRequest {
                 idempotency_key: key,
                 qr_payload: qr,
@@ -719,6 +737,7 @@ impl Target for PaymeshTarget {
         let quote = wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
             amount: Some(wire::create_quote_request::Amount::SourceAmount(amount)),
+            idempotency_key: String::new(),
         };
         let quote = match client.create_quote(quote).await {
             Ok(answer) => match answer.quote {

@@ -4,7 +4,7 @@
 //! reservation to the payee region's answer and the decision.
 
 use super::*;
-use crate::command::PaymentRequest;
+use crate::command::{PaymentRequest, QuoteRequest};
 
 impl State {
     /// The partner, if it exists here, is active, and may pay.
@@ -95,6 +95,33 @@ impl State {
         self.quotes.insert(quote.id.clone(), QuoteRecord { quote: quote.clone(), used: false });
         self.use_partner(partner_id, |u| u.quotes_outstanding += 1);
         Ok(quote)
+    }
+
+    /// A quote under the partner's idempotency key: its key's record
+    /// answers a retry with the first quote (used or expired since, it is
+    /// still the one this key made); otherwise priced and kept as
+    /// [`State::create_quote`] does, and recorded under the key. A refusal
+    /// records nothing.
+    pub(super) fn create_keyed_quote(
+        &mut self,
+        request: &QuoteRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+    ) -> Outcome {
+        let fingerprint = request.fingerprint();
+        if let KeyLookup::Answered(outcome) =
+            self.look_up_key(&request.partner, &request.idempotency_key, fingerprint, now, recall)
+        {
+            return outcome;
+        }
+        match self.create_quote(&request.partner, &request.payee, request.amount, now) {
+            Ok(quote) => {
+                let outcome = Outcome::Quote(quote);
+                self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
+                outcome
+            }
+            Err(code) => Outcome::Rejected(code),
+        }
     }
 
     /// Create a transfer for `request`, unless its key's record answers it;

@@ -101,6 +101,12 @@ impl State {
         self.look_up_key(&request.partner, &request.idempotency_key, request.fingerprint(), self.clock, recall)
     }
 
+    /// What a keyed quote's key holds for its body, as of the applied clock
+    /// (as [`State::look_up_refund_request`]).
+    pub fn look_up_quote_request(&self, request: &crate::command::QuoteRequest, recall: &dyn Recall) -> KeyLookup {
+        self.look_up_key(&request.partner, &request.idempotency_key, request.fingerprint(), self.clock, recall)
+    }
+
     /// A refund as `partner` may see it, in flight or finished: one it
     /// asked for (as a payment's payee), or one that credits it back (as
     /// the payer). Another partner's is indistinguishable from a missing one.

@@ -2190,3 +2190,42 @@ mod cancels;
 mod payments;
 mod refunds;
 mod settlement;
+
+/// A quote under an idempotency key: a retry (even after the quote is used,
+/// and after the rate moved) gets the first quote and makes no other; the
+/// key is in the partner's one key space; a refusal records nothing.
+#[test]
+fn a_keyed_quote_is_made_once_per_key() {
+    let (mut west, _) = mesh();
+    let wxp = "wxp://f2f0shop1";
+    let keyed = |key: &str, units: &str| {
+        CommandBody::CreateKeyedQuote(crate::command::QuoteRequest {
+            partner: pid("paypal-us"),
+            idempotency_key: IdempotencyKey::new(key).unwrap(),
+            payee: qr(wxp),
+            amount: QuoteAmount::Source(usd(units)),
+        })
+    };
+    let first = west.run(keyed("q-1", "10"), T0);
+    let Outcome::Quote(quote) = &first else { panic!("not a quote: {first:?}") };
+    let outstanding = west.state.partner_usage(&pid("paypal-us")).quotes_outstanding;
+    assert_eq!(west.run(keyed("q-1", "10"), T0.plus_ms(1)), first, "the retry gets the same quote");
+    assert_eq!(west.state.partner_usage(&pid("paypal-us")).quotes_outstanding, outstanding, "and no second one");
+    // Used, then asked again: still the same quote (the key's answer).
+    let paid = west.run(CommandBody::CreateTransfer(request("paypal-us", "t-1", &quote.id, wxp, "A")), T0.plus_ms(2));
+    assert!(matches!(paid, Outcome::Transfer(_)), "{paid:?}");
+    assert_eq!(west.run(keyed("q-1", "10"), T0.plus_ms(3)), first);
+    // Another amount under the key, or a transfer under it: a conflict.
+    let conflict = Outcome::Rejected(RejectCode::IdempotencyConflict);
+    assert_eq!(west.run(keyed("q-1", "11"), T0.plus_ms(4)), conflict);
+    let transfer = CommandBody::CreateTransfer(request("paypal-us", "q-1", &quote.id, wxp, "A"));
+    assert_eq!(west.run(transfer, T0.plus_ms(5)), conflict);
+    // Refused (below the corridor's minimum): nothing recorded, the key free.
+    let before = west.state.clone();
+    assert_eq!(west.run(keyed("q-2", "0.50"), T0.plus_ms(6)), Outcome::Rejected(RejectCode::AmountBelowMinimum));
+    let mut unchanged = west.state.clone();
+    // Only the clock and the proposer session's dedupe record moved.
+    (unchanged.sessions, unchanged.clock) = (before.sessions.clone(), before.clock);
+    assert_eq!(unchanged, before, "the refusal changed the state");
+    assert!(matches!(west.run(keyed("q-2", "10"), T0.plus_ms(7)), Outcome::Quote(_)));
+}

@@ -63,6 +63,7 @@ impl Handler<PriceQuote> for CorridorActor {
         // Unknown here (just created, or gone): the state machine decides.
         let lane = match &message.body {
             CommandBody::CreateQuote { partner, .. } => Lane::Partner(partner.clone()),
+            CommandBody::CreateKeyedQuote(request) => Lane::Partner(request.partner.clone()),
             _ => Lane::Region,
         };
         self.proposer.do_send(Propose { lane, body: message.body, reply: message.reply });

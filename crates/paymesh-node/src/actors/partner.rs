@@ -192,6 +192,9 @@ impl Handler<Submit> for PartnerActor {
             CommandBody::CreatePayment(request) => {
                 self.admission.payment(request, message.reply, &applied.state, self.state.history(), now)
             }
+            CommandBody::CreateKeyedQuote(request) => {
+                self.admission.keyed_quote(request, message.reply, &applied.state, self.state.history(), now)
+            }
             body => self.admission.other(body, message.reply),
         };
         self.carry(step, message.route, ctx);

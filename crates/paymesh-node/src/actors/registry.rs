@@ -75,6 +75,11 @@ impl Registry {
         self.shared.current.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or(Refusal::NotLeader)
     }
 
+    /// Whether this node leads now (it has the term's actors).
+    pub fn leads(&self) -> bool {
+        self.term().is_ok()
+    }
+
     /// This node's leadership changed: `Some(term)` when it leads in `term`.
     pub fn lead(&self, leading: Option<u64>) {
         let mut current = self.shared.current.write().unwrap_or_else(PoisonError::into_inner);
@@ -154,7 +159,11 @@ impl Registry {
     /// corridor's actor when `state` names the corridor, the rest to the
     /// proposer.
     fn route(&self, term: &Term, state: &State, partner: &PartnerId, body: &CommandBody, now: Timestamp) -> Route {
-        let CommandBody::CreateQuote { payee, amount, .. } = body else { return Route::Proposer };
+        let (payee, amount) = match body {
+            CommandBody::CreateQuote { payee, amount, .. } => (payee, amount),
+            CommandBody::CreateKeyedQuote(request) => (&request.payee, &request.amount),
+            _ => return Route::Proposer,
+        };
         let (Some(partner), Some(payee)) = (state.partner(partner), state.lookup_payee(payee)) else {
             // The state machine gives the precise refusal.
             return Route::Proposer;

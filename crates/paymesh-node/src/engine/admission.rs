@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use paymesh_core::command::{CommandBody, Fingerprint, PaymentRequest, RefundRequest, TransferRequest};
+use paymesh_core::command::{CommandBody, Fingerprint, PaymentRequest, QuoteRequest, RefundRequest, TransferRequest};
 use paymesh_core::history::Recall;
 use paymesh_core::id::{IdempotencyKey, RegionId};
 use paymesh_core::state::KeyLookup;
@@ -107,6 +107,26 @@ impl<W> Admission<W> {
             }
         }
         self.propose(body, waiter, None)
+    }
+
+    /// A quote request under an idempotency key: answered from its key's
+    /// record if it has one (so a retry's answer never depends on the
+    /// rate of the moment); otherwise as [`Admission::quote`].
+    pub fn keyed_quote(
+        &mut self,
+        request: QuoteRequest,
+        waiter: W,
+        state: &State,
+        recall: &dyn Recall,
+        now: Timestamp,
+    ) -> Step<W> {
+        if let KeyLookup::Answered(outcome) = state.look_up_quote_request(&request, recall) {
+            return Step::Answer(waiter, outcome);
+        }
+        if let Err(code) = state.check_quote(&request.partner, &request.payee, request.amount, now.max(state.clock())) {
+            return Step::Answer(waiter, Outcome::Rejected(code));
+        }
+        self.propose(CommandBody::CreateKeyedQuote(request), waiter, None)
     }
 
     /// Another command of the partner's: proposed as it is.
@@ -244,6 +264,7 @@ pub fn link_refuses<R>(
 ) -> Option<R> {
     let destination = match body {
         CommandBody::CreateQuote { payee, .. } => state.lookup_payee(payee).map(|p| p.region),
+        CommandBody::CreateKeyedQuote(request) => state.lookup_payee(&request.payee).map(|p| p.region),
         CommandBody::CreateTransfer(request) => {
             state.quote(&request.quote).map(|q| q.corridor.destination_region.clone())
         }
@@ -261,6 +282,11 @@ pub fn link_refuses<R>(
         }
         CommandBody::CreatePayment(request)
             if matches!(state.look_up_payment_request(request, recall), KeyLookup::Answered(_)) =>
+        {
+            None
+        }
+        CommandBody::CreateKeyedQuote(request)
+            if matches!(state.look_up_quote_request(request, recall), KeyLookup::Answered(_)) =>
         {
             None
         }
