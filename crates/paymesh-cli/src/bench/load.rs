@@ -90,6 +90,12 @@ pub trait Target: Send + Sync + 'static {
     /// Carry out one transfer and say how it ended. It must not panic on
     /// errors: they are [`Attempt::Failed`].
     fn transfer(&self, worker: usize, sequence: u64) -> impl Future<Output = Attempt> + Send;
+
+    /// The target's own processes whose CPU time the report gives per
+    /// transfer, by name and pid (none by default).
+    fn processes(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
 }
 
 /// How load is offered.
@@ -180,6 +186,7 @@ pub async fn run<T: Target>(target: Arc<T>, plan: &Plan) -> anyhow::Result<RunRe
     let end = measure_start + plan.duration;
     let recorder = Arc::new(Mutex::new(Recorder::new(measure_start, end)?));
     let progress = Progress::start(target.name(), plan, started, recorder.clone());
+    let cpu = super::cpu::Meter::start(target.processes(), measure_start, end);
     let result = match plan.mode {
         Mode::Closed { workers } => closed_loop(&target, workers, end, plan.attempt_timeout, &recorder).await,
         Mode::Open { rate_per_second, in_flight_max } => {
@@ -188,7 +195,8 @@ pub async fn run<T: Target>(target: Arc<T>, plan: &Plan) -> anyhow::Result<RunRe
     };
     progress.finish();
     result?;
-    let report = lock(&recorder).report(target.name(), plan);
+    let mut report = lock(&recorder).report(target.name(), plan);
+    report.cpu = cpu.read(report.committed).await;
     Ok(report)
 }
 
@@ -449,6 +457,7 @@ impl Recorder {
             failure_reasons: self.failure_reasons.clone(),
             including_warmup: Totals { dropped: self.dropped_all, ..self.all.clone() },
             audit: None,
+            cpu: Vec::new(),
         }
     }
 }

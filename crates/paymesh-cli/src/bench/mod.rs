@@ -23,6 +23,7 @@
 //! without and then with one extra partner flooding it (see [`flood`]), and
 //! prints both side by side with the nodes' resident memory before and after.
 
+pub mod cpu;
 pub mod flood;
 pub mod load;
 pub mod paymesh;

@@ -708,6 +708,10 @@ impl Target for PaymeshTarget {
         "paymesh".to_owned()
     }
 
+    fn processes(&self) -> Vec<(String, u32)> {
+        self.per_node(Some).into_iter().map(|(id, pid)| (format!("node-{id}"), pid)).collect()
+    }
+
     async fn transfer(&self, worker: usize, sequence: u64) -> Attempt {
         let pick = Pick::new(worker, sequence, self.payers.len(), self.payees);
         let Some(client) = self.payers.get(pick.payer) else {

@@ -143,6 +143,21 @@ pub struct RunReport {
     pub including_warmup: Totals,
     /// The target's audit after the run, if it has one.
     pub audit: Option<Audit>,
+    /// CPU time of the target's processes and of the load generator over
+    /// the measured period, per committed transfer (empty when the target
+    /// names no processes).
+    pub cpu: Vec<ProcessCpu>,
+}
+
+/// One process's CPU time over the measured period.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessCpu {
+    /// Which process ("node-1", "load generator").
+    pub process: String,
+    /// User and system CPU time, in seconds.
+    pub cpu_s: f64,
+    /// That divided by the committed transfers, in microseconds.
+    pub us_per_transfer: f64,
 }
 
 /// `numerator`'s throughput divided by `denominator`'s.
@@ -217,6 +232,16 @@ impl BenchReport {
             ("latency max", ms(|l| l.max)),
             ("latency mean", ms(|l| l.mean)),
             (
+                "CPU per transfer",
+                Box::new(|r| {
+                    if r.cpu.is_empty() {
+                        return "-".to_owned();
+                    }
+                    let total: f64 = r.cpu.iter().map(|c| c.us_per_transfer).sum();
+                    format!("{total:.0} µs")
+                }),
+            ),
+            (
                 "audit",
                 Box::new(|r| match &r.audit {
                     None => "-".to_owned(),
@@ -245,6 +270,14 @@ impl BenchReport {
         }
         for ratio in &self.throughput_ratios {
             let _ = writeln!(out, "{} / {} = {:.1}×", ratio.numerator, ratio.denominator, ratio.ratio);
+        }
+        for run in self.runs.iter().filter(|r| !r.cpu.is_empty()) {
+            let each: Vec<String> = run
+                .cpu
+                .iter()
+                .map(|c| format!("{} {:.0} µs ({:.1} s)", c.process, c.us_per_transfer, c.cpu_s))
+                .collect();
+            let _ = writeln!(out, "{} CPU per transfer: {}", run.target, each.join(", "));
         }
         out
     }
@@ -300,6 +333,7 @@ mod tests {
             failure_reasons: BTreeMap::new(),
             including_warmup: Totals::default(),
             audit: Some(Audit::new(vec![AuditCheck { name: "x".to_owned(), holds: true, detail: String::new() }])),
+            cpu: Vec::new(),
         }
     }
 
