@@ -273,6 +273,16 @@ pub enum CommandBody {
     /// partner's idempotency key ([`QuoteRequest`]): a retry gets the same
     /// quote.
     CreateKeyedQuote(QuoteRequest),
+    /// A one-call payment, as [`CommandBody::CreatePayment`], with the
+    /// leader's word that its idempotency key had no record through log
+    /// index `fresh_through`, as [`CommandBody::CreateFreshTransfer`] says
+    /// of a transfer's.
+    CreateFreshPayment {
+        /// The request.
+        request: PaymentRequest,
+        /// The last index through which the key had no record.
+        fresh_through: u64,
+    },
 }
 
 /// Why an operator did something: 1 to 256 bytes of UTF-8 text with no
@@ -798,6 +808,7 @@ impl CommandBody {
             | CommandBody::RequestCancel(_)
             | CommandBody::CreatePayment(_)
             | CommandBody::CreateKeyedQuote(_)
+            | CommandBody::CreateFreshPayment { .. }
             | CommandBody::Tick => false,
         }
     }

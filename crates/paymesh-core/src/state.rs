@@ -966,7 +966,11 @@ impl State {
             CommandBody::ReverseTransfer { transfer, .. } => self.reverse_transfer(transfer, now, recall),
             CommandBody::CancelTransfer { partner, transfer } => self.cancel_transfer(partner, transfer, now, recall),
             CommandBody::RequestCancel(message) => Ok(Outcome::PrepareReply(self.request_cancel(message, now, recall))),
-            CommandBody::CreatePayment(request) => Ok(self.create_payment(request, now, recall)),
+            CommandBody::CreatePayment(request) => Ok(self.create_payment(request, now, recall, false)),
+            CommandBody::CreateFreshPayment { request, fresh_through } => {
+                let vouched = self.recent.vouches(*fresh_through);
+                Ok(self.create_payment(request, now, recall, vouched))
+            }
             CommandBody::CreateKeyedQuote(request) => Ok(self.create_keyed_quote(request, now, recall)),
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {

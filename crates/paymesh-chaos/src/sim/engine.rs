@@ -90,6 +90,9 @@ pub(crate) fn partner_of(body: &CommandBody) -> Option<PartnerId> {
         CommandBody::CreateTransfer(request) | CommandBody::CreateFreshTransfer { request, .. } => {
             Some(request.partner.clone())
         }
+        CommandBody::CreatePayment(request) | CommandBody::CreateFreshPayment { request, .. } => {
+            Some(request.partner.clone())
+        }
         CommandBody::CreateRefund(request) => Some(request.partner.clone()),
         _ => None,
     }

@@ -135,18 +135,7 @@ impl State {
         fresh: bool,
     ) -> Outcome {
         let key = (request.partner.clone(), request.idempotency_key.clone());
-        let short = recent::short(&key.0, &key.1);
-        // A fresh key recorded by none of the recent batches has no record
-        // in history: only this batch's own records can answer it, and when
-        // they hold none either, history is told it has none to read.
-        let recall: &dyn Recall = if fresh && !self.recent.holds(short) {
-            if !self.idempotency.contains_key(&key) {
-                recall.unrecorded(&key.0, &key.1);
-            }
-            &NoHistory
-        } else {
-            recall
-        };
+        let recall = self.key_recall(&key, recall, fresh);
         if let Some(answer) = self.replay_request(request, now, recall) {
             return answer;
         }
@@ -168,12 +157,38 @@ impl State {
         outcome
     }
 
+    /// Where a partner's request under `key` looks for its record: in
+    /// `recall` (history), unless the key is `fresh` (the leader's word
+    /// that it had no record, vouched for) and none of the recent batches
+    /// recorded it. Then it has no record in history, only this batch's
+    /// own records can answer it, and when they hold none either, history
+    /// is told it has none to read.
+    fn key_recall<'a>(&self, key: &(PartnerId, IdempotencyKey), recall: &'a dyn Recall, fresh: bool) -> &'a dyn Recall {
+        if fresh && !self.recent.holds(recent::short(&key.0, &key.1)) {
+            if !self.idempotency.contains_key(key) {
+                recall.unrecorded(&key.0, &key.1);
+            }
+            &NoHistory
+        } else {
+            recall
+        }
+    }
+
     /// A one-call payment: priced as [`State::check_quote`] prices, checked
     /// against the payer's bound and as [`State::check_transfer`] checks,
     /// and created as a transfer from that price, in one command; its
     /// idempotency key answers a retry with the first outcome. A refusal
-    /// before the transfer would exist records nothing.
-    pub(super) fn create_payment(&mut self, request: &PaymentRequest, now: Timestamp, recall: &dyn Recall) -> Outcome {
+    /// before the transfer would exist records nothing. `fresh` as for
+    /// [`State::create_transfer`].
+    pub(super) fn create_payment(
+        &mut self,
+        request: &PaymentRequest,
+        now: Timestamp,
+        recall: &dyn Recall,
+        fresh: bool,
+    ) -> Outcome {
+        let key = (request.partner.clone(), request.idempotency_key.clone());
+        let recall = self.key_recall(&key, recall, fresh);
         let fingerprint = request.fingerprint();
         if let KeyLookup::Answered(outcome) =
             self.look_up_key(&request.partner, &request.idempotency_key, fingerprint, now, recall)

@@ -469,6 +469,42 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     assert_eq!(lookups, (1, 0));
 }
 
+/// A one-call payment's key, vouched fresh by the leader, is not looked up
+/// in history either, and is still answered once.
+#[test]
+fn a_fresh_payment_key_is_not_looked_up_in_history_and_still_never_used_twice() {
+    let (mut west, _) = mesh();
+    let payment = |key: &str, name: &str| crate::command::PaymentRequest {
+        partner: pid("paypal-us"),
+        idempotency_key: IdempotencyKey::new(key).unwrap(),
+        payee: qr("wxp://f2f0shop1"),
+        amount: QuoteAmount::Source(usd("10")),
+        max_total_debit: None,
+        payer: payer(name),
+    };
+    let fresh = |request, fresh_through| CommandBody::CreateFreshPayment { request, fresh_through };
+    let looked = west.index;
+    let (outcomes, lookups) = west.run_counted(vec![fresh(payment("pay-1", "Alice"), looked)], T0);
+    let created = transfer_view(&outcomes[0]);
+    assert_eq!(lookups, (0, 1), "a vouched fresh key needs no lookup in history, which is told so");
+    // Claimed fresh again: the key is among the recent ones, so history answers.
+    let (outcomes, lookups) = west.run_counted(vec![fresh(payment("pay-1", "Alice"), looked)], T0);
+    assert_eq!((transfer_view(&outcomes[0]).id, lookups), (created.id.clone(), (1, 0)));
+    // Two under one key in one batch: one payment; another body conflicts.
+    let batch = vec![
+        fresh(payment("pay-2", "Alice"), west.index),
+        fresh(payment("pay-2", "Alice"), west.index),
+        fresh(payment("pay-2", "Bob"), west.index),
+    ];
+    let (outcomes, lookups) = west.run_counted(batch, T0);
+    assert_eq!(lookups, (0, 1));
+    assert_eq!(transfer_view(&outcomes[0]).id, transfer_view(&outcomes[1]).id);
+    assert_eq!(outcomes[2], Outcome::Rejected(RejectCode::IdempotencyConflict));
+    // A plain payment is looked up, as before.
+    let (_, lookups) = west.run_counted(vec![CommandBody::CreatePayment(payment("pay-3", "Alice"))], T0);
+    assert_eq!(lookups, (1, 0));
+}
+
 #[test]
 fn idempotency_keys_return_the_original_outcome_or_conflict() {
     let (mut west, mut east) = mesh();

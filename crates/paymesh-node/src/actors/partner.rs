@@ -190,7 +190,8 @@ impl Handler<Submit> for PartnerActor {
                 self.admission.refund(request, message.reply, &applied.state, self.state.history(), now)
             }
             CommandBody::CreatePayment(request) => {
-                self.admission.payment(request, message.reply, &applied.state, self.state.history(), now)
+                let through = applied.last_applied.map_or(0, |l| l.index);
+                self.admission.payment(request, message.reply, (&applied.state, through), self.state.history(), now)
             }
             CommandBody::CreateKeyedQuote(request) => {
                 self.admission.keyed_quote(request, message.reply, &applied.state, self.state.history(), now)

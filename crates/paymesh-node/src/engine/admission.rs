@@ -212,26 +212,36 @@ impl<W> Admission<W> {
     }
 
     /// A one-call payment, as [`Admission::refund`]: answered from its
-    /// key's record if it has one; refused now if `state` refuses it at
-    /// `now` (its price, or its bound) and no transfer request is in flight
-    /// under its key; otherwise proposed.
+    /// key's record if `state` (applied through log index `applied`; with
+    /// `recall`, history as of now) holds one; refused now if `state`
+    /// refuses it at `now` (its price, or its bound) and no transfer
+    /// request is in flight under its key; otherwise proposed, as a
+    /// [`CommandBody::CreateFreshPayment`] when its key had no record
+    /// through `applied` (as [`Admission::transfer`] does).
     pub fn payment(
         &mut self,
         request: PaymentRequest,
         waiter: W,
-        state: &State,
+        (state, applied): (&State, u64),
         recall: &dyn Recall,
         now: Timestamp,
     ) -> Step<W> {
-        if let KeyLookup::Answered(outcome) = state.look_up_payment_request(&request, recall) {
-            return Step::Answer(waiter, outcome);
-        }
+        let unrecorded = match state.look_up_payment_request(&request, recall) {
+            KeyLookup::Answered(outcome) => return Step::Answer(waiter, outcome),
+            KeyLookup::Unrecorded => true,
+            KeyLookup::Expired => false,
+        };
         if !self.pending.contains_key(&request.idempotency_key) {
             if let Err(code) = state.check_payment(&request, now.max(state.clock())) {
                 return Step::Answer(waiter, Outcome::Rejected(code));
             }
         }
-        self.propose(CommandBody::CreatePayment(request), waiter, None)
+        let body = if unrecorded {
+            CommandBody::CreateFreshPayment { request, fresh_through: applied }
+        } else {
+            CommandBody::CreatePayment(request)
+        };
+        self.propose(body, waiter, None)
     }
 
     fn propose(&mut self, body: CommandBody, waiter: W, owns: Option<IdempotencyKey>) -> Step<W> {
