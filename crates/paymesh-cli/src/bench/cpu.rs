@@ -39,11 +39,14 @@ fn parse_stat(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// Each process's CPU time at one instant (`None`: unreadable).
+type Reading = Vec<Option<f64>>;
+
 /// Readings of every process at the two ends of the measured period.
 #[derive(Debug)]
 pub struct Meter {
     processes: Vec<(String, u32)>,
-    ends: Option<JoinHandle<(Vec<Option<f64>>, Vec<Option<f64>>)>>,
+    ends: Option<JoinHandle<(Reading, Reading)>>,
 }
 
 impl Meter {
@@ -56,7 +59,7 @@ impl Meter {
         processes.push((LOAD_GENERATOR.to_owned(), std::process::id()));
         let pids: Vec<u32> = processes.iter().map(|(_, pid)| *pid).collect();
         let ends = tokio::spawn(async move {
-            let read = |pids: &[u32]| pids.iter().map(|&pid| cpu_seconds(pid)).collect::<Vec<_>>();
+            let read = |pids: &[u32]| -> Reading { pids.iter().map(|&pid| cpu_seconds(pid)).collect() };
             tokio::time::sleep_until(start).await;
             let first = read(&pids);
             tokio::time::sleep_until(end).await;
