@@ -520,7 +520,8 @@ async fn a_one_call_payment_is_one_log_entry_within_its_bound_and_exactly_once()
 }
 
 fn payment_item(key: &str, amount: &str, bound: Option<&str>) -> wire::TransferItem {
-    wire::TransferItem { kind: Some(wire::transfer_item::Kind::Payment(payment_request(key, amount, bound))) }
+    let payment = paymesh_client::batched_payment(&payment_request(key, amount, bound));
+    wire::TransferItem { kind: Some(wire::transfer_item::Kind::Payment(payment)) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,7 +535,9 @@ async fn a_batch_answers_each_item_as_its_single_call_would() {
     let quote = a.create_quote(keyed.clone()).await.unwrap().quote.unwrap();
     assert_eq!(a.create_quote(keyed).await.unwrap().quote.unwrap().quote_id, quote.quote_id);
     let transfer_item = |key: &str, quote_id: &str| wire::TransferItem {
-        kind: Some(wire::transfer_item::Kind::Transfer(transfer_request(key, quote_id))),
+        kind: Some(wire::transfer_item::Kind::Transfer(paymesh_client::batched_transfer(&transfer_request(
+            key, quote_id,
+        )))),
     };
     let items = vec![
         payment_item("b-1", "10", None),

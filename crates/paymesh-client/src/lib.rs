@@ -26,5 +26,5 @@ mod partner;
 mod region;
 
 pub use batch::{Batching, ITEMS_PER_REQUEST_MAX};
-pub use partner::PartnerClient;
+pub use partner::{batched_payment, batched_transfer, PartnerClient};
 pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy};

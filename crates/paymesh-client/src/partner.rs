@@ -24,6 +24,23 @@ pub struct PartnerClient {
     batcher: Option<Batcher>,
 }
 
+/// `request` as an item of a `CreateTransfers` request (the same fields).
+pub fn batched_transfer(request: &wire::CreateTransferRequest) -> wire::BatchedTransfer {
+    let wire::CreateTransferRequest { idempotency_key, quote_id, qr_payload, payer } = request.clone();
+    wire::BatchedTransfer { idempotency_key, quote_id, qr_payload, payer }
+}
+
+/// `request` as an item of a `CreateTransfers` request (the same fields).
+pub fn batched_payment(request: &wire::CreatePaymentRequest) -> wire::BatchedPayment {
+    use wire::{batched_payment::Amount as Item, create_payment_request::Amount};
+    let wire::CreatePaymentRequest { idempotency_key, qr_payload, amount, max_total_debit, payer } = request.clone();
+    let amount = amount.map(|amount| match amount {
+        Amount::SourceAmount(m) => Item::SourceAmount(m),
+        Amount::DestinationAmount(m) => Item::DestinationAmount(m),
+    });
+    wire::BatchedPayment { idempotency_key, qr_payload, amount, max_total_debit, payer }
+}
+
 /// The partner API's gRPC client over `channel`, with the SDK's message limits.
 pub(crate) fn service(channel: NodeChannel) -> PartnerServiceClient<NodeChannel> {
     PartnerServiceClient::new(channel)
@@ -85,7 +102,7 @@ impl PartnerClient {
         &self,
         request: wire::CreateTransferRequest,
     ) -> Result<wire::CreateTransferResponse, ClientError> {
-        match self.batch(wire::transfer_item::Kind::Transfer(request.clone())).await {
+        match self.batch(wire::transfer_item::Kind::Transfer(batched_transfer(&request))).await {
             Some(result) => {
                 result.map(|r| wire::CreateTransferResponse { transfer: r.transfer, reject_code: r.reject_code })
             }
@@ -99,7 +116,7 @@ impl PartnerClient {
         &self,
         request: wire::CreatePaymentRequest,
     ) -> Result<wire::CreatePaymentResponse, ClientError> {
-        match self.batch(wire::transfer_item::Kind::Payment(request.clone())).await {
+        match self.batch(wire::transfer_item::Kind::Payment(batched_payment(&request))).await {
             Some(result) => {
                 result.map(|r| wire::CreatePaymentResponse { transfer: r.transfer, reject_code: r.reject_code })
             }

@@ -91,25 +91,32 @@ impl PartnerServer {
     }
 
     /// One item of a `CreateTransfers` request, checked and submitted; its
-    /// answer, or the status the single call would have returned.
+    /// answer, or the status the single call would have returned. Each item
+    /// has the span its single call would have had (naming its transfer),
+    /// a child of the request's `batch` span.
     async fn transfer_item(
         &self,
         partner: &paymesh_core::id::PartnerId,
         item: wire::TransferItem,
-        span: &tracing::Span,
+        batch: &tracing::Span,
     ) -> wire::TransferItemResult {
+        let transfer = tracing::field::Empty;
         let answer = match item.kind {
-            Some(wire::transfer_item::Kind::Transfer(request)) => match transfer_request(partner, request) {
-                Ok(transfer) => {
-                    let key = transfer.idempotency_key.clone();
-                    self.transfer_answer(partner, &key, CommandBody::CreateTransfer(transfer), span).await
+            Some(wire::transfer_item::Kind::Transfer(item)) => {
+                match transfer_request(partner, batched_transfer(item)) {
+                    Ok(request) => {
+                        let span = tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer);
+                        let key = request.idempotency_key.clone();
+                        self.transfer_answer(partner, &key, CommandBody::CreateTransfer(request), &span).await
+                    }
+                    Err(status) => Err(status),
                 }
-                Err(status) => Err(status),
-            },
-            Some(wire::transfer_item::Kind::Payment(request)) => match payment_request(partner, request) {
+            }
+            Some(wire::transfer_item::Kind::Payment(item)) => match payment_request(partner, batched_payment(item)) {
                 Ok(payment) => {
+                    let span = tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer);
                     let key = payment.idempotency_key.clone();
-                    self.transfer_answer(partner, &key, CommandBody::CreatePayment(payment), span).await
+                    self.transfer_answer(partner, &key, CommandBody::CreatePayment(payment), &span).await
                 }
                 Err(status) => Err(status),
             },
@@ -130,6 +137,23 @@ impl PartnerServer {
             },
         }
     }
+}
+
+/// A batch's transfer item as the request it stands for (the same fields).
+fn batched_transfer(item: wire::BatchedTransfer) -> wire::CreateTransferRequest {
+    let wire::BatchedTransfer { idempotency_key, quote_id, qr_payload, payer } = item;
+    wire::CreateTransferRequest { idempotency_key, quote_id, qr_payload, payer }
+}
+
+/// A batch's payment item as the request it stands for (the same fields).
+fn batched_payment(item: wire::BatchedPayment) -> wire::CreatePaymentRequest {
+    use wire::{batched_payment::Amount as Item, create_payment_request::Amount};
+    let wire::BatchedPayment { idempotency_key, qr_payload, amount, max_total_debit, payer } = item;
+    let amount = amount.map(|amount| match amount {
+        Item::SourceAmount(m) => Amount::SourceAmount(m),
+        Item::DestinationAmount(m) => Amount::DestinationAmount(m),
+    });
+    wire::CreatePaymentRequest { idempotency_key, qr_payload, amount, max_total_debit, payer }
 }
 
 /// A `CreateTransfer` request of `partner`'s, checked.
@@ -285,8 +309,8 @@ impl PartnerService for PartnerServer {
         if !self.gateway.registry.leads() {
             return Err(self.gateway.not_leader());
         }
-        // One span for the request (its items' transfers are not named in
-        // it); each transfer's later steps continue its trace.
+        // One span for the request, and one per item under it (naming its
+        // transfer, whose later steps continue the item's trace).
         let span = tracing::info_span!("create_transfers", partner = %partner, items);
         follow_caller(&span, &request);
         let answers = request.into_inner().items.into_iter().map(|item| self.transfer_item(&partner, item, &span));

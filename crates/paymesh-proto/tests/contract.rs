@@ -696,6 +696,7 @@ fn file_descriptor_set_describes_every_service() {
         "CreateQuote",
         "CreateTransfer",
         "CreatePayment",
+        "CreateTransfers",
         "GetTransfer",
         "ListTransfers",
         "GetPosition",
