@@ -6,6 +6,10 @@
 //! of a payment a worker saw accepted gives back all or half of it (sent
 //! again with its key while the outcome is unknown); the refunds are judged
 //! from what the regions hold after the run, not recorded as requests.
+//! One payment in [`ONE_CALL_ONE_IN`] is made in one call (`CreatePayment`)
+//! after its quote, bounded by the quote's total, so the amounts recorded
+//! are the quote's either way; the SDK batches the wallets' calls in
+//! flight into `CreateTransfers` requests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,6 +123,9 @@ pub fn classify(error: &ClientError) -> Outcome {
 /// The payments a worker keeps for its merchants to refund, the newest.
 const REFUNDABLE_KEPT: usize = 16;
 
+/// One payment in this many is made in one call (`CreatePayment`).
+const ONE_CALL_ONE_IN: u32 = 3;
+
 /// The partners' clients the workers share: the wallets', and the
 /// merchants' (for refunds).
 #[derive(Debug)]
@@ -153,12 +160,10 @@ pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorde
         // 5.00 to 500.00 in the wallet's currency (more for the weak ones).
         let scale = if wallet.2 == "USD" { 1 } else { 10 };
         let amount = rng.random_range(500..50_000i64) * scale;
+        let source = common::Money { amount: minor(amount), currency: wallet.2.to_owned() };
         let quote = wire::CreateQuoteRequest {
             qr_payload: qr.clone(),
-            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-                amount: minor(amount),
-                currency: wallet.2.to_owned(),
-            })),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(source.clone())),
             idempotency_key: String::new(),
         };
         let Ok(Some(quote)) = client.create_quote(quote).await.map(|a| a.quote) else {
@@ -172,11 +177,22 @@ pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorde
         };
         let key = format!("chaos-{seed}-{id}-{sequence}");
         let [name, account, reference] = payer_fields(wallet.0, id, sequence);
+        let payer = Some(wire::PayerDetails { name, account, reference });
+        // Priced as the quote was (the world's rates hold all day), so
+        // bounded by its total a payment is never priced otherwise unseen.
+        let one_call = rng.random_range(0..ONE_CALL_ONE_IN) == 0;
+        let payment = wire::CreatePaymentRequest {
+            idempotency_key: key.clone(),
+            qr_payload: qr.clone(),
+            amount: Some(wire::create_payment_request::Amount::SourceAmount(source)),
+            max_total_debit: quote.total_debit.clone(),
+            payer: payer.clone(),
+        };
         let request = wire::CreateTransferRequest {
             idempotency_key: key.clone(),
             quote_id: quote.quote_id,
             qr_payload: qr,
-            payer: Some(wire::PayerDetails { name, account, reference }),
+            payer,
         };
         let record = |transfer: Option<&wire::Transfer>| Request::CreateTransfer {
             region: wallet.0.to_owned(),
@@ -197,11 +213,14 @@ pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorde
         while attempts < ATTEMPTS && !(stop.load(Ordering::Relaxed) && attempts > 0) {
             attempts += 1;
             let invoked = recorder.now_ms();
-            let (outcome, transfer) = match client.create_transfer(request.clone()).await {
-                Ok(answer) => match answer.transfer {
-                    Some(t) => (Outcome::Ok, Some(t)),
-                    None => (Outcome::Failed { reason: format!("reject {}", answer.reject_code) }, None),
-                },
+            let answer = if one_call {
+                client.create_payment(payment.clone()).await.map(|a| (a.transfer, a.reject_code))
+            } else {
+                client.create_transfer(request.clone()).await.map(|a| (a.transfer, a.reject_code))
+            };
+            let (outcome, transfer) = match answer {
+                Ok((Some(t), _)) => (Outcome::Ok, Some(t)),
+                Ok((None, reject_code)) => (Outcome::Failed { reason: format!("reject {reject_code}") }, None),
                 Err(e) => (classify(&e), None),
             };
             let unknown = matches!(outcome, Outcome::Unknown { .. });

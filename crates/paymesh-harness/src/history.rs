@@ -82,7 +82,8 @@ pub struct Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    /// CreateTransfer (after a quote; the quote itself is not recorded).
+    /// CreateTransfer after a quote, or CreatePayment bounded by a quote's
+    /// total (the quote itself is not recorded).
     CreateTransfer {
         /// The region the payer partner called.
         region: String,
