@@ -2,6 +2,9 @@
 //! their spans to an OTLP collector (one of our own, in this test), and the
 //! payer region's `create_transfer` and `prepare.replied`, and the payee
 //! region's `prepare.apply` and `decide.apply`, all carry the same trace id.
+//! The SDK's batching shows in the same spans: concurrent payments of one
+//! client arrive as fewer `create_transfers` requests, each item its own
+//! `create_payment` span.
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,6 +30,8 @@ struct Received {
     name: String,
     trace_id: Vec<u8>,
     transfer: String,
+    /// A `create_transfers` span's item count.
+    items: Option<i64>,
 }
 
 #[derive(Clone, Default)]
@@ -54,6 +59,16 @@ impl TraceService for Collector {
                         name: span.name.clone(),
                         trace_id: span.trace_id.clone(),
                         transfer: attribute_text(&span.attributes, "transfer").unwrap_or_default(),
+                        items: span.attributes.iter().find(|kv| kv.key == "items").and_then(|kv| {
+                            match kv.value.as_ref()?.value.as_ref()? {
+                                opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(n) => Some(*n),
+                                // An unsigned count arrives as text.
+                                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(n) => {
+                                    n.parse().ok()
+                                }
+                                _ => None,
+                            }
+                        }),
                     });
                 }
             }
@@ -135,5 +150,51 @@ async fn a_cross_border_transfer_is_one_trace_across_regions() {
     let trace_ids: std::collections::BTreeSet<&Vec<u8>> = found.values().collect();
     assert_eq!(trace_ids.len(), 1, "one trace for the whole transfer: {found:?}");
     assert_eq!(trace_ids.first().unwrap().len(), 16);
+
+    // The SDK gathers the calls it has in flight: 40 concurrent payments
+    // through a client that keeps one request out at a time travel in
+    // fewer requests than payments, and every payment in one of them.
+    let region = mesh.region("us-west").unwrap();
+    let batching = paymesh_client::Batching { requests_in_flight: 1, items_per_request: 500 };
+    let gathering =
+        Arc::new(paymesh_client::PartnerClient::batched(region.sdk("partner-paypal-us").unwrap(), batching));
+    let calls: Vec<_> = (0..40)
+        .map(|n| {
+            let client = gathering.clone();
+            tokio::spawn(async move {
+                let payment = wire::CreatePaymentRequest {
+                    idempotency_key: format!("gathered-{n}"),
+                    qr_payload: "wxp://trace/1".into(),
+                    amount: Some(wire::create_payment_request::Amount::SourceAmount(common::Money {
+                        amount: "1.00".into(),
+                        currency: "USD".into(),
+                    })),
+                    max_total_debit: None,
+                    payer: Some(wire::PayerDetails { name: "A".into(), account: "B".into(), reference: "C".into() }),
+                };
+                client.create_payment(payment).await.unwrap().transfer.unwrap().transfer_id
+            })
+        })
+        .collect();
+    let mut paid = std::collections::BTreeSet::new();
+    for call in calls {
+        paid.insert(call.await.unwrap());
+    }
+    assert_eq!(paid.len(), 40);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let requests = loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let batches: Vec<i64> = spans.iter().filter(|s| s.name == "create_transfers").filter_map(|s| s.items).collect();
+        let items: Vec<&Received> = spans.iter().filter(|s| s.name == "create_payment").collect();
+        if items.iter().filter(|s| paid.contains(&s.transfer)).count() == 40 {
+            break batches;
+        }
+        assert!(Instant::now() < deadline, "spans of the 40 payments missing: {batches:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The first traced transfer was a batch of one; the 40 were gathered.
+    let gathered: i64 = requests.iter().sum::<i64>() - 1;
+    assert_eq!(gathered, 40, "every payment in one request: {requests:?}");
+    assert!(requests.len() - 1 < 40, "40 payments in {} requests: {requests:?}", requests.len() - 1);
     mesh.stop().unwrap();
 }
