@@ -1,43 +1,19 @@
 //! CPU time per transfer: each of the target's processes and the load
 //! generator, read from `/proc/<pid>/stat` (user and system time of all
-//! threads) when the measured period starts and when it ends.
-//!
-//! Linux reports the times in clock ticks of `USER_HZ`, which is 100 on
-//! every architecture Linux runs this on (the kernel's ABI fixes it,
-//! whatever the kernel's own tick rate): 10 ms of resolution, well under a
-//! percent of a measured period of seconds.
+//! threads, [`super::paymesh::process_cpu_seconds`]) when the measured
+//! period starts and when it ends: 10 ms of resolution, well under a percent
+//! of a measured period of seconds.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::paymesh::process_cpu_seconds;
 use super::report::ProcessCpu;
-
-/// Clock ticks per second in `/proc/<pid>/stat`.
-const USER_HZ: f64 = 100.0;
 
 /// The name the load generator (this process) is reported under.
 pub const LOAD_GENERATOR: &str = "load generator";
-
-/// User plus system CPU time of process `pid` so far, in seconds; `None`
-/// when it is gone or its stat unreadable.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
-}
-
-/// Fields 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line, in
-/// seconds. The second field (the command's name, in parentheses) may hold
-/// spaces and parentheses itself, so fields are counted after its last `)`.
-fn parse_stat(stat: &str) -> Option<f64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // After the name: field 3 (state) is the first; utime is field 14.
-    let mut fields = after.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
-}
 
 /// Each process's CPU time at one instant (`None`: unreadable).
 type Reading = Vec<Option<f64>>;
@@ -59,7 +35,7 @@ impl Meter {
         processes.push((LOAD_GENERATOR.to_owned(), std::process::id()));
         let pids: Vec<u32> = processes.iter().map(|(_, pid)| *pid).collect();
         let ends = tokio::spawn(async move {
-            let read = |pids: &[u32]| -> Reading { pids.iter().map(|&pid| cpu_seconds(pid)).collect() };
+            let read = |pids: &[u32]| -> Reading { pids.iter().map(|&pid| process_cpu_seconds(pid)).collect() };
             tokio::time::sleep_until(start).await;
             let first = read(&pids);
             tokio::time::sleep_until(end).await;
@@ -95,22 +71,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stat_line_gives_user_plus_system_time_even_with_odd_names() {
-        let line = "4242 (paymesh (node) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 1 2 3";
-        assert_eq!(parse_stat(line), Some(3.25));
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    #[test]
     fn this_process_has_a_cpu_time_that_grows() {
-        let before = cpu_seconds(std::process::id()).expect("own stat");
+        let before = process_cpu_seconds(std::process::id()).expect("own stat");
         let started = std::time::Instant::now();
         let mut spin = 0u64;
         while started.elapsed() < Duration::from_millis(200) {
             spin = spin.wrapping_add(1);
         }
         std::hint::black_box(spin);
-        let after = cpu_seconds(std::process::id()).expect("own stat");
+        let after = process_cpu_seconds(std::process::id()).expect("own stat");
         assert!(after - before >= 0.1, "{before} then {after}");
     }
 }
