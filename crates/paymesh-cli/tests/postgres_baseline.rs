@@ -73,7 +73,8 @@ fn assert_audit_holds(run: &Value, stdout: &str) {
     let checks = run["audit"]["checks"].as_array().unwrap();
     assert!(checks.len() >= 4, "{checks:?}");
     assert!(checks.iter().all(|c| c["holds"] == true), "{checks:?}");
-    assert!(stdout.contains("audit of postgres: holds"), "{stdout}");
+    let target = run["target"].as_str().unwrap();
+    assert!(stdout.contains(&format!("audit of {target}: holds")), "{stdout}");
 }
 
 fn assert_counts_add_up(run: &Value) {
@@ -158,6 +159,34 @@ fn open_loop_declines_transfers_beyond_the_position_and_the_books_balance() {
     assert_eq!(count(all, "failed"), 0, "{run}");
     assert!(run["decline_reasons"]["insufficient position"].as_u64().unwrap_or(0) > 0 || count(&run, "declined") == 0);
     assert_audit_holds(&run, &stdout);
+}
+
+/// Both shapes with transfers batched into transactions, each payer funded
+/// for one transfer at most: most batches hold a transfer to decline, which
+/// rolls the batch back and makes its transfers again one by one, so each is
+/// decided as it would be alone; and well funded, the batches commit whole.
+#[test]
+fn batched_transfers_are_each_decided_as_alone_in_both_shapes() {
+    let url = start_postgres();
+    for (shape, name) in [("hot", "postgres-b16"), ("spread", "postgres-spread-b16")] {
+        let common = ["--workers", "32", "--warmup", "0.5", "--duration", "1.5", "--payers", "8", "--no-progress"];
+        let batched = ["--postgres-shape", shape, "--postgres-batch", "16"];
+        let poor = [common.as_slice(), &batched, &["--prefund", "1500"]].concat();
+        let (run, stdout) = bench(&url, &format!("test_baseline_poor_{shape}"), &poor);
+        assert_eq!(run["target"], name);
+        assert_counts_add_up(&run);
+        let all = &run["including_warmup"];
+        assert!(count(all, "committed") <= 8, "a payer paid twice on a one-transfer position: {run}");
+        assert!(count(all, "declined") > 0, "{run}");
+        assert_eq!(count(all, "failed"), 0, "{run}");
+        assert_audit_holds(&run, &stdout);
+
+        let rich = [common.as_slice(), &batched].concat();
+        let (run, stdout) = bench(&url, &format!("test_baseline_rich_{shape}"), &rich);
+        assert!(count(&run, "committed") > 8, "{run}");
+        assert_eq!((count(&run, "declined"), count(&run, "failed")), (0, 0), "{run}");
+        assert_audit_holds(&run, &stdout);
+    }
 }
 
 /// The default comparison: a fresh 3-node paymesh region (partner API over

@@ -137,6 +137,17 @@ pub struct BenchArgs {
     /// PostgreSQL schema for the baseline's tables; emptied at the start of a run.
     #[arg(long, default_value = "paymesh_bench")]
     pub postgres_schema: String,
+    /// The PostgreSQL baseline's transfer: `hot` (a switch's books: every
+    /// transfer updates the clearing and fee rows) or `spread` (PostgreSQL's
+    /// best case: one row inserted and two accounts updated, no row shared).
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_enum, default_value = "hot")]
+    pub postgres_shape: postgres::Shape,
+    /// Up to this many PostgreSQL transfers per transaction, gathered from
+    /// the workers waiting while every connection is busy (1: each its own).
+    #[cfg(feature = "postgres")]
+    #[arg(long, default_value_t = 1)]
+    pub postgres_batch: usize,
     /// Payer accounts (the wallets' customers).
     #[arg(long, default_value_t = 64)]
     pub payers: usize,
@@ -457,10 +468,12 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
                 payers: args.payers,
                 payees: args.payees,
                 prefund_minor: args.prefund,
+                shape: args.postgres_shape,
+                batch: args.postgres_batch,
             };
             eprintln!(
-                "postgres: {} payers, {} payees, {} connections, schema {}",
-                config.payers, config.payees, config.connections, config.schema
+                "postgres: {} payers, {} payees, {} connections, schema {}, {:?} transfers, up to {} per transaction",
+                config.payers, config.payees, config.connections, config.schema, config.shape, config.batch
             );
             let target = Arc::new(PostgresTarget::setup(&config).await?);
             let mut report = load::run(target.clone(), plan).await?;

@@ -29,12 +29,30 @@
 //! which is what a careful client of PostgreSQL would do; the COMMIT waits for
 //! the row counts of the second flight so that a missing account can never be
 //! committed.
+//!
+//! That is the `hot` shape: every transfer updates the region's clearing and
+//! fee rows, as a switch's books do. `--postgres-shape spread` is
+//! PostgreSQL's best case instead, a double-entry transfer that shares no
+//! row with another: one statement inserts the transfer row and moves the
+//! amount from the payer (within its cap) to the payee, and nothing else
+//! (no fee, no clearing, no entries).
+//!
+//! `--postgres-batch N` gives PostgreSQL the batching paymesh has: the
+//! transfers that wait while every connection is busy are gathered, up to
+//! N, into one transaction (one WAL flush), all their statements pipelined.
+//! A batch in which any transfer would be declined is rolled back whole and
+//! its transfers made again one by one, so each is decided as it would be
+//! alone.
 
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Context};
-use tokio::sync::Mutex;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -57,6 +75,41 @@ const SETTLEMENT: &str = "settlement:CNY";
 /// The partner name of the prefunding entries.
 const SETUP_PARTNER: &str = "setup";
 
+/// Most transfers in one batched transaction.
+pub const BATCH_MAX: usize = 500;
+
+/// Which transfer the baseline makes (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// A switch's transfer: payer, payee, the region's clearing and fee
+    /// rows (which every transfer updates), three ledger entries.
+    Hot,
+    /// PostgreSQL's best case: one transfer row and two account updates,
+    /// no row shared between transfers.
+    Spread,
+}
+
+/// How often a transfer chosen as a deadlock's victim is made again.
+const DEADLOCK_RETRIES: usize = 3;
+
+/// An attempt failed with `e`, naming the server's SQLSTATE and message
+/// when it has them (a deadlock's victim says `40P01`).
+fn failed(what: &str, e: &tokio_postgres::Error) -> Attempt {
+    match e.as_db_error() {
+        Some(db) => Attempt::Failed(format!("postgres: {what}{}: {}", db.code().code(), db.message())),
+        None => Attempt::Failed(format!("postgres: {what}{e}")),
+    }
+}
+
+/// Whether `attempt` failed as a deadlock's victim (rolled back by the
+/// server, so safe to make again).
+fn deadlocked(attempt: &Attempt) -> bool {
+    matches!(attempt, Attempt::Failed(why) if why.contains(tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED.code()))
+}
+
+/// A transfer waiting for its batch, and where its outcome goes.
+type Waiting = (Transfer, oneshot::Sender<Attempt>);
+
 /// Where and how to set up the baseline.
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
@@ -72,14 +125,22 @@ pub struct PostgresConfig {
     pub payees: usize,
     /// Each payer's prefunded position, in fen.
     pub prefund_minor: i64,
+    /// Which transfer.
+    pub shape: Shape,
+    /// Transfers per transaction, at most (1: each its own).
+    pub batch: usize,
 }
 
 /// The baseline: one PostgreSQL connection per worker, up to [`CONNECTIONS_MAX`].
 pub struct PostgresTarget {
-    sessions: Vec<Mutex<Session>>,
+    sessions: Arc<Vec<Mutex<Session>>>,
     payers: usize,
     payees: usize,
     schema: String,
+    shape: Shape,
+    batch: usize,
+    /// The batches' queue, when transfers are batched.
+    gather: Option<mpsc::Sender<Waiting>>,
 }
 
 impl fmt::Debug for PostgresTarget {
@@ -89,6 +150,8 @@ impl fmt::Debug for PostgresTarget {
             .field("connections", &self.sessions.len())
             .field("payers", &self.payers)
             .field("payees", &self.payees)
+            .field("shape", &self.shape)
+            .field("batch", &self.batch)
             .finish()
     }
 }
@@ -104,6 +167,7 @@ struct Session {
 
 struct Statements {
     begin: Statement,
+    spread_transfer: Statement,
     insert_transfer: Statement,
     debit_payer: Statement,
     credit: Statement,
@@ -213,6 +277,9 @@ impl PostgresTarget {
         if config.prefund_minor < 0 {
             bail!("the prefunded position cannot be negative");
         }
+        if config.batch == 0 || config.batch > BATCH_MAX {
+            bail!("--postgres-batch must be between 1 and {BATCH_MAX}, not {}", config.batch);
+        }
         let settlement_minor = i64::try_from(config.payers)
             .ok()
             .and_then(|payers| payers.checked_mul(config.prefund_minor))
@@ -285,7 +352,17 @@ impl PostgresTarget {
             let session = Session::open(&config.url, schema).await.with_context(|| format!("{whereto}: connecting"))?;
             sessions.push(Mutex::new(session));
         }
-        Ok(PostgresTarget { sessions, payers: config.payers, payees: config.payees, schema: schema.to_owned() })
+        let sessions = Arc::new(sessions);
+        let gather = (config.batch > 1).then(|| gather(sessions.clone(), config.shape, config.batch));
+        Ok(PostgresTarget {
+            sessions,
+            payers: config.payers,
+            payees: config.payees,
+            schema: schema.to_owned(),
+            shape: config.shape,
+            batch: config.batch,
+            gather,
+        })
     }
 
     /// Check in SQL that the books balance and agree with `totals`, what the
@@ -357,6 +434,10 @@ impl PostgresTarget {
             )
         };
         checks.push(AuditCheck { name: "transfer rows equal committed transfers".to_owned(), holds, detail });
+        if self.shape == Shape::Spread {
+            // The spread shape keeps no entries.
+            return Ok(Audit::new(checks));
+        }
 
         let row = client
             .query_one(
@@ -391,6 +472,20 @@ impl Session {
         client.batch_execute(&format!("SET synchronous_commit = on; SET search_path = {schema};")).await?;
         let statements = Statements {
             begin: client.prepare("BEGIN").await?,
+            // The debit first, within the cap; the row only if it was
+            // made; the credit only if the row is new. One row updated by
+            // the last: done; none: declined, and the caller rolls back.
+            spread_transfer: client
+                .prepare(
+                    "WITH d AS (UPDATE accounts SET debits_posted = debits_posted + $3::bigint
+                                WHERE id = $4::text AND debits_posted + $3 <= credits_posted + net_debit_cap
+                                RETURNING 1),
+                          t AS (INSERT INTO transfers (partner, idempotency_key, amount, fee)
+                                SELECT $1::text, $2::text, $3, 0 FROM d ON CONFLICT DO NOTHING RETURNING 1)
+                     UPDATE accounts SET credits_posted = credits_posted + $3
+                     WHERE id = $5::text AND EXISTS (SELECT 1 FROM t)",
+                )
+                .await?,
             insert_transfer: client
                 .prepare(
                     "INSERT INTO transfers (partner, idempotency_key, amount, fee)
@@ -434,20 +529,153 @@ impl Session {
         Ok(())
     }
 
-    async fn transfer(&mut self, transfer: &Transfer) -> Attempt {
+    /// One transfer in its own transaction, made again (a few times) when
+    /// a deadlock with a batch made it the victim: batches lock many rows,
+    /// and PostgreSQL's answer to a deadlock is to abort one side.
+    async fn transfer(&mut self, shape: Shape, transfer: &Transfer) -> Attempt {
+        let mut attempt = self.transfer_once(shape, transfer).await;
+        for _ in 0..DEADLOCK_RETRIES {
+            if !deadlocked(&attempt) {
+                break;
+            }
+            attempt = self.transfer_once(shape, transfer).await;
+        }
+        attempt
+    }
+
+    async fn transfer_once(&mut self, shape: Shape, transfer: &Transfer) -> Attempt {
         if let Err(e) = self.end_abandoned_transaction().await {
             return Attempt::Failed(format!("postgres: rolling back an abandoned transaction: {e}"));
         }
         // Set before BEGIN is sent: if this future is dropped at any await
         // below, the next attempt on this connection rolls back first.
         self.in_transaction = true;
-        let outcome = self.try_transfer(transfer).await;
+        let outcome = match shape {
+            Shape::Hot => self.try_transfer(transfer).await,
+            Shape::Spread => self.try_spread(transfer).await,
+        };
         let ended =
             matches!(outcome, Attempt::Committed) || self.client.execute(&self.statements.rollback, &[]).await.is_ok();
         if ended {
             self.in_transaction = false;
         }
         outcome
+    }
+
+    /// Several transfers in one transaction, when none is declined;
+    /// otherwise each in its own, as [`Session::transfer`] makes it.
+    async fn transfers(&mut self, shape: Shape, transfers: &[Transfer]) -> Vec<Attempt> {
+        if let [one] = transfers {
+            return vec![self.transfer(shape, one).await];
+        }
+        if let Err(e) = self.end_abandoned_transaction().await {
+            let failed = format!("postgres: rolling back an abandoned transaction: {e}");
+            return transfers.iter().map(|_| Attempt::Failed(failed.clone())).collect();
+        }
+        self.in_transaction = true;
+        // Rows locked in one order by every transaction (payers, then
+        // payees, each by id) leave fewer deadlocks between batches.
+        let mut ordered: Vec<&Transfer> = transfers.iter().collect();
+        ordered.sort_by(|a, b| (&a.payer, &a.payee).cmp(&(&b.payer, &b.payee)));
+        let together = self.try_batch(shape, &ordered).await;
+        if together.is_ok() {
+            self.in_transaction = false;
+            return transfers.iter().map(|_| Attempt::Committed).collect();
+        }
+        if self.client.execute(&self.statements.rollback, &[]).await.is_ok() {
+            self.in_transaction = false;
+        }
+        let mut each = Vec::with_capacity(transfers.len());
+        for transfer in transfers {
+            each.push(self.transfer(shape, transfer).await);
+        }
+        each
+    }
+
+    /// The spread shape's transaction, up to and including COMMIT;
+    /// anything but `Committed` leaves it for the caller to roll back.
+    async fn try_spread(&self, t: &Transfer) -> Attempt {
+        let (client, st) = (&self.client, &self.statements);
+        let params: [&(dyn ToSql + Sync); 5] = [&t.partner, &t.key, &t.amount, &t.payer, &t.payee];
+        match futures::try_join!(client.execute(&st.begin, &[]), client.execute(&st.spread_transfer, &params)) {
+            Err(e) => return failed("", &e),
+            Ok((_, 1)) => {}
+            Ok(_) => return Attempt::Declined("insufficient position or already done".to_owned()),
+        }
+        match client.execute(&st.commit, &[]).await {
+            Ok(_) => Attempt::Committed,
+            Err(e) => failed("COMMIT: ", &e),
+        }
+    }
+
+    /// Transfers in one transaction, up to and including COMMIT: `Err` when
+    /// any would be declined, or on an error (the caller rolls back). The
+    /// statements are pipelined by class, so that every transaction locks
+    /// rows in one order (payers, payees, the clearing row, the fee row,
+    /// each class by id, as single transfers do too) and batches never
+    /// deadlock: the rows, the payers' debits, the payees' credits, and in
+    /// the hot shape one update of the clearing row and one of the fee row
+    /// for the whole batch (what batching saves on hot rows) and the
+    /// entries. `transfers` come sorted by payer.
+    async fn try_batch(&self, shape: Shape, transfers: &[&Transfer]) -> Result<(), ()> {
+        let (client, st) = (&self.client, &self.statements);
+        let hot = shape == Shape::Hot;
+        // The spread shape charges no fee.
+        let fee = |t: &Transfer| if hot { t.fee } else { 0 };
+        let fees_of: Vec<i64> = transfers.iter().map(|t| fee(t)).collect();
+        let debits: Vec<i64> = transfers.iter().map(|t| t.amount + fee(t)).collect();
+        let cleared: i64 = transfers.iter().map(|t| t.amount).sum();
+        let fees: i64 = fees_of.iter().sum();
+        type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+        let inserts: Vec<Params<'_>> = transfers
+            .iter()
+            .zip(&fees_of)
+            .map(|(t, f)| vec![&t.partner as _, &t.key as _, &t.amount as _, f as _])
+            .collect();
+        let debit_params: Vec<Params<'_>> =
+            transfers.iter().zip(&debits).map(|(t, d)| vec![&t.payer as _, d as _]).collect();
+        let mut by_payee: Vec<&&Transfer> = transfers.iter().collect();
+        by_payee.sort_by(|a, b| a.payee.cmp(&b.payee));
+        let credits: Vec<Params<'_>> = by_payee.iter().map(|t| vec![&t.payee as _, &t.amount as _]).collect();
+        let clearing: Params<'_> = vec![&CLEARING, &cleared];
+        let fee_row: Params<'_> = vec![&FEES, &fees];
+        let entries: Vec<Params<'_>> = transfers
+            .iter()
+            .map(|t| {
+                vec![
+                    &t.partner as _,
+                    &t.key as _,
+                    &t.payer as _,
+                    &CLEARING as _,
+                    &FEES as _,
+                    &t.payee as _,
+                    &t.amount as _,
+                    &t.fee as _,
+                ]
+            })
+            .collect();
+        // Each statement's rows, in order; a debit counts its row.
+        let mut statements: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+        statements.extend(inserts.iter().map(|p| client.execute(&st.insert_transfer, p).boxed()));
+        statements.extend(
+            debit_params
+                .iter()
+                .map(|p| client.query_opt(&st.debit_payer, p).map(|r| r.map(|row| u64::from(row.is_some()))).boxed()),
+        );
+        statements.extend(credits.iter().map(|p| client.execute(&st.credit, p).boxed()));
+        if hot {
+            statements.push(client.execute(&st.clear, &clearing).boxed());
+            statements.push(client.execute(&st.credit, &fee_row).boxed());
+            statements.extend(entries.iter().map(|p| client.execute(&st.insert_entries, p).boxed()));
+        }
+        let (_, counts) = futures::try_join!(client.execute(&st.begin, &[]), futures::future::try_join_all(statements))
+            .map_err(drop)?;
+        let rows = 3 * transfers.len() + if hot { 2 } else { 0 };
+        let (rows, entries_written) = counts.split_at(rows);
+        if rows.iter().any(|&c| c != 1) || entries_written.iter().any(|&c| c != 3) {
+            return Err(());
+        }
+        client.execute(&st.commit, &[]).await.map(drop).map_err(drop)
     }
 
     /// The transaction, up to and including COMMIT; anything but `Committed`
@@ -464,7 +692,7 @@ impl Session {
             client.query_opt(&st.debit_payer, &debit_params),
         );
         match first {
-            Err(e) => return Attempt::Failed(format!("postgres: {e}")),
+            Err(e) => return failed("", &e),
             Ok((_, 0, _)) => return Attempt::Declined("already done".to_owned()),
             Ok((_, _, None)) => return Attempt::Declined("insufficient position".to_owned()),
             Ok((_, _, Some(_))) => {}
@@ -481,28 +709,74 @@ impl Session {
             client.execute(&st.insert_entries, &entries_params),
         );
         match second {
-            Err(e) => return Attempt::Failed(format!("postgres: {e}")),
+            Err(e) => return failed("", &e),
             Ok((1, 1, 1, 3)) => {}
             Ok(counts) => return Attempt::Failed(format!("postgres: an account is missing (rows updated {counts:?})")),
         }
         match client.execute(&st.commit, &[]).await {
             Ok(_) => Attempt::Committed,
-            Err(e) => Attempt::Failed(format!("postgres: COMMIT: {e}")),
+            Err(e) => failed("COMMIT: ", &e),
         }
     }
 }
 
+/// Start one task per connection that takes the transfers waiting (up to
+/// `batch`) whenever its connection is free and makes them in one
+/// transaction; the queue they wait in. The tasks end when the queue's
+/// sender is dropped.
+fn gather(sessions: Arc<Vec<Mutex<Session>>>, shape: Shape, batch: usize) -> mpsc::Sender<Waiting> {
+    let (queue, waiting) = mpsc::channel::<Waiting>(batch * sessions.len().max(1) * 2);
+    let waiting = Arc::new(Mutex::new(waiting));
+    for index in 0..sessions.len() {
+        let (sessions, waiting) = (sessions.clone(), waiting.clone());
+        tokio::spawn(async move {
+            loop {
+                let taken = {
+                    let mut waiting = waiting.lock().await;
+                    let Some(first) = waiting.recv().await else { break };
+                    let mut taken = vec![first];
+                    while taken.len() < batch {
+                        match waiting.try_recv() {
+                            Ok(next) => taken.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    taken
+                };
+                let (transfers, answers): (Vec<Transfer>, Vec<oneshot::Sender<Attempt>>) = taken.into_iter().unzip();
+                let attempts = sessions[index].lock().await.transfers(shape, &transfers).await;
+                for (answer, attempt) in answers.into_iter().zip(attempts) {
+                    let _ = answer.send(attempt);
+                }
+            }
+        });
+    }
+    queue
+}
+
 impl Target for PostgresTarget {
     fn name(&self) -> String {
-        "postgres".to_owned()
+        match (self.shape, self.batch) {
+            (Shape::Hot, 1) => "postgres".to_owned(),
+            (Shape::Spread, 1) => "postgres-spread".to_owned(),
+            (Shape::Hot, n) => format!("postgres-b{n}"),
+            (Shape::Spread, n) => format!("postgres-spread-b{n}"),
+        }
     }
 
     async fn transfer(&self, worker: usize, sequence: u64) -> Attempt {
         let transfer = Transfer::new(worker, sequence, self.payers, self.payees);
+        if let Some(gather) = &self.gather {
+            let (answer, answered) = oneshot::channel();
+            if gather.send((transfer, answer)).await.is_err() {
+                return Attempt::Failed("postgres: the batches' tasks ended".to_owned());
+            }
+            return answered.await.unwrap_or_else(|_| Attempt::Failed("postgres: the batch was dropped".to_owned()));
+        }
         let Some(session) = self.sessions.get(worker % self.sessions.len().max(1)) else {
             return Attempt::Failed("postgres: no connection".to_owned());
         };
-        session.lock().await.transfer(&transfer).await
+        session.lock().await.transfer(self.shape, &transfer).await
     }
 }
 

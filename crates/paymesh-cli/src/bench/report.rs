@@ -177,15 +177,15 @@ pub struct ThroughputRatio {
 pub struct BenchReport {
     /// One report per target.
     pub runs: Vec<RunReport>,
-    /// Each target's throughput relative to the baseline (the `postgres` run
-    /// if there is one, else the first).
+    /// Each target's throughput relative to the baseline (the PostgreSQL
+    /// run, in whichever shape, if there is one, else the first).
     pub throughput_ratios: Vec<ThroughputRatio>,
 }
 
 impl BenchReport {
     /// The report of `runs`, with their ratios computed.
     pub fn new(runs: Vec<RunReport>) -> BenchReport {
-        let baseline = runs.iter().find(|r| r.target == "postgres").or_else(|| runs.first());
+        let baseline = runs.iter().find(|r| r.target.starts_with("postgres")).or_else(|| runs.first());
         let throughput_ratios = match baseline {
             Some(baseline) if baseline.throughput_per_s > 0.0 => runs
                 .iter()
