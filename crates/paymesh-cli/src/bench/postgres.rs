@@ -563,33 +563,47 @@ impl Session {
     }
 
     /// Several transfers in one transaction, when none is declined;
-    /// otherwise each in its own, as [`Session::transfer`] makes it.
+    /// otherwise each in its own, as a batch of one (so every transaction of
+    /// a batched run locks rows in the same order, see
+    /// [`Session::try_batch`]), a deadlock's victim made again.
     async fn transfers(&mut self, shape: Shape, transfers: &[Transfer]) -> Vec<Attempt> {
-        if let [one] = transfers {
-            return vec![self.transfer(shape, one).await];
-        }
-        if let Err(e) = self.end_abandoned_transaction().await {
-            let failed = format!("postgres: rolling back an abandoned transaction: {e}");
-            return transfers.iter().map(|_| Attempt::Failed(failed.clone())).collect();
-        }
-        self.in_transaction = true;
-        // Rows locked in one order by every transaction (payers, then
-        // payees, each by id) leave fewer deadlocks between batches.
+        // Payers in id order, as each class is locked (see try_batch).
         let mut ordered: Vec<&Transfer> = transfers.iter().collect();
         ordered.sort_by(|a, b| (&a.payer, &a.payee).cmp(&(&b.payer, &b.payee)));
-        let together = self.try_batch(shape, &ordered).await;
-        if together.is_ok() {
-            self.in_transaction = false;
+        if ordered.len() > 1 && matches!(self.batch_once(shape, &ordered).await, Attempt::Committed) {
             return transfers.iter().map(|_| Attempt::Committed).collect();
-        }
-        if self.client.execute(&self.statements.rollback, &[]).await.is_ok() {
-            self.in_transaction = false;
         }
         let mut each = Vec::with_capacity(transfers.len());
         for transfer in transfers {
-            each.push(self.transfer(shape, transfer).await);
+            let mut attempt = self.batch_once(shape, &[transfer]).await;
+            for _ in 0..DEADLOCK_RETRIES {
+                if !deadlocked(&attempt) {
+                    break;
+                }
+                attempt = self.batch_once(shape, &[transfer]).await;
+            }
+            each.push(attempt);
         }
         each
+    }
+
+    /// One [`Session::try_batch`] transaction, rolled back unless it
+    /// committed.
+    async fn batch_once(&mut self, shape: Shape, transfers: &[&Transfer]) -> Attempt {
+        if let Err(e) = self.end_abandoned_transaction().await {
+            return failed("rolling back an abandoned transaction: ", &e);
+        }
+        self.in_transaction = true;
+        let outcome = match self.try_batch(shape, transfers).await {
+            Ok(()) => Attempt::Committed,
+            Err(attempt) => attempt,
+        };
+        let ended =
+            matches!(outcome, Attempt::Committed) || self.client.execute(&self.statements.rollback, &[]).await.is_ok();
+        if ended {
+            self.in_transaction = false;
+        }
+        outcome
     }
 
     /// The spread shape's transaction, up to and including COMMIT;
@@ -608,16 +622,18 @@ impl Session {
         }
     }
 
-    /// Transfers in one transaction, up to and including COMMIT: `Err` when
-    /// any would be declined, or on an error (the caller rolls back). The
-    /// statements are pipelined by class, so that every transaction locks
-    /// rows in one order (payers, payees, the clearing row, the fee row,
-    /// each class by id, as single transfers do too) and batches never
-    /// deadlock: the rows, the payers' debits, the payees' credits, and in
-    /// the hot shape one update of the clearing row and one of the fee row
-    /// for the whole batch (what batching saves on hot rows) and the
+    /// Transfers in one transaction, up to and including COMMIT; `Err`
+    /// says why not (declined, when any would be; or the error), and the
+    /// caller rolls back. The statements are pipelined by class, so that
+    /// every transaction of a batched run locks rows in one order (the fee
+    /// row and the clearing row first, then payers and payees, each class
+    /// by id) and batches never deadlock: in the hot shape one update of
+    /// the fee row and one of the clearing row for the whole batch (what
+    /// batching saves on hot rows; taken first, they make the batches take
+    /// turns, one commit each, as paymesh's entries do), then the transfer
+    /// rows, the payers' debits, the payees' credits and the hot shape's
     /// entries. `transfers` come sorted by payer.
-    async fn try_batch(&self, shape: Shape, transfers: &[&Transfer]) -> Result<(), ()> {
+    async fn try_batch(&self, shape: Shape, transfers: &[&Transfer]) -> Result<(), Attempt> {
         let (client, st) = (&self.client, &self.statements);
         let hot = shape == Shape::Hot;
         // The spread shape charges no fee.
@@ -656,6 +672,10 @@ impl Session {
             .collect();
         // Each statement's rows, in order; a debit counts its row.
         let mut statements: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+        if hot {
+            statements.push(client.execute(&st.credit, &fee_row).boxed());
+            statements.push(client.execute(&st.clear, &clearing).boxed());
+        }
         statements.extend(inserts.iter().map(|p| client.execute(&st.insert_transfer, p).boxed()));
         statements.extend(
             debit_params
@@ -664,18 +684,16 @@ impl Session {
         );
         statements.extend(credits.iter().map(|p| client.execute(&st.credit, p).boxed()));
         if hot {
-            statements.push(client.execute(&st.clear, &clearing).boxed());
-            statements.push(client.execute(&st.credit, &fee_row).boxed());
             statements.extend(entries.iter().map(|p| client.execute(&st.insert_entries, p).boxed()));
         }
         let (_, counts) = futures::try_join!(client.execute(&st.begin, &[]), futures::future::try_join_all(statements))
-            .map_err(drop)?;
+            .map_err(|e| failed("", &e))?;
         let rows = 3 * transfers.len() + if hot { 2 } else { 0 };
         let (rows, entries_written) = counts.split_at(rows);
         if rows.iter().any(|&c| c != 1) || entries_written.iter().any(|&c| c != 3) {
-            return Err(());
+            return Err(Attempt::Declined("insufficient position or already done".to_owned()));
         }
-        client.execute(&st.commit, &[]).await.map(drop).map_err(drop)
+        client.execute(&st.commit, &[]).await.map(drop).map_err(|e| failed("COMMIT: ", &e))
     }
 
     /// The transaction, up to and including COMMIT; anything but `Committed`
