@@ -88,9 +88,13 @@ impl PartnerClient {
     }
 
     /// Send `item` in a batch, when this client batches: `None` when it is
-    /// to go as a single call.
-    async fn batch(&self, item: wire::transfer_item::Kind) -> Option<Result<wire::TransferItemResult, ClientError>> {
-        match self.batcher.as_ref()?.send(wire::TransferItem { kind: Some(item) }).await {
+    /// to go as a single call. The item is made only for a batch.
+    async fn batch(
+        &self,
+        item: impl FnOnce() -> wire::transfer_item::Kind,
+    ) -> Option<Result<wire::TransferItemResult, ClientError>> {
+        let batcher = self.batcher.as_ref()?;
+        match batcher.send(wire::TransferItem { kind: Some(item()) }).await {
             Sent::Answered(result) => Some(result),
             Sent::Again => None,
         }
@@ -102,7 +106,7 @@ impl PartnerClient {
         &self,
         request: wire::CreateTransferRequest,
     ) -> Result<wire::CreateTransferResponse, ClientError> {
-        match self.batch(wire::transfer_item::Kind::Transfer(batched_transfer(&request))).await {
+        match self.batch(|| wire::transfer_item::Kind::Transfer(batched_transfer(&request))).await {
             Some(result) => {
                 result.map(|r| wire::CreateTransferResponse { transfer: r.transfer, reject_code: r.reject_code })
             }
@@ -116,7 +120,7 @@ impl PartnerClient {
         &self,
         request: wire::CreatePaymentRequest,
     ) -> Result<wire::CreatePaymentResponse, ClientError> {
-        match self.batch(wire::transfer_item::Kind::Payment(batched_payment(&request))).await {
+        match self.batch(|| wire::transfer_item::Kind::Payment(batched_payment(&request))).await {
             Some(result) => {
                 result.map(|r| wire::CreatePaymentResponse { transfer: r.transfer, reject_code: r.reject_code })
             }
