@@ -189,6 +189,41 @@ fn batched_transfers_are_each_decided_as_alone_in_both_shapes() {
     }
 }
 
+/// Several shapes and batch sizes in one invocation: one run each, in one
+/// report, each audited.
+#[test]
+fn shapes_and_batches_run_side_by_side_in_one_report() {
+    let url = start_postgres();
+    let (report, stdout) = bench_targets(
+        "postgres",
+        &url,
+        "test_baseline_matrix",
+        &[
+            "--workers",
+            "16",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--postgres-shape",
+            "hot,spread",
+            "--postgres-batch",
+            "1,8",
+            "--postgres-accounts",
+            "100",
+            "--no-progress",
+        ],
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["postgres", "postgres-b8", "postgres-spread", "postgres-spread-b8"], "{report}");
+    for run in runs {
+        assert!(count(run, "committed") > 0, "{run}");
+        assert_eq!(count(run, "failed"), 0, "{run}");
+        assert_audit_holds(run, &stdout);
+    }
+}
+
 /// The default comparison: a fresh 3-node paymesh region (partner API over
 /// mutual TLS) and PostgreSQL carry out the same transfers; both audits hold
 /// and the report gives their ratio.

@@ -140,14 +140,22 @@ pub struct BenchArgs {
     /// The PostgreSQL baseline's transfer: `hot` (a switch's books: every
     /// transfer updates the clearing and fee rows) or `spread` (PostgreSQL's
     /// best case: one row inserted and two accounts updated, no row shared).
+    /// Several, comma-separated: one run each (with each `--postgres-batch`).
     #[cfg(feature = "postgres")]
-    #[arg(long, value_enum, default_value = "hot")]
-    pub postgres_shape: postgres::Shape,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "hot")]
+    pub postgres_shape: Vec<postgres::Shape>,
     /// Up to this many PostgreSQL transfers per transaction, gathered from
     /// the workers waiting while every connection is busy (1: each its own).
+    /// Several, comma-separated: one run each.
     #[cfg(feature = "postgres")]
-    #[arg(long, default_value_t = 1)]
-    pub postgres_batch: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub postgres_batch: Vec<usize>,
+    /// PostgreSQL's payer and payee accounts, each (default: --payers and
+    /// --payees): the spread shape needs many for no row to be shared,
+    /// while paymesh's payers are partners, each with its own client.
+    #[cfg(feature = "postgres")]
+    #[arg(long)]
+    pub postgres_accounts: Option<usize>,
     /// Payer accounts (the wallets' customers).
     #[arg(long, default_value_t = 64)]
     pub payers: usize,
@@ -461,24 +469,31 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
         ),
         #[cfg(feature = "postgres")]
         TargetKind::Postgres => {
-            let config = PostgresConfig {
-                url: args.postgres_url.clone(),
-                schema: args.postgres_schema.clone(),
-                connections: plan.mode.concurrency().min(postgres::CONNECTIONS_MAX),
-                payers: args.payers,
-                payees: args.payees,
-                prefund_minor: args.prefund,
-                shape: args.postgres_shape,
-                batch: args.postgres_batch,
-            };
-            eprintln!(
-                "postgres: {} payers, {} payees, {} connections, schema {}, {:?} transfers, up to {} per transaction",
-                config.payers, config.payees, config.connections, config.schema, config.shape, config.batch
-            );
-            let target = Arc::new(PostgresTarget::setup(&config).await?);
-            let mut report = load::run(target.clone(), plan).await?;
-            report.audit = Some(target.audit(&report.including_warmup).await?);
-            Ok(vec![report])
+            let mut reports = Vec::new();
+            for &shape in &args.postgres_shape {
+                for &batch in &args.postgres_batch {
+                    let config = PostgresConfig {
+                        url: args.postgres_url.clone(),
+                        schema: args.postgres_schema.clone(),
+                        connections: plan.mode.concurrency().min(postgres::CONNECTIONS_MAX),
+                        payers: args.postgres_accounts.unwrap_or(args.payers),
+                        payees: args.postgres_accounts.unwrap_or(args.payees),
+                        prefund_minor: args.prefund,
+                        shape,
+                        batch,
+                    };
+                    eprintln!(
+                        "postgres: {} payers, {} payees, {} connections, schema {}, {:?} transfers, up to {} per \
+                         transaction",
+                        config.payers, config.payees, config.connections, config.schema, config.shape, config.batch
+                    );
+                    let target = Arc::new(PostgresTarget::setup(&config).await?);
+                    let mut report = load::run(target.clone(), plan).await?;
+                    report.audit = Some(target.audit(&report.including_warmup).await?);
+                    reports.push(report);
+                }
+            }
+            Ok(reports)
         }
     }
 }

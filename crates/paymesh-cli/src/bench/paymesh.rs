@@ -705,7 +705,11 @@ async fn configure(region: &LocalRegion, config: &PaymeshConfig) -> anyhow::Resu
 
 impl Target for PaymeshTarget {
     fn name(&self) -> String {
-        "paymesh".to_owned()
+        match self.calls {
+            Calls::QuoteThenTransfer => "paymesh".to_owned(),
+            Calls::OneCall => "paymesh-one-call".to_owned(),
+            Calls::Batched => "paymesh-batched".to_owned(),
+        }
     }
 
     fn processes(&self) -> Vec<(String, u32)> {

@@ -177,27 +177,31 @@ pub struct ThroughputRatio {
 pub struct BenchReport {
     /// One report per target.
     pub runs: Vec<RunReport>,
-    /// Each target's throughput relative to the baseline (the PostgreSQL
-    /// run, in whichever shape, if there is one, else the first).
+    /// Each run's throughput relative to each baseline (every PostgreSQL
+    /// run, or the first run when none is PostgreSQL's).
     pub throughput_ratios: Vec<ThroughputRatio>,
 }
 
 impl BenchReport {
-    /// The report of `runs`, with their ratios computed.
+    /// The report of `runs`, with their ratios computed: every other run
+    /// against each PostgreSQL run (each shape and batching a baseline of
+    /// its own), or against the first run when none is PostgreSQL's.
     pub fn new(runs: Vec<RunReport>) -> BenchReport {
-        let baseline = runs.iter().find(|r| r.target.starts_with("postgres")).or_else(|| runs.first());
-        let throughput_ratios = match baseline {
-            Some(baseline) if baseline.throughput_per_s > 0.0 => runs
-                .iter()
-                .filter(|r| !std::ptr::eq(*r, baseline))
-                .map(|r| ThroughputRatio {
-                    numerator: r.target.clone(),
+        let postgres = |r: &RunReport| r.target.starts_with("postgres");
+        let mut baselines: Vec<&RunReport> = runs.iter().filter(|r| postgres(r)).collect();
+        if baselines.is_empty() {
+            baselines.extend(runs.first());
+        }
+        let mut throughput_ratios = Vec::new();
+        for run in runs.iter().filter(|r| !baselines.iter().any(|b| std::ptr::eq(*r, *b))) {
+            for baseline in baselines.iter().filter(|b| b.throughput_per_s > 0.0) {
+                throughput_ratios.push(ThroughputRatio {
+                    numerator: run.target.clone(),
                     denominator: baseline.target.clone(),
-                    ratio: r.throughput_per_s / baseline.throughput_per_s,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+                    ratio: run.throughput_per_s / baseline.throughput_per_s,
+                });
+            }
+        }
         BenchReport { runs, throughput_ratios }
     }
 
@@ -361,6 +365,22 @@ mod tests {
         assert!(header.contains("postgres") && header.contains("paymesh"), "{table}");
         assert!(table.lines().any(|l| l.starts_with("committed") && l.matches("12,340").count() == 2), "{table}");
         assert!(table.lines().any(|l| l.starts_with("audit") && l.contains("holds")), "{table}");
+    }
+
+    #[test]
+    fn every_other_run_is_compared_with_each_postgres_run() {
+        let runs =
+            vec![run("paymesh-batched", 12_000.0), run("postgres", 2_000.0), run("postgres-spread-b64", 24_000.0)];
+        let report = BenchReport::new(runs);
+        let ratios: Vec<(&str, &str, f64)> =
+            report.throughput_ratios.iter().map(|r| (r.numerator.as_str(), r.denominator.as_str(), r.ratio)).collect();
+        assert_eq!(ratios, [("paymesh-batched", "postgres", 6.0), ("paymesh-batched", "postgres-spread-b64", 0.5)]);
+        let table = report.table();
+        assert!(table.contains("paymesh-batched / postgres-spread-b64 = 0.5×"), "{table}");
+        // Without PostgreSQL, the first run is the baseline.
+        let report = BenchReport::new(vec![run("paymesh", 1_000.0), run("paymesh-one-call", 1_500.0)]);
+        assert_eq!(report.throughput_ratios.len(), 1);
+        assert_eq!(format!("{:.2}", report.throughput_ratios[0].ratio), "1.50");
     }
 
     #[test]
