@@ -33,9 +33,10 @@
 //! That is the `hot` shape: every transfer updates the region's clearing and
 //! fee rows, as a switch's books do. `--postgres-shape spread` is
 //! PostgreSQL's best case instead, a double-entry transfer that shares no
-//! row with another: one statement inserts the transfer row and moves the
-//! amount from the payer (within its cap) to the payee, and nothing else
-//! (no fee, no clearing, no entries).
+//! row with another: the transfer row inserted, the payer debited within
+//! its cap and the payee credited, three statements in one pipelined flight
+//! (the batches' code, with a batch of one), and nothing else (no fee, no
+//! clearing, no entries).
 //!
 //! `--postgres-batch N` gives PostgreSQL the batching paymesh has: the
 //! transfers that wait while every connection is busy are gathered, up to
@@ -167,7 +168,6 @@ struct Session {
 
 struct Statements {
     begin: Statement,
-    spread_transfer: Statement,
     insert_transfer: Statement,
     debit_payer: Statement,
     credit: Statement,
@@ -472,20 +472,6 @@ impl Session {
         client.batch_execute(&format!("SET synchronous_commit = on; SET search_path = {schema};")).await?;
         let statements = Statements {
             begin: client.prepare("BEGIN").await?,
-            // The debit first, within the cap; the row only if it was
-            // made; the credit only if the row is new. One row updated by
-            // the last: done; none: declined, and the caller rolls back.
-            spread_transfer: client
-                .prepare(
-                    "WITH d AS (UPDATE accounts SET debits_posted = debits_posted + $3::bigint
-                                WHERE id = $4::text AND debits_posted + $3 <= credits_posted + net_debit_cap
-                                RETURNING 1),
-                          t AS (INSERT INTO transfers (partner, idempotency_key, amount, fee)
-                                SELECT $1::text, $2::text, $3, 0 FROM d ON CONFLICT DO NOTHING RETURNING 1)
-                     UPDATE accounts SET credits_posted = credits_posted + $3
-                     WHERE id = $5::text AND EXISTS (SELECT 1 FROM t)",
-                )
-                .await?,
             insert_transfer: client
                 .prepare(
                     "INSERT INTO transfers (partner, idempotency_key, amount, fee)
@@ -550,9 +536,13 @@ impl Session {
         // Set before BEGIN is sent: if this future is dropped at any await
         // below, the next attempt on this connection rolls back first.
         self.in_transaction = true;
+        // The spread shape has nothing to decline before taking a row, so
+        // one transfer is a batch of one.
         let outcome = match shape {
             Shape::Hot => self.try_transfer(transfer).await,
-            Shape::Spread => self.try_spread(transfer).await,
+            Shape::Spread => {
+                self.try_batch(shape, &[transfer]).await.map_or_else(|attempt| attempt, |()| Attempt::Committed)
+            }
         };
         let ended =
             matches!(outcome, Attempt::Committed) || self.client.execute(&self.statements.rollback, &[]).await.is_ok();
@@ -604,22 +594,6 @@ impl Session {
             self.in_transaction = false;
         }
         outcome
-    }
-
-    /// The spread shape's transaction, up to and including COMMIT;
-    /// anything but `Committed` leaves it for the caller to roll back.
-    async fn try_spread(&self, t: &Transfer) -> Attempt {
-        let (client, st) = (&self.client, &self.statements);
-        let params: [&(dyn ToSql + Sync); 5] = [&t.partner, &t.key, &t.amount, &t.payer, &t.payee];
-        match futures::try_join!(client.execute(&st.begin, &[]), client.execute(&st.spread_transfer, &params)) {
-            Err(e) => return failed("", &e),
-            Ok((_, 1)) => {}
-            Ok(_) => return Attempt::Declined("insufficient position or already done".to_owned()),
-        }
-        match client.execute(&st.commit, &[]).await {
-            Ok(_) => Attempt::Committed,
-            Err(e) => failed("COMMIT: ", &e),
-        }
     }
 
     /// Transfers in one transaction, up to and including COMMIT; `Err`
