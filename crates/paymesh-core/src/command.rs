@@ -29,6 +29,7 @@ use crate::partner::{BusinessStatus, PartnerConfig, PartnerLimits};
 use crate::serde_text::serialize_as_text;
 use crate::settings::RegionSetting;
 use crate::time::Timestamp;
+use crate::webhook::{WebhookSecret, WebhookUrl};
 
 /// Names a command: the proposer session that created it and its sequence
 /// number in that session. Applying the same id twice is a no-op that returns
@@ -282,6 +283,58 @@ pub enum CommandBody {
         request: PaymentRequest,
         /// The last index through which the key had no record.
         fresh_through: u64,
+    },
+
+    // --- webhooks (added later) ---------------------------------------------
+    /// Register or change a partner's webhook ([`crate::webhook`]). A new
+    /// one starts after the partner's newest event; a changed one keeps its
+    /// progress, resumes if it was dead-lettered, and, when the secret
+    /// changes, signs with the previous secret too for
+    /// [`crate::webhook::SECRET_OVERLAP_MS`]. The audit trail keeps the
+    /// secret's fingerprint, not the secret.
+    SetWebhook {
+        /// The partner.
+        partner: PartnerId,
+        /// Its endpoint.
+        url: WebhookUrl,
+        /// What deliveries are signed with.
+        secret: WebhookSecret,
+    },
+    /// Stop delivering to a partner's webhook and forget it.
+    RemoveWebhook {
+        /// The partner.
+        partner: PartnerId,
+    },
+    /// Deliver a partner's events again from the one after cursor `after`
+    /// (at most its newest), resuming a dead-lettered webhook.
+    ReplayWebhook {
+        /// The partner.
+        partner: PartnerId,
+        /// The last cursor not to deliver again.
+        after: u64,
+    },
+    /// The leader's word that the partner's endpoint acknowledged every
+    /// event through cursor `through` (ignored for another generation).
+    WebhookDelivered {
+        /// The partner.
+        partner: PartnerId,
+        /// The webhook's generation the deliveries were made for.
+        generation: u64,
+        /// The last cursor acknowledged.
+        through: u64,
+    },
+    /// The leader gave up on a partner's endpoint after failing past its
+    /// limit: delivery stops until a replay or a new registration (ignored
+    /// for another generation).
+    WebhookDeadLettered {
+        /// The partner.
+        partner: PartnerId,
+        /// The webhook's generation the deliveries were made for.
+        generation: u64,
+        /// The last cursor acknowledged.
+        through: u64,
+        /// What the last attempt met.
+        reason: Reason,
     },
 }
 
@@ -775,6 +828,18 @@ struct BatchRepr {
 }
 
 impl CommandBody {
+    /// The command as the audit trail keeps it: a webhook's secret replaced
+    /// by its fingerprint ([`WebhookSecret::redacted`]), everything else as
+    /// it is.
+    pub fn for_audit(&self) -> CommandBody {
+        match self {
+            CommandBody::SetWebhook { partner, url, secret } => {
+                CommandBody::SetWebhook { partner: partner.clone(), url: url.clone(), secret: secret.redacted() }
+            }
+            other => other.clone(),
+        }
+    }
+
     /// Whether an operator issues this command (it joins the audit trail):
     /// changes to partners, corridors, rates, routes, limits, and top-ups.
     pub fn is_operator(&self) -> bool {
@@ -793,7 +858,10 @@ impl CommandBody {
             | CommandBody::ReverseTransfer { .. }
             | CommandBody::CloseSettlementWindow
             | CommandBody::RecordSettlement { .. }
-            | CommandBody::SetRegionSetting(_) => true,
+            | CommandBody::SetRegionSetting(_)
+            | CommandBody::SetWebhook { .. }
+            | CommandBody::RemoveWebhook { .. }
+            | CommandBody::ReplayWebhook { .. } => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::CreateFreshTransfer { .. }
@@ -809,6 +877,8 @@ impl CommandBody {
             | CommandBody::CreatePayment(_)
             | CommandBody::CreateKeyedQuote(_)
             | CommandBody::CreateFreshPayment { .. }
+            | CommandBody::WebhookDelivered { .. }
+            | CommandBody::WebhookDeadLettered { .. }
             | CommandBody::Tick => false,
         }
     }

@@ -33,6 +33,7 @@ pub mod settlement;
 pub mod state;
 pub mod time;
 pub mod transfer;
+pub mod webhook;
 
 pub use command::{Batch, Command, CommandBody, CommandId};
 pub use currency::{Currency, CurrencyError};

@@ -108,11 +108,13 @@ pub enum RejectCode {
     AlreadyRefunded,
     /// A one-call payment priced above the bound its payer stated.
     PriceAboveLimit,
+    /// The partner has no webhook registered.
+    WebhookNotFound,
 }
 
 impl RejectCode {
     /// Every code, for exhaustive tests and wire mapping.
-    pub const ALL: [RejectCode; 40] = [
+    pub const ALL: [RejectCode; 41] = [
         RejectCode::PartnerNotFound,
         RejectCode::PartnerSuspended,
         RejectCode::PartnerRoleNotAllowed,
@@ -153,6 +155,7 @@ impl RejectCode {
         RejectCode::CancelWindowClosed,
         RejectCode::AlreadyRefunded,
         RejectCode::PriceAboveLimit,
+        RejectCode::WebhookNotFound,
     ];
 }
 

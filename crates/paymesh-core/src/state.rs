@@ -66,6 +66,7 @@ use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
 };
+use crate::webhook::Webhook;
 
 /// A transfer this region coordinates (the payer's side). Holds the payer's
 /// personal data, which never leaves this region.
@@ -344,6 +345,9 @@ pub struct State {
     /// not known yet, by the cancel's id.
     #[serde(with = "crate::serde_seq")]
     cancels: OrdMap<TransferId, PendingCancel>,
+    /// Partners' webhooks ([`crate::webhook`]).
+    #[serde(with = "crate::serde_seq")]
+    webhooks: OrdMap<PartnerId, Webhook>,
     /// Settlement windows closed or settled in the batch being applied.
     /// Empty between batches.
     #[serde(skip)]
@@ -387,6 +391,37 @@ pub struct PendingCancel {
     pub principal: Money,
     /// When the payee's region answered that it started the refund.
     pub accepted_at: Option<Timestamp>,
+}
+
+/// A state as snapshot images of format 8 hold it, before webhooks: the
+/// fields of format 4, then the refunds in flight, the settlement book,
+/// the settings and the cancels pending. Read, and converted with no
+/// webhook registered.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV8 {
+    v4: StateV4,
+    #[serde(with = "crate::serde_seq")]
+    refunds: OrdMap<TransferId, Refund>,
+    #[serde(with = "crate::serde_seq")]
+    refund_participations: OrdMap<TransferId, RefundParticipation>,
+    settlement: SettlementBook,
+    settings: RegionSettings,
+    #[serde(with = "crate::serde_seq")]
+    cancels: OrdMap<TransferId, PendingCancel>,
+}
+
+impl From<StateV8> for State {
+    fn from(old: StateV8) -> State {
+        State {
+            refunds: old.refunds,
+            refund_participations: old.refund_participations,
+            settlement: old.settlement,
+            settings: old.settings,
+            cancels: old.cancels,
+            ..State::from(old.v4)
+        }
+    }
 }
 
 /// A state as snapshot images of format 7 hold it, before cancels: the
@@ -513,6 +548,7 @@ impl From<StateV4> for State {
             refund_participations: OrdMap::new(),
             settlement,
             cancels: OrdMap::new(),
+            webhooks: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -740,6 +776,7 @@ impl State {
             refund_participations: OrdMap::new(),
             settlement,
             cancels: OrdMap::new(),
+            webhooks: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -800,6 +837,7 @@ impl State {
             refund_participations: OrdMap::new(),
             settlement: SettlementBook::default(),
             cancels: OrdMap::new(),
+            webhooks: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -841,13 +879,13 @@ impl State {
             CommandBody::ByOperator { operator, command } => self.journal.push(Record::Audited {
                 at: now,
                 operator: operator.clone(),
-                command: command.clone(),
+                command: Box::new(command.for_audit()),
                 outcome: Box::new(outcome.clone()),
             }),
             // Written before operators were named.
             body if body.is_operator() => self.journal.push(Record::Operator {
                 at: now,
-                command: Box::new(body.clone()),
+                command: Box::new(body.for_audit()),
                 outcome: Box::new(outcome.clone()),
             }),
             _ => {}
@@ -978,6 +1016,21 @@ impl State {
                 } else {
                     Err(RejectCode::ProtocolViolation)
                 }
+            }
+            CommandBody::SetWebhook { partner, url, secret } => {
+                self.set_webhook(partner, url, secret, now).map(|()| Outcome::Done)
+            }
+            CommandBody::RemoveWebhook { partner } => {
+                self.webhooks.remove(partner).map(|_| Outcome::Done).ok_or(RejectCode::WebhookNotFound)
+            }
+            CommandBody::ReplayWebhook { partner, after } => {
+                self.replay_webhook(partner, *after, now).map(|()| Outcome::Done)
+            }
+            CommandBody::WebhookDelivered { partner, generation, through } => {
+                self.webhook_delivered(partner, *generation, *through, None, now).map(|()| Outcome::Done)
+            }
+            CommandBody::WebhookDeadLettered { partner, generation, through, reason } => {
+                self.webhook_delivered(partner, *generation, *through, Some(reason), now).map(|()| Outcome::Done)
             }
             CommandBody::ByOperator { command, .. } => match **command {
                 CommandBody::ByOperator { .. } => Err(RejectCode::ProtocolViolation),
@@ -1150,3 +1203,4 @@ mod settlement;
 mod tests;
 mod tick;
 mod verify;
+mod webhooks;

@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6, StateV7};
+use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6, StateV7, StateV8};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,8 +55,12 @@ use crate::raft_types::{
 /// region's settings, 6 refunds (the refund window, refunds in flight on
 /// either side), 7 settlement windows (the open window's book, decisions
 /// naming their window), 8 cancels (the cancel window among the settings,
-/// which move after the settlement book, and the cancels pending).
-const IMAGE_FORMAT: u8 = 8;
+/// which move after the settlement book, and the cancels pending), 9
+/// partners' webhooks.
+const IMAGE_FORMAT: u8 = 9;
+
+/// The format before webhooks; still read (none registered).
+const IMAGE_FORMAT_V8: u8 = 8;
 
 /// The format before cancels; still read (none pending, the default cancel
 /// window).
@@ -269,6 +273,9 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V8, body)) => {
+            (postcard::from_bytes::<ImageOf<StateV8>>(body).map_err(decode_error)?.current(), None)
+        }
         Some((&IMAGE_FORMAT_V7, body)) => {
             (postcard::from_bytes::<ImageOf<StateV7>>(body).map_err(decode_error)?.current(), None)
         }
@@ -644,8 +651,9 @@ mod tests {
         state_v2.extend([0; 15]);
         state_v2.extend(encode(state.ledger()));
         // The current state ends with the refunds in flight (two empty
-        // tables), the settlement book, the settings and the cancels
-        // pending (an empty table). Format 7 has the settings before the
+        // tables), the settlement book, the settings, the cancels pending
+        // and the webhooks (two empty tables). Format 8 has no webhooks;
+        // format 7 has the settings before the
         // refunds, without the cancel window (its last field: 1,440
         // minutes, two bytes), and no cancels; format 6 the same without
         // the book; format 5 without the refund window either (365 days,
@@ -655,7 +663,7 @@ mod tests {
         let book = postcard::to_stdvec(&paymesh_core::state::SettlementBook::default()).unwrap();
         let settings = postcard::to_stdvec(state.settings()).unwrap();
         assert_eq!(settings, [30, 0xed, 0x02, 0xa0, 0x0b]);
-        let tail: Vec<u8> = [&[0u8, 0][..], &book, &settings, &[0]].concat();
+        let tail: Vec<u8> = [&[0u8, 0][..], &book, &settings, &[0, 0]].concat();
         assert!(encoded.ends_with(&tail));
         let v4_bytes = &encoded[..encoded.len() - tail.len()];
         let rest = &current[1 + encoded.len()..];
@@ -668,6 +676,7 @@ mod tests {
             image.extend(rest);
             image
         };
+        let v8 = image_of(IMAGE_FORMAT_V8, &[&[0, 0], &book, &settings, &[0]]);
         let v7 = image_of(IMAGE_FORMAT_V7, &[&settings[..3], &[0, 0], &book]);
         let v6 = image_of(IMAGE_FORMAT_V6, &[&settings[..3], &[0, 0]]);
         let v5 = image_of(IMAGE_FORMAT_V5, &[&settings[..1]]);
@@ -683,7 +692,8 @@ mod tests {
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
         vec![
-            ("format 8", current),
+            ("format 9", current),
+            ("format 8", v8),
             ("format 7", v7),
             ("format 6", v6),
             ("format 5", v5),
@@ -716,8 +726,9 @@ mod tests {
         let region = RegionId::new("us-west").unwrap();
         let images = empty_images();
         let decoded = |bytes: &[u8]| decode_image(&region, &meta, bytes).unwrap().applied.state;
-        let (current, v7, v6) = (decoded(&images[0].1), decoded(&images[1].1), decoded(&images[2].1));
-        let (v5, v4) = (decoded(&images[3].1), decoded(&images[4].1));
+        let (current, v8, v7) = (decoded(&images[0].1), decoded(&images[1].1), decoded(&images[2].1));
+        let (v6, v5, v4) = (decoded(&images[3].1), decoded(&images[4].1), decoded(&images[5].1));
+        assert_eq!(current, v8);
         assert_eq!(current, v7);
         assert_eq!(current, v6);
         assert_eq!(current, v5);

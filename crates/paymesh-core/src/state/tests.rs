@@ -2226,6 +2226,7 @@ mod cancels;
 mod payments;
 mod refunds;
 mod settlement;
+mod webhooks;
 
 /// A quote under an idempotency key: a retry (even after the quote is used,
 /// and after the rate moved) gets the first quote and makes no other; the
