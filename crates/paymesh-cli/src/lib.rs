@@ -41,6 +41,7 @@ pub mod rebuild;
 mod settlement;
 mod status;
 pub mod steps;
+mod webhook;
 
 /// paymesh: a multi-region payment mesh.
 #[derive(Debug, Parser)]
@@ -195,6 +196,11 @@ enum Command {
     Route {
         #[command(subcommand)]
         command: admin::RouteCommand,
+    },
+    /// Partners' webhooks: set, rotate, remove, replay, list.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
     },
     /// Archive history to a file, verify an archive and read it back, and
     /// delete what was archived (export, confirm, verify, get, delete).
@@ -443,6 +449,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Settings { command } => admin::settings(command).await,
         Command::Position { command } => admin::position(command).await,
         Command::Route { command } => admin::route(command).await,
+        Command::Webhook { command } => webhook::run(command).await,
         Command::Transfer { command } => admin::transfer(command).await,
         Command::Settlement { command } => settlement::run(command).await,
         Command::Ledger { target } => admin::ledger(target).await,

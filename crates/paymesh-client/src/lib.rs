@@ -24,6 +24,7 @@
 mod batch;
 mod partner;
 mod region;
+pub mod webhook;
 
 pub use batch::{Batching, ITEMS_PER_REQUEST_MAX};
 pub use partner::{batched_payment, batched_transfer, PartnerClient};

@@ -14,6 +14,7 @@ use paymesh_core::settings::{
     RegionSetting, CANCEL_WINDOW_MINUTES_MAX, IDEMPOTENCY_RETENTION_DAYS_MAX, IDEMPOTENCY_RETENTION_DAYS_MIN,
     REFUND_WINDOW_DAYS_MAX,
 };
+use paymesh_core::webhook::{Webhook, WebhookSecret, WebhookUrl};
 use paymesh_core::{Money, Outcome, RejectCode, SignedMoney};
 use paymesh_proto::admin::v1 as wire;
 use paymesh_proto::admin::v1::admin_service_server::AdminService;
@@ -82,6 +83,38 @@ impl AdminServer {
 
     /// A settlement window as this node holds it: the open one (0), or a
     /// closed one from history.
+    /// A partner's webhook as the applied state holds it, if it has one.
+    fn webhook_out(&self, partner: &PartnerId) -> Option<wire::Webhook> {
+        let applied = self.gateway.state_machine.applied();
+        applied.state.webhook(partner).map(|hook| self.webhook_view(&applied.state, partner, hook))
+    }
+
+    /// A webhook with its progress and, on the leader, what its deliveries
+    /// are doing.
+    fn webhook_view(&self, state: &paymesh_core::State, partner: &PartnerId, hook: &Webhook) -> wire::Webhook {
+        let ms = |at: paymesh_core::Timestamp| i64::try_from(at.unix_ms()).unwrap_or(i64::MAX);
+        let live = self.gateway.webhooks.live(partner).filter(|_| hook.dead_letter.is_none()).unwrap_or_default();
+        let previous = hook.previous.as_ref().filter(|p| state.clock() < p.until);
+        let state_code =
+            if hook.dead_letter.is_some() { wire::WebhookState::DeadLettered } else { wire::WebhookState::Active };
+        wire::Webhook {
+            partner_id: partner.to_string(),
+            url: hook.url.as_str().to_owned(),
+            secret_fingerprint: hook.secret.fingerprint(),
+            previous_secret_fingerprint: previous.map(|p| p.secret.fingerprint()).unwrap_or_default(),
+            previous_secret_until_unix_ms: previous.map_or(0, |p| ms(p.until)),
+            delivered_cursor: hook.delivered,
+            newest_cursor: state.last_cursor(partner),
+            state: state_code as i32,
+            dead_lettered_at_unix_ms: hook.dead_letter.as_ref().map_or(0, |d| ms(d.at)),
+            dead_letter_reason: hook.dead_letter.as_ref().map(|d| d.reason.as_str().to_owned()).unwrap_or_default(),
+            failures: live.failures,
+            last_error: live.last_error.unwrap_or_default(),
+            next_attempt_unix_ms: live.next_attempt_unix_ms.map_or(0, |at| i64::try_from(at).unwrap_or(i64::MAX)),
+            generation: hook.generation,
+        }
+    }
+
     fn settlement_window(&self, number: u64) -> Result<wire::SettlementWindow, Status> {
         let applied = self.gateway.state_machine.applied();
         let state = &applied.state;
@@ -699,5 +732,78 @@ impl AdminService for AdminServer {
             violation: verified.err().unwrap_or_default(),
             applied_index: applied.last_applied.map_or(0, |l| l.index),
         }))
+    }
+
+    async fn set_webhook(
+        &self,
+        request: Request<wire::SetWebhookRequest>,
+    ) -> Result<Response<wire::SetWebhookResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        let url = WebhookUrl::new(r.url).map_err(|e| invalid("url", e))?;
+        if !url.is_https() && !self.gateway.webhooks.plaintext_allowed() {
+            return Err(invalid("url", "must be https:// (http:// only on nodes running without TLS)"));
+        }
+        let secret = WebhookSecret::new(r.secret).map_err(|e| invalid("secret", e))?;
+        let reject_code =
+            self.apply(&operator, CommandBody::SetWebhook { partner: partner.clone(), url, secret }).await?;
+        Ok(Response::new(wire::SetWebhookResponse {
+            webhook: self.webhook_out(&partner).filter(|_| reject_code == 0),
+            reject_code,
+        }))
+    }
+
+    async fn remove_webhook(
+        &self,
+        request: Request<wire::RemoveWebhookRequest>,
+    ) -> Result<Response<wire::RemoveWebhookResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let partner = convert::partner_id("partner_id", &request.get_ref().partner_id)?;
+        let reject_code = self.apply(&operator, CommandBody::RemoveWebhook { partner }).await?;
+        Ok(Response::new(wire::RemoveWebhookResponse { reject_code }))
+    }
+
+    async fn replay_webhook(
+        &self,
+        request: Request<wire::ReplayWebhookRequest>,
+    ) -> Result<Response<wire::ReplayWebhookResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let partner = convert::partner_id("partner_id", &r.partner_id)?;
+        self.gateway.linearizable().await?;
+        {
+            let applied = self.gateway.state_machine.applied();
+            if applied.state.webhook(&partner).is_none() {
+                return Err(Status::not_found(format!("WebhookNotFound: {partner} has no webhook")));
+            }
+            let newest = applied.state.last_cursor(&partner);
+            if r.after_cursor > newest {
+                return Err(invalid("after_cursor", format!("{} is beyond the newest event {newest}", r.after_cursor)));
+            }
+            let history = self.gateway.state_machine.history();
+            if let Err(expired) = applied.state.events_after(&partner, r.after_cursor, 0, history) {
+                return Err(Status::out_of_range(format!(
+                    "after_cursor {}: events before {} are no longer retained",
+                    expired.requested, expired.oldest
+                )));
+            }
+        }
+        let body = CommandBody::ReplayWebhook { partner: partner.clone(), after: r.after_cursor };
+        let reject_code = self.apply(&operator, body).await?;
+        Ok(Response::new(wire::ReplayWebhookResponse {
+            webhook: self.webhook_out(&partner).filter(|_| reject_code == 0),
+            reject_code,
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<wire::ListWebhooksRequest>,
+    ) -> Result<Response<wire::ListWebhooksResponse>, Status> {
+        self.gateway.operator(&request)?;
+        let applied = self.gateway.state_machine.applied();
+        let webhooks = applied.state.webhooks().map(|(partner, hook)| self.webhook_view(&applied.state, partner, hook));
+        Ok(Response::new(wire::ListWebhooksResponse { webhooks: webhooks.collect() }))
     }
 }

@@ -195,6 +195,70 @@ impl HistorySettings {
     }
 }
 
+/// How the leader delivers webhooks, under `[webhooks]`. Every node of a
+/// region should have the same values: whichever leads delivers.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// A PEM file of CA certificates endpoints' certificates may chain to,
+    /// besides the system's roots (a partner's private CA, or a test CA).
+    pub ca_cert: Option<PathBuf>,
+    /// How long one delivery may take, connection included, before it
+    /// counts as failed and is retried. 10,000 by default.
+    pub timeout_ms: u64,
+    /// The first retry's delay; each later one doubles, up to
+    /// `retry_max_ms`, and each is drawn at random between half and all of
+    /// that ("equal jitter"). 1,000 by default.
+    pub retry_initial_ms: u64,
+    /// The longest delay between retries. 300,000 (five minutes) by default.
+    pub retry_max_ms: u64,
+    /// After failing for this long without a success, delivery to the
+    /// endpoint stops in the dead-letter state until an operator replays
+    /// or changes it. 259,200,000 (three days) by default.
+    pub dead_letter_after_ms: u64,
+    /// The most events in one delivery. 100 by default.
+    pub events_per_delivery: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            ca_cert: None,
+            timeout_ms: 10_000,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 300_000,
+            dead_letter_after_ms: 3 * 24 * 60 * 60 * 1_000,
+            events_per_delivery: 100,
+        }
+    }
+}
+
+/// The most events one webhook delivery may carry.
+pub const WEBHOOK_EVENTS_PER_DELIVERY_MAX: usize = 1_000;
+
+impl WebhookSettings {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let range = |key, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err((key, format!("{value} is outside {min}..={max}")))
+            }
+        };
+        const DAY_MS: u64 = paymesh_core::limits::DAY_MS;
+        range("webhooks.timeout_ms", self.timeout_ms, 100, 120_000)?;
+        range("webhooks.retry_initial_ms", self.retry_initial_ms, 10, 3_600_000)?;
+        range("webhooks.retry_max_ms", self.retry_max_ms, self.retry_initial_ms, DAY_MS)?;
+        range("webhooks.dead_letter_after_ms", self.dead_letter_after_ms, 1_000, 30 * DAY_MS)?;
+        let events = self.events_per_delivery as u64;
+        range("webhooks.events_per_delivery", events, 1, WEBHOOK_EVENTS_PER_DELIVERY_MAX as u64)?;
+        if self.ca_cert.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(("webhooks.ca_cert", "must name a file".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +308,9 @@ pub struct NodeConfig {
     /// History retention.
     #[serde(default)]
     pub history: HistorySettings,
+    /// Webhook delivery.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
     /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
     /// another address than the one in the membership (a proxy, a NAT, a
     /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
@@ -272,6 +339,7 @@ impl NodeConfig {
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be positive".into()));
         }
+        self.webhooks.validate().map_err(|(key, reason)| invalid(key, reason))?;
         match (&self.tls, self.insecure_plaintext) {
             (Some(_), true) => {
                 return Err(invalid(

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub traces: Arc<Traces>,
     /// The leader's actors.
     pub registry: Registry,
+    /// Webhook delivery (see [`crate::webhooks`]).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -62,7 +64,8 @@ pub fn reject_status(code: RejectCode) -> Option<Status> {
         | RejectCode::TransferNotFound
         | RejectCode::QuoteNotFound
         | RejectCode::PayeeNotFound
-        | RejectCode::WindowNotFound => Some(Status::not_found(name(code))),
+        | RejectCode::WindowNotFound
+        | RejectCode::WebhookNotFound => Some(Status::not_found(name(code))),
         RejectCode::AlreadySettled => Some(Status::already_exists(
             "AlreadySettled: this account's net of the window was recorded settled with another reference",
         )),

@@ -46,6 +46,7 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::NodeConfig;
 pub use node::{Node, NodeError};

@@ -247,6 +247,10 @@ impl Node {
             links: self.links.clone(),
             traces: self.traces.clone(),
             registry,
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(
+                self.config.webhooks.clone(),
+                self.config.insecure_plaintext,
+            )),
         };
         let watcher = tokio::spawn(follow_leadership(gateway.clone()));
         Ok(Pipeline { gateway, actors, watcher })
@@ -613,8 +617,8 @@ fn partner_descriptors() -> Result<prost_types::FileDescriptorSet, NodeError> {
 }
 
 /// Tell the actors when this node gains or loses leadership; while it leads,
-/// tell them when new entries are applied (so event subscribers get them)
-/// and ship the outbox to every remote region. Runs until the Raft group
+/// tell them when new entries are applied (so event subscribers get them),
+/// ship the outbox to every remote region and deliver webhooks. Runs until the Raft group
 /// stops.
 async fn follow_leadership(gateway: Gateway) {
     let registry = gateway.registry.clone();
@@ -637,6 +641,7 @@ async fn follow_leadership(gateway: Gateway) {
                 for link in gateway.links.iter() {
                     shippers.push(tokio::spawn(crate::outbox::ship(gateway.clone(), link.clone())));
                 }
+                shippers.push(tokio::spawn(crate::webhooks::deliver(gateway.clone())));
             }
         }
         // A follower has nobody to tell about applied entries: it waits for
@@ -689,6 +694,7 @@ mod tests {
             raft_dial: Default::default(),
             limits: Default::default(),
             history: Default::default(),
+            webhooks: Default::default(),
             raft: RaftSettings::default(),
         }
     }

@@ -111,6 +111,7 @@ async fn fixture() -> Fixture {
         raft_dial: Default::default(),
         limits: Default::default(),
         history: Default::default(),
+        webhooks: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

@@ -249,6 +249,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         raft_dial: Default::default(),
         limits: Default::default(),
         history: Default::default(),
+        webhooks: Default::default(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

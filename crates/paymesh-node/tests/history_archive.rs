@@ -87,6 +87,7 @@ async fn fixture() -> Fixture {
         raft_dial: Default::default(),
         limits: Default::default(),
         history: Default::default(),
+        webhooks: Default::default(),
         raft: RaftSettings::default(),
     };
     let member = (1, NodeAddr { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() });
