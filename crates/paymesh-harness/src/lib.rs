@@ -32,4 +32,5 @@ pub mod mesh;
 pub mod observe;
 pub mod settlement;
 pub mod wan;
+pub mod webhook_receiver;
 pub mod world;

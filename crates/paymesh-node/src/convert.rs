@@ -778,10 +778,10 @@ mod tests {
     #[test]
     fn reject_codes_number_from_one() {
         assert_eq!(reject_code(RejectCode::PartnerNotFound), 1);
-        assert_eq!(reject_code(RejectCode::PriceAboveLimit), RejectCode::ALL.len() as i32);
+        assert_eq!(reject_code(RejectCode::WebhookNotFound), RejectCode::ALL.len() as i32);
         assert_eq!(
-            common::RejectCode::try_from(reject_code(RejectCode::PriceAboveLimit)).unwrap(),
-            common::RejectCode::PriceAboveLimit
+            common::RejectCode::try_from(reject_code(RejectCode::WebhookNotFound)).unwrap(),
+            common::RejectCode::WebhookNotFound
         );
         for code in RejectCode::ALL {
             assert_eq!(reject_code_in(reject_code(code)), Some(code));

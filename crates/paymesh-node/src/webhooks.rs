@@ -138,9 +138,9 @@ pub async fn deliver(gateway: Gateway) {
         });
         gateway.webhooks.lock().retain(|partner, _| wanted.contains_key(partner));
         for (partner, generation) in wanted {
-            if !tasks.0.contains_key(&partner) {
-                let task = tokio::spawn(deliver_to(gateway.clone(), client.clone(), partner.clone(), generation));
-                tasks.0.insert(partner, (generation, task));
+            if let std::collections::btree_map::Entry::Vacant(place) = tasks.0.entry(partner) {
+                let task = deliver_to(gateway.clone(), client.clone(), place.key().clone(), generation);
+                place.insert((generation, tokio::spawn(task)));
             }
         }
         tokio::time::sleep(SUPERVISE_INTERVAL).await;

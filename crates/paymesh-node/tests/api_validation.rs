@@ -624,6 +624,42 @@ async fn every_admin_field_is_validated() {
         Code::PermissionDenied,
         "may not call the admin API",
     );
+    let webhook = |partner: &str, url: &str, secret: &str| {
+        operator_request(admin::SetWebhookRequest {
+            partner_id: partner.into(),
+            url: url.into(),
+            secret: secret.into(),
+        })
+    };
+    let secret = "0123456789abcdef0123456789abcdef";
+    for (url, why) in [
+        ("", "url: webhook url is empty"),
+        ("ftp://hooks.example/x", "url: webhook url"),
+        ("https://hooks example/x", "url: webhook url contains ' '"),
+    ] {
+        refused(a.set_webhook(webhook("wallet-a", url, secret)).await, invalid, why);
+    }
+    refused(
+        a.set_webhook(webhook("wallet-a", "https://hooks.example/x", "short")).await,
+        invalid,
+        "secret: webhook secret",
+    );
+    refused(
+        a.set_webhook(webhook("wallet-a", "https://hooks.example/x", &format!("{secret} {secret}"))).await,
+        invalid,
+        "secret: webhook secret contains",
+    );
+    refused(
+        a.set_webhook(webhook("ghost", "https://hooks.example/x", secret)).await,
+        Code::NotFound,
+        "PartnerNotFound",
+    );
+    let remove = admin::RemoveWebhookRequest { partner_id: "wallet-a".into() };
+    refused(a.remove_webhook(operator_request(remove)).await, Code::NotFound, "WebhookNotFound");
+    let replay = admin::ReplayWebhookRequest { partner_id: "wallet-a".into(), after_cursor: 0 };
+    refused(a.replay_webhook(operator_request(replay)).await, Code::NotFound, "WebhookNotFound");
+    let listed = a.list_webhooks(operator_request(admin::ListWebhooksRequest {})).await.unwrap().into_inner();
+    assert!(listed.webhooks.is_empty(), "{listed:?}");
     assert_eq!(f.business(), before, "no bad admin request changed the state");
 }
 

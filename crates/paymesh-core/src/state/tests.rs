@@ -1420,6 +1420,7 @@ fn every_reject_code_is_reachable() {
     expect(RejectCode::NotSettleable, e.run(settle(1, AccountOwner::Fees, "b1"), T0));
     e.ok(settle(1, wechat(), "b1"), T0);
     expect(RejectCode::AlreadySettled, e.run(settle(1, wechat(), "b2"), T0));
+    expect(RejectCode::WebhookNotFound, e.run(CommandBody::RemoveWebhook { partner: pid("wechat-cn") }, T0));
 
     let all: BTreeSet<RejectCode> = RejectCode::ALL.into_iter().collect();
     assert_eq!(seen, all, "not reached: {:?}", all.difference(&seen).collect::<Vec<_>>());
