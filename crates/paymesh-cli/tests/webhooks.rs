@@ -24,37 +24,8 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 /// arrival.
 const TOLERANCE_MS: u64 = 60_000;
 
-/// A 3-node region whose nodes trust `ca`'s receivers and deliver with
-/// `settings` (lines of `[webhooks]`), with the partner API tests' world.
 async fn region(settings: &str) -> (Region, ReceiverCa) {
-    let mut region = Region::plan(3, "");
-    let ca = ReceiverCa::new(region.path()).unwrap();
-    let section = format!("[webhooks]\nca_cert = \"{}\"\n{settings}\n", ca.ca_file().display());
-    for node in region.nodes.values_mut() {
-        node.extra_config = section.clone();
-    }
-    region.launch();
-    region.initialize(1).await;
-    let fee = admin::FeeSchedule {
-        fixed: Some(money("0.10", "USD")),
-        rate_bps: 0,
-        min: Some(money("0", "USD")),
-        max: Some(money("5", "USD")),
-    };
-    region.two_payers_and_a_merchant("100", fee).await;
-    (region, ca)
-}
-
-async fn set_webhook(region: &Region, partner: &str, url: &str, secret: &str) -> admin::Webhook {
-    let request = admin::SetWebhookRequest { partner_id: partner.into(), url: url.into(), secret: secret.into() };
-    let response = region
-        .admin(|mut c| {
-            let r = request.clone();
-            async move { c.set_webhook(r).await }
-        })
-        .await;
-    assert_eq!(response.reject_code, 0, "{response:?}");
-    response.webhook.unwrap()
+    common::region_with_webhooks(settings).await
 }
 
 async fn webhook(region: &Region, partner: &str) -> admin::Webhook {
@@ -138,7 +109,7 @@ async fn deliveries_are_signed_and_verify_with_either_secret_across_a_rotation()
     .await
     .unwrap_err();
     assert!(format!("{refused:#}").contains("must be https://"), "{refused:#}");
-    let hook = set_webhook(&region, "wallet-a", &receiver.url(), SECRET).await;
+    let hook = region.set_webhook("wallet-a", &receiver.url(), SECRET).await;
     let start = hook.delivered_cursor;
     assert!(start > 0, "a new webhook starts after the newest event: {hook:?}");
     for i in 0..10 {
@@ -196,7 +167,7 @@ async fn a_receiver_failing_for_five_minutes_then_gets_every_event_once_in_curso
     let (region, ca) = region("retry_initial_ms = 500\nretry_max_ms = 10000").await;
     let receiver = ca.receiver(Behaviour::Fail(503)).await.unwrap();
     let a = region.partner("wallet-a");
-    let start = set_webhook(&region, "wallet-a", &receiver.url(), SECRET).await.delivered_cursor;
+    let start = region.set_webhook("wallet-a", &receiver.url(), SECRET).await.delivered_cursor;
     let began = Instant::now();
     let mut payments = 0;
     while began.elapsed() < OUTAGE {
@@ -228,8 +199,8 @@ async fn an_endpoint_that_never_answers_delays_neither_another_partners_deliveri
     let (region, ca) = region("timeout_ms = 10000").await;
     let stuck = ca.receiver(Behaviour::Accept).await.unwrap();
     let healthy = ca.receiver(Behaviour::Accept).await.unwrap();
-    set_webhook(&region, "wallet-a", &stuck.url(), SECRET).await;
-    set_webhook(&region, "wallet-b", &healthy.url(), SECRET).await;
+    region.set_webhook("wallet-a", &stuck.url(), SECRET).await;
+    region.set_webhook("wallet-b", &healthy.url(), SECRET).await;
     let (a, b) = (region.partner("wallet-a"), region.partner("wallet-b"));
 
     // Two phases of the same paced load: wallet-a's endpoint answering, then
@@ -285,7 +256,7 @@ async fn an_endpoint_that_never_answers_delays_neither_another_partners_deliveri
 async fn deliveries_resume_after_a_leader_kill_with_every_event_once() {
     let (mut region, ca) = region("").await;
     let receiver = ca.receiver(Behaviour::Accept).await.unwrap();
-    let start = set_webhook(&region, "wallet-a", &receiver.url(), SECRET).await.delivered_cursor;
+    let start = region.set_webhook("wallet-a", &receiver.url(), SECRET).await.delivered_cursor;
     let a = region.partner("wallet-a");
     for i in 0..20 {
         pay(&a, &format!("before-{i}")).await;
@@ -313,7 +284,7 @@ async fn a_failing_endpoint_is_dead_lettered_and_a_replay_delivers_from_any_curs
     for i in 0..3 {
         pay(&a, &format!("before-{i}")).await;
     }
-    set_webhook(&region, "wallet-a", &receiver.url(), SECRET).await;
+    region.set_webhook("wallet-a", &receiver.url(), SECRET).await;
     for i in 0..3 {
         pay(&a, &format!("after-{i}")).await;
     }

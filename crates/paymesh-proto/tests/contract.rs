@@ -602,6 +602,7 @@ fn reject_codes_keep_their_numbers() {
         "REJECT_CODE_CANCEL_WINDOW_CLOSED",
         "REJECT_CODE_ALREADY_REFUNDED",
         "REJECT_CODE_PRICE_ABOVE_LIMIT",
+        "REJECT_CODE_WEBHOOK_NOT_FOUND",
     ];
     for (number, name) in names.iter().enumerate() {
         let number = i32::try_from(number).expect("small");
@@ -744,6 +745,7 @@ fn file_descriptor_set_describes_every_service() {
         ])
         .into_iter()
         .chain([("GetSettlementFile".to_owned(), false, true)])
+        .chain(unary(&["SetWebhook", "RemoveWebhook", "ReplayWebhook", "ListWebhooks"]))
         .collect::<Vec<_>>()
     );
     assert_eq!(

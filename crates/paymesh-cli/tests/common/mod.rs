@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use paymesh_client::{ClientError, Credentials, PartnerClient};
 use paymesh_harness::local::LocalRegion;
+use paymesh_harness::webhook_receiver::ReceiverCa;
 use paymesh_node::cluster_client::ClusterClient;
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as wire;
@@ -167,6 +168,20 @@ impl Region {
             })
             .await;
         assert_eq!(response.reject_code, 0, "{id}: {response:?}");
+    }
+
+    /// Register `partner`'s webhook at `url` signed with `secret`; panics
+    /// unless it is stored.
+    pub async fn set_webhook(&self, partner: &str, url: &str, secret: &str) -> wire::Webhook {
+        let request = wire::SetWebhookRequest { partner_id: partner.into(), url: url.into(), secret: secret.into() };
+        let response = self
+            .admin(|mut c| {
+                let r = request.clone();
+                async move { c.set_webhook(r).await }
+            })
+            .await;
+        assert_eq!(response.reject_code, 0, "{response:?}");
+        response.webhook.unwrap()
     }
 
     /// Credit partner `id` with `amount` dollars under `reference`.
@@ -389,6 +404,27 @@ pub fn data_dir(region: &Region, id: u64) -> &Path {
 }
 
 /// An amount on the wire.
+/// A 3-node region whose nodes trust `ca`'s receivers and deliver with
+/// `settings` (lines of `[webhooks]`), with the partner API tests' world.
+pub async fn region_with_webhooks(settings: &str) -> (Region, ReceiverCa) {
+    let mut region = Region::plan(3, "");
+    let ca = ReceiverCa::new(region.path()).unwrap();
+    let section = format!("[webhooks]\nca_cert = \"{}\"\n{settings}\n", ca.ca_file().display());
+    for node in region.nodes.values_mut() {
+        node.extra_config = section.clone();
+    }
+    region.launch();
+    region.initialize(1).await;
+    let fee = wire::FeeSchedule {
+        fixed: Some(money("0.10", "USD")),
+        rate_bps: 0,
+        min: Some(money("0", "USD")),
+        max: Some(money("5", "USD")),
+    };
+    region.two_payers_and_a_merchant("100", fee).await;
+    (region, ca)
+}
+
 pub fn money(amount: &str, currency: &str) -> common::Money {
     common::Money { amount: amount.into(), currency: currency.into() }
 }

@@ -1,0 +1,23 @@
+"""The paymesh partner SDK for Python.
+
+A partner talks to the nodes of its home region over mutual TLS.
+:class:`Region` holds their addresses and the partner's certificate and
+runs every call with the rules that keep it safe: a follower's UNAVAILABLE
+names the leader (``paymesh-leader-addr``) and the call goes there at once;
+UNAVAILABLE without a hint, DEADLINE_EXCEEDED and the transport's
+transient codes are retried on the next node with capped exponential
+backoff and jitter, within a bounded number of attempts and a deadline;
+anything else is an answer. Retrying a write is safe because it carries
+its idempotency key, the same on every attempt.
+
+:class:`PartnerClient` wraps the partner API: one-call payments
+(``create_payment``), quotes and transfers, batches of up to 500 payments in
+one request (``create_payments``), reads, and an event stream that resumes
+from its last cursor by itself (``events``). :mod:`paymesh_sdk.webhook`
+verifies the region's webhook deliveries.
+"""
+
+from .client import Payer, PaymentItem, PartnerClient, PaymeshError, Region, RetryPolicy
+from . import webhook
+
+__all__ = ["Payer", "PaymentItem", "PartnerClient", "PaymeshError", "Region", "RetryPolicy", "webhook"]

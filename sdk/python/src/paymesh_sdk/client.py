@@ -1,0 +1,249 @@
+"""Regions, retries and the partner API (see the package's documentation)."""
+
+import dataclasses
+import random
+import time
+import uuid
+from typing import Iterator, List, Optional, Sequence
+
+import grpc
+
+from paymesh.common.v1 import common_pb2
+from paymesh.partner.v1 import partner_pb2 as pb
+from paymesh.partner.v1 import partner_pb2_grpc as pb_grpc
+
+#: The metadata key a follower names the leader's API address in.
+LEADER_ADDR = "paymesh-leader-addr"
+#: The most items one CreateTransfers request carries.
+ITEMS_PER_REQUEST_MAX = 500
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+class PaymeshError(Exception):
+    """A call's final answer was a gRPC status other than OK (or no node
+    answered within the retry policy): ``code`` and ``details`` say which."""
+
+    def __init__(self, code, details):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often a call is retried."""
+
+    #: Attempts per call, the first included.
+    attempts: int = 150
+    #: The whole call, retries included, in seconds.
+    deadline_s: float = 30.0
+    #: One attempt, in seconds.
+    attempt_timeout_s: float = 10.0
+    #: The first backoff, doubled per retry up to ``backoff_max_s``, each
+    #: drawn between half and all of it.
+    backoff_first_s: float = 0.05
+    #: The longest backoff.
+    backoff_max_s: float = 0.25
+
+
+def _read(value):
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    with open(value, "rb") as f:
+        return f.read()
+
+
+class Region:
+    """A region's nodes, and the partner's identity: ``ca`` (the region's CA
+    certificate), ``cert`` and ``key`` (the partner's client certificate and
+    key), each PEM bytes or a file path."""
+
+    def __init__(self, nodes: Sequence[str], ca, cert, key, retry: RetryPolicy = RetryPolicy()):
+        if not nodes:
+            raise ValueError("a region needs at least one node address")
+        self.nodes = list(nodes)
+        self.retry = retry
+        self._credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+        )
+        self._stubs = {}
+        self._target = self.nodes[0]
+
+    def close(self):
+        """Close every channel."""
+        for channel, _ in self._stubs.values():
+            channel.close()
+        self._stubs.clear()
+
+    def _stub(self, addr):
+        if addr not in self._stubs:
+            channel = grpc.secure_channel(addr, self._credentials)
+            self._stubs[addr] = (channel, pb_grpc.PartnerServiceStub(channel))
+        return self._stubs[addr][1]
+
+    def _next(self, addr):
+        i = self.nodes.index(addr) + 1 if addr in self.nodes else 0
+        return self.nodes[i % len(self.nodes)]
+
+    def _retry(self, attempt):
+        """Call ``attempt(stub, timeout)`` under the retry rules."""
+        deadline = time.monotonic() + self.retry.deadline_s
+        backoff = self.retry.backoff_first_s
+        last = None
+        for _ in range(self.retry.attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            target = self._target
+            try:
+                return attempt(self._stub(target), min(self.retry.attempt_timeout_s, remaining))
+            except grpc.RpcError as e:
+                last = e
+                if e.code() not in _RETRYABLE:
+                    raise PaymeshError(e.code(), e.details()) from None
+                hint = dict(e.trailing_metadata() or ()).get(LEADER_ADDR)
+                if e.code() == grpc.StatusCode.UNAVAILABLE and hint and hint != target:
+                    # A follower named the leader: go there at once.
+                    self._target = hint
+                    continue
+                self._target = self._next(target)
+                time.sleep(random.uniform(backoff / 2, backoff))
+                backoff = min(backoff * 2, self.retry.backoff_max_s)
+        code = last.code() if last is not None else grpc.StatusCode.DEADLINE_EXCEEDED
+        details = last.details() if last is not None else "no attempt left"
+        raise PaymeshError(code, f"no node of {self.nodes} answered within the retry policy; last: {details}")
+
+    def call(self, method: str, request):
+        """A unary call of ``PartnerService.<method>`` under the retry rules."""
+        return self._retry(lambda stub, timeout: getattr(stub, method)(request, timeout=timeout))
+
+
+@dataclasses.dataclass(frozen=True)
+class Payer:
+    """The payer's details, which stay in the partner's home region."""
+
+    name: str
+    account: str
+    reference: str
+
+    def wire(self):
+        return pb.PayerDetails(name=self.name, account=self.account, reference=self.reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentItem:
+    """One payment of a batch: ``amount`` (a decimal string) in ``currency``
+    fixed on the payer's side, to the payee of ``qr``."""
+
+    qr: str
+    amount: str
+    currency: str
+    payer: Payer
+    idempotency_key: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    max_total_debit: Optional[str] = None
+
+    def wire(self):
+        bound = common_pb2.Money(amount=self.max_total_debit, currency=self.currency) if self.max_total_debit else None
+        return pb.BatchedPayment(
+            idempotency_key=self.idempotency_key,
+            qr_payload=self.qr,
+            source_amount=common_pb2.Money(amount=self.amount, currency=self.currency),
+            max_total_debit=bound,
+            payer=self.payer.wire(),
+        )
+
+
+class PartnerClient:
+    """The partner API of ``region``."""
+
+    def __init__(self, region: Region):
+        self.region = region
+
+    def create_payment(self, qr: str, amount: str, currency: str, payer: Payer,
+                       idempotency_key: Optional[str] = None, max_total_debit: Optional[str] = None):
+        """Price and pay in one call; a ``CreatePaymentResponse`` (check its
+        ``reject_code``). Without a key one is made up, and kept for every
+        retry of this call."""
+        item = PaymentItem(qr, amount, currency, payer, idempotency_key or str(uuid.uuid4()), max_total_debit)
+        batched = item.wire()
+        request = pb.CreatePaymentRequest(
+            idempotency_key=batched.idempotency_key,
+            qr_payload=batched.qr_payload,
+            source_amount=batched.source_amount,
+            payer=batched.payer,
+        )
+        if batched.HasField("max_total_debit"):
+            request.max_total_debit.CopyFrom(batched.max_total_debit)
+        return self.region.call("CreatePayment", request)
+
+    def create_quote(self, qr: str, amount: str, currency: str, idempotency_key: str = ""):
+        """A quote for paying ``amount`` to the payee of ``qr``."""
+        request = pb.CreateQuoteRequest(
+            qr_payload=qr,
+            source_amount=common_pb2.Money(amount=amount, currency=currency),
+            idempotency_key=idempotency_key,
+        )
+        return self.region.call("CreateQuote", request)
+
+    def create_transfer(self, quote_id: str, qr: str, payer: Payer, idempotency_key: Optional[str] = None):
+        """A transfer from a quote."""
+        request = pb.CreateTransferRequest(
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+            quote_id=quote_id,
+            qr_payload=qr,
+            payer=payer.wire(),
+        )
+        return self.region.call("CreateTransfer", request)
+
+    def create_payments(self, items: Sequence[PaymentItem]) -> List["pb.TransferItemResult"]:
+        """Many one-call payments, up to 500 per request (more are sent as
+        several requests): each answered at its position with what its own
+        call would have answered (``transfer`` and ``reject_code``, or
+        ``status_code`` and ``status_message``)."""
+        results = []
+        for start in range(0, len(items), ITEMS_PER_REQUEST_MAX):
+            chunk = items[start:start + ITEMS_PER_REQUEST_MAX]
+            request = pb.CreateTransfersRequest(items=[pb.TransferItem(payment=item.wire()) for item in chunk])
+            results.extend(self.region.call("CreateTransfers", request).results)
+        return results
+
+    def get_transfer(self, transfer_id: str):
+        """A transfer the partner made or received."""
+        return self.region.call("GetTransfer", pb.GetTransferRequest(transfer_id=transfer_id)).transfer
+
+    def get_position(self):
+        """The partner's positions."""
+        return self.region.call("GetPosition", pb.GetPositionRequest()).positions
+
+    def events(self, from_cursor: int = 0, timeout_s: Optional[float] = None) -> Iterator["pb.Event"]:
+        """The partner's events after ``from_cursor``, in order with no gap,
+        for as long as the caller reads (or until ``timeout_s`` passes). A
+        stream that ends (leadership moved, the reader fell behind) is
+        opened again from the last cursor seen, on whichever node leads."""
+        cursor = from_cursor
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
+            request = pb.StreamEventsRequest(from_cursor=cursor)
+            try:
+                stream = self.region._retry(lambda stub, _: stub.StreamEvents(request, timeout=remaining))
+                for response in stream:
+                    event = response.event
+                    if event.cursor != cursor + 1:
+                        raise PaymeshError(grpc.StatusCode.DATA_LOSS,
+                                           f"event {event.cursor} after {cursor}: a gap in the stream")
+                    cursor = event.cursor
+                    yield event
+            except grpc.RpcError as e:
+                if e.code() not in _RETRYABLE:
+                    raise PaymeshError(e.code(), e.details()) from None
+                hint = dict(e.trailing_metadata() or ()).get(LEADER_ADDR)
+                self.region._target = hint or self.region._next(self.region._target)
+                time.sleep(self.region.retry.backoff_first_s)
