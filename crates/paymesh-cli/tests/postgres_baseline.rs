@@ -225,8 +225,9 @@ fn shapes_and_batches_run_side_by_side_in_one_report() {
 }
 
 /// The default comparison: a fresh 3-node paymesh region (partner API over
-/// mutual TLS) and PostgreSQL carry out the same transfers; both audits hold
-/// and the report gives their ratio.
+/// mutual TLS) in each of its three ways of paying and PostgreSQL carry out
+/// the same transfers; every audit holds and the report gives each paymesh
+/// run's ratio to PostgreSQL.
 #[test]
 fn paymesh_and_postgres_side_by_side() {
     let url = start_postgres();
@@ -234,11 +235,25 @@ fn paymesh_and_postgres_side_by_side() {
         "paymesh,postgres",
         &url,
         "test_side_by_side",
-        &["--workers", "16", "--warmup", "0.5", "--duration", "1.5", "--payers", "8", "--payees", "4", "--no-progress"],
+        &[
+            "--workers",
+            "16",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+            "--payers",
+            "8",
+            "--payees",
+            "4",
+            "--paymesh-calls",
+            "quote-then-transfer,one-call,batched",
+            "--no-progress",
+        ],
     );
     let runs = report["runs"].as_array().unwrap();
     let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["paymesh", "postgres"], "{report}");
+    assert_eq!(targets, ["paymesh", "paymesh-one-call", "paymesh-batched", "postgres"], "{report}");
     for run in runs {
         assert!(count(run, "committed") > 0, "{run}");
         assert_eq!(count(run, "failed"), 0, "{run}");
@@ -249,9 +264,18 @@ fn paymesh_and_postgres_side_by_side() {
         runs[0]["audit"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(checks.iter().any(|c| c.contains("every replica applied the same state")), "{checks:?}");
     assert!(checks.iter().any(|c| c.contains("committed transfers listed")), "{checks:?}");
-    let ratio = &report["throughput_ratios"][0];
-    assert_eq!((ratio["numerator"].as_str(), ratio["denominator"].as_str()), (Some("paymesh"), Some("postgres")));
-    assert!(ratio["ratio"].as_f64().unwrap() > 0.0, "{report}");
+    let ratios: Vec<(&str, &str)> = report["throughput_ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|ratio| assert!(ratio["ratio"].as_f64().unwrap() > 0.0, "{report}"))
+        .map(|ratio| (ratio["numerator"].as_str().unwrap(), ratio["denominator"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ratios,
+        [("paymesh", "postgres"), ("paymesh-one-call", "postgres"), ("paymesh-batched", "postgres")],
+        "{report}"
+    );
     assert!(stdout.contains("paymesh / postgres = "), "{stdout}");
     assert!(stdout.contains("audit of paymesh: holds"), "{stdout}");
 }

@@ -210,6 +210,12 @@ pub struct BenchArgs {
     /// flight at once travel together as `CreateTransfers` requests.
     #[arg(long, conflicts_with = "one_call")]
     pub batched: bool,
+    /// paymesh only: run paymesh once per way of paying named, each on a
+    /// region set up afresh, side by side in one report
+    /// (`--paymesh-calls quote-then-transfer,one-call,batched`). Replaces
+    /// --one-call and --batched.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["one_call", "batched"])]
+    pub paymesh_calls: Vec<paymesh::Calls>,
 }
 
 impl BenchArgs {
@@ -346,121 +352,20 @@ fn report_path(args: &BenchArgs) -> PathBuf {
 async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
     match kind {
         TargetKind::Paymesh => {
-            let config = PaymeshConfig {
-                dir: args.paymesh_dir.clone(),
-                nodes: args.paymesh_nodes,
-                group_commit_ms: args.group_commit_ms,
-                payers: args.payers,
-                payees: args.payees,
-                prefund_minor: args.prefund,
-                flooder: args.flood,
-                calls: if args.batched {
-                    paymesh::Calls::Batched
-                } else if args.one_call {
-                    paymesh::Calls::OneCall
-                } else {
-                    paymesh::Calls::QuoteThenTransfer
-                },
+            let calls = match (&args.paymesh_calls[..], args.batched, args.one_call) {
+                ([], true, _) => vec![paymesh::Calls::Batched],
+                ([], _, true) => vec![paymesh::Calls::OneCall],
+                ([], _, _) => vec![paymesh::Calls::QuoteThenTransfer],
+                (calls, _, _) => calls.to_vec(),
             };
-            eprintln!(
-                "paymesh: a {}-node region in {}, {} payer and {} payee partners",
-                config.nodes,
-                config.dir.display(),
-                config.payers,
-                config.payees
-            );
-            if args.flood {
-                return flooded(&config, args.flood_rate, plan).await;
+            if args.flood && calls.len() > 1 {
+                bail!("--flood measures one way of paying: give one --paymesh-calls");
             }
-            let target = Arc::new(PaymeshTarget::setup(&config).await?);
-            let every = args
-                .sample_every
-                .map(|s| Duration::try_from_secs_f64(s).context("--sample-every must be a number of seconds > 0"))
-                .transpose()?;
-            let sampler = every.map(|every| soak::Sampler::start(target.clone(), every));
-            let rejoin = args
-                .rejoin_at
-                .map(|s| Duration::try_from_secs_f64(s).context("--rejoin-at must be a number of seconds ≥ 0"))
-                .transpose()?
-                .map(|at| {
-                    let target = target.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(at).await;
-                        target.rejoin(REJOIN_TIMEOUT).await
-                    })
-                });
-            let close = args
-                .close_window_at
-                .map(|s| Duration::try_from_secs_f64(s).context("--close-window-at must be a number of seconds ≥ 0"))
-                .transpose()?
-                .map(|at| {
-                    let target = target.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(at).await;
-                        target.close_window().await
-                    })
-                });
-            let outcome = async {
-                let mut report = load::run(target.clone(), plan).await?;
-                if let (Some(close), Some(at)) = (close, args.close_window_at) {
-                    let (took, window) = close.await.context("the window-close task")??;
-                    let figures = window_close(&report, plan, at, took, &window);
-                    println!(
-                        "settlement window {} closed {:.0} s into the run in {:.1} ms over about {} committed \
-                         transfers ({} CNY, {} accounts); p99 of payments started while it closed {} ms, median \
-                         p99 of the other seconds {} ms, the run's p99 {} ms",
-                        figures.window,
-                        figures.sent_at_s,
-                        figures.close_ms,
-                        figures.committed_before,
-                        figures.volume,
-                        figures.positions,
-                        show_ms(figures.p99_ms_while_closing),
-                        show_ms(figures.p99_ms_median_second),
-                        show_ms(figures.p99_ms_run)
-                    );
-                    let path = report_path(args).with_extension("close.json");
-                    std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                if let Some(rejoin) = rejoin {
-                    let rejoin = rejoin.await.context("the rejoin task")??;
-                    println!(
-                        "rejoin: node {} wiped at leader index {}, caught up with node {} in {:.1} s; its history \
-                         {} records, {:.0} MiB; peak resident memory {:.0} MiB (rejoined), {:.0} MiB (leader)",
-                        rejoin.node,
-                        rejoin.leader_applied,
-                        rejoin.leader,
-                        rejoin.seconds,
-                        rejoin.history_records,
-                        rejoin.history_mib,
-                        rejoin.peak_rss_mib_rejoined,
-                        rejoin.peak_rss_mib_leader
-                    );
-                    let path = report_path(args).with_extension("rejoin.json");
-                    std::fs::write(&path, serde_json::to_vec_pretty(&rejoin)?)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                if let Some(sampler) = sampler {
-                    let samples = sampler.finish().await;
-                    let (csv, svg) = soak::write(&report_path(args), &samples)?;
-                    println!("memory over time written to {} and {}", csv.display(), svg.display());
-                    let last: Vec<String> = samples
-                        .iter()
-                        .rev()
-                        .take(config.nodes as usize)
-                        .map(|s| {
-                            format!("node {} {:.0} MiB resident, {:.0} MiB history", s.node, s.rss_mib, s.history_mib)
-                        })
-                        .collect();
-                    println!("at the end: {}", last.join("; "));
-                }
-                report.audit = Some(target.audit(&report.including_warmup).await?);
-                anyhow::Ok(vec![report])
+            let mut reports = Vec::with_capacity(calls.len());
+            for calls in calls {
+                reports.extend(paymesh_run(calls, args, plan).await?);
             }
-            .await;
-            target.shutdown()?;
-            outcome
+            Ok(reports)
         }
         #[cfg(not(feature = "postgres"))]
         TargetKind::Postgres => bail!(
@@ -496,6 +401,118 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
             Ok(reports)
         }
     }
+}
+
+/// Set up a paymesh region paying with `calls`, run the plan against it
+/// (twice with `--flood`), audit it, and shut it down.
+async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
+    let config = PaymeshConfig {
+        dir: args.paymesh_dir.clone(),
+        nodes: args.paymesh_nodes,
+        group_commit_ms: args.group_commit_ms,
+        payers: args.payers,
+        payees: args.payees,
+        prefund_minor: args.prefund,
+        flooder: args.flood,
+        calls,
+    };
+    eprintln!(
+        "paymesh: a {}-node region in {}, {} payer and {} payee partners",
+        config.nodes,
+        config.dir.display(),
+        config.payers,
+        config.payees
+    );
+    if args.flood {
+        return flooded(&config, args.flood_rate, plan).await;
+    }
+    let target = Arc::new(PaymeshTarget::setup(&config).await?);
+    let every = args
+        .sample_every
+        .map(|s| Duration::try_from_secs_f64(s).context("--sample-every must be a number of seconds > 0"))
+        .transpose()?;
+    let sampler = every.map(|every| soak::Sampler::start(target.clone(), every));
+    let rejoin = args
+        .rejoin_at
+        .map(|s| Duration::try_from_secs_f64(s).context("--rejoin-at must be a number of seconds ≥ 0"))
+        .transpose()?
+        .map(|at| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                target.rejoin(REJOIN_TIMEOUT).await
+            })
+        });
+    let close = args
+        .close_window_at
+        .map(|s| Duration::try_from_secs_f64(s).context("--close-window-at must be a number of seconds ≥ 0"))
+        .transpose()?
+        .map(|at| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                target.close_window().await
+            })
+        });
+    let outcome = async {
+        let mut report = load::run(target.clone(), plan).await?;
+        if let (Some(close), Some(at)) = (close, args.close_window_at) {
+            let (took, window) = close.await.context("the window-close task")??;
+            let figures = window_close(&report, plan, at, took, &window);
+            println!(
+                "settlement window {} closed {:.0} s into the run in {:.1} ms over about {} committed \
+                     transfers ({} CNY, {} accounts); p99 of payments started while it closed {} ms, median \
+                     p99 of the other seconds {} ms, the run's p99 {} ms",
+                figures.window,
+                figures.sent_at_s,
+                figures.close_ms,
+                figures.committed_before,
+                figures.volume,
+                figures.positions,
+                show_ms(figures.p99_ms_while_closing),
+                show_ms(figures.p99_ms_median_second),
+                show_ms(figures.p99_ms_run)
+            );
+            let path = report_path(args).with_extension("close.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(rejoin) = rejoin {
+            let rejoin = rejoin.await.context("the rejoin task")??;
+            println!(
+                "rejoin: node {} wiped at leader index {}, caught up with node {} in {:.1} s; its history \
+                     {} records, {:.0} MiB; peak resident memory {:.0} MiB (rejoined), {:.0} MiB (leader)",
+                rejoin.node,
+                rejoin.leader_applied,
+                rejoin.leader,
+                rejoin.seconds,
+                rejoin.history_records,
+                rejoin.history_mib,
+                rejoin.peak_rss_mib_rejoined,
+                rejoin.peak_rss_mib_leader
+            );
+            let path = report_path(args).with_extension("rejoin.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&rejoin)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(sampler) = sampler {
+            let samples = sampler.finish().await;
+            let (csv, svg) = soak::write(&report_path(args), &samples)?;
+            println!("memory over time written to {} and {}", csv.display(), svg.display());
+            let last: Vec<String> = samples
+                .iter()
+                .rev()
+                .take(config.nodes as usize)
+                .map(|s| format!("node {} {:.0} MiB resident, {:.0} MiB history", s.node, s.rss_mib, s.history_mib))
+                .collect();
+            println!("at the end: {}", last.join("; "));
+        }
+        report.audit = Some(target.audit(&report.including_warmup).await?);
+        anyhow::Ok(vec![report])
+    }
+    .await;
+    target.shutdown()?;
+    outcome
 }
 
 fn show_resident(when: &str, nodes: &[(u64, u64)]) {

@@ -74,7 +74,7 @@ pub struct PaymeshConfig {
 }
 
 /// How the benchmark's workers ask for each transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Calls {
     /// `CreateQuote` then `CreateTransfer`, each its own request.
     QuoteThenTransfer,
