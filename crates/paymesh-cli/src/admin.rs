@@ -375,7 +375,7 @@ fn show_money(money: Option<&common::Money>) -> String {
 }
 
 /// Run one admin call on the region's leader.
-async fn call<T, F, Fut>(target: &Target, call: F) -> anyhow::Result<T>
+pub(crate) async fn call<T, F, Fut>(target: &Target, call: F) -> anyhow::Result<T>
 where
     F: Fn(AdminServiceClient<NodeChannel>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -3,12 +3,12 @@
 //! ListWebhooks) on the region's leader.
 
 use anyhow::{bail, Context};
-use paymesh_client::Region;
-use paymesh_harness::admin_calls::{accepted, call_region};
+use paymesh_harness::admin_calls::accepted;
 use paymesh_proto::admin::v1 as wire;
 use rand::RngCore;
 use std::path::PathBuf;
 
+use crate::admin::call;
 use crate::Target;
 
 /// `paymesh webhook …`
@@ -138,14 +138,6 @@ pub(crate) async fn run(command: WebhookCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn call<T, F, Fut>(target: &Target, call: F) -> anyhow::Result<T>
-where
-    F: Fn(paymesh_proto::admin::v1::admin_service_client::AdminServiceClient<paymesh_client::NodeChannel>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    call_region(&Region::new(target.addresses()?, target.credentials()?), call).await
 }
 
 /// The secret from `file`, or a new one (32 random bytes in hex) and
