@@ -41,6 +41,16 @@ pub enum Mesh {
 }
 
 impl Mesh {
+    /// The CA of the partners' webhook receivers the nodes trust, where the
+    /// receivers (on this machine's loopback) are reachable from the nodes:
+    /// the process backend's.
+    pub fn webhook_ca(&self) -> Option<&paymesh_harness::webhook_receiver::ReceiverCa> {
+        match self {
+            Mesh::Process(m) => Some(&m.webhook_ca),
+            Mesh::Docker(_) => None,
+        }
+    }
+
     /// Start the mesh of `backend` (process data, or the containers' saved
     /// output, under `dir`) with the `paymesh` binary `exe`, inter-region
     /// links under `wan`.

@@ -17,5 +17,6 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod webhooks;
 pub mod workload;
 pub mod world;

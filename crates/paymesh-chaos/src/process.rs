@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::world;
 use paymesh_harness::history::REGION_FILES;
 use paymesh_harness::locality::ScanRoot;
+use paymesh_harness::webhook_receiver::ReceiverCa;
 
 /// Nodes per region.
 pub const MEMBERS: u64 = 3;
@@ -35,6 +36,8 @@ pub struct ProcessMesh {
     raft_links: BTreeMap<(String, u64, u64), WanLink>,
     /// The Raft proxies.
     _proxies: JoinSet<()>,
+    /// The CA of the partners' webhook receivers, which every node trusts.
+    pub webhook_ca: ReceiverCa,
 }
 
 impl ProcessMesh {
@@ -43,6 +46,9 @@ impl ProcessMesh {
     /// `wan`.
     pub async fn start(dir: &Path, exe: &Path, wan: WanSettings) -> anyhow::Result<ProcessMesh> {
         let mut mesh = LocalMesh::plan(dir, exe, &world::regions()?, MEMBERS, RAFT_SETTINGS, wan, &[]).await?;
+        let webhook_ca = ReceiverCa::new(dir)?;
+        // Retries capped at 5 s, so a receiver's outage ends soon after it does.
+        let webhooks = format!("[webhooks]\nca_cert = \"{}\"\nretry_max_ms = 5000\n", webhook_ca.ca_file().display());
         let mut raft_links = BTreeMap::new();
         let mut proxies = JoinSet::new();
         for (name, region) in &mut mesh.regions {
@@ -55,11 +61,11 @@ impl ProcessMesh {
                     dial.push_str(&format!("{to} = \"{addr}\"\n"));
                     raft_links.insert((name.clone(), node.id, *to), link);
                 }
-                node.extra_config = dial;
+                node.extra_config = format!("{dial}{webhooks}");
             }
         }
         mesh.launch().await?;
-        Ok(ProcessMesh { mesh, raft_links, _proxies: proxies })
+        Ok(ProcessMesh { mesh, raft_links, _proxies: proxies, webhook_ca })
     }
 
     /// SIGKILL node `id` of `region`.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Mesh};
 use crate::nemesis::{Fault, Schedule};
 use crate::report;
+use crate::webhooks;
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
 use paymesh_harness::history::{self, History, LocalityScan, Observation};
@@ -32,6 +33,9 @@ pub const RESOLVE_BOUND: Duration = Duration::from_secs(60);
 
 /// Quiet time before the first fault.
 const WARM_UP: Duration = Duration::from_secs(3);
+/// The longest wait, once the mesh settled, for every webhook receiver to
+/// get every event its partner's region holds.
+const WEBHOOKS_BOUND: Duration = Duration::from_secs(90);
 /// How often the operator closes every region's settlement window while
 /// the workload and the faults run.
 const CLOSE_EVERY: Duration = Duration::from_secs(20);
@@ -84,6 +88,22 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let mut mesh = Mesh::start(&config.backend, &config.dir.join("mesh"), &config.exe, base).await?;
     configure_world(mesh.regions(), &WALLETS, &MERCHANTS, &RATES).await.context("configuring the world")?;
 
+    let operators = {
+        let regions = REGIONS.iter().map(|r| Ok((*r, mesh.region(r)?))).collect::<anyhow::Result<Vec<_>>>()?;
+        Arc::new(settlement::operators(&regions)?)
+    };
+    // Every partner's webhook, where the nodes can reach this machine's
+    // receivers (the process backend).
+    let watched = match mesh.webhook_ca() {
+        Some(ca) => {
+            let partners: Vec<(&str, &str)> =
+                WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1))).collect();
+            let watched = webhooks::register(ca, &operators, &partners).await.context("registering webhooks")?;
+            eprintln!("chaos: {} webhooks registered", watched.len());
+            Some(Arc::new(watched))
+        }
+        None => None,
+    };
     let recorder = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
@@ -98,11 +118,19 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     for id in 0..config.workers {
         tasks.spawn(workload::worker(id, config.seed, clients.clone(), recorder.clone(), stop.clone()));
     }
-    let operators = {
-        let regions = REGIONS.iter().map(|r| Ok((*r, mesh.region(r)?))).collect::<anyhow::Result<Vec<_>>>()?;
-        Arc::new(settlement::operators(&regions)?)
-    };
     tasks.spawn(close_windows(operators.clone(), stop.clone()));
+    if let Some(watched) = &watched {
+        // The receivers' own outage, from a quarter of the run for 15 % of it.
+        let (watched, duration) = (watched.clone(), config.duration);
+        tasks.spawn(async move {
+            tokio::time::sleep(duration / 4).await;
+            eprintln!("chaos: every webhook receiver refuses deliveries");
+            webhooks::outage(&watched, true);
+            tokio::time::sleep(duration * 15 / 100).await;
+            webhooks::outage(&watched, false);
+            eprintln!("chaos: every webhook receiver accepts deliveries again");
+        });
+    }
     let followed = WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1)));
     for (n, (region, partner)) in followed.enumerate() {
         let client = workload::client(mesh.region(region)?, partner)?;
@@ -186,6 +214,25 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             Err(e) => eprintln!("chaos: could not gather the settlement windows: {e:#}"),
         },
     }
+    let webhooks = match &watched {
+        Some(watched) => match webhooks::observe(watched, &operators, WEBHOOKS_BOUND).await {
+            Ok(observed) => {
+                let delivered: usize = observed.iter().map(|o| o.delivered.len()).sum();
+                let refused: usize = observed.iter().map(|o| o.refused).sum();
+                eprintln!(
+                    "chaos: {} webhooks observed: {delivered} events delivered (repeats included), {refused} \
+                     deliveries refused during the receivers' outage",
+                    observed.len()
+                );
+                Some(observed)
+            }
+            Err(e) => {
+                eprintln!("chaos: could not observe the webhooks: {e:#}");
+                Some(Vec::new())
+            }
+        },
+        None => None,
+    };
     mesh.stop()?;
     let locality = scan_files(&mesh).await?;
     let history = History {
@@ -199,6 +246,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             o
         }),
         locality: Some(locality),
+        webhooks,
     };
     let history_file = config.dir.join("history.json");
     std::fs::write(&history_file, serde_json::to_vec(&history)?)

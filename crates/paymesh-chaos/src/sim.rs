@@ -232,6 +232,7 @@ pub(crate) fn simulate(seed: u64, config: &SimConfig) -> Simulation {
         faults: std::mem::take(&mut sim.faults),
         observation: Some(observation),
         locality: None,
+        webhooks: None,
     };
     Simulation { history, stats: sim.stats }
 }

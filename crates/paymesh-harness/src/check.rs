@@ -38,6 +38,7 @@ mod refunds;
 mod replicas;
 mod resolution;
 mod settlement;
+mod webhooks;
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
@@ -55,6 +56,7 @@ pub use refunds::Refunds;
 pub use replicas::Replicas;
 pub use resolution::Resolution;
 pub use settlement::Settlement;
+pub use webhooks::Webhooks;
 
 /// How many violations a [`Verdict`] keeps in full per checker; it counts
 /// them all.
@@ -176,15 +178,17 @@ pub fn check_all(history: &History) -> Verdict {
     check_with(&for_history(history), history)
 }
 
-/// The checkers for `history`: [`all`], and [`Settlement`] for a run of
-/// real regions (processes or containers), which closes every region's
-/// settlement windows as an operator does and gathers them. The
+/// The checkers for `history`: [`all`], and [`Settlement`] and
+/// [`Webhooks`] for a run of real regions (processes or containers), which
+/// closes every region's settlement windows as an operator does and gathers
+/// them, and (processes) registers webhooks. The
 /// simulation drives the regions' engines without an operator; the core's
 /// property tests cover its windows.
 pub fn for_history(history: &History) -> Vec<Box<dyn Checker>> {
     let mut checkers = all();
     if history.backend != "sim" {
         checkers.push(Box::new(Settlement));
+        checkers.push(Box::new(Webhooks));
     }
     checkers
 }

@@ -351,6 +351,34 @@ pub struct History {
     /// violation of the `data_locality` checker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<LocalityScan>,
+    /// What each partner's webhook receiver got, for a run that registered
+    /// webhooks (the process backend); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Vec<WebhookObservation>>,
+}
+
+/// One partner's webhook over a run: what its region says it holds, and
+/// what the partner's receiver accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookObservation {
+    /// The partner's region.
+    pub region: String,
+    /// The partner.
+    pub partner: String,
+    /// The newest cursor when the webhook was registered: deliveries start
+    /// after it.
+    pub registered_after: u64,
+    /// The partner's newest event cursor at the end of the run.
+    pub newest: u64,
+    /// The webhook's state at the end (`ACTIVE`, `DEAD_LETTERED`).
+    pub state: String,
+    /// The cursor of every event in every delivery the receiver accepted,
+    /// in arrival order, repeats included.
+    pub delivered: Vec<u64>,
+    /// Deliveries whose signature did not verify with the webhook's secret.
+    pub bad_signatures: usize,
+    /// Requests the receiver refused on purpose (its outages).
+    pub refused: usize,
 }
 
 /// The scan of a run's files for payer personal data out of its region:

@@ -279,6 +279,7 @@ pub fn good_history() -> History {
             settlement: None,
         }),
         locality: None,
+        webhooks: None,
     }
 }
 

@@ -1,0 +1,126 @@
+//! The partners' webhooks in a chaos run (process backend): a receiver per
+//! partner on this machine's loopback, registered before the workload
+//! starts; an outage of every receiver for a stretch of the run; and, once
+//! the mesh has settled, what each receiver got, for the `webhooks`
+//! checker (every event once after dedupe, in cursor order, signed).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use paymesh_client::webhook::verify;
+use paymesh_client::Region;
+use paymesh_harness::admin_calls::call_region;
+use paymesh_harness::history::WebhookObservation;
+use paymesh_harness::webhook_receiver::{Behaviour, Receiver, ReceiverCa};
+use paymesh_proto::admin::v1 as wire;
+
+/// The status the receivers answer during their outage.
+const OUTAGE_STATUS: u16 = 503;
+
+/// One partner's receiver and what registering it gave.
+#[derive(Debug)]
+pub struct Watched {
+    region: String,
+    partner: String,
+    secret: String,
+    receiver: Receiver,
+    registered_after: u64,
+}
+
+/// Start a receiver for each of `partners` (region, partner) and register
+/// it as the partner's webhook through its region's `operators`.
+pub async fn register(
+    ca: &ReceiverCa,
+    operators: &[(String, Region)],
+    partners: &[(&str, &str)],
+) -> anyhow::Result<Vec<Watched>> {
+    let mut watched = Vec::with_capacity(partners.len());
+    for (region, partner) in partners {
+        let operator = operator(operators, region)?;
+        let receiver = ca.receiver(Behaviour::Accept).await?;
+        let secret = format!("chaos-webhook-secret-of-{partner}");
+        let request =
+            wire::SetWebhookRequest { partner_id: (*partner).to_owned(), url: receiver.url(), secret: secret.clone() };
+        let answer = call_region(operator, |mut c| {
+            let r = request.clone();
+            async move { c.set_webhook(r).await }
+        })
+        .await
+        .with_context(|| format!("registering {region}/{partner}'s webhook"))?;
+        let hook = answer.webhook.with_context(|| format!("{region}/{partner}'s webhook was not stored"))?;
+        watched.push(Watched {
+            region: (*region).to_owned(),
+            partner: (*partner).to_owned(),
+            secret,
+            receiver,
+            registered_after: hook.delivered_cursor,
+        });
+    }
+    Ok(watched)
+}
+
+fn operator<'a>(operators: &'a [(String, Region)], region: &str) -> anyhow::Result<&'a Region> {
+    operators.iter().find(|(name, _)| name == region).map(|(_, o)| o).with_context(|| format!("no region {region}"))
+}
+
+/// Every receiver refuses (an outage of the partners' side) or accepts.
+pub fn outage(watched: &[Watched], on: bool) {
+    for hook in watched {
+        hook.receiver.set(if on { Behaviour::Fail(OUTAGE_STATUS) } else { Behaviour::Accept });
+    }
+}
+
+/// What each receiver got, once it got everything its partner's region
+/// holds or `bound` passed (the checker then names what is missing).
+pub async fn observe(
+    watched: &[Watched],
+    operators: &[(String, Region)],
+    bound: Duration,
+) -> anyhow::Result<Vec<WebhookObservation>> {
+    let deadline = Instant::now() + bound;
+    let mut observed = Vec::with_capacity(watched.len());
+    for hook in watched {
+        let operator = operator(operators, &hook.region)?;
+        let mut observation = loop {
+            let listed =
+                call_region(operator, |mut c| async move { c.list_webhooks(wire::ListWebhooksRequest {}).await })
+                    .await?;
+            let state = listed.webhooks.iter().find(|w| w.partner_id == hook.partner);
+            let observation = observed_now(hook, state);
+            let through = observation.delivered.iter().copied().max().unwrap_or(hook.registered_after);
+            if through >= observation.newest || Instant::now() >= deadline {
+                break observation;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        observation.refused = hook.receiver.received().iter().filter(|r| r.status == OUTAGE_STATUS).count();
+        observed.push(observation);
+    }
+    Ok(observed)
+}
+
+fn observed_now(hook: &Watched, state: Option<&wire::Webhook>) -> WebhookObservation {
+    let mut delivered = Vec::new();
+    let mut bad_signatures = 0;
+    for received in hook.receiver.accepted() {
+        // Verified at its arrival, with a tolerance for the nodes' clocks.
+        match verify([hook.secret.as_str()], &received.signature, &received.body, received.at_unix_ms, 60_000) {
+            Ok(delivery) => delivered.extend(delivery.events.iter().map(|e| e.cursor)),
+            Err(_) => bad_signatures += 1,
+        }
+    }
+    WebhookObservation {
+        region: hook.region.clone(),
+        partner: hook.partner.clone(),
+        registered_after: hook.registered_after,
+        newest: state.map_or(0, |s| s.newest_cursor),
+        state: state.map_or("MISSING".to_owned(), |s| {
+            wire::WebhookState::try_from(s.state)
+                .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("WEBHOOK_STATE_"))
+                .to_owned()
+        }),
+        delivered,
+        bad_signatures,
+        refused: 0,
+    }
+}
