@@ -24,7 +24,8 @@
 //! only its own partner's deliveries.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paymesh_client::webhook::{sign, Delivery, WebhookEvent, SIGNATURE_HEADER};
@@ -206,22 +207,25 @@ async fn deliver_to(gateway: Gateway, client: reqwest::Client, partner: PartnerI
     let mut applied = gateway.state_machine.watch_applied();
     let mut sent = 0;
     let mut recording: Option<JoinHandle<()>> = None;
-    let mut recorded = 0;
+    // The highest cursor a `WebhookDelivered` was applied for, by this task.
+    let recorded = Arc::new(AtomicU64::new(0));
     let mut failing_since: Option<Instant> = None;
     let mut failures = 0u32;
     loop {
         let Some((hook, newest)) = current(&gateway, &partner, generation) else { return };
         sent = sent.max(hook.delivered);
-        recorded = recorded.max(hook.delivered);
-        if sent > recorded && recording.as_ref().is_none_or(JoinHandle::is_finished) {
-            // Record progress, one proposal at a time; losing one only means
-            // those events are sent again after a failover.
+        recorded.fetch_max(hook.delivered, Ordering::Relaxed);
+        if sent > recorded.load(Ordering::Relaxed) && recording.as_ref().is_none_or(JoinHandle::is_finished) {
+            // Record progress, one proposal at a time, until one is applied
+            // (a refused or lost proposal is made again on the next turn);
+            // until then a failover sends those events again.
             let body = CommandBody::WebhookDelivered { partner: partner.clone(), generation, through: sent };
-            let gateway = gateway.clone();
+            let (gateway, recorded, through) = (gateway.clone(), recorded.clone(), sent);
             recording = Some(tokio::spawn(async move {
-                let _ = gateway.operate(body).await;
+                if let Ok(Outcome::Done) = gateway.operate(body).await {
+                    recorded.fetch_max(through, Ordering::Relaxed);
+                }
             }));
-            recorded = sent;
         }
         if sent >= newest {
             let _ = tokio::time::timeout(IDLE_WAIT, applied.changed()).await;
