@@ -323,3 +323,31 @@ async fn a_failing_endpoint_is_dead_lettered_and_a_replay_delivers_from_any_curs
     assert_ne!(code, 0);
     assert!(err.contains("beyond the newest event"), "{err}");
 }
+
+/// `paymesh bench --webhooks` registers a webhook for every payee and
+/// reports what the receivers got: every event at the answering ones,
+/// requests held at the one that never answers.
+#[test]
+fn the_benchmark_reports_what_the_payees_webhooks_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paymesh"))
+        .args(["bench", "--target", "paymesh", "--paymesh-calls", "one-call", "--webhooks", "--webhooks-stuck", "1"])
+        .args(["--workers", "8", "--payers", "2", "--payees", "3", "--warmup", "0.5", "--duration", "1.5"])
+        .args(["--no-progress", "--json"])
+        .arg(&json)
+        .arg("--paymesh-dir")
+        .arg(dir.path().join("region"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.with_extension("webhooks.json")).unwrap()).unwrap();
+    assert_eq!((figures["answering"].as_u64(), figures["stuck"].as_u64()), (Some(2), Some(1)), "{figures}");
+    assert!(figures["events"].as_u64().unwrap() > 0, "{figures}");
+    assert_eq!(figures["events"], figures["expected"], "{figures}");
+    assert!(figures["caught_up_after_s"].is_number(), "{figures}");
+    assert!(figures["stuck_requests"].as_u64().unwrap() >= 1, "{figures}");
+    assert!(stdout.contains("webhooks: 2 answering receivers got"), "{stdout}");
+}

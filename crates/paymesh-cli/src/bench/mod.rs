@@ -216,6 +216,16 @@ pub struct BenchArgs {
     /// --one-call and --batched.
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["one_call", "batched"])]
     pub paymesh_calls: Vec<paymesh::Calls>,
+    /// paymesh only: register a webhook for every payee partner, each with a
+    /// receiver of its own in this process (HTTPS on loopback), and report
+    /// how fast their events arrived (also beside the report as
+    /// `<report>.webhooks.json`).
+    #[arg(long)]
+    pub webhooks: bool,
+    /// With --webhooks: this many receivers (the first payees') accept
+    /// connections and never answer.
+    #[arg(long, default_value_t = 0, requires = "webhooks")]
+    pub webhooks_stuck: usize,
 }
 
 impl BenchArgs {
@@ -339,6 +349,10 @@ fn window_close(
     }
 }
 
+/// The longest wait after a run with --webhooks for the answering
+/// receivers to get every event.
+const WEBHOOKS_CATCH_UP: Duration = Duration::from_secs(60);
+
 /// Where the JSON report goes.
 fn report_path(args: &BenchArgs) -> PathBuf {
     args.json.clone().unwrap_or_else(|| {
@@ -415,6 +429,8 @@ async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> an
         prefund_minor: args.prefund,
         flooder: args.flood,
         calls,
+        webhooks: args.webhooks,
+        webhooks_stuck: args.webhooks_stuck,
     };
     eprintln!(
         "paymesh: a {}-node region in {}, {} payer and {} payee partners",
@@ -506,6 +522,25 @@ async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> an
                 .map(|s| format!("node {} {:.0} MiB resident, {:.0} MiB history", s.node, s.rss_mib, s.history_mib))
                 .collect();
             println!("at the end: {}", last.join("; "));
+        }
+        if let Some(figures) = target.webhook_figures(WEBHOOKS_CATCH_UP).await? {
+            println!(
+                "webhooks: {} answering receivers got {} of {} events ({} again), event to arrival p50 {} ms, p99 {} \
+                 ms, max {} ms; caught up {} after the run; {} never-answering receivers got {} requests",
+                figures.answering,
+                figures.events,
+                figures.expected,
+                figures.repeats,
+                figures.latency_ms_p50,
+                figures.latency_ms_p99,
+                figures.latency_ms_max,
+                figures.caught_up_after_s.map_or("not".to_owned(), |s| format!("{s:.1} s")),
+                figures.stuck,
+                figures.stuck_requests
+            );
+            let path = report_path(args).with_extension("webhooks.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         report.audit = Some(target.audit(&report.including_warmup).await?);
         anyhow::Ok(vec![report])

@@ -23,6 +23,7 @@ use paymesh_client::{ClientError, PartnerClient};
 use paymesh_core::limits;
 use paymesh_harness::admin_calls::{call_region, reject_name};
 use paymesh_harness::local::LocalRegion;
+use paymesh_harness::webhook_receiver::{Behaviour, Receiver, ReceiverCa};
 use paymesh_node::identity::Identity;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::admin::v1::history_service_client::HistoryServiceClient;
@@ -71,6 +72,40 @@ pub struct PaymeshConfig {
     pub flooder: bool,
     /// How each transfer is asked for.
     pub calls: Calls,
+    /// Register a webhook for every payee, each with a receiver of its own
+    /// in this process (HTTPS on loopback).
+    pub webhooks: bool,
+    /// Of those, how many receivers (the first payees') never answer.
+    pub webhooks_stuck: usize,
+}
+
+/// What the payees' webhook receivers got over a run (`--webhooks`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WebhookFigures {
+    /// Receivers that answer.
+    pub answering: usize,
+    /// Receivers that never answer.
+    pub stuck: usize,
+    /// Distinct events the answering receivers got.
+    pub events: u64,
+    /// Events the answering receivers' partners had at the end, which
+    /// they should all have got.
+    pub expected: u64,
+    /// Events received again (at least once delivery).
+    pub repeats: u64,
+    /// From an event's time in the region to its arrival, over the
+    /// answering receivers' first copies: p50, p99 and max, ms.
+    pub latency_ms_p50: u64,
+    /// As above, p99.
+    pub latency_ms_p99: u64,
+    /// As above, the most.
+    pub latency_ms_max: u64,
+    /// How long after the run the answering receivers had everything, s
+    /// (`None`: not within the wait).
+    pub caught_up_after_s: Option<f64>,
+    /// Requests the stuck receivers got (each held until the node's
+    /// timeout).
+    pub stuck_requests: usize,
 }
 
 /// How the benchmark's workers ask for each transfer.
@@ -97,7 +132,13 @@ pub struct PaymeshTarget {
     payees: usize,
     dir: PathBuf,
     calls: Calls,
+    /// The payees' webhook receivers (`--webhooks`), by payee, with whether
+    /// each answers.
+    webhooks: Vec<(String, bool, Receiver)>,
 }
+
+/// The secret every bench webhook is signed with.
+const WEBHOOK_SECRET: &str = "paymesh-bench-webhook-secret-0123456789";
 
 impl std::fmt::Debug for PaymeshTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,9 +212,42 @@ impl PaymeshTarget {
             holders.push(Identity::partner(super::flood::FLOODER)?);
         }
         let raft = format!("group_commit_interval_ms = {}", config.group_commit_ms);
-        let region = LocalRegion::start(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
+        let mut region = LocalRegion::plan(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
+        let receivers = if config.webhooks {
+            let ca = ReceiverCa::new(&config.dir)?;
+            let section = format!("[webhooks]\nca_cert = \"{}\"\n", ca.ca_file().display());
+            for node in region.nodes.values_mut() {
+                node.extra_config = section.clone();
+            }
+            Some(ca)
+        } else {
+            None
+        };
+        region.launch()?;
         region.initialize(1, LEADER_TIMEOUT).await?;
         configure(&region, config).await?;
+        let mut webhooks = Vec::new();
+        if let Some(ca) = receivers {
+            let operator = region.sdk(&region.operator_stem())?;
+            for index in 0..config.payees {
+                let answers = index >= config.webhooks_stuck;
+                let receiver = ca.receiver(if answers { Behaviour::Accept } else { Behaviour::Hang }).await?;
+                let request = admin::SetWebhookRequest {
+                    partner_id: payee_id(index),
+                    url: receiver.url(),
+                    secret: WEBHOOK_SECRET.to_owned(),
+                };
+                let answer = call_region(&operator, |mut c| {
+                    let r = request.clone();
+                    async move { c.set_webhook(r).await }
+                })
+                .await?;
+                if answer.reject_code != 0 {
+                    bail!("registering {}'s webhook: {}", payee_id(index), reject_name(answer.reject_code));
+                }
+                webhooks.push((payee_id(index), answers, receiver));
+            }
+        }
         let mut payers = Vec::with_capacity(config.payers);
         for index in 0..config.payers {
             payers.push(match config.calls {
@@ -194,7 +268,85 @@ impl PaymeshTarget {
             payees: config.payees,
             dir: config.dir.clone(),
             calls: config.calls,
+            webhooks,
         })
+    }
+
+    /// What the payees' webhook receivers got (`None` without
+    /// `--webhooks`): waits, up to `wait`, until the answering ones have
+    /// every event their partners have.
+    pub async fn webhook_figures(&self, wait: Duration) -> anyhow::Result<Option<WebhookFigures>> {
+        if self.webhooks.is_empty() {
+            return Ok(None);
+        }
+        let operator = {
+            let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(region) = guard.as_ref() else { bail!("the region was already stopped") };
+            region.sdk(&region.operator_stem())?
+        };
+        let started = std::time::Instant::now();
+        let newest: BTreeMap<String, u64> =
+            call_region(&operator, |mut c| async move { c.list_webhooks(admin::ListWebhooksRequest {}).await })
+                .await?
+                .webhooks
+                .into_iter()
+                .map(|w| (w.partner_id, w.newest_cursor))
+                .collect();
+        let mut caught_up_after_s = None;
+        let mut latencies = Vec::new();
+        let (events, repeats, expected) = loop {
+            latencies.clear();
+            let (mut events, mut repeats, mut expected) = (0u64, 0u64, 0u64);
+            let mut behind = false;
+            for (payee, _, receiver) in self.webhooks.iter().filter(|(_, answers, _)| *answers) {
+                let mut seen = std::collections::BTreeSet::new();
+                for received in receiver.accepted() {
+                    let delivery = paymesh_client::webhook::verify(
+                        [WEBHOOK_SECRET],
+                        &received.signature,
+                        &received.body,
+                        received.at_unix_ms,
+                        60_000,
+                    )
+                    .with_context(|| format!("a delivery to {payee} did not verify"))?;
+                    for event in delivery.events {
+                        if seen.insert(event.cursor) {
+                            let at = u64::try_from(event.at_unix_ms).unwrap_or(0);
+                            latencies.push(received.at_unix_ms.saturating_sub(at));
+                        } else {
+                            repeats += 1;
+                        }
+                    }
+                }
+                let want = newest.get(payee).copied().unwrap_or(0);
+                behind |= (seen.len() as u64) < want;
+                events += seen.len() as u64;
+                expected += want;
+            }
+            if !behind {
+                caught_up_after_s = Some(started.elapsed().as_secs_f64());
+                break (events, repeats, expected);
+            }
+            if started.elapsed() >= wait {
+                break (events, repeats, expected);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        latencies.sort_unstable();
+        let at = |q: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
+        let stuck: Vec<&Receiver> = self.webhooks.iter().filter(|(_, a, _)| !*a).map(|(_, _, r)| r).collect();
+        Ok(Some(WebhookFigures {
+            answering: self.webhooks.len() - stuck.len(),
+            stuck: stuck.len(),
+            events,
+            expected,
+            repeats,
+            latency_ms_p50: at(0.5),
+            latency_ms_p99: at(0.99),
+            latency_ms_max: latencies.last().copied().unwrap_or(0),
+            caught_up_after_s,
+            stuck_requests: stuck.iter().map(|r| r.received().len()).sum(),
+        }))
     }
 
     /// Check the region's books after the run: the ledger balances, every
