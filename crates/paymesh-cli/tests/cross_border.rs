@@ -461,7 +461,7 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     // The refund's way: cn-east coordinates, us-west prepares the credit.
     let link = mesh.link("cn-east", "us-west").unwrap().clone();
     let mut payments = Vec::new();
-    for i in 0..5 {
+    for i in 0..6 {
         payments.push(pay(&client, &format!("to-refund-{i}"), 10_000 + i).await);
     }
     let ids: Vec<String> = payments.iter().map(|t| t.transfer_id.clone()).collect();
@@ -538,6 +538,34 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     assert_eq!(aborted.abort_reason, common::RejectCode::DeadlineExceeded as i32);
     link.update(|s| s.cut = false);
 
+    // 6. A partition longer than the deadline once the payer region has
+    // prepared the credit (its answer crawling back on a slow link when the
+    // link is cut): the coordinator aborts at the deadline and the payer
+    // region voids the credit when the decision reaches it after the heal.
+    // Should the answer have got through before the cut, the refund
+    // commits instead; either way, once.
+    link.set(WanSettings { delay_ms: 1_000, ..WanSettings::default() });
+    let sixth = refund(&merchant, "refund-5", &payments[5], &full(&payments[5])).await.refund.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while position(&client).await[0].3 == "0.00" {
+        assert!(Instant::now() < deadline, "the payer region never prepared the refund's credit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    link.update(|s| s.cut = true);
+    let sixth = refund_final(&merchant, &sixth.refund_id, DEADLINE + Duration::from_secs(15)).await;
+    link.set(WanSettings { delay_ms: 10, ..WanSettings::default() });
+    let aborted_after_prepare = sixth.state == ABORTED;
+    println!(
+        "a refund cut off after the payer prepared ended {}",
+        if aborted_after_prepare { "aborted" } else { "committed" }
+    );
+    if aborted_after_prepare {
+        assert_eq!(sixth.abort_reason, common::RejectCode::DeadlineExceeded as i32);
+    } else {
+        assert_eq!(sixth.state, COMMITTED, "{sixth:?}");
+        committed.push(sixth);
+    }
+
     // Each side's position moved by exactly the committed refunds, once.
     let credited: rust_decimal::Decimal = committed.iter().map(|r| decimal(r.credited_amount.as_ref())).sum();
     let debited: rust_decimal::Decimal = committed.iter().map(|r| decimal(r.debited_amount.as_ref())).sum();
@@ -564,7 +592,11 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     assert_eq!(refunded.len(), committed.len(), "{refunded:?}");
     let merchant_events = all_events(&merchant).await;
     let count = |kind: wire::EventKind| merchant_events.iter().filter(|e| e.kind == kind as i32).count();
-    assert_eq!((count(wire::EventKind::RefundDebited), count(wire::EventKind::RefundAborted)), (committed.len(), 1));
+    let aborted_refunds = 1 + usize::from(aborted_after_prepare);
+    assert_eq!(
+        (count(wire::EventKind::RefundDebited), count(wire::EventKind::RefundAborted)),
+        (committed.len(), aborted_refunds)
+    );
 
     // Every invariant of the mesh, refunds counted: books balanced,
     // positions adding up to transfers and refunds, refunds within their
@@ -573,9 +605,10 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     let observed = observe::live_mesh(mesh, partners, Duration::from_secs(30), "process").await.unwrap();
     let refunds = &observed.observation.as_ref().unwrap().regions;
     let views: usize = refunds.values().map(|r| r.refunds.len()).sum();
-    // Each refund seen by its payee, each committed one by its payer too
-    // (the one cut off never reached the payer's region).
-    assert_eq!(views, 2 * committed.len() + 1);
+    // Each refund seen by its payee, each committed one by its payer too,
+    // and the one aborted after the payer prepared (the one cut off before
+    // never reached the payer's region).
+    assert_eq!(views, 2 * committed.len() + 1 + 2 * usize::from(aborted_after_prepare));
     let checkers = check::of_observation();
     let verdict = check::check_with(&checkers, &observed);
     assert!(verdict.passed(), "{}", verdict.failures(5));
