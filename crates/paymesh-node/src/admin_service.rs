@@ -772,6 +772,7 @@ impl AdminService for AdminServer {
         let r = request.into_inner();
         let partner = convert::partner_id("partner_id", &r.partner_id)?;
         self.gateway.linearizable().await?;
+        let mut after = r.after_cursor;
         {
             let applied = self.gateway.state_machine.applied();
             if applied.state.webhook(&partner).is_none() {
@@ -782,14 +783,19 @@ impl AdminService for AdminServer {
                 return Err(invalid("after_cursor", format!("{} is beyond the newest event {newest}", r.after_cursor)));
             }
             let history = self.gateway.state_machine.history();
-            if let Err(expired) = applied.state.events_after(&partner, r.after_cursor, 0, history) {
-                return Err(Status::out_of_range(format!(
-                    "after_cursor {}: events before {} are no longer retained",
-                    expired.requested, expired.oldest
-                )));
+            match applied.state.events_after(&partner, after, 0, history) {
+                Ok(_) => {}
+                // 0 means from the oldest event history still holds.
+                Err(expired) if after == 0 => after = expired.oldest.saturating_sub(1),
+                Err(expired) => {
+                    return Err(Status::out_of_range(format!(
+                        "after_cursor {}: events before {} are no longer retained",
+                        expired.requested, expired.oldest
+                    )))
+                }
             }
         }
-        let body = CommandBody::ReplayWebhook { partner: partner.clone(), after: r.after_cursor };
+        let body = CommandBody::ReplayWebhook { partner: partner.clone(), after };
         let reject_code = self.apply(&operator, body).await?;
         Ok(Response::new(wire::ReplayWebhookResponse {
             webhook: self.webhook_out(&partner).filter(|_| reject_code == 0),

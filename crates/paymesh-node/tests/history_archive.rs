@@ -27,6 +27,7 @@ use paymesh_node::partner_service::PartnerServer;
 use paymesh_node::testing::{seed_old_log, Seeded, SEED_PAYER};
 use paymesh_node::{retention, Node};
 use paymesh_proto::admin::v1 as admin;
+use paymesh_proto::admin::v1::admin_service_server::AdminService;
 use paymesh_proto::admin::v1::history_service_server::HistoryService;
 use paymesh_proto::common::v1 as common;
 use paymesh_proto::partner::v1 as wire;
@@ -366,6 +367,21 @@ async fn old_history_is_archived_confirmed_and_deleted_and_the_node_serves_the_r
         other => panic!("{other:?}"),
     }
     assert_eq!(history.events_after(&wallet, old_cursor, 10).unwrap().len(), 1);
+
+    // A webhook replayed from cursor 0 starts at the oldest event history
+    // still holds; a cursor inside the deleted range is OUT_OF_RANGE.
+    let operators = paymesh_node::admin_service::AdminServer::new(f._pipeline.gateway.clone());
+    let set = admin::SetWebhookRequest {
+        partner_id: SEED_PAYER.into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "0123456789abcdef0123456789abcdef".into(),
+    };
+    assert_eq!(operators.set_webhook(operator(set)).await.unwrap().into_inner().reject_code, 0);
+    let replay = |after_cursor| admin::ReplayWebhookRequest { partner_id: SEED_PAYER.into(), after_cursor };
+    let replayed = operators.replay_webhook(operator(replay(0))).await.unwrap().into_inner();
+    assert_eq!(replayed.webhook.unwrap().delivered_cursor, old_cursor, "from the oldest event held");
+    let refused = operators.replay_webhook(operator(replay(1))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
 
     // Where history stands.
     let status = f.history.get_history_status(operator(admin::GetHistoryStatusRequest {})).await.unwrap();
