@@ -17,6 +17,5 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod sim;
-pub mod webhooks;
 pub mod workload;
 pub mod world;

@@ -18,11 +18,10 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Mesh};
 use crate::nemesis::{Fault, Schedule};
 use crate::report;
-use crate::webhooks;
 use crate::workload::{self, Recorder};
 use crate::world::{MERCHANTS, RATES, REGIONS, WALLETS};
 use paymesh_harness::history::{self, History, LocalityScan, Observation};
-use paymesh_harness::{check, locality, observe, settlement};
+use paymesh_harness::{check, locality, observe, settlement, webhooks};
 
 /// How long the mesh may take to be live again after a heal.
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);

@@ -25,7 +25,10 @@
 //! of its entries (refunds counted) and within its cap; refunds stay within
 //! their transfers and commit on both sides or neither; every replica holds the same state;
 //! every transfer is final; no file of a region holds another region's payer
-//! data. Its own checks add that every retried request got its first answer.
+//! data; plus the settlement windows' and the webhooks' checkers (every
+//! partner has a webhook, with a receiver on this machine's loopback, and
+//! must have received each of its events once after dedupe, in order,
+//! signed). Its own checks add that every retried request got its first answer.
 //!
 //! The world (partners, prefunding, corridors, rates, routes) is
 //! [`paymesh_harness::world`]; the observation and the checkers are the
@@ -45,8 +48,9 @@ use paymesh_client::PartnerClient;
 use paymesh_harness::admin_calls::{call_region, money};
 use paymesh_harness::mesh::LocalMesh;
 use paymesh_harness::wan::WanSettings;
+use paymesh_harness::webhook_receiver::ReceiverCa;
 use paymesh_harness::world::{configure, minor, regions, MERCHANTS, WALLETS};
-use paymesh_harness::{check, locality, observe, settlement};
+use paymesh_harness::{check, locality, observe, settlement, webhooks};
 use paymesh_node::config::GROUP_COMMIT_INTERVAL_MS_MAX;
 use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::common::v1 as common;
@@ -736,8 +740,25 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         (None, Vec::new())
     };
     let node_env: Vec<(&str, &str)> = node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut mesh = LocalMesh::start(&dir, &exe, &regions(), 3, &raft, wan, &node_env).await?;
+    let mut mesh = LocalMesh::plan(&dir, &exe, &regions(), 3, &raft, wan, &node_env).await?;
+    // Every partner gets a webhook: receivers on this machine's loopback
+    // under a CA of their own, which every node trusts.
+    let webhook_ca = ReceiverCa::new(&dir)?;
+    let section = format!("[webhooks]\nca_cert = \"{}\"\n", webhook_ca.ca_file().display());
+    for region in mesh.regions.values_mut() {
+        for node in region.nodes.values_mut() {
+            node.extra_config.push_str(&section);
+        }
+    }
+    mesh.launch().await?;
     configure(&mesh).await?;
+    let operators = {
+        let named = mesh.regions.iter().map(|(name, region)| (name.as_str(), region)).collect::<Vec<_>>();
+        settlement::operators(&named)?
+    };
+    let partners: Vec<(&str, &str)> =
+        WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1))).collect();
+    let watched = webhooks::register(&webhook_ca, &operators, &partners).await.context("registering webhooks")?;
     println!("mesh up and configured in {:.1} s", started.elapsed().as_secs_f64());
 
     let seconds = args.duration.unwrap_or(INTERACTIVE_SECONDS);
@@ -1011,8 +1032,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     if let Some(observation) = observed.observation.as_mut() {
         observation.settlement = Some(gathered);
     }
+    let delivered = webhooks::observe(&watched, &operators, SETTLE_TIMEOUT).await.context("observing the webhooks")?;
+    println!(
+        "webhooks: {} partners, {} events delivered ({} distinct)",
+        delivered.len(),
+        delivered.iter().map(|w| w.delivered.len()).sum::<usize>(),
+        delivered.iter().map(|w| w.delivered.iter().collect::<HashSet<_>>().len()).sum::<usize>()
+    );
+    observed.webhooks = Some(delivered);
     let mut checkers = check::of_observation();
     checkers.push(Box::new(check::Settlement));
+    checkers.push(Box::new(check::Webhooks));
     let verdict = check::check_with(&checkers, &observed);
     let mut checks: Vec<Check> = verdict
         .checkers

@@ -33,4 +33,5 @@ pub mod observe;
 pub mod settlement;
 pub mod wan;
 pub mod webhook_receiver;
+pub mod webhooks;
 pub mod world;

@@ -1,17 +1,18 @@
-//! The partners' webhooks in a chaos run (process backend): a receiver per
-//! partner on this machine's loopback, registered before the workload
-//! starts; an outage of every receiver for a stretch of the run; and, once
-//! the mesh has settled, what each receiver got, for the `webhooks`
-//! checker (every event once after dedupe, in cursor order, signed).
+//! Partners' webhooks in a mesh of local processes (the chaos suite's
+//! process backend, the demo): a receiver per partner on this machine's
+//! loopback, registered before the workload starts; an outage of every
+//! receiver when a run wants one; and, once the mesh has settled, what each
+//! receiver got, for the `webhooks` checker (every event once after dedupe,
+//! in cursor order, signed).
 
 use std::time::{Duration, Instant};
 
+use crate::admin_calls::call_region;
+use crate::history::WebhookObservation;
+use crate::webhook_receiver::{Behaviour, Receiver, ReceiverCa};
 use anyhow::Context;
 use paymesh_client::webhook::verify;
 use paymesh_client::Region;
-use paymesh_harness::admin_calls::call_region;
-use paymesh_harness::history::WebhookObservation;
-use paymesh_harness::webhook_receiver::{Behaviour, Receiver, ReceiverCa};
 use paymesh_proto::admin::v1 as wire;
 
 /// The status the receivers answer during their outage.
