@@ -48,7 +48,7 @@ impl ProcessMesh {
         let mut mesh = LocalMesh::plan(dir, exe, &world::regions()?, MEMBERS, RAFT_SETTINGS, wan, &[]).await?;
         let webhook_ca = ReceiverCa::new(dir)?;
         // Retries capped at 5 s, so a receiver's outage ends soon after it does.
-        let webhooks = format!("[webhooks]\nca_cert = \"{}\"\nretry_max_ms = 5000\n", webhook_ca.ca_file().display());
+        let webhooks = webhook_ca.node_config("retry_max_ms = 5000");
         let mut raft_links = BTreeMap::new();
         let mut proxies = JoinSet::new();
         for (name, region) in &mut mesh.regions {

@@ -744,7 +744,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     // Every partner gets a webhook: receivers on this machine's loopback
     // under a CA of their own, which every node trusts.
     let webhook_ca = ReceiverCa::new(&dir)?;
-    let section = format!("[webhooks]\nca_cert = \"{}\"\n", webhook_ca.ca_file().display());
+    let section = webhook_ca.node_config("");
     for region in mesh.regions.values_mut() {
         for node in region.nodes.values_mut() {
             node.extra_config.push_str(&section);

@@ -51,7 +51,9 @@ async fn pay(client: &paymesh_client::PartnerClient, key: &str) -> Duration {
 /// The events of every delivery a receiver accepted, in arrival order,
 /// each delivery verified with one of `secrets` at its arrival.
 fn accepted_events(receiver: &Receiver, secrets: &[&str]) -> Vec<WebhookEvent> {
-    receiver.accepted().iter().flat_map(|r| verified(r, secrets).events).collect()
+    let (events, unverified) = receiver.events(secrets, TOLERANCE_MS);
+    assert_eq!(unverified, 0, "deliveries that did not verify");
+    events.into_iter().map(|(_, event)| event).collect()
 }
 
 fn verified(received: &Received, secrets: &[&str]) -> Delivery {

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use paymesh_client::webhook::{verify, WebhookEvent};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -77,6 +78,12 @@ impl ReceiverCa {
     /// The CA certificate's file, for the nodes' `[webhooks] ca_cert`.
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
+    }
+
+    /// A node configuration's `[webhooks]` section trusting this CA, with
+    /// `settings` (more lines of the section, or nothing).
+    pub fn node_config(&self, settings: &str) -> String {
+        format!("[webhooks]\nca_cert = \"{}\"\n{settings}\n", self.ca_file.display())
     }
 
     /// Start a receiver on a free loopback port, answering with `behaviour`.
@@ -179,5 +186,22 @@ impl Receiver {
     /// The requests answered 2xx so far, in arrival order.
     pub fn accepted(&self) -> Vec<Received> {
         self.received().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+    }
+
+    /// The events of every delivery accepted so far, in arrival order
+    /// (repeats included), each with its delivery's arrival in Unix
+    /// milliseconds; a delivery is counted, not read, unless it verifies
+    /// with one of `secrets` at its arrival within `tolerance_ms`. The
+    /// events, and how many deliveries did not verify.
+    pub fn events(&self, secrets: &[&str], tolerance_ms: u64) -> (Vec<(u64, WebhookEvent)>, usize) {
+        let (mut events, mut bad) = (Vec::new(), 0);
+        for received in self.accepted() {
+            let arrived = received.at_unix_ms;
+            match verify(secrets.iter().copied(), &received.signature, &received.body, arrived, tolerance_ms) {
+                Ok(delivery) => events.extend(delivery.events.into_iter().map(|e| (arrived, e))),
+                Err(_) => bad += 1,
+            }
+        }
+        (events, bad)
     }
 }

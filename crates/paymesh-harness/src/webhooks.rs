@@ -7,11 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::admin_calls::call_region;
+use crate::admin_calls::{accepted, call_region};
 use crate::history::WebhookObservation;
 use crate::webhook_receiver::{Behaviour, Receiver, ReceiverCa};
 use anyhow::Context;
-use paymesh_client::webhook::verify;
 use paymesh_client::Region;
 use paymesh_proto::admin::v1 as wire;
 
@@ -40,15 +39,9 @@ pub async fn register(
         let operator = operator(operators, region)?;
         let receiver = ca.receiver(Behaviour::Accept).await?;
         let secret = format!("chaos-webhook-secret-of-{partner}");
-        let request =
-            wire::SetWebhookRequest { partner_id: (*partner).to_owned(), url: receiver.url(), secret: secret.clone() };
-        let answer = call_region(operator, |mut c| {
-            let r = request.clone();
-            async move { c.set_webhook(r).await }
-        })
-        .await
-        .with_context(|| format!("registering {region}/{partner}'s webhook"))?;
-        let hook = answer.webhook.with_context(|| format!("{region}/{partner}'s webhook was not stored"))?;
+        let hook = set(operator, partner, &receiver.url(), &secret)
+            .await
+            .with_context(|| format!("registering {region}/{partner}'s webhook"))?;
         watched.push(Watched {
             region: (*region).to_owned(),
             partner: (*partner).to_owned(),
@@ -58,6 +51,20 @@ pub async fn register(
         });
     }
     Ok(watched)
+}
+
+/// Register `partner`'s webhook at `url`, signed with `secret`, through
+/// its region's `operator`: the webhook as stored, or why not.
+pub async fn set(operator: &Region, partner: &str, url: &str, secret: &str) -> anyhow::Result<wire::Webhook> {
+    let request =
+        wire::SetWebhookRequest { partner_id: partner.to_owned(), url: url.to_owned(), secret: secret.to_owned() };
+    let answer = call_region(operator, |mut c| {
+        let r = request.clone();
+        async move { c.set_webhook(r).await }
+    })
+    .await?;
+    accepted(answer.reject_code)?;
+    answer.webhook.context("the node stored the webhook but did not return it")
 }
 
 fn operator<'a>(operators: &'a [(String, Region)], region: &str) -> anyhow::Result<&'a Region> {
@@ -101,15 +108,9 @@ pub async fn observe(
 }
 
 fn observed_now(hook: &Watched, state: Option<&wire::Webhook>) -> WebhookObservation {
-    let mut delivered = Vec::new();
-    let mut bad_signatures = 0;
-    for received in hook.receiver.accepted() {
-        // Verified at its arrival, with a tolerance for the nodes' clocks.
-        match verify([hook.secret.as_str()], &received.signature, &received.body, received.at_unix_ms, 60_000) {
-            Ok(delivery) => delivered.extend(delivery.events.iter().map(|e| e.cursor)),
-            Err(_) => bad_signatures += 1,
-        }
-    }
+    // Verified at its arrival, with a tolerance for the nodes' clocks.
+    let (events, bad_signatures) = hook.receiver.events(&[&hook.secret], 60_000);
+    let delivered = events.into_iter().map(|(_, e)| e.cursor).collect();
     WebhookObservation {
         region: hook.region.clone(),
         partner: hook.partner.clone(),

@@ -215,7 +215,7 @@ impl PaymeshTarget {
         let mut region = LocalRegion::plan(&config.dir, REGION, &exe, OPERATOR, holders, config.nodes, &raft)?;
         let receivers = if config.webhooks {
             let ca = ReceiverCa::new(&config.dir)?;
-            let section = format!("[webhooks]\nca_cert = \"{}\"\n", ca.ca_file().display());
+            let section = ca.node_config("");
             for node in region.nodes.values_mut() {
                 node.extra_config = section.clone();
             }
@@ -232,19 +232,9 @@ impl PaymeshTarget {
             for index in 0..config.payees {
                 let answers = index >= config.webhooks_stuck;
                 let receiver = ca.receiver(if answers { Behaviour::Accept } else { Behaviour::Hang }).await?;
-                let request = admin::SetWebhookRequest {
-                    partner_id: payee_id(index),
-                    url: receiver.url(),
-                    secret: WEBHOOK_SECRET.to_owned(),
-                };
-                let answer = call_region(&operator, |mut c| {
-                    let r = request.clone();
-                    async move { c.set_webhook(r).await }
-                })
-                .await?;
-                if answer.reject_code != 0 {
-                    bail!("registering {}'s webhook: {}", payee_id(index), reject_name(answer.reject_code));
-                }
+                paymesh_harness::webhooks::set(&operator, &payee_id(index), &receiver.url(), WEBHOOK_SECRET)
+                    .await
+                    .with_context(|| format!("registering {}'s webhook", payee_id(index)))?;
                 webhooks.push((payee_id(index), answers, receiver));
             }
         }
@@ -300,22 +290,15 @@ impl PaymeshTarget {
             let mut behind = false;
             for (payee, _, receiver) in self.webhooks.iter().filter(|(_, answers, _)| *answers) {
                 let mut seen = std::collections::BTreeSet::new();
-                for received in receiver.accepted() {
-                    let delivery = paymesh_client::webhook::verify(
-                        [WEBHOOK_SECRET],
-                        &received.signature,
-                        &received.body,
-                        received.at_unix_ms,
-                        60_000,
-                    )
-                    .with_context(|| format!("a delivery to {payee} did not verify"))?;
-                    for event in delivery.events {
-                        if seen.insert(event.cursor) {
-                            let at = u64::try_from(event.at_unix_ms).unwrap_or(0);
-                            latencies.push(received.at_unix_ms.saturating_sub(at));
-                        } else {
-                            repeats += 1;
-                        }
+                let (delivered, bad) = receiver.events(&[WEBHOOK_SECRET], 60_000);
+                if bad > 0 {
+                    bail!("{bad} deliveries to {payee} did not verify");
+                }
+                for (arrived, event) in delivered {
+                    if seen.insert(event.cursor) {
+                        latencies.push(arrived.saturating_sub(u64::try_from(event.at_unix_ms).unwrap_or(0)));
+                    } else {
+                        repeats += 1;
                     }
                 }
                 let want = newest.get(payee).copied().unwrap_or(0);

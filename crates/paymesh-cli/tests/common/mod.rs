@@ -173,15 +173,8 @@ impl Region {
     /// Register `partner`'s webhook at `url` signed with `secret`; panics
     /// unless it is stored.
     pub async fn set_webhook(&self, partner: &str, url: &str, secret: &str) -> wire::Webhook {
-        let request = wire::SetWebhookRequest { partner_id: partner.into(), url: url.into(), secret: secret.into() };
-        let response = self
-            .admin(|mut c| {
-                let r = request.clone();
-                async move { c.set_webhook(r).await }
-            })
-            .await;
-        assert_eq!(response.reject_code, 0, "{response:?}");
-        response.webhook.unwrap()
+        let operator = self.sdk(&self.operator_stem()).unwrap();
+        paymesh_harness::webhooks::set(&operator, partner, url, secret).await.unwrap()
     }
 
     /// Credit partner `id` with `amount` dollars under `reference`.
@@ -409,7 +402,7 @@ pub fn data_dir(region: &Region, id: u64) -> &Path {
 pub async fn region_with_webhooks(settings: &str) -> (Region, ReceiverCa) {
     let mut region = Region::plan(3, "");
     let ca = ReceiverCa::new(region.path()).unwrap();
-    let section = format!("[webhooks]\nca_cert = \"{}\"\n{settings}\n", ca.ca_file().display());
+    let section = ca.node_config(settings);
     for node in region.nodes.values_mut() {
         node.extra_config = section.clone();
     }
