@@ -70,8 +70,6 @@ pub struct Live {
     pub last_error: Option<String>,
     /// When the next attempt is due, Unix milliseconds, while waiting to retry.
     pub next_attempt_unix_ms: Option<u64>,
-    /// The last cursor the endpoint acknowledged (perhaps not recorded yet).
-    pub sent: u64,
 }
 
 impl Webhooks {
@@ -256,7 +254,7 @@ async fn deliver_to(gateway: Gateway, client: reqwest::Client, partner: PartnerI
                 sent = last;
                 failures = 0;
                 failing_since = None;
-                gateway.webhooks.update(&partner, |live| *live = Live { sent, ..Live::default() });
+                gateway.webhooks.update(&partner, |live| *live = Live::default());
             }
             Err(why) => {
                 failures = failures.saturating_add(1);
@@ -283,7 +281,6 @@ async fn deliver_to(gateway: Gateway, client: reqwest::Client, partner: PartnerI
                         failing_since_unix_ms: Some(failing_since_unix_ms),
                         last_error: Some(why.chars().take(ERROR_TEXT_MAX).collect()),
                         next_attempt_unix_ms: Some(now + u64::try_from(delay.as_millis()).unwrap_or(0)),
-                        sent,
                     }
                 });
                 tokio::time::sleep(delay).await;
