@@ -203,6 +203,19 @@ pub(crate) enum CorridorCommand {
         #[command(flatten)]
         corridor: CorridorArg,
     },
+    /// Set at what rate the corridor's refunds credit payers back:
+    /// `original` (the payment's own rate, the default) or `current` (the
+    /// mid rate when the payer's region reserves the credit, no spread).
+    /// A payer's cancel always gives back the whole principal.
+    RefundRate {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        corridor: CorridorArg,
+        /// `original` or `current`.
+        #[arg(long, value_enum)]
+        rate: RefundRateArg,
+    },
     /// Show one corridor and its FX rates that have not expired.
     Show {
         #[command(flatten)]
@@ -215,6 +228,15 @@ pub(crate) enum CorridorCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// At what rate a corridor's refunds credit payers back.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum RefundRateArg {
+    /// The payment's own rate.
+    Original,
+    /// The corridor's mid rate when the refund is prepared.
+    Current,
 }
 
 /// `paymesh fx …`
@@ -434,8 +456,11 @@ fn corridor_line(c: &wire::Corridor) -> String {
             )
         },
     );
+    let refunds = wire::RefundRate::try_from(c.refund_rate)
+        .map_or("?", |r| r.as_str_name().trim_start_matches("REFUND_RATE_"))
+        .to_lowercase();
     format!(
-        "{}  {}  spread {} bp  fee {}  amounts {} to {}  daily cap {}",
+        "{}  {}  spread {} bp  fee {}  amounts {} to {}  daily cap {}  refunds at the {refunds} rate",
         corridor_name(c.corridor.as_ref()),
         status.to_lowercase(),
         c.spread_bps,
@@ -647,6 +672,21 @@ pub(crate) async fn corridor(command: CorridorCommand) -> anyhow::Result<()> {
         }
         CorridorCommand::Activate { target, corridor } => {
             set_corridor_status(&target, &corridor, wire::CorridorStatus::Active).await?;
+        }
+        CorridorCommand::RefundRate { target, corridor, rate } => {
+            let refund_rate = match rate {
+                RefundRateArg::Original => wire::RefundRate::Original,
+                RefundRateArg::Current => wire::RefundRate::Current,
+            };
+            let request =
+                wire::SetCorridorRefundRateRequest { corridor: Some(corridor.wire()), refund_rate: refund_rate as i32 };
+            let answer = call(&target, |mut c| {
+                let request = request.clone();
+                async move { c.set_corridor_refund_rate(request).await }
+            })
+            .await?;
+            let stored = answer.corridor.context("the node stored the refund rate but did not return the corridor")?;
+            println!("stored  {}", corridor_line(&stored));
         }
         CorridorCommand::Show { target, corridor } => {
             let request = wire::GetCorridorRequest { corridor: Some(corridor.wire()) };

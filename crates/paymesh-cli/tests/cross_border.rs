@@ -405,6 +405,21 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     mesh.stop().unwrap();
 }
 
+/// Run `paymesh ARGS` against `region`'s nodes as its operator: the exit
+/// code, and stdout then stderr.
+fn operator_cli(mesh: &LocalMesh, region: &str, args: &[&str]) -> (i32, String) {
+    let local = mesh.region(region).unwrap();
+    let [ca, cert, key] = local.cert_files(&local.operator_stem());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paymesh"));
+    command.args(args);
+    for addr in local.api_addrs() {
+        command.args(["--node", &addr]);
+    }
+    let output = command.arg("--ca").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
 /// Ask `merchant` to refund `amount` of `transfer` under `key`: the answer.
 async fn refund(
     merchant: &PartnerClient,
@@ -461,7 +476,7 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     // The refund's way: cn-east coordinates, us-west prepares the credit.
     let link = mesh.link("cn-east", "us-west").unwrap().clone();
     let mut payments = Vec::new();
-    for i in 0..6 {
+    for i in 0..7 {
         payments.push(pay(&client, &format!("to-refund-{i}"), 10_000 + i).await);
     }
     let ids: Vec<String> = payments.iter().map(|t| t.transfer_id.clone()).collect();
@@ -565,6 +580,26 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
         assert_eq!(sixth.state, COMMITTED, "{sixth:?}");
         committed.push(sixth);
     }
+
+    // 7. The operator has the corridor refund at the current rate and the
+    // dollar weakens (7.10 to 6.50): the payer's region prices the credit
+    // at 6.50, more than the principal, and the coordinator records what
+    // the payer's region reserved.
+    let corridor = ["--from", "us-west:USD", "--to", "cn-east:CNY"];
+    let (code, out) =
+        operator_cli(mesh, "us-west", &[&["corridor", "refund-rate"][..], &corridor, &["--rate", "current"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("refunds at the current rate"), "{out}");
+    let (code, out) = operator_cli(mesh, "us-west", &[&["fx", "set"][..], &corridor, &["--rate", "6.50"]].concat());
+    assert_eq!(code, 0, "{out}");
+    let seventh = refund(&merchant, "refund-6", &payments[6], &full(&payments[6])).await.refund.unwrap();
+    let seventh = refund_final(&merchant, &seventh.refund_id, Duration::from_secs(30)).await;
+    assert_eq!(seventh.state, COMMITTED, "{seventh:?}");
+    let at_current = (decimal(payments[6].destination_amount.as_ref()) / rust_decimal::Decimal::new(650, 2))
+        .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::ToZero);
+    assert_eq!(decimal(seventh.credited_amount.as_ref()), at_current, "{seventh:?}");
+    assert!(at_current > decimal(payments[6].source_amount.as_ref()));
+    committed.push(seventh);
 
     // Each side's position moved by exactly the committed refunds, once.
     let credited: rust_decimal::Decimal = committed.iter().map(|r| decimal(r.credited_amount.as_ref())).sum();

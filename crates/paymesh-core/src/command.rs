@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::corridor::{CorridorId, CorridorTerms, QuoteAmount};
+use crate::corridor::{CorridorId, CorridorTerms, QuoteAmount, RefundRate};
 use crate::directory::{PayeeRoute, QrPrefix};
 use crate::fx::{FxRate, Rate};
 use crate::id::{
@@ -335,6 +335,14 @@ pub enum CommandBody {
         through: u64,
         /// What the last attempt met.
         reason: Reason,
+    },
+    /// Set at what rate a corridor whose source is this region gives payers
+    /// back their share of refunded payments.
+    SetCorridorRefundRate {
+        /// The corridor.
+        corridor: CorridorId,
+        /// The rate refunds use from now on.
+        rate: RefundRate,
     },
 }
 
@@ -710,6 +718,11 @@ pub enum PrepareReply {
     Prepared,
     /// Refused; the coordinator must abort.
     Rejected(RejectCode),
+    /// A refund's payer credit is reserved, at this amount rather than the
+    /// one asked: the payment's corridor refunds at the current rate
+    /// ([`crate::corridor::RefundRate::Current`]). The coordinator records
+    /// the amount as the refund's credit; the decision may be commit.
+    PreparedCredit(Money),
 }
 
 /// The coordinator's decision.
@@ -861,7 +874,8 @@ impl CommandBody {
             | CommandBody::SetRegionSetting(_)
             | CommandBody::SetWebhook { .. }
             | CommandBody::RemoveWebhook { .. }
-            | CommandBody::ReplayWebhook { .. } => true,
+            | CommandBody::ReplayWebhook { .. }
+            | CommandBody::SetCorridorRefundRate { .. } => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::CreateFreshTransfer { .. }

@@ -200,6 +200,52 @@ impl From<CorridorTerms> for TermsRepr {
     }
 }
 
+/// At what rate a corridor gives a payer back its share of a refunded
+/// payment. Set per corridor by its operator; [`RefundRate::Original`]
+/// unless set. A payer's cancel undoes the payment and always gives back
+/// the principal, whatever the corridor says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RefundRate {
+    /// At the payment's own rate: the payer is credited its share of the
+    /// principal, and a payment refunded in full gives back the principal
+    /// to the unit. Nexus' rule; the default.
+    #[default]
+    Original,
+    /// At the corridor's mid rate when the payer's region prepares the
+    /// credit, with no spread, rounded down: the payer bears or gains what
+    /// the rate moved since the payment, as with card refunds. The credit
+    /// over all refunds may then differ from the principal; what is taken
+    /// back from the payee is still bounded by what it received.
+    Current,
+}
+
+impl RefundRate {
+    /// The name operators use: `original` or `current`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundRate::Original => "original",
+            RefundRate::Current => "current",
+        }
+    }
+}
+
+impl fmt::Display for RefundRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RefundRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "original" => Ok(RefundRate::Original),
+            "current" => Ok(RefundRate::Current),
+            other => Err(format!("refund rate {:?}: expected `original` or `current`", truncate_for_error(other))),
+        }
+    }
+}
+
 /// Which side of a quote the partner fixed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuoteAmount {
@@ -334,6 +380,19 @@ impl Corridor {
         Ok(Priced { rate, source, destination, fee, total_debit })
     }
 
+    /// What a payer is credited, in the source currency, for `taken` (in
+    /// the destination currency) given back at `now`'s mid rate with no
+    /// spread, rounded down: the credit of a refund under
+    /// [`RefundRate::Current`]. At exactly 1 for same-currency corridors.
+    pub fn refund_credit_now(&self, taken: Money, now: Timestamp) -> Result<Money, RejectCode> {
+        if taken.currency() != self.id.destination_currency {
+            return Err(RejectCode::CurrencyMismatch);
+        }
+        let rate =
+            if self.id.converts() { self.mid_rate(now).ok_or(RejectCode::RateUnavailable)?.mid() } else { Rate::ONE };
+        source_for(taken, rate, self.id.source_currency, Rounding::Down).map_err(|_| RejectCode::AmountAboveMaximum)
+    }
+
     /// Count `amount` against the daily cap of `now`'s UTC day, or refuse it.
     pub fn use_daily(&mut self, amount: Money, now: Timestamp) -> Result<(), RejectCode> {
         let day = now.utc_day();
@@ -453,6 +512,25 @@ mod tests {
         assert_eq!(c.add_rate(eur, T0), Err(RejectCode::CurrencyMismatch));
         let ended = rate("7.7", 1_000, 2_000);
         assert_eq!(c.add_rate(ended, T0.plus_ms(95_000)), Err(RejectCode::RateNotApplicable));
+    }
+
+    #[test]
+    fn a_refund_at_the_current_rate_converts_back_at_the_mid_rate_rounded_down() {
+        let mut c = corridor();
+        // 100 CNY at 7.2 (no spread on refunds) = 13.888… → 13.88 USD.
+        assert_eq!(c.refund_credit_now(cny("100"), T0), Ok(usd("13.88")));
+        let later = T0.plus_ms(30_000);
+        c.add_rate(FxRate::new(USD, CNY, Rate::parse("6.4").unwrap(), later, later.plus_ms(60_000)).unwrap(), T0)
+            .unwrap();
+        assert_eq!(c.refund_credit_now(cny("100"), later), Ok(usd("15.62")));
+        assert_eq!(c.refund_credit_now(usd("100"), later), Err(RejectCode::CurrencyMismatch));
+        assert_eq!(c.refund_credit_now(cny("100"), later.plus_ms(60_000)), Err(RejectCode::RateUnavailable));
+        for (text, rate) in [("original", RefundRate::Original), ("current", RefundRate::Current)] {
+            assert_eq!(text.parse::<RefundRate>(), Ok(rate));
+            assert_eq!(rate.to_string(), text);
+        }
+        assert!("mid".parse::<RefundRate>().is_err());
+        assert_eq!(RefundRate::default(), RefundRate::Original);
     }
 
     #[test]

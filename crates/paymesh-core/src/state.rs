@@ -45,7 +45,7 @@ use crate::command::{
     Batch, Command, CommandBody, CommandId, Decision, Fingerprint, OutboxMessage, OutboxMessageV1, PayerDetails,
     PrepareMessage, PrepareReply, RefundPrepare, RefundRequest, TickReport, TransferRequest,
 };
-use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount};
+use crate::corridor::{Corridor, CorridorId, CorridorTerms, QuoteAmount, RefundRate};
 use crate::currency::Currency;
 use crate::directory::{Directory, Payee, PayeeRoute};
 use crate::fx::FxRate;
@@ -348,6 +348,10 @@ pub struct State {
     /// Partners' webhooks ([`crate::webhook`]).
     #[serde(with = "crate::serde_seq")]
     webhooks: OrdMap<PartnerId, Webhook>,
+    /// Corridors that refund at another rate than
+    /// [`RefundRate::Original`], by corridor.
+    #[serde(with = "crate::serde_seq")]
+    refund_rates: OrdMap<CorridorId, RefundRate>,
     /// Settlement windows closed or settled in the batch being applied.
     /// Empty between batches.
     #[serde(skip)]
@@ -391,6 +395,23 @@ pub struct PendingCancel {
     pub principal: Money,
     /// When the payee's region answered that it started the refund.
     pub accepted_at: Option<Timestamp>,
+}
+
+/// A state as snapshot images of format 9 hold it, before corridors'
+/// refund rates: the fields of format 8, then the webhooks. Read, and
+/// converted with every corridor refunding at the original rate.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV9 {
+    v8: StateV8,
+    #[serde(with = "crate::serde_seq")]
+    webhooks: OrdMap<PartnerId, Webhook>,
+}
+
+impl From<StateV9> for State {
+    fn from(old: StateV9) -> State {
+        State { webhooks: old.webhooks, ..State::from(old.v8) }
+    }
 }
 
 /// A state as snapshot images of format 8 hold it, before webhooks: the
@@ -549,6 +570,7 @@ impl From<StateV4> for State {
             settlement,
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
+            refund_rates: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -777,6 +799,7 @@ impl State {
             settlement,
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
+            refund_rates: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -838,6 +861,7 @@ impl State {
             settlement: SettlementBook::default(),
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
+            refund_rates: OrdMap::new(),
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -1032,6 +1056,9 @@ impl State {
             CommandBody::WebhookDeadLettered { partner, generation, through, reason } => {
                 self.webhook_delivered(partner, *generation, *through, Some(reason), now).map(|()| Outcome::Done)
             }
+            CommandBody::SetCorridorRefundRate { corridor, rate } => {
+                self.set_corridor_refund_rate(corridor, *rate, now).map(|()| Outcome::Done)
+            }
             CommandBody::ByOperator { command, .. } => match **command {
                 CommandBody::ByOperator { .. } => Err(RejectCode::ProtocolViolation),
                 ref command if command.is_operator() => return self.execute(command, now, recall),
@@ -1108,7 +1135,7 @@ fn step_coordinated(
 /// contradicts the record.
 fn answer_event(state: CoordinatorState, reply: PrepareReply) -> OrReject<Option<CoordinatorEvent>> {
     let event = match reply {
-        PrepareReply::Prepared => CoordinatorEvent::Prepared,
+        PrepareReply::Prepared | PrepareReply::PreparedCredit(_) => CoordinatorEvent::Prepared,
         PrepareReply::Rejected(_) => CoordinatorEvent::PrepareRejected,
     };
     match coordinator_step(state, event) {

@@ -260,6 +260,11 @@ pub struct RegionObservation {
     /// view (a same-region refund is seen by its payee and its payer).
     #[serde(default)]
     pub refunds: Vec<ObservedRefund>,
+    /// The region's corridors whose refunds credit payers at the current
+    /// rate rather than the payment's (`USD:us-west->CNY:cn-east`): their
+    /// refunds may give a payer back more than it paid.
+    #[serde(default)]
+    pub current_rate_corridors: Vec<String>,
 }
 
 /// What the mesh holds once the faults healed and the run waited for

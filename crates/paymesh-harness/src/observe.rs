@@ -170,6 +170,7 @@ pub async fn region_now(name: &str, region: &LocalRegion, partners: Partners<'_>
     // (a node just restarted replays its log): it counts only if taken at or
     // after the index every replica had reached, and so after every write
     // the transfers and positions read above reflect.
+    out.current_rate_corridors = current_rate_corridors(region).await?;
     out.replicas = replicas(region).await?;
     let reached = out.replicas.iter().map(|r| r.applied_index).max().unwrap_or(0);
     let summary =
@@ -192,6 +193,35 @@ pub async fn region_now(name: &str, region: &LocalRegion, partners: Partners<'_>
         );
     }
     Ok(out)
+}
+
+/// The corridors of `region` that refund at the current rate, by name.
+async fn current_rate_corridors(region: &LocalRegion) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut token = String::new();
+    for _ in 0..100 {
+        let request = admin::ListCorridorsRequest { page_size: 100, page_token: token.clone() };
+        let page = region
+            .admin(|mut c| {
+                let request = request.clone();
+                async move { c.list_corridors(request).await }
+            })
+            .await?;
+        for corridor in &page.corridors {
+            if corridor.refund_rate == admin::RefundRate::Current as i32 {
+                let id = corridor.corridor.as_ref().context("a corridor without its id")?;
+                found.push(format!(
+                    "{}:{}->{}:{}",
+                    id.source_currency, id.source_region, id.destination_currency, id.destination_region
+                ));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(found);
+        }
+        token = page.next_page_token;
+    }
+    anyhow::bail!("more than 100 pages of corridors")
 }
 
 /// Samples of every replica's applied index and digest, asked of all nodes

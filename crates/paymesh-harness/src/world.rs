@@ -46,6 +46,12 @@ pub const MERCHANTS: [Merchant; 4] = [
 pub const RATES: [Rate; 4] =
     [("USD", "CNY", "7.1000"), ("PHP", "CNY", "0.1250"), ("USD", "USD", "1"), ("PHP", "PHP", "1")];
 
+/// The corridors that refund at the current rate rather than the
+/// payment's, by (source currency, destination currency): a PHP wallet's
+/// refunds from CNY merchants, so every run with refunds takes both
+/// pricings, the payer's region answering with the credit it priced.
+pub const CURRENT_RATE_REFUNDS: [(&str, &str); 1] = [("PHP", "CNY")];
+
 /// The regions and the partners each certifies.
 pub fn regions() -> Vec<(&'static str, Vec<Identity>)> {
     let mut by_region: BTreeMap<&str, Vec<Identity>> = BTreeMap::new();
@@ -204,6 +210,19 @@ pub async fn configure_world(
                     })
                     .await?;
                 accepted(rated.reject_code).with_context(context)?;
+            }
+            if CURRENT_RATE_REFUNDS.contains(&(currency, merchant_currency)) {
+                let request = admin::SetCorridorRefundRateRequest {
+                    corridor: fx.corridor.clone(),
+                    refund_rate: admin::RefundRate::Current as i32,
+                };
+                region
+                    .admin(|mut c| {
+                        let request = request.clone();
+                        async move { c.set_corridor_refund_rate(request).await }
+                    })
+                    .await
+                    .with_context(context)?;
             }
             // Corridors are per wallet currency; the routes are the region's.
             let routed = region

@@ -115,6 +115,12 @@ impl AdminServer {
         }
     }
 
+    /// A corridor of this region as the applied state holds it now.
+    fn stored_corridor(&self, id: &paymesh_core::corridor::CorridorId) -> Option<wire::Corridor> {
+        let applied = self.gateway.state_machine.applied();
+        applied.state.corridor(id).map(|c| convert::corridor_out(c, applied.state.refund_rate(id)))
+    }
+
     fn settlement_window(&self, number: u64) -> Result<wire::SettlementWindow, Status> {
         let applied = self.gateway.state_machine.applied();
         let state = &applied.state;
@@ -520,7 +526,7 @@ impl AdminService for AdminServer {
         let terms = convert::corridor_terms(&r)?;
         let reject_code =
             self.apply(&operator, CommandBody::UpsertCorridor { corridor: corridor.clone(), terms }).await?;
-        let stored = self.gateway.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        let stored = self.stored_corridor(&corridor);
         Ok(Response::new(wire::UpsertCorridorResponse { corridor: stored.filter(|_| reject_code == 0), reject_code }))
     }
 
@@ -534,10 +540,25 @@ impl AdminService for AdminServer {
         let status = convert::corridor_status("status", r.status)?;
         let reject_code =
             self.apply(&operator, CommandBody::SetCorridorStatus { corridor: corridor.clone(), status }).await?;
-        let stored = self.gateway.state_machine.applied().state.corridor(&corridor).map(convert::corridor_out);
+        let stored = self.stored_corridor(&corridor);
         Ok(Response::new(wire::SetCorridorStatusResponse {
             corridor: stored.filter(|_| reject_code == 0),
             reject_code,
+        }))
+    }
+
+    async fn set_corridor_refund_rate(
+        &self,
+        request: Request<wire::SetCorridorRefundRateRequest>,
+    ) -> Result<Response<wire::SetCorridorRefundRateResponse>, Status> {
+        let operator = self.gateway.operator(&request)?;
+        let r = request.into_inner();
+        let corridor = convert::corridor_id("corridor", r.corridor.as_ref())?;
+        let rate = convert::refund_rate_in("refund_rate", r.refund_rate)?;
+        let reject_code =
+            self.apply(&operator, CommandBody::SetCorridorRefundRate { corridor: corridor.clone(), rate }).await?;
+        Ok(Response::new(wire::SetCorridorRefundRateResponse {
+            corridor: self.stored_corridor(&corridor).filter(|_| reject_code == 0),
         }))
     }
 
@@ -552,7 +573,7 @@ impl AdminService for AdminServer {
             applied.state.corridor(&id).ok_or_else(|| Status::not_found(format!("CorridorNotFound: {id}")))?;
         let now = crate::gateway::now();
         Ok(Response::new(wire::GetCorridorResponse {
-            corridor: Some(convert::corridor_out(corridor)),
+            corridor: Some(convert::corridor_out(corridor, applied.state.refund_rate(&id))),
             rates: corridor
                 .rates
                 .values()
@@ -573,7 +594,10 @@ impl AdminService for AdminServer {
         let (corridors, next_page_token) =
             page(applied.state.corridors(), |c| c.id.clone(), &r.page_token, page_size(r.page_size));
         Ok(Response::new(wire::ListCorridorsResponse {
-            corridors: corridors.into_iter().map(convert::corridor_out).collect(),
+            corridors: corridors
+                .into_iter()
+                .map(|c| convert::corridor_out(c, applied.state.refund_rate(&c.id)))
+                .collect(),
             next_page_token,
         }))
     }

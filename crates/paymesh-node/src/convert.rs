@@ -10,7 +10,7 @@
 use std::fmt::Display;
 
 use paymesh_core::command::{PayerDetails, PayerField};
-use paymesh_core::corridor::{Corridor, CorridorId, CorridorTerms};
+use paymesh_core::corridor::{Corridor, CorridorId, CorridorTerms, RefundRate};
 use paymesh_core::directory::{Payee, PayeeRoute, QrPrefix};
 use paymesh_core::fx::{BasisPoints, FeeSchedule, FxRate, Rate};
 use paymesh_core::history::{ListToken, Movement, MovementKind};
@@ -578,7 +578,7 @@ pub fn partner_limits(field: &str, limits: Option<&admin::PartnerLimits>) -> Res
 }
 
 /// The wire form of a corridor.
-pub fn corridor_out(corridor: &Corridor) -> admin::Corridor {
+pub fn corridor_out(corridor: &Corridor, refund_rate: RefundRate) -> admin::Corridor {
     let terms = &corridor.terms;
     admin::Corridor {
         corridor: Some(corridor_id_out(&corridor.id)),
@@ -597,6 +597,24 @@ pub fn corridor_out(corridor: &Corridor) -> admin::Corridor {
             BusinessStatus::Suspended => admin::CorridorStatus::Suspended,
         } as i32,
         updated_unix_ms: unix_ms(corridor.updated_at),
+        refund_rate: refund_rate_out(refund_rate) as i32,
+    }
+}
+
+/// The wire form of a corridor's refund rate.
+pub fn refund_rate_out(rate: RefundRate) -> admin::RefundRate {
+    match rate {
+        RefundRate::Original => admin::RefundRate::Original,
+        RefundRate::Current => admin::RefundRate::Current,
+    }
+}
+
+/// A corridor's refund rate from the wire; `field` names it in the error.
+pub fn refund_rate_in(field: &str, value: i32) -> Result<RefundRate, Status> {
+    match admin::RefundRate::try_from(value) {
+        Ok(admin::RefundRate::Original) => Ok(RefundRate::Original),
+        Ok(admin::RefundRate::Current) => Ok(RefundRate::Current),
+        _ => Err(Status::invalid_argument(format!("{field}: ORIGINAL or CURRENT required"))),
     }
 }
 

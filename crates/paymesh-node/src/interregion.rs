@@ -24,7 +24,9 @@ use paymesh_core::command::{
     CancelRequest, CommandBody, Decision, PrepareMessage, PrepareReply, Preparing, RefundPrepare,
 };
 use paymesh_core::corridor::CorridorId;
+use paymesh_core::currency::Currency;
 use paymesh_core::id::{MerchantId, PayerToken, RegionId, TransferId};
+use paymesh_core::money::Money;
 use paymesh_core::{Outcome, RejectCode};
 use paymesh_proto::interregion::v1 as wire;
 use paymesh_proto::interregion::v1::inter_region_service_client::InterRegionServiceClient;
@@ -321,7 +323,14 @@ pub fn prepare_out(preparing: &Preparing, to: &RegionId, traceparent: String) ->
 /// The core's reply from the wire; `None` for a reply that must be retried.
 pub fn reply_in(reply: &wire::PrepareReply) -> Option<PrepareReply> {
     match wire::PrepareResult::try_from(reply.result).ok()? {
-        wire::PrepareResult::Prepared => Some(PrepareReply::Prepared),
+        wire::PrepareResult::Prepared => Some(match &reply.refund_credit {
+            // A credit that does not parse is still an answer: the
+            // coordinator aborts on an unsound one rather than retry.
+            Some(credit) => PrepareReply::PreparedCredit(
+                convert::money("refund_credit", Some(credit)).unwrap_or_else(|_| Money::zero(Currency::USD)),
+            ),
+            None => PrepareReply::Prepared,
+        }),
         wire::PrepareResult::Rejected => Some(PrepareReply::Rejected(
             convert::reject_code_in(reply.reject_code).unwrap_or(RejectCode::ProtocolViolation),
         )),
@@ -331,14 +340,16 @@ pub fn reply_in(reply: &wire::PrepareReply) -> Option<PrepareReply> {
 
 /// The wire form of a participant's answer to one prepare.
 pub fn reply_out(transfer_id: &str, reply: PrepareReply) -> wire::PrepareReply {
-    let (result, code) = match reply {
-        PrepareReply::Prepared => (wire::PrepareResult::Prepared, None),
-        PrepareReply::Rejected(code) => (wire::PrepareResult::Rejected, Some(code)),
+    let (result, code, credit) = match reply {
+        PrepareReply::Prepared => (wire::PrepareResult::Prepared, None, None),
+        PrepareReply::PreparedCredit(credit) => (wire::PrepareResult::Prepared, None, Some(credit)),
+        PrepareReply::Rejected(code) => (wire::PrepareResult::Rejected, Some(code), None),
     };
     wire::PrepareReply {
         transfer_id: transfer_id.to_owned(),
         result: result as i32,
         reject_code: convert::reject_code_opt(code),
+        refund_credit: credit.as_ref().map(convert::money_out),
     }
 }
 
@@ -496,6 +507,27 @@ mod tests {
         tracing::subscriber::with_default(fields.clone(), make);
         let recorded = fields.0.lock().unwrap();
         recorded.iter().filter(|(name, _)| name == "transfer").map(|(_, value)| value.clone()).collect()
+    }
+
+    #[test]
+    fn a_priced_refund_credit_crosses_the_wire_and_a_malformed_one_aborts_rather_than_retries() {
+        let credit = Money::parse("1212.88", Currency::PHP).unwrap();
+        for reply in [
+            PrepareReply::Prepared,
+            PrepareReply::PreparedCredit(credit),
+            PrepareReply::Rejected(RejectCode::RateUnavailable),
+        ] {
+            assert_eq!(reply_in(&reply_out("cn-east:7", reply)), Some(reply));
+        }
+        assert_eq!(reply_out("cn-east:7", PrepareReply::Prepared).refund_credit, None);
+        // A credit that does not parse is still an answer, one the
+        // coordinator finds unsound (nothing) and aborts on.
+        let mut garbled = reply_out("cn-east:7", PrepareReply::PreparedCredit(credit));
+        garbled.refund_credit.as_mut().unwrap().amount = "12.3.4".into();
+        match reply_in(&garbled) {
+            Some(PrepareReply::PreparedCredit(nothing)) => assert!(nothing.is_zero()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

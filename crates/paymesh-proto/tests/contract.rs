@@ -725,6 +725,7 @@ fn file_descriptor_set_describes_every_service() {
             "ListPartners",
             "UpsertCorridor",
             "SetCorridorStatus",
+            "SetCorridorRefundRate",
             "GetCorridor",
             "ListCorridors",
             "SetFxRate",

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use paymesh_core::corridor::RefundRate;
 use paymesh_core::history::Record;
 use paymesh_core::id::PartnerId;
 use paymesh_core::state::Listing;
@@ -66,6 +67,11 @@ pub(crate) fn region(name: &str, region: &Region) -> RegionObservation {
         out.top_ups.entry((*partner).to_owned()).or_default().insert((*currency).to_owned(), Decimal::new(*prefund, 2));
     }
     out.ledger = ledger(state);
+    out.current_rate_corridors = state
+        .corridors()
+        .filter(|c| state.refund_rate(&c.id) == RefundRate::Current)
+        .map(|c| c.id.to_string())
+        .collect();
     for (index, node) in region.nodes.iter().enumerate() {
         // A replica whose state equals an earlier one's has its digest (the
         // encoding is canonical); only a different state is encoded again.

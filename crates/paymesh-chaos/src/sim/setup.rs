@@ -8,13 +8,13 @@
 
 use anyhow::Context as _;
 use paymesh_core::command::CommandBody;
-use paymesh_core::corridor::CorridorId;
+use paymesh_core::corridor::{CorridorId, RefundRate};
 use paymesh_core::directory::PayeeRoute;
 use paymesh_core::fx::FxRate;
 use paymesh_core::id::{PartnerId, QrPayload, RegionId, TopUpRef};
 use paymesh_core::partner::{PartnerConfig, PartnerRole};
 use paymesh_core::{Currency, Money, Timestamp};
-use paymesh_harness::world::{corridor_request, Merchant, Wallet};
+use paymesh_harness::world::{corridor_request, Merchant, Wallet, CURRENT_RATE_REFUNDS};
 use paymesh_node::convert;
 use paymesh_proto::common::v1 as common;
 
@@ -92,7 +92,10 @@ fn corridor_commands(
             start.minus_ms(RATE_VALID_BEFORE_MS),
             start.plus_ms(RATE_VALID_AFTER_MS),
         )?;
-        out.push(CommandBody::SetFxRate { corridor, rate });
+        out.push(CommandBody::SetFxRate { corridor: corridor.clone(), rate });
+    }
+    if CURRENT_RATE_REFUNDS.contains(&(currency, merchant_currency)) {
+        out.push(CommandBody::SetCorridorRefundRate { corridor, rate: RefundRate::Current });
     }
     out.push(CommandBody::UpsertPayeeRoute(PayeeRoute {
         prefix: convert::qr_prefix("qr_prefix", prefix)?,

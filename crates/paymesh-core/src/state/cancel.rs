@@ -229,7 +229,9 @@ impl State {
         }
         self.outbox.remove(&(pending.region.clone(), id.clone()));
         match reply {
-            PrepareReply::Prepared => {
+            // A credit in the answer is not a cancel's; the refund the
+            // payee's region started carries the cancel out either way.
+            PrepareReply::Prepared | PrepareReply::PreparedCredit(_) => {
                 pending.accepted_at = Some(now);
                 self.cancels.insert(id.clone(), pending);
             }

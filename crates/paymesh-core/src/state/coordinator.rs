@@ -560,9 +560,12 @@ impl State {
                 self.outbox
                     .insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit, window });
             }
-            PrepareReply::Prepared => {
-                // Prepared, but after the deadline: the coordinator aborts.
-                transfer.view.reason = Some(RejectCode::DeadlineExceeded);
+            PrepareReply::Prepared | PrepareReply::PreparedCredit(_) => {
+                // Prepared, but after the deadline, or with a credit only a
+                // refund's answer carries: the coordinator aborts.
+                let late = matches!(reply, PrepareReply::Prepared);
+                let reason = if late { RejectCode::DeadlineExceeded } else { RejectCode::ProtocolViolation };
+                transfer.view.reason = Some(reason);
                 self.decide_coordinator(&mut transfer, CoordinatorEvent::DecideAbort, now);
                 self.outbox.insert(key, self.decision(id, Decision::Abort));
             }

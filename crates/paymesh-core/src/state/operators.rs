@@ -98,6 +98,23 @@ impl State {
         self.corridors.get_mut(id).ok_or(RejectCode::CorridorNotFound)
     }
 
+    /// Set the rate `corridor`'s refunds credit payers at; the default
+    /// rate is not stored.
+    pub(super) fn set_corridor_refund_rate(
+        &mut self,
+        corridor: &CorridorId,
+        rate: RefundRate,
+        now: Timestamp,
+    ) -> OrReject<()> {
+        self.corridor_mut(corridor)?.updated_at = now;
+        if rate == RefundRate::default() {
+            self.refund_rates.remove(corridor);
+        } else {
+            self.refund_rates.insert(corridor.clone(), rate);
+        }
+        Ok(())
+    }
+
     pub(super) fn upsert_corridor(&mut self, id: &CorridorId, terms: &CorridorTerms, now: Timestamp) -> OrReject<()> {
         if id.source_region != self.region {
             return Err(RejectCode::RegionMismatch);

@@ -39,6 +39,11 @@ impl State {
         self.corridors.get(id)
     }
 
+    /// The rate `corridor`'s refunds credit payers at.
+    pub fn refund_rate(&self, corridor: &CorridorId) -> RefundRate {
+        self.refund_rates.get(corridor).copied().unwrap_or_default()
+    }
+
     /// All corridors whose source is this region.
     pub fn corridors(&self) -> impl Iterator<Item = &Corridor> {
         self.corridors.values()

@@ -21,6 +21,16 @@
 //! down to the source currency's minor unit); the refund that completes the
 //! payment credits the rest exactly, so a payment refunded in full gives
 //! the payer back its principal to the unit.
+//!
+//! Unless the payment's corridor says otherwise ([`RefundRate::Current`]):
+//! then the payer's region, which owns the corridor and its rates, prices
+//! the credit itself at the mid rate of the moment it reserves it, and the
+//! principal no longer bounds the credit. Across borders the coordinator
+//! asks for its estimate at the payment's rate and the payer's region
+//! answers with the credit it reserved ([`PrepareReply::PreparedCredit`]),
+//! which both regions then record and count, so the region pair's
+//! settlement figures still agree. A payer's cancel is an undo, not a
+//! refund: it always gives back the principal.
 
 use super::*;
 
@@ -38,6 +48,8 @@ pub(super) struct Paid {
     pub(super) source: Money,
     /// The payer's region.
     pub(super) payer_region: RegionId,
+    /// The corridor it was paid along.
+    pub(super) corridor: CorridorId,
     /// The payer partner, when the payment was made in this region.
     pub(super) payer: Option<PartnerId>,
     /// The payment's payer token.
@@ -214,15 +226,25 @@ impl State {
             done.map(|d| d.credited).into_iter().chain(in_flight.iter().map(|r| r.view.credited)),
         )
         .expect("refunds credited never exceed the principal");
-        let credited = if debited == paid.destination {
-            // The last refund of the payment gives back the rest exactly.
-            paid.source.checked_sub(&credited_before).expect("refunds credited never exceed the principal")
-        } else {
-            let share = u128::from(request.amount.units()) * u128::from(paid.source.units())
-                / u128::from(paid.destination.units());
-            let units = u64::try_from(share).expect("a share of the principal is below it");
-            Money::from_units(units, paid.source.currency()).expect("a share of the principal is below it")
+        let share =
+            u128::from(request.amount.units()) * u128::from(paid.source.units()) / u128::from(paid.destination.units());
+        let share = u64::try_from(share).expect("a share of the principal is below it");
+        let share = Money::from_units(share, paid.source.currency()).expect("a share of the principal is below it");
+        // The last refund of the payment gives back the rest exactly (none
+        // is left when earlier refunds at the current rate gave back more:
+        // their share then, which is only the estimate the payer's region
+        // prices again).
+        let rest = paid.source.checked_sub(&credited_before).ok().filter(|rest| !rest.is_zero());
+        let mut credited = match rest {
+            Some(rest) if debited == paid.destination => rest,
+            _ => share,
         };
+        if paid.payer_region == self.region
+            && asker != Asker::Payer
+            && self.refund_rate(&paid.corridor) == RefundRate::Current
+        {
+            credited = self.credit_at_current_rate(&paid.corridor, request.amount, now)?;
+        }
         if credited.is_zero() {
             return Err(RejectCode::AmountBelowMinimum);
         }
@@ -233,6 +255,13 @@ impl State {
             }
         }
         Ok(RefundAdmissible { paid, credited })
+    }
+
+    /// What the payer of a payment along `corridor` (a corridor of this
+    /// region) is credited for `taken` given back now, under
+    /// [`RefundRate::Current`].
+    fn credit_at_current_rate(&self, corridor: &CorridorId, taken: Money, now: Timestamp) -> OrReject<Money> {
+        self.corridors.get(corridor).ok_or(RejectCode::RateUnavailable)?.refund_credit_now(taken, now)
     }
 
     /// What this region knows of a payment its partner was paid: a
@@ -253,6 +282,7 @@ impl State {
                 destination: view.priced.destination,
                 source: view.priced.source,
                 payer_region: self.region.clone(),
+                corridor: view.corridor,
                 payer: Some(view.partner),
                 payer_token: view.payer_token,
             });
@@ -265,7 +295,8 @@ impl State {
             finished_at: participation.updated_at,
             destination: prepare.destination,
             source: prepare.source,
-            payer_region: prepare.corridor.source_region,
+            payer_region: prepare.corridor.source_region.clone(),
+            corridor: prepare.corridor,
             payer: None,
             payer_token: prepare.payer_token,
         })
@@ -417,8 +448,18 @@ impl State {
         let deadline = refund.view.deadline.expect("a reserved refund has a deadline");
         self.deadlines.remove(&(deadline, id.clone()));
         let key = (refund.payer_region.clone(), id.clone());
+        // A credit the payer's region priced itself must be in the
+        // payment's source currency and not nothing.
+        let priced = match reply {
+            PrepareReply::PreparedCredit(credit) => Some(credit),
+            _ => None,
+        };
+        let sound = priced.is_none_or(|c| c.currency() == refund.view.credited.currency() && !c.is_zero());
         match reply {
-            PrepareReply::Prepared if now < deadline => {
+            PrepareReply::Prepared | PrepareReply::PreparedCredit(_) if now < deadline && sound => {
+                if let Some(credit) = priced {
+                    refund.view.credited = credit;
+                }
                 step_refund(&mut refund, CoordinatorEvent::DecideCommit, now);
                 self.ledger.apply(&[Op::PostPending { id: leg(id, Leg::Refund) }], now).expect("a reserved leg posts");
                 let view = &refund.view;
@@ -428,8 +469,9 @@ impl State {
                 self.outbox
                     .insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit, window });
             }
-            PrepareReply::Prepared => {
-                refund.view.reason = Some(RejectCode::DeadlineExceeded);
+            PrepareReply::Prepared | PrepareReply::PreparedCredit(_) => {
+                let reason = if sound { RejectCode::DeadlineExceeded } else { RejectCode::ProtocolViolation };
+                refund.view.reason = Some(reason);
                 step_refund(&mut refund, CoordinatorEvent::DecideAbort, now);
                 self.void_refund(&refund, now);
                 self.outbox.insert(key, self.decision(id, Decision::Abort));
@@ -477,12 +519,15 @@ impl State {
         let existing =
             self.refund_participations.get(id).cloned().or_else(|| recall_refund_participation(recall, id, now));
         if let Some(existing) = existing {
-            // Delivered again or late: answer from the record.
-            if existing.prepare != *message {
+            // Delivered again or late: answer from the record (which holds
+            // the credit as this region priced it).
+            if (RefundPrepare { credited: existing.prepare.credited, ..message.clone() }) != existing.prepare {
                 return PrepareReply::Rejected(RejectCode::ProtocolViolation);
             }
             return match existing.state {
-                ParticipantState::Prepared | ParticipantState::Committed => PrepareReply::Prepared,
+                ParticipantState::Prepared | ParticipantState::Committed => {
+                    prepared_reply(message, existing.prepare.credited)
+                }
                 ParticipantState::Aborted | ParticipantState::Tombstone => {
                     PrepareReply::Rejected(existing.reason.unwrap_or(RejectCode::ProtocolViolation))
                 }
@@ -497,9 +542,11 @@ impl State {
             });
         }
         let (payer, reserved) = match self.reserve_refund_credit(message, now, recall) {
-            Ok(payer) => (payer, Ok(())),
+            Ok((payer, credited)) => (payer, Ok(credited)),
             Err((payer, code)) => (payer, Err(code)),
         };
+        let credited = *reserved.as_ref().unwrap_or(&message.credited);
+        let reserved = reserved.map(|_| ());
         let (event, reason) = match reserved {
             Ok(()) => (ParticipantEvent::Prepare, None),
             Err(code) => (ParticipantEvent::PrepareRefused, Some(code)),
@@ -510,8 +557,8 @@ impl State {
         if let Some(payer) = &payer {
             self.journal.push(Record::Listed { partner: payer.clone(), transfer: id.clone(), at: now });
         }
-        let participation =
-            RefundParticipation { state, reason, prepare: message.clone(), payer, created_at: now, updated_at: now };
+        let prepare = RefundPrepare { credited, ..message.clone() };
+        let participation = RefundParticipation { state, reason, prepare, payer, created_at: now, updated_at: now };
         if state.is_final() {
             self.journal.push(Record::RefundParticipation {
                 refund: id.clone(),
@@ -523,20 +570,22 @@ impl State {
             self.cancel_refund_finished(&message.original, Some(code), now);
         }
         match reason {
-            None => PrepareReply::Prepared,
+            None => prepared_reply(message, credited),
             Some(code) => PrepareReply::Rejected(code),
         }
     }
 
     /// Check a refund's first Prepare against this region's record of the
     /// payment and reserve the payer's credit: the payer, or (with the
-    /// payer, when the payment was found) why not.
+    /// payer, when the payment was found) why not. With the payer, the
+    /// credit reserved: the one asked, or the one the corridor's current
+    /// rate gives.
     fn reserve_refund_credit(
         &mut self,
         message: &RefundPrepare,
         now: Timestamp,
         recall: &dyn Recall,
-    ) -> Result<Option<PartnerId>, (Option<PartnerId>, RejectCode)> {
+    ) -> Result<(Option<PartnerId>, Money), (Option<PartnerId>, RejectCode)> {
         if now >= message.deadline {
             return Err((None, RejectCode::DeadlineExceeded));
         }
@@ -567,6 +616,19 @@ impl State {
         if message.credited.is_zero() || message.debited.is_zero() {
             return refuse(RejectCode::ProtocolViolation);
         }
+        // A cancel pending for the payment is what this refund carries
+        // out: an undo, at the payment's own rate.
+        let cancelling = self.cancels.values().any(|c| c.original == message.original);
+        let at_current = self.refund_rate(&view.corridor) == RefundRate::Current && !cancelling;
+        let credit = if at_current {
+            match self.credit_at_current_rate(&view.corridor, message.debited, now) {
+                Ok(credit) if credit.is_zero() => return refuse(RejectCode::AmountBelowMinimum),
+                Ok(credit) => credit,
+                Err(code) => return refuse(code),
+            }
+        } else {
+            message.credited
+        };
         let done = self.refunded_so_far(&message.original, recall);
         let pending: Vec<&RefundPrepare> = self
             .refund_participations
@@ -576,13 +638,15 @@ impl State {
             .collect();
         let credited = sum(
             source.currency(),
-            done.map(|d| d.credited).into_iter().chain(pending.iter().map(|p| p.credited)).chain([message.credited]),
+            done.map(|d| d.credited).into_iter().chain(pending.iter().map(|p| p.credited)).chain([credit]),
         );
         let debited = sum(
             destination.currency(),
             done.map(|d| d.debited).into_iter().chain(pending.iter().map(|p| p.debited)).chain([message.debited]),
         );
-        if credited.is_none_or(|c| c.units() > source.units())
+        // At the current rate the principal bounds nothing; what the
+        // payee gives back is bounded everywhere.
+        if credited.is_none_or(|c| !at_current && c.units() > source.units())
             || debited.is_none_or(|d| d.units() > destination.units())
         {
             return refuse(RejectCode::RefundExceedsOriginal);
@@ -592,10 +656,10 @@ impl State {
             id: leg(&message.refund, Leg::RefundPayout),
             debit: clearing,
             credit: AccountId::new(AccountOwner::Partner(view.partner), source.currency()),
-            amount: message.credited,
+            amount: credit,
         };
         match self.ledger.apply(&[op], now) {
-            Ok(()) => Ok(payer),
+            Ok(()) => Ok((payer, credit)),
             Err(refused) => refuse(ledger_code(refused.reason)),
         }
     }
@@ -659,6 +723,16 @@ impl State {
             .push(Record::RefundParticipation { refund: id.clone(), participation: Box::new(finished.clone()) });
         self.refund_participations.insert(id.clone(), finished);
         Ok(Outcome::Acked)
+    }
+}
+
+/// The answer to a refund's Prepare this region reserved `credited` for:
+/// the credit itself when it is not the one asked.
+fn prepared_reply(message: &RefundPrepare, credited: Money) -> PrepareReply {
+    if credited == message.credited {
+        PrepareReply::Prepared
+    } else {
+        PrepareReply::PreparedCredit(credited)
     }
 }
 

@@ -248,6 +248,7 @@ pub fn good_history() -> History {
         top_ups: BTreeMap::from([(PAYER.to_owned(), BTreeMap::from([("USD".to_owned(), dec("1000"))]))]),
         replicas: replicas(120, "aa01"),
         refunds: Vec::new(),
+        current_rate_corridors: Vec::new(),
     };
     let cn = RegionObservation {
         transfers: vec![
@@ -259,6 +260,7 @@ pub fn good_history() -> History {
         top_ups: BTreeMap::new(),
         replicas: replicas(80, "bb02"),
         refunds: Vec::new(),
+        current_rate_corridors: Vec::new(),
     };
 
     History {

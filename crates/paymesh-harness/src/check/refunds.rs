@@ -10,7 +10,9 @@ use crate::history::{History, ObservedRefund, TransferState};
 
 /// For each transfer, what its committed refunds took from the payee is at
 /// most what the transfer credited it, and what they gave the payer at most
-/// what it paid; each refund that crosses regions is committed in the
+/// what it paid (unless its corridor refunds at the current rate, which may
+/// give back more or less: then both sides agreeing on the credit is what
+/// holds); each refund that crosses regions is committed in the
 /// payee's region exactly when it is committed in the payer's, an aborted
 /// one is aborted or absent on the payer's side, and both sides agree on
 /// the transfer and the amounts.
@@ -101,7 +103,15 @@ impl Checker for Refunds {
                         ),
                     ));
                 }
-                if transfer.is_origin_side_in(region) && *credited > transfer.debit.amount {
+                let corridor = format!(
+                    "{}:{}->{}:{}",
+                    transfer.debit.currency,
+                    transfer.source_region,
+                    transfer.credit.currency,
+                    transfer.destination_region
+                );
+                let at_current_rate = held.current_rate_corridors.contains(&corridor);
+                if transfer.is_origin_side_in(region) && !at_current_rate && *credited > transfer.debit.amount {
                     found.push(Violation::new(
                         self.name(),
                         format!(
@@ -172,6 +182,32 @@ mod tests {
         );
         let found = Refunds.check(&history);
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn at_the_current_rate_only_the_payees_bound_holds() {
+        // 20.30 USD debited for 140.00 CNY; a rate moved since gives back 21.00.
+        let sides = || {
+            with_refund(
+                refund(MERCHANT, false, TransferState::Committed, "140.00", "21.00"),
+                Some(refund(PAYER, true, TransferState::Committed, "140.00", "21.00")),
+            )
+        };
+        let found = Refunds.check(&sides());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].detail.contains("gave back 21.00"), "{found:?}");
+        let mut history = sides();
+        let regions = &mut history.observation.as_mut().unwrap().regions;
+        let corridor = format!("USD:{US}->CNY:{CN}");
+        regions.get_mut(US).unwrap().current_rate_corridors.push(corridor);
+        assert_eq!(Refunds.check(&history), Vec::new());
+        // The payee's bound does not move.
+        let over = refund(MERCHANT, false, TransferState::Committed, "140.01", "21.00");
+        let mut history = with_refund(over, Some(refund(PAYER, true, TransferState::Committed, "140.01", "21.00")));
+        let regions = &mut history.observation.as_mut().unwrap().regions;
+        regions.get_mut(US).unwrap().current_rate_corridors.push(format!("USD:{US}->CNY:{CN}"));
+        let found = Refunds.check(&history);
+        assert!(found.iter().any(|v| v.detail.contains("took back 140.01")), "{found:?}");
     }
 
     #[test]

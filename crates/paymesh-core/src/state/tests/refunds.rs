@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::command::Reason;
+use crate::corridor::RefundRate;
 use crate::id::OperatorId;
 use crate::settings::REFUND_WINDOW_DAYS_MAX;
 
@@ -349,4 +350,108 @@ fn an_operator_reverses_what_refunds_left_once_whatever_the_window_and_the_payee
     let unknown = TransferId::new(region("us-west"), 999);
     assert_eq!(east.run(reverse(&unknown), at), Outcome::Rejected(RejectCode::TransferNotFound));
     assert!(Reason::new("").is_err() && Reason::new("a\u{7}b").is_err());
+}
+
+fn refund_rate(region: &mut Region, corridor: &str, rate: RefundRate, now: Timestamp) -> Outcome {
+    region.run(CommandBody::SetCorridorRefundRate { corridor: corridor_id(corridor), rate }, now)
+}
+
+/// us-west's mid rate for the payment's corridor from `from` on.
+fn mid_rate(west: &mut Region, rate: &str, from: Timestamp) {
+    let rate = FxRate::new(USD, CNY, Rate::parse(rate).unwrap(), from, from.plus_ms(DAY_MS)).unwrap();
+    west.ok(CommandBody::SetFxRate { corridor: corridor_id("USD:us-west->CNY:cn-east"), rate }, from);
+}
+
+#[test]
+fn a_corridor_refunding_at_the_current_rate_has_the_payers_region_price_the_credit_and_both_sides_count_it() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    // Only a corridor of the region, and only operators, set it.
+    let foreign = refund_rate(&mut east, "USD:us-west->CNY:cn-east", RefundRate::Current, T0);
+    assert_eq!(foreign, Outcome::Rejected(RejectCode::CorridorNotFound));
+    assert!(CommandBody::SetCorridorRefundRate {
+        corridor: corridor_id("USD:us-west->CNY:cn-east"),
+        rate: RefundRate::Current
+    }
+    .is_operator());
+    assert_eq!(refund_rate(&mut west, "USD:us-west->CNY:cn-east", RefundRate::Current, T0), Outcome::Done);
+    assert_eq!(west.state.refund_rate(&corridor_id("USD:us-west->CNY:cn-east")), RefundRate::Current);
+
+    // The dollar weakened since the payment (7.164 after spread): 6.4 mid.
+    let at = T0.plus_ms(1_000);
+    mid_rate(&mut west, "6.4", at);
+    let first = refund_view(&east.run(refund("wechat-cn", "r1", &payment.id, cny("320")), at));
+    // The payee's region only estimates, at the payment's rate: 320 / 716.40 of 100.00.
+    assert_eq!(first.credited, usd("44.66"));
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else { panic!("no prepare") };
+    let prepare = prepare.clone();
+    deliver_all(&mut east, &mut west, at);
+    // 320 / 6.4, reserved by the payer's region, which owns the rate.
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "50.00");
+    assert_eq!(east.history.refund(&first.id).unwrap().view.credited, usd("50.00"), "the coordinator records it");
+    // Delivered again, the Prepare is answered with the credit recorded.
+    let again = west.run(CommandBody::PrepareRefund(prepare), at);
+    assert_eq!(again, Outcome::PrepareReply(PrepareReply::PreparedCredit(usd("50.00"))));
+    deliver_all(&mut east, &mut west, at);
+
+    // The rest, at a rate moved again: the credit over all refunds is no
+    // longer bounded by the principal, what the payee gives back still is.
+    let later = at.plus_ms(1_000);
+    mid_rate(&mut west, "6.5", later);
+    let rest = refund_view(&east.run(refund("wechat-cn", "r2", &payment.id, cny("396.40")), later));
+    deliver_all(&mut east, &mut west, later);
+    deliver_all(&mut east, &mut west, later);
+    // 396.40 / 6.5 = 60.9846… → 60.98.
+    assert_eq!(east.history.refund(&rest.id).unwrap().view.credited, usd("60.98"));
+    let totals = RefundTotals { debited: cny("716.40"), credited: usd("110.98") };
+    assert_eq!((west.history.refunded(&payment.id), east.history.refunded(&payment.id)), (Some(totals), Some(totals)));
+    assert_eq!(west.position("paypal-us").posted.to_wire(), "10009.68", "9,898.70 + 110.98");
+    let refunded: Vec<_> = kinds(&west, "paypal-us").into_iter().filter(|(k, _)| *k == EventKind::Refunded).collect();
+    assert_eq!(refunded, [(EventKind::Refunded, "50.00".into()), (EventKind::Refunded, "60.98".into())]);
+    let more = east.run(refund("wechat-cn", "r3", &payment.id, cny("0.01")), later);
+    assert_eq!(more, Outcome::Rejected(RejectCode::RefundExceedsOriginal));
+
+    // Both regions counted the same figures for the pair's cross-check.
+    let refund_key =
+        crate::settlement::TallyKey { flow: crate::settlement::Flow::Refund, source: USD, destination: CNY };
+    let sent = east.state.open_window().sent[&region("us-west")].clone();
+    let received = west.state.open_window().received[&(region("cn-east"), 1)].clone();
+    assert_eq!((sent[&refund_key].source, sent[&refund_key].destination), (11_098, 71_640));
+    assert_eq!(crate::settlement::cross_check(&sent, &received, 0), crate::settlement::CrossCheck::Agree);
+    west.state.verify().unwrap();
+    east.state.verify().unwrap();
+}
+
+#[test]
+fn at_the_current_rate_a_refund_without_a_rate_is_refused_and_a_cancel_still_gives_back_the_principal() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    let second = paid(&mut west, &mut east, "order-2", T0);
+    assert_eq!(refund_rate(&mut west, "USD:us-west->CNY:cn-east", RefundRate::Current, T0), Outcome::Done);
+
+    // A payer's cancel is an undo: the principal, whatever the rate now.
+    let at = T0.plus_ms(1_000);
+    mid_rate(&mut west, "6.4", at);
+    let cancelled =
+        west.run(CommandBody::CancelTransfer { partner: pid("paypal-us"), transfer: second.id.clone() }, at);
+    assert!(matches!(cancelled, Outcome::Cancel(_)), "{cancelled:?}");
+    for _ in 0..3 {
+        deliver_all(&mut west, &mut east, at);
+        deliver_all(&mut east, &mut west, at);
+    }
+    let back = RefundTotals { debited: cny("716.40"), credited: usd("100.00") };
+    assert_eq!(west.history.refunded(&second.id), Some(back));
+
+    // Every rate has expired and no other is in force: refused, by the
+    // payer's region, with the reason.
+    let expired = T0.plus_ms(2 * DAY_MS);
+    let asked = refund_view(&east.run(refund("wechat-cn", "r1", &payment.id, cny("100")), expired));
+    deliver_all(&mut east, &mut west, expired);
+    let aborted = east.history.refund(&asked.id).unwrap().view;
+    assert_eq!((aborted.state, aborted.reason), (CoordinatorState::Aborted, Some(RejectCode::RateUnavailable)));
+    assert_eq!(east.position("wechat-cn").pending_debits.to_wire(), "0.00");
+
+    // Set back to the original rate, the default is not stored.
+    assert_eq!(refund_rate(&mut west, "USD:us-west->CNY:cn-east", RefundRate::Original, expired), Outcome::Done);
+    assert_eq!(west.state.refund_rate(&corridor_id("USD:us-west->CNY:cn-east")), RefundRate::Original);
 }
