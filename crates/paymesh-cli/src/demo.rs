@@ -750,6 +750,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             node.extra_config.push_str(&section);
         }
     }
+    let prometheus = dir.join("prometheus.yml");
+    std::fs::write(&prometheus, mesh.prometheus_config("5s"))
+        .with_context(|| format!("writing {}", prometheus.display()))?;
     mesh.launch().await?;
     configure(&mesh).await?;
     let operators = {
@@ -1133,6 +1136,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
                 certs.display()
             );
         }
+        println!(
+            "every node serves Prometheus metrics at /metrics; to scrape them all: prometheus --config.file={}",
+            prometheus.display()
+        );
         println!("press Ctrl-C to stop");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }

@@ -111,6 +111,29 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// A Prometheus configuration scraping every node's metrics listener
+    /// every `interval` (`5s`), each node labelled with its region.
+    pub fn prometheus_config(&self, interval: &str) -> String {
+        let mut text = format!(
+            "# Written by paymesh for this mesh: prometheus --config.file=<this file>\n\
+             global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\
+             scrape_configs:\n  - job_name: paymesh\n    static_configs:\n"
+        );
+        for (name, region) in &self.regions {
+            let targets: Vec<String> = region
+                .nodes
+                .values()
+                .filter(|node| !node.metrics_addr.is_empty())
+                .map(|node| format!("\"{}\"", node.metrics_addr))
+                .collect();
+            text.push_str(&format!(
+                "      - targets: [{}]\n        labels: {{ region: {name} }}\n",
+                targets.join(", ")
+            ));
+        }
+        text
+    }
+
     /// The region `name`.
     pub fn region(&self, name: &str) -> anyhow::Result<&LocalRegion> {
         self.regions.get(name).with_context(|| format!("no region {name} in this mesh"))

@@ -259,6 +259,18 @@ impl WebhookSettings {
     }
 }
 
+/// Under `[metrics]`: where the node serves its Prometheus metrics.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` (the OpenMetrics text format) over plain HTTP
+    /// on this address; no listener when unset. The metrics carry no
+    /// personal data and no amounts, only counts, durations and states, but
+    /// bind it to loopback or the network the scraper reaches, not to the
+    /// partners' network.
+    pub listen: Option<SocketAddr>,
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +323,9 @@ pub struct NodeConfig {
     /// Webhook delivery.
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    /// The Prometheus metrics listener.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
     /// another address than the one in the membership (a proxy, a NAT, a
     /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
@@ -381,6 +396,12 @@ impl NodeConfig {
                         _ => {}
                     }
                 }
+            }
+        }
+        if let Some(metrics) = self.metrics.listen {
+            let taken = [Some(self.raft_listen), Some(self.api_listen), self.interregion_listen];
+            if metrics.port() != 0 && taken.contains(&Some(metrics)) {
+                return Err(invalid("metrics.listen", format!("{metrics} is another listener's address")));
             }
         }
         if self.insecure_plaintext_beyond_loopback && !self.insecure_plaintext {
@@ -594,6 +615,13 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_served_only_where_the_configuration_says() {
+        assert_eq!(parse(GOOD).unwrap().metrics.listen, None);
+        let config = parse(&format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n")).unwrap();
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
     fn history_retention_defaults_to_seven_years_and_takes_400_days_or_more() {
         assert_eq!(parse(GOOD).unwrap().history.retention_days, 2_557);
         let config = parse(&format!("{GOOD}\n[history]\nretention_days = 400\n")).unwrap();
@@ -767,6 +795,8 @@ mod tests {
             (GOOD.replace("[raft]", "[raft]\nelection_timeout_max_ms = 100"), "election_timeout_max_ms"),
             (GOOD.replace("[raft]", "[raft]\ngroup_commit_interval_ms = 101"), "group_commit_interval_ms: at most 100"),
             (format!("{GOOD}\n[limits]\napi_connections_max = 0\n"), "limits.api_connections_max: 1 to 65536"),
+            (format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:8001\"\n"), "metrics.listen: 127.0.0.1:8001 is another"),
+            (format!("{GOOD}\n[metrics]\nport = 9464\n"), "unknown field `port`"),
             (
                 format!("{GOOD}\n[limits]\nevent_streams_per_partner_max = 1025\n"),
                 "limits.event_streams_per_partner_max: 1 to 1024",

@@ -129,6 +129,10 @@ impl Gateway {
                 })?
             }
         };
+        // Known to the region: the call's metrics may name it.
+        if let Some(slot) = request.extensions().get::<crate::metrics::CallerSlot>() {
+            slot.set(&id);
+        }
         match status {
             BusinessStatus::Active => {
                 self.pace(&id, limits, calls).await?;
@@ -225,7 +229,9 @@ impl Gateway {
             self.check_link(&body, &applied.state)?;
             self.registry.submit(&partner, body, &applied.state, now(), reply);
         }
-        outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
+        let outcome = outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))?;
+        crate::metrics::events().answered(&partner, &outcome);
+        Ok(outcome)
     }
 
     /// Propose an operator's command; the outcome once applied.

@@ -34,6 +34,7 @@ pub mod identity;
 pub mod interregion;
 pub mod listener;
 pub mod members;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod outbox;

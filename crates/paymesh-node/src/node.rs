@@ -28,6 +28,7 @@ use crate::identity::{Authenticator, Identity};
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::listener::{self, SizeLimited};
 use crate::members::Members;
+use crate::metrics::{Measured, Sources};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
 use crate::outbox::{ca_bundle, Links};
 use crate::partner_service::PartnerServer;
@@ -289,6 +290,10 @@ impl Node {
             |addr| async move { TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, source }) };
         let raft_listener = bind(self.config.raft_listen).await?;
         let api_listener = bind(self.config.api_listen).await?;
+        let metrics_listener = match self.config.metrics.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         // Served only when there is a region to hear from: a TLS listener
         // with no CA to trust could not accept anyone.
         let interregion_listener = match self.config.interregion_listen {
@@ -358,25 +363,25 @@ impl Node {
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(SizeLimited(
+            .add_service(Measured::new(SizeLimited(
                 PartnerServiceServer::new(PartnerServer::new(gateway.clone()))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            ))
-            .add_service(SizeLimited(
+            )))
+            .add_service(Measured::new(SizeLimited(
                 AdminServiceServer::new(AdminServer::new(gateway.clone()))
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            ))
-            .add_service(ClusterServiceServer::new(ClusterServer::new(
+            )))
+            .add_service(Measured::new(ClusterServiceServer::new(ClusterServer::new(
                 self.config.clone(),
                 self.raft.clone(),
                 self.state_machine.clone(),
                 self.log_stats.clone(),
                 self.auth.clone(),
                 self.dialing(),
-            )))
-            .add_service(SizeLimited(
+            ))))
+            .add_service(Measured::new(SizeLimited(
                 HistoryServiceServer::new(HistoryServer::new(
                     self.config.clone(),
                     self.state_machine.clone(),
@@ -384,8 +389,8 @@ impl Node {
                 ))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
-            ))
-            .add_service(
+            )))
+            .add_service(Measured::new(
                 InterRegionServiceServer::new(InterRegionServer::new(
                     gateway.clone(),
                     Door::Forwarded,
@@ -394,7 +399,7 @@ impl Node {
                 ))
                 .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
-            );
+            ));
         let api_task = spawn_server(
             api_router,
             api_listener,
@@ -403,6 +408,18 @@ impl Node {
             wait(stopped),
         );
         let mut tasks = vec![raft_task, api_task];
+        if let Some(listener) = metrics_listener {
+            let sources = Sources {
+                node_id: self.config.node_id,
+                raft: self.raft.clone(),
+                state_machine: self.state_machine.clone(),
+                log_stats: self.log_stats.clone(),
+                links: self.links.clone(),
+                data_dir: self.config.data_dir.clone(),
+            };
+            let stopped_metrics = stop.subscribe();
+            tokio::spawn(crate::metrics::serve(listener, sources, wait(stopped_metrics)));
+        }
         if let Some(listener) = interregion_listener {
             let interregion_tls = tls.as_ref().and_then(|tls| tls.interregion.as_ref());
             let task = self
@@ -490,8 +507,10 @@ impl Node {
         .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?incoming.local_addr().ok(), "serving the inter-region protocol");
-        let router =
-            listener::aging_server().timeout(API_REQUEST_TIMEOUT).add_service(health_service).add_service(service);
+        let router = listener::aging_server()
+            .timeout(API_REQUEST_TIMEOUT)
+            .add_service(health_service)
+            .add_service(Measured::new(service));
         spawn_server(router, incoming, (listener::INTERREGION_CONNECTIONS_MAX, "interregion"), tls, shutdown)
     }
 }
@@ -695,6 +714,7 @@ mod tests {
             limits: Default::default(),
             history: Default::default(),
             webhooks: Default::default(),
+            metrics: crate::config::MetricsSettings::default(),
             raft: RaftSettings::default(),
         }
     }

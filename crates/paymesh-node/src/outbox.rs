@@ -13,6 +13,7 @@
 //! does not answer.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,9 @@ pub struct Link {
     /// Since when the region's breaker is open, if it is: the shipper's,
     /// mirrored by its driver (closed while this node does not lead).
     open_since: Mutex<Option<std::time::Instant>>,
+    /// The shipper's calls not finished and the messages in them, mirrored
+    /// by its driver (zeros while this node does not lead), for metrics.
+    shipping: (AtomicUsize, AtomicUsize),
 }
 
 /// A remote region's CA certificate, as its file was last read.
@@ -87,7 +91,15 @@ impl Link {
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
         let (credentials, following) = tokio::sync::watch::channel(credentials);
         let client = Region::live(endpoints, following, policy).with_call_timeout(CALL_TIMEOUT);
-        Link { region, ca_file, ca: RwLock::new(ca.map(Arc::new)), credentials, client, open_since: Mutex::default() }
+        Link {
+            region,
+            ca_file,
+            ca: RwLock::new(ca.map(Arc::new)),
+            credentials,
+            client,
+            open_since: Mutex::default(),
+            shipping: (AtomicUsize::new(0), AtomicUsize::new(0)),
+        }
     }
 
     /// The region's CA in force.
@@ -117,6 +129,16 @@ impl Link {
 
     fn open_since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
         self.open_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The calls to the region not finished and the messages in them.
+    pub fn shipping(&self) -> (usize, usize) {
+        (self.shipping.0.load(Ordering::Relaxed), self.shipping.1.load(Ordering::Relaxed))
+    }
+
+    fn record_shipping(&self, calls: usize, messages: usize) {
+        self.shipping.0.store(calls, Ordering::Relaxed);
+        self.shipping.1.store(messages, Ordering::Relaxed);
     }
 
     /// How long the breaker has been open, if it is.
@@ -237,6 +259,15 @@ pub fn ca_bundle<'a>(cas: impl IntoIterator<Item = &'a RemoteCa>) -> Vec<u8> {
     bundle
 }
 
+/// Zeroes a link's shipping counters when its driver ends.
+struct ShippingGuard(Arc<Link>);
+
+impl Drop for ShippingGuard {
+    fn drop(&mut self) {
+        self.0.record_shipping(0, 0);
+    }
+}
+
 /// How a call's task ended, for the driver's loop to tell the shipper.
 enum Done {
     /// Prepare call `id` was answered, or failed.
@@ -260,6 +291,8 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     let mut applied = gateway.state_machine.watch_applied();
     let mut last_id: CallId = 0;
     link.reset_breaker();
+    // Aborted when leadership is lost: nothing is in flight from here then.
+    let _shipping = ShippingGuard(link.clone());
     tracing::info!(region = %link.region, "shipping the outbox");
     // The loop wakes when the outbox may have changed (entries applied), a
     // call's task finished, or the shipper's wake time came; each time it
@@ -280,6 +313,7 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
                 Call::Probe => tasks.spawn(probe(link.clone(), id)),
             };
         }
+        link.record_shipping(shipper.unfinished(), shipper.in_flight());
         let wake = epoch + shipper.next_wake(now);
         tokio::select! {
             changed = applied.changed() => {

@@ -590,8 +590,11 @@ impl PartnerService for PartnerServer {
             Err(Refusal::Overloaded(why)) => return Err(Status::resource_exhausted(why)),
             Err(_) => return Err(self.gateway.not_leader()),
         }
-        let events = ReceiverStream::new(receiver)
-            .map(|event| Ok(wire::StreamEventsResponse { event: Some(convert::event_out(&event)) }));
+        let open = crate::metrics::events().subscribed();
+        let events = ReceiverStream::new(receiver).map(move |event| {
+            let _counted_while_open = &open;
+            Ok(wire::StreamEventsResponse { event: Some(convert::event_out(&event)) })
+        });
         // The stream ends when leadership moves or the reader falls too far
         // behind; the partner resumes from the last cursor it saw.
         let end = futures::stream::once(async {

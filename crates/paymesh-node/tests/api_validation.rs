@@ -112,6 +112,7 @@ async fn fixture() -> Fixture {
         limits: Default::default(),
         history: Default::default(),
         webhooks: Default::default(),
+        metrics: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

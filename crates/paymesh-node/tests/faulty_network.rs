@@ -250,6 +250,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         limits: Default::default(),
         history: Default::default(),
         webhooks: Default::default(),
+        metrics: Default::default(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

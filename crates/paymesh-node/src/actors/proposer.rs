@@ -96,6 +96,7 @@ impl Proposer {
         while let Some(entry) = self.engine.poll(now) {
             self.write(entry, ctx);
         }
+        crate::metrics::events().proposer_queued(self.engine.queued());
         if let Some(wake) = self.engine.next_wake() {
             if self.timer.is_none_or(|timer| wake < timer) {
                 self.timer = Some(wake);
@@ -110,6 +111,7 @@ impl Proposer {
     }
 
     fn write(&mut self, Entry { commands, waiters }: Entry<Waiter>, ctx: &mut Context<Self>) {
+        crate::metrics::events().proposer_wrote(commands.len());
         let batch = match Batch::new(crate::gateway::now(), commands) {
             Ok(batch) => batch,
             Err(e) => {
@@ -185,6 +187,7 @@ impl Actor for Proposer {
         for waiter in self.engine.drain() {
             waiter.send(Err(Refusal::NotLeader));
         }
+        crate::metrics::events().proposer_queued(0);
     }
 }
 

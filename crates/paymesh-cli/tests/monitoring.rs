@@ -1,0 +1,341 @@
+//! Monitoring against the real thing: a real Prometheus (Debian's package,
+//! installed by `scripts/prometheus.sh`; its absence is a failure, never a
+//! skip) scrapes `paymesh demo`'s mesh while the demo's workload runs,
+//! with the alert rules of `deploy/monitoring/alerts.yml` loaded; the test
+//! asks its HTTP API for every series docs/OPERATIONS.md lists, for values
+//! that make sense, and for every rule evaluating without error. promtool
+//! checks the rules and runs their unit tests, and the dashboard and the
+//! rules may read only documented series.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paymesh_harness::local::LocalRegion;
+use paymesh_proto::common::v1 as common;
+use paymesh_proto::partner::v1 as wire;
+
+/// How long the demo's workload runs: long enough for the test's queries.
+const DEMO_SECONDS: &str = "60";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `scripts/prometheus.sh ARG`'s stdout; fails the test if it fails.
+fn prometheus_script(arg: &str) -> String {
+    let output = Command::new("bash").arg(repo().join("scripts/prometheus.sh")).arg(arg).output().unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/prometheus.sh {arg} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The series docs/OPERATIONS.md's table lists, with their types.
+fn documented() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(repo().join("docs/OPERATIONS.md")).unwrap();
+    let rows: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('`')?;
+            let kind = rest.trim_start_matches(" |").split('|').next()?.trim();
+            Some((name.to_owned(), kind.to_owned()))
+        })
+        .collect();
+    assert!(rows.len() > 30, "docs/OPERATIONS.md lists {} series", rows.len());
+    rows
+}
+
+/// The metric names an expression text reads.
+fn names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &text[at..];
+        let starts = ["paymesh_", "process_"].iter().any(|p| rest.starts_with(p));
+        let boundary =
+            at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_' || bytes[at - 1] == b':');
+        if starts && boundary {
+            let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            names.insert(rest[..len].to_owned());
+            at += len;
+        } else {
+            at += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    prometheus_script("check");
+}
+
+#[test]
+fn the_dashboard_and_the_rules_read_only_documented_series() {
+    let documented: BTreeSet<String> = documented().into_iter().map(|(name, _)| name).collect();
+    let histogram = |name: &str| {
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| name.strip_suffix(suffix)).map(str::to_owned)
+    };
+    let known = |name: &String| documented.contains(name) || histogram(name).is_some_and(|h| documented.contains(&h));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/monitoring/dashboard.json")).unwrap())
+            .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 15, "{} panels", panels.len());
+    let mut read = BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            read.extend(names_in(target["expr"].as_str().unwrap()));
+        }
+    }
+    let rules = std::fs::read_to_string(repo().join("deploy/monitoring/alerts.yml")).unwrap();
+    let exprs: String = rules.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    read.extend(names_in(&exprs));
+    assert!(read.len() > 15, "{read:?}");
+    let unknown: Vec<&String> = read.iter().filter(|name| !known(name)).collect();
+    assert!(unknown.is_empty(), "read but not documented: {unknown:?}");
+    assert!(names_in("x paymesh_a_total{y=\"1\"} / rate(process_cpu_seconds_total[1m]) paymesh:r")
+        .into_iter()
+        .eq(["paymesh_a_total".to_owned(), "process_cpu_seconds_total".to_owned()]));
+}
+
+/// A child process killed when dropped, and with it (when `tree` names
+/// the directory their command lines mention) the processes it started.
+struct Killed(Child, Option<PathBuf>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if let Some(tree) = &self.1 {
+            // The demo's nodes, were the demo killed before it stopped them.
+            let _ = Command::new("pkill").arg("-f").arg(tree).status();
+        }
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Wait, at most `within`, for `ready` to give a value.
+async fn wait_for<T>(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = ready().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Prometheus' HTTP query API.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<serde_json::Value> {
+        let response = self.http.get(format!("{}{path}", self.base)).query(query).send().await.ok()?;
+        serde_json::from_str(&response.text().await.ok()?).ok()
+    }
+
+    /// The instant vector of `expr`: each sample's labels and value.
+    async fn query(&self, expr: &str) -> Vec<(serde_json::Value, f64)> {
+        let Some(answer) = self.get("/api/v1/query", &[("query", expr)]).await else { return Vec::new() };
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sample| (sample["metric"].clone(), sample["value"][1].as_str().unwrap().parse().unwrap()))
+            .collect()
+    }
+}
+
+/// The value of `key = "..."` in a node's configuration text.
+fn config_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.trim().strip_prefix('=')?.trim().trim_matches('"').to_owned().into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_every_documented_series_from_the_demo_mesh() {
+    prometheus_script("install");
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let demo_log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
+    let mut demo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_paymesh"))
+            .args(["demo", "--duration", DEMO_SECONDS, "--dir"])
+            .arg(&demo_dir)
+            .stdout(demo_log.try_clone().unwrap())
+            .stderr(demo_log)
+            .spawn()
+            .unwrap(),
+        Some(demo_dir.clone()),
+    );
+    // The demo writes its scrape configuration before it starts the nodes.
+    let config = wait_for("the demo's prometheus.yml", Duration::from_secs(120), async || {
+        std::fs::read_to_string(demo_dir.join("prometheus.yml")).ok()
+    })
+    .await;
+    let config = config.replace("scrape_interval: 5s", "scrape_interval: 1s").replace(
+        "evaluation_interval: 5s",
+        &format!("evaluation_interval: 1s\nrule_files:\n  - {}", repo().join("deploy/monitoring/alerts.yml").display()),
+    );
+    let config_file = dir.path().join("prometheus.yml");
+    std::fs::write(&config_file, &config).unwrap();
+    let port = free_port();
+    let prometheus_log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(prometheus_log.try_clone().unwrap())
+            .stderr(prometheus_log)
+            .spawn()
+            .expect("prometheus on PATH (scripts/prometheus.sh install puts it there)"),
+        None,
+    );
+    let api = Api { http: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") };
+    wait_for("Prometheus ready", Duration::from_secs(60), async || {
+        api.http.get(format!("{}/-/ready", api.base)).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+
+    // Once the mesh is up: one request the region's rules refuse, so the
+    // refusal counter has a series whatever the demo's workload does.
+    let us_west = demo_dir.join("us-west");
+    let api_addrs = wait_for("us-west's node configurations", Duration::from_secs(60), async || {
+        let addrs: std::collections::BTreeMap<u64, String> = (1..=3)
+            .filter_map(|id| {
+                let text = std::fs::read_to_string(us_west.join(format!("node-{id}.toml"))).ok()?;
+                Some((id, config_value(&text, "api_listen")?))
+            })
+            .collect();
+        (addrs.len() == 3).then_some(addrs)
+    })
+    .await;
+    let region = LocalRegion::attach(&us_west.join("certs"), "us-west", "ops", api_addrs).unwrap();
+    let wallet = region.partner("paypal-us").unwrap();
+    let refused = wait_for("a quote below the corridor's minimum refused", Duration::from_secs(120), async || {
+        let request = wire::CreateQuoteRequest {
+            qr_payload: "usqr://shop/m0001".into(),
+            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+                amount: "0.01".into(),
+                currency: "USD".into(),
+            })),
+            idempotency_key: String::new(),
+        };
+        wallet.create_quote(request).await.ok().filter(|answer| answer.reject_code != 0)
+    })
+    .await;
+    assert_eq!(refused.reject_code, common::RejectCode::AmountBelowMinimum as i32);
+
+    // Every documented series, from every region, while the workload runs.
+    let documented = documented();
+    let regions = ["ap-southeast", "cn-east", "us-west"];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut missing = Vec::new();
+        for (name, kind) in &documented {
+            let series = if kind == "histogram" { format!("{name}_count") } else { name.clone() };
+            let found = api.query(&format!("count by (region) ({series})")).await;
+            let seen: BTreeSet<String> =
+                found.iter().filter_map(|(labels, _)| labels["region"].as_str().map(str::to_owned)).collect();
+            // Leader-only, per-follower, refusal and corridor series come
+            // from some regions (cn-east has no wallet, so no corridor);
+            // every other series from all three.
+            let some_region = name.contains("commit_index")
+                || name.contains("quorum_ack")
+                || name.contains("replication_lag")
+                || name.contains("rejections")
+                || name.contains("corridor");
+            let enough = if some_region { !seen.is_empty() } else { seen.len() == regions.len() };
+            if !enough {
+                missing.push(format!("{series} (from {seen:?})"));
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "documented but not scraped: {missing:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // Values that make sense.
+    let leaders = api.query(r#"sum by (region) (paymesh_raft_role{role="leader"})"#).await;
+    assert_eq!(leaders.len(), 3, "{leaders:?}");
+    assert!(leaders.iter().all(|(_, n)| n.round() as i64 == 1), "one leader per region: {leaders:?}");
+    let up = api.query(r#"sum(up{job="paymesh"})"#).await;
+    assert_eq!(up[0].1.round() as i64, 9, "every node scraped: {up:?}");
+    let paying = wait_for("transfers created per second", Duration::from_secs(30), async || {
+        let rate = api.query("sum(rate(paymesh_corridor_transfers_total[15s]))").await;
+        rate.first().map(|(_, v)| *v).filter(|v| *v > 1.0)
+    })
+    .await;
+    let corridors = api.query("sum by (corridor) (paymesh_corridor_transfers_total)").await;
+    assert!(corridors.iter().any(|(l, _)| l["corridor"] == "USD:us-west->CNY:cn-east"), "{corridors:?}");
+    let refusals =
+        api.query(r#"paymesh_partner_rejections_total{partner="paypal-us",code="AmountBelowMinimum"}"#).await;
+    assert!(refusals.iter().map(|(_, v)| v).sum::<f64>() >= 1.0, "{refusals:?}");
+    let syncs =
+        api.query("histogram_quantile(0.99, sum by (le) (rate(paymesh_log_sync_duration_seconds_bucket[30s])))").await;
+    assert!(syncs[0].1 > 0.0 && syncs[0].1 < 2.0, "fsync p99 {syncs:?}");
+    let p99 = api
+        .query(
+            r#"histogram_quantile(0.99, sum by (le) (rate(paymesh_partner_request_duration_seconds_bucket{method=~"CreateTransfers|CreateTransfer|CreatePayment|CreateQuote"}[30s])))"#,
+        )
+        .await;
+    assert!(p99[0].1 > 0.0 && p99[0].1 < 10.0, "payments p99 {p99:?}");
+    let memory = api.query("min(process_resident_memory_bytes)").await;
+    assert!(memory[0].1 > 10e6 && memory[0].1 < 8e9, "{memory:?}");
+    let applied = api.query("min(paymesh_raft_applied_index)").await;
+    assert!(applied[0].1 > 10.0, "{applied:?}");
+    let lag = api.query("max(paymesh_raft_replication_lag_entries)").await;
+    assert!(lag[0].1 < 10_000.0, "{lag:?}");
+    let errors = api.query("paymesh:partner_server_error_ratio:rate5m").await;
+    assert!(errors.len() >= 2 && errors.iter().all(|(_, ratio)| *ratio < 0.05), "server-side errors {errors:?}");
+    // Every rule evaluates against the real series without an error, and
+    // none of the paging alerts fires on a healthy mesh.
+    let rules = api.get("/api/v1/rules", &[]).await.unwrap();
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    let all: Vec<&serde_json::Value> = groups.iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+    assert_eq!(all.len(), 13, "{rules}");
+    for rule in &all {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    let firing: Vec<&serde_json::Value> =
+        all.iter().filter(|r| r["type"] == "alerting" && r["state"] == "firing").copied().collect();
+    assert!(firing.is_empty(), "alerts firing on a healthy mesh: {firing:?}");
+    println!("a real Prometheus scraped {} documented series from 9 nodes; {paying:.0} transfers/s", documented.len());
+    // The demo ends by itself and finds every invariant held, metrics
+    // served and scraped all along.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not end");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap();
+    assert!(status.success() && log.contains("all invariants hold"), "{log}");
+}

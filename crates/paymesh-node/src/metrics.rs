@@ -1,0 +1,832 @@
+//! Prometheus metrics: what a node counts as it works, and what it reads off
+//! its Raft group, its state and its links when scraped.
+//!
+//! Two kinds. Events are counted where they happen, in one process-wide set
+//! ([`events`]): gRPC calls by service, method and code with their latency
+//! (the [`Measured`] wrapper around each service), partners' calls and
+//! business refusals, transfers by corridor and state, the proposer's queue
+//! and batch sizes, open event streams. A node is one process, so the
+//! process-wide set is the node's (tests that run several nodes in one
+//! process add theirs up). Levels are read at scrape time from the node's
+//! own handles ([`Sources`]): Raft (role, term, leader, indexes, each
+//! follower's lag, the log's fsync latency), snapshots, history's size, the
+//! outbox and the breaker per remote region, partners' transfers in flight,
+//! corridors' daily use, and the process (memory, CPU, file descriptors).
+//!
+//! Names and labels follow Prometheus' conventions (base units, `_total`
+//! counters, `_seconds` and `_bytes`); every label value comes from a
+//! bounded set: the proto's services and methods (an unknown method is
+//! `unknown`), gRPC and reject code names, the partners and corridors
+//! configured in the region, the configured remote regions, the region's
+//! node ids. The list is in docs/OPERATIONS.md, and the alert rules and the
+//! dashboard under deploy/monitoring read them.
+//!
+//! Served as the OpenMetrics text format by `GET /metrics` on the listener
+//! `[metrics] listen` names, over plain HTTP (as node_exporter serves): the
+//! metrics hold counts, durations and states, never amounts or personal
+//! data.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use openraft::ServerState;
+use paymesh_core::command::OutboxMessage;
+use paymesh_core::id::PartnerId;
+use paymesh_core::transfer::CoordinatorState;
+use paymesh_core::Outcome;
+use paymesh_store::log_store::LogStats;
+use paymesh_store::raft_types::Raft;
+use paymesh_store::StateMachineStore;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+use crate::outbox::Links;
+
+/// The most scrapes served at once.
+const SCRAPES_AT_ONCE: usize = 8;
+
+/// How long one scrape connection may stay open.
+const SCRAPE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A method label: the gRPC service (its last name part) and the method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    service: &'static str,
+    method: String,
+}
+
+/// A method label and the call's gRPC code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    service: &'static str,
+    method: String,
+    code: &'static str,
+}
+
+/// A partner's call: the partner, the method and the gRPC code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartnerCodeLabels {
+    partner: String,
+    method: String,
+    code: &'static str,
+}
+
+/// A partner and a method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartnerMethodLabels {
+    partner: String,
+    method: String,
+}
+
+/// A partner and a reject code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    partner: String,
+    code: String,
+}
+
+/// A corridor and a transfer's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CorridorStateLabels {
+    corridor: String,
+    state: &'static str,
+}
+
+/// Builds latency histograms: 0.5 ms to about 16 s, doubling.
+#[derive(Clone, Copy, Debug)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+    }
+}
+
+/// What a node counts as it works (see the module's documentation).
+#[derive(Debug)]
+pub struct Events {
+    registry: Registry,
+    grpc_requests: Family<CodeLabels, Counter>,
+    grpc_duration: Family<MethodLabels, Histogram, LatencyBuckets>,
+    partner_requests: Family<PartnerCodeLabels, Counter>,
+    partner_duration: Family<PartnerMethodLabels, Histogram, LatencyBuckets>,
+    partner_rejections: Family<RejectLabels, Counter>,
+    corridor_transfers: Family<CorridorStateLabels, Counter>,
+    proposer_queue: Gauge,
+    proposer_batch: Histogram,
+    subscribers: Gauge,
+}
+
+impl Events {
+    fn new() -> Events {
+        let mut registry = Registry::with_prefix("paymesh");
+        let grpc_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls served, by service, method and gRPC code",
+            grpc_requests.clone(),
+        );
+        let grpc_duration = Family::new_with_constructor(LatencyBuckets);
+        registry.register_with_unit(
+            "grpc_request_duration",
+            "Time to each gRPC call's response headers (a unary call's whole handling), by service and method",
+            Unit::Seconds,
+            grpc_duration.clone(),
+        );
+        let partner_requests = Family::<PartnerCodeLabels, Counter>::default();
+        registry.register(
+            "partner_requests",
+            "Partner API calls by the partner that made them, method and gRPC code",
+            partner_requests.clone(),
+        );
+        let partner_duration = Family::new_with_constructor(LatencyBuckets);
+        registry.register_with_unit(
+            "partner_request_duration",
+            "Partner API call latency, by partner and method",
+            Unit::Seconds,
+            partner_duration.clone(),
+        );
+        let partner_rejections = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "partner_rejections",
+            "Partners' requests refused by the region's rules (the response's reject code, or an aborted \
+             transfer's reason), by partner and code",
+            partner_rejections.clone(),
+        );
+        let corridor_transfers = Family::<CorridorStateLabels, Counter>::default();
+        registry.register(
+            "corridor_transfers",
+            "Transfers created on this node's leadership, by corridor and the state they were answered in",
+            corridor_transfers.clone(),
+        );
+        let proposer_queue = Gauge::default();
+        registry.register(
+            "proposer_queue_commands",
+            "Commands waiting in the leader's proposer",
+            proposer_queue.clone(),
+        );
+        let proposer_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "proposer_batch_commands",
+            "Commands per log entry the leader's proposer wrote",
+            proposer_batch.clone(),
+        );
+        let subscribers = Gauge::default();
+        registry.register("event_subscribers", "Partner event streams open on this node", subscribers.clone());
+        Events {
+            registry,
+            grpc_requests,
+            grpc_duration,
+            partner_requests,
+            partner_duration,
+            partner_rejections,
+            corridor_transfers,
+            proposer_queue,
+            proposer_batch,
+            subscribers,
+        }
+    }
+
+    /// The proposer holds `commands` now.
+    pub fn proposer_queued(&self, commands: usize) {
+        self.proposer_queue.set(i64::try_from(commands).unwrap_or(i64::MAX));
+    }
+
+    /// The proposer wrote an entry of `commands` commands.
+    pub fn proposer_wrote(&self, commands: usize) {
+        self.proposer_batch.observe(commands as f64);
+    }
+
+    /// An event stream opened; it counts as open until the guard drops.
+    pub fn subscribed(&'static self) -> SubscriberGuard {
+        self.subscribers.inc();
+        SubscriberGuard(self)
+    }
+
+    /// `partner`'s request was answered `outcome` by the region.
+    pub fn answered(&self, partner: &PartnerId, outcome: &Outcome) {
+        let reject = |code: &dyn std::fmt::Debug| {
+            let labels = RejectLabels { partner: partner.to_string(), code: format!("{code:?}") };
+            self.partner_rejections.get_or_create(&labels).inc();
+        };
+        match outcome {
+            Outcome::Rejected(code) => reject(code),
+            Outcome::Transfer(view) => {
+                let state = match view.state {
+                    CoordinatorState::Committed => "committed",
+                    CoordinatorState::Aborted => "aborted",
+                    _ => "reserved",
+                };
+                let labels = CorridorStateLabels { corridor: view.corridor.to_string(), state };
+                self.corridor_transfers.get_or_create(&labels).inc();
+                if let (CoordinatorState::Aborted, Some(code)) = (view.state, view.reason) {
+                    reject(&code);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn called(&self, service: &'static str, method: String, code: tonic::Code, took: Duration, partner: Option<&str>) {
+        let code = code_name(code);
+        if let Some(partner) = partner {
+            let labels = PartnerCodeLabels { partner: partner.to_owned(), method: method.clone(), code };
+            self.partner_requests.get_or_create(&labels).inc();
+            let labels = PartnerMethodLabels { partner: partner.to_owned(), method: method.clone() };
+            self.partner_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        }
+        self.grpc_requests.get_or_create(&CodeLabels { service, method: method.clone(), code }).inc();
+        self.grpc_duration.get_or_create(&MethodLabels { service, method }).observe(took.as_secs_f64());
+    }
+}
+
+/// The process-wide event metrics.
+pub fn events() -> &'static Events {
+    static EVENTS: LazyLock<Events> = LazyLock::new(Events::new);
+    &EVENTS
+}
+
+/// An open event stream, counted in `paymesh_event_subscribers` until it
+/// drops.
+#[derive(Debug)]
+pub struct SubscriberGuard(&'static Events);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.dec();
+    }
+}
+
+/// The gRPC code's name as the label says it (`OK`, `UNAVAILABLE`, …).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Where the gateway writes the partner it identified for a call, so the
+/// call's metrics carry it: put in the request's extensions by
+/// [`Measured`], set by [`crate::gateway::Gateway::partner`] once the
+/// partner is known to the region (so a label names only configured
+/// partners).
+#[derive(Clone, Debug, Default)]
+pub struct CallerSlot(Arc<OnceLock<PartnerId>>);
+
+impl CallerSlot {
+    /// Name the call's partner (the first naming stands).
+    pub fn set(&self, partner: &PartnerId) {
+        let _ = self.0.set(partner.clone());
+    }
+}
+
+/// A gRPC service whose every call is counted and timed in [`events`].
+#[derive(Clone, Debug)]
+pub struct Measured<S> {
+    inner: S,
+}
+
+impl<S: tonic::server::NamedService> Measured<S> {
+    /// Measure `inner`'s calls.
+    pub fn new(inner: S) -> Measured<S> {
+        Measured { inner }
+    }
+
+    /// The service's label: the last part of its full name.
+    fn service() -> &'static str {
+        S::NAME.rsplit('.').next().unwrap_or(S::NAME)
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Measured<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Measured<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>, Response = HttpResponse> + tonic::server::NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let slot = CallerSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let answer = call.await;
+            if let Ok(response) = &answer {
+                // An error is answered in the headers (trailers-only); a
+                // success's status comes in the trailers, after the body.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|text| text.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                // A method the service does not have is not a label value.
+                let method = if code == tonic::Code::Unimplemented { "unknown".to_owned() } else { method };
+                let partner = slot.0.get().map(PartnerId::to_string);
+                events().called(Self::service(), method, code, started.elapsed(), partner.as_deref());
+            }
+            answer
+        })
+    }
+}
+
+/// What a scrape reads the node's levels from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The node's id.
+    pub node_id: u64,
+    /// The region's Raft group on this node.
+    pub raft: Raft,
+    /// The applied state and history.
+    pub state_machine: StateMachineStore,
+    /// The Raft log's I/O counters.
+    pub log_stats: Arc<LogStats>,
+    /// The links to the remote regions.
+    pub links: Arc<Links>,
+    /// The node's data directory (its file system's space is reported).
+    pub data_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// A remote region and a kind of outbox message. (`region` is left to
+/// the scrape's target labels: the node's own region.)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    remote_region: String,
+    kind: &'static str,
+}
+
+/// A remote region.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabel {
+    remote_region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabel {
+    follower: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartnerLabel {
+    partner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CorridorLabel {
+    corridor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    node_region: String,
+    node_id: String,
+    version: &'static str,
+}
+
+/// A gauge of integer `value`, registered under `name`.
+fn int_gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, gauge);
+}
+
+/// A gauge of `value` in `unit`, registered under `name`.
+fn unit_gauge(registry: &mut Registry, name: &str, help: &str, unit: Unit, value: f64) {
+    let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    gauge.set(value);
+    registry.register_with_unit(name, help, unit, gauge);
+}
+
+/// The levels a scrape reads, in a registry of their own.
+fn levels(sources: &Sources) -> Registry {
+    let mut registry = Registry::with_prefix("paymesh");
+    let info = Family::<InfoLabels, Gauge>::default();
+    let applied = sources.state_machine.applied();
+    let state = &applied.state;
+    info.get_or_create(&InfoLabels {
+        node_region: state.region().to_string(),
+        node_id: sources.node_id.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register("node_info", "This node: its region, id and version (always 1)", info);
+    raft_levels(&mut registry, sources);
+
+    let (snapshot_bytes, snapshot_took) = sources.state_machine.last_snapshot();
+    unit_gauge(&mut registry, "snapshot_size", "The last snapshot this node built", Unit::Bytes, snapshot_bytes as f64);
+    unit_gauge(
+        &mut registry,
+        "snapshot_build_duration",
+        "How long building the last snapshot took",
+        Unit::Seconds,
+        snapshot_took.as_secs_f64(),
+    );
+    let built = Counter::<u64>::default();
+    built.inc_by(sources.state_machine.snapshots_built());
+    registry.register("snapshots_built", "Snapshots this node built since it started", built);
+    let history = sources.state_machine.history();
+    unit_gauge(
+        &mut registry,
+        "history_size",
+        "History's files on disk",
+        Unit::Bytes,
+        history.size_on_disk().unwrap_or(0) as f64,
+    );
+    int_gauge(&mut registry, "history_last_index", "The last log index history holds", history.last_index());
+    // The data directory's file system: the log, checkpoints and history.
+    if let (Ok(available), Ok(total)) = (fs2::available_space(&sources.data_dir), fs2::total_space(&sources.data_dir)) {
+        unit_gauge(
+            &mut registry,
+            "data_dir_available",
+            "Space left to this node on its data directory's file system",
+            Unit::Bytes,
+            available as f64,
+        );
+        unit_gauge(
+            &mut registry,
+            "data_dir_capacity",
+            "The size of the data directory's file system",
+            Unit::Bytes,
+            total as f64,
+        );
+    }
+
+    // The outbox and the breaker, per remote region.
+    let outbox = Family::<OutboxLabels, Gauge>::default();
+    let oldest = Family::<RegionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let breaker = Family::<RegionLabel, Gauge>::default();
+    let open_for = Family::<RegionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let calls = Family::<RegionLabel, Gauge>::default();
+    let in_flight = Family::<RegionLabel, Gauge>::default();
+    let now = state.clock();
+    for link in sources.links.iter() {
+        let region = link.region.to_string();
+        let label = RegionLabel { remote_region: region.clone() };
+        for kind in ["prepare", "decision", "refund_prepare", "cancel_request"] {
+            outbox.get_or_create(&OutboxLabels { remote_region: region.clone(), kind }).set(0);
+        }
+        let mut oldest_deadline = None;
+        for message in state.outbox_for(&link.region) {
+            let kind = match message {
+                OutboxMessage::Prepare(prepare) => {
+                    let deadline = prepare.deadline;
+                    oldest_deadline = Some(oldest_deadline.map_or(deadline, |oldest| deadline.min(oldest)));
+                    "prepare"
+                }
+                OutboxMessage::Decision { .. } => "decision",
+                OutboxMessage::PrepareRefund(_) => "refund_prepare",
+                OutboxMessage::RequestCancel(_) => "cancel_request",
+            };
+            outbox.get_or_create(&OutboxLabels { remote_region: region.clone(), kind }).inc();
+        }
+        // A prepare is queued when its transfer is created, its deadline
+        // that long after.
+        let age_ms = oldest_deadline.map_or(0, |deadline| {
+            let queued = deadline.unix_ms().saturating_sub(paymesh_core::limits::TRANSFER_PREPARE_DEADLINE_MS);
+            now.unix_ms().saturating_sub(queued)
+        });
+        oldest.get_or_create(&label).set(age_ms as f64 / 1000.0);
+        let open = link.open_for();
+        breaker.get_or_create(&label).set(i64::from(open.is_some()));
+        open_for.get_or_create(&label).set(open.unwrap_or_default().as_secs_f64());
+        let (unfinished, messages) = link.shipping();
+        calls.get_or_create(&label).set(i64::try_from(unfinished).unwrap_or(i64::MAX));
+        in_flight.get_or_create(&label).set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+    registry.register("outbox_messages", "Messages waiting for a remote region, by region and kind", outbox);
+    registry.register_with_unit(
+        "outbox_oldest_prepare_age",
+        "How long the oldest prepare waiting for a region has waited (its transfer aborts at the prepare \
+         deadline, 10 s)",
+        Unit::Seconds,
+        oldest,
+    );
+    registry.register("breaker_open", "Whether the circuit to a remote region is open (1) or closed (0)", breaker);
+    registry.register_with_unit(
+        "breaker_open_duration",
+        "How long the circuit to a remote region has been open",
+        Unit::Seconds,
+        open_for,
+    );
+    registry.register("outbox_calls_in_flight", "Calls to a remote region not finished (leader only)", calls);
+    registry.register("outbox_messages_in_flight", "Messages in calls to a remote region (leader only)", in_flight);
+
+    // Partners and corridors of the region.
+    let partners_in_flight = Family::<PartnerLabel, Gauge>::default();
+    for partner in state.partners() {
+        let usage = state.partner_usage(&partner.config.id);
+        partners_in_flight
+            .get_or_create(&PartnerLabel { partner: partner.config.id.to_string() })
+            .set(i64::from(usage.transfers_in_flight));
+    }
+    registry.register("partner_transfers_in_flight", "A partner's transfers not yet final", partners_in_flight);
+    let daily = Family::<CorridorLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let suspended = Family::<CorridorLabel, Gauge>::default();
+    for corridor in state.corridors() {
+        let label = CorridorLabel { corridor: corridor.id.to_string() };
+        let used = if corridor.usage.day == now.utc_day() { corridor.usage.used.units() } else { 0 };
+        let cap = corridor.terms.daily_cap().units().max(1);
+        daily.get_or_create(&label).set(used as f64 / cap as f64);
+        suspended
+            .get_or_create(&label)
+            .set(i64::from(corridor.status == paymesh_core::partner::BusinessStatus::Suspended));
+    }
+    registry.register("corridor_daily_cap_used_ratio", "The share of a corridor's daily cap used today (UTC)", daily);
+    registry.register("corridor_suspended", "Whether a corridor is suspended (1) or active (0)", suspended);
+    registry
+}
+
+/// Raft's levels: role, term, leader, indexes, lag and the log's syncs.
+fn raft_levels(registry: &mut Registry, sources: &Sources) {
+    let metrics = sources.raft.metrics().borrow().clone();
+    let roles = Family::<RoleLabel, Gauge>::default();
+    for (state, role) in [
+        (ServerState::Leader, "leader"),
+        (ServerState::Follower, "follower"),
+        (ServerState::Candidate, "candidate"),
+        (ServerState::Learner, "learner"),
+        (ServerState::Shutdown, "shutdown"),
+    ] {
+        roles.get_or_create(&RoleLabel { role }).set(i64::from(metrics.state == state));
+    }
+    registry.register("raft_role", "This node's Raft role (1 for the role it has)", roles);
+    int_gauge(registry, "raft_term", "The current Raft term", metrics.current_term);
+    int_gauge(
+        registry,
+        "raft_leader_id",
+        "The leader this node knows of (0: none)",
+        metrics.current_leader.unwrap_or(0),
+    );
+    let last_log = metrics.last_log_index.unwrap_or(0);
+    int_gauge(registry, "raft_last_log_index", "The last index in this node's log", last_log);
+    let applied = metrics.last_applied.map_or(0, |l| l.index);
+    int_gauge(registry, "raft_applied_index", "The last index this node applied", applied);
+    int_gauge(
+        registry,
+        "raft_snapshot_index",
+        "The index of this node's last snapshot",
+        metrics.snapshot.map_or(0, |l| l.index),
+    );
+    int_gauge(
+        registry,
+        "raft_purged_index",
+        "The last index purged from this node's log",
+        metrics.purged.map_or(0, |l| l.index),
+    );
+    // The leader knows what a quorum holds: the commit index, and each
+    // follower's lag behind its log.
+    let lag = Family::<FollowerLabel, Gauge>::default();
+    if let Some(replication) = &metrics.replication {
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let mut matched: Vec<u64> = voters
+            .iter()
+            .map(|id| {
+                if *id == metrics.id {
+                    last_log
+                } else {
+                    replication.get(id).copied().flatten().map_or(0, |m| m.index)
+                }
+            })
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let committed = matched.get(voters.len() / 2).copied().unwrap_or(0);
+        int_gauge(registry, "raft_commit_index", "The last index a quorum holds (leader only)", committed);
+        for (id, matched) in replication.iter().filter(|(id, _)| **id != metrics.id) {
+            let behind = last_log.saturating_sub(matched.map_or(0, |m| m.index));
+            lag.get_or_create(&FollowerLabel { follower: id.to_string() })
+                .set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
+        let quorum_age = metrics.millis_since_quorum_ack.map_or(f64::NAN, |ms| ms as f64 / 1000.0);
+        unit_gauge(
+            registry,
+            "raft_quorum_ack_age",
+            "How long ago a quorum last acknowledged this leader (leader only)",
+            Unit::Seconds,
+            quorum_age,
+        );
+    }
+    registry.register("raft_replication_lag_entries", "Entries a follower lacks of the leader's log", lag);
+    let stats = &sources.log_stats;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, help, value) in [
+        ("log_appends", "Appends to the Raft log", load(&stats.appends)),
+        ("log_entries", "Entries appended to the Raft log", load(&stats.entries)),
+        ("log_slow_syncs", "Raft log fdatasync calls over 50 ms", load(&stats.slow_syncs)),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+    registry.register_with_unit(
+        "log_sync_duration",
+        "Raft log fdatasync latency",
+        Unit::Seconds,
+        stats.sync_seconds.clone(),
+    );
+}
+
+/// The process's memory, CPU time, open files and start, from /proc (the
+/// names every Prometheus client uses). Linux reports CPU time in ticks of
+/// 1/100 s (USER_HZ, fixed by its ABI).
+fn process_levels() -> Registry {
+    let mut process = Registry::default();
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        if let Some(rss) = kib("VmRSS:") {
+            unit_gauge(&mut process, "process_resident_memory", "Resident memory", Unit::Bytes, (rss * 1024) as f64);
+        }
+        if let Some(virt) = kib("VmSize:") {
+            unit_gauge(&mut process, "process_virtual_memory", "Virtual memory", Unit::Bytes, (virt * 1024) as f64);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command (which may hold spaces), from field 3.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // utime and stime are fields 14 and 15: 11 and 12 after the command.
+        let seconds = (ticks(11) + ticks(12)) as f64 / 100.0;
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        cpu.inc_by(seconds);
+        process.register_with_unit("process_cpu", "User and system CPU time", Unit::Seconds, cpu);
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        int_gauge(&mut process, "process_open_fds", "Open file descriptors", entries.count() as u64);
+    }
+    process
+}
+
+/// The whole exposition: the events, then the node's levels, then the
+/// process's.
+pub fn render(sources: &Sources) -> String {
+    let mut text = String::new();
+    let levels = levels(sources);
+    // Writing to a String cannot fail.
+    let _ = encode_registry(&mut text, &events().registry);
+    let _ = encode_registry(&mut text, &levels);
+    let _ = encode_registry(&mut text, &process_levels());
+    let _ = encode_eof(&mut text);
+    text
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(SCRAPES_AT_ONCE));
+    let sources = Arc::new(sources);
+    tokio::pin!(shutdown);
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics listener busy; connection closed");
+            continue;
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let sources = sources.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&request, &sources, peer)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(SCRAPE_CONNECTION_TIMEOUT, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The answer to one HTTP request of the metrics listener.
+fn answer<B>(request: &hyper::Request<B>, sources: &Sources, peer: SocketAddr) -> hyper::Response<Full<Bytes>> {
+    let respond = |status: hyper::StatusCode, content_type: &'static str, body: String| {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+        response
+    };
+    match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => respond(
+            hyper::StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(sources),
+        ),
+        (_, "/metrics") => respond(hyper::StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+        (_, path) => {
+            tracing::debug!(%peer, path, "metrics listener: not found");
+            respond(hyper::StatusCode::NOT_FOUND, "text/plain", "the metrics are at /metrics\n".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use paymesh_core::outcome::RejectCode;
+
+    use super::*;
+
+    #[test]
+    fn refusals_and_calls_are_counted_under_bounded_label_values() {
+        let partner = PartnerId::new("metrics-test-partner").unwrap();
+        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum));
+        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum));
+        events().called(
+            "PartnerService",
+            "CreateQuote".into(),
+            tonic::Code::Unavailable,
+            Duration::from_millis(3),
+            Some("metrics-test-partner"),
+        );
+        let guard = events().subscribed();
+        let mut text = String::new();
+        encode_registry(&mut text, &events().registry).unwrap();
+        assert!(
+            text.contains(
+                r#"paymesh_partner_rejections_total{partner="metrics-test-partner",code="AmountBelowMinimum"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"paymesh_partner_requests_total{partner="metrics-test-partner",method="CreateQuote",code="UNAVAILABLE"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"paymesh_grpc_request_duration_seconds_bucket{le="0.004",service="PartnerService",method="CreateQuote"} 1"#), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("paymesh_event_subscribers ") && l != "paymesh_event_subscribers 0"),
+            "{text}"
+        );
+        drop(guard);
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+}

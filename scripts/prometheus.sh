@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Prometheus and promtool for paymesh's monitoring tests and for operators
+# trying the rules and the dashboard locally.
+#
+#   scripts/prometheus.sh install   install Debian's prometheus package (the
+#                                   server and promtool) if promtool is not
+#                                   found; print promtool's path
+#   scripts/prometheus.sh check     promtool check rules and test rules on
+#                                   deploy/monitoring (what CI runs)
+#
+# Only the path goes to stdout for `install`; progress and errors go to
+# stderr. Running `install` again is harmless. Installing needs root and
+# apt-get (a Debian-like system); without them the script says so and
+# fails: a test that needs Prometheus never skips.
+
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+say() { echo "prometheus.sh: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+usage() {
+    echo "usage: $0 install|check" >&2
+    exit 2
+}
+
+install() {
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+        command -v promtool
+        return
+    fi
+    # One install at a time (tests call this concurrently); the second
+    # finds the first's.
+    exec 9>>"${TMPDIR:-/tmp}/paymesh-prometheus-install.lock"
+    flock -w 900 9 || die "another scripts/prometheus.sh install has run for 15 minutes"
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+        command -v promtool
+        return
+    fi
+    [[ $(id -u) -eq 0 ]] || die "Prometheus is not installed and installing it needs root: run 'apt-get install -y prometheus' as root, or run this script as root"
+    command -v apt-get >/dev/null || die "Prometheus is not installed and this is not a Debian-like system (no apt-get)"
+    say "no promtool found: installing Debian's prometheus package (server and promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    # The package's own service is not wanted (no init system in a
+    # container, and the tests start their own server).
+    if ! apt-get install -y --no-install-recommends prometheus >&2; then
+        say "apt-get install failed; refreshing the package lists and retrying"
+        apt-get update >&2 || die "apt-get update failed: is the Debian mirror reachable?"
+        apt-get install -y --no-install-recommends prometheus >&2 || die "apt-get install -y prometheus failed (see above)"
+    fi
+    command -v promtool >/dev/null || die "prometheus installed, but still no promtool on PATH"
+    command -v promtool
+}
+
+check() {
+    local promtool
+    promtool=$(install)
+    "$promtool" check rules "$repo/deploy/monitoring/alerts.yml" >&2
+    "$promtool" test rules "$repo/deploy/monitoring/alerts.test.yml" >&2
+    say "rules checked and their unit tests pass"
+}
+
+case ${1:-} in
+    install) install ;;
+    check) check ;;
+    *) usage ;;
+esac
