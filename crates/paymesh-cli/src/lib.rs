@@ -131,6 +131,11 @@ enum Command {
         /// The node's configuration file (see deploy/node.example.toml).
         #[arg(long)]
         config: PathBuf,
+        /// How the log is written to stderr: `text` for people, `json` for
+        /// a log pipeline (one object per line, with the fields of the
+        /// spans it happened in: partner, transfer, trace_id).
+        #[arg(long, value_enum, default_value_t = otel::LogFormat::Text)]
+        log_format: otel::LogFormat,
     },
     /// Bootstrap the region's membership from the peers of the contacted
     /// node's configuration. Harmless if already done.
@@ -404,7 +409,7 @@ const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_se
 
 async fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Start { config } => start(config).await,
+        Command::Start { config, log_format } => start(config, log_format).await,
         Command::Init { target } => {
             let (client, addresses) = target.client()?;
             let already = client.initialize(&addresses[0]).await?;
@@ -476,9 +481,9 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn start(config_path: PathBuf) -> anyhow::Result<()> {
+async fn start(config_path: PathBuf, log_format: otel::LogFormat) -> anyhow::Result<()> {
     let config = NodeConfig::load(&config_path)?;
-    let traces = otel::init(config.region.as_str(), config.node_id)?;
+    let traces = otel::init(config.region.as_str(), config.node_id, log_format)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let node = match Node::open(config).await {

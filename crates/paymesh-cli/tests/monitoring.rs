@@ -339,3 +339,65 @@ async fn a_real_prometheus_scrapes_every_documented_series_from_the_demo_mesh() 
     let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap();
     assert!(status.success() && log.contains("all invariants hold"), "{log}");
 }
+
+/// `paymesh start --log-format json`: every line of a node's log is a JSON
+/// object, and a line logged while a payment is answered carries the
+/// partner, the transfer and the trace id of the spans it happened in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_partner_the_transfer_and_the_trace() {
+    use paymesh_harness::mesh::LocalMesh;
+    use paymesh_harness::world;
+
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_paymesh"));
+    let regions: Vec<_> = world::regions().into_iter().filter(|(name, _)| *name == "us-west").collect();
+    let mut mesh = LocalMesh::plan(
+        dir.path(),
+        exe,
+        &regions,
+        3,
+        "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600",
+        paymesh_harness::wan::WanSettings::default(),
+        &[("RUST_LOG", "info,openraft=warn,paymesh_node::partner_service=debug")],
+    )
+    .await
+    .unwrap();
+    mesh.regions.get_mut("us-west").unwrap().start_args = vec!["--log-format".into(), "json".into()];
+    mesh.launch().await.unwrap();
+    let wallets: Vec<_> = world::WALLETS.into_iter().filter(|w| w.0 == "us-west").collect();
+    let merchants: Vec<_> = world::MERCHANTS.into_iter().filter(|m| m.0 == "us-west").collect();
+    world::configure_world(&mesh.regions, &wallets, &merchants, &world::RATES).await.unwrap();
+    let region = mesh.region("us-west").unwrap();
+    let wallet = region.partner("paypal-us").unwrap();
+    let request = wire::CreatePaymentRequest {
+        idempotency_key: "json-log-1".into(),
+        qr_payload: "usqr://shop/m0001".into(),
+        amount: Some(wire::create_payment_request::Amount::SourceAmount(common::Money {
+            amount: "12.34".into(),
+            currency: "USD".into(),
+        })),
+        payer: Some(wire::PayerDetails {
+            name: "Alice Example".into(),
+            account: "acct-42".into(),
+            reference: "order-42".into(),
+        }),
+        ..Default::default()
+    };
+    let paid = wallet.create_payment(request).await.unwrap().transfer.expect("a transfer");
+    let leader = region.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let log = std::fs::read_to_string(&region.nodes[&leader].log).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(lines.len() > 5, "{log}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string() && l["target"].is_string()));
+    let answered = lines
+        .iter()
+        .find(|l| l["message"] == "transfer answered" && l["span"]["transfer"] == paid.transfer_id.as_str())
+        .unwrap_or_else(|| panic!("no line about {} in {log}", paid.transfer_id));
+    assert_eq!(answered["span"]["partner"], "paypal-us", "{answered}");
+    let trace = answered["span"]["trace_id"].as_str().unwrap();
+    assert!(trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit()) && trace != "0".repeat(32), "{answered}");
+    mesh.stop().unwrap();
+}

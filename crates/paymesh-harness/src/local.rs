@@ -68,6 +68,9 @@ pub struct LocalRegion {
     pub remote_regions: String,
     /// Environment variables every node process gets (besides this process's).
     pub env: Vec<(String, String)>,
+    /// Arguments every node's `paymesh start` gets after its `--config`
+    /// (`--log-format json`, say).
+    pub start_args: Vec<String>,
     /// The nodes by id, running or not.
     pub nodes: BTreeMap<u64, LocalNode>,
     /// The region's CA and every holder's certificate and key.
@@ -151,6 +154,7 @@ impl LocalRegion {
             raft_settings: raft_settings.to_owned(),
             remote_regions: String::new(),
             env: Vec::new(),
+            start_args: Vec::new(),
             nodes: BTreeMap::new(),
             certs: dir.join("certs"),
             attached: false,
@@ -201,6 +205,7 @@ impl LocalRegion {
             raft_settings: String::new(),
             remote_regions: String::new(),
             env: Vec::new(),
+            start_args: Vec::new(),
             nodes,
             certs: certs.to_owned(),
             attached: true,
@@ -360,6 +365,7 @@ impl LocalRegion {
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = self.exe.clone();
         let env = self.env.clone();
+        let start_args = self.start_args.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -372,6 +378,7 @@ impl LocalRegion {
         let child = Command::new(&exe)
             .args(["start", "--config"])
             .arg(&node.config)
+            .args(&start_args)
             .env("RUST_LOG", std::env::var("PAYMESH_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .envs(env)
             .stdin(Stdio::null())

@@ -69,6 +69,7 @@ impl PartnerServer {
         match outcome {
             Outcome::Transfer(view) => {
                 span.record("transfer", tracing::field::display(&view.id));
+                span.in_scope(|| tracing::debug!(state = ?view.state, "transfer answered"));
                 // The transfer as it stands now: a retry's recorded answer
                 // may be older than its transfer's state. A final answer is
                 // its state for good (and reading a finished transfer back
@@ -105,7 +106,8 @@ impl PartnerServer {
             Some(wire::transfer_item::Kind::Transfer(item)) => {
                 match transfer_request(partner, batched_transfer(item)) {
                     Ok(request) => {
-                        let span = tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer);
+                        let span = tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer, trace_id = tracing::field::Empty);
+                        crate::telemetry::record_trace_id(&span);
                         let key = request.idempotency_key.clone();
                         self.transfer_answer(partner, &key, CommandBody::CreateTransfer(request), &span).await
                     }
@@ -114,7 +116,8 @@ impl PartnerServer {
             }
             Some(wire::transfer_item::Kind::Payment(item)) => match payment_request(partner, batched_payment(item)) {
                 Ok(payment) => {
-                    let span = tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer);
+                    let span = tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer, trace_id = tracing::field::Empty);
+                    crate::telemetry::record_trace_id(&span);
                     let key = payment.idempotency_key.clone();
                     self.transfer_answer(partner, &key, CommandBody::CreatePayment(payment), &span).await
                 }
@@ -199,6 +202,7 @@ fn follow_caller<T>(span: &tracing::Span, request: &Request<T>) {
     if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
         crate::telemetry::continue_from(span, parent);
     }
+    crate::telemetry::record_trace_id(span);
 }
 
 fn unexpected(outcome: &Outcome) -> Status {
@@ -274,7 +278,12 @@ impl PartnerService for PartnerServer {
         request: Request<wire::CreateTransferRequest>,
     ) -> Result<Response<wire::CreateTransferResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
-        let span = tracing::info_span!("create_transfer", partner = %partner, transfer = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "create_transfer",
+            partner = %partner,
+            transfer = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
         follow_caller(&span, &request);
         let transfer = transfer_request(&partner, request.into_inner())?;
         let key = transfer.idempotency_key.clone();
@@ -286,7 +295,12 @@ impl PartnerService for PartnerServer {
         request: Request<wire::CreatePaymentRequest>,
     ) -> Result<Response<wire::CreatePaymentResponse>, Status> {
         let partner = self.gateway.partner(&request).await?;
-        let span = tracing::info_span!("create_payment", partner = %partner, transfer = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "create_payment",
+            partner = %partner,
+            transfer = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
         follow_caller(&span, &request);
         let payment = payment_request(&partner, request.into_inner())?;
         let key = payment.idempotency_key.clone();
@@ -311,7 +325,7 @@ impl PartnerService for PartnerServer {
         }
         // One span for the request, and one per item under it (naming its
         // transfer, whose later steps continue the item's trace).
-        let span = tracing::info_span!("create_transfers", partner = %partner, items);
+        let span = tracing::info_span!("create_transfers", partner = %partner, items, trace_id = tracing::field::Empty);
         follow_caller(&span, &request);
         let answers = request.into_inner().items.into_iter().map(|item| self.transfer_item(&partner, item, &span));
         let results = futures::future::join_all(answers).await;

@@ -38,6 +38,18 @@ pub fn traceparent(span: &Span) -> String {
     carrier.remove("traceparent").unwrap_or_default()
 }
 
+/// Record `span`'s trace id (32 hex digits) in its `trace_id` field, so
+/// logs about the span name the trace; nothing when it is not traced or
+/// has no such field.
+pub fn record_trace_id(span: &Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let trace = context.span().span_context().trace_id();
+    if trace != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace));
+    }
+}
+
 /// Make `span` a child of the context `traceparent` names; an empty or
 /// malformed one is ignored (the span starts a trace of its own).
 pub fn continue_from(span: &Span, traceparent: &str) {

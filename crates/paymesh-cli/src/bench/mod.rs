@@ -226,6 +226,12 @@ pub struct BenchArgs {
     /// connections and never answer.
     #[arg(long, default_value_t = 0, requires = "webhooks")]
     pub webhooks_stuck: usize,
+    /// paymesh only: scrape every node's Prometheus metrics every this many
+    /// seconds during the run, as a Prometheus server would, and report what
+    /// the scrapes took (to measure what metrics cost: compare a run
+    /// without it).
+    #[arg(long)]
+    pub scrape_metrics_every: Option<f64>,
 }
 
 impl BenchArgs {
@@ -470,8 +476,29 @@ async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> an
                 target.close_window().await
             })
         });
+    let scraper = args
+        .scrape_metrics_every
+        .map(|s| Duration::try_from_secs_f64(s).context("--scrape-metrics-every must be a number of seconds > 0"))
+        .transpose()?
+        .map(|every| paymesh::Scraper::start(target.metrics_addrs(), every));
     let outcome = async {
         let mut report = load::run(target.clone(), plan).await?;
+        if let Some(scraper) = scraper {
+            let figures = scraper.finish().await?;
+            println!(
+                "metrics: {} scrapes ({} failed) of every node every {} s during the run; {:.0} KiB each on \
+                 average, {:.1} ms median, {:.1} ms longest",
+                figures.scrapes,
+                figures.failures,
+                figures.every_s,
+                figures.bytes_mean as f64 / 1024.0,
+                figures.ms_p50,
+                figures.ms_max
+            );
+            let path = report_path(args).with_extension("scrapes.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         if let (Some(close), Some(at)) = (close, args.close_window_at) {
             let (took, window) = close.await.context("the window-close task")??;
             let figures = window_close(&report, plan, at, took, &window);

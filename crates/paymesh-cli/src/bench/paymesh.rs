@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -79,6 +79,85 @@ pub struct PaymeshConfig {
     pub webhooks_stuck: usize,
 }
 
+/// What scraping every node's metrics during a run cost and gave
+/// (`--scrape-metrics-every`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScrapeFigures {
+    /// Seconds between scrapes of all the nodes.
+    pub every_s: f64,
+    /// Scrapes answered with 200, over all nodes.
+    pub scrapes: u64,
+    /// Scrapes that failed.
+    pub failures: u64,
+    /// The mean size of an answer, in bytes.
+    pub bytes_mean: u64,
+    /// The median and the longest time a scrape took, in milliseconds.
+    pub ms_p50: f64,
+    /// The longest.
+    pub ms_max: f64,
+}
+
+/// Scrapes every node's `/metrics` every `every` until stopped, as a
+/// Prometheus would.
+pub struct Scraper {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<ScrapeFigures>,
+}
+
+impl std::fmt::Debug for Scraper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scraper").finish_non_exhaustive()
+    }
+}
+
+impl Scraper {
+    /// Start scraping `addrs` (`host:port`) every `every`.
+    pub fn start(addrs: Vec<String>, every: Duration) -> Scraper {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+            let (mut scrapes, mut failures, mut bytes) = (0u64, 0u64, 0u64);
+            let mut took = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stopped.notified() => break,
+                    _ = tick.tick() => {}
+                }
+                for addr in &addrs {
+                    let started = std::time::Instant::now();
+                    let answer = async { http.get(format!("http://{addr}/metrics")).send().await?.bytes().await };
+                    match answer.await {
+                        Ok(body) => {
+                            scrapes += 1;
+                            bytes += body.len() as u64;
+                            took.push(started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        Err(_) => failures += 1,
+                    }
+                }
+            }
+            took.sort_by(f64::total_cmp);
+            ScrapeFigures {
+                every_s: every.as_secs_f64(),
+                scrapes,
+                failures,
+                bytes_mean: bytes.checked_div(scrapes).unwrap_or(0),
+                ms_p50: took.get(took.len() / 2).copied().unwrap_or(0.0),
+                ms_max: took.last().copied().unwrap_or(0.0),
+            }
+        });
+        Scraper { stop, task }
+    }
+
+    /// Stop, and what the scrapes gave.
+    pub async fn finish(self) -> anyhow::Result<ScrapeFigures> {
+        self.stop.notify_one();
+        self.task.await.context("the metrics scraper")
+    }
+}
+
 /// What the payees' webhook receivers got over a run (`--webhooks`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WebhookFigures {
@@ -125,7 +204,7 @@ pub struct PaymeshTarget {
     region: Mutex<Option<LocalRegion>>,
     payers: Vec<PartnerClient>,
     /// The flooding partner's client, when configured.
-    pub flooder: Option<std::sync::Arc<PartnerClient>>,
+    pub flooder: Option<Arc<PartnerClient>>,
     /// Which run on this region this is: part of every idempotency key, so a
     /// second run's keys are new.
     pub run: std::sync::atomic::AtomicU64,
@@ -183,6 +262,14 @@ fn failure(step: &str, error: &ClientError) -> Attempt {
     match error.status() {
         Some(status) => Attempt::Failed(format!("{step}: {:?}", status.code())),
         None => Attempt::Failed(format!("{step}: {error}")),
+    }
+}
+
+impl PaymeshTarget {
+    /// Every node's metrics listener, `host:port`.
+    pub fn metrics_addrs(&self) -> Vec<String> {
+        let guard = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|r| r.nodes.values().map(|n| n.metrics_addr.clone()).collect()).unwrap_or_default()
     }
 }
 
@@ -245,11 +332,8 @@ impl PaymeshTarget {
                 Calls::QuoteThenTransfer | Calls::OneCall => region.partner_unbatched(&payer_id(index))?,
             });
         }
-        let flooder = if config.flooder {
-            Some(std::sync::Arc::new(region.partner_unbatched(super::flood::FLOODER)?))
-        } else {
-            None
-        };
+        let flooder =
+            if config.flooder { Some(Arc::new(region.partner_unbatched(super::flood::FLOODER)?)) } else { None };
         Ok(PaymeshTarget {
             region: Mutex::new(Some(region)),
             payers,
