@@ -24,7 +24,9 @@
 //! Served as the OpenMetrics text format by `GET /metrics` on the listener
 //! `[metrics] listen` names, over plain HTTP (as node_exporter serves): the
 //! metrics hold counts, durations and states, never amounts or personal
-//! data.
+//! data. The same listener answers an orchestrator's probes: `/healthz`
+//! (the process serves) and `/readyz` (its Raft group runs and knows a
+//! leader).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -779,7 +781,29 @@ fn answer<B>(request: &hyper::Request<B>, sources: &Sources, peer: SocketAddr) -
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(sources),
         ),
-        (_, "/metrics") => respond(hyper::StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+        // Liveness: the process serves. Readiness: its Raft group runs and
+        // knows a leader (so calls it takes reach one); an orchestrator's
+        // probes, which cannot present a certificate to the API.
+        (&hyper::Method::GET, "/healthz") => respond(hyper::StatusCode::OK, "text/plain", "ok\n".into()),
+        (&hyper::Method::GET, "/readyz") => {
+            let metrics = sources.raft.metrics().borrow().clone();
+            match (&metrics.running_state, metrics.current_leader) {
+                (Ok(()), Some(leader)) => {
+                    respond(hyper::StatusCode::OK, "text/plain", format!("ready: leader is node {leader}\n"))
+                }
+                (Ok(()), None) => {
+                    respond(hyper::StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no leader known\n".into())
+                }
+                (Err(fatal), _) => respond(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: the Raft group stopped: {fatal}\n"),
+                ),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            respond(hyper::StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into())
+        }
         (_, path) => {
             tracing::debug!(%peer, path, "metrics listener: not found");
             respond(hyper::StatusCode::NOT_FOUND, "text/plain", "the metrics are at /metrics\n".into())
