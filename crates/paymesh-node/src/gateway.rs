@@ -223,6 +223,7 @@ impl Gateway {
     /// One copy of the applied state decides whether the destination's link
     /// refuses it and which actor prices a quote.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        let started = std::time::Instant::now();
         let (reply, outcome) = oneshot::channel();
         {
             let applied = self.state_machine.applied();
@@ -230,7 +231,7 @@ impl Gateway {
             self.registry.submit(&partner, body, &applied.state, now(), reply);
         }
         let outcome = outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))?;
-        crate::metrics::events().answered(&partner, &outcome);
+        crate::metrics::events().answered(&partner, &outcome, started.elapsed());
         Ok(outcome)
     }
 

@@ -126,6 +126,7 @@ pub struct Events {
     partner_duration: Family<PartnerMethodLabels, Histogram, LatencyBuckets>,
     partner_rejections: Family<RejectLabels, Counter>,
     corridor_transfers: Family<CorridorStateLabels, Counter>,
+    corridor_duration: Family<CorridorLabel, Histogram, LatencyBuckets>,
     proposer_queue: Gauge,
     proposer_batch: Histogram,
     subscribers: Gauge,
@@ -173,6 +174,14 @@ impl Events {
             "Transfers created on this node's leadership, by corridor and the state they were answered in",
             corridor_transfers.clone(),
         );
+        let corridor_duration = Family::new_with_constructor(LatencyBuckets);
+        registry.register_with_unit(
+            "corridor_transfer_duration",
+            "From a transfer's request reaching the leader's pipeline to its answer (one commit, and for a \
+             cross-border transfer its reservation), by corridor",
+            Unit::Seconds,
+            corridor_duration.clone(),
+        );
         let proposer_queue = Gauge::default();
         registry.register(
             "proposer_queue_commands",
@@ -195,6 +204,7 @@ impl Events {
             partner_duration,
             partner_rejections,
             corridor_transfers,
+            corridor_duration,
             proposer_queue,
             proposer_batch,
             subscribers,
@@ -217,8 +227,9 @@ impl Events {
         SubscriberGuard(self)
     }
 
-    /// `partner`'s request was answered `outcome` by the region.
-    pub fn answered(&self, partner: &PartnerId, outcome: &Outcome) {
+    /// `partner`'s request was answered `outcome` by the region, `took`
+    /// after it was submitted.
+    pub fn answered(&self, partner: &PartnerId, outcome: &Outcome, took: Duration) {
         let reject = |code: &dyn std::fmt::Debug| {
             let labels = RejectLabels { partner: partner.to_string(), code: format!("{code:?}") };
             self.partner_rejections.get_or_create(&labels).inc();
@@ -231,8 +242,11 @@ impl Events {
                     CoordinatorState::Aborted => "aborted",
                     _ => "reserved",
                 };
-                let labels = CorridorStateLabels { corridor: view.corridor.to_string(), state };
-                self.corridor_transfers.get_or_create(&labels).inc();
+                let corridor = view.corridor.to_string();
+                self.corridor_duration
+                    .get_or_create(&CorridorLabel { corridor: corridor.clone() })
+                    .observe(took.as_secs_f64());
+                self.corridor_transfers.get_or_create(&CorridorStateLabels { corridor, state }).inc();
                 if let (CoordinatorState::Aborted, Some(code)) = (view.state, view.reason) {
                     reject(&code);
                 }
@@ -822,8 +836,9 @@ mod tests {
     #[test]
     fn refusals_and_calls_are_counted_under_bounded_label_values() {
         let partner = PartnerId::new("metrics-test-partner").unwrap();
-        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum));
-        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum));
+        let took = Duration::from_millis(1);
+        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum), took);
+        events().answered(&partner, &Outcome::Rejected(RejectCode::AmountBelowMinimum), took);
         events().called(
             "PartnerService",
             "CreateQuote".into(),

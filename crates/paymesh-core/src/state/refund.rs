@@ -470,6 +470,11 @@ impl State {
                     .insert(key, OutboxMessage::Decision { transfer: id.clone(), decision: Decision::Commit, window });
             }
             PrepareReply::Prepared | PrepareReply::PreparedCredit(_) => {
+                // Late: the credit the payer's region priced is still what
+                // its record holds, aborted.
+                if let Some(credit) = priced.filter(|_| sound) {
+                    refund.view.credited = credit;
+                }
                 let reason = if sound { RejectCode::DeadlineExceeded } else { RejectCode::ProtocolViolation };
                 refund.view.reason = Some(reason);
                 step_refund(&mut refund, CoordinatorEvent::DecideAbort, now);

@@ -15,7 +15,8 @@ use crate::history::{History, ObservedRefund, TransferState};
 /// holds); each refund that crosses regions is committed in the
 /// payee's region exactly when it is committed in the payer's, an aborted
 /// one is aborted or absent on the payer's side, and both sides agree on
-/// the transfer and the amounts.
+/// the transfer and the amounts (on an aborted refund's, the credit aside:
+/// the payer's region may have priced one the coordinator never heard).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Refunds;
 
@@ -70,9 +71,14 @@ impl Checker for Refunds {
                 ));
             }
             if let Some((r, other)) = other {
+                // An aborted refund moved nothing; its credit on the
+                // coordinator's side is the estimate it asked with when the
+                // payer's region priced it at the current rate and the
+                // answer never reached it (the deadline came first).
+                let aborted = refund.state == Aborted && other.state == Aborted;
                 let agree = other.transfer_id == refund.transfer_id
                     && other.debited == refund.debited
-                    && other.credited == refund.credited;
+                    && (aborted || other.credited == refund.credited);
                 if !agree {
                     found.push(Violation::new(
                         self.name(),
@@ -208,6 +214,20 @@ mod tests {
         regions.get_mut(US).unwrap().current_rate_corridors.push(format!("USD:{US}->CNY:{CN}"));
         let found = Refunds.check(&history);
         assert!(found.iter().any(|v| v.detail.contains("took back 140.01")), "{found:?}");
+    }
+
+    #[test]
+    fn an_aborted_refund_may_carry_the_coordinators_estimate_of_the_credit() {
+        let history = with_refund(
+            refund(MERCHANT, false, TransferState::Aborted, "7.00", "1.00"),
+            Some(refund(PAYER, true, TransferState::Aborted, "7.00", "0.97")),
+        );
+        assert_eq!(Refunds.check(&history), Vec::new());
+        let history = with_refund(
+            refund(MERCHANT, false, TransferState::Aborted, "7.00", "1.00"),
+            Some(refund(PAYER, true, TransferState::Aborted, "7.01", "1.00")),
+        );
+        assert_eq!(Refunds.check(&history).len(), 1, "what the payee gives back must still agree");
     }
 
     #[test]

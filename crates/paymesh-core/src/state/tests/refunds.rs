@@ -455,3 +455,26 @@ fn at_the_current_rate_a_refund_without_a_rate_is_refused_and_a_cancel_still_giv
     assert_eq!(refund_rate(&mut west, "USD:us-west->CNY:cn-east", RefundRate::Original, expired), Outcome::Done);
     assert_eq!(west.state.refund_rate(&corridor_id("USD:us-west->CNY:cn-east")), RefundRate::Original);
 }
+
+#[test]
+fn a_priced_credit_answered_after_the_deadline_is_recorded_on_the_aborted_refund() {
+    let (mut west, mut east) = mesh();
+    let payment = paid(&mut west, &mut east, "order-1", T0);
+    assert_eq!(refund_rate(&mut west, "USD:us-west->CNY:cn-east", RefundRate::Current, T0), Outcome::Done);
+    let at = T0.plus_ms(1_000);
+    mid_rate(&mut west, "6.4", at);
+    let asked = refund_view(&east.run(refund("wechat-cn", "r1", &payment.id, cny("320")), at));
+    let Some((_, OutboxMessage::PrepareRefund(prepare))) = east.state.outbox().next() else { panic!("no prepare") };
+    let prepare = prepare.clone();
+    let Outcome::PrepareReply(reply) = west.run(CommandBody::PrepareRefund(prepare), at) else { panic!("no reply") };
+    assert_eq!(reply, PrepareReply::PreparedCredit(usd("50.00")));
+    let late = asked.deadline.unwrap().plus_ms(1);
+    east.run(CommandBody::PrepareReplied { transfer: asked.id.clone(), reply }, late);
+    let aborted = east.history.refund(&asked.id).unwrap().view;
+    assert_eq!((aborted.state, aborted.reason), (CoordinatorState::Aborted, Some(RejectCode::DeadlineExceeded)));
+    assert_eq!(aborted.credited, usd("50.00"), "the credit the payer's region held, not the estimate");
+    deliver_all(&mut east, &mut west, late);
+    assert_eq!(west.position("paypal-us").pending_credits.to_wire(), "0.00", "the abort released it");
+    west.state.verify().unwrap();
+    east.state.verify().unwrap();
+}
