@@ -251,13 +251,10 @@ impl BenchArgs {
                 Mode::Open { rate_per_second, in_flight_max: self.max_in_flight.unwrap_or(IN_FLIGHT_DEFAULT) }
             }
         };
-        let seconds = |what: &str, value: f64| {
-            Duration::try_from_secs_f64(value).with_context(|| format!("--{what} must be a number of seconds ≥ 0"))
-        };
         let plan = Plan {
             mode,
-            warmup: seconds("warmup", self.warmup)?,
-            duration: seconds("duration", self.duration)?,
+            warmup: seconds("warmup", self.warmup, Zero::Allowed)?,
+            duration: seconds("duration", self.duration, Zero::Allowed)?,
             attempt_timeout: Duration::from_millis(self.attempt_timeout_ms),
             progress: !self.no_progress,
         };
@@ -423,6 +420,24 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
     }
 }
 
+/// Whether a number of seconds may be zero (an instant) or not (an
+/// interval: a zero one would never let time pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
+/// The option `--flag`'s `value` as a duration.
+fn seconds(flag: &str, value: f64, zero: Zero) -> anyhow::Result<Duration> {
+    let bound = if zero == Zero::Allowed { "≥ 0" } else { "> 0" };
+    let duration = Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| zero == Zero::Allowed || !d.is_zero())
+        .with_context(|| format!("--{flag} must be a number of seconds {bound}, not {value}"))?;
+    Ok(duration)
+}
+
 /// Set up a paymesh region paying with `calls`, run the plan against it
 /// (twice with `--flood`), audit it, and shut it down.
 async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> anyhow::Result<Vec<RunReport>> {
@@ -449,36 +464,25 @@ async fn paymesh_run(calls: paymesh::Calls, args: &BenchArgs, plan: &Plan) -> an
         return flooded(&config, args.flood_rate, plan).await;
     }
     let target = Arc::new(PaymeshTarget::setup(&config).await?);
-    let every = args
-        .sample_every
-        .map(|s| Duration::try_from_secs_f64(s).context("--sample-every must be a number of seconds > 0"))
-        .transpose()?;
+    let every = args.sample_every.map(|s| seconds("sample-every", s, Zero::Refused)).transpose()?;
     let sampler = every.map(|every| soak::Sampler::start(target.clone(), every));
-    let rejoin = args
-        .rejoin_at
-        .map(|s| Duration::try_from_secs_f64(s).context("--rejoin-at must be a number of seconds ≥ 0"))
-        .transpose()?
-        .map(|at| {
-            let target = target.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(at).await;
-                target.rejoin(REJOIN_TIMEOUT).await
-            })
-        });
-    let close = args
-        .close_window_at
-        .map(|s| Duration::try_from_secs_f64(s).context("--close-window-at must be a number of seconds ≥ 0"))
-        .transpose()?
-        .map(|at| {
-            let target = target.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(at).await;
-                target.close_window().await
-            })
-        });
+    let rejoin = args.rejoin_at.map(|s| seconds("rejoin-at", s, Zero::Allowed)).transpose()?.map(|at| {
+        let target = target.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(at).await;
+            target.rejoin(REJOIN_TIMEOUT).await
+        })
+    });
+    let close = args.close_window_at.map(|s| seconds("close-window-at", s, Zero::Allowed)).transpose()?.map(|at| {
+        let target = target.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(at).await;
+            target.close_window().await
+        })
+    });
     let scraper = args
         .scrape_metrics_every
-        .map(|s| Duration::try_from_secs_f64(s).context("--scrape-metrics-every must be a number of seconds > 0"))
+        .map(|s| seconds("scrape-metrics-every", s, Zero::Refused))
         .transpose()?
         .map(|every| paymesh::Scraper::start(target.metrics_addrs(), every));
     let outcome = async {
@@ -677,4 +681,19 @@ async fn flood_run(
         (own_1 - own_0) / transfers * 1e6
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_in_seconds_refuse_what_they_cannot_mean() {
+        assert_eq!(seconds("warmup", 0.0, Zero::Allowed).ok(), Some(Duration::ZERO));
+        assert_eq!(seconds("sample-every", 0.5, Zero::Refused).ok(), Some(Duration::from_millis(500)));
+        let zero = seconds("scrape-metrics-every", 0.0, Zero::Refused).unwrap_err().to_string();
+        assert_eq!(zero, "--scrape-metrics-every must be a number of seconds > 0, not 0");
+        assert!(seconds("duration", -1.0, Zero::Allowed).is_err());
+        assert!(seconds("duration", f64::NAN, Zero::Allowed).is_err());
+    }
 }
