@@ -830,8 +830,64 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use paymesh_core::outcome::RejectCode;
+    use tonic::codegen::{http, Service as _};
 
     use super::*;
+
+    /// A service that answers every call with `status` in the headers, as
+    /// a generated server answers an error or an unknown method.
+    #[derive(Clone)]
+    struct Answering(&'static str);
+
+    impl tonic::server::NamedService for Answering {
+        const NAME: &'static str = "paymesh.test.v1.MeteredService";
+    }
+
+    impl tonic::codegen::Service<http::Request<()>> for Answering {
+        type Response = HttpResponse;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<HttpResponse, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(self.0));
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_method_the_service_lacks_is_counted_as_unknown_not_by_its_name() {
+        let mut unimplemented = Measured::new(Answering("12"));
+        for junk in ["Bogus", "Bogus2", "x".repeat(200).as_str()] {
+            let request =
+                http::Request::builder().uri(format!("/paymesh.test.v1.MeteredService/{junk}")).body(()).unwrap();
+            unimplemented.call(request).await.unwrap();
+        }
+        let mut failing = Measured::new(Answering("14"));
+        let request = http::Request::builder().uri("/paymesh.test.v1.MeteredService/Real").body(()).unwrap();
+        failing.call(request).await.unwrap();
+        let mut text = String::new();
+        encode_registry(&mut text, &events().registry).unwrap();
+        let ours: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("paymesh_grpc_requests_total{service=\"MeteredService\"")).collect();
+        assert_eq!(ours.len(), 2, "{ours:?}");
+        assert!(
+            ours.contains(
+                &r#"paymesh_grpc_requests_total{service="MeteredService",method="unknown",code="UNIMPLEMENTED"} 3"#
+            ),
+            "{ours:?}"
+        );
+        assert!(
+            ours.contains(
+                &r#"paymesh_grpc_requests_total{service="MeteredService",method="Real",code="UNAVAILABLE"} 1"#
+            ),
+            "{ours:?}"
+        );
+    }
 
     #[test]
     fn refusals_and_calls_are_counted_under_bounded_label_values() {
