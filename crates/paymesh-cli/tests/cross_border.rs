@@ -409,15 +409,8 @@ async fn leaders_killed_mid_protocol_and_partitions() {
 /// code, and stdout then stderr.
 fn operator_cli(mesh: &LocalMesh, region: &str, args: &[&str]) -> (i32, String) {
     let local = mesh.region(region).unwrap();
-    let [ca, cert, key] = local.cert_files(&local.operator_stem());
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paymesh"));
-    command.args(args);
-    for addr in local.api_addrs() {
-        command.args(["--node", &addr]);
-    }
-    let output = command.arg("--ca").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    let (code, stdout, stderr) = local.cli(&local.operator_stem(), args).unwrap();
+    (code, format!("{stdout}{stderr}"))
 }
 
 /// Ask `merchant` to refund `amount` of `transfer` under `key`: the answer.

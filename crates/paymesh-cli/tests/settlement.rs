@@ -89,17 +89,10 @@ async fn close(region: &Region) -> admin::SettlementWindow {
 /// and stdout.
 fn cli(mesh: &LocalMesh, region: &str, args: &[&str], extra: &[String]) -> (i32, String) {
     let local = mesh.region(region).unwrap();
-    let [ca, cert, key] = local.cert_files(&local.operator_stem());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_paymesh"));
-    command.arg("settlement").args(args);
-    for addr in local.api_addrs() {
-        command.args(["--node", &addr]);
-    }
-    command.arg("--ca").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key).args(extra);
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    let all: Vec<&str> =
+        ["settlement"].into_iter().chain(args.iter().copied()).chain(extra.iter().map(String::as_str)).collect();
+    let (code, stdout, stderr) = local.cli(&local.operator_stem(), &all).unwrap();
+    (code, format!("{stdout}{stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

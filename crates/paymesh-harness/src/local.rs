@@ -89,6 +89,9 @@ const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// out before in this process: regions started side by side (tests run in
 /// parallel threads) would otherwise both find a port free that neither of
 /// their nodes has bound yet.
+/// The longest a [`LocalRegion::cli`] command may run.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn free_ports() -> anyhow::Result<[u16; 4]> {
     use rand::Rng;
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
@@ -250,6 +253,36 @@ impl LocalRegion {
     pub fn cert_files(&self, stem: &str) -> [PathBuf; 3] {
         let certs = self.certs();
         [certs.join("ca.pem"), certs.join(format!("{stem}.pem")), certs.join(format!("{stem}.key"))]
+    }
+
+    /// Run the region's `paymesh` binary as `stem` (`operator-ops`,
+    /// `node-us-west-1`, …) with the region's nodes as its target, after
+    /// `args` (the subcommand and its own options). The exit code, stdout
+    /// and stderr; killed after [`CLI_TIMEOUT`].
+    pub fn cli(&self, stem: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let [ca, cert, key] = self.cert_files(stem);
+        let mut command = Command::new(&self.exe);
+        command.args(args);
+        for addr in self.api_addrs() {
+            command.args(["--node", &addr]);
+        }
+        command.arg("--ca").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key);
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        let deadline = Instant::now() + CLI_TIMEOUT;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                bail!("paymesh {args:?} did not finish within {CLI_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let output = child.wait_with_output()?;
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        Ok((output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr)))
     }
 
     /// The region's CA certificate.

@@ -6,8 +6,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paymesh_client::{ClientError, Credentials, PartnerClient};
 use paymesh_harness::local::LocalRegion;
@@ -250,30 +249,10 @@ impl Region {
         assert_eq!(response.reject_code, 0, "{response:?}");
     }
 
-    /// Run the `paymesh` command as `stem` (`operator-tests`,
-    /// `node-us-west-1`, …) with the running nodes as its target, after
-    /// `args` (the subcommand). Returns the exit code, stdout and stderr.
-    /// Killed after 60 s.
+    /// [`LocalRegion::cli`], failing the test if the command cannot run
+    /// or does not finish.
     pub fn cli(&self, stem: &str, args: &[&str]) -> (i32, String, String) {
-        let [ca, cert, key] = self.cert_files(stem);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_paymesh"));
-        command.args(args);
-        for addr in self.api_addrs() {
-            command.args(["--node", &addr]);
-        }
-        command.arg("--ca").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key);
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("paymesh {args:?} did not finish within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let output = child.wait_with_output().unwrap();
-        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
-        (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+        (**self).cli(stem, args).unwrap()
     }
 }
 

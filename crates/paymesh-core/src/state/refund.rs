@@ -546,15 +546,11 @@ impl State {
                 _ => RejectCode::ProtocolViolation,
             });
         }
-        let (payer, reserved) = match self.reserve_refund_credit(message, now, recall) {
-            Ok((payer, credited)) => (payer, Ok(credited)),
-            Err((payer, code)) => (payer, Err(code)),
-        };
-        let credited = *reserved.as_ref().unwrap_or(&message.credited);
-        let reserved = reserved.map(|_| ());
-        let (event, reason) = match reserved {
-            Ok(()) => (ParticipantEvent::Prepare, None),
-            Err(code) => (ParticipantEvent::PrepareRefused, Some(code)),
+        // The credit recorded: the one reserved, or on a refusal the one
+        // asked.
+        let (payer, event, reason, credited) = match self.reserve_refund_credit(message, now, recall) {
+            Ok((payer, credited)) => (payer, ParticipantEvent::Prepare, None, credited),
+            Err((payer, code)) => (payer, ParticipantEvent::PrepareRefused, Some(code), message.credited),
         };
         let Step::Move(state) = step_participant(id, None, event) else {
             panic!("refund {id}: a first Prepare records a participation");
