@@ -763,6 +763,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         WALLETS.iter().map(|w| (w.0, w.1)).chain(MERCHANTS.iter().map(|m| (m.0, m.1))).collect();
     let watched = webhooks::register(&webhook_ca, &operators, &partners).await.context("registering webhooks")?;
     println!("mesh up and configured in {:.1} s", started.elapsed().as_secs_f64());
+    for (name, region) in &mesh.regions {
+        let consoles: Vec<String> = region.nodes.values().map(|n| format!("https://{}/", n.console_addr)).collect();
+        println!("operator console of {name}: {}", consoles.join(", "));
+    }
+    println!(
+        "  (a browser presents an operator certificate, {}/<region>/certs/operator-ops.pem; see docs/OPERATIONS.md)",
+        dir.display()
+    );
 
     let seconds = args.duration.unwrap_or(INTERACTIVE_SECONDS);
     let history = Arc::new(History::default());

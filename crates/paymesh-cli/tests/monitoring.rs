@@ -6,6 +6,13 @@
 //! that make sense, and for every rule evaluating without error. promtool
 //! checks the rules and runs their unit tests, and the dashboard and the
 //! rules may read only documented series.
+//!
+//! Meanwhile, on the same mesh (one demo for both: each costs a minute and
+//! a half of a CI machine's two cores), a real headless Chromium (Debian's
+//! package, installed by `scripts/chromium.sh`) with an operator's
+//! certificate loads the operator console and the test asserts on what it
+//! shows; an HTTP client checks that the console admits nothing but an
+//! operator's certificate and only reads.
 
 #![allow(clippy::unwrap_used)]
 
@@ -111,6 +118,231 @@ fn the_dashboard_and_the_rules_read_only_documented_series() {
         .eq(["paymesh_a_total".to_owned(), "process_cpu_seconds_total".to_owned()]));
 }
 
+/// `scripts/chromium.sh ARGS`'s stdout; fails the test if it fails.
+fn chromium_script(args: &[&str]) -> String {
+    let output = Command::new("bash").arg(repo().join("scripts/chromium.sh")).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/chromium.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The `[console] listen` address in a node's configuration text.
+fn console_addr(text: &str) -> Option<String> {
+    let (_, section) = text.split_once("[console]")?;
+    config_value(section, "listen")
+}
+
+/// The console over plain HTTPS: an operator's certificate gets pages, a
+/// partner's is refused, no certificate gets no connection, and nothing
+/// but GET and HEAD is taken.
+async fn console_admits_only_operators_and_only_reads(certs: &Path, addr: &str) {
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let client = |stem: Option<&str>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(20));
+        if let Some(stem) = stem {
+            let mut pem = std::fs::read(certs.join(format!("{stem}.pem"))).unwrap();
+            pem.extend(std::fs::read(certs.join(format!("{stem}.key"))).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let url = format!("https://{addr}/");
+    let operator = client(Some("operator-ops"));
+    let page = operator.get(&url).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let headers = page.headers().clone();
+    assert!(headers["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"), "{headers:?}");
+    assert!(page.text().await.unwrap().contains("<section id=\"nodes\">"));
+    let posted = operator.post(&url).send().await.unwrap();
+    assert_eq!(posted.status().as_u16(), 405);
+    assert_eq!(posted.headers()["allow"], "GET, HEAD");
+    assert_eq!(operator.get(format!("{url}nothing-here")).send().await.unwrap().status().as_u16(), 404);
+    let partner = client(Some("partner-paypal-us")).get(&url).send().await.unwrap();
+    assert_eq!(partner.status().as_u16(), 403);
+    assert!(partner.text().await.unwrap().contains("needs an operator certificate"));
+    let anonymous = client(None).get(&url).send().await;
+    assert!(anonymous.is_err(), "a caller without a certificate got {anonymous:?}");
+}
+
+/// Headless Chromium with an operator's profile.
+struct Browser {
+    chromium: String,
+    profile: PathBuf,
+}
+
+impl Browser {
+    /// Run Chromium headless on `url` with `args`; its stdout.
+    fn run(&self, args: &[String], url: &str) -> String {
+        let out = self.profile.join("stdout.html");
+        let mut child = Command::new(&self.chromium)
+            .env("HOME", &self.profile)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
+            .arg(format!("--user-data-dir={}", self.profile.join("chromium").display()))
+            .args(args)
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "chromium on {url}: {status}");
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("chromium did not finish loading {url} in 90 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::fs::read_to_string(&out).unwrap()
+    }
+
+    /// The page's DOM after it loaded.
+    fn dom(&self, url: &str) -> String {
+        self.run(&["--dump-dom".to_owned()], url)
+    }
+
+    /// A screenshot of the page, as a PNG file at `path`.
+    fn screenshot(&self, url: &str, path: &Path, height: u32) {
+        self.run(&[format!("--screenshot={}", path.display()), format!("--window-size=1400,{height}")], url);
+        let png = std::fs::read(path).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} is {} bytes", path.display(), png.len());
+    }
+}
+
+/// The rows of a table in a dumped DOM: each `<tr data-KIND="...">`'s key
+/// and its cells' text.
+fn rows(dom: &str, kind: &str) -> Vec<(String, Vec<String>)> {
+    let marker = format!("<tr data-{kind}=\"");
+    dom.split(&marker)
+        .skip(1)
+        .map(|rest| {
+            let (key, rest) = rest.split_once('"').unwrap();
+            let row = rest.split("</tr>").next().unwrap();
+            let cells = row.split("<td").skip(1).map(|cell| text(cell.split_once('>').unwrap().1)).collect();
+            (unescape(key), cells)
+        })
+        .collect()
+}
+
+/// The text of an HTML fragment: tags dropped, entities decoded.
+fn text(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    unescape(out.trim())
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// The newest value a chart's legend shows for `series`, if any yet.
+fn legend_value(dom: &str, series: &str) -> Option<f64> {
+    let (_, rest) = dom.split_once(&format!("data-series=\"{series}\">"))?;
+    let value = text(rest.split("</li>").next()?);
+    value.split_once(": ")?.1.split(' ').next()?.parse().ok()
+}
+
+/// The operator console in headless Chromium: the region's nodes and
+/// their roles, charts with data, partners, corridors, remote regions,
+/// settlement windows; the newest transfers, and one found by its id and
+/// by its idempotency key. Screenshots of both pages go to `shots`.
+fn console_in_a_real_browser(
+    chromium: &str,
+    certs: &Path,
+    consoles: &std::collections::BTreeMap<u64, String>,
+    shots: &Path,
+) {
+    let profile = tempfile::tempdir().unwrap();
+    let origins: Vec<String> = consoles.values().map(|addr| format!("https://{addr}")).collect();
+    let mut args = vec![profile.path().display().to_string()];
+    for file in ["ca.pem", "operator-ops.pem", "operator-ops.key"] {
+        args.push(certs.join(file).display().to_string());
+    }
+    args.extend(origins.iter().cloned());
+    chromium_script(&std::iter::once("profile").chain(args.iter().map(String::as_str)).collect::<Vec<_>>());
+    let browser = Browser { chromium: chromium.to_owned(), profile: profile.path().to_owned() };
+
+    // The nodes, as node 1's console shows them: three members, one
+    // leader, all healthy.
+    let dom = browser.dom(&format!("{}/", origins[0]));
+    assert!(dom.contains("<title>paymesh · us-west · node 1</title>"), "{dom}");
+    let nodes = rows(&dom, "node");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let leaders: Vec<&String> = nodes.iter().filter(|(_, cells)| cells[2] == "leader").map(|(id, _)| id).collect();
+    assert_eq!(leaders.len(), 1, "{nodes:?}");
+    assert!(nodes.iter().all(|(_, cells)| cells[7] == "healthy"), "{nodes:?}");
+    let leader: u64 = leaders[0].parse().unwrap();
+
+    // The leader's console, once its charts have two samples: transfers
+    // created and partner calls per second, and their latency.
+    let overview = format!("https://{}/", consoles[&leader]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let dom = loop {
+        let dom = browser.dom(&overview);
+        let created = legend_value(&dom, "transfers created");
+        let p99 = legend_value(&dom, "p99");
+        if created.is_some_and(|v| v > 0.0) && p99.is_some_and(|ms| ms > 0.0 && ms < 10_000.0) {
+            break dom;
+        }
+        assert!(Instant::now() < deadline, "no chart data in 90 s:\n{dom}");
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    let partners = rows(&dom, "partner");
+    let wallet = partners.iter().find(|(id, _)| id == "paypal-us").unwrap_or_else(|| panic!("{partners:?}"));
+    assert_eq!(wallet.1[1..3], ["payer".to_owned(), "active".to_owned()], "{wallet:?}");
+    assert!(wallet.1[3].ends_with(" USD") && wallet.1[8].ends_with('%'), "{wallet:?}");
+    let corridors = rows(&dom, "corridor");
+    assert!(corridors.iter().any(|(id, _)| id == "USD:us-west->CNY:cn-east"), "{corridors:?}");
+    let regions = rows(&dom, "region");
+    let names: Vec<&str> = regions.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["ap-southeast", "cn-east"], "{regions:?}");
+    assert!(regions.iter().all(|(_, cells)| cells[6] == "closed"), "breakers {regions:?}");
+    let windows = rows(&dom, "window");
+    assert!(windows.first().is_some_and(|(_, cells)| cells[2] == "open"), "{windows:?}");
+    std::fs::create_dir_all(shots).unwrap();
+    browser.screenshot(&overview, &shots.join("overview.png"), 1500);
+
+    // The newest transfers, and one of them found by id and by key.
+    let list = browser.dom(&format!("{overview}transfers"));
+    let transfers = rows(&list, "transfer");
+    assert!(transfers.len() >= 10, "{list}");
+    let (id, cells) = transfers.iter().find(|(_, cells)| cells[7] == "committed").expect("a committed transfer");
+    let key = &cells[2];
+    let query = |q: &str| form_urlencoded::Serializer::new(String::new()).append_pair("q", q).finish();
+    let by_id = rows(&browser.dom(&format!("{overview}transfers?{}", query(id))), "transfer");
+    assert_eq!(by_id.iter().map(|(found, _)| found).collect::<Vec<_>>(), [id], "{by_id:?}");
+    assert_eq!(&by_id[0].1[2], key);
+    let by_key = rows(&browser.dom(&format!("{overview}transfers?{}", query(key))), "transfer");
+    assert!(by_key.iter().any(|(found, _)| found == id), "{key}: {by_key:?}");
+    let nothing = browser.dom(&format!("{overview}transfers?{}", query("no-such-key-<b>")));
+    assert!(nothing.contains("no transfer under the idempotency key") && !nothing.contains("<b>"), "{nothing}");
+    browser.screenshot(&format!("{overview}transfers?{}", query(key)), &shots.join("transfers.png"), 700);
+    println!(
+        "a real Chromium loaded the console of us-west's leader (node {leader}): {} transfers listed, {id} found \
+         by id and key; screenshots in {}",
+        transfers.len(),
+        shots.display()
+    );
+}
+
 /// A child process killed when dropped, and with it (when `tree` names
 /// the directory their command lines mention) the processes it started.
 struct Killed(Child, Option<PathBuf>);
@@ -175,8 +407,9 @@ fn config_value(text: &str, key: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_prometheus_scrapes_every_documented_series_from_the_demo_mesh() {
+async fn a_real_prometheus_and_a_real_browser_watch_the_demo_mesh() {
     prometheus_script("install");
+    let chromium = chromium_script(&["install"]).trim().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let demo_log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
@@ -249,6 +482,20 @@ async fn a_real_prometheus_scrapes_every_documented_series_from_the_demo_mesh() 
     })
     .await;
     assert_eq!(refused.reject_code, common::RejectCode::AmountBelowMinimum as i32);
+    // The console: who it admits, here; what it shows, in a browser while
+    // Prometheus is asked.
+    let consoles: std::collections::BTreeMap<u64, String> = (1..=3)
+        .map(|id| {
+            let text = std::fs::read_to_string(us_west.join(format!("node-{id}.toml"))).unwrap();
+            (id, console_addr(&text).unwrap_or_else(|| panic!("no [console] listen in {text}")))
+        })
+        .collect();
+    console_admits_only_operators_and_only_reads(&us_west.join("certs"), &consoles[&1]).await;
+    let browser = {
+        let (certs, shots) = (us_west.join("certs"), Path::new(env!("CARGO_TARGET_TMPDIR")).join("console"));
+        let consoles = consoles.clone();
+        tokio::task::spawn_blocking(move || console_in_a_real_browser(&chromium, &certs, &consoles, &shots))
+    };
     // The orchestrator's probes, on every node's metrics listener.
     let targets: Vec<&str> = config.split('"').filter(|part| part.starts_with("127.0.0.1:")).collect();
     assert_eq!(targets.len(), 9, "{config}");
@@ -343,6 +590,7 @@ async fn a_real_prometheus_scrapes_every_documented_series_from_the_demo_mesh() 
         all.iter().filter(|r| r["type"] == "alerting" && r["state"] == "firing").copied().collect();
     assert!(firing.is_empty(), "alerts firing on a healthy mesh: {firing:?}");
     println!("a real Prometheus scraped {} documented series from 9 nodes; {paying:.0} transfers/s", documented.len());
+    browser.await.unwrap();
     // The demo ends by itself and finds every invariant held, metrics
     // served and scraped all along.
     let deadline = Instant::now() + Duration::from_secs(240);

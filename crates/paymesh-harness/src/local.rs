@@ -43,6 +43,9 @@ pub struct LocalNode {
     /// Its Prometheus metrics listener, `127.0.0.1:<port>` (empty for a
     /// node someone else runs).
     pub metrics_addr: String,
+    /// Its operator console listener, `127.0.0.1:<port>` (empty for a node
+    /// someone else runs).
+    pub console_addr: String,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its data directory.
@@ -92,15 +95,15 @@ const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// The longest a [`LocalRegion::cli`] command may run.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn free_ports() -> anyhow::Result<[u16; 4]> {
+fn free_ports() -> anyhow::Result<[u16; 5]> {
     use rand::Rng;
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = rand::rng();
-    let mut held = Vec::with_capacity(4);
+    let mut held = Vec::with_capacity(5);
     for _ in 0..1_000 {
-        if held.len() == 4 {
+        if held.len() == 5 {
             break;
         }
         let port = rng.random_range(NODE_PORTS);
@@ -113,7 +116,7 @@ fn free_ports() -> anyhow::Result<[u16; 4]> {
         }
     }
     let ports: Vec<u16> = held.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect();
-    ports.try_into().map_err(|_| anyhow::anyhow!("no four free loopback ports in {NODE_PORTS:?}"))
+    ports.try_into().map_err(|_| anyhow::anyhow!("no five free loopback ports in {NODE_PORTS:?}"))
 }
 
 impl LocalRegion {
@@ -191,6 +194,7 @@ impl LocalRegion {
                     api_addr,
                     interregion_addr: String::new(),
                     metrics_addr: String::new(),
+                    console_addr: String::new(),
                     config: PathBuf::new(),
                     data_dir: PathBuf::new(),
                     log: PathBuf::new(),
@@ -299,13 +303,14 @@ impl LocalRegion {
     /// Allocate addresses and a certificate for node `id` (not started).
     pub fn configure(&mut self, id: u64) -> anyhow::Result<()> {
         self.issue(vec![Identity::Node { region: self.region.clone(), node_id: id }])?;
-        let [raft_port, api_port, interregion_port, metrics_port] = free_ports()?;
+        let [raft_port, api_port, interregion_port, metrics_port, console_port] = free_ports()?;
         let node = LocalNode {
             id,
             raft_addr: format!("127.0.0.1:{raft_port}"),
             api_addr: format!("127.0.0.1:{api_port}"),
             interregion_addr: format!("127.0.0.1:{interregion_port}"),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
+            console_addr: format!("127.0.0.1:{console_port}"),
             config: self.dir.join(format!("node-{id}.toml")),
             data_dir: self.dir.join(format!("data-{id}")),
             log: self.dir.join(format!("node-{id}.log")),
@@ -345,7 +350,7 @@ impl LocalRegion {
             "node_id = {id}\nregion = \"{}\"\nraft_listen = \"{}\"\napi_listen = \"{}\"\n\
              {}data_dir = \"{}\"\n\
              peers = [\n{}\n]\n[raft]\n{}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             revoked = \"{}\"\n[metrics]\nlisten = \"{}\"\n{}\n{}",
+             revoked = \"{}\"\n[metrics]\nlisten = \"{}\"\n[console]\nlisten = \"{}\"\n{}\n{}",
             self.region,
             node.raft_addr,
             node.api_addr,
@@ -362,6 +367,7 @@ impl LocalRegion {
             key.display(),
             revoked.display(),
             node.metrics_addr,
+            node.console_addr,
             self.remote_regions,
             node.extra_config,
         );

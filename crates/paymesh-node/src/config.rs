@@ -271,6 +271,17 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// Under `[console]`: where the node serves the operator console.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Serve the operator console (read-only web pages) over HTTPS on this
+    /// address; no listener when unset. A browser must present an
+    /// operator's certificate of the region (mutual TLS, as the admin API
+    /// asks): it needs the `[tls]` section.
+    pub listen: Option<SocketAddr>,
+}
+
 /// A node's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -326,6 +337,9 @@ pub struct NodeConfig {
     /// The Prometheus metrics listener.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// The operator console's listener.
+    #[serde(default)]
+    pub console: ConsoleSettings,
     /// Under `[raft_dial]`: peers whose Raft listener this node reaches at
     /// another address than the one in the membership (a proxy, a NAT, a
     /// network of its own), keyed by node id (`2 = "10.0.0.2:7000"`). Other
@@ -398,11 +412,20 @@ impl NodeConfig {
                 }
             }
         }
-        if let Some(metrics) = self.metrics.listen {
-            let taken = [Some(self.raft_listen), Some(self.api_listen), self.interregion_listen];
-            if metrics.port() != 0 && taken.contains(&Some(metrics)) {
-                return Err(invalid("metrics.listen", format!("{metrics} is another listener's address")));
+        let mut taken = vec![Some(self.raft_listen), Some(self.api_listen), self.interregion_listen];
+        for (field, listen) in [("metrics.listen", self.metrics.listen), ("console.listen", self.console.listen)] {
+            if let Some(addr) = listen {
+                if addr.port() != 0 && taken.contains(&Some(addr)) {
+                    return Err(invalid(field, format!("{addr} is another listener's address")));
+                }
+                taken.push(Some(addr));
             }
+        }
+        if self.console.listen.is_some() && self.tls.is_none() {
+            return Err(invalid(
+                "console.listen",
+                "the console admits operators by their certificate: it needs the [tls] section".into(),
+            ));
         }
         if self.insecure_plaintext_beyond_loopback && !self.insecure_plaintext {
             return Err(invalid(
@@ -619,6 +642,7 @@ mod tests {
         assert_eq!(parse(GOOD).unwrap().metrics.listen, None);
         let config = parse(&format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n")).unwrap();
         assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.console.listen, None);
     }
 
     #[test]
@@ -716,6 +740,8 @@ mod tests {
             "[raft_dial]",
             "[history]",
             "retention_days",
+            "[metrics]",
+            "[console]",
         ];
         for key in keys {
             assert!(text.contains(key), "deploy/node.example.toml does not document {key}");
@@ -733,7 +759,13 @@ mod tests {
             .lines()
             .filter(|line| !line.starts_with("insecure_plaintext"))
             .map(|line| match line.strip_prefix('#') {
-                Some(rest) if ["[tls]", "ca_cert =", "cert =", "key ="].iter().any(|k| rest.starts_with(k)) => rest,
+                Some(rest)
+                    if ["[tls]", "ca_cert =", "cert =", "key =", "[console]", "listen ="]
+                        .iter()
+                        .any(|k| rest.starts_with(k)) =>
+                {
+                    rest
+                }
                 _ => line,
             })
             .collect();
@@ -743,6 +775,7 @@ mod tests {
         assert_eq!(tls.ca_cert, Path::new("/etc/paymesh/tls/ca.pem"));
         assert_eq!(tls.cert, Path::new("/etc/paymesh/tls/node-us-west-1.pem"));
         assert_eq!(tls.key, Path::new("/etc/paymesh/tls/node-us-west-1.key"));
+        assert_eq!(config.console.listen, Some("127.0.0.1:9465".parse().unwrap()));
         let config = NodeConfig::load(&path).unwrap();
         assert!(config.insecure_plaintext && config.tls.is_none(), "the example itself stays plaintext");
     }
@@ -797,6 +830,14 @@ mod tests {
             (format!("{GOOD}\n[limits]\napi_connections_max = 0\n"), "limits.api_connections_max: 1 to 65536"),
             (format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:8001\"\n"), "metrics.listen: 127.0.0.1:8001 is another"),
             (format!("{GOOD}\n[metrics]\nport = 9464\n"), "unknown field `port`"),
+            (format!("{GOOD}\n[console]\nlisten = \"127.0.0.1:9465\"\n"), "console.listen: the console admits"),
+            (
+                tls_only.clone()
+                    + &format!(
+                        "\n[metrics]\nlisten = \"127.0.0.1:9465\"\n[console]\nlisten = \"127.0.0.1:9465\"\n{tls}"
+                    ),
+                "console.listen: 127.0.0.1:9465 is another",
+            ),
             (
                 format!("{GOOD}\n[limits]\nevent_streams_per_partner_max = 1025\n"),
                 "limits.event_streams_per_partner_max: 1 to 1024",

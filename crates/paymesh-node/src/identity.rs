@@ -348,12 +348,23 @@ impl Authenticator {
     /// The caller of `request`: see [`identity_of`]; a revoked certificate
     /// is UNAUTHENTICATED.
     pub fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        let Caller { identity, fingerprint } = caller_of(request, self.plaintext)?;
+        self.admit(caller_of(request, self.plaintext)?).map_err(Status::unauthenticated)
+    }
+
+    /// The holder of a client certificate the TLS handshake verified
+    /// against the region's CA (the operator console's listener, which is
+    /// not gRPC): the identity it names, unless it names none or is
+    /// revoked.
+    pub fn identify_certificate(&self, cert_der: &[u8]) -> Result<Identity, String> {
+        let caller = caller_of_verified(cert_der).map_err(|e| format!("client certificate: {e}"))?;
+        self.admit(caller)
+    }
+
+    /// The caller's identity, unless its certificate is revoked.
+    fn admit(&self, Caller { identity, fingerprint }: Caller) -> Result<Identity, String> {
         if let Some(print) = fingerprint {
             if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&print) {
-                return Err(Status::unauthenticated(format!(
-                    "the certificate of {identity} is revoked in this region"
-                )));
+                return Err(format!("the certificate of {identity} is revoked in this region"));
             }
         }
         Ok(identity)

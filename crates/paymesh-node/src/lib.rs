@@ -24,6 +24,7 @@ pub mod cluster_client;
 pub mod cluster_service;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod engine;
 #[doc(hidden)]

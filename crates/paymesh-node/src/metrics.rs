@@ -31,6 +31,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -106,13 +107,64 @@ pub struct CorridorStateLabels {
     state: &'static str,
 }
 
-/// Builds latency histograms: 0.5 ms to about 16 s, doubling.
+/// How many latency buckets there are (besides +Inf).
+pub const LATENCY_BUCKETS: usize = 16;
+
+/// The latency buckets' upper bounds in seconds: 0.5 ms to about 16 s,
+/// doubling.
+pub fn latency_bounds() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_5, 2.0, LATENCY_BUCKETS as u16)
+}
+
+/// Builds latency histograms with [`latency_bounds`].
 #[derive(Clone, Copy, Debug)]
 struct LatencyBuckets;
 
 impl MetricConstructor<Histogram> for LatencyBuckets {
     fn new_metric(&self) -> Histogram {
-        Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+        Histogram::new(latency_bounds())
+    }
+}
+
+/// Every partner call this node answered, with its latency in the buckets
+/// of [`latency_bounds`] (the last one +Inf): all partners and methods in
+/// one, which the operator console samples for its charts.
+#[derive(Debug, Default)]
+pub struct CallTally {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+}
+
+/// A reading of a [`CallTally`]: totals since the process started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Partner calls answered.
+    pub calls: u64,
+    /// Those answered with a gRPC code other than OK.
+    pub errors: u64,
+    /// Calls per latency bucket of [`latency_bounds`], then +Inf.
+    pub buckets: [u64; LATENCY_BUCKETS + 1],
+}
+
+impl CallTally {
+    fn record(&self, ok: bool, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = latency_bounds().position(|bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The totals now.
+    pub fn read(&self) -> CallCounts {
+        CallCounts {
+            calls: self.calls.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -130,6 +182,8 @@ pub struct Events {
     proposer_queue: Gauge,
     proposer_batch: Histogram,
     subscribers: Gauge,
+    /// Partner calls in one tally, for the console.
+    pub partner_calls: CallTally,
 }
 
 impl Events {
@@ -208,6 +262,7 @@ impl Events {
             proposer_queue,
             proposer_batch,
             subscribers,
+            partner_calls: CallTally::default(),
         }
     }
 
@@ -262,6 +317,7 @@ impl Events {
             self.partner_requests.get_or_create(&labels).inc();
             let labels = PartnerMethodLabels { partner: partner.to_owned(), method: method.clone() };
             self.partner_duration.get_or_create(&labels).observe(took.as_secs_f64());
+            self.partner_calls.record(code == "OK", took);
         }
         self.grpc_requests.get_or_create(&CodeLabels { service, method: method.clone(), code }).inc();
         self.grpc_duration.get_or_create(&MethodLabels { service, method }).observe(took.as_secs_f64());
@@ -461,7 +517,7 @@ fn int_gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 
 /// A gauge of `value` in `unit`, registered under `name`.
 fn unit_gauge(registry: &mut Registry, name: &str, help: &str, unit: Unit, value: f64) {
-    let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    let gauge = Gauge::<f64, AtomicU64>::default();
     gauge.set(value);
     registry.register_with_unit(name, help, unit, gauge);
 }
@@ -522,45 +578,25 @@ fn levels(sources: &Sources) -> Registry {
 
     // The outbox and the breaker, per remote region.
     let outbox = Family::<OutboxLabels, Gauge>::default();
-    let oldest = Family::<RegionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let oldest = Family::<RegionLabel, Gauge<f64, AtomicU64>>::default();
     let breaker = Family::<RegionLabel, Gauge>::default();
-    let open_for = Family::<RegionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let open_for = Family::<RegionLabel, Gauge<f64, AtomicU64>>::default();
     let calls = Family::<RegionLabel, Gauge>::default();
     let in_flight = Family::<RegionLabel, Gauge>::default();
     let now = state.clock();
-    for link in sources.links.iter() {
-        let region = link.region.to_string();
+    for remote in remote_regions(state, &sources.links) {
+        let region = remote.region.to_string();
         let label = RegionLabel { remote_region: region.clone() };
-        for kind in ["prepare", "decision", "refund_prepare", "cancel_request"] {
-            outbox.get_or_create(&OutboxLabels { remote_region: region.clone(), kind }).set(0);
+        for (kind, count) in remote.outbox {
+            outbox
+                .get_or_create(&OutboxLabels { remote_region: region.clone(), kind })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
-        let mut oldest_deadline = None;
-        for message in state.outbox_for(&link.region) {
-            let kind = match message {
-                OutboxMessage::Prepare(prepare) => {
-                    let deadline = prepare.deadline;
-                    oldest_deadline = Some(oldest_deadline.map_or(deadline, |oldest| deadline.min(oldest)));
-                    "prepare"
-                }
-                OutboxMessage::Decision { .. } => "decision",
-                OutboxMessage::PrepareRefund(_) => "refund_prepare",
-                OutboxMessage::RequestCancel(_) => "cancel_request",
-            };
-            outbox.get_or_create(&OutboxLabels { remote_region: region.clone(), kind }).inc();
-        }
-        // A prepare is queued when its transfer is created, its deadline
-        // that long after.
-        let age_ms = oldest_deadline.map_or(0, |deadline| {
-            let queued = deadline.unix_ms().saturating_sub(paymesh_core::limits::TRANSFER_PREPARE_DEADLINE_MS);
-            now.unix_ms().saturating_sub(queued)
-        });
-        oldest.get_or_create(&label).set(age_ms as f64 / 1000.0);
-        let open = link.open_for();
-        breaker.get_or_create(&label).set(i64::from(open.is_some()));
-        open_for.get_or_create(&label).set(open.unwrap_or_default().as_secs_f64());
-        let (unfinished, messages) = link.shipping();
-        calls.get_or_create(&label).set(i64::try_from(unfinished).unwrap_or(i64::MAX));
-        in_flight.get_or_create(&label).set(i64::try_from(messages).unwrap_or(i64::MAX));
+        oldest.get_or_create(&label).set(remote.oldest_prepare_age.as_secs_f64());
+        breaker.get_or_create(&label).set(i64::from(remote.open_for.is_some()));
+        open_for.get_or_create(&label).set(remote.open_for.unwrap_or_default().as_secs_f64());
+        calls.get_or_create(&label).set(i64::try_from(remote.calls).unwrap_or(i64::MAX));
+        in_flight.get_or_create(&label).set(i64::try_from(remote.messages).unwrap_or(i64::MAX));
     }
     registry.register("outbox_messages", "Messages waiting for a remote region, by region and kind", outbox);
     registry.register_with_unit(
@@ -589,13 +625,11 @@ fn levels(sources: &Sources) -> Registry {
             .set(i64::from(usage.transfers_in_flight));
     }
     registry.register("partner_transfers_in_flight", "A partner's transfers not yet final", partners_in_flight);
-    let daily = Family::<CorridorLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let daily = Family::<CorridorLabel, Gauge<f64, AtomicU64>>::default();
     let suspended = Family::<CorridorLabel, Gauge>::default();
     for corridor in state.corridors() {
         let label = CorridorLabel { corridor: corridor.id.to_string() };
-        let used = if corridor.usage.day == now.utc_day() { corridor.usage.used.units() } else { 0 };
-        let cap = corridor.terms.daily_cap().units().max(1);
-        daily.get_or_create(&label).set(used as f64 / cap as f64);
+        daily.get_or_create(&label).set(daily_cap_used(corridor, now));
         suspended
             .get_or_create(&label)
             .set(i64::from(corridor.status == paymesh_core::partner::BusinessStatus::Suspended));
@@ -603,6 +637,71 @@ fn levels(sources: &Sources) -> Registry {
     registry.register("corridor_daily_cap_used_ratio", "The share of a corridor's daily cap used today (UTC)", daily);
     registry.register("corridor_suspended", "Whether a corridor is suspended (1) or active (0)", suspended);
     registry
+}
+
+/// A remote region as this node sees it: what waits for it in the
+/// outbox, and the link's circuit and calls.
+#[derive(Clone, Debug)]
+pub struct RemoteRegion {
+    /// The region.
+    pub region: paymesh_core::id::RegionId,
+    /// Messages waiting for it, by kind (`prepare`, `decision`,
+    /// `refund_prepare`, `cancel_request`), every kind listed.
+    pub outbox: [(&'static str, u64); 4],
+    /// How long the oldest prepare waiting for it has waited.
+    pub oldest_prepare_age: Duration,
+    /// How long its circuit has been open; `None` while closed.
+    pub open_for: Option<Duration>,
+    /// Calls to it not finished (leader only).
+    pub calls: usize,
+    /// Messages in those calls.
+    pub messages: usize,
+}
+
+/// Every configured remote region, as of `state`.
+pub fn remote_regions(state: &paymesh_core::State, links: &Links) -> Vec<RemoteRegion> {
+    let now = state.clock();
+    links
+        .iter()
+        .map(|link| {
+            let mut outbox = [("prepare", 0), ("decision", 0), ("refund_prepare", 0), ("cancel_request", 0)];
+            let mut oldest_deadline = None;
+            for message in state.outbox_for(&link.region) {
+                let slot = match message {
+                    OutboxMessage::Prepare(prepare) => {
+                        let deadline = prepare.deadline;
+                        oldest_deadline = Some(oldest_deadline.map_or(deadline, |oldest| deadline.min(oldest)));
+                        0
+                    }
+                    OutboxMessage::Decision { .. } => 1,
+                    OutboxMessage::PrepareRefund(_) => 2,
+                    OutboxMessage::RequestCancel(_) => 3,
+                };
+                outbox[slot].1 += 1;
+            }
+            // A prepare is queued when its transfer is created, its
+            // deadline that long after.
+            let age_ms = oldest_deadline.map_or(0, |deadline| {
+                let queued = deadline.unix_ms().saturating_sub(paymesh_core::limits::TRANSFER_PREPARE_DEADLINE_MS);
+                now.unix_ms().saturating_sub(queued)
+            });
+            let (calls, messages) = link.shipping();
+            RemoteRegion {
+                region: link.region.clone(),
+                outbox,
+                oldest_prepare_age: Duration::from_millis(age_ms),
+                open_for: link.open_for(),
+                calls,
+                messages,
+            }
+        })
+        .collect()
+}
+
+/// The share of a corridor's daily cap used on the UTC day of `now`.
+pub fn daily_cap_used(corridor: &paymesh_core::corridor::Corridor, now: paymesh_core::Timestamp) -> f64 {
+    let used = if corridor.usage.day == now.utc_day() { corridor.usage.used.units() } else { 0 };
+    used as f64 / corridor.terms.daily_cap().units().max(1) as f64
 }
 
 /// Raft's levels: role, term, leader, indexes, lag and the log's syncs.
@@ -676,7 +775,7 @@ fn raft_levels(registry: &mut Registry, sources: &Sources) {
     }
     registry.register("raft_replication_lag_entries", "Entries a follower lacks of the leader's log", lag);
     let stats = &sources.log_stats;
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     for (name, help, value) in [
         ("log_appends", "Appends to the Raft log", load(&stats.appends)),
         ("log_entries", "Entries appended to the Raft log", load(&stats.entries)),
@@ -720,7 +819,7 @@ fn process_levels() -> Registry {
         let ticks = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
         // utime and stime are fields 14 and 15: 11 and 12 after the command.
         let seconds = (ticks(11) + ticks(12)) as f64 / 100.0;
-        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let cpu = Counter::<f64, AtomicU64>::default();
         cpu.inc_by(seconds);
         process.register_with_unit("process_cpu", "User and system CPU time", Unit::Seconds, cpu);
     }

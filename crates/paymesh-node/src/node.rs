@@ -269,7 +269,11 @@ impl Node {
         } else {
             Some(LiveServerTls::new(material.rustls_server_config(&bundle).map_err(failed)?))
         };
-        Ok(LiveTls { region, interregion, dialing: self.dialing.clone(), links: self.links.clone() })
+        let console = match self.config.console.listen {
+            Some(_) => Some(LiveServerTls::new(material.rustls_console_config(material.ca_pem()).map_err(failed)?)),
+            None => None,
+        };
+        Ok(LiveTls { region, interregion, console, dialing: self.dialing.clone(), links: self.links.clone() })
     }
 
     /// Serve the Raft transport and the API until `shutdown` resolves, then
@@ -291,6 +295,10 @@ impl Node {
         let raft_listener = bind(self.config.raft_listen).await?;
         let api_listener = bind(self.config.api_listen).await?;
         let metrics_listener = match self.config.metrics.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let console_listener = match self.config.console.listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -419,6 +427,17 @@ impl Node {
             };
             let stopped_metrics = stop.subscribe();
             tokio::spawn(crate::metrics::serve(listener, sources, wait(stopped_metrics)));
+        }
+        if let (Some(listener), Some(console_tls)) = (console_listener, tls.as_ref().and_then(|t| t.console.clone())) {
+            let console = crate::console::Console::new(
+                self.config.node_id,
+                self.raft.clone(),
+                self.state_machine.clone(),
+                self.links.clone(),
+                self.auth.clone(),
+                self.dialing(),
+            );
+            tokio::spawn(console.serve(listener, console_tls, wait(stop.subscribe())));
         }
         if let Some(listener) = interregion_listener {
             let interregion_tls = tls.as_ref().and_then(|tls| tls.interregion.as_ref());
@@ -553,6 +572,8 @@ struct LiveTls {
     region: LiveServerTls,
     /// The inter-region listener's: the remote regions' CAs.
     interregion: Option<LiveServerTls>,
+    /// The operator console's: the region's CA, over HTTP/1.1.
+    console: Option<LiveServerTls>,
     /// Dialing the region's nodes (Raft, forwarding to the leader).
     dialing: Arc<watch::Sender<Credentials>>,
     /// Dialing each remote region, and the CA keys its callers are checked
@@ -578,12 +599,19 @@ impl LiveTls {
             }
             None => None,
         };
+        let console = match &self.console {
+            Some(_) => Some(material.rustls_console_config(material.ca_pem()).map_err(|e| e.to_string())?),
+            None => None,
+        };
         // Clients first: once a server presents the new certificate, the
         // node also dials with it.
         self.dialing.send_replace(material.credentials());
         self.links.install(&material, remote_cas);
         self.region.replace(region);
         if let (Some(live), Some(config)) = (&self.interregion, interregion) {
+            live.replace(config);
+        }
+        if let (Some(live), Some(config)) = (&self.console, console) {
             live.replace(config);
         }
         Ok(())
@@ -715,6 +743,7 @@ mod tests {
             history: Default::default(),
             webhooks: Default::default(),
             metrics: crate::config::MetricsSettings::default(),
+            console: crate::config::ConsoleSettings::default(),
             raft: RaftSettings::default(),
         }
     }

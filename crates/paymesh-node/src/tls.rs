@@ -190,6 +190,16 @@ impl TlsMaterial {
     /// (our certificate, a client certificate signed by one of the CAs in
     /// `ca_pem` required, HTTP/2), for [`LiveServerTls`].
     pub fn rustls_server_config(&self, ca_pem: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+        self.rustls_server_config_for(ca_pem, b"h2")
+    }
+
+    /// As [`Self::rustls_server_config`], for HTTP/1.1 (the operator
+    /// console, which browsers reach).
+    pub fn rustls_console_config(&self, ca_pem: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+        self.rustls_server_config_for(ca_pem, b"http/1.1")
+    }
+
+    fn rustls_server_config_for(&self, ca_pem: &[u8], alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
         let invalid =
             |what: &str, e: &dyn fmt::Display| TlsError::Parse { path: PathBuf::from(what), reason: e.to_string() };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -217,7 +227,7 @@ impl TlsMaterial {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| invalid("the certificate and key", &e))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(config)
     }
 

@@ -113,6 +113,7 @@ async fn fixture() -> Fixture {
         history: Default::default(),
         webhooks: Default::default(),
         metrics: Default::default(),
+        console: Default::default(),
         raft: RaftSettings::default(),
     };
     let node = Node::open(config).await.unwrap();

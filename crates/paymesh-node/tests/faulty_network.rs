@@ -251,6 +251,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         history: Default::default(),
         webhooks: Default::default(),
         metrics: Default::default(),
+        console: Default::default(),
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 300,

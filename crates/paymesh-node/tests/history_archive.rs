@@ -90,6 +90,7 @@ async fn fixture() -> Fixture {
         history: Default::default(),
         webhooks: Default::default(),
         metrics: Default::default(),
+        console: Default::default(),
         raft: RaftSettings::default(),
     };
     let member = (1, NodeAddr { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() });

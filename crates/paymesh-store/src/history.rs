@@ -1525,6 +1525,28 @@ impl History {
         self.at(u64::MAX).get_refund(id)
     }
 
+    /// The newest finished transfers this region coordinated, newest first:
+    /// at most `max`, from at most `chunks_max` of the journal's newest
+    /// chunks (so a journal of other records costs a bounded read).
+    pub fn recent_transfers(&self, max: usize, chunks_max: usize) -> Result<Vec<Transfer>> {
+        let mut transfers = Vec::new();
+        for item in self.db.scan_prefix([space::JOURNAL]).rev().take(chunks_max) {
+            let (key, value) = item?;
+            let mut chunk = Vec::new();
+            for frame in Frames::new(&key, &value)? {
+                if let Record::Transfer(transfer) = decode_record(&key, frame?)? {
+                    chunk.push(*transfer);
+                }
+            }
+            transfers.extend(chunk.into_iter().rev());
+            if transfers.len() >= max {
+                break;
+            }
+        }
+        transfers.truncate(max);
+        Ok(transfers)
+    }
+
     /// The newest record a pointer key points to that was written before
     /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {

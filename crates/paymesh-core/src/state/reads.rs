@@ -14,6 +14,12 @@ impl State {
         self.clock
     }
 
+    /// How many transfers this region has created (its payers' payments,
+    /// whatever became of them): the last transfer id's number.
+    pub fn transfers_created(&self) -> u64 {
+        self.next_transfer.saturating_sub(1)
+    }
+
     /// A partner of this region.
     pub fn partner(&self, id: &PartnerId) -> Option<&Partner> {
         self.partners.get(id)

@@ -1835,3 +1835,26 @@ fn a_history_adopts_a_replicas_deleted_start_and_continues_from_its_journal() {
         HistoryStart { deleted_through: 0, digest: [0; 32], events_deleted: BTreeMap::new() }
     );
 }
+
+#[test]
+fn the_recent_transfers_are_the_newest_finished_ones_newest_first_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.recent_transfers(10, 100).unwrap().is_empty());
+    // Two transfers in one batch, then batches of other records between.
+    let mut both = finished(1, 1_000);
+    both.extend(finished(2, 1_001));
+    store.write(1, &both).unwrap();
+    store.write(2, &[operator(1_002)]).unwrap();
+    for n in 3..=7 {
+        store.write(n, &finished(n, 1_000 + n)).unwrap();
+    }
+    let ids = |transfers: Vec<Transfer>| transfers.into_iter().map(|t| t.view.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.recent_transfers(3, 100).unwrap()), vec![tid(7), tid(6), tid(5)]);
+    assert_eq!(
+        ids(store.recent_transfers(100, 100).unwrap()),
+        vec![tid(7), tid(6), tid(5), tid(4), tid(3), tid(2), tid(1)]
+    );
+    // Only the newest chunks are read: two batches hold two transfers.
+    assert_eq!(ids(store.recent_transfers(100, 2).unwrap()), vec![tid(7), tid(6)]);
+}
