@@ -22,6 +22,8 @@ set -euo pipefail
 
 say() { echo "chromium.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=lib/debian.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
 
 usage() {
     echo "usage: $0 install | profile DIR CA CERT KEY ORIGIN..." >&2
@@ -38,24 +40,12 @@ install() {
         command -v chromium
         return
     fi
-    # One install at a time (tests may call this concurrently).
-    exec 9>>"${TMPDIR:-/tmp}/paymesh-chromium-install.lock"
-    flock -w 900 9 || die "another scripts/chromium.sh install has run for 15 minutes"
+    one_install_at_a_time chromium
     if have_all; then
         command -v chromium
         return
     fi
-    [[ $(id -u) -eq 0 ]] || die "chromium, certutil, pk12util or openssl is missing and installing them needs root: run 'apt-get install -y chromium libnss3-tools openssl' as root, or run this script as root"
-    command -v apt-get >/dev/null || die "chromium is not installed and this is not a Debian-like system (no apt-get)"
-    say "installing Debian's chromium, libnss3-tools and openssl"
-    export DEBIAN_FRONTEND=noninteractive
-    local packages=(chromium libnss3-tools openssl)
-    if ! apt-get install -y --no-install-recommends "${packages[@]}" >&2; then
-        say "apt-get install failed; refreshing the package lists and retrying"
-        apt-get update >&2 || die "apt-get update failed: is the Debian mirror reachable?"
-        apt-get install -y --no-install-recommends "${packages[@]}" >&2 ||
-            die "apt-get install -y ${packages[*]} failed (see above)"
-    fi
+    debian_install "the console's browser test" chromium libnss3-tools openssl
     have_all || die "installed, but chromium, certutil, pk12util or openssl is still not on PATH"
     command -v chromium
 }

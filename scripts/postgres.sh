@@ -30,6 +30,8 @@ url="postgres://postgres@127.0.0.1:$port/$database"
 
 say() { echo "postgres.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=lib/debian.sh
+source "$repo/scripts/lib/debian.sh"
 
 usage() {
     echo "usage: $0 start|stop|status|url" >&2
@@ -44,15 +46,8 @@ find_bin() {
 }
 
 install_postgres() {
-    [[ $(id -u) -eq 0 ]] || die "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb) and installing it needs root: run 'apt-get install -y postgresql' as root, or run this script as root"
-    command -v apt-get >/dev/null || die "PostgreSQL is not installed and this is not a Debian-like system (no apt-get)"
-    say "no initdb under /usr/lib/postgresql/*/bin: installing Debian's postgresql package"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y postgresql >&2; then
-        say "apt-get install failed; refreshing the package lists and retrying"
-        apt-get update >&2 || die "apt-get update failed: is the Debian mirror reachable?"
-        apt-get install -y postgresql >&2 || die "apt-get install -y postgresql failed (see above)"
-    fi
+    say "no initdb under /usr/lib/postgresql/*/bin"
+    debian_install "PostgreSQL (the benchmark's baseline)" postgresql
 }
 
 # Run a command as the cluster's owner.

@@ -19,6 +19,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 say() { echo "prometheus.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=lib/debian.sh
+source "$repo/scripts/lib/debian.sh"
 
 usage() {
     echo "usage: $0 install|check" >&2
@@ -30,25 +32,14 @@ install() {
         command -v promtool
         return
     fi
-    # One install at a time (tests call this concurrently); the second
-    # finds the first's.
-    exec 9>>"${TMPDIR:-/tmp}/paymesh-prometheus-install.lock"
-    flock -w 900 9 || die "another scripts/prometheus.sh install has run for 15 minutes"
+    one_install_at_a_time prometheus
     if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
         command -v promtool
         return
     fi
-    [[ $(id -u) -eq 0 ]] || die "Prometheus is not installed and installing it needs root: run 'apt-get install -y prometheus' as root, or run this script as root"
-    command -v apt-get >/dev/null || die "Prometheus is not installed and this is not a Debian-like system (no apt-get)"
-    say "no promtool found: installing Debian's prometheus package (server and promtool)"
-    export DEBIAN_FRONTEND=noninteractive
     # The package's own service is not wanted (no init system in a
     # container, and the tests start their own server).
-    if ! apt-get install -y --no-install-recommends prometheus >&2; then
-        say "apt-get install failed; refreshing the package lists and retrying"
-        apt-get update >&2 || die "apt-get update failed: is the Debian mirror reachable?"
-        apt-get install -y --no-install-recommends prometheus >&2 || die "apt-get install -y prometheus failed (see above)"
-    fi
+    debian_install "Prometheus (the server and promtool)" prometheus
     command -v promtool >/dev/null || die "prometheus installed, but still no promtool on PATH"
     command -v promtool
 }

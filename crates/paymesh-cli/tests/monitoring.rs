@@ -32,16 +32,24 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// `scripts/prometheus.sh ARG`'s stdout; fails the test if it fails.
-fn prometheus_script(arg: &str) -> String {
-    let output = Command::new("bash").arg(repo().join("scripts/prometheus.sh")).arg(arg).output().unwrap();
+/// `scripts/SCRIPT ARGS`'s stdout; fails the test if it fails.
+fn script(script: &str, args: &[&str]) -> String {
+    let output = Command::new("bash").arg(repo().join("scripts").join(script)).args(args).output().unwrap();
     assert!(
         output.status.success(),
-        "scripts/prometheus.sh {arg} failed:\n{}{}",
+        "scripts/{script} {args:?} failed:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+fn prometheus_script(arg: &str) -> String {
+    script("prometheus.sh", &[arg])
+}
+
+fn chromium_script(args: &[&str]) -> String {
+    script("chromium.sh", args)
 }
 
 /// The series docs/OPERATIONS.md's table lists, with their types.
@@ -116,18 +124,6 @@ fn the_dashboard_and_the_rules_read_only_documented_series() {
     assert!(names_in("x paymesh_a_total{y=\"1\"} / rate(process_cpu_seconds_total[1m]) paymesh:r")
         .into_iter()
         .eq(["paymesh_a_total".to_owned(), "process_cpu_seconds_total".to_owned()]));
-}
-
-/// `scripts/chromium.sh ARGS`'s stdout; fails the test if it fails.
-fn chromium_script(args: &[&str]) -> String {
-    let output = Command::new("bash").arg(repo().join("scripts/chromium.sh")).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "scripts/chromium.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// The `[console] listen` address in a node's configuration text.

@@ -54,6 +54,7 @@ use paymesh_store::raft_types::Raft;
 use paymesh_store::StateMachineStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::server::Connected;
 
 use crate::cluster_client::ClusterClient;
 use crate::identity::{Authenticator, Identity};
@@ -63,9 +64,6 @@ use crate::tls::LiveServerTls;
 
 /// The most console connections open at once.
 const CONNECTIONS_MAX: usize = 16;
-
-/// How long a browser has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one connection may stay open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -196,51 +194,23 @@ impl Console {
                 }
             })
         };
-        let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         tracing::info!(addr = ?listener.local_addr().ok(), "serving the operator console over HTTPS");
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "console listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+        let connections = crate::listener::accepted_tls(listener, CONNECTIONS_MAX, "console", tls);
+        crate::listener::serve_http1(connections, "console", CONNECTION_TIMEOUT, shutdown, |connection| {
+            let (accepted, session) = connection.get_ref();
+            let peer = accepted.connect_info().remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let caller = match session.peer_certificates().and_then(|certs| certs.first()) {
+                Some(cert) => console.auth.identify_certificate(cert.as_ref()),
+                None => Err("no client certificate".to_owned()),
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "console busy; connection closed");
-                continue;
-            };
-            let acceptor = tls.acceptor();
             let console = console.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "console: TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let caller = match stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()) {
-                    Some(cert) => console.auth.identify_certificate(cert.as_ref()),
-                    None => Err("no client certificate".to_owned()),
-                };
-                let service = hyper::service::service_fn(move |request| {
-                    let console = console.clone();
-                    let caller = caller.clone();
-                    async move { Ok::<_, std::convert::Infallible>(console.answer(&request, &caller, peer).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            });
-        }
+            hyper::service::service_fn(move |request| {
+                let console = console.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, std::convert::Infallible>(console.answer(&request, &caller, peer).await) }
+            })
+        })
+        .await;
         sampler.abort();
     }
 

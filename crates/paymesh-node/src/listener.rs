@@ -236,6 +236,53 @@ pub fn accepted_tls(
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
 
+/// Serve HTTP/1.1 on every connection `connections` yields, until
+/// `shutdown`: each on a task of its own with the service `service_for`
+/// makes for it, closed after `lifetime` whatever it is doing (the node's
+/// plain web listeners: metrics and probes, the operator console).
+pub async fn serve_http1<C, S, B>(
+    connections: impl Stream<Item = io::Result<C>>,
+    name: &'static str,
+    lifetime: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+    service_for: impl Fn(&C) -> S,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connections = std::pin::pin!(connections);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let connection = tokio::select! {
+            () = &mut shutdown => return,
+            connection = connections.next() => match connection {
+                Some(Ok(connection)) => connection,
+                Some(Err(e)) => {
+                    tracing::debug!(listener = name, %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let service = service_for(&connection);
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(connection), service);
+            let _ = tokio::time::timeout(lifetime, connection).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

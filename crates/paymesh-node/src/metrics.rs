@@ -54,6 +54,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
+use tonic::transport::server::Connected;
 
 use crate::outbox::Links;
 
@@ -844,38 +845,18 @@ pub fn render(sources: &Sources) -> String {
 
 /// Serve `GET /metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(SCRAPES_AT_ONCE));
     let sources = Arc::new(sources);
-    tokio::pin!(shutdown);
     tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics listener busy; connection closed");
-            continue;
-        };
+    let connections = crate::listener::accepted(listener, SCRAPES_AT_ONCE, "metrics");
+    crate::listener::serve_http1(connections, "metrics", SCRAPE_CONNECTION_TIMEOUT, shutdown, |connection| {
         let sources = sources.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let sources = sources.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &sources, peer)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(SCRAPE_CONNECTION_TIMEOUT, connection).await;
-            drop(permit);
-        });
-    }
+        let peer = connection.connect_info().remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        hyper::service::service_fn(move |request| {
+            let sources = sources.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(&request, &sources, peer)) }
+        })
+    })
+    .await;
 }
 
 /// The answer to one HTTP request of the metrics listener.
