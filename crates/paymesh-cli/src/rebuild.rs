@@ -39,8 +39,8 @@ pub const REBUILD_MARKER: &str = "REBUILD-PENDING";
 
 /// Where a node keeps its Raft log under its data directory (as
 /// `paymesh_node::Node` opens it).
-fn raft_log_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("raft-log")
+pub(crate) fn raft_log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(paymesh_node::node::RAFT_LOG_DIR)
 }
 
 /// What `paymesh log check` found.

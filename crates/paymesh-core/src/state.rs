@@ -872,6 +872,22 @@ impl State {
         }
     }
 
+    /// Skip `gap` numbers of every sequence a partner holds numbers of
+    /// (transfer ids, quote ids, each partner's event cursor), once, when a
+    /// region is restored from a backup: the region issued numbers after
+    /// the backup's index that the backup does not hold, and partners may
+    /// hold them (an acknowledged transfer id, a quote, a stream's cursor),
+    /// so the restored region must not issue them again for something else.
+    pub fn skip_numbers(&mut self, gap: u64) {
+        self.next_transfer = self.next_transfer.saturating_add(gap);
+        self.next_quote = self.next_quote.saturating_add(gap);
+        let partners: Vec<PartnerId> = self.partners.keys().cloned().collect();
+        for partner in partners {
+            let next = self.event_cursors.entry(partner).or_insert(1);
+            *next = next.saturating_add(gap);
+        }
+    }
+
     /// What operators set for the whole region.
     pub fn settings(&self) -> &RegionSettings {
         &self.settings
@@ -1075,7 +1091,8 @@ impl State {
     }
 
     /// Append an event to a partner's stream: its cursor is the partner's
-    /// next, 1, 2, 3, … with no gaps; the event itself is history.
+    /// next, 1, 2, 3, … with no gaps (but the one a restore skips,
+    /// [`State::skip_numbers`]); the event itself is history.
     fn push_event(
         &mut self,
         partner: &PartnerId,

@@ -74,4 +74,11 @@ impl ClusterClient {
         let mut client = ClusterServiceClient::new(self.region.channel(addr)?);
         Ok(client.trigger_snapshot(wire::TriggerSnapshotRequest {}).await?.into_inner().snapshot_index)
     }
+
+    /// A backup of the node at `addr`, as a stream of the file's bytes (not
+    /// retried: a backup cut off is taken again).
+    pub async fn backup(&self, addr: &str) -> Result<tonic::Streaming<wire::BackupChunk>, Status> {
+        let mut client = ClusterServiceClient::new(self.region.channel(addr)?);
+        Ok(client.backup(wire::BackupRequest {}).await?.into_inner())
+    }
 }

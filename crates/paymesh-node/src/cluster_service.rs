@@ -99,6 +99,37 @@ impl ClusterServer {
     }
 }
 
+/// Backup chunks sent ahead of the caller, at most.
+const BACKUP_CHUNKS_BUFFERED: usize = 4;
+
+/// The size of a backup chunk, about.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The stream of a backup's chunks.
+type BackupStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<wire::BackupChunk, Status>> + Send>>;
+
+/// Bytes written to it go to the caller as backup chunks (blocking while
+/// the caller is [`BACKUP_CHUNKS_BUFFERED`] chunks behind); a caller gone
+/// is a broken pipe.
+struct ChunkSender(tokio::sync::mpsc::Sender<Result<wire::BackupChunk, Status>>);
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        // At most a chunk's size per message, whatever is written at once
+        // (a large history batch), so no message nears a gRPC limit.
+        let taken = bytes.len().min(BACKUP_CHUNK_BYTES);
+        let chunk = wire::BackupChunk { data: bytes[..taken].to_vec() };
+        self.0
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the caller went away"))?;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// UNAVAILABLE naming the leader, if one is known.
 fn not_leader(forward: &ForwardToLeader<NodeId, NodeAddr>, why: &str) -> Status {
     let mut status = Status::unavailable(why.to_owned());
@@ -295,6 +326,41 @@ impl ClusterService for ClusterServer {
             }
             Err(Refused::Status(status)) => Err(status),
         }
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(&self, request: Request<wire::BackupRequest>) -> Result<Response<BackupStream>, Status> {
+        let operator = self.auth.identify(&request).and_then(crate::identity::require_operator)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_BUFFERED);
+        let (store, node_id) = (self.state_machine.clone(), self.config.node_id);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let applied = store.applied();
+            let mut out = std::io::BufWriter::with_capacity(BACKUP_CHUNK_BYTES, ChunkSender(sender.clone()));
+            let created = crate::gateway::now().unix_ms();
+            let written = paymesh_store::backup::write(&applied, store.history(), node_id, created, &mut out).and_then(
+                |written| {
+                    std::io::Write::flush(&mut out)
+                        .map(|()| written)
+                        .map_err(|source| paymesh_store::backup::BackupError::Io { path: "the caller".into(), source })
+                },
+            );
+            match written {
+                Ok(written) => tracing::info!(
+                    operator,
+                    index = written.header.index,
+                    history_batches = written.history_batches,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "backup taken"
+                ),
+                Err(error) => {
+                    tracing::warn!(operator, %error, "backup failed");
+                    let _ = sender.blocking_send(Err(Status::internal(format!("backup failed: {error}"))));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
 
     async fn trigger_snapshot(

@@ -98,6 +98,14 @@ pub enum NodeError {
     ActorsStopped,
 }
 
+/// Where a node keeps its Raft log (its segments and its vote) under its
+/// data directory.
+pub const RAFT_LOG_DIR: &str = "raft-log";
+
+/// Where a node keeps its state machine (checkpoints, and history under
+/// them) under its data directory.
+pub const STATE_DIR: &str = "state";
+
 /// A node's Raft group and the stores under it.
 #[derive(Clone)]
 pub struct Node {
@@ -200,9 +208,9 @@ impl Node {
             );
         }
         let data: &Path = &config.data_dir;
-        let log = LogStore::open(&data.join("raft-log"))?;
+        let log = LogStore::open(&data.join(RAFT_LOG_DIR))?;
         let log_stats = log.stats();
-        let state_machine = StateMachineStore::open(&data.join("state"), config.region.clone())?;
+        let state_machine = StateMachineStore::open(&data.join(STATE_DIR), config.region.clone())?;
         let raft_config = config.openraft_config().validate().map_err(|e| NodeError::Config(e.to_string()))?;
         let links = Links::from_config(&config, tls.as_deref()).map_err(NodeError::Config)?;
         let revoked = config.tls.as_ref().and_then(|files| files.revoked.clone());

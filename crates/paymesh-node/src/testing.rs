@@ -151,7 +151,7 @@ pub async fn seed_old_log(
         first = last + 1;
     }
     let last_index = entries.len() as u64 - 1;
-    let mut log = fixture("the Raft log", LogStore::open(&data_dir.join("raft-log")))?;
+    let mut log = fixture("the Raft log", LogStore::open(&data_dir.join(crate::node::RAFT_LOG_DIR)))?;
     fixture("the vote", log.save_vote(&Vote::new(1, leader)).await)?;
     for chunk in entries.chunks(64) {
         let (done, durable) = mpsc::channel();

@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
+pub mod backup;
 pub mod checkpoint;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -389,6 +389,22 @@ fn adopt(history: &History, meta: &SnapshotMeta, decoded: Decoded) -> Result<App
     Ok(applied)
 }
 
+/// The image bytes of `applied`, as a snapshot and a checkpoint hold them.
+pub(crate) fn encode_image(applied: &AppliedState) -> Result<Vec<u8>, StorageError> {
+    StateMachineStore::encode(applied)
+}
+
+/// An image decoded, verified and checked against `history` as a snapshot
+/// installed from a peer is (a restore's).
+pub(crate) fn adopt_image(
+    region: &RegionId,
+    history: &History,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> Result<AppliedState, StorageError> {
+    adopt(history, meta, decode_image(region, meta, bytes)?)
+}
+
 impl StateMachineStore {
     /// Open the state machine of `region` with its checkpoints in `dir`,
     /// starting from the latest checkpoint if there is one.
@@ -459,7 +475,7 @@ impl StateMachineStore {
         (bytes.load(Ordering::Relaxed), Duration::from_micros(micros.load(Ordering::Relaxed)))
     }
 
-    fn encode(applied: &AppliedState) -> Result<Vec<u8>, StorageError> {
+    pub(crate) fn encode(applied: &AppliedState) -> Result<Vec<u8>, StorageError> {
         let image = Image {
             state: applied.state.clone(),
             last_applied: applied.last_applied,

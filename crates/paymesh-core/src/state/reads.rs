@@ -14,8 +14,9 @@ impl State {
         self.clock
     }
 
-    /// How many transfers this region has created (its payers' payments,
-    /// whatever became of them): the last transfer id's number.
+    /// How many transfer ids this region has issued (its payers' payments,
+    /// whatever became of them, and refunds and cancels, which are numbered
+    /// with them): the last transfer id's number.
     pub fn transfers_created(&self) -> u64 {
         self.next_transfer.saturating_sub(1)
     }
