@@ -61,18 +61,23 @@ async fn a_region_whose_disks_are_lost_comes_back_from_a_backup_taken_while_it_p
     }
 
     // The backup, while payments go on.
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let during = {
-        let wallet = region.partner("wallet-a");
+        let (wallet, made) = (region.partner("wallet-a"), made.clone());
         tokio::spawn(async move {
             let mut paid = Vec::new();
             for n in 0..50 {
                 let key = format!("during-{n}");
                 let transfer = wallet.create_payment(payment(&key)).await.unwrap().transfer.unwrap();
                 paid.push((key, transfer.transfer_id));
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             paid
         })
     };
+    while made.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let file = region.path().join("us-west.pmbackup");
     let started = Instant::now();
     let (code, out, err) = region.cli(&region.operator_stem(), &["backup", "take", "--out", file.to_str().unwrap()]);
@@ -80,6 +85,17 @@ async fn a_region_whose_disks_are_lost_comes_back_from_a_backup_taken_while_it_p
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("written and checked"), "{out}");
     paid.extend(during.await.unwrap());
+    // Only an operator takes a backup: it holds every partner's data.
+    for stem in ["partner-wallet-a", "node-us-west-2"] {
+        let policy = paymesh_node::cluster_client::RetryPolicy { attempts: 1, deadline: Duration::from_secs(10) };
+        let client = paymesh_node::cluster_client::ClusterClient::with_credentials(
+            region.api_addrs(),
+            region.credentials(stem),
+            policy,
+        );
+        let refused = client.backup(&region.api_addrs()[0]).await.err().unwrap_or_else(|| panic!("{stem} got one"));
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{stem}: {refused:?}");
+    }
     let mut lost = Vec::new();
     for n in 0..10 {
         let key = format!("after-{n}");
