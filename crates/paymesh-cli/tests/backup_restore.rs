@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{money, Region};
-use paymesh_proto::admin::v1 as admin;
 use paymesh_proto::partner::v1 as wire;
 
 const QR: &str = "pay://merchant/m-1";
@@ -45,13 +44,7 @@ fn sequence(id: &str) -> u64 {
 async fn a_region_whose_disks_are_lost_comes_back_from_a_backup_taken_while_it_paid() {
     let mut region = Region::start(3, "");
     region.initialize(1).await;
-    let fee = admin::FeeSchedule {
-        fixed: Some(money("0.10", "USD")),
-        rate_bps: 0,
-        min: Some(money("0", "USD")),
-        max: Some(money("5", "USD")),
-    };
-    region.two_payers_and_a_merchant("100", fee).await;
+    region.two_payers_and_a_merchant("100", common::ten_cents()).await;
     let wallet = region.partner("wallet-a");
     let mut paid = Vec::new();
     for n in 0..BEFORE {

@@ -752,6 +752,9 @@ fn file_descriptor_set_describes_every_service() {
     assert_eq!(
         methods("paymesh.admin.v1", "ClusterService"),
         unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "TriggerSnapshot"])
+            .into_iter()
+            .chain([("Backup".to_owned(), false, true)])
+            .collect::<Vec<_>>()
     );
     let mut history = vec![("ExportHistory".into(), false, true)];
     history.extend(unary(&["ConfirmArchive", "DeleteHistory", "GetHistoryStatus"]));

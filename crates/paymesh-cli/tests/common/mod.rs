@@ -387,14 +387,18 @@ pub async fn region_with_webhooks(settings: &str) -> (Region, ReceiverCa) {
     }
     region.launch();
     region.initialize(1).await;
-    let fee = wire::FeeSchedule {
+    region.two_payers_and_a_merchant("100", ten_cents()).await;
+    (region, ca)
+}
+
+/// A fee of 0.10 USD a transfer, whatever its amount.
+pub fn ten_cents() -> wire::FeeSchedule {
+    wire::FeeSchedule {
         fixed: Some(money("0.10", "USD")),
         rate_bps: 0,
         min: Some(money("0", "USD")),
         max: Some(money("5", "USD")),
-    };
-    region.two_payers_and_a_merchant("100", fee).await;
-    (region, ca)
+    }
 }
 
 pub fn money(amount: &str, currency: &str) -> common::Money {
