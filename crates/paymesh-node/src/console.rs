@@ -199,14 +199,18 @@ impl Console {
         crate::listener::serve_http1(connections, "console", CONNECTION_TIMEOUT, shutdown, |connection| {
             let (accepted, session) = connection.get_ref();
             let peer = accepted.connect_info().remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-            let caller = match session.peer_certificates().and_then(|certs| certs.first()) {
-                Some(cert) => console.auth.identify_certificate(cert.as_ref()),
-                None => Err("no client certificate".to_owned()),
-            };
+            let cert: Option<Arc<[u8]>> =
+                session.peer_certificates().and_then(|certs| certs.first()).map(|cert| Arc::from(cert.as_ref()));
             let console = console.clone();
             hyper::service::service_fn(move |request| {
                 let console = console.clone();
-                let caller = caller.clone();
+                // Identified at every request, as a gRPC call is: a
+                // certificate revoked (and reloaded on SIGHUP) is refused on
+                // a connection opened before.
+                let caller = match &cert {
+                    Some(cert) => console.auth.identify_certificate(cert),
+                    None => Err("no client certificate".to_owned()),
+                };
                 async move { Ok::<_, std::convert::Infallible>(console.answer(&request, &caller, peer).await) }
             })
         })
