@@ -878,6 +878,12 @@ impl State {
     /// the backup's index that the backup does not hold, and partners may
     /// hold them (an acknowledged transfer id, a quote, a stream's cursor),
     /// so the restored region must not issue them again for something else.
+    ///
+    /// Settlement window numbers are not skipped: the open window's number
+    /// is stamped on the commit decisions already sent under it, which
+    /// other regions count by it, so it cannot change; and deferring the
+    /// skip to the next window would need a field the state image does not
+    /// have.
     pub fn skip_numbers(&mut self, gap: u64) {
         self.next_transfer = self.next_transfer.saturating_add(gap);
         self.next_quote = self.next_quote.saturating_add(gap);

@@ -406,7 +406,10 @@ impl AdminService for AdminServer {
         let key = (from, r.window);
         let mut sum = applied.state.open_window().received.remove(&key).unwrap_or_default();
         let mut windows_read = 1;
-        for number in (1..applied.state.settlement_window()).rev().take(RECEIVED_WINDOWS_READ_MAX) {
+        let closed = history
+            .closed_windows_before(applied.state.settlement_window(), RECEIVED_WINDOWS_READ_MAX)
+            .map_err(|e| Status::internal(format!("history: {e}")))?;
+        for number in closed {
             let Some(window) = Recall::window(history, number) else { break };
             windows_read += 1;
             if let Some(tallies) = window.received.get(&key) {

@@ -93,7 +93,7 @@ const QUERY_CHARS_MAX: usize = 256;
 const PARTNERS_SEARCHED_MAX: usize = 1_000;
 
 /// Closed settlement windows shown besides the open one.
-const WINDOWS_SHOWN: u64 = 5;
+const WINDOWS_SHOWN: usize = 5;
 
 /// The longest span a chart shows, in minutes.
 const CHART_MINUTES: f64 = 60.0;
@@ -332,14 +332,10 @@ impl Console {
 
     /// The open settlement window and the last closed ones, newest first.
     fn windows(&self, state: &State) -> Vec<paymesh_core::settlement::SettlementWindow> {
-        let open = state.settlement_window();
         let mut windows = vec![state.open_window()];
         let history = self.state_machine.history();
-        for number in (open.saturating_sub(WINDOWS_SHOWN)..open).rev().filter(|n| *n > 0) {
-            if let Some(window) = Recall::window(history, number) {
-                windows.push(window);
-            }
-        }
+        let closed = history.closed_windows_before(state.settlement_window(), WINDOWS_SHOWN).unwrap_or_default();
+        windows.extend(closed.into_iter().filter_map(|number| Recall::window(history, number)));
         windows
     }
 

@@ -1766,6 +1766,18 @@ impl History {
         first
     }
 
+    /// The numbers of the closed windows history holds below `number`,
+    /// newest first, at most `max` (one key read each, not a probe per
+    /// number; retention deletes the oldest).
+    pub fn closed_windows_before(&self, number: u64, max: usize) -> Result<Vec<u64>> {
+        let mut numbers = Vec::new();
+        for item in self.db.range(window_key(0)..window_key(number)).rev().take(max) {
+            let (key, _) = item?;
+            numbers.push(parse_u64(&key, &key[1..])?);
+        }
+        Ok(numbers)
+    }
+
     /// Every movement touching `account` with `from <= at < to`, in order
     /// of (time, log position), after the page token `after`, at most
     /// `max`, each with its token.

@@ -1858,3 +1858,16 @@ fn the_recent_transfers_are_the_newest_finished_ones_newest_first_and_bounded() 
     // Only the newest chunks are read: two batches hold two transfers.
     assert_eq!(ids(store.recent_transfers(100, 2).unwrap()), vec![tid(7), tid(6)]);
 }
+
+#[test]
+fn closed_windows_are_listed_newest_first_whatever_their_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.closed_windows_before(10, 10).unwrap().is_empty());
+    for (index, number) in [(1, 1), (2, 2), (3, 3), (4, 1_000_003)] {
+        store.write(index, &[window(number, 1_000 + index)]).unwrap();
+    }
+    assert_eq!(store.closed_windows_before(1_000_004, 10).unwrap(), vec![1_000_003, 3, 2, 1]);
+    assert_eq!(store.closed_windows_before(1_000_003, 2).unwrap(), vec![3, 2]);
+    assert_eq!(store.closed_windows_before(1, 10).unwrap(), Vec::<u64>::new());
+}
