@@ -253,12 +253,16 @@ struct Frames {
     path: PathBuf,
     reader: BufReader<File>,
     hasher: Sha256,
+    /// Bytes of the file not read yet: no frame claims more.
+    unread: u64,
 }
 
 impl Frames {
     fn open(path: &Path) -> Result<Frames, BackupError> {
-        let file = File::open(path).map_err(|source| BackupError::Io { path: path.to_owned(), source })?;
-        let mut frames = Frames { path: path.to_owned(), reader: BufReader::new(file), hasher: Sha256::new() };
+        let io_failed = |source| BackupError::Io { path: path.to_owned(), source };
+        let file = File::open(path).map_err(io_failed)?;
+        let unread = file.metadata().map_err(io_failed)?.len();
+        let mut frames = Frames { path: path.to_owned(), reader: BufReader::new(file), hasher: Sha256::new(), unread };
         let mut magic = [0; 8];
         frames.read_exact(&mut magic)?;
         if magic != MAGIC {
@@ -276,7 +280,9 @@ impl Frames {
         self.reader.read_exact(buf).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => self.damaged("it ends early (a backup cut short?)"),
             _ => BackupError::Io { path: self.path.clone(), source: e },
-        })
+        })?;
+        self.unread = self.unread.saturating_sub(buf.len() as u64);
+        Ok(())
     }
 
     /// The next frame: its kind and bytes. The end frame's digest is
@@ -288,6 +294,9 @@ impl Frames {
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         if len > FRAME_BYTES_MAX {
             return Err(self.damaged(format!("a frame of {len} bytes, over {FRAME_BYTES_MAX}")));
+        }
+        if u64::from(len) > self.unread {
+            return Err(self.damaged("it ends early (a backup cut short?)"));
         }
         let mut bytes = vec![0; len as usize];
         self.read_exact(&mut bytes)?;

@@ -97,6 +97,29 @@ pub fn checkpoints_load(data: &[u8]) {
     let _ = checkpoints.load();
 }
 
+/// `data` as a backup file up to its end frame, given the end frame its
+/// digest asks for (so that mutations reach past the checksum), checked and
+/// restored into a new node's state directory as `paymesh restore` does.
+pub fn backup_restore(data: &[u8]) {
+    let _ = restore_backup(data);
+}
+
+/// [`backup_restore`]'s work, with the restore's outcome.
+fn restore_backup(data: &[u8]) -> Result<crate::backup::Restored, crate::backup::BackupError> {
+    use sha2::Digest;
+    let scratch = Scratch::new("backup");
+    let mut file = data.to_vec();
+    file.push(255);
+    file.extend_from_slice(&32u32.to_le_bytes());
+    file.extend_from_slice(&sha2::Sha256::digest(data));
+    let path = scratch.path().join("fuzz.pmbackup");
+    std::fs::write(&path, &file).expect("writing the backup");
+    let members = vec![(1, crate::NodeAddr::default())];
+    let target = crate::backup::RestoreTarget { region: region(), members, gap: 1 };
+    crate::backup::check(&path)?;
+    crate::backup::restore(&path, &scratch.path().join("state"), &target)
+}
+
 /// Bytes that a structured target reads one at a time; zeros once it runs out.
 struct Bytes<'a>(&'a [u8]);
 
@@ -374,6 +397,21 @@ mod tests {
     #[test]
     fn fuzz_inputs_segment_log_open() {
         replay("segment_log_open", segment_log_open);
+    }
+
+    #[test]
+    fn fuzz_inputs_backup_restore() {
+        replay("backup_restore", backup_restore);
+    }
+
+    /// The seed is a whole backup once given its end, so the fuzzer starts
+    /// from inputs that reach the restore's every step.
+    #[test]
+    fn the_backup_seed_restores() {
+        let seeds = inputs("backup_restore");
+        let (path, seed) = seeds.iter().find(|(path, _)| path.ends_with("small-region")).expect("the seed");
+        let restored = restore_backup(seed).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!((restored.header.index, restored.history_batches), (6, 5), "{restored:?}");
     }
 
     #[test]
