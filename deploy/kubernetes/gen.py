@@ -25,6 +25,7 @@ RAFT_PORT = 7000
 API_PORT = 8443
 INTERREGION_PORT = 9443
 METRICS_PORT = 9464
+CONSOLE_PORT = 9465
 DATA_DIR = "/var/lib/paymesh"
 CONFIG_DIR = "/etc/paymesh/config"
 TLS_DIR = "/etc/paymesh/tls"
@@ -74,6 +75,9 @@ def node_config(args, index):
         "",
         "[metrics]",
         f'listen = "0.0.0.0:{METRICS_PORT}"',
+        "",
+        "[console]",
+        f'listen = "0.0.0.0:{CONSOLE_PORT}"',
     ]
     for name, endpoint in args.remote:
         lines += [
@@ -128,6 +132,9 @@ def services(args):
         service(args, f"{APP}-api", "api", [("api", API_PORT)], type=args.api_service_type),
         # Prometheus.
         service(args, f"{APP}-metrics", "metrics", [("metrics", METRICS_PORT)], clusterIP="None"),
+        # The operator console (HTTPS, an operator's certificate); inside
+        # the cluster only: reach it with kubectl port-forward.
+        service(args, f"{APP}-console", "console", [("console", CONSOLE_PORT)]),
     ]
     if args.remote:
         # The other regions' nodes (mutual TLS, their CAs only).
@@ -173,6 +180,7 @@ def stateful_set(args):
         {"name": "raft", "containerPort": RAFT_PORT},
         {"name": "api", "containerPort": API_PORT},
         {"name": "metrics", "containerPort": METRICS_PORT},
+        {"name": "console", "containerPort": CONSOLE_PORT},
     ]
     if args.remote:
         ports.append({"name": "interregion", "containerPort": INTERREGION_PORT})

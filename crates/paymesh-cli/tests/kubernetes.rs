@@ -32,9 +32,9 @@ fn a_three_region_install_validates_and_carries_configurations_nodes_accept() {
     for region in regions {
         let passed_files =
             text.lines().filter(|l| l.contains(&format!("/{region}/")) && l.contains(" passed ")).count();
-        // A namespace, a ConfigMap, four services, a StatefulSet, a budget
+        // A namespace, a ConfigMap, five services, a StatefulSet, a budget
         // and a Job.
-        assert_eq!(passed_files, 9, "{region}: {text}");
+        assert_eq!(passed_files, 10, "{region}: {text}");
         let namespace = format!("paymesh-{region}");
         for index in 0..3u64 {
             let file = out.join(region).join(format!("node-{index}.toml"));
@@ -45,6 +45,7 @@ fn a_three_region_install_validates_and_carries_configurations_nodes_accept() {
             assert!(config.peers.iter().all(|p| p.raft_addr.contains(&format!(".paymesh-peers.{namespace}.svc"))));
             assert!(config.tls.is_some() && !config.insecure_plaintext);
             assert_eq!(config.metrics.listen.map(|a| a.port()), Some(9464));
+            assert_eq!(config.console.listen.map(|a| a.port()), Some(9465));
             let mut remotes: Vec<&str> = config.remote_regions.iter().map(|r| r.region.as_str()).collect();
             remotes.sort_unstable();
             assert_eq!(remotes, regions.iter().copied().filter(|r| *r != region).collect::<Vec<_>>());
