@@ -11,6 +11,7 @@
 //!   ([`docker`]).
 
 pub mod backend;
+pub mod blast;
 pub mod docker;
 pub mod nemesis;
 pub mod process;

@@ -78,6 +78,8 @@ pub struct Summary {
     /// How long after the last heal every transfer was final, ms; `None` if
     /// not observed or never.
     pub resolved_after_heal_ms: Option<u64>,
+    /// What each fault cost the corridors it touched and the others.
+    pub blast_radius: Vec<crate::blast::BlastRadius>,
     /// What the scan of the nodes' files for other regions' payer data read
     /// and found; `None` if the run made none (the simulation has no files).
     pub data_locality: Option<LocalitySummary>,
@@ -303,6 +305,7 @@ pub fn summarize(history: &History, verdict: &Verdict) -> Summary {
         transfers,
         faults,
         resolved_after_heal_ms,
+        blast_radius: crate::blast::blast_radius(history),
         data_locality: history.locality.as_ref().map(locality_summary),
         checkers: verdict.checkers.clone(),
         violations: verdict.violations(),
@@ -422,6 +425,15 @@ fn markdown(summary: &Summary) -> Result<String, std::fmt::Error> {
             or_dash(spread.map(|s| s.max))
         )?;
     }
+
+    writeln!(
+        out,
+        "\n## Blast radius\n\nFor each fault, the acknowledged CreateTransfer rate and p99 of the corridors \
+         (payer's region -> payee's region) that need what it hit (touched) and of the others (untouched), in the \
+         {} s before it -> during it.\n",
+        crate::blast::BASELINE_MS / 1000
+    )?;
+    out.push_str(&crate::blast::table(&summary.blast_radius));
 
     match &summary.data_locality {
         Some(l) => {

@@ -1,0 +1,298 @@
+//! The blast radius of each fault: what it cost the corridors that need
+//! what it hit, and what it cost the others.
+//!
+//! A corridor here is the workload's: the region the payer called and the
+//! payee's region (`us-west->cn-east`; `us-west->us-west` for a domestic
+//! payment). A fault touches a corridor when either of its regions is one
+//! the fault hit: the node's region for a node's fault (`us-west/2`), the
+//! region for a region's (`cn-east`), both for a link's
+//! (`us-west<->cn-east`). For each fault the corridors fall in two groups,
+//! touched and untouched, and each group's acknowledged CreateTransfer
+//! rate and p99 latency during the fault are set beside the same in the
+//! [`BASELINE_MS`] before it. A mesh whose faults stay where they happen
+//! keeps the untouched group's rate and p99 as they were.
+//!
+//! With the closed-loop workload (a fixed number of workers, each picking
+//! a wallet and a merchant at random) the untouched group loses workers to
+//! the touched one's timeouts, so its rate falls even when nothing it
+//! needs is down: the table measures the workload's coupling as well as the
+//! mesh's. Requests are counted when they complete.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use paymesh_harness::history::{Fault, History, Op, Outcome, Request};
+use serde::Serialize;
+
+/// How long before a fault its baseline is measured, at most.
+pub const BASELINE_MS: u64 = 10_000;
+
+/// A group of corridors during one fault and before it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Group {
+    /// The corridors in the group (of those the workload used).
+    pub corridors: Vec<String>,
+    /// Acknowledged CreateTransfer requests per second before the fault.
+    pub before_per_s: f64,
+    /// The same during it.
+    pub during_per_s: f64,
+    /// Their p99 latency before the fault, ms.
+    pub before_p99_ms: Option<u64>,
+    /// The same during it.
+    pub during_p99_ms: Option<u64>,
+}
+
+impl Group {
+    /// The rate during the fault as a fraction of the rate before it.
+    pub fn rate_ratio(&self) -> Option<f64> {
+        (self.before_per_s > 0.0).then(|| self.during_per_s / self.before_per_s)
+    }
+
+    /// The p99 during the fault as a multiple of the p99 before it.
+    pub fn p99_ratio(&self) -> Option<f64> {
+        match (self.before_p99_ms, self.during_p99_ms) {
+            (Some(before), Some(during)) if before > 0 => Some(during as f64 / before as f64),
+            _ => None,
+        }
+    }
+}
+
+/// One fault's blast radius.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BlastRadius {
+    /// The nemesis.
+    pub nemesis: String,
+    /// What it hit.
+    pub target: String,
+    /// When it started and was healed, ms since the run started.
+    pub start_ms: u64,
+    /// When it was healed.
+    pub end_ms: u64,
+    /// The corridors it touched.
+    pub touched: Group,
+    /// The others.
+    pub untouched: Group,
+}
+
+/// The regions a fault's target names (`us-west/2`, `cn-east`,
+/// `cn-east<->us-west +67±28 ms one way, 52‰ loss`).
+fn regions_hit(target: &str) -> BTreeSet<String> {
+    target
+        .split("<->")
+        .filter_map(|part| part.split(|c: char| c == '/' || c.is_whitespace()).next())
+        .filter(|region| !region.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An acknowledged CreateTransfer's corridor and latency.
+fn acknowledged(op: &Op) -> Option<((&str, &str), u64)> {
+    match (&op.request, &op.outcome) {
+        (Request::CreateTransfer { region, payee_region, .. }, Outcome::Ok) => {
+            Some(((region.as_str(), payee_region.as_str()), op.completed_ms.saturating_sub(op.invoked_ms)))
+        }
+        _ => None,
+    }
+}
+
+/// The corridor's name in the tables.
+fn corridor_name((from, to): (&str, &str)) -> String {
+    format!("{from}->{to}")
+}
+
+/// The nearest-rank 99th percentile.
+fn p99(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    let rank = (values.len() * 99).div_ceil(100).max(1);
+    values.get(rank - 1).copied()
+}
+
+/// The group of `corridors` in `[from, to)`, per second.
+fn measure(history: &History, corridors: &BTreeSet<(String, String)>, from: u64, to: u64) -> (f64, Option<u64>) {
+    let latencies: Vec<u64> = history
+        .ops
+        .iter()
+        .filter(|op| op.completed_ms >= from && op.completed_ms < to)
+        .filter_map(acknowledged)
+        .filter(|((a, b), _)| corridors.contains(&((*a).to_owned(), (*b).to_owned())))
+        .map(|(_, latency)| latency)
+        .collect();
+    let seconds = to.saturating_sub(from) as f64 / 1000.0;
+    let rate = if seconds > 0.0 { latencies.len() as f64 / seconds } else { 0.0 };
+    (rate, p99(latencies))
+}
+
+fn group(history: &History, corridors: BTreeSet<(String, String)>, fault: &Fault, baseline_from: u64) -> Group {
+    let (before_per_s, before_p99_ms) = measure(history, &corridors, baseline_from, fault.start_ms);
+    let (during_per_s, during_p99_ms) = measure(history, &corridors, fault.start_ms, fault.end_ms);
+    Group {
+        corridors: corridors.iter().map(|(a, b)| corridor_name((a, b))).collect(),
+        before_per_s,
+        during_per_s,
+        before_p99_ms,
+        during_p99_ms,
+    }
+}
+
+/// Every fault's blast radius, in start order. A fault that starts before
+/// any baseline (in the run's first instant) is measured against what
+/// there is.
+pub fn blast_radius(history: &History) -> Vec<BlastRadius> {
+    let corridors: BTreeSet<(String, String)> = history
+        .ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Request::CreateTransfer { region, payee_region, .. } => Some((region.clone(), payee_region.clone())),
+            _ => None,
+        })
+        .collect();
+    history
+        .faults
+        .iter()
+        .map(|fault| {
+            let hit = regions_hit(&fault.target);
+            let (touched, untouched): (BTreeSet<_>, BTreeSet<_>) =
+                corridors.iter().cloned().partition(|(from, to)| hit.contains(from) || hit.contains(to));
+            let baseline_from = fault.start_ms.saturating_sub(BASELINE_MS);
+            BlastRadius {
+                nemesis: fault.nemesis.clone(),
+                target: fault.target.clone(),
+                start_ms: fault.start_ms,
+                end_ms: fault.end_ms,
+                touched: group(history, touched, fault, baseline_from),
+                untouched: group(history, untouched, fault, baseline_from),
+            }
+        })
+        .collect()
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |r| format!("{:.0} %", r * 100.0))
+}
+
+fn times(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |r| format!("{r:.1}×"))
+}
+
+fn rate_cell(group: &Group) -> String {
+    if group.corridors.is_empty() {
+        return "none".to_owned();
+    }
+    format!("{:.0}/s → {:.0}/s ({})", group.before_per_s, group.during_per_s, ratio(group.rate_ratio()))
+}
+
+fn p99_cell(group: &Group) -> String {
+    let ms = |v: Option<u64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v} ms"));
+    if group.corridors.is_empty() {
+        return "none".to_owned();
+    }
+    format!("{} → {} ({})", ms(group.before_p99_ms), ms(group.during_p99_ms), times(group.p99_ratio()))
+}
+
+/// The table, in Markdown: one row per fault.
+pub fn table(radii: &[BlastRadius]) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "| Fault | Nemesis | Target | Window (s) | Untouched rate | Untouched p99 | Touched rate | Touched p99 |\n\
+         | ---: | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for (n, r) in radii.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1}–{:.1} | {} | {} | {} | {} |",
+            n + 1,
+            r.nemesis,
+            r.target,
+            r.start_ms as f64 / 1000.0,
+            r.end_ms as f64 / 1000.0,
+            rate_cell(&r.untouched),
+            p99_cell(&r.untouched),
+            rate_cell(&r.touched),
+            p99_cell(&r.touched)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use paymesh_harness::check::fixtures;
+    use paymesh_harness::history::TransferState;
+
+    use super::*;
+
+    fn pay(from: &str, to: &str, invoked: u64, completed: u64, outcome: Outcome) -> Op {
+        let request = Request::CreateTransfer {
+            region: from.to_owned(),
+            partner: "p".to_owned(),
+            idempotency_key: format!("k{invoked}"),
+            payee_partner: "m".to_owned(),
+            payee_region: to.to_owned(),
+            debit: fixtures::usd("1"),
+            credit: fixtures::usd("1"),
+            transfer_id: Some("t".to_owned()),
+            state: Some(TransferState::Committed),
+        };
+        fixtures::op(0, invoked, completed, request, outcome)
+    }
+
+    #[test]
+    fn a_fault_splits_the_corridors_it_touches_from_the_others() {
+        let mut history = fixtures::good_history();
+        history.ops.clear();
+        history.faults.clear();
+        // Before the cut (0-10 s): 10/s on each of three corridors, 20 ms.
+        // During it (10-15 s): us-west->us-west keeps 10/s at 40 ms;
+        // us-west->cn-east gets 2/s at 900 ms; cn-east->cn-east none.
+        for ms in (0..10_000).step_by(100) {
+            history.ops.push(pay("us-west", "us-west", ms, ms + 20, Outcome::Ok));
+            history.ops.push(pay("us-west", "cn-east", ms, ms + 20, Outcome::Ok));
+            history.ops.push(pay("cn-east", "cn-east", ms, ms + 20, Outcome::Ok));
+        }
+        for ms in (10_000..15_000).step_by(100) {
+            history.ops.push(pay("us-west", "us-west", ms, ms + 40, Outcome::Ok));
+        }
+        for ms in (10_000..15_000).step_by(500) {
+            history.ops.push(pay("us-west", "cn-east", ms, ms + 900, Outcome::Ok));
+            let refused = Outcome::Failed { reason: "UNAVAILABLE".to_owned() };
+            history.ops.push(pay("cn-east", "cn-east", ms, ms + 5, refused));
+        }
+        history.faults.push(fixtures::fault("cut-region", "cn-east", 10_000, 15_000, Some(300)));
+        history.faults.push(fixtures::fault("kill", "us-west/2", 2_000, 3_000, Some(300)));
+        history.faults.push(fixtures::fault(
+            "wan",
+            "cn-east<->us-west +67±28 ms one way, 52‰ loss",
+            5_000,
+            6_000,
+            None,
+        ));
+
+        let radii = blast_radius(&history);
+        let cut = &radii[0];
+        assert_eq!(cut.untouched.corridors, ["us-west->us-west"]);
+        assert_eq!(cut.touched.corridors, ["cn-east->cn-east", "us-west->cn-east"]);
+        assert!((cut.untouched.before_per_s - 10.0).abs() < 0.2, "{cut:?}");
+        assert!((cut.untouched.during_per_s - 10.0).abs() < 0.2, "{cut:?}");
+        assert_eq!((cut.untouched.before_p99_ms, cut.untouched.during_p99_ms), (Some(20), Some(40)));
+        assert!((cut.untouched.rate_ratio().unwrap() - 1.0).abs() < 0.02);
+        assert_eq!(cut.untouched.p99_ratio(), Some(2.0));
+        assert!((cut.touched.before_per_s - 20.0).abs() < 0.2, "{cut:?}");
+        // 9 of the 10 sent got through within the window (the last one
+        // completes after the heal): 1.8/s.
+        assert!(cut.touched.during_per_s < 2.5 && cut.touched.during_per_s > 1.5, "{cut:?}");
+        assert_eq!(cut.touched.during_p99_ms, Some(900));
+        // A node's fault touches its region's corridors; a link's both ends'.
+        assert_eq!(radii[1].untouched.corridors, ["cn-east->cn-east"]);
+        assert!(radii[2].untouched.corridors.is_empty(), "{:?}", radii[2]);
+        assert_eq!(regions_hit("ap-southeast/2"), BTreeSet::from(["ap-southeast".to_owned()]));
+        let text = table(&radii);
+        assert_eq!(text.lines().count(), 2 + 3, "{text}");
+        assert!(
+            text.contains("| 1 | cut-region | cn-east | 10.0–15.0 | 10/s → 10/s (100 %) | 20 ms → 40 ms (2.0×) |"),
+            "{text}"
+        );
+        assert!(text.contains("| none | none |"), "{text}");
+    }
+}
