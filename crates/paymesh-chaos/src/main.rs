@@ -37,9 +37,18 @@ enum Command {
         /// Where the mesh, the history and the report go.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Concurrent payment workers.
-        #[arg(long, default_value_t = 8)]
+        /// Concurrent payment workers, each paying any corridor.
+        #[arg(long, default_value_t = 8, conflicts_with = "per_corridor")]
         workers: u32,
+        /// Workers of each corridor instead (a wallet and the region of the
+        /// merchants it pays), each paying only that corridor: a stalled
+        /// corridor holds only its own workers (1 to 32).
+        #[arg(long)]
+        per_corridor: Option<u32>,
+        /// With --per-corridor: payments offered per second on each
+        /// corridor (a tick missed while all its workers wait is skipped).
+        #[arg(long, requires = "per_corridor")]
+        rate_per_corridor: Option<f64>,
         /// The normal round trip between regions, in milliseconds.
         #[arg(long, default_value_t = 50)]
         rtt_ms: u64,
@@ -116,7 +125,7 @@ fn main() -> ExitCode {
 
 fn execute(cli: Cli) -> anyhow::Result<usize> {
     match cli.command {
-        Command::Run { seed, duration, backend, dir, workers, rtt_ms, paymesh } => {
+        Command::Run { seed, duration, backend, dir, workers, per_corridor, rate_per_corridor, rtt_ms, paymesh } => {
             let docker_answers = || {
                 std::process::Command::new("docker")
                     .args(["version", "--format", "{{.Server.Version}}"])
@@ -139,12 +148,27 @@ fn execute(cli: Cli) -> anyhow::Result<usize> {
             if workers == 0 || workers > 256 || duration == 0 || duration > 24 * 3600 {
                 bail!("--workers must be 1..=256 and --duration 1..=86400 s");
             }
+            if per_corridor.is_some_and(|n| n == 0 || n > 32) {
+                bail!("--per-corridor must be 1..=32");
+            }
+            if rate_per_corridor.is_some_and(|r| !(r > 0.0 && r <= 1000.0)) {
+                bail!("--rate-per-corridor must be above 0 and at most 1000");
+            }
             let dir = dir.unwrap_or_else(|| PathBuf::from(format!("target/chaos/seed-{seed}")));
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
             }
-            let config =
-                RunConfig { seed, duration: Duration::from_secs(duration), backend, dir, exe, workers, rtt_ms };
+            let config = RunConfig {
+                seed,
+                duration: Duration::from_secs(duration),
+                backend,
+                dir,
+                exe,
+                workers,
+                per_corridor,
+                rate_per_corridor,
+                rtt_ms,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let result = runtime.block_on(run(&config))?;
             eprintln!("chaos: report in {}", result.report.markdown.display());

@@ -55,8 +55,16 @@ pub struct RunConfig {
     pub dir: PathBuf,
     /// The `paymesh` binary.
     pub exe: PathBuf,
-    /// Concurrent payment workers.
+    /// Concurrent payment workers, each paying any corridor (ignored with
+    /// `per_corridor`).
     pub workers: u32,
+    /// Workers of each corridor (a wallet and the region of the merchants
+    /// it pays), each paying only that corridor, so that a stalled corridor
+    /// holds only its own; `None`: `workers` over every corridor.
+    pub per_corridor: Option<u32>,
+    /// Payments offered per second on each corridor, spread over its
+    /// workers (with `per_corridor`); `None`: as fast as they answer.
+    pub rate_per_corridor: Option<f64>,
     /// The normal round trip between regions.
     pub rtt_ms: u64,
 }
@@ -114,8 +122,24 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         clients.merchants.push((*merchant, workload::client(mesh.region(merchant.0)?, merchant.1)?));
     }
     let clients = Arc::new(clients);
-    for id in 0..config.workers {
-        tasks.spawn(workload::worker(id, config.seed, clients.clone(), recorder.clone(), stop.clone()));
+    let plans: Vec<workload::Plan> = match config.per_corridor {
+        Some(each) => {
+            let pace = config.rate_per_corridor.map(|rate| Duration::from_secs_f64(f64::from(each) / rate));
+            let corridors = workload::corridors(&clients);
+            eprintln!(
+                "chaos: {each} workers on each of {} corridors{}",
+                corridors.len(),
+                config.rate_per_corridor.map_or_else(String::new, |rate| format!(", {rate}/s offered on each"))
+            );
+            corridors
+                .into_iter()
+                .flat_map(|corridor| (0..each).map(move |_| workload::Plan { corridor: Some(corridor), pace }))
+                .collect()
+        }
+        None => vec![workload::Plan::default(); config.workers as usize],
+    };
+    for (id, plan) in (0u32..).zip(plans) {
+        tasks.spawn(workload::worker(id, config.seed, plan, clients.clone(), recorder.clone(), stop.clone()));
     }
     tasks.spawn(close_windows(operators.clone(), stop.clone()));
     if let Some(watched) = &watched {

@@ -136,25 +136,69 @@ pub struct Clients {
     pub merchants: Vec<(Merchant, PartnerClient)>,
 }
 
+/// What one worker pays.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plan {
+    /// One corridor only: the wallet (an index into [`Clients::wallets`])
+    /// and the region of the merchants it pays. `None`: a wallet and a
+    /// merchant at random for every payment, seven in ten abroad.
+    pub corridor: Option<(usize, &'static str)>,
+    /// A new payment at most this often (a tick missed while a payment is
+    /// still under way is skipped, not made up); `None`: one after another.
+    pub pace: Option<Duration>,
+}
+
+/// Every corridor of the world's wallets: each wallet with each region of
+/// the merchants it can pay.
+pub fn corridors(clients: &Clients) -> Vec<(usize, &'static str)> {
+    let mut corridors = Vec::new();
+    for (w, (wallet, _)) in clients.wallets.iter().enumerate() {
+        let mut regions: Vec<&'static str> = world::payees_of(wallet).iter().map(|m| m.0).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        corridors.extend(regions.into_iter().map(|region| (w, region)));
+    }
+    corridors
+}
+
 /// One worker: payments until `stop`, each recorded.
-pub async fn worker(id: u32, seed: u64, all: Arc<Clients>, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
+pub async fn worker(id: u32, seed: u64, plan: Plan, all: Arc<Clients>, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
     let clients = &all.wallets;
     let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 32));
     let mut acknowledged: Vec<(usize, String)> = Vec::new();
     let mut refundable: Vec<(&'static str, wire::Transfer)> = Vec::new();
     let mut refunds = 0u64;
     let mut sequence = 0u64;
+    let mut pace = plan.pace.map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticks
+    });
     while !stop.load(Ordering::Relaxed) {
+        if let Some(ticks) = &mut pace {
+            ticks.tick().await;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
         sequence += 1;
-        let w = rng.random_range(0..clients.len());
+        let w = match plan.corridor {
+            Some((w, _)) => w,
+            None => rng.random_range(0..clients.len()),
+        };
         let (wallet, client) = &clients[w];
         let payees = world::payees_of(wallet);
-        let abroad: Vec<_> = payees.iter().filter(|m| m.0 != wallet.0).collect();
-        let home: Vec<_> = payees.iter().filter(|m| m.0 == wallet.0).collect();
-        let merchant = if rng.random_range(0..10) < 7 || home.is_empty() {
-            abroad[rng.random_range(0..abroad.len())]
+        let merchant = if let Some((_, region)) = plan.corridor {
+            let there: Vec<_> = payees.iter().filter(|m| m.0 == region).collect();
+            there[rng.random_range(0..there.len())]
         } else {
-            home[rng.random_range(0..home.len())]
+            let abroad: Vec<_> = payees.iter().filter(|m| m.0 != wallet.0).collect();
+            let home: Vec<_> = payees.iter().filter(|m| m.0 == wallet.0).collect();
+            if rng.random_range(0..10) < 7 || home.is_empty() {
+                abroad[rng.random_range(0..abroad.len())]
+            } else {
+                home[rng.random_range(0..home.len())]
+            }
         };
         let qr = format!("{}m{:04}", merchant.3, rng.random_range(0..1000));
         // 5.00 to 500.00 in the wallet's currency (more for the weak ones).
