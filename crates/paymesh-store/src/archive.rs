@@ -532,13 +532,14 @@ impl ArchiveWriter {
         self.file.seek(SeekFrom::Start(0)).map_err(io_at(0))?;
         self.file.write_all(&header).map_err(io_at(0))?;
         self.file.flush().map_err(io_at(0))?;
-        self.file.get_ref().sync_all().map_err(io_at(0))?;
-        fs::rename(&self.temp, &self.path).map_err(io_at(0))?;
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ArchiveError::at(0, e).in_file(dir))?;
+        crate::durable::replace(self.file.get_ref(), &self.temp, &self.path).map_err(|e| {
+            let error = ArchiveError::at(0, e.source);
+            if e.dir {
+                error.in_file(&e.path)
+            } else {
+                error
+            }
+        })?;
         Ok(ArchiveSummary {
             header: self.header.clone(),
             records: self.records,

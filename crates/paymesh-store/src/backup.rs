@@ -466,20 +466,9 @@ pub fn write_file(
     commit_file(file, &tmp, path)
 }
 
-/// Make a file written at `tmp` durable under `path`: synced, renamed, and
-/// the directory synced.
+/// Make a file written at `tmp` durable under `path` ([`crate::durable::replace`]).
 pub fn commit_file(file: File, tmp: &Path, path: &Path) -> Result<(), BackupError> {
-    let failed = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BackupError::Io { path, source }
-    };
-    file.sync_all().map_err(failed(tmp))?;
-    drop(file);
-    std::fs::rename(tmp, path).map_err(failed(path))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(failed(dir))?;
-    }
-    Ok(())
+    crate::durable::replace(&file, tmp, path).map_err(|e| BackupError::Io { path: e.path, source: e.source })
 }
 
 /// The state a restore starts a region from, for tests: `restore`'s

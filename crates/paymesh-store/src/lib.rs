@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod backup;
 pub mod checkpoint;
+pub mod durable;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;

@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,10 +90,7 @@ impl MetaFile {
         let temporary = self.path.with_extension("tmp");
         let mut file = File::create(&temporary).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        fs::rename(&temporary, &self.path).map_err(io)?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        crate::durable::replace(&file, &temporary, &self.path).map_err(|e| io(e.source))
     }
 }
 
