@@ -10,7 +10,9 @@
 //! touched and untouched, and each group's acknowledged CreateTransfer
 //! rate and p99 latency during the fault are set beside the same in the
 //! [`BASELINE_MS`] before it. A mesh whose faults stay where they happen
-//! keeps the untouched group's rate and p99 as they were.
+//! keeps the untouched group's rate and p99 as they were. Each group's
+//! longest stall during the fault (no request of it acknowledged) is what
+//! to set beside an election's time.
 //!
 //! With the closed-loop workload (a fixed number of workers, each picking
 //! a wallet and a merchant at random) the untouched group loses workers to
@@ -40,6 +42,10 @@ pub struct Group {
     pub before_p99_ms: Option<u64>,
     /// The same during it.
     pub during_p99_ms: Option<u64>,
+    /// The longest time during the fault in which one of the group's
+    /// corridors had none of its requests acknowledged (from the fault's
+    /// start to the first, between two, from the last to the heal), ms.
+    pub stalled_ms: u64,
 }
 
 impl Group {
@@ -107,30 +113,67 @@ fn p99(mut values: Vec<u64>) -> Option<u64> {
     values.get(rank - 1).copied()
 }
 
-/// The group of `corridors` in `[from, to)`, per second.
-fn measure(history: &History, corridors: &BTreeSet<(String, String)>, from: u64, to: u64) -> (f64, Option<u64>) {
-    let latencies: Vec<u64> = history
+/// An acknowledged request: its corridor, when it completed, its latency.
+type Done = ((String, String), u64, u64);
+
+/// The acknowledged requests of `corridors` completed in `[from, to)`.
+fn acknowledged_in(history: &History, corridors: &BTreeSet<(String, String)>, from: u64, to: u64) -> Vec<Done> {
+    history
         .ops
         .iter()
         .filter(|op| op.completed_ms >= from && op.completed_ms < to)
-        .filter_map(acknowledged)
-        .filter(|((a, b), _)| corridors.contains(&((*a).to_owned(), (*b).to_owned())))
-        .map(|(_, latency)| latency)
-        .collect();
+        .filter_map(|op| {
+            let ((a, b), latency) = acknowledged(op)?;
+            let corridor = (a.to_owned(), b.to_owned());
+            corridors.contains(&corridor).then_some((corridor, op.completed_ms, latency))
+        })
+        .collect()
+}
+
+/// The rate per second and the p99 of `done` over `[from, to)`.
+fn measure(done: &[Done], from: u64, to: u64) -> (f64, Option<u64>) {
     let seconds = to.saturating_sub(from) as f64 / 1000.0;
-    let rate = if seconds > 0.0 { latencies.len() as f64 / seconds } else { 0.0 };
-    (rate, p99(latencies))
+    let rate = if seconds > 0.0 { done.len() as f64 / seconds } else { 0.0 };
+    (rate, p99(done.iter().map(|(_, _, latency)| *latency).collect()))
+}
+
+/// The longest time in `[from, to)` in which one of `corridors` had
+/// nothing in `done` completed.
+fn longest_stall(corridors: &BTreeSet<(String, String)>, done: &[Done], from: u64, to: u64) -> u64 {
+    corridors
+        .iter()
+        .map(|corridor| {
+            let times = done.iter().filter(|(c, _, _)| c == corridor).map(|(_, at, _)| *at);
+            longest_gap(times.collect(), from, to)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The longest time in `[from, to)` between `from`, the `times` and `to`.
+fn longest_gap(mut times: Vec<u64>, from: u64, to: u64) -> u64 {
+    times.sort_unstable();
+    let mut previous = from;
+    let mut longest = 0;
+    for at in times.into_iter().chain([to]) {
+        longest = longest.max(at.saturating_sub(previous));
+        previous = at;
+    }
+    longest
 }
 
 fn group(history: &History, corridors: BTreeSet<(String, String)>, fault: &Fault, baseline_from: u64) -> Group {
-    let (before_per_s, before_p99_ms) = measure(history, &corridors, baseline_from, fault.start_ms);
-    let (during_per_s, during_p99_ms) = measure(history, &corridors, fault.start_ms, fault.end_ms);
+    let before = acknowledged_in(history, &corridors, baseline_from, fault.start_ms);
+    let during = acknowledged_in(history, &corridors, fault.start_ms, fault.end_ms);
+    let (before_per_s, before_p99_ms) = measure(&before, baseline_from, fault.start_ms);
+    let (during_per_s, during_p99_ms) = measure(&during, fault.start_ms, fault.end_ms);
     Group {
         corridors: corridors.iter().map(|(a, b)| corridor_name((a, b))).collect(),
         before_per_s,
         during_per_s,
         before_p99_ms,
         during_p99_ms,
+        stalled_ms: longest_stall(&corridors, &during, fault.start_ms, fault.end_ms),
     }
 }
 
@@ -189,19 +232,26 @@ fn p99_cell(group: &Group) -> String {
     format!("{} → {} ({})", ms(group.before_p99_ms), ms(group.during_p99_ms), times(group.p99_ratio()))
 }
 
+fn stall_cell(group: &Group) -> String {
+    if group.corridors.is_empty() {
+        return "none".to_owned();
+    }
+    format!("{:.1} s", group.stalled_ms as f64 / 1000.0)
+}
+
 /// The table, in Markdown: one row per fault.
 pub fn table(radii: &[BlastRadius]) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "| Fault | Nemesis | Target | Window (s) | Untouched rate | Untouched p99 | Touched rate | Touched p99 |\n\
-         | ---: | --- | --- | --- | --- | --- | --- | --- |"
+        "| Fault | Nemesis | Target | Window (s) | Untouched rate | Untouched p99 | Untouched stall | Touched rate \
+         | Touched p99 | Touched stall |\n| ---: | --- | --- | --- | --- | --- | ---: | --- | --- | ---: |"
     );
     for (n, r) in radii.iter().enumerate() {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1}–{:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} |",
             n + 1,
             r.nemesis,
             r.target,
@@ -209,8 +259,10 @@ pub fn table(radii: &[BlastRadius]) -> String {
             r.end_ms as f64 / 1000.0,
             rate_cell(&r.untouched),
             p99_cell(&r.untouched),
+            stall_cell(&r.untouched),
             rate_cell(&r.touched),
-            p99_cell(&r.touched)
+            p99_cell(&r.touched),
+            stall_cell(&r.touched)
         );
     }
     out
@@ -290,9 +342,15 @@ mod tests {
         let text = table(&radii);
         assert_eq!(text.lines().count(), 2 + 3, "{text}");
         assert!(
-            text.contains("| 1 | cut-region | cn-east | 10.0–15.0 | 10/s → 10/s (100 %) | 20 ms → 40 ms (2.0×) |"),
+            text.contains(
+                "| 1 | cut-region | cn-east | 10.0–15.0 | 10/s → 10/s (100 %) | 20 ms → 40 ms (2.0×) | 0.1 s |"
+            ),
             "{text}"
         );
-        assert!(text.contains("| none | none |"), "{text}");
+        assert!(text.contains("| none | none | none |"), "{text}");
+        // cn-east's domestic corridor had nothing acknowledged through the
+        // whole cut; us-west->cn-east its first 900 ms into it.
+        assert_eq!(cut.touched.stalled_ms, 5_000);
+        assert_eq!(cut.untouched.stalled_ms, 100);
     }
 }
