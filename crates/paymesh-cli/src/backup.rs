@@ -123,8 +123,18 @@ pub fn restore(file: &Path, config_path: &Path, gap: u64) -> anyhow::Result<()> 
     let target = RestoreTarget { region: config.region.clone(), members, gap };
     let state_dir = data_dir.join(paymesh_node::node::STATE_DIR);
     fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let restored =
-        backup::restore(file, &state_dir, &target).with_context(|| format!("restoring {}", file.display()))?;
+    let restored = match backup::restore(file, &state_dir, &target) {
+        Ok(restored) => restored,
+        Err(error) => {
+            // The directory was empty or absent: what the failed restore
+            // wrote goes, so the next attempt starts clean.
+            let note = match fs::remove_dir_all(&state_dir) {
+                Ok(()) => String::new(),
+                Err(e) => format!(" (and {} could not be removed: {e})", state_dir.display()),
+            };
+            return Err(anyhow::Error::new(error).context(format!("restoring {}{note}", file.display())));
+        }
+    };
     // The node starts in the backup's term, having voted for itself: it
     // campaigns in the next, and its log's terms never go backwards.
     let vote = Vote::new(restored.header.term, config.node_id);

@@ -110,6 +110,20 @@ async fn a_region_whose_disks_are_lost_comes_back_from_a_backup_taken_while_it_p
     for id in 1..=3 {
         region.wipe(id);
     }
+    // A damaged file is refused and leaves nothing behind.
+    let damaged = region.path().join("damaged.pmbackup");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let config = region.nodes[&1].config.clone();
+    let refused = Command::new(env!("CARGO_BIN_EXE_paymesh"))
+        .args(["restore", "--backup", damaged.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a readable backup"), "{refused:?}");
+    assert!(!region.nodes[&1].data_dir.join("state").exists(), "a failed restore leaves its state behind");
     let restoring = Instant::now();
     for id in 1..=3 {
         let config = region.nodes[&id].config.clone();
