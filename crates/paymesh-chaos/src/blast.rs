@@ -106,13 +106,6 @@ fn corridor_name((from, to): (&str, &str)) -> String {
     format!("{from}->{to}")
 }
 
-/// The nearest-rank 99th percentile.
-fn p99(mut values: Vec<u64>) -> Option<u64> {
-    values.sort_unstable();
-    let rank = (values.len() * 99).div_ceil(100).max(1);
-    values.get(rank - 1).copied()
-}
-
 /// An acknowledged request: its corridor, when it completed, its latency.
 type Done = ((String, String), u64, u64);
 
@@ -134,7 +127,9 @@ fn acknowledged_in(history: &History, corridors: &BTreeSet<(String, String)>, fr
 fn measure(done: &[Done], from: u64, to: u64) -> (f64, Option<u64>) {
     let seconds = to.saturating_sub(from) as f64 / 1000.0;
     let rate = if seconds > 0.0 { done.len() as f64 / seconds } else { 0.0 };
-    (rate, p99(done.iter().map(|(_, _, latency)| *latency).collect()))
+    let mut latencies: Vec<u64> = done.iter().map(|(_, _, latency)| *latency).collect();
+    latencies.sort_unstable();
+    (rate, crate::report::percentile(&latencies, 990))
 }
 
 /// The longest time in `[from, to)` in which one of `corridors` had

@@ -227,7 +227,7 @@ impl Spread {
 }
 
 /// The nearest-rank percentile `permille`/1000 of `sorted`; `None` if empty.
-fn percentile(sorted: &[u64], permille: u64) -> Option<u64> {
+pub(crate) fn percentile(sorted: &[u64], permille: u64) -> Option<u64> {
     let rank = (sorted.len() as u64 * permille).div_ceil(1000).max(1);
     sorted.get(usize::try_from(rank - 1).ok()?).copied()
 }

@@ -141,9 +141,9 @@ pub fn restore(file: &Path, config_path: &Path, gap: u64) -> anyhow::Result<()> 
     let log_dir = raft_log_dir(data_dir);
     fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     MetaFile::new(log_dir.join("raft-meta")).save(&RaftMeta { vote: Some(vote), last_purged: None })?;
-    for dir in [&log_dir, data_dir] {
-        fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
-    }
+    // The vote's file synced its own directory; the data directory holds
+    // the two new ones.
+    fs::File::open(data_dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", data_dir.display()))?;
     println!(
         "node {} of {} restored from {} at index {} in {:.1} s: {} history batches; transfer ids continue from {}",
         config.node_id,

@@ -339,13 +339,8 @@ impl ClusterService for ClusterServer {
             let applied = store.applied();
             let mut out = std::io::BufWriter::with_capacity(BACKUP_CHUNK_BYTES, ChunkSender(sender.clone()));
             let created = crate::gateway::now().unix_ms();
-            let written = paymesh_store::backup::write(&applied, store.history(), node_id, created, &mut out).and_then(
-                |written| {
-                    std::io::Write::flush(&mut out)
-                        .map(|()| written)
-                        .map_err(|source| paymesh_store::backup::BackupError::Io { path: "the caller".into(), source })
-                },
-            );
+            // `write` flushes what it wrote through the buffer.
+            let written = paymesh_store::backup::write(&applied, store.history(), node_id, created, &mut out);
             match written {
                 Ok(written) => tracing::info!(
                     operator,

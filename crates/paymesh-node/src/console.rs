@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -169,7 +169,7 @@ impl Console {
 
     /// Take a sample now.
     fn sample(&self) {
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let at_ms = crate::gateway::now().unix_ms();
         let created = self.state_machine.applied().state.transfers_created();
         let sample = Sample { at_ms, created, calls: metrics::events().partner_calls.read() };
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
@@ -464,7 +464,7 @@ fn layout(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
                 header {
                     h1 { "paymesh · " (title) }
                     nav { a href="/" { "Overview" } " · " a href="/transfers" { "Transfers" } }
-                    p.when { "As of " (Timestamp::from_unix_ms(now_ms()).to_rfc3339()) ". Read-only." }
+                    p.when { "As of " (crate::gateway::now().to_rfc3339()) ". Read-only." }
                 }
                 main { (body) }
             }
@@ -475,10 +475,6 @@ fn layout(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
 /// A page saying one thing.
 fn message_page(title: &str, text: &str) -> Markup {
     layout(title, None, html! { p.note { (text) } })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn role_name(role: i32) -> &'static str {
