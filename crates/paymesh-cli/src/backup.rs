@@ -120,7 +120,11 @@ pub fn restore(file: &Path, config_path: &Path, gap: u64) -> anyhow::Result<()> 
         .iter()
         .map(|p| (p.node_id, NodeAddr { raft_addr: p.raft_addr.clone(), api_addr: p.api_addr.clone() }))
         .collect();
-    let target = RestoreTarget { region: config.region.clone(), members, gap };
+    // Every node of the region is restored with its own configuration;
+    // their remote regions must agree (they name the same mesh), or the
+    // replicas' states differ and `paymesh status` says so.
+    let reconcile_with = config.remote_regions.iter().map(|remote| remote.region.clone()).collect();
+    let target = RestoreTarget { region: config.region.clone(), members, gap, reconcile_with };
     let state_dir = data_dir.join(paymesh_node::node::STATE_DIR);
     fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let restored = match backup::restore(file, &state_dir, &target) {
@@ -159,9 +163,15 @@ pub fn restore(file: &Path, config_path: &Path, gap: u64) -> anyhow::Result<()> 
         hex::encode(restored.region_digest)
     );
     println!(
-        "  what the region did after index {} (clock {}) is not in the backup",
+        "  what the region did after index {} (clock {}) is not in the backup: once started, the region's leader \
+         reconciles with {} before exchanging transfers with them again (`paymesh status` shows the report)",
         restored.header.index,
-        paymesh_core::Timestamp::from_unix_ms(restored.header.clock_unix_ms).to_rfc3339()
+        paymesh_core::Timestamp::from_unix_ms(restored.header.clock_unix_ms).to_rfc3339(),
+        if config.remote_regions.is_empty() {
+            "no other region".to_owned()
+        } else {
+            config.remote_regions.iter().map(|remote| remote.region.to_string()).collect::<Vec<_>>().join(", ")
+        }
     );
     Ok(())
 }

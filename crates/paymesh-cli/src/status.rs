@@ -32,6 +32,79 @@ struct NodeView {
     log_slow_syncs: Option<u64>,
     /// The longest log sync, in microseconds.
     log_sync_max_micros: Option<u64>,
+    /// The restore the region was seeded by and its reconciliation, as
+    /// this node has applied it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore: Option<RestoreView>,
+}
+
+/// A restore and its reconciliation with the other regions.
+#[derive(Debug, Serialize)]
+struct RestoreView {
+    backup_index: u64,
+    backup_time: String,
+    regions: Vec<ReconciliationView>,
+}
+
+/// The reconciliation with one other region.
+#[derive(Debug, Serialize)]
+struct ReconciliationView {
+    region: String,
+    done: bool,
+    records: u64,
+    credits_recovered: u64,
+    committed: u64,
+    aborted: u64,
+    aborts_sent: u64,
+    decisions_resent: u64,
+    unrecoverable_count: u64,
+    /// `transfer: principal -> credit to payee`, the first 10,000.
+    unrecoverable: Vec<String>,
+    conflict_count: u64,
+    /// `transfer: detail`, the first 10,000.
+    conflicts: Vec<String>,
+}
+
+fn money_text(money: Option<&paymesh_proto::common::v1::Money>) -> String {
+    money.map_or_else(|| "?".to_owned(), |m| format!("{} {}", m.amount, m.currency))
+}
+
+fn restore_view(report: wire::RestoreReport) -> RestoreView {
+    let at = paymesh_core::Timestamp::from_unix_ms(u64::try_from(report.backup_time_unix_ms).unwrap_or(0));
+    RestoreView {
+        backup_index: report.backup_index,
+        backup_time: at.to_rfc3339(),
+        regions: report
+            .regions
+            .into_iter()
+            .map(|r| ReconciliationView {
+                region: r.region,
+                done: r.done,
+                records: r.records,
+                credits_recovered: r.credits_recovered,
+                committed: r.committed,
+                aborted: r.aborted,
+                aborts_sent: r.aborts_sent,
+                decisions_resent: r.decisions_resent,
+                unrecoverable_count: r.unrecoverable_count,
+                unrecoverable: r
+                    .unrecoverable
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{}: {} paid, {} credited to {}",
+                            u.transfer_id,
+                            money_text(u.source_amount.as_ref()),
+                            money_text(u.destination_amount.as_ref()),
+                            u.payee_partner_id
+                        )
+                    })
+                    .collect(),
+                conflict_count: r.conflict_count,
+                conflicts: r.conflicts.iter().map(|c| format!("{}: {}", c.transfer_id, c.detail)).collect(),
+            })
+            .collect(),
+    }
 }
 
 /// What `status --json` prints.
@@ -102,6 +175,7 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_syncs: Some(s.log_syncs),
                 log_slow_syncs: Some(s.log_slow_syncs),
                 log_sync_max_micros: Some(s.log_sync_max_micros),
+                restore: s.restore.map(restore_view),
             },
             Err(e) => NodeView {
                 api_addr,
@@ -124,6 +198,7 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_syncs: None,
                 log_slow_syncs: None,
                 log_sync_max_micros: None,
+                restore: None,
             },
         })
         .collect();
@@ -181,5 +256,43 @@ fn print_table(view: &RegionView) {
         println!("replicas agree: every reachable node has the same applied index and state digest");
     } else {
         println!("replicas differ (still catching up, or diverged): compare APPLIED and DIGEST");
+    }
+    // The restore as the most advanced reachable node applied it.
+    let newest = view.nodes.iter().filter(|n| n.restore.is_some()).max_by_key(|n| n.applied_index);
+    if let Some(restore) = newest.and_then(|n| n.restore.as_ref()) {
+        print_restore(restore);
+    }
+}
+
+fn print_restore(restore: &RestoreView) {
+    println!(
+        "restored from a backup at index {} ({}); reconciliation with the other regions:",
+        restore.backup_index, restore.backup_time
+    );
+    for r in &restore.regions {
+        println!(
+            "  {:<14} {:<12} {} records: {} credits recovered, {} committed, {} aborted, {} aborts sent, {} decisions \
+             sent again; {} unrecoverable, {} conflicts",
+            r.region,
+            if r.done { "done" } else { "in progress" },
+            r.records,
+            r.credits_recovered,
+            r.committed,
+            r.aborted,
+            r.aborts_sent,
+            r.decisions_resent,
+            r.unrecoverable_count,
+            r.conflict_count
+        );
+        for line in r.unrecoverable.iter().take(20) {
+            println!("    unrecoverable {line}");
+        }
+        for line in r.conflicts.iter().take(20) {
+            println!("    conflict {line}");
+        }
+        let more = r.unrecoverable.len().saturating_sub(20) + r.conflicts.len().saturating_sub(20);
+        if more > 0 {
+            println!("    … and more: `paymesh status --json` lists them all");
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::limits::{BATCH_COMMANDS_MAX, PAYER_FIELD_BYTES_MAX};
 use crate::money::Money;
 use crate::outcome::RejectCode;
 use crate::partner::{BusinessStatus, PartnerConfig, PartnerLimits};
+use crate::reconcile::{ReconcileStep, RemoteRecord};
 use crate::serde_text::serialize_as_text;
 use crate::settings::RegionSetting;
 use crate::time::Timestamp;
@@ -343,6 +344,22 @@ pub enum CommandBody {
         corridor: CorridorId,
         /// The rate refunds use from now on.
         rate: RefundRate,
+    },
+
+    // --- reconciliation after a restore (added later) -----------------------
+    /// One step of a restored region's reconciliation with `region`
+    /// ([`crate::reconcile`]): the records that region sent for the step
+    /// that continues from `from`, and the step after it. Applied only
+    /// when the reconciliation stands at `from`, so applied once.
+    Reconciled {
+        /// The other region.
+        region: RegionId,
+        /// The step this one continues from.
+        from: ReconcileStep,
+        /// What the other region holds.
+        records: Vec<RemoteRecord>,
+        /// The step after it.
+        to: ReconcileStep,
     },
 }
 
@@ -879,6 +896,7 @@ impl CommandBody {
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::CreateFreshTransfer { .. }
+            | CommandBody::Reconciled { .. }
             | CommandBody::PrepareReplied { .. }
             | CommandBody::DecisionAcked { .. }
             | CommandBody::Prepare(_)

@@ -346,6 +346,11 @@ impl MemoryHistory {
         MemoryHistory::default()
     }
 
+    /// Every record, newest batch first (a batch's records last to first).
+    pub fn newest_first(&self) -> impl Iterator<Item = (u64, &Record)> + '_ {
+        self.records.iter().rev().map(|((index, _), record)| (*index, record))
+    }
+
     /// The index of the last batch written (0 before any).
     pub fn last_index(&self) -> u64 {
         self.last_index

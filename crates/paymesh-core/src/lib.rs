@@ -26,6 +26,7 @@ pub mod limits;
 pub mod money;
 pub mod outcome;
 pub mod partner;
+pub mod reconcile;
 mod serde_seq;
 mod serde_text;
 pub mod settings;

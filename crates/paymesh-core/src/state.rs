@@ -60,6 +60,7 @@ use crate::limits::{
 use crate::money::{Money, SignedMoney};
 use crate::outcome::{Outcome, Position, Quote, RefundView, RejectCode, TransferView};
 use crate::partner::{BusinessStatus, Partner, PartnerConfig, PartnerLimits};
+use crate::reconcile::{ReconcileStep, Reconciliation, RemotePhase, RemoteRecord};
 use crate::settings::{RegionSettings, RegionSettingsV1, RegionSettingsV2};
 use crate::settlement::SettlementWindow;
 use crate::time::Timestamp;
@@ -352,6 +353,9 @@ pub struct State {
     /// [`RefundRate::Original`], by corridor.
     #[serde(with = "crate::serde_seq")]
     refund_rates: OrdMap<CorridorId, RefundRate>,
+    /// The restore this state was seeded by and its reconciliation with
+    /// the other regions ([`crate::reconcile`]); none if it never was.
+    reconciliation: Option<Box<Reconciliation>>,
     /// Settlement windows closed or settled in the batch being applied.
     /// Empty between batches.
     #[serde(skip)]
@@ -395,6 +399,23 @@ pub struct PendingCancel {
     pub principal: Money,
     /// When the payee's region answered that it started the refund.
     pub accepted_at: Option<Timestamp>,
+}
+
+/// A state as snapshot images of format 10 hold it, before restores'
+/// reconciliations: the fields of format 9, then the corridors' refund
+/// rates. Read, and converted with no restore behind it.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct StateV10 {
+    v9: StateV9,
+    #[serde(with = "crate::serde_seq")]
+    refund_rates: OrdMap<CorridorId, RefundRate>,
+}
+
+impl From<StateV10> for State {
+    fn from(old: StateV10) -> State {
+        State { refund_rates: old.refund_rates, ..State::from(old.v9) }
+    }
 }
 
 /// A state as snapshot images of format 9 hold it, before corridors'
@@ -571,6 +592,7 @@ impl From<StateV4> for State {
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
             refund_rates: OrdMap::new(),
+            reconciliation: None,
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -800,6 +822,7 @@ impl State {
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
             refund_rates: OrdMap::new(),
+            reconciliation: None,
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -862,6 +885,7 @@ impl State {
             cancels: OrdMap::new(),
             webhooks: OrdMap::new(),
             refund_rates: OrdMap::new(),
+            reconciliation: None,
             windows: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             top_ups: BTreeMap::new(),
@@ -1042,6 +1066,9 @@ impl State {
                 self.record_settlement(*window, account, reference, now, recall)
             }
             CommandBody::Tick => Ok(Outcome::Ticked(self.tick(now))),
+            CommandBody::Reconciled { region, from, records, to } => {
+                self.reconciled(region, from, records, to, now, recall)
+            }
             CommandBody::SetPartnerLimits { partner, limits } => {
                 self.set_partner_limits(partner, *limits).map(|()| Outcome::Done)
             }
@@ -1247,6 +1274,7 @@ mod operators;
 mod participant;
 mod reads;
 mod recent;
+mod reconcile;
 mod refund;
 mod settlement;
 #[cfg(test)]

@@ -269,6 +269,7 @@ impl ClusterService for ClusterServer {
             log_syncs: load(&stats.syncs),
             log_slow_syncs: load(&stats.slow_syncs),
             log_sync_max_micros: load(&stats.sync_max_micros),
+            restore: self.state_machine.applied().state.reconciliation().map(crate::reconcile::report_out),
         }))
     }
 

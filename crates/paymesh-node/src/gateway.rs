@@ -212,7 +212,15 @@ impl Gateway {
     /// region has seen before is let through, so a retry still gets its
     /// recorded outcome.
     fn check_link(&self, body: &CommandBody, state: &State) -> Result<(), Status> {
-        let refuses = |region: &RegionId| self.links.check(region).err();
+        let refuses = |region: &RegionId| {
+            if state.reconciling_with(region) {
+                return Some(Status::unavailable(format!(
+                    "RegionUnreachable: this region was restored from a backup and is reconciling with region \
+                     {region}; new transfers to it are refused until that is done"
+                )));
+            }
+            self.links.check(region).err()
+        };
         match admission::link_refuses(body, state, self.state_machine.history(), refuses) {
             Some(status) => Err(status),
             None => Ok(()),

@@ -405,6 +405,7 @@ impl InterRegionService for InterRegionServer {
         if !self.leading() {
             return self.leader_client()?.prepare(forwarded(request)).await;
         }
+        self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
         let (inbound, proposals) = Inbound::prepares(&batch, &from);
         let span = |item: usize| prepare_span(&batch.items[item], &from);
@@ -420,6 +421,7 @@ impl InterRegionService for InterRegionServer {
         if !self.leading() {
             return self.leader_client()?.decide(forwarded(request)).await;
         }
+        self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
         let (inbound, proposals) = Inbound::decisions(&batch, &from);
         let span = |item: usize| decide_span(&batch.items[item], &from);
@@ -428,9 +430,34 @@ impl InterRegionService for InterRegionServer {
             Reply::Prepares(_) => Err(Status::internal("prepare replies answering decisions")),
         }
     }
+
+    async fn reconcile(
+        &self,
+        request: Request<wire::ReconcileRequest>,
+    ) -> Result<Response<wire::ReconcileReply>, Status> {
+        let from = self.caller(&request, &request.get_ref().from_region)?;
+        if !self.leading() {
+            return self.leader_client()?.reconcile(forwarded(request)).await;
+        }
+        let applied = self.gateway.state_machine.applied();
+        let reply =
+            crate::reconcile::answer(&applied.state, self.gateway.state_machine.history(), request.get_ref(), &from)?;
+        Ok(Response::new(reply))
+    }
 }
 
 impl InterRegionServer {
+    /// A restored region takes no protocol message from a region it still
+    /// reconciles with: the comparison needs both records to stand still.
+    fn refuse_while_reconciling(&self, from: &RegionId) -> Result<(), Status> {
+        if self.gateway.state_machine.applied().state.reconciling_with(from) {
+            return Err(Status::unavailable(format!(
+                "this region was restored from a backup and is reconciling with {from}; retry shortly"
+            )));
+        }
+        Ok(())
+    }
+
     /// Propose a batch's commands (each in its item's span), give the
     /// receiver each outcome, and return its answer. A proposal that fails
     /// (leadership lost) fails the batch, and so does an outcome the

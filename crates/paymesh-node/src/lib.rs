@@ -42,6 +42,7 @@ pub mod outbox;
 pub mod partner_service;
 pub mod raft_service;
 pub mod rate;
+pub mod reconcile;
 pub mod retention;
 pub mod settlement_files;
 pub mod telemetry;

@@ -50,7 +50,7 @@ pub struct Link {
     /// What this node presents and trusts when it dials the region: its own
     /// certificate and the region's CA (the client follows it).
     credentials: tokio::sync::watch::Sender<Credentials>,
-    client: Region,
+    pub(crate) client: Region,
     /// Since when the region's breaker is open, if it is: the shipper's,
     /// mirrored by its driver (closed while this node does not lead).
     open_since: Mutex<Option<std::time::Instant>>,
@@ -293,6 +293,9 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
     link.reset_breaker();
     // Aborted when leadership is lost: nothing is in flight from here then.
     let _shipping = ShippingGuard(link.clone());
+    // A restored region agrees with the other on what happened before it
+    // sends it anything (a no-op otherwise).
+    crate::reconcile::run(&gateway, &link).await;
     tracing::info!(region = %link.region, "shipping the outbox");
     // The loop wakes when the outbox may have changed (entries applied), a
     // call's task finished, or the shipper's wake time came; each time it
@@ -418,7 +421,8 @@ fn record(gateway: &Gateway, tasks: &mut JoinSet<Done>, id: CallId, proposals: V
     });
 }
 
-fn client(channel: paymesh_client::NodeChannel) -> InterRegionServiceClient<paymesh_client::NodeChannel> {
+/// An inter-region client over `channel`, with the protocol's message size.
+pub(crate) fn client(channel: paymesh_client::NodeChannel) -> InterRegionServiceClient<paymesh_client::NodeChannel> {
     InterRegionServiceClient::new(channel)
         .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)

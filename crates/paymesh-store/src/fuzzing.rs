@@ -115,7 +115,7 @@ fn restore_backup(data: &[u8]) -> Result<crate::backup::Restored, crate::backup:
     let path = scratch.path().join("fuzz.pmbackup");
     std::fs::write(&path, &file).expect("writing the backup");
     let members = vec![(1, crate::NodeAddr::default())];
-    let target = crate::backup::RestoreTarget { region: region(), members, gap: 1 };
+    let target = crate::backup::RestoreTarget { region: region(), members, gap: 1, reconcile_with: Vec::new() };
     crate::backup::check(&path)?;
     crate::backup::restore(&path, &scratch.path().join("state"), &target)
 }

@@ -162,6 +162,7 @@ use std::sync::Mutex;
 use paymesh_core::history::{HistoryRead, IdempotencyRecord, ListToken, Movement, Recall, Record, TopUpRecord};
 use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
+use paymesh_core::reconcile::{HistoryScan, RemoteRecord};
 use paymesh_core::settlement::SettlementWindow;
 use paymesh_core::state::{CursorExpired, Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use paymesh_core::Timestamp;
@@ -1545,6 +1546,26 @@ impl History {
         }
         transfers.truncate(max);
         Ok(transfers)
+    }
+
+    /// One page of the scan a restored region asks of this one
+    /// ([`paymesh_core::reconcile::HistoryScan`]): the finished transfers
+    /// and participations with `region` in the journal's batches below
+    /// `below` (0: from the newest), newest first, back to `since`; and
+    /// where the next page starts (0: done). Reads one page's batches.
+    pub fn reconcile_page(&self, region: &RegionId, since: Timestamp, below: u64) -> Result<(Vec<RemoteRecord>, u64)> {
+        let mut scan = HistoryScan::new(region.clone(), since);
+        let upper = if below == 0 { journal_key(u64::MAX, u32::MAX) } else { journal_key(below, 0) };
+        'chunks: for item in self.db.range(journal_key(0, 0)..upper).rev() {
+            let (key, value) = item?;
+            let (index, _) = parse_journal_key(&key)?;
+            for frame in Frames::new(&key, &value)? {
+                if !scan.feed(index, &decode_record(&key, frame?)?) {
+                    break 'chunks;
+                }
+            }
+        }
+        Ok(scan.finish())
     }
 
     /// The newest record a pointer key points to that was written before

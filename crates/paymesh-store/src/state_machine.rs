@@ -38,7 +38,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
-use paymesh_core::state::{StateV2, StateV3, StateV4, StateV5, StateV6, StateV7, StateV8, StateV9};
+use paymesh_core::state::{StateV10, StateV2, StateV3, StateV4, StateV5, StateV6, StateV7, StateV8, StateV9};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -56,8 +56,13 @@ use crate::raft_types::{
 /// either side), 7 settlement windows (the open window's book, decisions
 /// naming their window), 8 cancels (the cancel window among the settings,
 /// which move after the settlement book, and the cancels pending), 9
-/// partners' webhooks, 10 corridors' refund rates.
-const IMAGE_FORMAT: u8 = 10;
+/// partners' webhooks, 10 corridors' refund rates, 11 a restore's
+/// reconciliation.
+const IMAGE_FORMAT: u8 = 11;
+
+/// The format before restores' reconciliations; still read (no restore
+/// behind it).
+const IMAGE_FORMAT_V10: u8 = 10;
 
 /// The format before corridors' refund rates; still read (every corridor
 /// refunds at the original rate).
@@ -193,6 +198,12 @@ struct ImageV1 {
     membership: StoredMembership,
 }
 
+/// Whether a snapshot image is of this version's format (older ones are
+/// read and converted).
+pub fn image_is_current(image: &[u8]) -> bool {
+    image.first() == Some(&IMAGE_FORMAT)
+}
+
 /// A SHA-256 of the state's canonical encoding. Replicas at the same applied
 /// index have equal digests; operators and tests compare them.
 pub fn state_digest(state: &State) -> [u8; 32] {
@@ -281,6 +292,9 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_V10, body)) => {
+            (postcard::from_bytes::<ImageOf<StateV10>>(body).map_err(decode_error)?.current(), None)
+        }
         Some((&IMAGE_FORMAT_V9, body)) => {
             (postcard::from_bytes::<ImageOf<StateV9>>(body).map_err(decode_error)?.current(), None)
         }
@@ -691,8 +705,9 @@ mod tests {
         state_v2.extend(encode(state.ledger()));
         // The current state ends with the refunds in flight (two empty
         // tables), the settlement book, the settings, the cancels pending,
-        // the webhooks and the refund rates (three empty tables). Format 9
-        // has no refund rates; format 8 no webhooks either;
+        // the webhooks and the refund rates (three empty tables), and no
+        // reconciliation. Format 10 has no reconciliation; format 9
+        // no refund rates either; format 8 no webhooks either;
         // format 7 has the settings before the
         // refunds, without the cancel window (its last field: 1,440
         // minutes, two bytes), and no cancels; format 6 the same without
@@ -703,7 +718,7 @@ mod tests {
         let book = postcard::to_stdvec(&paymesh_core::state::SettlementBook::default()).unwrap();
         let settings = postcard::to_stdvec(state.settings()).unwrap();
         assert_eq!(settings, [30, 0xed, 0x02, 0xa0, 0x0b]);
-        let tail: Vec<u8> = [&[0u8, 0][..], &book, &settings, &[0, 0, 0]].concat();
+        let tail: Vec<u8> = [&[0u8, 0][..], &book, &settings, &[0, 0, 0, 0]].concat();
         assert!(encoded.ends_with(&tail));
         let v4_bytes = &encoded[..encoded.len() - tail.len()];
         let rest = &current[1 + encoded.len()..];
@@ -716,6 +731,7 @@ mod tests {
             image.extend(rest);
             image
         };
+        let v10 = image_of(IMAGE_FORMAT_V10, &[&[0, 0], &book, &settings, &[0, 0, 0]]);
         let v9 = image_of(IMAGE_FORMAT_V9, &[&[0, 0], &book, &settings, &[0, 0]]);
         let v8 = image_of(IMAGE_FORMAT_V8, &[&[0, 0], &book, &settings, &[0]]);
         let v7 = image_of(IMAGE_FORMAT_V7, &[&settings[..3], &[0, 0], &book]);
@@ -733,7 +749,8 @@ mod tests {
         v1.extend(&state_v2);
         v1.extend(postcard::to_stdvec(&(last_applied, membership)).unwrap());
         vec![
-            ("format 10", current),
+            ("format 11", current),
+            ("format 10", v10),
             ("format 9", v9),
             ("format 8", v8),
             ("format 7", v7),

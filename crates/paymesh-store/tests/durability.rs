@@ -239,7 +239,7 @@ async fn a_backup_restores_to_the_state_and_history_at_its_index() {
     let members: Vec<(u64, NodeAddr)> = (1..=3)
         .map(|id| (id, NodeAddr { raft_addr: format!("10.0.0.{id}:7000"), api_addr: format!("10.0.0.{id}:8000") }))
         .collect();
-    let target = RestoreTarget { region: region(), members: members.clone(), gap: 1_000 };
+    let target = RestoreTarget { region: region(), members: members.clone(), gap: 1_000, reconcile_with: Vec::new() };
     let first = backup::restore(&file, &dir.path().join("restored-1"), &target).unwrap();
     let second = backup::restore(&file, &dir.path().join("restored-2"), &target).unwrap();
     assert_eq!(first.region_digest, second.region_digest);

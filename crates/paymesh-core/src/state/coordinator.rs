@@ -489,17 +489,7 @@ impl State {
         transfer.view.deadline = Some(deadline);
         self.deadlines.insert((deadline, transfer.view.id.clone()));
         let view = &transfer.view;
-        let message = PrepareMessage {
-            transfer: view.id.clone(),
-            corridor: view.corridor.clone(),
-            source: view.priced.source,
-            destination: view.priced.destination,
-            rate: view.priced.rate,
-            payee: view.payee.partner.clone(),
-            merchant: view.payee.merchant.clone(),
-            payer_token: view.payer_token.clone(),
-            deadline,
-        };
+        let message = reconcile::prepare_of(view).expect("a cross-border transfer with its deadline has a Prepare");
         self.outbox
             .insert((view.corridor.destination_region.clone(), view.id.clone()), OutboxMessage::Prepare(message));
         self.emit(&view.partner, view, EventKind::Reserved, view.priced.total_debit, now);
@@ -538,21 +528,41 @@ impl State {
         }
         // A transfer no longer in the hot state finished: history has it,
         // and the answer is judged against its final state.
-        let mut transfer = match self.transfers.get(id) {
+        let transfer = match self.transfers.get(id) {
             Some(transfer) => transfer.clone(),
             None => recall
                 .transfer(id)
                 .filter(|t| t.view.updated_at.plus_ms(FINISHED_TRANSFER_RECALL_MS) > now)
                 .ok_or(RejectCode::TransferNotFound)?,
         };
-        let Some(event) = answer_event(transfer.view.state, reply)? else { return Ok(Outcome::Done) };
+        if answer_event(transfer.view.state, reply)?.is_some() {
+            self.take_answer(transfer, reply, true, now);
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Decide a reserved transfer by its payee region's answer: commit on
+    /// `Prepared` (unless `deadline_applies` and it came at or after the
+    /// deadline), abort otherwise.
+    pub(super) fn take_answer(
+        &mut self,
+        mut transfer: Transfer,
+        reply: PrepareReply,
+        deadline_applies: bool,
+        now: Timestamp,
+    ) {
+        let id = transfer.view.id.clone();
+        let Ok(Some(event)) = answer_event(transfer.view.state, reply) else {
+            panic!("transfer {id}: an answer to a reserved transfer moves it");
+        };
         step_coordinator(&mut transfer, event, now);
         self.use_partner(&transfer.view.partner, |u| u.transfers_in_flight -= 1);
         let deadline = transfer.view.deadline.expect("a reserved transfer has a deadline");
         self.deadlines.remove(&(deadline, id.clone()));
         let key = (transfer.view.corridor.destination_region.clone(), id.clone());
+        let id = &id;
         match reply {
-            PrepareReply::Prepared if now < deadline => {
+            PrepareReply::Prepared if now < deadline || !deadline_applies => {
                 self.decide_coordinator(&mut transfer, CoordinatorEvent::DecideCommit, now);
                 let priced = &transfer.view.priced;
                 let tally = settlement::payment_key(priced.source, priced.destination);
@@ -577,7 +587,6 @@ impl State {
             }
         }
         self.transfers.insert(id.clone(), transfer);
-        Ok(Outcome::Done)
     }
 
     /// Decide a prepared transfer: post or void the payer's legs.

@@ -2226,6 +2226,7 @@ fn a_fund_out_withdraws_what_the_position_holds_beyond_its_reservations() {
 mod cancels;
 mod payments;
 mod refunds;
+mod restores;
 mod settlement;
 mod webhooks;
 

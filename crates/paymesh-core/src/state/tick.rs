@@ -9,8 +9,10 @@ impl State {
         let mut report = TickReport::default();
         let mut budget = TICK_WORK_MAX;
 
-        // Reserved transfers past their deadline: abort and tell the payee region.
-        while budget > 0 {
+        // Reserved transfers past their deadline: abort and tell the payee
+        // region. Not while a restored region reconciles: the other
+        // region may have committed what this one would abort.
+        while budget > 0 && !self.reconciling() {
             let Some((deadline, id)) = self.deadlines.get_min().cloned() else { break };
             if deadline > now {
                 break;
@@ -64,7 +66,7 @@ impl State {
     /// `Tick` only then, so an idle region writes nothing.
     pub fn tick_due(&self, now: Timestamp) -> bool {
         let idle = now.minus_ms(SESSION_IDLE_EXPIRY_MS);
-        due(&self.deadlines, now)
+        (due(&self.deadlines, now) && !self.reconciling())
             || due(&self.quote_expiry, now.minus_ms(QUOTE_RETENTION_AFTER_EXPIRY_MS))
             || self.sessions.values().any(|s| s.last_active < idle)
             || self.cancels_due(now)
