@@ -707,7 +707,7 @@ fn file_descriptor_set_describes_every_service() {
     partner.extend(unary(&["CreateRefund", "GetRefund", "ListRefunds", "CancelTransfer"]));
     assert_eq!(methods("paymesh.partner.v1", "PartnerService"), partner);
 
-    assert_eq!(methods("paymesh.interregion.v1", "InterRegionService"), unary(&["Prepare", "Decide"]));
+    assert_eq!(methods("paymesh.interregion.v1", "InterRegionService"), unary(&["Prepare", "Decide", "Reconcile"]));
 
     let mut raft = vec![("AppendEntries".into(), true, true)];
     raft.extend(unary(&["Vote"]));
