@@ -22,76 +22,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paymesh_client::PartnerClient;
 use paymesh_harness::history::TransferState;
 use paymesh_harness::mesh::LocalMesh;
 use paymesh_harness::wan::WanSettings;
-use paymesh_harness::{check, locality, observe, world};
+use paymesh_harness::{check, observe, world};
 use paymesh_proto::admin::v1 as admin;
-use paymesh_proto::common::v1 as common;
-use paymesh_proto::partner::v1 as wire;
 
 const RAFT: &str = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
-
-/// Payments each wallet makes at most (the loops stop by themselves).
-const PAYMENTS_MAX: usize = 3_000;
-
-/// A wallet paying WeChat merchants one payment after another until told
-/// to stop; the ids of the payments it was answered with.
-fn pay_until(
-    client: PartnerClient,
-    region: &'static str,
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for n in 0..PAYMENTS_MAX {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let [name, account, reference] = locality::payer_fields(region, 0, n as u64);
-            let request = wire::CreatePaymentRequest {
-                idempotency_key: format!("{region}-{n}"),
-                qr_payload: format!("wxp://test/{region}-{n}"),
-                amount: Some(wire::create_payment_request::Amount::DestinationAmount(common::Money {
-                    amount: "7.10".into(),
-                    currency: "CNY".into(),
-                })),
-                max_total_debit: None,
-                payer: Some(wire::PayerDetails { name, account, reference }),
-            };
-            match client.create_payment(request).await {
-                Ok(answer) => {
-                    ids.push(answer.transfer.unwrap().transfer_id);
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                }
-                // Refused while cn-east is away (its breaker open, or
-                // reconciling): the wallet waits a little and goes on.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        ids
-    })
-}
-
-async fn wait_for(count: &AtomicUsize, at_least: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while count.load(Ordering::Relaxed) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{} payments, not {at_least}, within {within:?}",
-            count.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The restore's report once every node of `lost` applied its
 /// reconciliation's end.
@@ -136,12 +81,12 @@ async fn disaster(lost: &str) -> Run {
         .iter()
         .map(|(region, wallet)| {
             let client = mesh.region(region).unwrap().partner(wallet).unwrap();
-            pay_until(client, region, stop.clone(), acknowledged.clone())
+            common::pay_until(client, region, 0, stop.clone(), acknowledged.clone())
         })
         .collect();
 
     // The backup, while both wallets pay.
-    wait_for(&acknowledged, 60, Duration::from_secs(60)).await;
+    common::wait_for(&acknowledged, 60, Duration::from_secs(60)).await;
     let file = dir.path().join(format!("{lost}.pmbackup"));
     let region = mesh.region(lost).unwrap();
     let started = Instant::now();
@@ -151,7 +96,7 @@ async fn disaster(lost: &str) -> Run {
     assert_eq!(code, 0, "{out}{err}");
     let at_backup = acknowledged.load(Ordering::Relaxed);
     // Payments the backup does not hold.
-    wait_for(&acknowledged, at_backup + 80, Duration::from_secs(60)).await;
+    common::wait_for(&acknowledged, at_backup + 80, Duration::from_secs(60)).await;
 
     // The disaster: every node of the region and its disk are lost, while
     // the wallets keep paying (and are refused once a breaker opens).
@@ -183,7 +128,7 @@ async fn disaster(lost: &str) -> Run {
     let reconciled_in = restoring.elapsed();
     let after_restore = acknowledged.load(Ordering::Relaxed);
     // Payments flow again.
-    wait_for(&acknowledged, after_restore + 40, Duration::from_secs(60)).await;
+    common::wait_for(&acknowledged, after_restore + 40, Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let mut paid = 0;
     for worker in workers {

@@ -29,6 +29,8 @@ pub struct LocalMesh {
     links: BTreeMap<(String, String), WanLink>,
     /// (from, to) → the proxied inter-region endpoints `from` dials for `to`.
     endpoints: BTreeMap<(String, String), Vec<String>>,
+    /// (from, to) where `from` drains `to` (`remote_regions.draining`).
+    draining: std::collections::BTreeSet<(String, String)>,
     proxies: JoinSet<()>,
 }
 
@@ -67,6 +69,7 @@ impl LocalMesh {
             regions: BTreeMap::new(),
             links: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            draining: std::collections::BTreeSet::new(),
             proxies: JoinSet::new(),
         };
         for (name, holders) in regions {
@@ -78,25 +81,126 @@ impl LocalMesh {
         let names: Vec<String> = mesh.regions.keys().cloned().collect();
         for a in &names {
             for b in names.iter().filter(|b| *b != a) {
-                let key = (a.min(b).clone(), a.max(b).clone());
-                let link = mesh.links.entry(key).or_insert_with(|| WanLink::new(wan)).clone();
-                let remote = &mesh.regions[b];
-                let mut endpoints = Vec::new();
-                for node in remote.nodes.values() {
-                    endpoints.push(link.proxy(node.interregion_addr.clone(), &mut mesh.proxies).await?);
-                }
-                let ca = remote.ca_file();
-                let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-                let text = format!(
-                    "\n[[remote_regions]]\nregion = \"{b}\"\nendpoints = [{}]\nca_cert = \"{}\"\n",
-                    quoted.join(", "),
-                    ca.display()
-                );
-                mesh.endpoints.insert((a.clone(), b.clone()), endpoints);
-                mesh.regions.get_mut(a).context("region planned")?.remote_regions.push_str(&text);
+                mesh.proxy(a, b, wan).await?;
             }
         }
+        for a in &names {
+            let text = mesh.remote_regions_of(a)?;
+            mesh.region_mut(a)?.remote_regions = text;
+        }
         Ok(mesh)
+    }
+
+    /// Proxy the link from `a` to `b`'s inter-region listeners (the link
+    /// between them made under `wan` if it is the pair's first).
+    async fn proxy(&mut self, a: &str, b: &str, wan: WanSettings) -> anyhow::Result<()> {
+        let key = (a.min(b).to_owned(), a.max(b).to_owned());
+        let link = self.links.entry(key).or_insert_with(|| WanLink::new(wan)).clone();
+        let mut endpoints = Vec::new();
+        let targets: Vec<String> = self.region(b)?.nodes.values().map(|node| node.interregion_addr.clone()).collect();
+        for target in targets {
+            endpoints.push(link.proxy(target, &mut self.proxies).await?);
+        }
+        self.endpoints.insert((a.to_owned(), b.to_owned()), endpoints);
+        Ok(())
+    }
+
+    /// Region `a`'s `[[remote_regions]]`: every region it dials, drained
+    /// or not.
+    fn remote_regions_of(&self, a: &str) -> anyhow::Result<String> {
+        let mut text = String::new();
+        for ((from, to), endpoints) in &self.endpoints {
+            if from != a {
+                continue;
+            }
+            let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+            let draining = self.draining.contains(&(from.clone(), to.clone()));
+            text.push_str(&format!(
+                "\n[[remote_regions]]\nregion = \"{to}\"\nendpoints = [{}]\nca_cert = \"{}\"\n{}",
+                quoted.join(", "),
+                self.region(to)?.ca_file().display(),
+                if draining { "draining = true\n" } else { "" }
+            ));
+        }
+        Ok(text)
+    }
+
+    /// Write region `name`'s remote regions into every node's configuration
+    /// and SIGHUP the running ones, which take them without a restart.
+    fn reconfigure(&mut self, name: &str) -> anyhow::Result<()> {
+        let text = self.remote_regions_of(name)?;
+        let region = self.region_mut(name)?;
+        region.remote_regions = text;
+        let peers: Vec<u64> = region.nodes.keys().copied().collect();
+        for id in &peers {
+            region.write_config(*id, &peers)?;
+            if region.nodes[id].child.is_some() {
+                region.hangup(*id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add region `name` (certifying `holders`) of `members` nodes to the
+    /// running mesh: started, initialised and led, linked both ways under
+    /// `wan` with every region, which learn of it from their configuration
+    /// files on SIGHUP, without a restart.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_region(
+        &mut self,
+        dir: &Path,
+        exe: &Path,
+        name: &str,
+        holders: Vec<Identity>,
+        members: u64,
+        raft_settings: &str,
+        wan: WanSettings,
+    ) -> anyhow::Result<()> {
+        let mut region = LocalRegion::plan(&dir.join(name), name, exe, OPERATOR, holders, members, raft_settings)?;
+        region.env = self.regions.values().next().map(|r| r.env.clone()).unwrap_or_default();
+        let others: Vec<String> = self.regions.keys().cloned().collect();
+        self.regions.insert(name.to_owned(), region);
+        for other in &others {
+            self.proxy(name, other, wan).await?;
+            self.proxy(other, name, wan).await?;
+        }
+        let text = self.remote_regions_of(name)?;
+        let region = self.region_mut(name)?;
+        region.remote_regions = text;
+        region.launch()?;
+        region.initialize(1, LEADER_TIMEOUT).await.with_context(|| format!("initialising {name}"))?;
+        for other in &others {
+            self.reconfigure(other)?;
+        }
+        Ok(())
+    }
+
+    /// Drain region `name` in both directions: every other region refuses
+    /// new transfers to it and it refuses new ones to them (configuration
+    /// files and SIGHUP); transfers in flight finish.
+    pub fn drain_region(&mut self, name: &str) -> anyhow::Result<()> {
+        let names: Vec<String> = self.regions.keys().cloned().collect();
+        for other in names.iter().filter(|other| *other != name) {
+            self.draining.insert((other.clone(), name.to_owned()));
+            self.draining.insert((name.to_owned(), other.clone()));
+        }
+        for region in &names {
+            self.reconfigure(region)?;
+        }
+        Ok(())
+    }
+
+    /// Take region `name` out of every other region's configuration (SIGHUP
+    /// applies it; a node refuses while transfers are in flight with it) and
+    /// out of this mesh; the region, still running, for the caller to stop.
+    pub fn remove_region(&mut self, name: &str) -> anyhow::Result<LocalRegion> {
+        self.endpoints.retain(|(from, to), _| from != name && to != name);
+        self.draining.retain(|(from, to)| from != name && to != name);
+        let others: Vec<String> = self.regions.keys().filter(|other| *other != name).cloned().collect();
+        for other in &others {
+            self.reconfigure(other)?;
+        }
+        self.regions.remove(name).with_context(|| format!("no region {name} in this mesh"))
     }
 
     /// Start every planned node and initialise every region; returns once

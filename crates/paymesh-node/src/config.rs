@@ -91,6 +91,12 @@ pub struct RemoteRegionConfig {
     /// call it. Required with `[tls]`.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
+    /// Draining the region before removing it: new quotes, transfers and
+    /// refunds toward it are refused (`RegionDraining`), the transfers in
+    /// flight with it finish. Once none is left it can be taken off this
+    /// list; a SIGHUP applies either change without a restart.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Raft timing and log-compaction settings, under `[raft]`.
@@ -320,6 +326,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub interregion_listen: Option<SocketAddr>,
     /// The other regions this region exchanges cross-border transfers with.
+    /// Re-read on SIGHUP: a region added, drained or removed takes effect
+    /// without a restart.
     #[serde(default)]
     pub remote_regions: Vec<RemoteRegionConfig>,
     /// Raft timing and compaction.
@@ -346,13 +354,20 @@ pub struct NodeConfig {
     /// peers are dialled at their membership address.
     #[serde(default)]
     pub raft_dial: BTreeMap<String, String>,
+    /// The file this configuration was read from ([`NodeConfig::load`]),
+    /// read again on SIGHUP for the remote regions; none when parsed from
+    /// text.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl NodeConfig {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        NodeConfig::parse(&text, path)
+        let mut config = NodeConfig::parse(&text, path)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parse and validate configuration text; `path` names it in errors.

@@ -18,6 +18,8 @@ use paymesh_store::{LogStats, LogStore, StateMachineStore, TypeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use paymesh_core::id::RegionId;
+
 use crate::actors;
 use crate::admin_service::AdminServer;
 use crate::cluster_service::ClusterServer;
@@ -336,7 +338,8 @@ impl Node {
             "node serving"
         );
         let tls = self.tls.as_deref().map(|material| self.live_tls(material)).transpose()?;
-        let reloader = tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone()));
+        let reloader =
+            tokio::spawn(reload_on_hangup(self.config.clone(), self.auth.clone(), tls.clone(), self.remotes()));
         let retention =
             tokio::spawn(crate::retention::run(self.state_machine.clone(), self.config.history.retention_ms()));
         let (stop, stopped) = watch::channel(false);
@@ -626,11 +629,52 @@ impl LiveTls {
     }
 }
 
-/// On every SIGHUP, without a restart: read the revocation list again, and
+/// What a SIGHUP needs to take a changed list of remote regions: the links
+/// and the applied state (to count what is in flight with a region).
+#[derive(Clone)]
+struct Remotes {
+    links: Arc<Links>,
+    state_machine: StateMachineStore,
+}
+
+impl Node {
+    fn remotes(&self) -> Remotes {
+        Remotes { links: self.links.clone(), state_machine: self.state_machine.clone() }
+    }
+}
+
+impl Remotes {
+    /// Read the configuration file again and take its remote regions
+    /// ([`Links::update`]); the configuration read, for the TLS reload that
+    /// follows. The node's own identity and listeners are not changed by a
+    /// reload: a file that changes them is refused.
+    fn reload(&self, config: &NodeConfig) -> Result<(NodeConfig, crate::outbox::LinkChanges), String> {
+        let path = config.source.as_deref().ok_or("the configuration was not read from a file")?;
+        let fresh = NodeConfig::load(path).map_err(|e| e.to_string())?;
+        if (fresh.region.clone(), fresh.node_id, fresh.interregion_listen)
+            != (config.region.clone(), config.node_id, config.interregion_listen)
+        {
+            return Err(format!(
+                "{}: the region, node id or interregion_listen changed; those take a restart",
+                path.display()
+            ));
+        }
+        let material = Node::load_tls(&fresh).map_err(|e| e.to_string())?;
+        let applied = self.state_machine.applied();
+        let in_flight = |region: &RegionId| {
+            applied.state.outbox_for(region).count() + applied.state.reconcile_asks(region, None, usize::MAX).len()
+        };
+        let changes = self.links.update(&fresh, material.as_deref(), in_flight)?;
+        Ok((fresh, changes))
+    }
+}
+
+/// On every SIGHUP, without a restart: read the revocation list again; the
+/// configuration file's remote regions (one added, drained, removed); and
 /// this node's certificate, key and CA file and the remote regions' CA files
 /// for the next connections, accepted and dialed. What does not read leaves
 /// what is in force (and says why).
-async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Option<LiveTls>) {
+async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Option<LiveTls>, remotes: Remotes) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: certificates and the revocation list are read only at start");
         return;
@@ -640,6 +684,18 @@ async fn reload_on_hangup(config: Arc<NodeConfig>, auth: Authenticator, tls: Opt
             Ok(revoked) => tracing::info!(revoked, "SIGHUP: revocation list reloaded"),
             Err(e) => tracing::error!(%e, "SIGHUP: revocation list not reloaded; the previous one stays in force"),
         }
+        let config = match remotes.reload(&config) {
+            Ok((fresh, changes)) => {
+                for change in &changes {
+                    tracing::info!(change = %change, "SIGHUP: remote regions");
+                }
+                Arc::new(fresh)
+            }
+            Err(e) => {
+                tracing::error!(%e, "SIGHUP: remote regions not reloaded; the ones in force stay");
+                config.clone()
+            }
+        };
         if let Some(tls) = &tls {
             match tls.reload(&config) {
                 Ok(()) => tracing::info!(
@@ -679,8 +735,9 @@ async fn follow_leadership(gateway: Gateway) {
     let registry = gateway.registry.clone();
     let mut server = gateway.raft.server_metrics();
     let mut applied = gateway.state_machine.watch_applied();
+    let mut links = gateway.links.watch();
     let mut leading = None;
-    let mut shippers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut tasks = LeaderTasks::default();
     loop {
         let now_leading = {
             let m = server.borrow_and_update();
@@ -689,14 +746,10 @@ async fn follow_leadership(gateway: Gateway) {
         if now_leading != leading {
             leading = now_leading;
             registry.lead(leading);
-            for shipper in shippers.drain(..) {
-                shipper.abort();
-            }
+            tasks.stop();
             if leading.is_some() {
-                for link in gateway.links.iter() {
-                    shippers.push(tokio::spawn(crate::outbox::ship(gateway.clone(), link.clone())));
-                }
-                shippers.push(tokio::spawn(crate::webhooks::deliver(gateway.clone())));
+                tasks.ship(&gateway);
+                tasks.webhooks = Some(tokio::spawn(crate::webhooks::deliver(gateway.clone())));
             }
         }
         // A follower has nobody to tell about applied entries: it waits for
@@ -710,16 +763,60 @@ async fn follow_leadership(gateway: Gateway) {
                     }
                     false
                 }
+                changed = links.changed() => {
+                    if changed.is_ok() {
+                        tasks.ship(&gateway);
+                    }
+                    false
+                }
             }
         } else {
             server.changed().await.is_err()
         };
         if stopped {
             registry.lead(None);
-            for shipper in shippers.drain(..) {
-                shipper.abort();
-            }
+            tasks.stop();
             return;
+        }
+    }
+}
+
+/// The tasks a leader runs: one shipper per remote region's link, and
+/// webhook delivery.
+#[derive(Default)]
+struct LeaderTasks {
+    shippers: BTreeMap<RegionId, (Arc<crate::outbox::Link>, tokio::task::JoinHandle<()>)>,
+    webhooks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaderTasks {
+    /// A shipper for every link there is now: one started for a link
+    /// added or replaced (a SIGHUP), one stopped for a link removed, the
+    /// others left running.
+    fn ship(&mut self, gateway: &Gateway) {
+        let links: BTreeMap<RegionId, Arc<crate::outbox::Link>> =
+            gateway.links.iter().map(|link| (link.region.clone(), link)).collect();
+        self.shippers.retain(|region, (link, task)| {
+            let kept = links.get(region).is_some_and(|now| Arc::ptr_eq(now, link));
+            if !kept {
+                task.abort();
+            }
+            kept
+        });
+        for (region, link) in links {
+            if let std::collections::btree_map::Entry::Vacant(vacant) = self.shippers.entry(region) {
+                let task = tokio::spawn(crate::outbox::ship(gateway.clone(), link.clone()));
+                vacant.insert((link, task));
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, (_, task)) in std::mem::take(&mut self.shippers) {
+            task.abort();
+        }
+        if let Some(task) = self.webhooks.take() {
+            task.abort();
         }
     }
 }
@@ -727,7 +824,7 @@ async fn follow_leadership(gateway: Gateway) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PeerConfig, RaftSettings};
+    use crate::config::{PeerConfig, RaftSettings, RemoteRegionConfig};
 
     /// The actor system ending under a serving node (a panic on its thread,
     /// or a stop) ends `serve` with an error, so the process exits non-zero
@@ -736,7 +833,7 @@ mod tests {
     fn config(dir: &Path) -> NodeConfig {
         NodeConfig {
             node_id: 1,
-            region: paymesh_core::id::RegionId::new("us-west").unwrap(),
+            region: RegionId::new("us-west").unwrap(),
             raft_listen: "127.0.0.1:0".parse().unwrap(),
             api_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.join("node-1"),
@@ -747,6 +844,7 @@ mod tests {
             interregion_listen: None,
             remote_regions: Vec::new(),
             raft_dial: Default::default(),
+            source: None,
             limits: Default::default(),
             history: Default::default(),
             webhooks: Default::default(),
@@ -810,7 +908,7 @@ mod tests {
             (issue("us", "node:us-west:1"), issue("old-east", "node:cn-east:1"), issue("new-east", "node:cn-east:1"));
         let remote_ca = dir.path().join("cn-east-ca.pem");
         std::fs::copy(old_east.join("ca.pem"), &remote_ca).unwrap();
-        let east = paymesh_core::id::RegionId::new("cn-east").unwrap();
+        let east = RegionId::new("cn-east").unwrap();
         let config = NodeConfig {
             insecure_plaintext: false,
             tls: Some(TlsFiles {
@@ -823,6 +921,7 @@ mod tests {
                 region: east.clone(),
                 endpoints: vec!["127.0.0.1:1".into()],
                 ca_cert: Some(remote_ca.clone()),
+                draining: false,
             }],
             ..config(dir.path())
         };
@@ -891,5 +990,54 @@ mod tests {
             Ok(Err(NodeError::ActorsStopped)) => {}
             other => panic!("expected serve to end with ActorsStopped, got {other:?}"),
         }
+    }
+
+    /// A SIGHUP's list of remote regions: a region added gets a link (and
+    /// the leader's shippers are told), one drained refuses new work with
+    /// `RegionDraining`, and one removed loses its link only once nothing
+    /// is in flight with it.
+    #[tokio::test]
+    async fn remote_regions_are_added_drained_and_removed_only_when_nothing_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = |name: &str, draining: bool| RemoteRegionConfig {
+            region: RegionId::new(name).unwrap(),
+            endpoints: vec!["127.0.0.1:1".into()],
+            ca_cert: None,
+            draining,
+        };
+        let with = |remotes: Vec<RemoteRegionConfig>| NodeConfig {
+            interregion_listen: Some("127.0.0.1:0".parse().unwrap()),
+            remote_regions: remotes,
+            ..config(dir.path())
+        };
+        let (east, eu) = (RegionId::new("cn-east").unwrap(), RegionId::new("eu-central").unwrap());
+        let links = Links::from_config(&with(vec![remote("cn-east", false)]), None).unwrap();
+        let mut changes = links.watch();
+        let none = |_: &RegionId| 0;
+
+        let said = links.update(&with(vec![remote("cn-east", false), remote("eu-central", false)]), None, none);
+        assert_eq!(said.unwrap(), ["region eu-central added: 1 endpoints"]);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(links.get(&eu).is_some() && links.check(&eu).is_ok());
+
+        let said = links.update(&with(vec![remote("cn-east", false), remote("eu-central", true)]), None, none);
+        assert_eq!(said.unwrap(), ["region eu-central draining: new transfers to it are refused"]);
+        assert!(!changes.has_changed().unwrap(), "draining keeps the link and its shipper");
+        let refused = links.check(&eu).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().starts_with("RegionDraining"), "{refused:?}");
+        assert!(links.check(&east).is_ok());
+
+        let busy = |region: &RegionId| if region.as_str() == "eu-central" { 3 } else { 0 };
+        let refused = links.update(&with(vec![remote("cn-east", false)]), None, busy).unwrap_err();
+        assert!(refused.contains("3 cross-border messages or transfers are in flight"), "{refused}");
+        assert!(links.get(&eu).is_some(), "a refused reload changes nothing");
+
+        let said = links.update(&with(vec![remote("cn-east", false)]), None, none);
+        assert_eq!(said.unwrap(), ["region eu-central removed"]);
+        assert!(changes.has_changed().unwrap());
+        assert!(links.get(&eu).is_none());
+        assert!(links.check(&eu).unwrap_err().message().contains("not linked"));
     }
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, RemoteRegionConfig};
 use crate::engine;
 use crate::engine::shipper::{Answer, Call, CallId, Outgoing, Shipper, CALL_TIMEOUT, PROBE_DELAY};
 use crate::gateway::Gateway;
@@ -42,6 +42,11 @@ use tracing::Instrument;
 pub struct Link {
     /// The remote region.
     pub region: RegionId,
+    /// Its endpoints, as configured.
+    endpoints: Vec<String>,
+    /// New work toward it is refused while it drains
+    /// (`remote_regions.draining`).
+    draining: std::sync::atomic::AtomicBool,
     /// Its CA file (`remote_regions.ca_cert`), when configured (always, with
     /// TLS).
     ca_file: Option<PathBuf>,
@@ -93,6 +98,8 @@ impl Link {
         let client = Region::live(endpoints, following, policy).with_call_timeout(CALL_TIMEOUT);
         Link {
             region,
+            endpoints: Vec::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             ca_file,
             ca: RwLock::new(ca.map(Arc::new)),
             credentials,
@@ -100,6 +107,27 @@ impl Link {
             open_since: Mutex::default(),
             shipping: (AtomicUsize::new(0), AtomicUsize::new(0)),
         }
+    }
+
+    /// The link `remote` configures for a node of `config`, presenting
+    /// `tls` (or naming itself, in plaintext).
+    fn configured(config: &NodeConfig, remote: &RemoteRegionConfig, tls: Option<&TlsMaterial>) -> Result<Link, String> {
+        let ca = remote.ca_cert.as_deref().map(RemoteCa::load).transpose()?;
+        let credentials = match (tls, &ca) {
+            (Some(material), Some(ca)) => material.credentials_trusting(ca.pem.clone()),
+            (Some(_), None) => return Err(format!("remote region {}: ca_cert is required", remote.region)),
+            (None, _) => Credentials::Plaintext { identity: format!("node:{}:{}", config.region, config.node_id) },
+        };
+        let mut link =
+            Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, remote.ca_cert.clone(), ca);
+        link.endpoints = remote.endpoints.clone();
+        link.draining = std::sync::atomic::AtomicBool::new(remote.draining);
+        Ok(link)
+    }
+
+    /// Whether new work toward the region is refused while it drains.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The region's CA in force.
@@ -174,11 +202,24 @@ impl Link {
     }
 }
 
-/// The links to every configured remote region.
-#[derive(Debug, Default)]
+/// The links to every configured remote region: read at start and again on
+/// SIGHUP ([`Links::update`]).
+#[derive(Debug)]
 pub struct Links {
-    links: BTreeMap<RegionId, Arc<Link>>,
+    links: RwLock<BTreeMap<RegionId, Arc<Link>>>,
+    /// Counts the changes to which links exist (one added, replaced or
+    /// removed): the leader's shippers follow it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
+
+impl Default for Links {
+    fn default() -> Links {
+        Links { links: RwLock::default(), changes: tokio::sync::watch::Sender::new(0) }
+    }
+}
+
+/// What [`Links::update`] changed, in words for the log.
+pub type LinkChanges = Vec<String>;
 
 impl Links {
     /// The links `config` describes; this node presents `tls` (or, in
@@ -186,27 +227,87 @@ impl Links {
     pub fn from_config(config: &NodeConfig, tls: Option<&TlsMaterial>) -> Result<Links, String> {
         let mut links = BTreeMap::new();
         for remote in &config.remote_regions {
-            let ca = remote.ca_cert.as_deref().map(RemoteCa::load).transpose()?;
-            let credentials = match (tls, &ca) {
-                (Some(material), Some(ca)) => material.credentials_trusting(ca.pem.clone()),
-                (Some(_), None) => return Err(format!("remote region {}: ca_cert is required", remote.region)),
-                (None, _) => Credentials::Plaintext { identity: format!("node:{}:{}", config.region, config.node_id) },
-            };
-            let link =
-                Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, remote.ca_cert.clone(), ca);
-            links.insert(remote.region.clone(), Arc::new(link));
+            links.insert(remote.region.clone(), Arc::new(Link::configured(config, remote, tls)?));
         }
-        Ok(Links { links })
+        Ok(Links { links: RwLock::new(links), ..Links::default() })
     }
 
-    /// Every link.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.values()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<RegionId, Arc<Link>>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every link, in region order, as they are now.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Link>> {
+        self.read().values().cloned().collect::<Vec<_>>().into_iter()
     }
 
     /// The link to `region`, if it is a configured remote region.
-    pub fn get(&self, region: &RegionId) -> Option<&Arc<Link>> {
-        self.links.get(region)
+    pub fn get(&self, region: &RegionId) -> Option<Arc<Link>> {
+        self.read().get(region).cloned()
+    }
+
+    /// Told of every change to which links exist.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Take the remote regions of `config` (read again on SIGHUP): a
+    /// region new to the list gets a link, one whose endpoints or CA file
+    /// changed a new link, `draining` is set or cleared, and a region no
+    /// longer listed loses its link, unless `in_flight` counts transfers
+    /// still in flight with it: then nothing changes and the error says
+    /// to drain it first. Every new link's CA file is read before anything
+    /// changes. What changed, in words.
+    pub fn update(
+        &self,
+        config: &NodeConfig,
+        tls: Option<&TlsMaterial>,
+        in_flight: impl Fn(&RegionId) -> usize,
+    ) -> Result<LinkChanges, String> {
+        let current = self.read().clone();
+        let listed: BTreeMap<&RegionId, &RemoteRegionConfig> =
+            config.remote_regions.iter().map(|remote| (&remote.region, remote)).collect();
+        let mut said = Vec::new();
+        for region in current.keys().filter(|region| !listed.contains_key(region)) {
+            let left = in_flight(region);
+            if left > 0 {
+                return Err(format!(
+                    "region {region} is no longer listed but {left} cross-border messages or transfers are in flight \
+                     with it: list it again with draining = true, and remove it once none is left"
+                ));
+            }
+            said.push(format!("region {region} removed"));
+        }
+        let mut next = BTreeMap::new();
+        let mut structural = said.len();
+        for (region, remote) in listed {
+            match current.get(region) {
+                Some(link) if link.endpoints == remote.endpoints && link.ca_file == remote.ca_cert => {
+                    if link.draining.swap(remote.draining, Ordering::Relaxed) != remote.draining {
+                        said.push(if remote.draining {
+                            format!("region {region} draining: new transfers to it are refused")
+                        } else {
+                            format!("region {region} no longer draining")
+                        });
+                    }
+                    next.insert(region.clone(), link.clone());
+                }
+                existing => {
+                    let link = Link::configured(config, remote, tls)?;
+                    said.push(match existing {
+                        Some(_) => format!("region {region}: its endpoints or CA file changed, linked anew"),
+                        None => format!("region {region} added: {} endpoints", remote.endpoints.len()),
+                    });
+                    structural += 1;
+                    next.insert(region.clone(), Arc::new(link));
+                }
+            }
+        }
+        *self.links.write().unwrap_or_else(|p| p.into_inner()) = next;
+        if structural > 0 {
+            self.changes.send_modify(|changes| *changes += 1);
+        }
+        Ok(said)
     }
 
     /// Every link's CA file read again (a link without one reads as `None`):
@@ -233,11 +334,17 @@ impl Links {
     /// Refuse new work for `region` while its breaker is open, or when it is
     /// not a configured remote region.
     pub fn check(&self, region: &RegionId) -> Result<(), Status> {
-        let Some(link) = self.links.get(region) else {
+        let Some(link) = self.get(region) else {
             return Err(Status::failed_precondition(format!(
                 "RegionUnreachable: region {region} is not linked to this region (no remote_regions entry)"
             )));
         };
+        if link.draining() {
+            return Err(Status::failed_precondition(format!(
+                "RegionDraining: region {region} is being removed from this region's mesh; new transfers to it are \
+                 refused (transfers in flight finish)"
+            )));
+        }
         match link.open_for() {
             None => Ok(()),
             Some(open_for) => Err(Status::unavailable(format!(

@@ -247,6 +247,7 @@ fn config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
         interregion_listen: None,
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
+        source: None,
         limits: Default::default(),
         history: Default::default(),
         webhooks: Default::default(),

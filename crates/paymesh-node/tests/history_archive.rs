@@ -86,6 +86,7 @@ async fn fixture() -> Fixture {
         interregion_listen: None,
         remote_regions: Vec::new(),
         raft_dial: Default::default(),
+        source: None,
         limits: Default::default(),
         history: Default::default(),
         webhooks: Default::default(),

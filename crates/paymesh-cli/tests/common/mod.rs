@@ -404,3 +404,58 @@ pub fn ten_cents() -> wire::FeeSchedule {
 pub fn money(amount: &str, currency: &str) -> common::Money {
     common::Money { amount: amount.into(), currency: currency.into() }
 }
+
+/// Payments each wallet of [`pay_until`] makes at most (its loop stops by
+/// itself).
+pub const PAYMENTS_MAX: usize = 3_000;
+
+/// A wallet of `region` paying WeChat merchants one payment after another
+/// (their keys numbered from `first`) until `stop`, counting each answered
+/// payment in `acknowledged`; the ids
+/// of the payments it was answered with. A refused call (a region away,
+/// draining or reconciling) is followed by a short pause.
+pub fn pay_until(
+    client: PartnerClient,
+    region: &'static str,
+    first: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for n in first..first + PAYMENTS_MAX {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let [name, account, reference] = paymesh_harness::locality::payer_fields(region, 0, n as u64);
+            let request = paymesh_proto::partner::v1::CreatePaymentRequest {
+                idempotency_key: format!("{region}-{n}"),
+                qr_payload: format!("wxp://test/{region}-{n}"),
+                amount: Some(paymesh_proto::partner::v1::create_payment_request::Amount::DestinationAmount(money(
+                    "7.10", "CNY",
+                ))),
+                max_total_debit: None,
+                payer: Some(paymesh_proto::partner::v1::PayerDetails { name, account, reference }),
+            };
+            match client.create_payment(request).await {
+                Ok(answer) => {
+                    ids.push(answer.transfer.unwrap().transfer_id);
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        ids
+    })
+}
+
+/// Wait until `count` reaches `at_least`, failing after `within`.
+pub async fn wait_for(count: &std::sync::atomic::AtomicUsize, at_least: usize, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while count.load(std::sync::atomic::Ordering::Relaxed) < at_least {
+        let now = count.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(std::time::Instant::now() < deadline, "{now} payments, not {at_least}, within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
