@@ -46,6 +46,12 @@ pub struct Group {
     /// corridors had none of its requests acknowledged (from the fault's
     /// start to the first, between two, from the last to the heal), ms.
     pub stalled_ms: u64,
+    /// CreateTransfer requests refused during the fault because their
+    /// payee's region was known unreachable (`RegionUnreachable`): the
+    /// region's fail-fast answer.
+    pub refused: u64,
+    /// Their p99 latency, ms: how fast the refusal came.
+    pub refused_p99_ms: Option<u64>,
 }
 
 impl Group {
@@ -95,6 +101,21 @@ fn regions_hit(target: &str) -> BTreeSet<String> {
 fn acknowledged(op: &Op) -> Option<((&str, &str), u64)> {
     match (&op.request, &op.outcome) {
         (Request::CreateTransfer { region, payee_region, .. }, Outcome::Ok) => {
+            Some(((region.as_str(), payee_region.as_str()), op.completed_ms.saturating_sub(op.invoked_ms)))
+        }
+        _ => None,
+    }
+}
+
+/// A CreateTransfer refused as its payee's region is known unreachable:
+/// its corridor and latency.
+fn refused_fast(op: &Op) -> Option<((&str, &str), u64)> {
+    let reason = match &op.outcome {
+        Outcome::Failed { reason } | Outcome::Unknown { reason } => reason,
+        Outcome::Ok => return None,
+    };
+    match &op.request {
+        Request::CreateTransfer { region, payee_region, .. } if reason.contains("RegionUnreachable") => {
             Some(((region.as_str(), payee_region.as_str()), op.completed_ms.saturating_sub(op.invoked_ms)))
         }
         _ => None,
@@ -162,6 +183,15 @@ fn group(history: &History, corridors: BTreeSet<(String, String)>, fault: &Fault
     let during = acknowledged_in(history, &corridors, fault.start_ms, fault.end_ms);
     let (before_per_s, before_p99_ms) = measure(&before, baseline_from, fault.start_ms);
     let (during_per_s, during_p99_ms) = measure(&during, fault.start_ms, fault.end_ms);
+    let mut refusals: Vec<u64> = history
+        .ops
+        .iter()
+        .filter(|op| op.completed_ms >= fault.start_ms && op.completed_ms < fault.end_ms)
+        .filter_map(refused_fast)
+        .filter(|((from, to), _)| corridors.contains(&((*from).to_owned(), (*to).to_owned())))
+        .map(|(_, latency)| latency)
+        .collect();
+    refusals.sort_unstable();
     Group {
         corridors: corridors.iter().map(|(a, b)| corridor_name((a, b))).collect(),
         before_per_s,
@@ -169,6 +199,8 @@ fn group(history: &History, corridors: BTreeSet<(String, String)>, fault: &Fault
         before_p99_ms,
         during_p99_ms,
         stalled_ms: longest_stall(&corridors, &during, fault.start_ms, fault.end_ms),
+        refused: refusals.len() as u64,
+        refused_p99_ms: crate::report::percentile(&refusals, 990),
     }
 }
 
@@ -227,6 +259,13 @@ fn p99_cell(group: &Group) -> String {
     format!("{} → {} ({})", ms(group.before_p99_ms), ms(group.during_p99_ms), times(group.p99_ratio()))
 }
 
+fn refused_cell(group: &Group) -> String {
+    match group.refused_p99_ms {
+        Some(p99) => format!("{} (p99 {p99} ms)", group.refused),
+        None => "0".to_owned(),
+    }
+}
+
 fn stall_cell(group: &Group) -> String {
     if group.corridors.is_empty() {
         return "none".to_owned();
@@ -241,12 +280,13 @@ pub fn table(radii: &[BlastRadius]) -> String {
     let _ = writeln!(
         out,
         "| Fault | Nemesis | Target | Window (s) | Untouched rate | Untouched p99 | Untouched stall | Touched rate \
-         | Touched p99 | Touched stall |\n| ---: | --- | --- | --- | --- | --- | ---: | --- | --- | ---: |"
+         | Touched p99 | Touched stall | Touched refused fast |\n| ---: | --- | --- | --- | --- | --- | ---: | --- | --- \
+         | ---: | ---: |"
     );
     for (n, r) in radii.iter().enumerate() {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} | {} |",
             n + 1,
             r.nemesis,
             r.target,
@@ -257,7 +297,8 @@ pub fn table(radii: &[BlastRadius]) -> String {
             stall_cell(&r.untouched),
             rate_cell(&r.touched),
             p99_cell(&r.touched),
-            stall_cell(&r.touched)
+            stall_cell(&r.touched),
+            refused_cell(&r.touched)
         );
     }
     out
@@ -305,6 +346,8 @@ mod tests {
             history.ops.push(pay("us-west", "cn-east", ms, ms + 900, Outcome::Ok));
             let refused = Outcome::Failed { reason: "UNAVAILABLE".to_owned() };
             history.ops.push(pay("cn-east", "cn-east", ms, ms + 5, refused));
+            let fast = Outcome::Failed { reason: "RegionUnreachable".to_owned() };
+            history.ops.push(pay("us-west", "cn-east", ms + 1, ms + 1 + 30, fast));
         }
         history.faults.push(fixtures::fault("cut-region", "cn-east", 10_000, 15_000, Some(300)));
         history.faults.push(fixtures::fault("kill", "us-west/2", 2_000, 3_000, Some(300)));
@@ -343,6 +386,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("| none | none | none |"), "{text}");
+        // cn-east's own corridor was refused at once while it was cut off,
+        // as its region was known unreachable.
+        assert_eq!((cut.touched.refused, cut.touched.refused_p99_ms), (10, Some(30)));
+        assert_eq!((cut.untouched.refused, cut.untouched.refused_p99_ms), (0, None));
+        assert!(
+            text.contains("| 0.1 s | 20/s → 2/s (9 %) | 20 ms → 900 ms (45.0×) | 5.0 s | 10 (p99 30 ms) |"),
+            "{text}"
+        );
         // cn-east's domestic corridor had nothing acknowledged through the
         // whole cut; us-west->cn-east its first 900 ms into it.
         assert_eq!(cut.touched.stalled_ms, 5_000);

@@ -103,6 +103,10 @@ pub fn client(region: &LocalRegion, partner: &str) -> anyhow::Result<PartnerClie
 /// How a failed call ended: a definite refusal, or unknown.
 pub fn classify(error: &ClientError) -> Outcome {
     match error {
+        // The region's fail-fast answer: nothing was done.
+        ClientError::Refused(status) if status.metadata().get(paymesh_client::REFUSED).is_some() => {
+            Outcome::Failed { reason: format!("{:?}: {}", status.code(), status.message()) }
+        }
         ClientError::Refused(status) => match status.code() {
             Code::Unavailable
             | Code::DeadlineExceeded

@@ -389,6 +389,10 @@ async fn leaders_killed_mid_protocol_and_partitions() {
     let status = refused.status().unwrap();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("RegionUnreachable: region cn-east"), "{status:?}");
+    // The region's answer, marked as such, which the SDK returns at once
+    // rather than asking every node again.
+    assert!(matches!(refused, paymesh_client::ClientError::Refused(_)), "{refused:?}");
+    assert_eq!(status.metadata().get(paymesh_client::REFUSED).unwrap(), "region-unreachable");
     // A request the region has seen before still gets its recorded answer
     // through the open breaker.
     let retried = client.create_transfer(first_request.expect("five requests")).await;

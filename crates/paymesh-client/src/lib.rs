@@ -11,6 +11,11 @@
 //!   and the transport's UNKNOWN, CANCELLED and ABORTED are retried on the
 //!   next node with capped exponential backoff, within a bounded number of
 //!   attempts and a deadline.
+//! * UNAVAILABLE marked `paymesh-refused: region-unreachable` is an answer,
+//!   not an outage: the region refused the request at once, with no effect,
+//!   because the payee's region is known unreachable (or the region is
+//!   reconciling with it after a restore); asking again within the retry
+//!   window would get the same. Returned as is ([`REFUSED`]).
 //! * Anything else is an answer, returned as is.
 //!
 //! Retrying a write is safe because it carries an idempotency key
@@ -28,4 +33,4 @@ pub mod webhook;
 
 pub use batch::{Batching, ITEMS_PER_REQUEST_MAX};
 pub use partner::{batched_payment, batched_transfer, PartnerClient};
-pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy};
+pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy, REFUSED};

@@ -235,11 +235,15 @@ fn refused_handshake(status: &Status) -> Option<String> {
     None
 }
 
+/// The metadata key of a region's definite refusal carried as UNAVAILABLE
+/// (`region-unreachable`): the request had no effect and is not retried.
+pub const REFUSED: &str = "paymesh-refused";
+
 pub(crate) fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
-    )
+    ) && status.metadata().get(REFUSED).is_none()
 }
 
 impl Region {
@@ -456,6 +460,34 @@ mod tests {
             other => panic!("expected to give up after two timed-out attempts, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    }
+
+    /// A region's fail-fast refusal (UNAVAILABLE marked refused) is an
+    /// answer: returned after one attempt, not retried on the other nodes.
+    #[tokio::test]
+    async fn a_refusal_marked_as_such_is_not_retried() {
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let policy = RetryPolicy { attempts: 4, deadline: Duration::from_secs(5) };
+        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
+        let region = Region::with_policy(nodes, credentials, policy);
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), ClientError> = region
+            .call(None, |_channel| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let mut refused = Status::unavailable("RegionUnreachable: region cn-east has not answered");
+                    refused.metadata_mut().insert(REFUSED, "region-unreachable".parse().unwrap());
+                    Err(refused)
+                }
+            })
+            .await;
+        match result {
+            Err(ClientError::Refused(status)) => assert!(status.message().starts_with("RegionUnreachable")),
+            other => panic!("expected the refusal as the answer, got {other:?}"),
+        }
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
     }
 
     /// A call that gives up names the last failure, not a follower's

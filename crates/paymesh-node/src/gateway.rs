@@ -214,7 +214,7 @@ impl Gateway {
     fn check_link(&self, body: &CommandBody, state: &State) -> Result<(), Status> {
         let refuses = |region: &RegionId| {
             if state.reconciling_with(region) {
-                return Some(Status::unavailable(format!(
+                return Some(crate::outbox::region_unreachable(format!(
                     "RegionUnreachable: this region was restored from a backup and is reconciling with region \
                      {region}; new transfers to it are refused until that is done"
                 )));

@@ -347,13 +347,25 @@ impl Links {
         }
         match link.open_for() {
             None => Ok(()),
-            Some(open_for) => Err(Status::unavailable(format!(
+            Some(open_for) => Err(region_unreachable(format!(
                 "RegionUnreachable: region {region} has not answered for {:.1} s; new transfers to it are refused \
                  until it does (transfers in flight finish when it returns)",
                 open_for.as_secs_f64()
             ))),
         }
     }
+}
+
+/// A refusal because a region is known unreachable: UNAVAILABLE (the
+/// condition passes), marked `paymesh-refused` so clients take it as the
+/// answer it is (the request had no effect) instead of retrying it at once
+/// on the other nodes ([`paymesh_client::REFUSED`]).
+pub fn region_unreachable(message: String) -> Status {
+    let mut status = Status::unavailable(message);
+    status
+        .metadata_mut()
+        .insert(paymesh_client::REFUSED, tonic::metadata::MetadataValue::from_static("region-unreachable"));
+    status
 }
 
 /// One PEM bundle of `cas`' certificates.

@@ -14,6 +14,9 @@ from paymesh.partner.v1 import partner_pb2_grpc as pb_grpc
 
 #: The metadata key a follower names the leader's API address in.
 LEADER_ADDR = "paymesh-leader-addr"
+#: The metadata key marking an UNAVAILABLE as the region's definite refusal
+#: (``region-unreachable``): no effect, not retried.
+REFUSED = "paymesh-refused"
 #: The most items one CreateTransfers request carries.
 ITEMS_PER_REQUEST_MAX = 500
 
@@ -106,9 +109,10 @@ class Region:
                 return attempt(self._stub(target), min(self.retry.attempt_timeout_s, remaining))
             except grpc.RpcError as e:
                 last = e
-                if e.code() not in _RETRYABLE:
+                trailers = dict(e.trailing_metadata() or ())
+                if e.code() not in _RETRYABLE or REFUSED in trailers:
                     raise PaymeshError(e.code(), e.details()) from None
-                hint = dict(e.trailing_metadata() or ()).get(LEADER_ADDR)
+                hint = trailers.get(LEADER_ADDR)
                 if e.code() == grpc.StatusCode.UNAVAILABLE and hint and hint != target:
                     # A follower named the leader: go there at once.
                     self._target = hint
