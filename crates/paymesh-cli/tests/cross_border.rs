@@ -60,6 +60,29 @@ fn wallet(mesh: &LocalMesh) -> PartnerClient {
     mesh.region("us-west").unwrap().partner("paypal-us").unwrap()
 }
 
+/// `call`'s answer once the region stops refusing it because the other
+/// region is known unreachable: after a heal its breaker closes on the next
+/// call or probe that gets through, a few seconds at most, and until then
+/// the refusal comes at once. A partner does the same: it tries again
+/// later.
+async fn once_linked<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, paymesh_client::ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Err(paymesh_client::ClientError::Refused(status))
+                if status.metadata().get(paymesh_client::REFUSED).is_some() && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answer => return answer.unwrap(),
+        }
+    }
+}
+
 /// Quote and create one cross-border payment of `cents` to WeChat; the
 /// transfer as created (RESERVED).
 async fn pay(client: &PartnerClient, key: &str, cents: u64) -> wire::Transfer {
@@ -82,19 +105,15 @@ async fn pay_to(
     cents: u64,
 ) -> (wire::Transfer, wire::CreateTransferRequest) {
     let qr = qr.to_owned();
-    let quote = client
-        .create_quote(wire::CreateQuoteRequest {
-            qr_payload: qr.clone(),
-            amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
-                amount: format!("{}.{:02}", cents / 100, cents % 100),
-                currency: "USD".into(),
-            })),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .quote
-        .expect("a quote");
+    let asked = wire::CreateQuoteRequest {
+        qr_payload: qr.clone(),
+        amount: Some(wire::create_quote_request::Amount::SourceAmount(common::Money {
+            amount: format!("{}.{:02}", cents / 100, cents % 100),
+            currency: "USD".into(),
+        })),
+        idempotency_key: String::new(),
+    };
+    let quote = once_linked(|| client.create_quote(asked.clone())).await.quote.expect("a quote");
     let request = wire::CreateTransferRequest {
         idempotency_key: key.to_owned(),
         quote_id: quote.quote_id,
@@ -110,7 +129,7 @@ async fn pay_to(
             }
         }),
     };
-    let answer = client.create_transfer(request.clone()).await.unwrap();
+    let answer = once_linked(|| client.create_transfer(request.clone())).await;
     (answer.transfer.expect("a transfer"), request)
 }
 
@@ -430,7 +449,7 @@ async fn refund(
         transfer_id: transfer.transfer_id.clone(),
         amount: Some(common::Money { amount: amount.to_owned(), currency }),
     };
-    merchant.create_refund(request).await.unwrap()
+    once_linked(|| merchant.create_refund(request.clone())).await
 }
 
 /// Wait until refund `id` is final; the refund.
@@ -653,7 +672,7 @@ async fn cancel(client: &PartnerClient, transfer: &str) -> wire::CancelTransferR
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let request = wire::CancelTransferRequest { transfer_id: transfer.to_owned() };
-        let answer = client.cancel_transfer(request).await.unwrap();
+        let answer = once_linked(|| client.cancel_transfer(request.clone())).await;
         if answer.reject_code != common::RejectCode::TransferNotCommitted as i32 {
             return answer;
         }
