@@ -7,7 +7,9 @@ names the leader (``paymesh-leader-addr``) and the call goes there at once;
 UNAVAILABLE without a hint, DEADLINE_EXCEEDED and the transport's
 transient codes are retried on the next node with capped exponential
 backoff and jitter, within a bounded number of attempts and a deadline;
-anything else is an answer. Retrying a write is safe because it carries
+anything else is an answer, and so is an UNAVAILABLE marked
+``paymesh-refused`` (the region refused at once, with no effect, because
+the payee's region is known unreachable: try again later). Retrying a write is safe because it carries
 its idempotency key, the same on every attempt.
 
 :class:`PartnerClient` wraps the partner API: one-call payments
