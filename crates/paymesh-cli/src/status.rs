@@ -32,6 +32,8 @@ struct NodeView {
     log_slow_syncs: Option<u64>,
     /// The longest log sync, in microseconds.
     log_sync_max_micros: Option<u64>,
+    /// The paymesh release the node runs.
+    release: Option<String>,
     /// The restore the region was seeded by and its reconciliation, as
     /// this node has applied it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +178,7 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_slow_syncs: Some(s.log_slow_syncs),
                 log_sync_max_micros: Some(s.log_sync_max_micros),
                 restore: s.restore.map(restore_view),
+                release: (!s.release.is_empty()).then_some(s.release),
             },
             Err(e) => NodeView {
                 api_addr,
@@ -199,6 +202,7 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_slow_syncs: None,
                 log_sync_max_micros: None,
                 restore: None,
+                release: None,
             },
         })
         .collect();
@@ -256,6 +260,12 @@ fn print_table(view: &RegionView) {
         println!("replicas agree: every reachable node has the same applied index and state digest");
     } else {
         println!("replicas differ (still catching up, or diverged): compare APPLIED and DIGEST");
+    }
+    let releases: BTreeSet<&str> = view.nodes.iter().filter_map(|n| n.release.as_deref()).collect();
+    if releases.len() > 1 {
+        let each: Vec<String> =
+            view.nodes.iter().filter_map(|n| Some(format!("node {} {}", n.node_id?, n.release.as_deref()?))).collect();
+        println!("releases differ (an upgrade in progress?): {}", each.join(", "));
     }
     // The restore as the most advanced reachable node applied it.
     let newest = view.nodes.iter().filter(|n| n.restore.is_some()).max_by_key(|n| n.applied_index);

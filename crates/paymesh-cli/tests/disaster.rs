@@ -181,6 +181,16 @@ async fn a_payee_region_restored_from_a_backup_reconciles_with_the_mesh_and_lose
     }
     assert!(recovered > 0, "the payments committed after the backup were recovered: {:?}", run.report);
     assert!(run.status.contains("0 unrecoverable, 0 conflicts"), "{}", run.status);
+    // The JSON form: every node with the report and its release.
+    let cn = run.mesh.region("cn-east").unwrap();
+    let (code, json, err) = cn.cli(&cn.operator_stem(), &["status", "--json"]).unwrap();
+    assert_eq!(code, 0, "{json}{err}");
+    let view: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for node in view["nodes"].as_array().unwrap() {
+        assert_eq!(node["release"], env!("CARGO_PKG_VERSION"), "{node}");
+        let regions = node["restore"]["regions"].as_array().unwrap();
+        assert!(regions.len() == 2 && regions.iter().all(|r| r["done"] == true), "{node}");
+    }
     let observation = run.observed.observation.as_ref().unwrap();
     let committed = |region: &str| {
         let transfers = observation.regions[region].transfers.iter();

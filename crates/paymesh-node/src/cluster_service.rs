@@ -270,6 +270,7 @@ impl ClusterService for ClusterServer {
             log_slow_syncs: load(&stats.slow_syncs),
             log_sync_max_micros: load(&stats.sync_max_micros),
             restore: self.state_machine.applied().state.reconciliation().map(crate::reconcile::report_out),
+            release: env!("CARGO_PKG_VERSION").to_owned(),
         }))
     }
 
