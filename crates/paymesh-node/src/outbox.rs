@@ -95,10 +95,10 @@ impl Link {
         let attempts = u32::try_from(endpoints.len()).unwrap_or(u32::MAX).saturating_mul(2);
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
         let (credentials, following) = tokio::sync::watch::channel(credentials);
-        let client = Region::live(endpoints, following, policy).with_call_timeout(CALL_TIMEOUT);
+        let client = Region::live(endpoints.clone(), following, policy).with_call_timeout(CALL_TIMEOUT);
         Link {
             region,
-            endpoints: Vec::new(),
+            endpoints,
             draining: std::sync::atomic::AtomicBool::new(false),
             ca_file,
             ca: RwLock::new(ca.map(Arc::new)),
@@ -118,10 +118,8 @@ impl Link {
             (Some(_), None) => return Err(format!("remote region {}: ca_cert is required", remote.region)),
             (None, _) => Credentials::Plaintext { identity: format!("node:{}:{}", config.region, config.node_id) },
         };
-        let mut link =
-            Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, remote.ca_cert.clone(), ca);
-        link.endpoints = remote.endpoints.clone();
-        link.draining = std::sync::atomic::AtomicBool::new(remote.draining);
+        let link = Link::new(remote.region.clone(), remote.endpoints.clone(), credentials, remote.ca_cert.clone(), ca);
+        link.draining.store(remote.draining, Ordering::Relaxed);
         Ok(link)
     }
 

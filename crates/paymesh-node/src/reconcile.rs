@@ -58,7 +58,7 @@ pub fn answer(
         for text in &request.transfer_ids {
             let id =
                 TransferId::parse(text).map_err(|e| Status::invalid_argument(format!("transfer id {text:?}: {e}")))?;
-            if id.origin() != from && id.origin() != &state.region().clone() {
+            if id.origin() != from && id.origin() != state.region() {
                 return Err(Status::invalid_argument(format!("transfer {id} is not between {from} and this region")));
             }
             records.push(state.remote_record(&id, &recall));
