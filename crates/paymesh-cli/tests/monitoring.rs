@@ -354,6 +354,31 @@ impl Drop for Killed {
     }
 }
 
+/// A test's directory whose `demo.log`, `prometheus.log` and us-west node 1's log are printed
+/// (their last lines) if the test fails, before the directory goes.
+struct LogsOnPanic(tempfile::TempDir);
+
+impl LogsOnPanic {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in ["demo.log", "prometheus.log", "demo/us-west/node-1.log"] {
+                let text = std::fs::read_to_string(self.0.path().join(name)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- the last lines of {name}:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 /// A free loopback port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -406,7 +431,7 @@ fn config_value(text: &str, key: &str) -> Option<String> {
 async fn a_real_prometheus_and_a_real_browser_watch_the_demo_mesh() {
     prometheus_script("install");
     let chromium = chromium_script(&["install"]).trim().to_owned();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = LogsOnPanic(tempfile::tempdir().unwrap());
     let demo_dir = dir.path().join("demo");
     let demo_log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
     let mut demo = Killed(
