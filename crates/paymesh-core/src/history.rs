@@ -573,3 +573,26 @@ impl HistoryRead for MemoryHistory {
             .collect()
     }
 }
+
+/// A record's own time: when what it records happened (for a finished
+/// transfer or participation, when it last changed). Retention compares it
+/// with a cutoff taken from the applied state's clock.
+pub fn record_time(record: &Record) -> Timestamp {
+    match record {
+        Record::Listed { at, .. } | Record::Operator { at, .. } | Record::Audited { at, .. } => *at,
+        Record::Transfer(transfer) => transfer.view.updated_at.max(transfer.view.created_at),
+        Record::Participation { participation, .. } => participation.updated_at.max(participation.created_at),
+        Record::Idempotency { record, .. } => record.at,
+        Record::TopUp { record, .. } | Record::FundOut { record, .. } => record.at,
+        Record::Movement(movement) => movement.at,
+        Record::Event { event, .. } => event.at,
+        Record::Refund(refund) => refund.view.updated_at.max(refund.view.created_at),
+        Record::RefundParticipation { participation, .. } => participation.updated_at.max(participation.created_at),
+        // A running total is as old as the payment's newest refund, which
+        // is recorded beside it.
+        Record::Refunded { .. } => Timestamp::EPOCH,
+        // Written when it closes, and again with each settlement recorded
+        // (beside the settlement's own movement).
+        Record::Window(window) => window.closed_at.unwrap_or(Timestamp::EPOCH),
+    }
+}

@@ -28,7 +28,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::PrepareMessage;
-use crate::history::Record;
+use crate::history::{record_time, Record};
 use crate::id::{PartnerId, RegionId, TransferId};
 use crate::money::Money;
 use crate::outcome::RejectCode;
@@ -265,17 +265,10 @@ pub fn record_for(region: &RegionId, record: &Record) -> Option<RemoteRecord> {
     }
 }
 
-/// When a record says it happened, for the scan's stop rule; none for
-/// records that carry no time of their own.
+/// When a record says it happened, for the scan's stop rule
+/// ([`record_time`]); none for records that carry no time of their own.
 fn time_of(record: &Record) -> Option<Timestamp> {
-    match record {
-        Record::Listed { at, .. } => Some(*at),
-        Record::Transfer(transfer) => Some(transfer.view.updated_at.max(transfer.view.created_at)),
-        Record::Participation { participation, .. } => Some(participation.updated_at.max(participation.created_at)),
-        Record::Event { event, .. } => Some(event.at),
-        Record::Movement(movement) => Some(movement.at),
-        _ => None,
-    }
+    Some(record_time(record)).filter(|at| *at != Timestamp::EPOCH)
 }
 
 /// One page of an answering region's scan of its history for a restored

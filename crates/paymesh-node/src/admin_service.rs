@@ -92,7 +92,6 @@ impl AdminServer {
     /// A webhook with its progress and, on the leader, what its deliveries
     /// are doing.
     fn webhook_view(&self, state: &paymesh_core::State, partner: &PartnerId, hook: &Webhook) -> wire::Webhook {
-        let ms = |at: paymesh_core::Timestamp| i64::try_from(at.unix_ms()).unwrap_or(i64::MAX);
         let live = self.gateway.webhooks.live(partner).filter(|_| hook.dead_letter.is_none()).unwrap_or_default();
         let previous = hook.previous.as_ref().filter(|p| state.clock() < p.until);
         let state_code =
@@ -102,11 +101,11 @@ impl AdminServer {
             url: hook.url.as_str().to_owned(),
             secret_fingerprint: hook.secret.fingerprint(),
             previous_secret_fingerprint: previous.map(|p| p.secret.fingerprint()).unwrap_or_default(),
-            previous_secret_until_unix_ms: previous.map_or(0, |p| ms(p.until)),
+            previous_secret_until_unix_ms: previous.map_or(0, |p| convert::unix_ms(p.until)),
             delivered_cursor: hook.delivered,
             newest_cursor: state.last_cursor(partner),
             state: state_code as i32,
-            dead_lettered_at_unix_ms: hook.dead_letter.as_ref().map_or(0, |d| ms(d.at)),
+            dead_lettered_at_unix_ms: hook.dead_letter.as_ref().map_or(0, |d| convert::unix_ms(d.at)),
             dead_letter_reason: hook.dead_letter.as_ref().map(|d| d.reason.as_str().to_owned()).unwrap_or_default(),
             failures: live.failures,
             last_error: live.last_error.unwrap_or_default(),

@@ -313,7 +313,9 @@ pub fn reject_code_opt(code: Option<RejectCode>) -> i32 {
     code.map_or(0, reject_code)
 }
 
-fn unix_ms(at: Timestamp) -> i64 {
+/// A time as the wire's Unix milliseconds (`i64`; a time past its range,
+/// which no clock reaches, as its largest value).
+pub fn unix_ms(at: Timestamp) -> i64 {
     i64::try_from(at.unix_ms()).unwrap_or(i64::MAX)
 }
 

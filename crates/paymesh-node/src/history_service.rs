@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::NodeConfig;
+use crate::convert::unix_ms;
 use crate::identity::{Authenticator, Identity};
 
 /// Bytes of frames per export message, about (whole batches: one batch
@@ -87,10 +88,6 @@ fn export_status(error: ExportError) -> Status {
         ExportError::Range(why) => Status::failed_precondition(why),
         ExportError::Gone(why) => Status::cancelled(why),
     }
-}
-
-fn unix_ms(at: Timestamp) -> i64 {
-    i64::try_from(at.unix_ms()).unwrap_or(i64::MAX)
 }
 
 /// The oldest time a record may have and still be kept whatever the

@@ -158,7 +158,7 @@ async fn step(
     };
     let request = wire::ReconcileRequest {
         from_region: gateway.region.to_string(),
-        since_unix_ms: i64::try_from(since.unix_ms()).unwrap_or(i64::MAX),
+        since_unix_ms: convert::unix_ms(since),
         transfer_ids: match &ask {
             Ask::Ids(ids) => ids.iter().map(ToString::to_string).collect(),
             Ask::Scan(_) => Vec::new(),
@@ -209,10 +209,9 @@ async fn step(
 
 /// The restore's report as `GetNodeStatus` carries it.
 pub fn report_out(reconciliation: &Reconciliation) -> admin::RestoreReport {
-    let unix_ms = |at: Timestamp| i64::try_from(at.unix_ms()).unwrap_or(i64::MAX);
     admin::RestoreReport {
         backup_index: reconciliation.backup_index,
-        backup_time_unix_ms: unix_ms(reconciliation.backup_time),
+        backup_time_unix_ms: convert::unix_ms(reconciliation.backup_time),
         regions: reconciliation
             .regions
             .iter()
@@ -242,7 +241,7 @@ pub fn report_out(reconciliation: &Reconciliation) -> admin::RestoreReport {
                     .iter()
                     .map(|c| admin::ReconcileConflict { transfer_id: c.transfer.to_string(), detail: c.detail.clone() })
                     .collect(),
-                done_unix_ms: r.done_at.map_or(0, unix_ms),
+                done_unix_ms: r.done_at.map_or(0, convert::unix_ms),
             })
             .collect(),
     }
