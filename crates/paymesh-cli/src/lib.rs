@@ -157,6 +157,12 @@ enum Command {
         #[command(subcommand)]
         change: NodeChange,
     },
+    /// Upgrading a region node by node: finalize, once every node runs
+    /// the new release.
+    Upgrade {
+        #[command(subcommand)]
+        command: UpgradeCommand,
+    },
     /// Inspect a node's Raft log offline.
     Log {
         #[command(subcommand)]
@@ -330,6 +336,19 @@ enum NodeChange {
 }
 
 #[derive(Debug, Subcommand)]
+enum UpgradeCommand {
+    /// Move the region to the newest protocol every node supports: run once
+    /// every node of the region runs the new release (`paymesh status`
+    /// shows each node's release and protocol). Until then the region
+    /// writes the old protocol, which both releases read; after it, a node
+    /// of the old release stops rather than follow. Safe to run again.
+    Finalize {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LogCommand {
     /// Check a node's Raft log without changing it; exits 1 if it is damaged.
     Check {
@@ -473,6 +492,22 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Node { change: NodeChange::Rebuild { target, wait_secs } } => {
             rebuild::rebuild(&target, std::time::Duration::from_secs(wait_secs)).await
+        }
+        Command::Upgrade { command: UpgradeCommand::Finalize { target } } => {
+            let (client, _) = target.client()?;
+            let answer = client.finalize_upgrade().await?;
+            for member in &answer.members {
+                println!("node {}: release {}, protocols up to {}", member.node_id, member.release, member.protocol);
+            }
+            if answer.protocol > answer.protocol_before {
+                println!("the region moved from protocol {} to {}", answer.protocol_before, answer.protocol);
+            } else {
+                println!(
+                    "the region runs protocol {}, the newest all its nodes support: nothing to finalize",
+                    answer.protocol
+                );
+            }
+            Ok(())
         }
         Command::Log { command: LogCommand::Check { data_dir } } => rebuild::log_check(&data_dir),
         Command::Partner { command } => admin::partner(command).await,

@@ -34,6 +34,10 @@ struct NodeView {
     log_sync_max_micros: Option<u64>,
     /// The paymesh release the node runs.
     release: Option<String>,
+    /// The newest protocol its release supports.
+    protocol: Option<u32>,
+    /// The protocol the region runs, as the node applied it.
+    region_protocol: Option<u32>,
     /// The restore the region was seeded by and its reconciliation, as
     /// this node has applied it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +183,9 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_sync_max_micros: Some(s.log_sync_max_micros),
                 restore: s.restore.map(restore_view),
                 release: (!s.release.is_empty()).then_some(s.release),
+                // A release before protocols reports none: it runs 1.
+                protocol: Some(s.protocol.max(1)),
+                region_protocol: Some(s.region_protocol.max(1)),
             },
             Err(e) => NodeView {
                 api_addr,
@@ -203,6 +210,8 @@ pub async fn show(client: &ClusterClient, addresses: &[String], json: bool) -> a
                 log_sync_max_micros: None,
                 restore: None,
                 release: None,
+                protocol: None,
+                region_protocol: None,
             },
         })
         .collect();
@@ -267,10 +276,33 @@ fn print_table(view: &RegionView) {
             view.nodes.iter().filter_map(|n| Some(format!("node {} {}", n.node_id?, n.release.as_deref()?))).collect();
         println!("releases differ (an upgrade in progress?): {}", each.join(", "));
     }
+    print_protocols(view);
     // The restore as the most advanced reachable node applied it.
     let newest = view.nodes.iter().filter(|n| n.restore.is_some()).max_by_key(|n| n.applied_index);
     if let Some(restore) = newest.and_then(|n| n.restore.as_ref()) {
         print_restore(restore);
+    }
+}
+
+/// The protocol the region runs and what its nodes support: whether an
+/// upgrade waits to be finalized, or a node cannot follow.
+fn print_protocols(view: &RegionView) {
+    let Some(runs) = view.nodes.iter().filter_map(|n| n.region_protocol).max() else {
+        return;
+    };
+    let supported: Vec<(u64, u32)> = view.nodes.iter().filter_map(|n| Some((n.node_id?, n.protocol?))).collect();
+    let Some(common) = supported.iter().map(|(_, p)| *p).min() else {
+        return;
+    };
+    println!("protocol: the region runs {runs}; every reachable node supports up to {common}");
+    for (node, protocol) in supported.iter().filter(|(_, p)| *p < runs) {
+        println!("  node {node} supports protocols up to {protocol} only: it cannot follow; run the new release on it");
+    }
+    let all_reached = view.nodes.iter().all(|n| n.reachable);
+    if common > runs && all_reached {
+        println!(
+            "  every node runs a release of protocol {common}: finish the upgrade with `paymesh upgrade finalize`"
+        );
     }
 }
 

@@ -190,7 +190,7 @@ fn replayer(mesh: &LocalMesh) -> Region {
 }
 
 async fn replay_prepare(region: &Region, item: inter::PrepareItem) -> inter::PrepareReply {
-    let batch = inter::PrepareBatch { from_region: "us-west".into(), items: vec![item.clone(), item] };
+    let batch = inter::PrepareBatch { from_region: "us-west".into(), items: vec![item.clone(), item], protocol: 1 };
     let answer = region
         .call(None, |channel| {
             let batch = batch.clone();
@@ -206,7 +206,7 @@ async fn replay_prepare(region: &Region, item: inter::PrepareItem) -> inter::Pre
 async fn replay_decision(region: &Region, transfer_id: &str, decision: inter::Decision) -> i32 {
     let item =
         inter::DecisionItem { transfer_id: transfer_id.to_owned(), decision: decision as i32, ..Default::default() };
-    let batch = inter::DecisionBatch { from_region: "us-west".into(), items: vec![item.clone(), item] };
+    let batch = inter::DecisionBatch { from_region: "us-west".into(), items: vec![item.clone(), item], protocol: 1 };
     let answer = region
         .call(None, |channel| {
             let batch = batch.clone();
@@ -291,6 +291,7 @@ async fn replayed_late_and_duplicated_messages_change_no_outcome() {
             decision: inter::Decision::Abort as i32,
             ..Default::default()
         }],
+        protocol: 1,
     };
     let refused = replay
         .call(None, |channel| {

@@ -69,3 +69,38 @@ async fn the_region_serves_while_a_node_is_added_and_another_removed() {
     region.wait_converged(Duration::from_secs(30)).await;
     println!("{} top-ups acknowledged while node 4 joined and node 1 left; slowest {slowest:?}", acknowledged.len());
 }
+
+/// With every node on this release there is nothing to finalize: the
+/// command says so, lists each node's release, and writes nothing; only an
+/// operator may ask; `paymesh status` shows the protocol the region runs.
+/// (The upgrade itself, to a build of the next release, is
+/// `tests/rolling_upgrade.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizing_an_upgrade_with_every_node_on_this_release_changes_nothing() {
+    let region = Region::start(3, "");
+    region.initialize(1).await;
+    let before = region.wait_converged(Duration::from_secs(30)).await;
+    let protocol = paymesh_core::version::PROTOCOL;
+    assert!(before.iter().all(|s| s.region_protocol == 1 && s.protocol == protocol), "{before:?}");
+
+    let (code, out, err) = region.cli("operator-tests", &["upgrade", "finalize"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for id in 1..=3 {
+        let line = format!("node {id}: release {}, protocols up to {protocol}", env!("CARGO_PKG_VERSION"));
+        assert!(out.contains(&line), "{out}");
+    }
+    assert!(out.contains("the region runs protocol 1, the newest all its nodes support: nothing to finalize"), "{out}");
+    let after = region.wait_converged(Duration::from_secs(30)).await;
+    assert_eq!(after[0].applied_index, before[0].applied_index, "nothing was written");
+
+    let (code, out, err) = region.cli("node-us-west-2", &["upgrade", "finalize"]);
+    assert_ne!(code, 0, "a node's certificate may not finalize: {out}");
+    assert!(err.contains("operator certificate"), "{err}");
+
+    let (code, out, err) = region.cli("operator-tests", &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("protocol: the region runs 1; every reachable node supports up to {protocol}")),
+        "{out}"
+    );
+}

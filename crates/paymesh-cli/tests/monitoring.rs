@@ -594,6 +594,8 @@ async fn a_real_prometheus_and_a_real_browser_watch_the_demo_mesh() {
     assert!(memory[0].1 > 10e6 && memory[0].1 < 8e9, "{memory:?}");
     let applied = api.query("min(paymesh_raft_applied_index)").await;
     assert!(applied[0].1 > 10.0, "{applied:?}");
+    let protocols = api.query("max(paymesh_region_protocol) - min(paymesh_node_protocol_supported)").await;
+    assert!(protocols[0].1 <= 0.0, "no node's release is behind its region's protocol: {protocols:?}");
     let lag = api.query("max(paymesh_raft_replication_lag_entries)").await;
     assert!(lag[0].1 < 10_000.0, "{lag:?}");
     let errors = api.query("paymesh:partner_server_error_ratio:rate5m").await;

@@ -30,6 +30,7 @@ use crate::reconcile::{ReconcileStep, RemoteRecord};
 use crate::serde_text::serialize_as_text;
 use crate::settings::RegionSetting;
 use crate::time::Timestamp;
+use crate::version::Protocol;
 use crate::webhook::{WebhookSecret, WebhookUrl};
 
 /// Names a command: the proposer session that created it and its sequence
@@ -360,6 +361,17 @@ pub enum CommandBody {
         records: Vec<RemoteRecord>,
         /// The step after it.
         to: ReconcileStep,
+    },
+    /// Move the region to a newer protocol ([`crate::version`]): from this
+    /// entry on every replica writes and applies that protocol's way. An
+    /// operator's, proposed only once every member runs a release that
+    /// supports it; a protocol not above the region's is refused as a
+    /// protocol violation. A replica whose release does not support it
+    /// stops before applying it (the store's check), so no replica applies
+    /// rules it does not know.
+    RaiseProtocol {
+        /// The new protocol.
+        to: Protocol,
     },
 }
 
@@ -892,7 +904,8 @@ impl CommandBody {
             | CommandBody::SetWebhook { .. }
             | CommandBody::RemoveWebhook { .. }
             | CommandBody::ReplayWebhook { .. }
-            | CommandBody::SetCorridorRefundRate { .. } => true,
+            | CommandBody::SetCorridorRefundRate { .. }
+            | CommandBody::RaiseProtocol { .. } => true,
             CommandBody::CreateQuote { .. }
             | CommandBody::CreateTransfer(_)
             | CommandBody::CreateFreshTransfer { .. }
@@ -936,6 +949,21 @@ impl Batch {
     /// The commands, in order.
     pub fn commands(&self) -> &[Command] {
         &self.commands
+    }
+
+    /// The newest protocol a [`CommandBody::RaiseProtocol`] of this batch
+    /// raises its region to (wrapped with its operator or not), if one
+    /// does: a replica checks it supports that protocol before applying.
+    pub fn raises_protocol_to(&self) -> Option<Protocol> {
+        let raise = |body: &CommandBody| match body {
+            CommandBody::RaiseProtocol { to } => Some(*to),
+            CommandBody::ByOperator { command, .. } => match command.as_ref() {
+                CommandBody::RaiseProtocol { to } => Some(*to),
+                _ => None,
+            },
+            _ => None,
+        };
+        self.commands.iter().filter_map(|c| raise(&c.body)).max()
     }
 }
 

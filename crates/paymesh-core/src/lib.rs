@@ -34,6 +34,7 @@ pub mod settlement;
 pub mod state;
 pub mod time;
 pub mod transfer;
+pub mod version;
 pub mod webhook;
 
 pub use command::{Batch, Command, CommandBody, CommandId};

@@ -67,6 +67,7 @@ use crate::time::Timestamp;
 use crate::transfer::{
     coordinator_step, participant_step, CoordinatorEvent, CoordinatorState, ParticipantEvent, ParticipantState, Step,
 };
+use crate::version::Protocol;
 use crate::webhook::Webhook;
 
 /// A transfer this region coordinates (the payer's side). Holds the payer's
@@ -356,6 +357,13 @@ pub struct State {
     /// The restore this state was seeded by and its reconciliation with
     /// the other regions ([`crate::reconcile`]); none if it never was.
     reconciliation: Option<Box<Reconciliation>>,
+    /// The protocol the region runs ([`crate::version`]): raised by
+    /// [`CommandBody::RaiseProtocol`], never lowered. Not in the state's
+    /// own encoding (images of protocol 1 are those of the releases before
+    /// protocols, format 11): an image of a later protocol carries it
+    /// beside the state, and the state's digest covers it.
+    #[serde(skip)]
+    protocol: Protocol,
     /// Settlement windows closed or settled in the batch being applied.
     /// Empty between batches.
     #[serde(skip)]
@@ -600,6 +608,7 @@ impl From<StateV4> for State {
             refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
+            protocol: Protocol::FIRST,
         }
     }
 }
@@ -830,6 +839,7 @@ impl State {
             refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
+            protocol: Protocol::FIRST,
         };
         state.partner_usage = state.count_usage();
         (state, records)
@@ -893,6 +903,7 @@ impl State {
             refunded: BTreeMap::new(),
             journal: Vec::new(),
             recent: RecentKeys::default(),
+            protocol: Protocol::FIRST,
         }
     }
 
@@ -921,6 +932,17 @@ impl State {
     /// What operators set for the whole region.
     pub fn settings(&self) -> &RegionSettings {
         &self.settings
+    }
+
+    /// The protocol the region runs ([`crate::version`]).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The same state at `protocol`: how an image of a later protocol,
+    /// which carries it beside the state's encoding, is read back.
+    pub fn at_protocol(self, protocol: Protocol) -> State {
+        State { protocol, ..self }
     }
 
     /// Apply a batch: each command in order at the batch's time, one
@@ -1083,6 +1105,14 @@ impl State {
                 Ok(self.create_payment(request, now, recall, vouched))
             }
             CommandBody::CreateKeyedQuote(request) => Ok(self.create_keyed_quote(request, now, recall)),
+            CommandBody::RaiseProtocol { to } => {
+                if *to > self.protocol {
+                    self.protocol = *to;
+                    Ok(Outcome::Done)
+                } else {
+                    Err(RejectCode::ProtocolViolation)
+                }
+            }
             CommandBody::SetRegionSetting(setting) => {
                 if self.settings.set(*setting) {
                     Ok(Outcome::Done)

@@ -400,6 +400,24 @@ impl LocalRegion {
         Ok(())
     }
 
+    /// Start node processes from `exe` from now on (a node's binary
+    /// replaced, as in an upgrade; running ones are not touched).
+    pub fn set_exe(&mut self, exe: &Path) {
+        exe.clone_into(&mut self.exe);
+    }
+
+    /// Whether node `id`'s process has exited (it is reaped then), with its
+    /// status; `None` while it runs or if it was not started.
+    pub fn exited(&mut self, id: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_mut() else { return Ok(None) };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            node.child = None;
+        }
+        Ok(status)
+    }
+
     /// Start node `id`'s process; its output is appended to its log.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = self.exe.clone();

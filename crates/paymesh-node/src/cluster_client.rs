@@ -69,6 +69,18 @@ impl ClusterClient {
             .await
     }
 
+    /// Move the region to the newest protocol all its members support
+    /// (the leader answers; retried while leadership moves: a second raise
+    /// to the protocol the region runs changes nothing).
+    pub async fn finalize_upgrade(&self) -> Result<wire::FinalizeUpgradeResponse, ClientError> {
+        self.region
+            .call(None, |channel| async move {
+                let request = wire::FinalizeUpgradeRequest {};
+                ClusterServiceClient::new(channel).finalize_upgrade(request).await.map(|r| r.into_inner())
+            })
+            .await
+    }
+
     /// Build a snapshot on the node at `addr` and purge its log behind it.
     pub async fn trigger_snapshot(&self, addr: &str) -> Result<u64, Status> {
         let mut client = ClusterServiceClient::new(self.region.channel(addr)?);

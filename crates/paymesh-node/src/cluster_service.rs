@@ -31,9 +31,17 @@ use tonic::{Request, Response, Status};
 use crate::config::{NodeConfig, REGION_MEMBERS_MAX};
 use crate::identity::{require_node_of, Authenticator, Identity};
 use crate::members::Members;
+use paymesh_core::version::{Protocol, PROTOCOL};
+use paymesh_core::CommandBody;
 
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long FinalizeUpgrade waits for each member's status.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This node's paymesh release.
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
 
 /// How long TriggerSnapshot waits for the snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
@@ -50,6 +58,9 @@ pub struct ClusterServer {
     members: Members,
     /// Channels to leaders for forwarding, as this node (a channel factory).
     leaders: Arc<Region>,
+    /// The node's write path, for the one command this service proposes
+    /// (an upgrade's finalization, which takes no argument from the caller).
+    gateway: crate::gateway::Gateway,
 }
 
 impl std::fmt::Debug for ClusterServer {
@@ -70,10 +81,52 @@ impl ClusterServer {
         log_stats: Arc<LogStats>,
         auth: Authenticator,
         dialing: watch::Receiver<Credentials>,
+        gateway: crate::gateway::Gateway,
     ) -> ClusterServer {
         let leaders = Region::live(Vec::new(), dialing, RetryPolicy::default()).with_call_timeout(FORWARD_TIMEOUT);
         let members = Members::new(raft.clone(), state_machine.clone());
-        ClusterServer { config, raft, state_machine, log_stats, auth, members, leaders: Arc::new(leaders) }
+        ClusterServer { config, raft, state_machine, log_stats, auth, members, leaders: Arc::new(leaders), gateway }
+    }
+
+    /// Every member's release and newest supported protocol, this node's
+    /// from itself; an error naming the first member that does not answer.
+    async fn member_releases(&self) -> Result<Vec<wire::MemberRelease>, Status> {
+        let membership = self.state_machine.applied().membership;
+        let mut members = Vec::new();
+        for (id, addr) in membership.membership().nodes() {
+            if *id == self.config.node_id {
+                members.push(wire::MemberRelease { node_id: *id, release: RELEASE.to_owned(), protocol: PROTOCOL });
+                continue;
+            }
+            let mut client = ClusterServiceClient::new(self.leaders.channel(&addr.api_addr)?);
+            let request = wire::GetNodeStatusRequest { with_digest: false };
+            let answer = tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.get_node_status(request)).await;
+            let status = match answer {
+                Ok(Ok(status)) => status.into_inner(),
+                Ok(Err(e)) => {
+                    return Err(Status::failed_precondition(format!(
+                        "node {id} ({}) did not answer: {}; every member must answer before the region's protocol \
+                         moves",
+                        addr.api_addr,
+                        e.message()
+                    )))
+                }
+                Err(_) => {
+                    return Err(Status::failed_precondition(format!(
+                        "node {id} ({}) did not answer within {MEMBER_STATUS_TIMEOUT:?}; every member must answer \
+                         before the region's protocol moves",
+                        addr.api_addr
+                    )))
+                }
+            };
+            // A release before protocols reports none: it runs protocol 1.
+            members.push(wire::MemberRelease {
+                node_id: *id,
+                release: status.release,
+                protocol: status.protocol.max(1),
+            });
+        }
+        Ok(members)
     }
 
     /// Only operators and this region's nodes (none it removed) may operate
@@ -240,6 +293,7 @@ impl ClusterService for ClusterServer {
                 .await
                 .map_err(|e| Status::internal(format!("digest: {e}")))?;
         }
+        let applied_state = self.state_machine.applied().state;
         let stats = &self.log_stats;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(wire::GetNodeStatusResponse {
@@ -269,8 +323,10 @@ impl ClusterService for ClusterServer {
             log_syncs: load(&stats.syncs),
             log_slow_syncs: load(&stats.slow_syncs),
             log_sync_max_micros: load(&stats.sync_max_micros),
-            restore: self.state_machine.applied().state.reconciliation().map(crate::reconcile::report_out),
-            release: env!("CARGO_PKG_VERSION").to_owned(),
+            restore: applied_state.reconciliation().map(crate::reconcile::report_out),
+            release: RELEASE.to_owned(),
+            protocol: PROTOCOL,
+            region_protocol: applied_state.protocol().number(),
         }))
     }
 
@@ -379,5 +435,39 @@ impl ClusterService for ClusterServer {
         let index = metrics.snapshot.map_or(applied, |s| s.index);
         self.raft.trigger().purge_log(index).await.map_err(fatal)?;
         Ok(Response::new(wire::TriggerSnapshotResponse { snapshot_index: index }))
+    }
+
+    async fn finalize_upgrade(
+        &self,
+        request: Request<wire::FinalizeUpgradeRequest>,
+    ) -> Result<Response<wire::FinalizeUpgradeResponse>, Status> {
+        let operator = self.auth.identify(&request).and_then(crate::identity::require_operator)?;
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.config.node_id) {
+            let leader_node =
+                metrics.current_leader.and_then(|id| metrics.membership_config.membership().get_node(&id).cloned());
+            let forward = ForwardToLeader { leader_id: metrics.current_leader, leader_node };
+            return Err(not_leader(&forward, "an upgrade is finalized by the leader; call it there"));
+        }
+        let members = self.member_releases().await?;
+        let before = self.state_machine.applied().state.protocol();
+        let newest_common = members.iter().map(|m| m.protocol).min().unwrap_or(PROTOCOL);
+        let mut protocol = before;
+        if newest_common > before.number() {
+            let to = Protocol::new(newest_common).expect("members report protocols from 1");
+            let by = paymesh_core::id::OperatorId::new(operator.as_str())
+                .map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
+            let raise = CommandBody::ByOperator { operator: by, command: Box::new(CommandBody::RaiseProtocol { to }) };
+            match self.gateway.operate(raise).await? {
+                paymesh_core::Outcome::Done => protocol = to,
+                other => return Err(Status::aborted(format!("the raise was not applied: {other:?}"))),
+            }
+            tracing::info!(operator, from = %before, to = %to, "the region's protocol raised");
+        }
+        Ok(Response::new(wire::FinalizeUpgradeResponse {
+            protocol_before: before.number(),
+            protocol: protocol.number(),
+            members,
+        }))
     }
 }

@@ -90,6 +90,18 @@ impl InterRegionServer {
         InterRegionServer { gateway, door, leaders: Arc::new(leaders), plaintext }
     }
 
+    /// The calling region, checked against the batch's `from_region`, and
+    /// the protocol the batch says it runs noted on its link.
+    fn caller_running<T>(&self, request: &Request<T>, from_region: &str, protocol: u32) -> Result<RegionId, Status> {
+        let from = self.caller(request, from_region)?;
+        if let Door::Remote(links) = &self.door {
+            if let Some(link) = links.get(&from) {
+                link.note_protocol(protocol);
+            }
+        }
+        Ok(from)
+    }
+
     /// The calling region, checked against the batch's `from_region`.
     fn caller<T>(&self, request: &Request<T>, from_region: &str) -> Result<RegionId, Status> {
         let from = convert::region_id("from_region", from_region)?;
@@ -400,7 +412,7 @@ fn decide_span(item: &wire::DecisionItem, from: &RegionId) -> tracing::Span {
 #[tonic::async_trait]
 impl InterRegionService for InterRegionServer {
     async fn prepare(&self, request: Request<wire::PrepareBatch>) -> Result<Response<wire::PrepareReplyBatch>, Status> {
-        let from = self.caller(&request, &request.get_ref().from_region)?;
+        let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
             return self.leader_client()?.prepare(forwarded(request)).await;
@@ -416,7 +428,7 @@ impl InterRegionService for InterRegionServer {
     }
 
     async fn decide(&self, request: Request<wire::DecisionBatch>) -> Result<Response<wire::AckBatch>, Status> {
-        let from = self.caller(&request, &request.get_ref().from_region)?;
+        let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
             return self.leader_client()?.decide(forwarded(request)).await;
@@ -435,7 +447,7 @@ impl InterRegionService for InterRegionServer {
         &self,
         request: Request<wire::ReconcileRequest>,
     ) -> Result<Response<wire::ReconcileReply>, Status> {
-        let from = self.caller(&request, &request.get_ref().from_region)?;
+        let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         if !self.leading() {
             return self.leader_client()?.reconcile(forwarded(request)).await;
         }
@@ -481,7 +493,7 @@ impl InterRegionServer {
                     "a decision contradicts this region's records; operators must investigate");
             }
         }
-        Ok(inbound.reply(&self.gateway.region))
+        Ok(inbound.reply(&self.gateway.region, self.gateway.state_machine.protocol().number()))
     }
 }
 

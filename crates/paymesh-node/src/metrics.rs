@@ -536,6 +536,12 @@ fn levels(sources: &Sources) -> Registry {
     })
     .set(1);
     registry.register("node_info", "This node: its region, id and version (always 1)", info);
+    let protocol = Gauge::<i64>::default();
+    protocol.set(i64::from(state.protocol().number()));
+    registry.register("region_protocol", "The protocol the region runs, as this node applied it", protocol);
+    let supported = Gauge::<i64>::default();
+    supported.set(i64::from(paymesh_core::version::PROTOCOL));
+    registry.register("node_protocol_supported", "The newest protocol this node's release supports", supported);
     raft_levels(&mut registry, sources);
 
     let (snapshot_bytes, snapshot_took) = sources.state_machine.last_snapshot();
@@ -584,6 +590,7 @@ fn levels(sources: &Sources) -> Registry {
     let open_for = Family::<RegionLabel, Gauge<f64, AtomicU64>>::default();
     let calls = Family::<RegionLabel, Gauge>::default();
     let in_flight = Family::<RegionLabel, Gauge>::default();
+    let remote_protocol = Family::<RegionLabel, Gauge>::default();
     let now = state.clock();
     for remote in remote_regions(state, &sources.links) {
         let region = remote.region.to_string();
@@ -598,6 +605,7 @@ fn levels(sources: &Sources) -> Registry {
         open_for.get_or_create(&label).set(remote.open_for.unwrap_or_default().as_secs_f64());
         calls.get_or_create(&label).set(i64::try_from(remote.calls).unwrap_or(i64::MAX));
         in_flight.get_or_create(&label).set(i64::try_from(remote.messages).unwrap_or(i64::MAX));
+        remote_protocol.get_or_create(&label).set(i64::from(remote.protocol));
     }
     registry.register("outbox_messages", "Messages waiting for a remote region, by region and kind", outbox);
     registry.register_with_unit(
@@ -616,6 +624,11 @@ fn levels(sources: &Sources) -> Registry {
     );
     registry.register("outbox_calls_in_flight", "Calls to a remote region not finished (leader only)", calls);
     registry.register("outbox_messages_in_flight", "Messages in calls to a remote region (leader only)", in_flight);
+    registry.register(
+        "remote_region_protocol",
+        "The protocol a remote region said it runs in its last message or answer to this node (0: not yet)",
+        remote_protocol,
+    );
 
     // Partners and corridors of the region.
     let partners_in_flight = Family::<PartnerLabel, Gauge>::default();
@@ -657,6 +670,8 @@ pub struct RemoteRegion {
     pub calls: usize,
     /// Messages in those calls.
     pub messages: usize,
+    /// The protocol it last said it runs (0: not yet).
+    pub protocol: u32,
 }
 
 /// Every configured remote region, as of `state`.
@@ -694,6 +709,7 @@ pub fn remote_regions(state: &paymesh_core::State, links: &Links) -> Vec<RemoteR
                 open_for: link.open_for(),
                 calls,
                 messages,
+                protocol: link.protocol(),
             }
         })
         .collect()

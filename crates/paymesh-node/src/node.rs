@@ -399,6 +399,7 @@ impl Node {
                 self.log_stats.clone(),
                 self.auth.clone(),
                 self.dialing(),
+                gateway.clone(),
             ))))
             .add_service(Measured::new(SizeLimited(
                 HistoryServiceServer::new(HistoryServer::new(

@@ -62,6 +62,9 @@ pub struct Link {
     /// The shipper's calls not finished and the messages in them, mirrored
     /// by its driver (zeros while this node does not lead), for metrics.
     shipping: (AtomicUsize, AtomicUsize),
+    /// The protocol the region last said it runs, in a message or an
+    /// answer (0 until it has; a release before protocols says 0 too).
+    protocol: std::sync::atomic::AtomicU32,
 }
 
 /// A remote region's CA certificate, as its file was last read.
@@ -106,6 +109,7 @@ impl Link {
             client,
             open_since: Mutex::default(),
             shipping: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            protocol: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -165,6 +169,20 @@ impl Link {
     fn record_shipping(&self, calls: usize, messages: usize) {
         self.shipping.0.store(calls, Ordering::Relaxed);
         self.shipping.1.store(messages, Ordering::Relaxed);
+    }
+
+    /// The protocol the region last said it runs (0 until it has).
+    pub fn protocol(&self) -> u32 {
+        self.protocol.load(Ordering::Relaxed)
+    }
+
+    /// Note the protocol the region says it runs, in a message or an
+    /// answer; logged when it changes (the region finalized an upgrade).
+    pub fn note_protocol(&self, protocol: u32) {
+        let before = self.protocol.swap(protocol, Ordering::Relaxed);
+        if before != protocol && before != 0 {
+            tracing::info!(region = %self.region, from = before, to = protocol, "the region runs another protocol");
+        }
     }
 
     /// How long the breaker has been open, if it is.
@@ -563,6 +581,7 @@ async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec
             .zip(&spans)
             .map(|(m, span)| prepare_out(m, &link.region, telemetry::traceparent(span)))
             .collect(),
+        protocol: gateway.state_machine.protocol().number(),
     };
     let answer = link
         .client
@@ -571,7 +590,11 @@ async fn send_prepares(gateway: Gateway, link: Arc<Link>, id: CallId, items: Vec
             async move { client(channel).prepare(batch).await.map(|r| r.into_inner()) }
         })
         .await;
-    Done::Prepares { id, answer: answer.map(|replies| replies.replies).map_err(gave_up) }
+    let answer = answer.map(|replies| {
+        link.note_protocol(replies.protocol);
+        replies.replies
+    });
+    Done::Prepares { id, answer: answer.map_err(gave_up) }
 }
 
 async fn send_decisions(
@@ -597,6 +620,7 @@ async fn send_decisions(
                 window: *window,
             })
             .collect(),
+        protocol: gateway.state_machine.protocol().number(),
     };
     let answer = link
         .client
@@ -605,7 +629,11 @@ async fn send_decisions(
             async move { client(channel).decide(batch).await.map(|r| r.into_inner()) }
         })
         .await;
-    Done::Decisions { id, answer: answer.map(|acks| acks.acks).map_err(gave_up) }
+    let answer = answer.map(|acks| {
+        link.note_protocol(acks.protocol);
+        acks.acks
+    });
+    Done::Decisions { id, answer: answer.map_err(gave_up) }
 }
 
 /// A span per transfer for one protocol step, each continuing its

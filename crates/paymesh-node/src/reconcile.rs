@@ -69,6 +69,7 @@ pub fn answer(
         from_region: state.region().to_string(),
         records: records.iter().map(|record| record_out(record, from)).collect(),
         next,
+        protocol: state.protocol().number(),
     })
 }
 
@@ -167,6 +168,7 @@ async fn step(
             Ask::Ids(_) => 0,
             Ask::Scan(below) => below,
         },
+        protocol: gateway.state_machine.protocol().number(),
     };
     let reply = link
         .client
@@ -176,6 +178,7 @@ async fn step(
         })
         .await
         .map_err(|e| e.status().cloned().unwrap_or_else(|| Status::unavailable(e.to_string())))?;
+    link.note_protocol(reply.protocol);
     if let Ask::Ids(ids) = &ask {
         if reply.records.len() != ids.len() {
             return Err(Status::internal(format!("{} records answer {} ids", reply.records.len(), ids.len())));

@@ -534,6 +534,7 @@ fn generated_messages_round_trip_through_prost() {
             traceparent: String::new(),
             window: 12,
         }],
+        protocol: 2,
     };
     let decoded = DecisionBatch::decode(batch.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(decoded, batch);
@@ -754,6 +755,7 @@ fn file_descriptor_set_describes_every_service() {
         unary(&["Initialize", "GetNodeStatus", "AddNode", "RemoveNode", "TriggerSnapshot"])
             .into_iter()
             .chain([("Backup".to_owned(), false, true)])
+            .chain(unary(&["FinalizeUpgrade"]))
             .collect::<Vec<_>>()
     );
     let mut history = vec![("ExportHistory".into(), false, true)];

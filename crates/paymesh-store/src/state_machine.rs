@@ -39,6 +39,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use paymesh_core::history::Record;
 use paymesh_core::id::RegionId;
 use paymesh_core::state::{StateV10, StateV2, StateV3, StateV4, StateV5, StateV6, StateV7, StateV8, StateV9};
+use paymesh_core::version::{Protocol, PROTOCOL, PROTOCOL_MIN};
 use paymesh_core::State;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -59,6 +60,13 @@ use crate::raft_types::{
 /// partners' webhooks, 10 corridors' refund rates, 11 a restore's
 /// reconciliation.
 const IMAGE_FORMAT: u8 = 11;
+
+/// The format of a region that runs a protocol after the first
+/// ([`paymesh_core::version`]): the protocol's number (postcard), then an
+/// image of [`IMAGE_FORMAT`]'s layout. A region at protocol 1 writes
+/// [`IMAGE_FORMAT`], as the releases before protocols did, so a region
+/// being upgraded node by node sends images every member reads.
+const IMAGE_FORMAT_PROTOCOL: u8 = 12;
 
 /// The format before restores' reconciliations; still read (no restore
 /// behind it).
@@ -201,7 +209,7 @@ struct ImageV1 {
 /// Whether a snapshot image is of this version's format (older ones are
 /// read and converted).
 pub fn image_is_current(image: &[u8]) -> bool {
-    image.first() == Some(&IMAGE_FORMAT)
+    matches!(image.first(), Some(&IMAGE_FORMAT | &IMAGE_FORMAT_PROTOCOL))
 }
 
 /// A SHA-256 of the state's canonical encoding. Replicas at the same applied
@@ -210,6 +218,9 @@ pub fn state_digest(state: &State) -> [u8; 32] {
     let mut hasher = Sha256::new();
     // Writing into a hasher cannot fail, and the state always encodes.
     postcard::to_io(state, HashWriter(&mut hasher)).expect("the state encodes");
+    if state.protocol() != Protocol::FIRST {
+        hasher.update(state.protocol().number().to_be_bytes());
+    }
     hasher.finalize().into()
 }
 
@@ -292,6 +303,19 @@ fn decode_image(region: &RegionId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<
     };
     let (image, migrated) = match bytes.split_first() {
         Some((&IMAGE_FORMAT, body)) => (postcard::from_bytes::<Image>(body).map_err(decode_error)?, None),
+        Some((&IMAGE_FORMAT_PROTOCOL, body)) => {
+            let (number, body) = postcard::take_from_bytes::<u32>(body).map_err(decode_error)?;
+            let protocol = Protocol::new(number).ok_or_else(|| invalid("protocol 0".into()))?;
+            if !protocol.is_supported() {
+                return Err(invalid(format!(
+                    "the region runs protocol {protocol}, and this release of paymesh supports protocols \
+                     {PROTOCOL_MIN} to {PROTOCOL}: run a release that supports it on this node"
+                )));
+            }
+            let mut image = postcard::from_bytes::<Image>(body).map_err(decode_error)?;
+            image.state = image.state.at_protocol(protocol);
+            (image, None)
+        }
         Some((&IMAGE_FORMAT_V10, body)) => {
             (postcard::from_bytes::<ImageOf<StateV10>>(body).map_err(decode_error)?.current(), None)
         }
@@ -459,6 +483,12 @@ impl StateMachineStore {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The protocol the region runs as applied here (cheaper than
+    /// [`Self::applied`]).
+    pub fn protocol(&self) -> Protocol {
+        self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).state.protocol()
+    }
+
     /// Whether node `id` was removed from the region (and not added back) as
     /// of the applied index; cheaper than [`Self::applied`].
     pub fn is_retired(&self, id: NodeId) -> bool {
@@ -497,9 +527,37 @@ impl StateMachineStore {
             retired: applied.retired.clone(),
             history_digest: applied.history_digest,
         };
-        let mut bytes = vec![IMAGE_FORMAT];
+        let protocol = applied.state.protocol();
+        let mut bytes = if protocol == Protocol::FIRST {
+            vec![IMAGE_FORMAT]
+        } else {
+            let mut bytes = vec![IMAGE_FORMAT_PROTOCOL];
+            postcard::to_io(&protocol.number(), &mut bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            bytes
+        };
         postcard::to_io(&image, &mut bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(bytes)
+    }
+}
+
+/// Refuse to apply the entry at `log_id` if it moves the region to a
+/// protocol this release does not support: the node stops (openraft takes
+/// a storage error as fatal) with the reason in its log, where applying it
+/// would follow rules this release does not know. `paymesh upgrade
+/// finalize` proposes a raise only once every member supports it, so this
+/// is met by a node started with an older binary after the raise.
+fn unsupported_protocol(log_id: LogId, batch: &paymesh_core::Batch) -> Result<(), StorageError> {
+    match batch.raises_protocol_to() {
+        Some(protocol) if !protocol.is_supported() => {
+            let reason = format!(
+                "the entry at index {} moves the region to protocol {protocol}, and this release of paymesh supports \
+                 protocols {PROTOCOL_MIN} to {PROTOCOL}: this node stops; run a release that supports it",
+                log_id.index
+            );
+            tracing::error!("{reason}");
+            Err(StorageIOError::apply(log_id, &io::Error::new(io::ErrorKind::Unsupported, reason)).into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -592,6 +650,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut applied = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
         let mut outcomes = Vec::new();
         for entry in entries {
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                unsupported_protocol(entry.log_id, batch)?;
+            }
             if let Some(observer) = &observer {
                 let mut hasher = Sha256::new();
                 postcard::to_io(&entry.payload, HashWriter(&mut hasher)).expect("entries encode");
@@ -822,6 +883,44 @@ mod tests {
         assert_eq!(decoded(&bytes).settings().idempotency_retention_days(), 90);
         assert_eq!(decoded(&bytes).settings().refund_window_days(), 7);
         assert_eq!(decoded(&bytes).settings().cancel_window_minutes(), 15);
+    }
+
+    /// An image of a region at a protocol after the first carries it: read
+    /// back at that protocol by a release that supports it, refused with
+    /// the protocol named by one that does not. A region at protocol 1
+    /// writes the format of the releases before protocols.
+    #[test]
+    fn an_image_carries_its_regions_protocol_and_a_release_reads_only_those_it_supports() {
+        let meta = SnapshotMeta::default();
+        let region = RegionId::new("us-west").unwrap();
+        let applied = |protocol| AppliedState {
+            state: State::new(region.clone()).at_protocol(protocol),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            retired: BTreeSet::new(),
+            history_digest: [0; 32],
+        };
+        let first = StateMachineStore::encode(&applied(Protocol::FIRST)).unwrap();
+        assert_eq!(first[0], IMAGE_FORMAT);
+        for number in 2..=PROTOCOL + 1 {
+            let protocol = Protocol::new(number).unwrap();
+            let bytes = StateMachineStore::encode(&applied(protocol)).unwrap();
+            assert_eq!(bytes[0], IMAGE_FORMAT_PROTOCOL);
+            assert!(image_is_current(&bytes));
+            match decode_image(&region, &meta, &bytes) {
+                Ok(decoded) => {
+                    assert!(protocol.is_supported(), "protocol {protocol} read by a release of {PROTOCOL}");
+                    assert_eq!(decoded.applied.state.protocol(), protocol);
+                    assert_eq!(decoded.applied.digest(), applied(protocol).digest());
+                    assert_ne!(decoded.applied.digest(), applied(Protocol::FIRST).digest());
+                }
+                Err(refused) => {
+                    assert!(!protocol.is_supported(), "protocol {protocol} refused: {refused}");
+                    let text = refused.to_string();
+                    assert!(text.contains(&format!("runs protocol {protocol}")), "{text}");
+                }
+            }
+        }
     }
 
     /// Every length in an image read from disk or a peer is untrusted: each

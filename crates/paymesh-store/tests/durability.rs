@@ -280,3 +280,51 @@ async fn a_backup_restores_to_the_state_and_history_at_its_index() {
     let error = backup::check(&cut).unwrap_err().to_string();
     assert!(error.contains("ends early"), "{error}");
 }
+
+/// A region moved to a newer protocol: a replica of a release that supports
+/// it applies the raise and its snapshot carries the protocol across a
+/// restart; one that does not stops before applying it (a storage error,
+/// which openraft takes as fatal) and applies nothing of its entry.
+#[tokio::test]
+async fn a_raised_protocol_survives_a_snapshot_and_a_release_without_it_stops_before_applying() {
+    use paymesh_core::version::{Protocol, PROTOCOL};
+    let next = Protocol::new(PROTOCOL + 1).unwrap();
+    let raise = |index, to| {
+        let batch = Batch::new(
+            Timestamp::from_unix_ms(1_700_000_000_000),
+            vec![command(index, CommandBody::RaiseProtocol { to })],
+        )
+        .unwrap();
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch) }
+    };
+
+    // Beyond this release: refused, the state as before the entry.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+    sm.apply(entries(3)).await.unwrap();
+    let before = sm.applied();
+    let refused = sm.apply(vec![raise(6, next)]).await.expect_err("a protocol this release lacks stops the node");
+    assert!(refused.to_string().contains("protocol"), "{refused}");
+    assert_eq!(sm.applied().last_applied, before.last_applied);
+    assert_eq!(sm.applied().digest(), before.digest());
+
+    // Within it (the newest it supports; a region at protocol 1 on a release
+    // of protocol 1 raising to 1 is refused by the state instead).
+    let dir = tempfile::tempdir().unwrap();
+    let digest;
+    {
+        let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+        sm.apply(entries(3)).await.unwrap();
+        let outcomes = sm.apply(vec![raise(6, Protocol::SUPPORTED)]).await.unwrap();
+        let raised = Protocol::SUPPORTED > Protocol::FIRST;
+        let expected =
+            if raised { Outcome::Done } else { Outcome::Rejected(paymesh_core::RejectCode::ProtocolViolation) };
+        assert_eq!(outcomes[0].outcomes, [expected]);
+        assert_eq!(sm.applied().state.protocol(), Protocol::SUPPORTED);
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        digest = sm.applied().digest();
+    }
+    let sm = StateMachineStore::open(dir.path(), region()).unwrap();
+    assert_eq!(sm.applied().state.protocol(), Protocol::SUPPORTED);
+    assert_eq!(sm.applied().digest(), digest);
+}

@@ -103,6 +103,7 @@ impl Sim<'_> {
         let Some(leader) = leader.as_mut() else { return };
         let term = leader.term;
         let state = &nodes[leader.node].state;
+        let protocol = state.protocol().number();
         let shipper = &mut leader.shippers[dest];
         let dest_id = shipper.region().clone();
         let calls = shipper.poll(engine_time(now), state.outbox_for(&dest_id), || {
@@ -118,6 +119,7 @@ impl Sim<'_> {
                     batch: wire::PrepareBatch {
                         from_region: from_region.clone(),
                         items: prepares.iter().map(|p| prepare_out(p, &dest_id, String::new())).collect(),
+                        protocol,
                     },
                 },
                 Call::Decisions(decisions) => Message::Decisions {
@@ -133,6 +135,7 @@ impl Sim<'_> {
                                 window: *window,
                             })
                             .collect(),
+                        protocol,
                     },
                 },
                 Call::Probe => {
@@ -245,9 +248,11 @@ impl Sim<'_> {
 
     fn finish_inbound(&mut self, at: usize, batch: u64) {
         let region = self.regions[at].id.clone();
-        let Some(leader) = self.regions[at].leader.as_mut() else { return };
+        let Region { nodes, leader, .. } = &mut self.regions[at];
+        let Some(leader) = leader.as_mut() else { return };
+        let protocol = nodes[leader.node].state.protocol().number();
         let Some(Answering { from, call, inbound }) = leader.inbound.remove(&batch) else { return };
-        let message = match inbound.reply(&region) {
+        let message = match inbound.reply(&region, protocol) {
             Reply::Prepares(batch) => Message::PrepareReplies { call, batch },
             Reply::Acks(batch) => Message::Acks { call, batch },
         };

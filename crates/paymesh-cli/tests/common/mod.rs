@@ -421,6 +421,19 @@ pub fn pay_until(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
+    pay_until_counting(client, region, first, stop, acknowledged, std::sync::Arc::default())
+}
+
+/// [`pay_until`], counting in `failed` the calls that failed after the
+/// SDK's retries (each printed).
+pub fn pay_until_counting(
+    client: PartnerClient,
+    region: &'static str,
+    first: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         let mut ids = Vec::new();
@@ -443,7 +456,11 @@ pub fn pay_until(
                     ids.push(answer.transfer.unwrap().transfer_id);
                     acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("{region} payment {n} failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
             }
         }
         ids

@@ -2268,3 +2268,36 @@ fn a_keyed_quote_is_made_once_per_key() {
     assert_eq!(unchanged, before, "the refusal changed the state");
     assert!(matches!(west.run(keyed("q-2", "10"), T0.plus_ms(7)), Outcome::Quote(_)));
 }
+
+#[test]
+fn a_region_moves_to_a_newer_protocol_only_upwards_and_audited() {
+    use crate::version::Protocol;
+    let (_, mut east) = mesh();
+    assert_eq!(east.state.protocol(), Protocol::FIRST);
+    let raise = |n| CommandBody::RaiseProtocol { to: Protocol::new(n).unwrap() };
+    let operator = OperatorId::new("ops-1").unwrap();
+    let audited = |n| CommandBody::ByOperator { operator: operator.clone(), command: Box::new(raise(n)) };
+    // Not above the region's protocol: refused, nothing changes.
+    assert_eq!(east.run(audited(1), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
+    let before = east.state.clone();
+    east.ok(audited(2), T0);
+    assert_eq!(east.state.protocol(), Protocol::new(2).unwrap());
+    assert_ne!(east.state, before, "the protocol is part of the state replicas compare");
+    for n in [1, 2] {
+        assert_eq!(east.run(audited(n), T0), Outcome::Rejected(RejectCode::ProtocolViolation));
+    }
+    assert_eq!(east.state.protocol(), Protocol::new(2).unwrap());
+    // The raise is in the audit trail, with its operator.
+    let raised = east.history.records().any(|(_, r)| {
+        matches!(r, Record::Audited { command, outcome, .. }
+            if **command == raise(2) && **outcome == Outcome::Done)
+    });
+    assert!(raised, "the raise is in the audit trail");
+    // A batch names the newest protocol it raises to, wrapped or not.
+    let batch = Batch::new(
+        T0,
+        vec![Command { id: east.next_id(), body: raise(3) }, Command { id: east.next_id(), body: audited(4) }],
+    )
+    .unwrap();
+    assert_eq!(batch.raises_protocol_to(), Protocol::new(4));
+}

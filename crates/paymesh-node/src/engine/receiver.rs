@@ -178,18 +178,22 @@ impl Inbound {
         self.pending == 0
     }
 
-    /// The batch's answer from `region`, once [`Inbound::complete`]; an
-    /// item without an answer (never, when complete) is left out.
-    pub fn reply(self, region: &RegionId) -> Reply {
+    /// The batch's answer from `region`, which runs `protocol`, once
+    /// [`Inbound::complete`]; an item without an answer (never, when
+    /// complete) is left out.
+    pub fn reply(self, region: &RegionId, protocol: u32) -> Reply {
         let from_region = region.to_string();
         match self.answers {
             Answers::Prepares(replies) => Reply::Prepares(wire::PrepareReplyBatch {
                 from_region,
                 replies: replies.into_iter().filter_map(|(_, reply)| reply).collect(),
+                protocol,
             }),
-            Answers::Decisions(acks) => {
-                Reply::Acks(wire::AckBatch { from_region, acks: acks.into_iter().filter_map(|(_, ack)| ack).collect() })
-            }
+            Answers::Decisions(acks) => Reply::Acks(wire::AckBatch {
+                from_region,
+                acks: acks.into_iter().filter_map(|(_, ack)| ack).collect(),
+                protocol,
+            }),
         }
     }
 }

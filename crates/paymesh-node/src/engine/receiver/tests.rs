@@ -60,6 +60,7 @@ fn each_item_is_answered_in_order_malformed_ones_at_once() {
     let batch = wire::PrepareBatch {
         from_region: "us-west".into(),
         items: vec![prepare("us-west", 1), garbled, prepare("ap-southeast", 3), prepare("us-west", 4)],
+        protocol: 1,
     };
     let (mut inbound, proposals) = Inbound::prepares(&batch, &region("us-west"));
     let items: Vec<usize> = proposals.iter().map(|p| p.item).collect();
@@ -75,7 +76,7 @@ fn each_item_is_answered_in_order_malformed_ones_at_once() {
     let rejected = wire::PrepareResult::Rejected as i32;
     let code = |code| crate::convert::reject_code_opt(Some(code));
     assert_eq!(
-        results(inbound.reply(&region("cn-east"))),
+        results(inbound.reply(&region("cn-east"), 1)),
         vec![
             ("us-west:1".into(), prepared, 0),
             ("us-west:2".into(), rejected, code(RejectCode::ProtocolViolation)),
@@ -100,6 +101,7 @@ fn decisions_are_acked_and_contradicted_ones_answered_as_violations() {
             item("not an id", Decision::Commit),
             item("us-west:3", Decision::Abort),
         ],
+        protocol: 1,
     };
     let (mut inbound, proposals) = Inbound::decisions(&batch, &region("us-west"));
     assert_eq!(proposals.iter().map(|p| p.item).collect::<Vec<_>>(), vec![0, 2]);
@@ -118,14 +120,14 @@ fn decisions_are_acked_and_contradicted_ones_answered_as_violations() {
     let acked = wire::AckResult::Acked as i32;
     let violation = wire::AckResult::ProtocolViolation as i32;
     assert_eq!(
-        results(inbound.reply(&region("cn-east"))),
+        results(inbound.reply(&region("cn-east"), 1)),
         vec![("us-west:1".into(), acked, 0), ("not an id".into(), violation, 0), ("us-west:3".into(), violation, 0)]
     );
 }
 
 #[test]
 fn an_outcome_the_protocol_does_not_produce_is_refused() {
-    let batch = wire::PrepareBatch { from_region: "us-west".into(), items: vec![prepare("us-west", 1)] };
+    let batch = wire::PrepareBatch { from_region: "us-west".into(), items: vec![prepare("us-west", 1)], protocol: 1 };
     let (mut inbound, _) = Inbound::prepares(&batch, &region("us-west"));
     let refused = inbound.answered(0, Outcome::Acked).unwrap_err();
     assert_eq!(refused.phase, "prepare");
