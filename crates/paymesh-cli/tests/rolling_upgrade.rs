@@ -20,7 +20,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,13 +99,13 @@ async fn a_region_is_upgraded_node_by_node_while_the_mesh_pays_and_nothing_is_lo
     let mut mesh =
         LocalMesh::start(dir.path(), exe, &world::regions(), 3, RAFT, WanSettings::default(), &[]).await.unwrap();
     world::configure(&mesh).await.unwrap();
-    let (acknowledged, failed, stop) =
-        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (tally, stop) = (common::Tally::default(), Arc::new(AtomicBool::new(false)));
+    let acknowledged = tally.acknowledged.clone();
     let workers: Vec<_> = [("us-west", "paypal-us"), ("ap-southeast", "gcash-ph")]
         .into_iter()
         .map(|(region, wallet)| {
             let client = mesh.region(region).unwrap().partner(wallet).unwrap();
-            common::pay_until_counting(client, region, 0, stop.clone(), acknowledged.clone(), failed.clone())
+            common::pay_until_counting(client, region, 0, stop.clone(), tally.clone())
         })
         .collect();
     common::wait_for(&acknowledged, BETWEEN_STEPS, Duration::from_secs(60)).await;
@@ -221,10 +221,11 @@ async fn a_region_is_upgraded_node_by_node_while_the_mesh_pays_and_nothing_is_lo
     .unwrap();
     let verdict = check::check_with(&check::of_observation(), &observed);
     assert!(verdict.passed(), "{}", verdict.failures(5));
-    let failed = failed.load(Ordering::Relaxed);
+    let (failed, retried) = (tally.failed.load(Ordering::Relaxed), tally.retried.load(Ordering::Relaxed));
     println!(
         "{UPGRADED} upgraded node by node in {rolled_in:?} (steps {steps:?}, the leader last) while {made} payments \
-         were made; {failed} failed after the SDK's retries; finalized to protocol 2; every checker passed"
+         were made; the SDK retried {retried} answers, {failed} payments failed after its retries; finalized to \
+         protocol 2; every checker passed"
     );
     assert_eq!(failed, 0, "no payment fails beyond the SDK's retries");
     mesh.stop().unwrap();

@@ -167,6 +167,8 @@ pub struct Region {
     preferred: Mutex<Option<String>>,
     policy: RetryPolicy,
     call_timeout: Duration,
+    /// Retryable answers met, since this client was made ([`Region::retries`]).
+    retries: std::sync::atomic::AtomicU64,
 }
 
 /// The host part of `host:port` (an IP literal in brackets loses them).
@@ -269,7 +271,22 @@ impl Region {
     }
 
     fn with_dial(nodes: Vec<String>, dial: Dial, policy: RetryPolicy) -> Region {
-        Region { nodes, dial: Mutex::new(dial), preferred: Mutex::default(), policy, call_timeout: CALL_TIMEOUT }
+        Region {
+            nodes,
+            dial: Mutex::new(dial),
+            preferred: Mutex::default(),
+            policy,
+            call_timeout: CALL_TIMEOUT,
+            retries: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many retryable answers (UNAVAILABLE, a timeout, a leader's
+    /// redirect) this client's calls met, over all of them: each was
+    /// followed by another attempt unless its call gave up. What callers
+    /// did not see fail.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same region with another limit on one call (default [`CALL_TIMEOUT`]).
@@ -376,6 +393,7 @@ impl Region {
                     let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
                     let follow = hint.filter(|leader| *leader != target).map(str::to_owned);
                     tracing::debug!(%target, attempt, code = ?status.code(), message = status.message(), "retrying");
+                    self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(leader) = follow {
                         // A leader hint is a redirect, not a failure: no
                         // pause, and the error given up with stays the last

@@ -421,18 +421,30 @@ pub fn pay_until(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
-    pay_until_counting(client, region, first, stop, acknowledged, std::sync::Arc::default())
+    let tally = Tally { acknowledged, ..Tally::default() };
+    pay_until_counting(client, region, first, stop, tally)
 }
 
-/// [`pay_until`], counting in `failed` the calls that failed after the
-/// SDK's retries (each printed).
+/// What [`pay_until_counting`]'s wallets did, shared.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Payments answered.
+    pub acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls that failed after the SDK's retries (each printed).
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Retryable answers the SDK met and retried, counted when the wallet
+    /// stops ([`paymesh_client::Region::retries`]).
+    pub retried: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// [`pay_until`], counting in `tally` what failed and what the SDK retried
+/// as well.
 pub fn pay_until_counting(
     client: PartnerClient,
     region: &'static str,
     first: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tally: Tally,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     use std::sync::atomic::Ordering;
     tokio::spawn(async move {
@@ -454,15 +466,16 @@ pub fn pay_until_counting(
             match client.create_payment(request).await {
                 Ok(answer) => {
                     ids.push(answer.transfer.unwrap().transfer_id);
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    tally.acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
                     eprintln!("{region} payment {n} failed: {error}");
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
             }
         }
+        tally.retried.fetch_add(client.region().retries(), Ordering::Relaxed);
         ids
     })
 }
