@@ -80,10 +80,28 @@ pub struct BlastRadius {
     pub start_ms: u64,
     /// When it was healed.
     pub end_ms: u64,
+    /// For a killed leader, how long its region took to elect another
+    /// ([`paymesh_harness::history::Fault::elected_after_ms`]), ms.
+    pub elected_after_ms: Option<u64>,
     /// The corridors it touched.
     pub touched: Group,
     /// The others.
     pub untouched: Group,
+}
+
+/// How much longer than its region's election a leader kill may stall the
+/// corridors it touches: the clients' failover to the new leader.
+pub const STALL_BEYOND_ELECTION_MS: u64 = 1_000;
+
+impl BlastRadius {
+    /// For a leader kill with its election measured: whether the touched
+    /// corridors stalled no longer than the election and
+    /// [`STALL_BEYOND_ELECTION_MS`].
+    pub fn stall_within_election(&self) -> Option<bool> {
+        let elected = self.elected_after_ms?;
+        (!self.touched.corridors.is_empty())
+            .then(|| self.touched.stalled_ms <= elected.saturating_add(STALL_BEYOND_ELECTION_MS))
+    }
 }
 
 /// The regions a fault's target names (`us-west/2`, `cn-east`,
@@ -107,15 +125,17 @@ fn acknowledged(op: &Op) -> Option<((&str, &str), u64)> {
     }
 }
 
-/// A CreateTransfer refused as its payee's region is known unreachable:
-/// its corridor and latency.
+/// A payment refused as its payee's region is known unreachable (its
+/// CreateTransfer, or the quote before it): its corridor and latency.
 fn refused_fast(op: &Op) -> Option<((&str, &str), u64)> {
     let reason = match &op.outcome {
         Outcome::Failed { reason } | Outcome::Unknown { reason } => reason,
         Outcome::Ok => return None,
     };
     match &op.request {
-        Request::CreateTransfer { region, payee_region, .. } if reason.contains("RegionUnreachable") => {
+        Request::CreateTransfer { region, payee_region, .. } | Request::CreateQuote { region, payee_region, .. }
+            if reason.contains("RegionUnreachable") =>
+        {
             Some(((region.as_str(), payee_region.as_str()), op.completed_ms.saturating_sub(op.invoked_ms)))
         }
         _ => None,
@@ -212,7 +232,8 @@ pub fn blast_radius(history: &History) -> Vec<BlastRadius> {
         .ops
         .iter()
         .filter_map(|op| match &op.request {
-            Request::CreateTransfer { region, payee_region, .. } => Some((region.clone(), payee_region.clone())),
+            Request::CreateTransfer { region, payee_region, .. }
+            | Request::CreateQuote { region, payee_region, .. } => Some((region.clone(), payee_region.clone())),
             _ => None,
         })
         .collect();
@@ -229,6 +250,7 @@ pub fn blast_radius(history: &History) -> Vec<BlastRadius> {
                 target: fault.target.clone(),
                 start_ms: fault.start_ms,
                 end_ms: fault.end_ms,
+                elected_after_ms: fault.elected_after_ms,
                 touched: group(history, touched, fault, baseline_from),
                 untouched: group(history, untouched, fault, baseline_from),
             }
@@ -273,6 +295,19 @@ fn stall_cell(group: &Group) -> String {
     format!("{:.1} s", group.stalled_ms as f64 / 1000.0)
 }
 
+/// The touched group's stall, and for a leader kill its election and
+/// whether the stall stayed within it and a second.
+fn touched_stall_cell(radius: &BlastRadius) -> String {
+    let stall = stall_cell(&radius.touched);
+    match (radius.elected_after_ms, radius.stall_within_election()) {
+        (Some(elected), Some(within)) => {
+            let verdict = if within { "within" } else { "over" };
+            format!("{stall} (election {:.1} s: {verdict} it + 1 s)", elected as f64 / 1000.0)
+        }
+        _ => stall,
+    }
+}
+
 /// The table, in Markdown: one row per fault.
 pub fn table(radii: &[BlastRadius]) -> String {
     let mut out = String::new();
@@ -297,7 +332,7 @@ pub fn table(radii: &[BlastRadius]) -> String {
             stall_cell(&r.untouched),
             rate_cell(&r.touched),
             p99_cell(&r.touched),
-            stall_cell(&r.touched),
+            touched_stall_cell(r),
             refused_cell(&r.touched)
         );
     }
@@ -398,5 +433,33 @@ mod tests {
         // whole cut; us-west->cn-east its first 900 ms into it.
         assert_eq!(cut.touched.stalled_ms, 5_000);
         assert_eq!(cut.untouched.stalled_ms, 100);
+    }
+
+    /// A leader kill's touched stall is set beside its region's election:
+    /// within the election and a second, or over it.
+    #[test]
+    fn a_leader_kills_stall_is_set_beside_its_election() {
+        let mut history = fixtures::good_history();
+        history.ops.clear();
+        history.faults.clear();
+        // us-west->us-west: every 100 ms, except nothing acknowledged from
+        // 10.0 s to 11.8 s (its leader killed at 10 s).
+        for ms in (0..15_000).step_by(100).filter(|ms| !(10_000..11_800).contains(ms)) {
+            history.ops.push(pay("us-west", "us-west", ms, ms + 20, Outcome::Ok));
+        }
+        for elected in [600, 900] {
+            let mut fault = fixtures::fault("kill-leader", "us-west/1", 10_000, 15_000, Some(300));
+            fault.elected_after_ms = Some(elected);
+            history.faults.push(fault);
+        }
+        history.faults.push(fixtures::fault("kill", "us-west/2", 10_000, 15_000, Some(300)));
+        let radii = blast_radius(&history);
+        assert_eq!(radii[0].touched.stalled_ms, 1_820);
+        assert_eq!(radii[0].stall_within_election(), Some(false), "1.8 s stall, 0.6 s election");
+        assert_eq!(radii[1].stall_within_election(), Some(true), "1.8 s stall, 0.9 s election");
+        assert_eq!(radii[2].stall_within_election(), None, "not a leader kill");
+        let text = table(&radii);
+        assert!(text.contains("| 1.8 s (election 0.6 s: over it + 1 s) |"), "{text}");
+        assert!(text.contains("| 1.8 s (election 0.9 s: within it + 1 s) |"), "{text}");
     }
 }

@@ -180,8 +180,16 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             step.fault.target(),
             step.hold.as_millis()
         );
+        let injected_at = Instant::now();
         let injected = inject(&mut mesh, &step.fault).await?;
-        tokio::time::sleep(step.hold).await;
+        let elected = match (&step.fault, injected) {
+            (Fault::KillLeader { region }, Some(killed)) => {
+                tokio::time::timeout(step.hold, elected(&mesh, region, killed)).await.ok().flatten()
+            }
+            _ => None,
+        }
+        .map(|_| injected_at.elapsed());
+        tokio::time::sleep(step.hold.saturating_sub(injected_at.elapsed())).await;
         heal(&mut mesh, &step.fault, &injected, base)?;
         let end_ms = recorder.now_ms();
         let recovered = wait_live(&mesh, RECOVERY_BOUND).await;
@@ -197,6 +205,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             start_ms,
             end_ms,
             recovered_after_ms: recovered.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            elected_after_ms: elected.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         });
         tokio::time::sleep(step.rest.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
@@ -362,6 +371,25 @@ async fn inject(mesh: &mut Mesh, fault: &Fault) -> anyhow::Result<Option<u64>> {
             }
             Ok(None)
         }
+    }
+}
+
+/// Wait until a node of `region` other than `killed` says it leads; its
+/// id, or `None` if the region cannot be asked. Polls every 20 ms (the
+/// caller bounds the wait).
+async fn elected(mesh: &Mesh, region: &str, killed: u64) -> Option<u64> {
+    let local = mesh.region(region).ok()?;
+    let client = local.client().ok()?;
+    loop {
+        for node in local.nodes.values().filter(|node| node.id != killed) {
+            let asked = tokio::time::timeout(Duration::from_millis(200), client.status(&node.api_addr, false)).await;
+            if let Ok(Ok(status)) = asked {
+                if status.role == paymesh_proto::admin::v1::NodeRole::Leader as i32 {
+                    return Some(node.id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -214,7 +214,24 @@ pub async fn worker(id: u32, seed: u64, plan: Plan, all: Arc<Clients>, recorder:
             amount: Some(wire::create_quote_request::Amount::SourceAmount(source.clone())),
             idempotency_key: String::new(),
         };
-        let Ok(Some(quote)) = client.create_quote(quote).await.map(|a| a.quote) else {
+        let invoked = recorder.now_ms();
+        let quote = match client.create_quote(quote).await {
+            Ok(answer) => answer.quote,
+            Err(error) => {
+                // A final refusal (the payee's region known unreachable)
+                // is the payment's answer: recorded, for the blast radius.
+                if let outcome @ Outcome::Failed { .. } = classify(&error) {
+                    let request = Request::CreateQuote {
+                        region: wallet.0.to_owned(),
+                        partner: wallet.1.to_owned(),
+                        payee_region: merchant.0.to_owned(),
+                    };
+                    recorder.record(id, invoked, request, outcome);
+                }
+                None
+            }
+        };
+        let Some(quote) = quote else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

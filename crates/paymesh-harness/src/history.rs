@@ -105,6 +105,18 @@ pub enum Request {
         /// From the answer, when `Ok`.
         state: Option<TransferState>,
     },
+    /// A CreateQuote refused for good (a final answer: the payee's region
+    /// known unreachable, say), after which the payment was not tried.
+    /// Quotes answered, or whose answer is unknown, are not recorded: a
+    /// quote moves no money, and its payment is recorded instead.
+    CreateQuote {
+        /// The region the payer partner called.
+        region: String,
+        /// The payer partner.
+        partner: String,
+        /// The payee's region.
+        payee_region: String,
+    },
     /// GetTransfer by id.
     GetTransfer {
         /// The region called.
@@ -169,6 +181,11 @@ pub struct Fault {
     /// How long after the heal the mesh was live again (every region led
     /// and answering), ms; `None` if it did not recover within the bound.
     pub recovered_after_ms: Option<u64>,
+    /// For a killed leader: how long after the kill another node of its
+    /// region said it led, ms; `None` for other faults, or if none did
+    /// before the heal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elected_after_ms: Option<u64>,
 }
 
 /// A transfer as one region holds it after healing.
@@ -490,7 +507,7 @@ impl Outcome {
 
 impl Request {
     /// Every kind of request, in the order reports list them.
-    pub const KINDS: [&'static str; 4] = ["create_transfer", "get_transfer", "get_position", "events"];
+    pub const KINDS: [&'static str; 5] = ["create_transfer", "get_transfer", "get_position", "events", "create_quote"];
 
     /// The request's kind, as it is serialised (`create_transfer`, …).
     pub fn kind(&self) -> &'static str {
@@ -499,6 +516,7 @@ impl Request {
             Request::GetTransfer { .. } => Self::KINDS[1],
             Request::GetPosition { .. } => Self::KINDS[2],
             Request::Events { .. } => Self::KINDS[3],
+            Request::CreateQuote { .. } => Self::KINDS[4],
         }
     }
 
@@ -508,7 +526,8 @@ impl Request {
             Request::CreateTransfer { region, .. }
             | Request::GetTransfer { region, .. }
             | Request::GetPosition { region, .. }
-            | Request::Events { region, .. } => region,
+            | Request::Events { region, .. }
+            | Request::CreateQuote { region, .. } => region,
         }
     }
 }

@@ -30,7 +30,7 @@ use tonic::Status;
 
 use crate::config::{NodeConfig, RemoteRegionConfig};
 use crate::engine;
-use crate::engine::shipper::{Answer, Call, CallId, Outgoing, Shipper, CALL_TIMEOUT, PROBE_DELAY};
+use crate::engine::shipper::{Answer, Call, CallId, Outgoing, Shipper, BREAKER_SILENCE, CALL_TIMEOUT, PROBE_DELAY};
 use crate::gateway::Gateway;
 use crate::interregion::{decision_out, prepare_out, INTERREGION_MESSAGE_BYTES_MAX};
 use crate::telemetry;
@@ -203,12 +203,16 @@ impl Link {
     fn mirror(&self, open_since: Option<std::time::Instant>, cause: Option<&Status>) {
         let mut held = self.open_since();
         match (*held, open_since) {
-            (None, Some(_)) => {
-                let code = cause.map(Status::code);
-                let error = cause.map(|status| telemetry::bounded_text(status.message(), 512));
-                tracing::warn!(region = %self.region, ?code, error = ?error,
-                    "region unreachable: circuit open, new transfers to it are refused");
-            }
+            (None, Some(_)) => match cause {
+                Some(status) => {
+                    let error = telemetry::bounded_text(status.message(), 512);
+                    tracing::warn!(region = %self.region, code = ?status.code(), error,
+                        "region unreachable: circuit open, new transfers to it are refused");
+                }
+                None => tracing::warn!(region = %self.region, silence = ?BREAKER_SILENCE,
+                    "region unreachable: a call waited with nothing heard from it; circuit open, new transfers to it \
+                     are refused"),
+            },
             (Some(since), None) => {
                 tracing::info!(region = %self.region, open_for = ?since.elapsed(), "region reachable again: circuit closed");
             }
@@ -452,6 +456,8 @@ pub async fn ship(gateway: Gateway, link: Arc<Link>) {
             };
         }
         link.record_shipping(shipper.unfinished(), shipper.in_flight());
+        // Polling may open the breaker: a call waiting with nothing heard.
+        link.mirror(shipper.open_since().map(|at| (epoch + at).into_std()), None);
         let wake = epoch + shipper.next_wake(now);
         tokio::select! {
             changed = applied.changed() => {

@@ -568,6 +568,7 @@ impl<'c> Sim<'c> {
             start_ms: self.now,
             end_ms: self.now + planned.hold,
             recovered_after_ms: None,
+            elected_after_ms: None,
         });
         self.at(self.now + planned.hold, Event::FaultEnd { fault });
     }

@@ -287,7 +287,14 @@ pub fn good_history() -> History {
 
 /// A fault of `nemesis` on `target`.
 pub fn fault(nemesis: &str, target: &str, start_ms: u64, end_ms: u64, recovered_after_ms: Option<u64>) -> Fault {
-    Fault { nemesis: nemesis.to_owned(), target: target.to_owned(), start_ms, end_ms, recovered_after_ms }
+    Fault {
+        nemesis: nemesis.to_owned(),
+        target: target.to_owned(),
+        start_ms,
+        end_ms,
+        recovered_after_ms,
+        elected_after_ms: None,
+    }
 }
 
 /// The history's observation, to change.

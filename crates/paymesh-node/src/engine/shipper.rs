@@ -17,10 +17,15 @@
 //! duplicates are harmless, as the receiver is idempotent by (transfer id,
 //! phase).
 //!
-//! The breaker: after [`BREAKER_FAILURES`] calls in a row fail, the region
-//! is called unreachable ([`Shipper::open_since`]) and the node refuses new
-//! quotes and transfers to it at once rather than reserving funds that
-//! would only wait for their deadline. Transfers already in flight keep
+//! The breaker: after [`BREAKER_FAILURES`] calls in a row fail, or when a
+//! call has waited [`BREAKER_SILENCE`] and nothing at all was heard from
+//! the region meanwhile, the region is called unreachable
+//! ([`Shipper::open_since`]) and the node refuses new quotes and transfers
+//! to it at once rather than reserving funds that would only wait for
+//! their deadline. (A cut link drops packets: failures come only as call
+//! timeouts, [`CALL_TIMEOUT`] each, so counting them alone left the region
+//! taking payments for its first seconds; a region that answers anything
+//! at all within the silence is not cut.) Transfers already in flight keep
 //! being retried; the first call that succeeds closes it, or, with nothing
 //! to send, a probe (a health call [`PROBE_DELAY`] after it is made).
 //!
@@ -57,6 +62,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Failed calls in a row that open a region's breaker.
 pub const BREAKER_FAILURES: u32 = 3;
+
+/// How long a call may wait with nothing heard from its region before
+/// the region's breaker opens: a few of its commits' worst latency, under
+/// [`CALL_TIMEOUT`].
+pub const BREAKER_SILENCE: Duration = Duration::from_secs(1);
 
 /// How often the shipper looks at the outbox when nothing wakes it.
 pub const RESCAN: Duration = Duration::from_millis(100);
@@ -161,6 +171,8 @@ struct Unfinished {
     answered: bool,
     /// Answers proposed and not recorded yet.
     pending: usize,
+    /// When it was made.
+    sent_at: Time,
     /// The messages to release once they are.
     release: Vec<Key>,
 }
@@ -176,6 +188,8 @@ pub struct Shipper {
     not_before: Time,
     failures: u32,
     open_since: Option<Time>,
+    /// When the region last answered a call; never, if `None`.
+    heard_at: Option<Time>,
     jitter: SmallRng,
     bug: Option<ShipperBug>,
     polled: bool,
@@ -193,6 +207,7 @@ impl Shipper {
             not_before: Time::ZERO,
             failures: 0,
             open_since: None,
+            heard_at: None,
             jitter: SmallRng::seed_from_u64(jitter_seed),
             bug: None,
             polled: false,
@@ -246,6 +261,9 @@ impl Shipper {
         mut fresh_id: impl FnMut() -> CallId,
     ) -> Vec<Outgoing> {
         let mut outbox = outbox.into_iter();
+        if self.open_since.is_none() && self.silent_since().is_some_and(|since| now >= since + BREAKER_SILENCE) {
+            self.open_since = Some(now);
+        }
         if !std::mem::replace(&mut self.polled, true) && self.bug == Some(ShipperBug::NewLeaderTrustsMemory) {
             self.in_flight.extend(outbox.by_ref().map(key_of));
         }
@@ -273,11 +291,11 @@ impl Shipper {
             }
             if !prepares.is_empty() {
                 let keys = prepares.iter().map(|p| (p.id().clone(), false)).collect();
-                calls.push(self.start(fresh_id(), keys, Vec::new(), Call::Prepares(prepares)));
+                calls.push(self.start(now, fresh_id(), keys, Vec::new(), Call::Prepares(prepares)));
             }
             if !decisions.is_empty() && self.calls.len() < RPCS_IN_FLIGHT_MAX {
                 let keys = decisions.iter().map(|(t, _, _)| (t.clone(), true)).collect();
-                calls.push(self.start(fresh_id(), keys, decisions.clone(), Call::Decisions(decisions)));
+                calls.push(self.start(now, fresh_id(), keys, decisions.clone(), Call::Decisions(decisions)));
             } else {
                 for (transfer, _, _) in decisions {
                     self.in_flight.remove(&(transfer, true));
@@ -285,19 +303,28 @@ impl Shipper {
             }
         }
         if calls.is_empty() && self.calls.is_empty() && self.open_since.is_some() {
-            calls.push(self.start(fresh_id(), Vec::new(), Vec::new(), Call::Probe));
+            calls.push(self.start(now, fresh_id(), Vec::new(), Vec::new(), Call::Probe));
         }
         calls
     }
 
+    /// Since when the region has been silent with a call waiting: the
+    /// later of the oldest unanswered call's start and the last answer;
+    /// `None` with no call waiting.
+    fn silent_since(&self) -> Option<Time> {
+        let oldest = self.calls.values().filter(|call| !call.answered).map(|call| call.sent_at).min()?;
+        Some(self.heard_at.map_or(oldest, |heard| heard.max(oldest)))
+    }
+
     fn start(
         &mut self,
+        now: Time,
         id: CallId,
         keys: Vec<Key>,
         decisions: Vec<(TransferId, Decision, u64)>,
         call: Call,
     ) -> Outgoing {
-        let unfinished = Unfinished { keys, decisions, answered: false, pending: 0, release: Vec::new() };
+        let unfinished = Unfinished { keys, decisions, answered: false, pending: 0, release: Vec::new(), sent_at: now };
         self.calls.insert(id, unfinished);
         Outgoing { id, call }
     }
@@ -323,7 +350,7 @@ impl Shipper {
             })
             .collect();
         call.release = call.keys.clone();
-        self.taken(id, proposals, Vec::new())
+        self.taken(id, now, proposals, Vec::new())
     }
 
     /// The acknowledgements of decision call `id` arrived.
@@ -344,7 +371,7 @@ impl Shipper {
                 _ => call.release.push((transfer.clone(), true)),
             }
         }
-        self.taken(id, proposals, violations)
+        self.taken(id, now, proposals, violations)
     }
 
     /// The probe `id` asked the region's health: it answered (`healthy`) or
@@ -355,7 +382,7 @@ impl Shipper {
         }
         if healthy {
             self.calls.remove(&id);
-            self.succeeded();
+            self.succeeded(now);
         } else {
             self.failed(id, now);
         }
@@ -370,6 +397,7 @@ impl Shipper {
     fn taken(
         &mut self,
         id: CallId,
+        now: Time,
         proposals: Vec<CommandBody>,
         violations: Vec<(TransferId, Decision, u64)>,
     ) -> Answer {
@@ -377,15 +405,16 @@ impl Shipper {
             call.answered = true;
             call.pending = proposals.len();
         }
-        self.succeeded();
+        self.succeeded(now);
         if proposals.is_empty() {
             self.finish(id);
         }
         Answer::Taken { proposals, violations }
     }
 
-    /// A call succeeded: the link works.
-    fn succeeded(&mut self) {
+    /// A call succeeded at `now`: the link works.
+    fn succeeded(&mut self, now: Time) {
+        self.heard_at = Some(now);
         self.failures = 0;
         self.open_since = None;
         self.backoff = BACKOFF_FIRST;

@@ -158,6 +158,47 @@ fn failures_back_off_with_capped_doubling_and_open_the_breaker_at_the_third() {
     assert!(failed.retry_at - (now + at(3)) <= first + first / 2);
 }
 
+/// A cut link drops packets: its calls neither answer nor fail before
+/// their timeout. A call waiting [`BREAKER_SILENCE`] with nothing heard from
+/// the region meanwhile opens the breaker, seconds before the timeouts
+/// would; a region that answered anything within the silence is not cut;
+/// an answer closes it.
+#[test]
+fn a_call_unanswered_for_the_silence_with_nothing_heard_opens_the_breaker() {
+    let silence = BREAKER_SILENCE.as_millis() as u64;
+    let (mut shipper, mut ids) = shipper();
+    let first = shipper.poll(at(0), &[prepare(1)], &mut ids).remove(0);
+    // Another call answered half way through: the region is alive.
+    let second = shipper.poll(at(100), &[prepare(1), prepare(2)], &mut ids).remove(0);
+    let half = at(silence / 2);
+    assert!(matches!(shipper.prepares_answered(second.id, half, &prepared(&second)), Answer::Taken { .. }));
+    shipper.recorded(second.id);
+    shipper.poll(at(silence), &[prepare(1)], &mut ids);
+    assert_eq!(shipper.open_since(), None, "heard from {half:?}: not silent for {BREAKER_SILENCE:?} yet");
+    shipper.poll(half + BREAKER_SILENCE - at(1), &[prepare(1)], &mut ids);
+    assert_eq!(shipper.open_since(), None);
+    let opened = half + BREAKER_SILENCE;
+    shipper.poll(opened, &[prepare(1)], &mut ids);
+    assert_eq!(shipper.open_since(), Some(opened), "silent for {BREAKER_SILENCE:?} with a call waiting");
+    assert_eq!(shipper.failures(), 0, "opened by the silence, before any call failed");
+    // The waiting call's answer, late, closes it.
+    assert!(matches!(shipper.prepares_answered(first.id, opened + at(5), &prepared(&first)), Answer::Taken { .. }));
+    assert_eq!(shipper.open_since(), None);
+
+    // Nothing waiting, nothing to hear: silence alone opens nothing.
+    let (mut idle, mut ids) = self::shipper();
+    idle.poll(at(0), &[], &mut ids);
+    idle.poll(at(10 * silence), &[], &mut ids);
+    assert_eq!(idle.open_since(), None);
+    // A shipper that never heard from its region: the first call's wait.
+    let (mut fresh, mut ids) = self::shipper();
+    fresh.poll(at(5_000), &[prepare(1)], &mut ids);
+    fresh.poll(at(5_000) + BREAKER_SILENCE - at(1), &[prepare(1)], &mut ids);
+    assert_eq!(fresh.open_since(), None);
+    fresh.poll(at(5_000) + BREAKER_SILENCE, &[prepare(1)], &mut ids);
+    assert!(fresh.open_since().is_some());
+}
+
 #[test]
 fn with_the_breaker_open_and_nothing_to_send_one_probe_runs_and_its_answer_decides() {
     let (mut shipper, mut ids) = shipper();
