@@ -171,6 +171,15 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         if Instant::now() + step.hold + step.rest > deadline {
             break;
         }
+        // A node's fault that hits its region's leader is the region's
+        // pause, not a follower's: the target says so (for the blast
+        // radius' follower targets).
+        let hits_leader = match &step.fault {
+            Fault::Kill { region, node } | Fault::Pause { region, node } | Fault::Isolate { region, node } => {
+                mesh.leader(region, Duration::from_secs(2)).await == Some(*node)
+            }
+            _ => false,
+        };
         let start_ms = recorder.now_ms();
         let (sent, ok) = recorder.counts();
         eprintln!(
@@ -198,9 +207,10 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         }
         faults.push(history::Fault {
             nemesis: step.fault.nemesis().to_owned(),
-            target: match injected {
-                Some(node) => format!("{}/{node}", step.fault.target()),
-                None => step.fault.target(),
+            target: match (injected, hits_leader) {
+                (Some(node), _) => format!("{}/{node}", step.fault.target()),
+                (None, true) => format!("{} (leader)", step.fault.target()),
+                (None, false) => step.fault.target(),
             },
             start_ms,
             end_ms,

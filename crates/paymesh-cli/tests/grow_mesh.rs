@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paymesh_client::PartnerClient;
+use paymesh_harness::locality;
 use paymesh_harness::mesh::LocalMesh;
 use paymesh_harness::wan::WanSettings;
 use paymesh_harness::world::{self, Merchant, Rate, Wallet};
-use paymesh_harness::{check, locality, observe};
 use paymesh_node::identity::Identity;
 use paymesh_proto::partner::v1 as wire;
 
@@ -218,16 +218,7 @@ async fn a_region_joins_a_running_mesh_pays_both_ways_and_leaves_drained_with_no
     // credited once (the other wallets stop for the look, and go on after).
     let before_look = workload.finish(&mesh).await;
     let wallets: Vec<Wallet> = world::WALLETS.iter().copied().chain([EU_WALLET]).collect();
-    let observed = observe::live_mesh(
-        &mesh,
-        observe::Partners { wallets: &wallets, merchants: &merchants },
-        Duration::from_secs(90),
-        "process",
-    )
-    .await
-    .unwrap();
-    let verdict = check::check_with(&check::of_observation(), &observed);
-    assert!(verdict.passed(), "{}", verdict.failures(5));
+    common::assert_every_checker_passes(&mesh, &wallets, &merchants, Duration::from_secs(90)).await;
 
     // It leaves; the others take that on SIGHUP too, and pay on.
     let workload = Workload::start(&mesh, common::PAYMENTS_MAX, &acknowledged);

@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use paymesh_harness::local::LocalRegion;
 use paymesh_harness::mesh::LocalMesh;
 use paymesh_harness::wan::WanSettings;
-use paymesh_harness::world::{self, Wallet};
-use paymesh_harness::{check, observe};
+use paymesh_harness::world;
 use paymesh_proto::admin::v1 as admin;
 
 const RAFT: &str = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600";
@@ -210,17 +209,7 @@ async fn a_region_is_upgraded_node_by_node_while_the_mesh_pays_and_nothing_is_lo
     for worker in workers {
         made += worker.await.unwrap().len();
     }
-    let wallets: Vec<Wallet> = world::WALLETS.to_vec();
-    let observed = observe::live_mesh(
-        &mesh,
-        observe::Partners { wallets: &wallets, merchants: &world::MERCHANTS },
-        Duration::from_secs(90),
-        "process",
-    )
-    .await
-    .unwrap();
-    let verdict = check::check_with(&check::of_observation(), &observed);
-    assert!(verdict.passed(), "{}", verdict.failures(5));
+    common::assert_every_checker_passes(&mesh, &world::WALLETS, &world::MERCHANTS, Duration::from_secs(90)).await;
     let (failed, retried) = (tally.failed.load(Ordering::Relaxed), tally.retried.load(Ordering::Relaxed));
     println!(
         "{UPGRADED} upgraded node by node in {rolled_in:?} (steps {steps:?}, the leader last) while {made} payments \

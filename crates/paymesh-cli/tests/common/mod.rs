@@ -489,3 +489,18 @@ pub async fn wait_for(count: &std::sync::atomic::AtomicUsize, at_least: usize, w
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Wait (within `within`) until every transfer of `mesh` is final where it
+/// is held, observe every region, and fail unless every checker passes
+/// over what `wallets` paid `merchants`.
+pub async fn assert_every_checker_passes(
+    mesh: &paymesh_harness::mesh::LocalMesh,
+    wallets: &[paymesh_harness::world::Wallet],
+    merchants: &[paymesh_harness::world::Merchant],
+    within: Duration,
+) {
+    use paymesh_harness::{check, observe};
+    let observed = observe::live_mesh(mesh, observe::Partners { wallets, merchants }, within, "process").await.unwrap();
+    let verdict = check::check_with(&check::of_observation(), &observed);
+    assert!(verdict.passed(), "{}", verdict.failures(5));
+}
