@@ -955,14 +955,13 @@ impl Batch {
     /// raises its region to (wrapped with its operator or not), if one
     /// does: a replica checks it supports that protocol before applying.
     pub fn raises_protocol_to(&self) -> Option<Protocol> {
-        let raise = |body: &CommandBody| match body {
-            CommandBody::RaiseProtocol { to } => Some(*to),
-            CommandBody::ByOperator { command, .. } => match command.as_ref() {
+        fn raise(body: &CommandBody) -> Option<Protocol> {
+            match body {
                 CommandBody::RaiseProtocol { to } => Some(*to),
+                CommandBody::ByOperator { command, .. } => raise(command),
                 _ => None,
-            },
-            _ => None,
-        };
+            }
+        }
         self.commands.iter().filter_map(|c| raise(&c.body)).max()
     }
 }

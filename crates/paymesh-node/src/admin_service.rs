@@ -67,8 +67,7 @@ impl AdminServer {
         let command = format!("{body:?}");
         // The name was checked when the caller was identified; applied and
         // audited with it.
-        let by = OperatorId::new(operator).map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
-        let outcome = self.gateway.operate(CommandBody::ByOperator { operator: by, command: Box::new(body) }).await;
+        let outcome = self.gateway.operate_by(operator, body).await;
         match &outcome {
             Ok(outcome) => tracing::info!(operator, command, ?outcome, "operator write"),
             Err(status) => tracing::info!(operator, command, code = ?status.code(), "operator write not applied"),

@@ -103,20 +103,16 @@ impl ClusterServer {
             let answer = tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.get_node_status(request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status.into_inner(),
-                Ok(Err(e)) => {
+                unanswered => {
+                    let why = match unanswered {
+                        Ok(Err(e)) => format!(": {}", e.message()),
+                        _ => format!(" within {MEMBER_STATUS_TIMEOUT:?}"),
+                    };
                     return Err(Status::failed_precondition(format!(
-                        "node {id} ({}) did not answer: {}; every member must answer before the region's protocol \
+                        "node {id} ({}) did not answer{why}; every member must answer before the region's protocol \
                          moves",
-                        addr.api_addr,
-                        e.message()
-                    )))
-                }
-                Err(_) => {
-                    return Err(Status::failed_precondition(format!(
-                        "node {id} ({}) did not answer within {MEMBER_STATUS_TIMEOUT:?}; every member must answer \
-                         before the region's protocol moves",
                         addr.api_addr
-                    )))
+                    )));
                 }
             };
             // A release before protocols reports none: it runs protocol 1.
@@ -455,10 +451,7 @@ impl ClusterService for ClusterServer {
         let mut protocol = before;
         if newest_common > before.number() {
             let to = Protocol::new(newest_common).expect("members report protocols from 1");
-            let by = paymesh_core::id::OperatorId::new(operator.as_str())
-                .map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
-            let raise = CommandBody::ByOperator { operator: by, command: Box::new(CommandBody::RaiseProtocol { to }) };
-            match self.gateway.operate(raise).await? {
+            match self.gateway.operate_by(&operator, CommandBody::RaiseProtocol { to }).await? {
                 paymesh_core::Outcome::Done => protocol = to,
                 other => return Err(Status::aborted(format!("the raise was not applied: {other:?}"))),
             }

@@ -250,6 +250,14 @@ impl Gateway {
         outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))
     }
 
+    /// Propose `operator`'s command wrapped with its name, which the audit
+    /// trail keeps ([`CommandBody::ByOperator`]); the outcome once applied.
+    pub async fn operate_by(&self, operator: &str, body: CommandBody) -> Result<Outcome, Status> {
+        let by = paymesh_core::id::OperatorId::new(operator)
+            .map_err(|e| Status::permission_denied(format!("operator name: {e}")))?;
+        self.operate(CommandBody::ByOperator { operator: by, command: Box::new(body) }).await
+    }
+
     /// Map a refused outcome: a status for codes the contract reports as one,
     /// otherwise the code for the response.
     pub fn rejected(code: RejectCode) -> Result<i32, Status> {
