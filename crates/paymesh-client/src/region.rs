@@ -10,10 +10,34 @@ use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use hyper_util::client::legacy::connect::HttpConnector;
 use tonic::{Code, Request, Status};
 
 /// How long one call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting to a node may take: the TCP connection and the TLS
+/// handshake together. A paused node's kernel still accepts connections, so
+/// a limit on TCP alone let a handshake wait out the whole call timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HTTP/2 keepalive on every connection: when nothing has come from a node
+/// for `KEEPALIVE_INTERVAL` it is pinged, and with no answer within
+/// `KEEPALIVE_TIMEOUT` the connection is closed, failing the calls on it
+/// (which are retried on another node). A node that died or froze without
+/// closing its connections (a killed container, a lost host, a pause) used
+/// to hold every call sent to it for the call timeout.
+/// ([`Region::with_keepalive`] for links whose round trip may come near a
+/// second.)
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a node that did not answer (no connection, a connection lost,
+/// no answer in time) is passed over: calls start elsewhere, and a
+/// follower's hint naming it as leader is not followed (while a leader's
+/// election is under way its followers still name the dead one).
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
 /// The first and the largest pause between retries. The largest is short
 /// because the longest wait a partner sees is a leader's election (about
@@ -163,12 +187,38 @@ pub type NodeChannel = InterceptedService<Channel, IdentityHeader>;
 pub struct Region {
     nodes: Vec<String>,
     dial: Mutex<Dial>,
-    /// The node to try first: the last one that answered or was named leader.
-    preferred: Mutex<Option<String>>,
+    /// Which node calls go to first, and which are passed over.
+    routing: Mutex<Routing>,
     policy: RetryPolicy,
     call_timeout: Duration,
+    connect_timeout: Duration,
+    /// HTTP/2 keepalive: the interval and the timeout.
+    keepalive: (Duration, Duration),
     /// Retryable answers met, since this client was made ([`Region::retries`]).
     retries: std::sync::atomic::AtomicU64,
+}
+
+/// Where a region's calls go: shared by every call of one client.
+#[derive(Debug, Default)]
+struct Routing {
+    /// The node to try first: the last one that answered or was named leader.
+    preferred: Option<String>,
+    /// Nodes that did not answer, and when ([`SUSPECT_FOR`]).
+    suspects: HashMap<String, Instant>,
+}
+
+impl Routing {
+    fn suspected(&self, node: &str) -> bool {
+        self.suspects.get(node).is_some_and(|since| since.elapsed() < SUSPECT_FOR)
+    }
+}
+
+/// Whether a failed attempt never heard from its node: the connection could
+/// not be made or was lost (a transport error, which carries its cause as
+/// the status's source; a status a node sent has none), or nothing came in
+/// time. Such a node is suspected; one that answered, even UNAVAILABLE, is not.
+fn unanswered(status: &Status, timed_out: bool) -> bool {
+    timed_out || std::error::Error::source(status).is_some()
 }
 
 /// The host part of `host:port` (an IP literal in brackets loses them).
@@ -274,9 +324,11 @@ impl Region {
         Region {
             nodes,
             dial: Mutex::new(dial),
-            preferred: Mutex::default(),
+            routing: Mutex::default(),
             policy,
             call_timeout: CALL_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
             retries: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -292,6 +344,23 @@ impl Region {
     /// The same region with another limit on one call (default [`CALL_TIMEOUT`]).
     pub fn with_call_timeout(mut self, timeout: Duration) -> Region {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// The same region with another limit on connecting to a node, TCP and
+    /// TLS together (default [`CONNECT_TIMEOUT`]; a partner near its region
+    /// can choose less, so that a node that froze is passed over sooner).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Region {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The same region with another HTTP/2 keepalive (default
+    /// [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_TIMEOUT`]): a connection that
+    /// brought nothing for `interval` is pinged, and closed when no answer
+    /// comes within `timeout`.
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Region {
+        self.keepalive = (interval, timeout);
         self
     }
 
@@ -324,13 +393,21 @@ impl Region {
                 };
                 let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(|e| Status::invalid_argument(format!("address {addr}: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
+                    .connect_timeout(self.connect_timeout)
                     .timeout(self.call_timeout)
-                    .tcp_nodelay(true);
+                    .http2_keep_alive_interval(self.keepalive.0)
+                    .keep_alive_timeout(self.keepalive.1)
+                    .keep_alive_while_idle(true);
                 if let Some(tls) = tls {
                     endpoint = endpoint.tls_config(tls).map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?;
                 }
-                let channel = endpoint.connect_lazy();
+                // tonic's own connector limits the TCP connection only; one
+                // given to it is wrapped, TLS included, in the connect timeout.
+                let mut tcp = HttpConnector::new();
+                tcp.enforce_http(false);
+                tcp.set_nodelay(true);
+                tcp.set_connect_timeout(Some(self.connect_timeout));
+                let channel = endpoint.connect_with_connector_lazy(tcp);
                 dial.channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
@@ -344,7 +421,8 @@ impl Region {
 
     /// The node an attempt goes to: the preferred one (the last that
     /// answered or was named leader), which every call of this client
-    /// shares until it fails, else the next in turn after `next`.
+    /// shares until it fails, else the next in turn after `next` that is
+    /// not suspected (or the next in turn, when all are).
     ///
     /// (A call used to take the preferred node for itself, leaving the
     /// calls made meanwhile to start at the first node: a follower that
@@ -352,23 +430,48 @@ impl Region {
     /// call timeout. The chaos suite's container runs showed corridors
     /// stalled for a whole pause of a follower: chaos/README.md.)
     fn pick(&self, next: &mut usize) -> String {
-        let preferred = self.preferred.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        preferred.unwrap_or_else(|| {
-            *next += 1;
-            self.nodes[(*next - 1) % self.nodes.len().max(1)].clone()
-        })
+        let routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(preferred) = routing.preferred.as_ref().filter(|node| !routing.suspected(node)) {
+            return preferred.clone();
+        }
+        let count = self.nodes.len().max(1);
+        let turn = (0..count).map(|k| (*next + k) % count).find(|at| {
+            self.nodes.get(*at).is_some_and(|node| !routing.suspected(node))
+        });
+        let at = turn.unwrap_or(*next % count);
+        *next = at + 1;
+        self.nodes.get(at).cloned().unwrap_or_default()
     }
 
-    /// An attempt at `target` failed: no call prefers it any more, and this
-    /// one goes on with the node after it.
-    fn forget(&self, target: &str, next: &mut usize) {
-        let mut preferred = self.preferred.lock().unwrap_or_else(|p| p.into_inner());
-        if preferred.as_deref() == Some(target) {
-            *preferred = None;
+    /// An attempt at `target` failed: no call prefers it any more, it is
+    /// suspected if it did not answer at all, and this call goes on with
+    /// the node after it.
+    fn forget(&self, target: &str, unanswered: bool, next: &mut usize) {
+        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        if routing.preferred.as_deref() == Some(target) {
+            routing.preferred = None;
+        }
+        if unanswered {
+            routing.suspects.insert(target.to_owned(), Instant::now());
         }
         if let Some(at) = self.nodes.iter().position(|node| node == target) {
             *next = at + 1;
         }
+    }
+
+    /// `node` answered, or a node that answered named it leader: calls go
+    /// there first. A node that answered is no longer suspected.
+    fn prefer(&self, node: &str, answered: bool) {
+        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        routing.preferred = Some(node.to_owned());
+        if answered {
+            routing.suspects.remove(node);
+        }
+    }
+
+    /// Whether `node` failed to answer within the last [`SUSPECT_FOR`].
+    fn suspected(&self, node: &str) -> bool {
+        self.routing.lock().unwrap_or_else(|p| p.into_inner()).suspected(node)
     }
 
     /// Run `call` against a node, retrying retryable failures on the named
@@ -393,19 +496,23 @@ impl Region {
             // a connection; a request queued behind a connection that never
             // becomes ready (a link that went silent) would wait forever.
             // This limit covers the whole attempt.
+            let mut timed_out = false;
             let result = match self.channel(&target) {
                 Ok(channel) => match tokio::time::timeout(self.call_timeout, call(channel)).await {
                     Ok(result) => result,
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "no answer from {target} within {:?}",
-                        self.call_timeout
-                    ))),
+                    Err(_) => {
+                        timed_out = true;
+                        Err(Status::deadline_exceeded(format!(
+                            "no answer from {target} within {:?}",
+                            self.call_timeout
+                        )))
+                    }
                 },
                 Err(status) => Err(status),
             };
             match result {
                 Ok(value) => {
-                    *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+                    self.prefer(&target, true);
                     return Ok(value);
                 }
                 Err(status) if !self.reloads_credentials() && refused_handshake(&status).is_some() => {
@@ -414,7 +521,12 @@ impl Region {
                 }
                 Err(status) if retryable(&status) => {
                     let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
-                    let follow = hint.filter(|leader| *leader != target).map(str::to_owned);
+                    // A hint naming a node that did not answer just now is
+                    // stale (the dead leader, until its followers elect
+                    // another): this follower's redirect counts as a
+                    // failure, and the call goes on with the next node.
+                    let follow =
+                        hint.filter(|leader| *leader != target && !self.suspected(leader)).map(str::to_owned);
                     tracing::debug!(%target, attempt, code = ?status.code(), message = status.message(), "retrying");
                     self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(leader) = follow {
@@ -425,10 +537,10 @@ impl Region {
                         if !failed {
                             last = status;
                         }
-                        *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
+                        self.prefer(&leader, false);
                         continue;
                     }
-                    self.forget(&target, &mut next);
+                    self.forget(&target, unanswered(&status, timed_out), &mut next);
                     failed = true;
                     last = status;
                 }
@@ -493,17 +605,87 @@ mod tests {
         let credentials = Credentials::Plaintext { identity: "partner:test".into() };
         let nodes: Vec<String> = ["127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9"].map(str::to_owned).to_vec();
         let region = Region::with_policy(nodes.clone(), credentials, RetryPolicy::default());
-        *region.preferred.lock().unwrap() = Some(nodes[1].clone());
+        region.prefer(&nodes[1], true);
         let (mut first, mut second) = (0, 0);
         assert_eq!(region.pick(&mut first), nodes[1]);
         assert_eq!(region.pick(&mut second), nodes[1], "a second call made meanwhile goes there too");
-        region.forget(&nodes[1], &mut first);
+        region.forget(&nodes[1], false, &mut first);
         assert_eq!(region.pick(&mut first), nodes[2], "the failed call goes on with the node after it");
         assert_eq!(region.pick(&mut second), nodes[0], "the others take their turn, not the failed node first");
         // A failure of a node that is not the preferred one leaves it.
-        *region.preferred.lock().unwrap() = Some(nodes[2].clone());
-        region.forget(&nodes[0], &mut second);
+        region.prefer(&nodes[2], true);
+        region.forget(&nodes[0], false, &mut second);
         assert_eq!(region.pick(&mut second), nodes[2]);
+    }
+
+    /// A node that did not answer is passed over for a while: calls start
+    /// at the others, even when a follower names it leader; when every
+    /// node is suspected, they are tried in turn all the same, and a node
+    /// that answers is trusted again at once.
+    #[test]
+    fn a_node_that_did_not_answer_is_passed_over_and_its_leadership_hint_ignored() {
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let nodes: Vec<String> = ["127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9"].map(str::to_owned).to_vec();
+        let region = Region::with_policy(nodes.clone(), credentials, RetryPolicy::default());
+        region.prefer(&nodes[0], true);
+        let mut call = 0;
+        region.forget(&nodes[0], true, &mut call);
+        let mut other = 0;
+        assert_eq!(region.pick(&mut other), nodes[1], "a new call does not start at the silent node");
+        assert_eq!(region.pick(&mut other), nodes[2]);
+        assert_eq!(region.pick(&mut other), nodes[1], "its turn is skipped");
+        // A follower's hint naming it does not make it preferred again.
+        assert!(region.suspected(&nodes[0]));
+        // An answered node is not suspected: a follower that answered
+        // UNAVAILABLE is alive.
+        region.forget(&nodes[1], false, &mut call);
+        assert!(!region.suspected(&nodes[1]));
+        // All silent: turns as before.
+        region.forget(&nodes[1], true, &mut call);
+        region.forget(&nodes[2], true, &mut call);
+        let mut last = 0;
+        assert_eq!(region.pick(&mut last), nodes[0]);
+        assert_eq!(region.pick(&mut last), nodes[1]);
+        region.prefer(&nodes[2], true);
+        assert!(!region.suspected(&nodes[2]));
+        assert_eq!(region.pick(&mut last), nodes[2]);
+    }
+
+    /// A follower's hint naming a leader that just failed to answer is not
+    /// followed: the call goes on with the other nodes (which, once they
+    /// have elected a new leader, name it), not back to the dead one.
+    #[tokio::test]
+    async fn a_hint_naming_a_node_that_did_not_answer_is_not_followed() {
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let policy = RetryPolicy { attempts: 4, deadline: Duration::from_secs(5) };
+        let nodes: Vec<String> = ["127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9"].map(str::to_owned).to_vec();
+        let region = Region::with_policy(nodes.clone(), credentials, policy);
+        region.prefer(&nodes[0], true);
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<u32, ClientError> = region
+            .call(None, |_channel| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    match n {
+                        // The leader's connection is lost: a transport error.
+                        0 => Err(Status::from_error(Box::new(std::io::Error::from(
+                            std::io::ErrorKind::ConnectionReset,
+                        )))),
+                        // A follower still names the dead leader.
+                        1 => {
+                            let mut redirect = Status::unavailable("this node is not the leader");
+                            redirect.metadata_mut().insert("paymesh-leader-addr", "127.0.0.1:9".parse().unwrap());
+                            Err(redirect)
+                        }
+                        _ => Ok(n),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 2, "the third attempt, at the third node, answers");
+        let routing = region.routing.lock().unwrap();
+        assert_eq!(routing.preferred.as_deref(), Some(nodes[2].as_str()), "not the dead leader");
+        assert!(routing.suspected(&nodes[0]));
     }
 
     /// An attempt that never answers (a request stuck behind a silent
@@ -612,6 +794,72 @@ mod tests {
         region.channel("127.0.0.1:9").unwrap();
         assert_eq!(named(&region), "node:us-west:2");
         assert_eq!(region.dial.lock().unwrap().channels.len(), 2);
+    }
+
+    /// Accepts TCP connections and never answers on them (a frozen node
+    /// whose kernel still accepts): the connections are held open.
+    async fn silent_node() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, task)
+    }
+
+    /// A call to a node that accepted the connection and then fell silent
+    /// ends within the HTTP/2 keepalive's interval and timeout, not at the
+    /// call timeout, and the node is suspected.
+    #[tokio::test]
+    async fn a_silent_connection_fails_its_calls_at_the_keepalive_not_the_call_timeout() {
+        let (node, _task) = silent_node().await;
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let policy = RetryPolicy { attempts: 1, deadline: Duration::from_secs(30) };
+        let region = Region::with_policy(vec![node.clone()], credentials, policy);
+        let started = Instant::now();
+        let result = region
+            .call(None, |channel| async move {
+                crate::partner::service(channel)
+                    .get_transfer(paymesh_proto::partner::v1::GetTransferRequest::default())
+                    .await
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(matches!(result, Err(ClientError::GaveUp { .. })), "{result:?}");
+        assert!(took < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(1), "took {took:?}");
+        assert!(region.suspected(&node), "a node whose connection went silent is suspected");
+    }
+
+    /// Connecting over TLS to a node that accepts TCP but never answers
+    /// the handshake ends at the connect timeout, not the call timeout.
+    #[tokio::test]
+    async fn a_tls_handshake_left_unanswered_ends_at_the_connect_timeout() {
+        let (node, _task) = silent_node().await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let credentials = Credentials::Tls {
+            ca: cert.pem().into_bytes(),
+            cert: cert.pem().into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+        };
+        let policy = RetryPolicy { attempts: 1, deadline: Duration::from_secs(30) };
+        let region = Region::with_policy(vec![node.clone()], credentials, policy)
+            .with_connect_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let result = region
+            .call(None, |channel| async move {
+                crate::partner::service(channel)
+                    .get_transfer(paymesh_proto::partner::v1::GetTransferRequest::default())
+                    .await
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(matches!(result, Err(ClientError::GaveUp { .. })), "{result:?}");
+        assert!(took < Duration::from_millis(1500), "took {took:?}, the call timeout is {CALL_TIMEOUT:?}");
+        assert!(region.suspected(&node));
     }
 
     #[test]

@@ -98,7 +98,13 @@ impl Link {
         let attempts = u32::try_from(endpoints.len()).unwrap_or(u32::MAX).saturating_mul(2);
         let policy = RetryPolicy { attempts, deadline: CALL_TIMEOUT };
         let (credentials, following) = tokio::sync::watch::channel(credentials);
-        let client = Region::live(endpoints.clone(), following, policy).with_call_timeout(CALL_TIMEOUT);
+        // A WAN round trip, a retransmission included, may come near the
+        // SDK's one-second keepalive timeout: a link is closed for silence
+        // only after a whole call's time (the breaker's silence rule has
+        // opened it long before).
+        let client = Region::live(endpoints.clone(), following, policy)
+            .with_call_timeout(CALL_TIMEOUT)
+            .with_keepalive(BREAKER_SILENCE, CALL_TIMEOUT);
         Link {
             region,
             endpoints,
