@@ -105,7 +105,11 @@ enum BackendArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    // RUST_LOG chooses what is printed (`paymesh_client=debug` shows every
+    // retried attempt of the workload's calls); warnings by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match execute(Cli::parse()) {
         Ok(0) => {
             println!("violations: 0");

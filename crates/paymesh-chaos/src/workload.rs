@@ -218,16 +218,16 @@ pub async fn worker(id: u32, seed: u64, plan: Plan, all: Arc<Clients>, recorder:
         let quote = match client.create_quote(quote).await {
             Ok(answer) => answer.quote,
             Err(error) => {
-                // A final refusal (the payee's region known unreachable)
-                // is the payment's answer: recorded, for the blast radius.
-                if let outcome @ Outcome::Failed { .. } = classify(&error) {
-                    let request = Request::CreateQuote {
-                        region: wallet.0.to_owned(),
-                        partner: wallet.1.to_owned(),
-                        payee_region: merchant.0.to_owned(),
-                    };
-                    recorder.record(id, invoked, request, outcome);
-                }
+                // The payment is not tried: a final refusal (the payee's
+                // region known unreachable) is its answer, and a quote the
+                // SDK got no answer to is a payment the partner could not
+                // make. Both are recorded, for the blast radius.
+                let request = Request::CreateQuote {
+                    region: wallet.0.to_owned(),
+                    partner: wallet.1.to_owned(),
+                    payee_region: merchant.0.to_owned(),
+                };
+                recorder.record(id, invoked, request, classify(&error));
                 None
             }
         };

@@ -304,8 +304,17 @@ async fn refusals_over_the_wire_are_specific_and_change_nothing() {
     let mut raw = PartnerServiceClient::new(sdk.channel(&follower).unwrap());
     let status = raw.create_quote(quote_request("5")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let hint = status.metadata().get("paymesh-leader-addr").map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(hint, Some(leader_addr));
+    let text = |key: &str| status.metadata().get(key).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(text(paymesh_client::LEADER_ADDR), Some(leader_addr.clone()));
+    // Every answer names the node that gave it, and a redirect names the
+    // leader by id too: the SDK finds its own address for the leader by it.
+    let follower_id = region.nodes.values().find(|n| n.api_addr == follower).unwrap().id;
+    assert_eq!(text(paymesh_client::LEADER_ID), Some(leader.to_string()));
+    assert_eq!(text(paymesh_client::NODE_ID), Some(follower_id.to_string()));
+    let mut raw = PartnerServiceClient::new(sdk.channel(&leader_addr).unwrap());
+    let answer = raw.get_position(wire::GetPositionRequest::default()).await.unwrap();
+    let named = answer.metadata().get(paymesh_client::NODE_ID).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(named, Some(leader.to_string()), "a success names its node too");
 
     // None of these refusals reached the log.
     let after = region.wait_converged(Duration::from_secs(20)).await;

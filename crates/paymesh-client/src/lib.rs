@@ -33,4 +33,7 @@ pub mod webhook;
 
 pub use batch::{Batching, ITEMS_PER_REQUEST_MAX};
 pub use partner::{batched_payment, batched_transfer, PartnerClient};
-pub use region::{ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy, REFUSED};
+pub use region::{
+    Answered, ClientError, Credentials, IdentityHeader, NodeChannel, Region, RetryPolicy, LEADER_ADDR, LEADER_ID,
+    NODE_ID, REFUSED,
+};

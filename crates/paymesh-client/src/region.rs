@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use hyper_util::client::legacy::connect::HttpConnector;
 use tonic::{Code, Request, Status};
 
 /// How long one call may take.
@@ -180,7 +180,60 @@ impl tonic::service::Interceptor for IdentityHeader {
 }
 
 /// A channel to one node, with the caller's identity attached.
-pub type NodeChannel = InterceptedService<Channel, IdentityHeader>;
+pub type NodeChannel = InterceptedService<Answered, IdentityHeader>;
+
+/// The response header in which a node names itself: its node id, on every
+/// answer of its API (success or error alike).
+pub const NODE_ID: &str = "paymesh-node-id";
+
+/// The metadata of a follower's redirect naming the leader: its node id and
+/// the API address its region knows it by.
+pub const LEADER_ID: &str = "paymesh-leader-id";
+/// See [`LEADER_ID`].
+pub const LEADER_ADDR: &str = "paymesh-leader-addr";
+
+/// Which node answered at which of the region's addresses: node id → the
+/// address this client knows it by.
+type Book = Arc<Mutex<HashMap<u64, String>>>;
+
+/// A channel to one of the region's addresses that notes, from each answer's
+/// [`NODE_ID`], which node answers there. A follower's redirect names the
+/// leader's id and the address its region knows it by, which need not be
+/// one this client can or should use (a node's address inside its network,
+/// where the client reaches it through a published port or a proxy): the
+/// id finds the client's own address for that node, and whether it just
+/// failed to answer.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    inner: Channel,
+    /// The address, when it is one of the region's (`None`: a leader's
+    /// address from a hint, not noted).
+    addr: Option<Arc<str>>,
+    book: Book,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Answered {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let (addr, book) = (self.addr.clone(), self.book.clone());
+        Box::pin(async move {
+            let response = answer.await?;
+            let node = response.headers().get(NODE_ID).and_then(|v| v.to_str().ok()).and_then(|t| t.parse().ok());
+            if let (Some(node), Some(addr)) = (node, addr) {
+                book.lock().unwrap_or_else(|p| p.into_inner()).insert(node, addr.to_string());
+            }
+            Ok(response)
+        })
+    }
+}
 
 /// The nodes of one region and the caller's credentials.
 #[derive(Debug)]
@@ -189,6 +242,8 @@ pub struct Region {
     dial: Mutex<Dial>,
     /// Which node calls go to first, and which are passed over.
     routing: Mutex<Routing>,
+    /// Which node answers at which address.
+    book: Book,
     policy: RetryPolicy,
     call_timeout: Duration,
     connect_timeout: Duration,
@@ -325,6 +380,7 @@ impl Region {
             nodes,
             dial: Mutex::new(dial),
             routing: Mutex::default(),
+            book: Book::default(),
             policy,
             call_timeout: CALL_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
@@ -376,6 +432,16 @@ impl Region {
 
     /// A channel to the node at `addr` (connected lazily, then reused).
     pub fn channel(&self, addr: &str) -> Result<NodeChannel, Status> {
+        let header = match &self.dial.lock().unwrap_or_else(|p| p.into_inner()).credentials {
+            Credentials::Plaintext { identity } => IdentityHeader::new(Some(identity))?,
+            Credentials::Tls { .. } => IdentityHeader::new(None)?,
+        };
+        Ok(InterceptedService::new(self.answered(addr)?, header))
+    }
+
+    /// The channel to `addr`, noting which node answers there when it is one
+    /// of the region's addresses.
+    fn answered(&self, addr: &str) -> Result<Answered, Status> {
         let mut dial = self.dial.lock().unwrap_or_else(|p| p.into_inner());
         dial.refresh();
         let channel = match dial.channels.get(addr) {
@@ -412,11 +478,17 @@ impl Region {
                 channel
             }
         };
-        let header = match &dial.credentials {
-            Credentials::Plaintext { identity } => IdentityHeader::new(Some(identity))?,
-            Credentials::Tls { .. } => IdentityHeader::new(None)?,
-        };
-        Ok(InterceptedService::new(channel, header))
+        let addr = self.nodes.iter().any(|node| node == addr).then(|| Arc::from(addr));
+        Ok(Answered { inner: channel, addr, book: self.book.clone() })
+    }
+
+    /// Where a follower's redirect sends the call: the leader it names, at
+    /// this client's own address for that node when one is known (see
+    /// [`Answered`]), else at the address the follower gave.
+    fn leader_named(&self, status: &Status) -> Option<String> {
+        let id = status.metadata().get(LEADER_ID).and_then(|v| v.to_str().ok()).and_then(|t| t.parse::<u64>().ok());
+        let known = id.and_then(|id| self.book.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned());
+        known.or_else(|| status.metadata().get(LEADER_ADDR).and_then(|v| v.to_str().ok()).map(str::to_owned))
     }
 
     /// The node an attempt goes to: the preferred one (the last that
@@ -435,9 +507,9 @@ impl Region {
             return preferred.clone();
         }
         let count = self.nodes.len().max(1);
-        let turn = (0..count).map(|k| (*next + k) % count).find(|at| {
-            self.nodes.get(*at).is_some_and(|node| !routing.suspected(node))
-        });
+        let turn = (0..count)
+            .map(|k| (*next + k) % count)
+            .find(|at| self.nodes.get(*at).is_some_and(|node| !routing.suspected(node)));
         let at = turn.unwrap_or(*next % count);
         *next = at + 1;
         self.nodes.get(at).cloned().unwrap_or_default()
@@ -520,14 +592,21 @@ impl Region {
                     return Err(ClientError::Handshake(format!("{target}: {refused}"), status));
                 }
                 Err(status) if retryable(&status) => {
-                    let hint = status.metadata().get("paymesh-leader-addr").and_then(|v| v.to_str().ok());
                     // A hint naming a node that did not answer just now is
                     // stale (the dead leader, until its followers elect
                     // another): this follower's redirect counts as a
                     // failure, and the call goes on with the next node.
                     let follow =
-                        hint.filter(|leader| *leader != target && !self.suspected(leader)).map(str::to_owned);
-                    tracing::debug!(%target, attempt, code = ?status.code(), message = status.message(), "retrying");
+                        self.leader_named(&status).filter(|leader| *leader != target && !self.suspected(leader));
+                    tracing::debug!(
+                        %target,
+                        attempt,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        code = ?status.code(),
+                        message = status.message(),
+                        source = ?std::error::Error::source(&status),
+                        "retrying"
+                    );
                     self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(leader) = follow {
                         // A leader hint is a redirect, not a failure: no
@@ -668,13 +747,13 @@ mod tests {
                 async move {
                     match n {
                         // The leader's connection is lost: a transport error.
-                        0 => Err(Status::from_error(Box::new(std::io::Error::from(
-                            std::io::ErrorKind::ConnectionReset,
-                        )))),
+                        0 => {
+                            Err(Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset))))
+                        }
                         // A follower still names the dead leader.
                         1 => {
                             let mut redirect = Status::unavailable("this node is not the leader");
-                            redirect.metadata_mut().insert("paymesh-leader-addr", "127.0.0.1:9".parse().unwrap());
+                            redirect.metadata_mut().insert(LEADER_ADDR, "127.0.0.1:9".parse().unwrap());
                             Err(redirect)
                         }
                         _ => Ok(n),
@@ -753,7 +832,7 @@ mod tests {
                         return Err(Status::unavailable("RegionUnreachable: region cn-east has not answered"));
                     }
                     let mut redirect = Status::unavailable("this node is not the leader");
-                    redirect.metadata_mut().insert("paymesh-leader-addr", "127.0.0.1:9".parse().unwrap());
+                    redirect.metadata_mut().insert(LEADER_ADDR, "127.0.0.1:9".parse().unwrap());
                     Err(redirect)
                 }
             })
@@ -794,6 +873,53 @@ mod tests {
         region.channel("127.0.0.1:9").unwrap();
         assert_eq!(named(&region), "node:us-west:2");
         assert_eq!(region.dial.lock().unwrap().channels.len(), 2);
+    }
+
+    /// A follower's redirect names the leader by id and by the address its
+    /// region knows it by; a client that has heard that node answer at one
+    /// of its own addresses goes there (not to an address it may not
+    /// reach, nor, through a second name, to a node it suspects).
+    #[tokio::test]
+    async fn a_redirect_finds_the_leader_by_its_id_at_the_clients_own_address() {
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let nodes: Vec<String> = ["127.0.0.1:7111", "127.0.0.1:7112"].map(str::to_owned).to_vec();
+        let region = Region::with_policy(nodes.clone(), credentials, RetryPolicy::default());
+        let mut redirect = Status::unavailable("this node is not the leader");
+        redirect.metadata_mut().insert(LEADER_ID, "1".parse().unwrap());
+        redirect.metadata_mut().insert(LEADER_ADDR, "10.77.1.11:8000".parse().unwrap());
+        assert_eq!(region.leader_named(&redirect).as_deref(), Some("10.77.1.11:8000"), "nothing known of node 1 yet");
+        region.book.lock().unwrap().insert(1, nodes[0].clone());
+        assert_eq!(region.leader_named(&redirect).as_deref(), Some(nodes[0].as_str()));
+        // Only the region's own addresses are noted.
+        assert!(region.answered("10.77.1.11:8000").unwrap().addr.is_none());
+        assert_eq!(region.answered(&nodes[1]).unwrap().addr.as_deref(), Some(nodes[1].as_str()));
+    }
+
+    /// A node that answered at one address and then went silent is not
+    /// followed to when a follower names it, even by its other address.
+    #[tokio::test]
+    async fn a_redirect_to_a_suspected_node_by_its_other_name_is_not_followed() {
+        let credentials = Credentials::Plaintext { identity: "partner:test".into() };
+        let policy = RetryPolicy { attempts: 3, deadline: Duration::from_secs(5) };
+        let nodes: Vec<String> = ["127.0.0.1:7111", "127.0.0.1:7112", "127.0.0.1:7113"].map(str::to_owned).to_vec();
+        let region = Region::with_policy(nodes.clone(), credentials, policy);
+        region.book.lock().unwrap().insert(1, nodes[0].clone());
+        let mut first = 0;
+        region.forget(&nodes[0], true, &mut first);
+        let started = Instant::now();
+        let result: Result<(), ClientError> = region
+            .call(None, |_channel| async move {
+                let mut redirect = Status::unavailable("this node is not the leader");
+                redirect.metadata_mut().insert(LEADER_ID, "1".parse().unwrap());
+                redirect.metadata_mut().insert(LEADER_ADDR, "10.77.1.11:8000".parse().unwrap());
+                Err(redirect)
+            })
+            .await;
+        assert!(matches!(result, Err(ClientError::GaveUp { attempts: 3, .. })), "{result:?}");
+        // Following it would have made it the preferred node (and its
+        // attempt, at an address that does not answer, would have waited).
+        assert_eq!(region.routing.lock().unwrap().preferred, None, "never followed, by either name");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     }
 
     /// Accepts TCP connections and never answers on them (a frozen node

@@ -105,10 +105,12 @@ pub enum Request {
         /// From the answer, when `Ok`.
         state: Option<TransferState>,
     },
-    /// A CreateQuote refused for good (a final answer: the payee's region
-    /// known unreachable, say), after which the payment was not tried.
-    /// Quotes answered, or whose answer is unknown, are not recorded: a
-    /// quote moves no money, and its payment is recorded instead.
+    /// A CreateQuote that got no quote, after which the payment was not
+    /// tried: refused for good (a final answer: the payee's region known
+    /// unreachable, say), or no answer within the SDK's retries (the
+    /// partner's payment could not be made; the blast radius shows how
+    /// long). Quotes answered are not recorded: a quote moves no money, and
+    /// its payment is recorded instead.
     CreateQuote {
         /// The region the payer partner called.
         region: String,

@@ -183,10 +183,10 @@ impl std::io::Write for ChunkSender {
 fn not_leader(forward: &ForwardToLeader<NodeId, NodeAddr>, why: &str) -> Status {
     let mut status = Status::unavailable(why.to_owned());
     if let Some(id) = forward.leader_id {
-        status.metadata_mut().insert("paymesh-leader-id", MetadataValue::from(id));
+        status.metadata_mut().insert(paymesh_client::LEADER_ID, MetadataValue::from(id));
     }
     if let Some(addr) = forward.leader_node.as_ref().and_then(|n| MetadataValue::try_from(n.api_addr.as_str()).ok()) {
-        status.metadata_mut().insert("paymesh-leader-addr", addr);
+        status.metadata_mut().insert(paymesh_client::LEADER_ADDR, addr);
     }
     status
 }

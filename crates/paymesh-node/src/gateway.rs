@@ -183,10 +183,10 @@ impl Gateway {
         let metrics = self.raft.metrics().borrow().clone();
         let mut status = Status::unavailable("this node is not the leader; send the request to the leader");
         if let Some(leader) = metrics.current_leader {
-            status.metadata_mut().insert("paymesh-leader-id", MetadataValue::from(leader));
+            status.metadata_mut().insert(paymesh_client::LEADER_ID, MetadataValue::from(leader));
             let node = metrics.membership_config.membership().get_node(&leader).cloned();
             if let Some(addr) = node.and_then(|n| MetadataValue::try_from(n.api_addr.as_str()).ok()) {
-                status.metadata_mut().insert("paymesh-leader-addr", addr);
+                status.metadata_mut().insert(paymesh_client::LEADER_ADDR, addr);
             }
         }
         status

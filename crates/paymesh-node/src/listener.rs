@@ -374,3 +374,52 @@ fn over_limit_exhausted(mut response: Response) -> Response {
     }
     response
 }
+
+/// A service whose every answer names the node that gave it: the response
+/// header [`paymesh_client::NODE_ID`], on successes and errors alike. A
+/// follower's redirect names the leader by id and by the address its region
+/// knows it by; the SDK finds its own address for that id from these
+/// headers, so a client that reaches the nodes through other addresses (a
+/// published port, a proxy) follows the redirect there and knows when the
+/// node named is one that just failed to answer.
+#[derive(Clone, Debug)]
+pub struct Answering<S> {
+    inner: S,
+    node: tonic::codegen::http::HeaderValue,
+}
+
+impl<S> Answering<S> {
+    /// `inner`, its answers naming node `node_id`.
+    pub fn new(node_id: u64, inner: S) -> Answering<S> {
+        Answering { inner, node: tonic::codegen::http::HeaderValue::from(node_id) }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Answering<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Answering<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>, Response = tonic::codegen::http::Response<R>>,
+    S::Future: Send + 'static,
+    R: 'static,
+{
+    type Response = tonic::codegen::http::Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let node = self.node.clone();
+        Box::pin(async move {
+            let mut response = answer.await?;
+            response.headers_mut().insert(paymesh_client::NODE_ID, node);
+            Ok(response)
+        })
+    }
+}

@@ -28,7 +28,7 @@ use crate::gateway::Gateway;
 use crate::history_service::{HistoryServer, HISTORY_MESSAGE_BYTES_MAX};
 use crate::identity::{Authenticator, Identity};
 use crate::interregion::{Door, InterRegionServer, INTERREGION_MESSAGE_BYTES_MAX};
-use crate::listener::{self, SizeLimited};
+use crate::listener::{self, Answering, SizeLimited};
 use crate::members::Members;
 use crate::metrics::{Measured, Sources};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX, REGION_GROUP};
@@ -377,48 +377,64 @@ impl Node {
             region_tls,
             wait(stopped.clone()),
         );
+        let node_id = self.config.node_id;
         let api_router = listener::aging_server()
             .concurrency_limit_per_connection(API_CONCURRENCY_PER_CONNECTION)
             .timeout(API_REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(Measured::new(SizeLimited(
-                PartnerServiceServer::new(PartnerServer::new(gateway.clone()))
-                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            )))
-            .add_service(Measured::new(SizeLimited(
-                AdminServiceServer::new(AdminServer::new(gateway.clone()))
-                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
-            )))
-            .add_service(Measured::new(ClusterServiceServer::new(ClusterServer::new(
-                self.config.clone(),
-                self.raft.clone(),
-                self.state_machine.clone(),
-                self.log_stats.clone(),
-                self.auth.clone(),
-                self.dialing(),
-                gateway.clone(),
-            ))))
-            .add_service(Measured::new(SizeLimited(
-                HistoryServiceServer::new(HistoryServer::new(
+            .add_service(Answering::new(
+                node_id,
+                Measured::new(SizeLimited(
+                    PartnerServiceServer::new(PartnerServer::new(gateway.clone()))
+                        .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+                )),
+            ))
+            .add_service(Answering::new(
+                node_id,
+                Measured::new(SizeLimited(
+                    AdminServiceServer::new(AdminServer::new(gateway.clone()))
+                        .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+                )),
+            ))
+            .add_service(Answering::new(
+                node_id,
+                Measured::new(ClusterServiceServer::new(ClusterServer::new(
                     self.config.clone(),
+                    self.raft.clone(),
                     self.state_machine.clone(),
+                    self.log_stats.clone(),
                     self.auth.clone(),
-                ))
-                .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
-            )))
-            .add_service(Measured::new(
-                InterRegionServiceServer::new(InterRegionServer::new(
-                    gateway.clone(),
-                    Door::Forwarded,
                     self.dialing(),
-                    self.config.insecure_plaintext,
-                ))
-                .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
+                    gateway.clone(),
+                ))),
+            ))
+            .add_service(Answering::new(
+                node_id,
+                Measured::new(SizeLimited(
+                    HistoryServiceServer::new(HistoryServer::new(
+                        self.config.clone(),
+                        self.state_machine.clone(),
+                        self.auth.clone(),
+                    ))
+                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(HISTORY_MESSAGE_BYTES_MAX),
+                )),
+            ))
+            .add_service(Answering::new(
+                node_id,
+                Measured::new(
+                    InterRegionServiceServer::new(InterRegionServer::new(
+                        gateway.clone(),
+                        Door::Forwarded,
+                        self.dialing(),
+                        self.config.insecure_plaintext,
+                    ))
+                    .max_decoding_message_size(INTERREGION_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(INTERREGION_MESSAGE_BYTES_MAX),
+                ),
             ));
         let api_task = spawn_server(
             api_router,
