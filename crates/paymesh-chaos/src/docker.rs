@@ -112,7 +112,10 @@ impl DockerMesh {
                 bail!("paymesh certs for {region}'s partners failed: {status}");
             }
         }
-        script(deploy, "up.sh", &["--timeout", "120"], &env)?;
+        // The image is built from this checkout every run (cargo and docker
+        // both reuse what has not changed): an image left from an earlier
+        // build ran old nodes under a new runner, and the run measured them.
+        script(deploy, "up.sh", &["--rebuild", "--timeout", "120"], &env)?;
 
         let mut links = BTreeMap::new();
         let mut proxies = JoinSet::new();
