@@ -101,9 +101,13 @@ impl Link {
         // A WAN round trip, a retransmission included, may come near the
         // SDK's one-second keepalive timeout: a link is closed for silence
         // only after a whole call's time (the breaker's silence rule has
-        // opened it long before).
+        // opened it long before). Connecting takes a TLS handshake's round
+        // trips over the WAN, so it too may take a whole call's time (with
+        // the SDK's 2 s, a link of 1 s each way could never connect: the
+        // cross-border refund test's slow link caught it).
         let client = Region::live(endpoints.clone(), following, policy)
             .with_call_timeout(CALL_TIMEOUT)
+            .with_connect_timeout(CALL_TIMEOUT)
             .with_keepalive(BREAKER_SILENCE, CALL_TIMEOUT);
         Link {
             region,
