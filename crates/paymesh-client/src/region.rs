@@ -936,6 +936,21 @@ mod tests {
         (addr, task)
     }
 
+    /// One GetTransfer through `region` (one attempt), which must give up;
+    /// how long it took.
+    async fn one_call_given_up(region: &Region) -> Duration {
+        let started = Instant::now();
+        let result = region
+            .call(None, |channel| async move {
+                crate::partner::service(channel)
+                    .get_transfer(paymesh_proto::partner::v1::GetTransferRequest::default())
+                    .await
+            })
+            .await;
+        assert!(matches!(result, Err(ClientError::GaveUp { attempts: 1, .. })), "{result:?}");
+        started.elapsed()
+    }
+
     /// A call to a node that accepted the connection and then fell silent
     /// ends within the HTTP/2 keepalive's interval and timeout, not at the
     /// call timeout, and the node is suspected.
@@ -945,16 +960,7 @@ mod tests {
         let credentials = Credentials::Plaintext { identity: "partner:test".into() };
         let policy = RetryPolicy { attempts: 1, deadline: Duration::from_secs(30) };
         let region = Region::with_policy(vec![node.clone()], credentials, policy);
-        let started = Instant::now();
-        let result = region
-            .call(None, |channel| async move {
-                crate::partner::service(channel)
-                    .get_transfer(paymesh_proto::partner::v1::GetTransferRequest::default())
-                    .await
-            })
-            .await;
-        let took = started.elapsed();
-        assert!(matches!(result, Err(ClientError::GaveUp { .. })), "{result:?}");
+        let took = one_call_given_up(&region).await;
         assert!(took < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(1), "took {took:?}");
         assert!(region.suspected(&node), "a node whose connection went silent is suspected");
     }
@@ -974,16 +980,7 @@ mod tests {
         let policy = RetryPolicy { attempts: 1, deadline: Duration::from_secs(30) };
         let region = Region::with_policy(vec![node.clone()], credentials, policy)
             .with_connect_timeout(Duration::from_millis(300));
-        let started = Instant::now();
-        let result = region
-            .call(None, |channel| async move {
-                crate::partner::service(channel)
-                    .get_transfer(paymesh_proto::partner::v1::GetTransferRequest::default())
-                    .await
-            })
-            .await;
-        let took = started.elapsed();
-        assert!(matches!(result, Err(ClientError::GaveUp { .. })), "{result:?}");
+        let took = one_call_given_up(&region).await;
         assert!(took < Duration::from_millis(1500), "took {took:?}, the call timeout is {CALL_TIMEOUT:?}");
         assert!(region.suspected(&node));
     }
