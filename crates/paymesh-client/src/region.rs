@@ -432,11 +432,14 @@ impl Region {
 
     /// A channel to the node at `addr` (connected lazily, then reused).
     pub fn channel(&self, addr: &str) -> Result<NodeChannel, Status> {
+        // The channel first: it takes changed credentials, which the header
+        // then names.
+        let answered = self.answered(addr)?;
         let header = match &self.dial.lock().unwrap_or_else(|p| p.into_inner()).credentials {
             Credentials::Plaintext { identity } => IdentityHeader::new(Some(identity))?,
             Credentials::Tls { .. } => IdentityHeader::new(None)?,
         };
-        Ok(InterceptedService::new(self.answered(addr)?, header))
+        Ok(InterceptedService::new(answered, header))
     }
 
     /// The channel to `addr`, noting which node answers there when it is one
