@@ -215,23 +215,41 @@ pub struct Answered {
 impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Answered {
     type Response = tonic::codegen::http::Response<tonic::body::Body>;
     type Error = tonic::transport::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future =
+        Noting<<Channel as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        let answer = self.inner.call(request);
-        let (addr, book) = (self.addr.clone(), self.book.clone());
-        Box::pin(async move {
-            let response = answer.await?;
-            let node = response.headers().get(NODE_ID).and_then(|v| v.to_str().ok()).and_then(|t| t.parse().ok());
-            if let (Some(node), Some(addr)) = (node, addr) {
-                book.lock().unwrap_or_else(|p| p.into_inner()).insert(node, addr.to_string());
-            }
-            Ok(response)
-        })
+        Noting { answer: self.inner.call(request), addr: self.addr.clone(), book: self.book.clone() }
+    }
+}
+
+/// An [`Answered`] channel's answer on its way: the channel's, noting the
+/// node named in it when it comes (no allocation of its own per call).
+#[derive(Debug)]
+pub struct Noting<F> {
+    answer: F,
+    addr: Option<Arc<str>>,
+    book: Book,
+}
+
+impl<F, E> std::future::Future for Noting<F>
+where
+    F: std::future::Future<Output = Result<tonic::codegen::http::Response<tonic::body::Body>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let response = std::task::ready!(std::pin::Pin::new(&mut this.answer).poll(cx))?;
+        let node = response.headers().get(NODE_ID).and_then(|v| v.to_str().ok()).and_then(|t| t.parse().ok());
+        if let (Some(node), Some(addr)) = (node, this.addr.take()) {
+            this.book.lock().unwrap_or_else(|p| p.into_inner()).insert(node, addr.to_string());
+        }
+        std::task::Poll::Ready(Ok(response))
     }
 }
 

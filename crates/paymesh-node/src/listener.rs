@@ -402,24 +402,43 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Answering<S
 impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Answering<S>
 where
     S: tonic::codegen::Service<tonic::codegen::http::Request<B>, Response = tonic::codegen::http::Response<R>>,
-    S::Future: Send + 'static,
-    R: 'static,
+    S::Future: Unpin,
 {
     type Response = tonic::codegen::http::Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Naming<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let answer = self.inner.call(request);
-        let node = self.node.clone();
-        Box::pin(async move {
-            let mut response = answer.await?;
+        Naming { answer: self.inner.call(request), node: Some(self.node.clone()) }
+    }
+}
+
+/// An [`Answering`] service's answer on its way: the inner service's, with
+/// the node's header added when it comes (no allocation of its own on the
+/// API's path; the services it wraps answer with boxed futures, which are
+/// `Unpin`).
+#[derive(Debug)]
+pub struct Naming<F> {
+    answer: F,
+    node: Option<tonic::codegen::http::HeaderValue>,
+}
+
+impl<F, R, E> std::future::Future for Naming<F>
+where
+    F: std::future::Future<Output = Result<tonic::codegen::http::Response<R>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut response = std::task::ready!(Pin::new(&mut this.answer).poll(cx))?;
+        if let Some(node) = this.node.take() {
             response.headers_mut().insert(paymesh_client::NODE_ID, node);
-            Ok(response)
-        })
+        }
+        Poll::Ready(Ok(response))
     }
 }
