@@ -267,6 +267,9 @@ pub struct Region {
     connect_timeout: Duration,
     /// HTTP/2 keepalive: the interval and the timeout.
     keepalive: (Duration, Duration),
+    /// How long an attempt may stay unanswered before another node is
+    /// asked too ([`Region::with_hedge`]).
+    hedge: Option<Duration>,
     /// Retryable answers met, since this client was made ([`Region::retries`]).
     retries: std::sync::atomic::AtomicU64,
 }
@@ -403,6 +406,7 @@ impl Region {
             call_timeout: CALL_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
+            hedge: None,
             retries: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -435,6 +439,22 @@ impl Region {
     /// comes within `timeout`.
     pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Region {
         self.keepalive = (interval, timeout);
+        self
+    }
+
+    /// The same region with hedged attempts: an attempt that has had no
+    /// answer for `after` is suspected, and the same call is made to
+    /// another node beside it; the first success is taken (an error too
+    /// when it is the other node's, which answered while the silent one
+    /// did not). Only for calls whose repeats are harmless: the
+    /// inter-region protocol's, whose receivers are idempotent by transfer
+    /// and phase.
+    ///
+    /// (A link's keepalive must allow a slow round trip, so a call on a
+    /// connection to a node that died waited out the call timeout; a call
+    /// that is only slow is not abandoned, so a slow link still completes.)
+    pub fn with_hedge(mut self, after: Duration) -> Region {
+        self.hedge = Some(after);
         self
     }
 
@@ -567,6 +587,66 @@ impl Region {
         self.routing.lock().unwrap_or_else(|p| p.into_inner()).suspected(node)
     }
 
+    /// One attempt of `call` at `target`, and whether it ran out of time.
+    async fn attempt<T, F, Fut>(&self, target: &str, call: &F) -> (Result<T, Status>, bool)
+    where
+        F: Fn(NodeChannel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        // The channel's own timeout starts only once the request reaches
+        // a connection; a request queued behind a connection that never
+        // becomes ready (a link that went silent) would wait forever.
+        // This limit covers the whole attempt.
+        match self.channel(target) {
+            Ok(channel) => match tokio::time::timeout(self.call_timeout, call(channel)).await {
+                Ok(result) => (result, false),
+                Err(_) => {
+                    let silent = format!("no answer from {target} within {:?}", self.call_timeout);
+                    (Err(Status::deadline_exceeded(silent)), true)
+                }
+            },
+            Err(status) => (Err(status), false),
+        }
+    }
+
+    /// One attempt at `target`, joined by one at another node when it has
+    /// had no answer for `after` ([`Region::with_hedge`]); the node whose
+    /// answer is taken, and the attempt's outcome.
+    async fn hedged<T, F, Fut>(
+        &self,
+        target: String,
+        after: Duration,
+        next: &mut usize,
+        call: &F,
+    ) -> (String, (Result<T, Status>, bool))
+    where
+        F: Fn(NodeChannel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let first = self.attempt(&target, call);
+        tokio::pin!(first);
+        tokio::select! {
+            done = &mut first => return (target.clone(), done),
+            () = tokio::time::sleep(after) => {}
+        }
+        self.forget(&target, true, next);
+        let other = self.pick(next);
+        if other == target {
+            return (target.clone(), first.await);
+        }
+        tracing::debug!(%target, %other, after_ms = after.as_millis() as u64, "no answer yet: asking another node too");
+        let second = self.attempt(&other, call);
+        tokio::pin!(second);
+        tokio::select! {
+            done = &mut first => match done {
+                (Ok(value), timed_out) => (target.clone(), (Ok(value), timed_out)),
+                // The silent node failed after all: the other's answer is the call's.
+                _ => (other.clone(), second.await),
+            },
+            done = &mut second => (other.clone(), done),
+        }
+    }
+
     /// Run `call` against a node, retrying retryable failures on the named
     /// leader or the next node. `only` pins every attempt to one node.
     pub async fn call<T, F, Fut>(&self, only: Option<&str>, call: F) -> Result<T, ClientError>
@@ -585,23 +665,12 @@ impl Region {
                 Some(addr) => addr.to_owned(),
                 None => self.pick(&mut next),
             };
-            // The channel's own timeout starts only once the request reaches
-            // a connection; a request queued behind a connection that never
-            // becomes ready (a link that went silent) would wait forever.
-            // This limit covers the whole attempt.
-            let mut timed_out = false;
-            let result = match self.channel(&target) {
-                Ok(channel) => match tokio::time::timeout(self.call_timeout, call(channel)).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        timed_out = true;
-                        Err(Status::deadline_exceeded(format!(
-                            "no answer from {target} within {:?}",
-                            self.call_timeout
-                        )))
-                    }
-                },
-                Err(status) => Err(status),
+            let (target, (result, timed_out)) = match self.hedge.filter(|_| only.is_none() && self.nodes.len() > 1) {
+                Some(after) => self.hedged(target, after, &mut next, &call).await,
+                None => {
+                    let done = self.attempt(&target, &call).await;
+                    (target, done)
+                }
             };
             match result {
                 Ok(value) => {
@@ -805,6 +874,67 @@ mod tests {
             other => panic!("expected to give up after two timed-out attempts, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    }
+
+    /// With hedging, an attempt left unanswered (a connection to a node
+    /// that died) is joined by one at the next node, whose answer is taken
+    /// long before the call timeout; the silent node is suspected.
+    #[tokio::test]
+    async fn a_silent_attempt_is_joined_by_one_at_another_node() {
+        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
+        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
+        let region = Region::with_policy(nodes.clone(), credentials, policy)
+            .with_call_timeout(Duration::from_secs(3))
+            .with_hedge(Duration::from_millis(100));
+        region.prefer(&nodes[0], true);
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<u32, ClientError> = region
+            .call(None, |_channel| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(n)
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 1, "the second node's answer");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}: the silent attempt was waited out");
+        assert!(region.suspected(&nodes[0]));
+        assert_eq!(region.routing.lock().unwrap().preferred.as_deref(), Some(nodes[1].as_str()));
+    }
+
+    /// A slow answer is not abandoned for the hedge: the first success is
+    /// taken, whichever node gives it (a slow link still completes).
+    #[tokio::test]
+    async fn a_slow_answer_is_taken_while_the_hedge_waits() {
+        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
+        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
+        let region = Region::with_policy(nodes.clone(), credentials, policy)
+            .with_call_timeout(Duration::from_secs(3))
+            .with_hedge(Duration::from_millis(100));
+        region.prefer(&nodes[0], true);
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<u32, ClientError> = region
+            .call(None, |_channel| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let wait = if n == 0 { Duration::from_millis(300) } else { Duration::from_secs(60) };
+                    tokio::time::sleep(wait).await;
+                    Ok(n)
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 0, "the first node's slow answer");
+        assert_eq!(attempt.load(std::sync::atomic::Ordering::Relaxed), 2, "the other node was asked too");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(!region.suspected(&nodes[0]), "a node that answered is trusted again");
     }
 
     /// A region's fail-fast refusal (UNAVAILABLE marked refused) is an
