@@ -107,5 +107,5 @@ async fn the_python_sdk_pays_batches_streams_and_verifies_webhooks_against_a_rea
         "the Python SDK's tests",
     );
     println!("{out}");
-    assert!(out.contains("Ran 8 tests") && out.trim_end().ends_with("OK"), "{out}");
+    assert!(out.contains("Ran 11 tests") && out.trim_end().ends_with("OK"), "{out}");
 }

@@ -16,6 +16,9 @@ environment variables (a variable missing is an error, not a skip):
 import itertools
 import json
 import os
+import socket
+import threading
+import time
 import unittest
 import uuid
 
@@ -23,6 +26,7 @@ import grpc
 
 import paymesh_sdk
 from paymesh_sdk import Payer, PaymentItem, PaymeshError
+from paymesh_sdk.client import LEADER_ADDR, LEADER_ID, NODE_ID
 from paymesh_sdk.webhook import WebhookError, sign, verify
 
 from paymesh.common.v1 import common_pb2
@@ -80,7 +84,45 @@ class Payments(unittest.TestCase):
         self.assertNotEqual(nodes[0], leader, "the first node given must be a follower")
         paid = self.client.create_payment(self.qr, "1.00", self.currency, PAYER)
         self.assertEqual(paid.transfer.state, pb.TRANSFER_STATE_COMMITTED)
-        self.assertEqual(self.region._target, leader)
+        self.assertEqual(self.region._preferred, leader)
+        # The follower's redirect named its node: an answer, not silence.
+        self.assertFalse(self.region.suspected(nodes[0]))
+
+    def test_a_node_that_never_answers_is_passed_over_at_the_connect_timeout(self):
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        held = []
+
+        def hold():
+            try:
+                while True:
+                    held.append(silent.accept()[0])
+            except OSError:
+                return  # closed at the end of the test
+
+        threading.Thread(target=hold, daemon=True).start()
+        dead = "127.0.0.1:%d" % silent.getsockname()[1]
+        nodes = [dead] + env("PAYMESH_NODES").split(",")
+        region = paymesh_sdk.Region(nodes, env("PAYMESH_CA"), env("PAYMESH_CERT"), env("PAYMESH_KEY"))
+        client = paymesh_sdk.PartnerClient(region)
+        try:
+            started = time.monotonic()
+            paid = client.create_payment(self.qr, "1.00", self.currency, PAYER)
+            took = time.monotonic() - started
+            self.assertEqual(paid.transfer.state, pb.TRANSFER_STATE_COMMITTED)
+            policy = region.retry
+            self.assertLess(took, policy.connect_timeout_s + 2, f"the attempt timeout is {policy.attempt_timeout_s} s")
+            self.assertTrue(region.suspected(dead))
+            self.assertTrue(held, "the silent node was dialled")
+            # A new call's turn passes it over.
+            region._preferred = None
+            started = time.monotonic()
+            client.get_position()
+            self.assertLess(time.monotonic() - started, 1.0)
+        finally:
+            region.close()
+            silent.close()
 
     def test_a_batch_answers_each_item_as_its_own_call_would(self):
         good = PaymentItem(self.qr, "1.00", self.currency, PAYER, key("batch-a"))
@@ -110,12 +152,108 @@ class Payments(unittest.TestCase):
         self.assertEqual(resumed[0].cursor, start + 3)
         self.assertTrue(all(e.kind == pb.EVENT_KIND_COMMITTED for e in first + resumed))
 
+    def test_a_connection_gone_silent_fails_its_call_at_the_keepalive_not_the_attempt_timeout(self):
+        proxy = FreezableProxy(env("PAYMESH_LEADER"))
+        policy = paymesh_sdk.RetryPolicy(attempts=1)
+        region = paymesh_sdk.Region([proxy.addr], env("PAYMESH_CA"), env("PAYMESH_CERT"), env("PAYMESH_KEY"), policy)
+        client = paymesh_sdk.PartnerClient(region)
+        try:
+            client.get_position()
+            proxy.frozen.set()
+            started = time.monotonic()
+            with self.assertRaises(PaymeshError):
+                client.get_position()
+            took = time.monotonic() - started
+            self.assertLess(took, policy.keepalive_interval_s + policy.keepalive_timeout_s + 1.5,
+                            f"the attempt timeout is {policy.attempt_timeout_s} s")
+            self.assertTrue(region.suspected(proxy.addr))
+        finally:
+            region.close()
+            proxy.close()
+
     def newest_cursor(self):
         """The cursor of the partner's newest event (streams to the end)."""
         newest = 0
         for event in self.client.events(from_cursor=0, timeout_s=3):
             newest = event.cursor
         return newest
+
+
+class FreezableProxy:
+    """A TCP proxy on loopback to ``target`` that can freeze: from then on
+    it carries nothing either way and closes nothing (a node that froze,
+    or whose host was lost, with its connections left open)."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.frozen = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.addr = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        try:
+            while True:
+                client = self.listener.accept()[0]
+                server = socket.create_connection(self.target)
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        except OSError:
+            return  # closed at the end of the test
+
+    def _pump(self, source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    return
+                while self.frozen.is_set():
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            return
+
+    def close(self):
+        self.listener.close()
+
+
+class FakeAnswer(grpc.RpcError):
+    """A retryable error with the metadata a node's answer would carry."""
+
+    def __init__(self, trailers):
+        self.trailers = trailers
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def initial_metadata(self):
+        return ()
+
+    def trailing_metadata(self):
+        return self.trailers
+
+
+class Routing(unittest.TestCase):
+    """Where a redirect goes (no network: the routing rules alone)."""
+
+    def test_a_redirect_finds_the_leader_by_its_id_at_the_clients_own_address(self):
+        nodes = ["localhost:7111", "localhost:7112", "localhost:7113"]
+        region = paymesh_sdk.Region(nodes, env("PAYMESH_CA"), env("PAYMESH_CERT"), env("PAYMESH_KEY"))
+        redirect = FakeAnswer([(NODE_ID, "2"), (LEADER_ID, "1"), (LEADER_ADDR, "10.77.1.11:8000")])
+        turn = [0]
+        self.assertEqual(region._failed(nodes[1], redirect, turn), "10.77.1.11:8000", "nothing known of node 1 yet")
+        region._answered(nodes[0], [(NODE_ID, "1")])
+        self.assertEqual(region._failed(nodes[1], redirect, turn), nodes[0])
+        self.assertFalse(region.suspected(nodes[1]), "the follower answered")
+        # A leader that did not answer just now is not followed, by either name.
+        region._failed(nodes[0], FakeAnswer([]), turn)
+        self.assertTrue(region.suspected(nodes[0]))
+        self.assertIsNone(region._failed(nodes[1], redirect, turn))
+        self.assertIsNone(region._preferred)
+        self.assertEqual(region._pick(turn), nodes[2], "the call goes on with the node after the follower")
 
 
 class Webhooks(unittest.TestCase):
