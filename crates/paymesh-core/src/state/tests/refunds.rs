@@ -274,6 +274,15 @@ fn a_refund_past_its_deadline_aborts_and_the_payer_region_releases_its_credit() 
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9898.70");
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "716.40");
     assert_eq!(west.history.refunded(&payment.id), None);
+    // The payer still sees the refund its region prepared, voided.
+    let listed = west.state.refunds_of(&pid("paypal-us"), None, 100, &west.history);
+    match listed.as_slice() {
+        [(_, PartnerRefund::Credited(credited))] => {
+            assert_eq!(credited.state, ParticipantState::Aborted);
+            assert_eq!(credited.prepare.refund, view.id);
+        }
+        other => panic!("the payer lists {other:?}"),
+    }
     // Nothing was given back, so the whole payment may still be refunded.
     let again = refund_view(&east.run(refund("wechat-cn", "r2", &payment.id, cny("716.40")), deadline.plus_ms(3)));
     assert_eq!(again.state, CoordinatorState::Reserved);
