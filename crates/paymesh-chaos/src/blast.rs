@@ -339,6 +339,116 @@ pub fn table(radii: &[BlastRadius]) -> String {
     out
 }
 
+/// The share of their rate the corridors a fault should spare keep (the
+/// untouched ones in a region's cut, its region's in a follower's fault).
+pub const RATE_KEPT_MIN: f64 = 0.9;
+/// How much the untouched corridors' p99 may grow in a region's cut.
+pub const P99_GROWTH_MAX: f64 = 2.0;
+/// How fast a payment into a region known unreachable is refused (p99).
+pub const REFUSED_WITHIN_MS: u64 = 100;
+
+/// One of the blast-radius targets and how the run's faults met it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Target {
+    /// What is asked.
+    pub target: String,
+    /// The faults it applies to (and that had something to measure).
+    pub faults: usize,
+    /// Those that met it.
+    pub met: usize,
+    /// Those that did not: the fault's number (as in the table), its
+    /// target, and what it measured.
+    pub missed: Vec<String>,
+}
+
+/// Whether a fault of `radius` is a follower's kill or pause (a node's
+/// fault that did not hit the region's leader).
+fn hits_a_follower(radius: &BlastRadius) -> bool {
+    matches!(radius.nemesis.as_str(), "kill" | "pause") && !radius.target.contains("(leader)")
+}
+
+/// How the faults of a run met each blast-radius target: untouched
+/// corridors in a region's cut keep [`RATE_KEPT_MIN`] of their rate and a
+/// p99 within [`P99_GROWTH_MAX`]; a follower's kill or pause leaves its
+/// region's corridors [`RATE_KEPT_MIN`] of theirs; a leader's kill stalls
+/// the corridors it touches no longer than the election and
+/// [`STALL_BEYOND_ELECTION_MS`]; payments into a region known unreachable
+/// are refused within [`REFUSED_WITHIN_MS`]. A fault with nothing to
+/// measure (no rate before it) is not counted.
+pub fn targets(radii: &[BlastRadius]) -> Vec<Target> {
+    type Check = fn(&BlastRadius) -> Option<(bool, String)>;
+    let checks: [(String, Check); 4] = [
+        (
+            format!(
+                "region cut: untouched corridors keep ≥ {:.0} % of their rate, p99 ≤ {P99_GROWTH_MAX:.0}×",
+                RATE_KEPT_MIN * 100.0
+            ),
+            |r| {
+                let rate = (r.nemesis == "cut-region").then(|| r.untouched.rate_ratio()).flatten()?;
+                let p99 = r.untouched.p99_ratio().unwrap_or(1.0);
+                let met = rate >= RATE_KEPT_MIN && p99 <= P99_GROWTH_MAX;
+                Some((met, format!("{}, p99 {}", ratio(Some(rate)), times(Some(p99)))))
+            },
+        ),
+        (
+            format!(
+                "follower kill or pause: its region's corridors keep ≥ {:.0} % of their rate",
+                RATE_KEPT_MIN * 100.0
+            ),
+            |r| {
+                let rate = hits_a_follower(r).then(|| r.touched.rate_ratio()).flatten()?;
+                Some((rate >= RATE_KEPT_MIN, ratio(Some(rate))))
+            },
+        ),
+        (
+            format!(
+                "leader kill: touched corridors stall ≤ election + {:.0} s",
+                STALL_BEYOND_ELECTION_MS as f64 / 1000.0
+            ),
+            |r| {
+                let within = r.stall_within_election()?;
+                let elected = r.elected_after_ms.unwrap_or_default() as f64 / 1000.0;
+                Some((within, format!("stall {}, election {elected:.1} s", stall_cell(&r.touched))))
+            },
+        ),
+        (format!("payments into a region known unreachable refused within {REFUSED_WITHIN_MS} ms (p99)"), |r| {
+            let p99 = r.touched.refused_p99_ms?;
+            Some((p99 <= REFUSED_WITHIN_MS, format!("p99 {p99} ms")))
+        }),
+    ];
+    checks
+        .into_iter()
+        .map(|(target, check)| {
+            let measured: Vec<(usize, &BlastRadius, bool, String)> = radii
+                .iter()
+                .enumerate()
+                .filter_map(|(n, r)| check(r).map(|(met, what)| (n + 1, r, met, what)))
+                .collect();
+            Target {
+                target,
+                faults: measured.len(),
+                met: measured.iter().filter(|m| m.2).count(),
+                missed: measured
+                    .iter()
+                    .filter(|m| !m.2)
+                    .map(|(n, r, _, what)| format!("{n} {} {}: {what}", r.nemesis, r.target))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The targets, in Markdown: one row each.
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut out = String::from("| Target | Met | Missed |\n| --- | ---: | --- |\n");
+    for t in targets {
+        let missed = if t.missed.is_empty() { "–".to_owned() } else { t.missed.join("; ") };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "| {} | {}/{} | {missed} |", t.target, t.met, t.faults);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use paymesh_harness::check::fixtures;
@@ -461,5 +571,47 @@ mod tests {
         let text = table(&radii);
         assert!(text.contains("| 1.8 s (election 0.6 s: over it + 1 s) |"), "{text}");
         assert!(text.contains("| 1.8 s (election 0.9 s: within it + 1 s) |"), "{text}");
+        let verdicts = targets(&radii);
+        let leader = verdicts.iter().find(|t| t.target.starts_with("leader kill")).unwrap();
+        assert_eq!((leader.met, leader.faults), (1, 2));
+        assert_eq!(leader.missed, ["1 kill-leader us-west/1: stall 1.8 s, election 0.6 s"]);
+        // The follower's kill: us-west's corridor lost 18 of its 50 in the window.
+        let follower = verdicts.iter().find(|t| t.target.starts_with("follower")).unwrap();
+        assert_eq!((follower.met, follower.faults), (0, 1), "{follower:?}");
+        assert_eq!(follower.missed, ["3 kill us-west/2: 64 %"]);
+        let cut = verdicts.iter().find(|t| t.target.starts_with("region cut")).unwrap();
+        assert_eq!(cut.faults, 0, "no cut in this run");
+        let text = targets_table(&verdicts);
+        assert!(text.contains("| 1/2 | 1 kill-leader us-west/1: stall 1.8 s, election 0.6 s |"), "{text}");
+        assert!(text.contains("| 0/0 | – |"), "{text}");
+    }
+
+    /// A region's cut meets its target when the others keep their rate and
+    /// p99; a refusal within 100 ms meets its own; a leader's pause is not
+    /// a follower's.
+    #[test]
+    fn the_targets_count_the_faults_they_apply_to() {
+        let mut history = fixtures::good_history();
+        history.ops.clear();
+        history.faults.clear();
+        for ms in (0..20_000).step_by(100) {
+            history.ops.push(pay("us-west", "us-west", ms, ms + 20, Outcome::Ok));
+            if !(10_000..15_000).contains(&ms) {
+                history.ops.push(pay("us-west", "cn-east", ms, ms + 20, Outcome::Ok));
+            } else {
+                let fast = Outcome::Failed { reason: "RegionUnreachable".to_owned() };
+                history.ops.push(pay("us-west", "cn-east", ms, ms + 150, fast));
+            }
+        }
+        history.faults.push(fixtures::fault("cut-region", "cn-east", 10_000, 15_000, Some(300)));
+        history.faults.push(fixtures::fault("pause", "us-west/1 (leader)", 16_000, 17_000, Some(300)));
+        let verdicts = targets(&blast_radius(&history));
+        let count = |prefix: &str| {
+            let t = verdicts.iter().find(|t| t.target.starts_with(prefix)).unwrap();
+            (t.met, t.faults)
+        };
+        assert_eq!(count("region cut"), (1, 1));
+        assert_eq!(count("follower"), (0, 0), "the leader's pause is not a follower's");
+        assert_eq!(count("payments into"), (0, 1), "refused in 150 ms");
     }
 }

@@ -434,6 +434,8 @@ fn markdown(summary: &Summary) -> Result<String, std::fmt::Error> {
         crate::blast::BASELINE_MS / 1000
     )?;
     out.push_str(&crate::blast::table(&summary.blast_radius));
+    writeln!(out, "\nThe targets: how many of the faults each applies to met it, and those that did not.\n")?;
+    out.push_str(&crate::blast::targets_table(&crate::blast::targets(&summary.blast_radius)));
 
     match &summary.data_locality {
         Some(l) => {

@@ -295,11 +295,16 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         .with_context(|| format!("writing {}", history_file.display()))?;
     let verdict = check::check_all(&history);
     let report = report::write(&config.dir.join("report"), &history, &verdict)?;
+    let radii = crate::blast::blast_radius(&history);
     eprintln!(
         "chaos: blast radius (acknowledged transfers of the corridors each fault touched and of the others, the \
          {} s before it -> during it):\n{}",
         crate::blast::BASELINE_MS / 1000,
-        crate::blast::table(&crate::blast::blast_radius(&history))
+        crate::blast::table(&radii)
+    );
+    eprintln!(
+        "chaos: blast-radius targets (faults that met each, of those it applies to):\n{}",
+        crate::blast::targets_table(&crate::blast::targets(&radii))
     );
     eprint!("{}", verdict.failures(FAILURES_SHOWN));
     Ok(RunResult { violations: verdict.violations(), report })
