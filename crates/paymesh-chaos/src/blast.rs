@@ -361,15 +361,15 @@ pub struct Target {
     pub missed: Vec<String>,
 }
 
-/// Whether a fault of `radius` is a follower's kill or pause (a node's
-/// fault that did not hit the region's leader).
+/// Whether a fault of `radius` is a follower's kill, pause or isolation
+/// (a node's fault that did not hit the region's leader).
 fn hits_a_follower(radius: &BlastRadius) -> bool {
-    matches!(radius.nemesis.as_str(), "kill" | "pause") && !radius.target.contains("(leader)")
+    matches!(radius.nemesis.as_str(), "kill" | "pause" | "isolate") && !radius.target.contains("(leader)")
 }
 
 /// How the faults of a run met each blast-radius target: untouched
 /// corridors in a region's cut keep [`RATE_KEPT_MIN`] of their rate and a
-/// p99 within [`P99_GROWTH_MAX`]; a follower's kill or pause leaves its
+/// p99 within [`P99_GROWTH_MAX`]; a follower's kill, pause or isolation leaves its
 /// region's corridors [`RATE_KEPT_MIN`] of theirs; a leader's kill stalls
 /// the corridors it touches no longer than the election and
 /// [`STALL_BEYOND_ELECTION_MS`]; payments into a region known unreachable
@@ -392,7 +392,7 @@ pub fn targets(radii: &[BlastRadius]) -> Vec<Target> {
         ),
         (
             format!(
-                "follower kill or pause: its region's corridors keep ≥ {:.0} % of their rate",
+                "follower kill, pause or isolation: its region's corridors keep ≥ {:.0} % of their rate",
                 RATE_KEPT_MIN * 100.0
             ),
             |r| {

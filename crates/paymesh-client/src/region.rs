@@ -444,9 +444,9 @@ impl Region {
 
     /// The same region with hedged attempts: an attempt that has had no
     /// answer for `after` is suspected, and the same call is made to
-    /// another node beside it; the first success is taken (an error too
-    /// when it is the other node's, which answered while the silent one
-    /// did not). Only for calls whose repeats are harmless: the
+    /// another node beside it; whichever ends first is the attempt's
+    /// outcome (a failure goes on to the next node as usual). Only for
+    /// calls whose repeats are harmless: the
     /// inter-region protocol's, whose receivers are idempotent by transfer
     /// and phase.
     ///
@@ -637,12 +637,12 @@ impl Region {
         tracing::debug!(%target, %other, after_ms = after.as_millis() as u64, "no answer yet: asking another node too");
         let second = self.attempt(&other, call);
         tokio::pin!(second);
+        // The first to end is the attempt's outcome, a failure too: the
+        // call goes on with the next node at once rather than wait for the
+        // other (which may be a node that died and has not been suspected
+        // yet, holding it for the call timeout).
         tokio::select! {
-            done = &mut first => match done {
-                (Ok(value), timed_out) => (target.clone(), (Ok(value), timed_out)),
-                // The silent node failed after all: the other's answer is the call's.
-                _ => (other.clone(), second.await),
-            },
+            done = &mut first => (target.clone(), done),
             done = &mut second => (other.clone(), done),
         }
     }
@@ -906,6 +906,40 @@ mod tests {
         assert!(took < Duration::from_secs(1), "took {took:?}: the silent attempt was waited out");
         assert!(region.suspected(&nodes[0]));
         assert_eq!(region.routing.lock().unwrap().preferred.as_deref(), Some(nodes[1].as_str()));
+    }
+
+    /// A silent attempt that then fails ends the hedged attempt: the call
+    /// goes on with the next node rather than wait for the other one
+    /// (which may be a node that died and has not been suspected yet).
+    #[tokio::test]
+    async fn a_hedged_attempt_ends_with_the_first_to_end_a_failure_too() {
+        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let policy = RetryPolicy { attempts: 3, deadline: Duration::from_secs(5) };
+        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned(), "127.0.0.3:9".to_owned()];
+        let region = Region::with_policy(nodes.clone(), credentials, policy)
+            .with_call_timeout(Duration::from_secs(3))
+            .with_hedge(Duration::from_millis(100));
+        region.prefer(&nodes[0], true);
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<u32, ClientError> = region
+            .call(None, |_channel| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    match n {
+                        0 => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            Err(Status::unavailable("no leader is known in this region; retry shortly"))
+                        }
+                        1 => std::future::pending().await,
+                        _ => Ok(n),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 2, "the third node's answer");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}: the hedge's silent attempt was waited out");
     }
 
     /// A slow answer is not abandoned for the hedge: the first success is

@@ -161,6 +161,38 @@ impl InterRegionServer {
     }
 }
 
+/// `forwarding` (a batch on its way to the leader this node knows, whose
+/// id `leader_of` reads from `metrics`) unless the region's leader changes
+/// first: then UNAVAILABLE at once, and the caller (another region's
+/// outbox, idempotent by transfer and phase) retries, on whichever node
+/// leads by then. A leader that died leaves its followers forwarding to it
+/// until they elect another (the forward waited for a connection or the
+/// keepalive to fail: seconds past the election, in which the calling
+/// region kept its breaker open and refused payments here).
+async fn until_replaced<M, L, T>(
+    mut metrics: watch::Receiver<M>,
+    leader_of: impl Fn(&M) -> L,
+    forwarding: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status>
+where
+    L: PartialEq,
+{
+    let known = leader_of(&metrics.borrow_and_update());
+    let replaced = async move {
+        // A closed channel (the node stopping) is not a new leader.
+        while metrics.changed().await.is_ok() {
+            if leader_of(&metrics.borrow_and_update()) != known {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = forwarding => result,
+        () = replaced => Err(Status::unavailable("the leader this batch was forwarded to was replaced; retry shortly")),
+    }
+}
+
 /// The public key of a CA certificate: its DER SubjectPublicKeyInfo.
 pub type CaKey = Vec<u8>;
 
@@ -415,7 +447,9 @@ impl InterRegionService for InterRegionServer {
         let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
-            return self.leader_client()?.prepare(forwarded(request)).await;
+            let mut leader = self.leader_client()?;
+            let forwarding = leader.prepare(forwarded(request));
+            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
         }
         self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
@@ -431,7 +465,9 @@ impl InterRegionService for InterRegionServer {
         let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         receiver::admit(request.get_ref().items.len()).map_err(Status::invalid_argument)?;
         if !self.leading() {
-            return self.leader_client()?.decide(forwarded(request)).await;
+            let mut leader = self.leader_client()?;
+            let forwarding = leader.decide(forwarded(request));
+            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
         }
         self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
@@ -449,7 +485,9 @@ impl InterRegionService for InterRegionServer {
     ) -> Result<Response<wire::ReconcileReply>, Status> {
         let from = self.caller_running(&request, &request.get_ref().from_region, request.get_ref().protocol)?;
         if !self.leading() {
-            return self.leader_client()?.reconcile(forwarded(request)).await;
+            let mut leader = self.leader_client()?;
+            let forwarding = leader.reconcile(forwarded(request));
+            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
         }
         let applied = self.gateway.state_machine.applied();
         let reply =
@@ -510,6 +548,29 @@ mod tests {
 
     use super::*;
     use crate::tls::certs::{generate, CertSpec};
+
+    /// A forward waiting on a leader ends as soon as another is elected
+    /// (or the old one is voted out), not when its connection gives up;
+    /// one that answers first is the answer; other changes of the
+    /// metrics leave it waiting.
+    #[tokio::test]
+    async fn a_forward_to_a_replaced_leader_ends_when_the_leader_changes() {
+        let (metrics, watching) = watch::channel((Some(1u64), 0u64));
+        let leader = |m: &(Option<u64>, u64)| m.0;
+        let stuck = until_replaced(watching.clone(), leader, std::future::pending::<Result<(), Status>>());
+        let changes = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            metrics.send_replace((Some(1), 7)); // applied more: the same leader
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            metrics.send_replace((None, 7)); // an election began
+        };
+        let started = std::time::Instant::now();
+        let (ended, ()) = tokio::join!(stuck, changes);
+        assert_eq!(ended.unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(started.elapsed() >= Duration::from_millis(40), "not ended by the same leader's change");
+        let answered = until_replaced(watching, leader, async { Ok::<_, Status>(5) }).await;
+        assert_eq!(answered.unwrap(), 5);
+    }
 
     /// Keeps the fields of every span created.
     #[derive(Clone, Default)]
