@@ -876,18 +876,25 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     }
 
+    /// A region of `count` nodes hedging after 100 ms (3 s per call, as
+    /// many attempts as nodes), calls going to its first node first.
+    fn hedging(count: u8) -> (Region, Vec<String>) {
+        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
+        let policy = RetryPolicy { attempts: u32::from(count), deadline: Duration::from_secs(5) };
+        let nodes: Vec<String> = (1..=count).map(|n| format!("127.0.0.{n}:9")).collect();
+        let region = Region::with_policy(nodes.clone(), credentials, policy)
+            .with_call_timeout(Duration::from_secs(3))
+            .with_hedge(Duration::from_millis(100));
+        region.prefer(&nodes[0], true);
+        (region, nodes)
+    }
+
     /// With hedging, an attempt left unanswered (a connection to a node
     /// that died) is joined by one at the next node, whose answer is taken
     /// long before the call timeout; the silent node is suspected.
     #[tokio::test]
     async fn a_silent_attempt_is_joined_by_one_at_another_node() {
-        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
-        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
-        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
-        let region = Region::with_policy(nodes.clone(), credentials, policy)
-            .with_call_timeout(Duration::from_secs(3))
-            .with_hedge(Duration::from_millis(100));
-        region.prefer(&nodes[0], true);
+        let (region, nodes) = hedging(2);
         let attempt = std::sync::atomic::AtomicU32::new(0);
         let started = Instant::now();
         let result: Result<u32, ClientError> = region
@@ -913,13 +920,7 @@ mod tests {
     /// (which may be a node that died and has not been suspected yet).
     #[tokio::test]
     async fn a_hedged_attempt_ends_with_the_first_to_end_a_failure_too() {
-        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
-        let policy = RetryPolicy { attempts: 3, deadline: Duration::from_secs(5) };
-        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned(), "127.0.0.3:9".to_owned()];
-        let region = Region::with_policy(nodes.clone(), credentials, policy)
-            .with_call_timeout(Duration::from_secs(3))
-            .with_hedge(Duration::from_millis(100));
-        region.prefer(&nodes[0], true);
+        let (region, _) = hedging(3);
         let attempt = std::sync::atomic::AtomicU32::new(0);
         let started = Instant::now();
         let result: Result<u32, ClientError> = region
@@ -946,13 +947,7 @@ mod tests {
     /// taken, whichever node gives it (a slow link still completes).
     #[tokio::test]
     async fn a_slow_answer_is_taken_while_the_hedge_waits() {
-        let credentials = Credentials::Plaintext { identity: "node:us-west:1".into() };
-        let policy = RetryPolicy { attempts: 2, deadline: Duration::from_secs(5) };
-        let nodes = vec!["127.0.0.1:9".to_owned(), "127.0.0.2:9".to_owned()];
-        let region = Region::with_policy(nodes.clone(), credentials, policy)
-            .with_call_timeout(Duration::from_secs(3))
-            .with_hedge(Duration::from_millis(100));
-        region.prefer(&nodes[0], true);
+        let (region, nodes) = hedging(2);
         let attempt = std::sync::atomic::AtomicU32::new(0);
         let started = Instant::now();
         let result: Result<u32, ClientError> = region
