@@ -572,15 +572,21 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
 
     // 6. A partition longer than the deadline once the payer region has
     // prepared the credit: the link is slow (1 s each way) and cut while
-    // the Prepare crawls over it (half a second after the refund is made,
-    // when its Prepare has left), so the Prepare (on the link before the
-    // cut) arrives and the payer region's answer (after it) is lost. The
+    // the Prepare crawls over it (once the coordinator's outbox has it in
+    // a call, and a moment more for its bytes to leave), so the Prepare (on
+    // the link before the cut) arrives and the payer region's answer
+    // (after it, at least 2 s after the call) is lost. The
     // coordinator aborts at the deadline and the payer region voids the
     // credit when the decision reaches it after the heal; its payer still
     // lists the refund, aborted.
     link.set(WanSettings { delay_ms: 1_000, ..WanSettings::default() });
     let sixth = refund(&merchant, "refund-5", &payments[5], &full(&payments[5])).await.refund.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shipped = Instant::now() + Duration::from_secs(5);
+    while shipping(mesh, "cn-east", "us-west").await == 0 {
+        assert!(Instant::now() < shipped, "the refund's Prepare was never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     link.update(|s| s.cut = true);
     let deadline = Instant::now() + Duration::from_secs(10);
     while position(&client).await[0].3 == "0.00" {
@@ -669,6 +675,17 @@ async fn refunds_across_borders_hold_under_killed_leaders_and_long_partitions() 
     let verdict = check::check_with(&checkers, &observed);
     assert!(verdict.passed(), "{}", verdict.failures(5));
     mesh.stop().unwrap();
+}
+
+/// The messages `region`'s leader has in calls to `remote` not yet
+/// answered and recorded (its metrics page).
+async fn shipping(mesh: &LocalMesh, region: &str, remote: &str) -> u64 {
+    let local = mesh.region(region).unwrap();
+    let leader = local.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let addr = &local.nodes[&leader].metrics_addr;
+    let page = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let series = format!("paymesh_outbox_messages_in_flight{{remote_region=\"{remote}\"}} ");
+    page.lines().find_map(|line| line.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Ask to cancel `transfer` until its commit has reached the payee's
