@@ -156,6 +156,15 @@ impl InterRegionServer {
         Ok(client)
     }
 
+    /// A forward to the leader, ended when this region's leader changes
+    /// ([`until_replaced`]).
+    async fn until_leader_changes<T>(
+        &self,
+        forwarding: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await
+    }
+
     async fn propose(&self, body: CommandBody) -> Result<Outcome, Status> {
         self.gateway.operate(body).await
     }
@@ -449,7 +458,7 @@ impl InterRegionService for InterRegionServer {
         if !self.leading() {
             let mut leader = self.leader_client()?;
             let forwarding = leader.prepare(forwarded(request));
-            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
+            return self.until_leader_changes(forwarding).await;
         }
         self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
@@ -467,7 +476,7 @@ impl InterRegionService for InterRegionServer {
         if !self.leading() {
             let mut leader = self.leader_client()?;
             let forwarding = leader.decide(forwarded(request));
-            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
+            return self.until_leader_changes(forwarding).await;
         }
         self.refuse_while_reconciling(&from)?;
         let batch = request.into_inner();
@@ -487,7 +496,7 @@ impl InterRegionService for InterRegionServer {
         if !self.leading() {
             let mut leader = self.leader_client()?;
             let forwarding = leader.reconcile(forwarded(request));
-            return until_replaced(self.gateway.raft.metrics(), |m| m.current_leader, forwarding).await;
+            return self.until_leader_changes(forwarding).await;
         }
         let applied = self.gateway.state_machine.applied();
         let reply =
