@@ -31,14 +31,15 @@
 //! Q | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refund participations
 //! R | transfer id                                      -> (position)...           a payment's refund totals, newest visible wins
 //! S | window number u64                                -> (position)...           a settlement window, newest visible wins
-//! E | partner | 0 | first cursor u64                   -> index u64 | (seq u32)...  last wins per cursor
-//! L | partner | 0 | at u64 | index u64 | first seq u32 -> (seq u32 | length u16 | transfer id)...
-//! A | account | 0 | at u64 | index u64 | first seq u32 -> (seq u32)...            movements, under each of their accounts
+//! E | partner | 0 | first cursor u64                   -> FF | (index u64 | seq u32)...  last wins per cursor
+//! L | partner | 0 | at u64 | index u64 | seq u32       -> FF | (at u64 | index u64 | seq u32 | length u16 | transfer id)...
+//! A | account | 0 | at u64 | index u64 | seq u32       -> FF | (at u64 | index u64 | seq u32)...  movements, under each of their accounts
 //! D | partner                                          -> cursor u64              the partner's newest event deleted
 //! G | index u64                                        -> 32 bytes                the digest after the batch
 //! M applied | M digest | M records | M deleted         -> u64 | 32 bytes | u64 | u64
-//! M layout                                             -> u64                     2: this layout
+//! M layout                                             -> u64                     4: this layout
 //! M archived                                           -> u64                     an archive was confirmed through it
+//! M grouped                                            -> u64                     the last gathering (module `gather`)
 //! ```
 //!
 //! A key costs more to write than its bytes do (10 to 25 µs of CPU each in
@@ -58,15 +59,19 @@
 //! (`index`, `seq`) is in the last chunk with a key at or below
 //! `J | index | seq`. A position is `index u64 | seq u32` (12 bytes).
 //!
-//! The records of a batch that readers want in runs are grouped, one key
-//! for each group: a partner's listings at one time and an account's
-//! movements at one time (every record of a batch usually has the batch's
-//! time), each keyed by the list token of its first record (so tokens
-//! order keys as they order records), and a partner's events with
-//! consecutive cursors, keyed by the first cursor, its value the batch's
-//! index then each event's seq. A group's value is at most 32 KiB; a
-//! larger group continues under another key. A
-//! movement with the same account on both sides is listed once under it.
+//! The records that readers want in runs are grouped, and the groups
+//! gathered over many batches (module `gather`, which says why and how):
+//! a partner's listings and an account's movements, each group keyed by
+//! the list token of its first member (so tokens order keys as they order
+//! records; the groups of one partner or account never overlap), each
+//! member with its whole token; and a partner's events with consecutive
+//! cursors, keyed by the first cursor, each event's position in the
+//! value. A group's value begins with the byte `FF` and is at most 32 KiB;
+//! a larger group continues under another key. (Layout 3 kept a group per
+//! batch and time, its value each member's seq after the key's token, or
+//! for events the batch's index then each seq; such groups are still
+//! read, told apart by their first byte, never `FF`.) A movement with the
+//! same account on both sides is listed once under it.
 //! Events are last wins per cursor, as in `MemoryHistory`: a batch that
 //! writes a cursor held already (never in operation, where a partner's
 //! cursors only grow) takes it from the run that held it, which is cut
@@ -86,10 +91,12 @@
 //! `T | transfer id -> (position)...`; they are still read.)
 //!
 //! The journal is the source of truth; every other key is derived from the
-//! records of one batch and can be recomputed from them, which is how
-//! retention finds what to delete (a batch's event runs it looks for
-//! among the cursors of its events, keeping the runs of later batches that
-//! took some of them). An account is keyed by its display form
+//! records of one batch (or, for gathered groups, of the batches gathered
+//! together) and can be recomputed from them, which is how retention finds
+//! what to delete (a batch's listings, movements and events it looks for
+//! among the groups that may hold their tokens and cursors, keeping the
+//! members of later batches) and how the members waiting in memory are
+//! taken again after a crash. An account is keyed by its display form
 //! (`partner:p:USD`, `fees:USD`, ...), unique because no identifier in it
 //! holds a `:`.
 //!
@@ -135,9 +142,10 @@
 //! # Retention
 //!
 //! [`History::delete_through`] deletes whole batches from the front of the
-//! journal with every key derived from them, a batch's chunks and groups
-//! whole (a pointer keeps the positions of later batches, and an event
-//! cursor a later batch took stays), in bounded batches that never split a
+//! journal with every key derived from them, a batch's chunks and block
+//! groups whole (a pointer keeps the positions of later batches, a gathered
+//! group its members of later batches, and an event cursor a later batch
+//! took stays), after putting every member waiting on disk, in bounded batches that never split a
 //! log batch. The digest and the last index are
 //! unaffected. Afterwards a deleted record is simply not found; for events,
 //! where "deleted" and "not yet written" must be told apart,
@@ -167,8 +175,10 @@ use paymesh_core::settlement::SettlementWindow;
 use paymesh_core::state::{CursorExpired, Event, Participation, Refund, RefundParticipation, RefundTotals, Transfer};
 use paymesh_core::Timestamp;
 
+mod gather;
 mod kv;
 
+use gather::{BatchMembers, Gathered, Member, OnDisk, Run};
 pub use kv::EngineMemory;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -191,10 +201,6 @@ const JOURNAL_CHUNK_RECORDS_MAX: usize = 64;
 /// bytes (a larger record goes alone in its chunk), and a group key's value
 /// is never longer: a read by position decodes at most this much.
 const CHUNK_BYTES_MAX: usize = 32 * 1024;
-
-/// The most events in one run (`E` key): as many seqs as fit
-/// [`CHUNK_BYTES_MAX`] after the index.
-const EVENTS_PER_RUN_MAX: usize = (CHUNK_BYTES_MAX - 8) / 4;
 
 /// The longest transfer id read back from a listing group: a region id (at
 /// most a few dozen bytes), a colon and a u64.
@@ -240,15 +246,20 @@ const META_RECORDS: &[u8] = b"Mrecords";
 const META_DELETED: &[u8] = b"Mdeleted";
 const META_ARCHIVED: &[u8] = b"Marchived";
 const META_LAYOUT: &[u8] = b"Mlayout";
+const META_GROUPED: &[u8] = b"Mgrouped";
 
-/// The key layout this module writes, kept under `M layout`: 3, transfers
-/// and participations grouped by block (see the module documentation). A
-/// store of layout 2 (a pointer per transfer and participation) is read
-/// too, and marked 3 once this module writes to it (a build that reads only
-/// layout 2 then refuses it). A store without the key and not empty was
-/// written with one key per record (the layout before), which this module
-/// does not read.
-const LAYOUT: u64 = 3;
+/// The key layout this module writes, kept under `M layout`: 4, listing,
+/// statement and event groups gathered over many batches (module
+/// `gather`). A store of layout 3 (those groups one batch each) or 2 (also
+/// a pointer per transfer and participation) is read too, and marked 4 once
+/// this module writes to it (a build that reads only an earlier layout then
+/// refuses it). A store without the key and not empty was written with one
+/// key per record (the layout before), which this module does not read.
+const LAYOUT: u64 = 4;
+
+/// The layout before [`LAYOUT`], groups of one batch each, that this
+/// module still reads.
+const LAYOUT_BATCH_GROUPS: u64 = 3;
 
 /// The layout before [`LAYOUT`] that this module still reads.
 const LAYOUT_GROUPED_POINTERS: u64 = 2;
@@ -593,15 +604,12 @@ struct Group {
     value: Vec<u8>,
 }
 
-/// What a group key gathers: a partner's listings or an account's
-/// movements at one time, or finished transfers or participations of one
-/// origin in one block of sequence numbers.
+/// What a block group key gathers: finished transfers, participations or
+/// refunds of one origin in one block of sequence numbers. (A partner's
+/// listings and events and an account's movements are gathered over many
+/// batches: module `gather`.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum GroupOf {
-    /// A partner's listings (`L`), by time.
-    Listed(PartnerId),
-    /// An account's movements (`A`), by time.
-    Account(AccountId),
     /// Finished transfers of one origin (`T`), by block.
     Transfers(RegionId),
     /// Finished participations in transfers of one origin (`P`), by block.
@@ -613,11 +621,9 @@ enum GroupOf {
 }
 
 impl GroupOf {
-    /// The prefix of its group keys at `at`: `space | scope | 0 | at`.
+    /// The prefix of its group keys for `block`: `space | scope | 0 | block`.
     fn prefix(&self, at: u64) -> Vec<u8> {
         match self {
-            GroupOf::Listed(partner) => with_u64(&scope(space::LISTED, partner.as_str()), at),
-            GroupOf::Account(account) => with_u64(&account_scope(account), at),
             GroupOf::Transfers(origin) => with_u64(&scope(space::TRANSFER, origin.as_str()), at),
             GroupOf::Participations(origin) => with_u64(&scope(space::PARTICIPATION, origin.as_str()), at),
             GroupOf::Refunds(origin) => with_u64(&scope(space::REFUND, origin.as_str()), at),
@@ -636,35 +642,32 @@ struct Derivation {
     /// and `P` pointers), each with the seq of the
     /// record that derives it, in order.
     pointers: Vec<(Vec<u8>, u32)>,
-    /// `L`, `A`, `T` and `P` groups still taking entries, by what they
-    /// gather and their time or block (their key's prefix,
+    /// `T`, `P`, `F` and `Q` groups still taking entries, by what they
+    /// gather and their block (their key's prefix,
     /// `space | scope | 0 | u64`, is made when they close).
     open: HashMap<(GroupOf, u64), Group>,
     /// Groups complete: key and value.
     groups: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Each partner's events: cursor to seq, a later record taking a
-    /// cursor from an earlier one.
-    events: BTreeMap<PartnerId, BTreeMap<u64, u32>>,
+    /// Listings, movements and events, for their gathered groups.
+    members: BatchMembers,
 }
 
 impl Derivation {
     fn new(index: u64) -> Derivation {
-        Derivation { index, pointers: Vec::new(), open: HashMap::new(), groups: Vec::new(), events: BTreeMap::new() }
+        Derivation {
+            index,
+            pointers: Vec::new(),
+            open: HashMap::new(),
+            groups: Vec::new(),
+            members: BatchMembers::default(),
+        }
     }
 
     /// The record at `seq` (records are added in seq order).
     fn add(&mut self, seq: u32, record: &Record) {
+        self.members.add(self.index, seq, record);
         match record {
-            Record::Listed { partner, transfer, at } => {
-                self.group(GroupOf::Listed(partner.clone()), at.unix_ms(), seq, |value| {
-                    value.extend_from_slice(&seq.to_be_bytes());
-                    let length_at = value.len();
-                    value.extend_from_slice(&[0, 0]);
-                    io::Write::write_fmt(value, format_args!("{transfer}")).expect("writing to memory");
-                    let length = u16::try_from(value.len() - length_at - 2).expect("a transfer id is short");
-                    value[length_at..length_at + 2].copy_from_slice(&length.to_be_bytes());
-                });
-            }
+            Record::Listed { .. } | Record::Movement(_) | Record::Event { .. } => {}
             Record::Transfer(transfer) => {
                 let id = &transfer.view.id;
                 self.block_entry(GroupOf::Transfers(id.origin().clone()), id.sequence(), seq);
@@ -675,17 +678,6 @@ impl Derivation {
             Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
             Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
             Record::FundOut { reference, .. } => self.pointers.push((named(space::FUND_OUT, reference.as_str()), seq)),
-            Record::Event { partner, event } => {
-                self.events.entry(partner.clone()).or_default().insert(event.cursor, seq);
-            }
-            Record::Movement(movement) => {
-                let at = movement.at.unix_ms();
-                let entry = |value: &mut Vec<u8>| value.extend_from_slice(&seq.to_be_bytes());
-                self.group(GroupOf::Account(movement.debit.clone()), at, seq, entry);
-                if movement.credit != movement.debit {
-                    self.group(GroupOf::Account(movement.credit.clone()), at, seq, entry);
-                }
-            }
             Record::Refund(refund) => {
                 let id = &refund.view.id;
                 self.block_entry(GroupOf::Refunds(id.origin().clone()), id.sequence(), seq);
@@ -751,127 +743,34 @@ fn group_key(prefix: &[u8], index: u64, first: u32) -> Vec<u8> {
     key
 }
 
-/// Consecutive cursors, in runs of at most [`EVENTS_PER_RUN_MAX`]: each
-/// run's first cursor and the seq of each of its events.
-fn runs(events: impl IntoIterator<Item = (u64, u32)>) -> Vec<(u64, Vec<u32>)> {
-    let mut runs: Vec<(u64, Vec<u32>)> = Vec::new();
-    for (cursor, seq) in events {
-        match runs.last_mut() {
-            Some((first, seqs))
-                if seqs.len() < EVENTS_PER_RUN_MAX && first.checked_add(seqs.len() as u64) == Some(cursor) =>
-            {
-                seqs.push(seq)
+/// Remove the keys `removed` and write `written` in `batch`: a key both
+/// removed and written is only written (its new value replaces the old).
+fn replace_keys(batch: &mut kv::Batch, removed: Vec<Vec<u8>>, written: Vec<(Vec<u8>, Vec<u8>)>) {
+    let kept: std::collections::HashSet<&[u8]> = written.iter().map(|(key, _)| key.as_slice()).collect();
+    for key in removed.iter().filter(|key| !kept.contains(key.as_slice())) {
+        batch.remove(key);
+    }
+    for (key, value) in written {
+        batch.insert(key, value);
+    }
+}
+
+/// What each scope's groups hold on disk, read from its last key.
+impl gather::DiskHighest for History {
+    fn token(&self, prefix: &[u8], listing: bool) -> Result<Option<ListToken>> {
+        match self.db.scan_prefix(prefix).next_back().transpose()? {
+            Some((key, value)) => {
+                Ok(gather::group_members(&key, prefix.len(), &value, listing)?.last().map(|member| member.token))
             }
-            _ => runs.push((cursor, vec![seq])),
+            None => Ok(None),
         }
     }
-    runs
-}
 
-/// The value of an event run: the batch's index, then each event's seq.
-fn run_value(index: u64, seqs: &[u32]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(8 + 4 * seqs.len());
-    value.extend_from_slice(&index.to_be_bytes());
-    for seq in seqs {
-        value.extend_from_slice(&seq.to_be_bytes());
-    }
-    value
-}
-
-/// An event run read back: events with cursors `first`, `first + 1`, ...,
-/// the records at (`index`, each seq).
-#[derive(Debug)]
-struct Run<'a> {
-    first: u64,
-    index: u64,
-    seqs: &'a [u8],
-}
-
-impl<'a> Run<'a> {
-    /// The run under `key` (of a partner's prefix `prefix_len` bytes long).
-    fn parse(key: &[u8], prefix_len: usize, value: &'a [u8]) -> Result<Run<'a>> {
-        let first = parse_u64(key, key.get(prefix_len..).unwrap_or_default())?;
-        if value.len() > CHUNK_BYTES_MAX || value.len() < 12 || !value.len().is_multiple_of(4) {
-            return Err(corrupt(key, format!("an event run of {} bytes", value.len())));
+    fn cursor(&self, prefix: &[u8]) -> Result<u64> {
+        match self.db.scan_prefix(prefix).next_back().transpose()? {
+            Some((key, value)) => Ok(Run::parse(&key, prefix.len(), &value)?.last()),
+            None => Ok(0),
         }
-        let (index, seqs) = value.split_at(8);
-        let run = Run { first, index: parse_u64(key, index)?, seqs };
-        if first.checked_add(run.len() - 1).is_none() {
-            return Err(corrupt(key, "cursors past 2^64"));
-        }
-        Ok(run)
-    }
-
-    fn len(&self) -> u64 {
-        (self.seqs.len() / 4) as u64
-    }
-
-    /// The cursor of its last event.
-    fn last(&self) -> u64 {
-        self.first + (self.len() - 1)
-    }
-
-    /// Each event's cursor and seq.
-    fn events(&self) -> impl Iterator<Item = (u64, u32)> + 'a {
-        let first = self.first;
-        self.seqs
-            .chunks_exact(4)
-            .enumerate()
-            .map(move |(n, seq)| (first + n as u64, u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
-    }
-}
-
-/// The entries of a listing group: each one's seq and transfer id, each
-/// length checked before it is taken.
-fn listings<'a>(key: &'a [u8], value: &'a [u8]) -> impl Iterator<Item = Result<(u32, TransferId)>> + 'a {
-    let mut rest = value;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let entry = next_listing(key, &mut rest);
-        if entry.is_err() {
-            rest = &[];
-        }
-        Some(entry)
-    })
-}
-
-fn next_listing(key: &[u8], rest: &mut &[u8]) -> Result<(u32, TransferId)> {
-    let cut_short = || corrupt(key, "a listing cut short");
-    let (seq, tail) = rest.split_first_chunk::<4>().ok_or_else(cut_short)?;
-    let (length, tail) = tail.split_first_chunk::<2>().ok_or_else(cut_short)?;
-    let length = usize::from(u16::from_be_bytes(*length));
-    if length > TRANSFER_ID_BYTES_MAX || length > tail.len() {
-        return Err(corrupt(key, format!("a transfer id of {length} bytes")));
-    }
-    let (id, tail) = tail.split_at(length);
-    *rest = tail;
-    let id = std::str::from_utf8(id)
-        .ok()
-        .and_then(|text| TransferId::parse(text).ok())
-        .ok_or_else(|| corrupt(key, "a listing that is not a transfer id"))?;
-    Ok((u32::from_be_bytes(*seq), id))
-}
-
-/// The seqs of a statement group.
-fn statement_seqs<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u32> + 'a> {
-    if value.is_empty() || value.len() > CHUNK_BYTES_MAX || !value.len().is_multiple_of(4) {
-        return Err(corrupt(key, format!("a statement group of {} bytes", value.len())));
-    }
-    Ok(value.chunks_exact(4).map(|seq| u32::from_be_bytes(seq.try_into().expect("4 bytes"))))
-}
-
-/// Seqs of one group must rise from its first: the order of its tokens.
-fn check_seq(key: &[u8], previous: Option<u32>, first: u32, seq: u32) -> Result<()> {
-    let in_order = match previous {
-        None => seq == first,
-        Some(previous) => seq > previous,
-    };
-    if in_order {
-        Ok(())
-    } else {
-        Err(corrupt(key, format!("seq {seq} out of order in its group (first {first}, after {previous:?})")))
     }
 }
 
@@ -976,12 +875,11 @@ pub struct History {
     archived_through: AtomicU64,
     /// Serialises writers.
     writer: Mutex<()>,
-    /// Each partner's highest event cursor ever written here (at least: it
-    /// may have been deleted since), learnt from the store the first time
-    /// a partner's events are written after opening. A batch whose events
-    /// all lie above it cannot overlap a run held, so it is written without
-    /// looking for one. One entry per partner, as bounded as partners are.
-    events_highest: Mutex<HashMap<PartnerId, u64>>,
+    /// The listings, movements and events of the batches after the last
+    /// gathering, waiting to go to their groups on disk (module `gather`),
+    /// and what each partner's and account's groups hold on disk. One
+    /// entry per partner and account, as bounded as they are.
+    gathered: Mutex<Gathered>,
     /// Pointer values read by the recall of the batch to be written next
     /// (a [`HistoryAt`] as of `last_index + 1`: the write path's
     /// idempotency lookups), so that writing the batch adds to them without
@@ -1019,22 +917,32 @@ impl History {
             return Err(HistoryError::OldEngine { path: dir.to_path_buf() });
         }
         let db = kv::Kv::open(dir, memory_bytes)?;
-        match db.get(META_LAYOUT)? {
-            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => {}
-            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT_GROUPED_POINTERS => {
-                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
+        // Whether the store is new or of an earlier layout, to be marked as
+        // this layout's.
+        let mark = match db.get(META_LAYOUT)? {
+            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => false,
+            Some(bytes)
+                if [LAYOUT_GROUPED_POINTERS, LAYOUT_BATCH_GROUPS].contains(&parse_u64(META_LAYOUT, &bytes)?) =>
+            {
+                true
             }
             Some(bytes) => {
                 let layout = parse_u64(META_LAYOUT, &bytes)?;
                 return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
             }
-            None if db.is_empty()? => {
-                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
-            }
+            None if db.is_empty()? => true,
             None => return Err(corrupt(META_LAYOUT, "no key layout in a store that is not empty")),
-        }
+        };
         let read_u64 = |key: &[u8]| -> Result<u64> { db.get(key)?.map_or(Ok(0), |v| parse_u64(key, &v)) };
         let last_index = read_u64(META_APPLIED)?;
+        if mark {
+            // An earlier layout wrote every batch's groups with it: all are
+            // gathered. Both keys at once, so a crash leaves the old layout.
+            let mut batch = db.batch();
+            batch.insert(META_LAYOUT, LAYOUT.to_be_bytes());
+            batch.insert(META_GROUPED, last_index.to_be_bytes());
+            db.apply(batch)?;
+        }
         let records = read_u64(META_RECORDS)?;
         let deleted_through = read_u64(META_DELETED)?;
         let archived_through = read_u64(META_ARCHIVED)?;
@@ -1068,16 +976,69 @@ impl History {
                 format!("archived through {archived_through}, last index {last_index}"),
             ));
         }
-        Ok(History {
+        let grouped = match db.get(META_GROUPED)? {
+            Some(bytes) => parse_u64(META_GROUPED, &bytes)?,
+            None => return Err(corrupt(META_GROUPED, "no mark of the last gathering in a store of this layout")),
+        };
+        if grouped > last_index {
+            return Err(corrupt(META_GROUPED, format!("grouped through {grouped}, last index {last_index}")));
+        }
+        let history = History {
             db,
             dir: dir.to_path_buf(),
             meta: Mutex::new(Meta { last_index, digest, records }),
             deleted_through: AtomicU64::new(deleted_through),
             archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
-            events_highest: Mutex::new(HashMap::new()),
+            gathered: Mutex::new(Gathered::new(grouped, gather::GATHER_BATCHES_MAX)),
             recalled: Mutex::new(Recalled::default()),
-        })
+        };
+        let gathered = history.gathered_again(grouped, gather::GATHER_BATCHES_MAX)?;
+        *history.gathered_lock() = gathered;
+        Ok(history)
+    }
+
+    /// Gather members every `batches` batches instead of
+    /// [`gather::GATHER_BATCHES_MAX`] (tests: a gathering every batch or
+    /// two puts members on disk and in memory in the same few batches).
+    #[cfg(test)]
+    pub(crate) fn gathering_every(self, batches: u64) -> History {
+        let through = self.gathered_lock().through;
+        let gathered = self.gathered_again(through, batches).expect("the journal reads");
+        *self.gathered_lock() = gathered;
+        self
+    }
+
+    fn gathered_lock(&self) -> std::sync::MutexGuard<'_, Gathered> {
+        self.gathered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The members waiting to be gathered, taken again from the journal of
+    /// the batches after `through` (the last gathering): sorted as when
+    /// they were written, since what each scope holds on disk has not
+    /// changed since (see module `gather`).
+    fn gathered_again(&self, through: u64, batches_max: u64) -> Result<Gathered> {
+        let mut gathered = Gathered::new(through, batches_max);
+        let last = self.last_index();
+        let mut members: Option<BatchMembers> = None;
+        let mut batch_index = 0;
+        for item in self.journal_raw(through.saturating_add(1), last) {
+            let (index, seq, bytes) = item?;
+            if index != batch_index {
+                if let Some(done) = members.take() {
+                    gathered.take(done, self)?;
+                }
+                batch_index = index;
+                members = Some(BatchMembers::default());
+            }
+            let record = decode_record(&journal_key(index, seq), &bytes)?;
+            members.as_mut().expect("a batch").add(index, seq, &record);
+        }
+        if let Some(done) = members {
+            gathered.take(done, self)?;
+        }
+        gathered.set_batches(last - through);
+        Ok(gathered)
     }
 
     fn recalled_lock(&self) -> std::sync::MutexGuard<'_, Recalled> {
@@ -1293,9 +1254,6 @@ impl History {
         for (key, value) in derivation.take_groups() {
             batch.insert(key, value);
         }
-        for (partner, cursors) in &derivation.events {
-            self.write_events(&mut batch, index, partner, cursors)?;
-        }
         if !records.is_empty() {
             // The digest after each batch with records, kept (retention
             // leaves them), so a snapshot's digest at its index can be
@@ -1306,60 +1264,107 @@ impl History {
         batch.insert(META_APPLIED, index.to_be_bytes());
         batch.insert(META_DIGEST, digest);
         batch.insert(META_RECORDS, held.to_be_bytes());
-        let applied = self.db.apply(batch);
+        let mut gathered = self.gathered_lock();
+        let (through, batches_max) = (gathered.through, gathered.batches_max());
+        let members = std::mem::take(&mut derivation.members);
+        let applied = self.gather(&mut gathered, &mut batch, index, members).and_then(|()| Ok(self.db.apply(batch)?));
         self.recalled_lock().values.clear();
-        applied?;
+        if let Err(e) = applied {
+            // What waits must again be what the store holds.
+            *gathered = or_stop(self.gathered_again(through, batches_max));
+            return Err(e);
+        }
+        drop(gathered);
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
         Ok(())
     }
 
-    /// Write a partner's events of the batch at `index` (`cursors`: cursor
-    /// to seq) as runs. A run already held loses any of these cursors (last
-    /// wins) and is cut around them; in operation a partner's cursors only
-    /// grow, so no run is looked at (see `events_highest`).
-    fn write_events(
+    /// Take a batch's listings, movements and events into the gathering
+    /// (module `gather`): those at or below what their scope holds on disk
+    /// are written into its groups there, with the batch; when the
+    /// gathering is due, every member waiting goes to disk with the batch
+    /// too.
+    fn gather(&self, gathered: &mut Gathered, batch: &mut kv::Batch, index: u64, members: BatchMembers) -> Result<()> {
+        let OnDisk { listed, movements, events } = gathered.take(members, self)?;
+        for (partner, members) in listed {
+            self.insert_into_groups(batch, &scope(space::LISTED, partner.as_str()), true, members)?;
+        }
+        for (account, members) in movements {
+            self.insert_into_groups(batch, &account_scope(&account), false, members)?;
+        }
+        for (partner, cursors) in events {
+            self.insert_into_runs(batch, &partner, &cursors)?;
+        }
+        if gathered.due() {
+            for (key, value) in gathered.drain(index) {
+                batch.insert(key, value);
+            }
+            batch.insert(META_GROUPED, index.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Write `members` into the listing (`listing`) or statement groups on
+    /// disk under `prefix`, which hold higher tokens: the groups from the
+    /// one that holds the lowest member's token through the highest's are
+    /// read and written again with them.
+    fn insert_into_groups(
         &self,
         batch: &mut kv::Batch,
-        index: u64,
+        prefix: &[u8],
+        listing: bool,
+        mut members: Vec<Member>,
+    ) -> Result<()> {
+        members.sort_by_key(|member| member.token);
+        let (Some(low), Some(high)) = (members.first().map(|m| m.token), members.last().map(|m| m.token)) else {
+            return Ok(());
+        };
+        let start = self.db.range(prefix.to_vec()..=with_token(prefix, &low)).next_back().transpose()?;
+        let start = start.map_or_else(|| prefix.to_vec(), |(key, _)| key.to_vec());
+        let mut removed = Vec::new();
+        for item in self.db.range(start..=with_token(prefix, &high)) {
+            let (key, value) = item?;
+            members.extend(gather::group_members(&key, prefix.len(), &value, listing)?);
+            removed.push(key.to_vec());
+        }
+        members.sort_by_key(|member| member.token);
+        replace_keys(batch, removed, gather::gathered_groups(prefix, &members));
+        Ok(())
+    }
+
+    /// Write a partner's events (`cursors`: cursor to position) into its
+    /// runs on disk, which hold higher cursors: a run that holds any of
+    /// them loses it (last wins) and is cut around it.
+    fn insert_into_runs(
+        &self,
+        batch: &mut kv::Batch,
         partner: &PartnerId,
-        cursors: &BTreeMap<u64, u32>,
+        cursors: &BTreeMap<u64, (u64, u32)>,
     ) -> Result<()> {
         let (Some((&lowest, _)), Some((&highest, _))) = (cursors.first_key_value(), cursors.last_key_value()) else {
             return Ok(());
         };
         let prefix = scope(space::EVENT, partner.as_str());
-        let mut highest_held = self.events_highest.lock().unwrap_or_else(|p| p.into_inner());
-        let held = match highest_held.get(partner) {
-            Some(&held) => held,
-            None => match self.db.scan_prefix(&prefix).next_back().transpose()? {
-                Some((key, value)) => Run::parse(&key, prefix.len(), &value)?.last(),
-                None => 0,
-            },
-        };
-        highest_held.insert(partner.clone(), held.max(highest));
-        drop(highest_held);
+        let mut removed = Vec::new();
+        let mut written = Vec::new();
         // Runs never overlap, so going back from the highest cursor, the
-        // first run that ends below the lowest is the end of the search
-        // (none to look at when every cursor is above those held).
-        let overlapping = (lowest <= held).then(|| self.db.range(prefix.clone()..=with_u64(&prefix, highest)));
-        for item in overlapping.into_iter().flat_map(Iterator::rev) {
+        // first run that ends below the lowest is the end of the search.
+        for item in self.db.range(prefix.clone()..=with_u64(&prefix, highest)).rev() {
             let (key, value) = item?;
             let run = Run::parse(&key, prefix.len(), &value)?;
             if run.last() < lowest {
                 break;
             }
             if run.events().any(|(cursor, _)| cursors.contains_key(&cursor)) {
-                // Removed first: a piece that keeps its first cursor is
-                // inserted again under the same key.
-                batch.remove(&*key);
-                for (first, seqs) in runs(run.events().filter(|(cursor, _)| !cursors.contains_key(cursor))) {
-                    batch.insert(with_u64(&prefix, first), run_value(run.index, &seqs));
-                }
+                removed.push(key.to_vec());
+                written.extend(gather::gathered_runs(
+                    &prefix,
+                    run.events().filter(|(cursor, _)| !cursors.contains_key(cursor)),
+                ));
             }
         }
-        for (first, seqs) in runs(cursors.iter().map(|(&cursor, &seq)| (cursor, seq))) {
-            batch.insert(with_u64(&prefix, first), run_value(index, &seqs));
-        }
+        written.extend(gather::gathered_runs(&prefix, cursors.iter().map(|(&cursor, &at)| (cursor, at))));
+        replace_keys(batch, removed, written);
         Ok(())
     }
 
@@ -1441,10 +1446,17 @@ impl History {
             batch.insert(META_DELETED, through.to_be_bytes());
             let archived = self.archived_through().max(through);
             batch.insert(META_ARCHIVED, archived.to_be_bytes());
+            batch.insert(META_GROUPED, through.to_be_bytes());
             self.deleted_through.store(through, Ordering::SeqCst);
             let applied = self.db.apply(batch);
             self.forget_recalled();
             applied?;
+            {
+                // Nothing waits (everything was deleted) and nothing is on disk.
+                let mut gathered = self.gathered_lock();
+                let batches_max = gathered.batches_max();
+                *gathered = Gathered::new(through, batches_max);
+            }
             self.archived_through.store(archived, Ordering::SeqCst);
             *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
                 Meta { last_index: through, digest: start.digest, records: 0 };
@@ -1643,13 +1655,15 @@ impl History {
 
     /// The transfers `partner` takes part in, after the page token `after`
     /// (from the start if `None`), at most `max`, each with its token: the
-    /// answer of [`HistoryRead::listed`].
+    /// answer of [`HistoryRead::listed`]. Those on disk, then those waiting
+    /// to be gathered (module `gather`).
     pub fn listed_after(
         &self,
         partner: &PartnerId,
         after: Option<&ListToken>,
         max: usize,
     ) -> Result<Vec<(ListToken, TransferId)>> {
+        let waiting = self.gathered_lock().listed(partner, after, max);
         let prefix = scope(space::LISTED, partner.as_str());
         // The group that holds the token, or the first.
         let start = match after {
@@ -1659,38 +1673,31 @@ impl History {
         let start = start.map_or_else(|| prefix.clone(), |(key, _)| key.to_vec());
         let mut listed = Vec::new();
         'groups: for item in self.db.range(start..scope_end(&prefix)) {
+            let (key, value) = item?;
+            for member in gather::group_members(&key, prefix.len(), &value, true)? {
+                if after.is_some_and(|after| member.token <= *after) {
+                    continue;
+                }
+                if listed.len() >= max || waiting.first.is_some_and(|first| member.token >= first) {
+                    break 'groups;
+                }
+                listed.push((member.token, member.transfer.ok_or_else(|| corrupt(&key, "a listing without its id"))?));
+            }
+        }
+        for member in waiting.members {
             if listed.len() >= max {
                 break;
             }
-            let (key, value) = item?;
-            let first = parse_token(&key, prefix.len())?;
-            if value.len() > CHUNK_BYTES_MAX {
-                return Err(corrupt(&key, format!("a listing group of {} bytes", value.len())));
-            }
-            let mut previous = None;
-            for entry in listings(&key, &value) {
-                let (seq, id) = entry?;
-                check_seq(&key, previous, first.seq, seq)?;
-                previous = Some(seq);
-                let token = ListToken { seq, ..first };
-                if after.is_some_and(|after| token <= *after) {
-                    continue;
-                }
-                if listed.len() >= max {
-                    break 'groups;
-                }
-                listed.push((token, id));
-            }
-            if previous.is_none() {
-                return Err(corrupt(&key, "an empty listing group"));
-            }
+            listed.push((member.token, member.transfer.expect("a listing waits with its transfer")));
         }
         Ok(listed)
     }
 
     /// The partner's events above `after`, at most `max`, stopping early
-    /// (and saying so) at one that retention deleted while this ran.
+    /// (and saying so) at one that retention deleted while this ran. Those
+    /// on disk, then those waiting to be gathered.
     fn events_held(&self, partner: &PartnerId, after: u64, max: usize) -> Result<(Vec<Event>, bool)> {
+        let (first_waiting, waiting) = self.gathered_lock().events(partner, after, max);
         let prefix = scope(space::EVENT, partner.as_str());
         let from = after.saturating_add(1);
         // The run that holds `from`, or the first after it.
@@ -1698,23 +1705,25 @@ impl History {
         let start = start.map_or_else(|| with_u64(&prefix, from), |(key, _)| key.to_vec());
         let mut journal = JournalReader::new(self);
         let mut events = Vec::new();
-        for item in self.db.range(start..scope_end(&prefix)) {
-            if events.len() >= max {
-                break;
-            }
+        let mut on_disk = Vec::new();
+        'runs: for item in self.db.range(start..scope_end(&prefix)) {
             let (key, value) = item?;
             let run = Run::parse(&key, prefix.len(), &value)?;
-            for (cursor, seq) in run.events().filter(|(cursor, _)| *cursor >= from) {
-                if events.len() >= max {
-                    break;
+            for (cursor, at) in run.events().filter(|(cursor, _)| *cursor >= from) {
+                if on_disk.len() >= max || first_waiting.is_some_and(|first| cursor >= first) {
+                    break 'runs;
                 }
-                match journal.record(&key, run.index, seq)? {
-                    Some(Record::Event { partner: owner, event }) if owner == *partner && event.cursor == cursor => {
-                        events.push(event)
-                    }
-                    Some(other) => return Err(mismatch(&key, &other)),
-                    None => return Ok((events, true)),
+                on_disk.push((key.to_vec(), cursor, at));
+            }
+        }
+        let waiting = waiting.into_iter().map(|(cursor, at)| (prefix.clone(), cursor, at));
+        for (key, cursor, (index, seq)) in on_disk.into_iter().chain(waiting).take(max) {
+            match journal.record(&key, index, seq)? {
+                Some(Record::Event { partner: owner, event }) if owner == *partner && event.cursor == cursor => {
+                    events.push(event)
                 }
+                Some(other) => return Err(mismatch(&key, &other)),
+                None => return Ok((events, true)),
             }
         }
         Ok((events, false))
@@ -1792,45 +1801,44 @@ impl History {
         if from >= to || after.is_some_and(|token| token.at >= to) {
             return Ok(Vec::new());
         }
+        let in_bounds = |token: &ListToken| token.at >= from && token.at < to;
+        let waiting = self.gathered_lock().movements(account, after.as_ref(), in_bounds, max);
         let prefix = account_scope(account);
         let first = with_token(&prefix, &ListToken { at: from, index: 0, seq: 0 });
-        // The group that holds the token, or the first at `from`.
+        // The group that holds the token, or the one that holds `from`, or the first after it.
         let start = match after {
-            Some(token) => self.db.range(first.clone()..=with_token(&prefix, &token)).next_back().transpose()?,
-            None => None,
+            Some(token) => self.db.range(prefix.clone()..=with_token(&prefix, &token)).next_back().transpose()?,
+            None => self.db.range(prefix.clone()..=first.clone()).next_back().transpose()?,
         };
         let start = start.map_or(first, |(key, _)| key.to_vec());
         // Every key of a movement at `to` is longer than this bound, so above it.
         let end = with_u64(&prefix, to.unix_ms());
-        let mut journal = JournalReader::new(self);
-        let mut movements = Vec::new();
+        let mut tokens = Vec::new();
         'groups: for item in self.db.range(start..end) {
-            if movements.len() >= max {
-                break;
-            }
             let (key, value) = item?;
-            let first = parse_token(&key, prefix.len())?;
-            let mut previous = None;
-            for seq in statement_seqs(&key, &value)? {
-                check_seq(&key, previous, first.seq, seq)?;
-                previous = Some(seq);
-                let token = ListToken { seq, ..first };
-                if after.is_some_and(|after| token <= after) {
+            for member in gather::group_members(&key, prefix.len(), &value, false)? {
+                if after.is_some_and(|after| member.token <= after) || !in_bounds(&member.token) {
                     continue;
                 }
-                if movements.len() >= max {
+                if tokens.len() >= max || waiting.first.is_some_and(|first| member.token >= first) {
                     break 'groups;
                 }
-                match journal.record(&key, token.index, seq)? {
-                    Some(Record::Movement(movement))
-                        if movement.at == token.at && (movement.debit == *account || movement.credit == *account) =>
-                    {
-                        movements.push((token, *movement))
-                    }
-                    Some(other) => return Err(mismatch(&key, &other)),
-                    // Deleted by retention while this ran: not part of history any more.
-                    None => {}
+                tokens.push((key.to_vec(), member.token));
+            }
+        }
+        let waiting = waiting.members.into_iter().map(|member| (prefix.clone(), member.token));
+        let mut journal = JournalReader::new(self);
+        let mut movements = Vec::new();
+        for (key, token) in tokens.into_iter().chain(waiting).take(max) {
+            match journal.record(&key, token.index, token.seq)? {
+                Some(Record::Movement(movement))
+                    if movement.at == token.at && (movement.debit == *account || movement.credit == *account) =>
+                {
+                    movements.push((token, *movement))
                 }
+                Some(other) => return Err(mismatch(&key, &other)),
+                // Deleted by retention while this ran: not part of history any more.
+                None => {}
             }
         }
         Ok(movements)
@@ -1912,12 +1920,15 @@ impl History {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let meta = self.meta();
         let through = index.min(meta.last_index);
+        // Deletion reads and cuts the groups on disk only.
+        self.gather_all(meta.last_index)?;
         let mut batch = self.db.batch();
         let mut records = 0usize;
         let mut current: Option<Derivation> = None;
         let mut complete = true;
         let mut events_deleted: BTreeMap<PartnerId, u64> = BTreeMap::new();
         let mut pointers: HashMap<Vec<u8>, (bool, Vec<u8>)> = HashMap::new();
+        let mut members = MemberRanges::default();
         for item in self.db.range(journal_key(0, 0)..=journal_key(through, u32::MAX)) {
             let (key, value) = item?;
             let (at, first) = parse_journal_key(&key)?;
@@ -1927,7 +1938,7 @@ impl History {
                     break;
                 }
                 if let Some(done) = current.take() {
-                    self.delete_derived(done, &mut batch, &mut pointers, &mut events_deleted)?;
+                    self.delete_derived(done, &mut batch, &mut pointers, &mut members)?;
                 }
                 current = Some(Derivation::new(at));
             }
@@ -1956,7 +1967,10 @@ impl History {
         // `through` is.
         let last_batch = current.as_ref().map(|batch| batch.index);
         if let Some(done) = current.take() {
-            self.delete_derived(done, &mut batch, &mut pointers, &mut events_deleted)?;
+            self.delete_derived(done, &mut batch, &mut pointers, &mut members)?;
+        }
+        if let Some(cutoff) = last_batch {
+            self.delete_members(&mut batch, members, cutoff, &mut events_deleted)?;
         }
         for (key, (held, value)) in pointers {
             if value.is_empty() {
@@ -1988,6 +2002,8 @@ impl History {
         self.deleted_through.store(deleted_through, Ordering::SeqCst);
         let applied = self.db.apply(batch);
         self.forget_recalled();
+        // What the groups on disk hold changed (nothing waits: see above).
+        self.gathered_lock().forget_disk();
         if let Err(e) = applied {
             self.deleted_through.store(before, Ordering::SeqCst);
             return Err(e.into());
@@ -1996,16 +2012,103 @@ impl History {
         Ok((records, complete))
     }
 
+    /// Put every member waiting on disk now, with no batch of the log: a
+    /// gathering through `last_index`, the last batch written.
+    fn gather_all(&self, last_index: u64) -> Result<()> {
+        let mut gathered = self.gathered_lock();
+        if gathered.through >= last_index {
+            return Ok(());
+        }
+        let (through, batches_max) = (gathered.through, gathered.batches_max());
+        let mut batch = self.db.batch();
+        for (key, value) in gathered.drain(last_index) {
+            batch.insert(key, value);
+        }
+        batch.insert(META_GROUPED, last_index.to_be_bytes());
+        if let Err(e) = self.db.apply(batch) {
+            *gathered = or_stop(self.gathered_again(through, batches_max));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Delete from the groups and runs on disk every member of a batch at
+    /// or below `cutoff` among those `members` ranges over (the batches
+    /// this deletion step takes; earlier ones are gone already), each
+    /// group or run that held one written again without it, noting each
+    /// partner's newest event deleted.
+    fn delete_members(
+        &self,
+        batch: &mut kv::Batch,
+        members: MemberRanges,
+        cutoff: u64,
+        events_deleted: &mut BTreeMap<PartnerId, u64>,
+    ) -> Result<()> {
+        for (partner, (low, high)) in members.listed {
+            self.delete_from_groups(batch, &scope(space::LISTED, partner.as_str()), true, low, high, cutoff)?;
+        }
+        for (account, (low, high)) in members.accounts {
+            self.delete_from_groups(batch, &account_scope(&account), false, low, high, cutoff)?;
+        }
+        for (partner, (low, high)) in members.events {
+            let prefix = scope(space::EVENT, partner.as_str());
+            let start = self.db.range(prefix.clone()..=with_u64(&prefix, low)).next_back().transpose()?;
+            let start = start.map_or_else(|| with_u64(&prefix, low), |(key, _)| key.to_vec());
+            let (mut removed, mut written) = (Vec::new(), Vec::new());
+            for item in self.db.range(start..=with_u64(&prefix, high)) {
+                let (key, value) = item?;
+                let run = Run::parse(&key, prefix.len(), &value)?;
+                let gone = run.events().filter(|(_, (index, _))| *index <= cutoff).map(|(cursor, _)| cursor).max();
+                if let Some(gone) = gone {
+                    let newest = events_deleted.entry(partner.clone()).or_default();
+                    *newest = (*newest).max(gone);
+                    removed.push(key.to_vec());
+                    written.extend(gather::gathered_runs(&prefix, run.events().filter(|(_, (i, _))| *i > cutoff)));
+                }
+            }
+            replace_keys(batch, removed, written);
+        }
+        Ok(())
+    }
+
+    /// Delete every member of a batch at or below `cutoff` from the groups
+    /// under `prefix` that may hold a token from `low` to `high`.
+    fn delete_from_groups(
+        &self,
+        batch: &mut kv::Batch,
+        prefix: &[u8],
+        listing: bool,
+        low: ListToken,
+        high: ListToken,
+        cutoff: u64,
+    ) -> Result<()> {
+        let start = self.db.range(prefix.to_vec()..=with_token(prefix, &low)).next_back().transpose()?;
+        let start = start.map_or_else(|| prefix.to_vec(), |(key, _)| key.to_vec());
+        let (mut removed, mut written) = (Vec::new(), Vec::new());
+        for item in self.db.range(start..=with_token(prefix, &high)) {
+            let (key, value) = item?;
+            let members = gather::group_members(&key, prefix.len(), &value, listing)?;
+            if members.iter().any(|member| member.token.index <= cutoff) {
+                removed.push(key.to_vec());
+                let kept: Vec<Member> = members.into_iter().filter(|member| member.token.index > cutoff).collect();
+                written.extend(gather::gathered_groups(prefix, &kept));
+            }
+        }
+        replace_keys(batch, removed, written);
+        Ok(())
+    }
+
     /// Delete the keys derived from one batch's records: its positions in
     /// pointers (into `pointers`, each pointer's value as this deletion
-    /// leaves it, and whether it was held), its groups, and its event runs (or what is left of
-    /// them), noting each partner's newest event deleted.
+    /// leaves it, and whether it was held) and its block groups; the range
+    /// of its listings', movements' and events' tokens goes into `members`
+    /// (deleted from their groups once the step's batches are all read).
     fn delete_derived(
         &self,
         mut derivation: Derivation,
         batch: &mut kv::Batch,
         pointers: &mut HashMap<Vec<u8>, (bool, Vec<u8>)>,
-        events_deleted: &mut BTreeMap<PartnerId, u64>,
+        members: &mut MemberRanges,
     ) -> Result<()> {
         let index = derivation.index;
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
@@ -2019,29 +2122,42 @@ impl History {
             let gone = position(index, seq);
             *value = value.chunks_exact(POSITION_BYTES).filter(|at| *at != gone).flatten().copied().collect();
         }
+        members.add(std::mem::take(&mut derivation.members));
         for (key, _) in derivation.take_groups() {
             batch.remove(key);
         }
-        for (partner, cursors) in derivation.events {
-            let (Some((&lowest, _)), Some((&highest, _))) = (cursors.first_key_value(), cursors.last_key_value())
-            else {
-                continue;
-            };
-            // What is left of this batch's runs starts at one of its
-            // cursors; a run there of a later batch (which took cursors
-            // from it) stays.
-            let prefix = scope(space::EVENT, partner.as_str());
-            for item in self.db.range(with_u64(&prefix, lowest)..=with_u64(&prefix, highest)) {
-                let (key, value) = item?;
-                let run = Run::parse(&key, prefix.len(), &value)?;
-                if run.index == index {
-                    let newest = events_deleted.entry(partner.clone()).or_default();
-                    *newest = (*newest).max(run.last());
-                    batch.remove(key);
-                }
+        Ok(())
+    }
+}
+
+/// The lowest and highest token (or cursor) of each partner's listings,
+/// each account's movements and each partner's events among the batches of
+/// a deletion step.
+#[derive(Debug, Default)]
+struct MemberRanges {
+    listed: BTreeMap<PartnerId, (ListToken, ListToken)>,
+    accounts: BTreeMap<AccountId, (ListToken, ListToken)>,
+    events: BTreeMap<PartnerId, (u64, u64)>,
+}
+
+impl MemberRanges {
+    fn add(&mut self, members: BatchMembers) {
+        fn widen<K: Ord, T: Ord + Copy>(ranges: &mut BTreeMap<K, (T, T)>, key: K, low: T, high: T) {
+            let range = ranges.entry(key).or_insert((low, high));
+            range.0 = range.0.min(low);
+            range.1 = range.1.max(high);
+        }
+        for (partner, member) in members.listed {
+            widen(&mut self.listed, partner, member.token, member.token);
+        }
+        for (account, token) in members.movements {
+            widen(&mut self.accounts, account, token, token);
+        }
+        for (partner, cursors) in members.events {
+            if let (Some((&low, _)), Some((&high, _))) = (cursors.first_key_value(), cursors.last_key_value()) {
+                widen(&mut self.events, partner, low, high);
             }
         }
-        Ok(())
     }
 }
 

@@ -464,10 +464,13 @@ proptest! {
     /// journal (catch-up) reaches the same digest.
     #[test]
     fn the_store_answers_as_memory_history_does(
-        batches in prop::collection::vec((0u64..3, prop::collection::vec(spec(), 0..7)), 1..14)
+        batches in prop::collection::vec((0u64..3, prop::collection::vec(spec(), 0..7)), 1..14),
+        every in 1u64..6,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        // Gathered every few batches, so that groups are on disk, waiting,
+        // and written into on disk for a time that went back.
+        let store = open(dir.path()).gathering_every(every);
         let mut memory = MemoryHistory::new();
         let mut index = 0;
         for (gap, specs) in &batches {
@@ -480,6 +483,10 @@ proptest! {
                 memory.write(index, records);
             }
         }
+        assert_same(&store, &memory);
+        // Reopened: what waited is taken again from the journal.
+        drop(store);
+        let store = reopen(dir.path()).unwrap().gathering_every(every);
         assert_same(&store, &memory);
 
         let copy_dir = tempfile::tempdir().unwrap();
@@ -968,7 +975,9 @@ fn keys_by_space(store: &History) -> BTreeMap<char, usize> {
 #[test]
 fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    // The first two batches' listings, movements and events are gathered
+    // with the second; the third's wait in memory.
+    let store = open(dir.path()).gathering_every(2);
     let mut memory = MemoryHistory::new();
     let (payers, payees) = (8u64, 4u64);
     let mut cursors = [0u64; 12];
@@ -987,16 +996,16 @@ fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
     // Per batch: 2,304 records in 36 journal chunks of 64; a pointer for
     // each idempotency key; a transfer group for each block of 64 transfer
     // ids it finishes (a batch's 256 ids touch five blocks, the last one
-    // shared with the next batch, under a key of each); one listing
-    // group and one event run for each of the 12 partners; a statement
-    // group for each of the 14 accounts (12 partners', clearing, fees); the
-    // digest. And the three counters and the layout.
+    // shared with the next batch, under a key of each); the digest. For
+    // the two batches gathered together: one listing group and one event
+    // run for each of the 12 partners, a statement group for each of the
+    // 14 accounts (12 partners', clearing, fees). And the three counters,
+    // the layout and the last gathering.
     let counts = keys_by_space(&store);
-    let expected =
-        [('A', 14 * 3), ('E', 12 * 3), ('G', 3), ('I', 768), ('J', 36 * 3), ('L', 12 * 3), ('M', 4), ('T', 15)];
+    let expected = [('A', 14), ('E', 12), ('G', 3), ('I', 768), ('J', 36 * 3), ('L', 12), ('M', 5), ('T', 15)];
     assert_eq!(counts, BTreeMap::from(expected));
     let keys: usize = counts.values().sum();
-    assert!(keys as f64 / 768.0 < 1.4, "{keys} keys for 768 transfers");
+    assert!(keys as f64 / 768.0 < 1.3, "{keys} keys for 768 transfers");
 
     for p in (0..payers + payees).map(pid) {
         for page in [1, 5, 100, usize::MAX] {
@@ -1055,7 +1064,8 @@ fn journal_chunks_take_64_records_or_32_kib_and_a_larger_record_alone() {
 #[test]
 fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_does() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    // Each batch gathered with itself.
+    let store = open(dir.path()).gathering_every(1);
     let mut memory = MemoryHistory::new();
     let mut records = Vec::new();
     for n in 0..10_000u64 {
@@ -1070,12 +1080,25 @@ fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_doe
     store.write(2, &finished(1, 6)).unwrap();
     memory.write(2, finished(1, 6));
     let counts = keys_by_space(&store);
-    // 8,190 events to a run, 8,192 seqs (32 KiB) to a statement group and
-    // under 2,000 listings (18 bytes each) to a listing group; the second
-    // batch has one event, three accounts and one listing.
-    assert_eq!(counts[&'E'], 2 + 1);
-    assert_eq!(counts[&'A'], 2 * 2 + 3);
-    assert_eq!(counts[&'L'], 2 + 1);
+    // 2,730 events (12 bytes each) to a run, 1,638 movements (20 bytes) to
+    // a statement group, and as many listings (their token, then their
+    // transfer id after its length) as fit 32 KiB to a listing group; the
+    // second batch has one event, three accounts and one listing, of
+    // other partners and accounts.
+    assert_eq!(gather::EVENTS_PER_RUN_MAX, 2_730);
+    assert_eq!(counts[&'E'], 10_000usize.div_ceil(2_730) + 1);
+    assert_eq!(counts[&'A'], 2 * 10_000usize.div_ceil(1_638) + 3);
+    let mut listing_groups = 0;
+    let mut bytes = CHUNK_BYTES_MAX;
+    for n in (0..10_000u64).filter(|n| n % 3 == 0) {
+        let member = TOKEN_BYTES + 2 + tid(n).to_string().len();
+        if bytes + member > CHUNK_BYTES_MAX {
+            listing_groups += 1;
+            bytes = 1;
+        }
+        bytes += member;
+    }
+    assert_eq!(counts[&'L'], listing_groups + 1);
     assert_eq!(counts[&'J'], 23_334usize.div_ceil(64) + 1);
     for page in [1, 1_000, 1_900, 3_000, usize::MAX] {
         let mut token = None;
@@ -1109,7 +1132,8 @@ fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_doe
 #[test]
 fn an_event_written_again_cuts_the_run_that_held_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    // Each batch's events go to their runs on disk with it.
+    let store = open(dir.path()).gathering_every(1);
     let mut memory = MemoryHistory::new();
     let batches = [
         (1, (1..=10).map(|cursor| event(0, cursor, 1)).collect::<Vec<_>>()),
@@ -1121,7 +1145,9 @@ fn an_event_written_again_cuts_the_run_that_held_it() {
         let scanned = store.db.scan_prefix(&prefix).map(|item| {
             let (key, value) = item.unwrap();
             let run = Run::parse(&key, prefix.len(), &value).unwrap();
-            (run.first, run.last(), run.index)
+            let index = run.positions[0].0;
+            assert!(run.positions.iter().all(|&(i, _)| i == index), "one batch's events: {run:?}");
+            (run.first, run.last(), index)
         });
         scanned.collect()
     };
@@ -1224,11 +1250,122 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
     let refused = reopen(dir.path()).unwrap_err();
     assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("no key layout")), "{refused}");
     let engine = reopen_engine(dir.path());
-    engine.insert(META_LAYOUT, 4u64.to_be_bytes()).unwrap();
+    engine.insert(META_LAYOUT, 5u64.to_be_bytes()).unwrap();
     engine.persist().unwrap();
     drop(engine);
     let refused = reopen(dir.path()).unwrap_err();
-    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 4")), "{refused}");
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 5")), "{refused}");
+}
+
+/// Rewrite a store's listing, statement and event groups as layout 3 wrote
+/// them: one group per batch (and time), each member's seq only.
+fn rewrite_groups_as_layout_3(engine: &kv::Kv) {
+    for first in [space::LISTED, space::ACCOUNT, space::EVENT] {
+        let held: Vec<(Vec<u8>, Vec<u8>)> =
+            engine.scan_prefix([first]).map(|item| item.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        for (key, value) in held {
+            engine.remove(&key).unwrap();
+            let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
+            if first == space::EVENT {
+                let run = Run::parse(&key, prefix.len(), &value).unwrap();
+                // Each run: its first cursor, its batch, its value (the index, then seqs).
+                let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+                for (cursor, (index, seq)) in run.events() {
+                    let continues = runs.last().is_some_and(|(start, at, value)| {
+                        *at == index && start + (value.len() as u64 - 8) / 4 == cursor
+                    });
+                    if !continues {
+                        runs.push((cursor, index, index.to_be_bytes().to_vec()));
+                    }
+                    runs.last_mut().unwrap().2.extend_from_slice(&seq.to_be_bytes());
+                }
+                for (start, _, value) in runs {
+                    engine.insert(with_u64(prefix, start), value).unwrap();
+                }
+            } else {
+                let listing = first == space::LISTED;
+                let mut groups: BTreeMap<(u64, u64), (u32, Vec<u8>)> = BTreeMap::new();
+                for member in gather::group_members(&key, prefix.len(), &value, listing).unwrap() {
+                    let token = member.token;
+                    let (_, value) = groups.entry((token.at.unix_ms(), token.index)).or_insert((token.seq, Vec::new()));
+                    value.extend_from_slice(&token.seq.to_be_bytes());
+                    if let Some(id) = member.transfer {
+                        let id = id.to_string();
+                        value.extend_from_slice(&(id.len() as u16).to_be_bytes());
+                        value.extend_from_slice(id.as_bytes());
+                    }
+                }
+                for ((at, index), (seq, value)) in groups {
+                    engine.insert(with_token(prefix, &ListToken { at: ms(at), index, seq }), value).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_layout_3_store_is_read_with_its_groups_of_one_batch_and_gathers_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).gathering_every(1);
+    let mut memory = MemoryHistory::new();
+    let batch = |n: u64| -> Vec<Record> {
+        let mut records = finished(n, n * 10);
+        records.extend((0..4).map(|k| event(0, 100 + n * 4 + k, n * 10)));
+        records.push(movement(0, 3, 1_000 + n, n * 10));
+        records
+    };
+    for n in 1..=4 {
+        store.write(n, &batch(n)).unwrap();
+        memory.write(n, batch(n));
+    }
+    drop(store);
+    let engine = reopen_engine(dir.path());
+    rewrite_groups_as_layout_3(&engine);
+    for first in [space::LISTED, space::ACCOUNT, space::EVENT] {
+        let values: Vec<_> = engine.scan_prefix([first]).map(|item| item.unwrap().1).collect();
+        assert!(values.len() > 3 && values.iter().all(|value| value[0] != gather::GATHERED), "layout 3's groups");
+    }
+    engine.insert(META_LAYOUT, 3u64.to_be_bytes()).unwrap();
+    engine.remove(META_GROUPED).unwrap();
+    engine.persist().unwrap();
+    drop(engine);
+    let check = |store: &History, memory: &MemoryHistory| {
+        for p in (0..3).map(pid) {
+            for page in [1, 2, usize::MAX] {
+                let mut token = None;
+                loop {
+                    let got = store.listed_after(&p, token.as_ref(), page).unwrap();
+                    assert_eq!(got, memory.listed(&p, token.as_ref(), page), "{p} after {token:?}");
+                    let Some((last, _)) = got.last() else { break };
+                    token = Some(*last);
+                }
+            }
+            for after in [0, 1, 2, 100, 105, 111, 200] {
+                assert_eq!(store.events_after(&p, after, 3).unwrap(), memory.events(&p, after, 3), "{p} {after}");
+            }
+        }
+        for a in (0..5).map(account) {
+            assert_eq!(paged_statement(store, &a, 0, 1_000, 2), memory_statement(memory, &a, 0, 1_000), "{a}");
+        }
+    };
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes(), "marked as written in 4");
+    check(&store, &memory);
+    // Later batches gather after the groups of one batch; a deletion cuts both.
+    for n in 5..=7 {
+        store.write(n, &batch(n)).unwrap();
+        memory.write(n, batch(n));
+    }
+    check(&store, &memory);
+    store.confirm_archived(7).unwrap();
+    store.delete_through(2).unwrap();
+    let listed: Vec<TransferId> =
+        store.listed_after(&pid(0), None, 100).unwrap().into_iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, [tid(3), tid(6)], "the listings of batches 3 and 6 of partner 0");
+    let events: Vec<u64> = store.events_after(&pid(0), 112, 100).unwrap().iter().map(|e| e.cursor).collect();
+    assert_eq!(events, (113..=131).collect::<Vec<_>>());
+    let statement = store.statement(&account(3), ms(0), ms(1_000), None, 100).unwrap();
+    assert_eq!(statement.iter().map(|(token, _)| token.index).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
 }
 
 #[test]
