@@ -320,7 +320,7 @@ impl Scope {
     /// The waiting members after `after` (all if `None`) that `keep`
     /// takes, at most `max`, and the first member waiting (the disk's
     /// members are read below it).
-    fn after(&self, after: Option<&ListToken>, keep: impl Fn(&ListToken) -> bool, max: usize) -> Waiting<Member> {
+    fn after(&self, after: Option<&ListToken>, keep: impl Fn(&ListToken) -> bool, max: usize) -> Waiting {
         let from = after.map_or(0, |after| self.waiting.partition_point(|held| held.token <= *after));
         Waiting {
             first: self.waiting.first().map(|m| m.token),
@@ -342,9 +342,9 @@ struct EventScope {
 /// instead, since a gathering may move it there while the reader reads),
 /// and those the reader asked for.
 #[derive(Debug)]
-pub(super) struct Waiting<T> {
+pub(super) struct Waiting {
     pub(super) first: Option<ListToken>,
-    pub(super) members: Vec<T>,
+    pub(super) members: Vec<Member>,
 }
 
 /// Members given back by [`Gathered::take`] because their scope holds a
@@ -498,7 +498,7 @@ impl Gathered {
     }
 
     /// A partner's listings waiting after `after`, at most `max`.
-    pub(super) fn listed(&self, partner: &PartnerId, after: Option<&ListToken>, max: usize) -> Waiting<Member> {
+    pub(super) fn listed(&self, partner: &PartnerId, after: Option<&ListToken>, max: usize) -> Waiting {
         match self.listed.get(partner) {
             Some(held) => held.after(after, |_| true, max),
             None => Waiting { first: None, members: Vec::new() },
@@ -513,7 +513,7 @@ impl Gathered {
         after: Option<&ListToken>,
         keep: impl Fn(&ListToken) -> bool,
         max: usize,
-    ) -> Waiting<Member> {
+    ) -> Waiting {
         match self.accounts.get(account) {
             Some(held) => held.after(after, keep, max),
             None => Waiting { first: None, members: Vec::new() },
