@@ -6,9 +6,10 @@
 //! region's peak, whose entries carry a few dozen transfers among dozens of
 //! partners, that is nearly one key per listing, movement and event, and
 //! each key costs every replica an insert into the engine's sorted write
-//! buffer and its share of flushes and compactions (about 4.5 of a
-//! transfer's 5.8 keys, and a fifth of a replica's CPU per transfer, in
-//! docs/BENCHMARKS.md's measurements).
+//! buffer and its share of flushes and compactions: 4.5 of a transfer's 5.8
+//! keys with 32 transfers per entry. Gathered, a transfer takes 1.35 keys,
+//! and a replica's apply path a third less CPU (docs/BENCHMARKS.md, "Groups
+//! gathered over many batches").
 //!
 //! So the members of these groups wait in memory, per partner or account,
 //! for up to [`GATHER_BATCHES_MAX`] batches (or [`GATHER_MEMBERS_MAX`]
