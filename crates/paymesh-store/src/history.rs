@@ -145,8 +145,8 @@
 //! journal with every key derived from them, a batch's chunks and block
 //! groups whole (a pointer keeps the positions of later batches, a gathered
 //! group its members of later batches, and an event cursor a later batch
-//! took stays), after putting every member waiting on disk, in bounded batches that never split a
-//! log batch. The digest and the last index are
+//! took stays), after putting every member waiting on disk, in bounded
+//! batches that never split a log batch. The digest and the last index are
 //! unaffected. Afterwards a deleted record is simply not found; for events,
 //! where "deleted" and "not yet written" must be told apart,
 //! [`History::oldest_event_cursor`] and [`HistoryError::CursorExpired`]
@@ -622,12 +622,14 @@ enum GroupOf {
 
 impl GroupOf {
     /// The prefix of its group keys for `block`: `space | scope | 0 | block`.
-    fn prefix(&self, at: u64) -> Vec<u8> {
+    fn prefix(&self, block: u64) -> Vec<u8> {
         match self {
-            GroupOf::Transfers(origin) => with_u64(&scope(space::TRANSFER, origin.as_str()), at),
-            GroupOf::Participations(origin) => with_u64(&scope(space::PARTICIPATION, origin.as_str()), at),
-            GroupOf::Refunds(origin) => with_u64(&scope(space::REFUND, origin.as_str()), at),
-            GroupOf::RefundParticipations(origin) => with_u64(&scope(space::REFUND_PARTICIPATION, origin.as_str()), at),
+            GroupOf::Transfers(origin) => with_u64(&scope(space::TRANSFER, origin.as_str()), block),
+            GroupOf::Participations(origin) => with_u64(&scope(space::PARTICIPATION, origin.as_str()), block),
+            GroupOf::Refunds(origin) => with_u64(&scope(space::REFUND, origin.as_str()), block),
+            GroupOf::RefundParticipations(origin) => {
+                with_u64(&scope(space::REFUND_PARTICIPATION, origin.as_str()), block)
+            }
         }
     }
 }
