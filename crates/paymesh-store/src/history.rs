@@ -1306,6 +1306,13 @@ impl History {
         Ok(())
     }
 
+    /// The last key under `prefix` at or below `bound` (the group or run
+    /// that holds it), or `otherwise` if there is none.
+    fn holding(&self, prefix: &[u8], bound: &[u8], otherwise: &[u8]) -> Result<Vec<u8>> {
+        let found = self.db.range(prefix.to_vec()..=bound.to_vec()).next_back().transpose()?;
+        Ok(found.map_or_else(|| otherwise.to_vec(), |(key, _)| key.to_vec()))
+    }
+
     /// Write `members` into the listing (`listing`) or statement groups on
     /// disk under `prefix`, which hold higher tokens: the groups from the
     /// one that holds the lowest member's token through the highest's are
@@ -1321,8 +1328,7 @@ impl History {
         let (Some(low), Some(high)) = (members.first().map(|m| m.token), members.last().map(|m| m.token)) else {
             return Ok(());
         };
-        let start = self.db.range(prefix.to_vec()..=with_token(prefix, &low)).next_back().transpose()?;
-        let start = start.map_or_else(|| prefix.to_vec(), |(key, _)| key.to_vec());
+        let start = self.holding(prefix, &with_token(prefix, &low), prefix)?;
         let mut removed = Vec::new();
         for item in self.db.range(start..=with_token(prefix, &high)) {
             let (key, value) = item?;
@@ -1669,10 +1675,9 @@ impl History {
         let prefix = scope(space::LISTED, partner.as_str());
         // The group that holds the token, or the first.
         let start = match after {
-            Some(token) => self.db.range(prefix.clone()..=with_token(&prefix, token)).next_back().transpose()?,
-            None => None,
+            Some(token) => self.holding(&prefix, &with_token(&prefix, token), &prefix)?,
+            None => prefix.clone(),
         };
-        let start = start.map_or_else(|| prefix.clone(), |(key, _)| key.to_vec());
         let mut listed = Vec::new();
         'groups: for item in self.db.range(start..scope_end(&prefix)) {
             let (key, value) = item?;
@@ -1703,8 +1708,7 @@ impl History {
         let prefix = scope(space::EVENT, partner.as_str());
         let from = after.saturating_add(1);
         // The run that holds `from`, or the first after it.
-        let start = self.db.range(prefix.clone()..=with_u64(&prefix, from)).next_back().transpose()?;
-        let start = start.map_or_else(|| with_u64(&prefix, from), |(key, _)| key.to_vec());
+        let start = self.holding(&prefix, &with_u64(&prefix, from), &with_u64(&prefix, from))?;
         let mut journal = JournalReader::new(self);
         let mut events = Vec::new();
         let mut on_disk = Vec::new();
@@ -1808,11 +1812,8 @@ impl History {
         let prefix = account_scope(account);
         let first = with_token(&prefix, &ListToken { at: from, index: 0, seq: 0 });
         // The group that holds the token, or the one that holds `from`, or the first after it.
-        let start = match after {
-            Some(token) => self.db.range(prefix.clone()..=with_token(&prefix, &token)).next_back().transpose()?,
-            None => self.db.range(prefix.clone()..=first.clone()).next_back().transpose()?,
-        };
-        let start = start.map_or(first, |(key, _)| key.to_vec());
+        let bound = after.map_or_else(|| first.clone(), |token| with_token(&prefix, &token));
+        let start = self.holding(&prefix, &bound, &first)?;
         // Every key of a movement at `to` is longer than this bound, so above it.
         let end = with_u64(&prefix, to.unix_ms());
         let mut tokens = Vec::new();
@@ -2054,8 +2055,8 @@ impl History {
         }
         for (partner, (low, high)) in members.events {
             let prefix = scope(space::EVENT, partner.as_str());
-            let start = self.db.range(prefix.clone()..=with_u64(&prefix, low)).next_back().transpose()?;
-            let start = start.map_or_else(|| with_u64(&prefix, low), |(key, _)| key.to_vec());
+            let low = with_u64(&prefix, low);
+            let start = self.holding(&prefix, &low, &low)?;
             let (mut removed, mut written) = (Vec::new(), Vec::new());
             for item in self.db.range(start..=with_u64(&prefix, high)) {
                 let (key, value) = item?;
@@ -2084,8 +2085,7 @@ impl History {
         high: ListToken,
         cutoff: u64,
     ) -> Result<()> {
-        let start = self.db.range(prefix.to_vec()..=with_token(prefix, &low)).next_back().transpose()?;
-        let start = start.map_or_else(|| prefix.to_vec(), |(key, _)| key.to_vec());
+        let start = self.holding(prefix, &with_token(prefix, &low), prefix)?;
         let (mut removed, mut written) = (Vec::new(), Vec::new());
         for item in self.db.range(start..=with_token(prefix, &high)) {
             let (key, value) = item?;
