@@ -436,24 +436,36 @@ fn scope_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// A list token as keys and gathered groups hold it: `at u64 | index u64 | seq u32`.
+fn token_bytes(token: &ListToken) -> [u8; TOKEN_BYTES] {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    bytes[..8].copy_from_slice(&token.at.unix_ms().to_be_bytes());
+    bytes[8..].copy_from_slice(&position(token.index, token.seq));
+    bytes
+}
+
+/// The list token of [`token_bytes`], read from `key` (or a value under it).
+fn token_from(key: &[u8], bytes: &[u8; TOKEN_BYTES]) -> Result<ListToken> {
+    let (at, rest) = bytes.split_at(8);
+    let (index, seq) = parse_position(key, rest)?;
+    Ok(ListToken { at: Timestamp::from_unix_ms(u64::from_be_bytes(at.try_into().expect("8 bytes"))), index, seq })
+}
+
 fn with_token(prefix: &[u8], token: &ListToken) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + TOKEN_BYTES);
     key.extend_from_slice(prefix);
-    key.extend_from_slice(&token.at.unix_ms().to_be_bytes());
-    key.extend_from_slice(&position(token.index, token.seq));
+    key.extend_from_slice(&token_bytes(token));
     key
 }
 
 /// The list token at the end of a listing or statement key: its group's
 /// first.
 fn parse_token(key: &[u8], prefix_len: usize) -> Result<ListToken> {
-    let tail = key
+    let tail: &[u8; TOKEN_BYTES] = key
         .get(prefix_len..)
-        .filter(|tail| tail.len() == TOKEN_BYTES)
+        .and_then(|tail| tail.try_into().ok())
         .ok_or_else(|| corrupt(key, "a group key without its 20-byte token"))?;
-    let (at, rest) = tail.split_at(8);
-    let (index, seq) = parse_position(key, rest)?;
-    Ok(ListToken { at: Timestamp::from_unix_ms(u64::from_be_bytes(at.try_into().expect("8 bytes"))), index, seq })
+    token_from(key, tail)
 }
 
 fn with_u64(prefix: &[u8], value: u64) -> Vec<u8> {

@@ -37,11 +37,10 @@ use std::collections::{BTreeMap, HashMap};
 use paymesh_core::history::{ListToken, Record};
 use paymesh_core::id::{PartnerId, TransferId};
 use paymesh_core::ledger::AccountId;
-use paymesh_core::Timestamp;
 
 use super::{
-    account_scope, corrupt, parse_position, parse_token, parse_u64, position, scope, space, with_token, with_u64,
-    Result, CHUNK_BYTES_MAX, POSITION_BYTES, TOKEN_BYTES, TRANSFER_ID_BYTES_MAX,
+    account_scope, corrupt, parse_position, parse_token, parse_u64, position, scope, space, token_bytes, token_from,
+    with_token, with_u64, Result, CHUNK_BYTES_MAX, POSITION_BYTES, TOKEN_BYTES, TRANSFER_ID_BYTES_MAX,
 };
 
 /// The first byte of a gathered group's value: its members carry their
@@ -129,13 +128,6 @@ pub(super) fn group_members(key: &[u8], prefix_len: usize, value: &[u8], listing
     Ok(members)
 }
 
-/// A token as a key or a gathered member holds it: `at u64 | index u64 | seq u32`.
-fn token_from(key: &[u8], bytes: &[u8; TOKEN_BYTES]) -> Result<ListToken> {
-    let (at, rest) = bytes.split_at(8);
-    let (index, seq) = parse_position(key, rest)?;
-    Ok(ListToken { at: Timestamp::from_unix_ms(u64::from_be_bytes(at.try_into().expect("8 bytes"))), index, seq })
-}
-
 /// A transfer id after its length (u16), taken from the front of `rest`.
 fn take_transfer_id(key: &[u8], rest: &mut &[u8]) -> Result<TransferId> {
     let (length, tail) = rest.split_first_chunk::<2>().ok_or_else(|| corrupt(key, "a listing cut short"))?;
@@ -152,8 +144,7 @@ fn take_transfer_id(key: &[u8], rest: &mut &[u8]) -> Result<TransferId> {
 }
 
 fn push_member(value: &mut Vec<u8>, member: &Member) {
-    value.extend_from_slice(&member.token.at.unix_ms().to_be_bytes());
-    value.extend_from_slice(&position(member.token.index, member.token.seq));
+    value.extend_from_slice(&token_bytes(&member.token));
     if let Some(transfer) = &member.transfer {
         let length_at = value.len();
         value.extend_from_slice(&[0, 0]);
