@@ -292,13 +292,35 @@ impl PayerToken {
 
     /// The token for a transfer: `pt_` and the first 128 bits of SHA-256 of the
     /// transfer id, in lowercase hex.
+    ///
+    /// Computed for every transfer on every replica, so without formatting:
+    /// the id's text (`<region>:<sequence>`) goes to the hash in its parts,
+    /// and the digits are written from a table.
     pub fn for_transfer(transfer: &TransferId) -> PayerToken {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(format!("paymesh/payer-token/v1/{transfer}").as_bytes());
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hash = Sha256::new();
+        hash.update(b"paymesh/payer-token/v1/");
+        hash.update(transfer.origin().as_str().as_bytes());
+        hash.update(b":");
+        let mut sequence = [0u8; 20];
+        let mut at = sequence.len();
+        let mut rest = transfer.sequence();
+        loop {
+            at -= 1;
+            sequence[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        hash.update(&sequence[at..]);
+        let digest = hash.finalize();
         let mut token = String::with_capacity(Self::PREFIX.len() + Self::HEX_CHARS);
         token.push_str(Self::PREFIX);
         for byte in &digest[..Self::HEX_CHARS / 2] {
-            token.push_str(&format!("{byte:02x}"));
+            token.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            token.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
         }
         PayerToken(Arc::from(token))
     }
@@ -401,5 +423,24 @@ mod tests {
         assert_eq!(PayerToken::parse(token.as_str()).unwrap(), token);
         assert!(PayerToken::parse("pt_XYZ").is_err());
         assert!(PayerToken::parse("alice@example.com").is_err());
+    }
+
+    /// Tokens cross regions and are kept in history: a token is the
+    /// definition's (`pt_` and SHA-256 of `paymesh/payer-token/v1/<id>`,
+    /// its first 16 bytes in lowercase hex) for every shape of sequence.
+    #[test]
+    fn a_payer_token_is_the_hash_of_its_transfer_ids_text() {
+        use sha2::{Digest, Sha256};
+        for sequence in [0, 1, 9, 10, 42, 1_000_000, u64::MAX] {
+            let id = TransferId::new(RegionId::new("cn-east").unwrap(), sequence);
+            let digest = Sha256::digest(format!("paymesh/payer-token/v1/{id}").as_bytes());
+            let hex: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+            assert_eq!(PayerToken::for_transfer(&id).as_str(), format!("pt_{hex}"), "{id}");
+        }
+        // The token of us-west:1 as the releases before wrote it.
+        assert_eq!(
+            PayerToken::for_transfer(&TransferId::parse("us-west:1").unwrap()).as_str(),
+            "pt_4884a4c1751dd4f6d2375a3618bc0b0a"
+        );
     }
 }
