@@ -167,6 +167,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use rustc_hash::FxHashMap;
+
 use paymesh_core::history::{HistoryRead, IdempotencyRecord, ListToken, Movement, Recall, Record, TopUpRecord};
 use paymesh_core::id::{IdempotencyKey, PartnerId, RegionId, TopUpRef, TransferId};
 use paymesh_core::ledger::AccountId;
@@ -659,7 +661,7 @@ struct Derivation {
     /// `T`, `P`, `F` and `Q` groups still taking entries, by what they
     /// gather and their block (their key's prefix,
     /// `space | scope | 0 | u64`, is made when they close).
-    open: HashMap<(GroupOf, u64), Group>,
+    open: FxHashMap<(GroupOf, u64), Group>,
     /// Groups complete: key and value.
     groups: Vec<(Vec<u8>, Vec<u8>)>,
     /// Listings, movements and events, for their gathered groups.
@@ -671,7 +673,7 @@ impl Derivation {
         Derivation {
             index,
             pointers: Vec::new(),
-            open: HashMap::new(),
+            open: FxHashMap::default(),
             groups: Vec::new(),
             members: BatchMembers::default(),
         }
@@ -910,7 +912,7 @@ struct Recalled {
     /// The batch whose recall read them.
     before: u64,
     generation: u64,
-    values: HashMap<Vec<u8>, Option<kv::Bytes>>,
+    values: FxHashMap<Vec<u8>, Option<kv::Bytes>>,
 }
 
 /// The most pointer values kept for one batch's write (its commands' lookups;
@@ -1251,7 +1253,7 @@ impl History {
         // Each pointer gains this batch's positions after those it holds; one
         // taken twice in this batch builds on its own new value (the engine
         // does not see the batch's writes before it is applied).
-        let mut pointers: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut pointers: FxHashMap<Vec<u8>, Vec<u8>> = FxHashMap::default();
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
             let value = match pointers.entry(key) {
                 hash_map::Entry::Occupied(held) => held.into_mut(),

@@ -32,7 +32,9 @@
 //! again from the journal after a crash are sorted the same way as when
 //! they were first written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use paymesh_core::history::{ListToken, Record};
 use paymesh_core::id::{PartnerId, TransferId};
@@ -363,14 +365,14 @@ pub(super) struct Gathered {
     batches_max: u64,
     /// Members waiting.
     members: usize,
-    listed: HashMap<PartnerId, Scope>,
-    accounts: HashMap<AccountId, Scope>,
-    events: HashMap<PartnerId, EventScope>,
+    listed: FxHashMap<PartnerId, Scope>,
+    accounts: FxHashMap<AccountId, Scope>,
+    events: FxHashMap<PartnerId, EventScope>,
 }
 
 /// The scope of `key` in `map`, learning what it holds on disk if it is new.
 fn scope_of<'a, K: std::hash::Hash + Eq + Clone>(
-    map: &'a mut HashMap<K, Scope>,
+    map: &'a mut FxHashMap<K, Scope>,
     key: &K,
     highest: impl FnOnce() -> Result<Option<ListToken>>,
 ) -> Result<&'a mut Scope> {
@@ -390,9 +392,9 @@ impl Gathered {
             batches: 0,
             batches_max: batches_max.max(1),
             members: 0,
-            listed: HashMap::new(),
-            accounts: HashMap::new(),
-            events: HashMap::new(),
+            listed: FxHashMap::default(),
+            accounts: FxHashMap::default(),
+            events: FxHashMap::default(),
         }
     }
 

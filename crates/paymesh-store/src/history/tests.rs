@@ -963,6 +963,24 @@ fn the_journal_comes_in_whole_batches_within_max_bytes() {
 // --- keys per batch ---------------------------------------------------------
 
 /// How many keys of each space the store holds.
+/// The journal's bytes per transfer by kind of record (frames as written).
+fn journal_bytes_by_record(store: &History, transfers: u64) -> BTreeMap<String, (f64, f64)> {
+    let mut bytes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for item in store.db.scan_prefix([space::JOURNAL]) {
+        let (key, value) = item.unwrap();
+        for frame in Frames::new(&key, &value).unwrap() {
+            let frame = frame.unwrap();
+            let record = decode_record(&key, frame).unwrap();
+            let kind = format!("{record:?}").chars().take_while(|c| c.is_alphanumeric()).collect::<String>();
+            let tally = bytes.entry(kind).or_default();
+            tally.0 += 1;
+            tally.1 += frame.len() as u64;
+        }
+    }
+    let per = |n: u64| n as f64 / transfers.max(1) as f64;
+    bytes.into_iter().map(|(kind, (count, size))| (kind, (per(count), per(size)))).collect()
+}
+
 fn keys_by_space(store: &History) -> BTreeMap<char, usize> {
     let mut counts = BTreeMap::new();
     for item in store.db.iter() {
@@ -1904,6 +1922,7 @@ fn measure_a_replicas_apply_path() {
     );
     if std::env::var("PAYMESH_MEASURE_KEYS").is_ok() {
         println!("keys by space: {:?}", keys_by_space(&replica.history));
+        println!("journal bytes by record: {:?}", journal_bytes_by_record(&replica.history, committed));
     }
     if std::env::var("PAYMESH_MEASURE_KEEP").is_ok() {
         println!("at the end: {}", memory_line(&replica.history));
