@@ -28,11 +28,12 @@
 //! (the process serves) and `/readyz` (its Raft group runs and knows a
 //! leader).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use openraft::ServerState;
 use paymesh_core::command::OutboxMessage;
+use paymesh_core::corridor::CorridorId;
 use paymesh_core::id::PartnerId;
 use paymesh_core::transfer::CoordinatorState;
 use paymesh_core::Outcome;
@@ -180,6 +182,12 @@ pub struct Events {
     partner_rejections: Family<RejectLabels, Counter>,
     corridor_transfers: Family<CorridorStateLabels, Counter>,
     corridor_duration: Family<CorridorLabel, Histogram, LatencyBuckets>,
+    /// Each kind of call's handles in the families above, found once:
+    /// a call then costs one lookup here, not four label sets built
+    /// (their strings copied) and looked up. As bounded as the families.
+    calls: RwLock<HashMap<CallKey, CallHandles>>,
+    /// Each corridor's handles in the corridor families, found once.
+    corridors: RwLock<HashMap<CorridorId, CorridorHandles>>,
     proposer_queue: Gauge,
     proposer_batch: Histogram,
     subscribers: Gauge,
@@ -260,6 +268,8 @@ impl Events {
             partner_rejections,
             corridor_transfers,
             corridor_duration,
+            calls: RwLock::default(),
+            corridors: RwLock::default(),
             proposer_queue,
             proposer_batch,
             subscribers,
@@ -293,16 +303,15 @@ impl Events {
         match outcome {
             Outcome::Rejected(code) => reject(code),
             Outcome::Transfer(view) => {
-                let state = match view.state {
-                    CoordinatorState::Committed => "committed",
-                    CoordinatorState::Aborted => "aborted",
-                    _ => "reserved",
-                };
-                let corridor = view.corridor.to_string();
-                self.corridor_duration
-                    .get_or_create(&CorridorLabel { corridor: corridor.clone() })
-                    .observe(took.as_secs_f64());
-                self.corridor_transfers.get_or_create(&CorridorStateLabels { corridor, state }).inc();
+                self.corridor(&view.corridor, |handles| {
+                    handles.duration.observe(took.as_secs_f64());
+                    match view.state {
+                        CoordinatorState::Committed => &handles.committed,
+                        CoordinatorState::Aborted => &handles.aborted,
+                        _ => &handles.reserved,
+                    }
+                    .inc();
+                });
                 if let (CoordinatorState::Aborted, Some(code)) = (view.state, view.reason) {
                     reject(&code);
                 }
@@ -311,18 +320,105 @@ impl Events {
         }
     }
 
-    fn called(&self, service: &'static str, method: String, code: tonic::Code, took: Duration, partner: Option<&str>) {
+    fn called(
+        &self,
+        service: &'static str,
+        method: String,
+        code: tonic::Code,
+        took: Duration,
+        partner: Option<&PartnerId>,
+    ) {
         let code = code_name(code);
-        if let Some(partner) = partner {
-            let labels = PartnerCodeLabels { partner: partner.to_owned(), method: method.clone(), code };
-            self.partner_requests.get_or_create(&labels).inc();
-            let labels = PartnerMethodLabels { partner: partner.to_owned(), method: method.clone() };
-            self.partner_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        if partner.is_some() {
             self.partner_calls.record(code == "OK", took);
         }
-        self.grpc_requests.get_or_create(&CodeLabels { service, method: method.clone(), code }).inc();
-        self.grpc_duration.get_or_create(&MethodLabels { service, method }).observe(took.as_secs_f64());
+        let key = CallKey { service, method, code, partner: partner.cloned() };
+        let seconds = took.as_secs_f64();
+        if let Some(handles) = self.calls.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            handles.record(seconds);
+            return;
+        }
+        let handles = self.call_handles(&key);
+        handles.record(seconds);
+        self.calls.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(handles);
     }
+
+    /// The handles a call labelled `key` updates, from the families.
+    fn call_handles(&self, key: &CallKey) -> CallHandles {
+        let (service, method, code) = (key.service, key.method.clone(), key.code);
+        let partner = key.partner.as_ref().map(|partner| {
+            let labels = PartnerCodeLabels { partner: partner.to_string(), method: method.clone(), code };
+            let requests = self.partner_requests.get_or_create(&labels).clone();
+            let labels = PartnerMethodLabels { partner: partner.to_string(), method: method.clone() };
+            (requests, self.partner_duration.get_or_create(&labels).clone())
+        });
+        CallHandles {
+            requests: self.grpc_requests.get_or_create(&CodeLabels { service, method: method.clone(), code }).clone(),
+            duration: self.grpc_duration.get_or_create(&MethodLabels { service, method }).clone(),
+            partner,
+        }
+    }
+
+    /// Update `corridor`'s handles with `update`, finding them in the
+    /// families the first time.
+    fn corridor(&self, corridor: &CorridorId, update: impl FnOnce(&CorridorHandles)) {
+        if let Some(handles) = self.corridors.read().unwrap_or_else(|p| p.into_inner()).get(corridor) {
+            update(handles);
+            return;
+        }
+        let name = corridor.to_string();
+        let state = |state: &'static str| {
+            self.corridor_transfers.get_or_create(&CorridorStateLabels { corridor: name.clone(), state }).clone()
+        };
+        let handles = CorridorHandles {
+            duration: self.corridor_duration.get_or_create(&CorridorLabel { corridor: name.clone() }).clone(),
+            committed: state("committed"),
+            aborted: state("aborted"),
+            reserved: state("reserved"),
+        };
+        update(&handles);
+        self.corridors.write().unwrap_or_else(|p| p.into_inner()).entry(corridor.clone()).or_insert(handles);
+    }
+}
+
+/// What labels a call's metrics: its service, method and code, and the
+/// partner that made it.
+#[derive(Debug, Hash, PartialEq, Eq)]
+struct CallKey {
+    service: &'static str,
+    method: String,
+    code: &'static str,
+    partner: Option<PartnerId>,
+}
+
+/// A kind of call's metrics (clones share the families' series).
+#[derive(Debug)]
+struct CallHandles {
+    requests: Counter,
+    duration: Histogram,
+    /// The partner's count and latency, for a partner's call.
+    partner: Option<(Counter, Histogram)>,
+}
+
+impl CallHandles {
+    fn record(&self, seconds: f64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+        if let Some((requests, duration)) = &self.partner {
+            requests.inc();
+            duration.observe(seconds);
+        }
+    }
+}
+
+/// A corridor's metrics: its answers' latency and its transfers by the
+/// state they were answered in.
+#[derive(Debug)]
+struct CorridorHandles {
+    duration: Histogram,
+    committed: Counter,
+    aborted: Counter,
+    reserved: Counter,
 }
 
 /// The process-wide event metrics.
@@ -437,8 +533,7 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32);
                 // A method the service does not have is not a label value.
                 let method = if code == tonic::Code::Unimplemented { "unknown".to_owned() } else { method };
-                let partner = slot.0.get().map(PartnerId::to_string);
-                events().called(Self::service(), method, code, started.elapsed(), partner.as_deref());
+                events().called(Self::service(), method, code, started.elapsed(), slot.0.get());
             }
             answer
         })
@@ -985,6 +1080,36 @@ mod tests {
         );
     }
 
+    /// The handles found on a kind's first call count every later call of
+    /// that kind in the same series, and other kinds in their own.
+    #[test]
+    fn calls_and_corridor_answers_count_through_their_kept_handles() {
+        let partner = PartnerId::new("metrics-kept-partner").unwrap();
+        for _ in 0..3 {
+            let took = Duration::from_millis(2);
+            events().called("PartnerService", "GetQuote".into(), tonic::Code::Ok, took, Some(&partner));
+        }
+        events().called("PartnerService", "GetQuote".into(), tonic::Code::NotFound, Duration::ZERO, Some(&partner));
+        let corridor = CorridorId::parse("USD:metrics-kept->CNY:metrics-kept").unwrap();
+        for _ in 0..2 {
+            events().corridor(&corridor, |handles| {
+                handles.committed.inc();
+            });
+        }
+        events().corridor(&corridor, |handles| handles.duration.observe(0.001));
+        let mut text = String::new();
+        encode_registry(&mut text, &events().registry).unwrap();
+        for line in [
+            r#"paymesh_partner_requests_total{partner="metrics-kept-partner",method="GetQuote",code="OK"} 3"#,
+            r#"paymesh_partner_requests_total{partner="metrics-kept-partner",method="GetQuote",code="NOT_FOUND"} 1"#,
+            r#"paymesh_partner_request_duration_seconds_count{partner="metrics-kept-partner",method="GetQuote"} 4"#,
+            r#"paymesh_corridor_transfers_total{corridor="USD:metrics-kept->CNY:metrics-kept",state="committed"} 2"#,
+            r#"paymesh_corridor_transfer_duration_seconds_count{corridor="USD:metrics-kept->CNY:metrics-kept"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
     #[test]
     fn refusals_and_calls_are_counted_under_bounded_label_values() {
         let partner = PartnerId::new("metrics-test-partner").unwrap();
@@ -996,7 +1121,7 @@ mod tests {
             "CreateQuote".into(),
             tonic::Code::Unavailable,
             Duration::from_millis(3),
-            Some("metrics-test-partner"),
+            Some(&partner),
         );
         let guard = events().subscribed();
         let mut text = String::new();
