@@ -660,7 +660,9 @@ struct Derivation {
     pointers: Vec<(Vec<u8>, u32)>,
     /// `T`, `P`, `F` and `Q` groups still taking entries, by what they
     /// gather and their block (their key's prefix,
-    /// `space | scope | 0 | u64`, is made when they close).
+    /// `space | scope | 0 | u64`, is made when they close). FxHash: no
+    /// partner chooses these keys (the maps keyed by idempotency keys or
+    /// references keep std's keyed hash, which a partner cannot aim at).
     open: FxHashMap<(GroupOf, u64), Group>,
     /// Groups complete: key and value.
     groups: Vec<(Vec<u8>, Vec<u8>)>,
@@ -912,7 +914,7 @@ struct Recalled {
     /// The batch whose recall read them.
     before: u64,
     generation: u64,
-    values: FxHashMap<Vec<u8>, Option<kv::Bytes>>,
+    values: HashMap<Vec<u8>, Option<kv::Bytes>>,
 }
 
 /// The most pointer values kept for one batch's write (its commands' lookups;
@@ -1253,7 +1255,7 @@ impl History {
         // Each pointer gains this batch's positions after those it holds; one
         // taken twice in this batch builds on its own new value (the engine
         // does not see the batch's writes before it is applied).
-        let mut pointers: FxHashMap<Vec<u8>, Vec<u8>> = FxHashMap::default();
+        let mut pointers: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for (key, seq) in std::mem::take(&mut derivation.pointers) {
             let value = match pointers.entry(key) {
                 hash_map::Entry::Occupied(held) => held.into_mut(),

@@ -365,6 +365,8 @@ pub(super) struct Gathered {
     batches_max: u64,
     /// Members waiting.
     members: usize,
+    /// By partner and account, hashed with FxHash: their ids are the
+    /// operator's, not a partner's choice.
     listed: FxHashMap<PartnerId, Scope>,
     accounts: FxHashMap<AccountId, Scope>,
     events: FxHashMap<PartnerId, EventScope>,
