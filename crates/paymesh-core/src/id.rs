@@ -293,36 +293,15 @@ impl PayerToken {
     /// The token for a transfer: `pt_` and the first 128 bits of SHA-256 of the
     /// transfer id, in lowercase hex.
     ///
-    /// Computed for every transfer on every replica, so without formatting:
-    /// the id's text (`<region>:<sequence>`) goes to the hash in its parts,
-    /// and the digits are written from a table.
+    /// Computed for every transfer on every replica: the id's text is
+    /// formatted straight into the hash.
     pub fn for_transfer(transfer: &TransferId) -> PayerToken {
         use sha2::{Digest, Sha256};
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        use std::io::Write as _;
         let mut hash = Sha256::new();
-        hash.update(b"paymesh/payer-token/v1/");
-        hash.update(transfer.origin().as_str().as_bytes());
-        hash.update(b":");
-        let mut sequence = [0u8; 20];
-        let mut at = sequence.len();
-        let mut rest = transfer.sequence();
-        loop {
-            at -= 1;
-            sequence[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        hash.update(&sequence[at..]);
-        let digest = hash.finalize();
-        let mut token = String::with_capacity(Self::PREFIX.len() + Self::HEX_CHARS);
-        token.push_str(Self::PREFIX);
-        for byte in &digest[..Self::HEX_CHARS / 2] {
-            token.push(char::from(DIGITS[usize::from(byte >> 4)]));
-            token.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-        }
-        PayerToken(Arc::from(token))
+        write!(hash, "paymesh/payer-token/v1/{transfer}").expect("a hash takes every byte written to it");
+        let digits = hex::encode(&hash.finalize()[..Self::HEX_CHARS / 2]);
+        PayerToken(Arc::from(format!("{}{digits}", Self::PREFIX)))
     }
 
     /// Parse a token received from another region.

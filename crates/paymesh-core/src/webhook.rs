@@ -140,7 +140,7 @@ impl WebhookSecret {
 }
 
 fn hex_prefix(bytes: &[u8], n: usize) -> String {
-    bytes.iter().take(n).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&bytes[..n.min(bytes.len())])
 }
 
 impl std::fmt::Debug for WebhookSecret {
