@@ -191,14 +191,47 @@ fn every_reject_code_is_reachable() {
 }
 
 #[test]
-fn purge_forgets_old_resolved_entries_only() {
-    let (mut ledger, payer, payee, _) = funded();
+fn resolved_entries_answer_until_forgotten_and_pending_ones_stay() {
+    let (mut ledger, payer, payee, bank) = funded();
+    assert_eq!(ledger.forget_resolved(), 1, "the top-up");
+    ledger.apply(&[reserve(entry(1), &payer, &payee, usd(1)), reserve(entry(2), &payer, &bank, usd(2))], T0).unwrap();
+    ledger.apply(&[post(entry(3), &payer, &payee, usd(3)), Op::PostPending { id: entry(2) }], T0.plus_ms(10)).unwrap();
+    // Until forgotten, a resolved entry is answered and keeps its id.
+    assert_eq!(ledger.entry(&entry(3)).unwrap().status, EntryStatus::Posted);
+    assert_eq!(ledger.entry(&entry(2)).unwrap().resolved_at, Some(T0.plus_ms(10)));
+    assert_eq!(reject(&mut ledger, &[post(entry(3), &payer, &payee, usd(1))]), LedgerReject::EntryExists);
+    assert_eq!(reject(&mut ledger, &[reserve(entry(2), &payer, &payee, usd(1))]), LedgerReject::EntryExists);
+    assert_eq!(reject(&mut ledger, &[Op::PostPending { id: entry(3) }]), LedgerReject::NotPending);
+    assert_eq!(reject(&mut ledger, &[Op::VoidPending { id: entry(2) }]), LedgerReject::AlreadyPosted);
+    assert_eq!(ledger.entries().count(), 3);
+    ledger.verify().unwrap();
+    let balances = ledger.account(&payee).unwrap().balances();
+
+    assert_eq!(ledger.forget_resolved(), 2);
+    assert!(ledger.entry(&entry(2)).is_none() && ledger.entry(&entry(3)).is_none());
+    assert_eq!(ledger.entry(&entry(1)).unwrap().status, EntryStatus::Pending, "pending entries are never forgotten");
+    assert_eq!(ledger.entries().count(), 1);
+    assert_eq!(ledger.account(&payee).unwrap().balances(), balances, "forgetting moves no money");
+    assert_eq!(reject(&mut ledger, &[Op::PostPending { id: entry(2) }]), LedgerReject::PendingNotFound);
+    ledger.apply(&[Op::VoidPending { id: entry(1) }], T0.plus_ms(20)).unwrap();
+    assert_eq!(reject(&mut ledger, &[Op::PostPending { id: entry(1) }]), LedgerReject::AlreadyVoided);
+    ledger.verify().unwrap();
+}
+
+#[test]
+fn a_refused_chain_leaves_no_resolved_entry_behind() {
+    let (mut ledger, payer, payee, bank) = funded();
     ledger.apply(&[reserve(entry(1), &payer, &payee, usd(1))], T0).unwrap();
-    ledger.apply(&[post(entry(2), &payer, &payee, usd(1))], T0.plus_ms(10)).unwrap();
-    assert_eq!(ledger.purge_resolved_before(T0.plus_ms(5), 100), 1, "only the top-up was resolved before +5ms");
-    assert_eq!(ledger.purge_resolved_before(T0.plus_ms(1_000), 100), 1);
-    assert!(ledger.entry(&entry(1)).is_some(), "pending entries are never purged");
-    assert_eq!(ledger.net_posted(&payee).unwrap().to_wire(), "0.01");
+    let before = ledger.clone();
+    let chain = [
+        post(entry(2), &payer, &bank, usd(2)),
+        Op::PostPending { id: entry(1) },
+        post(entry(3), &payer, &payee, usd(1_000_000)),
+    ];
+    assert_eq!(reject(&mut ledger, &chain), LedgerReject::ExceedsCredits);
+    assert_eq!(ledger, before);
+    assert!(ledger.entry(&entry(2)).is_none());
+    assert_eq!(ledger.entry(&entry(1)).unwrap().status, EntryStatus::Pending);
     ledger.verify().unwrap();
 }
 
@@ -206,6 +239,8 @@ fn purge_forgets_old_resolved_entries_only() {
 fn loading_verifies_the_ledger() {
     let (mut ledger, payer, payee, _) = funded();
     ledger.apply(&[reserve(entry(1), &payer, &payee, usd(5))], T0).unwrap();
+    // Encoded as an image is, between batches: resolved entries forgotten.
+    ledger.forget_resolved();
     let json = serde_json::to_string(&ledger).unwrap();
     assert_eq!(serde_json::from_str::<Ledger>(&json).unwrap(), ledger);
     let tampered = json.replacen("\"credits_posted\":10000", "\"credits_posted\":10001", 1);
