@@ -369,9 +369,10 @@ pub struct Ledger {
     #[serde(with = "crate::serde_seq")]
     entries: OrdMap<EntryId, Entry>,
     /// Resolved entries by resolution time, where resolved entries were kept
-    /// until the batch's end before `recent`. Empty: no image holds one (a
-    /// batch ends by forgetting them), and resolved entries now wait in
-    /// `recent`. Kept so that a snapshot image keeps its format.
+    /// before `recent`: images of the formats before history kept them for a
+    /// day (their conversion forgets them). Empty otherwise: an image of
+    /// this format is written between batches, after they are forgotten.
+    /// Kept so that a snapshot image keeps its format.
     resolved: OrdSet<(Timestamp, EntryId)>,
     #[serde(with = "crate::serde_seq")]
     totals: BTreeMap<Currency, Totals>,
@@ -731,8 +732,8 @@ impl Ledger {
     pub fn forget_resolved(&mut self) -> usize {
         let mut forgotten = self.recent.len();
         self.recent.clear();
-        // Resolved entries kept the earlier way (none in operation: no image
-        // holds one), forgotten as they were.
+        // Resolved entries kept the earlier way (a ledger read from an image
+        // of a format before history), forgotten as they were.
         while let Some((_, id)) = self.resolved.remove_min() {
             self.entries.remove(&id);
             forgotten += 1;
