@@ -88,36 +88,63 @@ pub struct LocalRegion {
 /// socket's outgoing connection or port-0 bind before the node binds it.
 const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-/// Three free loopback ports that differ, from [`NODE_PORTS`], never handed
-/// out before in this process: regions started side by side (tests run in
-/// parallel threads) would otherwise both find a port free that neither of
-/// their nodes has bound yet.
 /// The longest a [`LocalRegion::cli`] command may run.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Five free loopback ports that differ, from [`NODE_PORTS`].
 fn free_ports() -> anyhow::Result<[u16; 5]> {
+    free_ports_in(NODE_PORTS)
+}
+
+/// Five free loopback ports that differ, from `range`, claimed for the
+/// rest of this process: a port is checked free by binding it, and the
+/// node binds it only later, so regions started side by side would
+/// otherwise both find free a port that neither of their nodes has bound
+/// yet. That happens across processes too (a test and the `paymesh demo`
+/// it runs, each starting regions), so a port is claimed by an exclusive
+/// lock on a file named after it in the temporary directory
+/// ([`PORT_CLAIMS`]), held until this process exits (the kernel releases
+/// it then, however the process ends): another process skips a port whose
+/// file it cannot lock.
+fn free_ports_in(range: std::ops::Range<u16>) -> anyhow::Result<[u16; 5]> {
     use rand::Rng;
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    static CLAIMED: std::sync::Mutex<BTreeMap<u16, fs::File>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    let claims = std::env::temp_dir().join(PORT_CLAIMS);
+    fs::create_dir_all(&claims).with_context(|| format!("create {}", claims.display()))?;
     let mut rng = rand::rng();
-    let mut held = Vec::with_capacity(5);
+    let mut ports = Vec::with_capacity(5);
     for _ in 0..1_000 {
-        if held.len() == 5 {
+        if ports.len() == 5 {
             break;
         }
-        let port = rng.random_range(NODE_PORTS);
-        if handed_out.contains(&port) {
+        let port = rng.random_range(range.clone());
+        if claimed.contains_key(&port) {
             continue;
         }
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            handed_out.insert(port);
-            held.push(listener);
+        let path = claims.join(port.to_string());
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        if file.try_lock().is_err() {
+            // Another process holds it (or the lock failed: skip it either way).
+            continue;
+        }
+        // Free now: the listener is closed when it goes out of scope.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            claimed.insert(port, file);
+            ports.push(port);
         }
     }
-    let ports: Vec<u16> = held.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect();
-    ports.try_into().map_err(|_| anyhow::anyhow!("no five free loopback ports in {NODE_PORTS:?}"))
+    ports.try_into().map_err(|_| anyhow::anyhow!("no five free loopback ports in {range:?}"))
 }
+
+/// The directory, under the temporary directory, of the files whose locks
+/// claim node ports across processes.
+const PORT_CLAIMS: &str = "paymesh-node-ports";
 
 impl LocalRegion {
     /// Issue certificates for the operator `operator` and `holders` under
@@ -648,5 +675,41 @@ impl Drop for LocalRegion {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_process_claimed_is_not_handed_out() {
+        // Another process's claims are locks on other open files (a lock
+        // taken through a second open of the same file conflicts within a
+        // process as it does across processes).
+        let range = 31_900..31_940;
+        let claims = std::env::temp_dir().join(PORT_CLAIMS);
+        fs::create_dir_all(&claims).unwrap();
+        let mut theirs = BTreeMap::new();
+        for port in range.clone().step_by(2) {
+            let file =
+                fs::OpenOptions::new().create(true).truncate(false).write(true).open(claims.join(port.to_string()));
+            let file = file.unwrap();
+            if file.try_lock().is_ok() {
+                theirs.insert(port, file);
+            }
+        }
+        assert!(theirs.len() >= 15, "the test claims most even ports of {range:?}");
+        let mut ours = Vec::new();
+        for _ in 0..2 {
+            ours.extend(free_ports_in(range.clone()).unwrap());
+        }
+        assert_eq!(ours.len(), 10);
+        for port in &ours {
+            assert!(range.contains(port));
+            assert!(!theirs.contains_key(port), "port {port} is claimed by another holder, yet handed out");
+        }
+        let distinct: std::collections::BTreeSet<_> = ours.iter().collect();
+        assert_eq!(distinct.len(), 10, "ports are handed out once: {ours:?}");
     }
 }
