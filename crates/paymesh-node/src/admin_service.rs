@@ -747,8 +747,8 @@ impl AdminService for AdminServer {
                 credits_pending: totals(t.credits_pending, *currency),
             })
             .collect();
-        let state = applied.state;
-        let verified = tokio::task::spawn_blocking(move || state.verify())
+        let copy = applied.clone();
+        let verified = tokio::task::spawn_blocking(move || copy.state.verify())
             .await
             .map_err(|e| Status::internal(format!("verify: {e}")))?;
         Ok(Response::new(wire::GetLedgerSummaryResponse {

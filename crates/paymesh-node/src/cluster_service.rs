@@ -91,7 +91,8 @@ impl ClusterServer {
     /// Every member's release and newest supported protocol, this node's
     /// from itself; an error naming the first member that does not answer.
     async fn member_releases(&self) -> Result<Vec<wire::MemberRelease>, Status> {
-        let membership = self.state_machine.applied().membership;
+        let applied = self.state_machine.applied();
+        let membership = &applied.membership;
         let mut members = Vec::new();
         for (id, addr) in membership.membership().nodes() {
             if *id == self.config.node_id {
@@ -289,7 +290,8 @@ impl ClusterService for ClusterServer {
                 .await
                 .map_err(|e| Status::internal(format!("digest: {e}")))?;
         }
-        let applied_state = self.state_machine.applied().state;
+        let applied = self.state_machine.applied();
+        let applied_state = &applied.state;
         let stats = &self.log_stats;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(wire::GetNodeStatusResponse {

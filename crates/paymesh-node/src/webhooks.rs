@@ -122,8 +122,9 @@ pub async fn deliver(gateway: Gateway) {
     };
     let mut tasks = Tasks::default();
     while gateway.registry.leads() {
-        let state = gateway.state_machine.applied().state;
-        let wanted: BTreeMap<PartnerId, u64> = state
+        let applied = gateway.state_machine.applied();
+        let wanted: BTreeMap<PartnerId, u64> = applied
+            .state
             .webhooks()
             .filter(|(_, hook)| hook.dead_letter.is_none())
             .map(|(partner, hook)| (partner.clone(), hook.generation))
@@ -300,8 +301,9 @@ async fn read_events(
     let store = gateway.state_machine.clone();
     let partner = partner.clone();
     tokio::task::spawn_blocking(move || {
-        let state = store.applied().state;
-        state
+        let applied = store.applied();
+        applied
+            .state
             .events_after(&partner, after, max, store.history())
             .map(|events| events.iter().map(convert::event_out).collect())
             .map_err(|expired| {

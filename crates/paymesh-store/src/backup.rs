@@ -486,5 +486,5 @@ pub fn commit_file(file: File, tmp: &Path, path: &Path) -> Result<(), BackupErro
 pub fn restored_state(state_dir: &Path, region: RegionId) -> Result<State, BackupError> {
     let store =
         state_machine::StateMachineStore::open(state_dir, region).map_err(|e| BackupError::State(e.to_string()))?;
-    Ok(store.applied().state)
+    Ok(store.applied().state.clone())
 }

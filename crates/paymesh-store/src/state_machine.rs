@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Cursor, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -243,7 +243,16 @@ pub type ApplyObserver = Arc<dyn Fn(LogId, [u8; 32]) + Send + Sync>;
 
 struct Shared {
     region: RegionId,
-    applied: RwLock<AppliedState>,
+    /// The state the applies change: taken by [`RaftStateMachine::apply`]
+    /// and snapshot installation only, for as long as they run.
+    working: Mutex<AppliedState>,
+    /// The state as the last apply left it, for readers: a copy published
+    /// when an apply ends (the state's tables are persistent maps, so the
+    /// copy shares them). A reader takes a reference to it and never waits
+    /// for an apply in progress, which holds the working state for the
+    /// whole batch, history's writes included (milliseconds at a region's
+    /// peak); and a reader's copy is one reference count, not one per table.
+    applied: RwLock<Arc<AppliedState>>,
     checkpoints: Checkpoints,
     history: History,
     snapshots_built: AtomicU64,
@@ -463,7 +472,8 @@ impl StateMachineStore {
         let shared = Shared {
             region,
             applied_index,
-            applied: RwLock::new(applied),
+            applied: RwLock::new(Arc::new(applied.clone())),
+            working: Mutex::new(applied),
             checkpoints,
             history,
             snapshots_built: AtomicU64::new(0),
@@ -478,9 +488,16 @@ impl StateMachineStore {
         &self.shared.history
     }
 
-    /// A copy of the applied state (O(1)).
-    pub fn applied(&self) -> AppliedState {
+    /// The applied state as the last apply left it (a reference, O(1); an
+    /// apply in progress does not hold it up).
+    pub fn applied(&self) -> Arc<AppliedState> {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publish `applied` for readers ([`Self::applied`]).
+    fn publish(&self, applied: &AppliedState) {
+        let published = Arc::new(applied.clone());
+        *self.shared.applied.write().unwrap_or_else(|p| p.into_inner()) = published;
     }
 
     /// The protocol the region runs as applied here (cheaper than
@@ -591,7 +608,7 @@ fn record_history(
 /// Builds a snapshot from a copy of the state taken at one applied index.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    copy: AppliedState,
+    copy: Arc<AppliedState>,
     shared: Arc<Shared>,
 }
 
@@ -641,7 +658,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = self.applied();
-        Ok((applied.last_applied, applied.membership))
+        Ok((applied.last_applied, applied.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryOutcome>, StorageError>
@@ -650,7 +667,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut applied = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
+        let mut working = self.shared.working.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = &mut *working;
         let mut outcomes = Vec::new();
         for entry in entries {
             if let EntryPayload::Normal(batch) = &entry.payload {
@@ -685,7 +703,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             outcomes.push(outcome);
         }
         let last = applied.last_applied.map_or(0, |l| l.index);
-        drop(applied);
+        self.publish(applied);
+        drop(working);
         self.shared.applied_index.send_if_modified(|index| std::mem::replace(index, last) != last);
         Ok(outcomes)
     }
@@ -714,7 +733,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .save(meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let index = installed.last_applied.map_or(0, |l| l.index);
-        *self.shared.applied.write().unwrap_or_else(|p| p.into_inner()) = installed;
+        let mut working = self.shared.working.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&installed);
+        *working = installed;
+        drop(working);
         self.shared.applied_index.send_replace(index);
         tracing::info!(last_applied = ?meta.last_log_id, bytes = bytes.len(), "snapshot installed");
         Ok(())

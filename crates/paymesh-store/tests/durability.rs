@@ -187,7 +187,7 @@ fn membership_entry(index: u64, ids: &[u64]) -> Entry {
 #[tokio::test]
 async fn removed_nodes_are_retired_until_added_back_and_the_set_survives_snapshots_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let retired = |sm: &StateMachineStore| sm.applied().retired.into_iter().collect::<Vec<u64>>();
+    let retired = |sm: &StateMachineStore| sm.applied().retired.iter().copied().collect::<Vec<u64>>();
     {
         let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
         sm.apply(vec![membership_entry(1, &[1, 2, 3])]).await.unwrap();
@@ -327,4 +327,40 @@ async fn a_raised_protocol_survives_a_snapshot_and_a_release_without_it_stops_be
     let sm = StateMachineStore::open(dir.path(), region()).unwrap();
     assert_eq!(sm.applied().state.protocol(), Protocol::SUPPORTED);
     assert_eq!(sm.applied().digest(), digest);
+}
+
+/// A reader of the applied state (a partner's request, a status page) is
+/// never held up by an apply in progress, however long its batch takes: it
+/// reads the state as the last apply left it, and the next apply's result
+/// once that apply is done.
+#[tokio::test]
+async fn a_reader_does_not_wait_for_an_apply_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path(), region()).unwrap();
+    let all = entries(5); // indexes 1 to 7
+    sm.apply(all[..3].to_vec()).await.unwrap();
+    // While entry 5 applies (the observer runs inside the apply), another
+    // thread reads the applied state; the apply waits (a bounded time) for
+    // its answer.
+    let (answer, answers) = mpsc::channel();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = sm.clone();
+    let seen = answered.clone();
+    sm.observe_applies(std::sync::Arc::new(move |log_id: LogId, _| {
+        if log_id.index != 5 {
+            return;
+        }
+        let (reader, answer, (done, waited)) = (reader.clone(), answer.clone(), mpsc::channel());
+        std::thread::spawn(move || {
+            answer.send(reader.applied().last_applied.map(|l| l.index)).unwrap();
+            let _ = done.send(());
+        });
+        let in_time = waited.recv_timeout(Duration::from_secs(2)).is_ok();
+        seen.store(in_time, std::sync::atomic::Ordering::SeqCst);
+    }));
+    sm.apply(all[3..].to_vec()).await.unwrap();
+    let during = answers.recv_timeout(Duration::from_secs(10)).expect("the reader answers");
+    assert!(answered.load(std::sync::atomic::Ordering::SeqCst), "the reader answered while the apply ran");
+    assert_eq!(during, Some(3), "the reader sees the state the last apply left");
+    assert_eq!(sm.applied().last_applied.map(|l| l.index), Some(7), "then the finished apply's");
 }

@@ -133,7 +133,8 @@ impl PartnerActor {
         if self.subscribers.is_empty() {
             return;
         }
-        let state = self.state.applied().state;
+        let applied = self.state.applied();
+        let state = &applied.state;
         let history = self.state.history();
         if state.partner(&self.partner).is_none_or(|p| p.status == BusinessStatus::Suspended) {
             // A suspended partner's streams end; reopening one is refused
