@@ -11,6 +11,12 @@
 #   scripts/peak-rounds.sh 20 8eb8644     the comparison in docs/BENCHMARKS.md,
 #                                         "History's own price"
 #
+# PEAK_BENCH_ARGS gives the load instead of the default `--workers 256`:
+#
+#   PEAK_BENCH_ARGS="--workers 1024 --payers 8 --batched" scripts/peak-rounds.sh 3 add0119
+#                                         the batched peak, as in "Readers off
+#                                         the apply's lock"
+#
 # ROUNDS defaults to 10 (each round is about 40 s per build). Builds share
 # target/ (a revision's is built in a git worktree under target/peak-rounds)
 # and each binary is copied aside before the next build replaces it: from
@@ -35,6 +41,7 @@ if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 100 ]; then
     exit 2
 fi
 
+read -r -a load <<<"${PEAK_BENCH_ARGS:---workers 256}"
 root=$PWD
 work="$root/target/peak-rounds"
 mkdir -p "$work/bin" "$work/runs"
@@ -68,7 +75,7 @@ for round in $(seq 1 "$rounds"); do
         sync
         if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
         out="$work/runs/$name-$round"
-        "$work/bin/$name" bench --target paymesh --workers 256 --warmup 5 --duration 20 \
+        "$work/bin/$name" bench --target paymesh "${load[@]}" --warmup 5 --duration 20 \
             --paymesh-dir "$work/region" --json "$out.json" --no-progress >"$out.out" 2>&1 || true
         rate=$(awk '/^throughput/ { gsub(/[,\/s]/, "", $2); print $2; exit }' "$out.out")
         p99=$(awk '/^latency p99 / { print $3; exit }' "$out.out")
