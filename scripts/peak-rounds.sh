@@ -17,10 +17,15 @@
 #                                         the batched peak, as in "Readers off
 #                                         the apply's lock"
 #
-# ROUNDS defaults to 10 (each round is about 40 s per build). Builds share
-# target/ (a revision's is built in a git worktree under target/peak-rounds)
-# and each binary is copied aside before the next build replaces it: from
-# cold, about 7 minutes for the first and 3 to 4 for each other. The bench
+# ROUNDS defaults to 10 (each round is about 40 s per build). This code's
+# two builds share target/, each binary copied aside before the next build
+# replaces it; a revision is built in a git worktree under
+# target/peak-rounds with a target directory of its own: cargo names a
+# workspace's crates alike in every checkout and records their sources by
+# relative path, so a shared one would take the crates a worktree built
+# for this code's wherever this code's files are older than that build.
+# From cold, about 7 to 10 minutes a build, 3 to 4 for the second of this
+# code's. The bench
 # of the build without history reports a failed audit (nothing is listed
 # there); its figures are kept.
 set -euo pipefail
@@ -47,12 +52,12 @@ work="$root/target/peak-rounds"
 mkdir -p "$work/bin" "$work/runs"
 names=()
 
-build() { # name, source directory, extra cargo arguments...
-    local name=$1 dir=$2
-    shift 2
+build() { # name, source directory, target directory, extra cargo arguments...
+    local name=$1 dir=$2 target=$3
+    shift 3
     say "building $name"
-    (cd "$dir" && cargo build --release --locked -p paymesh-cli --bin paymesh --target-dir "$root/target" "$@" >&2)
-    cp "$root/target/release/paymesh" "$work/bin/$name"
+    (cd "$dir" && cargo build --release --locked -p paymesh-cli --bin paymesh --target-dir "$target" "$@" >&2)
+    cp "$target/release/paymesh" "$work/bin/$name"
     names+=("$name")
 }
 
@@ -62,10 +67,10 @@ for rev in "$@"; do
     if [ ! -d "$tree" ]; then
         git worktree add --detach "$tree" "$commit" >&2
     fi
-    build "rev-$commit" "$tree"
+    build "rev-$commit" "$tree" "$work/target-$commit"
 done
-build this "$PWD"
-build this-without-history "$PWD" --features measure-without-history
+build this "$PWD" "$root/target"
+build this-without-history "$PWD" "$root/target" --features measure-without-history
 
 summary="$work/runs/summary.txt"
 : >"$summary"
