@@ -692,9 +692,8 @@ mod tests {
         fs::create_dir_all(&claims).unwrap();
         let mut theirs = BTreeMap::new();
         for port in range.clone().step_by(2) {
-            let file =
-                fs::OpenOptions::new().create(true).truncate(false).write(true).open(claims.join(port.to_string()));
-            let file = file.unwrap();
+            let path = claims.join(port.to_string());
+            let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
             if file.try_lock().is_ok() {
                 theirs.insert(port, file);
             }
