@@ -660,15 +660,9 @@ impl Ledger {
         now: Timestamp,
         undo: &mut Vec<Undo>,
     ) -> Result<(), LedgerReject> {
-        let Some(entry) = self.entries.get(id) else {
-            // Resolved already (in this batch), or never created.
-            return Err(match self.recent.get(id) {
-                Some(resolved) if !resolved.two_phase => LedgerReject::NotPending,
-                Some(resolved) if resolved.status == EntryStatus::Voided => LedgerReject::AlreadyVoided,
-                Some(_) => LedgerReject::AlreadyPosted,
-                None => LedgerReject::PendingNotFound,
-            });
-        };
+        // A pending entry, or one resolved already in this batch (which the
+        // match below refuses as the persistent map's entries were refused).
+        let entry = self.entry(id).ok_or(LedgerReject::PendingNotFound)?;
         match (entry.two_phase, entry.status) {
             (false, _) => return Err(LedgerReject::NotPending),
             (true, EntryStatus::Posted) => return Err(LedgerReject::AlreadyPosted),
