@@ -13,9 +13,9 @@
 #
 # PEAK_BENCH_ARGS gives the load instead of the default `--workers 256`:
 #
-#   PEAK_BENCH_ARGS="--workers 1024 --payers 8 --batched" scripts/peak-rounds.sh 3 add0119
-#                                         the batched peak, as in "Readers off
-#                                         the apply's lock"
+#   PEAK_BENCH_ARGS="--workers 1024 --payers 8 --batched" scripts/peak-rounds.sh 4
+#                                         the batched peak, as in "History's
+#                                         price at the batched peak"
 #
 # ROUNDS defaults to 10 (each round is about 40 s per build). This code's
 # two builds share target/, each binary copied aside before the next build
@@ -25,9 +25,8 @@
 # relative path, so a shared one would take the crates a worktree built
 # for this code's wherever this code's files are older than that build.
 # From cold, about 7 to 10 minutes a build, 3 to 4 for the second of this
-# code's. The bench
-# of the build without history reports a failed audit (nothing is listed
-# there); its figures are kept.
+# code's. The bench of the build without history reports a failed audit
+# (nothing is listed there); its figures are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
