@@ -1765,11 +1765,14 @@ fn measure_a_realistic_transfer_mix() {
 /// `PAYMESH_MEASURE_PLAIN` (any value), propose each transfer as a plain
 /// `CreateTransfer`, whose key every replica looks up in history, rather
 /// than as the leader does, a `CreateFreshTransfer` vouched for by the
-/// applied index before its entry.
+/// applied index before its entry; `PAYMESH_MEASURE_PAYMENTS` (any value),
+/// propose one-call payments instead of quotes and transfers, each a
+/// `CreateFreshPayment` as the leader proposes a batched submission's items
+/// (128 to an entry, each committed in its entry).
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_a_replicas_apply_path() {
-    use paymesh_core::command::{Batch, Command, CommandId};
+    use paymesh_core::command::{Batch, Command, CommandId, PaymentRequest};
     use paymesh_core::corridor::{CorridorTerms, QuoteAmount};
     use paymesh_core::directory::{PayeeRoute, QrPrefix};
     use paymesh_core::fx::{BasisPoints, FeeSchedule};
@@ -1778,6 +1781,7 @@ fn measure_a_replicas_apply_path() {
 
     let entries: u64 = measure_setting("PAYMESH_MEASURE_ENTRIES", 1_600);
     let plain = std::env::var_os("PAYMESH_MEASURE_PLAIN").is_some();
+    let payments = std::env::var_os("PAYMESH_MEASURE_PAYMENTS").is_some();
     let per_entry: u64 = measure_setting("PAYMESH_MEASURE_PER_ENTRY", 128);
     let step_ms: u64 = measure_setting("PAYMESH_MEASURE_STEP_MS", 10);
     const PAYERS: u64 = 64;
@@ -1880,9 +1884,22 @@ fn measure_a_replicas_apply_path() {
                 CommandBody::CreateFreshTransfer { request, fresh_through: replica.index }
             });
         }
-        let transfers = bodies.len();
         let first = entry * per_entry;
-        for n in first..first + per_entry {
+        if payments {
+            for n in first..first + per_entry {
+                let request = PaymentRequest {
+                    partner: partner(n % PAYERS),
+                    idempotency_key: IdempotencyKey::new(format!("order-{n:012}")).unwrap(),
+                    payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
+                    amount: QuoteAmount::Source(cny(10 + n % 500)),
+                    max_total_debit: None,
+                    payer: payer(n),
+                };
+                bodies.push(CommandBody::CreateFreshPayment { request, fresh_through: replica.index });
+            }
+        }
+        let transfers = bodies.len();
+        for n in (first..first + per_entry).filter(|_| !payments) {
             bodies.push(CommandBody::CreateQuote {
                 partner: partner(n % PAYERS),
                 payee: QrPayload::new(format!("wxp://payee{}/shop{}", payee_of(n), n % 1_000)).unwrap(),
@@ -1899,7 +1916,8 @@ fn measure_a_replicas_apply_path() {
                 other => panic!("a transfer not committed: {other:?}"),
             }
         }
-        for (n, outcome) in (first..).zip(&outcomes[transfers..transfers + per_entry as usize]) {
+        let quotes = if payments { 0 } else { per_entry as usize };
+        for (n, outcome) in (first..).zip(&outcomes[transfers..transfers + quotes]) {
             match outcome {
                 Outcome::Quote(quote) => quoted.push((n, quote.id.clone())),
                 other => panic!("a quote refused: {other:?}"),
