@@ -116,7 +116,7 @@ pub async fn seed_old_log(
     let batch = |commands: Vec<Command>, now: Timestamp, entries: &mut Vec<Entry>| -> Result<(), String> {
         let batch = fixture("a batch", Batch::new(now, commands))?;
         let index = entries.len() as u64;
-        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch) });
+        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch.into()) });
         Ok(())
     };
     batch(configure, now, &mut entries)?;

@@ -282,7 +282,7 @@ async fn write_once(router: &Router, commands: Vec<Command>) -> Option<Vec<Outco
     for id in NODES {
         let raft = router.raft(id)?;
         let batch = Batch::new(now, commands.clone()).unwrap();
-        match timeout(Duration::from_secs(2), raft.client_write(batch)).await {
+        match timeout(Duration::from_secs(2), raft.client_write(batch.into())).await {
             Ok(Ok(written)) => return Some(written.data.outcomes),
             Ok(Err(_)) | Err(_) => continue,
         }

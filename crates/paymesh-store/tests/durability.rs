@@ -43,7 +43,7 @@ fn entries(count: u64) -> Vec<Entry> {
     };
     let now = Timestamp::from_unix_ms(1_700_000_000_000);
     let batch = Batch::new(now, vec![command(1, CommandBody::UpsertPartner(partner))]).unwrap();
-    entries.push(Entry { log_id: log_id(2), payload: EntryPayload::Normal(batch) });
+    entries.push(Entry { log_id: log_id(2), payload: EntryPayload::Normal(batch.into()) });
     for index in 3..count + 3 {
         let top_up = CommandBody::TopUp {
             partner: PartnerId::new("paypal-us").unwrap(),
@@ -51,7 +51,7 @@ fn entries(count: u64) -> Vec<Entry> {
             reference: TopUpRef::new(format!("wire-{index}")).unwrap(),
         };
         let batch = Batch::new(now, vec![command(index, top_up)]).unwrap();
-        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch) });
+        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch.into()) });
     }
     entries
 }
@@ -295,7 +295,7 @@ async fn a_raised_protocol_survives_a_snapshot_and_a_release_without_it_stops_be
             vec![command(index, CommandBody::RaiseProtocol { to })],
         )
         .unwrap();
-        Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch) }
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(batch.into()) }
     };
 
     // Beyond this release: refused, the state as before the entry.

@@ -124,7 +124,7 @@ impl Proposer {
             }
         };
         let raft = self.raft.clone();
-        let write = async move { raft.client_write(batch).await };
+        let write = async move { raft.client_write(batch.into()).await };
         ctx.spawn(write.into_actor(self).map(move |result, proposer, ctx| {
             match result {
                 Ok(written) => {
