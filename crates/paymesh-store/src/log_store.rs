@@ -81,10 +81,10 @@ pub const SLOW_SYNC: Duration = Duration::from_millis(50);
 const SLOW_SYNC_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The most entries kept decoded after their append.
-pub const RECENT_ENTRIES_MAX: usize = 64;
+pub const RECENT_ENTRIES_MAX: usize = 16;
 
 /// The most bytes (as encoded in the log) of the entries kept decoded.
-pub const RECENT_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub const RECENT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The entries appended last, decoded, in index order and consecutive:
 /// each as written, with its encoded size.
