@@ -18,7 +18,6 @@ use crate::limits::RATES_PER_CORRIDOR_MAX;
 use crate::money::Money;
 use crate::outcome::RejectCode;
 use crate::partner::BusinessStatus;
-use crate::serde_text::serialize_as_text;
 use crate::time::Timestamp;
 
 /// Names a corridor: `USD:us-west->CNY:cn-east`.
@@ -65,7 +64,20 @@ impl CorridorId {
     }
 }
 
-serialize_as_text!(CorridorId, display);
+impl Serialize for CorridorId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let parts = [
+            self.source_currency.code(),
+            ":",
+            self.source_region.as_str(),
+            "->",
+            self.destination_currency.code(),
+            ":",
+            self.destination_region.as_str(),
+        ];
+        crate::serde_text::serialize_joined(&parts, serializer)
+    }
+}
 
 impl fmt::Display for CorridorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

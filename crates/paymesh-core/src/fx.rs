@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 use crate::currency::Currency;
 use crate::limits::{BASIS_POINTS_MAX, RATE_FRACTION_DIGITS_MAX, RATE_INTEGER_DIGITS_MAX, RATE_VALIDITY_MAX_MS};
 use crate::money::{parse_plain_decimal, AmountError, Money, MoneyError, Sign};
-use crate::serde_text::serialize_as_text;
 use crate::time::Timestamp;
 
 /// A rounding rule, always named where it is used.
@@ -112,7 +111,11 @@ pub enum FxError {
 #[serde(try_from = "String")]
 pub struct Rate(Decimal);
 
-serialize_as_text!(Rate, display);
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serde_text::serialize_decimal(&self.0, serializer)
+    }
+}
 
 impl Rate {
     /// Exactly one: the rate of every same-currency corridor.

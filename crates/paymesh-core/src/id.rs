@@ -201,7 +201,13 @@ macro_rules! sequenced_id {
             sequence: u64,
         }
 
-        serialize_as_text!($name, display);
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut digits = itoa::Buffer::new();
+                let parts = [self.origin.as_str(), ":", $marker, digits.format(self.sequence)];
+                $crate::serde_text::serialize_joined(&parts, serializer)
+            }
+        }
         deserialize_from_text!($name, $name::parse, concat!("a ", $what));
 
         impl $name {
