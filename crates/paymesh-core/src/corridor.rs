@@ -64,9 +64,10 @@ impl CorridorId {
     }
 }
 
-impl Serialize for CorridorId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let parts = [
+impl CorridorId {
+    /// Its text form, `USD:us-west->CNY:cn-east`, in parts.
+    fn text_parts(&self) -> [&str; 7] {
+        [
             self.source_currency.code(),
             ":",
             self.source_region.as_str(),
@@ -74,18 +75,19 @@ impl Serialize for CorridorId {
             self.destination_currency.code(),
             ":",
             self.destination_region.as_str(),
-        ];
-        crate::serde_text::serialize_joined(&parts, serializer)
+        ]
+    }
+}
+
+impl Serialize for CorridorId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serde_text::serialize_joined(&self.text_parts(), serializer)
     }
 }
 
 impl fmt::Display for CorridorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}->{}:{}",
-            self.source_currency, self.source_region, self.destination_currency, self.destination_region
-        )
+        self.text_parts().into_iter().try_for_each(|part| f.write_str(part))
     }
 }
 

@@ -203,9 +203,7 @@ macro_rules! sequenced_id {
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut digits = itoa::Buffer::new();
-                let parts = [self.origin.as_str(), ":", $marker, digits.format(self.sequence)];
-                $crate::serde_text::serialize_joined(&parts, serializer)
+                $crate::serde_text::serialize_joined(&self.text_parts(&mut itoa::Buffer::new()), serializer)
             }
         }
         deserialize_from_text!($name, $name::parse, concat!("a ", $what));
@@ -242,9 +240,16 @@ macro_rules! sequenced_id {
             }
         }
 
+        impl $name {
+            /// Its text form in parts, the sequence number's digits in `digits`.
+            fn text_parts<'a>(&'a self, digits: &'a mut itoa::Buffer) -> [&'a str; 4] {
+                [self.origin.as_str(), ":", $marker, digits.format(self.sequence)]
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}:{}{}", self.origin, $marker, self.sequence)
+                self.text_parts(&mut itoa::Buffer::new()).into_iter().try_for_each(|part| f.write_str(part))
             }
         }
 

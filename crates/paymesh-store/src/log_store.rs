@@ -99,7 +99,7 @@ impl Recent {
     /// bounds. An entry that does not follow the last one kept (never so
     /// in operation: openraft truncates before it writes over) drops
     /// everything kept before it, so what is kept stays consecutive.
-    fn appended(&mut self, entries: Vec<(Entry, usize)>) {
+    fn appended(&mut self, entries: impl IntoIterator<Item = (Entry, usize)>) {
         for (entry, bytes) in entries {
             if self.entries.back().is_some_and(|(last, _)| last.log_id.index + 1 != entry.log_id.index) {
                 self.clear();
@@ -267,10 +267,9 @@ impl LogStore {
         let mut kept = Vec::new();
         let mut last = None;
         for entry in entries {
-            let bytes = encode_entry(&entry)?;
+            encoded.push((entry.log_id.index, encode_entry(&entry)?));
             last = Some(entry.log_id);
-            kept.push((entry, bytes.len()));
-            encoded.push((last.expect("this entry's id").index, bytes));
+            kept.push(entry);
         }
         {
             let mut inner = lock(&self.inner);
@@ -280,7 +279,7 @@ impl LogStore {
                 inner.recent.clear();
                 return Err(StorageIOError::write_logs(&e).into());
             }
-            inner.recent.appended(kept);
+            inner.recent.appended(kept.into_iter().zip(encoded.iter().map(|(_, bytes)| bytes.len())));
             if last.is_some() {
                 inner.last_log_id = last;
             }
