@@ -184,7 +184,8 @@ mod tests {
 
     proptest::proptest! {
         /// A decimal's text is its `Display`'s, whatever its digits, scale
-        /// and sign (a negative zero included), and so are the ids'.
+        /// and sign (a negative zero included); an id's is its region, `:`,
+        /// its marker and its number's digits.
         #[test]
         fn decimals_and_ids_encode_as_their_display(
             mantissa in proptest::prelude::any::<i128>(),
@@ -202,10 +203,12 @@ mod tests {
                 proptest::prop_assert_eq!(text.as_str(), value.to_string());
             }
             let region = RegionId::new("us-west").unwrap();
-            let transfer = TransferId::new(region.clone(), sequence);
-            proptest::prop_assert_eq!(serde_json::to_string(&transfer).unwrap(), serde_json::to_string(&transfer.to_string()).unwrap());
-            let quote = QuoteId::new(region, sequence);
-            proptest::prop_assert_eq!(serde_json::to_string(&quote).unwrap(), serde_json::to_string(&quote.to_string()).unwrap());
+            let (transfer, quote) = (TransferId::new(region.clone(), sequence), QuoteId::new(region, sequence));
+            let (transfer_text, quote_text) = (format!("us-west:{sequence}"), format!("us-west:q{sequence}"));
+            proptest::prop_assert_eq!(serde_json::to_string(&transfer).unwrap(), serde_json::to_string(&transfer_text).unwrap());
+            proptest::prop_assert_eq!(transfer.to_string(), transfer_text);
+            proptest::prop_assert_eq!(serde_json::to_string(&quote).unwrap(), serde_json::to_string(&quote_text).unwrap());
+            proptest::prop_assert_eq!(quote.to_string(), quote_text);
         }
     }
 }
