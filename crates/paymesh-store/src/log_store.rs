@@ -339,12 +339,17 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = range_to_indexes(&range);
         let inner = lock(&self.inner);
-        let end = end.min(inner.log.next_index());
-        // The part before the entries kept decoded is read from the segments.
+        // A range past the last entry reads nothing (and `end` never lies
+        // below `start`).
+        let end = end.min(inner.log.next_index()).max(start);
+        // The part before the entries kept decoded is read from the segments
+        // (not at all when they hold the whole range, as right after an append).
         let kept_from = inner.recent.first_index().map_or(end, |first| first.clamp(start, end));
-        let records = inner.log.read_range(start, kept_from).map_err(|e| StorageIOError::read_logs(&e))?;
-        let mut entries =
-            records.iter().map(|(index, bytes)| decode_entry(*index, bytes)).collect::<Result<Vec<_>, _>>()?;
+        let mut entries = Vec::new();
+        if start < kept_from {
+            let records = inner.log.read_range(start, kept_from).map_err(|e| StorageIOError::read_logs(&e))?;
+            entries = records.iter().map(|(index, bytes)| decode_entry(*index, bytes)).collect::<Result<_, _>>()?;
+        }
         if kept_from < end {
             entries.extend(inner.recent.read(kept_from, end));
         }
@@ -468,6 +473,7 @@ mod tests {
         assert_eq!(read(&mut log, 1..=200).await, written);
         assert_eq!(read(&mut log, 190..=200).await, written[189..]);
         assert_eq!(read(&mut log, 190..=250).await, written[189..], "nothing past the last entry");
+        assert_eq!(read(&mut log, 300..=310).await, Vec::<Entry>::new(), "a range wholly past it");
         drop(log);
         let mut reopened = LogStore::open(dir.path()).unwrap();
         assert_eq!(kept(&reopened), (None, 0));
