@@ -10,6 +10,7 @@
 //! formed; whether it is acceptable given the state is decided by `apply`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -633,16 +634,20 @@ fn free_text(text: String, what: &'static str) -> Result<String, IdError> {
 
 /// One field of the payer's personal data: 1 to 256 bytes of UTF-8 text with
 /// no control characters. Names may use any script.
+///
+/// Shared by reference count, as ids are: a payment's payer details are
+/// copied from its request into its transfer and into the transfer's
+/// record on every replica, and a copy is then a count, not an allocation.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "String")]
-pub struct PayerField(String);
+pub struct PayerField(Arc<str>);
 
 serialize_as_text!(PayerField, as_str);
 
 impl PayerField {
     /// Validate a field.
     pub fn new(text: impl Into<String>) -> Result<PayerField, IdError> {
-        free_text(text.into(), "payer field").map(PayerField)
+        free_text(text.into(), "payer field").map(|text| PayerField(Arc::from(text)))
     }
 
     /// The text.
@@ -667,7 +672,7 @@ impl TryFrom<String> for PayerField {
 
 impl From<PayerField> for String {
     fn from(field: PayerField) -> String {
-        field.0
+        field.0.to_string()
     }
 }
 

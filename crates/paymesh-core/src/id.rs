@@ -110,9 +110,35 @@ macro_rules! string_id {
         $(#[$doc])*
         ///
         /// Shared, immutable text: a clone (and the state clones ids into
-        /// many indexes) is a reference count, not an allocation.
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        /// many indexes) is a reference count, not an allocation, and two
+        /// clones of one id compare equal without reading their text.
+        #[derive(Clone, Debug, Hash)]
         pub struct $name(Arc<str>);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        /// The text's order (a clone of the same id is equal at once).
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    self.0.cmp(&other.0)
+                }
+            }
+        }
 
         serialize_as_text!($name, as_str);
         deserialize_from_text!($name, $name::new, concat!("a ", $what));
@@ -360,6 +386,21 @@ impl From<PayerToken> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Ids compare as their text does, whether built apart (their
+        /// text read) or cloned from one another (equal at once).
+        #[test]
+        fn ids_order_as_their_text(a in "[a-z0-9]{1,3}(-[a-z0-9]{1,3}){0,2}", b in "[a-z0-9]{1,3}(-[a-z0-9]{1,3}){0,2}") {
+            let (x, y) = (PartnerId::new(&a).unwrap(), PartnerId::new(&b).unwrap());
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert_eq!(x == y, a == b);
+            proptest::prop_assert_eq!(x.cmp(&x.clone()), std::cmp::Ordering::Equal);
+            proptest::prop_assert_eq!(x.clone(), PartnerId::new(&a).unwrap());
+            let (s, t) = (TransferId::new(RegionId::new(&a).unwrap(), 7), TransferId::new(RegionId::new(&b).unwrap(), 3));
+            proptest::prop_assert_eq!(s.cmp(&t), (a.as_str(), 7).cmp(&(b.as_str(), 3)));
+        }
+    }
 
     #[test]
     fn slugs_accept_lowercase_digits_and_inner_hyphens() {

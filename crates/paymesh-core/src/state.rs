@@ -385,6 +385,14 @@ pub struct State {
     /// The history records of the batch being applied. Empty between batches.
     #[serde(skip)]
     journal: Vec<Record>,
+    /// Transfers started and finished by one command of the batch being
+    /// applied (a same-region payment, a refused reservation), as their
+    /// sequence number and the place of their record in `journal`, in
+    /// order: they go straight to their record, never into `transfers`,
+    /// and the later commands of the batch find them there
+    /// ([`State::coordinated`]). Empty between batches.
+    #[serde(skip)]
+    finished_here: Vec<(u64, usize)>,
     /// The idempotency keys recorded by the latest batches (see
     /// [`recent`]); a cache of history, in no image and no comparison.
     #[serde(skip)]
@@ -607,6 +615,7 @@ impl From<StateV4> for State {
             fund_outs: BTreeMap::new(),
             refunded: BTreeMap::new(),
             journal: Vec::new(),
+            finished_here: Vec::new(),
             recent: RecentKeys::default(),
             protocol: Protocol::FIRST,
         }
@@ -838,6 +847,7 @@ impl State {
             fund_outs: BTreeMap::new(),
             refunded: BTreeMap::new(),
             journal: Vec::new(),
+            finished_here: Vec::new(),
             recent: RecentKeys::default(),
             protocol: Protocol::FIRST,
         };
@@ -902,6 +912,7 @@ impl State {
             fund_outs: BTreeMap::new(),
             refunded: BTreeMap::new(),
             journal: Vec::new(),
+            finished_here: Vec::new(),
             recent: RecentKeys::default(),
             protocol: Protocol::FIRST,
         }
@@ -1009,6 +1020,7 @@ impl State {
             }
         }
         self.ledger.forget_resolved();
+        self.finished_here.clear();
         self.recent.finish();
         self.idempotency.clear();
         self.top_ups.clear();

@@ -61,7 +61,7 @@ impl State {
             return Ok(record.outcome);
         }
         // Another partner's payment is not found, as an unknown one is.
-        let original = self.transfers.get(transfer).cloned().or_else(|| recall.transfer(transfer));
+        let original = self.coordinated(transfer).cloned().or_else(|| recall.transfer(transfer));
         let view = original.filter(|t| &t.view.partner == partner).ok_or(RejectCode::TransferNotFound)?.view;
         if view.state != CoordinatorState::Committed {
             return Err(RejectCode::TransferNotCommitted);

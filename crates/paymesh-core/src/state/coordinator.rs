@@ -389,23 +389,46 @@ impl State {
             self.reserve(&transfer, now)
         };
         match moved {
-            Ok(event) => {
-                step_coordinator(&mut transfer, event, now);
-                if event == CoordinatorEvent::Reserve {
-                    self.start_prepare(&mut transfer, now);
-                } else {
-                    self.finish_coordinator(&transfer, now);
-                }
+            Ok(CoordinatorEvent::Reserve) => {
+                step_coordinator(&mut transfer, CoordinatorEvent::Reserve, now);
+                self.start_prepare(&mut transfer, now);
+                let view = transfer.view.clone();
+                self.transfers.insert(id, transfer);
+                return view;
             }
+            Ok(event) => step_coordinator(&mut transfer, event, now),
             Err(code) => {
                 transfer.view.reason = Some(code);
                 step_coordinator(&mut transfer, CoordinatorEvent::ReserveRejected, now);
-                self.finish_coordinator(&transfer, now);
             }
         }
+        // Finished by this command: the transfer goes into its record (the
+        // batch's later commands find it there), not into the hot state it
+        // would leave when the batch ends.
         let view = transfer.view.clone();
-        self.transfers.insert(id, transfer);
+        debug_assert!(view.state.is_final());
+        self.finished_here.push((id.sequence(), self.journal.len()));
+        self.journal.push(Record::Transfer(Box::new(transfer)));
+        self.emit_finished(&view, now);
         view
+    }
+
+    /// The transfer `id` this region coordinates as the batch being
+    /// applied has left it: in the hot state, or started and finished by
+    /// an earlier command of the batch (whose record history does not hold
+    /// yet).
+    pub(super) fn coordinated(&self, id: &TransferId) -> Option<&Transfer> {
+        if let Some(transfer) = self.transfers.get(id) {
+            return Some(transfer);
+        }
+        if self.finished_here.is_empty() || id.origin() != &self.region {
+            return None;
+        }
+        let at = self.finished_here.binary_search_by_key(&id.sequence(), |(sequence, _)| *sequence).ok()?;
+        match &self.journal[self.finished_here[at].1] {
+            Record::Transfer(transfer) => Some(transfer),
+            other => panic!("transfer {id}: its place in the batch's journal holds {other:?}"),
+        }
     }
 
     /// Post every leg of a same-region transfer in one ledger chain.
@@ -497,9 +520,14 @@ impl State {
 
     /// Record the events and retention entry of a transfer that reached a final state.
     pub(super) fn finish_coordinator(&mut self, transfer: &Transfer, now: Timestamp) {
-        let view = &transfer.view;
-        debug_assert!(view.state.is_final());
+        debug_assert!(transfer.view.state.is_final());
         self.journal.push(Record::Transfer(Box::new(transfer.clone())));
+        self.emit_finished(&transfer.view, now);
+    }
+
+    /// The events of a transfer that finished: committed (and, in a
+    /// same-region one, credited) or aborted.
+    fn emit_finished(&mut self, view: &TransferView, now: Timestamp) {
         match view.state {
             CoordinatorState::Committed => {
                 self.emit(&view.partner, view, EventKind::Committed, view.priced.total_debit, now);
@@ -528,7 +556,7 @@ impl State {
         }
         // A transfer no longer in the hot state finished: history has it,
         // and the answer is judged against its final state.
-        let transfer = match self.transfers.get(id) {
+        let transfer = match self.coordinated(id) {
             Some(transfer) => transfer.clone(),
             None => recall
                 .transfer(id)

@@ -60,7 +60,7 @@ impl State {
     /// in the hot state or in `recall`.
     pub fn remote_record(&self, id: &TransferId, recall: &dyn Recall) -> RemoteRecord {
         if id.origin() == &self.region {
-            match self.transfers.get(id).cloned().or_else(|| recall.transfer(id)) {
+            match self.coordinated(id).cloned().or_else(|| recall.transfer(id)) {
                 Some(transfer) => Self::record_of_transfer(&transfer),
                 None => RemoteRecord { transfer: id.clone(), phase: RemotePhase::Unknown, reason: None, prepare: None },
             }
@@ -255,7 +255,7 @@ impl State {
     ) {
         let id = &record.transfer;
         let key = (region.clone(), id.clone());
-        let Some(mine) = self.transfers.get(id).cloned().or_else(|| recall.transfer(id)) else {
+        let Some(mine) = self.coordinated(id).cloned().or_else(|| recall.transfer(id)) else {
             let issued_below =
                 self.reconciliation.as_ref().map_or(u64::MAX, |reconciliation| reconciliation.transfers_issued_below);
             if id.sequence() < issued_below && record.phase != RemotePhase::Aborted {

@@ -268,7 +268,7 @@ impl State {
     /// same-region transfer it coordinated, or its side of another
     /// region's transfer.
     pub(super) fn paid(&self, id: &TransferId, recall: &dyn Recall) -> Option<Paid> {
-        let transfer = self.transfers.get(id).cloned().or_else(|| recall.transfer(id));
+        let transfer = self.coordinated(id).cloned().or_else(|| recall.transfer(id));
         if let Some(transfer) = transfer {
             let view = transfer.view;
             if !view.corridor.is_same_region() {
@@ -424,7 +424,7 @@ impl State {
     /// Whether `id` names a refund this region coordinates (in flight, or
     /// finished and still recalled): a reply about it is the refund's.
     pub(super) fn coordinates_refund(&self, id: &TransferId, recall: &dyn Recall) -> bool {
-        !self.transfers.contains_key(id) && (self.refunds.contains_key(id) || recall.refund(id).is_some())
+        self.coordinated(id).is_none() && (self.refunds.contains_key(id) || recall.refund(id).is_some())
     }
 
     /// The payer region's answer to a refund's Prepare.
@@ -597,7 +597,7 @@ impl State {
         if coordinator == &self.region || message.original.origin() != &self.region {
             return Err((None, RejectCode::RegionMismatch));
         }
-        let original = self.transfers.get(&message.original).cloned().or_else(|| recall.transfer(&message.original));
+        let original = self.coordinated(&message.original).cloned().or_else(|| recall.transfer(&message.original));
         let view = original.ok_or((None, RejectCode::TransferNotFound))?.view;
         let payer = Some(view.partner.clone());
         let refuse = |code| Err((payer.clone(), code));

@@ -231,6 +231,42 @@ fn a_same_region_refund_posts_at_once_and_its_key_answers_a_retry() {
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
 }
 
+/// A payment finished in a batch is found by the commands after it in the
+/// same batch, before history holds it: a refund of it there posts as one
+/// in a later batch does, and history then holds the payment once, as
+/// committed.
+#[test]
+fn a_refund_in_its_payments_batch_finds_the_payment() {
+    let (_, mut east) = mesh();
+    let first = CommandBody::CreateTransfer(request(
+        "alipay-cn",
+        "k0",
+        &quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Destination(cny("1")), T0)),
+        "wxp://f2f0shop9",
+        "Bo",
+    ));
+    let first = transfer_view(&east.run(first, T0));
+    // The next transfer the region numbers.
+    let next = TransferId::new(first.id.origin().clone(), first.id.sequence() + 1);
+    let quote = quote_id(&east.quote("alipay-cn", "wxp://f2f0shop9", QuoteAmount::Destination(cny("88.88")), T0));
+    let at = T0.plus_ms(1_000);
+    let bodies = vec![
+        CommandBody::CreateTransfer(request("alipay-cn", "k1", &quote, "wxp://f2f0shop9", "Bo")),
+        refund("wechat-cn", "back", &next, cny("88.88")),
+    ];
+    let commands = bodies.into_iter().map(|body| Command { id: east.next_id(), body }).collect();
+    let outcomes = east.apply_batch(&Batch::new(at, commands).unwrap());
+    east.state.verify().unwrap();
+    let payment = transfer_view(&outcomes[0]);
+    assert_eq!((payment.id.clone(), payment.state), (next.clone(), CoordinatorState::Committed));
+    let view = refund_view(&outcomes[1]);
+    assert_eq!(view.state, CoordinatorState::Committed);
+    assert_eq!(east.position("alipay-cn").posted.to_wire(), "49999.00");
+    assert_eq!(east.position("wechat-cn").posted.to_wire(), "1.00");
+    assert_eq!(east.history.transfer(&next).map(|t| t.view), Some(payment));
+    assert_eq!(east.state.transfers().count(), 0, "a finished payment leaves the hot state");
+}
+
 #[test]
 fn a_refund_the_payee_cannot_cover_aborts_with_its_reason() {
     let (mut west, mut east) = mesh();
