@@ -5,6 +5,8 @@
 //! carrying a [`RejectCode`]. Malformed input never gets this far; it is refused
 //! at the edge when the command's typed fields are constructed.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::command::{PrepareReply, TickReport};
@@ -294,15 +296,20 @@ pub struct Position {
 }
 
 /// The result of applying one command.
+///
+/// The views are shared by reference count (and encoded as the views
+/// themselves): an outcome is kept for its command's session and under its
+/// idempotency key, in persistent maps whose nodes are copied whole, and is
+/// a few words instead of a few hundred bytes there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// An operator command took effect (or repeated one that had).
     Done,
     /// A quote was made.
-    Quote(Quote),
+    Quote(Arc<Quote>),
     /// A transfer was created: reserved, committed (same region) or aborted at
     /// creation with a reason (for example insufficient position).
-    Transfer(TransferView),
+    Transfer(Arc<TransferView>),
     /// The payee region's answer to a Prepare.
     PrepareReply(PrepareReply),
     /// The payee region applied (or had applied) a decision.
@@ -313,14 +320,14 @@ pub enum Outcome {
     Rejected(RejectCode),
     /// A refund was created: committed (same region), reserved, or aborted
     /// at creation with a reason (for example the payee's position).
-    Refund(RefundView),
+    Refund(Arc<RefundView>),
     /// A settlement window closed; the next one is open.
     WindowClosed {
         /// The closed window's number.
         number: u64,
     },
     /// A payer's cancel was recorded (see [`CancelView::state`]).
-    Cancel(CancelView),
+    Cancel(Arc<CancelView>),
 }
 
 impl Outcome {

@@ -32,6 +32,7 @@
 //! (the idempotency keys of the latest batches).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet, Vector};
 
@@ -1078,7 +1079,7 @@ impl State {
                 Ok(Outcome::Done)
             }
             CommandBody::CreateQuote { partner, payee, amount } => {
-                self.create_quote(partner, payee, *amount, now).map(Outcome::Quote)
+                self.create_quote(partner, payee, *amount, now).map(|quote| Outcome::Quote(Arc::new(quote)))
             }
             CommandBody::CreateTransfer(request) => Ok(self.create_transfer(request, now, recall, false)),
             CommandBody::CreateFreshTransfer { request, fresh_through } => {

@@ -61,7 +61,7 @@ impl Region {
                     CommandBody::CreateTransfer(TransferRequest {
                         partner: payer(n % payers),
                         idempotency_key: IdempotencyKey::new(format!("order-{n:010}")).unwrap(),
-                        quote: quote.id,
+                        quote: quote.id.clone(),
                         payee: QrPayload::new(format!("wxp://shop{}", n % 1_000)).unwrap(),
                         payer: PayerDetails {
                             name: PayerField::new("Alice Example").unwrap(),

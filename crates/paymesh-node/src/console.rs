@@ -405,7 +405,7 @@ impl Console {
                         // The finished record if there is one.
                         let view = match history.get_transfer(&view.id) {
                             Ok(Some(finished)) => finished.view,
-                            _ => view,
+                            _ => (*view).clone(),
                         };
                         if !found.iter().any(|f| f.id == view.id) {
                             found.push(view);

@@ -355,7 +355,7 @@ impl PartnerService for PartnerServer {
                         PartnerRefund::Asked(refund) => Some(refund.view),
                         PartnerRefund::Credited(_) | PartnerRefund::CreditedHere(_) => None,
                     })
-                    .unwrap_or(view);
+                    .unwrap_or_else(|| (*view).clone());
                 let reject_code = if current.state == CoordinatorState::Aborted {
                     convert::reject_code_opt(current.reason)
                 } else {

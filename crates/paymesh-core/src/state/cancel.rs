@@ -86,7 +86,7 @@ impl State {
             };
             let committed = refund.state == CoordinatorState::Committed;
             CancelView {
-                id: refund.id,
+                id: refund.id.clone(),
                 partner: partner.clone(),
                 original: transfer.clone(),
                 state: if committed { CancelState::Refunded } else { CancelState::Refused },
@@ -131,7 +131,7 @@ impl State {
                 requested_at: now,
             }
         };
-        let outcome = Outcome::Cancel(cancel);
+        let outcome = Outcome::Cancel(Arc::new(cancel));
         self.record_key(partner, key, CancelRequest::fingerprint_of(transfer), outcome.clone(), now);
         Ok(outcome)
     }

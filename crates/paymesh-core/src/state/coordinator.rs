@@ -116,7 +116,7 @@ impl State {
         }
         match self.create_quote(&request.partner, &request.payee, request.amount, now) {
             Ok(quote) => {
-                let outcome = Outcome::Quote(quote);
+                let outcome = Outcome::Quote(Arc::new(quote));
                 self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
                 outcome
             }
@@ -152,7 +152,7 @@ impl State {
             r.used = true;
         }
         self.use_partner(&request.partner, |u| u.quotes_outstanding -= 1);
-        let outcome = Outcome::Transfer(self.start_transfer(request, admissible, now));
+        let outcome = Outcome::Transfer(Arc::new(self.start_transfer(request, admissible, now)));
         self.record_key(&key.0, key.1, fingerprint, outcome.clone(), now);
         outcome
     }
@@ -209,7 +209,7 @@ impl State {
             payee: request.payee.clone(),
             payer: request.payer.clone(),
         };
-        let outcome = Outcome::Transfer(self.start_transfer(&transfer, Admissible { quote }, now));
+        let outcome = Outcome::Transfer(Arc::new(self.start_transfer(&transfer, Admissible { quote }, now)));
         self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
         outcome
     }

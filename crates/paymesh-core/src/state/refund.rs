@@ -151,7 +151,7 @@ impl State {
         recall: &dyn Recall,
     ) -> Outcome {
         let fingerprint = request.fingerprint();
-        let outcome = Outcome::Refund(self.start_refund(request, admissible, now, recall));
+        let outcome = Outcome::Refund(Arc::new(self.start_refund(request, admissible, now, recall)));
         self.record_key(&request.partner, request.idempotency_key.clone(), fingerprint, outcome.clone(), now);
         outcome
     }

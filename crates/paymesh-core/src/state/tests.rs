@@ -3,6 +3,7 @@
 //! network that drops, duplicates, delays and reorders messages.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -209,7 +210,7 @@ fn quote_id(outcome: &Outcome) -> QuoteId {
 
 fn transfer_view(outcome: &Outcome) -> TransferView {
     match outcome {
-        Outcome::Transfer(t) => t.clone(),
+        Outcome::Transfer(t) => (**t).clone(),
         other => panic!("expected a transfer, got {other:?}"),
     }
 }
@@ -1469,7 +1470,7 @@ fn refusals_before_a_transfer_exists_change_nothing_and_the_check_agrees() {
     let view = transfer_view(&west.run(CommandBody::CreateTransfer(valid.clone()), at));
     // Retried: its record answers, whatever the check would say now (the
     // quote is used).
-    assert_eq!(west.state.replay_transfer_request(&valid, &west.history), Some(Outcome::Transfer(view)));
+    assert_eq!(west.state.replay_transfer_request(&valid, &west.history), Some(Outcome::Transfer(Arc::new(view))));
     assert_eq!(west.state.check_transfer_request(&valid, at), Err(RejectCode::QuoteAlreadyUsed));
 
     // Quotes: the check names the refusal and changes nothing; a passing
@@ -1477,7 +1478,7 @@ fn refusals_before_a_transfer_exists_change_nothing_and_the_check_agrees() {
     let checked = west.state.check_quote(&pid("paypal-us"), &qr("upi://nothing"), src("10"), at);
     assert_eq!(checked, Err(RejectCode::PayeeNotFound));
     let checked = west.state.check_quote(&pid("paypal-us"), &qr(wxp), src("10"), at).unwrap();
-    assert_eq!(west.quote("paypal-us", wxp, src("10"), at), Outcome::Quote(checked));
+    assert_eq!(west.quote("paypal-us", wxp, src("10"), at), Outcome::Quote(Arc::new(checked)));
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn cancel(partner: &str, transfer: &TransferId) -> CommandBody {
 
 fn cancel_view(outcome: &Outcome) -> CancelView {
     match outcome {
-        Outcome::Cancel(view) => view.clone(),
+        Outcome::Cancel(view) => (**view).clone(),
         other => panic!("expected a cancel, got {other:?}"),
     }
 }

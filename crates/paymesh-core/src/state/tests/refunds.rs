@@ -18,7 +18,7 @@ fn refund(partner: &str, key: &str, transfer: &TransferId, amount: Money) -> Com
 
 fn refund_view(outcome: &Outcome) -> RefundView {
     match outcome {
-        Outcome::Refund(view) => view.clone(),
+        Outcome::Refund(view) => (**view).clone(),
         other => panic!("expected a refund, got {other:?}"),
     }
 }
@@ -225,7 +225,7 @@ fn a_same_region_refund_posts_at_once_and_its_key_answers_a_retry() {
 
     // The same key and body: the first answer; another body: a conflict;
     // the key is the partner's one space, shared with its transfers.
-    assert_eq!(east.run(body, at.plus_ms(5)), Outcome::Refund(view));
+    assert_eq!(east.run(body, at.plus_ms(5)), Outcome::Refund(Arc::new(view)));
     let other = refund("wechat-cn", "back", &payment.id, cny("1"));
     assert_eq!(east.run(other, at.plus_ms(6)), Outcome::Rejected(RejectCode::IdempotencyConflict));
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
@@ -376,10 +376,10 @@ fn an_operator_reverses_what_refunds_left_once_whatever_the_window_and_the_payee
     assert_eq!((reversal.debited, reversal.state), (cny("416.40"), CoordinatorState::Reserved));
     assert_eq!(reversal.idempotency_key.as_str(), format!("reversal/{}", payment.id));
     // Asked again, before or after it finished: the first reversal.
-    assert_eq!(east.run(reverse(&payment.id), at), Outcome::Refund(reversal.clone()));
+    assert_eq!(east.run(reverse(&payment.id), at), Outcome::Refund(Arc::new(reversal.clone())));
     deliver_all(&mut east, &mut west, at);
     deliver_all(&mut east, &mut west, at);
-    assert_eq!(east.run(reverse(&payment.id), at.plus_ms(5)), Outcome::Refund(reversal.clone()));
+    assert_eq!(east.run(reverse(&payment.id), at.plus_ms(5)), Outcome::Refund(Arc::new(reversal.clone())));
     assert_eq!(west.position("paypal-us").posted.to_wire(), "9998.70", "the whole principal back");
     assert_eq!(east.position("wechat-cn").posted.to_wire(), "0.00");
     // Audited with who and why.

@@ -91,7 +91,7 @@ impl World {
             amount: QuoteAmount::Source(cny(10)),
         };
         match self.apply(vec![body]).remove(0) {
-            Outcome::Quote(quote) => quote.id,
+            Outcome::Quote(quote) => quote.id.clone(),
             other => panic!("no quote: {other:?}"),
         }
     }
@@ -215,7 +215,7 @@ fn a_new_request_to_a_refused_region_is_refused_and_a_request_made_before_is_let
     assert_eq!(link_refuses(&quote_to("wxp://shop/till-1"), &world.state, &recall, all), None, "this region");
 
     let quote = match world.apply(vec![quote_to("wxp://far/till")]).remove(0) {
-        Outcome::Quote(quote) => quote.id,
+        Outcome::Quote(quote) => quote.id.clone(),
         other => panic!("no quote: {other:?}"),
     };
     let mut far = request("k-far", quote, "r");
