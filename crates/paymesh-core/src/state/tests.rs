@@ -470,6 +470,43 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     assert_eq!(lookups, (1, 0));
 }
 
+/// A copy of the state (the one published to readers, a checkpoint's)
+/// starts without the recent keys: were it to apply, it would look a fresh
+/// key up in history where the original takes the leader's word, and
+/// decide the same.
+#[test]
+fn a_copy_of_the_state_looks_a_fresh_key_up_and_decides_alike() {
+    let (mut west, _) = mesh();
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    let first = request("paypal-us", "copied-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    // Claims about the batches before this one: commands the leader looked
+    // up then and proposed later.
+    let looked = west.index;
+    west.run_counted(vec![fresh(first.clone(), looked)], T0);
+    let short = recent::short(&first.partner, &first.idempotency_key);
+    let mut copy = west.clone();
+    assert!(west.state.recent.holds(short));
+    assert!(!copy.state.recent.holds(short), "a copy starts with no recent keys");
+    assert_eq!(copy.state, west.state, "equal in all it decides with");
+
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    copy.run(
+        CommandBody::CreateQuote {
+            partner: pid("paypal-us"),
+            payee: qr("wxp://f2f0shop1"),
+            amount: QuoteAmount::Source(usd("10")),
+        },
+        T0,
+    );
+    let second = request("paypal-us", "copied-2", &quote, "wxp://f2f0shop1", "Alice Example");
+    let (original, vouched) = west.run_counted(vec![fresh(second.clone(), looked), fresh(first.clone(), looked)], T0);
+    let (copied, looked_up) = copy.run_counted(vec![fresh(second, looked), fresh(first, looked)], T0);
+    assert_eq!(vouched, (1, 1), "the original takes the claim for the new key, and looks up the one it recorded since");
+    assert_eq!(looked_up, (2, 0), "the copy holds none of the batches since the claim: it looks both up");
+    assert_eq!(copied, original);
+    assert_eq!(copy.state, west.state);
+}
+
 /// A one-call payment's key, vouched fresh by the leader, is not looked up
 /// in history either, and is still answered once.
 #[test]
