@@ -337,8 +337,12 @@ impl PayerToken {
         use std::io::Write as _;
         let mut hash = Sha256::new();
         write!(hash, "paymesh/payer-token/v1/{transfer}").expect("a hash takes every byte written to it");
-        let digits = hex::encode(&hash.finalize()[..Self::HEX_CHARS / 2]);
-        PayerToken(Arc::from(format!("{}{digits}", Self::PREFIX)))
+        // Put together on the stack: one allocation, the token's own.
+        let mut token = [0u8; Self::PREFIX.len() + Self::HEX_CHARS];
+        token[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
+        hex::encode_to_slice(&hash.finalize()[..Self::HEX_CHARS / 2], &mut token[Self::PREFIX.len()..])
+            .expect("32 hex digits fill the rest");
+        PayerToken(Arc::from(std::str::from_utf8(&token).expect("ASCII")))
     }
 
     /// Parse a token received from another region.

@@ -540,18 +540,30 @@ impl Ledger {
     /// touched, and assert that each currency still sums to zero and every
     /// touched account still satisfies its policy.
     fn account_for_chain(&mut self, undo: &[Undo]) {
-        let mut first_seen: BTreeMap<&AccountId, Option<&Account>> = BTreeMap::new();
+        // A chain touches a handful of accounts in one or two currencies:
+        // lists searched in turn, not maps, and in the order first touched
+        // (sums, so the order changes nothing).
+        let mut first_seen: Vec<(&AccountId, Option<&Account>)> = Vec::with_capacity(undo.len());
         for change in undo {
             if let Undo::Account(id, before) = change {
-                first_seen.entry(id).or_insert(before.as_ref());
+                if !first_seen.iter().any(|(seen, _)| *seen == id) {
+                    first_seen.push((id, before.as_ref()));
+                }
             }
         }
-        let mut deltas: BTreeMap<Currency, [i128; 4]> = BTreeMap::new();
+        let mut deltas: Vec<(Currency, [i128; 4])> = Vec::with_capacity(2);
         for (id, before) in first_seen {
             let after = &self.accounts[id];
             assert!(after.satisfies_policy(), "account {id} breaks its policy: {after:?}");
             let before = before.cloned().unwrap_or_else(|| Account::open(after.policy));
-            let delta = deltas.entry(id.currency).or_default();
+            let at = match deltas.iter().position(|(currency, _)| *currency == id.currency) {
+                Some(at) => at,
+                None => {
+                    deltas.push((id.currency, [0; 4]));
+                    deltas.len() - 1
+                }
+            };
+            let delta = &mut deltas[at].1;
             delta[0] += after.debits_pending as i128 - before.debits_pending as i128;
             delta[1] += after.debits_posted as i128 - before.debits_posted as i128;
             delta[2] += after.credits_pending as i128 - before.credits_pending as i128;
