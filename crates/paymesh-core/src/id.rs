@@ -112,12 +112,19 @@ macro_rules! string_id {
         /// Shared, immutable text: a clone (and the state clones ids into
         /// many indexes) is a reference count, not an allocation, and two
         /// clones of one id compare equal without reading their text.
-        #[derive(Clone, Debug, Hash)]
+        #[derive(Clone, Debug)]
         pub struct $name(Arc<str>);
 
         impl PartialEq for $name {
             fn eq(&self, other: &Self) -> bool {
                 Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        /// The text's hash, as equal ids have equal text.
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state)
             }
         }
 
