@@ -413,6 +413,13 @@ impl Region {
     }
 }
 
+/// A request under `key` from paypal-us's payer Alice to shop 1, at a
+/// 10 USD quote made for it in `west` at `T0`.
+fn quoted_for_alice(west: &mut Region, key: &str) -> TransferRequest {
+    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
+    request("paypal-us", key, &quote, "wxp://f2f0shop1", "Alice Example")
+}
+
 fn fresh(request: TransferRequest, fresh_through: u64) -> CommandBody {
     CommandBody::CreateFreshTransfer { request, fresh_through }
 }
@@ -420,8 +427,7 @@ fn fresh(request: TransferRequest, fresh_through: u64) -> CommandBody {
 #[test]
 fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     let (mut west, _) = mesh();
-    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
-    let first = request("paypal-us", "fresh-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    let first = quoted_for_alice(&mut west, "fresh-1");
     // The leader looked the key up as of the last batch applied: no record.
     let looked = west.index;
 
@@ -464,8 +470,7 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
     assert_eq!(west.state.partner_usage(&pid("paypal-us")).transfers_in_flight, 2, "two transfers, not four");
 
     // A plain request is looked up, as before.
-    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
-    let plain = request("paypal-us", "plain-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    let plain = quoted_for_alice(&mut west, "plain-1");
     let (_, lookups) = west.run_counted(vec![CommandBody::CreateTransfer(plain)], T0);
     assert_eq!(lookups, (1, 0));
 }
@@ -477,8 +482,7 @@ fn a_fresh_key_is_not_looked_up_in_history_and_still_never_used_twice() {
 #[test]
 fn a_copy_of_the_state_looks_a_fresh_key_up_and_decides_alike() {
     let (mut west, _) = mesh();
-    let quote = quote_id(&west.quote("paypal-us", "wxp://f2f0shop1", QuoteAmount::Source(usd("10")), T0));
-    let first = request("paypal-us", "copied-1", &quote, "wxp://f2f0shop1", "Alice Example");
+    let first = quoted_for_alice(&mut west, "copied-1");
     // Claims about the batches before this one: commands the leader looked
     // up then and proposed later.
     let looked = west.index;
