@@ -165,7 +165,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
@@ -179,8 +179,10 @@ use paymesh_core::Timestamp;
 
 mod gather;
 mod kv;
+mod segments;
 
 use gather::{BatchMembers, Gathered, Member, OnDisk, Run};
+use segments::{Location, Segments};
 pub use kv::EngineMemory;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -249,15 +251,22 @@ const META_DELETED: &[u8] = b"Mdeleted";
 const META_ARCHIVED: &[u8] = b"Marchived";
 const META_LAYOUT: &[u8] = b"Mlayout";
 const META_GROUPED: &[u8] = b"Mgrouped";
+const META_SYNCED: &[u8] = b"Msynced";
 
-/// The key layout this module writes, kept under `M layout`: 4, listing,
-/// statement and event groups gathered over many batches (module
-/// `gather`). A store of layout 3 (those groups one batch each) or 2 (also
-/// a pointer per transfer and participation) is read too, and marked 4 once
+/// The key layout this module writes, kept under `M layout`: 5, each
+/// batch's chunks in history's segment files with a batch key where they
+/// are (module `segments`). A store of layout 4 (chunks in the engine, as
+/// chunk keys; listing, statement and event groups gathered over many
+/// batches, module `gather`), 3 (those groups one batch each) or 2 (also a
+/// pointer per transfer and participation) is read too, and marked 5 once
 /// this module writes to it (a build that reads only an earlier layout then
 /// refuses it). A store without the key and not empty was written with one
 /// key per record (the layout before), which this module does not read.
-const LAYOUT: u64 = 4;
+const LAYOUT: u64 = 5;
+
+/// The layout before [`LAYOUT`], journal chunks in the engine, that this
+/// module still reads.
+const LAYOUT_CHUNKS_IN_ENGINE: u64 = 4;
 
 /// The layout before [`LAYOUT`], groups of one batch each, that this
 /// module still reads.
@@ -276,6 +285,9 @@ const BLOCK_ENTRY_BYTES: usize = 5;
 const POSITION_BYTES: usize = 12;
 /// Bytes of a journal key (`J | index u64 | first seq u32`).
 const JOURNAL_KEY_BYTES: usize = 1 + POSITION_BYTES;
+
+/// Bytes in a batch key: `J | index`.
+const BATCH_KEY_BYTES: usize = 9;
 /// Bytes of a list token in a key (`at u64 | index u64 | seq u32`).
 const TOKEN_BYTES: usize = 8 + POSITION_BYTES;
 
@@ -399,12 +411,29 @@ pub(crate) fn journal_key(index: u64, first: u32) -> [u8; JOURNAL_KEY_BYTES] {
     key
 }
 
-/// A journal key's index and first seq.
+/// The key of the batch at `index` whose chunks are in history's segment
+/// files (module `segments`): its value is their [`Location`].
+fn batch_key(index: u64) -> [u8; BATCH_KEY_BYTES] {
+    let mut key = [space::JOURNAL; BATCH_KEY_BYTES];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A journal key's index and first seq: a chunk's key, or a batch key
+/// (whose first seq is 0).
 fn parse_journal_key(key: &[u8]) -> Result<(u64, u32)> {
     match key.split_first() {
         Some((&space::JOURNAL, rest)) if key.len() == JOURNAL_KEY_BYTES => parse_position(key, rest),
+        Some((&space::JOURNAL, rest)) if key.len() == BATCH_KEY_BYTES => {
+            Ok((u64::from_be_bytes(rest.try_into().expect("8 bytes")), 0))
+        }
         _ => Err(corrupt(key, "not a journal key")),
     }
+}
+
+/// A batch key's location, or why it holds none.
+fn parse_location(key: &[u8], value: &[u8]) -> Result<Location> {
+    Location::decode(value).map_err(|reason| corrupt(key, reason))
 }
 
 /// `space | name`.
@@ -857,6 +886,11 @@ struct Meta {
     last_index: u64,
     digest: [u8; 32],
     records: u64,
+    /// Beyond `last_index`, the engine holds every key of the batches
+    /// through this index but the segments lost their chunks to a power
+    /// loss: writing them again puts only their chunks ([`History::write`]).
+    /// Otherwise 0.
+    refill_through: u64,
 }
 
 /// Where a history begins once retention deleted its front: what a
@@ -884,6 +918,8 @@ pub struct HistoryStart {
 pub struct History {
     db: kv::Kv,
     dir: PathBuf,
+    /// The journal's chunks (module `segments`).
+    segments: Arc<Segments>,
     meta: Mutex<Meta>,
     /// The journal is deleted through this index, or is being: raised before
     /// each deletion batch is applied, so that a reader who finds a pointer
@@ -939,6 +975,12 @@ impl History {
         // this layout's.
         let mark = match db.get(META_LAYOUT)? {
             Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => false,
+            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT_CHUNKS_IN_ENGINE => {
+                // Its chunks stay in the engine and are read there; new
+                // batches go to the segments.
+                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
+                false
+            }
             Some(bytes)
                 if [LAYOUT_GROUPED_POINTERS, LAYOUT_BATCH_GROUPS].contains(&parse_u64(META_LAYOUT, &bytes)?) =>
             {
@@ -1001,10 +1043,50 @@ impl History {
         if grouped > last_index {
             return Err(corrupt(META_GROUPED, format!("grouped through {grouped}, last index {last_index}")));
         }
+        // The segments end where the engine's last batch does: cut back to
+        // it, or, where a power loss took the chunks of batches the engine
+        // holds (never at or below the index last made durable), back to
+        // the last batch they hold, the others to be written again.
+        let segments = Segments::open(&dir.join(segments::DIR))?;
+        let synced = read_u64(META_SYNCED)?;
+        let mut held = None;
+        let mut refill_from = None;
+        for item in db.scan_prefix([space::JOURNAL]).rev() {
+            let (key, value) = item?;
+            if key.len() != BATCH_KEY_BYTES {
+                break;
+            }
+            let (index, _) = parse_journal_key(&key)?;
+            let location = parse_location(&key, &value)?;
+            if segments.holds(&location) {
+                held = Some(location);
+                break;
+            }
+            if index <= synced {
+                return Err(corrupt(&key, format!("made durable through {synced}, but its chunks are not in the segments")));
+            }
+            refill_from = Some(index);
+        }
+        segments.cut_after(held.as_ref())?;
+        let (last_index, digest, refill_through) = match refill_from {
+            None => (last_index, digest, 0),
+            Some(from) => {
+                let before = from - 1;
+                let found = db.range(digest_key(0)..=digest_key(before)).next_back().transpose()?;
+                let digest = match found {
+                    None => [0; 32],
+                    Some((key, value)) => {
+                        value.as_ref().try_into().map_err(|_| corrupt(&key, "a digest of other than 32 bytes"))?
+                    }
+                };
+                (before, digest, last_index)
+            }
+        };
         let history = History {
             db,
             dir: dir.to_path_buf(),
-            meta: Mutex::new(Meta { last_index, digest, records }),
+            segments: Arc::new(segments),
+            meta: Mutex::new(Meta { last_index, digest, records, refill_through }),
             deleted_through: AtomicU64::new(deleted_through),
             archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
@@ -1055,7 +1137,7 @@ impl History {
         if let Some(done) = members {
             gathered.take(done, self)?;
         }
-        gathered.set_batches(last - through);
+        gathered.set_batches(last.saturating_sub(through));
         Ok(gathered)
     }
 
@@ -1131,6 +1213,67 @@ impl History {
         Ok(self.archived_through())
     }
 
+    /// The journal's chunks with keys in `from..=to`, each as its key and
+    /// bytes, in key order or (`backwards`) the reverse: from the engine
+    /// where a batch written in layout 4 keeps them, else from the segments
+    /// its batch key points to.
+    fn chunks(
+        &self,
+        from: [u8; JOURNAL_KEY_BYTES],
+        to: [u8; JOURNAL_KEY_BYTES],
+        backwards: bool,
+    ) -> impl Iterator<Item = Result<(kv::Bytes, kv::Bytes)>> + use<> {
+        let mut range = self.db.range(from[..BATCH_KEY_BYTES].to_vec()..=to.to_vec());
+        let items = std::iter::from_fn(move || if backwards { range.next_back() } else { range.next() });
+        let segments = self.segments.clone();
+        items.flat_map(move |item| {
+            let expand = || -> Result<Vec<(kv::Bytes, kv::Bytes)>> {
+                let (key, value) = item?;
+                if key.len() == JOURNAL_KEY_BYTES {
+                    let inside = (&from[..]..=&to[..]).contains(&key.as_ref());
+                    return Ok(if inside { vec![(key, value)] } else { Vec::new() });
+                }
+                let (index, _) = parse_journal_key(&key)?;
+                let location = parse_location(&key, &value)?;
+                let keys: Vec<[u8; JOURNAL_KEY_BYTES]> =
+                    location.chunks.iter().map(|(first, _, _)| journal_key(index, *first)).collect();
+                let (low, high) = (keys.partition_point(|k| *k < from), keys.partition_point(|k| *k <= to));
+                if low >= high {
+                    return Ok(Vec::new());
+                }
+                let bytes = segments.read(&location, low..high)?;
+                let mut out: Vec<(kv::Bytes, kv::Bytes)> = keys[low..high]
+                    .iter()
+                    .zip(bytes)
+                    .map(|(key, bytes)| (kv::Bytes::from(&key[..]), kv::Bytes::from(&bytes)))
+                    .collect();
+                if backwards {
+                    out.reverse();
+                }
+                Ok(out)
+            };
+            match expand() {
+                Ok(chunks) => chunks.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
+        })
+    }
+
+    /// The journal chunk that holds the record at (`index`, `seq`) if any:
+    /// the last of its batch that begins at or below it, its key and bytes.
+    fn chunk_at(&self, index: u64, seq: u32) -> Result<Option<(kv::Bytes, kv::Bytes)>> {
+        let found = self.db.range(batch_key(index).to_vec()..=journal_key(index, seq).to_vec()).next_back();
+        let Some((key, value)) = found.transpose()? else { return Ok(None) };
+        if key.len() == JOURNAL_KEY_BYTES {
+            return Ok(Some((key, value)));
+        }
+        let location = parse_location(&key, &value)?;
+        let at = location.chunks.partition_point(|(first, _, _)| *first <= seq);
+        let Some(at) = at.checked_sub(1) else { return Ok(None) };
+        let bytes = self.segments.read(&location, at..at + 1)?.pop().expect("one chunk read");
+        Ok(Some((kv::Bytes::from(&journal_key(index, location.chunks[at].0)[..]), kv::Bytes::from(&bytes))))
+    }
+
     /// The journal's records with an index in `first..=last`, as stored
     /// (`index`, `seq`, postcard bytes), in order, read lazily: for
     /// archiving, which frames them without decoding twice.
@@ -1139,7 +1282,7 @@ impl History {
         first: u64,
         last: u64,
     ) -> impl Iterator<Item = Result<(u64, u32, Vec<u8>)>> + use<> {
-        let range = (first <= last).then(|| self.db.range(journal_key(first, 0)..=journal_key(last, u32::MAX)));
+        let range = (first <= last).then(|| self.chunks(journal_key(first, 0), journal_key(last, u32::MAX), false));
         range.into_iter().flatten().flat_map(|item| {
             // A chunk's records, in order; a damaged chunk yields its error
             // and nothing after it.
@@ -1215,7 +1358,7 @@ impl History {
 
     /// The bytes of the engine's files.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.disk_space()?)
+        Ok(self.db.disk_space()? + self.segments.size_on_disk()?)
     }
 
     /// The memory the engine holds now: its block cache and its write
@@ -1233,6 +1376,9 @@ impl History {
         if index <= meta.last_index {
             return Ok(());
         }
+        if index <= meta.refill_through {
+            return self.refill(meta, index, records);
+        }
         let mut batch = self.db.batch();
         let mut journal = JournalChunks::default();
         let mut derivation = Derivation::new(index);
@@ -1249,8 +1395,11 @@ impl History {
         let chunks = journal.finish();
         // The chunks are the frames the digest hashes, in order.
         let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
-        for (first, chunk) in chunks {
-            batch.insert(journal_key(index, first), chunk);
+        if !chunks.is_empty() {
+            // The chunks go to the segments first: a batch key points only
+            // to bytes written (see "Durability").
+            let location = self.segments.append(index, &chunks)?;
+            batch.insert(batch_key(index), location.encode());
         }
         // Each pointer gains this batch's positions after those it holds; one
         // taken twice in this batch builds on its own new value (the engine
@@ -1293,7 +1442,53 @@ impl History {
             return Err(e);
         }
         drop(gathered);
-        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = Meta { last_index: index, digest, records: held };
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
+            Meta { last_index: index, digest, records: held, refill_through: 0 };
+        Ok(())
+    }
+
+    /// Write again the chunks of the batch at `index`, whose other keys the
+    /// engine holds (see [`Meta::refill_through`]): checked against the
+    /// digest the engine kept after it, appended to the segments and
+    /// pointed to; its members taken again into the gathering if they
+    /// wait in memory.
+    fn refill(&self, meta: Meta, index: u64, records: &[Record]) -> Result<()> {
+        let mut journal = JournalChunks::default();
+        let mut members = BatchMembers::default();
+        for (n, record) in records.iter().enumerate() {
+            let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
+            journal.push(|buffer| {
+                crate::push_frame(buffer, record).map_err(|source| HistoryError::Encode { index, seq: n, source })
+            })?;
+            members.add(index, seq, record);
+        }
+        let chunks = journal.finish();
+        let key = batch_key(index);
+        let digest = if chunks.is_empty() {
+            if self.db.get(key)?.is_some() {
+                return Err(corrupt(&key, "a batch written again without the records it was written with"));
+            }
+            meta.digest
+        } else {
+            let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
+            let kept = self.db.get(digest_key(index))?;
+            if kept.as_deref() != Some(digest.as_slice()) {
+                return Err(corrupt(&digest_key(index), "a batch written again with other records than before"));
+            }
+            let location = self.segments.append(index, &chunks)?;
+            self.db.insert(key, location.encode())?;
+            digest
+        };
+        {
+            let mut gathered = self.gathered_lock();
+            if index > gathered.through {
+                // Those on disk are there already.
+                gathered.take(members, self)?;
+            }
+        }
+        let refill_through = if index < meta.refill_through { meta.refill_through } else { 0 };
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
+            Meta { last_index: index, digest, records: meta.records, refill_through };
         Ok(())
     }
 
@@ -1483,7 +1678,7 @@ impl History {
             }
             self.archived_through.store(archived, Ordering::SeqCst);
             *self.meta.lock().unwrap_or_else(|p| p.into_inner()) =
-                Meta { last_index: through, digest: start.digest, records: 0 };
+                Meta { last_index: through, digest: start.digest, records: 0, refill_through: 0 };
         }
         self.durable()?;
         Ok(through)
@@ -1546,7 +1741,7 @@ impl History {
     /// chunks (so a journal of other records costs a bounded read).
     pub fn recent_transfers(&self, max: usize, chunks_max: usize) -> Result<Vec<Transfer>> {
         let mut transfers = Vec::new();
-        for item in self.db.scan_prefix([space::JOURNAL]).rev().take(chunks_max) {
+        for item in self.chunks(journal_key(0, 0), journal_key(u64::MAX, u32::MAX), true).take(chunks_max) {
             let (key, value) = item?;
             let mut chunk = Vec::new();
             for frame in Frames::new(&key, &value)? {
@@ -1570,8 +1765,11 @@ impl History {
     /// where the next page starts (0: done). Reads one page's batches.
     pub fn reconcile_page(&self, region: &RegionId, since: Timestamp, below: u64) -> Result<(Vec<RemoteRecord>, u64)> {
         let mut scan = HistoryScan::new(region.clone(), since);
-        let upper = if below == 0 { journal_key(u64::MAX, u32::MAX) } else { journal_key(below, 0) };
-        'chunks: for item in self.db.range(journal_key(0, 0)..upper).rev() {
+        if below == 1 {
+            return Ok(scan.finish());
+        }
+        let upper = if below == 0 { journal_key(u64::MAX, u32::MAX) } else { journal_key(below - 1, u32::MAX) };
+        'chunks: for item in self.chunks(journal_key(0, 0), upper, true) {
             let (key, value) = item?;
             let (index, _) = parse_journal_key(&key)?;
             for frame in Frames::new(&key, &value)? {
@@ -1873,7 +2071,7 @@ impl History {
         let mut total = 0usize;
         if let Some(first) = after.checked_add(1) {
             let mut current: Option<(u64, Vec<Record>, usize)> = None;
-            for item in self.db.range(journal_key(first, 0)..=journal_key(u64::MAX, u32::MAX)) {
+            for item in self.chunks(journal_key(first, 0), journal_key(u64::MAX, u32::MAX), false) {
                 let (key, value) = item?;
                 let (index, first_seq) = parse_journal_key(&key)?;
                 if current.as_ref().is_some_and(|(at, _, _)| *at != index) {
@@ -1915,6 +2113,14 @@ impl History {
     /// Make everything written so far survive power loss: the engine's
     /// journal synced. See the module documentation, "Durability".
     pub fn durable(&self) -> Result<()> {
+        // The segments first: the engine's batch keys point into them. Every
+        // batch through `meta.last_index` is in them (appended before the
+        // meta moved on).
+        let meta = self.meta();
+        self.segments.sync()?;
+        if meta.refill_through == 0 {
+            self.db.insert(META_SYNCED, meta.last_index.to_be_bytes())?;
+        }
         Ok(self.db.persist()?)
     }
 
@@ -1929,6 +2135,9 @@ impl History {
             let (records, done) = self.delete_step(index)?;
             deleted += records;
             if done {
+                // Whole segments go once their batches' deletion is durable.
+                self.db.persist()?;
+                self.segments.delete_through(self.deleted_through())?;
                 return Ok(deleted);
             }
         }
@@ -1948,7 +2157,7 @@ impl History {
         let mut events_deleted: BTreeMap<PartnerId, u64> = BTreeMap::new();
         let mut pointers: HashMap<Vec<u8>, (bool, Vec<u8>)> = HashMap::new();
         let mut members = MemberRanges::default();
-        for item in self.db.range(journal_key(0, 0)..=journal_key(through, u32::MAX)) {
+        for item in self.chunks(journal_key(0, 0), journal_key(through, u32::MAX), false) {
             let (key, value) = item?;
             let (at, first) = parse_journal_key(&key)?;
             if current.as_ref().is_none_or(|batch| batch.index != at) {
@@ -1960,6 +2169,8 @@ impl History {
                     self.delete_derived(done, &mut batch, &mut pointers, &mut members)?;
                 }
                 current = Some(Derivation::new(at));
+                // Its chunks' place in the segments (layout 5).
+                batch.remove(batch_key(at));
             }
             let derivation = current.as_mut().expect("a batch");
             for (n, frame) in Frames::new(&key, &value)?.enumerate() {
@@ -2198,8 +2409,7 @@ impl<'a> JournalReader<'a> {
         if let Some(record) = self.cached(index, seq)? {
             return Ok(Some(record));
         }
-        let db = &self.history.db;
-        if let Some((key, value)) = db.range(journal_key(index, 0)..=journal_key(index, seq)).next_back().transpose()? {
+        if let Some((key, value)) = self.history.chunk_at(index, seq)? {
             let (_, first) = parse_journal_key(&key)?;
             self.chunk = Some((index, first, key, value));
             if let Some(record) = self.cached(index, seq)? {
