@@ -12,16 +12,19 @@
 //!
 //! # Layout
 //!
-//! Key spaces told apart by a first byte (`kv` keeps them in four trees by
-//! that byte), everything one batch writes (its journal, the keys derived
-//! from its records and the meta counters) in a single atomic batch: after
-//! a crash either all of it is there or none is. Integers are
+//! The journal's chunks in history's own segment files (module `segments`,
+//! which says why: each byte is written once), and in the engine key spaces
+//! told apart by a first byte (`kv` keeps them in four trees by that byte),
+//! everything one batch writes there (where its chunks are, the keys
+//! derived from its records and the meta counters) in a single atomic
+//! batch: after a crash either all of it is there or none is. Integers are
 //! big-endian, so byte order is numeric order; identifiers (slugs and
 //! printable ASCII, never a 0 byte) are ended by a 0 byte where something
 //! follows them.
 //!
 //! ```text
-//! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  the journal
+//! J | index u64                                      -> segment u64 | offset u64 | n u32 | (first seq u32 | length u32 | crc32 u32)...  where the batch's chunks are
+//! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  a chunk, as layout 4 kept it
 //! I | partner | 0 | idempotency key                    -> (position)...           newest visible wins
 //! T | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished transfers
 //! P | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished participations
@@ -37,7 +40,8 @@
 //! D | partner                                          -> cursor u64              the partner's newest event deleted
 //! G | index u64                                        -> 32 bytes                the digest after the batch
 //! M applied | M digest | M records | M deleted         -> u64 | 32 bytes | u64 | u64
-//! M layout                                             -> u64                     4: this layout
+//! M layout                                             -> u64                     5: this layout
+//! M synced                                             -> u64                     the segments were synced through it
 //! M archived                                           -> u64                     an archive was confirmed through it
 //! M grouped                                            -> u64                     the last gathering (module `gather`)
 //! ```
@@ -123,14 +127,34 @@
 //!
 //! # Durability
 //!
-//! A batch is applied to fjall's journal and memory, not synced: replicas
+//! A batch's chunks are appended to the active segment (one `write`), then
+//! its keys applied to fjall's journal and memory, neither synced: replicas
 //! write history on every applied entry, and a sync each time would double
-//! the region's `fsync`s. [`History::durable`] syncs fjall's journal
-//! (`fsync`, through the descriptor that wrote it; fjall syncs its sorted
-//! tables as it writes them), so everything applied before it survives
-//! power loss. A crash before it loses at most the tail since the last
-//! sync, never part of a batch, and never silently: history's last index
-//! is read back at open. That is enough because history at any index can
+//! the region's `fsync`s. [`History::durable`] syncs the segments
+//! (`fdatasync`), records that under `M synced`, and then syncs fjall's
+//! journal (`fsync`, through the descriptor that wrote it; fjall syncs its
+//! sorted tables as it writes them), so everything applied before it
+//! survives power loss. A crash before it loses at most the tail since the
+//! last sync, never part of a batch's keys, and never silently: history's
+//! last index is read back at open.
+//!
+//! The segments and the engine are two files, so a crash may leave them
+//! apart beyond the last sync, and open puts them back together. Chunks past
+//! the engine's last batch (a crash between the two writes, or the engine's
+//! unsynced tail lost) are cut. The engine may also hold batches whose
+//! chunks a power loss took from the segments (the kernel writes either
+//! file back when it likes, and fjall syncs its tables as it flushes them):
+//! open checks the last batches' chunks against their checksums, back to
+//! the first it finds whole (a batch at or below `M synced` must be whole,
+//! or the store is damaged and refused), and history then reaches that
+//! batch only ([`History::last_index`]), its readers seeing nothing later,
+//! until the batches after it are written again: the state machine
+//! re-applies them from its log as after any restart (its checkpoint is at
+//! or below the last sync, so at or below that batch), or they come from a
+//! peer's journal, and each such write puts only the batch's chunks back,
+//! in order, checked against the digest the engine kept after it (`G`).
+//!
+//! That is enough because history at any index can
 //! be rebuilt: the records of a batch are a pure function of
 //! the state and the log entry, so they can be re-derived from the Raft log
 //! or copied from a peer's journal ([`History::journal_after`]), provided
@@ -182,8 +206,8 @@ mod kv;
 mod segments;
 
 use gather::{BatchMembers, Gathered, Member, OnDisk, Run};
-use segments::{Location, Segments};
 pub use kv::EngineMemory;
+use segments::{Location, Segments};
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -1063,7 +1087,10 @@ impl History {
                 break;
             }
             if index <= synced {
-                return Err(corrupt(&key, format!("made durable through {synced}, but its chunks are not in the segments")));
+                return Err(corrupt(
+                    &key,
+                    format!("made durable through {synced}, but its chunks are not in the segments"),
+                ));
             }
             refill_from = Some(index);
         }
@@ -1453,6 +1480,12 @@ impl History {
     /// pointed to; its members taken again into the gathering if they
     /// wait in memory.
     fn refill(&self, meta: Meta, index: u64, records: &[Record]) -> Result<()> {
+        // In order: a batch skipped would stay without its chunks.
+        if let Some(item) = self.db.range(batch_key(meta.last_index + 1).to_vec()..batch_key(index).to_vec()).next() {
+            let (key, _) = item?;
+            let (skipped, _) = parse_journal_key(&key)?;
+            return Err(corrupt(&key, format!("batch {index} written again before batch {skipped}")));
+        }
         let mut journal = JournalChunks::default();
         let mut members = BatchMembers::default();
         for (n, record) in records.iter().enumerate() {
@@ -1703,7 +1736,11 @@ impl History {
     /// History as of the start of the batch at `index`: what a batch
     /// written at `index` or later holds is not seen.
     pub fn at(&self, index: u64) -> HistoryAt<'_> {
-        HistoryAt { history: self, before: index }
+        // Nothing after the last batch is seen, not even (while batches are
+        // written again, `Meta::refill_through`) what the engine holds of it.
+        let meta = self.meta();
+        let before = if meta.refill_through != 0 { index.min(meta.last_index + 1) } else { index };
+        HistoryAt { history: self, before }
     }
 
     /// A finished transfer this region coordinated.
@@ -1741,7 +1778,7 @@ impl History {
     /// chunks (so a journal of other records costs a bounded read).
     pub fn recent_transfers(&self, max: usize, chunks_max: usize) -> Result<Vec<Transfer>> {
         let mut transfers = Vec::new();
-        for item in self.chunks(journal_key(0, 0), journal_key(u64::MAX, u32::MAX), true).take(chunks_max) {
+        for item in self.chunks(journal_key(0, 0), journal_key(self.last_index(), u32::MAX), true).take(chunks_max) {
             let (key, value) = item?;
             let mut chunk = Vec::new();
             for frame in Frames::new(&key, &value)? {
@@ -1768,7 +1805,9 @@ impl History {
         if below == 1 {
             return Ok(scan.finish());
         }
-        let upper = if below == 0 { journal_key(u64::MAX, u32::MAX) } else { journal_key(below - 1, u32::MAX) };
+        let last = self.last_index();
+        let upper =
+            if below == 0 || below > last { journal_key(last, u32::MAX) } else { journal_key(below - 1, u32::MAX) };
         'chunks: for item in self.chunks(journal_key(0, 0), upper, true) {
             let (key, value) = item?;
             let (index, _) = parse_journal_key(&key)?;
@@ -1885,6 +1924,7 @@ impl History {
         after: Option<&ListToken>,
         max: usize,
     ) -> Result<Vec<(ListToken, TransferId)>> {
+        let last = self.last_index();
         let waiting = self.gathered_lock().listed(partner, after, max);
         let prefix = scope(space::LISTED, partner.as_str());
         // The group that holds the token, or the first.
@@ -1896,7 +1936,7 @@ impl History {
         'groups: for item in self.db.range(start..scope_end(&prefix)) {
             let (key, value) = item?;
             for member in gather::group_members(&key, prefix.len(), &value, true)? {
-                if after.is_some_and(|after| member.token <= *after) {
+                if after.is_some_and(|after| member.token <= *after) || member.token.index > last {
                     continue;
                 }
                 if listed.len() >= max || waiting.first.is_some_and(|first| member.token >= first) {
@@ -1918,6 +1958,7 @@ impl History {
     /// (and saying so) at one that retention deleted while this ran. Those
     /// on disk, then those waiting to be gathered.
     fn events_held(&self, partner: &PartnerId, after: u64, max: usize) -> Result<(Vec<Event>, bool)> {
+        let last = self.last_index();
         let (first_waiting, waiting) = self.gathered_lock().events(partner, after, max);
         let prefix = scope(space::EVENT, partner.as_str());
         let from = after.saturating_add(1);
@@ -1930,7 +1971,9 @@ impl History {
             let (key, value) = item?;
             let run = Run::parse(&key, prefix.len(), &value)?;
             for (cursor, at) in run.events().filter(|(cursor, _)| *cursor >= from) {
-                if on_disk.len() >= max || first_waiting.is_some_and(|first| cursor >= first) {
+                // A partner's cursors follow the log: one not written yet
+                // (see `Meta::refill_through`) ends what there is.
+                if on_disk.len() >= max || first_waiting.is_some_and(|first| cursor >= first) || at.0 > last {
                     break 'runs;
                 }
                 on_disk.push((key.to_vec(), cursor, at));
@@ -2021,7 +2064,8 @@ impl History {
         if from >= to || after.is_some_and(|token| token.at >= to) {
             return Ok(Vec::new());
         }
-        let in_bounds = |token: &ListToken| token.at >= from && token.at < to;
+        let last = self.last_index();
+        let in_bounds = |token: &ListToken| token.at >= from && token.at < to && token.index <= last;
         let waiting = self.gathered_lock().movements(account, after.as_ref(), in_bounds, max);
         let prefix = account_scope(account);
         let first = with_token(&prefix, &ListToken { at: from, index: 0, seq: 0 });
@@ -2071,7 +2115,7 @@ impl History {
         let mut total = 0usize;
         if let Some(first) = after.checked_add(1) {
             let mut current: Option<(u64, Vec<Record>, usize)> = None;
-            for item in self.chunks(journal_key(first, 0), journal_key(u64::MAX, u32::MAX), false) {
+            for item in self.chunks(journal_key(first, 0), journal_key(self.last_index(), u32::MAX), false) {
                 let (key, value) = item?;
                 let (index, first_seq) = parse_journal_key(&key)?;
                 if current.as_ref().is_some_and(|(at, _, _)| *at != index) {

@@ -30,6 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The first bytes of every segment file: the format's name and version.
@@ -156,6 +157,8 @@ struct Active {
 #[derive(Debug)]
 pub(crate) struct Segments {
     dir: PathBuf,
+    /// [`SEGMENT_BYTES_MAX`] (tests make it smaller).
+    bytes_max: AtomicU64,
     active: Mutex<Active>,
     /// Segment names held, and open files of the segments read lately.
     names: Mutex<Vec<u64>>,
@@ -199,6 +202,7 @@ impl Segments {
         let active = Active { name, file: Arc::new(file), bytes, unsynced: Vec::new(), dir_unsynced: true };
         Ok(Segments {
             dir: dir.to_path_buf(),
+            bytes_max: AtomicU64::new(SEGMENT_BYTES_MAX),
             active: Mutex::new(active),
             names: Mutex::new(names),
             readers: Mutex::new(BTreeMap::new()),
@@ -228,7 +232,10 @@ impl Segments {
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
         let held = file.metadata().map_err(|e| io_error(&path, e))?.len();
         if name != keep || held < end {
-            return Err(io_error(&path, io::Error::new(io::ErrorKind::InvalidData, "segments short of a batch they hold")));
+            return Err(io_error(
+                &path,
+                io::Error::new(io::ErrorKind::InvalidData, "segments short of a batch they hold"),
+            ));
         }
         file.set_len(end).map_err(|e| io_error(&path, e))?;
         file.sync_all().map_err(|e| io_error(&path, e))?;
@@ -249,7 +256,7 @@ impl Segments {
             io_error(&self.dir, io::Error::new(io::ErrorKind::InvalidInput, "a batch of more than 4 GiB"))
         })?;
         let mut active = self.active();
-        if active.bytes >= SEGMENT_BYTES_MAX {
+        if active.bytes >= self.bytes_max.load(Ordering::Relaxed) {
             self.roll(&mut active, index)?;
         }
         let mut buffer = Vec::with_capacity(HEADER_BYTES as usize + length);
@@ -315,7 +322,10 @@ impl Segments {
             if crc32fast::hash(chunk) != *crc {
                 return Err(io_error(
                     &path(),
-                    io::Error::new(io::ErrorKind::InvalidData, format!("the chunk from record {first} fails its checksum")),
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the chunk from record {first} fails its checksum"),
+                    ),
                 ));
             }
             out.push(chunk.to_vec());
@@ -362,6 +372,19 @@ impl Segments {
             fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
         }
         Ok(())
+    }
+
+    /// Close a segment once it is `bytes` large instead of
+    /// [`SEGMENT_BYTES_MAX`] (tests: many segments from a few batches).
+    #[cfg(test)]
+    pub(crate) fn set_bytes_max(&self, bytes: u64) {
+        self.bytes_max.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The segment files' names, oldest first.
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> Vec<u64> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The bytes of the segment files.

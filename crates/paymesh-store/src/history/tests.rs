@@ -981,6 +981,12 @@ fn journal_bytes_by_record(store: &History, transfers: u64) -> BTreeMap<String, 
     bytes.into_iter().map(|(kind, (count, size))| (kind, (per(count), per(size)))).collect()
 }
 
+/// Where the batch at `index` keeps its chunks in the segments.
+fn location(store: &History, index: u64) -> Location {
+    let key = batch_key(index);
+    parse_location(&key, &store.db.get(key).unwrap().expect("a batch key")).unwrap()
+}
+
 fn keys_by_space(store: &History) -> BTreeMap<char, usize> {
     let mut counts = BTreeMap::new();
     for item in store.db.iter() {
@@ -1011,7 +1017,8 @@ fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
         store.write(batch + 1, &records).unwrap();
         memory.write(batch + 1, records);
     }
-    // Per batch: 2,304 records in 36 journal chunks of 64; a pointer for
+    // Per batch: 2,304 records in 36 journal chunks of 64 in the segments
+    // and a key saying where they are; a pointer for
     // each idempotency key; a transfer group for each block of 64 transfer
     // ids it finishes (a batch's 256 ids touch five blocks, the last one
     // shared with the next batch, under a key of each); the digest. For
@@ -1020,8 +1027,11 @@ fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
     // 14 accounts (12 partners', clearing, fees). And the three counters,
     // the layout and the last gathering.
     let counts = keys_by_space(&store);
-    let expected = [('A', 14), ('E', 12), ('G', 3), ('I', 768), ('J', 36 * 3), ('L', 12), ('M', 5), ('T', 15)];
+    let expected = [('A', 14), ('E', 12), ('G', 3), ('I', 768), ('J', 3), ('L', 12), ('M', 5), ('T', 15)];
     assert_eq!(counts, BTreeMap::from(expected));
+    for batch in 1..=3 {
+        assert_eq!(location(&store, batch).chunks.len(), 36, "batch {batch}");
+    }
     let keys: usize = counts.values().sum();
     assert!(keys as f64 / 768.0 < 1.3, "{keys} keys for 768 transfers");
 
@@ -1117,7 +1127,8 @@ fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_doe
         bytes += member;
     }
     assert_eq!(counts[&'L'], listing_groups + 1);
-    assert_eq!(counts[&'J'], 23_334usize.div_ceil(64) + 1);
+    assert_eq!(counts[&'J'], 2);
+    assert_eq!(location(&store, 1).chunks.len(), 23_334usize.div_ceil(64));
     for page in [1, 1_000, 1_900, 3_000, usize::MAX] {
         let mut token = None;
         let mut all = 0;
@@ -1268,11 +1279,11 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
     let refused = reopen(dir.path()).unwrap_err();
     assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("no key layout")), "{refused}");
     let engine = reopen_engine(dir.path());
-    engine.insert(META_LAYOUT, 5u64.to_be_bytes()).unwrap();
+    engine.insert(META_LAYOUT, 6u64.to_be_bytes()).unwrap();
     engine.persist().unwrap();
     drop(engine);
     let refused = reopen(dir.path()).unwrap_err();
-    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 5")), "{refused}");
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 6")), "{refused}");
 }
 
 /// Rewrite a store's listing, statement and event groups as layout 3 wrote
@@ -2044,4 +2055,240 @@ fn closed_windows_are_listed_newest_first_whatever_their_numbers() {
     assert_eq!(store.closed_windows_before(1_000_004, 10).unwrap(), vec![1_000_003, 3, 2, 1]);
     assert_eq!(store.closed_windows_before(1_000_003, 2).unwrap(), vec![3, 2]);
     assert_eq!(store.closed_windows_before(1, 10).unwrap(), Vec::<u64>::new());
+}
+
+// --- the journal's segment files --------------------------------------------
+
+/// The segment files of the history in `dir`, by name, with their sizes.
+fn segment_files(dir: &Path) -> BTreeMap<String, u64> {
+    fs::read_dir(dir.join(segments::DIR))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .map(|entry| (entry.file_name().into_string().unwrap(), entry.metadata().unwrap().len()))
+        .collect()
+}
+
+/// A history and its twin written alike, for comparison.
+fn twins(dir: &Path, twin: &Path, batches: std::ops::RangeInclusive<u64>) -> (History, History) {
+    let (store, other) = (open(dir), open(twin));
+    for n in batches {
+        store.write(n, &finished(n, n * 10)).unwrap();
+        other.write(n, &finished(n, n * 10)).unwrap();
+    }
+    (store, other)
+}
+
+/// Everything a reader sees of two histories is the same.
+fn assert_reads_alike(store: &History, twin: &History) {
+    assert_eq!(
+        (store.last_index(), store.digest(), store.records()),
+        (twin.last_index(), twin.digest(), twin.records())
+    );
+    let held = |h: &History| h.journal_after(h.deleted_through(), usize::MAX).unwrap();
+    assert_eq!(held(store), held(twin));
+    for n in 0..30 {
+        assert_eq!(store.get_transfer(&tid(n)).unwrap(), twin.get_transfer(&tid(n)).unwrap(), "transfer {n}");
+        assert_eq!(
+            store.get_idempotency(&pid(n % 3), &key(n)).unwrap(),
+            twin.get_idempotency(&pid(n % 3), &key(n)).unwrap()
+        );
+    }
+    for p in 0..3 {
+        assert_eq!(
+            store.listed_after(&pid(p), None, usize::MAX).unwrap(),
+            twin.listed_after(&pid(p), None, usize::MAX).unwrap()
+        );
+        let events = |h: &History| HistoryRead::events(h, &pid(p), 0, usize::MAX);
+        assert_eq!(events(store), events(twin));
+    }
+    let statement = |h: &History| h.statement(&account(4), ms(0), ms(100_000), None, usize::MAX).unwrap();
+    assert_eq!(statement(store), statement(twin));
+    assert_eq!(store.recent_transfers(100, 1_000).unwrap(), twin.recent_transfers(100, 1_000).unwrap());
+}
+
+#[test]
+fn a_batch_is_written_once_to_the_segments_and_the_engine_keeps_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let before = segment_files(dir.path());
+    assert_eq!(before.values().copied().collect::<Vec<_>>(), [segments::MAGIC.len() as u64]);
+    let records = finished(1, 10);
+    store.write(1, &records).unwrap();
+    let framed: u64 = records.iter().map(|r| 4 + postcard::to_allocvec(r).unwrap().len() as u64).sum();
+    let after = segment_files(dir.path());
+    assert_eq!(after.values().copied().collect::<Vec<_>>(), [segments::MAGIC.len() as u64 + 16 + framed]);
+    // In the engine, a batch key and no chunk.
+    let journal_keys: Vec<usize> = store.db.scan_prefix([space::JOURNAL]).map(|item| item.unwrap().0.len()).collect();
+    assert_eq!(journal_keys, [BATCH_KEY_BYTES]);
+    assert_eq!(location(&store, 1).length(), framed);
+    assert_eq!(journal(&store), records.into_iter().map(|r| (1, r)).collect::<Vec<_>>());
+    // A chunk that fails its checksum is damage, not a record.
+    let location = location(&store, 1);
+    let path = dir.path().join(segments::DIR).join(after.keys().next().unwrap());
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"\xff", location.offset + 7).unwrap();
+    assert!(matches!(store.get_transfer(&tid(1)), Err(HistoryError::Io { .. })));
+    assert!(store.journal_after(0, usize::MAX).is_err());
+}
+
+#[test]
+fn chunks_a_crash_wrote_past_the_engine_are_cut_at_open_and_written_again() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=3);
+    let kept = segment_files(dir.path());
+    // Batch 4's chunks reach the segments, its engine write never comes.
+    let mut chunks = JournalChunks::default();
+    for record in &finished(4, 40) {
+        chunks.push(|buffer| Ok(crate::push_frame(buffer, record).unwrap())).unwrap();
+    }
+    store.segments.append(4, &chunks.finish()).unwrap();
+    assert_ne!(segment_files(dir.path()), kept);
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(segment_files(dir.path()), kept, "cut back to the engine's last batch");
+    assert_eq!(store.last_index(), 3);
+    store.write(4, &finished(4, 40)).unwrap();
+    twin.write(4, &finished(4, 40)).unwrap();
+    assert_reads_alike(&store, &twin);
+}
+
+#[test]
+fn chunks_a_power_loss_took_are_written_again_from_the_log_and_read_as_before() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=3);
+    let (store, twin) = (store.gathering_every(2), twin.gathering_every(2));
+    store.durable().unwrap();
+    let synced = segment_files(dir.path());
+    for n in 4..=7 {
+        store.write(n, &finished(n, n * 10)).unwrap();
+        twin.write(n, &finished(n, n * 10)).unwrap();
+    }
+    store.write(8, &[]).unwrap();
+    twin.write(8, &[]).unwrap();
+    let (digest, records) = (store.digest(), store.records());
+    drop(store);
+    // The engine kept batches 4 to 8; the segments lost what was not synced.
+    let (name, length) = synced.iter().next().unwrap();
+    let file = fs::OpenOptions::new().write(true).open(dir.path().join(segments::DIR).join(name)).unwrap();
+    file.set_len(*length).unwrap();
+    drop(file);
+
+    let store = reopen(dir.path()).unwrap().gathering_every(2);
+    assert_eq!(store.last_index(), 3, "history reaches the last batch whose chunks it holds");
+    assert_eq!(store.digest(), twin.digest_at(3).unwrap().unwrap());
+    assert_eq!(store.records(), records, "the engine's count stays");
+    // Readers see history through batch 3 only, and fail nowhere.
+    assert_eq!(store.get_transfer(&tid(5)).unwrap(), None);
+    assert_eq!(store.get_transfer(&tid(3)).unwrap(), twin.get_transfer(&tid(3)).unwrap());
+    assert!(store.listed_after(&pid(1), None, usize::MAX).unwrap().iter().all(|(token, _)| token.index <= 3));
+    assert!(store.events_after(&pid(1), 0, usize::MAX).unwrap().iter().all(|event| event.at <= ms(30)));
+    assert_eq!(journal(&store).last().map(|(index, _)| *index), Some(3));
+    // Other records than before at batch 4 are refused.
+    let refused = store.write(4, &finished(40, 400)).unwrap_err();
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("other records")), "{refused}");
+    assert_eq!(store.last_index(), 3);
+    // So is a batch that would skip one whose chunks are still missing.
+    let refused = store.write(5, &finished(5, 50)).unwrap_err();
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("before batch 4")), "{refused}");
+    // The log's batches written again: everything as before.
+    for n in 4..=7 {
+        store.write(n, &finished(n, n * 10)).unwrap();
+    }
+    store.write(8, &[]).unwrap();
+    assert_eq!((store.last_index(), store.digest()), (8, digest));
+    store.write(9, &finished(9, 90)).unwrap();
+    twin.write(9, &finished(9, 90)).unwrap();
+    assert_reads_alike(&store, &twin);
+    drop(store);
+    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
+}
+
+#[test]
+fn a_durable_batch_whose_chunks_are_gone_is_damage_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 1..=3 {
+        store.write(n, &finished(n, n)).unwrap();
+    }
+    store.durable().unwrap();
+    drop(store);
+    for (name, _) in segment_files(dir.path()) {
+        let path = dir.path().join(segments::DIR).join(name);
+        fs::OpenOptions::new().write(true).open(path).unwrap().set_len(segments::MAGIC.len() as u64).unwrap();
+    }
+    let refused = reopen(dir.path()).unwrap_err();
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("made durable")), "{refused}");
+}
+
+#[test]
+fn retention_deletes_whole_segment_files_behind_it() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(dir.path());
+    // A segment a batch.
+    store.segments.set_bytes_max(1);
+    let twin = open(twin_dir.path());
+    for n in 1..=20 {
+        store.write(n, &finished(n, n * 10)).unwrap();
+        twin.write(n, &finished(n, n * 10)).unwrap();
+    }
+    let names = store.segments.names();
+    assert_eq!(names, (0..=20).collect::<Vec<u64>>(), "the first segment empty, then one a batch");
+    assert_eq!(names.len(), segment_files(dir.path()).len());
+    store.confirm_archived(10).unwrap();
+    twin.confirm_archived(10).unwrap();
+    store.delete_through(10).unwrap();
+    twin.delete_through(10).unwrap();
+    assert_eq!(store.segments.names(), (11..=20).collect::<Vec<u64>>(), "the segments of batches 1 to 10 went");
+    assert_eq!(segment_files(dir.path()).len(), 10);
+    assert_reads_alike(&store, &twin);
+    drop(store);
+    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
+}
+
+/// Move a store's batches from the segments into the engine as layout 4
+/// kept them: a chunk key per chunk, no segments.
+fn rewrite_as_layout_4(dir: &Path) {
+    let store = reopen(dir).unwrap();
+    let mut moved = Vec::new();
+    for item in store.db.scan_prefix([space::JOURNAL]) {
+        let (key, value) = item.unwrap();
+        let (index, _) = parse_journal_key(&key).unwrap();
+        let location = parse_location(&key, &value).unwrap();
+        let chunks = store.segments.read(&location, 0..location.chunks.len()).unwrap();
+        moved.push((key.to_vec(), index, location, chunks));
+    }
+    for (key, index, location, chunks) in moved {
+        store.db.remove(&key).unwrap();
+        for ((first, _, _), chunk) in location.chunks.iter().zip(chunks) {
+            store.db.insert(journal_key(index, *first), chunk).unwrap();
+        }
+    }
+    store.db.insert(META_LAYOUT, LAYOUT_CHUNKS_IN_ENGINE.to_be_bytes()).unwrap();
+    store.db.persist().unwrap();
+    drop(store);
+    fs::remove_dir_all(dir.join(segments::DIR)).unwrap();
+}
+
+#[test]
+fn a_layout_4_store_is_read_from_the_engine_and_goes_on_in_segments() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=6);
+    drop(store);
+    rewrite_as_layout_4(dir.path());
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes());
+    assert_eq!(keys_by_space(&store)[&'J'], 6, "a chunk key per batch (nine records each)");
+    assert_reads_alike(&store, &twin);
+    for n in 7..=9 {
+        store.write(n, &finished(n, n * 10)).unwrap();
+        twin.write(n, &finished(n, n * 10)).unwrap();
+    }
+    assert_reads_alike(&store, &twin);
+    store.confirm_archived(8).unwrap();
+    twin.confirm_archived(8).unwrap();
+    assert_eq!(store.delete_through(8).unwrap(), twin.delete_through(8).unwrap());
+    assert_eq!(keys_by_space(&store)[&'J'], 1, "batch 9's key");
+    assert_reads_alike(&store, &twin);
+    drop(store);
+    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
 }
