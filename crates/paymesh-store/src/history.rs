@@ -50,7 +50,7 @@
 //! sled, which held history first; a few in fjall), so keys are not one per
 //! record: a finished
 //! transfer's nine records take about two (its `I` pointer and its shares
-//! of a journal chunk and of its partners', accounts' and transfer block's
+//! of its batch key and of its partners', accounts' and transfer block's
 //! group keys), where one key per record and per pointer took 21.
 //!
 //! The journal holds a batch's records in chunks of at most 64 consecutive
@@ -58,10 +58,13 @@
 //! one (a larger record goes alone), so that reading one record by its
 //! position reads at most 32 KiB of a larger batch. A chunk is each record's postcard length and
 //! bytes, one after the other (the very bytes the digest hashes), so each
-//! record's size is checked before it is decoded. It is keyed by its
-//! batch's index and the seq of its first record: the record at
-//! (`index`, `seq`) is in the last chunk with a key at or below
-//! `J | index | seq`. A position is `index u64 | seq u32` (12 bytes).
+//! record's size is checked before it is decoded. A batch's chunks lie
+//! one after the other in a segment file, and its batch key `J | index`
+//! lists each chunk's first seq, length and checksum: the record at
+//! (`index`, `seq`) is in the last chunk whose first seq is at or below
+//! `seq`. (Layout 4 kept each chunk in the engine under `J | index | first
+//! seq`; such chunks are still read, and deleted with their batch.) A
+//! position is `index u64 | seq u32` (12 bytes).
 //!
 //! The records that readers want in runs are grouped, and the groups
 //! gathered over many batches (module `gather`, which says why and how):

@@ -56,9 +56,9 @@ fn tree_of(key: &[u8]) -> usize {
 /// engine's spinning worker").
 const WORKER_THREADS: usize = 1;
 
-/// The journal tree's write buffer: `base` scaled by a factor between 7/8
-/// and 9/8 chosen by `draw`.
-fn journal_buffer(base: u64, draw: u64) -> u64 {
+/// A tree's write buffer: `base` scaled by a factor between 7/8 and 9/8
+/// chosen by `draw`.
+fn drawn_buffer(base: u64, draw: u64) -> u64 {
     let sixteenths = 14 + draw % 5; // 14..=18 sixteenths
     base / 16 * sixteenths
 }
@@ -98,17 +98,19 @@ impl Kv {
     /// trees' write buffers (each tree but the journal's a sixth of that
     /// half, the journal's an eighth of it).
     ///
-    /// The journal's buffer is the one that fills (every record goes
-    /// there), and every replica fills it with the same bytes at the same
+    /// Every replica fills its buffers with the same bytes at the same
     /// moment: each buffer flushed is a burst of writes on every node at
-    /// once, beside the Raft log's syncs. With a quarter of that half
-    /// (32 MiB) the region stalled for about a second every 8 s at its peak
-    /// (per-second p99 200 to 270 ms); an eighth spreads the same writes
-    /// into smaller bursts (docs/BENCHMARKS.md, "History's cost cut").
-    /// Each opening also takes the journal's buffer between 7/8 and 9/8 of
-    /// that at random ([`journal_buffer`]), so that the replicas' flushes
-    /// drift apart instead of falling on the same moment: what is flushed
-    /// when changes no byte of what is kept.
+    /// once, beside the Raft log's syncs. When the journal tree held the
+    /// records' chunks and filled first, a quarter of that half (32 MiB)
+    /// stalled the region for about a second every 8 s at its peak
+    /// (per-second p99 200 to 270 ms), and an eighth spread the same writes
+    /// into smaller bursts (docs/BENCHMARKS.md, "History's cost cut"); the
+    /// chunks are in history's segments now (module `segments`) and the
+    /// journal tree holds a key per batch, the pointers' tree (a key per
+    /// payment) filling first. Each opening takes every tree's buffer
+    /// between 7/8 and 9/8 of its share at random ([`drawn_buffer`]), so
+    /// that the replicas' flushes drift apart instead of falling on the
+    /// same moment: what is flushed when changes no byte of what is kept.
     pub(crate) fn open(dir: &Path, memory_bytes: u64) -> fjall::Result<Kv> {
         let half = (memory_bytes / 2).max(1024 * 1024);
         // Nothing is compressed: the data-locality audit reads a node's files
@@ -120,7 +122,7 @@ impl Kv {
             .worker_threads(WORKER_THREADS)
             .open()?;
         let open = |n: usize| {
-            let memtable = if n == 0 { journal_buffer(half / 8, random_u64()) } else { half / 6 };
+            let memtable = drawn_buffer(if n == 0 { half / 8 } else { half / 6 }, random_u64());
             db.keyspace(TREES[n].0, || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable)
@@ -243,9 +245,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_journal_buffer_lies_within_an_eighth_of_its_base_and_takes_each_step() {
+    fn a_drawn_buffer_lies_within_an_eighth_of_its_base_and_takes_each_step() {
         let base = 8 * 1024 * 1024;
-        let sizes: std::collections::BTreeSet<u64> = (0..5).map(|draw| journal_buffer(base, draw)).collect();
+        let sizes: std::collections::BTreeSet<u64> = (0..5).map(|draw| drawn_buffer(base, draw)).collect();
         assert_eq!(sizes.len(), 5, "five sizes: {sizes:?}");
         assert_eq!(sizes.first(), Some(&(base / 8 * 7)));
         assert_eq!(sizes.last(), Some(&(base / 8 * 9)));
