@@ -1,7 +1,8 @@
 //! Logging and, when an endpoint is configured, trace export for
 //! `paymesh start`.
 //!
-//! Logs go to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`).
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`),
+//! in colour only when stderr is a terminal.
 //! When `OTEL_EXPORTER_OTLP_ENDPOINT` names an OTLP/gRPC collector (for
 //! example `http://127.0.0.1:4317`), the node's spans (see
 //! `paymesh_node::telemetry`) are exported to it in batches, as service
@@ -13,6 +14,8 @@
 //! it happened in (`partner`, `transfer`, `trace_id`). Spans then carry
 //! trace ids even without a collector (an OpenTelemetry layer with no
 //! exporter gives them ids), so a log line finds its trace.
+
+use std::io::IsTerminal as _;
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -42,7 +45,9 @@ where
 {
     use tracing_subscriber::Layer as _;
     match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only on a terminal: a log file or a collector gets plain
+        // text (and the formatting costs less).
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)

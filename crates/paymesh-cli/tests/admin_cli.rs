@@ -39,6 +39,8 @@ async fn an_operator_configures_a_region_with_the_paymesh_command() {
     for id in 1..=3 {
         let log = std::fs::read_to_string(region.path().join(format!("node-{id}.log"))).unwrap();
         assert!(!log.contains("ERROR"), "node {id} logged an error:\n{log}");
+        // A log file is plain text: colours are for a terminal.
+        assert!(!log.contains('\x1b'), "node {id}'s log file holds terminal colour codes:\n{log}");
     }
 
     let out = ok(

@@ -38,6 +38,12 @@ pub fn traceparent(span: &Span) -> String {
     carrier.remove("traceparent").unwrap_or_default()
 }
 
+/// Whether `span` belongs to a trace (an OpenTelemetry layer gave it ids).
+pub fn is_traced(span: &Span) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    span.context().span().span_context().is_valid()
+}
+
 /// Record `span`'s trace id (32 hex digits) in its `trace_id` field, so
 /// logs about the span name the trace; nothing when it is not traced or
 /// has no such field.
