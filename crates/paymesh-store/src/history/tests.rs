@@ -2292,3 +2292,50 @@ fn a_layout_4_store_is_read_from_the_engine_and_goes_on_in_segments() {
     drop(store);
     assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
 }
+
+#[test]
+fn a_power_loss_cutting_the_segments_anywhere_past_the_sync_is_written_back_from_the_log() {
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = open(twin_dir.path());
+    for n in 1..=7 {
+        twin.write(n, &finished(n, n * 10)).unwrap();
+    }
+    // Where each batch ends in the (single) segment.
+    let ends: Vec<u64> = (1..=7).map(|n| location(&twin, n).end()).collect();
+    let synced = ends[2];
+    let cuts = [
+        synced,
+        synced + 1,
+        synced + 10,
+        synced + 17,
+        (synced + ends[3]) / 2,
+        ends[3] - 1,
+        ends[3],
+        ends[4] + 3,
+        ends[6] - 1,
+    ];
+    for cut in cuts {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for n in 1..=3 {
+            store.write(n, &finished(n, n * 10)).unwrap();
+        }
+        store.durable().unwrap();
+        for n in 4..=7 {
+            store.write(n, &finished(n, n * 10)).unwrap();
+        }
+        drop(store);
+        let (name, _) = segment_files(dir.path()).into_iter().next().unwrap();
+        let file = fs::OpenOptions::new().write(true).open(dir.path().join(segments::DIR).join(name)).unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+        let store = reopen(dir.path()).unwrap();
+        let whole = ends.iter().filter(|end| **end <= cut).count() as u64;
+        assert_eq!(store.last_index(), whole, "cut at {cut}");
+        assert_eq!(Some(store.digest()), twin.digest_at(whole).unwrap(), "cut at {cut}");
+        for n in 4..=7 {
+            store.write(n, &finished(n, n * 10)).unwrap();
+        }
+        assert_reads_alike(&store, &twin);
+    }
+}
