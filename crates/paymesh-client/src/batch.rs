@@ -51,8 +51,11 @@ const QUEUE_ITEMS_MAX: usize = 4 * ITEMS_PER_REQUEST_MAX;
 /// A call waiting for its request.
 struct Waiting {
     item: wire::TransferItem,
-    answer: oneshot::Sender<Result<wire::TransferItemResult, ClientError>>,
+    answer: Answer,
 }
+
+/// Where one item's result goes.
+type Answer = oneshot::Sender<Result<wire::TransferItemResult, ClientError>>;
 
 /// One client's queue of calls and the task that sends them, started on
 /// first use (in the caller's runtime).
@@ -140,7 +143,10 @@ async fn run(region: Arc<Region>, setting: Batching, mut waiting: mpsc::Receiver
 
 /// Send one request for `batch` and give each caller its item's result.
 async fn answer(region: &Region, batch: Vec<Waiting>) {
-    let request = wire::CreateTransfersRequest { items: batch.iter().map(|w| w.item.clone()).collect() };
+    // The items move into the request; each attempt sends a copy of it.
+    let (items, batch): (Vec<wire::TransferItem>, Vec<Answer>) =
+        batch.into_iter().map(|waiting| (waiting.item, waiting.answer)).unzip();
+    let request = wire::CreateTransfersRequest { items };
     let response = region
         .call(None, |channel| {
             let request = request.clone();
@@ -149,8 +155,8 @@ async fn answer(region: &Region, batch: Vec<Waiting>) {
         .await;
     match response {
         Ok(response) if response.results.len() == batch.len() => {
-            for (waiting, result) in batch.into_iter().zip(response.results) {
-                let _ = waiting.answer.send(Ok(result));
+            for (answer, result) in batch.into_iter().zip(response.results) {
+                let _ = answer.send(Ok(result));
             }
         }
         Ok(response) => {
@@ -159,13 +165,13 @@ async fn answer(region: &Region, batch: Vec<Waiting>) {
                 response.results.len(),
                 batch.len()
             ));
-            for waiting in batch {
-                let _ = waiting.answer.send(Err(ClientError::Refused(status.clone())));
+            for answer in batch {
+                let _ = answer.send(Err(ClientError::Refused(status.clone())));
             }
         }
         Err(error) => {
-            for waiting in batch {
-                let _ = waiting.answer.send(Err(error.clone()));
+            for answer in batch {
+                let _ = answer.send(Err(error.clone()));
             }
         }
     }

@@ -1386,7 +1386,7 @@ impl History {
         }
     }
 
-    /// The bytes of the engine's files.
+    /// The bytes of the engine's files and of the journal's segments.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.disk_space()? + self.segments.size_on_disk()?)
     }

@@ -267,7 +267,7 @@ impl Segments {
             buffer.extend_from_slice(bytes);
         }
         let at = active.bytes;
-        if let Err(e) = (&*active.file).write_all_at(&buffer, at) {
+        if let Err(e) = active.file.write_all_at(&buffer, at) {
             // Nothing after `at` counts; the next append writes there again.
             return Err(io_error(&self.dir.join(file_name(active.name)), e));
         }

@@ -2071,11 +2071,23 @@ fn segment_files(dir: &Path) -> BTreeMap<String, u64> {
 /// A history and its twin written alike, for comparison.
 fn twins(dir: &Path, twin: &Path, batches: std::ops::RangeInclusive<u64>) -> (History, History) {
     let (store, other) = (open(dir), open(twin));
+    write_both(&store, &other, batches);
+    (store, other)
+}
+
+/// Write batches `batches` (each a finished transfer) to both histories.
+fn write_both(store: &History, twin: &History, batches: std::ops::RangeInclusive<u64>) {
     for n in batches {
         store.write(n, &finished(n, n * 10)).unwrap();
-        other.write(n, &finished(n, n * 10)).unwrap();
+        twin.write(n, &finished(n, n * 10)).unwrap();
     }
-    (store, other)
+}
+
+/// [`assert_reads_alike`], and again once `store` (in `dir`) is reopened.
+fn assert_reads_alike_reopened(store: History, dir: &Path, twin: &History) {
+    assert_reads_alike(&store, twin);
+    drop(store);
+    assert_reads_alike(&reopen(dir).unwrap(), twin);
 }
 
 /// Everything a reader sees of two histories is the same.
@@ -2159,10 +2171,7 @@ fn chunks_a_power_loss_took_are_written_again_from_the_log_and_read_as_before() 
     let (store, twin) = (store.gathering_every(2), twin.gathering_every(2));
     store.durable().unwrap();
     let synced = segment_files(dir.path());
-    for n in 4..=7 {
-        store.write(n, &finished(n, n * 10)).unwrap();
-        twin.write(n, &finished(n, n * 10)).unwrap();
-    }
+    write_both(&store, &twin, 4..=7);
     store.write(8, &[]).unwrap();
     twin.write(8, &[]).unwrap();
     let (digest, records) = (store.digest(), store.records());
@@ -2198,9 +2207,7 @@ fn chunks_a_power_loss_took_are_written_again_from_the_log_and_read_as_before() 
     assert_eq!((store.last_index(), store.digest()), (8, digest));
     store.write(9, &finished(9, 90)).unwrap();
     twin.write(9, &finished(9, 90)).unwrap();
-    assert_reads_alike(&store, &twin);
-    drop(store);
-    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
+    assert_reads_alike_reopened(store, dir.path(), &twin);
 }
 
 #[test]
@@ -2227,10 +2234,7 @@ fn retention_deletes_whole_segment_files_behind_it() {
     // A segment a batch.
     store.segments.set_bytes_max(1);
     let twin = open(twin_dir.path());
-    for n in 1..=20 {
-        store.write(n, &finished(n, n * 10)).unwrap();
-        twin.write(n, &finished(n, n * 10)).unwrap();
-    }
+    write_both(&store, &twin, 1..=20);
     let names = store.segments.names();
     assert_eq!(names, (0..=20).collect::<Vec<u64>>(), "the first segment empty, then one a batch");
     assert_eq!(names.len(), segment_files(dir.path()).len());
@@ -2240,9 +2244,7 @@ fn retention_deletes_whole_segment_files_behind_it() {
     twin.delete_through(10).unwrap();
     assert_eq!(store.segments.names(), (11..=20).collect::<Vec<u64>>(), "the segments of batches 1 to 10 went");
     assert_eq!(segment_files(dir.path()).len(), 10);
-    assert_reads_alike(&store, &twin);
-    drop(store);
-    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
+    assert_reads_alike_reopened(store, dir.path(), &twin);
 }
 
 /// Move a store's batches from the segments into the engine as layout 4
@@ -2279,18 +2281,13 @@ fn a_layout_4_store_is_read_from_the_engine_and_goes_on_in_segments() {
     assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes());
     assert_eq!(keys_by_space(&store)[&'J'], 6, "a chunk key per batch (nine records each)");
     assert_reads_alike(&store, &twin);
-    for n in 7..=9 {
-        store.write(n, &finished(n, n * 10)).unwrap();
-        twin.write(n, &finished(n, n * 10)).unwrap();
-    }
+    write_both(&store, &twin, 7..=9);
     assert_reads_alike(&store, &twin);
     store.confirm_archived(8).unwrap();
     twin.confirm_archived(8).unwrap();
     assert_eq!(store.delete_through(8).unwrap(), twin.delete_through(8).unwrap());
     assert_eq!(keys_by_space(&store)[&'J'], 1, "batch 9's key");
-    assert_reads_alike(&store, &twin);
-    drop(store);
-    assert_reads_alike(&reopen(dir.path()).unwrap(), &twin);
+    assert_reads_alike_reopened(store, dir.path(), &twin);
 }
 
 #[test]
