@@ -156,6 +156,10 @@
 //! or below the last sync, so at or below that batch), or they come from a
 //! peer's journal, and each such write puts only the batch's chunks back,
 //! in order, checked against the digest the engine kept after it (`G`).
+//! Should the region have deleted past them meanwhile, so that history
+//! adopts a peer's start instead ([`History::adopt`]), their batch keys go
+//! with everything else it held (their other keys name batches the start
+//! covers, and read as deleted).
 //!
 //! That is enough because history at any index can
 //! be rebuilt: the records of a batch are a pure function of
@@ -1682,10 +1686,20 @@ impl History {
             if meta.last_index >= through {
                 return Ok(meta.last_index);
             }
-            if meta.records != 0 {
+            let mut batch = self.db.batch();
+            if meta.refill_through != 0 {
+                // Batches whose chunks a power loss took and that were never
+                // written back go too: their batch keys (the rest of their
+                // keys name batches at or below `through`, read as deleted),
+                // and their records from the count.
+                let from = batch_key(meta.last_index + 1).to_vec();
+                for item in self.db.range(from..=batch_key(meta.refill_through).to_vec()) {
+                    batch.remove(item?.0);
+                }
+                batch.insert(META_RECORDS, 0u64.to_be_bytes());
+            } else if meta.records != 0 {
                 return Err(corrupt(META_RECORDS, format!("{} records held after deleting them all", meta.records)));
             }
-            let mut batch = self.db.batch();
             for item in self.db.scan_prefix([space::EVENTS_DELETED]) {
                 batch.remove(item?.0);
             }

@@ -2336,3 +2336,52 @@ fn a_power_loss_cutting_the_segments_anywhere_past_the_sync_is_written_back_from
         assert_reads_alike(&store, &twin);
     }
 }
+
+#[test]
+fn a_history_writing_back_lost_chunks_can_still_adopt_a_replicas_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source"));
+    for n in 1..=20 {
+        source.write(n, &finished(n, n * 10)).unwrap();
+    }
+    source.delete_through(10).unwrap();
+    let start = source.start().unwrap();
+    // The target made batches 1 to 3 durable; a power loss took the chunks
+    // of 4 to 6 from its segments, and the region deleted through 10 since.
+    let target_dir = dir.path().join("target");
+    let target = open(&target_dir);
+    for n in 1..=3 {
+        target.write(n, &finished(n, n * 10)).unwrap();
+    }
+    target.durable().unwrap();
+    let synced = segment_files(&target_dir);
+    for n in 4..=6 {
+        target.write(n, &finished(n, n * 10)).unwrap();
+    }
+    drop(target);
+    let (name, length) = synced.iter().next().unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(target_dir.join(segments::DIR).join(name))
+        .unwrap()
+        .set_len(*length)
+        .unwrap();
+    let target = reopen(&target_dir).unwrap();
+    assert_eq!(target.last_index(), 3);
+
+    assert_eq!(target.adopt(&start).unwrap(), 10);
+    assert_eq!((target.last_index(), target.records(), target.digest()), (10, 0, start.digest));
+    let through = source.last_index();
+    target.append(&source.journal_after(10, usize::MAX).unwrap(), through).unwrap();
+    assert_eq!((target.last_index(), target.records(), target.digest()), (20, source.records(), source.digest()));
+    let held = |h: &History| h.journal_after(10, usize::MAX).unwrap();
+    assert_eq!(held(&target), held(&source));
+    assert_eq!(target.get_transfer(&tid(5)).unwrap(), None, "a lost batch's transfer is not found");
+    assert_eq!(target.get_transfer(&tid(15)).unwrap(), Some(transfer(15, 150)));
+    drop(target);
+    let target = reopen(&target_dir).unwrap();
+    assert_eq!((target.last_index(), target.digest()), (20, source.digest()));
+    assert_eq!(target.first_index().unwrap(), 11);
+    target.delete_through(15).unwrap();
+    assert_eq!(target.first_index().unwrap(), 16);
+}
