@@ -1963,15 +1963,22 @@ fn measure_a_replicas_apply_path() {
 /// the deleted batches: it adopts the sender's start (deleted through D,
 /// the digest there, where each partner's events were cut) and takes the
 /// journal after D, ending with the sender's digest and answers.
-#[test]
-fn a_history_adopts_a_replicas_deleted_start_and_continues_from_its_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = open(&dir.path().join("source"));
+/// A history in `dir` of 20 batches, deleted through batch 10, and where
+/// it begins.
+fn deleted_through_10(dir: &Path) -> (History, HistoryStart) {
+    let source = open(dir);
     for n in 1..=20 {
         source.write(n, &finished(n, n * 10)).unwrap();
     }
     source.delete_through(10).unwrap();
     let start = source.start().unwrap();
+    (source, start)
+}
+
+#[test]
+fn a_history_adopts_a_replicas_deleted_start_and_continues_from_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, start) = deleted_through_10(&dir.path().join("source"));
     assert_eq!(start.deleted_through, 10);
     assert_eq!(Some(start.digest), source.digest_at(10).unwrap());
     assert_eq!(start.events_deleted, [(pid(1), 10), (pid(2), 8), (pid(0), 9)].into_iter().collect());
@@ -2066,6 +2073,19 @@ fn segment_files(dir: &Path) -> BTreeMap<String, u64> {
         .map(|entry| entry.unwrap())
         .map(|entry| (entry.file_name().into_string().unwrap(), entry.metadata().unwrap().len()))
         .collect()
+}
+
+/// The length of the (single) segment of the history in `dir`.
+fn segment_length(dir: &Path) -> u64 {
+    segment_files(dir).into_values().next().expect("a segment")
+}
+
+/// Cut the (single) segment of the history in `dir` back to `length`: a
+/// power loss took the bytes written after it.
+fn cut_segment(dir: &Path, length: u64) {
+    let (name, _) = segment_files(dir).into_iter().next().expect("a segment");
+    let file = fs::OpenOptions::new().write(true).open(dir.join(segments::DIR).join(name)).unwrap();
+    file.set_len(length).unwrap();
 }
 
 /// A history and its twin written alike, for comparison.
@@ -2170,17 +2190,14 @@ fn chunks_a_power_loss_took_are_written_again_from_the_log_and_read_as_before() 
     let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=3);
     let (store, twin) = (store.gathering_every(2), twin.gathering_every(2));
     store.durable().unwrap();
-    let synced = segment_files(dir.path());
+    let synced = segment_length(dir.path());
     write_both(&store, &twin, 4..=7);
     store.write(8, &[]).unwrap();
     twin.write(8, &[]).unwrap();
     let (digest, records) = (store.digest(), store.records());
     drop(store);
     // The engine kept batches 4 to 8; the segments lost what was not synced.
-    let (name, length) = synced.iter().next().unwrap();
-    let file = fs::OpenOptions::new().write(true).open(dir.path().join(segments::DIR).join(name)).unwrap();
-    file.set_len(*length).unwrap();
-    drop(file);
+    cut_segment(dir.path(), synced);
 
     let store = reopen(dir.path()).unwrap().gathering_every(2);
     assert_eq!(store.last_index(), 3, "history reaches the last batch whose chunks it holds");
@@ -2322,10 +2339,7 @@ fn a_power_loss_cutting_the_segments_anywhere_past_the_sync_is_written_back_from
             store.write(n, &finished(n, n * 10)).unwrap();
         }
         drop(store);
-        let (name, _) = segment_files(dir.path()).into_iter().next().unwrap();
-        let file = fs::OpenOptions::new().write(true).open(dir.path().join(segments::DIR).join(name)).unwrap();
-        file.set_len(cut).unwrap();
-        drop(file);
+        cut_segment(dir.path(), cut);
         let store = reopen(dir.path()).unwrap();
         let whole = ends.iter().filter(|end| **end <= cut).count() as u64;
         assert_eq!(store.last_index(), whole, "cut at {cut}");
@@ -2340,12 +2354,7 @@ fn a_power_loss_cutting_the_segments_anywhere_past_the_sync_is_written_back_from
 #[test]
 fn a_history_writing_back_lost_chunks_can_still_adopt_a_replicas_start() {
     let dir = tempfile::tempdir().unwrap();
-    let source = open(&dir.path().join("source"));
-    for n in 1..=20 {
-        source.write(n, &finished(n, n * 10)).unwrap();
-    }
-    source.delete_through(10).unwrap();
-    let start = source.start().unwrap();
+    let (source, start) = deleted_through_10(&dir.path().join("source"));
     // The target made batches 1 to 3 durable; a power loss took the chunks
     // of 4 to 6 from its segments, and the region deleted through 10 since.
     let target_dir = dir.path().join("target");
@@ -2354,18 +2363,12 @@ fn a_history_writing_back_lost_chunks_can_still_adopt_a_replicas_start() {
         target.write(n, &finished(n, n * 10)).unwrap();
     }
     target.durable().unwrap();
-    let synced = segment_files(&target_dir);
+    let synced = segment_length(&target_dir);
     for n in 4..=6 {
         target.write(n, &finished(n, n * 10)).unwrap();
     }
     drop(target);
-    let (name, length) = synced.iter().next().unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(target_dir.join(segments::DIR).join(name))
-        .unwrap()
-        .set_len(*length)
-        .unwrap();
+    cut_segment(&target_dir, synced);
     let target = reopen(&target_dir).unwrap();
     assert_eq!(target.last_index(), 3);
 
