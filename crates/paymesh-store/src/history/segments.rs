@@ -230,12 +230,22 @@ impl Segments {
         let name = *names.last().expect("a segment");
         let path = self.dir.join(file_name(name));
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
-        let held = file.metadata().map_err(|e| io_error(&path, e))?.len();
-        if name != keep || held < end {
-            return Err(io_error(
-                &path,
-                io::Error::new(io::ErrorKind::InvalidData, "segments short of a batch they hold"),
-            ));
+        let damaged = |reason: &str| io_error(&path, io::Error::new(io::ErrorKind::InvalidData, reason.to_owned()));
+        if last.is_some() {
+            let held = file.metadata().map_err(|e| io_error(&path, e))?.len();
+            if name != keep || held < end {
+                return Err(damaged("segments short of a batch they hold"));
+            }
+            let mut magic = [0u8; MAGIC.len()];
+            file.read_exact_at(&mut magic, 0).map_err(|e| io_error(&path, e))?;
+            if magic != MAGIC {
+                return Err(damaged("not a history segment file"));
+            }
+        } else {
+            // Nothing the engine points to (a crash may even have left the
+            // file without its magic): the segment begins again.
+            file.set_len(0).map_err(|e| io_error(&path, e))?;
+            file.write_all_at(&MAGIC, 0).map_err(|e| io_error(&path, e))?;
         }
         file.set_len(end).map_err(|e| io_error(&path, e))?;
         file.sync_all().map_err(|e| io_error(&path, e))?;

@@ -2388,3 +2388,20 @@ fn a_history_writing_back_lost_chunks_can_still_adopt_a_replicas_start() {
     target.delete_through(15).unwrap();
     assert_eq!(target.first_index().unwrap(), 16);
 }
+
+#[test]
+fn a_segment_left_empty_by_a_crash_begins_again_and_one_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    // A crash between creating the first segment and writing its magic.
+    cut_segment(dir.path(), 0);
+    let store = reopen(dir.path()).unwrap();
+    store.write(1, &finished(1, 10)).unwrap();
+    assert_eq!(store.get_transfer(&tid(1)).unwrap(), Some(transfer(1, 10)));
+    drop(store);
+    let (name, _) = segment_files(dir.path()).into_iter().next().unwrap();
+    let file = fs::OpenOptions::new().write(true).open(dir.path().join(segments::DIR).join(name)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"PK", 0).unwrap();
+    let refused = reopen(dir.path()).unwrap_err();
+    assert!(refused.to_string().contains("not a history segment file"), "{refused}");
+}
