@@ -592,6 +592,23 @@ impl JournalChunks {
     fn finish(self) -> Vec<(u32, Vec<u8>)> {
         self.chunks
     }
+
+    /// The journal chunks of the batch at `index` holding `records`, each
+    /// record's size checked; `each` is shown every record with its seq.
+    fn of(index: u64, records: &[Record], mut each: impl FnMut(u32, &Record)) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut journal = JournalChunks::default();
+        for (n, record) in records.iter().enumerate() {
+            let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
+            let bytes = journal.push(|buffer| {
+                crate::push_frame(buffer, record).map_err(|source| HistoryError::Encode { index, seq: n, source })
+            })?;
+            if bytes > RECORD_BYTES_MAX {
+                return Err(HistoryError::TooLarge { index, seq: n, bytes });
+            }
+            each(seq, record);
+        }
+        Ok(journal.finish())
+    }
 }
 
 /// Records already encoded, as journal chunks.
@@ -1414,19 +1431,8 @@ impl History {
             return self.refill(meta, index, records);
         }
         let mut batch = self.db.batch();
-        let mut journal = JournalChunks::default();
         let mut derivation = Derivation::new(index);
-        for (n, record) in records.iter().enumerate() {
-            let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
-            let bytes = journal.push(|buffer| {
-                crate::push_frame(buffer, record).map_err(|source| HistoryError::Encode { index, seq: n, source })
-            })?;
-            if bytes > RECORD_BYTES_MAX {
-                return Err(HistoryError::TooLarge { index, seq: n, bytes });
-            }
-            derivation.add(seq, record);
-        }
-        let chunks = journal.finish();
+        let chunks = JournalChunks::of(index, records, |seq, record| derivation.add(seq, record))?;
         // The chunks are the frames the digest hashes, in order.
         let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
         if !chunks.is_empty() {
@@ -1493,16 +1499,8 @@ impl History {
             let (skipped, _) = parse_journal_key(&key)?;
             return Err(corrupt(&key, format!("batch {index} written again before batch {skipped}")));
         }
-        let mut journal = JournalChunks::default();
         let mut members = BatchMembers::default();
-        for (n, record) in records.iter().enumerate() {
-            let seq = u32::try_from(n).expect("fewer than 2^32 records per batch");
-            journal.push(|buffer| {
-                crate::push_frame(buffer, record).map_err(|source| HistoryError::Encode { index, seq: n, source })
-            })?;
-            members.add(index, seq, record);
-        }
-        let chunks = journal.finish();
+        let chunks = JournalChunks::of(index, records, |seq, record| members.add(index, seq, record))?;
         let key = batch_key(index);
         let digest = if chunks.is_empty() {
             if self.db.get(key)?.is_some() {

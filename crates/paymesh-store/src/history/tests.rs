@@ -2169,11 +2169,8 @@ fn chunks_a_crash_wrote_past_the_engine_are_cut_at_open_and_written_again() {
     let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=3);
     let kept = segment_files(dir.path());
     // Batch 4's chunks reach the segments, its engine write never comes.
-    let mut chunks = JournalChunks::default();
-    for record in &finished(4, 40) {
-        chunks.push(|buffer| Ok(crate::push_frame(buffer, record).unwrap())).unwrap();
-    }
-    store.segments.append(4, &chunks.finish()).unwrap();
+    let chunks = JournalChunks::of(4, &finished(4, 40), |_, _| {}).unwrap();
+    store.segments.append(4, &chunks).unwrap();
     assert_ne!(segment_files(dir.path()), kept);
     drop(store);
     let store = reopen(dir.path()).unwrap();
