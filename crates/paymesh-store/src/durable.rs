@@ -28,3 +28,34 @@ pub fn replace(file: &File, tmp: &Path, path: &Path) -> Result<(), ReplaceError>
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(failed(dir, true))
 }
+
+/// Let the kernel drop the cached pages of `file` from byte `from` to
+/// `to`, which are synced: written once and seldom read again (what is
+/// read soon after it is written is kept in memory by its writer, or lies
+/// after `to`). Each page dropped is free for the next write, where a file
+/// that only grows would otherwise take a page never used before for every
+/// 4 KiB written (on a virtual machine that hands free memory back to its
+/// host, the dearest kind: measured in docs/BENCHMARKS.md). Advice only:
+/// a kernel that does not take it changes nothing but memory use, so its
+/// error is not the caller's.
+pub fn drop_cached(file: &File, from: u64, to: u64) {
+    let Some(len) = to.checked_sub(from).and_then(std::num::NonZeroU64::new) else { return };
+    if let Err(error) = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed) {
+        tracing::debug!(%error, from, to, "the kernel did not take advice to drop cached pages");
+    }
+}
+
+/// The bytes of the file at `path` in the page cache, as util-linux's
+/// `fincore` counts them (tests; the file must be on a disk's file system:
+/// tmpfs keeps every page whatever it is advised).
+#[cfg(test)]
+pub(crate) fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "fincore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("fincore's output is text");
+    text.trim().parse().unwrap_or_else(|_| panic!("fincore answered {text:?}, not a byte count"))
+}

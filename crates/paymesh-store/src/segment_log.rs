@@ -108,6 +108,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::durable;
+
 /// Bytes in a record header: length, index, batch, payload CRC, header CRC.
 const HEADER_BYTES: usize = 28;
 
@@ -267,20 +269,49 @@ impl Segment {
 
 /// Makes appends durable without holding the log (from any thread):
 /// `fdatasync` of the active segment. Earlier segments were synced when they
-/// were closed.
+/// were closed. What a sync made durable is then dropped from the page
+/// cache ([`durable::drop_cached`]): the log store keeps the entries
+/// appended last in memory, and reads of older ones are rare (a follower
+/// far behind, a restart).
 #[derive(Clone, Debug)]
 pub struct Syncer {
-    active: Arc<Mutex<Arc<File>>>,
+    active: Arc<Mutex<ActiveFile>>,
+}
+
+/// The active segment's file as its syncer sees it.
+#[derive(Debug)]
+struct ActiveFile {
+    file: Arc<File>,
+    /// Bytes written to it.
+    written: u64,
+    /// Bytes before this are synced and dropped from the page cache.
+    dropped: u64,
 }
 
 impl Syncer {
     /// `fdatasync` the segment being appended to. Every append made before
     /// this call is durable when it returns.
     pub fn sync(&self) -> io::Result<()> {
-        let file = self.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        file.sync_data()
+        let (file, written, dropped) = {
+            let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            (active.file.clone(), active.written, active.dropped)
+        };
+        file.sync_data()?;
+        // Whole pages only: the page the next append continues stays.
+        let synced = written - written % PAGE_BYTES;
+        if synced > dropped {
+            durable::drop_cached(&file, dropped, synced);
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if Arc::ptr_eq(&active.file, &file) {
+                active.dropped = active.dropped.max(synced);
+            }
+        }
+        Ok(())
     }
 }
+
+/// The page size the page cache is dropped by.
+const PAGE_BYTES: u64 = 4096;
 
 /// The log. See the module documentation.
 #[derive(Debug)]
@@ -291,7 +322,7 @@ pub struct SegmentLog {
     segments: Vec<Segment>,
     /// Records with an index below this are purged, even if still on disk.
     first_index: u64,
-    active: Arc<Mutex<Arc<File>>>,
+    active: Arc<Mutex<ActiveFile>>,
     active_file: Arc<File>,
 }
 
@@ -327,13 +358,14 @@ impl SegmentLog {
         if segments.is_empty() {
             segments.push(create_segment(dir, first_index)?);
         }
-        let file = Arc::new(open_append(&segments.last().expect("at least one segment").path)?);
+        let active = segments.last().expect("at least one segment");
+        let (file, written) = (Arc::new(open_append(&active.path)?), active.bytes);
         let mut log = SegmentLog {
             dir: dir.to_path_buf(),
             segment_bytes_max,
             segments,
             first_index,
-            active: Arc::new(Mutex::new(file.clone())),
+            active: Arc::new(Mutex::new(ActiveFile { file: file.clone(), written, dropped: 0 })),
             active_file: file,
         };
         // Segments below the purge point remain if a purge was cut short.
@@ -420,6 +452,8 @@ impl SegmentLog {
         let segment = self.active_segment_mut();
         segment.records.extend(located);
         segment.bytes += buffer.len() as u64;
+        let written = segment.bytes;
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).written = written;
         Ok(())
     }
 
@@ -558,6 +592,7 @@ impl SegmentLog {
     /// Close the active segment (synced) and start a new one at `name`.
     fn roll(&mut self, name: u64) -> Result<(), LogError> {
         self.sync()?;
+        durable::drop_cached(&self.active_file, 0, self.active_segment().bytes);
         let segment = create_segment(&self.dir, name)?;
         self.segments.push(segment);
         self.reopen_active()
@@ -566,7 +601,8 @@ impl SegmentLog {
     fn reopen_active(&mut self) -> Result<(), LogError> {
         let path = self.active_segment().path.clone();
         let file = Arc::new(open_append(&path)?);
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = file.clone();
+        let written = self.active_segment().bytes;
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = ActiveFile { file: file.clone(), written, dropped: 0 };
         self.active_file = file;
         Ok(())
     }

@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::durable;
+
 /// The first bytes of every segment file: the format's name and version.
 pub(crate) const MAGIC: [u8; 8] = *b"pmhjsv1\n";
 
@@ -49,6 +51,18 @@ const SUFFIX: &str = ".hjs";
 
 /// Segment files kept open for reading (besides the active one).
 const READERS_MAX: usize = 16;
+
+/// The bytes at the end of the active segment left in the page cache: the
+/// batches written last, which readers of recent history (event streams, a
+/// transfer read back after it finished) ask for. Bytes before them are
+/// dropped from the cache ([`durable::drop_cached`]) as appends pass them.
+pub(crate) const CACHED_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Each append asks the kernel to drop this many bytes before the cached
+/// tail: a page written but not yet on disk is not dropped (the advice
+/// starts its writeback), so a page is asked about at several appends,
+/// until it is clean.
+const DROP_SWEEP_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Where a batch's chunks are: the value of its `J | index` key.
 ///
@@ -147,9 +161,13 @@ struct Active {
     name: u64,
     file: Arc<File>,
     bytes: u64,
-    /// Closed segments not synced yet, and whether the directory is.
-    unsynced: Vec<Arc<File>>,
+    /// Closed segments not synced yet (with their length), and whether the
+    /// directory is.
+    unsynced: Vec<(Arc<File>, u64)>,
     dir_unsynced: bool,
+    /// The active segment's bytes before this were synced and dropped from
+    /// the page cache.
+    dropped: u64,
 }
 
 /// History's segment files. Appends are made under the parent's writer
@@ -199,7 +217,7 @@ impl Segments {
         let path = dir.join(file_name(name));
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
         let bytes = file.metadata().map_err(|e| io_error(&path, e))?.len().max(MAGIC.len() as u64);
-        let active = Active { name, file: Arc::new(file), bytes, unsynced: Vec::new(), dir_unsynced: true };
+        let active = Active { name, file: Arc::new(file), bytes, unsynced: Vec::new(), dir_unsynced: true, dropped: 0 };
         Ok(Segments {
             dir: dir.to_path_buf(),
             bytes_max: AtomicU64::new(SEGMENT_BYTES_MAX),
@@ -250,7 +268,8 @@ impl Segments {
         file.set_len(end).map_err(|e| io_error(&path, e))?;
         file.sync_all().map_err(|e| io_error(&path, e))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.dir, e))?;
-        *active = Active { name, file: Arc::new(file), bytes: end, unsynced: Vec::new(), dir_unsynced: false };
+        *active =
+            Active { name, file: Arc::new(file), bytes: end, unsynced: Vec::new(), dir_unsynced: false, dropped: 0 };
         Ok(())
     }
 
@@ -282,6 +301,8 @@ impl Segments {
             return Err(io_error(&self.dir.join(file_name(active.name)), e));
         }
         active.bytes += buffer.len() as u64;
+        let drop_to = active.bytes.saturating_sub(CACHED_TAIL_BYTES);
+        durable::drop_cached(&active.file, drop_to.saturating_sub(DROP_SWEEP_BYTES), drop_to);
         Ok(Location { segment: active.name, offset: at + HEADER_BYTES, chunks: located })
     }
 
@@ -289,29 +310,41 @@ impl Segments {
     fn roll(&self, active: &mut Active, name: u64) -> Result<()> {
         let file = create(&self.dir, name)?;
         let old = std::mem::replace(&mut active.file, Arc::new(file));
-        active.unsynced.push(old);
+        active.unsynced.push((old, active.bytes));
         active.name = name;
         active.bytes = MAGIC.len() as u64;
         active.dir_unsynced = true;
+        active.dropped = 0;
         self.names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
         Ok(())
     }
 
-    /// Make every append so far survive power loss.
+    /// Make every append so far survive power loss; then let the page
+    /// cache drop what is synced, but for the active segment's last
+    /// [`CACHED_TAIL_BYTES`].
     pub(crate) fn sync(&self) -> Result<()> {
-        let (file, unsynced, dir) = {
+        let (name, file, bytes, dropped, unsynced, dir) = {
             let mut active = self.active();
             let unsynced = std::mem::take(&mut active.unsynced);
             let dir = std::mem::replace(&mut active.dir_unsynced, false);
-            (active.file.clone(), unsynced, dir)
+            (active.name, active.file.clone(), active.bytes, active.dropped, unsynced, dir)
         };
         let failed = |e| io_error(&self.dir, e);
-        for closed in unsynced {
+        for (closed, bytes) in unsynced {
             closed.sync_data().map_err(failed)?;
+            durable::drop_cached(&closed, 0, bytes);
         }
         file.sync_data().map_err(failed)?;
         if dir {
             File::open(&self.dir).and_then(|d| d.sync_all()).map_err(failed)?;
+        }
+        let drop_to = bytes.saturating_sub(CACHED_TAIL_BYTES);
+        if drop_to > dropped {
+            durable::drop_cached(&file, dropped, drop_to);
+            let mut active = self.active();
+            if active.name == name {
+                active.dropped = active.dropped.max(drop_to);
+            }
         }
         Ok(())
     }

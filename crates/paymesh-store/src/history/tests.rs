@@ -2261,6 +2261,28 @@ fn retention_deletes_whole_segment_files_behind_it() {
     assert_reads_alike_reopened(store, dir.path(), &twin);
 }
 
+#[test]
+fn segments_leave_only_their_tail_in_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = Segments::open(dir.path()).unwrap();
+    let chunk = vec![9u8; 1024 * 1024];
+    let mut located = Vec::new();
+    for index in 1..=24 {
+        located.push(segments.append(index, &[(0, chunk.clone())]).unwrap());
+    }
+    segments.sync().unwrap();
+    let path = dir.path().join(format!("{:020}.hjs", 0));
+    let cached = crate::durable::cached_bytes(&path);
+    assert!(
+        cached <= segments::CACHED_TAIL_BYTES + 4096,
+        "{cached} bytes of a 24 MiB segment still cached; at most its last {} may be",
+        segments::CACHED_TAIL_BYTES
+    );
+    // The batches dropped read back from the disk.
+    assert_eq!(segments.read(&located[0], 0..1).unwrap(), vec![chunk.clone()]);
+    assert_eq!(segments.read(&located[23], 0..1).unwrap(), vec![chunk]);
+}
+
 /// Move a store's batches from the segments into the engine as layout 4
 /// kept them: a chunk key per chunk, no segments.
 fn rewrite_as_layout_4(dir: &Path) {

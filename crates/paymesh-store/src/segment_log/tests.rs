@@ -672,3 +672,41 @@ fn no_damaged_byte_turns_one_segment_version_into_another() {
         }
     }
 }
+
+#[test]
+fn what_a_sync_made_durable_leaves_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), 1).unwrap();
+    let record = vec![5u8; 64 * 1024];
+    for index in 1..=128 {
+        log.append([(index, record.as_slice())]).unwrap();
+    }
+    let path = log.active_segment().path.clone();
+    assert!(durable::cached_bytes(&path) > 4 * 1024 * 1024, "8 MiB written and not synced are cached");
+    log.syncer().sync().unwrap();
+    let cached = durable::cached_bytes(&path);
+    assert!(cached <= PAGE_BYTES, "{cached} bytes still cached after the sync; only the page appends continue may be");
+    // Read back from the disk, and appended to where the cache was dropped.
+    assert_eq!(log.read(7).unwrap(), Some(record.clone()));
+    log.append([(129, b"after".as_slice())]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, recovery) = SegmentLog::open(dir.path(), 1).unwrap();
+    assert_eq!(recovery.records, 129);
+    assert_eq!(log.read(128).unwrap(), Some(record));
+    assert_eq!(log.read(129).unwrap(), Some(b"after".to_vec()));
+}
+
+#[test]
+fn a_closed_segment_leaves_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open_with(dir.path(), 1, 1024 * 1024).unwrap();
+    let record = vec![6u8; 256 * 1024];
+    for index in 1..=6 {
+        log.append([(index, record.as_slice())]).unwrap();
+    }
+    let segments: Vec<PathBuf> = log.segments.iter().map(|segment| segment.path.clone()).collect();
+    assert!(segments.len() >= 2, "the segments rolled: {segments:?}");
+    let closed = durable::cached_bytes(&segments[0]);
+    assert_eq!(closed, 0, "a closed segment is synced and dropped from the cache");
+}
