@@ -25,7 +25,8 @@
 //! ```text
 //! J | index u64                                      -> segment u64 | offset u64 | n u32 | (first seq u32 | length u32 | crc32 u32)...  where the batch's chunks are
 //! J | index u64 | first seq u32                        -> (length u32 | postcard(record))...  a chunk, as layout 4 kept it
-//! I | partner | 0 | idempotency key                    -> (position)...           newest visible wins
+//! I | hash 3 bytes | partner | 0 | idempotency key     -> (position)...           newest visible wins
+//! I | partner | 0 | idempotency key                    -> (position)...           the same, as layouts before 6 kept it
 //! T | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished transfers
 //! P | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished participations
 //! U | top-up reference                                 -> (position)...           newest visible wins
@@ -40,7 +41,8 @@
 //! D | partner                                          -> cursor u64              the partner's newest event deleted
 //! G | index u64                                        -> 32 bytes                the digest after the batch
 //! M applied | M digest | M records | M deleted         -> u64 | 32 bytes | u64 | u64
-//! M layout                                             -> u64                     5: this layout
+//! M layout                                             -> u64                     6: this layout
+//! M hashedfrom                                         -> u64                     the first batch whose `I` keys are hashed
 //! M synced                                             -> u64                     the segments were synced through it
 //! M archived                                           -> u64                     an archive was confirmed through it
 //! M grouped                                            -> u64                     the last gathering (module `gather`)
@@ -65,6 +67,13 @@
 //! `seq`. (Layout 4 kept each chunk in the engine under `J | index | first
 //! seq`; such chunks are still read, and deleted with their batch.) A
 //! position is `index u64 | seq u32` (12 bytes).
+//!
+//! An idempotency pointer's key begins with three bytes of a CRC-32 of the
+//! partner and key ([`idempotency_key`]), so that the engine's in-memory
+//! tree tells keys apart by the bytes it keeps inline. The layouts before
+//! 6 kept them plain; a store upgraded notes its first hashed batch (`M
+//! hashedfrom`), a lookup reads both forms while batches before it are
+//! held, and retention deletes each batch's pointers in its own form.
 //!
 //! The records that readers want in runs are grouped, and the groups
 //! gathered over many batches (module `gather`, which says why and how):
@@ -283,17 +292,29 @@ const META_ARCHIVED: &[u8] = b"Marchived";
 const META_LAYOUT: &[u8] = b"Mlayout";
 const META_GROUPED: &[u8] = b"Mgrouped";
 const META_SYNCED: &[u8] = b"Msynced";
+/// The first batch whose idempotency pointers were written hashed (layout
+/// 6): those of earlier batches, written by an earlier layout, are plain.
+const META_HASHED_FROM: &[u8] = b"Mhashedfrom";
 
-/// The key layout this module writes, kept under `M layout`: 5, each
+/// The key layout this module writes, kept under `M layout`: 6, each
 /// batch's chunks in history's segment files with a batch key where they
-/// are (module `segments`). A store of layout 4 (chunks in the engine, as
-/// chunk keys; listing, statement and event groups gathered over many
-/// batches, module `gather`), 3 (those groups one batch each) or 2 (also a
-/// pointer per transfer and participation) is read too, and marked 5 once
-/// this module writes to it (a build that reads only an earlier layout then
-/// refuses it). A store without the key and not empty was written with one
-/// key per record (the layout before), which this module does not read.
-const LAYOUT: u64 = 5;
+/// are (module `segments`), idempotency pointers keyed by a hash first
+/// ([`idempotency_key`]). A store of layout 5 (the same with plain
+/// idempotency pointers), 4 (chunks in the engine, as chunk keys; listing,
+/// statement and event groups gathered over many batches, module `gather`),
+/// 3 (those groups one batch each) or 2 (also a pointer per transfer and
+/// participation) is read too, and marked 6 when this module opens it (a
+/// build that reads only an earlier layout then refuses it), with the
+/// first batch it writes noted under `M hashedfrom`: the idempotency
+/// pointers of the batches before are plain, looked up too while
+/// retention has not deleted them all, and deleted in their form. A store
+/// without the key and not empty was written with one key per record (the
+/// layout before), which this module does not read.
+const LAYOUT: u64 = 6;
+
+/// The layout before [`LAYOUT`], idempotency pointers plain, that this
+/// module still reads.
+const LAYOUT_PLAIN_IDEMPOTENCY: u64 = 5;
 
 /// The layout before [`LAYOUT`], journal chunks in the engine, that this
 /// module still reads.
@@ -541,9 +562,28 @@ fn parse_u64(key: &[u8], bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn idempotency_key(partner: &PartnerId, key: &IdempotencyKey) -> Vec<u8> {
-    let mut bytes = scope(space::IDEMPOTENCY, partner.as_str());
-    bytes.extend_from_slice(key.as_str().as_bytes());
+/// An idempotency pointer's key: `I | hash | partner | 0 | key` when
+/// `hashed` (layout 6), `I | partner | 0 | key` before. The hash is three
+/// bytes of a CRC-32 of the rest: the engine compares the first four bytes
+/// of a long key before it follows the key's pointer, and without the hash
+/// they are the same for every key of a partner (`I` and its name's first
+/// letters), so each comparison on the way down its in-memory tree read
+/// another cache line (docs/BENCHMARKS.md, "Idempotency pointers keyed by
+/// a hash first").
+fn idempotency_key(partner: &PartnerId, key: &IdempotencyKey, hashed: bool) -> Vec<u8> {
+    let (partner, key) = (partner.as_str().as_bytes(), key.as_str().as_bytes());
+    let mut bytes = Vec::with_capacity(4 + partner.len() + 1 + key.len());
+    bytes.push(space::IDEMPOTENCY);
+    if hashed {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(partner);
+        crc.update(&[0]);
+        crc.update(key);
+        bytes.extend_from_slice(&crc.finalize().to_be_bytes()[..3]);
+    }
+    bytes.extend_from_slice(partner);
+    bytes.push(0);
+    bytes.extend_from_slice(key);
     bytes
 }
 
@@ -731,6 +771,8 @@ impl GroupOf {
 #[derive(Debug)]
 struct Derivation {
     index: u64,
+    /// Whether its idempotency pointers are hashed (see [`idempotency_key`]).
+    hashed: bool,
     /// Pointers (`I`, `U`, `W`; and, when a layout-2 batch is deleted, its `T`
     /// and `P` pointers), each with the seq of the
     /// record that derives it, in order.
@@ -748,9 +790,12 @@ struct Derivation {
 }
 
 impl Derivation {
-    fn new(index: u64) -> Derivation {
+    /// The keys derived from the batch at `index`, its idempotency pointers
+    /// `hashed` or not (see [`idempotency_key`]).
+    fn new(index: u64, hashed: bool) -> Derivation {
         Derivation {
             index,
+            hashed,
             pointers: Vec::new(),
             open: FxHashMap::default(),
             groups: Vec::new(),
@@ -770,7 +815,9 @@ impl Derivation {
             Record::Participation { transfer, .. } => {
                 self.block_entry(GroupOf::Participations(transfer.origin().clone()), transfer.sequence(), seq);
             }
-            Record::Idempotency { partner, key, .. } => self.pointers.push((idempotency_key(partner, key), seq)),
+            Record::Idempotency { partner, key, .. } => {
+                self.pointers.push((idempotency_key(partner, key, self.hashed), seq));
+            }
             Record::TopUp { reference, .. } => self.pointers.push((named(space::TOP_UP, reference.as_str()), seq)),
             Record::FundOut { reference, .. } => self.pointers.push((named(space::FUND_OUT, reference.as_str()), seq)),
             Record::Refund(refund) => {
@@ -973,6 +1020,9 @@ pub struct History {
     /// each deletion batch is applied, so that a reader who finds a pointer
     /// and then not its record can tell retention racing it from damage.
     deleted_through: AtomicU64,
+    /// The first batch whose idempotency pointers are hashed (`M
+    /// hashedfrom`, see [`LAYOUT`]).
+    hashed_from: u64,
     /// An archive of the journal was confirmed through this index.
     archived_through: AtomicU64,
     /// Serialises writers.
@@ -1021,36 +1071,42 @@ impl History {
         let db = kv::Kv::open(dir, memory_bytes)?;
         // Whether the store is new or of an earlier layout, to be marked as
         // this layout's.
-        let mark = match db.get(META_LAYOUT)? {
-            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT => false,
-            Some(bytes) if parse_u64(META_LAYOUT, &bytes)? == LAYOUT_CHUNKS_IN_ENGINE => {
-                // Its chunks stay in the engine and are read there; new
-                // batches go to the segments.
-                db.insert(META_LAYOUT, LAYOUT.to_be_bytes())?;
-                false
-            }
-            Some(bytes)
-                if [LAYOUT_GROUPED_POINTERS, LAYOUT_BATCH_GROUPS].contains(&parse_u64(META_LAYOUT, &bytes)?) =>
-            {
-                true
-            }
-            Some(bytes) => {
-                let layout = parse_u64(META_LAYOUT, &bytes)?;
-                return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
-            }
-            None if db.is_empty()? => true,
-            None => return Err(corrupt(META_LAYOUT, "no key layout in a store that is not empty")),
-        };
         let read_u64 = |key: &[u8]| -> Result<u64> { db.get(key)?.map_or(Ok(0), |v| parse_u64(key, &v)) };
         let last_index = read_u64(META_APPLIED)?;
-        if mark {
-            // An earlier layout wrote every batch's groups with it: all are
-            // gathered. Both keys at once, so a crash leaves the old layout.
+        let layout = db.get(META_LAYOUT)?.map(|bytes| parse_u64(META_LAYOUT, &bytes)).transpose()?;
+        // A store to mark as this layout's: `Some(None)` when new.
+        let mark = match layout {
+            Some(LAYOUT) => None,
+            Some(
+                earlier @ (LAYOUT_GROUPED_POINTERS
+                | LAYOUT_BATCH_GROUPS
+                | LAYOUT_CHUNKS_IN_ENGINE
+                | LAYOUT_PLAIN_IDEMPOTENCY),
+            ) => Some(Some(earlier)),
+            Some(layout) => {
+                return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
+            }
+            None if db.is_empty()? => Some(None),
+            None => return Err(corrupt(META_LAYOUT, "no key layout in a store that is not empty")),
+        };
+        if let Some(earlier) = mark {
+            // Marked with the first batch whose pointers are hashed, all
+            // keys at once, so a crash leaves the old layout. Layout 4's
+            // chunks stay in the engine and are read there; new batches go
+            // to the segments. Layouts 2 and 3 wrote every batch's groups
+            // with it: all are gathered.
             let mut batch = db.batch();
             batch.insert(META_LAYOUT, LAYOUT.to_be_bytes());
-            batch.insert(META_GROUPED, last_index.to_be_bytes());
+            batch.insert(META_HASHED_FROM, (last_index + 1).to_be_bytes());
+            if earlier.is_none_or(|layout| [LAYOUT_GROUPED_POINTERS, LAYOUT_BATCH_GROUPS].contains(&layout)) {
+                batch.insert(META_GROUPED, last_index.to_be_bytes());
+            }
             db.apply(batch)?;
         }
+        let hashed_from = match db.get(META_HASHED_FROM)? {
+            Some(bytes) => parse_u64(META_HASHED_FROM, &bytes)?,
+            None => return Err(corrupt(META_HASHED_FROM, format!("missing in a store of layout {LAYOUT}"))),
+        };
         let records = read_u64(META_RECORDS)?;
         let deleted_through = read_u64(META_DELETED)?;
         let archived_through = read_u64(META_ARCHIVED)?;
@@ -1139,6 +1195,7 @@ impl History {
             segments: Arc::new(segments),
             meta: Mutex::new(Meta { last_index, digest, records, refill_through }),
             deleted_through: AtomicU64::new(deleted_through),
+            hashed_from,
             archived_through: AtomicU64::new(archived_through),
             writer: Mutex::new(()),
             gathered: Mutex::new(Gathered::new(grouped, gather::GATHER_BATCHES_MAX)),
@@ -1233,6 +1290,12 @@ impl History {
     /// The journal is deleted through this index by retention (0 if never).
     pub fn deleted_through(&self) -> u64 {
         self.deleted_through.load(Ordering::SeqCst)
+    }
+
+    /// Whether batches written before idempotency pointers were hashed may
+    /// still be held, their pointers plain (see [`LAYOUT`]).
+    fn plain_idempotency_held(&self) -> bool {
+        self.hashed_from > self.deleted_through().saturating_add(1)
     }
 
     /// The highest index an archive of this journal was confirmed for (0 if
@@ -1431,7 +1494,7 @@ impl History {
             return self.refill(meta, index, records);
         }
         let mut batch = self.db.batch();
-        let mut derivation = Derivation::new(index);
+        let mut derivation = Derivation::new(index, index >= self.hashed_from);
         let chunks = JournalChunks::of(index, records, |seq, record| derivation.add(seq, record))?;
         // The chunks are the frames the digest hashes, in order.
         let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
@@ -1838,6 +1901,14 @@ impl History {
     /// The newest record a pointer key points to that was written before
     /// `before`.
     fn pointed(&self, key: &[u8], before: u64) -> Result<Option<Record>> {
+        match self.newest_position(key, before)? {
+            Some((index, seq)) => JournalReader::new(self).record(key, index, seq),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest position a pointer key holds before `before`.
+    fn newest_position(&self, key: &[u8], before: u64) -> Result<Option<(u64, u32)>> {
         let value = if before == self.last_index() + 1 {
             // The recall of the batch to be written next: keep what it read.
             let generation = self.recalled_lock().generation;
@@ -1855,8 +1926,7 @@ impl History {
                 newest = Some((index, seq));
             }
         }
-        let Some((index, seq)) = newest else { return Ok(None) };
-        JournalReader::new(self).record(key, index, seq)
+        Ok(newest)
     }
 
     /// Keep the pointer `value` the recall of the batch at `before` read
@@ -2227,7 +2297,7 @@ impl History {
                 if let Some(done) = current.take() {
                     self.delete_derived(done, &mut batch, &mut pointers, &mut members)?;
                 }
-                current = Some(Derivation::new(at));
+                current = Some(Derivation::new(at, at >= self.hashed_from));
                 // Its chunks' place in the segments (layout 5).
                 batch.remove(batch_key(at));
             }
@@ -2518,10 +2588,24 @@ impl HistoryAt<'_> {
 
     /// The newest answer under a partner's idempotency key.
     pub fn get_idempotency(&self, partner: &PartnerId, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>> {
-        self.find(&idempotency_key(partner, key), |found| match found {
-            Record::Idempotency { partner: p, key: k, record } if p == *partner && k == *key => Ok(*record),
-            other => Err(other),
-        })
+        let history = self.history;
+        let hashed = idempotency_key(partner, key, true);
+        let mut newest = history.newest_position(&hashed, self.before)?.map(|at| (at, hashed));
+        if history.plain_idempotency_held() {
+            // Batches of an earlier layout may hold a newer one.
+            let plain = idempotency_key(partner, key, false);
+            if let Some(at) = history.newest_position(&plain, self.before)? {
+                if newest.as_ref().is_none_or(|(held, _)| at > *held) {
+                    newest = Some((at, plain));
+                }
+            }
+        }
+        let Some(((index, seq), key_read)) = newest else { return Ok(None) };
+        match JournalReader::new(history).record(&key_read, index, seq)? {
+            None => Ok(None),
+            Some(Record::Idempotency { partner: p, key: k, record }) if p == *partner && k == *key => Ok(Some(*record)),
+            Some(other) => Err(mismatch(&key_read, &other)),
+        }
     }
 
     /// A finished transfer this region coordinated.
@@ -2630,7 +2714,7 @@ impl Recall for HistoryAt<'_> {
         let history = self.history;
         if self.before == history.last_index() + 1 {
             let generation = history.recalled_lock().generation;
-            history.keep_recalled(generation, self.before, &idempotency_key(partner, key), None);
+            history.keep_recalled(generation, self.before, &idempotency_key(partner, key, true), None);
         }
     }
 }

@@ -793,7 +793,7 @@ fn a_key_recalled_then_written_again_keeps_both_positions_unless_retention_took_
     assert!(store.at(2).idempotency(&pid(0), &key(1)).is_some());
     store.write(2, &[idempotency(0, 1, 200)]).unwrap();
     let positions_of = |store: &History| -> Vec<u64> {
-        let key = idempotency_key(&pid(0), &key(1));
+        let key = idempotency_key(&pid(0), &key(1), true);
         indexes_named(store).into_iter().filter(|(k, _)| *k == key).map(|(_, index)| index).collect()
     };
     assert_eq!(positions_of(&store), [1, 2]);
@@ -815,7 +815,7 @@ fn a_key_the_state_knows_unrecorded_gets_its_first_position_and_a_claim_for_anot
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let positions_of = |store: &History, n: u64| -> Vec<u64> {
-        let key = idempotency_key(&pid(0), &key(n));
+        let key = idempotency_key(&pid(0), &key(n), true);
         indexes_named(store).into_iter().filter(|(k, _)| *k == key).map(|(_, index)| index).collect()
     };
     store.write(1, &[idempotency(0, 1, 100)]).unwrap();
@@ -1027,7 +1027,8 @@ fn a_batch_of_transfers_takes_a_few_keys_and_answers_as_memory_does() {
     // 14 accounts (12 partners', clearing, fees). And the three counters,
     // the layout and the last gathering.
     let counts = keys_by_space(&store);
-    let expected = [('A', 14), ('E', 12), ('G', 3), ('I', 768), ('J', 3), ('L', 12), ('M', 5), ('T', 15)];
+    // And the first batch whose idempotency pointers are hashed.
+    let expected = [('A', 14), ('E', 12), ('G', 3), ('I', 768), ('J', 3), ('L', 12), ('M', 6), ('T', 15)];
     assert_eq!(counts, BTreeMap::from(expected));
     for batch in 1..=3 {
         assert_eq!(location(&store, batch).chunks.len(), 36, "batch {batch}");
@@ -1279,11 +1280,11 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
     let refused = reopen(dir.path()).unwrap_err();
     assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("no key layout")), "{refused}");
     let engine = reopen_engine(dir.path());
-    engine.insert(META_LAYOUT, 6u64.to_be_bytes()).unwrap();
+    engine.insert(META_LAYOUT, 7u64.to_be_bytes()).unwrap();
     engine.persist().unwrap();
     drop(engine);
     let refused = reopen(dir.path()).unwrap_err();
-    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 6")), "{refused}");
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 7")), "{refused}");
 }
 
 /// Rewrite a store's listing, statement and event groups as layout 3 wrote
@@ -1354,6 +1355,7 @@ fn a_layout_3_store_is_read_with_its_groups_of_one_batch_and_gathers_after_them(
         let values: Vec<_> = engine.scan_prefix([first]).map(|item| item.unwrap().1).collect();
         assert!(values.len() > 3 && values.iter().all(|value| value[0] != gather::GATHERED), "layout 3's groups");
     }
+    plain_idempotency_pointers(&engine);
     engine.insert(META_LAYOUT, 3u64.to_be_bytes()).unwrap();
     engine.remove(META_GROUPED).unwrap();
     engine.persist().unwrap();
@@ -1415,6 +1417,7 @@ fn a_layout_2_store_is_read_with_its_transfer_pointers_and_deletes_them_with_the
         let seq = finished(n, 0).iter().position(|r| matches!(r, Record::Transfer(_))).unwrap() as u32;
         engine.insert(named_display(space::TRANSFER, &tid(n)), position(n, seq)).unwrap();
     }
+    plain_idempotency_pointers(&engine);
     engine.insert(META_LAYOUT, 2u64.to_be_bytes()).unwrap();
     engine.persist().unwrap();
     drop(engine);
@@ -2301,6 +2304,7 @@ fn rewrite_as_layout_4(dir: &Path) {
             store.db.insert(journal_key(index, *first), chunk).unwrap();
         }
     }
+    plain_idempotency_pointers(&store.db);
     store.db.insert(META_LAYOUT, LAYOUT_CHUNKS_IN_ENGINE.to_be_bytes()).unwrap();
     store.db.persist().unwrap();
     drop(store);
@@ -2324,6 +2328,85 @@ fn a_layout_4_store_is_read_from_the_engine_and_goes_on_in_segments() {
     assert_eq!(store.delete_through(8).unwrap(), twin.delete_through(8).unwrap());
     assert_eq!(keys_by_space(&store)[&'J'], 1, "batch 9's key");
     assert_reads_alike_reopened(store, dir.path(), &twin);
+}
+
+/// Rewrite an engine's idempotency pointers in the plain form the layouts
+/// before 6 wrote them in.
+fn plain_idempotency_pointers(engine: &kv::Kv) {
+    let hashed: Vec<(Vec<u8>, Vec<u8>)> = engine
+        .scan_prefix([space::IDEMPOTENCY])
+        .map(|item| item.unwrap())
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect();
+    assert!(!hashed.is_empty());
+    for (key, value) in hashed {
+        engine.remove(&key).unwrap();
+        let mut plain = vec![space::IDEMPOTENCY];
+        plain.extend_from_slice(&key[4..]);
+        engine.insert(plain, value).unwrap();
+    }
+    engine.remove(META_HASHED_FROM).unwrap();
+}
+
+/// Rewrite a store as layout 5 wrote it: idempotency pointers plain.
+fn rewrite_as_layout_5(dir: &Path) {
+    let store = reopen(dir).unwrap();
+    plain_idempotency_pointers(&store.db);
+    store.db.insert(META_LAYOUT, LAYOUT_PLAIN_IDEMPOTENCY.to_be_bytes()).unwrap();
+    store.db.persist().unwrap();
+}
+
+#[test]
+fn a_layout_5_store_finds_its_plain_idempotency_pointers_until_retention_deletes_them() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store, twin) = twins(dir.path(), twin_dir.path(), 1..=6);
+    drop(store);
+    rewrite_as_layout_5(dir.path());
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes());
+    assert_eq!(store.db.get(META_HASHED_FROM).unwrap().unwrap(), 7u64.to_be_bytes(), "hashed from the next batch");
+    let plain_held = |store: &History| {
+        (1..=9).filter(|n| store.db.get(idempotency_key(&pid(n % 3), &key(*n), false)).unwrap().is_some()).count()
+    };
+    assert_eq!(plain_held(&store), 6);
+    assert_reads_alike(&store, &twin);
+    // A newer answer under the key of a plain batch, in a hashed one: the
+    // newest is read, and the older as of before it.
+    let again = [idempotency(2, 2, 777)];
+    store.write(7, &again).unwrap();
+    twin.write(7, &again).unwrap();
+    assert_eq!(store.get_idempotency(&pid(2), &key(2)).unwrap().unwrap().at, ms(777));
+    assert_eq!(store.at(7).idempotency(&pid(2), &key(2)).unwrap().at, ms(20));
+    write_both(&store, &twin, 8..=9);
+    assert_reads_alike(&store, &twin);
+    assert!(store.plain_idempotency_held());
+    // Retention deletes the plain pointers with their batches.
+    store.confirm_archived(8).unwrap();
+    twin.confirm_archived(8).unwrap();
+    assert_eq!(store.delete_through(6).unwrap(), twin.delete_through(6).unwrap());
+    assert_eq!(plain_held(&store), 0, "the plain pointers went with their batches");
+    assert!(!store.plain_idempotency_held());
+    assert_eq!(store.get_idempotency(&pid(2), &key(2)).unwrap().unwrap().at, ms(777));
+    assert_eq!(keys_by_space(&store), keys_by_space(&twin));
+    assert_reads_alike_reopened(store, dir.path(), &twin);
+}
+
+#[test]
+fn idempotency_pointers_begin_with_a_hash_of_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.db.get(META_HASHED_FROM).unwrap().unwrap(), 1u64.to_be_bytes(), "a new store hashes all");
+    write_both(&store, &open(tempfile::tempdir().unwrap().path()), 1..=3);
+    let keys: Vec<Vec<u8>> = store.db.scan_prefix([space::IDEMPOTENCY]).map(|item| item.unwrap().0.to_vec()).collect();
+    assert_eq!(keys.len(), 3);
+    for n in 1..=3 {
+        let hashed = idempotency_key(&pid(n % 3), &key(n), true);
+        assert!(keys.contains(&hashed));
+        assert_eq!(&hashed[4..], &idempotency_key(&pid(n % 3), &key(n), false)[1..]);
+    }
+    // The four bytes the engine compares first differ from key to key.
+    let firsts: std::collections::BTreeSet<&[u8]> = keys.iter().map(|key| &key[..4]).collect();
+    assert_eq!(firsts.len(), 3);
 }
 
 #[test]
