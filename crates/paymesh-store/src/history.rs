@@ -1292,6 +1292,12 @@ impl History {
         self.deleted_through.load(Ordering::SeqCst)
     }
 
+    /// The keys to derive from the batch at `index`, in the form its
+    /// layout wrote (see [`LAYOUT`]).
+    fn derivation(&self, index: u64) -> Derivation {
+        Derivation::new(index, index >= self.hashed_from)
+    }
+
     /// Whether batches written before idempotency pointers were hashed may
     /// still be held, their pointers plain (see [`LAYOUT`]).
     fn plain_idempotency_held(&self) -> bool {
@@ -1494,7 +1500,7 @@ impl History {
             return self.refill(meta, index, records);
         }
         let mut batch = self.db.batch();
-        let mut derivation = Derivation::new(index, index >= self.hashed_from);
+        let mut derivation = self.derivation(index);
         let chunks = JournalChunks::of(index, records, |seq, record| derivation.add(seq, record))?;
         // The chunks are the frames the digest hashes, in order.
         let digest = crate::chain_framed(&meta.digest, index, chunks.iter().map(|(_, value)| value.as_slice()));
@@ -2297,7 +2303,7 @@ impl History {
                 if let Some(done) = current.take() {
                     self.delete_derived(done, &mut batch, &mut pointers, &mut members)?;
                 }
-                current = Some(Derivation::new(at, at >= self.hashed_from));
+                current = Some(self.derivation(at));
                 // Its chunks' place in the segments (layout 5).
                 batch.remove(batch_key(at));
             }
