@@ -30,9 +30,11 @@ pub fn replace(file: &File, tmp: &Path, path: &Path) -> Result<(), ReplaceError>
 }
 
 /// Let the kernel drop the cached pages of `file` from byte `from` to
-/// `to`, which are synced: written once and seldom read again (what is
-/// read soon after it is written is kept in memory by its writer, or lies
-/// after `to`). Each page dropped is free for the next write, where a file
+/// `to`: written once and seldom read again (what is read soon after it is
+/// written is kept in memory by its writer, or lies after `to`). A page
+/// not yet on disk is not dropped; the advice starts its writeback, and a
+/// later call over it drops it (after a sync, every page in the range
+/// goes). Each page dropped is free for the next write, where a file
 /// that only grows would otherwise take a page never used before for every
 /// 4 KiB written (on a virtual machine that hands free memory back to its
 /// host, the dearest kind: measured in docs/BENCHMARKS.md). Advice only:
