@@ -35,13 +35,13 @@
 //! Q | origin | 0 | block u64 | index u64 | first seq u32 -> (offset u8 | seq u32)... finished refund participations
 //! R | transfer id                                      -> (position)...           a payment's refund totals, newest visible wins
 //! S | window number u64                                -> (position)...           a settlement window, newest visible wins
-//! E | partner | 0 | first cursor u64                   -> FF | (index u64 | seq u32)...  last wins per cursor
-//! L | partner | 0 | at u64 | index u64 | seq u32       -> FF | (at u64 | index u64 | seq u32 | length u16 | transfer id)...
-//! A | account | 0 | at u64 | index u64 | seq u32       -> FF | (at u64 | index u64 | seq u32)...  movements, under each of their accounts
+//! E | partner | 0 | first cursor u64                   -> FE | (index step | seq step)...  last wins per cursor
+//! L | partner | 0 | at u64 | index u64 | seq u32       -> FE | (at step | index step | seq step | length | transfer id)...
+//! A | account | 0 | at u64 | index u64 | seq u32       -> FE | (at step | index step | seq step)...  movements, under each of their accounts
 //! D | partner                                          -> cursor u64              the partner's newest event deleted
 //! G | index u64                                        -> 32 bytes                the digest after the batch
 //! M applied | M digest | M records | M deleted         -> u64 | 32 bytes | u64 | u64
-//! M layout                                             -> u64                     6: this layout
+//! M layout                                             -> u64                     7: this layout
 //! M hashedfrom                                         -> u64                     the first batch whose `I` keys are hashed
 //! M synced                                             -> u64                     the segments were synced through it
 //! M archived                                           -> u64                     an archive was confirmed through it
@@ -80,14 +80,18 @@
 //! a partner's listings and an account's movements, each group keyed by
 //! the list token of its first member (so tokens order keys as they order
 //! records; the groups of one partner or account never overlap), each
-//! member with its whole token; and a partner's events with consecutive
-//! cursors, keyed by the first cursor, each event's position in the
-//! value. A group's value begins with the byte `FF` and is at most 32 KiB;
-//! a larger group continues under another key. (Layout 3 kept a group per
-//! batch and time, its value each member's seq after the key's token, or
-//! for events the batch's index then each seq; such groups are still
-//! read, told apart by their first byte, never `FF`.) A movement with the
-//! same account on both sides is listed once under it.
+//! member's token as its step from the one before (the first's from the
+//! key's: a step is the differences of time, index and seq, each a
+//! postcard variable-length signed integer); and a partner's events with
+//! consecutive cursors, keyed by the first cursor, each event's position
+//! as its step from the one before (the first's from position 0). A
+//! group's value begins with the byte `FE` and is at most 32 KiB; a larger
+//! group continues under another key. (Layouts 4 to 6 wrote each member's
+//! whole token or position after a first byte `FF`; layout 3 kept a group
+//! per batch and time, its value each member's seq after the key's token,
+//! or for events the batch's index then each seq; such groups are still
+//! read, told apart by their first byte, never `FE` or `FF`.) A movement
+//! with the same account on both sides is listed once under it.
 //! Events are last wins per cursor, as in `MemoryHistory`: a batch that
 //! writes a cursor held already (never in operation, where a partner's
 //! cursors only grow) takes it from the run that held it, which is cut
@@ -296,21 +300,28 @@ const META_SYNCED: &[u8] = b"Msynced";
 /// 6): those of earlier batches, written by an earlier layout, are plain.
 const META_HASHED_FROM: &[u8] = b"Mhashedfrom";
 
-/// The key layout this module writes, kept under `M layout`: 6, each
+/// The key layout this module writes, kept under `M layout`: 7, each
 /// batch's chunks in history's segment files with a batch key where they
 /// are (module `segments`), idempotency pointers keyed by a hash first
-/// ([`idempotency_key`]). A store of layout 5 (the same with plain
-/// idempotency pointers), 4 (chunks in the engine, as chunk keys; listing,
-/// statement and event groups gathered over many batches, module `gather`),
-/// 3 (those groups one batch each) or 2 (also a pointer per transfer and
-/// participation) is read too, and marked 6 when this module opens it (a
-/// build that reads only an earlier layout then refuses it), with the
-/// first batch it writes noted under `M hashedfrom`: the idempotency
-/// pointers of the batches before are plain, looked up too while
-/// retention has not deleted them all, and deleted in their form. A store
-/// without the key and not empty was written with one key per record (the
-/// layout before), which this module does not read.
-const LAYOUT: u64 = 6;
+/// ([`idempotency_key`]), the gathered groups' members packed as steps
+/// ([`gather::PACKED`]). A store of layout 6 (the same with whole tokens in
+/// the groups), 5 (also plain idempotency pointers), 4 (chunks in the
+/// engine, as chunk keys; listing, statement and event groups gathered
+/// over many batches, module `gather`), 3 (those groups one batch each) or
+/// 2 (also a pointer per transfer and participation) is read too, and
+/// marked 7 when this module opens it (a build that reads only an earlier
+/// layout then refuses it); its groups are read in their form and packed
+/// when a write or a deletion rewrites them. A store before 6 has the first
+/// batch it writes noted under `M hashedfrom`: the idempotency pointers of
+/// the batches before are plain, looked up too while retention has not
+/// deleted them all, and deleted in their form. A store without the key
+/// and not empty was written with one key per record (the layout before),
+/// which this module does not read.
+const LAYOUT: u64 = 7;
+
+/// The layout before [`LAYOUT`], groups' members with whole tokens, that
+/// this module still reads.
+const LAYOUT_WHOLE_TOKENS: u64 = 6;
 
 /// The layout before [`LAYOUT`], idempotency pointers plain, that this
 /// module still reads.
@@ -1081,7 +1092,8 @@ impl History {
                 earlier @ (LAYOUT_GROUPED_POINTERS
                 | LAYOUT_BATCH_GROUPS
                 | LAYOUT_CHUNKS_IN_ENGINE
-                | LAYOUT_PLAIN_IDEMPOTENCY),
+                | LAYOUT_PLAIN_IDEMPOTENCY
+                | LAYOUT_WHOLE_TOKENS),
             ) => Some(Some(earlier)),
             Some(layout) => {
                 return Err(corrupt(META_LAYOUT, format!("key layout {layout}, where this build reads {LAYOUT}")));
@@ -1090,14 +1102,18 @@ impl History {
             None => return Err(corrupt(META_LAYOUT, "no key layout in a store that is not empty")),
         };
         if let Some(earlier) = mark {
-            // Marked with the first batch whose pointers are hashed, all
-            // keys at once, so a crash leaves the old layout. Layout 4's
+            // Marked with the first batch whose pointers are hashed (unless
+            // layout 6 hashed them already), all keys at once, so a crash
+            // leaves the old layout. Groups are read in the form they were
+            // written in, and packed when rewritten. Layout 4's
             // chunks stay in the engine and are read there; new batches go
             // to the segments. Layouts 2 and 3 wrote every batch's groups
             // with it: all are gathered.
             let mut batch = db.batch();
             batch.insert(META_LAYOUT, LAYOUT.to_be_bytes());
-            batch.insert(META_HASHED_FROM, (last_index + 1).to_be_bytes());
+            if earlier != Some(LAYOUT_WHOLE_TOKENS) {
+                batch.insert(META_HASHED_FROM, (last_index + 1).to_be_bytes());
+            }
             if earlier.is_none_or(|layout| [LAYOUT_GROUPED_POINTERS, LAYOUT_BATCH_GROUPS].contains(&layout)) {
                 batch.insert(META_GROUPED, last_index.to_be_bytes());
             }

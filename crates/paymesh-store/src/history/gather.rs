@@ -39,16 +39,33 @@ use rustc_hash::FxHashMap;
 use paymesh_core::history::{ListToken, Record};
 use paymesh_core::id::{PartnerId, TransferId};
 use paymesh_core::ledger::AccountId;
+use paymesh_core::time::Timestamp;
 
 use super::{
-    account_scope, corrupt, parse_position, parse_token, parse_u64, position, scope, space, token_bytes, token_from,
-    with_token, with_u64, Result, CHUNK_BYTES_MAX, POSITION_BYTES, TOKEN_BYTES, TRANSFER_ID_BYTES_MAX,
+    account_scope, corrupt, parse_position, parse_token, parse_u64, scope, space, token_from, with_token, with_u64,
+    Result, CHUNK_BYTES_MAX, POSITION_BYTES, TOKEN_BYTES, TRANSFER_ID_BYTES_MAX,
 };
 
-/// The first byte of a gathered group's value: its members carry their
-/// whole token (or position). A group written per batch (layout 3) begins
-/// with a seq or an index, big-endian, whose first byte is never this.
+/// The first byte of a gathered group's value as layouts 4 to 6 wrote it:
+/// its members carry their whole token (or position), 20 (12) bytes each.
+/// A group written per batch (layout 3) begins with a seq or an index,
+/// big-endian, whose first byte is never this nor [`PACKED`].
 pub(super) const GATHERED: u8 = 0xFF;
+
+/// The first byte of a gathered group's value (layout 7): each member's
+/// token (or position) as its difference from the one before it, the
+/// first's from the group key's token (or, for events, from position 0),
+/// in postcard's variable-length integers.
+///
+/// A token is a batch's time, its index and the record's seq; the members
+/// of a group come in token order, mostly from the same or the next batch,
+/// so the differences are small: a movement takes 3 to 5 bytes instead of
+/// 20, an event 2 to 3 instead of 12, and a listing its transfer id and
+/// 4 to 6. Whole tokens were about 190 bytes of a payment's at the
+/// batched peak (six movements, a listing, two events), and the groups'
+/// tree two thirds of what the engine's flushes and compactions wrote
+/// (docs/BENCHMARKS.md, "Groups' members packed").
+pub(super) const PACKED: u8 = 0xFE;
 
 /// The most batches whose members wait in memory before they go to disk.
 pub(super) const GATHER_BATCHES_MAX: u64 = 64;
@@ -98,7 +115,16 @@ pub(super) fn group_members(key: &[u8], prefix_len: usize, value: &[u8], listing
         members.push(Member { token, transfer });
         Ok(())
     };
-    if value[0] == GATHERED {
+    if value[0] == PACKED {
+        let mut rest = &value[1..];
+        let mut previous = first;
+        while !rest.is_empty() {
+            let token = step(&previous, take(key, &mut rest)?);
+            let transfer = if listing { Some(transfer_id(key, take(key, &mut rest)?)?) } else { None };
+            push(token, transfer)?;
+            previous = token;
+        }
+    } else if value[0] == GATHERED {
         let mut rest = &value[1..];
         while !rest.is_empty() {
             let (bytes, tail) =
@@ -134,51 +160,102 @@ pub(super) fn group_members(key: &[u8], prefix_len: usize, value: &[u8], listing
 fn take_transfer_id(key: &[u8], rest: &mut &[u8]) -> Result<TransferId> {
     let (length, tail) = rest.split_first_chunk::<2>().ok_or_else(|| corrupt(key, "a listing cut short"))?;
     let length = usize::from(u16::from_be_bytes(*length));
-    if length > TRANSFER_ID_BYTES_MAX || length > tail.len() {
+    if length > tail.len() {
         return Err(corrupt(key, format!("a transfer id of {length} bytes")));
     }
     let (id, tail) = tail.split_at(length);
     *rest = tail;
-    std::str::from_utf8(id)
-        .ok()
-        .and_then(|text| TransferId::parse(text).ok())
-        .ok_or_else(|| corrupt(key, "a listing that is not a transfer id"))
+    transfer_id(key, std::str::from_utf8(id).map_err(|_| corrupt(key, "a listing that is not a transfer id"))?)
 }
 
-fn push_member(value: &mut Vec<u8>, member: &Member) {
-    value.extend_from_slice(&token_bytes(&member.token));
-    if let Some(transfer) = &member.transfer {
-        let length_at = value.len();
-        value.extend_from_slice(&[0, 0]);
-        std::io::Write::write_fmt(value, format_args!("{transfer}")).expect("writing to memory");
-        let length = u16::try_from(value.len() - length_at - 2).expect("a transfer id is short");
-        value[length_at..length_at + 2].copy_from_slice(&length.to_be_bytes());
+/// A listing's transfer id from its text.
+fn transfer_id(key: &[u8], text: &str) -> Result<TransferId> {
+    if text.len() > TRANSFER_ID_BYTES_MAX {
+        return Err(corrupt(key, format!("a transfer id of {} bytes", text.len())));
     }
+    TransferId::parse(text).map_err(|_| corrupt(key, "a listing that is not a transfer id"))
+}
+
+/// The next number (or text) of a packed value, taken from the front of
+/// `rest`: damage (cut short, a number past its type) is an error.
+fn take<'a, T: serde::Deserialize<'a>>(key: &[u8], rest: &mut &'a [u8]) -> Result<T> {
+    let (value, tail) =
+        postcard::take_from_bytes::<T>(rest).map_err(|e| corrupt(key, format!("a packed member: {e}")))?;
+    *rest = tail;
+    Ok(value)
+}
+
+/// How a packed token differs from the one before it: its time, index
+/// and seq, each as a wrapping difference read as signed (small either
+/// way, and any token can be reached from any other).
+type Step = (i64, i64, i32);
+
+/// The difference from `from` to `to`.
+fn step_between(from: &ListToken, to: &ListToken) -> Step {
+    (
+        to.at.unix_ms().wrapping_sub(from.at.unix_ms()) as i64,
+        to.index.wrapping_sub(from.index) as i64,
+        to.seq.wrapping_sub(from.seq) as i32,
+    )
+}
+
+/// The token `step` after `from`.
+fn step(from: &ListToken, (at, index, seq): Step) -> ListToken {
+    ListToken {
+        at: Timestamp::from_unix_ms(from.at.unix_ms().wrapping_add_signed(at)),
+        index: from.index.wrapping_add_signed(index),
+        seq: from.seq.wrapping_add_signed(seq),
+    }
+}
+
+/// `member` packed after `previous` into `value`; `text` is room to
+/// format its transfer id in.
+fn push_packed(value: &mut Vec<u8>, previous: &ListToken, member: &Member, text: &mut String) {
+    let step = step_between(previous, &member.token);
+    let written = match &member.transfer {
+        None => postcard::to_extend(&step, std::mem::take(value)),
+        Some(transfer) => {
+            text.clear();
+            std::fmt::Write::write_fmt(text, format_args!("{transfer}")).expect("writing to memory");
+            postcard::to_extend(&(step, text.as_str()), std::mem::take(value))
+        }
+    };
+    *value = written.expect("postcard writes numbers and text to memory");
 }
 
 /// Members in token order as gathered groups under the scope `prefix`:
-/// each group's key (the prefix and its first member's token) and value,
-/// of at most [`CHUNK_BYTES_MAX`] bytes.
+/// each group's key (the prefix and its first member's token) and value
+/// ([`PACKED`]), of at most [`CHUNK_BYTES_MAX`] bytes.
 pub(super) fn gathered_groups(prefix: &[u8], members: &[Member]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut groups: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut member_bytes = Vec::with_capacity(TOKEN_BYTES + 2 + TRANSFER_ID_BYTES_MAX);
+    let mut member_bytes = Vec::with_capacity(MEMBER_BYTES_MAX);
+    let mut text = String::new();
+    let mut previous: Option<ListToken> = None;
     for member in members {
         member_bytes.clear();
-        push_member(&mut member_bytes, member);
-        match groups.last_mut() {
-            Some((_, value)) if value.len() + member_bytes.len() <= CHUNK_BYTES_MAX => {
-                value.extend_from_slice(&member_bytes)
-            }
-            _ => {
-                let mut value = Vec::with_capacity(CHUNK_BYTES_MAX.min(1 + 64 * member_bytes.len()));
-                value.push(GATHERED);
+        if let (Some(last), Some((_, value))) = (previous, groups.last_mut()) {
+            push_packed(&mut member_bytes, &last, member, &mut text);
+            if value.len() + member_bytes.len() <= CHUNK_BYTES_MAX {
                 value.extend_from_slice(&member_bytes);
-                groups.push((with_token(prefix, &member.token), value));
+                previous = Some(member.token);
+                continue;
             }
+            member_bytes.clear();
         }
+        // A new group, its first member packed after the key's token (itself).
+        push_packed(&mut member_bytes, &member.token, member, &mut text);
+        let mut value = Vec::with_capacity(CHUNK_BYTES_MAX.min(1 + 64 * member_bytes.len()));
+        value.push(PACKED);
+        value.extend_from_slice(&member_bytes);
+        groups.push((with_token(prefix, &member.token), value));
+        previous = Some(member.token);
     }
     groups
 }
+
+/// The most bytes one packed member takes: three numbers of at most 10, 10
+/// and 5 bytes, and a transfer id after its length.
+const MEMBER_BYTES_MAX: usize = 10 + 10 + 5 + 2 + TRANSFER_ID_BYTES_MAX;
 
 /// An event run read back: events with consecutive cursors from `first`,
 /// each the record at its position, from either layout: one batch's run
@@ -199,6 +276,18 @@ impl Run {
             return Err(bad());
         }
         let positions = match value.split_first() {
+            Some((&PACKED, mut rest)) if !rest.is_empty() => {
+                let mut positions = Vec::new();
+                let mut previous = (0, 0);
+                while !rest.is_empty() {
+                    if positions.len() == EVENTS_PER_RUN_MAX {
+                        return Err(bad());
+                    }
+                    previous = position_after(previous, take(key, &mut rest)?);
+                    positions.push(previous);
+                }
+                positions
+            }
             Some((&GATHERED, rest)) if !rest.is_empty() && rest.len().is_multiple_of(EVENT_BYTES) => {
                 rest.chunks_exact(EVENT_BYTES).map(|at| parse_position(key, at)).collect::<Result<Vec<_>>>()?
             }
@@ -233,23 +322,51 @@ pub(super) fn gathered_runs(
     prefix: &[u8],
     events: impl IntoIterator<Item = (u64, (u64, u32))>,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut runs: Vec<(u64, usize, Vec<u8>)> = Vec::new();
-    for (cursor, (index, seq)) in events {
-        match runs.last_mut() {
-            Some((first, count, value))
-                if *count < EVENTS_PER_RUN_MAX && first.checked_add(*count as u64) == Some(cursor) =>
+    /// A run being packed.
+    struct Packing {
+        first: u64,
+        count: usize,
+        last: (u64, u32),
+        value: Vec<u8>,
+    }
+    let mut runs: Vec<Packing> = Vec::new();
+    let mut event_bytes = Vec::with_capacity(15);
+    for (cursor, at) in events {
+        if let Some(run) = runs.last_mut() {
+            event_bytes = packed_position(event_bytes, run.last, at);
+            if run.count < EVENTS_PER_RUN_MAX
+                && run.first.checked_add(run.count as u64) == Some(cursor)
+                && run.value.len() + event_bytes.len() <= CHUNK_BYTES_MAX
             {
-                value.extend_from_slice(&position(index, seq));
-                *count += 1;
-            }
-            _ => {
-                let mut value = vec![GATHERED];
-                value.extend_from_slice(&position(index, seq));
-                runs.push((cursor, 1, value));
+                run.value.extend_from_slice(&event_bytes);
+                run.count += 1;
+                run.last = at;
+                continue;
             }
         }
+        event_bytes = packed_position(event_bytes, (0, 0), at);
+        let mut value = vec![PACKED];
+        value.extend_from_slice(&event_bytes);
+        runs.push(Packing { first: cursor, count: 1, last: at, value });
     }
-    runs.into_iter().map(|(first, _, value)| (with_u64(prefix, first), value)).collect()
+    runs.into_iter().map(|run| (with_u64(prefix, run.first), run.value)).collect()
+}
+
+/// How an event's position differs from the one before it in its run (the
+/// first's from position 0): index and seq as wrapping differences read as
+/// signed.
+type PositionStep = (i64, i32);
+
+/// The position `at` packed after `previous`, into `bytes` (cleared first).
+fn packed_position(mut bytes: Vec<u8>, previous: (u64, u32), at: (u64, u32)) -> Vec<u8> {
+    bytes.clear();
+    let step: PositionStep = (at.0.wrapping_sub(previous.0) as i64, at.1.wrapping_sub(previous.1) as i32);
+    postcard::to_extend(&step, bytes).expect("postcard writes numbers to memory")
+}
+
+/// The position `step` after `previous`.
+fn position_after(previous: (u64, u32), (index, seq): PositionStep) -> (u64, u32) {
+    (previous.0.wrapping_add_signed(index), previous.1.wrapping_add_signed(seq))
 }
 
 /// The members of one batch that go to groups, as [`super::Derivation`]

@@ -772,9 +772,20 @@ fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
                 }
                 continue;
             }
-            space::EVENT => parse_u64(&key, &value[..8]).unwrap(),
+            // Every member of a group names the batch of its record.
+            space::EVENT => {
+                let prefix = key.iter().position(|&b| b == 0).unwrap() + 1;
+                for (_, (index, _)) in Run::parse(&key, prefix, &value).unwrap().events() {
+                    named.push((key.to_vec(), index));
+                }
+                continue;
+            }
             space::LISTED | space::ACCOUNT => {
-                u64::from_be_bytes(key[key.len() - POSITION_BYTES..key.len() - 4].try_into().unwrap())
+                let prefix = key.iter().position(|&b| b == 0).unwrap() + 1;
+                for member in gather::group_members(&key, prefix, &value, key[0] == space::LISTED).unwrap() {
+                    named.push((key.to_vec(), member.token.index));
+                }
+                continue;
             }
             _ => continue,
         };
@@ -1109,18 +1120,19 @@ fn a_batch_larger_than_its_groups_is_split_across_keys_and_answers_as_memory_doe
     store.write(2, &finished(1, 6)).unwrap();
     memory.write(2, finished(1, 6));
     let counts = keys_by_space(&store);
-    // 2,730 events (12 bytes each) to a run, 1,638 movements (20 bytes) to
-    // a statement group, and as many listings (their token, then their
-    // transfer id after its length) as fit 32 KiB to a listing group; the
-    // second batch has one event, three accounts and one listing, of
-    // other partners and accounts.
+    // 2,730 events to a run; as many movements as fit 32 KiB to a
+    // statement group (3 bytes each here: the same batch and time, the seq
+    // 2 or 3 on, so all 10,000 in one); as many listings (their step, 7
+    // seqs on, then their transfer id after its length) as fit 32 KiB to a
+    // listing group. The second batch has one event, three accounts and
+    // one listing, of other partners and accounts.
     assert_eq!(gather::EVENTS_PER_RUN_MAX, 2_730);
     assert_eq!(counts[&'E'], 10_000usize.div_ceil(2_730) + 1);
-    assert_eq!(counts[&'A'], 2 * 10_000usize.div_ceil(1_638) + 3);
+    assert_eq!(counts[&'A'], 2 + 3);
     let mut listing_groups = 0;
     let mut bytes = CHUNK_BYTES_MAX;
     for n in (0..10_000u64).filter(|n| n % 3 == 0) {
-        let member = TOKEN_BYTES + 2 + tid(n).to_string().len();
+        let member = 3 + 1 + tid(n).to_string().len();
         if bytes + member > CHUNK_BYTES_MAX {
             listing_groups += 1;
             bytes = 1;
@@ -1280,11 +1292,11 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
     let refused = reopen(dir.path()).unwrap_err();
     assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("no key layout")), "{refused}");
     let engine = reopen_engine(dir.path());
-    engine.insert(META_LAYOUT, 7u64.to_be_bytes()).unwrap();
+    engine.insert(META_LAYOUT, 8u64.to_be_bytes()).unwrap();
     engine.persist().unwrap();
     drop(engine);
     let refused = reopen(dir.path()).unwrap_err();
-    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 7")), "{refused}");
+    assert!(matches!(&refused, HistoryError::Corrupt { reason, .. } if reason.contains("layout 8")), "{refused}");
 }
 
 /// Rewrite a store's listing, statement and event groups as layout 3 wrote
@@ -2506,4 +2518,157 @@ fn a_segment_left_empty_by_a_crash_begins_again_and_one_of_another_format_is_ref
     std::os::unix::fs::FileExt::write_all_at(&file, b"PK", 0).unwrap();
     let refused = reopen(dir.path()).unwrap_err();
     assert!(refused.to_string().contains("not a history segment file"), "{refused}");
+}
+
+/// Every listing, statement and event group's value, by its space.
+fn group_values(engine: &kv::Kv) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
+    [space::LISTED, space::ACCOUNT, space::EVENT]
+        .into_iter()
+        .flat_map(|first| {
+            engine.scan_prefix([first]).map(move |item| {
+                let (key, value) = item.unwrap();
+                (first, key.to_vec(), value.to_vec())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn gathered_members_are_packed_into_a_few_bytes_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).gathering_every(8);
+    let mut memory = MemoryHistory::default();
+    let mut cursors = BTreeMap::new();
+    // 16 batches of 20 payments among 3 partners, a second apart.
+    for index in 1..=16 {
+        let mut records = Vec::new();
+        for k in 0..20 {
+            let n = index * 100 + k;
+            let (payer, payee) = (n % 3, (n + 1) % 3);
+            let mut next = |p: u64| {
+                let cursor = cursors.entry(p).or_insert(0);
+                *cursor += 1;
+                *cursor
+            };
+            let at = 1_000_000 + index * 1_000;
+            records.extend(same_region_transfer(n, payer, payee, [next(payer), next(payee)], at));
+        }
+        store.write(index, &records).unwrap();
+        memory.write(index, records);
+    }
+    let (mut members, mut bytes) = (BTreeMap::<u8, usize>::new(), BTreeMap::<u8, usize>::new());
+    for (first, key, value) in group_values(&store.db) {
+        assert_eq!(value[0], gather::PACKED, "{key:?}");
+        let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
+        let count = if first == space::EVENT {
+            Run::parse(&key, prefix.len(), &value).unwrap().positions.len()
+        } else {
+            gather::group_members(&key, prefix.len(), &value, first == space::LISTED).unwrap().len()
+        };
+        *members.entry(first).or_default() += count;
+        *bytes.entry(first).or_default() += value.len() - 1;
+    }
+    // 320 payments: two listings, six movements (three under each of two
+    // accounts), two events each.
+    assert_eq!(members[&space::LISTED], 640);
+    assert_eq!(members[&space::ACCOUNT], 1_920);
+    assert_eq!(members[&space::EVENT], 640);
+    let per = |first: u8| bytes[&first] as f64 / members[&first] as f64;
+    // Whole tokens took 20 bytes a movement, 12 an event, 22 and the id a listing.
+    assert!(per(space::ACCOUNT) <= 5.0, "{} bytes a movement", per(space::ACCOUNT));
+    assert!(per(space::EVENT) <= 4.0, "{} bytes an event", per(space::EVENT));
+    let id_bytes = tid(1_600).to_string().len() as f64;
+    assert!(per(space::LISTED) <= id_bytes + 6.0, "{} bytes a listing", per(space::LISTED));
+    assert_same(&store, &memory);
+}
+
+/// Rewrite a store's gathered groups as layouts 4 to 6 wrote them: each
+/// member's whole token (or position) after the byte `FF`.
+fn rewrite_groups_with_whole_tokens(engine: &kv::Kv) {
+    for (first, key, value) in group_values(engine) {
+        let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
+        let mut whole = vec![gather::GATHERED];
+        if first == space::EVENT {
+            for (_, (index, seq)) in Run::parse(&key, prefix.len(), &value).unwrap().events() {
+                whole.extend_from_slice(&position(index, seq));
+            }
+        } else {
+            for member in gather::group_members(&key, prefix.len(), &value, first == space::LISTED).unwrap() {
+                whole.extend_from_slice(&token_bytes(&member.token));
+                if let Some(id) = member.transfer {
+                    let id = id.to_string();
+                    whole.extend_from_slice(&(id.len() as u16).to_be_bytes());
+                    whole.extend_from_slice(id.as_bytes());
+                }
+            }
+        }
+        engine.insert(&key, whole).unwrap();
+    }
+}
+
+#[test]
+fn a_layout_6_store_reads_its_groups_of_whole_tokens_and_packs_those_it_writes_again() {
+    let (dir, twin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(dir.path()).gathering_every(2);
+    let twin = open(twin_dir.path()).gathering_every(2);
+    write_both(&store, &twin, 1..=6);
+    drop(store);
+    {
+        let store = reopen(dir.path()).unwrap();
+        rewrite_groups_with_whole_tokens(&store.db);
+        store.db.insert(META_LAYOUT, LAYOUT_WHOLE_TOKENS.to_be_bytes()).unwrap();
+        store.db.persist().unwrap();
+    }
+    let store = reopen(dir.path()).unwrap().gathering_every(2);
+    assert_eq!(store.db.get(META_LAYOUT).unwrap().unwrap(), LAYOUT.to_be_bytes());
+    assert_eq!(store.db.get(META_HASHED_FROM).unwrap().unwrap(), 1u64.to_be_bytes(), "layout 6 hashed them all");
+    let whole = |store: &History| group_values(&store.db).iter().filter(|(_, _, v)| v[0] == gather::GATHERED).count();
+    assert!(whole(&store) > 3, "groups of whole tokens");
+    assert_reads_alike(&store, &twin);
+    // Written on and deleted from: the groups rewritten are packed, and
+    // everything reads as in a store that packed from the start.
+    write_both(&store, &twin, 7..=12);
+    assert_reads_alike(&store, &twin);
+    store.confirm_archived(12).unwrap();
+    twin.confirm_archived(12).unwrap();
+    assert_eq!(store.delete_through(6).unwrap(), twin.delete_through(6).unwrap());
+    assert_eq!(whole(&store), 0, "the groups of the deleted batches were cut and packed");
+    assert_eq!(keys_by_space(&store), keys_by_space(&twin));
+    assert_reads_alike_reopened(store, dir.path(), &twin);
+}
+
+#[test]
+fn damaged_packed_groups_are_errors() {
+    let token = ListToken { at: ms(5_000), index: 7, seq: 3 };
+    let prefix = scope(space::ACCOUNT, "fees:USD");
+    let key = with_token(&prefix, &token);
+    let members = |value: &[u8]| gather::group_members(&key, prefix.len(), value, false);
+    let listings = |value: &[u8]| gather::group_members(&key, prefix.len(), value, true);
+    // A well-formed group: the key's token, then one 2 ms later.
+    assert_eq!(members(&[gather::PACKED, 0, 0, 0, 4, 0, 0]).unwrap().len(), 2);
+    // Cut in a number, a number past its type, a member before the one
+    // ahead of it, a first member other than the key's token, nothing.
+    for value in [
+        &[gather::PACKED, 0, 0][..],
+        &[gather::PACKED, 0, 0, 0, 0x80][..],
+        &[gather::PACKED, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0, 0][..],
+        &[gather::PACKED, 0, 0, 0, 3, 0, 0][..],
+        &[gather::PACKED, 2, 0, 0][..],
+        &[gather::PACKED][..],
+    ] {
+        assert!(matches!(members(value), Err(HistoryError::Corrupt { .. })), "{value:?}");
+    }
+    // A listing whose id is cut short, or is not a transfer id.
+    assert!(matches!(listings(&[gather::PACKED, 0, 0, 0, 9, b'x']), Err(HistoryError::Corrupt { .. })));
+    assert!(matches!(listings(&[gather::PACKED, 0, 0, 0, 1, b'!']), Err(HistoryError::Corrupt { .. })));
+    // Event runs: cut short, a number past its type, more events than a run holds.
+    let prefix = scope(space::EVENT, "p1");
+    let key = with_u64(&prefix, 1);
+    let run = |value: &[u8]| Run::parse(&key, prefix.len(), value);
+    assert_eq!(run(&[gather::PACKED, 14, 6, 2, 2]).unwrap().events().collect::<Vec<_>>(), [(1, (7, 3)), (2, (8, 4))]);
+    let too_many: Vec<u8> =
+        std::iter::once(gather::PACKED).chain([0, 0].repeat(gather::EVENTS_PER_RUN_MAX + 1)).collect();
+    for value in [&[gather::PACKED, 14][..], &[gather::PACKED, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF][..], &too_many[..]] {
+        assert!(matches!(run(value), Err(HistoryError::Corrupt { .. })), "{value:?}");
+    }
 }
