@@ -51,6 +51,14 @@ impl TryFrom<String> for QrPrefix {
     }
 }
 
+/// Routes are looked up by slices of a payload ([`Directory::resolve`]):
+/// a prefix orders, compares and hashes as its text does.
+impl std::borrow::Borrow<str> for QrPrefix {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<QrPrefix> for String {
     fn from(prefix: QrPrefix) -> String {
         prefix.0
@@ -122,20 +130,42 @@ impl Directory {
     }
 
     /// Resolve a payload by its longest matching prefix; the remainder, which
-    /// must be a valid merchant id, names the merchant.
+    /// must be a valid merchant id, names the merchant (a route whose
+    /// remainder is not one gives way to a shorter route).
+    ///
+    /// One ordered lookup a candidate, not one a length: the greatest route
+    /// at or below the payload's first `bound` bytes either prefixes the
+    /// payload (the longest that does) or shares a shorter beginning with
+    /// it, and every route that prefixes the payload within `bound` lies
+    /// within that beginning (it sorts above the route found otherwise). A
+    /// payload's prefix tried at every length, each a key made and looked
+    /// up, was about 4 % of a leader's CPU at the batched peak, where every
+    /// payment is resolved twice on the leader and once on each replica.
     pub fn resolve(&self, payload: &QrPayload) -> Option<Payee> {
+        use std::ops::Bound::{Included, Unbounded};
         let text = payload.as_str();
         // Payloads are printable ASCII, so every byte index is a char boundary.
-        (QR_PREFIX_BYTES_MIN..=text.len()).rev().find_map(|end| {
-            let route = self.routes.get(&QrPrefix(text[..end].to_owned()))?;
-            let merchant = MerchantId::new(&text[end..]).ok()?;
-            Some(Payee {
-                partner: route.partner.clone(),
-                merchant,
-                region: route.region.clone(),
-                currency: route.currency,
-            })
-        })
+        let mut bound = text.len();
+        while bound >= QR_PREFIX_BYTES_MIN {
+            let (prefix, route) = self.routes.range::<_, str>((Unbounded, Included(&text[..bound]))).next_back()?;
+            let prefix = prefix.as_str();
+            if text.starts_with(prefix) {
+                if let Ok(merchant) = MerchantId::new(&text[prefix.len()..]) {
+                    return Some(Payee {
+                        partner: route.partner.clone(),
+                        merchant,
+                        region: route.region.clone(),
+                        currency: route.currency,
+                    });
+                }
+                bound = prefix.len() - 1;
+            } else {
+                // Below `bound` (the route is not a prefix of the payload's
+                // first `bound` bytes, nor are they a prefix of it).
+                bound = prefix.bytes().zip(text.bytes()).take_while(|(a, b)| a == b).count();
+            }
+        }
+        None
     }
 }
 
@@ -175,6 +205,43 @@ mod tests {
         assert!(directory.remove(&QrPrefix::new("wxp://f2f0vip").unwrap()));
         assert_eq!(directory.resolve(&payload("wxp://f2f0vip77")).unwrap().partner.as_str(), "wechat-cn");
         assert_eq!(directory.len(), 2);
+    }
+
+    /// The resolution by definition: every length from the longest down.
+    fn resolve_by_every_length(directory: &Directory, payload: &QrPayload) -> Option<Payee> {
+        let text = payload.as_str();
+        (QR_PREFIX_BYTES_MIN..=text.len()).rev().find_map(|end| {
+            let route = directory.routes.get(&text[..end])?;
+            let merchant = MerchantId::new(&text[end..]).ok()?;
+            Some(Payee {
+                partner: route.partner.clone(),
+                merchant,
+                region: route.region.clone(),
+                currency: route.currency,
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Prefixes and payloads over three letters, so that routes prefix
+        /// each other, share beginnings and sort between a payload's
+        /// prefixes; each route is also tried as a payload, which names no
+        /// merchant under it, so that a longest route gives way to a
+        /// shorter.
+        #[test]
+        fn resolving_by_ordered_lookups_finds_what_every_length_finds(
+            prefixes in proptest::collection::vec("[abc]{4,9}", 0..24),
+            payloads in proptest::collection::vec("[abc]{3,12}", 1..24),
+        ) {
+            let mut directory = Directory::default();
+            for (n, prefix) in prefixes.iter().enumerate() {
+                directory.upsert(route(prefix, &format!("partner-{n}")));
+            }
+            for text in payloads.into_iter().chain(prefixes) {
+                let payload = payload(&text);
+                proptest::prop_assert_eq!(directory.resolve(&payload), resolve_by_every_length(&directory, &payload), "{}", text);
+            }
+        }
     }
 
     #[test]
