@@ -149,8 +149,8 @@ impl Directory {
         while bound >= QR_PREFIX_BYTES_MIN {
             let (prefix, route) = self.routes.range::<_, str>((Unbounded, Included(&text[..bound]))).next_back()?;
             let prefix = prefix.as_str();
-            if text.starts_with(prefix) {
-                if let Ok(merchant) = MerchantId::new(&text[prefix.len()..]) {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                if let Ok(merchant) = MerchantId::new(rest) {
                     return Some(Payee {
                         partner: route.partner.clone(),
                         merchant,
