@@ -774,14 +774,14 @@ fn indexes_named(store: &History) -> Vec<(Vec<u8>, u64)> {
             }
             // Every member of a group names the batch of its record.
             space::EVENT => {
-                let prefix = key.iter().position(|&b| b == 0).unwrap() + 1;
+                let prefix = scope_len(&key);
                 for (_, (index, _)) in Run::parse(&key, prefix, &value).unwrap().events() {
                     named.push((key.to_vec(), index));
                 }
                 continue;
             }
             space::LISTED | space::ACCOUNT => {
-                let prefix = key.iter().position(|&b| b == 0).unwrap() + 1;
+                let prefix = scope_len(&key);
                 for member in gather::group_members(&key, prefix, &value, key[0] == space::LISTED).unwrap() {
                     named.push((key.to_vec(), member.token.index));
                 }
@@ -1302,44 +1302,40 @@ fn a_store_of_another_key_layout_is_refused_at_open() {
 /// Rewrite a store's listing, statement and event groups as layout 3 wrote
 /// them: one group per batch (and time), each member's seq only.
 fn rewrite_groups_as_layout_3(engine: &kv::Kv) {
-    for first in [space::LISTED, space::ACCOUNT, space::EVENT] {
-        let held: Vec<(Vec<u8>, Vec<u8>)> =
-            engine.scan_prefix([first]).map(|item| item.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        for (key, value) in held {
-            engine.remove(&key).unwrap();
-            let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
-            if first == space::EVENT {
-                let run = Run::parse(&key, prefix.len(), &value).unwrap();
-                // Each run: its first cursor, its batch, its value (the index, then seqs).
-                let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
-                for (cursor, (index, seq)) in run.events() {
-                    let continues = runs.last().is_some_and(|(start, at, value)| {
-                        *at == index && start + (value.len() as u64 - 8) / 4 == cursor
-                    });
-                    if !continues {
-                        runs.push((cursor, index, index.to_be_bytes().to_vec()));
-                    }
-                    runs.last_mut().unwrap().2.extend_from_slice(&seq.to_be_bytes());
+    for (first, key, value) in group_values(engine) {
+        engine.remove(&key).unwrap();
+        let prefix = &key[..scope_len(&key)];
+        if first == space::EVENT {
+            let run = Run::parse(&key, prefix.len(), &value).unwrap();
+            // Each run: its first cursor, its batch, its value (the index, then seqs).
+            let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            for (cursor, (index, seq)) in run.events() {
+                let continues = runs
+                    .last()
+                    .is_some_and(|(start, at, value)| *at == index && start + (value.len() as u64 - 8) / 4 == cursor);
+                if !continues {
+                    runs.push((cursor, index, index.to_be_bytes().to_vec()));
                 }
-                for (start, _, value) in runs {
-                    engine.insert(with_u64(prefix, start), value).unwrap();
+                runs.last_mut().unwrap().2.extend_from_slice(&seq.to_be_bytes());
+            }
+            for (start, _, value) in runs {
+                engine.insert(with_u64(prefix, start), value).unwrap();
+            }
+        } else {
+            let listing = first == space::LISTED;
+            let mut groups: BTreeMap<(u64, u64), (u32, Vec<u8>)> = BTreeMap::new();
+            for member in gather::group_members(&key, prefix.len(), &value, listing).unwrap() {
+                let token = member.token;
+                let (_, value) = groups.entry((token.at.unix_ms(), token.index)).or_insert((token.seq, Vec::new()));
+                value.extend_from_slice(&token.seq.to_be_bytes());
+                if let Some(id) = member.transfer {
+                    let id = id.to_string();
+                    value.extend_from_slice(&(id.len() as u16).to_be_bytes());
+                    value.extend_from_slice(id.as_bytes());
                 }
-            } else {
-                let listing = first == space::LISTED;
-                let mut groups: BTreeMap<(u64, u64), (u32, Vec<u8>)> = BTreeMap::new();
-                for member in gather::group_members(&key, prefix.len(), &value, listing).unwrap() {
-                    let token = member.token;
-                    let (_, value) = groups.entry((token.at.unix_ms(), token.index)).or_insert((token.seq, Vec::new()));
-                    value.extend_from_slice(&token.seq.to_be_bytes());
-                    if let Some(id) = member.transfer {
-                        let id = id.to_string();
-                        value.extend_from_slice(&(id.len() as u16).to_be_bytes());
-                        value.extend_from_slice(id.as_bytes());
-                    }
-                }
-                for ((at, index), (seq, value)) in groups {
-                    engine.insert(with_token(prefix, &ListToken { at: ms(at), index, seq }), value).unwrap();
-                }
+            }
+            for ((at, index), (seq, value)) in groups {
+                engine.insert(with_token(prefix, &ListToken { at: ms(at), index, seq }), value).unwrap();
             }
         }
     }
@@ -2520,7 +2516,13 @@ fn a_segment_left_empty_by_a_crash_begins_again_and_one_of_another_format_is_ref
     assert!(refused.to_string().contains("not a history segment file"), "{refused}");
 }
 
-/// Every listing, statement and event group's value, by its space.
+/// The length of a group key's scope prefix (`space | scope | 0`).
+fn scope_len(key: &[u8]) -> usize {
+    key.iter().position(|&b| b == 0).unwrap() + 1
+}
+
+/// Every listing, statement and event group's key and value, with its
+/// space: read whole before a caller rewrites any.
 fn group_values(engine: &kv::Kv) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
     [space::LISTED, space::ACCOUNT, space::EVENT]
         .into_iter()
@@ -2559,7 +2561,7 @@ fn gathered_members_are_packed_into_a_few_bytes_each() {
     let (mut members, mut bytes) = (BTreeMap::<u8, usize>::new(), BTreeMap::<u8, usize>::new());
     for (first, key, value) in group_values(&store.db) {
         assert_eq!(value[0], gather::PACKED, "{key:?}");
-        let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
+        let prefix = &key[..scope_len(&key)];
         let count = if first == space::EVENT {
             Run::parse(&key, prefix.len(), &value).unwrap().positions.len()
         } else {
@@ -2586,7 +2588,7 @@ fn gathered_members_are_packed_into_a_few_bytes_each() {
 /// member's whole token (or position) after the byte `FF`.
 fn rewrite_groups_with_whole_tokens(engine: &kv::Kv) {
     for (first, key, value) in group_values(engine) {
-        let prefix = &key[..=key.iter().position(|&b| b == 0).unwrap()];
+        let prefix = &key[..scope_len(&key)];
         let mut whole = vec![gather::GATHERED];
         if first == space::EVENT {
             for (_, (index, seq)) in Run::parse(&key, prefix.len(), &value).unwrap().events() {
