@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet, Vector};
 
+use self::outcomes::Outcomes;
 use self::recent::RecentKeys;
 pub use self::recent::RECENT_KEYS_MAX;
 pub use self::settlement::SettlementBook;
@@ -279,8 +280,7 @@ pub struct PartnerUsage {
 struct Session {
     last_active: Timestamp,
     /// Outcomes by sequence number, the newest [`SESSION_OUTCOMES_MAX`].
-    #[serde(with = "crate::serde_seq")]
-    outcomes: OrdMap<u64, Outcome>,
+    outcomes: Outcomes,
     /// Sequence numbers below this were applied and forgotten.
     forgotten_below: u64,
 }
@@ -1036,7 +1036,7 @@ impl State {
         if id.sequence < session.forgotten_below {
             return Some(Outcome::Rejected(RejectCode::StaleCommand));
         }
-        session.outcomes.get(&id.sequence).cloned()
+        session.outcomes.get(id.sequence).cloned()
     }
 
     fn remember(&mut self, id: CommandId, outcome: &Outcome, now: Timestamp) {
@@ -1044,8 +1044,7 @@ impl State {
         session.last_active = now;
         session.outcomes.insert(id.sequence, outcome.clone());
         while session.outcomes.len() > SESSION_OUTCOMES_MAX {
-            let oldest = session.outcomes.get_min().map(|(sequence, _)| *sequence).expect("more than the maximum");
-            session.outcomes.remove(&oldest);
+            let oldest = session.outcomes.pop_oldest().expect("more than the maximum");
             session.forgotten_below = session.forgotten_below.max(oldest + 1);
         }
     }
@@ -1314,6 +1313,7 @@ fn step_participant(
 mod cancel;
 mod coordinator;
 mod operators;
+mod outcomes;
 mod participant;
 mod reads;
 mod recent;
