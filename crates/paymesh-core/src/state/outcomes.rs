@@ -30,11 +30,16 @@ impl Outcomes {
         self.0.binary_search_by(|(held, _)| held.cmp(&sequence))
     }
 
+    /// Whether `sequence` is above every number held (a new command's is):
+    /// found without a search, which reads the vector's nodes a level at a
+    /// time at each step.
+    fn above_all(&self, sequence: u64) -> bool {
+        self.0.back().is_none_or(|(last, _)| *last < sequence)
+    }
+
     /// The outcome remembered under `sequence`.
     pub(super) fn get(&self, sequence: u64) -> Option<&Outcome> {
-        // A new command's number is above every one held: no search (a
-        // search reads the vector's nodes a level at a time, each step).
-        if self.0.back().is_none_or(|(last, _)| *last < sequence) {
+        if self.above_all(sequence) {
             return None;
         }
         self.position(sequence).ok().map(|at| &self.0[at].1)
@@ -42,7 +47,7 @@ impl Outcomes {
 
     /// Remember `outcome` under `sequence`, replacing one held there.
     pub(super) fn insert(&mut self, sequence: u64, outcome: Outcome) {
-        if self.0.back().is_none_or(|(last, _)| *last < sequence) {
+        if self.above_all(sequence) {
             self.0.push_back((sequence, outcome));
             return;
         }
@@ -68,7 +73,7 @@ impl Outcomes {
 /// As [`crate::serde_seq`] writes a map: `(number, outcome)` pairs in order.
 impl Serialize for Outcomes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(sequence, outcome)| (sequence, outcome)))
+        serializer.collect_seq(self.0.iter())
     }
 }
 
