@@ -280,6 +280,7 @@ pub struct PartnerUsage {
 struct Session {
     last_active: Timestamp,
     /// Outcomes by sequence number, the newest [`SESSION_OUTCOMES_MAX`].
+    #[serde(with = "crate::serde_seq")]
     outcomes: Outcomes,
     /// Sequence numbers below this were applied and forgotten.
     forgotten_below: u64,

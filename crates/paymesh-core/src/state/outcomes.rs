@@ -11,13 +11,11 @@
 //! vector (`imbl::Vector`) in sequence order: a new number goes on the
 //! back, the oldest comes off the front, both at a chunk's end; a number
 //! out of order (never in operation: a replay is answered before it is
-//! remembered) still goes to its place. Encoded exactly as the ordered map
-//! was, a sequence of `(number, outcome)` pairs in number order, so a
-//! state's digest and its images do not change.
+//! remembered) still goes to its place. Encoded by [`crate::serde_seq`] as
+//! the ordered map was, a sequence of `(number, outcome)` pairs in number
+//! order, so a state's digest and its images do not change.
 
 use imbl::Vector;
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::outcome::Outcome;
 
@@ -70,23 +68,35 @@ impl Outcomes {
     }
 }
 
-/// As [`crate::serde_seq`] writes a map: `(number, outcome)` pairs in order.
-impl Serialize for Outcomes {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter())
+/// Pairs in any order, put in number order, a repeated number's last
+/// outcome kept (as an ordered map collects them; [`crate::serde_seq`]
+/// refuses a repeat by the count).
+impl FromIterator<(u64, Outcome)> for Outcomes {
+    fn from_iter<I: IntoIterator<Item = (u64, Outcome)>>(pairs: I) -> Self {
+        let mut outcomes = Outcomes::default();
+        for (sequence, outcome) in pairs {
+            outcomes.insert(sequence, outcome);
+        }
+        outcomes
     }
 }
 
-/// As [`crate::serde_seq`] reads a map: pairs in any order, put in number
-/// order; a repeated number is an error.
-impl<'de> Deserialize<'de> for Outcomes {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut pairs = Vec::<(u64, Outcome)>::deserialize(deserializer)?;
-        pairs.sort_by_key(|(sequence, _)| *sequence);
-        if pairs.windows(2).any(|two| two[0].0 == two[1].0) {
-            return Err(D::Error::custom("duplicate key in map"));
-        }
-        Ok(Outcomes(pairs.into_iter().collect()))
+impl crate::serde_seq::PairMap<u64, Outcome> for Outcomes {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The pairs in number order, as [`crate::serde_seq`] writes a map's.
+impl<'a> IntoIterator for &'a Outcomes {
+    type Item = (&'a u64, &'a Outcome);
+    type IntoIter = std::iter::Map<
+        imbl::vector::Iter<'a, (u64, Outcome), imbl::shared_ptr::DefaultSharedPtr>,
+        fn(&'a (u64, Outcome)) -> (&'a u64, &'a Outcome),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(sequence, outcome)| (sequence, outcome))
     }
 }
 
@@ -96,6 +106,13 @@ mod tests {
     use crate::outcome::RejectCode;
     use imbl::OrdMap;
     use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    /// Outcomes (or the map they replace) as a session holds them.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Held<M: crate::serde_seq::PairMap<u64, Outcome>>(#[serde(with = "crate::serde_seq")] M)
+    where
+        for<'a> &'a M: IntoIterator<Item = (&'a u64, &'a Outcome)>;
 
     fn outcome(n: u64) -> Outcome {
         if n.is_multiple_of(2) {
@@ -129,21 +146,19 @@ mod tests {
                     prop_assert_eq!(outcomes.get(probe), map.get(&probe));
                 }
             }
-            #[derive(Serialize)]
-            struct AsMap(#[serde(with = "crate::serde_seq")] OrdMap<u64, Outcome>);
-            let encoded = postcard::to_allocvec(&outcomes).unwrap();
-            prop_assert_eq!(&encoded, &postcard::to_allocvec(&AsMap(map.clone())).unwrap());
-            let decoded: Outcomes = postcard::from_bytes(&encoded).unwrap();
-            prop_assert_eq!(decoded, outcomes);
+            let encoded = postcard::to_allocvec(&Held(outcomes.clone())).unwrap();
+            prop_assert_eq!(&encoded, &postcard::to_allocvec(&Held(map)).unwrap());
+            let decoded: Held<Outcomes> = postcard::from_bytes(&encoded).unwrap();
+            prop_assert_eq!(decoded.0, outcomes);
         }
     }
 
     #[test]
     fn a_repeated_number_is_refused_and_pairs_out_of_order_are_put_in_order() {
         let repeated = postcard::to_allocvec(&vec![(3u64, Outcome::Done), (3, Outcome::Done)]).unwrap();
-        assert!(postcard::from_bytes::<Outcomes>(&repeated).is_err());
+        assert!(postcard::from_bytes::<Held<Outcomes>>(&repeated).is_err());
         let unordered = postcard::to_allocvec(&vec![(5u64, Outcome::Done), (2, outcome(1))]).unwrap();
-        let outcomes: Outcomes = postcard::from_bytes(&unordered).unwrap();
+        let outcomes = postcard::from_bytes::<Held<Outcomes>>(&unordered).unwrap().0;
         assert_eq!(outcomes.get(2), Some(&outcome(1)));
         let mut expected = Outcomes::default();
         expected.insert(2, outcome(1));
