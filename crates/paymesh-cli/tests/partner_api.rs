@@ -560,9 +560,12 @@ async fn a_batch_answers_each_item_as_its_single_call_would() {
         wire::TransferItem { kind: None },
         payment_item("b-4", "10", Some("10.19")),
         payment_item("b-5", "5", None),
+        // A transfer's key again in the same request: joined to the first,
+        // answered with its outcome.
+        transfer_item("b-2", &quote.quote_id),
     ];
     let results = a.create_transfers(wire::CreateTransfersRequest { items }).await.unwrap().results;
-    assert_eq!(results.len(), 9);
+    assert_eq!(results.len(), 10);
     let code = |i: usize| tonic::Code::from_i32(results[i].status_code);
     let id = |i: usize| results[i].transfer.as_ref().map(|t| t.transfer_id.clone());
     assert_eq!((code(0), results[0].reject_code), (tonic::Code::Ok, 0), "{:?}", results[0]);
@@ -581,6 +584,7 @@ async fn a_batch_answers_each_item_as_its_single_call_would() {
     assert!(results[7].transfer.is_none());
     assert_eq!(code(8), tonic::Code::Ok, "{:?}", results[8]);
     assert!(id(8).is_some() && id(8) != id(0) && id(8) != id(3));
+    assert_eq!((code(9), id(9)), (tonic::Code::Ok, id(3)), "{:?}", results[9]);
 
     // Exactly three payments moved money: 10.20 + 10.20 + 5.15.
     let position = a.get_position(wire::GetPositionRequest::default()).await.unwrap().positions.remove(0);

@@ -228,19 +228,47 @@ impl Gateway {
     }
 
     /// Submit a partner's command to its actor; the outcome once applied.
-    /// One copy of the applied state decides whether the destination's link
-    /// refuses it and which actor prices a quote.
     pub async fn submit(&self, partner: PartnerId, body: CommandBody) -> Result<Outcome, Status> {
+        let mut outcomes = self.submit_all(&partner, vec![body]).await;
+        outcomes.pop().unwrap_or_else(|| Err(self.not_leader()))
+    }
+
+    /// Submit one request's commands of a partner (a batch's items, in
+    /// order) to its actor in one message; each one's outcome once applied,
+    /// or the status it is refused with, in the same order. One copy of the
+    /// applied state decides whether the destination's link refuses a
+    /// command and which actor prices a quote.
+    pub async fn submit_all(&self, partner: &PartnerId, bodies: Vec<CommandBody>) -> Vec<Result<Outcome, Status>> {
         let started = std::time::Instant::now();
-        let (reply, outcome) = oneshot::channel();
+        let mut waiting = Vec::with_capacity(bodies.len());
         {
             let applied = self.state_machine.applied();
-            self.check_link(&body, &applied.state)?;
-            self.registry.submit(&partner, body, &applied.state, now(), reply);
+            let mut commands = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                waiting.push(self.check_link(&body, &applied.state).map(|()| {
+                    let (reply, outcome) = oneshot::channel();
+                    commands.push((body, reply));
+                    outcome
+                }));
+            }
+            if !commands.is_empty() {
+                self.registry.submit(partner, commands, &applied.state, now());
+            }
         }
-        let outcome = outcome.await.map_err(|_| self.not_leader())?.map_err(|r| self.refusal(r))?;
-        crate::metrics::events().answered(&partner, &outcome, started.elapsed());
-        Ok(outcome)
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for waited in waiting {
+            let outcome = match waited {
+                Ok(outcome) => {
+                    outcome.await.map_err(|_| self.not_leader()).and_then(|o| o.map_err(|r| self.refusal(r)))
+                }
+                Err(status) => Err(status),
+            };
+            if let Ok(outcome) = &outcome {
+                crate::metrics::events().answered(partner, outcome, started.elapsed());
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     /// Propose an operator's command; the outcome once applied.

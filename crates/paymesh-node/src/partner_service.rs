@@ -61,11 +61,27 @@ impl PartnerServer {
         body: CommandBody,
         span: &tracing::Span,
     ) -> Result<wire::CreateTransferResponse, Status> {
-        self.gateway.traces.remember(partner, key, crate::telemetry::traceparent(span));
+        let traced = crate::telemetry::is_traced(span);
+        if traced {
+            self.gateway.traces.remember(partner, key, crate::telemetry::traceparent(span));
+        }
         let outcome = {
             use tracing::Instrument;
-            self.gateway.submit(partner.clone(), body).instrument(span.clone()).await?
+            self.gateway.submit(partner.clone(), body).instrument(span.clone()).await
         };
+        self.transfer_answered(partner, outcome?, span, traced)
+    }
+
+    /// The answer to a request that created a transfer, from its
+    /// `outcome`: the transfer as it stands, or the refusal. A `traced`
+    /// `span` names the transfer.
+    fn transfer_answered(
+        &self,
+        partner: &paymesh_core::id::PartnerId,
+        outcome: Outcome,
+        span: &tracing::Span,
+        traced: bool,
+    ) -> Result<wire::CreateTransferResponse, Status> {
         match outcome {
             Outcome::Transfer(view) => {
                 // The span names its transfer where it is exported (an
@@ -73,7 +89,7 @@ impl PartnerServer {
                 // formats it into the log's copy of every span, a cost per
                 // payment for lines that never come: the log has the id
                 // on the answer's own line instead.
-                if crate::telemetry::is_traced(span) {
+                if traced {
                     span.record("transfer", tracing::field::display(&view.id));
                 }
                 span.in_scope(|| tracing::debug!(transfer = %view.id, state = ?view.state, "transfer answered"));
@@ -98,77 +114,71 @@ impl PartnerServer {
         }
     }
 
-    /// One item of a `CreateTransfers` request, checked and submitted; its
-    /// answer, or the status the single call would have returned. In a
-    /// traced request each item has the span its single call would have
-    /// had (naming its transfer), a child of the request's `batch` span;
-    /// otherwise it runs in the request's span, which names the partner (a
-    /// span per item, made, formatted for the log and closed, was about 3 %
-    /// of the leader's time at the batched peak, for log lines that carry
-    /// their transfer's id themselves).
-    async fn transfer_item(
+    /// One item of a `CreateTransfers` request, checked: the command it
+    /// stands for, with its own span in a `traced` request (the one its
+    /// single call would have had, naming its transfer, a child of the
+    /// request's span `batch`, whose context the transfer's later steps
+    /// continue), or the status the single call would have been refused
+    /// with. Untraced, an item has no span of its own: its lines are in
+    /// the request's, which names the partner (a span per item, made,
+    /// formatted for the log and closed, was about 3 % of the leader's
+    /// time at the batched peak, for log lines that carry their
+    /// transfer's id themselves).
+    fn batch_item(
         &self,
         partner: &paymesh_core::id::PartnerId,
         item: wire::TransferItem,
         batch: &tracing::Span,
-    ) -> wire::TransferItemResult {
+        traced: bool,
+    ) -> Result<(CommandBody, Option<tracing::Span>), Status> {
         let transfer = tracing::field::Empty;
-        let answer = match item.kind {
+        let (body, key, span) = match item.kind {
             Some(wire::transfer_item::Kind::Transfer(item)) => {
-                match transfer_request(partner, batched_transfer(item)) {
-                    Ok(request) => {
-                        let span = item_span(
-                            batch,
-                            || tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer, trace_id = tracing::field::Empty),
-                        );
-                        let key = request.idempotency_key.clone();
-                        self.transfer_answer(partner, &key, CommandBody::CreateTransfer(request), &span).await
-                    }
-                    Err(status) => Err(status),
-                }
+                let request = transfer_request(partner, batched_transfer(item))?;
+                let span = traced.then(
+                    || tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer, trace_id = tracing::field::Empty),
+                );
+                let key = request.idempotency_key.clone();
+                (CommandBody::CreateTransfer(request), key, span)
             }
-            Some(wire::transfer_item::Kind::Payment(item)) => match payment_request(partner, batched_payment(item)) {
-                Ok(payment) => {
-                    let span = item_span(
-                        batch,
-                        || tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer, trace_id = tracing::field::Empty),
-                    );
-                    let key = payment.idempotency_key.clone();
-                    self.transfer_answer(partner, &key, CommandBody::CreatePayment(payment), &span).await
-                }
-                Err(status) => Err(status),
-            },
-            None => Err(invalid("kind", "set transfer or payment")),
+            Some(wire::transfer_item::Kind::Payment(item)) => {
+                let payment = payment_request(partner, batched_payment(item))?;
+                let span = traced.then(
+                    || tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer, trace_id = tracing::field::Empty),
+                );
+                let key = payment.idempotency_key.clone();
+                (CommandBody::CreatePayment(payment), key, span)
+            }
+            None => return Err(invalid("kind", "set transfer or payment")),
         };
-        match answer {
-            Ok(answer) => wire::TransferItemResult {
-                transfer: answer.transfer,
-                reject_code: answer.reject_code,
-                status_code: 0,
-                status_message: String::new(),
-            },
-            Err(status) => wire::TransferItemResult {
-                transfer: None,
-                reject_code: 0,
-                status_code: status.code() as i32,
-                status_message: status.message().to_owned(),
-            },
+        if let Some(span) = &span {
+            crate::telemetry::record_trace_id(span);
+            self.gateway.traces.remember(partner, &key, crate::telemetry::traceparent(span));
         }
+        Ok((body, span))
+    }
+}
+
+/// A batch item's result: its answer, or the status its single call would
+/// have returned.
+fn item_result(answer: Result<wire::CreateTransferResponse, Status>) -> wire::TransferItemResult {
+    match answer {
+        Ok(answer) => wire::TransferItemResult {
+            transfer: answer.transfer,
+            reject_code: answer.reject_code,
+            status_code: 0,
+            status_message: String::new(),
+        },
+        Err(status) => wire::TransferItemResult {
+            transfer: None,
+            reject_code: 0,
+            status_code: status.code() as i32,
+            status_message: status.message().to_owned(),
+        },
     }
 }
 
 /// A batch's transfer item as the request it stands for (the same fields).
-/// The span of a batched item: its own (`make`, with its trace id) when
-/// the request is traced, otherwise the request's.
-fn item_span(batch: &tracing::Span, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if !crate::telemetry::is_traced(batch) {
-        return batch.clone();
-    }
-    let span = make();
-    crate::telemetry::record_trace_id(&span);
-    span
-}
-
 fn batched_transfer(item: wire::BatchedTransfer) -> wire::CreateTransferRequest {
     let wire::BatchedTransfer { idempotency_key, quote_id, qr_payload, payer } = item;
     wire::CreateTransferRequest { idempotency_key, quote_id, qr_payload, payer }
@@ -349,12 +359,37 @@ impl PartnerService for PartnerServer {
         if !self.gateway.registry.leads() {
             return Err(self.gateway.not_leader());
         }
-        // One span for the request, and one per item under it (naming its
-        // transfer, whose later steps continue the item's trace).
+        // One span for the request, and in a traced request one per item
+        // under it (naming its transfer, whose later steps continue the
+        // item's trace). The items go to the partner's actor in one message.
         let span = tracing::info_span!("create_transfers", partner = %partner, items, trace_id = tracing::field::Empty);
         follow_caller(&span, &request);
-        let answers = request.into_inner().items.into_iter().map(|item| self.transfer_item(&partner, item, &span));
-        let results = futures::future::join_all(answers).await;
+        let traced = crate::telemetry::is_traced(&span);
+        let mut bodies = Vec::with_capacity(items);
+        let checked: Vec<_> = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|item| {
+                self.batch_item(&partner, item, &span, traced).map(|(body, item_span)| {
+                    bodies.push(body);
+                    item_span
+                })
+            })
+            .collect();
+        let mut outcomes = {
+            use tracing::Instrument;
+            self.gateway.submit_all(&partner, bodies).instrument(span.clone()).await.into_iter()
+        };
+        let results = checked
+            .into_iter()
+            .map(|item| {
+                item_result(item.and_then(|item_span| {
+                    let outcome = outcomes.next().unwrap_or_else(|| Err(self.gateway.not_leader()))?;
+                    self.transfer_answered(&partner, outcome, item_span.as_ref().unwrap_or(&span), traced)
+                }))
+            })
+            .collect();
         Ok(Response::new(wire::CreateTransfersResponse { results }))
     }
 

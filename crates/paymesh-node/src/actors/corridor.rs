@@ -66,6 +66,6 @@ impl Handler<PriceQuote> for CorridorActor {
             CommandBody::CreateKeyedQuote(request) => Lane::Partner(request.partner.clone()),
             _ => Lane::Region,
         };
-        self.proposer.do_send(Propose { lane, body: message.body, reply: message.reply });
+        self.proposer.do_send(Propose::one(lane, message.body, message.reply));
     }
 }

@@ -86,15 +86,33 @@ impl Reply {
     }
 
     /// Give the command's `result`.
-    pub fn send(mut self, result: Result<Outcome, Refusal>) {
-        self.settle(result);
+    pub fn send(self, result: Result<Outcome, Refusal>) {
+        Reply::send_all([(self, result)]);
     }
 
-    fn settle(&mut self, result: Result<Outcome, Refusal>) {
-        if let Some((actor, ticket)) = self.admitted.take() {
-            actor.do_send(partner::Completed { ticket, result: result.clone() });
+    /// Give each command its result: each partner's actor hears of the
+    /// requests it admitted in one message ([`partner::Completed`]), then
+    /// the callers get theirs (an entry's outcomes, settled together).
+    pub fn send_all(settled: impl IntoIterator<Item = (Reply, Result<Outcome, Refusal>)>) {
+        let mut answers = Vec::new();
+        let mut completed: Vec<(Addr<partner::PartnerActor>, partner::Completed)> = Vec::new();
+        for (mut reply, result) in settled {
+            if let Some((actor, ticket)) = reply.admitted.take() {
+                // Only a request others joined needs its result there.
+                let joined = ticket.joined().then(|| result.clone());
+                match completed.iter_mut().find(|(held, _)| *held == actor) {
+                    Some((_, message)) => message.done.push((ticket, joined)),
+                    None => completed.push((actor, partner::Completed { done: vec![(ticket, joined)] })),
+                }
+            }
+            if let Some(answer) = reply.answer.take() {
+                answers.push((answer, result));
+            }
         }
-        if let Some(answer) = self.answer.take() {
+        for (actor, message) in completed {
+            actor.do_send(message);
+        }
+        for (answer, result) in answers {
             let _ = answer.send(result);
         }
     }
@@ -102,7 +120,10 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        self.settle(Err(Refusal::NotLeader));
+        if self.answer.is_some() || self.admitted.is_some() {
+            let unanswered = Reply { answer: self.answer.take(), admitted: self.admitted.take() };
+            unanswered.send(Err(Refusal::NotLeader));
+        }
     }
 }
 

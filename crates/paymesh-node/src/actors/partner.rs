@@ -48,10 +48,17 @@ pub enum Route {
     },
 }
 
-/// Submit a command on the partner's behalf.
+/// Submit commands on the partner's behalf: one request's (a batch's
+/// items, in order; a single call's one).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Submit {
+    /// The commands.
+    pub items: Vec<Submitted>,
+}
+
+/// A command submitted on the partner's behalf.
+pub struct Submitted {
     /// The command.
     pub body: CommandBody,
     /// Where it goes once admitted.
@@ -111,8 +118,15 @@ impl PartnerActor {
 
     /// Carry out what admission decided: answer now, wait for the request
     /// joined, or propose (through `route`) and answer the request and every
-    /// request joined to it with the outcome.
-    fn carry(&mut self, step: Step<Answer>, route: Route, ctx: &mut Context<Self>) {
+    /// request joined to it with the outcome. What goes to the proposer is
+    /// gathered in `proposals`, for one message with the request's others.
+    fn carry(
+        &mut self,
+        step: Step<Answer>,
+        route: Route,
+        proposals: &mut Vec<(CommandBody, Reply)>,
+        ctx: &mut Context<Self>,
+    ) {
         let Step::Propose { body, waiter, ticket } = step else {
             if let Step::Answer(waiter, outcome) = step {
                 let _ = waiter.send(Ok(outcome));
@@ -122,9 +136,7 @@ impl PartnerActor {
         // The caller's own channel, which also tells this actor (Completed).
         let reply = Reply::admitted(waiter, ctx.address(), ticket);
         match route {
-            Route::Proposer => {
-                self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), body, reply })
-            }
+            Route::Proposer => proposals.push((body, reply)),
             Route::Corridor { actor, amount, now } => actor.do_send(PriceQuote { body, amount, now, reply }),
         }
     }
@@ -174,52 +186,62 @@ impl Handler<Submit> for PartnerActor {
     type Result = ();
 
     fn handle(&mut self, message: Submit, ctx: &mut Context<Self>) {
-        // The gateway charged the request to the partner's rate already.
-        if let Err(why) = self.admission.admit() {
-            let _ = message.reply.send(Err(Refusal::Overloaded(why)));
-            return;
-        }
         let applied = self.state.applied();
+        let through = applied.last_applied.map_or(0, |l| l.index);
         let now = crate::gateway::now();
-        let step = match message.body {
-            CommandBody::CreateTransfer(request) => {
-                let through = applied.last_applied.map_or(0, |l| l.index);
-                self.admission.transfer(request, message.reply, (&applied.state, through), self.state.history(), now)
+        let mut proposals = Vec::with_capacity(message.items.len());
+        for Submitted { body, route, reply } in message.items {
+            // The gateway charged the request to the partner's rate already.
+            if let Err(why) = self.admission.admit() {
+                let _ = reply.send(Err(Refusal::Overloaded(why)));
+                continue;
             }
-            body @ CommandBody::CreateQuote { .. } => self.admission.quote(body, message.reply, &applied.state, now),
-            CommandBody::CreateRefund(request) => {
-                self.admission.refund(request, message.reply, &applied.state, self.state.history(), now)
-            }
-            CommandBody::CreatePayment(request) => {
-                let through = applied.last_applied.map_or(0, |l| l.index);
-                self.admission.payment(request, message.reply, (&applied.state, through), self.state.history(), now)
-            }
-            CommandBody::CreateKeyedQuote(request) => {
-                self.admission.keyed_quote(request, message.reply, &applied.state, self.state.history(), now)
-            }
-            body => self.admission.other(body, message.reply),
-        };
-        self.carry(step, message.route, ctx);
+            let history = self.state.history();
+            let step = match body {
+                CommandBody::CreateTransfer(request) => {
+                    self.admission.transfer(request, reply, (&applied.state, through), history, now)
+                }
+                body @ CommandBody::CreateQuote { .. } => self.admission.quote(body, reply, &applied.state, now),
+                CommandBody::CreateRefund(request) => {
+                    self.admission.refund(request, reply, &applied.state, history, now)
+                }
+                CommandBody::CreatePayment(request) => {
+                    self.admission.payment(request, reply, (&applied.state, through), history, now)
+                }
+                CommandBody::CreateKeyedQuote(request) => {
+                    self.admission.keyed_quote(request, reply, &applied.state, history, now)
+                }
+                body => self.admission.other(body, reply),
+            };
+            self.carry(step, route, &mut proposals, ctx);
+        }
+        if !proposals.is_empty() {
+            self.proposer.do_send(Propose { lane: Lane::Partner(self.partner.clone()), commands: proposals });
+        }
     }
 }
 
-/// A request this actor admitted was settled (see [`Reply`]): the requests
-/// joined to it get the same result, and it is no longer in flight.
+/// Requests this actor admitted were settled (see [`Reply`]): the requests
+/// joined to each get the same result, and they are no longer in flight.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Completed {
-    /// What admission gave the request.
-    pub ticket: Ticket,
-    /// Its outcome, or why there is none.
-    pub result: Result<Outcome, Refusal>,
+    /// What admission gave each request, and its outcome (or why there is
+    /// none) when other requests joined it.
+    pub done: Vec<(Ticket, Option<Result<Outcome, Refusal>>)>,
 }
 
 impl Handler<Completed> for PartnerActor {
     type Result = ();
 
     fn handle(&mut self, message: Completed, _ctx: &mut Context<Self>) {
-        for joined in self.admission.completed(message.ticket) {
-            let _ = joined.send(message.result.clone());
+        for (ticket, result) in message.done {
+            let joined = self.admission.completed(ticket);
+            if let Some(result) = result {
+                for waiter in joined {
+                    let _ = waiter.send(result.clone());
+                }
+            }
         }
     }
 }

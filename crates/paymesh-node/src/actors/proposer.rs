@@ -3,9 +3,10 @@
 //! leader's actix thread, its entries written through openraft, its timers
 //! actix's.
 //!
-//! Commands arrive as [`Propose`] messages; each is submitted to the engine
-//! (a full queue answers at once), then the engine is polled, and every
-//! entry it returns is written with `client_write`. When an entry's write
+//! Commands arrive as [`Propose`] messages, a partner's request's items in
+//! one; each command is submitted to the engine (a full queue answers it at
+//! once), then the engine is polled, and every entry it returns is written
+//! with `client_write`. When an entry's write
 //! ends, its outcomes go to the waiters in order (or the refusal to all of
 //! them), the engine is told, and polled again. A timer polls at the
 //! engine's wake time (the linger's end, or a group-commit hold's). Every
@@ -29,16 +30,22 @@ use crate::engine::Time;
 
 type Waiter = Reply;
 
-/// Propose one command; answered with its outcome once applied.
+/// Propose commands of one lane, in order; each answered with its outcome
+/// once applied.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Propose {
-    /// Whose it is: the lane it waits in.
+    /// Whose they are: the lane they wait in.
     pub lane: Lane,
-    /// What to do.
-    pub body: CommandBody,
-    /// Where the outcome goes.
-    pub reply: Waiter,
+    /// What to do, and where each outcome goes.
+    pub commands: Vec<(CommandBody, Waiter)>,
+}
+
+impl Propose {
+    /// One command of `lane`.
+    pub fn one(lane: Lane, body: CommandBody, reply: Waiter) -> Propose {
+        Propose { lane, commands: vec![(body, reply)] }
+    }
 }
 
 /// Stop proposing: leadership was lost. Waiting commands are refused.
@@ -80,11 +87,14 @@ impl Proposer {
         self.epoch.elapsed()
     }
 
-    /// Queue a command; a full lane or queue refuses it at once.
-    fn submit(&mut self, lane: Lane, body: CommandBody, reply: Waiter, ctx: &mut Context<Self>) {
-        if let Err(Refused { why, waiter }) = self.engine.submit(self.now(), lane, body, reply) {
-            waiter.send(Err(Refusal::Overloaded(why)));
-            return;
+    /// Queue commands of one lane; a full lane or queue refuses each it
+    /// cannot take at once. The engine is polled once, after the last.
+    fn submit(&mut self, lane: Lane, commands: Vec<(CommandBody, Waiter)>, ctx: &mut Context<Self>) {
+        let now = self.now();
+        for (body, reply) in commands {
+            if let Err(Refused { why, waiter }) = self.engine.submit(now, lane.clone(), body, reply) {
+                waiter.send(Err(Refusal::Overloaded(why)));
+            }
         }
         self.pump(ctx);
     }
@@ -130,18 +140,14 @@ impl Proposer {
                 Ok(written) => {
                     let outcomes = written.data.outcomes;
                     debug_assert_eq!(outcomes.len(), waiters.len());
-                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                        waiter.send(Ok(outcome));
-                    }
+                    Reply::send_all(waiters.into_iter().zip(outcomes.into_iter().map(Ok)));
                 }
                 Err(error) => {
                     let refusal = match error {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Refusal::NotLeader,
                         other => Refusal::Unavailable(other.to_string()),
                     };
-                    for waiter in waiters {
-                        waiter.send(Err(refusal.clone()));
-                    }
+                    Reply::send_all(waiters.into_iter().map(|waiter| (waiter, Err(refusal.clone()))));
                 }
             }
             proposer.engine.settled(proposer.now());
@@ -157,7 +163,7 @@ impl Proposer {
             return;
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Lane::Region, CommandBody::Tick, Reply::new(reply), ctx);
+        self.submit(Lane::Region, vec![(CommandBody::Tick, Reply::new(reply))], ctx);
         ctx.spawn(answer.into_actor(self).map(|answer, proposer, ctx| {
             let again = match answer {
                 Ok(Ok(Outcome::Ticked(report))) => {
@@ -195,7 +201,7 @@ impl Handler<Propose> for Proposer {
     type Result = ();
 
     fn handle(&mut self, message: Propose, ctx: &mut Context<Self>) {
-        self.submit(message.lane, message.body, message.reply, ctx);
+        self.submit(message.lane, message.commands, ctx);
     }
 }
 

@@ -24,7 +24,7 @@ use paymesh_store::StateMachineStore;
 use tokio::sync::mpsc;
 
 use super::corridor::CorridorActor;
-use super::partner::{self, PartnerActor, Route, Submit};
+use super::partner::{self, PartnerActor, Route, Submit, Submitted};
 use super::proposer::{self, Proposer};
 use super::{Answer, EntriesApplied, Refusal, Reply};
 use crate::engine::fair::Lane;
@@ -177,19 +177,25 @@ impl Registry {
         Route::Corridor { actor: self.corridor(term, &corridor), amount: *amount, now }
     }
 
-    /// Send a partner's command (a quote or a transfer) to its actor, routed
-    /// by `state` (the applied state the caller checked it against); its
-    /// outcome goes to `reply`.
-    pub fn submit(&self, partner: &PartnerId, body: CommandBody, state: &State, now: Timestamp, reply: Answer) {
+    /// Send a partner's commands (one request's: quotes, transfers,
+    /// payments, refunds) to its actor in one message, each routed by
+    /// `state` (the applied state the caller checked them against); each
+    /// outcome goes to its reply.
+    pub fn submit(&self, partner: &PartnerId, commands: Vec<(CommandBody, Answer)>, state: &State, now: Timestamp) {
         let term = match self.term() {
             Ok(term) => term,
             Err(refusal) => {
-                let _ = reply.send(Err(refusal));
+                for (_, reply) in commands {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
                 return;
             }
         };
-        let route = self.route(&term, state, partner, &body, now);
-        self.partner(&term, partner).do_send(Submit { body, route, reply });
+        let items = commands
+            .into_iter()
+            .map(|(body, reply)| Submitted { route: self.route(&term, state, partner, &body, now), body, reply })
+            .collect();
+        self.partner(&term, partner).do_send(Submit { items });
     }
 
     /// Propose an operator's command (an operator's, or the shipper's and
@@ -203,7 +209,7 @@ impl Registry {
             Ok(term) => {
                 let proposer = term.proposer.clone();
                 self.shared.arbiter.spawn(async move {
-                    proposer.do_send(proposer::Propose { lane: Lane::Region, body, reply: Reply::new(reply) })
+                    proposer.do_send(proposer::Propose::one(Lane::Region, body, Reply::new(reply)))
                 });
             }
             Err(refusal) => {

@@ -63,6 +63,14 @@ pub struct Ticket {
     owns: Option<IdempotencyKey>,
 }
 
+impl Ticket {
+    /// Whether other requests may join this one ([`Admission::completed`]
+    /// may hand back waiters for it).
+    pub fn joined(&self) -> bool {
+        self.owns.is_some()
+    }
+}
+
 /// A partner's admission on the leader. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Admission<W> {
