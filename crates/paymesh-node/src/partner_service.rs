@@ -131,26 +131,26 @@ impl PartnerServer {
         batch: &tracing::Span,
         traced: bool,
     ) -> Result<(CommandBody, Option<tracing::Span>), Status> {
-        let transfer = tracing::field::Empty;
-        let (body, key, span) = match item.kind {
+        let (body, key) = match item.kind {
             Some(wire::transfer_item::Kind::Transfer(item)) => {
                 let request = transfer_request(partner, batched_transfer(item))?;
-                let span = traced.then(
-                    || tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer, trace_id = tracing::field::Empty),
-                );
                 let key = request.idempotency_key.clone();
-                (CommandBody::CreateTransfer(request), key, span)
+                (CommandBody::CreateTransfer(request), key)
             }
             Some(wire::transfer_item::Kind::Payment(item)) => {
                 let payment = payment_request(partner, batched_payment(item))?;
-                let span = traced.then(
-                    || tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer, trace_id = tracing::field::Empty),
-                );
                 let key = payment.idempotency_key.clone();
-                (CommandBody::CreatePayment(payment), key, span)
+                (CommandBody::CreatePayment(payment), key)
             }
             None => return Err(invalid("kind", "set transfer or payment")),
         };
+        let (transfer, trace_id) = (tracing::field::Empty, tracing::field::Empty);
+        let span = traced.then(|| match body {
+            CommandBody::CreateTransfer(_) => {
+                tracing::info_span!(parent: batch, "create_transfer", partner = %partner, transfer, trace_id)
+            }
+            _ => tracing::info_span!(parent: batch, "create_payment", partner = %partner, transfer, trace_id),
+        });
         if let Some(span) = &span {
             crate::telemetry::record_trace_id(span);
             self.gateway.traces.remember(partner, &key, crate::telemetry::traceparent(span));
