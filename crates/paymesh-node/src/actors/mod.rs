@@ -19,6 +19,7 @@ pub mod partner;
 pub mod proposer;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::thread::JoinHandle;
 
 use actix::prelude::*;
@@ -95,15 +96,20 @@ impl Reply {
     /// the callers get theirs (an entry's outcomes, settled together).
     pub fn send_all(settled: impl IntoIterator<Item = (Reply, Result<Outcome, Refusal>)>) {
         let mut answers = Vec::new();
-        let mut completed: Vec<(Addr<partner::PartnerActor>, partner::Completed)> = Vec::new();
+        // By actor: an entry takes its commands from the partners' lanes in
+        // turn, so one partner's are seldom next to each other. An address
+        // hashes and compares as its channel's pointer, which never changes.
+        #[allow(clippy::mutable_key_type)]
+        let mut completed: HashMap<Addr<partner::PartnerActor>, partner::Completed> = HashMap::new();
         for (mut reply, result) in settled {
             if let Some((actor, ticket)) = reply.admitted.take() {
                 // Only a request others joined needs its result there.
                 let joined = ticket.joined().then(|| result.clone());
-                match completed.iter_mut().find(|(held, _)| *held == actor) {
-                    Some((_, message)) => message.done.push((ticket, joined)),
-                    None => completed.push((actor, partner::Completed { done: vec![(ticket, joined)] })),
-                }
+                completed
+                    .entry(actor)
+                    .or_insert_with(|| partner::Completed { done: Vec::new() })
+                    .done
+                    .push((ticket, joined));
             }
             if let Some(answer) = reply.answer.take() {
                 answers.push((answer, result));
