@@ -6,9 +6,9 @@
 //! Commands arrive as [`Propose`] messages, a partner's request's items in
 //! one; each command is submitted to the engine (a full queue answers it at
 //! once), then the engine is polled, and every entry it returns is written
-//! with `client_write`. When an entry's write
-//! ends, its outcomes go to the waiters in order (or the refusal to all of
-//! them), the engine is told, and polled again. A timer polls at the
+//! with `client_write`. When an entry's write ends, its outcomes go to the
+//! waiters in order (or the refusal to all of them; [`Reply::send_all`]),
+//! the engine is told, and polled again. A timer polls at the
 //! engine's wake time (the linger's end, or a group-commit hold's). Every
 //! [`TICK_INTERVAL`] the engine is asked whether to propose a `Tick`.
 
@@ -190,9 +190,7 @@ impl Actor for Proposer {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for waiter in self.engine.drain() {
-            waiter.send(Err(Refusal::NotLeader));
-        }
+        Reply::send_all(self.engine.drain().into_iter().map(|waiter| (waiter, Err(Refusal::NotLeader))));
         crate::metrics::events().proposer_queued(0);
     }
 }
