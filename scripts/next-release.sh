@@ -23,7 +23,7 @@ bin="$PWD/$target/debug/paymesh"
 case "${1:-test}" in
     build) echo "$bin" ;;
     test)
-        PAYMESH_NEXT_RELEASE_BIN="$bin" cargo test --locked -p paymesh-cli --test rolling_upgrade -- \
+        PAYMESH_NEXT_RELEASE_BIN="$bin" cargo test --locked -p paymesh-cli --test suite rolling_upgrade:: -- \
             --ignored --nocapture
         ;;
     *)

@@ -1,5 +1,5 @@
 """The Python SDK against a real region of `paymesh` processes, which the
-Rust test crates/paymesh-cli/tests/python_sdk.rs starts and describes in
+Rust test crates/paymesh-cli/tests/suite/python_sdk.rs starts and describes in
 environment variables (a variable missing is an error, not a skip):
 
 * PAYMESH_NODES: the nodes' API addresses, comma-separated, followers first;
@@ -36,7 +36,7 @@ from paymesh.partner.v1 import partner_pb2 as pb
 def env(name):
     value = os.environ.get(name)
     if not value:
-        raise RuntimeError(f"{name} is not set: run these tests through crates/paymesh-cli/tests/python_sdk.rs")
+        raise RuntimeError(f"{name} is not set: run these tests through crates/paymesh-cli/tests/suite/python_sdk.rs")
     return value
 
 

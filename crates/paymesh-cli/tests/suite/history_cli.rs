@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -249,7 +249,7 @@ fn timed(args: &[String]) -> (i32, String, f64, u64) {
 }
 
 /// Export and verify throughput for docs/BENCHMARKS.md. Run with
-/// `cargo test --release -p paymesh-cli --test history_cli -- --ignored --nocapture`.
+/// `cargo test --release -p paymesh-cli --test suite history_cli:: -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run explicitly with --ignored --nocapture"]
 async fn measure_export_and_verify_of_over_100_000_records() {

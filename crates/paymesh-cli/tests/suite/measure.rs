@@ -4,12 +4,12 @@
 //! with
 //!
 //! ```sh
-//! cargo test --release -p paymesh-cli --test measure -- --ignored --nocapture --test-threads 1
+//! cargo test --release -p paymesh-cli --test suite measure:: -- --ignored --nocapture --test-threads 1
 //! ```
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
