@@ -6,14 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use crate::common::repo;
 use std::process::Command;
 
 use paymesh_node::config::NodeConfig;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
 
 /// `deploy/kubernetes/validate.sh ARGS`: whether it passed, and its output.
 fn validate(args: &[&str]) -> (bool, String) {

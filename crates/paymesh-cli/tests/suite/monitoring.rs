@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use crate::common::repo;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,10 +28,6 @@ use paymesh_proto::partner::v1 as wire;
 
 /// How long the demo's workload runs: long enough for the test's queries.
 const DEMO_SECONDS: &str = "75";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
 
 /// `scripts/SCRIPT ARGS`'s stdout; fails the test if it fails.
 fn script(script: &str, args: &[&str]) -> String {

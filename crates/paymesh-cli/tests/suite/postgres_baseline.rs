@@ -15,18 +15,14 @@
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use crate::common::repo;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
 /// Start the cluster (idempotent) and return the URL the script prints.
 fn start_postgres() -> String {
-    let output = Command::new("bash").arg(repo_root().join("scripts/postgres.sh")).arg("start").output().unwrap();
+    let output = Command::new("bash").arg(repo().join("scripts/postgres.sh")).arg("start").output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "scripts/postgres.sh start failed:\n{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();

@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::common;
+use crate::common::{self, repo};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +22,6 @@ use paymesh_harness::webhook_receiver::Behaviour;
 use paymesh_proto::partner::v1 as wire;
 
 const SECRET: &str = "python-sdk-test-secret-0123456789";
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
 
 /// Run `command`, panicking with its output unless it succeeds.
 fn run(command: &mut Command, what: &str) -> String {
@@ -46,7 +42,7 @@ fn python_with_the_sdk() -> PathBuf {
     run(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--force-reinstall"])
-            .arg(repository().join("sdk/python")),
+            .arg(repo().join("sdk/python")),
         "pip install sdk/python",
     );
     println!("pip install sdk/python: {:?}", started.elapsed());
@@ -94,7 +90,7 @@ async fn the_python_sdk_pays_batches_streams_and_verifies_webhooks_against_a_rea
     let out = run(
         Command::new(&python)
             .args(["-m", "unittest", "discover", "-v", "-s"])
-            .arg(repository().join("sdk/python/tests"))
+            .arg(repo().join("sdk/python/tests"))
             .env("PAYMESH_NODES", nodes.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(","))
             .env("PAYMESH_LEADER", &leader_addr)
             .env("PAYMESH_CA", ca_file)

@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use crate::common::repo;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,10 +54,6 @@ fn recipe(readme: &str) -> Vec<Block> {
 fn recipe_blocks_are_found_in_order() {
     let readme = "x\n```sh recipe\na\nb\n```\n```sh\nnot\n```\n```toml recipe n.toml\nk = 1\n```\n";
     assert_eq!(recipe(readme), [Block::Script("a\nb\n".into()), Block::File("n.toml".into(), "k = 1\n".into())]);
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// Ends the recipe's process group (the nodes it started in the

@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paymesh_client::{ClientError, Credentials, PartnerClient};
@@ -266,6 +266,12 @@ impl Drop for Region {
             }
         }
     }
+}
+
+/// The repository's root: the scripts, deploy files and docs some tests
+/// run or read.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
