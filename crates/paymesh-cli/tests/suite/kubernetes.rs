@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::repo;
+
 use std::process::Command;
 
 use paymesh_node::config::NodeConfig;

@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::repo;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

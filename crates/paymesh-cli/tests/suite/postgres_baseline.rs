@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::repo;
+
 use std::process::Command;
 
 use serde_json::Value;

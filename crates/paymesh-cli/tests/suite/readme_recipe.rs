@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::repo;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
