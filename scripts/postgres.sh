@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# A local PostgreSQL cluster for `paymesh bench --target postgres`: the
-# baseline paymesh is compared with.
+# A local PostgreSQL for `paymesh bench --target postgres`: the baseline
+# paymesh is compared with, as one server or as three replicated ones.
 #
-#   scripts/postgres.sh start    install Debian's postgresql if no initdb is
-#                                found, create the cluster if needed, start it,
-#                                create database paymesh_bench, print its URL
-#   scripts/postgres.sh stop     stop it (the data stays)
-#   scripts/postgres.sh status   say whether it runs (exit 0 if it does, 3 if not)
-#   scripts/postgres.sh url      print the connection URL
+#   scripts/postgres.sh start             install Debian's postgresql if no initdb
+#                                         is found, create the cluster if needed,
+#                                         start it, create database paymesh_bench,
+#                                         print its URL
+#   scripts/postgres.sh start-replicated  the same as three servers on this
+#                                         machine: a primary and two standbys
+#                                         streaming its WAL, each commit waiting
+#                                         until one standby has flushed it (on disk
+#                                         on two of three, as a paymesh region
+#                                         acknowledges); prints the primary's URL
+#   scripts/postgres.sh stop              stop every server of both (the data stays)
+#   scripts/postgres.sh status            say which run (exit 0 if the single one
+#                                         does, 3 if not)
+#   scripts/postgres.sh url               print the single server's URL
+#   scripts/postgres.sh url-replicated    print the replicated primary's URL
 #
-# The cluster lives in ${PAYMESH_PG_DIR:-<repo>/target/postgres}, owned by the
-# `postgres` user (initdb refuses to run as root), listens on 127.0.0.1 only,
-# port ${PAYMESH_PG_PORT:-55432}, and trusts local connections: it is a
-# benchmark fixture, not a server. It stays durable: fsync=on and
-# synchronous_commit=on, so every COMMIT waits for its WAL flush.
+# The single cluster lives in ${PAYMESH_PG_DIR:-<repo>/target/postgres}/data,
+# the replicated one in <that>/replicated/{primary,standby1,standby2}, owned
+# by the `postgres` user (initdb refuses to run as root). They listen on
+# 127.0.0.1 only: the single one on port ${PAYMESH_PG_PORT:-55432}, the
+# primary on ${PAYMESH_PG_REPLICATED_PORT:-55433} and its standbys on the next
+# two ports; they trust local connections: a benchmark fixture, not a
+# server. Both stay durable: fsync=on and synchronous_commit=on, so every
+# COMMIT waits for its WAL flush (and, replicated, for a standby's).
 #
 # Only the URL goes to stdout (`url=$(scripts/postgres.sh start)` works);
 # progress and errors go to stderr. Running `start` again is harmless.
@@ -25,8 +37,12 @@ pg_dir=${PAYMESH_PG_DIR:-$repo/target/postgres}
 port=${PAYMESH_PG_PORT:-55432}
 data=$pg_dir/data
 log=$pg_dir/postgres.log
+replicated=$pg_dir/replicated
+primary_port=${PAYMESH_PG_REPLICATED_PORT:-55433}
+standbys=(standby1 standby2)
 database=paymesh_bench
 url="postgres://postgres@127.0.0.1:$port/$database"
+replicated_url="postgres://postgres@127.0.0.1:$primary_port/$database"
 
 say() { echo "postgres.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -34,7 +50,7 @@ die() { say "error: $*"; exit 1; }
 source "$repo/scripts/lib/debian.sh"
 
 usage() {
-    echo "usage: $0 start|stop|status|url" >&2
+    echo "usage: $0 start|start-replicated|stop|status|url|url-replicated" >&2
     exit 2
 }
 
@@ -65,17 +81,22 @@ lock() {
     flock -w 120 9 || die "another scripts/postgres.sh has held $pg_dir/.lock for 2 minutes"
 }
 
+# Whether a server runs on the data directory $1.
 running() {
-    [[ -f $data/PG_VERSION ]] && as_owner "$bin/pg_ctl" status -D "$data" >/dev/null 2>&1
+    [[ -f $1/PG_VERSION ]] && as_owner "$bin/pg_ctl" status -D "$1" >/dev/null 2>&1
 }
 
+# Write the settings of the server on data directory $1, port $2, with the
+# lines on stdin added (a replicated server's).
 write_config() {
+    local extra
+    extra=$(cat)
     # Rewritten at every start, so a changed port takes effect; the main
     # postgresql.conf includes it once.
-    as_owner tee "$data/paymesh.conf" >/dev/null <<EOF
+    as_owner tee "$1/paymesh.conf" >/dev/null <<EOF
 # Written by scripts/postgres.sh; overwritten at every start.
 listen_addresses = '127.0.0.1'
-port = $port
+port = $2
 # TCP only: no socket directory to create or outgrow (pg_ctl -w reads
 # readiness from postmaster.pid).
 unix_socket_directories = ''
@@ -89,13 +110,51 @@ wal_sync_method = fdatasync
 shared_buffers = '512MB'
 max_wal_size = '4GB'
 checkpoint_timeout = '15min'
+$extra
 EOF
-    if ! grep -q "^include_if_exists = 'paymesh.conf'" "$data/postgresql.conf"; then
-        echo "include_if_exists = 'paymesh.conf'" | as_owner tee -a "$data/postgresql.conf" >/dev/null
+    if ! grep -q "^include_if_exists = 'paymesh.conf'" "$1/postgresql.conf"; then
+        echo "include_if_exists = 'paymesh.conf'" | as_owner tee -a "$1/postgresql.conf" >/dev/null
     fi
 }
 
-start() {
+# Start the server on data directory $1 (port $2, log $3) unless it runs.
+start_server() {
+    if running "$1"; then
+        local running_port
+        running_port=$(sed -n 4p "$1/postmaster.pid")
+        [[ $running_port == "$2" ]] || die "$1 already runs on port $running_port, not $2: run '$0 stop' first"
+        say "already running ($1)"
+    else
+        say "starting $1 on 127.0.0.1:$2 (log: $3)"
+        # 9>&-: the server must not inherit (and hold forever) the lock.
+        if ! as_owner "$bin/pg_ctl" start -D "$1" -l "$3" -w -t 60 >/dev/null 9>&-; then
+            tail -n 20 "$3" >&2 || true
+            die "the server on $1 did not start (log above; is port $2 taken?)"
+        fi
+    fi
+}
+
+# Create a cluster in data directory $1 unless there is one.
+init_cluster() {
+    if [[ ! -f $1/PG_VERSION ]]; then
+        say "creating a cluster in $1 ($("$bin/postgres" --version))"
+        as_owner "$bin/initdb" -D "$1" -U postgres --auth=trust --encoding=UTF8 --locale=C >"$pg_dir/initdb.log" 2>&1 \
+            || { cat "$pg_dir/initdb.log" >&2; die "initdb failed (output above)"; }
+    fi
+}
+
+# Create database paymesh_bench on the server at port $1 unless it exists.
+create_database() {
+    local psql=(as_owner "$bin/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -v ON_ERROR_STOP=1)
+    if [[ $("${psql[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$database'") != 1 ]]; then
+        "${psql[@]}" -d postgres -c "CREATE DATABASE $database" || die "cannot create database $database"
+        say "created database $database"
+    fi
+}
+
+# Find the server binaries (installing them if need be) and make $pg_dir,
+# owned by the user the servers run as.
+prepare() {
     bin=$(find_bin) || true
     if [[ -z ${bin:-} ]]; then
         install_postgres
@@ -111,51 +170,93 @@ start() {
     else
         mkdir -p "$pg_dir"
     fi
-
     lock
+}
 
-    if [[ ! -f $data/PG_VERSION ]]; then
-        say "creating a cluster in $data ($("$bin/postgres" --version))"
-        as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --locale=C >"$pg_dir/initdb.log" 2>&1 \
-            || { cat "$pg_dir/initdb.log" >&2; die "initdb failed (output above)"; }
-    fi
-    if running; then
-        local running_port
-        running_port=$(sed -n 4p "$data/postmaster.pid")
-        [[ $running_port == "$port" ]] || die "already running on port $running_port, not $port: run '$0 stop' first"
-        say "already running ($data)"
-    else
-        write_config
-        say "starting on 127.0.0.1:$port (log: $log)"
-        # 9>&-: the server must not inherit (and hold forever) the lock.
-        if ! as_owner "$bin/pg_ctl" start -D "$data" -l "$log" -w -t 60 >/dev/null 9>&-; then
-            tail -n 20 "$log" >&2 || true
-            die "the server did not start (log above; is port $port taken? set PAYMESH_PG_PORT)"
-        fi
-    fi
-    local psql=(as_owner "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1)
-    if [[ $("${psql[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$database'") != 1 ]]; then
-        "${psql[@]}" -d postgres -c "CREATE DATABASE $database" || die "cannot create database $database"
-        say "created database $database"
-    fi
+start() {
+    prepare
+    init_cluster "$data"
+    running "$data" || write_config "$data" "$port" </dev/null
+    start_server "$data" "$port" "$log"
+    create_database "$port"
     echo "$url"
+}
+
+# The replicated set: the primary waits for ANY 1 of the two standbys to
+# flush each commit's WAL (synchronous_commit = on), so a commit is on disk
+# on two of the three servers when it returns, as a payment is on a paymesh
+# region's majority.
+start_replicated() {
+    prepare
+    local primary=$replicated/primary
+    as_owner mkdir -p "$replicated"
+    init_cluster "$primary"
+    if ! running "$primary"; then
+        write_config "$primary" "$primary_port" <<EOF
+# Replicated: WAL streamed to two standbys, each commit waiting for one.
+wal_level = replica
+max_wal_senders = 4
+synchronous_standby_names = 'ANY 1 (${standbys[0]}, ${standbys[1]})'
+EOF
+    fi
+    start_server "$primary" "$primary_port" "$replicated/primary.log"
+    local n=0 name dir standby_port
+    for name in "${standbys[@]}"; do
+        n=$((n + 1))
+        dir=$replicated/$name
+        standby_port=$((primary_port + n))
+        if [[ ! -f $dir/PG_VERSION ]]; then
+            say "copying the primary into $dir (pg_basebackup)"
+            as_owner "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir" -X stream -c fast \
+                || die "pg_basebackup from the primary on port $primary_port failed"
+            as_owner touch "$dir/standby.signal"
+        fi
+        if ! running "$dir"; then
+            write_config "$dir" "$standby_port" <<EOF
+# A standby of the primary on port $primary_port, named $name there.
+primary_conninfo = 'host=127.0.0.1 port=$primary_port user=postgres application_name=$name'
+hot_standby = on
+EOF
+        fi
+        start_server "$dir" "$standby_port" "$replicated/$name.log"
+    done
+    # Both standbys streaming and counted for the commits' quorum, or no
+    # run starts (it would measure a primary whose commits hang).
+    local psql=(as_owner "$bin/psql" -X -q -h 127.0.0.1 -p "$primary_port" -U postgres -d postgres -tA)
+    local waited=0 quorum
+    while quorum=$("${psql[@]}" -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") \
+        && [[ $quorum != "${#standbys[@]}" ]]; do
+        ((waited < 60)) || die "after 60 s, $quorum of ${#standbys[@]} standbys stream to the primary (logs in $replicated)"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    say "primary on 127.0.0.1:$primary_port, ${#standbys[@]} standbys streaming, each commit waiting for one"
+    create_database "$primary_port"
+    echo "$replicated_url"
 }
 
 stop() {
     bin=$(find_bin) || { say "PostgreSQL is not installed; nothing to stop"; return 0; }
     [[ -d $pg_dir ]] || { say "not running (no $pg_dir)"; return 0; }
     lock
-    if running; then
-        as_owner "$bin/pg_ctl" stop -D "$data" -m fast -w -t 60 >/dev/null || die "pg_ctl stop failed (log: $log)"
-        say "stopped"
-    else
-        say "not running"
-    fi
+    local dir stopped=0
+    # The standbys before their primary, which would otherwise wait for them.
+    for dir in "$replicated/${standbys[0]}" "$replicated/${standbys[1]}" "$replicated/primary" "$data"; do
+        if running "$dir"; then
+            as_owner "$bin/pg_ctl" stop -D "$dir" -m fast -w -t 60 >/dev/null || die "pg_ctl stop -D $dir failed"
+            say "stopped $dir"
+            stopped=1
+        fi
+    done
+    ((stopped)) || say "not running"
 }
 
 status() {
     bin=$(find_bin) || { say "PostgreSQL is not installed"; exit 3; }
-    if running; then
+    if running "$replicated/primary"; then
+        say "replicated primary running: $replicated_url (data: $replicated)"
+    fi
+    if running "$data"; then
         say "running: $url (data: $data)"
     else
         say "not running (data: $data)"
@@ -166,8 +267,10 @@ status() {
 [[ $# -eq 1 ]] || usage
 case $1 in
     start) start ;;
+    start-replicated) start_replicated ;;
     stop) stop ;;
     status) status ;;
     url) echo "$url" ;;
+    url-replicated) echo "$replicated_url" ;;
     *) usage ;;
 esac

@@ -131,9 +131,12 @@ pub struct BenchArgs {
     /// off; see docs/ARCHITECTURE.md, "Group commit under load").
     #[arg(long, default_value_t = 0)]
     pub group_commit_ms: u64,
-    /// PostgreSQL to measure (scripts/postgres.sh start prints it).
-    #[arg(long, default_value = POSTGRES_URL_DEFAULT)]
-    pub postgres_url: String,
+    /// PostgreSQL to measure (scripts/postgres.sh start prints it). Given
+    /// again, each server is measured in turn: one started with
+    /// `scripts/postgres.sh start-replicated` has synchronous standbys, and
+    /// its runs are named `…-r3`.
+    #[arg(long = "postgres-url", default_value = POSTGRES_URL_DEFAULT, action = clap::ArgAction::Append)]
+    pub postgres_urls: Vec<String>,
     /// PostgreSQL schema for the baseline's tables; emptied at the start of a run.
     #[arg(long, default_value = "paymesh_bench")]
     pub postgres_schema: String,
@@ -392,27 +395,29 @@ async fn run_target(kind: TargetKind, args: &BenchArgs, plan: &Plan) -> anyhow::
         #[cfg(feature = "postgres")]
         TargetKind::Postgres => {
             let mut reports = Vec::new();
-            for &shape in &args.postgres_shape {
-                for &batch in &args.postgres_batch {
-                    let config = PostgresConfig {
-                        url: args.postgres_url.clone(),
-                        schema: args.postgres_schema.clone(),
-                        connections: plan.mode.concurrency().min(postgres::CONNECTIONS_MAX),
-                        payers: args.postgres_accounts.unwrap_or(args.payers),
-                        payees: args.postgres_accounts.unwrap_or(args.payees),
-                        prefund_minor: args.prefund,
-                        shape,
-                        batch,
-                    };
-                    eprintln!(
-                        "postgres: {} payers, {} payees, {} connections, schema {}, {:?} transfers, up to {} per \
-                         transaction",
-                        config.payers, config.payees, config.connections, config.schema, config.shape, config.batch
-                    );
-                    let target = Arc::new(PostgresTarget::setup(&config).await?);
-                    let mut report = load::run(target.clone(), plan).await?;
-                    report.audit = Some(target.audit(&report.including_warmup).await?);
-                    reports.push(report);
+            for url in &args.postgres_urls {
+                for &shape in &args.postgres_shape {
+                    for &batch in &args.postgres_batch {
+                        let config = PostgresConfig {
+                            url: url.clone(),
+                            schema: args.postgres_schema.clone(),
+                            connections: plan.mode.concurrency().min(postgres::CONNECTIONS_MAX),
+                            payers: args.postgres_accounts.unwrap_or(args.payers),
+                            payees: args.postgres_accounts.unwrap_or(args.payees),
+                            prefund_minor: args.prefund,
+                            shape,
+                            batch,
+                        };
+                        eprintln!(
+                            "postgres: {} payers, {} payees, {} connections, schema {}, {:?} transfers, up to {} per \
+                             transaction",
+                            config.payers, config.payees, config.connections, config.schema, config.shape, config.batch
+                        );
+                        let target = Arc::new(PostgresTarget::setup(&config).await?);
+                        let mut report = load::run(target.clone(), plan).await?;
+                        report.audit = Some(target.audit(&report.including_warmup).await?);
+                        reports.push(report);
+                    }
                 }
             }
             Ok(reports)

@@ -44,6 +44,13 @@
 //! A batch in which any transfer would be declined is rolled back whole and
 //! its transfers made again one by one, so each is decided as it would be
 //! alone.
+//!
+//! A server with synchronous standbys (`scripts/postgres.sh
+//! start-replicated`: a primary and two standbys, each commit waiting until
+//! one of them has flushed it, so on disk on two of three servers as a
+//! paymesh region's payment is) is measured the same way; its runs are
+//! named with `-r` and the number of servers (`postgres-spread-b64-r3`),
+//! and the audit checks that its standbys still counted for every commit.
 
 use std::fmt;
 use std::time::Duration;
@@ -108,6 +115,32 @@ fn deadlocked(attempt: &Attempt) -> bool {
     matches!(attempt, Attempt::Failed(why) if why.contains(tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED.code()))
 }
 
+/// How many synchronous standbys stream from the server `client` is
+/// connected to: 0 when it names none (`synchronous_standby_names` empty).
+/// One that names some with none streaming is refused: its commits would
+/// wait for ever.
+async fn synchronous_standbys(client: &Client) -> anyhow::Result<usize> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('synchronous_standby_names'),
+                    (SELECT count(*) FROM pg_stat_replication
+                     WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum'))",
+            &[],
+        )
+        .await?;
+    let (names, streaming): (String, i64) = (row.get(0), row.get(1));
+    if names.trim().is_empty() {
+        return Ok(0);
+    }
+    if streaming == 0 {
+        bail!(
+            "synchronous_standby_names is '{names}' but no standby streams, so no commit would return: start \
+             them (scripts/postgres.sh start-replicated)"
+        );
+    }
+    Ok(usize::try_from(streaming)?)
+}
+
 /// A transfer waiting for its batch, and where its outcome goes.
 type Waiting = (Transfer, oneshot::Sender<Attempt>);
 
@@ -140,6 +173,9 @@ pub struct PostgresTarget {
     schema: String,
     shape: Shape,
     batch: usize,
+    /// The synchronous standbys streaming from the server when the run was
+    /// set up (0: a server alone).
+    standbys: usize,
     /// The batches' queue, when transfers are batched.
     gather: Option<mpsc::Sender<Waiting>>,
 }
@@ -153,6 +189,7 @@ impl fmt::Debug for PostgresTarget {
             .field("payees", &self.payees)
             .field("shape", &self.shape)
             .field("batch", &self.batch)
+            .field("standbys", &self.standbys)
             .finish()
     }
 }
@@ -346,6 +383,8 @@ impl PostgresTarget {
             admin.execute(sql, &params).await.with_context(|| format!("{whereto}: creating the accounts"))?;
         }
         admin.batch_execute("ANALYZE accounts").await.context("ANALYZE")?;
+        let standbys =
+            synchronous_standbys(&admin).await.with_context(|| format!("{whereto}: reading its standbys"))?;
 
         let mut sessions = Vec::with_capacity(config.connections);
         for _ in 0..config.connections {
@@ -361,6 +400,7 @@ impl PostgresTarget {
             schema: schema.to_owned(),
             shape: config.shape,
             batch: config.batch,
+            standbys,
             gather,
         })
     }
@@ -384,6 +424,15 @@ impl PostgresTarget {
             holds: fsync == "on" && synchronous_commit == "on",
             detail: format!("fsync={fsync}, synchronous_commit={synchronous_commit}"),
         });
+
+        if self.standbys > 0 {
+            let standbys = synchronous_standbys(client).await.context("audit: reading the standbys")?;
+            checks.push(AuditCheck {
+                name: "every commit waited for a standby's flush (synchronous standbys streaming)".to_owned(),
+                holds: standbys == self.standbys,
+                detail: format!("{standbys} of the {} synchronous standbys at the start stream", self.standbys),
+            });
+        }
 
         let rows = client
             .query(
@@ -748,11 +797,15 @@ fn gather(sessions: Arc<Vec<Mutex<Session>>>, shape: Shape, batch: usize) -> mps
 
 impl Target for PostgresTarget {
     fn name(&self) -> String {
-        match (self.shape, self.batch) {
+        let name = match (self.shape, self.batch) {
             (Shape::Hot, 1) => "postgres".to_owned(),
             (Shape::Spread, 1) => "postgres-spread".to_owned(),
             (Shape::Hot, n) => format!("postgres-b{n}"),
             (Shape::Spread, n) => format!("postgres-spread-b{n}"),
+        };
+        match self.standbys {
+            0 => name,
+            standbys => format!("{name}-r{}", standbys + 1),
         }
     }
 

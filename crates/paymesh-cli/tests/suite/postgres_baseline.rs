@@ -23,9 +23,15 @@ use serde_json::Value;
 
 /// Start the cluster (idempotent) and return the URL the script prints.
 fn start_postgres() -> String {
-    let output = Command::new("bash").arg(repo().join("scripts/postgres.sh")).arg("start").output().unwrap();
+    run_postgres_script("start")
+}
+
+/// Run `scripts/postgres.sh <command>`, a start (idempotent), and return the
+/// URL it prints.
+fn run_postgres_script(command: &str) -> String {
+    let output = Command::new("bash").arg(repo().join("scripts/postgres.sh")).arg(command).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "scripts/postgres.sh start failed:\n{stderr}");
+    assert!(output.status.success(), "scripts/postgres.sh {command} failed:\n{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let url = stdout.lines().last().unwrap_or_default().trim().to_owned();
     assert!(url.starts_with("postgres://"), "the script printed {stdout:?}, not a URL; stderr:\n{stderr}");
@@ -184,6 +190,77 @@ fn batched_transfers_are_each_decided_as_alone_in_both_shapes() {
         assert_eq!((count(&run, "declined"), count(&run, "failed")), (0, 0), "{run}");
         assert_audit_holds(&run, &stdout);
     }
+}
+
+/// A primary with two synchronous standbys (`start-replicated`) measured
+/// beside the server alone in one invocation: its runs are named for its
+/// three servers, its commits reach a standby (the standbys' flushed WAL
+/// holds every transfer row) and its audit says the standbys counted.
+#[test]
+fn a_replicated_server_is_measured_beside_the_single_one() {
+    let single = start_postgres();
+    let replicated = run_postgres_script("start-replicated");
+    assert_ne!(single, replicated);
+    let schema = "test_baseline_replicated";
+    let (report, stdout) = bench_targets(
+        "postgres",
+        &single,
+        schema,
+        &[
+            "--postgres-url",
+            &replicated,
+            "--workers",
+            "16",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--postgres-shape",
+            "spread",
+            "--postgres-batch",
+            "8",
+            "--postgres-accounts",
+            "100",
+            "--no-progress",
+        ],
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["postgres-spread-b8", "postgres-spread-b8-r3"], "{report}");
+    for run in runs {
+        assert!(count(run, "committed") > 0, "{run}");
+        assert_eq!(count(run, "failed"), 0, "{run}");
+        assert_audit_holds(run, &stdout);
+    }
+    let standby_check = |run: &Value| {
+        run["audit"]["checks"].as_array().unwrap().iter().any(|c| c["name"].as_str().unwrap().contains("standby"))
+    };
+    assert!(!standby_check(&runs[0]), "{}", runs[0]["audit"]);
+    assert!(standby_check(&runs[1]), "{}", runs[1]["audit"]);
+
+    // What the replicated run committed is on a standby: its own port's
+    // server, read only, holds the primary's transfer rows.
+    let committed = count(&runs[1]["including_warmup"], "committed");
+    let port: u16 = replicated.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+    let standby = replicated.replace(&format!(":{port}/"), &format!(":{}/", port + 1));
+    let rows = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&standby, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+        assert!(recovering, "{standby} is not a standby");
+        // Replay may trail the flush by a moment: wait for it, boundedly.
+        let mut rows = 0;
+        for _ in 0..100 {
+            let query = format!("SELECT count(*) FROM {schema}.transfers");
+            rows = client.query_one(&query, &[]).await.map(|row| row.get::<_, i64>(0)).unwrap_or(0);
+            if u64::try_from(rows).unwrap() >= committed {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        rows
+    });
+    assert_eq!(u64::try_from(rows).unwrap(), committed, "the standby's transfer rows");
 }
 
 /// Several shapes and batch sizes in one invocation: one run each, in one
