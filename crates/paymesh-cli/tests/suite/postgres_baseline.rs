@@ -21,6 +21,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// Short runs of 16 workers on 100 accounts, for the tests that measure
+/// several runs in one invocation.
+const SHORT_RUNS: &[&str] =
+    &["--workers", "16", "--warmup", "0.5", "--duration", "1", "--postgres-accounts", "100", "--no-progress"];
+
 /// Start the cluster (idempotent) and return the URL the script prints.
 fn start_postgres() -> String {
     run_postgres_script("start")
@@ -78,6 +83,20 @@ fn assert_audit_holds(run: &Value, stdout: &str) {
     assert!(checks.iter().all(|c| c["holds"] == true), "{checks:?}");
     let target = run["target"].as_str().unwrap();
     assert!(stdout.contains(&format!("audit of {target}: holds")), "{stdout}");
+}
+
+/// The report's runs are `targets`, in order, each committed something,
+/// failed nothing and was audited; returns them.
+fn assert_runs_committed<'a>(report: &'a Value, targets: &[&str], stdout: &str) -> &'a Vec<Value> {
+    let runs = report["runs"].as_array().unwrap();
+    let named: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(named, targets, "{report}");
+    for run in runs {
+        assert!(count(run, "committed") > 0, "{run}");
+        assert_eq!(count(run, "failed"), 0, "{run}");
+        assert_audit_holds(run, stdout);
+    }
+    runs
 }
 
 fn assert_counts_add_up(run: &Value) {
@@ -206,32 +225,9 @@ fn a_replicated_server_is_measured_beside_the_single_one() {
         "postgres",
         &single,
         schema,
-        &[
-            "--postgres-url",
-            &replicated,
-            "--workers",
-            "16",
-            "--warmup",
-            "0.5",
-            "--duration",
-            "1",
-            "--postgres-shape",
-            "spread",
-            "--postgres-batch",
-            "8",
-            "--postgres-accounts",
-            "100",
-            "--no-progress",
-        ],
+        &[SHORT_RUNS, &["--postgres-url", &replicated, "--postgres-shape", "spread", "--postgres-batch", "8"]].concat(),
     );
-    let runs = report["runs"].as_array().unwrap();
-    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["postgres-spread-b8", "postgres-spread-b8-r3"], "{report}");
-    for run in runs {
-        assert!(count(run, "committed") > 0, "{run}");
-        assert_eq!(count(run, "failed"), 0, "{run}");
-        assert_audit_holds(run, &stdout);
-    }
+    let runs = assert_runs_committed(&report, &["postgres-spread-b8", "postgres-spread-b8-r3"], &stdout);
     let standby_check = |run: &Value| {
         run["audit"]["checks"].as_array().unwrap().iter().any(|c| c["name"].as_str().unwrap().contains("standby"))
     };
@@ -272,30 +268,9 @@ fn shapes_and_batches_run_side_by_side_in_one_report() {
         "postgres",
         &url,
         "test_baseline_matrix",
-        &[
-            "--workers",
-            "16",
-            "--warmup",
-            "0.5",
-            "--duration",
-            "1",
-            "--postgres-shape",
-            "hot,spread",
-            "--postgres-batch",
-            "1,8",
-            "--postgres-accounts",
-            "100",
-            "--no-progress",
-        ],
+        &[SHORT_RUNS, &["--postgres-shape", "hot,spread", "--postgres-batch", "1,8"]].concat(),
     );
-    let runs = report["runs"].as_array().unwrap();
-    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["postgres", "postgres-b8", "postgres-spread", "postgres-spread-b8"], "{report}");
-    for run in runs {
-        assert!(count(run, "committed") > 0, "{run}");
-        assert_eq!(count(run, "failed"), 0, "{run}");
-        assert_audit_holds(run, &stdout);
-    }
+    assert_runs_committed(&report, &["postgres", "postgres-b8", "postgres-spread", "postgres-spread-b8"], &stdout);
 }
 
 /// The default comparison: a fresh 3-node paymesh region (partner API over
