@@ -226,7 +226,7 @@ EOF
     local waited=0 quorum
     while quorum=$("${psql[@]}" -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") \
         && [[ $quorum != "${#standbys[@]}" ]]; do
-        ((waited < 60)) || die "after 60 s, $quorum of ${#standbys[@]} standbys stream to the primary (logs in $replicated)"
+        ((waited < 60)) || die "after 60 s, $quorum of ${#standbys[@]} standbys stream to the primary (logs in $replicated; to begin afresh: $0 stop, then remove $replicated)"
         sleep 1
         waited=$((waited + 1))
     done
