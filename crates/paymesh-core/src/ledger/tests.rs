@@ -235,6 +235,31 @@ fn a_refused_chain_leaves_no_resolved_entry_behind() {
     ledger.verify().unwrap();
 }
 
+/// Entries resolved out of id order (the batch's own order is not the ids')
+/// are still each answered, refuse their ids, list in id order, and a
+/// refused chain among them takes back only its own.
+#[test]
+fn entries_resolved_out_of_id_order_answer_and_list_in_id_order() {
+    let (mut ledger, payer, payee, _) = funded();
+    ledger.forget_resolved();
+    for n in [5, 9, 2, 7, 1] {
+        ledger.apply(&[post(entry(n), &payer, &payee, usd(1))], T0).unwrap();
+    }
+    let before = ledger.clone();
+    let chain = [post(entry(3), &payer, &payee, usd(1)), post(entry(4), &payer, &payee, usd(1_000_000))];
+    assert_eq!(reject(&mut ledger, &chain), LedgerReject::ExceedsCredits);
+    assert_eq!(ledger, before);
+    assert!(ledger.entry(&entry(3)).is_none());
+    for n in [1, 2, 5, 7, 9] {
+        assert_eq!(ledger.entry(&entry(n)).unwrap().status, EntryStatus::Posted, "entry {n}");
+        assert_eq!(reject(&mut ledger, &[post(entry(n), &payer, &payee, usd(1))]), LedgerReject::EntryExists);
+    }
+    let listed: Vec<EntryId> = ledger.entries().map(|(id, _)| id.clone()).collect();
+    assert_eq!(listed, [1, 2, 5, 7, 9].map(entry));
+    assert_eq!(ledger.forget_resolved(), 5);
+    ledger.verify().unwrap();
+}
+
 #[test]
 fn loading_verifies_the_ledger() {
     let (mut ledger, payer, payee, _) = funded();
