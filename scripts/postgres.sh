@@ -196,7 +196,7 @@ start_replicated() {
 # Replicated: WAL streamed to two standbys, each commit waiting for one.
 wal_level = replica
 max_wal_senders = 4
-synchronous_standby_names = 'ANY 1 (${standbys[0]}, ${standbys[1]})'
+synchronous_standby_names = 'ANY 1 ($(IFS=,; echo "${standbys[*]}"))'
 EOF
     fi
     start_server "$primary" "$primary_port" "$replicated/primary.log"
@@ -224,8 +224,10 @@ EOF
     # run starts (it would measure a primary whose commits hang).
     local psql=(as_owner "$bin/psql" -X -q -h 127.0.0.1 -p "$primary_port" -U postgres -d postgres -tA)
     local waited=0 quorum
-    while quorum=$("${psql[@]}" -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") \
-        && [[ $quorum != "${#standbys[@]}" ]]; do
+    while :; do
+        quorum=$("${psql[@]}" -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") \
+            || die "cannot ask the primary on port $primary_port which standbys stream (log: $replicated/primary.log)"
+        [[ $quorum == "${#standbys[@]}" ]] && break
         ((waited < 60)) || die "after 60 s, $quorum of ${#standbys[@]} standbys stream to the primary (logs in $replicated; to begin afresh: $0 stop, then remove $replicated)"
         sleep 1
         waited=$((waited + 1))
@@ -241,7 +243,7 @@ stop() {
     lock
     local dir stopped=0
     # The standbys before their primary, which would otherwise wait for them.
-    for dir in "$replicated/${standbys[0]}" "$replicated/${standbys[1]}" "$replicated/primary" "$data"; do
+    for dir in "${standbys[@]/#/$replicated/}" "$replicated/primary" "$data"; do
         if running "$dir"; then
             as_owner "$bin/pg_ctl" stop -D "$dir" -m fast -w -t 60 >/dev/null || die "pg_ctl stop -D $dir failed"
             say "stopped $dir"
